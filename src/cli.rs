@@ -1,0 +1,51 @@
+//! The command line. Flags given here override the config file.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "allowdns",
+    version,
+    about = "Allowlist-only DNS resolver for fencing AI agents in"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the resolver.
+    Serve(Sources),
+    /// Load config, policies and zones exactly as `serve` would, report every
+    /// problem with file:line, and exit (non-zero on errors).
+    Check(Sources),
+}
+
+/// Where configuration comes from; shared by `serve` and `check`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Sources {
+    /// YAML config file (see README, "Config reference").
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Address to answer on, `IP:PORT` or `IP` (port 53); repeatable.
+    #[arg(long)]
+    pub listen: Vec<String>,
+    /// Forwarder, `IP:PORT` or `IP`; repeatable. Default: /etc/resolv.conf.
+    #[arg(long)]
+    pub upstream: Vec<String>,
+    /// Resolve recursively from this root hints file instead of forwarding.
+    #[arg(long, conflicts_with = "upstream")]
+    pub root_hints: Option<PathBuf>,
+    /// Policy file or directory of *.yaml policies; repeatable.
+    #[arg(long)]
+    pub policy: Vec<PathBuf>,
+    /// Directory of RFC 1035 zone files (*.zone) answered locally.
+    #[arg(long)]
+    pub zones: Option<PathBuf>,
+    /// Audit log file (JSON Lines); `-` or absent means stdout.
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
+}

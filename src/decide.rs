@@ -1,0 +1,33 @@
+//! The decision for one question: which policy governs the client, and does
+//! that policy allow the name. Pure: no I/O, no clock.
+
+use std::net::IpAddr;
+
+use hickory_proto::rr::Name;
+
+use crate::policy::name::query_key;
+use crate::policy::{Policy, PolicySet, Rule};
+
+#[derive(Debug)]
+pub enum Decision<'a> {
+    /// No policy governs this client: allowdns is never an open resolver.
+    Refused,
+    /// Not on the allowlist (or not spellable in one): NXDOMAIN and an alert.
+    Deny {
+        policy: &'a Policy,
+    },
+    Allow {
+        policy: &'a Policy,
+        rule: &'a Rule,
+    },
+}
+
+pub fn decide<'a>(policies: &'a PolicySet, client: IpAddr, qname: &Name) -> Decision<'a> {
+    let Some(policy) = policies.for_client(client) else {
+        return Decision::Refused;
+    };
+    match query_key(qname).and_then(|key| policy.rule_for(&key)) {
+        Some(rule) => Decision::Allow { policy, rule },
+        None => Decision::Deny { policy },
+    }
+}

@@ -1,0 +1,164 @@
+//! Errors and warnings about input files, collected rather than thrown, so
+//! one run of `allowdns check` reports every problem with file, line and field.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// How bad a diagnostic is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    /// The input is rejected; the resolver does not start (or keeps the old set).
+    Error,
+    /// The input loads, but probably does not mean what its author thinks.
+    Warning,
+}
+
+/// One problem in one input file.
+#[derive(Clone, Debug)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    /// The file the problem is in.
+    pub file: PathBuf,
+    /// 1-based line, when it can be located.
+    pub line: Option<usize>,
+    /// The field path, e.g. `expected_outbound[2].destination`.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{kind}: {}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": {field}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Everything found while loading a set of files.
+#[derive(Debug, Default)]
+pub struct Diagnostics {
+    pub items: Vec<Diagnostic>,
+}
+
+impl Diagnostics {
+    pub fn error(
+        &mut self,
+        file: &Path,
+        line: Option<usize>,
+        field: Option<String>,
+        message: impl Into<String>,
+    ) {
+        self.push(Severity::Error, file, line, field, message.into());
+    }
+
+    pub fn warning(
+        &mut self,
+        file: &Path,
+        line: Option<usize>,
+        field: Option<String>,
+        message: impl Into<String>,
+    ) {
+        self.push(Severity::Warning, file, line, field, message.into());
+    }
+
+    fn push(
+        &mut self,
+        severity: Severity,
+        file: &Path,
+        line: Option<usize>,
+        field: Option<String>,
+        message: String,
+    ) {
+        self.items.push(Diagnostic {
+            severity,
+            file: file.to_path_buf(),
+            line,
+            field,
+            message,
+        });
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.items.iter().any(|d| d.severity == Severity::Error)
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.items.iter().filter(|d| d.severity == Severity::Error)
+    }
+
+    pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.items
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
+    }
+
+    pub fn extend(&mut self, other: Diagnostics) {
+        self.items.extend(other.items);
+    }
+}
+
+/// Reports a YAML syntax or shape error with the parser's own location.
+pub fn yaml_error(diags: &mut Diagnostics, file: &Path, error: &serde_yaml::Error) {
+    let line = error.location().map(|l| l.line());
+    // serde_yaml appends " at line N column M"; the location is already in the prefix.
+    let text = error.to_string();
+    let text = match text.find(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    };
+    diags.error(file, line, None, text);
+}
+
+/// Finds the line of the `nth` (0-based) standalone occurrence of `needle`.
+///
+/// serde_yaml keeps no spans, so semantic errors are located by their value;
+/// a neighbour character that could be part of a name disqualifies a hit, so
+/// `example.com` is not found inside `*.example.com`.
+pub fn locate(source: &str, needle: &str, nth: usize) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    let is_name_char = |c: char| c.is_ascii_alphanumeric() || "-_.*?".contains(c);
+    let mut seen = 0;
+    for (index, line) in source.lines().enumerate() {
+        let code = line.split(" #").next().unwrap_or(line);
+        let mut start = 0;
+        while let Some(pos) = code[start..].find(needle) {
+            let at = start + pos;
+            let before = code[..at].chars().next_back();
+            let after = code[at + needle.len()..].chars().next();
+            if !before.is_some_and(is_name_char) && !after.is_some_and(is_name_char) {
+                if seen == nth {
+                    return Some(index + 1);
+                }
+                seen += 1;
+                break;
+            }
+            start = at + needle.len();
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::locate;
+
+    #[test]
+    fn locate_skips_substrings_inside_patterns() {
+        let src = "a:\n  - \"*.example.com\"\n  - \"example.com\"\n  - example.com # again\n";
+        assert_eq!(locate(src, "example.com", 0), Some(3));
+        assert_eq!(locate(src, "example.com", 1), Some(4));
+        assert_eq!(locate(src, "*.example.com", 0), Some(2));
+        assert_eq!(locate(src, "missing", 0), None);
+    }
+}

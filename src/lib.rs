@@ -1,0 +1,35 @@
+//! allowdns: an allowlist-only DNS resolver that fences AI agents in.
+//!
+//! One question's path, each step owned by one module:
+//!
+//! ```text
+//! server    sockets (UDP + TCP, v4 + v6), hickory's Server
+//!   └ handler   the RequestHandler: the path below, then the reply
+//!       ├ decide      client address → policy → Allow{rule} | Deny | Refused
+//!       │   └ policy      file (on-disk format) → Policy; matcher (exact + suffix + globs)
+//!       ├ resolve     local zone | cache | upstream, chasing CNAME chains
+//!       │   ├ zones       RFC 1035 files answered from memory
+//!       │   ├ cache       TTL-counting, bounded
+//!       │   └ upstream    forwarders or recursor from root hints
+//!       ├ audit       one JSON line per query, off the query path
+//!       └ alert       human alerts for denials, aggregated under floods
+//! ```
+//!
+//! Around it: `cli` and `config` (settings), `diagnostics` (errors with
+//! file:line), `app` (startup shared by `serve` and `check`), `shutdown`.
+
+pub mod alert;
+pub mod app;
+pub mod audit;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod decide;
+pub mod diagnostics;
+pub mod handler;
+pub mod policy;
+pub mod resolve;
+pub mod server;
+pub mod shutdown;
+pub mod upstream;
+pub mod zones;

@@ -1,0 +1,87 @@
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use allowdns::app::{self, Failure};
+use allowdns::cli::{Cli, Command, Sources};
+use allowdns::shutdown;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return report(Failure::Runtime(format!("cannot start runtime: {e}"))),
+    };
+    let result = match cli.command {
+        Command::Check(sources) => check(&sources),
+        Command::Serve(sources) => runtime.block_on(serve(sources)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => report(failure),
+    }
+}
+
+fn check(sources: &Sources) -> Result<(), Failure> {
+    let prepared = app::prepare(sources)?;
+    for warning in prepared.diagnostics.warnings() {
+        eprintln!("{warning}");
+    }
+    for p in &prepared.loaded.policies.policies {
+        println!(
+            "ok: {}: agent '{}', {} name rule(s), {} address rule(s)",
+            p.source.display(),
+            p.agent,
+            p.rules.len(),
+            p.addresses.len()
+        );
+    }
+    println!("ok: {} zone(s)", prepared.loaded.zones.len());
+    Ok(())
+}
+
+async fn serve(sources: Sources) -> Result<(), Failure> {
+    let prepared = app::prepare(&sources)?;
+    let token = CancellationToken::new();
+    shutdown::on_signals(token.clone()).map_err(|e| Failure::Runtime(format!("signals: {e}")))?;
+    app::serve(prepared, token).await
+}
+
+/// The one place errors become text and exit codes: 1 for bad input, 3 for
+/// runtime failures (clap uses 2 for usage errors).
+fn report(failure: Failure) -> ExitCode {
+    match failure {
+        Failure::Invalid(diags) => {
+            for d in &diags.items {
+                eprintln!("{d}");
+            }
+            eprintln!(
+                "allowdns: {} error(s); nothing was started",
+                diags.errors().count()
+            );
+            ExitCode::from(1)
+        }
+        Failure::Runtime(msg) => {
+            eprintln!("allowdns: error: {msg}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn init_logging() {
+    // hickory logs two info lines per request; they cost throughput and the
+    // audit log already has each query.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,hickory_server=warn,hickory_resolver=warn,hickory_net=warn",
+        )
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

@@ -1,0 +1,51 @@
+//! The on-disk policy format, exactly as people already write it (seed 000).
+//!
+//! This is a wire type: it mirrors the YAML and nothing more. Validation and
+//! compilation into the matcher happen in [`super::compile`], so the format can
+//! gain versions without the resolver noticing.
+
+use serde::Deserialize;
+
+/// The policy format versions this build reads.
+pub const SUPPORTED_VERSIONS: &[u32] = &[1];
+
+/// One policy file, version 1 (the seed format; `version` may be omitted).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFileV1 {
+    /// Format version; absent means 1, so the seed format loads as written.
+    #[serde(default)]
+    pub version: Option<u32>,
+    /// Names the agent in alerts and audit records.
+    pub agent_name: String,
+    /// CIDRs whose queries this policy governs; empty means every client,
+    /// which is only allowed when a single policy is loaded.
+    #[serde(default)]
+    pub clients: Vec<String>,
+    /// `enforce` (default) denies unlisted names.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Destinations the agent is expected to reach: names, patterns, IPs, CIDRs.
+    #[serde(default)]
+    pub expected_outbound: Vec<OutboundV1>,
+    /// Patterns answered but flagged `dynamic: true` in the audit log.
+    #[serde(default)]
+    pub allowed_dynamic_resolution: Vec<String>,
+}
+
+/// One `expected_outbound` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundV1 {
+    /// Exact name, wildcard pattern, IP address or CIDR.
+    pub destination: String,
+    /// Port the firewall may enforce alongside the address.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `TCP` or `UDP`; goes with `port`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Free text for humans; carried into `check` output, never interpreted.
+    #[serde(default)]
+    pub purpose: Option<String>,
+}

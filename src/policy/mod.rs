@@ -1,0 +1,663 @@
+//! Policies: the on-disk format ([`file`]), its validation into a [`Policy`],
+//! and the compiled name index ([`matcher`]).
+//!
+//! Loading never stops at the first problem: every error and over-broad
+//! pattern across all files is collected with file, line and field.
+
+pub mod file;
+pub mod matcher;
+pub mod name;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::diagnostics::{Diagnostics, locate, yaml_error};
+use file::{PolicyFileV1, SUPPORTED_VERSIONS};
+use matcher::{Matcher, PatternKind, RuleId, classify};
+
+/// Transport protocol of a port-restricted destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// Where traffic to a destination may go: any port, or only the listed ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ports {
+    /// True once any entry for the destination names no port.
+    pub any: bool,
+    /// (protocol, port) pairs the firewall enforces when `any` is false.
+    pub listed: Vec<(Protocol, u16)>,
+}
+
+impl Ports {
+    fn add(&mut self, entry: Option<(Protocol, u16)>) {
+        match entry {
+            None => self.any = true,
+            Some(pair) if !self.listed.contains(&pair) => self.listed.push(pair),
+            Some(_) => {}
+        }
+    }
+}
+
+/// One allowlist rule for names.
+#[derive(Debug)]
+pub struct Rule {
+    /// The canonical pattern, as written to the audit log's `rule` field.
+    pub pattern: Arc<str>,
+    /// Allowed only through `allowed_dynamic_resolution`: answered, but flagged.
+    pub dynamic: bool,
+    /// Ports from `expected_outbound`, for the firewall.
+    pub ports: Ports,
+}
+
+/// An IP or CIDR destination, fed to the firewall without DNS.
+#[derive(Debug)]
+pub struct AddressRule {
+    pub net: IpNet,
+    pub ports: Ports,
+}
+
+/// One agent's validated, compiled policy.
+#[derive(Debug)]
+pub struct Policy {
+    /// `agent_name`, shown in alerts and audit records.
+    pub agent: Arc<str>,
+    /// The file it came from, for messages.
+    pub source: PathBuf,
+    /// Source networks it governs; empty means every client.
+    pub clients: Vec<IpNet>,
+    /// Name rules, indexed by [`RuleId`].
+    pub rules: Vec<Rule>,
+    /// Address destinations.
+    pub addresses: Vec<AddressRule>,
+    matcher: Matcher,
+}
+
+impl Policy {
+    /// The rule allowing a canonical query key, if any.
+    pub fn rule_for(&self, key: &str) -> Option<&Rule> {
+        self.matcher.lookup(key).map(|id| &self.rules[id as usize])
+    }
+}
+
+/// All loaded policies and the index from client address to policy.
+#[derive(Debug, Default)]
+pub struct PolicySet {
+    pub policies: Vec<Arc<Policy>>,
+    /// (network, policy index), longest prefix first.
+    by_client: Vec<(IpNet, usize)>,
+    /// The one policy without `clients`, when it is the only policy.
+    catch_all: Option<usize>,
+}
+
+impl PolicySet {
+    /// The policy governing a client, or `None` (the client is refused).
+    pub fn for_client(&self, ip: IpAddr) -> Option<&Arc<Policy>> {
+        let ip = ip.to_canonical();
+        self.by_client
+            .iter()
+            .find(|(net, _)| net.contains(&ip))
+            .map(|&(_, i)| &self.policies[i])
+            .or_else(|| self.catch_all.map(|i| &self.policies[i]))
+    }
+
+    fn index(policies: Vec<Arc<Policy>>) -> Self {
+        let mut by_client: Vec<(IpNet, usize)> = policies
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| p.clients.iter().map(move |net| (*net, i)))
+            .collect();
+        by_client.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+        let catch_all = match policies.as_slice() {
+            [only] if only.clients.is_empty() => Some(0),
+            _ => None,
+        };
+        Self {
+            policies,
+            by_client,
+            catch_all,
+        }
+    }
+}
+
+/// Expands files and directories (their `*.yaml`/`*.yml`, sorted) into files.
+pub fn expand_paths(paths: &[PathBuf], diags: &mut Diagnostics) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            match std::fs::read_dir(path) {
+                Ok(entries) => {
+                    let mut found: Vec<PathBuf> = entries
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| {
+                            p.extension()
+                                .is_some_and(|ext| ext == "yaml" || ext == "yml")
+                        })
+                        .collect();
+                    found.sort();
+                    if found.is_empty() {
+                        diags.error(path, None, None, "directory holds no *.yaml policy files");
+                    }
+                    files.extend(found);
+                }
+                Err(e) => diags.error(path, None, None, format!("cannot read directory: {e}")),
+            }
+        } else {
+            files.push(path.clone());
+        }
+    }
+    files
+}
+
+/// Loads and validates every policy file; `None` when any error was found.
+pub fn load(paths: &[PathBuf], diags: &mut Diagnostics) -> Option<PolicySet> {
+    let files = expand_paths(paths, diags);
+    if files.is_empty() && !diags.has_errors() {
+        diags.error(Path::new("<policies>"), None, None, "no policy files given");
+    }
+    let mut policies = Vec::new();
+    for file in &files {
+        match std::fs::read_to_string(file) {
+            Ok(source) => {
+                if let Some(policy) = compile_source(file, &source, diags) {
+                    policies.push(policy);
+                }
+            }
+            Err(e) => diags.error(file, None, None, format!("cannot read policy: {e}")),
+        }
+    }
+    check_across_files(&policies, diags);
+    if diags.has_errors() {
+        return None;
+    }
+    Some(PolicySet::index(
+        policies.into_iter().map(Arc::new).collect(),
+    ))
+}
+
+/// Errors that only show when several policies are loaded together.
+fn check_across_files(policies: &[Policy], diags: &mut Diagnostics) {
+    let mut agents: HashMap<&str, &Path> = HashMap::new();
+    let mut nets: HashMap<IpNet, &Path> = HashMap::new();
+    for p in policies {
+        if let Some(first) = agents.insert(&p.agent, &p.source) {
+            diags.error(
+                &p.source,
+                None,
+                Some("agent_name".into()),
+                format!("agent '{}' is also defined in {}", p.agent, first.display()),
+            );
+        }
+        if p.clients.is_empty() && policies.len() > 1 {
+            diags.error(
+                &p.source,
+                None,
+                Some("clients".into()),
+                "required when more than one policy is loaded (which clients does this govern?)",
+            );
+        }
+        for net in &p.clients {
+            if let Some(first) = nets.insert(*net, &p.source) {
+                diags.error(
+                    &p.source,
+                    None,
+                    Some("clients".into()),
+                    format!("{net} is also governed by {}", first.display()),
+                );
+            }
+        }
+    }
+}
+
+/// Parses and compiles one policy file's text.
+pub fn compile_source(file: &Path, source: &str, diags: &mut Diagnostics) -> Option<Policy> {
+    let raw: PolicyFileV1 = match serde_yaml::from_str(source) {
+        Ok(raw) => raw,
+        Err(e) => {
+            yaml_error(diags, file, &e);
+            return None;
+        }
+    };
+    let errors_before = diags.errors().count();
+    let policy = compile(file, source, raw, diags);
+    (diags.errors().count() == errors_before).then_some(policy)
+}
+
+/// Counts how often each value was seen, so `locate` finds the right line
+/// when a value repeats.
+#[derive(Default)]
+struct Occurrences<'a>(HashMap<&'a str, usize>);
+
+impl<'a> Occurrences<'a> {
+    fn line(&mut self, source: &str, value: &'a str) -> Option<usize> {
+        let n = self.0.entry(value).or_default();
+        let line = locate(source, value.trim(), *n);
+        *n += 1;
+        line
+    }
+}
+
+fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics) -> Policy {
+    // Destructured whole, so a new field in the file format cannot be ignored here.
+    let PolicyFileV1 {
+        version,
+        agent_name,
+        clients,
+        mode,
+        expected_outbound,
+        allowed_dynamic_resolution,
+    } = raw;
+    let mut seen = Occurrences::default();
+
+    if let Some(v) = version
+        && !SUPPORTED_VERSIONS.contains(&v)
+    {
+        diags.error(
+            file,
+            locate(source, "version", 0),
+            Some("version".into()),
+            format!("unsupported policy version {v} (this allowdns reads {SUPPORTED_VERSIONS:?})"),
+        );
+    }
+    if agent_name.trim().is_empty() {
+        diags.error(
+            file,
+            locate(source, "agent_name", 0),
+            Some("agent_name".into()),
+            "must not be empty",
+        );
+    }
+    if let Some(mode) = &mode
+        && mode != "enforce"
+    {
+        diags.error(
+            file,
+            locate(source, mode, 0),
+            Some("mode".into()),
+            format!("unknown mode '{mode}' (expected 'enforce')"),
+        );
+    }
+
+    let mut client_nets = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        match parse_net(c) {
+            Ok(net) => client_nets.push(net),
+            Err(e) => diags.error(file, seen.line(source, c), Some(format!("clients[{i}]")), e),
+        }
+    }
+
+    let mut builder = RuleBuilder::default();
+    for (i, entry) in expected_outbound.iter().enumerate() {
+        let file::OutboundV1 {
+            destination,
+            port,
+            protocol,
+            purpose: _,
+        } = entry;
+        let line = seen.line(source, destination);
+        let field = |f: &str| Some(format!("expected_outbound[{i}].{f}"));
+        let ports = match (port, protocol.as_deref()) {
+            (None, None) => None,
+            (Some(port), Some(proto)) => match proto.to_ascii_lowercase().as_str() {
+                "tcp" => Some((Protocol::Tcp, *port)),
+                "udp" => Some((Protocol::Udp, *port)),
+                _ => {
+                    diags.error(
+                        file,
+                        line,
+                        field("protocol"),
+                        format!("unknown protocol '{proto}' (expected TCP or UDP)"),
+                    );
+                    None
+                }
+            },
+            (Some(port), None) => {
+                diags.error(
+                    file,
+                    line,
+                    field("protocol"),
+                    format!("port {port} needs a protocol (TCP or UDP)"),
+                );
+                None
+            }
+            (None, Some(proto)) => {
+                diags.error(
+                    file,
+                    line,
+                    field("port"),
+                    format!("protocol '{proto}' needs a port"),
+                );
+                None
+            }
+        };
+        if *port == Some(0) {
+            diags.error(file, line, field("port"), "port 0 is not a port");
+        }
+        match classify_destination(destination) {
+            Ok(Destination::Address(net)) => builder.address(net, ports),
+            Ok(Destination::Name(key)) => {
+                warn_if_broad(file, line, field("destination"), &key, diags);
+                builder.name(key, false, ports);
+            }
+            Err(e) => diags.error(file, line, field("destination"), e),
+        }
+    }
+    for (i, pattern) in allowed_dynamic_resolution.iter().enumerate() {
+        let line = seen.line(source, pattern);
+        let field = Some(format!("allowed_dynamic_resolution[{i}]"));
+        match classify_destination(pattern) {
+            Ok(Destination::Name(key)) => {
+                warn_if_broad(file, line, field.clone(), &key, diags);
+                builder.name(key, true, None);
+            }
+            Ok(Destination::Address(_)) => diags.error(
+                file,
+                line,
+                field,
+                format!("'{pattern}' is an address; list addresses under expected_outbound"),
+            ),
+            Err(e) => diags.error(file, line, field, e),
+        }
+    }
+    if builder.rules.is_empty() && builder.addresses.is_empty() {
+        diags.warning(
+            file,
+            None,
+            None,
+            "allows nothing: every lookup will be denied",
+        );
+    }
+
+    Policy {
+        agent: agent_name.trim().into(),
+        source: file.to_path_buf(),
+        clients: client_nets,
+        rules: builder.rules,
+        addresses: builder.addresses,
+        matcher: builder.matcher,
+    }
+}
+
+#[derive(Default)]
+struct RuleBuilder {
+    rules: Vec<Rule>,
+    addresses: Vec<AddressRule>,
+    matcher: Matcher,
+}
+
+impl RuleBuilder {
+    fn name(&mut self, key: String, dynamic: bool, ports: Option<(Protocol, u16)>) {
+        let id = self.rules.len() as RuleId;
+        match self.matcher.insert(&key, id) {
+            // Repeated destination: merge its ports; a static entry keeps precedence.
+            Some(existing) => {
+                let rule = &mut self.rules[existing as usize];
+                if !dynamic || rule.dynamic {
+                    rule.ports.add(ports);
+                }
+            }
+            None => {
+                let mut rule_ports = Ports::default();
+                rule_ports.add(ports);
+                self.rules.push(Rule {
+                    pattern: key.into(),
+                    dynamic,
+                    ports: rule_ports,
+                });
+            }
+        }
+    }
+
+    fn address(&mut self, net: IpNet, ports: Option<(Protocol, u16)>) {
+        if let Some(existing) = self.addresses.iter_mut().find(|a| a.net == net) {
+            existing.ports.add(ports);
+        } else {
+            let mut rule_ports = Ports::default();
+            rule_ports.add(ports);
+            self.addresses.push(AddressRule {
+                net,
+                ports: rule_ports,
+            });
+        }
+    }
+}
+
+enum Destination {
+    Address(IpNet),
+    Name(String),
+}
+
+fn classify_destination(raw: &str) -> Result<Destination, String> {
+    let trimmed = raw.trim();
+    if let Ok(ip) = trimmed.parse::<IpAddr>() {
+        return Ok(Destination::Address(IpNet::from(ip)));
+    }
+    if trimmed.contains('/') {
+        return parse_net(trimmed).map(Destination::Address);
+    }
+    name::pattern_key(trimmed).map(Destination::Name)
+}
+
+/// Parses an IP or CIDR; host bits must be zero so the author's intent is unambiguous.
+fn parse_net(raw: &str) -> Result<IpNet, String> {
+    let raw = raw.trim();
+    if let Ok(ip) = raw.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    let net: IpNet = raw
+        .parse()
+        .map_err(|_| format!("'{raw}' is not an IP address or CIDR"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "'{raw}' has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+/// Suffixes under which anyone can register names. A wildcard over one of
+/// them allows an attacker's name; the list is short on purpose (common
+/// registries and the free hosting platforms tunnels hide behind).
+const PUBLIC_SUFFIXES: &[&str] = &[
+    "co.uk",
+    "org.uk",
+    "ac.uk",
+    "gov.uk",
+    "com.au",
+    "net.au",
+    "org.au",
+    "co.jp",
+    "ne.jp",
+    "or.jp",
+    "com.br",
+    "com.cn",
+    "com.mx",
+    "co.nz",
+    "co.za",
+    "co.in",
+    "com.tr",
+    "com.sg",
+    "github.io",
+    "gitlab.io",
+    "herokuapp.com",
+    "appspot.com",
+    "blogspot.com",
+    "cloudfront.net",
+    "azurewebsites.net",
+    "amazonaws.com",
+    "s3.amazonaws.com",
+    "vercel.app",
+    "netlify.app",
+    "pages.dev",
+    "workers.dev",
+    "web.app",
+    "firebaseapp.com",
+    "ngrok.io",
+    "ngrok-free.app",
+    "trycloudflare.com",
+    "onrender.com",
+    "fly.dev",
+    "repl.co",
+    "glitch.me",
+    "duckdns.org",
+];
+
+fn is_public_suffix(name: &str) -> bool {
+    !name.contains('.') || PUBLIC_SUFFIXES.contains(&name)
+}
+
+/// `check` warns about patterns that allow names an attacker can register.
+fn warn_if_broad(
+    file: &Path,
+    line: Option<usize>,
+    field: Option<String>,
+    key: &str,
+    diags: &mut Diagnostics,
+) {
+    let why = match classify(key) {
+        PatternKind::Exact(name) if is_public_suffix(name) => {
+            format!("'{key}' is a public suffix, not a host")
+        }
+        PatternKind::Suffix(suffix) if is_public_suffix(suffix) => format!(
+            "'{key}' allows every name under the public suffix '{suffix}', including attackers'"
+        ),
+        PatternKind::Glob { bucket } if is_public_suffix(bucket) => {
+            format!("'{key}' spans names anyone can register (its fixed part is only '{bucket}')")
+        }
+        _ => return,
+    };
+    diags.warning(file, line, field, format!("over-broad: {why}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"agent_name: "travel_agent_v1"
+expected_outbound:
+  - destination: "api.company-internal.com"
+    port: 443
+    protocol: "TCP"
+    purpose: "Internal flights API"
+  - destination: "weather.service.com"
+    port: 443
+    protocol: "TCP"
+    purpose: "Fetch destination weather"
+allowed_dynamic_resolution:
+  - "*.company-internal.com"   # allowed, but flagged in the log
+"#;
+
+    fn compile_str(src: &str) -> (Option<Policy>, Diagnostics) {
+        let mut d = Diagnostics::default();
+        let p = compile_source(Path::new("p.yaml"), src, &mut d);
+        (p, d)
+    }
+
+    #[test]
+    fn seed_format_loads_as_written() {
+        let (p, d) = compile_str(SEED);
+        let p = p.expect("seed compiles");
+        assert!(!d.has_errors());
+        let api = p.rule_for("api.company-internal.com").unwrap();
+        assert!(!api.dynamic);
+        assert_eq!(api.ports.listed, vec![(Protocol::Tcp, 443)]);
+        let other = p.rule_for("x.company-internal.com").unwrap();
+        assert!(other.dynamic);
+        assert_eq!(&*other.pattern, "*.company-internal.com");
+        assert!(p.rule_for("x.weather.service.com").is_none());
+        assert!(p.rule_for("company-internal.com").is_none());
+    }
+
+    #[test]
+    fn errors_name_line_and_field() {
+        let src = "agent_name: a\nexpected_outbound:\n  - destination: ok.example\n  - destination: \"bad..name\"\n    port: 443\n";
+        let (p, d) = compile_str(src);
+        assert!(p.is_none());
+        let errs: Vec<String> = d.errors().map(|e| e.to_string()).collect();
+        assert!(
+            errs.iter()
+                .any(|e| e
+                    .starts_with("error: p.yaml:4: expected_outbound[1].destination: empty label")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("expected_outbound[1].protocol: port 443 needs a protocol")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_lines() {
+        let (p, d) = compile_str("agent_name: a\nexpected_outbund: []\n");
+        assert!(p.is_none());
+        let e = d.errors().next().unwrap().to_string();
+        assert!(e.starts_with("error: p.yaml:2"), "{e}");
+        assert!(e.contains("unknown field `expected_outbund`"), "{e}");
+    }
+
+    #[test]
+    fn over_broad_patterns_warn() {
+        let src = "agent_name: a\nallowed_dynamic_resolution:\n  - \"*\"\n  - \"*.com\"\n  - \"*.co.uk\"\n  - \"*.example.com\"\n";
+        let (p, d) = compile_str(src);
+        assert!(p.is_some());
+        let w: Vec<String> = d.warnings().map(|w| w.to_string()).collect();
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w[0].contains("p.yaml:3"), "{w:?}");
+    }
+
+    #[test]
+    fn addresses_and_cidrs() {
+        let src = "agent_name: a\nexpected_outbound:\n  - destination: 10.0.0.5\n  - destination: 10.1.0.0/16\n    port: 53\n    protocol: udp\n  - destination: 10.1.0.1/16\n";
+        let (p, d) = compile_str(src);
+        assert!(p.is_none());
+        let e = d.errors().next().unwrap().to_string();
+        assert!(
+            e.contains("p.yaml:7") && e.contains("did you mean 10.1.0.0/16"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn client_index_prefers_longest_prefix() {
+        let mut d = Diagnostics::default();
+        let a = compile_source(
+            Path::new("a.yaml"),
+            "agent_name: a\nclients: [10.0.0.0/8]\n",
+            &mut d,
+        )
+        .unwrap();
+        let b = compile_source(
+            Path::new("b.yaml"),
+            "agent_name: b\nclients: [10.1.0.0/16]\n",
+            &mut d,
+        )
+        .unwrap();
+        let set = PolicySet::index(vec![Arc::new(a), Arc::new(b)]);
+        assert_eq!(
+            &*set.for_client("10.1.2.3".parse().unwrap()).unwrap().agent,
+            "b"
+        );
+        assert_eq!(
+            &*set.for_client("10.2.2.3".parse().unwrap()).unwrap().agent,
+            "a"
+        );
+        assert!(set.for_client("192.168.1.1".parse().unwrap()).is_none());
+    }
+}

@@ -1,0 +1,18 @@
+//! Signals: SIGTERM and SIGINT cancel the shutdown token.
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+/// Spawns the task that turns the first SIGTERM or SIGINT into `token.cancel()`.
+pub fn on_signals(token: CancellationToken) -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        token.cancel();
+    });
+    Ok(())
+}
