@@ -1,0 +1,158 @@
+//! `allowdns check`: loads what `serve` would, reports every error with file:line.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn check(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .arg("check")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_shipped_demo_policy_and_zones_load() {
+    let (code, stdout, stderr) = check(&[
+        "--policy",
+        repo("policies").to_str().unwrap(),
+        "--zones",
+        repo("zones").to_str().unwrap(),
+        "--upstream",
+        "127.0.0.1:53",
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("agent 'travel_agent_v1', 3 name rule(s)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ok: 3 zone(s)"), "{stdout}");
+}
+
+#[test]
+fn every_error_is_reported_with_file_line_and_field() {
+    let dir = TempDir::new("check");
+    let bad = dir.write(
+        "bad.yaml",
+        r#"agent_name: broken
+expected_outbound:
+  - destination: "api.example.com"
+  - destination: "bad..name"
+    port: 443
+  - destination: "10.0.0.1/8"
+allowed_dynamic_resolution:
+  - "*.com"
+"#,
+    );
+    let typo = dir.write(
+        "typo.yaml",
+        "agent_name: t\nclients: [10.9.0.0/16]\nexpected_outbund: []\n",
+    );
+    let zones = dir.0.join("zones");
+    std::fs::create_dir(&zones).unwrap();
+    std::fs::write(
+        zones.join("nosoa.test.zone"),
+        "$ORIGIN nosoa.test.\nwww 300 IN A 192.0.2.1\n",
+    )
+    .unwrap();
+
+    let (code, _, stderr) = check(&[
+        "--policy",
+        bad.to_str().unwrap(),
+        "--policy",
+        typo.to_str().unwrap(),
+        "--zones",
+        zones.to_str().unwrap(),
+        "--upstream",
+        "127.0.0.1:53",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    let bad = bad.display().to_string();
+    let typo = typo.display().to_string();
+    for want in [
+        format!("error: {bad}:4: expected_outbound[1].destination: empty label in 'bad..name'"),
+        format!("error: {bad}:4: expected_outbound[1].protocol: port 443 needs a protocol"),
+        format!("error: {bad}:6: expected_outbound[2].destination: '10.0.0.1/8' has host bits set"),
+        format!("warning: {bad}:8: allowed_dynamic_resolution[0]: over-broad"),
+        format!("error: {typo}:3: unknown field `expected_outbund`"),
+        "has no SOA record at its apex".to_string(),
+        "error(s); nothing was started".to_string(),
+    ] {
+        assert!(stderr.contains(&want), "missing {want:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn config_file_errors_name_the_line() {
+    let dir = TempDir::new("config");
+    let policy = dir.write("p.yaml", "agent_name: a\n");
+    let config = dir.write(
+        "allowdns.yaml",
+        "listen:\n  - 127.0.0.1:5300\n  - not-an-address\npolicies: [p.yaml]\nupstream:\n  servers: [127.0.0.1]\n",
+    );
+    let (code, _, stderr) = check(&["--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:3: listen[1]: 'not-an-address' is not an address",
+            config.display()
+        )),
+        "{stderr}"
+    );
+
+    let config = dir.write("unknown.yaml", "policies: [p.yaml]\nlisen: []\n");
+    let (code, _, stderr) = check(&["--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains(&format!("{}:2: unknown field `lisen`", config.display())),
+        "{stderr}"
+    );
+
+    // A good config, with paths relative to the config file.
+    let config = dir.write(
+        "good.yaml",
+        "listen: [127.0.0.1:5300]\npolicies: [p.yaml]\nupstream:\n  servers: [127.0.0.1]\n",
+    );
+    let (code, stdout, stderr) = check(&["--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("agent 'a'"), "{stdout}");
+    let _ = policy;
+}
+
+#[test]
+fn serve_refuses_to_start_on_bad_input() {
+    let dir = TempDir::new("serve-bad");
+    let bad = dir.write(
+        "bad.yaml",
+        "agent_name: x\nexpected_outbound:\n  - destination: \"a b\"\n",
+    );
+    let out = Command::new(bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "127.0.0.1:53",
+            "--policy",
+        ])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:3: expected_outbound[0].destination",
+            bad.display()
+        )),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,433 @@
+//! Test harness: real parts only.
+//! - [`Upstream`]: a hickory authoritative server on 127.0.0.x that records
+//!   every question it receives;
+//! - [`Allowdns`]: the real binary on port 0, read up to its "listening on"
+//!   line, killed on drop;
+//! - [`query`]/[`dig`]: real DNS clients (hickory-proto over UDP/TCP, and dig).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_server::net::runtime::Time;
+use hickory_server::proto::op::{Edns, Message, MessageType, OpCode, Query};
+use hickory_server::proto::rr::{LowerName, Name, RecordType};
+use hickory_server::proto::serialize::txt::Parser;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
+
+/// Questions the upstream received, as ("name" lowercased without dot, type).
+pub type Log = Arc<Mutex<Vec<(String, RecordType)>>>;
+
+struct Recording {
+    catalog: Catalog,
+    log: Log,
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Recording {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        handle: R,
+    ) -> ResponseInfo {
+        for q in request.queries.queries() {
+            let name = q.original().name().to_ascii().to_lowercase();
+            let name = name.trim_end_matches('.').to_string();
+            self.log.lock().unwrap().push((name, q.query_type()));
+        }
+        self.catalog.handle_request::<R, T>(request, handle).await
+    }
+}
+
+/// A running authoritative upstream; stopped when dropped.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub log: Log,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Upstream {
+    /// Serves the given zone files on `ip:port` (port 0 picks one).
+    pub fn start(ip: &str, port: u16, zone_files: &[PathBuf]) -> Upstream {
+        let mut catalog = Catalog::new();
+        for file in zone_files {
+            let text =
+                std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let stem = file.file_stem().unwrap().to_str().unwrap();
+            let origin = if stem == "root" {
+                Name::root()
+            } else {
+                Name::from_ascii(format!("{stem}.")).unwrap()
+            };
+            let (origin, records) = Parser::new(text, Some(file.clone()), Some(origin))
+                .parse()
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let zone =
+                InMemoryZoneHandler::<hickory_server::net::runtime::TokioRuntimeProvider>::new(
+                    origin.clone(),
+                    records,
+                    ZoneType::Primary,
+                    AxfrPolicy::Deny,
+                )
+                .unwrap();
+            let handlers: Vec<Arc<dyn ZoneHandler>> = vec![Arc::new(zone)];
+            catalog.upsert(LowerName::new(&origin), handlers);
+        }
+        let log: Log = Arc::default();
+        let handler = Recording {
+            catalog,
+            log: log.clone(),
+        };
+        let bind: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        let udp =
+            std::net::UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind upstream {bind}: {e}"));
+        let addr = udp.local_addr().unwrap();
+        let tcp = std::net::TcpListener::bind(addr)
+            .unwrap_or_else(|e| panic!("bind upstream tcp {addr}: {e}"));
+        udp.set_nonblocking(true).unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut server = hickory_server::Server::new(handler);
+                server.register_socket(tokio::net::UdpSocket::from_std(udp).unwrap());
+                server.register_listener(
+                    tokio::net::TcpListener::from_std(tcp).unwrap(),
+                    Duration::from_secs(5),
+                    65535,
+                );
+                let _ = stopped.await;
+                let _ = server.shutdown_gracefully().await;
+            });
+        });
+        Upstream {
+            addr,
+            log,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Every name the upstream was asked about.
+    pub fn names(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    pub fn count(&self, name: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| n == name)
+            .count()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn data(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(rel)
+}
+
+pub fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("allowdns-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The real allowdns binary, serving until dropped.
+pub struct Allowdns {
+    child: Child,
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_allowdns")
+}
+
+impl Allowdns {
+    /// `serve` with these arguments plus `--listen 127.0.0.1:0` unless one is given.
+    pub fn serve(args: &[&str]) -> Allowdns {
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve");
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn allowdns");
+        let stderr = child.stderr.take().unwrap();
+        let text = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = text.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            let mut tx = Some(tx);
+            while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                if line.contains("listening on ")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(line.clone());
+                }
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("allowdns did not start:\n{}", text.lock().unwrap());
+            }
+        };
+        let pick = |scheme: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(scheme))
+                .unwrap_or_else(|| panic!("no {scheme} in {line}"))
+                .parse()
+                .unwrap()
+        };
+        let udp = pick("udp://");
+        let tcp = pick("tcp://");
+        Allowdns {
+            child,
+            udp,
+            tcp,
+            stderr: text,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns everything on stderr.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "allowdns did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        (status, self.stderr())
+    }
+}
+
+impl Drop for Allowdns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Options for [`query_with`].
+#[derive(Clone, Copy)]
+pub struct Ask {
+    pub tcp: bool,
+    pub edns: Option<u16>,
+    /// Source address for UDP (to play another client on loopback).
+    pub from: Option<IpAddr>,
+}
+
+impl Default for Ask {
+    fn default() -> Self {
+        Ask {
+            tcp: false,
+            edns: Some(1232),
+            from: None,
+        }
+    }
+}
+
+pub fn query(server: SocketAddr, name: &str, rtype: RecordType) -> Message {
+    query_with(server, name, rtype, Ask::default())
+}
+
+/// One question over UDP or TCP with hickory-proto's wire format.
+pub fn query_with(server: SocketAddr, name: &str, rtype: RecordType, ask: Ask) -> Message {
+    let mut msg = Message::query();
+    msg.metadata.id = rand_id();
+    msg.metadata.recursion_desired = true;
+    msg.metadata.op_code = OpCode::Query;
+    msg.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+    if let Some(size) = ask.edns {
+        let mut edns = Edns::new();
+        edns.set_max_payload(size);
+        msg.set_edns(edns);
+    }
+    let bytes = msg.to_vec().unwrap();
+    let reply = if ask.tcp {
+        exchange_tcp(server, &bytes)
+    } else {
+        exchange_udp(server, &bytes, ask.from)
+    };
+    let reply = Message::from_vec(&reply).expect("reply parses");
+    assert_eq!(reply.metadata.id, msg.metadata.id);
+    assert_eq!(reply.metadata.message_type, MessageType::Response);
+    reply
+}
+
+pub fn exchange_udp(server: SocketAddr, bytes: &[u8], from: Option<IpAddr>) -> Vec<u8> {
+    let local: SocketAddr = SocketAddr::new(
+        from.unwrap_or_else(|| {
+            if server.is_ipv4() {
+                "127.0.0.1".parse().unwrap()
+            } else {
+                "::1".parse().unwrap()
+            }
+        }),
+        0,
+    );
+    let sock = UdpSocket::bind(local).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    sock.send_to(bytes, server).unwrap();
+    let mut buf = vec![0u8; 65535];
+    let (n, _) = sock.recv_from(&mut buf).expect("UDP reply within 10 s");
+    buf.truncate(n);
+    buf
+}
+
+pub fn exchange_tcp(server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(bytes);
+    s.write_all(&framed).unwrap();
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).unwrap();
+    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut buf).unwrap();
+    buf
+}
+
+fn rand_id() -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now()) as u16
+}
+
+/// Runs dig against allowdns; returns stdout. Fails in CI if dig is missing.
+pub fn dig(server: SocketAddr, args: &[&str]) -> Option<String> {
+    let port = server.port().to_string();
+    let at = format!("@{}", server.ip());
+    match Command::new("dig")
+        .arg(&at)
+        .args(["-p", &port])
+        .args(args)
+        .output()
+    {
+        Ok(out) => Some(String::from_utf8_lossy(&out.stdout).into_owned()),
+        Err(e) => {
+            require_or_skip(&format!("dig is not installed ({e})"));
+            None
+        }
+    }
+}
+
+/// In CI a missing prerequisite is a failure; elsewhere the test skips loudly.
+pub fn require_or_skip(reason: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true and a prerequisite is missing: {reason}");
+    }
+    eprintln!("SKIPPED (not in CI): {reason}");
+}
+
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+/// Answer records as ("name", "TYPE", "data") for easy asserts.
+pub fn answers(m: &Message) -> Vec<(String, String, String)> {
+    m.answers
+        .iter()
+        .map(|r| {
+            (
+                r.name.to_ascii().trim_end_matches('.').to_lowercase(),
+                r.record_type().to_string(),
+                r.data.to_string(),
+            )
+        })
+        .collect()
+}
+
+pub fn read_audit(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"))
+        })
+        .collect()
+}
