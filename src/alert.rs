@@ -4,19 +4,27 @@
 //! that client within the window are only counted, and one summary line closes
 //! the window, so a DNS tunnel pushing thousands of unique names produces two
 //! lines a minute, not thousands. The audit log still has every lookup.
-//! Memory is bounded: at most `MAX_CLIENTS` windows are tracked; denials from
-//! further clients fold into one "other clients" counter.
+//!
+//! Counting happens inline under a mutex (a hash lookup); only a new window
+//! wakes the printing thread, so a flood costs no thread wake-ups. Memory is
+//! bounded: at most `MAX_CLIENTS` windows; denials from further clients fold
+//! into one "other clients" counter.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use hickory_proto::rr::{Name, RecordType};
+
+use crate::audit::display_name;
+
 const MAX_CLIENTS: usize = 4096;
-const QUEUE: usize = 4096;
+/// Full alerts waiting to be printed; more than this in one tick are counted.
+const MAX_PENDING: usize = 1024;
 
 /// One denied lookup, as the handler reports it.
 #[derive(Debug)]
@@ -24,53 +32,8 @@ pub struct Denied {
     pub ts: SystemTime,
     pub agent: Arc<str>,
     pub client: SocketAddr,
-    pub qname: String,
-    pub qtype: String,
-}
-
-enum Message {
-    Denied(Box<Denied>),
-    Close(SyncSender<()>),
-}
-
-/// The handlers' side; cheap to clone, never blocks.
-#[derive(Clone)]
-pub struct Alerts {
-    queue: SyncSender<Message>,
-    /// Events that did not fit in the queue; reported in the next summary.
-    overflow: Arc<AtomicU64>,
-}
-
-impl Alerts {
-    /// Starts the alert thread, writing to `out` (stderr in production).
-    pub fn start(window: Duration, out: Box<dyn Write + Send>) -> Alerts {
-        let (queue, rx) = sync_channel(QUEUE);
-        let overflow = Arc::new(AtomicU64::new(0));
-        let thread_overflow = overflow.clone();
-        std::thread::Builder::new()
-            .name("alerts".into())
-            .spawn(move || Aggregator::new(window, out, thread_overflow).run(rx))
-            .expect("spawn alert thread");
-        Alerts { queue, overflow }
-    }
-
-    pub fn denied(&self, event: Denied) {
-        if self
-            .queue
-            .try_send(Message::Denied(Box::new(event)))
-            .is_err()
-        {
-            self.overflow.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Prints open summaries and stops the thread.
-    pub fn close(&self) {
-        let (ack, done) = sync_channel(1);
-        if self.queue.send(Message::Close(ack)).is_ok() {
-            let _ = done.recv();
-        }
-    }
+    pub qname: Name,
+    pub qtype: RecordType,
 }
 
 struct Window {
@@ -79,121 +42,152 @@ struct Window {
     suppressed: u64,
 }
 
-struct Aggregator {
-    window: Duration,
-    out: Box<dyn Write + Send>,
+#[derive(Default)]
+struct State {
     clients: HashMap<IpAddr, Window>,
-    /// Denials from clients beyond `MAX_CLIENTS`, since `other_since`.
+    /// Full alerts not yet printed.
+    pending: Vec<Denied>,
+    /// Denials that found no window slot or pending slot, since `other_since`.
     other: u64,
-    other_since: Instant,
-    overflow: Arc<AtomicU64>,
+    other_since: Option<Instant>,
 }
 
-impl Aggregator {
-    fn new(window: Duration, out: Box<dyn Write + Send>, overflow: Arc<AtomicU64>) -> Self {
-        Self {
+struct Shared {
+    state: Mutex<State>,
+    window: Duration,
+    closing: AtomicBool,
+    printer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The handlers' side; cheap to clone, never blocks on I/O.
+#[derive(Clone)]
+pub struct Alerts {
+    shared: Arc<Shared>,
+}
+
+impl Alerts {
+    /// Starts the printing thread, writing to `out` (stderr in production).
+    pub fn start(window: Duration, out: Box<dyn Write + Send>) -> Alerts {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
             window,
-            out,
-            clients: HashMap::new(),
-            other: 0,
-            other_since: Instant::now(),
-            overflow,
-        }
+            closing: AtomicBool::new(false),
+            printer: Mutex::new(None),
+        });
+        let thread_shared = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("alerts".into())
+            .spawn(move || print_loop(&thread_shared, out))
+            .expect("spawn alert thread");
+        *shared.printer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        Alerts { shared }
     }
 
-    fn run(mut self, rx: Receiver<Message>) {
-        let tick = Duration::from_millis(500).min(self.window);
-        loop {
-            match rx.recv_timeout(tick) {
-                Ok(Message::Denied(event)) => self.on_denied(&event),
-                Ok(Message::Close(ack)) => {
-                    self.expire(true);
-                    let _ = ack.send(());
-                    return;
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.expire(true);
-                    return;
-                }
-            }
-            self.expire(false);
-        }
-    }
-
-    fn on_denied(&mut self, e: &Denied) {
-        let ip = e.client.ip();
-        if let Some(w) = self.clients.get_mut(&ip) {
+    pub fn denied(&self, event: Denied) {
+        let ip = event.client.ip();
+        let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = state.clients.get_mut(&ip) {
             w.suppressed += 1;
             return;
         }
-        if self.clients.len() >= MAX_CLIENTS {
-            if self.other == 0 {
-                self.other_since = Instant::now();
-            }
-            self.other += 1;
+        if state.clients.len() >= MAX_CLIENTS || state.pending.len() >= MAX_PENDING {
+            state.other += 1;
+            state.other_since.get_or_insert_with(Instant::now);
             return;
         }
-        self.clients.insert(
+        state.clients.insert(
             ip,
             Window {
                 opened: Instant::now(),
-                agent: e.agent.clone(),
+                agent: event.agent.clone(),
                 suppressed: 0,
             },
         );
-        let text = format!(
+        state.pending.push(event);
+        drop(state);
+        if let Some(h) = self
+            .shared
+            .printer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            h.thread().unpark();
+        }
+    }
+
+    /// Prints what is pending and every open summary, then stops the thread.
+    pub fn close(&self) {
+        self.shared.closing.store(true, Ordering::Relaxed);
+        let handle = self
+            .shared
+            .printer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            handle.thread().unpark();
+            let _ = handle.join();
+        }
+    }
+}
+
+fn print_loop(shared: &Shared, mut out: Box<dyn Write + Send>) {
+    let tick = Duration::from_millis(500).min(shared.window);
+    loop {
+        let closing = shared.closing.load(Ordering::Relaxed);
+        let text = collect(shared, closing);
+        if !text.is_empty() {
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+        }
+        if closing {
+            return;
+        }
+        std::thread::park_timeout(tick);
+    }
+}
+
+/// Takes pending alerts and closes windows that are over (all when `all`).
+fn collect(shared: &Shared, all: bool) -> String {
+    let now = Instant::now();
+    let window = shared.window;
+    let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    let mut text = String::new();
+    for e in state.pending.drain(..) {
+        text.push_str(&format!(
             "[!] UNEXPECTED DNS LOOKUP\nTimestamp: {}\nAgent: {}\nClient: {}\nQuery: {} {}\nAction: NXDOMAIN\nRule Matched: NONE - name not in allow-list\n",
             humantime::format_rfc3339_seconds(e.ts),
             e.agent,
             e.client,
-            e.qname,
+            display_name(&e.qname),
             e.qtype,
-        );
-        self.emit(&text);
+        ));
     }
-
-    /// Closes windows that are over (all of them when `all`), printing summaries.
-    fn expire(&mut self, all: bool) {
-        let now = Instant::now();
-        let window = self.window;
-        let mut lines = Vec::new();
-        self.clients.retain(|ip, w| {
-            let done = all || now.duration_since(w.opened) >= window;
-            if done && w.suppressed > 0 {
-                lines.push(format!(
-                    "[!] ... and {} more denied lookups from {ip} (agent {}) in the last {} s\n",
-                    thousands(w.suppressed),
-                    w.agent,
-                    now.duration_since(w.opened).as_secs().max(1),
-                ));
-            }
-            !done
-        });
-        if self.other > 0 && (all || now.duration_since(self.other_since) >= window) {
-            lines.push(format!(
-                "[!] ... and {} more denied lookups from other clients in the last {} s\n",
-                thousands(self.other),
-                now.duration_since(self.other_since).as_secs().max(1),
-            ));
-            self.other = 0;
-        }
-        let dropped = self.overflow.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            lines.push(format!(
-                "[!] ... and {} more denied lookups not itemized (alert queue full; the audit log has each one)\n",
-                thousands(dropped)
+    state.clients.retain(|ip, w| {
+        let done = all || now.duration_since(w.opened) >= window;
+        if done && w.suppressed > 0 {
+            text.push_str(&format!(
+                "[!] ... and {} more denied lookups from {ip} (agent {}) in the last {} s\n",
+                thousands(w.suppressed),
+                w.agent,
+                now.duration_since(w.opened).as_secs().max(1),
             ));
         }
-        for line in lines {
-            self.emit(&line);
-        }
+        !done
+    });
+    if let Some(since) = state.other_since
+        && (all || now.duration_since(since) >= window)
+    {
+        text.push_str(&format!(
+            "[!] ... and {} more denied lookups from other clients in the last {} s (too many to itemize; the audit log has each one)\n",
+            thousands(state.other),
+            now.duration_since(since).as_secs().max(1),
+        ));
+        state.other = 0;
+        state.other_since = None;
     }
-
-    fn emit(&mut self, text: &str) {
-        let _ = self.out.write_all(text.as_bytes());
-        let _ = self.out.flush();
-    }
+    text
 }
 
 /// 4812 -> "4,812".
@@ -212,7 +206,6 @@ fn thousands(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
 
     #[derive(Clone, Default)]
     struct Buf(Arc<Mutex<Vec<u8>>>);
@@ -233,35 +226,53 @@ mod tests {
         assert_eq!(thousands(1_234_567), "1,234,567");
     }
 
+    fn denied(client: &str, i: usize) -> Denied {
+        Denied {
+            ts: SystemTime::UNIX_EPOCH,
+            agent: "a".into(),
+            client: client.parse().unwrap(),
+            qname: Name::from_ascii(format!("x{i}.tunnel.example.")).unwrap(),
+            qtype: RecordType::A,
+        }
+    }
+
     #[test]
     fn a_flood_prints_one_alert_and_one_summary() {
         let buf = Buf::default();
         let alerts = Alerts::start(Duration::from_secs(60), Box::new(buf.clone()));
         for i in 0..5000 {
-            alerts.denied(Denied {
-                ts: SystemTime::UNIX_EPOCH,
-                agent: "a".into(),
-                client: "10.200.1.2:53422".parse().unwrap(),
-                qname: format!("x{i}.tunnel.example"),
-                qtype: "A".into(),
-            });
+            alerts.denied(denied("10.200.1.2:53422", i));
         }
         alerts.close();
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text.matches("UNEXPECTED DNS LOOKUP").count(), 1, "{text}");
         assert!(text.contains("Query: x0.tunnel.example A"), "{text}");
-        let itemized: u64 = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("[!] ... and "))
-            .map(|l| {
-                l.split(' ')
-                    .next()
-                    .unwrap()
-                    .replace(',', "")
-                    .parse::<u64>()
-                    .unwrap()
-            })
-            .sum();
-        assert_eq!(itemized, 4999, "{text}");
+        assert!(
+            text.contains(
+                "[!] ... and 4,999 more denied lookups from 10.200.1.2 (agent a) in the last 1 s"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn memory_is_bounded_under_many_clients() {
+        let buf = Buf::default();
+        let alerts = Alerts::start(Duration::from_secs(60), Box::new(buf.clone()));
+        for i in 0..(MAX_CLIENTS * 3) {
+            let ip = format!("10.{}.{}.{}:1", i >> 16 & 255, i >> 8 & 255, i & 255);
+            alerts.denied(denied(&ip, i));
+        }
+        {
+            let state = alerts.shared.state.lock().unwrap();
+            assert!(state.clients.len() <= MAX_CLIENTS);
+            assert!(state.pending.len() <= MAX_PENDING);
+        }
+        alerts.close();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains("more denied lookups from other clients"),
+            "{text}"
+        );
     }
 }

@@ -1,26 +1,29 @@
 //! The audit log: one JSON line per query, whatever the decision.
 //!
-//! Handlers hand records to a bounded queue and never wait; a dedicated
-//! thread formats and writes them. If the queue is full the record is counted
-//! as lost, and the count is written to the log itself (and stderr) as soon as
-//! the writer catches up, so loss is never silent. Shutdown drains the queue
-//! and flushes.
+//! Handlers append records to a shared buffer and never wait on I/O; a
+//! dedicated thread swaps the buffer out every few milliseconds, formats and
+//! writes it. Waking a thread per record would cost more than answering the
+//! query, so the writer polls instead. If the buffer is full the record is
+//! counted as lost, and the count is written to the log itself (and stderr)
+//! on the next pass, so loss is never silent. Closing drains and flushes.
 
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
 
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::Record;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use serde::Serialize;
 
-/// Records queued before the writer falls behind and records are counted lost.
-const QUEUE: usize = 65_536;
+/// Records buffered before the writer falls behind and records are counted lost.
+const CAPACITY: usize = 262_144;
+/// How often the writer wakes to drain the buffer.
+const TICK: Duration = Duration::from_millis(5);
 
 /// What policy said about a query.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -33,6 +36,16 @@ pub enum Decision {
     Refused,
 }
 
+impl Decision {
+    fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+            Decision::Refused => "refused",
+        }
+    }
+}
+
 /// One audit record, as the handler fills it in. Formatting is the writer's job.
 #[derive(Debug)]
 pub struct AuditRecord {
@@ -40,8 +53,9 @@ pub struct AuditRecord {
     pub client: SocketAddr,
     pub transport: &'static str,
     pub agent: Option<Arc<str>>,
-    pub qname: String,
-    pub qtype: String,
+    /// `None` when the request had no single question.
+    pub qname: Option<Name>,
+    pub qtype: Option<RecordType>,
     pub decision: Decision,
     pub rule: Option<Arc<str>>,
     pub dynamic: bool,
@@ -50,17 +64,17 @@ pub struct AuditRecord {
     pub upstream_ms: Option<f64>,
 }
 
-enum Message {
-    Record(Box<AuditRecord>),
-    /// Drain, flush, acknowledge, stop.
-    Close(SyncSender<()>),
+struct Shared {
+    buffer: Mutex<Vec<AuditRecord>>,
+    lost: AtomicU64,
+    closing: AtomicBool,
+    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// The handlers' side of the log; cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    queue: SyncSender<Message>,
-    lost: Arc<AtomicU64>,
+    shared: Arc<Shared>,
 }
 
 /// Where audit lines go.
@@ -70,7 +84,7 @@ pub enum Sink {
 }
 
 impl Sink {
-    /// `None` is stdout; a file is opened for appending (created if missing).
+    /// `None` or `-` is stdout; a file is opened for appending (created if missing).
     pub fn open(path: Option<&Path>) -> io::Result<Sink> {
         match path {
             None => Ok(Sink::Stdout),
@@ -87,76 +101,76 @@ impl Sink {
 
 impl AuditLog {
     pub fn start(sink: Sink) -> AuditLog {
-        let (queue, rx) = sync_channel(QUEUE);
-        let lost = Arc::new(AtomicU64::new(0));
-        let writer_lost = lost.clone();
-        std::thread::Builder::new()
+        let shared = Arc::new(Shared {
+            buffer: Mutex::new(Vec::with_capacity(4096)),
+            lost: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+            writer: Mutex::new(None),
+        });
+        let out: Box<dyn Write + Send> = match sink {
+            Sink::Stdout => Box::new(io::stdout()),
+            Sink::File(f) => Box::new(f),
+        };
+        let writer_shared = shared.clone();
+        let handle = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || {
-                let out: Box<dyn Write + Send> = match sink {
-                    Sink::Stdout => Box::new(io::stdout()),
-                    Sink::File(f) => Box::new(f),
-                };
-                write_loop(rx, BufWriter::with_capacity(1 << 16, out), &writer_lost)
-            })
+            .spawn(move || write_loop(&writer_shared, BufWriter::with_capacity(1 << 16, out)))
             .expect("spawn audit writer thread");
-        AuditLog { queue, lost }
+        *shared.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        AuditLog { shared }
     }
 
-    /// Queues a record; never blocks.
+    /// Queues a record; never blocks on I/O.
     pub fn record(&self, record: AuditRecord) {
-        match self.queue.try_send(Message::Record(Box::new(record))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.lost.fetch_add(1, Ordering::Relaxed);
-            }
+        let mut buffer = self.shared.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        if buffer.len() < CAPACITY && !self.shared.closing.load(Ordering::Relaxed) {
+            buffer.push(record);
+        } else {
+            self.shared.lost.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Records lost so far and not yet reported.
-    pub fn pending_lost(&self) -> u64 {
-        self.lost.load(Ordering::Relaxed)
-    }
-
-    /// Writes out everything queued and flushes. Blocks until done.
+    /// Writes out everything queued, flushes and stops the writer. Blocks until done.
     pub fn close(&self) {
-        let (ack, done) = sync_channel(1);
-        if self.queue.send(Message::Close(ack)).is_ok() {
-            let _ = done.recv();
+        self.shared.closing.store(true, Ordering::Relaxed);
+        let handle = self
+            .shared
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            handle.thread().unpark();
+            let _ = handle.join();
         }
     }
 }
 
-fn write_loop(rx: Receiver<Message>, mut out: BufWriter<Box<dyn Write + Send>>, lost: &AtomicU64) {
+fn write_loop(shared: &Shared, mut out: BufWriter<Box<dyn Write + Send>>) {
+    let mut batch = Vec::with_capacity(4096);
     let mut line = Vec::with_capacity(512);
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        let mut closing = None;
-        // Take everything already queued, then flush once.
-        while let Some(message) = next.take() {
-            match message {
-                Message::Record(record) => {
-                    line.clear();
-                    format_record(&record, &mut line);
-                    if let Err(e) = out.write_all(&line) {
-                        lost.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(error = %e, "audit log write failed");
-                    }
-                }
-                Message::Close(ack) => closing = Some(ack),
-            }
-            if closing.is_none() {
-                next = rx.try_recv().ok();
+    loop {
+        let closing = shared.closing.load(Ordering::Relaxed);
+        std::mem::swap(
+            &mut batch,
+            &mut *shared.buffer.lock().unwrap_or_else(|p| p.into_inner()),
+        );
+        for record in batch.drain(..) {
+            line.clear();
+            format_record(&record, &mut line);
+            if let Err(e) = out.write_all(&line) {
+                shared.lost.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "audit log write failed");
             }
         }
-        report_lost(&mut out, lost);
+        report_lost(&mut out, &shared.lost);
         if let Err(e) = out.flush() {
             tracing::error!(error = %e, "audit log flush failed");
         }
-        if let Some(ack) = closing {
-            let _ = ack.send(());
+        if closing {
             return;
         }
+        std::thread::park_timeout(TICK);
     }
 }
 
@@ -166,71 +180,136 @@ fn report_lost(out: &mut impl Write, lost: &AtomicU64) {
         return;
     }
     tracing::warn!(lost = n, "audit records lost: the writer could not keep up");
-    let event = serde_json::json!({
-        "ts": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-        "event": "audit_records_lost",
-        "count": n,
-    });
-    let _ = writeln!(out, "{event}");
+    let ts = humantime::format_rfc3339_micros(SystemTime::now());
+    let _ = writeln!(
+        out,
+        r#"{{"ts":"{ts}","event":"audit_records_lost","count":{n}}}"#
+    );
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    ts: String,
-    client: String,
-    transport: &'a str,
-    agent: Option<&'a str>,
-    qname: &'a str,
-    qtype: &'a str,
-    decision: Decision,
-    rule: Option<&'a str>,
-    dynamic: bool,
-    rcode: String,
-    answers: Vec<Answer>,
-    upstream_ms: Option<f64>,
+/// Formats one record as a JSON line. Hand-written: this runs once per query.
+pub fn format_record(r: &AuditRecord, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    let _ = write!(
+        out,
+        r#"{{"ts":"{}","client":"{}","transport":"{}","agent":"#,
+        humantime::format_rfc3339_micros(r.ts),
+        r.client,
+        r.transport
+    );
+    match &r.agent {
+        Some(agent) => json_str(out, agent),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(br#","qname":"#);
+    match &r.qname {
+        Some(name) => json_name(out, name),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(br#","qtype":"#);
+    match r.qtype {
+        Some(t) => {
+            let _ = write!(out, r#""{t}""#);
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    let _ = write!(out, r#","decision":"{}","rule":"#, r.decision.as_str());
+    match &r.rule {
+        Some(rule) => json_str(out, rule),
+        None => out.extend_from_slice(b"null"),
+    }
+    let _ = write!(
+        out,
+        r#","dynamic":{},"rcode":"{}","answers":["#,
+        r.dynamic,
+        rcode_name(r.rcode)
+    );
+    for (i, a) in r.answers.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{"name":"#);
+        json_name(out, &a.name);
+        let _ = write!(
+            out,
+            r#","type":"{}","ttl":{},"data":"#,
+            a.record_type(),
+            a.ttl
+        );
+        match &a.data {
+            RData::A(ip) => {
+                let _ = write!(out, r#""{ip}""#);
+            }
+            RData::AAAA(ip) => {
+                let _ = write!(out, r#""{ip}""#);
+            }
+            other => json_str(out, &other.to_string()),
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(br#"],"upstream_ms":"#);
+    match r.upstream_ms {
+        Some(ms) => {
+            let _ = write!(out, "{ms:.3}");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b"}\n");
 }
 
-#[derive(Serialize)]
-struct Answer {
-    name: String,
-    #[serde(rename = "type")]
-    rtype: String,
-    ttl: u32,
-    data: String,
+/// Writes `s` as a JSON string literal.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.extend_from_slice(s.as_bytes());
+    } else {
+        for c in s.chars() {
+            match c {
+                '"' => out.extend_from_slice(b"\\\""),
+                '\\' => out.extend_from_slice(b"\\\\"),
+                c if (c as u32) < 0x20 => {
+                    let _ = std::io::Write::write_fmt(out, format_args!("\\u{:04x}", c as u32));
+                }
+                c => {
+                    let mut buf = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                }
+            }
+        }
+    }
+    out.push(b'"');
 }
 
-fn format_record(r: &AuditRecord, out: &mut Vec<u8>) {
-    let line = Line {
-        ts: humantime::format_rfc3339_micros(r.ts).to_string(),
-        client: r.client.to_string(),
-        transport: r.transport,
-        agent: r.agent.as_deref(),
-        qname: &r.qname,
-        qtype: &r.qtype,
-        decision: r.decision,
-        rule: r.rule.as_deref(),
-        dynamic: r.dynamic,
-        rcode: rcode_name(r.rcode),
-        answers: r
-            .answers
-            .iter()
-            .map(|a| Answer {
-                name: display_name(&a.name),
-                rtype: a.record_type().to_string(),
-                ttl: a.ttl,
-                data: a.data.to_string(),
-            })
-            .collect(),
-        upstream_ms: r.upstream_ms,
-    };
-    // Serializing plain strings and numbers cannot fail.
-    let _ = serde_json::to_writer(&mut *out, &line);
-    out.push(b'\n');
+/// Writes a name as a JSON string, the way [`display_name`] spells it,
+/// without building the intermediate strings.
+fn json_name(out: &mut Vec<u8>, name: &Name) {
+    out.push(b'"');
+    let mut first = true;
+    for label in name.iter() {
+        if !first {
+            out.push(b'.');
+        }
+        first = false;
+        for &b in label {
+            match b {
+                b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => out.push(b),
+                b'A'..=b'Z' => out.push(b.to_ascii_lowercase()),
+                // Master-file escapes (RFC 1035 5.1), with the backslash JSON-escaped.
+                _ => {
+                    let _ = std::io::Write::write_fmt(out, format_args!("\\\\{b:03}"));
+                }
+            }
+        }
+    }
+    if first {
+        out.push(b'.');
+    }
+    out.push(b'"');
 }
 
-/// A name as people write it: A-labels, no trailing dot.
-pub fn display_name(name: &hickory_proto::rr::Name) -> String {
-    let mut s = name.to_ascii();
+/// A name as logs show it: lower case A-labels, no trailing dot (the root stays ".").
+pub fn display_name(name: &Name) -> String {
+    let mut s = name.to_lowercase().to_ascii();
     if s.len() > 1 && s.ends_with('.') {
         s.pop();
     }
@@ -248,5 +327,54 @@ pub fn rcode_name(rcode: ResponseCode) -> String {
         ResponseCode::Refused => "REFUSED".into(),
         ResponseCode::BADVERS => "BADVERS".into(),
         other => format!("RCODE{}", u16::from(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::rdata::{A, TXT};
+
+    #[test]
+    fn records_are_valid_json_with_every_field() {
+        let name = Name::from_ascii("Www.Example.com.").unwrap();
+        let r = AuditRecord {
+            ts: SystemTime::UNIX_EPOCH,
+            client: "10.0.0.1:5353".parse().unwrap(),
+            transport: "udp",
+            agent: Some("a\"gent".into()),
+            qname: Some(name.clone()),
+            qtype: Some(RecordType::TXT),
+            decision: Decision::Allow,
+            rule: Some("*.example.com".into()),
+            dynamic: true,
+            rcode: ResponseCode::NoError,
+            answers: vec![
+                Record::from_rdata(name.clone(), 60, RData::A(A::new(192, 0, 2, 1))),
+                Record::from_rdata(name, 60, RData::TXT(TXT::new(vec!["say \"hi\"\\".into()]))),
+            ],
+            upstream_ms: Some(1.5),
+        };
+        let mut out = Vec::new();
+        format_record(&r, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["ts"], "1970-01-01T00:00:00.000000Z");
+        assert_eq!(v["agent"], "a\"gent");
+        assert_eq!(v["qname"], "www.example.com");
+        assert_eq!(v["qtype"], "TXT");
+        assert_eq!(v["decision"], "allow");
+        assert_eq!(v["dynamic"], true);
+        assert_eq!(v["answers"][0]["data"], "192.0.2.1");
+        assert_eq!(v["answers"][1]["type"], "TXT");
+        assert_eq!(v["upstream_ms"], 1.5);
+        assert!(out.ends_with(b"}\n"));
+        let odd = Name::from_labels(vec![b"a.b\"c".as_ref(), b"Com".as_ref()]).unwrap();
+        let mut out = Vec::new();
+        json_name(&mut out, &odd);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v, "a\\046b\\034c.com");
+        let mut out = Vec::new();
+        json_name(&mut out, &Name::root());
+        assert_eq!(out, b"\".\"");
     }
 }

@@ -2,6 +2,10 @@
 //!
 //! query → client's policy → decision → (local zone | cache | upstream)
 //!       → audit (+ alert) → reply
+//!
+//! [`Handler::begin`] does everything that needs no waiting and, for most
+//! queries (denials, refusals, local zones, cache hits), the whole answer.
+//! Only a question that must go upstream continues in [`Handler::finish`].
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -12,14 +16,15 @@ use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
 use hickory_server::proto::rr::rdata::SOA;
 use hickory_server::proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_server::proto::serialize::binary::BinEncoder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 
 use crate::alert::{Alerts, Denied};
-use crate::audit::{AuditLog, AuditRecord, Decision as Logged, display_name};
+use crate::audit::{AuditLog, AuditRecord, Decision as Logged};
 use crate::decide::{Decision, decide};
 use crate::policy::PolicySet;
-use crate::resolve::Resolver;
+use crate::resolve::{Resolution, Resolver};
 use crate::zones::Zones;
 
 /// Largest UDP payload advertised back (the DNS flag day 2020 value).
@@ -39,6 +44,52 @@ pub struct Handler {
     pub alerts: Alerts,
     /// The SOA put in the authority section of denials (its minimum is the negative TTL).
     deny_soa: Record,
+}
+
+/// The reply to send, and what the audit record says about it.
+#[derive(Debug)]
+pub struct Outcome {
+    pub rcode: ResponseCode,
+    pub answers: Vec<Record>,
+    pub authority: Vec<Record>,
+    pub authoritative: bool,
+    pub decision: Logged,
+    pub agent: Option<Arc<str>>,
+    pub rule: Option<Arc<str>>,
+    pub dynamic: bool,
+    pub upstream_ms: Option<f64>,
+}
+
+impl Outcome {
+    pub fn refused(rcode: ResponseCode, agent: Option<Arc<str>>) -> Self {
+        Outcome {
+            rcode,
+            answers: Vec::new(),
+            authority: Vec::new(),
+            authoritative: false,
+            decision: Logged::Refused,
+            agent,
+            rule: None,
+            dynamic: false,
+            upstream_ms: None,
+        }
+    }
+
+    fn resolved(mut self, resolution: Resolution) -> Self {
+        self.rcode = resolution.rcode;
+        self.answers = resolution.answers;
+        self.authority = resolution.authority;
+        self.authoritative = resolution.authoritative;
+        self.upstream_ms = resolution.upstream_time.map(|d| d.as_secs_f64() * 1e3);
+        self
+    }
+}
+
+/// The result of [`Handler::begin`].
+pub enum Progress {
+    Answered(Outcome),
+    /// Allowed, but an upstream must be asked; the outcome is filled in so far.
+    NeedsUpstream(Outcome, Arc<Loaded>),
 }
 
 impl Handler {
@@ -73,115 +124,36 @@ impl Handler {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
-}
 
-/// The reply to send, and what the audit record says about it.
-struct Outcome {
-    rcode: ResponseCode,
-    answers: Vec<Record>,
-    authority: Vec<Record>,
-    authoritative: bool,
-    decision: Logged,
-    agent: Option<Arc<str>>,
-    rule: Option<Arc<str>>,
-    dynamic: bool,
-    upstream_ms: Option<f64>,
-}
-
-impl Outcome {
-    fn refused(rcode: ResponseCode, agent: Option<Arc<str>>) -> Self {
-        Outcome {
-            rcode,
-            answers: Vec::new(),
-            authority: Vec::new(),
-            authoritative: false,
-            decision: Logged::Refused,
-            agent,
-            rule: None,
-            dynamic: false,
-            upstream_ms: None,
+    /// Everything that needs no waiting; the whole answer unless an upstream is needed.
+    pub fn begin(&self, request: &Request) -> Progress {
+        if request.metadata.op_code != OpCode::Query {
+            return Progress::Answered(Outcome::refused(ResponseCode::NotImp, None));
         }
-    }
-}
-
-#[async_trait::async_trait]
-impl RequestHandler for Handler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        response_handle: R,
-    ) -> ResponseInfo {
+        let [query] = request.queries.queries() else {
+            return Progress::Answered(Outcome::refused(ResponseCode::FormErr, None));
+        };
+        if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            return Progress::Answered(Outcome::refused(ResponseCode::BADVERS, None));
+        }
+        let query = query.original();
+        let (name, qtype) = (query.name(), query.query_type());
         let src = request.src();
-        let query = request.queries.queries().first().map(|q| q.original());
-        let (qname, qtype) = match query {
-            Some(q) => (display_name(q.name()), q.query_type().to_string()),
-            None => (String::new(), String::new()),
-        };
 
-        let edns_version = request.edns.as_ref().map(Edns::version);
-        let outcome = if request.metadata.op_code != OpCode::Query {
-            Outcome::refused(ResponseCode::NotImp, None)
-        } else if request.queries.len() != 1 {
-            Outcome::refused(ResponseCode::FormErr, None)
-        } else if edns_version.is_some_and(|v| v > 0) {
-            Outcome::refused(ResponseCode::BADVERS, None)
-        } else {
-            let query = query.expect("exactly one query");
-            self.answer(
-                src,
-                query.name(),
-                query.query_type(),
-                query.query_class(),
-                &qname,
-                &qtype,
-            )
-            .await
-        };
-
-        self.audit.record(AuditRecord {
-            ts: SystemTime::now(),
-            client: src,
-            transport: match request.protocol() {
-                Protocol::Tcp => "tcp",
-                _ => "udp",
-            },
-            agent: outcome.agent.clone(),
-            qname,
-            qtype,
-            decision: outcome.decision,
-            rule: outcome.rule.clone(),
-            dynamic: outcome.dynamic,
-            rcode: outcome.rcode,
-            answers: outcome.answers.clone(),
-            upstream_ms: outcome.upstream_ms,
-        });
-
-        send(request, response_handle, &outcome).await
-    }
-}
-
-impl Handler {
-    async fn answer(
-        &self,
-        src: SocketAddr,
-        name: &Name,
-        qtype: RecordType,
-        qclass: DNSClass,
-        qname: &str,
-        qtype_text: &str,
-    ) -> Outcome {
         let loaded = self.snapshot();
         let (policy, rule) = match decide(&loaded.policies, src.ip(), name) {
-            Decision::Refused => return Outcome::refused(ResponseCode::Refused, None),
+            Decision::Refused => {
+                return Progress::Answered(Outcome::refused(ResponseCode::Refused, None));
+            }
             Decision::Deny { policy } => {
                 self.alerts.denied(Denied {
                     ts: SystemTime::now(),
                     agent: policy.agent.clone(),
                     client: src,
-                    qname: qname.to_string(),
-                    qtype: qtype_text.to_string(),
+                    qname: name.clone(),
+                    qtype,
                 });
-                return Outcome {
+                return Progress::Answered(Outcome {
                     rcode: ResponseCode::NXDomain,
                     answers: Vec::new(),
                     authority: vec![self.deny_soa.clone()],
@@ -191,78 +163,194 @@ impl Handler {
                     rule: None,
                     dynamic: false,
                     upstream_ms: None,
-                };
+                });
             }
             Decision::Allow { policy, rule } => (policy, rule),
         };
-        let agent = Some(policy.agent.clone());
         // Zone transfers and other classes are not lookups an agent needs.
-        if qclass != DNSClass::IN || matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
-            return Outcome::refused(ResponseCode::Refused, agent);
+        if query.query_class() != DNSClass::IN
+            || matches!(qtype, RecordType::AXFR | RecordType::IXFR)
+        {
+            return Progress::Answered(Outcome::refused(
+                ResponseCode::Refused,
+                Some(policy.agent.clone()),
+            ));
         }
-        let mut outcome = Outcome {
+        let outcome = Outcome {
             rcode: ResponseCode::ServFail,
             answers: Vec::new(),
             authority: Vec::new(),
             authoritative: false,
             decision: Logged::Allow,
-            agent,
+            agent: Some(policy.agent.clone()),
             rule: Some(rule.pattern.clone()),
             dynamic: rule.dynamic,
             upstream_ms: None,
         };
-        match self.resolver.resolve(&loaded.zones, name, qtype).await {
-            Ok(resolution) => {
-                outcome.rcode = resolution.rcode;
-                outcome.answers = resolution.answers;
-                outcome.authority = resolution.authority;
-                outcome.authoritative = resolution.authoritative;
-                outcome.upstream_ms = resolution.upstream_time.map(|d| d.as_secs_f64() * 1e3);
-            }
+        match self.resolver.resolve_now(&loaded.zones, name, qtype) {
+            Some(resolution) => Progress::Answered(outcome.resolved(resolution)),
+            None => Progress::NeedsUpstream(outcome, loaded),
+        }
+    }
+
+    /// Completes an allowed answer that needs the upstream; failure is SERVFAIL.
+    pub async fn finish(&self, request: &Request, outcome: Outcome, loaded: &Loaded) -> Outcome {
+        let query = request.queries.queries()[0].original();
+        match self
+            .resolver
+            .resolve(&loaded.zones, query.name(), query.query_type())
+            .await
+        {
+            Ok(resolution) => outcome.resolved(resolution),
             Err(error) => {
-                tracing::warn!(%error, qname, qtype = qtype_text, "upstream failed; answering SERVFAIL");
+                tracing::warn!(%error, qname = %query.name(), qtype = %query.query_type(), "upstream failed; answering SERVFAIL");
+                outcome
             }
         }
-        outcome
+    }
+
+    /// Writes the audit record for an answered request, after its reply is encoded.
+    pub fn audit(&self, request: &Request, outcome: Outcome) {
+        let query = request.queries.queries().first().map(|q| q.original());
+        self.audit.record(AuditRecord {
+            ts: SystemTime::now(),
+            client: request.src(),
+            transport: match request.protocol() {
+                Protocol::Tcp => "tcp",
+                _ => "udp",
+            },
+            agent: outcome.agent,
+            qname: query.map(|q| q.name().clone()),
+            qtype: query.map(|q| q.query_type()),
+            decision: outcome.decision,
+            rule: outcome.rule,
+            dynamic: outcome.dynamic,
+            rcode: outcome.rcode,
+            answers: outcome.answers,
+            upstream_ms: outcome.upstream_ms,
+        });
+    }
+
+    /// A request that could not be parsed: FORMERR from its header, audited.
+    pub fn malformed(&self, raw: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
+        let header = raw.get(..12)?;
+        if header[2] & 0x80 != 0 {
+            return None; // a response: never answer those (reflection)
+        }
+        self.audit.record(AuditRecord {
+            ts: SystemTime::now(),
+            client: src,
+            transport: "udp",
+            agent: None,
+            qname: None,
+            qtype: None,
+            decision: Logged::Refused,
+            rule: None,
+            dynamic: false,
+            rcode: ResponseCode::FormErr,
+            answers: Vec::new(),
+            upstream_ms: None,
+        });
+        let mut reply = vec![0u8; 12];
+        reply[..2].copy_from_slice(&header[..2]);
+        reply[2] = 0x80 | (header[2] & 0x79); // QR, opcode and RD copied
+        reply[3] = 0x80 | ResponseCode::FormErr.low(); // RA, FORMERR
+        Some(reply)
     }
 }
 
-async fn send<R: ResponseHandler>(
-    request: &Request,
-    mut handle: R,
-    outcome: &Outcome,
-) -> ResponseInfo {
-    let response_edns = request.edns.as_ref().map(|req| {
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut handle: R,
+    ) -> ResponseInfo {
+        let outcome = match self.begin(request) {
+            Progress::Answered(outcome) => outcome,
+            Progress::NeedsUpstream(outcome, loaded) => {
+                self.finish(request, outcome, &loaded).await
+            }
+        };
+        let edns = response_edns(request);
+        let sent = handle
+            .send_response(build(request, edns.as_ref(), &outcome))
+            .await;
+        self.audit(request, outcome);
+        match sent {
+            Ok(info) => info,
+            Err(error) => {
+                tracing::debug!(%error, client = %request.src(), "failed to send response");
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.response_code = ResponseCode::ServFail;
+                ResponseInfo::from(Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                })
+            }
+        }
+    }
+}
+
+type Records<'a> = std::slice::Iter<'a, Record>;
+type None<'a> = std::iter::Empty<&'a Record>;
+type Response<'q, 'a> = MessageResponse<'q, 'a, Records<'a>, Records<'a>, None<'a>, None<'a>>;
+
+/// EDNS for the reply: present when the query had it, payload capped.
+fn response_edns(request: &Request) -> Option<Edns> {
+    request.edns.as_ref().map(|req| {
         let mut edns = Edns::new();
         edns.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
         edns.set_version(0);
         edns
-    });
+    })
+}
+
+fn build<'q, 'a>(
+    request: &'q Request,
+    edns: Option<&'q Edns>,
+    outcome: &'a Outcome,
+) -> Response<'q, 'a> {
     let mut metadata = Metadata::response_from_request(&request.metadata);
     metadata.response_code = outcome.rcode;
     metadata.recursion_available = true;
     metadata.authoritative = outcome.authoritative;
     let mut builder = MessageResponseBuilder::from_message_request(request);
-    if let Some(edns) = &response_edns {
+    if let Some(edns) = edns {
         builder.edns(edns);
     }
-    let response = builder.build(
+    builder.build(
         metadata,
         outcome.answers.iter(),
         outcome.authority.iter(),
         std::iter::empty(),
         std::iter::empty(),
-    );
-    match handle.send_response(response).await {
-        Ok(info) => info,
-        Err(error) => {
-            tracing::debug!(%error, client = %request.src(), "failed to send response");
-            let mut metadata = Metadata::response_from_request(&request.metadata);
-            metadata.response_code = ResponseCode::ServFail;
-            ResponseInfo::from(Header {
-                metadata,
-                counts: HeaderCounts::default(),
-            })
-        }
+    )
+}
+
+/// The UDP reply bytes: truncated (TC) to the client's payload size, 512 without EDNS.
+pub fn encode_udp(request: &Request, outcome: &Outcome) -> Vec<u8> {
+    let edns = response_edns(request);
+    let max = edns.as_ref().map_or(512, Edns::max_payload);
+    let mut bytes = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_max_size(max);
+    if build(request, edns.as_ref(), outcome)
+        .destructive_emit(&mut encoder)
+        .is_ok()
+    {
+        return bytes;
     }
+    tracing::error!(client = %request.src(), "cannot encode response; answering SERVFAIL");
+    let mut bytes = Vec::with_capacity(12);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    metadata.response_code = ResponseCode::ServFail;
+    let header = Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    };
+    use hickory_server::proto::serialize::binary::BinEncodable;
+    let _ = header.emit(&mut encoder);
+    bytes
 }

@@ -5,6 +5,9 @@
 //! without being listed, because CDNs put the real host behind them. Upstreams
 //! that are only authoritative return just the first CNAME, so the chain is
 //! chased here rather than trusted to be complete.
+//!
+//! [`Resolver::resolve_now`] answers from memory only (no await), which is how
+//! most queries are served; [`Resolver::resolve`] may ask the upstream.
 
 use std::time::{Duration, Instant};
 
@@ -18,7 +21,7 @@ use crate::zones::Zones;
 /// Longest CNAME chain followed (RFC 1034 gives no bound; peers use 8 to 16).
 const MAX_CHAIN: usize = 12;
 
-/// Where the final answer came from.
+/// Where a hop's answer came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
     Local,
@@ -37,8 +40,6 @@ pub struct Resolution {
     pub authoritative: bool,
     /// Time spent waiting on upstream exchanges; `None` if none was made.
     pub upstream_time: Option<Duration>,
-    /// Where the last hop came from.
-    pub source: Source,
 }
 
 pub struct Resolver {
@@ -51,76 +52,110 @@ impl Resolver {
         Self { upstream, cache }
     }
 
+    /// The answer if every hop is in a local zone or the cache; never waits.
+    pub fn resolve_now(&self, zones: &Zones, name: &Name, qtype: RecordType) -> Option<Resolution> {
+        let mut chase = Chase::new(name, qtype);
+        loop {
+            let (step, source) = self.from_memory(zones, &chase.target, qtype)?;
+            if chase.add(step, source) {
+                return Some(chase.out);
+            }
+        }
+    }
+
+    /// The answer, asking the upstream for hops that memory does not hold.
     pub async fn resolve(
         &self,
         zones: &Zones,
         name: &Name,
         qtype: RecordType,
     ) -> Result<Resolution, UpstreamError> {
-        let mut out = Resolution {
-            rcode: ResponseCode::NoError,
-            answers: Vec::new(),
-            authority: Vec::new(),
-            authoritative: true,
-            upstream_time: None,
-            source: Source::Local,
-        };
-        let mut target = name.clone();
-        let mut visited: Vec<Name> = Vec::new();
-        for _ in 0..MAX_CHAIN {
-            let (step, source) = self
-                .hop(zones, &target, qtype, &mut out.upstream_time)
-                .await?;
-            out.source = source;
-            out.authoritative &= source == Source::Local;
-            out.rcode = step.rcode;
-            out.authority = step.authority;
-            for r in step.answers {
-                if !out.answers.contains(&r) {
-                    out.answers.push(r);
+        let mut chase = Chase::new(name, qtype);
+        loop {
+            let (step, source) = match self.from_memory(zones, &chase.target, qtype) {
+                Some(hit) => hit,
+                None => {
+                    let started = Instant::now();
+                    let result = self.upstream.query(&chase.target, qtype).await;
+                    let spent = chase.out.upstream_time.unwrap_or_default() + started.elapsed();
+                    chase.out.upstream_time = Some(spent);
+                    let step = result?;
+                    self.cache.insert(&chase.target, qtype, &step);
+                    (step, Source::Upstream)
                 }
+            };
+            if chase.add(step, source) {
+                return Ok(chase.out);
             }
-            if qtype == RecordType::CNAME
-                || qtype == RecordType::ANY
-                || out.rcode != ResponseCode::NoError
-            {
-                break;
-            }
-            visited.push(target.clone());
-            let end = chain_end(&out.answers, &target);
-            let complete = out
-                .answers
-                .iter()
-                .any(|r| r.name == end && r.record_type() == qtype);
-            if end == target || complete || visited.contains(&end) {
-                break;
-            }
-            // The chain stops at a name whose records were not in the answer: ask for it.
-            out.authority.clear();
-            target = end;
         }
-        Ok(out)
     }
 
-    async fn hop(
-        &self,
-        zones: &Zones,
-        name: &Name,
-        qtype: RecordType,
-        upstream_time: &mut Option<Duration>,
-    ) -> Result<(Step, Source), UpstreamError> {
+    fn from_memory(&self, zones: &Zones, name: &Name, qtype: RecordType) -> Option<(Step, Source)> {
         if let Some(step) = zones.lookup(name, qtype) {
-            return Ok((step, Source::Local));
+            return Some((step, Source::Local));
         }
-        if let Some(step) = self.cache.get(name, qtype) {
-            return Ok((step, Source::Cache));
+        self.cache
+            .get(name, qtype)
+            .map(|step| (step, Source::Cache))
+    }
+}
+
+/// The state of one CNAME chase.
+struct Chase {
+    qtype: RecordType,
+    /// The name the next hop asks about.
+    target: Name,
+    hops: usize,
+    out: Resolution,
+}
+
+impl Chase {
+    fn new(name: &Name, qtype: RecordType) -> Self {
+        Chase {
+            qtype,
+            target: name.clone(),
+            hops: 0,
+            out: Resolution {
+                rcode: ResponseCode::NoError,
+                answers: Vec::new(),
+                authority: Vec::new(),
+                authoritative: true,
+                upstream_time: None,
+            },
         }
-        let started = Instant::now();
-        let result = self.upstream.query(name, qtype).await;
-        *upstream_time = Some(upstream_time.unwrap_or_default() + started.elapsed());
-        let step = result?;
-        self.cache.insert(name, qtype, &step);
-        Ok((step, Source::Upstream))
+    }
+
+    /// Adds one hop's answer. True when the answer is complete; otherwise
+    /// `target` is the name the chain stopped at, to be asked next.
+    fn add(&mut self, step: Step, source: Source) -> bool {
+        self.hops += 1;
+        self.out.authoritative &= source == Source::Local;
+        self.out.rcode = step.rcode;
+        self.out.authority = step.authority;
+        for r in step.answers {
+            if !self.out.answers.contains(&r) {
+                self.out.answers.push(r);
+            }
+        }
+        if matches!(self.qtype, RecordType::CNAME | RecordType::ANY)
+            || self.out.rcode != ResponseCode::NoError
+            || self.hops >= MAX_CHAIN
+        {
+            return true;
+        }
+        let end = chain_end(&self.out.answers, &self.target);
+        let complete = self
+            .out
+            .answers
+            .iter()
+            .any(|r| r.name == end && r.record_type() == self.qtype);
+        if end == self.target || complete {
+            return true;
+        }
+        // The chain stops at a name whose records were not in the answer: ask for it.
+        self.out.authority.clear();
+        self.target = end;
+        false
     }
 }
 

@@ -7,17 +7,25 @@ use std::time::Duration;
 
 use hickory_server::Server;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::handler::Handler;
+use std::sync::Arc;
+
+use hickory_server::net::runtime::Time;
+use hickory_server::proto::op::MessageType;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use tokio::sync::Semaphore;
+
+use crate::handler::{Handler, Outcome, Progress, encode_udp};
 
 /// Idle TCP connections are closed after this long.
 const TCP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bound sockets, one UDP and one TCP per listen address.
 pub struct Listeners {
-    pub udp: Vec<UdpSocket>,
+    /// Blocking sockets: UDP is served by plain threads, see [`run`].
+    pub udp: Vec<std::net::UdpSocket>,
     pub tcp: Vec<TcpListener>,
 }
 
@@ -51,7 +59,7 @@ impl Listeners {
     }
 }
 
-fn bind_pair(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
+fn bind_pair(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, TcpListener)> {
     // With port 0 the kernel picks the UDP port; TCP may find it taken, so retry.
     let attempts = if addr.port() == 0 { 20 } else { 1 };
     let mut last = None;
@@ -64,10 +72,10 @@ fn bind_pair(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
         match tcp.bind(&bound.into()) {
             Ok(()) => {
                 tcp.listen(1024)?;
-                return Ok((
-                    UdpSocket::from_std(udp.into())?,
-                    TcpListener::from_std(tcp.into())?,
-                ));
+                udp.set_nonblocking(false)?;
+                // Lets UDP threads notice shutdown while idle.
+                udp.set_read_timeout(Some(IDLE_CHECK))?;
+                return Ok((udp.into(), TcpListener::from_std(tcp.into())?));
             }
             Err(e) => last = Some(e),
         }
@@ -85,20 +93,54 @@ fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
     Ok(socket)
 }
 
+/// Upstream-bound UDP queries in flight at once; beyond this, SERVFAIL.
+/// (hickory's own UDP path spawns a task per packet with no bound.)
+const MAX_PENDING_UPSTREAM: usize = 4096;
+/// How often an idle UDP thread checks for shutdown.
+const IDLE_CHECK: Duration = Duration::from_millis(200);
+
 /// Serves until `shutdown` fires, then stops accepting and returns.
+///
+/// UDP is served the way unbound does it: a few OS threads per socket, each
+/// blocking in `recv_from`, answering denials, refusals, local zones and cache
+/// hits inline. No task spawn, channel hop or cross-thread wake-up per packet.
+/// Only questions that need the upstream become tasks on the runtime, and
+/// those are bounded. TCP goes through hickory's `Server`.
 pub async fn run(
     listeners: Listeners,
     handler: Handler,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let mut server = Server::new(handler);
+    let handler = Arc::new(handler);
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_UPSTREAM));
+    let runtime = tokio::runtime::Handle::current();
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8);
+    let mut udp_threads = Vec::new();
     for socket in listeners.udp {
-        server.register_socket(socket);
+        for i in 0..threads {
+            let socket = socket.try_clone()?;
+            let ctx = UdpContext {
+                socket: Arc::new(socket),
+                handler: handler.clone(),
+                pending: pending.clone(),
+                runtime: runtime.clone(),
+                shutdown: shutdown.clone(),
+            };
+            let name = format!("udp-{i}");
+            udp_threads.push(
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || ctx.serve())?,
+            );
+        }
     }
+    let mut server = Server::new(SharedHandler(handler));
     for listener in listeners.tcp {
         server.register_listener(listener, TCP_TIMEOUT, 64 * 1024);
     }
-    tokio::select! {
+    let result = tokio::select! {
         result = server.block_until_done() => {
             result.map_err(|e| io::Error::other(format!("server stopped: {e}")))
         }
@@ -108,5 +150,126 @@ pub async fn run(
                 .await
                 .map_err(|e| io::Error::other(format!("shutdown: {e}")))
         }
+    };
+    shutdown.cancel();
+    let joined = tokio::task::spawn_blocking(move || {
+        udp_threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("UDP thread panicked")))
+            })
+            .collect::<io::Result<Vec<()>>>()
+    })
+    .await
+    .map_err(io::Error::other)?;
+    // Let upstream-bound answers still in flight finish (and be audited).
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        pending.acquire_many(MAX_PENDING_UPSTREAM as u32),
+    )
+    .await;
+    result.and(joined.map(drop))
+}
+
+/// What one UDP thread needs.
+struct UdpContext {
+    socket: Arc<std::net::UdpSocket>,
+    handler: Arc<Handler>,
+    /// Permits for upstream-bound questions.
+    pending: Arc<Semaphore>,
+    /// Where upstream-bound questions are continued.
+    runtime: tokio::runtime::Handle,
+    shutdown: CancellationToken,
+}
+
+impl UdpContext {
+    fn serve(self) -> io::Result<()> {
+        let mut buf = vec![0u8; 4096];
+        while !self.shutdown.is_cancelled() {
+            let (len, src) = match self.socket.recv_from(&mut buf) {
+                Ok(r) => r,
+                // Timeouts (idle), and ICMP errors from earlier sends.
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            if src.port() == 0 {
+                continue;
+            }
+            self.answer(&buf[..len], src);
+        }
+        Ok(())
+    }
+
+    fn answer(&self, raw: &[u8], src: SocketAddr) {
+        let request = match Request::from_bytes(
+            raw.to_vec(),
+            src,
+            hickory_server::net::xfer::Protocol::Udp,
+        ) {
+            Ok(request) => request,
+            Err(_) => {
+                if let Some(reply) = self.handler.malformed(raw, src) {
+                    send(&self.socket, &reply, src);
+                }
+                return;
+            }
+        };
+        if request.metadata.message_type == MessageType::Response {
+            return; // never answer responses (reflection)
+        }
+        let (outcome, loaded) = match self.handler.begin(&request) {
+            Progress::Answered(outcome) => return self.reply(&request, outcome),
+            Progress::NeedsUpstream(outcome, loaded) => (outcome, loaded),
+        };
+        let Ok(permit) = self.pending.clone().try_acquire_owned() else {
+            tracing::warn!(%src, "too many upstream queries in flight; answering SERVFAIL");
+            return self.reply(&request, outcome);
+        };
+        let (socket, handler) = (self.socket.clone(), self.handler.clone());
+        self.runtime.spawn(async move {
+            let outcome = handler.finish(&request, outcome, &loaded).await;
+            let reply = encode_udp(&request, &outcome);
+            handler.audit(&request, outcome);
+            send(&socket, &reply, src);
+            drop(permit);
+        });
+    }
+
+    fn reply(&self, request: &Request, outcome: Outcome) {
+        let reply = encode_udp(request, &outcome);
+        self.handler.audit(request, outcome);
+        send(&self.socket, &reply, request.src());
+    }
+}
+
+fn send(socket: &std::net::UdpSocket, reply: &[u8], to: SocketAddr) {
+    if let Err(e) = socket.send_to(reply, to) {
+        tracing::debug!(error = %e, %to, "UDP send failed");
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::TimedOut
+    )
+}
+
+/// hickory's `Server` owns its handler; TCP and the UDP loops share one.
+struct SharedHandler(Arc<Handler>);
+
+#[async_trait::async_trait]
+impl RequestHandler for SharedHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        handle: R,
+    ) -> ResponseInfo {
+        self.0.handle_request::<R, T>(request, handle).await
     }
 }

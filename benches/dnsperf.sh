@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Side-by-side DNS benchmark: allowdns vs dnsmasq vs unbound, same allowlist,
+# same upstream, interleaved repetitions, three loads:
+#   hits   allowed names, all cache hits after warm-up
+#   flood  unique denied names (a DNS tunnel)
+#   mix    90% allowed hits, 10% unique denied
+# For each: saturated QPS (dnsperf, fixed concurrency), then p50/p99 latency
+# at a fixed offered rate below every server's capacity.
+#
+# Usage: benches/dnsperf.sh            (needs dnsperf, dnsmasq, unbound: see .ci/run)
+# Env:   REPS=3 DURATION=8 LAT_QPS=20000 LAT_SECS=3 FEED=0 (FEED is for issue 3)
+# Traffic stays on 127.0.0.1.
+set -euo pipefail
+
+REPS=${REPS:-3}
+DURATION=${DURATION:-8}
+LAT_QPS=${LAT_QPS:-20000}
+LAT_SECS=${LAT_SECS:-3}
+HOSTS=${HOSTS:-1000}
+DENIED=${DENIED:-300000}
+
+cd "$(dirname "$0")/.."
+for tool in dnsperf dnsmasq unbound python3; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install dnsperf dnsmasq-base unbound)"; exit 2; }
+done
+cargo build --release --quiet
+BIN=$PWD/target/release/allowdns
+
+WORK=$(mktemp -d /tmp/allowdns-bench.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+UP=5300; ALLOWDNS=5301; DNSMASQ=5302; UNBOUND=5303
+
+# --- data -------------------------------------------------------------------
+mkdir -p "$WORK/zones" "$WORK/up"
+{
+  echo '$ORIGIN allowed.bench.'
+  echo '$TTL 86400'
+  echo '@ IN SOA ns.allowed.bench. h.allowed.bench. 1 3600 600 86400 300'
+  echo '@ IN NS ns.allowed.bench.'
+  echo 'ns IN A 127.0.0.1'
+  for i in $(seq 1 "$HOSTS"); do echo "host$i IN A 10.$((i / 250 % 250)).$((i % 250)).1"; done
+} > "$WORK/zones/allowed.bench.zone"
+printf 'agent_name: upstream\nallowed_dynamic_resolution: ["*"]\n' > "$WORK/up/policy.yaml"
+printf 'agent_name: bench_agent\nallowed_dynamic_resolution: ["*.allowed.bench"]\n' > "$WORK/policy.yaml"
+
+python3 - "$WORK" "$HOSTS" "$DENIED" <<'PY'
+import sys, random
+work, hosts, denied = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+allowed = [f"host{i}.allowed.bench A" for i in range(1, hosts + 1)]
+flood = [f"c{i:x}.t{i % 97}.tunnel.evil.example A" for i in range(denied)]
+open(f"{work}/hits.txt", "w").write("\n".join(allowed) + "\n")
+open(f"{work}/flood.txt", "w").write("\n".join(flood) + "\n")
+rng = random.Random(1)
+mix, d = [], 0
+for i in range(denied):
+    if i % 10 == 9:
+        mix.append(f"m{d:x}.t{d % 89}.exfil.evil.example A"); d += 1
+    else:
+        mix.append(rng.choice(allowed))
+open(f"{work}/mix.txt", "w").write("\n".join(mix) + "\n")
+PY
+
+# --- servers ----------------------------------------------------------------
+wait_port() { for _ in $(seq 100); do dig +time=1 +tries=1 @127.0.0.1 -p "$1" host1.allowed.bench >/dev/null 2>&1 && return; sleep 0.1; done; echo "port $1 did not answer"; exit 1; }
+
+# The upstream: allowdns answering the bench zone locally, allowing everything.
+"$BIN" serve --listen 127.0.0.1:$UP --policy "$WORK/up/policy.yaml" --zones "$WORK/zones" \
+  --upstream 127.0.0.1:9 --audit-log /dev/null 2>"$WORK/up.log" & PIDS+=($!)
+wait_port $UP
+
+"$BIN" serve --listen 127.0.0.1:$ALLOWDNS --policy "$WORK/policy.yaml" --upstream 127.0.0.1:$UP \
+  --audit-log "$WORK/audit.jsonl" 2>"$WORK/allowdns.log" & PIDS+=($!)
+
+dnsmasq --keep-in-foreground --no-resolv --no-hosts --no-poll --bind-interfaces \
+  --listen-address=127.0.0.1 --port=$DNSMASQ --address=/#/ --server=/allowed.bench/127.0.0.1#$UP \
+  --cache-size=10000 --user=root --pid-file="$WORK/dnsmasq.pid" --log-facility="$WORK/dnsmasq.log" & PIDS+=($!)
+
+cat > "$WORK/unbound.conf" <<CONF
+server:
+  interface: 127.0.0.1
+  port: $UNBOUND
+  num-threads: 2
+  so-reuseport: yes
+  do-daemonize: no
+  use-syslog: no
+  logfile: "$WORK/unbound.log"
+  chroot: ""
+  username: ""
+  directory: "$WORK"
+  pidfile: "$WORK/unbound.pid"
+  access-control: 127.0.0.0/8 allow
+  do-not-query-localhost: no
+  module-config: "iterator"
+  qname-minimisation: no
+  local-zone: "." always_nxdomain
+  local-zone: "allowed.bench." transparent
+forward-zone:
+  name: "allowed.bench."
+  forward-addr: 127.0.0.1@$UP
+CONF
+unbound -c "$WORK/unbound.conf" & PIDS+=($!)
+
+for p in $ALLOWDNS $DNSMASQ $UNBOUND; do wait_port $p; done
+for p in $ALLOWDNS $DNSMASQ $UNBOUND; do
+  dnsperf -s 127.0.0.1 -p $p -d "$WORK/hits.txt" -n 2 -q 50 >/dev/null 2>&1
+done
+
+# --- runs -------------------------------------------------------------------
+RESULTS="$WORK/results.tsv"
+: > "$RESULTS"
+servers=(allowdns dnsmasq unbound)
+port_of() { case $1 in allowdns) echo $ALLOWDNS;; dnsmasq) echo $DNSMASQ;; unbound) echo $UNBOUND;; esac; }
+
+for rep in $(seq 1 "$REPS"); do
+  for load in hits flood mix; do
+    # Rotate the order each repetition so no server always runs first.
+    for k in 0 1 2; do
+      s=${servers[$(( (k + rep) % 3 ))]}
+      port=$(port_of "$s")
+      qps=$(dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/$load.txt" -l "$DURATION" -c 8 -q 256 -T 1 2>&1 \
+            | awk '/Queries per second/ {print $4}')
+      lat=$(dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/$load.txt" -l "$LAT_SECS" -Q "$LAT_QPS" -c 8 -q 256 -T 1 -v 2>/dev/null \
+            | awk '/^> / {print $NF}' | sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "nan nan"} else {print a[int(NR*0.5)+1]*1e6, a[int(NR*0.99)+1]*1e6}}')
+      printf '%s\t%s\t%s\t%s\t%s\n' "$s" "$load" "$rep" "$qps" "$lat" >> "$RESULTS"
+      echo "rep $rep $load $s: qps=$qps p50/p99(us)=$lat" >&2
+    done
+  done
+done
+
+python3 - "$RESULTS" "$REPS" "$DURATION" "$LAT_QPS" <<'PY'
+import sys, statistics as st
+rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
+reps, dur, lat_qps = sys.argv[2], sys.argv[3], sys.argv[4]
+data = {}
+for s, load, rep, qps, lat in rows:
+    p50, p99 = lat.split()
+    data.setdefault((load, s), []).append((float(qps or 0), float(p50), float(p99)))
+print(f"\nmedian of {reps} interleaved runs; QPS saturated ({dur} s, 8 clients, 256 outstanding);")
+print(f"latency p50/p99 at a fixed {lat_qps} QPS offered load\n")
+print("| load | server | QPS | p50 µs | p99 µs |")
+print("|---|---|---:|---:|---:|")
+for load in ["hits", "flood", "mix"]:
+    for s in ["allowdns", "dnsmasq", "unbound"]:
+        v = data.get((load, s), [])
+        if not v: continue
+        print(f"| {load} | {s} | {st.median(x[0] for x in v):,.0f} | {st.median(x[1] for x in v):.0f} | {st.median(x[2] for x in v):.0f} |")
+PY
+echo "audit records written by allowdns: $(wc -l < "$WORK/audit.jsonl")" >&2
+grep -h "records lost" "$WORK/allowdns.log" | tail -2 >&2 || true
