@@ -56,7 +56,7 @@ impl Resolver {
     pub fn resolve_now(&self, zones: &Zones, name: &Name, qtype: RecordType) -> Option<Resolution> {
         let mut chase = Chase::new(name, qtype);
         loop {
-            let (step, source) = self.from_memory(zones, &chase.target, qtype)?;
+            let (step, source) = self.in_memory(zones, &chase.target, qtype)?;
             if chase.add(step, source) {
                 return Some(chase.out);
             }
@@ -72,7 +72,7 @@ impl Resolver {
     ) -> Result<Resolution, UpstreamError> {
         let mut chase = Chase::new(name, qtype);
         loop {
-            let (step, source) = match self.from_memory(zones, &chase.target, qtype) {
+            let (step, source) = match self.in_memory(zones, &chase.target, qtype) {
                 Some(hit) => hit,
                 None => {
                     let started = Instant::now();
@@ -90,7 +90,7 @@ impl Resolver {
         }
     }
 
-    fn from_memory(&self, zones: &Zones, name: &Name, qtype: RecordType) -> Option<(Step, Source)> {
+    fn in_memory(&self, zones: &Zones, name: &Name, qtype: RecordType) -> Option<(Step, Source)> {
         if let Some(step) = zones.lookup(name, qtype) {
             return Some((step, Source::Local));
         }
