@@ -68,7 +68,7 @@ wait_port() { for _ in $(seq 100); do dig +time=1 +tries=1 @127.0.0.1 -p "$1" ho
 
 # The upstream: allowdns answering the bench zone locally, allowing everything.
 "$BIN" serve --listen 127.0.0.1:$UP --policy "$WORK/up/policy.yaml" --zones "$WORK/zones" \
-  --upstream 127.0.0.1:9 --audit-log /dev/null 2>"$WORK/up.log" & PIDS+=($!)
+  --upstream none --audit-log /dev/null 2>"$WORK/up.log" & PIDS+=($!)
 wait_port $UP
 
 "$BIN" serve --listen 127.0.0.1:$ALLOWDNS --policy "$WORK/policy.yaml" --upstream 127.0.0.1:$UP \

@@ -53,6 +53,7 @@ pub fn prepare(sources: &Sources) -> Result<Prepared, Failure> {
     };
     let loaded = load_policies_and_zones(&settings, &mut diags);
     let upstream = match &settings.upstream {
+        UpstreamMode::None => Ok(Upstream::None),
         UpstreamMode::Forward { servers } => Upstream::forward(servers, settings.upstream_timeout),
         UpstreamMode::Recursive {
             root_hints,

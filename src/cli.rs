@@ -34,6 +34,7 @@ pub struct Sources {
     #[arg(long)]
     pub listen: Vec<String>,
     /// Forwarder, `IP:PORT` or `IP`; repeatable. Default: /etc/resolv.conf.
+    /// `none`: answer only from local zones.
     #[arg(long)]
     pub upstream: Vec<String>,
     /// Resolve recursively from this root hints file instead of forwarding.

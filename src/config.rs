@@ -41,7 +41,7 @@ pub struct ConfigFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
-    /// `forward` (default) or `recursive`.
+    /// `forward` (default), `recursive`, or `none` (local zones only).
     #[serde(default)]
     pub mode: Option<String>,
     /// Forwarders; default: the nameservers in /etc/resolv.conf.
@@ -80,6 +80,8 @@ pub struct AlertsFile {
 /// How allowed names are resolved.
 #[derive(Debug, Clone)]
 pub enum UpstreamMode {
+    /// Only local zones are answered; other allowed names get SERVFAIL.
+    None,
     Forward {
         servers: Vec<SocketAddr>,
     },
@@ -208,7 +210,11 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
         vec![DEFAULT_LISTEN.parse().expect("static address")]
     };
 
-    let forward_servers = if !sources.upstream.is_empty() {
+    let no_upstream = sources.upstream.iter().any(|u| u == "none")
+        || (sources.upstream.is_empty() && mode.as_deref() == Some("none"));
+    let forward_servers = if no_upstream {
+        None
+    } else if !sources.upstream.is_empty() {
         Some(addr_list(&sources.upstream, "upstream", false))
     } else if !servers.is_empty() {
         Some(addr_list(&servers, "upstream.servers", true))
@@ -218,17 +224,26 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
 
     let recursive = sources.root_hints.is_some() || mode.as_deref() == Some("recursive");
     if let Some(m) = mode.as_deref()
-        && m != "forward"
-        && m != "recursive"
+        && !["forward", "recursive", "none"].contains(&m)
     {
         diags.error(
             &config_path,
             locate(&source_text, m, 0),
             Some("upstream.mode".into()),
-            format!("unknown mode '{m}' (expected forward or recursive)"),
+            format!("unknown mode '{m}' (expected forward, recursive or none)"),
         );
     }
-    let upstream = if recursive && sources.upstream.is_empty() {
+    let upstream = if no_upstream {
+        if sources.upstream.len() > 1 {
+            diags.error(
+                &config_path,
+                None,
+                Some("--upstream".into()),
+                "'none' cannot be combined with servers",
+            );
+        }
+        UpstreamMode::None
+    } else if recursive && sources.upstream.is_empty() {
         let hints = sources
             .root_hints
             .clone()

@@ -41,6 +41,8 @@ pub enum Upstream {
     Forward(NameServerPool<TokioRuntimeProvider>),
     /// Iterate from root hints.
     Recursive(Box<Recursor<TokioRuntimeProvider>>),
+    /// Local zones only: anything else is SERVFAIL.
+    None,
 }
 
 impl Upstream {
@@ -108,6 +110,9 @@ impl Upstream {
         name.set_fqdn(true);
         let query = Query::query(name, qtype);
         match self {
+            Upstream::None => Err(UpstreamError(
+                "no upstream configured (--upstream none)".into(),
+            )),
             Upstream::Forward(pool) => {
                 let mut options = DnsRequestOptions::default();
                 options.use_edns = true;
