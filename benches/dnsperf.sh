@@ -72,11 +72,11 @@ wait_port() { for _ in $(seq 100); do dig +time=1 +tries=1 @127.0.0.1 -p "$1" ho
 wait_port $UP
 
 "$BIN" serve --listen 127.0.0.1:$ALLOWDNS --policy "$WORK/policy.yaml" --upstream 127.0.0.1:$UP \
-  --audit-log "$WORK/audit.jsonl" 2>"$WORK/allowdns.log" & PIDS+=($!)
+  --audit-log "$WORK/audit.jsonl" 2>"$WORK/allowdns.log" & PIDS+=($!); ALLOWDNS_PID=$!
 
 dnsmasq --keep-in-foreground --no-resolv --no-hosts --no-poll --bind-interfaces \
   --listen-address=127.0.0.1 --port=$DNSMASQ --address=/#/ --server=/allowed.bench/127.0.0.1#$UP \
-  --cache-size=10000 --user=root --pid-file="$WORK/dnsmasq.pid" --log-facility="$WORK/dnsmasq.log" & PIDS+=($!)
+  --cache-size=10000 --user=root --pid-file="$WORK/dnsmasq.pid" --log-facility="$WORK/dnsmasq.log" & PIDS+=($!); DNSMASQ_PID=$!
 
 cat > "$WORK/unbound.conf" <<CONF
 server:
@@ -101,7 +101,7 @@ forward-zone:
   name: "allowed.bench."
   forward-addr: 127.0.0.1@$UP
 CONF
-unbound -c "$WORK/unbound.conf" & PIDS+=($!)
+unbound -c "$WORK/unbound.conf" & PIDS+=($!); UNBOUND_PID=$!
 
 for p in $ALLOWDNS $DNSMASQ $UNBOUND; do wait_port $p; done
 for p in $ALLOWDNS $DNSMASQ $UNBOUND; do
@@ -149,4 +149,8 @@ for load in ["hits", "flood", "mix"]:
         print(f"| {load} | {s} | {st.median(x[0] for x in v):,.0f} | {st.median(x[1] for x in v):.0f} | {st.median(x[2] for x in v):.0f} |")
 PY
 echo "audit records written by allowdns: $(wc -l < "$WORK/audit.jsonl")" >&2
+for s in allowdns dnsmasq unbound; do
+  pidvar=${s^^}_PID
+  echo "$s memory after all runs: $(awk '/VmHWM|VmRSS/ {printf "%s %s kB  ", $1, $2}' "/proc/${!pidvar}/status")" >&2
+done
 grep -h "records lost" "$WORK/allowdns.log" | tail -2 >&2 || true

@@ -66,6 +66,8 @@ pub struct AuditRecord {
 
 struct Shared {
     buffer: Mutex<Vec<AuditRecord>>,
+    /// Records the buffer may hold before new ones are counted as lost.
+    capacity: usize,
     lost: AtomicU64,
     closing: AtomicBool,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -101,16 +103,21 @@ impl Sink {
 
 impl AuditLog {
     pub fn start(sink: Sink) -> AuditLog {
-        let shared = Arc::new(Shared {
-            buffer: Mutex::new(Vec::with_capacity(4096)),
-            lost: AtomicU64::new(0),
-            closing: AtomicBool::new(false),
-            writer: Mutex::new(None),
-        });
         let out: Box<dyn Write + Send> = match sink {
             Sink::Stdout => Box::new(io::stdout()),
             Sink::File(f) => Box::new(f),
         };
+        Self::start_with(out, CAPACITY)
+    }
+
+    fn start_with(out: Box<dyn Write + Send>, capacity: usize) -> AuditLog {
+        let shared = Arc::new(Shared {
+            buffer: Mutex::new(Vec::with_capacity(4096)),
+            capacity,
+            lost: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+            writer: Mutex::new(None),
+        });
         let writer_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("audit-writer".into())
@@ -123,7 +130,7 @@ impl AuditLog {
     /// Queues a record; never blocks on I/O.
     pub fn record(&self, record: AuditRecord) {
         let mut buffer = self.shared.buffer.lock().unwrap_or_else(|p| p.into_inner());
-        if buffer.len() < CAPACITY && !self.shared.closing.load(Ordering::Relaxed) {
+        if buffer.len() < self.shared.capacity && !self.shared.closing.load(Ordering::Relaxed) {
             buffer.push(record);
         } else {
             self.shared.lost.fetch_add(1, Ordering::Relaxed);
@@ -333,6 +340,79 @@ pub fn rcode_name(rcode: ResponseCode) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc;
+
+    /// A sink that blocks until told to go on, to stall the writer.
+    struct Gate {
+        open: mpsc::Receiver<()>,
+        opened: bool,
+        out: Arc<Mutex<Vec<u8>>>,
+    }
+    impl Write for Gate {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            if !self.opened {
+                let _ = self.open.recv();
+                self.opened = true;
+            }
+            self.out.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn record(i: u16) -> AuditRecord {
+        AuditRecord {
+            ts: SystemTime::UNIX_EPOCH,
+            client: SocketAddr::from(([10, 0, 0, 1], i)),
+            transport: "udp",
+            agent: None,
+            qname: Some(Name::from_ascii(format!("n{i}.example.")).unwrap()),
+            qtype: Some(RecordType::A),
+            decision: Decision::Deny,
+            rule: None,
+            dynamic: false,
+            rcode: ResponseCode::NXDomain,
+            answers: Vec::new(),
+            upstream_ms: None,
+        }
+    }
+
+    #[test]
+    fn overload_is_counted_and_reported_never_silent() {
+        let (go, open) = mpsc::channel();
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let log = AuditLog::start_with(
+            Box::new(Gate {
+                open,
+                opened: false,
+                out: out.clone(),
+            }),
+            10,
+        );
+        // The first record stalls the writer inside write(); then the buffer fills.
+        log.record(record(0));
+        std::thread::sleep(Duration::from_millis(50));
+        for i in 1..=25 {
+            log.record(record(i));
+        }
+        go.send(()).unwrap();
+        log.close();
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let written = lines.iter().filter(|v| v["decision"] == "deny").count();
+        let lost: u64 = lines
+            .iter()
+            .filter(|v| v["event"] == "audit_records_lost")
+            .map(|v| v["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(written as u64 + lost, 26, "{text}");
+        assert!(lost >= 15, "{text}");
+    }
     use hickory_proto::rr::rdata::{A, TXT};
 
     #[test]

@@ -251,12 +251,19 @@ impl Handler {
             answers: Vec::new(),
             upstream_ms: None,
         });
-        let mut reply = vec![0u8; 12];
-        reply[..2].copy_from_slice(&header[..2]);
-        reply[2] = 0x80 | (header[2] & 0x79); // QR, opcode and RD copied
-        reply[3] = 0x80 | ResponseCode::FormErr.low(); // RA, FORMERR
-        Some(reply)
+        header_only_reply(raw, ResponseCode::FormErr)
     }
+}
+
+/// A reply of just a header, for requests that cannot be parsed or answered:
+/// the query's ID, opcode and RD bit, with QR, RA and `rcode` set.
+pub fn header_only_reply(raw: &[u8], rcode: ResponseCode) -> Option<Vec<u8>> {
+    let header = raw.get(..12)?;
+    let mut reply = vec![0u8; 12];
+    reply[..2].copy_from_slice(&header[..2]);
+    reply[2] = 0x80 | (header[2] & 0x79);
+    reply[3] = 0x80 | rcode.low();
+    Some(reply)
 }
 
 #[async_trait::async_trait]

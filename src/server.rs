@@ -17,7 +17,9 @@ use hickory_server::proto::op::MessageType;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use tokio::sync::Semaphore;
 
-use crate::handler::{Handler, Outcome, Progress, encode_udp};
+use hickory_server::proto::op::ResponseCode;
+
+use crate::handler::{Handler, Outcome, Progress, encode_udp, header_only_reply};
 
 /// Idle TCP connections are closed after this long.
 const TCP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -196,7 +198,16 @@ impl UdpContext {
             if src.port() == 0 {
                 continue;
             }
-            self.answer(&buf[..len], src);
+            // A bug must cost one answer, not a serving thread.
+            let raw = &buf[..len];
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.answer(raw, src)))
+                .is_err()
+            {
+                tracing::error!(%src, "internal error while answering; sent SERVFAIL");
+                if let Some(reply) = header_only_reply(raw, ResponseCode::ServFail) {
+                    send(&self.socket, &reply, src);
+                }
+            }
         }
         Ok(())
     }
