@@ -11,6 +11,7 @@ use crate::cache::Cache;
 use crate::cli::Sources;
 use crate::config::{self, Settings, UpstreamMode};
 use crate::diagnostics::Diagnostics;
+use crate::firewall::Firewall;
 use crate::handler::{Handler, Loaded};
 use crate::policy;
 use crate::resolve::Resolver;
@@ -41,6 +42,8 @@ pub struct Prepared {
     pub settings: Settings,
     pub loaded: Loaded,
     pub upstream: Upstream,
+    /// Open and verified nftables targets, when any policy feeds one.
+    pub firewall: Option<Firewall>,
     /// Warnings worth showing (over-broad patterns and the like).
     pub diagnostics: Diagnostics,
 }
@@ -67,15 +70,27 @@ pub fn prepare(sources: &Sources) -> Result<Prepared, Failure> {
             None
         }
     };
-    match (loaded, upstream) {
-        (Some(loaded), Some(upstream)) if !diags.has_errors() => Ok(Prepared {
-            settings,
-            loaded,
-            upstream,
-            diagnostics: diags,
-        }),
-        _ => Err(Failure::Invalid(diags)),
+    let (Some(loaded), Some(upstream)) = (loaded, upstream) else {
+        return Err(Failure::Invalid(diags));
+    };
+    // Missing tables or sets, or no permission, must stop startup with a clear error.
+    let firewall = match Firewall::open(&loaded.policies) {
+        Ok(firewall) => firewall,
+        Err(e) => {
+            diags.error(std::path::Path::new("<firewall>"), None, None, e);
+            None
+        }
+    };
+    if diags.has_errors() {
+        return Err(Failure::Invalid(diags));
     }
+    Ok(Prepared {
+        settings,
+        loaded,
+        upstream,
+        firewall,
+        diagnostics: diags,
+    })
 }
 
 pub fn load_policies_and_zones(settings: &Settings, diags: &mut Diagnostics) -> Option<Loaded> {
@@ -93,6 +108,7 @@ pub async fn serve(prepared: Prepared, shutdown: CancellationToken) -> Result<()
         settings,
         loaded,
         upstream,
+        firewall,
         diagnostics,
     } = prepared;
     for warning in diagnostics.warnings() {
@@ -118,12 +134,18 @@ pub async fn serve(prepared: Prepared, shutdown: CancellationToken) -> Result<()
     }
     tracing::info!(zones = loaded.zones.len(), upstream = ?settings.upstream, "ready");
 
+    if let Some(firewall) = &firewall {
+        firewall
+            .sync_static(&loaded.policies)
+            .map_err(Failure::Runtime)?;
+    }
     let resolver = Resolver::new(upstream, Cache::new(settings.cache));
     let handler = Handler::new(
         loaded,
         resolver,
         audit.clone(),
         alerts.clone(),
+        firewall,
         settings.negative_ttl,
     );
     tracing::info!("listening on {}", listeners.describe().join(" "));
@@ -137,4 +159,58 @@ pub async fn serve(prepared: Prepared, shutdown: CancellationToken) -> Result<()
     .await
     .map_err(|e| Failure::Runtime(format!("flush: {e}")))?;
     result.map_err(|e| Failure::Runtime(e.to_string()))
+}
+
+/// `allowdns nft-ruleset`: the ruleset for one agent's namespace. Needs only
+/// the policies (the sets it declares need not exist yet).
+pub fn ruleset(
+    sources: &Sources,
+    agent: Option<&str>,
+    dns: &[std::net::IpAddr],
+) -> Result<String, Failure> {
+    let mut diags = Diagnostics::default();
+    let Some(settings) = config::load(sources, &mut diags) else {
+        return Err(Failure::Invalid(diags));
+    };
+    let Some(policies) = policy::load(&settings.policies, &mut diags) else {
+        return Err(Failure::Invalid(diags));
+    };
+    let chosen: Vec<_> = policies
+        .policies
+        .iter()
+        .filter(|p| agent.is_none_or(|a| *p.agent == *a))
+        .collect();
+    let policy = match chosen.as_slice() {
+        [one] => one,
+        [] => {
+            return Err(Failure::Runtime(format!(
+                "no policy for agent '{}'",
+                agent.unwrap_or_default()
+            )));
+        }
+        _ => {
+            return Err(Failure::Runtime(
+                "several policies are loaded; choose one with --agent".into(),
+            ));
+        }
+    };
+    // DNS must reach allowdns: the given addresses, else the specific listen addresses.
+    let dns: Vec<std::net::IpAddr> = if dns.is_empty() {
+        settings
+            .listen
+            .iter()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified())
+            .collect()
+    } else {
+        dns.to_vec()
+    };
+    if dns.is_empty() {
+        return Err(Failure::Runtime("allowdns listens on a wildcard address; give its address as the agent sees it with --dns".into()));
+    }
+    let config = policy
+        .firewall
+        .clone()
+        .unwrap_or_else(crate::firewall::FirewallConfig::with_defaults);
+    Ok(crate::firewall::ruleset::render(policy, &config, &dns))
 }

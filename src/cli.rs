@@ -22,6 +22,21 @@ pub enum Command {
     /// Load config, policies and zones exactly as `serve` would, report every
     /// problem with file:line, and exit (non-zero on errors).
     Check(Sources),
+    /// Print the default-deny nftables ruleset for an agent's namespace.
+    NftRuleset(RulesetArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RulesetArgs {
+    #[command(flatten)]
+    pub sources: Sources,
+    /// The agent (policy) to print for; needed when several are loaded.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// allowdns's address as the agent sees it (DNS is allowed only there); repeatable.
+    /// Default: the listen addresses.
+    #[arg(long)]
+    pub dns: Vec<std::net::IpAddr>,
 }
 
 /// Where configuration comes from; shared by `serve` and `check`.

@@ -8,8 +8,8 @@
 //! Only a question that must go upstream continues in [`Handler::finish`].
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
@@ -23,7 +23,8 @@ use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 use crate::alert::{Alerts, Denied};
 use crate::audit::{AuditLog, AuditRecord, Decision as Logged};
 use crate::decide::{Decision, decide};
-use crate::policy::PolicySet;
+use crate::firewall::{FeedError, Firewall};
+use crate::policy::{Policy, PolicySet, Rule};
 use crate::resolve::{Resolution, Resolver};
 use crate::zones::Zones;
 
@@ -42,6 +43,10 @@ pub struct Handler {
     pub resolver: Resolver,
     pub audit: AuditLog,
     pub alerts: Alerts,
+    /// nftables feeding, when any policy asks for it.
+    pub firewall: Option<Firewall>,
+    /// Rate limit for firewall failure alerts: (last printed, suppressed since).
+    firewall_alerts: Mutex<(Option<Instant>, u64)>,
     /// The SOA put in the authority section of denials (its minimum is the negative TTL).
     deny_soa: Record,
 }
@@ -98,6 +103,7 @@ impl Handler {
         resolver: Resolver,
         audit: AuditLog,
         alerts: Alerts,
+        firewall: Option<Firewall>,
         negative_ttl: u32,
     ) -> Self {
         let soa = SOA::new(
@@ -114,6 +120,8 @@ impl Handler {
             resolver,
             audit,
             alerts,
+            firewall,
+            firewall_alerts: Mutex::new((None, 0)),
             deny_soa: Record::from_rdata(Name::root(), negative_ttl, RData::SOA(soa)),
         }
     }
@@ -188,9 +196,45 @@ impl Handler {
             upstream_ms: None,
         };
         match self.resolver.resolve_now(&loaded.zones, name, qtype) {
-            Some(resolution) => Progress::Answered(outcome.resolved(resolution)),
+            Some(resolution) => {
+                Progress::Answered(self.fence(policy, rule, outcome.resolved(resolution)))
+            }
             None => Progress::NeedsUpstream(outcome, loaded),
         }
+    }
+
+    /// Feeds the answer's addresses to the policy's firewall sets before the
+    /// reply leaves. If the kernel does not take them, SERVFAIL: an address the
+    /// firewall will not pass is never handed out.
+    fn fence(&self, policy: &Policy, rule: &Rule, mut outcome: Outcome) -> Outcome {
+        let Some(firewall) = &self.firewall else {
+            return outcome;
+        };
+        if let Err(error) = firewall.feed(policy, rule, &mut outcome.answers) {
+            self.firewall_alert(&policy.agent, &error);
+            outcome.rcode = ResponseCode::ServFail;
+            outcome.answers.clear();
+            outcome.authority.clear();
+        }
+        outcome
+    }
+
+    fn firewall_alert(&self, agent: &str, error: &FeedError) {
+        let mut state = self
+            .firewall_alerts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if state
+            .0
+            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+        {
+            state.1 += 1;
+            return;
+        }
+        let suppressed = std::mem::take(&mut state.1);
+        state.0 = Some(now);
+        tracing::error!(agent, %error, suppressed, "[!] FIREWALL UPDATE FAILED: answered SERVFAIL instead of handing out addresses");
     }
 
     /// Completes an allowed answer that needs the upstream; failure is SERVFAIL.

@@ -11,6 +11,7 @@
 //!       │   ├ zones       RFC 1035 files answered from memory
 //!       │   ├ cache       TTL-counting, bounded
 //!       │   └ upstream    forwarders or recursor from root hints
+//!       ├ firewall    answer addresses → nftables sets (netlink), before the reply
 //!       ├ audit       one JSON line per query, off the query path
 //!       └ alert       human alerts for denials, aggregated under floods
 //! ```
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod decide;
 pub mod diagnostics;
+pub mod firewall;
 pub mod handler;
 pub mod policy;
 pub mod resolve;

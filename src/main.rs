@@ -23,6 +23,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(sources) => check(&sources),
         Command::Serve(sources) => runtime.block_on(serve(sources)),
+        Command::NftRuleset(args) => app::ruleset(&args.sources, args.agent.as_deref(), &args.dns)
+            .map(|text| print!("{text}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,6 +31,38 @@ pub struct PolicyFileV1 {
     /// Patterns answered but flagged `dynamic: true` in the audit log.
     #[serde(default)]
     pub allowed_dynamic_resolution: Vec<String>,
+    /// Feed handed-out addresses into nftables sets; absent means no feeding.
+    #[serde(default)]
+    pub firewall: Option<FirewallV1>,
+}
+
+/// The `firewall:` section; every key has a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallV1 {
+    /// Network namespace of the sets: a name under /run/netns, or a path.
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// `inet` (default), `ip` or `ip6`.
+    #[serde(default)]
+    pub family: Option<String>,
+    #[serde(default)]
+    pub table: Option<String>,
+    #[serde(default)]
+    pub set_v4: Option<String>,
+    #[serde(default)]
+    pub set_v6: Option<String>,
+    #[serde(default)]
+    pub set_v4_ports: Option<String>,
+    #[serde(default)]
+    pub set_v6_ports: Option<String>,
+    /// Element timeouts are the record TTL clamped to [min_ttl, max_ttl] plus grace.
+    #[serde(default)]
+    pub min_ttl: Option<u32>,
+    #[serde(default)]
+    pub max_ttl: Option<u32>,
+    #[serde(default)]
+    pub grace: Option<u32>,
 }
 
 /// One `expected_outbound` entry.

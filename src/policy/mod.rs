@@ -16,6 +16,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use crate::diagnostics::{Diagnostics, locate, yaml_error};
+use crate::firewall::{Family, FirewallConfig};
 use file::{PolicyFileV1, SUPPORTED_VERSIONS};
 use matcher::{Matcher, PatternKind, RuleId, classify};
 
@@ -85,6 +86,8 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// Address destinations.
     pub addresses: Vec<AddressRule>,
+    /// Where handed-out addresses are fed; `None` disables feeding.
+    pub firewall: Option<FirewallConfig>,
     matcher: Matcher,
 }
 
@@ -261,6 +264,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
         mode,
         expected_outbound,
         allowed_dynamic_resolution,
+        firewall,
     } = raw;
     let mut seen = Occurrences::default();
 
@@ -383,14 +387,118 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
         );
     }
 
+    let firewall = firewall.map(|f| compile_firewall(file, source, f, diags));
     Policy {
         agent: agent_name.trim().into(),
         source: file.to_path_buf(),
         clients: client_nets,
         rules: builder.rules,
         addresses: builder.addresses,
+        firewall,
         matcher: builder.matcher,
     }
+}
+
+fn compile_firewall(
+    file: &Path,
+    source: &str,
+    raw: file::FirewallV1,
+    diags: &mut Diagnostics,
+) -> FirewallConfig {
+    let file::FirewallV1 {
+        netns,
+        family,
+        table,
+        set_v4,
+        set_v6,
+        set_v4_ports,
+        set_v6_ports,
+        min_ttl,
+        max_ttl,
+        grace,
+    } = raw;
+    let mut config = FirewallConfig::with_defaults();
+    let mut error = |field: &str, value: &str, message: String| {
+        diags.error(
+            file,
+            locate(source, value, 0),
+            Some(format!("firewall.{field}")),
+            message,
+        );
+    };
+    if let Some(ns) = netns {
+        if ns.contains('/') && !ns.starts_with('/') {
+            error(
+                "netns",
+                &ns,
+                format!("'{ns}' is neither a name under /run/netns nor an absolute path"),
+            );
+        }
+        config.netns = Some(if ns.starts_with('/') {
+            PathBuf::from(&ns)
+        } else {
+            Path::new("/run/netns").join(&ns)
+        });
+    }
+    if let Some(f) = family {
+        match f.as_str() {
+            "inet" => config.family = Family::Inet,
+            "ip" => config.family = Family::Ip,
+            "ip6" => config.family = Family::Ip6,
+            _ => error(
+                "family",
+                &f,
+                format!("unknown family '{f}' (expected inet, ip or ip6)"),
+            ),
+        }
+    }
+    for (field, value, slot) in [
+        ("table", table, &mut config.table),
+        ("set_v4", set_v4, &mut config.set_v4),
+        ("set_v6", set_v6, &mut config.set_v6),
+        ("set_v4_ports", set_v4_ports, &mut config.set_v4_ports),
+        ("set_v6_ports", set_v6_ports, &mut config.set_v6_ports),
+    ] {
+        let Some(value) = value else { continue };
+        let valid = value.len() <= 64
+            && value
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic())
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if valid {
+            *slot = value;
+        } else {
+            error(
+                field,
+                &value,
+                format!("'{value}' is not an nftables identifier (letters, digits, _ and -)"),
+            );
+        }
+    }
+    config.min_ttl = min_ttl.unwrap_or(config.min_ttl);
+    config.max_ttl = max_ttl.unwrap_or(config.max_ttl);
+    config.grace = grace.unwrap_or(config.grace);
+    if config.min_ttl > config.max_ttl {
+        error(
+            "min_ttl",
+            "min_ttl",
+            format!(
+                "min_ttl {} is above max_ttl {}",
+                config.min_ttl, config.max_ttl
+            ),
+        );
+    }
+    if config.max_ttl == 0 && config.grace == 0 {
+        error(
+            "grace",
+            "grace",
+            "max_ttl and grace are both 0: elements would never live".into(),
+        );
+    }
+    config
 }
 
 #[derive(Default)]

@@ -1,0 +1,570 @@
+//! Feeding handed-out addresses into nftables sets, so a default-deny
+//! ruleset in the agent's namespace passes exactly what DNS allowed.
+//!
+//! Per target (namespace, family, table) there are four sets:
+//! - `set_v4` / `set_v6` (`ipv4_addr` / `ipv6_addr`, flags timeout): addresses
+//!   of names allowed on any port;
+//! - `set_v4_ports` / `set_v6_ports` (`addr . inet_proto . inet_service`,
+//!   flags interval,timeout): addresses of names allowed only on given ports,
+//!   and every IP/CIDR destination written in the policy (permanent).
+//!
+//! [`Firewall::feed`] runs before the reply leaves; if the kernel does not
+//! confirm the update, the client gets SERVFAIL (fail closed). An element's
+//! timeout is the record TTL clamped to `[min_ttl, max_ttl]` plus `grace`,
+//! never 0, and never shortened. Updates are skipped while the element still
+//! outlives the client's cached answer by half the grace, so cache hits
+//! refresh elements without putting netlink on every query.
+
+pub mod netlink;
+pub mod ruleset;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hickory_proto::rr::rdata::svcb::SvcParamValue;
+use hickory_proto::rr::{RData, Record};
+use ipnet::IpNet;
+
+use crate::policy::{Policy, PolicySet, Ports, Protocol, Rule};
+pub use netlink::Family;
+use netlink::{Element, NFT_SET_INTERVAL, NFT_SET_TIMEOUT, Netlink, SetOp};
+
+/// Where and how one policy's addresses are fed; from the policy's `firewall:`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FirewallConfig {
+    /// Network namespace holding the sets (`/run/netns/NAME` or a path); `None` is allowdns's own.
+    pub netns: Option<PathBuf>,
+    pub family: Family,
+    pub table: String,
+    pub set_v4: String,
+    pub set_v6: String,
+    pub set_v4_ports: String,
+    pub set_v6_ports: String,
+    pub min_ttl: u32,
+    pub max_ttl: u32,
+    pub grace: u32,
+}
+
+impl FirewallConfig {
+    /// Defaults for every key not given in the policy.
+    pub fn with_defaults() -> Self {
+        FirewallConfig {
+            netns: None,
+            family: Family::Inet,
+            table: "allowdns".into(),
+            set_v4: "allowed_v4".into(),
+            set_v6: "allowed_v6".into(),
+            set_v4_ports: "allowed_v4_ports".into(),
+            set_v6_ports: "allowed_v6_ports".into(),
+            min_ttl: 30,
+            max_ttl: 86_400,
+            grace: 30,
+        }
+    }
+
+    fn passes_v4(&self) -> bool {
+        self.family != Family::Ip6
+    }
+
+    fn passes_v6(&self) -> bool {
+        self.family != Family::Ip
+    }
+
+    fn describe(&self) -> String {
+        let ns = self.netns.as_ref().map_or_else(
+            || "allowdns's own namespace".to_string(),
+            |p| format!("netns {}", p.display()),
+        );
+        format!("table {} {} in {ns}", self.family.as_str(), self.table)
+    }
+
+    fn set_name(&self, set: SetId) -> &str {
+        match set {
+            SetId::V4 => &self.set_v4,
+            SetId::V6 => &self.set_v6,
+            SetId::V4Ports => &self.set_v4_ports,
+            SetId::V6Ports => &self.set_v6_ports,
+        }
+    }
+
+    fn sets(&self) -> Vec<SetId> {
+        let mut sets = Vec::new();
+        if self.passes_v4() {
+            sets.extend([SetId::V4, SetId::V4Ports]);
+        }
+        if self.passes_v6() {
+            sets.extend([SetId::V6, SetId::V6Ports]);
+        }
+        sets
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum SetId {
+    V4,
+    V6,
+    V4Ports,
+    V6Ports,
+}
+
+impl SetId {
+    /// Key length and flags the set must have for the elements allowdns writes.
+    fn expected(self) -> (u32, u32, &'static str) {
+        match self {
+            SetId::V4 => (4, NFT_SET_TIMEOUT, "type ipv4_addr; flags timeout"),
+            SetId::V6 => (16, NFT_SET_TIMEOUT, "type ipv6_addr; flags timeout"),
+            SetId::V4Ports => (
+                12,
+                NFT_SET_TIMEOUT | NFT_SET_INTERVAL,
+                "type ipv4_addr . inet_proto . inet_service; flags interval,timeout",
+            ),
+            SetId::V6Ports => (
+                24,
+                NFT_SET_TIMEOUT | NFT_SET_INTERVAL,
+                "type ipv6_addr . inet_proto . inet_service; flags interval,timeout",
+            ),
+        }
+    }
+}
+
+/// Why an allowed answer could not be fed; the client gets SERVFAIL.
+#[derive(Debug)]
+pub struct FeedError(pub String);
+
+impl std::fmt::Display for FeedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One set of sets allowdns writes to.
+struct Target {
+    config: FirewallConfig,
+    netlink: Mutex<Netlink>,
+    /// When each element fed here expires, by (set, key).
+    expiries: Mutex<HashMap<(SetId, Vec<u8>), Instant>>,
+    /// Permanent elements from policy addresses, as last installed.
+    installed: Mutex<Vec<(SetId, Element)>>,
+}
+
+/// Entries kept in a target's expiry map before expired ones are pruned.
+const PRUNE_AT: usize = 200_000;
+
+pub struct Firewall {
+    targets: Vec<Target>,
+    /// Agent name → target index.
+    by_agent: HashMap<String, usize>,
+}
+
+impl Firewall {
+    /// Opens a socket per target and checks every set; changes nothing, so
+    /// `check` can use it. `None` when no policy feeds a firewall.
+    pub fn open(policies: &PolicySet) -> Result<Option<Firewall>, String> {
+        let mut firewall = Firewall {
+            targets: Vec::new(),
+            by_agent: HashMap::new(),
+        };
+        for policy in &policies.policies {
+            let Some(config) = &policy.firewall else {
+                continue;
+            };
+            let index = match firewall.targets.iter().position(|t| &t.config == config) {
+                Some(i) => i,
+                None => {
+                    firewall.targets.push(Target::open(config)?);
+                    firewall.targets.len() - 1
+                }
+            };
+            firewall.by_agent.insert(policy.agent.to_string(), index);
+        }
+        Ok((!firewall.targets.is_empty()).then_some(firewall))
+    }
+
+    /// Makes the permanent elements match the policies' IP/CIDR destinations.
+    pub fn sync_static(&self, policies: &PolicySet) -> Result<(), String> {
+        for (index, target) in self.targets.iter().enumerate() {
+            let mut wanted: Vec<(SetId, Element)> = Vec::new();
+            for policy in &policies.policies {
+                if self.by_agent.get(&*policy.agent) != Some(&index) {
+                    continue;
+                }
+                for address in &policy.addresses {
+                    for e in static_elements(&target.config, address.net, &address.ports) {
+                        if !wanted.contains(&e) {
+                            wanted.push(e);
+                        }
+                    }
+                }
+            }
+            target.replace_static(wanted)?;
+        }
+        Ok(())
+    }
+
+    /// Adds every address in `answers` to the agent's sets, before the reply
+    /// leaves. Records of a family the target cannot pass are removed, and
+    /// TTLs are capped at `max_ttl` so no client caches past its element.
+    pub fn feed(
+        &self,
+        policy: &Policy,
+        rule: &Rule,
+        answers: &mut Vec<Record>,
+    ) -> Result<(), FeedError> {
+        let Some(&index) = self.by_agent.get(&*policy.agent) else {
+            return Ok(());
+        };
+        let target = &self.targets[index];
+        let config = &target.config;
+        answers.retain(|r| match &r.data {
+            RData::A(_) => config.passes_v4(),
+            RData::AAAA(_) => config.passes_v6(),
+            _ => true,
+        });
+        let mut wanted: Vec<(SetId, Vec<u8>, u32)> = Vec::new();
+        for record in answers.iter_mut() {
+            record.ttl = record.ttl.min(config.max_ttl);
+            for ip in addresses(record) {
+                if (ip.is_ipv4() && !config.passes_v4()) || (ip.is_ipv6() && !config.passes_v6()) {
+                    continue;
+                }
+                for (set, key) in dynamic_keys(ip, &rule.ports) {
+                    wanted.push((set, key, record.ttl));
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        target.feed(wanted).map_err(|e| {
+            FeedError(format!(
+                "nftables update in {} failed: {e}",
+                config.describe()
+            ))
+        })
+    }
+}
+
+impl Target {
+    fn open(config: &FirewallConfig) -> Result<Target, String> {
+        let mut netlink = open_in(config.netns.as_deref()).map_err(|e| {
+            format!(
+                "cannot open netlink for {}: {e}{}",
+                config.describe(),
+                hint(&e)
+            )
+        })?;
+        let mut expiries = HashMap::new();
+        let now = Instant::now();
+        for set in config.sets() {
+            let name = config.set_name(set);
+            let (key_len, flags, decl) = set.expected();
+            let info = netlink.get_set(config.family, &config.table, name).map_err(|e| {
+                format!(
+                    "set '{name}' in {}: {e}{} (expected `set {name} {{ {decl}; }}`; `allowdns nft-ruleset` prints it)",
+                    config.describe(),
+                    hint(&e)
+                )
+            })?;
+            if info.key_len != key_len || info.flags & flags != flags {
+                return Err(format!(
+                    "set '{name}' in {} has the wrong type or flags (expected `{decl}`)",
+                    config.describe()
+                ));
+            }
+            // Elements from before a restart: remember their expiry so none is shortened.
+            let listed = netlink
+                .list_elements(config.family, &config.table, name)
+                .map_err(|e| format!("cannot list set '{name}' in {}: {e}", config.describe()))?;
+            for l in listed {
+                if let Some(left) = l.expires_in {
+                    expiries.insert((set, l.key), now + left);
+                }
+            }
+        }
+        Ok(Target {
+            config: config.clone(),
+            netlink: Mutex::new(netlink),
+            expiries: Mutex::new(expiries),
+            installed: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn feed(&self, wanted: Vec<(SetId, Vec<u8>, u32)>) -> io::Result<()> {
+        let config = &self.config;
+        let grace = Duration::from_secs(u64::from(config.grace));
+        let now = Instant::now();
+        let mut updates: Vec<(SetId, Vec<u8>, Instant)> = Vec::new();
+        {
+            let expiries = self.expiries.lock().unwrap_or_else(|p| p.into_inner());
+            for (set, key, ttl) in wanted {
+                let ttl = Duration::from_secs(u64::from(ttl.clamp(config.min_ttl, config.max_ttl)));
+                let existing = expiries.get(&(set, key.clone())).copied();
+                if existing.is_some_and(|e| e >= now + ttl + grace / 2) {
+                    continue; // ample time left
+                }
+                let expiry = existing.map_or(now + ttl + grace, |e| e.max(now + ttl + grace));
+                if !updates.iter().any(|(s, k, _)| *s == set && *k == key) {
+                    updates.push((set, key, expiry));
+                }
+            }
+        }
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let mut per_set: HashMap<SetId, Vec<Element>> = HashMap::new();
+        for (set, key, expiry) in &updates {
+            let timeout = expiry
+                .saturating_duration_since(now)
+                .max(Duration::from_secs(1));
+            let key_end = matches!(set, SetId::V4Ports | SetId::V6Ports).then(|| key.clone());
+            per_set.entry(*set).or_default().push(Element {
+                key: key.clone(),
+                key_end,
+                timeout: Some(timeout),
+            });
+        }
+        let ops: Vec<SetOp<'_>> = per_set
+            .iter()
+            .map(|(set, elements)| SetOp {
+                family: config.family,
+                table: &config.table,
+                set: config.set_name(*set),
+                add: elements,
+                delete: &[],
+            })
+            .collect();
+        self.netlink
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(&ops)?;
+        let mut expiries = self.expiries.lock().unwrap_or_else(|p| p.into_inner());
+        if expiries.len() > PRUNE_AT {
+            expiries.retain(|_, e| *e > now);
+            if expiries.len() > PRUNE_AT {
+                expiries.clear(); // costs only redundant updates later
+            }
+        }
+        for (set, key, expiry) in updates {
+            expiries.insert((set, key), expiry);
+        }
+        Ok(())
+    }
+
+    /// Installs `wanted` as the permanent elements, removing ones no longer wanted.
+    fn replace_static(&self, wanted: Vec<(SetId, Element)>) -> Result<(), String> {
+        let config = &self.config;
+        let mut installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut netlink = self.netlink.lock().unwrap_or_else(|p| p.into_inner());
+        // On first sync, what is installed is whatever permanent elements the sets hold.
+        if installed.is_empty() {
+            for set in [SetId::V4Ports, SetId::V6Ports] {
+                if !config.sets().contains(&set) {
+                    continue;
+                }
+                let listed = netlink
+                    .list_elements(config.family, &config.table, config.set_name(set))
+                    .map_err(|e| format!("cannot list set '{}': {e}", config.set_name(set)))?;
+                for l in listed.into_iter().filter(|l| l.expires_in.is_none()) {
+                    installed.push((
+                        set,
+                        Element {
+                            key: l.key,
+                            key_end: l.key_end,
+                            timeout: None,
+                        },
+                    ));
+                }
+            }
+        }
+        let mut ops_data: HashMap<SetId, (Vec<Element>, Vec<Element>)> = HashMap::new();
+        for (set, e) in installed.iter() {
+            if !wanted.iter().any(|(s, w)| s == set && w == e) {
+                ops_data.entry(*set).or_default().1.push(e.clone());
+            }
+        }
+        for (set, e) in &wanted {
+            if !installed.iter().any(|(s, i)| s == set && i == e) {
+                ops_data.entry(*set).or_default().0.push(e.clone());
+            }
+        }
+        let ops: Vec<SetOp<'_>> = ops_data
+            .iter()
+            .map(|(set, (add, delete))| SetOp {
+                family: config.family,
+                table: &config.table,
+                set: config.set_name(*set),
+                add,
+                delete,
+            })
+            .collect();
+        netlink.apply(&ops).map_err(|e| {
+            format!(
+                "cannot install policy addresses in {}: {e}",
+                config.describe()
+            )
+        })?;
+        *installed = wanted;
+        Ok(())
+    }
+}
+
+/// Opens a netlink socket inside `netns` (the socket stays there).
+fn open_in(netns: Option<&Path>) -> io::Result<Netlink> {
+    let Some(path) = netns else {
+        return Netlink::open();
+    };
+    let file = File::open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    // setns affects only the calling thread, so do it on a thread of its own.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(io::Error::from)?;
+            Netlink::open()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("netns thread panicked")))
+    })
+}
+
+fn hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(1) => " (needs CAP_NET_ADMIN)",
+        Some(2) => " (does it exist?)",
+        _ => "",
+    }
+}
+
+/// Every address a record hands out: A, AAAA, and HTTPS/SVCB address hints.
+fn addresses(record: &Record) -> Vec<IpAddr> {
+    let svcb = match &record.data {
+        RData::A(a) => return vec![IpAddr::V4(a.0)],
+        RData::AAAA(a) => return vec![IpAddr::V6(a.0)],
+        RData::HTTPS(https) => &https.0,
+        RData::SVCB(svcb) => svcb,
+        _ => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for (_, value) in &svcb.svc_params {
+        match value {
+            SvcParamValue::Ipv4Hint(hint) => out.extend(hint.0.iter().map(|a| IpAddr::V4(a.0))),
+            SvcParamValue::Ipv6Hint(hint) => out.extend(hint.0.iter().map(|a| IpAddr::V6(a.0))),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+/// `addr . proto . port`, each field padded to 4 bytes as nftables registers are.
+fn concat(ip: &[u8], proto: u8, port: u16) -> Vec<u8> {
+    let mut key = ip.to_vec();
+    key.extend_from_slice(&[proto, 0, 0, 0]);
+    key.extend_from_slice(&port.to_be_bytes());
+    key.extend_from_slice(&[0, 0]);
+    key
+}
+
+fn proto_number(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+    }
+}
+
+/// Keys for a DNS-fed address: the plain set for any port, else one
+/// concatenated key per allowed (protocol, port).
+fn dynamic_keys(ip: IpAddr, ports: &Ports) -> Vec<(SetId, Vec<u8>)> {
+    let (plain, with_ports) = if ip.is_ipv4() {
+        (SetId::V4, SetId::V4Ports)
+    } else {
+        (SetId::V6, SetId::V6Ports)
+    };
+    let bytes = ip_bytes(ip);
+    if ports.any || ports.listed.is_empty() {
+        return vec![(plain, bytes)];
+    }
+    ports
+        .listed
+        .iter()
+        .map(|&(proto, port)| (with_ports, concat(&bytes, proto_number(proto), port)))
+        .collect()
+}
+
+/// Permanent range elements for an IP/CIDR destination.
+fn static_elements(config: &FirewallConfig, net: IpNet, ports: &Ports) -> Vec<(SetId, Element)> {
+    let set = match net {
+        IpNet::V4(_) if config.passes_v4() => SetId::V4Ports,
+        IpNet::V6(_) if config.passes_v6() => SetId::V6Ports,
+        _ => return Vec::new(),
+    };
+    let (first, last) = (ip_bytes(net.network()), ip_bytes(net.broadcast()));
+    let ranges: Vec<((u8, u16), (u8, u16))> = if ports.any || ports.listed.is_empty() {
+        vec![((0, 0), (255, 65535))]
+    } else {
+        ports
+            .listed
+            .iter()
+            .map(|&(p, port)| ((proto_number(p), port), (proto_number(p), port)))
+            .collect()
+    };
+    ranges
+        .into_iter()
+        .map(|((p0, port0), (p1, port1))| {
+            (
+                set,
+                Element {
+                    key: concat(&first, p0, port0),
+                    key_end: Some(concat(&last, p1, port1)),
+                    timeout: None,
+                },
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_nftables_register_layout() {
+        let ports = Ports {
+            any: false,
+            listed: vec![(Protocol::Tcp, 443)],
+        };
+        let keys = dynamic_keys("192.0.2.1".parse().unwrap(), &ports);
+        assert_eq!(
+            keys,
+            vec![(SetId::V4Ports, vec![192, 0, 2, 1, 6, 0, 0, 0, 1, 187, 0, 0])]
+        );
+        let any = Ports {
+            any: true,
+            listed: vec![],
+        };
+        assert_eq!(
+            dynamic_keys("2001:db8::1".parse().unwrap(), &any)[0]
+                .1
+                .len(),
+            16
+        );
+        let config = FirewallConfig::with_defaults();
+        let e = static_elements(&config, "10.0.0.0/8".parse().unwrap(), &any);
+        assert_eq!(e[0].1.key, vec![10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            e[0].1.key_end.as_ref().unwrap(),
+            &vec![10, 255, 255, 255, 255, 0, 0, 0, 255, 255, 0, 0]
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! `allowdns nft-ruleset`: the default-deny ruleset for an agent namespace.
+//!
+//! Output drops by default (IPv4 and IPv6). Accepted: loopback, established
+//! and related traffic, DNS to allowdns only, addresses in the sets (any port,
+//! or address-and-port). Everything else is logged with a clear prefix, then
+//! dropped.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use super::FirewallConfig;
+use crate::policy::Policy;
+
+/// Log prefix of denied egress, as it shows in the kernel log.
+pub const LOG_PREFIX: &str = "allowdns egress denied: ";
+
+pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> String {
+    let mut out = String::new();
+    let (family, table) = (config.family.as_str(), &config.table);
+    let _ = writeln!(
+        out,
+        "# allowdns: default-deny egress for agent '{}' ({})",
+        policy.agent,
+        policy.source.display()
+    );
+    let _ = writeln!(
+        out,
+        "# Load inside the agent's namespace: ip netns exec NAME nft -f FILE"
+    );
+    // Declaring then deleting makes the file reloadable whether or not the table exists.
+    let _ = writeln!(
+        out,
+        "table {family} {table}\ndelete table {family} {table}\n"
+    );
+    let _ = writeln!(out, "table {family} {table} {{");
+    let v4 = config.passes_v4();
+    let v6 = config.passes_v6();
+    // The same permanent elements allowdns installs at run time, so the fence holds before it starts.
+    let statics = |want_v4: bool| -> Vec<String> {
+        policy
+            .addresses
+            .iter()
+            .filter(|a| a.net.addr().is_ipv4() == want_v4)
+            .flat_map(|a| {
+                let net = a.net;
+                let ports = if a.ports.any || a.ports.listed.is_empty() {
+                    vec!["0-255 . 0-65535".to_string()]
+                } else {
+                    a.ports
+                        .listed
+                        .iter()
+                        .map(|(p, port)| format!("{} . {port}", p.as_str()))
+                        .collect()
+                };
+                ports.into_iter().map(move |p| format!("{net} . {p}"))
+            })
+            .collect()
+    };
+    if v4 {
+        set(&mut out, &config.set_v4, "ipv4_addr", "timeout", &[]);
+        set(
+            &mut out,
+            &config.set_v4_ports,
+            "ipv4_addr . inet_proto . inet_service",
+            "interval,timeout",
+            &statics(true),
+        );
+    }
+    if v6 {
+        set(&mut out, &config.set_v6, "ipv6_addr", "timeout", &[]);
+        set(
+            &mut out,
+            &config.set_v6_ports,
+            "ipv6_addr . inet_proto . inet_service",
+            "interval,timeout",
+            &statics(false),
+        );
+    }
+    out.push_str("\tchain output {\n\t\ttype filter hook output priority filter; policy drop;\n");
+    out.push_str("\t\toifname \"lo\" accept\n");
+    out.push_str("\t\tct state established,related accept\n");
+    out.push_str("\t\tct state invalid drop\n");
+    if v6 {
+        out.push_str("\t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept\n");
+    }
+    for ip in dns {
+        let (fam, ok) = match ip {
+            IpAddr::V4(_) => ("ip", v4),
+            IpAddr::V6(_) => ("ip6", v6),
+        };
+        if ok {
+            let _ = writeln!(
+                out,
+                "\t\t{fam} daddr {ip} meta l4proto {{ udp, tcp }} th dport 53 accept comment \"allowdns\""
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\t\tmeta l4proto {{ udp, tcp }} th dport 53 log prefix \"{LOG_PREFIX}dns \" drop comment \"DNS only to allowdns\""
+    );
+    if v4 {
+        let _ = writeln!(out, "\t\tip daddr @{} accept", config.set_v4);
+        let _ = writeln!(
+            out,
+            "\t\tip daddr . meta l4proto . th dport @{} accept",
+            config.set_v4_ports
+        );
+    }
+    if v6 {
+        let _ = writeln!(out, "\t\tip6 daddr @{} accept", config.set_v6);
+        let _ = writeln!(
+            out,
+            "\t\tip6 daddr . meta l4proto . th dport @{} accept",
+            config.set_v6_ports
+        );
+    }
+    let _ = writeln!(out, "\t\tlog prefix \"{LOG_PREFIX}\" level warn");
+    out.push_str("\t\tcounter drop\n\t}\n}\n");
+    out
+}
+
+fn set(out: &mut String, name: &str, ty: &str, flags: &str, elements: &[String]) {
+    let _ = write!(out, "\tset {name} {{\n\t\ttype {ty}\n\t\tflags {flags}\n");
+    if !elements.is_empty() {
+        let _ = writeln!(out, "\t\telements = {{ {} }}", elements.join(", "));
+    }
+    out.push_str("\t}\n\n");
+}
