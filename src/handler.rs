@@ -240,12 +240,18 @@ impl Handler {
     /// Completes an allowed answer that needs the upstream; failure is SERVFAIL.
     pub async fn finish(&self, request: &Request, outcome: Outcome, loaded: &Loaded) -> Outcome {
         let query = request.queries.queries()[0].original();
+        // The same snapshot gives the same decision; the firewall needs its rule.
+        let Decision::Allow { policy, rule } =
+            decide(&loaded.policies, request.src().ip(), query.name())
+        else {
+            return outcome;
+        };
         match self
             .resolver
             .resolve(&loaded.zones, query.name(), query.query_type())
             .await
         {
-            Ok(resolution) => outcome.resolved(resolution),
+            Ok(resolution) => self.fence(policy, rule, outcome.resolved(resolution)),
             Err(error) => {
                 tracing::warn!(%error, qname = %query.name(), qtype = %query.query_type(), "upstream failed; answering SERVFAIL");
                 outcome

@@ -202,7 +202,19 @@ pub fn bin() -> &'static str {
 impl Allowdns {
     /// `serve` with these arguments plus `--listen 127.0.0.1:0` unless one is given.
     pub fn serve(args: &[&str]) -> Allowdns {
-        let mut cmd = Command::new(bin());
+        Self::serve_via(&[], args)
+    }
+
+    /// Like [`Allowdns::serve`], run through a prefix such as `ip netns exec NS`.
+    pub fn serve_via(prefix: &[&str], args: &[&str]) -> Allowdns {
+        let mut cmd = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
         cmd.arg("serve");
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
@@ -336,16 +348,12 @@ pub fn query_with(server: SocketAddr, name: &str, rtype: RecordType, ask: Ask) -
 }
 
 pub fn exchange_udp(server: SocketAddr, bytes: &[u8], from: Option<IpAddr>) -> Vec<u8> {
-    let local: SocketAddr = SocketAddr::new(
-        from.unwrap_or_else(|| {
-            if server.is_ipv4() {
-                "127.0.0.1".parse().unwrap()
-            } else {
-                "::1".parse().unwrap()
-            }
-        }),
-        0,
-    );
+    let any: IpAddr = if server.is_ipv4() {
+        "0.0.0.0".parse().unwrap()
+    } else {
+        "::".parse().unwrap()
+    };
+    let local = SocketAddr::new(from.unwrap_or(any), 0);
     let sock = UdpSocket::bind(local).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

@@ -1,0 +1,462 @@
+//! End to end: an agent namespace whose only nameserver is allowdns, fenced
+//! by the ruleset `allowdns nft-ruleset` prints, fed over netlink.
+//!
+//! Namespaces (all created here, removed on drop):
+//! - R: allowdns and its upstream (a recording hickory server on R's loopback);
+//! - A: the agent; veth to R (DNS) and to I, default route via I;
+//! - I: "the internet": echo services on 10.200.3.0/24 and 10.200.4.0/22,
+//!   and a rogue DNS server on 10.200.3.53.
+//!
+//! Needs root, `ip`, `nft`, `getent` and `dig`: fails under CI=true without
+//! them, skips loudly elsewhere.
+
+mod common;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{RData, RecordType};
+
+const DNS: &str = "10.200.1.1";
+
+struct Lab {
+    r: String,
+    a: String,
+    i: String,
+    dir: TempDir,
+}
+
+impl Lab {
+    fn netns(&self, ns: &str) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{ns}"))
+    }
+
+    fn create() -> Lab {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{}-{n}", std::process::id() % 100_000);
+        let lab = Lab {
+            r: format!("adns-r-{id}"),
+            a: format!("adns-a-{id}"),
+            i: format!("adns-i-{id}"),
+            dir: TempDir::new("netns"),
+        };
+        let (r, a, i) = (&lab.r, &lab.a, &lab.i);
+        for ns in [r, a, i] {
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        // R <-> A: DNS.
+        sh(&[
+            "ip", "-n", r, "link", "add", "r-a", "type", "veth", "peer", "name", "a-r", "netns", a,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            r,
+            "addr",
+            "add",
+            &format!("{DNS}/30"),
+            "dev",
+            "r-a",
+        ]);
+        sh(&["ip", "-n", r, "link", "set", "r-a", "up"]);
+        sh(&["ip", "-n", a, "addr", "add", "10.200.1.2/30", "dev", "a-r"]);
+        sh(&["ip", "-n", a, "link", "set", "a-r", "up"]);
+        // A <-> I: everything else.
+        sh(&[
+            "ip", "-n", a, "link", "add", "a-i", "type", "veth", "peer", "name", "i-a", "netns", i,
+        ]);
+        sh(&["ip", "-n", a, "addr", "add", "10.200.2.2/24", "dev", "a-i"]);
+        sh(&["ip", "-n", a, "link", "set", "a-i", "up"]);
+        sh(&["ip", "-n", i, "addr", "add", "10.200.2.1/24", "dev", "i-a"]);
+        sh(&["ip", "-n", i, "link", "set", "i-a", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            a,
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.200.2.1",
+        ]);
+        // I answers for whole prefixes on its loopback.
+        sh(&["ip", "-n", i, "addr", "add", "10.200.3.0/24", "dev", "lo"]);
+        sh(&["ip", "-n", i, "addr", "add", "10.200.4.0/22", "dev", "lo"]);
+        // The agent's resolv.conf: allowdns only.
+        std::fs::create_dir_all(format!("/etc/netns/{a}")).unwrap();
+        std::fs::write(
+            format!("/etc/netns/{a}/resolv.conf"),
+            format!("nameserver {DNS}\noptions timeout:2 attempts:1\n"),
+        )
+        .unwrap();
+        lab
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in [&self.r, &self.a, &self.i] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.a));
+    }
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sh_out(args: &[&str]) -> (bool, String) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Runs `f` on a thread inside the namespace; sockets it creates stay there.
+fn in_ns<T: Send + 'static>(ns: PathBuf, f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        let file = File::open(&ns).unwrap();
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Echo servers on every address of I, on the given ports.
+fn start_services(lab: &Lab, ports: &[u16]) {
+    for &port in ports {
+        let listener = in_ns(lab.netns(&lab.i), move || {
+            TcpListener::bind(("0.0.0.0", port)).unwrap()
+        });
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut stream = stream;
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    }
+    // A rogue resolver that answers anything (it echoes the query back).
+    let rogue = in_ns(lab.netns(&lab.i), || {
+        UdpSocket::bind("10.200.3.53:53").unwrap()
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = rogue.recv_from(&mut buf) {
+            buf[2] |= 0x80;
+            let _ = rogue.send_to(&buf[..n], from);
+        }
+    });
+}
+
+fn connect(lab: &Lab, addr: &str) -> Option<TcpStream> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    in_ns(lab.netns(&lab.a), move || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(800)).ok()
+    })
+}
+
+fn echo(stream: &mut TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 4];
+    stream.write_all(b"ping").is_ok() && stream.read_exact(&mut buf).is_ok() && &buf == b"ping"
+}
+
+fn getent(lab: &Lab, name: &str) -> Option<String> {
+    let (ok, out) = sh_out(&["ip", "netns", "exec", &lab.a, "getent", "ahostsv4", name]);
+    ok.then(|| {
+        out.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    })
+}
+
+fn zone(dir: &TempDir) -> PathBuf {
+    let mut z = String::from(
+        "$ORIGIN fw.test.\n$TTL 60\n@ IN SOA ns.fw.test. h.fw.test. 1 3600 600 86400 5\n@ IN NS ns.fw.test.\nns IN A 127.0.0.1\n\
+         web IN A 10.200.3.10\nports IN A 10.200.3.30\nshort 1 IN A 10.200.3.40\nevil IN A 10.200.3.66\n",
+    );
+    for i in 0..1000u32 {
+        z.push_str(&format!(
+            "r{i}.race IN A 10.200.{}.{}\n",
+            4 + i / 250,
+            i % 250 + 1
+        ));
+    }
+    dir.write("fw.test.zone", &z)
+}
+
+fn prerequisites() -> bool {
+    if !is_root() {
+        require_or_skip("the netns firewall test needs root");
+        return false;
+    }
+    for tool in ["ip", "nft", "getent", "dig"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            require_or_skip(&format!("the netns firewall test needs `{tool}`"));
+            return false;
+        }
+    }
+    true
+}
+
+#[test]
+fn the_agent_reaches_exactly_what_its_policy_allows() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    start_services(&lab, &[443, 8443, 9443]);
+
+    // Before the fence: everything in I is reachable, including the rogue resolver.
+    assert!(
+        connect(&lab, "10.200.3.99:443").is_some(),
+        "lab wiring: I is reachable"
+    );
+    let (ok, out) = sh_out(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.a,
+        "dig",
+        "+time=1",
+        "+tries=1",
+        "@10.200.3.53",
+        "example.com",
+    ]);
+    assert!(
+        ok && out.contains("ANSWER") || out.contains("status:"),
+        "lab wiring: the rogue resolver answers: {out}"
+    );
+
+    let zone = zone(&lab.dir);
+    let upstream = in_ns(lab.netns(&lab.r), move || {
+        Upstream::start("127.0.0.1", 0, &[zone])
+    });
+    let policy = lab.dir.write(
+        "agent.yaml",
+        &format!(
+            "agent_name: fenced_agent\nclients: [\"10.200.1.0/30\"]\nexpected_outbound:\n  - destination: web.fw.test\n  - destination: ports.fw.test\n    port: 8443\n    protocol: TCP\n  - destination: short.fw.test\nallowed_dynamic_resolution:\n  - \"*.race.fw.test\"\nfirewall:\n  netns: {}\n  min_ttl: 1\n  grace: 1\n",
+            lab.a
+        ),
+    );
+    let policy = policy.to_str().unwrap().to_string();
+
+    // The ruleset, as a person would load it.
+    let (ok, ruleset) = sh_out(&[bin(), "nft-ruleset", "--policy", &policy, "--dns", DNS]);
+    assert!(ok, "{ruleset}");
+    let file = lab.dir.write("agent.nft", &ruleset);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.a,
+        "nft",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+
+    let audit = lab.dir.0.join("audit.jsonl");
+    let up = upstream.addr.to_string();
+    let dns = Allowdns::serve_via(
+        &["ip", "netns", "exec", &lab.r],
+        &[
+            "--listen",
+            &format!("{DNS}:53"),
+            "--policy",
+            &policy,
+            "--upstream",
+            &up,
+            "--audit-log",
+            audit.to_str().unwrap(),
+        ],
+    );
+
+    // 2. The address before any lookup: dropped.
+    assert!(
+        connect(&lab, "10.200.3.10:443").is_none(),
+        "reachable before any lookup"
+    );
+    // 1. Resolve with a real client, then connect.
+    assert_eq!(getent(&lab, "web.fw.test").as_deref(), Some("10.200.3.10"));
+    let Some(mut web) = connect(&lab, "10.200.3.10:443") else {
+        let (_, sets) = sh_out(&["ip", "netns", "exec", &lab.a, "nft", "list", "ruleset"]);
+        panic!(
+            "allowed name did not connect after lookup; ruleset:\n{sets}\nallowdns:\n{}",
+            dns.stderr()
+        );
+    };
+    assert!(echo(&mut web));
+    // 3. A hard-coded address never handed out.
+    assert!(
+        connect(&lab, "10.200.3.99:443").is_none(),
+        "hard-coded address reachable"
+    );
+    // 4. Raw DNS to another server.
+    let (_, out) = sh_out(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.a,
+        "dig",
+        "+time=1",
+        "+tries=1",
+        "@10.200.3.53",
+        "example.com",
+    ]);
+    assert!(
+        out.contains("timed out") || out.contains("no servers could be reached"),
+        "raw DNS went out: {out}"
+    );
+    // 5. A denied name: no answer, an alert, an audit record; never upstream.
+    assert_eq!(getent(&lab, "evil.fw.test"), None);
+    assert_eq!(upstream.count("evil.fw.test"), 0);
+    // 8. Port-restricted: its port passes, another does not.
+    let (ok, out) = sh_out(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.a,
+        "dig",
+        "+short",
+        "ports.fw.test",
+    ]);
+    assert!(ok && out.trim() == "10.200.3.30", "{out}");
+    assert!(
+        connect(&lab, "10.200.3.30:8443").is_some(),
+        "allowed port blocked"
+    );
+    assert!(
+        connect(&lab, "10.200.3.30:9443").is_none(),
+        "other port passed"
+    );
+
+    // 6. 1,000 rounds of resolve-then-connect-at-once, each to an address never seen before.
+    let server: SocketAddr = format!("{DNS}:53").parse().unwrap();
+    let failures = in_ns(lab.netns(&lab.a), move || {
+        let mut failures = Vec::new();
+        for i in 0..1000u32 {
+            let m = query(server, &format!("r{i}.race.fw.test"), RecordType::A);
+            let ip = m.answers.iter().find_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                _ => None,
+            });
+            let Some(ip) = ip else {
+                failures.push(format!("r{i}: no address ({})", m.metadata.response_code));
+                continue;
+            };
+            if TcpStream::connect_timeout(&SocketAddr::new(ip, 443), Duration::from_secs(2))
+                .is_err()
+            {
+                failures.push(format!("r{i}: connect to {ip} failed"));
+            }
+        }
+        failures
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of 1000 rounds failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+
+    // 7. Expiry: TTL 1 + grace 1. An established connection survives; new ones fail.
+    assert_eq!(
+        getent(&lab, "short.fw.test").as_deref(),
+        Some("10.200.3.40")
+    );
+    let mut kept = connect(&lab, "10.200.3.40:443").expect("short-lived name connects");
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(3500));
+    assert!(
+        connect(&lab, "10.200.3.40:443").is_none(),
+        "element did not expire after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        echo(&mut kept),
+        "the established connection broke when its element expired"
+    );
+    assert!(echo(&mut web), "an unrelated established connection broke");
+
+    let (status, stderr) = dns.terminate();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Query: evil.fw.test A"),
+        "alert for the denied name:\n{stderr}"
+    );
+    let records = read_audit(&audit);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["qname"] == "evil.fw.test" && r["decision"] == "deny")
+    );
+    assert!(records.iter().filter(|r| r["decision"] == "allow").count() >= 1003);
+    assert_eq!(
+        records.iter().filter(|r| r["rcode"] == ResponseCode::ServFail.to_string() || r["rcode"] == "SERVFAIL").count(),
+        0,
+        "no firewall update failed"
+    );
+}
+
+#[test]
+fn a_missing_set_is_a_clear_startup_error() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    let policy = lab.dir.write(
+        "p.yaml",
+        &format!("agent_name: x\nexpected_outbound:\n  - destination: web.fw.test\nfirewall:\n  netns: {}\n  table: nosuchtable\n", lab.a),
+    );
+    let out = Command::new(bin())
+        .args([
+            "check",
+            "--upstream",
+            "none",
+            "--policy",
+            policy.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("set 'allowed_v4' in table inet nosuchtable in netns /run/netns/adns-a-"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("does it exist?"), "{stderr}");
+}
