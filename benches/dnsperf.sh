@@ -7,9 +7,13 @@
 # For each: saturated QPS (dnsperf, fixed concurrency), then p50/p99 latency
 # at a fixed offered rate below every server's capacity.
 #
+# FEED=1 instead compares nftables feeding: allowdns feeding a set, allowdns
+# without feeding, and dnsmasq with --nftset, all in a network namespace this
+# script creates (root needed), on allowed cache hits and the mix.
+#
 # Usage: benches/dnsperf.sh            (needs dnsperf, dnsmasq, unbound: see .ci/run)
-# Env:   REPS=3 DURATION=8 LAT_QPS=20000 LAT_SECS=3 FEED=0 (FEED is for issue 3)
-# Traffic stays on 127.0.0.1.
+# Env:   REPS=3 DURATION=8 LAT_QPS=20000 LAT_SECS=3 FEED=0
+# Traffic stays on 127.0.0.1 (inside the namespace with FEED=1).
 set -euo pipefail
 
 REPS=${REPS:-3}
@@ -28,8 +32,21 @@ BIN=$PWD/target/release/allowdns
 
 WORK=$(mktemp -d /tmp/allowdns-bench.XXXXXX)
 PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+FEED=${FEED:-0}
+NS=""
+RUN=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+  [ -n "$NS" ] && ip netns del "$NS" 2>/dev/null
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
+if [ "$FEED" = 1 ]; then
+  NS=allowdns-bench-$$
+  ip netns add "$NS"
+  ip -n "$NS" link set lo up
+  RUN=(ip netns exec "$NS")
+fi
 
 UP=5300; ALLOWDNS=5301; DNSMASQ=5302; UNBOUND=5303
 
@@ -45,6 +62,8 @@ mkdir -p "$WORK/zones" "$WORK/up"
 } > "$WORK/zones/allowed.bench.zone"
 printf 'agent_name: upstream\nallowed_dynamic_resolution: ["*"]\n' > "$WORK/up/policy.yaml"
 printf 'agent_name: bench_agent\nallowed_dynamic_resolution: ["*.allowed.bench"]\n' > "$WORK/policy.yaml"
+# The same policy, feeding the namespace's own sets.
+printf 'agent_name: bench_agent\nallowed_dynamic_resolution: ["*.allowed.bench"]\nfirewall: {}\n' > "$WORK/feed.yaml"
 
 python3 - "$WORK" "$HOSTS" "$DENIED" <<'PY'
 import sys, random
@@ -64,13 +83,28 @@ open(f"{work}/mix.txt", "w").write("\n".join(mix) + "\n")
 PY
 
 # --- servers ----------------------------------------------------------------
-wait_port() { for _ in $(seq 100); do dig +time=1 +tries=1 @127.0.0.1 -p "$1" host1.allowed.bench >/dev/null 2>&1 && return; sleep 0.1; done; echo "port $1 did not answer"; exit 1; }
+wait_port() { for _ in $(seq 100); do "${RUN[@]}" dig +time=1 +tries=1 @127.0.0.1 -p "$1" host1.allowed.bench >/dev/null 2>&1 && return; sleep 0.1; done; echo "port $1 did not answer"; exit 1; }
 
 # The upstream: allowdns answering the bench zone locally, allowing everything.
-"$BIN" serve --listen 127.0.0.1:$UP --policy "$WORK/up/policy.yaml" --zones "$WORK/zones" \
+"${RUN[@]}" "$BIN" serve --listen 127.0.0.1:$UP --policy "$WORK/up/policy.yaml" --zones "$WORK/zones" \
   --upstream none --audit-log /dev/null 2>"$WORK/up.log" & PIDS+=($!)
 wait_port $UP
 
+if [ "$FEED" = 1 ]; then
+  # The sets allowdns and dnsmasq feed, with the ruleset a person would load.
+  "$BIN" nft-ruleset --policy "$WORK/feed.yaml" --dns 127.0.0.1 > "$WORK/ruleset.nft"
+  "${RUN[@]}" nft -f "$WORK/ruleset.nft"
+  "${RUN[@]}" "$BIN" serve --listen 127.0.0.1:$ALLOWDNS --policy "$WORK/feed.yaml" --upstream 127.0.0.1:$UP \
+    --audit-log "$WORK/audit.jsonl" 2>"$WORK/allowdns.log" & PIDS+=($!); ALLOWDNS_PID=$!
+  "${RUN[@]}" "$BIN" serve --listen 127.0.0.1:$UNBOUND --policy "$WORK/policy.yaml" --upstream 127.0.0.1:$UP \
+    --audit-log "$WORK/audit-nofeed.jsonl" 2>"$WORK/allowdns-nofeed.log" & PIDS+=($!); UNBOUND_PID=$!
+  "${RUN[@]}" dnsmasq --keep-in-foreground --no-resolv --no-hosts --no-poll --bind-interfaces \
+    --listen-address=127.0.0.1 --port=$DNSMASQ --address=/#/ --server=/allowed.bench/127.0.0.1#$UP \
+    --nftset=/allowed.bench/4#inet#allowdns#allowed_v4 \
+    --cache-size=10000 --user=root --pid-file="$WORK/dnsmasq.pid" --log-facility="$WORK/dnsmasq.log" & PIDS+=($!); DNSMASQ_PID=$!
+  servers=(allowdns-feed dnsmasq-nftset allowdns-nofeed)
+  loads=(hits mix)
+else
 "$BIN" serve --listen 127.0.0.1:$ALLOWDNS --policy "$WORK/policy.yaml" --upstream 127.0.0.1:$UP \
   --audit-log "$WORK/audit.jsonl" 2>"$WORK/allowdns.log" & PIDS+=($!); ALLOWDNS_PID=$!
 
@@ -103,26 +137,28 @@ forward-zone:
 CONF
 unbound -c "$WORK/unbound.conf" & PIDS+=($!); UNBOUND_PID=$!
 
+  servers=(allowdns dnsmasq unbound)
+  loads=(hits flood mix)
+fi
 for p in $ALLOWDNS $DNSMASQ $UNBOUND; do wait_port $p; done
 for p in $ALLOWDNS $DNSMASQ $UNBOUND; do
-  dnsperf -s 127.0.0.1 -p $p -d "$WORK/hits.txt" -n 2 -q 50 >/dev/null 2>&1
+  "${RUN[@]}" dnsperf -s 127.0.0.1 -p $p -d "$WORK/hits.txt" -n 2 -q 50 >/dev/null 2>&1
 done
 
 # --- runs -------------------------------------------------------------------
 RESULTS="$WORK/results.tsv"
 : > "$RESULTS"
-servers=(allowdns dnsmasq unbound)
-port_of() { case $1 in allowdns) echo $ALLOWDNS;; dnsmasq) echo $DNSMASQ;; unbound) echo $UNBOUND;; esac; }
+port_of() { case $1 in allowdns|allowdns-feed) echo $ALLOWDNS;; dnsmasq|dnsmasq-nftset) echo $DNSMASQ;; unbound|allowdns-nofeed) echo $UNBOUND;; esac; }
 
 for rep in $(seq 1 "$REPS"); do
-  for load in hits flood mix; do
+  for load in "${loads[@]}"; do
     # Rotate the order each repetition so no server always runs first.
     for k in 0 1 2; do
       s=${servers[$(( (k + rep) % 3 ))]}
       port=$(port_of "$s")
-      qps=$(dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/$load.txt" -l "$DURATION" -c 8 -q 256 -T 1 2>&1 \
+      qps=$("${RUN[@]}" dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/$load.txt" -l "$DURATION" -c 8 -q 256 -T 1 2>&1 \
             | awk '/Queries per second/ {print $4}')
-      lat=$(dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/$load.txt" -l "$LAT_SECS" -Q "$LAT_QPS" -c 8 -q 256 -T 1 -v 2>/dev/null \
+      lat=$("${RUN[@]}" dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/$load.txt" -l "$LAT_SECS" -Q "$LAT_QPS" -c 8 -q 256 -T 1 -v 2>/dev/null \
             | awk '/^> / {print $NF}' | sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "nan nan"} else {print a[int(NR*0.5)+1]*1e6, a[int(NR*0.99)+1]*1e6}}')
       printf '%s\t%s\t%s\t%s\t%s\n' "$s" "$load" "$rep" "$qps" "$lat" >> "$RESULTS"
       echo "rep $rep $load $s: qps=$qps p50/p99(us)=$lat" >&2
@@ -130,8 +166,9 @@ for rep in $(seq 1 "$REPS"); do
   done
 done
 
-python3 - "$RESULTS" "$REPS" "$DURATION" "$LAT_QPS" <<'PY'
+python3 - "$RESULTS" "$REPS" "$DURATION" "$LAT_QPS" "${servers[@]}" <<'PY'
 import sys, statistics as st
+servers = sys.argv[5:]
 rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
 reps, dur, lat_qps = sys.argv[2], sys.argv[3], sys.argv[4]
 data = {}
@@ -143,14 +180,17 @@ print(f"latency p50/p99 at a fixed {lat_qps} QPS offered load\n")
 print("| load | server | QPS | p50 µs | p99 µs |")
 print("|---|---|---:|---:|---:|")
 for load in ["hits", "flood", "mix"]:
-    for s in ["allowdns", "dnsmasq", "unbound"]:
+    for s in servers:
         v = data.get((load, s), [])
         if not v: continue
         print(f"| {load} | {s} | {st.median(x[0] for x in v):,.0f} | {st.median(x[1] for x in v):.0f} | {st.median(x[2] for x in v):.0f} |")
 PY
 echo "audit records written by allowdns: $(wc -l < "$WORK/audit.jsonl")" >&2
-for s in allowdns dnsmasq unbound; do
-  pidvar=${s^^}_PID
-  echo "$s memory after all runs: $(awk '/VmHWM|VmRSS/ {printf "%s %s kB  ", $1, $2}' "/proc/${!pidvar}/status")" >&2
+for s in "${servers[@]}"; do
+  case $(port_of "$s") in $ALLOWDNS) pid=$ALLOWDNS_PID;; $DNSMASQ) pid=$DNSMASQ_PID;; *) pid=$UNBOUND_PID;; esac
+  echo "$s memory after all runs: $(awk '/VmHWM|VmRSS/ {printf "%s %s kB  ", $1, $2}' "/proc/$pid/status")" >&2
 done
+if [ "$FEED" = 1 ]; then
+  echo "elements fed into allowed_v4: $("${RUN[@]}" nft -j list set inet allowdns allowed_v4 | grep -o '"elem"' | wc -l)" >&2
+fi
 grep -h "records lost" "$WORK/allowdns.log" | tail -2 >&2 || true

@@ -460,3 +460,40 @@ fn a_missing_set_is_a_clear_startup_error() {
     );
     assert!(stderr.contains("does it exist?"), "{stderr}");
 }
+
+#[test]
+fn a_failed_set_update_fails_closed_with_servfail_and_an_alert() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    let zones = lab.dir.0.join("zones");
+    std::fs::create_dir(&zones).unwrap();
+    std::fs::write(
+        zones.join("fw.test.zone"),
+        "$ORIGIN fw.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\nweb IN A 10.200.3.10\nother IN A 10.200.3.11\n",
+    )
+    .unwrap();
+    let policy = lab.dir.write(
+        "p.yaml",
+        &format!(
+            "agent_name: closed\nexpected_outbound:\n  - destination: web.fw.test\n  - destination: other.fw.test\nfirewall:\n  netns: {}\n",
+            lab.a
+        ),
+    );
+    let (ok, ruleset) = sh_out(&[bin(), "nft-ruleset", "--policy", policy.to_str().unwrap(), "--dns", DNS]);
+    assert!(ok, "{ruleset}");
+    let file = lab.dir.write("agent.nft", &ruleset);
+    sh(&["ip", "netns", "exec", &lab.a, "nft", "-f", file.to_str().unwrap()]);
+    let dns = Allowdns::serve(&["--policy", policy.to_str().unwrap(), "--zones", zones.to_str().unwrap(), "--upstream", "none"]);
+
+    let m = query(dns.udp, "web.fw.test", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    // Someone removes the fence under allowdns's feet.
+    sh(&["ip", "netns", "exec", &lab.a, "nft", "delete", "table", "inet", "allowdns"]);
+    let m = query(dns.udp, "other.fw.test", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "an address the firewall cannot pass was handed out");
+    assert!(m.answers.is_empty());
+    let (_, stderr) = dns.terminate();
+    assert!(stderr.contains("FIREWALL UPDATE FAILED"), "{stderr}");
+}
