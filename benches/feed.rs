@@ -19,7 +19,10 @@ use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record};
 
 fn run(args: &[&str]) -> bool {
-    Command::new(args[0]).args(&args[1..]).status().is_ok_and(|s| s.success())
+    Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -44,20 +47,44 @@ fn bench(ns: &str) {
         "agent_name: bench\nallowed_dynamic_resolution: [\"*.bench.test\"]\nfirewall:\n  netns: {ns}\n"
     );
     let mut diags = Diagnostics::default();
-    let policy = policy::compile_source(Path::new("bench.yaml"), &source, &mut diags).expect("bench policy");
-    let text = ruleset::render(&policy, &FirewallConfig::with_defaults(), &["127.0.0.1".parse().unwrap()]);
+    let policy =
+        policy::compile_source(Path::new("bench.yaml"), &source, &mut diags).expect("bench policy");
+    let text = ruleset::render(
+        &policy,
+        &FirewallConfig::with_defaults(),
+        &["127.0.0.1".parse().unwrap()],
+    );
     let file = std::env::temp_dir().join(format!("{ns}.nft"));
     std::fs::write(&file, text).unwrap();
-    assert!(run(&["ip", "netns", "exec", ns, "nft", "-f", file.to_str().unwrap()]), "load ruleset");
+    assert!(
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "-f",
+            file.to_str().unwrap()
+        ]),
+        "load ruleset"
+    );
     let _ = std::fs::remove_file(&file);
 
     let mut set = policy::PolicySet::default();
     set.policies.push(std::sync::Arc::new(policy));
-    let firewall = Firewall::open(&set).expect("open firewall").expect("policy feeds");
+    let firewall = Firewall::open(&set)
+        .expect("open firewall")
+        .expect("policy feeds");
     let policy = &set.policies[0];
     let rule = policy.rule_for("x.bench.test").expect("rule");
     let name = Name::from_ascii("x.bench.test.").unwrap();
-    let answer = |n: u32| Record::from_rdata(name.clone(), 300, RData::A(A(Ipv4Addr::from(0x0a00_0000 + n))));
+    let answer = |n: u32| {
+        Record::from_rdata(
+            name.clone(),
+            300,
+            RData::A(A(Ipv4Addr::from(0x0a00_0000 + n))),
+        )
+    };
 
     // New addresses: every answer needs a netlink round trip.
     let rounds = 5_000u32;
@@ -69,7 +96,11 @@ fn bench(ns: &str) {
         lat.push(t.elapsed().as_secs_f64() * 1e6);
     }
     lat.sort_by(f64::total_cmp);
-    println!("feed, new element (1 address)   p50 {:>7.1} µs   p99 {:>7.1} µs", percentile(&lat, 0.5), percentile(&lat, 0.99));
+    println!(
+        "feed, new element (1 address)   p50 {:>7.1} µs   p99 {:>7.1} µs",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
 
     // Same addresses again: ample time left, no netlink.
     let mut skip = Vec::with_capacity(rounds as usize);
@@ -80,7 +111,11 @@ fn bench(ns: &str) {
         skip.push(t.elapsed().as_secs_f64() * 1e6);
     }
     skip.sort_by(f64::total_cmp);
-    println!("feed, element fresh (skip path) p50 {:>7.2} µs   p99 {:>7.2} µs", percentile(&skip, 0.5), percentile(&skip, 0.99));
+    println!(
+        "feed, element fresh (skip path) p50 {:>7.2} µs   p99 {:>7.2} µs",
+        percentile(&skip, 0.5),
+        percentile(&skip, 0.99)
+    );
 
     // Throughput: answers with 64 new addresses each.
     let batches = 500u32;
@@ -90,11 +125,17 @@ fn bench(ns: &str) {
         firewall.feed(policy, rule, &mut answers).expect("feed");
     }
     let secs = t.elapsed().as_secs_f64();
-    println!("elements per second (64 per answer): {:>9.0}", f64::from(batches * 64) / secs);
+    println!(
+        "elements per second (64 per answer): {:>9.0}",
+        f64::from(batches * 64) / secs
+    );
     let t = Instant::now();
     for i in 0..rounds {
         let mut answers = vec![answer(2_000_000 + i)];
         firewall.feed(policy, rule, &mut answers).expect("feed");
     }
-    println!("elements per second (1 per answer):  {:>9.0}", f64::from(rounds) / t.elapsed().as_secs_f64());
+    println!(
+        "elements per second (1 per answer):  {:>9.0}",
+        f64::from(rounds) / t.elapsed().as_secs_f64()
+    );
 }

@@ -90,6 +90,7 @@ impl Lab {
         // I answers for whole prefixes on its loopback.
         sh(&["ip", "-n", i, "addr", "add", "10.200.3.0/24", "dev", "lo"]);
         sh(&["ip", "-n", i, "addr", "add", "10.200.4.0/22", "dev", "lo"]);
+        sh(&["ip", "-n", i, "addr", "add", "10.200.8.0/24", "dev", "lo"]);
         // The agent's resolv.conf: allowdns only.
         std::fs::create_dir_all(format!("/etc/netns/{a}")).unwrap();
         std::fs::write(
@@ -269,7 +270,7 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
     let policy = lab.dir.write(
         "agent.yaml",
         &format!(
-            "agent_name: fenced_agent\nclients: [\"10.200.1.0/30\"]\nexpected_outbound:\n  - destination: web.fw.test\n  - destination: ports.fw.test\n    port: 8443\n    protocol: TCP\n  - destination: short.fw.test\nallowed_dynamic_resolution:\n  - \"*.race.fw.test\"\nfirewall:\n  netns: {}\n  min_ttl: 1\n  grace: 1\n",
+            "agent_name: fenced_agent\nclients: [\"10.200.1.0/30\"]\nexpected_outbound:\n  - destination: web.fw.test\n  - destination: ports.fw.test\n    port: 8443\n    protocol: TCP\n  - destination: short.fw.test\n  - destination: 10.200.3.77\n    port: 443\n    protocol: TCP\n  - destination: 10.200.8.0/24\nallowed_dynamic_resolution:\n  - \"*.race.fw.test\"\nfirewall:\n  netns: {}\n  min_ttl: 1\n  grace: 1\n",
             lab.a
         ),
     );
@@ -344,6 +345,19 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
     // 5. A denied name: no answer, an alert, an audit record; never upstream.
     assert_eq!(getent(&lab, "evil.fw.test"), None);
     assert_eq!(upstream.count("evil.fw.test"), 0);
+    // Addresses written in the policy need no DNS; their ports are enforced too.
+    assert!(
+        connect(&lab, "10.200.3.77:443").is_some(),
+        "policy address blocked"
+    );
+    assert!(
+        connect(&lab, "10.200.3.77:8443").is_none(),
+        "policy address passed on another port"
+    );
+    assert!(
+        connect(&lab, "10.200.8.200:9443").is_some(),
+        "policy CIDR blocked"
+    );
     // 8. Port-restricted: its port passes, another does not.
     let (ok, out) = sh_out(&[
         "ip",
@@ -481,19 +495,109 @@ fn a_failed_set_update_fails_closed_with_servfail_and_an_alert() {
             lab.a
         ),
     );
-    let (ok, ruleset) = sh_out(&[bin(), "nft-ruleset", "--policy", policy.to_str().unwrap(), "--dns", DNS]);
+    let (ok, ruleset) = sh_out(&[
+        bin(),
+        "nft-ruleset",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--dns",
+        DNS,
+    ]);
     assert!(ok, "{ruleset}");
     let file = lab.dir.write("agent.nft", &ruleset);
-    sh(&["ip", "netns", "exec", &lab.a, "nft", "-f", file.to_str().unwrap()]);
-    let dns = Allowdns::serve(&["--policy", policy.to_str().unwrap(), "--zones", zones.to_str().unwrap(), "--upstream", "none"]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.a,
+        "nft",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    let dns = Allowdns::serve(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--zones",
+        zones.to_str().unwrap(),
+        "--upstream",
+        "none",
+    ]);
 
     let m = query(dns.udp, "web.fw.test", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     // Someone removes the fence under allowdns's feet.
-    sh(&["ip", "netns", "exec", &lab.a, "nft", "delete", "table", "inet", "allowdns"]);
+    sh(&[
+        "ip", "netns", "exec", &lab.a, "nft", "delete", "table", "inet", "allowdns",
+    ]);
     let m = query(dns.udp, "other.fw.test", RecordType::A);
-    assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "an address the firewall cannot pass was handed out");
+    assert_eq!(
+        m.metadata.response_code,
+        ResponseCode::ServFail,
+        "an address the firewall cannot pass was handed out"
+    );
     assert!(m.answers.is_empty());
     let (_, stderr) = dns.terminate();
     assert!(stderr.contains("FIREWALL UPDATE FAILED"), "{stderr}");
+}
+
+#[test]
+fn cache_hits_refresh_set_elements() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    start_services(&lab, &[443]);
+    let zone = lab.dir.write(
+        "fw.test.zone",
+        "$ORIGIN fw.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\nlong IN A 10.200.3.50\n",
+    );
+    let upstream = Upstream::start("127.0.0.14", 0, &[zone]);
+    // Elements live max_ttl + grace = 3 s; the cache keeps the answer 60 s.
+    let policy = lab.dir.write(
+        "p.yaml",
+        &format!(
+            "agent_name: refresh\nexpected_outbound:\n  - destination: long.fw.test\nfirewall:\n  netns: {}\n  min_ttl: 1\n  max_ttl: 2\n  grace: 1\n",
+            lab.a
+        ),
+    );
+    let (ok, ruleset) = sh_out(&[
+        bin(),
+        "nft-ruleset",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--dns",
+        DNS,
+    ]);
+    assert!(ok, "{ruleset}");
+    let file = lab.dir.write("agent.nft", &ruleset);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.a,
+        "nft",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    let up = upstream.addr.to_string();
+    let dns = Allowdns::serve(&["--policy", policy.to_str().unwrap(), "--upstream", &up]);
+
+    let m = query(dns.udp, "long.fw.test", RecordType::A);
+    assert_eq!(
+        m.answers[0].ttl, 2,
+        "answers are capped at max_ttl so no client outlives its element"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let m = query(dns.udp, "long.fw.test", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(
+        upstream.count("long.fw.test"),
+        1,
+        "the second answer came from cache"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        connect(&lab, "10.200.3.50:443").is_some(),
+        "the cache hit at 2.5 s did not refresh the element (it would have expired at 3 s)"
+    );
 }

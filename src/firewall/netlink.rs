@@ -171,11 +171,11 @@ impl Netlink {
                         if kind == NFT_MSG_NEWSETELEM
                             && let Some(t) = e.timeout
                         {
-                            put(
-                                &mut buf,
-                                NFTA_SET_ELEM_TIMEOUT,
-                                &(t.as_millis().max(1) as u64).to_be_bytes(),
-                            );
+                            let ms = (t.as_millis().max(1) as u64).to_be_bytes();
+                            put(&mut buf, NFTA_SET_ELEM_TIMEOUT, &ms);
+                            // Re-adding with an unchanged timeout keeps the old expiry;
+                            // an explicit expiration resets it (the refresh).
+                            put(&mut buf, NFTA_SET_ELEM_EXPIRATION, &ms);
                         }
                         nest_end(&mut buf, item);
                     }
