@@ -94,13 +94,16 @@ if [ "$FEED" = 1 ]; then
   # The sets allowdns and dnsmasq feed, with the ruleset a person would load.
   "$BIN" nft-ruleset --policy "$WORK/feed.yaml" --dns 127.0.0.1 > "$WORK/ruleset.nft"
   "${RUN[@]}" nft -f "$WORK/ruleset.nft"
+  # dnsmasq gets a set of its own: sharing one would let its timeout-less
+  # re-adds turn allowdns's elements permanent.
+  "${RUN[@]}" nft add set inet allowdns dnsmasq_v4 '{ type ipv4_addr; flags timeout; }'
   "${RUN[@]}" "$BIN" serve --listen 127.0.0.1:$ALLOWDNS --policy "$WORK/feed.yaml" --upstream 127.0.0.1:$UP \
     --audit-log "$WORK/audit.jsonl" 2>"$WORK/allowdns.log" & PIDS+=($!); ALLOWDNS_PID=$!
   "${RUN[@]}" "$BIN" serve --listen 127.0.0.1:$UNBOUND --policy "$WORK/policy.yaml" --upstream 127.0.0.1:$UP \
     --audit-log "$WORK/audit-nofeed.jsonl" 2>"$WORK/allowdns-nofeed.log" & PIDS+=($!); UNBOUND_PID=$!
   "${RUN[@]}" dnsmasq --keep-in-foreground --no-resolv --no-hosts --no-poll --bind-interfaces \
     --listen-address=127.0.0.1 --port=$DNSMASQ --address=/#/ --server=/allowed.bench/127.0.0.1#$UP \
-    --nftset=/allowed.bench/4#inet#allowdns#allowed_v4 \
+    --nftset=/allowed.bench/4#inet#allowdns#dnsmasq_v4 \
     --cache-size=10000 --user=root --pid-file="$WORK/dnsmasq.pid" --log-facility="$WORK/dnsmasq.log" & PIDS+=($!); DNSMASQ_PID=$!
   servers=(allowdns-feed dnsmasq-nftset allowdns-nofeed)
   loads=(hits mix)
@@ -191,6 +194,12 @@ for s in "${servers[@]}"; do
   echo "$s memory after all runs: $(awk '/VmHWM|VmRSS/ {printf "%s %s kB  ", $1, $2}' "/proc/$pid/status")" >&2
 done
 if [ "$FEED" = 1 ]; then
-  echo "elements fed into allowed_v4: $("${RUN[@]}" nft -j list set inet allowdns allowed_v4 | grep -o '"elem"' | wc -l)" >&2
+  # One "elem" key names the list, one more per element.
+  for set in allowed_v4 dnsmasq_v4; do
+    # A set's element list is one "elem" key; each timed element is one more, each permanent one a bare string.
+    echo "elements in $set: $("${RUN[@]}" nft -j list set inet allowdns $set | python3 -c 'import json,sys; d=json.load(sys.stdin); print(len([x for x in d["nftables"] if "set" in x][0]["set"].get("elem", [])))')" >&2
+  done
+  echo "firewall update failures logged: $(grep -c 'FIREWALL UPDATE FAILED' "$WORK/allowdns.log")" >&2
+  echo "SERVFAIL answers from allowdns-feed: $(grep -c '"rcode":"SERVFAIL"' "$WORK/audit.jsonl")" >&2
 fi
 grep -h "records lost" "$WORK/allowdns.log" | tail -2 >&2 || true

@@ -150,6 +150,14 @@ impl AuditLog {
             handle.thread().unpark();
             let _ = handle.join();
         }
+        // Records that arrived after the writer's last pass: say so, never silently.
+        let late = self.shared.lost.swap(0, Ordering::Relaxed);
+        if late > 0 {
+            tracing::error!(
+                lost = late,
+                "audit records arrived after the audit log was closed and were not written"
+            );
+        }
     }
 }
 

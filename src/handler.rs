@@ -26,10 +26,13 @@ use crate::decide::{Decision, decide};
 use crate::firewall::{FeedError, Firewall};
 use crate::policy::{Policy, PolicySet, Rule};
 use crate::resolve::{Resolution, Resolver};
+use crate::upstream::UpstreamError;
 use crate::zones::Zones;
 
 /// Largest UDP payload advertised back (the DNS flag day 2020 value).
 const MAX_UDP_PAYLOAD: u16 = 1232;
+/// The longest an allowed answer may take, CNAME chase included; then SERVFAIL.
+pub const RESOLVE_DEADLINE: Duration = Duration::from_secs(6);
 
 /// What a reload replaces as one unit, so no query sees half of a change.
 pub struct Loaded {
@@ -135,20 +138,24 @@ impl Handler {
 
     /// Everything that needs no waiting; the whole answer unless an upstream is needed.
     pub fn begin(&self, request: &Request) -> Progress {
+        let src = request.src();
+        let loaded = self.snapshot();
+        // The client first: hosts no policy governs learn nothing, not even FORMERR.
+        let Some(governing) = loaded.policies.for_client(src.ip()) else {
+            return Progress::Answered(Outcome::refused(ResponseCode::Refused, None));
+        };
+        let agent = Some(governing.agent.clone());
         if request.metadata.op_code != OpCode::Query {
-            return Progress::Answered(Outcome::refused(ResponseCode::NotImp, None));
+            return Progress::Answered(Outcome::refused(ResponseCode::NotImp, agent));
         }
         let [query] = request.queries.queries() else {
-            return Progress::Answered(Outcome::refused(ResponseCode::FormErr, None));
+            return Progress::Answered(Outcome::refused(ResponseCode::FormErr, agent));
         };
         if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            return Progress::Answered(Outcome::refused(ResponseCode::BADVERS, None));
+            return Progress::Answered(Outcome::refused(ResponseCode::BADVERS, agent));
         }
         let query = query.original();
         let (name, qtype) = (query.name(), query.query_type());
-        let src = request.src();
-
-        let loaded = self.snapshot();
         let (policy, rule) = match decide(&loaded.policies, src.ip(), name) {
             Decision::Refused => {
                 return Progress::Answered(Outcome::refused(ResponseCode::Refused, None));
@@ -210,7 +217,14 @@ impl Handler {
         let Some(firewall) = &self.firewall else {
             return outcome;
         };
-        if let Err(error) = firewall.feed(policy, rule, &mut outcome.answers) {
+        // Netlink blocks (briefly); on a runtime worker, let the runtime move other tasks away.
+        let fed = match tokio::runtime::Handle::try_current() {
+            Ok(_) => {
+                tokio::task::block_in_place(|| firewall.feed(policy, rule, &mut outcome.answers))
+            }
+            Err(_) => firewall.feed(policy, rule, &mut outcome.answers),
+        };
+        if let Err(error) = fed {
             self.firewall_alert(&policy.agent, &error);
             outcome.rcode = ResponseCode::ServFail;
             outcome.answers.clear();
@@ -246,11 +260,16 @@ impl Handler {
         else {
             return outcome;
         };
-        match self
+        let resolving = self
             .resolver
-            .resolve(&loaded.zones, query.name(), query.query_type())
-            .await
-        {
+            .resolve(&loaded.zones, query.name(), query.query_type());
+        let result = match tokio::time::timeout(RESOLVE_DEADLINE, resolving).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError(format!(
+                "no answer within {RESOLVE_DEADLINE:?}"
+            ))),
+        };
+        match result {
             Ok(resolution) => self.fence(policy, rule, outcome.resolved(resolution)),
             Err(error) => {
                 tracing::warn!(%error, qname = %query.name(), qtype = %query.query_type(), "upstream failed; answering SERVFAIL");
@@ -287,11 +306,12 @@ impl Handler {
         if header[2] & 0x80 != 0 {
             return None; // a response: never answer those (reflection)
         }
+        let agent = self.snapshot().policies.for_client(src.ip())?.agent.clone();
         self.audit.record(AuditRecord {
             ts: SystemTime::now(),
             client: src,
             transport: "udp",
-            agent: None,
+            agent: Some(agent),
             qname: None,
             qtype: None,
             decision: Logged::Refused,

@@ -56,9 +56,9 @@ impl Resolver {
     pub fn resolve_now(&self, zones: &Zones, name: &Name, qtype: RecordType) -> Option<Resolution> {
         let mut chase = Chase::new(name, qtype);
         loop {
-            let (step, source) = self.in_memory(zones, &chase.target, qtype)?;
+            let (step, source) = self.in_memory(zones, &chase)?;
             if chase.add(step, source) {
-                return Some(chase.out);
+                return Some(chase.finish(name));
             }
         }
     }
@@ -72,7 +72,7 @@ impl Resolver {
     ) -> Result<Resolution, UpstreamError> {
         let mut chase = Chase::new(name, qtype);
         loop {
-            let (step, source) = match self.in_memory(zones, &chase.target, qtype) {
+            let (step, source) = match self.in_memory(zones, &chase) {
                 Some(hit) => hit,
                 None => {
                     let started = Instant::now();
@@ -85,17 +85,20 @@ impl Resolver {
                 }
             };
             if chase.add(step, source) {
-                return Ok(chase.out);
+                return Ok(chase.finish(name));
             }
         }
     }
 
-    fn in_memory(&self, zones: &Zones, name: &Name, qtype: RecordType) -> Option<(Step, Source)> {
-        if let Some(step) = zones.lookup(name, qtype) {
+    /// The question name decided the policy; CNAME targets are followed
+    /// wherever they lead, local zones included (the CDN case).
+    fn in_memory(&self, zones: &Zones, chase: &Chase) -> Option<(Step, Source)> {
+        let target = &chase.target;
+        if let Some(step) = zones.lookup(target, chase.qtype) {
             return Some((step, Source::Local));
         }
         self.cache
-            .get(name, qtype)
+            .get(target, chase.qtype)
             .map(|step| (step, Source::Cache))
     }
 }
@@ -159,6 +162,47 @@ impl Chase {
     }
 }
 
+impl Chase {
+    /// The resolution, keeping only records on the chain from `question`:
+    /// its CNAMEs in order, then records of the asked type owned by a name on
+    /// the chain. Anything else an upstream put in its answer section (records
+    /// for unrelated names) is dropped, so it is neither relayed nor fed to
+    /// the firewall.
+    fn finish(mut self, question: &Name) -> Resolution {
+        let answers = std::mem::take(&mut self.out.answers);
+        let mut chain = vec![question.clone()];
+        let mut kept = Vec::with_capacity(answers.len());
+        let mut at = question.clone();
+        for _ in 0..MAX_CHAIN {
+            let next = answers
+                .iter()
+                .find(|r| r.name == at && r.record_type() == RecordType::CNAME);
+            let Some(record) = next else { break };
+            kept.push(record.clone());
+            let RData::CNAME(target) = &record.data else {
+                break;
+            };
+            if chain.contains(&target.0) {
+                break;
+            }
+            chain.push(target.0.clone());
+            at = target.0.clone();
+        }
+        for r in answers {
+            let type_ok = self.qtype == RecordType::ANY || r.record_type() == self.qtype;
+            if r.record_type() != RecordType::CNAME
+                && type_ok
+                && chain.contains(&r.name)
+                && !kept.contains(&r)
+            {
+                kept.push(r);
+            }
+        }
+        self.out.answers = kept;
+        self.out
+    }
+}
+
 /// Follows CNAMEs from `start` through `answers`; returns the last name reached.
 fn chain_end(answers: &[Record], start: &Name) -> Name {
     let mut at = start.clone();
@@ -173,4 +217,47 @@ fn chain_end(answers: &[Record], start: &Name) -> Name {
         }
     }
     at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::rdata::{A, CNAME};
+
+    fn a(name: &str, ip: [u8; 4]) -> Record {
+        Record::from_rdata(
+            Name::from_ascii(name).unwrap(),
+            60,
+            RData::A(A::new(ip[0], ip[1], ip[2], ip[3])),
+        )
+    }
+
+    fn cname(name: &str, target: &str) -> Record {
+        Record::from_rdata(
+            Name::from_ascii(name).unwrap(),
+            60,
+            RData::CNAME(CNAME(Name::from_ascii(target).unwrap())),
+        )
+    }
+
+    #[test]
+    fn only_records_on_the_chain_are_kept() {
+        let question = Name::from_ascii("www.allowed.test.").unwrap();
+        let mut chase = Chase::new(&question, RecordType::A);
+        let step = Step {
+            rcode: ResponseCode::NoError,
+            answers: vec![
+                a("evil.example.", [6, 6, 6, 6]),
+                cname("www.allowed.test.", "edge.cdn.test."),
+                a("edge.cdn.test.", [192, 0, 2, 7]),
+                a("other.cdn.test.", [6, 6, 6, 7]),
+                cname("unrelated.test.", "evil.example."),
+            ],
+            authority: Vec::new(),
+        };
+        assert!(chase.add(step, Source::Upstream));
+        let out = chase.finish(&question);
+        let names: Vec<String> = out.answers.iter().map(|r| r.name.to_ascii()).collect();
+        assert_eq!(names, vec!["www.allowed.test.", "edge.cdn.test."]);
+    }
 }

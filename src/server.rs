@@ -167,7 +167,7 @@ pub async fn run(
     .map_err(io::Error::other)?;
     // Let upstream-bound answers still in flight finish (and be audited).
     let _ = tokio::time::timeout(
-        Duration::from_secs(5),
+        crate::handler::RESOLVE_DEADLINE + Duration::from_secs(1),
         pending.acquire_many(MAX_PENDING_UPSTREAM as u32),
     )
     .await;

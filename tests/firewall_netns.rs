@@ -33,6 +33,35 @@ struct Lab {
 }
 
 impl Lab {
+    /// Writes a policy (`NETNS` stands for the agent namespace), prints its
+    /// ruleset with `allowdns nft-ruleset` and loads it into the agent
+    /// namespace, as a person would. Returns the policy's path.
+    fn fence(&self, policy: &str) -> PathBuf {
+        let policy = self
+            .dir
+            .write("policy.yaml", &policy.replace("NETNS", &self.a));
+        let (ok, ruleset) = sh_out(&[
+            bin(),
+            "nft-ruleset",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--dns",
+            DNS,
+        ]);
+        assert!(ok, "{ruleset}");
+        let file = self.dir.write("agent.nft", &ruleset);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.a,
+            "nft",
+            "-f",
+            file.to_str().unwrap(),
+        ]);
+        policy
+    }
+
     fn netns(&self, ns: &str) -> PathBuf {
         PathBuf::from(format!("/run/netns/{ns}"))
     }
@@ -203,7 +232,7 @@ fn getent(lab: &Lab, name: &str) -> Option<String> {
 fn zone(dir: &TempDir) -> PathBuf {
     let mut z = String::from(
         "$ORIGIN fw.test.\n$TTL 60\n@ IN SOA ns.fw.test. h.fw.test. 1 3600 600 86400 5\n@ IN NS ns.fw.test.\nns IN A 127.0.0.1\n\
-         web IN A 10.200.3.10\nports IN A 10.200.3.30\nshort 1 IN A 10.200.3.40\nevil IN A 10.200.3.66\n",
+         web IN A 10.200.3.10\nports IN A 10.200.3.30\nshort 1 IN A 10.200.3.40\nevil IN A 10.200.3.66\ninrange IN A 10.200.8.5\n",
     );
     for i in 0..1000u32 {
         z.push_str(&format!(
@@ -267,28 +296,9 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
     let upstream = in_ns(lab.netns(&lab.r), move || {
         Upstream::start("127.0.0.1", 0, &[zone])
     });
-    let policy = lab.dir.write(
-        "agent.yaml",
-        &format!(
-            "agent_name: fenced_agent\nclients: [\"10.200.1.0/30\"]\nexpected_outbound:\n  - destination: web.fw.test\n  - destination: ports.fw.test\n    port: 8443\n    protocol: TCP\n  - destination: short.fw.test\n  - destination: 10.200.3.77\n    port: 443\n    protocol: TCP\n  - destination: 10.200.8.0/24\nallowed_dynamic_resolution:\n  - \"*.race.fw.test\"\nfirewall:\n  netns: {}\n  min_ttl: 1\n  grace: 1\n",
-            lab.a
-        ),
-    );
-    let policy = policy.to_str().unwrap().to_string();
-
     // The ruleset, as a person would load it.
-    let (ok, ruleset) = sh_out(&[bin(), "nft-ruleset", "--policy", &policy, "--dns", DNS]);
-    assert!(ok, "{ruleset}");
-    let file = lab.dir.write("agent.nft", &ruleset);
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.a,
-        "nft",
-        "-f",
-        file.to_str().unwrap(),
-    ]);
+    let policy = lab.fence("agent_name: fenced_agent\nclients: [\"10.200.1.0/30\"]\nexpected_outbound:\n  - destination: web.fw.test\n  - destination: ports.fw.test\n    port: 8443\n    protocol: TCP\n  - destination: short.fw.test\n  - destination: 10.200.3.77\n    port: 443\n    protocol: TCP\n  - destination: 10.200.8.0/24\n  - destination: inrange.fw.test\n    port: 443\n    protocol: TCP\nallowed_dynamic_resolution:\n  - \"*.race.fw.test\"\nfirewall:\n  netns: NETNS\n  min_ttl: 1\n  grace: 1\n");
+    let policy = policy.to_str().unwrap().to_string();
 
     let audit = lab.dir.0.join("audit.jsonl");
     let up = upstream.addr.to_string();
@@ -357,6 +367,15 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
     assert!(
         connect(&lab, "10.200.8.200:9443").is_some(),
         "policy CIDR blocked"
+    );
+    // A port-restricted name inside a policy range: already passed, not an overlap error.
+    assert_eq!(
+        getent(&lab, "inrange.fw.test").as_deref(),
+        Some("10.200.8.5")
+    );
+    assert!(
+        connect(&lab, "10.200.8.5:443").is_some(),
+        "name inside a policy range blocked"
     );
     // 8. Port-restricted: its port passes, another does not.
     let (ok, out) = sh_out(&[
@@ -488,32 +507,8 @@ fn a_failed_set_update_fails_closed_with_servfail_and_an_alert() {
         "$ORIGIN fw.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\nweb IN A 10.200.3.10\nother IN A 10.200.3.11\n",
     )
     .unwrap();
-    let policy = lab.dir.write(
-        "p.yaml",
-        &format!(
-            "agent_name: closed\nexpected_outbound:\n  - destination: web.fw.test\n  - destination: other.fw.test\nfirewall:\n  netns: {}\n",
-            lab.a
-        ),
-    );
-    let (ok, ruleset) = sh_out(&[
-        bin(),
-        "nft-ruleset",
-        "--policy",
-        policy.to_str().unwrap(),
-        "--dns",
-        DNS,
-    ]);
-    assert!(ok, "{ruleset}");
-    let file = lab.dir.write("agent.nft", &ruleset);
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.a,
-        "nft",
-        "-f",
-        file.to_str().unwrap(),
-    ]);
+    // The ruleset, as a person would load it.
+    let policy = lab.fence("agent_name: closed\nexpected_outbound:\n  - destination: web.fw.test\n  - destination: other.fw.test\nfirewall:\n  netns: NETNS\n");
     let dns = Allowdns::serve(&[
         "--policy",
         policy.to_str().unwrap(),
@@ -553,32 +548,8 @@ fn cache_hits_refresh_set_elements() {
     );
     let upstream = Upstream::start("127.0.0.14", 0, &[zone]);
     // Elements live max_ttl + grace = 3 s; the cache keeps the answer 60 s.
-    let policy = lab.dir.write(
-        "p.yaml",
-        &format!(
-            "agent_name: refresh\nexpected_outbound:\n  - destination: long.fw.test\nfirewall:\n  netns: {}\n  min_ttl: 1\n  max_ttl: 2\n  grace: 1\n",
-            lab.a
-        ),
-    );
-    let (ok, ruleset) = sh_out(&[
-        bin(),
-        "nft-ruleset",
-        "--policy",
-        policy.to_str().unwrap(),
-        "--dns",
-        DNS,
-    ]);
-    assert!(ok, "{ruleset}");
-    let file = lab.dir.write("agent.nft", &ruleset);
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.a,
-        "nft",
-        "-f",
-        file.to_str().unwrap(),
-    ]);
+    // The ruleset, as a person would load it.
+    let policy = lab.fence("agent_name: refresh\nexpected_outbound:\n  - destination: long.fw.test\nfirewall:\n  netns: NETNS\n  min_ttl: 1\n  max_ttl: 2\n  grace: 1\n");
     let up = upstream.addr.to_string();
     let dns = Allowdns::serve(&["--policy", policy.to_str().unwrap(), "--upstream", &up]);
 

@@ -147,13 +147,61 @@ struct Target {
     config: FirewallConfig,
     netlink: Mutex<Netlink>,
     /// When each element fed here expires, by (set, key).
-    expiries: Mutex<HashMap<(SetId, Vec<u8>), Instant>>,
+    expiries: Mutex<Expiries>,
     /// Permanent elements from policy addresses, as last installed.
     installed: Mutex<Vec<(SetId, Element)>>,
 }
 
 /// Entries kept in a target's expiry map before expired ones are pruned.
 const PRUNE_AT: usize = 200_000;
+
+/// What allowdns knows of element expiries in one target.
+#[derive(Default)]
+struct Expiries {
+    map: HashMap<(SetId, Vec<u8>), Instant>,
+    /// The latest expiry among entries forgotten to bound memory. A key not
+    /// in the map may still live in the kernel until then, so it is treated as
+    /// expiring then: elements are never shortened.
+    floor: Option<Instant>,
+}
+
+impl Expiries {
+    fn known(&self, set: SetId, key: &[u8], now: Instant) -> Option<Instant> {
+        let floor = self.floor.filter(|f| *f > now);
+        match (self.map.get(&(set, key.to_vec())).copied(), floor) {
+            (Some(e), Some(f)) => Some(e.max(f)),
+            (e, f) => e.or(f),
+        }
+    }
+
+    fn prune(&mut self, now: Instant) {
+        if self.map.len() <= PRUNE_AT {
+            return;
+        }
+        self.map.retain(|_, e| *e > now);
+        if self.map.len() > PRUNE_AT {
+            let latest = self.map.values().max().copied();
+            self.floor = self.floor.max(latest);
+            self.map.clear();
+        }
+    }
+}
+
+/// Whether a permanent range element contains a single concatenated key.
+fn covers(range: &Element, key: &[u8]) -> bool {
+    let Some(end) = &range.key_end else {
+        return range.key == key;
+    };
+    if range.key.len() != key.len() || end.len() != key.len() {
+        return false;
+    }
+    // Fields: address, protocol (1 byte padded to 4), port (2 bytes padded to 4).
+    let addr = key.len() - 8;
+    let fields = [(0, addr), (addr, addr + 1), (addr + 4, addr + 6)];
+    fields
+        .iter()
+        .all(|&(a, b)| range.key[a..b] <= key[a..b] && key[a..b] <= end[a..b])
+}
 
 pub struct Firewall {
     targets: Vec<Target>,
@@ -258,7 +306,7 @@ impl Target {
                 hint(&e)
             )
         })?;
-        let mut expiries = HashMap::new();
+        let mut expiries = Expiries::default();
         let now = Instant::now();
         for set in config.sets() {
             let name = config.set_name(set);
@@ -282,7 +330,7 @@ impl Target {
                 .map_err(|e| format!("cannot list set '{name}' in {}: {e}", config.describe()))?;
             for l in listed {
                 if let Some(left) = l.expires_in {
-                    expiries.insert((set, l.key), now + left);
+                    expiries.map.insert((set, l.key), now + left);
                 }
             }
         }
@@ -295,24 +343,23 @@ impl Target {
     }
 
     fn feed(&self, wanted: Vec<(SetId, Vec<u8>, u32)>) -> io::Result<()> {
-        let config = &self.config;
-        let grace = Duration::from_secs(u64::from(config.grace));
-        let now = Instant::now();
-        let mut updates: Vec<(SetId, Vec<u8>, Instant)> = Vec::new();
-        {
-            let expiries = self.expiries.lock().unwrap_or_else(|p| p.into_inner());
-            for (set, key, ttl) in wanted {
-                let ttl = Duration::from_secs(u64::from(ttl.clamp(config.min_ttl, config.max_ttl)));
-                let existing = expiries.get(&(set, key.clone())).copied();
-                if existing.is_some_and(|e| e >= now + ttl + grace / 2) {
-                    continue; // ample time left
-                }
-                let expiry = existing.map_or(now + ttl + grace, |e| e.max(now + ttl + grace));
-                if !updates.iter().any(|(s, k, _)| *s == set && *k == key) {
-                    updates.push((set, key, expiry));
-                }
-            }
+        // Keys inside a permanent range are already passed; adding them would
+        // overlap the range, which interval sets refuse.
+        let wanted: Vec<_> = {
+            let installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
+            wanted
+                .into_iter()
+                .filter(|(set, key, _)| !installed.iter().any(|(s, e)| s == set && covers(e, key)))
+                .collect()
+        };
+        if wanted.is_empty() || self.updates(&wanted, Instant::now()).is_empty() {
+            return Ok(()); // ample time left everywhere: no netlink
         }
+        // Updates are serialized and recomputed under the netlink lock, so two
+        // feeds of one key cannot race each other into a shorter expiry.
+        let mut netlink = self.netlink.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let updates = self.updates(&wanted, now);
         if updates.is_empty() {
             return Ok(());
         }
@@ -328,6 +375,7 @@ impl Target {
                 timeout: Some(timeout),
             });
         }
+        let config = &self.config;
         let ops: Vec<SetOp<'_>> = per_set
             .iter()
             .map(|(set, elements)| SetOp {
@@ -338,21 +386,50 @@ impl Target {
                 delete: &[],
             })
             .collect();
-        self.netlink
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .apply(&ops)?;
+        let applied = netlink.apply(&ops);
         let mut expiries = self.expiries.lock().unwrap_or_else(|p| p.into_inner());
-        if expiries.len() > PRUNE_AT {
-            expiries.retain(|_, e| *e > now);
-            if expiries.len() > PRUNE_AT {
-                expiries.clear(); // costs only redundant updates later
+        match &applied {
+            Ok(()) => {
+                expiries.prune(now);
+                for (set, key, expiry) in updates {
+                    let slot = expiries.map.entry((set, key)).or_insert(expiry);
+                    *slot = (*slot).max(expiry);
+                }
+            }
+            // The kernel's state is unknown: forget, so the next answer updates again.
+            Err(_) => {
+                for (set, key, _) in &updates {
+                    expiries.map.remove(&(*set, key.clone()));
+                }
             }
         }
-        for (set, key, expiry) in updates {
-            expiries.insert((set, key), expiry);
+        applied
+    }
+
+    /// The elements that need an update, with their new expiry: those that
+    /// would expire before the answer's TTL plus half the grace. The new
+    /// expiry is never earlier than the known one.
+    fn updates(
+        &self,
+        wanted: &[(SetId, Vec<u8>, u32)],
+        now: Instant,
+    ) -> Vec<(SetId, Vec<u8>, Instant)> {
+        let config = &self.config;
+        let grace = Duration::from_secs(u64::from(config.grace));
+        let expiries = self.expiries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut updates: Vec<(SetId, Vec<u8>, Instant)> = Vec::new();
+        for (set, key, ttl) in wanted {
+            let ttl = Duration::from_secs(u64::from((*ttl).clamp(config.min_ttl, config.max_ttl)));
+            let existing = expiries.known(*set, key, now);
+            if existing.is_some_and(|e| e >= now + ttl + grace / 2) {
+                continue;
+            }
+            let expiry = existing.map_or(now + ttl + grace, |e| e.max(now + ttl + grace));
+            if !updates.iter().any(|(s, k, _)| s == set && k == key) {
+                updates.push((*set, key.clone(), expiry));
+            }
         }
-        Ok(())
+        updates
     }
 
     /// Installs `wanted` as the permanent elements, removing ones no longer wanted.

@@ -15,7 +15,6 @@ const NLMSG_HDRLEN: usize = 16;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_MULTI: u16 = 0x2;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_CREATE: u16 = 0x400;
@@ -190,24 +189,39 @@ impl Netlink {
         }
         let end = self.next_seq();
         batch_marker(&mut buf, NFNL_MSG_BATCH_END, end);
+        self.drain();
         self.socket.send(&buf, 0)?;
-        self.wait_acks(&acked)
+        self.wait_acks(&acked, [begin, end])
     }
 
-    fn wait_acks(&mut self, seqs: &[u32]) -> io::Result<()> {
-        let mut pending: Vec<u32> = seqs.to_vec();
+    /// Discards replies left over from an earlier exchange (after a timeout),
+    /// so they cannot be mistaken for this one's.
+    fn drain(&mut self) {
+        let mut buf = Vec::with_capacity(1 << 16);
+        loop {
+            buf.clear();
+            if self.socket.recv(&mut buf, nix::libc::MSG_DONTWAIT).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Waits for an ack of every data message in the batch; an error on any
+    /// message of the batch (markers included) fails it. Replies with other
+    /// sequence numbers are stale and ignored.
+    fn wait_acks(&mut self, data: &[u32], markers: [u32; 2]) -> io::Result<()> {
+        let mut pending = data.to_vec();
         let mut buf = Vec::with_capacity(1 << 16);
         while !pending.is_empty() {
             buf.clear();
             self.socket.recv(&mut buf, 0)?;
             for (header, payload) in messages(&buf) {
-                if header.kind != NLMSG_ERROR {
+                let ours = data.contains(&header.seq) || markers.contains(&header.seq);
+                if header.kind != NLMSG_ERROR || !ours {
                     continue;
                 }
-                let errno = payload
-                    .get(..4)
-                    .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
                 pending.retain(|&s| s != header.seq);
+                let errno = errno(payload);
                 if errno != 0 {
                     return Err(io::Error::from_raw_os_error(-errno));
                 }
@@ -232,40 +246,21 @@ impl Netlink {
         msg.finish(&mut buf);
         self.socket.send(&buf, 0)?;
         let mut info = None;
-        let mut rbuf = Vec::with_capacity(1 << 16);
-        loop {
-            rbuf.clear();
-            self.socket.recv(&mut rbuf, 0)?;
-            for (header, payload) in messages(&rbuf) {
-                if header.seq != seq {
-                    continue;
-                }
-                match header.kind {
-                    NLMSG_ERROR => {
-                        let errno = i32::from_ne_bytes(payload[..4].try_into().unwrap_or_default());
-                        if errno != 0 {
-                            return Err(io::Error::from_raw_os_error(-errno));
-                        }
-                        return info
-                            .ok_or_else(|| io::Error::other("kernel sent no set description"));
-                    }
-                    _ => {
-                        let attrs = attrs(payload.get(4..).unwrap_or_default());
-                        let u32_of = |t| {
-                            attrs
-                                .iter()
-                                .find(|(k, _)| *k == t)
-                                .and_then(|(_, v)| v.get(..4))
-                                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-                        };
-                        info = Some(SetInfo {
-                            key_len: u32_of(NFTA_SET_KEY_LEN).unwrap_or(0),
-                            flags: u32_of(NFTA_SET_FLAGS).unwrap_or(0),
-                        });
-                    }
-                }
-            }
-        }
+        self.read_replies(seq, |payload| {
+            let attrs = attrs(payload);
+            let u32_of = |t| {
+                attrs
+                    .iter()
+                    .find(|(k, _)| *k == t)
+                    .and_then(|(_, v)| v.get(..4))
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            };
+            info = Some(SetInfo {
+                key_len: u32_of(NFTA_SET_KEY_LEN).unwrap_or(0),
+                flags: u32_of(NFTA_SET_FLAGS).unwrap_or(0),
+            });
+        })?;
+        info.ok_or_else(|| io::Error::other("kernel sent no set description"))
     }
 
     /// Every element of a set, with time left.
@@ -289,32 +284,49 @@ impl Netlink {
         msg.finish(&mut buf);
         self.socket.send(&buf, 0)?;
         let mut out = Vec::new();
-        let mut rbuf = Vec::with_capacity(1 << 16);
+        self.read_replies(seq, |payload| parse_elements(payload, &mut out))?;
+        Ok(out)
+    }
+
+    /// Reads the replies to request `seq`, handing each data payload (past
+    /// its nfgenmsg header) to `on_data`, until the ack, an error or the end
+    /// of a dump.
+    fn read_replies(&mut self, seq: u32, mut on_data: impl FnMut(&[u8])) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(1 << 16);
         loop {
-            rbuf.clear();
-            self.socket.recv(&mut rbuf, 0)?;
-            for (header, payload) in messages(&rbuf) {
+            buf.clear();
+            self.socket.recv(&mut buf, 0)?;
+            for (header, payload) in messages(&buf) {
                 if header.seq != seq {
                     continue;
                 }
                 match header.kind {
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => {
-                        let errno = i32::from_ne_bytes(payload[..4].try_into().unwrap_or_default());
-                        return if errno == 0 {
-                            Ok(out)
-                        } else {
-                            Err(io::Error::from_raw_os_error(-errno))
+                    // A dump's end carries its status; an interrupted or failed dump is an error.
+                    NLMSG_DONE => {
+                        return match payload.get(..4).map(|_| errno(payload)) {
+                            None | Some(0) => Ok(()),
+                            Some(e) => Err(io::Error::from_raw_os_error(-e)),
                         };
                     }
-                    _ => parse_elements(payload.get(4..).unwrap_or_default(), &mut out),
-                }
-                if header.flags & NLM_F_MULTI == 0 {
-                    return Ok(out);
+                    NLMSG_ERROR => {
+                        return match errno(payload) {
+                            0 => Ok(()),
+                            e => Err(io::Error::from_raw_os_error(-e)),
+                        };
+                    }
+                    _ => on_data(payload.get(4..).unwrap_or_default()),
                 }
             }
         }
     }
+}
+
+/// The (negative) errno of an NLMSG_ERROR payload; 0 is an ack. A payload
+/// too short to carry one counts as EPROTO (71), never as success.
+fn errno(payload: &[u8]) -> i32 {
+    payload
+        .get(..4)
+        .map_or(-71, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 fn parse_elements(payload: &[u8], out: &mut Vec<Listed>) {
@@ -352,7 +364,6 @@ fn parse_elements(payload: &[u8], out: &mut Vec<Listed>) {
 
 struct Header {
     kind: u16,
-    flags: u16,
     seq: u32,
 }
 
@@ -369,7 +380,6 @@ fn messages(buf: &[u8]) -> Vec<(Header, &[u8])> {
         // carry the subsystem in the high byte and never collide with them.
         let header = Header {
             kind: u16::from_ne_bytes([buf[at + 4], buf[at + 5]]),
-            flags: u16::from_ne_bytes([buf[at + 6], buf[at + 7]]),
             seq: u32::from_ne_bytes(buf[at + 8..at + 12].try_into().unwrap_or_default()),
         };
         out.push((header, &buf[at + NLMSG_HDRLEN..at + len]));

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use super::FirewallConfig;
+use super::{Family, FirewallConfig};
 use crate::policy::Policy;
 
 /// Log prefix of denied egress, as it shows in the kernel log.
@@ -117,6 +117,29 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
     }
     let _ = writeln!(out, "\t\tlog prefix \"{LOG_PREFIX}\" level warn");
     out.push_str("\t\tcounter drop\n\t}\n}\n");
+    // An ip or ip6 table never sees the other family: drop that family outright.
+    let unserved = match config.family {
+        Family::Inet => None,
+        Family::Ip => Some(("ipv6", "ip6")),
+        Family::Ip6 => Some(("ipv4", "ip")),
+    };
+    if let Some((nfproto, name)) = unserved {
+        let guard = format!("{table}_no_{name}");
+        let _ = writeln!(out, "\ntable inet {guard}\ndelete table inet {guard}\n");
+        let _ = writeln!(out, "table inet {guard} {{\n\tchain output {{");
+        out.push_str("\t\ttype filter hook output priority filter; policy accept;\n\t\toifname \"lo\" accept\n");
+        // allowdns itself may be reached over the family the fence does not serve.
+        for ip in dns.iter().filter(|ip| ip.is_ipv4() == (name == "ip")) {
+            let _ = writeln!(
+                out,
+                "\t\t{name} daddr {ip} meta l4proto {{ udp, tcp }} th dport 53 accept comment \"allowdns\""
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\t\tmeta nfproto {nfproto} log prefix \"{LOG_PREFIX}{name} \" drop\n\t}}\n}}"
+        );
+    }
     out
 }
 
@@ -126,4 +149,41 @@ fn set(out: &mut String, name: &str, ty: &str, flags: &str, elements: &[String])
         let _ = writeln!(out, "\t\telements = {{ {} }}", elements.join(", "));
     }
     out.push_str("\t}\n\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnostics::Diagnostics;
+    use std::path::Path;
+
+    #[test]
+    fn a_single_family_fence_drops_the_other_family() {
+        let mut d = Diagnostics::default();
+        let policy = crate::policy::compile_source(
+            Path::new("p.yaml"),
+            "agent_name: a\nexpected_outbound:\n  - destination: x.example\nfirewall:\n  family: ip\n",
+            &mut d,
+        )
+        .unwrap();
+        let config = policy.firewall.clone().unwrap();
+        let text = render(
+            &policy,
+            &config,
+            &["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+        );
+        assert!(text.contains("table ip allowdns {"), "{text}");
+        assert!(text.contains("table inet allowdns_no_ip6 {"), "{text}");
+        assert!(
+            text.contains("ip6 daddr fd00::1 meta l4proto { udp, tcp } th dport 53 accept"),
+            "{text}"
+        );
+        assert!(text.contains("meta nfproto ipv6 log prefix"), "{text}");
+        let inet = render(
+            &policy,
+            &FirewallConfig::with_defaults(),
+            &["10.0.0.1".parse().unwrap()],
+        );
+        assert!(!inet.contains("_no_"), "{inet}");
+    }
 }

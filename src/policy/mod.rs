@@ -378,6 +378,28 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
             Err(e) => diags.error(file, line, field, e),
         }
     }
+    // nftables interval sets refuse overlapping ranges: catch them here, with lines.
+    for (i, a) in builder.addresses.iter().enumerate() {
+        for b in &builder.addresses[i + 1..] {
+            let nets_overlap = a.net.contains(&b.net.network()) || b.net.contains(&a.net.network());
+            let ports_overlap = a.ports.any
+                || b.ports.any
+                || a.ports.listed.iter().any(|p| b.ports.listed.contains(p));
+            if nets_overlap && ports_overlap {
+                let text = b.net.to_string();
+                diags.error(
+                    file,
+                    locate(source, &text, 0)
+                        .or_else(|| locate(source, &b.net.addr().to_string(), 0)),
+                    Some("expected_outbound".into()),
+                    format!(
+                        "{} overlaps {} on the same ports; merge them into one entry",
+                        b.net, a.net
+                    ),
+                );
+            }
+        }
+    }
     if builder.rules.is_empty() && builder.addresses.is_empty() {
         diags.warning(
             file,
@@ -739,6 +761,19 @@ allowed_dynamic_resolution:
         assert!(
             e.contains("p.yaml:7") && e.contains("did you mean 10.1.0.0/16"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn overlapping_address_ranges_are_errors() {
+        let src = "agent_name: a\nexpected_outbound:\n  - destination: 10.0.0.0/8\n  - destination: 10.1.0.0/16\n    port: 443\n    protocol: TCP\n  - destination: 192.0.2.0/24\n    port: 80\n    protocol: TCP\n  - destination: 192.0.2.1\n    port: 443\n    protocol: TCP\n";
+        let (p, d) = compile_str(src);
+        assert!(p.is_none());
+        let errs: Vec<String> = d.errors().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains("p.yaml:4") && errs[0].contains("10.1.0.0/16 overlaps 10.0.0.0/8"),
+            "{errs:?}"
         );
     }
 
