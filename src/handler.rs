@@ -217,13 +217,10 @@ impl Handler {
         let Some(firewall) = &self.firewall else {
             return outcome;
         };
-        // Netlink blocks (briefly); on a runtime worker, let the runtime move other tasks away.
-        let fed = match tokio::runtime::Handle::try_current() {
-            Ok(_) => {
-                tokio::task::block_in_place(|| firewall.feed(policy, rule, &mut outcome.answers))
-            }
-            Err(_) => firewall.feed(policy, rule, &mut outcome.answers),
-        };
+        // A netlink round trip takes a few µs and is bounded by a 2 s receive
+        // timeout. Moving it off runtime workers (block_in_place) spawned
+        // replacement threads under bursts and cost far more than it saved.
+        let fed = firewall.feed(policy, rule, &mut outcome.answers);
         if let Err(error) = fed {
             self.firewall_alert(&policy.agent, &error);
             outcome.rcode = ResponseCode::ServFail;

@@ -572,3 +572,36 @@ fn cache_hits_refresh_set_elements() {
         "the cache hit at 2.5 s did not refresh the element (it would have expired at 3 s)"
     );
 }
+
+#[test]
+fn policy_addresses_leave_the_set_when_the_policy_stops_listing_them() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    start_services(&lab, &[443]);
+    // The fence as printed from a policy that lists 10.200.8.0/24.
+    let before = lab.fence(
+        "agent_name: moving\nexpected_outbound:\n  - destination: 10.200.8.0/24\n  - destination: 10.200.3.77\nfirewall:\n  netns: NETNS\n",
+    );
+    assert!(
+        connect(&lab, "10.200.8.9:443").is_some(),
+        "the printed ruleset carries policy addresses"
+    );
+    let _ = before;
+    // allowdns starts with the policy no longer listing the range.
+    let after = lab.dir.write(
+        "after.yaml",
+        &format!("agent_name: moving\nexpected_outbound:\n  - destination: 10.200.3.77\nfirewall:\n  netns: {}\n", lab.a),
+    );
+    let dns = Allowdns::serve(&["--policy", after.to_str().unwrap(), "--upstream", "none"]);
+    assert!(
+        connect(&lab, "10.200.8.9:443").is_none(),
+        "a range the policy no longer lists still passes"
+    );
+    assert!(
+        connect(&lab, "10.200.3.77:443").is_some(),
+        "a listed address was removed"
+    );
+    drop(dns);
+}

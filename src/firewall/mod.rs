@@ -616,6 +616,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn https_address_hints_are_handed_out_addresses() {
+        use hickory_proto::rr::rdata::svcb::{IpHint, SVCB, SvcParamKey};
+        use hickory_proto::rr::rdata::{A, AAAA, HTTPS};
+        let svcb = SVCB::new(
+            1,
+            hickory_proto::rr::Name::root(),
+            vec![
+                (
+                    SvcParamKey::Ipv4Hint,
+                    SvcParamValue::Ipv4Hint(IpHint(vec![A::new(192, 0, 2, 7)])),
+                ),
+                (
+                    SvcParamKey::Ipv6Hint,
+                    SvcParamValue::Ipv6Hint(IpHint(vec![AAAA::new(
+                        0x2001, 0xdb8, 0, 0, 0, 0, 0, 7,
+                    )])),
+                ),
+            ],
+        );
+        let record = Record::from_rdata(
+            hickory_proto::rr::Name::root(),
+            60,
+            RData::HTTPS(HTTPS(svcb)),
+        );
+        assert_eq!(
+            addresses(&record),
+            vec![
+                "192.0.2.7".parse::<IpAddr>().unwrap(),
+                "2001:db8::7".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
     fn keys_follow_nftables_register_layout() {
         let ports = Ports {
             any: false,
