@@ -13,14 +13,13 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use hickory_proto::rr::{Name, RecordType};
 
 use crate::audit::display_name;
+use crate::worker::Worker;
 
 const MAX_CLIENTS: usize = 4096;
 /// Full alerts waiting to be printed; more than this in one tick are counted.
@@ -55,32 +54,35 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     window: Duration,
-    closing: AtomicBool,
-    printer: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// The handlers' side; cheap to clone, never blocks on I/O.
 #[derive(Clone)]
 pub struct Alerts {
     shared: Arc<Shared>,
+    printer: Arc<Worker>,
 }
 
 impl Alerts {
     /// Starts the printing thread, writing to `out` (stderr in production).
-    pub fn start(window: Duration, out: Box<dyn Write + Send>) -> Alerts {
+    pub fn start(window: Duration, mut out: Box<dyn Write + Send>) -> Alerts {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             window,
-            closing: AtomicBool::new(false),
-            printer: Mutex::new(None),
         });
-        let thread_shared = shared.clone();
-        let handle = std::thread::Builder::new()
-            .name("alerts".into())
-            .spawn(move || print_loop(&thread_shared, out))
-            .expect("spawn alert thread");
-        *shared.printer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
-        Alerts { shared }
+        let printer_shared = shared.clone();
+        let tick = Duration::from_millis(500).min(window);
+        let printer = Worker::start("alerts", tick, move |closing| {
+            let text = collect(&printer_shared, closing);
+            if !text.is_empty() {
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+            }
+        });
+        Alerts {
+            shared,
+            printer: Arc::new(printer),
+        }
     }
 
     pub fn denied(&self, event: Denied) {
@@ -105,46 +107,12 @@ impl Alerts {
         );
         state.pending.push(event);
         drop(state);
-        if let Some(h) = self
-            .shared
-            .printer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            h.thread().unpark();
-        }
+        self.printer.poke();
     }
 
     /// Prints what is pending and every open summary, then stops the thread.
     pub fn close(&self) {
-        self.shared.closing.store(true, Ordering::Relaxed);
-        let handle = self
-            .shared
-            .printer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(handle) = handle {
-            handle.thread().unpark();
-            let _ = handle.join();
-        }
-    }
-}
-
-fn print_loop(shared: &Shared, mut out: Box<dyn Write + Send>) {
-    let tick = Duration::from_millis(500).min(shared.window);
-    loop {
-        let closing = shared.closing.load(Ordering::Relaxed);
-        let text = collect(shared, closing);
-        if !text.is_empty() {
-            let _ = out.write_all(text.as_bytes());
-            let _ = out.flush();
-        }
-        if closing {
-            return;
-        }
-        std::thread::park_timeout(tick);
+        self.printer.close();
     }
 }
 

@@ -11,14 +11,15 @@ use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use serde::Serialize;
+
+use crate::worker::Worker;
 
 /// Records buffered before the writer falls behind and records are counted lost.
 const CAPACITY: usize = 262_144;
@@ -69,14 +70,13 @@ struct Shared {
     /// Records the buffer may hold before new ones are counted as lost.
     capacity: usize,
     lost: AtomicU64,
-    closing: AtomicBool,
-    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// The handlers' side of the log; cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
     shared: Arc<Shared>,
+    writer: Arc<Worker>,
 }
 
 /// Where audit lines go.
@@ -115,22 +115,23 @@ impl AuditLog {
             buffer: Mutex::new(Vec::with_capacity(4096)),
             capacity,
             lost: AtomicU64::new(0),
-            closing: AtomicBool::new(false),
-            writer: Mutex::new(None),
         });
         let writer_shared = shared.clone();
-        let handle = std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || write_loop(&writer_shared, BufWriter::with_capacity(1 << 16, out)))
-            .expect("spawn audit writer thread");
-        *shared.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
-        AuditLog { shared }
+        let mut out = BufWriter::with_capacity(1 << 16, out);
+        let (mut batch, mut line) = (Vec::with_capacity(4096), Vec::with_capacity(512));
+        let writer = Worker::start("audit-writer", TICK, move |_| {
+            write_pass(&writer_shared, &mut out, &mut batch, &mut line);
+        });
+        AuditLog {
+            shared,
+            writer: Arc::new(writer),
+        }
     }
 
     /// Queues a record; never blocks on I/O.
     pub fn record(&self, record: AuditRecord) {
         let mut buffer = self.shared.buffer.lock().unwrap_or_else(|p| p.into_inner());
-        if buffer.len() < self.shared.capacity && !self.shared.closing.load(Ordering::Relaxed) {
+        if buffer.len() < self.shared.capacity && !self.writer.is_closing() {
             buffer.push(record);
         } else {
             self.shared.lost.fetch_add(1, Ordering::Relaxed);
@@ -139,17 +140,7 @@ impl AuditLog {
 
     /// Writes out everything queued, flushes and stops the writer. Blocks until done.
     pub fn close(&self) {
-        self.shared.closing.store(true, Ordering::Relaxed);
-        let handle = self
-            .shared
-            .writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(handle) = handle {
-            handle.thread().unpark();
-            let _ = handle.join();
-        }
+        self.writer.close();
         // Records that arrived after the writer's last pass: say so, never silently.
         let late = self.shared.lost.swap(0, Ordering::Relaxed);
         if late > 0 {
@@ -161,31 +152,28 @@ impl AuditLog {
     }
 }
 
-fn write_loop(shared: &Shared, mut out: BufWriter<Box<dyn Write + Send>>) {
-    let mut batch = Vec::with_capacity(4096);
-    let mut line = Vec::with_capacity(512);
-    loop {
-        let closing = shared.closing.load(Ordering::Relaxed);
-        std::mem::swap(
-            &mut batch,
-            &mut *shared.buffer.lock().unwrap_or_else(|p| p.into_inner()),
-        );
-        for record in batch.drain(..) {
-            line.clear();
-            format_record(&record, &mut line);
-            if let Err(e) = out.write_all(&line) {
-                shared.lost.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "audit log write failed");
-            }
+/// One pass of the writer: takes what is buffered, writes it, reports loss, flushes.
+fn write_pass(
+    shared: &Shared,
+    out: &mut BufWriter<Box<dyn Write + Send>>,
+    batch: &mut Vec<AuditRecord>,
+    line: &mut Vec<u8>,
+) {
+    std::mem::swap(
+        batch,
+        &mut *shared.buffer.lock().unwrap_or_else(|p| p.into_inner()),
+    );
+    for record in batch.drain(..) {
+        line.clear();
+        format_record(&record, line);
+        if let Err(e) = out.write_all(line) {
+            shared.lost.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "audit log write failed");
         }
-        report_lost(&mut out, &shared.lost);
-        if let Err(e) = out.flush() {
-            tracing::error!(error = %e, "audit log flush failed");
-        }
-        if closing {
-            return;
-        }
-        std::thread::park_timeout(TICK);
+    }
+    report_lost(out, &shared.lost);
+    if let Err(e) = out.flush() {
+        tracing::error!(error = %e, "audit log flush failed");
     }
 }
 

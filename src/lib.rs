@@ -17,7 +17,8 @@
 //! ```
 //!
 //! Around it: `cli` and `config` (settings), `diagnostics` (errors with
-//! file:line), `app` (startup shared by `serve` and `check`), `shutdown`.
+//! file:line), `app` (startup shared by `serve` and `check`), `shutdown`,
+//! `worker` (the polling thread behind audit and alerts).
 
 pub mod alert;
 pub mod app;
@@ -34,4 +35,5 @@ pub mod resolve;
 pub mod server;
 pub mod shutdown;
 pub mod upstream;
+pub mod worker;
 pub mod zones;

@@ -219,6 +219,21 @@ fn echo(stream: &mut TcpStream) -> bool {
     stream.write_all(b"ping").is_ok() && stream.read_exact(&mut buf).is_ok() && &buf == b"ping"
 }
 
+/// Raw DNS from the agent straight to the rogue resolver in I.
+fn rogue_dig(lab: &Lab) -> (bool, String) {
+    sh_out(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.a,
+        "dig",
+        "+time=1",
+        "+tries=1",
+        "@10.200.3.53",
+        "example.com",
+    ])
+}
+
 fn getent(lab: &Lab, name: &str) -> Option<String> {
     let (ok, out) = sh_out(&["ip", "netns", "exec", &lab.a, "getent", "ahostsv4", name]);
     ok.then(|| {
@@ -276,17 +291,7 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
         connect(&lab, "10.200.3.99:443").is_some(),
         "lab wiring: I is reachable"
     );
-    let (ok, out) = sh_out(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.a,
-        "dig",
-        "+time=1",
-        "+tries=1",
-        "@10.200.3.53",
-        "example.com",
-    ]);
+    let (ok, out) = rogue_dig(&lab);
     assert!(
         ok && out.contains("ANSWER") || out.contains("status:"),
         "lab wiring: the rogue resolver answers: {out}"
@@ -337,17 +342,7 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
         "hard-coded address reachable"
     );
     // 4. Raw DNS to another server.
-    let (_, out) = sh_out(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.a,
-        "dig",
-        "+time=1",
-        "+tries=1",
-        "@10.200.3.53",
-        "example.com",
-    ]);
+    let (_, out) = rogue_dig(&lab);
     assert!(
         out.contains("timed out") || out.contains("no servers could be reached"),
         "raw DNS went out: {out}"
