@@ -103,7 +103,11 @@ pub fn load_policies_and_zones(settings: &Settings, diags: &mut Diagnostics) -> 
 }
 
 /// Binds, serves until `shutdown`, then drains the audit log and alerts.
-pub async fn serve(prepared: Prepared, shutdown: CancellationToken) -> Result<(), Failure> {
+pub async fn serve(
+    sources: Sources,
+    prepared: Prepared,
+    shutdown: CancellationToken,
+) -> Result<(), Failure> {
     let Prepared {
         settings,
         loaded,
@@ -148,9 +152,20 @@ pub async fn serve(prepared: Prepared, shutdown: CancellationToken) -> Result<()
         firewall,
         settings.negative_ttl,
     );
+    let handler = std::sync::Arc::new(handler);
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| Failure::Runtime(format!("signals: {e}")))?;
+    let reloading = handler.clone();
+    let reloader = tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading");
+            crate::reload::reload(&sources, &settings, &reloading).await;
+        }
+    });
     tracing::info!("listening on {}", listeners.describe().join(" "));
 
     let result = server::run(listeners, handler, shutdown).await;
+    reloader.abort();
     tracing::info!("shutting down: flushing audit log");
     tokio::task::spawn_blocking(move || {
         alerts.close();

@@ -129,6 +129,16 @@ impl Handler {
         }
     }
 
+    /// The policies and zones in force.
+    pub fn current(&self) -> Arc<Loaded> {
+        self.snapshot()
+    }
+
+    /// Swaps in a new set atomically; queries already running keep the old one.
+    pub fn replace(&self, loaded: Loaded) {
+        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
+    }
+
     fn snapshot(&self) -> Arc<Loaded> {
         self.loaded
             .read()

@@ -31,6 +31,7 @@ pub mod diagnostics;
 pub mod firewall;
 pub mod handler;
 pub mod policy;
+pub mod reload;
 pub mod resolve;
 pub mod server;
 pub mod shutdown;

@@ -54,7 +54,7 @@ async fn serve(sources: Sources) -> Result<(), Failure> {
     let prepared = app::prepare(&sources)?;
     let token = CancellationToken::new();
     shutdown::on_signals(token.clone()).map_err(|e| Failure::Runtime(format!("signals: {e}")))?;
-    app::serve(prepared, token).await
+    app::serve(sources, prepared, token).await
 }
 
 /// The one place errors become text and exit codes: 1 for bad input, 3 for

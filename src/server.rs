@@ -110,10 +110,9 @@ const IDLE_CHECK: Duration = Duration::from_millis(200);
 /// those are bounded. TCP goes through hickory's `Server`.
 pub async fn run(
     listeners: Listeners,
-    handler: Handler,
+    handler: Arc<Handler>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let handler = Arc::new(handler);
     let pending = Arc::new(Semaphore::new(MAX_PENDING_UPSTREAM));
     let runtime = tokio::runtime::Handle::current();
     let threads = std::thread::available_parallelism()

@@ -23,7 +23,7 @@ use std::fs::File;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use hickory_proto::rr::rdata::svcb::SvcParamValue;
@@ -206,7 +206,7 @@ fn covers(range: &Element, key: &[u8]) -> bool {
 pub struct Firewall {
     targets: Vec<Target>,
     /// Agent name → target index.
-    by_agent: HashMap<String, usize>,
+    by_agent: RwLock<HashMap<String, usize>>,
 }
 
 impl Firewall {
@@ -215,7 +215,7 @@ impl Firewall {
     pub fn open(policies: &PolicySet) -> Result<Option<Firewall>, String> {
         let mut firewall = Firewall {
             targets: Vec::new(),
-            by_agent: HashMap::new(),
+            by_agent: RwLock::new(HashMap::new()),
         };
         for policy in &policies.policies {
             let Some(config) = &policy.firewall else {
@@ -228,9 +228,43 @@ impl Firewall {
                     firewall.targets.len() - 1
                 }
             };
-            firewall.by_agent.insert(policy.agent.to_string(), index);
+            firewall
+                .by_agent
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(policy.agent.to_string(), index);
         }
         Ok((!firewall.targets.is_empty()).then_some(firewall))
+    }
+
+    fn target_of(&self, agent: &str) -> Option<usize> {
+        self.by_agent
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(agent)
+            .copied()
+    }
+
+    /// Adopts reloaded policies: each must feed a target opened at startup
+    /// (opening netlink sockets in new namespaces needs a restart); then the
+    /// permanent elements follow the new address destinations.
+    pub fn reload(&self, policies: &PolicySet) -> Result<(), String> {
+        let mut by_agent = HashMap::new();
+        for policy in &policies.policies {
+            let Some(config) = &policy.firewall else {
+                continue;
+            };
+            let Some(index) = self.targets.iter().position(|t| &t.config == config) else {
+                return Err(format!(
+                    "agent '{}' feeds {}, which was not open at startup; restart allowdns to add it",
+                    policy.agent,
+                    config.describe()
+                ));
+            };
+            by_agent.insert(policy.agent.to_string(), index);
+        }
+        *self.by_agent.write().unwrap_or_else(|p| p.into_inner()) = by_agent;
+        self.sync_static(policies)
     }
 
     /// Makes the permanent elements match the policies' IP/CIDR destinations.
@@ -238,7 +272,7 @@ impl Firewall {
         for (index, target) in self.targets.iter().enumerate() {
             let mut wanted: Vec<(SetId, Element)> = Vec::new();
             for policy in &policies.policies {
-                if self.by_agent.get(&*policy.agent) != Some(&index) {
+                if self.target_of(&policy.agent) != Some(index) {
                     continue;
                 }
                 for address in &policy.addresses {
@@ -263,7 +297,7 @@ impl Firewall {
         rule: &Rule,
         answers: &mut Vec<Record>,
     ) -> Result<(), FeedError> {
-        let Some(&index) = self.by_agent.get(&*policy.agent) else {
+        let Some(index) = self.target_of(&policy.agent) else {
             return Ok(());
         };
         let target = &self.targets[index];
