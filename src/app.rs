@@ -163,9 +163,22 @@ pub async fn serve(
         }
     });
     tracing::info!("listening on {}", listeners.describe().join(" "));
+    crate::notify::notify("READY=1");
+    let watchdog = crate::notify::watchdog_interval().map(|every| {
+        tokio::spawn(async move {
+            loop {
+                crate::notify::notify("WATCHDOG=1");
+                tokio::time::sleep(every).await;
+            }
+        })
+    });
 
     let result = server::run(listeners, handler, shutdown).await;
+    crate::notify::notify("STOPPING=1");
     reloader.abort();
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     tracing::info!("shutting down: flushing audit log");
     tokio::task::spawn_blocking(move || {
         alerts.close();

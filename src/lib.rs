@@ -30,6 +30,7 @@ pub mod decide;
 pub mod diagnostics;
 pub mod firewall;
 pub mod handler;
+pub mod notify;
 pub mod policy;
 pub mod reload;
 pub mod resolve;

@@ -205,8 +205,17 @@ impl Allowdns {
         Self::serve_via(&[], args)
     }
 
+    /// Like [`Allowdns::serve`], with extra environment variables.
+    pub fn serve_env(env: &[(&str, &str)], args: &[&str]) -> Allowdns {
+        Self::start(&[], env, args)
+    }
+
     /// Like [`Allowdns::serve`], run through a prefix such as `ip netns exec NS`.
     pub fn serve_via(prefix: &[&str], args: &[&str]) -> Allowdns {
+        Self::start(prefix, &[], args)
+    }
+
+    fn start(prefix: &[&str], env: &[(&str, &str)], args: &[&str]) -> Allowdns {
         let mut cmd = match prefix.split_first() {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
@@ -219,6 +228,7 @@ impl Allowdns {
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
+        cmd.envs(env.iter().copied());
         cmd.args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
