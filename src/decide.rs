@@ -23,9 +23,14 @@ pub enum Decision<'a> {
 }
 
 pub fn decide<'a>(policies: &'a PolicySet, client: IpAddr, qname: &Name) -> Decision<'a> {
-    let Some(policy) = policies.for_client(client) else {
-        return Decision::Refused;
-    };
+    match policies.for_client(client) {
+        Some(policy) => decide_for(policy, qname),
+        None => Decision::Refused,
+    }
+}
+
+/// The decision once the client's policy is known.
+pub fn decide_for<'a>(policy: &'a Policy, qname: &Name) -> Decision<'a> {
     match query_key(qname).and_then(|key| policy.rule_for(&key)) {
         Some(rule) => Decision::Allow { policy, rule },
         None => Decision::Deny { policy },

@@ -22,7 +22,7 @@ use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 
 use crate::alert::{Alerts, Denied};
 use crate::audit::{AuditLog, AuditRecord, Decision as Logged};
-use crate::decide::{Decision, decide};
+use crate::decide::{Decision, decide, decide_for};
 use crate::firewall::{FeedError, Firewall};
 use crate::policy::{Policy, PolicySet, Rule};
 use crate::resolve::{Resolution, Resolver};
@@ -166,7 +166,7 @@ impl Handler {
         }
         let query = query.original();
         let (name, qtype) = (query.name(), query.query_type());
-        let (policy, rule) = match decide(&loaded.policies, src.ip(), name) {
+        let (policy, rule) = match decide_for(governing, name) {
             Decision::Refused => {
                 return Progress::Answered(Outcome::refused(ResponseCode::Refused, None));
             }
