@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::net::IpAddr;
-
 use common::*;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
@@ -33,33 +31,18 @@ fn one_audit_record_per_query_and_the_alert_users_expect() {
     ]);
 
     assert_eq!(
-        query(dns.udp, "www.allowed.test", RecordType::A)
-            .metadata
-            .response_code,
+        rcode(dns.udp, "www.allowed.test", RecordType::A),
         ResponseCode::NoError
     );
     assert_eq!(
-        query(dns.udp, "hop.other.test", RecordType::A)
-            .metadata
-            .response_code,
+        rcode(dns.udp, "hop.other.test", RecordType::A),
         ResponseCode::NoError
     );
     assert_eq!(
-        query(dns.udp, "sketchy-mirror.example.com", RecordType::A)
-            .metadata
-            .response_code,
+        rcode(dns.udp, "sketchy-mirror.example.com", RecordType::A),
         ResponseCode::NXDomain
     );
-    let stranger: IpAddr = "127.0.0.2".parse().unwrap();
-    let refused = query_with(
-        dns.udp,
-        "www.allowed.test",
-        RecordType::A,
-        Ask {
-            from: Some(stranger),
-            ..Ask::default()
-        },
-    );
+    let refused = query_from(dns.udp, "www.allowed.test", RecordType::A, "127.0.0.2");
     assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
     // A flood of unique denied names: every one audited, one alert.
     for i in 0..300 {

@@ -10,14 +10,7 @@ use hickory_proto::rr::RecordType;
 fn the_readme_demo_answers_offline_from_zones() {
     let policy = repo("policies/travel_agent_v1.yaml");
     let zones = repo("zones");
-    let dns = Allowdns::serve(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--zones",
-        zones.to_str().unwrap(),
-        "--upstream",
-        "none",
-    ]);
+    let dns = Allowdns::serve_offline(&policy, &zones);
 
     let m = query(dns.udp, "api.company-internal.com", RecordType::A);
     assert_eq!(

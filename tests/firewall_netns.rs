@@ -504,14 +504,7 @@ fn a_failed_set_update_fails_closed_with_servfail_and_an_alert() {
     .unwrap();
     // The ruleset, as a person would load it.
     let policy = lab.fence("agent_name: closed\nexpected_outbound:\n  - destination: web.fw.test\n  - destination: other.fw.test\nfirewall:\n  netns: NETNS\n");
-    let dns = Allowdns::serve(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--zones",
-        zones.to_str().unwrap(),
-        "--upstream",
-        "none",
-    ]);
+    let dns = Allowdns::serve_offline(&policy, &zones);
 
     let m = query(dns.udp, "web.fw.test", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);

@@ -44,24 +44,13 @@ fn sighup_swaps_policies_and_keeps_the_old_set_on_errors() {
     )
     .unwrap();
     let policy = dir.write("p.yaml", "agent_name: r\nexpected_outbound:\n  - destination: a.r.test\n  - destination: keep.r.test\n");
-    let dns = Allowdns::serve(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--zones",
-        zones.to_str().unwrap(),
-        "--upstream",
-        "none",
-    ]);
+    let dns = Allowdns::serve_offline(&policy, &zones);
     assert_eq!(
-        query(dns.udp, "a.r.test", RecordType::A)
-            .metadata
-            .response_code,
+        rcode(dns.udp, "a.r.test", RecordType::A),
         ResponseCode::NoError
     );
     assert_eq!(
-        query(dns.udp, "b.r.test", RecordType::A)
-            .metadata
-            .response_code,
+        rcode(dns.udp, "b.r.test", RecordType::A),
         ResponseCode::NXDomain
     );
 
@@ -88,15 +77,11 @@ fn sighup_swaps_policies_and_keeps_the_old_set_on_errors() {
         wait_for(&dns, "reloaded", round);
     }
     assert_eq!(
-        query(dns.udp, "b.r.test", RecordType::A)
-            .metadata
-            .response_code,
+        rcode(dns.udp, "b.r.test", RecordType::A),
         ResponseCode::NoError
     );
     assert_eq!(
-        query(dns.udp, "a.r.test", RecordType::A)
-            .metadata
-            .response_code,
+        rcode(dns.udp, "a.r.test", RecordType::A),
         ResponseCode::NXDomain
     );
     let stderr = dns.stderr();
@@ -126,9 +111,7 @@ fn sighup_swaps_policies_and_keeps_the_old_set_on_errors() {
         dns.stderr()
     );
     assert_eq!(
-        query(dns.udp, "b.r.test", RecordType::A)
-            .metadata
-            .response_code,
+        rcode(dns.udp, "b.r.test", RecordType::A),
         ResponseCode::NoError
     );
 

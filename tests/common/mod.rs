@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hickory_server::net::runtime::Time;
-use hickory_server::proto::op::{Edns, Message, MessageType, OpCode, Query};
+use hickory_server::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_server::proto::rr::{LowerName, Name, RecordType};
 use hickory_server::proto::serialize::txt::Parser;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -205,6 +205,18 @@ impl Allowdns {
         Self::serve_via(&[], args)
     }
 
+    /// Offline: answers only from the local `zones` directory under `policy`.
+    pub fn serve_offline(policy: &Path, zones: &Path) -> Allowdns {
+        Self::serve(&[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--zones",
+            zones.to_str().unwrap(),
+            "--upstream",
+            "none",
+        ])
+    }
+
     /// Like [`Allowdns::serve`], with extra environment variables.
     pub fn serve_env(env: &[(&str, &str)], args: &[&str]) -> Allowdns {
         Self::start(&[], env, args)
@@ -331,6 +343,25 @@ impl Default for Ask {
             from: None,
         }
     }
+}
+
+/// The response code for one UDP question.
+pub fn rcode(server: SocketAddr, name: &str, rtype: RecordType) -> ResponseCode {
+    query(server, name, rtype).metadata.response_code
+}
+
+/// One UDP question from another loopback address (another client).
+pub fn query_from(server: SocketAddr, name: &str, rtype: RecordType, from: &str) -> Message {
+    let from: IpAddr = from.parse().unwrap();
+    query_with(
+        server,
+        name,
+        rtype,
+        Ask {
+            from: Some(from),
+            ..Ask::default()
+        },
+    )
 }
 
 pub fn query(server: SocketAddr, name: &str, rtype: RecordType) -> Message {
