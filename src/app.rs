@@ -102,6 +102,9 @@ pub fn load_policies_and_zones(settings: &Settings, diags: &mut Diagnostics) -> 
     })
 }
 
+/// The longest the expiry task sleeps without re-reading the clock.
+const EXPIRY_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Binds, serves until `shutdown`, then drains the audit log and alerts.
 pub async fn serve(
     sources: Sources,
@@ -121,6 +124,14 @@ pub async fn serve(
     // Sockets first: a port conflict should fail before anything else starts.
     let listeners =
         Listeners::bind(&settings.listen).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let control = match &settings.control_socket {
+        Some(path) => Some((
+            crate::control::bind(path)
+                .map_err(|e| Failure::Runtime(format!("control socket {e}")))?,
+            path.clone(),
+        )),
+        None => None,
+    };
     let sink = Sink::open(settings.audit_log.as_deref())
         .map_err(|e| Failure::Runtime(format!("cannot open audit log {e}")))?;
     let audit = AuditLog::start(sink);
@@ -162,6 +173,35 @@ pub async fn serve(
             crate::reload::reload(&sources, &settings, &reloading).await;
         }
     });
+    let control = control.map(|(listener, path)| {
+        tracing::info!(socket = %path.display(), "control socket ready");
+        tokio::spawn(crate::control::serve(
+            listener,
+            path,
+            handler.clone(),
+            shutdown.clone(),
+        ))
+    });
+    let expiring = handler.clone();
+    let expiry = tokio::spawn(async move {
+        loop {
+            let wait = expiring.next_expiry().map(|at| {
+                at.duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default()
+            });
+            // Wall-clock deadlines: re-check at least once a minute in case the clock jumps.
+            let wait = wait.unwrap_or(EXPIRY_RECHECK).min(EXPIRY_RECHECK);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {
+                    let now = std::time::SystemTime::now();
+                    if expiring.next_expiry().is_some_and(|at| at <= now) {
+                        expiring.refresh();
+                    }
+                }
+                _ = expiring.expiry_changed.notified() => {}
+            }
+        }
+    });
     tracing::info!("listening on {}", listeners.describe().join(" "));
     crate::notify::notify("READY=1");
     let watchdog = crate::notify::watchdog_interval().map(|every| {
@@ -176,6 +216,10 @@ pub async fn serve(
     let result = server::run(listeners, handler, shutdown).await;
     crate::notify::notify("STOPPING=1");
     reloader.abort();
+    expiry.abort();
+    if let Some(control) = control {
+        let _ = control.await;
+    }
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }

@@ -32,6 +32,8 @@ const TICK: Duration = Duration::from_millis(5);
 pub enum Decision {
     Allow,
     Deny,
+    /// Learn mode: outside the allowlist, resolved anyway.
+    WouldDeny,
     /// Not served: no policy governs the client, or the request is not a
     /// question allowdns answers (bad format, opcode, class or type).
     Refused,
@@ -42,6 +44,7 @@ impl Decision {
         match self {
             Decision::Allow => "allow",
             Decision::Deny => "deny",
+            Decision::WouldDeny => "would_deny",
             Decision::Refused => "refused",
         }
     }
@@ -67,6 +70,8 @@ pub struct AuditRecord {
 
 struct Shared {
     buffer: Mutex<Vec<AuditRecord>>,
+    /// Rare non-query events (grants), as JSON lines; never dropped.
+    events: Mutex<Vec<String>>,
     /// Records the buffer may hold before new ones are counted as lost.
     capacity: usize,
     lost: AtomicU64,
@@ -113,6 +118,7 @@ impl AuditLog {
     fn start_with(out: Box<dyn Write + Send>, capacity: usize) -> AuditLog {
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Vec::with_capacity(4096)),
+            events: Mutex::new(Vec::new()),
             capacity,
             lost: AtomicU64::new(0),
         });
@@ -136,6 +142,16 @@ impl AuditLog {
         } else {
             self.shared.lost.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Queues a non-query event line (JSON, no newline).
+    pub fn event(&self, line: String) {
+        self.shared
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(line);
+        self.writer.poke();
     }
 
     /// Writes out everything queued, flushes and stops the writer. Blocks until done.
@@ -163,6 +179,12 @@ fn write_pass(
         batch,
         &mut *shared.buffer.lock().unwrap_or_else(|p| p.into_inner()),
     );
+    let events = std::mem::take(&mut *shared.events.lock().unwrap_or_else(|p| p.into_inner()));
+    for event in events {
+        if let Err(e) = writeln!(out, "{event}") {
+            tracing::error!(error = %e, event, "audit log write failed");
+        }
+    }
     for record in batch.drain(..) {
         line.clear();
         format_record(&record, line);

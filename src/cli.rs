@@ -24,6 +24,56 @@ pub enum Command {
     Check(Sources),
     /// Print the default-deny nftables ruleset for an agent's namespace.
     NftRuleset(RulesetArgs),
+    /// Allow a name for one agent for a limited time, with a reason (audited).
+    Grant(GrantArgs),
+    /// End a grant before its time.
+    Revoke(RevokeArgs),
+    /// List the policies in force, active grants and their expiry.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ControlArgs {
+    /// The running allowdns's control socket (`control_socket` in its config).
+    #[arg(long, default_value = crate::control::DEFAULT_SOCKET)]
+    pub control: PathBuf,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GrantArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// The agent (policy) the exception is for.
+    #[arg(long)]
+    pub agent: String,
+    /// Name or pattern to allow, as in a policy (`api.example.com`, `*.example.com`).
+    #[arg(long)]
+    pub name: String,
+    /// How long, e.g. `30m`, `2h` (at most 7 days).
+    #[arg(long = "for", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Why; required, and written to the audit log.
+    #[arg(long)]
+    pub reason: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    #[arg(long)]
+    pub agent: String,
+    #[arg(long)]
+    pub name: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// Print the raw JSON reply.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -64,4 +114,10 @@ pub struct Sources {
     /// Audit log file (JSON Lines); `-` or absent means stdout.
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
+    /// Unix control socket for `grant`, `revoke` and `status` (mode 0600).
+    #[arg(long)]
+    pub control: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    pub metrics: Option<String>,
 }

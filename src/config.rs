@@ -36,6 +36,12 @@ pub struct ConfigFile {
     pub cache: CacheFile,
     #[serde(default)]
     pub alerts: AlertsFile,
+    /// Unix socket for `allowdns grant`/`status`; absent means none.
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
+    /// Address of the Prometheus endpoint; absent means none.
+    #[serde(default)]
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -103,6 +109,10 @@ pub struct Settings {
     pub negative_ttl: u32,
     pub cache: CacheLimits,
     pub alert_window: Duration,
+    /// Where `allowdns grant` and `status` reach the running resolver.
+    pub control_socket: Option<PathBuf>,
+    /// Where Prometheus scrapes `/metrics`.
+    pub metrics: Option<SocketAddr>,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:53";
@@ -163,6 +173,8 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
         negative_ttl,
         cache,
         alerts,
+        control_socket,
+        metrics,
     } = file;
     let UpstreamFile {
         mode,
@@ -309,6 +321,19 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
         );
     }
 
+    let metrics = match (&sources.metrics, &metrics) {
+        (Some(raw), _) => parse_addr(raw)
+            .map_err(|e| diags.error(&config_path, None, Some("--metrics".into()), e))
+            .ok(),
+        (None, Some(raw)) => parse_addr(raw)
+            .map_err(|e| {
+                let line = locate(&source_text, raw, 0);
+                diags.error(&config_path, line, Some("metrics".into()), e)
+            })
+            .ok(),
+        (None, None) => None,
+    };
+
     if diags.has_errors() {
         return None;
     }
@@ -325,6 +350,11 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
         negative_ttl: negative_ttl.unwrap_or(5),
         cache,
         alert_window: Duration::from_secs(window_secs.unwrap_or(60).max(1)),
+        control_socket: sources
+            .control
+            .clone()
+            .or_else(|| control_socket.as_deref().map(here)),
+        metrics,
     })
 }
 

@@ -20,6 +20,12 @@ pub enum Decision<'a> {
         policy: &'a Policy,
         rule: &'a Rule,
     },
+    /// Learn mode: not on the allowlist, but resolved (under the policy's
+    /// catch-all learn rule) and audited as `would_deny`.
+    WouldDeny {
+        policy: &'a Policy,
+        rule: &'a Rule,
+    },
 }
 
 pub fn decide<'a>(policies: &'a PolicySet, client: IpAddr, qname: &Name) -> Decision<'a> {
@@ -32,7 +38,10 @@ pub fn decide<'a>(policies: &'a PolicySet, client: IpAddr, qname: &Name) -> Deci
 /// The decision once the client's policy is known.
 pub fn decide_for<'a>(policy: &'a Policy, qname: &Name) -> Decision<'a> {
     match query_key(qname).and_then(|key| policy.rule_for(&key)) {
-        Some(rule) => Decision::Allow { policy, rule },
-        None => Decision::Deny { policy },
+        Some(rule) if rule.live() => Decision::Allow { policy, rule },
+        _ => match &policy.learn {
+            Some(rule) => Decision::WouldDeny { policy, rule },
+            None => Decision::Deny { policy },
+        },
     }
 }

@@ -24,6 +24,7 @@ use crate::alert::{Alerts, Denied};
 use crate::audit::{AuditLog, AuditRecord, Decision as Logged};
 use crate::decide::{Decision, decide, decide_for};
 use crate::firewall::{FeedError, Firewall};
+use crate::grants::{Grant, Grants};
 use crate::policy::{Policy, PolicySet, Rule};
 use crate::resolve::{Resolution, Resolver};
 use crate::upstream::UpstreamError;
@@ -36,13 +37,25 @@ pub const RESOLVE_DEADLINE: Duration = Duration::from_secs(6);
 
 /// What a reload replaces as one unit, so no query sees half of a change.
 pub struct Loaded {
+    /// The policies as their files say.
     pub policies: PolicySet,
     pub zones: Zones,
 }
 
+/// What queries are decided against: the files, less expired entries, plus
+/// active grants. Rebuilt on reload, grant, revoke and expiry.
+pub struct InForce {
+    pub files: Arc<Loaded>,
+    pub policies: PolicySet,
+}
+
 pub struct Handler {
-    /// The current policies and zones, swapped whole on reload.
-    pub loaded: RwLock<Arc<Loaded>>,
+    /// Swapped whole, so a query sees one consistent set.
+    loaded: RwLock<Arc<InForce>>,
+    /// Run-time exceptions; the lock also serializes rebuilds of `loaded`.
+    grants: Mutex<Grants>,
+    /// Wakes the expiry task when the next expiry may have moved.
+    pub expiry_changed: tokio::sync::Notify,
     pub resolver: Resolver,
     pub audit: AuditLog,
     pub alerts: Alerts,
@@ -97,7 +110,7 @@ impl Outcome {
 pub enum Progress {
     Answered(Outcome),
     /// Allowed, but an upstream must be asked; the outcome is filled in so far.
-    NeedsUpstream(Outcome, Arc<Loaded>),
+    NeedsUpstream(Outcome, Arc<InForce>),
 }
 
 impl Handler {
@@ -118,8 +131,15 @@ impl Handler {
             86400,
             negative_ttl,
         );
+        let now = SystemTime::now();
+        let policies = loaded.policies.effective(&Default::default(), now);
         Self {
-            loaded: RwLock::new(Arc::new(loaded)),
+            loaded: RwLock::new(Arc::new(InForce {
+                files: Arc::new(loaded),
+                policies,
+            })),
+            grants: Mutex::new(Grants::default()),
+            expiry_changed: tokio::sync::Notify::new(),
             resolver,
             audit,
             alerts,
@@ -130,16 +150,89 @@ impl Handler {
     }
 
     /// The policies and zones in force.
-    pub fn current(&self) -> Arc<Loaded> {
+    pub fn current(&self) -> Arc<InForce> {
         self.snapshot()
     }
 
     /// Swaps in a new set atomically; queries already running keep the old one.
     pub fn replace(&self, loaded: Loaded) {
-        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
+        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        self.install(Arc::new(loaded), &mut grants);
     }
 
-    fn snapshot(&self) -> Arc<Loaded> {
+    /// Rebuilds what is in force now: drops expired entries and grants.
+    pub fn refresh(&self) {
+        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        self.install(self.snapshot().files.clone(), &mut grants);
+    }
+
+    /// Adds (or renews) a grant and puts it in force at once.
+    pub fn grant(&self, grant: Grant) -> Result<(), String> {
+        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let files = self.snapshot().files.clone();
+        if files.policies.by_agent(&grant.agent).is_none() {
+            return Err(format!("no policy for agent '{}'", grant.agent));
+        }
+        self.audit.event(grant_event("grant", &grant));
+        tracing::warn!(
+            agent = %grant.agent,
+            pattern = %grant.pattern,
+            reason = %grant.reason,
+            expires = %humantime::format_rfc3339_seconds(grant.expires),
+            uid = ?grant.uid,
+            "grant: exception in force"
+        );
+        grants.add(grant);
+        self.install(files, &mut grants);
+        Ok(())
+    }
+
+    /// Ends a grant before its time.
+    pub fn revoke(&self, agent: &str, pattern: &str, uid: Option<u32>) -> Result<Grant, String> {
+        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let mut grant = grants
+            .revoke(agent, pattern)
+            .ok_or_else(|| format!("agent '{agent}' has no grant for '{pattern}'"))?;
+        grant.uid = uid;
+        self.audit.event(grant_event("grant_revoked", &grant));
+        tracing::warn!(agent, pattern, uid = ?uid, "grant revoked");
+        self.install(self.snapshot().files.clone(), &mut grants);
+        Ok(grant)
+    }
+
+    pub fn grants(&self) -> Vec<Grant> {
+        let grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        grants.active().to_vec()
+    }
+
+    /// When the next policy entry or grant expires.
+    pub fn next_expiry(&self) -> Option<SystemTime> {
+        let grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let files = self.snapshot().files.policies.next_expiry();
+        files.into_iter().chain(grants.next_expiry()).min()
+    }
+
+    /// Computes the set in force from `files` and `grants`, then swaps it in.
+    fn install(&self, files: Arc<Loaded>, grants: &mut Grants) {
+        let now = SystemTime::now();
+        for expired in grants.prune(now) {
+            self.audit.event(grant_event("grant_expired", &expired));
+            tracing::warn!(agent = %expired.agent, pattern = %expired.pattern, "grant expired: denied again");
+        }
+        let policies = files.policies.effective(&grants.rules(), now);
+        // Ranges that expired leave the sets; a failure keeps the old ones
+        // only until the elements' own timeouts, so alert loudly.
+        if let Some(firewall) = &self.firewall
+            && let Err(e) = firewall.sync_static(&policies)
+        {
+            tracing::error!(error = %e, "[!] FIREWALL UPDATE FAILED while applying expiries");
+        }
+        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(InForce { files, policies });
+        self.expiry_changed.notify_one();
+    }
+
+    fn snapshot(&self) -> Arc<InForce> {
         self.loaded
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -166,7 +259,7 @@ impl Handler {
         }
         let query = query.original();
         let (name, qtype) = (query.name(), query.query_type());
-        let (policy, rule) = match decide_for(governing, name) {
+        let (policy, rule, decision) = match decide_for(governing, name) {
             Decision::Refused => {
                 return Progress::Answered(Outcome::refused(ResponseCode::Refused, None));
             }
@@ -190,7 +283,8 @@ impl Handler {
                     upstream_ms: None,
                 });
             }
-            Decision::Allow { policy, rule } => (policy, rule),
+            Decision::Allow { policy, rule } => (policy, rule, Logged::Allow),
+            Decision::WouldDeny { policy, rule } => (policy, rule, Logged::WouldDeny),
         };
         // Zone transfers and other classes are not lookups an agent needs.
         if query.query_class() != DNSClass::IN
@@ -206,13 +300,13 @@ impl Handler {
             answers: Vec::new(),
             authority: Vec::new(),
             authoritative: false,
-            decision: Logged::Allow,
+            decision,
             agent: Some(policy.agent.clone()),
-            rule: Some(rule.pattern.clone()),
+            rule: (decision == Logged::Allow).then(|| rule.pattern.clone()),
             dynamic: rule.dynamic,
             upstream_ms: None,
         };
-        match self.resolver.resolve_now(&loaded.zones, name, qtype) {
+        match self.resolver.resolve_now(&loaded.files.zones, name, qtype) {
             Some(resolution) => {
                 Progress::Answered(self.fence(policy, rule, outcome.resolved(resolution)))
             }
@@ -224,6 +318,16 @@ impl Handler {
     /// reply leaves. If the kernel does not take them, SERVFAIL: an address the
     /// firewall will not pass is never handed out.
     fn fence(&self, policy: &Policy, rule: &Rule, mut outcome: Outcome) -> Outcome {
+        // No client may cache an answer past the rule that allowed it.
+        if let Some(left) = rule
+            .expires
+            .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default())
+        {
+            let left = u32::try_from(left.as_secs()).unwrap_or(u32::MAX);
+            for record in &mut outcome.answers {
+                record.ttl = record.ttl.min(left);
+            }
+        }
         let Some(firewall) = &self.firewall else {
             return outcome;
         };
@@ -259,17 +363,17 @@ impl Handler {
     }
 
     /// Completes an allowed answer that needs the upstream; failure is SERVFAIL.
-    pub async fn finish(&self, request: &Request, outcome: Outcome, loaded: &Loaded) -> Outcome {
+    pub async fn finish(&self, request: &Request, outcome: Outcome, loaded: &InForce) -> Outcome {
         let query = request.queries.queries()[0].original();
         // The same snapshot gives the same decision; the firewall needs its rule.
-        let Decision::Allow { policy, rule } =
+        let (Decision::Allow { policy, rule } | Decision::WouldDeny { policy, rule }) =
             decide(&loaded.policies, request.src().ip(), query.name())
         else {
             return outcome;
         };
-        let resolving = self
-            .resolver
-            .resolve(&loaded.zones, query.name(), query.query_type());
+        let resolving =
+            self.resolver
+                .resolve(&loaded.files.zones, query.name(), query.query_type());
         let result = match tokio::time::timeout(RESOLVE_DEADLINE, resolving).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError(format!(
@@ -330,6 +434,21 @@ impl Handler {
         });
         header_only_reply(raw, ResponseCode::FormErr)
     }
+}
+
+/// The audit line for a grant's life events.
+fn grant_event(event: &str, g: &Grant) -> String {
+    serde_json::json!({
+        "ts": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+        "event": event,
+        "agent": &*g.agent,
+        "pattern": &*g.pattern,
+        "reason": &*g.reason,
+        "granted_at": humantime::format_rfc3339_seconds(g.granted_at).to_string(),
+        "expires": humantime::format_rfc3339_seconds(g.expires).to_string(),
+        "uid": g.uid,
+    })
+    .to_string()
 }
 
 /// A reply of just a header, for requests that cannot be parsed or answered:

@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use allowdns::app::{self, Failure};
 use allowdns::cli::{Cli, Command, Sources};
-use allowdns::shutdown;
+use allowdns::{control, shutdown};
 
 // The hot path allocates small buffers on worker threads that the audit
 // writer frees; mimalloc handles that cross-thread pattern far better than glibc.
@@ -25,6 +25,50 @@ fn main() -> ExitCode {
         Command::Serve(sources) => runtime.block_on(serve(sources)),
         Command::NftRuleset(args) => app::ruleset(&args.sources, args.agent.as_deref(), &args.dns)
             .map(|text| print!("{text}")),
+        Command::Grant(args) => {
+            let request = control::Request::Grant {
+                agent: args.agent,
+                name: args.name,
+                for_secs: args.duration.as_secs(),
+                reason: args.reason,
+            };
+            runtime
+                .block_on(ask(&args.control.control, &request))
+                .map(|reply| {
+                    if let Some(g) = reply.granted {
+                        println!(
+                            "granted: agent '{}' may resolve {} until {} ({})",
+                            g.agent, g.pattern, g.expires, g.reason
+                        );
+                    }
+                })
+        }
+        Command::Revoke(args) => {
+            let request = control::Request::Revoke {
+                agent: args.agent,
+                name: args.name,
+            };
+            runtime
+                .block_on(ask(&args.control.control, &request))
+                .map(|reply| {
+                    if let Some(g) = reply.granted {
+                        println!(
+                            "revoked: agent '{}' no longer resolves {}",
+                            g.agent, g.pattern
+                        );
+                    }
+                })
+        }
+        Command::Status(args) => runtime
+            .block_on(ask(&args.control.control, &control::Request::Status))
+            .map(|reply| match (args.json, reply.status) {
+                (true, status) => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).unwrap_or_default()
+                ),
+                (false, Some(status)) => print!("{}", control::render(&status)),
+                (false, None) => {}
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -48,6 +92,20 @@ fn check(sources: &Sources) -> Result<(), Failure> {
     }
     println!("ok: {} zone(s)", prepared.loaded.zones.len());
     Ok(())
+}
+
+/// One control request; a refusal by the server is a runtime failure.
+async fn ask(
+    path: &std::path::Path,
+    request: &control::Request,
+) -> Result<control::Reply, Failure> {
+    let reply = control::request(path, request)
+        .await
+        .map_err(Failure::Runtime)?;
+    match reply.error {
+        Some(error) if !reply.ok => Err(Failure::Runtime(error)),
+        _ => Ok(reply),
+    }
 }
 
 async fn serve(sources: Sources) -> Result<(), Failure> {

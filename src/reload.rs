@@ -66,7 +66,7 @@ pub async fn reload(sources: &Sources, running: &Settings, handler: &Handler) {
         }
         None => {}
     }
-    let changes = changes(&handler.current().policies, &loaded.policies);
+    let changes = changes(&handler.current().files.policies, &loaded.policies);
     let zones = loaded.zones.len();
     handler.replace(loaded);
     for change in &changes {

@@ -75,7 +75,7 @@ impl FirewallConfig {
         self.family != Family::Ip
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         let ns = self.netns.as_ref().map_or_else(
             || "allowdns's own namespace".to_string(),
             |p| format!("netns {}", p.display()),

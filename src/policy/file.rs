@@ -22,7 +22,8 @@ pub struct PolicyFileV1 {
     /// which is only allowed when a single policy is loaded.
     #[serde(default)]
     pub clients: Vec<String>,
-    /// `enforce` (default) denies unlisted names.
+    /// `enforce` (default) denies unlisted names; `learn` resolves them
+    /// anyway and audits them as `would_deny` (the observation period).
     #[serde(default)]
     pub mode: Option<String>,
     /// Destinations the agent is expected to reach: names, patterns, IPs, CIDRs.
@@ -30,7 +31,7 @@ pub struct PolicyFileV1 {
     pub expected_outbound: Vec<OutboundV1>,
     /// Patterns answered but flagged `dynamic: true` in the audit log.
     #[serde(default)]
-    pub allowed_dynamic_resolution: Vec<String>,
+    pub allowed_dynamic_resolution: Vec<DynamicV1>,
     /// Feed handed-out addresses into nftables sets; absent means no feeding.
     #[serde(default)]
     pub firewall: Option<FirewallV1>,
@@ -80,4 +81,25 @@ pub struct OutboundV1 {
     /// Free text for humans; carried into `check` output, never interpreted.
     #[serde(default)]
     pub purpose: Option<String>,
+    /// RFC 3339 time after which the entry no longer allows anything.
+    #[serde(default)]
+    pub expires: Option<String>,
+}
+
+/// One `allowed_dynamic_resolution` entry: a bare pattern (the seed format),
+/// or a pattern with an expiry.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum DynamicV1 {
+    Pattern(String),
+    Entry(DynamicEntryV1),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicEntryV1 {
+    pub pattern: String,
+    /// RFC 3339 time after which the entry no longer allows anything.
+    #[serde(default)]
+    pub expires: Option<String>,
 }

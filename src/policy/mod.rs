@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use ipnet::IpNet;
 
@@ -56,7 +57,7 @@ impl Ports {
 }
 
 /// One allowlist rule for names.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Rule {
     /// The canonical pattern, as written to the audit log's `rule` field.
     pub pattern: Arc<str>,
@@ -64,13 +65,31 @@ pub struct Rule {
     pub dynamic: bool,
     /// Ports from `expected_outbound`, for the firewall.
     pub ports: Ports,
+    /// After this the rule allows nothing (`expires:` or a grant's end).
+    pub expires: Option<SystemTime>,
+    /// Set for run-time grants: the reason given, for the audit log.
+    pub grant: Option<Arc<str>>,
+}
+
+impl Rule {
+    /// False once the rule has expired. Expired rules are also dropped from
+    /// the index when they expire; this check closes the gap until then.
+    pub fn live(&self) -> bool {
+        self.expires.is_none_or(|at| SystemTime::now() < at)
+    }
+
+    fn live_at(&self, now: SystemTime) -> bool {
+        self.expires.is_none_or(|at| now < at)
+    }
 }
 
 /// An IP or CIDR destination, fed to the firewall without DNS.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct AddressRule {
     pub net: IpNet,
     pub ports: Ports,
+    /// After this the range leaves the firewall sets.
+    pub expires: Option<SystemTime>,
 }
 
 /// One agent's validated, compiled policy.
@@ -88,6 +107,8 @@ pub struct Policy {
     pub addresses: Vec<AddressRule>,
     /// Where handed-out addresses are fed; `None` disables feeding.
     pub firewall: Option<FirewallConfig>,
+    /// `mode: learn`: the catch-all rule unlisted names resolve under.
+    pub learn: Option<Rule>,
     matcher: Matcher,
 }
 
@@ -95,6 +116,39 @@ impl Policy {
     /// The rule allowing a canonical query key, if any.
     pub fn rule_for(&self, key: &str) -> Option<&Rule> {
         self.matcher.lookup(key).map(|id| &self.rules[id as usize])
+    }
+
+    /// The earliest time a rule or range of this policy expires.
+    pub fn next_expiry(&self) -> Option<SystemTime> {
+        let rules = self.rules.iter().filter_map(|r| r.expires);
+        rules
+            .chain(self.addresses.iter().filter_map(|a| a.expires))
+            .min()
+    }
+
+    /// This policy as in force at `now`: expired entries dropped, `grants`
+    /// added. The index is rebuilt, so a wildcard that an expired exact
+    /// entry shadowed takes over again.
+    pub fn effective(&self, grants: &[Rule], now: SystemTime) -> Policy {
+        let mut builder = RuleBuilder::default();
+        for rule in self.rules.iter().chain(grants).filter(|r| r.live_at(now)) {
+            builder.rule(rule.clone());
+        }
+        Policy {
+            agent: self.agent.clone(),
+            source: self.source.clone(),
+            clients: self.clients.clone(),
+            rules: builder.rules,
+            addresses: self
+                .addresses
+                .iter()
+                .filter(|a| a.expires.is_none_or(|at| now < at))
+                .cloned()
+                .collect(),
+            firewall: self.firewall.clone(),
+            learn: self.learn.clone(),
+            matcher: builder.matcher,
+        }
     }
 }
 
@@ -117,6 +171,34 @@ impl PolicySet {
             .find(|(net, _)| net.contains(&ip))
             .map(|&(_, i)| &self.policies[i])
             .or_else(|| self.catch_all.map(|i| &self.policies[i]))
+    }
+
+    /// The set in force at `now`: each policy with its expired entries
+    /// dropped and its agent's grants added. Untouched policies are shared.
+    pub fn effective(&self, grants: &HashMap<Arc<str>, Vec<Rule>>, now: SystemTime) -> Self {
+        let policies = self
+            .policies
+            .iter()
+            .map(|p| {
+                let extra = grants.get(&p.agent).map_or(&[][..], Vec::as_slice);
+                if extra.is_empty() && p.next_expiry().is_none() {
+                    p.clone()
+                } else {
+                    Arc::new(p.effective(extra, now))
+                }
+            })
+            .collect();
+        Self::index(policies)
+    }
+
+    /// The earliest expiry across all policies.
+    pub fn next_expiry(&self) -> Option<SystemTime> {
+        self.policies.iter().filter_map(|p| p.next_expiry()).min()
+    }
+
+    /// The policy for an agent name.
+    pub fn by_agent(&self, agent: &str) -> Option<&Arc<Policy>> {
+        self.policies.iter().find(|p| &*p.agent == agent)
     }
 
     fn index(policies: Vec<Arc<Policy>>) -> Self {
@@ -286,16 +368,29 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
             "must not be empty",
         );
     }
-    if let Some(mode) = &mode
-        && mode != "enforce"
-    {
-        diags.error(
-            file,
-            locate(source, mode, 0),
-            Some("mode".into()),
-            format!("unknown mode '{mode}' (expected 'enforce')"),
-        );
-    }
+    let learn = match mode.as_deref() {
+        None | Some("enforce") => None,
+        Some("learn") => Some(Rule {
+            pattern: "(learn mode)".into(),
+            dynamic: false,
+            ports: Ports {
+                any: true,
+                listed: Vec::new(),
+            },
+            expires: None,
+            grant: None,
+        }),
+        Some(other) => {
+            diags.error(
+                file,
+                locate(source, other, 0),
+                Some("mode".into()),
+                format!("unknown mode '{other}' (expected 'enforce' or 'learn')"),
+            );
+            None
+        }
+    };
+    let now = SystemTime::now();
 
     let mut client_nets = Vec::new();
     for (i, c) in clients.iter().enumerate() {
@@ -312,9 +407,14 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
             port,
             protocol,
             purpose: _,
+            expires,
         } = entry;
         let line = seen.line(source, destination);
         let field = |f: &str| Some(format!("expected_outbound[{i}].{f}"));
+        let Some(expires) = entry_expiry(file, source, field("expires"), expires, now, diags)
+        else {
+            continue;
+        };
         let ports = match (port, protocol.as_deref()) {
             (None, None) => None,
             (Some(port), Some(proto)) => match proto.to_ascii_lowercase().as_str() {
@@ -353,21 +453,29 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
             diags.error(file, line, field("port"), "port 0 is not a port");
         }
         match classify_destination(destination) {
-            Ok(Destination::Address(net)) => builder.address(net, ports),
+            Ok(Destination::Address(net)) => builder.address(net, ports, expires),
             Ok(Destination::Name(key)) => {
                 warn_if_broad(file, line, field("destination"), &key, diags);
-                builder.name(key, false, ports);
+                builder.name(key, false, ports, expires);
             }
             Err(e) => diags.error(file, line, field("destination"), e),
         }
     }
-    for (i, pattern) in allowed_dynamic_resolution.iter().enumerate() {
+    for (i, entry) in allowed_dynamic_resolution.iter().enumerate() {
+        let (pattern, expires) = match entry {
+            file::DynamicV1::Pattern(pattern) => (pattern, &None),
+            file::DynamicV1::Entry(file::DynamicEntryV1 { pattern, expires }) => (pattern, expires),
+        };
         let line = seen.line(source, pattern);
         let field = Some(format!("allowed_dynamic_resolution[{i}]"));
+        let expires_field = Some(format!("allowed_dynamic_resolution[{i}].expires"));
+        let Some(expires) = entry_expiry(file, source, expires_field, expires, now, diags) else {
+            continue;
+        };
         match classify_destination(pattern) {
             Ok(Destination::Name(key)) => {
                 warn_if_broad(file, line, field.clone(), &key, diags);
-                builder.name(key, true, None);
+                builder.name(key, true, None, expires);
             }
             Ok(Destination::Address(_)) => diags.error(
                 file,
@@ -417,7 +525,65 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
         rules: builder.rules,
         addresses: builder.addresses,
         firewall,
+        learn,
         matcher: builder.matcher,
+    }
+}
+
+/// An entry's `expires`: `Some(None)` for none, `Some(Some(t))` for a future
+/// time, `None` when the entry must be skipped (already expired, with a
+/// warning, or malformed, with an error).
+fn entry_expiry(
+    file: &Path,
+    source: &str,
+    field: Option<String>,
+    raw: &Option<String>,
+    now: SystemTime,
+    diags: &mut Diagnostics,
+) -> Option<Option<SystemTime>> {
+    let Some(raw) = raw else {
+        return Some(None);
+    };
+    let line = locate(source, raw, 0);
+    match parse_rfc3339(raw) {
+        Ok(at) if at <= now => {
+            diags.warning(
+                file,
+                line,
+                field,
+                format!("expired at {raw}; entry ignored"),
+            );
+            None
+        }
+        Ok(at) => Some(Some(at)),
+        Err(e) => {
+            diags.error(file, line, field, e);
+            None
+        }
+    }
+}
+
+/// Parses an RFC 3339 time with `Z` or a numeric offset (`+02:00`).
+pub fn parse_rfc3339(raw: &str) -> Result<SystemTime, String> {
+    let raw = raw.trim();
+    let bad = || format!("'{raw}' is not an RFC 3339 time (like 2026-12-31T18:00:00Z)");
+    if raw.ends_with(['Z', 'z']) {
+        return humantime::parse_rfc3339_weak(&raw[..raw.len() - 1]).map_err(|_| bad());
+    }
+    let split = raw.len().checked_sub(6).ok_or_else(bad)?;
+    let (local, offset) = raw.split_at_checked(split).ok_or_else(bad)?;
+    let (sign, hhmm) = offset.split_at(1);
+    let (hours, minutes) = hhmm.split_once(':').ok_or_else(bad)?;
+    let (hours, minutes): (u64, u64) = (
+        hours.parse().map_err(|_| bad())?,
+        minutes.parse().map_err(|_| bad())?,
+    );
+    let shift = std::time::Duration::from_secs(hours * 3600 + minutes * 60);
+    let local = humantime::parse_rfc3339_weak(local).map_err(|_| bad())?;
+    match sign {
+        "+" => Ok(local - shift),
+        "-" => Ok(local + shift),
+        _ => Err(bad()),
     }
 }
 
@@ -531,37 +697,56 @@ struct RuleBuilder {
 }
 
 impl RuleBuilder {
-    fn name(&mut self, key: String, dynamic: bool, ports: Option<(Protocol, u16)>) {
+    fn name(
+        &mut self,
+        key: String,
+        dynamic: bool,
+        ports: Option<(Protocol, u16)>,
+        expires: Option<SystemTime>,
+    ) {
+        let mut rule_ports = Ports::default();
+        rule_ports.add(ports);
+        self.rule(Rule {
+            pattern: key.into(),
+            dynamic,
+            ports: rule_ports,
+            expires,
+            grant: None,
+        });
+    }
+
+    fn rule(&mut self, new: Rule) {
         let id = self.rules.len() as RuleId;
-        match self.matcher.insert(&key, id) {
-            // Repeated destination: merge its ports; a static entry keeps precedence.
-            Some(existing) => {
-                let rule = &mut self.rules[existing as usize];
-                if !dynamic || rule.dynamic {
-                    rule.ports.add(ports);
-                }
+        let Some(existing) = self.matcher.insert(&new.pattern, id) else {
+            self.rules.push(new);
+            return;
+        };
+        // Repeated destination: merge ports; a static entry keeps precedence,
+        // and the entry lives as long as its longest-lived source.
+        let rule = &mut self.rules[existing as usize];
+        if !new.dynamic || rule.dynamic {
+            rule.ports.any |= new.ports.any;
+            for pair in new.ports.listed {
+                rule.ports.add(Some(pair));
             }
-            None => {
-                let mut rule_ports = Ports::default();
-                rule_ports.add(ports);
-                self.rules.push(Rule {
-                    pattern: key.into(),
-                    dynamic,
-                    ports: rule_ports,
-                });
-            }
+        }
+        rule.expires = rule.expires.zip(new.expires).map(|(a, b)| a.max(b));
+        if rule.grant.is_some() {
+            rule.grant = new.grant;
         }
     }
 
-    fn address(&mut self, net: IpNet, ports: Option<(Protocol, u16)>) {
+    fn address(&mut self, net: IpNet, ports: Option<(Protocol, u16)>, expires: Option<SystemTime>) {
         if let Some(existing) = self.addresses.iter_mut().find(|a| a.net == net) {
             existing.ports.add(ports);
+            existing.expires = existing.expires.zip(expires).map(|(a, b)| a.max(b));
         } else {
             let mut rule_ports = Ports::default();
             rule_ports.add(ports);
             self.addresses.push(AddressRule {
                 net,
                 ports: rule_ports,
+                expires,
             });
         }
     }
@@ -660,7 +845,14 @@ fn warn_if_broad(
     key: &str,
     diags: &mut Diagnostics,
 ) {
-    let why = match classify(key) {
+    if let Some(why) = over_broad(key) {
+        diags.warning(file, line, field, format!("over-broad: {why}"));
+    }
+}
+
+/// Why a canonical pattern allows names an attacker can register, if it does.
+pub fn over_broad(key: &str) -> Option<String> {
+    Some(match classify(key) {
         PatternKind::Exact(name) if is_public_suffix(name) => {
             format!("'{key}' is a public suffix, not a host")
         }
@@ -670,9 +862,8 @@ fn warn_if_broad(
         PatternKind::Glob { bucket } if is_public_suffix(bucket) => {
             format!("'{key}' spans names anyone can register (its fixed part is only '{bucket}')")
         }
-        _ => return,
-    };
-    diags.warning(file, line, field, format!("over-broad: {why}"));
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,326 @@
+//! Learning mode, `expires:` entries, and run-time grants over the control socket.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
+const ZONE: &str = "$ORIGIN x.test.\n$TTL 300\n@ IN SOA ns. h. 1 3600 600 86400 5\na IN A 192.0.2.1\nb IN A 192.0.2.2\nc IN A 192.0.2.3\nd.sub IN A 192.0.2.4\n";
+
+fn setup(tag: &str, policy: &str) -> (TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = TempDir::new(tag);
+    let zones = dir.0.join("zones");
+    std::fs::create_dir(&zones).unwrap();
+    std::fs::write(zones.join("x.test.zone"), ZONE).unwrap();
+    let policy = dir.write("p.yaml", policy);
+    (dir, policy, zones)
+}
+
+fn rfc3339_in(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(secs)).to_string()
+}
+
+/// Polls until `name` gets `want`, for up to `within`.
+fn wait_rcode(dns: &Allowdns, name: &str, want: ResponseCode, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = rcode(dns.udp, name, RecordType::A);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: still {got:?}, wanted {want:?}\n{}",
+            dns.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn allowdns(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn learn_mode_resolves_unlisted_names_and_audits_would_deny() {
+    let (dir, policy, zones) = setup(
+        "learn",
+        "agent_name: learner\nmode: learn\nexpected_outbound:\n  - destination: a.x.test\n",
+    );
+    let audit = dir.0.join("audit.jsonl");
+    let dns = Allowdns::serve(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--zones",
+        zones.to_str().unwrap(),
+        "--upstream",
+        "none",
+        "--audit-log",
+        audit.to_str().unwrap(),
+    ]);
+    let listed = query(dns.udp, "a.x.test", RecordType::A);
+    let unlisted = query(dns.udp, "b.x.test", RecordType::A);
+    assert_eq!(answers(&unlisted)[0].2, "192.0.2.2");
+    assert_eq!(listed.metadata.response_code, ResponseCode::NoError);
+    let (status, stderr) = dns.terminate();
+    assert!(status.success());
+    assert!(
+        !stderr.contains("UNEXPECTED DNS LOOKUP"),
+        "learn mode observes, it does not alert:\n{stderr}"
+    );
+    let records = read_audit(&audit);
+    let decision = |name: &str| {
+        records
+            .iter()
+            .find(|r| r["qname"] == name)
+            .map(|r| (r["decision"].clone(), r["rule"].clone()))
+            .unwrap()
+    };
+    assert_eq!(decision("a.x.test").0, "allow");
+    assert_eq!(decision("a.x.test").1, "a.x.test");
+    assert_eq!(decision("b.x.test").0, "would_deny");
+    assert!(decision("b.x.test").1.is_null());
+}
+
+#[test]
+fn expiring_entries_stop_allowing_and_shadowed_wildcards_take_over() {
+    let soon = rfc3339_in(3);
+    let (_dir, policy, zones) = setup(
+        "expires",
+        &format!(
+            "agent_name: temp\nexpected_outbound:\n  - destination: a.x.test\n    expires: \"{soon}\"\n  - destination: d.sub.x.test\n    expires: \"{soon}\"\nallowed_dynamic_resolution:\n  - pattern: \"*.sub.x.test\"\n  - \"c.x.test\"\n  - pattern: b.x.test\n    expires: \"2001-01-01T00:00:00Z\"\n"
+        ),
+    );
+    let (ok, _, stderr) = allowdns(&[
+        "check",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--upstream",
+        "none",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("allowed_dynamic_resolution[2].expires")
+            && stderr.contains("expired at 2001-01-01T00:00:00Z; entry ignored"),
+        "{stderr}"
+    );
+    let dns = Allowdns::serve_offline(&policy, &zones);
+    let first = query(dns.udp, "a.x.test", RecordType::A);
+    assert_eq!(first.metadata.response_code, ResponseCode::NoError);
+    assert!(
+        first.answers[0].ttl <= 3,
+        "no client may cache past the entry's expiry (ttl {})",
+        first.answers[0].ttl
+    );
+    wait_rcode(
+        &dns,
+        "a.x.test",
+        ResponseCode::NXDomain,
+        Duration::from_secs(10),
+    );
+    // The expired exact entry no longer shadows the permanent wildcard.
+    wait_rcode(
+        &dns,
+        "d.sub.x.test",
+        ResponseCode::NoError,
+        Duration::from_secs(2),
+    );
+    assert_eq!(
+        rcode(dns.udp, "b.x.test", RecordType::A),
+        ResponseCode::NXDomain
+    );
+    assert_eq!(
+        rcode(dns.udp, "c.x.test", RecordType::A),
+        ResponseCode::NoError
+    );
+}
+
+#[test]
+fn bad_expires_is_an_error_with_file_line_and_field() {
+    let (_dir, policy, _) = setup(
+        "bad-expires",
+        "agent_name: t\nexpected_outbound:\n  - destination: a.x.test\n    expires: next tuesday\n",
+    );
+    let (ok, _, stderr) = allowdns(&[
+        "check",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--upstream",
+        "none",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("p.yaml:4")
+            && stderr.contains("expected_outbound[0].expires")
+            && stderr.contains("'next tuesday' is not an RFC 3339 time"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn grants_allow_for_a_while_are_audited_and_expire() {
+    let (dir, policy, zones) = setup(
+        "grant",
+        "agent_name: granted\nexpected_outbound:\n  - destination: a.x.test\n",
+    );
+    let audit = dir.0.join("audit.jsonl");
+    let socket = dir.0.join("control.sock");
+    let sock = socket.to_str().unwrap();
+    let dns = Allowdns::serve(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--zones",
+        zones.to_str().unwrap(),
+        "--upstream",
+        "none",
+        "--audit-log",
+        audit.to_str().unwrap(),
+        "--control",
+        sock,
+    ]);
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "control socket must be owner-only");
+    assert_eq!(
+        rcode(dns.udp, "b.x.test", RecordType::A),
+        ResponseCode::NXDomain
+    );
+
+    // Refusals: no reason, unknown agent, an over-broad pattern, too long.
+    for (args, why) in [
+        (
+            vec![
+                "--agent", "granted", "--name", "b.x.test", "--for", "5s", "--reason", " ",
+            ],
+            "needs a --reason",
+        ),
+        (
+            vec![
+                "--agent", "nobody", "--name", "b.x.test", "--for", "5s", "--reason", "r",
+            ],
+            "no policy for agent 'nobody'",
+        ),
+        (
+            vec![
+                "--agent", "granted", "--name", "*.com", "--for", "5s", "--reason", "r",
+            ],
+            "over-broad",
+        ),
+        (
+            vec![
+                "--agent", "granted", "--name", "b.x.test", "--for", "30d", "--reason", "r",
+            ],
+            "--for must be between",
+        ),
+    ] {
+        let mut full = vec!["grant", "--control", sock];
+        full.extend(args);
+        let (ok, _, stderr) = allowdns(&full);
+        assert!(!ok && stderr.contains(why), "{why}: {stderr}");
+    }
+
+    let (ok, stdout, stderr) = allowdns(&[
+        "grant",
+        "--control",
+        sock,
+        "--agent",
+        "granted",
+        "--name",
+        "B.X.TEST",
+        "--for",
+        "3s",
+        "--reason",
+        "INC-42 vendor debugging",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("granted: agent 'granted' may resolve b.x.test until"));
+    let allowed = query(dns.udp, "b.x.test", RecordType::A);
+    assert_eq!(allowed.metadata.response_code, ResponseCode::NoError);
+    assert!(allowed.answers[0].ttl <= 3);
+
+    let (ok, stdout, _) = allowdns(&["status", "--control", sock]);
+    assert!(ok);
+    assert!(
+        stdout.contains("policy granted")
+            && stdout.contains("grant granted -> b.x.test until")
+            && stdout.contains("INC-42 vendor debugging"),
+        "{stdout}"
+    );
+
+    wait_rcode(
+        &dns,
+        "b.x.test",
+        ResponseCode::NXDomain,
+        Duration::from_secs(10),
+    );
+    let (_, stdout, _) = allowdns(&["status", "--control", sock]);
+    assert!(stdout.contains("no active grants"), "{stdout}");
+
+    // Revoking ends a grant at once.
+    let (ok, _, stderr) = allowdns(&[
+        "grant",
+        "--control",
+        sock,
+        "--agent",
+        "granted",
+        "--name",
+        "c.x.test",
+        "--for",
+        "1h",
+        "--reason",
+        "r2",
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        rcode(dns.udp, "c.x.test", RecordType::A),
+        ResponseCode::NoError
+    );
+    let (ok, _, stderr) = allowdns(&[
+        "revoke",
+        "--control",
+        sock,
+        "--agent",
+        "granted",
+        "--name",
+        "c.x.test",
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        rcode(dns.udp, "c.x.test", RecordType::A),
+        ResponseCode::NXDomain
+    );
+
+    let (status, _) = dns.terminate();
+    assert!(status.success());
+    assert!(!socket.exists(), "the socket is removed on shutdown");
+    let events: Vec<_> = read_audit(&audit)
+        .into_iter()
+        .filter(|r| r.get("event").is_some())
+        .collect();
+    let kinds: Vec<_> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["grant", "grant_expired", "grant", "grant_revoked"],
+        "{events:?}"
+    );
+    assert_eq!(events[0]["reason"], "INC-42 vendor debugging");
+    assert_eq!(events[0]["pattern"], "b.x.test");
+    assert!(events[0]["expires"].is_string() && events[0]["uid"].is_number());
+    let granted_lookup = read_audit(&audit)
+        .into_iter()
+        .find(|r| r["qname"] == "b.x.test" && r["decision"] == "allow")
+        .unwrap();
+    assert_eq!(granted_lookup["rule"], "b.x.test");
+}
