@@ -593,3 +593,75 @@ fn policy_addresses_leave_the_set_when_the_policy_stops_listing_them() {
     );
     drop(dns);
 }
+
+#[test]
+fn grants_and_expiring_ranges_age_out_of_the_fence() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    start_services(&lab, &[443]);
+    let zone = lab.dir.write(
+        "fw.test.zone",
+        "$ORIGIN fw.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\nvendor IN A 10.200.3.60\n",
+    );
+    let upstream = Upstream::start("127.0.0.15", 0, &[zone]);
+    let soon =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3));
+    let policy = lab.fence(&format!(
+        "agent_name: excepted\nexpected_outbound:\n  - destination: 10.200.8.0/24\n    expires: \"{soon}\"\nfirewall:\n  netns: NETNS\n  grace: 1\n"
+    ));
+    let socket = lab.dir.0.join("control.sock");
+    let up = upstream.addr.to_string();
+    let dns = Allowdns::serve(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--upstream",
+        &up,
+        "--control",
+        socket.to_str().unwrap(),
+    ]);
+    let granted = Command::new(bin())
+        .args([
+            "grant",
+            "--control",
+            socket.to_str().unwrap(),
+            "--agent",
+            "excepted",
+        ])
+        .args([
+            "--name",
+            "vendor.fw.test",
+            "--for",
+            "3s",
+            "--reason",
+            "test",
+        ])
+        .output()
+        .unwrap();
+    assert!(granted.status.success(), "{granted:?}");
+    let m = query(dns.udp, "vendor.fw.test", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(
+        connect(&lab, "10.200.3.60:443").is_some(),
+        "granted name blocked"
+    );
+    assert!(
+        connect(&lab, "10.200.8.9:443").is_some(),
+        "range blocked before expiry"
+    );
+    // Both end at 3 s; the element has 1 s of grace even though the record's TTL is 60 s.
+    std::thread::sleep(Duration::from_millis(5000));
+    assert!(
+        connect(&lab, "10.200.3.60:443").is_none(),
+        "the granted address outlived its grant"
+    );
+    assert!(
+        connect(&lab, "10.200.8.9:443").is_none(),
+        "the expired range is still in the set"
+    );
+    assert_eq!(
+        rcode(dns.udp, "vendor.fw.test", RecordType::A),
+        ResponseCode::NXDomain
+    );
+}

@@ -24,7 +24,7 @@ use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hickory_proto::rr::rdata::svcb::SvcParamValue;
 use hickory_proto::rr::{RData, Record};
@@ -307,15 +307,25 @@ impl Firewall {
             RData::AAAA(_) => config.passes_v6(),
             _ => true,
         });
+        // An element allowed by an expiring rule (a grant, `expires:`) lives
+        // no longer than the rule, plus grace.
+        let rule_left = rule.expires.map(|at| {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            u32::try_from(left.as_secs()).unwrap_or(u32::MAX)
+        });
         let mut wanted: Vec<(SetId, Vec<u8>, u32)> = Vec::new();
         for record in answers.iter_mut() {
             record.ttl = record.ttl.min(config.max_ttl);
+            let lifetime = record
+                .ttl
+                .clamp(config.min_ttl, config.max_ttl)
+                .min(rule_left.unwrap_or(u32::MAX));
             for ip in addresses(record) {
                 if (ip.is_ipv4() && !config.passes_v4()) || (ip.is_ipv6() && !config.passes_v6()) {
                     continue;
                 }
                 for (set, key) in dynamic_keys(ip, &rule.ports) {
-                    wanted.push((set, key, record.ttl));
+                    wanted.push((set, key, lifetime));
                 }
             }
         }
@@ -445,6 +455,7 @@ impl Target {
     /// expiry is never earlier than the known one.
     fn updates(
         &self,
+        // (set, key, lifetime in seconds, already clamped)
         wanted: &[(SetId, Vec<u8>, u32)],
         now: Instant,
     ) -> Vec<(SetId, Vec<u8>, Instant)> {
@@ -453,7 +464,7 @@ impl Target {
         let expiries = self.expiries.lock().unwrap_or_else(|p| p.into_inner());
         let mut updates: Vec<(SetId, Vec<u8>, Instant)> = Vec::new();
         for (set, key, ttl) in wanted {
-            let ttl = Duration::from_secs(u64::from((*ttl).clamp(config.min_ttl, config.max_ttl)));
+            let ttl = Duration::from_secs(u64::from(*ttl));
             let existing = expiries.known(*set, key, now);
             if existing.is_some_and(|e| e >= now + ttl + grace / 2) {
                 continue;
