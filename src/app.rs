@@ -124,6 +124,14 @@ pub async fn serve(
     // Sockets first: a port conflict should fail before anything else starts.
     let listeners =
         Listeners::bind(&settings.listen).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let metrics = match settings.metrics {
+        Some(addr) => Some(
+            crate::metrics::bind(addr)
+                .await
+                .map_err(|e| Failure::Runtime(e.to_string()))?,
+        ),
+        None => None,
+    };
     let control = match &settings.control_socket {
         Some(path) => Some((
             crate::control::bind(path)
@@ -182,6 +190,12 @@ pub async fn serve(
             shutdown.clone(),
         ))
     });
+    if let Some(listener) = metrics {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!("metrics on http://{addr}/metrics");
+        }
+        tokio::spawn(crate::metrics::serve(listener, shutdown.clone()));
+    }
     let expiring = handler.clone();
     let expiry = tokio::spawn(async move {
         loop {

@@ -40,7 +40,7 @@ pub enum Decision {
 }
 
 impl Decision {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Decision::Allow => "allow",
             Decision::Deny => "deny",
@@ -141,6 +141,9 @@ impl AuditLog {
             buffer.push(record);
         } else {
             self.shared.lost.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::METRICS
+                .audit_lost
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -190,6 +193,9 @@ fn write_pass(
         format_record(&record, line);
         if let Err(e) = out.write_all(line) {
             shared.lost.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::METRICS
+                .audit_lost
+                .fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "audit log write failed");
         }
     }

@@ -25,6 +25,7 @@ use crate::audit::{AuditLog, AuditRecord, Decision as Logged};
 use crate::decide::{Decision, decide, decide_for};
 use crate::firewall::{FeedError, Firewall};
 use crate::grants::{Grant, Grants};
+use crate::metrics::{self, METRICS};
 use crate::policy::{Policy, PolicySet, Rule};
 use crate::resolve::{Resolution, Resolver};
 use crate::upstream::UpstreamError;
@@ -76,20 +77,23 @@ pub struct Outcome {
     pub authoritative: bool,
     pub decision: Logged,
     pub agent: Option<Arc<str>>,
+    /// The agent's metrics slot ([`metrics::NO_AGENT`] without a policy).
+    pub slot: u16,
     pub rule: Option<Arc<str>>,
     pub dynamic: bool,
     pub upstream_ms: Option<f64>,
 }
 
 impl Outcome {
-    pub fn refused(rcode: ResponseCode, agent: Option<Arc<str>>) -> Self {
+    pub fn refused(rcode: ResponseCode, policy: Option<&Policy>) -> Self {
         Outcome {
             rcode,
             answers: Vec::new(),
             authority: Vec::new(),
             authoritative: false,
             decision: Logged::Refused,
-            agent,
+            agent: policy.map(|p| p.agent.clone()),
+            slot: policy.map_or(metrics::NO_AGENT, |p| p.metrics_slot),
             rule: None,
             dynamic: false,
             upstream_ms: None,
@@ -247,7 +251,7 @@ impl Handler {
         let Some(governing) = loaded.policies.for_client(src.ip()) else {
             return Progress::Answered(Outcome::refused(ResponseCode::Refused, None));
         };
-        let agent = Some(governing.agent.clone());
+        let agent = Some(&**governing);
         if request.metadata.op_code != OpCode::Query {
             return Progress::Answered(Outcome::refused(ResponseCode::NotImp, agent));
         }
@@ -278,6 +282,7 @@ impl Handler {
                     authoritative: false,
                     decision: Logged::Deny,
                     agent: Some(policy.agent.clone()),
+                    slot: policy.metrics_slot,
                     rule: None,
                     dynamic: false,
                     upstream_ms: None,
@@ -290,10 +295,7 @@ impl Handler {
         if query.query_class() != DNSClass::IN
             || matches!(qtype, RecordType::AXFR | RecordType::IXFR)
         {
-            return Progress::Answered(Outcome::refused(
-                ResponseCode::Refused,
-                Some(policy.agent.clone()),
-            ));
+            return Progress::Answered(Outcome::refused(ResponseCode::Refused, Some(policy)));
         }
         let outcome = Outcome {
             rcode: ResponseCode::ServFail,
@@ -302,6 +304,7 @@ impl Handler {
             authoritative: false,
             decision,
             agent: Some(policy.agent.clone()),
+            slot: policy.metrics_slot,
             rule: (decision == Logged::Allow).then(|| rule.pattern.clone()),
             dynamic: rule.dynamic,
             upstream_ms: None,
@@ -389,9 +392,17 @@ impl Handler {
         }
     }
 
-    /// Writes the audit record for an answered request, after its reply is encoded.
-    pub fn audit(&self, request: &Request, outcome: Outcome) {
+    /// Counts and writes the audit record for an answered request, after its
+    /// reply is encoded; `started` is when the question arrived.
+    pub fn audit(&self, request: &Request, outcome: Outcome, started: Instant) {
         let query = request.queries.queries().first().map(|q| q.original());
+        METRICS.query(
+            outcome.slot,
+            outcome.decision,
+            query.map(|q| q.query_type()),
+            outcome.rcode,
+            started.elapsed(),
+        );
         self.audit.record(AuditRecord {
             ts: SystemTime::now(),
             client: request.src(),
@@ -412,12 +423,21 @@ impl Handler {
     }
 
     /// A request that could not be parsed: FORMERR from its header, audited.
-    pub fn malformed(&self, raw: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
+    pub fn malformed(&self, raw: &[u8], src: SocketAddr, started: Instant) -> Option<Vec<u8>> {
         let header = raw.get(..12)?;
         if header[2] & 0x80 != 0 {
             return None; // a response: never answer those (reflection)
         }
-        let agent = self.snapshot().policies.for_client(src.ip())?.agent.clone();
+        let loaded = self.snapshot();
+        let policy = loaded.policies.for_client(src.ip())?;
+        let agent = policy.agent.clone();
+        METRICS.query(
+            policy.metrics_slot,
+            Logged::Refused,
+            None,
+            ResponseCode::FormErr,
+            started.elapsed(),
+        );
         self.audit.record(AuditRecord {
             ts: SystemTime::now(),
             client: src,
@@ -469,6 +489,7 @@ impl RequestHandler for Handler {
         request: &Request,
         mut handle: R,
     ) -> ResponseInfo {
+        let started = Instant::now();
         let outcome = match self.begin(request) {
             Progress::Answered(outcome) => outcome,
             Progress::NeedsUpstream(outcome, loaded) => {
@@ -479,7 +500,7 @@ impl RequestHandler for Handler {
         let sent = handle
             .send_response(build(request, edns.as_ref(), &outcome))
             .await;
-        self.audit(request, outcome);
+        self.audit(request, outcome, started);
         match sent {
             Ok(info) => info,
             Err(error) => {

@@ -32,6 +32,7 @@ pub mod diagnostics;
 pub mod firewall;
 pub mod grants;
 pub mod handler;
+pub mod metrics;
 pub mod notify;
 pub mod policy;
 pub mod reload;

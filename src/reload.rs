@@ -72,10 +72,16 @@ pub async fn reload(sources: &Sources, running: &Settings, handler: &Handler) {
     for change in &changes {
         tracing::info!("reload: {change}");
     }
+    crate::metrics::METRICS
+        .reloads
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(changes = changes.len(), zones, "reloaded");
 }
 
 fn failed(why: &str) {
+    crate::metrics::METRICS
+        .reload_failures
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::error!("[!] RELOAD FAILED, the previous policies stay in force: {why}");
 }
 

@@ -9,12 +9,14 @@
 //! [`Resolver::resolve_now`] answers from memory only (no await), which is how
 //! most queries are served; [`Resolver::resolve`] may ask the upstream.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use crate::cache::Cache;
+use crate::metrics::METRICS;
 use crate::upstream::{Step, Upstream, UpstreamError};
 use crate::zones::Zones;
 
@@ -77,8 +79,15 @@ impl Resolver {
                 None => {
                     let started = Instant::now();
                     let result = self.upstream.query(&chase.target, qtype).await;
-                    let spent = chase.out.upstream_time.unwrap_or_default() + started.elapsed();
+                    let took = started.elapsed();
+                    let spent = chase.out.upstream_time.unwrap_or_default() + took;
                     chase.out.upstream_time = Some(spent);
+                    METRICS.cache_misses.fetch_add(1, Relaxed);
+                    METRICS.upstream_queries.fetch_add(1, Relaxed);
+                    METRICS.upstream_latency.observe(took);
+                    if result.is_err() {
+                        METRICS.upstream_errors.fetch_add(1, Relaxed);
+                    }
                     let step = result?;
                     self.cache.insert(&chase.target, qtype, &step);
                     (step, Source::Upstream)
@@ -97,9 +106,9 @@ impl Resolver {
         if let Some(step) = zones.lookup(target, chase.qtype) {
             return Some((step, Source::Local));
         }
-        self.cache
-            .get(target, chase.qtype)
-            .map(|step| (step, Source::Cache))
+        let hit = self.cache.get(target, chase.qtype)?;
+        METRICS.cache_hits.fetch_add(1, Relaxed);
+        Some((hit, Source::Cache))
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_server::Server;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -199,8 +199,11 @@ impl UdpContext {
             }
             // A bug must cost one answer, not a serving thread.
             let raw = &buf[..len];
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.answer(raw, src)))
-                .is_err()
+            let started = Instant::now();
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.answer(raw, src, started)
+            }))
+            .is_err()
             {
                 tracing::error!(%src, "internal error while answering; sent SERVFAIL");
                 if let Some(reply) = header_only_reply(raw, ResponseCode::ServFail) {
@@ -211,7 +214,7 @@ impl UdpContext {
         Ok(())
     }
 
-    fn answer(&self, raw: &[u8], src: SocketAddr) {
+    fn answer(&self, raw: &[u8], src: SocketAddr, started: Instant) {
         let request = match Request::from_bytes(
             raw.to_vec(),
             src,
@@ -219,7 +222,7 @@ impl UdpContext {
         ) {
             Ok(request) => request,
             Err(_) => {
-                if let Some(reply) = self.handler.malformed(raw, src) {
+                if let Some(reply) = self.handler.malformed(raw, src, started) {
                     send(&self.socket, &reply, src);
                 }
                 return;
@@ -229,26 +232,26 @@ impl UdpContext {
             return; // never answer responses (reflection)
         }
         let (outcome, loaded) = match self.handler.begin(&request) {
-            Progress::Answered(outcome) => return self.reply(&request, outcome),
+            Progress::Answered(outcome) => return self.reply(&request, outcome, started),
             Progress::NeedsUpstream(outcome, loaded) => (outcome, loaded),
         };
         let Ok(permit) = self.pending.clone().try_acquire_owned() else {
             tracing::warn!(%src, "too many upstream queries in flight; answering SERVFAIL");
-            return self.reply(&request, outcome);
+            return self.reply(&request, outcome, started);
         };
         let (socket, handler) = (self.socket.clone(), self.handler.clone());
         self.runtime.spawn(async move {
             let outcome = handler.finish(&request, outcome, &loaded).await;
             let reply = encode_udp(&request, &outcome);
-            handler.audit(&request, outcome);
+            handler.audit(&request, outcome, started);
             send(&socket, &reply, src);
             drop(permit);
         });
     }
 
-    fn reply(&self, request: &Request, outcome: Outcome) {
+    fn reply(&self, request: &Request, outcome: Outcome, started: Instant) {
         let reply = encode_udp(request, &outcome);
-        self.handler.audit(request, outcome);
+        self.handler.audit(request, outcome, started);
         send(&self.socket, &reply, request.src());
     }
 }

@@ -23,6 +23,7 @@ use std::fs::File;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -431,9 +432,14 @@ impl Target {
             })
             .collect();
         let applied = netlink.apply(&ops);
+        let metrics = &crate::metrics::METRICS;
+        metrics.nft_updates.fetch_add(1, Relaxed);
         let mut expiries = self.expiries.lock().unwrap_or_else(|p| p.into_inner());
         match &applied {
             Ok(()) => {
+                metrics
+                    .nft_elements
+                    .fetch_add(updates.len() as u64, Relaxed);
                 expiries.prune(now);
                 for (set, key, expiry) in updates {
                     let slot = expiries.map.entry((set, key)).or_insert(expiry);
@@ -442,6 +448,7 @@ impl Target {
             }
             // The kernel's state is unknown: forget, so the next answer updates again.
             Err(_) => {
+                metrics.nft_failures.fetch_add(1, Relaxed);
                 for (set, key, _) in &updates {
                     expiries.map.remove(&(*set, key.clone()));
                 }

@@ -109,6 +109,8 @@ pub struct Policy {
     pub firewall: Option<FirewallConfig>,
     /// `mode: learn`: the catch-all rule unlisted names resolve under.
     pub learn: Option<Rule>,
+    /// Index of the agent's series in [`crate::metrics`].
+    pub metrics_slot: u16,
     matcher: Matcher,
 }
 
@@ -147,6 +149,7 @@ impl Policy {
                 .collect(),
             firewall: self.firewall.clone(),
             learn: self.learn.clone(),
+            metrics_slot: self.metrics_slot,
             matcher: builder.matcher,
         }
     }
@@ -519,6 +522,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
 
     let firewall = firewall.map(|f| compile_firewall(file, source, f, diags));
     Policy {
+        metrics_slot: crate::metrics::METRICS.slot_for(agent_name.trim()),
         agent: agent_name.trim().into(),
         source: file.to_path_buf(),
         clients: client_nets,

@@ -1,0 +1,409 @@
+//! Prometheus metrics: process-wide counters, and the `/metrics` endpoint.
+//!
+//! Counting is a relaxed atomic add into fixed arrays; no lock, map lookup
+//! or allocation per query. Agents get a slot when their policy is compiled
+//! (`slot_for`), so the hot path indexes by a small integer, and counters
+//! survive reloads because a name keeps its slot.
+
+use std::fmt::Write as _;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::Decision;
+
+/// Agents with their own series; further agents share the last slot.
+pub const MAX_AGENTS: usize = 256;
+/// Slot 0 counts queries from clients no policy governs.
+pub const NO_AGENT: u16 = 0;
+const DECISIONS: [Decision; 4] = [
+    Decision::Allow,
+    Decision::Deny,
+    Decision::WouldDeny,
+    Decision::Refused,
+];
+const QTYPES: [RecordType; 13] = [
+    RecordType::A,
+    RecordType::AAAA,
+    RecordType::HTTPS,
+    RecordType::SVCB,
+    RecordType::CNAME,
+    RecordType::MX,
+    RecordType::TXT,
+    RecordType::SRV,
+    RecordType::PTR,
+    RecordType::NS,
+    RecordType::SOA,
+    RecordType::CAA,
+    RecordType::ANY,
+];
+/// Index of the "other" qtype bucket.
+const OTHER_QTYPE: usize = QTYPES.len();
+/// Upper bounds of the latency buckets, in µs (the last bucket is +Inf).
+const BUCKETS_US: [u64; 15] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000,
+];
+
+const ZERO: AtomicU64 = AtomicU64::new(0);
+
+pub struct Histogram {
+    /// Per-bucket (not cumulative) counts; the last is +Inf.
+    buckets: [AtomicU64; BUCKETS_US.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    const fn new() -> Self {
+        Histogram {
+            buckets: [ZERO; BUCKETS_US.len() + 1],
+            sum_ns: ZERO,
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let us = d.as_micros() as u64;
+        let i = BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(BUCKETS_US.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(d.as_nanos() as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut total = 0;
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            total += bucket.load(Relaxed);
+            let le = BUCKETS_US
+                .get(i)
+                .map_or("+Inf".to_string(), |us| format!("{}", *us as f64 / 1e6));
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {total}");
+        }
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let sum = self.sum_ns.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {total}");
+    }
+}
+
+/// Every counter allowdns exports.
+pub struct Metrics {
+    /// [agent slot][decision][qtype]
+    queries: [[[AtomicU64; QTYPES.len() + 1]; DECISIONS.len()]; MAX_AGENTS],
+    /// By the rcode's 12-bit value (extended rcodes above 15 go to the last).
+    rcodes: [AtomicU64; 24],
+    /// From the question arriving to the reply being encoded.
+    latency: Histogram,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub upstream_queries: AtomicU64,
+    pub upstream_errors: AtomicU64,
+    pub upstream_latency: Histogram,
+    /// Netlink batches sent to nftables, and the elements in them.
+    pub nft_updates: AtomicU64,
+    pub nft_elements: AtomicU64,
+    pub nft_failures: AtomicU64,
+    /// Alert blocks printed for denied lookups.
+    pub alerts: AtomicU64,
+    pub audit_lost: AtomicU64,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+    /// Agent names by slot; written at policy load, read when rendering.
+    agents: Mutex<Vec<Arc<str>>>,
+}
+
+pub static METRICS: Metrics = Metrics::new();
+
+const QTYPE_ROW: [AtomicU64; QTYPES.len() + 1] = [ZERO; QTYPES.len() + 1];
+const DECISION_ROWS: [[AtomicU64; QTYPES.len() + 1]; DECISIONS.len()] =
+    [QTYPE_ROW; DECISIONS.len()];
+
+impl Metrics {
+    const fn new() -> Self {
+        Metrics {
+            queries: [DECISION_ROWS; MAX_AGENTS],
+            rcodes: [ZERO; 24],
+            latency: Histogram::new(),
+            cache_hits: ZERO,
+            cache_misses: ZERO,
+            upstream_queries: ZERO,
+            upstream_errors: ZERO,
+            upstream_latency: Histogram::new(),
+            nft_updates: ZERO,
+            nft_elements: ZERO,
+            nft_failures: ZERO,
+            alerts: ZERO,
+            audit_lost: ZERO,
+            reloads: ZERO,
+            reload_failures: ZERO,
+            agents: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// One answered query.
+    pub fn query(
+        &self,
+        slot: u16,
+        decision: Decision,
+        qtype: Option<RecordType>,
+        rcode: ResponseCode,
+        took: Duration,
+    ) {
+        let d = DECISIONS.iter().position(|&x| x == decision).unwrap_or(3);
+        let q = qtype
+            .and_then(|t| QTYPES.iter().position(|&x| x == t))
+            .unwrap_or(OTHER_QTYPE);
+        let slot = usize::from(slot).min(MAX_AGENTS - 1);
+        self.queries[slot][d][q].fetch_add(1, Relaxed);
+        let r = usize::from(u16::from(rcode)).min(self.rcodes.len() - 1);
+        self.rcodes[r].fetch_add(1, Relaxed);
+        self.latency.observe(took);
+    }
+
+    /// The slot for an agent's series; the same name always gets the same slot.
+    pub fn slot_for(&self, agent: &str) -> u16 {
+        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = agents.iter().position(|a| &**a == agent) {
+            return (i + 1) as u16;
+        }
+        if agents.len() + 1 >= MAX_AGENTS {
+            return (MAX_AGENTS - 1) as u16;
+        }
+        agents.push(agent.into());
+        agents.len() as u16
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        let agents = self
+            .agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let label = |slot: usize| -> String {
+            match slot {
+                0 => "(none)".into(),
+                s if s == MAX_AGENTS - 1 && agents.len() + 1 >= MAX_AGENTS => "(other)".into(),
+                s => agents.get(s - 1).map_or("(unknown)".into(), |a| escape(a)),
+            }
+        };
+        head(
+            &mut out,
+            "allowdns_queries_total",
+            "counter",
+            "Questions answered, by agent, policy decision and query type.",
+        );
+        for (slot, rows) in self.queries.iter().enumerate().take(agents.len() + 1) {
+            for (d, row) in rows.iter().enumerate() {
+                for (q, n) in row.iter().enumerate() {
+                    let n = n.load(Relaxed);
+                    if n == 0 {
+                        continue;
+                    }
+                    let qtype = QTYPES.get(q).map_or("OTHER".to_string(), |t| t.to_string());
+                    let _ = writeln!(
+                        out,
+                        "allowdns_queries_total{{agent=\"{}\",decision=\"{}\",qtype=\"{qtype}\"}} {n}",
+                        label(slot),
+                        DECISIONS[d].as_str(),
+                    );
+                }
+            }
+        }
+        head(
+            &mut out,
+            "allowdns_responses_total",
+            "counter",
+            "Replies sent, by response code.",
+        );
+        for (r, n) in self.rcodes.iter().enumerate() {
+            let n = n.load(Relaxed);
+            if n > 0 {
+                let name = crate::audit::rcode_name(ResponseCode::from(0, r as u8));
+                let _ = writeln!(out, "allowdns_responses_total{{rcode=\"{name}\"}} {n}");
+            }
+        }
+        head(
+            &mut out,
+            "allowdns_query_duration_seconds",
+            "histogram",
+            "Time from a question's arrival to its reply.",
+        );
+        self.latency
+            .render(&mut out, "allowdns_query_duration_seconds", "");
+        let counters: [(&str, &str, &AtomicU64); 11] = [
+            (
+                "allowdns_cache_hits_total",
+                "Allowed questions answered from the cache.",
+                &self.cache_hits,
+            ),
+            (
+                "allowdns_cache_misses_total",
+                "Allowed questions the cache could not answer.",
+                &self.cache_misses,
+            ),
+            (
+                "allowdns_upstream_queries_total",
+                "Questions sent upstream (each CNAME hop counts).",
+                &self.upstream_queries,
+            ),
+            (
+                "allowdns_upstream_errors_total",
+                "Upstream exchanges that failed or timed out.",
+                &self.upstream_errors,
+            ),
+            (
+                "allowdns_nft_updates_total",
+                "Netlink batches sent to nftables sets.",
+                &self.nft_updates,
+            ),
+            (
+                "allowdns_nft_elements_total",
+                "Set elements added or refreshed.",
+                &self.nft_elements,
+            ),
+            (
+                "allowdns_nft_failures_total",
+                "nftables updates that failed (each answered SERVFAIL).",
+                &self.nft_failures,
+            ),
+            (
+                "allowdns_alerts_total",
+                "Alerts raised for denied lookups.",
+                &self.alerts,
+            ),
+            (
+                "allowdns_audit_records_lost_total",
+                "Audit records that could not be written.",
+                &self.audit_lost,
+            ),
+            (
+                "allowdns_reloads_total",
+                "Successful reloads.",
+                &self.reloads,
+            ),
+            (
+                "allowdns_reload_failures_total",
+                "Reloads rejected (the old set stayed in force).",
+                &self.reload_failures,
+            ),
+        ];
+        for (name, help, value) in counters {
+            head(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", value.load(Relaxed));
+        }
+        head(
+            &mut out,
+            "allowdns_upstream_duration_seconds",
+            "histogram",
+            "Upstream exchange time.",
+        );
+        self.upstream_latency
+            .render(&mut out, "allowdns_upstream_duration_seconds", "");
+        out
+    }
+}
+
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Binds the metrics listener (before the resolver reports ready).
+pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("metrics on {addr}: {e}")))
+}
+
+/// Serves `GET /metrics` until `shutdown`. Plain HTTP/1.1, one request per
+/// connection: enough for Prometheus, and no HTTP stack to harden.
+pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
+    loop {
+        let (mut stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(1024);
+            let read = async {
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+                    let n = stream.read(&mut chunk).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                io::Result::Ok(())
+            };
+            if !matches!(
+                tokio::time::timeout(Duration::from_secs(5), read).await,
+                Ok(Ok(()))
+            ) {
+                return;
+            }
+            let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+            let line = String::from_utf8_lossy(line);
+            let mut parts = line.split_whitespace();
+            let (status, body) = match (parts.next(), parts.next()) {
+                (Some("GET"), Some("/metrics")) => ("200 OK", METRICS.render()),
+                (Some("GET"), _) => ("404 Not Found", "try /metrics\n".to_string()),
+                _ => ("405 Method Not Allowed", String::new()),
+            };
+            let reply = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(reply.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::new();
+        h.observe(Duration::from_micros(40));
+        h.observe(Duration::from_micros(700));
+        h.observe(Duration::from_secs(10));
+        let mut out = String::new();
+        h.render(&mut out, "x", "");
+        assert!(out.contains("x_bucket{le=\"0.00005\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.001\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_count 3\n"), "{out}");
+    }
+}
