@@ -24,6 +24,22 @@ pub enum Command {
     Check(Sources),
     /// Print the default-deny nftables ruleset for an agent's namespace.
     NftRuleset(RulesetArgs),
+    /// Suggest a policy from an audit log: every name the agent looked up,
+    /// siblings grouped into wildcards, for a human to review.
+    Suggest(SuggestArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SuggestArgs {
+    /// Audit log (JSON Lines) to learn from.
+    #[arg(long)]
+    pub audit_log: PathBuf,
+    /// The agent to suggest for; needed when the log holds several.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Where to write the policy; `-` or absent means stdout.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -25,6 +25,11 @@ fn main() -> ExitCode {
         Command::Serve(sources) => runtime.block_on(serve(sources)),
         Command::NftRuleset(args) => app::ruleset(&args.sources, args.agent.as_deref(), &args.dns)
             .map(|text| print!("{text}")),
+        Command::Suggest(args) => allowdns::suggest::run(&args).map(|warnings| {
+            for warning in warnings.warnings() {
+                eprintln!("{warning}");
+            }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
