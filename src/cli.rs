@@ -30,6 +30,9 @@ pub enum Command {
     Revoke(RevokeArgs),
     /// List the policies in force, active grants and their expiry.
     Status(StatusArgs),
+    /// Suggest a policy from an audit log: every name the agent looked up,
+    /// siblings grouped into wildcards, for a human to review.
+    Suggest(SuggestArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -74,6 +77,19 @@ pub struct StatusArgs {
     /// Print the raw JSON reply.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SuggestArgs {
+    /// Audit log (JSON Lines) to learn from.
+    #[arg(long)]
+    pub audit_log: PathBuf,
+    /// The agent to suggest for; needed when the log holds several.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Where to write the policy; `-` or absent means stdout.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]

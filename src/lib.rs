@@ -18,7 +18,8 @@
 //!
 //! Around it: `cli` and `config` (settings), `diagnostics` (errors with
 //! file:line), `app` (startup shared by `serve` and `check`), `shutdown`,
-//! `worker` (the polling thread behind audit and alerts).
+//! `worker` (the polling thread behind audit and alerts), `suggest` (an audit
+//! log → a policy to review).
 
 pub mod alert;
 pub mod app;
@@ -39,6 +40,7 @@ pub mod reload;
 pub mod resolve;
 pub mod server;
 pub mod shutdown;
+pub mod suggest;
 pub mod upstream;
 pub mod worker;
 pub mod zones;

@@ -69,6 +69,11 @@ fn main() -> ExitCode {
                 (false, Some(status)) => print!("{}", control::render(&status)),
                 (false, None) => {}
             }),
+        Command::Suggest(args) => allowdns::suggest::run(&args).map(|warnings| {
+            for warning in warnings.warnings() {
+                eprintln!("{warning}");
+            }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

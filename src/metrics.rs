@@ -53,8 +53,6 @@ const BUCKETS_US: [u64; 15] = [
     1_000_000, 2_500_000,
 ];
 
-const ZERO: AtomicU64 = AtomicU64::new(0);
-
 pub struct Histogram {
     /// Per-bucket (not cumulative) counts; the last is +Inf.
     buckets: [AtomicU64; BUCKETS_US.len() + 1],
@@ -64,8 +62,8 @@ pub struct Histogram {
 impl Histogram {
     const fn new() -> Self {
         Histogram {
-            buckets: [ZERO; BUCKETS_US.len() + 1],
-            sum_ns: ZERO,
+            buckets: [const { AtomicU64::new(0) }; BUCKETS_US.len() + 1],
+            sum_ns: AtomicU64::new(0),
         }
     }
 
@@ -128,28 +126,26 @@ pub struct Metrics {
 
 pub static METRICS: Metrics = Metrics::new();
 
-const QTYPE_ROW: [AtomicU64; QTYPES.len() + 1] = [ZERO; QTYPES.len() + 1];
-const DECISION_ROWS: [[AtomicU64; QTYPES.len() + 1]; DECISIONS.len()] =
-    [QTYPE_ROW; DECISIONS.len()];
-
 impl Metrics {
     const fn new() -> Self {
         Metrics {
-            queries: [DECISION_ROWS; MAX_AGENTS],
-            rcodes: [ZERO; 24],
+            queries: [const {
+                [const { [const { AtomicU64::new(0) }; QTYPES.len() + 1] }; DECISIONS.len()]
+            }; MAX_AGENTS],
+            rcodes: [const { AtomicU64::new(0) }; 24],
             latency: Histogram::new(),
-            cache_hits: ZERO,
-            cache_misses: ZERO,
-            upstream_queries: ZERO,
-            upstream_errors: ZERO,
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
+            upstream_queries: AtomicU64::new(0),
+            upstream_errors: AtomicU64::new(0),
             upstream_latency: Histogram::new(),
-            nft_updates: ZERO,
-            nft_elements: ZERO,
-            nft_failures: ZERO,
-            alerts: ZERO,
-            audit_lost: ZERO,
-            reloads: ZERO,
-            reload_failures: ZERO,
+            nft_updates: AtomicU64::new(0),
+            nft_elements: AtomicU64::new(0),
+            nft_failures: AtomicU64::new(0),
+            alerts: AtomicU64::new(0),
+            audit_lost: AtomicU64::new(0),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
             agents: Mutex::new(Vec::new()),
         }
     }

@@ -837,7 +837,7 @@ const PUBLIC_SUFFIXES: &[&str] = &[
     "duckdns.org",
 ];
 
-fn is_public_suffix(name: &str) -> bool {
+pub(crate) fn is_public_suffix(name: &str) -> bool {
     !name.contains('.') || PUBLIC_SUFFIXES.contains(&name)
 }
 

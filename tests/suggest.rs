@@ -1,0 +1,281 @@
+//! `allowdns suggest`: from an audit log to a policy that `check` accepts,
+//! run through the real binary.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
+/// Runs the binary; (exit code, stdout, stderr).
+fn allowdns(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `check` must accept the policy alone, with no warnings at all.
+fn assert_checks_clean(policy: &Path, agent: &str) {
+    let (code, stdout, stderr) = allowdns(&[
+        "check",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--upstream",
+        "none",
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    assert!(stdout.contains(&format!("agent '{agent}'")), "{stdout}");
+}
+
+fn record(ts: &str, client: &str, agent: &str, qname: &str, decision: &str, rcode: &str) -> String {
+    format!(
+        r#"{{"ts":"{ts}","client":"{client}","transport":"udp","agent":"{agent}","qname":"{qname}","qtype":"A","decision":"{decision}","rule":null,"dynamic":false,"rcode":"{rcode}","answers":[],"upstream_ms":1.250}}"#
+    ) + "\n"
+}
+
+fn handcrafted() -> String {
+    let mut log = String::new();
+    for i in 1..=5 {
+        for _ in 0..i {
+            log += &record(
+                &format!("2026-11-22T01:02:0{i}.000000Z"),
+                "10.200.1.2:40000",
+                "travel_agent_v1",
+                &format!("cdn-{i}.images.example.net"),
+                "would_deny",
+                "NOERROR",
+            );
+        }
+    }
+    log += &record(
+        "2026-11-22T01:03:00.000000Z",
+        "[fd00::2]:40000",
+        "travel_agent_v1",
+        "images.example.net",
+        "would_deny",
+        "NXDOMAIN",
+    );
+    log += &record(
+        "2026-11-22T01:04:00.000000Z",
+        "10.200.1.2:40001",
+        "travel_agent_v1",
+        "api.company-internal.com",
+        "allow",
+        "NOERROR",
+    );
+    log += &record(
+        "2026-11-22T01:05:00.000000Z",
+        "10.200.1.2:40002",
+        "travel_agent_v1",
+        "sketchy-mirror.example.com",
+        "deny",
+        "NXDOMAIN",
+    );
+    for (i, name) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+        log += &record(
+            &format!("2026-11-22T01:06:0{i}.000000Z"),
+            "10.200.1.2:40003",
+            "travel_agent_v1",
+            &format!("{name}.github.io"),
+            "would_deny",
+            "NOERROR",
+        );
+    }
+    log += r#"{"ts":"2026-11-22T01:07:00.000000Z","client":"10.200.1.9:53","transport":"udp","agent":null,"qname":null,"qtype":null,"decision":"refused","rule":null,"dynamic":false,"rcode":"FORMERR","answers":[],"upstream_ms":null}"#;
+    log += "\n";
+    log += r#"{"ts":"2026-11-22T01:07:01.000000Z","event":"audit_records_lost","count":2}"#;
+    log + "\n"
+}
+
+#[test]
+fn a_suggested_policy_passes_check_without_warnings() {
+    let dir = TempDir::new("suggest");
+    let log = dir.write("audit.jsonl", &handcrafted());
+    let out = dir.0.join("suggested.yaml");
+    let (code, stdout, stderr) = allowdns(&[
+        "suggest",
+        "--audit-log",
+        log.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(stdout, "", "the policy goes to --output");
+    let policy = std::fs::read_to_string(&out).unwrap();
+    // Whitespace squeezed: the comments' column depends on the longest entry.
+    let flat: Vec<String> = policy
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    for want in [
+        "agent_name: \"travel_agent_v1\"",
+        "- \"10.200.1.2/32\"",
+        "- \"fd00::2/128\"",
+        "# cdn-1, cdn-2, cdn-3, cdn-4, cdn-5",
+        "- destination: \"*.images.example.net\" # 5 names, 15 lookups, first 2026-11-22T01:02:01Z, last 2026-11-22T01:02:05Z",
+        "- destination: \"images.example.net\" # 1 lookup, 2026-11-22T01:03:00Z; NXDOMAIN 1",
+        "- destination: \"sketchy-mirror.example.com\" # 1 lookup, 2026-11-22T01:05:00Z; denied 1",
+        "- destination: \"e.github.io\" # 1 lookup, 2026-11-22T01:06:04Z",
+        "# The log reports 2 records lost: lookups may be missing here.",
+    ] {
+        assert!(
+            flat.iter().any(|l| l == want),
+            "missing {want:?} in\n{policy}"
+        );
+    }
+    assert!(!policy.contains("*.github.io"), "{policy}");
+    assert_checks_clean(&out, "travel_agent_v1");
+}
+
+#[test]
+fn learned_from_the_real_resolver_and_locked_down() {
+    let dir = TempDir::new("suggest-e2e");
+    let log = dir.0.join("audit.jsonl");
+    let dns = Allowdns::serve(&[
+        "--policy",
+        repo("policies").to_str().unwrap(),
+        "--zones",
+        repo("zones").to_str().unwrap(),
+        "--upstream",
+        "none",
+        "--audit-log",
+        log.to_str().unwrap(),
+    ]);
+    for name in [
+        "API.Company-Internal.COM",
+        "flights.company-internal.com",
+        "hotels.company-internal.com",
+        "ns1.company-internal.com",
+        "weather.service.com",
+    ] {
+        assert_eq!(
+            rcode(dns.udp, name, RecordType::A),
+            ResponseCode::NoError,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        rcode(dns.udp, "sketchy-mirror.example.com", RecordType::A),
+        ResponseCode::NXDomain
+    );
+    let (status, stderr) = dns.terminate();
+    assert!(status.success(), "{stderr}");
+
+    let out = dir.0.join("suggested.yaml");
+    let (code, stdout, stderr) = allowdns(&[
+        "suggest",
+        "--audit-log",
+        log.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let policy = std::fs::read_to_string(&out).unwrap();
+    let destinations: Vec<&str> = policy
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- destination: "))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(
+        destinations,
+        [
+            "\"*.company-internal.com\"",
+            "\"sketchy-mirror.example.com\"",
+            "\"weather.service.com\""
+        ],
+        "{policy}"
+    );
+    assert!(policy.contains("  - \"127.0.0.1/32\"\n"), "{policy}");
+    assert_checks_clean(&out, "travel_agent_v1");
+}
+
+#[test]
+fn several_agents_need_agent_and_the_policy_goes_to_stdout() {
+    let dir = TempDir::new("suggest-agents");
+    let mut text = handcrafted();
+    text += &record(
+        "2026-11-22T02:00:00.000000Z",
+        "10.200.2.2:40000",
+        "mail_agent",
+        "smtp.example.org",
+        "would_deny",
+        "NOERROR",
+    );
+    let log = dir.write("audit.jsonl", &text);
+    let log = log.to_str().unwrap();
+
+    let (code, stdout, stderr) = allowdns(&["suggest", "--audit-log", log]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("the log holds lookups by 2 agents: 'mail_agent' (1 lookups), 'travel_agent_v1' (23 lookups); choose one with --agent"),
+        "{stderr}"
+    );
+
+    let (code, stdout, stderr) =
+        allowdns(&["suggest", "--audit-log", log, "--agent", "mail_agent"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("agent_name: \"mail_agent\"")
+            && stdout.contains("\"smtp.example.org\"")
+            && !stdout.contains("images"),
+        "{stdout}"
+    );
+    let out = dir.write("mail.yaml", &stdout);
+    assert_checks_clean(&out, "mail_agent");
+
+    let (code, _, stderr) = allowdns(&["suggest", "--audit-log", log, "--agent", "nobody"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no lookups by agent 'nobody'"), "{stderr}");
+}
+
+#[test]
+fn bad_input_is_reported_with_file_and_line() {
+    let dir = TempDir::new("suggest-bad");
+    let text = handcrafted()
+        + "{\"ts\":\n"
+        + &record("x", "10.0.0.1:1", "a", "b.example", "allow", "NOERROR");
+    let lines = text.lines().count();
+    let log = dir.write("audit.jsonl", &(text + "\n"));
+    let out = dir.0.join("never.yaml");
+    let (code, _, stderr) = allowdns(&[
+        "suggest",
+        "--audit-log",
+        log.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    let file = log.display();
+    assert!(
+        stderr.contains(&format!(
+            "error: {file}:{}: not a JSON audit record",
+            lines - 1
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "error: {file}:{lines}: ts: 'x' is not an RFC 3339 time"
+        )),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "nothing is written on errors");
+
+    let missing = dir.0.join("missing.jsonl");
+    let (code, _, stderr) = allowdns(&["suggest", "--audit-log", missing.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains(&format!(
+            "error: {}: cannot read audit log: No such file",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+}
