@@ -136,11 +136,14 @@ fn a_suggested_policy_passes_check_without_warnings() {
 
 #[test]
 fn learned_from_the_real_resolver_and_locked_down() {
+    // The seeds' observation period: learn mode resolves everything and
+    // audits what it would deny; `suggest` turns that into the lock-down policy.
     let dir = TempDir::new("suggest-e2e");
     let log = dir.0.join("audit.jsonl");
+    let learning = dir.write("learn.yaml", "agent_name: observer\nmode: learn\n");
     let dns = Allowdns::serve(&[
         "--policy",
-        repo("policies").to_str().unwrap(),
+        learning.to_str().unwrap(),
         "--zones",
         repo("zones").to_str().unwrap(),
         "--upstream",
@@ -148,25 +151,29 @@ fn learned_from_the_real_resolver_and_locked_down() {
         "--audit-log",
         log.to_str().unwrap(),
     ]);
-    for name in [
+    let observed = [
         "API.Company-Internal.COM",
         "flights.company-internal.com",
         "hotels.company-internal.com",
         "ns1.company-internal.com",
         "weather.service.com",
-    ] {
+        "sketchy-mirror.example.com",
+    ];
+    for name in observed {
         assert_eq!(
             rcode(dns.udp, name, RecordType::A),
             ResponseCode::NoError,
-            "{name}"
+            "learn mode resolves {name}"
         );
     }
-    assert_eq!(
-        rcode(dns.udp, "sketchy-mirror.example.com", RecordType::A),
-        ResponseCode::NXDomain
-    );
     let (status, stderr) = dns.terminate();
     assert!(status.success(), "{stderr}");
+    assert!(
+        read_audit(&log)
+            .iter()
+            .all(|r| r["decision"] == "would_deny"),
+        "nothing was on the (empty) allowlist"
+    );
 
     let out = dir.0.join("suggested.yaml");
     let (code, stdout, stderr) = allowdns(&[
@@ -193,7 +200,28 @@ fn learned_from_the_real_resolver_and_locked_down() {
         "{policy}"
     );
     assert!(policy.contains("  - \"127.0.0.1/32\"\n"), "{policy}");
-    assert_checks_clean(&out, "travel_agent_v1");
+    assert_checks_clean(&out, "observer");
+
+    // Locked down: what was observed still resolves, nothing else does.
+    let dns = Allowdns::serve(&[
+        "--policy",
+        out.to_str().unwrap(),
+        "--zones",
+        repo("zones").to_str().unwrap(),
+        "--upstream",
+        "none",
+    ]);
+    for name in observed {
+        assert_eq!(
+            rcode(dns.udp, name, RecordType::A),
+            ResponseCode::NoError,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        rcode(dns.udp, "ns1.example.com", RecordType::A),
+        ResponseCode::NXDomain
+    );
 }
 
 #[test]
