@@ -85,6 +85,9 @@ fn failed(why: &str) {
     tracing::error!("[!] RELOAD FAILED, the previous policies stay in force: {why}");
 }
 
+/// Change lines logged per agent and reload; the rest are counted.
+const MAX_CHANGE_LINES: usize = 100;
+
 /// What changed, per agent: policies, name rules and address rules.
 fn changes(old: &PolicySet, new: &PolicySet) -> Vec<String> {
     let describe = |set: &PolicySet| -> Vec<(String, BTreeSet<String>)> {
@@ -109,11 +112,16 @@ fn changes(old: &PolicySet, new: &PolicySet) -> Vec<String> {
                 rules.len()
             )),
             Some((_, before)) => {
-                for added in rules.difference(before) {
-                    out.push(format!("agent {agent}: added {added}"));
+                let added = rules.difference(before).map(|r| ("added", r));
+                let removed = before.difference(rules).map(|r| ("removed", r));
+                let mut all = added.chain(removed);
+                // A regenerated 100k-rule policy must not flood the journal.
+                for (what, rule) in all.by_ref().take(MAX_CHANGE_LINES) {
+                    out.push(format!("agent {agent}: {what} {rule}"));
                 }
-                for removed in before.difference(rules) {
-                    out.push(format!("agent {agent}: removed {removed}"));
+                let more = all.count();
+                if more > 0 {
+                    out.push(format!("agent {agent}: ... and {more} more change(s)"));
                 }
             }
         }

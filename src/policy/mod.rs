@@ -332,11 +332,30 @@ pub fn compile_source(file: &Path, source: &str, diags: &mut Diagnostics) -> Opt
 struct Occurrences<'a>(HashMap<&'a str, usize>);
 
 impl<'a> Occurrences<'a> {
-    fn line(&mut self, source: &str, value: &'a str) -> Option<usize> {
+    /// Where `value` is, found only if a message needs it: locating every
+    /// entry eagerly made loading quadratic in the file size.
+    fn spot<'s>(&mut self, source: &'s str, value: &'a str) -> Spot<'s, 'a> {
         let n = self.0.entry(value).or_default();
-        let line = locate(source, value.trim(), *n);
+        let spot = Spot {
+            source,
+            value,
+            nth: *n,
+        };
         *n += 1;
-        line
+        spot
+    }
+}
+
+/// The `nth` occurrence of `value` in `source`.
+struct Spot<'s, 'a> {
+    source: &'s str,
+    value: &'a str,
+    nth: usize,
+}
+
+impl Spot<'_, '_> {
+    fn line(&self) -> Option<usize> {
+        locate(self.source, self.value.trim(), self.nth)
     }
 }
 
@@ -399,7 +418,12 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
     for (i, c) in clients.iter().enumerate() {
         match parse_net(c) {
             Ok(net) => client_nets.push(net),
-            Err(e) => diags.error(file, seen.line(source, c), Some(format!("clients[{i}]")), e),
+            Err(e) => diags.error(
+                file,
+                seen.spot(source, c).line(),
+                Some(format!("clients[{i}]")),
+                e,
+            ),
         }
     }
 
@@ -412,7 +436,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
             purpose: _,
             expires,
         } = entry;
-        let line = seen.line(source, destination);
+        let line = seen.spot(source, destination);
         let field = |f: &str| Some(format!("expected_outbound[{i}].{f}"));
         let Some(expires) = entry_expiry(file, source, field("expires"), expires, now, diags)
         else {
@@ -426,7 +450,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
                 _ => {
                     diags.error(
                         file,
-                        line,
+                        line.line(),
                         field("protocol"),
                         format!("unknown protocol '{proto}' (expected TCP or UDP)"),
                     );
@@ -436,7 +460,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
             (Some(port), None) => {
                 diags.error(
                     file,
-                    line,
+                    line.line(),
                     field("protocol"),
                     format!("port {port} needs a protocol (TCP or UDP)"),
                 );
@@ -445,7 +469,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
             (None, Some(proto)) => {
                 diags.error(
                     file,
-                    line,
+                    line.line(),
                     field("port"),
                     format!("protocol '{proto}' needs a port"),
                 );
@@ -453,15 +477,15 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
             }
         };
         if *port == Some(0) {
-            diags.error(file, line, field("port"), "port 0 is not a port");
+            diags.error(file, line.line(), field("port"), "port 0 is not a port");
         }
         match classify_destination(destination) {
             Ok(Destination::Address(net)) => builder.address(net, ports, expires),
             Ok(Destination::Name(key)) => {
-                warn_if_broad(file, line, field("destination"), &key, diags);
+                warn_if_broad(file, &line, field("destination"), &key, diags);
                 builder.name(key, false, ports, expires);
             }
-            Err(e) => diags.error(file, line, field("destination"), e),
+            Err(e) => diags.error(file, line.line(), field("destination"), e),
         }
     }
     for (i, entry) in allowed_dynamic_resolution.iter().enumerate() {
@@ -469,7 +493,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
             file::DynamicV1::Pattern(pattern) => (pattern, &None),
             file::DynamicV1::Entry(file::DynamicEntryV1 { pattern, expires }) => (pattern, expires),
         };
-        let line = seen.line(source, pattern);
+        let line = seen.spot(source, pattern);
         let field = Some(format!("allowed_dynamic_resolution[{i}]"));
         let expires_field = Some(format!("allowed_dynamic_resolution[{i}].expires"));
         let Some(expires) = entry_expiry(file, source, expires_field, expires, now, diags) else {
@@ -477,16 +501,16 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
         };
         match classify_destination(pattern) {
             Ok(Destination::Name(key)) => {
-                warn_if_broad(file, line, field.clone(), &key, diags);
+                warn_if_broad(file, &line, field.clone(), &key, diags);
                 builder.name(key, true, None, expires);
             }
             Ok(Destination::Address(_)) => diags.error(
                 file,
-                line,
+                line.line(),
                 field,
                 format!("'{pattern}' is an address; list addresses under expected_outbound"),
             ),
-            Err(e) => diags.error(file, line, field, e),
+            Err(e) => diags.error(file, line.line(), field, e),
         }
     }
     // nftables interval sets refuse overlapping ranges: catch them here, with lines.
@@ -548,12 +572,12 @@ fn entry_expiry(
     let Some(raw) = raw else {
         return Some(None);
     };
-    let line = locate(source, raw, 0);
+    let line = || locate(source, raw, 0);
     match parse_rfc3339(raw) {
         Ok(at) if at <= now => {
             diags.warning(
                 file,
-                line,
+                line(),
                 field,
                 format!("expired at {raw}; entry ignored"),
             );
@@ -561,7 +585,7 @@ fn entry_expiry(
         }
         Ok(at) => Some(Some(at)),
         Err(e) => {
-            diags.error(file, line, field, e);
+            diags.error(file, line(), field, e);
             None
         }
     }
@@ -844,13 +868,13 @@ pub(crate) fn is_public_suffix(name: &str) -> bool {
 /// `check` warns about patterns that allow names an attacker can register.
 fn warn_if_broad(
     file: &Path,
-    line: Option<usize>,
+    line: &Spot,
     field: Option<String>,
     key: &str,
     diags: &mut Diagnostics,
 ) {
     if let Some(why) = over_broad(key) {
-        diags.warning(file, line, field, format!("over-broad: {why}"));
+        diags.warning(file, line.line(), field, format!("over-broad: {why}"));
     }
 }
 
