@@ -9,21 +9,30 @@
 //! wakes the printing thread, so a flood costs no thread wake-ups. Memory is
 //! bounded: at most `MAX_CLIENTS` windows; denials from further clients fold
 //! into one "other clients" counter.
+//!
+//! With `alerts.notify` configured, the same lock also feeds the per-agent
+//! threshold tracker ([`crate::delivery::threshold`]); the printing thread
+//! hands what it raises to [`Delivery`], whose sinks send off this thread.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use hickory_proto::rr::{Name, RecordType};
 
 use crate::audit::display_name;
+use crate::delivery::threshold::{Lookup, Raised, Thresholds};
+use crate::delivery::{Delivery, DeliveryStats, NotifySettings};
 use crate::worker::Worker;
 
 const MAX_CLIENTS: usize = 4096;
 /// Full alerts waiting to be printed; more than this in one tick are counted.
 const MAX_PENDING: usize = 1024;
+/// How long close waits for notifications still queued: shutdown must not hang.
+const FLUSH_GRACE: Duration = Duration::from_secs(2);
 
 /// One denied lookup, as the handler reports it.
 #[derive(Debug)]
@@ -49,6 +58,8 @@ struct State {
     /// Denials that found no window slot or pending slot, since `other_since`.
     other: u64,
     other_since: Option<Instant>,
+    /// Per-agent notification thresholds, when `alerts.notify` is set.
+    thresholds: Option<Thresholds>,
 }
 
 struct Shared {
@@ -56,71 +67,175 @@ struct Shared {
     window: Duration,
 }
 
+/// Alerts raised, for the log and a metrics endpoint.
+#[derive(Debug, Default)]
+pub struct AlertStats {
+    /// Full "UNEXPECTED DNS LOOKUP" blocks printed on stderr.
+    pub stderr_alerts: AtomicU64,
+    /// Threshold notifications raised (crossings and follow-ups), whatever
+    /// their delivery; per-sink outcomes are in [`DeliveryStats`].
+    pub notifications: AtomicU64,
+}
+
 /// The handlers' side; cheap to clone, never blocks on I/O.
 #[derive(Clone)]
 pub struct Alerts {
     shared: Arc<Shared>,
     printer: Arc<Worker>,
+    /// The notification sinks, when `alerts.notify` is set.
+    delivery: Option<Arc<Delivery>>,
+    /// Shared with the printing thread, which does the counting.
+    stats: Arc<AlertStats>,
 }
 
 impl Alerts {
     /// Starts the printing thread, writing to `out` (stderr in production).
-    pub fn start(window: Duration, mut out: Box<dyn Write + Send>) -> Alerts {
+    pub fn start(window: Duration, out: Box<dyn Write + Send>) -> Alerts {
+        Self::start_with(window, None, out)
+    }
+
+    /// Like [`Alerts::start`], plus threshold notifications to the
+    /// configured sinks, each on its own thread.
+    pub fn start_with(
+        window: Duration,
+        notify: Option<NotifySettings>,
+        mut out: Box<dyn Write + Send>,
+    ) -> Alerts {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                thresholds: notify.as_ref().map(|n| Thresholds::new(n.threshold)),
+                ..State::default()
+            }),
             window,
         });
-        let printer_shared = shared.clone();
+        let delivery = notify.as_ref().map(|n| Arc::new(Delivery::start(n)));
+        let stats = Arc::new(AlertStats::default());
+        let (printer_shared, printer_delivery, printer_stats) =
+            (shared.clone(), delivery.clone(), stats.clone());
         let tick = Duration::from_millis(500).min(window);
         let printer = Worker::start("alerts", tick, move |closing| {
-            let text = collect(&printer_shared, closing);
+            let (text, raised) = collect(&printer_shared, &printer_stats, closing);
             if !text.is_empty() {
                 let _ = out.write_all(text.as_bytes());
                 let _ = out.flush();
+            }
+            if let Some(delivery) = &printer_delivery {
+                for r in raised {
+                    delivery.submit(r);
+                }
             }
         });
         Alerts {
             shared,
             printer: Arc::new(printer),
+            delivery,
+            stats,
         }
     }
 
     pub fn denied(&self, event: Denied) {
+        let now = Instant::now();
         let ip = event.client.ip();
-        let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(w) = state.clients.get_mut(&ip) {
+        let mut guard = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = &mut *guard;
+        let print = if let Some(w) = state.clients.get_mut(&ip) {
             w.suppressed += 1;
-            return;
-        }
-        if state.clients.len() >= MAX_CLIENTS || state.pending.len() >= MAX_PENDING {
+            false
+        } else if state.clients.len() >= MAX_CLIENTS || state.pending.len() >= MAX_PENDING {
             state.other += 1;
-            state.other_since.get_or_insert_with(Instant::now);
-            return;
+            state.other_since.get_or_insert(now);
+            false
+        } else {
+            state.clients.insert(
+                ip,
+                Window {
+                    opened: now,
+                    agent: event.agent.clone(),
+                    suppressed: 0,
+                },
+            );
+            true
+        };
+        let mut wake = print;
+        // The name is moved into the tracker, and copied only when the
+        // printer needs it too (the first denial of a client's window).
+        match (&mut state.thresholds, print) {
+            (Some(thresholds), false) => {
+                let Denied {
+                    ts,
+                    agent,
+                    qname,
+                    qtype,
+                    ..
+                } = event;
+                let lookup = Lookup {
+                    ts,
+                    client: ip,
+                    qname,
+                    qtype,
+                };
+                wake |= thresholds.record(now, &agent, lookup);
+            }
+            (Some(thresholds), true) => {
+                let lookup = Lookup {
+                    ts: event.ts,
+                    client: ip,
+                    qname: event.qname.clone(),
+                    qtype: event.qtype,
+                };
+                wake |= thresholds.record(now, &event.agent, lookup);
+                state.pending.push(event);
+            }
+            (None, true) => state.pending.push(event),
+            (None, false) => {}
         }
-        state.clients.insert(
-            ip,
-            Window {
-                opened: Instant::now(),
-                agent: event.agent.clone(),
-                suppressed: 0,
-            },
-        );
-        state.pending.push(event);
-        drop(state);
-        self.printer.poke();
+        drop(guard);
+        if wake {
+            self.printer.poke();
+        }
     }
 
-    /// Prints what is pending and every open summary, then stops the thread.
+    /// Alerts raised so far.
+    pub fn stats(&self) -> &Arc<AlertStats> {
+        &self.stats
+    }
+
+    /// Delivery counters per sink kind (`webhook`, `syslog`); empty without
+    /// `alerts.notify`.
+    pub fn delivery_stats(&self) -> Vec<(&'static str, Arc<DeliveryStats>)> {
+        self.delivery
+            .as_ref()
+            .map(|d| d.stats())
+            .unwrap_or_default()
+    }
+
+    /// Prints what is pending and every open summary, then stops the thread;
+    /// then gives queued notifications up to 2 s to go out.
     pub fn close(&self) {
         self.printer.close();
+        if let Some(delivery) = &self.delivery {
+            delivery.close(FLUSH_GRACE);
+        }
     }
 }
 
-/// Takes pending alerts and closes windows that are over (all when `all`).
-fn collect(shared: &Shared, all: bool) -> String {
+/// Takes pending alerts and closes windows that are over (all when `all`);
+/// also takes the notifications that are due.
+fn collect(shared: &Shared, stats: &AlertStats, all: bool) -> (String, Vec<Raised>) {
     let now = Instant::now();
     let window = shared.window;
     let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    let raised = state
+        .thresholds
+        .as_mut()
+        .map(|t| t.take_due(now))
+        .unwrap_or_default();
+    stats
+        .notifications
+        .fetch_add(raised.len() as u64, Ordering::Relaxed);
+    stats
+        .stderr_alerts
+        .fetch_add(state.pending.len() as u64, Ordering::Relaxed);
     let mut text = String::new();
     for e in state.pending.drain(..) {
         text.push_str(&format!(
@@ -155,7 +270,7 @@ fn collect(shared: &Shared, all: bool) -> String {
         state.other = 0;
         state.other_since = None;
     }
-    text
+    (text, raised)
 }
 
 /// 4812 -> "4,812".
@@ -221,6 +336,48 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_crossing_goes_to_the_sinks_and_is_counted() {
+        use crate::delivery::syslog::{Format, SyslogSettings, Target};
+        use crate::delivery::threshold::Threshold;
+        use crate::delivery::{NotifySettings, RetryPolicy};
+        let collector = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        collector
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let notify = NotifySettings {
+            threshold: Threshold {
+                count: 2,
+                window: Duration::from_secs(300),
+            },
+            webhook: None,
+            syslog: Some(SyslogSettings {
+                target: Target::Udp(collector.local_addr().unwrap()),
+                facility: 4,
+                format: Format::Rfc5424,
+            }),
+            retry: RetryPolicy::default(),
+        };
+        let buf = Buf::default();
+        let alerts =
+            Alerts::start_with(Duration::from_secs(60), Some(notify), Box::new(buf.clone()));
+        for i in 0..3 {
+            alerts.denied(denied("10.200.1.2:53422", i));
+        }
+        let mut datagram = [0u8; 8192];
+        let n = collector.recv(&mut datagram).unwrap();
+        let text = String::from_utf8_lossy(&datagram[..n]);
+        assert!(text.contains("\"count\":3"), "{text}");
+        assert!(text.contains("\"qname\":\"x2.tunnel.example\""), "{text}");
+        alerts.close();
+        assert_eq!(alerts.stats().notifications.load(Ordering::Relaxed), 1);
+        assert_eq!(alerts.stats().stderr_alerts.load(Ordering::Relaxed), 1);
+        let sinks = alerts.delivery_stats();
+        assert_eq!(sinks.len(), 1);
+        assert_eq!(sinks[0].0, "syslog");
+        assert_eq!(sinks[0].1.sent.load(Ordering::Relaxed), 1);
     }
 
     #[test]

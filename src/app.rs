@@ -143,7 +143,12 @@ pub async fn serve(
     let sink = Sink::open(settings.audit_log.as_deref())
         .map_err(|e| Failure::Runtime(format!("cannot open audit log {e}")))?;
     let audit = AuditLog::start(sink);
-    let alerts = Alerts::start(settings.alert_window, Box::new(std::io::stderr()));
+    let alerts = Alerts::start_with(
+        settings.alert_window,
+        settings.notify.clone(),
+        Box::new(std::io::stderr()),
+    );
+    crate::metrics::METRICS.watch_alerts(alerts.stats().clone(), alerts.delivery_stats());
 
     for policy in &loaded.policies.policies {
         tracing::info!(

@@ -9,6 +9,10 @@ use serde::Deserialize;
 
 use crate::cache::CacheLimits;
 use crate::cli::Sources;
+use crate::delivery::syslog::{self, SyslogSettings};
+use crate::delivery::threshold::{MAX_COUNT, Threshold};
+use crate::delivery::webhook::HttpUrl;
+use crate::delivery::{NotifySettings, RetryPolicy, WebhookSettings};
 use crate::diagnostics::{Diagnostics, locate, yaml_error};
 
 /// The config file as written.
@@ -81,6 +85,76 @@ pub struct AlertsFile {
     /// Seconds over which repeated denials from one client are summarized.
     #[serde(default)]
     pub window_secs: Option<u64>,
+    /// Threshold notifications to a webhook and/or syslog; absent: stderr only.
+    #[serde(default)]
+    pub notify: Option<NotifyFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyFile {
+    /// When to notify; default: more than 2 denials from one agent in 300 s.
+    #[serde(default)]
+    pub threshold: Option<ThresholdFile>,
+    /// HTTP POST of JSON, for Wazuh, Slack or Telegram relays.
+    #[serde(default)]
+    pub webhook: Option<WebhookFile>,
+    /// The local syslog daemon or a UDP collector.
+    #[serde(default)]
+    pub syslog: Option<SyslogFile>,
+    /// How failed sends are retried; defaults suit most sinks.
+    #[serde(default)]
+    pub retry: Option<RetryFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdFile {
+    /// Notify when MORE than this many denials from one agent fall in the window.
+    #[serde(default)]
+    pub count: Option<u32>,
+    /// The sliding window, and the quiet time after a notification.
+    #[serde(default)]
+    pub window_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookFile {
+    /// `http://HOST[:PORT]/PATH`; required.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Budget for one attempt: connect, send, status line.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogFile {
+    /// Unix datagram socket of the local syslog daemon; default /dev/log.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// `IP:PORT` of a UDP collector (port 514 if left out), instead of `socket`.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// syslog.conf facility name; default `auth`.
+    #[serde(default)]
+    pub facility: Option<String>,
+    /// `rfc3164` (default for `socket`) or `rfc5424` (default for `address`).
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryFile {
+    /// Failures in a row after which a sink gives up on what it holds.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Cap on the doubling delay between attempts (1 s, 2 s, 4 s, ...).
+    #[serde(default)]
+    pub max_backoff_secs: Option<u64>,
 }
 
 /// How allowed names are resolved.
@@ -113,6 +187,8 @@ pub struct Settings {
     pub control_socket: Option<PathBuf>,
     /// Where Prometheus scrapes `/metrics`.
     pub metrics: Option<SocketAddr>,
+    /// Threshold notifications; `None` when `alerts.notify` is absent.
+    pub notify: Option<NotifySettings>,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:53";
@@ -188,7 +264,10 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
         min_ttl,
         max_ttl,
     } = cache;
-    let AlertsFile { window_secs } = alerts;
+    let AlertsFile {
+        window_secs,
+        notify,
+    } = alerts;
 
     let mut addr_list = |values: &[String], field: &str, from_file: bool| -> Vec<SocketAddr> {
         values
@@ -333,6 +412,13 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
             .ok(),
         (None, None) => None,
     };
+    let notify = notify.and_then(|n| {
+        let at = Located {
+            file: &config_path,
+            source: &source_text,
+        };
+        notify_settings(n, &at, &here, diags)
+    });
 
     if diags.has_errors() {
         return None;
@@ -355,7 +441,277 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
             .clone()
             .or_else(|| control_socket.as_deref().map(here)),
         metrics,
+        notify,
     })
+}
+
+/// The config file and its text, to report errors at file:line.
+struct Located<'a> {
+    file: &'a Path,
+    source: &'a str,
+}
+
+impl Located<'_> {
+    /// The line of the last step of `path`, each step searched from the
+    /// line of the one before, starting at `notify:`. serde_yaml keeps no
+    /// spans, and a key such as `window_secs` also appears under `alerts:`.
+    fn line(&self, path: &[&str]) -> Option<usize> {
+        let mut line = locate(self.source, "notify", 0)?;
+        for needle in path {
+            line = (0..)
+                .map(|nth| locate(self.source, needle, nth))
+                .find(|found| found.is_none_or(|l| l >= line))??;
+        }
+        Some(line)
+    }
+
+    /// An error on `field`, at the line `path` leads to.
+    fn error(
+        &self,
+        diags: &mut Diagnostics,
+        path: &[&str],
+        field: &str,
+        message: impl Into<String>,
+    ) {
+        diags.error(self.file, self.line(path), Some(field.into()), message);
+    }
+
+    fn warning(
+        &self,
+        diags: &mut Diagnostics,
+        path: &[&str],
+        field: &str,
+        message: impl Into<String>,
+    ) {
+        diags.warning(self.file, self.line(path), Some(field.into()), message);
+    }
+}
+
+/// Validates `alerts.notify`; `None` (with errors recorded) when invalid.
+fn notify_settings(
+    file: NotifyFile,
+    at: &Located,
+    here: &dyn Fn(&Path) -> PathBuf,
+    diags: &mut Diagnostics,
+) -> Option<NotifySettings> {
+    // Destructured whole, like the top level.
+    let NotifyFile {
+        threshold,
+        webhook,
+        syslog,
+        retry,
+    } = file;
+    let errors_before = diags.errors().count();
+    const F: &str = "alerts.notify";
+
+    let ThresholdFile { count, window_secs } = threshold.unwrap_or_default();
+    let count = count.unwrap_or(2);
+    if count > MAX_COUNT {
+        at.error(
+            diags,
+            &["threshold", "count"],
+            &format!("{F}.threshold.count"),
+            format!("{count} is more than {MAX_COUNT}"),
+        );
+    }
+    let window_secs = window_secs.unwrap_or(300);
+    if !(1..=86_400).contains(&window_secs) {
+        at.error(
+            diags,
+            &["threshold", "window_secs"],
+            &format!("{F}.threshold.window_secs"),
+            format!("{window_secs} is not from 1 to 86400 seconds"),
+        );
+    }
+    let threshold = Threshold {
+        count,
+        window: Duration::from_secs(window_secs),
+    };
+
+    let webhook = webhook.and_then(|WebhookFile { url, timeout_ms }| {
+        let field = format!("{F}.webhook.url");
+        let url = match url.as_deref().map(HttpUrl::parse) {
+            None => {
+                at.error(
+                    diags,
+                    &["webhook"],
+                    &field,
+                    "is required (http://HOST[:PORT]/PATH)",
+                );
+                None
+            }
+            Some(Err(e)) => {
+                at.error(
+                    diags,
+                    &["webhook", url.as_deref().unwrap_or_default()],
+                    &field,
+                    e,
+                );
+                None
+            }
+            Some(Ok(parsed)) => {
+                if !parsed.is_local() {
+                    at.warning(
+                        diags,
+                        &["webhook", url.as_deref().unwrap_or_default()],
+                        &field,
+                        format!(
+                            "{parsed} is not on this machine: notifications (agent names, \
+                             denied names) cross the network unencrypted"
+                        ),
+                    );
+                }
+                Some(parsed)
+            }
+        };
+        let timeout_ms = timeout_ms.unwrap_or(2000);
+        if !(1..=60_000).contains(&timeout_ms) {
+            at.error(
+                diags,
+                &["webhook", "timeout_ms"],
+                &format!("{F}.webhook.timeout_ms"),
+                format!("{timeout_ms} is not from 1 to 60000 ms"),
+            );
+        }
+        Some(WebhookSettings {
+            url: url?,
+            timeout: Duration::from_millis(timeout_ms),
+        })
+    });
+
+    let syslog = syslog.and_then(|s| {
+        let SyslogFile {
+            socket,
+            address,
+            facility,
+            format,
+        } = s;
+        let target = match (socket, address) {
+            (Some(_), Some(address)) => {
+                at.error(
+                    diags,
+                    &["syslog", &address],
+                    &format!("{F}.syslog"),
+                    "give `socket` or `address`, not both",
+                );
+                None
+            }
+            (None, Some(address)) => match parse_syslog_addr(&address) {
+                Ok(addr) => Some(syslog::Target::Udp(addr)),
+                Err(e) => {
+                    at.error(
+                        diags,
+                        &["syslog", &address],
+                        &format!("{F}.syslog.address"),
+                        e,
+                    );
+                    None
+                }
+            },
+            (socket, None) => {
+                let path = socket
+                    .as_deref()
+                    .map_or_else(|| PathBuf::from("/dev/log"), here);
+                if !path.exists() {
+                    // Not an error: the syslog daemon may start later; sends are retried.
+                    at.warning(
+                        diags,
+                        &["syslog", "socket"],
+                        &format!("{F}.syslog.socket"),
+                        format!(
+                            "{} does not exist (yet); sends will fail until it does",
+                            path.display()
+                        ),
+                    );
+                }
+                Some(syslog::Target::Socket(path))
+            }
+        };
+        let facility = match syslog::facility(facility.as_deref().unwrap_or("auth")) {
+            Ok(code) => Some(code),
+            Err(e) => {
+                at.error(
+                    diags,
+                    &["syslog", facility.as_deref().unwrap_or_default()],
+                    &format!("{F}.syslog.facility"),
+                    e,
+                );
+                None
+            }
+        };
+        let format = match format.as_deref() {
+            None if matches!(target, Some(syslog::Target::Udp(_))) => Some(syslog::Format::Rfc5424),
+            None => Some(syslog::Format::Rfc3164),
+            Some(raw) => match syslog::Format::parse(raw) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    at.error(diags, &["syslog", raw], &format!("{F}.syslog.format"), e);
+                    None
+                }
+            },
+        };
+        Some(SyslogSettings {
+            target: target?,
+            facility: facility?,
+            format: format?,
+        })
+    });
+
+    let RetryFile {
+        max_attempts,
+        max_backoff_secs,
+    } = retry.unwrap_or_default();
+    let defaults = RetryPolicy::default();
+    let max_attempts = max_attempts.unwrap_or(defaults.max_attempts);
+    if !(1..=1000).contains(&max_attempts) {
+        at.error(
+            diags,
+            &["retry", "max_attempts"],
+            &format!("{F}.retry.max_attempts"),
+            format!("{max_attempts} is not from 1 to 1000"),
+        );
+    }
+    let max_backoff_secs = max_backoff_secs.unwrap_or(defaults.max_backoff.as_secs());
+    if !(1..=3600).contains(&max_backoff_secs) {
+        at.error(
+            diags,
+            &["retry", "max_backoff_secs"],
+            &format!("{F}.retry.max_backoff_secs"),
+            format!("{max_backoff_secs} is not from 1 to 3600 seconds"),
+        );
+    }
+
+    if webhook.is_none() && syslog.is_none() && diags.errors().count() == errors_before {
+        at.error(
+            diags,
+            &[],
+            F,
+            "names no sink: add `webhook` and/or `syslog` (or remove `notify`)",
+        );
+    }
+    if diags.errors().count() > errors_before {
+        return None;
+    }
+    Some(NotifySettings {
+        threshold,
+        webhook,
+        syslog,
+        retry: RetryPolicy {
+            max_attempts,
+            max_backoff: Duration::from_secs(max_backoff_secs),
+        },
+    })
+}
+
+/// `IP:PORT`, `[IPv6]:PORT`, or a bare IP (port 514).
+fn parse_syslog_addr(raw: &str) -> Result<SocketAddr, String> {
+    let raw = raw.trim();
+    if let Ok(addr) = raw.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    raw.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 514))
+        .map_err(|_| format!("'{raw}' is not an address (expected IP, IP:PORT or [IPv6]:PORT)"))
 }
 
 /// Nameservers from resolv.conf, minus allowdns itself: forwarding to our own
@@ -423,6 +779,60 @@ mod tests {
             "[::1]:5353".parse().unwrap()
         );
         assert!(parse_addr("localhost").is_err());
+    }
+
+    fn load_text(tag: &str, text: &str) -> (Option<Settings>, Diagnostics) {
+        let path = std::env::temp_dir().join(format!("allowdns-cfg-{tag}-{}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let sources = Sources {
+            config: Some(path.clone()),
+            ..Sources::default()
+        };
+        let mut diags = Diagnostics::default();
+        let settings = load(&sources, &mut diags);
+        std::fs::remove_file(path).unwrap();
+        (settings, diags)
+    }
+
+    #[test]
+    fn notify_errors_point_at_their_own_lines() {
+        let (settings, diags) = load_text(
+            "notify-bad",
+            "policies: [p.yaml]\nupstream: { mode: none }\nalerts:\n  window_secs: 60\n  notify:\n    threshold: { count: 2, window_secs: 0 }\n    syslog: { address: \"10.0.0.9\", format: rfc9999 }\n",
+        );
+        assert!(settings.is_none());
+        let errors: Vec<String> = diags
+            .errors()
+            .map(|d| format!("{:?}:{:?}: {}", d.line, d.field, d.message))
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                "Some(6):Some(\"alerts.notify.threshold.window_secs\"): 0 is not from 1 to 86400 seconds",
+                "Some(7):Some(\"alerts.notify.syslog.format\"): unknown format 'rfc9999' (expected rfc3164 or rfc5424)",
+            ]
+        );
+    }
+
+    #[test]
+    fn notify_defaults() {
+        let (settings, diags) = load_text(
+            "notify-ok",
+            "policies: [p.yaml]\nupstream: { mode: none }\nalerts:\n  notify:\n    syslog: { address: \"10.0.0.9\" }\n",
+        );
+        assert!(!diags.has_errors(), "{diags:?}");
+        let notify = settings.unwrap().notify.unwrap();
+        assert_eq!(notify.threshold.count, 2);
+        assert_eq!(notify.threshold.window, Duration::from_secs(300));
+        assert_eq!(notify.retry, RetryPolicy::default());
+        assert!(notify.webhook.is_none());
+        let syslog = notify.syslog.unwrap();
+        assert_eq!(
+            syslog.target,
+            syslog::Target::Udp("10.0.0.9:514".parse().unwrap())
+        );
+        assert_eq!(syslog.format, syslog::Format::Rfc5424);
+        assert_eq!(syslog.facility, 4, "auth");
     }
 
     #[test]

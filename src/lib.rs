@@ -14,6 +14,7 @@
 //!       ├ firewall    answer addresses → nftables sets (netlink), before the reply
 //!       ├ audit       one JSON line per query, off the query path
 //!       └ alert       human alerts for denials, aggregated under floods
+//!           └ delivery    threshold notifications to a webhook and syslog
 //! ```
 //!
 //! Around it: `cli` and `config` (settings), `diagnostics` (errors with
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod decide;
+pub mod delivery;
 pub mod diagnostics;
 pub mod firewall;
 pub mod grants;

@@ -18,7 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::alert::AlertStats;
 use crate::audit::Decision;
+use crate::delivery::DeliveryStats;
 
 /// Agents with their own series; further agents share the last slot.
 pub const MAX_AGENTS: usize = 256;
@@ -115,14 +117,16 @@ pub struct Metrics {
     pub nft_updates: AtomicU64,
     pub nft_elements: AtomicU64,
     pub nft_failures: AtomicU64,
-    /// Alert blocks printed for denied lookups.
-    pub alerts: AtomicU64,
     pub audit_lost: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
     /// Agent names by slot; written at policy load, read when rendering.
     agents: Mutex<Vec<Arc<str>>>,
+    /// The alerting side's own counters, read when rendering.
+    alerts: Mutex<Option<AlertSources>>,
 }
+
+type AlertSources = (Arc<AlertStats>, Vec<(&'static str, Arc<DeliveryStats>)>);
 
 pub static METRICS: Metrics = Metrics::new();
 
@@ -142,11 +146,11 @@ impl Metrics {
             nft_updates: AtomicU64::new(0),
             nft_elements: AtomicU64::new(0),
             nft_failures: AtomicU64::new(0),
-            alerts: AtomicU64::new(0),
             audit_lost: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             agents: Mutex::new(Vec::new()),
+            alerts: Mutex::new(None),
         }
     }
 
@@ -168,6 +172,15 @@ impl Metrics {
         let r = usize::from(u16::from(rcode)).min(self.rcodes.len() - 1);
         self.rcodes[r].fetch_add(1, Relaxed);
         self.latency.observe(took);
+    }
+
+    /// Exports the counters of the running alerting and delivery threads.
+    pub fn watch_alerts(
+        &self,
+        stats: Arc<AlertStats>,
+        sinks: Vec<(&'static str, Arc<DeliveryStats>)>,
+    ) {
+        *self.alerts.lock().unwrap_or_else(|p| p.into_inner()) = Some((stats, sinks));
     }
 
     /// The slot for an agent's series; the same name always gets the same slot.
@@ -242,7 +255,7 @@ impl Metrics {
         );
         self.latency
             .render(&mut out, "allowdns_query_duration_seconds", "");
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 10] = [
             (
                 "allowdns_cache_hits_total",
                 "Allowed questions answered from the cache.",
@@ -279,11 +292,6 @@ impl Metrics {
                 &self.nft_failures,
             ),
             (
-                "allowdns_alerts_total",
-                "Alerts raised for denied lookups.",
-                &self.alerts,
-            ),
-            (
                 "allowdns_audit_records_lost_total",
                 "Audit records that could not be written.",
                 &self.audit_lost,
@@ -302,6 +310,44 @@ impl Metrics {
         for (name, help, value) in counters {
             head(&mut out, name, "counter", help);
             let _ = writeln!(out, "{name} {}", value.load(Relaxed));
+        }
+        if let Some((stats, sinks)) = &*self.alerts.lock().unwrap_or_else(|p| p.into_inner()) {
+            head(
+                &mut out,
+                "allowdns_alerts_total",
+                "counter",
+                "Alerts raised: stderr alert blocks, and threshold notifications.",
+            );
+            let _ = writeln!(
+                out,
+                "allowdns_alerts_total{{kind=\"stderr\"}} {}",
+                stats.stderr_alerts.load(Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "allowdns_alerts_total{{kind=\"notification\"}} {}",
+                stats.notifications.load(Relaxed)
+            );
+            head(
+                &mut out,
+                "allowdns_alert_deliveries_total",
+                "counter",
+                "Notification delivery outcomes per sink.",
+            );
+            for (sink, s) in sinks {
+                for (outcome, n) in [
+                    ("sent", &s.sent),
+                    ("failed_attempt", &s.failed_attempts),
+                    ("given_up", &s.given_up),
+                    ("dropped", &s.dropped),
+                ] {
+                    let _ = writeln!(
+                        out,
+                        "allowdns_alert_deliveries_total{{sink=\"{sink}\",outcome=\"{outcome}\"}} {}",
+                        n.load(Relaxed)
+                    );
+                }
+            }
         }
         head(
             &mut out,

@@ -50,6 +50,9 @@ pub async fn reload(sources: &Sources, running: &Settings, handler: &Handler) {
             "listen and upstream changes take effect only on restart; the running ones are kept"
         );
     }
+    if settings.alert_window != running.alert_window || settings.notify != running.notify {
+        tracing::warn!("alert settings take effect only on restart; the running ones are kept");
+    }
     match &handler.firewall {
         Some(firewall) => {
             if let Err(e) = firewall.reload(&loaded.policies) {

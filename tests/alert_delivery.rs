@@ -1,0 +1,531 @@
+//! Alert delivery, end to end: the real binary, a real HTTP receiver on
+//! 127.0.0.1 (written here on std's TcpListener), and a real Unix datagram
+//! socket standing in for /dev/log.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use serde_json::Value;
+
+/// One request the receiver took.
+#[derive(Clone, Debug)]
+struct Post {
+    request_line: String,
+    headers: String,
+    body: Value,
+}
+
+/// A minimal HTTP receiver: answers 200 to each POST and records it, or,
+/// while `hang` is set, reads the request and never answers.
+struct Receiver {
+    addr: SocketAddr,
+    posts: Arc<Mutex<Vec<Post>>>,
+    /// Requests read but left unanswered.
+    hung: Arc<AtomicUsize>,
+    hang: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Receiver {
+    fn start(addr: &str) -> Receiver {
+        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let posts: Arc<Mutex<Vec<Post>>> = Arc::default();
+        let hung = Arc::new(AtomicUsize::new(0));
+        let hang = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, h, hg, st) = (posts.clone(), hung.clone(), hang.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            // Unanswered connections are kept open here.
+            let mut held: Vec<TcpStream> = Vec::new();
+            while !st.load(Ordering::Acquire) {
+                let stream = match listener.accept() {
+                    Ok((s, _)) => s,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                    Err(e) => panic!("accept: {e}"),
+                };
+                let Some((post, mut stream)) = read_post(stream) else {
+                    continue;
+                };
+                if hg.load(Ordering::Acquire) {
+                    h.fetch_add(1, Ordering::AcqRel);
+                    held.push(stream);
+                    continue;
+                }
+                p.lock().unwrap().push(post);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            }
+            // Listener and held connections close here: the receiver is down.
+        });
+        Receiver {
+            addr,
+            posts,
+            hung,
+            hang,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/allowdns/hook", self.addr)
+    }
+
+    fn posts(&self) -> Vec<Post> {
+        self.posts.lock().unwrap().clone()
+    }
+
+    /// Waits up to 20 s for at least `n` posts.
+    fn wait_posts(&self, n: usize) -> Vec<Post> {
+        wait_until(&format!("{n} POST(s) at {}", self.addr), || {
+            self.posts().len() >= n
+        });
+        self.posts()
+    }
+
+    /// Stops accepting and closes the port.
+    fn take_down(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.take_down();
+    }
+}
+
+/// Reads one request: headers, then Content-Length bytes of JSON.
+fn read_post(mut stream: TcpStream) -> Option<(Post, TcpStream)> {
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8(got[..head_end].to_vec()).unwrap();
+    let (request_line, headers) = head.split_once("\r\n").unwrap();
+    let length: usize = headers
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .expect("Content-Length");
+    let mut body = got[head_end + 4..].to_vec();
+    while body.len() < length {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+        }
+    }
+    let body = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&body)));
+    Some((
+        Post {
+            request_line: request_line.to_string(),
+            headers: headers.to_string(),
+            body,
+        },
+        stream,
+    ))
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A config with the test policy, an audit log, and `notify` as given.
+fn config(dir: &TempDir, notify: &str) -> String {
+    let text = format!(
+        "policies: [{:?}]\naudit_log: {:?}\nalerts:\n  notify:\n{notify}",
+        data("policy.yaml").to_str().unwrap(),
+        dir.0.join("audit.jsonl").to_str().unwrap(),
+    );
+    dir.write("allowdns.yaml", &text)
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn serve(config: &str) -> Allowdns {
+    Allowdns::serve(&["--config", config, "--upstream", "none"])
+}
+
+/// A denied lookup, answered NXDOMAIN and not slowed by delivery.
+fn deny(dns: &Allowdns, name: &str, rtype: RecordType) {
+    let started = Instant::now();
+    assert_eq!(
+        rcode(dns.udp, name, rtype),
+        ResponseCode::NXDomain,
+        "{name}"
+    );
+    let took = started.elapsed();
+    // Generous: an NXDOMAIN takes well under a millisecond; delivery never
+    // runs on this path, whatever the receiver does.
+    assert!(
+        took < Duration::from_secs(3),
+        "{name} took {took:?}:\n{}",
+        dns.stderr()
+    );
+}
+
+fn audit(dir: &TempDir) -> Vec<Value> {
+    read_audit(&dir.0.join("audit.jsonl"))
+}
+
+#[test]
+fn a_third_denial_in_the_window_posts_exactly_one_notification() {
+    let rx = Receiver::start("127.0.0.1:0");
+    let dir = TempDir::new("delivery-threshold");
+    let cfg = config(
+        &dir,
+        &format!(
+            "    threshold: {{ count: 2, window_secs: 300 }}\n    webhook: {{ url: \"{}\", timeout_ms: 2000 }}\n",
+            rx.url()
+        ),
+    );
+    let dns = serve(&cfg);
+    deny(&dns, "sketchy-mirror.example.com", RecordType::A);
+    deny(&dns, "sketchy-mirror.example.com", RecordType::A);
+    // The alerts thread runs every 500 ms; two is not more than two.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(rx.posts().is_empty(), "{:?}", rx.posts());
+    deny(&dns, "c2.exfil.example", RecordType::TXT);
+    let posts = rx.wait_posts(1);
+    // Within the window, more denials raise nothing more.
+    deny(&dns, "later.example", RecordType::A);
+    let (status, stderr) = dns.terminate();
+    assert!(status.success(), "{stderr}");
+    let posts_after = rx.posts();
+    assert_eq!(posts_after.len(), 1, "{posts_after:?}\n{stderr}");
+
+    let post = &posts[0];
+    assert_eq!(post.request_line, "POST /allowdns/hook HTTP/1.1");
+    assert!(
+        post.headers.contains("Content-Type: application/json"),
+        "{}",
+        post.headers
+    );
+    let b = &post.body;
+    assert_eq!(b["event"], "allowdns.denied_lookups");
+    assert_eq!(b["agent"], "test_agent");
+    assert_eq!(b["count"], 3, "a crossing at 2 would have counted 2: {b}");
+    assert_eq!(b["threshold"], 2);
+    assert_eq!(b["window_secs"], 300);
+    assert_eq!(b["repeat"], false);
+    assert_eq!(b["dropped"], 0);
+    assert_eq!(b["clients"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(
+        b["names"],
+        serde_json::json!([
+            {"qname": "sketchy-mirror.example.com", "qtype": "A", "count": 2},
+            {"qname": "c2.exfil.example", "qtype": "TXT", "count": 1},
+        ])
+    );
+    for ts in ["first_ts", "last_ts"] {
+        let t = b[ts].as_str().unwrap();
+        assert!(t.ends_with('Z') && t.contains('T'), "{ts}: {t}");
+    }
+    let text = b["text"].as_str().unwrap();
+    assert!(
+        text.contains("agent test_agent made 3 denied DNS lookups within 300 s"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sketchy-mirror.example.com A x2, c2.exfil.example TXT"),
+        "{text}"
+    );
+    // The stderr alerts are unchanged, and the delivery reports its counts.
+    assert!(stderr.contains("UNEXPECTED DNS LOOKUP"), "{stderr}");
+    assert!(
+        stderr.contains("1 sent, 0 failed attempts, 0 given up, 0 dropped"),
+        "{stderr}"
+    );
+    assert_eq!(audit(&dir).len(), 4);
+}
+
+#[test]
+fn a_receiver_going_down_slows_no_query_loses_no_record_and_gets_the_retry() {
+    let mut rx = Receiver::start("127.0.0.1:0");
+    let addr = rx.addr;
+    let dir = TempDir::new("delivery-down");
+    // Every denial crosses (more than 0); then one follow-up per 2 s window.
+    let cfg = config(
+        &dir,
+        &format!(
+            "    threshold: {{ count: 0, window_secs: 2 }}\n    webhook: {{ url: \"{}\", timeout_ms: 500 }}\n    retry: {{ max_attempts: 100, max_backoff_secs: 1 }}\n",
+            rx.url()
+        ),
+    );
+    let dns = serve(&cfg);
+    deny(&dns, "first.example", RecordType::A);
+    assert_eq!(rx.wait_posts(1)[0].body["count"], 1);
+
+    rx.take_down();
+    for i in 0..40 {
+        deny(&dns, &format!("d{i}.exfil.example"), RecordType::TXT);
+    }
+    wait_until("a failed delivery attempt on stderr", || {
+        dns.stderr().contains("attempt 1 failed")
+    });
+
+    // Back on the same port: the held notification is retried there.
+    let rx = Receiver::start(&addr.to_string());
+    wait_until("the 40 denials to be notified", || {
+        rx.posts()
+            .iter()
+            .map(|p| p.body["count"].as_u64().unwrap())
+            .sum::<u64>()
+            == 40
+    });
+    let posts = rx.posts();
+    assert!(posts.iter().all(|p| p.body["repeat"] == true), "{posts:?}");
+    assert!(posts.iter().all(|p| p.body["dropped"] == 0), "{posts:?}");
+    let (status, stderr) = dns.terminate();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("delivered again after"), "{stderr}");
+
+    // The audit log has every lookup, delivery trouble or not.
+    let records = audit(&dir);
+    assert_eq!(records.len(), 41);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["decision"] == "deny" && r["rcode"] == "NXDOMAIN")
+    );
+    assert_eq!(records[40]["qname"], "d39.exfil.example");
+}
+
+#[test]
+fn a_receiver_that_never_answers_times_out_and_dns_goes_on() {
+    let rx = Receiver::start("127.0.0.1:0");
+    rx.hang.store(true, Ordering::Release);
+    let dir = TempDir::new("delivery-slow");
+    let cfg = config(
+        &dir,
+        &format!(
+            "    threshold: {{ count: 0, window_secs: 300 }}\n    webhook: {{ url: \"{}\", timeout_ms: 300 }}\n    retry: {{ max_attempts: 100, max_backoff_secs: 1 }}\n",
+            rx.url()
+        ),
+    );
+    let dns = serve(&cfg);
+    deny(&dns, "slow.example", RecordType::A);
+    wait_until("the POST to reach the receiver", || {
+        rx.hung.load(Ordering::Acquire) >= 1
+    });
+    // While the POST hangs, queries are answered as ever.
+    for i in 0..30 {
+        deny(&dns, &format!("q{i}.example"), RecordType::AAAA);
+    }
+    wait_until("a timeout and a retry", || {
+        dns.stderr().contains("timed out waiting for the response")
+            && rx.hung.load(Ordering::Acquire) >= 2
+    });
+    // The receiver recovers: the retried notification arrives.
+    rx.hang.store(false, Ordering::Release);
+    let posts = rx.wait_posts(1);
+    assert_eq!(posts[0].body["count"], 1);
+    assert_eq!(posts[0].body["names"][0]["qname"], "slow.example");
+    let (status, stderr) = dns.terminate();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(audit(&dir).len(), 31);
+}
+
+#[test]
+fn syslog_gets_an_rfc3164_line_with_the_json_while_the_webhook_hangs() {
+    let dir = TempDir::new("delivery-syslog");
+    let socket = dir.0.join("log.sock");
+    let log = UnixDatagram::bind(&socket).unwrap();
+    log.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // A webhook that connects (the kernel's backlog) but never answers: its
+    // attempt takes the full 10 s timeout, and must not hold back syslog.
+    let stuck = TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = config(
+        &dir,
+        &format!(
+            "    threshold: {{ count: 0, window_secs: 300 }}\n    syslog: {{ socket: {:?}, facility: local3 }}\n    webhook: {{ url: \"http://{}/\", timeout_ms: 10000 }}\n",
+            socket.to_str().unwrap(),
+            stuck.local_addr().unwrap(),
+        ),
+    );
+    let dns = serve(&cfg);
+    deny(&dns, "syslog-me.example", RecordType::AAAA);
+    let mut buf = vec![0u8; 65536];
+    let n = log.recv(&mut buf).expect("a syslog datagram within 20 s");
+    assert!(
+        !dns.stderr().contains("attempt 1 failed"),
+        "syslog waited for the webhook:\n{}",
+        dns.stderr()
+    );
+    let line = String::from_utf8(buf[..n].to_vec()).unwrap();
+    let pid = dns.pid();
+    let (status, stderr) = dns.terminate();
+    assert!(status.success(), "{stderr}");
+    // Shutdown does not wait out the stuck webhook.
+    assert!(
+        stderr.contains("still busy at shutdown; abandoned with 1 notification(s) undelivered"),
+        "{stderr}"
+    );
+    drop(stuck);
+
+    // <PRI>Mmm dd hh:mm:ss allowdns[PID]: {json}; local3.warning = 19*8+4.
+    let rest = line
+        .strip_prefix("<156>")
+        .unwrap_or_else(|| panic!("{line}"));
+    let (stamp, rest) = rest.split_at(15);
+    let months = "JanFebMarAprMayJunJulAugSepOctNovDec";
+    assert!(months.contains(&stamp[..3]), "{line}");
+    assert_eq!(&stamp[3..4], " ", "{line}");
+    assert!(
+        stamp[4..6].trim_start().parse::<u8>().is_ok(),
+        "day: {line}"
+    );
+    let time: Vec<&str> = stamp[7..].split(':').collect();
+    assert!(
+        time.len() == 3 && time.iter().all(|t| t.len() == 2),
+        "{line}"
+    );
+    let json = rest
+        .strip_prefix(&format!(" allowdns[{pid}]: "))
+        .unwrap_or_else(|| panic!("{line}"));
+    let body: Value = serde_json::from_str(json).unwrap();
+    assert_eq!(body["event"], "allowdns.denied_lookups");
+    assert_eq!(body["agent"], "test_agent");
+    assert_eq!(body["count"], 1);
+    assert_eq!(body["names"][0]["qname"], "syslog-me.example");
+    assert_eq!(body["names"][0]["qtype"], "AAAA");
+    assert!(!json.contains('\n'), "one line: {json}");
+}
+
+fn check(config: &Path) -> (i32, String) {
+    let out = Command::new(bin())
+        .args(["check", "--upstream", "none", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_rejects_bad_alert_settings_with_file_line_and_field() {
+    let dir = TempDir::new("delivery-check");
+    let policy = format!("policies: [{:?}]\n", data("policy.yaml").to_str().unwrap());
+
+    let bad = dir.write(
+        "bad.yaml",
+        &format!(
+            "{policy}alerts:\n  notify:\n    threshold: {{ count: 20000, window_secs: 300 }}\n    webhook: {{ url: \"https://hooks.slack.com/services/T0/B0/X\" }}\n    syslog: {{ address: \"127.0.0.1:514\", facility: security }}\n"
+        ),
+    );
+    let (code, stderr) = check(&bad);
+    assert_eq!(code, 1, "{stderr}");
+    let file = bad.display();
+    for expected in [
+        format!("{file}:4: alerts.notify.threshold.count: 20000 is more than 10000"),
+        format!(
+            "{file}:5: alerts.notify.webhook.url: 'https://hooks.slack.com/services/T0/B0/X': https is not supported"
+        ),
+        format!("{file}:6: alerts.notify.syslog.facility: unknown facility 'security'"),
+    ] {
+        assert!(stderr.contains(&expected), "missing {expected}\n{stderr}");
+    }
+
+    let typo = dir.write(
+        "typo.yaml",
+        &format!(
+            "{policy}alerts:\n  notify:\n    webhook: {{ url: \"http://127.0.0.1:9/\", timeout: 5 }}\n"
+        ),
+    );
+    let (code, stderr) = check(&typo);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:4", typo.display()))
+            && stderr.contains("unknown field `timeout`"),
+        "{stderr}"
+    );
+
+    let nowhere = dir.write(
+        "nowhere.yaml",
+        &format!("{policy}alerts:\n  notify:\n    threshold: {{ count: 1 }}\n"),
+    );
+    let (code, stderr) = check(&nowhere);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:3: alerts.notify: names no sink",
+            nowhere.display()
+        )),
+        "{stderr}"
+    );
+
+    let both = dir.write(
+        "both.yaml",
+        &format!(
+            "{policy}alerts:\n  notify:\n    syslog: {{ socket: /dev/log, address: \"10.0.0.9\" }}\n    webhook: {{ url: \"http://127.0.0.1:0/\" }}\n"
+        ),
+    );
+    let (code, stderr) = check(&both);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("alerts.notify.syslog: give `socket` or `address`, not both"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("alerts.notify.webhook.url: 'http://127.0.0.1:0/': port '0'"),
+        "{stderr}"
+    );
+
+    // A good one loads; a webhook off this machine is worth a warning.
+    let good = dir.write(
+        "good.yaml",
+        &format!(
+            "{policy}alerts:\n  notify:\n    webhook: {{ url: \"http://wazuh.lan:8080/allowdns\" }}\n"
+        ),
+    );
+    let (code, stderr) = check(&good);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("warning:") && stderr.contains("unencrypted"),
+        "{stderr}"
+    );
+}
