@@ -116,7 +116,10 @@ fn metrics_count_queries_by_agent_decision_qtype_and_more() {
     assert_eq!(value(&text, "allowdns_nft_failures_total"), 0.0);
     assert!(value(&text, "allowdns_upstream_duration_seconds_sum") > 0.0);
     assert!(text.contains("# TYPE allowdns_query_duration_seconds histogram"));
-    assert_eq!(value(&text, "allowdns_alerts_total{kind=\"notification\"}"), 0.0);
+    assert_eq!(
+        value(&text, "allowdns_alerts_total{kind=\"notification\"}"),
+        0.0
+    );
 
     assert!(scrape(&dns, "/").starts_with("HTTP/1.1 404"));
 }
