@@ -5,7 +5,7 @@
 //! ```text
 //! server    sockets (UDP + TCP, v4 + v6), hickory's Server
 //!   └ handler   the RequestHandler: the path below, then the reply
-//!       ├ decide      client address → policy → Allow{rule} | Deny | Refused
+//!       ├ decide      client address → policy → Allow{rule} | Deny | WouldDeny (learn) | Refused
 //!       │   └ policy      file (on-disk format) → Policy; matcher (exact + suffix + globs)
 //!       ├ resolve     local zone | cache | upstream, chasing CNAME chains
 //!       │   ├ zones       RFC 1035 files answered from memory
@@ -13,6 +13,7 @@
 //!       │   └ upstream    forwarders or recursor from root hints
 //!       ├ firewall    answer addresses → nftables sets (netlink), before the reply
 //!       ├ audit       one JSON line per query, off the query path
+//!       ├ metrics     atomic counters per agent/decision/qtype; the /metrics endpoint
 //!       └ alert       human alerts for denials, aggregated under floods
 //!           └ delivery    threshold notifications to a webhook and syslog
 //! ```
@@ -20,7 +21,11 @@
 //! Around it: `cli` and `config` (settings), `diagnostics` (errors with
 //! file:line), `app` (startup shared by `serve` and `check`), `shutdown`,
 //! `worker` (the polling thread behind audit and alerts), `suggest` (an audit
-//! log → a policy to review).
+//! log → a policy to review), `reload` (SIGHUP), `notify` (sd_notify),
+//! `grants` (run-time exceptions) and `control` (the Unix socket behind
+//! `grant`, `revoke` and `status`). What queries are decided against is the
+//! policy files less expired entries plus active grants, rebuilt and swapped
+//! whole on reload, grant and expiry (`handler::InForce`).
 
 pub mod alert;
 pub mod app;
