@@ -11,8 +11,11 @@
 # without feeding, and dnsmasq with --nftset, all in a network namespace this
 # script creates (root needed), on allowed cache hits and the mix.
 #
+# BASELINE=/path/to/older/allowdns adds that binary as a fourth server
+# ("allowdns-base"), to measure what a change costs on the hot path.
+#
 # Usage: benches/dnsperf.sh            (needs dnsperf, dnsmasq, unbound: see .ci/run)
-# Env:   REPS=3 DURATION=8 LAT_QPS=20000 LAT_SECS=3 FEED=0
+# Env:   REPS=3 DURATION=8 LAT_QPS=20000 LAT_SECS=3 FEED=0 BASELINE=
 # Traffic stays on 127.0.0.1 (inside the namespace with FEED=1).
 set -euo pipefail
 
@@ -48,7 +51,8 @@ if [ "$FEED" = 1 ]; then
   RUN=(ip netns exec "$NS")
 fi
 
-UP=5300; ALLOWDNS=5301; DNSMASQ=5302; UNBOUND=5303
+UP=5300; ALLOWDNS=5301; DNSMASQ=5302; UNBOUND=5303; BASE=5304
+BASELINE=${BASELINE:-}
 
 # --- data -------------------------------------------------------------------
 mkdir -p "$WORK/zones" "$WORK/up"
@@ -110,6 +114,10 @@ if [ "$FEED" = 1 ]; then
 else
 "$BIN" serve --listen 127.0.0.1:$ALLOWDNS --policy "$WORK/policy.yaml" --upstream 127.0.0.1:$UP \
   --audit-log "$WORK/audit.jsonl" 2>"$WORK/allowdns.log" & PIDS+=($!); ALLOWDNS_PID=$!
+if [ -n "$BASELINE" ]; then
+  "$BASELINE" serve --listen 127.0.0.1:$BASE --policy "$WORK/policy.yaml" --upstream 127.0.0.1:$UP \
+    --audit-log "$WORK/audit-base.jsonl" 2>"$WORK/allowdns-base.log" & PIDS+=($!); BASE_PID=$!
+fi
 
 dnsmasq --keep-in-foreground --no-resolv --no-hosts --no-poll --bind-interfaces \
   --listen-address=127.0.0.1 --port=$DNSMASQ --address=/#/ --server=/allowed.bench/127.0.0.1#$UP \
@@ -142,22 +150,25 @@ unbound -c "$WORK/unbound.conf" & PIDS+=($!); UNBOUND_PID=$!
 
   servers=(allowdns dnsmasq unbound)
   loads=(hits flood mix)
+  if [ -n "$BASELINE" ]; then servers+=(allowdns-base); fi
 fi
-for p in $ALLOWDNS $DNSMASQ $UNBOUND; do wait_port $p; done
-for p in $ALLOWDNS $DNSMASQ $UNBOUND; do
+PORTS="$ALLOWDNS $DNSMASQ $UNBOUND"
+if [ -n "$BASELINE" ] && [ "$FEED" != 1 ]; then PORTS="$PORTS $BASE"; fi
+for p in $PORTS; do wait_port $p; done
+for p in $PORTS; do
   "${RUN[@]}" dnsperf -s 127.0.0.1 -p $p -d "$WORK/hits.txt" -n 2 -q 50 >/dev/null 2>&1
 done
 
 # --- runs -------------------------------------------------------------------
 RESULTS="$WORK/results.tsv"
 : > "$RESULTS"
-port_of() { case $1 in allowdns|allowdns-feed) echo $ALLOWDNS;; dnsmasq|dnsmasq-nftset) echo $DNSMASQ;; unbound|allowdns-nofeed) echo $UNBOUND;; esac; }
+port_of() { case $1 in allowdns|allowdns-feed) echo $ALLOWDNS;; dnsmasq|dnsmasq-nftset) echo $DNSMASQ;; unbound|allowdns-nofeed) echo $UNBOUND;; allowdns-base) echo $BASE;; esac; }
 
 for rep in $(seq 1 "$REPS"); do
   for load in "${loads[@]}"; do
     # Rotate the order each repetition so no server always runs first.
-    for k in 0 1 2; do
-      s=${servers[$(( (k + rep) % 3 ))]}
+    for k in "${!servers[@]}"; do
+      s=${servers[$(( (k + rep) % ${#servers[@]} ))]}
       port=$(port_of "$s")
       qps=$("${RUN[@]}" dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/$load.txt" -l "$DURATION" -c 8 -q 256 -T 1 2>&1 \
             | awk '/Queries per second/ {print $4}')
@@ -190,7 +201,7 @@ for load in ["hits", "flood", "mix"]:
 PY
 echo "audit records written by allowdns: $(wc -l < "$WORK/audit.jsonl")" >&2
 for s in "${servers[@]}"; do
-  case $(port_of "$s") in $ALLOWDNS) pid=$ALLOWDNS_PID;; $DNSMASQ) pid=$DNSMASQ_PID;; *) pid=$UNBOUND_PID;; esac
+  case $(port_of "$s") in $ALLOWDNS) pid=$ALLOWDNS_PID;; $DNSMASQ) pid=$DNSMASQ_PID;; $BASE) pid=$BASE_PID;; *) pid=$UNBOUND_PID;; esac
   echo "$s memory after all runs: $(awk '/VmHWM|VmRSS/ {printf "%s %s kB  ", $1, $2}' "/proc/$pid/status")" >&2
 done
 if [ "$FEED" = 1 ]; then

@@ -196,35 +196,31 @@ fn grants_allow_for_a_while_are_audited_and_expire() {
     );
 
     // Refusals: no reason, unknown agent, an over-broad pattern, too long.
-    for (args, why) in [
+    for (agent, name, time, reason, why) in [
+        ("granted", "b.x.test", "5s", " ", "needs a --reason"),
         (
-            vec![
-                "--agent", "granted", "--name", "b.x.test", "--for", "5s", "--reason", " ",
-            ],
-            "needs a --reason",
-        ),
-        (
-            vec![
-                "--agent", "nobody", "--name", "b.x.test", "--for", "5s", "--reason", "r",
-            ],
+            "nobody",
+            "b.x.test",
+            "5s",
+            "r",
             "no policy for agent 'nobody'",
         ),
-        (
-            vec![
-                "--agent", "granted", "--name", "*.com", "--for", "5s", "--reason", "r",
-            ],
-            "over-broad",
-        ),
-        (
-            vec![
-                "--agent", "granted", "--name", "b.x.test", "--for", "30d", "--reason", "r",
-            ],
-            "--for must be between",
-        ),
+        ("granted", "*.com", "5s", "r", "over-broad"),
+        ("granted", "b.x.test", "30d", "r", "--for must be between"),
     ] {
-        let mut full = vec!["grant", "--control", sock];
-        full.extend(args);
-        let (ok, _, stderr) = allowdns(&full);
+        let (ok, _, stderr) = allowdns(&[
+            "grant",
+            "--control",
+            sock,
+            "--agent",
+            agent,
+            "--name",
+            name,
+            "--for",
+            time,
+            "--reason",
+            reason,
+        ]);
         assert!(!ok && stderr.contains(why), "{why}: {stderr}");
     }
 

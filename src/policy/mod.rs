@@ -392,16 +392,25 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
     }
     let learn = match mode.as_deref() {
         None | Some("enforce") => None,
-        Some("learn") => Some(Rule {
-            pattern: "(learn mode)".into(),
-            dynamic: false,
-            ports: Ports {
-                any: true,
-                listed: Vec::new(),
-            },
-            expires: None,
-            grant: None,
-        }),
+        Some("learn") => {
+            diags.warning(
+                file,
+                locate(source, "learn", 0),
+                Some("mode".into()),
+                "learn: names outside the allowlist are resolved and fed to the firewall \
+                 (audited as would_deny); this policy observes the agent, it does not fence it",
+            );
+            Some(Rule {
+                pattern: "(learn mode)".into(),
+                dynamic: false,
+                ports: Ports {
+                    any: true,
+                    listed: Vec::new(),
+                },
+                expires: None,
+                grant: None,
+            })
+        }
         Some(other) => {
             diags.error(
                 file,
@@ -535,7 +544,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
             }
         }
     }
-    if builder.rules.is_empty() && builder.addresses.is_empty() {
+    if builder.rules.is_empty() && builder.addresses.is_empty() && learn.is_none() {
         diags.warning(
             file,
             None,
