@@ -79,36 +79,69 @@ impl Histogram {
         self.sum_ns.fetch_add(d.as_nanos() as u64, Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
+    /// Writes the sum of `parts` (one histogram split across shards).
+    fn render<'h>(
+        out: &mut String,
+        name: &str,
+        parts: impl Iterator<Item = &'h Histogram> + Clone,
+    ) {
         let mut total = 0;
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (i, bucket) in self.buckets.iter().enumerate() {
-            total += bucket.load(Relaxed);
+        for i in 0..=BUCKETS_US.len() {
+            total += parts
+                .clone()
+                .map(|h| h.buckets[i].load(Relaxed))
+                .sum::<u64>();
             let le = BUCKETS_US
                 .get(i)
                 .map_or("+Inf".to_string(), |us| format!("{}", *us as f64 / 1e6));
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {total}");
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {total}");
         }
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let sum = self.sum_ns.load(Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(out, "{name}_count{braces} {total}");
+        let sum_ns: u64 = parts.map(|h| h.sum_ns.load(Relaxed)).sum();
+        let _ = writeln!(out, "{name}_sum {}", sum_ns as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count {total}");
     }
 }
 
-/// Every counter allowdns exports.
-pub struct Metrics {
+/// Shards of the per-query counters: each serving thread adds into its own,
+/// so two cores never fight over one cache line per query.
+const SHARDS: usize = 8;
+
+#[repr(align(128))]
+struct Shard {
     /// [agent slot][decision][qtype]
     queries: [[[AtomicU64; QTYPES.len() + 1]; DECISIONS.len()]; MAX_AGENTS],
     /// By the rcode's 12-bit value (extended rcodes above 15 go to the last).
     rcodes: [AtomicU64; 24],
     /// From the question arriving to the reply being encoded.
     latency: Histogram,
-    pub cache_hits: AtomicU64,
+    cache_hits: AtomicU64,
+}
+
+impl Shard {
+    const fn new() -> Self {
+        Shard {
+            queries: [const {
+                [const { [const { AtomicU64::new(0) }; QTYPES.len() + 1] }; DECISIONS.len()]
+            }; MAX_AGENTS],
+            rcodes: [const { AtomicU64::new(0) }; 24],
+            latency: Histogram::new(),
+            cache_hits: AtomicU64::new(0),
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's shard, handed out round robin.
+    static SHARD: usize = {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        NEXT.fetch_add(1, Relaxed) as usize % SHARDS
+    };
+}
+
+/// Every counter allowdns exports.
+pub struct Metrics {
+    /// Per-query counters, one shard per serving thread.
+    shards: [Shard; SHARDS],
     pub cache_misses: AtomicU64,
     pub upstream_queries: AtomicU64,
     pub upstream_errors: AtomicU64,
@@ -133,12 +166,7 @@ pub static METRICS: Metrics = Metrics::new();
 impl Metrics {
     const fn new() -> Self {
         Metrics {
-            queries: [const {
-                [const { [const { AtomicU64::new(0) }; QTYPES.len() + 1] }; DECISIONS.len()]
-            }; MAX_AGENTS],
-            rcodes: [const { AtomicU64::new(0) }; 24],
-            latency: Histogram::new(),
-            cache_hits: AtomicU64::new(0),
+            shards: [const { Shard::new() }; SHARDS],
             cache_misses: AtomicU64::new(0),
             upstream_queries: AtomicU64::new(0),
             upstream_errors: AtomicU64::new(0),
@@ -168,10 +196,20 @@ impl Metrics {
             .and_then(|t| QTYPES.iter().position(|&x| x == t))
             .unwrap_or(OTHER_QTYPE);
         let slot = usize::from(slot).min(MAX_AGENTS - 1);
-        self.queries[slot][d][q].fetch_add(1, Relaxed);
-        let r = usize::from(u16::from(rcode)).min(self.rcodes.len() - 1);
-        self.rcodes[r].fetch_add(1, Relaxed);
-        self.latency.observe(took);
+        let r = usize::from(u16::from(rcode)).min(23);
+        let shard = self.shard();
+        shard.queries[slot][d][q].fetch_add(1, Relaxed);
+        shard.rcodes[r].fetch_add(1, Relaxed);
+        shard.latency.observe(took);
+    }
+
+    /// An allowed question (or CNAME hop) answered from the cache.
+    pub fn cache_hit(&self) {
+        self.shard().cache_hits.fetch_add(1, Relaxed);
+    }
+
+    fn shard(&self) -> &Shard {
+        &self.shards[SHARD.with(|i| *i)]
     }
 
     /// Exports the counters of the running alerting and delivery threads.
@@ -217,10 +255,13 @@ impl Metrics {
             "counter",
             "Questions answered, by agent, policy decision and query type.",
         );
-        for (slot, rows) in self.queries.iter().enumerate().take(agents.len() + 1) {
-            for (d, row) in rows.iter().enumerate() {
-                for (q, n) in row.iter().enumerate() {
-                    let n = n.load(Relaxed);
+        let sum = |f: &dyn Fn(&Shard) -> &AtomicU64| -> u64 {
+            self.shards.iter().map(|s| f(s).load(Relaxed)).sum()
+        };
+        for slot in 0..(agents.len() + 1).min(MAX_AGENTS) {
+            for (d, decision) in DECISIONS.iter().enumerate() {
+                for q in 0..=QTYPES.len() {
+                    let n = sum(&|s| &s.queries[slot][d][q]);
                     if n == 0 {
                         continue;
                     }
@@ -229,7 +270,7 @@ impl Metrics {
                         out,
                         "allowdns_queries_total{{agent=\"{}\",decision=\"{}\",qtype=\"{qtype}\"}} {n}",
                         label(slot),
-                        DECISIONS[d].as_str(),
+                        decision.as_str(),
                     );
                 }
             }
@@ -240,8 +281,8 @@ impl Metrics {
             "counter",
             "Replies sent, by response code.",
         );
-        for (r, n) in self.rcodes.iter().enumerate() {
-            let n = n.load(Relaxed);
+        for r in 0..24 {
+            let n = sum(&|s| &s.rcodes[r]);
             if n > 0 {
                 let name = crate::audit::rcode_name(ResponseCode::from(0, r as u8));
                 let _ = writeln!(out, "allowdns_responses_total{{rcode=\"{name}\"}} {n}");
@@ -253,14 +294,19 @@ impl Metrics {
             "histogram",
             "Time from a question's arrival to its reply.",
         );
-        self.latency
-            .render(&mut out, "allowdns_query_duration_seconds", "");
-        let counters: [(&str, &str, &AtomicU64); 10] = [
-            (
-                "allowdns_cache_hits_total",
-                "Allowed questions answered from the cache.",
-                &self.cache_hits,
-            ),
+        Histogram::render(
+            &mut out,
+            "allowdns_query_duration_seconds",
+            self.shards.iter().map(|s| &s.latency),
+        );
+        head(
+            &mut out,
+            "allowdns_cache_hits_total",
+            "counter",
+            "Allowed questions answered from the cache (each CNAME hop counts).",
+        );
+        let _ = writeln!(out, "allowdns_cache_hits_total {}", sum(&|s| &s.cache_hits));
+        let counters: [(&str, &str, &AtomicU64); 9] = [
             (
                 "allowdns_cache_misses_total",
                 "Allowed questions the cache could not answer.",
@@ -355,8 +401,11 @@ impl Metrics {
             "histogram",
             "Upstream exchange time.",
         );
-        self.upstream_latency
-            .render(&mut out, "allowdns_upstream_duration_seconds", "");
+        Histogram::render(
+            &mut out,
+            "allowdns_upstream_duration_seconds",
+            std::iter::once(&self.upstream_latency),
+        );
         out
     }
 }
@@ -442,7 +491,7 @@ mod tests {
         h.observe(Duration::from_micros(700));
         h.observe(Duration::from_secs(10));
         let mut out = String::new();
-        h.render(&mut out, "x", "");
+        Histogram::render(&mut out, "x", std::iter::once(&h));
         assert!(out.contains("x_bucket{le=\"0.00005\"} 1\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"0.001\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");

@@ -107,7 +107,7 @@ impl Resolver {
             return Some((step, Source::Local));
         }
         let hit = self.cache.get(target, chase.qtype)?;
-        METRICS.cache_hits.fetch_add(1, Relaxed);
+        METRICS.cache_hit();
         Some((hit, Source::Cache))
     }
 }
