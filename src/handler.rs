@@ -53,8 +53,9 @@ pub struct InForce {
 pub struct Handler {
     /// Swapped whole, so a query sees one consistent set.
     loaded: RwLock<Arc<InForce>>,
-    /// Run-time exceptions; the lock also serializes rebuilds of `loaded`.
-    grants: Mutex<Grants>,
+    /// Run-time exceptions; the lock also serializes rebuilds of `loaded`
+    /// (with the time of the last rebuild, to report entries that expired since).
+    grants: Mutex<(Grants, SystemTime)>,
     /// Wakes the expiry task when the next expiry may have moved.
     pub expiry_changed: tokio::sync::Notify,
     pub resolver: Resolver,
@@ -142,7 +143,7 @@ impl Handler {
                 files: Arc::new(loaded),
                 policies,
             })),
-            grants: Mutex::new(Grants::default()),
+            grants: Mutex::new((Grants::default(), now)),
             expiry_changed: tokio::sync::Notify::new(),
             resolver,
             audit,
@@ -161,6 +162,7 @@ impl Handler {
     /// Swaps in a new set atomically; queries already running keep the old one.
     pub fn replace(&self, loaded: Loaded) {
         let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        grants.1 = SystemTime::now(); // a new file set reports its own expiries
         self.install(Arc::new(loaded), &mut grants);
     }
 
@@ -186,7 +188,7 @@ impl Handler {
             uid = ?grant.uid,
             "grant: exception in force"
         );
-        grants.add(grant);
+        grants.0.add(grant);
         self.install(files, &mut grants);
         Ok(())
     }
@@ -195,6 +197,7 @@ impl Handler {
     pub fn revoke(&self, agent: &str, pattern: &str, uid: Option<u32>) -> Result<Grant, String> {
         let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
         let mut grant = grants
+            .0
             .revoke(agent, pattern)
             .ok_or_else(|| format!("agent '{agent}' has no grant for '{pattern}'"))?;
         grant.uid = uid;
@@ -206,23 +209,54 @@ impl Handler {
 
     pub fn grants(&self) -> Vec<Grant> {
         let grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        grants.active().to_vec()
+        grants.0.active().to_vec()
     }
 
     /// When the next policy entry or grant expires.
     pub fn next_expiry(&self) -> Option<SystemTime> {
         let grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
         let files = self.snapshot().files.policies.next_expiry();
-        files.into_iter().chain(grants.next_expiry()).min()
+        files.into_iter().chain(grants.0.next_expiry()).min()
     }
 
     /// Computes the set in force from `files` and `grants`, then swaps it in.
-    fn install(&self, files: Arc<Loaded>, grants: &mut Grants) {
+    fn install(&self, files: Arc<Loaded>, state: &mut (Grants, SystemTime)) {
+        let (grants, last) = state;
         let now = SystemTime::now();
         for expired in grants.prune(now) {
             self.audit.event(grant_event("grant_expired", &expired));
             tracing::warn!(agent = %expired.agent, pattern = %expired.pattern, "grant expired: denied again");
         }
+        // File entries whose `expires` passed since the last rebuild.
+        for policy in &files.policies.policies {
+            let names = policy
+                .rules
+                .iter()
+                .map(|r| (r.pattern.to_string(), r.expires));
+            let nets = policy
+                .addresses
+                .iter()
+                .map(|a| (a.net.to_string(), a.expires));
+            for (entry, at) in names.chain(nets) {
+                let Some(at) = at.filter(|at| *last < *at && *at <= now) else {
+                    continue;
+                };
+                let expires = humantime::format_rfc3339_seconds(at).to_string();
+                tracing::warn!(agent = %policy.agent, entry, expires, "policy entry expired: denied again");
+                self.audit.event(
+                    serde_json::json!({
+                        "ts": humantime::format_rfc3339_micros(now).to_string(),
+                        "event": "entry_expired",
+                        "agent": &*policy.agent,
+                        "entry": entry,
+                        "file": policy.source.display().to_string(),
+                        "expires": expires,
+                    })
+                    .to_string(),
+                );
+            }
+        }
+        *last = now;
         let policies = files.policies.effective(&grants.rules(), now);
         // Ranges that expired leave the sets; a failure keeps the old ones
         // only until the elements' own timeouts, so alert loudly.

@@ -114,7 +114,17 @@ fn expiring_entries_stop_allowing_and_shadowed_wildcards_take_over() {
             && stderr.contains("expired at 2001-01-01T00:00:00Z; entry ignored"),
         "{stderr}"
     );
-    let dns = Allowdns::serve_offline(&policy, &zones);
+    let audit = policy.with_file_name("audit.jsonl");
+    let dns = Allowdns::serve(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--zones",
+        zones.to_str().unwrap(),
+        "--upstream",
+        "none",
+        "--audit-log",
+        audit.to_str().unwrap(),
+    ]);
     let first = query(dns.udp, "a.x.test", RecordType::A);
     assert_eq!(first.metadata.response_code, ResponseCode::NoError);
     assert!(
@@ -143,6 +153,16 @@ fn expiring_entries_stop_allowing_and_shadowed_wildcards_take_over() {
         rcode(dns.udp, "c.x.test", RecordType::A),
         ResponseCode::NoError
     );
+    let (status, stderr) = dns.terminate();
+    assert!(status.success());
+    assert!(stderr.contains("policy entry expired"), "{stderr}");
+    let mut expired: Vec<_> = read_audit(&audit)
+        .into_iter()
+        .filter(|r| r["event"] == "entry_expired")
+        .map(|r| r["entry"].as_str().unwrap().to_string())
+        .collect();
+    expired.sort();
+    assert_eq!(expired, ["a.x.test", "d.sub.x.test"]);
 }
 
 #[test]
