@@ -1032,3 +1032,24 @@ allowed_dynamic_resolution:
         assert!(set.for_client("192.168.1.1".parse().unwrap()).is_none());
     }
 }
+
+#[cfg(test)]
+mod time_tests {
+    use super::parse_rfc3339;
+
+    #[test]
+    fn rfc3339_offsets_are_applied() {
+        let utc = parse_rfc3339("2026-11-30T23:00:00Z").unwrap();
+        assert_eq!(parse_rfc3339("2026-12-01T00:00:00+01:00").unwrap(), utc);
+        assert_eq!(parse_rfc3339("2026-11-30T18:30:00-04:30").unwrap(), utc);
+        assert!(parse_rfc3339("2026-11-30T23:00:00.250Z").unwrap() > utc);
+        for bad in [
+            "next tuesday",
+            "2026-11-30",
+            "2026-11-30T23:00:00+1",
+            "2026-11-30T23:00:00",
+        ] {
+            assert!(parse_rfc3339(bad).is_err(), "{bad}");
+        }
+    }
+}
