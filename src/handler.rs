@@ -159,17 +159,26 @@ impl Handler {
         self.snapshot()
     }
 
-    /// Swaps in a new set atomically; queries already running keep the old one.
-    pub fn replace(&self, loaded: Loaded) {
+    /// Swaps in a reloaded set atomically; queries already running keep the
+    /// old one. If the firewall cannot follow, nothing changes.
+    pub fn replace(&self, loaded: Loaded) -> Result<(), String> {
         let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        grants.1 = SystemTime::now(); // a new file set reports its own expiries
-        self.install(Arc::new(loaded), &mut grants);
+        if let Some(firewall) = &self.firewall {
+            firewall.check(&loaded.policies)?;
+        }
+        // A new file set reports its own expiries (`check` shows those already past).
+        let last = std::mem::replace(&mut grants.1, SystemTime::now());
+        let installed = self.install(Arc::new(loaded), &mut grants, true);
+        if installed.is_err() {
+            grants.1 = last;
+        }
+        installed
     }
 
     /// Rebuilds what is in force now: drops expired entries and grants.
     pub fn refresh(&self) {
         let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        self.install(self.snapshot().files.clone(), &mut grants);
+        let _ = self.install(self.snapshot().files.clone(), &mut grants, false);
     }
 
     /// Adds (or renews) a grant and puts it in force at once.
@@ -188,12 +197,20 @@ impl Handler {
             uid = ?grant.uid,
             "grant: exception in force"
         );
+        // A renewal that ends sooner must not leave elements fed for the longer one.
+        let shortened = grants.0.active().iter().any(|g| {
+            g.agent == grant.agent && g.pattern == grant.pattern && g.expires > grant.expires
+        });
+        let (agent, pattern) = (grant.agent.clone(), grant.pattern.clone());
         grants.0.add(grant);
-        self.install(files, &mut grants);
+        let _ = self.install(files, &mut grants, false);
+        if shortened {
+            self.withdraw(&agent, &pattern);
+        }
         Ok(())
     }
 
-    /// Ends a grant before its time.
+    /// Ends a grant before its time; its firewall elements go at once.
     pub fn revoke(&self, agent: &str, pattern: &str, uid: Option<u32>) -> Result<Grant, String> {
         let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
         let mut grant = grants
@@ -203,8 +220,24 @@ impl Handler {
         grant.uid = uid;
         self.audit.event(grant_event("grant_revoked", &grant));
         tracing::warn!(agent, pattern, uid = ?uid, "grant revoked");
-        self.install(self.snapshot().files.clone(), &mut grants);
+        let _ = self.install(self.snapshot().files.clone(), &mut grants, false);
+        self.withdraw(agent, pattern);
         Ok(grant)
+    }
+
+    /// Deletes the elements fed under an ended rule; a failure leaves them to
+    /// their timeouts (at most the rule's old end plus grace), loudly.
+    fn withdraw(&self, agent: &str, pattern: &str) {
+        let Some(firewall) = &self.firewall else {
+            return;
+        };
+        match firewall.withdraw(agent, pattern) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(agent, pattern, elements = n, "firewall elements withdrawn"),
+            Err(e) => {
+                tracing::error!(agent, pattern, error = %e, "[!] FIREWALL UPDATE FAILED: elements stay until their timeout")
+            }
+        }
     }
 
     pub fn grants(&self) -> Vec<Grant> {
@@ -212,20 +245,41 @@ impl Handler {
         grants.0.active().to_vec()
     }
 
-    /// When the next policy entry or grant expires.
+    /// When the next entry or grant in force expires. Taken from the set in
+    /// force, which holds no expired entry once rebuilt, so it is never in
+    /// the past for long.
     pub fn next_expiry(&self) -> Option<SystemTime> {
-        let grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        let files = self.snapshot().files.policies.next_expiry();
-        files.into_iter().chain(grants.0.next_expiry()).min()
+        self.snapshot().policies.next_expiry()
     }
 
-    /// Computes the set in force from `files` and `grants`, then swaps it in.
-    fn install(&self, files: Arc<Loaded>, state: &mut (Grants, SystemTime)) {
+    /// Computes the set in force from `files` and `grants`, syncs the
+    /// firewall's policy addresses, then swaps the set in. `strict` (reload):
+    /// if the firewall cannot follow, roll it back and keep the old set.
+    /// Otherwise (expiry, grants) the set is swapped anyway: it only narrows
+    /// what is allowed, and expiring ranges carry kernel timeouts of their own.
+    fn install(
+        &self,
+        files: Arc<Loaded>,
+        state: &mut (Grants, SystemTime),
+        strict: bool,
+    ) -> Result<(), String> {
         let (grants, last) = state;
         let now = SystemTime::now();
         for expired in grants.prune(now) {
             self.audit.event(grant_event("grant_expired", &expired));
             tracing::warn!(agent = %expired.agent, pattern = %expired.pattern, "grant expired: denied again");
+        }
+        let policies = files.policies.effective(&grants.rules(), now);
+        if let Some(firewall) = &self.firewall
+            && let Err(e) = firewall.sync_static(&policies)
+        {
+            tracing::error!(error = %e, "[!] FIREWALL UPDATE FAILED while installing policy addresses");
+            if strict {
+                if let Err(e) = firewall.sync_static(&self.snapshot().policies) {
+                    tracing::error!(error = %e, "[!] FIREWALL UPDATE FAILED: cannot restore the previous policy addresses");
+                }
+                return Err(e);
+            }
         }
         // File entries whose `expires` passed since the last rebuild.
         for policy in &files.policies.policies {
@@ -257,17 +311,13 @@ impl Handler {
             }
         }
         *last = now;
-        let policies = files.policies.effective(&grants.rules(), now);
-        // Ranges that expired leave the sets; a failure keeps the old ones
-        // only until the elements' own timeouts, so alert loudly.
-        if let Some(firewall) = &self.firewall
-            && let Err(e) = firewall.sync_static(&policies)
-        {
-            tracing::error!(error = %e, "[!] FIREWALL UPDATE FAILED while applying expiries");
+        if let Some(firewall) = &self.firewall {
+            firewall.forget_ended(&policies);
         }
         *self.loaded.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(InForce { files, policies });
         self.expiry_changed.notify_one();
+        Ok(())
     }
 
     fn snapshot(&self) -> Arc<InForce> {

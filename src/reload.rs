@@ -4,6 +4,8 @@
 //! keeps the old set in force and raises an alert naming file:line.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use crate::app;
 use crate::cli::Sources;
@@ -12,80 +14,177 @@ use crate::diagnostics::Diagnostics;
 use crate::handler::Handler;
 use crate::policy::PolicySet;
 
-/// Reloads once; never fails the server.
-pub async fn reload(sources: &Sources, running: &Settings, handler: &Handler) {
-    let sources = sources.clone();
-    let loaded = tokio::task::spawn_blocking(move || {
-        let mut diags = Diagnostics::default();
-        let settings = config::load(&sources, &mut diags);
-        let loaded = settings
-            .as_ref()
-            .and_then(|s| app::load_policies_and_zones(s, &mut diags));
-        (settings, loaded, diags)
+/// Reloads once; never fails the server. Loading, compiling, the firewall
+/// sync and the swap all run on a blocking thread, off the query path.
+pub async fn reload(sources: &Sources, running: &Settings, handler: &Arc<Handler>) {
+    crate::notify::notify(&format!(
+        "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading",
+        monotonic_usec()
+    ));
+    let (sources, running, handler) = (sources.clone(), running.clone(), handler.clone());
+    let done = tokio::task::spawn_blocking(move || {
+        reload_now(&sources, &running, &handler).map_err(|(diags, why)| {
+            failed(&handler, &diags, why.as_deref());
+        })
     })
     .await;
-    let (settings, loaded, diags) = match loaded {
-        Ok(result) => result,
-        Err(e) => return failed(&format!("reload task failed: {e}")),
+    let status = match done {
+        Ok(Ok(changes)) => format!("reloaded: {changes} change(s)"),
+        Ok(Err(())) => "reload failed; the previous policies stay in force".into(),
+        Err(e) => {
+            tracing::error!(
+                "[!] RELOAD FAILED, the previous policies stay in force: reload task failed: {e}"
+            );
+            "reload failed; the previous policies stay in force".into()
+        }
     };
+    crate::notify::notify(&format!("READY=1\nSTATUS={status}"));
+}
+
+/// Why a reload was refused: the load's diagnostics, and a reason beyond them.
+type Refused = (Diagnostics, Option<String>);
+
+fn reload_now(sources: &Sources, running: &Settings, handler: &Handler) -> Result<usize, Refused> {
+    let mut diags = Diagnostics::default();
+    let settings = config::load(sources, &mut diags);
+    let loaded = settings
+        .as_ref()
+        .and_then(|s| app::load_policies_and_zones(s, &mut diags));
     for warning in diags.warnings() {
         tracing::warn!("{warning}");
     }
     let (Some(settings), Some(loaded)) = (settings, loaded) else {
-        for error in diags.errors() {
-            tracing::error!("{error}");
-        }
-        return failed(&format!(
-            "{} error(s), listed above",
-            diags.errors().count()
-        ));
+        return Err((diags, None));
     };
+    // Zones report their errors but still load the rest; any error refuses the whole set.
     if diags.has_errors() {
-        return failed("errors in the new configuration");
+        return Err((diags, None));
     }
-    if settings.listen != running.listen
-        || format!("{:?}", settings.upstream) != format!("{:?}", running.upstream)
-    {
+    let restart_only = restart_only(&settings, running);
+    if !restart_only.is_empty() {
         tracing::warn!(
-            "listen and upstream changes take effect only on restart; the running ones are kept"
+            "reload: {} take effect only on restart; the running ones are kept",
+            restart_only.join(", ")
         );
     }
-    if settings.alert_window != running.alert_window || settings.notify != running.notify {
-        tracing::warn!("alert settings take effect only on restart; the running ones are kept");
-    }
-    match &handler.firewall {
-        Some(firewall) => {
-            if let Err(e) = firewall.reload(&loaded.policies) {
-                return failed(&e);
-            }
-        }
-        None if loaded
+    if handler.firewall.is_none()
+        && loaded
             .policies
             .policies
             .iter()
-            .any(|p| p.firewall.is_some()) =>
-        {
-            return failed("a policy now feeds a firewall; restart allowdns to enable feeding");
-        }
-        None => {}
+            .any(|p| p.firewall.is_some())
+    {
+        let why = "a policy now feeds a firewall; restart allowdns to enable feeding";
+        return Err((diags, Some(why.into())));
     }
     let changes = changes(&handler.current().files.policies, &loaded.policies);
     let zones = loaded.zones.len();
-    handler.replace(loaded);
+    if let Err(e) = handler.replace(loaded) {
+        return Err((diags, Some(e)));
+    }
     for change in &changes {
         tracing::info!("reload: {change}");
     }
+    handler.audit.event(
+        serde_json::json!({
+            "ts": now(),
+            "event": "reload",
+            "changes": &changes,
+            "zones": zones,
+        })
+        .to_string(),
+    );
     crate::metrics::METRICS
         .reloads
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(changes = changes.len(), zones, "reloaded");
+    Ok(changes.len())
 }
 
-fn failed(why: &str) {
+/// Settings a reload cannot change, by config key, where the new ones differ.
+fn restart_only(new: &Settings, running: &Settings) -> Vec<&'static str> {
+    // Destructured whole, so a new setting cannot be silently ignored here.
+    let Settings {
+        listen,
+        upstream,
+        upstream_timeout,
+        policies: _,
+        zones: _,
+        audit_log,
+        negative_ttl,
+        cache,
+        alert_window,
+        control_socket,
+        metrics,
+        notify,
+    } = new;
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    [
+        ("listen", differs(listen, &running.listen)),
+        ("upstream", differs(upstream, &running.upstream)),
+        (
+            "upstream.timeout_ms",
+            differs(upstream_timeout, &running.upstream_timeout),
+        ),
+        ("audit_log", differs(audit_log, &running.audit_log)),
+        ("negative_ttl", differs(negative_ttl, &running.negative_ttl)),
+        ("cache", differs(cache, &running.cache)),
+        (
+            "alerts.window_secs",
+            differs(alert_window, &running.alert_window),
+        ),
+        ("alerts.notify", differs(notify, &running.notify)),
+        (
+            "control_socket",
+            differs(control_socket, &running.control_socket),
+        ),
+        ("metrics", differs(metrics, &running.metrics)),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
+}
+
+/// The alert for a failed reload: a headline naming the first problem's
+/// file:line, every error below it, and an audit event with all of them.
+fn failed(handler: &Handler, diags: &Diagnostics, why: Option<&str>) {
     crate::metrics::METRICS
         .reload_failures
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tracing::error!("[!] RELOAD FAILED, the previous policies stay in force: {why}");
+    let errors: Vec<String> = diags
+        .errors()
+        .map(ToString::to_string)
+        .chain(why.map(|w| format!("error: {w}")))
+        .collect();
+    let first = errors.first().map_or("unknown error", String::as_str);
+    let more = match errors.len() {
+        0 | 1 => String::new(),
+        n => format!(" (and {} more, below)", n - 1),
+    };
+    tracing::error!("[!] RELOAD FAILED, the previous policies stay in force: {first}{more}");
+    for error in errors.iter().skip(1) {
+        tracing::error!("[!] RELOAD FAILED: {error}");
+    }
+    handler.audit.event(
+        serde_json::json!({
+            "ts": now(),
+            "event": "reload_failed",
+            "errors": errors,
+        })
+        .to_string(),
+    );
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_micros(SystemTime::now()).to_string()
+}
+
+/// CLOCK_MONOTONIC in µs, as systemd wants with RELOADING=1.
+fn monotonic_usec() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000)
+        .unwrap_or(0)
 }
 
 /// Change lines logged per agent and reload; the rest are counted.

@@ -185,6 +185,32 @@ impl Zone {
     }
 }
 
+/// The 1-based line where a zone file stops parsing, for parser errors that
+/// do not say: the shortest prefix that fails with the same error. A prefix
+/// ending before the bad line parses or fails differently (say, inside an
+/// open parenthesis), so the search is monotonic.
+fn failing_line(
+    text: &str,
+    message: &str,
+    error: impl Fn(&str) -> Option<String>,
+) -> Option<usize> {
+    let ends: Vec<usize> = text
+        .match_indices('\n')
+        .map(|(i, _)| i + 1)
+        .chain([text.len()])
+        .collect();
+    let fails = |n: usize| error(&text[..ends[n - 1]]).is_some_and(|m| m == message);
+    let (mut lo, mut hi) = (1, ends.len());
+    if !fails(hi) {
+        return None;
+    }
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if fails(mid) { hi = mid } else { lo = mid + 1 }
+    }
+    Some(lo)
+}
+
 fn load_zone(file: &Path, diags: &mut Diagnostics) -> Option<(String, Zone)> {
     let text = match std::fs::read_to_string(file) {
         Ok(text) => text,
@@ -209,7 +235,9 @@ fn load_zone(file: &Path, diags: &mut Diagnostics) -> Option<(String, Zone)> {
             return None;
         }
     };
-    let (origin, rrsets) = match Parser::new(text, Some(file.to_path_buf()), Some(origin)).parse() {
+    let parse =
+        |text: &str| Parser::new(text, Some(file.to_path_buf()), Some(origin.clone())).parse();
+    let (origin, rrsets) = match parse(&text) {
         Ok(parsed) => parsed,
         Err(e) => {
             let message = e.to_string();
@@ -217,7 +245,10 @@ fn load_zone(file: &Path, diags: &mut Diagnostics) -> Option<(String, Zone)> {
                 .split("line ")
                 .nth(1)
                 .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|n| n.parse().ok());
+                .and_then(|n| n.parse().ok())
+                .or_else(|| {
+                    failing_line(&text, &message, |t| parse(t).err().map(|e| e.to_string()))
+                });
             diags.error(
                 file,
                 line,
@@ -278,4 +309,26 @@ fn load_zone(file: &Path, diags: &mut Diagnostics) -> Option<(String, Zone)> {
             origin: origin_key,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parse_error_names_its_line_even_after_a_multi_line_soa() {
+        let dir = std::env::temp_dir().join(format!("allowdns-zone-line-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("l.test.zone");
+        std::fs::write(
+            &file,
+            "$TTL 60\n@ IN SOA ns. h. (\n  1 3600\n  600 86400 5 )\na IN A 192.0.2.1\n\nb IN A 300.1.1.1\nc IN A 192.0.2.3\n",
+        )
+        .unwrap();
+        let mut diags = Diagnostics::default();
+        assert!(load_zone(&file, &mut diags).is_none());
+        let error = diags.errors().next().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(error.line, Some(7), "{error}");
+    }
 }

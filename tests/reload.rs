@@ -196,3 +196,78 @@ fn reloads_under_load_drop_nothing_and_never_show_a_partial_policy() {
         "{wrong} of {answered} answers were wrong during reloads"
     );
 }
+
+#[test]
+fn zone_reloads_take_effect_and_a_bad_zone_is_refused_with_file_line_and_audited() {
+    let dir = TempDir::new("reload-zone");
+    let zones = dir.0.join("zones");
+    std::fs::create_dir(&zones).unwrap();
+    let zone = zones.join("z.test.zone");
+    let head = "$ORIGIN z.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\na IN A 192.0.2.1\n";
+    std::fs::write(&zone, head).unwrap();
+    let policy = dir.write(
+        "p.yaml",
+        "agent_name: z\nallowed_dynamic_resolution:\n  - \"*.z.test\"\n",
+    );
+    let audit = dir.0.join("audit.jsonl");
+    let dns = Allowdns::serve(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--zones",
+        zones.to_str().unwrap(),
+        "--upstream",
+        "none",
+        "--audit-log",
+        audit.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        rcode(dns.udp, "b.z.test", RecordType::A),
+        ResponseCode::NXDomain
+    );
+
+    // A zone-only change: the new record answers after SIGHUP.
+    std::fs::write(&zone, format!("{head}b IN A 192.0.2.2\n")).unwrap();
+    hup(&dns);
+    wait_for(&dns, "reloaded", 1);
+    assert_eq!(
+        rcode(dns.udp, "b.z.test", RecordType::A),
+        ResponseCode::NoError
+    );
+
+    // A broken zone: refused whole; the headline names file:line.
+    std::fs::write(
+        &zone,
+        format!("{head}b IN A 192.0.2.2\nc IN A not-an-address\n"),
+    )
+    .unwrap();
+    hup(&dns);
+    wait_for(&dns, "RELOAD FAILED", 1);
+    let stderr = dns.stderr();
+    let headline = stderr
+        .lines()
+        .find(|l| l.contains("[!] RELOAD FAILED, the previous policies stay in force"))
+        .unwrap_or_else(|| panic!("no headline in:\n{stderr}"));
+    assert!(
+        headline.contains(&format!("{}:6", zone.display())),
+        "the headline names the zone file and line: {headline}"
+    );
+    assert_eq!(
+        rcode(dns.udp, "b.z.test", RecordType::A),
+        ResponseCode::NoError
+    );
+
+    let (_, _) = dns.terminate();
+    let events: Vec<_> = read_audit(&audit)
+        .into_iter()
+        .filter(|r| r.get("event").is_some())
+        .collect();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(kinds, ["reload", "reload_failed"], "{events:?}");
+    let errors = events[1]["errors"].as_array().unwrap();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.as_str().unwrap().contains(&zone.display().to_string())),
+        "{errors:?}"
+    );
+}

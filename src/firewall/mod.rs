@@ -18,13 +18,13 @@
 pub mod netlink;
 pub mod ruleset;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use hickory_proto::rr::rdata::svcb::SvcParamValue;
@@ -149,8 +149,42 @@ struct Target {
     netlink: Mutex<Netlink>,
     /// When each element fed here expires, by (set, key).
     expiries: Mutex<Expiries>,
-    /// Permanent elements from policy addresses, as last installed.
-    installed: Mutex<Vec<(SetId, Element)>>,
+    /// Elements from policy addresses, as last installed.
+    installed: Mutex<Vec<Static>>,
+    /// Keys fed under an expiring rule (a grant, `expires:`), by (agent,
+    /// pattern), so a revoke can take them out before their timeout.
+    by_rule: Mutex<FedUnderRule>,
+}
+
+/// (agent, pattern) → the (set, key)s fed under that expiring rule.
+type FedUnderRule = HashMap<(Arc<str>, Arc<str>), HashSet<(SetId, Vec<u8>)>>;
+
+/// An element from a policy's IP/CIDR destination: permanent, or with a
+/// kernel timeout when the entry expires, so it ends even if allowdns is down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Static {
+    set: SetId,
+    key: Vec<u8>,
+    key_end: Option<Vec<u8>>,
+    expires: Option<SystemTime>,
+}
+
+impl Static {
+    fn same_range(&self, other: &Static) -> bool {
+        self.set == other.set && self.key == other.key && self.key_end == other.key_end
+    }
+
+    fn element(&self, now: SystemTime) -> Element {
+        Element {
+            key: self.key.clone(),
+            key_end: self.key_end.clone(),
+            timeout: self.expires.map(|at| {
+                at.duration_since(now)
+                    .unwrap_or_default()
+                    .max(Duration::from_secs(1))
+            }),
+        }
+    }
 }
 
 /// Entries kept in a target's expiry map before expired ones are pruned.
@@ -188,8 +222,8 @@ impl Expiries {
     }
 }
 
-/// Whether a permanent range element contains a single concatenated key.
-fn covers(range: &Element, key: &[u8]) -> bool {
+/// Whether a policy range element contains a single concatenated key.
+fn covers(range: &Static, key: &[u8]) -> bool {
     let Some(end) = &range.key_end else {
         return range.key == key;
     };
@@ -204,89 +238,113 @@ fn covers(range: &Element, key: &[u8]) -> bool {
         .all(|&(a, b)| range.key[a..b] <= key[a..b] && key[a..b] <= end[a..b])
 }
 
+/// The targets opened at startup. Which one a policy feeds follows from its
+/// own `firewall:` config, so the policy in force and its target never disagree.
 pub struct Firewall {
     targets: Vec<Target>,
-    /// Agent name → target index.
-    by_agent: RwLock<HashMap<String, usize>>,
 }
 
 impl Firewall {
     /// Opens a socket per target and checks every set; changes nothing, so
     /// `check` can use it. `None` when no policy feeds a firewall.
     pub fn open(policies: &PolicySet) -> Result<Option<Firewall>, String> {
-        let mut firewall = Firewall {
-            targets: Vec::new(),
-            by_agent: RwLock::new(HashMap::new()),
-        };
-        for policy in &policies.policies {
-            let Some(config) = &policy.firewall else {
-                continue;
-            };
-            let index = match firewall.targets.iter().position(|t| &t.config == config) {
-                Some(i) => i,
-                None => {
-                    firewall.targets.push(Target::open(config)?);
-                    firewall.targets.len() - 1
-                }
-            };
-            firewall
-                .by_agent
-                .get_mut()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(policy.agent.to_string(), index);
+        let mut targets: Vec<Target> = Vec::new();
+        for config in policies.policies.iter().filter_map(|p| p.firewall.as_ref()) {
+            if !targets.iter().any(|t| &t.config == config) {
+                targets.push(Target::open(config)?);
+            }
         }
-        Ok((!firewall.targets.is_empty()).then_some(firewall))
+        Ok((!targets.is_empty()).then_some(Firewall { targets }))
     }
 
-    fn target_of(&self, agent: &str) -> Option<usize> {
-        self.by_agent
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(agent)
-            .copied()
+    fn target_for(&self, policy: &Policy) -> Option<&Target> {
+        let config = policy.firewall.as_ref()?;
+        self.targets.iter().find(|t| &t.config == config)
     }
 
-    /// Adopts reloaded policies: each must feed a target opened at startup
-    /// (opening netlink sockets in new namespaces needs a restart); then the
-    /// permanent elements follow the new address destinations.
-    pub fn reload(&self, policies: &PolicySet) -> Result<(), String> {
-        let mut by_agent = HashMap::new();
+    /// Whether every policy feeds a target opened at startup (opening netlink
+    /// sockets in new namespaces needs a restart). Changes nothing.
+    pub fn check(&self, policies: &PolicySet) -> Result<(), String> {
         for policy in &policies.policies {
-            let Some(config) = &policy.firewall else {
-                continue;
-            };
-            let Some(index) = self.targets.iter().position(|t| &t.config == config) else {
+            if let Some(config) = &policy.firewall
+                && self.target_for(policy).is_none()
+            {
                 return Err(format!(
                     "agent '{}' feeds {}, which was not open at startup; restart allowdns to add it",
                     policy.agent,
                     config.describe()
                 ));
-            };
-            by_agent.insert(policy.agent.to_string(), index);
+            }
         }
-        *self.by_agent.write().unwrap_or_else(|p| p.into_inner()) = by_agent;
-        self.sync_static(policies)
+        Ok(())
     }
 
-    /// Makes the permanent elements match the policies' IP/CIDR destinations.
+    /// Makes the policy-address elements match the policies' IP/CIDR
+    /// destinations, in every target. Elements of an expiring entry carry a
+    /// kernel timeout to its end.
     pub fn sync_static(&self, policies: &PolicySet) -> Result<(), String> {
-        for (index, target) in self.targets.iter().enumerate() {
-            let mut wanted: Vec<(SetId, Element)> = Vec::new();
+        let now = SystemTime::now();
+        for target in &self.targets {
+            let mut wanted: Vec<Static> = Vec::new();
             for policy in &policies.policies {
-                if self.target_of(&policy.agent) != Some(index) {
+                if policy.firewall.as_ref() != Some(&target.config) {
                     continue;
                 }
-                for address in &policy.addresses {
+                for address in policy
+                    .addresses
+                    .iter()
+                    .filter(|a| a.expires.is_none_or(|at| now < at))
+                {
                     for e in static_elements(&target.config, address.net, &address.ports) {
-                        if !wanted.contains(&e) {
-                            wanted.push(e);
+                        let e = Static {
+                            expires: address.expires,
+                            ..e
+                        };
+                        match wanted.iter_mut().find(|w| w.same_range(&e)) {
+                            // The same range from two entries lives as long as the longer one.
+                            Some(w) => {
+                                w.expires = w.expires.zip(e.expires).map(|(a, b)| a.max(b));
+                            }
+                            None => wanted.push(e),
                         }
                     }
                 }
             }
-            target.replace_static(wanted)?;
+            target.replace_static(wanted, now)?;
         }
         Ok(())
+    }
+
+    /// Takes out, at once, every element fed under `agent`'s expiring rule
+    /// `pattern` (a revoked or shortened grant), instead of letting them run
+    /// to their timeout. Addresses other names also led to go too; they are
+    /// fed again on their next answer.
+    pub fn withdraw(&self, agent: &str, pattern: &str) -> Result<usize, String> {
+        let mut total = 0;
+        for target in &self.targets {
+            total += target.withdraw(agent, pattern).map_err(|e| {
+                format!(
+                    "cannot withdraw elements of '{pattern}' from {}: {e}",
+                    target.config.describe()
+                )
+            })?;
+        }
+        Ok(total)
+    }
+
+    /// Stops tracking keys for expiring rules no longer in force; their
+    /// elements age out by their own timeouts.
+    pub fn forget_ended(&self, policies: &PolicySet) {
+        for target in &self.targets {
+            let mut by_rule = target.by_rule.lock().unwrap_or_else(|p| p.into_inner());
+            by_rule.retain(|(agent, pattern), _| {
+                policies.by_agent(agent).is_some_and(|p| {
+                    p.rules
+                        .iter()
+                        .any(|r| r.expires.is_some() && r.pattern == *pattern)
+                })
+            });
+        }
     }
 
     /// Adds every address in `answers` to the agent's sets, before the reply
@@ -298,10 +356,13 @@ impl Firewall {
         rule: &Rule,
         answers: &mut Vec<Record>,
     ) -> Result<(), FeedError> {
-        let Some(index) = self.target_of(&policy.agent) else {
-            return Ok(());
+        let Some(target) = self.target_for(policy) else {
+            return match &policy.firewall {
+                // Cannot happen after `check`; never hand out what the fence would not pass.
+                Some(config) => Err(FeedError(format!("{} is not open", config.describe()))),
+                None => Ok(()),
+            };
         };
-        let target = &self.targets[index];
         let config = &target.config;
         answers.retain(|r| match &r.data {
             RData::A(_) => config.passes_v4(),
@@ -332,6 +393,13 @@ impl Firewall {
         }
         if wanted.is_empty() {
             return Ok(());
+        }
+        if rule.expires.is_some() {
+            let mut by_rule = target.by_rule.lock().unwrap_or_else(|p| p.into_inner());
+            let keys = by_rule
+                .entry((policy.agent.clone(), rule.pattern.clone()))
+                .or_default();
+            keys.extend(wanted.iter().map(|(set, key, _)| (*set, key.clone())));
         }
         target.feed(wanted).map_err(|e| {
             FeedError(format!(
@@ -384,6 +452,7 @@ impl Target {
             netlink: Mutex::new(netlink),
             expiries: Mutex::new(expiries),
             installed: Mutex::new(Vec::new()),
+            by_rule: Mutex::new(HashMap::new()),
         })
     }
 
@@ -394,7 +463,7 @@ impl Target {
             let installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
             wanted
                 .into_iter()
-                .filter(|(set, key, _)| !installed.iter().any(|(s, e)| s == set && covers(e, key)))
+                .filter(|(set, key, _)| !installed.iter().any(|e| e.set == *set && covers(e, key)))
                 .collect()
         };
         if wanted.is_empty() || self.updates(&wanted, Instant::now()).is_empty() {
@@ -484,8 +553,9 @@ impl Target {
         updates
     }
 
-    /// Installs `wanted` as the permanent elements, removing ones no longer wanted.
-    fn replace_static(&self, wanted: Vec<(SetId, Element)>) -> Result<(), String> {
+    /// Installs `wanted` as the policy-address elements, removing ones no
+    /// longer wanted and re-adding ones whose expiry changed.
+    fn replace_static(&self, wanted: Vec<Static>, now: SystemTime) -> Result<(), String> {
         let config = &self.config;
         let mut installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
         let mut netlink = self.netlink.lock().unwrap_or_else(|p| p.into_inner());
@@ -499,27 +569,30 @@ impl Target {
                     .list_elements(config.family, &config.table, config.set_name(set))
                     .map_err(|e| format!("cannot list set '{}': {e}", config.set_name(set)))?;
                 for l in listed.into_iter().filter(|l| l.expires_in.is_none()) {
-                    installed.push((
+                    installed.push(Static {
                         set,
-                        Element {
-                            key: l.key,
-                            key_end: l.key_end,
-                            timeout: None,
-                        },
-                    ));
+                        key: l.key,
+                        key_end: l.key_end,
+                        expires: None,
+                    });
                 }
             }
         }
+        // A changed expiry is a delete and an add in the same transaction.
         let mut ops_data: HashMap<SetId, (Vec<Element>, Vec<Element>)> = HashMap::new();
-        for (set, e) in installed.iter() {
-            if !wanted.iter().any(|(s, w)| s == set && w == e) {
-                ops_data.entry(*set).or_default().1.push(e.clone());
-            }
+        for old in installed.iter().filter(|old| !wanted.contains(old)) {
+            ops_data
+                .entry(old.set)
+                .or_default()
+                .1
+                .push(old.element(now));
         }
-        for (set, e) in &wanted {
-            if !installed.iter().any(|(s, i)| s == set && i == e) {
-                ops_data.entry(*set).or_default().0.push(e.clone());
-            }
+        for new in wanted.iter().filter(|new| !installed.contains(new)) {
+            ops_data
+                .entry(new.set)
+                .or_default()
+                .0
+                .push(new.element(now));
         }
         let ops: Vec<SetOp<'_>> = ops_data
             .iter()
@@ -531,14 +604,74 @@ impl Target {
                 delete,
             })
             .collect();
-        netlink.apply(&ops).map_err(|e| {
-            format!(
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let metrics = &crate::metrics::METRICS;
+        metrics.nft_updates.fetch_add(1, Relaxed);
+        if let Err(e) = netlink.apply(&ops) {
+            metrics.nft_failures.fetch_add(1, Relaxed);
+            return Err(format!(
                 "cannot install policy addresses in {}: {e}",
                 config.describe()
-            )
-        })?;
+            ));
+        }
+        let added: usize = ops_data.values().map(|(add, _)| add.len()).sum();
+        metrics.nft_elements.fetch_add(added as u64, Relaxed);
         *installed = wanted;
         Ok(())
+    }
+
+    /// Deletes the elements fed under one expiring rule; see [`Firewall::withdraw`].
+    fn withdraw(&self, agent: &str, pattern: &str) -> io::Result<usize> {
+        let keys = {
+            let mut by_rule = self.by_rule.lock().unwrap_or_else(|p| p.into_inner());
+            match by_rule.remove(&(Arc::from(agent), Arc::from(pattern))) {
+                Some(keys) => keys,
+                None => return Ok(0),
+            }
+        };
+        let mut netlink = self.netlink.lock().unwrap_or_else(|p| p.into_inner());
+        let mut expiries = self.expiries.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        // Only elements surely still in the kernel: deleting a missing one
+        // fails the batch. One about to time out is left to do so.
+        let mut per_set: HashMap<SetId, Vec<Element>> = HashMap::new();
+        for (set, key) in keys {
+            let alive = expiries
+                .map
+                .remove(&(set, key.clone()))
+                .is_some_and(|e| e > now + Duration::from_secs(1));
+            if alive {
+                let key_end = matches!(set, SetId::V4Ports | SetId::V6Ports).then(|| key.clone());
+                per_set.entry(set).or_default().push(Element {
+                    key,
+                    key_end,
+                    timeout: None,
+                });
+            }
+        }
+        drop(expiries);
+        let ops: Vec<SetOp<'_>> = per_set
+            .iter()
+            .map(|(set, delete)| SetOp {
+                family: self.config.family,
+                table: &self.config.table,
+                set: self.config.set_name(*set),
+                add: &[],
+                delete,
+            })
+            .collect();
+        let count = per_set.values().map(Vec::len).sum();
+        if count == 0 {
+            return Ok(0);
+        }
+        let metrics = &crate::metrics::METRICS;
+        metrics.nft_updates.fetch_add(1, Relaxed);
+        netlink.apply(&ops).inspect_err(|_| {
+            metrics.nft_failures.fetch_add(1, Relaxed);
+        })?;
+        Ok(count)
     }
 }
 
@@ -631,8 +764,8 @@ fn dynamic_keys(ip: IpAddr, ports: &Ports) -> Vec<(SetId, Vec<u8>)> {
         .collect()
 }
 
-/// Permanent range elements for an IP/CIDR destination.
-fn static_elements(config: &FirewallConfig, net: IpNet, ports: &Ports) -> Vec<(SetId, Element)> {
+/// Range elements for an IP/CIDR destination (permanent until the caller sets `expires`).
+fn static_elements(config: &FirewallConfig, net: IpNet, ports: &Ports) -> Vec<Static> {
     let set = match net {
         IpNet::V4(_) if config.passes_v4() => SetId::V4Ports,
         IpNet::V6(_) if config.passes_v6() => SetId::V6Ports,
@@ -650,15 +783,11 @@ fn static_elements(config: &FirewallConfig, net: IpNet, ports: &Ports) -> Vec<(S
     };
     ranges
         .into_iter()
-        .map(|((p0, port0), (p1, port1))| {
-            (
-                set,
-                Element {
-                    key: concat(&first, p0, port0),
-                    key_end: Some(concat(&last, p1, port1)),
-                    timeout: None,
-                },
-            )
+        .map(|((p0, port0), (p1, port1))| Static {
+            set,
+            key: concat(&first, p0, port0),
+            key_end: Some(concat(&last, p1, port1)),
+            expires: None,
         })
         .collect()
 }
@@ -724,9 +853,9 @@ mod tests {
         );
         let config = FirewallConfig::with_defaults();
         let e = static_elements(&config, "10.0.0.0/8".parse().unwrap(), &any);
-        assert_eq!(e[0].1.key, vec![10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(e[0].key, vec![10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(
-            e[0].1.key_end.as_ref().unwrap(),
+            e[0].key_end.as_ref().unwrap(),
             &vec![10, 255, 255, 255, 255, 0, 0, 0, 255, 255, 0, 0]
         );
     }
