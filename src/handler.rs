@@ -169,8 +169,9 @@ impl Handler {
         // A new file set reports its own expiries (`check` shows those already past).
         let last = std::mem::replace(&mut grants.1, SystemTime::now());
         let installed = self.install(Arc::new(loaded), &mut grants, true);
-        if installed.is_err() {
-            grants.1 = last;
+        match installed {
+            Ok(()) => self.forget_ended(),
+            Err(_) => grants.1 = last,
         }
         installed
     }
@@ -179,6 +180,16 @@ impl Handler {
     pub fn refresh(&self) {
         let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
         let _ = self.install(self.snapshot().files.clone(), &mut grants, false);
+        self.forget_ended();
+    }
+
+    /// Rules that ended by themselves: their elements age out on their own
+    /// timeouts (capped at the rule's end plus grace), so stop tracking them.
+    /// A revoke withdraws instead, so it must not come through here first.
+    fn forget_ended(&self) {
+        if let Some(firewall) = &self.firewall {
+            firewall.forget_ended(&self.snapshot().policies);
+        }
     }
 
     /// Adds (or renews) a grant and puts it in force at once.
@@ -311,9 +322,6 @@ impl Handler {
             }
         }
         *last = now;
-        if let Some(firewall) = &self.firewall {
-            firewall.forget_ended(&policies);
-        }
         *self.loaded.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(InForce { files, policies });
         self.expiry_changed.notify_one();

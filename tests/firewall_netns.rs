@@ -665,3 +665,102 @@ fn grants_and_expiring_ranges_age_out_of_the_fence() {
         ResponseCode::NXDomain
     );
 }
+
+/// A revoked grant takes its addresses out of the fence at once, not at the
+/// end of the record's TTL; an expiring range carries a kernel timeout, so it
+/// ends even if allowdns is not running then.
+#[test]
+fn a_revoke_withdraws_fed_addresses_and_expiring_ranges_time_out_in_the_kernel() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    start_services(&lab, &[443]);
+    let zone = lab.dir.write(
+        "rv.test.zone",
+        "$ORIGIN rv.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\nvendor IN A 10.200.3.61\n",
+    );
+    let upstream = Upstream::start("127.0.0.15", 0, &[zone]);
+    let later =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(600));
+    let policy = lab.fence(&format!(
+        "agent_name: revoked\nexpected_outbound:\n  - destination: 10.200.8.0/24\n    expires: \"{later}\"\nfirewall:\n  netns: NETNS\n"
+    ));
+    let socket = lab.dir.0.join("control.sock");
+    let up = upstream.addr.to_string();
+    let dns = Allowdns::serve(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--upstream",
+        &up,
+        "--control",
+        socket.to_str().unwrap(),
+    ]);
+    let control = |args: &[&str]| {
+        let out = Command::new(bin())
+            .args([args[0], "--control", socket.to_str().unwrap()])
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    control(&[
+        "grant",
+        "--agent",
+        "revoked",
+        "--name",
+        "vendor.rv.test",
+        "--for",
+        "2h",
+        "--reason",
+        "test",
+    ]);
+    let m = query(dns.udp, "vendor.rv.test", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(
+        connect(&lab, "10.200.3.61:443").is_some(),
+        "granted name blocked"
+    );
+
+    // The range element expires in the kernel in about 600 s.
+    let (ok, listed) = sh_out(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.a,
+        "nft",
+        "list",
+        "set",
+        "inet",
+        "allowdns",
+        "allowed_v4_ports",
+    ]);
+    assert!(ok, "{listed}");
+    let range = listed
+        .split(',')
+        .find(|e| e.contains("10.200.8.0/24 ."))
+        .unwrap_or_else(|| panic!("no range in:\n{listed}"));
+    assert!(
+        range.contains("expires"),
+        "the range has no kernel timeout: {range}"
+    );
+
+    control(&["revoke", "--agent", "revoked", "--name", "vendor.rv.test"]);
+    assert!(
+        connect(&lab, "10.200.3.61:443").is_none(),
+        "a revoked grant's address still passes (record TTL 3600 s)"
+    );
+    assert_eq!(
+        rcode(dns.udp, "vendor.rv.test", RecordType::A),
+        ResponseCode::NXDomain
+    );
+    assert!(
+        connect(&lab, "10.200.8.9:443").is_some(),
+        "the range is still in force"
+    );
+    assert!(
+        dns.stderr().contains("firewall elements withdrawn"),
+        "{}",
+        dns.stderr()
+    );
+}
