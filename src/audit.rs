@@ -10,8 +10,8 @@
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -75,6 +75,8 @@ struct Shared {
     /// Records the buffer may hold before new ones are counted as lost.
     capacity: usize,
     lost: AtomicU64,
+    /// Set by SIGHUP: reopen the file by its path (after logrotate moved it).
+    reopen: AtomicBool,
 }
 
 /// The handlers' side of the log; cheap to clone.
@@ -87,7 +89,8 @@ pub struct AuditLog {
 /// Where audit lines go.
 pub enum Sink {
     Stdout,
-    File(std::fs::File),
+    /// The open file, and its path for reopening.
+    File(std::fs::File, PathBuf),
 }
 
 impl Sink {
@@ -96,36 +99,55 @@ impl Sink {
         match path {
             None => Ok(Sink::Stdout),
             Some(p) if p == Path::new("-") => Ok(Sink::Stdout),
-            Some(p) => OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map(Sink::File)
-                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display()))),
+            Some(p) => append(p).map(|f| Sink::File(f, p.to_path_buf())),
         }
     }
 }
 
+fn append(path: &Path) -> io::Result<std::fs::File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
 impl AuditLog {
     pub fn start(sink: Sink) -> AuditLog {
-        let out: Box<dyn Write + Send> = match sink {
-            Sink::Stdout => Box::new(io::stdout()),
-            Sink::File(f) => Box::new(f),
+        let (out, path): (Box<dyn Write + Send>, _) = match sink {
+            Sink::Stdout => (Box::new(io::stdout()), None),
+            Sink::File(f, path) => (Box::new(f), Some(path)),
         };
-        Self::start_with(out, CAPACITY)
+        Self::start_with(out, path, CAPACITY)
     }
 
-    fn start_with(out: Box<dyn Write + Send>, capacity: usize) -> AuditLog {
+    fn start_with(out: Box<dyn Write + Send>, path: Option<PathBuf>, capacity: usize) -> AuditLog {
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Vec::with_capacity(4096)),
             events: Mutex::new(Vec::new()),
             capacity,
             lost: AtomicU64::new(0),
+            reopen: AtomicBool::new(false),
         });
         let writer_shared = shared.clone();
         let mut out = BufWriter::with_capacity(1 << 16, out);
         let (mut batch, mut line) = (Vec::with_capacity(4096), Vec::with_capacity(512));
         let writer = Worker::start("audit-writer", TICK, move |_| {
+            if writer_shared.reopen.swap(false, Ordering::Relaxed)
+                && let Some(path) = &path
+            {
+                // Whatever is buffered goes to the old file first; on failure keep it.
+                write_pass(&writer_shared, &mut out, &mut batch, &mut line);
+                match append(path) {
+                    Ok(file) => {
+                        out = BufWriter::with_capacity(1 << 16, Box::new(file));
+                        tracing::info!(file = %path.display(), "audit log reopened");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "[!] cannot reopen the audit log; still writing to the old file")
+                    }
+                }
+            }
             write_pass(&writer_shared, &mut out, &mut batch, &mut line);
         });
         AuditLog {
@@ -145,6 +167,12 @@ impl AuditLog {
                 .audit_lost
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Asks the writer to reopen the file by its path (logrotate, SIGHUP).
+    pub fn reopen(&self) {
+        self.shared.reopen.store(true, Ordering::Relaxed);
+        self.writer.poke();
     }
 
     /// Queues a non-query event line (JSON, no newline).
@@ -185,6 +213,10 @@ fn write_pass(
     let events = std::mem::take(&mut *shared.events.lock().unwrap_or_else(|p| p.into_inner()));
     for event in events {
         if let Err(e) = writeln!(out, "{event}") {
+            shared.lost.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::METRICS
+                .audit_lost
+                .fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, event, "audit log write failed");
         }
     }
@@ -413,6 +445,7 @@ mod tests {
                 opened: false,
                 out: out.clone(),
             }),
+            None,
             10,
         );
         // The first record stalls the writer inside write(); then the buffer fills.

@@ -21,6 +21,8 @@ pub async fn reload(sources: &Sources, running: &Settings, handler: &Arc<Handler
         "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading",
         monotonic_usec()
     ));
+    // logrotate's postrotate reloads; the log moves on whatever the policies say.
+    handler.audit.reopen();
     let (sources, running, handler) = (sources.clone(), running.clone(), handler.clone());
     let done = tokio::task::spawn_blocking(move || {
         reload_now(&sources, &running, &handler).map_err(|(diags, why)| {

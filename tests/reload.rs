@@ -234,6 +234,9 @@ fn zone_reloads_take_effect_and_a_bad_zone_is_refused_with_file_line_and_audited
         ResponseCode::NoError
     );
 
+    // logrotate moves the log, then reloads: the log is reopened by its path.
+    let rotated = dir.0.join("audit.jsonl.1");
+    std::fs::rename(&audit, &rotated).unwrap();
     // A broken zone: refused whole; the headline names file:line.
     std::fs::write(
         &zone,
@@ -257,8 +260,15 @@ fn zone_reloads_take_effect_and_a_bad_zone_is_refused_with_file_line_and_audited
     );
 
     let (_, _) = dns.terminate();
-    let events: Vec<_> = read_audit(&audit)
+    let (old, new) = (read_audit(&rotated), read_audit(&audit));
+    assert!(
+        new.iter()
+            .any(|r| r["qname"] == "b.z.test" && r["rcode"] == "NOERROR"),
+        "the reopened log has the queries after the rotation: {new:?}"
+    );
+    let events: Vec<_> = old
         .into_iter()
+        .chain(new)
         .filter(|r| r.get("event").is_some())
         .collect();
     let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
