@@ -1,7 +1,8 @@
 //! The local control socket: `allowdns grant`, `revoke` and `status` talk to
 //! the running resolver over a Unix socket, one JSON request and one JSON
-//! reply per connection. The socket is mode 0600, so only its owner (root
-//! under systemd) can make exceptions; the peer's uid goes into the audit log.
+//! reply per connection. The socket is mode 0600 from birth, and each peer's
+//! credentials are checked too: only root and the daemon's own user may make
+//! exceptions. The peer's uid goes into the audit log.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,8 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::grants::{Grant, MAX_GRANT};
@@ -21,6 +24,16 @@ use crate::policy::name::pattern_key;
 pub const DEFAULT_SOCKET: &str = "/run/allowdns/control.sock";
 /// Requests are one short line; anything longer is not ours.
 const MAX_REQUEST: u64 = 64 * 1024;
+/// Connections answered at once; more are closed unanswered, so a local
+/// flood cannot pile up tasks.
+const MAX_CONNECTIONS: usize = 16;
+/// One deadline over a whole exchange, reply included.
+const EXCHANGE_DEADLINE: Duration = Duration::from_secs(5);
+/// Of which reading the request may take this much, leaving time to reply.
+const READ_DEADLINE: Duration = Duration::from_secs(4);
+/// Limits on the free-text fields that reach the audit log and alerts.
+const MAX_REASON_CHARS: usize = 512;
+const MAX_AGENT_CHARS: usize = 255;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
@@ -82,6 +95,9 @@ pub struct GrantView {
     pub granted_at: String,
     pub expires: String,
     pub uid: Option<u32>,
+    /// Set on a revoke reply: who revoked it (`uid` is the granter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_by: Option<u32>,
 }
 
 impl From<&Grant> for GrantView {
@@ -93,6 +109,7 @@ impl From<&Grant> for GrantView {
             granted_at: humantime::format_rfc3339_seconds(g.granted_at).to_string(),
             expires: humantime::format_rfc3339_seconds(g.expires).to_string(),
             uid: g.uid,
+            revoked_by: g.revoked_by,
         }
     }
 }
@@ -117,32 +134,89 @@ impl Reply {
     }
 }
 
-/// Binds the socket with mode 0600, replacing a stale one left by a crash
-/// (but never one a running allowdns still answers on).
-pub fn bind(path: &Path) -> io::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    let with_path = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(with_path(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                "another allowdns is listening on this control socket",
-            )));
-        }
-        std::fs::remove_file(path).map_err(with_path)?;
-    }
-    let listener = UnixListener::bind(path).map_err(with_path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(with_path)?;
-    Ok(listener)
+/// A bound control socket, with the identity of the file it created so
+/// shutdown removes only that file.
+pub struct Bound {
+    listener: UnixListener,
+    /// (device, inode) of the socket file right after bind.
+    file: (u64, u64),
+    /// The socket file's owner: our effective uid, allowed besides root.
+    owner: u32,
 }
 
-/// Answers control requests until `shutdown`, then removes the socket.
+/// Binds the socket, owner-only from the start (umask 077, then chmod 0600).
+/// A stale socket left by a crash is replaced; anything else at the path (a
+/// regular file, a socket a running allowdns answers on, one we cannot
+/// probe) is left alone and is an error naming the path.
+pub fn bind(path: &Path) -> io::Result<Bound> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let with_path = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let refuse = |kind: io::ErrorKind, why: String| {
+        io::Error::new(kind, format!("{}: {why}", path.display()))
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(refuse(
+                io::ErrorKind::AlreadyExists,
+                "exists and is not a socket; refusing to remove it (move it away or choose another control socket path)".into(),
+            ));
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(refuse(
+                    io::ErrorKind::AddrInUse,
+                    "another allowdns is listening on this control socket".into(),
+                ));
+            }
+            // Nobody listens: a stale socket from a crash.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path).map_err(with_path)?;
+            }
+            Err(e) => {
+                return Err(refuse(
+                    e.kind(),
+                    format!("a socket is there and probing it failed ({e}); refusing to remove it"),
+                ));
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(with_path(e)),
+    }
+    // umask is process-wide; a stricter one for a moment harms no other file.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener.map_err(with_path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(with_path)?;
+    let meta = std::fs::symlink_metadata(path).map_err(with_path)?;
+    Ok(Bound {
+        listener,
+        file: (meta.dev(), meta.ino()),
+        owner: meta.uid(),
+    })
+}
+
+/// Whether `path` is still the socket file `bind` created.
+fn still_ours(path: &Path, file: (u64, u64)) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    std::fs::symlink_metadata(path)
+        .is_ok_and(|m| m.file_type().is_socket() && (m.dev(), m.ino()) == file)
+}
+
+/// Answers control requests until `shutdown`, then removes the socket if
+/// it is still ours.
 pub async fn serve(
-    listener: UnixListener,
+    bound: Bound,
     path: PathBuf,
     handler: Arc<Handler>,
     shutdown: CancellationToken,
 ) {
+    let Bound {
+        listener,
+        file,
+        owner,
+    } = bound;
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -155,30 +229,68 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("control socket busy: connection closed unanswered");
+            continue;
+        };
         let handler = handler.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &handler).await {
-                tracing::debug!(error = %e, "control connection failed");
+            let start = Instant::now();
+            let exchange = answer(stream, &handler, owner, start + READ_DEADLINE);
+            match tokio::time::timeout_at(start + EXCHANGE_DEADLINE, exchange).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "control connection failed"),
+                Err(_) => tracing::debug!("control connection timed out"),
             }
+            drop(slot);
         });
     }
-    let _ = std::fs::remove_file(&path);
+    if still_ours(&path, file) {
+        let _ = std::fs::remove_file(&path);
+    } else {
+        tracing::warn!(socket = %path.display(), "control socket path no longer holds our socket; left in place");
+    }
 }
 
-async fn answer(stream: UnixStream, handler: &Handler) -> io::Result<()> {
-    let uid = stream.peer_cred().ok().map(|c| c.uid());
+/// Root and the daemon's own user may use the socket; nobody else, even if
+/// the file's mode or a directory's were loosened.
+fn peer_allowed(peer: Option<u32>, owner: u32) -> Result<u32, String> {
+    match peer {
+        Some(uid) if uid == 0 || uid == owner => Ok(uid),
+        Some(uid) => Err(format!("permission denied: uid {uid}")),
+        None => Err("permission denied: peer credentials unavailable".into()),
+    }
+}
+
+async fn answer(
+    stream: UnixStream,
+    handler: &Handler,
+    owner: u32,
+    read_by: Instant,
+) -> io::Result<()> {
+    let peer = stream.peer_cred().ok();
     let (read, mut write) = stream.into_split();
+    // Read even a refused peer's request, so it gets the refusal rather
+    // than a broken pipe; it is discarded unparsed.
     let mut line = String::new();
-    let read = tokio::time::timeout(
-        Duration::from_secs(5),
+    let read = tokio::time::timeout_at(
+        read_by,
         BufReader::new(read).take(MAX_REQUEST).read_line(&mut line),
     )
     .await;
-    let reply = match read {
-        Err(_) => Reply::error("no request within 5 s"),
-        Ok(Err(e)) => return Err(e),
-        Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
-            Ok(request) => execute(request, uid, handler),
+    let reply = match (peer_allowed(peer.as_ref().map(|c| c.uid()), owner), read) {
+        (Err(refusal), _) => {
+            tracing::warn!(
+                peer_uid = ?peer.as_ref().map(|c| c.uid()),
+                peer_pid = ?peer.as_ref().and_then(|c| c.pid()),
+                "control socket: connection refused ({refusal})"
+            );
+            Reply::error(refusal)
+        }
+        (Ok(_), Err(_)) => Reply::error(format!("no request within {} s", READ_DEADLINE.as_secs())),
+        (Ok(_), Ok(Err(e))) => return Err(e),
+        (Ok(uid), Ok(Ok(_))) => match serde_json::from_str::<Request>(&line) {
+            Ok(request) => execute(request, Some(uid), handler),
             Err(e) => Reply::error(format!("bad request: {e}")),
         },
     };
@@ -209,6 +321,9 @@ fn execute(request: Request, uid: Option<u32>, handler: &Handler) -> Reply {
             }
         }
         Request::Revoke { agent, name } => {
+            if let Err(e) = validate_agent(&agent) {
+                return Reply::error(e);
+            }
             let pattern = match pattern_key(&name) {
                 Ok(p) => p,
                 Err(e) => return Reply::error(e),
@@ -235,6 +350,7 @@ fn validate_grant(
     reason: &str,
     uid: Option<u32>,
 ) -> Result<Grant, String> {
+    validate_agent(agent)?;
     let pattern = pattern_key(name)?;
     if let Some(why) = crate::policy::over_broad(&pattern) {
         return Err(format!("refusing an over-broad grant: {why}"));
@@ -242,6 +358,7 @@ fn validate_grant(
     if reason.trim().is_empty() {
         return Err("a grant needs a --reason; it goes into the audit log".into());
     }
+    check_text("--reason", reason, MAX_REASON_CHARS)?;
     let duration = Duration::from_secs(for_secs);
     if duration.is_zero() || duration > MAX_GRANT {
         return Err(format!(
@@ -257,7 +374,33 @@ fn validate_grant(
         granted_at: now,
         expires: now + duration,
         uid,
+        revoked_by: None,
     })
+}
+
+fn validate_agent(agent: &str) -> Result<(), String> {
+    check_text("--agent", agent, MAX_AGENT_CHARS)
+}
+
+/// Free text bound for logs and alerts: bounded, and without characters
+/// that could forge log lines or reorder what a reader sees.
+fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), String> {
+    let count = value.chars().count();
+    if count > max_chars {
+        let head: String = value.chars().take(40).collect();
+        return Err(format!(
+            "{field} is {count} characters, more than {max_chars} (starts {head:?})"
+        ));
+    }
+    // Bidi overrides and isolates: they make a log line read differently from what it holds.
+    let bidi = |c: char| matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if let Some(c) = value.chars().find(|&c| c.is_control() || bidi(c)) {
+        return Err(format!(
+            "{field} {value:?} contains the control character U+{:04X}; use plain text",
+            u32::from(c)
+        ));
+    }
+    Ok(())
 }
 
 fn status(handler: &Handler) -> Status {
@@ -271,11 +414,11 @@ fn status(handler: &Handler) -> Status {
             let effective = in_force.policies.by_agent(&file.agent).unwrap_or(file);
             let at = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
             let expiring = file
-                .rules
+                .entries()
                 .iter()
                 .filter_map(|r| r.expires.map(|t| (r.pattern.to_string(), at(t))))
                 .chain(
-                    file.addresses
+                    file.address_entries()
                         .iter()
                         .filter_map(|a| a.expires.map(|t| (a.net.to_string(), at(t)))),
                 )
@@ -312,16 +455,23 @@ pub async fn request(path: &Path, request: &Request) -> Result<Reply, String> {
     let (read, mut write) = stream.into_split();
     let mut text = serde_json::to_string(request).map_err(|e| e.to_string())?;
     text.push('\n');
-    write
-        .write_all(text.as_bytes())
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // A refusal may arrive before the request is written: read it anyway.
+    let written = write.write_all(text.as_bytes()).await;
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(16 << 20);
-    tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+    let read = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
         .await
-        .map_err(|_| format!("{}: no reply within 10 s", path.display()))?
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|_| format!("{}: no reply within 10 s", path.display()))?;
+    if line.is_empty() {
+        let error = written.err().or(read.err());
+        return Err(match error {
+            Some(e) => format!("{}: {e}", path.display()),
+            None => format!(
+                "{}: connection closed without a reply (allowdns busy?)",
+                path.display()
+            ),
+        });
+    }
     serde_json::from_str(&line).map_err(|e| format!("{}: bad reply: {e}", path.display()))
 }
 
@@ -364,4 +514,89 @@ pub fn render(status: &Status) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("allowdns-control-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn bind_never_removes_what_is_not_a_stale_socket() {
+        let dir = scratch("bind");
+        let path = dir.join("c.sock");
+
+        // A regular file stays, and the error names it.
+        std::fs::write(&path, "precious").unwrap();
+        let e = bind(&path).err().expect("a regular file is refused");
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        assert!(e.to_string().contains("not a socket"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
+        std::fs::remove_file(&path).unwrap();
+
+        // Owner-only from the start, and a live socket is not stolen.
+        let first = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let e = bind(&path).err().expect("a live socket is refused");
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
+        assert!(still_ours(&path, first.file));
+
+        // A stale socket (nobody listening) is replaced.
+        drop(first);
+        let second = bind(&path).unwrap();
+        assert!(still_ours(&path, second.file));
+        std::fs::remove_file(&path).unwrap();
+        assert!(!still_ours(&path, second.file));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_root_and_the_owner_may_connect() {
+        assert_eq!(peer_allowed(Some(0), 1000), Ok(0));
+        assert_eq!(peer_allowed(Some(1000), 1000), Ok(1000));
+        assert_eq!(
+            peer_allowed(Some(1001), 1000),
+            Err("permission denied: uid 1001".into())
+        );
+        assert!(peer_allowed(None, 0).is_err());
+    }
+
+    #[test]
+    fn reasons_and_agents_are_plain_bounded_text() {
+        let grant =
+            |agent: &str, reason: &str| validate_grant(agent, "a.example", 60, reason, Some(0));
+        assert!(grant("agent", "INC-42 vendor débogage").is_ok());
+        let e = grant("agent", "ok\nforged line").unwrap_err();
+        assert!(e.contains("--reason") && e.contains("U+000A"), "{e}");
+        let e = grant("agent", "rtl \u{202e} trick").unwrap_err();
+        assert!(e.contains("--reason") && e.contains("U+202E"), "{e}");
+        let e = grant("agent", &"x".repeat(513)).unwrap_err();
+        assert!(e.contains("--reason is 513 characters"), "{e}");
+        assert!(grant("agent", &"é".repeat(512)).is_ok());
+        assert!(
+            grant("agent", " ")
+                .unwrap_err()
+                .contains("needs a --reason")
+        );
+        let e = grant("a\u{1b}[2J", "r").unwrap_err();
+        assert!(e.contains("--agent") && e.contains("U+001B"), "{e}");
+        let e = grant(&"a".repeat(256), "r").unwrap_err();
+        assert!(e.contains("--agent is 256 characters"), "{e}");
+        let e = grant("agent", "r");
+        assert_eq!(e.unwrap().revoked_by, None);
+        assert!(
+            validate_grant("agent", "*.com.ar", 60, "r", None)
+                .unwrap_err()
+                .contains("over-broad")
+        );
+    }
 }

@@ -23,8 +23,10 @@ pub struct Grant {
     pub reason: Arc<str>,
     pub granted_at: SystemTime,
     pub expires: SystemTime,
-    /// Who asked (the control socket peer's uid), for the audit trail.
+    /// Who granted it (the control socket peer's uid), for the audit trail.
     pub uid: Option<u32>,
+    /// Who revoked it, once revoked; `uid` stays the granter's.
+    pub revoked_by: Option<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +49,13 @@ impl Grants {
             .iter()
             .position(|g| &*g.agent == agent && &*g.pattern == pattern)?;
         Some(self.active.remove(at))
+    }
+
+    /// Like [`Grants::revoke`], recording who revoked it in `revoked_by`.
+    pub fn revoke_by(&mut self, agent: &str, pattern: &str, uid: Option<u32>) -> Option<Grant> {
+        let mut grant = self.revoke(agent, pattern)?;
+        grant.revoked_by = uid;
+        Some(grant)
     }
 
     /// Removes and returns the grants expired at `now`.
@@ -98,6 +107,7 @@ mod tests {
             granted_at: now,
             expires: now + Duration::from_secs(secs),
             uid: Some(0),
+            revoked_by: None,
         }
     }
 
@@ -114,5 +124,14 @@ mod tests {
         assert_eq!(grants.rules()["a"].len(), 1);
         assert!(grants.revoke("a", "x.example").is_some());
         assert!(grants.next_expiry().is_none());
+    }
+
+    #[test]
+    fn revoking_keeps_the_granter_and_records_the_revoker() {
+        let mut grants = Grants::default();
+        grants.add(grant("x.example", 10));
+        let revoked = grants.revoke_by("a", "x.example", Some(1000)).unwrap();
+        assert_eq!((revoked.uid, revoked.revoked_by), (Some(0), Some(1000)));
+        assert!(grants.revoke_by("a", "x.example", Some(0)).is_none());
     }
 }

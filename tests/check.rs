@@ -156,3 +156,32 @@ fn serve_refuses_to_start_on_bad_input() {
         "{stderr}"
     );
 }
+
+#[test]
+fn registry_suffixes_warn_and_bad_offsets_name_the_value() {
+    let dir = TempDir::new("check-psl");
+    let policy = dir.write(
+        "p.yaml",
+        "agent_name: a\nexpected_outbound:\n  - destination: ok.example.com\n    expires: \"2099-01-01T00:00:00+99:99\"\n  - destination: b.example.com\n    expires: \"2099-01-01t00:00:00z\"\nallowed_dynamic_resolution:\n  - \"*.com.ar\"\n  - \"*.r2.dev\"\n  - \"*.bucket.r2.dev\"\n",
+    );
+    let (code, _, stderr) = check(&["--policy", policy.to_str().unwrap(), "--upstream", "none"]);
+    assert_eq!(code, 1, "{stderr}");
+    let p = policy.display().to_string();
+    for want in [
+        format!(
+            "error: {p}:4: expected_outbound[0].expires: '2099-01-01T00:00:00+99:99' is not an RFC 3339 time"
+        ),
+        format!("warning: {p}:8: allowed_dynamic_resolution[0]: over-broad"),
+        format!("warning: {p}:9: allowed_dynamic_resolution[1]: over-broad"),
+    ] {
+        assert!(stderr.contains(&want), "missing {want:?} in:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains(":10:"),
+        "*.bucket.r2.dev is one bucket:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("expected_outbound[1]"),
+        "lower case t and z are RFC 3339:\n{stderr}"
+    );
+}

@@ -340,3 +340,234 @@ fn grants_allow_for_a_while_are_audited_and_expire() {
         .unwrap();
     assert_eq!(granted_lookup["rule"], "b.x.test");
 }
+
+/// `serve` that must fail to start: its exit status and stderr.
+fn serve_fails(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(bin())
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("allowdns started although it should have refused to");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
+fn inode(path: &std::path::Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::symlink_metadata(path).unwrap())
+}
+
+#[test]
+fn a_regular_file_at_the_control_socket_path_is_kept_and_startup_fails() {
+    let (dir, policy, zones) = setup(
+        "control-file",
+        "agent_name: t\nexpected_outbound:\n  - destination: a.x.test\n",
+    );
+    let socket = dir.write("control.sock", "not a socket: keep me\n");
+    let (status, stderr) = serve_fails(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--zones",
+        zones.to_str().unwrap(),
+        "--upstream",
+        "none",
+        "--control",
+        socket.to_str().unwrap(),
+    ]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&socket.display().to_string()) && stderr.contains("is not a socket"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&socket).unwrap(),
+        "not a socket: keep me\n"
+    );
+}
+
+#[test]
+fn a_second_instance_does_not_steal_the_control_socket() {
+    let (dir, policy, zones) = setup(
+        "control-twice",
+        "agent_name: t\nexpected_outbound:\n  - destination: a.x.test\n",
+    );
+    let socket = dir.0.join("control.sock");
+    let sock = socket.to_str().unwrap();
+    let args = [
+        "--policy",
+        policy.to_str().unwrap(),
+        "--zones",
+        zones.to_str().unwrap(),
+        "--upstream",
+        "none",
+        "--control",
+        sock,
+    ];
+    let first = Allowdns::serve(&args);
+    let before = inode(&socket);
+    let (status, stderr) = serve_fails(&args);
+    assert!(!status.success());
+    assert!(
+        stderr.contains(sock) && stderr.contains("another allowdns is listening"),
+        "{stderr}"
+    );
+    assert_eq!(inode(&socket), before, "the first instance's socket stays");
+    let (ok, stdout, stderr) = allowdns(&["status", "--control", sock]);
+    assert!(ok && stdout.contains("policy t"), "{stdout}{stderr}");
+    let (status, _) = first.terminate();
+    assert!(status.success());
+    assert!(!socket.exists(), "the owner removes its socket on shutdown");
+}
+
+#[test]
+fn grants_with_control_characters_or_from_strangers_are_refused() {
+    let (dir, policy, zones) = setup(
+        "control-text",
+        "agent_name: t\nexpected_outbound:\n  - destination: a.x.test\n",
+    );
+    let audit = dir.0.join("audit.jsonl");
+    let socket = dir.0.join("control.sock");
+    let sock = socket.to_str().unwrap();
+    let dns = Allowdns::serve(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--zones",
+        zones.to_str().unwrap(),
+        "--upstream",
+        "none",
+        "--audit-log",
+        audit.to_str().unwrap(),
+        "--control",
+        sock,
+    ]);
+    let grant = |reason: &str| {
+        allowdns(&[
+            "grant",
+            "--control",
+            sock,
+            "--agent",
+            "t",
+            "--name",
+            "b.x.test",
+            "--for",
+            "1h",
+            "--reason",
+            reason,
+        ])
+    };
+    for reason in ["INC-1\n{\"event\":\"forged\"}", "bell\u{7}", "esc\u{1b}[2J"] {
+        let (ok, _, stderr) = grant(reason);
+        assert!(
+            !ok && stderr.contains("--reason") && stderr.contains("control character"),
+            "{reason:?}: {stderr}"
+        );
+    }
+    let (ok, _, stderr) = grant(&"x".repeat(513));
+    assert!(!ok && stderr.contains("more than 512"), "{stderr}");
+    assert_eq!(
+        rcode(dns.udp, "b.x.test", RecordType::A),
+        ResponseCode::NXDomain
+    );
+
+    // Someone else reaching the socket (its mode loosened by hand) is still refused.
+    if is_root() {
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", bin()])
+            .args(["status", "--control", sock])
+            .output();
+        match out {
+            Ok(out) => {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(!out.status.success(), "{stderr}");
+                assert!(stderr.contains("permission denied: uid 65534"), "{stderr}");
+            }
+            Err(e) => require_or_skip(&format!("setpriv is not available ({e})")),
+        }
+    } else {
+        require_or_skip("not root: cannot connect as another user");
+    }
+    let (status, stderr) = dns.terminate();
+    assert!(status.success());
+    assert!(
+        !is_root() || stderr.contains("permission denied: uid 65534"),
+        "a refused peer is logged:\n{stderr}"
+    );
+    assert!(
+        read_audit(&audit).iter().all(|r| r["event"] != "grant"),
+        "no grant was made"
+    );
+}
+
+#[test]
+fn a_grant_over_a_port_bound_rule_keeps_its_ttl_cap_and_then_ends() {
+    let (dir, policy, zones) = setup(
+        "grant-ports",
+        "agent_name: t\nexpected_outbound:\n  - destination: a.x.test\n    port: 443\n    protocol: TCP\n",
+    );
+    let socket = dir.0.join("control.sock");
+    let sock = socket.to_str().unwrap();
+    let dns = Allowdns::serve(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--zones",
+        zones.to_str().unwrap(),
+        "--upstream",
+        "none",
+        "--control",
+        sock,
+    ]);
+    let before = query(dns.udp, "a.x.test", RecordType::A);
+    assert_eq!(before.answers[0].ttl, 300);
+    let (ok, _, stderr) = allowdns(&[
+        "grant",
+        "--control",
+        sock,
+        "--agent",
+        "t",
+        "--name",
+        "a.x.test",
+        "--for",
+        "3s",
+        "--reason",
+        "any port for a moment",
+    ]);
+    assert!(ok, "{stderr}");
+    let during = query(dns.udp, "a.x.test", RecordType::A);
+    assert_eq!(during.metadata.response_code, ResponseCode::NoError);
+    assert!(
+        during.answers[0].ttl <= 3,
+        "the any-port part lasts only as long as the grant (ttl {})",
+        during.answers[0].ttl
+    );
+    // The grant ends; the permanent port-443 rule is back, uncapped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, stdout, _) = allowdns(&["status", "--control", sock]);
+        if stdout.contains("no active grants") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{stdout}\n{}", dns.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = query(dns.udp, "a.x.test", RecordType::A);
+    assert_eq!(after.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(after.answers[0].ttl, 300);
+}

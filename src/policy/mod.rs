@@ -47,6 +47,25 @@ pub struct Ports {
 }
 
 impl Ports {
+    /// Same permissions, whatever the order or duplicates of `listed`.
+    fn same_as(&self, other: &Ports) -> bool {
+        match (self.any, other.any) {
+            (true, true) => true,
+            (false, false) => {
+                self.listed.iter().all(|p| other.listed.contains(p))
+                    && other.listed.iter().all(|p| self.listed.contains(p))
+            }
+            _ => false,
+        }
+    }
+
+    fn union(&mut self, other: &Ports) {
+        self.any |= other.any;
+        for pair in &other.listed {
+            self.add(Some(*pair));
+        }
+    }
+
     fn add(&mut self, entry: Option<(Protocol, u16)>) {
         match entry {
             None => self.any = true,
@@ -112,6 +131,12 @@ pub struct Policy {
     /// Index of the agent's series in [`crate::metrics`].
     pub metrics_slot: u16,
     matcher: Matcher,
+    /// The file's name entries one by one, before merging: `effective`
+    /// rebuilds from these, so a merged rule's longer-lived source comes
+    /// back alone once the shorter-lived one expires.
+    entries: Arc<[Rule]>,
+    /// The file's address entries one by one, likewise.
+    address_entries: Arc<[AddressRule]>,
 }
 
 impl Policy {
@@ -120,37 +145,65 @@ impl Policy {
         self.matcher.lookup(key).map(|id| &self.rules[id as usize])
     }
 
-    /// The earliest time a rule or range of this policy expires.
-    pub fn next_expiry(&self) -> Option<SystemTime> {
-        let rules = self.rules.iter().filter_map(|r| r.expires);
+    /// The file's name entries as written, one per entry (`rules` holds
+    /// them merged by pattern).
+    pub fn entries(&self) -> &[Rule] {
+        &self.entries
+    }
+
+    /// The file's address entries as written, one per entry.
+    pub fn address_entries(&self) -> &[AddressRule] {
+        &self.address_entries
+    }
+
+    /// Every expiry of this policy, entries and merged rules alike.
+    fn expiries(&self) -> impl Iterator<Item = SystemTime> + '_ {
+        let rules = self.rules.iter().chain(self.entries.iter());
+        let addresses = self.addresses.iter().chain(self.address_entries.iter());
         rules
-            .chain(self.addresses.iter().filter_map(|a| a.expires))
-            .min()
+            .filter_map(|r| r.expires)
+            .chain(addresses.filter_map(|a| a.expires))
+    }
+
+    /// The earliest time a rule or range of this policy expires. It may lie
+    /// in the past (an entry expired but still in the file): timers should
+    /// use [`Policy::next_expiry_after`].
+    pub fn next_expiry(&self) -> Option<SystemTime> {
+        self.expiries().min()
+    }
+
+    /// The earliest expiry strictly after `now`, so a timer woken by an
+    /// entry that already expired does not fire again at once.
+    pub fn next_expiry_after(&self, now: SystemTime) -> Option<SystemTime> {
+        self.expiries().filter(|&at| at > now).min()
     }
 
     /// This policy as in force at `now`: expired entries dropped, `grants`
-    /// added. The index is rebuilt, so a wildcard that an expired exact
-    /// entry shadowed takes over again.
+    /// added. The index is rebuilt from the entries as written, so a
+    /// wildcard that an expired exact entry shadowed takes over again, and
+    /// a merged rule falls back to its longer-lived source.
     pub fn effective(&self, grants: &[Rule], now: SystemTime) -> Policy {
         let mut builder = RuleBuilder::default();
-        for rule in self.rules.iter().chain(grants).filter(|r| r.live_at(now)) {
+        for rule in self.entries.iter().chain(grants).filter(|r| r.live_at(now)) {
             builder.rule(rule.clone());
+        }
+        for address in self.address_entries.iter() {
+            if address.expires.is_none_or(|at| now < at) {
+                builder.address_rule(address.clone());
+            }
         }
         Policy {
             agent: self.agent.clone(),
             source: self.source.clone(),
             clients: self.clients.clone(),
             rules: builder.rules,
-            addresses: self
-                .addresses
-                .iter()
-                .filter(|a| a.expires.is_none_or(|at| now < at))
-                .cloned()
-                .collect(),
+            addresses: builder.addresses,
             firewall: self.firewall.clone(),
             learn: self.learn.clone(),
             metrics_slot: self.metrics_slot,
             matcher: builder.matcher,
+            entries: self.entries.clone(),
+            address_entries: self.address_entries.clone(),
         }
     }
 }
@@ -184,7 +237,7 @@ impl PolicySet {
             .iter()
             .map(|p| {
                 let extra = grants.get(&p.agent).map_or(&[][..], Vec::as_slice);
-                if extra.is_empty() && p.next_expiry().is_none() {
+                if extra.is_empty() && p.expiries().next().is_none() {
                     p.clone()
                 } else {
                     Arc::new(p.effective(extra, now))
@@ -194,9 +247,18 @@ impl PolicySet {
         Self::index(policies)
     }
 
-    /// The earliest expiry across all policies.
+    /// The earliest expiry across all policies; may lie in the past (see
+    /// [`PolicySet::next_expiry_after`]).
     pub fn next_expiry(&self) -> Option<SystemTime> {
         self.policies.iter().filter_map(|p| p.next_expiry()).min()
+    }
+
+    /// The earliest expiry across all policies strictly after `now`.
+    pub fn next_expiry_after(&self, now: SystemTime) -> Option<SystemTime> {
+        self.policies
+            .iter()
+            .filter_map(|p| p.next_expiry_after(now))
+            .min()
     }
 
     /// The policy for an agent name.
@@ -564,6 +626,8 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
         firewall,
         learn,
         matcher: builder.matcher,
+        entries: builder.entries.into(),
+        address_entries: builder.address_entries.into(),
     }
 }
 
@@ -600,28 +664,63 @@ fn entry_expiry(
     }
 }
 
-/// Parses an RFC 3339 time with `Z` or a numeric offset (`+02:00`).
+/// Parses an RFC 3339 time: `YYYY-MM-DDTHH:MM:SS[.frac]` then `Z` or an
+/// offset `+HH:MM`/`-HH:MM` (HH <= 23, MM <= 59). `t` and `z` may be lower
+/// case, as RFC 3339 allows.
 pub fn parse_rfc3339(raw: &str) -> Result<SystemTime, String> {
     let raw = raw.trim();
-    let bad = || format!("'{raw}' is not an RFC 3339 time (like 2026-12-31T18:00:00Z)");
-    if raw.ends_with(['Z', 'z']) {
-        return humantime::parse_rfc3339_weak(&raw[..raw.len() - 1]).map_err(|_| bad());
+    let bad =
+        |why: &str| format!("'{raw}' is not an RFC 3339 time (like 2026-12-31T18:00:00Z): {why}");
+    let (local, east_secs) = if let Some(local) = raw.strip_suffix(['Z', 'z']) {
+        (local, 0i64)
+    } else {
+        let (local, offset) = raw
+            .len()
+            .checked_sub(6)
+            .and_then(|at| raw.split_at_checked(at))
+            .ok_or_else(|| bad("no Z or +HH:MM offset at the end"))?;
+        let b = offset.as_bytes();
+        let digit = |i: usize| b[i].is_ascii_digit();
+        let sign = match b[0] {
+            b'+' => 1,
+            b'-' => -1,
+            _ => return Err(bad("no Z or +HH:MM offset at the end")),
+        };
+        if !(digit(1) && digit(2) && b[3] == b':' && digit(4) && digit(5)) {
+            return Err(bad(&format!("offset '{offset}' is not +HH:MM or -HH:MM")));
+        }
+        let hours = i64::from((b[1] - b'0') * 10 + (b[2] - b'0'));
+        let minutes = i64::from((b[4] - b'0') * 10 + (b[5] - b'0'));
+        if hours > 23 || minutes > 59 {
+            return Err(bad(&format!("offset '{offset}' is out of range")));
+        }
+        (local, sign * (hours * 3600 + minutes * 60))
+    };
+    // Date and time with optional fraction, nothing else: humantime alone
+    // would also take a `Z` or `+00:00` here, doubling the offset.
+    let b = local.as_bytes();
+    let fraction_ok = match b.get(19..) {
+        None | Some([]) => true,
+        Some([b'.', digits @ ..]) => !digits.is_empty() && digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    if b.len() < 19 || !fraction_ok || !local.is_ascii() {
+        return Err(bad("expected YYYY-MM-DDTHH:MM:SS[.fraction]"));
     }
-    let split = raw.len().checked_sub(6).ok_or_else(bad)?;
-    let (local, offset) = raw.split_at_checked(split).ok_or_else(bad)?;
-    let (sign, hhmm) = offset.split_at(1);
-    let (hours, minutes) = hhmm.split_once(':').ok_or_else(bad)?;
-    let (hours, minutes): (u64, u64) = (
-        hours.parse().map_err(|_| bad())?,
-        minutes.parse().map_err(|_| bad())?,
-    );
-    let shift = std::time::Duration::from_secs(hours * 3600 + minutes * 60);
-    let local = humantime::parse_rfc3339_weak(local).map_err(|_| bad())?;
-    match sign {
-        "+" => Ok(local - shift),
-        "-" => Ok(local + shift),
-        _ => Err(bad()),
-    }
+    let local = if b[10] == b't' {
+        format!("{}T{}", &local[..10], &local[11..])
+    } else {
+        local.to_string()
+    };
+    let local = humantime::parse_rfc3339_weak(&local).map_err(|e| bad(&e.to_string()))?;
+    let shift = std::time::Duration::from_secs(east_secs.unsigned_abs());
+    // East of UTC means the same local time happened earlier in UTC.
+    let utc = if east_secs >= 0 {
+        local.checked_sub(shift)
+    } else {
+        local.checked_add(shift)
+    };
+    utc.ok_or_else(|| bad("out of range"))
 }
 
 fn compile_firewall(
@@ -731,6 +830,33 @@ struct RuleBuilder {
     rules: Vec<Rule>,
     addresses: Vec<AddressRule>,
     matcher: Matcher,
+    /// Every entry as given, kept only when compiling a file.
+    entries: Vec<Rule>,
+    address_entries: Vec<AddressRule>,
+}
+
+/// The expiry of a merge of two sources, one expiring at `a` and one at `b`
+/// (`None`: never). `same_as_later` is whether the merged permissions are
+/// exactly those of the later-expiring source alone: then the merge lasts
+/// as long as that source. Otherwise it holds only while both sources do,
+/// and the rebuild at the earlier expiry brings the later source back alone.
+fn merged_expiry(
+    a: Option<SystemTime>,
+    b: Option<SystemTime>,
+    same_as_later: impl FnOnce(bool) -> bool,
+) -> Option<SystemTime> {
+    // `a_later`: source a lives at least as long as b.
+    let a_later = match (a, b) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(a), Some(b)) => a >= b,
+    };
+    let later = if a_later { a } else { b };
+    if same_as_later(a_later) {
+        later
+    } else {
+        a.into_iter().chain(b).min()
+    }
 }
 
 impl RuleBuilder {
@@ -743,13 +869,15 @@ impl RuleBuilder {
     ) {
         let mut rule_ports = Ports::default();
         rule_ports.add(ports);
-        self.rule(Rule {
+        let rule = Rule {
             pattern: key.into(),
             dynamic,
             ports: rule_ports,
             expires,
             grant: None,
-        });
+        };
+        self.entries.push(rule.clone());
+        self.rule(rule);
     }
 
     fn rule(&mut self, new: Rule) {
@@ -758,34 +886,48 @@ impl RuleBuilder {
             self.rules.push(new);
             return;
         };
-        // Repeated destination: merge ports; a static entry keeps precedence,
-        // and the entry lives as long as its longest-lived source.
+        // Repeated destination: merge ports, but a static entry keeps
+        // precedence (a dynamic duplicate adds nothing to it).
         let rule = &mut self.rules[existing as usize];
+        let old = rule.clone();
         if !new.dynamic || rule.dynamic {
-            rule.ports.any |= new.ports.any;
-            for pair in new.ports.listed {
-                rule.ports.add(Some(pair));
-            }
+            rule.ports.union(&new.ports);
         }
-        rule.expires = rule.expires.zip(new.expires).map(|(a, b)| a.max(b));
+        let merged = &*rule;
+        let same_as =
+            |source: &Rule| merged.dynamic == source.dynamic && merged.ports.same_as(&source.ports);
+        let expires = merged_expiry(old.expires, new.expires, |old_later| {
+            same_as(if old_later { &old } else { &new })
+        });
+        rule.expires = expires;
         if rule.grant.is_some() {
             rule.grant = new.grant;
         }
     }
 
     fn address(&mut self, net: IpNet, ports: Option<(Protocol, u16)>, expires: Option<SystemTime>) {
-        if let Some(existing) = self.addresses.iter_mut().find(|a| a.net == net) {
-            existing.ports.add(ports);
-            existing.expires = existing.expires.zip(expires).map(|(a, b)| a.max(b));
-        } else {
-            let mut rule_ports = Ports::default();
-            rule_ports.add(ports);
-            self.addresses.push(AddressRule {
-                net,
-                ports: rule_ports,
-                expires,
-            });
-        }
+        let mut rule_ports = Ports::default();
+        rule_ports.add(ports);
+        let address = AddressRule {
+            net,
+            ports: rule_ports,
+            expires,
+        };
+        self.address_entries.push(address.clone());
+        self.address_rule(address);
+    }
+
+    fn address_rule(&mut self, new: AddressRule) {
+        let Some(existing) = self.addresses.iter_mut().find(|a| a.net == new.net) else {
+            self.addresses.push(new);
+            return;
+        };
+        let old = existing.clone();
+        existing.ports.union(&new.ports);
+        let merged = &existing.ports;
+        existing.expires = merged_expiry(old.expires, new.expires, |old_later| {
+            merged.same_as(if old_later { &old.ports } else { &new.ports })
+        });
     }
 }
 
@@ -823,10 +965,9 @@ fn parse_net(raw: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
-/// Suffixes under which anyone can register names. A wildcard over one of
-/// them allows an attacker's name; the list is short on purpose (common
-/// registries and the free hosting platforms tunnels hide behind).
-const PUBLIC_SUFFIXES: &[&str] = &[
+/// Suffixes under which anyone can get names, on top of the public suffix
+/// list (which has only deeper entries under some of these).
+const EXTRA_PUBLIC_SUFFIXES: &[&str] = &[
     "co.uk",
     "org.uk",
     "ac.uk",
@@ -870,8 +1011,15 @@ const PUBLIC_SUFFIXES: &[&str] = &[
     "duckdns.org",
 ];
 
+/// Whether anyone can register names directly under `name` (a canonical
+/// key): a TLD, a public suffix list entry (ICANN or private, like
+/// `com.ar` or `r2.dev`), or one of [`EXTRA_PUBLIC_SUFFIXES`].
 pub(crate) fn is_public_suffix(name: &str) -> bool {
-    !name.contains('.') || PUBLIC_SUFFIXES.contains(&name)
+    let name = name.trim_end_matches('.');
+    !name.contains('.')
+        || EXTRA_PUBLIC_SUFFIXES.contains(&name)
+        || psl::suffix(name.as_bytes())
+            .is_some_and(|s| s.is_known() && s.as_bytes() == name.as_bytes())
 }
 
 /// `check` warns about patterns that allow names an attacker can register.
@@ -1034,8 +1182,242 @@ allowed_dynamic_resolution:
 }
 
 #[cfg(test)]
+mod merge_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn at(secs: u64) -> String {
+        humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(secs)).to_string()
+    }
+
+    fn compile_str(src: &str) -> Policy {
+        let mut d = Diagnostics::default();
+        let p = compile_source(Path::new("p.yaml"), src, &mut d);
+        let errors: Vec<String> = d.errors().map(|e| e.to_string()).collect();
+        p.unwrap_or_else(|| panic!("{errors:?}"))
+    }
+
+    fn time(raw: &str) -> Option<SystemTime> {
+        Some(parse_rfc3339(raw).unwrap())
+    }
+
+    fn grant(pattern: &str, expires: SystemTime) -> Rule {
+        Rule {
+            pattern: pattern.into(),
+            dynamic: false,
+            ports: Ports {
+                any: true,
+                listed: Vec::new(),
+            },
+            expires: Some(expires),
+            grant: Some("r".into()),
+        }
+    }
+
+    const PORT_443: &str = "agent_name: a\nexpected_outbound:\n  - destination: a.example\n    port: 443\n    protocol: TCP\n";
+
+    #[test]
+    fn a_grant_widening_a_permanent_rule_lasts_only_as_long_as_the_grant() {
+        let p = compile_str(PORT_443);
+        let now = SystemTime::now();
+        let ends = now + Duration::from_secs(1800);
+        let e = p.effective(&[grant("a.example", ends)], now);
+        let rule = e.rule_for("a.example").unwrap();
+        assert!(rule.ports.any);
+        assert_eq!(
+            rule.expires,
+            Some(ends),
+            "not permanent: the any-port part is the grant's"
+        );
+        // Once it ends, the file rule is back alone, permanent and port-bound.
+        let after = p.effective(&[grant("a.example", ends)], ends + Duration::from_secs(1));
+        let rule = after.rule_for("a.example").unwrap();
+        assert_eq!((rule.ports.any, rule.expires), (false, None));
+        assert_eq!(rule.ports.listed, [(Protocol::Tcp, 443)]);
+    }
+
+    #[test]
+    fn a_grant_adding_nothing_keeps_the_permanent_rule_permanent() {
+        let p = compile_str("agent_name: a\nexpected_outbound:\n  - destination: a.example\n");
+        let now = SystemTime::now();
+        let e = p.effective(&[grant("a.example", now + Duration::from_secs(60))], now);
+        assert_eq!(e.rule_for("a.example").unwrap().expires, None);
+    }
+
+    #[test]
+    fn file_duplicates_expire_with_the_source_that_widened_them() {
+        let (t1, t2) = (at(600), at(1200));
+        // Permanent 443 plus any-port until t1: any-port until t1.
+        let p = compile_str(&format!(
+            "{PORT_443}  - destination: a.example\n    expires: \"{t1}\"\n"
+        ));
+        let rule = p.rule_for("a.example").unwrap();
+        assert!(rule.ports.any);
+        assert_eq!(rule.expires, time(&t1));
+        let later = p.effective(&[], time(&t1).unwrap() + Duration::from_secs(1));
+        let rule = later.rule_for("a.example").unwrap();
+        assert_eq!((rule.ports.any, rule.expires), (false, None));
+
+        // 443 until t2 plus any-port until t1 < t2: any-port until t1, then 443 until t2.
+        let p = compile_str(&format!(
+            "agent_name: a\nexpected_outbound:\n  - destination: a.example\n    port: 443\n    protocol: TCP\n    expires: \"{t2}\"\n  - destination: a.example\n    expires: \"{t1}\"\n"
+        ));
+        assert_eq!(p.rule_for("a.example").unwrap().expires, time(&t1));
+        let later = p.effective(&[], time(&t1).unwrap() + Duration::from_secs(1));
+        let rule = later.rule_for("a.example").unwrap();
+        assert_eq!((rule.ports.any, rule.expires), (false, time(&t2)));
+
+        // Any-port until t1 and until t2: the later one covers the merge.
+        let p = compile_str(&format!(
+            "agent_name: a\nexpected_outbound:\n  - destination: a.example\n    expires: \"{t1}\"\n  - destination: a.example\n    expires: \"{t2}\"\n"
+        ));
+        assert_eq!(p.rule_for("a.example").unwrap().expires, time(&t2));
+
+        // Same ports, one permanent: permanent.
+        let p = compile_str(&format!(
+            "{PORT_443}  - destination: a.example\n    port: 443\n    protocol: TCP\n    expires: \"{t1}\"\n"
+        ));
+        assert_eq!(p.rule_for("a.example").unwrap().expires, None);
+    }
+
+    #[test]
+    fn three_sources_merge_safely() {
+        let (t1, t2) = (at(600), at(1200));
+        // any until t1, 443 until t2, 80 forever.
+        let p = compile_str(&format!(
+            "agent_name: a\nexpected_outbound:\n  - destination: a.example\n    expires: \"{t1}\"\n  - destination: a.example\n    port: 443\n    protocol: TCP\n    expires: \"{t2}\"\n  - destination: a.example\n    port: 80\n    protocol: TCP\n"
+        ));
+        assert_eq!(p.rule_for("a.example").unwrap().expires, time(&t1));
+        let mid = p.effective(&[], time(&t1).unwrap() + Duration::from_secs(1));
+        let rule = mid.rule_for("a.example").unwrap();
+        assert!(!rule.ports.any && rule.ports.listed.len() == 2);
+        assert_eq!(rule.expires, time(&t2));
+        let end = p.effective(&[], time(&t2).unwrap() + Duration::from_secs(1));
+        let rule = end.rule_for("a.example").unwrap();
+        assert_eq!(rule.ports.listed, [(Protocol::Tcp, 80)]);
+        assert_eq!(rule.expires, None);
+    }
+
+    #[test]
+    fn an_ignored_dynamic_duplicate_keeps_the_static_expiry() {
+        let t1 = at(600);
+        let p = compile_str(&format!(
+            "agent_name: a\nexpected_outbound:\n  - destination: a.example\n    port: 443\n    protocol: TCP\n    expires: \"{t1}\"\nallowed_dynamic_resolution:\n  - a.example\n"
+        ));
+        let rule = p.rule_for("a.example").unwrap();
+        assert!(!rule.dynamic && !rule.ports.any);
+        assert_eq!(
+            rule.expires,
+            time(&t1),
+            "a permanent dynamic duplicate must not make it permanent"
+        );
+        let later = p.effective(&[], time(&t1).unwrap() + Duration::from_secs(1));
+        let rule = later.rule_for("a.example").unwrap();
+        assert!(rule.dynamic && rule.expires.is_none());
+    }
+
+    #[test]
+    fn address_duplicates_expire_with_the_source_that_widened_them() {
+        let t1 = at(600);
+        let p = compile_str(&format!(
+            "agent_name: a\nexpected_outbound:\n  - destination: 192.0.2.1\n    port: 443\n    protocol: TCP\n  - destination: 192.0.2.1\n    expires: \"{t1}\"\n  - destination: 192.0.2.2\n  - destination: 192.0.2.2\n    expires: \"{t1}\"\n"
+        ));
+        assert_eq!(p.addresses.len(), 2);
+        assert!(p.addresses[0].ports.any);
+        assert_eq!(p.addresses[0].expires, time(&t1));
+        assert_eq!(
+            p.addresses[1].expires, None,
+            "any-port forever covers the merge"
+        );
+        assert_eq!(p.address_entries().len(), 4);
+        let later = p.effective(&[], time(&t1).unwrap() + Duration::from_secs(1));
+        let a = &later.addresses[0];
+        assert_eq!((a.ports.any, a.expires), (false, None));
+        assert_eq!(a.ports.listed, [(Protocol::Tcp, 443)]);
+        assert_eq!(later.addresses.len(), 2);
+    }
+
+    #[test]
+    fn next_expiry_after_skips_what_already_expired() {
+        let (t1, t2) = (at(600), at(1200));
+        let p = compile_str(&format!(
+            "agent_name: a\nexpected_outbound:\n  - destination: a.example\n    expires: \"{t1}\"\n  - destination: 192.0.2.1\n    expires: \"{t2}\"\n"
+        ));
+        let (t1, t2) = (time(&t1).unwrap(), time(&t2).unwrap());
+        assert_eq!(p.next_expiry_after(SystemTime::now()), Some(t1));
+        // At t1 the file still holds the expired entry: the next deadline is t2, never t1 again.
+        assert_eq!(p.next_expiry(), Some(t1));
+        assert_eq!(p.next_expiry_after(t1), Some(t2));
+        assert_eq!(p.next_expiry_after(t2), None);
+        let set = PolicySet::index(vec![Arc::new(p)]);
+        assert_eq!(set.next_expiry_after(t1), Some(t2));
+        assert_eq!(set.next_expiry_after(t2 + Duration::from_secs(5)), None);
+    }
+
+    #[test]
+    fn public_suffixes_come_from_the_list() {
+        for broad in [
+            "*.com.ar",
+            "*.r2.dev",
+            "com.ar",
+            "*.com",
+            "*.co.uk",
+            "*.github.io",
+            "*.amazonaws.com",
+            "*.pages.dev",
+            "*.herokuapp.com",
+            "*.blogspot.com",
+            "x*.r2.dev",
+        ] {
+            let key = name::pattern_key(broad).unwrap();
+            assert!(over_broad(&key).is_some(), "{broad}");
+        }
+        for fine in [
+            "*.example.com",
+            "*.foo.com.ar",
+            "*.bucket.r2.dev",
+            "api.example.com",
+        ] {
+            let key = name::pattern_key(fine).unwrap();
+            assert!(over_broad(&key).is_none(), "{fine}");
+        }
+    }
+}
+
+#[cfg(test)]
 mod time_tests {
     use super::parse_rfc3339;
+
+    #[test]
+    fn rfc3339_lower_case_and_strict_offsets() {
+        let utc = parse_rfc3339("2026-11-30T23:00:00Z").unwrap();
+        assert_eq!(parse_rfc3339("2026-11-30t23:00:00z").unwrap(), utc);
+        assert_eq!(parse_rfc3339("2026-11-30t23:00:00-00:00").unwrap(), utc);
+        assert_eq!(parse_rfc3339("2026-12-01T22:59:00+23:59").unwrap(), utc);
+        for bad in [
+            "2026-11-30T23:00:00+99:99",
+            "2026-11-30T23:00:00+24:00",
+            "2026-11-30T23:00:00+23:60",
+            "2026-11-30T23:00:00++1:00",
+            "2026-11-30T23:00:00-0:000",
+            "2026-11-30T23:00:00+0100",
+            "2026-11-30T23:00:00+01:0a",
+            "2026-11-30T23:00:00Z+01:00",
+            "2026-11-30T23:00:00+00:00+01:00",
+            "2026-11-30T23:00:00.Z",
+            "2026-11-30T23:00:00.5x+01:00",
+            "2026-11-30x23:00:00Z",
+            "2026-11-30T23:00:00é1:00",
+            "Z",
+            "",
+        ] {
+            let e = parse_rfc3339(bad).expect_err(bad);
+            assert!(
+                e.starts_with(&format!("'{bad}' is not an RFC 3339 time")),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn rfc3339_offsets_are_applied() {
