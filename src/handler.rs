@@ -224,13 +224,12 @@ impl Handler {
     /// Ends a grant before its time; its firewall elements go at once.
     pub fn revoke(&self, agent: &str, pattern: &str, uid: Option<u32>) -> Result<Grant, String> {
         let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        let mut grant = grants
+        let grant = grants
             .0
-            .revoke(agent, pattern)
+            .revoke_by(agent, pattern, uid)
             .ok_or_else(|| format!("agent '{agent}' has no grant for '{pattern}'"))?;
-        grant.uid = uid;
         self.audit.event(grant_event("grant_revoked", &grant));
-        tracing::warn!(agent, pattern, uid = ?uid, "grant revoked");
+        tracing::warn!(agent, pattern, granted_by = ?grant.uid, revoked_by = ?uid, "grant revoked");
         let _ = self.install(self.snapshot().files.clone(), &mut grants, false);
         self.withdraw(agent, pattern);
         Ok(grant)
@@ -256,11 +255,13 @@ impl Handler {
         grants.0.active().to_vec()
     }
 
-    /// When the next entry or grant in force expires. Taken from the set in
-    /// force, which holds no expired entry once rebuilt, so it is never in
-    /// the past for long.
+    /// When the next entry or grant expires that the set in force still
+    /// holds: only file entries expiring after the last rebuild count, so an
+    /// entry that already ended cannot wake the expiry task again and again.
     pub fn next_expiry(&self) -> Option<SystemTime> {
-        self.snapshot().policies.next_expiry()
+        let grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let files = self.snapshot().files.policies.next_expiry_after(grants.1);
+        files.into_iter().chain(grants.0.next_expiry()).min()
     }
 
     /// Computes the set in force from `files` and `grants`, syncs the
@@ -295,11 +296,11 @@ impl Handler {
         // File entries whose `expires` passed since the last rebuild.
         for policy in &files.policies.policies {
             let names = policy
-                .rules
+                .entries()
                 .iter()
                 .map(|r| (r.pattern.to_string(), r.expires));
             let nets = policy
-                .addresses
+                .address_entries()
                 .iter()
                 .map(|a| (a.net.to_string(), a.expires));
             for (entry, at) in names.chain(nets) {
@@ -559,6 +560,7 @@ fn grant_event(event: &str, g: &Grant) -> String {
         "granted_at": humantime::format_rfc3339_seconds(g.granted_at).to_string(),
         "expires": humantime::format_rfc3339_seconds(g.expires).to_string(),
         "uid": g.uid,
+        "revoked_by": g.revoked_by,
     })
     .to_string()
 }

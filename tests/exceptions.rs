@@ -98,7 +98,11 @@ fn expiring_entries_stop_allowing_and_shadowed_wildcards_take_over() {
     let (_dir, policy, zones) = setup(
         "expires",
         &format!(
-            "agent_name: temp\nexpected_outbound:\n  - destination: a.x.test\n    expires: \"{soon}\"\n  - destination: d.sub.x.test\n    expires: \"{soon}\"\nallowed_dynamic_resolution:\n  - pattern: \"*.sub.x.test\"\n  - \"c.x.test\"\n  - pattern: b.x.test\n    expires: \"2001-01-01T00:00:00Z\"\n"
+            "agent_name: temp\nexpected_outbound:\n  - destination: a.x.test\n    expires: \"{soon}\"\n  - destination: d.sub.x.test\n    expires: \"{soon}\"\n{}allowed_dynamic_resolution:\n  - pattern: \"*.sub.x.test\"\n  - \"c.x.test\"\n  - pattern: b.x.test\n    expires: \"2001-01-01T00:00:00Z\"\n",
+            // Enough rules that rebuilding the policy in a loop would show as CPU.
+            (0..20_000)
+                .map(|i| format!("  - destination: h{i}.big.test\n"))
+                .collect::<String>()
         ),
     );
     let (ok, _, stderr) = allowdns(&[
@@ -145,6 +149,14 @@ fn expiring_entries_stop_allowing_and_shadowed_wildcards_take_over() {
         ResponseCode::NoError,
         Duration::from_secs(2),
     );
+    // Once the entries ended, the expiry task sleeps: it used to wake in a loop.
+    let before = cpu_ticks(dns.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(dns.pid()) - before;
+    assert!(
+        used < 20,
+        "idle allowdns used {used} CPU ticks in 1 s after an expiry"
+    );
     assert_eq!(
         rcode(dns.udp, "b.x.test", RecordType::A),
         ResponseCode::NXDomain
@@ -163,6 +175,15 @@ fn expiring_entries_stop_allowing_and_shadowed_wildcards_take_over() {
         .collect();
     expired.sort();
     assert_eq!(expired, ["a.x.test", "d.sub.x.test"]);
+}
+
+/// User plus system CPU time of a process, in clock ticks (/proc/PID/stat).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesized command name; utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
 #[test]
