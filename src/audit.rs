@@ -12,7 +12,7 @@ use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
 use hickory_proto::op::ResponseCode;
@@ -70,8 +70,14 @@ pub struct AuditRecord {
 
 struct Shared {
     buffer: Mutex<Vec<AuditRecord>>,
-    /// Rare non-query events (grants), as JSON lines; never dropped.
-    events: Mutex<Vec<String>>,
+    /// Rare non-query events (grants), as JSON lines with a sequence
+    /// number; never dropped.
+    events: Mutex<Vec<(u64, String)>>,
+    /// Sequence number of the last event queued.
+    queued: AtomicU64,
+    /// Sequence number up to which events are written and flushed; waited on
+    /// by [`AuditLog::event_durable`].
+    durable: (Mutex<u64>, Condvar),
     /// Records the buffer may hold before new ones are counted as lost.
     capacity: usize,
     lost: AtomicU64,
@@ -128,6 +134,8 @@ impl AuditLog {
             capacity,
             lost: AtomicU64::new(0),
             reopen: AtomicBool::new(false),
+            queued: AtomicU64::new(0),
+            durable: (Mutex::new(0), Condvar::new()),
         });
         let writer_shared = shared.clone();
         let mut out = BufWriter::with_capacity(1 << 16, out);
@@ -177,12 +185,39 @@ impl AuditLog {
 
     /// Queues a non-query event line (JSON, no newline).
     pub fn event(&self, line: String) {
-        self.shared
-            .events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(line);
+        self.queue_event(line);
+    }
+
+    fn queue_event(&self, line: String) -> u64 {
+        let seq = {
+            let mut events = self.shared.events.lock().unwrap_or_else(|p| p.into_inner());
+            let seq = self.shared.queued.fetch_add(1, Ordering::Relaxed) + 1;
+            events.push((seq, line));
+            seq
+        };
         self.writer.poke();
+        seq
+    }
+
+    /// Writes an event and waits until it is flushed to the log: for what
+    /// must not take effect unaudited (a grant). Fails after `within`.
+    pub fn event_durable(&self, line: String, within: Duration) -> Result<(), String> {
+        if self.writer.is_closing() {
+            return Err("the audit log is closed".into());
+        }
+        let seq = self.queue_event(line);
+        let (written, flushed) = &self.shared.durable;
+        let written = written.lock().unwrap_or_else(|p| p.into_inner());
+        let (written, timeout) = flushed
+            .wait_timeout_while(written, within, |w| *w < seq)
+            .unwrap_or_else(|p| p.into_inner());
+        if timeout.timed_out() && *written < seq {
+            return Err(format!(
+                "the audit log did not confirm the write within {} ms",
+                within.as_millis()
+            ));
+        }
+        Ok(())
     }
 
     /// Writes out everything queued, flushes and stops the writer. Blocks until done.
@@ -211,8 +246,11 @@ fn write_pass(
         &mut *shared.buffer.lock().unwrap_or_else(|p| p.into_inner()),
     );
     let events = std::mem::take(&mut *shared.events.lock().unwrap_or_else(|p| p.into_inner()));
-    for event in events {
+    // Events are confirmed only when all of them, and the flush, succeeded.
+    let mut confirm = events.last().map(|(seq, _)| *seq);
+    for (_, event) in events {
         if let Err(e) = writeln!(out, "{event}") {
+            confirm = None;
             shared.lost.fetch_add(1, Ordering::Relaxed);
             crate::metrics::METRICS
                 .audit_lost
@@ -233,7 +271,13 @@ fn write_pass(
     }
     report_lost(out, &shared.lost);
     if let Err(e) = out.flush() {
+        confirm = None;
         tracing::error!(error = %e, "audit log flush failed");
+    }
+    if let Some(seq) = confirm {
+        let (written, flushed) = &shared.durable;
+        *written.lock().unwrap_or_else(|p| p.into_inner()) = seq;
+        flushed.notify_all();
     }
 }
 
@@ -397,6 +441,47 @@ pub fn rcode_name(rcode: ResponseCode) -> String {
 mod tests {
     use super::*;
     use std::sync::mpsc;
+
+    /// A sink that fails every write, like a full disk.
+    struct Full;
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::other("no space left on device"))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Err(io::Error::other("no space left on device"))
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn durable_events_are_confirmed_only_once_written() {
+        let out = Shared::default();
+        let log = AuditLog::start_with(Box::new(out.clone()), None, 10);
+        log.event_durable("{\"event\":\"grant\"}".into(), Duration::from_secs(2))
+            .unwrap();
+        assert_eq!(&*out.0.lock().unwrap(), b"{\"event\":\"grant\"}\n");
+        log.close();
+
+        let full = AuditLog::start_with(Box::new(Full), None, 10);
+        let refused = full.event_durable("{}".into(), Duration::from_millis(200));
+        assert!(
+            refused.is_err(),
+            "a grant must not go unaudited: {refused:?}"
+        );
+        full.close();
+    }
 
     /// A sink that blocks until told to go on, to stall the writer.
     struct Gate {

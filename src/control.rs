@@ -264,7 +264,7 @@ fn peer_allowed(peer: Option<u32>, owner: u32) -> Result<u32, String> {
 
 async fn answer(
     stream: UnixStream,
-    handler: &Handler,
+    handler: &Arc<Handler>,
     owner: u32,
     read_by: Instant,
 ) -> io::Result<()> {
@@ -290,7 +290,13 @@ async fn answer(
         (Ok(_), Err(_)) => Reply::error(format!("no request within {} s", READ_DEADLINE.as_secs())),
         (Ok(_), Ok(Err(e))) => return Err(e),
         (Ok(uid), Ok(Ok(_))) => match serde_json::from_str::<Request>(&line) {
-            Ok(request) => execute(request, Some(uid), handler),
+            // Grants wait for their audit line and the firewall: off the runtime.
+            Ok(request) => {
+                let handler = handler.clone();
+                tokio::task::spawn_blocking(move || execute(request, Some(uid), &handler))
+                    .await
+                    .unwrap_or_else(|e| Reply::error(format!("internal error: {e}")))
+            }
             Err(e) => Reply::error(format!("bad request: {e}")),
         },
     };
@@ -413,15 +419,19 @@ fn status(handler: &Handler) -> Status {
         .map(|file| {
             let effective = in_force.policies.by_agent(&file.agent).unwrap_or(file);
             let at = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+            // Entries still to end; those already ended are no longer in force.
+            let now = SystemTime::now();
             let expiring = file
                 .entries()
                 .iter()
-                .filter_map(|r| r.expires.map(|t| (r.pattern.to_string(), at(t))))
+                .filter_map(|r| r.expires.map(|t| (r.pattern.to_string(), t)))
                 .chain(
                     file.address_entries()
                         .iter()
-                        .filter_map(|a| a.expires.map(|t| (a.net.to_string(), at(t)))),
+                        .filter_map(|a| a.expires.map(|t| (a.net.to_string(), t))),
                 )
+                .filter(|(_, t)| *t > now)
+                .map(|(entry, t)| (entry, at(t)))
                 .collect();
             PolicyView {
                 agent: file.agent.to_string(),

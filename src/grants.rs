@@ -58,6 +58,16 @@ impl Grants {
         Some(grant)
     }
 
+    /// Removes and returns the grants of agents `keep` rejects (a reload
+    /// removed their policy): they must not come back with a later policy.
+    pub fn drop_agents(&mut self, keep: impl Fn(&str) -> bool) -> Vec<Grant> {
+        let (kept, dropped) = std::mem::take(&mut self.active)
+            .into_iter()
+            .partition(|g| keep(&g.agent));
+        self.active = kept;
+        dropped
+    }
+
     /// Removes and returns the grants expired at `now`.
     pub fn prune(&mut self, now: SystemTime) -> Vec<Grant> {
         let (expired, active) = std::mem::take(&mut self.active)

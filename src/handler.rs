@@ -33,6 +33,8 @@ use crate::zones::Zones;
 
 /// Largest UDP payload advertised back (the DNS flag day 2020 value).
 const MAX_UDP_PAYLOAD: u16 = 1232;
+/// How long a grant waits for its audit line to be written before it is refused.
+const AUDIT_CONFIRM: Duration = Duration::from_secs(2);
 /// The longest an allowed answer may take, CNAME chase included; then SERVFAIL.
 pub const RESOLVE_DEADLINE: Duration = Duration::from_secs(6);
 
@@ -169,11 +171,20 @@ impl Handler {
         // A new file set reports its own expiries (`check` shows those already past).
         let last = std::mem::replace(&mut grants.1, SystemTime::now());
         let installed = self.install(Arc::new(loaded), &mut grants, true);
-        match installed {
-            Ok(()) => self.forget_ended(),
-            Err(_) => grants.1 = last,
-        }
-        installed
+        let Err(e) = installed else {
+            self.forget_ended();
+            let files = self.snapshot().files.clone();
+            for dropped in grants
+                .0
+                .drop_agents(|a| files.policies.by_agent(a).is_some())
+            {
+                self.audit.event(grant_event("grant_dropped", &dropped));
+                tracing::warn!(agent = %dropped.agent, pattern = %dropped.pattern, "grant dropped: its agent's policy was removed");
+            }
+            return Ok(());
+        };
+        grants.1 = last;
+        Err(e)
     }
 
     /// Rebuilds what is in force now: drops expired entries and grants.
@@ -199,7 +210,10 @@ impl Handler {
         if files.policies.by_agent(&grant.agent).is_none() {
             return Err(format!("no policy for agent '{}'", grant.agent));
         }
-        self.audit.event(grant_event("grant", &grant));
+        // No exception without its audit line.
+        self.audit
+            .event_durable(grant_event("grant", &grant), AUDIT_CONFIRM)
+            .map_err(|e| format!("grant refused: {e}"))?;
         tracing::warn!(
             agent = %grant.agent,
             pattern = %grant.pattern,
