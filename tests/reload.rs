@@ -154,9 +154,15 @@ fn reloads_under_load_drop_nothing_and_never_show_a_partial_policy() {
         AtomicUsize::new(0), // answered
         AtomicUsize::new(0), // wrong
     ]);
-    let clients: Vec<_> = (0..4)
+    // Four UDP clients and one TCP client (hickory's server, on the runtime).
+    let clients: Vec<_> = (0..5)
         .map(|t| {
-            let (stop, counts, server) = (stop.clone(), counts.clone(), dns.udp);
+            let (stop, counts) = (stop.clone(), counts.clone());
+            let (server, tcp) = if t == 4 {
+                (dns.tcp, true)
+            } else {
+                (dns.udp, false)
+            };
             std::thread::spawn(move || {
                 let mut i = 0usize;
                 while !stop.load(Ordering::Relaxed) {
@@ -166,7 +172,13 @@ fn reloads_under_load_drop_nothing_and_never_show_a_partial_policy() {
                         1 => ("h7.one.r.test", ResponseCode::NXDomain), // no such record, or denied
                         _ => ("keep.r.test", ResponseCode::NoError),
                     };
-                    let got = rcode(server, name, RecordType::A);
+                    let ask = Ask {
+                        tcp,
+                        ..Ask::default()
+                    };
+                    let got = query_with(server, name, RecordType::A, ask)
+                        .metadata
+                        .response_code;
                     counts[0].fetch_add(1, Ordering::Relaxed);
                     if got != want {
                         counts[1].fetch_add(1, Ordering::Relaxed);
