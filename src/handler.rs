@@ -169,9 +169,26 @@ impl Handler {
             firewall.check(&loaded.policies)?;
         }
         // A new file set reports its own expiries (`check` shows those already past).
+        // Agents leaving learn mode: what it let through must not stay open.
+        let old = self.snapshot();
+        let learned: Vec<(Arc<str>, Arc<str>)> = old
+            .policies
+            .policies
+            .iter()
+            .filter_map(|p| Some((p.agent.clone(), p.learn.as_ref()?.pattern.clone())))
+            .filter(|(agent, _)| {
+                loaded
+                    .policies
+                    .by_agent(agent)
+                    .is_none_or(|p| p.learn.is_none())
+            })
+            .collect();
         let last = std::mem::replace(&mut grants.1, SystemTime::now());
         let installed = self.install(Arc::new(loaded), &mut grants, true);
         let Err(e) = installed else {
+            for (agent, pattern) in learned {
+                self.withdraw(&agent, &pattern);
+            }
             self.forget_ended();
             let files = self.snapshot().files.clone();
             for dropped in grants

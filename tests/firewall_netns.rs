@@ -764,3 +764,66 @@ fn a_revoke_withdraws_fed_addresses_and_expiring_ranges_time_out_in_the_kernel()
         dns.stderr()
     );
 }
+
+/// Learn mode feeds what it lets through; switching the policy to enforce
+/// takes those addresses out at once, not at their timeout.
+#[test]
+fn leaving_learn_mode_withdraws_what_it_let_through() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    start_services(&lab, &[443]);
+    let zone = lab.dir.write(
+        "lm.test.zone",
+        "$ORIGIN lm.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\nseen IN A 10.200.3.62\nkept IN A 10.200.3.63\n",
+    );
+    let upstream = Upstream::start("127.0.0.15", 0, &[zone]);
+    let policy = lab.fence(
+        "agent_name: learner\nmode: learn\nexpected_outbound:\n  - destination: kept.lm.test\nfirewall:\n  netns: NETNS\n",
+    );
+    let up = upstream.addr.to_string();
+    let dns = Allowdns::serve(&["--policy", policy.to_str().unwrap(), "--upstream", &up]);
+    for name in ["seen.lm.test", "kept.lm.test"] {
+        let m = query(dns.udp, name, RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
+    }
+    assert!(
+        connect(&lab, "10.200.3.62:443").is_some(),
+        "learn mode blocked"
+    );
+
+    std::fs::write(
+        &policy,
+        std::fs::read_to_string(&policy)
+            .unwrap()
+            .replace("mode: learn\n", ""),
+    )
+    .unwrap();
+    Command::new("kill")
+        .args(["-HUP", &dns.pid().to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !dns.stderr().contains("reloaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", dns.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        connect(&lab, "10.200.3.62:443").is_none(),
+        "an address learn mode let through still passes after the switch to enforce"
+    );
+    assert_eq!(
+        rcode(dns.udp, "seen.lm.test", RecordType::NS),
+        ResponseCode::NXDomain
+    );
+    // A listed name is fed again on its next answer.
+    assert_eq!(
+        rcode(dns.udp, "kept.lm.test", RecordType::A),
+        ResponseCode::NoError
+    );
+    assert!(
+        connect(&lab, "10.200.3.63:443").is_some(),
+        "a listed name lost its address"
+    );
+}

@@ -341,7 +341,8 @@ impl Firewall {
                 policies.by_agent(agent).is_some_and(|p| {
                     p.rules
                         .iter()
-                        .any(|r| r.expires.is_some() && r.pattern == *pattern)
+                        .chain(&p.learn)
+                        .any(|r| r.pattern == *pattern && withdrawable(p, r))
                 })
             });
         }
@@ -394,12 +395,18 @@ impl Firewall {
         if wanted.is_empty() {
             return Ok(());
         }
-        if rule.expires.is_some() {
+        if withdrawable(policy, rule) {
             let mut by_rule = target.by_rule.lock().unwrap_or_else(|p| p.into_inner());
             let keys = by_rule
                 .entry((policy.agent.clone(), rule.pattern.clone()))
                 .or_default();
             keys.extend(wanted.iter().map(|(set, key, _)| (*set, key.clone())));
+            if keys.len() > PRUNE_AT {
+                // Keys whose elements already timed out need no withdrawal.
+                let expiries = target.expiries.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                keys.retain(|(set, key)| expiries.known(*set, key, now).is_some_and(|e| e > now));
+            }
         }
         target.feed(wanted).map_err(|e| {
             FeedError(format!(
@@ -408,6 +415,16 @@ impl Firewall {
             ))
         })
     }
+}
+
+/// Rules whose fed elements may have to go before their timeout: expiring
+/// ones (a revoke) and learn mode's catch-all (a switch to enforce).
+fn withdrawable(policy: &Policy, rule: &Rule) -> bool {
+    rule.expires.is_some()
+        || policy
+            .learn
+            .as_ref()
+            .is_some_and(|l| l.pattern == rule.pattern)
 }
 
 impl Target {
