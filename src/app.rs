@@ -214,7 +214,9 @@ pub async fn serve(
                 _ = tokio::time::sleep(wait) => {
                     let now = std::time::SystemTime::now();
                     if expiring.next_expiry().is_some_and(|at| at <= now) {
-                        expiring.refresh();
+                        // Rebuilds and the firewall sync stay off the runtime's workers.
+                        let refreshing = expiring.clone();
+                        let _ = tokio::task::spawn_blocking(move || refreshing.refresh()).await;
                     }
                 }
                 _ = expiring.expiry_changed.notified() => {}

@@ -354,9 +354,12 @@ impl Handler {
             }
         }
         *last = now;
-        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(InForce { files, policies });
+        let old = std::mem::replace(
+            &mut *self.loaded.write().unwrap_or_else(|p| p.into_inner()),
+            Arc::new(InForce { files, policies }),
+        );
         self.expiry_changed.notify_one();
+        retire(old);
         Ok(())
     }
 
@@ -577,6 +580,24 @@ impl Handler {
             upstream_ms: None,
         });
         header_only_reply(raw, ResponseCode::FormErr)
+    }
+}
+
+/// Frees a replaced set once no query holds it, on a thread of its own: a
+/// large policy takes milliseconds to free, which must not land on whichever
+/// query thread drops the last reference.
+fn retire(old: Arc<InForce>) {
+    let spawned = std::thread::Builder::new()
+        .name("retire".into())
+        .spawn(move || {
+            // Queries hold a set for at most RESOLVE_DEADLINE.
+            let until = Instant::now() + RESOLVE_DEADLINE + Duration::from_secs(1);
+            while Arc::strong_count(&old) > 1 && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "cannot spawn a thread to free the old policy set");
     }
 }
 
