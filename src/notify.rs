@@ -80,7 +80,7 @@ async fn watch(
             }
             Some(thread) if !stalled => {
                 tracing::error!(
-                    thread,
+                    thread = %format_args!("udp-{thread}"),
                     silent_for_more_than = ?within,
                     "a UDP serving thread is stuck or gone; withholding watchdog pings so systemd restarts allowdns"
                 );

@@ -177,7 +177,8 @@ pub async fn run(
                 health: listeners.health.clone(),
                 slot: s * threads + i,
             };
-            let name = format!("udp-{i}");
+            // Named by heartbeat slot, as the watchdog reports it.
+            let name = format!("udp-{}", s * threads + i);
             udp_threads.push(std::thread::Builder::new().name(name).spawn(move || {
                 let served = ctx.serve();
                 // Its heartbeat stops too: the watchdog will withhold pings.
