@@ -167,6 +167,7 @@ pub async fn serve(
             .sync_static(&loaded.policies)
             .map_err(Failure::Runtime)?;
     }
+    let policies = loaded.policies.policies.len();
     let resolver = Resolver::new(upstream, Cache::new(settings.cache));
     let handler = Handler::new(
         loaded,
@@ -224,18 +225,25 @@ pub async fn serve(
         }
     });
     tracing::info!("listening on {}", listeners.describe().join(" "));
-    crate::notify::notify("READY=1");
-    let watchdog = crate::notify::watchdog_interval().map(|every| {
+    crate::notify::notify(&format!("READY=1\nSTATUS=serving {policies} policies"));
+    // STOPPING=1 as soon as shutdown starts, not after draining.
+    let stopping = {
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            loop {
-                crate::notify::notify("WATCHDOG=1");
-                tokio::time::sleep(every).await;
-            }
+            shutdown.cancelled().await;
+            crate::notify::notify("STOPPING=1\nSTATUS=stopping: draining in-flight queries");
         })
+    };
+    let watchdog = crate::notify::watchdog_interval().map(|every| {
+        tokio::spawn(crate::notify::watchdog(
+            every,
+            listeners.health(),
+            shutdown.clone(),
+        ))
     });
 
     let result = server::run(listeners, handler, shutdown).await;
-    crate::notify::notify("STOPPING=1");
+    let _ = stopping.await;
     reloader.abort();
     expiry.abort();
     if let Some(control) = control {

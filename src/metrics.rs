@@ -15,7 +15,8 @@ use std::time::Duration;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::AlertStats;
@@ -102,6 +103,9 @@ impl Histogram {
     }
 }
 
+/// Response codes 0..=23 (through BADCOOKIE) have their own series.
+const RCODES: usize = 25;
+
 /// Shards of the per-query counters: each serving thread adds into its own,
 /// so two cores never fight over one cache line per query.
 const SHARDS: usize = 8;
@@ -110,8 +114,8 @@ const SHARDS: usize = 8;
 struct Shard {
     /// [agent slot][decision][qtype]
     queries: [[[AtomicU64; QTYPES.len() + 1]; DECISIONS.len()]; MAX_AGENTS],
-    /// By the rcode's 12-bit value (extended rcodes above 15 go to the last).
-    rcodes: [AtomicU64; 24],
+    /// By the rcode's 12-bit value; codes above 23 share the last slot.
+    rcodes: [AtomicU64; RCODES],
     /// From the question arriving to the reply being encoded.
     latency: Histogram,
     cache_hits: AtomicU64,
@@ -123,7 +127,7 @@ impl Shard {
             queries: [const {
                 [const { [const { AtomicU64::new(0) }; QTYPES.len() + 1] }; DECISIONS.len()]
             }; MAX_AGENTS],
-            rcodes: [const { AtomicU64::new(0) }; 24],
+            rcodes: [const { AtomicU64::new(0) }; RCODES],
             latency: Histogram::new(),
             cache_hits: AtomicU64::new(0),
         }
@@ -196,7 +200,7 @@ impl Metrics {
             .and_then(|t| QTYPES.iter().position(|&x| x == t))
             .unwrap_or(OTHER_QTYPE);
         let slot = usize::from(slot).min(MAX_AGENTS - 1);
-        let r = usize::from(u16::from(rcode)).min(23);
+        let r = usize::from(u16::from(rcode)).min(RCODES - 1);
         let shard = self.shard();
         shard.queries[slot][d][q].fetch_add(1, Relaxed);
         shard.rcodes[r].fetch_add(1, Relaxed);
@@ -281,10 +285,10 @@ impl Metrics {
             "counter",
             "Replies sent, by response code.",
         );
-        for r in 0..24 {
+        for r in 0..RCODES {
             let n = sum(&|s| &s.rcodes[r]);
             if n > 0 {
-                let name = crate::audit::rcode_name(ResponseCode::from(0, r as u8));
+                let name = rcode_label(r);
                 let _ = writeln!(out, "allowdns_responses_total{{rcode=\"{name}\"}} {n}");
             }
         }
@@ -410,6 +414,17 @@ impl Metrics {
     }
 }
 
+/// The label for an rcode slot: the full 12-bit code, not just the header's
+/// low 4 bits (else BADVERS would read as NOERROR).
+fn rcode_label(slot: usize) -> String {
+    match slot {
+        // 16 is BADSIG only in TSIG replies, which allowdns never sends.
+        16 => "BADVERS".into(),
+        s if s >= RCODES - 1 => "OTHER".into(),
+        s => crate::audit::rcode_name(<ResponseCode as From<u16>>::from(s as u16)),
+    }
+}
+
 fn head(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
@@ -428,11 +443,19 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         .map_err(|e| io::Error::new(e.kind(), format!("metrics on {addr}: {e}")))
 }
 
+/// Scrapes served at once; connections beyond this are closed unread.
+const MAX_SCRAPES: usize = 8;
+/// The whole exchange (request in, reply out) must finish within this.
+const SCRAPE_DEADLINE: Duration = Duration::from_secs(5);
+/// Longest request head read.
+const MAX_REQUEST: usize = 8192;
+
 /// Serves `GET /metrics` until `shutdown`. Plain HTTP/1.1, one request per
 /// connection: enough for Prometheus, and no HTTP stack to harden.
 pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(MAX_SCRAPES));
     loop {
-        let (mut stream, _) = tokio::select! {
+        let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(s) => s,
@@ -443,41 +466,42 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
                 }
             },
         };
+        // Idle or slow clients must not pile up tasks and sockets.
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!("metrics: too many scrapes at once; connection closed");
+            continue;
+        };
         tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(1024);
-            let read = async {
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-                    let n = stream.read(&mut chunk).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                io::Result::Ok(())
-            };
-            if !matches!(
-                tokio::time::timeout(Duration::from_secs(5), read).await,
-                Ok(Ok(()))
-            ) {
-                return;
-            }
-            let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
-            let line = String::from_utf8_lossy(line);
-            let mut parts = line.split_whitespace();
-            let (status, body) = match (parts.next(), parts.next()) {
-                (Some("GET"), Some("/metrics")) => ("200 OK", METRICS.render()),
-                (Some("GET"), _) => ("404 Not Found", "try /metrics\n".to_string()),
-                _ => ("405 Method Not Allowed", String::new()),
-            };
-            let reply = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(reply.as_bytes()).await;
-            let _ = stream.shutdown().await;
+            let _ = tokio::time::timeout(SCRAPE_DEADLINE, exchange(stream)).await;
+            drop(permit);
         });
     }
+}
+
+async fn exchange(mut stream: TcpStream) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_REQUEST {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (status, body) = match (parts.next(), parts.next()) {
+        (Some("GET"), Some("/metrics")) => ("200 OK", METRICS.render()),
+        (Some("GET"), _) => ("404 Not Found", "try /metrics\n".to_string()),
+        _ => ("405 Method Not Allowed", String::new()),
+    };
+    let reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(reply.as_bytes()).await?;
+    stream.shutdown().await
 }
 
 #[cfg(test)]
@@ -496,5 +520,14 @@ mod tests {
         assert!(out.contains("x_bucket{le=\"0.001\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_count 3\n"), "{out}");
+    }
+
+    #[test]
+    fn rcode_labels_use_the_full_code_and_are_distinct() {
+        assert_eq!(rcode_label(0), "NOERROR");
+        assert_eq!(rcode_label(16), "BADVERS");
+        assert_eq!(rcode_label(RCODES - 1), "OTHER");
+        let labels: std::collections::HashSet<_> = (0..RCODES).map(rcode_label).collect();
+        assert_eq!(labels.len(), RCODES, "{labels:?}");
     }
 }

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::MessageType;
@@ -29,6 +30,40 @@ pub struct Listeners {
     /// Blocking sockets: UDP is served by plain threads, see [`run`].
     pub udp: Vec<std::net::UdpSocket>,
     pub tcp: Vec<TcpListener>,
+    /// Heartbeats of the UDP threads [`run`] will start.
+    health: Health,
+}
+
+/// Heartbeats of the UDP serving threads, for the systemd watchdog: each
+/// thread stamps its slot every loop turn (at least every [`IDLE_CHECK`]).
+#[derive(Clone)]
+pub struct Health {
+    epoch: Instant,
+    /// Milliseconds since `epoch` of each thread's last turn.
+    beats: Arc<[AtomicU64]>,
+}
+
+impl Health {
+    pub(crate) fn new(threads: usize) -> Health {
+        Health {
+            epoch: Instant::now(),
+            beats: (0..threads).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    pub(crate) fn beat(&self, thread: usize) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.beats[thread].store(now, Relaxed);
+    }
+
+    /// The first UDP thread (by index) silent for longer than `within`.
+    pub fn stalled(&self, within: Duration) -> Option<usize> {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let within = within.as_millis() as u64;
+        self.beats
+            .iter()
+            .position(|b| now.saturating_sub(b.load(Relaxed)) > within)
+    }
 }
 
 impl Listeners {
@@ -42,7 +77,13 @@ impl Listeners {
             udp.push(u);
             tcp.push(t);
         }
-        Ok(Listeners { udp, tcp })
+        let health = Health::new(udp.len() * udp_threads());
+        Ok(Listeners { udp, tcp, health })
+    }
+
+    /// The UDP threads' heartbeats (shared with the threads once [`run`] starts).
+    pub fn health(&self) -> Health {
+        self.health.clone()
     }
 
     /// The bound addresses, as `proto://addr`.
@@ -98,8 +139,15 @@ fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
 /// Upstream-bound UDP queries in flight at once; beyond this, SERVFAIL.
 /// (hickory's own UDP path spawns a task per packet with no bound.)
 const MAX_PENDING_UPSTREAM: usize = 4096;
-/// How often an idle UDP thread checks for shutdown.
-const IDLE_CHECK: Duration = Duration::from_millis(200);
+/// How often an idle UDP thread checks for shutdown (and beats).
+pub const IDLE_CHECK: Duration = Duration::from_millis(200);
+
+/// UDP serving threads per socket.
+fn udp_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8)
+}
 
 /// Serves until `shutdown` fires, then stops accepting and returns.
 ///
@@ -115,11 +163,9 @@ pub async fn run(
 ) -> io::Result<()> {
     let pending = Arc::new(Semaphore::new(MAX_PENDING_UPSTREAM));
     let runtime = tokio::runtime::Handle::current();
-    let threads = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(1, 8);
+    let threads = listeners.health.beats.len() / listeners.udp.len().max(1);
     let mut udp_threads = Vec::new();
-    for socket in listeners.udp {
+    for (s, socket) in listeners.udp.into_iter().enumerate() {
         for i in 0..threads {
             let socket = socket.try_clone()?;
             let ctx = UdpContext {
@@ -128,13 +174,19 @@ pub async fn run(
                 pending: pending.clone(),
                 runtime: runtime.clone(),
                 shutdown: shutdown.clone(),
+                health: listeners.health.clone(),
+                slot: s * threads + i,
             };
-            let name = format!("udp-{i}");
-            udp_threads.push(
-                std::thread::Builder::new()
-                    .name(name)
-                    .spawn(move || ctx.serve())?,
-            );
+            // Named by heartbeat slot, as the watchdog reports it.
+            let name = format!("udp-{}", s * threads + i);
+            udp_threads.push(std::thread::Builder::new().name(name).spawn(move || {
+                let served = ctx.serve();
+                // Its heartbeat stops too: the watchdog will withhold pings.
+                if let Err(e) = &served {
+                    tracing::error!(error = %e, "UDP serving thread stopped");
+                }
+                served
+            })?);
         }
     }
     let mut server = Server::new(SharedHandler(handler));
@@ -182,12 +234,16 @@ struct UdpContext {
     /// Where upstream-bound questions are continued.
     runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
+    health: Health,
+    /// This thread's heartbeat slot.
+    slot: usize,
 }
 
 impl UdpContext {
     fn serve(self) -> io::Result<()> {
         let mut buf = vec![0u8; 4096];
         while !self.shutdown.is_cancelled() {
+            self.health.beat(self.slot);
             let (len, src) = match self.socket.recv_from(&mut buf) {
                 Ok(r) => r,
                 // Timeouts (idle), and ICMP errors from earlier sends.
@@ -284,5 +340,25 @@ impl RequestHandler for SharedHandler {
         handle: R,
     ) -> ResponseInfo {
         self.0.handle_request::<R, T>(request, handle).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_names_the_first_silent_thread() {
+        let health = Health::new(3);
+        for i in 0..3 {
+            health.beat(i);
+        }
+        assert_eq!(health.stalled(Duration::from_secs(5)), None);
+        std::thread::sleep(Duration::from_millis(60));
+        health.beat(0);
+        health.beat(2);
+        assert_eq!(health.stalled(Duration::from_millis(30)), Some(1));
+        health.beat(1);
+        assert_eq!(health.stalled(Duration::from_millis(30)), None);
     }
 }
