@@ -90,6 +90,13 @@ pub struct SuggestArgs {
     /// Where to write the policy; `-` or absent means stdout.
     #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,
+    /// Make names that were only ever denied entries; by default they are
+    /// listed commented out.
+    #[arg(long)]
+    pub include_denied: bool,
+    /// Warn about malformed lines and skip them, instead of failing.
+    #[arg(long)]
+    pub skip_malformed: bool,
 }
 
 #[derive(Debug, Args, Clone)]

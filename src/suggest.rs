@@ -1,15 +1,18 @@
 //! `allowdns suggest`: turns an audit log into a policy for a human to review.
 //!
-//! Every name an agent looked up (allowed, denied, or resolved in learn mode
-//! as `would_deny`) becomes an `expected_outbound` entry. Siblings are grouped
-//! into `*.parent` once the parent has [`MIN_CHILDREN`] distinct child labels,
-//! never over a TLD or public suffix. Counts and first/last seen go into
-//! comments. The output depends only on the log, so the same log always gives
-//! the same file, and it is checked by the policy loader before it is written.
+//! Every name an agent looked up and was allowed (or resolved in learn mode
+//! as `would_deny`) becomes an `expected_outbound` entry. Names only ever
+//! denied are listed commented out unless `--include-denied` is given.
+//! Siblings are grouped into `*.parent` once the parent has [`MIN_CHILDREN`]
+//! distinct child labels, never over a TLD or public suffix, nor over names
+//! of more than one registrable domain. Groups that look like a DNS tunnel
+//! are commented out. Counts and first/last seen go into comments. The
+//! output depends only on the log, so the same log always gives the same
+//! file, and it is checked by the policy loader before it is written.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, btree_map};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, btree_map};
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::SystemTime;
@@ -26,12 +29,34 @@ use crate::policy;
 /// by one; four or more usually means a numbered or sharded family.
 pub const MIN_CHILDREN: usize = 4;
 
+/// A group of more distinct names than this looks like a DNS tunnel (data
+/// encoded in the names) and is not wildcarded.
+pub const MAX_GROUP: usize = 100;
+
+/// Labels at least this long, mostly digits and consonants, look random
+/// (base32 or hex, as tunnels encode data); people rarely pick such names.
+pub const RANDOM_LABEL_LEN: usize = 20;
+
+/// Longer lines (without the newline) are malformed. They are skipped
+/// without being held in memory.
+pub const MAX_LINE: usize = 64 * 1024;
+
 /// Problems reported one by one before the rest are only counted, so a
 /// binary file does not print a million errors.
 const MAX_REPORTED: usize = 20;
 
+/// Malformed lines reported one by one under `--skip-malformed`.
+const MAX_SKIPPED_REPORTED: usize = 5;
+
 /// Child names listed above a wildcard entry.
 const MAX_SHOWN: usize = 8;
+
+/// Left-out names listed in the policy's comments.
+const MAX_LEFT_OUT_SHOWN: usize = 50;
+
+/// Agents whose lookups are counted for the "several agents" error; bounds
+/// memory when a log holds many agent names.
+const MAX_AGENTS: usize = 100;
 
 /// Second-level labels that registries sell names under (`com.ar`, `co.kr`).
 /// The public suffix list is short, so `suggest` also refuses to wildcard
@@ -40,6 +65,17 @@ const REGISTRY_LABELS: &[&str] = &[
     "ac", "co", "com", "edu", "gob", "gov", "govt", "ltd", "mil", "ne", "net", "nic", "nom", "or",
     "org", "plc", "sch",
 ];
+
+/// How to read the log and what to include.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options<'a> {
+    /// The agent to suggest for; `None` means the log's only agent.
+    pub agent: Option<&'a str>,
+    /// Names only ever denied become entries instead of comments.
+    pub include_denied: bool,
+    /// Malformed lines are warnings instead of errors.
+    pub skip_malformed: bool,
+}
 
 /// The suggested policy, and what was left out of it.
 #[derive(Debug)]
@@ -57,8 +93,12 @@ pub fn run(args: &SuggestArgs) -> Result<Diagnostics, Failure> {
         diags.error(file, None, None, format!("cannot read audit log: {e}"));
         Failure::Invalid(diags)
     })?;
-    let suggestion =
-        suggest(file, BufReader::new(input), args.agent.as_deref()).map_err(Failure::Invalid)?;
+    let options = Options {
+        agent: args.agent.as_deref(),
+        include_denied: args.include_denied,
+        skip_malformed: args.skip_malformed,
+    };
+    let suggestion = suggest(file, BufReader::new(input), &options).map_err(Failure::Invalid)?;
     match &args.output {
         Some(out) if out != Path::new("-") => std::fs::write(out, &suggestion.policy)
             .map_err(|e| Failure::Runtime(format!("cannot write {}: {e}", out.display())))?,
@@ -69,19 +109,19 @@ pub fn run(args: &SuggestArgs) -> Result<Diagnostics, Failure> {
     Ok(suggestion.warnings)
 }
 
-/// Builds the policy for `agent` (or the log's only agent) from an audit log.
-/// Every malformed line is reported, with `file`:line.
+/// Builds the policy for the chosen agent from an audit log. Every
+/// malformed line is reported, with `file`:line.
 pub fn suggest(
     file: &Path,
     input: impl BufRead,
-    agent: Option<&str>,
+    options: &Options,
 ) -> Result<Suggestion, Diagnostics> {
     let mut diags = Diagnostics::default();
-    let mut log = read_log(file, input, &mut diags);
+    let mut log = read_log(file, input, options, &mut diags);
     if diags.has_errors() {
         return Err(diags);
     }
-    let (agent, observed) = match choose_agent(&mut log, agent) {
+    let (agent, mut observed) = match choose_agent(&mut log, options.agent) {
         Ok(chosen) => chosen,
         Err(message) => {
             diags.error(file, None, None, message);
@@ -89,26 +129,45 @@ pub fn suggest(
         }
     };
     warn_left_out(file, &observed, &mut diags);
-    let entries = group(&observed.names);
-    if entries.is_empty() {
-        diags.error(
-            file,
-            None,
-            None,
-            format!(
-                "none of the {} lookups by agent '{agent}' can be allowed by a policy",
-                observed.lookups
-            ),
+    let names = std::mem::take(&mut observed.names);
+    let (active, denied): (BTreeMap<_, _>, BTreeMap<_, _>) = if options.include_denied {
+        (names, BTreeMap::new())
+    } else {
+        // Only-denied names must not widen what was allowed, so they are grouped apart.
+        names
+            .into_iter()
+            .partition(|(_, seen)| seen.denied < seen.lookups)
+    };
+    let active = group(&active);
+    let denied = group(&denied);
+    warn_commented(file, &active, &denied, &mut diags);
+    let live: Vec<&Entry> = active.iter().filter(|e| e.tunnel.is_none()).collect();
+    if live.is_empty() {
+        let mut message = format!(
+            "none of the {} lookups by agent '{agent}' can be allowed by a policy",
+            observed.lookups
         );
+        let tunnels = active.iter().filter(|e| e.tunnel.is_some()).count();
+        if tunnels > 0 {
+            let _ = write!(
+                message,
+                "; {} like a DNS tunnel",
+                were(tunnels, "group looks", "groups look")
+            );
+        }
+        let only_denied: usize = denied.iter().map(|e| e.names.len()).sum();
+        if only_denied > 0 {
+            let _ = write!(
+                message,
+                "; {} only denied (see --include-denied)",
+                were(only_denied, "name was", "names were")
+            );
+        }
+        diags.error(file, None, None, message);
         return Err(diags);
     }
-    let text = render(file, &log, &agent, &observed, &entries);
-    // The output must load without a single diagnostic; anything else is a bug here.
-    let mut loaded = Diagnostics::default();
-    policy::compile_source(Path::new("<suggested policy>"), &text, &mut loaded);
-    for d in loaded.items {
-        diags.error(file, None, None, format!("internal error: {d}"));
-    }
+    let text = render(file, &log, &agent, &observed, &active, &denied, options);
+    self_check(file, &text, &live, &mut diags);
     if diags.has_errors() {
         return Err(diags);
     }
@@ -116,6 +175,42 @@ pub fn suggest(
         policy: text,
         warnings: diags,
     })
+}
+
+/// The output must load without a single diagnostic, and exactly the
+/// uncommented entries must become name rules: an address rule would open
+/// the firewall without DNS. Anything else is a bug here.
+fn self_check(file: &Path, text: &str, live: &[&Entry], diags: &mut Diagnostics) {
+    let mut loaded = Diagnostics::default();
+    let compiled = policy::compile_source(Path::new("<suggested policy>"), text, &mut loaded);
+    for d in loaded.items {
+        diags.error(file, None, None, format!("internal error: {d}"));
+    }
+    let Some(compiled) = compiled else {
+        diags.error(file, None, None, "internal error: the policy does not load");
+        return;
+    };
+    if !compiled.addresses.is_empty() || !compiled.address_entries().is_empty() {
+        diags.error(
+            file,
+            None,
+            None,
+            format!(
+                "internal error: {} entries became address rules",
+                compiled.address_entries().len()
+            ),
+        );
+    }
+    let rules: BTreeSet<&str> = compiled.entries().iter().map(|r| &*r.pattern).collect();
+    let wanted: BTreeSet<&str> = live.iter().map(|e| e.destination.as_str()).collect();
+    if rules != wanted || compiled.entries().len() != live.len() {
+        diags.error(
+            file,
+            None,
+            None,
+            "internal error: the policy's name rules differ from the suggested entries",
+        );
+    }
 }
 
 /// How often a name (or a group of names) was looked up, and when.
@@ -185,14 +280,23 @@ struct Observed {
     span: Option<(SystemTime, SystemTime)>,
 }
 
-/// Everything read from the log, per agent.
+/// What was read from the log: names for one agent only, counts for all.
 #[derive(Debug, Default)]
 struct Log {
     /// Audit records (not event lines) read.
     records: u64,
     /// Records the writer reported lost (`audit_records_lost`).
     lost: u64,
-    agents: BTreeMap<String, Observed>,
+    /// Lookups per agent, for the first [`MAX_AGENTS`] agents.
+    agents: BTreeMap<String, u64>,
+    /// Some agent past [`MAX_AGENTS`] was seen.
+    more_agents: bool,
+    /// Without `--agent`, the first agent seen; its names are kept until a
+    /// second agent shows up (which is an error anyway).
+    first_agent: Option<String>,
+    /// The wanted (or first) agent's lookups; `None` once a second agent
+    /// made the log unusable without `--agent`.
+    observed: Option<Observed>,
 }
 
 /// One record that counts as a lookup.
@@ -205,40 +309,141 @@ struct Lookup<'a> {
     rcode: Option<&'a str>,
 }
 
-/// Counts problems past [`MAX_REPORTED`] instead of reporting each one.
-#[derive(Default)]
-struct Capped(usize);
+/// Counts problems past a limit instead of reporting each one.
+struct Capped {
+    count: usize,
+    limit: usize,
+}
 
 impl Capped {
+    fn new(limit: usize) -> Capped {
+        Capped { count: 0, limit }
+    }
+
     fn report(&mut self) -> bool {
-        self.0 += 1;
-        self.0 <= MAX_REPORTED
+        self.count += 1;
+        self.count <= self.limit
     }
 
     fn summary(&self) -> Option<String> {
-        (self.0 > MAX_REPORTED).then(|| format!("... and {} more", self.0 - MAX_REPORTED))
+        (self.count > self.limit).then(|| format!("... and {} more", self.count - self.limit))
     }
 }
 
-fn read_log(file: &Path, mut input: impl BufRead, diags: &mut Diagnostics) -> Log {
-    let mut log = Log::default();
-    let mut bad = Capped::default();
+/// Malformed lines: errors, or warnings under `--skip-malformed`.
+struct Malformed {
+    skip: bool,
+    capped: Capped,
+}
+
+impl Malformed {
+    fn report(
+        &mut self,
+        diags: &mut Diagnostics,
+        file: &Path,
+        line: usize,
+        field: Option<String>,
+        message: String,
+    ) {
+        match (self.capped.report(), self.skip) {
+            (false, _) => {}
+            (true, true) => diags.warning(file, Some(line), field, format!("skipped: {message}")),
+            (true, false) => diags.error(file, Some(line), field, message),
+        }
+    }
+
+    fn finish(&self, diags: &mut Diagnostics, file: &Path) {
+        if self.skip && self.capped.count > 0 {
+            diags.warning(
+                file,
+                None,
+                None,
+                format!(
+                    "{} skipped (--skip-malformed); lookups may be missing here",
+                    plural(self.capped.count as u64, "malformed line")
+                ),
+            );
+        } else if let Some(more) = self.capped.summary() {
+            diags.error(file, None, None, format!("{more} malformed lines"));
+        }
+    }
+}
+
+/// Reads one line of at most [`MAX_LINE`] bytes plus the newline into
+/// `buf`; `Ok(false)` at the end. A longer line is left in `buf` cut short,
+/// without a newline, and the rest of it is consumed unread.
+fn read_line(input: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    buf.clear();
+    if input
+        .by_ref()
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', buf)?
+        == 0
+    {
+        return Ok(false);
+    }
+    if buf.len() > MAX_LINE && !buf.ends_with(b"\n") {
+        loop {
+            let chunk = input.fill_buf()?;
+            if chunk.is_empty() {
+                break;
+            }
+            match chunk.iter().position(|&b| b == b'\n') {
+                Some(end) => {
+                    input.consume(end + 1);
+                    break;
+                }
+                None => {
+                    let n = chunk.len();
+                    input.consume(n);
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
+fn read_log(
+    file: &Path,
+    mut input: impl BufRead,
+    options: &Options,
+    diags: &mut Diagnostics,
+) -> Log {
+    let mut log = Log {
+        observed: Some(Observed::default()),
+        ..Log::default()
+    };
+    let mut bad = Malformed {
+        skip: options.skip_malformed,
+        capped: Capped::new(if options.skip_malformed {
+            MAX_SKIPPED_REPORTED
+        } else {
+            MAX_REPORTED
+        }),
+    };
     let mut buf = Vec::new();
     for number in 1.. {
-        buf.clear();
-        match input.read_until(b'\n', &mut buf) {
-            Ok(0) => break,
-            Ok(_) => {}
+        match read_line(&mut input, &mut buf) {
+            Ok(false) => break,
+            Ok(true) => {}
             Err(e) => {
                 diags.error(file, None, None, format!("cannot read audit log: {e}"));
                 break;
             }
         }
         let complete = buf.ends_with(b"\n");
+        if !complete && buf.len() > MAX_LINE {
+            bad.report(
+                diags,
+                file,
+                number,
+                None,
+                format!("line longer than {MAX_LINE} bytes"),
+            );
+            continue;
+        }
         let Ok(text) = std::str::from_utf8(&buf) else {
-            if bad.report() {
-                diags.error(file, Some(number), None, "not UTF-8 text");
-            }
+            bad.report(diags, file, number, None, "not UTF-8 text".into());
             continue;
         };
         let text = text.trim();
@@ -251,7 +456,7 @@ fn read_log(file: &Path, mut input: impl BufRead, diags: &mut Diagnostics) -> Lo
                 match parse_record(&value)? {
                     Parsed::Lookup(lookup) => {
                         log.records += 1;
-                        observe(&mut log, &lookup, number);
+                        observe(&mut log, &lookup, number, options.agent);
                     }
                     Parsed::Skipped => log.records += 1,
                     Parsed::Lost(n) => log.lost += n,
@@ -268,16 +473,12 @@ fn read_log(file: &Path, mut input: impl BufRead, diags: &mut Diagnostics) -> Lo
                 "incomplete last line skipped (is the log still being written?)",
             ),
             Err(e) => {
-                if bad.report() {
-                    let (field, message) = e.split();
-                    diags.error(file, Some(number), field, message);
-                }
+                let (field, message) = e.split();
+                bad.report(diags, file, number, field, message);
             }
         }
     }
-    if let Some(more) = bad.summary() {
-        diags.error(file, None, None, format!("{more} malformed lines"));
-    }
+    bad.finish(diags, file);
     log
 }
 
@@ -391,8 +592,31 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-fn observe(log: &mut Log, lookup: &Lookup, line: usize) {
-    let observed = log.agents.entry(lookup.agent.to_string()).or_default();
+fn observe(log: &mut Log, lookup: &Lookup, line: usize, wanted: Option<&str>) {
+    let room = log.agents.len() < MAX_AGENTS;
+    match log.agents.get_mut(lookup.agent) {
+        Some(n) => *n += 1,
+        None if room => {
+            log.agents.insert(lookup.agent.to_string(), 1);
+        }
+        None => log.more_agents = true,
+    }
+    let keep = match wanted {
+        Some(wanted) => wanted == lookup.agent,
+        None => {
+            let first = log
+                .first_agent
+                .get_or_insert_with(|| lookup.agent.to_string());
+            if first.as_str() != lookup.agent {
+                // Several agents without --agent fail; their names are not needed.
+                log.observed = None;
+            }
+            true
+        }
+    };
+    let Some(observed) = log.observed.as_mut().filter(|_| keep) else {
+        return;
+    };
     observed.lookups += 1;
     observed.clients.insert(lookup.client);
     observed.span = Some(match observed.span {
@@ -424,46 +648,72 @@ fn policy_name(qname: &str) -> Result<String, String> {
     if qname.contains(['*', '?']) {
         return Err("a wildcard character in a looked-up name".into());
     }
+    // The loader reads an address as an address rule, which opens the firewall without DNS.
+    if qname.trim().trim_end_matches('.').parse::<IpAddr>().is_ok() {
+        return Err("an IP address, not a name".into());
+    }
     // Logs are lower case A-labels already; hand-edited ones may not be.
     let key = policy::name::pattern_key(qname)
         .map_err(|e| format!("cannot be written in a policy: {e}"))?;
+    if reads_as_address(&key) {
+        return Err("a numeric last label, which reads as an IP address".into());
+    }
     if policy::is_public_suffix(&key) {
         return Err("a TLD or public suffix, not a host".into());
     }
     Ok(key)
 }
 
+/// Whether a canonical name ends in a numeric label (`1.2.3.4`, `10.1`,
+/// `0x7f.1`). No TLD is numeric, and URL parsers and `inet_aton` read such
+/// names as IPv4 addresses.
+fn reads_as_address(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    last.bytes().all(|b| b.is_ascii_digit())
+        || last
+            .strip_prefix("0x")
+            .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 fn choose_agent(log: &mut Log, wanted: Option<&str>) -> Result<(String, Observed), String> {
-    let seen = log
+    let mut seen = log
         .agents
         .iter()
-        .map(|(agent, o)| format!("'{agent}' ({} lookups)", o.lookups))
+        .map(|(agent, n)| format!("'{agent}' ({n} lookups)"))
         .collect::<Vec<_>>()
         .join(", ");
+    if log.more_agents {
+        seen.push_str(", and more");
+    }
+    let observed = log.observed.take().unwrap_or_default();
     match wanted {
-        Some(agent) => match log.agents.remove_entry(agent) {
-            Some(chosen) => Ok(chosen),
-            None if log.agents.is_empty() => Err(format!(
-                "no lookups by agent '{agent}': the log holds no lookups by any agent"
-            )),
-            None => Err(format!(
-                "no lookups by agent '{agent}'; agents in the log: {}",
-                seen
-            )),
-        },
-        None => match log.agents.len() {
-            0 => Err("no lookups to suggest from: the log holds no allowed or denied lookups by any agent".into()),
-            1 => Ok(log.agents.pop_first().expect("one agent")),
-            n => Err(format!(
-                "the log holds lookups by {n} agents: {}; choose one with --agent",
-                seen
-            )),
-        },
+        Some(agent) if observed.lookups > 0 => Ok((agent.to_string(), observed)),
+        Some(agent) if log.agents.is_empty() => Err(format!(
+            "no lookups by agent '{agent}': the log holds no lookups by any agent"
+        )),
+        Some(agent) => Err(format!(
+            "no lookups by agent '{agent}'; agents in the log: {seen}"
+        )),
+        None if log.agents.is_empty() => Err(
+            "no lookups to suggest from: the log holds no allowed or denied lookups by any agent"
+                .into(),
+        ),
+        None if log.agents.len() == 1 && !log.more_agents => {
+            let agent = log.first_agent.take().expect("one agent was seen");
+            Ok((agent, observed))
+        }
+        None if log.more_agents => Err(format!(
+            "the log holds lookups by more than {MAX_AGENTS} agents: {seen}; choose one with --agent"
+        )),
+        None => Err(format!(
+            "the log holds lookups by {} agents: {seen}; choose one with --agent",
+            log.agents.len()
+        )),
     }
 }
 
 fn warn_left_out(file: &Path, observed: &Observed, diags: &mut Diagnostics) {
-    let mut capped = Capped::default();
+    let mut capped = Capped::new(MAX_REPORTED);
     for (name, left) in &observed.left_out {
         if capped.report() {
             diags.warning(
@@ -479,6 +729,45 @@ fn warn_left_out(file: &Path, observed: &Observed, diags: &mut Diagnostics) {
     }
 }
 
+/// Warns about what the policy lists commented out.
+fn warn_commented(file: &Path, active: &[Entry], denied: &[Entry], diags: &mut Diagnostics) {
+    let mut capped = Capped::new(MAX_REPORTED);
+    for (entry, only_denied) in active
+        .iter()
+        .map(|e| (e, false))
+        .chain(denied.iter().map(|e| (e, true)))
+    {
+        let Some(why) = &entry.tunnel else { continue };
+        if capped.report() {
+            diags.warning(
+                file,
+                None,
+                Some("qname".into()),
+                format!(
+                    "{} looks like a DNS tunnel ({why}{}): commented out, review it",
+                    quote(&entry.destination),
+                    if only_denied { ", all denied" } else { "" }
+                ),
+            );
+        }
+    }
+    if let Some(more) = capped.summary() {
+        diags.warning(file, None, None, format!("{more} DNS tunnel lookalikes"));
+    }
+    let only_denied: usize = denied.iter().map(|e| e.names.len()).sum();
+    if only_denied > 0 {
+        diags.warning(
+            file,
+            None,
+            None,
+            format!(
+                "{} only denied, never allowed: commented out; review them, or pass --include-denied",
+                were(only_denied, "name was", "names were")
+            ),
+        );
+    }
+}
+
 /// One `expected_outbound` entry of the suggestion.
 #[derive(Debug, PartialEq, Eq)]
 struct Entry {
@@ -487,6 +776,8 @@ struct Entry {
     /// The names it stands for, sorted.
     names: Vec<String>,
     seen: Seen,
+    /// Why the group looks like a DNS tunnel; such entries are commented out.
+    tunnel: Option<String>,
 }
 
 /// Groups names into entries, sorted by domain (TLD first).
@@ -494,24 +785,35 @@ struct Entry {
 /// A parent with at least [`MIN_CHILDREN`] distinct child labels becomes
 /// `*.parent`, which covers every name at any depth below it; the widest such
 /// parent wins. The parent must not be a TLD, public suffix or registry
-/// label. `*.parent` does not match `parent`, so a parent that was itself
+/// label, and must be at or below the registrable domain of every name under
+/// it: `*.core.windows.net` would cover every `blob.core.windows.net`
+/// account. `*.parent` does not match `parent`, so a parent that was itself
 /// looked up keeps its own entry.
 fn group(names: &BTreeMap<String, Seen>) -> Vec<Entry> {
-    let mut children: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+    struct Parent<'a> {
+        children: BTreeSet<&'a str>,
+        /// Every name below is in the registrable domain at or above it.
+        one_domain: bool,
+    }
+    let mut parents: HashMap<&str, Parent> = HashMap::new();
     for name in names.keys() {
+        let domain = registrable_domain(name);
         let mut rest = name.as_str();
         while let Some(dot) = rest.find('.') {
-            children
-                .entry(&rest[dot + 1..])
-                .or_default()
-                .insert(&rest[..dot]);
-            rest = &rest[dot + 1..];
+            let (label, parent) = (&rest[..dot], &rest[dot + 1..]);
+            let p = parents.entry(parent).or_insert_with(|| Parent {
+                children: BTreeSet::new(),
+                one_domain: true,
+            });
+            p.children.insert(label);
+            p.one_domain &= domain.is_some_and(|r| at_or_below(parent, r));
+            rest = parent;
         }
     }
     let groups = |parent: &str| {
-        children
+        parents
             .get(parent)
-            .is_some_and(|c| c.len() >= MIN_CHILDREN)
+            .is_some_and(|p| p.children.len() >= MIN_CHILDREN && p.one_domain)
             && may_wildcard(parent)
     };
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
@@ -535,6 +837,7 @@ fn group(names: &BTreeMap<String, Seen>) -> Vec<Entry> {
                     destination,
                     names: vec![name.clone()],
                     seen: seen.clone(),
+                    tunnel: None,
                 });
             }
             btree_map::Entry::Occupied(mut slot) => {
@@ -545,13 +848,82 @@ fn group(names: &BTreeMap<String, Seen>) -> Vec<Entry> {
         }
     }
     let mut entries: Vec<Entry> = entries.into_values().collect();
+    for entry in &mut entries {
+        if let Some(parent) = entry.destination.strip_prefix("*.") {
+            entry.tunnel = tunnel_like(parent, &entry.names);
+        }
+    }
     entries.sort_by(|a, b| domain_order(&a.destination).cmp(&domain_order(&b.destination)));
     entries
 }
 
+/// Whether `name` is `domain` or below it (both canonical, `name` a suffix
+/// of the same looked-up name).
+fn at_or_below(name: &str, domain: &str) -> bool {
+    name.strip_suffix(domain)
+        .is_some_and(|head| head.is_empty() || head.ends_with('.'))
+}
+
+/// The registrable domain a canonical name is in, by the public suffix list
+/// (`psl::domain_str`) and by [`policy::is_public_suffix`] (which adds
+/// suffixes such as `co.uk`), whichever is narrower. `None` when the name is
+/// itself a suffix.
+fn registrable_domain(name: &str) -> Option<&str> {
+    let listed = psl::domain_str(name)?;
+    if !at_or_below(name, listed) {
+        return None;
+    }
+    let mut rest = name;
+    let ours = loop {
+        let (_, parent) = rest.split_once('.')?;
+        if policy::is_public_suffix(parent) {
+            break rest;
+        }
+        rest = parent;
+    };
+    Some(if ours.len() > listed.len() {
+        ours
+    } else {
+        listed
+    })
+}
+
+/// Why the names of a wildcard group look like data encoded into DNS
+/// queries: more than [`MAX_GROUP`] of them, or at least half with a
+/// random-looking label below the parent.
+fn tunnel_like(parent: &str, names: &[String]) -> Option<String> {
+    let random = names
+        .iter()
+        .filter(|name| {
+            name.strip_suffix(parent)
+                .unwrap_or(name)
+                .split('.')
+                .any(looks_random)
+        })
+        .count();
+    if names.len() <= MAX_GROUP && random * 2 < names.len() {
+        return None;
+    }
+    let mut why = plural(names.len() as u64, "distinct name");
+    if random > 0 {
+        let _ = write!(why, ", {random} with random-looking labels");
+    }
+    Some(why)
+}
+
+/// A label of [`RANDOM_LABEL_LEN`] or more characters, at least 3/4 of them
+/// digits or consonants: base32 and hex have few vowels, words have many.
+fn looks_random(label: &str) -> bool {
+    let plain = label
+        .bytes()
+        .filter(|b| b.is_ascii_digit() || (b.is_ascii_lowercase() && !b"aeiou".contains(b)))
+        .count();
+    label.len() >= RANDOM_LABEL_LEN && plain * 4 >= label.len() * 3
+}
+
 /// Whether `*.parent` is narrow enough to suggest.
 fn may_wildcard(parent: &str) -> bool {
-    if policy::is_public_suffix(parent) {
+    if policy::is_public_suffix(parent) || reads_as_address(parent) {
         return false;
     }
     match parent.split_once('.') {
@@ -566,7 +938,33 @@ fn domain_order(name: &str) -> Vec<&str> {
     name.rsplit('.').collect()
 }
 
-fn render(file: &Path, log: &Log, agent: &str, observed: &Observed, entries: &[Entry]) -> String {
+/// The parent of a live wildcard among `wildcards` that covers `destination`, if any.
+fn covered_by<'a>(destination: &str, wildcards: &HashSet<&'a str>) -> Option<&'a str> {
+    let (mut rest, wildcard) = match destination.strip_prefix("*.") {
+        Some(parent) => (parent, true),
+        None => (destination, false),
+    };
+    if wildcard && let Some(hit) = wildcards.get(rest) {
+        return Some(*hit);
+    }
+    while let Some((_, parent)) = rest.split_once('.') {
+        if let Some(hit) = wildcards.get(parent) {
+            return Some(*hit);
+        }
+        rest = parent;
+    }
+    None
+}
+
+fn render(
+    file: &Path,
+    log: &Log,
+    agent: &str,
+    observed: &Observed,
+    active: &[Entry],
+    denied: &[Entry],
+    options: &Options,
+) -> String {
     let mut out = String::new();
     let (first, last) = observed.span.expect("an agent has lookups");
     let _ = writeln!(
@@ -593,17 +991,25 @@ fn render(file: &Path, log: &Log, agent: &str, observed: &Observed, entries: &[E
     out.push_str(
         "#
 # REVIEW BEFORE USE. This allows every name the agent looked up while it was
-# observed, including lookups that were denied (\"denied N\") or failed (the
-# rcode and count). Delete what the agent should not reach. The audit log has
-# no ports: add port and protocol where the firewall should restrict them.
-#
+# observed, including lookups that failed (the rcode and count) or were
+# sometimes denied (\"denied N\"). Delete what the agent should not reach.
+# The audit log has no ports: add port and protocol where the firewall
+# should restrict them.
 ",
     );
+    if options.include_denied {
+        out.push_str("# Names only ever denied are included (--include-denied).\n");
+    } else {
+        out.push_str("# Names only ever denied are listed commented out, after the entries.\n");
+    }
     let _ = writeln!(
         out,
-        "# A parent with {MIN_CHILDREN} or more distinct child labels became \"*.parent\", except
-# TLDs and public suffixes. \"*.parent\" does not match the parent itself, which
-# has its own entry when it was looked up."
+        "#
+# A parent with {MIN_CHILDREN} or more distinct child labels became \"*.parent\", except
+# TLDs, public suffixes and parents above a registrable domain. \"*.parent\"
+# does not match the parent itself, which has its own entry when it was
+# looked up. Groups of more than {MAX_GROUP} names, or mostly of long random-looking
+# labels, look like a DNS tunnel and are commented out."
     );
     out.push_str("version: 1\n");
     let _ = writeln!(out, "agent_name: {}", quote(agent));
@@ -614,52 +1020,118 @@ fn render(file: &Path, log: &Log, agent: &str, observed: &Observed, entries: &[E
         let _ = writeln!(out, "  - {}", quote(&ipnet::IpNet::from(*ip).to_string()));
     }
     out.push_str("expected_outbound:\n");
-    let lines: Vec<String> = entries
+    let line = |entry: &Entry, commented: bool| {
+        let hash = if commented { "# " } else { "" };
+        format!("  {hash}- destination: {}", quote(&entry.destination))
+    };
+    let width = active
         .iter()
-        .map(|e| format!("  - destination: {}", quote(&e.destination)))
-        .collect();
-    let width = lines.iter().map(String::len).max().unwrap_or(0).min(60);
-    for (entry, line) in entries.iter().zip(&lines) {
-        if let Some(parent) = entry.destination.strip_prefix("*.") {
-            let suffix = format!(".{parent}");
-            let shown: Vec<&str> = entry
-                .names
-                .iter()
-                .take(MAX_SHOWN)
-                .map(|n| n.strip_suffix(&suffix).unwrap_or(n))
-                .collect();
-            let more = entry.names.len().saturating_sub(MAX_SHOWN);
-            let more = if more > 0 {
-                format!(" and {more} more")
+        .map(|e| line(e, e.tunnel.is_some()))
+        .chain(denied.iter().map(|e| line(e, true)))
+        .map(|l| l.len())
+        .max()
+        .unwrap_or(0)
+        .min(60);
+    for entry in active {
+        let note = match &entry.tunnel {
+            Some(_) => tunnel_note(entry),
+            None => String::new(),
+        };
+        let line = line(entry, entry.tunnel.is_some());
+        render_entry(&mut out, entry, &line, width, &note, false);
+    }
+    if !denied.is_empty() {
+        out.push_str(
+            "  # Only denied, never allowed: review before enabling (or use --include-denied).\n",
+        );
+        let wildcards: HashSet<&str> = active
+            .iter()
+            .filter(|e| e.tunnel.is_none())
+            .filter_map(|e| e.destination.strip_prefix("*."))
+            .collect();
+        for entry in denied {
+            let mut note = if entry.tunnel.is_some() {
+                tunnel_note(entry)
             } else {
                 String::new()
             };
-            let _ = writeln!(out, "  # {}{more}", shown.join(", "));
+            let _ = write!(
+                note,
+                "denied {}, never allowed: review before enabling; ",
+                plural(entry.seen.denied, "time")
+            );
+            if let Some(parent) = covered_by(&entry.destination, &wildcards) {
+                let _ = write!(note, "already allowed by \"*.{parent}\"; ");
+            }
+            render_entry(&mut out, entry, &line(entry, true), width, &note, true);
         }
-        let count = if entry.destination.starts_with('*') {
-            format!("{}, ", plural(entry.names.len() as u64, "name"))
-        } else {
-            String::new()
-        };
-        let _ = writeln!(out, "{line:width$}   # {count}{}", describe(&entry.seen));
     }
     if !observed.left_out.is_empty() {
         out.push_str("  # Left out: no policy entry can allow these.\n");
-        for (name, left) in &observed.left_out {
+        for (name, left) in observed.left_out.iter().take(MAX_LEFT_OUT_SHOWN) {
             let _ = writeln!(
                 out,
                 "  # {}: {}; {}",
                 quote(name),
                 plain(&left.reason),
-                describe(&left.seen)
+                describe(&left.seen, true)
             );
+        }
+        let more = observed.left_out.len().saturating_sub(MAX_LEFT_OUT_SHOWN);
+        if more > 0 {
+            let _ = writeln!(out, "  # ... and {more} more");
         }
     }
     out
 }
 
+fn tunnel_note(entry: &Entry) -> String {
+    format!(
+        "looks like a DNS tunnel ({}): review; ",
+        plural(entry.names.len() as u64, "distinct name")
+    )
+}
+
+/// One entry: its children (for a wildcard), then `line` with a comment of
+/// `note` and what was seen.
+fn render_entry(
+    out: &mut String,
+    entry: &Entry,
+    line: &str,
+    width: usize,
+    note: &str,
+    only_denied: bool,
+) {
+    if let Some(parent) = entry.destination.strip_prefix("*.") {
+        let suffix = format!(".{parent}");
+        let shown: Vec<String> = entry
+            .names
+            .iter()
+            .take(MAX_SHOWN)
+            .map(|n| plain(n.strip_suffix(&suffix).unwrap_or(n)))
+            .collect();
+        let more = entry.names.len().saturating_sub(MAX_SHOWN);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "  # {}{more}", shown.join(", "));
+    }
+    let count = if entry.destination.starts_with('*') {
+        format!("{}, ", plural(entry.names.len() as u64, "name"))
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        out,
+        "{line:width$}   # {note}{count}{}",
+        describe(&entry.seen, !only_denied)
+    );
+}
+
 /// "12 lookups, first …, last …; denied 2; NXDOMAIN 3".
-fn describe(seen: &Seen) -> String {
+fn describe(seen: &Seen, show_denied: bool) -> String {
     let mut text = if seen.lookups == 1 {
         format!("1 lookup, {}", stamp(seen.first))
     } else {
@@ -670,7 +1142,7 @@ fn describe(seen: &Seen) -> String {
             stamp(seen.last)
         )
     };
-    if seen.denied > 0 {
+    if seen.denied > 0 && show_denied {
         let _ = write!(text, "; denied {}", seen.denied);
     }
     for (rcode, n) in &seen.failed {
@@ -681,6 +1153,11 @@ fn describe(seen: &Seen) -> String {
 
 fn stamp(t: SystemTime) -> humantime::Rfc3339Timestamp {
     humantime::format_rfc3339_seconds(t)
+}
+
+/// "1 name was", "2 names were".
+fn were(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn plural(n: u64, word: &str) -> String {
@@ -754,7 +1231,18 @@ mod tests {
     }
 
     fn run_on(log: &str, agent: Option<&str>) -> Result<Suggestion, Diagnostics> {
-        suggest(Path::new("a.jsonl"), log.as_bytes(), agent)
+        suggest(
+            Path::new("a.jsonl"),
+            log.as_bytes(),
+            &Options {
+                agent,
+                ..Options::default()
+            },
+        )
+    }
+
+    fn run_with(log: &str, options: Options) -> Result<Suggestion, Diagnostics> {
+        suggest(Path::new("a.jsonl"), log.as_bytes(), &options)
     }
 
     fn messages(d: &Diagnostics) -> Vec<String> {
@@ -767,6 +1255,14 @@ mod tests {
         text.lines()
             .filter_map(|l| l.trim().strip_prefix("- destination: \""))
             .map(|l| l[..l.find('"').unwrap()].to_string())
+            .collect()
+    }
+
+    /// Active destinations of a suggestion's text.
+    fn active(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("  - destination: \""))
+            .map(|l| &l[..l.find('"').unwrap()])
             .collect()
     }
 
@@ -1050,5 +1546,392 @@ mod tests {
         );
         let text = run_on(&log, None).unwrap().policy;
         assert!(text.contains("# 3 lookups, first 2026-11-18T11:06:40Z, last 2026-11-18T11:06:42Z; denied 1; NXDOMAIN 1; SERVFAIL 1"), "{text}");
+    }
+
+    /// `n` names `<random 30 base32 chars>.<parent>`, the same for every run.
+    fn random_names(n: usize, parent: &str) -> Vec<String> {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        (0..n)
+            .map(|_| {
+                let label: String = (0..30)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        b"abcdefghijklmnopqrstuvwxyz234567"[(x % 32) as usize] as char
+                    })
+                    .collect();
+                format!("{label}.{parent}")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn addresses_and_numeric_names_are_left_out() {
+        let names = [
+            "9.9.9.9",
+            "9.9.9.9.",
+            "1.2.3.4",
+            "a.2.3.4",
+            "b.2.3.4",
+            "c.2.3.4",
+            "d.2.3.4",
+            "10.1",
+            "0x7f.1",
+            "::1",
+            "1.2.3.4.example",
+            "ok.example",
+        ];
+        let log = lookups(&names);
+        let s = run_on(&log, None).unwrap();
+        assert_eq!(destinations(&log), ["1.2.3.4.example", "ok.example"]);
+        assert!(!s.policy.contains("\"*.2.3.4\""), "{}", s.policy);
+        let w = messages(&s.warnings);
+        assert_eq!(w.len(), 10, "{w:?}");
+        assert!(
+            w.contains(
+                &"warning: a.jsonl:1: qname: left out \"9.9.9.9\": an IP address, not a name"
+                    .to_string()
+            ),
+            "{w:?}"
+        );
+        assert!(
+            w.iter().any(|w| w.starts_with(
+                "warning: a.jsonl:4: qname: left out \"a.2.3.4\": a numeric last label"
+            )),
+            "{w:?}"
+        );
+        assert!(
+            s.policy
+                .contains("  # \"0x7f.1\": a numeric last label, which reads as an IP address;"),
+            "{}",
+            s.policy
+        );
+        assert!(!may_wildcard("2.3.4") && !may_wildcard("1.0x7f"));
+    }
+
+    #[test]
+    fn self_check_rejects_address_rules() {
+        let entry = Entry {
+            destination: "9.9.9.9".into(),
+            names: vec!["9.9.9.9".into()],
+            seen: Seen::new(SystemTime::UNIX_EPOCH),
+            tunnel: None,
+        };
+        let text = "version: 1\nagent_name: a\nexpected_outbound:\n  - destination: \"9.9.9.9\"\n";
+        let mut d = Diagnostics::default();
+        self_check(Path::new("a.jsonl"), text, &[&entry], &mut d);
+        let e = messages(&d);
+        assert!(
+            e.iter()
+                .any(|e| e.contains("1 entries became address rules")),
+            "{e:?}"
+        );
+        // A commented-out entry that loads anyway is caught too.
+        let text = "version: 1\nagent_name: a\nexpected_outbound:\n  - destination: ok.example\n  - destination: evil.example\n";
+        let ok = Entry {
+            destination: "ok.example".into(),
+            ..entry
+        };
+        let mut d = Diagnostics::default();
+        self_check(Path::new("a.jsonl"), text, &[&ok], &mut d);
+        assert!(
+            messages(&d)
+                .iter()
+                .any(|e| e.contains("name rules differ from the suggested entries")),
+            "{:?}",
+            messages(&d)
+        );
+    }
+
+    #[test]
+    fn a_wildcard_never_spans_registrable_domains() {
+        assert_eq!(
+            registrable_domain("x.acct.blob.core.windows.net"),
+            Some("acct.blob.core.windows.net")
+        );
+        assert_eq!(
+            registrable_domain("management.core.windows.net"),
+            Some("windows.net")
+        );
+        assert_eq!(registrable_domain("a.b.example"), Some("b.example"));
+        assert_eq!(registrable_domain("a.b.co.uk"), Some("b.co.uk"));
+        assert_eq!(registrable_domain("co.uk"), None);
+        assert_eq!(registrable_domain("r2.dev"), None);
+
+        let mut names = vec!["management.core.windows.net".to_string()];
+        for service in ["blob", "file", "queue", "table", "web"] {
+            names.push(format!("acct.{service}.core.windows.net"));
+        }
+        for i in 0..5 {
+            names.push(format!("pub-{i}.r2.dev"));
+        }
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let got = destinations(&lookups(&names));
+        assert_eq!(got.len(), 11, "{got:?}");
+        assert!(got.iter().all(|d| !d.contains('*')), "{got:?}");
+        // Within one storage account is one owner's, and may be grouped.
+        let got = destinations(&lookups(&[
+            "a.acct.blob.core.windows.net",
+            "b.acct.blob.core.windows.net",
+            "c.acct.blob.core.windows.net",
+            "d.acct.blob.core.windows.net",
+        ]));
+        assert_eq!(got, ["*.acct.blob.core.windows.net"]);
+    }
+
+    #[test]
+    fn only_denied_names_are_commented_out_and_never_group() {
+        let log = format!(
+            "{}{}{}{}{}{}",
+            line(0, "a", "a.x.example", "allow", "NOERROR"),
+            line(1, "a", "b.x.example", "would_deny", "NOERROR"),
+            line(2, "a", "c.x.example", "allow", "NOERROR"),
+            line(3, "a", "c.x.example", "deny", "NXDOMAIN"),
+            line(4, "a", "d.x.example", "deny", "NXDOMAIN"),
+            line(5, "a", "d.x.example", "deny", "NXDOMAIN"),
+        );
+        let s = run_on(&log, None).unwrap();
+        assert_eq!(
+            active(&s.policy),
+            ["a.x.example", "b.x.example", "c.x.example"]
+        );
+        assert!(
+            s.policy.contains("  # - destination: \"d.x.example\"   # denied 2 times, never allowed: review before enabling; 2 lookups, first 2026-11-18T11:06:44Z, last 2026-11-18T11:06:45Z\n"),
+            "{}",
+            s.policy
+        );
+        assert!(s.policy.contains("; denied 1\n"), "{}", s.policy);
+        assert!(compiled(&s.policy).rule_for("d.x.example").is_none());
+        assert_eq!(
+            messages(&s.warnings),
+            [
+                "warning: a.jsonl: 1 name was only denied, never allowed: commented out; review them, or pass --include-denied"
+            ]
+        );
+
+        let s = run_with(
+            &log,
+            Options {
+                include_denied: true,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(active(&s.policy), ["*.x.example"]);
+        assert!(s.warnings.items.is_empty());
+
+        // Denied names under an allowed wildcard say so.
+        let mut log = lookups(&["a.y.example", "b.y.example", "c.y.example", "d.y.example"]);
+        log += &line(9, "agent", "evil.y.example", "deny", "NXDOMAIN");
+        let text = run_on(&log, None).unwrap().policy;
+        assert!(
+            text.contains("never allowed: review before enabling; already allowed by \"*.y.example\"; 1 lookup"),
+            "{text}"
+        );
+
+        let e =
+            messages(&run_on(&line(0, "a", "d.x.example", "deny", "NXDOMAIN"), None).unwrap_err());
+        assert_eq!(
+            e,
+            [
+                "warning: a.jsonl: 1 name was only denied, never allowed: commented out; review them, or pass --include-denied",
+                "error: a.jsonl: none of the 1 lookups by agent 'a' can be allowed by a policy; 1 name was only denied (see --include-denied)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_denied_tunnel_stays_commented_out_even_when_denied_names_are_included() {
+        let tunnel = random_names(150, "t.evil.example");
+        let mut log: String = tunnel
+            .iter()
+            .enumerate()
+            .map(|(i, n)| line(i as u64, "agent", n, "deny", "NXDOMAIN"))
+            .collect();
+        log += &lookups(&["ok.example"]);
+        for include_denied in [false, true] {
+            let s = run_with(
+                &log,
+                Options {
+                    include_denied,
+                    ..Options::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(active(&s.policy), ["ok.example"], "{}", s.policy);
+            assert!(
+                s.policy.contains("  # - destination: \"*.t.evil.example\"   # looks like a DNS tunnel (150 distinct names): review; "),
+                "{}",
+                s.policy
+            );
+            assert!(s.policy.contains(" and 142 more\n"), "{}", s.policy);
+            let w = messages(&s.warnings);
+            assert!(
+                w.iter().any(|w| w.starts_with(
+                    "warning: a.jsonl: qname: \"*.t.evil.example\" looks like a DNS tunnel (150 distinct names"
+                )),
+                "{w:?}"
+            );
+            assert!(compiled(&s.policy).rule_for(&tunnel[0]).is_none());
+        }
+    }
+
+    #[test]
+    fn random_labels_or_many_siblings_look_like_a_tunnel() {
+        assert!(looks_random("27w2wav5bollfqcefb4arprhlwsekk"));
+        assert!(looks_random("011796b2f4b2b0a004ab6fc21d63bf5e"));
+        assert!(!looks_random("my-company-production-api"));
+        assert!(!looks_random("authentication-service"));
+        assert!(!looks_random("b2f4b2b0a004ab6fc21"));
+
+        let mut names = random_names(4, "x.cdn.example");
+        names.extend((0..4).map(|i| format!("cdn-{i}.images.example")));
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let s = run_on(&lookups(&names), None).unwrap();
+        assert_eq!(active(&s.policy), ["*.images.example"], "{}", s.policy);
+        assert!(
+            s.policy.contains("# - destination: \"*.x.cdn.example\"   # looks like a DNS tunnel (4 distinct names): review; 4 names, "),
+            "{}",
+            s.policy
+        );
+        assert!(
+            messages(&s.warnings)[0].contains("(4 distinct names, 4 with random-looking labels)")
+        );
+
+        let many: Vec<String> = (0..=MAX_GROUP)
+            .map(|i| format!("n{i}.big.example"))
+            .collect();
+        let mut names: Vec<&str> = many.iter().map(String::as_str).collect();
+        names.push("ok.example");
+        let s = run_on(&lookups(&names), None).unwrap();
+        assert_eq!(active(&s.policy), ["ok.example"]);
+        assert!(
+            s.policy
+                .contains("# looks like a DNS tunnel (101 distinct names): review; 101 names,"),
+            "{}",
+            s.policy
+        );
+    }
+
+    #[test]
+    fn skip_malformed_turns_bad_lines_into_warnings() {
+        let log = format!(
+            "{}not json\n{}[1]\n",
+            line(0, "a", "ok.example", "allow", "NOERROR"),
+            line(1, "a", "b.example", "maybe", "NOERROR"),
+        ) + &line(2, "a", "c.example", "allow", "NOERROR");
+        assert_eq!(run_on(&log, None).unwrap_err().errors().count(), 3);
+        let s = run_with(
+            &log,
+            Options {
+                skip_malformed: true,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(active(&s.policy), ["c.example", "ok.example"]);
+        let w = messages(&s.warnings);
+        assert_eq!(w.len(), 4, "{w:?}");
+        assert!(
+            w[0].starts_with("warning: a.jsonl:2: skipped: not a JSON audit record"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with("warning: a.jsonl:3: decision: skipped: unknown decision"),
+            "{w:?}"
+        );
+        assert_eq!(
+            w[3],
+            "warning: a.jsonl: 3 malformed lines skipped (--skip-malformed); lookups may be missing here"
+        );
+
+        // Past the first few, skipped lines are only counted.
+        let log = "x\n".repeat(MAX_SKIPPED_REPORTED + 3)
+            + &line(0, "a", "ok.example", "allow", "NOERROR");
+        let s = run_with(
+            &log,
+            Options {
+                skip_malformed: true,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        let w = messages(&s.warnings);
+        assert_eq!(w.len(), MAX_SKIPPED_REPORTED + 1, "{w:?}");
+        assert!(
+            w[MAX_SKIPPED_REPORTED].contains(": 8 malformed lines skipped"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn overlong_lines_are_malformed() {
+        let ok = line(0, "a", "ok.example", "allow", "NOERROR");
+        // Exactly at the limit is fine.
+        let padded = format!("{}{}\n", " ".repeat(MAX_LINE - ok.len() + 1), ok.trim_end());
+        assert_eq!(padded.len(), MAX_LINE + 1);
+        let log = format!(
+            "{padded}{}\n{}",
+            "x".repeat(3 * MAX_LINE),
+            line(1, "a", "b.example", "allow", "NOERROR")
+        );
+        let e = messages(&run_on(&log, None).unwrap_err());
+        assert_eq!(e, ["error: a.jsonl:2: line longer than 65536 bytes"]);
+        let s = run_with(
+            &log,
+            Options {
+                skip_malformed: true,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(active(&s.policy), ["b.example", "ok.example"]);
+        // Also at the end without a newline.
+        let e = messages(&run_on(&format!("{ok}{}", "y".repeat(MAX_LINE + 1)), None).unwrap_err());
+        assert_eq!(e, ["error: a.jsonl:2: line longer than 65536 bytes"]);
+    }
+
+    #[test]
+    fn left_out_names_are_capped_in_the_policy() {
+        let bad: Vec<String> = (0..MAX_LEFT_OUT_SHOWN + 7)
+            .map(|i| format!("{i}.{i}"))
+            .collect();
+        let mut names: Vec<&str> = bad.iter().map(String::as_str).collect();
+        names.push("ok.example");
+        let s = run_on(&lookups(&names), None).unwrap();
+        assert_eq!(
+            s.policy.matches(": a numeric last label").count(),
+            MAX_LEFT_OUT_SHOWN
+        );
+        assert!(s.policy.ends_with("  # ... and 7 more\n"), "{}", s.policy);
+    }
+
+    #[test]
+    fn only_the_chosen_agents_names_are_kept() {
+        let log = format!(
+            "{}{}{}",
+            line(0, "alpha", "a.example", "allow", "NOERROR"),
+            line(1, "beta", "b.example", "allow", "NOERROR"),
+            line(2, "alpha", "c.example", "allow", "NOERROR"),
+        );
+        let options = Options {
+            agent: Some("beta"),
+            ..Options::default()
+        };
+        let mut d = Diagnostics::default();
+        let read = read_log(Path::new("a.jsonl"), log.as_bytes(), &options, &mut d);
+        let names: Vec<&String> = read.observed.as_ref().unwrap().names.keys().collect();
+        assert_eq!(names, ["b.example"]);
+        assert_eq!(read.agents.values().sum::<u64>(), 3);
+        // Without --agent, a second agent ends keeping names at all.
+        let read = read_log(
+            Path::new("a.jsonl"),
+            log.as_bytes(),
+            &Options::default(),
+            &mut d,
+        );
+        assert!(read.observed.is_none());
+        assert_eq!(read.agents.len(), 2);
     }
 }

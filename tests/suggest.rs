@@ -40,6 +40,41 @@ fn record(ts: &str, client: &str, agent: &str, qname: &str, decision: &str, rcod
     ) + "\n"
 }
 
+/// The uncommented destinations of a policy, unquoted.
+fn destinations(policy: &str) -> Vec<String> {
+    policy
+        .lines()
+        .filter_map(|l| l.strip_prefix("  - destination: \""))
+        .map(|l| l[..l.find('"').unwrap()].to_string())
+        .collect()
+}
+
+/// A log of `(qname, decision)` lookups by agent `a`.
+fn log_of(lookups: &[(&str, &str)]) -> String {
+    lookups
+        .iter()
+        .enumerate()
+        .map(|(i, (qname, decision))| {
+            record(
+                &format!("2026-11-22T01:{:02}:{:02}.000000Z", i / 60 % 60, i % 60),
+                "10.200.1.2:40000",
+                "a",
+                qname,
+                decision,
+                "NOERROR",
+            )
+        })
+        .collect()
+}
+
+/// Suggests from `log` with extra `args`; (exit code, policy, stderr).
+fn suggest_from(dir: &TempDir, log: &str, args: &[&str]) -> (i32, String, String) {
+    let log = dir.write("audit.jsonl", log);
+    let mut all = vec!["suggest", "--audit-log", log.to_str().unwrap()];
+    all.extend(args);
+    allowdns(&all)
+}
+
 fn handcrafted() -> String {
     let mut log = String::new();
     for i in 1..=5 {
@@ -121,7 +156,7 @@ fn a_suggested_policy_passes_check_without_warnings() {
         "# cdn-1, cdn-2, cdn-3, cdn-4, cdn-5",
         "- destination: \"*.images.example.net\" # 5 names, 15 lookups, first 2026-11-22T01:02:01Z, last 2026-11-22T01:02:05Z",
         "- destination: \"images.example.net\" # 1 lookup, 2026-11-22T01:03:00Z; NXDOMAIN 1",
-        "- destination: \"sketchy-mirror.example.com\" # 1 lookup, 2026-11-22T01:05:00Z; denied 1",
+        "# - destination: \"sketchy-mirror.example.com\" # denied 1 time, never allowed: review before enabling; 1 lookup, 2026-11-22T01:05:00Z",
         "- destination: \"e.github.io\" # 1 lookup, 2026-11-22T01:06:04Z",
         "# The log reports 2 records lost: lookups may be missing here.",
     ] {
@@ -131,6 +166,28 @@ fn a_suggested_policy_passes_check_without_warnings() {
         );
     }
     assert!(!policy.contains("*.github.io"), "{policy}");
+    assert!(
+        stderr.contains("warning: ") && stderr.contains(": 1 name was only denied, never allowed: commented out; review them, or pass --include-denied"),
+        "{stderr}"
+    );
+    assert_checks_clean(&out, "travel_agent_v1");
+
+    // Denied names become entries on request.
+    let (code, stdout, stderr) = allowdns(&[
+        "suggest",
+        "--audit-log",
+        log.to_str().unwrap(),
+        "--include-denied",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!stderr.contains("only denied"), "{stderr}");
+    let policy = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        destinations(&policy).contains(&"sketchy-mirror.example.com".to_string()),
+        "{policy}"
+    );
     assert_checks_clean(&out, "travel_agent_v1");
 }
 
@@ -306,4 +363,134 @@ fn bad_input_is_reported_with_file_and_line() {
         )),
         "{stderr}"
     );
+}
+
+#[test]
+fn addresses_are_left_out_and_never_become_address_rules() {
+    let dir = TempDir::new("suggest-ip");
+    let log = log_of(&[
+        ("9.9.9.9", "would_deny"),
+        ("1.2.3.4", "allow"),
+        ("a.2.3.4", "allow"),
+        ("b.2.3.4", "allow"),
+        ("c.2.3.4", "allow"),
+        ("d.2.3.4", "allow"),
+        ("api.example.com", "allow"),
+    ]);
+    let (code, policy, stderr) = suggest_from(&dir, &log, &[]);
+    assert_eq!(code, 0, "{policy}{stderr}");
+    assert_eq!(destinations(&policy), ["api.example.com"], "{policy}");
+    assert!(
+        stderr.contains(":1: qname: left out \"9.9.9.9\": an IP address, not a name"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(":3: qname: left out \"a.2.3.4\": a numeric last label"),
+        "{stderr}"
+    );
+    assert!(
+        policy.contains("  # \"9.9.9.9\": an IP address, not a name; 1 lookup"),
+        "{policy}"
+    );
+    let out = dir.write("suggested.yaml", &policy);
+    assert_checks_clean(&out, "a");
+}
+
+#[test]
+fn no_wildcard_over_other_owners_names() {
+    let dir = TempDir::new("suggest-psl");
+    let mut names = vec!["management.core.windows.net".to_string()];
+    for service in ["blob", "file", "queue", "table"] {
+        names.push(format!("acct1.{service}.core.windows.net"));
+        names.push(format!("acct2.{service}.core.windows.net"));
+    }
+    for i in 0..5 {
+        names.push(format!("pub-{i}.r2.dev"));
+    }
+    let lookups: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "allow")).collect();
+    let (code, policy, stderr) = suggest_from(&dir, &log_of(&lookups), &[]);
+    assert_eq!(code, 0, "{policy}{stderr}");
+    let got = destinations(&policy);
+    assert_eq!(got.len(), names.len(), "{policy}");
+    assert!(got.iter().all(|d| !d.starts_with('*')), "{policy}");
+    assert!(!policy.contains("\"*.core.windows.net\""), "{policy}");
+    assert!(!policy.contains("\"*.r2.dev\""), "{policy}");
+    let out = dir.write("suggested.yaml", &policy);
+    assert_checks_clean(&out, "a");
+}
+
+#[test]
+fn a_denied_dns_tunnel_is_commented_out_and_warned_about() {
+    let dir = TempDir::new("suggest-tunnel");
+    // Hex-encoded data, as a tunnel client sends it; every lookup denied.
+    let tunnel: Vec<String> = (0..300u64)
+        .map(|i| {
+            let x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            format!("{x:016x}{:016x}.t.evil.example", x.rotate_left(17))
+        })
+        .collect();
+    let mut lookups: Vec<(&str, &str)> = tunnel.iter().map(|n| (n.as_str(), "deny")).collect();
+    lookups.push(("api.example.com", "allow"));
+    let log = log_of(&lookups);
+    for extra in [&[][..], &["--include-denied"][..]] {
+        let (code, policy, stderr) = suggest_from(&dir, &log, extra);
+        assert_eq!(code, 0, "{policy}{stderr}");
+        assert_eq!(destinations(&policy), ["api.example.com"], "{policy}");
+        assert!(
+            policy.contains(
+                "  # - destination: \"*.t.evil.example\"   # looks like a DNS tunnel (300 distinct names): review; "
+            ),
+            "{policy}"
+        );
+        assert!(
+            stderr.contains(
+                "qname: \"*.t.evil.example\" looks like a DNS tunnel (300 distinct names, 300 with random-looking labels"
+            ),
+            "{stderr}"
+        );
+        assert!(!policy.contains(&tunnel[0]), "children are summarized");
+        let out = dir.write("suggested.yaml", &policy);
+        assert_checks_clean(&out, "a");
+    }
+}
+
+#[test]
+fn skip_malformed_proceeds() {
+    let dir = TempDir::new("suggest-skip");
+    let good = log_of(&[("api.example.com", "allow"), ("cdn.example.com", "allow")]);
+    let mut lines = good.lines();
+    let log = format!(
+        "{}\n{{\"ts\":\n{}\n{}\n",
+        lines.next().unwrap(),
+        "z".repeat(70_000),
+        lines.next().unwrap()
+    );
+    let (code, _, stderr) = suggest_from(&dir, &log, &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("audit.jsonl:2: not a JSON audit record"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("audit.jsonl:3: line longer than 65536 bytes"),
+        "{stderr}"
+    );
+
+    let (code, policy, stderr) = suggest_from(&dir, &log, &["--skip-malformed"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        destinations(&policy),
+        ["api.example.com", "cdn.example.com"]
+    );
+    assert!(
+        stderr.contains("warning: ")
+            && stderr.contains("audit.jsonl:2: skipped: not a JSON audit record"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("audit.jsonl: 2 malformed lines skipped (--skip-malformed)"),
+        "{stderr}"
+    );
+    let out = dir.write("suggested.yaml", &policy);
+    assert_checks_clean(&out, "a");
 }
