@@ -597,12 +597,17 @@ impl Target {
         }
         // A changed expiry is a delete and an add in the same transaction.
         let mut ops_data: HashMap<SetId, (Vec<Element>, Vec<Element>)> = HashMap::new();
+        // One that has timed out in the kernel (or is about to) is left to
+        // go: deleting a missing element fails the whole batch.
+        let soon = now + Duration::from_secs(1);
         for old in installed.iter().filter(|old| !wanted.contains(old)) {
-            ops_data
-                .entry(old.set)
-                .or_default()
-                .1
-                .push(old.element(now));
+            if old.expires.is_none_or(|at| at > soon) {
+                ops_data
+                    .entry(old.set)
+                    .or_default()
+                    .1
+                    .push(old.element(now));
+            }
         }
         for new in wanted.iter().filter(|new| !installed.contains(new)) {
             ops_data
