@@ -168,7 +168,6 @@ impl Handler {
         if let Some(firewall) = &self.firewall {
             firewall.check(&loaded.policies)?;
         }
-        // A new file set reports its own expiries (`check` shows those already past).
         // Agents leaving learn mode: what it let through must not stay open.
         let old = self.snapshot();
         let learned: Vec<(Arc<str>, Arc<str>)> = old
@@ -183,6 +182,7 @@ impl Handler {
                     .is_none_or(|p| p.learn.is_none())
             })
             .collect();
+        // A new file set reports its own expiries (`check` shows those already past).
         let last = std::mem::replace(&mut grants.1, SystemTime::now());
         let installed = self.install(Arc::new(loaded), &mut grants, true);
         let Err(e) = installed else {
