@@ -28,13 +28,17 @@ struct Post {
 }
 
 /// A minimal HTTP receiver: answers 200 to each POST and records it, or,
-/// while `hang` is set, reads the request and never answers.
+/// while `hang` is set, reads the request and never answers, or, for the
+/// next `close_next` requests, reads the request and closes the connection.
 struct Receiver {
     addr: SocketAddr,
     posts: Arc<Mutex<Vec<Post>>>,
     /// Requests read but left unanswered.
     hung: Arc<AtomicUsize>,
     hang: Arc<AtomicBool>,
+    /// Requests read, then closed on without an answer.
+    closed: Arc<Mutex<Vec<Post>>>,
+    close_next: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -48,7 +52,10 @@ impl Receiver {
         let hung = Arc::new(AtomicUsize::new(0));
         let hang = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
+        let closed: Arc<Mutex<Vec<Post>>> = Arc::default();
+        let close_next = Arc::new(AtomicUsize::new(0));
         let (p, h, hg, st) = (posts.clone(), hung.clone(), hang.clone(), stop.clone());
+        let (c, cn) = (closed.clone(), close_next.clone());
         let thread = std::thread::spawn(move || {
             // Unanswered connections are kept open here.
             let mut held: Vec<TcpStream> = Vec::new();
@@ -64,6 +71,14 @@ impl Receiver {
                 let Some((post, mut stream)) = read_post(stream) else {
                     continue;
                 };
+                if cn
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    c.lock().unwrap().push(post);
+                    drop(stream);
+                    continue;
+                }
                 if hg.load(Ordering::Acquire) {
                     h.fetch_add(1, Ordering::AcqRel);
                     held.push(stream);
@@ -81,6 +96,8 @@ impl Receiver {
             posts,
             hung,
             hang,
+            closed,
+            close_next,
             stop,
             thread: Some(thread),
         }
@@ -222,6 +239,7 @@ fn a_third_denial_in_the_window_posts_exactly_one_notification() {
         ),
     );
     let dns = serve(&cfg);
+    let pid = dns.pid();
     deny(&dns, "sketchy-mirror.example.com", RecordType::A);
     deny(&dns, "sketchy-mirror.example.com", RecordType::A);
     // The alerts thread runs every 500 ms; two is not more than two.
@@ -251,6 +269,12 @@ fn a_third_denial_in_the_window_posts_exactly_one_notification() {
     assert_eq!(b["window_secs"], 300);
     assert_eq!(b["repeat"], false);
     assert_eq!(b["dropped"], 0);
+    // HOST-PID-STARTMS-SEQ: the first notification of this process.
+    let id = b["id"].as_str().unwrap();
+    assert!(
+        id.contains(&format!("-{pid}-")) && id.ends_with("-1"),
+        "{id}"
+    );
     assert_eq!(b["clients"], serde_json::json!(["127.0.0.1"]));
     assert_eq!(
         b["names"],
@@ -366,6 +390,110 @@ fn a_receiver_that_never_answers_times_out_and_dns_goes_on() {
     let (status, stderr) = dns.terminate();
     assert!(status.success(), "{stderr}");
     assert_eq!(audit(&dir).len(), 31);
+}
+
+/// The latency bound that matters: no query may wait for delivery, even
+/// with an attempt budget far above any query's.
+#[test]
+fn a_hung_webhook_with_a_long_timeout_delays_no_query() {
+    let rx = Receiver::start("127.0.0.1:0");
+    rx.hang.store(true, Ordering::Release);
+    let dir = TempDir::new("delivery-latency");
+    // Every denial crosses; a follow-up per 1 s window keeps the queue busy.
+    let cfg = config(
+        &dir,
+        &format!(
+            "    threshold: {{ count: 0, window_secs: 1 }}\n    webhook: {{ url: \"{}\", timeout_ms: 10000 }}\n",
+            rx.url()
+        ),
+    );
+    let dns = serve(&cfg);
+    deny(&dns, "trigger.example", RecordType::A);
+    wait_until("the POST to hang at the receiver", || {
+        rx.hung.load(Ordering::Acquire) >= 1
+    });
+    let mut slowest = Duration::ZERO;
+    for i in 0..50 {
+        let name = format!("q{i}.exfil.example");
+        let started = Instant::now();
+        assert_eq!(
+            rcode(dns.udp, &name, RecordType::TXT),
+            ResponseCode::NXDomain
+        );
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(200),
+            "{name} took {took:?} while a POST hung:\n{}",
+            dns.stderr()
+        );
+        slowest = slowest.max(took);
+    }
+    // All 50 ran inside the first attempt's 10 s.
+    assert!(
+        !dns.stderr().contains("attempt 1 failed"),
+        "slowest {slowest:?}\n{}",
+        dns.stderr()
+    );
+    let (status, stderr) = dns.terminate();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("still busy at shutdown"), "{stderr}");
+    let records = audit(&dir);
+    assert_eq!(records.len(), 51, "{stderr}");
+    assert_eq!(records[0]["qname"], "trigger.example");
+    for (i, r) in records[1..].iter().enumerate() {
+        assert_eq!(r["qname"], format!("q{i}.exfil.example"));
+        assert_eq!(r["decision"], "deny");
+    }
+}
+
+#[test]
+fn a_receiver_dying_mid_request_gets_the_same_notification_again() {
+    let rx = Receiver::start("127.0.0.1:0");
+    // Reads the request, then closes without a status: the server may or
+    // may not have acted on it, so the retry must be recognizable.
+    rx.close_next.store(2, Ordering::Release);
+    let dir = TempDir::new("delivery-mid-request");
+    let cfg = config(
+        &dir,
+        &format!(
+            "    threshold: {{ count: 0, window_secs: 300 }}\n    webhook: {{ url: \"{}\", timeout_ms: 2000 }}\n    retry: {{ max_attempts: 5, max_backoff_secs: 1 }}\n",
+            rx.url()
+        ),
+    );
+    let dns = serve(&cfg);
+    deny(&dns, "half-sent.example", RecordType::A);
+    let started = Instant::now();
+    let posts = rx.wait_posts(1);
+    // Two failures, backoff 1 s each.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let closed = rx.closed.lock().unwrap().clone();
+    assert_eq!(closed.len(), 2, "{closed:?}");
+    // Byte for byte the same notification, id included.
+    for c in &closed {
+        assert_eq!(c.body, posts[0].body);
+    }
+    assert!(posts[0].body["id"].as_str().unwrap().ends_with("-1"));
+    assert_eq!(posts[0].body["names"][0]["qname"], "half-sent.example");
+    let (status, stderr) = dns.terminate();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("closed the connection without a response"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("delivered again after 2 failed attempt(s)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("1 sent, 2 failed attempts, 0 given up, 0 dropped"),
+        "{stderr}"
+    );
+    assert_eq!(rx.posts().len(), 1);
+    assert_eq!(audit(&dir).len(), 1);
 }
 
 #[test]

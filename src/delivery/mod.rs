@@ -14,9 +14,11 @@
 //! bounded queue and thread, so a dead webhook never holds back syslog, and a
 //! full queue drops (and counts) notifications instead of growing or
 //! blocking. A failed send is retried with exponential backoff; after
-//! `max_attempts` failures in a row the sink gives up on what it holds and
-//! says so on stderr. Notifications are summaries: the audit log still has
-//! every lookup, whatever happens here.
+//! `max_attempts` failed attempts the sink gives up on that one notification
+//! and goes on with the next at the same backoff, so at most one is lost per
+//! `max_attempts` attempts and a dead receiver is not hammered.
+//! Notifications are summaries: the audit log still has every lookup,
+//! whatever happens here.
 
 pub mod syslog;
 pub mod threshold;
@@ -64,7 +66,7 @@ pub struct WebhookSettings {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Failures in a row after which a sink gives up on what it holds.
+    /// Failed attempts after which a sink gives up on one notification.
     pub max_attempts: u32,
     /// Cap on the doubling delay between attempts.
     pub max_backoff: Duration,
@@ -118,8 +120,8 @@ pub struct DeliveryStats {
     pub sent: AtomicU64,
     /// Sends that failed (each retry counts).
     pub failed_attempts: AtomicU64,
-    /// Notifications abandoned after `max_attempts` failures, a permanent
-    /// error, or the shutdown deadline.
+    /// Notifications abandoned after `max_attempts` failed attempts at each,
+    /// a permanent error, or the shutdown deadline.
     pub given_up: AtomicU64,
     /// Notifications never queued because the queue was full.
     pub dropped: AtomicU64,
@@ -145,6 +147,9 @@ impl DeliveryStats {
 /// because `dropped` is per sink.
 #[derive(Debug)]
 pub struct Notification {
+    /// Same in every attempt and every sink, so a receiver can drop a retry
+    /// of what it already got (an answer lost after the request arrived).
+    pub id: String,
     pub agent: String,
     pub count: u64,
     pub threshold: u32,
@@ -170,6 +175,7 @@ pub struct NameCount {
 #[derive(Serialize)]
 struct Body<'a> {
     event: &'static str,
+    id: &'a str,
     text: String,
     agent: &'a str,
     count: u64,
@@ -186,7 +192,12 @@ struct Body<'a> {
 }
 
 impl Notification {
-    pub fn new(raised: Raised, threshold: Threshold, host: Option<String>) -> Notification {
+    pub fn new(
+        id: String,
+        raised: Raised,
+        threshold: Threshold,
+        host: Option<String>,
+    ) -> Notification {
         let Raised {
             agent,
             batch,
@@ -196,6 +207,7 @@ impl Notification {
             humantime::format_rfc3339_seconds(t.unwrap_or_else(SystemTime::now)).to_string()
         };
         Notification {
+            id,
             agent: agent.to_string(),
             count: batch.count,
             threshold: threshold.count,
@@ -263,6 +275,7 @@ impl Notification {
     pub fn body(&self, dropped: u64) -> String {
         let body = Body {
             event: EVENT,
+            id: &self.id,
             text: self.text(dropped),
             agent: &self.agent,
             count: self.count,
@@ -342,6 +355,11 @@ struct Sink {
 pub struct Delivery {
     threshold: Threshold,
     host: Option<String>,
+    /// `HOST-PID-STARTMS`: ids stay unique across restarts, even as PID 1 in
+    /// a container.
+    id_prefix: String,
+    /// Notifications submitted so far; the last part of the id.
+    submitted: AtomicU64,
     sinks: Vec<Sink>,
 }
 
@@ -351,10 +369,7 @@ impl Delivery {
         let host = hostname();
         let mut sinks = Vec::new();
         if let Some(w) = &settings.webhook {
-            let transport = Transport::Webhook(Webhook {
-                url: w.url.clone(),
-                timeout: w.timeout,
-            });
+            let transport = Transport::Webhook(Webhook::new(w.url.clone(), w.timeout));
             sinks.push(Sink::start(
                 "webhook",
                 w.url.to_string(),
@@ -382,16 +397,31 @@ impl Delivery {
             settings.threshold.window.as_secs(),
             described.join(" and ")
         );
+        let started_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
         Delivery {
             threshold: settings.threshold,
+            id_prefix: format!(
+                "{}-{}-{started_ms}",
+                host.as_deref().unwrap_or("allowdns"),
+                std::process::id()
+            ),
             host,
+            submitted: AtomicU64::new(0),
             sinks,
         }
     }
 
     /// Queues a raised notification on every sink; never blocks on I/O.
     pub fn submit(&self, raised: Raised) {
-        let notification = Arc::new(Notification::new(raised, self.threshold, self.host.clone()));
+        let seq = self.submitted.fetch_add(1, Ordering::Relaxed) + 1;
+        let notification = Arc::new(Notification::new(
+            format!("{}-{seq}", self.id_prefix),
+            raised,
+            self.threshold,
+            self.host.clone(),
+        ));
         for sink in &self.sinks {
             sink.push(notification.clone());
         }
@@ -486,9 +516,11 @@ impl Sink {
 /// The sending thread: the queue's head is sent until it goes or is given up.
 fn run(shared: &SinkShared, mut transport: Transport, retry: RetryPolicy) {
     let (kind, target, stats) = (shared.kind, &shared.target, &shared.stats);
-    // Failures in a row, and when the first of them happened.
+    // Failures in a row, whichever notifications they were for: sets the backoff.
     let mut failures = 0u32;
-    let mut failing_since = Instant::now();
+    // Failed attempts at the head, and when the first of them happened.
+    let mut attempts = 0u32;
+    let mut head_failing_since = Instant::now();
     // Lost (dropped or given up) since the last delivery: reported in the next one.
     let mut lost = 0u64;
     loop {
@@ -514,7 +546,7 @@ fn run(shared: &SinkShared, mut transport: Transport, retry: RetryPolicy) {
         }
         // Far future unless closing: the transport's own timeout bounds an attempt.
         let deadline = closing.unwrap_or(now + Duration::from_secs(3600));
-        match transport.send(&head.body(lost), deadline) {
+        let e = match transport.send(&head.body(lost), deadline) {
             Ok(()) => {
                 shared.lock().items.pop_front();
                 DeliveryStats::add(&stats.sent, 1);
@@ -529,61 +561,65 @@ fn run(shared: &SinkShared, mut transport: Transport, retry: RetryPolicy) {
                     );
                 }
                 failures = 0;
+                attempts = 0;
                 lost = 0;
+                continue;
             }
-            Err(e) => {
-                DeliveryStats::add(&stats.failed_attempts, 1);
-                if failures == 0 {
-                    failing_since = now;
-                }
-                failures += 1;
-                if e.permanent || failures >= retry.max_attempts {
-                    // A permanent error concerns this notification; exhausted
-                    // retries mean the sink is down, so everything held goes.
-                    let given_up = {
-                        let mut queue = shared.lock();
-                        if e.permanent {
-                            queue.items.pop_front();
-                            1
-                        } else {
-                            let n = queue.items.len() as u64;
-                            queue.items.clear();
-                            n
-                        }
-                    };
-                    DeliveryStats::add(&stats.given_up, given_up);
-                    lost += given_up;
-                    tracing::error!(
-                        "alert delivery: {kind} {target}: giving up on {given_up} notification(s) after {failures} failed attempt(s) over {} s: {}",
-                        failing_since.elapsed().as_secs(),
-                        e.message
-                    );
-                    failures = 0;
-                    continue;
-                }
-                let delay = retry.backoff(failures);
-                tracing::warn!(
-                    "alert delivery: {kind} {target}: attempt {failures} failed: {}; retrying in {} s",
-                    e.message,
-                    delay.as_secs_f32()
-                );
-                // Sleeps, but wakes for close so the flush is not spent waiting.
-                let until = Instant::now() + delay;
-                let mut queue = shared.lock();
-                loop {
-                    let now = Instant::now();
-                    let wake_at = queue.closing.map_or(until, |d| d.min(until));
-                    if now >= wake_at || (queue.closing.is_some() && closing.is_none()) {
-                        break;
-                    }
-                    queue = shared
-                        .wake
-                        .wait_timeout(queue, wake_at - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
-            }
+            Err(e) => e,
+        };
+        DeliveryStats::add(&stats.failed_attempts, 1);
+        if attempts == 0 {
+            head_failing_since = now;
         }
+        attempts += 1;
+        failures = failures.saturating_add(1);
+        let delay = retry.backoff(failures);
+        if e.permanent || attempts >= retry.max_attempts {
+            // Only the head goes: the ones behind it get their own attempts,
+            // at the backoff reached so far.
+            let waiting = {
+                let mut queue = shared.lock();
+                queue.items.pop_front();
+                queue.items.len()
+            };
+            DeliveryStats::add(&stats.given_up, 1);
+            lost += 1;
+            tracing::error!(
+                "alert delivery: {kind} {target}: giving up on notification {} after {attempts} failed attempt(s) over {} s: {}; \
+                 {waiting} more waiting, next attempt in {} s",
+                head.id,
+                head_failing_since.elapsed().as_secs(),
+                e.message,
+                delay.as_secs_f32()
+            );
+            attempts = 0;
+        } else {
+            tracing::warn!(
+                "alert delivery: {kind} {target}: attempt {attempts} failed: {}; retrying in {} s",
+                e.message,
+                delay.as_secs_f32()
+            );
+        }
+        pause(shared, delay, closing.is_some());
+    }
+}
+
+/// Sleeps `delay`, but no later than the close deadline, and wakes at once
+/// when close starts so the flush is not spent waiting.
+fn pause(shared: &SinkShared, delay: Duration, was_closing: bool) {
+    let until = Instant::now() + delay;
+    let mut queue = shared.lock();
+    loop {
+        let now = Instant::now();
+        let wake_at = queue.closing.map_or(until, |d| d.min(until));
+        if now >= wake_at || (queue.closing.is_some() && !was_closing) {
+            return;
+        }
+        queue = shared
+            .wake
+            .wait_timeout(queue, wake_at - now)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
     }
 }
 
@@ -624,9 +660,15 @@ mod tests {
 
     #[test]
     fn the_body_describes_itself() {
-        let n = Notification::new(raised("travel_agent_v1"), THRESHOLD, Some("box".into()));
+        let n = Notification::new(
+            "box-812-1700000000000-7".into(),
+            raised("travel_agent_v1"),
+            THRESHOLD,
+            Some("box".into()),
+        );
         let v: serde_json::Value = serde_json::from_str(&n.body(4)).unwrap();
         assert_eq!(v["event"], "allowdns.denied_lookups");
+        assert_eq!(v["id"], "box-812-1700000000000-7");
         assert_eq!(v["agent"], "travel_agent_v1");
         assert_eq!(v["count"], 3);
         assert_eq!(v["threshold"], 2);
@@ -695,18 +737,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_dead_sink_gives_up_and_reports_the_loss_in_the_next_delivery() {
-        let port = closed_port();
-        let delivery = Delivery::start(&settings(format!("http://127.0.0.1:{port}/"), 2));
-        let stats = delivery.stats()[0].1.clone();
-        delivery.submit(raised("a"));
-        delivery.submit(raised("b"));
-        wait_for("giving up", || stats.given_up.load(Ordering::Relaxed) == 2);
-        assert_eq!(stats.failed_attempts.load(Ordering::Relaxed), 2);
-        // The receiver comes back; the next notification says 2 were lost.
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-        delivery.submit(raised("c"));
+    /// Accepts one POST, answers 200, and returns its body.
+    fn receive_one(listener: &TcpListener) -> serde_json::Value {
         let (mut s, _) = listener.accept().unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut got = Vec::new();
@@ -717,12 +749,77 @@ mod tests {
             got.extend_from_slice(&buf[..n]);
         }
         s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
-        drop(s);
         let text = String::from_utf8(got).unwrap();
-        assert!(text.contains("\"agent\":\"c\""), "{text}");
-        assert!(text.contains("\"dropped\":2"), "{text}");
-        wait_for("sent", || stats.sent.load(Ordering::Relaxed) == 1);
+        let (_, body) = text.split_once("\r\n\r\n").unwrap();
+        serde_json::from_str(body).unwrap()
+    }
+
+    #[test]
+    fn a_dead_sink_gives_up_one_notification_at_a_time_and_reports_the_loss() {
+        let port = closed_port();
+        let delivery = Delivery::start(&settings(format!("http://127.0.0.1:{port}/"), 3));
+        let stats = delivery.stats()[0].1.clone();
+        for agent in ["a", "b", "c"] {
+            delivery.submit(raised(agent));
+        }
+        // Three attempts (1 s apart) at "a"; "b" and "c" stay queued.
+        wait_for("giving up on a", || {
+            stats.given_up.load(Ordering::Relaxed) == 1
+        });
+        assert_eq!(stats.failed_attempts.load(Ordering::Relaxed), 3);
+        // The receiver comes back within the backoff: "b" gets through and
+        // says one was lost; "c" follows.
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let b = receive_one(&listener);
+        assert_eq!(
+            (&b["agent"], &b["dropped"]),
+            (&"b".into(), &1.into()),
+            "{b}"
+        );
+        let c = receive_one(&listener);
+        assert_eq!(
+            (&c["agent"], &c["dropped"]),
+            (&"c".into(), &0.into()),
+            "{c}"
+        );
+        // Ids: one per notification, in order of submission.
+        let prefix = format!("-{}-", std::process::id());
+        let (b_id, c_id) = (b["id"].as_str().unwrap(), c["id"].as_str().unwrap());
+        assert!(b_id.contains(&prefix) && b_id.ends_with("-2"), "{b_id}");
+        assert_eq!(c_id, format!("{}3", b_id.strip_suffix('2').unwrap()));
+        wait_for("sent", || stats.sent.load(Ordering::Relaxed) == 2);
+        assert_eq!(stats.given_up.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
         delivery.close(Duration::from_secs(2));
+    }
+
+    #[test]
+    fn after_giving_up_the_next_notification_waits_out_the_backoff() {
+        let port = closed_port();
+        let delivery = Delivery::start(&settings(format!("http://127.0.0.1:{port}/"), 1));
+        let stats = delivery.stats()[0].1.clone();
+        delivery.submit(raised("a"));
+        delivery.submit(raised("b"));
+        wait_for("giving up on a", || {
+            stats.given_up.load(Ordering::Relaxed) == 1
+        });
+        let first = Instant::now();
+        wait_for("giving up on b", || {
+            stats.given_up.load(Ordering::Relaxed) == 2
+        });
+        // Not hammered: "b" was tried a backoff (1 s) after "a" failed.
+        assert!(
+            first.elapsed() >= Duration::from_millis(700),
+            "{:?}",
+            first.elapsed()
+        );
+        assert_eq!(stats.failed_attempts.load(Ordering::Relaxed), 2);
+        let started = Instant::now();
+        delivery.close(Duration::from_secs(2));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "close waits for nothing"
+        );
     }
 
     #[test]
