@@ -31,7 +31,7 @@ for tool in dnsperf dnsmasq unbound python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install dnsperf dnsmasq-base unbound)"; exit 2; }
 done
 cargo build --release --quiet
-BIN=$PWD/target/release/allowdns
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/allowdns
 
 WORK=$(mktemp -d /tmp/allowdns-bench.XXXXXX)
 PIDS=()

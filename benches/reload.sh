@@ -25,7 +25,7 @@ for tool in dnsperf unbound unbound-control python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install dnsperf unbound)"; exit 2; }
 done
 cargo build --release --quiet
-BIN=$PWD/target/release/allowdns
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/allowdns
 
 WORK=$(mktemp -d /tmp/allowdns-reload.XXXXXX)
 PIDS=()

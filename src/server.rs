@@ -108,6 +108,7 @@ fn bind_pair(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, TcpListener)>
     let mut last = None;
     for _ in 0..attempts {
         let udp = socket(addr, Type::DGRAM, Protocol::UDP)?;
+        grow_receive_buffer(&udp);
         udp.bind(&addr.into())?;
         let bound = udp.local_addr()?.as_socket().expect("inet socket");
         let tcp = socket(bound, Type::STREAM, Protocol::TCP)?;
@@ -134,6 +135,28 @@ fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
     }
     socket.set_nonblocking(true)?;
     Ok(socket)
+}
+
+/// The UDP receive buffer asked for: room for a burst of a few thousand
+/// queries while serving threads wait for a CPU (a reload compiling on a
+/// 2-core machine), instead of the kernel dropping them.
+const UDP_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Sets [`UDP_RECEIVE_BUFFER`]: forced past `net.core.rmem_max` where allowed
+/// (CAP_NET_ADMIN), else as far as that limit goes.
+fn grow_receive_buffer(udp: &Socket) {
+    use nix::sys::socket::{setsockopt, sockopt::RcvBufForce};
+    if setsockopt(udp, RcvBufForce, &UDP_RECEIVE_BUFFER).is_err() {
+        let _ = udp.set_recv_buffer_size(UDP_RECEIVE_BUFFER);
+    }
+    if let Ok(size) = udp.recv_buffer_size()
+        && size < UDP_RECEIVE_BUFFER
+    {
+        tracing::info!(
+            bytes = size,
+            "UDP receive buffer is capped by net.core.rmem_max; raise it to absorb bursts"
+        );
+    }
 }
 
 /// Upstream-bound UDP queries in flight at once; beyond this, SERVFAIL.
