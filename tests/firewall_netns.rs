@@ -777,15 +777,8 @@ fn a_revoke_withdraws_fed_addresses_and_expiring_ranges_time_out_in_the_kernel()
         text.replace(&later.to_string(), &much_later.to_string()),
     )
     .unwrap();
-    Command::new("kill")
-        .args(["-HUP", &dns.pid().to_string()])
-        .status()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !dns.stderr().contains("reloaded") {
-        assert!(std::time::Instant::now() < deadline, "{}", dns.stderr());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    dns.hup();
+    dns.wait_for("reloaded", 1);
     let (_, listed) = sh_out(&[
         "ip",
         "netns",
@@ -848,15 +841,8 @@ fn leaving_learn_mode_withdraws_what_it_let_through() {
             .replace("mode: learn\n", ""),
     )
     .unwrap();
-    Command::new("kill")
-        .args(["-HUP", &dns.pid().to_string()])
-        .status()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !dns.stderr().contains("reloaded") {
-        assert!(std::time::Instant::now() < deadline, "{}", dns.stderr());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    dns.hup();
+    dns.wait_for("reloaded", 1);
     assert!(
         connect(&lab, "10.200.3.62:443").is_none(),
         "an address learn mode let through still passes after the switch to enforce"

@@ -2,36 +2,12 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use common::*;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
-
-fn hup(dns: &Allowdns) {
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &dns.pid().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
-
-fn wait_for(dns: &Allowdns, text: &str, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while dns.stderr().matches(text).count() < count {
-        assert!(
-            Instant::now() < deadline,
-            "no {text:?} in:\n{}",
-            dns.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn sighup_swaps_policies_and_keeps_the_old_set_on_errors() {
@@ -73,8 +49,8 @@ fn sighup_swaps_policies_and_keeps_the_old_set_on_errors() {
 
     std::fs::write(&policy, "agent_name: r\nexpected_outbound:\n  - destination: b.r.test\n  - destination: keep.r.test\n").unwrap();
     for round in 1..=5 {
-        hup(&dns);
-        wait_for(&dns, "reloaded", round);
+        dns.hup();
+        dns.wait_for("reloaded", round);
     }
     assert_eq!(
         rcode(dns.udp, "b.r.test", RecordType::A),
@@ -100,8 +76,8 @@ fn sighup_swaps_policies_and_keeps_the_old_set_on_errors() {
         "agent_name: r\nexpected_outbound:\n  - destination: \"bad..name\"\n",
     )
     .unwrap();
-    hup(&dns);
-    wait_for(&dns, "RELOAD FAILED", 1);
+    dns.hup();
+    dns.wait_for("RELOAD FAILED", 1);
     assert!(
         dns.stderr().contains(&format!(
             "{}:3: expected_outbound[0].destination",
@@ -189,8 +165,8 @@ fn reloads_under_load_drop_nothing_and_never_show_a_partial_policy() {
         .collect();
     for round in 1..=20 {
         std::fs::write(&policy, if round % 2 == 1 { &v2 } else { &v1 }).unwrap();
-        hup(&dns);
-        wait_for(&dns, "reloaded", round);
+        dns.hup();
+        dns.wait_for("reloaded", round);
     }
     stop.store(true, Ordering::Relaxed);
     for c in clients {
@@ -239,8 +215,8 @@ fn zone_reloads_take_effect_and_a_bad_zone_is_refused_with_file_line_and_audited
 
     // A zone-only change: the new record answers after SIGHUP.
     std::fs::write(&zone, format!("{head}b IN A 192.0.2.2\n")).unwrap();
-    hup(&dns);
-    wait_for(&dns, "reloaded", 1);
+    dns.hup();
+    dns.wait_for("reloaded", 1);
     assert_eq!(
         rcode(dns.udp, "b.z.test", RecordType::A),
         ResponseCode::NoError
@@ -255,8 +231,8 @@ fn zone_reloads_take_effect_and_a_bad_zone_is_refused_with_file_line_and_audited
         format!("{head}b IN A 192.0.2.2\nc IN A not-an-address\n"),
     )
     .unwrap();
-    hup(&dns);
-    wait_for(&dns, "RELOAD FAILED", 1);
+    dns.hup();
+    dns.wait_for("RELOAD FAILED", 1);
     let stderr = dns.stderr();
     let headline = stderr
         .lines()

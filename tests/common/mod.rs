@@ -299,6 +299,28 @@ impl Allowdns {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Sends SIGHUP (reload).
+    pub fn hup(&self) {
+        let sent = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
+    /// Waits up to 10 s until stderr holds `text` at least `count` times.
+    pub fn wait_for(&self, text: &str, count: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.stderr().matches(text).count() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {text:?} in:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM, then wait for a clean exit; returns everything on stderr.
     pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
         let pid = self.child.id().to_string();
