@@ -75,9 +75,10 @@ struct Shared {
     events: Mutex<Vec<(u64, String)>>,
     /// Sequence number of the last event queued.
     queued: AtomicU64,
-    /// Sequence number up to which events are written and flushed; waited on
-    /// by [`AuditLog::event_durable`].
-    durable: (Mutex<u64>, Condvar),
+    /// (written, failed): sequence numbers up to which events are written
+    /// and flushed, and up to which some event of a failed pass was lost;
+    /// waited on by [`AuditLog::event_durable`].
+    durable: (Mutex<(u64, u64)>, Condvar),
     /// Records the buffer may hold before new ones are counted as lost.
     capacity: usize,
     lost: AtomicU64,
@@ -135,7 +136,7 @@ impl AuditLog {
             lost: AtomicU64::new(0),
             reopen: AtomicBool::new(false),
             queued: AtomicU64::new(0),
-            durable: (Mutex::new(0), Condvar::new()),
+            durable: (Mutex::new((0, 0)), Condvar::new()),
         });
         let writer_shared = shared.clone();
         let mut out = BufWriter::with_capacity(1 << 16, out);
@@ -208,10 +209,15 @@ impl AuditLog {
         let seq = self.queue_event(line);
         let (written, flushed) = &self.shared.durable;
         let written = written.lock().unwrap_or_else(|p| p.into_inner());
-        let (written, timeout) = flushed
-            .wait_timeout_while(written, within, |w| *w < seq)
+        let (state, _) = flushed
+            .wait_timeout_while(written, within, |(w, f)| *w < seq && *f < seq)
             .unwrap_or_else(|p| p.into_inner());
-        if timeout.timed_out() && *written < seq {
+        let (written, failed) = *state;
+        if failed >= seq {
+            // Its pass failed: the line may be lost even if a later pass succeeded.
+            return Err("writing the audit log failed".into());
+        }
+        if written < seq {
             return Err(format!(
                 "the audit log did not confirm the write within {} ms",
                 within.as_millis()
@@ -247,7 +253,8 @@ fn write_pass(
     );
     let events = std::mem::take(&mut *shared.events.lock().unwrap_or_else(|p| p.into_inner()));
     // Events are confirmed only when all of them, and the flush, succeeded.
-    let mut confirm = events.last().map(|(seq, _)| *seq);
+    let last = events.last().map(|(seq, _)| *seq);
+    let mut confirm = last;
     for (_, event) in events {
         if let Err(e) = writeln!(out, "{event}") {
             confirm = None;
@@ -274,9 +281,13 @@ fn write_pass(
         confirm = None;
         tracing::error!(error = %e, "audit log flush failed");
     }
-    if let Some(seq) = confirm {
-        let (written, flushed) = &shared.durable;
-        *written.lock().unwrap_or_else(|p| p.into_inner()) = seq;
+    if let Some(last) = last {
+        let (state, flushed) = &shared.durable;
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        match confirm {
+            Some(seq) => state.0 = seq,
+            None => state.1 = last,
+        }
         flushed.notify_all();
     }
 }

@@ -50,6 +50,9 @@ pub struct Loaded {
 pub struct InForce {
     pub files: Arc<Loaded>,
     pub policies: PolicySet,
+    /// Counts installs, so an answer can tell whether its set was replaced
+    /// while it was on its way.
+    pub generation: u64,
 }
 
 pub struct Handler {
@@ -144,6 +147,7 @@ impl Handler {
             loaded: RwLock::new(Arc::new(InForce {
                 files: Arc::new(loaded),
                 policies,
+                generation: 0,
             })),
             grants: Mutex::new((Grants::default(), now)),
             expiry_changed: tokio::sync::Notify::new(),
@@ -168,25 +172,14 @@ impl Handler {
         if let Some(firewall) = &self.firewall {
             firewall.check(&loaded.policies)?;
         }
-        // Agents leaving learn mode: what it let through must not stay open.
         let old = self.snapshot();
-        let learned: Vec<(Arc<str>, Arc<str>)> = old
-            .policies
-            .policies
-            .iter()
-            .filter_map(|p| Some((p.agent.clone(), p.learn.as_ref()?.pattern.clone())))
-            .filter(|(agent, _)| {
-                loaded
-                    .policies
-                    .by_agent(agent)
-                    .is_none_or(|p| p.learn.is_none())
-            })
-            .collect();
         // A new file set reports its own expiries (`check` shows those already past).
         let last = std::mem::replace(&mut grants.1, SystemTime::now());
         let installed = self.install(Arc::new(loaded), &mut grants, true);
         let Err(e) = installed else {
-            for (agent, pattern) in learned {
+            // What the old set fed under a rule the new one ends sooner or
+            // drops (an entry, a grant of a removed agent, learn mode) goes now.
+            for (agent, pattern) in ended_sooner(&old.policies, &self.snapshot().policies) {
                 self.withdraw(&agent, &pattern);
             }
             self.forget_ended();
@@ -228,9 +221,14 @@ impl Handler {
             return Err(format!("no policy for agent '{}'", grant.agent));
         }
         // No exception without its audit line.
-        self.audit
+        if let Err(e) = self
+            .audit
             .event_durable(grant_event("grant", &grant), AUDIT_CONFIRM)
-            .map_err(|e| format!("grant refused: {e}"))?;
+        {
+            // Should the "grant" line still land, this one says it never took effect.
+            self.audit.event(grant_event("grant_refused", &grant));
+            return Err(format!("grant refused: {e}"));
+        }
         tracing::warn!(
             agent = %grant.agent,
             pattern = %grant.pattern,
@@ -308,10 +306,8 @@ impl Handler {
     ) -> Result<(), String> {
         let (grants, last) = state;
         let now = SystemTime::now();
-        for expired in grants.prune(now) {
-            self.audit.event(grant_event("grant_expired", &expired));
-            tracing::warn!(agent = %expired.agent, pattern = %expired.pattern, "grant expired: denied again");
-        }
+        // Expired grants' rules are not live at `now`, so `effective` leaves
+        // them out; they leave the list only once nothing can fail.
         let policies = files.policies.effective(&grants.rules(), now);
         if let Some(firewall) = &self.firewall
             && let Err(e) = firewall.sync_static(&policies)
@@ -323,6 +319,10 @@ impl Handler {
                 }
                 return Err(e);
             }
+        }
+        for expired in grants.prune(now) {
+            self.audit.event(grant_event("grant_expired", &expired));
+            tracing::warn!(agent = %expired.agent, pattern = %expired.pattern, "grant expired: denied again");
         }
         // File entries whose `expires` passed since the last rebuild.
         for policy in &files.policies.policies {
@@ -354,9 +354,16 @@ impl Handler {
             }
         }
         *last = now;
+        // Installs are serialized by the grants lock, so this count is exact.
+        let generation = self.snapshot().generation + 1;
+        let new = Arc::new(InForce {
+            files,
+            policies,
+            generation,
+        });
         let old = std::mem::replace(
             &mut *self.loaded.write().unwrap_or_else(|p| p.into_inner()),
-            Arc::new(InForce { files, policies }),
+            new,
         );
         self.expiry_changed.notify_one();
         retire(old);
@@ -437,9 +444,13 @@ impl Handler {
             upstream_ms: None,
         };
         match self.resolver.resolve_now(&loaded.files.zones, name, qtype) {
-            Some(resolution) => {
-                Progress::Answered(self.fence(policy, rule, outcome.resolved(resolution)))
-            }
+            Some(resolution) => Progress::Answered(self.fence(
+                &loaded,
+                policy,
+                rule,
+                name,
+                outcome.resolved(resolution),
+            )),
             None => Progress::NeedsUpstream(outcome, loaded),
         }
     }
@@ -447,7 +458,14 @@ impl Handler {
     /// Feeds the answer's addresses to the policy's firewall sets before the
     /// reply leaves. If the kernel does not take them, SERVFAIL: an address the
     /// firewall will not pass is never handed out.
-    fn fence(&self, policy: &Policy, rule: &Rule, mut outcome: Outcome) -> Outcome {
+    fn fence(
+        &self,
+        loaded: &InForce,
+        policy: &Policy,
+        rule: &Rule,
+        name: &Name,
+        mut outcome: Outcome,
+    ) -> Outcome {
         // No client may cache an answer past the rule that allowed it.
         if let Some(left) = rule
             .expires
@@ -464,7 +482,24 @@ impl Handler {
         // A netlink round trip takes a few µs and is bounded by a 2 s receive
         // timeout. Moving it off runtime workers (block_in_place) spawned
         // replacement threads under bursts and cost far more than it saved.
-        let fed = firewall.feed(policy, rule, &mut outcome.answers);
+        // A revoke or reload since `loaded` was taken: only what still allows
+        // this name, no shorter, may feed (the old rule may have been withdrawn).
+        let still_in_force = || {
+            let now = self.snapshot();
+            now.generation == loaded.generation
+                || now
+                    .policies
+                    .by_agent(&policy.agent)
+                    .is_some_and(|p| match decide_for(p, name) {
+                        Decision::Allow { rule: r, .. } | Decision::WouldDeny { rule: r, .. } => {
+                            r.pattern == rule.pattern
+                                && r.expires
+                                    .is_none_or(|end| rule.expires.is_some_and(|e| end >= e))
+                        }
+                        _ => false,
+                    })
+        };
+        let fed = firewall.feed_checked(policy, rule, &mut outcome.answers, &still_in_force);
         if let Err(error) = fed {
             self.firewall_alert(&policy.agent, &error);
             outcome.rcode = ResponseCode::ServFail;
@@ -511,7 +546,13 @@ impl Handler {
             ))),
         };
         match result {
-            Ok(resolution) => self.fence(policy, rule, outcome.resolved(resolution)),
+            Ok(resolution) => self.fence(
+                loaded,
+                policy,
+                rule,
+                query.name(),
+                outcome.resolved(resolution),
+            ),
             Err(error) => {
                 tracing::warn!(%error, qname = %query.name(), qtype = %query.query_type(), "upstream failed; answering SERVFAIL");
                 outcome
@@ -581,6 +622,42 @@ impl Handler {
         });
         header_only_reply(raw, ResponseCode::FormErr)
     }
+}
+
+/// Withdrawable rules of `old` (expiring ones, learn mode's) that `new`
+/// drops or ends sooner, as (agent, pattern).
+fn ended_sooner(old: &PolicySet, new: &PolicySet) -> Vec<(Arc<str>, Arc<str>)> {
+    let mut ended = Vec::new();
+    for before in &old.policies {
+        let withdrawable: Vec<&Rule> = before
+            .rules
+            .iter()
+            .chain(&before.learn)
+            .filter(|r| crate::firewall::withdrawable(before, r))
+            .collect();
+        if withdrawable.is_empty() {
+            continue;
+        }
+        let after = new.by_agent(&before.agent);
+        // Pattern → expiry in the new set (`None` inside: permanent).
+        let kept: std::collections::HashMap<&str, Option<SystemTime>> = after
+            .into_iter()
+            .flat_map(|p| p.rules.iter().chain(&p.learn))
+            .map(|r| (&*r.pattern, r.expires))
+            .collect();
+        for rule in withdrawable {
+            let lasts = match (kept.get(&*rule.pattern), rule.expires) {
+                (Some(None), _) => true,
+                (Some(Some(new_end)), Some(old_end)) => *new_end >= old_end,
+                (Some(Some(_)), None) => false, // learn mode's rule now expiring
+                (None, _) => false,
+            };
+            if !lasts {
+                ended.push((before.agent.clone(), rule.pattern.clone()));
+            }
+        }
+    }
+    ended
 }
 
 /// Frees a replaced set once no query holds it, on a thread of its own: a

@@ -861,3 +861,50 @@ fn leaving_learn_mode_withdraws_what_it_let_through() {
         "a listed name lost its address"
     );
 }
+
+/// A reload that drops an expiring entry takes out what it fed at once,
+/// instead of leaving it until the old end.
+#[test]
+fn a_reload_dropping_an_expiring_entry_withdraws_its_addresses() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    start_services(&lab, &[443]);
+    let zone = lab.dir.write(
+        "dr.test.zone",
+        "$ORIGIN dr.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\nvendor IN A 10.200.3.64\n",
+    );
+    let upstream = Upstream::start("127.0.0.15", 0, &[zone]);
+    let later =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3600));
+    let policy = lab.fence(&format!(
+        "agent_name: dropper\nexpected_outbound:\n  - destination: vendor.dr.test\n    expires: \"{later}\"\n  - destination: 10.200.8.0/24\nfirewall:\n  netns: NETNS\n"
+    ));
+    let up = upstream.addr.to_string();
+    let dns = Allowdns::serve(&["--policy", policy.to_str().unwrap(), "--upstream", &up]);
+    let m = query(dns.udp, "vendor.dr.test", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(
+        connect(&lab, "10.200.3.64:443").is_some(),
+        "listed name blocked"
+    );
+
+    let text = std::fs::read_to_string(&policy).unwrap();
+    let dropped = text.replace(
+        &format!("  - destination: vendor.dr.test\n    expires: \"{later}\"\n"),
+        "",
+    );
+    assert_ne!(text, dropped);
+    std::fs::write(&policy, dropped).unwrap();
+    dns.hup();
+    dns.wait_for("reloaded", 1);
+    assert!(
+        connect(&lab, "10.200.3.64:443").is_none(),
+        "an address fed under a dropped entry still passes"
+    );
+    assert_eq!(
+        rcode(dns.udp, "vendor.dr.test", RecordType::A),
+        ResponseCode::NXDomain
+    );
+}

@@ -357,6 +357,19 @@ impl Firewall {
         rule: &Rule,
         answers: &mut Vec<Record>,
     ) -> Result<(), FeedError> {
+        self.feed_checked(policy, rule, answers, &|| true)
+    }
+
+    /// [`Firewall::feed`], for a rule that a revoke or reload may end while
+    /// the answer is on its way: `still_in_force` is asked under the lock
+    /// that withdrawals take, and if it says no, nothing is fed (SERVFAIL).
+    pub fn feed_checked(
+        &self,
+        policy: &Policy,
+        rule: &Rule,
+        answers: &mut Vec<Record>,
+        still_in_force: &dyn Fn() -> bool,
+    ) -> Result<(), FeedError> {
         let Some(target) = self.target_for(policy) else {
             return match &policy.firewall {
                 // Cannot happen after `check`; never hand out what the fence would not pass.
@@ -395,31 +408,41 @@ impl Firewall {
         if wanted.is_empty() {
             return Ok(());
         }
-        if withdrawable(policy, rule) {
-            let mut by_rule = target.by_rule.lock().unwrap_or_else(|p| p.into_inner());
-            let keys = by_rule
-                .entry((policy.agent.clone(), rule.pattern.clone()))
-                .or_default();
-            keys.extend(wanted.iter().map(|(set, key, _)| (*set, key.clone())));
-            if keys.len() > PRUNE_AT {
-                // Keys whose elements already timed out need no withdrawal.
-                let expiries = target.expiries.lock().unwrap_or_else(|p| p.into_inner());
-                let now = Instant::now();
-                keys.retain(|(set, key)| expiries.known(*set, key, now).is_some_and(|e| e > now));
-            }
-        }
-        target.feed(wanted).map_err(|e| {
+        let failed = |e: io::Error| {
             FeedError(format!(
                 "nftables update in {} failed: {e}",
                 config.describe()
             ))
-        })
+        };
+        if !withdrawable(policy, rule) {
+            return target.feed(wanted).map_err(failed);
+        }
+        // Held through the update, so a withdraw cannot slip between the
+        // check that the rule still stands and the add.
+        let mut by_rule = target.by_rule.lock().unwrap_or_else(|p| p.into_inner());
+        if !still_in_force() {
+            return Err(FeedError(format!(
+                "'{}' of agent '{}' ended while this answer was on its way",
+                rule.pattern, policy.agent
+            )));
+        }
+        let keys = by_rule
+            .entry((policy.agent.clone(), rule.pattern.clone()))
+            .or_default();
+        keys.extend(wanted.iter().map(|(set, key, _)| (*set, key.clone())));
+        if keys.len() > PRUNE_AT {
+            // Keys whose elements already timed out need no withdrawal.
+            let expiries = target.expiries.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            keys.retain(|(set, key)| expiries.known(*set, key, now).is_some_and(|e| e > now));
+        }
+        target.feed(wanted).map_err(failed)
     }
 }
 
 /// Rules whose fed elements may have to go before their timeout: expiring
 /// ones (a revoke) and learn mode's catch-all (a switch to enforce).
-fn withdrawable(policy: &Policy, rule: &Rule) -> bool {
+pub fn withdrawable(policy: &Policy, rule: &Rule) -> bool {
     rule.expires.is_some()
         || policy
             .learn
@@ -646,12 +669,10 @@ impl Target {
 
     /// Deletes the elements fed under one expiring rule; see [`Firewall::withdraw`].
     fn withdraw(&self, agent: &str, pattern: &str) -> io::Result<usize> {
-        let keys = {
-            let mut by_rule = self.by_rule.lock().unwrap_or_else(|p| p.into_inner());
-            match by_rule.remove(&(Arc::from(agent), Arc::from(pattern))) {
-                Some(keys) => keys,
-                None => return Ok(0),
-            }
+        // Held until the kernel has the deletes: see `feed_checked`.
+        let mut by_rule = self.by_rule.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(keys) = by_rule.remove(&(Arc::from(agent), Arc::from(pattern))) else {
+            return Ok(0);
         };
         let mut netlink = self.netlink.lock().unwrap_or_else(|p| p.into_inner());
         let mut expiries = self.expiries.lock().unwrap_or_else(|p| p.into_inner());
