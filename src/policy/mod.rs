@@ -165,10 +165,10 @@ impl Policy {
             .chain(addresses.filter_map(|a| a.expires))
     }
 
-    /// The earliest time a rule or range of this policy expires. It may lie
-    /// in the past (an entry expired but still in the file): timers should
-    /// use [`Policy::next_expiry_after`].
-    pub fn next_expiry(&self) -> Option<SystemTime> {
+    /// The earliest time a rule or range of this policy expires, past ones
+    /// included; timers use [`Policy::next_expiry_after`].
+    #[cfg(test)]
+    fn next_expiry(&self) -> Option<SystemTime> {
         self.expiries().min()
     }
 
@@ -245,12 +245,6 @@ impl PolicySet {
             })
             .collect();
         Self::index(policies)
-    }
-
-    /// The earliest expiry across all policies; may lie in the past (see
-    /// [`PolicySet::next_expiry_after`]).
-    pub fn next_expiry(&self) -> Option<SystemTime> {
-        self.policies.iter().filter_map(|p| p.next_expiry()).min()
     }
 
     /// The earliest expiry across all policies strictly after `now`.
