@@ -47,17 +47,22 @@ fn setup() -> Setup {
         ),
     );
     let upstream = up.addr.to_string();
-    let dns = Allowdns::serve(&["--config", config.to_str().unwrap(), "--upstream", &upstream]);
-    Setup {
-        up,
-        dns,
-        _dir: dir,
-    }
+    let dns = Allowdns::serve(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--upstream",
+        &upstream,
+    ]);
+    Setup { up, dns, _dir: dir }
 }
 
 fn ask(s: &Setup, from: &str, name: &str) {
     let reply = query_from(s.dns.udp, name, RecordType::A, from);
-    assert_eq!(reply.metadata.response_code, ResponseCode::NoError, "{name}");
+    assert_eq!(
+        reply.metadata.response_code,
+        ResponseCode::NoError,
+        "{name}"
+    );
     assert_eq!(answers(&reply).len(), 1, "{name}");
 }
 
@@ -82,10 +87,7 @@ fn assert_a_still_cached(s: &Setup, after: &str) {
     for i in 0..20 {
         ask(s, A, &hot(i));
     }
-    let requeried: Vec<String> = (0..20)
-        .map(hot)
-        .filter(|n| s.up.count(n) != 1)
-        .collect();
+    let requeried: Vec<String> = (0..20).map(hot).filter(|n| s.up.count(n) != 1).collect();
     assert!(
         requeried.is_empty(),
         "after {after}, agent A's hot names went upstream again: {requeried:?}"
