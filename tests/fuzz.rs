@@ -194,7 +194,7 @@ fn scalar(s: &Scalar) -> String {
 
 fn key(k: u8, other: &Option<String>) -> String {
     match other {
-        Some(o) if k % 8 == 0 => o.clone(),
+        Some(o) if k.is_multiple_of(8) => o.clone(),
         _ => KEYS[k as usize % KEYS.len()].to_string(),
     }
 }
@@ -605,11 +605,14 @@ fn fuzz_query_path() {
         let n = tally.cases.fetch_add(1, Relaxed);
         let (packet, tcp) = if structured {
             match Packet::arbitrary(&mut Unstructured::new(&raw)) {
-                Ok(p) => (p.encode(), p.tcp && n % 4 == 0),
+                Ok(p) => (p.encode(), p.tcp && n.is_multiple_of(4)),
                 Err(_) => return Ok(()),
             }
         } else {
-            (raw.clone(), raw.first().is_some_and(|b| b % 16 == 0))
+            (
+                raw.clone(),
+                raw.first().is_some_and(|b| b.is_multiple_of(16)),
+            )
         };
         // Short packets and responses are dropped without a reply, by design.
         let expect = packet.len() >= 12 && packet[2] & 0x80 == 0;
@@ -638,7 +641,7 @@ fn fuzz_query_path() {
                 tally.dropped_by_design.fetch_add(1, Relaxed);
             }
         }
-        if n % 64 == 0 {
+        if n.is_multiple_of(64) {
             probe(server_udp)?;
         }
         Ok(())

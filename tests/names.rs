@@ -49,10 +49,7 @@ fn labels(name: &str) -> Vec<Vec<u8>> {
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'\\'
-                if i + 3 < bytes.len() + 0
-                    && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit) =>
-            {
+            b'\\' if i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit) => {
                 let n: u16 = name[i + 1..i + 4].parse().unwrap();
                 labels.last_mut().unwrap().push(n as u8);
                 i += 4;
@@ -93,7 +90,7 @@ fn packet(id: u16, name: &str, qtype: RecordType) -> Vec<u8> {
 /// What the server decided, read from its reply.
 fn decision(reply: &[u8]) -> String {
     let rcode = reply[3] & 0x0f;
-    if rcode == u8::from(ResponseCode::FormErr.low()) {
+    if rcode == ResponseCode::FormErr.low() {
         return "formerr".into();
     }
     let Ok(msg) = Message::from_vec(reply) else {
