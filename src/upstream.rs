@@ -75,7 +75,7 @@ impl Upstream {
     /// addresses (a private root for tests or an internal DNS tree); by
     /// default those are refused as a guard against rebinding tricks.
     pub fn recursive(hints: &Path, allow_private_servers: bool) -> Result<Self, String> {
-        let text = std::fs::read_to_string(hints)
+        let text = crate::input::read_text(hints)
             .map_err(|e| format!("{}: cannot read root hints: {e}", hints.display()))?;
         let (_, records) = hickory_resolver::proto::serialize::txt::Parser::new(
             text,

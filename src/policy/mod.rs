@@ -316,13 +316,10 @@ pub fn load(paths: &[PathBuf], diags: &mut Diagnostics) -> Option<PolicySet> {
     }
     let mut policies = Vec::new();
     for file in &files {
-        match std::fs::read_to_string(file) {
-            Ok(source) => {
-                if let Some(policy) = compile_source(file, &source, diags) {
-                    policies.push(policy);
-                }
-            }
-            Err(e) => diags.error(file, None, None, format!("cannot read policy: {e}")),
+        if let Some(source) = crate::input::read_yaml(file, "cannot read policy", diags)
+            && let Some(policy) = compile_source(file, &source, diags)
+        {
+            policies.push(policy);
         }
     }
     check_across_files(&policies, diags);
