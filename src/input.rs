@@ -320,7 +320,7 @@ mod tests {
         let msg = clip_long_words(format!("label too long in '{label}.com' (max 63)"));
         assert!(msg.len() < 400, "{}", msg.len());
         assert!(msg.starts_with("label too long in 'xxx"));
-        assert!(msg.ends_with("… (10000005 bytes) (max 63)"), "{msg}");
+        assert!(msg.ends_with("… (10000006 bytes) (max 63)"), "{msg}");
         let short = "error: a b c".to_string();
         assert_eq!(clip_long_words(short.clone()), short);
     }

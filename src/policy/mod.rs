@@ -331,6 +331,31 @@ pub fn load(paths: &[PathBuf], diags: &mut Diagnostics) -> Option<PolicySet> {
     ))
 }
 
+/// Shortest prefixes `check` accepts silently: a /8 is the largest block an
+/// IPv4 registry hands out, a /32 a whole IPv6 provider allocation.
+const BROAD_V4: u8 = 8;
+const BROAD_V6: u8 = 32;
+
+/// Why an address destination opens far more than one service, if it does.
+fn over_broad_net(net: &IpNet) -> Option<String> {
+    let (len, limit, family) = match net {
+        IpNet::V4(n) => (n.prefix_len(), BROAD_V4, "IPv4"),
+        IpNet::V6(n) => (n.prefix_len(), BROAD_V6, "IPv6"),
+    };
+    if len == 0 {
+        Some(format!(
+            "over-broad: {net} is every {family} address; the firewall would pass anything"
+        ))
+    } else if len < limit {
+        Some(format!(
+            "over-broad: {net} spans 2^{} {family} addresses (shorter than /{limit})",
+            net.max_prefix_len() - len
+        ))
+    } else {
+        None
+    }
+}
+
 /// Errors that only show when several policies are loaded together.
 fn check_across_files(policies: &[Policy], diags: &mut Diagnostics) {
     let mut agents: HashMap<&str, &Path> = HashMap::new();
@@ -542,7 +567,12 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
             diags.error(file, line.line(), field("port"), "port 0 is not a port");
         }
         match classify_destination(destination) {
-            Ok(Destination::Address(net)) => builder.address(net, ports, expires),
+            Ok(Destination::Address(net)) => {
+                if let Some(why) = over_broad_net(&net) {
+                    diags.warning(file, line.line(), field("destination"), why);
+                }
+                builder.address(net, ports, expires)
+            }
             Ok(Destination::Name(key)) => {
                 warn_if_broad(file, &line, field("destination"), &key, diags);
                 builder.name(key, false, ports, expires);
@@ -1117,6 +1147,19 @@ allowed_dynamic_resolution:
         let w: Vec<String> = d.warnings().map(|w| w.to_string()).collect();
         assert_eq!(w.len(), 3, "{w:?}");
         assert!(w[0].contains("p.yaml:3"), "{w:?}");
+    }
+
+    #[test]
+    fn over_broad_address_destinations_warn() {
+        // Distinct ports, so the ranges do not overlap.
+        let src = "agent_name: a\nexpected_outbound:\n  - destination: 0.0.0.0/0\n    port: 1\n    protocol: TCP\n  - destination: \"::/0\"\n    port: 443\n    protocol: TCP\n  - destination: 64.0.0.0/2\n    port: 2\n    protocol: TCP\n  - destination: 2000::/3\n    port: 3\n    protocol: TCP\n  - destination: 10.0.0.0/8\n    port: 4\n    protocol: TCP\n  - destination: 2001:db8::/32\n    port: 5\n    protocol: TCP\n";
+        let (p, d) = compile_str(src);
+        assert!(p.is_some());
+        let w: Vec<String> = d.warnings().map(|w| w.to_string()).collect();
+        assert_eq!(w.len(), 4, "{w:?}");
+        assert!(w[0].contains("p.yaml:3: expected_outbound[0].destination: over-broad: 0.0.0.0/0 is every IPv4 address"), "{w:?}");
+        assert!(w[1].contains(":6:") && w[1].contains("::/0 is every IPv6"), "{w:?}");
+        assert!(w[2].contains("64.0.0.0/2 spans 2^30"), "{w:?}");
     }
 
     #[test]
