@@ -267,3 +267,146 @@ fn bad_reloads_fail_promptly_and_never_wedge_later_ones() {
     let (status, stderr) = dns.terminate();
     assert!(status.success(), "{status:?}\n{stderr}");
 }
+
+/// Writes `path` until the file system says it is full; returns the error.
+fn fill(path: &Path) -> std::io::Error {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = vec![b'#'; 4096];
+    for _ in 0..100_000 {
+        if let Err(e) = f.write_all(&block).and_then(|()| f.sync_all()) {
+            return e;
+        }
+    }
+    panic!("{} never filled up", path.display());
+}
+
+#[test]
+fn a_full_disk_loses_whole_records_counted_and_reports_once() {
+    if !is_root() {
+        require_or_skip("mounting a tmpfs in a mount namespace needs root");
+        return;
+    }
+    let dir = TempDir::new("bad-full");
+    let zones = dir.0.join("zones");
+    std::fs::create_dir(&zones).unwrap();
+    std::fs::write(
+        zones.join("b.test.zone"),
+        "$ORIGIN b.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\na IN A 192.0.2.1\n",
+    )
+    .unwrap();
+    let policy = dir.write("p.yaml", GOOD);
+    // The tmpfs exists only in allowdns's own mount namespace; the test
+    // reaches it through /proc/PID/root.
+    let mnt = dir.0.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let log = mnt.join("audit.jsonl");
+    let dns = Allowdns::serve_via(
+        &[
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=256k allowdns-full \"$0\" && exec \"$@\"",
+            mnt.to_str().unwrap(),
+        ],
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--zones",
+            zones.to_str().unwrap(),
+            "--upstream",
+            "none",
+            "--audit-log",
+            log.to_str().unwrap(),
+        ],
+    );
+    let inside = |p: &Path| Path::new(&format!("/proc/{}/root", dns.pid())).join(p.strip_prefix("/").unwrap());
+    let (log_inside, filler) = (inside(&log), inside(&mnt.join("filler")));
+    let names = ["a.b.test", "denied.b.test"];
+    let mut sent = 0;
+    for i in 0..20 {
+        rcode(dns.udp, names[i % 2], RecordType::A);
+        sent += 1;
+    }
+    // Positive control: the disk really is full.
+    let full = fill(&filler);
+    assert_eq!(full.raw_os_error(), Some(28), "{full}");
+    for i in 0..3000 {
+        rcode(dns.udp, names[i % 2], RecordType::A);
+        sent += 1;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::remove_file(&filler).unwrap();
+    // The loss event is written as soon as writing works, without waiting for a query.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log_inside)
+        .unwrap_or_default()
+        .contains("audit_records_lost")
+    {
+        assert!(Instant::now() < deadline, "no audit_records_lost event");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for i in 0..10 {
+        rcode(dns.udp, names[i % 2], RecordType::A);
+        sent += 1;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = read_audit(&log_inside); // panics on any line that is not JSON
+    let records = lines.iter().filter(|v| v.get("decision").is_some()).count() as u64;
+    let lost: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|v| v["event"] == "audit_records_lost")
+        .collect();
+    let lost_count: u64 = lost.iter().map(|v| v["count"].as_u64().unwrap()).sum();
+    assert!(lost_count > 1000, "{lost:?}");
+    assert_eq!(records + lost_count, sent, "every query is a record or counted lost");
+    assert!(
+        lost[0]["cause"].as_str().unwrap().contains("No space left on device"),
+        "{lost:?}"
+    );
+    let (status, stderr) = dns.terminate();
+    assert!(status.success(), "{stderr}");
+    let audit_lines: Vec<&str> = stderr.lines().filter(|l| l.contains("audit")).collect();
+    assert!(audit_lines.len() <= 3, "{audit_lines:#?}");
+    assert!(
+        audit_lines[0].contains("audit log write failed: No space left on device"),
+        "{audit_lines:#?}"
+    );
+    assert!(
+        stderr.contains("audit log writable again"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn upstream_failures_are_logged_at_most_once_per_interval() {
+    let dir = TempDir::new("bad-upstream");
+    let policy = dir.write("p.yaml", "agent_name: u\nexpected_outbound:\n  - destination: \"*.u.test\"\n");
+    // A forwarder on loopback that never answers: every allowed query fails.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let config = dir.write(
+        "config.yaml",
+        &format!(
+            "upstream:\n  servers: [\"{}\"]\n  timeout_ms: 50\n",
+            silent.local_addr().unwrap()
+        ),
+    );
+    let dns = Allowdns::serve(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    for i in 0..40 {
+        assert_eq!(
+            rcode(dns.udp, &format!("n{i}.u.test"), RecordType::A),
+            ResponseCode::ServFail
+        );
+    }
+    let (_, stderr) = dns.terminate();
+    let warns = stderr.matches("upstream failed; answering SERVFAIL").count();
+    assert_eq!(warns, 1, "{stderr}");
+}
