@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -409,4 +410,56 @@ fn upstream_failures_are_logged_at_most_once_per_interval() {
     let (_, stderr) = dns.terminate();
     let warns = stderr.matches("upstream failed; answering SERVFAIL").count();
     assert_eq!(warns, 1, "{stderr}");
+}
+
+#[test]
+fn idle_control_clients_do_not_lock_out_status() {
+    use std::os::unix::net::UnixStream;
+    let dir = TempDir::new("bad-idle");
+    let policy = dir.write("p.yaml", GOOD);
+    let socket = dir.0.join("control.sock");
+    let sock = socket.to_str().unwrap();
+    let _dns = Allowdns::serve(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--upstream",
+        "none",
+        "--control",
+        sock,
+    ]);
+    // 100 clients that connect and say nothing: more than the 16 request
+    // slots, and more than the 64 that may wait.
+    let idle: Vec<UnixStream> = (0..100)
+        .map(|_| {
+            let s = UnixStream::connect(&socket).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // Positive control: at least 16 (every request slot) are still open.
+    let mut byte = [0u8; 1];
+    let still_open = idle
+        .iter()
+        .filter(|s| {
+            matches!((&mut &**s).read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count();
+    assert!(still_open >= 16, "{still_open} idle clients still connected");
+    for _ in 0..3 {
+        let start = Instant::now();
+        let out = Command::new(bin())
+            .args(["status", "--control", sock])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("p.yaml"), "{stdout}");
+        assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    }
+    drop(idle);
 }
