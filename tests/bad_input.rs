@@ -463,3 +463,56 @@ fn idle_control_clients_do_not_lock_out_status() {
     }
     drop(idle);
 }
+
+#[test]
+fn after_the_first_shape_error_every_other_error_is_reported_with_its_line() {
+    let dir = TempDir::new("bad-many");
+    let policy = dir.write(
+        "many.yaml",
+        "agent_name: a\nexpected_outbound:\n  - destination: a.example.com\n    prot: 1\n  - destination: \"bad..name\"\n  - destination: b.example.com\n    port: x\n    protocol: TCP\nbogus: 1\n",
+    );
+    let other = dir.write(
+        "other.yaml",
+        "agent_name: a\nclients: [10.1.0.0/16]\nexpected_outbound:\n  - destination: c.example.com\n",
+    );
+    let (code, out, _) = check(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--policy",
+        other.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error:")).collect();
+    let want = [
+        "many.yaml:4: expected_outbound[0]: unknown field `prot`",
+        "many.yaml:5: expected_outbound[1].destination: empty label in 'bad..name'",
+        "many.yaml:6: expected_outbound[2]: invalid type: string \"x\", expected u16",
+        "many.yaml:9: unknown field `bogus`",
+    ];
+    assert_eq!(errors.len(), want.len(), "{out}");
+    for (line, want) in errors.iter().zip(want) {
+        assert!(line.contains(want), "{line:?} lacks {want:?}\n{out}");
+    }
+    // A syntax error ends its file: it is the one error reported for it.
+    let broken = dir.write(
+        "broken.yaml",
+        "agent_name: a\nexpected_outbound:\n  - destination: \"unterminated\n  - destination: \"bad..name\"\n",
+    );
+    let (code, out, _) = check(&["--policy", broken.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(out.matches("error:").count(), 1, "{out}");
+    assert!(out.contains("broken.yaml:"), "{out}");
+    // Errors across files carry lines too.
+    let twin = dir.write(
+        "twin.yaml",
+        "# the same agent again\nagent_name: a\nclients: [10.2.0.0/16]\nexpected_outbound:\n  - destination: d.example.com\n",
+    );
+    let (code, out, _) = check(&[
+        "--policy",
+        other.to_str().unwrap(),
+        "--policy",
+        twin.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("twin.yaml:2: agent_name: agent 'a' is also defined in"), "{out}");
+}
