@@ -798,6 +798,56 @@ mod tests {
         assert_eq!(written as u64 + lost, 26, "{text}");
         assert!(lost >= 15, "{text}");
     }
+    /// Takes `budget` bytes, then fails like a full disk until given more.
+    #[derive(Clone)]
+    struct Budget(Arc<Mutex<(usize, Vec<u8>)>>);
+    impl Write for Budget {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let mut state = self.0.lock().unwrap();
+            let n = b.len().min(state.0);
+            if n == 0 {
+                return Err(io::Error::from_raw_os_error(28));
+            }
+            state.0 -= n;
+            state.1.extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_short_write_is_counted_and_the_next_line_starts_fresh() {
+        let sink = Budget(Arc::new(Mutex::new((250, Vec::new()))));
+        let log = AuditLog::start_with(Out::Stream(Box::new(sink.clone())), None, 100);
+        for i in 0..10 {
+            log.record(record(i));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        sink.0.lock().unwrap().0 = usize::MAX;
+        log.record(record(10));
+        log.close();
+        let text = String::from_utf8(sink.0.lock().unwrap().1.clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // A stream cannot take bytes back: the cut line stands alone.
+        let parsed: Vec<serde_json::Value> = lines
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        assert_eq!(parsed.len(), lines.len() - 1, "{text}");
+        let written = parsed.iter().filter(|v| v["decision"] == "deny").count() as u64;
+        let lost = parsed
+            .iter()
+            .find(|v| v["event"] == "audit_records_lost")
+            .unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(written + lost["count"].as_u64().unwrap(), 11, "{text}");
+        assert!(
+            lost["cause"].as_str().unwrap().contains("os error 28"),
+            "{text}"
+        );
+    }
+
     use hickory_proto::rr::rdata::{A, TXT};
 
     #[test]
