@@ -422,10 +422,10 @@ impl Writer {
                 let partial = (written - whole) as u64;
                 if partial > 0 {
                     self.dangling = match &self.out {
-                        Out::File(f) => !f
+                        Out::File(f) => f
                             .metadata()
                             .and_then(|m| f.set_len(m.len().saturating_sub(partial)))
-                            .is_ok(),
+                            .is_err(),
                         Out::Stream(_) => true,
                     };
                 }

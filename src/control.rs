@@ -238,7 +238,14 @@ pub async fn serve(
         let (handler, slots) = (handler.clone(), slots.clone());
         tokio::spawn(async move {
             let start = Instant::now();
-            let exchange = answer(stream, &handler, owner, start + READ_DEADLINE, ticket, slots);
+            let exchange = answer(
+                stream,
+                &handler,
+                owner,
+                start + READ_DEADLINE,
+                ticket,
+                slots,
+            );
             match tokio::time::timeout_at(start + EXCHANGE_DEADLINE, exchange).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(error = %e, "control connection failed"),

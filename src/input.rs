@@ -57,7 +57,9 @@ fn regular(meta: &std::fs::Metadata) -> Result<(), String> {
     } else {
         "not a regular file"
     };
-    Err(format!("{what}, not a regular file; only regular files are read"))
+    Err(format!(
+        "{what}, not a regular file; only regular files are read"
+    ))
 }
 
 fn too_big(len: u64) -> String {
@@ -156,7 +158,10 @@ pub fn check_nesting(text: &str) -> Result<(), (usize, String)> {
             b'"' | b'\''
                 if at_value_start
                     || (depth > 0
-                        && matches!(bytes[i - 1], b'[' | b'{' | b',' | b':' | b' ' | b'\t' | b'\n')) =>
+                        && matches!(
+                            bytes[i - 1],
+                            b'[' | b'{' | b',' | b':' | b' ' | b'\t' | b'\n'
+                        )) =>
             {
                 indent_open = false;
                 i += 1;

@@ -172,7 +172,10 @@ static FAILURES: std::sync::Mutex<(Option<Instant>, u64)> = std::sync::Mutex::ne
 pub fn warn_failure(error: &UpstreamError, qname: &Name, qtype: RecordType) {
     let mut state = FAILURES.lock().unwrap_or_else(|p| p.into_inner());
     let now = Instant::now();
-    if state.0.is_some_and(|last| now.duration_since(last) < WARN_EVERY) {
+    if state
+        .0
+        .is_some_and(|last| now.duration_since(last) < WARN_EVERY)
+    {
         state.1 += 1;
         return;
     }

@@ -153,10 +153,12 @@ fn a_byte_order_mark_is_accepted() {
     let dir = TempDir::new("bad-bom");
     let text = format!("\u{feff}{GOOD}");
     // Positive control: the YAML parser alone trips over the mark.
-    assert!(serde_yaml::from_str::<serde_yaml::Value>(&text).is_err() || {
-        let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-        v.get("agent_name").is_none()
-    });
+    assert!(
+        serde_yaml::from_str::<serde_yaml::Value>(&text).is_err() || {
+            let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+            v.get("agent_name").is_none()
+        }
+    );
     let policy = dir.write("bom.yaml", &text);
     let (code, out, _) = check(&["--policy", policy.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
@@ -178,7 +180,10 @@ fn a_huge_value_is_clipped_in_error_messages() {
         out.contains("long.yaml:3: expected_outbound[0].destination"),
         "{out}"
     );
-    assert!(out.contains(&format!("… ({} bytes)", label.len() + 2)), "{out}");
+    assert!(
+        out.contains(&format!("… ({} bytes)", label.len() + 2)),
+        "{out}"
+    );
 }
 
 #[test]
@@ -195,7 +200,9 @@ fn check_warns_about_destinations_that_open_everything() {
         "{out}"
     );
     assert!(
-        out.contains("broad.yaml:6: expected_outbound[1].destination: over-broad: ::/0 is every IPv6 address"),
+        out.contains(
+            "broad.yaml:6: expected_outbound[1].destination: over-broad: ::/0 is every IPv6 address"
+        ),
         "{out}"
     );
 }
@@ -324,7 +331,9 @@ fn a_full_disk_loses_whole_records_counted_and_reports_once() {
             log.to_str().unwrap(),
         ],
     );
-    let inside = |p: &Path| Path::new(&format!("/proc/{}/root", dns.pid())).join(p.strip_prefix("/").unwrap());
+    let inside = |p: &Path| {
+        Path::new(&format!("/proc/{}/root", dns.pid())).join(p.strip_prefix("/").unwrap())
+    };
     let (log_inside, filler) = (inside(&log), inside(&mnt.join("filler")));
     let names = ["a.b.test", "denied.b.test"];
     let mut sent = 0;
@@ -363,9 +372,16 @@ fn a_full_disk_loses_whole_records_counted_and_reports_once() {
         .collect();
     let lost_count: u64 = lost.iter().map(|v| v["count"].as_u64().unwrap()).sum();
     assert!(lost_count > 1000, "{lost:?}");
-    assert_eq!(records + lost_count, sent, "every query is a record or counted lost");
+    assert_eq!(
+        records + lost_count,
+        sent,
+        "every query is a record or counted lost"
+    );
     assert!(
-        lost[0]["cause"].as_str().unwrap().contains("No space left on device"),
+        lost[0]["cause"]
+            .as_str()
+            .unwrap()
+            .contains("No space left on device"),
         "{lost:?}"
     );
     let (status, stderr) = dns.terminate();
@@ -376,16 +392,16 @@ fn a_full_disk_loses_whole_records_counted_and_reports_once() {
         audit_lines[0].contains("audit log write failed: No space left on device"),
         "{audit_lines:#?}"
     );
-    assert!(
-        stderr.contains("audit log writable again"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("audit log writable again"), "{stderr}");
 }
 
 #[test]
 fn upstream_failures_are_logged_at_most_once_per_interval() {
     let dir = TempDir::new("bad-upstream");
-    let policy = dir.write("p.yaml", "agent_name: u\nexpected_outbound:\n  - destination: \"*.u.test\"\n");
+    let policy = dir.write(
+        "p.yaml",
+        "agent_name: u\nexpected_outbound:\n  - destination: \"*.u.test\"\n",
+    );
     // A forwarder on loopback that never answers: every allowed query fails.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let config = dir.write(
@@ -408,7 +424,9 @@ fn upstream_failures_are_logged_at_most_once_per_interval() {
         );
     }
     let (_, stderr) = dns.terminate();
-    let warns = stderr.matches("upstream failed; answering SERVFAIL").count();
+    let warns = stderr
+        .matches("upstream failed; answering SERVFAIL")
+        .count();
     assert_eq!(warns, 1, "{stderr}");
 }
 
@@ -445,7 +463,10 @@ fn idle_control_clients_do_not_lock_out_status() {
             matches!((&mut &**s).read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
         })
         .count();
-    assert!(still_open >= 16, "{still_open} idle clients still connected");
+    assert!(
+        still_open >= 16,
+        "{still_open} idle clients still connected"
+    );
     for _ in 0..3 {
         let start = Instant::now();
         let out = Command::new(bin())
@@ -459,7 +480,11 @@ fn idle_control_clients_do_not_lock_out_status() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(stdout.contains("p.yaml"), "{stdout}");
-        assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
     }
     drop(idle);
 }
@@ -514,5 +539,8 @@ fn after_the_first_shape_error_every_other_error_is_reported_with_its_line() {
         twin.to_str().unwrap(),
     ]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("twin.yaml:2: agent_name: agent 'a' is also defined in"), "{out}");
+    assert!(
+        out.contains("twin.yaml:2: agent_name: agent 'a' is also defined in"),
+        "{out}"
+    );
 }

@@ -115,8 +115,7 @@ pub struct Salvaged {
 }
 
 /// The top-level keys, for "unknown field" messages in [`salvage`].
-const FIELDS: &str =
-    "`version`, `agent_name`, `clients`, `mode`, `expected_outbound`, `allowed_dynamic_resolution`, `firewall`";
+const FIELDS: &str = "`version`, `agent_name`, `clients`, `mode`, `expected_outbound`, `allowed_dynamic_resolution`, `firewall`";
 
 /// After the typed parse stopped at its first error: the file as far as it
 /// deserializes, key by key and list entry by list entry, plus one
@@ -234,13 +233,12 @@ pub fn field_line(source: &str, field: &str) -> Option<usize> {
         if indent == 0 && !body.starts_with('-') {
             break;
         }
-        if body.starts_with("- ") || body == "-" {
-            if *item_indent.get_or_insert(indent) == indent {
-                if seen == index {
-                    return Some(n + 1);
-                }
-                seen += 1;
+        let item = body.starts_with("- ") || body == "-";
+        if item && *item_indent.get_or_insert(indent) == indent {
+            if seen == index {
+                return Some(n + 1);
             }
+            seen += 1;
         }
     }
     Some(at + 1)

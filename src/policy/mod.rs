@@ -421,7 +421,11 @@ fn salvage(file: &Path, source: &str, diags: &mut Diagnostics) {
         .iter()
         .any(|(_, m)| m == "missing field `agent_name`");
     // The first error, already reported by serde with its own line.
-    let first = diags.items.last().map(|d| d.message.clone()).unwrap_or_default();
+    let first = diags
+        .items
+        .last()
+        .map(|d| d.message.clone())
+        .unwrap_or_default();
     for (field, message) in errors {
         let shown = if field.is_empty() {
             message.clone()
@@ -461,7 +465,9 @@ fn salvage(file: &Path, source: &str, diags: &mut Diagnostics) {
             let Some(rest) = field.strip_prefix(key).and_then(|r| r.strip_prefix('[')) else {
                 continue;
             };
-            let Some((n, tail)) = rest.split_once(']') else { continue };
+            let Some((n, tail)) = rest.split_once(']') else {
+                continue;
+            };
             if let Some(original) = n.parse::<usize>().ok().and_then(|n| indices.get(n)) {
                 *field = format!("{key}[{original}]{tail}");
             }
@@ -1225,7 +1231,10 @@ allowed_dynamic_resolution:
         let w: Vec<String> = d.warnings().map(|w| w.to_string()).collect();
         assert_eq!(w.len(), 4, "{w:?}");
         assert!(w[0].contains("p.yaml:3: expected_outbound[0].destination: over-broad: 0.0.0.0/0 is every IPv4 address"), "{w:?}");
-        assert!(w[1].contains(":6:") && w[1].contains("::/0 is every IPv6"), "{w:?}");
+        assert!(
+            w[1].contains(":6:") && w[1].contains("::/0 is every IPv6"),
+            "{w:?}"
+        );
         assert!(w[2].contains("64.0.0.0/2 spans 2^30"), "{w:?}");
     }
 
