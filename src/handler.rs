@@ -561,7 +561,7 @@ impl Handler {
                 outcome.resolved(resolution),
             ),
             Err(error) => {
-                tracing::warn!(%error, qname = %query.name(), qtype = %query.query_type(), "upstream failed; answering SERVFAIL");
+                crate::upstream::warn_failure(&error, query.name(), query.query_type());
                 outcome
             }
         }
