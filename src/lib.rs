@@ -42,6 +42,7 @@ pub mod grants;
 pub mod handler;
 pub mod metrics;
 pub mod notify;
+pub mod peer_netns;
 pub mod policy;
 pub mod reload;
 pub mod resolve;
