@@ -281,9 +281,10 @@ async fn answer(
     read_by: Instant,
 ) -> io::Result<()> {
     let peer = stream.peer_cred().ok();
-    let same_netns = netns.as_ref().map_err(Clone::clone).and_then(|own| {
-        crate::peer_netns::check(std::os::fd::AsFd::as_fd(&stream), own)
-    });
+    let same_netns = netns
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|own| crate::peer_netns::check(std::os::fd::AsFd::as_fd(&stream), own));
     let (read, mut write) = stream.into_split();
     // Read even a refused peer's request, so it gets the refusal rather
     // than a broken pipe; it is discarded unparsed.

@@ -61,7 +61,9 @@ pub fn check(stream: BorrowedFd<'_>, own: &Own) -> Result<(), String> {
     match pidfd_netns(pidfd.as_fd()) {
         Ok(ns) => {
             use std::os::unix::fs::MetadataExt;
-            let meta = std::fs::File::from(ns).metadata().map_err(|e| e.to_string())?;
+            let meta = std::fs::File::from(ns)
+                .metadata()
+                .map_err(|e| e.to_string())?;
             if (meta.dev(), meta.ino()) != own.file {
                 return Err(FOREIGN.into());
             }
@@ -132,12 +134,20 @@ mod tests {
             cookie: own.cookie + 1,
             ..own
         };
-        assert!(check(server.as_fd(), &other).unwrap_err().contains("another network namespace"));
+        assert!(
+            check(server.as_fd(), &other)
+                .unwrap_err()
+                .contains("another network namespace")
+        );
         let other = Own {
             file: (own.file.0, own.file.1 + 1),
             ..own
         };
-        assert!(check(server.as_fd(), &other).unwrap_err().contains("another network namespace"));
+        assert!(
+            check(server.as_fd(), &other)
+                .unwrap_err()
+                .contains("another network namespace")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
