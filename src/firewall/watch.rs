@@ -113,8 +113,12 @@ fn serve(netns: Option<&Path>, mut subscribers: Vec<Box<dyn Subscriber>>) -> io:
     socket.add_membership(NFNLGRP_NFTABLES)?;
     // Our own feeds are events too; room for bursts of them.
     let size = 4usize << 20;
-    if nix::sys::socket::setsockopt(&socket.as_fd(), nix::sys::socket::sockopt::RcvBufForce, &size)
-        .is_err()
+    if nix::sys::socket::setsockopt(
+        &socket.as_fd(),
+        nix::sys::socket::sockopt::RcvBufForce,
+        &size,
+    )
+    .is_err()
     {
         let _ = socket.set_rx_buf_sz(size);
     }
@@ -147,7 +151,10 @@ fn serve(netns: Option<&Path>, mut subscribers: Vec<Box<dyn Subscriber>>) -> io:
                 for (header, payload) in messages(&buf) {
                     let (subsystem, kind) = ((header.kind >> 8) as u8, header.kind as u8);
                     let family = payload.first().copied().unwrap_or_default();
-                    for s in subscribers.iter_mut().filter(|s| s.subsystem() == subsystem) {
+                    for s in subscribers
+                        .iter_mut()
+                        .filter(|s| s.subsystem() == subsystem)
+                    {
                         s.on_message(kind, family, payload);
                     }
                 }
@@ -160,7 +167,9 @@ fn serve(netns: Option<&Path>, mut subscribers: Vec<Box<dyn Subscriber>>) -> io:
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => return Err(e),
         }
@@ -326,7 +335,10 @@ impl Target {
             }
         }
         let mut ranges: HashMap<SetId, Vec<Element>> = HashMap::new();
-        for s in installed.iter().filter(|s| s.expires.is_none_or(|at| at > wall + soon)) {
+        for s in installed
+            .iter()
+            .filter(|s| s.expires.is_none_or(|at| at > wall + soon))
+        {
             ranges.entry(s.set).or_default().push(s.element(wall));
         }
         drop(installed);
