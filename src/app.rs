@@ -178,6 +178,8 @@ pub async fn serve(
         settings.negative_ttl,
     );
     let handler = std::sync::Arc::new(handler);
+    // Re-feeds the sets when the ruleset is reloaded under us.
+    crate::firewall::watch::spawn(handler.clone(), |h| h.firewall.as_ref());
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| Failure::Runtime(format!("signals: {e}")))?;
     let reloading = handler.clone();

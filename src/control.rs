@@ -144,6 +144,8 @@ pub struct Bound {
     file: (u64, u64),
     /// The socket file's owner: our effective uid, allowed besides root.
     owner: u32,
+    /// Our network namespace; grants need a peer in it. Unknown fails closed.
+    netns: Result<crate::peer_netns::Own, String>,
 }
 
 /// Binds the socket, owner-only from the start (umask 077, then chmod 0600).
@@ -191,10 +193,16 @@ pub fn bind(path: &Path) -> io::Result<Bound> {
     let listener = listener.map_err(with_path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(with_path)?;
     let meta = std::fs::symlink_metadata(path).map_err(with_path)?;
+    let netns = crate::peer_netns::Own::of(std::os::fd::AsFd::as_fd(&listener))
+        .map_err(|e| format!("cannot tell allowdns's own network namespace: {e}"));
+    if let Err(e) = &netns {
+        tracing::warn!("control socket: {e}; grant and revoke will be refused");
+    }
     Ok(Bound {
         listener,
         file: (meta.dev(), meta.ino()),
         owner: meta.uid(),
+        netns,
     })
 }
 
@@ -217,7 +225,9 @@ pub async fn serve(
         listener,
         file,
         owner,
+        netns,
     } = bound;
+    let netns = Arc::new(netns);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let waiting = crate::idle::Waiting::new(MAX_WAITING);
     loop {
@@ -235,13 +245,14 @@ pub async fn serve(
         // No slot is held while the request is awaited: idle peers only
         // wait in line, and the longest-waiting one makes room.
         let ticket = waiting.enter();
-        let (handler, slots) = (handler.clone(), slots.clone());
+        let (handler, slots, netns) = (handler.clone(), slots.clone(), netns.clone());
         tokio::spawn(async move {
             let start = Instant::now();
             let exchange = answer(
                 stream,
                 &handler,
                 owner,
+                &netns,
                 start + READ_DEADLINE,
                 ticket,
                 slots,
@@ -274,11 +285,16 @@ async fn answer(
     stream: UnixStream,
     handler: &Arc<Handler>,
     owner: u32,
+    netns: &Result<crate::peer_netns::Own, String>,
     read_by: Instant,
     ticket: crate::idle::Ticket,
     slots: Arc<Semaphore>,
 ) -> io::Result<()> {
     let peer = stream.peer_cred().ok();
+    let same_netns = netns
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|own| crate::peer_netns::check(std::os::fd::AsFd::as_fd(&stream), own));
     let (read, mut write) = stream.into_split();
     // Read even a refused peer's request, so it gets the refusal rather
     // than a broken pipe; it is discarded unparsed.
@@ -312,6 +328,16 @@ async fn answer(
         (Ok(_), Err(_)) => Reply::error(format!("no request within {} s", READ_DEADLINE.as_secs())),
         (Ok(_), Ok(Err(e))) => return Err(e),
         (Ok(uid), Ok(Ok(_))) => match serde_json::from_str::<Request>(&line) {
+            // Only grant and revoke change the fence; status stays readable.
+            Ok(Request::Grant { .. } | Request::Revoke { .. }) if same_netns.is_err() => {
+                let refusal = same_netns.unwrap_err();
+                tracing::warn!(
+                    peer_uid = uid,
+                    peer_pid = ?peer.as_ref().and_then(|c| c.pid()),
+                    "control socket: request refused ({refusal})"
+                );
+                Reply::error(refusal)
+            }
             // Grants wait for their audit line and the firewall: off the runtime.
             Ok(request) => {
                 let handler = handler.clone();

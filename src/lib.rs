@@ -44,6 +44,7 @@ pub mod idle;
 pub mod input;
 pub mod metrics;
 pub mod notify;
+pub mod peer_netns;
 pub mod policy;
 pub mod reload;
 pub mod resolve;

@@ -17,6 +17,7 @@
 
 pub mod netlink;
 pub mod ruleset;
+pub mod watch;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;

@@ -32,6 +32,7 @@ const NFTA_SET_TABLE: u16 = 1;
 const NFTA_SET_NAME: u16 = 2;
 const NFTA_SET_FLAGS: u16 = 3;
 const NFTA_SET_KEY_LEN: u16 = 5;
+const NFTA_SET_HANDLE: u16 = 16;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -55,7 +56,7 @@ pub enum Family {
 }
 
 impl Family {
-    fn nfproto(self) -> u8 {
+    pub(super) fn nfproto(self) -> u8 {
         match self {
             Family::Inet => 1,
             Family::Ip => 2,
@@ -95,6 +96,8 @@ pub struct Listed {
 pub struct SetInfo {
     pub key_len: u32,
     pub flags: u32,
+    /// Unique per set instance: a recreated set (a ruleset reload) has a new one.
+    pub handle: u64,
 }
 
 /// Set element changes for one set, as part of a batch.
@@ -255,9 +258,15 @@ impl Netlink {
                     .and_then(|(_, v)| v.get(..4))
                     .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
             };
+            let handle = attrs
+                .iter()
+                .find(|(k, _)| *k == NFTA_SET_HANDLE)
+                .and_then(|(_, v)| v.get(..8))
+                .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or_default()));
             info = Some(SetInfo {
                 key_len: u32_of(NFTA_SET_KEY_LEN).unwrap_or(0),
                 flags: u32_of(NFTA_SET_FLAGS).unwrap_or(0),
+                handle,
             });
         })?;
         info.ok_or_else(|| io::Error::other("kernel sent no set description"))
@@ -362,13 +371,13 @@ fn parse_elements(payload: &[u8], out: &mut Vec<Listed>) {
     }
 }
 
-struct Header {
-    kind: u16,
+pub(super) struct Header {
+    pub(super) kind: u16,
     seq: u32,
 }
 
 /// Splits a receive buffer into (header, payload) pairs.
-fn messages(buf: &[u8]) -> Vec<(Header, &[u8])> {
+pub(super) fn messages(buf: &[u8]) -> Vec<(Header, &[u8])> {
     let mut out = Vec::new();
     let mut at = 0;
     while at + NLMSG_HDRLEN <= buf.len() {
@@ -389,7 +398,7 @@ fn messages(buf: &[u8]) -> Vec<(Header, &[u8])> {
 }
 
 /// Netlink attributes (type without flag bits, payload).
-fn attrs(mut buf: &[u8]) -> Vec<(u16, &[u8])> {
+pub(super) fn attrs(mut buf: &[u8]) -> Vec<(u16, &[u8])> {
     let mut out = Vec::new();
     while buf.len() >= 4 {
         let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;

@@ -1,0 +1,195 @@
+//! The control socket makes exceptions only for callers in allowdns's own
+//! network namespace: a root agent in a fenced namespace that can reach the
+//! socket's path is refused (issue 9, section 3).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
+/// A network namespace this test owns, removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn add(tag: &str) -> Option<Netns> {
+        let name = format!("adns-{tag}-{}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Netns(name))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn run(prefix: &[&str], args: &[&str]) -> (bool, String, String) {
+    let mut all: Vec<&str> = prefix.to_vec();
+    all.push(bin());
+    all.extend_from_slice(args);
+    let out = Command::new(all[0]).args(&all[1..]).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn grant_from_another_network_namespace_is_refused() {
+    refused_from_another_namespace(&[], "ctl");
+}
+
+/// The shipped unit runs allowdns unprivileged. The kernel then will not open
+/// a root caller's namespace through its pidfd (ptrace rules), and the
+/// socket's own namespace must decide alone: root still grants from the
+/// host, and still cannot from a fenced namespace.
+#[test]
+fn an_unprivileged_allowdns_still_tells_namespaces_apart() {
+    refused_from_another_namespace(
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ],
+        "ctl-nobody",
+    );
+}
+
+fn refused_from_another_namespace(daemon_prefix: &[&str], tag: &str) {
+    if !is_root() {
+        return require_or_skip("creating a network namespace needs root");
+    }
+    let Some(ns) = Netns::add(tag) else {
+        return require_or_skip("`ip netns add` failed (no iproute2 or no CAP_SYS_ADMIN)");
+    };
+    let dir = TempDir::new(tag);
+    // An unprivileged daemon writes its audit log and socket here.
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let zones = dir.0.join("zones");
+    std::fs::create_dir(&zones).unwrap();
+    std::fs::write(
+        zones.join("x.test.zone"),
+        "$ORIGIN x.test.\n$TTL 300\n@ IN SOA ns. h. 1 3600 600 86400 5\na IN A 192.0.2.1\nb IN A 192.0.2.2\nc IN A 192.0.2.3\n",
+    )
+    .unwrap();
+    let policy = dir.write(
+        "p.yaml",
+        "agent_name: t\nexpected_outbound:\n  - destination: a.x.test\n",
+    );
+    let audit = dir.0.join("audit.jsonl");
+    let socket = dir.0.join("control.sock");
+    let sock = socket.to_str().unwrap();
+    let dns = Allowdns::serve_via(
+        daemon_prefix,
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--zones",
+            zones.to_str().unwrap(),
+            "--upstream",
+            "none",
+            "--audit-log",
+            audit.to_str().unwrap(),
+            "--control",
+            sock,
+        ],
+    );
+    let grant = |prefix: &[&str], name: &str| {
+        run(
+            prefix,
+            &[
+                "grant",
+                "--control",
+                sock,
+                "--agent",
+                "t",
+                "--name",
+                name,
+                "--for",
+                "1h",
+                "--reason",
+                "netns test",
+            ],
+        )
+    };
+    let fenced = ["ip", "netns", "exec", ns.0.as_str()];
+
+    // Positive control: root in allowdns's own namespace may grant.
+    let (ok, stdout, stderr) = grant(&[], "b.x.test");
+    assert!(ok, "grant from our own namespace: {stdout}{stderr}");
+    assert_eq!(
+        rcode(dns.udp, "b.x.test", RecordType::A),
+        ResponseCode::NoError
+    );
+
+    // The same root user, the same socket path, from a fenced namespace: refused.
+    let (ok, stdout, stderr) = grant(&fenced, "c.x.test");
+    assert!(!ok, "grant from another netns must fail: {stdout}");
+    assert!(
+        stderr.contains("another network namespace"),
+        "the refusal names the reason: {stderr}"
+    );
+    assert_eq!(
+        rcode(dns.udp, "c.x.test", RecordType::A),
+        ResponseCode::NXDomain
+    );
+    // Revoking from there is refused too; status stays readable.
+    let (ok, _, stderr) = run(
+        &fenced,
+        &[
+            "revoke",
+            "--control",
+            sock,
+            "--agent",
+            "t",
+            "--name",
+            "b.x.test",
+        ],
+    );
+    assert!(
+        !ok && stderr.contains("another network namespace"),
+        "{stderr}"
+    );
+    assert_eq!(
+        rcode(dns.udp, "b.x.test", RecordType::A),
+        ResponseCode::NoError
+    );
+    let (ok, stdout, stderr) = run(&fenced, &["status", "--control", sock]);
+    assert!(
+        ok && stdout.contains("grant t -> b.x.test"),
+        "{stdout}{stderr}"
+    );
+    assert!(
+        dns.stderr().contains("control socket: request refused"),
+        "the refusal is logged: {}",
+        dns.stderr()
+    );
+
+    // The refusal is about the namespace, not the command: from our own it works.
+    let (ok, _, stderr) = run(
+        &[],
+        &[
+            "revoke",
+            "--control",
+            sock,
+            "--agent",
+            "t",
+            "--name",
+            "b.x.test",
+        ],
+    );
+    assert!(ok, "{stderr}");
+}

@@ -1,0 +1,309 @@
+//! Surviving a ruleset reload (issue 10): `nft -f` of the printed ruleset
+//! recreates allowdns's sets empty; allowdns notices (nftables netlink
+//! events) and re-feeds the live elements, so connections to names whose
+//! answers are still cached work again within a bounded time.
+//!
+//! Namespaces (created here, removed on drop): A, the agent, fenced by the
+//! printed ruleset; I, "the internet", with echo services on 192.0.2.0/24.
+//! allowdns runs in the test's own namespace and feeds A's sets; queries go
+//! to it over loopback.
+
+mod common;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
+struct Lab {
+    a: String,
+    i: String,
+    dir: TempDir,
+}
+
+impl Lab {
+    fn create() -> Lab {
+        let id = std::process::id() % 100_000;
+        let lab = Lab {
+            a: format!("adns-rla-{id}"),
+            i: format!("adns-rli-{id}"),
+            dir: TempDir::new("ruleset-reload"),
+        };
+        let (a, i) = (&lab.a, &lab.i);
+        for ns in [a, i] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        sh(&[
+            "ip", "-n", a, "link", "add", "a-i", "type", "veth", "peer", "name", "i-a", "netns", i,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            a,
+            "addr",
+            "add",
+            "198.51.100.2/24",
+            "dev",
+            "a-i",
+        ]);
+        sh(&["ip", "-n", a, "link", "set", "a-i", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            i,
+            "addr",
+            "add",
+            "198.51.100.1/24",
+            "dev",
+            "i-a",
+        ]);
+        sh(&["ip", "-n", i, "link", "set", "i-a", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            a,
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.51.100.1",
+        ]);
+        sh(&["ip", "-n", i, "addr", "add", "192.0.2.0/24", "dev", "lo"]);
+        lab
+    }
+
+    fn netns(&self, ns: &str) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{ns}"))
+    }
+
+    /// `nft -f` inside A, as an operator reloads the fence.
+    fn load(&self, file: &std::path::Path) {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.a,
+            "nft",
+            "-f",
+            file.to_str().unwrap(),
+        ]);
+    }
+
+    fn set_holds(&self, set: &str, needle: &str) -> bool {
+        let (ok, out) = sh_out(&[
+            "ip", "netns", "exec", &self.a, "nft", "list", "set", "inet", "allowdns", set,
+        ]);
+        assert!(ok, "{out}");
+        out.contains(needle)
+    }
+
+    fn connects(&self, addr: &str) -> bool {
+        let addr: SocketAddr = addr.parse().unwrap();
+        in_ns(self.netns(&self.a), move || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+                .is_ok_and(|mut s| echo(&mut s))
+        })
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.i] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn sh(args: &[&str]) {
+    let (ok, out) = sh_out(args);
+    assert!(ok, "{args:?}: {out}");
+}
+
+fn sh_out(args: &[&str]) -> (bool, String) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn in_ns<T: Send + 'static>(ns: PathBuf, f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        let file = File::open(&ns).unwrap();
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+fn echo(stream: &mut TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 4];
+    stream.write_all(b"ping").is_ok() && stream.read_exact(&mut buf).is_ok() && &buf == b"ping"
+}
+
+fn start_echo(lab: &Lab, port: u16) {
+    let listener = in_ns(lab.netns(&lab.i), move || {
+        TcpListener::bind(("0.0.0.0", port)).unwrap()
+    });
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Polls `f` every 10 ms for up to `within`; returns how long it took.
+fn within(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    sh(&["kill", &format!("-{sig}"), &pid.to_string()]);
+}
+
+#[test]
+fn a_ruleset_reload_is_noticed_and_the_live_elements_are_fed_again() {
+    if !is_root() {
+        return require_or_skip("the ruleset reload test needs root");
+    }
+    for tool in ["ip", "nft"] {
+        if Command::new(tool).arg("-V").output().is_err() {
+            return require_or_skip(&format!("the ruleset reload test needs `{tool}`"));
+        }
+    }
+    let lab = Lab::create();
+    start_echo(&lab, 443);
+    start_echo(&lab, 8443);
+    // Lab wiring, before any fence.
+    assert!(lab.connects("192.0.2.10:443"), "lab wiring: I is reachable");
+
+    let zones = lab.dir.0.join("zones");
+    std::fs::create_dir(&zones).unwrap();
+    std::fs::write(
+        zones.join("fw.test.zone"),
+        "$ORIGIN fw.test.\n$TTL 300\n@ IN SOA ns. h. 1 3600 600 86400 5\nweb IN A 192.0.2.10\nports IN A 192.0.2.30\n",
+    )
+    .unwrap();
+    let policy = lab.dir.write(
+        "policy.yaml",
+        &format!(
+            "agent_name: fenced\nexpected_outbound:\n  - destination: web.fw.test\n  - destination: ports.fw.test\n    port: 8443\n    protocol: TCP\n  - destination: 192.0.2.77\n    port: 443\n    protocol: TCP\nfirewall:\n  netns: {}\n",
+            lab.netns(&lab.a).display()
+        ),
+    );
+    let (ok, ruleset) = sh_out(&[
+        bin(),
+        "nft-ruleset",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--dns",
+        "127.0.0.1",
+    ]);
+    assert!(ok, "{ruleset}");
+    let ruleset = lab.dir.write("agent.nft", &ruleset);
+    lab.load(&ruleset);
+    assert!(
+        !lab.connects("192.0.2.10:443"),
+        "the fence holds before any lookup"
+    );
+
+    let dns = Allowdns::serve(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--zones",
+        zones.to_str().unwrap(),
+        "--upstream",
+        "none",
+    ]);
+    // Positive control: resolve, then connect.
+    for name in ["web.fw.test", "ports.fw.test"] {
+        assert_eq!(rcode(dns.udp, name, RecordType::A), ResponseCode::NoError);
+    }
+    assert!(
+        lab.connects("192.0.2.10:443"),
+        "allowed name after its lookup"
+    );
+    assert!(
+        lab.connects("192.0.2.30:8443"),
+        "allowed name and port after its lookup"
+    );
+    assert!(lab.connects("192.0.2.77:443"), "a policy address");
+
+    // Without allowdns watching (stopped), the reload empties the sets and
+    // the cached names stop working: the failure this fixes.
+    signal(dns.pid(), "STOP");
+    lab.load(&ruleset);
+    let emptied = !lab.set_holds("allowed_v4", "192.0.2.10");
+    let cut = !lab.connects("192.0.2.10:443");
+    signal(dns.pid(), "CONT");
+    assert!(emptied, "the reload empties the set");
+    assert!(cut, "after the reload, a fed address is cut off");
+    // Once allowdns runs, it has seen the reload and re-feeds.
+    let took = within(Duration::from_secs(1), || {
+        lab.set_holds("allowed_v4", "192.0.2.10") && lab.set_holds("allowed_v4_ports", "192.0.2.30")
+    });
+    assert!(took.is_some(), "not re-fed within 1 s:\n{}", dns.stderr());
+    assert!(
+        lab.connects("192.0.2.10:443"),
+        "the cached name works again"
+    );
+    assert!(
+        lab.connects("192.0.2.30:8443"),
+        "so does the port-restricted one"
+    );
+    assert!(lab.connects("192.0.2.77:443"), "and the policy address");
+
+    // A reload while it runs: back within the bound, without any new lookup.
+    let before = dns.stderr().matches("re-fed").count();
+    lab.load(&ruleset);
+    let took = within(Duration::from_secs(1), || {
+        lab.set_holds("allowed_v4", "192.0.2.10")
+    })
+    .unwrap_or_else(|| panic!("not re-fed within 1 s:\n{}", dns.stderr()));
+    eprintln!("re-fed {took:?} after `nft -f` returned");
+    assert!(lab.connects("192.0.2.10:443"));
+    assert!(lab.connects("192.0.2.30:8443"));
+    assert!(
+        within(Duration::from_secs(1), || dns
+            .stderr()
+            .matches("re-fed")
+            .count()
+            > before)
+        .is_some(),
+        "the re-feed is logged: {}",
+        dns.stderr()
+    );
+    // A name never looked up is not fed by the re-feed.
+    assert!(!lab.set_holds("allowed_v4", "192.0.2.11"));
+}
