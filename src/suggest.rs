@@ -868,7 +868,7 @@ fn at_or_below(name: &str, domain: &str) -> bool {
 /// (`psl::domain_str`) and by [`policy::is_public_suffix`] (which adds
 /// suffixes such as `co.uk`), whichever is narrower. `None` when the name is
 /// itself a suffix.
-fn registrable_domain(name: &str) -> Option<&str> {
+pub(crate) fn registrable_domain(name: &str) -> Option<&str> {
     let listed = psl::domain_str(name)?;
     if !at_or_below(name, listed) {
         return None;

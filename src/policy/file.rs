@@ -35,6 +35,26 @@ pub struct PolicyFileV1 {
     /// Feed handed-out addresses into nftables sets; absent means no feeding.
     #[serde(default)]
     pub firewall: Option<FirewallV1>,
+    /// The exfiltration budget under wildcards; absent means the defaults.
+    #[serde(default)]
+    pub exfil: Option<ExfilV1>,
+}
+
+/// The `exfil:` section (docs/exfiltration.md); every key has a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExfilV1 {
+    /// `on` (default) or `off`.
+    #[serde(default)]
+    pub budget: Option<String>,
+    #[serde(default)]
+    pub soft_bytes: Option<u32>,
+    #[serde(default)]
+    pub hard_bytes: Option<u32>,
+    #[serde(default)]
+    pub drain_bytes_per_minute: Option<u32>,
+    #[serde(default)]
+    pub cooldown_secs: Option<u32>,
 }
 
 /// The `firewall:` section; every key has a default.
@@ -84,6 +104,9 @@ pub struct OutboundV1 {
     /// RFC 3339 time after which the entry no longer allows anything.
     #[serde(default)]
     pub expires: Option<String>,
+    /// Query types answered; wildcards default to address types only.
+    #[serde(default)]
+    pub qtypes: Option<Vec<String>>,
 }
 
 /// One `allowed_dynamic_resolution` entry: a bare pattern (the seed format),
@@ -102,4 +125,6 @@ pub struct DynamicEntryV1 {
     /// RFC 3339 time after which the entry no longer allows anything.
     #[serde(default)]
     pub expires: Option<String>,
+    #[serde(default)]
+    pub qtypes: Option<Vec<String>>,
 }
