@@ -1067,7 +1067,8 @@ fn warn_if_doh(
     key: &str,
     diags: &mut Diagnostics,
 ) {
-    if let Some(endpoint) = crate::exfil::doh_endpoint(key) {
+    // An over-broad pattern has its own warning; this one is for the rest.
+    if let Some(endpoint) = crate::exfil::doh_endpoint(key).filter(|_| over_broad(key).is_none()) {
         diags.warning(
             file,
             line.line(),
