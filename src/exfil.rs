@@ -700,6 +700,28 @@ mod tests {
     }
 
     #[test]
+    fn the_legit_corpus_stays_under_the_soft_limit_without_any_drain() {
+        let corpus = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/legit-names.txt"
+        ))
+        .unwrap();
+        let b = Budgets::default();
+        let limits = Limits {
+            drain_bits_per_sec: 0.0,
+            ..Limits::default()
+        };
+        for n in corpus.lines() {
+            assert_eq!(charge(&b, &limits, n), Verdict::Pass(false), "{n}");
+        }
+        // The heaviest domain, for the docs.
+        let agents = b.agents.lock().unwrap();
+        let a = agents.get("a").unwrap();
+        let max = a.cells[0].iter().map(|c| c.level).fold(0.0, f32::max);
+        eprintln!("heaviest cell: {} bytes", max / 8.0);
+    }
+
+    #[test]
     fn qtypes_parse_and_merge() {
         let t = parse_qtypes(&["txt".into(), "TYPE65300".into(), "NULL".into()]).unwrap();
         assert_eq!(
