@@ -19,7 +19,7 @@
 mod common;
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -172,7 +172,7 @@ impl Drop for Lab {
     }
 }
 
-fn wait_in_file(path: &PathBuf, text: &str, within: Duration) -> bool {
+fn wait_in_file(path: &Path, text: &str, within: Duration) -> bool {
     let until = Instant::now() + within;
     while Instant::now() < until {
         if std::fs::read_to_string(path).is_ok_and(|s| s.contains(text)) {
