@@ -326,6 +326,12 @@ impl Budgets {
         self.agents.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// Drops the state of agents no policy names any more (after a reload).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        agents.retain(|agent, _| keep(agent));
+    }
+
     fn now_ds(&self) -> u32 {
         // +1 keeps 0 free as the "empty slot" time.
         u32::try_from(self.epoch.elapsed().as_millis() / 100).unwrap_or(u32::MAX - 1) + 1
@@ -618,6 +624,17 @@ mod tests {
 
     fn charge(b: &Budgets, limits: &Limits, s: &str) -> Verdict {
         b.charge(&"a".into(), limits, &name(s), &s.to_ascii_lowercase())
+    }
+
+    #[test]
+    fn agents_whose_policy_went_are_dropped() {
+        let b = Budgets::default();
+        charge(&b, &Limits::default(), "x.cdn.test");
+        assert_eq!(b.agents(), 1);
+        b.retain(|agent| agent == "a");
+        assert_eq!(b.agents(), 1);
+        b.retain(|_| false);
+        assert_eq!(b.agents(), 0);
     }
 
     #[test]

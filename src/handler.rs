@@ -202,6 +202,8 @@ impl Handler {
             }
             self.forget_ended();
             let files = self.snapshot().files.clone();
+            self.exfil
+                .retain(|agent| files.policies.by_agent(agent).is_some());
             for dropped in grants
                 .0
                 .drop_agents(|a| files.policies.by_agent(a).is_some())
