@@ -66,6 +66,8 @@ pub struct AuditRecord {
     pub rcode: ResponseCode,
     pub answers: Vec<Record>,
     pub upstream_ms: Option<f64>,
+    /// Exfiltration mark (`soft`, `budget`, `qtype`); written only when set.
+    pub exfil: Option<&'static str>,
 }
 
 struct Shared {
@@ -604,6 +606,9 @@ pub fn format_record(r: &AuditRecord, out: &mut Vec<u8>) {
         }
         None => out.extend_from_slice(b"null"),
     }
+    if let Some(mark) = r.exfil {
+        let _ = write!(out, r#","exfil":"{mark}""#);
+    }
     out.extend_from_slice(b"}\n");
 }
 
@@ -760,6 +765,7 @@ mod tests {
             rcode: ResponseCode::NXDomain,
             answers: Vec::new(),
             upstream_ms: None,
+            exfil: None,
         }
     }
 
@@ -869,6 +875,7 @@ mod tests {
                 Record::from_rdata(name, 60, RData::TXT(TXT::new(vec!["say \"hi\"\\".into()]))),
             ],
             upstream_ms: Some(1.5),
+            exfil: None,
         };
         let mut out = Vec::new();
         format_record(&r, &mut out);

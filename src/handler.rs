@@ -72,6 +72,8 @@ pub struct Handler {
     firewall_alerts: Mutex<(Option<Instant>, u64)>,
     /// The SOA put in the authority section of denials (its minimum is the negative TTL).
     deny_soa: Record,
+    /// Exfiltration budgets under wildcard rules, per agent.
+    pub exfil: crate::exfil::Budgets,
 }
 
 /// The reply to send, and what the audit record says about it.
@@ -88,6 +90,8 @@ pub struct Outcome {
     pub rule: Option<Arc<str>>,
     pub dynamic: bool,
     pub upstream_ms: Option<f64>,
+    /// Exfiltration mark for the audit record.
+    pub exfil: Option<crate::exfil::Mark>,
 }
 
 impl Outcome {
@@ -103,6 +107,19 @@ impl Outcome {
             rule: None,
             dynamic: false,
             upstream_ms: None,
+            exfil: None,
+        }
+    }
+
+    /// A new name or query type a wildcard does not carry (docs/exfiltration.md):
+    /// REFUSED, which no cache keeps and which says nothing about the name.
+    fn exfil_refused(policy: &Policy, rule: &Rule, mark: crate::exfil::Mark) -> Self {
+        Outcome {
+            decision: Logged::Deny,
+            rule: Some(rule.pattern.clone()),
+            dynamic: rule.dynamic,
+            exfil: Some(mark),
+            ..Outcome::refused(ResponseCode::Refused, Some(policy))
         }
     }
 
@@ -157,6 +174,7 @@ impl Handler {
             firewall,
             firewall_alerts: Mutex::new((None, 0)),
             deny_soa: Record::from_rdata(Name::root(), negative_ttl, RData::SOA(soa)),
+            exfil: Default::default(),
         }
     }
 
@@ -184,6 +202,8 @@ impl Handler {
             }
             self.forget_ended();
             let files = self.snapshot().files.clone();
+            self.exfil
+                .retain(|agent| files.policies.by_agent(agent).is_some());
             for dropped in grants
                 .0
                 .drop_agents(|a| files.policies.by_agent(a).is_some())
@@ -420,6 +440,7 @@ impl Handler {
                     rule: None,
                     dynamic: false,
                     upstream_ms: None,
+                    exfil: None,
                 });
             }
             Decision::Allow { policy, rule } => (policy, rule, Logged::Allow),
@@ -431,7 +452,14 @@ impl Handler {
         {
             return Progress::Answered(Outcome::refused(ResponseCode::Refused, Some(policy)));
         }
-        let outcome = Outcome {
+        // Wildcards answer address types unless their entry lists more.
+        if decision == Logged::Allow && !crate::exfil::qtype_allowed(rule, qtype) {
+            self.exfil
+                .qtype_denied(&policy.agent, src, name, qtype, &rule.pattern);
+            let refused = Outcome::exfil_refused(policy, rule, crate::exfil::Mark::Qtype);
+            return Progress::Answered(refused);
+        }
+        let mut outcome = Outcome {
             rcode: ResponseCode::ServFail,
             answers: Vec::new(),
             authority: Vec::new(),
@@ -442,6 +470,7 @@ impl Handler {
             rule: (decision == Logged::Allow).then(|| rule.pattern.clone()),
             dynamic: rule.dynamic,
             upstream_ms: None,
+            exfil: None,
         };
         let agent = policy.metrics_slot;
         match self
@@ -455,7 +484,24 @@ impl Handler {
                 name,
                 outcome.resolved(resolution),
             )),
-            None => Progress::NeedsUpstream(outcome, loaded),
+            None => {
+                // The name is about to leave: under a wildcard, a new one is
+                // charged to the agent's exfiltration budget.
+                if decision == Logged::Allow
+                    && crate::exfil::is_wildcard(&rule.pattern)
+                    && let Some(key) = crate::policy::name::query_key(name)
+                {
+                    use crate::exfil::{Mark, Verdict};
+                    match self.exfil.charge(&policy.agent, &policy.exfil, name, &key) {
+                        Verdict::Pass(soft) => outcome.exfil = soft.then_some(Mark::Soft),
+                        Verdict::Deny => {
+                            let refused = Outcome::exfil_refused(policy, rule, Mark::Budget);
+                            return Progress::Answered(refused);
+                        }
+                    }
+                }
+                Progress::NeedsUpstream(outcome, loaded)
+            }
         }
     }
 
@@ -594,6 +640,7 @@ impl Handler {
             rcode: outcome.rcode,
             answers: outcome.answers,
             upstream_ms: outcome.upstream_ms,
+            exfil: outcome.exfil.map(crate::exfil::Mark::as_str),
         });
     }
 
@@ -626,6 +673,7 @@ impl Handler {
             rcode: ResponseCode::FormErr,
             answers: Vec::new(),
             upstream_ms: None,
+            exfil: None,
         });
         header_only_reply(raw, ResponseCode::FormErr)
     }

@@ -37,6 +37,7 @@ pub mod control;
 pub mod decide;
 pub mod delivery;
 pub mod diagnostics;
+pub mod exfil;
 pub mod firewall;
 pub mod grants;
 pub mod handler;

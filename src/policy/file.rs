@@ -35,6 +35,26 @@ pub struct PolicyFileV1 {
     /// Feed handed-out addresses into nftables sets; absent means no feeding.
     #[serde(default)]
     pub firewall: Option<FirewallV1>,
+    /// The exfiltration budget under wildcards; absent means the defaults.
+    #[serde(default)]
+    pub exfil: Option<ExfilV1>,
+}
+
+/// The `exfil:` section (docs/exfiltration.md); every key has a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExfilV1 {
+    /// `on` (default) or `off`.
+    #[serde(default)]
+    pub budget: Option<String>,
+    #[serde(default)]
+    pub soft_bytes: Option<u32>,
+    #[serde(default)]
+    pub hard_bytes: Option<u32>,
+    #[serde(default)]
+    pub drain_bytes_per_minute: Option<u32>,
+    #[serde(default)]
+    pub cooldown_secs: Option<u32>,
 }
 
 /// The `firewall:` section; every key has a default.
@@ -84,6 +104,9 @@ pub struct OutboundV1 {
     /// RFC 3339 time after which the entry no longer allows anything.
     #[serde(default)]
     pub expires: Option<String>,
+    /// Query types answered; wildcards default to address types only.
+    #[serde(default)]
+    pub qtypes: Option<Vec<String>>,
 }
 
 /// One `allowed_dynamic_resolution` entry: a bare pattern (the seed format),
@@ -102,6 +125,8 @@ pub struct DynamicEntryV1 {
     /// RFC 3339 time after which the entry no longer allows anything.
     #[serde(default)]
     pub expires: Option<String>,
+    #[serde(default)]
+    pub qtypes: Option<Vec<String>>,
 }
 
 /// What [`salvage`] recovered.
@@ -115,7 +140,7 @@ pub struct Salvaged {
 }
 
 /// The top-level keys, for "unknown field" messages in [`salvage`].
-const FIELDS: &str = "`version`, `agent_name`, `clients`, `mode`, `expected_outbound`, `allowed_dynamic_resolution`, `firewall`";
+const FIELDS: &str = "`version`, `agent_name`, `clients`, `mode`, `expected_outbound`, `allowed_dynamic_resolution`, `firewall`, `exfil`";
 
 /// After the typed parse stopped at its first error: the file as far as it
 /// deserializes, key by key and list entry by list entry, plus one
@@ -136,6 +161,7 @@ pub fn salvage(source: &str) -> Option<Salvaged> {
         expected_outbound: Vec::new(),
         allowed_dynamic_resolution: Vec::new(),
         firewall: None,
+        exfil: None,
     };
     let mut named = false;
     let mut kept = Vec::new();
@@ -160,6 +186,7 @@ pub fn salvage(source: &str) -> Option<Salvaged> {
                     list(value, "allowed_dynamic_resolution", &mut errors, &mut kept)
             }
             "firewall" => raw.firewall = one(value, &key, &mut errors).flatten(),
+            "exfil" => raw.exfil = one(value, &key, &mut errors).flatten(),
             _ => errors.push((
                 String::new(),
                 format!("unknown field `{key}`, expected one of {FIELDS}"),
