@@ -47,6 +47,7 @@ pub mod reload;
 pub mod resolve;
 pub mod server;
 pub mod shutdown;
+pub mod special;
 pub mod suggest;
 pub mod upstream;
 pub mod worker;
