@@ -248,12 +248,12 @@ fn cidrs(mut start: u128, end: u128, bits: u32) -> Vec<(u128, u8)> {
     }
 }
 
-/// Removes from `answers` every special address not in `open`: A and AAAA
+/// Removes from `answers` every special address `opens` does not allow: A and AAAA
 /// records whole, and addresses from HTTPS/SVCB hints. Returns what went,
 /// and whether the answer had address records and has none left (NODATA).
-pub fn strip(answers: &mut Vec<Record>, open: &[IpNet]) -> (Vec<IpAddr>, bool) {
+pub fn strip(answers: &mut Vec<Record>, opens: &dyn Fn(IpAddr) -> bool) -> (Vec<IpAddr>, bool) {
     let mut stripped = Vec::new();
-    let closed = |ip: IpAddr| special(ip).is_some() && !open.iter().any(|n| n.contains(&ip));
+    let closed = |ip: IpAddr| special(ip).is_some() && !opens(ip);
     let mut had_addresses = false;
     answers.retain_mut(|record| {
         let ip = match &mut record.data {
@@ -616,14 +616,16 @@ mod tests {
         let name = Name::from_ascii("x.cdn.test.").unwrap();
         let a = |s: &str| Record::from_rdata(name.clone(), 60, RData::A(A(s.parse().unwrap())));
         let mut answers = vec![a("169.254.169.254"), a("203.0.113.5")];
-        let (gone, empty) = strip(&mut answers, &[]);
+        let (gone, empty) = strip(&mut answers, &|_| false);
         assert_eq!(gone, vec!["169.254.169.254".parse::<IpAddr>().unwrap()]);
         assert!(!empty);
         assert_eq!(answers.len(), 1);
         let mut answers = vec![a("10.9.9.9")];
-        assert!(strip(&mut answers, &[]).1, "nothing left: NODATA");
+        assert!(strip(&mut answers, &|_| false).1, "nothing left: NODATA");
         let mut answers = vec![a("10.9.9.9")];
-        let (gone, _) = strip(&mut answers, &["10.0.0.0/8".parse().unwrap()]);
+        let (gone, _) = strip(&mut answers, &|ip| {
+            "10.0.0.0/8".parse::<IpNet>().unwrap().contains(&ip)
+        });
         assert!(gone.is_empty() && answers.len() == 1, "opted in");
         let https = SVCB::new(
             1,
@@ -647,7 +649,7 @@ mod tests {
             60,
             RData::HTTPS(HTTPS(https)),
         )];
-        let (gone, empty) = strip(&mut answers, &[]);
+        let (gone, empty) = strip(&mut answers, &|_| false);
         assert_eq!(gone.len(), 2);
         assert!(!empty, "an HTTPS record without hints is still an answer");
         let RData::HTTPS(h) = &answers[0].data else {

@@ -35,6 +35,18 @@ pub struct PolicyFileV1 {
     /// Feed handed-out addresses into nftables sets; absent means no feeding.
     #[serde(default)]
     pub firewall: Option<FirewallV1>,
+    /// Ports the ruleset's input chain opens to the agent (a dev server).
+    #[serde(default)]
+    pub inbound: Vec<InboundV1>,
+}
+
+/// One `inbound` entry: a port the agent may listen on for the outside.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundV1 {
+    pub port: u16,
+    /// `TCP` or `UDP`.
+    pub protocol: String,
 }
 
 /// The `firewall:` section; every key has a default.
@@ -84,6 +96,10 @@ pub struct OutboundV1 {
     /// RFC 3339 time after which the entry no longer allows anything.
     #[serde(default)]
     pub expires: Option<String>,
+    /// Special-purpose ranges (RFC 1918, link-local, ...) this name's answers
+    /// may carry; stripped otherwise (docs/special-addresses.md).
+    #[serde(default)]
+    pub private: Vec<String>,
 }
 
 /// One `allowed_dynamic_resolution` entry: a bare pattern (the seed format),
@@ -102,4 +118,7 @@ pub struct DynamicEntryV1 {
     /// RFC 3339 time after which the entry no longer allows anything.
     #[serde(default)]
     pub expires: Option<String>,
+    /// As in [`OutboundV1::private`].
+    #[serde(default)]
+    pub private: Vec<String>,
 }

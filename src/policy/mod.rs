@@ -7,6 +7,7 @@
 pub mod file;
 pub mod matcher;
 pub mod name;
+pub mod private;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -137,6 +138,10 @@ pub struct Policy {
     entries: Arc<[Rule]>,
     /// The file's address entries one by one, likewise.
     address_entries: Arc<[AddressRule]>,
+    /// Special-purpose ranges name entries opt in to (`private:`).
+    pub private: Arc<[crate::policy::private::Private]>,
+    /// Ports opened to inbound connections (`inbound:`), for the ruleset.
+    pub inbound: Vec<(Protocol, u16)>,
 }
 
 impl Policy {
@@ -204,6 +209,8 @@ impl Policy {
             matcher: builder.matcher,
             entries: self.entries.clone(),
             address_entries: self.address_entries.clone(),
+            private: self.private.clone(),
+            inbound: self.inbound.clone(),
         }
     }
 }
@@ -425,6 +432,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
         expected_outbound,
         allowed_dynamic_resolution,
         firewall,
+        inbound,
     } = raw;
     let mut seen = Occurrences::default();
 
@@ -493,6 +501,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
     }
 
     let mut builder = RuleBuilder::default();
+    let mut opted = Vec::new();
     for (i, entry) in expected_outbound.iter().enumerate() {
         let file::OutboundV1 {
             destination,
@@ -500,6 +509,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
             protocol,
             purpose: _,
             expires,
+            private,
         } = entry;
         let line = seen.spot(source, destination);
         let field = |f: &str| Some(format!("expected_outbound[{i}].{f}"));
@@ -545,18 +555,27 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
             diags.error(file, line.line(), field("port"), "port 0 is not a port");
         }
         match classify_destination(destination) {
-            Ok(Destination::Address(net)) => builder.address(net, ports, expires),
+            Ok(Destination::Address(net)) => {
+                private::not_for_addresses(file, &line, field("private"), private, diags);
+                builder.address(net, ports, expires)
+            }
             Ok(Destination::Name(key)) => {
                 warn_if_broad(file, &line, field("destination"), &key, diags);
+                let at = (file, source, field("private"));
+                private::opt_in(at, &line, &key, private, expires, &mut opted, diags);
                 builder.name(key, false, ports, expires);
             }
             Err(e) => diags.error(file, line.line(), field("destination"), e),
         }
     }
     for (i, entry) in allowed_dynamic_resolution.iter().enumerate() {
-        let (pattern, expires) = match entry {
-            file::DynamicV1::Pattern(pattern) => (pattern, &None),
-            file::DynamicV1::Entry(file::DynamicEntryV1 { pattern, expires }) => (pattern, expires),
+        let (pattern, expires, private) = match entry {
+            file::DynamicV1::Pattern(pattern) => (pattern, &None, &[][..]),
+            file::DynamicV1::Entry(file::DynamicEntryV1 {
+                pattern,
+                expires,
+                private,
+            }) => (pattern, expires, &private[..]),
         };
         let line = seen.spot(source, pattern);
         let field = Some(format!("allowed_dynamic_resolution[{i}]"));
@@ -567,6 +586,12 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
         match classify_destination(pattern) {
             Ok(Destination::Name(key)) => {
                 warn_if_broad(file, &line, field.clone(), &key, diags);
+                let at = (
+                    file,
+                    source,
+                    Some(format!("allowed_dynamic_resolution[{i}].private")),
+                );
+                private::opt_in(at, &line, &key, private, expires, &mut opted, diags);
                 builder.name(key, true, None, expires);
             }
             Ok(Destination::Address(_)) => diags.error(
@@ -610,6 +635,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
     }
 
     let firewall = firewall.map(|f| compile_firewall(file, source, f, diags));
+    let inbound = private::inbound(file, source, &inbound, diags);
     Policy {
         metrics_slot: crate::metrics::METRICS.slot_for(agent_name.trim()),
         agent: agent_name.trim().into(),
@@ -622,6 +648,8 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
         matcher: builder.matcher,
         entries: builder.entries.into(),
         address_entries: builder.address_entries.into(),
+        private: opted.into(),
+        inbound,
     }
 }
 
