@@ -7,7 +7,7 @@
 //! queries (denials, refusals, local zones, cache hits), the whole answer.
 //! Only a question that must go upstream continues in [`Handler::finish`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,7 +20,7 @@ use hickory_server::proto::serialize::binary::BinEncoder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 
-use crate::alert::{Alerts, Denied};
+use crate::alert::{Alerts, Denied, Stripped};
 use crate::audit::{AuditLog, AuditRecord, Decision as Logged};
 use crate::decide::{Decision, decide, decide_for};
 use crate::firewall::{FeedError, Firewall};
@@ -88,6 +88,8 @@ pub struct Outcome {
     pub rule: Option<Arc<str>>,
     pub dynamic: bool,
     pub upstream_ms: Option<f64>,
+    /// Special-purpose addresses the fence took out (src/special.rs).
+    pub stripped: Vec<IpAddr>,
 }
 
 impl Outcome {
@@ -103,6 +105,7 @@ impl Outcome {
             rule: None,
             dynamic: false,
             upstream_ms: None,
+            stripped: Vec::new(),
         }
     }
 
@@ -420,6 +423,7 @@ impl Handler {
                     rule: None,
                     dynamic: false,
                     upstream_ms: None,
+                    stripped: Vec::new(),
                 });
             }
             Decision::Allow { policy, rule } => (policy, rule, Logged::Allow),
@@ -442,6 +446,7 @@ impl Handler {
             rule: (decision == Logged::Allow).then(|| rule.pattern.clone()),
             dynamic: rule.dynamic,
             upstream_ms: None,
+            stripped: Vec::new(),
         };
         match self.resolver.resolve_now(&loaded.files.zones, name, qtype) {
             Some(resolution) => Progress::Answered(self.fence(
@@ -476,6 +481,16 @@ impl Handler {
                 record.ttl = record.ttl.min(left);
             }
         }
+        // Special-purpose addresses never leave, unless the entry opts in;
+        // nothing left to hand out is NODATA, not a failure.
+        let (stripped, emptied) =
+            crate::special::strip(&mut outcome.answers, &|ip| policy.opens(rule, ip));
+        if emptied {
+            outcome.rcode = ResponseCode::NoError;
+            outcome.answers.clear();
+            outcome.authority = vec![self.deny_soa.clone()];
+        }
+        outcome.stripped = stripped;
         let Some(firewall) = &self.firewall else {
             return outcome;
         };
@@ -571,6 +586,18 @@ impl Handler {
             outcome.rcode,
             started.elapsed(),
         );
+        if let (false, Some(agent), Some(q)) = (outcome.stripped.is_empty(), &outcome.agent, query)
+        {
+            self.alerts.stripped(Stripped {
+                ts: SystemTime::now(),
+                agent: agent.clone(),
+                client: request.src(),
+                qname: q.name().clone(),
+                qtype: q.query_type(),
+                rule: outcome.rule.clone(),
+                addresses: outcome.stripped.clone(),
+            });
+        }
         self.audit.record(AuditRecord {
             ts: SystemTime::now(),
             client: request.src(),
@@ -586,6 +613,7 @@ impl Handler {
             dynamic: outcome.dynamic,
             rcode: outcome.rcode,
             answers: outcome.answers,
+            stripped: outcome.stripped,
             upstream_ms: outcome.upstream_ms,
         });
     }
@@ -618,6 +646,7 @@ impl Handler {
             dynamic: false,
             rcode: ResponseCode::FormErr,
             answers: Vec::new(),
+            stripped: Vec::new(),
             upstream_ms: None,
         });
         header_only_reply(raw, ResponseCode::FormErr)

@@ -36,7 +36,9 @@ impl Policy {
     /// ranges and the IP/CIDR destinations it lists.
     pub fn opened_ranges(&self) -> Vec<IpNet> {
         let private = self.private.iter().map(|p| p.net);
-        private.chain(self.addresses.iter().map(|a| a.net)).collect()
+        private
+            .chain(self.addresses.iter().map(|a| a.net))
+            .collect()
     }
 }
 
@@ -105,7 +107,10 @@ pub(super) fn opt_in(
                 format!("{net} is not a special-purpose range: its addresses pass anyway"),
             );
         }
-        for (ip, what) in [("169.254.169.254", "cloud metadata"), ("127.0.0.1", "loopback")] {
+        for (ip, what) in [
+            ("169.254.169.254", "cloud metadata"),
+            ("127.0.0.1", "loopback"),
+        ] {
             if net.contains(&ip.parse::<IpAddr>().expect("static")) {
                 diags.warning(
                     file,
@@ -220,7 +225,10 @@ mod tests {
         );
         assert!(p.is_some(), "{msgs}");
         assert!(msgs.contains("wildcard '*.corp.test' opts in"), "{msgs}");
-        assert!(msgs.contains("8.8.8.0/24 is not a special-purpose range"), "{msgs}");
+        assert!(
+            msgs.contains("8.8.8.0/24 is not a special-purpose range"),
+            "{msgs}"
+        );
         assert!(msgs.contains("cloud metadata"), "{msgs}");
     }
 }
