@@ -18,7 +18,7 @@ mod common;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, SocketAddrV6, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -196,7 +196,7 @@ impl Lab {
         out.split(':').next().unwrap().trim().parse().unwrap()
     }
 
-    fn serve(&self, policy: &PathBuf, upstream: &str, audit: &PathBuf) -> Allowdns {
+    fn serve(&self, policy: &Path, upstream: &str, audit: &Path) -> Allowdns {
         Allowdns::serve_via(
             &["ip", "netns", "exec", &self.r],
             &[
