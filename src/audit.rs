@@ -9,7 +9,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -65,6 +65,8 @@ pub struct AuditRecord {
     pub dynamic: bool,
     pub rcode: ResponseCode,
     pub answers: Vec<Record>,
+    /// Special-purpose addresses taken out of the answer (src/special.rs).
+    pub stripped: Vec<IpAddr>,
     pub upstream_ms: Option<f64>,
     /// Exfiltration mark (`soft`, `budget`, `qtype`); written only when set.
     pub exfil: Option<&'static str>,
@@ -599,7 +601,17 @@ pub fn format_record(r: &AuditRecord, out: &mut Vec<u8>) {
         }
         out.push(b'}');
     }
-    out.extend_from_slice(br#"],"upstream_ms":"#);
+    out.push(b']');
+    // Only present when the fence took something out, so lines stay short.
+    if !r.stripped.is_empty() {
+        out.extend_from_slice(br#","stripped":["#);
+        for (i, ip) in r.stripped.iter().enumerate() {
+            let sep = if i > 0 { "," } else { "" };
+            let _ = write!(out, r#"{sep}"{ip}""#);
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(br#","upstream_ms":"#);
     match r.upstream_ms {
         Some(ms) => {
             let _ = write!(out, "{ms:.3}");
@@ -764,6 +776,7 @@ mod tests {
             dynamic: false,
             rcode: ResponseCode::NXDomain,
             answers: Vec::new(),
+            stripped: Vec::new(),
             upstream_ms: None,
             exfil: None,
         }
@@ -874,6 +887,7 @@ mod tests {
                 Record::from_rdata(name.clone(), 60, RData::A(A::new(192, 0, 2, 1))),
                 Record::from_rdata(name, 60, RData::TXT(TXT::new(vec!["say \"hi\"\\".into()]))),
             ],
+            stripped: vec!["10.9.9.9".parse().unwrap(), "fe80::1".parse().unwrap()],
             upstream_ms: Some(1.5),
             exfil: None,
         };
@@ -889,6 +903,7 @@ mod tests {
         assert_eq!(v["answers"][0]["data"], "192.0.2.1");
         assert_eq!(v["answers"][1]["type"], "TXT");
         assert_eq!(v["upstream_ms"], 1.5);
+        assert_eq!(v["stripped"], serde_json::json!(["10.9.9.9", "fe80::1"]));
         assert!(out.ends_with(b"}\n"));
         let odd = Name::from_labels(vec![b"a.b\"c".as_ref(), b"Com".as_ref()]).unwrap();
         let mut out = Vec::new();

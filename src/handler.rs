@@ -7,7 +7,7 @@
 //! queries (denials, refusals, local zones, cache hits), the whole answer.
 //! Only a question that must go upstream continues in [`Handler::finish`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,7 +20,7 @@ use hickory_server::proto::serialize::binary::BinEncoder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 
-use crate::alert::{Alerts, Denied};
+use crate::alert::{Alerts, Denied, Stripped};
 use crate::audit::{AuditLog, AuditRecord, Decision as Logged};
 use crate::decide::{Decision, decide, decide_for};
 use crate::firewall::{FeedError, Firewall};
@@ -92,6 +92,8 @@ pub struct Outcome {
     pub upstream_ms: Option<f64>,
     /// Exfiltration mark for the audit record.
     pub exfil: Option<crate::exfil::Mark>,
+    /// Special-purpose addresses the fence took out (src/special.rs).
+    pub stripped: Vec<IpAddr>,
 }
 
 impl Outcome {
@@ -107,6 +109,7 @@ impl Outcome {
             rule: None,
             dynamic: false,
             upstream_ms: None,
+            stripped: Vec::new(),
             exfil: None,
         }
     }
@@ -441,6 +444,7 @@ impl Handler {
                     dynamic: false,
                     upstream_ms: None,
                     exfil: None,
+                    stripped: Vec::new(),
                 });
             }
             Decision::Allow { policy, rule } => (policy, rule, Logged::Allow),
@@ -471,6 +475,7 @@ impl Handler {
             dynamic: rule.dynamic,
             upstream_ms: None,
             exfil: None,
+            stripped: Vec::new(),
         };
         let agent = policy.metrics_slot;
         match self
@@ -526,6 +531,16 @@ impl Handler {
                 record.ttl = record.ttl.min(left);
             }
         }
+        // Special-purpose addresses never leave, unless the entry opts in;
+        // nothing left to hand out is NODATA, not a failure.
+        let (stripped, emptied) =
+            crate::special::strip(&mut outcome.answers, &|ip| policy.opens(rule, ip));
+        if emptied {
+            outcome.rcode = ResponseCode::NoError;
+            outcome.answers.clear();
+            outcome.authority = vec![self.deny_soa.clone()];
+        }
+        outcome.stripped = stripped;
         let Some(firewall) = &self.firewall else {
             return outcome;
         };
@@ -624,6 +639,18 @@ impl Handler {
             outcome.rcode,
             started.elapsed(),
         );
+        if let (false, Some(agent), Some(q)) = (outcome.stripped.is_empty(), &outcome.agent, query)
+        {
+            self.alerts.stripped(Stripped {
+                ts: SystemTime::now(),
+                agent: agent.clone(),
+                client: request.src(),
+                qname: q.name().clone(),
+                qtype: q.query_type(),
+                rule: outcome.rule.clone(),
+                addresses: outcome.stripped.clone(),
+            });
+        }
         self.audit.record(AuditRecord {
             ts: SystemTime::now(),
             client: request.src(),
@@ -639,6 +666,7 @@ impl Handler {
             dynamic: outcome.dynamic,
             rcode: outcome.rcode,
             answers: outcome.answers,
+            stripped: outcome.stripped,
             upstream_ms: outcome.upstream_ms,
             exfil: outcome.exfil.map(crate::exfil::Mark::as_str),
         });
@@ -672,6 +700,7 @@ impl Handler {
             dynamic: false,
             rcode: ResponseCode::FormErr,
             answers: Vec::new(),
+            stripped: Vec::new(),
             upstream_ms: None,
             exfil: None,
         });

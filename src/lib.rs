@@ -11,6 +11,7 @@
 //!       │   ├ zones       RFC 1035 files answered from memory
 //!       │   ├ cache       TTL-counting, bounded
 //!       │   └ upstream    forwarders or recursor from root hints
+//!       ├ special     special-purpose addresses stripped unless the entry opts in
 //!       ├ firewall    answer addresses → nftables sets (netlink), before the reply
 //!       ├ audit       one JSON line per query, off the query path
 //!       ├ metrics     atomic counters per agent/decision/qtype; the /metrics endpoint
@@ -51,6 +52,7 @@ pub mod reload;
 pub mod resolve;
 pub mod server;
 pub mod shutdown;
+pub mod special;
 pub mod suggest;
 pub mod upstream;
 pub mod worker;

@@ -38,6 +38,18 @@ pub struct PolicyFileV1 {
     /// The exfiltration budget under wildcards; absent means the defaults.
     #[serde(default)]
     pub exfil: Option<ExfilV1>,
+    /// Ports the ruleset's input chain opens to the agent (a dev server).
+    #[serde(default)]
+    pub inbound: Vec<InboundV1>,
+}
+
+/// One `inbound` entry: a port the agent may listen on for the outside.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundV1 {
+    pub port: u16,
+    /// `TCP` or `UDP`.
+    pub protocol: String,
 }
 
 /// The `exfil:` section (docs/exfiltration.md); every key has a default.
@@ -107,6 +119,10 @@ pub struct OutboundV1 {
     /// Query types answered; wildcards default to address types only.
     #[serde(default)]
     pub qtypes: Option<Vec<String>>,
+    /// Special-purpose ranges (RFC 1918, link-local, ...) this name's answers
+    /// may carry; stripped otherwise (docs/special-addresses.md).
+    #[serde(default)]
+    pub private: Vec<String>,
 }
 
 /// One `allowed_dynamic_resolution` entry: a bare pattern (the seed format),
@@ -127,6 +143,9 @@ pub struct DynamicEntryV1 {
     pub expires: Option<String>,
     #[serde(default)]
     pub qtypes: Option<Vec<String>>,
+    /// As in [`OutboundV1::private`].
+    #[serde(default)]
+    pub private: Vec<String>,
 }
 
 /// What [`salvage`] recovered.
@@ -140,7 +159,7 @@ pub struct Salvaged {
 }
 
 /// The top-level keys, for "unknown field" messages in [`salvage`].
-const FIELDS: &str = "`version`, `agent_name`, `clients`, `mode`, `expected_outbound`, `allowed_dynamic_resolution`, `firewall`, `exfil`";
+const FIELDS: &str = "`version`, `agent_name`, `clients`, `mode`, `expected_outbound`, `allowed_dynamic_resolution`, `firewall`, `exfil`, `inbound`";
 
 /// After the typed parse stopped at its first error: the file as far as it
 /// deserializes, key by key and list entry by list entry, plus one
@@ -162,6 +181,7 @@ pub fn salvage(source: &str) -> Option<Salvaged> {
         allowed_dynamic_resolution: Vec::new(),
         firewall: None,
         exfil: None,
+        inbound: Vec::new(),
     };
     let mut named = false;
     let mut kept = Vec::new();
@@ -187,6 +207,7 @@ pub fn salvage(source: &str) -> Option<Salvaged> {
             }
             "firewall" => raw.firewall = one(value, &key, &mut errors).flatten(),
             "exfil" => raw.exfil = one(value, &key, &mut errors).flatten(),
+            "inbound" => raw.inbound = list(value, "inbound", &mut errors, &mut kept),
             _ => errors.push((
                 String::new(),
                 format!("unknown field `{key}`, expected one of {FIELDS}"),

@@ -7,6 +7,7 @@
 pub mod file;
 pub mod matcher;
 pub mod name;
+pub mod private;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -142,6 +143,10 @@ pub struct Policy {
     entries: Arc<[Rule]>,
     /// The file's address entries one by one, likewise.
     address_entries: Arc<[AddressRule]>,
+    /// Special-purpose ranges name entries opt in to (`private:`).
+    pub private: Arc<[crate::policy::private::Private]>,
+    /// Ports opened to inbound connections (`inbound:`), for the ruleset.
+    pub inbound: Vec<(Protocol, u16)>,
 }
 
 impl Policy {
@@ -210,6 +215,8 @@ impl Policy {
             matcher: builder.matcher,
             entries: self.entries.clone(),
             address_entries: self.address_entries.clone(),
+            private: self.private.clone(),
+            inbound: self.inbound.clone(),
         }
     }
 }
@@ -527,6 +534,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
         allowed_dynamic_resolution,
         firewall,
         exfil,
+        inbound,
     } = raw;
     let mut seen = Occurrences::default();
 
@@ -596,6 +604,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
     }
 
     let mut builder = RuleBuilder::default();
+    let mut opted = Vec::new();
     for (i, entry) in expected_outbound.iter().enumerate() {
         let file::OutboundV1 {
             destination,
@@ -604,6 +613,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
             purpose: _,
             expires,
             qtypes,
+            private,
         } = entry;
         let line = seen.spot(source, destination);
         let field = |f: &str| Some(format!("expected_outbound[{i}].{f}"));
@@ -659,25 +669,29 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
                 if let Some(why) = over_broad_net(&net) {
                     diags.warning(file, line.line(), field("destination"), why);
                 }
+                private::not_for_addresses(file, &line, field("private"), private, diags);
                 builder.address(net, ports, expires)
             }
             Ok(Destination::Name(key)) => {
                 warn_if_broad(file, &line, field("destination"), &key, diags);
                 warn_if_doh(file, &line, field("destination"), &key, diags);
                 let qtypes = compile_qtypes(file, source, field("qtypes"), qtypes, diags);
+                let at = (file, source, field("private"));
+                private::opt_in(at, &line, &key, private, expires, &mut opted, diags);
                 builder.name(key, false, ports, expires, qtypes);
             }
             Err(e) => diags.error(file, line.line(), field("destination"), e),
         }
     }
     for (i, entry) in allowed_dynamic_resolution.iter().enumerate() {
-        let (pattern, expires, qtypes) = match entry {
-            file::DynamicV1::Pattern(pattern) => (pattern, &None, &None),
+        let (pattern, expires, qtypes, private) = match entry {
+            file::DynamicV1::Pattern(pattern) => (pattern, &None, &None, &[][..]),
             file::DynamicV1::Entry(file::DynamicEntryV1 {
                 pattern,
                 expires,
                 qtypes,
-            }) => (pattern, expires, qtypes),
+                private,
+            }) => (pattern, expires, qtypes, &private[..]),
         };
         let line = seen.spot(source, pattern);
         let field = Some(format!("allowed_dynamic_resolution[{i}]"));
@@ -691,6 +705,12 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
                 warn_if_doh(file, &line, field.clone(), &key, diags);
                 let qtypes_field = Some(format!("allowed_dynamic_resolution[{i}].qtypes"));
                 let qtypes = compile_qtypes(file, source, qtypes_field, qtypes, diags);
+                let at = (
+                    file,
+                    source,
+                    Some(format!("allowed_dynamic_resolution[{i}].private")),
+                );
+                private::opt_in(at, &line, &key, private, expires, &mut opted, diags);
                 builder.name(key, true, None, expires, qtypes);
             }
             Ok(Destination::Address(_)) => diags.error(
@@ -735,6 +755,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
 
     let firewall = firewall.map(|f| compile_firewall(file, source, f, diags));
     let exfil = compile_exfil(file, source, exfil, diags);
+    let inbound = private::inbound(file, source, &inbound, diags);
     Policy {
         metrics_slot: crate::metrics::METRICS.slot_for(agent_name.trim()),
         exfil,
@@ -748,6 +769,8 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
         matcher: builder.matcher,
         entries: builder.entries.into(),
         address_entries: builder.address_entries.into(),
+        private: opted.into(),
+        inbound,
     }
 }
 
