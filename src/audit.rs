@@ -301,7 +301,6 @@ struct Writer {
     /// Buffer overflows not yet on stderr, and when they last were.
     overflow: (u64, Option<Instant>),
     batch: Vec<AuditRecord>,
-    line: Vec<u8>,
 }
 
 impl Writer {
@@ -315,7 +314,6 @@ impl Writer {
             trouble: None,
             overflow: (0, None),
             batch: Vec::with_capacity(4096),
-            line: Vec::with_capacity(512),
         }
     }
 
@@ -359,11 +357,10 @@ impl Writer {
                 self.count_failed(1);
                 continue;
             }
-            let mut line = std::mem::take(&mut self.line);
-            line.clear();
-            format_record(&record, &mut line);
-            self.push(&line, Line::Record);
-            self.line = line;
+            // Formatted straight into the chunk: no copy per record.
+            self.begin_line();
+            format_record(&record, &mut self.chunk);
+            self.lines.push((self.chunk.len(), Line::Record));
             if self.chunk.len() >= CHUNK {
                 ok = self.write_chunk();
             }
@@ -388,11 +385,16 @@ impl Writer {
         self.after_pass(ok);
     }
 
-    fn push(&mut self, line: &[u8], kind: Line) {
+    /// A stream left inside a line gets a newline before the next one.
+    fn begin_line(&mut self) {
         if self.chunk.is_empty() && self.dangling {
             self.chunk.push(b'\n');
             self.lines.push((1, Line::Fresh));
         }
+    }
+
+    fn push(&mut self, line: &[u8], kind: Line) {
+        self.begin_line();
         self.chunk.extend_from_slice(line);
         self.lines.push((self.chunk.len(), kind));
     }
