@@ -8,12 +8,12 @@
 //! on the next pass, so loss is never silent. Closing drains and flushes.
 
 use std::fs::OpenOptions;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -121,14 +121,13 @@ fn append(path: &Path) -> io::Result<std::fs::File> {
 
 impl AuditLog {
     pub fn start(sink: Sink) -> AuditLog {
-        let (out, path): (Box<dyn Write + Send>, _) = match sink {
-            Sink::Stdout => (Box::new(io::stdout()), None),
-            Sink::File(f, path) => (Box::new(f), Some(path)),
-        };
-        Self::start_with(out, path, CAPACITY)
+        match sink {
+            Sink::Stdout => Self::start_with(Out::Stream(Box::new(io::stdout())), None, CAPACITY),
+            Sink::File(f, path) => Self::start_with(Out::File(f), Some(path), CAPACITY),
+        }
     }
 
-    fn start_with(out: Box<dyn Write + Send>, path: Option<PathBuf>, capacity: usize) -> AuditLog {
+    fn start_with(out: Out, path: Option<PathBuf>, capacity: usize) -> AuditLog {
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Vec::with_capacity(4096)),
             events: Mutex::new(Vec::new()),
@@ -139,17 +138,17 @@ impl AuditLog {
             durable: (Mutex::new((0, 0)), Condvar::new()),
         });
         let writer_shared = shared.clone();
-        let mut out = BufWriter::with_capacity(1 << 16, out);
-        let (mut batch, mut line) = (Vec::with_capacity(4096), Vec::with_capacity(512));
+        let mut w = Writer::new(out);
         let writer = Worker::start("audit-writer", TICK, move |_| {
             if writer_shared.reopen.swap(false, Ordering::Relaxed)
                 && let Some(path) = &path
             {
                 // Whatever is buffered goes to the old file first; on failure keep it.
-                write_pass(&writer_shared, &mut out, &mut batch, &mut line);
+                w.pass(&writer_shared);
                 match append(path) {
                     Ok(file) => {
-                        out = BufWriter::with_capacity(1 << 16, Box::new(file));
+                        w.out = Out::File(file);
+                        w.dangling = false;
                         tracing::info!(file = %path.display(), "audit log reopened");
                     }
                     Err(e) => {
@@ -157,7 +156,7 @@ impl AuditLog {
                     }
                 }
             }
-            write_pass(&writer_shared, &mut out, &mut batch, &mut line);
+            w.pass(&writer_shared);
         });
         AuditLog {
             shared,
@@ -240,69 +239,302 @@ impl AuditLog {
     }
 }
 
-/// One pass of the writer: takes what is buffered, writes it, reports loss, flushes.
-fn write_pass(
-    shared: &Shared,
-    out: &mut BufWriter<Box<dyn Write + Send>>,
-    batch: &mut Vec<AuditRecord>,
-    line: &mut Vec<u8>,
-) {
-    std::mem::swap(
-        batch,
-        &mut *shared.buffer.lock().unwrap_or_else(|p| p.into_inner()),
-    );
-    let events = std::mem::take(&mut *shared.events.lock().unwrap_or_else(|p| p.into_inner()));
-    // Events are confirmed only when all of them, and the flush, succeeded.
-    let last = events.last().map(|(seq, _)| *seq);
-    let mut confirm = last;
-    for (_, event) in events {
-        if let Err(e) = writeln!(out, "{event}") {
-            confirm = None;
-            shared.lost.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::METRICS
-                .audit_lost
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, event, "audit log write failed");
+/// Where audit lines go.
+enum Out {
+    /// A file opened for appending: a short write (a full disk) is cut back
+    /// to the last whole line with ftruncate, so no line is ever spliced.
+    File(std::fs::File),
+    /// Stdout (or a test sink): a short write cannot be taken back, so the
+    /// next write starts a fresh line.
+    Stream(Box<dyn Write + Send>),
+}
+
+impl Out {
+    fn sink(&mut self) -> &mut dyn Write {
+        match self {
+            Out::File(f) => f,
+            Out::Stream(s) => s,
         }
-    }
-    for record in batch.drain(..) {
-        line.clear();
-        format_record(&record, line);
-        if let Err(e) = out.write_all(line) {
-            shared.lost.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::METRICS
-                .audit_lost
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "audit log write failed");
-        }
-    }
-    report_lost(out, &shared.lost);
-    if let Err(e) = out.flush() {
-        confirm = None;
-        tracing::error!(error = %e, "audit log flush failed");
-    }
-    if let Some(last) = last {
-        let (state, flushed) = &shared.durable;
-        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-        match confirm {
-            Some(seq) => state.0 = seq,
-            None => state.1 = last,
-        }
-        flushed.notify_all();
     }
 }
 
-fn report_lost(out: &mut impl Write, lost: &AtomicU64) {
-    let n = lost.swap(0, Ordering::Relaxed);
-    if n == 0 {
-        return;
+/// What one line of a chunk is, to count what a failed write lost.
+#[derive(Clone, Copy)]
+enum Line {
+    /// The newline that ends a line a failed stream write left open.
+    Fresh,
+    Record,
+    Event,
+    /// An `audit_records_lost` line carrying this many.
+    Lost(u64),
+}
+
+/// Lines go out in chunks of about this size, each written whole or cut back.
+const CHUNK: usize = 1 << 20;
+/// While writes fail (or the buffer overflows), at most one diagnostic per interval.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Writes failing since `since`; reported at most every [`REPORT_EVERY`].
+struct Trouble {
+    since: Instant,
+    cause: String,
+    reported: Instant,
+    lost_since_report: u64,
+    lost: u64,
+}
+
+/// The writer thread's state.
+struct Writer {
+    out: Out,
+    chunk: Vec<u8>,
+    /// End offset in `chunk` of each line, and what it was.
+    lines: Vec<(usize, Line)>,
+    /// A stream write stopped inside a line.
+    dangling: bool,
+    /// Lines this writer could not write, not yet reported in the log.
+    failed: u64,
+    trouble: Option<Trouble>,
+    /// Buffer overflows not yet on stderr, and when they last were.
+    overflow: (u64, Option<Instant>),
+    batch: Vec<AuditRecord>,
+    line: Vec<u8>,
+}
+
+impl Writer {
+    fn new(out: Out) -> Writer {
+        Writer {
+            out,
+            chunk: Vec::with_capacity(1 << 16),
+            lines: Vec::with_capacity(4096),
+            dangling: false,
+            failed: 0,
+            trouble: None,
+            overflow: (0, None),
+            batch: Vec::with_capacity(4096),
+            line: Vec::with_capacity(512),
+        }
     }
-    tracing::warn!(lost = n, "audit records lost: the writer could not keep up");
-    let ts = humantime::format_rfc3339_micros(SystemTime::now());
-    let _ = writeln!(
-        out,
-        r#"{{"ts":"{ts}","event":"audit_records_lost","count":{n}}}"#
-    );
+
+    /// One pass: takes what is buffered, writes it whole or counts it lost.
+    fn pass(&mut self, shared: &Shared) {
+        std::mem::swap(
+            &mut self.batch,
+            &mut *shared.buffer.lock().unwrap_or_else(|p| p.into_inner()),
+        );
+        let events = std::mem::take(&mut *shared.events.lock().unwrap_or_else(|p| p.into_inner()));
+        let last_event = events.last().map(|(seq, _)| *seq);
+        // Loss goes first: once writing works again, the first line says
+        // how much is missing.
+        let overflowed = shared.lost.swap(0, Ordering::Relaxed);
+        self.note_overflow(overflowed);
+        let lost = overflowed + std::mem::take(&mut self.failed);
+        if lost > 0 {
+            let ts = humantime::format_rfc3339_micros(SystemTime::now());
+            let mut line = format!(r#"{{"ts":"{ts}","event":"audit_records_lost","count":{lost}"#);
+            if let Some(t) = &self.trouble {
+                let cause = serde_json::to_string(&t.cause).unwrap_or_default();
+                line.push_str(&format!(r#","cause":{cause}"#));
+            }
+            line.push_str("}\n");
+            self.push(line.as_bytes(), Line::Lost(lost));
+        }
+        let mut ok = true;
+        for (_, event) in events {
+            if ok {
+                let mut line = event.into_bytes();
+                line.push(b'\n');
+                self.push(&line, Line::Event);
+            } else {
+                self.count_failed(1);
+            }
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        for record in batch.drain(..) {
+            if !ok {
+                // The disk refused this pass already: count the rest, skip the work.
+                self.count_failed(1);
+                continue;
+            }
+            let mut line = std::mem::take(&mut self.line);
+            line.clear();
+            format_record(&record, &mut line);
+            self.push(&line, Line::Record);
+            self.line = line;
+            if self.chunk.len() >= CHUNK {
+                ok = self.write_chunk();
+            }
+        }
+        self.batch = batch;
+        ok = ok && self.write_chunk();
+        if ok && let Err(e) = self.out.sink().flush() {
+            ok = false;
+            self.note_failure(&e, 0);
+        }
+        if let Some(last) = last_event {
+            // Events are confirmed only when the whole pass, and the flush, succeeded.
+            let (state, flushed) = &shared.durable;
+            let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+            if ok {
+                state.0 = last;
+            } else {
+                state.1 = last;
+            }
+            flushed.notify_all();
+        }
+        self.after_pass(ok);
+    }
+
+    fn push(&mut self, line: &[u8], kind: Line) {
+        if self.chunk.is_empty() && self.dangling {
+            self.chunk.push(b'\n');
+            self.lines.push((1, Line::Fresh));
+        }
+        self.chunk.extend_from_slice(line);
+        self.lines.push((self.chunk.len(), kind));
+    }
+
+    fn count_failed(&mut self, n: u64) {
+        self.failed += n;
+        crate::metrics::METRICS
+            .audit_lost
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Writes the chunk whole; on a short write, cuts the file back to the
+    /// last whole line and counts every line not written as lost.
+    fn write_chunk(&mut self) -> bool {
+        if self.chunk.is_empty() {
+            return true;
+        }
+        let result = write_all_counted(self.out.sink(), &self.chunk);
+        let ok = match result {
+            Ok(()) => {
+                self.dangling = false;
+                true
+            }
+            Err((written, e)) => {
+                let whole = self
+                    .lines
+                    .iter()
+                    .take_while(|(end, _)| *end <= written)
+                    .last()
+                    .map_or(0, |(end, _)| *end);
+                let partial = (written - whole) as u64;
+                if partial > 0 {
+                    self.dangling = match &self.out {
+                        Out::File(f) => f
+                            .metadata()
+                            .and_then(|m| f.set_len(m.len().saturating_sub(partial)))
+                            .is_err(),
+                        Out::Stream(_) => true,
+                    };
+                }
+                let mut lost = 0;
+                let unwritten: Vec<Line> = self
+                    .lines
+                    .iter()
+                    .filter(|(end, _)| *end > whole)
+                    .map(|(_, kind)| *kind)
+                    .collect();
+                for kind in unwritten {
+                    match kind {
+                        Line::Fresh => {}
+                        Line::Record | Line::Event => {
+                            self.count_failed(1);
+                            lost += 1;
+                        }
+                        // Already counted: carried to the next loss line.
+                        Line::Lost(n) => self.failed += n,
+                    }
+                }
+                self.note_failure(&e, lost);
+                false
+            }
+        };
+        self.chunk.clear();
+        self.lines.clear();
+        ok
+    }
+
+    fn note_failure(&mut self, e: &io::Error, lost: u64) {
+        let now = Instant::now();
+        match &mut self.trouble {
+            Some(t) => {
+                t.cause = e.to_string();
+                t.lost += lost;
+                t.lost_since_report += lost;
+            }
+            None => {
+                tracing::error!(
+                    "[!] audit log write failed: {e}; records are counted as lost until \
+                     writing works again (reported at most every {} s)",
+                    REPORT_EVERY.as_secs()
+                );
+                self.trouble = Some(Trouble {
+                    since: now,
+                    cause: e.to_string(),
+                    reported: now,
+                    lost_since_report: lost,
+                    lost,
+                });
+            }
+        }
+    }
+
+    fn after_pass(&mut self, ok: bool) {
+        if ok {
+            if let Some(t) = self.trouble.take() {
+                tracing::warn!(
+                    "audit log writable again after {:.1} s of '{}': {} record(s) lost, \
+                     logged as audit_records_lost",
+                    t.since.elapsed().as_secs_f64(),
+                    t.cause,
+                    t.lost
+                );
+            }
+        } else if let Some(t) = &mut self.trouble
+            && t.reported.elapsed() >= REPORT_EVERY
+        {
+            tracing::error!(
+                "[!] audit log writes still failing: {}; {} record(s) lost in the last {} s",
+                t.cause,
+                t.lost_since_report,
+                t.reported.elapsed().as_secs()
+            );
+            t.reported = Instant::now();
+            t.lost_since_report = 0;
+        }
+    }
+
+    /// Records dropped because the buffer was full: stderr at most once per interval.
+    fn note_overflow(&mut self, n: u64) {
+        self.overflow.0 += n;
+        let due = self
+            .overflow
+            .1
+            .is_none_or(|last| last.elapsed() >= REPORT_EVERY);
+        if self.overflow.0 > 0 && due {
+            tracing::warn!(
+                lost = self.overflow.0,
+                "audit records lost: the buffer was full (the writer could not keep up)"
+            );
+            self.overflow = (0, Some(Instant::now()));
+        }
+    }
+}
+
+/// `write_all`, but says how many bytes went out before an error.
+fn write_all_counted(out: &mut dyn Write, data: &[u8]) -> Result<(), (usize, io::Error)> {
+    let mut written = 0;
+    while written < data.len() {
+        match out.write(&data[written..]) {
+            Ok(0) => return Err((written, io::ErrorKind::WriteZero.into())),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((written, e)),
+        }
+    }
+    Ok(())
 }
 
 /// Formats one record as a JSON line. Hand-written: this runs once per query.
@@ -479,13 +711,13 @@ mod tests {
     #[test]
     fn durable_events_are_confirmed_only_once_written() {
         let out = Shared::default();
-        let log = AuditLog::start_with(Box::new(out.clone()), None, 10);
+        let log = AuditLog::start_with(Out::Stream(Box::new(out.clone())), None, 10);
         log.event_durable("{\"event\":\"grant\"}".into(), Duration::from_secs(2))
             .unwrap();
         assert_eq!(&*out.0.lock().unwrap(), b"{\"event\":\"grant\"}\n");
         log.close();
 
-        let full = AuditLog::start_with(Box::new(Full), None, 10);
+        let full = AuditLog::start_with(Out::Stream(Box::new(Full)), None, 10);
         let refused = full.event_durable("{}".into(), Duration::from_millis(200));
         assert!(
             refused.is_err(),
@@ -536,11 +768,11 @@ mod tests {
         let (go, open) = mpsc::channel();
         let out = Arc::new(Mutex::new(Vec::new()));
         let log = AuditLog::start_with(
-            Box::new(Gate {
+            Out::Stream(Box::new(Gate {
                 open,
                 opened: false,
                 out: out.clone(),
-            }),
+            })),
             None,
             10,
         );
@@ -566,6 +798,56 @@ mod tests {
         assert_eq!(written as u64 + lost, 26, "{text}");
         assert!(lost >= 15, "{text}");
     }
+    /// Takes `budget` bytes, then fails like a full disk until given more.
+    #[derive(Clone)]
+    struct Budget(Arc<Mutex<(usize, Vec<u8>)>>);
+    impl Write for Budget {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let mut state = self.0.lock().unwrap();
+            let n = b.len().min(state.0);
+            if n == 0 {
+                return Err(io::Error::from_raw_os_error(28));
+            }
+            state.0 -= n;
+            state.1.extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_short_write_is_counted_and_the_next_line_starts_fresh() {
+        let sink = Budget(Arc::new(Mutex::new((250, Vec::new()))));
+        let log = AuditLog::start_with(Out::Stream(Box::new(sink.clone())), None, 100);
+        for i in 0..10 {
+            log.record(record(i));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        sink.0.lock().unwrap().0 = usize::MAX;
+        log.record(record(10));
+        log.close();
+        let text = String::from_utf8(sink.0.lock().unwrap().1.clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // A stream cannot take bytes back: the cut line stands alone.
+        let parsed: Vec<serde_json::Value> = lines
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        assert_eq!(parsed.len(), lines.len() - 1, "{text}");
+        let written = parsed.iter().filter(|v| v["decision"] == "deny").count() as u64;
+        let lost = parsed
+            .iter()
+            .find(|v| v["event"] == "audit_records_lost")
+            .unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(written + lost["count"].as_u64().unwrap(), 11, "{text}");
+        assert!(
+            lost["cause"].as_str().unwrap().contains("os error 28"),
+            "{text}"
+        );
+    }
+
     use hickory_proto::rr::rdata::{A, TXT};
 
     #[test]

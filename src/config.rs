@@ -208,8 +208,8 @@ pub fn parse_addr(raw: &str) -> Result<SocketAddr, String> {
 /// Reads the config file (if any) and applies flag overrides.
 pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
     let (file, base, source_text) = match &sources.config {
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(text) => match serde_yaml::from_str::<Option<ConfigFile>>(&text) {
+        Some(path) => match crate::input::read_yaml(path, "cannot read config", diags) {
+            Some(text) => match serde_yaml::from_str::<Option<ConfigFile>>(&text) {
                 Ok(parsed) => (
                     parsed.unwrap_or_default(),
                     path.parent().map(Path::to_path_buf).unwrap_or_default(),
@@ -220,10 +220,7 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
                     return None;
                 }
             },
-            Err(e) => {
-                diags.error(path, None, None, format!("cannot read config: {e}"));
-                return None;
-            }
+            None => return None,
         },
         None => (ConfigFile::default(), PathBuf::new(), String::new()),
     };

@@ -24,9 +24,11 @@ use crate::policy::name::pattern_key;
 pub const DEFAULT_SOCKET: &str = "/run/allowdns/control.sock";
 /// Requests are one short line; anything longer is not ours.
 const MAX_REQUEST: u64 = 64 * 1024;
-/// Connections answered at once; more are closed unanswered, so a local
-/// flood cannot pile up tasks.
+/// Requests executed at once; more get a "busy" reply.
 const MAX_CONNECTIONS: usize = 16;
+/// Connections waiting for their request; beyond this the oldest is dropped
+/// (see [`crate::idle`]), so idle clients cannot lock out `allowdns status`.
+const MAX_WAITING: usize = 64;
 /// One deadline over a whole exchange, reply included.
 const EXCHANGE_DEADLINE: Duration = Duration::from_secs(5);
 /// Of which reading the request may take this much, leaving time to reply.
@@ -227,6 +229,7 @@ pub async fn serve(
     } = bound;
     let netns = Arc::new(netns);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let waiting = crate::idle::Waiting::new(MAX_WAITING);
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -239,21 +242,26 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!("control socket busy: connection closed unanswered");
-            continue;
-        };
-        let handler = handler.clone();
-        let netns = netns.clone();
+        // No slot is held while the request is awaited: idle peers only
+        // wait in line, and the longest-waiting one makes room.
+        let ticket = waiting.enter();
+        let (handler, slots, netns) = (handler.clone(), slots.clone(), netns.clone());
         tokio::spawn(async move {
             let start = Instant::now();
-            let exchange = answer(stream, &handler, owner, &netns, start + READ_DEADLINE);
+            let exchange = answer(
+                stream,
+                &handler,
+                owner,
+                &netns,
+                start + READ_DEADLINE,
+                ticket,
+                slots,
+            );
             match tokio::time::timeout_at(start + EXCHANGE_DEADLINE, exchange).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(error = %e, "control connection failed"),
                 Err(_) => tracing::debug!("control connection timed out"),
             }
-            drop(slot);
         });
     }
     if still_ours(&path, file) {
@@ -279,6 +287,8 @@ async fn answer(
     owner: u32,
     netns: &Result<crate::peer_netns::Own, String>,
     read_by: Instant,
+    ticket: crate::idle::Ticket,
+    slots: Arc<Semaphore>,
 ) -> io::Result<()> {
     let peer = stream.peer_cred().ok();
     let same_netns = netns
@@ -289,11 +299,23 @@ async fn answer(
     // Read even a refused peer's request, so it gets the refusal rather
     // than a broken pipe; it is discarded unparsed.
     let mut line = String::new();
-    let read = tokio::time::timeout_at(
-        read_by,
-        BufReader::new(read).take(MAX_REQUEST).read_line(&mut line),
-    )
-    .await;
+    let mut reader = BufReader::new(read).take(MAX_REQUEST);
+    let read = tokio::select! {
+        _ = ticket.evicted() => {
+            tracing::debug!("control socket: idle connection dropped for a newer one");
+            return Ok(());
+        }
+        read = tokio::time::timeout_at(read_by, reader.read_line(&mut line)) => read,
+    };
+    drop(ticket);
+    let Ok(_slot) = slots.try_acquire_owned() else {
+        let mut text = serde_json::to_string(&Reply::error(format!(
+            "busy: {MAX_CONNECTIONS} requests in progress; try again"
+        )))
+        .map_err(io::Error::other)?;
+        text.push('\n');
+        return write.write_all(text.as_bytes()).await;
+    };
     let reply = match (peer_allowed(peer.as_ref().map(|c| c.uid()), owner), read) {
         (Err(refusal), _) => {
             tracing::warn!(

@@ -83,7 +83,8 @@ impl Diagnostics {
             file: file.to_path_buf(),
             line,
             field,
-            message,
+            // Offending input is quoted in messages: keep a huge one from flooding.
+            message: crate::input::clip_long_words(message),
         });
     }
 

@@ -443,7 +443,11 @@ impl Handler {
             dynamic: rule.dynamic,
             upstream_ms: None,
         };
-        match self.resolver.resolve_now(&loaded.files.zones, name, qtype) {
+        let agent = policy.metrics_slot;
+        match self
+            .resolver
+            .resolve_now(&loaded.files.zones, name, qtype, agent)
+        {
             Some(resolution) => Progress::Answered(self.fence(
                 &loaded,
                 policy,
@@ -536,9 +540,12 @@ impl Handler {
         else {
             return outcome;
         };
-        let resolving =
-            self.resolver
-                .resolve(&loaded.files.zones, query.name(), query.query_type());
+        let resolving = self.resolver.resolve(
+            &loaded.files.zones,
+            query.name(),
+            query.query_type(),
+            policy.metrics_slot,
+        );
         let result = match tokio::time::timeout(RESOLVE_DEADLINE, resolving).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError(format!(
@@ -554,7 +561,7 @@ impl Handler {
                 outcome.resolved(resolution),
             ),
             Err(error) => {
-                tracing::warn!(%error, qname = %query.name(), qtype = %query.query_type(), "upstream failed; answering SERVFAIL");
+                crate::upstream::warn_failure(&error, query.name(), query.query_type());
                 outcome
             }
         }

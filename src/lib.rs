@@ -40,6 +40,8 @@ pub mod diagnostics;
 pub mod firewall;
 pub mod grants;
 pub mod handler;
+pub mod idle;
+pub mod input;
 pub mod metrics;
 pub mod notify;
 pub mod peer_netns;

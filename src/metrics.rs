@@ -443,8 +443,11 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         .map_err(|e| io::Error::new(e.kind(), format!("metrics on {addr}: {e}")))
 }
 
-/// Scrapes served at once; connections beyond this are closed unread.
+/// Scrapes answered at once; a request beyond this gets 503.
 const MAX_SCRAPES: usize = 8;
+/// Connections waiting for their request; beyond this the oldest is dropped
+/// (see [`crate::idle`]), so idle clients cannot lock out a scrape.
+const MAX_WAITING: usize = 64;
 /// The whole exchange (request in, reply out) must finish within this.
 const SCRAPE_DEADLINE: Duration = Duration::from_secs(5);
 /// Longest request head read.
@@ -454,6 +457,7 @@ const MAX_REQUEST: usize = 8192;
 /// connection: enough for Prometheus, and no HTTP stack to harden.
 pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
     let permits = Arc::new(Semaphore::new(MAX_SCRAPES));
+    let waiting = crate::idle::Waiting::new(MAX_WAITING);
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -466,19 +470,29 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
                 }
             },
         };
-        // Idle or slow clients must not pile up tasks and sockets.
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::debug!("metrics: too many scrapes at once; connection closed");
-            continue;
-        };
+        // Idle or slow clients must neither pile up tasks and sockets nor
+        // hold the slots a real scrape needs.
+        let ticket = waiting.enter();
+        let permits = permits.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(SCRAPE_DEADLINE, exchange(stream)).await;
-            drop(permit);
+            let _ = tokio::time::timeout(SCRAPE_DEADLINE, async move {
+                let mut stream = stream;
+                let head = tokio::select! {
+                    _ = ticket.evicted() => return Ok(()),
+                    head = read_head(&mut stream) => head?,
+                };
+                drop(ticket);
+                let Ok(_permit) = permits.try_acquire_owned() else {
+                    return reply(&mut stream, "503 Service Unavailable", "busy\n".into()).await;
+                };
+                respond(&mut stream, &head).await
+            })
+            .await;
         });
     }
 }
 
-async fn exchange(mut stream: TcpStream) -> io::Result<()> {
+async fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_REQUEST {
@@ -488,6 +502,10 @@ async fn exchange(mut stream: TcpStream) -> io::Result<()> {
         }
         buf.extend_from_slice(&chunk[..n]);
     }
+    Ok(buf)
+}
+
+async fn respond(stream: &mut TcpStream, buf: &[u8]) -> io::Result<()> {
     let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
@@ -496,6 +514,10 @@ async fn exchange(mut stream: TcpStream) -> io::Result<()> {
         (Some("GET"), _) => ("404 Not Found", "try /metrics\n".to_string()),
         _ => ("405 Method Not Allowed", String::new()),
     };
+    reply(stream, status, body).await
+}
+
+async fn reply(stream: &mut TcpStream, status: &str, body: String) -> io::Result<()> {
     let reply = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()

@@ -55,10 +55,17 @@ impl Resolver {
     }
 
     /// The answer if every hop is in a local zone or the cache; never waits.
-    pub fn resolve_now(&self, zones: &Zones, name: &Name, qtype: RecordType) -> Option<Resolution> {
+    /// `agent` is the asking agent's metrics slot: each has its own cache.
+    pub fn resolve_now(
+        &self,
+        zones: &Zones,
+        name: &Name,
+        qtype: RecordType,
+        agent: u16,
+    ) -> Option<Resolution> {
         let mut chase = Chase::new(name, qtype);
         loop {
-            let (step, source) = self.in_memory(zones, &chase)?;
+            let (step, source) = self.in_memory(zones, &chase, agent)?;
             if chase.add(step, source) {
                 return Some(chase.finish(name));
             }
@@ -71,10 +78,11 @@ impl Resolver {
         zones: &Zones,
         name: &Name,
         qtype: RecordType,
+        agent: u16,
     ) -> Result<Resolution, UpstreamError> {
         let mut chase = Chase::new(name, qtype);
         loop {
-            let (step, source) = match self.in_memory(zones, &chase) {
+            let (step, source) = match self.in_memory(zones, &chase, agent) {
                 Some(hit) => hit,
                 None => {
                     let started = Instant::now();
@@ -89,7 +97,7 @@ impl Resolver {
                         METRICS.upstream_errors.fetch_add(1, Relaxed);
                     }
                     let step = result?;
-                    self.cache.insert(&chase.target, qtype, &step);
+                    self.cache.insert(agent, &chase.target, qtype, &step);
                     (step, Source::Upstream)
                 }
             };
@@ -101,12 +109,12 @@ impl Resolver {
 
     /// The question name decided the policy; CNAME targets are followed
     /// wherever they lead, local zones included (the CDN case).
-    fn in_memory(&self, zones: &Zones, chase: &Chase) -> Option<(Step, Source)> {
+    fn in_memory(&self, zones: &Zones, chase: &Chase, agent: u16) -> Option<(Step, Source)> {
         let target = &chase.target;
         if let Some(step) = zones.lookup(target, chase.qtype) {
             return Some((step, Source::Local));
         }
-        let hit = self.cache.get(target, chase.qtype)?;
+        let hit = self.cache.get(agent, target, chase.qtype)?;
         METRICS.cache_hit();
         Some((hit, Source::Cache))
     }

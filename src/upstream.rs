@@ -75,7 +75,7 @@ impl Upstream {
     /// addresses (a private root for tests or an internal DNS tree); by
     /// default those are refused as a guard against rebinding tricks.
     pub fn recursive(hints: &Path, allow_private_servers: bool) -> Result<Self, String> {
-        let text = std::fs::read_to_string(hints)
+        let text = crate::input::read_text(hints)
             .map_err(|e| format!("{}: cannot read root hints: {e}", hints.display()))?;
         let (_, records) = hickory_resolver::proto::serialize::txt::Parser::new(
             text,
@@ -161,6 +161,28 @@ impl Upstream {
             }
         }
     }
+}
+
+/// Upstream failures on stderr: a dead forwarder fails every query, so the
+/// first goes out at once, then at most one per interval, with how many were
+/// suppressed since the last (`allowdns_upstream_errors_total` counts each).
+const WARN_EVERY: Duration = Duration::from_secs(10);
+static FAILURES: std::sync::Mutex<(Option<Instant>, u64)> = std::sync::Mutex::new((None, 0));
+
+pub fn warn_failure(error: &UpstreamError, qname: &Name, qtype: RecordType) {
+    let mut state = FAILURES.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    if state
+        .0
+        .is_some_and(|last| now.duration_since(last) < WARN_EVERY)
+    {
+        state.1 += 1;
+        return;
+    }
+    let suppressed = std::mem::take(&mut state.1);
+    state.0 = Some(now);
+    drop(state);
+    tracing::warn!(%error, %qname, %qtype, suppressed, "upstream failed; answering SERVFAIL (at most one such line per {} s)", WARN_EVERY.as_secs());
 }
 
 /// The SOA first, then other authority records, without repeating the SOA.

@@ -212,7 +212,7 @@ fn failing_line(
 }
 
 fn load_zone(file: &Path, diags: &mut Diagnostics) -> Option<(String, Zone)> {
-    let text = match std::fs::read_to_string(file) {
+    let text = match crate::input::read_text(file) {
         Ok(text) => text,
         Err(e) => {
             diags.error(file, None, None, format!("cannot read zone file: {e}"));

@@ -103,3 +103,143 @@ pub struct DynamicEntryV1 {
     #[serde(default)]
     pub expires: Option<String>,
 }
+
+/// What [`salvage`] recovered.
+pub struct Salvaged {
+    pub raw: PolicyFileV1,
+    /// (field path, message) for each part that did not deserialize.
+    pub errors: Vec<(String, String)>,
+    /// Per list key, the original index of each entry kept in `raw`, so
+    /// messages about kept entries name the index the file has.
+    pub kept: Vec<(&'static str, Vec<usize>)>,
+}
+
+/// The top-level keys, for "unknown field" messages in [`salvage`].
+const FIELDS: &str = "`version`, `agent_name`, `clients`, `mode`, `expected_outbound`, `allowed_dynamic_resolution`, `firewall`";
+
+/// After the typed parse stopped at its first error: the file as far as it
+/// deserializes, key by key and list entry by list entry, plus one
+/// (field, message) for each part that does not, so that one run reports
+/// every shape error and the semantic errors of everything else. `None`
+/// when the text is not YAML (a syntax error ends the file at its first).
+pub fn salvage(source: &str) -> Option<Salvaged> {
+    use serde_yaml::Value;
+    let Ok(Value::Mapping(map)) = serde_yaml::from_str::<Value>(source) else {
+        return None;
+    };
+    let mut errors = Vec::new();
+    let mut raw = PolicyFileV1 {
+        version: None,
+        agent_name: String::new(),
+        clients: Vec::new(),
+        mode: None,
+        expected_outbound: Vec::new(),
+        allowed_dynamic_resolution: Vec::new(),
+        firewall: None,
+    };
+    let mut named = false;
+    let mut kept = Vec::new();
+    for (key, value) in map {
+        let Some(key) = key.as_str().map(str::to_string) else {
+            errors.push((String::new(), format!("key {key:?} is not a string")));
+            continue;
+        };
+        match key.as_str() {
+            "version" => raw.version = one(value, &key, &mut errors).flatten(),
+            "agent_name" => {
+                named = true;
+                raw.agent_name = one(value, &key, &mut errors).unwrap_or_default();
+            }
+            "clients" => raw.clients = list(value, "clients", &mut errors, &mut kept),
+            "mode" => raw.mode = one(value, &key, &mut errors).flatten(),
+            "expected_outbound" => {
+                raw.expected_outbound = list(value, "expected_outbound", &mut errors, &mut kept)
+            }
+            "allowed_dynamic_resolution" => {
+                raw.allowed_dynamic_resolution =
+                    list(value, "allowed_dynamic_resolution", &mut errors, &mut kept)
+            }
+            "firewall" => raw.firewall = one(value, &key, &mut errors).flatten(),
+            _ => errors.push((
+                String::new(),
+                format!("unknown field `{key}`, expected one of {FIELDS}"),
+            )),
+        }
+    }
+    if !named {
+        errors.push((String::new(), "missing field `agent_name`".into()));
+    }
+    Some(Salvaged { raw, errors, kept })
+}
+
+fn one<T: serde::de::DeserializeOwned>(
+    value: serde_yaml::Value,
+    key: &str,
+    errors: &mut Vec<(String, String)>,
+) -> Option<T> {
+    serde_yaml::from_value(value)
+        .map_err(|e| errors.push((key.to_string(), e.to_string())))
+        .ok()
+}
+
+fn list<T: serde::de::DeserializeOwned>(
+    value: serde_yaml::Value,
+    key: &'static str,
+    errors: &mut Vec<(String, String)>,
+    kept: &mut Vec<(&'static str, Vec<usize>)>,
+) -> Vec<T> {
+    match value {
+        serde_yaml::Value::Sequence(items) => {
+            let mut indices = Vec::new();
+            let entries = items
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, item)| {
+                    let entry = one(item, &format!("{key}[{i}]"), errors)?;
+                    indices.push(i);
+                    Some(entry)
+                })
+                .collect();
+            kept.push((key, indices));
+            entries
+        }
+        other => one(other, key, errors).unwrap_or_default(),
+    }
+}
+
+/// The 1-based line of a salvage error's field: `key` at the top level, or
+/// the `i`th block-list entry under it (`key[i]`); `None` if not found.
+pub fn field_line(source: &str, field: &str) -> Option<usize> {
+    let (key, index) = match field.split_once('[') {
+        Some((key, rest)) => (key, rest.trim_end_matches(']').parse::<usize>().ok()),
+        None => (field, None),
+    };
+    let lines: Vec<&str> = source.lines().collect();
+    let at = lines.iter().position(|l| {
+        l.strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with(':'))
+    })?;
+    let Some(index) = index else {
+        return Some(at + 1);
+    };
+    let mut item_indent = None;
+    let mut seen = 0;
+    for (n, line) in lines.iter().enumerate().skip(at + 1) {
+        let body = line.trim_start();
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - body.len();
+        if indent == 0 && !body.starts_with('-') {
+            break;
+        }
+        let item = body.starts_with("- ") || body == "-";
+        if item && *item_indent.get_or_insert(indent) == indent {
+            if seen == index {
+                return Some(n + 1);
+            }
+            seen += 1;
+        }
+    }
+    Some(at + 1)
+}

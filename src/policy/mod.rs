@@ -314,18 +314,16 @@ pub fn load(paths: &[PathBuf], diags: &mut Diagnostics) -> Option<PolicySet> {
     if files.is_empty() && !diags.has_errors() {
         diags.error(Path::new("<policies>"), None, None, "no policy files given");
     }
-    let mut policies = Vec::new();
+    let (mut policies, mut sources) = (Vec::new(), Vec::new());
     for file in &files {
-        match std::fs::read_to_string(file) {
-            Ok(source) => {
-                if let Some(policy) = compile_source(file, &source, diags) {
-                    policies.push(policy);
-                }
-            }
-            Err(e) => diags.error(file, None, None, format!("cannot read policy: {e}")),
+        if let Some(source) = crate::input::read_yaml(file, "cannot read policy", diags)
+            && let Some(policy) = compile_source(file, &source, diags)
+        {
+            policies.push(policy);
+            sources.push(source);
         }
     }
-    check_across_files(&policies, diags);
+    check_across_files(&policies, &sources, diags);
     if diags.has_errors() {
         return None;
     }
@@ -334,15 +332,41 @@ pub fn load(paths: &[PathBuf], diags: &mut Diagnostics) -> Option<PolicySet> {
     ))
 }
 
+/// Shortest prefixes `check` accepts silently: a /8 is the largest block an
+/// IPv4 registry hands out, a /32 a whole IPv6 provider allocation.
+const BROAD_V4: u8 = 8;
+const BROAD_V6: u8 = 32;
+
+/// Why an address destination opens far more than one service, if it does.
+fn over_broad_net(net: &IpNet) -> Option<String> {
+    let (len, limit, family) = match net {
+        IpNet::V4(n) => (n.prefix_len(), BROAD_V4, "IPv4"),
+        IpNet::V6(n) => (n.prefix_len(), BROAD_V6, "IPv6"),
+    };
+    if len == 0 {
+        Some(format!(
+            "over-broad: {net} is every {family} address; the firewall would pass anything"
+        ))
+    } else if len < limit {
+        Some(format!(
+            "over-broad: {net} spans 2^{} {family} addresses (shorter than /{limit})",
+            net.max_prefix_len() - len
+        ))
+    } else {
+        None
+    }
+}
+
 /// Errors that only show when several policies are loaded together.
-fn check_across_files(policies: &[Policy], diags: &mut Diagnostics) {
+fn check_across_files(policies: &[Policy], sources: &[String], diags: &mut Diagnostics) {
     let mut agents: HashMap<&str, &Path> = HashMap::new();
     let mut nets: HashMap<IpNet, &Path> = HashMap::new();
-    for p in policies {
+    for (p, source) in policies.iter().zip(sources) {
+        let clients_line = locate(source, "clients", 0);
         if let Some(first) = agents.insert(&p.agent, &p.source) {
             diags.error(
                 &p.source,
-                None,
+                locate(source, "agent_name", 0),
                 Some("agent_name".into()),
                 format!("agent '{}' is also defined in {}", p.agent, first.display()),
             );
@@ -350,7 +374,7 @@ fn check_across_files(policies: &[Policy], diags: &mut Diagnostics) {
         if p.clients.is_empty() && policies.len() > 1 {
             diags.error(
                 &p.source,
-                None,
+                clients_line.or_else(|| locate(source, "agent_name", 0)),
                 Some("clients".into()),
                 "required when more than one policy is loaded (which clients does this govern?)",
             );
@@ -359,7 +383,9 @@ fn check_across_files(policies: &[Policy], diags: &mut Diagnostics) {
             if let Some(first) = nets.insert(*net, &p.source) {
                 diags.error(
                     &p.source,
-                    None,
+                    locate(source, &net.to_string(), 0)
+                        .or_else(|| locate(source, &net.addr().to_string(), 0))
+                        .or(clients_line),
                     Some("clients".into()),
                     format!("{net} is also governed by {}", first.display()),
                 );
@@ -374,12 +400,81 @@ pub fn compile_source(file: &Path, source: &str, diags: &mut Diagnostics) -> Opt
         Ok(raw) => raw,
         Err(e) => {
             yaml_error(diags, file, &e);
+            salvage(file, source, diags);
             return None;
         }
     };
     let errors_before = diags.errors().count();
     let policy = compile(file, source, raw, diags);
     (diags.errors().count() == errors_before).then_some(policy)
+}
+
+/// serde stops at the first shape error (an unknown key, a wrong type); the
+/// rest of the file is checked anyway, entry by entry, so one run reports
+/// every error. A YAML syntax error still ends the file.
+fn salvage(file: &Path, source: &str, diags: &mut Diagnostics) {
+    let Some(file::Salvaged { raw, errors, kept }) = file::salvage(source) else {
+        return;
+    };
+    let first_at = diags.items.len();
+    let unnamed = errors
+        .iter()
+        .any(|(_, m)| m == "missing field `agent_name`");
+    // The first error, already reported by serde with its own line.
+    let first = diags
+        .items
+        .last()
+        .map(|d| d.message.clone())
+        .unwrap_or_default();
+    for (field, message) in errors {
+        let shown = if field.is_empty() {
+            message.clone()
+        } else {
+            format!("{field}: {message}")
+        };
+        if first == shown || first.ends_with(&message) && first.starts_with(&field) {
+            continue;
+        }
+        let line = if field.is_empty() {
+            message
+                .split('`')
+                .nth(1)
+                .and_then(|key| file::field_line(source, key))
+        } else {
+            file::field_line(source, &field)
+        };
+        diags.error(file, line, (!field.is_empty()).then_some(field), message);
+    }
+    // The semantic errors of what did deserialize; its warnings would
+    // describe a file with parts missing, so they are left out.
+    let before = diags.items.len();
+    let _ = compile(file, source, raw, diags);
+    // A missing agent_name is reported once, as missing.
+    let mut i = 0;
+    diags.items.retain(|d| {
+        i += 1;
+        i <= before
+            || d.severity == crate::diagnostics::Severity::Error
+                && !(unnamed && d.field.as_deref() == Some("agent_name"))
+    });
+    // Entries that did not deserialize were left out: give the rest their
+    // index in the file back.
+    for d in diags.items.iter_mut().skip(before) {
+        let Some(field) = &mut d.field else { continue };
+        for (key, indices) in &kept {
+            let Some(rest) = field.strip_prefix(key).and_then(|r| r.strip_prefix('[')) else {
+                continue;
+            };
+            let Some((n, tail)) = rest.split_once(']') else {
+                continue;
+            };
+            if let Some(original) = n.parse::<usize>().ok().and_then(|n| indices.get(n)) {
+                *field = format!("{key}[{original}]{tail}");
+            }
+        }
+    }
+    // After serde's own first error, the rest in file order.
+    diags.items[first_at..].sort_by_key(|d| d.line.unwrap_or(usize::MAX));
 }
 
 /// Counts how often each value was seen, so `locate` finds the right line
@@ -545,7 +640,12 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
             diags.error(file, line.line(), field("port"), "port 0 is not a port");
         }
         match classify_destination(destination) {
-            Ok(Destination::Address(net)) => builder.address(net, ports, expires),
+            Ok(Destination::Address(net)) => {
+                if let Some(why) = over_broad_net(&net) {
+                    diags.warning(file, line.line(), field("destination"), why);
+                }
+                builder.address(net, ports, expires)
+            }
             Ok(Destination::Name(key)) => {
                 warn_if_broad(file, &line, field("destination"), &key, diags);
                 builder.name(key, false, ports, expires);
@@ -1120,6 +1220,22 @@ allowed_dynamic_resolution:
         let w: Vec<String> = d.warnings().map(|w| w.to_string()).collect();
         assert_eq!(w.len(), 3, "{w:?}");
         assert!(w[0].contains("p.yaml:3"), "{w:?}");
+    }
+
+    #[test]
+    fn over_broad_address_destinations_warn() {
+        // Distinct ports, so the ranges do not overlap.
+        let src = "agent_name: a\nexpected_outbound:\n  - destination: 0.0.0.0/0\n    port: 1\n    protocol: TCP\n  - destination: \"::/0\"\n    port: 443\n    protocol: TCP\n  - destination: 64.0.0.0/2\n    port: 2\n    protocol: TCP\n  - destination: 2000::/3\n    port: 3\n    protocol: TCP\n  - destination: 10.0.0.0/8\n    port: 4\n    protocol: TCP\n  - destination: 2001:db8::/32\n    port: 5\n    protocol: TCP\n";
+        let (p, d) = compile_str(src);
+        assert!(p.is_some());
+        let w: Vec<String> = d.warnings().map(|w| w.to_string()).collect();
+        assert_eq!(w.len(), 4, "{w:?}");
+        assert!(w[0].contains("p.yaml:3: expected_outbound[0].destination: over-broad: 0.0.0.0/0 is every IPv4 address"), "{w:?}");
+        assert!(
+            w[1].contains(":6:") && w[1].contains("::/0 is every IPv6"),
+            "{w:?}"
+        );
+        assert!(w[2].contains("64.0.0.0/2 spans 2^30"), "{w:?}");
     }
 
     #[test]
