@@ -5,7 +5,7 @@
 //! - the same answer when the element still has ample time (the skip path);
 //! - elements per second when answers carry many addresses.
 //!
-//! Run: `cargo bench --bench feed`
+//! Run: `cargo bench --bench feed` (`WATCH=1`: with the ruleset-reload watcher)
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -72,9 +72,18 @@ fn bench(ns: &str) {
 
     let mut set = policy::PolicySet::default();
     set.policies.push(std::sync::Arc::new(policy));
-    let firewall = Firewall::open(&set)
-        .expect("open firewall")
-        .expect("policy feeds");
+    let firewall = std::sync::Arc::new(
+        Firewall::open(&set)
+            .expect("open firewall")
+            .expect("policy feeds"),
+    );
+    // WATCH=1: with the ruleset-reload watcher listening, as `serve` runs it
+    // (every feed then also makes the kernel send an nftables event).
+    if std::env::var("WATCH").is_ok_and(|v| v == "1") {
+        allowdns::firewall::watch::spawn(firewall.clone(), |f| Some(f));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        println!("(with the ruleset-reload watcher)");
+    }
     let policy = &set.policies[0];
     let rule = policy.rule_for("x.bench.test").expect("rule");
     let name = Name::from_ascii("x.bench.test.").unwrap();

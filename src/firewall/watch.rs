@@ -5,9 +5,12 @@
 //! names whose answers clients still cache would fail until those answers
 //! expire. So one netlink service per fenced namespace listens to nftables
 //! events there (`NFNLGRP_NFTABLES`). When a table or set that allowdns
-//! writes to is created or deleted, the end of that transaction (`NEWGEN`)
-//! triggers a re-feed of every element allowdns knows to be live, with the
-//! time each has left.
+//! writes to is created or deleted, allowdns re-feeds every element it knows
+//! to be live, with the time each has left, once the transaction's events
+//! have arrived (`SETTLE`).
+//!
+//! Every feed is an nftables event too. A socket filter drops element and
+//! generation events in the kernel, so feeding never wakes this thread.
 //!
 //! The service owns one `NETLINK_NETFILTER` socket in its namespace and hands
 //! each message to its subscribers by nfnetlink subsystem. The ruleset watch
@@ -34,12 +37,14 @@ const NFT_MSG_NEWTABLE: u8 = 0;
 const NFT_MSG_DELTABLE: u8 = 2;
 const NFT_MSG_NEWSET: u8 = 9;
 const NFT_MSG_DELSET: u8 = 11;
+const NFT_MSG_NEWSETELEM: u8 = 12;
+const NFT_MSG_DELSETELEM: u8 = 14;
 const NFT_MSG_NEWGEN: u8 = 15;
 /// `NFTA_TABLE_NAME` and `NFTA_SET_TABLE` are both attribute 1.
 const NFTA_TABLE: u16 = 1;
-/// How long a change waits for its transaction's end (NEWGEN) before the
-/// re-feed runs anyway.
-const SETTLE: Duration = Duration::from_millis(50);
+/// How long after a change's first event the re-feed runs: a transaction's
+/// events are all sent at its commit, so by then the rest have arrived.
+const SETTLE: Duration = Duration::from_millis(20);
 /// Elements per transaction when re-feeding.
 const REFEED_CHUNK: usize = 1024;
 const ENOBUFS: i32 = 105;
@@ -109,6 +114,7 @@ fn serve(netns: Option<&Path>, mut subscribers: Vec<Box<dyn Subscriber>>) -> io:
         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
     }
     let mut socket = Socket::new(NETLINK_NETFILTER)?;
+    socket2::SockRef::from(&socket).attach_filter(&quiet_filter())?;
     socket.bind_auto()?;
     socket.add_membership(NFNLGRP_NFTABLES)?;
     // Our own feeds are events too; room for bursts of them.
@@ -177,6 +183,34 @@ fn serve(netns: Option<&Path>, mut subscribers: Vec<Box<dyn Subscriber>>) -> io:
     }
 }
 
+/// Classic BPF over each message batch's first header: drops nftables
+/// element and generation events (allowdns's own feeds, mostly), passes the
+/// rest. A transaction's events may share one batch; table and set changes
+/// come first in theirs.
+fn quiet_filter() -> Vec<socket2::SockFilter> {
+    use socket2::SockFilter as F;
+    const LDB_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    // nlmsg_type is host-endian u16 at offset 4: on little endian the
+    // message type is byte 4 and the subsystem byte 5.
+    let (kind_at, subsystem_at) = if cfg!(target_endian = "little") {
+        (4, 5)
+    } else {
+        (5, 4)
+    };
+    vec![
+        F::new(LDB_ABS, 0, 0, subsystem_at),
+        F::new(JEQ_K, 0, 4, u32::from(NFNL_SUBSYS_NFTABLES)), // else accept
+        F::new(LDB_ABS, 0, 0, kind_at),
+        F::new(JEQ_K, 3, 0, u32::from(NFT_MSG_NEWSETELEM)), // drop
+        F::new(JEQ_K, 2, 0, u32::from(NFT_MSG_DELSETELEM)), // drop
+        F::new(JEQ_K, 1, 0, u32::from(NFT_MSG_NEWGEN)),     // drop
+        F::new(RET_K, 0, 0, u32::MAX),                      // accept
+        F::new(RET_K, 0, 0, 0),                             // drop
+    ]
+}
+
 /// Re-feeds the targets of one namespace when their table or sets are
 /// recreated under allowdns.
 struct RulesetWatch<O> {
@@ -239,12 +273,6 @@ impl<O: Send + Sync + 'static> Subscriber for RulesetWatch<O> {
     }
 
     fn on_message(&mut self, kind: u8, family: u8, payload: &[u8]) {
-        if kind == NFT_MSG_NEWGEN {
-            if !self.pending.is_empty() {
-                self.refeed_pending();
-            }
-            return;
-        }
         if !matches!(
             kind,
             NFT_MSG_NEWTABLE | NFT_MSG_DELTABLE | NFT_MSG_NEWSET | NFT_MSG_DELSET
