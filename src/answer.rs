@@ -32,7 +32,7 @@ pub enum Answer {
     Nothing,
     Reply(Vec<u8>),
     /// Allowed, and the upstream must be asked: run [`Upstream::finish`].
-    Upstream(Upstream),
+    Upstream(Box<Upstream>),
 }
 
 /// Answers messages for every transport.
@@ -98,7 +98,7 @@ impl Answerer {
             tracing::warn!(%client, "too many upstream queries in flight; answering SERVFAIL");
             return Answer::Reply(reply(&self.handler, &request, outcome, started));
         };
-        Answer::Upstream(Upstream {
+        Answer::Upstream(Box::new(Upstream {
             handler: self.handler.clone(),
             request,
             outcome,
@@ -106,7 +106,7 @@ impl Answerer {
             chosen,
             started,
             _permit: permit,
-        })
+        }))
     }
 
     /// Waits, up to `within`, for upstream-bound answers still in flight
@@ -131,7 +131,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// Asks the upstream (within `RESOLVE_DEADLINE`) and returns the reply.
-    pub async fn finish(self) -> Vec<u8> {
+    pub async fn finish(self: Box<Self>) -> Vec<u8> {
         let Upstream {
             handler,
             request,
@@ -140,7 +140,7 @@ impl Upstream {
             chosen,
             started,
             _permit,
-        } = self;
+        } = *self;
         let fallback = outcome.clone();
         let finishing = handler.finish(&request, outcome, &loaded, &chosen);
         let outcome = match AssertUnwindSafe(finishing).catch_unwind().await {
