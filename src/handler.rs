@@ -11,28 +11,23 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use hickory_server::net::runtime::Time;
-use hickory_server::net::xfer::Protocol;
-use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::rdata::SOA;
-use hickory_server::proto::rr::{DNSClass, Name, RData, Record, RecordType};
-use hickory_server::proto::serialize::binary::BinEncoder;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
+use hickory_server::proto::rr::{Name, RData, Record};
+use hickory_server::server::Request;
 
 use crate::alert::{Alerts, Denied, Stripped};
 use crate::audit::{AuditLog, AuditRecord, Decision as Logged};
-use crate::decide::{Decision, decide, decide_for};
+use crate::decide::{Decision, decide_for};
 use crate::firewall::{FeedError, Firewall};
 use crate::grants::{Grant, Grants};
 use crate::metrics::{self, METRICS};
 use crate::policy::{Policy, PolicySet, Rule};
 use crate::resolve::{Resolution, Resolver};
 use crate::upstream::UpstreamError;
+use crate::wire::{Transport, header_only_reply};
 use crate::zones::Zones;
 
-/// Largest UDP payload advertised back (the DNS flag day 2020 value).
-const MAX_UDP_PAYLOAD: u16 = 1232;
 /// How long a grant waits for its audit line to be written before it is refused.
 const AUDIT_CONFIRM: Duration = Duration::from_secs(2);
 /// The longest an allowed answer may take, CNAME chase included; then SERVFAIL.
@@ -77,7 +72,7 @@ pub struct Handler {
 }
 
 /// The reply to send, and what the audit record says about it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Outcome {
     pub rcode: ResponseCode,
     pub answers: Vec<Record>,
@@ -140,7 +135,14 @@ impl Outcome {
 pub enum Progress {
     Answered(Outcome),
     /// Allowed, but an upstream must be asked; the outcome is filled in so far.
-    NeedsUpstream(Outcome, Arc<InForce>),
+    NeedsUpstream(Outcome, Arc<InForce>, Chosen),
+}
+
+/// The decision for a question bound upstream, made once in
+/// [`Handler::begin`]: the firewall feeds under this rule.
+pub struct Chosen {
+    pub policy: Arc<Policy>,
+    pub rule: Rule,
 }
 
 impl Handler {
@@ -409,16 +411,11 @@ impl Handler {
             return Progress::Answered(Outcome::refused(ResponseCode::Refused, None));
         };
         let agent = Some(&**governing);
-        if request.metadata.op_code != OpCode::Query {
-            return Progress::Answered(Outcome::refused(ResponseCode::NotImp, agent));
+        // Opcode, one question, EDNS version, class, zone transfers.
+        if let Err(rcode) = crate::wire::check(request) {
+            return Progress::Answered(Outcome::refused(rcode, agent));
         }
-        let [query] = request.queries.queries() else {
-            return Progress::Answered(Outcome::refused(ResponseCode::FormErr, agent));
-        };
-        if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            return Progress::Answered(Outcome::refused(ResponseCode::BADVERS, agent));
-        }
-        let query = query.original();
+        let query = request.queries.queries()[0].original();
         let (name, qtype) = (query.name(), query.query_type());
         let (policy, rule, decision) = match decide_for(governing, name) {
             Decision::Refused => {
@@ -450,12 +447,6 @@ impl Handler {
             Decision::Allow { policy, rule } => (policy, rule, Logged::Allow),
             Decision::WouldDeny { policy, rule } => (policy, rule, Logged::WouldDeny),
         };
-        // Zone transfers and other classes are not lookups an agent needs.
-        if query.query_class() != DNSClass::IN
-            || matches!(qtype, RecordType::AXFR | RecordType::IXFR)
-        {
-            return Progress::Answered(Outcome::refused(ResponseCode::Refused, Some(policy)));
-        }
         // Wildcards answer address types unless their entry lists more.
         if decision == Logged::Allow && !crate::exfil::qtype_allowed(rule, qtype) {
             self.exfil
@@ -505,7 +496,11 @@ impl Handler {
                         }
                     }
                 }
-                Progress::NeedsUpstream(outcome, loaded)
+                let chosen = Chosen {
+                    policy: governing.clone(),
+                    rule: rule.clone(),
+                };
+                Progress::NeedsUpstream(outcome, loaded, chosen)
             }
         }
     }
@@ -593,14 +588,15 @@ impl Handler {
     }
 
     /// Completes an allowed answer that needs the upstream; failure is SERVFAIL.
-    pub async fn finish(&self, request: &Request, outcome: Outcome, loaded: &InForce) -> Outcome {
+    pub async fn finish(
+        &self,
+        request: &Request,
+        outcome: Outcome,
+        loaded: &InForce,
+        chosen: &Chosen,
+    ) -> Outcome {
         let query = request.queries.queries()[0].original();
-        // The same snapshot gives the same decision; the firewall needs its rule.
-        let (Decision::Allow { policy, rule } | Decision::WouldDeny { policy, rule }) =
-            decide(&loaded.policies, request.src().ip(), query.name())
-        else {
-            return outcome;
-        };
+        let (policy, rule) = (&*chosen.policy, &chosen.rule);
         let resolving = self.resolver.resolve(
             &loaded.files.zones,
             query.name(),
@@ -654,10 +650,7 @@ impl Handler {
         self.audit.record(AuditRecord {
             ts: SystemTime::now(),
             client: request.src(),
-            transport: match request.protocol() {
-                Protocol::Tcp => "tcp",
-                _ => "udp",
-            },
+            transport: Transport::of(request).as_str(),
             agent: outcome.agent,
             qname: query.map(|q| q.name().clone()),
             qtype: query.map(|q| q.query_type()),
@@ -673,38 +666,44 @@ impl Handler {
     }
 
     /// A request that could not be parsed: FORMERR from its header, audited.
-    pub fn malformed(&self, raw: &[u8], src: SocketAddr, started: Instant) -> Option<Vec<u8>> {
-        let header = raw.get(..12)?;
-        if header[2] & 0x80 != 0 {
-            return None; // a response: never answer those (reflection)
-        }
+    /// A client no policy governs learns nothing, not even that: REFUSED.
+    pub fn malformed(
+        &self,
+        raw: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+        started: Instant,
+    ) -> Option<Vec<u8>> {
         let loaded = self.snapshot();
-        let policy = loaded.policies.for_client(src.ip())?;
-        let agent = policy.agent.clone();
+        let policy = loaded.policies.for_client(src.ip());
+        let rcode = match policy {
+            Some(_) => ResponseCode::FormErr,
+            None => ResponseCode::Refused,
+        };
         METRICS.query(
-            policy.metrics_slot,
+            policy.map_or(metrics::NO_AGENT, |p| p.metrics_slot),
             Logged::Refused,
             None,
-            ResponseCode::FormErr,
+            rcode,
             started.elapsed(),
         );
         self.audit.record(AuditRecord {
             ts: SystemTime::now(),
             client: src,
-            transport: "udp",
-            agent: Some(agent),
+            transport: transport.as_str(),
+            agent: policy.map(|p| p.agent.clone()),
             qname: None,
             qtype: None,
             decision: Logged::Refused,
             rule: None,
             dynamic: false,
-            rcode: ResponseCode::FormErr,
+            rcode,
             answers: Vec::new(),
             stripped: Vec::new(),
             upstream_ms: None,
             exfil: None,
         });
-        header_only_reply(raw, ResponseCode::FormErr)
+        header_only_reply(raw, rcode)
     }
 }
 
@@ -776,112 +775,4 @@ fn grant_event(event: &str, g: &Grant) -> String {
         "revoked_by": g.revoked_by,
     })
     .to_string()
-}
-
-/// A reply of just a header, for requests that cannot be parsed or answered:
-/// the query's ID, opcode and RD bit, with QR, RA and `rcode` set.
-pub fn header_only_reply(raw: &[u8], rcode: ResponseCode) -> Option<Vec<u8>> {
-    let header = raw.get(..12)?;
-    let mut reply = vec![0u8; 12];
-    reply[..2].copy_from_slice(&header[..2]);
-    reply[2] = 0x80 | (header[2] & 0x79);
-    reply[3] = 0x80 | rcode.low();
-    Some(reply)
-}
-
-#[async_trait::async_trait]
-impl RequestHandler for Handler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        mut handle: R,
-    ) -> ResponseInfo {
-        let started = Instant::now();
-        let outcome = match self.begin(request) {
-            Progress::Answered(outcome) => outcome,
-            Progress::NeedsUpstream(outcome, loaded) => {
-                self.finish(request, outcome, &loaded).await
-            }
-        };
-        let edns = response_edns(request);
-        let sent = handle
-            .send_response(build(request, edns.as_ref(), &outcome))
-            .await;
-        self.audit(request, outcome, started);
-        match sent {
-            Ok(info) => info,
-            Err(error) => {
-                tracing::debug!(%error, client = %request.src(), "failed to send response");
-                let mut metadata = Metadata::response_from_request(&request.metadata);
-                metadata.response_code = ResponseCode::ServFail;
-                ResponseInfo::from(Header {
-                    metadata,
-                    counts: HeaderCounts::default(),
-                })
-            }
-        }
-    }
-}
-
-type Records<'a> = std::slice::Iter<'a, Record>;
-type None<'a> = std::iter::Empty<&'a Record>;
-type Response<'q, 'a> = MessageResponse<'q, 'a, Records<'a>, Records<'a>, None<'a>, None<'a>>;
-
-/// EDNS for the reply: present when the query had it, payload capped.
-fn response_edns(request: &Request) -> Option<Edns> {
-    request.edns.as_ref().map(|req| {
-        let mut edns = Edns::new();
-        edns.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
-        edns.set_version(0);
-        edns
-    })
-}
-
-fn build<'q, 'a>(
-    request: &'q Request,
-    edns: Option<&'q Edns>,
-    outcome: &'a Outcome,
-) -> Response<'q, 'a> {
-    let mut metadata = Metadata::response_from_request(&request.metadata);
-    metadata.response_code = outcome.rcode;
-    metadata.recursion_available = true;
-    metadata.authoritative = outcome.authoritative;
-    let mut builder = MessageResponseBuilder::from_message_request(request);
-    if let Some(edns) = edns {
-        builder.edns(edns);
-    }
-    builder.build(
-        metadata,
-        outcome.answers.iter(),
-        outcome.authority.iter(),
-        std::iter::empty(),
-        std::iter::empty(),
-    )
-}
-
-/// The UDP reply bytes: truncated (TC) to the client's payload size, 512 without EDNS.
-pub fn encode_udp(request: &Request, outcome: &Outcome) -> Vec<u8> {
-    let edns = response_edns(request);
-    let max = edns.as_ref().map_or(512, Edns::max_payload);
-    let mut bytes = Vec::with_capacity(512);
-    let mut encoder = BinEncoder::new(&mut bytes);
-    encoder.set_max_size(max);
-    if build(request, edns.as_ref(), outcome)
-        .destructive_emit(&mut encoder)
-        .is_ok()
-    {
-        return bytes;
-    }
-    tracing::error!(client = %request.src(), "cannot encode response; answering SERVFAIL");
-    let mut bytes = Vec::with_capacity(12);
-    let mut encoder = BinEncoder::new(&mut bytes);
-    let mut metadata = Metadata::response_from_request(&request.metadata);
-    metadata.response_code = ResponseCode::ServFail;
-    let header = Header {
-        metadata,
-        counts: HeaderCounts::default(),
-    };
-    use hickory_server::proto::serialize::binary::BinEncodable;
-    let _ = header.emit(&mut encoder);
-    bytes
 }

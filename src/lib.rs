@@ -3,8 +3,10 @@
 //! One question's path, each step owned by one module:
 //!
 //! ```text
-//! server    sockets (UDP + TCP, v4 + v6), hickory's Server
-//!   └ handler   the RequestHandler: the path below, then the reply
+//! server    sockets (UDP threads + TCP, v4 + v6); tcp: RFC 7766 connections
+//!   └ answer    one entry for both transports: bytes in, reply out, audited
+//!     ├ wire      drop/decode, RFC checks (opcode, QDCOUNT, EDNS, class, xfr), encode + TC
+//!     └ handler   the path below (begin: inline; finish: upstream)
 //!       ├ decide      client address → policy → Allow{rule} | Deny | WouldDeny (learn) | Refused
 //!       │   └ policy      file (on-disk format) → Policy; matcher (exact + suffix + globs)
 //!       ├ resolve     local zone | cache | upstream, chasing CNAME chains
@@ -29,6 +31,7 @@
 //! whole on reload, grant and expiry (`handler::InForce`).
 
 pub mod alert;
+pub mod answer;
 pub mod app;
 pub mod audit;
 pub mod cache;
@@ -54,6 +57,8 @@ pub mod server;
 pub mod shutdown;
 pub mod special;
 pub mod suggest;
+pub mod tcp;
 pub mod upstream;
+pub mod wire;
 pub mod worker;
 pub mod zones;
