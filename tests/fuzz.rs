@@ -285,10 +285,11 @@ fn check_policy(text: &str) -> Result<bool, TestCaseError> {
         "compiled and errors disagree: {:?}",
         errors
     );
-    // Lines as YAML counts them: a lone CR breaks a line too.
+    // Lines as the YAML parser counts them: a lone CR, NEL, LS and PS break
+    // a line too.
     let lines = text
         .replace("\r\n", "\n")
-        .replace('\r', "\n")
+        .replace(['\r', '\u{85}', '\u{2028}', '\u{2029}'], "\n")
         .lines()
         .count()
         + 1;
