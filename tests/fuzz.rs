@@ -313,6 +313,10 @@ fn check_policy(text: &str) -> Result<bool, TestCaseError> {
 #[test]
 fn fuzz_policy_compiler() {
     let compiled = AtomicUsize::new(0);
+    // Inputs long runs found, replayed on every run.
+    for text in ["agent_name: \u{85}!\n", "agent_name: a\rb: c\n"] {
+        check_policy(text).unwrap();
+    }
     runner()
         .run(&bytes(), |raw| {
             let Ok(input) = PolicyText::arbitrary(&mut Unstructured::new(&raw)) else {
