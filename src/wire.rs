@@ -152,6 +152,11 @@ pub fn encode(request: &Request, outcome: &Outcome) -> Vec<u8> {
         Transport::Tcp => u16::MAX,
         Transport::Udp => edns.as_ref().map_or(512, Edns::max_payload),
     };
+    // A question section refused unread is not echoed: its compression
+    // pointers may aim into the header, which the reply changes.
+    if request.queries.queries().len() != 1 {
+        return header_reply(request, outcome.rcode);
+    }
     let mut bytes = Vec::with_capacity(512);
     let mut encoder = BinEncoder::new(&mut bytes);
     encoder.set_max_size(max);
@@ -167,10 +172,15 @@ pub fn encode(request: &Request, outcome: &Outcome) -> Vec<u8> {
 
 /// A SERVFAIL header for `request`, when nothing better can be sent.
 pub fn servfail(request: &Request) -> Vec<u8> {
+    header_reply(request, ResponseCode::ServFail)
+}
+
+/// A reply of the header alone, no section echoed.
+fn header_reply(request: &Request, rcode: ResponseCode) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(HEADER_LEN);
     let mut encoder = BinEncoder::new(&mut bytes);
     let mut metadata = Metadata::response_from_request(&request.metadata);
-    metadata.response_code = ResponseCode::ServFail;
+    metadata.response_code = rcode;
     metadata.recursion_available = true;
     let header = Header {
         metadata,
