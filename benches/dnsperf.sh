@@ -4,6 +4,8 @@
 #   hits   allowed names, all cache hits after warm-up
 #   flood  unique denied names (a DNS tunnel)
 #   mix    90% allowed hits, 10% unique denied
+#   tcp1   (TCP=1, the default) allowed hits over ONE TCP connection, 100
+#          queries outstanding on it (RFC 7766 pipelining)
 # For each: saturated QPS (dnsperf, fixed concurrency), then p50/p99 latency
 # at a fixed offered rate below every server's capacity.
 #
@@ -15,7 +17,7 @@
 # ("allowdns-base"), to measure what a change costs on the hot path.
 #
 # Usage: benches/dnsperf.sh            (needs dnsperf, dnsmasq, unbound: see .ci/run)
-# Env:   REPS=3 DURATION=8 LAT_QPS=20000 LAT_SECS=3 FEED=0 BASELINE=
+# Env:   REPS=3 DURATION=8 LAT_QPS=20000 LAT_SECS=3 FEED=0 TCP=1 BASELINE=
 # Traffic stays on 127.0.0.1 (inside the namespace with FEED=1).
 set -euo pipefail
 
@@ -150,6 +152,7 @@ unbound -c "$WORK/unbound.conf" & PIDS+=($!); UNBOUND_PID=$!
 
   servers=(allowdns dnsmasq unbound)
   loads=(hits flood mix)
+  if [ "${TCP:-1}" = 1 ]; then loads+=(tcp1); fi
   if [ -n "$BASELINE" ]; then servers+=(allowdns-base); fi
 fi
 PORTS="$ALLOWDNS $DNSMASQ $UNBOUND"
@@ -170,9 +173,11 @@ for rep in $(seq 1 "$REPS"); do
     for k in "${!servers[@]}"; do
       s=${servers[$(( (k + rep) % ${#servers[@]} ))]}
       port=$(port_of "$s")
-      qps=$("${RUN[@]}" dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/$load.txt" -l "$DURATION" -c 8 -q 256 -T 1 2>&1 \
+      data="$WORK/$load.txt"; how=(-c 8 -q 256)
+      if [ "$load" = tcp1 ]; then data="$WORK/hits.txt"; how=(-m tcp -c 1 -q 100); fi
+      qps=$("${RUN[@]}" dnsperf -s 127.0.0.1 -p "$port" -d "$data" -l "$DURATION" "${how[@]}" -T 1 2>&1 \
             | awk '/Queries per second/ {print $4}')
-      lat=$("${RUN[@]}" dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/$load.txt" -l "$LAT_SECS" -Q "$LAT_QPS" -c 8 -q 256 -T 1 -v 2>/dev/null \
+      lat=$("${RUN[@]}" dnsperf -s 127.0.0.1 -p "$port" -d "$data" -l "$LAT_SECS" -Q "$LAT_QPS" "${how[@]}" -T 1 -v 2>/dev/null \
             | awk '/^> / {print $NF}' | sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "nan nan"} else {print a[int(NR*0.5)+1]*1e6, a[int(NR*0.99)+1]*1e6}}')
       printf '%s\t%s\t%s\t%s\t%s\n' "$s" "$load" "$rep" "$qps" "$lat" >> "$RESULTS"
       echo "rep $rep $load $s: qps=$qps p50/p99(us)=$lat" >&2
@@ -190,10 +195,10 @@ for s, load, rep, qps, lat in rows:
     p50, p99 = lat.split()
     data.setdefault((load, s), []).append((float(qps or 0), float(p50), float(p99)))
 print(f"\nmedian of {reps} interleaved runs; QPS saturated ({dur} s, 8 clients, 256 outstanding);")
-print(f"latency p50/p99 at a fixed {lat_qps} QPS offered load\n")
+print(f"latency p50/p99 at a fixed {lat_qps} QPS offered load; tcp1: 1 TCP connection, 100 outstanding\n")
 print("| load | server | QPS | p50 µs | p99 µs |")
 print("|---|---|---:|---:|---:|")
-for load in ["hits", "flood", "mix"]:
+for load in ["hits", "flood", "mix", "tcp1"]:
     for s in servers:
         v = data.get((load, s), [])
         if not v: continue

@@ -44,6 +44,27 @@ pub struct Denied {
     pub qtype: RecordType,
 }
 
+/// Special-purpose addresses stripped from an allowed answer.
+#[derive(Debug)]
+pub struct Stripped {
+    pub ts: SystemTime,
+    pub agent: Arc<str>,
+    pub client: SocketAddr,
+    pub qname: Name,
+    pub qtype: RecordType,
+    pub rule: Option<Arc<str>>,
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Stripped answers, aggregated per client like denials, in windows of their own.
+#[derive(Default)]
+struct Strips {
+    clients: HashMap<IpAddr, Window>,
+    pending: Vec<Stripped>,
+    other: u64,
+    other_since: Option<Instant>,
+}
+
 struct Window {
     opened: Instant,
     agent: Arc<str>,
@@ -60,6 +81,7 @@ struct State {
     other_since: Option<Instant>,
     /// Per-agent notification thresholds, when `alerts.notify` is set.
     thresholds: Option<Thresholds>,
+    strips: Strips,
 }
 
 struct Shared {
@@ -195,6 +217,36 @@ impl Alerts {
         }
     }
 
+    /// One alert per answer the fence stripped special-purpose addresses
+    /// from; floods from a client fold into one summary per window.
+    pub fn stripped(&self, event: Stripped) {
+        let now = Instant::now();
+        let ip = event.client.ip();
+        let mut guard = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let s = &mut guard.strips;
+        let print = if let Some(w) = s.clients.get_mut(&ip) {
+            w.suppressed += 1;
+            false
+        } else if s.clients.len() >= MAX_CLIENTS || s.pending.len() >= MAX_PENDING {
+            s.other += 1;
+            s.other_since.get_or_insert(now);
+            false
+        } else {
+            let window = Window {
+                opened: now,
+                agent: event.agent.clone(),
+                suppressed: 0,
+            };
+            s.clients.insert(ip, window);
+            s.pending.push(event);
+            true
+        };
+        drop(guard);
+        if print {
+            self.printer.poke();
+        }
+    }
+
     /// Alerts raised so far.
     pub fn stats(&self) -> &Arc<AlertStats> {
         &self.stats
@@ -259,6 +311,7 @@ fn collect(shared: &Shared, stats: &AlertStats, all: bool) -> (String, Vec<Raise
         }
         !done
     });
+    collect_strips(&mut state.strips, stats, now, window, all, &mut text);
     if let Some(since) = state.other_since
         && (all || now.duration_since(since) >= window)
     {
@@ -271,6 +324,62 @@ fn collect(shared: &Shared, stats: &AlertStats, all: bool) -> (String, Vec<Raise
         state.other_since = None;
     }
     (text, raised)
+}
+
+fn collect_strips(
+    s: &mut Strips,
+    stats: &AlertStats,
+    now: Instant,
+    window: Duration,
+    all: bool,
+    text: &mut String,
+) {
+    stats
+        .stderr_alerts
+        .fetch_add(s.pending.len() as u64, Ordering::Relaxed);
+    for e in s.pending.drain(..) {
+        let addresses: Vec<String> = e
+            .addresses
+            .iter()
+            .map(|ip| match crate::special::special(*ip) {
+                Some(why) => format!("{ip} ({why})"),
+                None => ip.to_string(),
+            })
+            .collect();
+        text.push_str(&format!(
+            "[!] SPECIAL-PURPOSE ADDRESS STRIPPED\nTimestamp: {}\nAgent: {}\nClient: {}\nQuery: {} {}\nRule Matched: {}\nStripped: {}\nAction: removed from the answer, not fed to the firewall\n",
+            humantime::format_rfc3339_seconds(e.ts),
+            e.agent,
+            e.client,
+            display_name(&e.qname),
+            e.qtype,
+            e.rule.as_deref().unwrap_or("(learn mode)"),
+            addresses.join(", "),
+        ));
+    }
+    s.clients.retain(|ip, w| {
+        let done = all || now.duration_since(w.opened) >= window;
+        if done && w.suppressed > 0 {
+            text.push_str(&format!(
+                "[!] ... and {} more answers to {ip} (agent {}) stripped of special-purpose addresses in the last {} s\n",
+                thousands(w.suppressed),
+                w.agent,
+                now.duration_since(w.opened).as_secs().max(1),
+            ));
+        }
+        !done
+    });
+    if let Some(since) = s.other_since
+        && (all || now.duration_since(since) >= window)
+    {
+        text.push_str(&format!(
+            "[!] ... and {} more answers to other clients stripped of special-purpose addresses in the last {} s (the audit log has each one)\n",
+            thousands(s.other),
+            now.duration_since(since).as_secs().max(1),
+        ));
+        s.other = 0;
+        s.other_since = None;
+    }
 }
 
 /// 4812 -> "4,812".
@@ -378,6 +487,38 @@ mod tests {
         assert_eq!(sinks.len(), 1);
         assert_eq!(sinks[0].0, "syslog");
         assert_eq!(sinks[0].1.sent.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_flood_of_stripped_answers_prints_one_alert_and_one_summary() {
+        let buf = Buf::default();
+        let alerts = Alerts::start(Duration::from_secs(60), Box::new(buf.clone()));
+        for i in 0..500 {
+            alerts.stripped(Stripped {
+                ts: SystemTime::UNIX_EPOCH,
+                agent: "a".into(),
+                client: "10.200.1.2:5300".parse().unwrap(),
+                qname: Name::from_ascii(format!("m{i}.cdn.test.")).unwrap(),
+                qtype: RecordType::A,
+                rule: Some("*.cdn.test".into()),
+                addresses: vec!["169.254.169.254".parse().unwrap()],
+            });
+        }
+        alerts.close();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text.matches("SPECIAL-PURPOSE ADDRESS STRIPPED").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains("Stripped: 169.254.169.254 (link-local (cloud metadata))"),
+            "{text}"
+        );
+        assert!(
+            text.contains("... and 499 more answers to 10.200.1.2"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -183,6 +183,7 @@ pub async fn serve(
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| Failure::Runtime(format!("signals: {e}")))?;
     let reloading = handler.clone();
+    let tcp_limits = settings.tcp.clone();
     let reloader = tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             tracing::info!("SIGHUP received: reloading");
@@ -244,7 +245,7 @@ pub async fn serve(
         ))
     });
 
-    let result = server::run(listeners, handler, shutdown).await;
+    let result = server::run(listeners, handler, tcp_limits, shutdown).await;
     let _ = stopping.await;
     reloader.abort();
     expiry.abort();

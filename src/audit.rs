@@ -9,7 +9,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -65,7 +65,11 @@ pub struct AuditRecord {
     pub dynamic: bool,
     pub rcode: ResponseCode,
     pub answers: Vec<Record>,
+    /// Special-purpose addresses taken out of the answer (src/special.rs).
+    pub stripped: Vec<IpAddr>,
     pub upstream_ms: Option<f64>,
+    /// Exfiltration mark (`soft`, `budget`, `qtype`); written only when set.
+    pub exfil: Option<&'static str>,
 }
 
 struct Shared {
@@ -297,7 +301,6 @@ struct Writer {
     /// Buffer overflows not yet on stderr, and when they last were.
     overflow: (u64, Option<Instant>),
     batch: Vec<AuditRecord>,
-    line: Vec<u8>,
 }
 
 impl Writer {
@@ -311,7 +314,6 @@ impl Writer {
             trouble: None,
             overflow: (0, None),
             batch: Vec::with_capacity(4096),
-            line: Vec::with_capacity(512),
         }
     }
 
@@ -355,11 +357,10 @@ impl Writer {
                 self.count_failed(1);
                 continue;
             }
-            let mut line = std::mem::take(&mut self.line);
-            line.clear();
-            format_record(&record, &mut line);
-            self.push(&line, Line::Record);
-            self.line = line;
+            // Formatted straight into the chunk: no copy per record.
+            self.begin_line();
+            format_record(&record, &mut self.chunk);
+            self.lines.push((self.chunk.len(), Line::Record));
             if self.chunk.len() >= CHUNK {
                 ok = self.write_chunk();
             }
@@ -384,11 +385,16 @@ impl Writer {
         self.after_pass(ok);
     }
 
-    fn push(&mut self, line: &[u8], kind: Line) {
+    /// A stream left inside a line gets a newline before the next one.
+    fn begin_line(&mut self) {
         if self.chunk.is_empty() && self.dangling {
             self.chunk.push(b'\n');
             self.lines.push((1, Line::Fresh));
         }
+    }
+
+    fn push(&mut self, line: &[u8], kind: Line) {
+        self.begin_line();
         self.chunk.extend_from_slice(line);
         self.lines.push((self.chunk.len(), kind));
     }
@@ -597,12 +603,25 @@ pub fn format_record(r: &AuditRecord, out: &mut Vec<u8>) {
         }
         out.push(b'}');
     }
-    out.extend_from_slice(br#"],"upstream_ms":"#);
+    out.push(b']');
+    // Only present when the fence took something out, so lines stay short.
+    if !r.stripped.is_empty() {
+        out.extend_from_slice(br#","stripped":["#);
+        for (i, ip) in r.stripped.iter().enumerate() {
+            let sep = if i > 0 { "," } else { "" };
+            let _ = write!(out, r#"{sep}"{ip}""#);
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(br#","upstream_ms":"#);
     match r.upstream_ms {
         Some(ms) => {
             let _ = write!(out, "{ms:.3}");
         }
         None => out.extend_from_slice(b"null"),
+    }
+    if let Some(mark) = r.exfil {
+        let _ = write!(out, r#","exfil":"{mark}""#);
     }
     out.extend_from_slice(b"}\n");
 }
@@ -759,7 +778,9 @@ mod tests {
             dynamic: false,
             rcode: ResponseCode::NXDomain,
             answers: Vec::new(),
+            stripped: Vec::new(),
             upstream_ms: None,
+            exfil: None,
         }
     }
 
@@ -868,7 +889,9 @@ mod tests {
                 Record::from_rdata(name.clone(), 60, RData::A(A::new(192, 0, 2, 1))),
                 Record::from_rdata(name, 60, RData::TXT(TXT::new(vec!["say \"hi\"\\".into()]))),
             ],
+            stripped: vec!["10.9.9.9".parse().unwrap(), "fe80::1".parse().unwrap()],
             upstream_ms: Some(1.5),
+            exfil: None,
         };
         let mut out = Vec::new();
         format_record(&r, &mut out);
@@ -882,6 +905,7 @@ mod tests {
         assert_eq!(v["answers"][0]["data"], "192.0.2.1");
         assert_eq!(v["answers"][1]["type"], "TXT");
         assert_eq!(v["upstream_ms"], 1.5);
+        assert_eq!(v["stripped"], serde_json::json!(["10.9.9.9", "fe80::1"]));
         assert!(out.ends_with(b"}\n"));
         let odd = Name::from_labels(vec![b"a.b\"c".as_ref(), b"Com".as_ref()]).unwrap();
         let mut out = Vec::new();

@@ -14,6 +14,7 @@ use crate::delivery::threshold::{MAX_COUNT, Threshold};
 use crate::delivery::webhook::HttpUrl;
 use crate::delivery::{NotifySettings, RetryPolicy, WebhookSettings};
 use crate::diagnostics::{Diagnostics, locate, yaml_error};
+use crate::tcp::TcpLimits;
 
 /// The config file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -46,6 +47,42 @@ pub struct ConfigFile {
     /// Address of the Prometheus endpoint; absent means none.
     #[serde(default)]
     pub metrics: Option<String>,
+    /// TCP connection limits.
+    #[serde(default)]
+    pub tcp: TcpFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpFile {
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
+    #[serde(default)]
+    pub max_queries: Option<u64>,
+    #[serde(default)]
+    pub max_lifetime_secs: Option<u64>,
+}
+
+impl TcpFile {
+    /// Unset fields keep their defaults; zeros are raised to one.
+    fn limits(self) -> TcpLimits {
+        let d = TcpLimits::default();
+        TcpLimits {
+            idle_timeout: self
+                .idle_timeout_ms
+                .map_or(d.idle_timeout, |ms| Duration::from_millis(ms.max(1))),
+            max_connections: self.max_connections.map_or(d.max_connections, |n| n.max(1)),
+            max_in_flight: self.max_in_flight.map_or(d.max_in_flight, |n| n.max(1)),
+            max_queries: self.max_queries.map_or(d.max_queries, |n| n.max(1)),
+            max_lifetime: self
+                .max_lifetime_secs
+                .map_or(d.max_lifetime, |s| Duration::from_secs(s.max(1))),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -189,6 +226,7 @@ pub struct Settings {
     pub metrics: Option<SocketAddr>,
     /// Threshold notifications; `None` when `alerts.notify` is absent.
     pub notify: Option<NotifySettings>,
+    pub tcp: TcpLimits,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:53";
@@ -248,6 +286,7 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
         alerts,
         control_socket,
         metrics,
+        tcp,
     } = file;
     let UpstreamFile {
         mode,
@@ -439,6 +478,7 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
             .or_else(|| control_socket.as_deref().map(here)),
         metrics,
         notify,
+        tcp: tcp.limits(),
     })
 }
 

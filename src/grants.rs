@@ -98,6 +98,7 @@ impl Grants {
                 },
                 expires: Some(g.expires),
                 grant: Some(g.reason.clone()),
+                qtypes: None,
             });
         }
         by_agent

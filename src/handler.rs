@@ -7,32 +7,27 @@
 //! queries (denials, refusals, local zones, cache hits), the whole answer.
 //! Only a question that must go upstream continues in [`Handler::finish`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use hickory_server::net::runtime::Time;
-use hickory_server::net::xfer::Protocol;
-use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::rdata::SOA;
-use hickory_server::proto::rr::{DNSClass, Name, RData, Record, RecordType};
-use hickory_server::proto::serialize::binary::BinEncoder;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
+use hickory_server::proto::rr::{Name, RData, Record};
+use hickory_server::server::Request;
 
-use crate::alert::{Alerts, Denied};
+use crate::alert::{Alerts, Denied, Stripped};
 use crate::audit::{AuditLog, AuditRecord, Decision as Logged};
-use crate::decide::{Decision, decide, decide_for};
+use crate::decide::{Decision, decide_for};
 use crate::firewall::{FeedError, Firewall};
 use crate::grants::{Grant, Grants};
 use crate::metrics::{self, METRICS};
 use crate::policy::{Policy, PolicySet, Rule};
 use crate::resolve::{Resolution, Resolver};
 use crate::upstream::UpstreamError;
+use crate::wire::{Transport, header_only_reply};
 use crate::zones::Zones;
 
-/// Largest UDP payload advertised back (the DNS flag day 2020 value).
-const MAX_UDP_PAYLOAD: u16 = 1232;
 /// How long a grant waits for its audit line to be written before it is refused.
 const AUDIT_CONFIRM: Duration = Duration::from_secs(2);
 /// The longest an allowed answer may take, CNAME chase included; then SERVFAIL.
@@ -72,10 +67,12 @@ pub struct Handler {
     firewall_alerts: Mutex<(Option<Instant>, u64)>,
     /// The SOA put in the authority section of denials (its minimum is the negative TTL).
     deny_soa: Record,
+    /// Exfiltration budgets under wildcard rules, per agent.
+    pub exfil: crate::exfil::Budgets,
 }
 
 /// The reply to send, and what the audit record says about it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Outcome {
     pub rcode: ResponseCode,
     pub answers: Vec<Record>,
@@ -88,6 +85,10 @@ pub struct Outcome {
     pub rule: Option<Arc<str>>,
     pub dynamic: bool,
     pub upstream_ms: Option<f64>,
+    /// Exfiltration mark for the audit record.
+    pub exfil: Option<crate::exfil::Mark>,
+    /// Special-purpose addresses the fence took out (src/special.rs).
+    pub stripped: Vec<IpAddr>,
 }
 
 impl Outcome {
@@ -103,6 +104,20 @@ impl Outcome {
             rule: None,
             dynamic: false,
             upstream_ms: None,
+            stripped: Vec::new(),
+            exfil: None,
+        }
+    }
+
+    /// A new name or query type a wildcard does not carry (docs/exfiltration.md):
+    /// REFUSED, which no cache keeps and which says nothing about the name.
+    fn exfil_refused(policy: &Policy, rule: &Rule, mark: crate::exfil::Mark) -> Self {
+        Outcome {
+            decision: Logged::Deny,
+            rule: Some(rule.pattern.clone()),
+            dynamic: rule.dynamic,
+            exfil: Some(mark),
+            ..Outcome::refused(ResponseCode::Refused, Some(policy))
         }
     }
 
@@ -120,7 +135,14 @@ impl Outcome {
 pub enum Progress {
     Answered(Outcome),
     /// Allowed, but an upstream must be asked; the outcome is filled in so far.
-    NeedsUpstream(Outcome, Arc<InForce>),
+    NeedsUpstream(Outcome, Arc<InForce>, Chosen),
+}
+
+/// The decision for a question bound upstream, made once in
+/// [`Handler::begin`]: the firewall feeds under this rule.
+pub struct Chosen {
+    pub policy: Arc<Policy>,
+    pub rule: Rule,
 }
 
 impl Handler {
@@ -157,6 +179,7 @@ impl Handler {
             firewall,
             firewall_alerts: Mutex::new((None, 0)),
             deny_soa: Record::from_rdata(Name::root(), negative_ttl, RData::SOA(soa)),
+            exfil: Default::default(),
         }
     }
 
@@ -184,6 +207,8 @@ impl Handler {
             }
             self.forget_ended();
             let files = self.snapshot().files.clone();
+            self.exfil
+                .retain(|agent| files.policies.by_agent(agent).is_some());
             for dropped in grants
                 .0
                 .drop_agents(|a| files.policies.by_agent(a).is_some())
@@ -386,16 +411,11 @@ impl Handler {
             return Progress::Answered(Outcome::refused(ResponseCode::Refused, None));
         };
         let agent = Some(&**governing);
-        if request.metadata.op_code != OpCode::Query {
-            return Progress::Answered(Outcome::refused(ResponseCode::NotImp, agent));
+        // Opcode, one question, EDNS version, class, zone transfers.
+        if let Err(rcode) = crate::wire::check(request) {
+            return Progress::Answered(Outcome::refused(rcode, agent));
         }
-        let [query] = request.queries.queries() else {
-            return Progress::Answered(Outcome::refused(ResponseCode::FormErr, agent));
-        };
-        if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            return Progress::Answered(Outcome::refused(ResponseCode::BADVERS, agent));
-        }
-        let query = query.original();
+        let query = request.queries.queries()[0].original();
         let (name, qtype) = (query.name(), query.query_type());
         let (policy, rule, decision) = match decide_for(governing, name) {
             Decision::Refused => {
@@ -420,18 +440,21 @@ impl Handler {
                     rule: None,
                     dynamic: false,
                     upstream_ms: None,
+                    exfil: None,
+                    stripped: Vec::new(),
                 });
             }
             Decision::Allow { policy, rule } => (policy, rule, Logged::Allow),
             Decision::WouldDeny { policy, rule } => (policy, rule, Logged::WouldDeny),
         };
-        // Zone transfers and other classes are not lookups an agent needs.
-        if query.query_class() != DNSClass::IN
-            || matches!(qtype, RecordType::AXFR | RecordType::IXFR)
-        {
-            return Progress::Answered(Outcome::refused(ResponseCode::Refused, Some(policy)));
+        // Wildcards answer address types unless their entry lists more.
+        if decision == Logged::Allow && !crate::exfil::qtype_allowed(rule, qtype) {
+            self.exfil
+                .qtype_denied(&policy.agent, src, name, qtype, &rule.pattern);
+            let refused = Outcome::exfil_refused(policy, rule, crate::exfil::Mark::Qtype);
+            return Progress::Answered(refused);
         }
-        let outcome = Outcome {
+        let mut outcome = Outcome {
             rcode: ResponseCode::ServFail,
             answers: Vec::new(),
             authority: Vec::new(),
@@ -442,6 +465,8 @@ impl Handler {
             rule: (decision == Logged::Allow).then(|| rule.pattern.clone()),
             dynamic: rule.dynamic,
             upstream_ms: None,
+            exfil: None,
+            stripped: Vec::new(),
         };
         let agent = policy.metrics_slot;
         match self
@@ -455,7 +480,28 @@ impl Handler {
                 name,
                 outcome.resolved(resolution),
             )),
-            None => Progress::NeedsUpstream(outcome, loaded),
+            None => {
+                // The name is about to leave: under a wildcard, a new one is
+                // charged to the agent's exfiltration budget.
+                if decision == Logged::Allow
+                    && crate::exfil::is_wildcard(&rule.pattern)
+                    && let Some(key) = crate::policy::name::query_key(name)
+                {
+                    use crate::exfil::{Mark, Verdict};
+                    match self.exfil.charge(&policy.agent, &policy.exfil, name, &key) {
+                        Verdict::Pass(soft) => outcome.exfil = soft.then_some(Mark::Soft),
+                        Verdict::Deny => {
+                            let refused = Outcome::exfil_refused(policy, rule, Mark::Budget);
+                            return Progress::Answered(refused);
+                        }
+                    }
+                }
+                let chosen = Chosen {
+                    policy: governing.clone(),
+                    rule: rule.clone(),
+                };
+                Progress::NeedsUpstream(outcome, loaded, chosen)
+            }
         }
     }
 
@@ -480,6 +526,16 @@ impl Handler {
                 record.ttl = record.ttl.min(left);
             }
         }
+        // Special-purpose addresses never leave, unless the entry opts in;
+        // nothing left to hand out is NODATA, not a failure.
+        let (stripped, emptied) =
+            crate::special::strip(&mut outcome.answers, &|ip| policy.opens(rule, ip));
+        if emptied {
+            outcome.rcode = ResponseCode::NoError;
+            outcome.answers.clear();
+            outcome.authority = vec![self.deny_soa.clone()];
+        }
+        outcome.stripped = stripped;
         let Some(firewall) = &self.firewall else {
             return outcome;
         };
@@ -532,14 +588,15 @@ impl Handler {
     }
 
     /// Completes an allowed answer that needs the upstream; failure is SERVFAIL.
-    pub async fn finish(&self, request: &Request, outcome: Outcome, loaded: &InForce) -> Outcome {
+    pub async fn finish(
+        &self,
+        request: &Request,
+        outcome: Outcome,
+        loaded: &InForce,
+        chosen: &Chosen,
+    ) -> Outcome {
         let query = request.queries.queries()[0].original();
-        // The same snapshot gives the same decision; the firewall needs its rule.
-        let (Decision::Allow { policy, rule } | Decision::WouldDeny { policy, rule }) =
-            decide(&loaded.policies, request.src().ip(), query.name())
-        else {
-            return outcome;
-        };
+        let (policy, rule) = (&*chosen.policy, &chosen.rule);
         let resolving = self.resolver.resolve(
             &loaded.files.zones,
             query.name(),
@@ -578,13 +635,22 @@ impl Handler {
             outcome.rcode,
             started.elapsed(),
         );
+        if let (false, Some(agent), Some(q)) = (outcome.stripped.is_empty(), &outcome.agent, query)
+        {
+            self.alerts.stripped(Stripped {
+                ts: SystemTime::now(),
+                agent: agent.clone(),
+                client: request.src(),
+                qname: q.name().clone(),
+                qtype: q.query_type(),
+                rule: outcome.rule.clone(),
+                addresses: outcome.stripped.clone(),
+            });
+        }
         self.audit.record(AuditRecord {
             ts: SystemTime::now(),
             client: request.src(),
-            transport: match request.protocol() {
-                Protocol::Tcp => "tcp",
-                _ => "udp",
-            },
+            transport: Transport::of(request).as_str(),
             agent: outcome.agent,
             qname: query.map(|q| q.name().clone()),
             qtype: query.map(|q| q.query_type()),
@@ -593,41 +659,51 @@ impl Handler {
             dynamic: outcome.dynamic,
             rcode: outcome.rcode,
             answers: outcome.answers,
+            stripped: outcome.stripped,
             upstream_ms: outcome.upstream_ms,
+            exfil: outcome.exfil.map(crate::exfil::Mark::as_str),
         });
     }
 
     /// A request that could not be parsed: FORMERR from its header, audited.
-    pub fn malformed(&self, raw: &[u8], src: SocketAddr, started: Instant) -> Option<Vec<u8>> {
-        let header = raw.get(..12)?;
-        if header[2] & 0x80 != 0 {
-            return None; // a response: never answer those (reflection)
-        }
+    /// A client no policy governs learns nothing, not even that: REFUSED.
+    pub fn malformed(
+        &self,
+        raw: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+        started: Instant,
+    ) -> Option<Vec<u8>> {
         let loaded = self.snapshot();
-        let policy = loaded.policies.for_client(src.ip())?;
-        let agent = policy.agent.clone();
+        let policy = loaded.policies.for_client(src.ip());
+        let rcode = match policy {
+            Some(_) => ResponseCode::FormErr,
+            None => ResponseCode::Refused,
+        };
         METRICS.query(
-            policy.metrics_slot,
+            policy.map_or(metrics::NO_AGENT, |p| p.metrics_slot),
             Logged::Refused,
             None,
-            ResponseCode::FormErr,
+            rcode,
             started.elapsed(),
         );
         self.audit.record(AuditRecord {
             ts: SystemTime::now(),
             client: src,
-            transport: "udp",
-            agent: Some(agent),
+            transport: transport.as_str(),
+            agent: policy.map(|p| p.agent.clone()),
             qname: None,
             qtype: None,
             decision: Logged::Refused,
             rule: None,
             dynamic: false,
-            rcode: ResponseCode::FormErr,
+            rcode,
             answers: Vec::new(),
+            stripped: Vec::new(),
             upstream_ms: None,
+            exfil: None,
         });
-        header_only_reply(raw, ResponseCode::FormErr)
+        header_only_reply(raw, rcode)
     }
 }
 
@@ -699,112 +775,4 @@ fn grant_event(event: &str, g: &Grant) -> String {
         "revoked_by": g.revoked_by,
     })
     .to_string()
-}
-
-/// A reply of just a header, for requests that cannot be parsed or answered:
-/// the query's ID, opcode and RD bit, with QR, RA and `rcode` set.
-pub fn header_only_reply(raw: &[u8], rcode: ResponseCode) -> Option<Vec<u8>> {
-    let header = raw.get(..12)?;
-    let mut reply = vec![0u8; 12];
-    reply[..2].copy_from_slice(&header[..2]);
-    reply[2] = 0x80 | (header[2] & 0x79);
-    reply[3] = 0x80 | rcode.low();
-    Some(reply)
-}
-
-#[async_trait::async_trait]
-impl RequestHandler for Handler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        mut handle: R,
-    ) -> ResponseInfo {
-        let started = Instant::now();
-        let outcome = match self.begin(request) {
-            Progress::Answered(outcome) => outcome,
-            Progress::NeedsUpstream(outcome, loaded) => {
-                self.finish(request, outcome, &loaded).await
-            }
-        };
-        let edns = response_edns(request);
-        let sent = handle
-            .send_response(build(request, edns.as_ref(), &outcome))
-            .await;
-        self.audit(request, outcome, started);
-        match sent {
-            Ok(info) => info,
-            Err(error) => {
-                tracing::debug!(%error, client = %request.src(), "failed to send response");
-                let mut metadata = Metadata::response_from_request(&request.metadata);
-                metadata.response_code = ResponseCode::ServFail;
-                ResponseInfo::from(Header {
-                    metadata,
-                    counts: HeaderCounts::default(),
-                })
-            }
-        }
-    }
-}
-
-type Records<'a> = std::slice::Iter<'a, Record>;
-type None<'a> = std::iter::Empty<&'a Record>;
-type Response<'q, 'a> = MessageResponse<'q, 'a, Records<'a>, Records<'a>, None<'a>, None<'a>>;
-
-/// EDNS for the reply: present when the query had it, payload capped.
-fn response_edns(request: &Request) -> Option<Edns> {
-    request.edns.as_ref().map(|req| {
-        let mut edns = Edns::new();
-        edns.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
-        edns.set_version(0);
-        edns
-    })
-}
-
-fn build<'q, 'a>(
-    request: &'q Request,
-    edns: Option<&'q Edns>,
-    outcome: &'a Outcome,
-) -> Response<'q, 'a> {
-    let mut metadata = Metadata::response_from_request(&request.metadata);
-    metadata.response_code = outcome.rcode;
-    metadata.recursion_available = true;
-    metadata.authoritative = outcome.authoritative;
-    let mut builder = MessageResponseBuilder::from_message_request(request);
-    if let Some(edns) = edns {
-        builder.edns(edns);
-    }
-    builder.build(
-        metadata,
-        outcome.answers.iter(),
-        outcome.authority.iter(),
-        std::iter::empty(),
-        std::iter::empty(),
-    )
-}
-
-/// The UDP reply bytes: truncated (TC) to the client's payload size, 512 without EDNS.
-pub fn encode_udp(request: &Request, outcome: &Outcome) -> Vec<u8> {
-    let edns = response_edns(request);
-    let max = edns.as_ref().map_or(512, Edns::max_payload);
-    let mut bytes = Vec::with_capacity(512);
-    let mut encoder = BinEncoder::new(&mut bytes);
-    encoder.set_max_size(max);
-    if build(request, edns.as_ref(), outcome)
-        .destructive_emit(&mut encoder)
-        .is_ok()
-    {
-        return bytes;
-    }
-    tracing::error!(client = %request.src(), "cannot encode response; answering SERVFAIL");
-    let mut bytes = Vec::with_capacity(12);
-    let mut encoder = BinEncoder::new(&mut bytes);
-    let mut metadata = Metadata::response_from_request(&request.metadata);
-    metadata.response_code = ResponseCode::ServFail;
-    let header = Header {
-        metadata,
-        counts: HeaderCounts::default(),
-    };
-    use hickory_server::proto::serialize::binary::BinEncodable;
-    let _ = header.emit(&mut encoder);
-    bytes
 }

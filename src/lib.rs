@@ -3,14 +3,17 @@
 //! One question's path, each step owned by one module:
 //!
 //! ```text
-//! server    sockets (UDP + TCP, v4 + v6), hickory's Server
-//!   └ handler   the RequestHandler: the path below, then the reply
+//! server    sockets (UDP threads + TCP, v4 + v6); tcp: RFC 7766 connections
+//!   └ answer    one entry for both transports: bytes in, reply out, audited
+//!     ├ wire      drop/decode, RFC checks (opcode, QDCOUNT, EDNS, class, xfr), encode + TC
+//!     └ handler   the path below (begin: inline; finish: upstream)
 //!       ├ decide      client address → policy → Allow{rule} | Deny | WouldDeny (learn) | Refused
 //!       │   └ policy      file (on-disk format) → Policy; matcher (exact + suffix + globs)
 //!       ├ resolve     local zone | cache | upstream, chasing CNAME chains
 //!       │   ├ zones       RFC 1035 files answered from memory
 //!       │   ├ cache       TTL-counting, bounded
 //!       │   └ upstream    forwarders or recursor from root hints
+//!       ├ special     special-purpose addresses stripped unless the entry opts in
 //!       ├ firewall    answer addresses → nftables sets (netlink), before the reply
 //!       ├ audit       one JSON line per query, off the query path
 //!       ├ metrics     atomic counters per agent/decision/qtype; the /metrics endpoint
@@ -28,6 +31,7 @@
 //! whole on reload, grant and expiry (`handler::InForce`).
 
 pub mod alert;
+pub mod answer;
 pub mod app;
 pub mod audit;
 pub mod cache;
@@ -37,6 +41,7 @@ pub mod control;
 pub mod decide;
 pub mod delivery;
 pub mod diagnostics;
+pub mod exfil;
 pub mod firewall;
 pub mod grants;
 pub mod handler;
@@ -50,7 +55,10 @@ pub mod reload;
 pub mod resolve;
 pub mod server;
 pub mod shutdown;
+pub mod special;
 pub mod suggest;
+pub mod tcp;
 pub mod upstream;
+pub mod wire;
 pub mod worker;
 pub mod zones;

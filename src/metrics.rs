@@ -157,6 +157,8 @@ pub struct Metrics {
     pub audit_lost: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// The transports' own counters (see [`Transports`]).
+    pub transports: Transports,
     /// Agent names by slot; written at policy load, read when rendering.
     agents: Mutex<Vec<Arc<str>>>,
     /// The alerting side's own counters, read when rendering.
@@ -181,6 +183,7 @@ impl Metrics {
             audit_lost: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
+            transports: Transports::new(),
             agents: Mutex::new(Vec::new()),
             alerts: Mutex::new(None),
         }
@@ -205,6 +208,15 @@ impl Metrics {
         shard.queries[slot][d][q].fetch_add(1, Relaxed);
         shard.rcodes[r].fetch_add(1, Relaxed);
         shard.latency.observe(took);
+    }
+
+    /// A message dropped without a reply (too short, or a response).
+    pub fn dropped(&self, why: crate::wire::Dropped) {
+        let counter = match why {
+            crate::wire::Dropped::Short => &self.transports.dropped_short,
+            crate::wire::Dropped::Response => &self.transports.dropped_responses,
+        };
+        counter.fetch_add(1, Relaxed);
     }
 
     /// An allowed question (or CNAME hop) answered from the cache.
@@ -410,7 +422,76 @@ impl Metrics {
             "allowdns_upstream_duration_seconds",
             std::iter::once(&self.upstream_latency),
         );
+        self.transports.render(&mut out);
         out
+    }
+}
+
+/// What the transports count besides answered queries.
+pub struct Transports {
+    pub dropped_short: AtomicU64,
+    pub dropped_responses: AtomicU64,
+    pub tcp_accepted: AtomicU64,
+    /// Connections closed at once because the connection bound was reached.
+    pub tcp_rejected: AtomicU64,
+    pub tcp_open: AtomicU64,
+}
+
+impl Transports {
+    const fn new() -> Self {
+        Transports {
+            dropped_short: AtomicU64::new(0),
+            dropped_responses: AtomicU64::new(0),
+            tcp_accepted: AtomicU64::new(0),
+            tcp_rejected: AtomicU64::new(0),
+            tcp_open: AtomicU64::new(0),
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        head(
+            out,
+            "allowdns_dropped_messages_total",
+            "counter",
+            "Messages dropped without a reply: shorter than a header, or responses (QR=1).",
+        );
+        for (reason, n) in [
+            ("short", &self.dropped_short),
+            ("response", &self.dropped_responses),
+        ] {
+            let n = n.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "allowdns_dropped_messages_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        head(
+            out,
+            "allowdns_tcp_connections_total",
+            "counter",
+            "TCP connections accepted, and those closed at once over the connection bound.",
+        );
+        for (outcome, n) in [
+            ("accepted", &self.tcp_accepted),
+            ("rejected", &self.tcp_rejected),
+        ] {
+            let n = n.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "allowdns_tcp_connections_total{{outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        head(
+            out,
+            "allowdns_tcp_connections_open",
+            "gauge",
+            "TCP connections open now.",
+        );
+        let _ = writeln!(
+            out,
+            "allowdns_tcp_connections_open {}",
+            self.tcp_open.load(Relaxed)
+        );
     }
 }
 

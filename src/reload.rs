@@ -119,6 +119,7 @@ fn restart_only(new: &Settings, running: &Settings) -> Vec<&'static str> {
         control_socket,
         metrics,
         notify,
+        tcp,
     } = new;
     let differs =
         |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
@@ -142,6 +143,7 @@ fn restart_only(new: &Settings, running: &Settings) -> Vec<&'static str> {
             differs(control_socket, &running.control_socket),
         ),
         ("metrics", differs(metrics, &running.metrics)),
+        ("tcp", differs(tcp, &running.tcp)),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))

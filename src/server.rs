@@ -5,7 +5,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use hickory_server::Server;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -13,17 +12,12 @@ use tokio_util::sync::CancellationToken;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use hickory_server::net::runtime::Time;
-use hickory_server::proto::op::MessageType;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use tokio::sync::Semaphore;
 
-use hickory_server::proto::op::ResponseCode;
-
-use crate::handler::{Handler, Outcome, Progress, encode_udp, header_only_reply};
-
-/// Idle TCP connections are closed after this long.
-const TCP_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::answer::{Answer, Answerer};
+use crate::handler::Handler;
+use crate::tcp::TcpLimits;
+use crate::wire::Transport;
 
 /// Bound sockets, one UDP and one TCP per listen address.
 pub struct Listeners {
@@ -159,9 +153,6 @@ fn grow_receive_buffer(udp: &Socket) {
     }
 }
 
-/// Upstream-bound UDP queries in flight at once; beyond this, SERVFAIL.
-/// (hickory's own UDP path spawns a task per packet with no bound.)
-const MAX_PENDING_UPSTREAM: usize = 4096;
 /// How often an idle UDP thread checks for shutdown (and beats).
 pub const IDLE_CHECK: Duration = Duration::from_millis(200);
 
@@ -178,13 +169,15 @@ fn udp_threads() -> usize {
 /// blocking in `recv_from`, answering denials, refusals, local zones and cache
 /// hits inline. No task spawn, channel hop or cross-thread wake-up per packet.
 /// Only questions that need the upstream become tasks on the runtime, and
-/// those are bounded. TCP goes through hickory's `Server`.
+/// those are bounded. TCP is served on the runtime ([`crate::tcp`]). Both
+/// go through one [`Answerer`].
 pub async fn run(
     listeners: Listeners,
     handler: Arc<Handler>,
+    tcp: TcpLimits,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_UPSTREAM));
+    let answerer = Arc::new(Answerer::new(handler));
     let runtime = tokio::runtime::Handle::current();
     let threads = listeners.health.beats.len() / listeners.udp.len().max(1);
     let mut udp_threads = Vec::new();
@@ -193,8 +186,7 @@ pub async fn run(
             let socket = socket.try_clone()?;
             let ctx = UdpContext {
                 socket: Arc::new(socket),
-                handler: handler.clone(),
-                pending: pending.clone(),
+                answerer: answerer.clone(),
                 runtime: runtime.clone(),
                 shutdown: shutdown.clone(),
                 health: listeners.health.clone(),
@@ -212,22 +204,25 @@ pub async fn run(
             })?);
         }
     }
-    let mut server = Server::new(SharedHandler(handler));
-    for listener in listeners.tcp {
-        server.register_listener(listener, TCP_TIMEOUT, 64 * 1024);
+    let connections = Arc::new(Semaphore::new(tcp.max_connections.max(1)));
+    let tcp = Arc::new(tcp);
+    let accepting: Vec<_> = listeners
+        .tcp
+        .into_iter()
+        .map(|listener| {
+            tokio::spawn(crate::tcp::serve(
+                listener,
+                answerer.clone(),
+                tcp.clone(),
+                connections.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
+    shutdown.cancelled().await;
+    for accept in accepting {
+        let _ = accept.await;
     }
-    let result = tokio::select! {
-        result = server.block_until_done() => {
-            result.map_err(|e| io::Error::other(format!("server stopped: {e}")))
-        }
-        _ = shutdown.cancelled() => {
-            server
-                .shutdown_gracefully()
-                .await
-                .map_err(|e| io::Error::other(format!("shutdown: {e}")))
-        }
-    };
-    shutdown.cancel();
     let joined = tokio::task::spawn_blocking(move || {
         udp_threads
             .into_iter()
@@ -240,20 +235,16 @@ pub async fn run(
     .await
     .map_err(io::Error::other)?;
     // Let upstream-bound answers still in flight finish (and be audited).
-    let _ = tokio::time::timeout(
-        crate::handler::RESOLVE_DEADLINE + Duration::from_secs(1),
-        pending.acquire_many(MAX_PENDING_UPSTREAM as u32),
-    )
-    .await;
-    result.and(joined.map(drop))
+    answerer
+        .drain(crate::handler::RESOLVE_DEADLINE + Duration::from_secs(1))
+        .await;
+    joined.map(drop)
 }
 
 /// What one UDP thread needs.
 struct UdpContext {
     socket: Arc<std::net::UdpSocket>,
-    handler: Arc<Handler>,
-    /// Permits for upstream-bound questions.
-    pending: Arc<Semaphore>,
+    answerer: Arc<Answerer>,
     /// Where upstream-bound questions are continued.
     runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
@@ -276,62 +267,22 @@ impl UdpContext {
             if src.port() == 0 {
                 continue;
             }
-            // A bug must cost one answer, not a serving thread.
-            let raw = &buf[..len];
             let started = Instant::now();
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.answer(raw, src, started)
-            }))
-            .is_err()
+            match self
+                .answerer
+                .answer(&buf[..len], src, Transport::Udp, started)
             {
-                tracing::error!(%src, "internal error while answering; sent SERVFAIL");
-                if let Some(reply) = header_only_reply(raw, ResponseCode::ServFail) {
-                    send(&self.socket, &reply, src);
+                Answer::Nothing => {}
+                Answer::Reply(reply) => send(&self.socket, &reply, src),
+                Answer::Upstream(upstream) => {
+                    let socket = self.socket.clone();
+                    self.runtime.spawn(async move {
+                        send(&socket, &upstream.finish().await, src);
+                    });
                 }
             }
         }
         Ok(())
-    }
-
-    fn answer(&self, raw: &[u8], src: SocketAddr, started: Instant) {
-        let request = match Request::from_bytes(
-            raw.to_vec(),
-            src,
-            hickory_server::net::xfer::Protocol::Udp,
-        ) {
-            Ok(request) => request,
-            Err(_) => {
-                if let Some(reply) = self.handler.malformed(raw, src, started) {
-                    send(&self.socket, &reply, src);
-                }
-                return;
-            }
-        };
-        if request.metadata.message_type == MessageType::Response {
-            return; // never answer responses (reflection)
-        }
-        let (outcome, loaded) = match self.handler.begin(&request) {
-            Progress::Answered(outcome) => return self.reply(&request, outcome, started),
-            Progress::NeedsUpstream(outcome, loaded) => (outcome, loaded),
-        };
-        let Ok(permit) = self.pending.clone().try_acquire_owned() else {
-            tracing::warn!(%src, "too many upstream queries in flight; answering SERVFAIL");
-            return self.reply(&request, outcome, started);
-        };
-        let (socket, handler) = (self.socket.clone(), self.handler.clone());
-        self.runtime.spawn(async move {
-            let outcome = handler.finish(&request, outcome, &loaded).await;
-            let reply = encode_udp(&request, &outcome);
-            handler.audit(&request, outcome, started);
-            send(&socket, &reply, src);
-            drop(permit);
-        });
-    }
-
-    fn reply(&self, request: &Request, outcome: Outcome, started: Instant) {
-        let reply = encode_udp(request, &outcome);
-        self.handler.audit(request, outcome, started);
-        send(&self.socket, &reply, request.src());
     }
 }
 
@@ -350,20 +301,6 @@ fn is_transient(e: &io::Error) -> bool {
             | io::ErrorKind::WouldBlock
             | io::ErrorKind::TimedOut
     )
-}
-
-/// hickory's `Server` owns its handler; TCP and the UDP loops share one.
-struct SharedHandler(Arc<Handler>);
-
-#[async_trait::async_trait]
-impl RequestHandler for SharedHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        handle: R,
-    ) -> ResponseInfo {
-        self.0.handle_request::<R, T>(request, handle).await
-    }
 }
 
 #[cfg(test)]

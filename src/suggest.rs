@@ -533,6 +533,9 @@ fn parse_record(value: &Value) -> Result<Parsed<'_>, LineError> {
     }
     let denied = match string(object, "decision")? {
         Some("allow" | "would_deny") => false,
+        // Refused under a wildcard by the exfiltration fences: allowlisted
+        // already, so nothing to suggest (docs/exfiltration.md).
+        Some("deny") if string(object, "exfil")?.is_some() => return Ok(Parsed::Skipped),
         Some("deny") => true,
         Some("refused") => return Ok(Parsed::Skipped),
         Some(other) => {
@@ -868,7 +871,7 @@ fn at_or_below(name: &str, domain: &str) -> bool {
 /// (`psl::domain_str`) and by [`policy::is_public_suffix`] (which adds
 /// suffixes such as `co.uk`), whichever is narrower. `None` when the name is
 /// itself a suffix.
-fn registrable_domain(name: &str) -> Option<&str> {
+pub(crate) fn registrable_domain(name: &str) -> Option<&str> {
     let listed = psl::domain_str(name)?;
     if !at_or_below(name, listed) {
         return None;
@@ -1220,6 +1223,16 @@ mod tests {
         });
         v["future_field"] = serde_json::json!({"unknown": true});
         format!("{v}\n")
+    }
+
+    #[test]
+    fn names_refused_by_the_exfiltration_fences_are_not_suggested() {
+        let mut log = lookups(&["api.example.com"]);
+        let mut refused: serde_json::Value =
+            serde_json::from_str(&line(9, "agent", "x1y2.t.cdn.test", "deny", "REFUSED")).unwrap();
+        refused["exfil"] = "budget".into();
+        log.push_str(&format!("{refused}\n"));
+        assert_eq!(destinations(&log), vec!["api.example.com"]);
     }
 
     fn lookups(names: &[&str]) -> String {

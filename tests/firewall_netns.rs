@@ -4,8 +4,9 @@
 //! Namespaces (all created here, removed on drop):
 //! - R: allowdns and its upstream (a recording hickory server on R's loopback);
 //! - A: the agent; veth to R (DNS) and to I, default route via I;
-//! - I: "the internet": echo services on 10.200.3.0/24 and 10.200.4.0/22,
-//!   and a rogue DNS server on 10.200.3.53.
+//! - I: "the internet": echo services on documentation ranges (203.0.113.0/24,
+//!   192.0.2.0/24) and on 10.200.4.0/22, which the race entry opts in to
+//!   (`private:`, docs/special-addresses.md), and a rogue DNS server on 203.0.113.53.
 //!
 //! Needs root, `ip`, `nft`, `getent` and `dig`: fails under CI=true without
 //! them, skips loudly elsewhere.
@@ -117,9 +118,9 @@ impl Lab {
             "10.200.2.1",
         ]);
         // I answers for whole prefixes on its loopback.
-        sh(&["ip", "-n", i, "addr", "add", "10.200.3.0/24", "dev", "lo"]);
+        sh(&["ip", "-n", i, "addr", "add", "203.0.113.0/24", "dev", "lo"]);
         sh(&["ip", "-n", i, "addr", "add", "10.200.4.0/22", "dev", "lo"]);
-        sh(&["ip", "-n", i, "addr", "add", "10.200.8.0/24", "dev", "lo"]);
+        sh(&["ip", "-n", i, "addr", "add", "192.0.2.0/24", "dev", "lo"]);
         // The agent's resolv.conf: allowdns only.
         std::fs::create_dir_all(format!("/etc/netns/{a}")).unwrap();
         std::fs::write(
@@ -193,7 +194,7 @@ fn start_services(lab: &Lab, ports: &[u16]) {
     }
     // A rogue resolver that answers anything (it echoes the query back).
     let rogue = in_ns(lab.netns(&lab.i), || {
-        UdpSocket::bind("10.200.3.53:53").unwrap()
+        UdpSocket::bind("203.0.113.53:53").unwrap()
     });
     std::thread::spawn(move || {
         let mut buf = [0u8; 512];
@@ -229,7 +230,7 @@ fn rogue_dig(lab: &Lab) -> (bool, String) {
         "dig",
         "+time=1",
         "+tries=1",
-        "@10.200.3.53",
+        "@203.0.113.53",
         "example.com",
     ])
 }
@@ -247,7 +248,7 @@ fn getent(lab: &Lab, name: &str) -> Option<String> {
 fn zone(dir: &TempDir) -> PathBuf {
     let mut z = String::from(
         "$ORIGIN fw.test.\n$TTL 60\n@ IN SOA ns.fw.test. h.fw.test. 1 3600 600 86400 5\n@ IN NS ns.fw.test.\nns IN A 127.0.0.1\n\
-         web IN A 10.200.3.10\nports IN A 10.200.3.30\nshort 1 IN A 10.200.3.40\nevil IN A 10.200.3.66\ninrange IN A 10.200.8.5\n",
+         web IN A 203.0.113.10\nports IN A 203.0.113.30\nshort 1 IN A 203.0.113.40\nevil IN A 203.0.113.66\ninrange IN A 192.0.2.5\n",
     );
     for i in 0..1000u32 {
         z.push_str(&format!(
@@ -288,7 +289,7 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
 
     // Before the fence: everything in I is reachable, including the rogue resolver.
     assert!(
-        connect(&lab, "10.200.3.99:443").is_some(),
+        connect(&lab, "203.0.113.99:443").is_some(),
         "lab wiring: I is reachable"
     );
     let (ok, out) = rogue_dig(&lab);
@@ -302,7 +303,7 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
         Upstream::start("127.0.0.1", 0, &[zone])
     });
     // The ruleset, as a person would load it.
-    let policy = lab.fence("agent_name: fenced_agent\nclients: [\"10.200.1.0/30\"]\nexpected_outbound:\n  - destination: web.fw.test\n  - destination: ports.fw.test\n    port: 8443\n    protocol: TCP\n  - destination: short.fw.test\n  - destination: 10.200.3.77\n    port: 443\n    protocol: TCP\n  - destination: 10.200.8.0/24\n  - destination: inrange.fw.test\n    port: 443\n    protocol: TCP\nallowed_dynamic_resolution:\n  - \"*.race.fw.test\"\nfirewall:\n  netns: NETNS\n  min_ttl: 1\n  grace: 1\n");
+    let policy = lab.fence("agent_name: fenced_agent\nclients: [\"10.200.1.0/30\"]\nexpected_outbound:\n  - destination: web.fw.test\n  - destination: ports.fw.test\n    port: 8443\n    protocol: TCP\n  - destination: short.fw.test\n  - destination: 203.0.113.77\n    port: 443\n    protocol: TCP\n  - destination: 192.0.2.0/24\n  - destination: inrange.fw.test\n    port: 443\n    protocol: TCP\nallowed_dynamic_resolution:\n  - pattern: \"*.race.fw.test\"\n    private: [10.200.4.0/22]\nfirewall:\n  netns: NETNS\n  min_ttl: 1\n  grace: 1\n");
     let policy = policy.to_str().unwrap().to_string();
 
     let audit = lab.dir.0.join("audit.jsonl");
@@ -323,12 +324,12 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
 
     // 2. The address before any lookup: dropped.
     assert!(
-        connect(&lab, "10.200.3.10:443").is_none(),
+        connect(&lab, "203.0.113.10:443").is_none(),
         "reachable before any lookup"
     );
     // 1. Resolve with a real client, then connect.
-    assert_eq!(getent(&lab, "web.fw.test").as_deref(), Some("10.200.3.10"));
-    let Some(mut web) = connect(&lab, "10.200.3.10:443") else {
+    assert_eq!(getent(&lab, "web.fw.test").as_deref(), Some("203.0.113.10"));
+    let Some(mut web) = connect(&lab, "203.0.113.10:443") else {
         let (_, sets) = sh_out(&["ip", "netns", "exec", &lab.a, "nft", "list", "ruleset"]);
         panic!(
             "allowed name did not connect after lookup; ruleset:\n{sets}\nallowdns:\n{}",
@@ -338,7 +339,7 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
     assert!(echo(&mut web));
     // 3. A hard-coded address never handed out.
     assert!(
-        connect(&lab, "10.200.3.99:443").is_none(),
+        connect(&lab, "203.0.113.99:443").is_none(),
         "hard-coded address reachable"
     );
     // 4. Raw DNS to another server.
@@ -352,24 +353,24 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
     assert_eq!(upstream.count("evil.fw.test"), 0);
     // Addresses written in the policy need no DNS; their ports are enforced too.
     assert!(
-        connect(&lab, "10.200.3.77:443").is_some(),
+        connect(&lab, "203.0.113.77:443").is_some(),
         "policy address blocked"
     );
     assert!(
-        connect(&lab, "10.200.3.77:8443").is_none(),
+        connect(&lab, "203.0.113.77:8443").is_none(),
         "policy address passed on another port"
     );
     assert!(
-        connect(&lab, "10.200.8.200:9443").is_some(),
+        connect(&lab, "192.0.2.200:9443").is_some(),
         "policy CIDR blocked"
     );
     // A port-restricted name inside a policy range: already passed, not an overlap error.
     assert_eq!(
         getent(&lab, "inrange.fw.test").as_deref(),
-        Some("10.200.8.5")
+        Some("192.0.2.5")
     );
     assert!(
-        connect(&lab, "10.200.8.5:443").is_some(),
+        connect(&lab, "192.0.2.5:443").is_some(),
         "name inside a policy range blocked"
     );
     // 8. Port-restricted: its port passes, another does not.
@@ -382,13 +383,13 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
         "+short",
         "ports.fw.test",
     ]);
-    assert!(ok && out.trim() == "10.200.3.30", "{out}");
+    assert!(ok && out.trim() == "203.0.113.30", "{out}");
     assert!(
-        connect(&lab, "10.200.3.30:8443").is_some(),
+        connect(&lab, "203.0.113.30:8443").is_some(),
         "allowed port blocked"
     );
     assert!(
-        connect(&lab, "10.200.3.30:9443").is_none(),
+        connect(&lab, "203.0.113.30:9443").is_none(),
         "other port passed"
     );
 
@@ -424,13 +425,13 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
     // 7. Expiry: TTL 1 + grace 1. An established connection survives; new ones fail.
     assert_eq!(
         getent(&lab, "short.fw.test").as_deref(),
-        Some("10.200.3.40")
+        Some("203.0.113.40")
     );
-    let mut kept = connect(&lab, "10.200.3.40:443").expect("short-lived name connects");
+    let mut kept = connect(&lab, "203.0.113.40:443").expect("short-lived name connects");
     let started = Instant::now();
     std::thread::sleep(Duration::from_millis(3500));
     assert!(
-        connect(&lab, "10.200.3.40:443").is_none(),
+        connect(&lab, "203.0.113.40:443").is_none(),
         "element did not expire after {:?}",
         started.elapsed()
     );
@@ -499,7 +500,7 @@ fn a_failed_set_update_fails_closed_with_servfail_and_an_alert() {
     std::fs::create_dir(&zones).unwrap();
     std::fs::write(
         zones.join("fw.test.zone"),
-        "$ORIGIN fw.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\nweb IN A 10.200.3.10\nother IN A 10.200.3.11\n",
+        "$ORIGIN fw.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\nweb IN A 203.0.113.10\nother IN A 203.0.113.11\n",
     )
     .unwrap();
     // The ruleset, as a person would load it.
@@ -532,7 +533,7 @@ fn cache_hits_refresh_set_elements() {
     start_services(&lab, &[443]);
     let zone = lab.dir.write(
         "fw.test.zone",
-        "$ORIGIN fw.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\nlong IN A 10.200.3.50\n",
+        "$ORIGIN fw.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\nlong IN A 203.0.113.50\n",
     );
     let upstream = Upstream::start("127.0.0.14", 0, &[zone]);
     // Elements live max_ttl + grace = 3 s; the cache keeps the answer 60 s.
@@ -556,7 +557,7 @@ fn cache_hits_refresh_set_elements() {
     );
     std::thread::sleep(Duration::from_millis(2500));
     assert!(
-        connect(&lab, "10.200.3.50:443").is_some(),
+        connect(&lab, "203.0.113.50:443").is_some(),
         "the cache hit at 2.5 s did not refresh the element (it would have expired at 3 s)"
     );
 }
@@ -568,27 +569,27 @@ fn policy_addresses_leave_the_set_when_the_policy_stops_listing_them() {
     }
     let lab = Lab::create();
     start_services(&lab, &[443]);
-    // The fence as printed from a policy that lists 10.200.8.0/24.
+    // The fence as printed from a policy that lists 192.0.2.0/24.
     let before = lab.fence(
-        "agent_name: moving\nexpected_outbound:\n  - destination: 10.200.8.0/24\n  - destination: 10.200.3.77\nfirewall:\n  netns: NETNS\n",
+        "agent_name: moving\nexpected_outbound:\n  - destination: 192.0.2.0/24\n  - destination: 203.0.113.77\nfirewall:\n  netns: NETNS\n",
     );
     assert!(
-        connect(&lab, "10.200.8.9:443").is_some(),
+        connect(&lab, "192.0.2.9:443").is_some(),
         "the printed ruleset carries policy addresses"
     );
     let _ = before;
     // allowdns starts with the policy no longer listing the range.
     let after = lab.dir.write(
         "after.yaml",
-        &format!("agent_name: moving\nexpected_outbound:\n  - destination: 10.200.3.77\nfirewall:\n  netns: {}\n", lab.a),
+        &format!("agent_name: moving\nexpected_outbound:\n  - destination: 203.0.113.77\nfirewall:\n  netns: {}\n", lab.a),
     );
     let dns = Allowdns::serve(&["--policy", after.to_str().unwrap(), "--upstream", "none"]);
     assert!(
-        connect(&lab, "10.200.8.9:443").is_none(),
+        connect(&lab, "192.0.2.9:443").is_none(),
         "a range the policy no longer lists still passes"
     );
     assert!(
-        connect(&lab, "10.200.3.77:443").is_some(),
+        connect(&lab, "203.0.113.77:443").is_some(),
         "a listed address was removed"
     );
     drop(dns);
@@ -603,13 +604,13 @@ fn grants_and_expiring_ranges_age_out_of_the_fence() {
     start_services(&lab, &[443]);
     let zone = lab.dir.write(
         "fw.test.zone",
-        "$ORIGIN fw.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\nvendor IN A 10.200.3.60\n",
+        "$ORIGIN fw.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\nvendor IN A 203.0.113.60\n",
     );
     let upstream = Upstream::start("127.0.0.15", 0, &[zone]);
     let soon =
         humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3));
     let policy = lab.fence(&format!(
-        "agent_name: excepted\nexpected_outbound:\n  - destination: 10.200.8.0/24\n    expires: \"{soon}\"\nfirewall:\n  netns: NETNS\n  grace: 1\n"
+        "agent_name: excepted\nexpected_outbound:\n  - destination: 192.0.2.0/24\n    expires: \"{soon}\"\nfirewall:\n  netns: NETNS\n  grace: 1\n"
     ));
     let socket = lab.dir.0.join("control.sock");
     let up = upstream.addr.to_string();
@@ -643,21 +644,21 @@ fn grants_and_expiring_ranges_age_out_of_the_fence() {
     let m = query(dns.udp, "vendor.fw.test", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert!(
-        connect(&lab, "10.200.3.60:443").is_some(),
+        connect(&lab, "203.0.113.60:443").is_some(),
         "granted name blocked"
     );
     assert!(
-        connect(&lab, "10.200.8.9:443").is_some(),
+        connect(&lab, "192.0.2.9:443").is_some(),
         "range blocked before expiry"
     );
     // Both end at 3 s; the element has 1 s of grace even though the record's TTL is 60 s.
     std::thread::sleep(Duration::from_millis(5000));
     assert!(
-        connect(&lab, "10.200.3.60:443").is_none(),
+        connect(&lab, "203.0.113.60:443").is_none(),
         "the granted address outlived its grant"
     );
     assert!(
-        connect(&lab, "10.200.8.9:443").is_none(),
+        connect(&lab, "192.0.2.9:443").is_none(),
         "the expired range is still in the set"
     );
     assert_eq!(
@@ -682,13 +683,13 @@ fn a_revoke_withdraws_fed_addresses_and_expiring_ranges_time_out_in_the_kernel()
     start_services(&lab, &[443]);
     let zone = lab.dir.write(
         "rv.test.zone",
-        "$ORIGIN rv.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\nvendor IN A 10.200.3.61\n",
+        "$ORIGIN rv.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\nvendor IN A 203.0.113.61\n",
     );
     let upstream = Upstream::start("127.0.0.15", 0, &[zone]);
     let later =
         humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(600));
     let policy = lab.fence(&format!(
-        "agent_name: revoked\nexpected_outbound:\n  - destination: 10.200.8.0/24\n    expires: \"{later}\"\nfirewall:\n  netns: NETNS\n"
+        "agent_name: revoked\nexpected_outbound:\n  - destination: 192.0.2.0/24\n    expires: \"{later}\"\nfirewall:\n  netns: NETNS\n"
     ));
     let socket = lab.dir.0.join("control.sock");
     let up = upstream.addr.to_string();
@@ -722,7 +723,7 @@ fn a_revoke_withdraws_fed_addresses_and_expiring_ranges_time_out_in_the_kernel()
     let m = query(dns.udp, "vendor.rv.test", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert!(
-        connect(&lab, "10.200.3.61:443").is_some(),
+        connect(&lab, "203.0.113.61:443").is_some(),
         "granted name blocked"
     );
 
@@ -742,7 +743,7 @@ fn a_revoke_withdraws_fed_addresses_and_expiring_ranges_time_out_in_the_kernel()
     assert!(ok, "{listed}");
     let range = listed
         .split(',')
-        .find(|e| e.contains("10.200.8.0/24 ."))
+        .find(|e| e.contains("192.0.2.0/24 ."))
         .unwrap_or_else(|| panic!("no range in:\n{listed}"));
     assert!(
         range.contains("expires"),
@@ -751,7 +752,7 @@ fn a_revoke_withdraws_fed_addresses_and_expiring_ranges_time_out_in_the_kernel()
 
     control(&["revoke", "--agent", "revoked", "--name", "vendor.rv.test"]);
     assert!(
-        connect(&lab, "10.200.3.61:443").is_none(),
+        connect(&lab, "203.0.113.61:443").is_none(),
         "a revoked grant's address still passes (record TTL 3600 s)"
     );
     assert_eq!(
@@ -759,7 +760,7 @@ fn a_revoke_withdraws_fed_addresses_and_expiring_ranges_time_out_in_the_kernel()
         ResponseCode::NXDomain
     );
     assert!(
-        connect(&lab, "10.200.8.9:443").is_some(),
+        connect(&lab, "192.0.2.9:443").is_some(),
         "the range is still in force"
     );
     assert!(
@@ -801,7 +802,7 @@ fn a_revoke_withdraws_fed_addresses_and_expiring_ranges_time_out_in_the_kernel()
         dns.stderr()
     );
     assert!(
-        connect(&lab, "10.200.8.9:443").is_some(),
+        connect(&lab, "192.0.2.9:443").is_some(),
         "the range closed on reload"
     );
 }
@@ -817,7 +818,7 @@ fn leaving_learn_mode_withdraws_what_it_let_through() {
     start_services(&lab, &[443]);
     let zone = lab.dir.write(
         "lm.test.zone",
-        "$ORIGIN lm.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\nseen IN A 10.200.3.62\nkept IN A 10.200.3.63\n",
+        "$ORIGIN lm.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\nseen IN A 203.0.113.62\nkept IN A 203.0.113.63\n",
     );
     let upstream = Upstream::start("127.0.0.15", 0, &[zone]);
     let policy = lab.fence(
@@ -830,7 +831,7 @@ fn leaving_learn_mode_withdraws_what_it_let_through() {
         assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
     }
     assert!(
-        connect(&lab, "10.200.3.62:443").is_some(),
+        connect(&lab, "203.0.113.62:443").is_some(),
         "learn mode blocked"
     );
 
@@ -844,7 +845,7 @@ fn leaving_learn_mode_withdraws_what_it_let_through() {
     dns.hup();
     dns.wait_for("reloaded", 1);
     assert!(
-        connect(&lab, "10.200.3.62:443").is_none(),
+        connect(&lab, "203.0.113.62:443").is_none(),
         "an address learn mode let through still passes after the switch to enforce"
     );
     assert_eq!(
@@ -857,7 +858,7 @@ fn leaving_learn_mode_withdraws_what_it_let_through() {
         ResponseCode::NoError
     );
     assert!(
-        connect(&lab, "10.200.3.63:443").is_some(),
+        connect(&lab, "203.0.113.63:443").is_some(),
         "a listed name lost its address"
     );
 }
@@ -873,20 +874,20 @@ fn a_reload_dropping_an_expiring_entry_withdraws_its_addresses() {
     start_services(&lab, &[443]);
     let zone = lab.dir.write(
         "dr.test.zone",
-        "$ORIGIN dr.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\nvendor IN A 10.200.3.64\n",
+        "$ORIGIN dr.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\nvendor IN A 203.0.113.64\n",
     );
     let upstream = Upstream::start("127.0.0.15", 0, &[zone]);
     let later =
         humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3600));
     let policy = lab.fence(&format!(
-        "agent_name: dropper\nexpected_outbound:\n  - destination: vendor.dr.test\n    expires: \"{later}\"\n  - destination: 10.200.8.0/24\nfirewall:\n  netns: NETNS\n"
+        "agent_name: dropper\nexpected_outbound:\n  - destination: vendor.dr.test\n    expires: \"{later}\"\n  - destination: 192.0.2.0/24\nfirewall:\n  netns: NETNS\n"
     ));
     let up = upstream.addr.to_string();
     let dns = Allowdns::serve(&["--policy", policy.to_str().unwrap(), "--upstream", &up]);
     let m = query(dns.udp, "vendor.dr.test", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert!(
-        connect(&lab, "10.200.3.64:443").is_some(),
+        connect(&lab, "203.0.113.64:443").is_some(),
         "listed name blocked"
     );
 
@@ -900,7 +901,7 @@ fn a_reload_dropping_an_expiring_entry_withdraws_its_addresses() {
     dns.hup();
     dns.wait_for("reloaded", 1);
     assert!(
-        connect(&lab, "10.200.3.64:443").is_none(),
+        connect(&lab, "203.0.113.64:443").is_none(),
         "an address fed under a dropped entry still passes"
     );
     assert_eq!(

@@ -1,9 +1,15 @@
 //! `allowdns nft-ruleset`: the default-deny ruleset for an agent namespace.
 //!
 //! Output drops by default (IPv4 and IPv6). Accepted: loopback, established
-//! and related traffic, DNS to allowdns only, addresses in the sets (any port,
-//! or address-and-port). Everything else is logged with a clear prefix, then
-//! dropped.
+//! and related traffic, neighbour discovery on the link only, DNS to allowdns
+//! only; then special-purpose ranges (src/special.rs) the policy does not
+//! list are dropped, so no set element can open them; then addresses in the
+//! sets (any port, or address-and-port). Everything else is logged with a
+//! clear prefix, then dropped.
+//!
+//! Input drops by default too: loopback, established and related traffic
+//! (replies, DNS answers from allowdns included), neighbour discovery from the
+//! link, and the policy's `inbound:` ports pass; the rest is logged.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -13,6 +19,14 @@ use crate::policy::Policy;
 
 /// Log prefix of denied egress, as it shows in the kernel log.
 pub const LOG_PREFIX: &str = "allowdns egress denied: ";
+/// Log prefix of denied inbound traffic.
+pub const INPUT_LOG_PREFIX: &str = "allowdns ingress denied: ";
+/// Neighbour discovery the agent sends: on the link only (a hop limit of 255
+/// is what receivers check), never to a global address as a covert channel.
+const ND_OUT: &str = "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } ip6 daddr { fe80::/10, ff02::/16 } ip6 hoplimit 255 accept";
+/// Neighbour discovery received: from a link-local source (or the
+/// unspecified one, during duplicate address detection), hop limit 255.
+const ND_IN: &str = "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert } ip6 saddr { ::, fe80::/10 } ip6 hoplimit 255 accept";
 
 pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> String {
     let mut out = String::new();
@@ -81,7 +95,11 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
     out.push_str("\t\tct state established,related accept\n");
     out.push_str("\t\tct state invalid drop\n");
     if v6 {
-        out.push_str("\t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept\n");
+        let _ = writeln!(out, "\t\t{ND_OUT}");
+        let _ = writeln!(
+            out,
+            "\t\ticmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit }} log prefix \"{LOG_PREFIX}nd \" drop"
+        );
     }
     for ip in dns {
         let (fam, ok) = match ip {
@@ -99,6 +117,20 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
         out,
         "\t\tmeta l4proto {{ udp, tcp }} th dport 53 log prefix \"{LOG_PREFIX}dns \" drop comment \"DNS only to allowdns\""
     );
+    // Special-purpose ranges go before the sets: a stale or hand-added
+    // element cannot open them. What the policy lists or opts in to stays open.
+    let opened = policy.opened_ranges();
+    for (fam, is_v6, ok) in [("ip", false, v4), ("ip6", true, v6)] {
+        let ranges = crate::special::drop_list(is_v6, &opened);
+        if ok && !ranges.is_empty() {
+            let list: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+            let _ = writeln!(
+                out,
+                "\t\t{fam} daddr {{ {} }} log prefix \"{LOG_PREFIX}special \" drop comment \"special-purpose\"",
+                list.join(", ")
+            );
+        }
+    }
     if v4 {
         let _ = writeln!(out, "\t\tip daddr @{} accept", config.set_v4);
         let _ = writeln!(
@@ -116,6 +148,23 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
         );
     }
     let _ = writeln!(out, "\t\tlog prefix \"{LOG_PREFIX}\" level warn");
+    out.push_str("\t\tcounter drop\n\t}\n\n");
+    out.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n");
+    out.push_str("\t\tiifname \"lo\" accept\n");
+    // Replies, allowdns's DNS answers among them, are established.
+    out.push_str("\t\tct state established,related accept\n");
+    out.push_str("\t\tct state invalid drop\n");
+    if v6 {
+        let _ = writeln!(out, "\t\t{ND_IN}");
+    }
+    for (protocol, port) in &policy.inbound {
+        let _ = writeln!(
+            out,
+            "\t\t{} dport {port} accept comment \"inbound\"",
+            protocol.as_str()
+        );
+    }
+    let _ = writeln!(out, "\t\tlog prefix \"{INPUT_LOG_PREFIX}\" level warn");
     out.push_str("\t\tcounter drop\n\t}\n}\n");
     // An ip or ip6 table never sees the other family: drop that family outright.
     let unserved = match config.family {
@@ -137,7 +186,11 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
         }
         let _ = writeln!(
             out,
-            "\t\tmeta nfproto {nfproto} log prefix \"{LOG_PREFIX}{name} \" drop\n\t}}\n}}"
+            "\t\tmeta nfproto {nfproto} log prefix \"{LOG_PREFIX}{name} \" drop\n\t}}"
+        );
+        let _ = writeln!(
+            out,
+            "\tchain input {{\n\t\ttype filter hook input priority filter; policy accept;\n\t\tiifname \"lo\" accept\n\t\tct state established,related accept\n\t\tmeta nfproto {nfproto} log prefix \"{INPUT_LOG_PREFIX}{name} \" drop\n\t}}\n}}"
         );
     }
     out
@@ -185,5 +238,46 @@ mod tests {
             &["10.0.0.1".parse().unwrap()],
         );
         assert!(!inet.contains("_no_"), "{inet}");
+    }
+
+    #[test]
+    fn special_ranges_drop_early_and_inbound_is_closed_but_for_listed_ports() {
+        let mut d = Diagnostics::default();
+        let policy = crate::policy::compile_source(
+            Path::new("p.yaml"),
+            "agent_name: a\nexpected_outbound:\n  - destination: api.corp.test\n    private: [10.20.0.0/16]\n  - destination: 172.16.5.0/24\ninbound:\n  - port: 8080\n    protocol: TCP\nfirewall: {}\n",
+            &mut d,
+        )
+        .unwrap();
+        let config = policy.firewall.clone().unwrap();
+        let text = render(&policy, &config, &["10.200.1.1".parse().unwrap()]);
+        let at = |needle: &str| {
+            text.find(needle)
+                .unwrap_or_else(|| panic!("{needle}: {text}"))
+        };
+        let special = at("drop comment \"special-purpose\"");
+        assert!(at("th dport 53 accept comment \"allowdns\"") < special);
+        assert!(special < at("ip daddr @allowed_v4 accept"));
+        // Opted-in and listed ranges stay open; the rest of 10/8 and 172.16/12 does not.
+        let line = &text[text[..special].rfind('\n').unwrap()..special];
+        assert!(
+            !line.contains("10.20.0.0/16") && line.contains("10.21.0.0/16"),
+            "{line}"
+        );
+        assert!(
+            !line.contains("172.16.0.0/12") && line.contains("172.16.4.0/24"),
+            "{line}"
+        );
+        assert!(
+            text.contains(
+                "chain input {\n\t\ttype filter hook input priority filter; policy drop;"
+            )
+        );
+        assert!(text.contains("tcp dport 8080 accept"), "{text}");
+        assert!(text.contains("ip6 daddr { fe80::/10, ff02::/16 } ip6 hoplimit 255 accept"));
+        assert!(
+            !text.contains("nd-router-solicit } accept"),
+            "no unbounded ND accept"
+        );
     }
 }

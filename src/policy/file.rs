@@ -35,6 +35,38 @@ pub struct PolicyFileV1 {
     /// Feed handed-out addresses into nftables sets; absent means no feeding.
     #[serde(default)]
     pub firewall: Option<FirewallV1>,
+    /// The exfiltration budget under wildcards; absent means the defaults.
+    #[serde(default)]
+    pub exfil: Option<ExfilV1>,
+    /// Ports the ruleset's input chain opens to the agent (a dev server).
+    #[serde(default)]
+    pub inbound: Vec<InboundV1>,
+}
+
+/// One `inbound` entry: a port the agent may listen on for the outside.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundV1 {
+    pub port: u16,
+    /// `TCP` or `UDP`.
+    pub protocol: String,
+}
+
+/// The `exfil:` section (docs/exfiltration.md); every key has a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExfilV1 {
+    /// `on` (default) or `off`.
+    #[serde(default)]
+    pub budget: Option<String>,
+    #[serde(default)]
+    pub soft_bytes: Option<u32>,
+    #[serde(default)]
+    pub hard_bytes: Option<u32>,
+    #[serde(default)]
+    pub drain_bytes_per_minute: Option<u32>,
+    #[serde(default)]
+    pub cooldown_secs: Option<u32>,
 }
 
 /// The `firewall:` section; every key has a default.
@@ -84,6 +116,13 @@ pub struct OutboundV1 {
     /// RFC 3339 time after which the entry no longer allows anything.
     #[serde(default)]
     pub expires: Option<String>,
+    /// Query types answered; wildcards default to address types only.
+    #[serde(default)]
+    pub qtypes: Option<Vec<String>>,
+    /// Special-purpose ranges (RFC 1918, link-local, ...) this name's answers
+    /// may carry; stripped otherwise (docs/special-addresses.md).
+    #[serde(default)]
+    pub private: Vec<String>,
 }
 
 /// One `allowed_dynamic_resolution` entry: a bare pattern (the seed format),
@@ -102,6 +141,11 @@ pub struct DynamicEntryV1 {
     /// RFC 3339 time after which the entry no longer allows anything.
     #[serde(default)]
     pub expires: Option<String>,
+    #[serde(default)]
+    pub qtypes: Option<Vec<String>>,
+    /// As in [`OutboundV1::private`].
+    #[serde(default)]
+    pub private: Vec<String>,
 }
 
 /// What [`salvage`] recovered.
@@ -115,7 +159,7 @@ pub struct Salvaged {
 }
 
 /// The top-level keys, for "unknown field" messages in [`salvage`].
-const FIELDS: &str = "`version`, `agent_name`, `clients`, `mode`, `expected_outbound`, `allowed_dynamic_resolution`, `firewall`";
+const FIELDS: &str = "`version`, `agent_name`, `clients`, `mode`, `expected_outbound`, `allowed_dynamic_resolution`, `firewall`, `exfil`, `inbound`";
 
 /// After the typed parse stopped at its first error: the file as far as it
 /// deserializes, key by key and list entry by list entry, plus one
@@ -136,6 +180,8 @@ pub fn salvage(source: &str) -> Option<Salvaged> {
         expected_outbound: Vec::new(),
         allowed_dynamic_resolution: Vec::new(),
         firewall: None,
+        exfil: None,
+        inbound: Vec::new(),
     };
     let mut named = false;
     let mut kept = Vec::new();
@@ -160,6 +206,8 @@ pub fn salvage(source: &str) -> Option<Salvaged> {
                     list(value, "allowed_dynamic_resolution", &mut errors, &mut kept)
             }
             "firewall" => raw.firewall = one(value, &key, &mut errors).flatten(),
+            "exfil" => raw.exfil = one(value, &key, &mut errors).flatten(),
+            "inbound" => raw.inbound = list(value, "inbound", &mut errors, &mut kept),
             _ => errors.push((
                 String::new(),
                 format!("unknown field `{key}`, expected one of {FIELDS}"),

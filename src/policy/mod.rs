@@ -7,6 +7,7 @@
 pub mod file;
 pub mod matcher;
 pub mod name;
+pub mod private;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -88,6 +89,9 @@ pub struct Rule {
     pub expires: Option<SystemTime>,
     /// Set for run-time grants: the reason given, for the audit log.
     pub grant: Option<Arc<str>>,
+    /// Query types answered (`qtypes:`); `None`: the default for the
+    /// pattern (see [`crate::exfil::qtype_allowed`]).
+    pub qtypes: Option<Arc<[hickory_proto::rr::RecordType]>>,
 }
 
 impl Rule {
@@ -130,6 +134,8 @@ pub struct Policy {
     pub learn: Option<Rule>,
     /// Index of the agent's series in [`crate::metrics`].
     pub metrics_slot: u16,
+    /// The exfiltration budget under wildcards (`exfil:`).
+    pub exfil: crate::exfil::Limits,
     matcher: Matcher,
     /// The file's name entries one by one, before merging: `effective`
     /// rebuilds from these, so a merged rule's longer-lived source comes
@@ -137,6 +143,10 @@ pub struct Policy {
     entries: Arc<[Rule]>,
     /// The file's address entries one by one, likewise.
     address_entries: Arc<[AddressRule]>,
+    /// Special-purpose ranges name entries opt in to (`private:`).
+    pub private: Arc<[crate::policy::private::Private]>,
+    /// Ports opened to inbound connections (`inbound:`), for the ruleset.
+    pub inbound: Vec<(Protocol, u16)>,
 }
 
 impl Policy {
@@ -201,9 +211,12 @@ impl Policy {
             firewall: self.firewall.clone(),
             learn: self.learn.clone(),
             metrics_slot: self.metrics_slot,
+            exfil: self.exfil,
             matcher: builder.matcher,
             entries: self.entries.clone(),
             address_entries: self.address_entries.clone(),
+            private: self.private.clone(),
+            inbound: self.inbound.clone(),
         }
     }
 }
@@ -520,6 +533,8 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
         expected_outbound,
         allowed_dynamic_resolution,
         firewall,
+        exfil,
+        inbound,
     } = raw;
     let mut seen = Occurrences::default();
 
@@ -560,6 +575,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
                 },
                 expires: None,
                 grant: None,
+                qtypes: None,
             })
         }
         Some(other) => {
@@ -588,6 +604,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
     }
 
     let mut builder = RuleBuilder::default();
+    let mut opted = Vec::new();
     for (i, entry) in expected_outbound.iter().enumerate() {
         let file::OutboundV1 {
             destination,
@@ -595,6 +612,8 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
             protocol,
             purpose: _,
             expires,
+            qtypes,
+            private,
         } = entry;
         let line = seen.spot(source, destination);
         let field = |f: &str| Some(format!("expected_outbound[{i}].{f}"));
@@ -640,23 +659,39 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
             diags.error(file, line.line(), field("port"), "port 0 is not a port");
         }
         match classify_destination(destination) {
+            Ok(Destination::Address(_)) if qtypes.is_some() => diags.error(
+                file,
+                line.line(),
+                field("qtypes"),
+                "qtypes applies to names, not addresses",
+            ),
             Ok(Destination::Address(net)) => {
                 if let Some(why) = over_broad_net(&net) {
                     diags.warning(file, line.line(), field("destination"), why);
                 }
+                private::not_for_addresses(file, &line, field("private"), private, diags);
                 builder.address(net, ports, expires)
             }
             Ok(Destination::Name(key)) => {
                 warn_if_broad(file, &line, field("destination"), &key, diags);
-                builder.name(key, false, ports, expires);
+                warn_if_doh(file, &line, field("destination"), &key, diags);
+                let qtypes = compile_qtypes(file, source, field("qtypes"), qtypes, diags);
+                let at = (file, source, field("private"));
+                private::opt_in(at, &line, &key, private, expires, &mut opted, diags);
+                builder.name(key, false, ports, expires, qtypes);
             }
             Err(e) => diags.error(file, line.line(), field("destination"), e),
         }
     }
     for (i, entry) in allowed_dynamic_resolution.iter().enumerate() {
-        let (pattern, expires) = match entry {
-            file::DynamicV1::Pattern(pattern) => (pattern, &None),
-            file::DynamicV1::Entry(file::DynamicEntryV1 { pattern, expires }) => (pattern, expires),
+        let (pattern, expires, qtypes, private) = match entry {
+            file::DynamicV1::Pattern(pattern) => (pattern, &None, &None, &[][..]),
+            file::DynamicV1::Entry(file::DynamicEntryV1 {
+                pattern,
+                expires,
+                qtypes,
+                private,
+            }) => (pattern, expires, qtypes, &private[..]),
         };
         let line = seen.spot(source, pattern);
         let field = Some(format!("allowed_dynamic_resolution[{i}]"));
@@ -667,7 +702,16 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
         match classify_destination(pattern) {
             Ok(Destination::Name(key)) => {
                 warn_if_broad(file, &line, field.clone(), &key, diags);
-                builder.name(key, true, None, expires);
+                warn_if_doh(file, &line, field.clone(), &key, diags);
+                let qtypes_field = Some(format!("allowed_dynamic_resolution[{i}].qtypes"));
+                let qtypes = compile_qtypes(file, source, qtypes_field, qtypes, diags);
+                let at = (
+                    file,
+                    source,
+                    Some(format!("allowed_dynamic_resolution[{i}].private")),
+                );
+                private::opt_in(at, &line, &key, private, expires, &mut opted, diags);
+                builder.name(key, true, None, expires, qtypes);
             }
             Ok(Destination::Address(_)) => diags.error(
                 file,
@@ -710,8 +754,11 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
     }
 
     let firewall = firewall.map(|f| compile_firewall(file, source, f, diags));
+    let exfil = compile_exfil(file, source, exfil, diags);
+    let inbound = private::inbound(file, source, &inbound, diags);
     Policy {
         metrics_slot: crate::metrics::METRICS.slot_for(agent_name.trim()),
+        exfil,
         agent: agent_name.trim().into(),
         source: file.to_path_buf(),
         clients: client_nets,
@@ -722,6 +769,8 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
         matcher: builder.matcher,
         entries: builder.entries.into(),
         address_entries: builder.address_entries.into(),
+        private: opted.into(),
+        inbound,
     }
 }
 
@@ -960,6 +1009,7 @@ impl RuleBuilder {
         dynamic: bool,
         ports: Option<(Protocol, u16)>,
         expires: Option<SystemTime>,
+        qtypes: Option<Arc<[hickory_proto::rr::RecordType]>>,
     ) {
         let mut rule_ports = Ports::default();
         rule_ports.add(ports);
@@ -969,6 +1019,7 @@ impl RuleBuilder {
             ports: rule_ports,
             expires,
             grant: None,
+            qtypes,
         };
         self.entries.push(rule.clone());
         self.rule(rule);
@@ -994,6 +1045,7 @@ impl RuleBuilder {
             same_as(if old_later { &old } else { &new })
         });
         rule.expires = expires;
+        rule.qtypes = crate::exfil::merge_qtypes(&rule.pattern, &old.qtypes, &new.qtypes);
         if rule.grant.is_some() {
             rule.grant = new.grant;
         }
@@ -1127,6 +1179,105 @@ fn warn_if_broad(
     if let Some(why) = over_broad(key) {
         diags.warning(file, line.line(), field, format!("over-broad: {why}"));
     }
+}
+
+/// `check` warns about names that reach a DoH/DoT resolver: through one, the
+/// agent resolves anything, past the policy.
+fn warn_if_doh(
+    file: &Path,
+    line: &Spot,
+    field: Option<String>,
+    key: &str,
+    diags: &mut Diagnostics,
+) {
+    // An over-broad pattern has its own warning; this one is for the rest.
+    if let Some(endpoint) = crate::exfil::doh_endpoint(key).filter(|_| over_broad(key).is_none()) {
+        diags.warning(
+            file,
+            line.line(),
+            field,
+            format!(
+                "'{key}' allows '{endpoint}', a public DNS-over-HTTPS/TLS resolver: \
+                 the agent can resolve any name through it, past this policy"
+            ),
+        );
+    }
+}
+
+/// An entry's `qtypes`, validated; errors name the type and its line.
+fn compile_qtypes(
+    file: &Path,
+    source: &str,
+    field: Option<String>,
+    raw: &Option<Vec<String>>,
+    diags: &mut Diagnostics,
+) -> Option<Arc<[hickory_proto::rr::RecordType]>> {
+    let list = raw.as_ref()?;
+    match crate::exfil::parse_qtypes(list) {
+        Ok(types) => Some(types),
+        Err((value, why)) => {
+            let line = locate(source, value.trim(), 0).or_else(|| locate(source, "qtypes", 0));
+            let shown = if value.is_empty() {
+                why
+            } else {
+                format!("'{value}': {why}")
+            };
+            diags.error(file, line, field, shown);
+            None
+        }
+    }
+}
+
+/// The `exfil:` section; absent means the defaults.
+fn compile_exfil(
+    file: &Path,
+    source: &str,
+    raw: Option<file::ExfilV1>,
+    diags: &mut Diagnostics,
+) -> crate::exfil::Limits {
+    use crate::exfil::*;
+    let Some(raw) = raw else {
+        return Limits::default();
+    };
+    let soft = raw.soft_bytes.unwrap_or(DEFAULT_SOFT_BYTES);
+    let hard = raw.hard_bytes.unwrap_or(DEFAULT_HARD_BYTES);
+    let enabled = match raw.budget.as_deref() {
+        None | Some("on") => true,
+        Some("off") => {
+            diags.warning(
+                file,
+                locate(source, "budget", 0),
+                Some("exfil.budget".into()),
+                "off: new names under wildcards may carry any amount of data out",
+            );
+            false
+        }
+        Some(other) => {
+            diags.error(
+                file,
+                locate(source, other, 0),
+                Some("exfil.budget".into()),
+                format!("'{other}' is not 'on' or 'off'"),
+            );
+            true
+        }
+    };
+    if hard == 0 || soft > hard {
+        diags.error(
+            file,
+            locate(source, "hard_bytes", 0).or_else(|| locate(source, "soft_bytes", 0)),
+            Some("exfil.hard_bytes".into()),
+            format!("must be above 0 and at least soft_bytes ({soft})"),
+        );
+    }
+    Limits::from_bytes(
+        enabled,
+        soft,
+        hard,
+        raw.drain_bytes_per_minute
+            .unwrap_or(DEFAULT_DRAIN_BYTES_PER_MIN),
+        raw.cooldown_secs.unwrap_or(DEFAULT_COOLDOWN_SECS),
+    )
 }
 
 /// Why a canonical pattern allows names an attacker can register, if it does.
@@ -1321,6 +1472,7 @@ mod merge_tests {
             },
             expires: Some(expires),
             grant: Some("r".into()),
+            qtypes: None,
         }
     }
 

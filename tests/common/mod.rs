@@ -23,10 +23,13 @@ use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
 
 /// Questions the upstream received, as ("name" lowercased without dot, type).
 pub type Log = Arc<Mutex<Vec<(String, RecordType)>>>;
+/// Names (lowercased without dot) the upstream answers only after a delay.
+pub type Delays = Arc<Mutex<std::collections::HashMap<String, Duration>>>;
 
 struct Recording {
     catalog: Catalog,
     log: Log,
+    delays: Delays,
 }
 
 #[async_trait::async_trait]
@@ -39,7 +42,11 @@ impl RequestHandler for Recording {
         for q in request.queries.queries() {
             let name = q.original().name().to_ascii().to_lowercase();
             let name = name.trim_end_matches('.').to_string();
+            let delay = self.delays.lock().unwrap().get(&name).copied();
             self.log.lock().unwrap().push((name, q.query_type()));
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
         }
         self.catalog.handle_request::<R, T>(request, handle).await
     }
@@ -49,6 +56,7 @@ impl RequestHandler for Recording {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub log: Log,
+    pub delays: Delays,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -81,9 +89,11 @@ impl Upstream {
             catalog.upsert(LowerName::new(&origin), handlers);
         }
         let log: Log = Arc::default();
+        let delays: Delays = Arc::default();
         let handler = Recording {
             catalog,
             log: log.clone(),
+            delays: delays.clone(),
         };
         let bind: SocketAddr = format!("{ip}:{port}").parse().unwrap();
         let udp =
@@ -114,6 +124,7 @@ impl Upstream {
         Upstream {
             addr,
             log,
+            delays,
             stop: Some(stop),
             thread: Some(thread),
         }

@@ -1,0 +1,415 @@
+//! Exfiltration through allowed wildcards (docs/exfiltration.md), through
+//! the real binary with a real upstream on loopback:
+//! - a wildcard answers address types only, unless its entry lists `qtypes`;
+//! - new names under a wildcard are charged to a per-agent, per-domain
+//!   budget; past the hard limit they are refused, seen names still work;
+//! - the committed corpus of hard legitimate names raises nothing;
+//! - a flood of unique names does not grow the resolver's memory;
+//! - `check` validates `qtypes` with file:line and warns about DoH endpoints.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
+/// A zone answering every name below `origin` (wildcard), TTL 0 so that
+/// every repeat goes upstream again (the budget, not the cache, is tested).
+fn wildcard_zone(dir: &TempDir, origin: &str) -> PathBuf {
+    dir.write(
+        &format!("{origin}.zone"),
+        &format!(
+            "$ORIGIN {origin}.\n$TTL 0\n\
+             @ IN SOA ns.{origin}. hostmaster.{origin}. 1 3600 600 86400 0\n\
+             @ IN NS ns.{origin}.\n\
+             ns IN A 192.0.2.53\n\
+             * IN A 192.0.2.80\n\
+             * IN AAAA 2001:db8::80\n\
+             * IN TXT \"tunnel-reply\"\n\
+             * IN MX 10 mx.{origin}.\n"
+        ),
+    )
+}
+
+struct Lab {
+    dir: TempDir,
+    up: Upstream,
+}
+
+impl Lab {
+    fn new(ip: &str, origins: &[&str]) -> Lab {
+        let dir = TempDir::new("exfil");
+        let zones: Vec<PathBuf> = origins.iter().map(|o| wildcard_zone(&dir, o)).collect();
+        let up = Upstream::start(ip, 0, &zones);
+        Lab { dir, up }
+    }
+
+    /// Serves `policy`; returns the server and its audit log path.
+    fn serve(&self, tag: &str, policy: &str) -> (Allowdns, PathBuf) {
+        let policy = self.dir.write(&format!("{tag}.yaml"), policy);
+        let audit = self.dir.0.join(format!("{tag}.audit.jsonl"));
+        let upstream = self.up.addr.to_string();
+        let dns = Allowdns::serve(&[
+            "--upstream",
+            &upstream,
+            "--policy",
+            policy.to_str().unwrap(),
+            "--audit-log",
+            audit.to_str().unwrap(),
+        ]);
+        (dns, audit)
+    }
+
+    fn asked(&self, suffix: &str) -> usize {
+        self.up
+            .names()
+            .iter()
+            .filter(|n| n.ends_with(suffix))
+            .count()
+    }
+}
+
+/// Waits until the audit log holds `n` records (it is written off the query path).
+fn audit_lines(path: &Path, n: usize) -> Vec<serde_json::Value> {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = read_audit(path);
+        if lines.len() >= n || Instant::now() > until {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A 60-character label as a tunnel would send: hex of `i` padded with data.
+fn tunnel_label(i: usize) -> String {
+    format!("{:x}{}", i, "q0r9s8t7u6v5w4x3y2z1".repeat(3))[..60].to_string()
+}
+
+#[test]
+fn a_wildcard_answers_address_types_only_unless_its_entry_lists_more() {
+    let lab = Lab::new("127.0.0.31", &["cdn.test", "txtok.test", "plain.test"]);
+    // Positive control: listed, TXT under a wildcard goes up and is answered.
+    let (dns, _) = lab.serve(
+        "listed",
+        "agent_name: a\nexpected_outbound:\n  - destination: \"*.cdn.test\"\n    qtypes: [A, TXT, MX]\n",
+    );
+    let m = query(
+        dns.udp,
+        "c2VjcmV0LWtleS0xMjM0.tunnel.cdn.test",
+        RecordType::TXT,
+    );
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(answers(&m)[0].1, "TXT");
+    assert_eq!(lab.asked("tunnel.cdn.test"), 1);
+    // Listing replaces the default: AAAA is not in this list.
+    assert_eq!(
+        rcode(dns.udp, "v6.cdn.test", RecordType::AAAA),
+        ResponseCode::Refused
+    );
+    drop(dns);
+
+    let (dns, audit) = lab.serve(
+        "default",
+        "agent_name: a\nexpected_outbound:\n  - destination: \"*.cdn.test\"\n  - destination: plain.test\nallowed_dynamic_resolution:\n  - pattern: \"*.txtok.test\"\n    qtypes: [TXT]\n",
+    );
+    // The issue's finding: this query went upstream. Now it does not.
+    let before = lab.up.names().len();
+    let m = query(
+        dns.udp,
+        "c2VjcmV0LWtleS0xMjM0.tunnel.cdn.test",
+        RecordType::TXT,
+    );
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    assert!(m.answers.is_empty());
+    for t in [
+        RecordType::NULL,
+        RecordType::ANY,
+        RecordType::MX,
+        RecordType::SRV,
+        RecordType::Unknown(65399),
+    ] {
+        assert_eq!(
+            rcode(dns.udp, "x.cdn.test", t),
+            ResponseCode::Refused,
+            "{t}"
+        );
+    }
+    assert_eq!(
+        lab.up.names().len(),
+        before,
+        "nothing refused went upstream"
+    );
+    // Address types still work under the wildcard; exact names answer any type.
+    for t in [RecordType::A, RecordType::AAAA] {
+        assert_eq!(rcode(dns.udp, "www.cdn.test", t), ResponseCode::NoError);
+    }
+    assert_eq!(
+        rcode(dns.udp, "plain.test", RecordType::MX),
+        ResponseCode::NoError
+    );
+    // A listed type under a dynamic entry.
+    assert_eq!(
+        rcode(dns.udp, "k.txtok.test", RecordType::TXT),
+        ResponseCode::NoError
+    );
+    let lines = audit_lines(&audit, 11);
+    let refused: Vec<_> = lines.iter().filter(|l| l["exfil"] == "qtype").collect();
+    assert_eq!(refused.len(), 6, "{lines:?}");
+    for l in refused {
+        assert_eq!(l["decision"], "deny");
+        assert_eq!(l["rcode"], "REFUSED");
+        assert_eq!(l["rule"], "*.cdn.test");
+    }
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l["exfil"].is_null())
+            .all(|l| l["decision"] == "allow"),
+        "{lines:?}"
+    );
+    dns.wait_for("QUERY TYPE REFUSED", 1);
+    let stderr = dns.stderr();
+    assert!(
+        stderr.contains("c2VjcmV0LWtleS0xMjM0.tunnel.cdn.test"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn new_names_are_cut_at_the_hard_limit_while_seen_names_keep_working() {
+    let lab = Lab::new("127.0.0.32", &["cdn.test", "other.test"]);
+    const NAMES: usize = 300;
+    let names: Vec<String> = (0..NAMES)
+        .map(|i| format!("{}.t.cdn.test", tunnel_label(i)))
+        .collect();
+
+    // Positive control: without the budget every new name leaves.
+    let (dns, _) = lab.serve(
+        "off",
+        "agent_name: a\nexpected_outbound:\n  - destination: \"*.cdn.test\"\nexfil:\n  budget: off\n",
+    );
+    for n in &names {
+        assert_eq!(rcode(dns.udp, n, RecordType::A), ResponseCode::NoError);
+    }
+    assert_eq!(lab.asked(".t.cdn.test"), NAMES);
+    drop(dns);
+
+    let policy = "agent_name: a\nexpected_outbound:\n  - destination: \"*.cdn.test\"\n  - destination: \"*.other.test\"\nexfil:\n  soft_bytes: 1024\n  hard_bytes: 2048\n  cooldown_secs: 600\n";
+    let (dns, audit) = lab.serve("on", policy);
+    let seen = "www.cdn.test";
+    assert_eq!(rcode(dns.udp, seen, RecordType::A), ResponseCode::NoError);
+    let before = lab.asked(".t.cdn.test");
+    let mut passed = 0;
+    for n in names.iter().map(|n| n.replace(".t.", ".u.")) {
+        match rcode(dns.udp, &n, RecordType::A) {
+            ResponseCode::NoError => passed += 1,
+            ResponseCode::Refused => {}
+            other => panic!("{n}: {other}"),
+        }
+    }
+    let leaked = lab.asked(".u.cdn.test");
+    assert_eq!(leaked, passed, "a refused name never leaves");
+    // 2 KiB at about 35 bytes of estimated information per 60-char name.
+    assert!((40..=70).contains(&passed), "{passed} names passed");
+    assert_eq!(lab.asked(".t.cdn.test"), before);
+
+    // Cooldown: even a short new name is refused; a seen one (TTL 0, so it
+    // goes upstream again) still resolves; other domains are untouched.
+    assert_eq!(
+        rcode(dns.udp, "x.cdn.test", RecordType::A),
+        ResponseCode::Refused
+    );
+    let asked_seen = lab.up.count(seen);
+    assert_eq!(rcode(dns.udp, seen, RecordType::A), ResponseCode::NoError);
+    assert_eq!(lab.up.count(seen), asked_seen + 1, "seen, not cached");
+    assert_eq!(
+        rcode(dns.udp, "fresh.other.test", RecordType::A),
+        ResponseCode::NoError
+    );
+
+    dns.wait_for("EXFILTRATION BUDGET EXCEEDED", 1);
+    let stderr = dns.stderr();
+    assert!(stderr.contains("soft limit passed"), "{stderr}");
+    assert_eq!(
+        stderr.matches("EXFILTRATION BUDGET EXCEEDED").count(),
+        1,
+        "one alert per cooldown, not one per name:\n{stderr}"
+    );
+    let lines = audit_lines(&audit, NAMES + 4);
+    let marked = |mark: &str| lines.iter().filter(|l| l["exfil"] == mark).count();
+    assert_eq!(
+        marked("budget"),
+        NAMES - passed + 1,
+        "every refusal is audited"
+    );
+    assert!(marked("soft") > 0 && marked("soft") < passed);
+    for l in lines.iter().filter(|l| l["exfil"] == "budget") {
+        assert_eq!(l["decision"], "deny");
+        assert_eq!(l["rcode"], "REFUSED");
+    }
+}
+
+/// The zones behind every name of the corpus.
+const CORPUS_ZONES: &[&str] = &[
+    "cloudfront.net",
+    "amazonaws.com",
+    "googlevideo.com",
+    "pstmn.io",
+    "datastax.com",
+    "windows.net",
+    "azurefd.net",
+    "r2.dev",
+    "akamaiedge.net",
+];
+
+#[test]
+fn the_legit_corpus_replays_without_an_alert_or_a_denial() {
+    let corpus = std::fs::read_to_string(data("legit-names.txt")).unwrap();
+    let names: Vec<&str> = corpus.lines().collect();
+    assert!(names.len() >= 3000, "{}", names.len());
+    let lab = Lab::new("127.0.0.33", CORPUS_ZONES);
+    let mut policy = String::from("agent_name: a\nexpected_outbound:\n");
+    for zone in CORPUS_ZONES {
+        policy.push_str(&format!("  - destination: \"*.{zone}\"\n"));
+    }
+    // Default limits: what a real workload must stay under.
+    let (dns, audit) = lab.serve("corpus", &policy);
+    // 200 new names a second, a busy agent's peak (the budget drains with
+    // time, so replaying faster than real is the harder test).
+    let started = Instant::now();
+    for (i, n) in names.iter().enumerate() {
+        let due = started + Duration::from_millis(5 * i as u64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let m = query(dns.udp, n, RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{n}");
+        assert_eq!(answers(&m).len(), 1, "{n}");
+    }
+    let lines = audit_lines(&audit, names.len());
+    assert_eq!(lines.len(), names.len());
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["decision"] == "allow" && l["exfil"].is_null()),
+        "a corpus name was marked or denied"
+    );
+    let stderr = dns.stderr();
+    assert!(!stderr.contains("[!]"), "{stderr}");
+}
+
+/// Resident memory of a process, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_flood_of_unique_names_does_not_grow_memory() {
+    let lab = Lab::new("127.0.0.34", &["cdn.test"]);
+    let (dns, _) = lab.serve(
+        "flood",
+        "agent_name: a\nexpected_outbound:\n  - destination: \"*.cdn.test\"\n",
+    );
+    let flood = |from: usize, to: usize| {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 1500];
+        for i in from..to {
+            let q = raw_query(i as u16, &format!("{}.f.cdn.test", tunnel_label(i)));
+            sock.send_to(&q, dns.udp).unwrap();
+            let _ = sock.recv_from(&mut buf);
+        }
+    };
+    // Warm up: the agent's budget exists and its domain is in cooldown.
+    flood(0, 2_000);
+    let warm = rss_kib(dns.pid());
+    flood(2_000, 42_000);
+    let after = rss_kib(dns.pid());
+    eprintln!(
+        "RSS after 2k names: {warm} KiB; after 40k more: {after} KiB; per-agent bound {} bytes",
+        allowdns::exfil::AGENT_BYTES
+    );
+    assert!(
+        after < warm + 4 * 1024,
+        "RSS grew from {warm} KiB to {after} KiB"
+    );
+    assert!(lab.asked(".f.cdn.test") < 1_000, "the flood was cut");
+    const { assert!(allowdns::exfil::AGENT_BYTES <= 66 * 1024) };
+}
+
+/// A minimal A query with recursion desired.
+fn raw_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::with_capacity(300);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+fn check(policy: &Path) -> (i32, String) {
+    let out = Command::new(bin())
+        .args(["check", "--policy", policy.to_str().unwrap(), "--upstream"])
+        .arg("127.0.0.1:53")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn check_validates_qtypes_and_warns_about_doh_endpoints() {
+    let dir = TempDir::new("exfil-check");
+    let bad = dir.write(
+        "bad.yaml",
+        "agent_name: a\nexpected_outbound:\n  - destination: \"*.cdn.test\"\n    qtypes: [A, BOGUS]\n  - destination: 192.0.2.1\n    qtypes: [A]\nexfil:\n  soft_bytes: 4096\n  hard_bytes: 1024\n",
+    );
+    let (code, out) = check(&bad);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("bad.yaml:4")
+            && out.contains("expected_outbound[0].qtypes")
+            && out.contains("BOGUS"),
+        "{out}"
+    );
+    assert!(
+        out.contains("bad.yaml:5") && out.contains("expected_outbound[1].qtypes"),
+        "{out}"
+    );
+    assert!(
+        out.contains("bad.yaml:9") && out.contains("exfil.hard_bytes"),
+        "{out}"
+    );
+
+    let doh = dir.write(
+        "doh.yaml",
+        "agent_name: a\nexpected_outbound:\n  - destination: api.example.com\n  - destination: dns.google\n  - destination: \"*.cloudflare-dns.com\"\n",
+    );
+    let (code, out) = check(&doh);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("doh.yaml:4") && out.contains("DNS-over-HTTPS"),
+        "{out}"
+    );
+    assert!(out.contains("doh.yaml:5"), "{out}");
+    assert!(!out.contains("doh.yaml:3"), "{out}");
+}

@@ -1,0 +1,582 @@
+//! The fence's holes from issue 9, each reproduced first with the fence off
+//! (positive control), then closed:
+//! - special-purpose addresses under an allowed wildcard (cloud metadata,
+//!   RFC 1918, IPv6 link-local) are stripped, never fed, answered NODATA,
+//!   audited, alerted, and unreachable even through a hand-added element;
+//! - inbound connections to a listener the agent runs;
+//! - a neighbour solicitation sent with a raw socket to a global address.
+//!
+//! Namespaces (created here, removed on drop): R runs allowdns and its
+//! upstream; A is the agent (veth to R for DNS, veth to I for the rest, IPv4
+//! and IPv6 with a link-local gateway); I is "the internet", which also holds
+//! 169.254.169.254 and 10.9.9.9, as a cloud host's metadata and internal
+//! network would be. Needs root, `ip`, `nft` and `python3`: fails under
+//! CI=true without them, skips loudly elsewhere.
+
+mod common;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, SocketAddrV6, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{RData, RecordType};
+
+const DNS: &str = "10.200.1.1";
+const AGENT_V4: &str = "10.200.2.2";
+
+struct Lab {
+    r: String,
+    a: String,
+    i: String,
+    dir: TempDir,
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sh_out(args: &[&str]) -> (bool, String) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+impl Lab {
+    fn create() -> Lab {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{}-{n}", std::process::id() % 100_000);
+        let lab = Lab {
+            r: format!("fence-r-{id}"),
+            a: format!("fence-a-{id}"),
+            i: format!("fence-i-{id}"),
+            dir: TempDir::new("fence"),
+        };
+        let (r, a, i) = (&lab.r, &lab.a, &lab.i);
+        for ns in [r, a, i] {
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        sh(&[
+            "ip", "-n", r, "link", "add", "r-a", "type", "veth", "peer", "name", "a-r", "netns", a,
+        ]);
+        sh(&["ip", "-n", r, "addr", "add", "10.200.1.1/30", "dev", "r-a"]);
+        sh(&["ip", "-n", r, "link", "set", "r-a", "up"]);
+        sh(&["ip", "-n", a, "addr", "add", "10.200.1.2/30", "dev", "a-r"]);
+        sh(&["ip", "-n", a, "link", "set", "a-r", "up"]);
+        sh(&[
+            "ip", "-n", a, "link", "add", "a-i", "type", "veth", "peer", "name", "i-a", "netns", i,
+        ]);
+        for (ns, dev) in [(a, "a-i"), (i, "i-a")] {
+            let conf = format!("net.ipv6.conf.{dev}.accept_dad=0");
+            sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", &conf]);
+        }
+        sh(&["ip", "-n", a, "addr", "add", "10.200.2.2/24", "dev", "a-i"]);
+        sh(&[
+            "ip",
+            "-n",
+            a,
+            "addr",
+            "add",
+            "2001:db8:2::2/64",
+            "dev",
+            "a-i",
+            "nodad",
+        ]);
+        sh(&["ip", "-n", a, "link", "set", "a-i", "up"]);
+        sh(&["ip", "-n", i, "addr", "add", "10.200.2.1/24", "dev", "i-a"]);
+        sh(&[
+            "ip",
+            "-n",
+            i,
+            "addr",
+            "add",
+            "fe80::1/64",
+            "dev",
+            "i-a",
+            "nodad",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            i,
+            "addr",
+            "add",
+            "2001:db8:2::1/64",
+            "dev",
+            "i-a",
+            "nodad",
+        ]);
+        sh(&["ip", "-n", i, "link", "set", "i-a", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            a,
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.200.2.1",
+        ]);
+        sh(&[
+            "ip", "-n", a, "-6", "route", "add", "default", "via", "fe80::1", "dev", "a-i",
+        ]);
+        // The internet, the metadata service and an internal host, all in I.
+        for net in [
+            "203.0.113.0/24",
+            "169.254.169.254/32",
+            "10.9.9.9/32",
+            "2001:db8:3::10/128",
+            "2001:db8:3::99/128",
+        ] {
+            sh(&["ip", "-n", i, "addr", "add", net, "dev", "lo"]);
+        }
+        lab
+    }
+
+    fn netns(&self, ns: &str) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{ns}"))
+    }
+
+    /// Prints the ruleset for `policy` with `allowdns nft-ruleset` and loads
+    /// it into A, as a person would. Returns the policy's path.
+    fn fence(&self, name: &str, policy: &str) -> PathBuf {
+        let policy = self.dir.write(name, &policy.replace("NETNS", &self.a));
+        let (ok, ruleset) = sh_out(&[
+            bin(),
+            "nft-ruleset",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--dns",
+            DNS,
+        ]);
+        assert!(ok, "{ruleset}");
+        let file = self.dir.write(&format!("{name}.nft"), &ruleset);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.a,
+            "nft",
+            "-f",
+            file.to_str().unwrap(),
+        ]);
+        policy
+    }
+
+    fn unfence(&self) {
+        sh(&["ip", "netns", "exec", &self.a, "nft", "flush", "ruleset"]);
+    }
+
+    fn nft(&self, args: &str) -> String {
+        let (ok, out) = sh_out(&["sh", "-c", &format!("ip netns exec {} nft {args}", self.a)]);
+        assert!(ok, "nft {args}: {out}");
+        out
+    }
+
+    /// The index of A's link to I, for link-local addresses.
+    fn agent_ifindex(&self) -> u32 {
+        let (ok, out) = sh_out(&["ip", "-n", &self.a, "-o", "link", "show", "a-i"]);
+        assert!(ok, "{out}");
+        out.split(':').next().unwrap().trim().parse().unwrap()
+    }
+
+    fn serve(&self, policy: &Path, upstream: &str, audit: &Path) -> Allowdns {
+        Allowdns::serve_via(
+            &["ip", "netns", "exec", &self.r],
+            &[
+                "--listen",
+                &format!("{DNS}:53"),
+                "--policy",
+                policy.to_str().unwrap(),
+                "--upstream",
+                upstream,
+                "--audit-log",
+                audit.to_str().unwrap(),
+            ],
+        )
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in [&self.r, &self.a, &self.i] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Runs `f` on a thread inside the namespace; sockets it creates stay there.
+fn in_ns<T: Send + 'static>(ns: PathBuf, f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        let file = File::open(&ns).unwrap();
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// An echo server in `ns` (`[::]` takes IPv4 too).
+fn listen(ns: PathBuf, addr: &'static str) {
+    let listener = in_ns(ns, move || TcpListener::bind(addr).unwrap());
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn connect_from(ns: PathBuf, addr: SocketAddr) -> bool {
+    in_ns(ns, move || {
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(800)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut buf = [0u8; 4];
+        s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"ping"
+    })
+}
+
+fn prerequisites() -> bool {
+    if !is_root() {
+        require_or_skip("the fence netns test needs root");
+        return false;
+    }
+    for tool in ["ip", "nft", "python3", "sysctl"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            require_or_skip(&format!("the fence netns test needs `{tool}`"));
+            return false;
+        }
+    }
+    true
+}
+
+const ZONE: &str = "$ORIGIN cdn.test.\n$TTL 300\n@ IN SOA ns.cdn.test. h.cdn.test. 1 3600 600 86400 5\n@ IN NS ns.cdn.test.\nns IN A 127.0.0.1\n\
+    meta IN A 169.254.169.254\nint IN A 10.9.9.9\nll6 IN AAAA fe80::1\npub IN A 203.0.113.10\n\
+    mixed IN A 10.9.9.9\nmixed IN A 203.0.113.11\nv6 IN AAAA 2001:db8:3::10\n";
+
+/// The escape as reported: names under an allowed wildcard point at cloud
+/// metadata, the internal network and IPv6 link-local.
+#[test]
+fn special_purpose_addresses_are_never_handed_out_or_reached() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    listen(lab.netns(&lab.i), "[::]:80");
+    let zone = lab.dir.write("cdn.test.zone", ZONE);
+    let upstream = in_ns(lab.netns(&lab.r), move || {
+        Upstream::start("127.0.0.1", 0, &[zone])
+    });
+    let up = upstream.addr.to_string();
+    let server: SocketAddr = format!("{DNS}:53").parse().unwrap();
+    let scope = lab.agent_ifindex();
+    let ll6 = SocketAddr::V6(SocketAddrV6::new("fe80::1".parse().unwrap(), 80, 0, scope));
+    let a = || lab.netns(&lab.a);
+    let lookup = |name: &'static str, t: RecordType| in_ns(a(), move || query(server, name, t));
+
+    // Positive control: the same wildcard, opted in to every range it is
+    // pointed at (the fence off): handed out, fed, reached.
+    let open = lab.fence(
+        "open.yaml",
+        "agent_name: cdn\nallowed_dynamic_resolution:\n  - pattern: \"*.cdn.test\"\n    private: [169.254.0.0/16, 10.0.0.0/8, fe80::/10]\nfirewall:\n  netns: NETNS\n",
+    );
+    let audit_open = lab.dir.0.join("open.jsonl");
+    let dns = lab.serve(&open, &up, &audit_open);
+    for (name, t, ip) in [
+        ("meta.cdn.test", RecordType::A, "169.254.169.254"),
+        ("int.cdn.test", RecordType::A, "10.9.9.9"),
+        ("ll6.cdn.test", RecordType::AAAA, "fe80::1"),
+    ] {
+        let m = lookup(name, t);
+        let got: Vec<String> = m.answers.iter().map(|r| r.data.to_string()).collect();
+        assert_eq!(got, vec![ip.to_string()], "control: {name} handed out");
+    }
+    assert!(
+        lab.nft("list set inet allowdns allowed_v4")
+            .contains("169.254.169.254")
+    );
+    assert!(
+        lab.nft("list set inet allowdns allowed_v4")
+            .contains("10.9.9.9")
+    );
+    assert!(
+        lab.nft("list set inet allowdns allowed_v6")
+            .contains("fe80::1")
+    );
+    assert!(
+        connect_from(a(), "169.254.169.254:80".parse().unwrap()),
+        "control: metadata reached"
+    );
+    assert!(
+        connect_from(a(), "10.9.9.9:80".parse().unwrap()),
+        "control: internal host reached"
+    );
+    assert!(connect_from(a(), ll6), "control: IPv6 link-local reached");
+    let (status, stderr) = dns.terminate();
+    assert!(status.success(), "{stderr}");
+
+    // The default: the same wildcard, no opt-in.
+    let closed = lab.fence(
+        "closed.yaml",
+        "agent_name: cdn\nallowed_dynamic_resolution:\n  - \"*.cdn.test\"\nfirewall:\n  netns: NETNS\n",
+    );
+    let audit = lab.dir.0.join("closed.jsonl");
+    let dns = lab.serve(&closed, &up, &audit);
+    for (name, t) in [
+        ("meta.cdn.test", RecordType::A),
+        ("int.cdn.test", RecordType::A),
+        ("ll6.cdn.test", RecordType::AAAA),
+    ] {
+        let m = lookup(name, t);
+        assert_eq!(
+            m.metadata.response_code,
+            ResponseCode::NoError,
+            "{name}: NODATA, not SERVFAIL"
+        );
+        assert!(m.answers.is_empty(), "{name}: {:?}", m.answers);
+        assert!(
+            m.authorities
+                .iter()
+                .any(|r| matches!(r.data, RData::SOA(_))),
+            "{name}: NODATA carries an SOA"
+        );
+    }
+    // One bad address among good ones: only it goes.
+    let m = lookup("mixed.cdn.test", RecordType::A);
+    let got: Vec<String> = m.answers.iter().map(|r| r.data.to_string()).collect();
+    assert_eq!(got, vec!["203.0.113.11".to_string()]);
+    assert_eq!(lookup("pub.cdn.test", RecordType::A).answers.len(), 1);
+    // Not fed...
+    let v4 = lab.nft("list set inet allowdns allowed_v4");
+    assert!(
+        !v4.contains("169.254.169.254") && !v4.contains("10.9.9.9"),
+        "{v4}"
+    );
+    assert!(v4.contains("203.0.113.11"), "{v4}");
+    assert!(
+        !lab.nft("list set inet allowdns allowed_v6")
+            .contains("fe80::1")
+    );
+    // ...unreachable, even through elements added by hand (or left stale).
+    lab.nft("add element inet allowdns allowed_v4 '{ 169.254.169.254 timeout 1h, 10.9.9.9 timeout 1h }'");
+    lab.nft("add element inet allowdns allowed_v6 '{ fe80::1 timeout 1h }'");
+    assert!(
+        !connect_from(a(), "169.254.169.254:80".parse().unwrap()),
+        "metadata reached"
+    );
+    assert!(
+        !connect_from(a(), "10.9.9.9:80".parse().unwrap()),
+        "internal host reached"
+    );
+    assert!(!connect_from(a(), ll6), "IPv6 link-local reached");
+    // Public addresses still work, IPv6 too (neighbour discovery on the link).
+    assert!(connect_from(a(), "203.0.113.11:80".parse().unwrap()));
+    let _ = sh_out(&["ip", "-n", &lab.a, "neigh", "flush", "dev", "a-i"]);
+    assert_eq!(lookup("v6.cdn.test", RecordType::AAAA).answers.len(), 1);
+    assert!(
+        connect_from(a(), "[2001:db8:3::10]:80".parse().unwrap()),
+        "IPv6 through the fence"
+    );
+
+    let (status, stderr) = dns.terminate();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("SPECIAL-PURPOSE ADDRESS STRIPPED"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Stripped: 169.254.169.254 (link-local (cloud metadata))"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("more answers to 10.200.1.2"),
+        "aggregated: {stderr}"
+    );
+    let records = read_audit(&audit);
+    let stripped = |qname: &str| {
+        records
+            .iter()
+            .find(|r| r["qname"] == qname)
+            .map(|r| (r["rcode"].clone(), r["stripped"].clone()))
+            .unwrap()
+    };
+    assert_eq!(
+        stripped("meta.cdn.test").1,
+        serde_json::json!(["169.254.169.254"])
+    );
+    assert_eq!(stripped("meta.cdn.test").0, "NOERROR");
+    assert_eq!(stripped("int.cdn.test").1, serde_json::json!(["10.9.9.9"]));
+    assert_eq!(stripped("ll6.cdn.test").1, serde_json::json!(["fe80::1"]));
+    assert_eq!(
+        stripped("mixed.cdn.test").1,
+        serde_json::json!(["10.9.9.9"])
+    );
+    assert!(stripped("pub.cdn.test").1.is_null());
+}
+
+/// An agent's listener, reached from the internet: open without the fence,
+/// closed with it, open again on a port the policy lists.
+#[test]
+fn inbound_connections_reach_only_listed_ports() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    listen(lab.netns(&lab.a), "0.0.0.0:9090");
+    listen(lab.netns(&lab.a), "0.0.0.0:8080");
+    let i = || lab.netns(&lab.i);
+    let port = |p: u16| SocketAddr::new(AGENT_V4.parse().unwrap(), p);
+    assert!(
+        connect_from(i(), port(9090)),
+        "control: the agent's listener is reachable"
+    );
+    lab.fence(
+        "in.yaml",
+        "agent_name: dev\nexpected_outbound:\n  - destination: x.test\ninbound:\n  - port: 8080\n    protocol: TCP\nfirewall:\n  netns: NETNS\n",
+    );
+    assert!(
+        !connect_from(i(), port(9090)),
+        "an unlisted port is reachable from outside"
+    );
+    assert!(connect_from(i(), port(8080)), "the listed port is closed");
+    let (_, counters) = sh_out(&[
+        "ip", "netns", "exec", &lab.a, "nft", "list", "chain", "inet", "allowdns", "input",
+    ]);
+    assert!(counters.contains("ingress denied"), "{counters}");
+    lab.unfence();
+    assert!(
+        connect_from(i(), port(9090)),
+        "control again: the fence was what closed it"
+    );
+}
+
+/// The receiver in I exits 0 once it sees an ICMPv6 message carrying `marker`.
+const RECEIVE: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.settimeout(0.2)
+print("ready", flush=True)
+end = time.time() + float(sys.argv[2])
+while time.time() < end:
+    try:
+        data = s.recv(2048)
+    except socket.timeout:
+        continue
+    if sys.argv[1].encode() in data:
+        print("received", flush=True)
+        sys.exit(0)
+sys.exit(1)
+"#;
+
+/// A neighbour solicitation with data in an option, to a global address,
+/// hop limit 255: what a process with CAP_NET_RAW alone can send.
+const SEND: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+target = socket.inet_pton(socket.AF_INET6, sys.argv[1])
+data = sys.argv[2].encode()
+data += b"\0" * (-(len(data) + 2) % 8)
+ns = bytes([135, 0, 0, 0, 0, 0, 0, 0]) + target + bytes([14, (len(data) + 2) // 8]) + data
+for _ in range(3):
+    s.sendto(ns, (sys.argv[1], 0))
+"#;
+
+fn nd_leaves(lab: &Lab, marker: &str) -> bool {
+    let mut rx = Command::new("ip")
+        .args([
+            "netns", "exec", &lab.i, "python3", "-c", RECEIVE, marker, "3",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 6];
+    rx.stdout.as_mut().unwrap().read_exact(&mut ready).unwrap();
+    let (ok, out) = sh_out(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.a,
+        "python3",
+        "-c",
+        SEND,
+        "2001:db8:3::99",
+        marker,
+    ]);
+    // With the fence, sendto fails with EPERM: nothing left either way.
+    let _ = (ok, out);
+    let started = Instant::now();
+    let status = rx.wait().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    status.success()
+}
+
+#[test]
+fn neighbour_discovery_carries_nothing_off_the_link() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    assert!(
+        nd_leaves(&lab, "EXFIL-control"),
+        "control: the raw solicitation arrives"
+    );
+    lab.fence(
+        "nd.yaml",
+        "agent_name: nd\nexpected_outbound:\n  - destination: x.test\nfirewall:\n  netns: NETNS\n",
+    );
+    assert!(
+        !nd_leaves(&lab, "EXFIL-fenced"),
+        "a solicitation to a global address left"
+    );
+    let (_, chain) = sh_out(&[
+        "ip", "netns", "exec", &lab.a, "nft", "list", "chain", "inet", "allowdns", "output",
+    ]);
+    assert!(chain.contains("ip6 hoplimit 255"), "{chain}");
+}
+
+/// Every variant of the printed ruleset loads into nft as shipped (1.0.6 on Debian 12).
+#[test]
+fn every_ruleset_variant_loads() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    for family in ["inet", "ip", "ip6"] {
+        lab.fence(
+            &format!("{family}.yaml"),
+            &format!("agent_name: v\nexpected_outbound:\n  - destination: api.corp.test\n    private: [10.20.0.0/16, fd00:1::/64]\n  - destination: 192.168.7.0/24\n    port: 443\n    protocol: TCP\ninbound:\n  - port: 8080\n    protocol: TCP\n  - port: 5353\n    protocol: UDP\nfirewall:\n  netns: NETNS\n  family: {family}\n"),
+        );
+        lab.unfence();
+    }
+}
