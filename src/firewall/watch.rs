@@ -47,7 +47,6 @@ const NFTA_TABLE: u16 = 1;
 const SETTLE: Duration = Duration::from_millis(20);
 /// Elements per transaction when re-feeding.
 const REFEED_CHUNK: usize = 1024;
-const ENOBUFS: i32 = 105;
 
 /// One user of a namespace's netlink service.
 trait Subscriber: Send {
@@ -117,7 +116,7 @@ fn serve(netns: Option<&Path>, mut subscribers: Vec<Box<dyn Subscriber>>) -> io:
     socket2::SockRef::from(&socket).attach_filter(&quiet_filter())?;
     socket.bind_auto()?;
     socket.add_membership(NFNLGRP_NFTABLES)?;
-    // Our own feeds are events too; room for bursts of them.
+    // Room for the events of a large reload.
     let size = 4usize << 20;
     if nix::sys::socket::setsockopt(
         &socket.as_fd(),
@@ -165,7 +164,7 @@ fn serve(netns: Option<&Path>, mut subscribers: Vec<Box<dyn Subscriber>>) -> io:
                     }
                 }
             }
-            Err(e) if e.raw_os_error() == Some(ENOBUFS) => {
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => {
                 for s in &mut subscribers {
                     s.on_overrun();
                 }
