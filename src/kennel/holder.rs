@@ -90,12 +90,12 @@ pub fn holder(args: &StageArgs) -> i32 {
 
 fn set_up(args: &StageArgs, ctl: &mut Ctl) -> Result<(), String> {
     let (uid, gid) = (args.uid.unwrap_or(65534), args.gid.unwrap_or(65534));
-    if Uid::effective().is_root() {
+    if (uid == 0 || gid == 0) && super::in_init_userns() {
+        return Err("refusing to map the kennel's root to host uid or gid 0".into());
+    }
+    if Uid::effective().as_raw() != uid {
         // Invoked by root: become the unprivileged host user before creating
         // the user namespace, so it is that user who owns it, not root.
-        if uid == 0 || gid == 0 {
-            return Err("refusing to map the kennel's root to host uid or gid 0".into());
-        }
         setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
         setresgid(Gid::from_raw(gid), Gid::from_raw(gid), Gid::from_raw(gid))
             .map_err(|e| format!("setresgid {gid}: {e}"))?;
@@ -127,6 +127,9 @@ fn set_up(args: &StageArgs, ctl: &mut Ctl) -> Result<(), String> {
         .ok_or_else(|| format!("unexpected '{mapped}' from allowdns run"))?;
     let ruleset = ctl.recv_body(len).map_err(|e| e.to_string())?;
     load_ruleset(&ruleset)?;
+    // ICMP echo sockets (unprivileged ping) for the kennel's root, the only gid mapped;
+    // the fence still decides where they go.
+    let _ = std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 0");
     mounts()?;
     // Last: the first child after this is PID 1 of the new PID namespace (nft must not be).
     unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("cannot create a PID namespace: {e}"))?;
@@ -278,6 +281,18 @@ fn confine() -> Result<(), String> {
 /// Execs the command with SIGKILL on the parent's death: pasta must never
 /// outlive allowdns, or the kennel would keep a way out with nobody feeding the fence.
 pub fn pdeathsig(args: &StageArgs) -> i32 {
+    // Become the kennel's user first: a uid change clears the death signal,
+    // so pasta must not make one itself (as it does with --runas when root).
+    if let (Some(uid), Some(gid)) = (args.uid, args.gid) {
+        if Uid::effective().as_raw() != uid {
+            let dropped = setgroups(&[])
+                .and_then(|()| setresgid(Gid::from_raw(gid), Gid::from_raw(gid), Gid::from_raw(gid)))
+                .and_then(|()| setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid)));
+            if let Err(e) = dropped {
+                return fail(None, &format!("cannot become uid {uid}: {e}"));
+            }
+        }
+    }
     if let Err(e) = prctl::set_pdeathsig(Signal::SIGKILL) {
         return fail(None, &format!("pdeathsig: {e}"));
     }

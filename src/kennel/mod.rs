@@ -81,3 +81,10 @@ pub fn stage(args: StageArgs) -> ExitCode {
 
 /// A stage could not set the kennel up; CMD never ran.
 pub const STAGE_FAILED: i32 = 125;
+
+/// Whether this process is in the host's user namespace (where uid 0 is real root).
+pub fn in_init_userns() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|map| {
+        map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]
+    })
+}

@@ -56,6 +56,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     }
     // Handlers now, while single-threaded: a Ctrl-C during start-up must not kill us half-way.
     let mut signals = signals::register(false).map_err(|e| rt(format!("signals: {e}")))?;
+    // Fail closed, before anything starts, when user namespaces are off.
+    if std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .is_ok_and(|n| n.trim() == "0")
+    {
+        return Err(rt(
+            "user namespaces are disabled here (user.max_user_namespaces = 0): the kennel needs one. \
+             Enable them with `sysctl -w user.max_user_namespaces=15000`. CMD was not started.",
+        ));
+    }
     let pasta = find_in_path("pasta").ok_or_else(|| {
         rt("pasta not found in PATH: the kennel's only way out is pasta (Debian/Ubuntu: apt install passt). CMD was not started.")
     })?;
@@ -90,8 +99,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             .unwrap_or_default()
             .as_nanos()
     ));
+    // 0711: pasta, running as the kennel's user, reaches its own subdirectory.
     std::fs::DirBuilder::new()
-        .mode(0o700)
+        .mode(0o711)
         .create(&dir)
         .map_err(|e| rt(format!("{}: {e}", dir.display())))?;
     let mut kennel = Kennel {
@@ -130,16 +140,27 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     write("gid_map", format!("0 {gid} 1\n"))?;
     write("uid_map", format!("0 {uid} 1\n"))?;
 
+    // pasta (running as the kennel's user) reports readiness with its pid file.
+    let pasta_dir = dir.join("pasta");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&pasta_dir)
+        .and_then(|()| {
+            std::os::unix::fs::chown(&pasta_dir, Some(uid), Some(gid)).or_else(|e| {
+                // Rootless: it is ours already.
+                if Uid::effective().is_root() { Err(e) } else { Ok(()) }
+            })
+        })
+        .map_err(|e| rt(format!("{}: {e}", pasta_dir.display())))?;
     // pasta joins the namespaces from the host's user namespace, before we leave it.
     let mut pasta_cmd = Command::new("/proc/self/exe");
     pasta_cmd
-        .args(["__kennel", "pdeathsig", "--ppid", &me.to_string(), "--"])
+        .args(["__kennel", "pdeathsig", "--ppid", &me.to_string()])
+        .args(["--uid", &uid.to_string(), "--gid", &gid.to_string(), "--"])
         .arg(&pasta)
         .args(["-f", "-q", "-t", "none", "-u", "none", "-T", "none", "-U", "none"])
-        .args(["--no-map-gw", "--config-net", "--no-netns-quit"]);
-    if Uid::effective().is_root() {
-        pasta_cmd.args(["--runas", &format!("{uid}:{gid}")]);
-    }
+        .args(["--no-map-gw", "--config-net", "--no-netns-quit", "--pid"])
+        .arg(pasta_dir.join("pid"));
     let pasta_child = pasta_cmd
         .arg(c.to_string())
         .stdin(Stdio::null())
@@ -259,8 +280,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
 /// The host uid and gid the kennel's root maps to: the caller, or when root
 /// calls, the sudo user or else nobody. Never host root.
 fn kennel_ids() -> (u32, u32) {
-    if !Uid::effective().is_root() {
-        return (Uid::effective().as_raw(), Gid::effective().as_raw());
+    let (euid, egid) = (Uid::effective().as_raw(), Gid::effective().as_raw());
+    if euid != 0 {
+        return (euid, egid);
     }
     let env = |name: &str| {
         std::env::var(name)
@@ -268,10 +290,28 @@ fn kennel_ids() -> (u32, u32) {
             .and_then(|v| v.parse::<u32>().ok())
             .filter(|&id| id != 0)
     };
-    match (env("SUDO_UID"), env("SUDO_GID")) {
+    let wanted = match (env("SUDO_UID"), env("SUDO_GID")) {
         (Some(u), Some(g)) => (u, g),
         _ => (65534, 65534),
+    };
+    if super::in_init_userns() || (mapped("uid_map", wanted.0) && mapped("gid_map", wanted.1)) {
+        wanted
+    } else {
+        // Root of a user namespace that maps nothing else is itself an
+        // unprivileged host user: the kennel runs as that same identity.
+        (0, 0)
     }
+}
+
+fn mapped(file: &str, id: u32) -> bool {
+    let map = std::fs::read_to_string(format!("/proc/self/{file}")).unwrap_or_default();
+    map.lines().any(|line| {
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        matches!(f[..], [inside, _, count] if inside <= u64::from(id) && u64::from(id) < inside + count)
+    })
 }
 
 fn exit_code(status: std::process::ExitStatus) -> u8 {
@@ -321,7 +361,8 @@ fn wait_for_pasta(c: u32, kennel: &mut Kennel) -> Result<(), Failure> {
             f.nth(1) == Some("00000000")
         });
         let default_v6 = v6.lines().any(|l| l.starts_with("00000000000000000000000000000000 00"));
-        if default_v4 || default_v6 {
+        let pid_written = std::fs::metadata(kennel.dir.join("pasta/pid")).is_ok_and(|m| m.len() > 0);
+        if (default_v4 || default_v6) && pid_written {
             return Ok(());
         }
         if let Some(Ok(Some(status))) = kennel.pasta.as_mut().map(Child::try_wait) {
