@@ -115,8 +115,8 @@ pub async fn serve(
         tracing::warn!("{warning}");
     }
     // Sockets first: a port conflict should fail before anything else starts.
-    let listeners = Listeners::bind(&prepared.settings.listen)
-        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    let listeners =
+        Listeners::bind(&prepared.settings.listen).map_err(|e| Failure::Runtime(e.to_string()))?;
     serve_on(
         sources,
         prepared,

@@ -28,14 +28,18 @@ fn ready() -> bool {
         require_or_skip("the kennel tests need root (network namespaces)");
         return false;
     }
-    for tool in ["ip", "pasta", "nft", "python3", "dig", "getent", "setpriv", "unshare"] {
+    for tool in [
+        "ip", "pasta", "nft", "python3", "dig", "getent", "setpriv", "unshare",
+    ] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
         if !found {
-            require_or_skip(&format!("{tool} is not installed (apt: passt, nftables, iproute2, dnsutils, python3)"));
+            require_or_skip(&format!(
+                "{tool} is not installed (apt: passt, nftables, iproute2, dnsutils, python3)"
+            ));
             return false;
         }
     }
@@ -127,7 +131,13 @@ impl World {
         w("route add default via 198.51.100.14");
         w("-6 route add default via 2001:db8:1::fe");
         sh(&[
-            "ip", "netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647",
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ping_group_range=0 2147483647",
         ]);
         let zone = data("kennel/kennel.test.zone");
         let dns = in_netns(&ns, || {
@@ -220,7 +230,9 @@ impl Drop for World {
         let _ = self.server.kill();
         let _ = self.server.wait();
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.peer]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.peer])
+            .status();
         for p in &self.unix {
             let _ = std::fs::remove_file(p);
         }
@@ -334,7 +346,13 @@ struct FenceResults {
 fn parallel(script: &str) -> String {
     let mut out: String = script
         .lines()
-        .map(|l| if l.starts_with("probe ") { format!("{l} &\n") } else { format!("{l}\n") })
+        .map(|l| {
+            if l.starts_with("probe ") {
+                format!("{l} &\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
         .collect();
     out.push_str("wait\n");
     out
@@ -376,14 +394,24 @@ fn fence() -> Option<&'static FenceResults> {
 fn assert_probes(r: &FenceResults, ok: &[&str], blocked: &[&str]) {
     assert_eq!(r.code, Some(0), "{}", r.output);
     for name in ok {
-        assert_eq!(r.kennel.get(*name), Some(&true), "{name} must work in the kennel:\n{}", r.output);
+        assert_eq!(
+            r.kennel.get(*name),
+            Some(&true),
+            "{name} must work in the kennel:\n{}",
+            r.output
+        );
     }
     for name in blocked {
         // Positive control first: the attack works without the fence.
         if let Some(control) = r.control.get(*name) {
             assert!(control, "{name} must work unfenced (positive control)");
         }
-        assert_eq!(r.kennel.get(*name), Some(&false), "{name} must fail in the kennel:\n{}", r.output);
+        assert_eq!(
+            r.kennel.get(*name),
+            Some(&false),
+            "{name} must fail in the kennel:\n{}",
+            r.output
+        );
     }
 }
 
@@ -400,9 +428,16 @@ fn t01_allowed_name_connects_on_its_port_only() {
 #[test]
 fn t02_denied_name_is_nxdomain_with_alert_and_audit() {
     let Some(r) = fence() else { return };
-    assert!(r.other_direct, "other.kennel.test must resolve unfenced (positive control)");
+    assert!(
+        r.other_direct,
+        "other.kennel.test must resolve unfenced (positive control)"
+    );
     assert_probes(r, &["nxdomain_other"], &["resolve_other"]);
-    assert!(r.alerts.contains("other.kennel.test"), "alert: {}", r.alerts);
+    assert!(
+        r.alerts.contains("other.kennel.test"),
+        "alert: {}",
+        r.alerts
+    );
     assert!(
         r.audit
             .iter()
@@ -430,7 +465,11 @@ fn t03_hard_coded_addresses_fail_over_tcp_udp_icmp() {
 #[test]
 fn t04_raw_dns_to_a_rogue_resolver_fails() {
     let Some(r) = fence() else { return };
-    assert_probes(r, &["resolve_web"], &["rogue_udp", "rogue_tcp", "rogue_853"]);
+    assert_probes(
+        r,
+        &["resolve_web"],
+        &["rogue_udp", "rogue_tcp", "rogue_853"],
+    );
 }
 
 #[test]
@@ -476,7 +515,11 @@ fn escape_write_root_owned_files() {
 #[test]
 fn escape_host_loopback_through_pasta() {
     let Some(r) = fence() else { return };
-    assert_probes(r, &[], &["loopback_service", "loopback_gw", "loopback_self"]);
+    assert_probes(
+        r,
+        &[],
+        &["loopback_service", "loopback_gw", "loopback_self"],
+    );
 }
 
 #[test]
@@ -539,7 +582,12 @@ fn t06_t09_double_forked_daemon_is_fenced_then_everything_is_torn_down() {
     }
     let world = World::new("daemon");
     let child = world
-        .run_cmd(&[], &data("kennel/policy.yaml"), &[], &format!("getent ahosts web.kennel.test >/dev/null\n{DAEMON}"))
+        .run_cmd(
+            &[],
+            &data("kennel/policy.yaml"),
+            &[],
+            &format!("getent ahosts web.kennel.test >/dev/null\n{DAEMON}"),
+        )
         .spawn()
         .unwrap();
     let run_pid = child.id();
@@ -555,7 +603,10 @@ fn t06_t09_double_forked_daemon_is_fenced_then_everything_is_torn_down() {
     let holder = started
         .iter()
         .copied()
-        .find(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.contains("holder")))
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.contains("holder"))
+        })
         .expect("holder");
     let netns = std::fs::read_link(format!("/proc/{holder}/ns/net"))
         .unwrap()
@@ -566,9 +617,16 @@ fn t06_t09_double_forked_daemon_is_fenced_then_everything_is_torn_down() {
     let ran = finish(child);
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
     // t09: no process, namespace or set left; pasta gone.
-    assert_eq!(in_namespace(&netns), Vec::<u32>::new(), "processes left in the kennel");
+    assert_eq!(
+        in_namespace(&netns),
+        Vec::<u32>::new(),
+        "processes left in the kennel"
+    );
     for pid in &started {
-        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "{pid} survived");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "{pid} survived"
+        );
     }
     let beat = std::fs::read_to_string(world.dir.join("heartbeat")).unwrap_or_default();
     std::thread::sleep(Duration::from_millis(400));
@@ -580,7 +638,11 @@ fn t06_t09_double_forked_daemon_is_fenced_then_everything_is_torn_down() {
     let leftovers = std::fs::read_dir(std::env::temp_dir())
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("allowdns-run-{run}-")))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("allowdns-run-{run}-"))
+        })
         .count();
     assert_eq!(leftovers, 0, "run's temp directory was left behind");
     // The world's own ruleset never held the kennel's sets.
@@ -625,7 +687,12 @@ fn t08_exit_status_passes_through_and_sigint_ends_cmd() {
     )
     .unwrap();
     let ran = finish(child);
-    assert!(ran.stdout.contains("GOT_INT"), "{}\n{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stdout.contains("GOT_INT"),
+        "{}\n{}",
+        ran.stdout,
+        ran.stderr
+    );
     assert_eq!(ran.code, Some(130));
 }
 
@@ -645,7 +712,11 @@ fn t10_learn_then_run_with_the_suggested_policy() {
         &["--learn", "--suggest-out", suggested.to_str().unwrap()],
         workload,
     );
-    assert!(ran.probe("tcp_web_8080"), "learn mode resolves and opens: {}", ran.stderr);
+    assert!(
+        ran.probe("tcp_web_8080"),
+        "learn mode resolves and opens: {}",
+        ran.stderr
+    );
     let text = std::fs::read_to_string(&suggested).unwrap_or_default();
     assert!(text.contains("web.kennel.test"), "{text}\n{}", ran.stderr);
     let check = Command::new(bin())
@@ -653,9 +724,18 @@ fn t10_learn_then_run_with_the_suggested_policy() {
         .arg(&suggested)
         .output()
         .unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     let ran = world.run(&suggested, &[], workload);
-    assert!(ran.probe("resolve_web") && ran.probe("tcp_web_8080"), "{}\n{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.probe("resolve_web") && ran.probe("tcp_web_8080"),
+        "{}\n{}",
+        ran.stdout,
+        ran.stderr
+    );
 }
 
 #[test]
@@ -667,7 +747,12 @@ fn t11_rootless_run_works() {
     let script = "probe uid sh -c 'test $(id -u) = 0'\nprobe tcp_web_8080 python3 $P tcp web.kennel.test 8080\nprobe tcp4_hard python3 $P tcp 198.51.100.201 8080\n";
     let child = world
         .run_cmd(
-            &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"],
+            &[
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ],
             &data("kennel/policy.yaml"),
             &[],
             script,
@@ -677,7 +762,12 @@ fn t11_rootless_run_works() {
     let ran = finish(child);
     // Positive control: the rootless kennel starts and the allowed name connects.
     assert_eq!(ran.code, Some(0), "{}\n{}", ran.stdout, ran.stderr);
-    assert!(ran.probe("uid") && ran.probe("tcp_web_8080"), "{}\n{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.probe("uid") && ran.probe("tcp_web_8080"),
+        "{}\n{}",
+        ran.stdout,
+        ran.stderr
+    );
     assert!(!ran.probe("tcp4_hard"), "{}", ran.stdout);
 }
 
@@ -692,7 +782,12 @@ fn t12_without_user_namespaces_run_refuses_and_never_runs_cmd() {
     let inside = |limit: &str| {
         let wrap = format!("echo {limit} > /proc/sys/user/max_user_namespaces && exec \"$@\"");
         let child = world
-            .run_cmd(&["unshare", "-Ur", "sh", "-c", &wrap, "wrap"], &data("kennel/policy.yaml"), &[], &script)
+            .run_cmd(
+                &["unshare", "-Ur", "sh", "-c", &wrap, "wrap"],
+                &data("kennel/policy.yaml"),
+                &[],
+                &script,
+            )
             .spawn()
             .unwrap();
         finish(child)
@@ -704,7 +799,11 @@ fn t12_without_user_namespaces_run_refuses_and_never_runs_cmd() {
     std::fs::remove_file(&marker).unwrap();
     let ran = inside("0");
     assert_ne!(ran.code, Some(0));
-    assert!(ran.stderr.contains("user namespaces are disabled"), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("user namespaces are disabled"),
+        "{}",
+        ran.stderr
+    );
     assert!(!marker.exists(), "CMD ran without the fence");
 }
 
@@ -714,25 +813,42 @@ fn escape_killing_allowdns_leaves_no_egress() {
         return;
     }
     let world = World::new("kill");
+    // No pipes: a survivor holding them must fail the test, not hang it.
     let child = world
-        .run_cmd(&[], &data("kennel/policy.yaml"), &[], &format!("getent ahosts web.kennel.test >/dev/null\n{DAEMON}"))
+        .run_cmd(
+            &[],
+            &data("kennel/policy.yaml"),
+            &[],
+            &format!("getent ahosts web.kennel.test >/dev/null\n{DAEMON}"),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let log = wait_for_file(&world.dir.join("bg.log"), "bg_web");
-    assert!(log.contains("PROBE bg_web ok"), "positive control: egress works first: {log}");
+    assert!(
+        log.contains("PROBE bg_web ok"),
+        "positive control: egress works first: {log}"
+    );
     let run = child.id();
     let started = children(run);
     let holder = started
         .iter()
         .copied()
-        .find(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.contains("holder")))
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.contains("holder"))
+        })
         .expect("holder");
     let netns = std::fs::read_link(format!("/proc/{holder}/ns/net"))
         .unwrap()
         .to_string_lossy()
         .into_owned();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(run as i32), nix::sys::signal::Signal::SIGKILL)
-        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let _ = finish(child);
     // pasta and every process of the kennel die with allowdns: no way out is left.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -745,6 +861,9 @@ fn escape_killing_allowdns_leaves_no_egress() {
         while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < gone {
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "{pid} (pasta?) survived");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "{pid} (pasta?) survived"
+        );
     }
 }

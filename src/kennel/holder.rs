@@ -82,7 +82,12 @@ pub fn holder(args: &StageArgs) -> i32 {
         .spawn();
     let init = match init {
         Ok(child) => Pid::from_raw(child.id() as i32),
-        Err(e) => return fail(Some(&mut ctl), &format!("cannot start the kennel's init: {e}")),
+        Err(e) => {
+            return fail(
+                Some(&mut ctl),
+                &format!("cannot start the kennel's init: {e}"),
+            );
+        }
     };
     drop(ctl);
     signals::forward_until_exit(&mut signals, init, false)
@@ -150,9 +155,7 @@ fn load_ruleset(ruleset: &[u8]) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("cannot run nft: {e} (install nftables)"))?;
     if let Some(mut stdin) = nft.stdin.take() {
-        stdin
-            .write_all(ruleset)
-            .map_err(|e| format!("nft: {e}"))?;
+        stdin.write_all(ruleset).map_err(|e| format!("nft: {e}"))?;
     }
     let out = nft.wait_with_output().map_err(|e| format!("nft: {e}"))?;
     if !out.status.success() {
@@ -270,8 +273,7 @@ fn confine() -> Result<(), String> {
     // The bounding set first: after it, no exec can bring a capability back.
     caps::clear(None, CapSet::Bounding).map_err(|e| format!("capability bounding set: {e}"))?;
     caps::clear(None, CapSet::Ambient).map_err(|e| format!("ambient capabilities: {e}"))?;
-    caps::clear(None, CapSet::Inheritable)
-        .map_err(|e| format!("inheritable capabilities: {e}"))?;
+    caps::clear(None, CapSet::Inheritable).map_err(|e| format!("inheritable capabilities: {e}"))?;
     prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     caps::clear(None, CapSet::Effective).map_err(|e| format!("effective capabilities: {e}"))?;
     caps::clear(None, CapSet::Permitted).map_err(|e| format!("permitted capabilities: {e}"))?;
@@ -286,8 +288,12 @@ pub fn pdeathsig(args: &StageArgs) -> i32 {
     if let (Some(uid), Some(gid)) = (args.uid, args.gid) {
         if Uid::effective().as_raw() != uid {
             let dropped = setgroups(&[])
-                .and_then(|()| setresgid(Gid::from_raw(gid), Gid::from_raw(gid), Gid::from_raw(gid)))
-                .and_then(|()| setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid)));
+                .and_then(|()| {
+                    setresgid(Gid::from_raw(gid), Gid::from_raw(gid), Gid::from_raw(gid))
+                })
+                .and_then(|()| {
+                    setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid))
+                });
             if let Err(e) = dropped {
                 return fail(None, &format!("cannot become uid {uid}: {e}"));
             }

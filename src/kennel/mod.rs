@@ -84,7 +84,6 @@ pub const STAGE_FAILED: i32 = 125;
 
 /// Whether this process is in the host's user namespace (where uid 0 is real root).
 pub fn in_init_userns() -> bool {
-    std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|map| {
-        map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]
-    })
+    std::fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|map| map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
 }

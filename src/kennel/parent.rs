@@ -40,7 +40,10 @@ struct Kennel {
 
 impl Drop for Kennel {
     fn drop(&mut self) {
-        for child in [self.holder.as_mut(), self.pasta.as_mut()].into_iter().flatten() {
+        for child in [self.holder.as_mut(), self.pasta.as_mut()]
+            .into_iter()
+            .flatten()
+        {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -57,8 +60,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     // Handlers now, while single-threaded: a Ctrl-C during start-up must not kill us half-way.
     let mut signals = signals::register(false).map_err(|e| rt(format!("signals: {e}")))?;
     // Fail closed, before anything starts, when user namespaces are off.
-    if std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
-        .is_ok_and(|n| n.trim() == "0")
+    if std::fs::read_to_string("/proc/sys/user/max_user_namespaces").is_ok_and(|n| n.trim() == "0")
     {
         return Err(rt(
             "user namespaces are disabled here (user.max_user_namespaces = 0): the kennel needs one. \
@@ -148,7 +150,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         .and_then(|()| {
             std::os::unix::fs::chown(&pasta_dir, Some(uid), Some(gid)).or_else(|e| {
                 // Rootless: it is ours already.
-                if Uid::effective().is_root() { Err(e) } else { Ok(()) }
+                if Uid::effective().is_root() {
+                    Err(e)
+                } else {
+                    Ok(())
+                }
             })
         })
         .map_err(|e| rt(format!("{}: {e}", pasta_dir.display())))?;
@@ -158,7 +164,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         .args(["__kennel", "pdeathsig", "--ppid", &me.to_string()])
         .args(["--uid", &uid.to_string(), "--gid", &gid.to_string(), "--"])
         .arg(&pasta)
-        .args(["-f", "-q", "-t", "none", "-u", "none", "-T", "none", "-U", "none"])
+        .args([
+            "-f", "-q", "-t", "none", "-u", "none", "-T", "none", "-U", "none",
+        ])
         .args(["--no-map-gw", "--config-net", "--no-netns-quit", "--pid"])
         .arg(pasta_dir.join("pid"));
     let pasta_child = pasta_cmd
@@ -243,7 +251,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             signals::forward(&origin, holder_pid);
         }
     });
-    ctl.send("go", b"").map_err(|e| rt(format!("kennel: {e}")))?;
+    ctl.send("go", b"")
+        .map_err(|e| rt(format!("kennel: {e}")))?;
     drop(ctl);
 
     let status = kennel
@@ -360,8 +369,11 @@ fn wait_for_pasta(c: u32, kennel: &mut Kennel) -> Result<(), Failure> {
             let mut f = l.split_whitespace();
             f.nth(1) == Some("00000000")
         });
-        let default_v6 = v6.lines().any(|l| l.starts_with("00000000000000000000000000000000 00"));
-        let pid_written = std::fs::metadata(kennel.dir.join("pasta/pid")).is_ok_and(|m| m.len() > 0);
+        let default_v6 = v6
+            .lines()
+            .any(|l| l.starts_with("00000000000000000000000000000000 00"));
+        let pid_written =
+            std::fs::metadata(kennel.dir.join("pasta/pid")).is_ok_and(|m| m.len() > 0);
         if (default_v4 || default_v6) && pid_written {
             return Ok(());
         }
@@ -383,15 +395,18 @@ fn wait_for_pasta(c: u32, kennel: &mut Kennel) -> Result<(), Failure> {
 /// no `clients` (the kennel is the only client), learn mode with --learn.
 fn derive_policy(source: &Path, netns: &Path, learn: bool) -> Result<String, Failure> {
     use serde_yaml::{Mapping, Value};
-    let text = std::fs::read_to_string(source)
-        .map_err(|e| rt(format!("{}: {e}", source.display())))?;
+    let text =
+        std::fs::read_to_string(source).map_err(|e| rt(format!("{}: {e}", source.display())))?;
     let mut doc: Value =
         serde_yaml::from_str(&text).map_err(|e| rt(format!("{}: {e}", source.display())))?;
     let map = doc
         .as_mapping_mut()
         .ok_or_else(|| rt(format!("{}: not a mapping", source.display())))?;
     if map.remove("clients").is_some() {
-        tracing::warn!("{}: clients ignored: the kennel is the only client", source.display());
+        tracing::warn!(
+            "{}: clients ignored: the kennel is the only client",
+            source.display()
+        );
     }
     let firewall = map
         .entry(Value::from("firewall"))
