@@ -285,18 +285,15 @@ fn confine() -> Result<(), String> {
 pub fn pdeathsig(args: &StageArgs) -> i32 {
     // Become the kennel's user first: a uid change clears the death signal,
     // so pasta must not make one itself (as it does with --runas when root).
-    if let (Some(uid), Some(gid)) = (args.uid, args.gid) {
-        if Uid::effective().as_raw() != uid {
-            let dropped = setgroups(&[])
-                .and_then(|()| {
-                    setresgid(Gid::from_raw(gid), Gid::from_raw(gid), Gid::from_raw(gid))
-                })
-                .and_then(|()| {
-                    setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid))
-                });
-            if let Err(e) = dropped {
-                return fail(None, &format!("cannot become uid {uid}: {e}"));
-            }
+    if let (Some(uid), Some(gid)) = (args.uid, args.gid)
+        && Uid::effective().as_raw() != uid
+    {
+        let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
+        let dropped = setgroups(&[])
+            .and_then(|()| setresgid(g, g, g))
+            .and_then(|()| setresuid(u, u, u));
+        if let Err(e) = dropped {
+            return fail(None, &format!("cannot become uid {uid}: {e}"));
         }
     }
     if let Err(e) = prctl::set_pdeathsig(Signal::SIGKILL) {

@@ -208,6 +208,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
 
     let runtime = tokio::runtime::Runtime::new().map_err(|e| rt(format!("runtime: {e}")))?;
     let prepared = app::prepare(&sources)?;
+    for warning in prepared.diagnostics.warnings() {
+        tracing::warn!("{warning}");
+    }
     // The DNS sockets live in the kennel's netns; upstream sockets stay in ours.
     let listeners = std::thread::scope(|s| {
         s.spawn(|| {

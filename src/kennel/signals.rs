@@ -17,10 +17,15 @@ pub const FORWARDED: [i32; 6] = [SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGUSR1, SIGU
 
 pub type Signals = SignalsInfo<WithOrigin>;
 
-/// Installs handlers (before any child exists, so none is missed).
-pub fn register(with_child: bool) -> std::io::Result<Signals> {
-    let mut wanted = FORWARDED.to_vec();
-    if with_child {
+/// Installs handlers (before any child exists, so none is missed). The
+/// stages inside the kennel also reap (SIGCHLD); `run` itself keeps SIGHUP
+/// for what it means to `serve`: reload the policy.
+pub fn register(inside: bool) -> std::io::Result<Signals> {
+    let mut wanted: Vec<i32> = FORWARDED
+        .into_iter()
+        .filter(|&s| inside || s != SIGHUP)
+        .collect();
+    if inside {
         wanted.push(SIGCHLD);
     }
     Signals::new(wanted)
