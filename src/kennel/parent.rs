@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -169,7 +170,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         ])
         .args(["--no-map-gw", "--config-net", "--no-netns-quit", "--pid"])
         .arg(pasta_dir.join("pid"));
+    // Its own process group: a terminal's Ctrl-C is meant for CMD, not the way out.
     let pasta_child = pasta_cmd
+        .process_group(0)
         .arg(c.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
