@@ -438,3 +438,41 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kennel_policy_feeds_its_own_netns_and_has_no_clients() {
+        let dir = std::env::temp_dir().join(format!("allowdns-kennel-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("p.yaml");
+        std::fs::write(
+            &src,
+            "agent_name: a\nclients: [\"10.0.0.0/8\"]\nexpected_outbound:\n  - destination: x.example\nfirewall:\n  netns: /run/netns/elsewhere\n  family: ip\n",
+        )
+        .unwrap();
+        let text = derive_policy(&src, Path::new("/proc/42/ns/net"), true).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        assert!(doc.get("clients").is_none(), "{text}");
+        assert_eq!(doc["firewall"]["netns"].as_str(), Some("/proc/42/ns/net"));
+        assert_eq!(doc["firewall"]["family"].as_str(), Some("ip"));
+        assert_eq!(doc["mode"].as_str(), Some("learn"));
+        let plain = derive_policy_text("agent_name: a\n", false);
+        assert!(
+            plain.contains("netns: /proc/42/ns/net") && !plain.contains("mode"),
+            "{plain}"
+        );
+    }
+
+    fn derive_policy_text(text: &str, learn: bool) -> String {
+        let file =
+            std::env::temp_dir().join(format!("allowdns-kennel-unit2-{}.yaml", std::process::id()));
+        std::fs::write(&file, text).unwrap();
+        let out = derive_policy(&file, Path::new("/proc/42/ns/net"), learn).unwrap();
+        let _ = std::fs::remove_file(&file);
+        out
+    }
+}
