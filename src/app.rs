@@ -111,19 +111,38 @@ pub async fn serve(
     prepared: Prepared,
     shutdown: CancellationToken,
 ) -> Result<(), Failure> {
+    for warning in prepared.diagnostics.warnings() {
+        tracing::warn!("{warning}");
+    }
+    // Sockets first: a port conflict should fail before anything else starts.
+    let listeners =
+        Listeners::bind(&prepared.settings.listen).map_err(|e| Failure::Runtime(e.to_string()))?;
+    serve_on(
+        sources,
+        prepared,
+        shutdown,
+        listeners,
+        Box::new(std::io::stderr()),
+    )
+    .await
+}
+
+/// `serve` on listeners bound by the caller (the kennel binds inside its
+/// namespace), with human alerts written to `alerts_out`.
+pub async fn serve_on(
+    sources: Sources,
+    prepared: Prepared,
+    shutdown: CancellationToken,
+    listeners: Listeners,
+    alerts_out: Box<dyn std::io::Write + Send>,
+) -> Result<(), Failure> {
     let Prepared {
         settings,
         loaded,
         upstream,
         firewall,
-        diagnostics,
+        diagnostics: _,
     } = prepared;
-    for warning in diagnostics.warnings() {
-        tracing::warn!("{warning}");
-    }
-    // Sockets first: a port conflict should fail before anything else starts.
-    let listeners =
-        Listeners::bind(&settings.listen).map_err(|e| Failure::Runtime(e.to_string()))?;
     let metrics = match settings.metrics {
         Some(addr) => Some(
             crate::metrics::bind(addr)
@@ -143,11 +162,7 @@ pub async fn serve(
     let sink = Sink::open(settings.audit_log.as_deref())
         .map_err(|e| Failure::Runtime(format!("cannot open audit log {e}")))?;
     let audit = AuditLog::start(sink);
-    let alerts = Alerts::start_with(
-        settings.alert_window,
-        settings.notify.clone(),
-        Box::new(std::io::stderr()),
-    );
+    let alerts = Alerts::start_with(settings.alert_window, settings.notify.clone(), alerts_out);
     crate::metrics::METRICS.watch_alerts(alerts.stats().clone(), alerts.delivery_stats());
 
     for policy in &loaded.policies.policies {

@@ -25,7 +25,8 @@
 //! file:line), `app` (startup shared by `serve` and `check`), `shutdown`,
 //! `worker` (the polling thread behind audit and alerts), `suggest` (an audit
 //! log → a policy to review), `reload` (SIGHUP), `notify` (sd_notify),
-//! `grants` (run-time exceptions) and `control` (the Unix socket behind
+//! `grants` (run-time exceptions), `kennel` (`allowdns run`: a command
+//! fenced in namespaces of its own) and `control` (the Unix socket behind
 //! `grant`, `revoke` and `status`). What queries are decided against is the
 //! policy files less expired entries plus active grants, rebuilt and swapped
 //! whole on reload, grant and expiry (`handler::InForce`).
@@ -47,6 +48,7 @@ pub mod grants;
 pub mod handler;
 pub mod idle;
 pub mod input;
+pub mod kennel;
 pub mod metrics;
 pub mod notify;
 pub mod peer_netns;
