@@ -56,6 +56,7 @@ pub mod resolve;
 pub mod server;
 pub mod shutdown;
 pub mod special;
+pub mod state;
 pub mod suggest;
 pub mod tcp;
 pub mod upstream;
