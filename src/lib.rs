@@ -26,9 +26,9 @@
 //! `worker` (the polling thread behind audit and alerts), `suggest` (an audit
 //! log → a policy to review), `reload` (SIGHUP), `notify` (sd_notify),
 //! `grants` (run-time exceptions) and `control` (the Unix socket behind
-//! `grant`, `revoke` and `status`). What queries are decided against is the
-//! policy files less expired entries plus active grants, rebuilt and swapped
-//! whole on reload, grant and expiry (`handler::InForce`).
+//! `grant`, `revoke` and `status`).
+//!
+//! `state`: the policy in force and every change to it, as one atomic snapshot.
 
 pub mod alert;
 pub mod answer;
