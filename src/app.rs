@@ -12,10 +12,11 @@ use crate::cli::Sources;
 use crate::config::{self, Settings, UpstreamMode};
 use crate::diagnostics::Diagnostics;
 use crate::firewall::Firewall;
-use crate::handler::{Handler, Loaded};
+use crate::handler::Handler;
 use crate::policy;
 use crate::resolve::Resolver;
 use crate::server::{self, Listeners};
+use crate::state::Loaded;
 use crate::upstream::Upstream;
 use crate::zones::Zones;
 
@@ -194,7 +195,7 @@ pub async fn serve_on(
     );
     let handler = std::sync::Arc::new(handler);
     // Re-feeds the sets when the ruleset is reloaded under us.
-    crate::firewall::watch::spawn(handler.clone(), |h| h.firewall.as_ref());
+    crate::firewall::watch::spawn(handler.clone(), |h| h.firewall.as_deref());
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| Failure::Runtime(format!("signals: {e}")))?;
     let reloading = handler.clone();
@@ -220,7 +221,7 @@ pub async fn serve_on(
         }
         tokio::spawn(crate::metrics::serve(listener, shutdown.clone()));
     }
-    let expiring = handler.clone();
+    let expiring = handler.state.clone();
     let expiry = tokio::spawn(async move {
         loop {
             let wait = expiring.next_expiry().map(|at| {

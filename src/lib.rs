@@ -27,9 +27,11 @@
 //! log → a policy to review), `reload` (SIGHUP), `notify` (sd_notify),
 //! `grants` (run-time exceptions), `kennel` (`allowdns run`: a command
 //! fenced in namespaces of its own) and `control` (the Unix socket behind
-//! `grant`, `revoke` and `status`). What queries are decided against is the
-//! policy files less expired entries plus active grants, rebuilt and swapped
-//! whole on reload, grant and expiry (`handler::InForce`).
+//! `grant`, `revoke` and `status`).
+//!
+//! `state`: the policy in force and every change to it (reload, grant, revoke,
+//! expiry, withdrawals from the fence), published to the query path as one
+//! atomic snapshot.
 
 pub mod alert;
 pub mod answer;
@@ -58,6 +60,7 @@ pub mod resolve;
 pub mod server;
 pub mod shutdown;
 pub mod special;
+pub mod state;
 pub mod suggest;
 pub mod tcp;
 pub mod upstream;
