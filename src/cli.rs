@@ -121,7 +121,7 @@ pub struct RulesetArgs {
 /// Where configuration comes from; shared by `serve` and `check`.
 #[derive(Debug, Args, Clone, Default)]
 pub struct Sources {
-    /// YAML config file (see README, "Config reference").
+    /// YAML config file (see docs/manual.md, "Config reference").
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
     /// Address to answer on, `IP:PORT` or `IP` (port 53); repeatable.
