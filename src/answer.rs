@@ -8,9 +8,9 @@
 //! bounded in number, each bounded in time (`RESOLVE_DEADLINE`), and a
 //! panic in either part costs one SERVFAIL, never a serving thread or task.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

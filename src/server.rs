@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-
 use crate::answer::{Answer, Answerer};
 use crate::handler::Handler;
 use crate::tcp::TcpLimits;

@@ -40,7 +40,10 @@ fn evil_upstream(ip: &str, stop: Instant) -> SocketAddr {
                 r
             };
             let (an, ns): (Vec<Vec<u8>>, Vec<Vec<u8>>) = match qtype {
-                1 => (vec![rr(1, &[192, 0, 2, 1])], vec![rr(1, &[169, 254, 169, 254])]),
+                1 => (
+                    vec![rr(1, &[192, 0, 2, 1])],
+                    vec![rr(1, &[169, 254, 169, 254])],
+                ),
                 28 => {
                     let fe80: std::net::Ipv6Addr = "fe80::1".parse().unwrap();
                     (vec![], vec![rr(28, &fe80.octets())])
@@ -98,7 +101,10 @@ fn addresses_in_the_upstreams_authority_section_are_removed_and_audited() {
     );
     let log = dir.0.join("audit.jsonl");
     let upstream = up.to_string();
-    let config = dir.write("allowdns.yaml", "upstream:\n  allow_private_servers: true\n");
+    let config = dir.write(
+        "allowdns.yaml",
+        "upstream:\n  allow_private_servers: true\n",
+    );
     let dns = Allowdns::serve(&[
         "--config",
         config.to_str().unwrap(),
@@ -116,7 +122,11 @@ fn addresses_in_the_upstreams_authority_section_are_removed_and_audited() {
         assert_eq!(answers(&a).len(), 1, "the answer itself is kept");
         assert!(authority_addresses(&a).is_empty(), "{:?}", a.authorities);
         let aaaa = query(dns.udp, "auth.cdn.test", RecordType::AAAA);
-        assert!(authority_addresses(&aaaa).is_empty(), "{:?}", aaaa.authorities);
+        assert!(
+            authority_addresses(&aaaa).is_empty(),
+            "{:?}",
+            aaaa.authorities
+        );
         // The NS stays.
         assert!(
             aaaa.authorities
@@ -136,7 +146,11 @@ fn addresses_in_the_upstreams_authority_section_are_removed_and_audited() {
         .collect();
     assert_eq!(stripped.len(), 4, "{records:?}");
     for (i, s) in stripped.iter().enumerate() {
-        let want = if i % 2 == 0 { "169.254.169.254" } else { "fe80::1" };
+        let want = if i % 2 == 0 {
+            "169.254.169.254"
+        } else {
+            "fe80::1"
+        };
         assert_eq!(*s, serde_json::json!([want]), "record {i}");
     }
 }

@@ -368,7 +368,11 @@ fn an_idle_tcp_connection_is_closed_after_the_idle_timeout() {
 #[test]
 fn the_connection_bound_holds() {
     let up = test_upstream("127.0.0.22");
-    for name in ["exact.allowed.test", "short.allowed.test", "missing.allowed.test"] {
+    for name in [
+        "exact.allowed.test",
+        "short.allowed.test",
+        "missing.allowed.test",
+    ] {
         up.delays
             .lock()
             .unwrap()
@@ -390,7 +394,11 @@ fn the_connection_bound_holds() {
     assert_eq!(open[0].read(&mut buf).unwrap_or(0), 0, "idlest closed");
     // With every connection busy (a question in flight), the newcomer is closed.
     let mut busy = vec![open.remove(2), open.remove(1), extra];
-    let slow = ["exact.allowed.test", "short.allowed.test", "missing.allowed.test"];
+    let slow = [
+        "exact.allowed.test",
+        "short.allowed.test",
+        "missing.allowed.test",
+    ];
     for (i, (s, name)) in busy.iter_mut().zip(slow).enumerate() {
         s.write_all(&framed(&raw_query(60 + i as u16, name, 1, 1)))
             .unwrap();
@@ -473,7 +481,11 @@ fn a_slow_sender_is_closed_by_the_message_deadline_and_cannot_lock_others_out() 
     let dns = start("tcp:\n  idle_timeout_ms: 500\n  message_timeout_ms: 60000\n");
     let mut slow = vec![slow_sender(dns.tcp)];
     let lasted = dribble(&mut slow, Duration::from_secs(2));
-    assert_eq!(lasted, vec![None], "a dribbling sender outlives the idle timeout");
+    assert_eq!(
+        lasted,
+        vec![None],
+        "a dribbling sender outlives the idle timeout"
+    );
     drop(dns);
 
     // With the deadline: closed about 1.5 s after the message's first byte.
@@ -486,7 +498,7 @@ fn a_slow_sender_is_closed_by_the_message_deadline_and_cannot_lock_others_out() 
     let mut fourth = connect(dns.tcp);
     assert!(tcp_ask(&mut fourth, &raw_query(1, "www.allowed.test", 1, 1)).is_none());
     // Another address fills the last slot, slowly too.
-    let mut other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     other
         .bind(&"127.0.0.3:0".parse::<SocketAddr>().unwrap().into())
         .unwrap();
@@ -498,7 +510,15 @@ fn a_slow_sender_is_closed_by_the_message_deadline_and_cannot_lock_others_out() 
     // (the connection idle longest makes way).
     let out = dig(
         dns.tcp,
-        &["-b", "127.0.0.2", "+tcp", "+tries=1", "+time=3", "www.allowed.test", "A"],
+        &[
+            "-b",
+            "127.0.0.2",
+            "+tcp",
+            "+tries=1",
+            "+time=3",
+            "www.allowed.test",
+            "A",
+        ],
     )
     .unwrap_or_default();
     assert!(
@@ -510,6 +530,9 @@ fn a_slow_sender_is_closed_by_the_message_deadline_and_cannot_lock_others_out() 
     let lasted = dribble(&mut slow, Duration::from_secs(5));
     for (i, l) in lasted.iter().enumerate() {
         let l = before + l.unwrap_or_else(|| panic!("slow sender {i} still open after 5 s"));
-        assert!(l < Duration::from_secs(4), "slow sender {i} closed after {l:?}");
+        assert!(
+            l < Duration::from_secs(4),
+            "slow sender {i} closed after {l:?}"
+        );
     }
 }

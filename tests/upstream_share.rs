@@ -94,7 +94,8 @@ fn one_agents_flood_does_not_starve_another_agents_lookups() {
         )]
     );
     // B's questions beyond its share were answered SERVFAIL at once.
-    b.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    b.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let mut buf = [0u8; 512];
     let mut servfail = 0;
     while let Ok(n) = b.recv(&mut buf) {
