@@ -18,7 +18,7 @@ fn serve(up: &Upstream, dir: &TempDir, upstream_limits: &str) -> Allowdns {
     std::fs::create_dir_all(&policies).unwrap();
     std::fs::write(
         policies.join("a.yaml"),
-        "agent_name: agent_a\nclients: [\"127.0.0.1/32\"]\nexpected_outbound:\n  - destination: www.allowed.test\n",
+        "agent_name: agent_a\nclients: [\"127.0.0.1/32\"]\nexpected_outbound:\n  - destination: www.allowed.test\n  - destination: slow.allowed.test\n",
     )
     .unwrap();
     std::fs::write(
@@ -41,7 +41,11 @@ fn serve(up: &Upstream, dir: &TempDir, upstream_limits: &str) -> Allowdns {
 /// Agent B sends `n` questions for its slow name and does not wait; returns
 /// the socket (its replies arrive later).
 fn flood(dns: &Allowdns, n: u16) -> UdpSocket {
-    let sock = UdpSocket::bind("127.0.0.2:0").unwrap();
+    flood_from(dns, n, "127.0.0.2")
+}
+
+fn flood_from(dns: &Allowdns, n: u16, from: &str) -> UdpSocket {
+    let sock = UdpSocket::bind(format!("{from}:0")).unwrap();
     for id in 0..n {
         let mut msg = Message::query();
         msg.metadata.id = id;
@@ -105,4 +109,38 @@ fn one_agents_flood_does_not_starve_another_agents_lookups() {
         }
     }
     assert!(servfail >= 16, "B over its share: {servfail} SERVFAIL");
+}
+
+#[test]
+fn identical_questions_in_flight_are_merged_per_agent() {
+    let up = Upstream::start("127.0.0.26", 0, &[data("upstream/allowed.test.zone")]);
+    up.delays
+        .lock()
+        .unwrap()
+        .insert("slow.allowed.test".into(), Duration::from_secs(1));
+    let dir = TempDir::new("share-merge");
+    let dns = serve(
+        &up,
+        &dir,
+        "  max_pending: 64\n  max_pending_per_agent: 32\n",
+    );
+    // Baseline: what one question costs the upstream (hickory's pool may
+    // send more than one datagram per exchange), from agent A. Then five
+    // identical questions at once from agent B (whose cache is its own).
+    let mut per_agent = Vec::new();
+    for (from, n) in [("127.0.0.1", 1), ("127.0.0.2", 5)] {
+        let before = up.count("slow.allowed.test");
+        let sock = flood_from(&dns, n, from);
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 512];
+        for _ in 0..n {
+            let got = sock.recv(&mut buf).expect("every question answered");
+            let m = Message::from_vec(&buf[..got]).unwrap();
+            assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        }
+        per_agent.push(up.count("slow.allowed.test") - before);
+    }
+    // Five merged questions cost what one does.
+    assert!(per_agent[0] >= 1, "{per_agent:?}");
+    assert_eq!(per_agent[1], per_agent[0], "{:?}", up.names());
 }
