@@ -440,13 +440,13 @@ fn closed(s: &mut TcpStream) -> bool {
     }
 }
 
-/// Dribbles a byte on every open `slow` connection every 250 ms for up to
+/// Dribbles a byte on every open `slow` connection every 100 ms for up to
 /// `within`; returns how long each lasted (`None`: still open at the end).
 fn dribble(slow: &mut [TcpStream], within: Duration) -> Vec<Option<Duration>> {
     let began = Instant::now();
     let mut lasted = vec![None; slow.len()];
     while began.elapsed() < within && lasted.iter().any(Option::is_none) {
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(100));
         for (s, lasted) in slow.iter_mut().zip(lasted.iter_mut()) {
             if lasted.is_none() && (closed(s) || s.write_all(b"x").is_err()) {
                 *lasted = Some(began.elapsed());
@@ -476,11 +476,11 @@ fn a_slow_sender_is_closed_by_the_message_deadline_and_cannot_lock_others_out() 
             policy.to_str().unwrap(),
         ])
     };
-    // Positive control: with a long message deadline, one byte every 250 ms
-    // keeps a connection open well past the 500 ms idle timeout.
-    let dns = start("tcp:\n  idle_timeout_ms: 500\n  message_timeout_ms: 60000\n");
+    // Positive control: with a long message deadline, one byte every 100 ms
+    // keeps a connection open well past the 1 s idle timeout.
+    let dns = start("tcp:\n  idle_timeout_ms: 1000\n  message_timeout_ms: 60000\n");
     let mut slow = vec![slow_sender(dns.tcp)];
-    let lasted = dribble(&mut slow, Duration::from_secs(2));
+    let lasted = dribble(&mut slow, Duration::from_secs(3));
     assert_eq!(
         lasted,
         vec![None],
@@ -490,10 +490,12 @@ fn a_slow_sender_is_closed_by_the_message_deadline_and_cannot_lock_others_out() 
 
     // With the deadline: closed about 1.5 s after the message's first byte.
     let dns = start(
-        "tcp:\n  idle_timeout_ms: 500\n  message_timeout_ms: 1500\n  max_connections: 4\n  max_connections_per_ip: 3\n",
+        "tcp:\n  idle_timeout_ms: 1000\n  message_timeout_ms: 1500\n  max_connections: 4\n  max_connections_per_ip: 3\n",
     );
     let opened = Instant::now();
     let mut slow: Vec<TcpStream> = (0..3).map(|_| slow_sender(dns.tcp)).collect();
+    // (Slots are taken on the server's tasks: let the three settle first.)
+    std::thread::sleep(Duration::from_millis(300));
     // A fourth from the same address is over its per-address cap.
     let mut fourth = connect(dns.tcp);
     assert!(tcp_ask(&mut fourth, &raw_query(1, "www.allowed.test", 1, 1)).is_none());
