@@ -474,6 +474,8 @@ fn a_slow_sender_is_closed_by_the_message_deadline_and_cannot_lock_others_out() 
             &upstream,
             "--policy",
             policy.to_str().unwrap(),
+            "--metrics",
+            "127.0.0.1:0",
         ])
     };
     // Positive control: with a long message deadline, one byte every 100 ms
@@ -494,8 +496,15 @@ fn a_slow_sender_is_closed_by_the_message_deadline_and_cannot_lock_others_out() 
     );
     let opened = Instant::now();
     let mut slow: Vec<TcpStream> = (0..3).map(|_| slow_sender(dns.tcp)).collect();
-    // (Slots are taken on the server's tasks: let the three settle first.)
-    std::thread::sleep(Duration::from_millis(300));
+    // (Slots are taken on the server's tasks: wait until the three hold theirs.)
+    let settle = Instant::now() + Duration::from_secs(10);
+    while metric(&scrape(&dns), "allowdns_tcp_connections_open") < 3 {
+        assert!(
+            Instant::now() < settle,
+            "three slow connections never opened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // A fourth from the same address is over its per-address cap.
     let mut fourth = connect(dns.tcp);
     assert!(tcp_ask(&mut fourth, &raw_query(1, "www.allowed.test", 1, 1)).is_none());
