@@ -8,9 +8,10 @@
 //! bounded in number, each bounded in time (`RESOLVE_DEADLINE`), and a
 //! panic in either part costs one SERVFAIL, never a serving thread or task.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -27,6 +28,62 @@ use crate::wire::{self, Transport};
 /// beyond this, SERVFAIL.
 pub const MAX_PENDING_UPSTREAM: usize = 4096;
 
+/// Bounds on upstream-bound questions in flight (the `upstream:` section's
+/// `max_pending` and `max_pending_per_agent`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingLimits {
+    /// All agents together: the ceiling.
+    pub total: usize,
+    /// One agent's share, so one agent flooding never-answered names cannot
+    /// take every slot and starve the others.
+    pub per_agent: usize,
+}
+
+impl Default for PendingLimits {
+    fn default() -> Self {
+        PendingLimits {
+            total: MAX_PENDING_UPSTREAM,
+            per_agent: MAX_PENDING_UPSTREAM / 8,
+        }
+    }
+}
+
+/// Upstream-bound questions in flight per agent (by metrics slot).
+type Shares = Arc<Mutex<HashMap<u16, usize>>>;
+
+/// One agent's share of one pending slot; given back when dropped.
+struct Share {
+    shares: Shares,
+    slot: u16,
+}
+
+impl Share {
+    fn take(shares: &Shares, slot: u16, limit: usize) -> Option<Share> {
+        let mut held = shares.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(slot).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(Share {
+            shares: shares.clone(),
+            slot,
+        })
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut held = self.shares.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.slot) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.slot);
+            }
+        }
+    }
+}
+
 /// What to do with one message.
 pub enum Answer {
     /// Send nothing: a message too short to answer, or a response (counted).
@@ -41,13 +98,26 @@ pub struct Answerer {
     handler: Arc<Handler>,
     /// Permits for upstream-bound questions.
     pending: Arc<Semaphore>,
+    /// Each agent's permits in use.
+    shares: Shares,
+    limits: PendingLimits,
 }
 
 impl Answerer {
     pub fn new(handler: Arc<Handler>) -> Answerer {
+        Answerer::with_limits(handler, PendingLimits::default())
+    }
+
+    pub fn with_limits(handler: Arc<Handler>, limits: PendingLimits) -> Answerer {
+        let limits = PendingLimits {
+            total: limits.total.clamp(1, Semaphore::MAX_PERMITS),
+            per_agent: limits.per_agent.max(1),
+        };
         Answerer {
             handler,
-            pending: Arc::new(Semaphore::new(MAX_PENDING_UPSTREAM)),
+            pending: Arc::new(Semaphore::new(limits.total)),
+            shares: Arc::default(),
+            limits,
         }
     }
 
@@ -95,6 +165,12 @@ impl Answerer {
             }
             Progress::NeedsUpstream(outcome, loaded, chosen) => (outcome, loaded, chosen),
         };
+        // The agent's own share first, so a flooding agent hits its share
+        // and never reaches the ceiling the others need.
+        let Some(share) = Share::take(&self.shares, outcome.slot, self.limits.per_agent) else {
+            tracing::warn!(%client, "this agent has too many upstream queries in flight; answering SERVFAIL");
+            return Answer::Reply(reply(&self.handler, &request, outcome, started));
+        };
         let Ok(permit) = self.pending.clone().try_acquire_owned() else {
             tracing::warn!(%client, "too many upstream queries in flight; answering SERVFAIL");
             return Answer::Reply(reply(&self.handler, &request, outcome, started));
@@ -106,14 +182,14 @@ impl Answerer {
             loaded,
             chosen,
             started,
-            _permit: permit,
+            _permit: (permit, share),
         }))
     }
 
     /// Waits, up to `within`, for upstream-bound answers still in flight
     /// (so they are sent and audited before shutdown).
     pub async fn drain(&self, within: Duration) {
-        let all = MAX_PENDING_UPSTREAM as u32;
+        let all = u32::try_from(self.limits.total).unwrap_or(u32::MAX);
         let _ = tokio::time::timeout(within, self.pending.acquire_many(all)).await;
     }
 }
@@ -127,7 +203,7 @@ pub struct Upstream {
     loaded: Arc<InForce>,
     chosen: Chosen,
     started: Instant,
-    _permit: OwnedSemaphorePermit,
+    _permit: (OwnedSemaphorePermit, Share),
 }
 
 impl Upstream {

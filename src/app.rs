@@ -200,6 +200,7 @@ pub async fn serve_on(
         .map_err(|e| Failure::Runtime(format!("signals: {e}")))?;
     let reloading = handler.clone();
     let tcp_limits = settings.tcp.clone();
+    let pending = settings.pending.clone();
     let reloader = tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             tracing::info!("SIGHUP received: reloading");
@@ -261,7 +262,7 @@ pub async fn serve_on(
         ))
     });
 
-    let result = server::run(listeners, handler, tcp_limits, shutdown).await;
+    let result = server::run(listeners, handler, tcp_limits, pending, shutdown).await;
     let _ = stopping.await;
     reloader.abort();
     expiry.abort();

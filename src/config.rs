@@ -65,6 +65,10 @@ pub struct TcpFile {
     pub max_queries: Option<u64>,
     #[serde(default)]
     pub max_lifetime_secs: Option<u64>,
+    #[serde(default)]
+    pub message_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
 }
 
 impl TcpFile {
@@ -81,6 +85,12 @@ impl TcpFile {
             max_lifetime: self
                 .max_lifetime_secs
                 .map_or(d.max_lifetime, |s| Duration::from_secs(s.max(1))),
+            message_timeout: self
+                .message_timeout_ms
+                .map_or(d.message_timeout, |ms| Duration::from_millis(ms.max(1))),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .map_or(d.max_connections_per_ip, |n| n.max(1)),
         }
     }
 }
@@ -103,6 +113,12 @@ pub struct UpstreamFile {
     /// Per-exchange timeout.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Upstream-bound questions in flight, all agents together.
+    #[serde(default)]
+    pub max_pending: Option<usize>,
+    /// Upstream-bound questions in flight for one agent.
+    #[serde(default)]
+    pub max_pending_per_agent: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,6 +230,8 @@ pub struct Settings {
     pub listen: Vec<SocketAddr>,
     pub upstream: UpstreamMode,
     pub upstream_timeout: Duration,
+    /// `upstream.max_pending` and `upstream.max_pending_per_agent`.
+    pub pending: crate::answer::PendingLimits,
     pub policies: Vec<PathBuf>,
     pub zones: Option<PathBuf>,
     pub audit_log: Option<PathBuf>,
@@ -294,6 +312,8 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
         root_hints,
         allow_private_servers,
         timeout_ms,
+        max_pending,
+        max_pending_per_agent,
     } = upstream;
     let CacheFile {
         max_entries,
@@ -463,6 +483,13 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
         listen,
         upstream,
         upstream_timeout: Duration::from_millis(timeout_ms.unwrap_or(2000).max(1)),
+        pending: {
+            let d = crate::answer::PendingLimits::default();
+            crate::answer::PendingLimits {
+                total: max_pending.map_or(d.total, |n| n.max(1)),
+                per_agent: max_pending_per_agent.map_or(d.per_agent, |n| n.max(1)),
+            }
+        },
         policies,
         zones: sources.zones.clone().or_else(|| zones.as_deref().map(here)),
         audit_log: sources

@@ -281,8 +281,11 @@ impl Handler {
         }
         // Special-purpose addresses never leave, unless the entry opts in;
         // nothing left to hand out is NODATA, not a failure.
-        let (stripped, emptied) =
+        let (mut stripped, emptied) =
             crate::special::strip(&mut outcome.answers, &|ip| policy.opens(rule, ip));
+        // The authority section carries only what a client needs (SOA, NS):
+        // addresses there would reach the client unfed and unstripped.
+        crate::special::keep_authority(&mut outcome.authority, &mut stripped);
         if emptied {
             outcome.rcode = ResponseCode::NoError;
             outcome.answers.clear();

@@ -9,8 +9,13 @@
 //! [`Resolver::resolve_now`] answers from memory only (no await), which is how
 //! most queries are served; [`Resolver::resolve`] may ask the upstream.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -45,13 +50,75 @@ pub struct Resolution {
 }
 
 pub struct Resolver {
-    upstream: Upstream,
+    upstream: Arc<Upstream>,
     cache: Cache,
+    /// Upstream questions in flight, by agent, name (lowercased) and type:
+    /// the same question asked again meanwhile waits for the same answer.
+    /// Per agent, as the cache is: agents learn nothing from each other.
+    in_flight: Arc<Mutex<HashMap<FlightKey, Flight>>>,
 }
+
+type FlightKey = (u16, Name, RecordType);
+type Flight = Shared<BoxFuture<'static, Result<Step, String>>>;
+
+/// Bounds one merged upstream question, whoever waits for it.
+const FLIGHT_DEADLINE: Duration = Duration::from_secs(10);
 
 impl Resolver {
     pub fn new(upstream: Upstream, cache: Cache) -> Self {
-        Self { upstream, cache }
+        Self {
+            upstream: Arc::new(upstream),
+            cache,
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// Asks the upstream, or joins the identical question already asked.
+    /// The exchange runs as its own task, so it ends (and leaves the map)
+    /// even if every waiter gives up.
+    async fn ask(
+        &self,
+        agent: u16,
+        target: &Name,
+        qtype: RecordType,
+    ) -> Result<Step, UpstreamError> {
+        let key = (agent, target.to_lowercase(), qtype);
+        let flight = {
+            let mut flights = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            flights
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    let (upstream, flights) = (self.upstream.clone(), self.in_flight.clone());
+                    let name = target.clone();
+                    let task = tokio::spawn(async move {
+                        let started = Instant::now();
+                        let asked =
+                            tokio::time::timeout(FLIGHT_DEADLINE, upstream.query(&name, qtype));
+                        let result = match asked.await {
+                            Ok(result) => result.map_err(|e| e.0),
+                            Err(_) => Err(format!("no answer within {FLIGHT_DEADLINE:?}")),
+                        };
+                        METRICS.upstream_queries.fetch_add(1, Relaxed);
+                        METRICS.upstream_latency.observe(started.elapsed());
+                        if result.is_err() {
+                            METRICS.upstream_errors.fetch_add(1, Relaxed);
+                        }
+                        flights
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&key);
+                        result
+                    });
+                    async move {
+                        task.await
+                            .unwrap_or_else(|e| Err(format!("upstream task: {e}")))
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        flight.await.map_err(UpstreamError)
     }
 
     /// The answer if every hop is in a local zone or the cache; never waits.
@@ -86,16 +153,11 @@ impl Resolver {
                 Some(hit) => hit,
                 None => {
                     let started = Instant::now();
-                    let result = self.upstream.query(&chase.target, qtype).await;
+                    let result = self.ask(agent, &chase.target, qtype).await;
                     let took = started.elapsed();
                     let spent = chase.out.upstream_time.unwrap_or_default() + took;
                     chase.out.upstream_time = Some(spent);
                     METRICS.cache_misses.fetch_add(1, Relaxed);
-                    METRICS.upstream_queries.fetch_add(1, Relaxed);
-                    METRICS.upstream_latency.observe(took);
-                    if result.is_err() {
-                        METRICS.upstream_errors.fetch_add(1, Relaxed);
-                    }
                     let step = result?;
                     self.cache.insert(agent, &chase.target, qtype, &step);
                     (step, Source::Upstream)

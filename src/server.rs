@@ -12,8 +12,6 @@ use tokio_util::sync::CancellationToken;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use tokio::sync::Semaphore;
-
 use crate::answer::{Answer, Answerer};
 use crate::handler::Handler;
 use crate::tcp::TcpLimits;
@@ -175,9 +173,10 @@ pub async fn run(
     listeners: Listeners,
     handler: Arc<Handler>,
     tcp: TcpLimits,
+    pending: crate::answer::PendingLimits,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let answerer = Arc::new(Answerer::new(handler));
+    let answerer = Arc::new(Answerer::with_limits(handler, pending));
     let runtime = tokio::runtime::Handle::current();
     let threads = listeners.health.beats.len() / listeners.udp.len().max(1);
     let mut udp_threads = Vec::new();
@@ -204,7 +203,7 @@ pub async fn run(
             })?);
         }
     }
-    let connections = Arc::new(Semaphore::new(tcp.max_connections.max(1)));
+    let connections = Arc::new(crate::tcp::Slots::new(&tcp));
     let tcp = Arc::new(tcp);
     let accepting: Vec<_> = listeners
         .tcp

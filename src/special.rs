@@ -284,6 +284,23 @@ pub fn strip(answers: &mut Vec<Record>, opens: &dyn Fn(IpAddr) -> bool) -> (Vec<
     (stripped, emptied)
 }
 
+/// Keeps only SOA and NS records in an authority section; the addresses of
+/// A and AAAA records removed are added to `stripped` (for the audit).
+pub fn keep_authority(authority: &mut Vec<Record>, stripped: &mut Vec<IpAddr>) {
+    authority.retain(|record| match &record.data {
+        RData::SOA(_) | RData::NS(_) => true,
+        RData::A(a) => {
+            stripped.push(IpAddr::V4(a.0));
+            false
+        }
+        RData::AAAA(a) => {
+            stripped.push(IpAddr::V6(a.0));
+            false
+        }
+        _ => false,
+    });
+}
+
 fn strip_hints(
     params: &mut Vec<(SvcParamKey, SvcParamValue)>,
     closed: &dyn Fn(IpAddr) -> bool,

@@ -5,11 +5,17 @@
 //!
 //! Limits: idle connections are closed; each connection has a bound on
 //! queries in flight (reading pauses at it), on messages and on lifetime;
-//! connections over the global bound are closed at once.
+//! a message must arrive whole within `message_timeout` of its first byte
+//! (so dribbling bytes cannot hold a connection, slowloris); each client
+//! address holds at most `max_connections_per_ip`; at the global bound the
+//! connection idle longest (nothing in flight) is closed for the newcomer,
+//! and only if there is none is the newcomer closed.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,6 +42,10 @@ pub struct TcpLimits {
     pub max_queries: u64,
     /// After this a connection reads no more messages.
     pub max_lifetime: Duration,
+    /// A message must be complete this long after its first byte arrived.
+    pub message_timeout: Duration,
+    /// Connections open at once from one client address.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for TcpLimits {
@@ -46,7 +56,141 @@ impl Default for TcpLimits {
             max_in_flight: 128,
             max_queries: 1 << 20,
             max_lifetime: Duration::from_secs(3600),
+            message_timeout: Duration::from_secs(10),
+            max_connections_per_ip: 64,
         }
+    }
+}
+
+/// The connection slots all TCP listeners share, and who holds them.
+pub struct Slots {
+    permits: Arc<Semaphore>,
+    max_per_ip: usize,
+    held: Mutex<Held>,
+    epoch: Instant,
+}
+
+#[derive(Default)]
+struct Held {
+    next_id: u64,
+    per_ip: HashMap<IpAddr, usize>,
+    open: HashMap<u64, Open>,
+}
+
+/// One open connection, as eviction sees it.
+struct Open {
+    /// Milliseconds since `Slots::epoch` of its last complete message (or
+    /// of its opening): dribbled bytes of an unfinished message don't count.
+    since: Arc<AtomicU64>,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+    close: CancellationToken,
+}
+
+/// A held slot; given back when dropped.
+struct Slot {
+    slots: Arc<Slots>,
+    id: u64,
+    ip: IpAddr,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self.slots.lock();
+        held.open.remove(&self.id);
+        if let Some(n) = held.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Slots {
+    pub fn new(limits: &TcpLimits) -> Slots {
+        Slots {
+            permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            max_per_ip: limits.max_connections_per_ip.max(1),
+            held: Mutex::default(),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Closes the connection idle longest (none of its queries in flight);
+    /// false if every connection is busy.
+    fn evict_idlest(&self) -> bool {
+        let held = self.lock();
+        let idlest = held
+            .open
+            .values()
+            .filter(|o| o.in_flight.available_permits() >= o.max_in_flight)
+            .filter(|o| !o.close.is_cancelled())
+            .min_by_key(|o| o.since.load(Ordering::Relaxed));
+        idlest.map(|o| o.close.cancel()).is_some()
+    }
+
+    /// A slot for `peer`, waiting (briefly) for one an eviction frees.
+    async fn take(
+        self: &Arc<Self>,
+        peer: IpAddr,
+        since: Arc<AtomicU64>,
+        in_flight: Arc<Semaphore>,
+        max_in_flight: usize,
+        close: CancellationToken,
+    ) -> Option<Slot> {
+        if self.lock().per_ip.get(&peer).copied().unwrap_or(0) >= self.max_per_ip {
+            tracing::debug!(%peer, "too many TCP connections from this address");
+            return None;
+        }
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if !self.evict_idlest() {
+                    return None;
+                }
+                let waiting = self.permits.clone().acquire_owned();
+                tokio::time::timeout(Duration::from_secs(1), waiting)
+                    .await
+                    .ok()?
+                    .ok()?
+            }
+        };
+        let mut held = self.lock();
+        // Checked again: others from this address may have got in meanwhile.
+        let n = held.per_ip.entry(peer).or_insert(0);
+        if *n >= self.max_per_ip {
+            return None;
+        }
+        *n += 1;
+        let id = held.next_id;
+        held.next_id += 1;
+        since.store(self.now_ms(), Ordering::Relaxed);
+        held.open.insert(
+            id,
+            Open {
+                since,
+                in_flight,
+                max_in_flight,
+                close,
+            },
+        );
+        drop(held);
+        Some(Slot {
+            slots: self.clone(),
+            id,
+            ip: peer,
+            _permit: permit,
+        })
     }
 }
 
@@ -55,7 +199,7 @@ pub async fn serve(
     listener: TcpListener,
     answerer: Arc<Answerer>,
     limits: Arc<TcpLimits>,
-    connections: Arc<Semaphore>,
+    connections: Arc<Slots>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -71,20 +215,49 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => return,
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            METRICS.transports.tcp_rejected.fetch_add(1, Relaxed);
-            tracing::debug!(%peer, "too many TCP connections; closing this one");
-            continue;
-        };
-        METRICS.transports.tcp_accepted.fetch_add(1, Relaxed);
         let (answerer, limits, shutdown) = (answerer.clone(), limits.clone(), shutdown.clone());
+        let connections = connections.clone();
+        // Its own task: waiting for an evicted connection's slot must not
+        // hold up accepting.
         tokio::spawn(async move {
+            let max_in_flight = limits.max_in_flight.max(1);
+            let conn = Conn {
+                since: Arc::default(),
+                in_flight: Arc::new(Semaphore::new(max_in_flight)),
+                close: shutdown.child_token(),
+                epoch: connections.epoch,
+            };
+            let taken = connections
+                .take(
+                    peer.ip(),
+                    conn.since.clone(),
+                    conn.in_flight.clone(),
+                    max_in_flight,
+                    conn.close.clone(),
+                )
+                .await;
+            let Some(slot) = taken else {
+                METRICS.transports.tcp_rejected.fetch_add(1, Relaxed);
+                tracing::debug!(%peer, "too many TCP connections; closing this one");
+                return;
+            };
+            METRICS.transports.tcp_accepted.fetch_add(1, Relaxed);
             METRICS.transports.tcp_open.fetch_add(1, Relaxed);
-            connection(stream, peer, answerer, &limits, shutdown).await;
+            connection(stream, peer, answerer, &limits, conn).await;
             METRICS.transports.tcp_open.fetch_sub(1, Relaxed);
-            drop(permit);
+            drop(slot);
         });
     }
+}
+
+/// What a connection shares with [`Slots`].
+struct Conn {
+    /// See [`Open::since`].
+    since: Arc<AtomicU64>,
+    in_flight: Arc<Semaphore>,
+    /// Shutdown, or evicted.
+    close: CancellationToken,
+    epoch: Instant,
 }
 
 /// Reads messages and answers them, concurrently, until the client closes,
@@ -94,17 +267,24 @@ async fn connection(
     peer: SocketAddr,
     answerer: Arc<Answerer>,
     limits: &TcpLimits,
-    shutdown: CancellationToken,
+    conn: Conn,
 ) {
     let _ = stream.set_nodelay(true);
     let (mut reader, writer) = stream.into_split();
     let (replies, outgoing) = mpsc::channel::<Vec<u8>>(limits.max_in_flight.max(1));
     let writing = tokio::spawn(write_replies(writer, outgoing));
-    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
+    let Conn {
+        since,
+        in_flight,
+        close: shutdown,
+        epoch,
+    } = conn;
     let close_at = tokio::time::Instant::now() + limits.max_lifetime;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut read = 0u64;
     let mut last_activity = tokio::time::Instant::now();
+    // When the first byte of the unfinished message in `buf` arrived.
+    let mut partial_since: Option<tokio::time::Instant> = None;
     'reading: loop {
         // Every complete message in the buffer, in order.
         let mut start = 0;
@@ -116,6 +296,8 @@ async fn connection(
             let started = Instant::now();
             start += 2 + len;
             read += 1;
+            let ms = u64::try_from(started.duration_since(epoch).as_millis()).unwrap_or(u64::MAX);
+            since.store(ms, Ordering::Relaxed);
             let Ok(permit) = in_flight.clone().acquire_owned().await else {
                 break 'reading;
             };
@@ -139,11 +321,28 @@ async fn connection(
             }
         }
         buf.drain(..start);
+        // Bytes left over start a new message, timed from now (the read that
+        // brought them); with none left, nothing is being timed.
+        if buf.is_empty() {
+            partial_since = None;
+        } else if start > 0 || partial_since.is_none() {
+            partial_since = Some(last_activity);
+        }
+        let message_deadline = async {
+            match partial_since {
+                Some(at) => tokio::time::sleep_until(at + limits.message_timeout).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             got = reader.read_buf(&mut buf) => match got {
                 Ok(0) | Err(_) => break,
                 Ok(_) => last_activity = tokio::time::Instant::now(),
             },
+            _ = message_deadline => {
+                tracing::debug!(%peer, "TCP message not complete in time; connection closed");
+                break;
+            }
             _ = tokio::time::sleep_until(last_activity + limits.idle_timeout) => {
                 // Not idle while answers are still being worked on.
                 if in_flight.available_permits() < limits.max_in_flight.max(1) {

@@ -368,6 +368,16 @@ fn an_idle_tcp_connection_is_closed_after_the_idle_timeout() {
 #[test]
 fn the_connection_bound_holds() {
     let up = test_upstream("127.0.0.22");
+    for name in [
+        "exact.allowed.test",
+        "short.allowed.test",
+        "missing.allowed.test",
+    ] {
+        up.delays
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), Duration::from_secs(3));
+    }
     let dir = TempDir::new("tcp-bound");
     let dns = serve(&up, &dir, "tcp:\n  max_connections: 3\n");
     // Positive control: up to the bound, every connection is served.
@@ -376,22 +386,28 @@ fn the_connection_bound_holds() {
         let m = tcp_ask(s, &raw_query(i as u16, "www.allowed.test", 1, 1));
         assert_eq!(m.expect("served").metadata.id, i as u16);
     }
-    // One more is closed without an answer.
+    // At the bound, the connection idle longest is closed for a newcomer.
     let mut extra = connect(dns.tcp);
-    assert!(tcp_ask(&mut extra, &raw_query(50, "www.allowed.test", 1, 1)).is_none());
-    // The first three still work; once one closes, a new one is served.
-    let m = tcp_ask(&mut open[2], &raw_query(51, "www.allowed.test", 1, 1));
-    assert_eq!(m.expect("still served").metadata.id, 51);
-    drop(open.remove(0));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut next = connect(dns.tcp);
-        if let Some(m) = tcp_ask(&mut next, &raw_query(52, "www.allowed.test", 1, 1)) {
-            assert_eq!(m.metadata.id, 52);
-            break;
-        }
-        assert!(Instant::now() < deadline, "a freed slot was never reused");
-        std::thread::sleep(Duration::from_millis(50));
+    let m = tcp_ask(&mut extra, &raw_query(50, "www.allowed.test", 1, 1));
+    assert_eq!(m.expect("newcomer served").metadata.id, 50);
+    let mut buf = [0u8; 16];
+    assert_eq!(open[0].read(&mut buf).unwrap_or(0), 0, "idlest closed");
+    // With every connection busy (a question in flight), the newcomer is closed.
+    let mut busy = vec![open.remove(2), open.remove(1), extra];
+    let slow = [
+        "exact.allowed.test",
+        "short.allowed.test",
+        "missing.allowed.test",
+    ];
+    for (i, (s, name)) in busy.iter_mut().zip(slow).enumerate() {
+        s.write_all(&framed(&raw_query(60 + i as u16, name, 1, 1)))
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut refused = connect(dns.tcp);
+    assert!(tcp_ask(&mut refused, &raw_query(70, "www.allowed.test", 1, 1)).is_none());
+    for s in &mut busy {
+        assert!(read_reply(s).is_some(), "busy connections answered");
     }
     let text = scrape(&dns);
     assert!(
@@ -401,4 +417,133 @@ fn the_connection_bound_holds() {
         ) >= 1
     );
     assert!(metric(&text, "allowdns_tcp_connections_open") <= 3);
+}
+
+/// A connection that sends a 65535-byte length prefix, then one byte at a time.
+fn slow_sender(server: SocketAddr) -> TcpStream {
+    let mut s = connect(server);
+    s.write_all(&[0xff, 0xff]).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+    s
+}
+
+/// Whether the server has closed `s` (EOF or reset).
+fn closed(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 16];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// Dribbles a byte on every open `slow` connection every 100 ms for up to
+/// `within`; returns how long each lasted (`None`: still open at the end).
+fn dribble(slow: &mut [TcpStream], within: Duration) -> Vec<Option<Duration>> {
+    let began = Instant::now();
+    let mut lasted = vec![None; slow.len()];
+    while began.elapsed() < within && lasted.iter().any(Option::is_none) {
+        std::thread::sleep(Duration::from_millis(100));
+        for (s, lasted) in slow.iter_mut().zip(lasted.iter_mut()) {
+            if lasted.is_none() && (closed(s) || s.write_all(b"x").is_err()) {
+                *lasted = Some(began.elapsed());
+            }
+        }
+    }
+    lasted
+}
+
+#[test]
+fn a_slow_sender_is_closed_by_the_message_deadline_and_cannot_lock_others_out() {
+    let up = test_upstream("127.0.0.23");
+    let dir = TempDir::new("tcp-slowloris");
+    let policy = dir.write(
+        "policy.yaml",
+        "agent_name: slow_agent\nclients: [\"127.0.0.0/24\"]\nexpected_outbound:\n  - destination: www.allowed.test\n",
+    );
+    let upstream = up.addr.to_string();
+    let start = |config: &str| {
+        let config = dir.write("allowdns.yaml", config);
+        Allowdns::serve(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--upstream",
+            &upstream,
+            "--policy",
+            policy.to_str().unwrap(),
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+    };
+    // Positive control: with a long message deadline, one byte every 100 ms
+    // keeps a connection open well past the 1 s idle timeout.
+    let dns = start("tcp:\n  idle_timeout_ms: 1000\n  message_timeout_ms: 60000\n");
+    let mut slow = vec![slow_sender(dns.tcp)];
+    let lasted = dribble(&mut slow, Duration::from_secs(3));
+    assert_eq!(
+        lasted,
+        vec![None],
+        "a dribbling sender outlives the idle timeout"
+    );
+    drop(dns);
+
+    // With the deadline: closed about 1.5 s after the message's first byte.
+    let dns = start(
+        "tcp:\n  idle_timeout_ms: 1000\n  message_timeout_ms: 1500\n  max_connections: 4\n  max_connections_per_ip: 3\n",
+    );
+    let opened = Instant::now();
+    let mut slow: Vec<TcpStream> = (0..3).map(|_| slow_sender(dns.tcp)).collect();
+    // (Slots are taken on the server's tasks: wait until the three hold theirs.)
+    let settle = Instant::now() + Duration::from_secs(10);
+    while metric(&scrape(&dns), "allowdns_tcp_connections_open") < 3 {
+        assert!(
+            Instant::now() < settle,
+            "three slow connections never opened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A fourth from the same address is over its per-address cap.
+    let mut fourth = connect(dns.tcp);
+    assert!(tcp_ask(&mut fourth, &raw_query(1, "www.allowed.test", 1, 1)).is_none());
+    // Another address fills the last slot, slowly too.
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    other
+        .bind(&"127.0.0.3:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    other.connect(&dns.tcp.into()).unwrap();
+    let mut other: TcpStream = other.into();
+    other.write_all(&[0xff, 0xff]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // Every slot held by slow senders: a normal client is still answered
+    // (the connection idle longest makes way).
+    let out = dig(
+        dns.tcp,
+        &[
+            "-b",
+            "127.0.0.2",
+            "+tcp",
+            "+tries=1",
+            "+time=3",
+            "www.allowed.test",
+            "A",
+        ],
+    )
+    .unwrap_or_default();
+    assert!(
+        out.contains("status: NOERROR") && out.contains("192.0.2.1"),
+        "normal client answered while slow senders hold every slot:\n{out}"
+    );
+    slow.push(other);
+    let before = opened.elapsed();
+    let lasted = dribble(&mut slow, Duration::from_secs(5));
+    for (i, l) in lasted.iter().enumerate() {
+        let l = before + l.unwrap_or_else(|| panic!("slow sender {i} still open after 5 s"));
+        assert!(
+            l < Duration::from_secs(4),
+            "slow sender {i} closed after {l:?}"
+        );
+    }
 }
