@@ -271,8 +271,14 @@ const BLOCKED: usize = 16;
 /// Charged for every new name on top of its labels: the fact and time of
 /// a query carry information too, and it makes floods of tiny names count.
 const PER_NAME_BITS: f32 = 8.0;
-/// Charged for a label already seen under the same domain.
+/// Least charged for a label already seen under the same domain. A seen
+/// label still carries a choice among the labels seen there: it is charged
+/// log2 of how many distinct labels the domain has shown (see `distinct`),
+/// at least this, at most what the label would cost new.
 const SEEN_LABEL_BITS: f32 = 2.0;
+/// Count-min sketch (conservative update) of distinct labels first seen per
+/// domain, one per Bloom generation: 2 x 4 x 256 u16 = 4 KiB.
+const LABEL_WIDTH: usize = 256;
 /// At most one qtype/cooldown denial alert per agent in this many deciseconds.
 const ALERT_EVERY_DS: u32 = 50;
 
@@ -290,6 +296,9 @@ pub struct AgentBudget {
     inserted: u32,
     generation_start: u32,
     cells: [[Cell; WIDTH]; DEPTH],
+    /// Distinct labels first seen per domain, per Bloom generation (the
+    /// older generation's count is dropped with it).
+    distinct: [[[u16; LABEL_WIDTH]; DEPTH]; 2],
     /// (domain hash, cooldown end in deciseconds); 0 is a free slot.
     blocked: [(u64, u32); BLOCKED],
     /// Rate limit for denial alerts: (last printed, suppressed since).
@@ -299,8 +308,8 @@ pub struct AgentBudget {
 /// Bytes of one agent's state: the memory bound per agent.
 pub const AGENT_BYTES: usize = std::mem::size_of::<AgentBudget>();
 // The stated bound (docs/exfiltration.md): two 16 KiB generations, 4 x 1024
-// 8-byte cells, a small table. Checked when compiling.
-const _: () = assert!(AGENT_BYTES <= 66 * 1024);
+// 8-byte cells, 4 KiB of distinct-label counts, a small table. Checked when compiling.
+const _: () = assert!(AGENT_BYTES <= 70 * 1024);
 
 /// Every agent's budget; owned by the handler.
 pub struct Budgets {
@@ -308,6 +317,8 @@ pub struct Budgets {
     /// Random keys: an attacker cannot aim names at one sketch cell.
     hasher: std::collections::hash_map::RandomState,
     epoch: Instant,
+    /// Tests only: charge as before the red-team fixes (positive controls).
+    legacy: bool,
 }
 
 impl Default for Budgets {
@@ -316,6 +327,7 @@ impl Default for Budgets {
             agents: Mutex::default(),
             hasher: std::collections::hash_map::RandomState::new(),
             epoch: Instant::now(),
+            legacy: false,
         }
     }
 }
@@ -345,16 +357,38 @@ impl Budgets {
         h.finish()
     }
 
-    /// Charges a name about to go upstream under a wildcard rule. `key` is
-    /// its canonical form (lower case, no trailing dot); the labels are
-    /// measured as sent (case carries bits too).
-    pub fn charge(&self, agent: &Arc<str>, limits: &Limits, name: &Name, key: &str) -> Verdict {
+    /// Charges a name about to go upstream under the wildcard rule
+    /// `pattern`. `key` is its canonical form (lower case, no trailing dot);
+    /// the labels are measured as sent.
+    ///
+    /// Case: the name goes upstream as the client wrote it (the reply must
+    /// echo the client's question, and 0x20 case randomisation relies on
+    /// it), so its case reaches whoever runs the zone. Rather than rewrite
+    /// names on the shared resolve/cache path, labels are hashed and charged
+    /// as sent: a recased label is a new label, and its alphabet counts
+    /// upper case (log2 53 instead of log2 27 bits a letter).
+    pub fn charge(
+        &self,
+        agent: &Arc<str>,
+        limits: &Limits,
+        name: &Name,
+        key: &str,
+        pattern: &str,
+    ) -> Verdict {
         if !limits.enabled {
             return Verdict::Pass(false);
         }
-        let domain = registrable(key);
-        // Labels as sent, below the registrable domain.
-        let below = key.len().saturating_sub(domain.len() + 1);
+        let domain = if self.legacy {
+            registrable(key)
+        } else {
+            budget_domain(key, pattern)
+        };
+        // Labels as sent, below the budget's domain.
+        let below = if domain.is_empty() {
+            key.len()
+        } else {
+            key.len().saturating_sub(domain.len() + 1)
+        };
         let sent = name.to_ascii();
         let sent = sent.trim_end_matches('.');
         let head = if sent.len() == key.len() {
@@ -385,16 +419,26 @@ impl Budgets {
         let mut cost = PER_NAME_BITS;
         let mut label_hashes = [0u64; 128];
         let mut labels = 0;
+        let mut fresh = 0u16;
+        // What a seen label can carry: a choice among the domain's labels.
+        let choice = budget.distinct(domain_h).max(1) as f32;
         for label in head.split('.').filter(|l| !l.is_empty()) {
-            let h = self.hash(&[
-                b"l",
-                domain.as_bytes(),
-                label.to_ascii_lowercase().as_bytes(),
-            ]);
-            cost += if budget.seen(h) {
+            let lowered;
+            let hashed = if self.legacy {
+                lowered = label.to_ascii_lowercase();
+                lowered.as_str()
+            } else {
+                label
+            };
+            let h = self.hash(&[b"l", domain.as_bytes(), hashed.as_bytes()]);
+            let full = label_bits(label.as_bytes());
+            cost += if !budget.seen(h) {
+                fresh = fresh.saturating_add(1);
+                full
+            } else if self.legacy {
                 SEEN_LABEL_BITS
             } else {
-                label_bits(label.as_bytes())
+                choice.log2().max(SEEN_LABEL_BITS).min(full)
             };
             if labels < label_hashes.len() {
                 label_hashes[labels] = h;
@@ -419,6 +463,7 @@ impl Budgets {
             return Verdict::Deny;
         }
         let after = budget.add(domain_h, now, drain, cost);
+        budget.count_distinct(domain_h, fresh);
         budget.insert(name_h);
         for h in &label_hashes[..labels] {
             budget.insert(*h);
@@ -461,6 +506,37 @@ impl Budgets {
 /// when it is a public suffix or has no parent).
 fn registrable(key: &str) -> &str {
     crate::suggest::registrable_domain(key).unwrap_or(key)
+}
+
+/// The domain whose budget a name under `pattern` is charged to: the
+/// shorter of its registrable domain and the pattern's fixed suffix (the
+/// labels after its last wildcard). Under `*.github.io` every
+/// `<data>.github.io` is its own registrable domain (github.io is a public
+/// suffix), so the registrable domain alone would give each a fresh budget;
+/// the pattern's suffix puts them all under `github.io`. Empty for `*`.
+pub fn budget_domain<'a>(key: &'a str, pattern: &str) -> &'a str {
+    let domain = registrable(key);
+    let fixed = match pattern.rfind(['*', '?']) {
+        Some(at) => pattern[at..].split_once('.').map_or("", |(_, rest)| rest),
+        None => return domain,
+    };
+    let labels = |s: &str| {
+        if s.is_empty() {
+            0
+        } else {
+            s.split('.').count()
+        }
+    };
+    let n = labels(fixed);
+    if n >= labels(domain) {
+        return domain;
+    }
+    // The key's last n labels (the pattern matched it, so they are `fixed`).
+    let cut = key
+        .rmatch_indices('.')
+        .nth(n.wrapping_sub(1))
+        .map_or(0, |(at, _)| at + 1);
+    if n == 0 { "" } else { &key[cut..] }
 }
 
 /// The most a label can carry: its length times the bits per character of
@@ -514,6 +590,7 @@ impl AgentBudget {
             inserted: 0,
             generation_start: 0,
             cells: [[Cell::default(); WIDTH]; DEPTH],
+            distinct: [[[0; LABEL_WIDTH]; DEPTH]; 2],
             blocked: [(0, 0); BLOCKED],
             alerted: (0, 0),
         })
@@ -546,6 +623,7 @@ impl AgentBudget {
         if self.inserted >= SEEN_FILL || now.saturating_sub(self.generation_start) >= SEEN_AGE_DS {
             self.current ^= 1;
             self.seen[self.current] = [0; SEEN_WORDS];
+            self.distinct[self.current] = [[0; LABEL_WIDTH]; DEPTH];
             self.inserted = 0;
             self.generation_start = now;
         }
@@ -556,6 +634,36 @@ impl AgentBudget {
         (a.wrapping_add((row as u64).wrapping_mul(b))
             .rotate_left(row as u32 * 13)
             % WIDTH as u64) as usize
+    }
+
+    /// Distinct labels the domain has shown in both live generations:
+    /// never below the truth (count-min; a label in both counts twice).
+    fn distinct(&self, h: u64) -> u32 {
+        self.distinct
+            .iter()
+            .map(|g| {
+                (0..DEPTH)
+                    .map(|row| g[row][Self::column(h, row) % LABEL_WIDTH])
+                    .min()
+                    .unwrap_or(0) as u32
+            })
+            .sum()
+    }
+
+    fn count_distinct(&mut self, h: u64, fresh: u16) {
+        if fresh == 0 {
+            return;
+        }
+        let g = &mut self.distinct[self.current];
+        let target = (0..DEPTH)
+            .map(|row| g[row][Self::column(h, row) % LABEL_WIDTH])
+            .min()
+            .unwrap_or(0)
+            .saturating_add(fresh);
+        for (row, counts) in g.iter_mut().enumerate() {
+            let c = &mut counts[Self::column(h, row) % LABEL_WIDTH];
+            *c = (*c).max(target);
+        }
     }
 
     fn level(cell: &Cell, now: u32, drain_per_ds: f32) -> f32 {
@@ -623,7 +731,9 @@ mod tests {
     }
 
     fn charge(b: &Budgets, limits: &Limits, s: &str) -> Verdict {
-        b.charge(&"a".into(), limits, &name(s), &s.to_ascii_lowercase())
+        let key = s.to_ascii_lowercase();
+        let pattern = format!("*.{}", registrable(&key));
+        b.charge(&"a".into(), limits, &name(s), &key, &pattern)
     }
 
     #[test]
