@@ -845,6 +845,126 @@ mod tests {
         eprintln!("heaviest cell: {} bytes", max / 8.0);
     }
 
+    /// Bytes of payload that got through: names passed times the bits each
+    /// carries, under the current charge and the pre-fix one.
+    fn leaked(names: &[String], pattern: &str, payload_bits: f32) -> (f32, f32) {
+        let limits = Limits {
+            drain_bits_per_sec: 0.0,
+            ..Limits::default()
+        };
+        let run = |legacy: bool| {
+            let b = Budgets {
+                legacy,
+                ..Budgets::default()
+            };
+            let passed = names
+                .iter()
+                .filter(|n| {
+                    let key = n.to_ascii_lowercase();
+                    b.charge(&"a".into(), &limits, &name(n), &key, pattern) != Verdict::Deny
+                })
+                .count();
+            passed as f32 * payload_bits / 8.0
+        };
+        (run(true), run(false))
+    }
+
+    const HARD: f32 = DEFAULT_HARD_BYTES as f32;
+
+    #[test]
+    fn letter_case_carries_no_free_information() {
+        // The red team's casex.py: 3 x 63 'a's, each letter's case a bit.
+        let mut rng = 7u64;
+        let mut bit = || {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            rng >> 63 == 1
+        };
+        let names: Vec<String> = (0..3000)
+            .map(|_| {
+                let label = |bit: &mut dyn FnMut() -> bool| -> String {
+                    (0..63).map(|_| if bit() { 'A' } else { 'a' }).collect()
+                };
+                format!(
+                    "{}.{}.{}.cdn.test",
+                    label(&mut bit),
+                    label(&mut bit),
+                    label(&mut bit)
+                )
+            })
+            .collect();
+        let (before, after) = leaked(&names, "*.cdn.test", 189.0);
+        eprintln!("case: {before} bytes before, {after} after (hard {HARD})");
+        assert!(before > 4.0 * HARD, "positive control: {before}");
+        assert!(after < HARD, "{after}");
+    }
+
+    #[test]
+    fn a_wildcard_on_a_public_suffix_shares_one_budget() {
+        assert_eq!(budget_domain("x.github.io", "*.github.io"), "github.io");
+        assert_eq!(budget_domain("a.b.github.io", "*.github.io"), "github.io");
+        assert_eq!(
+            budget_domain("x.api.example.com", "*.api.example.com"),
+            "example.com"
+        );
+        assert_eq!(
+            budget_domain("a.b.example.com", "*.example.com"),
+            "example.com"
+        );
+        assert_eq!(
+            budget_domain("img-7.cdn.shop.co.uk", "img-*.cdn.shop.co.uk"),
+            "shop.co.uk"
+        );
+        assert_eq!(budget_domain("x.co.uk", "*.co.uk"), "co.uk");
+        assert_eq!(budget_domain("a.b.test", "*"), "");
+        assert_eq!(budget_domain("a.b.test", "a.b.test"), "b.test");
+        // psl.py: one 63-char [a-z0-9] label per name right under github.io.
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let mut rng = 3u64;
+        let names: Vec<String> = (0..2000)
+            .map(|_| {
+                let label: String = (0..63)
+                    .map(|_| {
+                        rng = rng
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        ALPHABET[((rng >> 33) % 36) as usize] as char
+                    })
+                    .collect();
+                label + ".github.io"
+            })
+            .collect();
+        let (before, after) = leaked(&names, "*.github.io", 63.0 * 36f32.log2());
+        eprintln!("public suffix: {before} bytes before, {after} after (hard {HARD})");
+        assert!(before > 4.0 * HARD, "positive control: {before}");
+        assert!(after < HARD, "{after}");
+    }
+
+    #[test]
+    fn reused_labels_are_charged_for_the_choice_they_carry() {
+        // 256 words, 8 a name: 64 bits of payload a name.
+        let words: Vec<String> = (0..256).map(|i| format!("w{i:03}")).collect();
+        let mut rng = 3u64;
+        let names: Vec<String> = (0..8000)
+            .map(|_| {
+                let mut n = String::new();
+                for _ in 0..8 {
+                    rng = rng
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    n.push_str(&words[(rng >> 56) as usize]);
+                    n.push('.');
+                }
+                n + "cdn.test"
+            })
+            .collect();
+        let (before, after) = leaked(&names, "*.cdn.test", 64.0);
+        eprintln!("reused labels: {before} bytes before, {after} after (hard {HARD})");
+        assert!(before > 2.0 * HARD, "positive control: {before}");
+        assert!(after < HARD, "{after}");
+    }
+
     #[test]
     fn qtypes_parse_and_merge() {
         let t = parse_qtypes(&["txt".into(), "TYPE65300".into(), "NULL".into()]).unwrap();
