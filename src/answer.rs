@@ -18,8 +18,9 @@ use hickory_server::proto::op::ResponseCode;
 use hickory_server::server::Request;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::handler::{Chosen, Handler, InForce, Outcome, Progress};
+use crate::handler::{Chosen, Handler, Outcome, Progress};
 use crate::metrics::METRICS;
+use crate::state::InForce;
 use crate::wire::{self, Transport};
 
 /// Upstream-bound questions in flight at once, both transports together;

@@ -12,10 +12,11 @@ use crate::cli::Sources;
 use crate::config::{self, Settings, UpstreamMode};
 use crate::diagnostics::Diagnostics;
 use crate::firewall::Firewall;
-use crate::handler::{Handler, Loaded};
+use crate::handler::Handler;
 use crate::policy;
 use crate::resolve::Resolver;
 use crate::server::{self, Listeners};
+use crate::state::Loaded;
 use crate::upstream::Upstream;
 use crate::zones::Zones;
 
@@ -111,19 +112,38 @@ pub async fn serve(
     prepared: Prepared,
     shutdown: CancellationToken,
 ) -> Result<(), Failure> {
+    for warning in prepared.diagnostics.warnings() {
+        tracing::warn!("{warning}");
+    }
+    // Sockets first: a port conflict should fail before anything else starts.
+    let listeners =
+        Listeners::bind(&prepared.settings.listen).map_err(|e| Failure::Runtime(e.to_string()))?;
+    serve_on(
+        sources,
+        prepared,
+        shutdown,
+        listeners,
+        Box::new(std::io::stderr()),
+    )
+    .await
+}
+
+/// `serve` on listeners bound by the caller (the kennel binds inside its
+/// namespace), with human alerts written to `alerts_out`.
+pub async fn serve_on(
+    sources: Sources,
+    prepared: Prepared,
+    shutdown: CancellationToken,
+    listeners: Listeners,
+    alerts_out: Box<dyn std::io::Write + Send>,
+) -> Result<(), Failure> {
     let Prepared {
         settings,
         loaded,
         upstream,
         firewall,
-        diagnostics,
+        diagnostics: _,
     } = prepared;
-    for warning in diagnostics.warnings() {
-        tracing::warn!("{warning}");
-    }
-    // Sockets first: a port conflict should fail before anything else starts.
-    let listeners =
-        Listeners::bind(&settings.listen).map_err(|e| Failure::Runtime(e.to_string()))?;
     let metrics = match settings.metrics {
         Some(addr) => Some(
             crate::metrics::bind(addr)
@@ -143,11 +163,7 @@ pub async fn serve(
     let sink = Sink::open(settings.audit_log.as_deref())
         .map_err(|e| Failure::Runtime(format!("cannot open audit log {e}")))?;
     let audit = AuditLog::start(sink);
-    let alerts = Alerts::start_with(
-        settings.alert_window,
-        settings.notify.clone(),
-        Box::new(std::io::stderr()),
-    );
+    let alerts = Alerts::start_with(settings.alert_window, settings.notify.clone(), alerts_out);
     crate::metrics::METRICS.watch_alerts(alerts.stats().clone(), alerts.delivery_stats());
 
     for policy in &loaded.policies.policies {
@@ -179,7 +195,7 @@ pub async fn serve(
     );
     let handler = std::sync::Arc::new(handler);
     // Re-feeds the sets when the ruleset is reloaded under us.
-    crate::firewall::watch::spawn(handler.clone(), |h| h.firewall.as_ref());
+    crate::firewall::watch::spawn(handler.clone(), |h| h.firewall.as_deref());
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| Failure::Runtime(format!("signals: {e}")))?;
     let reloading = handler.clone();
@@ -205,7 +221,7 @@ pub async fn serve(
         }
         tokio::spawn(crate::metrics::serve(listener, shutdown.clone()));
     }
-    let expiring = handler.clone();
+    let expiring = handler.state.clone();
     let expiry = tokio::spawn(async move {
         loop {
             let wait = expiring.next_expiry().map(|at| {

@@ -33,6 +33,12 @@ pub enum Command {
     /// Suggest a policy from an audit log: every name the agent looked up,
     /// siblings grouped into wildcards, for a human to review.
     Suggest(SuggestArgs),
+    /// Run a command fenced in a kennel: its own network namespace whose only
+    /// way out is the firewall this allowdns feeds, and whose only DNS is it.
+    Run(crate::kennel::RunArgs),
+    /// Internal: one stage of `run` (re-executed, never called by hand).
+    #[command(name = "__kennel", hide = true)]
+    Kennel(crate::kennel::StageArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -115,7 +121,7 @@ pub struct RulesetArgs {
 /// Where configuration comes from; shared by `serve` and `check`.
 #[derive(Debug, Args, Clone, Default)]
 pub struct Sources {
-    /// YAML config file (see README, "Config reference").
+    /// YAML config file (see docs/manual.md, "Config reference").
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
     /// Address to answer on, `IP:PORT` or `IP` (port 53); repeatable.

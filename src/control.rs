@@ -366,7 +366,7 @@ fn execute(request: Request, uid: Option<u32>, handler: &Handler) -> Reply {
                 Err(e) => return Reply::error(e),
             };
             let view = GrantView::from(&grant);
-            match handler.grant(grant) {
+            match handler.state.grant(grant) {
                 Ok(()) => Reply {
                     granted: Some(view),
                     ..Reply::ok()
@@ -382,7 +382,7 @@ fn execute(request: Request, uid: Option<u32>, handler: &Handler) -> Reply {
                 Ok(p) => p,
                 Err(e) => return Reply::error(e),
             };
-            match handler.revoke(&agent, &pattern, uid) {
+            match handler.state.revoke(&agent, &pattern, uid) {
                 Ok(grant) => Reply {
                     granted: Some(GrantView::from(&grant)),
                     ..Reply::ok()
@@ -458,7 +458,7 @@ fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), String> 
 }
 
 fn status(handler: &Handler) -> Status {
-    let in_force = handler.current();
+    let in_force = handler.state.snapshot();
     let policies = in_force
         .files
         .policies
@@ -498,7 +498,7 @@ fn status(handler: &Handler) -> Status {
             }
         })
         .collect();
-    let grants = handler.grants().iter().map(GrantView::from).collect();
+    let grants = handler.state.grants().iter().map(GrantView::from).collect();
     Status { policies, grants }
 }
 

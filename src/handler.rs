@@ -8,7 +8,7 @@
 //! Only a question that must go upstream continues in [`Handler::finish`].
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use hickory_server::proto::op::ResponseCode;
@@ -20,49 +20,24 @@ use crate::alert::{Alerts, Denied, Stripped};
 use crate::audit::{AuditLog, AuditRecord, Decision as Logged};
 use crate::decide::{Decision, decide_for};
 use crate::firewall::{FeedError, Firewall};
-use crate::grants::{Grant, Grants};
 use crate::metrics::{self, METRICS};
-use crate::policy::{Policy, PolicySet, Rule};
+use crate::policy::{Policy, Rule};
 use crate::resolve::{Resolution, Resolver};
+use crate::state::{Fence, InForce, Loaded, State};
 use crate::upstream::UpstreamError;
 use crate::wire::{Transport, header_only_reply};
-use crate::zones::Zones;
 
-/// How long a grant waits for its audit line to be written before it is refused.
-const AUDIT_CONFIRM: Duration = Duration::from_secs(2);
 /// The longest an allowed answer may take, CNAME chase included; then SERVFAIL.
 pub const RESOLVE_DEADLINE: Duration = Duration::from_secs(6);
 
-/// What a reload replaces as one unit, so no query sees half of a change.
-pub struct Loaded {
-    /// The policies as their files say.
-    pub policies: PolicySet,
-    pub zones: Zones,
-}
-
-/// What queries are decided against: the files, less expired entries, plus
-/// active grants. Rebuilt on reload, grant, revoke and expiry.
-pub struct InForce {
-    pub files: Arc<Loaded>,
-    pub policies: PolicySet,
-    /// Counts installs, so an answer can tell whether its set was replaced
-    /// while it was on its way.
-    pub generation: u64,
-}
-
 pub struct Handler {
-    /// Swapped whole, so a query sees one consistent set.
-    loaded: RwLock<Arc<InForce>>,
-    /// Run-time exceptions; the lock also serializes rebuilds of `loaded`
-    /// (with the time of the last rebuild, to report entries that expired since).
-    grants: Mutex<(Grants, SystemTime)>,
-    /// Wakes the expiry task when the next expiry may have moved.
-    pub expiry_changed: tokio::sync::Notify,
+    /// The policy in force, and every change to it.
+    pub state: Arc<State>,
     pub resolver: Resolver,
     pub audit: AuditLog,
     pub alerts: Alerts,
     /// nftables feeding, when any policy asks for it.
-    pub firewall: Option<Firewall>,
+    pub firewall: Option<Arc<Firewall>>,
     /// Rate limit for firewall failure alerts: (last printed, suppressed since).
     firewall_alerts: Mutex<(Option<Instant>, u64)>,
     /// The SOA put in the authority section of denials (its minimum is the negative TTL).
@@ -163,16 +138,13 @@ impl Handler {
             86400,
             negative_ttl,
         );
-        let now = SystemTime::now();
-        let policies = loaded.policies.effective(&Default::default(), now);
+        let firewall = firewall.map(Arc::new);
         Self {
-            loaded: RwLock::new(Arc::new(InForce {
-                files: Arc::new(loaded),
-                policies,
-                generation: 0,
-            })),
-            grants: Mutex::new((Grants::default(), now)),
-            expiry_changed: tokio::sync::Notify::new(),
+            state: Arc::new(State::new(
+                loaded,
+                audit.clone(),
+                firewall.clone().map(|f| f as Arc<dyn Fence>),
+            )),
             resolver,
             audit,
             alerts,
@@ -183,229 +155,10 @@ impl Handler {
         }
     }
 
-    /// The policies and zones in force.
-    pub fn current(&self) -> Arc<InForce> {
-        self.snapshot()
-    }
-
-    /// Swaps in a reloaded set atomically; queries already running keep the
-    /// old one. If the firewall cannot follow, nothing changes.
-    pub fn replace(&self, loaded: Loaded) -> Result<(), String> {
-        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(firewall) = &self.firewall {
-            firewall.check(&loaded.policies)?;
-        }
-        let old = self.snapshot();
-        // A new file set reports its own expiries (`check` shows those already past).
-        let last = std::mem::replace(&mut grants.1, SystemTime::now());
-        let installed = self.install(Arc::new(loaded), &mut grants, true);
-        let Err(e) = installed else {
-            // What the old set fed under a rule the new one ends sooner or
-            // drops (an entry, a grant of a removed agent, learn mode) goes now.
-            for (agent, pattern) in ended_sooner(&old.policies, &self.snapshot().policies) {
-                self.withdraw(&agent, &pattern);
-            }
-            self.forget_ended();
-            let files = self.snapshot().files.clone();
-            self.exfil
-                .retain(|agent| files.policies.by_agent(agent).is_some());
-            for dropped in grants
-                .0
-                .drop_agents(|a| files.policies.by_agent(a).is_some())
-            {
-                self.audit.event(grant_event("grant_dropped", &dropped));
-                tracing::warn!(agent = %dropped.agent, pattern = %dropped.pattern, "grant dropped: its agent's policy was removed");
-            }
-            return Ok(());
-        };
-        grants.1 = last;
-        Err(e)
-    }
-
-    /// Rebuilds what is in force now: drops expired entries and grants.
-    pub fn refresh(&self) {
-        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = self.install(self.snapshot().files.clone(), &mut grants, false);
-        self.forget_ended();
-    }
-
-    /// Rules that ended by themselves: their elements age out on their own
-    /// timeouts (capped at the rule's end plus grace), so stop tracking them.
-    /// A revoke withdraws instead, so it must not come through here first.
-    fn forget_ended(&self) {
-        if let Some(firewall) = &self.firewall {
-            firewall.forget_ended(&self.snapshot().policies);
-        }
-    }
-
-    /// Adds (or renews) a grant and puts it in force at once.
-    pub fn grant(&self, grant: Grant) -> Result<(), String> {
-        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        let files = self.snapshot().files.clone();
-        if files.policies.by_agent(&grant.agent).is_none() {
-            return Err(format!("no policy for agent '{}'", grant.agent));
-        }
-        // No exception without its audit line.
-        if let Err(e) = self
-            .audit
-            .event_durable(grant_event("grant", &grant), AUDIT_CONFIRM)
-        {
-            // Should the "grant" line still land, this one says it never took effect.
-            self.audit.event(grant_event("grant_refused", &grant));
-            return Err(format!("grant refused: {e}"));
-        }
-        tracing::warn!(
-            agent = %grant.agent,
-            pattern = %grant.pattern,
-            reason = %grant.reason,
-            expires = %humantime::format_rfc3339_seconds(grant.expires),
-            uid = ?grant.uid,
-            "grant: exception in force"
-        );
-        // A renewal that ends sooner must not leave elements fed for the longer one.
-        let shortened = grants.0.active().iter().any(|g| {
-            g.agent == grant.agent && g.pattern == grant.pattern && g.expires > grant.expires
-        });
-        let (agent, pattern) = (grant.agent.clone(), grant.pattern.clone());
-        grants.0.add(grant);
-        let _ = self.install(files, &mut grants, false);
-        if shortened {
-            self.withdraw(&agent, &pattern);
-        }
-        Ok(())
-    }
-
-    /// Ends a grant before its time; its firewall elements go at once.
-    pub fn revoke(&self, agent: &str, pattern: &str, uid: Option<u32>) -> Result<Grant, String> {
-        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        let grant = grants
-            .0
-            .revoke_by(agent, pattern, uid)
-            .ok_or_else(|| format!("agent '{agent}' has no grant for '{pattern}'"))?;
-        self.audit.event(grant_event("grant_revoked", &grant));
-        tracing::warn!(agent, pattern, granted_by = ?grant.uid, revoked_by = ?uid, "grant revoked");
-        let _ = self.install(self.snapshot().files.clone(), &mut grants, false);
-        self.withdraw(agent, pattern);
-        Ok(grant)
-    }
-
-    /// Deletes the elements fed under an ended rule; a failure leaves them to
-    /// their timeouts (at most the rule's old end plus grace), loudly.
-    fn withdraw(&self, agent: &str, pattern: &str) {
-        let Some(firewall) = &self.firewall else {
-            return;
-        };
-        match firewall.withdraw(agent, pattern) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(agent, pattern, elements = n, "firewall elements withdrawn"),
-            Err(e) => {
-                tracing::error!(agent, pattern, error = %e, "[!] FIREWALL UPDATE FAILED: elements stay until their timeout")
-            }
-        }
-    }
-
-    pub fn grants(&self) -> Vec<Grant> {
-        let grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        grants.0.active().to_vec()
-    }
-
-    /// When the next entry or grant expires that the set in force still
-    /// holds: only file entries expiring after the last rebuild count, so an
-    /// entry that already ended cannot wake the expiry task again and again.
-    pub fn next_expiry(&self) -> Option<SystemTime> {
-        let grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        let files = self.snapshot().files.policies.next_expiry_after(grants.1);
-        files.into_iter().chain(grants.0.next_expiry()).min()
-    }
-
-    /// Computes the set in force from `files` and `grants`, syncs the
-    /// firewall's policy addresses, then swaps the set in. `strict` (reload):
-    /// if the firewall cannot follow, roll it back and keep the old set.
-    /// Otherwise (expiry, grants) the set is swapped anyway: it only narrows
-    /// what is allowed, and expiring ranges carry kernel timeouts of their own.
-    fn install(
-        &self,
-        files: Arc<Loaded>,
-        state: &mut (Grants, SystemTime),
-        strict: bool,
-    ) -> Result<(), String> {
-        let (grants, last) = state;
-        let now = SystemTime::now();
-        // Expired grants' rules are not live at `now`, so `effective` leaves
-        // them out; they leave the list only once nothing can fail.
-        let policies = files.policies.effective(&grants.rules(), now);
-        if let Some(firewall) = &self.firewall
-            && let Err(e) = firewall.sync_static(&policies)
-        {
-            tracing::error!(error = %e, "[!] FIREWALL UPDATE FAILED while installing policy addresses");
-            if strict {
-                if let Err(e) = firewall.sync_static(&self.snapshot().policies) {
-                    tracing::error!(error = %e, "[!] FIREWALL UPDATE FAILED: cannot restore the previous policy addresses");
-                }
-                return Err(e);
-            }
-        }
-        for expired in grants.prune(now) {
-            self.audit.event(grant_event("grant_expired", &expired));
-            tracing::warn!(agent = %expired.agent, pattern = %expired.pattern, "grant expired: denied again");
-        }
-        // File entries whose `expires` passed since the last rebuild.
-        for policy in &files.policies.policies {
-            let names = policy
-                .entries()
-                .iter()
-                .map(|r| (r.pattern.to_string(), r.expires));
-            let nets = policy
-                .address_entries()
-                .iter()
-                .map(|a| (a.net.to_string(), a.expires));
-            for (entry, at) in names.chain(nets) {
-                let Some(at) = at.filter(|at| *last < *at && *at <= now) else {
-                    continue;
-                };
-                let expires = humantime::format_rfc3339_seconds(at).to_string();
-                tracing::warn!(agent = %policy.agent, entry, expires, "policy entry expired: denied again");
-                self.audit.event(
-                    serde_json::json!({
-                        "ts": humantime::format_rfc3339_micros(now).to_string(),
-                        "event": "entry_expired",
-                        "agent": &*policy.agent,
-                        "entry": entry,
-                        "file": policy.source.display().to_string(),
-                        "expires": expires,
-                    })
-                    .to_string(),
-                );
-            }
-        }
-        *last = now;
-        // Installs are serialized by the grants lock, so this count is exact.
-        let generation = self.snapshot().generation + 1;
-        let new = Arc::new(InForce {
-            files,
-            policies,
-            generation,
-        });
-        let old = std::mem::replace(
-            &mut *self.loaded.write().unwrap_or_else(|p| p.into_inner()),
-            new,
-        );
-        self.expiry_changed.notify_one();
-        retire(old);
-        Ok(())
-    }
-
-    fn snapshot(&self) -> Arc<InForce> {
-        self.loaded
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
     /// Everything that needs no waiting; the whole answer unless an upstream is needed.
     pub fn begin(&self, request: &Request) -> Progress {
         let src = request.src();
-        let loaded = self.snapshot();
+        let loaded = self.state.snapshot();
         // The client first: hosts no policy governs learn nothing, not even FORMERR.
         let Some(governing) = loaded.policies.for_client(src.ip()) else {
             return Progress::Answered(Outcome::refused(ResponseCode::Refused, None));
@@ -548,7 +301,7 @@ impl Handler {
         // A revoke or reload since `loaded` was taken: only what still allows
         // this name, no shorter, may feed (the old rule may have been withdrawn).
         let still_in_force = || {
-            let now = self.snapshot();
+            let now = self.state.snapshot();
             now.generation == loaded.generation
                 || now
                     .policies
@@ -677,7 +430,7 @@ impl Handler {
         transport: Transport,
         started: Instant,
     ) -> Option<Vec<u8>> {
-        let loaded = self.snapshot();
+        let loaded = self.state.snapshot();
         let policy = loaded.policies.for_client(src.ip());
         let rcode = match policy {
             Some(_) => ResponseCode::FormErr,
@@ -708,74 +461,4 @@ impl Handler {
         });
         header_only_reply(raw, rcode)
     }
-}
-
-/// Withdrawable rules of `old` (expiring ones, learn mode's) that `new`
-/// drops or ends sooner, as (agent, pattern).
-fn ended_sooner(old: &PolicySet, new: &PolicySet) -> Vec<(Arc<str>, Arc<str>)> {
-    let mut ended = Vec::new();
-    for before in &old.policies {
-        let withdrawable: Vec<&Rule> = before
-            .rules
-            .iter()
-            .chain(&before.learn)
-            .filter(|r| crate::firewall::withdrawable(before, r))
-            .collect();
-        if withdrawable.is_empty() {
-            continue;
-        }
-        let after = new.by_agent(&before.agent);
-        // Pattern → expiry in the new set (`None` inside: permanent).
-        let kept: std::collections::HashMap<&str, Option<SystemTime>> = after
-            .into_iter()
-            .flat_map(|p| p.rules.iter().chain(&p.learn))
-            .map(|r| (&*r.pattern, r.expires))
-            .collect();
-        for rule in withdrawable {
-            let lasts = match (kept.get(&*rule.pattern), rule.expires) {
-                (Some(None), _) => true,
-                (Some(Some(new_end)), Some(old_end)) => *new_end >= old_end,
-                (Some(Some(_)), None) => false, // learn mode's rule now expiring
-                (None, _) => false,
-            };
-            if !lasts {
-                ended.push((before.agent.clone(), rule.pattern.clone()));
-            }
-        }
-    }
-    ended
-}
-
-/// Frees a replaced set once no query holds it, on a thread of its own: a
-/// large policy takes milliseconds to free, which must not land on whichever
-/// query thread drops the last reference.
-fn retire(old: Arc<InForce>) {
-    let spawned = std::thread::Builder::new()
-        .name("retire".into())
-        .spawn(move || {
-            // Queries hold a set for at most RESOLVE_DEADLINE.
-            let until = Instant::now() + RESOLVE_DEADLINE + Duration::from_secs(1);
-            while Arc::strong_count(&old) > 1 && Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::debug!(error = %e, "cannot spawn a thread to free the old policy set");
-    }
-}
-
-/// The audit line for a grant's life events.
-fn grant_event(event: &str, g: &Grant) -> String {
-    serde_json::json!({
-        "ts": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-        "event": event,
-        "agent": &*g.agent,
-        "pattern": &*g.pattern,
-        "reason": &*g.reason,
-        "granted_at": humantime::format_rfc3339_seconds(g.granted_at).to_string(),
-        "expires": humantime::format_rfc3339_seconds(g.expires).to_string(),
-        "uid": g.uid,
-        "revoked_by": g.revoked_by,
-    })
-    .to_string()
 }

@@ -25,10 +25,13 @@
 //! file:line), `app` (startup shared by `serve` and `check`), `shutdown`,
 //! `worker` (the polling thread behind audit and alerts), `suggest` (an audit
 //! log → a policy to review), `reload` (SIGHUP), `notify` (sd_notify),
-//! `grants` (run-time exceptions) and `control` (the Unix socket behind
-//! `grant`, `revoke` and `status`). What queries are decided against is the
-//! policy files less expired entries plus active grants, rebuilt and swapped
-//! whole on reload, grant and expiry (`handler::InForce`).
+//! `grants` (run-time exceptions), `kennel` (`allowdns run`: a command
+//! fenced in namespaces of its own) and `control` (the Unix socket behind
+//! `grant`, `revoke` and `status`).
+//!
+//! `state`: the policy in force and every change to it (reload, grant, revoke,
+//! expiry, withdrawals from the fence), published to the query path as one
+//! atomic snapshot.
 
 pub mod alert;
 pub mod answer;
@@ -47,6 +50,7 @@ pub mod grants;
 pub mod handler;
 pub mod idle;
 pub mod input;
+pub mod kennel;
 pub mod metrics;
 pub mod notify;
 pub mod peer_netns;
@@ -56,6 +60,7 @@ pub mod resolve;
 pub mod server;
 pub mod shutdown;
 pub mod special;
+pub mod state;
 pub mod suggest;
 pub mod tcp;
 pub mod upstream;

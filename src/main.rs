@@ -15,7 +15,16 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The kennel must start single-threaded (setns into a user namespace), so
+    // it runs before the runtime exists; it logs warnings only, CMD owns the terminal.
+    match cli.command {
+        Command::Run(args) => {
+            init_logging("warn");
+            return allowdns::kennel::run(args).unwrap_or_else(report);
+        }
+        Command::Kennel(args) => return allowdns::kennel::stage(args),
+        _ => init_logging("info"),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return report(Failure::Runtime(format!("cannot start runtime: {e}"))),
@@ -69,6 +78,7 @@ fn main() -> ExitCode {
                 (false, Some(status)) => print!("{}", control::render(&status)),
                 (false, None) => {}
             }),
+        Command::Run(_) | Command::Kennel(_) => unreachable!("dispatched above"),
         Command::Suggest(args) => allowdns::suggest::run(&args).map(|warnings| {
             for warning in warnings.warnings() {
                 eprintln!("{warning}");
@@ -141,13 +151,13 @@ fn report(failure: Failure) -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(level: &str) {
     // hickory logs two info lines per request; they cost throughput and the
     // audit log already has each query.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(
-            "info,hickory_server=warn,hickory_resolver=warn,hickory_net=warn",
-        )
+        tracing_subscriber::EnvFilter::new(format!(
+            "{level},hickory_server=warn,hickory_resolver=warn,hickory_net=warn"
+        ))
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -79,11 +79,16 @@ fn reload_now(sources: &Sources, running: &Settings, handler: &Handler) -> Resul
         let why = "a policy now feeds a firewall; restart allowdns to enable feeding";
         return Err((diags, Some(why.into())));
     }
-    let changes = changes(&handler.current().files.policies, &loaded.policies);
+    let changes = changes(&handler.state.snapshot().files.policies, &loaded.policies);
     let zones = loaded.zones.len();
-    if let Err(e) = handler.replace(loaded) {
+    if let Err(e) = handler.state.replace(loaded) {
         return Err((diags, Some(e)));
     }
+    // Exfiltration budgets of agents the reload removed go with them.
+    let files = handler.state.snapshot().files.clone();
+    handler
+        .exfil
+        .retain(|agent| files.policies.by_agent(agent).is_some());
     for change in &changes {
         tracing::info!("reload: {change}");
     }

@@ -131,7 +131,7 @@ fn pipelined_queries_are_answered_concurrently_and_in_completion_order() {
         "$ORIGIN pipe.test.\n$TTL 300\n@ IN SOA ns.pipe.test. h.pipe.test. 1 3600 600 86400 30\n@ IN NS ns.pipe.test.\nns IN A 127.0.0.9\n",
     );
     for i in 0..100 {
-        zone.push_str(&format!("h{i} IN A 10.0.0.{i}\n"));
+        zone.push_str(&format!("h{i} IN A 192.0.2.{i}\n"));
     }
     let zone = dir.write("pipe.test.zone", &zone);
     let up = Upstream::start("127.0.0.17", 0, &[zone]);
@@ -183,7 +183,7 @@ fn pipelined_queries_are_answered_concurrently_and_in_completion_order() {
             vec![(
                 format!("h{i}.pipe.test"),
                 "A".to_string(),
-                format!("10.0.0.{i}")
+                format!("192.0.2.{i}")
             )]
         );
         order.push(i);

@@ -171,7 +171,7 @@ pub struct NameCount {
     pub count: u64,
 }
 
-/// The JSON body, field order as documented in README.
+/// The JSON body, field order as documented in docs/manual.md.
 #[derive(Serialize)]
 struct Body<'a> {
     event: &'static str,

@@ -3,7 +3,7 @@
 //!
 //! Plain `http://` only: allowdns carries no TLS stack. Slack and Telegram
 //! want https, so they are reached through a relay (usually on localhost)
-//! that also holds their tokens; see README, "Alert delivery".
+//! that also holds their tokens; see docs/manual.md, "Alert delivery".
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -50,7 +50,7 @@ impl HttpUrl {
             "https" => {
                 return Err(format!(
                     "'{raw}': https is not supported (allowdns has no TLS client); \
-                     send to a relay on localhost over http (README, \"Alert delivery\")"
+                     send to a relay on localhost over http (docs/manual.md, \"Alert delivery\")"
                 ));
             }
             other => {

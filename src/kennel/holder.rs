@@ -1,0 +1,310 @@
+//! The stages inside the kennel: `holder` creates and sets up the namespaces,
+//! `init` is PID 1 of CMD's PID namespace; and `pdeathsig`, the wrapper that
+//! kills pasta when allowdns dies.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::prctl;
+use nix::sys::signal::Signal;
+use nix::unistd::{Gid, Pid, Uid, getppid, setgroups, setresgid, setresuid};
+
+use super::{STAGE_FAILED, StageArgs, signals};
+
+/// The line-based channel between `run` and the holder.
+pub(super) struct Ctl {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Ctl {
+    pub(super) fn new(stream: UnixStream) -> std::io::Result<Ctl> {
+        Ok(Ctl {
+            writer: stream.try_clone()?,
+            reader: BufReader::new(stream),
+        })
+    }
+
+    pub(super) fn send(&mut self, line: &str, body: &[u8]) -> std::io::Result<()> {
+        let mut msg = Vec::with_capacity(line.len() + 1 + body.len());
+        msg.extend_from_slice(line.replace('\n', " ").as_bytes());
+        msg.push(b'\n');
+        msg.extend_from_slice(body);
+        self.writer.write_all(&msg)
+    }
+
+    /// The next line; an `error ...` line becomes the error.
+    pub(super) fn recv(&mut self) -> Result<String, String> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => Err("the kennel's holder process ended early".into()),
+            Ok(_) => match line.trim_end().strip_prefix("error ") {
+                Some(e) => Err(e.to_string()),
+                None => Ok(line.trim_end().to_string()),
+            },
+            Err(e) => Err(format!("no word from the kennel's holder process: {e}")),
+        }
+    }
+
+    fn recv_body(&mut self, len: usize) -> std::io::Result<Vec<u8>> {
+        let mut body = vec![0; len];
+        self.reader.read_exact(&mut body)?;
+        Ok(body)
+    }
+}
+
+/// The holder: the first process of the kennel. Exits with CMD's status.
+pub fn holder(args: &StageArgs) -> i32 {
+    let mut signals = match signals::register(true) {
+        Ok(s) => s,
+        Err(e) => return fail(None, &format!("signals: {e}")),
+    };
+    let Some(ctl) = &args.ctl else {
+        return fail(None, "holder: no --ctl");
+    };
+    let mut ctl = match UnixStream::connect(ctl).and_then(Ctl::new) {
+        Ok(c) => c,
+        Err(e) => return fail(None, &format!("cannot reach allowdns run: {e}")),
+    };
+    match set_up(args, &mut ctl) {
+        Ok(()) => {}
+        Err(e) => return fail(Some(&mut ctl), &e),
+    }
+    // Our next child is PID 1 of the new PID namespace.
+    let init = Command::new("/proc/self/exe")
+        .args(["__kennel", "init", "--"])
+        .args(&args.command)
+        .spawn();
+    let init = match init {
+        Ok(child) => Pid::from_raw(child.id() as i32),
+        Err(e) => {
+            return fail(
+                Some(&mut ctl),
+                &format!("cannot start the kennel's init: {e}"),
+            );
+        }
+    };
+    drop(ctl);
+    signals::forward_until_exit(&mut signals, init, false)
+}
+
+fn set_up(args: &StageArgs, ctl: &mut Ctl) -> Result<(), String> {
+    let (uid, gid) = (args.uid.unwrap_or(65534), args.gid.unwrap_or(65534));
+    if (uid == 0 || gid == 0) && super::in_init_userns() {
+        return Err("refusing to map the kennel's root to host uid or gid 0".into());
+    }
+    if Uid::effective().as_raw() != uid {
+        // Invoked by root: become the unprivileged host user before creating
+        // the user namespace, so it is that user who owns it, not root.
+        setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+        setresgid(Gid::from_raw(gid), Gid::from_raw(gid), Gid::from_raw(gid))
+            .map_err(|e| format!("setresgid {gid}: {e}"))?;
+        setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid))
+            .map_err(|e| format!("setresuid {uid}: {e}"))?;
+    }
+    // Set after the uid change, which clears it; then check the parent is still there.
+    prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("pdeathsig: {e}"))?;
+    if args.ppid.is_some_and(|p| getppid().as_raw() != p) {
+        return Err("allowdns run ended during start-up".into());
+    }
+    let flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS;
+    unshare(flags).map_err(|e| {
+        format!(
+            "cannot create the kennel's user namespace ({e}). Unprivileged user namespaces \
+             are disabled or exhausted here: check `sysctl user.max_user_namespaces` (must be \
+             > 0), `kernel.unprivileged_userns_clone` (Debian: 1) and \
+             `kernel.apparmor_restrict_unprivileged_userns` (Ubuntu: 0). CMD was not started."
+        )
+    })?;
+    // The uid change made us non-dumpable; `run` must open /proc/OUR_PID/ns/*.
+    prctl::set_dumpable(true).map_err(|e| format!("dumpable: {e}"))?;
+    ctl.send("unshared", b"").map_err(|e| e.to_string())?;
+
+    let mapped = ctl.recv()?;
+    let len = mapped
+        .strip_prefix("mapped ")
+        .and_then(|n| n.parse::<usize>().ok())
+        .ok_or_else(|| format!("unexpected '{mapped}' from allowdns run"))?;
+    let ruleset = ctl.recv_body(len).map_err(|e| e.to_string())?;
+    load_ruleset(&ruleset)?;
+    // ICMP echo sockets (unprivileged ping) for the kennel's root, the only gid mapped;
+    // the fence still decides where they go.
+    let _ = std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 0");
+    mounts()?;
+    // Last: the first child after this is PID 1 of the new PID namespace (nft must not be).
+    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("cannot create a PID namespace: {e}"))?;
+    ctl.send("fenced", b"").map_err(|e| e.to_string())?;
+    match ctl.recv()?.as_str() {
+        "go" => Ok(()),
+        other => Err(format!("unexpected '{other}' from allowdns run")),
+    }
+}
+
+/// `nft -f -` inside the new network namespace, before anything can use it.
+fn load_ruleset(ruleset: &[u8]) -> Result<(), String> {
+    let mut nft = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run nft: {e} (install nftables)"))?;
+    if let Some(mut stdin) = nft.stdin.take() {
+        stdin.write_all(ruleset).map_err(|e| format!("nft: {e}"))?;
+    }
+    let out = nft.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cannot load the default-deny ruleset in the kennel (is nf_tables in the kernel?): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// Private mounts: fresh /tmp and /run (hiding the host's Unix sockets:
+/// D-Bus, systemd, tmux, ssh-agent…), and a read-only resolv.conf naming only allowdns.
+fn mounts() -> Result<(), String> {
+    let none: Option<&str> = None;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .map_err(|e| format!("cannot make mounts private: {e}"))?;
+    let tmpfs = |target: &str, mode: &str| {
+        mount(
+            Some("tmpfs"),
+            target,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(format!("mode={mode},size=64m").as_str()),
+        )
+        .map_err(|e| format!("cannot mount a private {target}: {e}"))
+    };
+    tmpfs("/run", "755")?;
+    tmpfs("/tmp", "1777")?;
+    // A symlinked resolv.conf (systemd-resolved) points into the /run just hidden.
+    let mut target = std::path::PathBuf::from(RESOLV_CONF);
+    for _ in 0..8 {
+        match std::fs::read_link(&target) {
+            Ok(link) => target = Path::new("/etc").join(link),
+            Err(_) => break,
+        }
+    }
+    if !target.exists() {
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        std::fs::write(&target, "").map_err(|e| format!("{}: {e}", target.display()))?;
+    }
+    let source = "/run/.allowdns-resolv.conf";
+    let text = format!(
+        "# allowdns run: the only resolver this kennel can reach\nnameserver {}\n",
+        super::DNS.ip()
+    );
+    std::fs::write(source, text).map_err(|e| format!("{source}: {e}"))?;
+    mount(Some(source), RESOLV_CONF, none, MsFlags::MS_BIND, none)
+        .map_err(|e| format!("cannot bind-mount {RESOLV_CONF}: {e}"))?;
+    mount(
+        none,
+        RESOLV_CONF,
+        none,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+        none,
+    )
+    .map_err(|e| format!("cannot make {RESOLV_CONF} read-only: {e}"))?;
+    // The bind keeps the file; its writable name goes.
+    std::fs::remove_file(source).map_err(|e| format!("{source}: {e}"))?;
+    Ok(())
+}
+
+/// Reports a failure to `run` (when connected) and on stderr; CMD never runs.
+fn fail(ctl: Option<&mut Ctl>, why: &str) -> i32 {
+    let sent = ctl.is_some_and(|ctl| ctl.send(&format!("error {why}"), b"").is_ok());
+    if !sent {
+        eprintln!("allowdns run: {why}");
+    }
+    STAGE_FAILED
+}
+
+/// PID 1 of CMD's PID namespace: a fresh /proc, no capabilities, then CMD.
+pub fn init(args: &StageArgs) -> i32 {
+    let _ = prctl::set_pdeathsig(Signal::SIGKILL);
+    let mut signals = match signals::register(true) {
+        Ok(s) => s,
+        Err(e) => return fail(None, &format!("signals: {e}")),
+    };
+    if let Err(e) = confine() {
+        return fail(None, &e);
+    }
+    let Some((program, rest)) = args.command.split_first() else {
+        return fail(None, "no command given");
+    };
+    let cmd = match Command::new(program).args(rest).spawn() {
+        Ok(child) => Pid::from_raw(child.id() as i32),
+        Err(e) => {
+            eprintln!("allowdns run: cannot start {program}: {e}");
+            return if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+        }
+    };
+    // Returning ends the PID namespace: the kernel kills whatever CMD left behind.
+    signals::forward_until_exit(&mut signals, cmd, true)
+}
+
+fn confine() -> Result<(), String> {
+    let none: Option<&str> = None;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        none,
+    )
+    .map_err(|e| format!("cannot mount the kennel's /proc: {e}"))?;
+    use caps::CapSet;
+    // The bounding set first: after it, no exec can bring a capability back.
+    caps::clear(None, CapSet::Bounding).map_err(|e| format!("capability bounding set: {e}"))?;
+    caps::clear(None, CapSet::Ambient).map_err(|e| format!("ambient capabilities: {e}"))?;
+    caps::clear(None, CapSet::Inheritable).map_err(|e| format!("inheritable capabilities: {e}"))?;
+    prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    caps::clear(None, CapSet::Effective).map_err(|e| format!("effective capabilities: {e}"))?;
+    caps::clear(None, CapSet::Permitted).map_err(|e| format!("permitted capabilities: {e}"))?;
+    Ok(())
+}
+
+/// Execs the command with SIGKILL on the parent's death: pasta must never
+/// outlive allowdns, or the kennel would keep a way out with nobody feeding the fence.
+pub fn pdeathsig(args: &StageArgs) -> i32 {
+    // Become the kennel's user first: a uid change clears the death signal,
+    // so pasta must not make one itself (as it does with --runas when root).
+    if let (Some(uid), Some(gid)) = (args.uid, args.gid)
+        && Uid::effective().as_raw() != uid
+    {
+        let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
+        let dropped = setgroups(&[])
+            .and_then(|()| setresgid(g, g, g))
+            .and_then(|()| setresuid(u, u, u));
+        if let Err(e) = dropped {
+            return fail(None, &format!("cannot become uid {uid}: {e}"));
+        }
+    }
+    if let Err(e) = prctl::set_pdeathsig(Signal::SIGKILL) {
+        return fail(None, &format!("pdeathsig: {e}"));
+    }
+    if args.ppid.is_some_and(|p| getppid().as_raw() != p) {
+        return STAGE_FAILED;
+    }
+    let Some((program, rest)) = args.command.split_first() else {
+        return fail(None, "no command given");
+    };
+    let e = Command::new(program).args(rest).exec();
+    fail(None, &format!("cannot run {program}: {e}"))
+}

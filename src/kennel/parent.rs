@@ -1,0 +1,478 @@
+//! `allowdns run` itself: validates, starts the holder, maps its user
+//! namespace, attaches pasta, enters that user namespace (so nfnetlink lets it
+//! feed the kennel's sets), serves DNS inside the kennel, waits for CMD, tears down.
+
+use std::fs::File;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sched::{CloneFlags, setns};
+use nix::sys::prctl;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Gid, Pid, Uid};
+use tokio_util::sync::CancellationToken;
+
+use super::holder::Ctl;
+use super::{DNS, RunArgs, signals};
+use crate::app::{self, Failure};
+use crate::cli::SuggestArgs;
+use crate::config;
+use crate::diagnostics::Diagnostics;
+use crate::policy;
+use crate::server::Listeners;
+
+/// How long start-up may take at each step before `run` gives up.
+const STEP: Duration = Duration::from_secs(10);
+
+fn rt(msg: impl Into<String>) -> Failure {
+    Failure::Runtime(msg.into())
+}
+
+/// Everything `run` started; dropping it kills and removes what is left.
+struct Kennel {
+    dir: PathBuf,
+    holder: Option<Child>,
+    pasta: Option<Child>,
+}
+
+impl Drop for Kennel {
+    fn drop(&mut self) {
+        for child in [self.holder.as_mut(), self.pasta.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
+    if !args.sources.listen.is_empty() {
+        return Err(rt(format!(
+            "--listen does not apply to run: allowdns answers on {DNS} inside the kennel"
+        )));
+    }
+    // Handlers now, while single-threaded: a Ctrl-C during start-up must not kill us half-way.
+    let mut signals = signals::register(false).map_err(|e| rt(format!("signals: {e}")))?;
+    // Fail closed, before anything starts, when user namespaces are off.
+    if std::fs::read_to_string("/proc/sys/user/max_user_namespaces").is_ok_and(|n| n.trim() == "0")
+    {
+        return Err(rt(
+            "user namespaces are disabled here (user.max_user_namespaces = 0): the kennel needs one. \
+             Enable them with `sysctl -w user.max_user_namespaces=15000`. CMD was not started.",
+        ));
+    }
+    let pasta = find_in_path("pasta").ok_or_else(|| {
+        rt("pasta not found in PATH: the kennel's only way out is pasta (Debian/Ubuntu: apt install passt). CMD was not started.")
+    })?;
+    find_in_path("nft").ok_or_else(|| {
+        rt("nft not found in PATH: the kennel's firewall is nftables (apt install nftables). CMD was not started.")
+    })?;
+
+    // Bad input fails here, naming file and line, before anything starts.
+    let mut diags = Diagnostics::default();
+    let Some(settings) = config::load(&args.sources, &mut diags) else {
+        return Err(Failure::Invalid(diags));
+    };
+    let Some(policies) = policy::load(&settings.policies, &mut diags) else {
+        return Err(Failure::Invalid(diags));
+    };
+    let (source, agent) = match policies.policies.as_slice() {
+        [one] => (one.source.clone(), one.agent.to_string()),
+        _ => {
+            return Err(rt(format!(
+                "run fences one agent: give exactly one policy file ({} loaded)",
+                policies.policies.len()
+            )));
+        }
+    };
+
+    let me = std::process::id();
+    let (uid, gid) = kennel_ids();
+    let dir = std::env::temp_dir().join(format!(
+        "allowdns-run-{me}-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    ));
+    // 0711: pasta, running as the kennel's user, reaches its own subdirectory.
+    std::fs::DirBuilder::new()
+        .mode(0o711)
+        .create(&dir)
+        .map_err(|e| rt(format!("{}: {e}", dir.display())))?;
+    let mut kennel = Kennel {
+        dir: dir.clone(),
+        holder: None,
+        pasta: None,
+    };
+    let ctl_path = dir.join("ctl");
+    let listener =
+        UnixListener::bind(&ctl_path).map_err(|e| rt(format!("{}: {e}", ctl_path.display())))?;
+    let holder = Command::new("/proc/self/exe")
+        .args(["__kennel", "holder", "--ctl"])
+        .arg(&ctl_path)
+        .args(["--uid", &uid.to_string(), "--gid", &gid.to_string()])
+        .args(["--ppid", &me.to_string(), "--"])
+        .args(&args.command)
+        .spawn()
+        .map_err(|e| rt(format!("cannot start the kennel: {e}")))?;
+    let c = holder.id();
+    kennel.holder = Some(holder);
+    let mut ctl = accept(&listener, &mut kennel)?;
+    ctl.recv().map_err(rt)?; // "unshared"
+
+    // Map the kennel's root to the unprivileged host user.
+    let proc = PathBuf::from(format!("/proc/{c}"));
+    let write = |file: &str, text: String| {
+        std::fs::write(proc.join(file), &text).map_err(|e| {
+            rt(format!(
+                "cannot write {}/{file} ({}): {e}",
+                proc.display(),
+                text.trim()
+            ))
+        })
+    };
+    write("setgroups", "deny".into())?;
+    write("gid_map", format!("0 {gid} 1\n"))?;
+    write("uid_map", format!("0 {uid} 1\n"))?;
+
+    // pasta (running as the kennel's user) reports readiness with its pid file.
+    let pasta_dir = dir.join("pasta");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&pasta_dir)
+        .and_then(|()| {
+            std::os::unix::fs::chown(&pasta_dir, Some(uid), Some(gid)).or_else(|e| {
+                // Rootless: it is ours already.
+                if Uid::effective().is_root() {
+                    Err(e)
+                } else {
+                    Ok(())
+                }
+            })
+        })
+        .map_err(|e| rt(format!("{}: {e}", pasta_dir.display())))?;
+    // pasta joins the namespaces from the host's user namespace, before we leave it.
+    let mut pasta_cmd = Command::new("/proc/self/exe");
+    pasta_cmd
+        .args(["__kennel", "pdeathsig", "--ppid", &me.to_string()])
+        .args(["--uid", &uid.to_string(), "--gid", &gid.to_string(), "--"])
+        .arg(&pasta)
+        .args([
+            "-f", "-q", "-t", "none", "-u", "none", "-T", "none", "-U", "none",
+        ])
+        .args(["--no-map-gw", "--config-net", "--no-netns-quit", "--pid"])
+        .arg(pasta_dir.join("pid"));
+    // Its own process group: a terminal's Ctrl-C is meant for CMD, not the way out.
+    let pasta_child = pasta_cmd
+        .process_group(0)
+        .arg(c.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| rt(format!("cannot start pasta: {e}")))?;
+    kennel.pasta = Some(pasta_child);
+
+    // nfnetlink checks the sender for CAP_NET_ADMIN in the user namespace that
+    // owns the kennel's netns: enter it. We are still single-threaded here.
+    let userns = File::open(proc.join("ns/user")).map_err(|e| rt(format!("ns/user: {e}")))?;
+    let netns = File::open(proc.join("ns/net")).map_err(|e| rt(format!("ns/net: {e}")))?;
+    setns(&userns, CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| rt(format!("cannot enter the kennel's user namespace: {e}")))?;
+    // Nothing in the kennel may ptrace or read us.
+    prctl::set_dumpable(false).map_err(|e| rt(format!("dumpable: {e}")))?;
+
+    // The policy as the kennel runs it: fed sets in the kennel's netns, the kennel as its only client.
+    let netns_path = proc.join("ns/net");
+    let derived = derive_policy(&source, &netns_path, args.learn)?;
+    let policy_path = dir.join("policy.yaml");
+    std::fs::write(&policy_path, derived).map_err(|e| rt(format!("policy: {e}")))?;
+    let mut sources = args.sources.clone();
+    sources.policy = vec![policy_path];
+    sources.listen = vec![DNS.to_string()];
+    let audit_log = match (&settings.audit_log, args.learn) {
+        (Some(p), _) if p != Path::new("-") => p.clone(),
+        (_, true) => dir.join("audit.jsonl"),
+        (_, false) => PathBuf::from("/dev/null"),
+    };
+    sources.audit_log = Some(audit_log.clone());
+    let ruleset = app::ruleset(&sources, None, &[DNS.ip()])?;
+    ctl.send(&format!("mapped {}", ruleset.len()), ruleset.as_bytes())
+        .map_err(|e| rt(format!("kennel: {e}")))?;
+    ctl.recv().map_err(rt)?; // "fenced"
+    wait_for_pasta(c, &mut kennel)?;
+
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| rt(format!("runtime: {e}")))?;
+    let prepared = app::prepare(&sources)?;
+    for warning in prepared.diagnostics.warnings() {
+        tracing::warn!("{warning}");
+    }
+    // The DNS sockets live in the kennel's netns; upstream sockets stay in ours.
+    let listeners = std::thread::scope(|s| {
+        s.spawn(|| {
+            setns(&netns, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| std::io::Error::other(format!("enter the kennel's netns: {e}")))?;
+            let _guard = runtime.enter();
+            Listeners::bind(&[DNS])
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("netns thread panicked")))
+    })
+    .map_err(|e| rt(e.to_string()))?;
+    let alerts: Box<dyn std::io::Write + Send> = match &args.alerts {
+        Some(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| rt(format!("--alerts {}: {e}", path.display())))?,
+        ),
+        None => Box::new(std::io::stderr()),
+    };
+    let token = CancellationToken::new();
+    let holder_pid = Pid::from_raw(c as i32);
+    let serving = runtime.spawn({
+        let token = token.clone();
+        async move {
+            let result = app::serve_on(sources, prepared, token.clone(), listeners, alerts).await;
+            if !token.is_cancelled() {
+                // allowdns stopped while CMD runs: the kennel goes with it, never left unfenced.
+                if let Err(e) = &result {
+                    eprintln!("allowdns run: error: {e}; stopping the kennel");
+                }
+                let _ = kill(holder_pid, Signal::SIGKILL);
+            }
+            result
+        }
+    });
+    std::thread::spawn(move || {
+        for origin in signals.forever() {
+            signals::forward(&origin, holder_pid);
+        }
+    });
+    ctl.send("go", b"")
+        .map_err(|e| rt(format!("kennel: {e}")))?;
+    drop(ctl);
+
+    let status = kennel
+        .holder
+        .as_mut()
+        .map(|h| h.wait())
+        .transpose()
+        .map_err(|e| rt(format!("wait: {e}")))?;
+    kennel.holder = None;
+    let code = status.map_or(1, exit_code);
+    token.cancel();
+    if let Ok(Err(e)) = runtime.block_on(serving) {
+        eprintln!("allowdns run: error: {e}");
+    }
+    drop(runtime);
+    drop(kennel.pasta.take().map(|mut p| {
+        let _ = p.kill();
+        p.wait()
+    }));
+    if args.learn {
+        let suggest = SuggestArgs {
+            audit_log,
+            agent: Some(agent),
+            output: args.suggest_out.clone(),
+            include_denied: false,
+            skip_malformed: true,
+        };
+        crate::suggest::run(&suggest)?;
+    }
+    drop(kennel);
+    Ok(ExitCode::from(code))
+}
+
+/// The host uid and gid the kennel's root maps to: the caller, or when root
+/// calls, the sudo user or else nobody. Never host root.
+fn kennel_ids() -> (u32, u32) {
+    let (euid, egid) = (Uid::effective().as_raw(), Gid::effective().as_raw());
+    if euid != 0 {
+        return (euid, egid);
+    }
+    let env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|&id| id != 0)
+    };
+    let wanted = match (env("SUDO_UID"), env("SUDO_GID")) {
+        (Some(u), Some(g)) => (u, g),
+        _ => (65534, 65534),
+    };
+    if super::in_init_userns() || (mapped("uid_map", wanted.0) && mapped("gid_map", wanted.1)) {
+        wanted
+    } else {
+        // Root of a user namespace that maps nothing else is itself an
+        // unprivileged host user: the kennel runs as that same identity.
+        (0, 0)
+    }
+}
+
+fn mapped(file: &str, id: u32) -> bool {
+    let map = std::fs::read_to_string(format!("/proc/self/{file}")).unwrap_or_default();
+    map.lines().any(|line| {
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        matches!(f[..], [inside, _, count] if inside <= u64::from(id) && u64::from(id) < inside + count)
+    })
+}
+
+fn exit_code(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(sig)) => 128u8.saturating_add(sig as u8),
+        _ => 1,
+    }
+}
+
+fn accept(listener: &UnixListener, kennel: &mut Kennel) -> Result<Ctl, Failure> {
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| rt(e.to_string()))?;
+    let deadline = Instant::now() + STEP;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream
+                    .set_nonblocking(false)
+                    .and_then(|()| stream.set_read_timeout(Some(STEP)))
+                    .map_err(|e| rt(e.to_string()))?;
+                return Ctl::new(stream).map_err(|e| rt(e.to_string()));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(rt(format!("kennel control socket: {e}"))),
+        }
+        if let Some(Ok(Some(status))) = kennel.holder.as_mut().map(Child::try_wait) {
+            return Err(rt(format!("the kennel's holder process ended: {status}")));
+        }
+        if Instant::now() > deadline {
+            return Err(rt("the kennel's holder process did not start"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Waits until pasta has given the kennel its interface and routes; fails if pasta exits.
+fn wait_for_pasta(c: u32, kennel: &mut Kennel) -> Result<(), Failure> {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let v4 = std::fs::read_to_string(format!("/proc/{c}/net/route")).unwrap_or_default();
+        let v6 = std::fs::read_to_string(format!("/proc/{c}/net/ipv6_route")).unwrap_or_default();
+        let default_v4 = v4.lines().skip(1).any(|l| {
+            let mut f = l.split_whitespace();
+            f.nth(1) == Some("00000000")
+        });
+        let default_v6 = v6
+            .lines()
+            .any(|l| l.starts_with("00000000000000000000000000000000 00"));
+        let pid_written =
+            std::fs::metadata(kennel.dir.join("pasta/pid")).is_ok_and(|m| m.len() > 0);
+        if (default_v4 || default_v6) && pid_written {
+            return Ok(());
+        }
+        if let Some(Ok(Some(status))) = kennel.pasta.as_mut().map(Child::try_wait) {
+            return Err(rt(format!(
+                "pasta exited ({status}) before connecting the kennel; CMD was not started"
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(rt(
+                "pasta did not give the kennel a route out (does the host have a default route?); CMD was not started",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The user's policy as the kennel runs it: its sets in the kennel's netns,
+/// no `clients` (the kennel is the only client), learn mode with --learn.
+fn derive_policy(source: &Path, netns: &Path, learn: bool) -> Result<String, Failure> {
+    use serde_yaml::{Mapping, Value};
+    let text =
+        std::fs::read_to_string(source).map_err(|e| rt(format!("{}: {e}", source.display())))?;
+    let mut doc: Value =
+        serde_yaml::from_str(&text).map_err(|e| rt(format!("{}: {e}", source.display())))?;
+    let map = doc
+        .as_mapping_mut()
+        .ok_or_else(|| rt(format!("{}: not a mapping", source.display())))?;
+    if map.remove("clients").is_some() {
+        tracing::warn!(
+            "{}: clients ignored: the kennel is the only client",
+            source.display()
+        );
+    }
+    let firewall = map
+        .entry(Value::from("firewall"))
+        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    if !firewall.is_mapping() {
+        *firewall = Value::Mapping(Mapping::new());
+    }
+    if let Some(fw) = firewall.as_mapping_mut() {
+        fw.insert(
+            Value::from("netns"),
+            Value::from(netns.to_string_lossy().into_owned()),
+        );
+    }
+    if learn {
+        map.insert(Value::from("mode"), Value::from("learn"));
+    }
+    serde_yaml::to_string(&doc).map_err(|e| rt(format!("policy: {e}")))
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kennel_policy_feeds_its_own_netns_and_has_no_clients() {
+        let dir = std::env::temp_dir().join(format!("allowdns-kennel-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("p.yaml");
+        std::fs::write(
+            &src,
+            "agent_name: a\nclients: [\"10.0.0.0/8\"]\nexpected_outbound:\n  - destination: x.example\nfirewall:\n  netns: /run/netns/elsewhere\n  family: ip\n",
+        )
+        .unwrap();
+        let text = derive_policy(&src, Path::new("/proc/42/ns/net"), true).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        assert!(doc.get("clients").is_none(), "{text}");
+        assert_eq!(doc["firewall"]["netns"].as_str(), Some("/proc/42/ns/net"));
+        assert_eq!(doc["firewall"]["family"].as_str(), Some("ip"));
+        assert_eq!(doc["mode"].as_str(), Some("learn"));
+        let plain = derive_policy_text("agent_name: a\n", false);
+        assert!(
+            plain.contains("netns: /proc/42/ns/net") && !plain.contains("mode"),
+            "{plain}"
+        );
+    }
+
+    fn derive_policy_text(text: &str, learn: bool) -> String {
+        let file =
+            std::env::temp_dir().join(format!("allowdns-kennel-unit2-{}.yaml", std::process::id()));
+        std::fs::write(&file, text).unwrap();
+        let out = derive_policy(&file, Path::new("/proc/42/ns/net"), learn).unwrap();
+        let _ = std::fs::remove_file(&file);
+        out
+    }
+}
