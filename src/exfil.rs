@@ -271,8 +271,14 @@ const BLOCKED: usize = 16;
 /// Charged for every new name on top of its labels: the fact and time of
 /// a query carry information too, and it makes floods of tiny names count.
 const PER_NAME_BITS: f32 = 8.0;
-/// Charged for a label already seen under the same domain.
+/// Least charged for a label already seen under the same domain. A seen
+/// label still carries a choice among the labels seen there: it is charged
+/// log2 of how many distinct labels the domain has shown (see `distinct`),
+/// at least this, at most what the label would cost new.
 const SEEN_LABEL_BITS: f32 = 2.0;
+/// Count-min sketch (conservative update) of distinct labels first seen per
+/// domain, one per Bloom generation: 2 x 4 x 256 u16 = 4 KiB.
+const LABEL_WIDTH: usize = 256;
 /// At most one qtype/cooldown denial alert per agent in this many deciseconds.
 const ALERT_EVERY_DS: u32 = 50;
 
@@ -290,6 +296,9 @@ pub struct AgentBudget {
     inserted: u32,
     generation_start: u32,
     cells: [[Cell; WIDTH]; DEPTH],
+    /// Distinct labels first seen per domain, per Bloom generation (the
+    /// older generation's count is dropped with it).
+    distinct: [[[u16; LABEL_WIDTH]; DEPTH]; 2],
     /// (domain hash, cooldown end in deciseconds); 0 is a free slot.
     blocked: [(u64, u32); BLOCKED],
     /// Rate limit for denial alerts: (last printed, suppressed since).
@@ -299,8 +308,8 @@ pub struct AgentBudget {
 /// Bytes of one agent's state: the memory bound per agent.
 pub const AGENT_BYTES: usize = std::mem::size_of::<AgentBudget>();
 // The stated bound (docs/exfiltration.md): two 16 KiB generations, 4 x 1024
-// 8-byte cells, a small table. Checked when compiling.
-const _: () = assert!(AGENT_BYTES <= 66 * 1024);
+// 8-byte cells, 4 KiB of distinct-label counts, a small table. Checked when compiling.
+const _: () = assert!(AGENT_BYTES <= 70 * 1024);
 
 /// Every agent's budget; owned by the handler.
 pub struct Budgets {
@@ -308,6 +317,8 @@ pub struct Budgets {
     /// Random keys: an attacker cannot aim names at one sketch cell.
     hasher: std::collections::hash_map::RandomState,
     epoch: Instant,
+    /// Tests only: charge as before the red-team fixes (positive controls).
+    legacy: bool,
 }
 
 impl Default for Budgets {
@@ -316,6 +327,7 @@ impl Default for Budgets {
             agents: Mutex::default(),
             hasher: std::collections::hash_map::RandomState::new(),
             epoch: Instant::now(),
+            legacy: false,
         }
     }
 }
@@ -345,16 +357,38 @@ impl Budgets {
         h.finish()
     }
 
-    /// Charges a name about to go upstream under a wildcard rule. `key` is
-    /// its canonical form (lower case, no trailing dot); the labels are
-    /// measured as sent (case carries bits too).
-    pub fn charge(&self, agent: &Arc<str>, limits: &Limits, name: &Name, key: &str) -> Verdict {
+    /// Charges a name about to go upstream under the wildcard rule
+    /// `pattern`. `key` is its canonical form (lower case, no trailing dot);
+    /// the labels are measured as sent.
+    ///
+    /// Case: the name goes upstream as the client wrote it (the reply must
+    /// echo the client's question, and 0x20 case randomisation relies on
+    /// it), so its case reaches whoever runs the zone. Rather than rewrite
+    /// names on the shared resolve/cache path, labels are hashed and charged
+    /// as sent: a recased label is a new label, and its alphabet counts
+    /// upper case (log2 53 instead of log2 27 bits a letter).
+    pub fn charge(
+        &self,
+        agent: &Arc<str>,
+        limits: &Limits,
+        name: &Name,
+        key: &str,
+        pattern: &str,
+    ) -> Verdict {
         if !limits.enabled {
             return Verdict::Pass(false);
         }
-        let domain = registrable(key);
-        // Labels as sent, below the registrable domain.
-        let below = key.len().saturating_sub(domain.len() + 1);
+        let domain = if self.legacy {
+            registrable(key)
+        } else {
+            budget_domain(key, pattern)
+        };
+        // Labels as sent, below the budget's domain.
+        let below = if domain.is_empty() {
+            key.len()
+        } else {
+            key.len().saturating_sub(domain.len() + 1)
+        };
         let sent = name.to_ascii();
         let sent = sent.trim_end_matches('.');
         let head = if sent.len() == key.len() {
@@ -385,16 +419,26 @@ impl Budgets {
         let mut cost = PER_NAME_BITS;
         let mut label_hashes = [0u64; 128];
         let mut labels = 0;
+        let mut fresh = 0u16;
+        // What a seen label can carry: a choice among the domain's labels.
+        let choice = budget.distinct(domain_h).max(1) as f32;
         for label in head.split('.').filter(|l| !l.is_empty()) {
-            let h = self.hash(&[
-                b"l",
-                domain.as_bytes(),
-                label.to_ascii_lowercase().as_bytes(),
-            ]);
-            cost += if budget.seen(h) {
+            let lowered;
+            let hashed = if self.legacy {
+                lowered = label.to_ascii_lowercase();
+                lowered.as_str()
+            } else {
+                label
+            };
+            let h = self.hash(&[b"l", domain.as_bytes(), hashed.as_bytes()]);
+            let full = label_bits(label.as_bytes());
+            cost += if !budget.seen(h) {
+                fresh = fresh.saturating_add(1);
+                full
+            } else if self.legacy {
                 SEEN_LABEL_BITS
             } else {
-                label_bits(label.as_bytes())
+                choice.log2().max(SEEN_LABEL_BITS).min(full)
             };
             if labels < label_hashes.len() {
                 label_hashes[labels] = h;
@@ -419,6 +463,7 @@ impl Budgets {
             return Verdict::Deny;
         }
         let after = budget.add(domain_h, now, drain, cost);
+        budget.count_distinct(domain_h, fresh);
         budget.insert(name_h);
         for h in &label_hashes[..labels] {
             budget.insert(*h);
@@ -461,6 +506,46 @@ impl Budgets {
 /// when it is a public suffix or has no parent).
 fn registrable(key: &str) -> &str {
     crate::suggest::registrable_domain(key).unwrap_or(key)
+}
+
+/// The domain whose budget a name under `pattern` is charged to: its
+/// registrable domain, unless the pattern's fixed suffix (the labels after
+/// its last wildcard) is shorter: then the pattern's chosen labels reach
+/// into the registrable domain itself, and each `<data>.github.io` under
+/// `*.github.io` would get a fresh budget. Such names are pooled under the
+/// longer of the fixed suffix and the name's public suffix: `github.io`
+/// for `*.github.io`; `s3.amazonaws.com` for a bucket under
+/// `*.amazonaws.com`. Not coarser than the public suffix, so that a broad
+/// wildcard over a provider (whose DNS the provider runs) keeps one budget
+/// per service and region as the public suffix list draws them, rather
+/// than one for all of them (which the legitimate corpus overruns).
+pub fn budget_domain<'a>(key: &'a str, pattern: &str) -> &'a str {
+    let domain = registrable(key);
+    let fixed = match pattern.rfind(['*', '?']) {
+        Some(at) => pattern[at..].split_once('.').map_or("", |(_, rest)| rest),
+        None => return domain,
+    };
+    let labels = |s: &str| {
+        if s.is_empty() {
+            0
+        } else {
+            s.split('.').count()
+        }
+    };
+    if labels(fixed) >= labels(domain) {
+        return domain;
+    }
+    let public = domain.split_once('.').map_or("", |(_, suffix)| suffix);
+    let n = labels(fixed).max(labels(public));
+    if n == 0 {
+        return "";
+    }
+    // The key's last n labels.
+    let cut = key
+        .rmatch_indices('.')
+        .nth(n - 1)
+        .map_or(0, |(at, _)| at + 1);
+    &key[cut..]
 }
 
 /// The most a label can carry: its length times the bits per character of
@@ -514,6 +599,7 @@ impl AgentBudget {
             inserted: 0,
             generation_start: 0,
             cells: [[Cell::default(); WIDTH]; DEPTH],
+            distinct: [[[0; LABEL_WIDTH]; DEPTH]; 2],
             blocked: [(0, 0); BLOCKED],
             alerted: (0, 0),
         })
@@ -546,6 +632,7 @@ impl AgentBudget {
         if self.inserted >= SEEN_FILL || now.saturating_sub(self.generation_start) >= SEEN_AGE_DS {
             self.current ^= 1;
             self.seen[self.current] = [0; SEEN_WORDS];
+            self.distinct[self.current] = [[0; LABEL_WIDTH]; DEPTH];
             self.inserted = 0;
             self.generation_start = now;
         }
@@ -556,6 +643,36 @@ impl AgentBudget {
         (a.wrapping_add((row as u64).wrapping_mul(b))
             .rotate_left(row as u32 * 13)
             % WIDTH as u64) as usize
+    }
+
+    /// Distinct labels the domain has shown in both live generations:
+    /// never below the truth (count-min; a label in both counts twice).
+    fn distinct(&self, h: u64) -> u32 {
+        self.distinct
+            .iter()
+            .map(|g| {
+                (0..DEPTH)
+                    .map(|row| g[row][Self::column(h, row) % LABEL_WIDTH])
+                    .min()
+                    .unwrap_or(0) as u32
+            })
+            .sum()
+    }
+
+    fn count_distinct(&mut self, h: u64, fresh: u16) {
+        if fresh == 0 {
+            return;
+        }
+        let g = &mut self.distinct[self.current];
+        let target = (0..DEPTH)
+            .map(|row| g[row][Self::column(h, row) % LABEL_WIDTH])
+            .min()
+            .unwrap_or(0)
+            .saturating_add(fresh);
+        for (row, counts) in g.iter_mut().enumerate() {
+            let c = &mut counts[Self::column(h, row) % LABEL_WIDTH];
+            *c = (*c).max(target);
+        }
     }
 
     fn level(cell: &Cell, now: u32, drain_per_ds: f32) -> f32 {
@@ -623,7 +740,9 @@ mod tests {
     }
 
     fn charge(b: &Budgets, limits: &Limits, s: &str) -> Verdict {
-        b.charge(&"a".into(), limits, &name(s), &s.to_ascii_lowercase())
+        let key = s.to_ascii_lowercase();
+        let pattern = format!("*.{}", registrable(&key));
+        b.charge(&"a".into(), limits, &name(s), &key, &pattern)
     }
 
     #[test]
@@ -720,19 +839,154 @@ mod tests {
             "/tests/data/legit-names.txt"
         ))
         .unwrap();
-        let b = Budgets::default();
         let limits = Limits {
             drain_bits_per_sec: 0.0,
             ..Limits::default()
         };
-        for n in corpus.lines() {
-            assert_eq!(charge(&b, &limits, n), Verdict::Pass(false), "{n}");
+        for legacy in [true, false] {
+            let b = Budgets {
+                legacy,
+                ..Budgets::default()
+            };
+            for n in corpus.lines() {
+                // As tests/exfil.rs allows them: `*.` and the zone's two labels.
+                let zone = n.rsplitn(3, '.').take(2).collect::<Vec<_>>();
+                let pattern = format!("*.{}.{}", zone[1], zone[0]);
+                let v = b.charge(&"a".into(), &limits, &name(n), n, &pattern);
+                if !legacy {
+                    assert_eq!(v, Verdict::Pass(false), "{n}");
+                }
+            }
+            // The heaviest domain, for the docs.
+            let agents = b.agents.lock().unwrap();
+            let a = agents.get("a").unwrap();
+            let max = a.cells[0].iter().map(|c| c.level).fold(0.0, f32::max);
+            eprintln!("legacy {legacy}: heaviest cell: {} bytes", max / 8.0);
         }
-        // The heaviest domain, for the docs.
-        let agents = b.agents.lock().unwrap();
-        let a = agents.get("a").unwrap();
-        let max = a.cells[0].iter().map(|c| c.level).fold(0.0, f32::max);
-        eprintln!("heaviest cell: {} bytes", max / 8.0);
+    }
+
+    /// Bytes of payload that got through: names passed times the bits each
+    /// carries, under the current charge and the pre-fix one.
+    fn leaked(names: &[String], pattern: &str, payload_bits: f32) -> (f32, f32) {
+        let limits = Limits {
+            drain_bits_per_sec: 0.0,
+            ..Limits::default()
+        };
+        let run = |legacy: bool| {
+            let b = Budgets {
+                legacy,
+                ..Budgets::default()
+            };
+            let passed = names
+                .iter()
+                .filter(|n| {
+                    let key = n.to_ascii_lowercase();
+                    b.charge(&"a".into(), &limits, &name(n), &key, pattern) != Verdict::Deny
+                })
+                .count();
+            passed as f32 * payload_bits / 8.0
+        };
+        (run(true), run(false))
+    }
+
+    const HARD: f32 = DEFAULT_HARD_BYTES as f32;
+
+    #[test]
+    fn letter_case_carries_no_free_information() {
+        // The red team's casex.py: 3 x 63 'a's, each letter's case a bit.
+        let mut rng = 7u64;
+        let mut bit = || {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            rng >> 63 == 1
+        };
+        let names: Vec<String> = (0..3000)
+            .map(|_| {
+                let label = |bit: &mut dyn FnMut() -> bool| -> String {
+                    (0..63).map(|_| if bit() { 'A' } else { 'a' }).collect()
+                };
+                format!(
+                    "{}.{}.{}.cdn.test",
+                    label(&mut bit),
+                    label(&mut bit),
+                    label(&mut bit)
+                )
+            })
+            .collect();
+        let (before, after) = leaked(&names, "*.cdn.test", 189.0);
+        eprintln!("case: {before} bytes before, {after} after (hard {HARD})");
+        assert!(before > 4.0 * HARD, "positive control: {before}");
+        assert!(after < HARD, "{after}");
+    }
+
+    #[test]
+    fn a_wildcard_on_a_public_suffix_shares_one_budget() {
+        assert_eq!(budget_domain("x.github.io", "*.github.io"), "github.io");
+        assert_eq!(budget_domain("a.b.github.io", "*.github.io"), "github.io");
+        assert_eq!(
+            budget_domain("x.api.example.com", "*.api.example.com"),
+            "example.com"
+        );
+        assert_eq!(
+            budget_domain("a.b.example.com", "*.example.com"),
+            "example.com"
+        );
+        assert_eq!(
+            budget_domain("img-7.cdn.shop.co.uk", "img-*.cdn.shop.co.uk"),
+            "shop.co.uk"
+        );
+        assert_eq!(budget_domain("x.co.uk", "*.co.uk"), "co.uk");
+        assert_eq!(budget_domain("a.b.test", "*"), "test");
+        assert_eq!(
+            budget_domain("b1.s3.amazonaws.com", "*.amazonaws.com"),
+            "s3.amazonaws.com"
+        );
+        assert_eq!(budget_domain("a.b.test", "a.b.test"), "b.test");
+        // psl.py: one 63-char [a-z0-9] label per name right under github.io.
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let mut rng = 3u64;
+        let names: Vec<String> = (0..2000)
+            .map(|_| {
+                let label: String = (0..63)
+                    .map(|_| {
+                        rng = rng
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        ALPHABET[((rng >> 33) % 36) as usize] as char
+                    })
+                    .collect();
+                label + ".github.io"
+            })
+            .collect();
+        let (before, after) = leaked(&names, "*.github.io", 63.0 * 36f32.log2());
+        eprintln!("public suffix: {before} bytes before, {after} after (hard {HARD})");
+        assert!(before > 4.0 * HARD, "positive control: {before}");
+        assert!(after < HARD, "{after}");
+    }
+
+    #[test]
+    fn reused_labels_are_charged_for_the_choice_they_carry() {
+        // 256 words, 8 a name: 64 bits of payload a name.
+        let words: Vec<String> = (0..256).map(|i| format!("w{i:03}")).collect();
+        let mut rng = 3u64;
+        let names: Vec<String> = (0..8000)
+            .map(|_| {
+                let mut n = String::new();
+                for _ in 0..8 {
+                    rng = rng
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    n.push_str(&words[(rng >> 56) as usize]);
+                    n.push('.');
+                }
+                n + "cdn.test"
+            })
+            .collect();
+        let (before, after) = leaked(&names, "*.cdn.test", 64.0);
+        eprintln!("reused labels: {before} bytes before, {after} after (hard {HARD})");
+        assert!(before > 2.0 * HARD, "positive control: {before}");
+        assert!(after < HARD, "{after}");
     }
 
     #[test]

@@ -241,7 +241,10 @@ impl Handler {
                     && let Some(key) = crate::policy::name::query_key(name)
                 {
                     use crate::exfil::{Mark, Verdict};
-                    match self.exfil.charge(&policy.agent, &policy.exfil, name, &key) {
+                    match self
+                        .exfil
+                        .charge(&policy.agent, &policy.exfil, name, &key, &rule.pattern)
+                    {
                         Verdict::Pass(soft) => outcome.exfil = soft.then_some(Mark::Soft),
                         Verdict::Deny => {
                             let refused = Outcome::exfil_refused(policy, rule, Mark::Budget);
