@@ -323,7 +323,7 @@ probe root_inside sh -c 'test "$(id -u)" = 0'
 probe resolv_names_allowdns sh -c 'test "$(grep ^nameserver /etc/resolv.conf)" = "nameserver 127.0.0.1"'
 probe nft_flush nft flush ruleset
 probe nft_flush_new_userns unshare -Ur nft flush ruleset
-probe write_resolv sh -c 'echo nameserver 198.51.100.66 > /etc/resolv.conf'
+probe write_resolv sh -c 'grep -qx "nameserver 127.0.0.1" /etc/resolv.conf || exit 0; echo nameserver 198.51.100.66 > /etc/resolv.conf'
 probe umount_resolv umount /etc/resolv.conf
 probe loopback_gw python3 $P tcp 198.51.100.14 7070
 probe loopback_self python3 $P tcp 198.51.100.1 7070
