@@ -304,6 +304,10 @@ impl Handler {
         // A revoke or reload since `loaded` was taken: only what still allows
         // this name, no shorter, may feed (the old rule may have been withdrawn).
         let still_in_force = || {
+            // A rule that ended while its answer was on the way feeds nothing.
+            if rule.expires.is_some_and(|end| end <= SystemTime::now()) {
+                return false;
+            }
             let now = self.state.snapshot();
             now.generation == loaded.generation
                 || now

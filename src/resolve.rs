@@ -61,8 +61,10 @@ pub struct Resolver {
 type FlightKey = (u16, Name, RecordType);
 type Flight = Shared<BoxFuture<'static, Result<Step, String>>>;
 
-/// Bounds one merged upstream question, whoever waits for it.
-const FLIGHT_DEADLINE: Duration = Duration::from_secs(10);
+/// Bounds one merged upstream question, whoever waits for it: no longer than
+/// a waiter holds its agent's upstream share (`handler::RESOLVE_DEADLINE`,
+/// not imported to keep resolve below handler), so the share counts it.
+const FLIGHT_DEADLINE: Duration = Duration::from_secs(6);
 
 impl Resolver {
     pub fn new(upstream: Upstream, cache: Cache) -> Self {

@@ -272,7 +272,7 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let (mut reader, writer) = stream.into_split();
     let (replies, outgoing) = mpsc::channel::<Vec<u8>>(limits.max_in_flight.max(1));
-    let writing = tokio::spawn(write_replies(writer, outgoing));
+    let writing = tokio::spawn(write_replies(writer, outgoing, limits.message_timeout));
     let Conn {
         since,
         in_flight,
@@ -362,8 +362,15 @@ async fn connection(
 }
 
 /// Writes replies in the order they are ready, length-prefixed, batching
-/// those already waiting into one write.
-async fn write_replies(mut writer: OwnedWriteHalf, mut outgoing: mpsc::Receiver<Vec<u8>>) {
+/// those already waiting into one write. A peer that stops reading for
+/// `deadline` loses the connection: returning drops `outgoing`, so the reader
+/// and the answers in flight stop at their next send instead of holding the
+/// slot for ever.
+async fn write_replies(
+    mut writer: OwnedWriteHalf,
+    mut outgoing: mpsc::Receiver<Vec<u8>>,
+    deadline: Duration,
+) {
     let mut batch = Vec::with_capacity(4096);
     while let Some(reply) = outgoing.recv().await {
         frame(&mut batch, &reply);
@@ -372,8 +379,13 @@ async fn write_replies(mut writer: OwnedWriteHalf, mut outgoing: mpsc::Receiver<
         {
             frame(&mut batch, &reply);
         }
-        if writer.write_all(&batch).await.is_err() {
-            return;
+        match tokio::time::timeout(deadline, writer.write_all(&batch)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::debug!("TCP peer not reading; connection closed");
+                return;
+            }
         }
         batch.clear();
     }

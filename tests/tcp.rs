@@ -547,3 +547,91 @@ fn a_slow_sender_is_closed_by_the_message_deadline_and_cannot_lock_others_out() 
         );
     }
 }
+
+/// Pipelines queries on `s` without reading a reply until a write blocks
+/// for 200 ms (the server is busy or stuck). Bounded at 400k queries.
+fn stop_reading(s: &mut TcpStream) {
+    s.set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let batch: Vec<u8> = (0..200u16)
+        .flat_map(|i| framed(&raw_query(i, "www.allowed.test", 1, 1)))
+        .collect();
+    for _ in 0..2000 {
+        if s.write_all(&batch).is_err() {
+            return;
+        }
+    }
+    panic!("400k queries sent and the server never stopped reading");
+}
+
+/// All queries answered so far, over every agent, decision and type.
+fn answered(dns: &Allowdns) -> u64 {
+    scrape(dns)
+        .lines()
+        .filter(|l| l.starts_with("allowdns_queries_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Waits (up to 90 s) until the server has stopped answering for 2 s: the
+/// backlog is worked off and its writer is stuck on the unread replies.
+fn wait_until_stuck(dns: &Allowdns) {
+    let until = Instant::now() + Duration::from_secs(90);
+    let mut last = answered(dns);
+    let mut still_since = Instant::now();
+    while still_since.elapsed() < Duration::from_secs(2) {
+        assert!(Instant::now() < until, "the server never stopped answering");
+        std::thread::sleep(Duration::from_millis(250));
+        let now = answered(dns);
+        if now != last {
+            (last, still_since) = (now, Instant::now());
+        }
+    }
+}
+
+/// Waits up to `within` for the open-connection gauge to reach `want`.
+fn open_connections_reach(dns: &Allowdns, want: u64, within: Duration) -> bool {
+    let until = Instant::now() + within;
+    loop {
+        if metric(&scrape(dns), "allowdns_tcp_connections_open") == want {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_peer_that_stops_reading_loses_its_connection() {
+    let up = test_upstream("127.0.0.24");
+    let dir = TempDir::new("tcp-noread");
+    // Positive control: with a long deadline, a peer that stops reading
+    // keeps its connection (and its slot) once the server is stuck on it.
+    let dns = serve(&up, &dir, "tcp:\n  message_timeout_ms: 60000\n");
+    let mut peer = connect(dns.tcp);
+    stop_reading(&mut peer);
+    wait_until_stuck(&dns);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        open_connections_reach(&dns, 1, Duration::from_secs(1)),
+        "a peer that stops reading holds its connection"
+    );
+    drop(peer);
+    drop(dns);
+
+    // With a 1 s deadline, the stuck write ends the connection.
+    let dns = serve(&up, &dir, "tcp:\n  message_timeout_ms: 1000\n");
+    let mut peer = connect(dns.tcp);
+    stop_reading(&mut peer);
+    assert!(
+        open_connections_reach(&dns, 0, Duration::from_secs(90)),
+        "a peer that stops reading must not hold its slot:\n{}",
+        scrape(&dns)
+    );
+    // And the server still answers everyone else.
+    let mut fresh = connect(dns.tcp);
+    let reply = tcp_ask(&mut fresh, &raw_query(7, "www.allowed.test", 1, 1)).expect("answered");
+    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+}
