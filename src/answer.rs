@@ -135,7 +135,12 @@ impl Answerer {
         }));
         answered.unwrap_or_else(|_| {
             tracing::error!(%client, transport = transport.as_str(), "internal error while answering; sent SERVFAIL");
-            wire::header_only_reply(raw, ResponseCode::ServFail).map_or(Answer::Nothing, Answer::Reply)
+            // Audited too; if that fails as well, the bare header still goes out.
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.handler.internal_error(raw, client, transport, started)
+            }))
+            .unwrap_or_else(|_| wire::header_only_reply(raw, ResponseCode::ServFail))
+            .map_or(Answer::Nothing, Answer::Reply)
         })
     }
 

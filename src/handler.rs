@@ -437,10 +437,35 @@ impl Handler {
         transport: Transport,
         started: Instant,
     ) -> Option<Vec<u8>> {
+        self.unanswered(raw, src, transport, started, ResponseCode::FormErr)
+    }
+
+    /// A request whose answer failed inside allowdns (a bug): SERVFAIL from
+    /// its header, audited like a malformed one, so no query goes unrecorded.
+    pub fn internal_error(
+        &self,
+        raw: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+        started: Instant,
+    ) -> Option<Vec<u8>> {
+        self.unanswered(raw, src, transport, started, ResponseCode::ServFail)
+    }
+
+    /// `rcode` to a governed client (REFUSED to any other) from the header
+    /// alone, with its metric and audit record.
+    fn unanswered(
+        &self,
+        raw: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+        started: Instant,
+        governed: ResponseCode,
+    ) -> Option<Vec<u8>> {
         let loaded = self.state.snapshot();
         let policy = loaded.policies.for_client(src.ip());
         let rcode = match policy {
-            Some(_) => ResponseCode::FormErr,
+            Some(_) => governed,
             None => ResponseCode::Refused,
         };
         METRICS.query(
