@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{Upstream, bin, data, is_root, require_or_skip};
+use common::{Upstream, bin, data, is_root, require_or_skip, sh};
 
 const DNS: &str = "198.51.100.53";
 const ROGUE: &str = "198.51.100.66";
@@ -44,15 +44,6 @@ fn ready() -> bool {
         }
     }
     true
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Runs `f` on a thread inside network namespace `ns` (sockets stay there).

@@ -122,22 +122,6 @@ impl Drop for Lab {
     }
 }
 
-fn sh(args: &[&str]) {
-    let (ok, out) = sh_out(args);
-    assert!(ok, "{args:?}: {out}");
-}
-
-fn sh_out(args: &[&str]) -> (bool, String) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
 fn in_ns<T: Send + 'static>(ns: PathBuf, f: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
         let file = File::open(&ns).unwrap();

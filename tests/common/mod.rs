@@ -517,3 +517,21 @@ pub fn read_audit(path: &Path) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// Runs a command; panics with its stderr unless it succeeds.
+pub fn sh(args: &[&str]) {
+    let (ok, out) = sh_out(args);
+    assert!(ok, "{args:?}: {out}");
+}
+
+/// Runs a command: whether it succeeded, and its stdout then stderr.
+pub fn sh_out(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
