@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use allowdns::diagnostics::Diagnostics;
-use allowdns::firewall::{Firewall, FirewallConfig, ruleset};
+use allowdns::fence::{Firewall, FirewallConfig, ruleset};
 use allowdns::policy;
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record};
@@ -80,7 +80,7 @@ fn bench(ns: &str) {
     // WATCH=1: with the ruleset-reload watcher listening, as `serve` runs it
     // (every feed then also makes the kernel send an nftables event).
     if std::env::var("WATCH").is_ok_and(|v| v == "1") {
-        allowdns::firewall::watch::spawn(firewall.clone(), |f| Some(f));
+        allowdns::fence::watch::spawn(firewall.clone(), |f| Some(f));
         std::thread::sleep(std::time::Duration::from_millis(200));
         println!("(with the ruleset-reload watcher)");
     }

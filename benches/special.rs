@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::net::IpAddr;
 use std::time::Instant;
 
-use allowdns::special::{drop_list, special};
+use allowdns::policy::special::{drop_list, special};
 use ipnet::IpNet;
 
 fn time(iterations: u32, mut f: impl FnMut()) -> f64 {

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+pub use crate::config::Sources;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -32,7 +33,7 @@ pub enum Command {
     Status(StatusArgs),
     /// Suggest a policy from an audit log: every name the agent looked up,
     /// siblings grouped into wildcards, for a human to review.
-    Suggest(SuggestArgs),
+    Suggest(crate::tools::suggest::SuggestArgs),
     /// Run a command fenced in a kennel: its own network namespace whose only
     /// way out is the firewall this allowdns feeds, and whose only DNS is it.
     Run(crate::kennel::RunArgs),
@@ -44,7 +45,7 @@ pub enum Command {
 #[derive(Debug, Args, Clone)]
 pub struct ControlArgs {
     /// The running allowdns's control socket (`control_socket` in its config).
-    #[arg(long, default_value = crate::control::DEFAULT_SOCKET)]
+    #[arg(long, default_value = crate::ops::control::DEFAULT_SOCKET)]
     pub control: PathBuf,
 }
 
@@ -86,26 +87,6 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args, Clone)]
-pub struct SuggestArgs {
-    /// Audit log (JSON Lines) to learn from.
-    #[arg(long)]
-    pub audit_log: PathBuf,
-    /// The agent to suggest for; needed when the log holds several.
-    #[arg(long)]
-    pub agent: Option<String>,
-    /// Where to write the policy; `-` or absent means stdout.
-    #[arg(long, short = 'o')]
-    pub output: Option<PathBuf>,
-    /// Make names that were only ever denied entries; by default they are
-    /// listed commented out.
-    #[arg(long)]
-    pub include_denied: bool,
-    /// Warn about malformed lines and skip them, instead of failing.
-    #[arg(long)]
-    pub skip_malformed: bool,
-}
-
-#[derive(Debug, Args, Clone)]
 pub struct RulesetArgs {
     #[command(flatten)]
     pub sources: Sources,
@@ -116,37 +97,4 @@ pub struct RulesetArgs {
     /// Default: the listen addresses.
     #[arg(long)]
     pub dns: Vec<std::net::IpAddr>,
-}
-
-/// Where configuration comes from; shared by `serve` and `check`.
-#[derive(Debug, Args, Clone, Default)]
-pub struct Sources {
-    /// YAML config file (see docs/manual.md, "Config reference").
-    #[arg(long, short = 'c')]
-    pub config: Option<PathBuf>,
-    /// Address to answer on, `IP:PORT` or `IP` (port 53); repeatable.
-    #[arg(long)]
-    pub listen: Vec<String>,
-    /// Forwarder, `IP:PORT` or `IP`; repeatable. Default: /etc/resolv.conf.
-    /// `none`: answer only from local zones.
-    #[arg(long)]
-    pub upstream: Vec<String>,
-    /// Resolve recursively from this root hints file instead of forwarding.
-    #[arg(long, conflicts_with = "upstream")]
-    pub root_hints: Option<PathBuf>,
-    /// Policy file or directory of *.yaml policies; repeatable.
-    #[arg(long)]
-    pub policy: Vec<PathBuf>,
-    /// Directory of RFC 1035 zone files (*.zone) answered locally.
-    #[arg(long)]
-    pub zones: Option<PathBuf>,
-    /// Audit log file (JSON Lines); `-` or absent means stdout.
-    #[arg(long)]
-    pub audit_log: Option<PathBuf>,
-    /// Unix control socket for `grant`, `revoke` and `status` (mode 0600).
-    #[arg(long)]
-    pub control: Option<PathBuf>,
-    /// Serve Prometheus metrics at http://ADDR/metrics.
-    #[arg(long)]
-    pub metrics: Option<String>,
 }

@@ -7,14 +7,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cache::CacheLimits;
-use crate::cli::Sources;
-use crate::delivery::syslog::{self, SyslogSettings};
-use crate::delivery::threshold::{MAX_COUNT, Threshold};
-use crate::delivery::webhook::HttpUrl;
-use crate::delivery::{NotifySettings, RetryPolicy, WebhookSettings};
 use crate::diagnostics::{Diagnostics, locate, yaml_error};
-use crate::tcp::TcpLimits;
+use crate::observe::delivery::syslog::{self, SyslogSettings};
+use crate::observe::delivery::threshold::{MAX_COUNT, Threshold};
+use crate::observe::delivery::webhook::HttpUrl;
+use crate::observe::delivery::{NotifySettings, RetryPolicy, WebhookSettings};
+use crate::serve::cache::CacheLimits;
+use crate::serve::tcp::TcpLimits;
 
 /// The config file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -231,7 +230,7 @@ pub struct Settings {
     pub upstream: UpstreamMode,
     pub upstream_timeout: Duration,
     /// `upstream.max_pending` and `upstream.max_pending_per_agent`.
-    pub pending: crate::answer::PendingLimits,
+    pub pending: crate::serve::answer::PendingLimits,
     pub policies: Vec<PathBuf>,
     pub zones: Option<PathBuf>,
     pub audit_log: Option<PathBuf>,
@@ -484,8 +483,8 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
         upstream,
         upstream_timeout: Duration::from_millis(timeout_ms.unwrap_or(2000).max(1)),
         pending: {
-            let d = crate::answer::PendingLimits::default();
-            crate::answer::PendingLimits {
+            let d = crate::serve::answer::PendingLimits::default();
+            crate::serve::answer::PendingLimits {
                 total: max_pending.map_or(d.total, |n| n.max(1)),
                 per_agent: max_pending_per_agent.map_or(d.per_agent, |n| n.max(1)),
             }
@@ -908,4 +907,37 @@ mod tests {
         assert_eq!(s, vec!["10.0.0.2:53".parse().unwrap()]);
         std::fs::remove_file(dir).unwrap();
     }
+}
+
+/// Where configuration comes from; shared by `serve` and `check`.
+#[derive(Debug, clap::Args, Clone, Default)]
+pub struct Sources {
+    /// YAML config file (see docs/manual.md, "Config reference").
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Address to answer on, `IP:PORT` or `IP` (port 53); repeatable.
+    #[arg(long)]
+    pub listen: Vec<String>,
+    /// Forwarder, `IP:PORT` or `IP`; repeatable. Default: /etc/resolv.conf.
+    /// `none`: answer only from local zones.
+    #[arg(long)]
+    pub upstream: Vec<String>,
+    /// Resolve recursively from this root hints file instead of forwarding.
+    #[arg(long, conflicts_with = "upstream")]
+    pub root_hints: Option<PathBuf>,
+    /// Policy file or directory of *.yaml policies; repeatable.
+    #[arg(long)]
+    pub policy: Vec<PathBuf>,
+    /// Directory of RFC 1035 zone files (*.zone) answered locally.
+    #[arg(long)]
+    pub zones: Option<PathBuf>,
+    /// Audit log file (JSON Lines); `-` or absent means stdout.
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
+    /// Unix control socket for `grant`, `revoke` and `status` (mode 0600).
+    #[arg(long)]
+    pub control: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    pub metrics: Option<String>,
 }

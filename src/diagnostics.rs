@@ -84,7 +84,7 @@ impl Diagnostics {
             line,
             field,
             // Offending input is quoted in messages: keep a huge one from flooding.
-            message: crate::input::clip_long_words(message),
+            message: clip_long_words(message),
         });
     }
 
@@ -148,6 +148,43 @@ pub fn locate(source: &str, needle: &str, nth: usize) -> Option<usize> {
         }
     }
     None
+}
+
+/// Offending input quoted in an error message is cut to this many bytes.
+pub const MAX_QUOTED_BYTES: usize = 256;
+
+/// Cuts every run of non-blank text longer than [`MAX_QUOTED_BYTES`] to that
+/// length plus `… (N bytes)`, so a 10 MB label cannot make a 20 MB error line.
+pub fn clip_long_words(message: String) -> String {
+    if message.len() <= 4 * MAX_QUOTED_BYTES {
+        let longest = message.split(char::is_whitespace).map(str::len).max();
+        if longest.unwrap_or(0) <= MAX_QUOTED_BYTES {
+            return message;
+        }
+    }
+    let mut out = String::with_capacity(4 * MAX_QUOTED_BYTES);
+    let mut rest = message.as_str();
+    while !rest.is_empty() {
+        let word_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let word = &rest[..word_end];
+        if word.len() > MAX_QUOTED_BYTES {
+            let mut cut = MAX_QUOTED_BYTES;
+            while !word.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.push_str(&word[..cut]);
+            out.push_str(&format!("… ({} bytes)", word.len()));
+        } else {
+            out.push_str(word);
+        }
+        rest = &rest[word_end..];
+        let blank_end = rest
+            .find(|c: char| !c.is_whitespace())
+            .unwrap_or(rest.len());
+        out.push_str(&rest[..blank_end]);
+        rest = &rest[blank_end..];
+    }
+    out
 }
 
 #[cfg(test)]

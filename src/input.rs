@@ -19,8 +19,6 @@ use std::path::Path;
 pub const MAX_INPUT_BYTES: u64 = 16 << 20;
 /// Deepest YAML flow nesting (`[[…` / `{{…`) accepted; real files use 2 or 3.
 pub const MAX_NESTING: usize = 64;
-/// Offending input quoted in an error message is cut to this many bytes.
-pub const MAX_QUOTED_BYTES: usize = 256;
 
 /// Reads a regular file as UTF-8 text, without its byte order mark.
 /// The error names what is wrong (not the file: callers add it).
@@ -255,40 +253,6 @@ pub fn read_yaml(
     Some(text)
 }
 
-/// Cuts every run of non-blank text longer than [`MAX_QUOTED_BYTES`] to that
-/// length plus `… (N bytes)`, so a 10 MB label cannot make a 20 MB error line.
-pub fn clip_long_words(message: String) -> String {
-    if message.len() <= 4 * MAX_QUOTED_BYTES {
-        let longest = message.split(char::is_whitespace).map(str::len).max();
-        if longest.unwrap_or(0) <= MAX_QUOTED_BYTES {
-            return message;
-        }
-    }
-    let mut out = String::with_capacity(4 * MAX_QUOTED_BYTES);
-    let mut rest = message.as_str();
-    while !rest.is_empty() {
-        let word_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-        let word = &rest[..word_end];
-        if word.len() > MAX_QUOTED_BYTES {
-            let mut cut = MAX_QUOTED_BYTES;
-            while !word.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            out.push_str(&word[..cut]);
-            out.push_str(&format!("… ({} bytes)", word.len()));
-        } else {
-            out.push_str(word);
-        }
-        rest = &rest[word_end..];
-        let blank_end = rest
-            .find(|c: char| !c.is_whitespace())
-            .unwrap_or(rest.len());
-        out.push_str(&rest[..blank_end]);
-        rest = &rest[blank_end..];
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,12 +286,14 @@ mod tests {
     #[test]
     fn long_words_are_clipped() {
         let label = "x".repeat(10_000_000);
-        let msg = clip_long_words(format!("label too long in '{label}.com' (max 63)"));
+        let msg = crate::diagnostics::clip_long_words(format!(
+            "label too long in '{label}.com' (max 63)"
+        ));
         assert!(msg.len() < 400, "{}", msg.len());
         assert!(msg.starts_with("label too long in 'xxx"));
         assert!(msg.ends_with("… (10000006 bytes) (max 63)"), "{msg}");
         let short = "error: a b c".to_string();
-        assert_eq!(clip_long_words(short.clone()), short);
+        assert_eq!(crate::diagnostics::clip_long_words(short.clone()), short);
     }
 
     #[test]

@@ -4,9 +4,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use allowdns::app::{self, Failure};
 use allowdns::cli::{Cli, Command, Sources};
-use allowdns::{control, shutdown};
+use allowdns::error::Failure;
+use allowdns::ops::startup;
+use allowdns::ops::{control, shutdown};
 
 // The hot path allocates small buffers on worker threads that the audit
 // writer frees; mimalloc handles that cross-thread pattern far better than glibc.
@@ -32,8 +33,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(sources) => check(&sources),
         Command::Serve(sources) => runtime.block_on(serve(sources)),
-        Command::NftRuleset(args) => app::ruleset(&args.sources, args.agent.as_deref(), &args.dns)
-            .map(|text| print!("{text}")),
+        Command::NftRuleset(args) => {
+            startup::ruleset(&args.sources, args.agent.as_deref(), &args.dns)
+                .map(|text| print!("{text}"))
+        }
         Command::Grant(args) => {
             let request = control::Request::Grant {
                 agent: args.agent,
@@ -79,7 +82,7 @@ fn main() -> ExitCode {
                 (false, None) => {}
             }),
         Command::Run(_) | Command::Kennel(_) => unreachable!("dispatched above"),
-        Command::Suggest(args) => allowdns::suggest::run(&args).map(|warnings| {
+        Command::Suggest(args) => allowdns::tools::suggest::run(&args).map(|warnings| {
             for warning in warnings.warnings() {
                 eprintln!("{warning}");
             }
@@ -92,7 +95,7 @@ fn main() -> ExitCode {
 }
 
 fn check(sources: &Sources) -> Result<(), Failure> {
-    let prepared = app::prepare(sources)?;
+    let prepared = startup::prepare(sources)?;
     for warning in prepared.diagnostics.warnings() {
         eprintln!("{warning}");
     }
@@ -124,15 +127,15 @@ async fn ask(
 }
 
 async fn serve(sources: Sources) -> Result<(), Failure> {
-    let prepared = app::prepare(&sources)?;
+    let prepared = startup::prepare(&sources)?;
     let token = CancellationToken::new();
     shutdown::on_signals(token.clone()).map_err(|e| Failure::Runtime(format!("signals: {e}")))?;
-    app::serve(sources, prepared, token).await
+    startup::serve(sources, prepared, token).await
 }
 
-/// The one place errors become text and exit codes: 1 for bad input, 3 for
-/// runtime failures (clap uses 2 for usage errors).
+/// Errors become text here; [`Failure::exit_code`] picks the status.
 fn report(failure: Failure) -> ExitCode {
+    let code = failure.exit_code();
     match failure {
         Failure::Invalid(diags) => {
             for d in &diags.items {
@@ -142,13 +145,10 @@ fn report(failure: Failure) -> ExitCode {
                 "allowdns: {} error(s); nothing was started",
                 diags.errors().count()
             );
-            ExitCode::from(1)
         }
-        Failure::Runtime(msg) => {
-            eprintln!("allowdns: error: {msg}");
-            ExitCode::from(3)
-        }
+        Failure::Runtime(msg) => eprintln!("allowdns: error: {msg}"),
     }
+    ExitCode::from(code)
 }
 
 fn init_logging(level: &str) {

@@ -411,14 +411,14 @@ fn a_flood_of_unique_names_does_not_grow_memory() {
     let after = rss_kib(dns.pid());
     eprintln!(
         "RSS after 2k names: {warm} KiB; after 40k more: {after} KiB; per-agent bound {} bytes",
-        allowdns::exfil::AGENT_BYTES
+        allowdns::serve::exfil::AGENT_BYTES
     );
     assert!(
         after < warm + 4 * 1024,
         "RSS grew from {warm} KiB to {after} KiB"
     );
     assert!(lab.asked(".f.cdn.test") < 1_000, "the flood was cut");
-    const { assert!(allowdns::exfil::AGENT_BYTES <= 70 * 1024) };
+    const { assert!(allowdns::serve::exfil::AGENT_BYTES <= 70 * 1024) };
 }
 
 /// A minimal A query with recursion desired.

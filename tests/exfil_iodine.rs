@@ -288,7 +288,7 @@ fn an_iodine_tunnel_under_an_allowed_wildcard_is_cut_by_the_budget() {
 
     // The default budget cuts it: less than the hard limit's worth arrives.
     let (carried, stderr) = tunnel("on", allow, 80 * 1024, 15);
-    let hard = u64::from(allowdns::exfil::DEFAULT_HARD_BYTES);
+    let hard = u64::from(allowdns::serve::exfil::DEFAULT_HARD_BYTES);
     assert!(
         carried < hard,
         "{carried} bytes went through the budget (hard limit {hard} bytes of estimate)"

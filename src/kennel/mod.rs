@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::cli::Sources;
+use crate::config::Sources;
 
 pub use parent::run;
 

@@ -18,12 +18,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::holder::Ctl;
 use super::{DNS, RunArgs, signals};
-use crate::app::{self, Failure};
-use crate::cli::SuggestArgs;
 use crate::config;
 use crate::diagnostics::Diagnostics;
+use crate::ops::startup::{self, Failure};
 use crate::policy;
-use crate::server::Listeners;
+use crate::serve::server::Listeners;
+use crate::tools::suggest::SuggestArgs;
 
 /// How long start-up may take at each step before `run` gives up.
 const STEP: Duration = Duration::from_secs(10);
@@ -203,14 +203,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         (_, false) => PathBuf::from("/dev/null"),
     };
     sources.audit_log = Some(audit_log.clone());
-    let ruleset = app::ruleset(&sources, None, &[DNS.ip()])?;
+    let ruleset = startup::ruleset(&sources, None, &[DNS.ip()])?;
     ctl.send(&format!("mapped {}", ruleset.len()), ruleset.as_bytes())
         .map_err(|e| rt(format!("kennel: {e}")))?;
     ctl.recv().map_err(rt)?; // "fenced"
     wait_for_pasta(c, &mut kennel)?;
 
     let runtime = tokio::runtime::Runtime::new().map_err(|e| rt(format!("runtime: {e}")))?;
-    let prepared = app::prepare(&sources)?;
+    let prepared = startup::prepare(&sources)?;
     for warning in prepared.diagnostics.warnings() {
         tracing::warn!("{warning}");
     }
@@ -241,7 +241,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let serving = runtime.spawn({
         let token = token.clone();
         async move {
-            let result = app::serve_on(sources, prepared, token.clone(), listeners, alerts).await;
+            let result =
+                startup::serve_on(sources, prepared, token.clone(), listeners, alerts).await;
             if !token.is_cancelled() {
                 // allowdns stopped while CMD runs: the kennel goes with it, never left unfenced.
                 if let Err(e) = &result {
@@ -286,7 +287,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             include_denied: false,
             skip_malformed: true,
         };
-        crate::suggest::run(&suggest)?;
+        crate::tools::suggest::run(&suggest)?;
     }
     drop(kennel);
     Ok(ExitCode::from(code))

@@ -5,9 +5,12 @@
 //! pattern across all files is collected with file, line and field.
 
 pub mod file;
+pub mod firewall;
 pub mod matcher;
 pub mod name;
 pub mod private;
+pub mod special;
+pub mod zones;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -18,7 +21,7 @@ use std::time::SystemTime;
 use ipnet::IpNet;
 
 use crate::diagnostics::{Diagnostics, locate, yaml_error};
-use crate::firewall::{Family, FirewallConfig};
+use crate::policy::firewall::{Family, FirewallConfig};
 use file::{PolicyFileV1, SUPPORTED_VERSIONS};
 use matcher::{Matcher, PatternKind, RuleId, classify};
 
@@ -90,7 +93,7 @@ pub struct Rule {
     /// Set for run-time grants: the reason given, for the audit log.
     pub grant: Option<Arc<str>>,
     /// Query types answered (`qtypes:`); `None`: the default for the
-    /// pattern (see [`crate::exfil::qtype_allowed`]).
+    /// pattern (see [`crate::serve::exfil::qtype_allowed`]).
     pub qtypes: Option<Arc<[hickory_proto::rr::RecordType]>>,
 }
 
@@ -132,10 +135,10 @@ pub struct Policy {
     pub firewall: Option<FirewallConfig>,
     /// `mode: learn`: the catch-all rule unlisted names resolve under.
     pub learn: Option<Rule>,
-    /// Index of the agent's series in [`crate::metrics`].
+    /// Index of the agent's series in [`crate::observe::metrics`].
     pub metrics_slot: u16,
     /// The exfiltration budget under wildcards (`exfil:`).
-    pub exfil: crate::exfil::Limits,
+    pub exfil: crate::serve::exfil::Limits,
     matcher: Matcher,
     /// The file's name entries one by one, before merging: `effective`
     /// rebuilds from these, so a merged rule's longer-lived source comes
@@ -757,7 +760,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
     let exfil = compile_exfil(file, source, exfil, diags);
     let inbound = private::inbound(file, source, &inbound, diags);
     Policy {
-        metrics_slot: crate::metrics::METRICS.slot_for(agent_name.trim()),
+        metrics_slot: crate::observe::metrics::METRICS.slot_for(agent_name.trim()),
         exfil,
         agent: agent_name.trim().into(),
         source: file.to_path_buf(),
@@ -1045,7 +1048,7 @@ impl RuleBuilder {
             same_as(if old_later { &old } else { &new })
         });
         rule.expires = expires;
-        rule.qtypes = crate::exfil::merge_qtypes(&rule.pattern, &old.qtypes, &new.qtypes);
+        rule.qtypes = crate::serve::exfil::merge_qtypes(&rule.pattern, &old.qtypes, &new.qtypes);
         if rule.grant.is_some() {
             rule.grant = new.grant;
         }
@@ -1168,6 +1171,37 @@ pub(crate) fn is_public_suffix(name: &str) -> bool {
             .is_some_and(|s| s.is_known() && s.as_bytes() == name.as_bytes())
 }
 
+/// Whether `name` is `domain` or below it (both canonical, `name` a suffix
+/// of the same looked-up name).
+pub fn at_or_below(name: &str, domain: &str) -> bool {
+    name.strip_suffix(domain)
+        .is_some_and(|head| head.is_empty() || head.ends_with('.'))
+}
+
+/// The registrable domain a canonical name is in, by the public suffix list
+/// (`psl::domain_str`) and by [`is_public_suffix`] (which adds
+/// suffixes such as `co.uk`), whichever is narrower. `None` when the name is
+/// itself a suffix.
+pub fn registrable_domain(name: &str) -> Option<&str> {
+    let listed = psl::domain_str(name)?;
+    if !at_or_below(name, listed) {
+        return None;
+    }
+    let mut rest = name;
+    let ours = loop {
+        let (_, parent) = rest.split_once('.')?;
+        if is_public_suffix(parent) {
+            break rest;
+        }
+        rest = parent;
+    };
+    Some(if ours.len() > listed.len() {
+        ours
+    } else {
+        listed
+    })
+}
+
 /// `check` warns about patterns that allow names an attacker can register.
 fn warn_if_broad(
     file: &Path,
@@ -1191,7 +1225,9 @@ fn warn_if_doh(
     diags: &mut Diagnostics,
 ) {
     // An over-broad pattern has its own warning; this one is for the rest.
-    if let Some(endpoint) = crate::exfil::doh_endpoint(key).filter(|_| over_broad(key).is_none()) {
+    if let Some(endpoint) =
+        crate::serve::exfil::doh_endpoint(key).filter(|_| over_broad(key).is_none())
+    {
         diags.warning(
             file,
             line.line(),
@@ -1213,7 +1249,7 @@ fn compile_qtypes(
     diags: &mut Diagnostics,
 ) -> Option<Arc<[hickory_proto::rr::RecordType]>> {
     let list = raw.as_ref()?;
-    match crate::exfil::parse_qtypes(list) {
+    match crate::serve::exfil::parse_qtypes(list) {
         Ok(types) => Some(types),
         Err((value, why)) => {
             let line = locate(source, value.trim(), 0).or_else(|| locate(source, "qtypes", 0));
@@ -1234,8 +1270,8 @@ fn compile_exfil(
     source: &str,
     raw: Option<file::ExfilV1>,
     diags: &mut Diagnostics,
-) -> crate::exfil::Limits {
-    use crate::exfil::*;
+) -> crate::serve::exfil::Limits {
+    use crate::serve::exfil::*;
     let Some(raw) = raw else {
         return Limits::default();
     };

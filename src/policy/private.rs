@@ -98,7 +98,7 @@ pub(super) fn opt_in(
             IpNet::V4(n) => (IpAddr::V4(n.network()), IpAddr::V4(n.broadcast())),
             IpNet::V6(n) => (IpAddr::V6(n.network()), IpAddr::V6(n.broadcast())),
         };
-        let special = crate::special::special;
+        let special = crate::policy::special::special;
         if special(first).is_none() && special(last).is_none() {
             diags.warning(
                 file,

@@ -1,0 +1,417 @@
+//! Surviving a ruleset reload.
+//!
+//! `nft -f` of the printed ruleset deletes and recreates allowdns's table,
+//! and with it the sets: every element fed so far is gone, and connections to
+//! names whose answers clients still cache would fail until those answers
+//! expire. So one netlink service per fenced namespace listens to nftables
+//! events there (`NFNLGRP_NFTABLES`). When a table or set that allowdns
+//! writes to is created or deleted, allowdns re-feeds every element it knows
+//! to be live, with the time each has left, once the transaction's events
+//! have arrived (`SETTLE`).
+//!
+//! Every feed is an nftables event too. A socket filter drops element and
+//! generation events in the kernel, so feeding never wakes this thread.
+//!
+//! The service owns one `NETLINK_NETFILTER` socket in its namespace and hands
+//! each message to its subscribers by nfnetlink subsystem. The ruleset watch
+//! is the first subscriber; a blocked-connection log (NFLOG, subsystem ULOG)
+//! can bind its group on the same socket and join the same loop.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant, SystemTime};
+
+use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
+
+use super::netlink::{Element, SetOp, attrs, messages};
+use super::{Firewall, SetId, Target, TargetSets};
+
+const NFNLGRP_NFTABLES: u32 = 7;
+const NFNL_SUBSYS_NFTABLES: u8 = 10;
+const NFT_MSG_NEWTABLE: u8 = 0;
+const NFT_MSG_DELTABLE: u8 = 2;
+const NFT_MSG_NEWSET: u8 = 9;
+const NFT_MSG_DELSET: u8 = 11;
+const NFT_MSG_NEWSETELEM: u8 = 12;
+const NFT_MSG_DELSETELEM: u8 = 14;
+const NFT_MSG_NEWGEN: u8 = 15;
+/// `NFTA_TABLE_NAME` and `NFTA_SET_TABLE` are both attribute 1.
+const NFTA_TABLE: u16 = 1;
+/// How long after a change's first event the re-feed runs: a transaction's
+/// events are all sent at its commit, so by then the rest have arrived.
+const SETTLE: Duration = Duration::from_millis(20);
+/// Elements per transaction when re-feeding.
+const REFEED_CHUNK: usize = 1024;
+
+/// One user of a namespace's netlink service.
+trait Subscriber: Send {
+    /// The nfnetlink subsystem whose messages it gets.
+    fn subsystem(&self) -> u8;
+    /// Once, as soon as the socket is subscribed.
+    fn start(&mut self);
+    fn on_message(&mut self, kind: u8, family: u8, payload: &[u8]);
+    /// The socket overran: messages were lost, state may have changed unseen.
+    fn on_overrun(&mut self);
+    /// After every receive or timeout; how soon it wants to be called again.
+    fn tick(&mut self) -> Option<Duration>;
+}
+
+/// Starts one service thread per namespace that `firewall` feeds. `get`
+/// reaches the firewall inside `owner` (the handler, which lives as long as
+/// the process).
+pub fn spawn<O: Send + Sync + 'static>(owner: Arc<O>, get: fn(&O) -> Option<&Firewall>) {
+    let Some(firewall) = get(&owner) else {
+        return;
+    };
+    let mut by_netns: Vec<(Option<PathBuf>, Vec<usize>)> = Vec::new();
+    for (i, target) in firewall.targets.iter().enumerate() {
+        let netns = &target.config.netns;
+        match by_netns.iter_mut().find(|(n, _)| n == netns) {
+            Some((_, targets)) => targets.push(i),
+            None => by_netns.push((netns.clone(), vec![i])),
+        }
+    }
+    for (netns, targets) in by_netns {
+        let watch = RulesetWatch {
+            owner: owner.clone(),
+            get,
+            targets,
+            pending: Vec::new(),
+            since: None,
+            handles: HashMap::new(),
+        };
+        let place = netns.as_ref().map_or_else(
+            || "allowdns's own namespace".to_string(),
+            |p| format!("netns {}", p.display()),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("netlink-events".into())
+            .spawn(move || {
+                if let Err(e) = serve(netns.as_deref(), vec![Box::new(watch)]) {
+                    tracing::warn!(
+                        "nftables events in {place}: {e}; after a ruleset reload there, restart allowdns"
+                    );
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the nftables event thread: {e}");
+        }
+    }
+}
+
+/// The service loop: enters `netns` (this thread, for good), subscribes, and
+/// dispatches until the socket fails.
+fn serve(netns: Option<&Path>, mut subscribers: Vec<Box<dyn Subscriber>>) -> io::Result<()> {
+    if let Some(path) = netns {
+        let file = File::open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+    }
+    let mut socket = Socket::new(NETLINK_NETFILTER)?;
+    socket2::SockRef::from(&socket).attach_filter(&quiet_filter())?;
+    socket.bind_auto()?;
+    socket.add_membership(NFNLGRP_NFTABLES)?;
+    // Room for the events of a large reload.
+    let size = 4usize << 20;
+    if nix::sys::socket::setsockopt(
+        &socket.as_fd(),
+        nix::sys::socket::sockopt::RcvBufForce,
+        &size,
+    )
+    .is_err()
+    {
+        let _ = socket.set_rx_buf_sz(size);
+    }
+    for s in &mut subscribers {
+        s.start();
+    }
+    let mut buf = Vec::with_capacity(1 << 16);
+    let mut wait: Option<Duration> = None;
+    let mut wait_set: Option<Duration> = None;
+    loop {
+        if wait != wait_set {
+            // Zero blocks for good.
+            let t = wait.unwrap_or_default().max(if wait.is_some() {
+                Duration::from_millis(1)
+            } else {
+                Duration::ZERO
+            });
+            let tv = nix::sys::time::TimeVal::new(t.as_secs() as _, t.subsec_micros() as _);
+            nix::sys::socket::setsockopt(
+                &socket.as_fd(),
+                nix::sys::socket::sockopt::ReceiveTimeout,
+                &tv,
+            )
+            .map_err(io::Error::from)?;
+            wait_set = wait;
+        }
+        buf.clear();
+        match socket.recv(&mut buf, 0) {
+            Ok(_) => {
+                for (header, payload) in messages(&buf) {
+                    let (subsystem, kind) = ((header.kind >> 8) as u8, header.kind as u8);
+                    let family = payload.first().copied().unwrap_or_default();
+                    for s in subscribers
+                        .iter_mut()
+                        .filter(|s| s.subsystem() == subsystem)
+                    {
+                        s.on_message(kind, family, payload);
+                    }
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => {
+                for s in &mut subscribers {
+                    s.on_overrun();
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        wait = subscribers.iter_mut().filter_map(|s| s.tick()).min();
+    }
+}
+
+/// Classic BPF over each message batch's first header: drops nftables
+/// element and generation events (allowdns's own feeds, mostly), passes the
+/// rest. A transaction's events may share one batch; table and set changes
+/// come first in theirs.
+fn quiet_filter() -> Vec<socket2::SockFilter> {
+    use socket2::SockFilter as F;
+    const LDB_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    // nlmsg_type is host-endian u16 at offset 4: on little endian the
+    // message type is byte 4 and the subsystem byte 5.
+    let (kind_at, subsystem_at) = if cfg!(target_endian = "little") {
+        (4, 5)
+    } else {
+        (5, 4)
+    };
+    vec![
+        F::new(LDB_ABS, 0, 0, subsystem_at),
+        F::new(JEQ_K, 0, 4, u32::from(NFNL_SUBSYS_NFTABLES)), // else accept
+        F::new(LDB_ABS, 0, 0, kind_at),
+        F::new(JEQ_K, 3, 0, u32::from(NFT_MSG_NEWSETELEM)), // drop
+        F::new(JEQ_K, 2, 0, u32::from(NFT_MSG_DELSETELEM)), // drop
+        F::new(JEQ_K, 1, 0, u32::from(NFT_MSG_NEWGEN)),     // drop
+        F::new(RET_K, 0, 0, u32::MAX),                      // accept
+        F::new(RET_K, 0, 0, 0),                             // drop
+    ]
+}
+
+/// Re-feeds the targets of one namespace when their table or sets are
+/// recreated under allowdns.
+struct RulesetWatch<O> {
+    owner: Arc<O>,
+    get: fn(&O) -> Option<&Firewall>,
+    /// Indices into the firewall's targets: those in this namespace.
+    targets: Vec<usize>,
+    /// Targets changed by someone else, waiting for their transaction's end.
+    pending: Vec<usize>,
+    since: Option<Instant>,
+    /// Each target's set handles at its last re-feed, to tell after an
+    /// overrun whether a set was recreated unseen.
+    handles: HashMap<usize, Vec<Option<u64>>>,
+}
+
+impl<O: Send + Sync + 'static> RulesetWatch<O> {
+    fn refeed_pending(&mut self) {
+        let owner = self.owner.clone();
+        let Some(firewall) = (self.get)(&owner) else {
+            return;
+        };
+        for i in std::mem::take(&mut self.pending) {
+            let target = &firewall.targets[i];
+            let what = target.config.describe();
+            let started = Instant::now();
+            match target.refeed() {
+                Ok(count) => tracing::info!(
+                    "nftables: {what} changed under allowdns; re-fed {count} live element(s) in {} ms",
+                    started.elapsed().as_millis()
+                ),
+                Err(e) => tracing::warn!(
+                    "nftables: {what} changed under allowdns and re-feeding failed: {e} (retried when its table or sets are created again)"
+                ),
+            }
+            self.handles.insert(i, target.set_handles());
+        }
+        self.since = None;
+    }
+
+    fn mark(&mut self, i: usize) {
+        if !self.pending.contains(&i) {
+            self.pending.push(i);
+        }
+        self.since.get_or_insert_with(Instant::now);
+    }
+}
+
+impl<O: Send + Sync + 'static> Subscriber for RulesetWatch<O> {
+    fn subsystem(&self) -> u8 {
+        NFNL_SUBSYS_NFTABLES
+    }
+
+    /// A reload between startup's checks and the subscription would go
+    /// unseen: re-feed once now (idempotent: same elements, same expiries).
+    fn start(&mut self) {
+        for i in self.targets.clone() {
+            self.mark(i);
+        }
+        self.refeed_pending();
+    }
+
+    fn on_message(&mut self, kind: u8, family: u8, payload: &[u8]) {
+        if !matches!(
+            kind,
+            NFT_MSG_NEWTABLE | NFT_MSG_DELTABLE | NFT_MSG_NEWSET | NFT_MSG_DELSET
+        ) {
+            return; // element changes, chains, rules: ours or harmless
+        }
+        let owner = self.owner.clone();
+        let Some(firewall) = (self.get)(&owner) else {
+            return;
+        };
+        let table = attrs(payload.get(4..).unwrap_or_default())
+            .into_iter()
+            .find(|(k, _)| *k == NFTA_TABLE)
+            .map(|(_, v)| v.strip_suffix(b"\0").unwrap_or(v));
+        for i in self.targets.clone() {
+            let config = &firewall.targets[i].config;
+            if super::netlink::nfproto(config.family) == family
+                && table == Some(config.table.as_bytes())
+            {
+                self.mark(i);
+            }
+        }
+    }
+
+    fn on_overrun(&mut self) {
+        let owner = self.owner.clone();
+        let Some(firewall) = (self.get)(&owner) else {
+            return;
+        };
+        tracing::debug!("nftables events overran; checking set handles");
+        for i in self.targets.clone() {
+            if self.handles.get(&i) != Some(&firewall.targets[i].set_handles()) {
+                self.mark(i);
+            }
+        }
+    }
+
+    fn tick(&mut self) -> Option<Duration> {
+        let since = self.since?;
+        let left = SETTLE.saturating_sub(since.elapsed());
+        if left.is_zero() {
+            self.refeed_pending();
+            return None;
+        }
+        Some(left)
+    }
+}
+
+impl Target {
+    /// The handle of each set, `None` where it is missing.
+    fn set_handles(&self) -> Vec<Option<u64>> {
+        let config = &self.config;
+        let mut netlink = self.netlink.lock().unwrap_or_else(|p| p.into_inner());
+        config
+            .sets()
+            .into_iter()
+            .map(|set| {
+                netlink
+                    .get_set(config.family, &config.table, config.set_name(set))
+                    .ok()
+                    .map(|info| info.handle)
+            })
+            .collect()
+    }
+
+    /// Adds back every element allowdns knows to be live: policy ranges and
+    /// fed addresses, each with the time it has left. Returns how many.
+    fn refeed(&self) -> io::Result<usize> {
+        let installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut netlink = self.netlink.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let soon = Duration::from_secs(1);
+        let mut fed: HashMap<SetId, Vec<Element>> = HashMap::new();
+        {
+            let mut expiries = self.expiries.lock().unwrap_or_else(|p| p.into_inner());
+            // The sets are new: nothing in them can be shortened, so keys
+            // forgotten to bound memory no longer hold feeds back.
+            expiries.floor = None;
+            for ((set, key), expiry) in &expiries.map {
+                if *expiry <= now + soon {
+                    continue;
+                }
+                let key_end = matches!(set, SetId::V4Ports | SetId::V6Ports).then(|| key.clone());
+                fed.entry(*set).or_default().push(Element {
+                    key: key.clone(),
+                    key_end,
+                    timeout: Some(*expiry - now),
+                });
+            }
+        }
+        let mut ranges: HashMap<SetId, Vec<Element>> = HashMap::new();
+        for s in installed
+            .iter()
+            .filter(|s| s.expires.is_none_or(|at| at > wall + soon))
+        {
+            ranges.entry(s.set).or_default().push(s.element(wall));
+        }
+        drop(installed);
+        let metrics = &crate::observe::metrics::METRICS;
+        let config = &self.config;
+        let mut count = 0;
+        let mut failed = None;
+        // Policy ranges in transactions of their own: a reloaded ruleset that
+        // already holds them (or overlapping ones) must not cost the rest.
+        for (is_fed, batch) in [(false, &ranges), (true, &fed)] {
+            for (set, elements) in batch {
+                for chunk in elements.chunks(REFEED_CHUNK) {
+                    let op = SetOp {
+                        family: config.family,
+                        table: &config.table,
+                        set: config.set_name(*set),
+                        add: chunk,
+                        delete: &[],
+                    };
+                    metrics.nft_updates.fetch_add(1, Relaxed);
+                    match netlink.apply(&[op]) {
+                        Ok(()) => {
+                            count += chunk.len();
+                            metrics.nft_elements.fetch_add(chunk.len() as u64, Relaxed);
+                        }
+                        Err(e) => {
+                            metrics.nft_failures.fetch_add(1, Relaxed);
+                            // Not in the kernel: forget them, so the next answer feeds again.
+                            if is_fed {
+                                let mut expiries =
+                                    self.expiries.lock().unwrap_or_else(|p| p.into_inner());
+                                for e in chunk {
+                                    expiries.map.remove(&(*set, e.key.clone()));
+                                }
+                            }
+                            failed.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(count),
+        }
+    }
+}

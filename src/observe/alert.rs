@@ -1,0 +1,544 @@
+//! Human alerts for denied lookups, on stderr (the journal under systemd).
+//!
+//! The first denial from a client prints the full alert. Further denials from
+//! that client within the window are only counted, and one summary line closes
+//! the window, so a DNS tunnel pushing thousands of unique names produces two
+//! lines a minute, not thousands. The audit log still has every lookup.
+//!
+//! Counting happens inline under a mutex (a hash lookup); only a new window
+//! wakes the printing thread, so a flood costs no thread wake-ups. Memory is
+//! bounded: at most `MAX_CLIENTS` windows; denials from further clients fold
+//! into one "other clients" counter.
+//!
+//! With `alerts.notify` configured, the same lock also feeds the per-agent
+//! threshold tracker ([`crate::observe::delivery::threshold`]); the printing thread
+//! hands what it raises to [`Delivery`], whose sinks send off this thread.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use hickory_proto::rr::{Name, RecordType};
+
+use crate::observe::audit::display_name;
+use crate::observe::delivery::threshold::{Lookup, Raised, Thresholds};
+use crate::observe::delivery::{Delivery, DeliveryStats, NotifySettings};
+use crate::observe::worker::Worker;
+
+const MAX_CLIENTS: usize = 4096;
+/// Full alerts waiting to be printed; more than this in one tick are counted.
+const MAX_PENDING: usize = 1024;
+/// How long close waits for notifications still queued: shutdown must not hang.
+const FLUSH_GRACE: Duration = Duration::from_secs(2);
+
+/// One denied lookup, as the handler reports it.
+#[derive(Debug)]
+pub struct Denied {
+    pub ts: SystemTime,
+    pub agent: Arc<str>,
+    pub client: SocketAddr,
+    pub qname: Name,
+    pub qtype: RecordType,
+}
+
+/// Special-purpose addresses stripped from an allowed answer.
+#[derive(Debug)]
+pub struct Stripped {
+    pub ts: SystemTime,
+    pub agent: Arc<str>,
+    pub client: SocketAddr,
+    pub qname: Name,
+    pub qtype: RecordType,
+    pub rule: Option<Arc<str>>,
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Stripped answers, aggregated per client like denials, in windows of their own.
+#[derive(Default)]
+struct Strips {
+    clients: HashMap<IpAddr, Window>,
+    pending: Vec<Stripped>,
+    other: u64,
+    other_since: Option<Instant>,
+}
+
+struct Window {
+    opened: Instant,
+    agent: Arc<str>,
+    suppressed: u64,
+}
+
+#[derive(Default)]
+struct State {
+    clients: HashMap<IpAddr, Window>,
+    /// Full alerts not yet printed.
+    pending: Vec<Denied>,
+    /// Denials that found no window slot or pending slot, since `other_since`.
+    other: u64,
+    other_since: Option<Instant>,
+    /// Per-agent notification thresholds, when `alerts.notify` is set.
+    thresholds: Option<Thresholds>,
+    strips: Strips,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    window: Duration,
+}
+
+/// Alerts raised, for the log and a metrics endpoint.
+#[derive(Debug, Default)]
+pub struct AlertStats {
+    /// Full "UNEXPECTED DNS LOOKUP" blocks printed on stderr.
+    pub stderr_alerts: AtomicU64,
+    /// Threshold notifications raised (crossings and follow-ups), whatever
+    /// their delivery; per-sink outcomes are in [`DeliveryStats`].
+    pub notifications: AtomicU64,
+}
+
+/// The handlers' side; cheap to clone, never blocks on I/O.
+#[derive(Clone)]
+pub struct Alerts {
+    shared: Arc<Shared>,
+    printer: Arc<Worker>,
+    /// The notification sinks, when `alerts.notify` is set.
+    delivery: Option<Arc<Delivery>>,
+    /// Shared with the printing thread, which does the counting.
+    stats: Arc<AlertStats>,
+}
+
+impl Alerts {
+    /// Starts the printing thread, writing to `out` (stderr in production).
+    pub fn start(window: Duration, out: Box<dyn Write + Send>) -> Alerts {
+        Self::start_with(window, None, out)
+    }
+
+    /// Like [`Alerts::start`], plus threshold notifications to the
+    /// configured sinks, each on its own thread.
+    pub fn start_with(
+        window: Duration,
+        notify: Option<NotifySettings>,
+        mut out: Box<dyn Write + Send>,
+    ) -> Alerts {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                thresholds: notify.as_ref().map(|n| Thresholds::new(n.threshold)),
+                ..State::default()
+            }),
+            window,
+        });
+        let delivery = notify.as_ref().map(|n| Arc::new(Delivery::start(n)));
+        let stats = Arc::new(AlertStats::default());
+        let (printer_shared, printer_delivery, printer_stats) =
+            (shared.clone(), delivery.clone(), stats.clone());
+        let tick = Duration::from_millis(500).min(window);
+        let printer = Worker::start("alerts", tick, move |closing| {
+            let (text, raised) = collect(&printer_shared, &printer_stats, closing);
+            if !text.is_empty() {
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+            }
+            if let Some(delivery) = &printer_delivery {
+                for r in raised {
+                    delivery.submit(r);
+                }
+            }
+        });
+        Alerts {
+            shared,
+            printer: Arc::new(printer),
+            delivery,
+            stats,
+        }
+    }
+
+    pub fn denied(&self, event: Denied) {
+        let now = Instant::now();
+        let ip = event.client.ip();
+        let mut guard = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = &mut *guard;
+        let print = if let Some(w) = state.clients.get_mut(&ip) {
+            w.suppressed += 1;
+            false
+        } else if state.clients.len() >= MAX_CLIENTS || state.pending.len() >= MAX_PENDING {
+            state.other += 1;
+            state.other_since.get_or_insert(now);
+            false
+        } else {
+            state.clients.insert(
+                ip,
+                Window {
+                    opened: now,
+                    agent: event.agent.clone(),
+                    suppressed: 0,
+                },
+            );
+            true
+        };
+        let mut wake = print;
+        // The name is moved into the tracker, and copied only when the
+        // printer needs it too (the first denial of a client's window).
+        match (&mut state.thresholds, print) {
+            (Some(thresholds), false) => {
+                let Denied {
+                    ts,
+                    agent,
+                    qname,
+                    qtype,
+                    ..
+                } = event;
+                let lookup = Lookup {
+                    ts,
+                    client: ip,
+                    qname,
+                    qtype,
+                };
+                wake |= thresholds.record(now, &agent, lookup);
+            }
+            (Some(thresholds), true) => {
+                let lookup = Lookup {
+                    ts: event.ts,
+                    client: ip,
+                    qname: event.qname.clone(),
+                    qtype: event.qtype,
+                };
+                wake |= thresholds.record(now, &event.agent, lookup);
+                state.pending.push(event);
+            }
+            (None, true) => state.pending.push(event),
+            (None, false) => {}
+        }
+        drop(guard);
+        if wake {
+            self.printer.poke();
+        }
+    }
+
+    /// One alert per answer the fence stripped special-purpose addresses
+    /// from; floods from a client fold into one summary per window.
+    pub fn stripped(&self, event: Stripped) {
+        let now = Instant::now();
+        let ip = event.client.ip();
+        let mut guard = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let s = &mut guard.strips;
+        let print = if let Some(w) = s.clients.get_mut(&ip) {
+            w.suppressed += 1;
+            false
+        } else if s.clients.len() >= MAX_CLIENTS || s.pending.len() >= MAX_PENDING {
+            s.other += 1;
+            s.other_since.get_or_insert(now);
+            false
+        } else {
+            let window = Window {
+                opened: now,
+                agent: event.agent.clone(),
+                suppressed: 0,
+            };
+            s.clients.insert(ip, window);
+            s.pending.push(event);
+            true
+        };
+        drop(guard);
+        if print {
+            self.printer.poke();
+        }
+    }
+
+    /// Alerts raised so far.
+    pub fn stats(&self) -> &Arc<AlertStats> {
+        &self.stats
+    }
+
+    /// Delivery counters per sink kind (`webhook`, `syslog`); empty without
+    /// `alerts.notify`.
+    pub fn delivery_stats(&self) -> Vec<(&'static str, Arc<DeliveryStats>)> {
+        self.delivery
+            .as_ref()
+            .map(|d| d.stats())
+            .unwrap_or_default()
+    }
+
+    /// Prints what is pending and every open summary, then stops the thread;
+    /// then gives queued notifications up to 2 s to go out.
+    pub fn close(&self) {
+        self.printer.close();
+        if let Some(delivery) = &self.delivery {
+            delivery.close(FLUSH_GRACE);
+        }
+    }
+}
+
+/// Takes pending alerts and closes windows that are over (all when `all`);
+/// also takes the notifications that are due.
+fn collect(shared: &Shared, stats: &AlertStats, all: bool) -> (String, Vec<Raised>) {
+    let now = Instant::now();
+    let window = shared.window;
+    let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    let raised = state
+        .thresholds
+        .as_mut()
+        .map(|t| t.take_due(now))
+        .unwrap_or_default();
+    stats
+        .notifications
+        .fetch_add(raised.len() as u64, Ordering::Relaxed);
+    stats
+        .stderr_alerts
+        .fetch_add(state.pending.len() as u64, Ordering::Relaxed);
+    let mut text = String::new();
+    for e in state.pending.drain(..) {
+        text.push_str(&format!(
+            "[!] UNEXPECTED DNS LOOKUP\nTimestamp: {}\nAgent: {}\nClient: {}\nQuery: {} {}\nAction: NXDOMAIN\nRule Matched: NONE - name not in allow-list\n",
+            humantime::format_rfc3339_seconds(e.ts),
+            e.agent,
+            e.client,
+            display_name(&e.qname),
+            e.qtype,
+        ));
+    }
+    state.clients.retain(|ip, w| {
+        let done = all || now.duration_since(w.opened) >= window;
+        if done && w.suppressed > 0 {
+            text.push_str(&format!(
+                "[!] ... and {} more denied lookups from {ip} (agent {}) in the last {} s\n",
+                thousands(w.suppressed),
+                w.agent,
+                now.duration_since(w.opened).as_secs().max(1),
+            ));
+        }
+        !done
+    });
+    collect_strips(&mut state.strips, stats, now, window, all, &mut text);
+    if let Some(since) = state.other_since
+        && (all || now.duration_since(since) >= window)
+    {
+        text.push_str(&format!(
+            "[!] ... and {} more denied lookups from other clients in the last {} s (too many to itemize; the audit log has each one)\n",
+            thousands(state.other),
+            now.duration_since(since).as_secs().max(1),
+        ));
+        state.other = 0;
+        state.other_since = None;
+    }
+    (text, raised)
+}
+
+fn collect_strips(
+    s: &mut Strips,
+    stats: &AlertStats,
+    now: Instant,
+    window: Duration,
+    all: bool,
+    text: &mut String,
+) {
+    stats
+        .stderr_alerts
+        .fetch_add(s.pending.len() as u64, Ordering::Relaxed);
+    for e in s.pending.drain(..) {
+        let addresses: Vec<String> = e
+            .addresses
+            .iter()
+            .map(|ip| match crate::policy::special::special(*ip) {
+                Some(why) => format!("{ip} ({why})"),
+                None => ip.to_string(),
+            })
+            .collect();
+        text.push_str(&format!(
+            "[!] SPECIAL-PURPOSE ADDRESS STRIPPED\nTimestamp: {}\nAgent: {}\nClient: {}\nQuery: {} {}\nRule Matched: {}\nStripped: {}\nAction: removed from the answer, not fed to the firewall\n",
+            humantime::format_rfc3339_seconds(e.ts),
+            e.agent,
+            e.client,
+            display_name(&e.qname),
+            e.qtype,
+            e.rule.as_deref().unwrap_or("(learn mode)"),
+            addresses.join(", "),
+        ));
+    }
+    s.clients.retain(|ip, w| {
+        let done = all || now.duration_since(w.opened) >= window;
+        if done && w.suppressed > 0 {
+            text.push_str(&format!(
+                "[!] ... and {} more answers to {ip} (agent {}) stripped of special-purpose addresses in the last {} s\n",
+                thousands(w.suppressed),
+                w.agent,
+                now.duration_since(w.opened).as_secs().max(1),
+            ));
+        }
+        !done
+    });
+    if let Some(since) = s.other_since
+        && (all || now.duration_since(since) >= window)
+    {
+        text.push_str(&format!(
+            "[!] ... and {} more answers to other clients stripped of special-purpose addresses in the last {} s (the audit log has each one)\n",
+            thousands(s.other),
+            now.duration_since(since).as_secs().max(1),
+        ));
+        s.other = 0;
+        s.other_since = None;
+    }
+}
+
+/// 4812 -> "4,812".
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(7), "7");
+        assert_eq!(thousands(4812), "4,812");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    fn denied(client: &str, i: usize) -> Denied {
+        Denied {
+            ts: SystemTime::UNIX_EPOCH,
+            agent: "a".into(),
+            client: client.parse().unwrap(),
+            qname: Name::from_ascii(format!("x{i}.tunnel.example.")).unwrap(),
+            qtype: RecordType::A,
+        }
+    }
+
+    #[test]
+    fn a_flood_prints_one_alert_and_one_summary() {
+        let buf = Buf::default();
+        let alerts = Alerts::start(Duration::from_secs(60), Box::new(buf.clone()));
+        for i in 0..5000 {
+            alerts.denied(denied("10.200.1.2:53422", i));
+        }
+        alerts.close();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.matches("UNEXPECTED DNS LOOKUP").count(), 1, "{text}");
+        assert!(text.contains("Query: x0.tunnel.example A"), "{text}");
+        assert!(
+            text.contains(
+                "[!] ... and 4,999 more denied lookups from 10.200.1.2 (agent a) in the last 1 s"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_crossing_goes_to_the_sinks_and_is_counted() {
+        use crate::observe::delivery::syslog::{Format, SyslogSettings, Target};
+        use crate::observe::delivery::threshold::Threshold;
+        use crate::observe::delivery::{NotifySettings, RetryPolicy};
+        let collector = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        collector
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let notify = NotifySettings {
+            threshold: Threshold {
+                count: 2,
+                window: Duration::from_secs(300),
+            },
+            webhook: None,
+            syslog: Some(SyslogSettings {
+                target: Target::Udp(collector.local_addr().unwrap()),
+                facility: 4,
+                format: Format::Rfc5424,
+            }),
+            retry: RetryPolicy::default(),
+        };
+        let buf = Buf::default();
+        let alerts =
+            Alerts::start_with(Duration::from_secs(60), Some(notify), Box::new(buf.clone()));
+        for i in 0..3 {
+            alerts.denied(denied("10.200.1.2:53422", i));
+        }
+        let mut datagram = [0u8; 8192];
+        let n = collector.recv(&mut datagram).unwrap();
+        let text = String::from_utf8_lossy(&datagram[..n]);
+        assert!(text.contains("\"count\":3"), "{text}");
+        assert!(text.contains("\"qname\":\"x2.tunnel.example\""), "{text}");
+        alerts.close();
+        assert_eq!(alerts.stats().notifications.load(Ordering::Relaxed), 1);
+        assert_eq!(alerts.stats().stderr_alerts.load(Ordering::Relaxed), 1);
+        let sinks = alerts.delivery_stats();
+        assert_eq!(sinks.len(), 1);
+        assert_eq!(sinks[0].0, "syslog");
+        assert_eq!(sinks[0].1.sent.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_flood_of_stripped_answers_prints_one_alert_and_one_summary() {
+        let buf = Buf::default();
+        let alerts = Alerts::start(Duration::from_secs(60), Box::new(buf.clone()));
+        for i in 0..500 {
+            alerts.stripped(Stripped {
+                ts: SystemTime::UNIX_EPOCH,
+                agent: "a".into(),
+                client: "10.200.1.2:5300".parse().unwrap(),
+                qname: Name::from_ascii(format!("m{i}.cdn.test.")).unwrap(),
+                qtype: RecordType::A,
+                rule: Some("*.cdn.test".into()),
+                addresses: vec!["169.254.169.254".parse().unwrap()],
+            });
+        }
+        alerts.close();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text.matches("SPECIAL-PURPOSE ADDRESS STRIPPED").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains("Stripped: 169.254.169.254 (link-local (cloud metadata))"),
+            "{text}"
+        );
+        assert!(
+            text.contains("... and 499 more answers to 10.200.1.2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn memory_is_bounded_under_many_clients() {
+        let buf = Buf::default();
+        let alerts = Alerts::start(Duration::from_secs(60), Box::new(buf.clone()));
+        for i in 0..(MAX_CLIENTS * 3) {
+            let ip = format!("10.{}.{}.{}:1", i >> 16 & 255, i >> 8 & 255, i & 255);
+            alerts.denied(denied(&ip, i));
+        }
+        {
+            let state = alerts.shared.state.lock().unwrap();
+            assert!(state.clients.len() <= MAX_CLIENTS);
+            assert!(state.pending.len() <= MAX_PENDING);
+        }
+        alerts.close();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains("more denied lookups from other clients"),
+            "{text}"
+        );
+    }
+}

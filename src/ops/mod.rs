@@ -1,0 +1,10 @@
+//! Running the resolver: startup shared by `serve` and `check`, the control
+//! socket behind `grant`, `revoke` and `status`, SIGHUP reload, signals and
+//! sd_notify.
+
+pub mod control;
+pub mod notify;
+pub mod peer_netns;
+pub mod reload;
+pub mod shutdown;
+pub mod startup;

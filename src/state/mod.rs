@@ -1,0 +1,689 @@
+//! The policy in force, and every change to it: load, reload, grant, revoke
+//! and expiry, with their audit events and what each change withdraws from
+//! the fence.
+//!
+//! What queries are decided against is the policy files less expired entries
+//! plus active grants ([`InForce`]). Every change rebuilds it whole and
+//! publishes it as one atomic snapshot (`arc-swap`): the query path only ever
+//! calls [`State::snapshot`], and a query keeps the set it started with.
+//!
+//! The fence is reached through the small [`Fence`] trait, so the state is
+//! tested without nftables (see the tests below).
+
+pub mod grants;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+
+use crate::fence::Firewall;
+use crate::observe::audit::AuditLog;
+use crate::policy::zones::Zones;
+use crate::policy::{PolicySet, Rule};
+use crate::state::grants::{Grant, Grants};
+
+/// How long a grant waits for its audit line to be written before it is refused.
+const AUDIT_CONFIRM: Duration = Duration::from_secs(2);
+/// How long a query may hold a set it took: the handler's `RESOLVE_DEADLINE`
+/// (not imported, so the state does not depend on the query path; a test
+/// keeps the two in step).
+pub const HELD_AT_MOST: Duration = Duration::from_secs(6);
+
+/// What a reload replaces as one unit, so no query sees half of a change.
+pub struct Loaded {
+    /// The policies as their files say.
+    pub policies: PolicySet,
+    pub zones: Zones,
+}
+
+/// What queries are decided against: the files, less expired entries, plus
+/// active grants. Rebuilt on reload, grant, revoke and expiry.
+pub struct InForce {
+    pub files: Arc<Loaded>,
+    pub policies: PolicySet,
+    /// Counts installs, so an answer can tell whether its set was replaced
+    /// while it was on its way.
+    pub generation: u64,
+}
+
+/// What a change of the policy in force asks of the fence. Implemented by
+/// the nftables [`Firewall`]; the tests record the calls instead.
+pub trait Fence: Send + Sync {
+    /// Whether the fence can follow `policies` at all; changes nothing.
+    fn check(&self, policies: &PolicySet) -> Result<(), String>;
+    /// Makes the policy-address elements match `policies`.
+    fn sync_static(&self, policies: &PolicySet) -> Result<(), String>;
+    /// Takes out every element fed under `agent`'s rule `pattern`; how many.
+    fn withdraw(&self, agent: &str, pattern: &str) -> Result<usize, String>;
+    /// Stops tracking rules that ended by themselves.
+    fn forget_ended(&self, policies: &PolicySet);
+}
+
+impl Fence for Firewall {
+    fn check(&self, policies: &PolicySet) -> Result<(), String> {
+        Firewall::check(self, policies)
+    }
+    fn sync_static(&self, policies: &PolicySet) -> Result<(), String> {
+        Firewall::sync_static(self, policies)
+    }
+    fn withdraw(&self, agent: &str, pattern: &str) -> Result<usize, String> {
+        Firewall::withdraw(self, agent, pattern)
+    }
+    fn forget_ended(&self, policies: &PolicySet) {
+        Firewall::forget_ended(self, policies)
+    }
+}
+
+pub struct State {
+    /// Swapped whole, so a query sees one consistent set.
+    in_force: ArcSwap<InForce>,
+    /// Run-time exceptions; the lock also serializes rebuilds of `in_force`
+    /// (with the time of the last rebuild, to report entries that expired since).
+    grants: Mutex<(Grants, SystemTime)>,
+    /// Wakes the expiry task when the next expiry may have moved.
+    pub expiry_changed: tokio::sync::Notify,
+    /// Where grants and expiries are recorded.
+    audit: AuditLog,
+    /// The firewall, when any policy feeds one.
+    fence: Option<Arc<dyn Fence>>,
+}
+
+impl State {
+    /// The policy in force at start-up: the files less what already expired.
+    pub fn new(loaded: Loaded, audit: AuditLog, fence: Option<Arc<dyn Fence>>) -> Self {
+        let now = SystemTime::now();
+        let policies = loaded.policies.effective(&Default::default(), now);
+        State {
+            in_force: ArcSwap::from_pointee(InForce {
+                files: Arc::new(loaded),
+                policies,
+                generation: 0,
+            }),
+            grants: Mutex::new((Grants::default(), now)),
+            expiry_changed: tokio::sync::Notify::new(),
+            audit,
+            fence,
+        }
+    }
+
+    /// The policies and zones in force, as one snapshot.
+    pub fn snapshot(&self) -> Arc<InForce> {
+        self.in_force.load_full()
+    }
+
+    /// Swaps in a reloaded set atomically; queries already running keep the
+    /// old one. If the firewall cannot follow, nothing changes.
+    pub fn replace(&self, loaded: Loaded) -> Result<(), String> {
+        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(fence) = &self.fence {
+            fence.check(&loaded.policies)?;
+        }
+        let old = self.snapshot();
+        // A new file set reports its own expiries (`check` shows those already past).
+        let last = std::mem::replace(&mut grants.1, SystemTime::now());
+        let installed = self.install(Arc::new(loaded), &mut grants, true);
+        let Err(e) = installed else {
+            // What the old set fed under a rule the new one ends sooner or
+            // drops (an entry, a grant of a removed agent, learn mode) goes now.
+            for (agent, pattern) in ended_sooner(&old.policies, &self.snapshot().policies) {
+                self.withdraw(&agent, &pattern);
+            }
+            self.forget_ended();
+            let files = self.snapshot().files.clone();
+            for dropped in grants
+                .0
+                .drop_agents(|a| files.policies.by_agent(a).is_some())
+            {
+                self.audit.event(grant_event("grant_dropped", &dropped));
+                tracing::warn!(agent = %dropped.agent, pattern = %dropped.pattern, "grant dropped: its agent's policy was removed");
+            }
+            return Ok(());
+        };
+        grants.1 = last;
+        Err(e)
+    }
+
+    /// Rebuilds what is in force now: drops expired entries and grants.
+    pub fn refresh(&self) {
+        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self.install(self.snapshot().files.clone(), &mut grants, false);
+        self.forget_ended();
+    }
+
+    /// Rules that ended by themselves: their elements age out on their own
+    /// timeouts (capped at the rule's end plus grace), so stop tracking them.
+    /// A revoke withdraws instead, so it must not come through here first.
+    fn forget_ended(&self) {
+        if let Some(fence) = &self.fence {
+            fence.forget_ended(&self.snapshot().policies);
+        }
+    }
+
+    /// Adds (or renews) a grant and puts it in force at once.
+    pub fn grant(&self, grant: Grant) -> Result<(), String> {
+        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let files = self.snapshot().files.clone();
+        if files.policies.by_agent(&grant.agent).is_none() {
+            return Err(format!("no policy for agent '{}'", grant.agent));
+        }
+        // No exception without its audit line.
+        if let Err(e) = self
+            .audit
+            .event_durable(grant_event("grant", &grant), AUDIT_CONFIRM)
+        {
+            // Should the "grant" line still land, this one says it never took effect.
+            self.audit.event(grant_event("grant_refused", &grant));
+            return Err(format!("grant refused: {e}"));
+        }
+        tracing::warn!(
+            agent = %grant.agent,
+            pattern = %grant.pattern,
+            reason = %grant.reason,
+            expires = %humantime::format_rfc3339_seconds(grant.expires),
+            uid = ?grant.uid,
+            "grant: exception in force"
+        );
+        // A renewal that ends sooner must not leave elements fed for the longer one.
+        let shortened = grants.0.active().iter().any(|g| {
+            g.agent == grant.agent && g.pattern == grant.pattern && g.expires > grant.expires
+        });
+        let (agent, pattern) = (grant.agent.clone(), grant.pattern.clone());
+        grants.0.add(grant);
+        let _ = self.install(files, &mut grants, false);
+        if shortened {
+            self.withdraw(&agent, &pattern);
+        }
+        Ok(())
+    }
+
+    /// Ends a grant before its time; its firewall elements go at once.
+    pub fn revoke(&self, agent: &str, pattern: &str, uid: Option<u32>) -> Result<Grant, String> {
+        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let grant = grants
+            .0
+            .revoke_by(agent, pattern, uid)
+            .ok_or_else(|| format!("agent '{agent}' has no grant for '{pattern}'"))?;
+        self.audit.event(grant_event("grant_revoked", &grant));
+        tracing::warn!(agent, pattern, granted_by = ?grant.uid, revoked_by = ?uid, "grant revoked");
+        let _ = self.install(self.snapshot().files.clone(), &mut grants, false);
+        self.withdraw(agent, pattern);
+        Ok(grant)
+    }
+
+    /// Deletes the elements fed under an ended rule; a failure leaves them to
+    /// their timeouts (at most the rule's old end plus grace), loudly.
+    fn withdraw(&self, agent: &str, pattern: &str) {
+        let Some(fence) = &self.fence else {
+            return;
+        };
+        match fence.withdraw(agent, pattern) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(agent, pattern, elements = n, "firewall elements withdrawn"),
+            Err(e) => {
+                tracing::error!(agent, pattern, error = %e, "[!] FIREWALL UPDATE FAILED: elements stay until their timeout")
+            }
+        }
+    }
+
+    /// The grants in force.
+    pub fn grants(&self) -> Vec<Grant> {
+        let grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        grants.0.active().to_vec()
+    }
+
+    /// When the next entry or grant expires that the set in force still
+    /// holds: only file entries expiring after the last rebuild count, so an
+    /// entry that already ended cannot wake the expiry task again and again.
+    pub fn next_expiry(&self) -> Option<SystemTime> {
+        let grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let files = self.snapshot().files.policies.next_expiry_after(grants.1);
+        files.into_iter().chain(grants.0.next_expiry()).min()
+    }
+
+    /// Computes the set in force from `files` and `grants`, syncs the
+    /// firewall's policy addresses, then swaps the set in. `strict` (reload):
+    /// if the firewall cannot follow, roll it back and keep the old set.
+    /// Otherwise (expiry, grants) the set is swapped anyway: it only narrows
+    /// what is allowed, and expiring ranges carry kernel timeouts of their own.
+    fn install(
+        &self,
+        files: Arc<Loaded>,
+        state: &mut (Grants, SystemTime),
+        strict: bool,
+    ) -> Result<(), String> {
+        let (grants, last) = state;
+        let now = SystemTime::now();
+        // Expired grants' rules are not live at `now`, so `effective` leaves
+        // them out; they leave the list only once nothing can fail.
+        let policies = files.policies.effective(&grants.rules(), now);
+        if let Some(fence) = &self.fence
+            && let Err(e) = fence.sync_static(&policies)
+        {
+            tracing::error!(error = %e, "[!] FIREWALL UPDATE FAILED while installing policy addresses");
+            if strict {
+                if let Err(e) = fence.sync_static(&self.snapshot().policies) {
+                    tracing::error!(error = %e, "[!] FIREWALL UPDATE FAILED: cannot restore the previous policy addresses");
+                }
+                return Err(e);
+            }
+        }
+        for expired in grants.prune(now) {
+            self.audit.event(grant_event("grant_expired", &expired));
+            tracing::warn!(agent = %expired.agent, pattern = %expired.pattern, "grant expired: denied again");
+        }
+        // File entries whose `expires` passed since the last rebuild.
+        for policy in &files.policies.policies {
+            let names = policy
+                .entries()
+                .iter()
+                .map(|r| (r.pattern.to_string(), r.expires));
+            let nets = policy
+                .address_entries()
+                .iter()
+                .map(|a| (a.net.to_string(), a.expires));
+            for (entry, at) in names.chain(nets) {
+                let Some(at) = at.filter(|at| *last < *at && *at <= now) else {
+                    continue;
+                };
+                let expires = humantime::format_rfc3339_seconds(at).to_string();
+                tracing::warn!(agent = %policy.agent, entry, expires, "policy entry expired: denied again");
+                self.audit.event(
+                    serde_json::json!({
+                        "ts": humantime::format_rfc3339_micros(now).to_string(),
+                        "event": "entry_expired",
+                        "agent": &*policy.agent,
+                        "entry": entry,
+                        "file": policy.source.display().to_string(),
+                        "expires": expires,
+                    })
+                    .to_string(),
+                );
+            }
+        }
+        *last = now;
+        // Installs are serialized by the grants lock, so this count is exact.
+        let generation = self.snapshot().generation + 1;
+        let old = self.in_force.swap(Arc::new(InForce {
+            files,
+            policies,
+            generation,
+        }));
+        self.expiry_changed.notify_one();
+        retire(old);
+        Ok(())
+    }
+}
+
+/// Withdrawable rules of `old` (expiring ones, learn mode's) that `new`
+/// drops or ends sooner, as (agent, pattern).
+fn ended_sooner(old: &PolicySet, new: &PolicySet) -> Vec<(Arc<str>, Arc<str>)> {
+    let mut ended = Vec::new();
+    for before in &old.policies {
+        let withdrawable: Vec<&Rule> = before
+            .rules
+            .iter()
+            .chain(&before.learn)
+            .filter(|r| crate::fence::withdrawable(before, r))
+            .collect();
+        if withdrawable.is_empty() {
+            continue;
+        }
+        let after = new.by_agent(&before.agent);
+        // Pattern → expiry in the new set (`None` inside: permanent).
+        let kept: std::collections::HashMap<&str, Option<SystemTime>> = after
+            .into_iter()
+            .flat_map(|p| p.rules.iter().chain(&p.learn))
+            .map(|r| (&*r.pattern, r.expires))
+            .collect();
+        for rule in withdrawable {
+            let lasts = match (kept.get(&*rule.pattern), rule.expires) {
+                (Some(None), _) => true,
+                (Some(Some(new_end)), Some(old_end)) => *new_end >= old_end,
+                (Some(Some(_)), None) => false, // learn mode's rule now expiring
+                (None, _) => false,
+            };
+            if !lasts {
+                ended.push((before.agent.clone(), rule.pattern.clone()));
+            }
+        }
+    }
+    ended
+}
+
+/// Frees a replaced set once no query holds it, on a thread of its own: a
+/// large policy takes milliseconds to free, which must not land on whichever
+/// query thread drops the last reference.
+fn retire(old: Arc<InForce>) {
+    let spawned = std::thread::Builder::new()
+        .name("retire".into())
+        .spawn(move || {
+            let until = Instant::now() + HELD_AT_MOST + Duration::from_secs(1);
+            while Arc::strong_count(&old) > 1 && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "cannot spawn a thread to free the old policy set");
+    }
+}
+
+/// The audit line for a grant's life events.
+fn grant_event(event: &str, g: &Grant) -> String {
+    serde_json::json!({
+        "ts": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+        "event": event,
+        "agent": &*g.agent,
+        "pattern": &*g.pattern,
+        "reason": &*g.reason,
+        "granted_at": humantime::format_rfc3339_seconds(g.granted_at).to_string(),
+        "expires": humantime::format_rfc3339_seconds(g.expires).to_string(),
+        "uid": g.uid,
+        "revoked_by": g.revoked_by,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Reload, grant, revoke and expiry interleaved, against a fence that
+    //! records what it is asked: no sockets, no nftables.
+
+    use super::*;
+    use crate::diagnostics::Diagnostics;
+    use crate::observe::audit::Sink;
+    use std::path::PathBuf;
+
+    /// Records the calls a change makes; `fail_sync` makes the firewall refuse.
+    #[derive(Default)]
+    struct Recorder {
+        withdrawn: Mutex<Vec<(String, String)>>,
+        syncs: Mutex<usize>,
+        forgets: Mutex<usize>,
+        fail_sync: std::sync::atomic::AtomicBool,
+    }
+
+    impl Recorder {
+        /// What was withdrawn since the last call.
+        fn take(&self) -> Vec<(String, String)> {
+            std::mem::take(&mut *self.withdrawn.lock().unwrap())
+        }
+    }
+
+    impl Fence for Recorder {
+        fn check(&self, _: &PolicySet) -> Result<(), String> {
+            Ok(())
+        }
+        fn sync_static(&self, _: &PolicySet) -> Result<(), String> {
+            *self.syncs.lock().unwrap() += 1;
+            if self.fail_sync.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err("netlink says no".into());
+            }
+            Ok(())
+        }
+        fn withdraw(&self, agent: &str, pattern: &str) -> Result<usize, String> {
+            let mut withdrawn = self.withdrawn.lock().unwrap();
+            withdrawn.push((agent.into(), pattern.into()));
+            Ok(1)
+        }
+        fn forget_ended(&self, _: &PolicySet) {
+            *self.forgets.lock().unwrap() += 1;
+        }
+    }
+
+    /// A temporary directory, removed on drop.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Dir {
+            let dir = std::env::temp_dir().join(format!(
+                "allowdns-state-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            Dir(dir)
+        }
+
+        /// Writes the policy files and loads them as a reload would.
+        fn load(&self, files: &[(&str, String)]) -> Loaded {
+            for entry in std::fs::read_dir(&self.0).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "yaml") {
+                    std::fs::remove_file(path).unwrap();
+                }
+            }
+            let mut paths = Vec::new();
+            for (name, text) in files {
+                let path = self.0.join(name);
+                std::fs::write(&path, text).unwrap();
+                paths.push(path);
+            }
+            let mut diags = Diagnostics::default();
+            let policies = crate::policy::load(&paths, &mut diags)
+                .unwrap_or_else(|| panic!("policies do not load: {diags:?}"));
+            assert!(!diags.has_errors(), "{diags:?}");
+            Loaded {
+                policies,
+                zones: Zones::default(),
+            }
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn grant(agent: &str, pattern: &str, lasts: Duration) -> Grant {
+        let now = SystemTime::now();
+        Grant {
+            agent: agent.into(),
+            pattern: pattern.into(),
+            reason: "test".into(),
+            granted_at: now,
+            expires: now + lasts,
+            uid: Some(0),
+            revoked_by: None,
+        }
+    }
+
+    /// Whether the set in force has `agent` allowing `pattern`.
+    fn allows(state: &State, agent: &str, pattern: &str) -> bool {
+        state
+            .snapshot()
+            .policies
+            .by_agent(agent)
+            .is_some_and(|p| p.rules.iter().any(|r| &*r.pattern == pattern && r.live()))
+    }
+
+    fn pair(agent: &str, pattern: &str) -> (String, String) {
+        (agent.into(), pattern.into())
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn reload_grant_revoke_and_expiry_withdraw_what_ended() {
+        let dir = Dir::new("interleaved");
+        let log = dir.0.join("audit.log");
+        let audit = AuditLog::start(Sink::open(Some(&log)).unwrap());
+        let fence = Arc::new(Recorder::default());
+        let policy_a = |temp_end: &str| {
+            format!(
+                "agent_name: a\nclients: [10.1.0.0/16]\nexpected_outbound:\n  - destination: keep.test\n  - destination: temp.test\n    expires: \"{temp_end}\"\n"
+            )
+        };
+        let policy_b =
+            "agent_name: b\nclients: [10.2.0.0/16]\nexpected_outbound:\n  - destination: b.test\n"
+                .to_string();
+        let policy_l = |mode: &str| {
+            format!(
+                "agent_name: l\nclients: [10.3.0.0/16]\nmode: {mode}\nexpected_outbound:\n  - destination: l.test\n"
+            )
+        };
+        let state = State::new(
+            dir.load(&[
+                ("a.yaml", policy_a("2099-01-01T00:00:00Z")),
+                ("b.yaml", policy_b.clone()),
+                ("l.yaml", policy_l("learn")),
+            ]),
+            audit.clone(),
+            Some(fence.clone() as Arc<dyn Fence>),
+        );
+        assert_eq!(state.snapshot().generation, 0);
+        assert!(allows(&state, "a", "temp.test"));
+
+        // A grant puts the name in force at once and withdraws nothing.
+        state
+            .grant(grant("a", "g1.test", Duration::from_millis(400)))
+            .unwrap();
+        state.grant(grant("a", "g2.test", HOUR)).unwrap();
+        state.grant(grant("b", "gb.test", HOUR)).unwrap();
+        assert!(allows(&state, "a", "g1.test") && allows(&state, "b", "gb.test"));
+        assert_eq!(fence.take(), vec![]);
+        assert_eq!(state.snapshot().generation, 3);
+        // No policy, no grant: nothing changes.
+        assert!(state.grant(grant("nobody", "x.test", HOUR)).is_err());
+        assert_eq!(state.snapshot().generation, 3);
+
+        // A renewal that ends later keeps what was fed; one that ends sooner withdraws.
+        state.grant(grant("a", "g2.test", 2 * HOUR)).unwrap();
+        assert_eq!(fence.take(), vec![]);
+        state.grant(grant("a", "g2.test", HOUR / 2)).unwrap();
+        assert_eq!(fence.take(), vec![pair("a", "g2.test")]);
+
+        // A revoke takes the rule out of force and withdraws its elements.
+        let revoked = state.revoke("a", "g2.test", Some(1000)).unwrap();
+        assert_eq!(revoked.revoked_by, Some(1000));
+        assert!(!allows(&state, "a", "g2.test"));
+        assert_eq!(fence.take(), vec![pair("a", "g2.test")]);
+        assert!(state.revoke("a", "g2.test", Some(1000)).is_err());
+        assert_eq!(fence.take(), vec![]);
+
+        // A reload the firewall cannot follow changes nothing.
+        let before = state.snapshot().generation;
+        fence
+            .fail_sync
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let syncs = *fence.syncs.lock().unwrap();
+        let refused = state.replace(dir.load(&[("a.yaml", policy_a("2098-01-01T00:00:00Z"))]));
+        assert_eq!(refused.unwrap_err(), "netlink says no");
+        // Tried, then rolled back to the set in force.
+        assert_eq!(*fence.syncs.lock().unwrap(), syncs + 2);
+        assert_eq!(state.snapshot().generation, before);
+        assert!(allows(&state, "b", "gb.test"));
+        assert_eq!(fence.take(), vec![]);
+        assert_eq!(state.grants().len(), 2);
+        fence
+            .fail_sync
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+
+        // A reload that ends an entry sooner, removes agent b (and its
+        // grant) and switches l to enforce withdraws exactly those rules.
+        let learn = state
+            .snapshot()
+            .policies
+            .by_agent("l")
+            .unwrap()
+            .learn
+            .clone()
+            .unwrap();
+        state
+            .replace(dir.load(&[
+                ("a.yaml", policy_a("2098-01-01T00:00:00Z")),
+                ("l.yaml", policy_l("enforce")),
+            ]))
+            .unwrap();
+        let mut withdrawn = fence.take();
+        withdrawn.sort();
+        assert_eq!(
+            withdrawn,
+            vec![
+                pair("a", "temp.test"),
+                pair("b", "gb.test"),
+                pair("l", &learn.pattern),
+            ]
+        );
+        assert!(state.snapshot().policies.by_agent("b").is_none());
+        let left: Vec<_> = state
+            .grants()
+            .iter()
+            .map(|g| g.pattern.to_string())
+            .collect();
+        assert_eq!(left, ["g1.test"]);
+        // The same files again: nothing ended sooner, nothing withdrawn.
+        state
+            .replace(dir.load(&[
+                ("a.yaml", policy_a("2098-01-01T00:00:00Z")),
+                ("l.yaml", policy_l("enforce")),
+            ]))
+            .unwrap();
+        assert_eq!(fence.take(), vec![]);
+
+        // Expiry: the grant ends by itself. Its elements age out on their
+        // kernel timeouts, so nothing is withdrawn; the fence forgets the rule.
+        let next = state.next_expiry().expect("g1 expires");
+        std::thread::sleep(next.duration_since(SystemTime::now()).unwrap_or_default());
+        assert!(
+            state
+                .next_expiry()
+                .is_some_and(|at| at <= SystemTime::now())
+        );
+        let forgets = *fence.forgets.lock().unwrap();
+        state.refresh();
+        assert!(!allows(&state, "a", "g1.test"));
+        assert!(state.grants().is_empty());
+        assert_eq!(fence.take(), vec![]);
+        assert_eq!(*fence.forgets.lock().unwrap(), forgets + 1);
+        // Only the file entry is left to expire.
+        let temp_end = crate::policy::parse_rfc3339("2098-01-01T00:00:00Z").unwrap();
+        assert_eq!(state.next_expiry(), Some(temp_end));
+
+        // Every change left its audit line, in order.
+        audit.close();
+        let events: Vec<String> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                format!(
+                    "{} {}",
+                    v["event"].as_str().unwrap(),
+                    v["pattern"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            events,
+            [
+                "grant g1.test",
+                "grant g2.test",
+                "grant gb.test",
+                "grant g2.test",
+                "grant g2.test",
+                "grant_revoked g2.test",
+                "grant_dropped gb.test",
+                "grant_expired g1.test",
+            ]
+        );
+    }
+
+    #[test]
+    fn without_a_fence_changes_still_take_effect() {
+        let dir = Dir::new("unfenced");
+        let audit = AuditLog::start(Sink::open(Some(&dir.0.join("audit.log"))).unwrap());
+        let policy = "agent_name: a\nexpected_outbound:\n  - destination: keep.test\n";
+        let state = State::new(dir.load(&[("a.yaml", policy.into())]), audit.clone(), None);
+        state.grant(grant("a", "g.test", HOUR)).unwrap();
+        assert!(allows(&state, "a", "g.test"));
+        state.revoke("a", "g.test", None).unwrap();
+        assert!(!allows(&state, "a", "g.test"));
+        state
+            .replace(dir.load(&[("a.yaml", policy.into())]))
+            .unwrap();
+        assert_eq!(state.snapshot().generation, 3);
+        audit.close();
+    }
+}

@@ -1,0 +1,1938 @@
+//! `allowdns suggest`: turns an audit log into a policy for a human to review.
+//!
+//! Every name an agent looked up and was allowed (or resolved in learn mode
+//! as `would_deny`) becomes an `expected_outbound` entry. Names only ever
+//! denied are listed commented out unless `--include-denied` is given.
+//! Siblings are grouped into `*.parent` once the parent has [`MIN_CHILDREN`]
+//! distinct child labels, never over a TLD or public suffix, nor over names
+//! of more than one registrable domain. Groups that look like a DNS tunnel
+//! are commented out. Counts and first/last seen go into comments. The
+//! output depends only on the log, so the same log always gives the same
+//! file, and it is checked by the policy loader before it is written.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, btree_map};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read as _, Write as _};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde_json::{Map, Value};
+
+use crate::diagnostics::Diagnostics;
+use crate::error::Failure;
+use crate::policy;
+
+/// A parent with at least this many distinct child labels among the names
+/// looked up becomes `*.parent`. Up to three siblings are easy to review one
+/// by one; four or more usually means a numbered or sharded family.
+pub const MIN_CHILDREN: usize = 4;
+
+/// A group of more distinct names than this looks like a DNS tunnel (data
+/// encoded in the names) and is not wildcarded.
+pub const MAX_GROUP: usize = 100;
+
+/// Labels at least this long, mostly digits and consonants, look random
+/// (base32 or hex, as tunnels encode data); people rarely pick such names.
+pub const RANDOM_LABEL_LEN: usize = 20;
+
+/// Longer lines (without the newline) are malformed. They are skipped
+/// without being held in memory.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Problems reported one by one before the rest are only counted, so a
+/// binary file does not print a million errors.
+const MAX_REPORTED: usize = 20;
+
+/// Malformed lines reported one by one under `--skip-malformed`.
+const MAX_SKIPPED_REPORTED: usize = 5;
+
+/// Child names listed above a wildcard entry.
+const MAX_SHOWN: usize = 8;
+
+/// Left-out names listed in the policy's comments.
+const MAX_LEFT_OUT_SHOWN: usize = 50;
+
+/// Agents whose lookups are counted for the "several agents" error; bounds
+/// memory when a log holds many agent names.
+const MAX_AGENTS: usize = 100;
+
+/// Second-level labels that registries sell names under (`com.ar`, `co.kr`).
+/// The public suffix list is short, so `suggest` also refuses to wildcard
+/// these under any two-letter country TLD.
+const REGISTRY_LABELS: &[&str] = &[
+    "ac", "co", "com", "edu", "gob", "gov", "govt", "ltd", "mil", "ne", "net", "nic", "nom", "or",
+    "org", "plc", "sch",
+];
+
+/// How to read the log and what to include.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options<'a> {
+    /// The agent to suggest for; `None` means the log's only agent.
+    pub agent: Option<&'a str>,
+    /// Names only ever denied become entries instead of comments.
+    pub include_denied: bool,
+    /// Malformed lines are warnings instead of errors.
+    pub skip_malformed: bool,
+}
+
+/// The suggested policy, and what was left out of it.
+#[derive(Debug)]
+pub struct Suggestion {
+    /// The policy file's text.
+    pub policy: String,
+    pub warnings: Diagnostics,
+}
+
+/// `allowdns suggest`: reads the log, writes the policy, returns the warnings.
+pub fn run(args: &SuggestArgs) -> Result<Diagnostics, Failure> {
+    let file = args.audit_log.as_path();
+    let input = std::fs::File::open(file).map_err(|e| {
+        let mut diags = Diagnostics::default();
+        diags.error(file, None, None, format!("cannot read audit log: {e}"));
+        Failure::Invalid(diags)
+    })?;
+    let options = Options {
+        agent: args.agent.as_deref(),
+        include_denied: args.include_denied,
+        skip_malformed: args.skip_malformed,
+    };
+    let suggestion = suggest(file, BufReader::new(input), &options).map_err(Failure::Invalid)?;
+    match &args.output {
+        Some(out) if out != Path::new("-") => std::fs::write(out, &suggestion.policy)
+            .map_err(|e| Failure::Runtime(format!("cannot write {}: {e}", out.display())))?,
+        _ => std::io::stdout()
+            .write_all(suggestion.policy.as_bytes())
+            .map_err(|e| Failure::Runtime(format!("cannot write to stdout: {e}")))?,
+    }
+    Ok(suggestion.warnings)
+}
+
+/// Builds the policy for the chosen agent from an audit log. Every
+/// malformed line is reported, with `file`:line.
+pub fn suggest(
+    file: &Path,
+    input: impl BufRead,
+    options: &Options,
+) -> Result<Suggestion, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let mut log = read_log(file, input, options, &mut diags);
+    if diags.has_errors() {
+        return Err(diags);
+    }
+    let (agent, mut observed) = match choose_agent(&mut log, options.agent) {
+        Ok(chosen) => chosen,
+        Err(message) => {
+            diags.error(file, None, None, message);
+            return Err(diags);
+        }
+    };
+    warn_left_out(file, &observed, &mut diags);
+    let names = std::mem::take(&mut observed.names);
+    let (active, denied): (BTreeMap<_, _>, BTreeMap<_, _>) = if options.include_denied {
+        (names, BTreeMap::new())
+    } else {
+        // Only-denied names must not widen what was allowed, so they are grouped apart.
+        names
+            .into_iter()
+            .partition(|(_, seen)| seen.denied < seen.lookups)
+    };
+    let active = group(&active);
+    let denied = group(&denied);
+    warn_commented(file, &active, &denied, &mut diags);
+    let live: Vec<&Entry> = active.iter().filter(|e| e.tunnel.is_none()).collect();
+    if live.is_empty() {
+        let mut message = format!(
+            "none of the {} lookups by agent '{agent}' can be allowed by a policy",
+            observed.lookups
+        );
+        let tunnels = active.iter().filter(|e| e.tunnel.is_some()).count();
+        if tunnels > 0 {
+            let _ = write!(
+                message,
+                "; {} like a DNS tunnel",
+                were(tunnels, "group looks", "groups look")
+            );
+        }
+        let only_denied: usize = denied.iter().map(|e| e.names.len()).sum();
+        if only_denied > 0 {
+            let _ = write!(
+                message,
+                "; {} only denied (see --include-denied)",
+                were(only_denied, "name was", "names were")
+            );
+        }
+        diags.error(file, None, None, message);
+        return Err(diags);
+    }
+    let text = render(file, &log, &agent, &observed, &active, &denied, options);
+    self_check(file, &text, &live, &mut diags);
+    if diags.has_errors() {
+        return Err(diags);
+    }
+    Ok(Suggestion {
+        policy: text,
+        warnings: diags,
+    })
+}
+
+/// The output must load without a single diagnostic, and exactly the
+/// uncommented entries must become name rules: an address rule would open
+/// the firewall without DNS. Anything else is a bug here.
+fn self_check(file: &Path, text: &str, live: &[&Entry], diags: &mut Diagnostics) {
+    let mut loaded = Diagnostics::default();
+    let compiled = policy::compile_source(Path::new("<suggested policy>"), text, &mut loaded);
+    for d in loaded.items {
+        diags.error(file, None, None, format!("internal error: {d}"));
+    }
+    let Some(compiled) = compiled else {
+        diags.error(file, None, None, "internal error: the policy does not load");
+        return;
+    };
+    if !compiled.addresses.is_empty() || !compiled.address_entries().is_empty() {
+        diags.error(
+            file,
+            None,
+            None,
+            format!(
+                "internal error: {} entries became address rules",
+                compiled.address_entries().len()
+            ),
+        );
+    }
+    let rules: BTreeSet<&str> = compiled.entries().iter().map(|r| &*r.pattern).collect();
+    let wanted: BTreeSet<&str> = live.iter().map(|e| e.destination.as_str()).collect();
+    if rules != wanted || compiled.entries().len() != live.len() {
+        diags.error(
+            file,
+            None,
+            None,
+            "internal error: the policy's name rules differ from the suggested entries",
+        );
+    }
+}
+
+/// How often a name (or a group of names) was looked up, and when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Seen {
+    lookups: u64,
+    first: SystemTime,
+    last: SystemTime,
+    /// Lookups the policy in force denied.
+    denied: u64,
+    /// Answers other than NOERROR, by rcode. Denials are not counted: their
+    /// NXDOMAIN is allowdns's own, not the name's.
+    failed: BTreeMap<String, u64>,
+}
+
+impl Seen {
+    fn new(ts: SystemTime) -> Seen {
+        Seen {
+            lookups: 0,
+            first: ts,
+            last: ts,
+            denied: 0,
+            failed: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, lookup: &Lookup) {
+        self.lookups += 1;
+        self.first = self.first.min(lookup.ts);
+        self.last = self.last.max(lookup.ts);
+        if lookup.denied {
+            self.denied += 1;
+        } else if let Some(rcode) = lookup.rcode.filter(|r| *r != "NOERROR") {
+            *self.failed.entry(rcode.to_string()).or_default() += 1;
+        }
+    }
+
+    fn merge(&mut self, other: &Seen) {
+        self.lookups += other.lookups;
+        self.first = self.first.min(other.first);
+        self.last = self.last.max(other.last);
+        self.denied += other.denied;
+        for (rcode, n) in &other.failed {
+            *self.failed.entry(rcode.clone()).or_default() += n;
+        }
+    }
+}
+
+/// A name looked up but not suggested, and why.
+#[derive(Debug)]
+struct LeftOut {
+    reason: String,
+    /// The first line it appears on.
+    line: usize,
+    seen: Seen,
+}
+
+/// What one agent looked up.
+#[derive(Debug, Default)]
+struct Observed {
+    lookups: u64,
+    /// Canonical names (policy keys), sorted.
+    names: BTreeMap<String, Seen>,
+    /// Keyed by the name as the log spells it.
+    left_out: BTreeMap<String, LeftOut>,
+    clients: BTreeSet<IpAddr>,
+    span: Option<(SystemTime, SystemTime)>,
+}
+
+/// What was read from the log: names for one agent only, counts for all.
+#[derive(Debug, Default)]
+struct Log {
+    /// Audit records (not event lines) read.
+    records: u64,
+    /// Records the writer reported lost (`audit_records_lost`).
+    lost: u64,
+    /// Lookups per agent, for the first [`MAX_AGENTS`] agents.
+    agents: BTreeMap<String, u64>,
+    /// Some agent past [`MAX_AGENTS`] was seen.
+    more_agents: bool,
+    /// Without `--agent`, the first agent seen; its names are kept until a
+    /// second agent shows up (which is an error anyway).
+    first_agent: Option<String>,
+    /// The wanted (or first) agent's lookups; `None` once a second agent
+    /// made the log unusable without `--agent`.
+    observed: Option<Observed>,
+}
+
+/// One record that counts as a lookup.
+struct Lookup<'a> {
+    ts: SystemTime,
+    client: IpAddr,
+    agent: &'a str,
+    qname: &'a str,
+    denied: bool,
+    rcode: Option<&'a str>,
+}
+
+/// Counts problems past a limit instead of reporting each one.
+struct Capped {
+    count: usize,
+    limit: usize,
+}
+
+impl Capped {
+    fn new(limit: usize) -> Capped {
+        Capped { count: 0, limit }
+    }
+
+    fn report(&mut self) -> bool {
+        self.count += 1;
+        self.count <= self.limit
+    }
+
+    fn summary(&self) -> Option<String> {
+        (self.count > self.limit).then(|| format!("... and {} more", self.count - self.limit))
+    }
+}
+
+/// Malformed lines: errors, or warnings under `--skip-malformed`.
+struct Malformed {
+    skip: bool,
+    capped: Capped,
+}
+
+impl Malformed {
+    fn report(
+        &mut self,
+        diags: &mut Diagnostics,
+        file: &Path,
+        line: usize,
+        field: Option<String>,
+        message: String,
+    ) {
+        match (self.capped.report(), self.skip) {
+            (false, _) => {}
+            (true, true) => diags.warning(file, Some(line), field, format!("skipped: {message}")),
+            (true, false) => diags.error(file, Some(line), field, message),
+        }
+    }
+
+    fn finish(&self, diags: &mut Diagnostics, file: &Path) {
+        if self.skip && self.capped.count > 0 {
+            diags.warning(
+                file,
+                None,
+                None,
+                format!(
+                    "{} skipped (--skip-malformed); lookups may be missing here",
+                    plural(self.capped.count as u64, "malformed line")
+                ),
+            );
+        } else if let Some(more) = self.capped.summary() {
+            diags.error(file, None, None, format!("{more} malformed lines"));
+        }
+    }
+}
+
+/// Reads one line of at most [`MAX_LINE`] bytes plus the newline into
+/// `buf`; `Ok(false)` at the end. A longer line is left in `buf` cut short,
+/// without a newline, and the rest of it is consumed unread.
+fn read_line(input: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    buf.clear();
+    if input
+        .by_ref()
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', buf)?
+        == 0
+    {
+        return Ok(false);
+    }
+    if buf.len() > MAX_LINE && !buf.ends_with(b"\n") {
+        loop {
+            let chunk = input.fill_buf()?;
+            if chunk.is_empty() {
+                break;
+            }
+            match chunk.iter().position(|&b| b == b'\n') {
+                Some(end) => {
+                    input.consume(end + 1);
+                    break;
+                }
+                None => {
+                    let n = chunk.len();
+                    input.consume(n);
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
+fn read_log(
+    file: &Path,
+    mut input: impl BufRead,
+    options: &Options,
+    diags: &mut Diagnostics,
+) -> Log {
+    let mut log = Log {
+        observed: Some(Observed::default()),
+        ..Log::default()
+    };
+    let mut bad = Malformed {
+        skip: options.skip_malformed,
+        capped: Capped::new(if options.skip_malformed {
+            MAX_SKIPPED_REPORTED
+        } else {
+            MAX_REPORTED
+        }),
+    };
+    let mut buf = Vec::new();
+    for number in 1.. {
+        match read_line(&mut input, &mut buf) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                diags.error(file, None, None, format!("cannot read audit log: {e}"));
+                break;
+            }
+        }
+        let complete = buf.ends_with(b"\n");
+        if !complete && buf.len() > MAX_LINE {
+            bad.report(
+                diags,
+                file,
+                number,
+                None,
+                format!("line longer than {MAX_LINE} bytes"),
+            );
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(&buf) else {
+            bad.report(diags, file, number, None, "not UTF-8 text".into());
+            continue;
+        };
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let outcome = serde_json::from_str::<Value>(text)
+            .map_err(LineError::Json)
+            .and_then(|value| {
+                match parse_record(&value)? {
+                    Parsed::Lookup(lookup) => {
+                        log.records += 1;
+                        observe(&mut log, &lookup, number, options.agent);
+                    }
+                    Parsed::Skipped => log.records += 1,
+                    Parsed::Lost(n) => log.lost += n,
+                }
+                Ok(())
+            });
+        match outcome {
+            Ok(()) => {}
+            // A log still being written may end in half a line.
+            Err(LineError::Json(e)) if !complete && e.is_eof() => diags.warning(
+                file,
+                Some(number),
+                None,
+                "incomplete last line skipped (is the log still being written?)",
+            ),
+            Err(e) => {
+                let (field, message) = e.split();
+                bad.report(diags, file, number, field, message);
+            }
+        }
+    }
+    bad.finish(diags, file);
+    log
+}
+
+enum Parsed<'a> {
+    Lookup(Lookup<'a>),
+    /// A record that is not a lookup by an agent: refused, or without a name.
+    Skipped,
+    /// `audit_records_lost`, with its count.
+    Lost(u64),
+}
+
+enum LineError {
+    Json(serde_json::Error),
+    Field(&'static str, String),
+    Other(String),
+}
+
+impl LineError {
+    fn split(self) -> (Option<String>, String) {
+        match self {
+            LineError::Json(e) => {
+                // serde_json appends " at line 1 column N"; the line is ours.
+                let text = e.to_string();
+                let text = text.split(" at line ").next().unwrap_or(&text).to_string();
+                (
+                    None,
+                    format!("not a JSON audit record: {text} (column {})", e.column()),
+                )
+            }
+            LineError::Field(field, message) => (Some(field.to_string()), message),
+            LineError::Other(message) => (None, message),
+        }
+    }
+}
+
+fn parse_record(value: &Value) -> Result<Parsed<'_>, LineError> {
+    let Value::Object(object) = value else {
+        return Err(LineError::Other("not a JSON object".into()));
+    };
+    // Unknown fields are ignored so newer logs load; known ones must have their types.
+    if let Some(event) = string(object, "event")? {
+        return match event {
+            "audit_records_lost" => match object.get("count") {
+                Some(Value::Number(n)) if n.is_u64() => Ok(Parsed::Lost(n.as_u64().unwrap_or(0))),
+                _ => Err(LineError::Field(
+                    "count",
+                    "expected a non-negative integer".into(),
+                )),
+            },
+            _ => Ok(Parsed::Skipped),
+        };
+    }
+    let denied = match string(object, "decision")? {
+        Some("allow" | "would_deny") => false,
+        // Refused under a wildcard by the exfiltration fences: allowlisted
+        // already, so nothing to suggest (docs/exfiltration.md).
+        Some("deny") if string(object, "exfil")?.is_some() => return Ok(Parsed::Skipped),
+        Some("deny") => true,
+        Some("refused") => return Ok(Parsed::Skipped),
+        Some(other) => {
+            return Err(LineError::Field(
+                "decision",
+                format!("unknown decision '{other}' (expected allow, deny, would_deny or refused)"),
+            ));
+        }
+        None => return Err(LineError::Field("decision", "missing".into())),
+    };
+    let ts = string(object, "ts")?.ok_or(LineError::Field("ts", "missing".into()))?;
+    let ts = humantime::parse_rfc3339(ts)
+        .map_err(|e| LineError::Field("ts", format!("'{ts}' is not an RFC 3339 time: {e}")))?;
+    let client = string(object, "client")?.ok_or(LineError::Field("client", "missing".into()))?;
+    let client = client
+        .parse::<SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| client.parse::<IpAddr>())
+        .map_err(|_| LineError::Field("client", format!("'{client}' is not an address")))?;
+    let rcode = string(object, "rcode")?;
+    let (Some(agent), Some(qname)) = (string(object, "agent")?, string(object, "qname")?) else {
+        return Ok(Parsed::Skipped);
+    };
+    Ok(Parsed::Lookup(Lookup {
+        ts,
+        client: client.to_canonical(),
+        agent,
+        qname,
+        denied,
+        rcode,
+    }))
+}
+
+/// A string field; `None` when absent or null.
+fn string<'a>(
+    object: &'a Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<&'a str>, LineError> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(LineError::Field(
+            field,
+            format!("expected a string, found {}", kind(other)),
+        )),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn observe(log: &mut Log, lookup: &Lookup, line: usize, wanted: Option<&str>) {
+    let room = log.agents.len() < MAX_AGENTS;
+    match log.agents.get_mut(lookup.agent) {
+        Some(n) => *n += 1,
+        None if room => {
+            log.agents.insert(lookup.agent.to_string(), 1);
+        }
+        None => log.more_agents = true,
+    }
+    let keep = match wanted {
+        Some(wanted) => wanted == lookup.agent,
+        None => {
+            let first = log
+                .first_agent
+                .get_or_insert_with(|| lookup.agent.to_string());
+            if first.as_str() != lookup.agent {
+                // Several agents without --agent fail; their names are not needed.
+                log.observed = None;
+            }
+            true
+        }
+    };
+    let Some(observed) = log.observed.as_mut().filter(|_| keep) else {
+        return;
+    };
+    observed.lookups += 1;
+    observed.clients.insert(lookup.client);
+    observed.span = Some(match observed.span {
+        None => (lookup.ts, lookup.ts),
+        Some((first, last)) => (first.min(lookup.ts), last.max(lookup.ts)),
+    });
+    match policy_name(lookup.qname) {
+        Ok(key) => observed
+            .names
+            .entry(key)
+            .or_insert_with(|| Seen::new(lookup.ts))
+            .add(lookup),
+        Err(reason) => observed
+            .left_out
+            .entry(lookup.qname.to_string())
+            .or_insert_with(|| LeftOut {
+                reason,
+                line,
+                seen: Seen::new(lookup.ts),
+            })
+            .seen
+            .add(lookup),
+    }
+}
+
+/// The policy key for a logged name, or why no entry can allow it.
+fn policy_name(qname: &str) -> Result<String, String> {
+    // The writer escapes `*` as `\042`; a literal one in an edited log must not become a pattern.
+    if qname.contains(['*', '?']) {
+        return Err("a wildcard character in a looked-up name".into());
+    }
+    // The loader reads an address as an address rule, which opens the firewall without DNS.
+    if qname.trim().trim_end_matches('.').parse::<IpAddr>().is_ok() {
+        return Err("an IP address, not a name".into());
+    }
+    // Logs are lower case A-labels already; hand-edited ones may not be.
+    let key = policy::name::pattern_key(qname)
+        .map_err(|e| format!("cannot be written in a policy: {e}"))?;
+    if reads_as_address(&key) {
+        return Err("a numeric last label, which reads as an IP address".into());
+    }
+    if policy::is_public_suffix(&key) {
+        return Err("a TLD or public suffix, not a host".into());
+    }
+    Ok(key)
+}
+
+/// Whether a canonical name ends in a numeric label (`1.2.3.4`, `10.1`,
+/// `0x7f.1`). No TLD is numeric, and URL parsers and `inet_aton` read such
+/// names as IPv4 addresses.
+fn reads_as_address(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    last.bytes().all(|b| b.is_ascii_digit())
+        || last
+            .strip_prefix("0x")
+            .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn choose_agent(log: &mut Log, wanted: Option<&str>) -> Result<(String, Observed), String> {
+    let mut seen = log
+        .agents
+        .iter()
+        .map(|(agent, n)| format!("'{agent}' ({n} lookups)"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if log.more_agents {
+        seen.push_str(", and more");
+    }
+    let observed = log.observed.take().unwrap_or_default();
+    match wanted {
+        Some(agent) if observed.lookups > 0 => Ok((agent.to_string(), observed)),
+        Some(agent) if log.agents.is_empty() => Err(format!(
+            "no lookups by agent '{agent}': the log holds no lookups by any agent"
+        )),
+        Some(agent) => Err(format!(
+            "no lookups by agent '{agent}'; agents in the log: {seen}"
+        )),
+        None if log.agents.is_empty() => Err(
+            "no lookups to suggest from: the log holds no allowed or denied lookups by any agent"
+                .into(),
+        ),
+        None if log.agents.len() == 1 && !log.more_agents => {
+            let agent = log.first_agent.take().expect("one agent was seen");
+            Ok((agent, observed))
+        }
+        None if log.more_agents => Err(format!(
+            "the log holds lookups by more than {MAX_AGENTS} agents: {seen}; choose one with --agent"
+        )),
+        None => Err(format!(
+            "the log holds lookups by {} agents: {seen}; choose one with --agent",
+            log.agents.len()
+        )),
+    }
+}
+
+fn warn_left_out(file: &Path, observed: &Observed, diags: &mut Diagnostics) {
+    let mut capped = Capped::new(MAX_REPORTED);
+    for (name, left) in &observed.left_out {
+        if capped.report() {
+            diags.warning(
+                file,
+                Some(left.line),
+                Some("qname".into()),
+                format!("left out {}: {}", quote(name), plain(&left.reason)),
+            );
+        }
+    }
+    if let Some(more) = capped.summary() {
+        diags.warning(file, None, None, format!("{more} names left out"));
+    }
+}
+
+/// Warns about what the policy lists commented out.
+fn warn_commented(file: &Path, active: &[Entry], denied: &[Entry], diags: &mut Diagnostics) {
+    let mut capped = Capped::new(MAX_REPORTED);
+    for (entry, only_denied) in active
+        .iter()
+        .map(|e| (e, false))
+        .chain(denied.iter().map(|e| (e, true)))
+    {
+        let Some(why) = &entry.tunnel else { continue };
+        if capped.report() {
+            diags.warning(
+                file,
+                None,
+                Some("qname".into()),
+                format!(
+                    "{} looks like a DNS tunnel ({why}{}): commented out, review it",
+                    quote(&entry.destination),
+                    if only_denied { ", all denied" } else { "" }
+                ),
+            );
+        }
+    }
+    if let Some(more) = capped.summary() {
+        diags.warning(file, None, None, format!("{more} DNS tunnel lookalikes"));
+    }
+    let only_denied: usize = denied.iter().map(|e| e.names.len()).sum();
+    if only_denied > 0 {
+        diags.warning(
+            file,
+            None,
+            None,
+            format!(
+                "{} only denied, never allowed: commented out; review them, or pass --include-denied",
+                were(only_denied, "name was", "names were")
+            ),
+        );
+    }
+}
+
+/// One `expected_outbound` entry of the suggestion.
+#[derive(Debug, PartialEq, Eq)]
+struct Entry {
+    /// A name, or `*.parent`.
+    destination: String,
+    /// The names it stands for, sorted.
+    names: Vec<String>,
+    seen: Seen,
+    /// Why the group looks like a DNS tunnel; such entries are commented out.
+    tunnel: Option<String>,
+}
+
+/// Groups names into entries, sorted by domain (TLD first).
+///
+/// A parent with at least [`MIN_CHILDREN`] distinct child labels becomes
+/// `*.parent`, which covers every name at any depth below it; the widest such
+/// parent wins. The parent must not be a TLD, public suffix or registry
+/// label, and must be at or below the registrable domain of every name under
+/// it: `*.core.windows.net` would cover every `blob.core.windows.net`
+/// account. `*.parent` does not match `parent`, so a parent that was itself
+/// looked up keeps its own entry.
+fn group(names: &BTreeMap<String, Seen>) -> Vec<Entry> {
+    struct Parent<'a> {
+        children: BTreeSet<&'a str>,
+        /// Every name below is in the registrable domain at or above it.
+        one_domain: bool,
+    }
+    let mut parents: HashMap<&str, Parent> = HashMap::new();
+    for name in names.keys() {
+        let domain = policy::registrable_domain(name);
+        let mut rest = name.as_str();
+        while let Some(dot) = rest.find('.') {
+            let (label, parent) = (&rest[..dot], &rest[dot + 1..]);
+            let p = parents.entry(parent).or_insert_with(|| Parent {
+                children: BTreeSet::new(),
+                one_domain: true,
+            });
+            p.children.insert(label);
+            p.one_domain &= domain.is_some_and(|r| policy::at_or_below(parent, r));
+            rest = parent;
+        }
+    }
+    let groups = |parent: &str| {
+        parents
+            .get(parent)
+            .is_some_and(|p| p.children.len() >= MIN_CHILDREN && p.one_domain)
+            && may_wildcard(parent)
+    };
+    let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+    for (name, seen) in names {
+        let mut widest = None;
+        let mut rest = name.as_str();
+        while let Some(dot) = rest.find('.') {
+            rest = &rest[dot + 1..];
+            if groups(rest) {
+                widest = Some(rest);
+            }
+        }
+        let destination = match widest {
+            Some(parent) => format!("*.{parent}"),
+            None => name.clone(),
+        };
+        match entries.entry(destination) {
+            btree_map::Entry::Vacant(slot) => {
+                let destination = slot.key().clone();
+                slot.insert(Entry {
+                    destination,
+                    names: vec![name.clone()],
+                    seen: seen.clone(),
+                    tunnel: None,
+                });
+            }
+            btree_map::Entry::Occupied(mut slot) => {
+                let entry = slot.get_mut();
+                entry.names.push(name.clone());
+                entry.seen.merge(seen);
+            }
+        }
+    }
+    let mut entries: Vec<Entry> = entries.into_values().collect();
+    for entry in &mut entries {
+        if let Some(parent) = entry.destination.strip_prefix("*.") {
+            entry.tunnel = tunnel_like(parent, &entry.names);
+        }
+    }
+    entries.sort_by(|a, b| domain_order(&a.destination).cmp(&domain_order(&b.destination)));
+    entries
+}
+
+/// Why the names of a wildcard group look like data encoded into DNS
+/// queries: more than [`MAX_GROUP`] of them, or at least half with a
+/// random-looking label below the parent.
+fn tunnel_like(parent: &str, names: &[String]) -> Option<String> {
+    let random = names
+        .iter()
+        .filter(|name| {
+            name.strip_suffix(parent)
+                .unwrap_or(name)
+                .split('.')
+                .any(looks_random)
+        })
+        .count();
+    if names.len() <= MAX_GROUP && random * 2 < names.len() {
+        return None;
+    }
+    let mut why = plural(names.len() as u64, "distinct name");
+    if random > 0 {
+        let _ = write!(why, ", {random} with random-looking labels");
+    }
+    Some(why)
+}
+
+/// A label of [`RANDOM_LABEL_LEN`] or more characters, at least 3/4 of them
+/// digits or consonants: base32 and hex have few vowels, words have many.
+fn looks_random(label: &str) -> bool {
+    let plain = label
+        .bytes()
+        .filter(|b| b.is_ascii_digit() || (b.is_ascii_lowercase() && !b"aeiou".contains(b)))
+        .count();
+    label.len() >= RANDOM_LABEL_LEN && plain * 4 >= label.len() * 3
+}
+
+/// Whether `*.parent` is narrow enough to suggest.
+fn may_wildcard(parent: &str) -> bool {
+    if policy::is_public_suffix(parent) || reads_as_address(parent) {
+        return false;
+    }
+    match parent.split_once('.') {
+        Some((label, tld)) => !(tld.len() == 2 && REGISTRY_LABELS.contains(&label)),
+        None => false,
+    }
+}
+
+/// Labels from the TLD down, so related names sort together and `*.x`
+/// right after `x`.
+fn domain_order(name: &str) -> Vec<&str> {
+    name.rsplit('.').collect()
+}
+
+/// The parent of a live wildcard among `wildcards` that covers `destination`, if any.
+fn covered_by<'a>(destination: &str, wildcards: &HashSet<&'a str>) -> Option<&'a str> {
+    let (mut rest, wildcard) = match destination.strip_prefix("*.") {
+        Some(parent) => (parent, true),
+        None => (destination, false),
+    };
+    if wildcard && let Some(hit) = wildcards.get(rest) {
+        return Some(*hit);
+    }
+    while let Some((_, parent)) = rest.split_once('.') {
+        if let Some(hit) = wildcards.get(parent) {
+            return Some(*hit);
+        }
+        rest = parent;
+    }
+    None
+}
+
+fn render(
+    file: &Path,
+    log: &Log,
+    agent: &str,
+    observed: &Observed,
+    active: &[Entry],
+    denied: &[Entry],
+    options: &Options,
+) -> String {
+    let mut out = String::new();
+    let (first, last) = observed.span.expect("an agent has lookups");
+    let _ = writeln!(
+        out,
+        "# Suggested by `allowdns suggest` from {} ({} records).",
+        quote(&file.display().to_string()),
+        log.records
+    );
+    let _ = writeln!(
+        out,
+        "# Agent {}: {}, {} to {}.",
+        quote(agent),
+        plural(observed.lookups, "lookup"),
+        stamp(first),
+        stamp(last)
+    );
+    if log.lost > 0 {
+        let _ = writeln!(
+            out,
+            "# The log reports {} lost: lookups may be missing here.",
+            plural(log.lost, "record")
+        );
+    }
+    out.push_str(
+        "#
+# REVIEW BEFORE USE. This allows every name the agent looked up while it was
+# observed, including lookups that failed (the rcode and count) or were
+# sometimes denied (\"denied N\"). Delete what the agent should not reach.
+# The audit log has no ports: add port and protocol where the firewall
+# should restrict them.
+",
+    );
+    if options.include_denied {
+        out.push_str("# Names only ever denied are included (--include-denied).\n");
+    } else {
+        out.push_str("# Names only ever denied are listed commented out, after the entries.\n");
+    }
+    let _ = writeln!(
+        out,
+        "#
+# A parent with {MIN_CHILDREN} or more distinct child labels became \"*.parent\", except
+# TLDs, public suffixes and parents above a registrable domain. \"*.parent\"
+# does not match the parent itself, which has its own entry when it was
+# looked up. Groups of more than {MAX_GROUP} names, or mostly of long random-looking
+# labels, look like a DNS tunnel and are commented out."
+    );
+    out.push_str("version: 1\n");
+    let _ = writeln!(out, "agent_name: {}", quote(agent));
+    out.push_str("mode: enforce\n");
+    out.push_str("# The client addresses seen; widen them if the agent's address can change.\n");
+    out.push_str("clients:\n");
+    for ip in &observed.clients {
+        let _ = writeln!(out, "  - {}", quote(&ipnet::IpNet::from(*ip).to_string()));
+    }
+    out.push_str("expected_outbound:\n");
+    let line = |entry: &Entry, commented: bool| {
+        let hash = if commented { "# " } else { "" };
+        format!("  {hash}- destination: {}", quote(&entry.destination))
+    };
+    let width = active
+        .iter()
+        .map(|e| line(e, e.tunnel.is_some()))
+        .chain(denied.iter().map(|e| line(e, true)))
+        .map(|l| l.len())
+        .max()
+        .unwrap_or(0)
+        .min(60);
+    for entry in active {
+        let note = match &entry.tunnel {
+            Some(_) => tunnel_note(entry),
+            None => String::new(),
+        };
+        let line = line(entry, entry.tunnel.is_some());
+        render_entry(&mut out, entry, &line, width, &note, false);
+    }
+    if !denied.is_empty() {
+        out.push_str(
+            "  # Only denied, never allowed: review before enabling (or use --include-denied).\n",
+        );
+        let wildcards: HashSet<&str> = active
+            .iter()
+            .filter(|e| e.tunnel.is_none())
+            .filter_map(|e| e.destination.strip_prefix("*."))
+            .collect();
+        for entry in denied {
+            let mut note = if entry.tunnel.is_some() {
+                tunnel_note(entry)
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                note,
+                "denied {}, never allowed: review before enabling; ",
+                plural(entry.seen.denied, "time")
+            );
+            if let Some(parent) = covered_by(&entry.destination, &wildcards) {
+                let _ = write!(note, "already allowed by \"*.{parent}\"; ");
+            }
+            render_entry(&mut out, entry, &line(entry, true), width, &note, true);
+        }
+    }
+    if !observed.left_out.is_empty() {
+        out.push_str("  # Left out: no policy entry can allow these.\n");
+        for (name, left) in observed.left_out.iter().take(MAX_LEFT_OUT_SHOWN) {
+            let _ = writeln!(
+                out,
+                "  # {}: {}; {}",
+                quote(name),
+                plain(&left.reason),
+                describe(&left.seen, true)
+            );
+        }
+        let more = observed.left_out.len().saturating_sub(MAX_LEFT_OUT_SHOWN);
+        if more > 0 {
+            let _ = writeln!(out, "  # ... and {more} more");
+        }
+    }
+    out
+}
+
+fn tunnel_note(entry: &Entry) -> String {
+    format!(
+        "looks like a DNS tunnel ({}): review; ",
+        plural(entry.names.len() as u64, "distinct name")
+    )
+}
+
+/// One entry: its children (for a wildcard), then `line` with a comment of
+/// `note` and what was seen.
+fn render_entry(
+    out: &mut String,
+    entry: &Entry,
+    line: &str,
+    width: usize,
+    note: &str,
+    only_denied: bool,
+) {
+    if let Some(parent) = entry.destination.strip_prefix("*.") {
+        let suffix = format!(".{parent}");
+        let shown: Vec<String> = entry
+            .names
+            .iter()
+            .take(MAX_SHOWN)
+            .map(|n| plain(n.strip_suffix(&suffix).unwrap_or(n)))
+            .collect();
+        let more = entry.names.len().saturating_sub(MAX_SHOWN);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "  # {}{more}", shown.join(", "));
+    }
+    let count = if entry.destination.starts_with('*') {
+        format!("{}, ", plural(entry.names.len() as u64, "name"))
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        out,
+        "{line:width$}   # {note}{count}{}",
+        describe(&entry.seen, !only_denied)
+    );
+}
+
+/// "12 lookups, first …, last …; denied 2; NXDOMAIN 3".
+fn describe(seen: &Seen, show_denied: bool) -> String {
+    let mut text = if seen.lookups == 1 {
+        format!("1 lookup, {}", stamp(seen.first))
+    } else {
+        format!(
+            "{}, first {}, last {}",
+            plural(seen.lookups, "lookup"),
+            stamp(seen.first),
+            stamp(seen.last)
+        )
+    };
+    if seen.denied > 0 && show_denied {
+        let _ = write!(text, "; denied {}", seen.denied);
+    }
+    for (rcode, n) in &seen.failed {
+        let _ = write!(text, "; {} {n}", plain(rcode));
+    }
+    text
+}
+
+fn stamp(t: SystemTime) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_seconds(t)
+}
+
+/// "1 name was", "2 names were".
+fn were(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// Text from the log made safe for a comment or message: [`quote`] without
+/// the quotes.
+fn plain(s: &str) -> String {
+    let quoted = quote(s);
+    quoted[1..quoted.len() - 1].to_string()
+}
+
+/// A YAML double-quoted scalar. Everything outside printable ASCII is
+/// escaped, so no input can end the string, the line or a comment early.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            c if (c as u32) <= 0xffff => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => {
+                let _ = write!(out, "\\U{:08x}", c as u32);
+            }
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[derive(Debug, clap::Args, Clone)]
+pub struct SuggestArgs {
+    /// Audit log (JSON Lines) to learn from.
+    #[arg(long)]
+    pub audit_log: PathBuf,
+    /// The agent to suggest for; needed when the log holds several.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Where to write the policy; `-` or absent means stdout.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+    /// Make names that were only ever denied entries; by default they are
+    /// listed commented out.
+    #[arg(long)]
+    pub include_denied: bool,
+    /// Warn about malformed lines and skip them, instead of failing.
+    #[arg(long)]
+    pub skip_malformed: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One audit line as the writer formats it, `sec` seconds into the log.
+    fn line(sec: u64, agent: &str, qname: &str, decision: &str, rcode: &str) -> String {
+        let ts = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000 + sec);
+        let mut v = serde_json::json!({
+            "ts": humantime::format_rfc3339_micros(ts).to_string(),
+            "client": "10.200.1.2:5353",
+            "transport": "udp",
+            "agent": agent,
+            "qname": qname,
+            "qtype": "A",
+            "decision": decision,
+            "rule": null,
+            "dynamic": false,
+            "rcode": rcode,
+            "answers": [],
+            "upstream_ms": null,
+        });
+        v["future_field"] = serde_json::json!({"unknown": true});
+        format!("{v}\n")
+    }
+
+    #[test]
+    fn names_refused_by_the_exfiltration_fences_are_not_suggested() {
+        let mut log = lookups(&["api.example.com"]);
+        let mut refused: serde_json::Value =
+            serde_json::from_str(&line(9, "agent", "x1y2.t.cdn.test", "deny", "REFUSED")).unwrap();
+        refused["exfil"] = "budget".into();
+        log.push_str(&format!("{refused}\n"));
+        assert_eq!(destinations(&log), vec!["api.example.com"]);
+    }
+
+    fn lookups(names: &[&str]) -> String {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| line(i as u64, "agent", n, "would_deny", "NOERROR"))
+            .collect()
+    }
+
+    fn run_on(log: &str, agent: Option<&str>) -> Result<Suggestion, Diagnostics> {
+        suggest(
+            Path::new("a.jsonl"),
+            log.as_bytes(),
+            &Options {
+                agent,
+                ..Options::default()
+            },
+        )
+    }
+
+    fn run_with(log: &str, options: Options) -> Result<Suggestion, Diagnostics> {
+        suggest(Path::new("a.jsonl"), log.as_bytes(), &options)
+    }
+
+    fn messages(d: &Diagnostics) -> Vec<String> {
+        d.items.iter().map(|d| d.to_string()).collect()
+    }
+
+    /// The suggestion's destinations, in order.
+    fn destinations(log: &str) -> Vec<String> {
+        let text = run_on(log, None).expect("suggests").policy;
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix("- destination: \""))
+            .map(|l| l[..l.find('"').unwrap()].to_string())
+            .collect()
+    }
+
+    /// Active destinations of a suggestion's text.
+    fn active(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("  - destination: \""))
+            .map(|l| &l[..l.find('"').unwrap()])
+            .collect()
+    }
+
+    fn compiled(text: &str) -> policy::Policy {
+        let mut d = Diagnostics::default();
+        let p = policy::compile_source(Path::new("s.yaml"), text, &mut d).expect("compiles");
+        assert!(d.items.is_empty(), "{:?}", messages(&d));
+        p
+    }
+
+    #[test]
+    fn siblings_group_into_a_wildcard_from_the_threshold_on() {
+        let log = lookups(&[
+            "cdn-1.images.example.net",
+            "cdn-2.images.example.net",
+            "cdn-3.images.example.net",
+            "cdn-4.images.example.net",
+            "cdn-4.images.example.net",
+            "a.three.example.org",
+            "b.three.example.org",
+            "c.three.example.org",
+        ]);
+        assert_eq!(
+            destinations(&log),
+            [
+                "*.images.example.net",
+                "a.three.example.org",
+                "b.three.example.org",
+                "c.three.example.org",
+            ]
+        );
+        let text = run_on(&log, None).unwrap().policy;
+        assert!(text.contains("  # cdn-1, cdn-2, cdn-3, cdn-4\n"), "{text}");
+        assert!(
+            text.contains("\"*.images.example.net\"   # 4 names, 5 lookups, first 2026-"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn never_a_wildcard_over_a_tld_or_public_suffix() {
+        let mut names = Vec::new();
+        for parent in ["com", "co.uk", "github.io", "com.ar", "herokuapp.com"] {
+            for child in ["a", "b", "c", "d", "e"] {
+                names.push(format!("{child}.{parent}"));
+            }
+        }
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let got = destinations(&lookups(&names));
+        assert_eq!(got.len(), 25, "{got:?}");
+        assert!(got.iter().all(|d| !d.contains('*')), "{got:?}");
+        // One level down is somebody's own domain, which may be grouped.
+        let got = destinations(&lookups(&[
+            "a.me.github.io",
+            "b.me.github.io",
+            "c.me.github.io",
+            "d.me.github.io",
+        ]));
+        assert_eq!(got, ["*.me.github.io"]);
+    }
+
+    #[test]
+    fn a_parent_looked_up_itself_keeps_its_own_entry() {
+        let log = lookups(&[
+            "w.x.example",
+            "x.example",
+            "a.x.example",
+            "b.x.example",
+            "c.x.example",
+        ]);
+        assert_eq!(destinations(&log), ["x.example", "*.x.example"]);
+        let p = compiled(&run_on(&log, None).unwrap().policy);
+        assert!(p.rule_for("x.example").is_some());
+        assert!(p.rule_for("new.x.example").is_some());
+        assert!(p.rule_for("example").is_none());
+    }
+
+    #[test]
+    fn the_widest_parent_wins_and_covers_deeper_names() {
+        let log = lookups(&[
+            "www.example.com",
+            "mail.example.com",
+            "cdn.example.com",
+            "a.api.example.com",
+            "b.api.example.com",
+            "c.api.example.com",
+            "d.api.example.com",
+        ]);
+        assert_eq!(destinations(&log), ["*.example.com"]);
+        let text = run_on(&log, None).unwrap().policy;
+        assert!(text.contains("# 7 names, 7 lookups"), "{text}");
+    }
+
+    #[test]
+    fn names_are_normalized_to_lower_case_a_labels() {
+        let log = lookups(&[
+            "Bücher.Example",
+            "xn--bcher-kva.example",
+            "WWW.Example.NET.",
+        ]);
+        assert_eq!(
+            destinations(&log),
+            ["xn--bcher-kva.example", "www.example.net"]
+        );
+        let text = run_on(&log, None).unwrap().policy;
+        assert!(
+            text.contains("\"xn--bcher-kva.example\"   # 2 lookups"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn names_and_agents_are_quoted_safely() {
+        for odd in ["plain", "a\"b: #c\nd", "*.x", "&anchor", "é 🦀 \\", "- [x]"] {
+            let yaml = format!("v: {}\n", quote(odd));
+            let back: HashMap<String, String> = serde_yaml::from_str(&yaml).unwrap();
+            assert_eq!(back["v"], odd, "{yaml}");
+            assert!(!quote(odd).contains('\n'));
+        }
+        let agent = "travel \"v1\"\n# injected";
+        let log: String = (0..4)
+            .map(|i| line(i, agent, &format!("n{i}.x.example"), "allow", "NOERROR"))
+            .collect();
+        let text = run_on(&log, None).unwrap().policy;
+        assert!(text.contains("  - destination: \"*.x.example\""), "{text}");
+        assert!(!text.contains("\n# injected"), "{text}");
+        assert_eq!(&*compiled(&text).agent, agent.trim());
+    }
+
+    #[test]
+    fn output_is_sorted_and_deterministic() {
+        let names = [
+            "b.example.org",
+            "a.example.com",
+            "z.example.com",
+            "a.example.org",
+            "x.test",
+        ];
+        let forward = lookups(&names);
+        let backward: String = forward.lines().rev().map(|l| format!("{l}\n")).collect();
+        let a = run_on(&forward, None).unwrap().policy;
+        assert_eq!(a, run_on(&backward, None).unwrap().policy);
+        assert_eq!(
+            destinations(&forward),
+            [
+                "a.example.com",
+                "z.example.com",
+                "a.example.org",
+                "b.example.org",
+                "x.test"
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_lines_are_all_reported_with_their_line() {
+        let log = format!(
+            "{}not json\n{}[1]\n{}{}",
+            line(0, "a", "ok.example", "allow", "NOERROR"),
+            line(1, "a", "ok.example", "maybe", "NOERROR"),
+            line(2, "a", "ok.example", "allow", "NOERROR").replace("\"10.200.1.2:5353\"", "7"),
+            line(3, "a", "ok.example", "allow", "NOERROR").replace("2026-", "yesterday-"),
+        );
+        let errors = messages(&run_on(&log, None).unwrap_err());
+        assert_eq!(errors.len(), 5, "{errors:?}");
+        assert!(
+            errors[0].starts_with("error: a.jsonl:2: not a JSON audit record"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].starts_with("error: a.jsonl:3: decision: unknown decision 'maybe'"),
+            "{errors:?}"
+        );
+        assert_eq!(errors[2], "error: a.jsonl:4: not a JSON object");
+        assert_eq!(
+            errors[3],
+            "error: a.jsonl:5: client: expected a string, found a number"
+        );
+        assert!(
+            errors[4].starts_with("error: a.jsonl:6: ts: 'yesterday-"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn an_incomplete_last_line_is_only_a_warning() {
+        let mut log = lookups(&["a.example"]);
+        log.push_str(&line(1, "agent", "b.example", "allow", "NOERROR")[..40]);
+        let s = run_on(&log, None).unwrap();
+        assert_eq!(
+            messages(&s.warnings),
+            ["warning: a.jsonl:2: incomplete last line skipped (is the log still being written?)"]
+        );
+    }
+
+    #[test]
+    fn several_agents_need_a_choice() {
+        let log = format!(
+            "{}{}{}",
+            line(0, "alpha", "a.example", "allow", "NOERROR"),
+            line(1, "beta", "b.example", "allow", "NOERROR"),
+            line(2, "beta", "c.example", "deny", "NXDOMAIN"),
+        );
+        let e = messages(&run_on(&log, None).unwrap_err());
+        assert_eq!(
+            e,
+            [
+                "error: a.jsonl: the log holds lookups by 2 agents: 'alpha' (1 lookups), 'beta' (2 lookups); choose one with --agent"
+            ]
+        );
+        let text = run_on(&log, Some("beta")).unwrap().policy;
+        assert!(
+            text.contains("agent_name: \"beta\"") && !text.contains("a.example"),
+            "{text}"
+        );
+        let e = messages(&run_on(&log, Some("gamma")).unwrap_err());
+        assert!(
+            e[0].contains("no lookups by agent 'gamma'; agents in the log: 'alpha'"),
+            "{e:?}"
+        );
+        let e = messages(&run_on("", None).unwrap_err());
+        assert!(e[0].contains("no lookups to suggest from"), "{e:?}");
+    }
+
+    #[test]
+    fn refused_and_event_lines_are_skipped_and_loss_is_noted() {
+        let refused = line(1, "a", "x", "refused", "FORMERR")
+            .replace("\"agent\":\"a\"", "\"agent\":null")
+            .replace("\"qname\":\"x\"", "\"qname\":null");
+        let log = format!(
+            "{}{refused}{}\n",
+            line(0, "a", "ok.example", "allow", "NOERROR"),
+            r#"{"ts":"2026-11-22T01:02:03.000000Z","event":"audit_records_lost","count":7}"#,
+        );
+        let text = run_on(&log, None).unwrap().policy;
+        assert!(text.contains("(2 records)"), "{text}");
+        assert!(text.contains("Agent \"a\": 1 lookup,"), "{text}");
+        assert!(text.contains("# The log reports 7 records lost"), "{text}");
+    }
+
+    #[test]
+    fn unusable_names_are_left_out_with_a_warning() {
+        let log = lookups(&[
+            "ok.example",
+            "localhost",
+            "co.uk",
+            "*.evil.example",
+            "a\\046b.example",
+            ".",
+        ]);
+        let s = run_on(&log, None).unwrap();
+        assert_eq!(destinations(&log), ["ok.example"]);
+        let w = messages(&s.warnings);
+        assert_eq!(w.len(), 5, "{w:?}");
+        assert!(
+            w.iter().any(|w| w
+                .starts_with("warning: a.jsonl:4: qname: left out \"*.evil.example\": a wildcard")),
+            "{w:?}"
+        );
+        assert!(
+            s.policy
+                .contains("  # \"localhost\": a TLD or public suffix, not a host; 1 lookup"),
+            "{}",
+            s.policy
+        );
+        let e = messages(&run_on(&lookups(&["localhost"]), None).unwrap_err());
+        assert!(
+            e.iter()
+                .any(|e| e.contains("none of the 1 lookups by agent 'agent' can be allowed")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn denials_are_counted_apart_from_failed_lookups() {
+        let log = format!(
+            "{}{}{}",
+            line(0, "a", "gone.example", "deny", "NXDOMAIN"),
+            line(1, "a", "gone.example", "allow", "NXDOMAIN"),
+            line(2, "a", "gone.example", "allow", "SERVFAIL"),
+        );
+        let text = run_on(&log, None).unwrap().policy;
+        assert!(text.contains("# 3 lookups, first 2026-11-18T11:06:40Z, last 2026-11-18T11:06:42Z; denied 1; NXDOMAIN 1; SERVFAIL 1"), "{text}");
+    }
+
+    /// `n` names `<random 30 base32 chars>.<parent>`, the same for every run.
+    fn random_names(n: usize, parent: &str) -> Vec<String> {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        (0..n)
+            .map(|_| {
+                let label: String = (0..30)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        b"abcdefghijklmnopqrstuvwxyz234567"[(x % 32) as usize] as char
+                    })
+                    .collect();
+                format!("{label}.{parent}")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn addresses_and_numeric_names_are_left_out() {
+        let names = [
+            "9.9.9.9",
+            "9.9.9.9.",
+            "1.2.3.4",
+            "a.2.3.4",
+            "b.2.3.4",
+            "c.2.3.4",
+            "d.2.3.4",
+            "10.1",
+            "0x7f.1",
+            "::1",
+            "1.2.3.4.example",
+            "ok.example",
+        ];
+        let log = lookups(&names);
+        let s = run_on(&log, None).unwrap();
+        assert_eq!(destinations(&log), ["1.2.3.4.example", "ok.example"]);
+        assert!(!s.policy.contains("\"*.2.3.4\""), "{}", s.policy);
+        let w = messages(&s.warnings);
+        assert_eq!(w.len(), 10, "{w:?}");
+        assert!(
+            w.contains(
+                &"warning: a.jsonl:1: qname: left out \"9.9.9.9\": an IP address, not a name"
+                    .to_string()
+            ),
+            "{w:?}"
+        );
+        assert!(
+            w.iter().any(|w| w.starts_with(
+                "warning: a.jsonl:4: qname: left out \"a.2.3.4\": a numeric last label"
+            )),
+            "{w:?}"
+        );
+        assert!(
+            s.policy
+                .contains("  # \"0x7f.1\": a numeric last label, which reads as an IP address;"),
+            "{}",
+            s.policy
+        );
+        assert!(!may_wildcard("2.3.4") && !may_wildcard("1.0x7f"));
+    }
+
+    #[test]
+    fn self_check_rejects_address_rules() {
+        let entry = Entry {
+            destination: "9.9.9.9".into(),
+            names: vec!["9.9.9.9".into()],
+            seen: Seen::new(SystemTime::UNIX_EPOCH),
+            tunnel: None,
+        };
+        let text = "version: 1\nagent_name: a\nexpected_outbound:\n  - destination: \"9.9.9.9\"\n";
+        let mut d = Diagnostics::default();
+        self_check(Path::new("a.jsonl"), text, &[&entry], &mut d);
+        let e = messages(&d);
+        assert!(
+            e.iter()
+                .any(|e| e.contains("1 entries became address rules")),
+            "{e:?}"
+        );
+        // A commented-out entry that loads anyway is caught too.
+        let text = "version: 1\nagent_name: a\nexpected_outbound:\n  - destination: ok.example\n  - destination: evil.example\n";
+        let ok = Entry {
+            destination: "ok.example".into(),
+            ..entry
+        };
+        let mut d = Diagnostics::default();
+        self_check(Path::new("a.jsonl"), text, &[&ok], &mut d);
+        assert!(
+            messages(&d)
+                .iter()
+                .any(|e| e.contains("name rules differ from the suggested entries")),
+            "{:?}",
+            messages(&d)
+        );
+    }
+
+    #[test]
+    fn a_wildcard_never_spans_registrable_domains() {
+        assert_eq!(
+            policy::registrable_domain("x.acct.blob.core.windows.net"),
+            Some("acct.blob.core.windows.net")
+        );
+        assert_eq!(
+            policy::registrable_domain("management.core.windows.net"),
+            Some("windows.net")
+        );
+        assert_eq!(policy::registrable_domain("a.b.example"), Some("b.example"));
+        assert_eq!(policy::registrable_domain("a.b.co.uk"), Some("b.co.uk"));
+        assert_eq!(policy::registrable_domain("co.uk"), None);
+        assert_eq!(policy::registrable_domain("r2.dev"), None);
+
+        let mut names = vec!["management.core.windows.net".to_string()];
+        for service in ["blob", "file", "queue", "table", "web"] {
+            names.push(format!("acct.{service}.core.windows.net"));
+        }
+        for i in 0..5 {
+            names.push(format!("pub-{i}.r2.dev"));
+        }
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let got = destinations(&lookups(&names));
+        assert_eq!(got.len(), 11, "{got:?}");
+        assert!(got.iter().all(|d| !d.contains('*')), "{got:?}");
+        // Within one storage account is one owner's, and may be grouped.
+        let got = destinations(&lookups(&[
+            "a.acct.blob.core.windows.net",
+            "b.acct.blob.core.windows.net",
+            "c.acct.blob.core.windows.net",
+            "d.acct.blob.core.windows.net",
+        ]));
+        assert_eq!(got, ["*.acct.blob.core.windows.net"]);
+    }
+
+    #[test]
+    fn only_denied_names_are_commented_out_and_never_group() {
+        let log = format!(
+            "{}{}{}{}{}{}",
+            line(0, "a", "a.x.example", "allow", "NOERROR"),
+            line(1, "a", "b.x.example", "would_deny", "NOERROR"),
+            line(2, "a", "c.x.example", "allow", "NOERROR"),
+            line(3, "a", "c.x.example", "deny", "NXDOMAIN"),
+            line(4, "a", "d.x.example", "deny", "NXDOMAIN"),
+            line(5, "a", "d.x.example", "deny", "NXDOMAIN"),
+        );
+        let s = run_on(&log, None).unwrap();
+        assert_eq!(
+            active(&s.policy),
+            ["a.x.example", "b.x.example", "c.x.example"]
+        );
+        assert!(
+            s.policy.contains("  # - destination: \"d.x.example\"   # denied 2 times, never allowed: review before enabling; 2 lookups, first 2026-11-18T11:06:44Z, last 2026-11-18T11:06:45Z\n"),
+            "{}",
+            s.policy
+        );
+        assert!(s.policy.contains("; denied 1\n"), "{}", s.policy);
+        assert!(compiled(&s.policy).rule_for("d.x.example").is_none());
+        assert_eq!(
+            messages(&s.warnings),
+            [
+                "warning: a.jsonl: 1 name was only denied, never allowed: commented out; review them, or pass --include-denied"
+            ]
+        );
+
+        let s = run_with(
+            &log,
+            Options {
+                include_denied: true,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(active(&s.policy), ["*.x.example"]);
+        assert!(s.warnings.items.is_empty());
+
+        // Denied names under an allowed wildcard say so.
+        let mut log = lookups(&["a.y.example", "b.y.example", "c.y.example", "d.y.example"]);
+        log += &line(9, "agent", "evil.y.example", "deny", "NXDOMAIN");
+        let text = run_on(&log, None).unwrap().policy;
+        assert!(
+            text.contains("never allowed: review before enabling; already allowed by \"*.y.example\"; 1 lookup"),
+            "{text}"
+        );
+
+        let e =
+            messages(&run_on(&line(0, "a", "d.x.example", "deny", "NXDOMAIN"), None).unwrap_err());
+        assert_eq!(
+            e,
+            [
+                "warning: a.jsonl: 1 name was only denied, never allowed: commented out; review them, or pass --include-denied",
+                "error: a.jsonl: none of the 1 lookups by agent 'a' can be allowed by a policy; 1 name was only denied (see --include-denied)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_denied_tunnel_stays_commented_out_even_when_denied_names_are_included() {
+        let tunnel = random_names(150, "t.evil.example");
+        let mut log: String = tunnel
+            .iter()
+            .enumerate()
+            .map(|(i, n)| line(i as u64, "agent", n, "deny", "NXDOMAIN"))
+            .collect();
+        log += &lookups(&["ok.example"]);
+        for include_denied in [false, true] {
+            let s = run_with(
+                &log,
+                Options {
+                    include_denied,
+                    ..Options::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(active(&s.policy), ["ok.example"], "{}", s.policy);
+            assert!(
+                s.policy.contains("  # - destination: \"*.t.evil.example\"   # looks like a DNS tunnel (150 distinct names): review; "),
+                "{}",
+                s.policy
+            );
+            assert!(s.policy.contains(" and 142 more\n"), "{}", s.policy);
+            let w = messages(&s.warnings);
+            assert!(
+                w.iter().any(|w| w.starts_with(
+                    "warning: a.jsonl: qname: \"*.t.evil.example\" looks like a DNS tunnel (150 distinct names"
+                )),
+                "{w:?}"
+            );
+            assert!(compiled(&s.policy).rule_for(&tunnel[0]).is_none());
+        }
+    }
+
+    #[test]
+    fn random_labels_or_many_siblings_look_like_a_tunnel() {
+        assert!(looks_random("27w2wav5bollfqcefb4arprhlwsekk"));
+        assert!(looks_random("011796b2f4b2b0a004ab6fc21d63bf5e"));
+        assert!(!looks_random("my-company-production-api"));
+        assert!(!looks_random("authentication-service"));
+        assert!(!looks_random("b2f4b2b0a004ab6fc21"));
+
+        let mut names = random_names(4, "x.cdn.example");
+        names.extend((0..4).map(|i| format!("cdn-{i}.images.example")));
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let s = run_on(&lookups(&names), None).unwrap();
+        assert_eq!(active(&s.policy), ["*.images.example"], "{}", s.policy);
+        assert!(
+            s.policy.contains("# - destination: \"*.x.cdn.example\"   # looks like a DNS tunnel (4 distinct names): review; 4 names, "),
+            "{}",
+            s.policy
+        );
+        assert!(
+            messages(&s.warnings)[0].contains("(4 distinct names, 4 with random-looking labels)")
+        );
+
+        let many: Vec<String> = (0..=MAX_GROUP)
+            .map(|i| format!("n{i}.big.example"))
+            .collect();
+        let mut names: Vec<&str> = many.iter().map(String::as_str).collect();
+        names.push("ok.example");
+        let s = run_on(&lookups(&names), None).unwrap();
+        assert_eq!(active(&s.policy), ["ok.example"]);
+        assert!(
+            s.policy
+                .contains("# looks like a DNS tunnel (101 distinct names): review; 101 names,"),
+            "{}",
+            s.policy
+        );
+    }
+
+    #[test]
+    fn skip_malformed_turns_bad_lines_into_warnings() {
+        let log = format!(
+            "{}not json\n{}[1]\n",
+            line(0, "a", "ok.example", "allow", "NOERROR"),
+            line(1, "a", "b.example", "maybe", "NOERROR"),
+        ) + &line(2, "a", "c.example", "allow", "NOERROR");
+        assert_eq!(run_on(&log, None).unwrap_err().errors().count(), 3);
+        let s = run_with(
+            &log,
+            Options {
+                skip_malformed: true,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(active(&s.policy), ["c.example", "ok.example"]);
+        let w = messages(&s.warnings);
+        assert_eq!(w.len(), 4, "{w:?}");
+        assert!(
+            w[0].starts_with("warning: a.jsonl:2: skipped: not a JSON audit record"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with("warning: a.jsonl:3: decision: skipped: unknown decision"),
+            "{w:?}"
+        );
+        assert_eq!(
+            w[3],
+            "warning: a.jsonl: 3 malformed lines skipped (--skip-malformed); lookups may be missing here"
+        );
+
+        // Past the first few, skipped lines are only counted.
+        let log = "x\n".repeat(MAX_SKIPPED_REPORTED + 3)
+            + &line(0, "a", "ok.example", "allow", "NOERROR");
+        let s = run_with(
+            &log,
+            Options {
+                skip_malformed: true,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        let w = messages(&s.warnings);
+        assert_eq!(w.len(), MAX_SKIPPED_REPORTED + 1, "{w:?}");
+        assert!(
+            w[MAX_SKIPPED_REPORTED].contains(": 8 malformed lines skipped"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn overlong_lines_are_malformed() {
+        let ok = line(0, "a", "ok.example", "allow", "NOERROR");
+        // Exactly at the limit is fine.
+        let padded = format!("{}{}\n", " ".repeat(MAX_LINE - ok.len() + 1), ok.trim_end());
+        assert_eq!(padded.len(), MAX_LINE + 1);
+        let log = format!(
+            "{padded}{}\n{}",
+            "x".repeat(3 * MAX_LINE),
+            line(1, "a", "b.example", "allow", "NOERROR")
+        );
+        let e = messages(&run_on(&log, None).unwrap_err());
+        assert_eq!(e, ["error: a.jsonl:2: line longer than 65536 bytes"]);
+        let s = run_with(
+            &log,
+            Options {
+                skip_malformed: true,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(active(&s.policy), ["b.example", "ok.example"]);
+        // Also at the end without a newline.
+        let e = messages(&run_on(&format!("{ok}{}", "y".repeat(MAX_LINE + 1)), None).unwrap_err());
+        assert_eq!(e, ["error: a.jsonl:2: line longer than 65536 bytes"]);
+    }
+
+    #[test]
+    fn left_out_names_are_capped_in_the_policy() {
+        let bad: Vec<String> = (0..MAX_LEFT_OUT_SHOWN + 7)
+            .map(|i| format!("{i}.{i}"))
+            .collect();
+        let mut names: Vec<&str> = bad.iter().map(String::as_str).collect();
+        names.push("ok.example");
+        let s = run_on(&lookups(&names), None).unwrap();
+        assert_eq!(
+            s.policy.matches(": a numeric last label").count(),
+            MAX_LEFT_OUT_SHOWN
+        );
+        assert!(s.policy.ends_with("  # ... and 7 more\n"), "{}", s.policy);
+    }
+
+    #[test]
+    fn only_the_chosen_agents_names_are_kept() {
+        let log = format!(
+            "{}{}{}",
+            line(0, "alpha", "a.example", "allow", "NOERROR"),
+            line(1, "beta", "b.example", "allow", "NOERROR"),
+            line(2, "alpha", "c.example", "allow", "NOERROR"),
+        );
+        let options = Options {
+            agent: Some("beta"),
+            ..Options::default()
+        };
+        let mut d = Diagnostics::default();
+        let read = read_log(Path::new("a.jsonl"), log.as_bytes(), &options, &mut d);
+        let names: Vec<&String> = read.observed.as_ref().unwrap().names.keys().collect();
+        assert_eq!(names, ["b.example"]);
+        assert_eq!(read.agents.values().sum::<u64>(), 3);
+        // Without --agent, a second agent ends keeping names at all.
+        let read = read_log(
+            Path::new("a.jsonl"),
+            log.as_bytes(),
+            &Options::default(),
+            &mut d,
+        );
+        assert!(read.observed.is_none());
+        assert_eq!(read.agents.len(), 2);
+    }
+}
