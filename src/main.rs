@@ -159,7 +159,11 @@ fn init_logging(level: &str) {
             "{level},hickory_server=warn,hickory_resolver=warn,hickory_net=warn"
         ))
     });
+    // A closed stderr (the journal or a parent gone) must not panic the
+    // thread that logs: the fmt layer would report its write error with
+    // `eprintln!`, which panics, and a signal task that panics never shuts down.
     tracing_subscriber::fmt()
+        .log_internal_errors(false)
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

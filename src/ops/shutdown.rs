@@ -8,11 +8,14 @@ pub fn on_signals(token: CancellationToken) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
-        }
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        // Cancel before logging: nothing written to stderr may stand between
+        // the signal and the shutdown.
         token.cancel();
+        tracing::info!("{name} received");
     });
     Ok(())
 }
