@@ -317,7 +317,10 @@ mod tests {
                 .contains("character device")
         );
         let big = ReadError::TooBig(MAX_INPUT_BYTES + 1).to_string();
-        assert!(big.starts_with(&format!("{} bytes", MAX_INPUT_BYTES + 1)), "{big}");
+        assert!(
+            big.starts_with(&format!("{} bytes", MAX_INPUT_BYTES + 1)),
+            "{big}"
+        );
         let bom = dir.join("bom.yaml");
         std::fs::write(&bom, "\u{feff}agent_name: a\n").unwrap();
         assert_eq!(read_text(&bom).unwrap(), "agent_name: a\n");

@@ -416,12 +416,9 @@ async fn answer(
     slots: Arc<Semaphore>,
 ) -> io::Result<()> {
     let peer = stream.peer_cred().ok();
-    let same_netns = netns
-        .as_ref()
-        .map_err(Clone::clone)
-        .and_then(|own| {
-            peer_netns::check(std::os::fd::AsFd::as_fd(&stream), own).map_err(Arc::new)
-        });
+    let same_netns = netns.as_ref().map_err(Clone::clone).and_then(|own| {
+        peer_netns::check(std::os::fd::AsFd::as_fd(&stream), own).map_err(Arc::new)
+    });
     let (read, mut write) = stream.into_split();
     // Read even a refused peer's request, so it gets the refusal rather
     // than a broken pipe; it is discarded unparsed.
@@ -818,8 +815,14 @@ mod tests {
             )
         );
         let e = validate_grant("agent", "bad..name", 60, "r", None).unwrap_err();
-        assert!(matches!(&e, Refusal::BadName { name, .. } if name == "bad..name"), "{e}");
-        assert_eq!(Refusal::Busy.to_string(), "busy: 16 requests in progress; try again");
+        assert!(
+            matches!(&e, Refusal::BadName { name, .. } if name == "bad..name"),
+            "{e}"
+        );
+        assert_eq!(
+            Refusal::Busy.to_string(),
+            "busy: 16 requests in progress; try again"
+        );
         assert_eq!(Refusal::NoRequest.to_string(), "no request within 4 s");
         let e = Refusal::from(StateError::NoGrant {
             agent: "a".into(),
@@ -855,7 +858,10 @@ mod tests {
     #[test]
     fn mode_is_serialised_as_before() {
         assert_eq!(serde_json::to_string(&Mode::Learn).unwrap(), r#""learn""#);
-        assert_eq!(serde_json::to_string(&Mode::Enforce).unwrap(), r#""enforce""#);
+        assert_eq!(
+            serde_json::to_string(&Mode::Enforce).unwrap(),
+            r#""enforce""#
+        );
         assert_eq!(Mode::Learn.to_string(), "learn");
     }
 }

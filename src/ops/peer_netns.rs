@@ -62,7 +62,10 @@ pub enum NetnsError {
     Own(#[source] io::Error),
     /// A kernel facility the check needs (`what`: the option, and the Linux it needs) failed.
     #[error("cannot tell the peer's network namespace ({what}: {source})")]
-    Peer { what: &'static str, source: io::Error },
+    Peer {
+        what: &'static str,
+        source: io::Error,
+    },
     /// The peer's namespace file could not be examined.
     #[error("{0}")]
     Stat(#[source] io::Error),
@@ -176,6 +179,11 @@ mod tests {
             source: io::Error::from_raw_os_error(libc::ENOPROTOOPT),
         };
         let text = e.to_string();
-        assert!(text.starts_with("cannot tell the peer's network namespace (SO_PEERPIDFD needs Linux 6.5: "), "{text}");
+        assert!(
+            text.starts_with(
+                "cannot tell the peer's network namespace (SO_PEERPIDFD needs Linux 6.5: "
+            ),
+            "{text}"
+        );
     }
 }

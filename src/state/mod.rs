@@ -235,12 +235,13 @@ impl State {
         uid: Option<u32>,
     ) -> Result<Grant, StateError> {
         let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        let grant = grants.0.revoke_by(agent, pattern, uid).ok_or_else(|| {
-            StateError::NoGrant {
+        let grant = grants
+            .0
+            .revoke_by(agent, pattern, uid)
+            .ok_or_else(|| StateError::NoGrant {
                 agent: agent.into(),
                 pattern: pattern.into(),
-            }
-        })?;
+            })?;
         self.audit.event(grant_event("grant_revoked", &grant));
         tracing::warn!(agent, pattern, granted_by = ?grant.uid, revoked_by = ?uid, "grant revoked");
         let _ = self.install(self.snapshot().files.clone(), &mut grants, false);
