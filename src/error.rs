@@ -43,8 +43,10 @@ pub enum RuntimeError {
     /// The control socket cannot be set up.
     #[error("control socket {}: {source}", path.display())]
     Control { path: PathBuf, source: io::Error },
-    /// The audit log cannot be opened.
-    #[error("cannot open audit log {}: {source}", path.display())]
+    /// The audit log cannot be opened. The message is `source`'s, which
+    /// names the path already (`observe::audit::Sink::open` adds it, as its
+    /// reopen on SIGHUP needs it too); tests/exit_codes.rs checks it stays there.
+    #[error("cannot open audit log {source}")]
     Audit { path: PathBuf, source: io::Error },
     /// An output file (or stdout) cannot be written.
     #[error("cannot write {}: {source}", path.display())]
@@ -105,7 +107,10 @@ mod tests {
         );
         let audit = RuntimeError::Audit {
             path: "/var/log/allowdns/audit.jsonl".into(),
-            source: io::Error::from(io::ErrorKind::PermissionDenied),
+            source: io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "/var/log/allowdns/audit.jsonl: Permission denied (os error 13)",
+            ),
         };
         assert!(
             audit.to_string().contains("/var/log/allowdns/audit.jsonl"),
