@@ -88,6 +88,9 @@ pub enum HolderError {
     Said(String),
     #[error("no word from the kennel's holder process: {0}")]
     Silent(#[source] io::Error),
+    /// A line that is not the next step of the start-up.
+    #[error("unexpected '{0}' on the kennel's control channel")]
+    Unexpected(String),
 }
 
 /// Why a stage inside the kennel (holder, init, pdeathsig) could not set up.

@@ -17,6 +17,47 @@ use nix::unistd::{Gid, Pid, Uid, getppid, setgroups, setresgid, setresuid};
 use super::error::{HolderError, StageError};
 use super::{STAGE_FAILED, StageArgs, signals};
 
+/// What `run` and the holder say to each other, one line each, in this
+/// order; a failing side sends `error WHY` instead (see [`fail`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Word {
+    /// holder → run: the namespaces exist; map the holder's ids.
+    Unshared,
+    /// run → holder: ids mapped; the ruleset follows, this many bytes.
+    Mapped(usize),
+    /// holder → run: the ruleset is loaded and the mounts are private.
+    Fenced,
+    /// run → holder: allowdns serves inside; start CMD.
+    Go,
+}
+
+impl std::fmt::Display for Word {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Word::Unshared => f.write_str("unshared"),
+            Word::Mapped(len) => write!(f, "mapped {len}"),
+            Word::Fenced => f.write_str("fenced"),
+            Word::Go => f.write_str("go"),
+        }
+    }
+}
+
+impl std::str::FromStr for Word {
+    type Err = ();
+    fn from_str(line: &str) -> Result<Word, ()> {
+        match line {
+            "unshared" => Ok(Word::Unshared),
+            "fenced" => Ok(Word::Fenced),
+            "go" => Ok(Word::Go),
+            _ => line
+                .strip_prefix("mapped ")
+                .and_then(|n| n.parse().ok())
+                .map(Word::Mapped)
+                .ok_or(()),
+        }
+    }
+}
+
 /// The line-based channel between `run` and the holder.
 pub(super) struct Ctl {
     reader: BufReader<UnixStream>,
@@ -31,7 +72,12 @@ impl Ctl {
         })
     }
 
-    pub(super) fn send(&mut self, line: &str, body: &[u8]) -> std::io::Result<()> {
+    /// Says `word`, followed by `body` (the ruleset, after [`Word::Mapped`]).
+    pub(super) fn say(&mut self, word: Word, body: &[u8]) -> std::io::Result<()> {
+        self.send(&word.to_string(), body)
+    }
+
+    fn send(&mut self, line: &str, body: &[u8]) -> std::io::Result<()> {
         let mut msg = Vec::with_capacity(line.len() + 1 + body.len());
         msg.extend_from_slice(line.replace('\n', " ").as_bytes());
         msg.push(b'\n');
@@ -39,16 +85,27 @@ impl Ctl {
         self.writer.write_all(&msg)
     }
 
-    /// The next line; an `error ...` line becomes the error.
-    pub(super) fn recv(&mut self) -> Result<String, HolderError> {
+    /// The next word; an `error ...` line becomes the error.
+    pub(super) fn recv(&mut self) -> Result<Word, HolderError> {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(0) => Err(HolderError::Ended),
             Ok(_) => match line.trim_end().strip_prefix("error ") {
                 Some(e) => Err(HolderError::Said(e.to_string())),
-                None => Ok(line.trim_end().to_string()),
+                None => line
+                    .trim_end()
+                    .parse()
+                    .map_err(|()| HolderError::Unexpected(line.trim_end().into())),
             },
             Err(e) => Err(HolderError::Silent(e)),
+        }
+    }
+
+    /// The next word, which must be `word`.
+    pub(super) fn expect(&mut self, word: Word) -> Result<(), HolderError> {
+        match self.recv()? {
+            got if got == word => Ok(()),
+            other => Err(HolderError::Unexpected(other.to_string())),
         }
     }
 
@@ -117,13 +174,12 @@ fn set_up(args: &StageArgs, ctl: &mut Ctl) -> Result<(), StageError> {
     unshare(flags).map_err(|e| StageError::UserNamespace(e.into()))?;
     // The uid change made us non-dumpable; `run` must open /proc/OUR_PID/ns/*.
     prctl::set_dumpable(true).map_err(StageError::sys("dumpable"))?;
-    ctl.send("unshared", b"").map_err(StageError::Ctl)?;
+    ctl.say(Word::Unshared, b"").map_err(StageError::Ctl)?;
 
-    let mapped = ctl.recv()?;
-    let len = mapped
-        .strip_prefix("mapped ")
-        .and_then(|n| n.parse::<usize>().ok())
-        .ok_or_else(|| StageError::Unexpected(mapped.clone()))?;
+    let len = match ctl.recv()? {
+        Word::Mapped(len) => len,
+        other => return Err(StageError::Unexpected(other.to_string())),
+    };
     let ruleset = ctl.recv_body(len).map_err(StageError::Ctl)?;
     load_ruleset(&ruleset)?;
     // ICMP echo sockets (unprivileged ping) for the kennel's root, the only gid mapped;
@@ -132,11 +188,8 @@ fn set_up(args: &StageArgs, ctl: &mut Ctl) -> Result<(), StageError> {
     mounts()?;
     // Last: the first child after this is PID 1 of the new PID namespace (nft must not be).
     unshare(CloneFlags::CLONE_NEWPID).map_err(StageError::sys("cannot create a PID namespace"))?;
-    ctl.send("fenced", b"").map_err(StageError::Ctl)?;
-    match ctl.recv()? {
-        go if go == "go" => Ok(()),
-        other => Err(StageError::Unexpected(other)),
-    }
+    ctl.say(Word::Fenced, b"").map_err(StageError::Ctl)?;
+    Ok(ctl.expect(Word::Go)?)
 }
 
 /// `nft -f -` inside the new network namespace, before anything can use it.
@@ -315,4 +368,36 @@ pub fn pdeathsig(args: &StageArgs) -> i32 {
     };
     let e = Command::new(program).args(rest).exec();
     fail(None, &format!("cannot run {program}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_read_back_as_said_and_errors_name_the_line() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (mut run, mut holder) = (Ctl::new(a).unwrap(), Ctl::new(b).unwrap());
+        for word in [Word::Unshared, Word::Mapped(3), Word::Fenced, Word::Go] {
+            run.say(word, b"").unwrap();
+            assert_eq!(holder.recv().unwrap(), word);
+        }
+        run.say(Word::Mapped(3), b"abc").unwrap();
+        assert_eq!(holder.recv().unwrap(), Word::Mapped(3));
+        assert_eq!(holder.recv_body(3).unwrap(), b"abc");
+        run.say(Word::Go, b"").unwrap();
+        let e = holder.expect(Word::Fenced).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unexpected 'go' on the kennel's control channel"
+        );
+        run.send("mapped lots", b"").unwrap();
+        let e = holder.recv().unwrap_err();
+        assert!(e.to_string().contains("'mapped lots'"), "{e}");
+        fail(Some(&mut run), "nft: no such file");
+        let e = holder.recv().unwrap_err();
+        assert_eq!(e.to_string(), "nft: no such file");
+        drop(run);
+        assert!(matches!(holder.recv(), Err(HolderError::Ended)));
+    }
 }

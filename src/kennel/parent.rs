@@ -17,7 +17,7 @@ use nix::unistd::{Gid, Pid, Uid};
 use tokio_util::sync::CancellationToken;
 
 use super::error::KennelError;
-use super::holder::Ctl;
+use super::holder::{Ctl, Word};
 use super::{DNS, RunArgs, signals};
 use crate::config;
 use crate::diagnostics::Diagnostics;
@@ -135,7 +135,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let c = holder.id();
     kennel.holder = Some(holder);
     let mut ctl = accept(&listener, &mut kennel)?;
-    ctl.recv().map_err(KennelError::from)?; // "unshared"
+    ctl.expect(Word::Unshared).map_err(KennelError::from)?;
 
     // Map the kennel's root to the unprivileged host user.
     let proc = PathBuf::from(format!("/proc/{c}"));
@@ -211,9 +211,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     };
     sources.audit_log = Some(audit_log.clone());
     let ruleset = startup::ruleset(&sources, None, &[DNS.ip()])?;
-    ctl.send(&format!("mapped {}", ruleset.len()), ruleset.as_bytes())
+    ctl.say(Word::Mapped(ruleset.len()), ruleset.as_bytes())
         .map_err(step("kennel"))?;
-    ctl.recv().map_err(KennelError::from)?; // "fenced"
+    ctl.expect(Word::Fenced).map_err(KennelError::from)?;
     wait_for_pasta(c, &mut kennel)?;
 
     let runtime = tokio::runtime::Runtime::new().map_err(crate::error::RuntimeError::Runtime)?;
@@ -266,7 +266,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             signals::forward(&origin, holder_pid);
         }
     });
-    ctl.send("go", b"").map_err(step("kennel"))?;
+    ctl.say(Word::Go, b"").map_err(step("kennel"))?;
     drop(ctl);
 
     let status = kennel
