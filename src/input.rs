@@ -20,25 +20,41 @@ pub const MAX_INPUT_BYTES: u64 = 16 << 20;
 /// Deepest YAML flow nesting (`[[…` / `{{…`) accepted; real files use 2 or 3.
 pub const MAX_NESTING: usize = 64;
 
+/// Why an input file was not read. The message names what is wrong, not
+/// the file: callers add it (they know whether it is a policy, a zone...).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// What the path turned out to be instead of a regular file.
+    #[error("{0}, not a regular file; only regular files are read")]
+    NotRegular(&'static str),
+    /// The size seen (at least), over [`MAX_INPUT_BYTES`].
+    #[error("{0} bytes or more, larger than the {MAX_INPUT_BYTES}-byte limit")]
+    TooBig(u64),
+    /// Where the first invalid byte is.
+    #[error("not UTF-8 text (invalid byte at offset {offset})")]
+    NotUtf8 { offset: usize },
+}
+
 /// Reads a regular file as UTF-8 text, without its byte order mark.
 /// The error names what is wrong (not the file: callers add it).
-pub fn read_text(path: &Path) -> Result<String, String> {
+pub fn read_text(path: &Path) -> Result<String, ReadError> {
     // Refuse what is not a regular file before opening it: opening some
     // devices has side effects, and a FIFO would block a plain open.
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    let meta = std::fs::metadata(path)?;
     regular(&meta)?;
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits() | nix::fcntl::OFlag::O_NOCTTY.bits())
-        .open(path)
-        .map_err(|e| e.to_string())?;
+        .open(path)?;
     // The path may have been swapped between the stat and the open.
-    let meta = file.metadata().map_err(|e| e.to_string())?;
+    let meta = file.metadata()?;
     regular(&meta)?;
     read_capped(file, meta.len())
 }
 
-fn regular(meta: &std::fs::Metadata) -> Result<(), String> {
+fn regular(meta: &std::fs::Metadata) -> Result<(), ReadError> {
     let kind = meta.file_type();
     let what = if kind.is_file() {
         return Ok(());
@@ -55,32 +71,21 @@ fn regular(meta: &std::fs::Metadata) -> Result<(), String> {
     } else {
         "not a regular file"
     };
-    Err(format!(
-        "{what}, not a regular file; only regular files are read"
-    ))
+    Err(ReadError::NotRegular(what))
 }
 
-fn too_big(len: u64) -> String {
-    format!("{len} bytes or more, larger than the {MAX_INPUT_BYTES}-byte limit")
-}
-
-fn read_capped(file: File, len: u64) -> Result<String, String> {
+fn read_capped(file: File, len: u64) -> Result<String, ReadError> {
     if len > MAX_INPUT_BYTES {
-        return Err(too_big(len));
+        return Err(ReadError::TooBig(len));
     }
     let mut bytes = Vec::with_capacity(len as usize);
     // The file may grow while it is read: never read past the limit.
-    file.take(MAX_INPUT_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
+    file.take(MAX_INPUT_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_INPUT_BYTES {
-        return Err(too_big(bytes.len() as u64));
+        return Err(ReadError::TooBig(bytes.len() as u64));
     }
-    let mut text = String::from_utf8(bytes).map_err(|e| {
-        format!(
-            "not UTF-8 text (invalid byte at offset {})",
-            e.utf8_error().valid_up_to()
-        )
+    let mut text = String::from_utf8(bytes).map_err(|e| ReadError::NotUtf8 {
+        offset: e.utf8_error().valid_up_to(),
     })?;
     if text.starts_with('\u{feff}') {
         text.drain(..'\u{feff}'.len_utf8());
@@ -303,11 +308,18 @@ mod tests {
         let fifo = dir.join("p.yaml");
         let _ = std::fs::remove_file(&fifo);
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-        assert!(read_text(&fifo).unwrap_err().contains("a FIFO"));
+        let e = read_text(&fifo).unwrap_err().to_string();
+        assert_eq!(e, "a FIFO, not a regular file; only regular files are read");
         assert!(
             read_text(Path::new("/dev/zero"))
                 .unwrap_err()
+                .to_string()
                 .contains("character device")
+        );
+        let big = ReadError::TooBig(MAX_INPUT_BYTES + 1).to_string();
+        assert!(
+            big.starts_with(&format!("{} bytes", MAX_INPUT_BYTES + 1)),
+            "{big}"
         );
         let bom = dir.join("bom.yaml");
         std::fs::write(&bom, "\u{feff}agent_name: a\n").unwrap();

@@ -5,7 +5,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use allowdns::cli::{Cli, Command, Sources};
-use allowdns::error::Failure;
+use allowdns::error::{Failure, RuntimeError};
 use allowdns::ops::startup;
 use allowdns::ops::{control, shutdown};
 
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
-        Err(e) => return report(Failure::Runtime(format!("cannot start runtime: {e}"))),
+        Err(e) => return report(RuntimeError::Runtime(e).into()),
     };
     let result = match cli.command {
         Command::Check(sources) => check(&sources),
@@ -117,19 +117,15 @@ async fn ask(
     path: &std::path::Path,
     request: &control::Request,
 ) -> Result<control::Reply, Failure> {
-    let reply = control::request(path, request)
+    Ok(control::ask(path, request)
         .await
-        .map_err(Failure::Runtime)?;
-    match reply.error {
-        Some(error) if !reply.ok => Err(Failure::Runtime(error)),
-        _ => Ok(reply),
-    }
+        .map_err(RuntimeError::subsystem)?)
 }
 
 async fn serve(sources: Sources) -> Result<(), Failure> {
     let prepared = startup::prepare(&sources)?;
     let token = CancellationToken::new();
-    shutdown::on_signals(token.clone()).map_err(|e| Failure::Runtime(format!("signals: {e}")))?;
+    shutdown::on_signals(token.clone()).map_err(RuntimeError::Signals)?;
     startup::serve(sources, prepared, token).await
 }
 
@@ -146,7 +142,7 @@ fn report(failure: Failure) -> ExitCode {
                 diags.errors().count()
             );
         }
-        Failure::Runtime(msg) => eprintln!("allowdns: error: {msg}"),
+        Failure::Runtime(e) => eprintln!("allowdns: error: {e}"),
     }
     ExitCode::from(code)
 }

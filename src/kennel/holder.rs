@@ -14,7 +14,49 @@ use nix::sys::prctl;
 use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Pid, Uid, getppid, setgroups, setresgid, setresuid};
 
+use super::error::{HolderError, StageError};
 use super::{STAGE_FAILED, StageArgs, signals};
+
+/// What `run` and the holder say to each other, one line each, in this
+/// order; a failing side sends `error WHY` instead (see [`fail`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Word {
+    /// holder → run: the namespaces exist; map the holder's ids.
+    Unshared,
+    /// run → holder: ids mapped; the ruleset follows, this many bytes.
+    Mapped(usize),
+    /// holder → run: the ruleset is loaded and the mounts are private.
+    Fenced,
+    /// run → holder: allowdns serves inside; start CMD.
+    Go,
+}
+
+impl std::fmt::Display for Word {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Word::Unshared => f.write_str("unshared"),
+            Word::Mapped(len) => write!(f, "mapped {len}"),
+            Word::Fenced => f.write_str("fenced"),
+            Word::Go => f.write_str("go"),
+        }
+    }
+}
+
+impl std::str::FromStr for Word {
+    type Err = ();
+    fn from_str(line: &str) -> Result<Word, ()> {
+        match line {
+            "unshared" => Ok(Word::Unshared),
+            "fenced" => Ok(Word::Fenced),
+            "go" => Ok(Word::Go),
+            _ => line
+                .strip_prefix("mapped ")
+                .and_then(|n| n.parse().ok())
+                .map(Word::Mapped)
+                .ok_or(()),
+        }
+    }
+}
 
 /// The line-based channel between `run` and the holder.
 pub(super) struct Ctl {
@@ -30,7 +72,12 @@ impl Ctl {
         })
     }
 
-    pub(super) fn send(&mut self, line: &str, body: &[u8]) -> std::io::Result<()> {
+    /// Says `word`, followed by `body` (the ruleset, after [`Word::Mapped`]).
+    pub(super) fn say(&mut self, word: Word, body: &[u8]) -> std::io::Result<()> {
+        self.send(&word.to_string(), body)
+    }
+
+    fn send(&mut self, line: &str, body: &[u8]) -> std::io::Result<()> {
         let mut msg = Vec::with_capacity(line.len() + 1 + body.len());
         msg.extend_from_slice(line.replace('\n', " ").as_bytes());
         msg.push(b'\n');
@@ -38,16 +85,27 @@ impl Ctl {
         self.writer.write_all(&msg)
     }
 
-    /// The next line; an `error ...` line becomes the error.
-    pub(super) fn recv(&mut self) -> Result<String, String> {
+    /// The next word; an `error ...` line becomes the error.
+    pub(super) fn recv(&mut self) -> Result<Word, HolderError> {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
-            Ok(0) => Err("the kennel's holder process ended early".into()),
+            Ok(0) => Err(HolderError::Ended),
             Ok(_) => match line.trim_end().strip_prefix("error ") {
-                Some(e) => Err(e.to_string()),
-                None => Ok(line.trim_end().to_string()),
+                Some(e) => Err(HolderError::Said(e.to_string())),
+                None => line
+                    .trim_end()
+                    .parse()
+                    .map_err(|()| HolderError::Unexpected(line.trim_end().into())),
             },
-            Err(e) => Err(format!("no word from the kennel's holder process: {e}")),
+            Err(e) => Err(HolderError::Silent(e)),
+        }
+    }
+
+    /// The next word, which must be `word`.
+    pub(super) fn expect(&mut self, word: Word) -> Result<(), HolderError> {
+        match self.recv()? {
+            got if got == word => Ok(()),
+            other => Err(HolderError::Unexpected(other.to_string())),
         }
     }
 
@@ -73,7 +131,7 @@ pub fn holder(args: &StageArgs) -> i32 {
     };
     match set_up(args, &mut ctl) {
         Ok(()) => {}
-        Err(e) => return fail(Some(&mut ctl), &e),
+        Err(e) => return fail(Some(&mut ctl), &e.to_string()),
     }
     // Our next child is PID 1 of the new PID namespace.
     let init = Command::new("/proc/self/exe")
@@ -93,75 +151,63 @@ pub fn holder(args: &StageArgs) -> i32 {
     signals::forward_until_exit(&mut signals, init, false)
 }
 
-fn set_up(args: &StageArgs, ctl: &mut Ctl) -> Result<(), String> {
+fn set_up(args: &StageArgs, ctl: &mut Ctl) -> Result<(), StageError> {
     let (uid, gid) = (args.uid.unwrap_or(65534), args.gid.unwrap_or(65534));
     if (uid == 0 || gid == 0) && super::in_init_userns() {
-        return Err("refusing to map the kennel's root to host uid or gid 0".into());
+        return Err(StageError::HostRoot);
     }
     if Uid::effective().as_raw() != uid {
         // Invoked by root: become the unprivileged host user before creating
         // the user namespace, so it is that user who owns it, not root.
-        setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+        setgroups(&[]).map_err(StageError::sys("setgroups"))?;
         setresgid(Gid::from_raw(gid), Gid::from_raw(gid), Gid::from_raw(gid))
-            .map_err(|e| format!("setresgid {gid}: {e}"))?;
+            .map_err(StageError::sys(format!("setresgid {gid}")))?;
         setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid))
-            .map_err(|e| format!("setresuid {uid}: {e}"))?;
+            .map_err(StageError::sys(format!("setresuid {uid}")))?;
     }
     // Set after the uid change, which clears it; then check the parent is still there.
-    prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("pdeathsig: {e}"))?;
+    prctl::set_pdeathsig(Signal::SIGKILL).map_err(StageError::sys("pdeathsig"))?;
     if args.ppid.is_some_and(|p| getppid().as_raw() != p) {
-        return Err("allowdns run ended during start-up".into());
+        return Err(StageError::ParentGone);
     }
     let flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS;
-    unshare(flags).map_err(|e| {
-        format!(
-            "cannot create the kennel's user namespace ({e}). Unprivileged user namespaces \
-             are disabled or exhausted here: check `sysctl user.max_user_namespaces` (must be \
-             > 0), `kernel.unprivileged_userns_clone` (Debian: 1) and \
-             `kernel.apparmor_restrict_unprivileged_userns` (Ubuntu: 0). CMD was not started."
-        )
-    })?;
+    unshare(flags).map_err(|e| StageError::UserNamespace(e.into()))?;
     // The uid change made us non-dumpable; `run` must open /proc/OUR_PID/ns/*.
-    prctl::set_dumpable(true).map_err(|e| format!("dumpable: {e}"))?;
-    ctl.send("unshared", b"").map_err(|e| e.to_string())?;
+    prctl::set_dumpable(true).map_err(StageError::sys("dumpable"))?;
+    ctl.say(Word::Unshared, b"").map_err(StageError::Ctl)?;
 
-    let mapped = ctl.recv()?;
-    let len = mapped
-        .strip_prefix("mapped ")
-        .and_then(|n| n.parse::<usize>().ok())
-        .ok_or_else(|| format!("unexpected '{mapped}' from allowdns run"))?;
-    let ruleset = ctl.recv_body(len).map_err(|e| e.to_string())?;
+    let len = match ctl.recv()? {
+        Word::Mapped(len) => len,
+        other => return Err(StageError::Unexpected(other.to_string())),
+    };
+    let ruleset = ctl.recv_body(len).map_err(StageError::Ctl)?;
     load_ruleset(&ruleset)?;
     // ICMP echo sockets (unprivileged ping) for the kennel's root, the only gid mapped;
     // the fence still decides where they go.
     let _ = std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 0");
     mounts()?;
     // Last: the first child after this is PID 1 of the new PID namespace (nft must not be).
-    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("cannot create a PID namespace: {e}"))?;
-    ctl.send("fenced", b"").map_err(|e| e.to_string())?;
-    match ctl.recv()?.as_str() {
-        "go" => Ok(()),
-        other => Err(format!("unexpected '{other}' from allowdns run")),
-    }
+    unshare(CloneFlags::CLONE_NEWPID).map_err(StageError::sys("cannot create a PID namespace"))?;
+    ctl.say(Word::Fenced, b"").map_err(StageError::Ctl)?;
+    Ok(ctl.expect(Word::Go)?)
 }
 
 /// `nft -f -` inside the new network namespace, before anything can use it.
-fn load_ruleset(ruleset: &[u8]) -> Result<(), String> {
+fn load_ruleset(ruleset: &[u8]) -> Result<(), StageError> {
     let mut nft = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run nft: {e} (install nftables)"))?;
+        .map_err(StageError::NftMissing)?;
     if let Some(mut stdin) = nft.stdin.take() {
-        stdin.write_all(ruleset).map_err(|e| format!("nft: {e}"))?;
+        stdin.write_all(ruleset).map_err(StageError::Nft)?;
     }
-    let out = nft.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    let out = nft.wait_with_output().map_err(StageError::Nft)?;
     if !out.status.success() {
-        return Err(format!(
-            "cannot load the default-deny ruleset in the kennel (is nf_tables in the kernel?): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+        return Err(StageError::NftRefused(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
         ));
     }
     Ok(())
@@ -171,10 +217,10 @@ const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// Private mounts: fresh /tmp and /run (hiding the host's Unix sockets:
 /// D-Bus, systemd, tmux, ssh-agent…), and a read-only resolv.conf naming only allowdns.
-fn mounts() -> Result<(), String> {
+fn mounts() -> Result<(), StageError> {
     let none: Option<&str> = None;
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
-        .map_err(|e| format!("cannot make mounts private: {e}"))?;
+        .map_err(StageError::sys("cannot make mounts private"))?;
     let tmpfs = |target: &str, mode: &str| {
         mount(
             Some("tmpfs"),
@@ -183,7 +229,7 @@ fn mounts() -> Result<(), String> {
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             Some(format!("mode={mode},size=64m").as_str()),
         )
-        .map_err(|e| format!("cannot mount a private {target}: {e}"))
+        .map_err(StageError::sys(format!("cannot mount a private {target}")))
     };
     tmpfs("/run", "755")?;
     tmpfs("/tmp", "1777")?;
@@ -197,18 +243,28 @@ fn mounts() -> Result<(), String> {
     }
     if !target.exists() {
         if let Some(dir) = target.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|source| StageError::File {
+                path: dir.into(),
+                source,
+            })?;
         }
-        std::fs::write(&target, "").map_err(|e| format!("{}: {e}", target.display()))?;
+        std::fs::write(&target, "").map_err(|source| StageError::File {
+            path: target.clone(),
+            source,
+        })?;
     }
     let source = "/run/.allowdns-resolv.conf";
     let text = format!(
         "# allowdns run: the only resolver this kennel can reach\nnameserver {}\n",
         super::DNS.ip()
     );
-    std::fs::write(source, text).map_err(|e| format!("{source}: {e}"))?;
+    let file = |e| StageError::File {
+        path: source.into(),
+        source: e,
+    };
+    std::fs::write(source, text).map_err(file)?;
     mount(Some(source), RESOLV_CONF, none, MsFlags::MS_BIND, none)
-        .map_err(|e| format!("cannot bind-mount {RESOLV_CONF}: {e}"))?;
+        .map_err(StageError::sys(format!("cannot bind-mount {RESOLV_CONF}")))?;
     mount(
         none,
         RESOLV_CONF,
@@ -216,9 +272,11 @@ fn mounts() -> Result<(), String> {
         MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
         none,
     )
-    .map_err(|e| format!("cannot make {RESOLV_CONF} read-only: {e}"))?;
+    .map_err(StageError::sys(format!(
+        "cannot make {RESOLV_CONF} read-only"
+    )))?;
     // The bind keeps the file; its writable name goes.
-    std::fs::remove_file(source).map_err(|e| format!("{source}: {e}"))?;
+    std::fs::remove_file(source).map_err(file)?;
     Ok(())
 }
 
@@ -239,7 +297,7 @@ pub fn init(args: &StageArgs) -> i32 {
         Err(e) => return fail(None, &format!("signals: {e}")),
     };
     if let Err(e) = confine() {
-        return fail(None, &e);
+        return fail(None, &e.to_string());
     }
     let Some((program, rest)) = args.command.split_first() else {
         return fail(None, "no command given");
@@ -259,7 +317,7 @@ pub fn init(args: &StageArgs) -> i32 {
     signals::forward_until_exit(&mut signals, cmd, true)
 }
 
-fn confine() -> Result<(), String> {
+fn confine() -> Result<(), StageError> {
     let none: Option<&str> = None;
     mount(
         Some("proc"),
@@ -268,15 +326,18 @@ fn confine() -> Result<(), String> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         none,
     )
-    .map_err(|e| format!("cannot mount the kennel's /proc: {e}"))?;
+    .map_err(StageError::sys("cannot mount the kennel's /proc"))?;
     use caps::CapSet;
+    let clear = |set: CapSet, name: &'static str| {
+        caps::clear(None, set).map_err(|source| StageError::Capabilities { set: name, source })
+    };
     // The bounding set first: after it, no exec can bring a capability back.
-    caps::clear(None, CapSet::Bounding).map_err(|e| format!("capability bounding set: {e}"))?;
-    caps::clear(None, CapSet::Ambient).map_err(|e| format!("ambient capabilities: {e}"))?;
-    caps::clear(None, CapSet::Inheritable).map_err(|e| format!("inheritable capabilities: {e}"))?;
-    prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
-    caps::clear(None, CapSet::Effective).map_err(|e| format!("effective capabilities: {e}"))?;
-    caps::clear(None, CapSet::Permitted).map_err(|e| format!("permitted capabilities: {e}"))?;
+    clear(CapSet::Bounding, "capability bounding set")?;
+    clear(CapSet::Ambient, "ambient capabilities")?;
+    clear(CapSet::Inheritable, "inheritable capabilities")?;
+    prctl::set_no_new_privs().map_err(StageError::sys("no_new_privs"))?;
+    clear(CapSet::Effective, "effective capabilities")?;
+    clear(CapSet::Permitted, "permitted capabilities")?;
     Ok(())
 }
 
@@ -307,4 +368,36 @@ pub fn pdeathsig(args: &StageArgs) -> i32 {
     };
     let e = Command::new(program).args(rest).exec();
     fail(None, &format!("cannot run {program}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_read_back_as_said_and_errors_name_the_line() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (mut run, mut holder) = (Ctl::new(a).unwrap(), Ctl::new(b).unwrap());
+        for word in [Word::Unshared, Word::Mapped(3), Word::Fenced, Word::Go] {
+            run.say(word, b"").unwrap();
+            assert_eq!(holder.recv().unwrap(), word);
+        }
+        run.say(Word::Mapped(3), b"abc").unwrap();
+        assert_eq!(holder.recv().unwrap(), Word::Mapped(3));
+        assert_eq!(holder.recv_body(3).unwrap(), b"abc");
+        run.say(Word::Go, b"").unwrap();
+        let e = holder.expect(Word::Fenced).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unexpected 'go' on the kennel's control channel"
+        );
+        run.send("mapped lots", b"").unwrap();
+        let e = holder.recv().unwrap_err();
+        assert!(e.to_string().contains("'mapped lots'"), "{e}");
+        fail(Some(&mut run), "nft: no such file");
+        let e = holder.recv().unwrap_err();
+        assert_eq!(e.to_string(), "nft: no such file");
+        drop(run);
+        assert!(matches!(holder.recv(), Err(HolderError::Ended)));
+    }
 }

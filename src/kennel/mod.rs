@@ -9,6 +9,7 @@
 //! namespaces, loads the ruleset, mounts) → `init` (PID 1: /proc, drops every
 //! capability) → CMD. `pdeathsig` ties pasta's life to allowdns's.
 
+pub mod error;
 mod holder;
 mod parent;
 mod signals;

@@ -16,7 +16,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Gid, Pid, Uid};
 use tokio_util::sync::CancellationToken;
 
-use super::holder::Ctl;
+use super::error::KennelError;
+use super::holder::{Ctl, Word};
 use super::{DNS, RunArgs, signals};
 use crate::config;
 use crate::diagnostics::Diagnostics;
@@ -28,8 +29,25 @@ use crate::tools::suggest::SuggestArgs;
 /// How long start-up may take at each step before `run` gives up.
 const STEP: Duration = Duration::from_secs(10);
 
-fn rt(msg: impl Into<String>) -> Failure {
-    Failure::Runtime(msg.into())
+/// A failed step of the set-up, named by `what`.
+fn step(what: &'static str) -> impl Fn(std::io::Error) -> KennelError + Copy {
+    move |source| KennelError::Step { what, source }
+}
+
+/// A failed system call of the set-up, named by `what`.
+fn sys(what: &'static str) -> impl FnOnce(nix::Error) -> KennelError {
+    move |e| KennelError::Step {
+        what,
+        source: e.into(),
+    }
+}
+
+/// A file or directory of the kennel that failed.
+fn file(path: &Path) -> impl FnOnce(std::io::Error) -> KennelError + '_ {
+    move |source| KennelError::File {
+        path: path.into(),
+        source,
+    }
 }
 
 /// Everything `run` started; dropping it kills and removes what is left.
@@ -54,25 +72,22 @@ impl Drop for Kennel {
 
 pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     if !args.sources.listen.is_empty() {
-        return Err(rt(format!(
-            "--listen does not apply to run: allowdns answers on {DNS} inside the kennel"
-        )));
+        return Err(KennelError::ListenGiven.into());
     }
     // Handlers now, while single-threaded: a Ctrl-C during start-up must not kill us half-way.
-    let mut signals = signals::register(false).map_err(|e| rt(format!("signals: {e}")))?;
+    let mut signals = signals::register(false).map_err(step("signals"))?;
     // Fail closed, before anything starts, when user namespaces are off.
     if std::fs::read_to_string("/proc/sys/user/max_user_namespaces").is_ok_and(|n| n.trim() == "0")
     {
-        return Err(rt(
-            "user namespaces are disabled here (user.max_user_namespaces = 0): the kennel needs one. \
-             Enable them with `sysctl -w user.max_user_namespaces=15000`. CMD was not started.",
-        ));
+        return Err(KennelError::NoUserNamespaces.into());
     }
-    let pasta = find_in_path("pasta").ok_or_else(|| {
-        rt("pasta not found in PATH: the kennel's only way out is pasta (Debian/Ubuntu: apt install passt). CMD was not started.")
+    let pasta = find_in_path("pasta").ok_or(KennelError::Missing {
+        tool: "pasta",
+        hint: "the kennel's only way out is pasta (Debian/Ubuntu: apt install passt)",
     })?;
-    find_in_path("nft").ok_or_else(|| {
-        rt("nft not found in PATH: the kennel's firewall is nftables (apt install nftables). CMD was not started.")
+    find_in_path("nft").ok_or(KennelError::Missing {
+        tool: "nft",
+        hint: "the kennel's firewall is nftables (apt install nftables)",
     })?;
 
     // Bad input fails here, naming file and line, before anything starts.
@@ -85,12 +100,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     };
     let (source, agent) = match policies.policies.as_slice() {
         [one] => (one.source.clone(), one.agent.to_string()),
-        _ => {
-            return Err(rt(format!(
-                "run fences one agent: give exactly one policy file ({} loaded)",
-                policies.policies.len()
-            )));
-        }
+        _ => return Err(KennelError::NotOnePolicy(policies.policies.len()).into()),
     };
 
     let me = std::process::id();
@@ -106,15 +116,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     std::fs::DirBuilder::new()
         .mode(0o711)
         .create(&dir)
-        .map_err(|e| rt(format!("{}: {e}", dir.display())))?;
+        .map_err(file(&dir))?;
     let mut kennel = Kennel {
         dir: dir.clone(),
         holder: None,
         pasta: None,
     };
     let ctl_path = dir.join("ctl");
-    let listener =
-        UnixListener::bind(&ctl_path).map_err(|e| rt(format!("{}: {e}", ctl_path.display())))?;
+    let listener = UnixListener::bind(&ctl_path).map_err(file(&ctl_path))?;
     let holder = Command::new("/proc/self/exe")
         .args(["__kennel", "holder", "--ctl"])
         .arg(&ctl_path)
@@ -122,21 +131,19 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         .args(["--ppid", &me.to_string(), "--"])
         .args(&args.command)
         .spawn()
-        .map_err(|e| rt(format!("cannot start the kennel: {e}")))?;
+        .map_err(step("cannot start the kennel"))?;
     let c = holder.id();
     kennel.holder = Some(holder);
     let mut ctl = accept(&listener, &mut kennel)?;
-    ctl.recv().map_err(rt)?; // "unshared"
+    ctl.expect(Word::Unshared).map_err(KennelError::from)?;
 
     // Map the kennel's root to the unprivileged host user.
     let proc = PathBuf::from(format!("/proc/{c}"));
     let write = |file: &str, text: String| {
-        std::fs::write(proc.join(file), &text).map_err(|e| {
-            rt(format!(
-                "cannot write {}/{file} ({}): {e}",
-                proc.display(),
-                text.trim()
-            ))
+        std::fs::write(proc.join(file), &text).map_err(|source| KennelError::Map {
+            path: proc.join(file),
+            text: text.trim().into(),
+            source,
         })
     };
     write("setgroups", "deny".into())?;
@@ -158,7 +165,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
                 }
             })
         })
-        .map_err(|e| rt(format!("{}: {e}", pasta_dir.display())))?;
+        .map_err(file(&pasta_dir))?;
     // pasta joins the namespaces from the host's user namespace, before we leave it.
     let mut pasta_cmd = Command::new("/proc/self/exe");
     pasta_cmd
@@ -177,23 +184,23 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
-        .map_err(|e| rt(format!("cannot start pasta: {e}")))?;
+        .map_err(step("cannot start pasta"))?;
     kennel.pasta = Some(pasta_child);
 
     // nfnetlink checks the sender for CAP_NET_ADMIN in the user namespace that
     // owns the kennel's netns: enter it. We are still single-threaded here.
-    let userns = File::open(proc.join("ns/user")).map_err(|e| rt(format!("ns/user: {e}")))?;
-    let netns = File::open(proc.join("ns/net")).map_err(|e| rt(format!("ns/net: {e}")))?;
+    let userns = File::open(proc.join("ns/user")).map_err(step("ns/user"))?;
+    let netns = File::open(proc.join("ns/net")).map_err(step("ns/net"))?;
     setns(&userns, CloneFlags::CLONE_NEWUSER)
-        .map_err(|e| rt(format!("cannot enter the kennel's user namespace: {e}")))?;
+        .map_err(sys("cannot enter the kennel's user namespace"))?;
     // Nothing in the kennel may ptrace or read us.
-    prctl::set_dumpable(false).map_err(|e| rt(format!("dumpable: {e}")))?;
+    prctl::set_dumpable(false).map_err(sys("dumpable"))?;
 
     // The policy as the kennel runs it: fed sets in the kennel's netns, the kennel as its only client.
     let netns_path = proc.join("ns/net");
     let derived = derive_policy(&source, &netns_path, args.learn)?;
     let policy_path = dir.join("policy.yaml");
-    std::fs::write(&policy_path, derived).map_err(|e| rt(format!("policy: {e}")))?;
+    std::fs::write(&policy_path, derived).map_err(file(&policy_path))?;
     let mut sources = args.sources.clone();
     sources.policy = vec![policy_path];
     sources.listen = vec![DNS.to_string()];
@@ -204,35 +211,36 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     };
     sources.audit_log = Some(audit_log.clone());
     let ruleset = startup::ruleset(&sources, None, &[DNS.ip()])?;
-    ctl.send(&format!("mapped {}", ruleset.len()), ruleset.as_bytes())
-        .map_err(|e| rt(format!("kennel: {e}")))?;
-    ctl.recv().map_err(rt)?; // "fenced"
+    ctl.say(Word::Mapped(ruleset.len()), ruleset.as_bytes())
+        .map_err(step("kennel"))?;
+    ctl.expect(Word::Fenced).map_err(KennelError::from)?;
     wait_for_pasta(c, &mut kennel)?;
 
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| rt(format!("runtime: {e}")))?;
+    let runtime = tokio::runtime::Runtime::new().map_err(crate::error::RuntimeError::Runtime)?;
     let prepared = startup::prepare(&sources)?;
     for warning in prepared.diagnostics.warnings() {
         tracing::warn!("{warning}");
     }
     // The DNS sockets live in the kennel's netns; upstream sockets stay in ours.
     let listeners = std::thread::scope(|s| {
-        s.spawn(|| {
-            setns(&netns, CloneFlags::CLONE_NEWNET)
-                .map_err(|e| std::io::Error::other(format!("enter the kennel's netns: {e}")))?;
+        s.spawn(|| -> Result<Listeners, Failure> {
+            setns(&netns, CloneFlags::CLONE_NEWNET).map_err(sys("enter the kennel's netns"))?;
             let _guard = runtime.enter();
-            Listeners::bind(&[DNS])
+            Ok(Listeners::bind(&[DNS])?)
         })
         .join()
-        .unwrap_or_else(|_| Err(std::io::Error::other("netns thread panicked")))
-    })
-    .map_err(|e| rt(e.to_string()))?;
+        .unwrap_or_else(|_| Err(KennelError::Panicked.into()))
+    })?;
     let alerts: Box<dyn std::io::Write + Send> = match &args.alerts {
         Some(path) => Box::new(
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|e| rt(format!("--alerts {}: {e}", path.display())))?,
+                .map_err(|source| KennelError::Alerts {
+                    path: path.clone(),
+                    source,
+                })?,
         ),
         None => Box::new(std::io::stderr()),
     };
@@ -258,8 +266,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             signals::forward(&origin, holder_pid);
         }
     });
-    ctl.send("go", b"")
-        .map_err(|e| rt(format!("kennel: {e}")))?;
+    ctl.say(Word::Go, b"").map_err(step("kennel"))?;
     drop(ctl);
 
     let status = kennel
@@ -267,7 +274,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         .as_mut()
         .map(|h| h.wait())
         .transpose()
-        .map_err(|e| rt(format!("wait: {e}")))?;
+        .map_err(step("wait"))?;
     kennel.holder = None;
     let code = status.map_or(1, exit_code);
     token.cancel();
@@ -340,9 +347,8 @@ fn exit_code(status: std::process::ExitStatus) -> u8 {
 }
 
 fn accept(listener: &UnixListener, kennel: &mut Kennel) -> Result<Ctl, Failure> {
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| rt(e.to_string()))?;
+    let channel = step("kennel control socket");
+    listener.set_nonblocking(true).map_err(channel)?;
     let deadline = Instant::now() + STEP;
     loop {
         match listener.accept() {
@@ -350,17 +356,17 @@ fn accept(listener: &UnixListener, kennel: &mut Kennel) -> Result<Ctl, Failure> 
                 stream
                     .set_nonblocking(false)
                     .and_then(|()| stream.set_read_timeout(Some(STEP)))
-                    .map_err(|e| rt(e.to_string()))?;
-                return Ctl::new(stream).map_err(|e| rt(e.to_string()));
+                    .map_err(channel)?;
+                return Ok(Ctl::new(stream).map_err(channel)?);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(rt(format!("kennel control socket: {e}"))),
+            Err(e) => return Err(channel(e).into()),
         }
         if let Some(Ok(Some(status))) = kennel.holder.as_mut().map(Child::try_wait) {
-            return Err(rt(format!("the kennel's holder process ended: {status}")));
+            return Err(KennelError::HolderExited(status).into());
         }
         if Instant::now() > deadline {
-            return Err(rt("the kennel's holder process did not start"));
+            return Err(KennelError::HolderSilent.into());
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -385,14 +391,10 @@ fn wait_for_pasta(c: u32, kennel: &mut Kennel) -> Result<(), Failure> {
             return Ok(());
         }
         if let Some(Ok(Some(status))) = kennel.pasta.as_mut().map(Child::try_wait) {
-            return Err(rt(format!(
-                "pasta exited ({status}) before connecting the kennel; CMD was not started"
-            )));
+            return Err(KennelError::PastaExited(status).into());
         }
         if Instant::now() > deadline {
-            return Err(rt(
-                "pasta did not give the kennel a route out (does the host have a default route?); CMD was not started",
-            ));
+            return Err(KennelError::NoRoute.into());
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -400,15 +402,17 @@ fn wait_for_pasta(c: u32, kennel: &mut Kennel) -> Result<(), Failure> {
 
 /// The user's policy as the kennel runs it: its sets in the kennel's netns,
 /// no `clients` (the kennel is the only client), learn mode with --learn.
-fn derive_policy(source: &Path, netns: &Path, learn: bool) -> Result<String, Failure> {
+fn derive_policy(source: &Path, netns: &Path, learn: bool) -> Result<String, KennelError> {
     use serde_yaml::{Mapping, Value};
-    let text =
-        std::fs::read_to_string(source).map_err(|e| rt(format!("{}: {e}", source.display())))?;
-    let mut doc: Value =
-        serde_yaml::from_str(&text).map_err(|e| rt(format!("{}: {e}", source.display())))?;
+    let policy = |why: String| KennelError::Policy {
+        path: source.into(),
+        why,
+    };
+    let text = std::fs::read_to_string(source).map_err(file(source))?;
+    let mut doc: Value = serde_yaml::from_str(&text).map_err(|e| policy(e.to_string()))?;
     let map = doc
         .as_mapping_mut()
-        .ok_or_else(|| rt(format!("{}: not a mapping", source.display())))?;
+        .ok_or_else(|| policy("not a mapping".into()))?;
     if map.remove("clients").is_some() {
         tracing::warn!(
             "{}: clients ignored: the kennel is the only client",
@@ -430,7 +434,7 @@ fn derive_policy(source: &Path, netns: &Path, learn: bool) -> Result<String, Fai
     if learn {
         map.insert(Value::from("mode"), Value::from("learn"));
     }
-    serde_yaml::to_string(&doc).map_err(|e| rt(format!("policy: {e}")))
+    serde_yaml::to_string(&doc).map_err(KennelError::Derived)
 }
 
 fn find_in_path(name: &str) -> Option<PathBuf> {

@@ -16,8 +16,10 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::ops::peer_netns::{self, NetnsError};
 use crate::policy::name::pattern_key;
 use crate::serve::handler::Handler;
+use crate::state::StateError;
 use crate::state::grants::{Grant, MAX_GRANT};
 
 /// Where `allowdns grant` and `status` look by default (systemd's RuntimeDirectory).
@@ -36,6 +38,109 @@ const READ_DEADLINE: Duration = Duration::from_secs(4);
 /// Limits on the free-text fields that reach the audit log and alerts.
 const MAX_REASON_CHARS: usize = 512;
 const MAX_AGENT_CHARS: usize = 255;
+
+/// Why the server refused a request. The message is the reply's `error`
+/// field, byte for byte what clients (and their scripts) read.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// A peer that is neither root nor the daemon's user.
+    #[error("permission denied: uid {0}")]
+    NotAllowed(u32),
+    #[error("permission denied: peer credentials unavailable")]
+    NoCredentials,
+    #[error("busy: {MAX_CONNECTIONS} requests in progress; try again")]
+    Busy,
+    #[error("no request within {} s", READ_DEADLINE.as_secs())]
+    NoRequest,
+    #[error("bad request: {0}")]
+    BadRequest(#[source] serde_json::Error),
+    #[error("internal error: {0}")]
+    Internal(#[source] tokio::task::JoinError),
+    /// A free-text field over its limit; `head` is its start, for recognition.
+    #[error("{field} is {count} characters, more than {max} (starts {head:?})")]
+    TooLong {
+        field: &'static str,
+        count: usize,
+        max: usize,
+        head: String,
+    },
+    /// A free-text field with a character that could forge or reorder log lines.
+    #[error("{field} {value:?} contains the control character U+{code:04X}; use plain text")]
+    ControlCharacter {
+        field: &'static str,
+        value: String,
+        code: u32,
+    },
+    /// A name that is not a valid pattern; `why` names it already.
+    #[error("{why}")]
+    BadName { name: String, why: String },
+    #[error("refusing an over-broad grant: {why}")]
+    OverBroad { pattern: String, why: String },
+    #[error("a grant needs a --reason; it goes into the audit log")]
+    NoReason,
+    /// `--for` out of range, in seconds as asked.
+    #[error(
+        "--for must be between 1 s and {} (longer exceptions belong in the policy file)",
+        humantime::format_duration(MAX_GRANT)
+    )]
+    Duration { secs: u64 },
+    /// The peer is not in allowdns's network namespace, or that cannot be told.
+    #[error(transparent)]
+    Netns(Arc<NetnsError>),
+    /// The state refused the change (no such agent or grant, no audit line).
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Why `allowdns grant`, `revoke` or `status` got no answer, or a refusal.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach allowdns at {}: {source} (is it running with a control socket, and are you its owner?)",
+        path.display()
+    )]
+    Connect { path: PathBuf, source: io::Error },
+    #[error("cannot encode the request: {0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("{}: no reply within 10 s", path.display())]
+    Timeout { path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{}: connection closed without a reply (allowdns busy?)", path.display())]
+    Closed { path: PathBuf },
+    #[error("{}: bad reply: {source}", path.display())]
+    BadReply {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    /// The server's refusal, as its reply's `error` says.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The control socket file could not be set up; the path and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct SocketError {
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+impl SocketError {
+    /// The OS error's kind (`AddrInUse` when another allowdns holds the socket).
+    pub fn kind(&self) -> io::ErrorKind {
+        self.source.kind()
+    }
+}
+
+impl From<SocketError> for crate::error::RuntimeError {
+    fn from(e: SocketError) -> Self {
+        crate::error::RuntimeError::Control {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
@@ -78,7 +183,7 @@ pub struct Status {
 pub struct PolicyView {
     pub agent: String,
     pub file: String,
-    pub mode: String,
+    pub mode: Mode,
     pub clients: Vec<String>,
     /// Name rules in force (file rules still live, plus grants).
     pub rules: usize,
@@ -86,6 +191,25 @@ pub struct PolicyView {
     pub firewall: Option<String>,
     /// File entries with an `expires`, and when.
     pub expiring: Vec<(String, String)>,
+}
+
+/// A policy's mode, as `status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Names outside the policy are refused.
+    Enforce,
+    /// Names outside the policy are resolved and recorded.
+    Learn,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Enforce => "enforce",
+            Mode::Learn => "learn",
+        })
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -117,10 +241,10 @@ impl From<&Grant> for GrantView {
 }
 
 impl Reply {
-    fn error(message: impl Into<String>) -> Self {
+    fn error(refusal: Refusal) -> Self {
         Reply {
             ok: false,
-            error: Some(message.into()),
+            error: Some(refusal.to_string()),
             granted: None,
             status: None,
         }
@@ -145,19 +269,20 @@ pub struct Bound {
     /// The socket file's owner: our effective uid, allowed besides root.
     owner: u32,
     /// Our network namespace; grants need a peer in it. Unknown fails closed.
-    netns: Result<crate::ops::peer_netns::Own, String>,
+    netns: Result<peer_netns::Own, Arc<NetnsError>>,
 }
 
 /// Binds the socket, owner-only from the start (umask 077, then chmod 0600).
 /// A stale socket left by a crash is replaced; anything else at the path (a
 /// regular file, a socket a running allowdns answers on, one we cannot
 /// probe) is left alone and is an error naming the path.
-pub fn bind(path: &Path) -> io::Result<Bound> {
+pub fn bind(path: &Path) -> Result<Bound, SocketError> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-    let with_path = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
-    let refuse = |kind: io::ErrorKind, why: String| {
-        io::Error::new(kind, format!("{}: {why}", path.display()))
+    let with_path = |source: io::Error| SocketError {
+        path: path.to_path_buf(),
+        source,
     };
+    let refuse = |kind: io::ErrorKind, why: String| with_path(io::Error::new(kind, why));
     match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => {
             return Err(refuse(
@@ -193,8 +318,8 @@ pub fn bind(path: &Path) -> io::Result<Bound> {
     let listener = listener.map_err(with_path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(with_path)?;
     let meta = std::fs::symlink_metadata(path).map_err(with_path)?;
-    let netns = crate::ops::peer_netns::Own::of(std::os::fd::AsFd::as_fd(&listener))
-        .map_err(|e| format!("cannot tell allowdns's own network namespace: {e}"));
+    let netns = peer_netns::Own::of(std::os::fd::AsFd::as_fd(&listener))
+        .map_err(|e| Arc::new(NetnsError::Own(e)));
     if let Err(e) = &netns {
         tracing::warn!("control socket: {e}; grant and revoke will be refused");
     }
@@ -273,11 +398,11 @@ pub async fn serve(
 
 /// Root and the daemon's own user may use the socket; nobody else, even if
 /// the file's mode or a directory's were loosened.
-fn peer_allowed(peer: Option<u32>, owner: u32) -> Result<u32, String> {
+fn peer_allowed(peer: Option<u32>, owner: u32) -> Result<u32, Refusal> {
     match peer {
         Some(uid) if uid == 0 || uid == owner => Ok(uid),
-        Some(uid) => Err(format!("permission denied: uid {uid}")),
-        None => Err("permission denied: peer credentials unavailable".into()),
+        Some(uid) => Err(Refusal::NotAllowed(uid)),
+        None => Err(Refusal::NoCredentials),
     }
 }
 
@@ -285,16 +410,15 @@ async fn answer(
     stream: UnixStream,
     handler: &Arc<Handler>,
     owner: u32,
-    netns: &Result<crate::ops::peer_netns::Own, String>,
+    netns: &Result<peer_netns::Own, Arc<NetnsError>>,
     read_by: Instant,
     ticket: crate::observe::idle::Ticket,
     slots: Arc<Semaphore>,
 ) -> io::Result<()> {
     let peer = stream.peer_cred().ok();
-    let same_netns = netns
-        .as_ref()
-        .map_err(Clone::clone)
-        .and_then(|own| crate::ops::peer_netns::check(std::os::fd::AsFd::as_fd(&stream), own));
+    let same_netns = netns.as_ref().map_err(Clone::clone).and_then(|own| {
+        peer_netns::check(std::os::fd::AsFd::as_fd(&stream), own).map_err(Arc::new)
+    });
     let (read, mut write) = stream.into_split();
     // Read even a refused peer's request, so it gets the refusal rather
     // than a broken pipe; it is discarded unparsed.
@@ -309,10 +433,8 @@ async fn answer(
     };
     drop(ticket);
     let Ok(_slot) = slots.try_acquire_owned() else {
-        let mut text = serde_json::to_string(&Reply::error(format!(
-            "busy: {MAX_CONNECTIONS} requests in progress; try again"
-        )))
-        .map_err(io::Error::other)?;
+        let mut text =
+            serde_json::to_string(&Reply::error(Refusal::Busy)).map_err(io::Error::other)?;
         text.push('\n');
         return write.write_all(text.as_bytes()).await;
     };
@@ -325,12 +447,12 @@ async fn answer(
             );
             Reply::error(refusal)
         }
-        (Ok(_), Err(_)) => Reply::error(format!("no request within {} s", READ_DEADLINE.as_secs())),
+        (Ok(_), Err(_)) => Reply::error(Refusal::NoRequest),
         (Ok(_), Ok(Err(e))) => return Err(e),
         (Ok(uid), Ok(Ok(_))) => match serde_json::from_str::<Request>(&line) {
             // Only grant and revoke change the fence; status stays readable.
             Ok(Request::Grant { .. } | Request::Revoke { .. }) if same_netns.is_err() => {
-                let refusal = same_netns.unwrap_err();
+                let refusal = Refusal::Netns(same_netns.unwrap_err());
                 tracing::warn!(
                     peer_uid = uid,
                     peer_pid = ?peer.as_ref().and_then(|c| c.pid()),
@@ -343,9 +465,9 @@ async fn answer(
                 let handler = handler.clone();
                 tokio::task::spawn_blocking(move || execute(request, Some(uid), &handler))
                     .await
-                    .unwrap_or_else(|e| Reply::error(format!("internal error: {e}")))
+                    .unwrap_or_else(|e| Reply::error(Refusal::Internal(e)))
             }
-            Err(e) => Reply::error(format!("bad request: {e}")),
+            Err(e) => Reply::error(Refusal::BadRequest(e)),
         },
     };
     let mut text = serde_json::to_string(&reply).map_err(io::Error::other)?;
@@ -371,14 +493,14 @@ fn execute(request: Request, uid: Option<u32>, handler: &Handler) -> Reply {
                     granted: Some(view),
                     ..Reply::ok()
                 },
-                Err(e) => Reply::error(e),
+                Err(e) => Reply::error(e.into()),
             }
         }
         Request::Revoke { agent, name } => {
             if let Err(e) = validate_agent(&agent) {
                 return Reply::error(e);
             }
-            let pattern = match pattern_key(&name) {
+            let pattern = match valid_name(&name) {
                 Ok(p) => p,
                 Err(e) => return Reply::error(e),
             };
@@ -387,7 +509,7 @@ fn execute(request: Request, uid: Option<u32>, handler: &Handler) -> Reply {
                     granted: Some(GrantView::from(&grant)),
                     ..Reply::ok()
                 },
-                Err(e) => Reply::error(e),
+                Err(e) => Reply::error(e.into()),
             }
         }
         Request::Status => Reply {
@@ -403,22 +525,22 @@ fn validate_grant(
     for_secs: u64,
     reason: &str,
     uid: Option<u32>,
-) -> Result<Grant, String> {
+) -> Result<Grant, Refusal> {
     validate_agent(agent)?;
-    let pattern = pattern_key(name)?;
+    let pattern = valid_name(name)?;
     if let Some(why) = crate::policy::over_broad(&pattern) {
-        return Err(format!("refusing an over-broad grant: {why}"));
+        return Err(Refusal::OverBroad {
+            pattern: pattern.to_string(),
+            why: why.to_string(),
+        });
     }
     if reason.trim().is_empty() {
-        return Err("a grant needs a --reason; it goes into the audit log".into());
+        return Err(Refusal::NoReason);
     }
     check_text("--reason", reason, MAX_REASON_CHARS)?;
     let duration = Duration::from_secs(for_secs);
     if duration.is_zero() || duration > MAX_GRANT {
-        return Err(format!(
-            "--for must be between 1 s and {} (longer exceptions belong in the policy file)",
-            humantime::format_duration(MAX_GRANT)
-        ));
+        return Err(Refusal::Duration { secs: for_secs });
     }
     let now = SystemTime::now();
     Ok(Grant {
@@ -432,27 +554,38 @@ fn validate_grant(
     })
 }
 
-fn validate_agent(agent: &str) -> Result<(), String> {
+fn validate_agent(agent: &str) -> Result<(), Refusal> {
     check_text("--agent", agent, MAX_AGENT_CHARS)
+}
+
+/// The canonical pattern for a name as given, or why it is not one.
+fn valid_name(name: &str) -> Result<String, Refusal> {
+    pattern_key(name).map_err(|e| Refusal::BadName {
+        name: name.into(),
+        why: e.to_string(),
+    })
 }
 
 /// Free text bound for logs and alerts: bounded, and without characters
 /// that could forge log lines or reorder what a reader sees.
-fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), String> {
+fn check_text(field: &'static str, value: &str, max_chars: usize) -> Result<(), Refusal> {
     let count = value.chars().count();
     if count > max_chars {
-        let head: String = value.chars().take(40).collect();
-        return Err(format!(
-            "{field} is {count} characters, more than {max_chars} (starts {head:?})"
-        ));
+        return Err(Refusal::TooLong {
+            field,
+            count,
+            max: max_chars,
+            head: value.chars().take(40).collect(),
+        });
     }
     // Bidi overrides and isolates: they make a log line read differently from what it holds.
     let bidi = |c: char| matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
     if let Some(c) = value.chars().find(|&c| c.is_control() || bidi(c)) {
-        return Err(format!(
-            "{field} {value:?} contains the control character U+{:04X}; use plain text",
-            u32::from(c)
-        ));
+        return Err(Refusal::ControlCharacter {
+            field,
+            value: value.into(),
+            code: u32::from(c),
+        });
     }
     Ok(())
 }
@@ -485,11 +618,10 @@ fn status(handler: &Handler) -> Status {
                 agent: file.agent.to_string(),
                 file: file.source.display().to_string(),
                 mode: if file.learn.is_some() {
-                    "learn"
+                    Mode::Learn
                 } else {
-                    "enforce"
-                }
-                .into(),
+                    Mode::Enforce
+                },
                 clients: file.clients.iter().map(|c| c.to_string()).collect(),
                 rules: effective.rules.iter().filter(|r| r.live()).count(),
                 addresses: effective.addresses.len(),
@@ -503,15 +635,15 @@ fn status(handler: &Handler) -> Status {
 }
 
 /// The client side: sends one request and returns the reply.
-pub async fn request(path: &Path, request: &Request) -> Result<Reply, String> {
-    let stream = UnixStream::connect(path).await.map_err(|e| {
-        format!(
-            "cannot reach allowdns at {}: {e} (is it running with a control socket, and are you its owner?)",
-            path.display()
-        )
-    })?;
+pub async fn request(path: &Path, request: &Request) -> Result<Reply, ClientError> {
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| ClientError::Connect {
+            path: path.into(),
+            source,
+        })?;
     let (read, mut write) = stream.into_split();
-    let mut text = serde_json::to_string(request).map_err(|e| e.to_string())?;
+    let mut text = serde_json::to_string(request).map_err(ClientError::Encode)?;
     text.push('\n');
     // A refusal may arrive before the request is written: read it anyway.
     let written = write.write_all(text.as_bytes()).await;
@@ -519,18 +651,30 @@ pub async fn request(path: &Path, request: &Request) -> Result<Reply, String> {
     let mut reader = BufReader::new(read).take(16 << 20);
     let read = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
         .await
-        .map_err(|_| format!("{}: no reply within 10 s", path.display()))?;
+        .map_err(|_| ClientError::Timeout { path: path.into() })?;
     if line.is_empty() {
         let error = written.err().or(read.err());
         return Err(match error {
-            Some(e) => format!("{}: {e}", path.display()),
-            None => format!(
-                "{}: connection closed without a reply (allowdns busy?)",
-                path.display()
-            ),
+            Some(source) => ClientError::Io {
+                path: path.into(),
+                source,
+            },
+            None => ClientError::Closed { path: path.into() },
         });
     }
-    serde_json::from_str(&line).map_err(|e| format!("{}: bad reply: {e}", path.display()))
+    serde_json::from_str(&line).map_err(|source| ClientError::BadReply {
+        path: path.into(),
+        source,
+    })
+}
+
+/// [`request`], with the server's refusal as an error too.
+pub async fn ask(path: &Path, request: &Request) -> Result<Reply, ClientError> {
+    let reply = self::request(path, request).await?;
+    match reply.error {
+        Some(error) if !reply.ok => Err(ClientError::Refused(error)),
+        _ => Ok(reply),
+    }
 }
 
 /// `allowdns status` for humans.
@@ -619,19 +763,20 @@ mod tests {
 
     #[test]
     fn only_root_and_the_owner_may_connect() {
-        assert_eq!(peer_allowed(Some(0), 1000), Ok(0));
-        assert_eq!(peer_allowed(Some(1000), 1000), Ok(1000));
+        assert_eq!(peer_allowed(Some(0), 1000).unwrap(), 0);
+        assert_eq!(peer_allowed(Some(1000), 1000).unwrap(), 1000);
         assert_eq!(
-            peer_allowed(Some(1001), 1000),
-            Err("permission denied: uid 1001".into())
+            peer_allowed(Some(1001), 1000).unwrap_err().to_string(),
+            "permission denied: uid 1001"
         );
         assert!(peer_allowed(None, 0).is_err());
     }
 
     #[test]
     fn reasons_and_agents_are_plain_bounded_text() {
-        let grant =
-            |agent: &str, reason: &str| validate_grant(agent, "a.example", 60, reason, Some(0));
+        let grant = |agent: &str, reason: &str| {
+            validate_grant(agent, "a.example", 60, reason, Some(0)).map_err(|e| e.to_string())
+        };
         assert!(grant("agent", "INC-42 vendor débogage").is_ok());
         let e = grant("agent", "ok\nforged line").unwrap_err();
         assert!(e.contains("--reason") && e.contains("U+000A"), "{e}");
@@ -654,7 +799,69 @@ mod tests {
         assert!(
             validate_grant("agent", "*.com.ar", 60, "r", None)
                 .unwrap_err()
+                .to_string()
                 .contains("over-broad")
         );
+    }
+
+    #[test]
+    fn refusals_read_as_the_wire_protocol_always_said() {
+        let e = validate_grant("agent", "a.example", 0, "r", None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "--for must be between 1 s and {} (longer exceptions belong in the policy file)",
+                humantime::format_duration(MAX_GRANT)
+            )
+        );
+        let e = validate_grant("agent", "bad..name", 60, "r", None).unwrap_err();
+        assert!(
+            matches!(&e, Refusal::BadName { name, .. } if name == "bad..name"),
+            "{e}"
+        );
+        assert_eq!(
+            Refusal::Busy.to_string(),
+            "busy: 16 requests in progress; try again"
+        );
+        assert_eq!(Refusal::NoRequest.to_string(), "no request within 4 s");
+        let e = Refusal::from(StateError::NoGrant {
+            agent: "a".into(),
+            pattern: "x.example".into(),
+        });
+        assert_eq!(e.to_string(), "agent 'a' has no grant for 'x.example'");
+        let reply = serde_json::to_string(&Reply::error(e)).unwrap();
+        assert_eq!(
+            reply,
+            r#"{"ok":false,"error":"agent 'a' has no grant for 'x.example'"}"#
+        );
+    }
+
+    #[test]
+    fn client_errors_name_the_socket() {
+        let path = PathBuf::from("/run/allowdns/control.sock");
+        let e = ClientError::Connect {
+            path: path.clone(),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        };
+        assert!(
+            e.to_string()
+                .starts_with("cannot reach allowdns at /run/allowdns/control.sock: "),
+            "{e}"
+        );
+        let e = ClientError::Closed { path };
+        assert_eq!(
+            e.to_string(),
+            "/run/allowdns/control.sock: connection closed without a reply (allowdns busy?)"
+        );
+    }
+
+    #[test]
+    fn mode_is_serialised_as_before() {
+        assert_eq!(serde_json::to_string(&Mode::Learn).unwrap(), r#""learn""#);
+        assert_eq!(
+            serde_json::to_string(&Mode::Enforce).unwrap(),
+            r#""enforce""#
+        );
+        assert_eq!(Mode::Learn.to_string(), "learn");
     }
 }

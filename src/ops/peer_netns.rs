@@ -47,39 +47,64 @@ impl Own {
     }
 }
 
+/// Why a peer's network namespace is not ours, or cannot be told. The
+/// messages reach the control socket's clients verbatim.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// The peer is in another namespace (a fenced agent, say).
+    #[error(
+        "refused: the caller is in another network namespace than allowdns \
+         (grants and revokes are made from allowdns's own namespace, never from a fenced one)"
+    )]
+    Foreign,
+    /// allowdns's own namespace could not be read at startup: every check fails closed.
+    #[error("cannot tell allowdns's own network namespace: {0}")]
+    Own(#[source] io::Error),
+    /// A kernel facility the check needs (`what`: the option, and the Linux it needs) failed.
+    #[error("cannot tell the peer's network namespace ({what}: {source})")]
+    Peer {
+        what: &'static str,
+        source: io::Error,
+    },
+    /// The peer's namespace file could not be examined.
+    #[error("{0}")]
+    Stat(#[source] io::Error),
+}
+
 /// Ok when the peer of `stream` is in our network namespace; otherwise the
 /// reason for refusing it.
-pub fn check(stream: BorrowedFd<'_>, own: &Own) -> Result<(), String> {
-    let cookie = netns_cookie(stream)
-        .map_err(|e| format!("cannot tell the peer's network namespace (SO_NETNS_COOKIE: {e})"))?;
+pub fn check(stream: BorrowedFd<'_>, own: &Own) -> Result<(), NetnsError> {
+    let cookie = netns_cookie(stream).map_err(|source| NetnsError::Peer {
+        what: "SO_NETNS_COOKIE",
+        source,
+    })?;
     if cookie != own.cookie {
-        return Err(FOREIGN.into());
+        return Err(NetnsError::Foreign);
     }
-    let pidfd = getsockopt(&stream, sockopt::PeerPidfd).map_err(|e| {
-        format!("cannot tell the peer's network namespace (SO_PEERPIDFD needs Linux 6.5: {e})")
+    let pidfd = getsockopt(&stream, sockopt::PeerPidfd).map_err(|e| NetnsError::Peer {
+        what: "SO_PEERPIDFD needs Linux 6.5",
+        source: e.into(),
     })?;
     match pidfd_netns(pidfd.as_fd()) {
         Ok(ns) => {
             use std::os::unix::fs::MetadataExt;
             let meta = std::fs::File::from(ns)
                 .metadata()
-                .map_err(|e| e.to_string())?;
+                .map_err(NetnsError::Stat)?;
             if (meta.dev(), meta.ino()) != own.file {
-                return Err(FOREIGN.into());
+                return Err(NetnsError::Foreign);
             }
             Ok(())
         }
         // Not ours to inspect (a root peer of an unprivileged allowdns): the
         // socket's namespace, checked above, decides.
         Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => Ok(()),
-        Err(e) => Err(format!(
-            "cannot tell the peer's network namespace (PIDFD_GET_NET_NAMESPACE needs Linux 6.11: {e})"
-        )),
+        Err(source) => Err(NetnsError::Peer {
+            what: "PIDFD_GET_NET_NAMESPACE needs Linux 6.11",
+            source,
+        }),
     }
 }
-
-const FOREIGN: &str = "refused: the caller is in another network namespace than allowdns \
-     (grants and revokes are made from allowdns's own namespace, never from a fenced one)";
 
 fn netns_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let mut cookie: u64 = 0;
@@ -128,26 +153,37 @@ mod tests {
         let own = Own::of(listener.as_fd()).unwrap();
         let _client = UnixStream::connect(&path).unwrap();
         let (server, _) = listener.accept().unwrap();
-        assert_eq!(check(server.as_fd(), &own), Ok(()));
+        assert!(check(server.as_fd(), &own).is_ok());
         // Another namespace's identity is refused.
         let other = Own {
             cookie: own.cookie + 1,
             ..own
         };
-        assert!(
-            check(server.as_fd(), &other)
-                .unwrap_err()
-                .contains("another network namespace")
-        );
+        let e = check(server.as_fd(), &other).unwrap_err();
+        assert!(matches!(e, NetnsError::Foreign), "{e}");
+        assert!(e.to_string().contains("another network namespace"), "{e}");
         let other = Own {
             file: (own.file.0, own.file.1 + 1),
             ..own
         };
-        assert!(
-            check(server.as_fd(), &other)
-                .unwrap_err()
-                .contains("another network namespace")
-        );
+        let e = check(server.as_fd(), &other).unwrap_err();
+        assert!(matches!(e, NetnsError::Foreign), "{e}");
+        assert!(e.to_string().contains("another network namespace"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_check_names_the_kernel_facility() {
+        let e = NetnsError::Peer {
+            what: "SO_PEERPIDFD needs Linux 6.5",
+            source: io::Error::from_raw_os_error(libc::ENOPROTOOPT),
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with(
+                "cannot tell the peer's network namespace (SO_PEERPIDFD needs Linux 6.5: "
+            ),
+            "{text}"
+        );
     }
 }

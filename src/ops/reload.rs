@@ -26,7 +26,7 @@ pub async fn reload(sources: &Sources, running: &Settings, handler: &Arc<Handler
     let (sources, running, handler) = (sources.clone(), running.clone(), handler.clone());
     let done = tokio::task::spawn_blocking(move || {
         reload_now(&sources, &running, &handler).map_err(|(diags, why)| {
-            failed(&handler, &diags, why.as_deref());
+            failed(&handler, &diags, why.as_ref());
         })
     })
     .await;
@@ -44,7 +44,18 @@ pub async fn reload(sources: &Sources, running: &Settings, handler: &Arc<Handler
 }
 
 /// Why a reload was refused: the load's diagnostics, and a reason beyond them.
-type Refused = (Diagnostics, Option<String>);
+type Refused = (Diagnostics, Option<ReloadError>);
+
+/// A reason to refuse a reload beyond the files' own errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// An agent's policy now has a `firewall:`, and allowdns started without one.
+    #[error("a policy now feeds a firewall; restart allowdns to enable feeding")]
+    FirewallNeedsRestart { agent: String },
+    /// The state (its firewall) cannot follow the new set.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+}
 
 fn reload_now(sources: &Sources, running: &Settings, handler: &Handler) -> Result<usize, Refused> {
     let mut diags = Diagnostics::default();
@@ -70,19 +81,21 @@ fn reload_now(sources: &Sources, running: &Settings, handler: &Handler) -> Resul
         );
     }
     if handler.firewall.is_none()
-        && loaded
+        && let Some(feeding) = loaded
             .policies
             .policies
             .iter()
-            .any(|p| p.firewall.is_some())
+            .find(|p| p.firewall.is_some())
     {
-        let why = "a policy now feeds a firewall; restart allowdns to enable feeding";
-        return Err((diags, Some(why.into())));
+        let why = ReloadError::FirewallNeedsRestart {
+            agent: feeding.agent.to_string(),
+        };
+        return Err((diags, Some(why)));
     }
     let changes = changes(&handler.state.snapshot().files.policies, &loaded.policies);
     let zones = loaded.zones.len();
     if let Err(e) = handler.state.replace(loaded) {
-        return Err((diags, Some(e)));
+        return Err((diags, Some(e.into())));
     }
     // Exfiltration budgets of agents the reload removed go with them.
     let files = handler.state.snapshot().files.clone();
@@ -159,7 +172,7 @@ fn restart_only(new: &Settings, running: &Settings) -> Vec<&'static str> {
 
 /// The alert for a failed reload: a headline naming the first problem's
 /// file:line, every error below it, and an audit event with all of them.
-fn failed(handler: &Handler, diags: &Diagnostics, why: Option<&str>) {
+fn failed(handler: &Handler, diags: &Diagnostics, why: Option<&ReloadError>) {
     crate::observe::metrics::METRICS
         .reload_failures
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

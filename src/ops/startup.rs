@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Sources;
 use crate::config::{self, Settings, UpstreamMode};
 use crate::diagnostics::Diagnostics;
-pub use crate::error::Failure;
+pub use crate::error::{Failure, RuntimeError};
 use crate::fence::Firewall;
 use crate::observe::alert::Alerts;
 use crate::observe::audit::{AuditLog, Sink};
@@ -18,6 +18,27 @@ use crate::serve::resolve::Resolver;
 use crate::serve::server::{self, Listeners};
 use crate::serve::upstream::Upstream;
 use crate::state::Loaded;
+
+/// Why `nft-ruleset` cannot pick the policy or the DNS address, naming what it was given.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("no policy for agent '{0}'")]
+    NoPolicy(String),
+    /// How many policies are loaded.
+    #[error("several policies are loaded; choose one with --agent")]
+    SeveralPolicies(usize),
+    /// The listen addresses, all wildcards.
+    #[error(
+        "allowdns listens on a wildcard address; give its address as the agent sees it with --dns"
+    )]
+    WildcardListen(Vec<std::net::SocketAddr>),
+}
+
+impl From<StartupError> for Failure {
+    fn from(e: StartupError) -> Self {
+        Failure::Runtime(RuntimeError::subsystem(e))
+    }
+}
 
 /// Everything `serve` needs, loaded and validated.
 pub struct Prepared {
@@ -97,8 +118,7 @@ pub async fn serve(
         tracing::warn!("{warning}");
     }
     // Sockets first: a port conflict should fail before anything else starts.
-    let listeners =
-        Listeners::bind(&prepared.settings.listen).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let listeners = Listeners::bind(&prepared.settings.listen)?;
     serve_on(
         sources,
         prepared,
@@ -129,20 +149,21 @@ pub async fn serve_on(
         Some(addr) => Some(
             crate::observe::metrics::bind(addr)
                 .await
-                .map_err(|e| Failure::Runtime(e.to_string()))?,
+                .map_err(RuntimeError::subsystem)?,
         ),
         None => None,
     };
     let control = match &settings.control_socket {
         Some(path) => Some((
-            crate::ops::control::bind(path)
-                .map_err(|e| Failure::Runtime(format!("control socket {e}")))?,
+            crate::ops::control::bind(path).map_err(RuntimeError::from)?,
             path.clone(),
         )),
         None => None,
     };
-    let sink = Sink::open(settings.audit_log.as_deref())
-        .map_err(|e| Failure::Runtime(format!("cannot open audit log {e}")))?;
+    let sink = Sink::open(settings.audit_log.as_deref()).map_err(|source| RuntimeError::Audit {
+        path: settings.audit_log.clone().unwrap_or_default(),
+        source,
+    })?;
     let audit = AuditLog::start(sink);
     let alerts = Alerts::start_with(settings.alert_window, settings.notify.clone(), alerts_out);
     crate::observe::metrics::METRICS.watch_alerts(alerts.stats().clone(), alerts.delivery_stats());
@@ -162,7 +183,7 @@ pub async fn serve_on(
     if let Some(firewall) = &firewall {
         firewall
             .sync_static(&loaded.policies)
-            .map_err(Failure::Runtime)?;
+            .map_err(RuntimeError::subsystem)?;
     }
     let policies = loaded.policies.policies.len();
     let resolver = Resolver::new(upstream, Cache::new(settings.cache));
@@ -178,7 +199,7 @@ pub async fn serve_on(
     // Re-feeds the sets when the ruleset is reloaded under us.
     crate::fence::watch::spawn(handler.clone(), |h| h.firewall.as_deref());
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| Failure::Runtime(format!("signals: {e}")))?;
+        .map_err(RuntimeError::Signals)?;
     let reloading = handler.clone();
     let tcp_limits = settings.tcp.clone();
     let pending = settings.pending.clone();
@@ -259,8 +280,8 @@ pub async fn serve_on(
         audit.close();
     })
     .await
-    .map_err(|e| Failure::Runtime(format!("flush: {e}")))?;
-    result.map_err(|e| Failure::Runtime(e.to_string()))
+    .map_err(|e| RuntimeError::Flush(e.into()))?;
+    Ok(result.map_err(RuntimeError::Serve)?)
 }
 
 /// `allowdns nft-ruleset`: the ruleset for one agent's namespace. Needs only
@@ -285,16 +306,9 @@ pub fn ruleset(
     let policy = match chosen.as_slice() {
         [one] => one,
         [] => {
-            return Err(Failure::Runtime(format!(
-                "no policy for agent '{}'",
-                agent.unwrap_or_default()
-            )));
+            return Err(StartupError::NoPolicy(agent.unwrap_or_default().into()).into());
         }
-        _ => {
-            return Err(Failure::Runtime(
-                "several policies are loaded; choose one with --agent".into(),
-            ));
-        }
+        _ => return Err(StartupError::SeveralPolicies(chosen.len()).into()),
     };
     // DNS must reach allowdns: the given addresses, else the specific listen addresses.
     let dns: Vec<std::net::IpAddr> = if dns.is_empty() {
@@ -308,7 +322,7 @@ pub fn ruleset(
         dns.to_vec()
     };
     if dns.is_empty() {
-        return Err(Failure::Runtime("allowdns listens on a wildcard address; give its address as the agent sees it with --dns".into()));
+        return Err(StartupError::WildcardListen(settings.listen.clone()).into());
     }
     let config = policy
         .firewall

@@ -60,12 +60,12 @@ impl Health {
 
 impl Listeners {
     /// Binds UDP and TCP on every address. Port 0 picks one free port for both.
-    pub fn bind(addrs: &[SocketAddr]) -> io::Result<Listeners> {
+    pub fn bind(addrs: &[SocketAddr]) -> Result<Listeners, crate::error::RuntimeError> {
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
         for &addr in addrs {
             let (u, t) = bind_pair(addr)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+                .map_err(|source| crate::error::RuntimeError::Bind { addr, source })?;
             udp.push(u);
             tcp.push(t);
         }

@@ -47,28 +47,54 @@ pub struct InForce {
     pub generation: u64,
 }
 
+/// What the fence reports when it cannot follow a change: its own error,
+/// boxed so this trait does not depend on the fence's error type.
+pub type FenceError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a change of the policy in force was refused; each names what it was
+/// asked. The messages reach the control socket's clients verbatim.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A grant for an agent no policy file names.
+    #[error("no policy for agent '{0}'")]
+    NoPolicy(String),
+    /// The grant's audit line was not confirmed written, so it never took effect.
+    #[error("grant refused: {why}")]
+    Unaudited {
+        agent: String,
+        pattern: String,
+        why: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A revoke of a grant that is not in force.
+    #[error("agent '{agent}' has no grant for '{pattern}'")]
+    NoGrant { agent: String, pattern: String },
+    /// The firewall cannot follow the new set (reload); the old one stays.
+    #[error("{0}")]
+    Fence(FenceError),
+}
+
 /// What a change of the policy in force asks of the fence. Implemented by
 /// the nftables [`Firewall`]; the tests record the calls instead.
 pub trait Fence: Send + Sync {
     /// Whether the fence can follow `policies` at all; changes nothing.
-    fn check(&self, policies: &PolicySet) -> Result<(), String>;
+    fn check(&self, policies: &PolicySet) -> Result<(), FenceError>;
     /// Makes the policy-address elements match `policies`.
-    fn sync_static(&self, policies: &PolicySet) -> Result<(), String>;
+    fn sync_static(&self, policies: &PolicySet) -> Result<(), FenceError>;
     /// Takes out every element fed under `agent`'s rule `pattern`; how many.
-    fn withdraw(&self, agent: &str, pattern: &str) -> Result<usize, String>;
+    fn withdraw(&self, agent: &str, pattern: &str) -> Result<usize, FenceError>;
     /// Stops tracking rules that ended by themselves.
     fn forget_ended(&self, policies: &PolicySet);
 }
 
 impl Fence for Firewall {
-    fn check(&self, policies: &PolicySet) -> Result<(), String> {
-        Firewall::check(self, policies)
+    fn check(&self, policies: &PolicySet) -> Result<(), FenceError> {
+        Ok(Firewall::check(self, policies)?)
     }
-    fn sync_static(&self, policies: &PolicySet) -> Result<(), String> {
-        Firewall::sync_static(self, policies)
+    fn sync_static(&self, policies: &PolicySet) -> Result<(), FenceError> {
+        Ok(Firewall::sync_static(self, policies)?)
     }
-    fn withdraw(&self, agent: &str, pattern: &str) -> Result<usize, String> {
-        Firewall::withdraw(self, agent, pattern)
+    fn withdraw(&self, agent: &str, pattern: &str) -> Result<usize, FenceError> {
+        Ok(Firewall::withdraw(self, agent, pattern)?)
     }
     fn forget_ended(&self, policies: &PolicySet) {
         Firewall::forget_ended(self, policies)
@@ -114,10 +140,10 @@ impl State {
 
     /// Swaps in a reloaded set atomically; queries already running keep the
     /// old one. If the firewall cannot follow, nothing changes.
-    pub fn replace(&self, loaded: Loaded) -> Result<(), String> {
+    pub fn replace(&self, loaded: Loaded) -> Result<(), StateError> {
         let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(fence) = &self.fence {
-            fence.check(&loaded.policies)?;
+            fence.check(&loaded.policies).map_err(StateError::Fence)?;
         }
         let old = self.snapshot();
         // A new file set reports its own expiries (`check` shows those already past).
@@ -161,11 +187,11 @@ impl State {
     }
 
     /// Adds (or renews) a grant and puts it in force at once.
-    pub fn grant(&self, grant: Grant) -> Result<(), String> {
+    pub fn grant(&self, grant: Grant) -> Result<(), StateError> {
         let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
         let files = self.snapshot().files.clone();
         if files.policies.by_agent(&grant.agent).is_none() {
-            return Err(format!("no policy for agent '{}'", grant.agent));
+            return Err(StateError::NoPolicy(grant.agent.to_string()));
         }
         // No exception without its audit line.
         if let Err(e) = self
@@ -174,7 +200,11 @@ impl State {
         {
             // Should the "grant" line still land, this one says it never took effect.
             self.audit.event(grant_event("grant_refused", &grant));
-            return Err(format!("grant refused: {e}"));
+            return Err(StateError::Unaudited {
+                agent: grant.agent.to_string(),
+                pattern: grant.pattern.to_string(),
+                why: e.into(),
+            });
         }
         tracing::warn!(
             agent = %grant.agent,
@@ -198,12 +228,20 @@ impl State {
     }
 
     /// Ends a grant before its time; its firewall elements go at once.
-    pub fn revoke(&self, agent: &str, pattern: &str, uid: Option<u32>) -> Result<Grant, String> {
+    pub fn revoke(
+        &self,
+        agent: &str,
+        pattern: &str,
+        uid: Option<u32>,
+    ) -> Result<Grant, StateError> {
         let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
         let grant = grants
             .0
             .revoke_by(agent, pattern, uid)
-            .ok_or_else(|| format!("agent '{agent}' has no grant for '{pattern}'"))?;
+            .ok_or_else(|| StateError::NoGrant {
+                agent: agent.into(),
+                pattern: pattern.into(),
+            })?;
         self.audit.event(grant_event("grant_revoked", &grant));
         tracing::warn!(agent, pattern, granted_by = ?grant.uid, revoked_by = ?uid, "grant revoked");
         let _ = self.install(self.snapshot().files.clone(), &mut grants, false);
@@ -251,7 +289,7 @@ impl State {
         files: Arc<Loaded>,
         state: &mut (Grants, SystemTime),
         strict: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), StateError> {
         let (grants, last) = state;
         let now = SystemTime::now();
         // Expired grants' rules are not live at `now`, so `effective` leaves
@@ -265,7 +303,7 @@ impl State {
                 if let Err(e) = fence.sync_static(&self.snapshot().policies) {
                     tracing::error!(error = %e, "[!] FIREWALL UPDATE FAILED: cannot restore the previous policy addresses");
                 }
-                return Err(e);
+                return Err(StateError::Fence(e));
             }
         }
         for expired in grants.prune(now) {
@@ -411,17 +449,17 @@ mod tests {
     }
 
     impl Fence for Recorder {
-        fn check(&self, _: &PolicySet) -> Result<(), String> {
+        fn check(&self, _: &PolicySet) -> Result<(), FenceError> {
             Ok(())
         }
-        fn sync_static(&self, _: &PolicySet) -> Result<(), String> {
+        fn sync_static(&self, _: &PolicySet) -> Result<(), FenceError> {
             *self.syncs.lock().unwrap() += 1;
             if self.fail_sync.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err("netlink says no".into());
             }
             Ok(())
         }
-        fn withdraw(&self, agent: &str, pattern: &str) -> Result<usize, String> {
+        fn withdraw(&self, agent: &str, pattern: &str) -> Result<usize, FenceError> {
             let mut withdrawn = self.withdrawn.lock().unwrap();
             withdrawn.push((agent.into(), pattern.into()));
             Ok(1)
@@ -545,7 +583,8 @@ mod tests {
         assert_eq!(fence.take(), vec![]);
         assert_eq!(state.snapshot().generation, 3);
         // No policy, no grant: nothing changes.
-        assert!(state.grant(grant("nobody", "x.test", HOUR)).is_err());
+        let refused = state.grant(grant("nobody", "x.test", HOUR)).unwrap_err();
+        assert_eq!(refused.to_string(), "no policy for agent 'nobody'");
         assert_eq!(state.snapshot().generation, 3);
 
         // A renewal that ends later keeps what was fed; one that ends sooner withdraws.
@@ -559,7 +598,8 @@ mod tests {
         assert_eq!(revoked.revoked_by, Some(1000));
         assert!(!allows(&state, "a", "g2.test"));
         assert_eq!(fence.take(), vec![pair("a", "g2.test")]);
-        assert!(state.revoke("a", "g2.test", Some(1000)).is_err());
+        let refused = state.revoke("a", "g2.test", Some(1000)).unwrap_err();
+        assert_eq!(refused.to_string(), "agent 'a' has no grant for 'g2.test'");
         assert_eq!(fence.take(), vec![]);
 
         // A reload the firewall cannot follow changes nothing.
@@ -569,7 +609,7 @@ mod tests {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let syncs = *fence.syncs.lock().unwrap();
         let refused = state.replace(dir.load(&[("a.yaml", policy_a("2098-01-01T00:00:00Z"))]));
-        assert_eq!(refused.unwrap_err(), "netlink says no");
+        assert_eq!(refused.unwrap_err().to_string(), "netlink says no");
         // Tried, then rolled back to the set in force.
         assert_eq!(*fence.syncs.lock().unwrap(), syncs + 2);
         assert_eq!(state.snapshot().generation, before);

@@ -99,11 +99,17 @@ pub fn run(args: &SuggestArgs) -> Result<Diagnostics, Failure> {
     };
     let suggestion = suggest(file, BufReader::new(input), &options).map_err(Failure::Invalid)?;
     match &args.output {
-        Some(out) if out != Path::new("-") => std::fs::write(out, &suggestion.policy)
-            .map_err(|e| Failure::Runtime(format!("cannot write {}: {e}", out.display())))?,
+        Some(out) if out != Path::new("-") => {
+            std::fs::write(out, &suggestion.policy).map_err(|source| {
+                crate::error::RuntimeError::Write {
+                    path: out.clone(),
+                    source,
+                }
+            })?
+        }
         _ => std::io::stdout()
             .write_all(suggestion.policy.as_bytes())
-            .map_err(|e| Failure::Runtime(format!("cannot write to stdout: {e}")))?,
+            .map_err(crate::error::RuntimeError::Stdout)?,
     }
     Ok(suggestion.warnings)
 }
