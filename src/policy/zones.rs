@@ -13,6 +13,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_proto::serialize::txt::Parser;
 
 use crate::diagnostics::Diagnostics;
+use crate::policy::name::QueryKey;
 
 /// All local zones, keyed by canonical origin.
 #[derive(Debug, Default)]
@@ -33,9 +34,10 @@ pub struct Zone {
     origin: String,
 }
 
+/// Owners are keyed as questions are ([`QueryKey::of_any`]), so a lookup
+/// takes the question's key as it is.
 fn key(name: &Name) -> String {
-    let ascii = name.to_lowercase().to_ascii();
-    ascii.strip_suffix('.').unwrap_or(&ascii).to_string()
+    QueryKey::of_any(name).into()
 }
 
 fn parent(key: &str) -> Option<&str> {
@@ -91,16 +93,17 @@ impl Zones {
         self.zones.is_empty()
     }
 
-    /// The answer for `name` if it lies in a local zone (the closest enclosing one).
-    pub fn lookup(&self, name: &Name, qtype: RecordType) -> Option<Step> {
+    /// The answer for `name` (whose key is `key`) if it lies in a local zone
+    /// (the closest enclosing one).
+    pub fn lookup(&self, key: &QueryKey, name: &Name, qtype: RecordType) -> Option<Step> {
         if self.zones.is_empty() {
             return None;
         }
-        let qkey = key(name);
-        let mut at = Some(qkey.as_str());
+        let qkey = key.as_str();
+        let mut at = Some(qkey);
         while let Some(candidate) = at {
             if let Some(zone) = self.zones.get(candidate) {
-                return Some(zone.lookup(&qkey, name, qtype));
+                return Some(zone.lookup(qkey, name, qtype));
             }
             at = parent(candidate);
         }
