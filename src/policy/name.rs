@@ -1,6 +1,9 @@
 //! The one canonical spelling of a name that policies and queries are compared
 //! in: A-labels (punycode), lower case, no trailing dot, the root as "".
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
 use hickory_proto::rr::Name;
 
 /// Bytes a query label may contain and still be matched. Anything else (a dot
@@ -26,7 +29,9 @@ impl QueryKey {
     /// The key of a name a policy can match, or `None` when a label holds a
     /// byte no policy can spell (such a name is denied).
     pub fn of(name: &Name) -> Option<QueryKey> {
-        let mut key = String::with_capacity(name.len());
+        // `Name::len` counts a dot per label, one more than the key has:
+        // the exact size, so boxing the key does not reallocate it.
+        let mut key = String::with_capacity(name.len().saturating_sub(1));
         for label in name.iter() {
             if !key.is_empty() {
                 key.push('.');
@@ -84,9 +89,33 @@ impl std::fmt::Display for QueryKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PolicyId(pub u64);
 
+/// A map keyed by [`PolicyId`]: the id is a hash already, so it is used as
+/// its own hash rather than hashed again on every lookup.
+pub type PolicyIdMap<V> = HashMap<PolicyId, V, BuildHasherDefault<IdHasher>>;
+
+/// The identity hash of a [`PolicyId`] (see [`PolicyIdMap`]).
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is reached from `PolicyId`; anything else still hashes.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 impl PolicyId {
     pub fn of(agent: &str) -> PolicyId {
-        use std::hash::{Hash, Hasher};
         // Fixed keys: the same name gets the same id for the process's life.
         let mut h = std::hash::DefaultHasher::new();
         agent.hash(&mut h);

@@ -26,8 +26,9 @@ pub struct Zones {
 pub struct Zone {
     /// The apex SOA, returned in the authority section of negative answers.
     soa: Record,
-    /// Records by (owner key, type).
-    records: HashMap<(String, RecordType), Vec<Record>>,
+    /// Records by owner key, then type: looked up with the question's key
+    /// as it is, no copy per lookup.
+    records: HashMap<String, HashMap<RecordType, Vec<Record>>>,
     /// Every owner and empty non-terminal, to tell NODATA from NXDOMAIN.
     names: HashSet<String>,
     /// The canonical origin, to stop the wildcard walk at the apex.
@@ -142,16 +143,12 @@ impl Zone {
 
     /// Records of `qtype` (or a CNAME) at `owner`, renamed to `rename` for wildcards.
     fn lookup_at(&self, owner: &str, qtype: RecordType, rename: Option<&Name>) -> Option<Step> {
+        let at = self.records.get(owner)?;
         let found: Vec<Record> = if qtype == RecordType::ANY {
-            self.records
-                .iter()
-                .filter(|((o, _), _)| o == owner)
-                .flat_map(|(_, rs)| rs.iter().cloned())
-                .collect()
+            at.values().flat_map(|rs| rs.iter().cloned()).collect()
         } else {
-            self.records
-                .get(&(owner.to_string(), qtype))
-                .or_else(|| self.records.get(&(owner.to_string(), RecordType::CNAME)))
+            at.get(&qtype)
+                .or_else(|| at.get(&RecordType::CNAME))
                 .cloned()
                 .unwrap_or_default()
         };
@@ -261,7 +258,7 @@ fn load_zone(file: &Path, diags: &mut Diagnostics) -> Option<(String, Zone)> {
         }
     };
     let origin_key = key(&origin);
-    let mut records: HashMap<(String, RecordType), Vec<Record>> = HashMap::new();
+    let mut records: HashMap<String, HashMap<RecordType, Vec<Record>>> = HashMap::new();
     let mut names = HashSet::new();
     let mut soa = None;
     for rrset in rrsets.into_values() {
@@ -288,7 +285,9 @@ fn load_zone(file: &Path, diags: &mut Diagnostics) -> Option<(String, Zone)> {
                 at = parent(name);
             }
             records
-                .entry((owner.clone(), record.record_type()))
+                .entry(owner.clone())
+                .or_default()
+                .entry(record.record_type())
                 .or_default()
                 .push(record.clone());
         }

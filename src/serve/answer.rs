@@ -8,7 +8,6 @@
 //! bounded in number, each bounded in time (`RESOLVE_DEADLINE`), and a
 //! panic in either part costs one SERVFAIL, never a serving thread or task.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -20,7 +19,7 @@ use hickory_server::server::Request;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::observe::metrics::METRICS;
-use crate::policy::name::PolicyId;
+use crate::policy::name::{PolicyId, PolicyIdMap};
 use crate::serve::handler::{Chosen, Handler, Outcome, Progress};
 use crate::serve::wire::{self, Transport};
 use crate::state::InForce;
@@ -50,7 +49,7 @@ impl Default for PendingLimits {
 }
 
 /// Upstream-bound questions in flight per agent (by its policy's id).
-type Shares = Arc<Mutex<HashMap<PolicyId, usize>>>;
+type Shares = Arc<Mutex<PolicyIdMap<usize>>>;
 
 /// One agent's share of one pending slot; given back when dropped.
 struct Share {

@@ -26,7 +26,6 @@
 //!
 //! A side effect: agents cannot learn from hit timing what another asked.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -36,7 +35,7 @@ use arc_swap::ArcSwap;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, RecordType};
 
-use crate::policy::name::{PolicyId, QueryKey};
+use crate::policy::name::{PolicyId, PolicyIdMap, QueryKey};
 use crate::serve::upstream::Step;
 
 /// How often a full partition may be swept for expired entries.
@@ -76,7 +75,7 @@ impl quick_cache::Equivalent<Key> for Asked<'_> {
     }
 }
 
-type Partitions = HashMap<PolicyId, Arc<Partition>>;
+type Partitions = PolicyIdMap<Arc<Partition>>;
 
 /// Cache policy from the config.
 #[derive(Clone, Copy, Debug)]
