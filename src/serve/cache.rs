@@ -154,6 +154,27 @@ impl Cache {
         part
     }
 
+    /// Drops the partitions of policies no longer loaded (after a reload) and
+    /// gives their room to the others: ids have no cap, so partitions of
+    /// agents that went must not pile up and shrink everyone's share.
+    pub fn retain(&self, keep: impl Fn(PolicyId) -> bool) {
+        let _made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        let parts = self.parts.load_full();
+        let kept: Partitions = parts
+            .iter()
+            .filter(|(id, _)| keep(**id))
+            .map(|(id, part)| (*id, part.clone()))
+            .collect();
+        if kept.len() == parts.len() {
+            return;
+        }
+        let share = (self.limits.max_entries / kept.len().max(1)).max(1);
+        for part in kept.values() {
+            part.entries.set_capacity(share as u64);
+        }
+        self.parts.store(Arc::new(kept));
+    }
+
     /// A fresh copy of the agent's cached step with TTLs counted down, if still live.
     pub fn get(&self, agent: PolicyId, name: &QueryKey, qtype: RecordType) -> Option<Step> {
         let parts = self.parts.load();
@@ -358,6 +379,24 @@ mod tests {
         assert!(cache.get(a299, &name("hot"), RecordType::A).is_some());
         assert!(cache.get(a300, &name("hot"), RecordType::A).is_none());
         assert_eq!(cache.parts.load().len(), 300);
+    }
+
+    #[test]
+    fn partitions_of_agents_that_went_are_dropped_and_their_room_shared() {
+        let cache = cache(1000);
+        for n in 1..=4u16 {
+            cache.insert(agent(n), &name("x"), RecordType::A, &step(300));
+        }
+        let capacity = || cache.partition(agent(1)).unwrap().entries.capacity();
+        let quarter = capacity();
+        cache.retain(|id| id == agent(1) || id == agent(2));
+        assert!(cache.partition(agent(3)).is_none());
+        assert!(
+            capacity() >= 2 * quarter - 8,
+            "{quarter} then {}",
+            capacity()
+        );
+        assert!(cache.get(agent(2), &name("x"), RecordType::A).is_some());
     }
 
     #[test]

@@ -77,6 +77,11 @@ impl Resolver {
         }
     }
 
+    /// Keeps the cache partitions of the policies `keep` names (after a reload).
+    pub fn retain_agents(&self, keep: impl Fn(PolicyId) -> bool) {
+        self.cache.retain(keep);
+    }
+
     /// Asks the upstream, or joins the identical question already asked.
     /// The exchange runs as its own task, so it ends (and leaves the map)
     /// even if every waiter gives up.
