@@ -144,3 +144,65 @@ fn identical_questions_in_flight_are_merged_per_agent() {
     assert!(per_agent[0] >= 1, "{per_agent:?}");
     assert_eq!(per_agent[1], per_agent[0], "{:?}", up.names());
 }
+
+/// Agents past the 254 the metrics table names used to share its last slot,
+/// and with it one upstream share (and one cache partition, and merging):
+/// agent #300's flood starved agent #299. Each policy now has an id of its
+/// own, so 300 agents have 300 shares.
+#[test]
+fn agents_past_the_metrics_table_have_shares_of_their_own() {
+    let up = Upstream::start("127.0.0.27", 0, &[data("upstream/allowed.test.zone")]);
+    up.delays
+        .lock()
+        .unwrap()
+        .insert("slow.allowed.test".into(), Duration::from_secs(3));
+    let dir = TempDir::new("share-300");
+    let policies = dir.0.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    // Agent i (0-based, loaded in file order) asks from 127.1.(i / 200).(i % 200 + 1).
+    let client = |i: usize| format!("127.1.{}.{}", i / 200, i % 200 + 1);
+    for i in 0..300 {
+        std::fs::write(
+            policies.join(format!("a{i:03}.yaml")),
+            format!(
+                "agent_name: agent_{i:03}\nclients: [\"{}/32\"]\nexpected_outbound:\n  - destination: www.allowed.test\n  - destination: slow.allowed.test\n",
+                client(i)
+            ),
+        )
+        .unwrap();
+    }
+    let config = dir.write(
+        "allowdns.yaml",
+        "upstream:\n  max_pending: 64\n  max_pending_per_agent: 4\n",
+    );
+    let upstream = up.addr.to_string();
+    let dns = Allowdns::serve(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--upstream",
+        &upstream,
+        "--policy",
+        policies.to_str().unwrap(),
+    ]);
+    let (a299, a300) = (client(298), client(299));
+    // Agent #300 floods its slow name: 20 questions, 4 may wait upstream.
+    let _flood = flood_from(&dns, 20, &a300);
+    // Positive control: the flood holds #300's whole share.
+    let own = query_from(dns.udp, "www.allowed.test", RecordType::A, &a300);
+    assert_eq!(
+        own.metadata.response_code,
+        ResponseCode::ServFail,
+        "the flooding agent is held to its share"
+    );
+    // Agent #299 is answered from a share of its own.
+    let other = query_from(dns.udp, "www.allowed.test", RecordType::A, &a299);
+    assert_eq!(other.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(
+        answers(&other),
+        vec![(
+            "www.allowed.test".to_string(),
+            "A".to_string(),
+            "192.0.2.1".to_string()
+        )]
+    );
+}

@@ -1,8 +1,8 @@
 //! Prometheus metrics: process-wide counters, and the `/metrics` endpoint.
 //!
 //! Counting is a relaxed atomic add into fixed arrays; no lock, map lookup
-//! or allocation per query. Agents get a slot when their policy is compiled
-//! (`slot_for`), so the hot path indexes by a small integer, and counters
+//! or allocation per query. Agents get a slot when their policy set is
+//! loaded (`assign_slots`), so the hot path indexes by a small integer, and counters
 //! survive reloads because a name keeps its slot.
 
 use std::fmt::Write as _;
@@ -248,6 +248,23 @@ impl Metrics {
         }
         agents.push(agent.into());
         agents.len() as u16
+    }
+
+    /// Gives each policy of a freshly loaded set its agent's slot (the same
+    /// name keeps its slot across reloads). Done by the loader, not by
+    /// `policy/`, so a policy stays data; the slot only labels metrics.
+    pub fn assign_slots(&self, set: &mut crate::policy::PolicySet) {
+        for policy in &mut set.policies {
+            let slot = self.slot_for(&policy.agent);
+            match std::sync::Arc::get_mut(policy) {
+                Some(policy) => policy.metrics_slot = slot,
+                // A fresh set is not shared yet; if it were, its queries
+                // would only be counted under no agent.
+                None => {
+                    tracing::error!(agent = %policy.agent, "metrics slot not assigned: policy already shared")
+                }
+            }
+        }
     }
 
     /// The Prometheus text exposition.

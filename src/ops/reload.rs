@@ -102,6 +102,9 @@ fn reload_now(sources: &Sources, running: &Settings, handler: &Handler) -> Resul
     handler
         .exfil
         .retain(|agent| files.policies.by_agent(agent).is_some());
+    // And their cache partitions.
+    let ids: std::collections::HashSet<_> = files.policies.policies.iter().map(|p| p.id).collect();
+    handler.resolver.retain_agents(|id| ids.contains(&id));
     for change in &changes {
         tracing::info!("reload: {change}");
     }

@@ -99,10 +99,9 @@ pub fn prepare(sources: &Sources) -> Result<Prepared, Failure> {
 pub fn load_policies_and_zones(settings: &Settings, diags: &mut Diagnostics) -> Option<Loaded> {
     let policies = policy::load(&settings.policies, diags);
     let zones = Zones::load(settings.zones.as_deref(), diags);
-    Some(Loaded {
-        policies: policies?,
-        zones,
-    })
+    let mut policies = policies?;
+    crate::observe::metrics::METRICS.assign_slots(&mut policies);
+    Some(Loaded { policies, zones })
 }
 
 /// The longest the expiry task sleeps without re-reading the clock.

@@ -135,7 +135,11 @@ pub struct Policy {
     pub firewall: Option<FirewallConfig>,
     /// `mode: learn`: the catch-all rule unlisted names resolve under.
     pub learn: Option<Rule>,
-    /// Index of the agent's series in [`crate::observe::metrics`].
+    /// What the query path keys this agent's cache, merged questions and
+    /// upstream share by (see [`crate::policy::name::PolicyId`]).
+    pub id: crate::policy::name::PolicyId,
+    /// Index of the agent's series in the metrics; 0 until the loader
+    /// assigns it (`ops::startup`), so `policy/` needs no metrics table.
     pub metrics_slot: u16,
     /// The exfiltration budget under wildcards (`exfil:`).
     pub exfil: crate::serve::exfil::Limits,
@@ -213,6 +217,7 @@ impl Policy {
             addresses: builder.addresses,
             firewall: self.firewall.clone(),
             learn: self.learn.clone(),
+            id: self.id,
             metrics_slot: self.metrics_slot,
             exfil: self.exfil,
             matcher: builder.matcher,
@@ -760,7 +765,8 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
     let exfil = compile_exfil(file, source, exfil, diags);
     let inbound = private::inbound(file, source, &inbound, diags);
     Policy {
-        metrics_slot: crate::observe::metrics::METRICS.slot_for(agent_name.trim()),
+        id: crate::policy::name::PolicyId::of(agent_name.trim()),
+        metrics_slot: 0,
         exfil,
         agent: agent_name.trim().into(),
         source: file.to_path_buf(),

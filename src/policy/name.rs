@@ -1,6 +1,9 @@
 //! The one canonical spelling of a name that policies and queries are compared
 //! in: A-labels (punycode), lower case, no trailing dot, the root as "".
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
 use hickory_proto::rr::Name;
 
 /// Bytes a query label may contain and still be matched. Anything else (a dot
@@ -12,19 +15,112 @@ fn is_label_byte(b: u8) -> bool {
 
 /// The canonical key of a query name, or `None` if it cannot be matched.
 pub fn query_key(name: &Name) -> Option<String> {
-    let mut key = String::with_capacity(name.len());
-    for label in name.iter() {
-        if !key.is_empty() {
-            key.push('.');
-        }
-        for &b in label {
-            if !is_label_byte(b) {
-                return None;
+    QueryKey::of(name).map(String::from)
+}
+
+/// A question's name in the one spelling the matcher, the local zones, the
+/// cache and the exfiltration budget all compare: lower case ASCII, no
+/// trailing dot, the root as "". Computed once per question (and once per
+/// CNAME hop) and passed along, so no step respells the name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueryKey(Box<str>);
+
+impl QueryKey {
+    /// The key of a name a policy can match, or `None` when a label holds a
+    /// byte no policy can spell (such a name is denied).
+    pub fn of(name: &Name) -> Option<QueryKey> {
+        // `Name::len` counts a dot per label, one more than the key has:
+        // the exact size, so boxing the key does not reallocate it.
+        let mut key = String::with_capacity(name.len().saturating_sub(1));
+        for label in name.iter() {
+            if !key.is_empty() {
+                key.push('.');
             }
-            key.push(b.to_ascii_lowercase() as char);
+            for &b in label {
+                if !is_label_byte(b) {
+                    return None;
+                }
+                key.push(b.to_ascii_lowercase() as char);
+            }
+        }
+        Some(QueryKey(key.into()))
+    }
+
+    /// A key for any name, for what is looked up without being matched
+    /// (CNAME targets, learn mode, zone file owners): [`QueryKey::of`] where
+    /// it exists, else the escaped presentation form. The two never
+    /// collide: an escaped form always holds a byte (`\`, `*`) no key of
+    /// [`QueryKey::of`] holds.
+    pub fn of_any(name: &Name) -> QueryKey {
+        QueryKey::of(name).unwrap_or_else(|| {
+            let ascii = name.to_lowercase().to_ascii();
+            QueryKey(ascii.strip_suffix('.').unwrap_or(&ascii).into())
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<QueryKey> for String {
+    fn from(key: QueryKey) -> String {
+        key.0.into()
+    }
+}
+
+impl std::fmt::Display for QueryKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which policy a question is answered under, as plain data: what the cache
+/// partitions, merges upstream questions and shares upstream slots by.
+///
+/// A hash of `agent_name` rather than an index a loader hands out: it needs
+/// no registry (a policy compiled anywhere, in a test or a tool, has its
+/// id), it is the same for the same agent across reloads (so its cache and
+/// in-flight questions carry over, as the agent's entries should), and it
+/// has no cap (the metrics table has 256 slots; agents past it used to share
+/// one cache partition and one upstream share). Agent names are unique in a
+/// set and written by the operator; 64 bits make a collision among even a
+/// million agents a one in 10^7 event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyId(pub u64);
+
+/// A map keyed by [`PolicyId`]: the id is a hash already, so it is used as
+/// its own hash rather than hashed again on every lookup.
+pub type PolicyIdMap<V> = HashMap<PolicyId, V, BuildHasherDefault<IdHasher>>;
+
+/// The identity hash of a [`PolicyId`] (see [`PolicyIdMap`]).
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is reached from `PolicyId`; anything else still hashes.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
         }
     }
-    Some(key)
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+impl PolicyId {
+    pub fn of(agent: &str) -> PolicyId {
+        // Fixed keys: the same name gets the same id for the process's life.
+        let mut h = std::hash::DefaultHasher::new();
+        agent.hash(&mut h);
+        PolicyId(h.finish())
+    }
 }
 
 /// Turns a policy name or pattern into its canonical key.
@@ -87,6 +183,24 @@ mod tests {
         let name = Name::from_ascii("API.Company-Internal.COM.").unwrap();
         assert_eq!(query_key(&name).unwrap(), "api.company-internal.com");
         assert_eq!(query_key(&Name::root()).unwrap(), "");
+    }
+
+    #[test]
+    fn any_name_has_a_key_and_matchable_names_keep_theirs() {
+        let plain = Name::from_labels(vec![b"-X".as_ref(), b"Test".as_ref()]).unwrap();
+        assert_eq!(QueryKey::of_any(&plain).as_str(), "-x.test");
+        let dotted = Name::from_labels(vec![b"A.b".as_ref(), b"test".as_ref()]).unwrap();
+        assert_eq!(QueryKey::of(&dotted), None);
+        let escaped = QueryKey::of_any(&dotted);
+        assert_eq!(escaped.as_str(), "a\\.b.test");
+        let wild = Name::from_ascii("*.test.").unwrap();
+        assert_eq!(QueryKey::of_any(&wild).as_str(), "*.test");
+    }
+
+    #[test]
+    fn policy_ids_are_stable_and_distinct() {
+        assert_eq!(PolicyId::of("agent-299"), PolicyId::of("agent-299"));
+        assert_ne!(PolicyId::of("agent-299"), PolicyId::of("agent-300"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_proto::serialize::txt::Parser;
 
 use crate::diagnostics::Diagnostics;
+use crate::policy::name::QueryKey;
 
 /// All local zones, keyed by canonical origin.
 #[derive(Debug, Default)]
@@ -25,17 +26,19 @@ pub struct Zones {
 pub struct Zone {
     /// The apex SOA, returned in the authority section of negative answers.
     soa: Record,
-    /// Records by (owner key, type).
-    records: HashMap<(String, RecordType), Vec<Record>>,
+    /// Records by owner key, then type: looked up with the question's key
+    /// as it is, no copy per lookup.
+    records: HashMap<String, HashMap<RecordType, Vec<Record>>>,
     /// Every owner and empty non-terminal, to tell NODATA from NXDOMAIN.
     names: HashSet<String>,
     /// The canonical origin, to stop the wildcard walk at the apex.
     origin: String,
 }
 
+/// Owners are keyed as questions are ([`QueryKey::of_any`]), so a lookup
+/// takes the question's key as it is.
 fn key(name: &Name) -> String {
-    let ascii = name.to_lowercase().to_ascii();
-    ascii.strip_suffix('.').unwrap_or(&ascii).to_string()
+    QueryKey::of_any(name).into()
 }
 
 fn parent(key: &str) -> Option<&str> {
@@ -91,16 +94,17 @@ impl Zones {
         self.zones.is_empty()
     }
 
-    /// The answer for `name` if it lies in a local zone (the closest enclosing one).
-    pub fn lookup(&self, name: &Name, qtype: RecordType) -> Option<Step> {
+    /// The answer for `name` (whose key is `key`) if it lies in a local zone
+    /// (the closest enclosing one).
+    pub fn lookup(&self, key: &QueryKey, name: &Name, qtype: RecordType) -> Option<Step> {
         if self.zones.is_empty() {
             return None;
         }
-        let qkey = key(name);
-        let mut at = Some(qkey.as_str());
+        let qkey = key.as_str();
+        let mut at = Some(qkey);
         while let Some(candidate) = at {
             if let Some(zone) = self.zones.get(candidate) {
-                return Some(zone.lookup(&qkey, name, qtype));
+                return Some(zone.lookup(qkey, name, qtype));
             }
             at = parent(candidate);
         }
@@ -139,16 +143,12 @@ impl Zone {
 
     /// Records of `qtype` (or a CNAME) at `owner`, renamed to `rename` for wildcards.
     fn lookup_at(&self, owner: &str, qtype: RecordType, rename: Option<&Name>) -> Option<Step> {
+        let at = self.records.get(owner)?;
         let found: Vec<Record> = if qtype == RecordType::ANY {
-            self.records
-                .iter()
-                .filter(|((o, _), _)| o == owner)
-                .flat_map(|(_, rs)| rs.iter().cloned())
-                .collect()
+            at.values().flat_map(|rs| rs.iter().cloned()).collect()
         } else {
-            self.records
-                .get(&(owner.to_string(), qtype))
-                .or_else(|| self.records.get(&(owner.to_string(), RecordType::CNAME)))
+            at.get(&qtype)
+                .or_else(|| at.get(&RecordType::CNAME))
                 .cloned()
                 .unwrap_or_default()
         };
@@ -258,7 +258,7 @@ fn load_zone(file: &Path, diags: &mut Diagnostics) -> Option<(String, Zone)> {
         }
     };
     let origin_key = key(&origin);
-    let mut records: HashMap<(String, RecordType), Vec<Record>> = HashMap::new();
+    let mut records: HashMap<String, HashMap<RecordType, Vec<Record>>> = HashMap::new();
     let mut names = HashSet::new();
     let mut soa = None;
     for rrset in rrsets.into_values() {
@@ -285,7 +285,9 @@ fn load_zone(file: &Path, diags: &mut Diagnostics) -> Option<(String, Zone)> {
                 at = parent(name);
             }
             records
-                .entry((owner.clone(), record.record_type()))
+                .entry(owner.clone())
+                .or_default()
+                .entry(record.record_type())
                 .or_default()
                 .push(record.clone());
         }

@@ -8,7 +8,6 @@
 //! bounded in number, each bounded in time (`RESOLVE_DEADLINE`), and a
 //! panic in either part costs one SERVFAIL, never a serving thread or task.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -20,6 +19,7 @@ use hickory_server::server::Request;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::observe::metrics::METRICS;
+use crate::policy::name::{PolicyId, PolicyIdMap};
 use crate::serve::handler::{Chosen, Handler, Outcome, Progress};
 use crate::serve::wire::{self, Transport};
 use crate::state::InForce;
@@ -48,17 +48,17 @@ impl Default for PendingLimits {
     }
 }
 
-/// Upstream-bound questions in flight per agent (by metrics slot).
-type Shares = Arc<Mutex<HashMap<u16, usize>>>;
+/// Upstream-bound questions in flight per agent (by its policy's id).
+type Shares = Arc<Mutex<PolicyIdMap<usize>>>;
 
 /// One agent's share of one pending slot; given back when dropped.
 struct Share {
     shares: Shares,
-    slot: u16,
+    slot: PolicyId,
 }
 
 impl Share {
-    fn take(shares: &Shares, slot: u16, limit: usize) -> Option<Share> {
+    fn take(shares: &Shares, slot: PolicyId, limit: usize) -> Option<Share> {
         let mut held = shares.lock().unwrap_or_else(|p| p.into_inner());
         let n = held.entry(slot).or_insert(0);
         if *n >= limit {
@@ -172,7 +172,7 @@ impl Answerer {
         };
         // The agent's own share first, so a flooding agent hits its share
         // and never reaches the ceiling the others need.
-        let Some(share) = Share::take(&self.shares, outcome.slot, self.limits.per_agent) else {
+        let Some(share) = Share::take(&self.shares, chosen.policy.id, self.limits.per_agent) else {
             tracing::warn!(%client, "this agent has too many upstream queries in flight; answering SERVFAIL");
             return Answer::Reply(reply(&self.handler, &request, outcome, started));
         };

@@ -6,13 +6,13 @@
 //!
 //! Floods. When full, the cache used to evict an arbitrary key, so one agent's
 //! flood of one-off names evicted every agent's hot entries. Now:
-//! - **Each agent has a partition of its own** (keyed by its metrics slot,
-//!   stable for a name while the process runs), so whatever an agent floods
-//!   with, unique names or a few repeated ones, it can only evict its own
-//!   entries. `max_entries` is split evenly among the agents that have cached
-//!   something: a partition is made on an agent's first answer and the others
-//!   shrink to the new share then (at most once per agent). Agents past the
-//!   metrics table (254) share its last slot, as their metrics do. An even
+//! - **Each agent has a partition of its own** (keyed by its policy's
+//!   [`PolicyId`], stable for a name while the process runs, with no cap on
+//!   the number of agents), so whatever an agent floods with, unique names
+//!   or a few repeated ones, it can only evict its own entries. `max_entries`
+//!   is split evenly among the agents that have cached something: a
+//!   partition is made on an agent's first answer and the others shrink to
+//!   the new share then (at most once per agent). An even
 //!   split rather than one pool with quotas: in a shared pool an agent's
 //!   inserts still pick victims among everyone's entries, and weights would
 //!   need a policy field nobody has asked for.
@@ -26,20 +26,56 @@
 //!
 //! A side effect: agents cannot learn from hit timing what another asked.
 
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::{LowerName, Name, RData, RecordType};
+use hickory_proto::rr::{RData, RecordType};
 
-use crate::observe::metrics::MAX_AGENTS;
+use crate::policy::name::{PolicyId, PolicyIdMap, QueryKey};
 use crate::serve::upstream::Step;
 
 /// How often a full partition may be swept for expired entries.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
-type Key = (LowerName, RecordType);
+/// An entry's key: the question's [`QueryKey`] and type.
+#[derive(Clone, PartialEq, Eq)]
+struct Key {
+    name: QueryKey,
+    qtype: RecordType,
+}
+
+/// A lookup's key, borrowed from the question: no copy of the name per hit.
+struct Asked<'a> {
+    name: &'a str,
+    qtype: RecordType,
+}
+
+// Both hash as (name, type), so a borrowed key finds an owned one.
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.name.as_str().hash(h);
+        self.qtype.hash(h);
+    }
+}
+
+impl Hash for Asked<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.name.hash(h);
+        self.qtype.hash(h);
+    }
+}
+
+impl quick_cache::Equivalent<Key> for Asked<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.qtype == key.qtype && self.name == key.name.as_str()
+    }
+}
+
+type Partitions = PolicyIdMap<Arc<Partition>>;
 
 /// Cache policy from the config.
 #[derive(Clone, Copy, Debug)]
@@ -52,10 +88,11 @@ pub struct CacheLimits {
 }
 
 pub struct Cache {
-    /// One per agent slot, made on the agent's first insert.
-    parts: Box<[OnceLock<Partition>]>,
-    /// How many partitions exist; the lock serializes making and resizing them.
-    made: Mutex<usize>,
+    /// One per policy, made on its first insert. Read on every lookup, written
+    /// once per agent: a snapshot swapped whole, so reads take no lock.
+    parts: ArcSwap<Partitions>,
+    /// Serializes making partitions and resizing them.
+    made: Mutex<()>,
     epoch: Instant,
     limits: CacheLimits,
 }
@@ -82,42 +119,70 @@ impl Entry {
 impl Cache {
     pub fn new(limits: CacheLimits) -> Self {
         Self {
-            parts: (0..MAX_AGENTS).map(|_| OnceLock::new()).collect(),
-            made: Mutex::new(0),
+            parts: ArcSwap::default(),
+            made: Mutex::new(()),
             epoch: Instant::now(),
             limits,
         }
     }
 
-    fn partition(&self, agent: u16) -> &OnceLock<Partition> {
-        &self.parts[usize::from(agent).min(self.parts.len() - 1)]
+    fn partition(&self, agent: PolicyId) -> Option<Arc<Partition>> {
+        self.parts.load().get(&agent).cloned()
     }
 
     /// The agent's partition, made (and the others shrunk) on first use.
-    fn partition_or_make(&self, agent: u16) -> &Partition {
-        let slot = self.partition(agent);
-        if let Some(part) = slot.get() {
+    fn partition_or_make(&self, agent: PolicyId) -> Arc<Partition> {
+        if let Some(part) = self.partition(agent) {
             return part;
         }
-        let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(part) = slot.get() {
-            return part;
+        let _made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        let parts = self.parts.load_full();
+        if let Some(part) = parts.get(&agent) {
+            return part.clone();
         }
-        *made += 1;
-        let share = (self.limits.max_entries / *made).max(1);
-        for other in self.parts.iter().filter_map(OnceLock::get) {
+        let share = (self.limits.max_entries / (parts.len() + 1)).max(1);
+        for other in parts.values() {
             other.entries.set_capacity(share as u64);
         }
-        slot.get_or_init(|| Partition {
+        let part = Arc::new(Partition {
             entries: quick_cache::sync::Cache::new(share),
             next_sweep: AtomicU64::new(0),
-        })
+        });
+        let mut grown = Partitions::clone(&parts);
+        grown.insert(agent, part.clone());
+        self.parts.store(Arc::new(grown));
+        part
+    }
+
+    /// Drops the partitions of policies no longer loaded (after a reload) and
+    /// gives their room to the others: ids have no cap, so partitions of
+    /// agents that went must not pile up and shrink everyone's share.
+    pub fn retain(&self, keep: impl Fn(PolicyId) -> bool) {
+        let _made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        let parts = self.parts.load_full();
+        let kept: Partitions = parts
+            .iter()
+            .filter(|(id, _)| keep(**id))
+            .map(|(id, part)| (*id, part.clone()))
+            .collect();
+        if kept.len() == parts.len() {
+            return;
+        }
+        let share = (self.limits.max_entries / kept.len().max(1)).max(1);
+        for part in kept.values() {
+            part.entries.set_capacity(share as u64);
+        }
+        self.parts.store(Arc::new(kept));
     }
 
     /// A fresh copy of the agent's cached step with TTLs counted down, if still live.
-    pub fn get(&self, agent: u16, name: &Name, qtype: RecordType) -> Option<Step> {
-        let part = self.partition(agent).get()?;
-        let key = (LowerName::new(name), qtype);
+    pub fn get(&self, agent: PolicyId, name: &QueryKey, qtype: RecordType) -> Option<Step> {
+        let parts = self.parts.load();
+        let part = parts.get(&agent)?;
+        let key = Asked {
+            name: name.as_str(),
+            qtype,
+        };
         let entry = part.entries.get(&key)?;
         let age = entry.stored.elapsed().as_secs();
         if age >= u64::from(entry.lifetime) {
@@ -133,7 +198,7 @@ impl Cache {
     }
 
     /// Stores a step in the agent's partition; SERVFAIL and friends are never cached.
-    pub fn insert(&self, agent: u16, name: &Name, qtype: RecordType, step: &Step) {
+    pub fn insert(&self, agent: PolicyId, name: &QueryKey, qtype: RecordType, step: &Step) {
         let Some(lifetime) = self.lifetime(step) else {
             return;
         };
@@ -141,7 +206,10 @@ impl Cache {
         let now = Instant::now();
         part.sweep_if_full(self.epoch, now);
         part.entries.insert(
-            (LowerName::new(name), qtype),
+            Key {
+                name: name.clone(),
+                qtype,
+            },
             Arc::new(Entry {
                 step: step.clone(),
                 stored: now,
@@ -195,8 +263,8 @@ impl Partition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_proto::rr::Record;
     use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, Record};
 
     fn step(ttl: u32) -> Step {
         Step {
@@ -210,8 +278,19 @@ mod tests {
         }
     }
 
-    fn name(n: impl std::fmt::Display) -> Name {
-        Name::from_ascii(format!("{n}.test.")).unwrap()
+    fn name(n: impl std::fmt::Display) -> QueryKey {
+        QueryKey::of(&Name::from_ascii(format!("{n}.test.")).unwrap()).unwrap()
+    }
+
+    fn agent(n: u16) -> PolicyId {
+        PolicyId(u64::from(n))
+    }
+
+    fn key(name: QueryKey) -> Key {
+        Key {
+            name,
+            qtype: RecordType::A,
+        }
     }
 
     fn cache(max_entries: usize) -> Cache {
@@ -226,24 +305,34 @@ mod tests {
     fn a_unique_name_flood_keeps_hot_entries() {
         let cache = cache(1000);
         for i in 0..50 {
-            cache.insert(1, &name(format!("hot{i}")), RecordType::A, &step(300));
+            cache.insert(
+                agent(1),
+                &name(format!("hot{i}")),
+                RecordType::A,
+                &step(300),
+            );
         }
         for _ in 0..3 {
             for i in 0..50 {
                 assert!(
                     cache
-                        .get(1, &name(format!("hot{i}")), RecordType::A)
+                        .get(agent(1), &name(format!("hot{i}")), RecordType::A)
                         .is_some()
                 );
             }
         }
         for i in 0..100_000 {
-            cache.insert(1, &name(format!("flood{i}")), RecordType::A, &step(300));
+            cache.insert(
+                agent(1),
+                &name(format!("flood{i}")),
+                RecordType::A,
+                &step(300),
+            );
         }
         let kept = (0..50)
             .filter(|i| {
                 cache
-                    .get(1, &name(format!("hot{i}")), RecordType::A)
+                    .get(agent(1), &name(format!("hot{i}")), RecordType::A)
                     .is_some()
             })
             .count();
@@ -253,53 +342,87 @@ mod tests {
     #[test]
     fn an_agent_cannot_evict_another() {
         let cache = cache(1000);
-        cache.insert(1, &name("a"), RecordType::A, &step(300));
+        cache.insert(agent(1), &name("a"), RecordType::A, &step(300));
         // Agent 2 floods with unique names, then with a few repeated ones.
         for i in 0..20_000 {
-            cache.insert(2, &name(i), RecordType::A, &step(300));
+            cache.insert(agent(2), &name(i), RecordType::A, &step(300));
         }
         for _ in 0..100 {
             for i in 0..2000 {
                 let n = name(format!("r{i}"));
-                if cache.get(2, &n, RecordType::A).is_none() {
-                    cache.insert(2, &n, RecordType::A, &step(300));
+                if cache.get(agent(2), &n, RecordType::A).is_none() {
+                    cache.insert(agent(2), &n, RecordType::A, &step(300));
                 }
             }
         }
-        assert!(cache.get(1, &name("a"), RecordType::A).is_some());
+        assert!(cache.get(agent(1), &name("a"), RecordType::A).is_some());
         // Agent 1's entry is not visible to agent 2.
-        assert!(cache.get(2, &name("a"), RecordType::A).is_none());
+        assert!(cache.get(agent(2), &name("a"), RecordType::A).is_none());
+    }
+
+    #[test]
+    fn agents_past_the_metrics_table_still_have_partitions_of_their_own() {
+        // 300 agents, as a loader would see them; #299 and #300 used to share
+        // the metrics table's last slot, and with it one partition.
+        let cache = cache(30_000);
+        let ids: Vec<PolicyId> = (1..=300)
+            .map(|i| PolicyId::of(&format!("agent-{i}")))
+            .collect();
+        for id in &ids {
+            cache.insert(*id, &name("warm"), RecordType::A, &step(300));
+        }
+        let (a299, a300) = (ids[298], ids[299]);
+        cache.insert(a299, &name("hot"), RecordType::A, &step(300));
+        for i in 0..20_000 {
+            cache.insert(a300, &name(i), RecordType::A, &step(300));
+        }
+        assert!(cache.get(a299, &name("hot"), RecordType::A).is_some());
+        assert!(cache.get(a300, &name("hot"), RecordType::A).is_none());
+        assert_eq!(cache.parts.load().len(), 300);
+    }
+
+    #[test]
+    fn partitions_of_agents_that_went_are_dropped_and_their_room_shared() {
+        let cache = cache(1000);
+        for n in 1..=4u16 {
+            cache.insert(agent(n), &name("x"), RecordType::A, &step(300));
+        }
+        let capacity = || cache.partition(agent(1)).unwrap().entries.capacity();
+        let quarter = capacity();
+        cache.retain(|id| id == agent(1) || id == agent(2));
+        assert!(cache.partition(agent(3)).is_none());
+        assert!(
+            capacity() >= 2 * quarter - 8,
+            "{quarter} then {}",
+            capacity()
+        );
+        assert!(cache.get(agent(2), &name("x"), RecordType::A).is_some());
     }
 
     #[test]
     fn shares_are_even_and_bounded() {
         let cache = cache(1000);
-        for agent in 1..=4u16 {
+        for n in 1..=4u16 {
             for i in 0..5000 {
-                cache.insert(agent, &name(i), RecordType::A, &step(300));
+                cache.insert(agent(n), &name(i), RecordType::A, &step(300));
             }
         }
-        let total: usize = cache
-            .parts
-            .iter()
-            .filter_map(OnceLock::get)
-            .map(|p| p.entries.len())
-            .sum();
+        let total: usize = cache.parts.load().values().map(|p| p.entries.len()).sum();
         assert!(total <= 1000 + 64, "{total} entries for a budget of 1000");
-        for agent in 1..=4u16 {
-            let len = cache.partition(agent).get().unwrap().entries.len();
-            assert!(len > 200, "agent {agent} holds {len}");
+        for n in 1..=4u16 {
+            let len = cache.partition(agent(n)).unwrap().entries.len();
+            assert!(len > 200, "agent {n} holds {len}");
         }
     }
 
     #[test]
     fn expired_entries_are_dropped_before_live_ones() {
         let cache = cache(100);
-        let part = cache.partition_or_make(1);
+        let part = cache.partition_or_make(agent(1));
         let old = Instant::now() - Duration::from_secs(10);
         for i in 0..90 {
             part.entries.insert(
-                (LowerName::new(&name(format!("old{i}"))), RecordType::A),
+                key(name(format!("old{i}"))),
                 Arc::new(Entry {
                     step: step(5),
                     stored: old,
@@ -307,20 +430,30 @@ mod tests {
                 }),
             );
             // Once hot, so only their expiry marks them as victims.
-            let key = (LowerName::new(&name(format!("old{i}"))), RecordType::A);
-            part.entries.get(&key);
-            part.entries.get(&key);
+            let old = key(name(format!("old{i}")));
+            part.entries.get(&old);
+            part.entries.get(&old);
         }
         for i in 0..10 {
-            cache.insert(1, &name(format!("live{i}")), RecordType::A, &step(300));
+            cache.insert(
+                agent(1),
+                &name(format!("live{i}")),
+                RecordType::A,
+                &step(300),
+            );
         }
         for i in 0..50 {
-            cache.insert(1, &name(format!("new{i}")), RecordType::A, &step(300));
+            cache.insert(
+                agent(1),
+                &name(format!("new{i}")),
+                RecordType::A,
+                &step(300),
+            );
         }
         let live = (0..10)
             .filter(|i| {
                 cache
-                    .get(1, &name(format!("live{i}")), RecordType::A)
+                    .get(agent(1), &name(format!("live{i}")), RecordType::A)
                     .is_some()
             })
             .count();
@@ -333,30 +466,30 @@ mod tests {
     #[test]
     fn ttls_count_down_and_entries_expire() {
         let cache = cache(100);
-        let part = cache.partition_or_make(1);
+        let part = cache.partition_or_make(agent(1));
         part.entries.insert(
-            (LowerName::new(&name("aged")), RecordType::A),
+            key(name("aged")),
             Arc::new(Entry {
                 step: step(60),
                 stored: Instant::now() - Duration::from_secs(20),
                 lifetime: 60,
             }),
         );
-        let hit = cache.get(1, &name("aged"), RecordType::A).unwrap();
+        let hit = cache.get(agent(1), &name("aged"), RecordType::A).unwrap();
         assert!(
             (39..=40).contains(&hit.answers[0].ttl),
             "{}",
             hit.answers[0].ttl
         );
         part.entries.insert(
-            (LowerName::new(&name("gone")), RecordType::A),
+            key(name("gone")),
             Arc::new(Entry {
                 step: step(60),
                 stored: Instant::now() - Duration::from_secs(61),
                 lifetime: 60,
             }),
         );
-        assert!(cache.get(1, &name("gone"), RecordType::A).is_none());
+        assert!(cache.get(agent(1), &name("gone"), RecordType::A).is_none());
         assert_eq!(part.entries.len(), 1);
     }
 }

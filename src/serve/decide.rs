@@ -3,9 +3,7 @@
 
 use std::net::IpAddr;
 
-use hickory_proto::rr::Name;
-
-use crate::policy::name::query_key;
+use crate::policy::name::QueryKey;
 use crate::policy::{Policy, PolicySet, Rule};
 
 #[derive(Debug)]
@@ -28,16 +26,18 @@ pub enum Decision<'a> {
     },
 }
 
-pub fn decide<'a>(policies: &'a PolicySet, client: IpAddr, qname: &Name) -> Decision<'a> {
+/// `key` is the question's [`QueryKey::of`]: `None` (a name no policy can
+/// spell) is never on the allowlist.
+pub fn decide<'a>(policies: &'a PolicySet, client: IpAddr, key: Option<&QueryKey>) -> Decision<'a> {
     match policies.for_client(client) {
-        Some(policy) => decide_for(policy, qname),
+        Some(policy) => decide_for(policy, key),
         None => Decision::Refused,
     }
 }
 
 /// The decision once the client's policy is known.
-pub fn decide_for<'a>(policy: &'a Policy, qname: &Name) -> Decision<'a> {
-    match query_key(qname).and_then(|key| policy.rule_for(&key)) {
+pub fn decide_for<'a>(policy: &'a Policy, key: Option<&QueryKey>) -> Decision<'a> {
+    match key.and_then(|key| policy.rule_for(key.as_str())) {
         Some(rule) if rule.live() => Decision::Allow { policy, rule },
         _ => match &policy.learn {
             Some(rule) => Decision::WouldDeny { policy, rule },

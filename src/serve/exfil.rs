@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::rr::{Name, RecordType};
 
 use crate::policy::Rule;
+use crate::policy::name::QueryKey;
 
 /// What a wildcard answers when its entry lists no `qtypes`.
 pub const ADDRESS_TYPES: [RecordType; 5] = [
@@ -358,8 +359,8 @@ impl Budgets {
     }
 
     /// Charges a name about to go upstream under the wildcard rule
-    /// `pattern`. `key` is its canonical form (lower case, no trailing dot);
-    /// the labels are measured as sent.
+    /// `pattern`. `key` is its canonical form, computed once for the
+    /// question; the labels are read from `name` as sent, without respelling it.
     ///
     /// Case: the name goes upstream as the client wrote it (the reply must
     /// echo the client's question, and 0x20 case randomisation relies on
@@ -372,32 +373,40 @@ impl Budgets {
         agent: &Arc<str>,
         limits: &Limits,
         name: &Name,
-        key: &str,
+        key: &QueryKey,
         pattern: &str,
     ) -> Verdict {
         if !limits.enabled {
             return Verdict::Pass(false);
         }
+        let key = key.as_str();
         let domain = if self.legacy {
             registrable(key)
         } else {
             budget_domain(key, pattern)
         };
-        // Labels as sent, below the budget's domain.
-        let below = if domain.is_empty() {
-            key.len()
+        // Labels as sent, below the budget's domain: the key has one label
+        // for each of the name's, so counting the domain's is enough.
+        let domain_labels = if domain.is_empty() {
+            0
         } else {
-            key.len().saturating_sub(domain.len() + 1)
+            domain.bytes().filter(|&b| b == b'.').count() + 1
         };
-        let sent = name.to_ascii();
-        let sent = sent.trim_end_matches('.');
-        let head = if sent.len() == key.len() {
-            &sent[..below]
-        } else {
-            &key[..below]
+        let head = name.iter().len().saturating_sub(domain_labels);
+        // The name as sent, for alerts only.
+        let sent = || {
+            let ascii = name.to_ascii();
+            ascii.strip_suffix('.').unwrap_or(&ascii).to_string()
         };
         let now = self.now_ds();
-        let name_h = self.hash(&[b"n", sent.as_bytes()]);
+        let name_h = {
+            let mut h = self.hasher.build_hasher();
+            b"n".hash(&mut h);
+            for label in name.iter() {
+                label.hash(&mut h);
+            }
+            h.finish()
+        };
         let domain_h = self.hash(&[b"d", domain.as_bytes()]).max(1);
         let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
         let budget = agents.entry(agent.clone()).or_insert_with(AgentBudget::new);
@@ -408,7 +417,7 @@ impl Budgets {
         if let Some(until) = budget.blocked_until(domain_h, now) {
             if budget.may_alert(now) {
                 tracing::warn!(
-                    agent = %agent, domain, qname = %sent, suppressed = budget.alerted.1,
+                    agent = %agent, domain, qname = %sent(), suppressed = budget.alerted.1,
                     cooldown_left_s = (until - now) / 10,
                     "[!] EXFILTRATION BUDGET: new name refused, domain in cooldown"
                 );
@@ -422,16 +431,16 @@ impl Budgets {
         let mut fresh = 0u16;
         // What a seen label can carry: a choice among the domain's labels.
         let choice = budget.distinct(domain_h).max(1) as f32;
-        for label in head.split('.').filter(|l| !l.is_empty()) {
+        for label in name.iter().take(head).filter(|l| !l.is_empty()) {
             let lowered;
             let hashed = if self.legacy {
                 lowered = label.to_ascii_lowercase();
-                lowered.as_str()
+                lowered.as_slice()
             } else {
                 label
             };
-            let h = self.hash(&[b"l", domain.as_bytes(), hashed.as_bytes()]);
-            let full = label_bits(label.as_bytes());
+            let h = self.hash(&[b"l", domain.as_bytes(), hashed]);
+            let full = label_bits(label);
             cost += if !budget.seen(h) {
                 fresh = fresh.saturating_add(1);
                 full
@@ -454,7 +463,7 @@ impl Budgets {
             );
             budget.block(domain_h, until);
             tracing::error!(
-                agent = %agent, domain, qname = %sent,
+                agent = %agent, domain, qname = %sent(),
                 estimated_bytes = (before / 8.0) as u64,
                 hard_bytes = (limits.hard_bits / 8.0) as u64,
                 cooldown_s = limits.cooldown.as_secs(),
@@ -470,7 +479,7 @@ impl Budgets {
         }
         if before < limits.soft_bits && after >= limits.soft_bits {
             tracing::warn!(
-                agent = %agent, domain, qname = %sent,
+                agent = %agent, domain, qname = %sent(),
                 estimated_bytes = (after / 8.0) as u64,
                 soft_bytes = (limits.soft_bits / 8.0) as u64,
                 "[!] EXFILTRATION BUDGET: soft limit passed (new names under this domain carry much data)"
@@ -739,9 +748,13 @@ mod tests {
         Name::from_ascii(s).unwrap()
     }
 
+    fn key(s: &str) -> QueryKey {
+        QueryKey::of(&name(s)).unwrap()
+    }
+
     fn charge(b: &Budgets, limits: &Limits, s: &str) -> Verdict {
-        let key = s.to_ascii_lowercase();
-        let pattern = format!("*.{}", registrable(&key));
+        let key = key(s);
+        let pattern = format!("*.{}", registrable(key.as_str()));
         b.charge(&"a".into(), limits, &name(s), &key, &pattern)
     }
 
@@ -852,7 +865,7 @@ mod tests {
                 // As tests/exfil.rs allows them: `*.` and the zone's two labels.
                 let zone = n.rsplitn(3, '.').take(2).collect::<Vec<_>>();
                 let pattern = format!("*.{}.{}", zone[1], zone[0]);
-                let v = b.charge(&"a".into(), &limits, &name(n), n, &pattern);
+                let v = b.charge(&"a".into(), &limits, &name(n), &key(n), &pattern);
                 if !legacy {
                     assert_eq!(v, Verdict::Pass(false), "{n}");
                 }
@@ -880,8 +893,7 @@ mod tests {
             let passed = names
                 .iter()
                 .filter(|n| {
-                    let key = n.to_ascii_lowercase();
-                    b.charge(&"a".into(), &limits, &name(n), &key, pattern) != Verdict::Deny
+                    b.charge(&"a".into(), &limits, &name(n), &key(n), pattern) != Verdict::Deny
                 })
                 .count();
             passed as f32 * payload_bits / 8.0

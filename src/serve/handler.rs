@@ -20,6 +20,7 @@ use crate::fence::{FeedError, Firewall};
 use crate::observe::alert::{Alerts, Denied, Stripped};
 use crate::observe::audit::{AuditLog, AuditRecord, Decision as Logged};
 use crate::observe::metrics::{self, METRICS};
+use crate::policy::name::QueryKey;
 use crate::policy::{Policy, Rule};
 use crate::serve::decide::{Decision, decide_for};
 use crate::serve::resolve::{Resolution, Resolver};
@@ -118,6 +119,19 @@ pub enum Progress {
 pub struct Chosen {
     pub policy: Arc<Policy>,
     pub rule: Rule,
+    /// The question's key, computed once in [`Handler::begin`] for the
+    /// matcher, the local zones, the cache and the exfiltration budget.
+    pub key: QueryKey,
+    /// Whether `key` is one the matcher can judge ([`QueryKey::of`]); if
+    /// not (learn mode), it is the escaped form, for lookups only.
+    pub matchable: bool,
+}
+
+impl Chosen {
+    /// The key the matcher judges, if the name has one.
+    fn matched(&self) -> Option<&QueryKey> {
+        self.matchable.then_some(&self.key)
+    }
 }
 
 impl Handler {
@@ -170,7 +184,9 @@ impl Handler {
         }
         let query = request.queries.queries()[0].original();
         let (name, qtype) = (query.name(), query.query_type());
-        let (policy, rule, decision) = match decide_for(governing, name) {
+        // The one spelling every step below compares the name in.
+        let matched = QueryKey::of(name);
+        let (policy, rule, decision) = match decide_for(governing, matched.as_ref()) {
             Decision::Refused => {
                 return Progress::Answered(Outcome::refused(ResponseCode::Refused, None));
             }
@@ -221,25 +237,25 @@ impl Handler {
             exfil: None,
             stripped: Vec::new(),
         };
-        let agent = policy.metrics_slot;
+        let matchable = matched.is_some();
+        // Learn mode resolves names no policy can spell: looked up by their escaped form.
+        let key = matched.unwrap_or_else(|| QueryKey::of_any(name));
         match self
             .resolver
-            .resolve_now(&loaded.files.zones, name, qtype, agent)
+            .resolve_now(&loaded.files.zones, &key, name, qtype, policy.id)
         {
             Some(resolution) => Progress::Answered(self.fence(
                 &loaded,
                 policy,
                 rule,
-                name,
+                matchable.then_some(&key),
                 outcome.resolved(resolution),
             )),
             None => {
                 // The name is about to leave: under a wildcard, a new one is
-                // charged to the agent's exfiltration budget.
-                if decision == Logged::Allow
-                    && crate::serve::exfil::is_wildcard(&rule.pattern)
-                    && let Some(key) = crate::policy::name::query_key(name)
-                {
+                // charged to the agent's exfiltration budget. Allowed means
+                // matched, so `key` is the matcher's.
+                if decision == Logged::Allow && crate::serve::exfil::is_wildcard(&rule.pattern) {
                     use crate::serve::exfil::{Mark, Verdict};
                     match self
                         .exfil
@@ -255,6 +271,8 @@ impl Handler {
                 let chosen = Chosen {
                     policy: governing.clone(),
                     rule: rule.clone(),
+                    key,
+                    matchable,
                 };
                 Progress::NeedsUpstream(outcome, loaded, chosen)
             }
@@ -269,7 +287,7 @@ impl Handler {
         loaded: &InForce,
         policy: &Policy,
         rule: &Rule,
-        name: &Name,
+        matched: Option<&QueryKey>,
         mut outcome: Outcome,
     ) -> Outcome {
         // No client may cache an answer past the rule that allowed it.
@@ -310,17 +328,16 @@ impl Handler {
             }
             let now = self.state.snapshot();
             now.generation == loaded.generation
-                || now
-                    .policies
-                    .by_agent(&policy.agent)
-                    .is_some_and(|p| match decide_for(p, name) {
+                || now.policies.by_agent(&policy.agent).is_some_and(|p| {
+                    match decide_for(p, matched) {
                         Decision::Allow { rule: r, .. } | Decision::WouldDeny { rule: r, .. } => {
                             r.pattern == rule.pattern
                                 && r.expires
                                     .is_none_or(|end| rule.expires.is_some_and(|e| end >= e))
                         }
                         _ => false,
-                    })
+                    }
+                })
         };
         let fed = firewall.feed_checked(policy, rule, &mut outcome.answers, &still_in_force);
         if let Err(error) = fed {
@@ -362,22 +379,25 @@ impl Handler {
         let (policy, rule) = (&*chosen.policy, &chosen.rule);
         let resolving = self.resolver.resolve(
             &loaded.files.zones,
+            &chosen.key,
             query.name(),
             query.query_type(),
-            policy.metrics_slot,
+            policy.id,
         );
         let result = match tokio::time::timeout(RESOLVE_DEADLINE, resolving).await {
             Ok(result) => result,
-            Err(_) => Err(UpstreamError(format!(
-                "no answer within {RESOLVE_DEADLINE:?}"
-            ))),
+            Err(_) => Err(UpstreamError::Timeout {
+                name: query.name().clone(),
+                qtype: query.query_type(),
+                after: RESOLVE_DEADLINE,
+            }),
         };
         match result {
             Ok(resolution) => self.fence(
                 loaded,
                 policy,
                 rule,
-                query.name(),
+                chosen.matched(),
                 outcome.resolved(resolution),
             ),
             Err(error) => {

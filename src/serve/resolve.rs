@@ -9,6 +9,7 @@
 //! [`Resolver::resolve_now`] answers from memory only (no await), which is how
 //! most queries are served; [`Resolver::resolve`] may ask the upstream.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use crate::observe::metrics::METRICS;
+use crate::policy::name::{PolicyId, QueryKey};
 use crate::policy::zones::Zones;
 use crate::serve::cache::Cache;
 use crate::serve::upstream::{Step, Upstream, UpstreamError};
@@ -52,14 +54,14 @@ pub struct Resolution {
 pub struct Resolver {
     upstream: Arc<Upstream>,
     cache: Cache,
-    /// Upstream questions in flight, by agent, name (lowercased) and type:
-    /// the same question asked again meanwhile waits for the same answer.
-    /// Per agent, as the cache is: agents learn nothing from each other.
+    /// Upstream questions in flight, by policy, name key and type: the same
+    /// question asked again meanwhile waits for the same answer. Per
+    /// policy, as the cache is: agents learn nothing from each other.
     in_flight: Arc<Mutex<HashMap<FlightKey, Flight>>>,
 }
 
-type FlightKey = (u16, Name, RecordType);
-type Flight = Shared<BoxFuture<'static, Result<Step, String>>>;
+type FlightKey = (PolicyId, QueryKey, RecordType);
+type Flight = Shared<BoxFuture<'static, Result<Step, UpstreamError>>>;
 
 /// Bounds one merged upstream question, whoever waits for it: no longer than
 /// a waiter holds its agent's upstream share (`handler::RESOLVE_DEADLINE`,
@@ -75,16 +77,22 @@ impl Resolver {
         }
     }
 
+    /// Keeps the cache partitions of the policies `keep` names (after a reload).
+    pub fn retain_agents(&self, keep: impl Fn(PolicyId) -> bool) {
+        self.cache.retain(keep);
+    }
+
     /// Asks the upstream, or joins the identical question already asked.
     /// The exchange runs as its own task, so it ends (and leaves the map)
     /// even if every waiter gives up.
     async fn ask(
         &self,
-        agent: u16,
+        agent: PolicyId,
         target: &Name,
+        target_key: &QueryKey,
         qtype: RecordType,
     ) -> Result<Step, UpstreamError> {
-        let key = (agent, target.to_lowercase(), qtype);
+        let key = (agent, target_key.clone(), qtype);
         let flight = {
             let mut flights = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
             flights
@@ -97,8 +105,12 @@ impl Resolver {
                         let asked =
                             tokio::time::timeout(FLIGHT_DEADLINE, upstream.query(&name, qtype));
                         let result = match asked.await {
-                            Ok(result) => result.map_err(|e| e.0),
-                            Err(_) => Err(format!("no answer within {FLIGHT_DEADLINE:?}")),
+                            Ok(result) => result,
+                            Err(_) => Err(UpstreamError::Timeout {
+                                name,
+                                qtype,
+                                after: FLIGHT_DEADLINE,
+                            }),
                         };
                         METRICS.upstream_queries.fetch_add(1, Relaxed);
                         METRICS.upstream_latency.observe(started.elapsed());
@@ -111,28 +123,35 @@ impl Resolver {
                             .remove(&key);
                         result
                     });
+                    let name = target.clone();
                     async move {
-                        task.await
-                            .unwrap_or_else(|e| Err(format!("upstream task: {e}")))
+                        task.await.unwrap_or_else(|e| {
+                            Err(UpstreamError::Task {
+                                name,
+                                qtype,
+                                reason: e.to_string(),
+                            })
+                        })
                     }
                     .boxed()
                     .shared()
                 })
                 .clone()
         };
-        flight.await.map_err(UpstreamError)
+        flight.await
     }
 
     /// The answer if every hop is in a local zone or the cache; never waits.
-    /// `agent` is the asking agent's metrics slot: each has its own cache.
+    /// `key` is `name`'s key; `agent` the asking policy: each has its own cache.
     pub fn resolve_now(
         &self,
         zones: &Zones,
+        key: &QueryKey,
         name: &Name,
         qtype: RecordType,
-        agent: u16,
+        agent: PolicyId,
     ) -> Option<Resolution> {
-        let mut chase = Chase::new(name, qtype);
+        let mut chase = Chase::new(key, name, qtype);
         loop {
             let (step, source) = self.in_memory(zones, &chase, agent)?;
             if chase.add(step, source) {
@@ -145,23 +164,26 @@ impl Resolver {
     pub async fn resolve(
         &self,
         zones: &Zones,
+        key: &QueryKey,
         name: &Name,
         qtype: RecordType,
-        agent: u16,
+        agent: PolicyId,
     ) -> Result<Resolution, UpstreamError> {
-        let mut chase = Chase::new(name, qtype);
+        let mut chase = Chase::new(key, name, qtype);
         loop {
             let (step, source) = match self.in_memory(zones, &chase, agent) {
                 Some(hit) => hit,
                 None => {
                     let started = Instant::now();
-                    let result = self.ask(agent, &chase.target, qtype).await;
+                    let result = self
+                        .ask(agent, &chase.target, &chase.target_key, qtype)
+                        .await;
                     let took = started.elapsed();
                     let spent = chase.out.upstream_time.unwrap_or_default() + took;
                     chase.out.upstream_time = Some(spent);
                     METRICS.cache_misses.fetch_add(1, Relaxed);
                     let step = result?;
-                    self.cache.insert(agent, &chase.target, qtype, &step);
+                    self.cache.insert(agent, &chase.target_key, qtype, &step);
                     (step, Source::Upstream)
                 }
             };
@@ -173,31 +195,35 @@ impl Resolver {
 
     /// The question name decided the policy; CNAME targets are followed
     /// wherever they lead, local zones included (the CDN case).
-    fn in_memory(&self, zones: &Zones, chase: &Chase, agent: u16) -> Option<(Step, Source)> {
-        let target = &chase.target;
-        if let Some(step) = zones.lookup(target, chase.qtype) {
+    fn in_memory(&self, zones: &Zones, chase: &Chase, agent: PolicyId) -> Option<(Step, Source)> {
+        let key = &chase.target_key;
+        if let Some(step) = zones.lookup(key, &chase.target, chase.qtype) {
             return Some((step, Source::Local));
         }
-        let hit = self.cache.get(agent, target, chase.qtype)?;
+        let hit = self.cache.get(agent, key, chase.qtype)?;
         METRICS.cache_hit();
         Some((hit, Source::Cache))
     }
 }
 
 /// The state of one CNAME chase.
-struct Chase {
+struct Chase<'k> {
     qtype: RecordType,
     /// The name the next hop asks about.
     target: Name,
+    /// Its key: the question's own for the first hop, then each CNAME
+    /// target's, computed once per hop.
+    target_key: Cow<'k, QueryKey>,
     hops: usize,
     out: Resolution,
 }
 
-impl Chase {
-    fn new(name: &Name, qtype: RecordType) -> Self {
+impl<'k> Chase<'k> {
+    fn new(key: &'k QueryKey, name: &Name, qtype: RecordType) -> Self {
         Chase {
             qtype,
             target: name.clone(),
+            target_key: Cow::Borrowed(key),
             hops: 0,
             out: Resolution {
                 rcode: ResponseCode::NoError,
@@ -238,12 +264,13 @@ impl Chase {
         }
         // The chain stops at a name whose records were not in the answer: ask for it.
         self.out.authority.clear();
+        self.target_key = Cow::Owned(QueryKey::of_any(&end));
         self.target = end;
         false
     }
 }
 
-impl Chase {
+impl Chase<'_> {
     /// The resolution, keeping only records on the chain from `question`:
     /// its CNAMEs in order, then records of the asked type owned by a name on
     /// the chain. Anything else an upstream put in its answer section (records
@@ -324,7 +351,8 @@ mod tests {
     #[test]
     fn only_records_on_the_chain_are_kept() {
         let question = Name::from_ascii("www.allowed.test.").unwrap();
-        let mut chase = Chase::new(&question, RecordType::A);
+        let key = QueryKey::of(&question).unwrap();
+        let mut chase = Chase::new(&key, &question, RecordType::A);
         let step = Step {
             rcode: ResponseCode::NoError,
             answers: vec![

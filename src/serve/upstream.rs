@@ -3,7 +3,7 @@
 //! [`Upstream::query`], which answers one question with one [`Step`].
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,12 +19,67 @@ use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
 pub use crate::policy::zones::Step;
 
 /// Why an allowed name could not be resolved. The client gets SERVFAIL.
-#[derive(Debug)]
-pub struct UpstreamError(pub String);
+/// Each carries the question asked. `Clone`: one merged upstream question
+/// hands its result to every waiter, so hickory's errors are kept as text.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("no upstream configured (--upstream none) for {name} {qtype}")]
+    NoUpstream { name: Name, qtype: RecordType },
+    #[error("forwarder, asked {name} {qtype}: {reason}")]
+    Forwarder {
+        name: Name,
+        qtype: RecordType,
+        reason: String,
+    },
+    #[error("recursor, asked {name} {qtype}: {reason}")]
+    Recursor {
+        name: Name,
+        qtype: RecordType,
+        reason: String,
+    },
+    #[error("no answer for {name} {qtype} within {after:?}")]
+    Timeout {
+        name: Name,
+        qtype: RecordType,
+        after: Duration,
+    },
+    /// The task asking the upstream ended without an answer (a bug).
+    #[error("upstream task for {name} {qtype}: {reason}")]
+    Task {
+        name: Name,
+        qtype: RecordType,
+        reason: String,
+    },
+}
 
-impl std::fmt::Display for UpstreamError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+/// Why the upstream could not be set up; each names what it was given.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("resolver setup (TLS) for forwarders {servers:?}: {source}")]
+    Tls {
+        servers: Vec<SocketAddr>,
+        source: NetError,
+    },
+    #[error("{}: cannot read root hints: {reason}", path.display())]
+    ReadHints { path: PathBuf, reason: String },
+    #[error("{}: root hints do not parse: {source}", path.display())]
+    ParseHints {
+        path: PathBuf,
+        source: hickory_resolver::proto::serialize::txt::ParseError,
+    },
+    #[error("{}: root hints hold no A/AAAA records", path.display())]
+    NoRoots { path: PathBuf },
+    #[error("recursor setup from {}: {source}", path.display())]
+    Recursor {
+        path: PathBuf,
+        source: RecursorError,
+    },
+}
+
+/// Start-up reports setup errors as diagnostics, which take text.
+impl From<SetupError> for String {
+    fn from(e: SetupError) -> String {
+        e.to_string()
     }
 }
 
@@ -38,7 +93,7 @@ pub enum Upstream {
 }
 
 impl Upstream {
-    pub fn forward(servers: &[SocketAddr], timeout: Duration) -> Result<Self, String> {
+    pub fn forward(servers: &[SocketAddr], timeout: Duration) -> Result<Self, SetupError> {
         let configs = servers.iter().map(|addr| {
             let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
                 .into_iter()
@@ -54,7 +109,10 @@ impl Upstream {
         options.attempts = 1;
         options.edns0 = true;
         options.recursion_desired = true;
-        let tls = TlsConfig::new().map_err(|e| format!("resolver setup: {e}"))?;
+        let tls = TlsConfig::new().map_err(|source| SetupError::Tls {
+            servers: servers.to_vec(),
+            source,
+        })?;
         let cx = Arc::new(PoolContext::new(options, tls));
         Ok(Upstream::Forward(NameServerPool::from_config(
             configs,
@@ -66,45 +124,53 @@ impl Upstream {
     /// `allow_private_servers` lets the recursor query loopback and private
     /// addresses (a private root for tests or an internal DNS tree); by
     /// default those are refused as a guard against rebinding tricks.
-    pub fn recursive(hints: &Path, allow_private_servers: bool) -> Result<Self, String> {
-        let text = crate::input::read_text(hints)
-            .map_err(|e| format!("{}: cannot read root hints: {e}", hints.display()))?;
+    pub fn recursive(hints: &Path, allow_private_servers: bool) -> Result<Self, SetupError> {
+        let path = || hints.to_path_buf();
+        let text = crate::input::read_text(hints).map_err(|e| SetupError::ReadHints {
+            path: path(),
+            reason: e.to_string(),
+        })?;
         let (_, records) = hickory_resolver::proto::serialize::txt::Parser::new(
             text,
             Some(hints.to_path_buf()),
             Some(Name::root()),
         )
         .parse()
-        .map_err(|e| format!("{}: root hints do not parse: {e}", hints.display()))?;
+        .map_err(|source| SetupError::ParseHints {
+            path: path(),
+            source,
+        })?;
         let roots: Vec<IpAddr> = records
             .values()
             .flat_map(|rrset| rrset.records_without_rrsigs())
             .filter_map(|r| r.data.ip_addr())
             .collect();
         if roots.is_empty() {
-            return Err(format!(
-                "{}: root hints hold no A/AAAA records",
-                hints.display()
-            ));
+            return Err(SetupError::NoRoots { path: path() });
         }
         let mut options = RecursorOptions::default();
         if allow_private_servers {
             options.deny_server = Vec::new();
         }
         let recursor = Recursor::with_options(&roots, options, TokioRuntimeProvider::default())
-            .map_err(|e| format!("recursor setup: {e}"))?;
+            .map_err(|source| SetupError::Recursor {
+                path: path(),
+                source,
+            })?;
         Ok(Upstream::Recursive(Box::new(recursor)))
     }
 
     /// Asks the question once. NXDOMAIN and NODATA are answers, not errors.
     pub async fn query(&self, name: &Name, qtype: RecordType) -> Result<Step, UpstreamError> {
-        let mut name = name.clone();
-        name.set_fqdn(true);
-        let query = Query::query(name, qtype);
+        let mut fqdn = name.clone();
+        fqdn.set_fqdn(true);
+        let query = Query::query(fqdn, qtype);
+        let name = || name.clone();
         match self {
-            Upstream::None => Err(UpstreamError(
-                "no upstream configured (--upstream none)".into(),
-            )),
+            Upstream::None => Err(UpstreamError::NoUpstream {
+                name: name(),
+                qtype,
+            }),
             Upstream::Forward(pool) => {
                 let mut options = DnsRequestOptions::default();
                 options.use_edns = true;
@@ -126,7 +192,11 @@ impl Upstream {
                             nr.authorities.as_deref(),
                         ),
                     }),
-                    Err(e) => Err(UpstreamError(format!("forwarder: {e}"))),
+                    Err(e) => Err(UpstreamError::Forwarder {
+                        name: name(),
+                        qtype,
+                        reason: e.to_string(),
+                    }),
                 }
             }
             Upstream::Recursive(recursor) => {
@@ -148,7 +218,11 @@ impl Upstream {
                             data.authorities.as_deref(),
                         ),
                     }),
-                    Err(e) => Err(UpstreamError(format!("recursor: {e}"))),
+                    Err(e) => Err(UpstreamError::Recursor {
+                        name: name(),
+                        qtype,
+                        reason: e.to_string(),
+                    }),
                 }
             }
         }
