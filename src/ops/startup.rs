@@ -55,11 +55,21 @@ pub fn prepare(sources: &Sources) -> Result<Prepared, Failure> {
     let (Some(loaded), Some(upstream)) = (loaded, upstream) else {
         return Err(Failure::Invalid(diags));
     };
-    // Missing tables or sets, or no permission, must stop startup with a clear error.
+    // Missing tables or sets, or no permission, must stop startup with a clear
+    // error: a wrong ruleset is the input's fault, a refused capability the
+    // environment's (unless the input is wrong too).
     let firewall = match Firewall::open(&loaded.policies) {
         Ok(firewall) => firewall,
+        Err(e) if e.is_permission() && !diags.has_errors() => {
+            return Err(Failure::Runtime(e.to_string()));
+        }
         Err(e) => {
-            diags.error(std::path::Path::new("<firewall>"), None, None, e);
+            diags.error(
+                std::path::Path::new("<firewall>"),
+                None,
+                None,
+                e.to_string(),
+            );
             None
         }
     };
@@ -162,7 +172,7 @@ pub async fn serve_on(
     if let Some(firewall) = &firewall {
         firewall
             .sync_static(&loaded.policies)
-            .map_err(Failure::Runtime)?;
+            .map_err(|e| Failure::Runtime(e.to_string()))?;
     }
     let policies = loaded.policies.policies.len();
     let resolver = Resolver::new(upstream, Cache::new(settings.cache));

@@ -62,13 +62,13 @@ pub trait Fence: Send + Sync {
 
 impl Fence for Firewall {
     fn check(&self, policies: &PolicySet) -> Result<(), String> {
-        Firewall::check(self, policies)
+        Firewall::check(self, policies).map_err(|e| e.to_string())
     }
     fn sync_static(&self, policies: &PolicySet) -> Result<(), String> {
-        Firewall::sync_static(self, policies)
+        Firewall::sync_static(self, policies).map_err(|e| e.to_string())
     }
     fn withdraw(&self, agent: &str, pattern: &str) -> Result<usize, String> {
-        Firewall::withdraw(self, agent, pattern)
+        Firewall::withdraw(self, agent, pattern).map_err(|e| e.to_string())
     }
     fn forget_ended(&self, policies: &PolicySet) {
         Firewall::forget_ended(self, policies)
