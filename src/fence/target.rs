@@ -44,16 +44,15 @@ impl Target {
     /// changes nothing.
     pub(super) fn open(config: &FirewallConfig) -> Result<Target, FenceError> {
         let target = TargetId::of(config);
-        let caps = if config.netns.is_some() {
-            CAPS_NETNS
-        } else {
-            CAPS_NFT
+        let (action, caps) = match &config.netns {
+            Some(_) => ("enter the namespace", CAPS_NETNS),
+            None => ("open netlink", CAPS_NFT),
         };
         let mut netlink = open_in(config.netns.as_deref()).map_err(|source| {
             FenceError::or_permission(
                 source,
                 &target,
-                || "open netlink".into(),
+                || action.into(),
                 caps,
                 |source| FenceError::Open {
                     target: target.clone(),
