@@ -70,8 +70,6 @@ impl SetId {
     }
 }
 
-/// Why an allowed answer could not be fed; the client gets SERVFAIL.
-
 /// An element from a policy's IP/CIDR destination: permanent, or with a
 /// kernel timeout when the entry expires, so it ends even if allowdns is down.
 #[derive(Clone, Debug, PartialEq, Eq)]
