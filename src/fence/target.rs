@@ -26,6 +26,8 @@ pub(super) struct Target {
     /// Where the sets are and how elements are timed; also the key a policy
     /// finds its target by.
     pub(super) config: FirewallConfig,
+    /// The socket in the target's namespace; its lock serializes updates,
+    /// so two feeds of one key cannot race into a shorter expiry.
     pub(super) netlink: Mutex<Netlink>,
     /// When each element fed here expires, by (set, key).
     pub(super) expiries: Mutex<Expiries>,
