@@ -18,8 +18,10 @@ pub const QUEUE_CAPACITY: usize = 256;
 const SYSLOG_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why one send failed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
 pub struct SendError {
+    /// What went wrong, for the log line.
     pub message: String,
     /// Retrying cannot help (an HTTP 4xx): give up on this notification now.
     pub permanent: bool,
