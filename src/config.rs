@@ -8,10 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::diagnostics::{Diagnostics, locate, yaml_error};
-use crate::observe::delivery::syslog::{self, SyslogSettings};
-use crate::observe::delivery::threshold::{MAX_COUNT, Threshold};
-use crate::observe::delivery::webhook::HttpUrl;
-use crate::observe::delivery::{NotifySettings, RetryPolicy, WebhookSettings};
+/// The `alerts.notify` file format lives with its validation in delivery/.
+pub use crate::observe::delivery::settings::NotifyFile;
+use crate::observe::delivery::{self, NotifySettings};
 use crate::serve::cache::CacheLimits;
 use crate::serve::tcp::TcpLimits;
 
@@ -142,73 +141,6 @@ pub struct AlertsFile {
     pub notify: Option<NotifyFile>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NotifyFile {
-    /// When to notify; default: more than 2 denials from one agent in 300 s.
-    #[serde(default)]
-    pub threshold: Option<ThresholdFile>,
-    /// HTTP POST of JSON, for Wazuh, Slack or Telegram relays.
-    #[serde(default)]
-    pub webhook: Option<WebhookFile>,
-    /// The local syslog daemon or a UDP collector.
-    #[serde(default)]
-    pub syslog: Option<SyslogFile>,
-    /// How failed sends are retried; defaults suit most sinks.
-    #[serde(default)]
-    pub retry: Option<RetryFile>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ThresholdFile {
-    /// Notify when MORE than this many denials from one agent fall in the window.
-    #[serde(default)]
-    pub count: Option<u32>,
-    /// The sliding window, and the quiet time after a notification.
-    #[serde(default)]
-    pub window_secs: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookFile {
-    /// `http://HOST[:PORT]/PATH`; required.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// Budget for one attempt: connect, send, status line.
-    #[serde(default)]
-    pub timeout_ms: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SyslogFile {
-    /// Unix datagram socket of the local syslog daemon; default /dev/log.
-    #[serde(default)]
-    pub socket: Option<PathBuf>,
-    /// `IP:PORT` of a UDP collector (port 514 if left out), instead of `socket`.
-    #[serde(default)]
-    pub address: Option<String>,
-    /// syslog.conf facility name; default `auth`.
-    #[serde(default)]
-    pub facility: Option<String>,
-    /// `rfc3164` (default for `socket`) or `rfc5424` (default for `address`).
-    #[serde(default)]
-    pub format: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetryFile {
-    /// Failures in a row after which a sink gives up on what it holds.
-    #[serde(default)]
-    pub max_attempts: Option<u32>,
-    /// Cap on the doubling delay between attempts (1 s, 2 s, 4 s, ...).
-    #[serde(default)]
-    pub max_backoff_secs: Option<u64>,
-}
-
 /// How allowed names are resolved.
 #[derive(Debug, Clone)]
 pub enum UpstreamMode {
@@ -249,48 +181,262 @@ pub struct Settings {
 const DEFAULT_LISTEN: &str = "127.0.0.1:53";
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 
+/// Why a setting is refused; carries the offending input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("'{0}' is not an address (expected IP, IP:PORT or [IPv6]:PORT)")]
+    Address(String),
+}
+
 /// Parses `IP:PORT`, `[IPv6]:PORT` or a bare `IP` (port 53).
-pub fn parse_addr(raw: &str) -> Result<SocketAddr, String> {
+pub fn parse_addr(raw: &str) -> Result<SocketAddr, ConfigError> {
     let raw = raw.trim();
     if let Ok(addr) = raw.parse::<SocketAddr>() {
         return Ok(addr);
     }
     raw.parse::<IpAddr>()
         .map(|ip| SocketAddr::new(ip, 53))
-        .map_err(|_| format!("'{raw}' is not an address (expected IP, IP:PORT or [IPv6]:PORT)"))
+        .map_err(|_| ConfigError::Address(raw.to_string()))
+}
+
+/// Where settings come from while they are read: the flags, and the config
+/// file (if any) that errors point into.
+struct Input<'a> {
+    sources: &'a Sources,
+    /// The config file, or `<command line>` without one.
+    path: PathBuf,
+    /// The file's text, to find the line of a value.
+    text: String,
+    /// The file's directory: relative paths in the file start here.
+    base: PathBuf,
+}
+
+impl Input<'_> {
+    /// Reads and parses the config file; without one, an empty config.
+    fn read<'a>(sources: &'a Sources, diags: &mut Diagnostics) -> Option<(ConfigFile, Input<'a>)> {
+        let (file, base, text) = match &sources.config {
+            Some(path) => {
+                let text = crate::input::read_yaml(path, "cannot read config", diags)?;
+                match serde_yaml::from_str::<Option<ConfigFile>>(&text) {
+                    Ok(parsed) => (
+                        parsed.unwrap_or_default(),
+                        path.parent().map(Path::to_path_buf).unwrap_or_default(),
+                        text,
+                    ),
+                    Err(e) => {
+                        yaml_error(diags, path, &e);
+                        return None;
+                    }
+                }
+            }
+            None => (ConfigFile::default(), PathBuf::new(), String::new()),
+        };
+        let path = sources
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("<command line>"));
+        Some((
+            file,
+            Input {
+                sources,
+                path,
+                text,
+                base,
+            },
+        ))
+    }
+
+    /// A path from the file, relative to the file.
+    fn here(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    /// Addresses from the file (`field[i]`, with its line) or from a flag (`--field`).
+    fn addr_list(
+        &self,
+        values: &[String],
+        field: &str,
+        from_file: bool,
+        diags: &mut Diagnostics,
+    ) -> Vec<SocketAddr> {
+        values
+            .iter()
+            .enumerate()
+            .filter_map(|(i, raw)| match parse_addr(raw) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    let line = if from_file {
+                        locate(&self.text, raw, 0)
+                    } else {
+                        None
+                    };
+                    let field = if from_file {
+                        format!("{field}[{i}]")
+                    } else {
+                        format!("--{field}")
+                    };
+                    diags.error(&self.path, line, Some(field), e.to_string());
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// `--listen`, else `listen:`, else 127.0.0.1:53.
+    fn listen(&self, listen: &[String], diags: &mut Diagnostics) -> Vec<SocketAddr> {
+        if !self.sources.listen.is_empty() {
+            self.addr_list(&self.sources.listen, "listen", false, diags)
+        } else if !listen.is_empty() {
+            self.addr_list(listen, "listen", true, diags)
+        } else {
+            vec![DEFAULT_LISTEN.parse().expect("static address")]
+        }
+    }
+
+    /// `none`, recursive from root hints, or forwarding (to `--upstream`,
+    /// `upstream.servers`, else resolv.conf's nameservers other than us).
+    fn upstream(
+        &self,
+        mode: Option<&str>,
+        servers: &[String],
+        root_hints: Option<&Path>,
+        allow_private_servers: bool,
+        listen: &[SocketAddr],
+        diags: &mut Diagnostics,
+    ) -> UpstreamMode {
+        let sources = self.sources;
+        let no_upstream = sources.upstream.iter().any(|u| u == "none")
+            || (sources.upstream.is_empty() && mode == Some("none"));
+        let forward_servers = if no_upstream {
+            None
+        } else if !sources.upstream.is_empty() {
+            Some(self.addr_list(&sources.upstream, "upstream", false, diags))
+        } else if !servers.is_empty() {
+            Some(self.addr_list(servers, "upstream.servers", true, diags))
+        } else {
+            None
+        };
+
+        let recursive = sources.root_hints.is_some() || mode == Some("recursive");
+        if let Some(m) = mode
+            && !["forward", "recursive", "none"].contains(&m)
+        {
+            diags.error(
+                &self.path,
+                locate(&self.text, m, 0),
+                Some("upstream.mode".into()),
+                format!("unknown mode '{m}' (expected forward, recursive or none)"),
+            );
+        }
+        if no_upstream {
+            if sources.upstream.len() > 1 {
+                diags.error(
+                    &self.path,
+                    None,
+                    Some("--upstream".into()),
+                    "'none' cannot be combined with servers",
+                );
+            }
+            return UpstreamMode::None;
+        }
+        if recursive && sources.upstream.is_empty() {
+            let hints = sources
+                .root_hints
+                .clone()
+                .or_else(|| root_hints.map(|p| self.here(p)));
+            return match hints {
+                Some(root_hints) => UpstreamMode::Recursive {
+                    root_hints,
+                    allow_private_servers,
+                },
+                None => {
+                    diags.error(
+                        &self.path,
+                        None,
+                        Some("upstream.root_hints".into()),
+                        "recursive mode needs a root hints file",
+                    );
+                    UpstreamMode::Forward {
+                        servers: Vec::new(),
+                    }
+                }
+            };
+        }
+        let servers = match forward_servers {
+            Some(servers) => servers,
+            None => resolv_conf_servers(Path::new(RESOLV_CONF), listen, diags),
+        };
+        if servers.is_empty() && !diags.has_errors() {
+            diags.error(
+                &self.path,
+                None,
+                Some("upstream.servers".into()),
+                "no upstream servers",
+            );
+        }
+        UpstreamMode::Forward { servers }
+    }
+
+    /// `--policy`, else `policies:`; at least one.
+    fn policies(&self, policies: &[PathBuf], diags: &mut Diagnostics) -> Vec<PathBuf> {
+        let policies: Vec<PathBuf> = if !self.sources.policy.is_empty() {
+            self.sources.policy.clone()
+        } else {
+            policies.iter().map(|p| self.here(p)).collect()
+        };
+        if policies.is_empty() {
+            diags.error(
+                &self.path,
+                None,
+                Some("policies".into()),
+                "no policy given (use --policy FILE|DIR or `policies:` in the config)",
+            );
+        }
+        policies
+    }
+
+    fn cache(&self, cache: CacheFile, diags: &mut Diagnostics) -> CacheLimits {
+        let CacheFile {
+            max_entries,
+            min_ttl,
+            max_ttl,
+        } = cache;
+        let cache = CacheLimits {
+            max_entries: max_entries.unwrap_or(100_000).max(16),
+            min_ttl: min_ttl.unwrap_or(0),
+            max_ttl: max_ttl.unwrap_or(86_400),
+        };
+        if cache.min_ttl > cache.max_ttl {
+            diags.error(
+                &self.path,
+                locate(&self.text, "min_ttl", 0),
+                Some("cache.min_ttl".into()),
+                "is larger than cache.max_ttl",
+            );
+        }
+        cache
+    }
+
+    /// `--metrics`, else `metrics:`; none by default.
+    fn metrics(&self, metrics: Option<&str>, diags: &mut Diagnostics) -> Option<SocketAddr> {
+        let (raw, field, line) = match (&self.sources.metrics, metrics) {
+            (Some(raw), _) => (raw.as_str(), "--metrics", None),
+            (None, Some(raw)) => (raw, "metrics", locate(&self.text, raw, 0)),
+            (None, None) => return None,
+        };
+        parse_addr(raw)
+            .map_err(|e| diags.error(&self.path, line, Some(field.into()), e.to_string()))
+            .ok()
+    }
 }
 
 /// Reads the config file (if any) and applies flag overrides.
 pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
-    let (file, base, source_text) = match &sources.config {
-        Some(path) => match crate::input::read_yaml(path, "cannot read config", diags) {
-            Some(text) => match serde_yaml::from_str::<Option<ConfigFile>>(&text) {
-                Ok(parsed) => (
-                    parsed.unwrap_or_default(),
-                    path.parent().map(Path::to_path_buf).unwrap_or_default(),
-                    text,
-                ),
-                Err(e) => {
-                    yaml_error(diags, path, &e);
-                    return None;
-                }
-            },
-            None => return None,
-        },
-        None => (ConfigFile::default(), PathBuf::new(), String::new()),
-    };
-    let config_path = sources
-        .config
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("<command line>"));
-    let here = |p: &Path| {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            base.join(p)
-        }
-    };
-
+    let (file, input) = Input::read(sources, diags)?;
     // Destructured whole, so a new config field cannot be silently ignored.
     let ConfigFile {
         listen,
@@ -314,166 +460,26 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
         max_pending,
         max_pending_per_agent,
     } = upstream;
-    let CacheFile {
-        max_entries,
-        min_ttl,
-        max_ttl,
-    } = cache;
     let AlertsFile {
         window_secs,
         notify,
     } = alerts;
 
-    let mut addr_list = |values: &[String], field: &str, from_file: bool| -> Vec<SocketAddr> {
-        values
-            .iter()
-            .enumerate()
-            .filter_map(|(i, raw)| match parse_addr(raw) {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    let line = if from_file {
-                        locate(&source_text, raw, 0)
-                    } else {
-                        None
-                    };
-                    let field = if from_file {
-                        format!("{field}[{i}]")
-                    } else {
-                        format!("--{field}")
-                    };
-                    diags.error(&config_path, line, Some(field), e);
-                    None
-                }
-            })
-            .collect()
-    };
-
-    let listen = if !sources.listen.is_empty() {
-        addr_list(&sources.listen, "listen", false)
-    } else if !listen.is_empty() {
-        addr_list(&listen, "listen", true)
-    } else {
-        vec![DEFAULT_LISTEN.parse().expect("static address")]
-    };
-
-    let no_upstream = sources.upstream.iter().any(|u| u == "none")
-        || (sources.upstream.is_empty() && mode.as_deref() == Some("none"));
-    let forward_servers = if no_upstream {
-        None
-    } else if !sources.upstream.is_empty() {
-        Some(addr_list(&sources.upstream, "upstream", false))
-    } else if !servers.is_empty() {
-        Some(addr_list(&servers, "upstream.servers", true))
-    } else {
-        None
-    };
-
-    let recursive = sources.root_hints.is_some() || mode.as_deref() == Some("recursive");
-    if let Some(m) = mode.as_deref()
-        && !["forward", "recursive", "none"].contains(&m)
-    {
-        diags.error(
-            &config_path,
-            locate(&source_text, m, 0),
-            Some("upstream.mode".into()),
-            format!("unknown mode '{m}' (expected forward, recursive or none)"),
-        );
-    }
-    let upstream = if no_upstream {
-        if sources.upstream.len() > 1 {
-            diags.error(
-                &config_path,
-                None,
-                Some("--upstream".into()),
-                "'none' cannot be combined with servers",
-            );
-        }
-        UpstreamMode::None
-    } else if recursive && sources.upstream.is_empty() {
-        let hints = sources
-            .root_hints
-            .clone()
-            .or_else(|| root_hints.as_deref().map(here));
-        match hints {
-            Some(root_hints) => UpstreamMode::Recursive {
-                root_hints,
-                allow_private_servers,
-            },
-            None => {
-                diags.error(
-                    &config_path,
-                    None,
-                    Some("upstream.root_hints".into()),
-                    "recursive mode needs a root hints file",
-                );
-                UpstreamMode::Forward {
-                    servers: Vec::new(),
-                }
-            }
-        }
-    } else {
-        let servers = match forward_servers {
-            Some(servers) => servers,
-            None => resolv_conf_servers(Path::new(RESOLV_CONF), &listen, diags),
-        };
-        if servers.is_empty() && !diags.has_errors() {
-            diags.error(
-                &config_path,
-                None,
-                Some("upstream.servers".into()),
-                "no upstream servers",
-            );
-        }
-        UpstreamMode::Forward { servers }
-    };
-
-    let policies = if !sources.policy.is_empty() {
-        sources.policy.clone()
-    } else {
-        policies.iter().map(|p| here(p)).collect()
-    };
-    if policies.is_empty() {
-        diags.error(
-            &config_path,
-            None,
-            Some("policies".into()),
-            "no policy given (use --policy FILE|DIR or `policies:` in the config)",
-        );
-    }
-
-    let cache = CacheLimits {
-        max_entries: max_entries.unwrap_or(100_000).max(16),
-        min_ttl: min_ttl.unwrap_or(0),
-        max_ttl: max_ttl.unwrap_or(86_400),
-    };
-    if cache.min_ttl > cache.max_ttl {
-        diags.error(
-            &config_path,
-            locate(&source_text, "min_ttl", 0),
-            Some("cache.min_ttl".into()),
-            "is larger than cache.max_ttl",
-        );
-    }
-
-    let metrics = match (&sources.metrics, &metrics) {
-        (Some(raw), _) => parse_addr(raw)
-            .map_err(|e| diags.error(&config_path, None, Some("--metrics".into()), e))
-            .ok(),
-        (None, Some(raw)) => parse_addr(raw)
-            .map_err(|e| {
-                let line = locate(&source_text, raw, 0);
-                diags.error(&config_path, line, Some("metrics".into()), e)
-            })
-            .ok(),
-        (None, None) => None,
-    };
-    let notify = notify.and_then(|n| {
-        let at = Located {
-            file: &config_path,
-            source: &source_text,
-        };
-        notify_settings(n, &at, &here, diags)
-    });
+    let listen = input.listen(&listen, diags);
+    let upstream = input.upstream(
+        mode.as_deref(),
+        &servers,
+        root_hints.as_deref(),
+        allow_private_servers,
+        &listen,
+        diags,
+    );
+    let policies = input.policies(&policies, diags);
+    let cache = input.cache(cache, diags);
+    let metrics = input.metrics(metrics.as_deref(), diags);
+    let here = |p: &Path| input.here(p);
+    let notify = notify
+        .and_then(|n| delivery::settings::validate(n, &input.path, &input.text, &here, diags));
 
     if diags.has_errors() {
         return None;
@@ -506,275 +512,6 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
         notify,
         tcp: tcp.limits(),
     })
-}
-
-/// The config file and its text, to report errors at file:line.
-struct Located<'a> {
-    file: &'a Path,
-    source: &'a str,
-}
-
-impl Located<'_> {
-    /// The line of the last step of `path`, each step searched from the
-    /// line of the one before, starting at `notify:`. serde_yaml keeps no
-    /// spans, and a key such as `window_secs` also appears under `alerts:`.
-    fn line(&self, path: &[&str]) -> Option<usize> {
-        let mut line = locate(self.source, "notify", 0)?;
-        for needle in path {
-            line = (0..)
-                .map(|nth| locate(self.source, needle, nth))
-                .find(|found| found.is_none_or(|l| l >= line))??;
-        }
-        Some(line)
-    }
-
-    /// An error on `field`, at the line `path` leads to.
-    fn error(
-        &self,
-        diags: &mut Diagnostics,
-        path: &[&str],
-        field: &str,
-        message: impl Into<String>,
-    ) {
-        diags.error(self.file, self.line(path), Some(field.into()), message);
-    }
-
-    fn warning(
-        &self,
-        diags: &mut Diagnostics,
-        path: &[&str],
-        field: &str,
-        message: impl Into<String>,
-    ) {
-        diags.warning(self.file, self.line(path), Some(field.into()), message);
-    }
-}
-
-/// Validates `alerts.notify`; `None` (with errors recorded) when invalid.
-fn notify_settings(
-    file: NotifyFile,
-    at: &Located,
-    here: &dyn Fn(&Path) -> PathBuf,
-    diags: &mut Diagnostics,
-) -> Option<NotifySettings> {
-    // Destructured whole, like the top level.
-    let NotifyFile {
-        threshold,
-        webhook,
-        syslog,
-        retry,
-    } = file;
-    let errors_before = diags.errors().count();
-    const F: &str = "alerts.notify";
-
-    let ThresholdFile { count, window_secs } = threshold.unwrap_or_default();
-    let count = count.unwrap_or(2);
-    if count > MAX_COUNT {
-        at.error(
-            diags,
-            &["threshold", "count"],
-            &format!("{F}.threshold.count"),
-            format!("{count} is more than {MAX_COUNT}"),
-        );
-    }
-    let window_secs = window_secs.unwrap_or(300);
-    if !(1..=86_400).contains(&window_secs) {
-        at.error(
-            diags,
-            &["threshold", "window_secs"],
-            &format!("{F}.threshold.window_secs"),
-            format!("{window_secs} is not from 1 to 86400 seconds"),
-        );
-    }
-    let threshold = Threshold {
-        count,
-        window: Duration::from_secs(window_secs),
-    };
-
-    let webhook = webhook.and_then(|WebhookFile { url, timeout_ms }| {
-        let field = format!("{F}.webhook.url");
-        let url = match url.as_deref().map(HttpUrl::parse) {
-            None => {
-                at.error(
-                    diags,
-                    &["webhook"],
-                    &field,
-                    "is required (http://HOST[:PORT]/PATH)",
-                );
-                None
-            }
-            Some(Err(e)) => {
-                at.error(
-                    diags,
-                    &["webhook", url.as_deref().unwrap_or_default()],
-                    &field,
-                    e,
-                );
-                None
-            }
-            Some(Ok(parsed)) => {
-                if !parsed.is_local() {
-                    at.warning(
-                        diags,
-                        &["webhook", url.as_deref().unwrap_or_default()],
-                        &field,
-                        format!(
-                            "{parsed} is not on this machine: notifications (agent names, \
-                             denied names) cross the network unencrypted"
-                        ),
-                    );
-                }
-                Some(parsed)
-            }
-        };
-        let timeout_ms = timeout_ms.unwrap_or(2000);
-        if !(1..=60_000).contains(&timeout_ms) {
-            at.error(
-                diags,
-                &["webhook", "timeout_ms"],
-                &format!("{F}.webhook.timeout_ms"),
-                format!("{timeout_ms} is not from 1 to 60000 ms"),
-            );
-        }
-        Some(WebhookSettings {
-            url: url?,
-            timeout: Duration::from_millis(timeout_ms),
-        })
-    });
-
-    let syslog = syslog.and_then(|s| {
-        let SyslogFile {
-            socket,
-            address,
-            facility,
-            format,
-        } = s;
-        let target = match (socket, address) {
-            (Some(_), Some(address)) => {
-                at.error(
-                    diags,
-                    &["syslog", &address],
-                    &format!("{F}.syslog"),
-                    "give `socket` or `address`, not both",
-                );
-                None
-            }
-            (None, Some(address)) => match parse_syslog_addr(&address) {
-                Ok(addr) => Some(syslog::Target::Udp(addr)),
-                Err(e) => {
-                    at.error(
-                        diags,
-                        &["syslog", &address],
-                        &format!("{F}.syslog.address"),
-                        e,
-                    );
-                    None
-                }
-            },
-            (socket, None) => {
-                let path = socket
-                    .as_deref()
-                    .map_or_else(|| PathBuf::from("/dev/log"), here);
-                if !path.exists() {
-                    // Not an error: the syslog daemon may start later; sends are retried.
-                    at.warning(
-                        diags,
-                        &["syslog", "socket"],
-                        &format!("{F}.syslog.socket"),
-                        format!(
-                            "{} does not exist (yet); sends will fail until it does",
-                            path.display()
-                        ),
-                    );
-                }
-                Some(syslog::Target::Socket(path))
-            }
-        };
-        let facility = match syslog::facility(facility.as_deref().unwrap_or("auth")) {
-            Ok(code) => Some(code),
-            Err(e) => {
-                at.error(
-                    diags,
-                    &["syslog", facility.as_deref().unwrap_or_default()],
-                    &format!("{F}.syslog.facility"),
-                    e,
-                );
-                None
-            }
-        };
-        let format = match format.as_deref() {
-            None if matches!(target, Some(syslog::Target::Udp(_))) => Some(syslog::Format::Rfc5424),
-            None => Some(syslog::Format::Rfc3164),
-            Some(raw) => match syslog::Format::parse(raw) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    at.error(diags, &["syslog", raw], &format!("{F}.syslog.format"), e);
-                    None
-                }
-            },
-        };
-        Some(SyslogSettings {
-            target: target?,
-            facility: facility?,
-            format: format?,
-        })
-    });
-
-    let RetryFile {
-        max_attempts,
-        max_backoff_secs,
-    } = retry.unwrap_or_default();
-    let defaults = RetryPolicy::default();
-    let max_attempts = max_attempts.unwrap_or(defaults.max_attempts);
-    if !(1..=1000).contains(&max_attempts) {
-        at.error(
-            diags,
-            &["retry", "max_attempts"],
-            &format!("{F}.retry.max_attempts"),
-            format!("{max_attempts} is not from 1 to 1000"),
-        );
-    }
-    let max_backoff_secs = max_backoff_secs.unwrap_or(defaults.max_backoff.as_secs());
-    if !(1..=3600).contains(&max_backoff_secs) {
-        at.error(
-            diags,
-            &["retry", "max_backoff_secs"],
-            &format!("{F}.retry.max_backoff_secs"),
-            format!("{max_backoff_secs} is not from 1 to 3600 seconds"),
-        );
-    }
-
-    if webhook.is_none() && syslog.is_none() && diags.errors().count() == errors_before {
-        at.error(
-            diags,
-            &[],
-            F,
-            "names no sink: add `webhook` and/or `syslog` (or remove `notify`)",
-        );
-    }
-    if diags.errors().count() > errors_before {
-        return None;
-    }
-    Some(NotifySettings {
-        threshold,
-        webhook,
-        syslog,
-        retry: RetryPolicy {
-            max_attempts,
-            max_backoff: Duration::from_secs(max_backoff_secs),
-        },
-    })
-}
-
-/// `IP:PORT`, `[IPv6]:PORT`, or a bare IP (port 514).
-fn parse_syslog_addr(raw: &str) -> Result<SocketAddr, String> {
-    let raw = raw.trim();
-    if let Ok(addr) = raw.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    raw.parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, 514))
-        .map_err(|_| format!("'{raw}' is not an address (expected IP, IP:PORT or [IPv6]:PORT)"))
 }
 
 /// Nameservers from resolv.conf, minus allowdns itself: forwarding to our own
@@ -830,6 +567,8 @@ fn resolv_conf_servers(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::delivery::RetryPolicy;
+    use crate::observe::delivery::syslog;
 
     #[test]
     fn addresses() {

@@ -66,11 +66,8 @@ pub enum RuntimeError {
     /// The audit log and alerts could not be drained at shutdown.
     #[error("flush: {0}")]
     Flush(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// A privilege the command needs is missing (`what` names it).
-    #[error("{what}: {source}")]
-    Capability { what: String, source: io::Error },
-    /// A subsystem's own error (the fence, the state, the kennel, the control
-    /// client...), whose message already names what it failed on.
+    /// A subsystem's own error (the fence, including a refused capability, the
+    /// state, the kennel, the control client...), whose message already names what it failed on.
     #[error(transparent)]
     Subsystem(Box<dyn std::error::Error + Send + Sync>),
 }
@@ -116,11 +113,6 @@ mod tests {
             audit.to_string().contains("/var/log/allowdns/audit.jsonl"),
             "{audit}"
         );
-        let cap = RuntimeError::Capability {
-            what: "CAP_NET_ADMIN for nftables set inet/allowdns/allowed4".into(),
-            source: io::Error::from(io::ErrorKind::PermissionDenied),
-        };
-        assert!(cap.to_string().contains("allowed4"), "{cap}");
         let wrapped = RuntimeError::subsystem("agent 'a' has no grant for 'x.example'");
         assert_eq!(
             wrapped.to_string(),

@@ -8,8 +8,12 @@
 //!   192.0.2.0/24) and on 10.200.4.0/22, which the race entry opts in to
 //!   (`private:`, docs/special-addresses.md), and a rogue DNS server on 203.0.113.53.
 //!
-//! Needs root, `ip`, `nft`, `getent` and `dig`: fails under CI=true without
-//! them, skips loudly elsewhere.
+//! The agent's resolv.conf (allowdns only) lives in the test's temp dir and
+//! is bind-mounted over /etc/resolv.conf in a mount namespace of its own for
+//! each resolver call ([`in_agent`]); nothing under /etc is written.
+//!
+//! Needs root, `ip`, `nft`, `getent`, `dig`, `unshare` and `mount`: fails
+//! under CI=true without them, skips loudly elsewhere.
 
 mod common;
 
@@ -31,6 +35,8 @@ struct Lab {
     a: String,
     i: String,
     dir: TempDir,
+    /// The agent's resolv.conf, naming allowdns only; see [`in_agent`].
+    resolv: PathBuf,
 }
 
 impl Lab {
@@ -71,11 +77,12 @@ impl Lab {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = format!("{}-{n}", std::process::id() % 100_000);
-        let lab = Lab {
+        let mut lab = Lab {
             r: format!("adns-r-{id}"),
             a: format!("adns-a-{id}"),
             i: format!("adns-i-{id}"),
             dir: TempDir::new("netns"),
+            resolv: PathBuf::new(),
         };
         let (r, a, i) = (&lab.r, &lab.a, &lab.i);
         for ns in [r, a, i] {
@@ -122,12 +129,10 @@ impl Lab {
         sh(&["ip", "-n", i, "addr", "add", "10.200.4.0/22", "dev", "lo"]);
         sh(&["ip", "-n", i, "addr", "add", "192.0.2.0/24", "dev", "lo"]);
         // The agent's resolv.conf: allowdns only.
-        std::fs::create_dir_all(format!("/etc/netns/{a}")).unwrap();
-        std::fs::write(
-            format!("/etc/netns/{a}/resolv.conf"),
-            format!("nameserver {DNS}\noptions timeout:2 attempts:1\n"),
-        )
-        .unwrap();
+        lab.resolv = lab.dir.write(
+            "resolv.conf",
+            &format!("nameserver {DNS}\noptions timeout:2 attempts:1\n"),
+        );
         lab
     }
 }
@@ -137,7 +142,6 @@ impl Drop for Lab {
         for ns in [&self.r, &self.a, &self.i] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
-        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.a));
     }
 }
 
@@ -215,8 +219,31 @@ fn rogue_dig(lab: &Lab) -> (bool, String) {
     ])
 }
 
+/// Runs `cmd` in the agent's namespace, with the lab's resolv.conf
+/// bind-mounted over /etc/resolv.conf in a private mount namespace that ends
+/// with the command: the host's /etc is never written.
+fn in_agent(lab: &Lab, cmd: &[&str]) -> (bool, String) {
+    let resolv = lab.resolv.to_str().unwrap();
+    let mut args = vec![
+        "ip",
+        "netns",
+        "exec",
+        &lab.a,
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#,
+        resolv,
+    ];
+    args.extend_from_slice(cmd);
+    sh_out(&args)
+}
+
 fn getent(lab: &Lab, name: &str) -> Option<String> {
-    let (ok, out) = sh_out(&["ip", "netns", "exec", &lab.a, "getent", "ahostsv4", name]);
+    let (ok, out) = in_agent(lab, &["getent", "ahostsv4", name]);
     ok.then(|| {
         out.split_whitespace()
             .next()
@@ -245,7 +272,7 @@ fn prerequisites() -> bool {
         require_or_skip("the netns firewall test needs root");
         return false;
     }
-    for tool in ["ip", "nft", "getent", "dig"] {
+    for tool in ["ip", "nft", "getent", "dig", "unshare", "mount"] {
         if Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
@@ -354,15 +381,7 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
         "name inside a policy range blocked"
     );
     // 8. Port-restricted: its port passes, another does not.
-    let (ok, out) = sh_out(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.a,
-        "dig",
-        "+short",
-        "ports.fw.test",
-    ]);
+    let (ok, out) = in_agent(&lab, &["dig", "+short", "ports.fw.test"]);
     assert!(ok && out.trim() == "203.0.113.30", "{out}");
     assert!(
         connect(&lab, "203.0.113.30:8443").is_some(),
@@ -468,6 +487,99 @@ fn a_missing_set_is_a_clear_startup_error() {
         "{stderr}"
     );
     assert!(stderr.contains("does it exist?"), "{stderr}");
+}
+
+/// `cmd` (an allowdns command line) with a deadline, optionally behind
+/// `prefix` (ip netns exec, setpriv): (exit code, stdout then stderr).
+fn run_bounded(prefix: &[&str], cmd: &[&str]) -> (i32, String) {
+    let mut args: Vec<&str> = vec!["timeout", "20"];
+    args.extend_from_slice(prefix);
+    args.push(bin());
+    args.extend_from_slice(cmd);
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn check_args(policy: &str) -> [&str; 5] {
+    ["check", "--upstream", "none", "--policy", policy]
+}
+
+/// Drops to nobody with no capabilities at all.
+const NO_CAPS: &[&str] = &[
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=-all",
+    "--bounding-set=-all",
+];
+
+#[test]
+fn a_missing_capability_is_a_runtime_failure_naming_it() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    // The sets exist (the printed ruleset, loaded): only permission can fail.
+    let in_netns = lab.fence(
+        "agent_name: x\nexpected_outbound:\n  - destination: web.fw.test\nfirewall:\n  netns: /run/netns/NETNS\n",
+    );
+    let own_ns = lab.dir.write(
+        "own.yaml",
+        "agent_name: x\nexpected_outbound:\n  - destination: web.fw.test\nfirewall: {}\n",
+    );
+    let policy = |p: &PathBuf| p.to_str().unwrap().to_string();
+    let (in_netns, own_ns) = (policy(&in_netns), policy(&own_ns));
+    let netns_target = format!("table inet allowdns in netns /run/netns/{}", lab.a);
+    let in_a = ["ip", "netns", "exec", lab.a.as_str()];
+
+    // Positive controls: as root, both targets open and check passes.
+    let (code, out) = run_bounded(&[], &check_args(&in_netns));
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run_bounded(&in_a, &check_args(&own_ns));
+    assert_eq!(code, 0, "{out}");
+
+    // A target in another namespace: entering it is refused.
+    let (code, out) = run_bounded(NO_CAPS, &check_args(&in_netns));
+    assert_eq!(code, 3, "a runtime failure, not invalid input: {out}");
+    assert!(out.contains("no permission"), "{out}");
+    assert!(out.contains(&netns_target), "{out}");
+    assert!(out.contains("CAP_NET_ADMIN"), "{out}");
+    assert!(!out.contains("error(s) in configuration"), "{out}");
+
+    // A target in allowdns's own namespace: nftables refuses to read the set.
+    let mut prefix = in_a.to_vec();
+    prefix.extend_from_slice(NO_CAPS);
+    let (code, out) = run_bounded(&prefix, &check_args(&own_ns));
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("no permission to read set 'allowed_v4' for table inet allowdns in allowdns's own namespace")
+            && out.contains("allowdns needs CAP_NET_ADMIN"),
+        "{out}"
+    );
+
+    // serve stops the same way, before serving anything.
+    let (code, out) = run_bounded(
+        NO_CAPS,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "none",
+            "--policy",
+            &in_netns,
+        ],
+    );
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains(&netns_target) && out.contains("CAP_NET_ADMIN"),
+        "{out}"
+    );
+    assert!(!out.contains("listening on"), "{out}");
 }
 
 #[test]

@@ -28,8 +28,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 
+use super::Firewall;
+use super::keys::{SetId, TargetSets};
 use super::netlink::{Element, SetOp, attrs, messages};
-use super::{Firewall, SetId, Target, TargetSets};
+use super::target::Target;
 
 const NFNLGRP_NFTABLES: u32 = 7;
 const NFNL_SUBSYS_NFTABLES: u8 = 10;

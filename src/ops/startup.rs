@@ -76,11 +76,21 @@ pub fn prepare(sources: &Sources) -> Result<Prepared, Failure> {
     let (Some(loaded), Some(upstream)) = (loaded, upstream) else {
         return Err(Failure::Invalid(diags));
     };
-    // Missing tables or sets, or no permission, must stop startup with a clear error.
+    // Missing tables or sets, or no permission, must stop startup with a clear
+    // error: a wrong ruleset is the input's fault, a refused capability the
+    // environment's (unless the input is wrong too).
     let firewall = match Firewall::open(&loaded.policies) {
         Ok(firewall) => firewall,
+        Err(e) if e.is_permission() && !diags.has_errors() => {
+            return Err(Failure::Runtime(RuntimeError::subsystem(e)));
+        }
         Err(e) => {
-            diags.error(std::path::Path::new("<firewall>"), None, None, e);
+            diags.error(
+                std::path::Path::new("<firewall>"),
+                None,
+                None,
+                e.to_string(),
+            );
             None
         }
     };

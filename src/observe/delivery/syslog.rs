@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::SendError;
+use super::settings::SettingError;
 
 /// Facility names as syslog.conf spells them, with their codes.
 const FACILITIES: [(&str, u8); 20] = [
@@ -46,14 +47,17 @@ const APP_NAME: &str = "allowdns";
 const MSG_ID: &str = "denied_lookups";
 
 /// A facility name to its code; errors list the valid names.
-pub fn facility(name: &str) -> Result<u8, String> {
+pub fn facility(name: &str) -> Result<u8, SettingError> {
     FACILITIES
         .iter()
         .find(|(n, _)| *n == name)
         .map(|(_, code)| *code)
         .ok_or_else(|| {
             let names: Vec<&str> = FACILITIES.iter().map(|(n, _)| *n).collect();
-            format!("unknown facility '{name}' (expected {})", names.join(", "))
+            SettingError::Facility {
+                name: name.to_string(),
+                expected: names.join(", "),
+            }
         })
 }
 
@@ -81,13 +85,11 @@ impl std::fmt::Display for Format {
 }
 
 impl Format {
-    pub fn parse(raw: &str) -> Result<Format, String> {
+    pub fn parse(raw: &str) -> Result<Format, SettingError> {
         match raw {
             "rfc3164" => Ok(Format::Rfc3164),
             "rfc5424" => Ok(Format::Rfc5424),
-            _ => Err(format!(
-                "unknown format '{raw}' (expected rfc3164 or rfc5424)"
-            )),
+            _ => Err(SettingError::Format(raw.to_string())),
         }
     }
 }
@@ -261,7 +263,12 @@ mod tests {
     fn facilities() {
         assert_eq!(facility("auth"), Ok(4));
         assert_eq!(facility("local7"), Ok(23));
-        assert!(facility("security").unwrap_err().contains("authpriv"));
+        assert!(
+            facility("security")
+                .unwrap_err()
+                .to_string()
+                .contains("authpriv")
+        );
         assert_eq!(facility_name(4), "auth");
     }
 

@@ -13,6 +13,39 @@ use std::time::{Duration, Instant};
 
 use super::SendError;
 
+/// Why a webhook URL is refused; each carries the URL as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("is empty (expected http://HOST[:PORT]/PATH)")]
+    Empty,
+    #[error("'{0}' contains spaces or control characters (percent-encode them)")]
+    Spaces(String),
+    #[error("'{0}' is not a URL (expected http://HOST[:PORT]/PATH)")]
+    NotUrl(String),
+    #[error(
+        "'{0}': https is not supported (allowdns has no TLS client); send to a relay on localhost over http (docs/manual.md, \"Alert delivery\")"
+    )]
+    Https(String),
+    #[error("'{raw}': scheme '{scheme}' is not supported (expected http)")]
+    Scheme { raw: String, scheme: String },
+    #[error("'{0}' has a #fragment, which is never sent; remove it")]
+    Fragment(String),
+    #[error("'{0}': user:password@ is not supported; put a token in the path or query")]
+    UserInfo(String),
+    #[error("'{0}' has no host")]
+    NoHost(String),
+    #[error("'{0}': '[' without ']' around the IPv6 address")]
+    Bracket(String),
+    #[error("'{raw}': '{v6}' is not an IPv6 address")]
+    NotIpv6 { raw: String, v6: String },
+    #[error("'{raw}': unexpected '{after}' after ']'")]
+    AfterBracket { raw: String, after: String },
+    #[error("'{raw}': '{host}' is not a valid host name or IPv4 address (IPv6 goes in [brackets])")]
+    Host { raw: String, host: String },
+    #[error("'{raw}': port '{port}' is not a number from 1 to 65535")]
+    Port { raw: String, port: String },
+}
+
 /// A validated `http://HOST[:PORT][/PATH][?QUERY]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
@@ -31,61 +64,59 @@ impl fmt::Display for HttpUrl {
 
 impl HttpUrl {
     /// Parses and checks scheme, host and port; errors quote the input.
-    pub fn parse(raw: &str) -> Result<HttpUrl, String> {
+    pub fn parse(raw: &str) -> Result<HttpUrl, UrlError> {
         if raw.is_empty() {
-            return Err("is empty (expected http://HOST[:PORT]/PATH)".into());
+            return Err(UrlError::Empty);
         }
         if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!(
-                "'{raw}' contains spaces or control characters (percent-encode them)"
-            ));
+            return Err(UrlError::Spaces(raw.into()));
         }
         let Some((scheme, rest)) = raw.split_once("://") else {
-            return Err(format!(
-                "'{raw}' is not a URL (expected http://HOST[:PORT]/PATH)"
-            ));
+            return Err(UrlError::NotUrl(raw.into()));
         };
         match scheme.to_ascii_lowercase().as_str() {
             "http" => {}
             "https" => {
-                return Err(format!(
-                    "'{raw}': https is not supported (allowdns has no TLS client); \
-                     send to a relay on localhost over http (docs/manual.md, \"Alert delivery\")"
-                ));
+                return Err(UrlError::Https(raw.into()));
             }
             other => {
-                return Err(format!(
-                    "'{raw}': scheme '{other}' is not supported (expected http)"
-                ));
+                return Err(UrlError::Scheme {
+                    raw: raw.into(),
+                    scheme: other.into(),
+                });
             }
         }
         let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, path) = rest.split_at(split);
         if path.contains('#') {
-            return Err(format!(
-                "'{raw}' has a #fragment, which is never sent; remove it"
-            ));
+            return Err(UrlError::Fragment(raw.into()));
         }
         if authority.contains('@') {
-            return Err(format!(
-                "'{raw}': user:password@ is not supported; put a token in the path or query"
-            ));
+            return Err(UrlError::UserInfo(raw.into()));
         }
         if authority.is_empty() {
-            return Err(format!("'{raw}' has no host"));
+            return Err(UrlError::NoHost(raw.into()));
         }
         let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
             let Some((v6, after)) = bracketed.split_once(']') else {
-                return Err(format!("'{raw}': '[' without ']' around the IPv6 address"));
+                return Err(UrlError::Bracket(raw.into()));
             };
             if v6.parse::<Ipv6Addr>().is_err() {
-                return Err(format!("'{raw}': '{v6}' is not an IPv6 address"));
+                return Err(UrlError::NotIpv6 {
+                    raw: raw.into(),
+                    v6: v6.into(),
+                });
             }
             let port = match after {
                 "" => None,
                 _ => match after.strip_prefix(':') {
                     Some(port) => Some(port),
-                    None => return Err(format!("'{raw}': unexpected '{after}' after ']'")),
+                    None => {
+                        return Err(UrlError::AfterBracket {
+                            raw: raw.into(),
+                            after: after.into(),
+                        });
+                    }
                 },
             };
             (v6.to_string(), port)
@@ -95,12 +126,13 @@ impl HttpUrl {
                 None => (authority, None),
             };
             if host.is_empty() {
-                return Err(format!("'{raw}' has no host"));
+                return Err(UrlError::NoHost(raw.into()));
             }
             if host.parse::<IpAddr>().is_err() && !is_host_name(host) {
-                return Err(format!(
-                    "'{raw}': '{host}' is not a valid host name or IPv4 address (IPv6 goes in [brackets])"
-                ));
+                return Err(UrlError::Host {
+                    raw: raw.into(),
+                    host: host.into(),
+                });
             }
             (host.to_ascii_lowercase(), port)
         };
@@ -109,9 +141,10 @@ impl HttpUrl {
             Some(p) => match p.parse::<u16>() {
                 Ok(port) if port > 0 => port,
                 _ => {
-                    return Err(format!(
-                        "'{raw}': port '{p}' is not a number from 1 to 65535"
-                    ));
+                    return Err(UrlError::Port {
+                        raw: raw.into(),
+                        port: p.into(),
+                    });
                 }
             },
         };
@@ -462,7 +495,7 @@ mod tests {
 
     #[test]
     fn bad_urls_say_what_is_wrong() {
-        let err = |raw: &str| HttpUrl::parse(raw).unwrap_err();
+        let err = |raw: &str| HttpUrl::parse(raw).unwrap_err().to_string();
         assert!(err("https://hooks.slack.com/x").contains("https is not supported"));
         assert!(err("ftp://h/").contains("scheme 'ftp'"));
         assert!(err("127.0.0.1:9000").contains("not a URL"));

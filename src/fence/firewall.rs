@@ -1,0 +1,225 @@
+//! The targets opened at startup, and which one each policy feeds: the
+//! face of the fence to the rest of allowdns. An answer's addresses become
+//! keys here and go to their target before the reply leaves.
+
+use std::time::{Instant, SystemTime};
+
+use hickory_proto::rr::{RData, Record};
+
+use super::error::{FeedError, FenceError, TargetId};
+use super::keys::{PRUNE_AT, SetId, Static, addresses, dynamic_keys, static_elements};
+use super::target::Target;
+use crate::policy::{Policy, PolicySet, Rule};
+
+/// The targets opened at startup. Which one a policy feeds follows from its
+/// own `firewall:` config, so the policy in force and its target never disagree.
+pub struct Firewall {
+    /// One per distinct `firewall:` config, in the order policies name them.
+    pub(super) targets: Vec<Target>,
+}
+
+impl Firewall {
+    /// Opens a socket per target and checks every set; changes nothing, so
+    /// `check` can use it. `None` when no policy feeds a firewall.
+    pub fn open(policies: &PolicySet) -> Result<Option<Firewall>, FenceError> {
+        let mut targets: Vec<Target> = Vec::new();
+        for config in policies.policies.iter().filter_map(|p| p.firewall.as_ref()) {
+            if !targets.iter().any(|t| &t.config == config) {
+                targets.push(Target::open(config)?);
+            }
+        }
+        Ok((!targets.is_empty()).then_some(Firewall { targets }))
+    }
+
+    fn target_for(&self, policy: &Policy) -> Option<&Target> {
+        let config = policy.firewall.as_ref()?;
+        self.targets.iter().find(|t| &t.config == config)
+    }
+
+    /// Whether every policy feeds a target opened at startup (opening netlink
+    /// sockets in new namespaces needs a restart). Changes nothing.
+    pub fn check(&self, policies: &PolicySet) -> Result<(), FenceError> {
+        for policy in &policies.policies {
+            if let Some(config) = &policy.firewall
+                && self.target_for(policy).is_none()
+            {
+                return Err(FenceError::NotOpen {
+                    agent: policy.agent.to_string(),
+                    target: TargetId::of(config),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the policy-address elements match the policies' IP/CIDR
+    /// destinations, in every target. Elements of an expiring entry carry a
+    /// kernel timeout to its end.
+    pub fn sync_static(&self, policies: &PolicySet) -> Result<(), FenceError> {
+        let now = SystemTime::now();
+        for target in &self.targets {
+            let mut wanted: Vec<Static> = Vec::new();
+            for policy in &policies.policies {
+                if policy.firewall.as_ref() != Some(&target.config) {
+                    continue;
+                }
+                for address in policy
+                    .addresses
+                    .iter()
+                    .filter(|a| a.expires.is_none_or(|at| now < at))
+                {
+                    for e in static_elements(&target.config, address.net, &address.ports) {
+                        let e = Static {
+                            expires: address.expires,
+                            ..e
+                        };
+                        match wanted.iter_mut().find(|w| w.same_range(&e)) {
+                            // The same range from two entries lives as long as the longer one.
+                            Some(w) => {
+                                w.expires = w.expires.zip(e.expires).map(|(a, b)| a.max(b));
+                            }
+                            None => wanted.push(e),
+                        }
+                    }
+                }
+            }
+            target.replace_static(wanted, now)?;
+        }
+        Ok(())
+    }
+
+    /// Takes out, at once, every element fed under `agent`'s expiring rule
+    /// `pattern` (a revoked or shortened grant), instead of letting them run
+    /// to their timeout. Addresses other names also led to go too; they are
+    /// fed again on their next answer.
+    pub fn withdraw(&self, agent: &str, pattern: &str) -> Result<usize, FenceError> {
+        let mut total = 0;
+        for target in &self.targets {
+            total += target
+                .withdraw(agent, pattern)
+                .map_err(|source| FenceError::Withdraw {
+                    target: TargetId::of(&target.config),
+                    pattern: pattern.to_string(),
+                    source,
+                })?;
+        }
+        Ok(total)
+    }
+
+    /// Stops tracking keys for expiring rules no longer in force; their
+    /// elements age out by their own timeouts.
+    pub fn forget_ended(&self, policies: &PolicySet) {
+        for target in &self.targets {
+            let mut by_rule = target.by_rule.lock().unwrap_or_else(|p| p.into_inner());
+            by_rule.retain(|(agent, pattern), _| {
+                policies.by_agent(agent).is_some_and(|p| {
+                    p.rules
+                        .iter()
+                        .chain(&p.learn)
+                        .any(|r| r.pattern == *pattern && withdrawable(p, r))
+                })
+            });
+        }
+    }
+
+    /// Adds every address in `answers` to the agent's sets, before the reply
+    /// leaves. Records of a family the target cannot pass are removed, and
+    /// TTLs are capped at `max_ttl` so no client caches past its element.
+    pub fn feed(
+        &self,
+        policy: &Policy,
+        rule: &Rule,
+        answers: &mut Vec<Record>,
+    ) -> Result<(), FeedError> {
+        self.feed_checked(policy, rule, answers, &|| true)
+    }
+
+    /// [`Firewall::feed`], for a rule that a revoke or reload may end while
+    /// the answer is on its way: `still_in_force` is asked under the lock
+    /// that withdrawals take, and if it says no, nothing is fed (SERVFAIL).
+    pub fn feed_checked(
+        &self,
+        policy: &Policy,
+        rule: &Rule,
+        answers: &mut Vec<Record>,
+        still_in_force: &dyn Fn() -> bool,
+    ) -> Result<(), FeedError> {
+        let Some(target) = self.target_for(policy) else {
+            return match &policy.firewall {
+                // Cannot happen after `check`; never hand out what the fence would not pass.
+                Some(config) => Err(FeedError::NotOpen {
+                    target: TargetId::of(config),
+                }),
+                None => Ok(()),
+            };
+        };
+        let config = &target.config;
+        answers.retain(|r| match &r.data {
+            RData::A(_) => config.passes_v4(),
+            RData::AAAA(_) => config.passes_v6(),
+            _ => true,
+        });
+        // An element allowed by an expiring rule (a grant, `expires:`) lives
+        // no longer than the rule, plus grace.
+        let rule_left = rule.expires.map(|at| {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            u32::try_from(left.as_secs()).unwrap_or(u32::MAX)
+        });
+        let mut wanted: Vec<(SetId, Vec<u8>, u32)> = Vec::new();
+        for record in answers.iter_mut() {
+            record.ttl = record.ttl.min(config.max_ttl);
+            let lifetime = record
+                .ttl
+                .clamp(config.min_ttl, config.max_ttl)
+                .min(rule_left.unwrap_or(u32::MAX));
+            for ip in addresses(record) {
+                if (ip.is_ipv4() && !config.passes_v4()) || (ip.is_ipv6() && !config.passes_v6()) {
+                    continue;
+                }
+                for (set, key) in dynamic_keys(ip, &rule.ports) {
+                    wanted.push((set, key, lifetime));
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let failed = |source| FeedError::Update {
+            target: TargetId::of(config),
+            source,
+        };
+        if !withdrawable(policy, rule) {
+            return target.feed(wanted).map_err(failed);
+        }
+        // Held through the update, so a withdraw cannot slip between the
+        // check that the rule still stands and the add.
+        let mut by_rule = target.by_rule.lock().unwrap_or_else(|p| p.into_inner());
+        if !still_in_force() {
+            return Err(FeedError::Ended {
+                agent: policy.agent.to_string(),
+                pattern: rule.pattern.to_string(),
+            });
+        }
+        let keys = by_rule
+            .entry((policy.agent.clone(), rule.pattern.clone()))
+            .or_default();
+        keys.extend(wanted.iter().map(|(set, key, _)| (*set, key.clone())));
+        if keys.len() > PRUNE_AT {
+            // Keys whose elements already timed out need no withdrawal.
+            let expiries = target.expiries.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            keys.retain(|(set, key)| expiries.known(*set, key, now).is_some_and(|e| e > now));
+        }
+        target.feed(wanted).map_err(failed)
+    }
+}
+
+/// Rules whose fed elements may have to go before their timeout: expiring
+/// ones (a revoke) and learn mode's catch-all (a switch to enforce).
+pub fn withdrawable(policy: &Policy, rule: &Rule) -> bool {
+    rule.expires.is_some()
+        || policy
+            .learn
+            .as_ref()
+            .is_some_and(|l| l.pattern == rule.pattern)
+}

@@ -1,0 +1,371 @@
+//! One target: a netlink socket in the target's namespace and what allowdns
+//! knows of its sets. Opening verifies every set (type, flags) and reads the
+//! expiries already there; then elements are fed, policy ranges installed,
+//! and the elements of an ended rule withdrawn.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::error::{FenceError, TargetId};
+use super::keys::{Expiries, SetId, Static, TargetSets, covers};
+use super::netlink::{Element, Netlink, SetOp};
+use crate::policy::firewall::FirewallConfig;
+
+/// Entering a namespace, and nftables there.
+const CAPS_NETNS: &str = "CAP_SYS_ADMIN (to enter the namespace) and CAP_NET_ADMIN";
+/// nftables in allowdns's own namespace.
+const CAPS_NFT: &str = "CAP_NET_ADMIN";
+
+/// One set of sets allowdns writes to.
+pub(super) struct Target {
+    /// Where the sets are and how elements are timed; also the key a policy
+    /// finds its target by.
+    pub(super) config: FirewallConfig,
+    /// The socket in the target's namespace; its lock serializes updates,
+    /// so two feeds of one key cannot race into a shorter expiry.
+    pub(super) netlink: Mutex<Netlink>,
+    /// When each element fed here expires, by (set, key).
+    pub(super) expiries: Mutex<Expiries>,
+    /// Elements from policy addresses, as last installed.
+    pub(super) installed: Mutex<Vec<Static>>,
+    /// Keys fed under an expiring rule (a grant, `expires:`), by (agent,
+    /// pattern), so a revoke can take them out before their timeout.
+    pub(super) by_rule: Mutex<FedUnderRule>,
+}
+
+/// (agent, pattern) → the (set, key)s fed under that expiring rule.
+pub(super) type FedUnderRule = HashMap<(Arc<str>, Arc<str>), HashSet<(SetId, Vec<u8>)>>;
+
+impl Target {
+    /// Opens a socket in the target's namespace and checks every set;
+    /// changes nothing.
+    pub(super) fn open(config: &FirewallConfig) -> Result<Target, FenceError> {
+        let target = TargetId::of(config);
+        let (action, caps) = match &config.netns {
+            Some(_) => ("enter the namespace", CAPS_NETNS),
+            None => ("open netlink", CAPS_NFT),
+        };
+        let mut netlink = open_in(config.netns.as_deref()).map_err(|source| {
+            FenceError::or_permission(
+                source,
+                &target,
+                || action.into(),
+                caps,
+                |source| FenceError::Open {
+                    target: target.clone(),
+                    source,
+                },
+            )
+        })?;
+        let mut expiries = Expiries::default();
+        let now = Instant::now();
+        for set in config.sets() {
+            let name = config.set_name(set);
+            let (key_len, flags, decl) = set.expected();
+            let info = netlink
+                .get_set(config.family, &config.table, name)
+                .map_err(|source| {
+                    FenceError::or_permission(
+                        source,
+                        &target,
+                        || format!("read set '{name}'"),
+                        CAPS_NFT,
+                        |source| FenceError::Set {
+                            target: target.clone(),
+                            set: name.to_string(),
+                            decl,
+                            source,
+                        },
+                    )
+                })?;
+            if info.key_len != key_len || info.flags & flags != flags {
+                return Err(FenceError::WrongType {
+                    target,
+                    set: name.to_string(),
+                    decl,
+                });
+            }
+            // Elements from before a restart: remember their expiry so none is shortened.
+            let listed = netlink
+                .list_elements(config.family, &config.table, name)
+                .map_err(|source| {
+                    FenceError::or_permission(
+                        source,
+                        &target,
+                        || format!("list set '{name}'"),
+                        CAPS_NFT,
+                        |source| FenceError::List {
+                            target: target.clone(),
+                            set: name.to_string(),
+                            source,
+                        },
+                    )
+                })?;
+            for l in listed {
+                if let Some(left) = l.expires_in {
+                    expiries.map.insert((set, l.key), now + left);
+                }
+            }
+        }
+        Ok(Target {
+            config: config.clone(),
+            netlink: Mutex::new(netlink),
+            expiries: Mutex::new(expiries),
+            installed: Mutex::new(Vec::new()),
+            by_rule: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub(super) fn feed(&self, wanted: Vec<(SetId, Vec<u8>, u32)>) -> io::Result<()> {
+        // Keys inside a permanent range are already passed; adding them would
+        // overlap the range, which interval sets refuse.
+        let wanted: Vec<_> = {
+            let installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
+            wanted
+                .into_iter()
+                .filter(|(set, key, _)| !installed.iter().any(|e| e.set == *set && covers(e, key)))
+                .collect()
+        };
+        if wanted.is_empty() || self.updates(&wanted, Instant::now()).is_empty() {
+            return Ok(()); // ample time left everywhere: no netlink
+        }
+        // Updates are serialized and recomputed under the netlink lock, so two
+        // feeds of one key cannot race each other into a shorter expiry.
+        let mut netlink = self.netlink.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let updates = self.updates(&wanted, now);
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let mut per_set: HashMap<SetId, Vec<Element>> = HashMap::new();
+        for (set, key, expiry) in &updates {
+            let timeout = expiry
+                .saturating_duration_since(now)
+                .max(Duration::from_secs(1));
+            let key_end = matches!(set, SetId::V4Ports | SetId::V6Ports).then(|| key.clone());
+            per_set.entry(*set).or_default().push(Element {
+                key: key.clone(),
+                key_end,
+                timeout: Some(timeout),
+            });
+        }
+        let config = &self.config;
+        let ops: Vec<SetOp<'_>> = per_set
+            .iter()
+            .map(|(set, elements)| SetOp {
+                family: config.family,
+                table: &config.table,
+                set: config.set_name(*set),
+                add: elements,
+                delete: &[],
+            })
+            .collect();
+        let applied = netlink.apply(&ops);
+        let metrics = &crate::observe::metrics::METRICS;
+        metrics.nft_updates.fetch_add(1, Relaxed);
+        let mut expiries = self.expiries.lock().unwrap_or_else(|p| p.into_inner());
+        match &applied {
+            Ok(()) => {
+                metrics
+                    .nft_elements
+                    .fetch_add(updates.len() as u64, Relaxed);
+                expiries.prune(now);
+                for (set, key, expiry) in updates {
+                    let slot = expiries.map.entry((set, key)).or_insert(expiry);
+                    *slot = (*slot).max(expiry);
+                }
+            }
+            // The kernel's state is unknown: forget, so the next answer updates again.
+            Err(_) => {
+                metrics.nft_failures.fetch_add(1, Relaxed);
+                for (set, key, _) in &updates {
+                    expiries.map.remove(&(*set, key.clone()));
+                }
+            }
+        }
+        applied
+    }
+
+    /// The elements that need an update, with their new expiry: those that
+    /// would expire before the answer's TTL plus half the grace. The new
+    /// expiry is never earlier than the known one.
+    fn updates(
+        &self,
+        // (set, key, lifetime in seconds, already clamped)
+        wanted: &[(SetId, Vec<u8>, u32)],
+        now: Instant,
+    ) -> Vec<(SetId, Vec<u8>, Instant)> {
+        let config = &self.config;
+        let grace = Duration::from_secs(u64::from(config.grace));
+        let expiries = self.expiries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut updates: Vec<(SetId, Vec<u8>, Instant)> = Vec::new();
+        for (set, key, ttl) in wanted {
+            let ttl = Duration::from_secs(u64::from(*ttl));
+            let existing = expiries.known(*set, key, now);
+            if existing.is_some_and(|e| e >= now + ttl + grace / 2) {
+                continue;
+            }
+            let expiry = existing.map_or(now + ttl + grace, |e| e.max(now + ttl + grace));
+            if !updates.iter().any(|(s, k, _)| s == set && k == key) {
+                updates.push((*set, key.clone(), expiry));
+            }
+        }
+        updates
+    }
+
+    /// Installs `wanted` as the policy-address elements, removing ones no
+    /// longer wanted and re-adding ones whose expiry changed.
+    pub(super) fn replace_static(
+        &self,
+        wanted: Vec<Static>,
+        now: SystemTime,
+    ) -> Result<(), FenceError> {
+        let config = &self.config;
+        let mut installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut netlink = self.netlink.lock().unwrap_or_else(|p| p.into_inner());
+        // On first sync, what is installed is whatever permanent elements the sets hold.
+        if installed.is_empty() {
+            for set in [SetId::V4Ports, SetId::V6Ports] {
+                if !config.sets().contains(&set) {
+                    continue;
+                }
+                let listed = netlink
+                    .list_elements(config.family, &config.table, config.set_name(set))
+                    .map_err(|source| FenceError::List {
+                        target: TargetId::of(config),
+                        set: config.set_name(set).to_string(),
+                        source,
+                    })?;
+                for l in listed.into_iter().filter(|l| l.expires_in.is_none()) {
+                    installed.push(Static {
+                        set,
+                        key: l.key,
+                        key_end: l.key_end,
+                        expires: None,
+                    });
+                }
+            }
+        }
+        // A changed expiry is a delete and an add in the same transaction.
+        let mut ops_data: HashMap<SetId, (Vec<Element>, Vec<Element>)> = HashMap::new();
+        // One that has timed out in the kernel (or is about to) is left to
+        // go: deleting a missing element fails the whole batch.
+        let soon = now + Duration::from_secs(1);
+        for old in installed.iter().filter(|old| !wanted.contains(old)) {
+            if old.expires.is_none_or(|at| at > soon) {
+                ops_data
+                    .entry(old.set)
+                    .or_default()
+                    .1
+                    .push(old.element(now));
+            }
+        }
+        for new in wanted.iter().filter(|new| !installed.contains(new)) {
+            ops_data
+                .entry(new.set)
+                .or_default()
+                .0
+                .push(new.element(now));
+        }
+        let ops: Vec<SetOp<'_>> = ops_data
+            .iter()
+            .map(|(set, (add, delete))| SetOp {
+                family: config.family,
+                table: &config.table,
+                set: config.set_name(*set),
+                add,
+                delete,
+            })
+            .collect();
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let metrics = &crate::observe::metrics::METRICS;
+        metrics.nft_updates.fetch_add(1, Relaxed);
+        if let Err(source) = netlink.apply(&ops) {
+            metrics.nft_failures.fetch_add(1, Relaxed);
+            return Err(FenceError::Install {
+                target: TargetId::of(config),
+                source,
+            });
+        }
+        let added: usize = ops_data.values().map(|(add, _)| add.len()).sum();
+        metrics.nft_elements.fetch_add(added as u64, Relaxed);
+        *installed = wanted;
+        Ok(())
+    }
+
+    /// Deletes the elements fed under one expiring rule; see [`Firewall::withdraw`].
+    pub(super) fn withdraw(&self, agent: &str, pattern: &str) -> io::Result<usize> {
+        // Held until the kernel has the deletes: see `feed_checked`.
+        let mut by_rule = self.by_rule.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(keys) = by_rule.remove(&(Arc::from(agent), Arc::from(pattern))) else {
+            return Ok(0);
+        };
+        let mut netlink = self.netlink.lock().unwrap_or_else(|p| p.into_inner());
+        let mut expiries = self.expiries.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        // Only elements surely still in the kernel: deleting a missing one
+        // fails the batch. One about to time out is left to do so.
+        let mut per_set: HashMap<SetId, Vec<Element>> = HashMap::new();
+        for (set, key) in keys {
+            let alive = expiries
+                .map
+                .remove(&(set, key.clone()))
+                .is_some_and(|e| e > now + Duration::from_secs(1));
+            if alive {
+                let key_end = matches!(set, SetId::V4Ports | SetId::V6Ports).then(|| key.clone());
+                per_set.entry(set).or_default().push(Element {
+                    key,
+                    key_end,
+                    timeout: None,
+                });
+            }
+        }
+        drop(expiries);
+        let ops: Vec<SetOp<'_>> = per_set
+            .iter()
+            .map(|(set, delete)| SetOp {
+                family: self.config.family,
+                table: &self.config.table,
+                set: self.config.set_name(*set),
+                add: &[],
+                delete,
+            })
+            .collect();
+        let count = per_set.values().map(Vec::len).sum();
+        if count == 0 {
+            return Ok(0);
+        }
+        let metrics = &crate::observe::metrics::METRICS;
+        metrics.nft_updates.fetch_add(1, Relaxed);
+        netlink.apply(&ops).inspect_err(|_| {
+            metrics.nft_failures.fetch_add(1, Relaxed);
+        })?;
+        Ok(count)
+    }
+}
+
+/// Opens a netlink socket inside `netns` (the socket stays there).
+fn open_in(netns: Option<&Path>) -> io::Result<Netlink> {
+    let Some(path) = netns else {
+        return Netlink::open();
+    };
+    let file = File::open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    // setns affects only the calling thread, so do it on a thread of its own.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(io::Error::from)?;
+            Netlink::open()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("netns thread panicked")))
+    })
+}

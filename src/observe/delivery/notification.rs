@@ -1,0 +1,246 @@
+//! What is sent: one notification about an agent's denied lookups, as the
+//! JSON body every sink carries and the human `text` line inside it.
+
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::threshold::{Raised, Threshold};
+use crate::observe::audit::display_name;
+
+/// The `event` field: names what the JSON is, for relays that route on it.
+pub const EVENT: &str = "allowdns.denied_lookups";
+/// Names listed in the human `text` (the JSON lists up to 20).
+const TEXT_NAMES: usize = 5;
+
+/// One notification, shared by every sink; each renders its own body
+/// because `dropped` is per sink.
+#[derive(Debug)]
+pub struct Notification {
+    /// Same in every attempt and every sink, so a receiver can drop a retry
+    /// of what it already got (an answer lost after the request arrived).
+    pub id: String,
+    pub agent: String,
+    pub count: u64,
+    pub threshold: u32,
+    pub window_secs: u64,
+    pub repeat: bool,
+    pub first_ts: String,
+    pub last_ts: String,
+    pub clients: Vec<String>,
+    pub names: Vec<NameCount>,
+    pub unlisted: u64,
+    /// This machine's name: several resolvers may feed one relay.
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NameCount {
+    pub qname: String,
+    pub qtype: String,
+    pub count: u64,
+}
+
+/// The JSON body, field order as documented in docs/manual.md.
+#[derive(Serialize)]
+struct Body<'a> {
+    event: &'static str,
+    id: &'a str,
+    text: String,
+    agent: &'a str,
+    count: u64,
+    threshold: u32,
+    window_secs: u64,
+    repeat: bool,
+    first_ts: &'a str,
+    last_ts: &'a str,
+    clients: &'a [String],
+    names: &'a [NameCount],
+    unlisted: u64,
+    host: Option<&'a str>,
+    dropped: u64,
+}
+
+impl Notification {
+    pub fn new(
+        id: String,
+        raised: Raised,
+        threshold: Threshold,
+        host: Option<String>,
+    ) -> Notification {
+        let Raised {
+            agent,
+            batch,
+            repeat,
+        } = raised;
+        let ts = |t: Option<SystemTime>| {
+            humantime::format_rfc3339_seconds(t.unwrap_or_else(SystemTime::now)).to_string()
+        };
+        Notification {
+            id,
+            agent: agent.to_string(),
+            count: batch.count,
+            threshold: threshold.count,
+            window_secs: threshold.window.as_secs(),
+            repeat,
+            first_ts: ts(batch.first),
+            last_ts: ts(batch.last),
+            clients: batch.clients.iter().map(IpAddr::to_string).collect(),
+            names: batch
+                .names
+                .iter()
+                .map(|(name, qtype, count)| NameCount {
+                    qname: display_name(name),
+                    qtype: qtype.to_string(),
+                    count: *count,
+                })
+                .collect(),
+            unlisted: batch.unlisted,
+            host,
+        }
+    }
+
+    /// The human line, for relays that show only `text` (Slack, Telegram).
+    pub fn text(&self, dropped: u64) -> String {
+        let mut text = format!(
+            "[!] allowdns{}: agent {} made {} denied DNS lookups within {} s (threshold: more than {}){}",
+            self.host
+                .as_deref()
+                .map(|h| format!(" on {h}"))
+                .unwrap_or_default(),
+            self.agent,
+            self.count,
+            self.window_secs,
+            self.threshold,
+            if self.repeat { ", still going" } else { "" },
+        );
+        if !self.clients.is_empty() {
+            text.push_str(&format!(" from {}", self.clients.join(", ")));
+        }
+        let shown: Vec<String> = self
+            .names
+            .iter()
+            .take(TEXT_NAMES)
+            .map(|n| match n.count {
+                1 => format!("{} {}", n.qname, n.qtype),
+                c => format!("{} {} x{c}", n.qname, n.qtype),
+            })
+            .collect();
+        text.push_str(&format!(": {}", shown.join(", ")));
+        let shown_count: u64 = self.names.iter().take(TEXT_NAMES).map(|n| n.count).sum();
+        let more = self.count.saturating_sub(shown_count);
+        if more > 0 {
+            text.push_str(&format!(" and {more} more"));
+        }
+        text.push_str(". The audit log has each one.");
+        if dropped > 0 {
+            text.push_str(&format!(
+                " ({dropped} earlier notification(s) could not be delivered.)"
+            ));
+        }
+        text
+    }
+
+    /// The JSON object a sink sends.
+    pub fn body(&self, dropped: u64) -> String {
+        let body = Body {
+            event: EVENT,
+            id: &self.id,
+            text: self.text(dropped),
+            agent: &self.agent,
+            count: self.count,
+            threshold: self.threshold,
+            window_secs: self.window_secs,
+            repeat: self.repeat,
+            first_ts: &self.first_ts,
+            last_ts: &self.last_ts,
+            clients: &self.clients,
+            names: &self.names,
+            unlisted: self.unlisted,
+            host: self.host.as_deref(),
+            dropped,
+        };
+        serde_json::to_string(&body)
+            .unwrap_or_else(|e| format!("{{\"event\":\"{EVENT}\",\"error\":\"{e}\"}}"))
+    }
+}
+
+/// This machine's name, if the kernel says.
+pub fn hostname() -> Option<String> {
+    nix::unistd::gethostname()
+        .ok()
+        .map(|h| h.to_string_lossy().trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::super::threshold::{Batch, Lookup};
+    use super::*;
+    use hickory_proto::rr::{Name, RecordType};
+    use std::time::Duration;
+
+    pub(in super::super) fn raised(agent: &str) -> Raised {
+        let mut batch = Batch::new();
+        let lookups = [
+            ("sketchy-mirror.example.com", RecordType::A),
+            ("x1.tunnel.example", RecordType::TXT),
+            ("x1.tunnel.example", RecordType::TXT),
+        ];
+        for (i, (name, qtype)) in lookups.into_iter().enumerate() {
+            batch.add(&Lookup {
+                ts: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + i as u64),
+                client: "10.200.1.2".parse().unwrap(),
+                qname: Name::from_ascii(name).unwrap(),
+                qtype,
+            });
+        }
+        Raised {
+            agent: agent.into(),
+            batch,
+            repeat: false,
+        }
+    }
+
+    pub(in super::super) const THRESHOLD: Threshold = Threshold {
+        count: 2,
+        window: Duration::from_secs(300),
+    };
+
+    #[test]
+    fn the_body_describes_itself() {
+        let n = Notification::new(
+            "box-812-1700000000000-7".into(),
+            raised("travel_agent_v1"),
+            THRESHOLD,
+            Some("box".into()),
+        );
+        let v: serde_json::Value = serde_json::from_str(&n.body(4)).unwrap();
+        assert_eq!(v["event"], "allowdns.denied_lookups");
+        assert_eq!(v["id"], "box-812-1700000000000-7");
+        assert_eq!(v["agent"], "travel_agent_v1");
+        assert_eq!(v["count"], 3);
+        assert_eq!(v["threshold"], 2);
+        assert_eq!(v["window_secs"], 300);
+        assert_eq!(v["first_ts"], "2023-11-14T22:13:20Z");
+        assert_eq!(v["last_ts"], "2023-11-14T22:13:22Z");
+        assert_eq!(v["clients"], serde_json::json!(["10.200.1.2"]));
+        assert_eq!(
+            v["names"],
+            serde_json::json!([
+                {"qname": "sketchy-mirror.example.com", "qtype": "A", "count": 1},
+                {"qname": "x1.tunnel.example", "qtype": "TXT", "count": 2},
+            ])
+        );
+        assert_eq!(v["dropped"], 4);
+        assert_eq!(v["host"], "box");
+        assert_eq!(
+            v["text"],
+            "[!] allowdns on box: agent travel_agent_v1 made 3 denied DNS lookups within 300 s \
+             (threshold: more than 2) from 10.200.1.2: sketchy-mirror.example.com A, \
+             x1.tunnel.example TXT x2. The audit log has each one. \
+             (4 earlier notification(s) could not be delivered.)"
+        );
+    }
+}
