@@ -73,7 +73,11 @@ fn the_query_record_table_matches_the_type() {
     let answers = &rows.iter().find(|(f, _)| f == "`answers`").unwrap().1;
     let inner = &answers[answers.find('{').unwrap() + 1..answers.find('}').unwrap()];
     let documented: BTreeSet<String> = inner.split(',').map(|f| f.trim().to_string()).collect();
-    assert_eq!(keys(&record["answers"][0]), documented, "answers: {answers}");
+    assert_eq!(
+        keys(&record["answers"][0]),
+        documented,
+        "answers: {answers}"
+    );
 }
 
 #[test]
@@ -88,9 +92,12 @@ fn the_event_table_matches_the_types() {
         let mut set = BTreeSet::new();
         if fields.starts_with("as `") {
             let like = names.remove(0);
-            set.extend(documented.get(&like).cloned().unwrap_or_else(|| {
-                panic!("{event}: 'as `{like}`' before {like}'s row")
-            }));
+            set.extend(
+                documented
+                    .get(&like)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("{event}: 'as `{like}`' before {like}'s row")),
+            );
         }
         set.extend(names);
         assert!(

@@ -92,10 +92,12 @@ fn reload_now(sources: &Sources, running: &Settings, handler: &Handler) -> Resul
     for change in &changes {
         tracing::info!("reload: {change}");
     }
-    handler.audit.event(&EventLine::now(Event::Reload(schema::Reload {
-        changes: changes.clone(),
-        zones,
-    })));
+    handler
+        .audit
+        .event(&EventLine::now(Event::Reload(schema::Reload {
+            changes: changes.clone(),
+            zones,
+        })));
     crate::observe::metrics::METRICS
         .reloads
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -136,7 +136,8 @@ impl State {
                 .0
                 .drop_agents(|a| files.policies.by_agent(a).is_some())
             {
-                self.audit.event(&grant_event(Event::GrantDropped, &dropped));
+                self.audit
+                    .event(&grant_event(Event::GrantDropped, &dropped));
                 tracing::warn!(agent = %dropped.agent, pattern = %dropped.pattern, "grant dropped: its agent's policy was removed");
             }
             return Ok(());
@@ -270,7 +271,8 @@ impl State {
             }
         }
         for expired in grants.prune(now) {
-            self.audit.event(&grant_event(Event::GrantExpired, &expired));
+            self.audit
+                .event(&grant_event(Event::GrantExpired, &expired));
             tracing::warn!(agent = %expired.agent, pattern = %expired.pattern, "grant expired: denied again");
         }
         // File entries whose `expires` passed since the last rebuild.
