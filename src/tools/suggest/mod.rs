@@ -118,8 +118,8 @@ pub fn suggest(
     }
     let (agent, mut observed) = match choose_agent(&mut log, options.agent) {
         Ok(chosen) => chosen,
-        Err(message) => {
-            diags.error(file, None, None, message);
+        Err(e) => {
+            diags.error(file, None, None, e.to_string());
             return Err(diags);
         }
     };
@@ -490,6 +490,31 @@ mod tests {
         assert!(
             errors[4].starts_with("error: a.jsonl:6: ts: 'yesterday-"),
             "{errors:?}"
+        );
+    }
+
+    /// Records are read into the audit schema's types: a mistake deep in a
+    /// record names its path, and a missing field is named.
+    #[test]
+    fn wrong_fields_are_named_by_their_path() {
+        let log = format!(
+            "{}{}{}",
+            line(0, "a", "ok.example", "allow", "NOERROR").replace(
+                "\"answers\":[]",
+                r#""answers":[{"name":"ok.example","type":"A","ttl":"60","data":"192.0.2.1"}]"#
+            ),
+            line(1, "a", "ok.example", "allow", "NOERROR").replace("\"ts\":", "\"when\":"),
+            line(2, "a", "ok.example", "allow", "NOERROR")
+                .replace("\"qname\":\"ok.example\"", "\"qname\":[]"),
+        );
+        let errors = messages(&run_on(&log, None).unwrap_err());
+        assert_eq!(
+            errors,
+            [
+                "error: a.jsonl:1: answers[0].ttl: expected u32, found a string",
+                "error: a.jsonl:2: ts: missing",
+                "error: a.jsonl:3: qname: expected a string, found an array",
+            ]
         );
     }
 

@@ -65,7 +65,7 @@ impl Seen {
 /// A name looked up but not suggested, and why.
 #[derive(Debug)]
 pub(super) struct LeftOut {
-    pub(super) reason: String,
+    pub(super) reason: Unusable,
     /// The first line it appears on.
     pub(super) line: usize,
     pub(super) seen: Seen,
@@ -499,24 +499,40 @@ pub(super) fn observe(log: &mut Log, lookup: &Lookup, line: usize, wanted: Optio
     }
 }
 
+/// Why no policy entry can allow a looked-up name (the name itself is the
+/// key it is listed under).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Unusable {
+    #[error("a wildcard character in a looked-up name")]
+    Wildcard,
+    #[error("an IP address, not a name")]
+    Address,
+    /// The policy loader's own reason, which quotes the name.
+    #[error("cannot be written in a policy: {0}")]
+    Unwritable(String),
+    #[error("a numeric last label, which reads as an IP address")]
+    NumericLabel,
+    #[error("a TLD or public suffix, not a host")]
+    PublicSuffix,
+}
+
 /// The policy key for a logged name, or why no entry can allow it.
-pub(super) fn policy_name(qname: &str) -> Result<String, String> {
+pub(super) fn policy_name(qname: &str) -> Result<String, Unusable> {
     // The writer escapes `*` as `\042`; a literal one in an edited log must not become a pattern.
     if qname.contains(['*', '?']) {
-        return Err("a wildcard character in a looked-up name".into());
+        return Err(Unusable::Wildcard);
     }
     // The loader reads an address as an address rule, which opens the firewall without DNS.
     if qname.trim().trim_end_matches('.').parse::<IpAddr>().is_ok() {
-        return Err("an IP address, not a name".into());
+        return Err(Unusable::Address);
     }
     // Logs are lower case A-labels already; hand-edited ones may not be.
-    let key = policy::name::pattern_key(qname)
-        .map_err(|e| format!("cannot be written in a policy: {e}"))?;
+    let key = policy::name::pattern_key(qname).map_err(Unusable::Unwritable)?;
     if reads_as_address(&key) {
-        return Err("a numeric last label, which reads as an IP address".into());
+        return Err(Unusable::NumericLabel);
     }
     if policy::is_public_suffix(&key) {
-        return Err("a TLD or public suffix, not a host".into());
+        return Err(Unusable::PublicSuffix);
     }
     Ok(key)
 }
@@ -532,10 +548,27 @@ pub(super) fn reads_as_address(key: &str) -> bool {
             .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// Why the log gives no agent to suggest for.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum NoAgent {
+    #[error("no lookups by agent '{agent}': the log holds no lookups by any agent")]
+    Empty { agent: String },
+    #[error("no lookups by agent '{agent}'; agents in the log: {seen}")]
+    NotSeen { agent: String, seen: String },
+    #[error("no lookups to suggest from: the log holds no allowed or denied lookups by any agent")]
+    None,
+    #[error(
+        "the log holds lookups by more than {MAX_AGENTS} agents: {seen}; choose one with --agent"
+    )]
+    TooMany { seen: String },
+    #[error("the log holds lookups by {count} agents: {seen}; choose one with --agent")]
+    Several { count: usize, seen: String },
+}
+
 pub(super) fn choose_agent(
     log: &mut Log,
     wanted: Option<&str>,
-) -> Result<(String, Observed), String> {
+) -> Result<(String, Observed), NoAgent> {
     let mut seen = log
         .agents
         .iter()
@@ -548,26 +581,22 @@ pub(super) fn choose_agent(
     let observed = log.observed.take().unwrap_or_default();
     match wanted {
         Some(agent) if observed.lookups > 0 => Ok((agent.to_string(), observed)),
-        Some(agent) if log.agents.is_empty() => Err(format!(
-            "no lookups by agent '{agent}': the log holds no lookups by any agent"
-        )),
-        Some(agent) => Err(format!(
-            "no lookups by agent '{agent}'; agents in the log: {seen}"
-        )),
-        None if log.agents.is_empty() => Err(
-            "no lookups to suggest from: the log holds no allowed or denied lookups by any agent"
-                .into(),
-        ),
+        Some(agent) if log.agents.is_empty() => Err(NoAgent::Empty {
+            agent: agent.to_string(),
+        }),
+        Some(agent) => Err(NoAgent::NotSeen {
+            agent: agent.to_string(),
+            seen,
+        }),
+        None if log.agents.is_empty() => Err(NoAgent::None),
         None if log.agents.len() == 1 && !log.more_agents => {
             let agent = log.first_agent.take().expect("one agent was seen");
             Ok((agent, observed))
         }
-        None if log.more_agents => Err(format!(
-            "the log holds lookups by more than {MAX_AGENTS} agents: {seen}; choose one with --agent"
-        )),
-        None => Err(format!(
-            "the log holds lookups by {} agents: {seen}; choose one with --agent",
-            log.agents.len()
-        )),
+        None if log.more_agents => Err(NoAgent::TooMany { seen }),
+        None => Err(NoAgent::Several {
+            count: log.agents.len(),
+            seen,
+        }),
     }
 }

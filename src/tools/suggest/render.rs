@@ -128,7 +128,7 @@ pub(super) fn render(
                 out,
                 "  # {}: {}; {}",
                 quote(name),
-                plain(&left.reason),
+                plain(&left.reason.to_string()),
                 describe(&left.seen, true)
             );
         }
@@ -260,7 +260,11 @@ pub(super) fn warn_left_out(file: &Path, observed: &Observed, diags: &mut Diagno
                 file,
                 Some(left.line),
                 Some("qname".into()),
-                format!("left out {}: {}", quote(name), plain(&left.reason)),
+                format!(
+                    "left out {}: {}",
+                    quote(name),
+                    plain(&left.reason.to_string())
+                ),
             );
         }
     }
