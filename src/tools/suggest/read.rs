@@ -275,7 +275,7 @@ pub(super) fn read_log(
 
 /// One line, read into the schema's types.
 enum Parsed {
-    Record(QueryRecord),
+    Record(Box<QueryRecord>),
     /// An event other than `audit_records_lost`: nothing to suggest from.
     Event,
     /// `audit_records_lost`, with its count.
@@ -343,7 +343,7 @@ fn parse_line(text: &str) -> Result<Parsed, LineError> {
     };
     // Unknown fields and events are ignored so newer logs load; known ones must have their types.
     match object.get("event") {
-        None | Some(Value::Null) => typed(&value).map(Parsed::Record),
+        None | Some(Value::Null) => typed(&value).map(|r| Parsed::Record(Box::new(r))),
         Some(Value::String(event)) if event == "audit_records_lost" => {
             match typed::<EventLine>(&value)?.event {
                 Event::AuditRecordsLost(lost) => Ok(Parsed::Lost(lost.count)),
