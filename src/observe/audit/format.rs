@@ -12,7 +12,9 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use super::schema::{Answer, Decision, Millis, QueryRecord};
 
-/// One audit record, as the handler fills it in. Formatting is the writer's job.
+/// One audit record, as the handler fills it in: cheap to build on the
+/// query path (shared strings, hickory's own types). Formatting is the
+/// writer's job; the fields mean what [`QueryRecord`]'s do.
 #[derive(Debug)]
 pub struct AuditRecord {
     pub ts: SystemTime,
@@ -27,7 +29,7 @@ pub struct AuditRecord {
     pub dynamic: bool,
     pub rcode: ResponseCode,
     pub answers: Vec<Record>,
-    /// Special-purpose addresses taken out of the answer (src/special.rs).
+    /// Special-purpose addresses taken out of the answer (src/policy/special.rs).
     pub stripped: Vec<IpAddr>,
     pub upstream_ms: Option<f64>,
     /// Exfiltration mark (`soft`, `budget`, `qtype`); written only when set.
@@ -69,7 +71,10 @@ impl From<&AuditRecord> for QueryRecord {
     }
 }
 
-/// Formats one record as a JSON line. Hand-written: this runs once per query.
+/// Formats one record as a JSON line, [`QueryRecord`]'s bytes exactly.
+/// Hand-written because it runs once per query on the one writer thread:
+/// going through `QueryRecord` would allocate a string per field (and per
+/// answer) first. benches/audit_format.rs compares the two.
 pub fn format_record(r: &AuditRecord, out: &mut Vec<u8>) {
     use std::io::Write as _;
     let _ = write!(
