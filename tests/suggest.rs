@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use allowdns::observe::audit::schema::{Event, EventLine, Millis, QueryRecord, RecordsLost};
 use common::*;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
@@ -34,10 +35,25 @@ fn assert_checks_clean(policy: &Path, agent: &str) {
     assert!(stdout.contains(&format!("agent '{agent}'")), "{stdout}");
 }
 
+/// One query record as the writer would write it, built from the audit schema.
 fn record(ts: &str, client: &str, agent: &str, qname: &str, decision: &str, rcode: &str) -> String {
-    format!(
-        r#"{{"ts":"{ts}","client":"{client}","transport":"udp","agent":"{agent}","qname":"{qname}","qtype":"A","decision":"{decision}","rule":null,"dynamic":false,"rcode":"{rcode}","answers":[],"upstream_ms":1.250}}"#
-    ) + "\n"
+    let record = QueryRecord {
+        ts: ts.into(),
+        client: client.into(),
+        transport: "udp".into(),
+        agent: Some(agent.into()),
+        qname: Some(qname.into()),
+        qtype: Some("A".into()),
+        decision: serde_json::from_value(serde_json::json!(decision)).unwrap(),
+        rule: None,
+        dynamic: false,
+        rcode: rcode.into(),
+        answers: Vec::new(),
+        stripped: Vec::new(),
+        upstream_ms: Some(Millis(1.25)),
+        exfil: None,
+    };
+    serde_json::to_string(&record).unwrap() + "\n"
 }
 
 /// The uncommented destinations of a policy, unquoted.
@@ -125,7 +141,14 @@ fn handcrafted() -> String {
     }
     log += r#"{"ts":"2026-11-22T01:07:00.000000Z","client":"10.200.1.9:53","transport":"udp","agent":null,"qname":null,"qtype":null,"decision":"refused","rule":null,"dynamic":false,"rcode":"FORMERR","answers":[],"upstream_ms":null}"#;
     log += "\n";
-    log += r#"{"ts":"2026-11-22T01:07:01.000000Z","event":"audit_records_lost","count":2}"#;
+    log += &EventLine {
+        ts: "2026-11-22T01:07:01.000000Z".into(),
+        event: Event::AuditRecordsLost(RecordsLost {
+            count: 2,
+            cause: None,
+        }),
+    }
+    .to_json();
     log + "\n"
 }
 

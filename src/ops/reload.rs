@@ -5,11 +5,11 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use crate::config::Sources;
 use crate::config::{self, Settings};
 use crate::diagnostics::Diagnostics;
+use crate::observe::audit::{Event, EventLine, schema};
 use crate::ops::startup;
 use crate::policy::PolicySet;
 use crate::serve::handler::Handler;
@@ -108,15 +108,12 @@ fn reload_now(sources: &Sources, running: &Settings, handler: &Handler) -> Resul
     for change in &changes {
         tracing::info!("reload: {change}");
     }
-    handler.audit.event(
-        serde_json::json!({
-            "ts": now(),
-            "event": "reload",
-            "changes": &changes,
-            "zones": zones,
-        })
-        .to_string(),
-    );
+    handler
+        .audit
+        .event(&EventLine::now(Event::Reload(schema::Reload {
+            changes: changes.clone(),
+            zones,
+        })));
     crate::observe::metrics::METRICS
         .reloads
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -193,18 +190,11 @@ fn failed(handler: &Handler, diags: &Diagnostics, why: Option<&ReloadError>) {
     for error in errors.iter().skip(1) {
         tracing::error!("[!] RELOAD FAILED: {error}");
     }
-    handler.audit.event(
-        serde_json::json!({
-            "ts": now(),
-            "event": "reload_failed",
-            "errors": errors,
-        })
-        .to_string(),
-    );
-}
-
-fn now() -> String {
-    humantime::format_rfc3339_micros(SystemTime::now()).to_string()
+    handler
+        .audit
+        .event(&EventLine::now(Event::ReloadFailed(schema::ReloadFailed {
+            errors,
+        })));
 }
 
 /// CLOCK_MONOTONIC in µs, as systemd wants with RELOADING=1.

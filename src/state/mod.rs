@@ -19,6 +19,7 @@ use arc_swap::ArcSwap;
 
 use crate::fence::Firewall;
 use crate::observe::audit::AuditLog;
+use crate::observe::audit::schema::{EntryExpired, Event, EventLine, GrantLife};
 use crate::policy::zones::Zones;
 use crate::policy::{PolicySet, Rule};
 use crate::state::grants::{Grant, Grants};
@@ -161,7 +162,8 @@ impl State {
                 .0
                 .drop_agents(|a| files.policies.by_agent(a).is_some())
             {
-                self.audit.event(grant_event("grant_dropped", &dropped));
+                self.audit
+                    .event(&grant_event(Event::GrantDropped, &dropped));
                 tracing::warn!(agent = %dropped.agent, pattern = %dropped.pattern, "grant dropped: its agent's policy was removed");
             }
             return Ok(());
@@ -196,10 +198,10 @@ impl State {
         // No exception without its audit line.
         if let Err(e) = self
             .audit
-            .event_durable(grant_event("grant", &grant), AUDIT_CONFIRM)
+            .event_durable(&grant_event(Event::Grant, &grant), AUDIT_CONFIRM)
         {
             // Should the "grant" line still land, this one says it never took effect.
-            self.audit.event(grant_event("grant_refused", &grant));
+            self.audit.event(&grant_event(Event::GrantRefused, &grant));
             return Err(StateError::Unaudited {
                 agent: grant.agent.to_string(),
                 pattern: grant.pattern.to_string(),
@@ -242,7 +244,7 @@ impl State {
                 agent: agent.into(),
                 pattern: pattern.into(),
             })?;
-        self.audit.event(grant_event("grant_revoked", &grant));
+        self.audit.event(&grant_event(Event::GrantRevoked, &grant));
         tracing::warn!(agent, pattern, granted_by = ?grant.uid, revoked_by = ?uid, "grant revoked");
         let _ = self.install(self.snapshot().files.clone(), &mut grants, false);
         self.withdraw(agent, pattern);
@@ -307,7 +309,8 @@ impl State {
             }
         }
         for expired in grants.prune(now) {
-            self.audit.event(grant_event("grant_expired", &expired));
+            self.audit
+                .event(&grant_event(Event::GrantExpired, &expired));
             tracing::warn!(agent = %expired.agent, pattern = %expired.pattern, "grant expired: denied again");
         }
         // File entries whose `expires` passed since the last rebuild.
@@ -326,17 +329,15 @@ impl State {
                 };
                 let expires = humantime::format_rfc3339_seconds(at).to_string();
                 tracing::warn!(agent = %policy.agent, entry, expires, "policy entry expired: denied again");
-                self.audit.event(
-                    serde_json::json!({
-                        "ts": humantime::format_rfc3339_micros(now).to_string(),
-                        "event": "entry_expired",
-                        "agent": &*policy.agent,
-                        "entry": entry,
-                        "file": policy.source.display().to_string(),
-                        "expires": expires,
-                    })
-                    .to_string(),
-                );
+                self.audit.event(&EventLine::at(
+                    now,
+                    Event::EntryExpired(EntryExpired {
+                        agent: policy.agent.to_string(),
+                        entry,
+                        file: policy.source.display().to_string(),
+                        expires,
+                    }),
+                ));
             }
         }
         *last = now;
@@ -407,19 +408,16 @@ fn retire(old: Arc<InForce>) {
 }
 
 /// The audit line for a grant's life events.
-fn grant_event(event: &str, g: &Grant) -> String {
-    serde_json::json!({
-        "ts": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-        "event": event,
-        "agent": &*g.agent,
-        "pattern": &*g.pattern,
-        "reason": &*g.reason,
-        "granted_at": humantime::format_rfc3339_seconds(g.granted_at).to_string(),
-        "expires": humantime::format_rfc3339_seconds(g.expires).to_string(),
-        "uid": g.uid,
-        "revoked_by": g.revoked_by,
-    })
-    .to_string()
+fn grant_event(event: fn(GrantLife) -> Event, g: &Grant) -> EventLine {
+    EventLine::now(event(GrantLife {
+        agent: g.agent.to_string(),
+        pattern: g.pattern.to_string(),
+        reason: g.reason.to_string(),
+        granted_at: humantime::format_rfc3339_seconds(g.granted_at).to_string(),
+        expires: humantime::format_rfc3339_seconds(g.expires).to_string(),
+        uid: g.uid,
+        revoked_by: g.revoked_by,
+    }))
 }
 
 #[cfg(test)]

@@ -1,0 +1,285 @@
+//! The audit log's schema: one type per line the log can hold, the query
+//! record and every event. Writers build these and readers (`suggest`, the
+//! tests) parse them; docs/manual.md "## Audit log" documents them, and
+//! tests/audit_schema.rs checks that table against these types.
+//!
+//! The query record alone is written by a hand-written formatter
+//! (`format.rs`, once per query); a test there checks it agrees with
+//! [`QueryRecord`] byte for byte.
+
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// What policy said about a query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Allow,
+    Deny,
+    /// Learn mode: outside the allowlist, resolved anyway.
+    WouldDeny,
+    /// Not served: no policy governs the client, or the request is not a
+    /// question allowdns answers (bad format, opcode, class or type).
+    Refused,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+            Decision::WouldDeny => "would_deny",
+            Decision::Refused => "refused",
+        }
+    }
+}
+
+/// One query record, one line per query whatever the decision. Fields in
+/// the order they are written. Missing fields read as empty, so hand-edited
+/// logs still load in `suggest`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueryRecord {
+    /// When the query arrived: RFC 3339 UTC, microseconds.
+    pub ts: String,
+    /// `ip:port` of the querier: who asked.
+    pub client: String,
+    /// `udp` or `tcp`.
+    #[serde(default)]
+    pub transport: String,
+    /// The governing policy's agent; `None` when no policy governs the client.
+    pub agent: Option<String>,
+    /// Lower case A-labels, no trailing dot; `None` for a malformed request.
+    pub qname: Option<String>,
+    /// `A`, `AAAA`, …; `None` for a malformed request.
+    pub qtype: Option<String>,
+    pub decision: Decision,
+    /// The pattern that matched, to see why a name was allowed.
+    pub rule: Option<String>,
+    /// Allowed only through `allowed_dynamic_resolution`.
+    #[serde(default)]
+    pub dynamic: bool,
+    /// The rcode answered, as dig spells it.
+    #[serde(default)]
+    pub rcode: String,
+    /// What was answered, the CNAME chain included: what the fence was fed.
+    #[serde(default)]
+    pub answers: Vec<Answer>,
+    /// Special-purpose addresses taken out of the answer; written only when
+    /// some were, so lines stay short.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stripped: Vec<IpAddr>,
+    /// Time waiting on the upstream, or `None` (local zone, cache, denial).
+    pub upstream_ms: Option<Millis>,
+    /// Exfiltration mark (`soft`, `budget`, `qtype`); written only when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exfil: Option<String>,
+}
+
+/// One answer record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub rtype: String,
+    pub ttl: u32,
+    /// The record data in master-file form (an address for A/AAAA).
+    pub data: String,
+}
+
+/// Milliseconds, written with 3 decimals (microsecond precision), as the
+/// hot-path formatter writes them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Millis(pub f64);
+
+impl Serialize for Millis {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !self.0.is_finite() {
+            return s.serialize_none();
+        }
+        let raw = serde_json::value::RawValue::from_string(format!("{:.3}", self.0))
+            .map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Millis {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        f64::deserialize(d).map(Millis)
+    }
+}
+
+/// Any line that is not a query record: when, and what happened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventLine {
+    /// RFC 3339 UTC, microseconds.
+    pub ts: String,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+impl EventLine {
+    /// The event, stamped now.
+    pub fn now(event: Event) -> EventLine {
+        EventLine::at(SystemTime::now(), event)
+    }
+
+    pub fn at(ts: SystemTime, event: Event) -> EventLine {
+        EventLine {
+            ts: humantime::format_rfc3339_micros(ts).to_string(),
+            event,
+        }
+    }
+
+    /// The line as written, without the newline.
+    pub fn to_json(&self) -> String {
+        // Nothing here can fail to serialize: no maps, string keys only.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Every event, by its `event` field.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Records the writer could not write (buffer full, disk full).
+    AuditRecordsLost(RecordsLost),
+    /// A reload put new policies in force.
+    Reload(Reload),
+    /// A reload was refused; the previous policies stay in force.
+    ReloadFailed(ReloadFailed),
+    /// A temporary exception was granted (written before it takes effect).
+    Grant(GrantLife),
+    /// A grant reached its end.
+    GrantExpired(GrantLife),
+    /// A grant was ended early through the control socket.
+    GrantRevoked(GrantLife),
+    /// A grant whose `grant` line could not be confirmed: it never took effect.
+    GrantRefused(GrantLife),
+    /// A grant dropped because a reload removed its agent's policy.
+    GrantDropped(GrantLife),
+    /// A policy file entry's `expires` passed.
+    EntryExpired(EntryExpired),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordsLost {
+    /// How many records are missing from the log here.
+    pub count: u64,
+    /// Why writing failed, while it did (the I/O error); absent for overflow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reload {
+    /// What changed, one line per agent (added, removed, entries).
+    pub changes: Vec<String>,
+    /// Local zones in force after the reload.
+    pub zones: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReloadFailed {
+    /// Every error, `file:line: message`, the first one first.
+    pub errors: Vec<String>,
+}
+
+/// A grant at one point of its life; every grant event carries all of it,
+/// so one line tells the whole story.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GrantLife {
+    pub agent: String,
+    /// The pattern granted, canonical, as a policy rule holds it.
+    pub pattern: String,
+    /// Why it was granted: required.
+    pub reason: String,
+    /// RFC 3339 UTC, seconds.
+    pub granted_at: String,
+    /// RFC 3339 UTC, seconds.
+    pub expires: String,
+    /// Who granted it (the control socket peer's uid).
+    pub uid: Option<u32>,
+    /// Who revoked it, once revoked.
+    pub revoked_by: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EntryExpired {
+    pub agent: String,
+    /// The entry as the policy holds it (pattern or network).
+    pub entry: String,
+    /// The policy file it is written in, to find and remove it.
+    pub file: String,
+    /// RFC 3339 UTC, seconds.
+    pub expires: String,
+}
+
+impl Event {
+    /// One fully populated instance of every event, for the tests that
+    /// check the docs against the schema. A new event goes here too (the
+    /// test compares this list with the variants serde knows).
+    pub fn examples() -> Vec<Event> {
+        let grant = GrantLife {
+            agent: "agent".into(),
+            pattern: "*.example.com".into(),
+            reason: "why".into(),
+            granted_at: "2026-01-01T00:00:00Z".into(),
+            expires: "2026-01-01T01:00:00Z".into(),
+            uid: Some(1000),
+            revoked_by: Some(0),
+        };
+        vec![
+            Event::AuditRecordsLost(RecordsLost {
+                count: 1,
+                cause: Some("No space left on device (os error 28)".into()),
+            }),
+            Event::Reload(Reload {
+                changes: vec!["agent: +1 entries".into()],
+                zones: 1,
+            }),
+            Event::ReloadFailed(ReloadFailed {
+                errors: vec!["error: p.yaml:1: bad".into()],
+            }),
+            Event::Grant(grant.clone()),
+            Event::GrantExpired(grant.clone()),
+            Event::GrantRevoked(grant.clone()),
+            Event::GrantRefused(grant.clone()),
+            Event::GrantDropped(grant),
+            Event::EntryExpired(EntryExpired {
+                agent: "agent".into(),
+                entry: "example.com".into(),
+                file: "/etc/allowdns/p.yaml".into(),
+                expires: "2026-01-01T00:00:00Z".into(),
+            }),
+        ]
+    }
+}
+
+impl QueryRecord {
+    /// A fully populated record (every optional field set), for the tests.
+    pub fn example() -> QueryRecord {
+        QueryRecord {
+            ts: "2026-01-01T00:00:00.000000Z".into(),
+            client: "10.0.0.1:5353".into(),
+            transport: "udp".into(),
+            agent: Some("agent".into()),
+            qname: Some("www.example.com".into()),
+            qtype: Some("A".into()),
+            decision: Decision::Allow,
+            rule: Some("*.example.com".into()),
+            dynamic: false,
+            rcode: "NOERROR".into(),
+            answers: vec![Answer {
+                name: "www.example.com".into(),
+                rtype: "A".into(),
+                ttl: 60,
+                data: "192.0.2.1".into(),
+            }],
+            stripped: vec![IpAddr::from([10, 9, 9, 9])],
+            upstream_ms: Some(Millis(1.5)),
+            exfil: Some("soft".into()),
+        }
+    }
+}
