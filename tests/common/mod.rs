@@ -508,12 +508,29 @@ pub fn answers(m: &Message) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// The audit log's lines, each checked against the schema
+/// (`observe::audit::schema`): it must read as a query record or an event
+/// and write back to the same JSON, so no test passes on a field the schema
+/// does not know.
 pub fn read_audit(path: &Path) -> Vec<serde_json::Value> {
+    use allowdns::observe::audit::schema::{EventLine, QueryRecord};
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
         .map(|l| {
-            serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"))
+            let v: serde_json::Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"));
+            let typed = if v.get("event").is_some() {
+                serde_json::from_str::<EventLine>(l).map(|t| serde_json::to_value(t).unwrap())
+            } else {
+                serde_json::from_str::<QueryRecord>(l).map(|t| serde_json::to_value(t).unwrap())
+            };
+            let typed = typed.unwrap_or_else(|e| panic!("audit line off the schema ({e}): {l}"));
+            assert_eq!(
+                typed, v,
+                "audit line does not round-trip through the schema: {l}"
+            );
+            v
         })
         .collect()
 }
