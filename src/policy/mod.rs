@@ -4,11 +4,14 @@
 //! Loading never stops at the first problem: every error and over-broad
 //! pattern across all files is collected with file, line and field.
 
+pub mod doh;
+pub mod exfil_limits;
 pub mod file;
 pub mod firewall;
 pub mod matcher;
 pub mod name;
 pub mod private;
+pub mod qtypes;
 pub mod special;
 pub mod zones;
 
@@ -93,7 +96,7 @@ pub struct Rule {
     /// Set for run-time grants: the reason given, for the audit log.
     pub grant: Option<Arc<str>>,
     /// Query types answered (`qtypes:`); `None`: the default for the
-    /// pattern (see [`crate::serve::exfil::qtype_allowed`]).
+    /// pattern (see [`qtypes::qtype_allowed`]).
     pub qtypes: Option<Arc<[hickory_proto::rr::RecordType]>>,
 }
 
@@ -138,7 +141,7 @@ pub struct Policy {
     /// Index of the agent's series in [`crate::observe::metrics`].
     pub metrics_slot: u16,
     /// The exfiltration budget under wildcards (`exfil:`).
-    pub exfil: crate::serve::exfil::Limits,
+    pub exfil: exfil_limits::Limits,
     matcher: Matcher,
     /// The file's name entries one by one, before merging: `effective`
     /// rebuilds from these, so a merged rule's longer-lived source comes
@@ -757,7 +760,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
     }
 
     let firewall = firewall.map(|f| compile_firewall(file, source, f, diags));
-    let exfil = compile_exfil(file, source, exfil, diags);
+    let exfil = exfil_limits::compile_exfil(file, source, exfil, diags);
     let inbound = private::inbound(file, source, &inbound, diags);
     Policy {
         metrics_slot: crate::observe::metrics::METRICS.slot_for(agent_name.trim()),
@@ -1048,7 +1051,7 @@ impl RuleBuilder {
             same_as(if old_later { &old } else { &new })
         });
         rule.expires = expires;
-        rule.qtypes = crate::serve::exfil::merge_qtypes(&rule.pattern, &old.qtypes, &new.qtypes);
+        rule.qtypes = qtypes::merge_qtypes(&rule.pattern, &old.qtypes, &new.qtypes);
         if rule.grant.is_some() {
             rule.grant = new.grant;
         }
@@ -1226,7 +1229,7 @@ fn warn_if_doh(
 ) {
     // An over-broad pattern has its own warning; this one is for the rest.
     if let Some(endpoint) =
-        crate::serve::exfil::doh_endpoint(key).filter(|_| over_broad(key).is_none())
+        doh::doh_endpoint(key).filter(|_| over_broad(key).is_none())
     {
         diags.warning(
             file,
@@ -1249,7 +1252,7 @@ fn compile_qtypes(
     diags: &mut Diagnostics,
 ) -> Option<Arc<[hickory_proto::rr::RecordType]>> {
     let list = raw.as_ref()?;
-    match crate::serve::exfil::parse_qtypes(list) {
+    match qtypes::parse_qtypes(list) {
         Ok(types) => Some(types),
         Err((value, why)) => {
             let line = locate(source, value.trim(), 0).or_else(|| locate(source, "qtypes", 0));
@@ -1262,58 +1265,6 @@ fn compile_qtypes(
             None
         }
     }
-}
-
-/// The `exfil:` section; absent means the defaults.
-fn compile_exfil(
-    file: &Path,
-    source: &str,
-    raw: Option<file::ExfilV1>,
-    diags: &mut Diagnostics,
-) -> crate::serve::exfil::Limits {
-    use crate::serve::exfil::*;
-    let Some(raw) = raw else {
-        return Limits::default();
-    };
-    let soft = raw.soft_bytes.unwrap_or(DEFAULT_SOFT_BYTES);
-    let hard = raw.hard_bytes.unwrap_or(DEFAULT_HARD_BYTES);
-    let enabled = match raw.budget.as_deref() {
-        None | Some("on") => true,
-        Some("off") => {
-            diags.warning(
-                file,
-                locate(source, "budget", 0),
-                Some("exfil.budget".into()),
-                "off: new names under wildcards may carry any amount of data out",
-            );
-            false
-        }
-        Some(other) => {
-            diags.error(
-                file,
-                locate(source, other, 0),
-                Some("exfil.budget".into()),
-                format!("'{other}' is not 'on' or 'off'"),
-            );
-            true
-        }
-    };
-    if hard == 0 || soft > hard {
-        diags.error(
-            file,
-            locate(source, "hard_bytes", 0).or_else(|| locate(source, "soft_bytes", 0)),
-            Some("exfil.hard_bytes".into()),
-            format!("must be above 0 and at least soft_bytes ({soft})"),
-        );
-    }
-    Limits::from_bytes(
-        enabled,
-        soft,
-        hard,
-        raw.drain_bytes_per_minute
-            .unwrap_or(DEFAULT_DRAIN_BYTES_PER_MIN),
-        raw.cooldown_secs.unwrap_or(DEFAULT_COOLDOWN_SECS),
-    )
 }
 
 /// Why a canonical pattern allows names an attacker can register, if it does.
