@@ -9,8 +9,9 @@ use std::time::SystemTime;
 
 use ipnet::IpNet;
 
+use super::compile::{Spot, parse_net};
 use super::matcher::{PatternKind, classify};
-use super::{Policy, Protocol, Rule, Spot, file, parse_net};
+use super::{Policy, Protocol, Rule, file};
 use crate::diagnostics::{Diagnostics, locate};
 
 /// A special-purpose range one name entry may hand out.
