@@ -380,7 +380,7 @@ fn execute(request: Request, uid: Option<u32>, handler: &Handler) -> Reply {
             }
             let pattern = match pattern_key(&name) {
                 Ok(p) => p,
-                Err(e) => return Reply::error(e),
+                Err(e) => return Reply::error(e.to_string()),
             };
             match handler.state.revoke(&agent, &pattern, uid) {
                 Ok(grant) => Reply {
@@ -405,7 +405,7 @@ fn validate_grant(
     uid: Option<u32>,
 ) -> Result<Grant, String> {
     validate_agent(agent)?;
-    let pattern = pattern_key(name)?;
+    let pattern = pattern_key(name).map_err(|e| e.to_string())?;
     if let Some(why) = crate::policy::over_broad(&pattern) {
         return Err(format!("refusing an over-broad grant: {why}"));
     }

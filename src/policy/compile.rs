@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use ipnet::IpNet;
 
 use super::breadth::{over_broad, over_broad_net};
+use super::error::PolicyError;
 use super::expiry::entry_expiry;
 use super::file::{self, PolicyFileV1, SUPPORTED_VERSIONS};
 use super::firewall::compile_firewall;
@@ -209,7 +210,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
                 file,
                 seen.spot(source, c).line(),
                 Some(format!("clients[{i}]")),
-                e,
+                e.to_string(),
             ),
         }
     }
@@ -291,7 +292,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
                 private::opt_in(at, &line, &key, private, expires, &mut opted, diags);
                 builder.name(key, false, ports, expires, qtypes);
             }
-            Err(e) => diags.error(file, line.line(), field("destination"), e),
+            Err(e) => diags.error(file, line.line(), field("destination"), e.to_string()),
         }
     }
     for (i, entry) in allowed_dynamic_resolution.iter().enumerate() {
@@ -330,7 +331,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
                 field,
                 format!("'{pattern}' is an address; list addresses under expected_outbound"),
             ),
-            Err(e) => diags.error(file, line.line(), field, e),
+            Err(e) => diags.error(file, line.line(), field, e.to_string()),
         }
     }
     // nftables interval sets refuse overlapping ranges: catch them here, with lines.
@@ -390,7 +391,7 @@ enum Destination {
     Name(String),
 }
 
-fn classify_destination(raw: &str) -> Result<Destination, String> {
+fn classify_destination(raw: &str) -> Result<Destination, PolicyError> {
     let trimmed = raw.trim();
     if let Ok(ip) = trimmed.parse::<IpAddr>() {
         return Ok(Destination::Address(IpNet::from(ip)));
@@ -402,19 +403,19 @@ fn classify_destination(raw: &str) -> Result<Destination, String> {
 }
 
 /// Parses an IP or CIDR; host bits must be zero so the author's intent is unambiguous.
-pub(super) fn parse_net(raw: &str) -> Result<IpNet, String> {
+pub(super) fn parse_net(raw: &str) -> Result<IpNet, PolicyError> {
     let raw = raw.trim();
     if let Ok(ip) = raw.parse::<IpAddr>() {
         return Ok(IpNet::from(ip));
     }
-    let net: IpNet = raw
-        .parse()
-        .map_err(|_| format!("'{raw}' is not an IP address or CIDR"))?;
+    let net: IpNet = raw.parse().map_err(|_| PolicyError::NotAnAddress {
+        raw: raw.to_string(),
+    })?;
     if net.trunc() != net {
-        return Err(format!(
-            "'{raw}' has host bits set; did you mean {}?",
-            net.trunc()
-        ));
+        return Err(PolicyError::HostBits {
+            raw: raw.to_string(),
+            network: net.trunc(),
+        });
     }
     Ok(net)
 }

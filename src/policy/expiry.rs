@@ -4,6 +4,9 @@
 use std::path::Path;
 use std::time::SystemTime;
 
+use time::format_description::well_known::Rfc3339;
+
+use super::error::PolicyError;
 use crate::diagnostics::{Diagnostics, locate};
 
 /// An entry's `expires`: `Some(None)` for none, `Some(Some(t))` for a future
@@ -33,7 +36,7 @@ pub(super) fn entry_expiry(
         }
         Ok(at) => Some(Some(at)),
         Err(e) => {
-            diags.error(file, line(), field, e);
+            diags.error(file, line(), field, e.to_string());
             None
         }
     }
@@ -41,66 +44,31 @@ pub(super) fn entry_expiry(
 
 /// Parses an RFC 3339 time: `YYYY-MM-DDTHH:MM:SS[.frac]` then `Z` or an
 /// offset `+HH:MM`/`-HH:MM` (HH <= 23, MM <= 59). `t` and `z` may be lower
-/// case, as RFC 3339 allows.
-pub fn parse_rfc3339(raw: &str) -> Result<SystemTime, String> {
+/// case, as RFC 3339 allows, and a space may stand for the `T`.
+pub fn parse_rfc3339(raw: &str) -> Result<SystemTime, PolicyError> {
     let raw = raw.trim();
-    let bad =
-        |why: &str| format!("'{raw}' is not an RFC 3339 time (like 2026-12-31T18:00:00Z): {why}");
-    let (local, east_secs) = if let Some(local) = raw.strip_suffix(['Z', 'z']) {
-        (local, 0i64)
-    } else {
-        let (local, offset) = raw
-            .len()
-            .checked_sub(6)
-            .and_then(|at| raw.split_at_checked(at))
-            .ok_or_else(|| bad("no Z or +HH:MM offset at the end"))?;
-        let b = offset.as_bytes();
-        let digit = |i: usize| b[i].is_ascii_digit();
-        let sign = match b[0] {
-            b'+' => 1,
-            b'-' => -1,
-            _ => return Err(bad("no Z or +HH:MM offset at the end")),
-        };
-        if !(digit(1) && digit(2) && b[3] == b':' && digit(4) && digit(5)) {
-            return Err(bad(&format!("offset '{offset}' is not +HH:MM or -HH:MM")));
-        }
-        let hours = i64::from((b[1] - b'0') * 10 + (b[2] - b'0'));
-        let minutes = i64::from((b[4] - b'0') * 10 + (b[5] - b'0'));
-        if hours > 23 || minutes > 59 {
-            return Err(bad(&format!("offset '{offset}' is out of range")));
-        }
-        (local, sign * (hours * 3600 + minutes * 60))
+    let bad = |why: String| PolicyError::Time {
+        raw: raw.to_string(),
+        why,
     };
-    // Date and time with optional fraction, nothing else: humantime alone
-    // would also take a `Z` or `+00:00` here, doubling the offset.
-    let b = local.as_bytes();
-    let fraction_ok = match b.get(19..) {
-        None | Some([]) => true,
-        Some([b'.', digits @ ..]) => !digits.is_empty() && digits.iter().all(u8::is_ascii_digit),
-        Some(_) => false,
-    };
-    if b.len() < 19 || !fraction_ok || !local.is_ascii() {
-        return Err(bad("expected YYYY-MM-DDTHH:MM:SS[.fraction]"));
+    // The crate takes any byte between date and time; RFC 3339 means a `T`
+    // (and its note allows a space), so a typo there is not read as one.
+    if raw
+        .as_bytes()
+        .get(10)
+        .is_some_and(|b| !matches!(b, b'T' | b't' | b' '))
+    {
+        return Err(bad("expected YYYY-MM-DDTHH:MM:SS[.fraction]".into()));
     }
-    let local = if b[10] == b't' {
-        format!("{}T{}", &local[..10], &local[11..])
-    } else {
-        local.to_string()
-    };
-    let local = humantime::parse_rfc3339_weak(&local).map_err(|e| bad(&e.to_string()))?;
-    let shift = std::time::Duration::from_secs(east_secs.unsigned_abs());
-    // East of UTC means the same local time happened earlier in UTC.
-    let utc = if east_secs >= 0 {
-        local.checked_sub(shift)
-    } else {
-        local.checked_add(shift)
-    };
-    utc.ok_or_else(|| bad("out of range"))
+    time::OffsetDateTime::parse(raw, &Rfc3339)
+        .map(SystemTime::from)
+        .map_err(|e| bad(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::parse_rfc3339;
+    use crate::policy::PolicyError;
 
     #[test]
     fn rfc3339_lower_case_and_strict_offsets() {
@@ -125,12 +93,26 @@ mod tests {
             "Z",
             "",
         ] {
-            let e = parse_rfc3339(bad).expect_err(bad);
+            let e = parse_rfc3339(bad).expect_err(bad).to_string();
             assert!(
                 e.starts_with(&format!("'{bad}' is not an RFC 3339 time")),
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn rfc3339_errors_carry_the_input() {
+        let e = parse_rfc3339(" 2026-11-30T23:00:00+0100 ").unwrap_err();
+        assert!(
+            matches!(&e, PolicyError::Time { raw, .. } if raw == "2026-11-30T23:00:00+0100"),
+            "{e:?}"
+        );
+        // A space may stand for the T, as before.
+        assert_eq!(
+            parse_rfc3339("2026-11-30 23:00:00Z"),
+            parse_rfc3339("2026-11-30T23:00:00Z")
+        );
     }
 
     #[test]

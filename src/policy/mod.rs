@@ -6,6 +6,7 @@
 //! - [`merge`]: repeated destinations, and how long a merge lasts.
 //! - [`breadth`]: over-broad patterns and ranges; public suffixes.
 //! - [`expiry`]: `expires:` times.
+//! - [`error`]: what can be wrong with one value ([`PolicyError`]).
 //! - [`qtypes`], [`doh`], [`exfil_limits`], [`private`], [`firewall`]: the
 //!   sections and checks of one entry or one policy.
 //! - [`name`], [`special`], [`zones`]: canonical names, special-purpose
@@ -18,6 +19,7 @@
 pub mod breadth;
 pub mod compile;
 pub mod doh;
+pub mod error;
 pub mod exfil_limits;
 pub mod expiry;
 pub mod file;
@@ -36,6 +38,7 @@ pub mod zones;
 pub(crate) use breadth::is_public_suffix;
 pub use breadth::{at_or_below, over_broad, registrable_domain};
 pub use compile::compile_source;
+pub use error::PolicyError;
 pub use expiry::parse_rfc3339;
 pub use load::{expand_paths, load};
 pub use model::{AddressRule, Policy, Ports, Protocol, Rule};

@@ -91,7 +91,7 @@ pub(super) fn opt_in(
         let net = match parse_net(raw) {
             Ok(net) => net,
             Err(e) => {
-                diags.error(file, at(), field, e);
+                diags.error(file, at(), field, e.to_string());
                 continue;
             }
         };
