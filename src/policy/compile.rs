@@ -12,10 +12,10 @@ use ipnet::IpNet;
 use super::breadth::{over_broad, over_broad_net};
 use super::error::PolicyError;
 use super::expiry::entry_expiry;
-use super::file::{self, PolicyFileV1, SUPPORTED_VERSIONS};
+use super::file::{self, Mode, PolicyFileV1, SUPPORTED_VERSIONS};
 use super::firewall::compile_firewall;
 use super::merge::RuleBuilder;
-use super::model::{Policy, Ports, Protocol, Rule};
+use super::model::{Policy, Ports, Rule};
 use super::{doh, exfil_limits, name, private, qtypes};
 use crate::diagnostics::{Diagnostics, locate, yaml_error};
 
@@ -168,9 +168,9 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
             "must not be empty",
         );
     }
-    let learn = match mode.as_deref() {
-        None | Some("enforce") => None,
-        Some("learn") => {
+    let learn = match mode.unwrap_or_default() {
+        Mode::Enforce => None,
+        Mode::Learn => {
             diags.warning(
                 file,
                 locate(source, "learn", 0),
@@ -189,15 +189,6 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
                 grant: None,
                 qtypes: None,
             })
-        }
-        Some(other) => {
-            diags.error(
-                file,
-                locate(source, other, 0),
-                Some("mode".into()),
-                format!("unknown mode '{other}' (expected 'enforce' or 'learn')"),
-            );
-            None
         }
     };
     let now = SystemTime::now();
@@ -233,21 +224,9 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
         else {
             continue;
         };
-        let ports = match (port, protocol.as_deref()) {
+        let ports = match (port, protocol) {
             (None, None) => None,
-            (Some(port), Some(proto)) => match proto.to_ascii_lowercase().as_str() {
-                "tcp" => Some((Protocol::Tcp, *port)),
-                "udp" => Some((Protocol::Udp, *port)),
-                _ => {
-                    diags.error(
-                        file,
-                        line.line(),
-                        field("protocol"),
-                        format!("unknown protocol '{proto}' (expected TCP or UDP)"),
-                    );
-                    None
-                }
-            },
+            (Some(port), Some(proto)) => Some((*proto, *port)),
             (Some(port), None) => {
                 diags.error(
                     file,
@@ -262,7 +241,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
                     file,
                     line.line(),
                     field("port"),
-                    format!("protocol '{proto}' needs a port"),
+                    format!("protocol '{}' needs a port", proto.as_str()),
                 );
                 None
             }

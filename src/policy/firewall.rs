@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use super::file;
 use crate::diagnostics::{Diagnostics, locate};
 
-/// The nftables address family of a table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The nftables address family of a table; `family:` in the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Family {
     Inet,
     Ip,
@@ -116,17 +117,8 @@ pub(super) fn compile_firewall(
             Path::new("/run/netns").join(&ns)
         });
     }
-    if let Some(f) = family {
-        match f.as_str() {
-            "inet" => config.family = Family::Inet,
-            "ip" => config.family = Family::Ip,
-            "ip6" => config.family = Family::Ip6,
-            _ => error(
-                "family",
-                &f,
-                format!("unknown family '{f}' (expected inet, ip or ip6)"),
-            ),
-        }
+    if let Some(family) = family {
+        config.family = family;
     }
     for (field, value, slot) in [
         ("table", table, &mut config.table),

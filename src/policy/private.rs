@@ -145,19 +145,7 @@ pub(super) fn inbound(
             diags.error(file, line, field("port"), "port 0 is not a port");
             continue;
         }
-        let protocol = match entry.protocol.to_ascii_lowercase().as_str() {
-            "tcp" => Protocol::Tcp,
-            "udp" => Protocol::Udp,
-            other => {
-                diags.error(
-                    file,
-                    locate(source, &entry.protocol, 0).or(line),
-                    field("protocol"),
-                    format!("unknown protocol '{other}' (expected TCP or UDP)"),
-                );
-                continue;
-            }
-        };
+        let protocol = entry.protocol;
         if !out.contains(&(protocol, entry.port)) {
             out.push((protocol, entry.port));
         }
