@@ -444,19 +444,16 @@ fn compile_qtypes(
     diags: &mut Diagnostics,
 ) -> Option<Arc<[hickory_proto::rr::RecordType]>> {
     let list = raw.as_ref()?;
-    match qtypes::parse_qtypes(list) {
-        Ok(types) => Some(types),
-        Err((value, why)) => {
-            let line = locate(source, value.trim(), 0).or_else(|| locate(source, "qtypes", 0));
-            let shown = if value.is_empty() {
-                why
-            } else {
-                format!("'{value}': {why}")
+    qtypes::parse_qtypes(list)
+        .map_err(|e| {
+            let at = match &e {
+                PolicyError::Qtype { raw, .. } => locate(source, raw.trim(), 0),
+                _ => None,
             };
-            diags.error(file, line, field, shown);
-            None
-        }
-    }
+            let line = at.or_else(|| locate(source, "qtypes", 0));
+            diags.error(file, line, field, e.to_string());
+        })
+        .ok()
 }
 
 #[cfg(test)]

@@ -41,4 +41,10 @@ pub enum PolicyError {
     BadCharacter { bad: char, raw: String },
     #[error("'{raw}' is longer than 253 bytes")]
     LongName { raw: String },
+    /// A `qtypes` entry that names no type allowdns answers.
+    #[error("'{raw}': {why}")]
+    Qtype { raw: String, why: &'static str },
+    /// `qtypes: []`.
+    #[error("lists no type; leave qtypes out for the default")]
+    NoQtypes,
 }

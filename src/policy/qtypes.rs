@@ -7,6 +7,7 @@ use std::sync::Arc;
 use hickory_proto::rr::RecordType;
 
 use super::Rule;
+use super::error::PolicyError;
 
 /// What a wildcard answers when its entry lists no `qtypes`.
 pub const ADDRESS_TYPES: [RecordType; 5] = [
@@ -33,37 +34,37 @@ pub fn qtype_allowed(rule: &Rule, qtype: RecordType) -> bool {
 
 /// Parses a `qtypes` list: type names (`TXT`, `NULL`, `ANY`, ...) or
 /// `TYPEnnn`. An error names the offending entry.
-pub fn parse_qtypes(list: &[String]) -> Result<Arc<[RecordType]>, (String, String)> {
+pub fn parse_qtypes(list: &[String]) -> Result<Arc<[RecordType]>, PolicyError> {
     let mut types = Vec::with_capacity(list.len());
     for raw in list {
+        let bad = |why| PolicyError::Qtype {
+            raw: raw.clone(),
+            why,
+        };
         let upper = raw.trim().to_ascii_uppercase();
         let parsed = match upper.strip_prefix("TYPE") {
             Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => n
                 .parse::<u16>()
                 .map(RecordType::from)
-                .map_err(|_| "TYPEnnn needs a number up to 65535".to_string()),
+                .map_err(|_| bad("TYPEnnn needs a number up to 65535")),
             _ => upper
                 .parse::<RecordType>()
-                .map_err(|_| "unknown record type (use a name like TXT or TYPE65300)".to_string())
+                .map_err(|_| bad("unknown record type (use a name like TXT or TYPE65300)"))
                 .and_then(|t| match t {
-                    RecordType::Unknown(_) => Err("unknown record type".to_string()),
+                    RecordType::Unknown(_) => Err(bad("unknown record type")),
                     t => Ok(t),
                 }),
         };
-        match parsed {
-            Ok(RecordType::AXFR | RecordType::IXFR) => {
-                return Err((raw.clone(), "zone transfers are never answered".into()));
+        match parsed? {
+            RecordType::AXFR | RecordType::IXFR => {
+                return Err(bad("zone transfers are never answered"));
             }
-            Ok(t) if !types.contains(&t) => types.push(t),
-            Ok(_) => {}
-            Err(why) => return Err((raw.clone(), why)),
+            t if !types.contains(&t) => types.push(t),
+            _ => {}
         }
     }
     if types.is_empty() {
-        return Err((
-            String::new(),
-            "lists no type; leave qtypes out for the default".into(),
-        ));
+        return Err(PolicyError::NoQtypes);
     }
     Ok(types.into())
 }
@@ -109,7 +110,14 @@ mod tests {
             ]
         );
         assert!(parse_qtypes(&["BOGUS".into()]).is_err());
-        assert!(parse_qtypes(&["AXFR".into()]).is_err());
+        assert_eq!(
+            parse_qtypes(&["TXT".into(), "axfr".into()]),
+            Err(PolicyError::Qtype {
+                raw: "axfr".into(),
+                why: "zone transfers are never answered"
+            })
+        );
+        assert_eq!(parse_qtypes(&[]), Err(PolicyError::NoQtypes));
         let m = merge_qtypes("*.x.test", &Some(t), &None).unwrap();
         assert!(m.contains(&RecordType::A) && m.contains(&RecordType::TXT));
         assert_eq!(
