@@ -390,3 +390,21 @@ fn sub_key_line(lines: &[&str], at: usize, sub: &str) -> Option<usize> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::field_line;
+
+    #[test]
+    fn field_lines_reach_keys_inside_entries_and_sections() {
+        let src = "agent_name: a\nexpected_outbound:\n  - destination: x.test\n    port: 1\n  - protocol: tcpp\n    destination: y.test\n    port: x\nfirewall:\n  # the sets\n  family: inet4\n";
+        assert_eq!(field_line(src, "expected_outbound"), Some(2));
+        assert_eq!(field_line(src, "expected_outbound[1]"), Some(5));
+        assert_eq!(field_line(src, "expected_outbound[1].protocol"), Some(5));
+        assert_eq!(field_line(src, "expected_outbound[1].port"), Some(7));
+        // Not inside the entry: the entry's own line, never the next one's.
+        assert_eq!(field_line(src, "expected_outbound[0].protocol"), Some(3));
+        assert_eq!(field_line(src, "firewall.family"), Some(10));
+        assert_eq!(field_line(src, "clients"), None);
+    }
+}
