@@ -511,7 +511,8 @@ fn after_the_first_shape_error_every_other_error_is_reported_with_its_line() {
     let want = [
         "many.yaml:4: expected_outbound[0]: unknown field `prot`",
         "many.yaml:5: expected_outbound[1].destination: empty label in 'bad..name'",
-        "many.yaml:6: expected_outbound[2]: invalid type: string \"x\", expected u16",
+        // The field inside the entry, on its own line.
+        "many.yaml:7: expected_outbound[2].port: invalid type: string \"x\", expected u16",
         "many.yaml:9: unknown field `bogus`",
     ];
     assert_eq!(errors.len(), want.len(), "{out}");

@@ -185,3 +185,41 @@ fn registry_suffixes_warn_and_bad_offsets_name_the_value() {
         "lower case t and z are RFC 3339:\n{stderr}"
     );
 }
+
+#[test]
+fn choices_name_file_line_field_and_the_valid_values() {
+    let dir = TempDir::new("check-choices");
+    let policy = dir.write(
+        "p.yaml",
+        "agent_name: a\nmode: lurn\nexpected_outbound:\n  - destination: \"bad..name\"\n  - destination: ok.example\n    port: 443\n    protocol: tcpp\nfirewall:\n  family: inet4\ninbound:\n  - port: 80\n    protocol: Udp\n  - protocol: sctp\n    port: 81\n",
+    );
+    let (code, _, stderr) = check(&["--policy", policy.to_str().unwrap(), "--upstream", "none"]);
+    assert_eq!(code, 1, "{stderr}");
+    let p = policy.display().to_string();
+    // The first from the parser, the rest salvaged: every one with its line.
+    for want in [
+        format!("error: {p}:2: mode: unknown variant `lurn`, expected `enforce` or `learn`"),
+        format!("error: {p}:4: expected_outbound[0].destination: empty label in 'bad..name'"),
+        format!(
+            "error: {p}:7: expected_outbound[1].protocol: unknown variant `tcpp`, expected `TCP` or `UDP`"
+        ),
+        format!(
+            "error: {p}:9: firewall.family: unknown variant `inet4`, expected one of `inet`, `ip`, `ip6`"
+        ),
+        format!(
+            "error: {p}:13: inbound[1].protocol: unknown variant `sctp`, expected `TCP` or `UDP`"
+        ),
+    ] {
+        assert!(stderr.contains(&want), "missing {want:?} in:\n{stderr}");
+    }
+    assert_eq!(stderr.matches("error:").count(), 5, "{stderr}");
+
+    // Positive control: the valid spellings load, protocols in any case.
+    let good = dir.write(
+        "good.yaml",
+        "agent_name: a\nmode: learn\nexpected_outbound:\n  - destination: ok.example\n    port: 443\n    protocol: Tcp\ninbound:\n  - port: 80\n    protocol: udp\n",
+    );
+    let (code, stdout, stderr) = check(&["--policy", good.to_str().unwrap(), "--upstream", "none"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stderr.contains("mode: learn:"), "{stderr}");
+}

@@ -4,7 +4,10 @@
 //! compilation into the matcher happen in [`super::compile`], so the format can
 //! gain versions without the resolver noticing.
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+
+use super::firewall::Family;
+use super::model::Protocol;
 
 /// The policy format versions this build reads.
 pub const SUPPORTED_VERSIONS: &[u32] = &[1];
@@ -25,7 +28,7 @@ pub struct PolicyFileV1 {
     /// `enforce` (default) denies unlisted names; `learn` resolves them
     /// anyway and audits them as `would_deny` (the observation period).
     #[serde(default)]
-    pub mode: Option<String>,
+    pub mode: Option<Mode>,
     /// Destinations the agent is expected to reach: names, patterns, IPs, CIDRs.
     #[serde(default)]
     pub expected_outbound: Vec<OutboundV1>,
@@ -43,13 +46,47 @@ pub struct PolicyFileV1 {
     pub inbound: Vec<InboundV1>,
 }
 
+/// What a policy does with names outside its allowlist (`mode:`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Deny them (NXDOMAIN and an alert).
+    #[default]
+    Enforce,
+    /// Resolve them anyway and audit them as `would_deny`.
+    Learn,
+}
+
+/// `TCP` or `UDP`, in any case: the seed format writes them upper case.
+/// Decided inside the scalar's visit, so the parser's error names its line
+/// and field path.
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Choice;
+        impl serde::de::Visitor<'_> for Choice {
+            type Value = Protocol;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("TCP or UDP")
+            }
+            fn visit_str<E: serde::de::Error>(self, raw: &str) -> Result<Protocol, E> {
+                match raw.to_ascii_lowercase().as_str() {
+                    "tcp" => Ok(Protocol::Tcp),
+                    "udp" => Ok(Protocol::Udp),
+                    _ => Err(E::unknown_variant(raw, &["TCP", "UDP"])),
+                }
+            }
+        }
+        deserializer.deserialize_str(Choice)
+    }
+}
+
 /// One `inbound` entry: a port the agent may listen on for the outside.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InboundV1 {
     pub port: u16,
     /// `TCP` or `UDP`.
-    pub protocol: String,
+    pub protocol: Protocol,
 }
 
 /// The `exfil:` section (docs/exfiltration.md); every key has a default.
@@ -78,7 +115,7 @@ pub struct FirewallV1 {
     pub netns: Option<String>,
     /// `inet` (default), `ip` or `ip6`.
     #[serde(default)]
-    pub family: Option<String>,
+    pub family: Option<Family>,
     #[serde(default)]
     pub table: Option<String>,
     #[serde(default)]
@@ -109,7 +146,7 @@ pub struct OutboundV1 {
     pub port: Option<u16>,
     /// `TCP` or `UDP`; goes with `port`.
     #[serde(default)]
-    pub protocol: Option<String>,
+    pub protocol: Option<Protocol>,
     /// Free text for humans; carried into `check` output, never interpreted.
     #[serde(default)]
     pub purpose: Option<String>,
@@ -225,8 +262,25 @@ fn one<T: serde::de::DeserializeOwned>(
     key: &str,
     errors: &mut Vec<(String, String)>,
 ) -> Option<T> {
-    serde_yaml::from_value(value)
-        .map_err(|e| errors.push((key.to_string(), e.to_string())))
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| {
+            // The path inside the value: `protocol` under `expected_outbound[1]`.
+            let message = e.inner().to_string();
+            let mut inner = e.path().to_string();
+            // An unknown key is the container's error, as serde reports it.
+            if message.starts_with("unknown field `") {
+                inner = inner
+                    .rsplit_once('.')
+                    .map_or(".", |(parent, _)| parent)
+                    .into();
+            }
+            let field = match inner.as_str() {
+                "." => key.to_string(),
+                inner if inner.starts_with('[') => format!("{key}{inner}"),
+                inner => format!("{key}.{inner}"),
+            };
+            errors.push((field, message))
+        })
         .ok()
 }
 
@@ -255,21 +309,37 @@ fn list<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// The 1-based line of a salvage error's field: `key` at the top level, or
-/// the `i`th block-list entry under it (`key[i]`); `None` if not found.
+/// The 1-based line of a salvage error's field: `key` at the top level, the
+/// `i`th block-list entry under it (`key[i]`), and a key inside either
+/// (`key[i].sub`, `key.sub`); the nearest enclosing line found otherwise,
+/// `None` if not even `key` is.
 pub fn field_line(source: &str, field: &str) -> Option<usize> {
-    let (key, index) = match field.split_once('[') {
-        Some((key, rest)) => (key, rest.trim_end_matches(']').parse::<usize>().ok()),
+    let (head, sub) = match field.split_once('.') {
+        Some((head, sub)) => (head, Some(sub)),
         None => (field, None),
+    };
+    let (key, index) = match head.split_once('[') {
+        Some((key, rest)) => (key, rest.trim_end_matches(']').parse::<usize>().ok()),
+        None => (head, None),
     };
     let lines: Vec<&str> = source.lines().collect();
     let at = lines.iter().position(|l| {
         l.strip_prefix(key)
             .is_some_and(|rest| rest.trim_start().starts_with(':'))
     })?;
-    let Some(index) = index else {
-        return Some(at + 1);
+    let found = match index {
+        None => at,
+        Some(index) => entry_line(&lines, at, index).unwrap_or(at),
     };
+    let Some(sub) = sub else {
+        return Some(found + 1);
+    };
+    let sub = sub.split(['.', '[']).next().unwrap_or(sub);
+    Some(sub_key_line(&lines, found, sub).unwrap_or(found) + 1)
+}
+
+/// The 0-based line of the `index`th block-list entry under the key on line `at`.
+fn entry_line(lines: &[&str], at: usize, index: usize) -> Option<usize> {
     let mut item_indent = None;
     let mut seen = 0;
     for (n, line) in lines.iter().enumerate().skip(at + 1) {
@@ -284,10 +354,57 @@ pub fn field_line(source: &str, field: &str) -> Option<usize> {
         let item = body.starts_with("- ") || body == "-";
         if item && *item_indent.get_or_insert(indent) == indent {
             if seen == index {
-                return Some(n + 1);
+                return Some(n);
             }
             seen += 1;
         }
     }
-    Some(at + 1)
+    None
+}
+
+/// The 0-based line of `sub:` inside the block that starts on line `at` (a
+/// list entry `- a: ..` or a `key:` line), if written there.
+fn sub_key_line(lines: &[&str], at: usize, sub: &str) -> Option<usize> {
+    let is_sub = |body: &str| {
+        let body = body.strip_prefix("- ").unwrap_or(body).trim_start();
+        body.strip_prefix(sub)
+            .is_some_and(|rest| rest.trim_start().starts_with(':'))
+    };
+    let first = lines.get(at)?;
+    let indent_of = |line: &str| line.len() - line.trim_start().len();
+    let block_indent = indent_of(first);
+    if is_sub(first.trim_start()) {
+        return Some(at);
+    }
+    for (n, line) in lines.iter().enumerate().skip(at + 1) {
+        let body = line.trim_start();
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        if indent_of(line) <= block_indent {
+            break;
+        }
+        if is_sub(body) {
+            return Some(n);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field_line;
+
+    #[test]
+    fn field_lines_reach_keys_inside_entries_and_sections() {
+        let src = "agent_name: a\nexpected_outbound:\n  - destination: x.test\n    port: 1\n  - protocol: tcpp\n    destination: y.test\n    port: x\nfirewall:\n  # the sets\n  family: inet4\n";
+        assert_eq!(field_line(src, "expected_outbound"), Some(2));
+        assert_eq!(field_line(src, "expected_outbound[1]"), Some(5));
+        assert_eq!(field_line(src, "expected_outbound[1].protocol"), Some(5));
+        assert_eq!(field_line(src, "expected_outbound[1].port"), Some(7));
+        // Not inside the entry: the entry's own line, never the next one's.
+        assert_eq!(field_line(src, "expected_outbound[0].protocol"), Some(3));
+        assert_eq!(field_line(src, "firewall.family"), Some(10));
+        assert_eq!(field_line(src, "clients"), None);
+    }
 }

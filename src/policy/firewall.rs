@@ -1,10 +1,14 @@
 //! The policy's `firewall:` section: where this agent's nftables sets live
-//! and how long their elements last. Data only; `fence/` acts on it.
+//! and how long their elements last. Data only (and its validation); `fence/` acts on it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// The nftables address family of a table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+use super::file;
+use crate::diagnostics::{Diagnostics, locate};
+
+/// The nftables address family of a table; `family:` in the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Family {
     Inet,
     Ip,
@@ -69,4 +73,98 @@ impl FirewallConfig {
         );
         format!("table {} {} in {ns}", self.family.as_str(), self.table)
     }
+}
+
+/// The `firewall:` section, validated; every key not given keeps its default.
+pub(super) fn compile_firewall(
+    file: &Path,
+    source: &str,
+    raw: file::FirewallV1,
+    diags: &mut Diagnostics,
+) -> FirewallConfig {
+    let file::FirewallV1 {
+        netns,
+        family,
+        table,
+        set_v4,
+        set_v6,
+        set_v4_ports,
+        set_v6_ports,
+        min_ttl,
+        max_ttl,
+        grace,
+    } = raw;
+    let mut config = FirewallConfig::with_defaults();
+    let mut error = |field: &str, value: &str, message: String| {
+        diags.error(
+            file,
+            locate(source, value, 0),
+            Some(format!("firewall.{field}")),
+            message,
+        );
+    };
+    if let Some(ns) = netns {
+        if ns.contains('/') && !ns.starts_with('/') {
+            error(
+                "netns",
+                &ns,
+                format!("'{ns}' is neither a name under /run/netns nor an absolute path"),
+            );
+        }
+        config.netns = Some(if ns.starts_with('/') {
+            PathBuf::from(&ns)
+        } else {
+            Path::new("/run/netns").join(&ns)
+        });
+    }
+    if let Some(family) = family {
+        config.family = family;
+    }
+    for (field, value, slot) in [
+        ("table", table, &mut config.table),
+        ("set_v4", set_v4, &mut config.set_v4),
+        ("set_v6", set_v6, &mut config.set_v6),
+        ("set_v4_ports", set_v4_ports, &mut config.set_v4_ports),
+        ("set_v6_ports", set_v6_ports, &mut config.set_v6_ports),
+    ] {
+        let Some(value) = value else { continue };
+        let valid = value.len() <= 64
+            && value
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic())
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if valid {
+            *slot = value;
+        } else {
+            error(
+                field,
+                &value,
+                format!("'{value}' is not an nftables identifier (letters, digits, _ and -)"),
+            );
+        }
+    }
+    config.min_ttl = min_ttl.unwrap_or(config.min_ttl);
+    config.max_ttl = max_ttl.unwrap_or(config.max_ttl);
+    config.grace = grace.unwrap_or(config.grace);
+    if config.min_ttl > config.max_ttl {
+        error(
+            "min_ttl",
+            "min_ttl",
+            format!(
+                "min_ttl {} is above max_ttl {}",
+                config.min_ttl, config.max_ttl
+            ),
+        );
+    }
+    if config.max_ttl == 0 && config.grace == 0 {
+        error(
+            "grace",
+            "grace",
+            "max_ttl and grace are both 0: elements would never live".into(),
+        );
+    }
+    config
 }

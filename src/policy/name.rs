@@ -6,6 +6,8 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use hickory_proto::rr::Name;
 
+use super::error::PolicyError;
+
 /// Bytes a query label may contain and still be matched. Anything else (a dot
 /// inside a label, a backslash, binary) cannot be spelled in a policy, so the
 /// name is denied rather than risk two names sharing one spelling.
@@ -127,49 +129,51 @@ impl PolicyId {
 ///
 /// `*` and `?` are kept (they are wildmatch globs); every other character must
 /// be valid in a host name once Unicode labels are converted to A-labels.
-pub fn pattern_key(raw: &str) -> Result<String, String> {
+pub fn pattern_key(raw: &str) -> Result<String, PolicyError> {
     let trimmed = raw.trim();
     let trimmed = trimmed.strip_suffix('.').unwrap_or(trimmed);
+    let raw = || raw.to_string();
     if trimmed.is_empty() {
-        return Err("empty name".into());
+        return Err(PolicyError::EmptyName { raw: raw() });
     }
     let mut labels = Vec::new();
     for label in trimmed.split('.') {
         if label.is_empty() {
-            return Err(format!("empty label in '{raw}'"));
+            return Err(PolicyError::EmptyLabel { raw: raw() });
         }
         let label = if label.is_ascii() {
             label.to_ascii_lowercase()
         } else if label.contains(['*', '?']) {
-            return Err(format!(
-                "label '{label}' in '{raw}' mixes a wildcard with non-ASCII characters; \
-                 write it in A-label (xn--) form"
-            ));
+            return Err(PolicyError::WildcardIdn {
+                label: label.to_string(),
+                raw: raw(),
+            });
         } else {
-            let name = Name::from_utf8(label)
-                .map_err(|e| format!("label '{label}' in '{raw}' is not a valid IDN: {e}"))?;
+            let name = Name::from_utf8(label).map_err(|e| PolicyError::BadIdn {
+                label: label.to_string(),
+                raw: raw(),
+                why: e.to_string(),
+            })?;
             let ascii = name.to_ascii();
             ascii.trim_end_matches('.').to_ascii_lowercase()
         };
         if label.len() > 63 {
-            return Err(format!(
-                "label '{label}' in '{raw}' is longer than 63 bytes"
-            ));
+            return Err(PolicyError::LongLabel { label, raw: raw() });
         }
         if let Some(bad) = label
             .bytes()
             .find(|&b| !is_label_byte(b) && b != b'*' && b != b'?')
         {
-            return Err(format!(
-                "character '{}' is not allowed in a name ('{raw}')",
-                bad as char
-            ));
+            return Err(PolicyError::BadCharacter {
+                bad: bad as char,
+                raw: raw(),
+            });
         }
         labels.push(label);
     }
     let key = labels.join(".");
     if key.len() > 253 {
-        return Err(format!("'{raw}' is longer than 253 bytes"));
+        return Err(PolicyError::LongName { raw: raw() });
     }
     Ok(key)
 }
@@ -221,7 +225,10 @@ mod tests {
             "xn--bcher-kva.example"
         );
         assert_eq!(pattern_key("*.Example.com").unwrap(), "*.example.com");
-        assert!(pattern_key("a..b").is_err());
+        assert_eq!(
+            pattern_key("a..b"),
+            Err(PolicyError::EmptyLabel { raw: "a..b".into() })
+        );
         assert!(pattern_key("a b.com").is_err());
         assert!(pattern_key("*ü.com").is_err());
         assert!(pattern_key("").is_err());

@@ -9,8 +9,9 @@ use std::time::SystemTime;
 
 use ipnet::IpNet;
 
+use super::compile::{Spot, parse_net};
 use super::matcher::{PatternKind, classify};
-use super::{Policy, Protocol, Rule, Spot, file, parse_net};
+use super::{Policy, Protocol, Rule, file};
 use crate::diagnostics::{Diagnostics, locate};
 
 /// A special-purpose range one name entry may hand out.
@@ -90,7 +91,7 @@ pub(super) fn opt_in(
         let net = match parse_net(raw) {
             Ok(net) => net,
             Err(e) => {
-                diags.error(file, at(), field, e);
+                diags.error(file, at(), field, e.to_string());
                 continue;
             }
         };
@@ -144,19 +145,7 @@ pub(super) fn inbound(
             diags.error(file, line, field("port"), "port 0 is not a port");
             continue;
         }
-        let protocol = match entry.protocol.to_ascii_lowercase().as_str() {
-            "tcp" => Protocol::Tcp,
-            "udp" => Protocol::Udp,
-            other => {
-                diags.error(
-                    file,
-                    locate(source, &entry.protocol, 0).or(line),
-                    field("protocol"),
-                    format!("unknown protocol '{other}' (expected TCP or UDP)"),
-                );
-                continue;
-            }
-        };
+        let protocol = entry.protocol;
         if !out.contains(&(protocol, entry.port)) {
             out.push((protocol, entry.port));
         }

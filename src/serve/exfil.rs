@@ -28,202 +28,16 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hickory_proto::rr::{Name, RecordType};
 
-use crate::policy::Rule;
+pub use crate::policy::exfil_limits::{
+    DEFAULT_COOLDOWN_SECS, DEFAULT_DRAIN_BYTES_PER_MIN, DEFAULT_HARD_BYTES, DEFAULT_SOFT_BYTES,
+    Limits,
+};
 use crate::policy::name::QueryKey;
-
-/// What a wildcard answers when its entry lists no `qtypes`.
-pub const ADDRESS_TYPES: [RecordType; 5] = [
-    RecordType::A,
-    RecordType::AAAA,
-    RecordType::CNAME,
-    RecordType::HTTPS,
-    RecordType::SVCB,
-];
-
-/// Whether a pattern (canonical key) is a wildcard or glob rather than one name.
-pub fn is_wildcard(pattern: &str) -> bool {
-    pattern.contains(['*', '?'])
-}
-
-/// Whether `rule` answers `qtype`: its `qtypes` if listed, else address
-/// types for wildcards and every type for exact names.
-pub fn qtype_allowed(rule: &Rule, qtype: RecordType) -> bool {
-    match &rule.qtypes {
-        Some(listed) => listed.contains(&qtype),
-        None => !is_wildcard(&rule.pattern) || ADDRESS_TYPES.contains(&qtype),
-    }
-}
-
-/// Parses a `qtypes` list: type names (`TXT`, `NULL`, `ANY`, ...) or
-/// `TYPEnnn`. An error names the offending entry.
-pub fn parse_qtypes(list: &[String]) -> Result<Arc<[RecordType]>, (String, String)> {
-    let mut types = Vec::with_capacity(list.len());
-    for raw in list {
-        let upper = raw.trim().to_ascii_uppercase();
-        let parsed = match upper.strip_prefix("TYPE") {
-            Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => n
-                .parse::<u16>()
-                .map(RecordType::from)
-                .map_err(|_| "TYPEnnn needs a number up to 65535".to_string()),
-            _ => upper
-                .parse::<RecordType>()
-                .map_err(|_| "unknown record type (use a name like TXT or TYPE65300)".to_string())
-                .and_then(|t| match t {
-                    RecordType::Unknown(_) => Err("unknown record type".to_string()),
-                    t => Ok(t),
-                }),
-        };
-        match parsed {
-            Ok(RecordType::AXFR | RecordType::IXFR) => {
-                return Err((raw.clone(), "zone transfers are never answered".into()));
-            }
-            Ok(t) if !types.contains(&t) => types.push(t),
-            Ok(_) => {}
-            Err(why) => return Err((raw.clone(), why)),
-        }
-    }
-    if types.is_empty() {
-        return Err((
-            String::new(),
-            "lists no type; leave qtypes out for the default".into(),
-        ));
-    }
-    Ok(types.into())
-}
-
-/// The `qtypes` of two entries for the same pattern, merged: what either answers.
-pub fn merge_qtypes(
-    pattern: &str,
-    a: &Option<Arc<[RecordType]>>,
-    b: &Option<Arc<[RecordType]>>,
-) -> Option<Arc<[RecordType]>> {
-    let default: &[RecordType] = if is_wildcard(pattern) {
-        &ADDRESS_TYPES
-    } else {
-        return None; // an exact entry without a list answers everything
-    };
-    let (a, b) = match (a, b) {
-        (None, None) => return None,
-        (Some(a), Some(b)) => (&a[..], &b[..]),
-        (Some(a), None) | (None, Some(a)) => (&a[..], default),
-    };
-    let mut out: Vec<RecordType> = a.to_vec();
-    for t in b {
-        if !out.contains(t) {
-            out.push(*t);
-        }
-    }
-    Some(out.into())
-}
-
-/// Well-known DNS-over-HTTPS/TLS endpoints: allowing one lets the agent
-/// resolve anything past the policy, over an encrypted channel.
-pub const DOH_ENDPOINTS: &[&str] = &[
-    "dns.google",
-    "dns.google.com",
-    "dns64.dns.google",
-    "8888.google",
-    "cloudflare-dns.com",
-    "one.one.one.one",
-    "1dot1dot1dot1.cloudflare-dns.com",
-    "security.cloudflare-dns.com",
-    "family.cloudflare-dns.com",
-    "mozilla.cloudflare-dns.com",
-    "chrome.cloudflare-dns.com",
-    "dns.quad9.net",
-    "dns9.quad9.net",
-    "dns10.quad9.net",
-    "dns11.quad9.net",
-    "doh.opendns.com",
-    "dns.opendns.com",
-    "doh.familyshield.opendns.com",
-    "dns.adguard.com",
-    "dns.adguard-dns.com",
-    "unfiltered.adguard-dns.com",
-    "family.adguard-dns.com",
-    "dns.nextdns.io",
-    "doh.cleanbrowsing.org",
-    "doh.dns.sb",
-    "dns.controld.com",
-    "freedns.controld.com",
-    "doh.mullvad.net",
-    "dns.mullvad.net",
-    "base.dns.mullvad.net",
-    "dns.alidns.com",
-    "doh.pub",
-    "dns.twnic.tw",
-    "doh.libredns.gr",
-    "dns.switch.ch",
-    "odvr.nic.cz",
-    "ordns.he.net",
-    "doh.xfinity.com",
-    "dns0.eu",
-    "zero.dns0.eu",
-];
-
-/// The first well-known DoH/DoT endpoint a canonical pattern allows.
-pub fn doh_endpoint(key: &str) -> Option<&'static str> {
-    if is_wildcard(key) {
-        let glob = wildmatch::WildMatch::new(key);
-        DOH_ENDPOINTS.iter().copied().find(|e| glob.matches(e))
-    } else {
-        DOH_ENDPOINTS.iter().copied().find(|e| *e == key)
-    }
-}
-
-/// A policy's budget (`exfil:`). Sizes are in bits of estimated information.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Limits {
-    /// `budget: off` turns the budget (not the qtype filter) off.
-    pub enabled: bool,
-    pub soft_bits: f32,
-    pub hard_bits: f32,
-    /// How fast a domain's charge drains.
-    pub drain_bits_per_sec: f32,
-    /// How long new names stay refused once the hard limit is hit.
-    pub cooldown: Duration,
-}
-
-/// Defaults, in bytes: well above the committed corpus of hard legitimate
-/// names (tests/data/legit-names.txt), well below a useful tunnel.
-pub const DEFAULT_SOFT_BYTES: u32 = 8 * 1024;
-pub const DEFAULT_HARD_BYTES: u32 = 16 * 1024;
-pub const DEFAULT_DRAIN_BYTES_PER_MIN: u32 = 480;
-pub const DEFAULT_COOLDOWN_SECS: u32 = 600;
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits::from_bytes(
-            true,
-            DEFAULT_SOFT_BYTES,
-            DEFAULT_HARD_BYTES,
-            DEFAULT_DRAIN_BYTES_PER_MIN,
-            DEFAULT_COOLDOWN_SECS,
-        )
-    }
-}
-
-impl Limits {
-    pub fn from_bytes(
-        enabled: bool,
-        soft: u32,
-        hard: u32,
-        drain_per_min: u32,
-        cooldown: u32,
-    ) -> Self {
-        Limits {
-            enabled,
-            soft_bits: soft as f32 * 8.0,
-            hard_bits: hard as f32 * 8.0,
-            drain_bits_per_sec: drain_per_min as f32 * 8.0 / 60.0,
-            cooldown: Duration::from_secs(u64::from(cooldown)),
-        }
-    }
-}
+pub use crate::policy::qtypes::{is_wildcard, qtype_allowed};
 
 /// What the budget says about one question.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -838,7 +652,7 @@ mod tests {
             charge(&b, &limits, &format!("{i:0>50}.x.test"));
         }
         assert_eq!(charge(&b, &limits, "fresh000.x.test"), Verdict::Deny);
-        std::thread::sleep(Duration::from_millis(1300));
+        std::thread::sleep(std::time::Duration::from_millis(1300));
         assert!(matches!(
             charge(&b, &limits, "fresh123.x.test"),
             Verdict::Pass(false)
@@ -999,38 +813,5 @@ mod tests {
         eprintln!("reused labels: {before} bytes before, {after} after (hard {HARD})");
         assert!(before > 2.0 * HARD, "positive control: {before}");
         assert!(after < HARD, "{after}");
-    }
-
-    #[test]
-    fn qtypes_parse_and_merge() {
-        let t = parse_qtypes(&["txt".into(), "TYPE65300".into(), "NULL".into()]).unwrap();
-        assert_eq!(
-            &*t,
-            &[
-                RecordType::TXT,
-                RecordType::Unknown(65300),
-                RecordType::NULL
-            ]
-        );
-        assert!(parse_qtypes(&["BOGUS".into()]).is_err());
-        assert!(parse_qtypes(&["AXFR".into()]).is_err());
-        let m = merge_qtypes("*.x.test", &Some(t), &None).unwrap();
-        assert!(m.contains(&RecordType::A) && m.contains(&RecordType::TXT));
-        assert_eq!(
-            merge_qtypes("x.test", &None, &Some([RecordType::TXT].into())),
-            None
-        );
-    }
-
-    #[test]
-    fn doh_endpoints_are_found_under_patterns() {
-        assert_eq!(doh_endpoint("dns.google"), Some("dns.google"));
-        assert_eq!(doh_endpoint("*.google"), Some("dns.google"));
-        assert_eq!(
-            doh_endpoint("*.cloudflare-dns.com"),
-            Some("1dot1dot1dot1.cloudflare-dns.com")
-        );
-        assert_eq!(doh_endpoint("www.google.com"), None);
-        assert_eq!(doh_endpoint("*.example.com"), None);
     }
 }

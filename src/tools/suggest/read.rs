@@ -527,7 +527,7 @@ pub(super) fn policy_name(qname: &str) -> Result<String, Unusable> {
         return Err(Unusable::Address);
     }
     // Logs are lower case A-labels already; hand-edited ones may not be.
-    let key = policy::name::pattern_key(qname).map_err(Unusable::Unwritable)?;
+    let key = policy::name::pattern_key(qname).map_err(|e| Unusable::Unwritable(e.to_string()))?;
     if reads_as_address(&key) {
         return Err(Unusable::NumericLabel);
     }
