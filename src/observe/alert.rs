@@ -13,6 +13,11 @@
 //! With `alerts.notify` configured, the same lock also feeds the per-agent
 //! threshold tracker ([`crate::observe::delivery::threshold`]); the printing thread
 //! hands what it raises to [`Delivery`], whose sinks send off this thread.
+//!
+//! Stripped answers and exfiltration marks are security events of their own:
+//! each has its own tracker that notifies on the first event (threshold 0)
+//! and then once per window while they go on. Exfiltration marks print
+//! nothing here: the budget logs them itself (rate-limited) when it decides.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -24,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 use hickory_proto::rr::{Name, RecordType};
 
 use crate::observe::audit::display_name;
-use crate::observe::delivery::threshold::{Lookup, Raised, Thresholds};
+use crate::observe::delivery::threshold::{Kind, Lookup, Raised, Threshold, Thresholds, What};
 use crate::observe::delivery::{Delivery, DeliveryStats, NotifySettings};
 use crate::observe::worker::Worker;
 
@@ -56,6 +61,18 @@ pub struct Stripped {
     pub addresses: Vec<IpAddr>,
 }
 
+/// A question the exfiltration budget marked or refused (docs/exfiltration.md).
+#[derive(Debug)]
+pub struct Exfil {
+    pub ts: SystemTime,
+    pub agent: Arc<str>,
+    pub client: SocketAddr,
+    pub qname: Name,
+    pub qtype: RecordType,
+    /// The audit mark: `soft`, `budget` or `qtype`.
+    pub mark: &'static str,
+}
+
 /// Stripped answers, aggregated per client like denials, in windows of their own.
 #[derive(Default)]
 struct Strips {
@@ -82,6 +99,10 @@ struct State {
     /// Per-agent notification thresholds, when `alerts.notify` is set.
     thresholds: Option<Thresholds>,
     strips: Strips,
+    /// Notification trackers for stripped answers and exfiltration marks,
+    /// when `alerts.notify` is set.
+    stripped_notify: Option<Thresholds>,
+    exfil_notify: Option<Thresholds>,
 }
 
 struct Shared {
@@ -123,9 +144,22 @@ impl Alerts {
         notify: Option<NotifySettings>,
         mut out: Box<dyn Write + Send>,
     ) -> Alerts {
+        // A security event notifies on its first occurrence, then at most
+        // once per window: the configured window, a count of 0.
+        let security = |kind| {
+            notify.as_ref().map(|n| {
+                let threshold = Threshold {
+                    count: 0,
+                    window: n.threshold.window,
+                };
+                Thresholds::of(kind, threshold)
+            })
+        };
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 thresholds: notify.as_ref().map(|n| Thresholds::new(n.threshold)),
+                stripped_notify: security(Kind::Stripped),
+                exfil_notify: security(Kind::Exfil),
                 ..State::default()
             }),
             window,
@@ -195,6 +229,7 @@ impl Alerts {
                     client: ip,
                     qname,
                     qtype,
+                    what: Vec::new(),
                 };
                 wake |= thresholds.record(now, &agent, lookup);
             }
@@ -204,6 +239,7 @@ impl Alerts {
                     client: ip,
                     qname: event.qname.clone(),
                     qtype: event.qtype,
+                    what: Vec::new(),
                 };
                 wake |= thresholds.record(now, &event.agent, lookup);
                 state.pending.push(event);
@@ -223,6 +259,16 @@ impl Alerts {
         let now = Instant::now();
         let ip = event.client.ip();
         let mut guard = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let notified = guard.stripped_notify.as_mut().is_some_and(|t| {
+            let lookup = Lookup {
+                ts: event.ts,
+                client: ip,
+                qname: event.qname.clone(),
+                qtype: event.qtype,
+                what: event.addresses.iter().map(|&a| What::Address(a)).collect(),
+            };
+            t.record(now, &event.agent, lookup)
+        });
         let s = &mut guard.strips;
         let print = if let Some(w) = s.clients.get_mut(&ip) {
             w.suppressed += 1;
@@ -242,7 +288,29 @@ impl Alerts {
             true
         };
         drop(guard);
-        if print {
+        if print || notified {
+            self.printer.poke();
+        }
+    }
+
+    /// A question the exfiltration budget marked or refused: counted
+    /// towards a notification (the budget has logged it already).
+    pub fn exfil(&self, event: Exfil) {
+        let now = Instant::now();
+        let mut guard = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(thresholds) = guard.exfil_notify.as_mut() else {
+            return;
+        };
+        let lookup = Lookup {
+            ts: event.ts,
+            client: event.client.ip(),
+            qname: event.qname,
+            qtype: event.qtype,
+            what: vec![What::Mark(event.mark)],
+        };
+        let wake = thresholds.record(now, &event.agent, lookup);
+        drop(guard);
+        if wake {
             self.printer.poke();
         }
     }
@@ -277,11 +345,18 @@ fn collect(shared: &Shared, stats: &AlertStats, all: bool) -> (String, Vec<Raise
     let now = Instant::now();
     let window = shared.window;
     let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-    let raised = state
-        .thresholds
-        .as_mut()
-        .map(|t| t.take_due(now))
-        .unwrap_or_default();
+    let mut raised = Vec::new();
+    let state = &mut *state;
+    for t in [
+        &mut state.thresholds,
+        &mut state.stripped_notify,
+        &mut state.exfil_notify,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        raised.extend(t.take_due(now));
+    }
     stats
         .notifications
         .fetch_add(raised.len() as u64, Ordering::Relaxed);

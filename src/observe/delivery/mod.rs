@@ -36,6 +36,6 @@ pub mod syslog;
 pub mod threshold;
 pub mod webhook;
 
-pub use notification::{EVENT, NameCount, Notification, hostname};
+pub use notification::{EVENT, NameCount, Notification, WhatCount, hostname};
 pub use settings::{NotifySettings, RetryPolicy, SettingError, WebhookSettings};
 pub use sink::{Delivery, DeliveryStats, QUEUE_CAPACITY, SendError};
