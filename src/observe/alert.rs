@@ -62,12 +62,13 @@ pub struct Stripped {
 }
 
 /// A question the exfiltration budget marked or refused (docs/exfiltration.md).
+/// The name is borrowed: copied only when notifications are configured.
 #[derive(Debug)]
-pub struct Exfil {
+pub struct Exfil<'a> {
     pub ts: SystemTime,
-    pub agent: Arc<str>,
+    pub agent: &'a Arc<str>,
     pub client: SocketAddr,
-    pub qname: Name,
+    pub qname: &'a Name,
     pub qtype: RecordType,
     /// The audit mark: `soft`, `budget` or `qtype`.
     pub mark: &'static str,
@@ -295,7 +296,7 @@ impl Alerts {
 
     /// A question the exfiltration budget marked or refused: counted
     /// towards a notification (the budget has logged it already).
-    pub fn exfil(&self, event: Exfil) {
+    pub fn exfil(&self, event: Exfil<'_>) {
         let now = Instant::now();
         let mut guard = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
         let Some(thresholds) = guard.exfil_notify.as_mut() else {
@@ -304,11 +305,11 @@ impl Alerts {
         let lookup = Lookup {
             ts: event.ts,
             client: event.client.ip(),
-            qname: event.qname,
+            qname: event.qname.clone(),
             qtype: event.qtype,
             what: vec![What::Mark(event.mark)],
         };
-        let wake = thresholds.record(now, &event.agent, lookup);
+        let wake = thresholds.record(now, event.agent, lookup);
         drop(guard);
         if wake {
             self.printer.poke();

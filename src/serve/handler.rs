@@ -422,9 +422,9 @@ impl Handler {
             METRICS.exfil(outcome.slot, mark.as_str());
             self.alerts.exfil(Exfil {
                 ts: SystemTime::now(),
-                agent: agent.clone(),
+                agent,
                 client: request.src(),
-                qname: q.name().clone(),
+                qname: q.name(),
                 qtype: q.query_type(),
                 mark: mark.as_str(),
             });

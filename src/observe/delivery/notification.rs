@@ -214,11 +214,10 @@ impl Notification {
             host: self.host.as_deref(),
             dropped,
         };
-        serde_json::to_string(&body)
-            .unwrap_or_else(|e| {
-                let event = self.kind.event();
-                format!("{{\"event\":\"{event}\",\"error\":\"{e}\"}}")
-            })
+        serde_json::to_string(&body).unwrap_or_else(|e| {
+            let event = self.kind.event();
+            format!("{{\"event\":\"{event}\",\"error\":\"{e}\"}}")
+        })
     }
 }
 
