@@ -617,4 +617,74 @@ mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn security_events_go_to_the_sinks_once_per_window() {
+        use crate::observe::delivery::syslog::{Format, SyslogSettings, Target};
+        use crate::observe::delivery::threshold::Threshold;
+        use crate::observe::delivery::{NotifySettings, RetryPolicy};
+        let collector = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        collector
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let notify = NotifySettings {
+            threshold: Threshold {
+                count: 100,
+                window: Duration::from_secs(300),
+            },
+            webhook: None,
+            syslog: Some(SyslogSettings {
+                target: Target::Udp(collector.local_addr().unwrap()),
+                facility: 4,
+                format: Format::Rfc5424,
+            }),
+            retry: RetryPolicy::default(),
+        };
+        let alerts = Alerts::start_with(
+            Duration::from_secs(60),
+            Some(notify),
+            Box::new(Buf::default()),
+        );
+        let agent: Arc<str> = "a".into();
+        let name = Name::from_ascii("x.cdn.test.").unwrap();
+        for _ in 0..50 {
+            alerts.exfil(Exfil {
+                ts: SystemTime::UNIX_EPOCH,
+                agent: &agent,
+                client: "10.200.1.2:5300".parse().unwrap(),
+                qname: &name,
+                qtype: RecordType::TXT,
+                mark: "qtype",
+            });
+            alerts.stripped(Stripped {
+                ts: SystemTime::UNIX_EPOCH,
+                agent: agent.clone(),
+                client: "10.200.1.2:5300".parse().unwrap(),
+                qname: Name::from_ascii("meta.cdn.test.").unwrap(),
+                qtype: RecordType::A,
+                rule: Some("*.cdn.test".into()),
+                addresses: vec!["169.254.169.254".parse().unwrap()],
+            });
+        }
+        let mut got = Vec::new();
+        let mut datagram = [0u8; 8192];
+        for _ in 0..2 {
+            let n = collector.recv(&mut datagram).unwrap();
+            got.push(String::from_utf8_lossy(&datagram[..n]).into_owned());
+        }
+        alerts.close();
+        got.sort();
+        assert!(
+            got[0].contains(" exfiltration - {\"event\":\"allowdns.exfiltration\""),
+            "{got:?}"
+        );
+        assert!(got[0].contains("\"what\":[{\"what\":\"qtype\",\"count\":1}]"));
+        assert!(
+            got[1].contains(" stripped_addresses - {\"event\":\"allowdns.stripped_addresses\""),
+            "{got:?}"
+        );
+        // 100 events, the denial threshold untouched: two notifications.
+        assert_eq!(alerts.stats().notifications.load(Ordering::Relaxed), 2);
+        assert_eq!(alerts.delivery_stats()[0].1.sent.load(Ordering::Relaxed), 2);
+    }
 }

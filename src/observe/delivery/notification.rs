@@ -300,4 +300,49 @@ pub(super) mod tests {
              (4 earlier notification(s) could not be delivered.)"
         );
     }
+
+    #[test]
+    fn a_security_event_names_its_kind_and_what_happened() {
+        let mut batch = Batch::new();
+        for (i, mark) in ["soft", "budget", "budget"].into_iter().enumerate() {
+            batch.add(&Lookup {
+                ts: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + i as u64),
+                client: "10.200.1.2".parse().unwrap(),
+                qname: Name::from_ascii(format!("n{i}.t.cdn.test")).unwrap(),
+                qtype: RecordType::A,
+                what: vec![What::Mark(mark)],
+            });
+        }
+        let raised = Raised {
+            kind: Kind::Exfil,
+            threshold: Threshold {
+                count: 0,
+                window: Duration::from_secs(60),
+            },
+            agent: "a".into(),
+            batch,
+            repeat: true,
+        };
+        let n = Notification::new("id".into(), raised, None);
+        let v: serde_json::Value = serde_json::from_str(&n.body(0)).unwrap();
+        assert_eq!(v["event"], "allowdns.exfiltration");
+        assert_eq!(v["threshold"], 0);
+        assert_eq!(
+            v["what"],
+            serde_json::json!([{"what": "soft", "count": 1}, {"what": "budget", "count": 2}])
+        );
+        assert_eq!(
+            v["text"],
+            "[!] allowdns: agent a had 3 lookup(s) marked by the exfiltration budget within 60 s, \
+             still going from 10.200.1.2: n0.t.cdn.test A, n1.t.cdn.test A, n2.t.cdn.test A \
+             (marks: soft, budget x2). The audit log has each one."
+        );
+        // A denial's body has no `what`: its format is unchanged.
+        let denial = Notification::new("id".into(), raised_denial(), None);
+        assert!(!denial.body(0).contains("\"what\""));
+    }
+
+    fn raised_denial() -> Raised {
+        raised("travel_agent_v1")
+    }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::notification::{Notification, hostname};
 use super::settings::{NotifySettings, RetryPolicy};
 use super::syslog::{self, Syslog};
-use super::threshold::Raised;
+use super::threshold::{Kind, Raised};
 use super::webhook::Webhook;
 
 /// Notifications a sink holds while it cannot deliver; more are dropped and counted.
@@ -80,10 +80,10 @@ enum Transport {
 }
 
 impl Transport {
-    fn send(&mut self, body: &str, deadline: Instant) -> Result<(), SendError> {
+    fn send(&mut self, kind: Kind, body: &str, deadline: Instant) -> Result<(), SendError> {
         match self {
             Transport::Webhook(w) => w.post(body, deadline),
-            Transport::Syslog(s) => s.send(body, deadline),
+            Transport::Syslog(s) => s.send(kind.msg_id(), body, deadline),
         }
     }
 }
@@ -313,7 +313,7 @@ fn run(shared: &SinkShared, mut transport: Transport, retry: RetryPolicy) {
         }
         // Far future unless closing: the transport's own timeout bounds an attempt.
         let deadline = closing.unwrap_or(now + Duration::from_secs(3600));
-        let e = match transport.send(&head.body(lost), deadline) {
+        let e = match transport.send(head.kind, &head.body(lost), deadline) {
             Ok(()) => {
                 shared.lock().items.pop_front();
                 DeliveryStats::add(&stats.sent, 1);

@@ -1,5 +1,7 @@
 //! When to notify: more than `count` denied lookups from one agent within a
-//! sliding window of `window`.
+//! sliding window of `window`. A tracker counts one [`Kind`] of event; the
+//! security events (stripped answers, exfiltration marks) use their own
+//! trackers with a count of 0, so "denial" below reads "event" for them.
 //!
 //! Per agent, the last `count + 1` denials are kept; when the oldest of them
 //! is still inside the window, the threshold is crossed and one notification
@@ -49,6 +51,12 @@ impl Kind {
             Kind::Stripped => "allowdns.stripped_addresses",
             Kind::Exfil => "allowdns.exfiltration",
         }
+    }
+
+    /// The RFC 5424 MSGID: the event without its `allowdns.` prefix.
+    pub fn msg_id(self) -> &'static str {
+        let event = self.event();
+        event.strip_prefix("allowdns.").unwrap_or(event)
     }
 }
 
