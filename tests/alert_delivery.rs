@@ -657,3 +657,249 @@ fn check_rejects_bad_alert_settings_with_file_line_and_field() {
         "{stderr}"
     );
 }
+
+// --- Security events: stripped special-purpose addresses, exfiltration marks.
+
+/// The Prometheus scrape of a server started with `--metrics 127.0.0.1:0`.
+fn scrape_metrics(dns: &Allowdns) -> String {
+    let stderr = dns.stderr();
+    let addr = stderr
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://")?.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics address in:\n{stderr}"))
+        .to_string();
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    reply
+}
+
+/// The value of one series, waiting up to 5 s for it to reach `at_least`
+/// (counting happens after the reply is sent).
+fn series(dns: &Allowdns, series: &str, at_least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = scrape_metrics(dns);
+        let n = text
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+            .parse()
+            .unwrap();
+        if n >= at_least || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A config whose notifications go to `rx`: denials only past 1000, so
+/// every post here is a security event.
+fn security_config(dir: &TempDir, policy: &str, rx: &Receiver, window_secs: u64) -> String {
+    let policy = dir.write("p.yaml", policy);
+    let text = format!(
+        "policies: [{:?}]\naudit_log: {:?}\nalerts:\n  notify:\n    threshold: {{ count: 1000, window_secs: {window_secs} }}\n    webhook: {{ url: \"{}\", timeout_ms: 2000 }}\n",
+        policy.to_str().unwrap(),
+        dir.0.join("audit.jsonl").to_str().unwrap(),
+        rx.url(),
+    );
+    dir.write("allowdns.yaml", &text)
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_stripped_special_purpose_address_is_notified_and_counted() {
+    let rx = Receiver::start("127.0.0.1:0");
+    let dir = TempDir::new("security-stripped");
+    let zones = dir.0.join("zones");
+    std::fs::create_dir(&zones).unwrap();
+    std::fs::write(
+        zones.join("corp.test.zone"),
+        "$ORIGIN corp.test.\n$TTL 300\n@ IN SOA ns.corp.test. h.corp.test. 1 3600 600 86400 5\n\
+         meta IN A 169.254.169.254\napi IN A 10.20.1.5\nother IN A 10.20.1.6\n",
+    )
+    .unwrap();
+    let cfg = security_config(
+        &dir,
+        "agent_name: corp\nexpected_outbound:\n  - destination: \"*.corp.test\"\n  - destination: api.corp.test\n    private: [10.20.0.0/16]\n",
+        &rx,
+        300,
+    );
+    let dns = Allowdns::serve(&[
+        "--config",
+        &cfg,
+        "--zones",
+        zones.to_str().unwrap(),
+        "--upstream",
+        "none",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let counter = "allowdns_stripped_addresses_total{agent=\"corp\"}";
+    // Positive control: the opted-in entry hands out its 10.x address,
+    // raises nothing and counts nothing.
+    let m = query(dns.udp, "api.corp.test", RecordType::A);
+    assert_eq!(answers(&m)[0].2, "10.20.1.5");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(rx.posts().is_empty(), "{:?}", rx.posts());
+    assert_eq!(series(&dns, counter, 0), 0);
+
+    // The wildcard did not opt in: NODATA, one notification, counted.
+    let m = query(dns.udp, "meta.corp.test", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(m.answers.is_empty(), "{:?}", answers(&m));
+    let posts = rx.wait_posts(1);
+    // More within the window are counted, not posted one by one.
+    for _ in 0..20 {
+        assert!(
+            query(dns.udp, "other.corp.test", RecordType::A)
+                .answers
+                .is_empty()
+        );
+    }
+    assert_eq!(series(&dns, counter, 21), 21);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, stderr) = dns.terminate();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(rx.posts().len(), 1, "{:?}\n{stderr}", rx.posts());
+
+    let b = &posts[0].body;
+    assert_eq!(b["event"], "allowdns.stripped_addresses", "{b}");
+    assert_eq!(b["agent"], "corp");
+    assert_eq!(b["count"], 1);
+    assert_eq!(b["threshold"], 0);
+    assert_eq!(b["window_secs"], 300);
+    assert_eq!(b["clients"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(
+        b["names"],
+        serde_json::json!([{"qname": "meta.corp.test", "qtype": "A", "count": 1}])
+    );
+    assert_eq!(
+        b["what"],
+        serde_json::json!([{"what": "169.254.169.254 (link-local (cloud metadata))", "count": 1}])
+    );
+    let text = b["text"].as_str().unwrap();
+    assert!(
+        text.contains("agent corp got 1 answer(s) stripped of special-purpose addresses"),
+        "{text}"
+    );
+    // The stderr alert is still there.
+    assert!(
+        stderr.contains("SPECIAL-PURPOSE ADDRESS STRIPPED"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn exfiltration_marks_are_notified_per_window_and_counted() {
+    let dir = TempDir::new("security-exfil");
+    let zone = dir.write(
+        "cdn.test.zone",
+        "$ORIGIN cdn.test.\n$TTL 0\n@ IN SOA ns.cdn.test. h.cdn.test. 1 3600 600 86400 0\n\
+         @ IN NS ns.cdn.test.\nns IN A 192.0.2.53\n* IN A 192.0.2.80\n* IN TXT \"tunnel-reply\"\n",
+    );
+    let up = Upstream::start("127.0.0.36", 0, &[zone]);
+    let rx = Receiver::start("127.0.0.1:0");
+    let cfg = security_config(
+        &dir,
+        "agent_name: a\nexpected_outbound:\n  - destination: \"*.cdn.test\"\nexfil:\n  soft_bytes: 1024\n  hard_bytes: 2048\n  cooldown_secs: 600\n",
+        &rx,
+        2,
+    );
+    let upstream = up.addr.to_string();
+    let dns = Allowdns::serve(&[
+        "--config",
+        &cfg,
+        "--upstream",
+        &upstream,
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let counter = |mark: &str| format!("allowdns_exfil_total{{agent=\"a\",mark=\"{mark}\"}}");
+    // Positive control: an ordinary name under the wildcard raises nothing.
+    assert_eq!(
+        rcode(dns.udp, "www.cdn.test", RecordType::A),
+        ResponseCode::NoError
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(rx.posts().is_empty(), "{:?}", rx.posts());
+    for mark in ["soft", "budget", "qtype"] {
+        assert_eq!(series(&dns, &counter(mark), 0), 0, "{mark}");
+    }
+
+    // A tunnel: 60-character labels until the hard limit refuses them.
+    let mut refused = 0;
+    for i in 0..300 {
+        let label = format!("{i:x}{}", "q0r9s8t7u6v5w4x3y2z1".repeat(3))[..60].to_string();
+        match rcode(dns.udp, &format!("{label}.t.cdn.test"), RecordType::A) {
+            ResponseCode::NoError => {}
+            ResponseCode::Refused => refused += 1,
+            other => panic!("{label}: {other}"),
+        }
+    }
+    assert!(refused > 100, "{refused} refused");
+    // A query type the wildcard does not answer.
+    assert_eq!(
+        rcode(dns.udp, "x.cdn.test", RecordType::TXT),
+        ResponseCode::Refused
+    );
+    // The crossing, then one follow-up when the 2 s window closes.
+    let posts = rx.wait_posts(2);
+    let audit = audit(&dir);
+    let marked = |mark: &str| audit.iter().filter(|l| l["exfil"] == mark).count() as u64;
+    assert_eq!(marked("budget"), refused);
+    for mark in ["soft", "budget", "qtype"] {
+        assert_eq!(
+            series(&dns, &counter(mark), marked(mark)),
+            marked(mark),
+            "{mark}"
+        );
+    }
+    assert!(marked("soft") > 0 && marked("qtype") == 1);
+    let (status, stderr) = dns.terminate();
+    assert!(status.success(), "{stderr}");
+    let all = rx.posts();
+    // Hundreds of marked questions, a handful of notifications.
+    assert!(all.len() <= 4, "{} posts for {refused} refusals", all.len());
+    let first = &posts[0].body;
+    assert_eq!(first["event"], "allowdns.exfiltration", "{first}");
+    assert_eq!(first["agent"], "a");
+    assert_eq!(first["repeat"], false);
+    assert_eq!(first["count"], 1);
+    assert_eq!(first["clients"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(
+        first["what"],
+        serde_json::json!([{"what": "soft", "count": 1}])
+    );
+    // The follow-ups carry the refusals with their names and counts.
+    let counted = |mark: &str| -> u64 {
+        all.iter()
+            .flat_map(|p| p.body["what"].as_array().cloned().unwrap_or_default())
+            .filter(|w| w["what"] == mark)
+            .map(|w| w["count"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(counted("budget"), refused, "{all:?}");
+    assert_eq!(counted("qtype"), 1, "{all:?}");
+    assert!(
+        all.iter()
+            .all(|p| p.body["event"] == "allowdns.exfiltration")
+    );
+    let follow = &all[1].body;
+    assert_eq!(follow["repeat"], true);
+    assert!(
+        follow["text"]
+            .as_str()
+            .unwrap()
+            .contains("marked by the exfiltration budget"),
+        "{follow}"
+    );
+    // The stderr lines are unchanged.
+    assert!(stderr.contains("EXFILTRATION BUDGET EXCEEDED"), "{stderr}");
+}

@@ -13,6 +13,11 @@
 //! With `alerts.notify` configured, the same lock also feeds the per-agent
 //! threshold tracker ([`crate::observe::delivery::threshold`]); the printing thread
 //! hands what it raises to [`Delivery`], whose sinks send off this thread.
+//!
+//! Stripped answers and exfiltration marks are security events of their own:
+//! each has its own tracker that notifies on the first event (threshold 0)
+//! and then once per window while they go on. Exfiltration marks print
+//! nothing here: the budget logs them itself (rate-limited) when it decides.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -24,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 use hickory_proto::rr::{Name, RecordType};
 
 use crate::observe::audit::display_name;
-use crate::observe::delivery::threshold::{Lookup, Raised, Thresholds};
+use crate::observe::delivery::threshold::{Kind, Lookup, Raised, Threshold, Thresholds, What};
 use crate::observe::delivery::{Delivery, DeliveryStats, NotifySettings};
 use crate::observe::worker::Worker;
 
@@ -56,6 +61,19 @@ pub struct Stripped {
     pub addresses: Vec<IpAddr>,
 }
 
+/// A question the exfiltration budget marked or refused (docs/exfiltration.md).
+/// The name is borrowed: copied only when notifications are configured.
+#[derive(Debug)]
+pub struct Exfil<'a> {
+    pub ts: SystemTime,
+    pub agent: &'a Arc<str>,
+    pub client: SocketAddr,
+    pub qname: &'a Name,
+    pub qtype: RecordType,
+    /// The audit mark: `soft`, `budget` or `qtype`.
+    pub mark: &'static str,
+}
+
 /// Stripped answers, aggregated per client like denials, in windows of their own.
 #[derive(Default)]
 struct Strips {
@@ -82,6 +100,10 @@ struct State {
     /// Per-agent notification thresholds, when `alerts.notify` is set.
     thresholds: Option<Thresholds>,
     strips: Strips,
+    /// Notification trackers for stripped answers and exfiltration marks,
+    /// when `alerts.notify` is set.
+    stripped_notify: Option<Thresholds>,
+    exfil_notify: Option<Thresholds>,
 }
 
 struct Shared {
@@ -123,9 +145,22 @@ impl Alerts {
         notify: Option<NotifySettings>,
         mut out: Box<dyn Write + Send>,
     ) -> Alerts {
+        // A security event notifies on its first occurrence, then at most
+        // once per window: the configured window, a count of 0.
+        let security = |kind| {
+            notify.as_ref().map(|n| {
+                let threshold = Threshold {
+                    count: 0,
+                    window: n.threshold.window,
+                };
+                Thresholds::of(kind, threshold)
+            })
+        };
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 thresholds: notify.as_ref().map(|n| Thresholds::new(n.threshold)),
+                stripped_notify: security(Kind::Stripped),
+                exfil_notify: security(Kind::Exfil),
                 ..State::default()
             }),
             window,
@@ -195,6 +230,7 @@ impl Alerts {
                     client: ip,
                     qname,
                     qtype,
+                    what: Vec::new(),
                 };
                 wake |= thresholds.record(now, &agent, lookup);
             }
@@ -204,6 +240,7 @@ impl Alerts {
                     client: ip,
                     qname: event.qname.clone(),
                     qtype: event.qtype,
+                    what: Vec::new(),
                 };
                 wake |= thresholds.record(now, &event.agent, lookup);
                 state.pending.push(event);
@@ -223,6 +260,16 @@ impl Alerts {
         let now = Instant::now();
         let ip = event.client.ip();
         let mut guard = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let notified = guard.stripped_notify.as_mut().is_some_and(|t| {
+            let lookup = Lookup {
+                ts: event.ts,
+                client: ip,
+                qname: event.qname.clone(),
+                qtype: event.qtype,
+                what: event.addresses.iter().map(|&a| What::Address(a)).collect(),
+            };
+            t.record(now, &event.agent, lookup)
+        });
         let s = &mut guard.strips;
         let print = if let Some(w) = s.clients.get_mut(&ip) {
             w.suppressed += 1;
@@ -242,7 +289,33 @@ impl Alerts {
             true
         };
         drop(guard);
-        if print {
+        if print || notified {
+            self.printer.poke();
+        }
+    }
+
+    /// A question the exfiltration budget marked or refused: counted
+    /// towards a notification (the budget has logged it already).
+    pub fn exfil(&self, event: Exfil<'_>) {
+        // Without sinks there is nothing to do: not even the lock.
+        if self.delivery.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let mut guard = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(thresholds) = guard.exfil_notify.as_mut() else {
+            return;
+        };
+        let lookup = Lookup {
+            ts: event.ts,
+            client: event.client.ip(),
+            qname: event.qname.clone(),
+            qtype: event.qtype,
+            what: vec![What::Mark(event.mark)],
+        };
+        let wake = thresholds.record(now, event.agent, lookup);
+        drop(guard);
+        if wake {
             self.printer.poke();
         }
     }
@@ -277,11 +350,18 @@ fn collect(shared: &Shared, stats: &AlertStats, all: bool) -> (String, Vec<Raise
     let now = Instant::now();
     let window = shared.window;
     let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-    let raised = state
-        .thresholds
-        .as_mut()
-        .map(|t| t.take_due(now))
-        .unwrap_or_default();
+    let mut raised = Vec::new();
+    let state = &mut *state;
+    for t in [
+        &mut state.thresholds,
+        &mut state.stripped_notify,
+        &mut state.exfil_notify,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        raised.extend(t.take_due(now));
+    }
     stats
         .notifications
         .fetch_add(raised.len() as u64, Ordering::Relaxed);
@@ -540,5 +620,76 @@ mod tests {
             text.contains("more denied lookups from other clients"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn security_events_go_to_the_sinks_once_per_window() {
+        use crate::observe::delivery::syslog::{Format, SyslogSettings, Target};
+        use crate::observe::delivery::threshold::Threshold;
+        use crate::observe::delivery::{NotifySettings, RetryPolicy};
+        let collector = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        collector
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let notify = NotifySettings {
+            threshold: Threshold {
+                count: 100,
+                window: Duration::from_secs(300),
+            },
+            webhook: None,
+            syslog: Some(SyslogSettings {
+                target: Target::Udp(collector.local_addr().unwrap()),
+                facility: 4,
+                format: Format::Rfc5424,
+            }),
+            retry: RetryPolicy::default(),
+        };
+        let alerts = Alerts::start_with(
+            Duration::from_secs(60),
+            Some(notify),
+            Box::new(Buf::default()),
+        );
+        let agent: Arc<str> = "a".into();
+        let name = Name::from_ascii("x.cdn.test.").unwrap();
+        for _ in 0..50 {
+            alerts.exfil(Exfil {
+                ts: SystemTime::UNIX_EPOCH,
+                agent: &agent,
+                client: "10.200.1.2:5300".parse().unwrap(),
+                qname: &name,
+                qtype: RecordType::TXT,
+                mark: "qtype",
+            });
+            alerts.stripped(Stripped {
+                ts: SystemTime::UNIX_EPOCH,
+                agent: agent.clone(),
+                client: "10.200.1.2:5300".parse().unwrap(),
+                qname: Name::from_ascii("meta.cdn.test.").unwrap(),
+                qtype: RecordType::A,
+                rule: Some("*.cdn.test".into()),
+                addresses: vec!["169.254.169.254".parse().unwrap()],
+            });
+        }
+        let mut got = Vec::new();
+        let mut datagram = [0u8; 8192];
+        for _ in 0..2 {
+            let n = collector.recv(&mut datagram).unwrap();
+            got.push(String::from_utf8_lossy(&datagram[..n]).into_owned());
+        }
+        alerts.close();
+        // Raised in one tick; their order on the wire is not promised.
+        got.sort_by_key(|d| !d.contains("allowdns.exfiltration"));
+        assert!(
+            got[0].contains(" exfiltration - {\"event\":\"allowdns.exfiltration\""),
+            "{got:?}"
+        );
+        assert!(got[0].contains("\"what\":[{\"what\":\"qtype\",\"count\":1}]"));
+        assert!(
+            got[1].contains(" stripped_addresses - {\"event\":\"allowdns.stripped_addresses\""),
+            "{got:?}"
+        );
+        // 100 events, the denial threshold untouched: two notifications.
+        assert_eq!(alerts.stats().notifications.load(Ordering::Relaxed), 2);
+        assert_eq!(alerts.delivery_stats()[0].1.sent.load(Ordering::Relaxed), 2);
     }
 }

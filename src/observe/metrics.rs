@@ -50,6 +50,8 @@ const QTYPES: [RecordType; 13] = [
 ];
 /// Index of the "other" qtype bucket.
 const OTHER_QTYPE: usize = QTYPES.len();
+/// The exfiltration marks, as the audit log spells them (docs/exfiltration.md).
+pub const EXFIL_MARKS: [&str; 3] = ["soft", "budget", "qtype"];
 /// Upper bounds of the latency buckets, in µs (the last bucket is +Inf).
 const BUCKETS_US: [u64; 15] = [
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
@@ -157,6 +159,11 @@ pub struct Metrics {
     pub audit_lost: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// Answers stripped of special-purpose addresses, per agent slot:
+    /// security events, rare, so unsharded.
+    stripped: [AtomicU64; MAX_AGENTS],
+    /// Exfiltration marks per agent slot, by [`EXFIL_MARKS`].
+    exfil: [[AtomicU64; EXFIL_MARKS.len()]; MAX_AGENTS],
     /// The transports' own counters (see [`Transports`]).
     pub transports: Transports,
     /// Agent names by slot; written at policy load, read when rendering.
@@ -183,6 +190,8 @@ impl Metrics {
             audit_lost: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
+            stripped: [const { AtomicU64::new(0) }; MAX_AGENTS],
+            exfil: [const { [const { AtomicU64::new(0) }; EXFIL_MARKS.len()] }; MAX_AGENTS],
             transports: Transports::new(),
             agents: Mutex::new(Vec::new()),
             alerts: Mutex::new(None),
@@ -208,6 +217,21 @@ impl Metrics {
         shard.queries[slot][d][q].fetch_add(1, Relaxed);
         shard.rcodes[r].fetch_add(1, Relaxed);
         shard.latency.observe(took);
+    }
+
+    /// An answer the fence stripped special-purpose addresses from.
+    pub fn stripped(&self, slot: u16) {
+        let slot = usize::from(slot).min(MAX_AGENTS - 1);
+        self.stripped[slot].fetch_add(1, Relaxed);
+    }
+
+    /// An audit record marked by the exfiltration budget (`soft`, `budget`
+    /// or `qtype`, as in the audit field); an unknown mark is not counted.
+    pub fn exfil(&self, slot: u16, mark: &str) {
+        let slot = usize::from(slot).min(MAX_AGENTS - 1);
+        if let Some(m) = EXFIL_MARKS.iter().position(|&x| x == mark) {
+            self.exfil[slot][m].fetch_add(1, Relaxed);
+        }
     }
 
     /// A message dropped without a reply (too short, or a response).
@@ -389,6 +413,43 @@ impl Metrics {
         for (name, help, value) in counters {
             head(&mut out, name, "counter", help);
             let _ = writeln!(out, "{name} {}", value.load(Relaxed));
+        }
+        // Every known agent gets its series, zeros included: a rate over a
+        // security counter must not wait for the first event to exist.
+        let agent_slots = (agents.len() + 1).min(MAX_AGENTS);
+        head(
+            &mut out,
+            "allowdns_stripped_addresses_total",
+            "counter",
+            "Answers stripped of special-purpose addresses, by agent.",
+        );
+        for slot in 0..agent_slots {
+            let n = self.stripped[slot].load(Relaxed);
+            if slot > 0 || n > 0 {
+                let _ = writeln!(
+                    out,
+                    "allowdns_stripped_addresses_total{{agent=\"{}\"}} {n}",
+                    label(slot)
+                );
+            }
+        }
+        head(
+            &mut out,
+            "allowdns_exfil_total",
+            "counter",
+            "Questions marked by the exfiltration budget, by agent and mark (soft, budget, qtype).",
+        );
+        for slot in 0..agent_slots {
+            for (m, mark) in EXFIL_MARKS.iter().enumerate() {
+                let n = self.exfil[slot][m].load(Relaxed);
+                if slot > 0 || n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "allowdns_exfil_total{{agent=\"{}\",mark=\"{mark}\"}} {n}",
+                        label(slot)
+                    );
+                }
+            }
         }
         if let Some((stats, sinks)) = &*self.alerts.lock().unwrap_or_else(|p| p.into_inner()) {
             head(

@@ -17,7 +17,7 @@ use hickory_server::proto::rr::{Name, RData, Record};
 use hickory_server::server::Request;
 
 use crate::fence::{FeedError, Firewall};
-use crate::observe::alert::{Alerts, Denied, Stripped};
+use crate::observe::alert::{Alerts, Denied, Exfil, Stripped};
 use crate::observe::audit::{AuditLog, AuditRecord, Decision as Logged};
 use crate::observe::metrics::{self, METRICS};
 use crate::policy::name::QueryKey;
@@ -418,8 +418,20 @@ impl Handler {
             outcome.rcode,
             started.elapsed(),
         );
+        if let (Some(mark), Some(agent), Some(q)) = (outcome.exfil, &outcome.agent, query) {
+            METRICS.exfil(outcome.slot, mark.as_str());
+            self.alerts.exfil(Exfil {
+                ts: SystemTime::now(),
+                agent,
+                client: request.src(),
+                qname: q.name(),
+                qtype: q.query_type(),
+                mark: mark.as_str(),
+            });
+        }
         if let (false, Some(agent), Some(q)) = (outcome.stripped.is_empty(), &outcome.agent, query)
         {
+            METRICS.stripped(outcome.slot);
             self.alerts.stripped(Stripped {
                 ts: SystemTime::now(),
                 agent: agent.clone(),

@@ -1,8 +1,11 @@
 //! Alert delivery: notifications about denied lookups, sent to a webhook
-//! and/or syslog when an agent crosses a threshold.
+//! and/or syslog when an agent crosses a threshold; and about the security
+//! events (stripped special-purpose addresses, exfiltration marks), each
+//! tracked the same way with a threshold of 0.
 //!
 //! ```text
-//! handler ─ Alerts::denied ─ threshold::Thresholds (under the alert mutex; no I/O)
+//! handler ─ Alerts::denied / stripped / exfil ─ threshold::Thresholds per kind
+//!                               │ (under the alert mutex; no I/O)
 //!                               │ Raised, taken by the alerts thread
 //!                               ▼
 //!                       Delivery::submit ─┬─ webhook queue ─ thread "alert-webhook"
@@ -22,7 +25,7 @@
 //!
 //! ```text
 //! settings.rs      `alerts.notify`: file format, validation, NotifySettings
-//! threshold.rs     when to notify (per agent, sliding window)
+//! threshold.rs     when to notify (per kind and agent, sliding window)
 //! notification.rs  what is sent: the JSON body and its text line
 //! sink.rs          Delivery: a queue and a thread per sink, retries, counters
 //! webhook.rs       the HTTP POST sink
@@ -36,6 +39,6 @@ pub mod syslog;
 pub mod threshold;
 pub mod webhook;
 
-pub use notification::{EVENT, NameCount, Notification, hostname};
+pub use notification::{EVENT, NameCount, Notification, WhatCount, hostname};
 pub use settings::{NotifySettings, RetryPolicy, SettingError, WebhookSettings};
 pub use sink::{Delivery, DeliveryStats, QUEUE_CAPACITY, SendError};

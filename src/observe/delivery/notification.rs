@@ -1,15 +1,17 @@
-//! What is sent: one notification about an agent's denied lookups, as the
-//! JSON body every sink carries and the human `text` line inside it.
+//! What is sent: one notification about an agent's denied lookups, stripped
+//! answers or exfiltration marks, as the JSON body every sink carries and the
+//! human `text` line inside it.
 
 use std::net::IpAddr;
 use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::threshold::{Raised, Threshold};
+use super::threshold::{Kind, Raised, What};
 use crate::observe::audit::display_name;
 
-/// The `event` field: names what the JSON is, for relays that route on it.
+/// The `event` field of a denial notification: names what the JSON is, for
+/// relays that route on it (see [`Kind::event`] for the others).
 pub const EVENT: &str = "allowdns.denied_lookups";
 /// Names listed in the human `text` (the JSON lists up to 20).
 const TEXT_NAMES: usize = 5;
@@ -21,6 +23,8 @@ pub struct Notification {
     /// Same in every attempt and every sink, so a receiver can drop a retry
     /// of what it already got (an answer lost after the request arrived).
     pub id: String,
+    /// What the notification is about; its `event` field.
+    pub kind: Kind,
     pub agent: String,
     pub count: u64,
     pub threshold: u32,
@@ -31,6 +35,8 @@ pub struct Notification {
     pub clients: Vec<String>,
     pub names: Vec<NameCount>,
     pub unlisted: u64,
+    /// What happened (marks, stripped addresses); empty for denials.
+    pub what: Vec<WhatCount>,
     /// This machine's name: several resolvers may feed one relay.
     pub host: Option<String>,
 }
@@ -39,6 +45,13 @@ pub struct Notification {
 pub struct NameCount {
     pub qname: String,
     pub qtype: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WhatCount {
+    /// An exfiltration mark (soft, budget, qtype) or a stripped address.
+    pub what: String,
     pub count: u64,
 }
 
@@ -58,18 +71,17 @@ struct Body<'a> {
     clients: &'a [String],
     names: &'a [NameCount],
     unlisted: u64,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    what: &'a [WhatCount],
     host: Option<&'a str>,
     dropped: u64,
 }
 
 impl Notification {
-    pub fn new(
-        id: String,
-        raised: Raised,
-        threshold: Threshold,
-        host: Option<String>,
-    ) -> Notification {
+    pub fn new(id: String, raised: Raised, host: Option<String>) -> Notification {
         let Raised {
+            kind,
+            threshold,
             agent,
             batch,
             repeat,
@@ -79,6 +91,7 @@ impl Notification {
         };
         Notification {
             id,
+            kind,
             agent: agent.to_string(),
             count: batch.count,
             threshold: threshold.count,
@@ -97,24 +110,45 @@ impl Notification {
                 })
                 .collect(),
             unlisted: batch.unlisted,
+            what: batch
+                .what
+                .iter()
+                .map(|(what, count)| WhatCount {
+                    what: match what {
+                        What::Address(ip) => match crate::policy::special::special(*ip) {
+                            Some(why) => format!("{ip} ({why})"),
+                            None => ip.to_string(),
+                        },
+                        What::Mark(_) => what.to_string(),
+                    },
+                    count: *count,
+                })
+                .collect(),
             host,
         }
     }
 
     /// The human line, for relays that show only `text` (Slack, Telegram).
     pub fn text(&self, dropped: u64) -> String {
-        let mut text = format!(
-            "[!] allowdns{}: agent {} made {} denied DNS lookups within {} s (threshold: more than {}){}",
-            self.host
-                .as_deref()
-                .map(|h| format!(" on {h}"))
-                .unwrap_or_default(),
-            self.agent,
-            self.count,
-            self.window_secs,
-            self.threshold,
-            if self.repeat { ", still going" } else { "" },
-        );
+        let on = self
+            .host
+            .as_deref()
+            .map(|h| format!(" on {h}"))
+            .unwrap_or_default();
+        let going = if self.repeat { ", still going" } else { "" };
+        let (agent, count, secs) = (&self.agent, self.count, self.window_secs);
+        let mut text = match self.kind {
+            Kind::Denied => format!(
+                "[!] allowdns{on}: agent {agent} made {count} denied DNS lookups within {secs} s (threshold: more than {}){going}",
+                self.threshold,
+            ),
+            Kind::Stripped => format!(
+                "[!] allowdns{on}: agent {agent} got {count} answer(s) stripped of special-purpose addresses within {secs} s{going}"
+            ),
+            Kind::Exfil => format!(
+                "[!] allowdns{on}: agent {agent} had {count} lookup(s) marked by the exfiltration budget within {secs} s{going}"
+            ),
+        };
         if !self.clients.is_empty() {
             text.push_str(&format!(" from {}", self.clients.join(", ")));
         }
@@ -133,6 +167,24 @@ impl Notification {
         if more > 0 {
             text.push_str(&format!(" and {more} more"));
         }
+        if !self.what.is_empty() {
+            let what: Vec<String> = self
+                .what
+                .iter()
+                .map(|w| match w.count {
+                    1 => w.what.clone(),
+                    c => format!("{} x{c}", w.what),
+                })
+                .collect();
+            text.push_str(&format!(
+                " ({}: {})",
+                match self.kind {
+                    Kind::Exfil => "marks",
+                    _ => "stripped",
+                },
+                what.join(", ")
+            ));
+        }
         text.push_str(". The audit log has each one.");
         if dropped > 0 {
             text.push_str(&format!(
@@ -145,7 +197,7 @@ impl Notification {
     /// The JSON object a sink sends.
     pub fn body(&self, dropped: u64) -> String {
         let body = Body {
-            event: EVENT,
+            event: self.kind.event(),
             id: &self.id,
             text: self.text(dropped),
             agent: &self.agent,
@@ -158,11 +210,14 @@ impl Notification {
             clients: &self.clients,
             names: &self.names,
             unlisted: self.unlisted,
+            what: &self.what,
             host: self.host.as_deref(),
             dropped,
         };
-        serde_json::to_string(&body)
-            .unwrap_or_else(|e| format!("{{\"event\":\"{EVENT}\",\"error\":\"{e}\"}}"))
+        serde_json::to_string(&body).unwrap_or_else(|e| {
+            let event = self.kind.event();
+            format!("{{\"event\":\"{event}\",\"error\":\"{e}\"}}")
+        })
     }
 }
 
@@ -176,7 +231,7 @@ pub fn hostname() -> Option<String> {
 
 #[cfg(test)]
 pub(super) mod tests {
-    use super::super::threshold::{Batch, Lookup};
+    use super::super::threshold::{Batch, Lookup, Threshold};
     use super::*;
     use hickory_proto::rr::{Name, RecordType};
     use std::time::Duration;
@@ -194,9 +249,12 @@ pub(super) mod tests {
                 client: "10.200.1.2".parse().unwrap(),
                 qname: Name::from_ascii(name).unwrap(),
                 qtype,
+                what: Vec::new(),
             });
         }
         Raised {
+            kind: Kind::Denied,
+            threshold: THRESHOLD,
             agent: agent.into(),
             batch,
             repeat: false,
@@ -213,7 +271,6 @@ pub(super) mod tests {
         let n = Notification::new(
             "box-812-1700000000000-7".into(),
             raised("travel_agent_v1"),
-            THRESHOLD,
             Some("box".into()),
         );
         let v: serde_json::Value = serde_json::from_str(&n.body(4)).unwrap();
@@ -242,5 +299,50 @@ pub(super) mod tests {
              x1.tunnel.example TXT x2. The audit log has each one. \
              (4 earlier notification(s) could not be delivered.)"
         );
+    }
+
+    #[test]
+    fn a_security_event_names_its_kind_and_what_happened() {
+        let mut batch = Batch::new();
+        for (i, mark) in ["soft", "budget", "budget"].into_iter().enumerate() {
+            batch.add(&Lookup {
+                ts: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + i as u64),
+                client: "10.200.1.2".parse().unwrap(),
+                qname: Name::from_ascii(format!("n{i}.t.cdn.test")).unwrap(),
+                qtype: RecordType::A,
+                what: vec![What::Mark(mark)],
+            });
+        }
+        let raised = Raised {
+            kind: Kind::Exfil,
+            threshold: Threshold {
+                count: 0,
+                window: Duration::from_secs(60),
+            },
+            agent: "a".into(),
+            batch,
+            repeat: true,
+        };
+        let n = Notification::new("id".into(), raised, None);
+        let v: serde_json::Value = serde_json::from_str(&n.body(0)).unwrap();
+        assert_eq!(v["event"], "allowdns.exfiltration");
+        assert_eq!(v["threshold"], 0);
+        assert_eq!(
+            v["what"],
+            serde_json::json!([{"what": "soft", "count": 1}, {"what": "budget", "count": 2}])
+        );
+        assert_eq!(
+            v["text"],
+            "[!] allowdns: agent a had 3 lookup(s) marked by the exfiltration budget within 60 s, \
+             still going from 10.200.1.2: n0.t.cdn.test A, n1.t.cdn.test A, n2.t.cdn.test A \
+             (marks: soft, budget x2). The audit log has each one."
+        );
+        // A denial's body has no `what`: its format is unchanged.
+        let denial = Notification::new("id".into(), raised_denial(), None);
+        assert!(!denial.body(0).contains("\"what\""));
+    }
+
+    fn raised_denial() -> Raised {
+        raised("travel_agent_v1")
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::notification::{Notification, hostname};
 use super::settings::{NotifySettings, RetryPolicy};
 use super::syslog::{self, Syslog};
-use super::threshold::{Raised, Threshold};
+use super::threshold::{Kind, Raised};
 use super::webhook::Webhook;
 
 /// Notifications a sink holds while it cannot deliver; more are dropped and counted.
@@ -80,10 +80,10 @@ enum Transport {
 }
 
 impl Transport {
-    fn send(&mut self, body: &str, deadline: Instant) -> Result<(), SendError> {
+    fn send(&mut self, kind: Kind, body: &str, deadline: Instant) -> Result<(), SendError> {
         match self {
             Transport::Webhook(w) => w.post(body, deadline),
-            Transport::Syslog(s) => s.send(body, deadline),
+            Transport::Syslog(s) => s.send(kind.msg_id(), body, deadline),
         }
     }
 }
@@ -123,7 +123,6 @@ struct Sink {
 
 /// The running sinks.
 pub struct Delivery {
-    threshold: Threshold,
     host: Option<String>,
     /// `HOST-PID-STARTMS`: ids stay unique across restarts, even as PID 1 in
     /// a container.
@@ -171,7 +170,6 @@ impl Delivery {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
         Delivery {
-            threshold: settings.threshold,
             id_prefix: format!(
                 "{}-{}-{started_ms}",
                 host.as_deref().unwrap_or("allowdns"),
@@ -189,7 +187,6 @@ impl Delivery {
         let notification = Arc::new(Notification::new(
             format!("{}-{seq}", self.id_prefix),
             raised,
-            self.threshold,
             self.host.clone(),
         ));
         for sink in &self.sinks {
@@ -316,7 +313,7 @@ fn run(shared: &SinkShared, mut transport: Transport, retry: RetryPolicy) {
         }
         // Far future unless closing: the transport's own timeout bounds an attempt.
         let deadline = closing.unwrap_or(now + Duration::from_secs(3600));
-        let e = match transport.send(&head.body(lost), deadline) {
+        let e = match transport.send(head.kind, &head.body(lost), deadline) {
             Ok(()) => {
                 shared.lock().items.pop_front();
                 DeliveryStats::add(&stats.sent, 1);

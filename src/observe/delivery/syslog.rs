@@ -4,7 +4,8 @@
 //! Two formats. RFC 3164 (`<PRI>Mmm dd hh:mm:ss allowdns[PID]: MSG`) is what
 //! syslog(3) writes to `/dev/log`, and the only one journald parses there
 //! (systemd issue #19251); it is the default for `socket`. RFC 5424
-//! (`<PRI>1 TIMESTAMP HOST allowdns PID denied_lookups - MSG`) is the default
+//! (`<PRI>1 TIMESTAMP HOST allowdns PID MSGID - MSG`, MSGID `denied_lookups`,
+//! `stripped_addresses` or `exfiltration`) is the default
 //! for a UDP `address`. Timestamps are UTC. MSG is the same JSON object the
 //! webhook receives, on one line, so a SIEM (Wazuh's JSON decoder, rsyslog's
 //! mmjsonparse) reads every field.
@@ -43,8 +44,6 @@ const FACILITIES: [(&str, u8); 20] = [
 /// RFC 5424 severity 4: a denied lookup is worth a look, not a page at night.
 const SEVERITY_WARNING: u8 = 4;
 const APP_NAME: &str = "allowdns";
-/// RFC 5424 MSGID: lets a collector route these without parsing MSG.
-const MSG_ID: &str = "denied_lookups";
 
 /// A facility name to its code; errors list the valid names.
 pub fn facility(name: &str) -> Result<u8, SettingError> {
@@ -120,12 +119,14 @@ pub struct SyslogSettings {
 }
 
 /// Formats one message. `host` is left out of RFC 3164 on a local socket, as
-/// syslog(3) does: the daemon adds its own.
+/// syslog(3) does: the daemon adds its own. `msg_id` is RFC 5424's MSGID
+/// (the event kind): it lets a collector route these without parsing MSG.
 pub fn format_message(
     settings: &SyslogSettings,
     host: Option<&str>,
     pid: u32,
     ts: SystemTime,
+    msg_id: &str,
     msg: &str,
 ) -> String {
     let pri = u16::from(settings.facility) * 8 + u16::from(SEVERITY_WARNING);
@@ -154,7 +155,7 @@ pub fn format_message(
             format!("<{pri}>{month} {day:>2} {time} {host}{APP_NAME}[{pid}]: {msg}")
         }
         Format::Rfc5424 => format!(
-            "<{pri}>1 {} {} {APP_NAME} {pid} {MSG_ID} - {msg}",
+            "<{pri}>1 {} {} {APP_NAME} {pid} {msg_id} - {msg}",
             humantime::format_rfc3339_millis(ts),
             host.map_or_else(|| "-".to_string(), header_safe),
         ),
@@ -200,12 +201,13 @@ impl Syslog {
         }
     }
 
-    pub fn send(&mut self, msg: &str, deadline: Instant) -> Result<(), SendError> {
+    pub fn send(&mut self, msg_id: &str, msg: &str, deadline: Instant) -> Result<(), SendError> {
         let text = format_message(
             &self.settings,
             self.host.as_deref(),
             std::process::id(),
             SystemTime::now(),
+            msg_id,
             msg,
         );
         let budget = deadline
@@ -277,7 +279,7 @@ mod tests {
         let ts = SystemTime::UNIX_EPOCH + Duration::from_millis(1_704_164_645_250);
         let local = settings(Target::Socket("/dev/log".into()), Format::Rfc3164);
         assert_eq!(
-            format_message(&local, Some("box"), 42, ts, "{}"),
+            format_message(&local, Some("box"), 42, ts, "denied_lookups", "{}"),
             "<156>Jan  2 03:04:05 allowdns[42]: {}"
         );
         let udp = Target::Udp("127.0.0.1:514".parse().unwrap());
@@ -287,6 +289,7 @@ mod tests {
                 Some("box"),
                 42,
                 ts,
+                "denied_lookups",
                 "{}"
             ),
             "<156>Jan  2 03:04:05 box allowdns[42]: {}"
@@ -297,6 +300,7 @@ mod tests {
                 Some("my box"),
                 42,
                 ts,
+                "denied_lookups",
                 "{}"
             ),
             "<156>1 2024-01-02T03:04:05.250Z mybox allowdns 42 denied_lookups - {}"
@@ -315,8 +319,12 @@ mod tests {
             Some("h".into()),
             Duration::from_secs(1),
         );
-        sink.send("{\"x\":1}", Instant::now() + Duration::from_secs(5))
-            .unwrap();
+        sink.send(
+            "denied_lookups",
+            "{\"x\":1}",
+            Instant::now() + Duration::from_secs(5),
+        )
+        .unwrap();
         let mut buf = [0u8; 2048];
         let n = collector.recv(&mut buf).unwrap();
         let got = std::str::from_utf8(&buf[..n]).unwrap();
@@ -341,7 +349,11 @@ mod tests {
             Duration::from_secs(1),
         );
         let e = sink
-            .send("{}", Instant::now() + Duration::from_secs(5))
+            .send(
+                "denied_lookups",
+                "{}",
+                Instant::now() + Duration::from_secs(5),
+            )
             .unwrap_err();
         assert!(!e.permanent && e.message.contains("send"), "{e:?}");
     }

@@ -1,5 +1,7 @@
 //! When to notify: more than `count` denied lookups from one agent within a
-//! sliding window of `window`.
+//! sliding window of `window`. A tracker counts one [`Kind`] of event; the
+//! security events (stripped answers, exfiltration marks) use their own
+//! trackers with a count of 0, so "denial" below reads "event" for them.
 //!
 //! Per agent, the last `count + 1` denials are kept; when the oldest of them
 //! is still inside the window, the threshold is crossed and one notification
@@ -30,6 +32,52 @@ pub const MAX_CLIENTS: usize = 16;
 /// lookups per agent.
 pub const MAX_COUNT: u32 = 10_000;
 
+/// What a tracker counts; each kind is its own notification `event`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Lookups of names no policy allows.
+    Denied,
+    /// Answers stripped of special-purpose addresses (docs/special-addresses.md).
+    Stripped,
+    /// Exfiltration budget marks and refusals (docs/exfiltration.md).
+    Exfil,
+}
+
+impl Kind {
+    /// The `event` field of the JSON body.
+    pub fn event(self) -> &'static str {
+        match self {
+            Kind::Denied => "allowdns.denied_lookups",
+            Kind::Stripped => "allowdns.stripped_addresses",
+            Kind::Exfil => "allowdns.exfiltration",
+        }
+    }
+
+    /// The RFC 5424 MSGID: the event without its `allowdns.` prefix.
+    pub fn msg_id(self) -> &'static str {
+        let event = self.event();
+        event.strip_prefix("allowdns.").unwrap_or(event)
+    }
+}
+
+/// What happened to a lookup besides its name: listed in the notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum What {
+    /// The exfiltration mark, as the audit log spells it (soft, budget, qtype).
+    Mark(&'static str),
+    /// A special-purpose address stripped from the answer.
+    Address(IpAddr),
+}
+
+impl std::fmt::Display for What {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            What::Mark(m) => f.write_str(m),
+            What::Address(ip) => ip.fmt(f),
+        }
+    }
+}
+
 /// The rule, as configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Threshold {
@@ -48,6 +96,8 @@ pub struct Lookup {
     pub client: IpAddr,
     pub qname: Name,
     pub qtype: RecordType,
+    /// What happened besides the name; empty for a denial.
+    pub what: Vec<What>,
 }
 
 /// What a notification reports about a run of denials.
@@ -64,6 +114,8 @@ pub struct Batch {
     pub names: Vec<(Name, RecordType, u64)>,
     /// Denials whose (name, type) did not fit in `names`.
     pub unlisted: u64,
+    /// Distinct [`What`]s with how often each happened, at most [`MAX_NAMES`].
+    pub what: Vec<(What, u64)>,
 }
 
 impl Batch {
@@ -75,6 +127,7 @@ impl Batch {
             clients: Vec::new(),
             names: Vec::new(),
             unlisted: 0,
+            what: Vec::new(),
         }
     }
 
@@ -97,12 +150,24 @@ impl Batch {
             None if full => self.unlisted += 1,
             None => self.names.push((lookup.qname.clone(), lookup.qtype, 1)),
         }
+        for what in &lookup.what {
+            let full = self.what.len() >= MAX_NAMES;
+            match self.what.iter_mut().find(|(w, _)| w == what) {
+                Some((_, times)) => *times += 1,
+                None if full => {}
+                None => self.what.push((*what, 1)),
+            }
+        }
     }
 }
 
 /// A notification that is due.
 #[derive(Debug, Clone)]
 pub struct Raised {
+    /// What the tracker counted: names the notification's `event`.
+    pub kind: Kind,
+    /// The rule that raised it, reported in the notification.
+    pub threshold: Threshold,
     pub agent: Arc<str>,
     pub batch: Batch,
     /// False for a crossing; true for a follow-up after a quiet window.
@@ -124,6 +189,7 @@ struct Agent {
 
 /// Per-agent threshold state; lives under the alert mutex.
 pub struct Thresholds {
+    kind: Kind,
     threshold: Threshold,
     agents: HashMap<Arc<str>, Agent>,
     /// Raised but not yet taken by [`Thresholds::take_due`].
@@ -132,7 +198,13 @@ pub struct Thresholds {
 
 impl Thresholds {
     pub fn new(threshold: Threshold) -> Thresholds {
+        Thresholds::of(Kind::Denied, threshold)
+    }
+
+    /// A tracker for another kind of event.
+    pub fn of(kind: Kind, threshold: Threshold) -> Thresholds {
         Thresholds {
+            kind,
             threshold,
             agents: HashMap::new(),
             due: Vec::new(),
@@ -163,7 +235,8 @@ impl Thresholds {
         let Some(state) = self.agents.get_mut(&**agent) else {
             return false;
         };
-        let mut raised = end_quiet_if_over(state, agent, self.threshold, now, &mut self.due);
+        let mut raised =
+            end_quiet_if_over(state, agent, self.kind, self.threshold, now, &mut self.due);
         if let Phase::Quiet { batch, .. } = &mut state.phase {
             batch.add(&lookup);
         }
@@ -183,6 +256,8 @@ impl Thresholds {
                 batch.add(lookup);
             }
             self.due.push(Raised {
+                kind: self.kind,
+                threshold: self.threshold,
                 agent: agent.clone(),
                 batch,
                 repeat: false,
@@ -199,7 +274,7 @@ impl Thresholds {
     /// Ends the quiet windows that are over and returns every notification due.
     pub fn take_due(&mut self, now: Instant) -> Vec<Raised> {
         for (agent, state) in &mut self.agents {
-            end_quiet_if_over(state, agent, self.threshold, now, &mut self.due);
+            end_quiet_if_over(state, agent, self.kind, self.threshold, now, &mut self.due);
         }
         std::mem::take(&mut self.due)
     }
@@ -210,6 +285,7 @@ impl Thresholds {
 fn end_quiet_if_over(
     state: &mut Agent,
     agent: &Arc<str>,
+    kind: Kind,
     threshold: Threshold,
     now: Instant,
     due: &mut Vec<Raised>,
@@ -222,6 +298,8 @@ fn end_quiet_if_over(
     }
     if batch.count > u64::from(threshold.count) {
         due.push(Raised {
+            kind,
+            threshold,
             agent: agent.clone(),
             batch: std::mem::replace(batch, Batch::new()),
             repeat: true,
@@ -265,6 +343,7 @@ mod tests {
                 client: "10.200.1.2".parse().unwrap(),
                 qname: Name::from_ascii(name).unwrap(),
                 qtype: RecordType::A,
+                what: Vec::new(),
             };
             let now = self.start + SECOND * secs as u32;
             let agent = self.agent.clone();
