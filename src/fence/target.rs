@@ -34,12 +34,71 @@ pub(super) struct Target {
     /// Elements from policy addresses, as last installed.
     pub(super) installed: Mutex<Vec<Static>>,
     /// Keys fed under an expiring rule (a grant, `expires:`), by (agent,
-    /// pattern), so a revoke can take them out before their timeout.
-    pub(super) by_rule: Mutex<FedUnderRule>,
+    /// pattern), so a revoke can take them out before their timeout; and
+    /// which rules were withdrawn when. One lock, which withdrawals and
+    /// feeds of withdrawable rules both hold through their netlink update.
+    pub(super) by_rule: Mutex<ByRule>,
 }
 
 /// (agent, pattern) → the (set, key)s fed under that expiring rule.
 pub(super) type FedUnderRule = HashMap<(Arc<str>, Arc<str>), HashSet<(SetId, Vec<u8>)>>;
+
+/// What a target knows of withdrawable rules: what was fed under each, and
+/// which were withdrawn at which generation of the policy set, so an answer
+/// decided against an older set cannot feed a rule withdrawn since.
+#[derive(Default)]
+pub(super) struct ByRule {
+    /// The keys to delete when a rule is withdrawn.
+    pub(super) fed: FedUnderRule,
+    /// (agent, pattern) → the generation the rule was withdrawn at, and
+    /// when: recent withdrawals only (see [`ByRule::withdrawn`]).
+    withdrawn: HashMap<(Arc<str>, Arc<str>), (u64, Instant)>,
+    /// The newest generation among withdrawals no longer remembered: an
+    /// answer decided before it can no longer be told apart, so it feeds
+    /// nothing (never open on doubt).
+    forgotten: u64,
+}
+
+impl ByRule {
+    /// Records that `agent`'s rule `pattern` was withdrawn by the set of
+    /// `generation`, and forgets withdrawals older than `remember` (the
+    /// longest an answer may be on its way).
+    pub(super) fn withdrawn(
+        &mut self,
+        agent: &str,
+        pattern: &str,
+        generation: u64,
+        remember: Duration,
+        now: Instant,
+    ) {
+        let mut forgotten = self.forgotten;
+        self.withdrawn.retain(|_, (at, when)| {
+            let keep = now.saturating_duration_since(*when) <= remember;
+            if !keep {
+                forgotten = forgotten.max(*at);
+            }
+            keep
+        });
+        self.forgotten = forgotten;
+        let slot = self
+            .withdrawn
+            .entry((Arc::from(agent), Arc::from(pattern)))
+            .or_insert((generation, now));
+        // Withdrawals come in generation order; a late one never lowers the mark.
+        *slot = (slot.0.max(generation), now);
+    }
+
+    /// Whether an answer for the rule (agent, pattern), decided against the
+    /// set of generation `decided_at`, may still feed: not if the rule was
+    /// withdrawn by a later set.
+    pub(super) fn may_feed(&self, rule: &(Arc<str>, Arc<str>), decided_at: u64) -> bool {
+        decided_at >= self.forgotten
+            && self
+                .withdrawn
+                .get(rule)
+                .is_none_or(|(at, _)| *at <= decided_at)
+    }
+}
 
 impl Target {
     /// Opens a socket in the target's namespace and checks every set;
@@ -117,7 +176,7 @@ impl Target {
             netlink: Mutex::new(netlink),
             expiries: Mutex::new(expiries),
             installed: Mutex::new(Vec::new()),
-            by_rule: Mutex::new(HashMap::new()),
+            by_rule: Mutex::new(ByRule::default()),
         })
     }
 
@@ -300,11 +359,20 @@ impl Target {
         Ok(())
     }
 
-    /// Deletes the elements fed under one expiring rule; see [`Firewall::withdraw`].
-    pub(super) fn withdraw(&self, agent: &str, pattern: &str) -> io::Result<usize> {
-        // Held until the kernel has the deletes: see `feed_checked`.
+    /// Deletes the elements fed under one expiring rule, withdrawn by the set
+    /// of `generation`; see [`Firewall::withdraw`].
+    pub(super) fn withdraw(
+        &self,
+        agent: &str,
+        pattern: &str,
+        generation: u64,
+        remember: Duration,
+    ) -> io::Result<usize> {
+        // Held until the kernel has the deletes: see `feed_decided_at`.
         let mut by_rule = self.by_rule.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(keys) = by_rule.remove(&(Arc::from(agent), Arc::from(pattern))) else {
+        // Recorded first, so a late answer feeds nothing even if the deletes fail.
+        by_rule.withdrawn(agent, pattern, generation, remember, Instant::now());
+        let Some(keys) = by_rule.fed.remove(&(Arc::from(agent), Arc::from(pattern))) else {
             return Ok(0);
         };
         let mut netlink = self.netlink.lock().unwrap_or_else(|p| p.into_inner());

@@ -81,7 +81,9 @@ pub trait Fence: Send + Sync {
     /// Makes the policy-address elements match `policies`.
     fn sync_static(&self, policies: &PolicySet) -> Result<(), FenceError>;
     /// Takes out every element fed under `agent`'s rule `pattern`; how many.
-    fn withdraw(&self, agent: &str, pattern: &str) -> Result<usize, FenceError>;
+    /// `generation` is the set that ended the rule: from now on an answer
+    /// decided against an older set feeds nothing under it.
+    fn withdraw(&self, agent: &str, pattern: &str, generation: u64) -> Result<usize, FenceError>;
     /// Stops tracking rules that ended by themselves.
     fn forget_ended(&self, policies: &PolicySet);
 }
@@ -93,8 +95,13 @@ impl Fence for Firewall {
     fn sync_static(&self, policies: &PolicySet) -> Result<(), FenceError> {
         Ok(Firewall::sync_static(self, policies)?)
     }
-    fn withdraw(&self, agent: &str, pattern: &str) -> Result<usize, FenceError> {
-        Ok(Firewall::withdraw(self, agent, pattern)?)
+    fn withdraw(&self, agent: &str, pattern: &str, generation: u64) -> Result<usize, FenceError> {
+        // Remembered as long as an answer may hold the set it was decided
+        // against, with the margin `retire` gives.
+        let remember = HELD_AT_MOST + Duration::from_secs(1);
+        Ok(Firewall::withdraw(
+            self, agent, pattern, generation, remember,
+        )?)
     }
     fn forget_ended(&self, policies: &PolicySet) {
         Firewall::forget_ended(self, policies)
@@ -251,11 +258,13 @@ impl State {
 
     /// Deletes the elements fed under an ended rule; a failure leaves them to
     /// their timeouts (at most the rule's old end plus grace), loudly.
+    /// Called under the grants lock, right after the install that ended the
+    /// rule, so the set in force is the one that ended it.
     fn withdraw(&self, agent: &str, pattern: &str) {
         let Some(fence) = &self.fence else {
             return;
         };
-        match fence.withdraw(agent, pattern) {
+        match fence.withdraw(agent, pattern, self.snapshot().generation) {
             Ok(0) => {}
             Ok(n) => tracing::info!(agent, pattern, elements = n, "firewall elements withdrawn"),
             Err(e) => {
@@ -436,6 +445,8 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         withdrawn: Mutex<Vec<(String, String)>>,
+        /// The generation each withdrawal was told, in order.
+        generations: Mutex<Vec<u64>>,
         syncs: Mutex<usize>,
         forgets: Mutex<usize>,
         fail_sync: std::sync::atomic::AtomicBool,
@@ -459,9 +470,15 @@ mod tests {
             }
             Ok(())
         }
-        fn withdraw(&self, agent: &str, pattern: &str) -> Result<usize, FenceError> {
+        fn withdraw(
+            &self,
+            agent: &str,
+            pattern: &str,
+            generation: u64,
+        ) -> Result<usize, FenceError> {
             let mut withdrawn = self.withdrawn.lock().unwrap();
             withdrawn.push((agent.into(), pattern.into()));
+            self.generations.lock().unwrap().push(generation);
             Ok(1)
         }
         fn forget_ended(&self, _: &PolicySet) {
