@@ -437,3 +437,94 @@ fn open_in(netns: Option<&Path>) -> io::Result<Netlink> {
         .unwrap_or_else(|_| Err(io::Error::other("netns thread panicked")))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The bookkeeping that keeps a late answer from re-feeding a withdrawn
+    //! rule, without netlink. A withdrawal runs under the grants lock right
+    //! after the install of the set that ended the rule (generation `g`);
+    //! `withdrawn` and `may_feed` both run under the target's `by_rule` lock,
+    //! which the feed holds through its netlink add and the withdrawal
+    //! through its deletes, so "during" is always "before" or "after".
+
+    use super::*;
+
+    const REMEMBER: Duration = Duration::from_secs(7);
+
+    fn rule(agent: &str, pattern: &str) -> (Arc<str>, Arc<str>) {
+        (Arc::from(agent), Arc::from(pattern))
+    }
+
+    #[test]
+    fn a_rule_withdrawn_by_a_later_set_feeds_nothing_from_an_older_one() {
+        let mut by_rule = ByRule::default();
+        let now = Instant::now();
+        let grant = rule("a", "g.test");
+        // Positive control: nothing withdrawn, any generation feeds.
+        assert!(by_rule.may_feed(&grant, 0) && by_rule.may_feed(&grant, 5));
+
+        // Feed first (decided at 1), then the revoke installs 2 and
+        // withdraws: the feed went in, and the withdrawal takes it out.
+        assert!(by_rule.may_feed(&grant, 1));
+        by_rule.withdrawn("a", "g.test", 2, REMEMBER, now);
+        // Withdrawal first: an answer decided at 1 arrives late, nothing fed.
+        assert!(!by_rule.may_feed(&grant, 1));
+        // Decided against the set that ended it (a shortened grant still in
+        // it, capped at its new end) or a later one: feeds.
+        assert!(by_rule.may_feed(&grant, 2) && by_rule.may_feed(&grant, 3));
+        // Only that rule: the same pattern of another agent, another pattern
+        // of the same agent still feed.
+        assert!(by_rule.may_feed(&rule("b", "g.test"), 1));
+        assert!(by_rule.may_feed(&rule("a", "other.test"), 1));
+    }
+
+    #[test]
+    fn a_reload_that_keeps_the_rule_withdraws_nothing_so_older_answers_still_feed() {
+        let by_rule = ByRule::default();
+        // Sets 1..=4 came and went (reloads, other grants) without ending
+        // the rule: the state withdrew nothing, so an answer from 1 feeds.
+        assert!(by_rule.may_feed(&rule("a", "kept.test"), 1));
+    }
+
+    #[test]
+    fn a_revoked_pattern_granted_again_feeds_only_from_the_new_grant() {
+        let mut by_rule = ByRule::default();
+        let now = Instant::now();
+        let g = rule("a", "g.test");
+        by_rule.withdrawn("a", "g.test", 2, REMEMBER, now); // revoke
+        // Granted again at 3 (no withdrawal): answers of the old grant (1)
+        // still feed nothing, those of the new one do.
+        assert!(!by_rule.may_feed(&g, 1));
+        assert!(by_rule.may_feed(&g, 3));
+        // Revoked again at 5: the new grant's late answers stop too.
+        by_rule.withdrawn("a", "g.test", 5, REMEMBER, now);
+        assert!(!by_rule.may_feed(&g, 3) && !by_rule.may_feed(&g, 4));
+        assert!(by_rule.may_feed(&g, 5));
+        // A record never moves the mark back.
+        by_rule.withdrawn("a", "g.test", 4, REMEMBER, now);
+        assert!(!by_rule.may_feed(&g, 4));
+    }
+
+    #[test]
+    fn old_withdrawals_are_forgotten_and_answers_older_than_them_feed_nothing() {
+        let mut by_rule = ByRule::default();
+        let then = Instant::now();
+        by_rule.withdrawn("a", "old.test", 2, REMEMBER, then);
+        by_rule.withdrawn("a", "recent.test", 3, REMEMBER, then + REMEMBER);
+        assert_eq!(by_rule.withdrawn.len(), 2, "within `remember`: kept");
+        let later = then + REMEMBER + Duration::from_secs(1);
+        by_rule.withdrawn("b", "new.test", 4, REMEMBER, later);
+        // Bounded: the one older than `remember` is gone.
+        let mut left: Vec<_> = by_rule.withdrawn.keys().map(|(_, p)| &**p).collect();
+        left.sort();
+        assert_eq!(left, ["new.test", "recent.test"]);
+        // An answer decided before a forgotten withdrawal cannot be told
+        // apart any more: whatever its rule, it feeds nothing.
+        assert!(!by_rule.may_feed(&rule("a", "old.test"), 1));
+        assert!(!by_rule.may_feed(&rule("c", "unrelated.test"), 1));
+        // From the forgotten one's set on, only what is remembered counts.
+        assert!(by_rule.may_feed(&rule("a", "old.test"), 2));
+        assert!(!by_rule.may_feed(&rule("a", "recent.test"), 2));
+        assert!(by_rule.may_feed(&rule("a", "recent.test"), 3));
+    }
+}
