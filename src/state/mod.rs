@@ -727,6 +727,53 @@ mod tests {
         );
     }
 
+    /// A withdrawal tells the fence the generation of the set that ended
+    /// the rule: answers decided against an older set feed nothing under it,
+    /// answers from that set on do (see fence::target's tests).
+    #[test]
+    fn withdrawals_carry_the_generation_that_ended_the_rule() {
+        let dir = Dir::new("generations");
+        let audit = AuditLog::start(Sink::open(Some(&dir.0.join("audit.log"))).unwrap());
+        let fence = Arc::new(Recorder::default());
+        let policy = |end: &str| {
+            format!(
+                "agent_name: a\nexpected_outbound:\n  - destination: keep.test\n  - destination: temp.test\n    expires: \"{end}\"\n"
+            )
+        };
+        let state = State::new(
+            dir.load(&[("a.yaml", policy("2099-01-01T00:00:00Z"))]),
+            audit.clone(),
+            Some(fence.clone() as Arc<dyn Fence>),
+        );
+        let told = || std::mem::take(&mut *fence.generations.lock().unwrap());
+        state.grant(grant("a", "g.test", HOUR)).unwrap(); // 1
+        state.grant(grant("a", "g.test", HOUR / 2)).unwrap(); // 2, shortened
+        assert_eq!(told(), [2]);
+        state.revoke("a", "g.test", None).unwrap(); // 3
+        assert_eq!(told(), [3]);
+        state.grant(grant("a", "g.test", HOUR)).unwrap(); // 4, granted again
+        assert_eq!(told(), [] as [u64; 0]);
+        // A reload that keeps every rule withdraws nothing.
+        state
+            .replace(dir.load(&[("a.yaml", policy("2099-01-01T00:00:00Z"))]))
+            .unwrap(); // 5
+        assert_eq!(told(), [] as [u64; 0]);
+        state
+            .replace(dir.load(&[("a.yaml", policy("2098-01-01T00:00:00Z"))]))
+            .unwrap(); // 6, temp.test ends sooner
+        assert_eq!(
+            fence.take(),
+            [
+                pair("a", "g.test"),
+                pair("a", "g.test"),
+                pair("a", "temp.test")
+            ]
+        );
+        assert_eq!(told(), [6]);
+        assert_eq!(state.snapshot().generation, 6);
+        audit.close();
+    }
+
     #[test]
     fn without_a_fence_changes_still_take_effect() {
         let dir = Dir::new("unfenced");
