@@ -1001,3 +1001,91 @@ fn a_reload_dropping_an_expiring_entry_withdraws_its_addresses() {
         ResponseCode::NXDomain
     );
 }
+
+/// A grant revoked while its answer is on its way (a slow upstream) feeds
+/// nothing: the late answer is SERVFAIL and its address never passes. The
+/// state tells the fence which rule it withdrew at which generation; the
+/// answer carries the generation it was decided against.
+#[test]
+fn a_grant_revoked_while_its_answer_is_on_its_way_feeds_nothing() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    start_services(&lab, &[443]);
+    let zone = lab.dir.write(
+        "lt.test.zone",
+        "$ORIGIN lt.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\nok IN A 203.0.113.66\nlate IN A 203.0.113.67\n",
+    );
+    let upstream = Upstream::start("127.0.0.15", 0, &[zone]);
+    for name in ["ok.lt.test", "late.lt.test"] {
+        upstream
+            .delays
+            .lock()
+            .unwrap()
+            .insert(name.into(), Duration::from_millis(1500));
+    }
+    let policy = lab.fence(
+        "agent_name: late\nexpected_outbound:\n  - destination: 192.0.2.0/24\nfirewall:\n  netns: NETNS\n",
+    );
+    let socket = lab.dir.0.join("control.sock");
+    let up = upstream.addr.to_string();
+    let dns = Allowdns::serve(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--upstream",
+        &up,
+        "--control",
+        socket.to_str().unwrap(),
+    ]);
+    let control = |args: &[&str]| {
+        let out = Command::new(bin())
+            .args([args[0], "--control", socket.to_str().unwrap()])
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    let grant = |name: &str| {
+        control(&[
+            "grant", "--agent", "late", "--name", name, "--for", "2h", "--reason", "test",
+        ])
+    };
+
+    // Positive control: a slow answer under a grant that stands is fed.
+    grant("ok.lt.test");
+    let m = query(dns.udp, "ok.lt.test", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(
+        connect(&lab, "203.0.113.66:443").is_some(),
+        "granted name blocked"
+    );
+
+    // Revoked while the upstream is still answering: nothing is fed.
+    grant("late.lt.test");
+    let server = dns.udp;
+    let asking = std::thread::spawn(move || query(server, "late.lt.test", RecordType::A));
+    std::thread::sleep(Duration::from_millis(500));
+    control(&["revoke", "--agent", "late", "--name", "late.lt.test"]);
+    let m = asking.join().unwrap();
+    assert_eq!(
+        m.metadata.response_code,
+        ResponseCode::ServFail,
+        "a late answer under a revoked grant was handed out"
+    );
+    assert!(
+        connect(&lab, "203.0.113.67:443").is_none(),
+        "a late answer re-fed a revoked grant"
+    );
+    assert!(
+        dns.stderr()
+            .contains("ended while this answer was on its way"),
+        "{}",
+        dns.stderr()
+    );
+    // Only that rule: the other grant still passes.
+    assert!(
+        connect(&lab, "203.0.113.66:443").is_some(),
+        "the standing grant closed"
+    );
+}

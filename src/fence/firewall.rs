@@ -2,7 +2,7 @@
 //! face of the fence to the rest of allowdns. An answer's addresses become
 //! keys here and go to their target before the reply leaves.
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use hickory_proto::rr::{RData, Record};
 
@@ -89,21 +89,35 @@ impl Firewall {
     }
 
     /// Takes out, at once, every element fed under `agent`'s expiring rule
-    /// `pattern` (a revoked or shortened grant), instead of letting them run
-    /// to their timeout. Addresses other names also led to go too; they are
-    /// fed again on their next answer.
-    pub fn withdraw(&self, agent: &str, pattern: &str) -> Result<usize, FenceError> {
+    /// `pattern` (a revoke, a shortened grant, a reload that drops it),
+    /// instead of letting them run to their timeout. `generation` is the
+    /// policy set that no longer has the rule: an answer decided against an
+    /// older one feeds nothing under it from now on, for at least `remember`
+    /// (the longest an answer may be on its way). Addresses other names also
+    /// led to go too; they are fed again on their next answer.
+    pub fn withdraw(
+        &self,
+        agent: &str,
+        pattern: &str,
+        generation: u64,
+        remember: Duration,
+    ) -> Result<usize, FenceError> {
         let mut total = 0;
+        let mut first_error = None;
+        // Every target records the withdrawal, even after one failed.
         for target in &self.targets {
-            total += target
-                .withdraw(agent, pattern)
-                .map_err(|source| FenceError::Withdraw {
-                    target: TargetId::of(&target.config),
-                    pattern: pattern.to_string(),
-                    source,
-                })?;
+            match target.withdraw(agent, pattern, generation, remember) {
+                Ok(n) => total += n,
+                Err(source) => {
+                    first_error.get_or_insert(FenceError::Withdraw {
+                        target: TargetId::of(&target.config),
+                        pattern: pattern.to_string(),
+                        source,
+                    });
+                }
+            }
         }
-        Ok(total)
+        first_error.map_or(Ok(total), Err)
     }
 
     /// Stops tracking keys for expiring rules no longer in force; their
@@ -111,7 +125,7 @@ impl Firewall {
     pub fn forget_ended(&self, policies: &PolicySet) {
         for target in &self.targets {
             let mut by_rule = target.by_rule.lock().unwrap_or_else(|p| p.into_inner());
-            by_rule.retain(|(agent, pattern), _| {
+            by_rule.fed.retain(|(agent, pattern), _| {
                 policies.by_agent(agent).is_some_and(|p| {
                     p.rules
                         .iter()
@@ -123,26 +137,29 @@ impl Firewall {
     }
 
     /// Adds every address in `answers` to the agent's sets, before the reply
-    /// leaves. Records of a family the target cannot pass are removed, and
-    /// TTLs are capped at `max_ttl` so no client caches past its element.
+    /// leaves, for a rule of the newest policy set. Records of a family the
+    /// target cannot pass are removed, and TTLs are capped at `max_ttl` so no
+    /// client caches past its element.
     pub fn feed(
         &self,
         policy: &Policy,
         rule: &Rule,
         answers: &mut Vec<Record>,
     ) -> Result<(), FeedError> {
-        self.feed_checked(policy, rule, answers, &|| true)
+        self.feed_decided_at(policy, rule, u64::MAX, answers)
     }
 
-    /// [`Firewall::feed`], for a rule that a revoke or reload may end while
-    /// the answer is on its way: `still_in_force` is asked under the lock
-    /// that withdrawals take, and if it says no, nothing is fed (SERVFAIL).
-    pub fn feed_checked(
+    /// [`Firewall::feed`], for an answer decided against the policy set of
+    /// `generation`, which a revoke or reload may have replaced while the
+    /// answer was on its way. Under the lock that withdrawals take: if the
+    /// rule was withdrawn by a later set, or its `expires` has passed,
+    /// nothing is fed (SERVFAIL).
+    pub fn feed_decided_at(
         &self,
         policy: &Policy,
         rule: &Rule,
+        generation: u64,
         answers: &mut Vec<Record>,
-        still_in_force: &dyn Fn() -> bool,
     ) -> Result<(), FeedError> {
         let Some(target) = self.target_for(policy) else {
             return match &policy.firewall {
@@ -194,15 +211,15 @@ impl Firewall {
         // Held through the update, so a withdraw cannot slip between the
         // check that the rule still stands and the add.
         let mut by_rule = target.by_rule.lock().unwrap_or_else(|p| p.into_inner());
-        if !still_in_force() {
+        let key = (policy.agent.clone(), rule.pattern.clone());
+        let ended = rule.expires.is_some_and(|end| end <= SystemTime::now());
+        if ended || !by_rule.may_feed(&key, generation) {
             return Err(FeedError::Ended {
                 agent: policy.agent.to_string(),
                 pattern: rule.pattern.to_string(),
             });
         }
-        let keys = by_rule
-            .entry((policy.agent.clone(), rule.pattern.clone()))
-            .or_default();
+        let keys = by_rule.fed.entry(key).or_default();
         keys.extend(wanted.iter().map(|(set, key, _)| (*set, key.clone())));
         if keys.len() > PRUNE_AT {
             // Keys whose elements already timed out need no withdrawal.

@@ -34,12 +34,71 @@ pub(super) struct Target {
     /// Elements from policy addresses, as last installed.
     pub(super) installed: Mutex<Vec<Static>>,
     /// Keys fed under an expiring rule (a grant, `expires:`), by (agent,
-    /// pattern), so a revoke can take them out before their timeout.
-    pub(super) by_rule: Mutex<FedUnderRule>,
+    /// pattern), so a revoke can take them out before their timeout; and
+    /// which rules were withdrawn when. One lock, which withdrawals and
+    /// feeds of withdrawable rules both hold through their netlink update.
+    pub(super) by_rule: Mutex<ByRule>,
 }
 
 /// (agent, pattern) → the (set, key)s fed under that expiring rule.
 pub(super) type FedUnderRule = HashMap<(Arc<str>, Arc<str>), HashSet<(SetId, Vec<u8>)>>;
+
+/// What a target knows of withdrawable rules: what was fed under each, and
+/// which were withdrawn at which generation of the policy set, so an answer
+/// decided against an older set cannot feed a rule withdrawn since.
+#[derive(Default)]
+pub(super) struct ByRule {
+    /// The keys to delete when a rule is withdrawn.
+    pub(super) fed: FedUnderRule,
+    /// (agent, pattern) → the generation the rule was withdrawn at, and
+    /// when: recent withdrawals only (see [`ByRule::withdrawn`]).
+    withdrawn: HashMap<(Arc<str>, Arc<str>), (u64, Instant)>,
+    /// The newest generation among withdrawals no longer remembered: an
+    /// answer decided before it can no longer be told apart, so it feeds
+    /// nothing (never open on doubt).
+    forgotten: u64,
+}
+
+impl ByRule {
+    /// Records that `agent`'s rule `pattern` was withdrawn by the set of
+    /// `generation`, and forgets withdrawals older than `remember` (the
+    /// longest an answer may be on its way).
+    pub(super) fn withdrawn(
+        &mut self,
+        agent: &str,
+        pattern: &str,
+        generation: u64,
+        remember: Duration,
+        now: Instant,
+    ) {
+        let mut forgotten = self.forgotten;
+        self.withdrawn.retain(|_, (at, when)| {
+            let keep = now.saturating_duration_since(*when) <= remember;
+            if !keep {
+                forgotten = forgotten.max(*at);
+            }
+            keep
+        });
+        self.forgotten = forgotten;
+        let slot = self
+            .withdrawn
+            .entry((Arc::from(agent), Arc::from(pattern)))
+            .or_insert((generation, now));
+        // Withdrawals come in generation order; a late one never lowers the mark.
+        *slot = (slot.0.max(generation), now);
+    }
+
+    /// Whether an answer for the rule (agent, pattern), decided against the
+    /// set of generation `decided_at`, may still feed: not if the rule was
+    /// withdrawn by a later set.
+    pub(super) fn may_feed(&self, rule: &(Arc<str>, Arc<str>), decided_at: u64) -> bool {
+        decided_at >= self.forgotten
+            && self
+                .withdrawn
+                .get(rule)
+                .is_none_or(|(at, _)| *at <= decided_at)
+    }
+}
 
 impl Target {
     /// Opens a socket in the target's namespace and checks every set;
@@ -117,7 +176,7 @@ impl Target {
             netlink: Mutex::new(netlink),
             expiries: Mutex::new(expiries),
             installed: Mutex::new(Vec::new()),
-            by_rule: Mutex::new(HashMap::new()),
+            by_rule: Mutex::new(ByRule::default()),
         })
     }
 
@@ -300,11 +359,20 @@ impl Target {
         Ok(())
     }
 
-    /// Deletes the elements fed under one expiring rule; see [`Firewall::withdraw`].
-    pub(super) fn withdraw(&self, agent: &str, pattern: &str) -> io::Result<usize> {
-        // Held until the kernel has the deletes: see `feed_checked`.
+    /// Deletes the elements fed under one expiring rule, withdrawn by the set
+    /// of `generation`; see [`Firewall::withdraw`].
+    pub(super) fn withdraw(
+        &self,
+        agent: &str,
+        pattern: &str,
+        generation: u64,
+        remember: Duration,
+    ) -> io::Result<usize> {
+        // Held until the kernel has the deletes: see `feed_decided_at`.
         let mut by_rule = self.by_rule.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(keys) = by_rule.remove(&(Arc::from(agent), Arc::from(pattern))) else {
+        // Recorded first, so a late answer feeds nothing even if the deletes fail.
+        by_rule.withdrawn(agent, pattern, generation, remember, Instant::now());
+        let Some(keys) = by_rule.fed.remove(&(Arc::from(agent), Arc::from(pattern))) else {
             return Ok(0);
         };
         let mut netlink = self.netlink.lock().unwrap_or_else(|p| p.into_inner());
@@ -368,4 +436,95 @@ fn open_in(netns: Option<&Path>) -> io::Result<Netlink> {
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("netns thread panicked")))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The bookkeeping that keeps a late answer from re-feeding a withdrawn
+    //! rule, without netlink. A withdrawal runs under the grants lock right
+    //! after the install of the set that ended the rule (generation `g`);
+    //! `withdrawn` and `may_feed` both run under the target's `by_rule` lock,
+    //! which the feed holds through its netlink add and the withdrawal
+    //! through its deletes, so "during" is always "before" or "after".
+
+    use super::*;
+
+    const REMEMBER: Duration = Duration::from_secs(7);
+
+    fn rule(agent: &str, pattern: &str) -> (Arc<str>, Arc<str>) {
+        (Arc::from(agent), Arc::from(pattern))
+    }
+
+    #[test]
+    fn a_rule_withdrawn_by_a_later_set_feeds_nothing_from_an_older_one() {
+        let mut by_rule = ByRule::default();
+        let now = Instant::now();
+        let grant = rule("a", "g.test");
+        // Positive control: nothing withdrawn, any generation feeds.
+        assert!(by_rule.may_feed(&grant, 0) && by_rule.may_feed(&grant, 5));
+
+        // Feed first (decided at 1), then the revoke installs 2 and
+        // withdraws: the feed went in, and the withdrawal takes it out.
+        assert!(by_rule.may_feed(&grant, 1));
+        by_rule.withdrawn("a", "g.test", 2, REMEMBER, now);
+        // Withdrawal first: an answer decided at 1 arrives late, nothing fed.
+        assert!(!by_rule.may_feed(&grant, 1));
+        // Decided against the set that ended it (a shortened grant still in
+        // it, capped at its new end) or a later one: feeds.
+        assert!(by_rule.may_feed(&grant, 2) && by_rule.may_feed(&grant, 3));
+        // Only that rule: the same pattern of another agent, another pattern
+        // of the same agent still feed.
+        assert!(by_rule.may_feed(&rule("b", "g.test"), 1));
+        assert!(by_rule.may_feed(&rule("a", "other.test"), 1));
+    }
+
+    #[test]
+    fn a_reload_that_keeps_the_rule_withdraws_nothing_so_older_answers_still_feed() {
+        let by_rule = ByRule::default();
+        // Sets 1..=4 came and went (reloads, other grants) without ending
+        // the rule: the state withdrew nothing, so an answer from 1 feeds.
+        assert!(by_rule.may_feed(&rule("a", "kept.test"), 1));
+    }
+
+    #[test]
+    fn a_revoked_pattern_granted_again_feeds_only_from_the_new_grant() {
+        let mut by_rule = ByRule::default();
+        let now = Instant::now();
+        let g = rule("a", "g.test");
+        by_rule.withdrawn("a", "g.test", 2, REMEMBER, now); // revoke
+        // Granted again at 3 (no withdrawal): answers of the old grant (1)
+        // still feed nothing, those of the new one do.
+        assert!(!by_rule.may_feed(&g, 1));
+        assert!(by_rule.may_feed(&g, 3));
+        // Revoked again at 5: the new grant's late answers stop too.
+        by_rule.withdrawn("a", "g.test", 5, REMEMBER, now);
+        assert!(!by_rule.may_feed(&g, 3) && !by_rule.may_feed(&g, 4));
+        assert!(by_rule.may_feed(&g, 5));
+        // A record never moves the mark back.
+        by_rule.withdrawn("a", "g.test", 4, REMEMBER, now);
+        assert!(!by_rule.may_feed(&g, 4));
+    }
+
+    #[test]
+    fn old_withdrawals_are_forgotten_and_answers_older_than_them_feed_nothing() {
+        let mut by_rule = ByRule::default();
+        let then = Instant::now();
+        by_rule.withdrawn("a", "old.test", 2, REMEMBER, then);
+        by_rule.withdrawn("a", "recent.test", 3, REMEMBER, then + REMEMBER);
+        assert_eq!(by_rule.withdrawn.len(), 2, "within `remember`: kept");
+        let later = then + REMEMBER + Duration::from_secs(1);
+        by_rule.withdrawn("b", "new.test", 4, REMEMBER, later);
+        // Bounded: the one older than `remember` is gone.
+        let mut left: Vec<_> = by_rule.withdrawn.keys().map(|(_, p)| &**p).collect();
+        left.sort();
+        assert_eq!(left, ["new.test", "recent.test"]);
+        // An answer decided before a forgotten withdrawal cannot be told
+        // apart any more: whatever its rule, it feeds nothing.
+        assert!(!by_rule.may_feed(&rule("a", "old.test"), 1));
+        assert!(!by_rule.may_feed(&rule("c", "unrelated.test"), 1));
+        // From the forgotten one's set on, only what is remembered counts.
+        assert!(by_rule.may_feed(&rule("a", "old.test"), 2));
+        assert!(!by_rule.may_feed(&rule("a", "recent.test"), 2));
+        assert!(by_rule.may_feed(&rule("a", "recent.test"), 3));
+    }
 }

@@ -127,13 +127,6 @@ pub struct Chosen {
     pub matchable: bool,
 }
 
-impl Chosen {
-    /// The key the matcher judges, if the name has one.
-    fn matched(&self) -> Option<&QueryKey> {
-        self.matchable.then_some(&self.key)
-    }
-}
-
 impl Handler {
     pub fn new(
         loaded: Loaded,
@@ -244,13 +237,9 @@ impl Handler {
             .resolver
             .resolve_now(&loaded.files.zones, &key, name, qtype, policy.id)
         {
-            Some(resolution) => Progress::Answered(self.fence(
-                &loaded,
-                policy,
-                rule,
-                matchable.then_some(&key),
-                outcome.resolved(resolution),
-            )),
+            Some(resolution) => {
+                Progress::Answered(self.fence(&loaded, policy, rule, outcome.resolved(resolution)))
+            }
             None => {
                 // The name is about to leave: under a wildcard, a new one is
                 // charged to the agent's exfiltration budget. Allowed means
@@ -287,7 +276,6 @@ impl Handler {
         loaded: &InForce,
         policy: &Policy,
         rule: &Rule,
-        matched: Option<&QueryKey>,
         mut outcome: Outcome,
     ) -> Outcome {
         // No client may cache an answer past the rule that allowed it.
@@ -319,27 +307,9 @@ impl Handler {
         // A netlink round trip takes a few µs and is bounded by a 2 s receive
         // timeout. Moving it off runtime workers (block_in_place) spawned
         // replacement threads under bursts and cost far more than it saved.
-        // A revoke or reload since `loaded` was taken: only what still allows
-        // this name, no shorter, may feed (the old rule may have been withdrawn).
-        let still_in_force = || {
-            // A rule that ended while its answer was on the way feeds nothing.
-            if rule.expires.is_some_and(|end| end <= SystemTime::now()) {
-                return false;
-            }
-            let now = self.state.snapshot();
-            now.generation == loaded.generation
-                || now.policies.by_agent(&policy.agent).is_some_and(|p| {
-                    match decide_for(p, matched) {
-                        Decision::Allow { rule: r, .. } | Decision::WouldDeny { rule: r, .. } => {
-                            r.pattern == rule.pattern
-                                && r.expires
-                                    .is_none_or(|end| rule.expires.is_some_and(|e| end >= e))
-                        }
-                        _ => false,
-                    }
-                })
-        };
-        let fed = firewall.feed_checked(policy, rule, &mut outcome.answers, &still_in_force);
+        // A revoke or reload since `loaded` was taken may have withdrawn
+        // `rule`: the fence tells, under its withdraw lock, from the generation.
+        let fed = firewall.feed_decided_at(policy, rule, loaded.generation, &mut outcome.answers);
         if let Err(error) = fed {
             self.firewall_alert(&policy.agent, &error);
             outcome.rcode = ResponseCode::ServFail;
@@ -393,13 +363,7 @@ impl Handler {
             }),
         };
         match result {
-            Ok(resolution) => self.fence(
-                loaded,
-                policy,
-                rule,
-                chosen.matched(),
-                outcome.resolved(resolution),
-            ),
+            Ok(resolution) => self.fence(loaded, policy, rule, outcome.resolved(resolution)),
             Err(error) => {
                 crate::serve::upstream::warn_failure(&error, query.name(), query.query_type());
                 outcome

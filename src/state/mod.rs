@@ -82,7 +82,9 @@ pub trait Fence: Send + Sync {
     /// Makes the policy-address elements match `policies`.
     fn sync_static(&self, policies: &PolicySet) -> Result<(), FenceError>;
     /// Takes out every element fed under `agent`'s rule `pattern`; how many.
-    fn withdraw(&self, agent: &str, pattern: &str) -> Result<usize, FenceError>;
+    /// `generation` is the set that ended the rule: from now on an answer
+    /// decided against an older set feeds nothing under it.
+    fn withdraw(&self, agent: &str, pattern: &str, generation: u64) -> Result<usize, FenceError>;
     /// Stops tracking rules that ended by themselves.
     fn forget_ended(&self, policies: &PolicySet);
 }
@@ -94,8 +96,13 @@ impl Fence for Firewall {
     fn sync_static(&self, policies: &PolicySet) -> Result<(), FenceError> {
         Ok(Firewall::sync_static(self, policies)?)
     }
-    fn withdraw(&self, agent: &str, pattern: &str) -> Result<usize, FenceError> {
-        Ok(Firewall::withdraw(self, agent, pattern)?)
+    fn withdraw(&self, agent: &str, pattern: &str, generation: u64) -> Result<usize, FenceError> {
+        // Remembered as long as an answer may hold the set it was decided
+        // against, with the margin `retire` gives.
+        let remember = HELD_AT_MOST + Duration::from_secs(1);
+        Ok(Firewall::withdraw(
+            self, agent, pattern, generation, remember,
+        )?)
     }
     fn forget_ended(&self, policies: &PolicySet) {
         Firewall::forget_ended(self, policies)
@@ -253,11 +260,13 @@ impl State {
 
     /// Deletes the elements fed under an ended rule; a failure leaves them to
     /// their timeouts (at most the rule's old end plus grace), loudly.
+    /// Called under the grants lock, right after the install that ended the
+    /// rule, so the set in force is the one that ended it.
     fn withdraw(&self, agent: &str, pattern: &str) {
         let Some(fence) = &self.fence else {
             return;
         };
-        match fence.withdraw(agent, pattern) {
+        match fence.withdraw(agent, pattern, self.snapshot().generation) {
             Ok(0) => {}
             Ok(n) => tracing::info!(agent, pattern, elements = n, "firewall elements withdrawn"),
             Err(e) => {
@@ -434,6 +443,8 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         withdrawn: Mutex<Vec<(String, String)>>,
+        /// The generation each withdrawal was told, in order.
+        generations: Mutex<Vec<u64>>,
         syncs: Mutex<usize>,
         forgets: Mutex<usize>,
         fail_sync: std::sync::atomic::AtomicBool,
@@ -457,9 +468,15 @@ mod tests {
             }
             Ok(())
         }
-        fn withdraw(&self, agent: &str, pattern: &str) -> Result<usize, FenceError> {
+        fn withdraw(
+            &self,
+            agent: &str,
+            pattern: &str,
+            generation: u64,
+        ) -> Result<usize, FenceError> {
             let mut withdrawn = self.withdrawn.lock().unwrap();
             withdrawn.push((agent.into(), pattern.into()));
+            self.generations.lock().unwrap().push(generation);
             Ok(1)
         }
         fn forget_ended(&self, _: &PolicySet) {
@@ -706,6 +723,53 @@ mod tests {
                 "grant_expired g1.test",
             ]
         );
+    }
+
+    /// A withdrawal tells the fence the generation of the set that ended
+    /// the rule: answers decided against an older set feed nothing under it,
+    /// answers from that set on do (see fence::target's tests).
+    #[test]
+    fn withdrawals_carry_the_generation_that_ended_the_rule() {
+        let dir = Dir::new("generations");
+        let audit = AuditLog::start(Sink::open(Some(&dir.0.join("audit.log"))).unwrap());
+        let fence = Arc::new(Recorder::default());
+        let policy = |end: &str| {
+            format!(
+                "agent_name: a\nexpected_outbound:\n  - destination: keep.test\n  - destination: temp.test\n    expires: \"{end}\"\n"
+            )
+        };
+        let state = State::new(
+            dir.load(&[("a.yaml", policy("2099-01-01T00:00:00Z"))]),
+            audit.clone(),
+            Some(fence.clone() as Arc<dyn Fence>),
+        );
+        let told = || std::mem::take(&mut *fence.generations.lock().unwrap());
+        state.grant(grant("a", "g.test", HOUR)).unwrap(); // 1
+        state.grant(grant("a", "g.test", HOUR / 2)).unwrap(); // 2, shortened
+        assert_eq!(told(), [2]);
+        state.revoke("a", "g.test", None).unwrap(); // 3
+        assert_eq!(told(), [3]);
+        state.grant(grant("a", "g.test", HOUR)).unwrap(); // 4, granted again
+        assert_eq!(told(), [] as [u64; 0]);
+        // A reload that keeps every rule withdraws nothing.
+        state
+            .replace(dir.load(&[("a.yaml", policy("2099-01-01T00:00:00Z"))]))
+            .unwrap(); // 5
+        assert_eq!(told(), [] as [u64; 0]);
+        state
+            .replace(dir.load(&[("a.yaml", policy("2098-01-01T00:00:00Z"))]))
+            .unwrap(); // 6, temp.test ends sooner
+        assert_eq!(
+            fence.take(),
+            [
+                pair("a", "g.test"),
+                pair("a", "g.test"),
+                pair("a", "temp.test")
+            ]
+        );
+        assert_eq!(told(), [6]);
+        assert_eq!(state.snapshot().generation, 6);
+        audit.close();
     }
 
     #[test]
