@@ -223,3 +223,30 @@ fn choices_name_file_line_field_and_the_valid_values() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stderr.contains("mode: learn:"), "{stderr}");
 }
+
+#[test]
+fn a_yaml_tag_is_not_a_choice() {
+    // serde's derived enums read a tag as the variant: `mode: !learn` (no
+    // value) used to load as learn mode, the fence off.
+    let dir = TempDir::new("check-tags");
+    let (code, _, stderr) = {
+        // Positive control: the same word as a value is learn mode.
+        let plain = dir.write("plain.yaml", "agent_name: a\nmode: learn\n");
+        check(&["--policy", plain.to_str().unwrap(), "--upstream", "none"])
+    };
+    assert_eq!(code, 0, "{stderr}");
+    for (name, text) in [
+        ("mode.yaml", "agent_name: a\nmode: !learn\n"),
+        ("family.yaml", "agent_name: a\nfirewall:\n  family: !ip6\n"),
+        (
+            "protocol.yaml",
+            "agent_name: a\ninbound:\n  - port: 80\n    protocol: !udp\n",
+        ),
+    ] {
+        let policy = dir.write(name, text);
+        let (code, stdout, stderr) =
+            check(&["--policy", policy.to_str().unwrap(), "--upstream", "none"]);
+        assert_eq!(code, 1, "{name} must not load:\n{stdout}{stderr}");
+        assert!(stderr.contains(name), "{stderr}");
+    }
+}

@@ -2,7 +2,7 @@
 //!
 //! Output drops by default (IPv4 and IPv6). Accepted: loopback, established
 //! and related traffic, neighbour discovery on the link only, DNS to allowdns
-//! only; then special-purpose ranges (src/special.rs) the policy does not
+//! only; then special-purpose ranges (src/policy/special.rs) the policy does not
 //! list are dropped, so no set element can open them; then addresses in the
 //! sets (any port, or address-and-port). Everything else is logged with a
 //! clear prefix, then dropped.

@@ -83,7 +83,8 @@ pub fn check(stream: BorrowedFd<'_>, own: &Own) -> Result<(), NetnsError> {
     }
     let pidfd = getsockopt(&stream, sockopt::PeerPidfd).map_err(|e| NetnsError::Peer {
         what: "SO_PEERPIDFD needs Linux 6.5",
-        source: e.into(),
+        // nix's own text (`ENOPROTOOPT: ...`), as the control reply always said.
+        source: io::Error::other(e),
     })?;
     match pidfd_netns(pidfd.as_fd()) {
         Ok(ns) => {

@@ -60,15 +60,34 @@ pub fn parse_rfc3339(raw: &str) -> Result<SystemTime, PolicyError> {
     {
         return Err(bad("expected YYYY-MM-DDTHH:MM:SS[.fraction]".into()));
     }
-    time::OffsetDateTime::parse(raw, &Rfc3339)
-        .map(SystemTime::from)
-        .map_err(|e| bad(e.to_string()))
+    let at = time::OffsetDateTime::parse(raw, &Rfc3339).map_err(|e| bad(e.to_string()))?;
+    // Audit lines, alerts and `status` print times as RFC 3339 in UTC
+    // (1970 to 9999): a time outside that range could not be shown.
+    const LAST: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    if !(0..=LAST).contains(&at.unix_timestamp()) {
+        return Err(bad("out of range (years 1970 to 9999, in UTC)".into()));
+    }
+    Ok(SystemTime::from(at))
 }
 
 #[cfg(test)]
 mod tests {
     use super::parse_rfc3339;
     use crate::policy::PolicyError;
+
+    #[test]
+    fn times_that_cannot_be_printed_back_are_refused() {
+        for bad in [
+            "1969-12-31T23:00:00Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59-23:59",
+        ] {
+            let e = parse_rfc3339(bad).unwrap_err();
+            assert!(e.to_string().contains("out of range"), "{bad}: {e}");
+        }
+        assert!(parse_rfc3339("9999-12-31T23:59:59Z").is_ok());
+        assert!(parse_rfc3339("1970-01-01T00:00:00Z").is_ok());
+    }
 
     #[test]
     fn rfc3339_lower_case_and_strict_offsets() {

@@ -7,12 +7,21 @@ use super::file;
 use crate::diagnostics::{Diagnostics, locate};
 
 /// The nftables address family of a table; `family:` in the policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
     Inet,
     Ip,
     Ip6,
+}
+
+impl<'de> serde::Deserialize<'de> for Family {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        super::file::choice(
+            deserializer,
+            &["inet", "ip", "ip6"],
+            &[Family::Inet, Family::Ip, Family::Ip6],
+        )
+    }
 }
 
 impl Family {

@@ -69,6 +69,7 @@ pub fn load(paths: &[PathBuf], diags: &mut Diagnostics) -> Option<PolicySet> {
 fn check_across_files(policies: &[Policy], sources: &[String], diags: &mut Diagnostics) {
     let mut agents: HashMap<&str, &Path> = HashMap::new();
     let mut nets: HashMap<IpNet, &Path> = HashMap::new();
+    let mut ids: HashMap<_, &str> = HashMap::new();
     for (p, source) in policies.iter().zip(sources) {
         let clients_line = locate(source, "clients", 0);
         if let Some(first) = agents.insert(&p.agent, &p.source) {
@@ -77,6 +78,21 @@ fn check_across_files(policies: &[Policy], sources: &[String], diags: &mut Diagn
                 locate(source, "agent_name", 0),
                 Some("agent_name".into()),
                 format!("agent '{}' is also defined in {}", p.agent, first.display()),
+            );
+        }
+        // The id keys the agent's cache, merged questions and upstream
+        // share: two agents must never share one, however unlikely a collision.
+        if let Some(other) = ids.insert(p.id, &p.agent)
+            && *other != *p.agent
+        {
+            diags.error(
+                &p.source,
+                locate(source, "agent_name", 0),
+                Some("agent_name".into()),
+                format!(
+                    "agent '{}' hashes to the same id as '{other}'; rename one",
+                    p.agent
+                ),
             );
         }
         if p.clients.is_empty() && policies.len() > 1 {

@@ -63,7 +63,7 @@ pub struct Outcome {
     pub upstream_ms: Option<f64>,
     /// Exfiltration mark for the audit record.
     pub exfil: Option<crate::serve::exfil::Mark>,
-    /// Special-purpose addresses the fence took out (src/special.rs).
+    /// Special-purpose addresses the fence took out (src/policy/special.rs).
     pub stripped: Vec<IpAddr>,
 }
 

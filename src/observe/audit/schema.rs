@@ -37,8 +37,9 @@ impl Decision {
 }
 
 /// One query record, one line per query whatever the decision. Fields in
-/// the order they are written. Missing fields read as empty, so hand-edited
-/// logs still load in `suggest`.
+/// the order they are written. `ts`, `client` and `decision` are required;
+/// other missing fields read as empty, so hand-edited logs still load in
+/// `suggest`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QueryRecord {
     /// When the query arrived: RFC 3339 UTC, microseconds.

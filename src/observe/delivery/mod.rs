@@ -39,6 +39,6 @@ pub mod syslog;
 pub mod threshold;
 pub mod webhook;
 
-pub use notification::{EVENT, NameCount, Notification, WhatCount, hostname};
+pub use notification::{NameCount, Notification, WhatCount, hostname};
 pub use settings::{NotifySettings, RetryPolicy, SettingError, WebhookSettings};
 pub use sink::{Delivery, DeliveryStats, QUEUE_CAPACITY, SendError};

@@ -10,9 +10,6 @@ use serde::Serialize;
 use super::threshold::{Kind, Raised, What};
 use crate::observe::audit::display_name;
 
-/// The `event` field of a denial notification: names what the JSON is, for
-/// relays that route on it (see [`Kind::event`] for the others).
-pub const EVENT: &str = "allowdns.denied_lookups";
 /// Names listed in the human `text` (the JSON lists up to 20).
 const TEXT_NAMES: usize = 5;
 
