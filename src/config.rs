@@ -93,12 +93,34 @@ impl TcpFile {
     }
 }
 
+/// `upstream.mode` as written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamChoice {
+    Forward,
+    Recursive,
+    None,
+}
+
+impl<'de> Deserialize<'de> for UpstreamChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        crate::input::choice(
+            deserializer,
+            &["forward", "recursive", "none"],
+            &[
+                UpstreamChoice::Forward,
+                UpstreamChoice::Recursive,
+                UpstreamChoice::None,
+            ],
+        )
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     /// `forward` (default), `recursive`, or `none` (local zones only).
     #[serde(default)]
-    pub mode: Option<String>,
+    pub mode: Option<UpstreamChoice>,
     /// Forwarders; default: the nameservers in /etc/resolv.conf.
     #[serde(default)]
     pub servers: Vec<String>,
@@ -301,7 +323,7 @@ impl Input<'_> {
     /// `upstream.servers`, else resolv.conf's nameservers other than us).
     fn upstream(
         &self,
-        mode: Option<&str>,
+        mode: Option<UpstreamChoice>,
         servers: &[String],
         root_hints: Option<&Path>,
         allow_private_servers: bool,
@@ -310,7 +332,7 @@ impl Input<'_> {
     ) -> UpstreamMode {
         let sources = self.sources;
         let no_upstream = sources.upstream.iter().any(|u| u == "none")
-            || (sources.upstream.is_empty() && mode == Some("none"));
+            || (sources.upstream.is_empty() && mode == Some(UpstreamChoice::None));
         let forward_servers = if no_upstream {
             None
         } else if !sources.upstream.is_empty() {
@@ -321,17 +343,7 @@ impl Input<'_> {
             None
         };
 
-        let recursive = sources.root_hints.is_some() || mode == Some("recursive");
-        if let Some(m) = mode
-            && !["forward", "recursive", "none"].contains(&m)
-        {
-            diags.error(
-                &self.path,
-                locate(&self.text, m, 0),
-                Some("upstream.mode".into()),
-                format!("unknown mode '{m}' (expected forward, recursive or none)"),
-            );
-        }
+        let recursive = sources.root_hints.is_some() || mode == Some(UpstreamChoice::Recursive);
         if no_upstream {
             if sources.upstream.len() > 1 {
                 diags.error(
@@ -467,7 +479,7 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
 
     let listen = input.listen(&listen, diags);
     let upstream = input.upstream(
-        mode.as_deref(),
+        mode,
         &servers,
         root_hints.as_deref(),
         allow_private_servers,

@@ -258,6 +258,31 @@ pub fn read_yaml(
     Some(text)
 }
 
+/// One of `names` (spelled exactly, from a plain scalar), as the value at
+/// the same index: a setting that is really a choice. Not serde's derived
+/// enum: that reads a YAML tag as the variant, so a policy's `mode: !learn`
+/// would turn the fence off without "learn" ever being written as a value.
+pub fn choice<'de, D: serde::Deserializer<'de>, T: Copy + 'static>(
+    deserializer: D,
+    names: &'static [&'static str],
+    values: &'static [T],
+) -> Result<T, D::Error> {
+    struct Choice<T: 'static>(&'static [&'static str], &'static [T]);
+    impl<T: Copy> serde::de::Visitor<'_> for Choice<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "one of {}", self.0.join(", "))
+        }
+        fn visit_str<E: serde::de::Error>(self, raw: &str) -> Result<T, E> {
+            match self.0.iter().position(|name| *name == raw) {
+                Some(at) => Ok(self.1[at]),
+                None => Err(E::unknown_variant(raw, self.0)),
+            }
+        }
+    }
+    deserializer.deserialize_str(Choice(names, values))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -193,24 +193,8 @@ pub struct PolicyView {
     pub expiring: Vec<(String, String)>,
 }
 
-/// A policy's mode, as `status` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Names outside the policy are refused.
-    Enforce,
-    /// Names outside the policy are resolved and recorded.
-    Learn,
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Mode::Enforce => "enforce",
-            Mode::Learn => "learn",
-        })
-    }
-}
+/// A policy's mode, as `status` shows it: the policy file's own choice.
+pub use crate::policy::file::Mode;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -47,7 +47,8 @@ pub struct PolicyFileV1 {
 }
 
 /// What a policy does with names outside its allowlist (`mode:`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Deny them (NXDOMAIN and an alert).
     #[default]
@@ -56,39 +57,23 @@ pub enum Mode {
     Learn,
 }
 
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Enforce => "enforce",
+            Mode::Learn => "learn",
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for Mode {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        choice(
+        crate::input::choice(
             deserializer,
             &["enforce", "learn"],
             &[Mode::Enforce, Mode::Learn],
         )
     }
-}
-
-/// One of `names` (spelled exactly, from a plain scalar), as the value at
-/// the same index. Not serde's derived enum: that reads a YAML tag as the
-/// variant, so `mode: !learn` would turn the fence off without "learn"
-/// ever being written as a value.
-pub(super) fn choice<'de, D: Deserializer<'de>, T: Copy + 'static>(
-    deserializer: D,
-    names: &'static [&'static str],
-    values: &'static [T],
-) -> Result<T, D::Error> {
-    struct Choice<T: 'static>(&'static [&'static str], &'static [T]);
-    impl<T: Copy> serde::de::Visitor<'_> for Choice<T> {
-        type Value = T;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            write!(f, "one of {}", self.0.join(", "))
-        }
-        fn visit_str<E: serde::de::Error>(self, raw: &str) -> Result<T, E> {
-            match self.0.iter().position(|name| *name == raw) {
-                Some(at) => Ok(self.1[at]),
-                None => Err(E::unknown_variant(raw, self.0)),
-            }
-        }
-    }
-    deserializer.deserialize_str(Choice(names, values))
 }
 
 /// `TCP` or `UDP`, in any case: the seed format writes them upper case.

@@ -16,7 +16,7 @@ pub enum Family {
 
 impl<'de> serde::Deserialize<'de> for Family {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        super::file::choice(
+        crate::input::choice(
             deserializer,
             &["inet", "ip", "ip6"],
             &[Family::Inet, Family::Ip, Family::Ip6],
