@@ -13,8 +13,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use allowdns::diagnostics::Diagnostics;
-use allowdns::fence::{Firewall, FirewallConfig, ruleset};
+use allowdns::fence::{Firewall, ruleset};
 use allowdns::policy;
+use allowdns::policy::firewall::FirewallConfig;
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record};
 

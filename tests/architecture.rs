@@ -84,6 +84,32 @@ fn targets(line: &str) -> Vec<String> {
     out
 }
 
+/// The file's lines with comments cut, numbered from 0; a `crate::{` group
+/// that rustfmt wrapped over several lines is joined onto its first line.
+fn statements(text: &str) -> Vec<(usize, String)> {
+    let mut out: Vec<(usize, String)> = Vec::new();
+    let mut open = 0i32; // unclosed braces of a `crate::{` group being joined
+    for (n, line) in text.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or("");
+        if open > 0 {
+            let last = out.last_mut().unwrap();
+            last.1.push(' ');
+            last.1.push_str(code.trim());
+        } else {
+            out.push((n, code.to_string()));
+        }
+        let current = &out.last().unwrap().1;
+        open = match current.rfind("crate::{") {
+            Some(at) => {
+                let group = &current[at..];
+                group.matches('{').count() as i32 - group.matches('}').count() as i32
+            }
+            None => 0,
+        };
+    }
+    out
+}
+
 fn first_ident(s: &str) -> String {
     s.trim_start()
         .chars()
@@ -109,8 +135,8 @@ fn imports_point_down_the_layers() {
             .get(from.as_str())
             .unwrap_or_else(|| panic!("{}: unit '{from}' is not in LAYERS", file.display()));
         let text = std::fs::read_to_string(file).unwrap();
-        for (n, line) in text.lines().enumerate() {
-            for to in targets(line) {
+        for (n, line) in statements(&text) {
+            for to in targets(&line) {
                 if to == from || to == "self" {
                     continue;
                 }
@@ -154,4 +180,8 @@ fn the_scanner_reads_grouped_and_nested_imports() {
         ["observe"]
     );
     assert!(targets("// crate::cli in a comment").is_empty());
+    let wrapped =
+        statements("use crate::{\n    fence::Firewall,\n    state::State,\n};\nfn x() {}\n");
+    assert_eq!(wrapped.len(), 2, "{wrapped:?}");
+    assert_eq!(targets(&wrapped[0].1), ["fence", "state"]);
 }

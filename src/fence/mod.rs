@@ -36,6 +36,5 @@ pub mod ruleset;
 mod target;
 pub mod watch;
 
-pub use crate::policy::firewall::{Family, FirewallConfig};
 pub use error::{FeedError, FenceError, TargetId};
 pub use firewall::{Firewall, withdrawable};

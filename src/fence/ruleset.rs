@@ -14,8 +14,8 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use super::{Family, FirewallConfig};
 use crate::policy::Policy;
+use crate::policy::firewall::{Family, FirewallConfig};
 
 /// Log prefix of denied egress, as it shows in the kernel log.
 pub const LOG_PREFIX: &str = "allowdns egress denied: ";

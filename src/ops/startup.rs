@@ -336,6 +336,6 @@ pub fn ruleset(
     let config = policy
         .firewall
         .clone()
-        .unwrap_or_else(crate::fence::FirewallConfig::with_defaults);
+        .unwrap_or_else(crate::policy::firewall::FirewallConfig::with_defaults);
     Ok(crate::fence::ruleset::render(policy, &config, &dns))
 }

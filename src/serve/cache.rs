@@ -36,7 +36,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, RecordType};
 
 use crate::policy::name::{PolicyId, PolicyIdMap, QueryKey};
-use crate::serve::upstream::Step;
+use crate::policy::zones::Step;
 
 /// How often a full partition may be swept for expired entries.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);

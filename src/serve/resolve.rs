@@ -23,9 +23,10 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use crate::observe::metrics::METRICS;
 use crate::policy::name::{PolicyId, QueryKey};
+use crate::policy::zones::Step;
 use crate::policy::zones::Zones;
 use crate::serve::cache::Cache;
-use crate::serve::upstream::{Step, Upstream, UpstreamError};
+use crate::serve::upstream::{Upstream, UpstreamError};
 
 /// Longest CNAME chain followed (RFC 1034 gives no bound; peers use 8 to 16).
 const MAX_CHAIN: usize = 12;

@@ -16,7 +16,7 @@ use hickory_resolver::proto::rr::{Name, Record, RecordType};
 use hickory_resolver::recursor::{Recursor, RecursorError, RecursorOptions};
 use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
 
-pub use crate::policy::zones::Step;
+use crate::policy::zones::Step;
 
 /// Why an allowed name could not be resolved. The client gets SERVFAIL.
 /// Each carries the question asked. `Clone`: one merged upstream question
