@@ -32,11 +32,11 @@ use std::time::Instant;
 
 use hickory_proto::rr::{Name, RecordType};
 
+use crate::policy::PatternFacts;
 pub use crate::policy::exfil_limits::{
     DEFAULT_COOLDOWN_SECS, DEFAULT_DRAIN_BYTES_PER_MIN, DEFAULT_HARD_BYTES, DEFAULT_SOFT_BYTES,
     Limits,
 };
-use crate::policy::PatternFacts;
 use crate::policy::name::QueryKey;
 pub use crate::policy::qtypes::{is_wildcard, qtype_allowed};
 
@@ -572,7 +572,13 @@ mod tests {
     fn charge(b: &Budgets, limits: &Limits, s: &str) -> Verdict {
         let key = key(s);
         let pattern = format!("*.{}", registrable(key.as_str()));
-        b.charge(&"a".into(), limits, &name(s), &key, PatternFacts::of(&pattern))
+        b.charge(
+            &"a".into(),
+            limits,
+            &name(s),
+            &key,
+            PatternFacts::of(&pattern),
+        )
     }
 
     #[test]
@@ -682,7 +688,13 @@ mod tests {
                 // As tests/exfil.rs allows them: `*.` and the zone's two labels.
                 let zone = n.rsplitn(3, '.').take(2).collect::<Vec<_>>();
                 let pattern = format!("*.{}.{}", zone[1], zone[0]);
-                let v = b.charge(&"a".into(), &limits, &name(n), &key(n), PatternFacts::of(&pattern));
+                let v = b.charge(
+                    &"a".into(),
+                    &limits,
+                    &name(n),
+                    &key(n),
+                    PatternFacts::of(&pattern),
+                );
                 if !legacy {
                     assert_eq!(v, Verdict::Pass(false), "{n}");
                 }
@@ -816,8 +828,14 @@ mod tests {
         ] {
             patterns.push((p.to_string(), PatternFacts::of(p)));
         }
-        assert!(patterns.iter().any(|(_, f)| f.wildcard), "positive control: a wildcard");
-        assert!(patterns.iter().any(|(_, f)| !f.wildcard), "positive control: an exact name");
+        assert!(
+            patterns.iter().any(|(_, f)| f.wildcard),
+            "positive control: a wildcard"
+        );
+        assert!(
+            patterns.iter().any(|(_, f)| !f.wildcard),
+            "positive control: an exact name"
+        );
 
         let tsv = std::fs::read_to_string(format!("{data}names.tsv")).unwrap();
         let mut keys: Vec<String> = tsv
@@ -856,10 +874,7 @@ mod tests {
             under("x.api.example.com", "*.api.example.com"),
             "example.com"
         );
-        assert_eq!(
-            under("a.b.example.com", "*.example.com"),
-            "example.com"
-        );
+        assert_eq!(under("a.b.example.com", "*.example.com"), "example.com");
         assert_eq!(
             under("img-7.cdn.shop.co.uk", "img-*.cdn.shop.co.uk"),
             "shop.co.uk"
