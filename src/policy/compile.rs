@@ -15,7 +15,7 @@ use super::expiry::entry_expiry;
 use super::file::{self, Mode, PolicyFileV1, SUPPORTED_VERSIONS};
 use super::firewall::compile_firewall;
 use super::merge::RuleBuilder;
-use super::model::{Policy, Ports, Rule};
+use super::model::{PatternFacts, Policy, Ports, Rule};
 use super::{doh, exfil_limits, name, private, qtypes};
 use crate::diagnostics::{Diagnostics, locate, yaml_error};
 
@@ -188,6 +188,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
                 expires: None,
                 grant: None,
                 qtypes: None,
+                facts: PatternFacts::of("(learn mode)"),
             })
         }
     };

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use ipnet::IpNet;
 
 use super::matcher::{Matcher, RuleId};
-use super::model::{AddressRule, Ports, Protocol, Rule};
+use super::model::{AddressRule, PatternFacts, Ports, Protocol, Rule};
 use super::qtypes;
 
 impl Ports {
@@ -86,6 +86,7 @@ impl RuleBuilder {
         let mut rule_ports = Ports::default();
         rule_ports.add(ports);
         let rule = Rule {
+            facts: PatternFacts::of(&key),
             pattern: key.into(),
             dynamic,
             ports: rule_ports,
@@ -161,7 +162,9 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use crate::diagnostics::Diagnostics;
-    use crate::policy::{Policy, PolicySet, Ports, Protocol, Rule, compile_source, parse_rfc3339};
+    use crate::policy::{
+        PatternFacts, Policy, PolicySet, Ports, Protocol, Rule, compile_source, parse_rfc3339,
+    };
 
     fn at(secs: u64) -> String {
         humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(secs)).to_string()
@@ -189,6 +192,7 @@ mod tests {
             expires: Some(expires),
             grant: Some("r".into()),
             qtypes: None,
+            facts: PatternFacts::of(pattern),
         }
     }
 

@@ -41,5 +41,5 @@ pub use compile::compile_source;
 pub use error::PolicyError;
 pub use expiry::parse_rfc3339;
 pub use load::{expand_paths, load};
-pub use model::{AddressRule, Policy, Ports, Protocol, Rule};
+pub use model::{AddressRule, PatternFacts, Policy, Ports, Protocol, Rule};
 pub use set::PolicySet;

@@ -54,6 +54,46 @@ pub struct Rule {
     /// Query types answered (`qtypes:`); `None`: the default for the
     /// pattern (see [`super::qtypes::qtype_allowed`]).
     pub qtypes: Option<Arc<[hickory_proto::rr::RecordType]>>,
+    /// What the query path needs to know about `pattern`, worked out once
+    /// when the rule is built rather than by scanning it per question.
+    pub facts: PatternFacts,
+}
+
+/// Facts about a rule's pattern that depend on the pattern alone, so they
+/// are computed at load time ([`PatternFacts::of`]) and read per question.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PatternFacts {
+    /// The pattern holds `*` or `?`: it answers only address types unless
+    /// its entry lists `qtypes`, and a new name under it is charged to the
+    /// exfiltration budget.
+    pub wildcard: bool,
+    /// Labels in the pattern's fixed suffix, those after its last `*` or
+    /// `?` (`*.github.io`: 2, `*`: 0; 0 for an exact name). The budget
+    /// pools names whose registrable domain has more labels than this.
+    pub fixed_labels: u8,
+}
+
+impl PatternFacts {
+    /// The facts of a canonical pattern.
+    pub fn of(pattern: &str) -> Self {
+        let Some(at) = pattern.rfind(['*', '?']) else {
+            return PatternFacts {
+                wildcard: false,
+                fixed_labels: 0,
+            };
+        };
+        let fixed = pattern[at..].split_once('.').map_or("", |(_, rest)| rest);
+        let labels = if fixed.is_empty() {
+            0
+        } else {
+            fixed.split('.').count()
+        };
+        PatternFacts {
+            wildcard: true,
+            // A name has at most 127 labels.
+            fixed_labels: u8::try_from(labels).unwrap_or(u8::MAX),
+        }
+    }
 }
 
 impl Rule {

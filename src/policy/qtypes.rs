@@ -28,7 +28,7 @@ pub fn is_wildcard(pattern: &str) -> bool {
 pub fn qtype_allowed(rule: &Rule, qtype: RecordType) -> bool {
     match &rule.qtypes {
         Some(listed) => listed.contains(&qtype),
-        None => !is_wildcard(&rule.pattern) || ADDRESS_TYPES.contains(&qtype),
+        None => !rule.facts.wildcard || ADDRESS_TYPES.contains(&qtype),
     }
 }
 

@@ -32,6 +32,7 @@ use std::time::Instant;
 
 use hickory_proto::rr::{Name, RecordType};
 
+use crate::policy::PatternFacts;
 pub use crate::policy::exfil_limits::{
     DEFAULT_COOLDOWN_SECS, DEFAULT_DRAIN_BYTES_PER_MIN, DEFAULT_HARD_BYTES, DEFAULT_SOFT_BYTES,
     Limits,
@@ -172,8 +173,8 @@ impl Budgets {
         h.finish()
     }
 
-    /// Charges a name about to go upstream under the wildcard rule
-    /// `pattern`. `key` is its canonical form, computed once for the
+    /// Charges a name about to go upstream under a wildcard rule whose
+    /// pattern has `facts`. `key` is its canonical form, computed once for the
     /// question; the labels are read from `name` as sent, without respelling it.
     ///
     /// Case: the name goes upstream as the client wrote it (the reply must
@@ -188,7 +189,7 @@ impl Budgets {
         limits: &Limits,
         name: &Name,
         key: &QueryKey,
-        pattern: &str,
+        facts: PatternFacts,
     ) -> Verdict {
         if !limits.enabled {
             return Verdict::Pass(false);
@@ -197,7 +198,7 @@ impl Budgets {
         let domain = if self.legacy {
             registrable(key)
         } else {
-            budget_domain(key, pattern)
+            budget_domain(key, facts)
         };
         // Labels as sent, below the budget's domain: the key has one label
         // for each of the name's, so counting the domain's is enough.
@@ -331,23 +332,25 @@ fn registrable(key: &str) -> &str {
     crate::policy::registrable_domain(key).unwrap_or(key)
 }
 
-/// The domain whose budget a name under `pattern` is charged to: its
-/// registrable domain, unless the pattern's fixed suffix (the labels after
-/// its last wildcard) is shorter: then the pattern's chosen labels reach
-/// into the registrable domain itself, and each `<data>.github.io` under
-/// `*.github.io` would get a fresh budget. Such names are pooled under the
-/// longer of the fixed suffix and the name's public suffix: `github.io`
-/// for `*.github.io`; `s3.amazonaws.com` for a bucket under
-/// `*.amazonaws.com`. Not coarser than the public suffix, so that a broad
-/// wildcard over a provider (whose DNS the provider runs) keeps one budget
-/// per service and region as the public suffix list draws them, rather
-/// than one for all of them (which the legitimate corpus overruns).
-pub fn budget_domain<'a>(key: &'a str, pattern: &str) -> &'a str {
+/// The domain whose budget a name under a rule with pattern `facts` is
+/// charged to: its registrable domain, unless the pattern's fixed suffix
+/// (the labels after its last wildcard) is shorter: then the pattern's
+/// chosen labels reach into the registrable domain itself, and each
+/// `<data>.github.io` under `*.github.io` would get a fresh budget. Such
+/// names are pooled under the longer of the fixed suffix and the name's
+/// public suffix: `github.io` for `*.github.io`; `s3.amazonaws.com` for a
+/// bucket under `*.amazonaws.com`. Not coarser than the public suffix, so
+/// that a broad wildcard over a provider (whose DNS the provider runs)
+/// keeps one budget per service and region as the public suffix list draws
+/// them, rather than one for all of them (which the legitimate corpus
+/// overruns). Only the registrable domain is worked out per name; the
+/// pattern's part was at load time ([`PatternFacts::of`]).
+pub fn budget_domain(key: &str, facts: PatternFacts) -> &str {
     let domain = registrable(key);
-    let fixed = match pattern.rfind(['*', '?']) {
-        Some(at) => pattern[at..].split_once('.').map_or("", |(_, rest)| rest),
-        None => return domain,
-    };
+    if !facts.wildcard {
+        return domain;
+    }
+    let fixed = usize::from(facts.fixed_labels);
     let labels = |s: &str| {
         if s.is_empty() {
             0
@@ -355,11 +358,11 @@ pub fn budget_domain<'a>(key: &'a str, pattern: &str) -> &'a str {
             s.split('.').count()
         }
     };
-    if labels(fixed) >= labels(domain) {
+    if fixed >= labels(domain) {
         return domain;
     }
     let public = domain.split_once('.').map_or("", |(_, suffix)| suffix);
-    let n = labels(fixed).max(labels(public));
+    let n = fixed.max(labels(public));
     if n == 0 {
         return "";
     }
@@ -569,7 +572,13 @@ mod tests {
     fn charge(b: &Budgets, limits: &Limits, s: &str) -> Verdict {
         let key = key(s);
         let pattern = format!("*.{}", registrable(key.as_str()));
-        b.charge(&"a".into(), limits, &name(s), &key, &pattern)
+        b.charge(
+            &"a".into(),
+            limits,
+            &name(s),
+            &key,
+            PatternFacts::of(&pattern),
+        )
     }
 
     #[test]
@@ -679,7 +688,13 @@ mod tests {
                 // As tests/exfil.rs allows them: `*.` and the zone's two labels.
                 let zone = n.rsplitn(3, '.').take(2).collect::<Vec<_>>();
                 let pattern = format!("*.{}.{}", zone[1], zone[0]);
-                let v = b.charge(&"a".into(), &limits, &name(n), &key(n), &pattern);
+                let v = b.charge(
+                    &"a".into(),
+                    &limits,
+                    &name(n),
+                    &key(n),
+                    PatternFacts::of(&pattern),
+                );
                 if !legacy {
                     assert_eq!(v, Verdict::Pass(false), "{n}");
                 }
@@ -695,6 +710,7 @@ mod tests {
     /// Bytes of payload that got through: names passed times the bits each
     /// carries, under the current charge and the pre-fix one.
     fn leaked(names: &[String], pattern: &str, payload_bits: f32) -> (f32, f32) {
+        let facts = PatternFacts::of(pattern);
         let limits = Limits {
             drain_bits_per_sec: 0.0,
             ..Limits::default()
@@ -707,7 +723,7 @@ mod tests {
             let passed = names
                 .iter()
                 .filter(|n| {
-                    b.charge(&"a".into(), &limits, &name(n), &key(n), pattern) != Verdict::Deny
+                    b.charge(&"a".into(), &limits, &name(n), &key(n), facts) != Verdict::Deny
                 })
                 .count();
             passed as f32 * payload_bits / 8.0
@@ -746,29 +762,130 @@ mod tests {
         assert!(after < HARD, "{after}");
     }
 
+    fn under<'a>(key: &'a str, pattern: &str) -> &'a str {
+        budget_domain(key, PatternFacts::of(pattern))
+    }
+
+    /// The charge's domain as it was worked out before the pattern's facts
+    /// were computed at load time, scanning the pattern per question: the
+    /// reference [`budget_domain`] must agree with.
+    fn budget_domain_by_pattern<'a>(key: &'a str, pattern: &str) -> &'a str {
+        let domain = registrable(key);
+        let fixed = match pattern.rfind(['*', '?']) {
+            Some(at) => pattern[at..].split_once('.').map_or("", |(_, rest)| rest),
+            None => return domain,
+        };
+        let labels = |s: &str| {
+            if s.is_empty() {
+                0
+            } else {
+                s.split('.').count()
+            }
+        };
+        if labels(fixed) >= labels(domain) {
+            return domain;
+        }
+        let public = domain.split_once('.').map_or("", |(_, suffix)| suffix);
+        let n = labels(fixed).max(labels(public));
+        if n == 0 {
+            return "";
+        }
+        // The key's last n labels.
+        let cut = key
+            .rmatch_indices('.')
+            .nth(n - 1)
+            .map_or(0, |(at, _)| at + 1);
+        &key[cut..]
+    }
+
+    #[test]
+    fn pattern_facts_computed_at_load_agree_with_scanning_the_pattern() {
+        use crate::diagnostics::Diagnostics;
+        use std::path::Path;
+        let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/");
+        let mut patterns: Vec<(String, PatternFacts)> = Vec::new();
+        for file in ["names-policy.yaml", "policy.yaml"] {
+            let path = Path::new(data).join(file);
+            let source = std::fs::read_to_string(&path).unwrap();
+            let mut d = Diagnostics::default();
+            let policy = crate::policy::compile_source(&path, &source, &mut d)
+                .unwrap_or_else(|| panic!("{file}: {:?}", d.errors().collect::<Vec<_>>()));
+            for rule in policy.rules.iter().chain(policy.entries()) {
+                patterns.push((rule.pattern.to_string(), rule.facts));
+            }
+        }
+        // Shapes the fixtures may lack: a bare `*`, `?`, a wildcard
+        // inside a label, several wildcards, a public suffix.
+        for p in [
+            "*",
+            "*.github.io",
+            "*.amazonaws.com",
+            "img-*.cdn.shop.co.uk",
+            "a?c.test",
+            "*.*.example.com",
+            "x*y.b.test",
+            "*.co.uk",
+        ] {
+            patterns.push((p.to_string(), PatternFacts::of(p)));
+        }
+        assert!(
+            patterns.iter().any(|(_, f)| f.wildcard),
+            "positive control: a wildcard"
+        );
+        assert!(
+            patterns.iter().any(|(_, f)| !f.wildcard),
+            "positive control: an exact name"
+        );
+
+        let tsv = std::fs::read_to_string(format!("{data}names.tsv")).unwrap();
+        let mut keys: Vec<String> = tsv
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("name\t"))
+            .filter_map(|l| l.split('\t').next())
+            .filter_map(|n| Name::from_ascii(n).ok())
+            .filter_map(|n| QueryKey::of(&n))
+            .map(|k| k.as_str().to_string())
+            .collect();
+        for (p, _) in &patterns {
+            for fill in ["a", "a.b", "x1-y"] {
+                keys.push(p.replace(['*', '?'], fill));
+            }
+        }
+        assert!(keys.len() > 100, "{} keys", keys.len());
+
+        let mut pooled = 0;
+        for (p, facts) in &patterns {
+            assert_eq!(facts.wildcard, is_wildcard(p), "{p}");
+            for k in &keys {
+                let old = budget_domain_by_pattern(k, p);
+                assert_eq!(budget_domain(k, *facts), old, "key {k} under {p}");
+                pooled += usize::from(old != registrable(k));
+            }
+        }
+        // Positive control: the pooling branch was taken, not only the default.
+        assert!(pooled > 0);
+    }
+
     #[test]
     fn a_wildcard_on_a_public_suffix_shares_one_budget() {
-        assert_eq!(budget_domain("x.github.io", "*.github.io"), "github.io");
-        assert_eq!(budget_domain("a.b.github.io", "*.github.io"), "github.io");
+        assert_eq!(under("x.github.io", "*.github.io"), "github.io");
+        assert_eq!(under("a.b.github.io", "*.github.io"), "github.io");
         assert_eq!(
-            budget_domain("x.api.example.com", "*.api.example.com"),
+            under("x.api.example.com", "*.api.example.com"),
             "example.com"
         );
+        assert_eq!(under("a.b.example.com", "*.example.com"), "example.com");
         assert_eq!(
-            budget_domain("a.b.example.com", "*.example.com"),
-            "example.com"
-        );
-        assert_eq!(
-            budget_domain("img-7.cdn.shop.co.uk", "img-*.cdn.shop.co.uk"),
+            under("img-7.cdn.shop.co.uk", "img-*.cdn.shop.co.uk"),
             "shop.co.uk"
         );
-        assert_eq!(budget_domain("x.co.uk", "*.co.uk"), "co.uk");
-        assert_eq!(budget_domain("a.b.test", "*"), "test");
+        assert_eq!(under("x.co.uk", "*.co.uk"), "co.uk");
+        assert_eq!(under("a.b.test", "*"), "test");
         assert_eq!(
-            budget_domain("b1.s3.amazonaws.com", "*.amazonaws.com"),
+            under("b1.s3.amazonaws.com", "*.amazonaws.com"),
             "s3.amazonaws.com"
         );
-        assert_eq!(budget_domain("a.b.test", "a.b.test"), "b.test");
+        assert_eq!(under("a.b.test", "a.b.test"), "b.test");
         // psl.py: one 63-char [a-z0-9] label per name right under github.io.
         const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
         let mut rng = 3u64;

@@ -244,11 +244,11 @@ impl Handler {
                 // The name is about to leave: under a wildcard, a new one is
                 // charged to the agent's exfiltration budget. Allowed means
                 // matched, so `key` is the matcher's.
-                if decision == Logged::Allow && crate::serve::exfil::is_wildcard(&rule.pattern) {
+                if decision == Logged::Allow && rule.facts.wildcard {
                     use crate::serve::exfil::{Mark, Verdict};
                     match self
                         .exfil
-                        .charge(&policy.agent, &policy.exfil, name, &key, &rule.pattern)
+                        .charge(&policy.agent, &policy.exfil, name, &key, rule.facts)
                     {
                         Verdict::Pass(soft) => outcome.exfil = soft.then_some(Mark::Soft),
                         Verdict::Deny => {

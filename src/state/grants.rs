@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::policy::{Ports, Rule};
+use crate::policy::{PatternFacts, Ports, Rule};
 
 /// The longest a single grant may last; longer exceptions belong in a policy file.
 pub const MAX_GRANT: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -99,6 +99,7 @@ impl Grants {
                 expires: Some(g.expires),
                 grant: Some(g.reason.clone()),
                 qtypes: None,
+                facts: PatternFacts::of(&g.pattern),
             });
         }
         by_agent
