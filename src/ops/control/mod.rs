@@ -86,6 +86,8 @@ pub struct PolicyView {
 /// A policy's mode, as `status` shows it: the policy file's own choice.
 pub use crate::policy::file::Mode;
 
+/// A grant as control replies show it. Not `observe::audit::schema::GrantLife`: the
+/// audit line always writes `revoked_by` (null until revoked), this omits it when unset.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrantView {
