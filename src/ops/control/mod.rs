@@ -6,12 +6,12 @@
 //!
 //! This file holds the wire protocol (requests, replies and their views);
 //! the rest, one concern each:
-//! - [`server`]: binding the socket, accepting, peer checks, idle clients;
-//! - [`handle`]: carrying out a request against the state;
-//! - [`validate`]: what a grant's names, reasons and durations may be;
-//! - [`client`]: the side `allowdns grant`, `revoke` and `status` use;
-//! - [`render`](mod@render): `status` for humans;
-//! - [`error`]: refusals and client and socket errors.
+//! - `server`: binding the socket, accepting, peer checks, idle clients;
+//! - `handle`: carrying out a request against the state;
+//! - `validate`: what a grant's names, reasons and durations may be;
+//! - `client`: the side `allowdns grant`, `revoke` and `status` use;
+//! - `render`: `status` for humans;
+//! - `error`: refusals and client and socket errors.
 
 mod client;
 mod error;
