@@ -1,0 +1,151 @@
+//! The local control socket: `allowdns grant`, `revoke` and `status` talk to
+//! the running resolver over a Unix socket, one JSON request and one JSON
+//! reply per connection. The socket is mode 0600 from birth, and each peer's
+//! credentials are checked too: only root and the daemon's own user may make
+//! exceptions. The peer's uid goes into the audit log.
+//!
+//! This file holds the wire protocol (requests, replies and their views);
+//! the rest, one concern each:
+//! - `server`: binding the socket, accepting, peer checks, idle clients;
+//! - `handle`: carrying out a request against the state;
+//! - `validate`: what a grant's names, reasons and durations may be;
+//! - `client`: the side `allowdns grant`, `revoke` and `status` use;
+//! - `render`: `status` for humans;
+//! - `error`: refusals and client and socket errors.
+
+mod client;
+mod error;
+mod handle;
+mod render;
+mod server;
+mod validate;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::grants::Grant;
+
+pub use client::{ask, request};
+pub use error::{ClientError, Refusal, SocketError};
+pub use render::render;
+pub use server::{Bound, bind, serve};
+
+/// Where `allowdns grant` and `status` look by default (systemd's RuntimeDirectory).
+pub const DEFAULT_SOCKET: &str = "/run/allowdns/control.sock";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Grant {
+        agent: String,
+        name: String,
+        for_secs: u64,
+        reason: String,
+    },
+    Revoke {
+        agent: String,
+        name: String,
+    },
+    Status,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Set for `grant`: the canonical pattern and when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted: Option<GrantView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Status {
+    pub policies: Vec<PolicyView>,
+    pub grants: Vec<GrantView>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyView {
+    pub agent: String,
+    pub file: String,
+    pub mode: Mode,
+    pub clients: Vec<String>,
+    /// Name rules in force (file rules still live, plus grants).
+    pub rules: usize,
+    pub addresses: usize,
+    pub firewall: Option<String>,
+    /// File entries with an `expires`, and when.
+    pub expiring: Vec<(String, String)>,
+}
+
+/// A policy's mode, as `status` shows it: the policy file's own choice.
+pub use crate::policy::file::Mode;
+
+/// A grant as control replies show it. Not `observe::audit::schema::GrantLife`: the
+/// audit line always writes `revoked_by` (null until revoked), this omits it when unset.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantView {
+    pub agent: String,
+    pub pattern: String,
+    pub reason: String,
+    pub granted_at: String,
+    pub expires: String,
+    pub uid: Option<u32>,
+    /// Set on a revoke reply: who revoked it (`uid` is the granter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_by: Option<u32>,
+}
+
+impl From<&Grant> for GrantView {
+    fn from(g: &Grant) -> Self {
+        GrantView {
+            agent: g.agent.to_string(),
+            pattern: g.pattern.to_string(),
+            reason: g.reason.to_string(),
+            granted_at: humantime::format_rfc3339_seconds(g.granted_at).to_string(),
+            expires: humantime::format_rfc3339_seconds(g.expires).to_string(),
+            uid: g.uid,
+            revoked_by: g.revoked_by,
+        }
+    }
+}
+
+impl Reply {
+    fn error(refusal: Refusal) -> Self {
+        Reply {
+            ok: false,
+            error: Some(refusal.to_string()),
+            granted: None,
+            status: None,
+        }
+    }
+
+    fn ok() -> Self {
+        Reply {
+            ok: true,
+            error: None,
+            granted: None,
+            status: None,
+        }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_is_serialised_as_before() {
+        assert_eq!(serde_json::to_string(&Mode::Learn).unwrap(), r#""learn""#);
+        assert_eq!(
+            serde_json::to_string(&Mode::Enforce).unwrap(),
+            r#""enforce""#
+        );
+        assert_eq!(Mode::Learn.to_string(), "learn");
+    }
+}
