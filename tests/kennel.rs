@@ -77,8 +77,16 @@ impl World {
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = format!("{}-{n}", std::process::id());
         let (ns, peer) = (format!("akw-{id}"), format!("akp-{id}"));
-        // The kennel hides /tmp: a scratch directory it can see, writable by its (unprivileged) root.
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("kennel-{tag}-{id}"));
+        // The kennel hides /tmp and /run: a scratch directory it can see,
+        // writable by its (unprivileged) root; /var/tmp when the checkout
+        // itself is under one of them.
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let base = if base.starts_with("/tmp") || base.starts_with("/run") {
+            Path::new("/var/tmp")
+        } else {
+            base
+        };
+        let dir = base.join(format!("kennel-{tag}-{id}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
