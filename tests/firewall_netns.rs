@@ -17,7 +17,6 @@
 
 mod common;
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
@@ -143,17 +142,6 @@ impl Drop for Lab {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
-}
-
-/// Runs `f` on a thread inside the namespace; sockets it creates stay there.
-fn in_ns<T: Send + 'static>(ns: PathBuf, f: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::spawn(move || {
-        let file = File::open(&ns).unwrap();
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
-    .join()
-    .unwrap()
 }
 
 /// Echo servers on every address of I, on the given ports.
@@ -783,24 +771,7 @@ fn a_revoke_withdraws_fed_addresses_and_expiring_ranges_time_out_in_the_kernel()
     let policy = lab.fence(&format!(
         "agent_name: revoked\nexpected_outbound:\n  - destination: 192.0.2.0/24\n    expires: \"{later}\"\nfirewall:\n  netns: NETNS\n"
     ));
-    let socket = lab.dir.0.join("control.sock");
-    let up = upstream.addr.to_string();
-    let dns = Allowdns::serve(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--upstream",
-        &up,
-        "--control",
-        socket.to_str().unwrap(),
-    ]);
-    let control = |args: &[&str]| {
-        let out = Command::new(bin())
-            .args([args[0], "--control", socket.to_str().unwrap()])
-            .args(&args[1..])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {out:?}");
-    };
+    let (dns, control) = serve_with_control(&lab, &policy, &upstream);
     control(&[
         "grant",
         "--agent",
@@ -1028,24 +999,7 @@ fn a_grant_revoked_while_its_answer_is_on_its_way_feeds_nothing() {
     let policy = lab.fence(
         "agent_name: late\nexpected_outbound:\n  - destination: 192.0.2.0/24\nfirewall:\n  netns: NETNS\n",
     );
-    let socket = lab.dir.0.join("control.sock");
-    let up = upstream.addr.to_string();
-    let dns = Allowdns::serve(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--upstream",
-        &up,
-        "--control",
-        socket.to_str().unwrap(),
-    ]);
-    let control = |args: &[&str]| {
-        let out = Command::new(bin())
-            .args([args[0], "--control", socket.to_str().unwrap()])
-            .args(&args[1..])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {out:?}");
-    };
+    let (dns, control) = serve_with_control(&lab, &policy, &upstream);
     let grant = |name: &str| {
         control(&[
             "grant", "--agent", "late", "--name", name, "--for", "2h", "--reason", "test",
@@ -1088,4 +1042,33 @@ fn a_grant_revoked_while_its_answer_is_on_its_way_feeds_nothing() {
         connect(&lab, "203.0.113.66:443").is_some(),
         "the standing grant closed"
     );
+}
+
+/// allowdns on `policy` with a control socket in the lab's directory, and a
+/// function that runs `allowdns SUBCOMMAND --control SOCKET ARGS...`,
+/// asserting success.
+fn serve_with_control(
+    lab: &Lab,
+    policy: &std::path::Path,
+    upstream: &Upstream,
+) -> (Allowdns, impl Fn(&[&str])) {
+    let socket = lab.dir.0.join("control.sock");
+    let up = upstream.addr.to_string();
+    let dns = Allowdns::serve(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--upstream",
+        &up,
+        "--control",
+        socket.to_str().unwrap(),
+    ]);
+    let control = move |args: &[&str]| {
+        let out = Command::new(bin())
+            .args([args[0], "--control", socket.to_str().unwrap()])
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    (dns, control)
 }

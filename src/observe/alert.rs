@@ -527,8 +527,14 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_crossing_goes_to_the_sinks_and_is_counted() {
+    /// A UDP syslog collector on loopback, and notify settings that send to
+    /// it once `count` events fall in a 300 s window.
+    fn syslog_collector(
+        count: u32,
+    ) -> (
+        std::net::UdpSocket,
+        crate::observe::delivery::NotifySettings,
+    ) {
         use crate::observe::delivery::syslog::{Format, SyslogSettings, Target};
         use crate::observe::delivery::threshold::Threshold;
         use crate::observe::delivery::{NotifySettings, RetryPolicy};
@@ -538,7 +544,7 @@ mod tests {
             .unwrap();
         let notify = NotifySettings {
             threshold: Threshold {
-                count: 2,
+                count,
                 window: Duration::from_secs(300),
             },
             webhook: None,
@@ -549,6 +555,12 @@ mod tests {
             }),
             retry: RetryPolicy::default(),
         };
+        (collector, notify)
+    }
+
+    #[test]
+    fn a_crossing_goes_to_the_sinks_and_is_counted() {
+        let (collector, notify) = syslog_collector(2);
         let buf = Buf::default();
         let alerts =
             Alerts::start_with(Duration::from_secs(60), Some(notify), Box::new(buf.clone()));
@@ -624,26 +636,7 @@ mod tests {
 
     #[test]
     fn security_events_go_to_the_sinks_once_per_window() {
-        use crate::observe::delivery::syslog::{Format, SyslogSettings, Target};
-        use crate::observe::delivery::threshold::Threshold;
-        use crate::observe::delivery::{NotifySettings, RetryPolicy};
-        let collector = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        collector
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let notify = NotifySettings {
-            threshold: Threshold {
-                count: 100,
-                window: Duration::from_secs(300),
-            },
-            webhook: None,
-            syslog: Some(SyslogSettings {
-                target: Target::Udp(collector.local_addr().unwrap()),
-                facility: 4,
-                format: Format::Rfc5424,
-            }),
-            retry: RetryPolicy::default(),
-        };
+        let (collector, notify) = syslog_collector(100);
         let alerts = Alerts::start_with(
             Duration::from_secs(60),
             Some(notify),
