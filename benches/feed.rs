@@ -14,6 +14,9 @@ use std::time::Instant;
 
 use allowdns::diagnostics::Diagnostics;
 use allowdns::fence::{Firewall, ruleset};
+
+/// Decided against the newest policy set: nothing withdrawn since.
+const NEWEST: u64 = u64::MAX;
 use allowdns::policy;
 use allowdns::policy::firewall::FirewallConfig;
 use hickory_proto::rr::rdata::A;
@@ -102,7 +105,9 @@ fn bench(ns: &str) {
     for i in 0..rounds {
         let mut answers = vec![answer(i)];
         let t = Instant::now();
-        firewall.feed(policy, rule, &mut answers).expect("feed");
+        firewall
+            .feed_decided_at(policy, rule, NEWEST, &mut answers)
+            .expect("feed");
         lat.push(t.elapsed().as_secs_f64() * 1e6);
     }
     lat.sort_by(f64::total_cmp);
@@ -117,7 +122,9 @@ fn bench(ns: &str) {
     for i in 0..rounds {
         let mut answers = vec![answer(i)];
         let t = Instant::now();
-        firewall.feed(policy, rule, &mut answers).expect("feed");
+        firewall
+            .feed_decided_at(policy, rule, NEWEST, &mut answers)
+            .expect("feed");
         skip.push(t.elapsed().as_secs_f64() * 1e6);
     }
     skip.sort_by(f64::total_cmp);
@@ -132,7 +139,9 @@ fn bench(ns: &str) {
     let t = Instant::now();
     for b in 0..batches {
         let mut answers: Vec<Record> = (0..64).map(|k| answer(1_000_000 + b * 64 + k)).collect();
-        firewall.feed(policy, rule, &mut answers).expect("feed");
+        firewall
+            .feed_decided_at(policy, rule, NEWEST, &mut answers)
+            .expect("feed");
     }
     let secs = t.elapsed().as_secs_f64();
     println!(
@@ -142,7 +151,9 @@ fn bench(ns: &str) {
     let t = Instant::now();
     for i in 0..rounds {
         let mut answers = vec![answer(2_000_000 + i)];
-        firewall.feed(policy, rule, &mut answers).expect("feed");
+        firewall
+            .feed_decided_at(policy, rule, NEWEST, &mut answers)
+            .expect("feed");
     }
     println!(
         "elements per second (1 per answer):  {:>9.0}",

@@ -137,21 +137,11 @@ impl Firewall {
     }
 
     /// Adds every address in `answers` to the agent's sets, before the reply
-    /// leaves, for a rule of the newest policy set. Records of a family the
-    /// target cannot pass are removed, and TTLs are capped at `max_ttl` so no
-    /// client caches past its element.
-    pub fn feed(
-        &self,
-        policy: &Policy,
-        rule: &Rule,
-        answers: &mut Vec<Record>,
-    ) -> Result<(), FeedError> {
-        self.feed_decided_at(policy, rule, u64::MAX, answers)
-    }
-
-    /// [`Firewall::feed`], for an answer decided against the policy set of
-    /// `generation`, which a revoke or reload may have replaced while the
-    /// answer was on its way. Under the lock that withdrawals take: if the
+    /// leaves. Records of a family the target cannot pass are removed, and
+    /// TTLs are capped at `max_ttl` so no client caches past its element.
+    ///
+    /// The answer was decided against the policy set of `generation`, which
+    /// a revoke or reload may have replaced while it was on its way. Under the lock that withdrawals take: if the
     /// rule was withdrawn by a later set, or its `expires` has passed,
     /// nothing is fed (SERVFAIL).
     pub fn feed_decided_at(

@@ -8,7 +8,7 @@
 //!   flags interval,timeout): addresses of names allowed only on given ports,
 //!   and every IP/CIDR destination written in the policy (permanent).
 //!
-//! [`Firewall::feed`] runs before the reply leaves; if the kernel does not
+//! [`Firewall::feed_decided_at`] runs before the reply leaves; if the kernel does not
 //! confirm the update, the client gets SERVFAIL (fail closed). An element's
 //! timeout is the record TTL clamped to `[min_ttl, max_ttl]` plus `grace`,
 //! never 0, and never shortened. Updates are skipped while the element still
