@@ -15,12 +15,13 @@ use std::time::Instant;
 use allowdns::diagnostics::Diagnostics;
 use allowdns::fence::{Firewall, ruleset};
 
-/// Decided against the newest policy set: nothing withdrawn since.
-const NEWEST: u64 = u64::MAX;
 use allowdns::policy;
 use allowdns::policy::firewall::FirewallConfig;
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record};
+
+/// Decided against the newest policy set: nothing withdrawn since.
+const NEWEST: u64 = u64::MAX;
 
 fn run(args: &[&str]) -> bool {
     Command::new(args[0])
