@@ -14,7 +14,6 @@ use std::time::Instant;
 
 use allowdns::diagnostics::Diagnostics;
 use allowdns::fence::{Firewall, ruleset};
-
 use allowdns::policy;
 use allowdns::policy::firewall::FirewallConfig;
 use hickory_proto::rr::rdata::A;
