@@ -19,11 +19,15 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the resolver.
+    // clap's own usage line would list the flags given as if required.
+    #[command(override_usage = "allowdns serve [OPTIONS]")]
     Serve(Sources),
     /// Load config, policies and zones exactly as `serve` would, report every
     /// problem with file:line, and exit (non-zero on errors).
+    #[command(override_usage = "allowdns check [OPTIONS]")]
     Check(Sources),
     /// Print the default-deny nftables ruleset for an agent's namespace.
+    #[command(override_usage = "allowdns nft-ruleset [OPTIONS]")]
     NftRuleset(RulesetArgs),
     /// Allow a name for one agent for a limited time, with a reason (audited).
     Grant(GrantArgs),

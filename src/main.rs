@@ -20,6 +20,19 @@ fn main() -> ExitCode {
     // it runs before the runtime exists; it logs warnings only, CMD owns the terminal.
     match cli.command {
         Command::Run(args) => {
+            if !args.listen.is_empty() {
+                use clap::CommandFactory;
+                let mut cmd = Cli::command();
+                let run = cmd.find_subcommand_mut("run").expect("run exists");
+                run.error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "--listen does not apply to run: allowdns answers on {} inside the kennel",
+                        allowdns::kennel::DNS
+                    ),
+                )
+                .exit();
+            }
             init_logging("warn");
             return allowdns::kennel::run(args).unwrap_or_else(report);
         }

@@ -206,6 +206,23 @@ impl World {
         cmd
     }
 
+    /// `allowdns run ARGS -- sh -c SCRIPT` inside the world, no flags added.
+    fn run_bare(&self, args: &[&str], script: &str) -> Ran {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(bin())
+            .arg("run")
+            .args(args)
+            .args(["--", "sh", "-c"])
+            .arg(format!("{}{}", self.prelude(), self.fill(script)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        finish(child)
+    }
+
     fn run(&self, policy: &Path, extra: &[&str], script: &str) -> Ran {
         finish(self.run_cmd(&[], policy, extra, script).spawn().unwrap())
     }
@@ -865,4 +882,222 @@ fn escape_killing_allowdns_leaves_no_egress() {
             "{pid} (pasta?) survived"
         );
     }
+}
+
+#[test]
+fn run_help_lists_only_what_run_takes_and_usage_errors_exit_2() {
+    let help = Command::new(bin())
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    // Positive control: the help is there and lists run's own flags.
+    assert!(
+        help.contains("--policy <FILE>") && help.contains("--learn"),
+        "{help}"
+    );
+    assert!(!help.contains("--listen"), "{help}");
+    assert!(!help.contains("repeatable;"), "{help}");
+    assert!(help.contains("`-` is stdout"), "{help}");
+    let usage = |args: &[&str]| {
+        let out = Command::new(bin()).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = usage(&["run", "--listen", "127.0.0.1:5300", "--", "true"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--listen does not apply to run"), "{err}");
+    let (code, err) = usage(&[
+        "run", "--policy", "a.yaml", "--policy", "b.yaml", "--", "true",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    // The usage line after an error does not make the flags given look required.
+    let (code, err) = usage(&["run", "--zones", "zones", "--bogus", "--", "true"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("Usage: allowdns run [OPTIONS]"), "{err}");
+    assert!(!err.contains("--zones <"), "{err}");
+    let (code, err) = usage(&["serve", "--zones", "zones", "--bogus"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("Usage: allowdns serve [OPTIONS]\n"), "{err}");
+}
+
+#[test]
+fn short_commands_end_without_a_netns_warning() {
+    if !ready() {
+        return;
+    }
+    let world = World::new("short");
+    let policy = data("kennel/policy.yaml");
+    let args = ["--policy", policy.to_str().unwrap(), "--upstream", DNS];
+    // Positive control: run starts and ends cleanly in this world.
+    let ran = world.run_bare(&args, "exit 0");
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    for i in 0..20 {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &world.ns])
+            .arg(bin())
+            .arg("run")
+            .args(args)
+            .args(["--", "true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let ran = finish(child);
+        assert_eq!(ran.code, Some(0), "run {i}: {}", ran.stderr);
+        assert!(
+            !ran.stderr.contains("nftables events") && !ran.stderr.contains("restart allowdns"),
+            "run {i}: {}",
+            ran.stderr
+        );
+    }
+}
+
+#[test]
+fn learn_from_nothing_names_the_agent_and_keeps_the_evidence_when_asked() {
+    if !ready() {
+        return;
+    }
+    let world = World::new("nothing");
+    let workload = "probe resolve_web getent ahosts web.kennel.test\nprobe tcp_web_8080 python3 $P tcp web.kennel.test 8080\n";
+    let suggested = world.dir.join("from-nothing.yaml");
+    let ran = world.run_bare(
+        &[
+            "--learn",
+            "--agent",
+            "scout",
+            "--upstream",
+            DNS,
+            "--suggest-out",
+            suggested.to_str().unwrap(),
+        ],
+        workload,
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert!(
+        ran.probe("tcp_web_8080"),
+        "learn mode opens: {}",
+        ran.stderr
+    );
+    assert!(
+        ran.stderr.contains("an empty policy for agent 'scout'"),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        !ran.stderr.contains("allowdns-run-"),
+        "a temp file is named: {}",
+        ran.stderr
+    );
+    let text = std::fs::read_to_string(&suggested).unwrap_or_default();
+    assert!(
+        text.contains("agent_name: \"scout\""),
+        "{text}\n{}",
+        ran.stderr
+    );
+    assert!(text.contains("web.kennel.test"), "{text}");
+    assert!(!text.contains("\nclients:"), "{text}");
+    assert!(
+        text.contains("not kept: run with --audit-log FILE"),
+        "{text}"
+    );
+    // The agent's name defaults to CMD's file name; a kept log is cited.
+    let kept = world.dir.join("kept.jsonl");
+    let ran = world.run_bare(
+        &[
+            "--learn",
+            "--upstream",
+            DNS,
+            "--audit-log",
+            kept.to_str().unwrap(),
+            "--suggest-out",
+            suggested.to_str().unwrap(),
+        ],
+        workload,
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let text = std::fs::read_to_string(&suggested).unwrap_or_default();
+    assert!(text.contains("agent_name: \"sh\""), "{text}");
+    assert!(text.contains(&kept.display().to_string()), "{text}");
+    assert!(
+        std::fs::read_to_string(&kept)
+            .unwrap_or_default()
+            .contains("web.kennel.test")
+    );
+    // The suggestion runs as it is, without a warning about clients.
+    let ran = world.run_bare(
+        &["--policy", suggested.to_str().unwrap(), "--upstream", DNS],
+        workload,
+    );
+    assert!(ran.probe("tcp_web_8080"), "{}\n{}", ran.stdout, ran.stderr);
+    assert!(!ran.stderr.contains("clients ignored"), "{}", ran.stderr);
+    // With a policy, the learn warning names the user's file.
+    let learn = data("kennel/learn.yaml");
+    let ran = world.run_bare(
+        &[
+            "--learn",
+            "--policy",
+            learn.to_str().unwrap(),
+            "--upstream",
+            DNS,
+            "--suggest-out",
+            suggested.to_str().unwrap(),
+        ],
+        workload,
+    );
+    assert!(
+        ran.stderr
+            .contains(&format!("names outside {}", learn.display())),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn run_audit_log_dash_writes_stdout() {
+    if !ready() {
+        return;
+    }
+    let world = World::new("auditdash");
+    let policy = data("kennel/policy.yaml");
+    let script = "getent ahosts web.kennel.test >/dev/null; echo CMD-DONE";
+    // Positive control: CMD's own output arrives on the same stdout.
+    let ran = world.run_bare(
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--upstream",
+            DNS,
+            "--audit-log",
+            "-",
+        ],
+        script,
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert!(ran.stdout.contains("CMD-DONE"), "{}", ran.stdout);
+    assert!(
+        ran.stdout
+            .lines()
+            .any(|l| l.starts_with('{') && l.contains("\"qname\":\"web.kennel.test\"")),
+        "{}",
+        ran.stdout
+    );
+    let ran = world.run_bare(
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--upstream",
+            DNS,
+            "--learn",
+            "--audit-log",
+            "-",
+        ],
+        script,
+    );
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(ran.stderr.contains("--audit-log"), "{}", ran.stderr);
+    assert!(!ran.stdout.contains("CMD-DONE"), "CMD ran: {}", ran.stdout);
 }

@@ -6,15 +6,11 @@ use std::io;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 
-use super::DNS;
 use crate::error::{Failure, RuntimeError};
 
 /// Why `allowdns run` gave up; CMD was not started, or was stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum KennelError {
-    /// `--listen` was given; allowdns answers only at [`DNS`] inside.
-    #[error("--listen does not apply to run: allowdns answers on {DNS} inside the kennel")]
-    ListenGiven,
     #[error(
         "user namespaces are disabled here (user.max_user_namespaces = 0): the kennel needs one. \
          Enable them with `sysctl -w user.max_user_namespaces=15000`. CMD was not started."

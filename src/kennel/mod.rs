@@ -27,23 +27,105 @@ pub use parent::run;
 pub const DNS: std::net::SocketAddr =
     std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 53);
 
+/// `run`'s own flags: one agent, answered only inside the kennel, so no
+/// `--listen` and one `--policy`.
 #[derive(Debug, Args, Clone)]
+#[command(
+    override_usage = "allowdns run [OPTIONS] --policy FILE -- CMD [ARGS]...\n       \
+                      allowdns run --learn [--agent NAME] [OPTIONS] -- CMD [ARGS]..."
+)]
 pub struct RunArgs {
-    #[command(flatten)]
-    pub sources: Sources,
+    /// YAML config file (see docs/manual.md); its `listen` does not apply,
+    /// and its `policies` must name one policy.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The agent's policy file (one). With --learn (and no --config) it may
+    /// be left out: CMD then starts from an empty policy.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// With --learn and no --policy: the agent's name (default: CMD's file name).
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "learn",
+        conflicts_with = "policy"
+    )]
+    pub agent: Option<String>,
+    /// Forwarder, `IP:PORT` or `IP`; repeatable. Default: /etc/resolv.conf.
+    /// `none`: answer only from local zones.
+    #[arg(long, value_name = "ADDR")]
+    pub upstream: Vec<String>,
+    /// Resolve recursively from this root hints file instead of forwarding.
+    #[arg(long, value_name = "FILE", conflicts_with = "upstream")]
+    pub root_hints: Option<PathBuf>,
+    /// Directory of RFC 1035 zone files (*.zone) answered locally.
+    #[arg(long, value_name = "DIR")]
+    pub zones: Option<PathBuf>,
+    /// Audit log of CMD's lookups (JSON Lines); `-` is stdout, which CMD
+    /// shares. Absent: not kept (with --learn, kept until the suggestion is made).
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// Unix control socket for `grant`, `revoke` and `status` while CMD runs.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Learn mode: resolve (and open) names outside the policy, then print the
     /// `allowdns suggest` policy for what CMD looked up.
     #[arg(long)]
     pub learn: bool,
     /// With --learn: write the suggested policy here instead of stdout.
-    #[arg(long, requires = "learn")]
+    #[arg(long, value_name = "FILE", requires = "learn")]
     pub suggest_out: Option<PathBuf>,
     /// Write alerts here instead of stderr (which CMD shares).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub alerts: Option<PathBuf>,
+    /// Refused with a usage error: allowdns answers only inside the kennel.
+    #[arg(long, hide = true, value_name = "ADDR")]
+    pub listen: Vec<String>,
     /// The command to fence, after `--`.
-    #[arg(required = true, last = true)]
+    #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+impl RunArgs {
+    /// The flags as `serve` takes them; the listen address is the kennel's.
+    pub fn sources(&self) -> Sources {
+        Sources {
+            config: self.config.clone(),
+            listen: Vec::new(),
+            upstream: self.upstream.clone(),
+            root_hints: self.root_hints.clone(),
+            policy: self.policy.iter().cloned().collect(),
+            zones: self.zones.clone(),
+            audit_log: self.audit_log.clone(),
+            control: self.control.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// With --learn and no policy: the agent's name, from --agent or CMD's file name.
+    pub fn learn_from_nothing(&self) -> Option<String> {
+        if !self.learn || self.policy.is_some() || self.config.is_some() {
+            return None;
+        }
+        self.agent.clone().or_else(|| {
+            let program = self.command.first()?;
+            let base = std::path::Path::new(program).file_name()?.to_string_lossy();
+            let name: String = base
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            Some(name)
+        })
+    }
 }
 
 /// Arguments of the internal stages.

@@ -3,6 +3,7 @@
 //! feed the kennel's sets), serves DNS inside the kennel, waits for CMD, tears down.
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
@@ -24,7 +25,7 @@ use crate::diagnostics::Diagnostics;
 use crate::ops::startup::{self, Failure};
 use crate::policy;
 use crate::serve::server::Listeners;
-use crate::tools::suggest::SuggestArgs;
+use crate::tools::suggest::{Kept, SuggestArgs};
 
 /// How long start-up may take at each step before `run` gives up.
 const STEP: Duration = Duration::from_secs(10);
@@ -71,9 +72,6 @@ impl Drop for Kennel {
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
-    if !args.sources.listen.is_empty() {
-        return Err(KennelError::ListenGiven.into());
-    }
     // Handlers now, while single-threaded: a Ctrl-C during start-up must not kill us half-way.
     let mut signals = signals::register(false).map_err(step("signals"))?;
     // Fail closed, before anything starts, when user namespaces are off.
@@ -91,17 +89,51 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     })?;
 
     // Bad input fails here, naming file and line, before anything starts.
+    let mut sources = args.sources();
+    let starter = match args.learn_from_nothing() {
+        Some(agent) => Some(Starter::write(&agent)?),
+        None => None,
+    };
+    if let Some(starter) = &starter {
+        sources.policy = vec![starter.0.clone()];
+    }
     let mut diags = Diagnostics::default();
-    let Some(settings) = config::load(&args.sources, &mut diags) else {
+    let Some(settings) = config::load(&sources, &mut diags) else {
         return Err(Failure::Invalid(diags));
     };
     let Some(policies) = policy::load(&settings.policies, &mut diags) else {
         return Err(Failure::Invalid(diags));
     };
+    if args.learn && settings.audit_log.as_deref() == Some(Path::new("-")) {
+        diags.error(
+            Path::new("<command line>"),
+            None,
+            Some("--audit-log".into()),
+            "--learn makes its suggestion from a file: give --audit-log FILE, not `-`",
+        );
+        return Err(Failure::Invalid(diags));
+    }
     let (source, agent) = match policies.policies.as_slice() {
         [one] => (one.source.clone(), one.agent.to_string()),
         _ => return Err(KennelError::NotOnePolicy(policies.policies.len()).into()),
     };
+    // Warnings about the user's file, with its lines; the kennel's copy is not
+    // theirs, and an empty starter allows nothing by design.
+    if starter.is_none() {
+        for warning in diags.warnings() {
+            tracing::warn!("{warning}");
+        }
+    }
+    if args.learn {
+        let from = match &starter {
+            Some(_) => format!("an empty policy for agent '{agent}'"),
+            None => source.display().to_string(),
+        };
+        tracing::warn!(
+            "learn mode (--learn): names outside {from} are resolved and opened too; \
+             this run observes CMD, it does not fence it"
+        );
+    }
 
     let me = std::process::id();
     let (uid, gid) = kennel_ids();
@@ -197,17 +229,18 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     prctl::set_dumpable(false).map_err(sys("dumpable"))?;
 
     // The policy as the kennel runs it: fed sets in the kennel's netns, the kennel as its only client.
-    let netns_path = proc.join("ns/net");
+    // Our own descriptor, not /proc/C: it outlives C when CMD ends at once.
+    let netns_path = PathBuf::from(format!("/proc/self/fd/{}", netns.as_raw_fd()));
     let derived = derive_policy(&source, &netns_path, args.learn)?;
     let policy_path = dir.join("policy.yaml");
     std::fs::write(&policy_path, derived).map_err(file(&policy_path))?;
-    let mut sources = args.sources.clone();
     sources.policy = vec![policy_path];
     sources.listen = vec![DNS.to_string()];
-    let audit_log = match (&settings.audit_log, args.learn) {
-        (Some(p), _) if p != Path::new("-") => p.clone(),
-        (_, true) => dir.join("audit.jsonl"),
-        (_, false) => PathBuf::from("/dev/null"),
+    let kept = settings.audit_log.clone();
+    let audit_log = match (&kept, args.learn) {
+        (Some(p), _) => p.clone(),
+        (None, true) => dir.join("audit.jsonl"),
+        (None, false) => PathBuf::from("/dev/null"),
     };
     sources.audit_log = Some(audit_log.clone());
     let ruleset = startup::ruleset(&sources, None, &[DNS.ip()])?;
@@ -218,9 +251,6 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
 
     let runtime = tokio::runtime::Runtime::new().map_err(crate::error::RuntimeError::Runtime)?;
     let prepared = startup::prepare(&sources)?;
-    for warning in prepared.diagnostics.warnings() {
-        tracing::warn!("{warning}");
-    }
     // The DNS sockets live in the kennel's netns; upstream sockets stay in ours.
     let listeners = std::thread::scope(|s| {
         s.spawn(|| -> Result<Listeners, Failure> {
@@ -293,11 +323,50 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             output: args.suggest_out.clone(),
             include_denied: false,
             skip_malformed: true,
+            kennel: Some(if kept.is_some() { Kept::Yes } else { Kept::No }),
         };
-        crate::tools::suggest::run(&suggest)?;
+        for warning in crate::tools::suggest::run(&suggest)?.warnings() {
+            tracing::warn!("{warning}");
+        }
     }
     drop(kennel);
     Ok(ExitCode::from(code))
+}
+
+/// `run --learn` without a policy: an empty one for the agent, removed on drop.
+struct Starter(PathBuf);
+
+impl Starter {
+    fn write(agent: &str) -> Result<Starter, KennelError> {
+        let path = std::env::temp_dir().join(format!(
+            "allowdns-run-{}-{}.yaml",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        ));
+        let mut doc = serde_yaml::Mapping::new();
+        doc.insert("agent_name".into(), agent.into());
+        doc.insert(
+            "expected_outbound".into(),
+            serde_yaml::Sequence::new().into(),
+        );
+        let text = serde_yaml::to_string(&doc).map_err(KennelError::Derived)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+            .map_err(file(&path))?;
+        Ok(Starter(path))
+    }
+}
+
+impl Drop for Starter {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// The host uid and gid the kennel's root maps to: the caller, or when root

@@ -70,6 +70,18 @@ pub struct Options<'a> {
     pub include_denied: bool,
     /// Malformed lines are warnings instead of errors.
     pub skip_malformed: bool,
+    /// Set by `allowdns run --learn`: the log is a kennel's, whose only
+    /// client is the kennel, so the policy names no `clients`.
+    pub kennel: Option<Kept>,
+}
+
+/// Whether `allowdns run --learn` keeps the audit log the suggestion cites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kept {
+    /// `--audit-log FILE`: the evidence stays there.
+    Yes,
+    /// A temporary file, deleted when `run` ends.
+    No,
 }
 
 /// The suggested policy, and what was left out of it.
@@ -92,6 +104,7 @@ pub fn run(args: &SuggestArgs) -> Result<Diagnostics, Failure> {
         agent: args.agent.as_deref(),
         include_denied: args.include_denied,
         skip_malformed: args.skip_malformed,
+        kennel: args.kennel,
     };
     let suggestion = suggest(file, BufReader::new(input), &options).map_err(Failure::Invalid)?;
     match &args.output {
@@ -232,6 +245,9 @@ pub struct SuggestArgs {
     /// Warn about malformed lines and skip them, instead of failing.
     #[arg(long)]
     pub skip_malformed: bool,
+    /// Set by `allowdns run --learn`, never on the command line.
+    #[arg(skip)]
+    pub kennel: Option<Kept>,
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use super::group::{Entry, covered_by};
 use super::read::{Capped, Log, Observed, Seen};
-use super::{MAX_GROUP, MAX_LEFT_OUT_SHOWN, MAX_REPORTED, MAX_SHOWN, MIN_CHILDREN, Options};
+use super::{Kept, MAX_GROUP, MAX_LEFT_OUT_SHOWN, MAX_REPORTED, MAX_SHOWN, MIN_CHILDREN, Options};
 use crate::diagnostics::Diagnostics;
 
 pub(super) fn render(
@@ -22,12 +22,32 @@ pub(super) fn render(
 ) -> String {
     let mut out = String::new();
     let (first, last) = observed.span.expect("an agent has lookups");
-    let _ = writeln!(
-        out,
-        "# Suggested by `allowdns suggest` from {} ({} records).",
-        quote(&file.display().to_string()),
-        log.records
-    );
+    match options.kennel {
+        None => {
+            let _ = writeln!(
+                out,
+                "# Suggested by `allowdns suggest` from {} ({} records).",
+                quote(&file.display().to_string()),
+                log.records
+            );
+        }
+        Some(Kept::Yes) => {
+            let _ = writeln!(
+                out,
+                "# Suggested by `allowdns run --learn` from {} ({} records).",
+                quote(&file.display().to_string()),
+                log.records
+            );
+        }
+        Some(Kept::No) => {
+            let _ = writeln!(
+                out,
+                "# Suggested by `allowdns run --learn` from its audit log ({} records),\n\
+                 # which was not kept: run with --audit-log FILE to keep the evidence.",
+                log.records
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "# Agent {}: {}, {} to {}.",
@@ -69,10 +89,19 @@ pub(super) fn render(
     out.push_str("version: 1\n");
     let _ = writeln!(out, "agent_name: {}", quote(agent));
     out.push_str("mode: enforce\n");
-    out.push_str("# The client addresses seen; widen them if the agent's address can change.\n");
-    out.push_str("clients:\n");
-    for ip in &observed.clients {
-        let _ = writeln!(out, "  - {}", quote(&ipnet::IpNet::from(*ip).to_string()));
+    if options.kennel.is_some() {
+        out.push_str(
+            "# No clients: under `allowdns run` the kennel is the only client. Add\n\
+             # `clients:` to serve this agent with `allowdns serve`.\n",
+        );
+    } else {
+        out.push_str(
+            "# The client addresses seen; widen them if the agent's address can change.\n",
+        );
+        out.push_str("clients:\n");
+        for ip in &observed.clients {
+            let _ = writeln!(out, "  - {}", quote(&ipnet::IpNet::from(*ip).to_string()));
+        }
     }
     out.push_str("expected_outbound:\n");
     let line = |entry: &Entry, commented: bool| {
