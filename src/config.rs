@@ -170,11 +170,36 @@ pub enum UpstreamMode {
     None,
     Forward {
         servers: Vec<SocketAddr>,
+        /// Taken from /etc/resolv.conf, none being configured.
+        from_resolv_conf: bool,
     },
     Recursive {
         root_hints: PathBuf,
         allow_private_servers: bool,
     },
+}
+
+/// How start-up names the upstream in use.
+impl std::fmt::Display for UpstreamMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamMode::None => f.write_str("none (local zones only)"),
+            UpstreamMode::Forward {
+                servers,
+                from_resolv_conf,
+            } => {
+                let list: Vec<String> = servers.iter().map(ToString::to_string).collect();
+                write!(f, "forwarding to {}", list.join(", "))?;
+                if *from_resolv_conf {
+                    write!(f, " (from {RESOLV_CONF})")?;
+                }
+                Ok(())
+            }
+            UpstreamMode::Recursive { root_hints, .. } => {
+                write!(f, "recursive from root hints {}", root_hints.display())
+            }
+        }
+    }
 }
 
 /// Validated settings, ready for startup.
@@ -374,10 +399,12 @@ impl Input<'_> {
                     );
                     UpstreamMode::Forward {
                         servers: Vec::new(),
+                        from_resolv_conf: false,
                     }
                 }
             };
         }
+        let from_resolv_conf = forward_servers.is_none();
         let servers = match forward_servers {
             Some(servers) => servers,
             None => resolv_conf_servers(Path::new(RESOLV_CONF), listen, diags),
@@ -390,7 +417,10 @@ impl Input<'_> {
                 "no upstream servers",
             );
         }
-        UpstreamMode::Forward { servers }
+        UpstreamMode::Forward {
+            servers,
+            from_resolv_conf,
+        }
     }
 
     /// `--policy`, else `policies:`; at least one.

@@ -362,3 +362,37 @@ fn malformed_queries_get_formerr_and_unknown_opcodes_notimp() {
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert_eq!(up.count("www.allowed.test"), 1);
 }
+
+#[test]
+fn a_silent_upstream_is_named_at_start_and_a_live_one_is_not_warned_about() {
+    // Positive control: a live upstream answers the start-up probe, and no warning follows.
+    let up = upstream();
+    let dns = serve(&up, &[]);
+    dns.wait_for("answered the start-up probe", 1);
+    let live = up.addr.to_string();
+    let err = dns.stderr();
+    assert!(err.contains(&format!("upstream: forwarding to {live}")), "{err}");
+    assert!(!err.contains("did not answer"), "{err}");
+    drop(dns);
+    // Bound and never read: packets to it are lost, no ICMP says so.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead = silent.local_addr().unwrap().to_string();
+    let policy = data("policy.yaml");
+    let dns = Allowdns::serve(&["--upstream", &dead, "--policy", policy.to_str().unwrap()]);
+    let started = std::time::Instant::now();
+    dns.wait_for("did not answer the start-up probe", 1);
+    assert!(started.elapsed() < Duration::from_secs(6));
+    let err = dns.stderr();
+    let warning = err
+        .lines()
+        .find(|l| l.contains("did not answer the start-up probe"))
+        .unwrap();
+    assert!(warning.contains(&format!("forwarder {dead}")), "{err}");
+    // Each later upstream warning names the server too.
+    let r = query(dns.udp, "www.allowed.test", RecordType::A);
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    dns.wait_for("answering SERVFAIL", 1);
+    let err = dns.stderr();
+    let servfail = err.lines().find(|l| l.contains("answering SERVFAIL")).unwrap();
+    assert!(servfail.contains(&dead), "{servfail}");
+}

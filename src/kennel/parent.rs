@@ -251,6 +251,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
 
     let runtime = tokio::runtime::Runtime::new().map_err(crate::error::RuntimeError::Runtime)?;
     let prepared = startup::prepare(&sources)?;
+    eprintln!("allowdns run: upstream: {}", prepared.settings.upstream);
     // The DNS sockets live in the kennel's netns; upstream sockets stay in ours.
     let listeners = std::thread::scope(|s| {
         s.spawn(|| -> Result<Listeners, Failure> {

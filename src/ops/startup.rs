@@ -60,7 +60,7 @@ pub fn prepare(sources: &Sources) -> Result<Prepared, Failure> {
     let loaded = load_policies_and_zones(&settings, &mut diags);
     let upstream = match &settings.upstream {
         UpstreamMode::None => Ok(Upstream::None),
-        UpstreamMode::Forward { servers } => Upstream::forward(servers, settings.upstream_timeout),
+        UpstreamMode::Forward { servers, .. } => Upstream::forward(servers, settings.upstream_timeout),
         UpstreamMode::Recursive {
             root_hints,
             allow_private_servers,
@@ -192,7 +192,7 @@ pub async fn serve_on(
             "policy loaded"
         );
     }
-    tracing::info!(zones = loaded.zones.len(), upstream = ?settings.upstream, "ready");
+    tracing::info!(zones = loaded.zones.len(), "ready; upstream: {}", settings.upstream);
 
     if let Some(firewall) = &firewall {
         firewall
@@ -201,6 +201,8 @@ pub async fn serve_on(
     }
     let policies = loaded.policies.policies.len();
     let resolver = Resolver::new(upstream, Cache::new(settings.cache));
+    // Once, in the background: a dead upstream is named now, not at the agent's first SERVFAIL.
+    tokio::spawn(resolver.upstream().clone().probe());
     let handler = Handler::new(
         loaded,
         resolver,

@@ -365,7 +365,12 @@ impl Handler {
         match result {
             Ok(resolution) => self.fence(loaded, policy, rule, outcome.resolved(resolution)),
             Err(error) => {
-                crate::serve::upstream::warn_failure(&error, query.name(), query.query_type());
+                crate::serve::upstream::warn_failure(
+                    self.resolver.upstream(),
+                    &error,
+                    query.name(),
+                    query.query_type(),
+                );
                 outcome
             }
         }

@@ -79,6 +79,11 @@ impl Resolver {
     }
 
     /// Keeps the cache partitions of the policies `keep` names (after a reload).
+    /// Where allowed names that no local zone holds are resolved.
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
     pub fn retain_agents(&self, keep: impl Fn(PolicyId) -> bool) {
         self.cache.retain(keep);
     }

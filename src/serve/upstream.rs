@@ -85,9 +85,9 @@ impl From<SetupError> for String {
 
 pub enum Upstream {
     /// Forward to configured servers (UDP, TCP on truncation).
-    Forward(NameServerPool<TokioRuntimeProvider>),
-    /// Iterate from root hints.
-    Recursive(Box<Recursor<TokioRuntimeProvider>>),
+    Forward(NameServerPool<TokioRuntimeProvider>, Vec<SocketAddr>, Duration),
+    /// Iterate from root hints (the file).
+    Recursive(Box<Recursor<TokioRuntimeProvider>>, PathBuf),
     /// Local zones only: anything else is SERVFAIL.
     None,
 }
@@ -114,11 +114,11 @@ impl Upstream {
             source,
         })?;
         let cx = Arc::new(PoolContext::new(options, tls));
-        Ok(Upstream::Forward(NameServerPool::from_config(
-            configs,
-            cx,
-            TokioRuntimeProvider::default(),
-        )))
+        Ok(Upstream::Forward(
+            NameServerPool::from_config(configs, cx, TokioRuntimeProvider::default()),
+            servers.to_vec(),
+            timeout,
+        ))
     }
 
     /// `allow_private_servers` lets the recursor query loopback and private
@@ -157,7 +157,7 @@ impl Upstream {
                 path: path(),
                 source,
             })?;
-        Ok(Upstream::Recursive(Box::new(recursor)))
+        Ok(Upstream::Recursive(Box::new(recursor), path()))
     }
 
     /// Asks the question once. NXDOMAIN and NODATA are answers, not errors.
@@ -171,7 +171,7 @@ impl Upstream {
                 name: name(),
                 qtype,
             }),
-            Upstream::Forward(pool) => {
+            Upstream::Forward(pool, ..) => {
                 let mut options = DnsRequestOptions::default();
                 options.use_edns = true;
                 options.recursion_desired = true;
@@ -199,7 +199,7 @@ impl Upstream {
                     }),
                 }
             }
-            Upstream::Recursive(recursor) => {
+            Upstream::Recursive(recursor, _) => {
                 match recursor.resolve(query, Instant::now(), false).await {
                     Ok(message) => Ok(Step {
                         rcode: message.metadata.response_code,
@@ -229,13 +229,97 @@ impl Upstream {
     }
 }
 
+/// How long the start-up probe waits for each server.
+const PROBE_WITHIN: Duration = Duration::from_secs(2);
+
+impl Upstream {
+    /// Asks each forwarder (or the recursor) for the root's NS once, and
+    /// warns, naming it, about any that does not answer within
+    /// [`PROBE_WITHIN`]. Any answer counts, NXDOMAIN or REFUSED too: it is
+    /// there. Never blocks start-up: run in the background.
+    pub async fn probe(self: Arc<Self>) {
+        match &*self {
+            Upstream::None => {}
+            Upstream::Forward(_, servers, timeout) => {
+                let each = servers.iter().map(|&server| async move {
+                    let result = match Upstream::forward(&[server], *timeout) {
+                        Ok(one) => one.probe_once().await,
+                        Err(e) => Err(e.to_string()),
+                    };
+                    report_probe(&format!("forwarder {server}"), result);
+                });
+                futures_util::future::join_all(each).await;
+            }
+            Upstream::Recursive(..) => {
+                let result = self.probe_once().await;
+                report_probe(&self.to_string(), result);
+            }
+        }
+    }
+
+    async fn probe_once(&self) -> Result<Duration, String> {
+        let started = Instant::now();
+        let asked = async {
+            match self {
+                Upstream::Forward(pool, ..) => {
+                    let mut options = DnsRequestOptions::default();
+                    options.recursion_desired = true;
+                    let query = Query::query(Name::root(), RecordType::NS);
+                    match pool.lookup(query, options).first_answer().await {
+                        // An error rcode is an answer: the server is there.
+                        Ok(_) | Err(NetError::Dns(_)) => Ok(()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                _ => self
+                    .query(&Name::root(), RecordType::NS)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+            }
+        };
+        match tokio::time::timeout(PROBE_WITHIN, asked).await {
+            Ok(Ok(())) => Ok(started.elapsed()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!("no answer within {} s", PROBE_WITHIN.as_secs())),
+        }
+    }
+}
+
+fn report_probe(what: &str, result: Result<Duration, String>) {
+    match result {
+        Ok(took) => tracing::info!("upstream {what} answered the start-up probe (. NS) in {took:?}"),
+        Err(reason) => tracing::warn!(
+            "upstream {what} did not answer the start-up probe (. NS): {reason}. Allowed names \
+             that no local zone holds will get SERVFAIL until it answers; check that it is \
+             reachable from here, or choose another with --upstream"
+        ),
+    }
+}
+
+/// Names the upstream in warnings: the servers, or the root hints file.
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::None => f.write_str("none"),
+            Upstream::Forward(_, servers, _) => {
+                let list: Vec<String> = servers.iter().map(ToString::to_string).collect();
+                write!(f, "forwarder {}", list.join(", "))
+            }
+            Upstream::Recursive(_, hints) => {
+                write!(f, "recursor from root hints {}", hints.display())
+            }
+        }
+    }
+}
+
 /// Upstream failures on stderr: a dead forwarder fails every query, so the
 /// first goes out at once, then at most one per interval, with how many were
 /// suppressed since the last (`allowdns_upstream_errors_total` counts each).
 const WARN_EVERY: Duration = Duration::from_secs(10);
 static FAILURES: std::sync::Mutex<(Option<Instant>, u64)> = std::sync::Mutex::new((None, 0));
 
-pub fn warn_failure(error: &UpstreamError, qname: &Name, qtype: RecordType) {
+pub fn warn_failure(upstream: &Upstream, error: &UpstreamError, qname: &Name, qtype: RecordType) {
     let mut state = FAILURES.lock().unwrap_or_else(|p| p.into_inner());
     let now = Instant::now();
     if state
@@ -248,7 +332,7 @@ pub fn warn_failure(error: &UpstreamError, qname: &Name, qtype: RecordType) {
     let suppressed = std::mem::take(&mut state.1);
     state.0 = Some(now);
     drop(state);
-    tracing::warn!(%error, %qname, %qtype, suppressed, "upstream failed; answering SERVFAIL (at most one such line per {} s)", WARN_EVERY.as_secs());
+    tracing::warn!(%error, %qname, %qtype, suppressed, "upstream {upstream} failed; answering SERVFAIL (at most one such line per {} s)", WARN_EVERY.as_secs());
 }
 
 /// The SOA first, then other authority records, without repeating the SOA.
