@@ -424,9 +424,7 @@ fn upstream_failures_are_logged_at_most_once_per_interval() {
         );
     }
     let (_, stderr) = dns.terminate();
-    let warns = stderr
-        .matches("failed; answering SERVFAIL")
-        .count();
+    let warns = stderr.matches("failed; answering SERVFAIL").count();
     assert_eq!(warns, 1, "{stderr}");
 }
 

@@ -17,7 +17,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{Upstream, bin, data, is_root, require_or_skip, sh};
+use common::{
+    Upstream, bin, console_commands, data, is_root, missing_lines, readme_blocks, repo,
+    require_or_skip, sh,
+};
 
 const DNS: &str = "198.51.100.53";
 const ROGUE: &str = "198.51.100.66";
@@ -1100,4 +1103,51 @@ fn run_audit_log_dash_writes_stdout() {
     assert_eq!(ran.code, Some(1), "{}", ran.stderr);
     assert!(ran.stderr.contains("--audit-log"), "{}", ran.stderr);
     assert!(!ran.stdout.contains("CMD-DONE"), "CMD ran: {}", ran.stdout);
+}
+
+#[test]
+fn readme_run_examples_print_what_the_readme_shows() {
+    if !ready() {
+        return;
+    }
+    let world = World::new("readme");
+    // The README runs from the checkout's root; here, from a copy of what it
+    // names, so that its output files land in the world's scratch directory.
+    for dir in ["policies", "zones"] {
+        sh(&[
+            "cp",
+            "-r",
+            repo(dir).to_str().unwrap(),
+            world.dir.to_str().unwrap(),
+        ]);
+    }
+    sh(&["chmod", "-R", "a+rX", world.dir.to_str().unwrap()]);
+    let commands: Vec<(String, Vec<String>)> = readme_blocks()
+        .iter()
+        .filter(|b| b.kind == "run")
+        .flat_map(console_commands)
+        .collect();
+    // Positive control: the README's lab-free one-liner is among them.
+    assert!(
+        commands
+            .iter()
+            .any(|(c, _)| c.contains("--upstream none -- sh -c")),
+        "{commands:?}"
+    );
+    for (cmd, shown) in commands {
+        let rest = cmd.strip_prefix("allowdns run ").expect("a run command");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &world.ns, "sh", "-c"])
+            .arg(format!("exec '{}' run {rest}", bin()))
+            .current_dir(&world.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let ran = finish(child);
+        let all = format!("{}{}", ran.stdout, ran.stderr);
+        let missing = missing_lines(&shown, &all);
+        assert!(missing.is_empty(), "{cmd}: missing {missing:#?} in\n{all}");
+    }
 }

@@ -371,7 +371,10 @@ fn a_silent_upstream_is_named_at_start_and_a_live_one_is_not_warned_about() {
     dns.wait_for("answered the start-up probe", 1);
     let live = up.addr.to_string();
     let err = dns.stderr();
-    assert!(err.contains(&format!("upstream: forwarding to {live}")), "{err}");
+    assert!(
+        err.contains(&format!("upstream: forwarding to {live}")),
+        "{err}"
+    );
     assert!(!err.contains("did not answer"), "{err}");
     drop(dns);
     // Bound and never read: packets to it are lost, no ICMP says so.
@@ -393,6 +396,9 @@ fn a_silent_upstream_is_named_at_start_and_a_live_one_is_not_warned_about() {
     assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
     dns.wait_for("answering SERVFAIL", 1);
     let err = dns.stderr();
-    let servfail = err.lines().find(|l| l.contains("answering SERVFAIL")).unwrap();
+    let servfail = err
+        .lines()
+        .find(|l| l.contains("answering SERVFAIL"))
+        .unwrap();
     assert!(servfail.contains(&dead), "{servfail}");
 }

@@ -1,8 +1,10 @@
 //! Human alerts for denied lookups, on stderr (the journal under systemd).
 //!
-//! The first denial from a client prints the full alert. Further denials from
-//! that client within the window are only counted, and one summary line closes
-//! the window, so a DNS tunnel pushing thousands of unique names produces two
+//! Each new denied name from a client prints the full alert, up to
+//! [`ALERTS_PER_WINDOW`] per window, so a person trying a second name sees it
+//! at once. Further denials from that client within the window (repeats, or
+//! names past that limit) are only counted, and one summary line closes the
+//! window, so a DNS tunnel pushing thousands of unique names produces a few
 //! lines a minute, not thousands. The audit log still has every lookup.
 //!
 //! Counting happens inline under a mutex (a hash lookup); only a new window
@@ -34,6 +36,8 @@ use crate::observe::delivery::{Delivery, DeliveryStats, NotifySettings};
 use crate::observe::worker::Worker;
 
 const MAX_CLIENTS: usize = 4096;
+/// Full alerts per client and window, one per distinct denied name.
+pub const ALERTS_PER_WINDOW: usize = 5;
 /// Full alerts waiting to be printed; more than this in one tick are counted.
 const MAX_PENDING: usize = 1024;
 /// How long close waits for notifications still queued: shutdown must not hang.
@@ -87,6 +91,8 @@ struct Window {
     opened: Instant,
     agent: Arc<str>,
     suppressed: u64,
+    /// Denied names alerted in full in this window (at most [`ALERTS_PER_WINDOW`]).
+    alerted: Vec<Name>,
 }
 
 #[derive(Default)]
@@ -195,10 +201,16 @@ impl Alerts {
         let ip = event.client.ip();
         let mut guard = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
         let state = &mut *guard;
+        let room = state.pending.len() < MAX_PENDING;
         let print = if let Some(w) = state.clients.get_mut(&ip) {
-            w.suppressed += 1;
-            false
-        } else if state.clients.len() >= MAX_CLIENTS || state.pending.len() >= MAX_PENDING {
+            let new_name = w.alerted.len() < ALERTS_PER_WINDOW && !w.alerted.contains(&event.qname);
+            if new_name && room {
+                w.alerted.push(event.qname.clone());
+            } else {
+                w.suppressed += 1;
+            }
+            new_name && room
+        } else if state.clients.len() >= MAX_CLIENTS || !room {
             state.other += 1;
             state.other_since.get_or_insert(now);
             false
@@ -209,6 +221,7 @@ impl Alerts {
                     opened: now,
                     agent: event.agent.clone(),
                     suppressed: 0,
+                    alerted: vec![event.qname.clone()],
                 },
             );
             true
@@ -283,6 +296,7 @@ impl Alerts {
                 opened: now,
                 agent: event.agent.clone(),
                 suppressed: 0,
+                alerted: Vec::new(),
             };
             s.clients.insert(ip, window);
             s.pending.push(event);
@@ -509,7 +523,7 @@ mod tests {
     }
 
     #[test]
-    fn a_flood_prints_one_alert_and_one_summary() {
+    fn a_flood_prints_a_few_alerts_and_one_summary() {
         let buf = Buf::default();
         let alerts = Alerts::start(Duration::from_secs(60), Box::new(buf.clone()));
         for i in 0..5000 {
@@ -517,13 +531,49 @@ mod tests {
         }
         alerts.close();
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        assert_eq!(text.matches("UNEXPECTED DNS LOOKUP").count(), 1, "{text}");
+        assert_eq!(
+            text.matches("UNEXPECTED DNS LOOKUP").count(),
+            ALERTS_PER_WINDOW,
+            "{text}"
+        );
         assert!(text.contains("Query: x0.tunnel.example A"), "{text}");
+        assert!(text.contains("Query: x4.tunnel.example A"), "{text}");
+        assert!(!text.contains("Query: x5.tunnel.example A"), "{text}");
+        assert_eq!(text.matches("more denied lookups").count(), 1, "{text}");
         assert!(
             text.contains(
-                "[!] ... and 4,999 more denied lookups from 10.200.1.2 (agent a) in the last 1 s"
+                "[!] ... and 4,995 more denied lookups from 10.200.1.2 (agent a) in the last 1 s"
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_second_denied_name_is_alerted_at_once_and_a_repeat_is_counted() {
+        let buf = Buf::default();
+        let alerts = Alerts::start(Duration::from_secs(60), Box::new(buf.clone()));
+        let text = || String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let wait_for = |needle: &str| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !text().contains(needle) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            text()
+        };
+        // Positive control: the first denial is printed before the window closes.
+        alerts.denied(denied("10.200.1.2:1", 0));
+        assert!(wait_for("Query: x0.tunnel.example A").contains("x0.tunnel"));
+        alerts.denied(denied("10.200.1.2:2", 0));
+        alerts.denied(denied("10.200.1.2:3", 1));
+        let shown = wait_for("Query: x1.tunnel.example A");
+        assert!(shown.contains("Query: x1.tunnel.example A"), "{shown}");
+        assert_eq!(shown.matches("x0.tunnel").count(), 1, "{shown}");
+        assert!(!shown.contains("more denied"), "{shown}");
+        alerts.close();
+        assert!(
+            text().contains("[!] ... and 1 more denied lookups from 10.200.1.2"),
+            "{}",
+            text()
         );
     }
 

@@ -60,7 +60,9 @@ pub fn prepare(sources: &Sources) -> Result<Prepared, Failure> {
     let loaded = load_policies_and_zones(&settings, &mut diags);
     let upstream = match &settings.upstream {
         UpstreamMode::None => Ok(Upstream::None),
-        UpstreamMode::Forward { servers, .. } => Upstream::forward(servers, settings.upstream_timeout),
+        UpstreamMode::Forward { servers, .. } => {
+            Upstream::forward(servers, settings.upstream_timeout)
+        }
         UpstreamMode::Recursive {
             root_hints,
             allow_private_servers,
@@ -192,7 +194,11 @@ pub async fn serve_on(
             "policy loaded"
         );
     }
-    tracing::info!(zones = loaded.zones.len(), "ready; upstream: {}", settings.upstream);
+    tracing::info!(
+        zones = loaded.zones.len(),
+        "ready; upstream: {}",
+        settings.upstream
+    );
 
     if let Some(firewall) = &firewall {
         firewall

@@ -85,7 +85,11 @@ impl From<SetupError> for String {
 
 pub enum Upstream {
     /// Forward to configured servers (UDP, TCP on truncation).
-    Forward(NameServerPool<TokioRuntimeProvider>, Vec<SocketAddr>, Duration),
+    Forward(
+        NameServerPool<TokioRuntimeProvider>,
+        Vec<SocketAddr>,
+        Duration,
+    ),
     /// Iterate from root hints (the file).
     Recursive(Box<Recursor<TokioRuntimeProvider>>, PathBuf),
     /// Local zones only: anything else is SERVFAIL.
@@ -288,7 +292,9 @@ impl Upstream {
 
 fn report_probe(what: &str, result: Result<Duration, String>) {
     match result {
-        Ok(took) => tracing::info!("upstream {what} answered the start-up probe (. NS) in {took:?}"),
+        Ok(took) => {
+            tracing::info!("upstream {what} answered the start-up probe (. NS) in {took:?}")
+        }
         Err(reason) => tracing::warn!(
             "upstream {what} did not answer the start-up probe (. NS): {reason}. Allowed names \
              that no local zone holds will get SERVFAIL until it answers; check that it is \
