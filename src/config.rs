@@ -271,7 +271,7 @@ impl Input<'_> {
                         text,
                     ),
                     Err(e) => {
-                        yaml_error(diags, path, &e);
+                        yaml_error(diags, path, &text, &e);
                         return None;
                     }
                 }

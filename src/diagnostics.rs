@@ -108,15 +108,57 @@ impl Diagnostics {
 }
 
 /// Reports a YAML syntax or shape error with the parser's own location.
-pub fn yaml_error(diags: &mut Diagnostics, file: &Path, error: &serde_yaml::Error) {
+pub fn yaml_error(diags: &mut Diagnostics, file: &Path, source: &str, error: &serde_yaml::Error) {
     let line = error.location().map(|l| l.line());
     // serde_yaml appends " at line N column M"; the location is already in the prefix.
     let text = error.to_string();
-    let text = match text.find(" at line ") {
+    let mut text = match text.find(" at line ") {
         Some(i) => text[..i].to_string(),
         None => text,
     };
+    let misindented = ["did not find expected", "mapping values are not allowed"];
+    if misindented.iter().any(|m| text.contains(m))
+        && let Some(hint) = line.and_then(|l| indentation_hint(source, l))
+    {
+        text = format!("{text}: {hint}");
+    }
     diags.error(file, line, None, text);
+}
+
+/// What the list above line `at` (1-based) expects there: YAML's own
+/// message names a token, not the place in the file.
+fn indentation_hint(source: &str, at: usize) -> Option<String> {
+    let lines: Vec<&str> = source.lines().collect();
+    let here = lines.get(at.checked_sub(1)?)?;
+    let column = here.len() - here.trim_start().len();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let (entry_at, entry) = lines[..at - 1]
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, l)| l.trim_start().starts_with("- "))?;
+    let dash = indent(entry);
+    let field = dash + 2;
+    let list = lines[..entry_at]
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, l)| {
+            let code = l.split(" #").next().unwrap_or(l).trim_end();
+            indent(l) < dash && code.ends_with(':') && !l.trim_start().starts_with('#')
+        })
+        .map(|(i, l)| {
+            let key = l.trim().trim_start_matches("- ").trim_end_matches(':');
+            format!(" of `{key}` (line {})", i + 1)
+        })
+        .unwrap_or_default();
+    Some(format!(
+        "in the list{list}, an entry starts with `- ` at column {} and its fields \
+         line up at column {}; line {at} starts at column {}",
+        dash + 1,
+        field + 1,
+        column + 1
+    ))
 }
 
 /// Finds the line of the `nth` (0-based) standalone occurrence of `needle`.
@@ -189,7 +231,26 @@ pub fn clip_long_words(message: String) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::locate;
+    #[test]
+    fn a_misindented_list_entry_says_where_entries_and_fields_go() {
+        let text = "agent_name: a\nexpected_outbound:\n  - destination: a.example\n    port: 443\n   - destination: b.example\n";
+        // Positive control: the same list, indented right, parses.
+        let right = text.replace("   - destination: b", "  - destination: b");
+        assert!(serde_yaml::from_str::<serde_yaml::Value>(&right).is_ok());
+        let error = serde_yaml::from_str::<serde_yaml::Value>(text).unwrap_err();
+        let mut diags = Diagnostics::default();
+        yaml_error(&mut diags, Path::new("p.yaml"), text, &error);
+        let message = diags.items[0].to_string();
+        assert_eq!(
+            message,
+            "error: p.yaml:5: did not find expected '-' indicator: in the list of \
+             `expected_outbound` (line 2), an entry starts with `- ` at column 3 and its \
+             fields line up at column 5; line 5 starts at column 4"
+        );
+    }
+
+    use super::{Diagnostics, locate, yaml_error};
+    use std::path::Path;
 
     #[test]
     fn locate_skips_substrings_inside_patterns() {

@@ -16,6 +16,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // What bad input means for the command at hand, after the error count.
+    let outcome = match &cli.command {
+        Command::Check(_) => " found",
+        Command::Serve(_) => "; nothing was started",
+        Command::Run(_) => "; CMD was not started",
+        Command::Suggest(_) => "; no policy was written",
+        _ => "",
+    };
+    let report = |failure: Failure| report(failure, outcome);
     // The kennel must start single-threaded (setns into a user namespace), so
     // it runs before the runtime exists; it logs warnings only, CMD owns the terminal.
     match cli.command {
@@ -143,17 +152,14 @@ async fn serve(sources: Sources) -> Result<(), Failure> {
 }
 
 /// Errors become text here; [`Failure::exit_code`] picks the status.
-fn report(failure: Failure) -> ExitCode {
+fn report(failure: Failure, outcome: &str) -> ExitCode {
     let code = failure.exit_code();
     match failure {
         Failure::Invalid(diags) => {
             for d in &diags.items {
                 eprintln!("{d}");
             }
-            eprintln!(
-                "allowdns: {} error(s); nothing was started",
-                diags.errors().count()
-            );
+            eprintln!("allowdns: {} error(s){outcome}", diags.errors().count());
         }
         Failure::Runtime(e) => eprintln!("allowdns: error: {e}"),
     }

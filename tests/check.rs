@@ -84,10 +84,12 @@ allowed_dynamic_resolution:
         format!("warning: {bad}:8: allowed_dynamic_resolution[0]: over-broad"),
         format!("error: {typo}:3: unknown field `expected_outbund`"),
         "has no SOA record at its apex".to_string(),
-        "error(s); nothing was started".to_string(),
+        "error(s) found".to_string(),
     ] {
         assert!(stderr.contains(&want), "missing {want:?} in:\n{stderr}");
     }
+    // check starts nothing, so it does not say that nothing was started.
+    assert!(!stderr.contains("nothing was started"), "{stderr}");
 }
 
 #[test]
@@ -249,4 +251,26 @@ fn a_yaml_tag_is_not_a_choice() {
         assert_eq!(code, 1, "{name} must not load:\n{stdout}{stderr}");
         assert!(stderr.contains(name), "{stderr}");
     }
+}
+
+#[test]
+fn a_misindented_policy_says_where_entries_go() {
+    let dir = TempDir::new("check-indent");
+    let good = "agent_name: a\nexpected_outbound:\n  - destination: a.example\n  - destination: b.example\n";
+    let bad = good.replace("  - destination: b", "   - destination: b");
+    // Positive control: the policy indented right loads.
+    let ok = dir.write("ok.yaml", good);
+    let (code, _, stderr) = check(&["--upstream", "none", "--policy", ok.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let policy = dir.write("p.yaml", &bad);
+    let (code, _, stderr) = check(&["--upstream", "none", "--policy", policy.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:4: did not find expected '-' indicator: in the list of `expected_outbound` (line 2), \
+             an entry starts with `- ` at column 3 and its fields line up at column 5; line 4 starts at column 4",
+            policy.display()
+        )),
+        "{stderr}"
+    );
 }

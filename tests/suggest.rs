@@ -517,3 +517,41 @@ fn skip_malformed_proceeds() {
     let out = dir.write("suggested.yaml", &policy);
     assert_checks_clean(&out, "a");
 }
+
+#[test]
+fn a_file_that_is_no_audit_log_gets_a_few_errors_and_a_count() {
+    let dir = TempDir::new("suggest-script");
+    let script: String = (0..20).map(|i| format!("print('line {i}')\n")).collect();
+    // Positive control: a log with one good record and malformed lines reports each of them.
+    let good = record(
+        "2026-11-22T01:20:10Z",
+        "10.0.0.1:1",
+        "a",
+        "b.example",
+        "allow",
+        "NOERROR",
+    );
+    let head: String = script.lines().take(4).map(|l| format!("{l}\n")).collect();
+    let mixed = dir.write("mixed.jsonl", &format!("{good}\n{head}"));
+    let (code, _, stderr) = allowdns(&["suggest", "--audit-log", mixed.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("mixed.jsonl:5: not a JSON audit record"),
+        "{stderr}"
+    );
+    let log = dir.write("agent.py", &script);
+    let (code, _, stderr) = allowdns(&["suggest", "--audit-log", log.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert!(errors.len() <= 5, "{stderr}");
+    assert!(
+        stderr.contains("agent.py:3: not a JSON audit record"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("agent.py:4:"), "{stderr}");
+    assert!(
+        stderr.contains("... and 17 more malformed lines"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("is this an allowdns audit log"), "{stderr}");
+}

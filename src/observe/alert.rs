@@ -624,7 +624,8 @@ mod tests {
         assert!(text.contains("\"qname\":\"x2.tunnel.example\""), "{text}");
         alerts.close();
         assert_eq!(alerts.stats().notifications.load(Ordering::Relaxed), 1);
-        assert_eq!(alerts.stats().stderr_alerts.load(Ordering::Relaxed), 1);
+        // Three distinct names, each alerted in full.
+        assert_eq!(alerts.stats().stderr_alerts.load(Ordering::Relaxed), 3);
         let sinks = alerts.delivery_stats();
         assert_eq!(sinks.len(), 1);
         assert_eq!(sinks[0].0, "syslog");

@@ -24,7 +24,7 @@ pub fn compile_source(file: &Path, source: &str, diags: &mut Diagnostics) -> Opt
     let raw: PolicyFileV1 = match serde_yaml::from_str(source) {
         Ok(raw) => raw,
         Err(e) => {
-            yaml_error(diags, file, &e);
+            yaml_error(diags, file, source, &e);
             salvage(file, source, diags);
             return None;
         }

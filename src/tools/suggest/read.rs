@@ -12,6 +12,9 @@ use serde_json::Value;
 
 use super::render::plural;
 use super::{MAX_AGENTS, MAX_LINE, MAX_REPORTED, MAX_SKIPPED_REPORTED, Options};
+
+/// Malformed lines reported one by one while no line so far was a record.
+const NOT_A_LOG_REPORTED: usize = 3;
 use crate::diagnostics::Diagnostics;
 use crate::observe::audit::schema::{Decision, Event, EventLine, QueryRecord};
 use crate::policy;
@@ -225,6 +228,8 @@ pub(super) fn read_log(
         }),
     };
     let mut buf = Vec::new();
+    // Whether any malformed line was JSON at least (a record gone wrong).
+    let mut json = false;
     for number in 1.. {
         match read_line(&mut input, &mut buf) {
             Ok(false) => break,
@@ -266,10 +271,31 @@ pub(super) fn read_log(
                 None,
                 "incomplete last line skipped (is the log still being written?)",
             ),
-            Err(e) => bad.report(diags, file, number, &e),
+            Err(e) => {
+                let text = matches!(
+                    e,
+                    LineError::NotJson(_) | LineError::NotUtf8 | LineError::TooLong
+                );
+                json |= !text;
+                // A file that is no audit log (a script, a binary) would fill
+                // the screen: a few of its lines say enough.
+                if log.records == 0 && !json && !bad.skip {
+                    bad.capped.limit = bad.capped.limit.min(NOT_A_LOG_REPORTED);
+                }
+                bad.report(diags, file, number, &e)
+            }
         }
     }
     bad.finish(diags, file);
+    if log.records == 0 && !json && bad.capped.count > 0 && !bad.skip {
+        diags.error(
+            file,
+            None,
+            None,
+            "no line is an audit record: is this an allowdns audit log \
+             (JSON Lines, as `serve --audit-log FILE` writes)?",
+        );
+    }
     log
 }
 
