@@ -140,6 +140,14 @@ impl Upstream {
             .collect()
     }
 
+    /// Every name asked but the root, whose NS allowdns asks once at start-up
+    /// (its upstream probe, a fixed question that carries nothing of a client's).
+    pub fn names_but_probe(&self) -> Vec<String> {
+        let mut names = self.names();
+        names.retain(|n| !n.is_empty());
+        names
+    }
+
     pub fn count(&self, name: &str) -> usize {
         self.log
             .lock()
