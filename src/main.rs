@@ -29,18 +29,22 @@ fn main() -> ExitCode {
     // it runs before the runtime exists; it logs warnings only, CMD owns the terminal.
     match cli.command {
         Command::Run(args) => {
-            if !args.listen.is_empty() {
+            let misuse = if !args.listen.is_empty() {
+                Some(format!(
+                    "--listen does not apply to run: allowdns answers on {} inside the kennel",
+                    allowdns::kennel::DNS
+                ))
+            } else if args.policy.is_none() && args.config.is_none() && !args.learn {
+                Some("run needs --policy FILE, or --learn to start from an empty policy".into())
+            } else {
+                None
+            };
+            if let Some(message) = misuse {
                 use clap::CommandFactory;
                 let mut cmd = Cli::command();
                 let run = cmd.find_subcommand_mut("run").expect("run exists");
-                run.error(
-                    clap::error::ErrorKind::ArgumentConflict,
-                    format!(
-                        "--listen does not apply to run: allowdns answers on {} inside the kennel",
-                        allowdns::kennel::DNS
-                    ),
-                )
-                .exit();
+                run.error(clap::error::ErrorKind::ArgumentConflict, message)
+                    .exit();
             }
             init_logging("warn");
             return allowdns::kennel::run(args).unwrap_or_else(report);

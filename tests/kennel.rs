@@ -912,6 +912,9 @@ fn run_help_lists_only_what_run_takes_and_usage_errors_exit_2() {
     let (code, err) = usage(&["run", "--listen", "127.0.0.1:5300", "--", "true"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--listen does not apply to run"), "{err}");
+    let (code, err) = usage(&["run", "--", "true"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("run needs --policy FILE, or --learn"), "{err}");
     let (code, err) = usage(&[
         "run", "--policy", "a.yaml", "--policy", "b.yaml", "--", "true",
     ]);
