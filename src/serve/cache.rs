@@ -319,7 +319,8 @@ mod tests {
                 agent(1),
                 &name(format!("hot{i}")),
                 RecordType::A,
-                &step(300), 0,
+                &step(300),
+                0,
             );
         }
         for _ in 0..3 {
@@ -336,7 +337,8 @@ mod tests {
                 agent(1),
                 &name(format!("flood{i}")),
                 RecordType::A,
-                &step(300), 0,
+                &step(300),
+                0,
             );
         }
         let kept = (0..50)
@@ -449,7 +451,8 @@ mod tests {
                 agent(1),
                 &name(format!("live{i}")),
                 RecordType::A,
-                &step(300), 0,
+                &step(300),
+                0,
             );
         }
         for i in 0..50 {
@@ -457,7 +460,8 @@ mod tests {
                 agent(1),
                 &name(format!("new{i}")),
                 RecordType::A,
-                &step(300), 0,
+                &step(300),
+                0,
             );
         }
         let live = (0..10)

@@ -59,7 +59,8 @@ pub enum Mark {
     Budget,
     /// Refused: the query type is not answered under this wildcard.
     Qtype,
-    /// Allowed, but its domain shows names shaped like a tunnel's.
+    /// Allowed, under the soft limit, but its domain shows names shaped
+    /// like a tunnel's.
     Tunnel,
 }
 
@@ -383,10 +384,10 @@ impl Budgets {
             }
             tunnel = budget.distinct(shape_h) >= SHAPE_NAMES;
         }
-        Verdict::Pass(if tunnel {
-            Some(Mark::Tunnel)
+        Verdict::Pass(if after >= limits.soft_bits {
+            Some(Mark::Soft)
         } else {
-            (after >= limits.soft_bits).then_some(Mark::Soft)
+            tunnel.then_some(Mark::Tunnel)
         })
     }
 
@@ -1133,7 +1134,10 @@ mod tests {
         .unwrap();
         let (mut shaped, mut top) = (0, 0.0f32);
         for n in corpus.lines() {
-            let bits = n.split('.').map(|l| run_bits(l.as_bytes())).fold(0.0, f32::max);
+            let bits = n
+                .split('.')
+                .map(|l| run_bits(l.as_bytes()))
+                .fold(0.0, f32::max);
             top = top.max(bits);
             shaped += usize::from(bits > SHAPE_RUN_BITS);
         }

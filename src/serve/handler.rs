@@ -354,14 +354,12 @@ impl Handler {
         let (policy, rule) = (&*chosen.policy, &chosen.rule);
         // Under a budgeted wildcard an answer is held at least the policy's
         // floor, so re-asking it carries nothing to the zone's operator.
-        let floor = if outcome.decision == Logged::Allow
-            && rule.facts.wildcard
-            && policy.exfil.enabled
-        {
-            policy.exfil.min_ttl
-        } else {
-            0
-        };
+        let floor =
+            if outcome.decision == Logged::Allow && rule.facts.wildcard && policy.exfil.enabled {
+                policy.exfil.min_ttl
+            } else {
+                0
+            };
         let resolving = self.resolver.resolve(
             &loaded.files.zones,
             &chosen.key,
