@@ -505,7 +505,7 @@ fn check_validates_qtypes_and_warns_about_doh_endpoints() {
     let dir = TempDir::new("exfil-check");
     let bad = dir.write(
         "bad.yaml",
-        "agent_name: a\nexpected_outbound:\n  - destination: \"*.cdn.test\"\n    qtypes: [A, BOGUS]\n  - destination: 192.0.2.1\n    qtypes: [A]\nexfil:\n  soft_bytes: 4096\n  hard_bytes: 1024\n",
+        "agent_name: a\nexpected_outbound:\n  - destination: \"*.cdn.test\"\n    qtypes: [A, BOGUS]\n  - destination: 192.0.2.1\n    qtypes: [A]\nexfil:\n  soft_bytes: 4096\n  hard_bytes: 1024\n  min_ttl_secs: 100000\n",
     );
     let (code, out) = check(&bad);
     assert_ne!(code, 0, "{out}");
@@ -521,6 +521,10 @@ fn check_validates_qtypes_and_warns_about_doh_endpoints() {
     );
     assert!(
         out.contains("bad.yaml:9") && out.contains("exfil.hard_bytes"),
+        "{out}"
+    );
+    assert!(
+        out.contains("bad.yaml:10") && out.contains("exfil.min_ttl_secs"),
         "{out}"
     );
 
