@@ -337,6 +337,10 @@ fn case_variants_and_names_under_a_public_suffix_are_charged() {
     let (dns, _) = lab.serve("held", &policy("  soft_bytes: 8192\n"));
     assert_eq!(send(&dns, &case), NAMES);
     assert_eq!(lab.asked(".c.cdn.test"), before + 1);
+    // The client (and the fence, fed the same records) is told to hold it
+    // as long, though the zone said TTL 0.
+    let m = query(dns.udp, &case[0], RecordType::A);
+    assert!((25..=30).contains(&m.answers[0].ttl), "{:?}", m.answers);
 }
 
 /// The zones behind every name of the corpus.

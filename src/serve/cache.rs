@@ -478,6 +478,15 @@ mod tests {
     }
 
     #[test]
+    fn a_floor_holds_ttl_0_answers() {
+        let cache = cache(100);
+        cache.insert(agent(1), &name("zero"), RecordType::A, &step(0), 0);
+        assert!(cache.get(agent(1), &name("zero"), RecordType::A).is_none());
+        cache.insert(agent(1), &name("zero"), RecordType::A, &step(0), 30);
+        assert!(cache.get(agent(1), &name("zero"), RecordType::A).is_some());
+    }
+
+    #[test]
     fn ttls_count_down_and_entries_expire() {
         let cache = cache(100);
         let part = cache.partition_or_make(agent(1));
