@@ -9,12 +9,17 @@
 //! - **Query types.** A wildcard answers A, AAAA, CNAME, HTTPS and SVCB
 //!   unless its entry lists `qtypes:`; the rest (TXT, NULL, ANY, private
 //!   types: the tunnels' favourites) is REFUSED, alerted and audited.
-//! - **A budget** per agent and registrable domain: each *new* name that
-//!   would go upstream is charged an estimate of the bits it can carry; the
-//!   charge drains at a steady rate. Past the soft limit: an alert and an
-//!   audit mark. Past the hard limit: new names under that domain are
-//!   REFUSED for a cooldown. Names already seen, cached answers and local
-//!   zones cost nothing and keep working.
+//! - **A budget** per agent and registrable domain: each question that
+//!   would go upstream is charged an estimate of the bits it can carry (a
+//!   new name's labels; for a name already sent, which of the domain's
+//!   names it is; its type; the question itself); the charge drains at a
+//!   steady rate. Past the soft limit: an alert and an audit mark. Past the
+//!   hard limit: new names under that domain are REFUSED for a cooldown,
+//!   and re-asked ones wait for the drain. Answers under a budgeted
+//!   wildcard are held at least `min_ttl_secs` (resolve.rs), so re-asks
+//!   within it are cache hits: they never leave and cost nothing.
+//! - **A shape signal**: new names with a run of more than 128 random-looking
+//!   bits (tunnel labels) alert from the 8th under a domain.
 //!
 //! Memory per agent is fixed ([`AGENT_BYTES`]): a two-generation Bloom
 //! filter of seen names and labels, a count-min sketch of leaky buckets

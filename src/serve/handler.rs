@@ -241,7 +241,7 @@ impl Handler {
                 Progress::Answered(self.fence(&loaded, policy, rule, outcome.resolved(resolution)))
             }
             None => {
-                // The name is about to leave: under a wildcard, a new one is
+                // The question is about to leave: under a wildcard, it is
                 // charged to the agent's exfiltration budget. Allowed means
                 // matched, so `key` is the matcher's.
                 if decision == Logged::Allow && rule.facts.wildcard {
