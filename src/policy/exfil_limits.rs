@@ -20,6 +20,9 @@ pub struct Limits {
     pub drain_bits_per_sec: f32,
     /// How long new names stay refused once the hard limit is hit.
     pub cooldown: Duration,
+    /// Least time an answer under a wildcard is held (cache, client TTL,
+    /// fence element), in seconds: a re-ask within it never leaves.
+    pub min_ttl: u32,
 }
 
 /// Defaults, in bytes: well above the committed corpus of hard legitimate
@@ -28,6 +31,10 @@ pub const DEFAULT_SOFT_BYTES: u32 = 8 * 1024;
 pub const DEFAULT_HARD_BYTES: u32 = 16 * 1024;
 pub const DEFAULT_DRAIN_BYTES_PER_MIN: u32 = 480;
 pub const DEFAULT_COOLDOWN_SECS: u32 = 600;
+/// As long as the fence's own least element lifetime (`firewall.min_ttl`).
+pub const DEFAULT_MIN_TTL_SECS: u32 = 30;
+/// The most `min_ttl_secs` may be: a day, the cache's default ceiling.
+pub const MAX_MIN_TTL_SECS: u32 = 86_400;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -55,6 +62,7 @@ impl Limits {
             hard_bits: hard as f32 * 8.0,
             drain_bits_per_sec: drain_per_min as f32 * 8.0 / 60.0,
             cooldown: Duration::from_secs(u64::from(cooldown)),
+            min_ttl: DEFAULT_MIN_TTL_SECS,
         }
     }
 }
@@ -100,12 +108,24 @@ pub(super) fn compile_exfil(
             format!("must be above 0 and at least soft_bytes ({soft})"),
         );
     }
-    Limits::from_bytes(
-        enabled,
-        soft,
-        hard,
-        raw.drain_bytes_per_minute
-            .unwrap_or(DEFAULT_DRAIN_BYTES_PER_MIN),
-        raw.cooldown_secs.unwrap_or(DEFAULT_COOLDOWN_SECS),
-    )
+    let min_ttl = raw.min_ttl_secs.unwrap_or(DEFAULT_MIN_TTL_SECS);
+    if min_ttl > MAX_MIN_TTL_SECS {
+        diags.error(
+            file,
+            locate(source, "min_ttl_secs", 0),
+            Some("exfil.min_ttl_secs".into()),
+            format!("{min_ttl} is above {MAX_MIN_TTL_SECS} (a day)"),
+        );
+    }
+    Limits {
+        min_ttl: min_ttl.min(MAX_MIN_TTL_SECS),
+        ..Limits::from_bytes(
+            enabled,
+            soft,
+            hard,
+            raw.drain_bytes_per_minute
+                .unwrap_or(DEFAULT_DRAIN_BYTES_PER_MIN),
+            raw.cooldown_secs.unwrap_or(DEFAULT_COOLDOWN_SECS),
+        )
+    }
 }

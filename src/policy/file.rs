@@ -123,6 +123,8 @@ pub struct ExfilV1 {
     pub drain_bytes_per_minute: Option<u32>,
     #[serde(default)]
     pub cooldown_secs: Option<u32>,
+    #[serde(default)]
+    pub min_ttl_secs: Option<u32>,
 }
 
 /// The `firewall:` section; every key has a default.

@@ -32,6 +32,14 @@ pub fn qtype_allowed(rule: &Rule, qtype: RecordType) -> bool {
     }
 }
 
+/// How many types a wildcard rule answers: each upstream question under it
+/// chooses one of them, which the exfiltration budget charges.
+pub fn answered_types(rule: &Rule) -> usize {
+    rule.qtypes
+        .as_ref()
+        .map_or(ADDRESS_TYPES.len(), |listed| listed.len())
+}
+
 /// Parses a `qtypes` list: type names (`TXT`, `NULL`, `ANY`, ...) or
 /// `TYPEnnn`. An error names the offending entry.
 pub fn parse_qtypes(list: &[String]) -> Result<Arc<[RecordType]>, PolicyError> {

@@ -197,9 +197,17 @@ impl Cache {
         Some(step)
     }
 
-    /// Stores a step in the agent's partition; SERVFAIL and friends are never cached.
-    pub fn insert(&self, agent: PolicyId, name: &QueryKey, qtype: RecordType, step: &Step) {
-        let Some(lifetime) = self.lifetime(step) else {
+    /// Stores a step in the agent's partition for at least `floor` seconds
+    /// (within the configured ceiling); SERVFAIL and friends are never cached.
+    pub fn insert(
+        &self,
+        agent: PolicyId,
+        name: &QueryKey,
+        qtype: RecordType,
+        step: &Step,
+        floor: u32,
+    ) {
+        let Some(lifetime) = self.lifetime(step, floor) else {
             return;
         };
         let part = self.partition_or_make(agent);
@@ -218,7 +226,7 @@ impl Cache {
         );
     }
 
-    fn lifetime(&self, step: &Step) -> Option<u32> {
+    fn lifetime(&self, step: &Step, floor: u32) -> Option<u32> {
         let ttl = match step.rcode {
             ResponseCode::NoError if !step.answers.is_empty() => {
                 step.answers.iter().map(|r| r.ttl).min()?
@@ -233,7 +241,9 @@ impl Cache {
                 .unwrap_or(0),
             _ => return None,
         };
-        let ttl = ttl.clamp(self.limits.min_ttl, self.limits.max_ttl);
+        let ttl = ttl
+            .max(floor)
+            .clamp(self.limits.min_ttl, self.limits.max_ttl);
         (ttl > 0).then_some(ttl)
     }
 }
@@ -310,6 +320,7 @@ mod tests {
                 &name(format!("hot{i}")),
                 RecordType::A,
                 &step(300),
+                0,
             );
         }
         for _ in 0..3 {
@@ -327,6 +338,7 @@ mod tests {
                 &name(format!("flood{i}")),
                 RecordType::A,
                 &step(300),
+                0,
             );
         }
         let kept = (0..50)
@@ -342,16 +354,16 @@ mod tests {
     #[test]
     fn an_agent_cannot_evict_another() {
         let cache = cache(1000);
-        cache.insert(agent(1), &name("a"), RecordType::A, &step(300));
+        cache.insert(agent(1), &name("a"), RecordType::A, &step(300), 0);
         // Agent 2 floods with unique names, then with a few repeated ones.
         for i in 0..20_000 {
-            cache.insert(agent(2), &name(i), RecordType::A, &step(300));
+            cache.insert(agent(2), &name(i), RecordType::A, &step(300), 0);
         }
         for _ in 0..100 {
             for i in 0..2000 {
                 let n = name(format!("r{i}"));
                 if cache.get(agent(2), &n, RecordType::A).is_none() {
-                    cache.insert(agent(2), &n, RecordType::A, &step(300));
+                    cache.insert(agent(2), &n, RecordType::A, &step(300), 0);
                 }
             }
         }
@@ -369,12 +381,12 @@ mod tests {
             .map(|i| PolicyId::of(&format!("agent-{i}")))
             .collect();
         for id in &ids {
-            cache.insert(*id, &name("warm"), RecordType::A, &step(300));
+            cache.insert(*id, &name("warm"), RecordType::A, &step(300), 0);
         }
         let (a299, a300) = (ids[298], ids[299]);
-        cache.insert(a299, &name("hot"), RecordType::A, &step(300));
+        cache.insert(a299, &name("hot"), RecordType::A, &step(300), 0);
         for i in 0..20_000 {
-            cache.insert(a300, &name(i), RecordType::A, &step(300));
+            cache.insert(a300, &name(i), RecordType::A, &step(300), 0);
         }
         assert!(cache.get(a299, &name("hot"), RecordType::A).is_some());
         assert!(cache.get(a300, &name("hot"), RecordType::A).is_none());
@@ -385,7 +397,7 @@ mod tests {
     fn partitions_of_agents_that_went_are_dropped_and_their_room_shared() {
         let cache = cache(1000);
         for n in 1..=4u16 {
-            cache.insert(agent(n), &name("x"), RecordType::A, &step(300));
+            cache.insert(agent(n), &name("x"), RecordType::A, &step(300), 0);
         }
         let capacity = || cache.partition(agent(1)).unwrap().entries.capacity();
         let quarter = capacity();
@@ -404,7 +416,7 @@ mod tests {
         let cache = cache(1000);
         for n in 1..=4u16 {
             for i in 0..5000 {
-                cache.insert(agent(n), &name(i), RecordType::A, &step(300));
+                cache.insert(agent(n), &name(i), RecordType::A, &step(300), 0);
             }
         }
         let total: usize = cache.parts.load().values().map(|p| p.entries.len()).sum();
@@ -440,6 +452,7 @@ mod tests {
                 &name(format!("live{i}")),
                 RecordType::A,
                 &step(300),
+                0,
             );
         }
         for i in 0..50 {
@@ -448,6 +461,7 @@ mod tests {
                 &name(format!("new{i}")),
                 RecordType::A,
                 &step(300),
+                0,
             );
         }
         let live = (0..10)
@@ -461,6 +475,15 @@ mod tests {
             live, 10,
             "a live entry was evicted while expired ones were kept"
         );
+    }
+
+    #[test]
+    fn a_floor_holds_ttl_0_answers() {
+        let cache = cache(100);
+        cache.insert(agent(1), &name("zero"), RecordType::A, &step(0), 0);
+        assert!(cache.get(agent(1), &name("zero"), RecordType::A).is_none());
+        cache.insert(agent(1), &name("zero"), RecordType::A, &step(0), 30);
+        assert!(cache.get(agent(1), &name("zero"), RecordType::A).is_some());
     }
 
     #[test]

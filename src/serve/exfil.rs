@@ -9,12 +9,17 @@
 //! - **Query types.** A wildcard answers A, AAAA, CNAME, HTTPS and SVCB
 //!   unless its entry lists `qtypes:`; the rest (TXT, NULL, ANY, private
 //!   types: the tunnels' favourites) is REFUSED, alerted and audited.
-//! - **A budget** per agent and registrable domain: each *new* name that
-//!   would go upstream is charged an estimate of the bits it can carry; the
-//!   charge drains at a steady rate. Past the soft limit: an alert and an
-//!   audit mark. Past the hard limit: new names under that domain are
-//!   REFUSED for a cooldown. Names already seen, cached answers and local
-//!   zones cost nothing and keep working.
+//! - **A budget** per agent and registrable domain: each question that
+//!   would go upstream is charged an estimate of the bits it can carry (a
+//!   new name's labels; for a name already sent, which of the domain's
+//!   names it is; its type; the question itself); the charge drains at a
+//!   steady rate. Past the soft limit: an alert and an audit mark. Past the
+//!   hard limit: new names under that domain are REFUSED for a cooldown,
+//!   and re-asked ones wait for the drain. Answers under a budgeted
+//!   wildcard are held at least `min_ttl_secs` (resolve.rs), so re-asks
+//!   within it are cache hits: they never leave and cost nothing.
+//! - **A shape signal**: new names with a run of more than 128 random-looking
+//!   bits (tunnel labels) alert from the 8th under a domain.
 //!
 //! Memory per agent is fixed ([`AGENT_BYTES`]): a two-generation Bloom
 //! filter of seen names and labels, a count-min sketch of leaky buckets
@@ -43,8 +48,9 @@ pub use crate::policy::qtypes::{is_wildcard, qtype_allowed};
 /// What the budget says about one question.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Send it; `true` when the domain is past its soft limit (audit mark).
-    Pass(bool),
+    /// Send it, with an audit mark when the domain is past its soft limit
+    /// or shows names shaped like a tunnel's.
+    Pass(Option<Mark>),
     /// Refuse it: the domain is past its hard limit, or in cooldown.
     Deny,
 }
@@ -58,6 +64,9 @@ pub enum Mark {
     Budget,
     /// Refused: the query type is not answered under this wildcard.
     Qtype,
+    /// Allowed, under the soft limit, but its domain shows names shaped
+    /// like a tunnel's.
+    Tunnel,
 }
 
 impl Mark {
@@ -66,6 +75,7 @@ impl Mark {
             Mark::Soft => "soft",
             Mark::Budget => "budget",
             Mark::Qtype => "qtype",
+            Mark::Tunnel => "tunnel",
         }
     }
 }
@@ -84,9 +94,18 @@ const WIDTH: usize = 1024;
 /// Domains in cooldown remembered at once; beyond it the sketch still
 /// holds their buckets full, so they trip again on the next new name.
 const BLOCKED: usize = 16;
-/// Charged for every new name on top of its labels: the fact and time of
-/// a query carry information too, and it makes floods of tiny names count.
-const PER_NAME_BITS: f32 = 8.0;
+/// Charged for every question that goes upstream, on top of what its name
+/// carries: the fact and time of a query carry information too (see
+/// docs/exfiltration.md for why 8 bits cover the timing at the drain rate),
+/// and it makes floods of tiny names, or of re-asked ones, count.
+const PER_QUERY_BITS: f32 = 8.0;
+/// A run of a label (between hyphens) estimated to carry more than this
+/// looks like encoded data: identifiers (UUIDs, 32-hex ids) carry at most
+/// 128 random bits, and the corpus of legitimate names tops out there.
+const SHAPE_RUN_BITS: f32 = 128.0;
+/// Tunnel-shaped new names under one domain, per Bloom generation, before
+/// the alert: one odd legitimate name raises nothing.
+const SHAPE_NAMES: u32 = 8;
 /// Least charged for a label already seen under the same domain. A seen
 /// label still carries a choice among the labels seen there: it is charged
 /// log2 of how many distinct labels the domain has shown (see `distinct`),
@@ -119,6 +138,9 @@ pub struct AgentBudget {
     blocked: [(u64, u32); BLOCKED],
     /// Rate limit for denial alerts: (last printed, suppressed since).
     alerted: (u32, u64),
+    /// The name of the agent's last question charged: asking it again
+    /// (AAAA after A) chooses no name.
+    last: u64,
 }
 
 /// Bytes of one agent's state: the memory bound per agent.
@@ -190,9 +212,10 @@ impl Budgets {
         name: &Name,
         key: &QueryKey,
         facts: PatternFacts,
+        types: usize,
     ) -> Verdict {
         if !limits.enabled {
-            return Verdict::Pass(false);
+            return Verdict::Pass(None);
         }
         let key = key.as_str();
         let domain = if self.legacy {
@@ -223,13 +246,19 @@ impl Budgets {
             h.finish()
         };
         let domain_h = self.hash(&[b"d", domain.as_bytes()]).max(1);
+        // Keys of the domain's name count and tunnel-shape count in the
+        // distinct-label sketch.
+        let names_h = self.hash(&[b"names", domain.as_bytes()]);
+        let shape_h = self.hash(&[b"shape", domain.as_bytes()]);
         let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
         let budget = agents.entry(agent.clone()).or_insert_with(AgentBudget::new);
         budget.rotate(now);
-        if budget.seen(name_h) {
-            return Verdict::Pass(false);
+        let seen = budget.seen(name_h);
+        if seen && self.legacy {
+            return Verdict::Pass(None);
         }
-        if let Some(until) = budget.blocked_until(domain_h, now) {
+        let blocked = budget.blocked_until(domain_h, now);
+        if let (Some(until), false) = (blocked, seen) {
             if budget.may_alert(now) {
                 tracing::warn!(
                     agent = %agent, domain, qname = %sent(), suppressed = budget.alerted.1,
@@ -240,13 +269,27 @@ impl Budgets {
             }
             return Verdict::Deny;
         }
-        let mut cost = PER_NAME_BITS;
+        // Every question that leaves tells the zone's operator that it was
+        // asked, when, and which of the rule's types it asks for.
+        let mut cost = PER_QUERY_BITS;
+        if !self.legacy {
+            cost += (types.max(1) as f32).log2();
+        }
         let mut label_hashes = [0u64; 128];
         let mut labels = 0;
         let mut fresh = 0u16;
+        let mut full_bits = 0.0;
+        let mut shaped = false;
         // What a seen label can carry: a choice among the domain's labels.
         let choice = budget.distinct(domain_h).max(1) as f32;
+        let mut new_cost = 0.0;
         for label in name.iter().take(head).filter(|l| !l.is_empty()) {
+            let full = label_bits(label);
+            full_bits += full;
+            shaped |= run_bits(label) > SHAPE_RUN_BITS;
+            if seen {
+                continue;
+            }
             let lowered;
             let hashed = if self.legacy {
                 lowered = label.to_ascii_lowercase();
@@ -255,8 +298,7 @@ impl Budgets {
                 label
             };
             let h = self.hash(&[b"l", domain.as_bytes(), hashed]);
-            let full = label_bits(label);
-            cost += if !budget.seen(h) {
+            new_cost += if !budget.seen(h) {
                 fresh = fresh.saturating_add(1);
                 full
             } else if self.legacy {
@@ -269,28 +311,60 @@ impl Budgets {
                 labels += 1;
             }
         }
+        cost += if seen && budget.last == name_h {
+            // The same name as the agent's last question (AAAA after A):
+            // one choice, "again", whose cost the query's type and time cover.
+            0.0
+        } else if seen {
+            // A name already sent carries which of the domain's names it is:
+            // at most log2 of how many the domain has shown, and never more
+            // than it would carry new.
+            (budget.distinct(names_h).max(1) as f32)
+                .log2()
+                .min(full_bits)
+        } else {
+            new_cost
+        };
         let drain = limits.drain_bits_per_sec / 10.0;
         let before = budget.estimate(domain_h, now, drain);
         if before + cost > limits.hard_bits {
-            budget.fill(domain_h, now, drain, limits.hard_bits);
-            let until = now.saturating_add(
-                u32::try_from(limits.cooldown.as_millis() / 100).unwrap_or(u32::MAX / 2),
-            );
-            budget.block(domain_h, until);
-            tracing::error!(
-                agent = %agent, domain, qname = %sent(),
-                estimated_bytes = (before / 8.0) as u64,
-                hard_bytes = (limits.hard_bits / 8.0) as u64,
-                cooldown_s = limits.cooldown.as_secs(),
-                "[!] EXFILTRATION BUDGET EXCEEDED: new names under this domain refused for the cooldown"
-            );
+            match blocked {
+                Some(until) => {
+                    if budget.may_alert(now) {
+                        tracing::warn!(
+                            agent = %agent, domain, qname = %sent(), suppressed = budget.alerted.1,
+                            cooldown_left_s = (until - now) / 10,
+                            "[!] EXFILTRATION BUDGET: re-asked name refused, domain in cooldown"
+                        );
+                        budget.alerted.1 = 0;
+                    }
+                }
+                None => {
+                    budget.fill(domain_h, now, drain, limits.hard_bits);
+                    let until = now.saturating_add(
+                        u32::try_from(limits.cooldown.as_millis() / 100).unwrap_or(u32::MAX / 2),
+                    );
+                    budget.block(domain_h, until);
+                    tracing::error!(
+                        agent = %agent, domain, qname = %sent(),
+                        estimated_bytes = (before / 8.0) as u64,
+                        hard_bytes = (limits.hard_bits / 8.0) as u64,
+                        cooldown_s = limits.cooldown.as_secs(),
+                        "[!] EXFILTRATION BUDGET EXCEEDED: new names under this domain refused for the cooldown"
+                    );
+                }
+            }
             return Verdict::Deny;
         }
         let after = budget.add(domain_h, now, drain, cost);
-        budget.count_distinct(domain_h, fresh);
-        budget.insert(name_h);
-        for h in &label_hashes[..labels] {
-            budget.insert(*h);
+        budget.last = name_h;
+        if !seen {
+            budget.count_distinct(domain_h, fresh);
+            budget.count_distinct(names_h, 1);
+            budget.insert(name_h);
+            for h in &label_hashes[..labels] {
+                budget.insert(*h);
+            }
         }
         if before < limits.soft_bits && after >= limits.soft_bits {
             tracing::warn!(
@@ -300,7 +374,26 @@ impl Budgets {
                 "[!] EXFILTRATION BUDGET: soft limit passed (new names under this domain carry much data)"
             );
         }
-        Verdict::Pass(after >= limits.soft_bits)
+        let mut tunnel = false;
+        if shaped && !self.legacy {
+            let shapes = budget.distinct(shape_h);
+            if !seen {
+                budget.count_distinct(shape_h, 1);
+                if shapes < SHAPE_NAMES && budget.distinct(shape_h) >= SHAPE_NAMES {
+                    tracing::warn!(
+                        agent = %agent, domain, qname = %sent(), names = SHAPE_NAMES,
+                        estimated_bytes = (after / 8.0) as u64,
+                        "[!] EXFILTRATION: names shaped like a DNS tunnel (labels with more than 128 random-looking bits) under this domain"
+                    );
+                }
+            }
+            tunnel = budget.distinct(shape_h) >= SHAPE_NAMES;
+        }
+        Verdict::Pass(if after >= limits.soft_bits {
+            Some(Mark::Soft)
+        } else {
+            tunnel.then_some(Mark::Tunnel)
+        })
     }
 
     /// Alerts (rate-limited per agent) that a wildcard refused a query type.
@@ -417,6 +510,45 @@ pub fn label_bits(label: &[u8]) -> f32 {
     label.len() as f32 * alphabet.log2()
 }
 
+/// The most any hyphen-separated run of a label can carry, each run judged
+/// by its own smallest alphabet (digits, hex, letters of one case, letters
+/// and digits, ...): the tunnel-shape signal. Unlike [`label_bits`] this is
+/// not an upper bound on what the label carries but a measure of its
+/// longest random-looking stretch: `pub-` + 32 hex is 128 bits, 40 hex 160.
+pub fn run_bits(label: &[u8]) -> f32 {
+    label
+        .split(|&b| b == b'-')
+        .map(|run| {
+            let (mut lower, mut upper, mut digit, mut other, mut hex) =
+                (false, false, false, false, true);
+            for &b in run {
+                match b {
+                    b'a'..=b'f' => lower = true,
+                    b'g'..=b'z' => {
+                        lower = true;
+                        hex = false;
+                    }
+                    b'A'..=b'Z' => {
+                        upper = true;
+                        hex = false;
+                    }
+                    b'0'..=b'9' => digit = true,
+                    _ => other = true,
+                }
+            }
+            let alphabet: f32 = if other {
+                256.0
+            } else if hex && !upper {
+                if lower { 16.0 } else { 10.0 }
+            } else {
+                26.0 * (f32::from(u8::from(lower)) + f32::from(u8::from(upper)))
+                    + if digit { 10.0 } else { 0.0 }
+            };
+            run.len() as f32 * alphabet.log2()
+        })
+        .fold(0.0, f32::max)
+}
+
 impl AgentBudget {
     fn new() -> Box<Self> {
         Box::new(AgentBudget {
@@ -428,6 +560,7 @@ impl AgentBudget {
             distinct: [[[0; LABEL_WIDTH]; DEPTH]; 2],
             blocked: [(0, 0); BLOCKED],
             alerted: (0, 0),
+            last: 0,
         })
     }
 
@@ -578,6 +711,7 @@ mod tests {
             &name(s),
             &key,
             PatternFacts::of(&pattern),
+            5,
         )
     }
 
@@ -601,10 +735,10 @@ mod tests {
     }
 
     #[test]
-    fn a_tunnel_hits_the_hard_limit_then_cools_down_while_seen_names_pass() {
+    fn a_tunnel_hits_the_hard_limit_then_cools_down_and_re_asks_wait_for_the_drain() {
         let b = Budgets::default();
         let limits = Limits::from_bytes(true, 1024, 2048, 0, 600);
-        assert_eq!(charge(&b, &limits, "www.cdn.test"), Verdict::Pass(false));
+        assert_eq!(charge(&b, &limits, "www.cdn.test"), Verdict::Pass(None));
         let mut passed = 0;
         let mut first_deny = None;
         for i in 0..1000 {
@@ -619,8 +753,9 @@ mod tests {
         // 60 hex-ish chars ~ 245 bits + overhead per name: ~64 names fit in 16 kbit.
         assert!((40..80).contains(&passed), "{passed}");
         let _ = first_deny.unwrap();
-        // Already seen names keep working; other domains are untouched.
-        assert_eq!(charge(&b, &limits, "www.cdn.test"), Verdict::Pass(false));
+        // A seen name asked upstream again carries a choice too: with the
+        // bucket full and no drain it waits; other domains are untouched.
+        assert_eq!(charge(&b, &limits, "www.cdn.test"), Verdict::Deny);
         assert!(matches!(
             charge(&b, &limits, "new.other.test"),
             Verdict::Pass(_)
@@ -629,23 +764,24 @@ mod tests {
     }
 
     #[test]
-    fn soft_limit_marks_and_repeated_labels_are_cheap() {
+    fn soft_limit_marks_and_repeated_names_are_cheap() {
         let b = Budgets::default();
-        let limits = Limits::from_bytes(true, 64, 100_000, 0, 600);
+        let limits = Limits::from_bytes(true, 512, 100_000, 0, 600);
         let mut marked = 0;
         for i in 0..200 {
-            if charge(&b, &limits, &format!("img{}.static.shop.test", i % 3)) == Verdict::Pass(true)
+            if charge(&b, &limits, &format!("img{}.static.shop.test", i % 3)) != Verdict::Pass(None)
             {
                 marked += 1;
             }
         }
         assert_eq!(
             marked, 0,
-            "three names, asked again and again, cost nothing more"
+            "three names, asked upstream again and again, cost ~12 bits a time"
         );
         let mut marked = 0;
         for i in 0..200 {
-            if charge(&b, &limits, &format!("{i:08x}.shop.test")) == Verdict::Pass(true) {
+            if charge(&b, &limits, &format!("{i:08x}.shop.test")) == Verdict::Pass(Some(Mark::Soft))
+            {
                 marked += 1;
             }
         }
@@ -664,7 +800,7 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(1300));
         assert!(matches!(
             charge(&b, &limits, "fresh123.x.test"),
-            Verdict::Pass(false)
+            Verdict::Pass(None)
         ));
     }
 
@@ -688,15 +824,19 @@ mod tests {
                 // As tests/exfil.rs allows them: `*.` and the zone's two labels.
                 let zone = n.rsplitn(3, '.').take(2).collect::<Vec<_>>();
                 let pattern = format!("*.{}.{}", zone[1], zone[0]);
-                let v = b.charge(
-                    &"a".into(),
-                    &limits,
-                    &name(n),
-                    &key(n),
-                    PatternFacts::of(&pattern),
-                );
-                if !legacy {
-                    assert_eq!(v, Verdict::Pass(false), "{n}");
+                // A browser's A, AAAA and HTTPS: three questions upstream.
+                for _ in 0..3 {
+                    let v = b.charge(
+                        &"a".into(),
+                        &limits,
+                        &name(n),
+                        &key(n),
+                        PatternFacts::of(&pattern),
+                        5,
+                    );
+                    if !legacy {
+                        assert_eq!(v, Verdict::Pass(None), "{n}");
+                    }
                 }
             }
             // The heaviest domain, for the docs.
@@ -723,7 +863,7 @@ mod tests {
             let passed = names
                 .iter()
                 .filter(|n| {
-                    b.charge(&"a".into(), &limits, &name(n), &key(n), facts) != Verdict::Deny
+                    b.charge(&"a".into(), &limits, &name(n), &key(n), facts, 5) != Verdict::Deny
                 })
                 .count();
             passed as f32 * payload_bits / 8.0
@@ -930,5 +1070,87 @@ mod tests {
         eprintln!("reused labels: {before} bytes before, {after} after (hard {HARD})");
         assert!(before > 2.0 * HARD, "positive control: {before}");
         assert!(after < HARD, "{after}");
+    }
+
+    /// The red team's re-ask channel: 256 names paid once, then one byte of
+    /// the secret per question, each the choice of an already-seen name
+    /// (TTL 0 answers send every one upstream).
+    #[test]
+    fn re_asked_names_are_charged_for_the_choice_they_carry() {
+        let names: Vec<String> = (0..=255u8).map(|i| format!("{i:02x}.cdn.test")).collect();
+        let mut rng = 5u64;
+        let secret: Vec<u8> = (0..65_536)
+            .map(|_| {
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (rng >> 56) as u8
+            })
+            .collect();
+        let asked: Vec<String> = names
+            .iter()
+            .cloned()
+            .chain(secret.iter().map(|&byte| names[usize::from(byte)].clone()))
+            .collect();
+        // 8 bits a question, the 256 purchases carry none.
+        let (before, after) = leaked(&asked, "*.cdn.test", 8.0);
+        let (before, after) = (before - 256.0, after - 256.0);
+        eprintln!("re-asked names: {before} bytes before, {after} after (hard {HARD})");
+        assert!(before >= 65_536.0, "positive control: {before}");
+        assert!(after < HARD, "{after}");
+    }
+
+    /// Tunnel-shaped names (300 unique 40-hex labels, ~6 KB, under the soft
+    /// limit) are flagged within the first few; no legitimate name is.
+    #[test]
+    fn tunnel_shaped_names_are_flagged_early_and_the_corpus_never() {
+        let facts = PatternFacts::of("*.cdn.test");
+        let mut rng = 9u64;
+        let names: Vec<String> = (0..300)
+            .map(|_| {
+                let label: String = (0..40)
+                    .map(|_| {
+                        rng = rng
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        b"0123456789abcdef"[(rng >> 60) as usize] as char
+                    })
+                    .collect();
+                format!("{label}.t.cdn.test")
+            })
+            .collect();
+        let first_mark = |legacy: bool| {
+            let b = Budgets {
+                legacy,
+                ..Budgets::default()
+            };
+            names.iter().position(|n| {
+                b.charge(&"a".into(), &Limits::default(), &name(n), &key(n), facts, 5)
+                    != Verdict::Pass(None)
+            })
+        };
+        assert_eq!(first_mark(true), None, "positive control: silent before");
+        assert_eq!(first_mark(false), Some(SHAPE_NAMES as usize - 1));
+
+        let corpus = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/legit-names.txt"
+        ))
+        .unwrap();
+        let (mut shaped, mut top) = (0, 0.0f32);
+        for n in corpus.lines() {
+            let bits = n
+                .split('.')
+                .map(|l| run_bits(l.as_bytes()))
+                .fold(0.0, f32::max);
+            top = top.max(bits);
+            shaped += usize::from(bits > SHAPE_RUN_BITS);
+        }
+        eprintln!(
+            "tunnel shape: {shaped} of {} corpus names (longest run {top} bits)",
+            corpus.lines().count()
+        );
+        assert_eq!(shaped, 0);
+        assert!(top > 100.0, "positive control: the corpus has long ids");
     }
 }

@@ -241,16 +241,21 @@ impl Handler {
                 Progress::Answered(self.fence(&loaded, policy, rule, outcome.resolved(resolution)))
             }
             None => {
-                // The name is about to leave: under a wildcard, a new one is
+                // The question is about to leave: under a wildcard, it is
                 // charged to the agent's exfiltration budget. Allowed means
                 // matched, so `key` is the matcher's.
                 if decision == Logged::Allow && rule.facts.wildcard {
                     use crate::serve::exfil::{Mark, Verdict};
-                    match self
-                        .exfil
-                        .charge(&policy.agent, &policy.exfil, name, &key, rule.facts)
-                    {
-                        Verdict::Pass(soft) => outcome.exfil = soft.then_some(Mark::Soft),
+                    let types = crate::policy::qtypes::answered_types(rule);
+                    match self.exfil.charge(
+                        &policy.agent,
+                        &policy.exfil,
+                        name,
+                        &key,
+                        rule.facts,
+                        types,
+                    ) {
+                        Verdict::Pass(mark) => outcome.exfil = mark,
                         Verdict::Deny => {
                             let refused = Outcome::exfil_refused(policy, rule, Mark::Budget);
                             return Progress::Answered(refused);
@@ -347,12 +352,21 @@ impl Handler {
     ) -> Outcome {
         let query = request.queries.queries()[0].original();
         let (policy, rule) = (&*chosen.policy, &chosen.rule);
+        // Under a budgeted wildcard an answer is held at least the policy's
+        // floor, so re-asking it carries nothing to the zone's operator.
+        let floor =
+            if outcome.decision == Logged::Allow && rule.facts.wildcard && policy.exfil.enabled {
+                policy.exfil.min_ttl
+            } else {
+                0
+            };
         let resolving = self.resolver.resolve(
             &loaded.files.zones,
             &chosen.key,
             query.name(),
             query.query_type(),
             policy.id,
+            floor,
         );
         let result = match tokio::time::timeout(RESOLVE_DEADLINE, resolving).await {
             Ok(result) => result,

@@ -167,6 +167,8 @@ impl Resolver {
     }
 
     /// The answer, asking the upstream for hops that memory does not hold.
+    /// Each hop fetched is held at least `floor` seconds: its records' TTLs
+    /// are raised to it, for the cache, the client and the fence alike.
     pub async fn resolve(
         &self,
         zones: &Zones,
@@ -174,6 +176,7 @@ impl Resolver {
         name: &Name,
         qtype: RecordType,
         agent: PolicyId,
+        floor: u32,
     ) -> Result<Resolution, UpstreamError> {
         let mut chase = Chase::new(key, name, qtype);
         loop {
@@ -188,8 +191,12 @@ impl Resolver {
                     let spent = chase.out.upstream_time.unwrap_or_default() + took;
                     chase.out.upstream_time = Some(spent);
                     METRICS.cache_misses.fetch_add(1, Relaxed);
-                    let step = result?;
-                    self.cache.insert(agent, &chase.target_key, qtype, &step);
+                    let mut step = result?;
+                    for r in &mut step.answers {
+                        r.ttl = r.ttl.max(floor);
+                    }
+                    self.cache
+                        .insert(agent, &chase.target_key, qtype, &step, floor);
                     (step, Source::Upstream)
                 }
             };

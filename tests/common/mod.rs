@@ -29,6 +29,7 @@ pub type Delays = Arc<Mutex<std::collections::HashMap<String, Duration>>>;
 struct Recording {
     catalog: Catalog,
     log: Log,
+    sent: Log,
     delays: Delays,
 }
 
@@ -40,6 +41,9 @@ impl RequestHandler for Recording {
         handle: R,
     ) -> ResponseInfo {
         for q in request.queries.queries() {
+            let as_sent = q.original().name().to_ascii();
+            let as_sent = as_sent.trim_end_matches('.').to_string();
+            self.sent.lock().unwrap().push((as_sent, q.query_type()));
             let name = q.original().name().to_ascii().to_lowercase();
             let name = name.trim_end_matches('.').to_string();
             let delay = self.delays.lock().unwrap().get(&name).copied();
@@ -56,6 +60,9 @@ impl RequestHandler for Recording {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub log: Log,
+    /// The same questions with names as sent (letter case kept): what the
+    /// zone's operator reads.
+    pub sent: Log,
     pub delays: Delays,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -89,10 +96,12 @@ impl Upstream {
             catalog.upsert(LowerName::new(&origin), handlers);
         }
         let log: Log = Arc::default();
+        let sent: Log = Arc::default();
         let delays: Delays = Arc::default();
         let handler = Recording {
             catalog,
             log: log.clone(),
+            sent: sent.clone(),
             delays: delays.clone(),
         };
         let bind: SocketAddr = format!("{ip}:{port}").parse().unwrap();
@@ -124,6 +133,7 @@ impl Upstream {
         Upstream {
             addr,
             log,
+            sent,
             delays,
             stop: Some(stop),
             thread: Some(thread),
