@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::KennelError;
 use super::holder::{Ctl, Word};
+use super::view::View;
 use super::{DNS, RunArgs, signals};
 use crate::config;
 use crate::diagnostics::Diagnostics;
@@ -105,6 +106,41 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
 
     let me = std::process::id();
     let (uid, gid) = kennel_ids();
+    let view = View {
+        uid,
+        gid,
+        shared: shared(&args.ro_bind, &args.bind).map_err(Failure::Invalid)?,
+    };
+    let cwd = std::env::current_dir().ok();
+    let (path_inside, dropped) = view.path_inside(std::env::var_os("PATH").as_deref());
+    eprintln!(
+        "allowdns run: {}",
+        view.summary(
+            &super::view::describe_upstream(&settings.upstream),
+            std::env::var_os("HOME").as_deref().map(Path::new)
+        )
+    );
+    if !dropped.is_empty() {
+        let list: Vec<String> = dropped
+            .iter()
+            .map(|(dir, why)| format!("{} ({why})", dir.display()))
+            .collect();
+        eprintln!(
+            "allowdns run: CMD's PATH leaves out what it cannot use: {}",
+            list.join(", ")
+        );
+    }
+    for warning in view.warnings(cwd.as_deref(), &args.command, &path_inside) {
+        eprintln!("allowdns run: warning: {warning}");
+    }
+    if let Some(why) = writable_by_cmd(&source, &view) {
+        eprintln!(
+            "allowdns run: warning: CMD can rewrite the policy file {} ({why}), and SIGHUP loads \
+             what it holds; keep it where CMD cannot reach it",
+            source.display()
+        );
+    }
+    let cwd_inside = cwd.filter(|c| view.hidden(c).is_none());
     let dir = std::env::temp_dir().join(format!(
         "allowdns-run-{me}-{}",
         std::time::SystemTime::now()
@@ -124,11 +160,31 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     };
     let ctl_path = dir.join("ctl");
     let listener = UnixListener::bind(&ctl_path).map_err(file(&ctl_path))?;
-    let holder = Command::new("/proc/self/exe")
+    let mut holder = Command::new("/proc/self/exe");
+    holder
         .args(["__kennel", "holder", "--ctl"])
         .arg(&ctl_path)
         .args(["--uid", &uid.to_string(), "--gid", &gid.to_string()])
-        .args(["--ppid", &me.to_string(), "--"])
+        .args(["--ppid", &me.to_string()])
+        .args(["--path", &path_inside])
+        .args(["--preserve-fds", &args.preserve_fds.to_string()]);
+    for p in &view.shared {
+        let flag = if args
+            .bind
+            .iter()
+            .any(|b| std::fs::canonicalize(b).is_ok_and(|b| &b == p))
+        {
+            "--bind"
+        } else {
+            "--ro-bind"
+        };
+        holder.arg(flag).arg(p);
+    }
+    if let Some(cwd) = &cwd_inside {
+        holder.arg("--cwd").arg(cwd);
+    }
+    let holder = holder
+        .arg("--")
         .args(&args.command)
         .spawn()
         .map_err(step("cannot start the kennel"))?;
@@ -201,6 +257,19 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let derived = derive_policy(&source, &netns_path, args.learn)?;
     let policy_path = dir.join("policy.yaml");
     std::fs::write(&policy_path, derived).map_err(file(&policy_path))?;
+    // SIGHUP re-reads the operator's file, not the copy.
+    let rederive: crate::ops::startup::ReloadHook = {
+        let (source, netns, copy, learn) = (
+            source.clone(),
+            netns_path.clone(),
+            policy_path.clone(),
+            args.learn,
+        );
+        std::sync::Arc::new(move || {
+            let text = derive_policy(&source, &netns, learn).map_err(|e| e.to_string())?;
+            std::fs::write(&copy, text).map_err(|e| format!("{}: {e}", copy.display()))
+        })
+    };
     let mut sources = args.sources.clone();
     sources.policy = vec![policy_path];
     sources.listen = vec![DNS.to_string()];
@@ -217,7 +286,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     wait_for_pasta(c, &mut kennel)?;
 
     let runtime = tokio::runtime::Runtime::new().map_err(crate::error::RuntimeError::Runtime)?;
-    let prepared = startup::prepare(&sources)?;
+    let mut prepared = startup::prepare(&sources)?;
+    prepared.before_reload = Some(rederive);
     for warning in prepared.diagnostics.warnings() {
         tracing::warn!("{warning}");
     }
@@ -388,6 +458,7 @@ fn wait_for_pasta(c: u32, kennel: &mut Kennel) -> Result<(), Failure> {
         let pid_written =
             std::fs::metadata(kennel.dir.join("pasta/pid")).is_ok_and(|m| m.len() > 0);
         if (default_v4 || default_v6) && pid_written {
+            wait_for_dad(c);
             return Ok(());
         }
         if let Some(Ok(Some(status))) = kennel.pasta.as_mut().map(Child::try_wait) {
@@ -397,6 +468,40 @@ fn wait_for_pasta(c: u32, kennel: &mut Kennel) -> Result<(), Failure> {
             return Err(KennelError::NoRoute.into());
         }
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The longest `run` waits for the kennel's IPv6 addresses to leave the
+/// tentative state (duplicate address detection) before starting CMD.
+const DAD_WAIT: Duration = Duration::from_secs(3);
+
+/// Waits, bounded, while an IPv6 address in the kennel is tentative (the
+/// holder turns detection off, so this is for kernels or pastas that do it
+/// anyway), and says so when it waited.
+fn wait_for_dad(c: u32) {
+    let start = Instant::now();
+    let mut tentative =
+        crate::serve::dad::tentative_addresses(Path::new(&format!("/proc/{c}/net/if_inet6")));
+    if tentative.is_empty() {
+        return;
+    }
+    while !tentative.is_empty() && start.elapsed() < DAD_WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+        tentative =
+            crate::serve::dad::tentative_addresses(Path::new(&format!("/proc/{c}/net/if_inet6")));
+    }
+    if tentative.is_empty() {
+        eprintln!(
+            "allowdns run: waited {} ms for IPv6 duplicate address detection in the kennel",
+            start.elapsed().as_millis()
+        );
+    } else {
+        eprintln!(
+            "allowdns run: warning: IPv6 address {} is still tentative after {} s \
+             (duplicate address detection); IPv6 from the kennel may fail for its first seconds",
+            tentative[0],
+            DAD_WAIT.as_secs()
+        );
     }
 }
 
@@ -435,6 +540,52 @@ fn derive_policy(source: &Path, netns: &Path, learn: bool) -> Result<String, Ken
         map.insert(Value::from("mode"), Value::from("learn"));
     }
     serde_yaml::to_string(&doc).map_err(KennelError::Derived)
+}
+
+/// The shared paths, canonical (the holder binds them at the same path).
+fn shared(ro: &[PathBuf], rw: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let flagged = ro.iter().map(|p| ("--ro-bind", p));
+    let found = flagged
+        .chain(rw.iter().map(|p| ("--bind", p)))
+        .filter_map(|(flag, p)| match std::fs::canonicalize(p) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                diags.error(p, None, Some(flag.into()), format!("cannot share it: {e}"));
+                None
+            }
+        })
+        .collect();
+    if diags.has_errors() {
+        Err(diags)
+    } else {
+        Ok(found)
+    }
+}
+
+/// Why CMD's host uid may replace `policy` (its own, or a directory above
+/// it it may write), when CMD can see it.
+fn writable_by_cmd(policy: &Path, view: &View) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let policy = std::fs::canonicalize(policy).ok()?;
+    if view.hidden(&policy).is_some() || view.uid == 0 {
+        return None;
+    }
+    policy.ancestors().find_map(|p| {
+        let m = std::fs::metadata(p).ok()?;
+        let sticky_dir = m.is_dir() && m.mode() & 0o1000 != 0;
+        if m.uid() == view.uid {
+            Some(format!(
+                "{} belongs to CMD's host uid {}",
+                p.display(),
+                view.uid
+            ))
+        } else if m.mode() & 0o002 != 0 && !sticky_dir {
+            Some(format!("{} is writable by everyone", p.display()))
+        } else {
+            None
+        }
+    })
 }
 
 fn find_in_path(name: &str) -> Option<PathBuf> {
