@@ -74,6 +74,8 @@ struct World {
     peer: String,
     dir: PathBuf,
     unix: Vec<PathBuf>,
+    /// Host files in /dev/shm and /var/tmp, which the kennel makes private.
+    host_files: Vec<PathBuf>,
     server: Child,
     _dns: Vec<Upstream>,
 }
@@ -105,6 +107,14 @@ impl World {
             PathBuf::from(format!("/run/allowdns-kennel-{id}.sock")),
             PathBuf::from(format!("/tmp/allowdns-kennel-{id}.sock")),
         ];
+        let host_files: Vec<PathBuf> = ["/dev/shm", "/var/tmp"]
+            .iter()
+            .map(|d| PathBuf::from(format!("{d}/allowdns-kennel-{id}.txt")))
+            .collect();
+        for f in &host_files {
+            std::fs::write(f, "host file\n").unwrap();
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
         sh(&["ip", "netns", "add", &ns]);
         sh(&["ip", "netns", "add", &peer]);
         let w = |args: &str| {
@@ -170,6 +180,7 @@ impl World {
             peer,
             dir,
             unix,
+            host_files,
             server,
             _dns: dns,
         }
@@ -186,9 +197,19 @@ impl World {
     }
 
     fn fill(&self, script: &str) -> String {
+        let ns = |kind: &str| {
+            std::fs::read_link(format!("/proc/self/ns/{kind}"))
+                .map(|l| l.display().to_string())
+                .unwrap_or_default()
+        };
         script
             .replace("RUNSOCK", &self.unix[0].display().to_string())
             .replace("TMPSOCK", &self.unix[1].display().to_string())
+            .replace("SHMFILE", &self.host_files[0].display().to_string())
+            .replace("VARTMPFILE", &self.host_files[1].display().to_string())
+            .replace("HOSTIPC", &ns("ipc"))
+            .replace("HOSTUTS", &ns("uts"))
+            .replace("HOSTCGROUP", &ns("cgroup"))
     }
 
     /// `allowdns run` inside the world with `policy`, CMD = `sh -c SCRIPT`.
@@ -249,7 +270,7 @@ impl Drop for World {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.peer])
             .status();
-        for p in &self.unix {
+        for p in self.unix.iter().chain(&self.host_files) {
             let _ = std::fs::remove_file(p);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -320,6 +341,11 @@ probe unix_run python3 $P unix RUNSOCK
 probe unix_tmp python3 $P unix TMPSOCK
 probe write_root_file sh -c 'echo x > "$D/rootonly/pwned"'
 probe read_shadow cat /etc/shadow
+probe dev_shm_file cat SHMFILE
+probe var_tmp_file cat VARTMPFILE
+probe host_ipc_ns sh -c 'test "$(readlink /proc/self/ns/ipc)" = "HOSTIPC"'
+probe host_uts_ns sh -c 'test "$(readlink /proc/self/ns/uts)" = "HOSTUTS"'
+probe host_cgroup_ns sh -c 'test "$(readlink /proc/self/ns/cgroup)" = "HOSTCGROUP"'
 "#;
 
 /// Only in the kennel: what must work there, and attacks with no unfenced counterpart.
@@ -542,6 +568,22 @@ fn escape_host_loopback_through_pasta() {
 fn escape_packet_and_raw_sockets() {
     let Some(r) = fence() else { return };
     assert_probes(r, &[], &["packet_socket", "raw_socket"]);
+}
+
+#[test]
+fn escape_host_shm_var_tmp_and_ipc_uts_cgroup_namespaces() {
+    let Some(r) = fence() else { return };
+    assert_probes(
+        r,
+        &[],
+        &[
+            "dev_shm_file",
+            "var_tmp_file",
+            "host_ipc_ns",
+            "host_uts_ns",
+            "host_cgroup_ns",
+        ],
+    );
 }
 
 #[test]
