@@ -350,6 +350,7 @@ probe host_cgroup_ns sh -c 'test "$(readlink /proc/self/ns/cgroup)" = "HOSTCGROU
 
 /// Only in the kennel: what must work there, and attacks with no unfenced counterpart.
 const KENNEL_ONLY: &str = r#"
+probe no_tentative_v6 sh -c '! ip -6 addr show | grep -q tentative'
 probe resolve_web getent ahosts web.kennel.test
 probe tcp_web_8080 python3 $P tcp web.kennel.test 8080
 probe tcp4_web_8080 python3 $P tcp 198.51.100.200 8080
@@ -519,7 +520,7 @@ fn t05_ipv6_is_fenced_like_ipv4() {
     let Some(r) = fence() else { return };
     assert_probes(
         r,
-        &["tcp6_web_8080", "icmp6_any", "udp6_any"],
+        &["no_tentative_v6", "tcp6_web_8080", "icmp6_any", "udp6_any"],
         &["tcp6_web_9090", "tcp6_hard", "udp6_hard", "icmp6_hard"],
     );
 }
@@ -1026,6 +1027,24 @@ fn escape_working_directory_under_a_hidden_tmp() {
         "{}",
         ran.stderr
     );
+    // Root's home, which the kennel's uid cannot enter: CMD starts in / too.
+    let root_private =
+        std::fs::metadata("/root").is_ok_and(|m| m.permissions().mode() & 0o001 == 0);
+    if root_private {
+        let mut cmd = world.run_cmd(
+            &[],
+            &data("kennel/policy.yaml"),
+            &[],
+            "echo \"PWD_IS $(pwd)\"\n",
+        );
+        let ran = finish(cmd.current_dir("/root").spawn().unwrap());
+        assert!(ran.stdout.contains("PWD_IS /\n"), "{}", ran.stdout);
+        assert!(
+            ran.stderr.contains("the working directory /root is not visible in the kennel (host uid 65534 cannot reach it)"),
+            "{}",
+            ran.stderr
+        );
+    }
 }
 
 #[test]
@@ -1088,6 +1107,7 @@ const COPY_ATTACK: &str = r##"
 probe sees_tmpdir test -d "$TMPDIR"
 probe find_copy sh -c 'ls "$TMPDIR"/allowdns-run-*/policy.yaml'
 probe write_copy sh -c 'for f in "$TMPDIR"/allowdns-run-*/policy.yaml; do echo "# x" >> "$f" || exit 1; done; test -e "$f"'
+probe umount_cover sh -c 'umount "$TMPDIR"/allowdns-run-*'
 touch "$D/probed"
 i=0; while [ ! -e "$D/checked" ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done
 "##;
@@ -1139,6 +1159,7 @@ fn policy_copy_is_out_of_cmds_reach_rootless_and_as_root() {
         assert!(ran.probe("sees_tmpdir"), "{}", ran.stdout);
         assert!(!ran.probe("find_copy"), "{prefix:?}: {}", ran.stdout);
         assert!(!ran.probe("write_copy"), "{prefix:?}: {}", ran.stdout);
+        assert!(!ran.probe("umount_cover"), "{prefix:?}: {}", ran.stdout);
     }
 }
 
@@ -1177,6 +1198,15 @@ probe after getent hosts other.kennel.test
         ran.probe("after"),
         "the operator's edit was not loaded:\n{}\n{}",
         ran.stdout,
+        ran.stderr
+    );
+    // The scratch directory is everyone's: CMD could rewrite the file, and run says so.
+    assert!(
+        ran.stderr.contains(&format!(
+            "CMD can rewrite the policy file {}",
+            policy.display()
+        )),
+        "{}",
         ran.stderr
     );
 }
@@ -1286,6 +1316,22 @@ fn private_tmp_is_announced_and_ro_bind_shares_read_only() {
         ran.stdout,
         ran.stderr
     );
+    // A path that is not there is bad input, and CMD never starts.
+    let missing = format!("{dir}/missing");
+    let ran = finish(
+        world
+            .run_argv(&[], &policy, &["--ro-bind", &missing], &argv)
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains(&format!("{missing}: --ro-bind: cannot share it")),
+        "{}",
+        ran.stderr
+    );
+    assert!(!ran.stdout.contains("AGENT RAN"), "{}", ran.stdout);
 }
 
 #[test]
