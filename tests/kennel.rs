@@ -1241,6 +1241,27 @@ fn missing_command_exits_127_not_found() {
         "{}",
         ran.stderr
     );
+    // A program PATH finds only under the private /tmp: named before CMD starts.
+    let host = HostTmp::new("shim");
+    let shim = host.file("allowdns-test-shim", "#!/bin/sh\necho SHIM RAN\n", 0o755);
+    let shim_path = format!("{}:{path}", host.0.display());
+    let control = Command::new("sh")
+        .args(["-c", "allowdns-test-shim"])
+        .env("PATH", &shim_path)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&control.stdout).contains("SHIM RAN"));
+    let mut cmd = world.run_argv(&[], &policy, &[], &["allowdns-test-shim"]);
+    let ran = finish(cmd.env("PATH", &shim_path).spawn().unwrap());
+    assert_eq!(ran.code, Some(127), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains(&format!(
+            "CMD 'allowdns-test-shim' is {} on the host, which the kennel cannot reach (/tmp is private in the kennel)",
+            shim.display()
+        )),
+        "{}",
+        ran.stderr
+    );
 }
 
 #[test]

@@ -77,6 +77,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     }
     // Handlers now, while single-threaded: a Ctrl-C during start-up must not kill us half-way.
     let mut signals = signals::register(false).map_err(step("signals"))?;
+    // SIGHUP reloads once the resolver runs; until then it must not end `run`.
+    signal_hook::flag::register(
+        signal_hook::consts::SIGHUP,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    )
+    .map_err(step("signals"))?;
     // Fail closed, before anything starts, when user namespaces are off.
     if std::fs::read_to_string("/proc/sys/user/max_user_namespaces").is_ok_and(|n| n.trim() == "0")
     {
