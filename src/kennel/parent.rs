@@ -112,40 +112,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
 
     let me = std::process::id();
     let (uid, gid) = kennel_ids();
+    let binds = shared(&args.ro_bind, &args.bind).map_err(Failure::Invalid)?;
     let view = View {
         uid,
         gid,
-        shared: shared(&args.ro_bind, &args.bind).map_err(Failure::Invalid)?,
+        shared: binds.iter().map(|(_, p)| p.clone()).collect(),
     };
     let cwd = std::env::current_dir().ok();
-    let (path_inside, dropped) = view.path_inside(std::env::var_os("PATH").as_deref());
-    eprintln!(
-        "allowdns run: {}",
-        view.summary(
-            &super::view::describe_upstream(&settings.upstream),
-            std::env::var_os("HOME").as_deref().map(Path::new)
-        )
-    );
-    if !dropped.is_empty() {
-        let list: Vec<String> = dropped
-            .iter()
-            .map(|(dir, why)| format!("{} ({why})", dir.display()))
-            .collect();
-        eprintln!(
-            "allowdns run: CMD's PATH leaves out what it cannot use: {}",
-            list.join(", ")
-        );
-    }
-    for warning in view.warnings(cwd.as_deref(), &args.command, &path_inside) {
-        eprintln!("allowdns run: warning: {warning}");
-    }
-    if let Some(why) = writable_by_cmd(&source, &view) {
-        eprintln!(
-            "allowdns run: warning: CMD can rewrite the policy file {} ({why}), and SIGHUP loads \
-             what it holds; keep it where CMD cannot reach it",
-            source.display()
-        );
-    }
+    let path_inside = announce(&view, &args, &settings, &source, cwd.as_deref());
     let cwd_inside = cwd.filter(|c| view.hidden(c).is_none());
     let dir = std::env::temp_dir().join(format!(
         "allowdns-run-{me}-{}",
@@ -174,17 +148,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         .args(["--ppid", &me.to_string()])
         .args(["--path", &path_inside])
         .args(["--preserve-fds", &args.preserve_fds.to_string()]);
-    for p in &view.shared {
-        let flag = if args
-            .bind
-            .iter()
-            .any(|b| std::fs::canonicalize(b).is_ok_and(|b| &b == p))
-        {
-            "--bind"
-        } else {
-            "--ro-bind"
-        };
-        holder.arg(flag).arg(p);
+    for (flag, path) in &binds {
+        holder.arg(flag).arg(path);
     }
     if let Some(cwd) = &cwd_inside {
         holder.arg("--cwd").arg(cwd);
@@ -548,14 +513,54 @@ fn derive_policy(source: &Path, netns: &Path, learn: bool) -> Result<String, Ken
     serde_yaml::to_string(&doc).map_err(KennelError::Derived)
 }
 
-/// The shared paths, canonical (the holder binds them at the same path).
-fn shared(ro: &[PathBuf], rw: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostics> {
+/// Says, before CMD starts, what the kennel is and what CMD will not find
+/// where the caller expects it. Returns CMD's PATH.
+fn announce(
+    view: &View,
+    args: &RunArgs,
+    settings: &config::Settings,
+    policy: &Path,
+    cwd: Option<&Path>,
+) -> String {
+    let home = std::env::var_os("HOME");
+    let upstream = super::view::describe_upstream(&settings.upstream);
+    eprintln!(
+        "allowdns run: {}",
+        view.summary(&upstream, home.as_deref().map(Path::new))
+    );
+    let (path_inside, dropped) = view.path_inside(std::env::var_os("PATH").as_deref());
+    if !dropped.is_empty() {
+        let list: Vec<String> = dropped
+            .iter()
+            .map(|(dir, why)| format!("{} ({why})", dir.display()))
+            .collect();
+        eprintln!(
+            "allowdns run: CMD's PATH leaves out what it cannot use: {}",
+            list.join(", ")
+        );
+    }
+    for warning in view.warnings(cwd, &args.command, &path_inside) {
+        eprintln!("allowdns run: warning: {warning}");
+    }
+    if let Some(why) = writable_by_cmd(policy, view) {
+        eprintln!(
+            "allowdns run: warning: CMD can rewrite the policy file {} ({why}), and SIGHUP loads \
+             what it holds; keep it where CMD cannot reach it",
+            policy.display()
+        );
+    }
+    path_inside
+}
+
+/// The shared paths, canonical (the holder binds them at the same path),
+/// each with the holder's flag for it.
+fn shared(ro: &[PathBuf], rw: &[PathBuf]) -> Result<Vec<(&'static str, PathBuf)>, Diagnostics> {
     let mut diags = Diagnostics::default();
     let flagged = ro.iter().map(|p| ("--ro-bind", p));
     let found = flagged
         .chain(rw.iter().map(|p| ("--bind", p)))
         .filter_map(|(flag, p)| match std::fs::canonicalize(p) {
-            Ok(p) => Some(p),
+            Ok(p) => Some((flag, p)),
             Err(e) => {
                 diags.error(p, None, Some(flag.into()), format!("cannot share it: {e}"));
                 None
