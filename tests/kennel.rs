@@ -49,6 +49,13 @@ fn ready() -> bool {
     true
 }
 
+/// Under one of the kennel's private mounts.
+fn hidden_in_kennel(path: &Path) -> bool {
+    ["/tmp", "/run", "/var/tmp", "/dev/shm"]
+        .iter()
+        .any(|m| path.starts_with(m))
+}
+
 /// Runs `f` on a thread inside network namespace `ns` (sockets stay there).
 fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
@@ -70,6 +77,8 @@ struct World {
     peer: String,
     dir: PathBuf,
     unix: Vec<PathBuf>,
+    /// Host files in /dev/shm and /var/tmp, which the kennel makes private.
+    host_files: Vec<PathBuf>,
     server: Child,
     _dns: Vec<Upstream>,
 }
@@ -80,11 +89,11 @@ impl World {
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = format!("{}-{n}", std::process::id());
         let (ns, peer) = (format!("akw-{id}"), format!("akp-{id}"));
-        // The kennel hides /tmp and /run: a scratch directory it can see,
-        // writable by its (unprivileged) root; /var/tmp when the checkout
-        // itself is under one of them.
+        // A scratch directory writable by the kennel's (unprivileged) root.
+        // The kennel hides /tmp, /run, /var/tmp and /dev/shm: when the
+        // checkout is under one of them, /var/tmp, shared with `--bind`.
         let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let base = if base.starts_with("/tmp") || base.starts_with("/run") {
+        let base = if hidden_in_kennel(base) {
             Path::new("/var/tmp")
         } else {
             base
@@ -101,6 +110,14 @@ impl World {
             PathBuf::from(format!("/run/allowdns-kennel-{id}.sock")),
             PathBuf::from(format!("/tmp/allowdns-kennel-{id}.sock")),
         ];
+        let host_files: Vec<PathBuf> = ["/dev/shm", "/var/tmp"]
+            .iter()
+            .map(|d| PathBuf::from(format!("{d}/allowdns-kennel-{id}.txt")))
+            .collect();
+        for f in &host_files {
+            std::fs::write(f, "host file\n").unwrap();
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
         sh(&["ip", "netns", "add", &ns]);
         sh(&["ip", "netns", "add", &peer]);
         let w = |args: &str| {
@@ -166,6 +183,7 @@ impl World {
             peer,
             dir,
             unix,
+            host_files,
             server,
             _dns: dns,
         }
@@ -182,13 +200,30 @@ impl World {
     }
 
     fn fill(&self, script: &str) -> String {
+        let ns = |kind: &str| {
+            std::fs::read_link(format!("/proc/self/ns/{kind}"))
+                .map(|l| l.display().to_string())
+                .unwrap_or_default()
+        };
         script
             .replace("RUNSOCK", &self.unix[0].display().to_string())
             .replace("TMPSOCK", &self.unix[1].display().to_string())
+            .replace("SHMFILE", &self.host_files[0].display().to_string())
+            .replace("VARTMPFILE", &self.host_files[1].display().to_string())
+            .replace("HOSTIPC", &ns("ipc"))
+            .replace("HOSTUTS", &ns("uts"))
+            .replace("HOSTCGROUP", &ns("cgroup"))
     }
 
     /// `allowdns run` inside the world with `policy`, CMD = `sh -c SCRIPT`.
     fn run_cmd(&self, prefix: &[&str], policy: &Path, extra: &[&str], script: &str) -> Command {
+        let script = format!("{}{}", self.prelude(), self.fill(script));
+        self.run_argv(prefix, policy, extra, &["sh", "-c", &script])
+    }
+
+    /// `allowdns run` inside the world with `policy`, CMD = `argv`. The
+    /// scratch directory is shared when it lies under a private mount.
+    fn run_argv(&self, prefix: &[&str], policy: &Path, extra: &[&str], argv: &[&str]) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns])
             .args(prefix)
@@ -199,10 +234,13 @@ impl World {
             .args(["--upstream", DNS, "--audit-log"])
             .arg(self.dir.join("audit.jsonl"))
             .arg("--alerts")
-            .arg(self.dir.join("alerts.log"))
-            .args(extra)
-            .args(["--", "sh", "-c"])
-            .arg(format!("{}{}", self.prelude(), self.fill(script)))
+            .arg(self.dir.join("alerts.log"));
+        if hidden_in_kennel(&self.dir) {
+            cmd.arg("--bind").arg(&self.dir);
+        }
+        cmd.args(extra)
+            .arg("--")
+            .args(argv)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -252,7 +290,7 @@ impl Drop for World {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.peer])
             .status();
-        for p in &self.unix {
+        for p in self.unix.iter().chain(&self.host_files) {
             let _ = std::fs::remove_file(p);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -323,10 +361,16 @@ probe unix_run python3 $P unix RUNSOCK
 probe unix_tmp python3 $P unix TMPSOCK
 probe write_root_file sh -c 'echo x > "$D/rootonly/pwned"'
 probe read_shadow cat /etc/shadow
+probe dev_shm_file cat SHMFILE
+probe var_tmp_file cat VARTMPFILE
+probe host_ipc_ns sh -c 'test "$(readlink /proc/self/ns/ipc)" = "HOSTIPC"'
+probe host_uts_ns sh -c 'test "$(readlink /proc/self/ns/uts)" = "HOSTUTS"'
+probe host_cgroup_ns sh -c 'test "$(readlink /proc/self/ns/cgroup)" = "HOSTCGROUP"'
 "#;
 
 /// Only in the kennel: what must work there, and attacks with no unfenced counterpart.
 const KENNEL_ONLY: &str = r#"
+probe no_tentative_v6 sh -c '! ip -6 addr show | grep -q tentative'
 probe resolve_web getent ahosts web.kennel.test
 probe tcp_web_8080 python3 $P tcp web.kennel.test 8080
 probe tcp4_web_8080 python3 $P tcp 198.51.100.200 8080
@@ -496,7 +540,7 @@ fn t05_ipv6_is_fenced_like_ipv4() {
     let Some(r) = fence() else { return };
     assert_probes(
         r,
-        &["tcp6_web_8080", "icmp6_any", "udp6_any"],
+        &["no_tentative_v6", "tcp6_web_8080", "icmp6_any", "udp6_any"],
         &["tcp6_web_9090", "tcp6_hard", "udp6_hard", "icmp6_hard"],
     );
 }
@@ -545,6 +589,22 @@ fn escape_host_loopback_through_pasta() {
 fn escape_packet_and_raw_sockets() {
     let Some(r) = fence() else { return };
     assert_probes(r, &[], &["packet_socket", "raw_socket"]);
+}
+
+#[test]
+fn escape_host_shm_var_tmp_and_ipc_uts_cgroup_namespaces() {
+    let Some(r) = fence() else { return };
+    assert_probes(
+        r,
+        &[],
+        &[
+            "dev_shm_file",
+            "var_tmp_file",
+            "host_ipc_ns",
+            "host_uts_ns",
+            "host_cgroup_ns",
+        ],
+    );
 }
 
 #[test]
@@ -1153,4 +1213,478 @@ fn readme_run_examples_print_what_the_readme_shows() {
         let missing = missing_lines(&shown, &all);
         assert!(missing.is_empty(), "{cmd}: missing {missing:#?} in\n{all}");
     }
+}
+
+/// Waits (at most 20 s) until `path` exists.
+fn wait_for_path(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !path.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A host directory under /tmp (hidden in the kennel), removed on drop.
+struct HostTmp(PathBuf);
+
+impl HostTmp {
+    fn new(tag: &str) -> HostTmp {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = PathBuf::from(format!(
+            "/tmp/allowdns-kennel-{tag}-{}-{n}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        HostTmp(dir)
+    }
+
+    fn file(&self, name: &str, text: &str, mode: u32) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+}
+
+impl Drop for HostTmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Reaching a host file and a host Unix socket through CMD's working directory.
+const CWD_ATTACKS: &str = r#"
+probe cwd_file cat ./secret.txt
+probe cwd_proc_file cat /proc/self/cwd/secret.txt
+probe cwd_socket python3 $P unix ./host.sock
+probe cwd_proc_socket python3 $P unix /proc/self/cwd/host.sock
+probe init_cwd_file cat /proc/1/cwd/secret.txt
+"#;
+
+#[test]
+fn escape_working_directory_under_a_hidden_tmp() {
+    if !ready() {
+        return;
+    }
+    let world = World::new("cwd");
+    let host = HostTmp::new("cwd");
+    host.file("secret.txt", "host secret\n", 0o644);
+    let sock = host.0.join("host.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // Positive control: from that directory, unfenced, every probe gets through.
+    let control = Command::new("ip")
+        .args(["netns", "exec", &world.ns, "sh", "-c"])
+        .arg(format!("{}{CWD_ATTACKS}", world.prelude()))
+        .current_dir(&host.0)
+        .output()
+        .unwrap();
+    let control = Ran {
+        code: control.status.code(),
+        stdout: String::from_utf8_lossy(&control.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&control.stderr).into_owned(),
+    };
+    for name in ["cwd_file", "cwd_proc_file", "cwd_socket", "cwd_proc_socket"] {
+        assert!(control.probe(name), "{name} unfenced: {}", control.stderr);
+    }
+    let mut cmd = world.run_cmd(
+        &[],
+        &data("kennel/policy.yaml"),
+        &[],
+        &format!("{CWD_ATTACKS}echo \"PWD_IS $(pwd)\"\n"),
+    );
+    let ran = finish(cmd.current_dir(&host.0).spawn().unwrap());
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    for name in [
+        "cwd_file",
+        "cwd_proc_file",
+        "cwd_socket",
+        "cwd_proc_socket",
+        "init_cwd_file",
+    ] {
+        assert!(!ran.probe(name), "{name} reached the host:\n{}", ran.stdout);
+    }
+    assert!(ran.stdout.contains("PWD_IS /\n"), "{}", ran.stdout);
+    assert!(
+        ran.stderr.contains(&format!(
+            "the working directory {} is not visible in the kennel",
+            host.0.display()
+        )),
+        "{}",
+        ran.stderr
+    );
+    // Root's home, which the kennel's uid cannot enter: CMD starts in / too.
+    let root_private =
+        std::fs::metadata("/root").is_ok_and(|m| m.permissions().mode() & 0o001 == 0);
+    if root_private {
+        let mut cmd = world.run_cmd(
+            &[],
+            &data("kennel/policy.yaml"),
+            &[],
+            "echo \"PWD_IS $(pwd)\"\n",
+        );
+        let ran = finish(cmd.current_dir("/root").spawn().unwrap());
+        assert!(ran.stdout.contains("PWD_IS /\n"), "{}", ran.stdout);
+        assert!(
+            ran.stderr.contains("the working directory /root is not visible in the kennel (host uid 65534 cannot reach it)"),
+            "{}",
+            ran.stderr
+        );
+    }
+}
+
+#[test]
+fn escape_inherited_file_descriptor() {
+    if !ready() {
+        return;
+    }
+    let world = World::new("fd");
+    let host = HostTmp::new("fd");
+    // Root's alone: only an inherited descriptor reaches it from the kennel.
+    let secret = host.file("secret.txt", "FDSECRET\n", 0o600);
+    let keep_fd7 = [
+        "sh",
+        "-c",
+        "exec 7<\"$0\"; exec \"$@\"",
+        secret.to_str().unwrap(),
+    ];
+    let script =
+        "probe fd7 sh -c 'read l <&7 && test \"$l\" = FDSECRET'\nprobe by_path cat \"$0\"\n";
+    // Positive control: unfenced, the descriptor reads the file.
+    let control = Command::new("ip")
+        .args(["netns", "exec", &world.ns])
+        .args(keep_fd7)
+        .args(["sh", "-c"])
+        .arg(format!("{}{script}", world.prelude()))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&control.stdout).contains("PROBE fd7 ok"),
+        "{}",
+        String::from_utf8_lossy(&control.stderr)
+    );
+    let policy = data("kennel/policy.yaml");
+    let ran = finish(
+        world
+            .run_cmd(&keep_fd7, &policy, &[], script)
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert!(!ran.probe("fd7"), "CMD inherited fd 7:\n{}", ran.stdout);
+    // Asked for, it passes.
+    let extra = ["--preserve-fds", "5"];
+    let ran = finish(
+        world
+            .run_cmd(&keep_fd7, &policy, &extra, script)
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        ran.probe("fd7"),
+        "--preserve-fds 5: {}\n{}",
+        ran.stdout,
+        ran.stderr
+    );
+}
+
+/// CMD looks for `run`'s policy copy under a TMPDIR it can see, and tries to extend it.
+const COPY_ATTACK: &str = r##"
+probe sees_tmpdir test -d "$TMPDIR"
+probe find_copy sh -c 'ls "$TMPDIR"/allowdns-run-*/policy.yaml'
+probe write_copy sh -c 'for f in "$TMPDIR"/allowdns-run-*/policy.yaml; do echo "# x" >> "$f" || exit 1; done; test -e "$f"'
+probe umount_cover sh -c 'umount "$TMPDIR"/allowdns-run-*'
+touch "$D/probed"
+i=0; while [ ! -e "$D/checked" ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done
+"##;
+
+#[test]
+fn policy_copy_is_out_of_cmds_reach_rootless_and_as_root() {
+    if !ready() {
+        return;
+    }
+    let rootless: &[&str] = &[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+    for prefix in [&[][..], rootless] {
+        let world = World::new("copy");
+        let tmpdir = world.dir.join("tmpdir");
+        std::fs::create_dir(&tmpdir).unwrap();
+        std::fs::set_permissions(&tmpdir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let child = world
+            .run_cmd(prefix, &data("kennel/policy.yaml"), &[], COPY_ATTACK)
+            .env("TMPDIR", &tmpdir)
+            .spawn()
+            .unwrap();
+        wait_for_path(&world.dir.join("probed"));
+        // Positive control: the copy is there on the host, in a directory CMD sees;
+        // run rootless, it belongs to CMD's own host uid.
+        let copies: Vec<PathBuf> = std::fs::read_dir(&tmpdir)
+            .unwrap()
+            .filter_map(|e| Some(e.ok()?.path().join("policy.yaml")))
+            .filter(|p| p.exists())
+            .collect();
+        let owner = copies.first().map(|c| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(c).map(|m| m.uid()).ok()
+        });
+        std::fs::write(world.dir.join("checked"), "").unwrap();
+        let ran = finish(child);
+        assert_eq!(copies.len(), 1, "{prefix:?}: no copy on the host");
+        if !prefix.is_empty() {
+            assert_eq!(
+                owner,
+                Some(Some(65534)),
+                "rootless, the copy is CMD's uid's"
+            );
+        }
+        assert_eq!(ran.code, Some(0), "{prefix:?}: {}", ran.stderr);
+        assert!(ran.probe("sees_tmpdir"), "{}", ran.stdout);
+        assert!(!ran.probe("find_copy"), "{prefix:?}: {}", ran.stdout);
+        assert!(!ran.probe("write_copy"), "{prefix:?}: {}", ran.stdout);
+        assert!(!ran.probe("umount_cover"), "{prefix:?}: {}", ran.stdout);
+    }
+}
+
+#[test]
+fn sighup_in_run_reloads_the_operators_policy_file() {
+    if !ready() {
+        return;
+    }
+    let world = World::new("hup");
+    let policy = world.dir.join("operator.yaml");
+    std::fs::copy(data("kennel/policy.yaml"), &policy).unwrap();
+    let script = r#"
+probe before getent hosts other.kennel.test
+touch "$D/before"
+i=0; while [ ! -e "$D/hupped" ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done
+i=0; while ! getent hosts other.kennel.test >/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+probe after getent hosts other.kennel.test
+"#;
+    let child = world.run_cmd(&[], &policy, &[], script).spawn().unwrap();
+    wait_for_path(&world.dir.join("before"));
+    let mut text = std::fs::read_to_string(&policy).unwrap();
+    text.push_str("  - destination: other.kennel.test\n");
+    std::fs::write(&policy, text).unwrap();
+    // `ip netns exec` execs run: the child's pid is run's.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    std::fs::write(world.dir.join("hupped"), "").unwrap();
+    let ran = finish(child);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    // Positive control: unlisted before the edit.
+    assert!(!ran.probe("before"), "{}", ran.stdout);
+    assert!(
+        ran.probe("after"),
+        "the operator's edit was not loaded:\n{}\n{}",
+        ran.stdout,
+        ran.stderr
+    );
+    // The scratch directory is everyone's: CMD could rewrite the file, and run says so.
+    assert!(
+        ran.stderr.contains(&format!(
+            "CMD can rewrite the policy file {}",
+            policy.display()
+        )),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn missing_command_exits_127_not_found() {
+    if !ready() {
+        return;
+    }
+    let world = World::new("missing");
+    let policy = data("kennel/policy.yaml");
+    // Root's home first in PATH, as with pyenv or cargo: the kennel's uid cannot search it.
+    let path = "/root:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    // Positive control: a command that exists runs.
+    let run = |argv: &[&str]| {
+        let mut cmd = world.run_argv(&[], &policy, &[], argv);
+        finish(cmd.env("PATH", path).spawn().unwrap())
+    };
+    let ran = run(&["true"]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let ran = run(&["allowdns-no-such-command"]);
+    assert_eq!(ran.code, Some(127), "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("allowdns-no-such-command: command not found"),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        ran.stderr
+            .contains("PATH leaves out what it cannot use: /root"),
+        "{}",
+        ran.stderr
+    );
+    // A program PATH finds only under the private /tmp: named before CMD starts.
+    let host = HostTmp::new("shim");
+    let shim = host.file("allowdns-test-shim", "#!/bin/sh\necho SHIM RAN\n", 0o755);
+    let shim_path = format!("{}:{path}", host.0.display());
+    let control = Command::new("sh")
+        .args(["-c", "allowdns-test-shim"])
+        .env("PATH", &shim_path)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&control.stdout).contains("SHIM RAN"));
+    let mut cmd = world.run_argv(&[], &policy, &[], &["allowdns-test-shim"]);
+    let ran = finish(cmd.env("PATH", &shim_path).spawn().unwrap());
+    assert_eq!(ran.code, Some(127), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains(&format!(
+            "CMD 'allowdns-test-shim' is {} on the host, which the kennel cannot reach (/tmp is private in the kennel)",
+            shim.display()
+        )),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn private_tmp_is_announced_and_ro_bind_shares_read_only() {
+    if !ready() {
+        return;
+    }
+    let world = World::new("robind");
+    let host = HostTmp::new("robind");
+    let agent = host.file("agent.py", "print('AGENT RAN')\n", 0o644);
+    let scratch = host.file("scratch", "", 0o666);
+    let agent_s = agent.to_str().unwrap();
+    let policy = data("kennel/policy.yaml");
+    let write = format!("echo x >> '{}'", scratch.display());
+    let argv = [
+        "sh",
+        "-c",
+        &format!("python3 \"$0\"; {write} && echo WROTE"),
+        agent_s,
+    ];
+    // Positive control: unfenced, the agent runs and the file is writable.
+    let control = Command::new("ip")
+        .args(["netns", "exec", &world.ns])
+        .args(argv)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&control.stdout);
+    assert!(out.contains("AGENT RAN") && out.contains("WROTE"), "{out}");
+    // Hidden by default, and said so before CMD starts.
+    let ran = finish(world.run_argv(&[], &policy, &[], &argv).spawn().unwrap());
+    assert!(!ran.stdout.contains("AGENT RAN"), "{}", ran.stdout);
+    let warning = format!(
+        "argument '{agent_s}' names the host path {agent_s}, which is not visible in the kennel (/tmp is private in the kennel); share it with --ro-bind {agent_s}"
+    );
+    let said = ran.stderr.find(&warning);
+    let failed = ran.stderr.find("can't open file");
+    assert!(
+        said.is_some() && failed.is_some() && said < failed,
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.stderr.contains("private /tmp, /run"), "{}", ran.stderr);
+    // Shared read-only: it runs, and CMD cannot write there.
+    let dir = host.0.to_str().unwrap();
+    let ran = finish(
+        world
+            .run_argv(&[], &policy, &["--ro-bind", dir], &argv)
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        ran.stdout.contains("AGENT RAN"),
+        "{}\n{}",
+        ran.stdout,
+        ran.stderr
+    );
+    assert!(!ran.stdout.contains("WROTE"), "{}", ran.stdout);
+    assert!(
+        !ran.stderr.contains("is not visible in the kennel"),
+        "{}",
+        ran.stderr
+    );
+    // Shared read-write when asked.
+    let ran = finish(
+        world
+            .run_argv(&[], &policy, &["--bind", dir], &argv)
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        ran.stdout.contains("WROTE"),
+        "{}\n{}",
+        ran.stdout,
+        ran.stderr
+    );
+    // A path that is not there is bad input, and CMD never starts.
+    let missing = format!("{dir}/missing");
+    let ran = finish(
+        world
+            .run_argv(&[], &policy, &["--ro-bind", &missing], &argv)
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains(&format!("{missing}: --ro-bind: cannot share it")),
+        "{}",
+        ran.stderr
+    );
+    assert!(!ran.stdout.contains("AGENT RAN"), "{}", ran.stdout);
+}
+
+#[test]
+fn serve_binds_an_ipv6_address_still_in_duplicate_address_detection() {
+    if !ready() {
+        return;
+    }
+    let world = World::new("dad");
+    let (ns, peer) = (&world.ns, &world.peer);
+    // A fresh link with its carrier up: its new address goes through DAD.
+    sh(&[
+        "ip", "-n", ns, "link", "add", "d0", "type", "veth", "peer", "name", "d1", "netns", peer,
+    ]);
+    sh(&["ip", "-n", peer, "link", "set", "d1", "up"]);
+    sh(&["ip", "-n", ns, "link", "set", "d0", "up"]);
+    sh(&[
+        "ip",
+        "-n",
+        ns,
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:7::5/64",
+        "dev",
+        "d0",
+    ]);
+    // Positive control: the address is tentative right now.
+    let (_, shown) = common::sh_out(&["ip", "-n", ns, "-6", "addr", "show", "dev", "d0"]);
+    assert!(shown.contains("tentative"), "{shown}");
+    let server = common::Allowdns::serve_via(
+        &["ip", "netns", "exec", ns],
+        &[
+            "--listen",
+            "[2001:db8:7::5]:5353",
+            "--policy",
+            data("kennel/policy.yaml").to_str().unwrap(),
+            "--upstream",
+            "none",
+        ],
+    );
+    assert_eq!(server.udp.to_string(), "[2001:db8:7::5]:5353");
+    assert!(
+        server.stderr().contains("tentative"),
+        "says why it waited: {}",
+        server.stderr()
+    );
 }

@@ -132,6 +132,9 @@ pub enum StageError {
     /// A file the mounts need.
     #[error("{}: {source}", path.display())]
     File { path: PathBuf, source: io::Error },
+    /// A path given to `--ro-bind` or `--bind` that cannot be shared.
+    #[error("cannot share {} with the kennel: {source}", path.display())]
+    Shared { path: PathBuf, source: io::Error },
 }
 
 impl StageError {

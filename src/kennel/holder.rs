@@ -8,10 +8,15 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::fcntl::{OFlag, open};
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::prctl;
 use nix::sys::signal::Signal;
+use nix::sys::statvfs::{FsFlags, statvfs};
 use nix::unistd::{Gid, Pid, Uid, getppid, setgroups, setresgid, setresuid};
 
 use super::error::{HolderError, StageError};
@@ -134,10 +139,16 @@ pub fn holder(args: &StageArgs) -> i32 {
         Err(e) => return fail(Some(&mut ctl), &e.to_string()),
     }
     // Our next child is PID 1 of the new PID namespace.
-    let init = Command::new("/proc/self/exe")
-        .args(["__kennel", "init", "--"])
-        .args(&args.command)
-        .spawn();
+    let mut init = Command::new("/proc/self/exe");
+    init.args(["__kennel", "init"])
+        .args(["--preserve-fds", &args.preserve_fds.to_string()]);
+    if let Some(cwd) = &args.cwd {
+        init.arg("--cwd").arg(cwd);
+    }
+    if let Some(path) = &args.path {
+        init.args(["--path", path]);
+    }
+    let init = init.arg("--").args(&args.command).spawn();
     let init = match init {
         Ok(child) => Pid::from_raw(child.id() as i32),
         Err(e) => {
@@ -170,8 +181,18 @@ fn set_up(args: &StageArgs, ctl: &mut Ctl) -> Result<(), StageError> {
     if args.ppid.is_some_and(|p| getppid().as_raw() != p) {
         return Err(StageError::ParentGone);
     }
-    let flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS;
+    let flags = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWCGROUP;
     unshare(flags).map_err(|e| StageError::UserNamespace(e.into()))?;
+    // The kennel's only neighbour is pasta: no duplicate to detect, and
+    // tentative addresses would hold IPv6 back for its first seconds.
+    for conf in ["default", "all"] {
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/accept_dad"), "0");
+    }
     // The uid change made us non-dumpable; `run` must open /proc/OUR_PID/ns/*.
     prctl::set_dumpable(true).map_err(StageError::sys("dumpable"))?;
     ctl.say(Word::Unshared, b"").map_err(StageError::Ctl)?;
@@ -185,7 +206,7 @@ fn set_up(args: &StageArgs, ctl: &mut Ctl) -> Result<(), StageError> {
     // ICMP echo sockets (unprivileged ping) for the kennel's root, the only gid mapped;
     // the fence still decides where they go.
     let _ = std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 0");
-    mounts()?;
+    mounts(args)?;
     // Last: the first child after this is PID 1 of the new PID namespace (nft must not be).
     unshare(CloneFlags::CLONE_NEWPID).map_err(StageError::sys("cannot create a PID namespace"))?;
     ctl.say(Word::Fenced, b"").map_err(StageError::Ctl)?;
@@ -215,24 +236,43 @@ fn load_ruleset(ruleset: &[u8]) -> Result<(), StageError> {
 
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 
-/// Private mounts: fresh /tmp and /run (hiding the host's Unix sockets:
-/// D-Bus, systemd, tmux, ssh-agent…), and a read-only resolv.conf naming only allowdns.
-fn mounts() -> Result<(), StageError> {
+/// Private mounts: fresh /tmp, /run, /var/tmp and /dev/shm (hiding the
+/// host's files and Unix sockets: D-Bus, systemd, tmux, ssh-agent…), the
+/// IPC namespace's own /dev/mqueue, `run`'s directory covered, the paths
+/// shared back, and a read-only resolv.conf naming only allowdns.
+fn mounts(args: &StageArgs) -> Result<(), StageError> {
     let none: Option<&str> = None;
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
         .map_err(StageError::sys("cannot make mounts private"))?;
-    let tmpfs = |target: &str, mode: &str| {
+    // Opened before anything covers them: shared paths may lie under /tmp.
+    let shared = open_shared(args)?;
+    let tmpfs = |target: &str, mode: &str, flags: MsFlags| {
         mount(
             Some("tmpfs"),
             target,
             Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | flags,
             Some(format!("mode={mode},size=64m").as_str()),
         )
         .map_err(StageError::sys(format!("cannot mount a private {target}")))
     };
-    tmpfs("/run", "755")?;
-    tmpfs("/tmp", "1777")?;
+    tmpfs("/run", "755", MsFlags::empty())?;
+    tmpfs("/tmp", "1777", MsFlags::empty())?;
+    for dir in ["/var/tmp", "/dev/shm"] {
+        if Path::new(dir).is_dir() {
+            tmpfs(dir, "1777", MsFlags::empty())?;
+        }
+    }
+    if Path::new("/dev/mqueue").is_dir() {
+        mount(
+            Some("mqueue"),
+            "/dev/mqueue",
+            Some("mqueue"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            none,
+        )
+        .map_err(StageError::sys("cannot mount the kennel's /dev/mqueue"))?;
+    }
     // A symlinked resolv.conf (systemd-resolved) points into the /run just hidden.
     let mut target = std::path::PathBuf::from(RESOLV_CONF);
     for _ in 0..8 {
@@ -277,6 +317,84 @@ fn mounts() -> Result<(), StageError> {
     )))?;
     // The bind keeps the file; its writable name goes.
     std::fs::remove_file(source).map_err(file)?;
+    for (fd, target, read_only) in shared {
+        bind(&fd, &target, read_only)?;
+    }
+    // Last, over any shared path: `run`'s directory (the policy it serves,
+    // its control socket) out of CMD's sight wherever TMPDIR points. Mounts
+    // a child user namespace inherits are locked: CMD cannot unmount it.
+    if let Some(dir) = args.ctl.as_deref().and_then(Path::parent)
+        && dir.is_dir()
+    {
+        tmpfs(
+            &dir.to_string_lossy(),
+            "000",
+            MsFlags::MS_RDONLY | MsFlags::MS_NOEXEC,
+        )?;
+    }
+    Ok(())
+}
+
+/// The paths to share, each opened (`O_PATH`) as the kennel's user, so a
+/// path it may not reach fails here, naming it.
+fn open_shared(args: &StageArgs) -> Result<Vec<(OwnedFd, PathBuf, bool)>, StageError> {
+    let ro = args.ro_bind.iter().map(|p| (p, true));
+    let rw = args.bind.iter().map(|p| (p, false));
+    ro.chain(rw)
+        .map(|(path, read_only)| {
+            let fd = open(
+                path.as_path(),
+                OFlag::O_PATH | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| StageError::Shared {
+                path: path.clone(),
+                source: e.into(),
+            })?;
+            Ok((fd, path.clone(), read_only))
+        })
+        .collect()
+}
+
+/// Binds the opened `fd` at `target` (creating the mount point in a private
+/// tmpfs when needed), read-only if asked, keeping the flags the kernel locks.
+fn bind(fd: &OwnedFd, target: &Path, read_only: bool) -> Result<(), StageError> {
+    let failed = |e: std::io::Error| StageError::Shared {
+        path: target.into(),
+        source: e,
+    };
+    let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let is_dir = std::fs::metadata(&source).map_err(failed)?.is_dir();
+    if !target.exists() {
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(failed)?;
+        }
+        if is_dir {
+            std::fs::create_dir(target).map_err(failed)?;
+        } else {
+            std::fs::write(target, "").map_err(failed)?;
+        }
+    }
+    let none: Option<&str> = None;
+    mount(Some(source.as_str()), target, none, MsFlags::MS_BIND, none)
+        .map_err(|e| failed(e.into()))?;
+    if read_only {
+        let locked = statvfs(target).map_err(|e| failed(e.into()))?.flags();
+        let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+        for (st, ms) in [
+            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+            (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        ] {
+            if locked.contains(st) {
+                flags |= ms;
+            }
+        }
+        mount(none, target, none, flags, none).map_err(|e| failed(e.into()))?;
+    }
     Ok(())
 }
 
@@ -291,6 +409,13 @@ fn fail(ctl: Option<&mut Ctl>, why: &str) -> i32 {
 
 /// PID 1 of CMD's PID namespace: a fresh /proc, no capabilities, then CMD.
 pub fn init(args: &StageArgs) -> i32 {
+    // First, before init opens anything: only 0-2 (and what --preserve-fds names) reach CMD.
+    if let Err(e) = super::fds::close_inherited(args.preserve_fds) {
+        return fail(
+            None,
+            &format!("cannot close inherited file descriptors: {e}"),
+        );
+    }
     let _ = prctl::set_pdeathsig(Signal::SIGKILL);
     let mut signals = match signals::register(true) {
         Ok(s) => s,
@@ -299,10 +424,41 @@ pub fn init(args: &StageArgs) -> i32 {
     if let Err(e) = confine() {
         return fail(None, &e.to_string());
     }
+    // Inherited from the host, the working directory may lie under a mount
+    // that now hides it: set it by path, as CMD sees the files.
+    let wanted = args.cwd.as_deref().unwrap_or(Path::new("/"));
+    if let Err(e) = nix::unistd::chdir(wanted) {
+        eprintln!(
+            "allowdns run: warning: CMD starts in /: {} is not reachable in the kennel ({e})",
+            wanted.display()
+        );
+        if let Err(e) = nix::unistd::chdir("/") {
+            return fail(None, &format!("cannot change to /: {e}"));
+        }
+    }
     let Some((program, rest)) = args.command.split_first() else {
         return fail(None, "no command given");
     };
-    let cmd = match Command::new(program).args(rest).spawn() {
+    let path = args
+        .path
+        .clone()
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_default();
+    let resolved = if program.contains('/') {
+        Some(PathBuf::from(program))
+    } else {
+        super::view::find(program, Some(std::ffi::OsStr::new(&path)))
+    };
+    let Some(resolved) = resolved else {
+        eprintln!("allowdns run: {program}: command not found in the kennel (PATH={path})");
+        return 127;
+    };
+    let cmd = Command::new(&resolved)
+        .arg0(program)
+        .args(rest)
+        .env("PATH", &path)
+        .spawn();
+    let cmd = match cmd {
         Ok(child) => Pid::from_raw(child.id() as i32),
         Err(e) => {
             eprintln!("allowdns run: cannot start {program}: {e}");
@@ -338,6 +494,8 @@ fn confine() -> Result<(), StageError> {
     prctl::set_no_new_privs().map_err(StageError::sys("no_new_privs"))?;
     clear(CapSet::Effective, "effective capabilities")?;
     clear(CapSet::Permitted, "permitted capabilities")?;
+    // CMD shares init's uid: without this it could open /proc/1/cwd, /proc/1/fd.
+    prctl::set_dumpable(false).map_err(StageError::sys("dumpable"))?;
     Ok(())
 }
 

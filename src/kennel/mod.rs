@@ -10,9 +10,11 @@
 //! capability) → CMD. `pdeathsig` ties pasta's life to allowdns's.
 
 pub mod error;
+mod fds;
 mod holder;
 mod parent;
 mod signals;
+mod view;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,6 +86,16 @@ pub struct RunArgs {
     /// Refused with a usage error: allowdns answers only inside the kennel.
     #[arg(long, hide = true, value_name = "ADDR")]
     pub listen: Vec<String>,
+    /// Share a host path (file or directory) read-only at the same path
+    /// inside, even under the kennel's private /tmp, /run, /var/tmp or /dev/shm; repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub ro_bind: Vec<PathBuf>,
+    /// Share a host path read-write at the same path inside; repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub bind: Vec<PathBuf>,
+    /// Pass file descriptors 3 to 3+N-1 on to CMD; every other one above 2 is closed.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub preserve_fds: u32,
     /// The command to fence, after `--`.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -144,6 +156,20 @@ pub struct StageArgs {
     /// holder, pdeathsig: the parent whose death must kill this process.
     #[arg(long)]
     pub ppid: Option<i32>,
+    /// holder: host paths to bind at the same path, read-only and read-write.
+    #[arg(long)]
+    pub ro_bind: Vec<PathBuf>,
+    #[arg(long)]
+    pub bind: Vec<PathBuf>,
+    /// holder, init: CMD's working directory, when it is visible inside; else `/`.
+    #[arg(long)]
+    pub cwd: Option<PathBuf>,
+    /// holder, init: CMD's PATH (only directories CMD can reach).
+    #[arg(long)]
+    pub path: Option<String>,
+    /// holder, init: file descriptors above 2 passed on to CMD.
+    #[arg(long, default_value_t = 0)]
+    pub preserve_fds: u32,
     #[arg(last = true)]
     pub command: Vec<String>,
 }

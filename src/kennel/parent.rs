@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::KennelError;
 use super::holder::{Ctl, Word};
+use super::view::View;
 use super::{DNS, RunArgs, signals};
 use crate::config;
 use crate::diagnostics::Diagnostics;
@@ -74,6 +75,12 @@ impl Drop for Kennel {
 pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     // Handlers now, while single-threaded: a Ctrl-C during start-up must not kill us half-way.
     let mut signals = signals::register(false).map_err(step("signals"))?;
+    // SIGHUP reloads once the resolver runs; until then it must not end `run`.
+    signal_hook::flag::register(
+        signal_hook::consts::SIGHUP,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    )
+    .map_err(step("signals"))?;
     // Fail closed, before anything starts, when user namespaces are off.
     if std::fs::read_to_string("/proc/sys/user/max_user_namespaces").is_ok_and(|n| n.trim() == "0")
     {
@@ -137,6 +144,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
 
     let me = std::process::id();
     let (uid, gid) = kennel_ids();
+    let binds = shared(&args.ro_bind, &args.bind).map_err(Failure::Invalid)?;
+    let view = View {
+        uid,
+        gid,
+        shared: binds.iter().map(|(_, p)| p.clone()).collect(),
+    };
+    let cwd = std::env::current_dir().ok();
+    let path_inside = announce(&view, &args, &settings, &source, cwd.as_deref());
+    let cwd_inside = cwd.filter(|c| view.hidden(c).is_none());
     let dir = std::env::temp_dir().join(format!(
         "allowdns-run-{me}-{}",
         std::time::SystemTime::now()
@@ -156,11 +172,22 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     };
     let ctl_path = dir.join("ctl");
     let listener = UnixListener::bind(&ctl_path).map_err(file(&ctl_path))?;
-    let holder = Command::new("/proc/self/exe")
+    let mut holder = Command::new("/proc/self/exe");
+    holder
         .args(["__kennel", "holder", "--ctl"])
         .arg(&ctl_path)
         .args(["--uid", &uid.to_string(), "--gid", &gid.to_string()])
-        .args(["--ppid", &me.to_string(), "--"])
+        .args(["--ppid", &me.to_string()])
+        .args(["--path", &path_inside])
+        .args(["--preserve-fds", &args.preserve_fds.to_string()]);
+    for (flag, path) in &binds {
+        holder.arg(flag).arg(path);
+    }
+    if let Some(cwd) = &cwd_inside {
+        holder.arg("--cwd").arg(cwd);
+    }
+    let holder = holder
+        .arg("--")
         .args(&args.command)
         .spawn()
         .map_err(step("cannot start the kennel"))?;
@@ -234,6 +261,19 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let derived = derive_policy(&source, &netns_path, args.learn)?;
     let policy_path = dir.join("policy.yaml");
     std::fs::write(&policy_path, derived).map_err(file(&policy_path))?;
+    // SIGHUP re-reads the operator's file, not the copy.
+    let rederive: crate::ops::startup::ReloadHook = {
+        let (source, netns, copy, learn) = (
+            source.clone(),
+            netns_path.clone(),
+            policy_path.clone(),
+            args.learn,
+        );
+        std::sync::Arc::new(move || {
+            let text = derive_policy(&source, &netns, learn).map_err(|e| e.to_string())?;
+            std::fs::write(&copy, text).map_err(|e| format!("{}: {e}", copy.display()))
+        })
+    };
     sources.policy = vec![policy_path];
     sources.listen = vec![DNS.to_string()];
     let kept = settings.audit_log.clone();
@@ -250,8 +290,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     wait_for_pasta(c, &mut kennel)?;
 
     let runtime = tokio::runtime::Runtime::new().map_err(crate::error::RuntimeError::Runtime)?;
-    let prepared = startup::prepare(&sources)?;
-    eprintln!("allowdns run: upstream: {}", prepared.settings.upstream);
+    let mut prepared = startup::prepare(&sources)?;
+    prepared.before_reload = Some(rederive);
     // The DNS sockets live in the kennel's netns; upstream sockets stay in ours.
     let listeners = std::thread::scope(|s| {
         s.spawn(|| -> Result<Listeners, Failure> {
@@ -458,6 +498,7 @@ fn wait_for_pasta(c: u32, kennel: &mut Kennel) -> Result<(), Failure> {
         let pid_written =
             std::fs::metadata(kennel.dir.join("pasta/pid")).is_ok_and(|m| m.len() > 0);
         if (default_v4 || default_v6) && pid_written {
+            wait_for_dad(c);
             return Ok(());
         }
         if let Some(Ok(Some(status))) = kennel.pasta.as_mut().map(Child::try_wait) {
@@ -467,6 +508,40 @@ fn wait_for_pasta(c: u32, kennel: &mut Kennel) -> Result<(), Failure> {
             return Err(KennelError::NoRoute.into());
         }
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The longest `run` waits for the kennel's IPv6 addresses to leave the
+/// tentative state (duplicate address detection) before starting CMD.
+const DAD_WAIT: Duration = Duration::from_secs(3);
+
+/// Waits, bounded, while an IPv6 address in the kennel is tentative (the
+/// holder turns detection off, so this is for kernels or pastas that do it
+/// anyway), and says so when it waited.
+fn wait_for_dad(c: u32) {
+    let start = Instant::now();
+    let mut tentative =
+        crate::serve::dad::tentative_addresses(Path::new(&format!("/proc/{c}/net/if_inet6")));
+    if tentative.is_empty() {
+        return;
+    }
+    while !tentative.is_empty() && start.elapsed() < DAD_WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+        tentative =
+            crate::serve::dad::tentative_addresses(Path::new(&format!("/proc/{c}/net/if_inet6")));
+    }
+    if tentative.is_empty() {
+        eprintln!(
+            "allowdns run: waited {} ms for IPv6 duplicate address detection in the kennel",
+            start.elapsed().as_millis()
+        );
+    } else {
+        eprintln!(
+            "allowdns run: warning: IPv6 address {} is still tentative after {} s \
+             (duplicate address detection); IPv6 from the kennel may fail for its first seconds",
+            tentative[0],
+            DAD_WAIT.as_secs()
+        );
     }
 }
 
@@ -505,6 +580,92 @@ fn derive_policy(source: &Path, netns: &Path, learn: bool) -> Result<String, Ken
         map.insert(Value::from("mode"), Value::from("learn"));
     }
     serde_yaml::to_string(&doc).map_err(KennelError::Derived)
+}
+
+/// Says, before CMD starts, what the kennel is and what CMD will not find
+/// where the caller expects it. Returns CMD's PATH.
+fn announce(
+    view: &View,
+    args: &RunArgs,
+    settings: &config::Settings,
+    policy: &Path,
+    cwd: Option<&Path>,
+) -> String {
+    let home = std::env::var_os("HOME");
+    let upstream = settings.upstream.to_string();
+    eprintln!(
+        "allowdns run: {}",
+        view.summary(&upstream, home.as_deref().map(Path::new))
+    );
+    let (path_inside, dropped) = view.path_inside(std::env::var_os("PATH").as_deref());
+    if !dropped.is_empty() {
+        let list: Vec<String> = dropped
+            .iter()
+            .map(|(dir, why)| format!("{} ({why})", dir.display()))
+            .collect();
+        eprintln!(
+            "allowdns run: CMD's PATH leaves out what it cannot use: {}",
+            list.join(", ")
+        );
+    }
+    for warning in view.warnings(cwd, &args.command, &path_inside) {
+        eprintln!("allowdns run: warning: {warning}");
+    }
+    if let Some(why) = writable_by_cmd(policy, view) {
+        eprintln!(
+            "allowdns run: warning: CMD can rewrite the policy file {} ({why}), and SIGHUP loads \
+             what it holds; keep it where CMD cannot reach it",
+            policy.display()
+        );
+    }
+    path_inside
+}
+
+/// The shared paths, canonical (the holder binds them at the same path),
+/// each with the holder's flag for it.
+fn shared(ro: &[PathBuf], rw: &[PathBuf]) -> Result<Vec<(&'static str, PathBuf)>, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let flagged = ro.iter().map(|p| ("--ro-bind", p));
+    let found = flagged
+        .chain(rw.iter().map(|p| ("--bind", p)))
+        .filter_map(|(flag, p)| match std::fs::canonicalize(p) {
+            Ok(p) => Some((flag, p)),
+            Err(e) => {
+                diags.error(p, None, Some(flag.into()), format!("cannot share it: {e}"));
+                None
+            }
+        })
+        .collect();
+    if diags.has_errors() {
+        Err(diags)
+    } else {
+        Ok(found)
+    }
+}
+
+/// Why CMD's host uid may replace `policy` (its own, or a directory above
+/// it it may write), when CMD can see it.
+fn writable_by_cmd(policy: &Path, view: &View) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let policy = std::fs::canonicalize(policy).ok()?;
+    if view.hidden(&policy).is_some() || view.uid == 0 {
+        return None;
+    }
+    policy.ancestors().find_map(|p| {
+        let m = std::fs::metadata(p).ok()?;
+        let sticky_dir = m.is_dir() && m.mode() & 0o1000 != 0;
+        if m.uid() == view.uid {
+            Some(format!(
+                "{} belongs to CMD's host uid {}",
+                p.display(),
+                view.uid
+            ))
+        } else if m.mode() & 0o002 != 0 && !sticky_dir {
+            Some(format!("{} is writable by everyone", p.display()))
+        } else {
+            None
+        }
+    })
 }
 
 fn find_in_path(name: &str) -> Option<PathBuf> {

@@ -49,7 +49,13 @@ pub struct Prepared {
     pub firewall: Option<Firewall>,
     /// Warnings worth showing (over-broad patterns and the like).
     pub diagnostics: Diagnostics,
+    /// Run on SIGHUP before the reload reads the files (`run` rewrites its
+    /// policy from the operator's); an error refuses the reload.
+    pub before_reload: Option<ReloadHook>,
 }
+
+/// See [`Prepared::before_reload`]; the error names the file.
+pub type ReloadHook = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Loads settings, then policies and zones (the unit a reload swaps).
 pub fn prepare(sources: &Sources) -> Result<Prepared, Failure> {
@@ -110,6 +116,7 @@ pub fn prepare(sources: &Sources) -> Result<Prepared, Failure> {
         upstream,
         firewall,
         diagnostics: diags,
+        before_reload: None,
     })
 }
 
@@ -160,6 +167,7 @@ pub async fn serve_on(
         upstream,
         firewall,
         diagnostics: _,
+        before_reload,
     } = prepared;
     let metrics = match settings.metrics {
         Some(addr) => Some(
@@ -228,6 +236,15 @@ pub async fn serve_on(
     let reloader = tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             tracing::info!("SIGHUP received: reloading");
+            if let Some(hook) = before_reload.clone() {
+                let done = tokio::task::spawn_blocking(move || hook()).await;
+                if let Err(why) = done.unwrap_or_else(|e| Err(e.to_string())) {
+                    tracing::error!(
+                        "[!] RELOAD FAILED, the previous policies stay in force: {why}"
+                    );
+                    continue;
+                }
+            }
             crate::ops::reload::reload(&sources, &settings, &reloading).await;
         }
     });

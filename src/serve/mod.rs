@@ -7,6 +7,7 @@
 
 pub mod answer;
 pub mod cache;
+pub mod dad;
 pub mod decide;
 pub mod exfil;
 pub mod handler;

@@ -64,7 +64,7 @@ impl Listeners {
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
         for &addr in addrs {
-            let (u, t) = bind_pair(addr)
+            let (u, t) = crate::serve::dad::bind_when_ready(addr, || bind_pair(addr))
                 .map_err(|source| crate::error::RuntimeError::Bind { addr, source })?;
             udp.push(u);
             tcp.push(t);
