@@ -154,10 +154,7 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
             out,
             "\t\t{ND_SENT_UNICAST} {ND_LINK} ip6 daddr @{ND_NEXT_HOPS} accept"
         );
-        let _ = writeln!(
-            out,
-            "\t\t{ND_SENT} log prefix \"{LOG_PREFIX}nd \" drop"
-        );
+        let _ = writeln!(out, "\t\t{ND_SENT} log prefix \"{LOG_PREFIX}nd \" drop");
     }
     for ip in dns {
         let (fam, ok) = match ip {
@@ -247,7 +244,11 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
         denied_chain(&mut out, config.deny_action);
         out.push_str("\tchain output {\n");
         out.push_str("\t\ttype filter hook output priority filter; policy accept;\n\t\toifname \"lo\" accept\n");
-        let other = if name == "ip6" { Family::Ip6 } else { Family::Ip };
+        let other = if name == "ip6" {
+            Family::Ip6
+        } else {
+            Family::Ip
+        };
         extension_headers(&mut out, other, LOG_PREFIX);
         // allowdns itself may be reached over the family the fence does not serve.
         for ip in dns.iter().filter(|ip| ip.is_ipv4() == (name == "ip")) {
@@ -361,9 +362,7 @@ mod tests {
         );
         assert!(text.contains("tcp dport 8080 accept"), "{text}");
         assert!(
-            text.contains(&format!(
-                "{ND_SENT} {ND_LINK} {ND_DESTINATIONS} accept"
-            )),
+            text.contains(&format!("{ND_SENT} {ND_LINK} {ND_DESTINATIONS} accept")),
             "{text}"
         );
         assert!(
@@ -376,10 +375,16 @@ mod tests {
     fn routing_headers_go_before_established_and_denials_follow_deny_action() {
         let mut d = Diagnostics::default();
         let source = |action: &str| {
-            format!("agent_name: a\nexpected_outbound:\n  - destination: x.test\nfirewall:\n{action}")
+            format!(
+                "agent_name: a\nexpected_outbound:\n  - destination: x.test\nfirewall:\n{action}"
+            )
         };
-        let policy =
-            crate::policy::compile_source(Path::new("p.yaml"), &source("  table: allowdns\n"), &mut d).unwrap();
+        let policy = crate::policy::compile_source(
+            Path::new("p.yaml"),
+            &source("  table: allowdns\n"),
+            &mut d,
+        )
+        .unwrap();
         let text = render(&policy, policy.firewall.as_ref().unwrap(), &[]);
         for chain in text.split("chain ").filter(|c| c.contains("hook")) {
             let established = chain.find("ct state established").unwrap();
