@@ -1030,3 +1030,63 @@ fn denied_destinations_fail_fast_unless_the_policy_drops() {
         assert!(took >= Duration::from_secs(3), "{url}: {took:?}");
     }
 }
+
+/// `allowdns selftest --netns`: what it printed and whether it passed.
+fn selftest(lab: &Lab, extra: &[&str]) -> (bool, String) {
+    let mut args = vec![bin(), "selftest", "--netns", &lab.a];
+    args.extend_from_slice(extra);
+    sh_out(&args)
+}
+
+/// The self-test fails on a namespace without the fence, and on a fence a
+/// hand-added element opens to the canary; it passes on the fence as printed.
+#[test]
+fn selftest_tells_a_holding_fence_from_a_broken_one() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    // The canary's address, reachable from A once nothing stops it.
+    sh(&[
+        "ip",
+        "-n",
+        &lab.i,
+        "addr",
+        "add",
+        "192.0.2.1/32",
+        "dev",
+        "lo",
+    ]);
+    listen(lab.netns(&lab.i), "0.0.0.0:9");
+    let (ok, out) = selftest(&lab, &["--dns", DNS]);
+    assert!(!ok, "unfenced, the self-test fails:\n{out}");
+    assert!(
+        out.contains("FAIL ruleset") && out.contains("FAIL canary"),
+        "{out}"
+    );
+    let policy = lab.fence(
+        "self.yaml",
+        "agent_name: self\nexpected_outbound:\n  - destination: x.test\nfirewall:\n  netns: NETNS\n",
+    );
+    let audit = lab.dir.0.join("self.jsonl");
+    let dns = lab.serve(&policy, "none", &audit);
+    let (ok, out) = selftest(&lab, &["--dns", DNS]);
+    assert!(ok, "{out}\n{}", dns.stderr());
+    for check in [
+        "ok   ruleset",
+        "ok   canary",
+        "ok   dns elsewhere",
+        "ok   dns to allowdns",
+    ] {
+        assert!(out.contains(check), "{check}: {out}");
+    }
+    assert!(out.contains("the fence holds"), "{out}");
+    // A hand-added element opens the canary: the fence no longer holds.
+    lab.nft("add element inet allowdns allowed_v4 { 192.0.2.1 }");
+    let (ok, out) = selftest(&lab, &["--dns", DNS]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("FAIL canary") && out.contains("got through"),
+        "{out}"
+    );
+}

@@ -218,6 +218,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
 
     let runtime = tokio::runtime::Runtime::new().map_err(crate::error::RuntimeError::Runtime)?;
     let prepared = startup::prepare(&sources)?;
+    let firewall = prepared
+        .loaded
+        .policies
+        .policies
+        .first()
+        .and_then(|p| p.firewall.clone());
     for warning in prepared.diagnostics.warnings() {
         tracing::warn!("{warning}");
     }
@@ -266,6 +272,17 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             signals::forward(&origin, holder_pid);
         }
     });
+    // The fence checks itself from inside before CMD relies on it.
+    let f = firewall.unwrap_or_else(crate::policy::firewall::FirewallConfig::with_defaults);
+    let report = crate::fence::selftest::run(&crate::fence::selftest::Fence {
+        netns: netns_path.clone(),
+        family: f.family,
+        table: f.table,
+        dns: vec![DNS.ip()],
+    });
+    if !report.passed() {
+        return Err(KennelError::FenceUnproven(report.failures()).into());
+    }
     ctl.say(Word::Go, b"").map_err(step("kennel"))?;
     drop(ctl);
 
