@@ -49,11 +49,17 @@ fn deny_verdict(action: DenyAction) -> String {
     }
 }
 
-fn denied_chain(out: &mut String, action: DenyAction) {
+fn denied_chain(out: &mut String, action: DenyAction, family: Family) {
+    // icmpx (either ICMP) exists only in inet tables.
+    let icmp = match family {
+        Family::Inet => "icmpx",
+        Family::Ip => "icmp",
+        Family::Ip6 => "icmpv6",
+    };
     if action == DenyAction::Reject {
         let _ = writeln!(
             out,
-            "\tchain {DENIED_CHAIN} {{\n\t\tmeta l4proto tcp reject with tcp reset\n\t\treject with icmpx admin-prohibited\n\t}}\n"
+            "\tchain {DENIED_CHAIN} {{\n\t\tmeta l4proto tcp reject with tcp reset\n\t\treject with {icmp} admin-prohibited\n\t}}\n"
         );
     }
 }
@@ -130,7 +136,7 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
         );
     }
     let deny = deny_verdict(config.deny_action);
-    denied_chain(&mut out, config.deny_action);
+    denied_chain(&mut out, config.deny_action, config.family);
     if v6 {
         let _ = writeln!(
             out,
@@ -241,7 +247,7 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
         let guard = format!("{table}_no_{name}");
         let _ = writeln!(out, "\ntable inet {guard}\ndelete table inet {guard}\n");
         let _ = writeln!(out, "table inet {guard} {{");
-        denied_chain(&mut out, config.deny_action);
+        denied_chain(&mut out, config.deny_action, Family::Inet);
         out.push_str("\tchain output {\n");
         out.push_str("\t\ttype filter hook output priority filter; policy accept;\n\t\toifname \"lo\" accept\n");
         let other = if name == "ip6" {

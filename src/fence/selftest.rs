@@ -262,7 +262,10 @@ fn output_chain(fence: &Fence) -> Result<String, String> {
             "no output chain in table {} {}: {}",
             fence.family.as_str(),
             fence.table,
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .next()
+                .unwrap_or_default()
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
