@@ -641,6 +641,80 @@ fn a_routing_header_reaches_no_address_past_the_allowed_one() {
     assert!(denied.contains("exthdr rt exists"), "{denied}");
 }
 
+/// The IPv4 form of the same trick: loose source routing (`IP_OPTIONS`;
+/// Linux asks CAP_NET_RAW for it) through `first` to the sendto address.
+const LSRR: &str = r#"
+import socket, sys
+first, last, port, data = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
+lsrr = bytes([0x83, 7, 4]) + socket.inet_aton(first) + bytes([1])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, lsrr)
+for _ in range(3):
+    try:
+        s.sendto(data, (last, port))
+    except OSError as e:
+        print(e, file=sys.stderr)
+"#;
+
+/// Whether a loose-source-routed datagram through 203.0.113.10 reaches 203.0.113.99.
+fn lsrr_arrives(lab: &Lab, marker: &'static str) -> bool {
+    let socket = in_ns(lab.netns(&lab.i), || {
+        let s = std::net::UdpSocket::bind("203.0.113.99:7022").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        s
+    });
+    let (ok, out) = sh_out(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.a,
+        "python3",
+        "-c",
+        LSRR,
+        "203.0.113.10",
+        "203.0.113.99",
+        "7022",
+        marker,
+    ]);
+    assert!(ok, "{out}");
+    let mut buf = [0u8; 64];
+    matches!(socket.recv(&mut buf), Ok(n) if &buf[..n] == marker.as_bytes())
+}
+
+#[test]
+fn ipv4_source_routing_reaches_no_address_past_the_allowed_one() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    for conf in ["all", "default", "i-a", "lo"] {
+        let key = format!("net.ipv4.conf.{conf}.accept_source_route=1");
+        sh(&["ip", "netns", "exec", &lab.i, "sysctl", "-qw", &key]);
+    }
+    assert!(
+        lsrr_arrives(&lab, "LSRR-unfenced"),
+        "control: unfenced, loose source routing delivers to 203.0.113.99"
+    );
+    let policy = "agent_name: lsrr\nexpected_outbound:\n  - destination: 203.0.113.10\nfirewall:\n  netns: NETNS\n";
+    lab.fence("lsrr.yaml", policy);
+    let listing = lab.nft("-a list chain inet allowdns output");
+    for line in listing.lines().filter(|l| l.contains("hdrlength")) {
+        let handle = line.rsplit("# handle ").next().unwrap().trim();
+        lab.nft(&format!("delete rule inet allowdns output handle {handle}"));
+    }
+    assert!(
+        lsrr_arrives(&lab, "LSRR-no-rule"),
+        "control: a fence checking only the destination lets it through"
+    );
+    lab.unfence();
+    lab.fence("lsrr.yaml", policy);
+    assert!(
+        !lsrr_arrives(&lab, "LSRR-fenced"),
+        "IPv4 options carried a datagram past the allowed address"
+    );
+}
+
 /// The policy of the gateway tests: one IPv6 address, nothing else.
 const ONE_V6: &str = "agent_name: gw\nexpected_outbound:\n  - destination: 2001:db8:3::10\nfirewall:\n  netns: NETNS\n";
 
