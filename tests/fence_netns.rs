@@ -480,10 +480,17 @@ for _ in range(3):
 "#;
 
 fn nd_leaves(lab: &Lab, marker: &str) -> bool {
+    nd_leaves_to(lab, "2001:db8:3::99", marker)
+}
+
+fn nd_leaves_to(lab: &Lab, to: &str, marker: &str) -> bool {
+    nd_between(&lab.a, &lab.i, to, marker)
+}
+
+/// Whether a solicitation to `to`, sent from namespace `from`, reaches a raw socket in `at`.
+fn nd_between(from: &str, at: &str, to: &str, marker: &str) -> bool {
     let mut rx = Command::new("ip")
-        .args([
-            "netns", "exec", &lab.i, "python3", "-c", RECEIVE, marker, "3",
-        ])
+        .args(["netns", "exec", at, "python3", "-c", RECEIVE, marker, "3"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -491,15 +498,7 @@ fn nd_leaves(lab: &Lab, marker: &str) -> bool {
     let mut ready = [0u8; 6];
     rx.stdout.as_mut().unwrap().read_exact(&mut ready).unwrap();
     let (ok, out) = sh_out(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.a,
-        "python3",
-        "-c",
-        SEND,
-        "2001:db8:3::99",
-        marker,
+        "ip", "netns", "exec", from, "python3", "-c", SEND, to, marker,
     ]);
     // With the fence, sendto fails with EPERM: nothing left either way.
     let _ = (ok, out);
@@ -531,6 +530,35 @@ fn neighbour_discovery_carries_nothing_off_the_link() {
         "ip", "netns", "exec", &lab.a, "nft", "list", "chain", "inet", "allowdns", "output",
     ]);
     assert!(chain.contains("ip6 hoplimit 255"), "{chain}");
+    // To a neighbour on the link: a short solicitation passes, one with data
+    // stuffed into its options does not (unfenced, it does).
+    let stuffed = format!("EXFIL-{}", "x".repeat(80));
+    lab.unfence();
+    assert!(
+        nd_leaves_to(&lab, "2001:db8:2::1", &stuffed),
+        "control: stuffed ND arrives"
+    );
+    lab.fence(
+        "nd.yaml",
+        "agent_name: nd\nexpected_outbound:\n  - destination: x.test\nfirewall:\n  netns: NETNS\n",
+    );
+    assert!(
+        nd_leaves_to(&lab, "2001:db8:2::1", "ND-short"),
+        "ND to a neighbour passes"
+    );
+    assert!(
+        !nd_leaves_to(&lab, "2001:db8:2::1", &stuffed),
+        "ND options carried data to a neighbour"
+    );
+    // And the other way: a neighbour's stuffed solicitation does not reach the agent.
+    assert!(
+        nd_between(&lab.i, &lab.a, "2001:db8:2::2", "ND-short-in"),
+        "ND from a neighbour passes"
+    );
+    assert!(
+        !nd_between(&lab.i, &lab.a, "2001:db8:2::2", &stuffed),
+        "ND options carried data in from a neighbour"
+    );
 }
 
 /// Every variant of the printed ruleset loads into nft as shipped (1.0.6 on Debian 12).
