@@ -29,6 +29,10 @@ pub enum Command {
     /// Print the default-deny nftables ruleset for an agent's namespace.
     #[command(override_usage = "allowdns nft-ruleset [OPTIONS]")]
     NftRuleset(RulesetArgs),
+    /// Check an agent's namespace from the inside: the ruleset is loaded, a
+    /// canary connection to an address never handed out fails, DNS reaches
+    /// only allowdns. Prints what it checked; exits 3 if the fence does not hold.
+    Selftest(SelftestArgs),
     /// Allow a name for one agent for a limited time, with a reason (audited).
     Grant(GrantArgs),
     /// End a grant before its time.
@@ -88,6 +92,23 @@ pub struct StatusArgs {
     /// Print the raw JSON reply.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SelftestArgs {
+    /// The agent's network namespace: a name under /run/netns, or a path.
+    #[arg(long)]
+    pub netns: String,
+    /// allowdns's address as the agent sees it; repeatable. Without it, DNS
+    /// to allowdns is not checked.
+    #[arg(long)]
+    pub dns: Vec<std::net::IpAddr>,
+    /// The fence's table (`firewall.table` in the policy).
+    #[arg(long, default_value = "allowdns")]
+    pub table: String,
+    /// The table's family (`firewall.family` in the policy).
+    #[arg(long, default_value = "inet", value_parser = ["inet", "ip", "ip6"])]
+    pub family: String,
 }
 
 #[derive(Debug, Args, Clone)]

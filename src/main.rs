@@ -59,6 +59,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(sources) => check(&sources),
         Command::Serve(sources) => runtime.block_on(serve(sources)),
+        Command::Selftest(args) => selftest(&args),
         Command::NftRuleset(args) => {
             startup::ruleset(&args.sources, args.agent.as_deref(), &args.dns)
                 .map(|text| print!("{text}"))
@@ -156,6 +157,37 @@ async fn serve(sources: Sources) -> Result<(), Failure> {
 }
 
 /// Errors become text here; [`Failure::exit_code`] picks the status.
+/// `allowdns selftest`: the fence of a namespace set up by hand, checked from inside.
+fn selftest(args: &allowdns::cli::SelftestArgs) -> Result<(), Failure> {
+    use allowdns::fence::selftest;
+    use allowdns::policy::firewall::Family;
+    let netns = if args.netns.starts_with('/') {
+        std::path::PathBuf::from(&args.netns)
+    } else {
+        std::path::Path::new("/run/netns").join(&args.netns)
+    };
+    let family = match args.family.as_str() {
+        "ip" => Family::Ip,
+        "ip6" => Family::Ip6,
+        _ => Family::Inet,
+    };
+    let report = selftest::run(&selftest::Fence {
+        netns,
+        family,
+        table: args.table.clone(),
+        dns: args.dns.clone(),
+    });
+    println!("{report}");
+    if report.passed() {
+        Ok(())
+    } else {
+        Err(
+            RuntimeError::subsystem(format!("the fence does not hold: {}", report.failures()))
+                .into(),
+        )
+    }
+}
+
 fn report(failure: Failure, outcome: &str) -> ExitCode {
     let code = failure.exit_code();
     match failure {

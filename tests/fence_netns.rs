@@ -480,10 +480,17 @@ for _ in range(3):
 "#;
 
 fn nd_leaves(lab: &Lab, marker: &str) -> bool {
+    nd_leaves_to(lab, "2001:db8:3::99", marker)
+}
+
+fn nd_leaves_to(lab: &Lab, to: &str, marker: &str) -> bool {
+    nd_between(&lab.a, &lab.i, to, marker)
+}
+
+/// Whether a solicitation to `to`, sent from namespace `from`, reaches a raw socket in `at`.
+fn nd_between(from: &str, at: &str, to: &str, marker: &str) -> bool {
     let mut rx = Command::new("ip")
-        .args([
-            "netns", "exec", &lab.i, "python3", "-c", RECEIVE, marker, "3",
-        ])
+        .args(["netns", "exec", at, "python3", "-c", RECEIVE, marker, "3"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -491,15 +498,7 @@ fn nd_leaves(lab: &Lab, marker: &str) -> bool {
     let mut ready = [0u8; 6];
     rx.stdout.as_mut().unwrap().read_exact(&mut ready).unwrap();
     let (ok, out) = sh_out(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.a,
-        "python3",
-        "-c",
-        SEND,
-        "2001:db8:3::99",
-        marker,
+        "ip", "netns", "exec", from, "python3", "-c", SEND, to, marker,
     ]);
     // With the fence, sendto fails with EPERM: nothing left either way.
     let _ = (ok, out);
@@ -531,6 +530,35 @@ fn neighbour_discovery_carries_nothing_off_the_link() {
         "ip", "netns", "exec", &lab.a, "nft", "list", "chain", "inet", "allowdns", "output",
     ]);
     assert!(chain.contains("ip6 hoplimit 255"), "{chain}");
+    // To a neighbour on the link: a short solicitation passes, one with data
+    // stuffed into its options does not (unfenced, it does).
+    let stuffed = format!("EXFIL-{}", "x".repeat(80));
+    lab.unfence();
+    assert!(
+        nd_leaves_to(&lab, "2001:db8:2::1", &stuffed),
+        "control: stuffed ND arrives"
+    );
+    lab.fence(
+        "nd.yaml",
+        "agent_name: nd\nexpected_outbound:\n  - destination: x.test\nfirewall:\n  netns: NETNS\n",
+    );
+    assert!(
+        nd_leaves_to(&lab, "2001:db8:2::1", "ND-short"),
+        "ND to a neighbour passes"
+    );
+    assert!(
+        !nd_leaves_to(&lab, "2001:db8:2::1", &stuffed),
+        "ND options carried data to a neighbour"
+    );
+    // And the other way: a neighbour's stuffed solicitation does not reach the agent.
+    assert!(
+        nd_between(&lab.i, &lab.a, "2001:db8:2::2", "ND-short-in"),
+        "ND from a neighbour passes"
+    );
+    assert!(
+        !nd_between(&lab.i, &lab.a, "2001:db8:2::2", &stuffed),
+        "ND options carried data in from a neighbour"
+    );
 }
 
 /// Every variant of the printed ruleset loads into nft as shipped (1.0.6 on Debian 12).
@@ -547,4 +575,620 @@ fn every_ruleset_variant_loads() {
         );
         lab.unfence();
     }
+}
+
+/// A UDP datagram to `first` (handed out) whose segment routing header
+/// (type 4) names `last` (never handed out), sent by an unprivileged user.
+const SRH: &str = r#"
+import socket, sys
+first, last, port, data = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
+seg = lambda a: socket.inet_pton(socket.AF_INET6, a)
+# next header (the kernel's), length in 8 octets, type 4, segments left 1,
+# last entry 1, flags, tag; segment 0 (the kernel writes the sendto address), segment 1.
+srh = bytes([0, 4, 4, 1, 1, 0, 0, 0]) + seg(last) + seg(first)
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RTHDR, srh)
+for _ in range(3):
+    try:
+        s.sendto(data, (last, port))
+    except OSError as e:
+        print(e, file=sys.stderr)
+"#;
+
+/// Whether a datagram routed through 2001:db8:3::10 reaches 2001:db8:3::99 (both in I).
+fn srh_arrives(lab: &Lab, marker: &'static str) -> bool {
+    let socket = in_ns(lab.netns(&lab.i), || {
+        let s = std::net::UdpSocket::bind("[2001:db8:3::99]:7020").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        s
+    });
+    let (ok, out) = sh_out(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.a,
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        // The system's interpreter: a user's shim under /root is not the unprivileged user's.
+        "/usr/bin/python3",
+        "-c",
+        SRH,
+        "2001:db8:3::10",
+        "2001:db8:3::99",
+        "7020",
+        marker,
+    ]);
+    assert!(ok, "{out}");
+    let mut buf = [0u8; 64];
+    matches!(socket.recv(&mut buf), Ok(n) if &buf[..n] == marker.as_bytes())
+}
+
+/// A segment routing header reaches an address never handed out through an
+/// allowed first segment, unless the fence drops routing headers.
+#[test]
+fn a_routing_header_reaches_no_address_past_the_allowed_one() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    for conf in ["all", "i-a"] {
+        let key = format!("net.ipv6.conf.{conf}.seg6_enabled=1");
+        sh(&["ip", "netns", "exec", &lab.i, "sysctl", "-qw", &key]);
+    }
+    assert!(
+        srh_arrives(&lab, "SRH-unfenced"),
+        "control: unfenced, the segment list delivers to 2001:db8:3::99"
+    );
+    lab.fence(
+        "srh.yaml",
+        "agent_name: srh\nexpected_outbound:\n  - destination: 2001:db8:3::10\nfirewall:\n  netns: NETNS\n",
+    );
+    // The fence without its extension-header rules: the first segment is allowed, so it leaves.
+    let listing = lab.nft("-a list chain inet allowdns output");
+    for line in listing.lines().filter(|l| l.contains("exthdr")) {
+        let handle = line.rsplit("# handle ").next().unwrap().trim();
+        lab.nft(&format!("delete rule inet allowdns output handle {handle}"));
+    }
+    assert!(
+        srh_arrives(&lab, "SRH-no-rule"),
+        "control: a fence checking only the first segment lets it through"
+    );
+    lab.unfence();
+    lab.fence(
+        "srh.yaml",
+        "agent_name: srh\nexpected_outbound:\n  - destination: 2001:db8:3::10\nfirewall:\n  netns: NETNS\n",
+    );
+    assert!(
+        !srh_arrives(&lab, "SRH-fenced"),
+        "a routing header carried a datagram past the allowed address"
+    );
+    let denied = lab.nft("list chain inet allowdns output");
+    assert!(denied.contains("exthdr rt exists"), "{denied}");
+}
+
+/// The IPv4 form of the same trick: loose source routing (`IP_OPTIONS`;
+/// Linux asks CAP_NET_RAW for it) through `first` to the sendto address.
+const LSRR: &str = r#"
+import socket, sys
+first, last, port, data = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
+lsrr = bytes([0x83, 7, 4]) + socket.inet_aton(first) + bytes([1])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, lsrr)
+for _ in range(3):
+    try:
+        s.sendto(data, (last, port))
+    except OSError as e:
+        print(e, file=sys.stderr)
+"#;
+
+/// Whether a loose-source-routed datagram through 203.0.113.10 reaches 203.0.113.99.
+fn lsrr_arrives(lab: &Lab, marker: &'static str) -> bool {
+    let socket = in_ns(lab.netns(&lab.i), || {
+        let s = std::net::UdpSocket::bind("203.0.113.99:7022").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        s
+    });
+    let (ok, out) = sh_out(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.a,
+        "python3",
+        "-c",
+        LSRR,
+        "203.0.113.10",
+        "203.0.113.99",
+        "7022",
+        marker,
+    ]);
+    assert!(ok, "{out}");
+    let mut buf = [0u8; 64];
+    matches!(socket.recv(&mut buf), Ok(n) if &buf[..n] == marker.as_bytes())
+}
+
+#[test]
+fn ipv4_source_routing_reaches_no_address_past_the_allowed_one() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    for conf in ["all", "default", "i-a", "lo"] {
+        let key = format!("net.ipv4.conf.{conf}.accept_source_route=1");
+        sh(&["ip", "netns", "exec", &lab.i, "sysctl", "-qw", &key]);
+    }
+    assert!(
+        lsrr_arrives(&lab, "LSRR-unfenced"),
+        "control: unfenced, loose source routing delivers to 203.0.113.99"
+    );
+    let policy = "agent_name: lsrr\nexpected_outbound:\n  - destination: 203.0.113.10\nfirewall:\n  netns: NETNS\n";
+    lab.fence("lsrr.yaml", policy);
+    let listing = lab.nft("-a list chain inet allowdns output");
+    for line in listing.lines().filter(|l| l.contains("hdrlength")) {
+        let handle = line.rsplit("# handle ").next().unwrap().trim();
+        lab.nft(&format!("delete rule inet allowdns output handle {handle}"));
+    }
+    assert!(
+        lsrr_arrives(&lab, "LSRR-no-rule"),
+        "control: a fence checking only the destination lets it through"
+    );
+    lab.unfence();
+    lab.fence("lsrr.yaml", policy);
+    assert!(
+        !lsrr_arrives(&lab, "LSRR-fenced"),
+        "IPv4 options carried a datagram past the allowed address"
+    );
+}
+
+/// The policy of the gateway tests: one IPv6 address, nothing else.
+const ONE_V6: &str = "agent_name: gw\nexpected_outbound:\n  - destination: 2001:db8:3::10\nfirewall:\n  netns: NETNS\n";
+
+/// Forgets every neighbour in `namespaces`, so the next connection resolves afresh.
+fn forget_neighbours(namespaces: &[&str]) {
+    for ns in namespaces {
+        sh(&["ip", "-n", ns, "-6", "neigh", "flush", "all"]);
+    }
+}
+
+/// In netns `a`: the allowed address connects, the unlisted one does not;
+/// unfenced (`fence` false) both connect, the positive control.
+fn gateway_case(a: PathBuf, others: &[&str], agent: &str, fenced: bool, what: &str) {
+    forget_neighbours(&[agent]);
+    forget_neighbours(others);
+    let allowed: SocketAddr = "[2001:db8:3::10]:7030".parse().unwrap();
+    let unlisted: SocketAddr = "[2001:db8:3::99]:7030".parse().unwrap();
+    assert!(
+        connect_from(a.clone(), allowed),
+        "{what}: the allowed IPv6 address connects (fenced: {fenced})"
+    );
+    assert_eq!(
+        connect_from(a, unlisted),
+        !fenced,
+        "{what}: the unlisted IPv6 address connects only unfenced (fenced: {fenced})"
+    );
+}
+
+/// IPv6 through a gateway with only a global address (Docker's IPv6
+/// bridges, static set-ups): its advertisements come from that address.
+#[test]
+fn ipv6_works_through_a_global_gateway() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    sh(&[
+        "ip",
+        "-n",
+        &lab.i,
+        "addr",
+        "del",
+        "fe80::1/64",
+        "dev",
+        "i-a",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &lab.a,
+        "-6",
+        "route",
+        "replace",
+        "default",
+        "via",
+        "2001:db8:2::1",
+        "dev",
+        "a-i",
+    ]);
+    listen(lab.netns(&lab.i), "[::]:7030");
+    let others = [lab.i.as_str()];
+    gateway_case(lab.netns(&lab.a), &others, &lab.a, false, "global gateway");
+    lab.fence("gw.yaml", ONE_V6);
+    gateway_case(lab.netns(&lab.a), &others, &lab.a, true, "global gateway");
+    // The gateway resolves the agent: the agent's advertisement goes unicast to its global address.
+    forget_neighbours(&[&lab.i]);
+    in_ns(lab.netns(&lab.i), || {
+        let s = std::net::UdpSocket::bind("[2001:db8:2::1]:0").unwrap();
+        let _ = s.send_to(b"x", "[2001:db8:2::2]:9");
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, seen) = sh_out(&["ip", "-n", &lab.i, "-6", "neigh", "show", "2001:db8:2::2"]);
+    assert!(
+        seen.contains("lladdr"),
+        "the gateway did not resolve the agent: {seen}"
+    );
+    let hops = lab.nft("list set inet allowdns nd_next_hops");
+    assert!(hops.contains("2001:db8:2::1"), "{hops}");
+}
+
+/// IPv6 through a link-local gateway, as SLAAC and most routers give it.
+#[test]
+fn ipv6_works_through_a_link_local_gateway() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    listen(lab.netns(&lab.i), "[::]:7030");
+    let others = [lab.i.as_str()];
+    gateway_case(
+        lab.netns(&lab.a),
+        &others,
+        &lab.a,
+        false,
+        "link-local gateway",
+    );
+    lab.fence("gw.yaml", ONE_V6);
+    gateway_case(
+        lab.netns(&lab.a),
+        &others,
+        &lab.a,
+        true,
+        "link-local gateway",
+    );
+}
+
+/// A neighbour on an on-link global prefix, reached with no router at all.
+#[test]
+fn an_on_link_global_neighbour_is_reached_directly() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    for net in ["2001:db8:3::10/128", "2001:db8:3::99/128"] {
+        sh(&["ip", "-n", &lab.i, "addr", "del", net, "dev", "lo"]);
+        let on_link = net.replace("/128", "/64");
+        sh(&[
+            "ip", "-n", &lab.i, "addr", "add", &on_link, "dev", "i-a", "nodad",
+        ]);
+    }
+    sh(&["ip", "-n", &lab.a, "-6", "route", "del", "default"]);
+    sh(&[
+        "ip",
+        "-n",
+        &lab.a,
+        "-6",
+        "route",
+        "add",
+        "2001:db8:3::/64",
+        "dev",
+        "a-i",
+    ]);
+    listen(lab.netns(&lab.i), "[::]:7030");
+    let others = [lab.i.as_str()];
+    gateway_case(
+        lab.netns(&lab.a),
+        &others,
+        &lab.a,
+        false,
+        "on-link neighbour",
+    );
+    lab.fence("gw.yaml", ONE_V6);
+    gateway_case(
+        lab.netns(&lab.a),
+        &others,
+        &lab.a,
+        true,
+        "on-link neighbour",
+    );
+}
+
+/// The agent behind pasta (the host's side is namespace W): pasta answers
+/// neighbour discovery for the gateway it copies from W.
+struct PastaLab {
+    w: String,
+    p: String,
+    a: String,
+    pasta: std::process::Child,
+}
+
+impl PastaLab {
+    fn create() -> PastaLab {
+        let id = std::process::id() % 100_000;
+        let lab = PastaLab {
+            w: format!("fence-w-{id}"),
+            p: format!("fence-p-{id}"),
+            a: format!("fence-pa-{id}"),
+            pasta: Command::new("true").spawn().unwrap(),
+        };
+        let (w, p) = (&lab.w, &lab.p);
+        for ns in [w, p, &lab.a] {
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        sh(&[
+            "ip", "-n", w, "link", "add", "w0", "type", "veth", "peer", "name", "w1", "netns", p,
+        ]);
+        sh(&["ip", "-n", w, "addr", "add", "198.51.100.1/28", "dev", "w0"]);
+        sh(&[
+            "ip",
+            "-n",
+            p,
+            "addr",
+            "add",
+            "198.51.100.14/28",
+            "dev",
+            "w1",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            w,
+            "addr",
+            "add",
+            "2001:db8:1::1/64",
+            "dev",
+            "w0",
+            "nodad",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            p,
+            "addr",
+            "add",
+            "2001:db8:1::fe/64",
+            "dev",
+            "w1",
+            "nodad",
+        ]);
+        for (ns, dev) in [(w, "w0"), (p, "w1")] {
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        sh(&[
+            "ip",
+            "-n",
+            w,
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.51.100.14",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            w,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "2001:db8:1::fe",
+        ]);
+        for net in ["2001:db8:3::10/128", "2001:db8:3::99/128"] {
+            sh(&["ip", "-n", w, "addr", "add", net, "dev", "lo"]);
+        }
+        lab
+    }
+
+    /// Attaches pasta to A from W, as `pasta --config-net --netns` does it by hand.
+    fn attach(&mut self) {
+        let pid = std::env::temp_dir().join(format!("fence-pasta-{}.pid", self.a));
+        let _ = std::fs::remove_file(&pid);
+        self.pasta = Command::new("ip")
+            .args(["netns", "exec", &self.w, "pasta", "--config-net", "--netns"])
+            .arg(format!("/run/netns/{}", self.a))
+            .args(["--runas", "0", "-f", "-q", "--pid"])
+            .arg(&pid)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, routes) = sh_out(&["ip", "-n", &self.a, "-6", "route", "show", "default"]);
+            if routes.contains("via") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "pasta gave A no IPv6 route");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_file(&pid);
+    }
+}
+
+impl Drop for PastaLab {
+    fn drop(&mut self) {
+        let _ = self.pasta.kill();
+        let _ = self.pasta.wait();
+        for ns in [&self.w, &self.p, &self.a] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+#[test]
+fn ipv6_works_through_pasta() {
+    if !prerequisites() {
+        return;
+    }
+    if !Command::new("sh")
+        .args(["-c", "command -v pasta"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        require_or_skip("the pasta gateway test needs `pasta` (apt: passt)");
+        return;
+    }
+    let mut lab = PastaLab::create();
+    lab.attach();
+    let a = PathBuf::from(format!("/run/netns/{}", lab.a));
+    listen(PathBuf::from(format!("/run/netns/{}", lab.w)), "[::]:7030");
+    gateway_case(a.clone(), &[], &lab.a, false, "pasta");
+    let dir = TempDir::new("fence-pasta");
+    let policy = dir.write("gw.yaml", &ONE_V6.replace("NETNS", &lab.a));
+    let (ok, ruleset) = sh_out(&[
+        bin(),
+        "nft-ruleset",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--dns",
+        DNS,
+    ]);
+    assert!(ok, "{ruleset}");
+    let file = dir.write("gw.nft", &ruleset);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.a,
+        "nft",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    gateway_case(a, &[], &lab.a, true, "pasta");
+}
+
+/// `curl` from A: its exit code and how long it took.
+fn curl_from(lab: &Lab, url: &str) -> (i32, Duration) {
+    let started = Instant::now();
+    let status = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.a,
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-m",
+            "3",
+            url,
+        ])
+        .status()
+        .unwrap();
+    (status.code().unwrap_or(-1), started.elapsed())
+}
+
+/// A denied destination is rejected (curl exit 7 at once), so an agent
+/// falls back; `deny_action: drop` keeps the silence (exit 28, timed out). A
+/// closed port on an allowed address is refused at once as well.
+#[test]
+fn denied_destinations_fail_fast_unless_the_policy_drops() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    listen(lab.netns(&lab.i), "[::]:7040");
+    let urls = ["http://203.0.113.20:7040/", "http://[2001:db8:3::99]:7040/"];
+    for url in urls {
+        let addr: SocketAddr = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .unwrap();
+        assert!(
+            connect_from(lab.netns(&lab.a), addr),
+            "control: {url} connects unfenced"
+        );
+    }
+    let policy = |action: &str| {
+        format!(
+            "agent_name: fast\nexpected_outbound:\n  - destination: 203.0.113.10\nfirewall:\n  netns: NETNS\n{action}"
+        )
+    };
+    lab.fence("reject.yaml", &policy(""));
+    for url in urls {
+        let (code, took) = curl_from(&lab, url);
+        assert_eq!(code, 7, "{url}: rejected, curl fails to connect");
+        assert!(
+            took < Duration::from_secs(1),
+            "{url}: rejected at once, took {took:?}"
+        );
+    }
+    let (code, took) = curl_from(&lab, "http://203.0.113.10:7041/");
+    assert_eq!(code, 7, "a closed port on an allowed address is refused");
+    assert!(
+        took < Duration::from_secs(1),
+        "refused at once, took {took:?}"
+    );
+    lab.unfence();
+    lab.fence("drop.yaml", &policy("  deny_action: drop\n"));
+    for url in urls {
+        let (code, took) = curl_from(&lab, url);
+        assert_eq!(code, 28, "{url}: dropped, curl times out");
+        assert!(took >= Duration::from_secs(3), "{url}: {took:?}");
+    }
+}
+
+/// `allowdns selftest --netns`: what it printed and whether it passed.
+fn selftest(lab: &Lab, extra: &[&str]) -> (bool, String) {
+    let mut args = vec![bin(), "selftest", "--netns", &lab.a];
+    args.extend_from_slice(extra);
+    sh_out(&args)
+}
+
+/// The self-test fails on a namespace without the fence, and on a fence a
+/// hand-added element opens to the canary; it passes on the fence as printed.
+#[test]
+fn selftest_tells_a_holding_fence_from_a_broken_one() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    // The canary's address, reachable from A once nothing stops it.
+    sh(&[
+        "ip",
+        "-n",
+        &lab.i,
+        "addr",
+        "add",
+        "192.0.2.1/32",
+        "dev",
+        "lo",
+    ]);
+    listen(lab.netns(&lab.i), "0.0.0.0:9");
+    let (ok, out) = selftest(&lab, &["--dns", DNS]);
+    assert!(!ok, "unfenced, the self-test fails:\n{out}");
+    assert!(
+        out.contains("FAIL ruleset") && out.contains("FAIL canary"),
+        "{out}"
+    );
+    let policy = lab.fence(
+        "self.yaml",
+        "agent_name: self\nexpected_outbound:\n  - destination: x.test\nfirewall:\n  netns: NETNS\n",
+    );
+    let audit = lab.dir.0.join("self.jsonl");
+    let dns = lab.serve(&policy, "none", &audit);
+    let (ok, out) = selftest(&lab, &["--dns", DNS]);
+    assert!(ok, "{out}\n{}", dns.stderr());
+    for check in [
+        "ok   ruleset",
+        "ok   canary",
+        "ok   dns elsewhere",
+        "ok   dns to allowdns",
+    ] {
+        assert!(out.contains(check), "{check}: {out}");
+    }
+    assert!(out.contains("the fence holds"), "{out}");
+    // A hand-added element opens the canary: the fence no longer holds.
+    lab.nft("add element inet allowdns allowed_v4 { 192.0.2.1 }");
+    let (ok, out) = selftest(&lab, &["--dns", DNS]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("FAIL canary") && out.contains("got through"),
+        "{out}"
+    );
 }

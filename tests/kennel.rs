@@ -1688,3 +1688,49 @@ fn serve_binds_an_ipv6_address_still_in_duplicate_address_detection() {
         server.stderr()
     );
 }
+
+/// Before CMD starts, the fence checks itself from inside: a policy that
+/// opens the self-test's canary (192.0.2.1, never handed out otherwise) is
+/// the cheapest broken fence, and CMD never runs. A closed port on an
+/// allowed address times out through pasta (it does not pass the refusal
+/// on); a denied one is rejected at once.
+#[test]
+fn the_fence_checks_itself_before_cmd_and_denials_fail_fast() {
+    if !ready() {
+        return;
+    }
+    let world = World::new("selftest");
+    // Positive control: the shipped policy passes the check and CMD runs.
+    let script = "echo CMD-RAN\nstart=$(date +%s%N)\ncurl -s -m 5 http://198.51.100.201:8080/ >/dev/null; echo \"denied $? $(( ($(date +%s%N) - start) / 1000000 ))\"\n";
+    let ran = world.run(&data("kennel/policy.yaml"), &[], script);
+    assert_eq!(ran.code, Some(0), "{}\n{}", ran.stdout, ran.stderr);
+    assert!(ran.stdout.contains("CMD-RAN"), "{}", ran.stdout);
+    let denied = ran
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("denied "))
+        .unwrap_or_else(|| panic!("{}", ran.stdout));
+    let (code, ms) = denied.split_once(' ').unwrap();
+    assert_eq!(code, "7", "a denied address is rejected: {}", ran.stdout);
+    assert!(
+        ms.parse::<u64>().unwrap() < 1000,
+        "rejected at once: {ms} ms"
+    );
+    let policy = world.dir.join("canary.yaml");
+    std::fs::write(
+        &policy,
+        "agent_name: canary\nexpected_outbound:\n  - destination: web.kennel.test\n  - destination: 192.0.2.0/24\n",
+    )
+    .unwrap();
+    let ran = world.run(&policy, &[], "echo CMD-RAN\n");
+    assert_ne!(ran.code, Some(0), "{}\n{}", ran.stdout, ran.stderr);
+    assert!(
+        !ran.stdout.contains("CMD-RAN"),
+        "CMD ran on an unproven fence"
+    );
+    assert!(
+        ran.stderr.contains("self-test") && ran.stderr.contains("192.0.2.1"),
+        "{}",
+        ran.stderr
+    );
+}

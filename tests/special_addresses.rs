@@ -137,3 +137,79 @@ fn check_warns_when_a_wildcard_opts_in_and_names_bad_ranges() {
         "{out}"
     );
 }
+
+/// The Extended DNS Error (RFC 8914) of one dig answer: "15 (Blocked): (text)".
+fn ede(out: &str) -> Option<String> {
+    out.lines()
+        .find_map(|l| l.strip_prefix("; EDE: "))
+        .map(str::to_string)
+}
+
+/// Denials say why on the wire, to a client that sent EDNS: Blocked for a
+/// name outside the allowlist, Filtered for stripped special-purpose
+/// addresses, Prohibited for exfiltration refusals. dig shows it.
+#[test]
+fn denials_say_why_with_an_extended_dns_error() {
+    let dir = TempDir::new("ede");
+    let up_zone = dir.write(
+        "up.test.zone",
+        "$ORIGIN up.test.\n$TTL 300\n@ IN SOA ns.up.test. h.up.test. 1 3600 600 86400 5\n* IN A 203.0.113.7\n",
+    );
+    let upstream = Upstream::start("127.0.0.1", 0, &[up_zone]);
+    let policy = dir.write(
+        "p.yaml",
+        "agent_name: corp\nexpected_outbound:\n  - destination: \"*.corp.test\"\n  - destination: \"*.up.test\"\nexfil:\n  soft_bytes: 8\n  hard_bytes: 8\n",
+    );
+    let zones = dir.0.join("zones");
+    std::fs::create_dir(&zones).unwrap();
+    std::fs::write(zones.join("corp.test.zone"), ZONE).unwrap();
+    let dns = Allowdns::serve(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--zones",
+        zones.to_str().unwrap(),
+        "--upstream",
+        &upstream.addr.to_string(),
+    ]);
+    let Some(allowed) = dig(dns.udp, &["pub.corp.test", "A"]) else {
+        return;
+    };
+    assert!(allowed.contains("203.0.113.10"), "{allowed}");
+    assert_eq!(ede(&allowed), None, "an allowed answer carries no EDE");
+    let blocked = dig(dns.udp, &["evil.example", "A"]).unwrap();
+    assert!(blocked.contains("NXDOMAIN"), "{blocked}");
+    let why = ede(&blocked).unwrap_or_else(|| panic!("{blocked}"));
+    assert!(
+        why.starts_with("15 (Blocked)") && why.contains("allowdns") && why.contains("'corp'"),
+        "{why}"
+    );
+    // Without EDNS, the answer is as before: no OPT record, no EDE.
+    let plain = dig(dns.udp, &["+noedns", "evil.example", "A"]).unwrap();
+    assert!(
+        plain.contains("NXDOMAIN") && ede(&plain).is_none(),
+        "{plain}"
+    );
+    let filtered = dig(dns.udp, &["meta.corp.test", "A"]).unwrap();
+    assert!(!filtered.contains("169.254.169.254\n"), "{filtered}");
+    let why = ede(&filtered).unwrap_or_else(|| panic!("{filtered}"));
+    assert!(
+        why.starts_with("17 (Filtered)") && why.contains("allowdns"),
+        "{why}"
+    );
+    let qtype = dig(dns.udp, &["pub.corp.test", "TXT"]).unwrap();
+    let why = ede(&qtype).unwrap_or_else(|| panic!("{qtype}"));
+    assert!(
+        qtype.contains("REFUSED") && why.starts_with("18 (Prohibited)"),
+        "{why}"
+    );
+    // New names under the wildcard until the 8-byte budget refuses one.
+    let refused = (0..20)
+        .map(|i| dig(dns.udp, &[&format!("n{i}-abcdefgh.up.test"), "A"]).unwrap())
+        .find(|out| out.contains("REFUSED"))
+        .expect("the budget refuses a new name");
+    let why = ede(&refused).unwrap_or_else(|| panic!("{refused}"));
+    assert!(
+        why.starts_with("18 (Prohibited)") && why.contains("budget"),
+        "{why}"
+    );
+}

@@ -1,11 +1,15 @@
 //! `allowdns nft-ruleset`: the default-deny ruleset for an agent namespace.
 //!
-//! Output drops by default (IPv4 and IPv6). Accepted: loopback, established
-//! and related traffic, neighbour discovery on the link only, DNS to allowdns
+//! Output denies by default (IPv4 and IPv6). First, packets that name a
+//! destination the header does not show are dropped, established or not: an
+//! IPv6 routing, hop-by-hop or destination-options header, or IPv4 options
+//! (loose or strict source routing). Accepted: loopback, established and
+//! related traffic, neighbour discovery on the link only, DNS to allowdns
 //! only; then special-purpose ranges (src/policy/special.rs) the policy does not
-//! list are dropped, so no set element can open them; then addresses in the
+//! list are denied, so no set element can open them; then addresses in the
 //! sets (any port, or address-and-port). Everything else is logged with a
-//! clear prefix, then dropped.
+//! clear prefix, then denied: `deny_action` rejects (TCP reset or ICMP
+//! administratively prohibited, so the agent fails at once) or drops.
 //!
 //! Input drops by default too: loopback, established and related traffic
 //! (replies, DNS answers from allowdns included), neighbour discovery from the
@@ -15,18 +19,59 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use crate::policy::Policy;
-use crate::policy::firewall::{Family, FirewallConfig};
+use crate::policy::firewall::{DenyAction, Family, FirewallConfig};
 
 /// Log prefix of denied egress, as it shows in the kernel log.
 pub const LOG_PREFIX: &str = "allowdns egress denied: ";
 /// Log prefix of denied inbound traffic.
 pub const INPUT_LOG_PREFIX: &str = "allowdns ingress denied: ";
-/// Neighbour discovery the agent sends: on the link only (a hop limit of 255
-/// is what receivers check), never to a global address as a covert channel.
-const ND_OUT: &str = "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } ip6 daddr { fe80::/10, ff02::/16 } ip6 hoplimit 255 accept";
-/// Neighbour discovery received: from a link-local source (or the
-/// unspecified one, during duplicate address detection), hop limit 255.
-const ND_IN: &str = "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert } ip6 saddr { ::, fe80::/10 } ip6 hoplimit 255 accept";
+/// The dynamic set of next hops neighbour discovery went to: only ever
+/// neighbours, so a destination found in it is on the link.
+pub const ND_NEXT_HOPS: &str = "nd_next_hops";
+/// Headers that route a packet past the address the rules check (a type 4
+/// segment list names any destination), or carry options to every hop.
+const EXTHDR: &[&str] = &[
+    "exthdr rt exists",
+    "exthdr hbh exists",
+    "exthdr dst exists",
+    "ip hdrlength != 5",
+];
+/// The chain a rejected packet goes to: a TCP reset (connect fails at once
+/// with ECONNREFUSED; an ICMPv6 error takes TCP a second), ICMP
+/// administratively prohibited for the rest.
+pub const DENIED_CHAIN: &str = "denied";
+
+/// The verdict that ends a denied packet.
+fn deny_verdict(action: DenyAction) -> String {
+    match action {
+        DenyAction::Reject => format!("goto {DENIED_CHAIN}"),
+        DenyAction::Drop => "drop".into(),
+    }
+}
+
+fn denied_chain(out: &mut String, action: DenyAction, family: Family) {
+    // icmpx (either ICMP) exists only in inet tables.
+    let icmp = match family {
+        Family::Inet => "icmpx",
+        Family::Ip => "icmp",
+        Family::Ip6 => "icmpv6",
+    };
+    if action == DenyAction::Reject {
+        let _ = writeln!(
+            out,
+            "\tchain {DENIED_CHAIN} {{\n\t\tmeta l4proto tcp reject with tcp reset\n\t\treject with {icmp} admin-prohibited\n\t}}\n"
+        );
+    }
+}
+
+/// The neighbour discovery types each direction passes.
+const ND_SENT: &str = "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit }";
+const ND_SENT_UNICAST: &str = "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert }";
+/// Hop limit 255 is what a receiver checks (a router would lower it); 64
+/// bytes hold the fixed part, a link-layer address and a nonce, no more.
+const ND_LINK: &str = "ip6 hoplimit 255 ip6 length <= 64";
+/// Link-local, all-nodes, all-routers and solicited-node multicast.
+const ND_DESTINATIONS: &str = "ip6 daddr { fe80::/10, ff02::1, ff02::2, ff02::1:ff00:0/104 }";
 
 pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> String {
     let mut out = String::new();
@@ -90,16 +135,32 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
             &statics(false),
         );
     }
+    let deny = deny_verdict(config.deny_action);
+    denied_chain(&mut out, config.deny_action, config.family);
+    if v6 {
+        let _ = writeln!(
+            out,
+            "\tset {ND_NEXT_HOPS} {{\n\t\ttype ipv6_addr\n\t\tsize 256\n\t\tflags dynamic,timeout\n\t\ttimeout 30s\n\t}}\n"
+        );
+    }
     out.push_str("\tchain output {\n\t\ttype filter hook output priority filter; policy drop;\n");
     out.push_str("\t\toifname \"lo\" accept\n");
+    extension_headers(&mut out, config.family, LOG_PREFIX);
     out.push_str("\t\tct state established,related accept\n");
     out.push_str("\t\tct state invalid drop\n");
     if v6 {
-        let _ = writeln!(out, "\t\t{ND_OUT}");
+        let _ = writeln!(out, "\t\t{ND_SENT} {ND_LINK} {ND_DESTINATIONS} accept");
+        // A global neighbour (a static gateway, an on-link prefix) is its own
+        // next hop; an address beyond the link never is.
         let _ = writeln!(
             out,
-            "\t\ticmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit }} log prefix \"{LOG_PREFIX}nd \" drop"
+            "\t\t{ND_SENT_UNICAST} {ND_LINK} update @{ND_NEXT_HOPS} {{ rt ip6 nexthop }}"
         );
+        let _ = writeln!(
+            out,
+            "\t\t{ND_SENT_UNICAST} {ND_LINK} ip6 daddr @{ND_NEXT_HOPS} accept"
+        );
+        let _ = writeln!(out, "\t\t{ND_SENT} log prefix \"{LOG_PREFIX}nd \" drop");
     }
     for ip in dns {
         let (fam, ok) = match ip {
@@ -115,7 +176,7 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
     }
     let _ = writeln!(
         out,
-        "\t\tmeta l4proto {{ udp, tcp }} th dport 53 log prefix \"{LOG_PREFIX}dns \" drop comment \"DNS only to allowdns\""
+        "\t\tmeta l4proto {{ udp, tcp }} th dport 53 log prefix \"{LOG_PREFIX}dns \" {deny} comment \"DNS only to allowdns\""
     );
     // Special-purpose ranges go before the sets: a stale or hand-added
     // element cannot open them. What the policy lists or opts in to stays open.
@@ -126,7 +187,7 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
             let list: Vec<String> = ranges.iter().map(ToString::to_string).collect();
             let _ = writeln!(
                 out,
-                "\t\t{fam} daddr {{ {} }} log prefix \"{LOG_PREFIX}special \" drop comment \"special-purpose\"",
+                "\t\t{fam} daddr {{ {} }} log prefix \"{LOG_PREFIX}special \" {deny} comment \"special-purpose\"",
                 list.join(", ")
             );
         }
@@ -148,14 +209,24 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
         );
     }
     let _ = writeln!(out, "\t\tlog prefix \"{LOG_PREFIX}\" level warn");
-    out.push_str("\t\tcounter drop\n\t}\n\n");
+    let _ = writeln!(out, "\t\tcounter {deny}\n\t}}\n");
     out.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n");
     out.push_str("\t\tiifname \"lo\" accept\n");
+    extension_headers(&mut out, config.family, INPUT_LOG_PREFIX);
     // Replies, allowdns's DNS answers among them, are established.
     out.push_str("\t\tct state established,related accept\n");
     out.push_str("\t\tct state invalid drop\n");
     if v6 {
-        let _ = writeln!(out, "\t\t{ND_IN}");
+        // Hop limit 255 proves the sender is on the link, whatever its address
+        // (a router with only a global address answers from it).
+        let _ = writeln!(
+            out,
+            "\t\ticmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} {ND_LINK} accept"
+        );
+        let _ = writeln!(
+            out,
+            "\t\ticmpv6 type nd-router-advert ip6 saddr fe80::/10 ip6 hoplimit 255 accept"
+        );
     }
     for (protocol, port) in &policy.inbound {
         let _ = writeln!(
@@ -175,8 +246,16 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
     if let Some((nfproto, name)) = unserved {
         let guard = format!("{table}_no_{name}");
         let _ = writeln!(out, "\ntable inet {guard}\ndelete table inet {guard}\n");
-        let _ = writeln!(out, "table inet {guard} {{\n\tchain output {{");
+        let _ = writeln!(out, "table inet {guard} {{");
+        denied_chain(&mut out, config.deny_action, Family::Inet);
+        out.push_str("\tchain output {\n");
         out.push_str("\t\ttype filter hook output priority filter; policy accept;\n\t\toifname \"lo\" accept\n");
+        let other = if name == "ip6" {
+            Family::Ip6
+        } else {
+            Family::Ip
+        };
+        extension_headers(&mut out, other, LOG_PREFIX);
         // allowdns itself may be reached over the family the fence does not serve.
         for ip in dns.iter().filter(|ip| ip.is_ipv4() == (name == "ip")) {
             let _ = writeln!(
@@ -186,7 +265,7 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
         }
         let _ = writeln!(
             out,
-            "\t\tmeta nfproto {nfproto} log prefix \"{LOG_PREFIX}{name} \" drop\n\t}}"
+            "\t\tmeta nfproto {nfproto} log prefix \"{LOG_PREFIX}{name} \" {deny}\n\t}}"
         );
         let _ = writeln!(
             out,
@@ -194,6 +273,20 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
         );
     }
     out
+}
+
+/// Drops packets whose headers route or carry past what the rules check.
+fn extension_headers(out: &mut String, family: Family, prefix: &str) {
+    for header in EXTHDR {
+        let applies = match family {
+            Family::Inet => true,
+            Family::Ip => header.starts_with("ip "),
+            Family::Ip6 => !header.starts_with("ip "),
+        };
+        if applies {
+            let _ = writeln!(out, "\t\t{header} log prefix \"{prefix}exthdr \" drop");
+        }
+    }
 }
 
 fn set(out: &mut String, name: &str, ty: &str, flags: &str, elements: &[String]) {
@@ -255,7 +348,7 @@ mod tests {
             text.find(needle)
                 .unwrap_or_else(|| panic!("{needle}: {text}"))
         };
-        let special = at("drop comment \"special-purpose\"");
+        let special = at("comment \"special-purpose\"");
         assert!(at("th dport 53 accept comment \"allowdns\"") < special);
         assert!(special < at("ip daddr @allowed_v4 accept"));
         // Opted-in and listed ranges stay open; the rest of 10/8 and 172.16/12 does not.
@@ -274,10 +367,61 @@ mod tests {
             )
         );
         assert!(text.contains("tcp dport 8080 accept"), "{text}");
-        assert!(text.contains("ip6 daddr { fe80::/10, ff02::/16 } ip6 hoplimit 255 accept"));
+        assert!(
+            text.contains(&format!("{ND_SENT} {ND_LINK} {ND_DESTINATIONS} accept")),
+            "{text}"
+        );
         assert!(
             !text.contains("nd-router-solicit } accept"),
             "no unbounded ND accept"
+        );
+    }
+
+    #[test]
+    fn routing_headers_go_before_established_and_denials_follow_deny_action() {
+        let mut d = Diagnostics::default();
+        let source = |action: &str| {
+            format!(
+                "agent_name: a\nexpected_outbound:\n  - destination: x.test\nfirewall:\n{action}"
+            )
+        };
+        let policy = crate::policy::compile_source(
+            Path::new("p.yaml"),
+            &source("  table: allowdns\n"),
+            &mut d,
+        )
+        .unwrap();
+        let text = render(&policy, policy.firewall.as_ref().unwrap(), &[]);
+        for chain in text.split("chain ").filter(|c| c.contains("hook")) {
+            let established = chain.find("ct state established").unwrap();
+            let rt = chain.find("exthdr rt exists").expect(chain);
+            assert!(rt < established, "{chain}");
+            assert!(chain.contains("ip hdrlength != 5"), "{chain}");
+        }
+        assert!(
+            text.contains("level warn\n\t\tcounter goto denied\n"),
+            "{text}"
+        );
+        let policy = crate::policy::compile_source(
+            Path::new("p.yaml"),
+            &source("  deny_action: drop\n"),
+            &mut d,
+        )
+        .unwrap();
+        let text = render(&policy, policy.firewall.as_ref().unwrap(), &[]);
+        assert!(text.contains("level warn\n\t\tcounter drop\n"), "{text}");
+        assert!(!text.contains("reject"), "{text}");
+        let mut d = Diagnostics::default();
+        let bad = crate::policy::compile_source(
+            Path::new("p.yaml"),
+            &source("  deny_action: refuse\n"),
+            &mut d,
+        );
+        let shown: Vec<String> = d.errors().map(ToString::to_string).collect();
+        let shown = shown.join("\n");
+        assert!(
+            bad.is_none() && shown.contains("p.yaml:5") && shown.contains("firewall.deny_action"),
+            "{shown}"
         );
     }
 }

@@ -63,6 +63,9 @@ pub enum KennelError {
         "pasta did not give the kennel a route out (does the host have a default route?); CMD was not started"
     )]
     NoRoute,
+    /// The fence failed its check from inside the kennel.
+    #[error("the kennel's fence failed its self-test ({0}); CMD was not started")]
+    FenceUnproven(String),
     /// The thread binding DNS inside the kennel's netns panicked.
     #[error("netns thread panicked")]
     Panicked,

@@ -292,6 +292,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let runtime = tokio::runtime::Runtime::new().map_err(crate::error::RuntimeError::Runtime)?;
     let mut prepared = startup::prepare(&sources)?;
     prepared.before_reload = Some(rederive);
+    let firewall = prepared
+        .loaded
+        .policies
+        .policies
+        .first()
+        .and_then(|p| p.firewall.clone());
     // The DNS sockets live in the kennel's netns; upstream sockets stay in ours.
     let listeners = std::thread::scope(|s| {
         s.spawn(|| -> Result<Listeners, Failure> {
@@ -337,6 +343,17 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             signals::forward(&origin, holder_pid);
         }
     });
+    // The fence checks itself from inside before CMD relies on it.
+    let f = firewall.unwrap_or_else(crate::policy::firewall::FirewallConfig::with_defaults);
+    let report = crate::fence::selftest::run(&crate::fence::selftest::Fence {
+        netns: netns_path.clone(),
+        family: f.family,
+        table: f.table,
+        dns: vec![DNS.ip()],
+    });
+    if !report.passed() {
+        return Err(KennelError::FenceUnproven(report.failures()).into());
+    }
     ctl.say(Word::Go, b"").map_err(step("kennel"))?;
     drop(ctl);
 

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Deserializer};
 
-use super::firewall::Family;
+use super::firewall::{DenyAction, Family};
 use super::model::Protocol;
 
 /// The policy format versions this build reads.
@@ -154,6 +154,9 @@ pub struct FirewallV1 {
     pub max_ttl: Option<u32>,
     #[serde(default)]
     pub grace: Option<u32>,
+    /// `reject` (default) or `drop`: what a denied packet gets.
+    #[serde(default)]
+    pub deny_action: Option<DenyAction>,
 }
 
 /// One `expected_outbound` entry.

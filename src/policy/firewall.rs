@@ -24,6 +24,26 @@ impl<'de> serde::Deserialize<'de> for Family {
     }
 }
 
+/// What the output chain does with a denied packet; `deny_action:` in the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DenyAction {
+    /// TCP reset or ICMP administratively prohibited: the agent fails at once
+    /// and can fall back.
+    Reject,
+    /// Silence: the agent waits for its own timeout, and learns nothing.
+    Drop,
+}
+
+impl<'de> serde::Deserialize<'de> for DenyAction {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        crate::input::choice(
+            deserializer,
+            &["reject", "drop"],
+            &[DenyAction::Reject, DenyAction::Drop],
+        )
+    }
+}
+
 impl Family {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -48,6 +68,7 @@ pub struct FirewallConfig {
     pub min_ttl: u32,
     pub max_ttl: u32,
     pub grace: u32,
+    pub deny_action: DenyAction,
 }
 
 impl FirewallConfig {
@@ -64,6 +85,7 @@ impl FirewallConfig {
             min_ttl: 30,
             max_ttl: 86_400,
             grace: 30,
+            deny_action: DenyAction::Reject,
         }
     }
 
@@ -102,6 +124,7 @@ pub(super) fn compile_firewall(
         min_ttl,
         max_ttl,
         grace,
+        deny_action,
     } = raw;
     let mut config = FirewallConfig::with_defaults();
     let mut error = |field: &str, value: &str, message: String| {
@@ -158,6 +181,7 @@ pub(super) fn compile_firewall(
     config.min_ttl = min_ttl.unwrap_or(config.min_ttl);
     config.max_ttl = max_ttl.unwrap_or(config.max_ttl);
     config.grace = grace.unwrap_or(config.grace);
+    config.deny_action = deny_action.unwrap_or(config.deny_action);
     if config.min_ttl > config.max_ttl {
         error(
             "min_ttl",

@@ -8,11 +8,14 @@ use std::net::SocketAddr;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::ProtoError;
 use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_server::proto::rr::rdata::opt::EdnsOption;
 use hickory_server::proto::rr::{DNSClass, Record, RecordType};
 use hickory_server::proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_server::server::Request;
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 
+use crate::observe::audit::Decision;
+use crate::serve::exfil::Mark;
 use crate::serve::handler::Outcome;
 
 /// Largest UDP payload advertised back (the DNS flag day 2020 value).
@@ -105,12 +108,52 @@ type Records<'a> = std::slice::Iter<'a, Record>;
 type Empty<'a> = std::iter::Empty<&'a Record>;
 type Response<'q, 'a> = MessageResponse<'q, 'a, Records<'a>, Records<'a>, Empty<'a>, Empty<'a>>;
 
-/// EDNS for the reply: present when the query had it, payload capped.
-fn response_edns(request: &Request) -> Option<Edns> {
+/// The EDNS option code of an Extended DNS Error (RFC 8914), which hickory
+/// has no type for.
+pub const EDE_OPTION: u16 = 15;
+/// RFC 8914 info codes a denial carries.
+pub const EDE_BLOCKED: u16 = 15;
+pub const EDE_FILTERED: u16 = 17;
+pub const EDE_PROHIBITED: u16 = 18;
+
+/// Why an answer was denied or filtered, as an Extended DNS Error: its
+/// info code and EXTRA-TEXT naming allowdns and the agent's policy.
+fn extended_error(outcome: &Outcome) -> Option<(u16, String)> {
+    let agent = outcome.agent.as_deref().unwrap_or("-");
+    match (outcome.decision, outcome.exfil) {
+        (Decision::Deny, Some(Mark::Budget)) => Some((
+            EDE_PROHIBITED,
+            format!("allowdns: exfiltration budget of policy '{agent}' spent for this domain"),
+        )),
+        (Decision::Deny, Some(Mark::Qtype)) => Some((
+            EDE_PROHIBITED,
+            format!("allowdns: query type not allowed under this name by policy '{agent}'"),
+        )),
+        (Decision::Deny, _) => Some((
+            EDE_BLOCKED,
+            format!("allowdns: name not on the allowlist of policy '{agent}'"),
+        )),
+        _ if !outcome.stripped.is_empty() => Some((
+            EDE_FILTERED,
+            format!("allowdns: special-purpose addresses removed by policy '{agent}'"),
+        )),
+        _ => None,
+    }
+}
+
+/// EDNS for the reply: present when the query had it, payload capped, with
+/// an Extended DNS Error when the answer was denied or filtered.
+fn response_edns(request: &Request, outcome: &Outcome) -> Option<Edns> {
     request.edns.as_ref().map(|req| {
         let mut edns = Edns::new();
         edns.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
         edns.set_version(0);
+        if let Some((code, text)) = extended_error(outcome) {
+            let mut data = code.to_be_bytes().to_vec();
+            data.extend_from_slice(text.as_bytes());
+            edns.options_mut()
+                .insert(EdnsOption::Unknown(EDE_OPTION, data));
+        }
         edns
     })
 }
@@ -140,7 +183,7 @@ fn build<'q, 'a>(
 /// The reply bytes (without TCP's length prefix). Over UDP they are truncated
 /// (TC) to the client's payload size, 512 without EDNS; over TCP to 64 KiB.
 pub fn encode(request: &Request, outcome: &Outcome) -> Vec<u8> {
-    let edns = response_edns(request);
+    let edns = response_edns(request, outcome);
     let max = match Transport::of(request) {
         Transport::Tcp => u16::MAX,
         Transport::Udp => edns.as_ref().map_or(512, Edns::max_payload),
