@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the resolver.
-    Serve(Sources),
+    Serve(ServeArgs),
     /// Load config, policies and zones exactly as `serve` would, report every
     /// problem with file:line, and exit (non-zero on errors).
     Check(Sources),
@@ -40,6 +40,17 @@ pub enum Command {
     /// Internal: one stage of `run` (re-executed, never called by hand).
     #[command(name = "__kennel", hide = true)]
     Kennel(crate::kennel::StageArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub sources: Sources,
+    /// Reload when a policy, zone or config file changes (inotify; handles
+    /// kubelet's ConfigMap `..data` swap). Default: on when a policy path is
+    /// a directory. `--watch=false` turns it off.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub watch: Option<bool>,
 }
 
 #[derive(Debug, Args, Clone)]

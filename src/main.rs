@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use allowdns::cli::{Cli, Command, Sources};
+use allowdns::cli::{Cli, Command, ServeArgs, Sources};
 use allowdns::error::{Failure, RuntimeError};
 use allowdns::ops::startup;
 use allowdns::ops::{control, shutdown};
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Check(sources) => check(&sources),
-        Command::Serve(sources) => runtime.block_on(serve(sources)),
+        Command::Serve(args) => runtime.block_on(serve(args)),
         Command::NftRuleset(args) => {
             startup::ruleset(&args.sources, args.agent.as_deref(), &args.dns)
                 .map(|text| print!("{text}"))
@@ -122,8 +122,10 @@ async fn ask(
         .map_err(RuntimeError::subsystem)?)
 }
 
-async fn serve(sources: Sources) -> Result<(), Failure> {
-    let prepared = startup::prepare(&sources)?;
+async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let ServeArgs { sources, watch } = args;
+    let mut prepared = startup::prepare(&sources)?;
+    prepared.watch = allowdns::ops::watch::wanted(watch, &prepared.settings);
     let token = CancellationToken::new();
     shutdown::on_signals(token.clone()).map_err(RuntimeError::Signals)?;
     startup::serve(sources, prepared, token).await

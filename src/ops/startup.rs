@@ -49,6 +49,8 @@ pub struct Prepared {
     pub firewall: Option<Firewall>,
     /// Warnings worth showing (over-broad patterns and the like).
     pub diagnostics: Diagnostics,
+    /// Reload when the policy, zone or config files change (`serve --watch`).
+    pub watch: bool,
 }
 
 /// Loads settings, then policies and zones (the unit a reload swaps).
@@ -108,6 +110,7 @@ pub fn prepare(sources: &Sources) -> Result<Prepared, Failure> {
         upstream,
         firewall,
         diagnostics: diags,
+        watch: false,
     })
 }
 
@@ -158,6 +161,7 @@ pub async fn serve_on(
         upstream,
         firewall,
         diagnostics: _,
+        watch,
     } = prepared;
     let metrics = match settings.metrics {
         Some(addr) => Some(
@@ -217,9 +221,25 @@ pub async fn serve_on(
     let reloading = handler.clone();
     let tcp_limits = settings.tcp.clone();
     let pending = settings.pending.clone();
+    let watch = match watch {
+        true => Some(
+            crate::ops::watch::Watch::start(sources.config.as_deref(), &settings)
+                .map_err(RuntimeError::subsystem)?,
+        ),
+        false => None,
+    };
+    // One reload path, two triggers; one at a time, so the last files read win.
     let reloader = tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP received: reloading");
+        loop {
+            tokio::select! {
+                signal = hangups.recv() => match signal {
+                    Some(()) => tracing::info!("SIGHUP received: reloading"),
+                    None => break,
+                },
+                () = crate::ops::watch::changed(watch.as_ref()) => {
+                    tracing::info!("policy files changed: reloading");
+                }
+            }
             crate::ops::reload::reload(&sources, &settings, &reloading).await;
         }
     });
