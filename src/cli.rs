@@ -108,4 +108,14 @@ pub struct RulesetArgs {
     /// Default: the listen addresses.
     #[arg(long)]
     pub dns: Vec<std::net::IpAddr>,
+    /// Sidecar: allowdns runs in the agent's namespace as this uid; only its
+    /// sockets may reach the upstream forwarders.
+    #[arg(long)]
+    pub sidecar_uid: Option<u32>,
+    /// Sidecar: a TCP port open inbound (metrics, probes); repeatable.
+    #[arg(long, requires = "sidecar_uid")]
+    pub open_tcp: Vec<u16>,
+    /// Load the ruleset with `nft -f -` in this namespace instead of printing it.
+    #[arg(long)]
+    pub load: bool,
 }

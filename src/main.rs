@@ -4,7 +4,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use allowdns::cli::{Cli, Command, ServeArgs, Sources};
+use allowdns::cli::{Cli, Command, RulesetArgs, ServeArgs, Sources};
+use allowdns::fence::sidecar::Sidecar;
 use allowdns::error::{Failure, RuntimeError};
 use allowdns::ops::startup;
 use allowdns::ops::{control, shutdown};
@@ -33,10 +34,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(sources) => check(&sources),
         Command::Serve(args) => runtime.block_on(serve(args)),
-        Command::NftRuleset(args) => {
-            startup::ruleset(&args.sources, args.agent.as_deref(), &args.dns)
-                .map(|text| print!("{text}"))
-        }
+        Command::NftRuleset(args) => nft_ruleset(&args),
         Command::Grant(args) => {
             let request = control::Request::Grant {
                 agent: args.agent,
@@ -109,6 +107,26 @@ fn check(sources: &Sources) -> Result<(), Failure> {
         );
     }
     println!("ok: {} zone(s)", prepared.loaded.zones.len());
+    Ok(())
+}
+
+fn nft_ruleset(args: &RulesetArgs) -> Result<(), Failure> {
+    let sidecar = args.sidecar_uid.map(|uid| Sidecar {
+        uid,
+        open_tcp: args.open_tcp.clone(),
+    });
+    let text = startup::ruleset_with(
+        &args.sources,
+        args.agent.as_deref(),
+        &args.dns,
+        sidecar.as_ref(),
+    )?;
+    if args.load {
+        allowdns::fence::sidecar::load(&text).map_err(RuntimeError::subsystem)?;
+        eprintln!("allowdns: ruleset loaded");
+    } else {
+        print!("{text}");
+    }
     Ok(())
 }
 

@@ -25,6 +25,7 @@
 //! netlink.rs   a minimal nfnetlink client for set elements
 //! watch.rs     re-feeding when the ruleset is reloaded under allowdns
 //! ruleset.rs   the default-deny ruleset `allowdns nft-ruleset` prints
+//! sidecar.rs   its additions when allowdns shares the agent's namespace (a pod)
 //! error.rs     FenceError and FeedError (a refused permission told apart)
 //! ```
 
@@ -33,6 +34,7 @@ mod firewall;
 mod keys;
 pub mod netlink;
 pub mod ruleset;
+pub mod sidecar;
 mod target;
 pub mod watch;
 

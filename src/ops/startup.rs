@@ -76,7 +76,7 @@ pub fn prepare(sources: &Sources) -> Result<Prepared, Failure> {
             return Err(Failure::Runtime(RuntimeError::subsystem(e)));
         }
         Err(e) => {
-            diags.error(std::path::Path::new("<upstream>"), None, None, e);
+            diags.error(std::path::Path::new("<upstream>"), None, None, e.to_string());
             None
         }
     };
@@ -325,6 +325,16 @@ pub fn ruleset(
     agent: Option<&str>,
     dns: &[std::net::IpAddr],
 ) -> Result<String, Failure> {
+    ruleset_with(sources, agent, dns, None)
+}
+
+/// [`ruleset`], plus the rules a sidecar needs when given.
+pub fn ruleset_with(
+    sources: &Sources,
+    agent: Option<&str>,
+    dns: &[std::net::IpAddr],
+    sidecar: Option<&crate::fence::sidecar::Sidecar>,
+) -> Result<String, Failure> {
     let mut diags = Diagnostics::default();
     let Some(settings) = config::load(sources, &mut diags) else {
         return Err(Failure::Invalid(diags));
@@ -362,5 +372,23 @@ pub fn ruleset(
         .firewall
         .clone()
         .unwrap_or_else(crate::policy::firewall::FirewallConfig::with_defaults);
-    Ok(crate::fence::ruleset::render(policy, &config, &dns))
+    let mut text = crate::fence::ruleset::render(policy, &config, &dns);
+    if let Some(sidecar) = sidecar {
+        use crate::fence::sidecar::SidecarError;
+        let servers = match &settings.upstream {
+            UpstreamMode::Forward { servers } => servers,
+            UpstreamMode::None => return Err(sidecar_error(SidecarError::NotForwarding("none"))),
+            UpstreamMode::Recursive { .. } => {
+                return Err(sidecar_error(SidecarError::NotForwarding("recursive")));
+            }
+        };
+        text.push_str(&crate::fence::sidecar::rules(&config, sidecar, servers));
+    }
+    Ok(text)
+}
+
+fn sidecar_error(e: crate::fence::sidecar::SidecarError) -> Failure {
+    let mut diags = Diagnostics::default();
+    diags.error(std::path::Path::new("<upstream>"), None, None, e.to_string());
+    Failure::Invalid(diags)
 }
