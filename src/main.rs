@@ -5,8 +5,8 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use allowdns::cli::{Cli, Command, RulesetArgs, ServeArgs, Sources};
-use allowdns::fence::sidecar::Sidecar;
 use allowdns::error::{Failure, RuntimeError};
+use allowdns::fence::sidecar::Sidecar;
 use allowdns::ops::startup;
 use allowdns::ops::{control, shutdown};
 

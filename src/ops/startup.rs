@@ -76,7 +76,12 @@ pub fn prepare(sources: &Sources) -> Result<Prepared, Failure> {
             return Err(Failure::Runtime(RuntimeError::subsystem(e)));
         }
         Err(e) => {
-            diags.error(std::path::Path::new("<upstream>"), None, None, e.to_string());
+            diags.error(
+                std::path::Path::new("<upstream>"),
+                None,
+                None,
+                e.to_string(),
+            );
             None
         }
     };
@@ -389,6 +394,11 @@ pub fn ruleset_with(
 
 fn sidecar_error(e: crate::fence::sidecar::SidecarError) -> Failure {
     let mut diags = Diagnostics::default();
-    diags.error(std::path::Path::new("<upstream>"), None, None, e.to_string());
+    diags.error(
+        std::path::Path::new("<upstream>"),
+        None,
+        None,
+        e.to_string(),
+    );
     Failure::Invalid(diags)
 }
