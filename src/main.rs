@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Command::Kennel(args) => return allowdns::kennel::stage(args),
         _ => init_logging("info"),
     }
+    allowdns::ops::privileges::raise_permitted();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return report(RuntimeError::Runtime(e).into()),

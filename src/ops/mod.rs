@@ -5,6 +5,7 @@
 pub mod control;
 pub mod notify;
 pub mod peer_netns;
+pub mod privileges;
 pub mod reload;
 pub mod shutdown;
 pub mod startup;
