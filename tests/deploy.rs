@@ -466,3 +466,427 @@ fn overlay_policies_load_and_their_sidecar_ruleset_lets_only_allowdns_out() {
         assert!(stdout.contains("\"DNS only to allowdns\""), "{stdout}");
     }
 }
+
+/// A podman pod (one network namespace shared by its containers, as in a
+/// Kubernetes pod) wired by the test to a "world" namespace holding the
+/// upstream and the services, on documentation addresses. Its own container
+/// storage and settings live in a temp dir; everything goes on drop.
+struct PodLab {
+    dir: TempDir,
+    pod: String,
+    world: String,
+    sidecar: String,
+}
+
+const UPSTREAM: &str = "198.51.100.53";
+const ALLOWED: &str = "198.51.100.80";
+const HARDCODED: &str = "203.0.113.7";
+const IMAGE: &str = "localhost/allowdns:test";
+
+impl PodLab {
+    fn podman(&self) -> Command {
+        self.tool("podman")
+    }
+
+    /// podman or buildah with this lab's storage and settings.
+    fn tool(&self, name: &str) -> Command {
+        let mut cmd = Command::new(name);
+        cmd.env("CONTAINERS_CONF", self.dir.0.join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", self.dir.0.join("storage.conf"));
+        cmd
+    }
+
+    fn run(&self, cmd: &mut Command) -> String {
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{cmd:?}: {text}");
+        text
+    }
+
+    fn create() -> PodLab {
+        let id = std::process::id() % 100_000;
+        let lab = PodLab {
+            dir: TempDir::new("pod"),
+            pod: format!("adns-pod-{id}"),
+            world: format!("adns-world-{id}"),
+            sidecar: format!("adns-sidecar-{id}"),
+        };
+        // This machine's engine may not raise rlimits (no CAP_SYS_RESOURCE):
+        // containers get the test's own; cgroup v1 wants runc, not crun.
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+        // (Where podman runs its runtime the process limit was lower than the
+        // test's own: 32768 against 96367; 16384 fits under both.)
+        let limit = |what: &str, cap: u64| {
+            let line = limits.lines().find(|l| l.starts_with(what)).unwrap();
+            let hard = line[what.len()..].split_whitespace().nth(1).unwrap();
+            let hard = hard.parse::<u64>().unwrap_or(cap).min(cap);
+            format!("{hard}:{hard}")
+        };
+        lab.dir.write(
+            "containers.conf",
+            &format!(
+                "[containers]\ndefault_ulimits = [\"nofile={}\", \"nproc={}\"]\n[engine]\nruntime = \"runc\"\n",
+                limit("Max open files", 65536),
+                limit("Max processes", 16384)
+            ),
+        );
+        let storage = lab.dir.0.join("storage");
+        lab.dir.write(
+            "storage.conf",
+            &format!(
+                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{0}/root\"\nrunroot = \"{0}/run\"\n",
+                storage.display()
+            ),
+        );
+        sh(&["ip", "netns", "add", &lab.world]);
+        sh(&["ip", "-n", &lab.world, "link", "set", "lo", "up"]);
+        lab
+    }
+
+    /// The pod's network namespace, through its infra container.
+    fn netns(&self) -> PathBuf {
+        let infra = self.run(self.podman().args([
+            "pod",
+            "inspect",
+            &self.pod,
+            "--format",
+            "{{.InfraContainerID}}",
+        ]));
+        let pid =
+            self.run(
+                self.podman()
+                    .args(["inspect", "--format", "{{.State.Pid}}", infra.trim()]),
+            );
+        PathBuf::from(format!("/proc/{}/ns/net", pid.trim()))
+    }
+}
+
+impl Drop for PodLab {
+    fn drop(&mut self) {
+        let _ = self
+            .podman()
+            .args(["rm", "-f", "-t", "0", &self.sidecar])
+            .output();
+        let _ = self
+            .podman()
+            .args(["pod", "rm", "-f", "-t", "0", &self.pod])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.world])
+            .output();
+    }
+}
+
+/// What the agent container runs: resolve and connect to the allowed name,
+/// resolve the denied one, connect to a hard-coded address, and ask the
+/// upstream directly, bypassing allowdns.
+const AGENT: &str = r#"
+import json, socket, struct
+def resolve(name):
+    try:
+        return socket.gethostbyname(name)
+    except OSError as e:
+        return "error: " + type(e).__name__
+def connect(ip, port):
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        s.connect((ip, port))
+        return "connected"
+    except OSError as e:
+        return "error: " + type(e).__name__
+    finally:
+        s.close()
+def direct(server, name):
+    q = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0"
+    q += struct.pack(">HH", 1, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    try:
+        s.sendto(q, (server, 53))
+        s.recv(512)
+        return "answered"
+    except OSError as e:
+        return "error: " + type(e).__name__
+    finally:
+        s.close()
+ok = resolve("ok.pod.test")
+print(json.dumps({
+    "allowed": ok,
+    "allowed_connect": connect(ok, 8080) if ok[0].isdigit() else None,
+    "denied": resolve("evil.pod.test"),
+    "hardcoded_connect": connect("HARDCODED", 8080),
+    "direct_upstream": direct("UPSTREAM", "evil.pod.test"),
+}))
+"#;
+
+#[test]
+fn podman_pod_runs_the_sidecar_pattern_for_real() {
+    if !is_root() {
+        return require_or_skip("root is needed for podman pods and namespaces");
+    }
+    for tool in ["podman", "buildah", "setcap", "nft", "runc"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            return require_or_skip(&format!("{tool} is needed (see .ci/run)"));
+        }
+    }
+    let lab = PodLab::create();
+    let world = PathBuf::from(format!("/run/netns/{}", lab.world));
+
+    // The world: the upstream, the allowed service, and an address the agent
+    // might hard-code. Connections complete in the listen backlog.
+    for ip in [UPSTREAM, ALLOWED, HARDCODED] {
+        sh(&[
+            "ip",
+            "-n",
+            &lab.world,
+            "addr",
+            "add",
+            &format!("{ip}/32"),
+            "dev",
+            "lo",
+        ]);
+    }
+    let zone = lab.dir.write(
+        "pod.test.zone",
+        &format!("$ORIGIN pod.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\nok IN A {ALLOWED}\nevil IN A {HARDCODED}\n"),
+    );
+    let _upstream = in_ns(world.clone(), move || {
+        Upstream::start(UPSTREAM, 53, &[zone])
+    });
+    let _services = in_ns(world.clone(), || {
+        [ALLOWED, HARDCODED].map(|ip| std::net::TcpListener::bind((ip, 8080)).unwrap())
+    });
+
+    // The image, as deploy/container/build.sh builds it (here from the test build).
+    let build = lab
+        .tool(&repo("deploy/container/build.sh").to_string_lossy())
+        .args([bin(), IMAGE])
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+
+    // The pod (its infra container holds the network namespace) and its link to the world.
+    lab.run(
+        lab.podman()
+            .args(["pod", "create", "--name", &lab.pod, "--network", "none"]),
+    );
+    lab.run(lab.podman().args(["pod", "start", &lab.pod]));
+    let netns = lab.netns();
+    let ns = netns.to_str().unwrap();
+    let pid = ns.split('/').nth(2).unwrap();
+    let peer = format!("w{pid}");
+    sh(&[
+        "ip", "link", "add", &peer, "type", "veth", "peer", "name", "eth0", "netns", pid,
+    ]);
+    sh(&["ip", "link", "set", &peer, "netns", &lab.world]);
+    sh(&[
+        "ip",
+        "-n",
+        &lab.world,
+        "addr",
+        "add",
+        "192.0.2.1/24",
+        "dev",
+        &peer,
+    ]);
+    sh(&["ip", "-n", &lab.world, "link", "set", &peer, "up"]);
+    for args in [
+        vec!["addr", "add", "192.0.2.10/24", "dev", "eth0"],
+        vec!["link", "set", "eth0", "up"],
+        vec!["route", "add", "default", "via", "192.0.2.1"],
+    ] {
+        let mut cmd = vec!["nsenter", "--target", pid, "--net", "ip"];
+        cmd.extend(args);
+        sh(&cmd);
+    }
+
+    // Positive control: before the fence, the pod reaches the hard-coded
+    // address and the upstream answers it directly.
+    let reached = in_ns(netns.clone(), || {
+        std::net::TcpStream::connect_timeout(
+            &format!("{HARDCODED}:8080").parse().unwrap(),
+            std::time::Duration::from_secs(2),
+        )
+        .is_ok()
+    });
+    assert!(
+        reached,
+        "the hard-coded address is reachable without the fence"
+    );
+    let answered = in_ns(netns.clone(), || {
+        rcode(
+            format!("{UPSTREAM}:53").parse().unwrap(),
+            "evil.pod.test",
+            hickory_proto::rr::RecordType::A,
+        )
+    });
+    assert_eq!(answered, hickory_proto::op::ResponseCode::NoError);
+
+    // Config and policy, as the ConfigMaps would mount them.
+    let config = lab.dir.0.join("config");
+    let policy = lab.dir.0.join("policy");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::create_dir_all(&policy).unwrap();
+    std::fs::write(
+        config.join("allowdns.yaml"),
+        format!("listen: [\"127.0.0.1:53\"]\nupstream:\n  servers: [\"{UPSTREAM}\"]\nmetrics: \"0.0.0.0:9153\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        policy.join("agent.yaml"),
+        "agent_name: pod\nexpected_outbound:\n  - destination: ok.pod.test\nfirewall: {}\n",
+    )
+    .unwrap();
+    let mounts = [
+        format!("{}:/etc/allowdns/config:ro", config.display()),
+        format!("{}:/etc/allowdns/policy:ro", policy.display()),
+    ];
+    let allowdns_args = [
+        "--config=/etc/allowdns/config/allowdns.yaml",
+        "--policy=/etc/allowdns/policy",
+    ];
+
+    // The init container: root with NET_ADMIN only, loads the ruleset.
+    let mut init = lab.podman();
+    init.args([
+        "run",
+        "--rm",
+        "--pod",
+        &lab.pod,
+        "--user",
+        "0",
+        "--read-only",
+    ])
+    .args(["--cap-drop", "ALL", "--cap-add", "NET_ADMIN"])
+    .args(["-v", &mounts[0], "-v", &mounts[1], IMAGE, "nft-ruleset"])
+    .args(allowdns_args)
+    .args(["--sidecar-uid=65532", "--open-tcp=9153", "--load"]);
+    assert!(lab.run(&mut init).contains("ruleset loaded"));
+
+    // The sidecar: uid 65532, NET_ADMIN and NET_BIND_SERVICE, read-only root;
+    // its stdout (the audit log) is collected as the cluster's log agent would.
+    let stdout = std::fs::File::create(lab.dir.0.join("sidecar.out")).unwrap();
+    let stderr = std::fs::File::create(lab.dir.0.join("sidecar.err")).unwrap();
+    let mut sidecar = lab.podman();
+    sidecar
+        .args(["run", "--rm", "--name", &lab.sidecar, "--pod", &lab.pod])
+        .args(["--user", "65532:65532", "--read-only", "--cap-drop", "ALL"])
+        .args(["--cap-add", "NET_ADMIN,NET_BIND_SERVICE"])
+        .args(["-v", &mounts[0], "-v", &mounts[1], IMAGE, "serve"])
+        .args(allowdns_args)
+        .stdout(stdout)
+        .stderr(stderr);
+    let mut sidecar = sidecar.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let log = || std::fs::read_to_string(lab.dir.0.join("sidecar.err")).unwrap_or_default();
+    while !log().contains("listening on") {
+        assert!(
+            std::time::Instant::now() < deadline && sidecar.try_wait().unwrap().is_none(),
+            "the sidecar did not start:\n{}",
+            log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    // The agent: uid 1000, no capabilities, no new privileges; python from
+    // this machine in a root of its own (no registry to pull an image from).
+    let root = lab.dir.0.join("agent-root");
+    let python = std::fs::canonicalize("/usr/bin/python3").unwrap();
+    let ldd = sh_out(&["ldd", python.to_str().unwrap()]).1;
+    let libs = ldd
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(PathBuf::from);
+    for file in libs.chain([PathBuf::from("/usr/bin/python3")]) {
+        let to = root.join(file.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(std::fs::canonicalize(&file).unwrap(), &to).unwrap();
+    }
+    let stdlib = python
+        .parent()
+        .unwrap()
+        .join("../lib")
+        .join(python.file_name().unwrap());
+    let stdlib = std::fs::canonicalize(stdlib).unwrap();
+    let script = lab.dir.write(
+        "agent.py",
+        &AGENT
+            .replace("HARDCODED", HARDCODED)
+            .replace("UPSTREAM", UPSTREAM),
+    );
+    let out = lab.run(
+        lab.podman()
+            .args(["run", "--rm", "--pod", &lab.pod, "--user", "1000:1000"])
+            // As dnsPolicy None with nameservers [127.0.0.1].
+            .args(["--dns", "127.0.0.1"])
+            .args([
+                "--cap-drop",
+                "ALL",
+                "--security-opt",
+                "no-new-privileges",
+                "--read-only",
+            ])
+            .args([
+                "-v",
+                &format!("{}:{}:ro", stdlib.display(), stdlib.display()),
+            ])
+            .args(["-v", &format!("{}:/agent.py:ro", script.display())])
+            .arg("--rootfs")
+            .arg(&root)
+            .args(["/usr/bin/python3", "-I", "/agent.py"]),
+    );
+    let line = out
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("{out}"));
+    let seen: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(seen["allowed"], ALLOWED, "{seen}");
+    assert_eq!(seen["allowed_connect"], "connected", "{seen}");
+    assert_eq!(seen["denied"], "error: gaierror", "{seen}");
+    assert_eq!(seen["hardcoded_connect"], "error: TimeoutError", "{seen}");
+    // The ruleset drops it at output: sendto fails with EPERM.
+    assert!(
+        ["error: PermissionError", "error: TimeoutError"]
+            .contains(&seen["direct_upstream"].as_str().unwrap_or("")),
+        "{seen}"
+    );
+
+    // The sidecar's stdout: the allowed name with the address it fed, the
+    // denied one, and nothing from the bypass attempt (it never reached allowdns).
+    lab.run(lab.podman().args(["stop", "-t", "10", &lab.sidecar]));
+    let _ = sidecar.wait();
+    let audit = read_audit(&lab.dir.0.join("sidecar.out"));
+    let by = |name: &str| -> Vec<&serde_json::Value> {
+        audit
+            .iter()
+            .filter(|r| r["qname"] == name && r["qtype"] == "A")
+            .collect()
+    };
+    let allowed = by("ok.pod.test");
+    assert!(
+        allowed.iter().any(|r| r["decision"] == "allow"
+            && r["agent"] == "pod"
+            && r["answers"][0]["data"] == ALLOWED),
+        "{audit:?}"
+    );
+    let denied = by("evil.pod.test");
+    assert!(!denied.is_empty(), "{audit:?}");
+    assert!(
+        denied
+            .iter()
+            .all(|r| r["decision"] == "deny" && r["rcode"] == "NXDOMAIN"),
+        "{audit:?}"
+    );
+}
