@@ -378,6 +378,15 @@ fn pods_meet_restricted_for_the_agent_and_baseline_with_net_admin_named() {
             Some(false)
         );
 
+        // The policy and config are mounted into the fence and the sidecar, never the agent.
+        assert!(
+            seq(agent, &["volumeMounts"])
+                .iter()
+                .all(|m| !str_at(m, &["name"]).unwrap_or("").starts_with("allowdns")),
+            "{overlay}: the agent mounts allowdns's files"
+        );
+        assert_eq!(at(pod, &["shareProcessNamespace"]), None);
+
         // The fence lets out exactly the sidecar's uid and opens its metrics port.
         let sidecar = container(pod, "allowdns");
         let fence = container(pod, "fence");
@@ -675,6 +684,35 @@ fn podman_pod_runs_the_sidecar_pattern_for_real() {
         build.status.success(),
         "{}",
         String::from_utf8_lossy(&build.stderr)
+    );
+
+    // The image runs as 65532 by default and has no shell.
+    let user =
+        lab.run(
+            lab.podman()
+                .args(["image", "inspect", "--format", "{{.Config.User}}", IMAGE]),
+        );
+    assert_eq!(user.trim(), "65532:65532");
+    let shell = lab
+        .podman()
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "/bin/sh",
+            IMAGE,
+            "-c",
+            "id",
+        ])
+        .output()
+        .unwrap();
+    assert!(!shell.status.success(), "the image has a shell");
+    assert!(
+        String::from_utf8_lossy(&shell.stderr).contains("no such file"),
+        "{}",
+        String::from_utf8_lossy(&shell.stderr)
     );
 
     // The pod (its infra container holds the network namespace) and its link to the world.
