@@ -76,12 +76,7 @@ pub fn prepare(sources: &Sources) -> Result<Prepared, Failure> {
             return Err(Failure::Runtime(RuntimeError::subsystem(e)));
         }
         Err(e) => {
-            diags.error(
-                std::path::Path::new("<upstream>"),
-                None,
-                None,
-                e.to_string(),
-            );
+            diags.error(std::path::Path::new("<upstream>"), None, None, e);
             None
         }
     };
