@@ -21,7 +21,7 @@ pub enum Command {
     /// Run the resolver.
     // clap's own usage line would list the flags given as if required.
     #[command(override_usage = "allowdns serve [OPTIONS]")]
-    Serve(Sources),
+    Serve(ServeArgs),
     /// Load config, policies and zones exactly as `serve` would, report every
     /// problem with file:line, and exit (non-zero on errors).
     #[command(override_usage = "allowdns check [OPTIONS]")]
@@ -48,6 +48,17 @@ pub enum Command {
     /// Internal: one stage of `run` (re-executed, never called by hand).
     #[command(name = "__kennel", hide = true)]
     Kennel(crate::kennel::StageArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub sources: Sources,
+    /// Reload when a policy, zone or config file changes (inotify; handles
+    /// kubelet's ConfigMap `..data` swap). Default: on when a policy path is
+    /// a directory. `--watch=false` turns it off.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub watch: Option<bool>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -122,4 +133,14 @@ pub struct RulesetArgs {
     /// Default: the listen addresses.
     #[arg(long)]
     pub dns: Vec<std::net::IpAddr>,
+    /// Sidecar: allowdns runs in the agent's namespace as this uid; only its
+    /// sockets may reach the upstream forwarders.
+    #[arg(long)]
+    pub sidecar_uid: Option<u32>,
+    /// Sidecar: a TCP port open inbound (metrics, probes); repeatable.
+    #[arg(long, requires = "sidecar_uid")]
+    pub open_tcp: Vec<u16>,
+    /// Load the ruleset with `nft -f -` in this namespace instead of printing it.
+    #[arg(long)]
+    pub load: bool,
 }

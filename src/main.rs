@@ -4,8 +4,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use allowdns::cli::{Cli, Command, Sources};
+use allowdns::cli::{Cli, Command, RulesetArgs, ServeArgs, Sources};
 use allowdns::error::{Failure, RuntimeError};
+use allowdns::fence::sidecar::Sidecar;
 use allowdns::ops::startup;
 use allowdns::ops::{control, shutdown};
 
@@ -52,18 +53,16 @@ fn main() -> ExitCode {
         Command::Kennel(args) => return allowdns::kennel::stage(args),
         _ => init_logging("info"),
     }
+    allowdns::ops::privileges::raise_permitted();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return report(RuntimeError::Runtime(e).into()),
     };
     let result = match cli.command {
         Command::Check(sources) => check(&sources),
-        Command::Serve(sources) => runtime.block_on(serve(sources)),
+        Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Selftest(args) => selftest(&args),
-        Command::NftRuleset(args) => {
-            startup::ruleset(&args.sources, args.agent.as_deref(), &args.dns)
-                .map(|text| print!("{text}"))
-        }
+        Command::NftRuleset(args) => nft_ruleset(&args),
         Command::Grant(args) => {
             let request = control::Request::Grant {
                 agent: args.agent,
@@ -139,6 +138,26 @@ fn check(sources: &Sources) -> Result<(), Failure> {
     Ok(())
 }
 
+fn nft_ruleset(args: &RulesetArgs) -> Result<(), Failure> {
+    let sidecar = args.sidecar_uid.map(|uid| Sidecar {
+        uid,
+        open_tcp: args.open_tcp.clone(),
+    });
+    let text = startup::ruleset_with(
+        &args.sources,
+        args.agent.as_deref(),
+        &args.dns,
+        sidecar.as_ref(),
+    )?;
+    if args.load {
+        allowdns::fence::sidecar::load(&text).map_err(RuntimeError::subsystem)?;
+        eprintln!("allowdns: ruleset loaded");
+    } else {
+        print!("{text}");
+    }
+    Ok(())
+}
+
 /// One control request; a refusal by the server is a runtime failure.
 async fn ask(
     path: &std::path::Path,
@@ -149,8 +168,10 @@ async fn ask(
         .map_err(RuntimeError::subsystem)?)
 }
 
-async fn serve(sources: Sources) -> Result<(), Failure> {
-    let prepared = startup::prepare(&sources)?;
+async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let ServeArgs { sources, watch } = args;
+    let mut prepared = startup::prepare(&sources)?;
+    prepared.watch = allowdns::ops::watch::wanted(watch, &prepared.settings);
     let token = CancellationToken::new();
     shutdown::on_signals(token.clone()).map_err(RuntimeError::Signals)?;
     startup::serve(sources, prepared, token).await

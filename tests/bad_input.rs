@@ -220,7 +220,16 @@ fn bad_reloads_fail_promptly_and_never_wedge_later_ones() {
     )
     .unwrap();
     std::fs::write(policies.join("good.yaml"), GOOD).unwrap();
-    let dns = Allowdns::serve_offline(&policies, &zones);
+    // SIGHUP only: the directory's watch would reload on each change too.
+    let dns = Allowdns::serve(&[
+        "--policy",
+        policies.to_str().unwrap(),
+        "--zones",
+        zones.to_str().unwrap(),
+        "--upstream",
+        "none",
+        "--watch=false",
+    ]);
     assert_eq!(
         rcode(dns.udp, "a.b.test", RecordType::A),
         ResponseCode::NoError

@@ -269,3 +269,241 @@ fn zone_reloads_take_effect_and_a_bad_zone_is_refused_with_file_line_and_audited
         "{errors:?}"
     );
 }
+
+/// A ConfigMap volume as kubelet lays it out and updates it (its
+/// AtomicWriter): each version in a `..<timestamp>` directory, `..data` a
+/// symlink to the current one, every key a symlink through `..data`. An
+/// update writes a new version directory, points `..data_tmp` at it, renames
+/// that over `..data`, then removes the old version; no file is written in place.
+struct ConfigMap {
+    root: std::path::PathBuf,
+    version: Option<String>,
+    serial: usize,
+}
+
+impl ConfigMap {
+    fn new(root: std::path::PathBuf, files: &[(&str, &str)]) -> ConfigMap {
+        std::fs::create_dir(&root).unwrap();
+        let mut map = ConfigMap {
+            root,
+            version: None,
+            serial: 0,
+        };
+        map.update(files);
+        for (name, _) in files {
+            std::os::unix::fs::symlink(format!("..data/{name}"), map.root.join(name)).unwrap();
+        }
+        map
+    }
+
+    fn update(&mut self, files: &[(&str, &str)]) {
+        self.serial += 1;
+        let version = format!("..2026_12_07_00_00_00.{}", 1000 + self.serial);
+        let dir = self.root.join(&version);
+        std::fs::create_dir(&dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        let tmp = self.root.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &tmp).unwrap();
+        std::fs::rename(&tmp, self.root.join("..data")).unwrap();
+        if let Some(old) = self.version.replace(version) {
+            std::fs::remove_dir_all(self.root.join(old)).unwrap();
+        }
+    }
+}
+
+const WATCH_ZONE: &str = "$ORIGIN w.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\nkeep IN A 192.0.2.3\nnew IN A 192.0.2.4\n";
+const WATCH_V1: &str = "agent_name: w\nexpected_outbound:\n  - destination: keep.w.test\n";
+const WATCH_V2: &str = "agent_name: w\nexpected_outbound:\n  - destination: keep.w.test\n  - destination: new.w.test\n";
+
+/// A ConfigMap of policies and a zones directory, and allowdns serving them.
+fn watched(tag: &str, extra: &[&str]) -> (TempDir, ConfigMap, Allowdns) {
+    let dir = TempDir::new(tag);
+    let zones = dir.0.join("zones");
+    std::fs::create_dir(&zones).unwrap();
+    std::fs::write(zones.join("w.test.zone"), WATCH_ZONE).unwrap();
+    let map = ConfigMap::new(dir.0.join("policy"), &[("agent.yaml", WATCH_V1)]);
+    let audit = dir.0.join("audit.jsonl");
+    let mut args = vec![
+        "--policy",
+        map.root.to_str().unwrap(),
+        "--zones",
+        zones.to_str().unwrap(),
+        "--upstream",
+        "none",
+        "--audit-log",
+        audit.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let dns = Allowdns::serve(&args);
+    (dir, map, dns)
+}
+
+#[test]
+fn watch_follows_a_configmap_symlink_swap_within_2s_and_drops_no_query() {
+    // Positive control: an allowdns without the watch, on the same kind of
+    // volume, never sees the swap, so the checks below can tell.
+    let (_control_dir, mut control_map, control) = watched("watch-control", &["--watch=false"]);
+    let (_dir, mut map, dns) = watched("watch", &[]);
+    for server in [control.udp, dns.udp] {
+        assert_eq!(
+            rcode(server, "keep.w.test", RecordType::A),
+            ResponseCode::NoError
+        );
+        assert_eq!(
+            rcode(server, "new.w.test", RecordType::A),
+            ResponseCode::NXDomain
+        );
+    }
+    assert!(
+        dns.stderr().contains("watching for policy changes"),
+        "{}",
+        dns.stderr()
+    );
+
+    // A bounded query loop runs across the swap; every query must be answered.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (answered, wrong) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, answered, wrong, server) =
+            (stop.clone(), answered.clone(), wrong.clone(), dns.udp);
+        std::thread::spawn(move || {
+            for _ in 0..200_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let m = query(server, "keep.w.test", RecordType::A);
+                answered.fetch_add(1, Ordering::Relaxed);
+                if m.metadata.response_code != ResponseCode::NoError {
+                    wrong.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+
+    control_map.update(&[("agent.yaml", WATCH_V2)]);
+    map.update(&[("agent.yaml", WATCH_V2)]);
+    let swapped = std::time::Instant::now();
+    let deadline = swapped + std::time::Duration::from_secs(2);
+    while rcode(dns.udp, "new.w.test", RecordType::A) != ResponseCode::NoError {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the swapped-in policy is not in force 2 s later:\n{}",
+            dns.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let took = swapped.elapsed();
+    eprintln!("swap to new policy in force: {} ms", took.as_millis());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+
+    assert!(answered.load(Ordering::Relaxed) > 50, "the load loop ran");
+    assert_eq!(
+        wrong.load(Ordering::Relaxed),
+        0,
+        "a query failed across the swap"
+    );
+    let stderr = dns.stderr();
+    // kubelet's swap is several events; they make one reload, and the
+    // reload's own reads of the files make none.
+    assert_eq!(
+        stderr.matches("policy files changed: reloading").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("reload: agent w: added new.w.test"),
+        "{stderr}"
+    );
+    // The control, well past the 2 s, still has the old policy.
+    assert_eq!(
+        rcode(control.udp, "new.w.test", RecordType::A),
+        ResponseCode::NXDomain
+    );
+    assert!(
+        !control.stderr().contains("reloading"),
+        "{}",
+        control.stderr()
+    );
+}
+
+#[test]
+fn watch_keeps_the_old_policy_when_a_broken_one_is_swapped_in() {
+    let (dir, mut map, dns) = watched("watch-broken", &["--metrics", "127.0.0.1:0"]);
+    // Positive control: a good swap is picked up by the watch.
+    map.update(&[("agent.yaml", WATCH_V2)]);
+    dns.wait_for("reloaded", 1);
+    assert_eq!(
+        rcode(dns.udp, "new.w.test", RecordType::A),
+        ResponseCode::NoError
+    );
+
+    map.update(&[(
+        "agent.yaml",
+        "agent_name: w\nexpected_outbound:\n  - destination: \"bad..name\"\n",
+    )]);
+    dns.wait_for("RELOAD FAILED", 1);
+    // The previous policy stays in force.
+    assert_eq!(
+        rcode(dns.udp, "new.w.test", RecordType::A),
+        ResponseCode::NoError
+    );
+    assert_eq!(
+        rcode(dns.udp, "keep.w.test", RecordType::A),
+        ResponseCode::NoError
+    );
+    let stderr = dns.stderr();
+    assert!(
+        stderr.contains("agent.yaml:3: expected_outbound[0].destination"),
+        "{stderr}"
+    );
+
+    let audit = dir.0.join("audit.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let failed = loop {
+        let events = read_audit(&audit);
+        if let Some(e) = events.iter().find(|e| e["event"] == "reload_failed") {
+            break e.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload_failed in {events:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(
+        failed["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("agent.yaml:3"),
+        "{failed}"
+    );
+    let metrics = scrape_metrics(&dns);
+    assert!(
+        metrics.contains("allowdns_reload_failures_total 1"),
+        "{metrics}"
+    );
+}
+
+fn scrape_metrics(dns: &Allowdns) -> String {
+    use std::io::{Read, Write};
+    let stderr = dns.stderr();
+    let addr = stderr
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .and_then(|url| url.split('/').next())
+        .unwrap_or_else(|| panic!("no metrics address in:\n{stderr}"))
+        .to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    reply
+}

@@ -26,6 +26,7 @@
 //! watch.rs     re-feeding when the ruleset is reloaded under allowdns
 //! ruleset.rs   the default-deny ruleset `allowdns nft-ruleset` prints
 //! selftest.rs  the fence checked from inside the namespace (`run`, `selftest`)
+//! sidecar.rs   its additions when allowdns shares the agent's namespace (a pod)
 //! error.rs     FenceError and FeedError (a refused permission told apart)
 //! ```
 
@@ -35,6 +36,7 @@ mod keys;
 pub mod netlink;
 pub mod ruleset;
 pub mod selftest;
+pub mod sidecar;
 mod target;
 pub mod watch;
 

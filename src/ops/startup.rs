@@ -52,6 +52,8 @@ pub struct Prepared {
     /// Run on SIGHUP before the reload reads the files (`run` rewrites its
     /// policy from the operator's); an error refuses the reload.
     pub before_reload: Option<ReloadHook>,
+    /// Reload when the policy, zone or config files change (`serve --watch`).
+    pub watch: bool,
 }
 
 /// See [`Prepared::before_reload`]; the error names the file.
@@ -117,6 +119,7 @@ pub fn prepare(sources: &Sources) -> Result<Prepared, Failure> {
         firewall,
         diagnostics: diags,
         before_reload: None,
+        watch: false,
     })
 }
 
@@ -168,6 +171,7 @@ pub async fn serve_on(
         firewall,
         diagnostics: _,
         before_reload,
+        watch,
     } = prepared;
     let metrics = match settings.metrics {
         Some(addr) => Some(
@@ -233,9 +237,25 @@ pub async fn serve_on(
     let reloading = handler.clone();
     let tcp_limits = settings.tcp.clone();
     let pending = settings.pending.clone();
+    let watch = match watch {
+        true => Some(
+            crate::ops::watch::Watch::start(sources.config.as_deref(), &settings)
+                .map_err(RuntimeError::subsystem)?,
+        ),
+        false => None,
+    };
+    // One reload path, two triggers; one at a time, so the last files read win.
     let reloader = tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP received: reloading");
+        loop {
+            tokio::select! {
+                signal = hangups.recv() => match signal {
+                    Some(()) => tracing::info!("SIGHUP received: reloading"),
+                    None => break,
+                },
+                () = crate::ops::watch::changed(watch.as_ref()) => {
+                    tracing::info!("policy files changed: reloading");
+                }
+            }
             if let Some(hook) = before_reload.clone() {
                 let done = tokio::task::spawn_blocking(move || hook()).await;
                 if let Err(why) = done.unwrap_or_else(|e| Err(e.to_string())) {
@@ -330,6 +350,16 @@ pub fn ruleset(
     agent: Option<&str>,
     dns: &[std::net::IpAddr],
 ) -> Result<String, Failure> {
+    ruleset_with(sources, agent, dns, None)
+}
+
+/// [`ruleset`], plus the rules a sidecar needs when given.
+pub fn ruleset_with(
+    sources: &Sources,
+    agent: Option<&str>,
+    dns: &[std::net::IpAddr],
+    sidecar: Option<&crate::fence::sidecar::Sidecar>,
+) -> Result<String, Failure> {
     let mut diags = Diagnostics::default();
     let Some(settings) = config::load(sources, &mut diags) else {
         return Err(Failure::Invalid(diags));
@@ -367,5 +397,28 @@ pub fn ruleset(
         .firewall
         .clone()
         .unwrap_or_else(crate::policy::firewall::FirewallConfig::with_defaults);
-    Ok(crate::fence::ruleset::render(policy, &config, &dns))
+    let mut text = crate::fence::ruleset::render(policy, &config, &dns);
+    if let Some(sidecar) = sidecar {
+        use crate::fence::sidecar::SidecarError;
+        let servers = match &settings.upstream {
+            UpstreamMode::Forward { servers, .. } => servers,
+            UpstreamMode::None => return Err(sidecar_error(SidecarError::NotForwarding("none"))),
+            UpstreamMode::Recursive { .. } => {
+                return Err(sidecar_error(SidecarError::NotForwarding("recursive")));
+            }
+        };
+        text.push_str(&crate::fence::sidecar::rules(&config, sidecar, servers));
+    }
+    Ok(text)
+}
+
+fn sidecar_error(e: crate::fence::sidecar::SidecarError) -> Failure {
+    let mut diags = Diagnostics::default();
+    diags.error(
+        std::path::Path::new("<upstream>"),
+        None,
+        None,
+        e.to_string(),
+    );
+    Failure::Invalid(diags)
 }
