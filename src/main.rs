@@ -24,6 +24,10 @@ fn main() -> ExitCode {
             return allowdns::kennel::run(args).unwrap_or_else(report);
         }
         Command::Kennel(args) => return allowdns::kennel::stage(args),
+        Command::Completions(args) => {
+            allowdns::cli::write_completions(args.shell, &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
         _ => init_logging("info"),
     }
     let runtime = match tokio::runtime::Runtime::new() {
@@ -81,7 +85,9 @@ fn main() -> ExitCode {
                 (false, Some(status)) => print!("{}", control::render(&status)),
                 (false, None) => {}
             }),
-        Command::Run(_) | Command::Kennel(_) => unreachable!("dispatched above"),
+        Command::Run(_) | Command::Kennel(_) | Command::Completions(_) => {
+            unreachable!("dispatched above")
+        }
         Command::Suggest(args) => allowdns::tools::suggest::run(&args).map(|warnings| {
             for warning in warnings.warnings() {
                 eprintln!("{warning}");
