@@ -257,7 +257,9 @@ fn a_third_denial_in_the_window_posts_exactly_one_notification() {
     let post = &posts[0];
     assert_eq!(post.request_line, "POST /allowdns/hook HTTP/1.1");
     assert!(
-        post.headers.contains("Content-Type: application/json"),
+        post.headers
+            .to_ascii_lowercase()
+            .contains("content-type: application/json"),
         "{}",
         post.headers
     );
@@ -379,8 +381,7 @@ fn a_receiver_that_never_answers_times_out_and_dns_goes_on() {
         deny(&dns, &format!("q{i}.example"), RecordType::AAAA);
     }
     wait_until("a timeout and a retry", || {
-        dns.stderr().contains("timed out waiting for the response")
-            && rx.hung.load(Ordering::Acquire) >= 2
+        dns.stderr().contains("timed out (timeout 300 ms)") && rx.hung.load(Ordering::Acquire) >= 2
     });
     // The receiver recovers: the retried notification arrives.
     rx.hang.store(false, Ordering::Release);
@@ -587,12 +588,10 @@ fn check_rejects_bad_alert_settings_with_file_line_and_field() {
     );
     let (code, stderr) = check(&bad);
     assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.contains("webhook"), "https is accepted: {stderr}");
     let file = bad.display();
     for expected in [
         format!("{file}:4: alerts.notify.threshold.count: 20000 is more than 10000"),
-        format!(
-            "{file}:5: alerts.notify.webhook.url: 'https://hooks.slack.com/services/T0/B0/X': https is not supported"
-        ),
         format!("{file}:6: alerts.notify.syslog.facility: unknown facility 'security'"),
     ] {
         assert!(stderr.contains(&expected), "missing {expected}\n{stderr}");
