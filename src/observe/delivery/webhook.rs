@@ -350,6 +350,8 @@ pub struct Webhook {
     /// response's status and headers.
     pub timeout: Duration,
     shape: Shape,
+    /// Whom https trusts, for the message when a certificate is refused.
+    trusting: &'static str,
     agent: ureq::Agent,
     lookup: Arc<Lookup>,
 }
@@ -404,10 +406,15 @@ impl Webhook {
             ureq::unversioned::transport::DefaultConnector::new(),
             SharedLookup(lookup.clone()),
         );
+        let trusting = match trust {
+            Trust::System => "the system CA store",
+            Trust::Only(_) => "only the CAs in ca_file",
+        };
         Webhook {
             url,
             timeout,
             shape,
+            trusting,
             agent,
             lookup,
         }
@@ -436,7 +443,8 @@ impl Webhook {
             .build()
             .header("Content-Type", "application/json")
             .send(body);
-        let response = sent.map_err(|e| SendError::retry(describe(e, self.timeout)))?;
+        let response =
+            sent.map_err(|e| SendError::retry(describe(e, self.timeout, self.trusting)))?;
         let status = response.status();
         let line = format!(
             "{} {}",
@@ -476,7 +484,7 @@ fn system_roots(url: &HttpUrl) -> Vec<ureq::tls::Certificate<'static>> {
 }
 
 /// One failed attempt in words: which phase timed out, or what TLS refused.
-fn describe(e: ureq::Error, timeout: Duration) -> String {
+fn describe(e: ureq::Error, timeout: Duration, trusting: &str) -> String {
     let ms = timeout.as_millis();
     match e {
         ureq::Error::Timeout(ureq::Timeout::Global) => format!("timed out (timeout {ms} ms)"),
@@ -492,8 +500,11 @@ fn describe(e: ureq::Error, timeout: Duration) -> String {
         {
             format!("timed out ({e}; timeout {ms} ms)")
         }
-        ureq::Error::Io(e) => e.to_string(),
-        ureq::Error::Rustls(e) => format!("TLS refused: {e}"),
+        ureq::Error::Io(e) => match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(tls) => format!("TLS refused: {tls} (trusting {trusting})"),
+            None => e.to_string(),
+        },
+        ureq::Error::Rustls(e) => format!("TLS refused: {e} (trusting {trusting})"),
         ureq::Error::Tls(e) => format!("TLS refused: {e}"),
         other => other.to_string(),
     }
@@ -533,6 +544,14 @@ mod tests {
         assert_eq!(u.to_string(), "http://relay.example/?t=1");
         assert!(!u.is_local());
         assert!(HttpUrl::parse("http://localhost:1/").unwrap().is_local());
+    }
+
+    #[test]
+    fn slack_text_cannot_carry_markup() {
+        assert_eq!(
+            slack_escape("a <https://evil.example|click> & b"),
+            "a &lt;https://evil.example|click&gt; &amp; b"
+        );
     }
 
     #[test]
