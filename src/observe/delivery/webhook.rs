@@ -822,10 +822,12 @@ mod tests {
         let started = Instant::now();
         hook.post("{}", Instant::now() + Duration::from_secs(10))
             .unwrap();
-        // About half the budget went to the black hole.
+        // The black hole took its share (ureq gives the first address the
+        // largest), and the second address was still reached within the
+        // attempt's budget (plus scheduling slack on a loaded machine).
         let took = started.elapsed();
         assert!(
-            took >= Duration::from_millis(400) && took < Duration::from_millis(900),
+            took >= Duration::from_millis(400) && took < Duration::from_millis(1500),
             "{took:?}"
         );
         server.join().unwrap();
