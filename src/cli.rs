@@ -45,6 +45,8 @@ pub enum Command {
     /// Run a command fenced in a kennel: its own network namespace whose only
     /// way out is the firewall this allowdns feeds, and whose only DNS is it.
     Run(crate::kennel::RunArgs),
+    /// Print shell completions (bash, zsh, fish) to stdout.
+    Completions(CompletionsArgs),
     /// Internal: one stage of `run` (re-executed, never called by hand).
     #[command(name = "__kennel", hide = true)]
     Kennel(crate::kennel::StageArgs),
@@ -59,6 +61,13 @@ pub struct ServeArgs {
     /// a directory. `--watch=false` turns it off.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub watch: Option<bool>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -143,4 +152,18 @@ pub struct RulesetArgs {
     /// Load the ruleset with `nft -f -` in this namespace instead of printing it.
     #[arg(long)]
     pub load: bool,
+}
+
+/// Completions for `shell` on `out`. clap_complete offers hidden subcommands
+/// too, so the internal stages are left out of the model it is given.
+pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    use clap::CommandFactory;
+    let full = Cli::command();
+    let mut visible = clap::Command::new("allowdns")
+        .about(full.get_about().cloned().unwrap_or_default())
+        .version(env!("CARGO_PKG_VERSION"));
+    for sub in full.get_subcommands().filter(|s| !s.is_hide_set()) {
+        visible = visible.subcommand(sub.clone());
+    }
+    clap_complete::generate(shell, &mut visible, "allowdns", out);
 }

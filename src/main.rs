@@ -51,6 +51,10 @@ fn main() -> ExitCode {
             return allowdns::kennel::run(args).unwrap_or_else(report);
         }
         Command::Kennel(args) => return allowdns::kennel::stage(args),
+        Command::Completions(args) => {
+            allowdns::cli::write_completions(args.shell, &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
         _ => init_logging("info"),
     }
     allowdns::ops::privileges::raise_permitted();
@@ -107,7 +111,9 @@ fn main() -> ExitCode {
                 (false, Some(status)) => print!("{}", control::render(&status)),
                 (false, None) => {}
             }),
-        Command::Run(_) | Command::Kennel(_) => unreachable!("dispatched above"),
+        Command::Run(_) | Command::Kennel(_) | Command::Completions(_) => {
+            unreachable!("dispatched above")
+        }
         Command::Suggest(args) => allowdns::tools::suggest::run(&args).map(|warnings| {
             for warning in warnings.warnings() {
                 eprintln!("{warning}");

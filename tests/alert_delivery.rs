@@ -257,7 +257,9 @@ fn a_third_denial_in_the_window_posts_exactly_one_notification() {
     let post = &posts[0];
     assert_eq!(post.request_line, "POST /allowdns/hook HTTP/1.1");
     assert!(
-        post.headers.contains("Content-Type: application/json"),
+        post.headers
+            .to_ascii_lowercase()
+            .contains("content-type: application/json"),
         "{}",
         post.headers
     );
@@ -379,8 +381,7 @@ fn a_receiver_that_never_answers_times_out_and_dns_goes_on() {
         deny(&dns, &format!("q{i}.example"), RecordType::AAAA);
     }
     wait_until("a timeout and a retry", || {
-        dns.stderr().contains("timed out waiting for the response")
-            && rx.hung.load(Ordering::Acquire) >= 2
+        dns.stderr().contains("timed out (timeout 300 ms)") && rx.hung.load(Ordering::Acquire) >= 2
     });
     // The receiver recovers: the retried notification arrives.
     rx.hang.store(false, Ordering::Release);
@@ -587,12 +588,10 @@ fn check_rejects_bad_alert_settings_with_file_line_and_field() {
     );
     let (code, stderr) = check(&bad);
     assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.contains("webhook"), "https is accepted: {stderr}");
     let file = bad.display();
     for expected in [
         format!("{file}:4: alerts.notify.threshold.count: 20000 is more than 10000"),
-        format!(
-            "{file}:5: alerts.notify.webhook.url: 'https://hooks.slack.com/services/T0/B0/X': https is not supported"
-        ),
         format!("{file}:6: alerts.notify.syslog.facility: unknown facility 'security'"),
     ] {
         assert!(stderr.contains(&expected), "missing {expected}\n{stderr}");
@@ -611,6 +610,54 @@ fn check_rejects_bad_alert_settings_with_file_line_and_field() {
             && stderr.contains("unknown field `timeout`"),
         "{stderr}"
     );
+
+    let shapes = dir.write(
+        "shapes.yaml",
+        &format!(
+            "{policy}alerts:\n  notify:\n    webhook: {{ url: \"https://api.telegram.org/botX/sendMessage\", format: telegram }}\n"
+        ),
+    );
+    let (code, stderr) = check(&shapes);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:4: alerts.notify.webhook.chat_id: is required with format: telegram",
+            shapes.display()
+        )),
+        "{stderr}"
+    );
+    let teams = dir.write(
+        "teams.yaml",
+        &format!(
+            "{policy}alerts:\n  notify:\n    webhook:\n      url: \"https://h.example/\"\n      format: teams\n      ca_file: no-such-ca.pem\n"
+        ),
+    );
+    let (code, stderr) = check(&teams);
+    assert_eq!(code, 1, "{stderr}");
+    for expected in [
+        format!(
+            "{}:6: alerts.notify.webhook.format: unknown format 'teams' (expected json, slack or telegram)",
+            teams.display()
+        ),
+        format!(
+            "{}:7: alerts.notify.webhook.ca_file: {}",
+            teams.display(),
+            dir.0.join("no-such-ca.pem").display()
+        ),
+    ] {
+        assert!(stderr.contains(&expected), "missing {expected}\n{stderr}");
+    }
+    let not_pem = dir.write("not-pem.pem", "hello\n");
+    let bad_ca = dir.write(
+        "bad-ca.yaml",
+        &format!(
+            "{policy}alerts:\n  notify:\n    webhook: {{ url: \"https://h.example/\", ca_file: {:?} }}\n",
+            not_pem.to_str().unwrap()
+        ),
+    );
+    let (code, stderr) = check(&bad_ca);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("no PEM certificate"), "{stderr}");
 
     let nowhere = dir.write(
         "nowhere.yaml",
@@ -904,4 +951,283 @@ fn exfiltration_marks_are_notified_per_window_and_counted() {
     );
     // The stderr lines are unchanged.
     assert!(stderr.contains("EXFILTRATION BUDGET EXCEEDED"), "{stderr}");
+}
+
+// --- https: a local TLS receiver whose CA and certificate the test makes.
+
+/// A CA and a certificate for 127.0.0.1 and localhost that it signed.
+struct TestPki {
+    ca_pem: String,
+    cert: rustls::pki_types::CertificateDer<'static>,
+    key: Vec<u8>,
+}
+
+fn test_pki(name: &str) -> TestPki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    TestPki {
+        ca_pem: ca.pem(),
+        cert: cert.der().clone(),
+        key: key.serialize_der(),
+    }
+}
+
+/// An https receiver: answers 200 to each POST and records it, or, while
+/// `hang` is set, reads the request and never answers. Counts handshakes
+/// that failed (a client that refused the certificate).
+struct TlsReceiver {
+    addr: SocketAddr,
+    posts: Arc<Mutex<Vec<Value>>>,
+    hang: Arc<AtomicBool>,
+    hung: Arc<AtomicUsize>,
+    refused: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TlsReceiver {
+    fn start(pki: &TestPki) -> TlsReceiver {
+        // The provider from rustls's features: ring, as the client's.
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![pki.cert.clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(pki.key.clone().into()),
+            )
+            .unwrap();
+        let config = Arc::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let posts: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let hang = Arc::new(AtomicBool::new(false));
+        let hung = Arc::new(AtomicUsize::new(0));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, hg, h, r, st) = (
+            posts.clone(),
+            hang.clone(),
+            hung.clone(),
+            refused.clone(),
+            stop.clone(),
+        );
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !st.load(Ordering::Acquire) {
+                let tcp = match listener.accept() {
+                    Ok((s, _)) => s,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                    Err(e) => panic!("accept: {e}"),
+                };
+                tcp.set_nonblocking(false).unwrap();
+                tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                // The request head, then Content-Length bytes of body.
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                let body = loop {
+                    match tls.read(&mut buf) {
+                        Ok(0) | Err(_) => break None,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                    let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:")?.trim().parse().ok())
+                        .unwrap_or(0);
+                    if got.len() >= end + 4 + length {
+                        break Some(got[end + 4..end + 4 + length].to_vec());
+                    }
+                };
+                let Some(body) = body else {
+                    if !tls.conn.is_handshaking() {
+                        continue;
+                    }
+                    r.fetch_add(1, Ordering::AcqRel);
+                    continue;
+                };
+                if hg.load(Ordering::Acquire) {
+                    h.fetch_add(1, Ordering::AcqRel);
+                    held.push(tls);
+                    continue;
+                }
+                p.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap());
+                let _ = tls.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        });
+        TlsReceiver {
+            addr,
+            posts,
+            hang,
+            hung,
+            refused,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("https://{}/hook", self.addr)
+    }
+
+    fn posts(&self) -> Vec<Value> {
+        self.posts.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TlsReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A config that notifies `url` on every denial; `extra` is added to the webhook.
+fn https_config(dir: &TempDir, url: &str, extra: &str) -> String {
+    config(
+        dir,
+        &format!(
+            "    threshold: {{ count: 0, window_secs: 300 }}\n    webhook: {{ url: \"{url}\"{extra} }}\n    retry: {{ max_attempts: 100, max_backoff_secs: 1 }}\n"
+        ),
+    )
+}
+
+#[test]
+fn https_webhook_trusts_its_ca_file_refuses_any_other_and_survives_a_hang() {
+    let pki = test_pki("allowdns test CA");
+    let rx = TlsReceiver::start(&pki);
+    let dir = TempDir::new("delivery-https");
+    let ca = dir.write("ca.pem", &pki.ca_pem);
+
+    // Positive control first: the receiver's own CA as ca_file delivers, over TLS.
+    let cfg = https_config(
+        &dir,
+        &rx.url(),
+        &format!(", ca_file: {:?}", ca.to_str().unwrap()),
+    );
+    let (code, stderr) = check(Path::new(&cfg));
+    assert_eq!(code, 0, "check refuses an https webhook: {stderr}");
+    assert!(!stderr.contains("unencrypted"), "{stderr}");
+    let dns = serve(&cfg);
+    deny(&dns, "over-tls.example", RecordType::A);
+    wait_until("a POST over TLS", || !rx.posts().is_empty());
+    assert_eq!(rx.posts()[0]["names"][0]["qname"], "over-tls.example");
+    let (status, stderr) = dns.terminate();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(rx.refused.load(Ordering::Acquire), 0);
+
+    // Another CA, and the system store (which has never seen the test CA):
+    // the certificate is refused, the log says why, nothing is posted.
+    let other = test_pki("some other CA");
+    let other_ca = dir.write("other.pem", &other.ca_pem);
+    for extra in [
+        format!(", ca_file: {:?}", other_ca.to_str().unwrap()),
+        String::new(),
+    ] {
+        let wrong = TempDir::new("delivery-https-wrong");
+        let dns = serve(&https_config(&wrong, &rx.url(), &extra));
+        let before = rx.refused.load(Ordering::Acquire);
+        deny(&dns, "wrong-ca.example", RecordType::A);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !(dns.stderr().contains("TLS refused") && dns.stderr().contains("UnknownIssuer")) {
+            assert!(
+                Instant::now() < deadline,
+                "{extra}: no refusal in the log:\n{}",
+                dns.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        assert!(rx.refused.load(Ordering::Acquire) > before);
+        let (status, stderr) = dns.terminate();
+        assert!(status.success(), "{stderr}");
+        assert_eq!(rx.posts().len(), 1, "{extra}: posted anyway:\n{stderr}");
+        assert_eq!(audit(&wrong).len(), 1);
+    }
+
+    // A receiver that takes the request and never answers: queries go on,
+    // the attempt times out, and the retry arrives once it answers again.
+    rx.hang.store(true, Ordering::Release);
+    let hang_dir = TempDir::new("delivery-https-hang");
+    let dns = serve(&https_config(
+        &hang_dir,
+        &rx.url(),
+        &format!(", ca_file: {:?}, timeout_ms: 300", ca.to_str().unwrap()),
+    ));
+    deny(&dns, "hung-tls.example", RecordType::A);
+    wait_until("the POST to hang", || rx.hung.load(Ordering::Acquire) >= 1);
+    for i in 0..20 {
+        deny(&dns, &format!("h{i}.example"), RecordType::AAAA);
+    }
+    wait_until("a timeout and a retry", || {
+        dns.stderr().contains("timed out (timeout 300 ms)") && rx.hung.load(Ordering::Acquire) >= 2
+    });
+    rx.hang.store(false, Ordering::Release);
+    wait_until("the retried POST", || rx.posts().len() >= 2);
+    assert_eq!(rx.posts()[1]["names"][0]["qname"], "hung-tls.example");
+    let (status, stderr) = dns.terminate();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(audit(&hang_dir).len(), 21);
+}
+
+#[test]
+fn slack_and_telegram_get_their_own_shapes() {
+    for (extra, check_body) in [
+        (
+            ", format: slack",
+            (|b: &Value| {
+                let text = b["text"].as_str().unwrap();
+                assert!(text.contains("shape.example"), "{b}");
+                assert_eq!(b.as_object().unwrap().len(), 1, "only text: {b}");
+            }) as fn(&Value),
+        ),
+        (", format: telegram, chat_id: \"-100123\"", |b: &Value| {
+            assert_eq!(b["chat_id"], "-100123");
+            assert!(b["text"].as_str().unwrap().contains("shape.example"), "{b}");
+            assert!(b.get("names").is_none(), "{b}");
+        }),
+    ] {
+        let rx = Receiver::start("127.0.0.1:0");
+        let dir = TempDir::new("delivery-shape");
+        // A proxy in the environment (a closed port) is not used.
+        let cfg = https_config(&dir, &rx.url(), extra);
+        let proxy = "http://127.0.0.1:9";
+        let dns = Allowdns::serve_env(
+            &[
+                ("http_proxy", proxy),
+                ("HTTP_PROXY", proxy),
+                ("ALL_PROXY", proxy),
+            ],
+            &["--config", &cfg, "--upstream", "none"],
+        );
+        deny(&dns, "shape.example", RecordType::A);
+        let posts = rx.wait_posts(1);
+        check_body(&posts[0].body);
+        let (status, stderr) = dns.terminate();
+        assert!(status.success(), "{stderr}");
+    }
 }

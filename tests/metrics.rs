@@ -14,9 +14,9 @@ fn metrics_addr(dns: &Allowdns) -> String {
     let stderr = dns.stderr();
     let url = stderr
         .split_whitespace()
-        .find_map(|w| w.strip_prefix("http://"))
+        .find_map(|w| w.strip_prefix("http://")?.strip_suffix("/metrics"))
         .unwrap_or_else(|| panic!("no metrics address in:\n{stderr}"));
-    url.split('/').next().unwrap().to_string()
+    url.to_string()
 }
 
 fn scrape(dns: &Allowdns, path: &str) -> String {
@@ -273,5 +273,302 @@ fn wait_closed(conns: &[TcpStream], open: &mut [bool], by: Instant, want: usize)
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// --- docs/grafana/allowdns.json against what /metrics really exports.
+
+/// Labels Prometheus adds on scrape, and the histogram bucket label.
+const SCRAPE_LABELS: &[&str] = &["instance", "job", "le"];
+/// PromQL words that are neither series nor labels.
+const PROMQL_WORDS: &[&str] = &[
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "count",
+    "topk",
+    "bottomk",
+    "rate",
+    "irate",
+    "increase",
+    "delta",
+    "histogram_quantile",
+    "clamp_min",
+    "label_values",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+];
+
+/// Series name → label names, from a scrape: histograms also by their
+/// `_bucket`, `_sum` and `_count` series.
+fn exported(scrape: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let body = scrape.split_once("\r\n\r\n").map_or(scrape, |(_, b)| b);
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            let names = if kind == "histogram" {
+                vec![
+                    format!("{name}_bucket"),
+                    format!("{name}_sum"),
+                    format!("{name}_count"),
+                ]
+            } else {
+                vec![name.to_string()]
+            };
+            for n in names {
+                out.entry(n).or_default();
+            }
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let series = line.rsplit_once(' ').map_or(line, |(s, _)| s);
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            let known = out.entry(name.to_string()).or_default();
+            for pair in labels.trim_end_matches('}').split(',') {
+                if let Some((label, _)) = pair.split_once('=')
+                    && !known.iter().any(|k| k == label)
+                {
+                    known.push(label.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every PromQL expression in a dashboard: panel targets and variable queries.
+fn expressions(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                    ("query", serde_json::Value::Object(q)) => {
+                        if let Some(serde_json::Value::String(e)) = q.get("query") {
+                            out.push(e.clone());
+                        }
+                    }
+                    _ => expressions(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| expressions(v, out)),
+        _ => {}
+    }
+}
+
+/// What one expression refers to that the scrape lacks: unknown series,
+/// unknown identifiers, labels a matcher or a grouping names that its
+/// series do not carry. Strings, `[ranges]` and `$variables` are skipped.
+fn promql_problems(
+    expr: &str,
+    series: &std::collections::BTreeMap<String, Vec<String>>,
+) -> Vec<String> {
+    let chars: Vec<char> = expr.chars().collect();
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut problems = Vec::new();
+    let mut used: Vec<&str> = Vec::new();
+    let mut matched: Vec<(String, String)> = Vec::new();
+    let mut grouped: Vec<String> = Vec::new();
+    let mut i = 0;
+    let mut last_word = String::new();
+    let mut last_series = String::new();
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' {
+            i += 1;
+            while i < chars.len() && chars[i] != c {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+        } else if c == '[' {
+            while i < chars.len() && chars[i] != ']' {
+                i += 1;
+            }
+            i += 1;
+        } else if c == '$' || c.is_ascii_digit() || c == '.' {
+            i += 1;
+            while i < chars.len() && (word(chars[i]) || chars[i] == '.') {
+                i += 1;
+            }
+        } else if c == '{' {
+            // Label matchers of the series just named.
+            i += 1;
+            while i < chars.len() && chars[i] != '}' {
+                let start = i;
+                while i < chars.len() && word(chars[i]) {
+                    i += 1;
+                }
+                let label: String = chars[start..i].iter().collect();
+                if !label.is_empty() {
+                    matched.push((last_series.clone(), label));
+                }
+                while i < chars.len() && !matches!(chars[i], '"' | '}') {
+                    i += 1;
+                }
+                if i < chars.len() && chars[i] == '"' {
+                    i += 1;
+                    while i < chars.len() && chars[i] != '"' {
+                        i += if chars[i] == '\\' { 2 } else { 1 };
+                    }
+                    i += 1;
+                }
+                while i < chars.len() && matches!(chars[i], ',' | ' ') {
+                    i += 1;
+                }
+            }
+            i += 1;
+        } else if c == '(' && matches!(last_word.as_str(), "by" | "without") {
+            let end = i + chars[i..].iter().position(|&c| c == ')').unwrap_or(0);
+            let list: String = chars[i + 1..end].iter().collect();
+            grouped.extend(list.split(',').map(|l| l.trim().to_string()));
+            last_word.clear();
+            i = end + 1;
+        } else if word(c) {
+            let start = i;
+            while i < chars.len() && word(chars[i]) {
+                i += 1;
+            }
+            let w: String = chars[start..i].iter().collect();
+            if let Some((name, _)) = series.get_key_value(&w) {
+                used.push(name);
+                last_series = w.clone();
+            } else if w.starts_with("allowdns_") {
+                problems.push(format!("series {w} is not exported"));
+            } else if !PROMQL_WORDS.contains(&w.as_str())
+                && !SCRAPE_LABELS.contains(&w.as_str())
+                && !series.values().flatten().any(|l| *l == w)
+            {
+                problems.push(format!("unknown word {w}"));
+            }
+            last_word = w;
+        } else {
+            i += 1;
+        }
+    }
+    if used.is_empty() {
+        problems.push("names no allowdns series".to_string());
+    }
+    let has = |name: &str, label: &str| {
+        SCRAPE_LABELS.contains(&label)
+            || series
+                .get(name)
+                .is_some_and(|l| l.iter().any(|x| x == label))
+    };
+    for (name, label) in matched {
+        if !has(&name, &label) {
+            problems.push(format!("{name} has no label {label}"));
+        }
+    }
+    for label in grouped {
+        if !used.iter().any(|name| has(name, &label)) {
+            problems.push(format!("grouping by {label}, which none of {used:?} has"));
+        }
+    }
+    problems
+}
+
+#[test]
+fn every_grafana_expression_names_series_and_labels_that_metrics_exports() {
+    let dir = TempDir::new("grafana");
+    // Alert sinks configured, so their families are exported too; nothing
+    // is denied often enough to notify.
+    let config = dir.write(
+        "allowdns.yaml",
+        &format!(
+            "policies: [{:?}]\nalerts:\n  notify:\n    webhook: {{ url: \"http://127.0.0.1:9/\" }}\n",
+            repo("policies/travel_agent_v1.yaml").to_str().unwrap()
+        ),
+    );
+    let dns = Allowdns::serve(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--upstream",
+        "none",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    // One denial, so the per-decision series (written once non-zero) exist.
+    assert_eq!(
+        rcode(dns.udp, "sketchy-mirror.example.com", RecordType::A),
+        ResponseCode::NXDomain
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let reply = scrape(&dns, "/metrics");
+        if reply.contains("allowdns_queries_total{") || Instant::now() > deadline {
+            break reply;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let series = exported(&text);
+    for family in [
+        "allowdns_queries_total",
+        "allowdns_alert_deliveries_total",
+        "allowdns_query_duration_seconds_bucket",
+    ] {
+        assert!(series.contains_key(family), "no {family} in:\n{text}");
+    }
+
+    // Positive control: the checker catches a misspelt series, a label the
+    // series lacks, a grouping nobody carries and a stray word.
+    let bad = promql_problems(
+        "sum by (agnet) (rate(allowdns_querys_total[5m])) / sum(rate(allowdns_queries_total{agent=\"a\",qtyp=\"A\"}[5m])) + up",
+        &series,
+    );
+    for expected in [
+        "series allowdns_querys_total is not exported",
+        "allowdns_queries_total has no label qtyp",
+        "grouping by agnet",
+        "unknown word up",
+    ] {
+        assert!(
+            bad.iter().any(|p| p.contains(expected)),
+            "checker missed {expected:?}: {bad:?}"
+        );
+    }
+
+    let path = repo("docs/grafana/allowdns.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    expressions(&dashboard, &mut exprs);
+    assert!(exprs.len() > 20, "only {} expressions", exprs.len());
+    let problems: Vec<String> = exprs
+        .iter()
+        .flat_map(|e| {
+            promql_problems(e, &series)
+                .into_iter()
+                .map(move |p| format!("{p}\n    in {e}"))
+        })
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "{}:\n{}",
+        path.display(),
+        problems.join("\n")
+    );
+    // The issue's list, each on a panel of its own.
+    let all = exprs.join("\n");
+    for needed in [
+        "allowdns_queries_total",
+        "allowdns_exfil_total",
+        "allowdns_stripped_addresses_total",
+        "allowdns_query_duration_seconds_bucket",
+        "allowdns_upstream_errors_total",
+        "allowdns_nft_updates_total",
+        "allowdns_nft_failures_total",
+        "allowdns_audit_records_lost_total",
+    ] {
+        assert!(all.contains(needed), "no panel uses {needed}");
     }
 }

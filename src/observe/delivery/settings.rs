@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::syslog::{self, SyslogSettings};
 use super::threshold::{MAX_COUNT, Threshold};
-use super::webhook::{HttpUrl, UrlError};
+use super::webhook::{HttpUrl, Shape, Trust, UrlError};
 use crate::diagnostics::{Diagnostics, locate};
 
 /// First retry delay; doubles per failure up to `max_backoff`.
@@ -27,6 +27,8 @@ pub enum SettingError {
     },
     #[error("unknown format '{0}' (expected rfc3164 or rfc5424)")]
     Format(String),
+    #[error("unknown format '{0}' (expected json, slack or telegram)")]
+    WebhookFormat(String),
     #[error("'{0}' is not an address (expected IP, IP:PORT or [IPv6]:PORT)")]
     Address(String),
     #[error(transparent)]
@@ -45,8 +47,10 @@ pub struct NotifySettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookSettings {
     pub url: HttpUrl,
-    /// Budget for one attempt (connect, send, status line).
+    /// Budget for one attempt (resolve, connect, TLS, send, response head).
     pub timeout: Duration,
+    pub shape: Shape,
+    pub trust: Trust,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +84,7 @@ pub struct NotifyFile {
     /// When to notify; default: more than 2 denials from one agent in 300 s.
     #[serde(default)]
     pub threshold: Option<ThresholdFile>,
-    /// HTTP POST of JSON, for Wazuh, Slack or Telegram relays.
+    /// HTTP(S) POST of JSON: allowdns's own, or Slack's or Telegram's shape.
     #[serde(default)]
     pub webhook: Option<WebhookFile>,
     /// The local syslog daemon or a UDP collector.
@@ -105,12 +109,21 @@ pub struct ThresholdFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookFile {
-    /// `http://HOST[:PORT]/PATH`; required.
+    /// `http[s]://HOST[:PORT]/PATH`; required.
     #[serde(default)]
     pub url: Option<String>,
-    /// Budget for one attempt: connect, send, status line.
+    /// Budget for one attempt: resolve, connect, TLS, send, response head.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// `json` (default), `slack` or `telegram`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Telegram's chat to post to; required with `format: telegram`.
+    #[serde(default)]
+    pub chat_id: Option<String>,
+    /// PEM file of the CAs to trust for https instead of the system store.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -226,7 +239,14 @@ pub fn validate(
         window: Duration::from_secs(window_secs),
     };
 
-    let webhook = webhook.and_then(|WebhookFile { url, timeout_ms }| {
+    let webhook = webhook.and_then(|w| {
+        let WebhookFile {
+            url,
+            timeout_ms,
+            format,
+            chat_id,
+            ca_file,
+        } = w;
         let field = format!("{F}.webhook.url");
         let url = match url.as_deref().map(HttpUrl::parse) {
             None => {
@@ -234,7 +254,7 @@ pub fn validate(
                     diags,
                     &["webhook"],
                     &field,
-                    "is required (http://HOST[:PORT]/PATH)",
+                    "is required (http[s]://HOST[:PORT]/PATH)",
                 );
                 None
             }
@@ -248,7 +268,7 @@ pub fn validate(
                 None
             }
             Some(Ok(parsed)) => {
-                if !parsed.is_local() {
+                if !parsed.tls && !parsed.is_local() {
                     at.warning(
                         diags,
                         &["webhook", url.as_deref().unwrap_or_default()],
@@ -271,9 +291,70 @@ pub fn validate(
                 format!("{timeout_ms} is not from 1 to 60000 ms"),
             );
         }
+        let shape = match (format.as_deref(), chat_id) {
+            (None | Some("json"), None) => Some(Shape::Json),
+            (Some("slack"), None) => Some(Shape::Slack),
+            (Some("telegram"), Some(chat_id)) if !chat_id.trim().is_empty() => {
+                Some(Shape::Telegram { chat_id })
+            }
+            (Some("telegram"), _) => {
+                at.error(
+                    diags,
+                    &["webhook", "telegram"],
+                    &format!("{F}.webhook.chat_id"),
+                    "is required with format: telegram (the chat the bot posts to)",
+                );
+                None
+            }
+            (f @ (None | Some("json" | "slack")), Some(_)) => {
+                at.error(
+                    diags,
+                    &["webhook", "chat_id"],
+                    &format!("{F}.webhook.chat_id"),
+                    format!(
+                        "is only for format: telegram (format is {})",
+                        f.unwrap_or("json")
+                    ),
+                );
+                None
+            }
+            (Some(other), _) => {
+                at.error(
+                    diags,
+                    &["webhook", other],
+                    &format!("{F}.webhook.format"),
+                    SettingError::WebhookFormat(other.to_string()),
+                );
+                None
+            }
+        };
+        let trust = match ca_file {
+            None => Some(Trust::System),
+            Some(raw) => {
+                let path = here(&raw);
+                let field = format!("{F}.webhook.ca_file");
+                if url.as_ref().is_some_and(|u| !u.tls) {
+                    at.warning(
+                        diags,
+                        &["webhook", "ca_file"],
+                        &field,
+                        "is used only for https; this url is http",
+                    );
+                }
+                match read_ca_file(&path) {
+                    Ok(ders) => Some(Trust::Only(std::sync::Arc::new(ders))),
+                    Err(e) => {
+                        at.error(diags, &["webhook", "ca_file"], &field, e);
+                        None
+                    }
+                }
+            }
+        };
         Some(WebhookSettings {
             url: url?,
             timeout: Duration::from_millis(timeout_ms),
+            shape: shape?,
+            trust: trust?,
         })
     });
 
@@ -399,6 +480,26 @@ pub fn validate(
             max_backoff: Duration::from_secs(max_backoff_secs),
         },
     })
+}
+
+/// The certificates (DER) in a PEM file; the error names the file.
+fn read_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    let text = crate::input::read_text(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut ders = Vec::new();
+    for item in ureq::tls::parse_pem(text.as_bytes()) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => ders.push(c.der().to_vec()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("{}: not PEM: {e}", path.display())),
+        }
+    }
+    if ders.is_empty() {
+        return Err(format!(
+            "{}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+            path.display()
+        ));
+    }
+    Ok(ders)
 }
 
 /// `IP:PORT`, `[IPv6]:PORT`, or a bare IP (port 514).

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::notification::{Notification, hostname};
 use super::settings::{NotifySettings, RetryPolicy};
 use super::syslog::{self, Syslog};
-use super::threshold::{Kind, Raised};
+use super::threshold::Raised;
 use super::webhook::Webhook;
 
 /// Notifications a sink holds while it cannot deliver; more are dropped and counted.
@@ -80,10 +80,14 @@ enum Transport {
 }
 
 impl Transport {
-    fn send(&mut self, kind: Kind, body: &str, deadline: Instant) -> Result<(), SendError> {
+    /// Sends one notification, `lost` the count reported in it.
+    fn send(&mut self, n: &Notification, lost: u64, deadline: Instant) -> Result<(), SendError> {
         match self {
-            Transport::Webhook(w) => w.post(body, deadline),
-            Transport::Syslog(s) => s.send(kind.msg_id(), body, deadline),
+            Transport::Webhook(w) => {
+                let body = w.render(n, lost);
+                w.post(&body, deadline)
+            }
+            Transport::Syslog(s) => s.send(n.kind.msg_id(), &n.body(lost), deadline),
         }
     }
 }
@@ -138,7 +142,12 @@ impl Delivery {
         let host = hostname();
         let mut sinks = Vec::new();
         if let Some(w) = &settings.webhook {
-            let transport = Transport::Webhook(Webhook::new(w.url.clone(), w.timeout));
+            let transport = Transport::Webhook(Webhook::new(
+                w.url.clone(),
+                w.timeout,
+                w.shape.clone(),
+                &w.trust,
+            ));
             sinks.push(Sink::start(
                 "webhook",
                 w.url.to_string(),
@@ -313,7 +322,7 @@ fn run(shared: &SinkShared, mut transport: Transport, retry: RetryPolicy) {
         }
         // Far future unless closing: the transport's own timeout bounds an attempt.
         let deadline = closing.unwrap_or(now + Duration::from_secs(3600));
-        let e = match transport.send(head.kind, &head.body(lost), deadline) {
+        let e = match transport.send(&head, lost, deadline) {
             Ok(()) => {
                 shared.lock().items.pop_front();
                 DeliveryStats::add(&stats.sent, 1);
@@ -394,7 +403,7 @@ fn pause(shared: &SinkShared, delay: Duration, was_closing: bool) {
 mod tests {
     use super::super::notification::tests::{THRESHOLD, raised};
     use super::super::settings::WebhookSettings;
-    use super::super::webhook::HttpUrl;
+    use super::super::webhook::{HttpUrl, Shape, Trust};
     use super::*;
     use std::io::{Read, Write};
     use std::net::TcpListener;
@@ -405,6 +414,8 @@ mod tests {
             webhook: Some(WebhookSettings {
                 url: HttpUrl::parse(&url).unwrap(),
                 timeout: Duration::from_millis(500),
+                shape: Shape::Json,
+                trust: Trust::System,
             }),
             syslog: None,
             retry: RetryPolicy {
