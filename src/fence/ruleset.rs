@@ -5,7 +5,9 @@
 //! only; then special-purpose ranges (src/policy/special.rs) the policy does not
 //! list are dropped, so no set element can open them; then addresses in the
 //! sets (any port, or address-and-port). Everything else is logged with a
-//! clear prefix, then dropped.
+//! clear prefix, to the kernel log and to an NFLOG group allowdns reads
+//! (src/fence/nflog.rs), then dropped; only while a `mode: monitor` policy
+//! is in force does allowdns fill the monitor set that passes it instead.
 //!
 //! Input drops by default too: loopback, established and related traffic
 //! (replies, DNS answers from allowdns included), neighbour discovery from the
@@ -19,6 +21,13 @@ use crate::policy::firewall::{Family, FirewallConfig};
 
 /// Log prefix of denied egress, as it shows in the kernel log.
 pub const LOG_PREFIX: &str = "allowdns egress denied: ";
+/// The NFLOG group denied egress is also sent to; allowdns reads it in each
+/// fenced namespace to alert on blocked connections.
+pub const NFLOG_GROUP: u16 = 53;
+/// The set that passes everything, logged, while a `mode: monitor` policy
+/// is in force: allowdns adds its elements at startup and takes them out
+/// when the policy goes back to enforcing. Empty as loaded.
+pub const MONITOR_SET: &str = "monitor_mode";
 /// Log prefix of denied inbound traffic.
 pub const INPUT_LOG_PREFIX: &str = "allowdns ingress denied: ";
 /// Neighbour discovery the agent sends: on the link only (a hop limit of 255
@@ -70,6 +79,7 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
             })
             .collect()
     };
+    let _ = writeln!(out, "\tset {MONITOR_SET} {{\n\t\ttype nf_proto\n\t}}\n");
     if v4 {
         set(&mut out, &config.set_v4, "ipv4_addr", "timeout", &[]);
         set(
@@ -147,7 +157,14 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
             config.set_v6_ports
         );
     }
-    let _ = writeln!(out, "\t\tlog prefix \"{LOG_PREFIX}\" level warn");
+    let _ = writeln!(
+        out,
+        "\t\tlog prefix \"{LOG_PREFIX}\" level warn log prefix \"{LOG_PREFIX}\" group {NFLOG_GROUP}"
+    );
+    let _ = writeln!(
+        out,
+        "\t\tmeta nfproto @{MONITOR_SET} accept comment \"mode: monitor\""
+    );
     out.push_str("\t\tcounter drop\n\t}\n\n");
     out.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n");
     out.push_str("\t\tiifname \"lo\" accept\n");

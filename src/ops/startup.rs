@@ -210,8 +210,12 @@ pub async fn serve_on(
         settings.negative_ttl,
     );
     let handler = std::sync::Arc::new(handler);
-    // Re-feeds the sets when the ruleset is reloaded under us.
-    crate::fence::watch::spawn(handler.clone(), |h| h.firewall.as_deref());
+    // Re-feeds the sets when the ruleset is reloaded under us, and reads
+    // the connections it blocks.
+    let reporting = handler.clone();
+    crate::fence::watch::spawn(handler.clone(), |h| h.firewall.as_deref(), &|| {
+        Box::new(crate::serve::egress::EgressReport(reporting.clone()))
+    });
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(RuntimeError::Signals)?;
     let reloading = handler.clone();

@@ -17,7 +17,7 @@ use hickory_server::proto::rr::{Name, RData, Record};
 use hickory_server::server::Request;
 
 use crate::fence::{FeedError, Firewall};
-use crate::observe::alert::{Alerts, Denied, Exfil, Stripped};
+use crate::observe::alert::{Action, Alerts, Denied, Exfil, Stripped};
 use crate::observe::audit::{AuditLog, AuditRecord, Decision as Logged};
 use crate::observe::metrics::{self, METRICS};
 use crate::policy::name::QueryKey;
@@ -190,6 +190,7 @@ impl Handler {
                     client: src,
                     qname: name.clone(),
                     qtype,
+                    action: Action::Blocked,
                 });
                 return Progress::Answered(Outcome {
                     rcode: ResponseCode::NXDomain,
@@ -207,7 +208,20 @@ impl Handler {
                 });
             }
             Decision::Allow { policy, rule } => (policy, rule, Logged::Allow),
-            Decision::WouldDeny { policy, rule } => (policy, rule, Logged::WouldDeny),
+            Decision::WouldDeny { policy, rule } => {
+                // Monitor mode alerts what learn mode only records.
+                if policy.monitor {
+                    self.alerts.denied(Denied {
+                        ts: SystemTime::now(),
+                        agent: policy.agent.clone(),
+                        client: src,
+                        qname: name.clone(),
+                        qtype,
+                        action: Action::Logged,
+                    });
+                }
+                (policy, rule, Logged::WouldDeny)
+            }
         };
         // Wildcards answer address types unless their entry lists more.
         if decision == Logged::Allow && !crate::serve::exfil::qtype_allowed(rule, qtype) {

@@ -162,6 +162,11 @@ pub enum Event {
     GrantDropped(GrantLife),
     /// A policy file entry's `expires` passed.
     EntryExpired(EntryExpired),
+    /// A connection outside the allowlist: dropped, or in monitor mode
+    /// passed and logged. One per new flow.
+    EgressDenied(EgressDenied),
+    /// Blocked-connection reports the kernel could not hand to allowdns.
+    EgressRecordsLost(RecordsLost),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -217,6 +222,44 @@ pub struct EntryExpired {
     pub expires: String,
 }
 
+/// One connection attempt the allowlist does not cover, with what allowdns
+/// knows of its destination. The process that made it (`pid`, `host_pid`,
+/// `comm`, `exe`, `cmdline`, `parents`) joins these fields once attribution
+/// is in place.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EgressDenied {
+    /// The governing policy's agent; `None` when none governs the source.
+    pub agent: Option<String>,
+    /// `blocked`, or `logged` in monitor mode.
+    pub action: String,
+    /// `ip:port` the attempt came from (port 0 without ports).
+    pub client: String,
+    /// The destination address.
+    pub addr: String,
+    /// The destination port; absent for protocols without ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, `sctp`, … or `proto-N`.
+    pub proto: String,
+    /// The name allowdns handed this address out for, if it did.
+    pub resolved: Option<String>,
+    /// The agent it was handed out to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_agent: Option<String>,
+    /// The ports that name's rule allows (`any`, `443/tcp`, …); absent for
+    /// learn and monitor mode's catch-all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_ports: Option<String>,
+    /// The allowlist entry covering the address on other ports, if any.
+    pub rule: Option<String>,
+    /// The ports that entry allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_ports: Option<String>,
+    /// The namespace the attempt was logged in; absent for allowdns's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+}
+
 impl Event {
     /// One fully populated instance of every event, for the tests that
     /// check the docs against the schema. A new event goes here too (the
@@ -253,6 +296,24 @@ impl Event {
                 entry: "example.com".into(),
                 file: "/etc/allowdns/p.yaml".into(),
                 expires: "2026-01-01T00:00:00Z".into(),
+            }),
+            Event::EgressDenied(EgressDenied {
+                agent: Some("agent".into()),
+                action: "blocked".into(),
+                client: "10.0.0.2:40000".into(),
+                addr: "192.0.2.1".into(),
+                port: Some(22),
+                proto: "tcp".into(),
+                resolved: Some("api.example.com".into()),
+                resolved_agent: Some("agent".into()),
+                resolved_ports: Some("443/tcp".into()),
+                rule: Some("api.example.com".into()),
+                rule_ports: Some("443/tcp".into()),
+                netns: Some("/run/netns/agent".into()),
+            }),
+            Event::EgressRecordsLost(RecordsLost {
+                count: 3,
+                cause: Some("NFLOG receive buffer overrun".into()),
             }),
         ]
     }
