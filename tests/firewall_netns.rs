@@ -1072,3 +1072,218 @@ fn serve_with_control(
     };
     (dns, control)
 }
+
+/// A python process in the agent namespace: connects to `addr:port` (TCP)
+/// with a 1 s timeout; true when it connected.
+fn python_connect(lab: &Lab, addr: &str, port: u16) -> bool {
+    let script = format!(
+        "import socket,sys\ns=socket.socket()\ns.settimeout(1)\ntry:\n    s.connect(('{addr}',{port}))\nexcept OSError:\n    sys.exit(1)\n"
+    );
+    let (ok, _) = sh_out(&["ip", "netns", "exec", &lab.a, "python3", "-c", &script]);
+    ok
+}
+
+/// Waits up to 10 s for `want` egress_denied records in the audit log.
+fn egress_records(audit: &std::path::Path, want: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: Vec<_> = read_audit(audit)
+            .into_iter()
+            .filter(|v| v["event"] == "egress_denied")
+            .collect();
+        if got.len() >= want || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Serves `policy` with an audit log and a 1 s alert window (so each
+/// scenario below gets its own full alert).
+fn serve_audited(lab: &Lab, policy: &std::path::Path, upstream: &Upstream) -> (Allowdns, PathBuf) {
+    let audit = lab.dir.0.join("audit.jsonl");
+    let config = lab.dir.write("config.yaml", "alerts:\n  window_secs: 1\n");
+    let up = upstream.addr.to_string();
+    let dns = Allowdns::serve(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+        "--upstream",
+        &up,
+        "--audit-log",
+        audit.to_str().unwrap(),
+    ]);
+    (dns, audit)
+}
+
+const CANARY_ZONE: &str = "$ORIGIN cw.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\napi IN A 203.0.113.70\nsketchy-mirror IN A 203.0.113.72\nok IN A 203.0.113.73\n";
+
+/// The seeds' canary, blocked: a process connecting to a hard-coded address
+/// is alerted and audited, an address handed out for 443 tried on 22 names
+/// its name and port, a port scan is a bounded number of alerts and one
+/// record per port, and with allowdns stopped the ruleset still drops.
+#[test]
+fn a_blocked_connection_is_alerted_and_audited_with_what_allowdns_knows() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    start_services(&lab, &[443, 22]);
+    // Without the fence, the hard-coded connection works.
+    assert!(
+        python_connect(&lab, "203.0.113.99", 443),
+        "lab wiring: the hard-coded address is reachable before the fence"
+    );
+    let zone = lab.dir.write("cw.test.zone", CANARY_ZONE);
+    let upstream = Upstream::start("127.0.0.16", 0, &[zone]);
+    let policy = lab.fence(
+        "agent_name: travel_agent_v1\nexpected_outbound:\n  - destination: api.cw.test\n    port: 443\n    protocol: TCP\nfirewall:\n  netns: NETNS\n",
+    );
+    let (dns, audit) = serve_audited(&lab, &policy, &upstream);
+    let m = query(dns.udp, "api.cw.test", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    // Control: the allowed address on its port passes, unalerted.
+    assert!(
+        python_connect(&lab, "203.0.113.70", 443),
+        "the allowed connection failed"
+    );
+
+    assert!(
+        !python_connect(&lab, "203.0.113.99", 443),
+        "the hard-coded address got through the fence"
+    );
+    dns.wait_for("UNEXPECTED OUTBOUND CONNECTION", 1);
+    let err = dns.stderr();
+    assert!(
+        err.contains("Destination: 203.0.113.99:443/tcp (never handed out)\nAction: BLOCKED\nRule Matched: NONE - Connection not in allow-list.\n"),
+        "{err}"
+    );
+    assert!(err.contains("Agent: travel_agent_v1\nClient: 10.200.2.2\n"), "{err}");
+    let records = egress_records(&audit, 1);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!(r["action"], "blocked");
+    assert_eq!(r["addr"], "203.0.113.99");
+    assert_eq!(r["port"], 443);
+    assert_eq!(r["proto"], "tcp");
+    assert_eq!(r["agent"], "travel_agent_v1");
+    assert!(r["resolved"].is_null(), "{r}");
+
+    // Handed out for 443, tried on 22: the alert names the name and port.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(!python_connect(&lab, "203.0.113.70", 22));
+    dns.wait_for("UNEXPECTED OUTBOUND CONNECTION", 2);
+    let err = dns.stderr();
+    assert!(
+        err.contains("Destination: 203.0.113.70:22/tcp (resolved: api.cw.test, handed to agent travel_agent_v1 for 443/tcp)\nAction: BLOCKED\nRule Matched: api.cw.test - allows 443/tcp only\n"),
+        "{err}"
+    );
+    let records = egress_records(&audit, 2);
+    let r = &records[1];
+    assert_eq!(r["resolved"], "api.cw.test");
+    assert_eq!(r["resolved_ports"], "443/tcp");
+    assert_eq!(r["rule"], "api.cw.test");
+
+    // A 1,000-port scan: every attempt audited once, two alert lines.
+    std::thread::sleep(Duration::from_millis(1100));
+    let scan = "import socket\nfor p in range(2000,3000):\n    s=socket.socket()\n    s.setblocking(False)\n    s.connect_ex(('203.0.113.98',p))\n    s.close()\n";
+    let _ = sh_out(&["ip", "netns", "exec", &lab.a, "python3", "-c", scan]);
+    let records = egress_records(&audit, 1002);
+    std::thread::sleep(Duration::from_millis(1500));
+    let records_after = egress_records(&audit, 1002);
+    assert_eq!(records.len(), 1002, "one record per port");
+    assert_eq!(records_after.len(), 1002, "no record twice");
+    let ports: std::collections::BTreeSet<u64> = records[2..]
+        .iter()
+        .map(|r| r["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports.len(), 1000);
+    let err = dns.stderr();
+    assert_eq!(
+        err.matches("UNEXPECTED OUTBOUND CONNECTION").count(),
+        3,
+        "a scan floods the alerts: {err}"
+    );
+    assert!(
+        err.contains("[!] ... and 999 more connection attempts from 10.200.2.2 (agent travel_agent_v1) outside the allowlist"),
+        "{err}"
+    );
+
+    // allowdns stopped: the ruleset still drops.
+    let _ = dns.terminate();
+    assert!(
+        !python_connect(&lab, "203.0.113.99", 443),
+        "the fence fell open with allowdns stopped"
+    );
+}
+
+/// `mode: monitor`: the unlisted name resolves and the connection to it
+/// passes, both alerted as logged, the connection with the name it was
+/// resolved for; a reload to enforce closes it at once.
+#[test]
+fn monitor_mode_lets_through_and_alerts_and_enforce_closes_at_once() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    start_services(&lab, &[443]);
+    let zone = lab.dir.write("cw.test.zone", CANARY_ZONE);
+    let upstream = Upstream::start("127.0.0.17", 0, &[zone]);
+    let policy = lab.fence(
+        "agent_name: travel_agent_v1\nmode: monitor\nexpected_outbound:\n  - destination: ok.cw.test\nfirewall:\n  netns: NETNS\n",
+    );
+    let (dns, audit) = serve_audited(&lab, &policy, &upstream);
+    // Control: the listed name resolves and passes, unalerted.
+    let m = query(dns.udp, "ok.cw.test", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(python_connect(&lab, "203.0.113.73", 443));
+
+    let m = query(dns.udp, "sketchy-mirror.cw.test", RecordType::A);
+    assert_eq!(
+        m.metadata.response_code,
+        ResponseCode::NoError,
+        "monitor mode denied a name"
+    );
+    dns.wait_for("UNEXPECTED DNS LOOKUP", 1);
+    assert!(
+        python_connect(&lab, "203.0.113.72", 443),
+        "monitor mode blocked a connection"
+    );
+    dns.wait_for("UNEXPECTED OUTBOUND CONNECTION", 1);
+    let err = dns.stderr();
+    assert!(
+        err.contains("Query: sketchy-mirror.cw.test A\nAction: LOGGED (Block policy not enabled)\n"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Destination: 203.0.113.72:443/tcp (resolved: sketchy-mirror.cw.test, handed to agent travel_agent_v1 outside the allowlist)\nAction: LOGGED (Block policy not enabled)\nRule Matched: NONE - Connection not in allow-list.\n"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("UNEXPECTED OUTBOUND CONNECTION").count(),
+        1,
+        "the listed connection was alerted: {err}"
+    );
+    let records = egress_records(&audit, 1);
+    assert_eq!(records[0]["action"], "logged");
+    assert_eq!(records[0]["resolved"], "sketchy-mirror.cw.test");
+
+    // Monitor to enforce: what monitor let through is closed at once.
+    std::fs::write(
+        &policy,
+        std::fs::read_to_string(&policy)
+            .unwrap()
+            .replace("mode: monitor\n", ""),
+    )
+    .unwrap();
+    dns.hup();
+    dns.wait_for("reloaded", 1);
+    assert!(
+        !python_connect(&lab, "203.0.113.72", 443),
+        "a connection monitor mode let through still passes after the switch to enforce"
+    );
+    assert!(python_connect(&lab, "203.0.113.73", 443), "a listed address lost");
+    let records = egress_records(&audit, 2);
+    assert_eq!(records[1]["action"], "blocked", "{records:?}");
+}

@@ -198,7 +198,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
 
     // The policy as the kennel runs it: fed sets in the kennel's netns, the kennel as its only client.
     let netns_path = proc.join("ns/net");
-    let derived = derive_policy(&source, &netns_path, args.learn)?;
+    let mode = if args.learn {
+        Some("learn")
+    } else if args.monitor {
+        Some("monitor")
+    } else {
+        None
+    };
+    let derived = derive_policy(&source, &netns_path, mode)?;
     let policy_path = dir.join("policy.yaml");
     std::fs::write(&policy_path, derived).map_err(file(&policy_path))?;
     let mut sources = args.sources.clone();
@@ -401,8 +408,8 @@ fn wait_for_pasta(c: u32, kennel: &mut Kennel) -> Result<(), Failure> {
 }
 
 /// The user's policy as the kennel runs it: its sets in the kennel's netns,
-/// no `clients` (the kennel is the only client), learn mode with --learn.
-fn derive_policy(source: &Path, netns: &Path, learn: bool) -> Result<String, KennelError> {
+/// no `clients` (the kennel is the only client), `mode` from --learn or --monitor.
+fn derive_policy(source: &Path, netns: &Path, mode: Option<&str>) -> Result<String, KennelError> {
     use serde_yaml::{Mapping, Value};
     let policy = |why: String| KennelError::Policy {
         path: source.into(),
@@ -431,8 +438,8 @@ fn derive_policy(source: &Path, netns: &Path, learn: bool) -> Result<String, Ken
             Value::from(netns.to_string_lossy().into_owned()),
         );
     }
-    if learn {
-        map.insert(Value::from("mode"), Value::from("learn"));
+    if let Some(mode) = mode {
+        map.insert(Value::from("mode"), Value::from(mode));
     }
     serde_yaml::to_string(&doc).map_err(KennelError::Derived)
 }
@@ -476,7 +483,8 @@ mod tests {
         let file =
             std::env::temp_dir().join(format!("allowdns-kennel-unit2-{}.yaml", std::process::id()));
         std::fs::write(&file, text).unwrap();
-        let out = derive_policy(&file, Path::new("/proc/42/ns/net"), learn).unwrap();
+        let mode = learn.then_some("learn");
+        let out = derive_policy(&file, Path::new("/proc/42/ns/net"), mode).unwrap();
         let _ = std::fs::remove_file(&file);
         out
     }
