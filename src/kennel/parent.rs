@@ -465,7 +465,7 @@ mod tests {
             "agent_name: a\nclients: [\"10.0.0.0/8\"]\nexpected_outbound:\n  - destination: x.example\nfirewall:\n  netns: /run/netns/elsewhere\n  family: ip\n",
         )
         .unwrap();
-        let text = derive_policy(&src, Path::new("/proc/42/ns/net"), true).unwrap();
+        let text = derive_policy(&src, Path::new("/proc/42/ns/net"), Some("learn")).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
         assert!(doc.get("clients").is_none(), "{text}");

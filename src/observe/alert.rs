@@ -779,6 +779,40 @@ mod tests {
     }
 
     #[test]
+    fn a_port_scan_prints_one_connection_alert_and_one_summary() {
+        let buf = Buf::default();
+        let alerts = Alerts::start(Duration::from_secs(60), Box::new(buf.clone()));
+        for port in 1..=1000u16 {
+            alerts.egress(Egress {
+                ts: SystemTime::UNIX_EPOCH,
+                agent: "a".into(),
+                client: "10.200.2.2:40000".parse().unwrap(),
+                destination: format!("104.28.14.6:{port}/tcp"),
+                dst: ("104.28.14.6".parse().unwrap(), port, 6),
+                resolved: "resolved: sketchy-mirror.example.com, handed to agent a outside the allowlist".into(),
+                resolved_name: None,
+                rule: None,
+                action: Action::Logged,
+            });
+        }
+        alerts.close();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text.matches("UNEXPECTED OUTBOUND CONNECTION").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains("Destination: 104.28.14.6:1/tcp (resolved: sketchy-mirror.example.com, handed to agent a outside the allowlist)\nAction: LOGGED (Block policy not enabled)\nRule Matched: NONE - Connection not in allow-list.\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("[!] ... and 999 more connection attempts from 10.200.2.2 (agent a) outside the allowlist"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn memory_is_bounded_under_many_clients() {
         let buf = Buf::default();
         let alerts = Alerts::start(Duration::from_secs(60), Box::new(buf.clone()));
