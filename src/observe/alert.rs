@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hickory_proto::rr::{Name, RecordType};
 
+use crate::observe::attribution::Attribution;
 use crate::observe::audit::display_name;
 use crate::observe::delivery::threshold::{Kind, Lookup, Raised, Threshold, Thresholds, What};
 use crate::observe::delivery::{Delivery, DeliveryStats, NotifySettings};
@@ -47,6 +48,8 @@ pub struct Denied {
     pub client: SocketAddr,
     pub qname: Name,
     pub qtype: RecordType,
+    /// The process that asked, when attribution is on.
+    pub owner: Option<Attribution>,
 }
 
 /// Special-purpose addresses stripped from an allowed answer.
@@ -370,8 +373,13 @@ fn collect(shared: &Shared, stats: &AlertStats, all: bool) -> (String, Vec<Raise
         .fetch_add(state.pending.len() as u64, Ordering::Relaxed);
     let mut text = String::new();
     for e in state.pending.drain(..) {
+        let owner = e
+            .owner
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         text.push_str(&format!(
-            "[!] UNEXPECTED DNS LOOKUP\nTimestamp: {}\nAgent: {}\nClient: {}\nQuery: {} {}\nAction: NXDOMAIN\nRule Matched: NONE - name not in allow-list\n",
+            "[!] UNEXPECTED DNS LOOKUP\nTimestamp: {}\nAgent: {}\nClient: {}\n{owner}Query: {} {}\nAction: NXDOMAIN\nRule Matched: NONE - name not in allow-list\n",
             humantime::format_rfc3339_seconds(e.ts),
             e.agent,
             e.client,
@@ -505,6 +513,7 @@ mod tests {
             client: client.parse().unwrap(),
             qname: Name::from_ascii(format!("x{i}.tunnel.example.")).unwrap(),
             qtype: RecordType::A,
+            owner: None,
         }
     }
 
