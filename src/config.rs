@@ -161,6 +161,9 @@ pub struct AlertsFile {
     /// Threshold notifications to a webhook and/or syslog; absent: stderr only.
     #[serde(default)]
     pub notify: Option<NotifyFile>,
+    /// Name the process behind each denial (PID, command, parents); default true.
+    #[serde(default)]
+    pub attribution: Option<bool>,
 }
 
 /// How allowed names are resolved.
@@ -191,6 +194,8 @@ pub struct Settings {
     pub negative_ttl: u32,
     pub cache: CacheLimits,
     pub alert_window: Duration,
+    /// Whether denials name the process behind them (`alerts.attribution`).
+    pub attribution: bool,
     /// Where `allowdns grant` and `status` reach the running resolver.
     pub control_socket: Option<PathBuf>,
     /// Where Prometheus scrapes `/metrics`.
@@ -475,6 +480,7 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
     let AlertsFile {
         window_secs,
         notify,
+        attribution,
     } = alerts;
 
     let listen = input.listen(&listen, diags);
@@ -516,6 +522,7 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
         negative_ttl: negative_ttl.unwrap_or(5),
         cache,
         alert_window: Duration::from_secs(window_secs.unwrap_or(60).max(1)),
+        attribution: attribution.unwrap_or(true),
         control_socket: sources
             .control
             .clone()

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hickory_proto::rr::{Name, RecordType};
 
+use crate::observe::attribution::Attribution;
 use crate::observe::audit::display_name;
 use crate::observe::delivery::threshold::{Kind, Lookup, Raised, Threshold, Thresholds, What};
 use crate::observe::delivery::{Delivery, DeliveryStats, NotifySettings};
@@ -71,10 +72,11 @@ pub struct Denied {
     pub qname: Name,
     pub qtype: RecordType,
     pub action: Action,
+    /// The process that asked, when attribution is on.
+    pub owner: Option<Attribution>,
 }
 
-/// One connection attempt the allowlist does not cover. The owning
-/// process's lines (PID, Command, Parents) go after `Agent:` once known.
+/// One connection attempt the allowlist does not cover.
 #[derive(Debug)]
 pub struct Egress {
     pub ts: SystemTime,
@@ -91,6 +93,8 @@ pub struct Egress {
     /// An entry covering the address on other ports, and what it allows.
     pub rule: Option<String>,
     pub action: Action,
+    /// The process that connected, when attribution is on.
+    pub owner: Option<Attribution>,
 }
 
 /// Special-purpose addresses stripped from an allowed answer.
@@ -476,8 +480,13 @@ fn collect(shared: &Shared, stats: &AlertStats, all: bool) -> (String, Vec<Raise
         .fetch_add(state.pending.len() as u64, Ordering::Relaxed);
     let mut text = String::new();
     for e in state.pending.drain(..) {
+        let owner = e
+            .owner
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         text.push_str(&format!(
-            "[!] UNEXPECTED DNS LOOKUP\nTimestamp: {}\nAgent: {}\nClient: {}\nQuery: {} {}\nAction: {}\nRule Matched: NONE - name not in allow-list\n",
+            "[!] UNEXPECTED DNS LOOKUP\nTimestamp: {}\nAgent: {}\nClient: {}\n{owner}Query: {} {}\nAction: {}\nRule Matched: NONE - name not in allow-list\n",
             humantime::format_rfc3339_seconds(e.ts),
             e.agent,
             e.client,
@@ -585,8 +594,13 @@ fn collect_flows(
         .stderr_alerts
         .fetch_add(f.pending.len() as u64, Ordering::Relaxed);
     for e in f.pending.drain(..) {
+        let owner = e
+            .owner
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         text.push_str(&format!(
-            "[!] UNEXPECTED OUTBOUND CONNECTION\nTimestamp: {}\nAgent: {}\nClient: {}\nDestination: {} ({})\nAction: {}\nRule Matched: {}\n",
+            "[!] UNEXPECTED OUTBOUND CONNECTION\nTimestamp: {}\nAgent: {}\nClient: {}\n{owner}Destination: {} ({})\nAction: {}\nRule Matched: {}\n",
             humantime::format_rfc3339_seconds(e.ts),
             e.agent,
             e.client.ip(),
@@ -670,6 +684,7 @@ mod tests {
             qname: Name::from_ascii(format!("x{i}.tunnel.example.")).unwrap(),
             qtype: RecordType::A,
             action: Action::Blocked,
+            owner: None,
         }
     }
 
@@ -793,6 +808,7 @@ mod tests {
                 resolved_name: None,
                 rule: None,
                 action: Action::Logged,
+                owner: None,
             });
         }
         alerts.close();

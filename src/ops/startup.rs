@@ -209,6 +209,19 @@ pub async fn serve_on(
         firewall,
         settings.negative_ttl,
     );
+    let mut handler = handler;
+    if settings.attribution {
+        // Where a client's socket points: the addresses actually bound.
+        let servers = listeners
+            .udp
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect();
+        handler.attribution = Some(crate::observe::attribution::Attributor::new(
+            crate::observe::attribution::Limits::default(),
+            servers,
+        ));
+    }
     let handler = std::sync::Arc::new(handler);
     // Re-feeds the sets when the ruleset is reloaded under us, and reads
     // the connections it blocks.

@@ -10,7 +10,8 @@ use std::time::Instant;
 use hickory_server::proto::rr::Name;
 
 use crate::fence::handed::Handed;
-use crate::fence::nflog::{Attempt, Report};
+use crate::fence::nflog::{Attempt, Proto, Report};
+use crate::observe::attribution::Proto as AttributionProto;
 use crate::observe::alert::{Action, Egress};
 use crate::observe::audit::schema::{EgressDenied, RecordsLost};
 use crate::observe::audit::{Event, EventLine};
@@ -111,6 +112,15 @@ impl Handler {
             "any port" => format!("{entry} - allows any port (its firewall element had expired)"),
             ports => format!("{entry} - allows {ports} only"),
         });
+        // TCP and UDP sockets only; the SYN's or datagram's 5-tuple is the socket's.
+        let owner = self.attribution.as_ref().and_then(|a| {
+            let proto = match attempt.proto {
+                Proto::TCP => AttributionProto::Tcp,
+                Proto::UDP => AttributionProto::Udp,
+                _ => return None,
+            };
+            Some(a.lookup(netns, proto, attempt.src, attempt.dst))
+        });
         let agent: Arc<str> = policy.map_or_else(|| "(no policy)".into(), |p| p.agent.clone());
         let port = attempt.proto.has_ports().then_some(attempt.dst.port());
         let record = EgressDenied {
@@ -129,6 +139,7 @@ impl Handler {
             rule: covering.as_ref().map(|(e, _)| e.clone()),
             rule_ports: covering.as_ref().map(|(_, p)| p.clone()),
             netns: netns.map(|p| p.display().to_string()),
+            owner: owner.as_ref().map(|o| o.fields()).unwrap_or_default(),
         };
         self.audit
             .event(&EventLine::at(attempt.ts, Event::EgressDenied(record)));
@@ -148,6 +159,7 @@ impl Handler {
                 .and_then(|h| Name::from_ascii(&h.name).ok()),
             rule,
             action,
+            owner,
         });
     }
 

@@ -76,6 +76,47 @@ pub struct QueryRecord {
     /// Exfiltration mark (`soft`, `budget`, `qtype`); written only when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exfil: Option<String>,
+    /// The process that asked: denials only (and lookups monitor mode logs).
+    #[serde(flatten)]
+    pub owner: OwnerFields,
+}
+
+/// The process behind a socket (docs/attribution.md); every field is
+/// written only when known, so records that are not attributed stay as
+/// they were. Found: `pid` … `parents`; not found: `owner_unknown` alone.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OwnerFields {
+    /// PID as the client sees it (in its own PID namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// PID as allowdns sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_pid: Option<u32>,
+    /// The kernel's short process name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    /// The executable's path; empty when it cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// The command line, arguments joined by spaces, control characters escaped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    /// Parent processes, nearest first, up to the PID namespace's init or
+    /// the first process of the client's network namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parents: Option<Vec<ParentRecord>>,
+    /// Why the owner is not known: `exited`, `no permission`, `other host`,
+    /// `over budget`, `lookup failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_unknown: Option<String>,
+}
+
+/// One parent process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParentRecord {
+    pub pid: u32,
+    pub host_pid: u32,
+    pub cmdline: String,
 }
 
 /// One answer record.
@@ -223,9 +264,7 @@ pub struct EntryExpired {
 }
 
 /// One connection attempt the allowlist does not cover, with what allowdns
-/// knows of its destination. The process that made it (`pid`, `host_pid`,
-/// `comm`, `exe`, `cmdline`, `parents`) joins these fields once attribution
-/// is in place.
+/// knows of its destination and of the process that made it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EgressDenied {
     /// The governing policy's agent; `None` when none governs the source.
@@ -258,6 +297,9 @@ pub struct EgressDenied {
     /// The namespace the attempt was logged in; absent for allowdns's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
+    /// The process that connected (TCP and UDP), when attribution is on.
+    #[serde(flatten)]
+    pub owner: OwnerFields,
 }
 
 impl Event {
@@ -310,6 +352,19 @@ impl Event {
                 rule: Some("api.example.com".into()),
                 rule_ports: Some("443/tcp".into()),
                 netns: Some("/run/netns/agent".into()),
+                owner: OwnerFields {
+                    pid: Some(7),
+                    host_pid: Some(412233),
+                    comm: Some("python3".into()),
+                    exe: Some("/usr/bin/python3.12".into()),
+                    cmdline: Some("python3 /opt/agent/main.py".into()),
+                    parents: Some(vec![ParentRecord {
+                        pid: 1,
+                        host_pid: 412230,
+                        cmdline: "sh -c python3 /opt/agent/main.py".into(),
+                    }]),
+                    owner_unknown: Some("exited".into()),
+                },
             }),
             Event::EgressRecordsLost(RecordsLost {
                 count: 3,
@@ -342,6 +397,19 @@ impl QueryRecord {
             stripped: vec![IpAddr::from([10, 9, 9, 9])],
             upstream_ms: Some(Millis(1.5)),
             exfil: Some("soft".into()),
+            owner: OwnerFields {
+                pid: Some(7),
+                host_pid: Some(412233),
+                comm: Some("getent".into()),
+                exe: Some("/usr/bin/getent".into()),
+                cmdline: Some("getent hosts denied.example".into()),
+                parents: Some(vec![ParentRecord {
+                    pid: 1,
+                    host_pid: 412230,
+                    cmdline: "python3 /opt/agent/main.py".into(),
+                }]),
+                owner_unknown: Some("exited".into()),
+            },
         }
     }
 }
