@@ -1073,13 +1073,24 @@ fn serve_with_control(
     (dns, control)
 }
 
-/// A python process in the agent namespace: connects to `addr:port` (TCP)
-/// with a 1 s timeout; true when it connected.
+/// A python process in the agent namespace, `python3 DIR/agent.py ADDR
+/// PORT`: connects (TCP) with a 1 s timeout; true when it connected.
 fn python_connect(lab: &Lab, addr: &str, port: u16) -> bool {
-    let script = format!(
-        "import socket,sys\ns=socket.socket()\ns.settimeout(1)\ntry:\n    s.connect(('{addr}',{port}))\nexcept OSError:\n    sys.exit(1)\n"
+    let script = lab.dir.write(
+        "agent.py",
+        "import socket,sys\ns=socket.socket()\ns.settimeout(1)\ntry:\n    s.connect((sys.argv[1],int(sys.argv[2])))\nexcept OSError:\n    sys.exit(1)\n",
     );
-    let (ok, _) = sh_out(&["ip", "netns", "exec", &lab.a, "python3", "-c", &script]);
+    let port = port.to_string();
+    let (ok, _) = sh_out(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.a,
+        "python3",
+        script.to_str().unwrap(),
+        addr,
+        &port,
+    ]);
     ok
 }
 
@@ -1159,7 +1170,15 @@ fn a_blocked_connection_is_alerted_and_audited_with_what_allowdns_knows() {
         err.contains("Destination: 203.0.113.99:443/tcp (never handed out)\nAction: BLOCKED\nRule Matched: NONE - Connection not in allow-list.\n"),
         "{err}"
     );
-    assert!(err.contains("Agent: travel_agent_v1\nClient: 10.200.2.2\n"), "{err}");
+    assert!(err.contains("Agent: travel_agent_v1\nClient: 10.200.2.2\nPID: "), "{err}");
+    // The process that connected, by its command line.
+    let script = lab.dir.0.join("agent.py");
+    let command = format!("python3 {} 203.0.113.99 443\n", script.display());
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("Command: "))
+        .unwrap_or_default();
+    assert!(format!("{line}\n").ends_with(&command), "{command} in {err}");
     let records = egress_records(&audit, 1);
     assert_eq!(records.len(), 1, "{records:?}");
     let r = &records[0];
@@ -1169,6 +1188,12 @@ fn a_blocked_connection_is_alerted_and_audited_with_what_allowdns_knows() {
     assert_eq!(r["proto"], "tcp");
     assert_eq!(r["agent"], "travel_agent_v1");
     assert!(r["resolved"].is_null(), "{r}");
+    assert_eq!(r["comm"], "python3", "{r}");
+    assert!(r["pid"].as_u64().is_some(), "{r}");
+    assert!(
+        r["cmdline"].as_str().unwrap().ends_with("agent.py 203.0.113.99 443"),
+        "{r}"
+    );
 
     // Handed out for 443, tried on 22: the alert names the name and port.
     std::thread::sleep(Duration::from_millis(1100));
