@@ -461,6 +461,82 @@ fn t03_hard_coded_addresses_fail_over_tcp_udp_icmp() {
     );
 }
 
+/// The hard-coded attempts of t03 are each alerted and audited, with what
+/// allowdns knows: never handed out, or handed out for another port.
+#[test]
+fn t13_blocked_connections_are_alerted_and_audited() {
+    let Some(r) = fence() else { return };
+    // Positive control: they got through unfenced, and failed in the kennel.
+    assert_probes(r, &[], &["tcp4_hard", "udp4_hard", "icmp4_hard", "tcp4_web_9090"]);
+    let egress = |addr: &str, proto: &str| {
+        r.audit
+            .iter()
+            .find(|v| v["event"] == "egress_denied" && v["addr"] == addr && v["proto"] == proto)
+            .unwrap_or_else(|| panic!("no egress_denied for {addr}/{proto}: {:?}", r.audit))
+            .clone()
+    };
+    let tcp = egress("198.51.100.201", "tcp");
+    assert_eq!(tcp["action"], "blocked");
+    assert_eq!(tcp["port"], 8080);
+    assert_eq!(tcp["agent"], "kennel_agent");
+    assert!(tcp["resolved"].is_null(), "{tcp}");
+    assert_eq!(egress("198.51.100.201", "udp")["port"], 9999);
+    assert!(egress("198.51.100.201", "icmp")["port"].is_null());
+    // Handed out for 8080, tried on 9090: the record names the name and port.
+    let web = r
+        .audit
+        .iter()
+        .find(|v| v["event"] == "egress_denied" && v["addr"] == "198.51.100.200" && v["port"] == 9090)
+        .unwrap_or_else(|| panic!("{:?}", r.audit));
+    assert_eq!(web["resolved"], "web.kennel.test", "{web}");
+    assert_eq!(web["resolved_ports"], "8080/tcp", "{web}");
+    assert_eq!(web["rule"], "web.kennel.test", "{web}");
+    // The alerts: the seeds' block, blocked, with the process; the parallel
+    // probes fold into one summary.
+    assert!(
+        r.alerts.contains("[!] UNEXPECTED OUTBOUND CONNECTION\n"),
+        "{}",
+        r.alerts
+    );
+    assert!(r.alerts.contains("\nAction: BLOCKED\n"), "{}", r.alerts);
+    assert!(r.alerts.contains("\nCommand: "), "{}", r.alerts);
+    assert!(
+        r.alerts.contains("more connection attempts from"),
+        "{}",
+        r.alerts
+    );
+}
+
+/// `run --monitor`: the unlisted name resolves and the connection to it
+/// passes, both alerted as logged, the connection with its name.
+#[test]
+fn t14_monitor_lets_through_and_alerts() {
+    if !ready() {
+        return;
+    }
+    let world = World::new("monitor");
+    let workload = "probe resolve_other getent ahostsv4 other.kennel.test\nprobe tcp_other python3 $P tcp 198.51.100.201 8080\n";
+    // Positive control: enforced, both fail.
+    let ran = world.run(&data("kennel/policy.yaml"), &[], workload);
+    assert!(!ran.probe("resolve_other") && !ran.probe("tcp_other"), "{}", ran.stdout);
+    let ran = world.run(&data("kennel/policy.yaml"), &["--monitor"], workload);
+    assert!(
+        ran.probe("resolve_other") && ran.probe("tcp_other"),
+        "monitor mode blocked: {}\n{}",
+        ran.stdout,
+        ran.stderr
+    );
+    let alerts = std::fs::read_to_string(world.dir.join("alerts.log")).unwrap_or_default();
+    assert!(
+        alerts.contains("Query: other.kennel.test A\nAction: LOGGED (Block policy not enabled)\n"),
+        "{alerts}"
+    );
+    assert!(
+        alerts.contains("Destination: 198.51.100.201:8080/tcp (resolved: other.kennel.test, handed to agent kennel_agent outside the allowlist)\nAction: LOGGED (Block policy not enabled)\n"),
+        "{alerts}"
+    );
+}
+
 #[test]
 fn t04_raw_dns_to_a_rogue_resolver_fails() {
     let Some(r) = fence() else { return };
