@@ -307,6 +307,62 @@ fn parse(p: &[u8]) -> Option<Packet> {
 mod tests {
     use super::*;
 
+    #[derive(Default, Clone)]
+    struct Seen(std::sync::Arc<std::sync::Mutex<(Vec<Attempt>, Vec<u64>)>>);
+    impl Report for Seen {
+        fn attempt(&mut self, attempt: Attempt) {
+            self.0.lock().unwrap().0.push(attempt);
+        }
+        fn lost(&mut self, count: u64) {
+            self.0.lock().unwrap().1.push(count);
+        }
+    }
+
+    /// An NFULNL_MSG_PACKET payload: nfgenmsg, prefix, sequence, packet.
+    fn message(seq: u32, packet: &[u8]) -> Vec<u8> {
+        let mut out = vec![2, 0, 0, 53];
+        for (kind, value) in [
+            (NFULA_PREFIX, b"allowdns egress denied: \0".to_vec()),
+            (NFULA_SEQ, seq.to_be_bytes().to_vec()),
+            (NFULA_PAYLOAD, packet.to_vec()),
+        ] {
+            out.extend(((4 + value.len()) as u16).to_ne_bytes());
+            out.extend(kind.to_ne_bytes());
+            out.extend(&value);
+            while out.len() % 4 != 0 {
+                out.push(0);
+            }
+        }
+        out
+    }
+
+    fn syn(sport: u16, dport: u16) -> Vec<u8> {
+        let mut v4 = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0];
+        v4.extend([10, 0, 0, 2, 192, 0, 2, 9]);
+        v4.extend(sport.to_be_bytes());
+        v4.extend(dport.to_be_bytes());
+        v4
+    }
+
+    #[test]
+    fn a_flow_is_reported_once_and_sequence_gaps_are_counted_as_lost() {
+        let seen = Seen::default();
+        let mut nflog = Nflog::new(None, Box::new(seen.clone()));
+        let now = Instant::now();
+        nflog.on_packet(&message(0, &syn(40000, 443)), now);
+        // The retransmitted SYN: the same flow, not reported again.
+        nflog.on_packet(&message(1, &syn(40000, 443)), now + Duration::from_secs(1));
+        // Three messages the socket could not take, then another flow.
+        nflog.on_packet(&message(5, &syn(40001, 443)), now + Duration::from_secs(2));
+        // The first flow again after the window: a new attempt.
+        nflog.on_packet(&message(6, &syn(40000, 443)), now + DEDUPE + Duration::from_secs(1));
+        let (attempts, lost) = seen.0.lock().unwrap().clone();
+        let ports: Vec<u16> = attempts.iter().map(|a| a.src.port()).collect();
+        assert_eq!(ports, [40000, 40001, 40000]);
+        assert_eq!(lost, [3]);
+        assert_eq!(attempts[0].destination(), "192.0.2.9:443/tcp");
+    }
+
     #[test]
     fn headers_give_the_five_tuple() {
         // IPv4 TCP SYN 10.0.0.2:40000 -> 192.0.2.9:443.

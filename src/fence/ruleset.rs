@@ -79,7 +79,7 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
             })
             .collect()
     };
-    let _ = writeln!(out, "\tset {MONITOR_SET} {{\n\t\ttype nf_proto\n\t}}\n");
+    let _ = writeln!(out, "\tset {MONITOR_SET} {{\n\t\ttype ether_type\n\t}}\n");
     if v4 {
         set(&mut out, &config.set_v4, "ipv4_addr", "timeout", &[]);
         set(
@@ -163,7 +163,7 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
     );
     let _ = writeln!(
         out,
-        "\t\tmeta nfproto @{MONITOR_SET} accept comment \"mode: monitor\""
+        "\t\tmeta protocol @{MONITOR_SET} accept comment \"mode: monitor\""
     );
     out.push_str("\t\tcounter drop\n\t}\n\n");
     out.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n");
@@ -293,9 +293,9 @@ mod tests {
         assert!(text.contains("tcp dport 8080 accept"), "{text}");
         // Denied egress goes to the kernel log and to allowdns's NFLOG
         // group, then the monitor set (empty as loaded), then the drop.
-        let last = at("log prefix \"allowdns egress denied: \" level warn log prefix \"allowdns egress denied: \" group 53\n\t\tmeta nfproto @monitor_mode accept comment \"mode: monitor\"\n\t\tcounter drop");
+        let last = at("log prefix \"allowdns egress denied: \" level warn log prefix \"allowdns egress denied: \" group 53\n\t\tmeta protocol @monitor_mode accept comment \"mode: monitor\"\n\t\tcounter drop");
         assert!(at("ip daddr @allowed_v4 accept") < last);
-        assert!(text.contains("set monitor_mode {\n\t\ttype nf_proto\n\t}"), "{text}");
+        assert!(text.contains("set monitor_mode {\n\t\ttype ether_type\n\t}"), "{text}");
         assert!(text.contains("ip6 daddr { fe80::/10, ff02::/16 } ip6 hoplimit 255 accept"));
         assert!(
             !text.contains("nd-router-solicit } accept"),

@@ -371,7 +371,7 @@ impl Target {
         *want = on;
         let config = &self.config;
         let set = crate::fence::ruleset::MONITOR_SET;
-        let decl = "type nf_proto";
+        let decl = "type ether_type";
         let mut netlink = self.netlink.lock().unwrap_or_else(|p| p.into_inner());
         let info = match netlink.get_set(config.family, &config.table, set) {
             Ok(info) => info,
@@ -385,7 +385,7 @@ impl Target {
                 });
             }
         };
-        if info.key_len != 1 {
+        if info.key_len != 2 {
             return Err(FenceError::WrongType {
                 target: TargetId::of(config),
                 set: set.into(),
@@ -401,12 +401,13 @@ impl Target {
             })?;
         let mut wanted: Vec<Vec<u8>> = Vec::new();
         if on {
-            // NFPROTO_IPV4 and NFPROTO_IPV6, for the families the table passes.
+            // The packets' ethertypes (`meta protocol`, set on local output
+            // in every family), for the families the table passes.
             if config.passes_v4() {
-                wanted.push(vec![2]);
+                wanted.push(vec![0x08, 0x00]);
             }
             if config.passes_v6() {
-                wanted.push(vec![10]);
+                wanted.push(vec![0x86, 0xdd]);
             }
         }
         let element = |key: &Vec<u8>| Element {

@@ -829,6 +829,44 @@ mod tests {
     }
 
     #[test]
+    fn connection_attempts_past_the_threshold_go_to_the_sinks() {
+        let (collector, notify) = syslog_collector(2);
+        let alerts = Alerts::start_with(
+            Duration::from_secs(60),
+            Some(notify),
+            Box::new(Buf::default()),
+        );
+        for port in [22, 23, 25] {
+            alerts.egress(Egress {
+                ts: SystemTime::UNIX_EPOCH,
+                agent: "a".into(),
+                client: "10.200.2.2:40000".parse().unwrap(),
+                destination: format!("203.0.113.9:{port}/tcp"),
+                dst: ("203.0.113.9".parse().unwrap(), port, 6),
+                resolved: "never handed out".into(),
+                resolved_name: None,
+                rule: None,
+                action: Action::Blocked,
+                owner: None,
+            });
+        }
+        let mut datagram = [0u8; 8192];
+        let n = collector.recv(&mut datagram).unwrap();
+        let text = String::from_utf8_lossy(&datagram[..n]);
+        alerts.close();
+        assert!(
+            text.contains(" unexpected_connections - {\"event\":\"allowdns.unexpected_connections\""),
+            "{text}"
+        );
+        assert!(text.contains("\"count\":3"), "{text}");
+        assert!(text.contains("\"names\":[]"), "{text}");
+        assert!(
+            text.contains("agent a made 3 connection attempt(s) outside the allowlist within 300 s (threshold: more than 2) from 10.200.2.2: 203.0.113.9:22/tcp, 203.0.113.9:23/tcp, 203.0.113.9:25/tcp."),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn memory_is_bounded_under_many_clients() {
         let buf = Buf::default();
         let alerts = Alerts::start(Duration::from_secs(60), Box::new(buf.clone()));
