@@ -1124,8 +1124,29 @@ fn serve_audited(lab: &Lab, policy: &std::path::Path, upstream: &Upstream) -> (A
         &up,
         "--audit-log",
         audit.to_str().unwrap(),
+        "--metrics",
+        "127.0.0.1:0",
     ]);
     (dns, audit)
+}
+
+/// One series' value from allowdns's `/metrics`.
+fn metric(dns: &Allowdns, series: &str) -> Option<u64> {
+    let stderr = dns.stderr();
+    let addr = stderr
+        .split("metrics on http://")
+        .nth(1)?
+        .split('/')
+        .next()?
+        .to_string();
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
 const CANARY_ZONE: &str = "$ORIGIN cw.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\napi IN A 203.0.113.70\nsketchy-mirror IN A 203.0.113.72\nok IN A 203.0.113.73\n";
@@ -1224,6 +1245,14 @@ fn a_blocked_connection_is_alerted_and_audited_with_what_allowdns_knows() {
         .map(|r| r["port"].as_u64().unwrap())
         .collect();
     assert_eq!(ports.len(), 1000);
+    assert_eq!(
+        metric(
+            &dns,
+            "allowdns_egress_total{agent=\"travel_agent_v1\",action=\"blocked\"}"
+        ),
+        Some(1002)
+    );
+    assert_eq!(metric(&dns, "allowdns_egress_records_lost_total"), Some(0));
     let err = dns.stderr();
     assert_eq!(
         err.matches("UNEXPECTED OUTBOUND CONNECTION").count(),
@@ -1255,6 +1284,10 @@ fn monitor_mode_lets_through_and_alerts_and_enforce_closes_at_once() {
     start_services(&lab, &[443]);
     let zone = lab.dir.write("cw.test.zone", CANARY_ZONE);
     let upstream = Upstream::start("127.0.0.17", 0, &[zone]);
+    // Positive controls: unfenced, a special-purpose address and another
+    // resolver are reachable.
+    assert!(python_connect(&lab, "10.200.4.5", 443), "lab wiring");
+    assert!(rogue_dig(&lab).0, "lab wiring: the rogue resolver answers");
     let policy = lab.fence(
         "agent_name: travel_agent_v1\nmode: monitor\nexpected_outbound:\n  - destination: ok.cw.test\nfirewall:\n  netns: NETNS\n",
     );
@@ -1293,6 +1326,9 @@ fn monitor_mode_lets_through_and_alerts_and_enforce_closes_at_once() {
     let records = egress_records(&audit, 1);
     assert_eq!(records[0]["action"], "logged");
     assert_eq!(records[0]["resolved"], "sketchy-mirror.cw.test");
+    // Monitor mode opens neither special-purpose ranges nor other resolvers.
+    assert!(!python_connect(&lab, "10.200.4.5", 443));
+    assert!(!rogue_dig(&lab).0, "monitor mode let DNS past allowdns");
 
     // Monitor to enforce: what monitor let through is closed at once.
     std::fs::write(
@@ -1311,4 +1347,24 @@ fn monitor_mode_lets_through_and_alerts_and_enforce_closes_at_once() {
     assert!(python_connect(&lab, "203.0.113.73", 443), "a listed address lost");
     let records = egress_records(&audit, 2);
     assert_eq!(records[1]["action"], "blocked", "{records:?}");
+
+    // Back to monitor: open again; the monitor set stays filled with
+    // allowdns stopped, until the ruleset is loaded again.
+    std::fs::write(
+        &policy,
+        std::fs::read_to_string(&policy)
+            .unwrap()
+            .replace("agent_name: travel_agent_v1\n", "agent_name: travel_agent_v1\nmode: monitor\n"),
+    )
+    .unwrap();
+    dns.hup();
+    dns.wait_for("reloaded", 2);
+    assert!(python_connect(&lab, "203.0.113.72", 443), "monitor not restored");
+    let _ = dns.terminate();
+    assert!(python_connect(&lab, "203.0.113.72", 443));
+    lab.fence(&std::fs::read_to_string(&policy).unwrap());
+    assert!(
+        !python_connect(&lab, "203.0.113.72", 443),
+        "a reloaded ruleset must start closed"
+    );
 }
