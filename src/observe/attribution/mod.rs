@@ -52,6 +52,17 @@ pub struct Limits {
     pub per_second: Duration,
 }
 
+impl Limits {
+    /// `per_lookup` as given; per second, at least the default and never
+    /// less than one lookup's worth.
+    pub fn with_budget(per_lookup: Duration) -> Limits {
+        Limits {
+            per_lookup,
+            per_second: Limits::default().per_second.max(per_lookup),
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -210,6 +221,8 @@ pub struct Attributor {
     limits: Limits,
     /// Where allowdns answers: a DNS client's socket is connected to one.
     servers: Vec<SocketAddr>,
+    /// allowdns's own network namespace (inode): searched without a filter.
+    own_netns: Option<u64>,
     namespaces: Mutex<HashMap<Option<PathBuf>, Arc<Ns>>>,
     holders: Mutex<HashMap<u64, (u32, u32)>>,
     owners: Mutex<HashMap<u32, (Instant, Arc<Owner>)>>,
@@ -223,6 +236,10 @@ impl Attributor {
         Attributor {
             limits,
             servers,
+            own_netns: {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino())
+            },
             namespaces: Mutex::default(),
             holders: Mutex::default(),
             owners: Mutex::default(),
@@ -345,9 +362,13 @@ impl Attributor {
             return Err(Why::OverBudget);
         }
         let deadline = started + self.limits.per_lookup.min(allowed);
-        // In the namespace first; a process may have moved since it made the socket.
-        let mut scan = procfs::scan(inode, Some(netns), deadline);
-        if let procfs::Scan::Nobody { .. } = scan {
+        // In the namespace first; a process may have moved since it made the
+        // socket. Our own holds nearly every process: no filter there.
+        let filter = (self.own_netns != Some(netns)).then_some(netns);
+        let mut scan = procfs::scan(inode, filter, deadline);
+        if filter.is_some()
+            && let procfs::Scan::Nobody { .. } = scan
+        {
             scan = procfs::scan(inode, None, deadline);
         }
         let took = now.elapsed();
