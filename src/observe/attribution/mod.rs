@@ -221,6 +221,9 @@ pub struct Attributor {
     limits: Limits,
     /// Where allowdns answers: a DNS client's socket is connected to one.
     servers: Vec<SocketAddr>,
+    /// Our effective uid, and whether we may read every process's fds.
+    euid: u32,
+    ptrace: bool,
     /// allowdns's own network namespace (inode): searched without a filter.
     own_netns: Option<u64>,
     namespaces: Mutex<HashMap<Option<PathBuf>, Arc<Ns>>>,
@@ -236,6 +239,13 @@ impl Attributor {
         Attributor {
             limits,
             servers,
+            euid: nix::unistd::geteuid().as_raw(),
+            ptrace: caps::has_cap(
+                None,
+                caps::CapSet::Effective,
+                caps::Capability::CAP_SYS_PTRACE,
+            )
+            .unwrap_or(false),
             own_netns: {
                 use std::os::unix::fs::MetadataExt;
                 std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino())
@@ -319,8 +329,8 @@ impl Attributor {
         found: io::Result<Option<diag::Found>>,
         started: Instant,
     ) -> Attribution {
-        let inode = match found {
-            Ok(Some(found)) => found.inode,
+        let (inode, uid) = match found {
+            Ok(Some(found)) => (found.inode, found.uid),
             Ok(None) => return Attribution::Unknown(Why::Exited),
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
                 return Attribution::Unknown(Why::NoPermission);
@@ -339,6 +349,11 @@ impl Attributor {
             Some((pid, _)) => pid,
             None => match self.search(inode, ns.inode, started) {
                 Ok(pid) => pid,
+                // Another user's processes are hidden from us (hidepid, no
+                // CAP_SYS_PTRACE): not seen is not gone.
+                Err(Why::Exited) if uid != self.euid && !self.ptrace => {
+                    return Attribution::Unknown(Why::NoPermission);
+                }
                 Err(why) => return Attribution::Unknown(why),
             },
         };
