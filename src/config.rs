@@ -164,6 +164,9 @@ pub struct AlertsFile {
     /// Name the process behind each denial (PID, command, parents); default true.
     #[serde(default)]
     pub attribution: Option<bool>,
+    /// The most one denial's attribution may delay its reply, in ms (1 to 1000; default 5).
+    #[serde(default)]
+    pub attribution_budget_ms: Option<u64>,
 }
 
 /// How allowed names are resolved.
@@ -194,8 +197,9 @@ pub struct Settings {
     pub negative_ttl: u32,
     pub cache: CacheLimits,
     pub alert_window: Duration,
-    /// Whether denials name the process behind them (`alerts.attribution`).
-    pub attribution: bool,
+    /// How long a denial's attribution may take (`alerts.attribution_budget_ms`);
+    /// `None`: denials do not name their process (`alerts.attribution: false`).
+    pub attribution: Option<Duration>,
     /// Where `allowdns grant` and `status` reach the running resolver.
     pub control_socket: Option<PathBuf>,
     /// Where Prometheus scrapes `/metrics`.
@@ -481,7 +485,21 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
         window_secs,
         notify,
         attribution,
+        attribution_budget_ms,
     } = alerts;
+    let attribution_budget = match attribution_budget_ms {
+        None => crate::observe::attribution::Limits::default().per_lookup,
+        Some(ms @ 1..=1000) => Duration::from_millis(ms),
+        Some(ms) => {
+            diags.error(
+                &input.path,
+                locate(&input.text, "attribution_budget_ms", 0),
+                Some("alerts.attribution_budget_ms".into()),
+                format!("{ms} is not from 1 to 1000 ms"),
+            );
+            Duration::ZERO
+        }
+    };
 
     let listen = input.listen(&listen, diags);
     let upstream = input.upstream(
@@ -522,7 +540,7 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
         negative_ttl: negative_ttl.unwrap_or(5),
         cache,
         alert_window: Duration::from_secs(window_secs.unwrap_or(60).max(1)),
-        attribution: attribution.unwrap_or(true),
+        attribution: attribution.unwrap_or(true).then_some(attribution_budget),
         control_socket: sources
             .control
             .clone()

@@ -1368,3 +1368,113 @@ fn monitor_mode_lets_through_and_alerts_and_enforce_closes_at_once() {
         "a reloaded ruleset must start closed"
     );
 }
+
+/// The audit records for `qname`, polled until there are `count` (5 s at most).
+fn records_for(audit: &std::path::Path, qname: &str, count: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found: Vec<_> = if audit.exists() {
+            read_audit(audit)
+                .into_iter()
+                .filter(|r| r["qname"] == qname)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if found.len() >= count || Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// allowdns in R, the asker in A: the socket is looked up in A's namespace
+/// (the policy's `firewall.netns`), and the alert and the audit record name
+/// the process, its PID and its parents, never a guess.
+#[test]
+fn a_denied_lookup_names_the_process_that_asked_from_another_namespace() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    let zone = zone(&lab.dir);
+    let upstream = in_ns(lab.netns(&lab.r), move || {
+        Upstream::start("127.0.0.1", 0, &[zone])
+    });
+    let policy = lab.fence("agent_name: named_agent\nclients: [\"10.200.1.0/30\"]\nexpected_outbound:\n  - destination: web.fw.test\nfirewall:\n  netns: NETNS\n");
+    // Alerts per 1 s window, so each denial below gets its own full alert.
+    let config = lab
+        .dir
+        .write("allowdns.yaml", "alerts:\n  window_secs: 1\n");
+    let audit = lab.dir.0.join("audit.jsonl");
+    let up = upstream.addr.to_string();
+    let dns = Allowdns::serve_via(
+        &["ip", "netns", "exec", &lab.r],
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            &format!("{DNS}:53"),
+            "--policy",
+            policy.to_str().unwrap(),
+            "--upstream",
+            &up,
+            "--audit-log",
+            audit.to_str().unwrap(),
+        ],
+    );
+
+    // Positive control: the wiring works, and an allowed answer is not attributed.
+    assert_eq!(getent(&lab, "web.fw.test").as_deref(), Some("203.0.113.10"));
+    let allowed = records_for(&audit, "web.fw.test", 1);
+    assert_eq!(allowed.len(), 1, "{allowed:?}");
+    assert!(allowed[0].get("pid").is_none(), "{}", allowed[0]);
+
+    // getent exits on NXDOMAIN: it is named all the same. `exec` keeps the PID the shell printed.
+    let (ok, out) = in_agent(
+        &lab,
+        &["sh", "-c", "echo $$; exec getent ahostsv4 denied.fw.test"],
+    );
+    assert!(!ok, "denied name resolved: {out}");
+    let pid: u32 = out.trim().parse().unwrap_or_else(|_| panic!("{out}"));
+    let records = records_for(&audit, "denied.fw.test", 1);
+    let r = &records[0];
+    assert_eq!(r["decision"], "deny", "{r}");
+    assert_eq!(r["pid"], pid, "{r}");
+    assert_eq!(r["host_pid"], pid, "{r}");
+    assert_eq!(r["comm"], "getent", "{r}");
+    assert!(r["exe"].as_str().unwrap().ends_with("/getent"), "{r}");
+    assert_eq!(r["cmdline"], "getent ahostsv4 denied.fw.test", "{r}");
+    dns.wait_for("Query: denied.fw.test", 1);
+    let stderr = dns.stderr();
+    assert!(stderr.contains(&format!("PID: {pid}\n")), "{stderr}");
+    assert!(
+        stderr.contains("Command: getent ahostsv4 denied.fw.test\n"),
+        "{stderr}"
+    );
+
+    // An agent's child, started through subprocess: its parents lead back to the script.
+    let script = lab.dir.write(
+        "agent.py",
+        "import subprocess\nsubprocess.run(['getent', 'ahostsv4', 'child.denied.fw.test'])\n",
+    );
+    std::thread::sleep(Duration::from_millis(1100)); // a new alert window
+    let (ok, out) = in_agent(&lab, &["python3", script.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let records = records_for(&audit, "child.denied.fw.test", 1);
+    let r = &records[0];
+    assert_eq!(r["comm"], "getent", "{r}");
+    let agent_line = format!("python3 {}", script.display());
+    let parent = r["parents"][0]["cmdline"].as_str().unwrap();
+    assert!(parent.ends_with(&agent_line), "{r}");
+    dns.wait_for("Query: child.denied.fw.test", 1);
+    let stderr = dns.stderr();
+    let alert = &stderr[stderr
+        .find("Query: child.denied.fw.test")
+        .unwrap()
+        .saturating_sub(600)..];
+    assert!(
+        alert.contains(&format!("{agent_line} (PID ")) && alert.contains("\nParents: "),
+        "{stderr}"
+    );
+}

@@ -449,6 +449,43 @@ fn t02_denied_name_is_nxdomain_with_alert_and_audit() {
             .iter()
             .any(|v| v["qname"] == "web.kennel.test" && v["decision"] == "allow")
     );
+    // Who asked: the PID the agent sees and the host's, up to the kennel's init.
+    let asked: Vec<_> = r
+        .audit
+        .iter()
+        .filter(|v| v["qname"] == "other.kennel.test")
+        .collect();
+    for v in &asked {
+        let (pid, host) = (v["pid"].as_u64(), v["host_pid"].as_u64());
+        assert!(
+            pid.is_some() && host.is_some() && pid != host,
+            "in the kennel, two PIDs: {v}"
+        );
+        assert!(
+            ["getent", "dig"].contains(&v["comm"].as_str().unwrap()),
+            "{v}"
+        );
+        let parents = v["parents"].as_array().unwrap();
+        assert_eq!(
+            parents.last().unwrap()["pid"],
+            1,
+            "up to the kennel's init: {v}"
+        );
+    }
+    assert!(!asked.is_empty());
+    let line = r
+        .alerts
+        .lines()
+        .find(|l| l.starts_with("PID: "))
+        .unwrap_or_else(|| panic!("no PID line: {}", r.alerts));
+    let (pid, host) = line["PID: ".len()..]
+        .trim_end_matches(')')
+        .split_once(" (host ")
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(
+        pid.parse::<u32>().unwrap() != host.parse::<u32>().unwrap(),
+        "{line}"
+    );
 }
 
 #[test]

@@ -210,7 +210,7 @@ pub async fn serve_on(
         settings.negative_ttl,
     );
     let mut handler = handler;
-    if settings.attribution {
+    if let Some(per_lookup) = settings.attribution {
         // Where a client's socket points: the addresses actually bound.
         let servers = listeners
             .udp
@@ -218,7 +218,7 @@ pub async fn serve_on(
             .filter_map(|s| s.local_addr().ok())
             .collect();
         handler.attribution = Some(crate::observe::attribution::Attributor::new(
-            crate::observe::attribution::Limits::default(),
+            crate::observe::attribution::Limits::with_budget(per_lookup),
             servers,
         ));
     }

@@ -52,6 +52,17 @@ pub struct Limits {
     pub per_second: Duration,
 }
 
+impl Limits {
+    /// `per_lookup` as given; per second, at least the default and never
+    /// less than one lookup's worth.
+    pub fn with_budget(per_lookup: Duration) -> Limits {
+        Limits {
+            per_lookup,
+            per_second: Limits::default().per_second.max(per_lookup),
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -210,6 +221,11 @@ pub struct Attributor {
     limits: Limits,
     /// Where allowdns answers: a DNS client's socket is connected to one.
     servers: Vec<SocketAddr>,
+    /// Our effective uid, and whether we may read every process's fds.
+    euid: u32,
+    ptrace: bool,
+    /// allowdns's own network namespace (inode): searched without a filter.
+    own_netns: Option<u64>,
     namespaces: Mutex<HashMap<Option<PathBuf>, Arc<Ns>>>,
     holders: Mutex<HashMap<u64, (u32, u32)>>,
     owners: Mutex<HashMap<u32, (Instant, Arc<Owner>)>>,
@@ -223,6 +239,17 @@ impl Attributor {
         Attributor {
             limits,
             servers,
+            euid: nix::unistd::geteuid().as_raw(),
+            ptrace: caps::has_cap(
+                None,
+                caps::CapSet::Effective,
+                caps::Capability::CAP_SYS_PTRACE,
+            )
+            .unwrap_or(false),
+            own_netns: {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino())
+            },
             namespaces: Mutex::default(),
             holders: Mutex::default(),
             owners: Mutex::default(),
@@ -302,8 +329,8 @@ impl Attributor {
         found: io::Result<Option<diag::Found>>,
         started: Instant,
     ) -> Attribution {
-        let inode = match found {
-            Ok(Some(found)) => found.inode,
+        let (inode, uid) = match found {
+            Ok(Some(found)) => (found.inode, found.uid),
             Ok(None) => return Attribution::Unknown(Why::Exited),
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
                 return Attribution::Unknown(Why::NoPermission);
@@ -322,6 +349,11 @@ impl Attributor {
             Some((pid, _)) => pid,
             None => match self.search(inode, ns.inode, started) {
                 Ok(pid) => pid,
+                // Another user's processes are hidden from us (hidepid, no
+                // CAP_SYS_PTRACE): not seen is not gone.
+                Err(Why::Exited) if uid != self.euid && !self.ptrace => {
+                    return Attribution::Unknown(Why::NoPermission);
+                }
                 Err(why) => return Attribution::Unknown(why),
             },
         };
@@ -345,9 +377,13 @@ impl Attributor {
             return Err(Why::OverBudget);
         }
         let deadline = started + self.limits.per_lookup.min(allowed);
-        // In the namespace first; a process may have moved since it made the socket.
-        let mut scan = procfs::scan(inode, Some(netns), deadline);
-        if let procfs::Scan::Nobody { .. } = scan {
+        // In the namespace first; a process may have moved since it made the
+        // socket. Our own holds nearly every process: no filter there.
+        let filter = (self.own_netns != Some(netns)).then_some(netns);
+        let mut scan = procfs::scan(inode, filter, deadline);
+        if filter.is_some()
+            && let procfs::Scan::Nobody { .. } = scan
+        {
             scan = procfs::scan(inode, None, deadline);
         }
         let took = now.elapsed();
@@ -438,5 +474,144 @@ impl Attributor {
         // Bounded by the policies' namespaces; a stale one is replaced.
         namespaces.insert(key, ns.clone());
         Ok(ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(pid: u32, host_pid: u32, cmdline: &str) -> Attribution {
+        Attribution::Found(Arc::new(Owner {
+            pid,
+            host_pid,
+            comm: "getent".into(),
+            exe: "/usr/bin/getent".into(),
+            cmdline: cmdline.into(),
+            parents: vec![
+                Parent {
+                    pid: 5,
+                    host_pid: 412230,
+                    cmdline: "python3 /opt/agent/main.py".into(),
+                },
+                Parent {
+                    pid: 1,
+                    host_pid: 412200,
+                    cmdline: "/init".into(),
+                },
+            ],
+        }))
+    }
+
+    #[test]
+    fn the_alert_lines_name_both_pids_in_a_kennel_and_one_outside() {
+        let text = owner(7, 412233, "getent hosts denied.example").to_string();
+        assert_eq!(
+            text,
+            "PID: 7 (host 412233)\nCommand: getent hosts denied.example\nParents: python3 /opt/agent/main.py (PID 5) <- /init (PID 1)\n"
+        );
+        let text = owner(412233, 412233, "getent").to_string();
+        assert!(text.starts_with("PID: 412233\n"), "{text}");
+        for (why, said) in [
+            (Why::Exited, "exited"),
+            (Why::NoPermission, "no permission"),
+            (Why::OtherHost, "other host"),
+        ] {
+            assert_eq!(
+                Attribution::Unknown(why).to_string(),
+                format!("PID: unknown ({said})\n")
+            );
+        }
+    }
+
+    #[test]
+    fn a_command_line_cannot_forge_alert_lines_and_long_ones_are_cut() {
+        // Read from /proc as the process wrote it: escaped before it is shown.
+        let forged = clean("sh\nAction: ALLOWED\r");
+        assert_eq!(forged, "sh\\nAction: ALLOWED\\r");
+        let text = owner(7, 7, &forged).to_string();
+        assert_eq!(text.lines().filter(|l| l.starts_with("Action")).count(), 0);
+        let long = "x".repeat(5000);
+        let text = owner(7, 7, &long).to_string();
+        let command = text.lines().nth(1).unwrap();
+        assert_eq!(
+            command.chars().count(),
+            "Command: ".len() + ALERT_CMDLINE + 1
+        );
+        assert!(command.ends_with('…'));
+    }
+
+    #[test]
+    fn the_audit_fields_are_the_owner_or_why_not() {
+        let fields = owner(7, 412233, "getent").fields();
+        assert_eq!((fields.pid, fields.host_pid), (Some(7), Some(412233)));
+        assert_eq!(fields.parents.as_ref().map(Vec::len), Some(2));
+        assert_eq!(fields.owner_unknown, None);
+        let fields = Attribution::Unknown(Why::OverBudget).fields();
+        assert_eq!(fields.pid, None);
+        assert_eq!(fields.owner_unknown.as_deref(), Some("over budget"));
+    }
+
+    #[test]
+    fn our_own_socket_is_found_and_its_holder_cached() {
+        let attributor = Attributor::new(Limits::with_budget(Duration::from_secs(1)), vec![]);
+        let socket = UdpSocketPair::new();
+        let me = std::process::id();
+        for _ in 0..2 {
+            match attributor.lookup(None, Proto::Udp, socket.local, socket.remote) {
+                Attribution::Found(o) => assert_eq!(o.host_pid, me),
+                Attribution::Unknown(why) => panic!("{why:?}"),
+            }
+        }
+        assert_eq!(attributor.lock_holders().len(), 1);
+        // Closed: gone, not guessed from the cache.
+        let (local, remote) = (socket.local, socket.remote);
+        drop(socket);
+        let got = attributor.lookup(None, Proto::Udp, local, remote);
+        assert!(matches!(got, Attribution::Unknown(Why::Exited)), "{got:?}");
+        // An address that is not ours: another host's socket.
+        let got = attributor.lookup(None, Proto::Udp, "192.0.2.77:5353".parse().unwrap(), remote);
+        assert!(
+            matches!(got, Attribution::Unknown(Why::OtherHost)),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_tcp_socket_is_found_by_its_exact_id_ipv4_and_ipv6() {
+        let attributor = Attributor::new(Limits::with_budget(Duration::from_secs(1)), vec![]);
+        for at in ["127.0.0.1:0", "[::1]:0"] {
+            let listener = std::net::TcpListener::bind(at).unwrap();
+            let server = listener.local_addr().unwrap();
+            let client = std::net::TcpStream::connect(server).unwrap();
+            let local = client.local_addr().unwrap();
+            match attributor.lookup(None, Proto::Tcp, local, server) {
+                Attribution::Found(o) => assert_eq!(o.host_pid, std::process::id()),
+                Attribution::Unknown(why) => panic!("{at}: {why:?}"),
+            }
+            // The same ports, the other way round, is another socket (the server's).
+            let wrong_peer = SocketAddr::new(server.ip(), server.port().wrapping_add(1));
+            let got = attributor.lookup(None, Proto::Tcp, local, wrong_peer);
+            assert!(matches!(got, Attribution::Unknown(Why::Exited)), "{got:?}");
+        }
+    }
+
+    struct UdpSocketPair {
+        _a: std::net::UdpSocket,
+        local: SocketAddr,
+        remote: SocketAddr,
+    }
+
+    impl UdpSocketPair {
+        fn new() -> Self {
+            let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            a.connect(b.local_addr().unwrap()).unwrap();
+            UdpSocketPair {
+                local: a.local_addr().unwrap(),
+                remote: b.local_addr().unwrap(),
+                _a: a,
+            }
+        }
     }
 }
