@@ -834,7 +834,8 @@ fn t10_learn_then_run_with_the_suggested_policy() {
     assert!(text.contains("web.kennel.test"), "{text}\n{}", ran.stderr);
     // The hard-coded connection learn mode saw (and blocked) is offered, commented out.
     assert!(
-        text.contains("  # this agent connected to 198.51.100.201:8080 without a lookup (1 time)\n  # - destination: \"198.51.100.201\"\n"),
+        text.contains("  # this agent connected to 198.51.100.201:8080 without a lookup (")
+            && text.contains("  # - destination: \"198.51.100.201\"\n  #   port: 8080\n"),
         "{text}"
     );
     let check = Command::new(bin())
