@@ -1191,7 +1191,10 @@ fn a_blocked_connection_is_alerted_and_audited_with_what_allowdns_knows() {
         err.contains("Destination: 203.0.113.99:443/tcp (never handed out)\nAction: BLOCKED\nRule Matched: NONE - Connection not in allow-list.\n"),
         "{err}"
     );
-    assert!(err.contains("Agent: travel_agent_v1\nClient: 10.200.2.2\nPID: "), "{err}");
+    assert!(
+        err.contains("Agent: travel_agent_v1\nClient: 10.200.2.2\nPID: "),
+        "{err}"
+    );
     // The process that connected, by its command line.
     let script = lab.dir.0.join("agent.py");
     let command = format!("python3 {} 203.0.113.99 443\n", script.display());
@@ -1199,7 +1202,10 @@ fn a_blocked_connection_is_alerted_and_audited_with_what_allowdns_knows() {
         .lines()
         .find(|l| l.starts_with("Command: "))
         .unwrap_or_default();
-    assert!(format!("{line}\n").ends_with(&command), "{command} in {err}");
+    assert!(
+        format!("{line}\n").ends_with(&command),
+        "{command} in {err}"
+    );
     let records = egress_records(&audit, 1);
     assert_eq!(records.len(), 1, "{records:?}");
     let r = &records[0];
@@ -1212,7 +1218,10 @@ fn a_blocked_connection_is_alerted_and_audited_with_what_allowdns_knows() {
     assert_eq!(r["comm"], "python3", "{r}");
     assert!(r["pid"].as_u64().is_some(), "{r}");
     assert!(
-        r["cmdline"].as_str().unwrap().ends_with("agent.py 203.0.113.99 443"),
+        r["cmdline"]
+            .as_str()
+            .unwrap()
+            .ends_with("agent.py 203.0.113.99 443"),
         "{r}"
     );
 
@@ -1313,7 +1322,9 @@ fn monitor_mode_lets_through_and_alerts_and_enforce_closes_at_once() {
     dns.wait_for("UNEXPECTED OUTBOUND CONNECTION", 1);
     let err = dns.stderr();
     assert!(
-        err.contains("Query: sketchy-mirror.cw.test A\nAction: LOGGED (Block policy not enabled)\n"),
+        err.contains(
+            "Query: sketchy-mirror.cw.test A\nAction: LOGGED (Block policy not enabled)\n"
+        ),
         "{err}"
     );
     assert!(
@@ -1346,7 +1357,10 @@ fn monitor_mode_lets_through_and_alerts_and_enforce_closes_at_once() {
         !python_connect(&lab, "203.0.113.72", 443),
         "a connection monitor mode let through still passes after the switch to enforce"
     );
-    assert!(python_connect(&lab, "203.0.113.73", 443), "a listed address lost");
+    assert!(
+        python_connect(&lab, "203.0.113.73", 443),
+        "a listed address lost"
+    );
     let records = egress_records(&audit, 2);
     assert_eq!(records[1]["action"], "blocked", "{records:?}");
 
@@ -1354,14 +1368,18 @@ fn monitor_mode_lets_through_and_alerts_and_enforce_closes_at_once() {
     // allowdns stopped, until the ruleset is loaded again.
     std::fs::write(
         &policy,
-        std::fs::read_to_string(&policy)
-            .unwrap()
-            .replace("agent_name: travel_agent_v1\n", "agent_name: travel_agent_v1\nmode: monitor\n"),
+        std::fs::read_to_string(&policy).unwrap().replace(
+            "agent_name: travel_agent_v1\n",
+            "agent_name: travel_agent_v1\nmode: monitor\n",
+        ),
     )
     .unwrap();
     dns.hup();
     dns.wait_for("reloaded", 2);
-    assert!(python_connect(&lab, "203.0.113.72", 443), "monitor not restored");
+    assert!(
+        python_connect(&lab, "203.0.113.72", 443),
+        "monitor not restored"
+    );
     let _ = dns.terminate();
     assert!(python_connect(&lab, "203.0.113.72", 443));
     lab.fence(&std::fs::read_to_string(&policy).unwrap());

@@ -504,7 +504,11 @@ fn t03_hard_coded_addresses_fail_over_tcp_udp_icmp() {
 fn t13_blocked_connections_are_alerted_and_audited() {
     let Some(r) = fence() else { return };
     // Positive control: they got through unfenced, and failed in the kennel.
-    assert_probes(r, &[], &["tcp4_hard", "udp4_hard", "icmp4_hard", "tcp4_web_9090"]);
+    assert_probes(
+        r,
+        &[],
+        &["tcp4_hard", "udp4_hard", "icmp4_hard", "tcp4_web_9090"],
+    );
     let egress = |addr: &str, proto: &str| {
         r.audit
             .iter()
@@ -523,7 +527,9 @@ fn t13_blocked_connections_are_alerted_and_audited() {
     let web = r
         .audit
         .iter()
-        .find(|v| v["event"] == "egress_denied" && v["addr"] == "198.51.100.200" && v["port"] == 9090)
+        .find(|v| {
+            v["event"] == "egress_denied" && v["addr"] == "198.51.100.200" && v["port"] == 9090
+        })
         .unwrap_or_else(|| panic!("{:?}", r.audit));
     assert_eq!(web["resolved"], "web.kennel.test", "{web}");
     assert_eq!(web["resolved_ports"], "8080/tcp", "{web}");
@@ -556,7 +562,11 @@ fn t14_monitor_lets_through_and_alerts() {
     let workload = "probe resolve_other getent ahostsv4 other.kennel.test\nprobe tcp_other python3 $P tcp 198.51.100.201 8080\n";
     // Positive control: enforced, both fail.
     let ran = world.run(&data("kennel/policy.yaml"), &[], workload);
-    assert!(!ran.probe("resolve_other") && !ran.probe("tcp_other"), "{}", ran.stdout);
+    assert!(
+        !ran.probe("resolve_other") && !ran.probe("tcp_other"),
+        "{}",
+        ran.stdout
+    );
     let ran = world.run(&data("kennel/policy.yaml"), &["--monitor"], workload);
     assert!(
         ran.probe("resolve_other") && ran.probe("tcp_other"),

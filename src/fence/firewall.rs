@@ -186,8 +186,11 @@ impl Firewall {
         });
         // Monitor mode's catch-all feeds nothing: the monitor set passes
         // what it resolves, and the connection is alerted with its name.
-        let monitored =
-            policy.monitor && policy.learn.as_ref().is_some_and(|l| l.pattern == rule.pattern);
+        let monitored = policy.monitor
+            && policy
+                .learn
+                .as_ref()
+                .is_some_and(|l| l.pattern == rule.pattern);
         let handed = answers.first().map(|r| Handed {
             name: crate::observe::audit::display_name(&r.name),
             agent: policy.agent.clone(),

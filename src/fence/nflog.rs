@@ -355,7 +355,10 @@ mod tests {
         // Three messages the socket could not take, then another flow.
         nflog.on_packet(&message(5, &syn(40001, 443)), now + Duration::from_secs(2));
         // The first flow again after the window: a new attempt.
-        nflog.on_packet(&message(6, &syn(40000, 443)), now + DEDUPE + Duration::from_secs(1));
+        nflog.on_packet(
+            &message(6, &syn(40000, 443)),
+            now + DEDUPE + Duration::from_secs(1),
+        );
         let (attempts, lost) = seen.0.lock().unwrap().clone();
         let ports: Vec<u16> = attempts.iter().map(|a| a.src.port()).collect();
         assert_eq!(ports, [40000, 40001, 40000]);

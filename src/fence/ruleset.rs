@@ -293,9 +293,14 @@ mod tests {
         assert!(text.contains("tcp dport 8080 accept"), "{text}");
         // Denied egress goes to the kernel log and to allowdns's NFLOG
         // group, then the monitor set (empty as loaded), then the drop.
-        let last = at("log prefix \"allowdns egress denied: \" level warn log prefix \"allowdns egress denied: \" group 53\n\t\tmeta protocol @monitor_mode accept comment \"mode: monitor\"\n\t\tcounter drop");
+        let last = at(
+            "log prefix \"allowdns egress denied: \" level warn log prefix \"allowdns egress denied: \" group 53\n\t\tmeta protocol @monitor_mode accept comment \"mode: monitor\"\n\t\tcounter drop",
+        );
         assert!(at("ip daddr @allowed_v4 accept") < last);
-        assert!(text.contains("set monitor_mode {\n\t\ttype ether_type\n\t}"), "{text}");
+        assert!(
+            text.contains("set monitor_mode {\n\t\ttype ether_type\n\t}"),
+            "{text}"
+        );
         assert!(text.contains("ip6 daddr { fe80::/10, ff02::/16 } ip6 hoplimit 255 accept"));
         assert!(
             !text.contains("nd-router-solicit } accept"),

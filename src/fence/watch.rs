@@ -31,8 +31,8 @@ use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 
 use super::Firewall;
 use super::keys::{SetId, TargetSets};
-use super::nflog::{NFNL_SUBSYS_ULOG, Nflog, Report};
 use super::netlink::{Element, SetOp, attrs, messages};
+use super::nflog::{NFNL_SUBSYS_ULOG, Nflog, Report};
 use super::target::Target;
 
 const NFNLGRP_NFTABLES: u32 = 7;

@@ -804,7 +804,9 @@ mod tests {
                 client: "10.200.2.2:40000".parse().unwrap(),
                 destination: format!("104.28.14.6:{port}/tcp"),
                 dst: ("104.28.14.6".parse().unwrap(), port, 6),
-                resolved: "resolved: sketchy-mirror.example.com, handed to agent a outside the allowlist".into(),
+                resolved:
+                    "resolved: sketchy-mirror.example.com, handed to agent a outside the allowlist"
+                        .into(),
                 resolved_name: None,
                 rule: None,
                 action: Action::Logged,
@@ -855,7 +857,9 @@ mod tests {
         let text = String::from_utf8_lossy(&datagram[..n]);
         alerts.close();
         assert!(
-            text.contains(" unexpected_connections - {\"event\":\"allowdns.unexpected_connections\""),
+            text.contains(
+                " unexpected_connections - {\"event\":\"allowdns.unexpected_connections\""
+            ),
             "{text}"
         );
         assert!(text.contains("\"count\":3"), "{text}");

@@ -11,8 +11,8 @@ use hickory_server::proto::rr::Name;
 
 use crate::fence::handed::Handed;
 use crate::fence::nflog::{Attempt, Proto, Report};
-use crate::observe::attribution::Proto as AttributionProto;
 use crate::observe::alert::{Action, Egress};
+use crate::observe::attribution::Proto as AttributionProto;
 use crate::observe::audit::schema::{EgressDenied, RecordsLost};
 use crate::observe::audit::{Event, EventLine};
 use crate::observe::metrics::{self, METRICS};
@@ -73,13 +73,11 @@ impl Handler {
         } else {
             Action::Blocked
         };
-        let handed = self
-            .firewall
-            .as_ref()
-            .and_then(|f| f.handed.lookup(ip, policy.map(|p| &*p.agent), Instant::now()));
-        let catch_all = handed
-            .as_ref()
-            .is_some_and(outside_allowlist);
+        let handed = self.firewall.as_ref().and_then(|f| {
+            f.handed
+                .lookup(ip, policy.map(|p| &*p.agent), Instant::now())
+        });
+        let catch_all = handed.as_ref().is_some_and(outside_allowlist);
         // An entry that covers the address: then only the port (or the
         // element's time) was wrong.
         let covering: Option<(String, String)> = policy
@@ -141,8 +139,10 @@ impl Handler {
             netns: netns.map(|p| p.display().to_string()),
             owner: owner.as_ref().map(|o| o.fields()).unwrap_or_default(),
         };
-        self.audit
-            .event(&EventLine::at(attempt.ts, Event::EgressDenied(record)));
+        self.audit.event(&EventLine::at(
+            attempt.ts,
+            Event::EgressDenied(Box::new(record)),
+        ));
         METRICS.egress(
             policy.map_or(metrics::NO_AGENT, |p| p.metrics_slot),
             action.as_str(),
@@ -154,9 +154,7 @@ impl Handler {
             destination: attempt.destination(),
             dst: (ip, port.unwrap_or(0), attempt.proto.0),
             resolved,
-            resolved_name: handed
-                .as_ref()
-                .and_then(|h| Name::from_ascii(&h.name).ok()),
+            resolved_name: handed.as_ref().and_then(|h| Name::from_ascii(&h.name).ok()),
             rule,
             action,
             owner,
@@ -178,12 +176,11 @@ impl Handler {
             "NFLOG receive buffer overrun (ENOBUFS)"
         };
         tracing::warn!(count, "blocked-connection reports lost: {cause}");
-        self.audit.event(&EventLine::now(Event::EgressRecordsLost(
-            RecordsLost {
+        self.audit
+            .event(&EventLine::now(Event::EgressRecordsLost(RecordsLost {
                 count,
                 cause: Some(cause.into()),
-            },
-        )));
+            })));
     }
 }
 

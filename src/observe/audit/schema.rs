@@ -205,7 +205,7 @@ pub enum Event {
     EntryExpired(EntryExpired),
     /// A connection outside the allowlist: dropped, or in monitor mode
     /// passed and logged. One per new flow.
-    EgressDenied(EgressDenied),
+    EgressDenied(Box<EgressDenied>),
     /// Blocked-connection reports the kernel could not hand to allowdns.
     EgressRecordsLost(RecordsLost),
 }
@@ -339,7 +339,7 @@ impl Event {
                 file: "/etc/allowdns/p.yaml".into(),
                 expires: "2026-01-01T00:00:00Z".into(),
             }),
-            Event::EgressDenied(EgressDenied {
+            Event::EgressDenied(Box::new(EgressDenied {
                 agent: Some("agent".into()),
                 action: "blocked".into(),
                 client: "10.0.0.2:40000".into(),
@@ -365,7 +365,7 @@ impl Event {
                     }]),
                     owner_unknown: Some("exited".into()),
                 },
-            }),
+            })),
             Event::EgressRecordsLost(RecordsLost {
                 count: 3,
                 cause: Some("NFLOG receive buffer overrun".into()),

@@ -361,7 +361,7 @@ fn parse_line(text: &str) -> Result<Parsed, LineError> {
         Some(Value::String(event)) if event == "audit_records_lost" || event == "egress_denied" => {
             match typed::<EventLine>(&value)?.event {
                 Event::AuditRecordsLost(lost) => Ok(Parsed::Lost(lost.count)),
-                Event::EgressDenied(e) => Ok(Parsed::Egress(Box::new(e))),
+                Event::EgressDenied(e) => Ok(Parsed::Egress(e)),
                 _ => Ok(Parsed::Event),
             }
         }
@@ -465,11 +465,7 @@ fn kind(value: &Value) -> &'static str {
 }
 
 /// A connection to an address never handed out, by the wanted (or first) agent.
-fn connected(
-    log: &mut Log,
-    e: &crate::observe::audit::schema::EgressDenied,
-    wanted: Option<&str>,
-) {
+fn connected(log: &mut Log, e: &crate::observe::audit::schema::EgressDenied, wanted: Option<&str>) {
     let (Some(agent), None) = (e.agent.as_deref(), &e.resolved) else {
         return;
     };
