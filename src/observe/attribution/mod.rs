@@ -263,6 +263,12 @@ impl Attributor {
         }
     }
 
+    /// Opens the sock_diag socket of `netns` now, so a first denial does not
+    /// pay for it; a failure is left for the lookups to report.
+    pub fn prepare(&self, netns: Option<&Path>) {
+        let _ = self.namespace(netns);
+    }
+
     /// The owner of a DNS client's socket: `client` as allowdns saw it,
     /// connected to one of the server addresses.
     pub fn lookup_client(
