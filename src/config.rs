@@ -654,6 +654,36 @@ mod tests {
     }
 
     #[test]
+    fn attribution_is_on_by_default_and_its_budget_is_checked() {
+        let (settings, _) = load_text(
+            "attribution-default",
+            "policies: [p.yaml]\nupstream: { mode: none }\n",
+        );
+        assert_eq!(
+            settings.unwrap().attribution,
+            Some(Duration::from_millis(5))
+        );
+        let (settings, _) = load_text(
+            "attribution-off",
+            "policies: [p.yaml]\nupstream: { mode: none }\nalerts:\n  attribution: false\n",
+        );
+        assert_eq!(settings.unwrap().attribution, None);
+        let (settings, diags) = load_text(
+            "attribution-bad",
+            "policies: [p.yaml]\nupstream: { mode: none }\nalerts:\n  attribution_budget_ms: 0\n",
+        );
+        assert!(settings.is_none());
+        let errors: Vec<String> = diags
+            .errors()
+            .map(|d| format!("{:?}:{:?}: {}", d.line, d.field, d.message))
+            .collect();
+        assert_eq!(
+            errors,
+            ["Some(4):Some(\"alerts.attribution_budget_ms\"): 0 is not from 1 to 1000 ms"]
+        );
+    }
+
+    #[test]
     fn notify_defaults() {
         let (settings, diags) = load_text(
             "notify-ok",

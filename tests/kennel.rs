@@ -369,8 +369,11 @@ fn fence() -> Option<&'static FenceResults> {
                 "{}\nprobe other_direct sh -c 'dig +short @198.51.100.53 other.kennel.test | grep -q 198.51.100.201'\n",
                 parallel(ATTACKS)
             ));
+            // Attribution's budget generous: a debug build among parallel probes.
+            let config = world.dir.join("allowdns.yaml");
+            std::fs::write(&config, "alerts:\n  attribution_budget_ms: 1000\n").unwrap();
             let child = world
-                .run_cmd(&[], &data("kennel/policy.yaml"), &[], &format!("{KENNEL_ONLY}{}", parallel(ATTACKS)))
+                .run_cmd(&[], &data("kennel/policy.yaml"), &["--config", config.to_str().unwrap()], &format!("{KENNEL_ONLY}{}", parallel(ATTACKS)))
                 .spawn()
                 .unwrap();
             std::fs::write(world.dir.join("run.pid"), child.id().to_string()).unwrap();

@@ -217,10 +217,14 @@ pub async fn serve_on(
             .iter()
             .filter_map(|s| s.local_addr().ok())
             .collect();
-        handler.attribution = Some(crate::observe::attribution::Attributor::new(
+        let attributor = crate::observe::attribution::Attributor::new(
             crate::observe::attribution::Limits::with_budget(per_lookup),
             servers,
-        ));
+        );
+        for policy in &handler.state.snapshot().policies.policies {
+            attributor.prepare(policy.firewall.as_ref().and_then(|f| f.netns.as_deref()));
+        }
+        handler.attribution = Some(attributor);
     }
     let handler = std::sync::Arc::new(handler);
     // Re-feeds the sets when the ruleset is reloaded under us, and reads

@@ -9,7 +9,7 @@
 //! `getent` exits on NXDOMAIN, and its socket with it), within
 //! [`Limits::per_lookup`]. A flood is bounded by [`Limits::per_second`]:
 //! the time /proc may be scanned per second. A socket seen before is
-//! checked with one readlink, not searched again. Where the owner cannot be
+//! checked with one readlink, not looked up or searched again. Where the owner cannot be
 //! seen the answer says why ([`Why`]); it never guesses.
 
 mod diag;
@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use crate::observe::audit::schema::{OwnerFields, ParentRecord};
 
-/// Sockets whose holder is remembered (inode → pid, fd), and processes
-/// whose description is: bounded, and emptied when full.
+/// Sockets whose holder is remembered (inode → pid, fd; id → inode), and
+/// processes whose description is: bounded, and emptied when full.
 const MAX_HOLDERS: usize = 4096;
 const MAX_OWNERS: usize = 1024;
 /// How long a process's description is reused (a long-lived socket's owner
@@ -210,6 +210,9 @@ pub(crate) fn clean(s: &str) -> String {
         .collect()
 }
 
+/// (namespace inode, protocol, socket address, peer if asked by it).
+type Tuple = (u64, Proto, SocketAddr, Option<SocketAddr>);
+
 /// One namespace's sock_diag socket, and which namespace it is in.
 struct Ns {
     inode: u64,
@@ -228,6 +231,8 @@ pub struct Attributor {
     own_netns: Option<u64>,
     namespaces: Mutex<HashMap<Option<PathBuf>, Arc<Ns>>>,
     holders: Mutex<HashMap<u64, (u32, u32)>>,
+    /// Sockets by their id, as asked about: their inode.
+    tuples: Mutex<HashMap<Tuple, u64>>,
     owners: Mutex<HashMap<u32, (Instant, Arc<Owner>)>>,
     /// (start of the current second, /proc search time spent in it).
     spent: Mutex<(Instant, Duration)>,
@@ -252,9 +257,16 @@ impl Attributor {
             },
             namespaces: Mutex::default(),
             holders: Mutex::default(),
+            tuples: Mutex::default(),
             owners: Mutex::default(),
             spent: Mutex::new((Instant::now(), Duration::ZERO)),
         }
+    }
+
+    /// Opens the sock_diag socket of `netns` now, so a first denial does not
+    /// pay for it; a failure is left for the lookups to report.
+    pub fn prepare(&self, netns: Option<&Path>) {
+        let _ = self.namespace(netns);
     }
 
     /// The owner of a DNS client's socket: `client` as allowdns saw it,
@@ -270,6 +282,10 @@ impl Attributor {
             Ok(ns) => ns,
             Err(why) => return Attribution::Unknown(why),
         };
+        let key = (ns.inode, proto, client, None);
+        if let Some(known) = self.remembered(&ns, &key) {
+            return known;
+        }
         let found = {
             let mut diag = ns.diag.lock().unwrap_or_else(|p| p.into_inner());
             let mut found = Ok(None);
@@ -292,7 +308,7 @@ impl Attributor {
             }
         };
         match found {
-            Ok(found) => self.owner_of(&ns, found, started),
+            Ok(found) => self.owner_of(&ns, key, found, started),
             Err(why) => Attribution::Unknown(why),
         }
     }
@@ -311,6 +327,10 @@ impl Attributor {
             Ok(ns) => ns,
             Err(why) => return Attribution::Unknown(why),
         };
+        let key = (ns.inode, proto, local, Some(remote));
+        if let Some(known) = self.remembered(&ns, &key) {
+            return known;
+        }
         let found = {
             let mut diag = ns.diag.lock().unwrap_or_else(|p| p.into_inner());
             match diag.find(proto, local, remote) {
@@ -320,12 +340,32 @@ impl Attributor {
                 other => other,
             }
         };
-        self.owner_of(&ns, found, started)
+        self.owner_of(&ns, key, found, started)
+    }
+
+    /// The owner of a socket asked about before, without sock_diag: while
+    /// the process remembered still holds the socket remembered, the socket
+    /// is alive, and a live socket keeps its addresses.
+    fn remembered(&self, ns: &Ns, key: &Tuple) -> Option<Attribution> {
+        let inode = *self
+            .tuples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)?;
+        let (pid, fd) = *self.lock_holders().get(&inode)?;
+        if !procfs::holds(pid, fd, inode) {
+            return None;
+        }
+        Some(match self.describe(pid, ns.inode) {
+            Some(owner) => Attribution::Found(owner),
+            None => Attribution::Unknown(Why::Exited),
+        })
     }
 
     fn owner_of(
         &self,
         ns: &Ns,
+        key: Tuple,
         found: io::Result<Option<diag::Found>>,
         started: Instant,
     ) -> Attribution {
@@ -343,6 +383,13 @@ impl Attributor {
         // inode 0: a socket in TIME_WAIT or being torn down, held by no one.
         if inode == 0 {
             return Attribution::Unknown(Why::Exited);
+        }
+        {
+            let mut tuples = self.tuples.lock().unwrap_or_else(|p| p.into_inner());
+            if tuples.len() >= MAX_HOLDERS {
+                tuples.clear();
+            }
+            tuples.insert(key, inode);
         }
         let cached = self.lock_holders().get(&inode).copied();
         let pid = match cached.filter(|&(pid, fd)| procfs::holds(pid, fd, inode)) {
