@@ -46,6 +46,7 @@ fn main() {
         stripped: Vec::new(),
         upstream_ms: Some(12.5),
         exfil: None,
+        owner: None,
     };
     let mut out = Vec::with_capacity(1 << 16);
     let n = 500_000;

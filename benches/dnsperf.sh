@@ -16,8 +16,12 @@
 # BASELINE=/path/to/older/allowdns adds that binary as a fourth server
 # ("allowdns-base"), to measure what a change costs on the hot path.
 #
+# ATTRIB=1 instead compares allowdns naming the process behind each denial
+# (the default) with allowdns under `alerts.attribution: false`, on hits and
+# the denied flood (docs/attribution.md).
+#
 # Usage: benches/dnsperf.sh            (needs dnsperf, dnsmasq, unbound: see .ci/run)
-# Env:   REPS=3 DURATION=8 LAT_QPS=20000 LAT_SECS=3 FEED=0 TCP=1 BASELINE=
+# Env:   REPS=3 DURATION=8 LAT_QPS=20000 LAT_SECS=3 FEED=0 TCP=1 BASELINE= ATTRIB=0
 # Traffic stays on 127.0.0.1 (inside the namespace with FEED=1).
 set -euo pipefail
 
@@ -53,7 +57,8 @@ if [ "$FEED" = 1 ]; then
   RUN=(ip netns exec "$NS")
 fi
 
-UP=5300; ALLOWDNS=5301; DNSMASQ=5302; UNBOUND=5303; BASE=5304
+UP=5300; ALLOWDNS=5301; DNSMASQ=5302; UNBOUND=5303; BASE=5304; NOATTR=5305
+ATTRIB=${ATTRIB:-0}
 BASELINE=${BASELINE:-}
 
 # --- data -------------------------------------------------------------------
@@ -113,6 +118,15 @@ if [ "$FEED" = 1 ]; then
     --cache-size=10000 --user=root --pid-file="$WORK/dnsmasq.pid" --log-facility="$WORK/dnsmasq.log" & PIDS+=($!); DNSMASQ_PID=$!
   servers=(allowdns-feed dnsmasq-nftset allowdns-nofeed)
   loads=(hits mix)
+elif [ "$ATTRIB" = 1 ]; then
+  printf 'alerts:\n  attribution: false\n' > "$WORK/noattr.yaml"
+  "$BIN" serve --listen 127.0.0.1:$ALLOWDNS --policy "$WORK/policy.yaml" --upstream 127.0.0.1:$UP \
+    --audit-log "$WORK/audit.jsonl" 2>"$WORK/allowdns.log" & PIDS+=($!); ALLOWDNS_PID=$!
+  "$BIN" serve --config "$WORK/noattr.yaml" --listen 127.0.0.1:$NOATTR --policy "$WORK/policy.yaml" \
+    --upstream 127.0.0.1:$UP --audit-log "$WORK/audit-noattr.jsonl" 2>"$WORK/allowdns-noattr.log" & PIDS+=($!)
+  NOATTR_PID=$!
+  servers=(allowdns allowdns-noattr)
+  loads=(hits flood)
 else
 "$BIN" serve --listen 127.0.0.1:$ALLOWDNS --policy "$WORK/policy.yaml" --upstream 127.0.0.1:$UP \
   --audit-log "$WORK/audit.jsonl" 2>"$WORK/allowdns.log" & PIDS+=($!); ALLOWDNS_PID=$!
@@ -156,6 +170,7 @@ unbound -c "$WORK/unbound.conf" & PIDS+=($!); UNBOUND_PID=$!
   if [ -n "$BASELINE" ]; then servers+=(allowdns-base); fi
 fi
 PORTS="$ALLOWDNS $DNSMASQ $UNBOUND"
+if [ "$ATTRIB" = 1 ]; then PORTS="$ALLOWDNS $NOATTR"; fi
 if [ -n "$BASELINE" ] && [ "$FEED" != 1 ]; then PORTS="$PORTS $BASE"; fi
 for p in $PORTS; do wait_port $p; done
 for p in $PORTS; do
@@ -165,7 +180,7 @@ done
 # --- runs -------------------------------------------------------------------
 RESULTS="$WORK/results.tsv"
 : > "$RESULTS"
-port_of() { case $1 in allowdns|allowdns-feed) echo $ALLOWDNS;; dnsmasq|dnsmasq-nftset) echo $DNSMASQ;; unbound|allowdns-nofeed) echo $UNBOUND;; allowdns-base) echo $BASE;; esac; }
+port_of() { case $1 in allowdns|allowdns-feed) echo $ALLOWDNS;; dnsmasq|dnsmasq-nftset) echo $DNSMASQ;; unbound|allowdns-nofeed) echo $UNBOUND;; allowdns-base) echo $BASE;; allowdns-noattr) echo $NOATTR;; esac; }
 
 for rep in $(seq 1 "$REPS"); do
   for load in "${loads[@]}"; do
@@ -205,8 +220,11 @@ for load in ["hits", "flood", "mix", "tcp1"]:
         print(f"| {load} | {s} | {st.median(x[0] for x in v):,.0f} | {st.median(x[1] for x in v):.0f} | {st.median(x[2] for x in v):.0f} |")
 PY
 echo "audit records written by allowdns: $(wc -l < "$WORK/audit.jsonl")" >&2
+if [ "$ATTRIB" = 1 ]; then
+  echo "denials attributed: $(grep -c '"pid":' "$WORK/audit.jsonl"); not: $(grep -o '"owner_unknown":"[^"]*"' "$WORK/audit.jsonl" | sort | uniq -c | tr '\n' ' ')" >&2
+fi
 for s in "${servers[@]}"; do
-  case $(port_of "$s") in $ALLOWDNS) pid=$ALLOWDNS_PID;; $DNSMASQ) pid=$DNSMASQ_PID;; $BASE) pid=$BASE_PID;; *) pid=$UNBOUND_PID;; esac
+  case $(port_of "$s") in $ALLOWDNS) pid=$ALLOWDNS_PID;; $DNSMASQ) pid=$DNSMASQ_PID;; $BASE) pid=$BASE_PID;; $NOATTR) pid=$NOATTR_PID;; *) pid=$UNBOUND_PID;; esac
   echo "$s memory after all runs: $(awk '/VmHWM|VmRSS/ {printf "%s %s kB  ", $1, $2}' "/proc/$pid/status")" >&2
 done
 if [ "$FEED" = 1 ]; then

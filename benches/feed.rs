@@ -84,7 +84,7 @@ fn bench(ns: &str) {
     // WATCH=1: with the ruleset-reload watcher listening, as `serve` runs it
     // (every feed then also makes the kernel send an nftables event).
     if std::env::var("WATCH").is_ok_and(|v| v == "1") {
-        allowdns::fence::watch::spawn(firewall.clone(), |f| Some(f));
+        allowdns::fence::watch::spawn(firewall.clone(), |f| Some(f), &|| Box::new(Discard));
         std::thread::sleep(std::time::Duration::from_millis(200));
         println!("(with the ruleset-reload watcher)");
     }
@@ -159,4 +159,12 @@ fn bench(ns: &str) {
         "elements per second (1 per answer):  {:>9.0}",
         f64::from(rounds) / t.elapsed().as_secs_f64()
     );
+}
+
+/// Blocked connections are not this benchmark's business.
+struct Discard;
+
+impl allowdns::fence::nflog::Report for Discard {
+    fn attempt(&mut self, _: allowdns::fence::nflog::Attempt) {}
+    fn lost(&mut self, _: u64) {}
 }

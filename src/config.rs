@@ -161,6 +161,12 @@ pub struct AlertsFile {
     /// Threshold notifications to a webhook and/or syslog; absent: stderr only.
     #[serde(default)]
     pub notify: Option<NotifyFile>,
+    /// Name the process behind each denial (PID, command, parents); default true.
+    #[serde(default)]
+    pub attribution: Option<bool>,
+    /// The most one denial's attribution may delay its reply, in ms (1 to 1000; default 5).
+    #[serde(default)]
+    pub attribution_budget_ms: Option<u64>,
 }
 
 /// How allowed names are resolved.
@@ -216,6 +222,9 @@ pub struct Settings {
     pub negative_ttl: u32,
     pub cache: CacheLimits,
     pub alert_window: Duration,
+    /// How long a denial's attribution may take (`alerts.attribution_budget_ms`);
+    /// `None`: denials do not name their process (`alerts.attribution: false`).
+    pub attribution: Option<Duration>,
     /// Where `allowdns grant` and `status` reach the running resolver.
     pub control_socket: Option<PathBuf>,
     /// Where Prometheus scrapes `/metrics`.
@@ -505,7 +514,22 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
     let AlertsFile {
         window_secs,
         notify,
+        attribution,
+        attribution_budget_ms,
     } = alerts;
+    let attribution_budget = match attribution_budget_ms {
+        None => crate::observe::attribution::Limits::default().per_lookup,
+        Some(ms @ 1..=1000) => Duration::from_millis(ms),
+        Some(ms) => {
+            diags.error(
+                &input.path,
+                locate(&input.text, "attribution_budget_ms", 0),
+                Some("alerts.attribution_budget_ms".into()),
+                format!("{ms} is not from 1 to 1000 ms"),
+            );
+            Duration::ZERO
+        }
+    };
 
     let listen = input.listen(&listen, diags);
     let upstream = input.upstream(
@@ -546,6 +570,7 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
         negative_ttl: negative_ttl.unwrap_or(5),
         cache,
         alert_window: Duration::from_secs(window_secs.unwrap_or(60).max(1)),
+        attribution: attribution.unwrap_or(true).then_some(attribution_budget),
         control_socket: sources
             .control
             .clone()
@@ -655,6 +680,36 @@ mod tests {
                 "Some(6):Some(\"alerts.notify.threshold.window_secs\"): 0 is not from 1 to 86400 seconds",
                 "Some(7):Some(\"alerts.notify.syslog.format\"): unknown format 'rfc9999' (expected rfc3164 or rfc5424)",
             ]
+        );
+    }
+
+    #[test]
+    fn attribution_is_on_by_default_and_its_budget_is_checked() {
+        let (settings, _) = load_text(
+            "attribution-default",
+            "policies: [p.yaml]\nupstream: { mode: none }\n",
+        );
+        assert_eq!(
+            settings.unwrap().attribution,
+            Some(Duration::from_millis(5))
+        );
+        let (settings, _) = load_text(
+            "attribution-off",
+            "policies: [p.yaml]\nupstream: { mode: none }\nalerts:\n  attribution: false\n",
+        );
+        assert_eq!(settings.unwrap().attribution, None);
+        let (settings, diags) = load_text(
+            "attribution-bad",
+            "policies: [p.yaml]\nupstream: { mode: none }\nalerts:\n  attribution_budget_ms: 0\n",
+        );
+        assert!(settings.is_none());
+        let errors: Vec<String> = diags
+            .errors()
+            .map(|d| format!("{:?}:{:?}: {}", d.line, d.field, d.message))
+            .collect();
+        assert_eq!(
+            errors,
+            ["Some(4):Some(\"alerts.attribution_budget_ms\"): 0 is not from 1 to 1000 ms"]
         );
     }
 

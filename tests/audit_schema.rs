@@ -78,6 +78,15 @@ fn the_query_record_table_matches_the_type() {
         documented,
         "answers: {answers}"
     );
+    // And the parents row spells a parent's fields.
+    let parents = &rows.iter().find(|(f, _)| f == "`parents`").unwrap().1;
+    let inner = &parents[parents.find('{').unwrap() + 1..parents.find('}').unwrap()];
+    let documented: BTreeSet<String> = inner.split(',').map(|f| f.trim().to_string()).collect();
+    assert_eq!(
+        keys(&record["parents"][0]),
+        documented,
+        "parents: {parents}"
+    );
 }
 
 #[test]

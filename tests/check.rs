@@ -200,7 +200,9 @@ fn choices_name_file_line_field_and_the_valid_values() {
     let p = policy.display().to_string();
     // The first from the parser, the rest salvaged: every one with its line.
     for want in [
-        format!("error: {p}:2: mode: unknown variant `lurn`, expected `enforce` or `learn`"),
+        format!(
+            "error: {p}:2: mode: unknown variant `lurn`, expected one of `enforce`, `learn`, `monitor`"
+        ),
         format!("error: {p}:4: expected_outbound[0].destination: empty label in 'bad..name'"),
         format!(
             "error: {p}:7: expected_outbound[1].protocol: unknown variant `tcpp`, expected `TCP` or `UDP`"

@@ -1072,3 +1072,432 @@ fn serve_with_control(
     };
     (dns, control)
 }
+
+/// A python process in the agent namespace, `python3 DIR/agent.py ADDR
+/// PORT`: connects (TCP) with a 1 s timeout; true when it connected.
+fn python_connect(lab: &Lab, addr: &str, port: u16) -> bool {
+    let script = lab.dir.write(
+        "agent.py",
+        "import socket,sys\ns=socket.socket()\ns.settimeout(1)\ntry:\n    s.connect((sys.argv[1],int(sys.argv[2])))\nexcept OSError:\n    sys.exit(1)\n",
+    );
+    let port = port.to_string();
+    let (ok, _) = sh_out(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.a,
+        "python3",
+        script.to_str().unwrap(),
+        addr,
+        &port,
+    ]);
+    ok
+}
+
+/// Waits up to 10 s for `want` egress_denied records in the audit log.
+fn egress_records(audit: &std::path::Path, want: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: Vec<_> = read_audit(audit)
+            .into_iter()
+            .filter(|v| v["event"] == "egress_denied")
+            .collect();
+        if got.len() >= want || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Serves `policy` with an audit log and a 1 s alert window (so each
+/// scenario below gets its own full alert).
+fn serve_audited(lab: &Lab, policy: &std::path::Path, upstream: &Upstream) -> (Allowdns, PathBuf) {
+    let audit = lab.dir.0.join("audit.jsonl");
+    let config = lab.dir.write("config.yaml", "alerts:\n  window_secs: 1\n");
+    let up = upstream.addr.to_string();
+    let dns = Allowdns::serve(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+        "--upstream",
+        &up,
+        "--audit-log",
+        audit.to_str().unwrap(),
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    (dns, audit)
+}
+
+/// One series' value from allowdns's `/metrics`.
+fn metric(dns: &Allowdns, series: &str) -> Option<u64> {
+    let stderr = dns.stderr();
+    let addr = stderr
+        .split("metrics on http://")
+        .nth(1)?
+        .split('/')
+        .next()?
+        .to_string();
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+const CANARY_ZONE: &str = "$ORIGIN cw.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\napi IN A 203.0.113.70\nsketchy-mirror IN A 203.0.113.72\nok IN A 203.0.113.73\n";
+
+/// The seeds' canary, blocked: a process connecting to a hard-coded address
+/// is alerted and audited, an address handed out for 443 tried on 22 names
+/// its name and port, a port scan is a bounded number of alerts and one
+/// record per port, and with allowdns stopped the ruleset still drops.
+#[test]
+fn a_blocked_connection_is_alerted_and_audited_with_what_allowdns_knows() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    start_services(&lab, &[443, 22]);
+    // Without the fence, the hard-coded connection works.
+    assert!(
+        python_connect(&lab, "203.0.113.99", 443),
+        "lab wiring: the hard-coded address is reachable before the fence"
+    );
+    let zone = lab.dir.write("cw.test.zone", CANARY_ZONE);
+    let upstream = Upstream::start("127.0.0.16", 0, &[zone]);
+    let policy = lab.fence(
+        "agent_name: travel_agent_v1\nexpected_outbound:\n  - destination: api.cw.test\n    port: 443\n    protocol: TCP\nfirewall:\n  netns: NETNS\n",
+    );
+    let (dns, audit) = serve_audited(&lab, &policy, &upstream);
+    let m = query(dns.udp, "api.cw.test", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    // Control: the allowed address on its port passes, unalerted.
+    assert!(
+        python_connect(&lab, "203.0.113.70", 443),
+        "the allowed connection failed"
+    );
+
+    assert!(
+        !python_connect(&lab, "203.0.113.99", 443),
+        "the hard-coded address got through the fence"
+    );
+    dns.wait_for("UNEXPECTED OUTBOUND CONNECTION", 1);
+    let err = dns.stderr();
+    assert!(
+        err.contains("Destination: 203.0.113.99:443/tcp (never handed out)\nAction: BLOCKED\nRule Matched: NONE - Connection not in allow-list.\n"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Agent: travel_agent_v1\nClient: 10.200.2.2\nPID: "),
+        "{err}"
+    );
+    // The process that connected, by its command line.
+    let script = lab.dir.0.join("agent.py");
+    let command = format!("python3 {} 203.0.113.99 443\n", script.display());
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("Command: "))
+        .unwrap_or_default();
+    assert!(
+        format!("{line}\n").ends_with(&command),
+        "{command} in {err}"
+    );
+    let records = egress_records(&audit, 1);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!(r["action"], "blocked");
+    assert_eq!(r["addr"], "203.0.113.99");
+    assert_eq!(r["port"], 443);
+    assert_eq!(r["proto"], "tcp");
+    assert_eq!(r["agent"], "travel_agent_v1");
+    assert!(r["resolved"].is_null(), "{r}");
+    assert_eq!(r["comm"], "python3", "{r}");
+    assert!(r["pid"].as_u64().is_some(), "{r}");
+    assert!(
+        r["cmdline"]
+            .as_str()
+            .unwrap()
+            .ends_with("agent.py 203.0.113.99 443"),
+        "{r}"
+    );
+
+    // Handed out for 443, tried on 22: the alert names the name and port.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(!python_connect(&lab, "203.0.113.70", 22));
+    dns.wait_for("UNEXPECTED OUTBOUND CONNECTION", 2);
+    let err = dns.stderr();
+    assert!(
+        err.contains("Destination: 203.0.113.70:22/tcp (resolved: api.cw.test, handed to agent travel_agent_v1 for 443/tcp)\nAction: BLOCKED\nRule Matched: api.cw.test - allows 443/tcp only\n"),
+        "{err}"
+    );
+    let records = egress_records(&audit, 2);
+    let r = &records[1];
+    assert_eq!(r["resolved"], "api.cw.test");
+    assert_eq!(r["resolved_ports"], "443/tcp");
+    assert_eq!(r["rule"], "api.cw.test");
+
+    // A 1,000-port scan: every attempt audited once, two alert lines.
+    std::thread::sleep(Duration::from_millis(1100));
+    let scan = "import socket\nfor p in range(2000,3000):\n    s=socket.socket()\n    s.setblocking(False)\n    s.connect_ex(('203.0.113.98',p))\n    s.close()\n";
+    let _ = sh_out(&["ip", "netns", "exec", &lab.a, "python3", "-c", scan]);
+    let records = egress_records(&audit, 1002);
+    std::thread::sleep(Duration::from_millis(1500));
+    let records_after = egress_records(&audit, 1002);
+    assert_eq!(records.len(), 1002, "one record per port");
+    assert_eq!(records_after.len(), 1002, "no record twice");
+    let ports: std::collections::BTreeSet<u64> = records[2..]
+        .iter()
+        .map(|r| r["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports.len(), 1000);
+    assert_eq!(
+        metric(
+            &dns,
+            "allowdns_egress_total{agent=\"travel_agent_v1\",action=\"blocked\"}"
+        ),
+        Some(1002)
+    );
+    assert_eq!(metric(&dns, "allowdns_egress_records_lost_total"), Some(0));
+    // Bounded: a full alert per 1 s window (this test's), the rest summed
+    // up; together exactly the 1,000 attempts.
+    let err = dns.stderr();
+    let full = err.matches("UNEXPECTED OUTBOUND CONNECTION").count() - 2;
+    let summed: usize = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("[!] ... and "))
+        .filter(|l| l.contains(" more connection attempts from 10.200.2.2 (agent travel_agent_v1)"))
+        .filter_map(|l| l.split(' ').next()?.replace(',', "").parse::<usize>().ok())
+        .sum();
+    assert!((1..=5).contains(&full), "a scan floods the alerts: {err}");
+    assert_eq!(full + summed, 1000, "{err}");
+
+    // allowdns stopped: the ruleset still drops.
+    let _ = dns.terminate();
+    assert!(
+        !python_connect(&lab, "203.0.113.99", 443),
+        "the fence fell open with allowdns stopped"
+    );
+}
+
+/// `mode: monitor`: the unlisted name resolves and the connection to it
+/// passes, both alerted as logged, the connection with the name it was
+/// resolved for; a reload to enforce closes it at once.
+#[test]
+fn monitor_mode_lets_through_and_alerts_and_enforce_closes_at_once() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    start_services(&lab, &[443]);
+    let zone = lab.dir.write("cw.test.zone", CANARY_ZONE);
+    let upstream = Upstream::start("127.0.0.17", 0, &[zone]);
+    // Positive controls: unfenced, a special-purpose address and another
+    // resolver are reachable.
+    assert!(python_connect(&lab, "10.200.4.5", 443), "lab wiring");
+    assert!(rogue_dig(&lab).0, "lab wiring: the rogue resolver answers");
+    let policy = lab.fence(
+        "agent_name: travel_agent_v1\nmode: monitor\nexpected_outbound:\n  - destination: ok.cw.test\nfirewall:\n  netns: NETNS\n",
+    );
+    let (dns, audit) = serve_audited(&lab, &policy, &upstream);
+    // Control: the listed name resolves and passes, unalerted.
+    let m = query(dns.udp, "ok.cw.test", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(python_connect(&lab, "203.0.113.73", 443));
+
+    let m = query(dns.udp, "sketchy-mirror.cw.test", RecordType::A);
+    assert_eq!(
+        m.metadata.response_code,
+        ResponseCode::NoError,
+        "monitor mode denied a name"
+    );
+    dns.wait_for("UNEXPECTED DNS LOOKUP", 1);
+    assert!(
+        python_connect(&lab, "203.0.113.72", 443),
+        "monitor mode blocked a connection"
+    );
+    dns.wait_for("UNEXPECTED OUTBOUND CONNECTION", 1);
+    let err = dns.stderr();
+    assert!(
+        err.contains(
+            "Query: sketchy-mirror.cw.test A\nAction: LOGGED (Block policy not enabled)\n"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("Destination: 203.0.113.72:443/tcp (resolved: sketchy-mirror.cw.test, handed to agent travel_agent_v1 outside the allowlist)\nAction: LOGGED (Block policy not enabled)\nRule Matched: NONE - Connection not in allow-list.\n"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("UNEXPECTED OUTBOUND CONNECTION").count(),
+        1,
+        "the listed connection was alerted: {err}"
+    );
+    let records = egress_records(&audit, 1);
+    assert_eq!(records[0]["action"], "logged");
+    assert_eq!(records[0]["resolved"], "sketchy-mirror.cw.test");
+    // Monitor mode opens neither special-purpose ranges nor other resolvers.
+    assert!(!python_connect(&lab, "10.200.4.5", 443));
+    assert!(!rogue_dig(&lab).0, "monitor mode let DNS past allowdns");
+
+    // Monitor to enforce: what monitor let through is closed at once.
+    std::fs::write(
+        &policy,
+        std::fs::read_to_string(&policy)
+            .unwrap()
+            .replace("mode: monitor\n", ""),
+    )
+    .unwrap();
+    dns.hup();
+    dns.wait_for("reloaded", 1);
+    assert!(
+        !python_connect(&lab, "203.0.113.72", 443),
+        "a connection monitor mode let through still passes after the switch to enforce"
+    );
+    assert!(
+        python_connect(&lab, "203.0.113.73", 443),
+        "a listed address lost"
+    );
+    let records = egress_records(&audit, 2);
+    assert_eq!(records[1]["action"], "blocked", "{records:?}");
+
+    // Back to monitor: open again; the monitor set stays filled with
+    // allowdns stopped, until the ruleset is loaded again.
+    std::fs::write(
+        &policy,
+        std::fs::read_to_string(&policy).unwrap().replace(
+            "agent_name: travel_agent_v1\n",
+            "agent_name: travel_agent_v1\nmode: monitor\n",
+        ),
+    )
+    .unwrap();
+    dns.hup();
+    dns.wait_for("reloaded", 2);
+    assert!(
+        python_connect(&lab, "203.0.113.72", 443),
+        "monitor not restored"
+    );
+    let _ = dns.terminate();
+    assert!(python_connect(&lab, "203.0.113.72", 443));
+    lab.fence(&std::fs::read_to_string(&policy).unwrap());
+    assert!(
+        !python_connect(&lab, "203.0.113.72", 443),
+        "a reloaded ruleset must start closed"
+    );
+}
+
+/// The audit records for `qname`, polled until there are `count` (5 s at most).
+fn records_for(audit: &std::path::Path, qname: &str, count: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found: Vec<_> = if audit.exists() {
+            read_audit(audit)
+                .into_iter()
+                .filter(|r| r["qname"] == qname)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if found.len() >= count || Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// allowdns in R, the asker in A: the socket is looked up in A's namespace
+/// (the policy's `firewall.netns`), and the alert and the audit record name
+/// the process, its PID and its parents, never a guess.
+#[test]
+fn a_denied_lookup_names_the_process_that_asked_from_another_namespace() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    let zone = zone(&lab.dir);
+    let upstream = in_ns(lab.netns(&lab.r), move || {
+        Upstream::start("127.0.0.1", 0, &[zone])
+    });
+    let policy = lab.fence("agent_name: named_agent\nclients: [\"10.200.1.0/30\"]\nexpected_outbound:\n  - destination: web.fw.test\nfirewall:\n  netns: NETNS\n");
+    // Alerts per 1 s window, so each denial below gets its own full alert.
+    // A generous attribution budget: a debug build on a machine shared with
+    // builds (the test is about naming; docs/attribution.md about speed).
+    let config = lab.dir.write(
+        "allowdns.yaml",
+        "alerts:\n  window_secs: 1\n  attribution_budget_ms: 1000\n",
+    );
+    let audit = lab.dir.0.join("audit.jsonl");
+    let up = upstream.addr.to_string();
+    let dns = Allowdns::serve_via(
+        &["ip", "netns", "exec", &lab.r],
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            &format!("{DNS}:53"),
+            "--policy",
+            policy.to_str().unwrap(),
+            "--upstream",
+            &up,
+            "--audit-log",
+            audit.to_str().unwrap(),
+        ],
+    );
+
+    // Positive control: the wiring works, and an allowed answer is not attributed.
+    assert_eq!(getent(&lab, "web.fw.test").as_deref(), Some("203.0.113.10"));
+    let allowed = records_for(&audit, "web.fw.test", 1);
+    assert_eq!(allowed.len(), 1, "{allowed:?}");
+    assert!(allowed[0].get("pid").is_none(), "{}", allowed[0]);
+
+    // getent exits on NXDOMAIN: it is named all the same. `exec` keeps the PID the shell printed.
+    let (ok, out) = in_agent(
+        &lab,
+        &["sh", "-c", "echo $$; exec getent ahostsv4 denied.fw.test"],
+    );
+    assert!(!ok, "denied name resolved: {out}");
+    let pid: u32 = out.trim().parse().unwrap_or_else(|_| panic!("{out}"));
+    let records = records_for(&audit, "denied.fw.test", 1);
+    let r = &records[0];
+    assert_eq!(r["decision"], "deny", "{r}");
+    assert_eq!(r["pid"], pid, "{r}");
+    assert_eq!(r["host_pid"], pid, "{r}");
+    assert_eq!(r["comm"], "getent", "{r}");
+    assert!(r["exe"].as_str().unwrap().ends_with("/getent"), "{r}");
+    assert_eq!(r["cmdline"], "getent ahostsv4 denied.fw.test", "{r}");
+    dns.wait_for("Query: denied.fw.test", 1);
+    let stderr = dns.stderr();
+    assert!(stderr.contains(&format!("PID: {pid}\n")), "{stderr}");
+    assert!(
+        stderr.contains("Command: getent ahostsv4 denied.fw.test\n"),
+        "{stderr}"
+    );
+
+    // An agent's child, started through subprocess: its parents lead back to the script.
+    let script = lab.dir.write(
+        "agent.py",
+        "import subprocess\nsubprocess.run(['getent', 'ahostsv4', 'child.denied.fw.test'])\n",
+    );
+    std::thread::sleep(Duration::from_millis(1100)); // a new alert window
+    let (ok, out) = in_agent(&lab, &["python3", script.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let records = records_for(&audit, "child.denied.fw.test", 1);
+    let r = &records[0];
+    assert_eq!(r["comm"], "getent", "{r}");
+    let agent_line = format!("python3 {}", script.display());
+    let parent = r["parents"][0]["cmdline"].as_str().unwrap();
+    assert!(parent.ends_with(&agent_line), "{r}");
+    dns.wait_for("Query: child.denied.fw.test", 1);
+    let stderr = dns.stderr();
+    let alert = &stderr[stderr
+        .find("Query: child.denied.fw.test")
+        .unwrap()
+        .saturating_sub(600)..];
+    assert!(
+        alert.contains(&format!("{agent_line} (PID ")) && alert.contains("\nParents: "),
+        "{stderr}"
+    );
+}

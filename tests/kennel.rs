@@ -433,8 +433,11 @@ fn fence() -> Option<&'static FenceResults> {
                 "{}\nprobe other_direct sh -c 'dig +short @198.51.100.53 other.kennel.test | grep -q 198.51.100.201'\n",
                 parallel(ATTACKS)
             ));
+            // Attribution's budget generous: a debug build among parallel probes.
+            let config = world.dir.join("allowdns.yaml");
+            std::fs::write(&config, "alerts:\n  attribution_budget_ms: 1000\n").unwrap();
             let child = world
-                .run_cmd(&[], &data("kennel/policy.yaml"), &[], &format!("{KENNEL_ONLY}{}", parallel(ATTACKS)))
+                .run_cmd(&[], &data("kennel/policy.yaml"), &["--config", config.to_str().unwrap()], &format!("{KENNEL_ONLY}{}", parallel(ATTACKS)))
                 .spawn()
                 .unwrap();
             std::fs::write(world.dir.join("run.pid"), child.id().to_string()).unwrap();
@@ -513,6 +516,43 @@ fn t02_denied_name_is_nxdomain_with_alert_and_audit() {
             .iter()
             .any(|v| v["qname"] == "web.kennel.test" && v["decision"] == "allow")
     );
+    // Who asked: the PID the agent sees and the host's, up to the kennel's init.
+    let asked: Vec<_> = r
+        .audit
+        .iter()
+        .filter(|v| v["qname"] == "other.kennel.test")
+        .collect();
+    for v in &asked {
+        let (pid, host) = (v["pid"].as_u64(), v["host_pid"].as_u64());
+        assert!(
+            pid.is_some() && host.is_some() && pid != host,
+            "in the kennel, two PIDs: {v}"
+        );
+        assert!(
+            ["getent", "dig"].contains(&v["comm"].as_str().unwrap()),
+            "{v}"
+        );
+        let parents = v["parents"].as_array().unwrap();
+        assert_eq!(
+            parents.last().unwrap()["pid"],
+            1,
+            "up to the kennel's init: {v}"
+        );
+    }
+    assert!(!asked.is_empty());
+    let line = r
+        .alerts
+        .lines()
+        .find(|l| l.starts_with("PID: "))
+        .unwrap_or_else(|| panic!("no PID line: {}", r.alerts));
+    let (pid, host) = line["PID: ".len()..]
+        .trim_end_matches(')')
+        .split_once(" (host ")
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(
+        pid.parse::<u32>().unwrap() != host.parse::<u32>().unwrap(),
+        "{line}"
+    );
 }
 
 #[test]
@@ -522,6 +562,93 @@ fn t03_hard_coded_addresses_fail_over_tcp_udp_icmp() {
         r,
         &["icmp4_any", "udp4_any"],
         &["tcp4_hard", "udp4_hard", "icmp4_hard"],
+    );
+}
+
+/// The hard-coded attempts of t03 are each alerted and audited, with what
+/// allowdns knows: never handed out, or handed out for another port.
+#[test]
+fn t13_blocked_connections_are_alerted_and_audited() {
+    let Some(r) = fence() else { return };
+    // Positive control: they got through unfenced, and failed in the kennel.
+    assert_probes(
+        r,
+        &[],
+        &["tcp4_hard", "udp4_hard", "icmp4_hard", "tcp4_web_9090"],
+    );
+    let egress = |addr: &str, proto: &str| {
+        r.audit
+            .iter()
+            .find(|v| v["event"] == "egress_denied" && v["addr"] == addr && v["proto"] == proto)
+            .unwrap_or_else(|| panic!("no egress_denied for {addr}/{proto}: {:?}", r.audit))
+            .clone()
+    };
+    let tcp = egress("198.51.100.201", "tcp");
+    assert_eq!(tcp["action"], "blocked");
+    assert_eq!(tcp["port"], 8080);
+    assert_eq!(tcp["agent"], "kennel_agent");
+    assert!(tcp["resolved"].is_null(), "{tcp}");
+    assert_eq!(egress("198.51.100.201", "udp")["port"], 9999);
+    assert!(egress("198.51.100.201", "icmp")["port"].is_null());
+    // Handed out for 8080, tried on 9090: the record names the name and port.
+    let web = r
+        .audit
+        .iter()
+        .find(|v| {
+            v["event"] == "egress_denied" && v["addr"] == "198.51.100.200" && v["port"] == 9090
+        })
+        .unwrap_or_else(|| panic!("{:?}", r.audit));
+    assert_eq!(web["resolved"], "web.kennel.test", "{web}");
+    assert_eq!(web["resolved_ports"], "8080/tcp", "{web}");
+    assert_eq!(web["rule"], "web.kennel.test", "{web}");
+    // The alerts: the seeds' block, blocked, with the process; the parallel
+    // probes fold into one summary.
+    assert!(
+        r.alerts.contains("[!] UNEXPECTED OUTBOUND CONNECTION\n"),
+        "{}",
+        r.alerts
+    );
+    assert!(r.alerts.contains("\nAction: BLOCKED\n"), "{}", r.alerts);
+    // The process, or why not (a loaded machine may run out of the budget).
+    assert!(r.alerts.contains("\nPID: "), "{}", r.alerts);
+    assert!(
+        r.alerts.contains("more connection attempts from"),
+        "{}",
+        r.alerts
+    );
+}
+
+/// `run --monitor`: the unlisted name resolves and the connection to it
+/// passes, both alerted as logged, the connection with its name.
+#[test]
+fn t14_monitor_lets_through_and_alerts() {
+    if !ready() {
+        return;
+    }
+    let world = World::new("monitor");
+    let workload = "probe resolve_other getent ahostsv4 other.kennel.test\nprobe tcp_other python3 $P tcp 198.51.100.201 8080\n";
+    // Positive control: enforced, both fail.
+    let ran = world.run(&data("kennel/policy.yaml"), &[], workload);
+    assert!(
+        !ran.probe("resolve_other") && !ran.probe("tcp_other"),
+        "{}",
+        ran.stdout
+    );
+    let ran = world.run(&data("kennel/policy.yaml"), &["--monitor"], workload);
+    assert!(
+        ran.probe("resolve_other") && ran.probe("tcp_other"),
+        "monitor mode blocked: {}\n{}",
+        ran.stdout,
+        ran.stderr
+    );
+    let alerts = std::fs::read_to_string(world.dir.join("alerts.log")).unwrap_or_default();
+    assert!(
+        alerts.contains("Query: other.kennel.test A\nAction: LOGGED (Block policy not enabled)\n"),
+        "{alerts}"
+    );
+    assert!(
+        alerts.contains("Destination: 198.51.100.201:8080/tcp (resolved: other.kennel.test, handed to agent kennel_agent outside the allowlist)\nAction: LOGGED (Block policy not enabled)\n"),
+        "{alerts}"
     );
 }
 
@@ -781,7 +908,7 @@ fn t10_learn_then_run_with_the_suggested_policy() {
         return;
     }
     let world = World::new("learn");
-    let workload = "probe resolve_web getent ahosts web.kennel.test\nprobe tcp_web_8080 python3 $P tcp web.kennel.test 8080\n";
+    let workload = "probe resolve_web getent ahosts web.kennel.test\nprobe tcp_web_8080 python3 $P tcp web.kennel.test 8080\nprobe tcp_hard python3 $P tcp 198.51.100.201 8080\n";
     // Positive control: the starting policy does not allow the workload.
     let ran = world.run(&data("kennel/learn.yaml"), &[], workload);
     assert!(!ran.probe("tcp_web_8080"), "{}", ran.stdout);
@@ -798,6 +925,12 @@ fn t10_learn_then_run_with_the_suggested_policy() {
     );
     let text = std::fs::read_to_string(&suggested).unwrap_or_default();
     assert!(text.contains("web.kennel.test"), "{text}\n{}", ran.stderr);
+    // The hard-coded connection learn mode saw (and blocked) is offered, commented out.
+    assert!(
+        text.contains("  # this agent connected to 198.51.100.201:8080 without a lookup (")
+            && text.contains("  # - destination: \"198.51.100.201\"\n  #   port: 8080\n"),
+        "{text}"
+    );
     let check = Command::new(bin())
         .args(["check", "--upstream", "none", "--policy"])
         .arg(&suggested)

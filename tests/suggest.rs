@@ -52,6 +52,7 @@ fn record(ts: &str, client: &str, agent: &str, qname: &str, decision: &str, rcod
         stripped: Vec::new(),
         upstream_ms: Some(Millis(1.25)),
         exfil: None,
+        owner: Default::default(),
     };
     serde_json::to_string(&record).unwrap() + "\n"
 }

@@ -128,6 +128,11 @@ fn main_unit_exposure_is_at_most_2() {
     eprintln!("allowdns.service exposure: {level}");
     assert!(level <= 2.0, "exposure {level} > 2.0:\n{out}");
     assert!(!exposed(&out, "CapabilityBoundingSet=~CAP_NET_ADMIN"));
+    // Attribution reads other users' /proc/PID/fd (docs/attribution.md).
+    assert!(
+        exposed(&out, "CapabilityBoundingSet=~CAP_SYS_PTRACE"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -171,6 +176,11 @@ fn netns_dropin_allows_only_network_namespaces() {
         "{out}"
     );
     assert!(exposed(&out, "RestrictNamespaces=~net"), "{out}");
+    // Reset out of the lists, to stay at 2.0 next to CAP_SYS_ADMIN.
+    assert!(
+        !exposed(&out, "CapabilityBoundingSet=~CAP_SYS_PTRACE"),
+        "{out}"
+    );
     for other in ["user", "pid", "mnt", "uts", "ipc", "cgroup"] {
         assert!(
             !exposed(&out, &format!("RestrictNamespaces=~{other}")),

@@ -37,6 +37,9 @@ _allowdns() {
             allowdns,run)
                 cmd="allowdns__subcmd__run"
                 ;;
+            allowdns,selftest)
+                cmd="allowdns__subcmd__selftest"
+                ;;
             allowdns,serve)
                 cmd="allowdns__subcmd__serve"
                 ;;
@@ -67,6 +70,9 @@ _allowdns() {
             allowdns__subcmd__help,run)
                 cmd="allowdns__subcmd__help__subcmd__run"
                 ;;
+            allowdns__subcmd__help,selftest)
+                cmd="allowdns__subcmd__help__subcmd__selftest"
+                ;;
             allowdns__subcmd__help,serve)
                 cmd="allowdns__subcmd__help__subcmd__serve"
                 ;;
@@ -83,7 +89,7 @@ _allowdns() {
 
     case "${cmd}" in
         allowdns)
-            opts="-h -V --help --version serve check nft-ruleset grant revoke status suggest run completions help"
+            opts="-h -V --help --version serve check nft-ruleset selftest grant revoke status suggest run completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -199,7 +205,7 @@ _allowdns() {
             return 0
             ;;
         allowdns__subcmd__help)
-            opts="serve check nft-ruleset grant revoke status suggest run completions help"
+            opts="serve check nft-ruleset selftest grant revoke status suggest run completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -310,6 +316,20 @@ _allowdns() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        allowdns__subcmd__help__subcmd__selftest)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         allowdns__subcmd__help__subcmd__serve)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -353,7 +373,7 @@ _allowdns() {
             return 0
             ;;
         allowdns__subcmd__nft__subcmd__ruleset)
-            opts="-c -h --config --listen --upstream --root-hints --policy --zones --audit-log --control --metrics --agent --dns --help"
+            opts="-c -h --config --listen --upstream --root-hints --policy --zones --audit-log --control --metrics --agent --dns --sidecar-uid --open-tcp --load --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -407,6 +427,14 @@ _allowdns() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --sidecar-uid)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --open-tcp)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -441,7 +469,7 @@ _allowdns() {
             return 0
             ;;
         allowdns__subcmd__run)
-            opts="-c -h --config --listen --upstream --root-hints --policy --zones --audit-log --control --metrics --learn --suggest-out --alerts --help"
+            opts="-c -h --config --policy --agent --upstream --root-hints --zones --audit-log --control --metrics --learn --monitor --suggest-out --alerts --listen --ro-bind --bind --preserve-fds --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -455,7 +483,11 @@ _allowdns() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --listen)
+                --policy)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --agent)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -464,10 +496,6 @@ _allowdns() {
                     return 0
                     ;;
                 --root-hints)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --policy)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -495,6 +523,52 @@ _allowdns() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ro-bind)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bind)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --preserve-fds)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        allowdns__subcmd__selftest)
+            opts="-h --netns --dns --table --family --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --netns)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dns)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --table)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --family)
+                    COMPREPLY=($(compgen -W "inet ip ip6" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -503,7 +577,7 @@ _allowdns() {
             return 0
             ;;
         allowdns__subcmd__serve)
-            opts="-c -h --config --listen --upstream --root-hints --policy --zones --audit-log --control --metrics --help"
+            opts="-c -h --config --listen --upstream --root-hints --policy --zones --audit-log --control --metrics --watch --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -547,6 +621,10 @@ _allowdns() {
                     ;;
                 --metrics)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --watch)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
                     return 0
                     ;;
                 *)

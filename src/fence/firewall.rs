@@ -2,11 +2,13 @@
 //! face of the fence to the rest of allowdns. An answer's addresses become
 //! keys here and go to their target before the reply leaves.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use hickory_proto::rr::{RData, Record};
 
 use super::error::{FeedError, FenceError, TargetId};
+use super::handed::{Handed, HandedOut};
 use super::keys::{PRUNE_AT, SetId, Static, addresses, dynamic_keys, static_elements};
 use super::target::Target;
 use crate::policy::{Policy, PolicySet, Rule};
@@ -16,6 +18,8 @@ use crate::policy::{Policy, PolicySet, Rule};
 pub struct Firewall {
     /// One per distinct `firewall:` config, in the order policies name them.
     pub(super) targets: Vec<Target>,
+    /// Which name each address was handed out for, to name it in alerts.
+    pub handed: HandedOut,
 }
 
 impl Firewall {
@@ -28,7 +32,10 @@ impl Firewall {
                 targets.push(Target::open(config)?);
             }
         }
-        Ok((!targets.is_empty()).then_some(Firewall { targets }))
+        Ok((!targets.is_empty()).then_some(Firewall {
+            targets,
+            handed: HandedOut::default(),
+        }))
     }
 
     fn target_for(&self, policy: &Policy) -> Option<&Target> {
@@ -84,6 +91,11 @@ impl Firewall {
                 }
             }
             target.replace_static(wanted, now)?;
+            let monitor = policies
+                .policies
+                .iter()
+                .any(|p| p.monitor && p.firewall.as_ref() == Some(&target.config));
+            target.sync_monitor(monitor)?;
         }
         Ok(())
     }
@@ -172,6 +184,21 @@ impl Firewall {
             let left = at.duration_since(SystemTime::now()).unwrap_or_default();
             u32::try_from(left.as_secs()).unwrap_or(u32::MAX)
         });
+        // Monitor mode's catch-all feeds nothing: the monitor set passes
+        // what it resolves, and the connection is alerted with its name.
+        let monitored = policy.monitor
+            && policy
+                .learn
+                .as_ref()
+                .is_some_and(|l| l.pattern == rule.pattern);
+        let handed = answers.first().map(|r| Handed {
+            name: crate::observe::audit::display_name(&r.name),
+            agent: policy.agent.clone(),
+            rule: rule.pattern.clone(),
+            ports: rule.ports.clone(),
+            fed: !monitored,
+        });
+        let mut given: Vec<(IpAddr, u32)> = Vec::new();
         let mut wanted: Vec<(SetId, Vec<u8>, u32)> = Vec::new();
         for record in answers.iter_mut() {
             record.ttl = record.ttl.min(config.max_ttl);
@@ -183,20 +210,34 @@ impl Firewall {
                 if (ip.is_ipv4() && !config.passes_v4()) || (ip.is_ipv6() && !config.passes_v6()) {
                     continue;
                 }
+                given.push((ip, lifetime));
+                if monitored {
+                    continue;
+                }
                 for (set, key) in dynamic_keys(ip, &rule.ports) {
                     wanted.push((set, key, lifetime));
                 }
             }
         }
+        // Remembered once the addresses are surely handed out.
+        let remember = |fed: Result<(), FeedError>| {
+            if let (Ok(()), Some(handed)) = (&fed, &handed) {
+                let now = Instant::now();
+                for (ip, lifetime) in &given {
+                    self.handed.record(*ip, handed, *lifetime, now);
+                }
+            }
+            fed
+        };
         if wanted.is_empty() {
-            return Ok(());
+            return remember(Ok(()));
         }
         let failed = |source| FeedError::Update {
             target: TargetId::of(config),
             source,
         };
         if !withdrawable(policy, rule) {
-            return target.feed(wanted).map_err(failed);
+            return remember(target.feed(wanted).map_err(failed));
         }
         // Held through the update, so a withdraw cannot slip between the
         // check that the rule still stands and the add.
@@ -217,7 +258,7 @@ impl Firewall {
             let now = Instant::now();
             keys.retain(|(set, key)| expiries.known(*set, key, now).is_some_and(|e| e > now));
         }
-        target.feed(wanted).map_err(failed)
+        remember(target.feed(wanted).map_err(failed))
     }
 }
 

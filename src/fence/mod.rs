@@ -21,6 +21,8 @@
 //! ```text
 //! firewall.rs  the targets opened at startup; which one a policy feeds; feed, withdraw
 //! target.rs    one target: open and verify its sets, feed, install ranges, withdraw
+//! handed.rs    which name each address was handed out for (for alerts)
+//! nflog.rs     blocked connections, read from the ruleset's NFLOG group
 //! keys.rs      set choice and element keys, policy ranges, known expiries
 //! netlink.rs   a minimal nfnetlink client for set elements
 //! watch.rs     re-feeding when the ruleset is reloaded under allowdns
@@ -32,8 +34,10 @@
 
 mod error;
 mod firewall;
+pub mod handed;
 mod keys;
 pub mod netlink;
+pub mod nflog;
 pub mod ruleset;
 pub mod selftest;
 pub mod sidecar;

@@ -8,8 +8,11 @@
 //! only; then special-purpose ranges (src/policy/special.rs) the policy does not
 //! list are denied, so no set element can open them; then addresses in the
 //! sets (any port, or address-and-port). Everything else is logged with a
-//! clear prefix, then denied: `deny_action` rejects (TCP reset or ICMP
-//! administratively prohibited, so the agent fails at once) or drops.
+//! clear prefix, to the kernel log and to an NFLOG group allowdns reads
+//! (src/fence/nflog.rs), then denied: `deny_action` rejects (TCP reset or
+//! ICMP administratively prohibited, so the agent fails at once) or drops.
+//! Only while a `mode: monitor` policy is in force does allowdns fill the
+//! monitor set that passes it instead.
 //!
 //! Input drops by default too: loopback, established and related traffic
 //! (replies, DNS answers from allowdns included), neighbour discovery from the
@@ -23,6 +26,17 @@ use crate::policy::firewall::{DenyAction, Family, FirewallConfig};
 
 /// Log prefix of denied egress, as it shows in the kernel log.
 pub const LOG_PREFIX: &str = "allowdns egress denied: ";
+/// The NFLOG group denied egress is also sent to; allowdns reads it in each
+/// fenced namespace to alert on blocked connections.
+pub const NFLOG_GROUP: u16 = 53;
+/// The mark `allowdns selftest` puts on its canary connection: denied like
+/// any other, but neither sent to allowdns as an alert nor passed by the
+/// monitor set. Setting a mark takes CAP_NET_ADMIN, which an agent lacks.
+pub const SELFTEST_MARK: u32 = 0x616c_6c77;
+/// The set that passes everything, logged, while a `mode: monitor` policy
+/// is in force: allowdns adds its elements at startup and takes them out
+/// when the policy goes back to enforcing. Empty as loaded.
+pub const MONITOR_SET: &str = "monitor_mode";
 /// Log prefix of denied inbound traffic.
 pub const INPUT_LOG_PREFIX: &str = "allowdns ingress denied: ";
 /// The dynamic set of next hops neighbour discovery went to: only ever
@@ -115,6 +129,7 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
             })
             .collect()
     };
+    let _ = writeln!(out, "\tset {MONITOR_SET} {{\n\t\ttype ether_type\n\t}}\n");
     if v4 {
         set(&mut out, &config.set_v4, "ipv4_addr", "timeout", &[]);
         set(
@@ -209,6 +224,14 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
         );
     }
     let _ = writeln!(out, "\t\tlog prefix \"{LOG_PREFIX}\" level warn");
+    let _ = writeln!(
+        out,
+        "\t\tmeta mark != {SELFTEST_MARK:#x} log prefix \"{LOG_PREFIX}\" group {NFLOG_GROUP}"
+    );
+    let _ = writeln!(
+        out,
+        "\t\tmeta mark != {SELFTEST_MARK:#x} meta protocol @{MONITOR_SET} accept comment \"mode: monitor\""
+    );
     let _ = writeln!(out, "\t\tcounter {deny}\n\t}}\n");
     out.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n");
     out.push_str("\t\tiifname \"lo\" accept\n");
@@ -371,6 +394,16 @@ mod tests {
             text.contains(&format!("{ND_SENT} {ND_LINK} {ND_DESTINATIONS} accept")),
             "{text}"
         );
+        // Denied egress goes to the kernel log and to allowdns's NFLOG
+        // group, then the monitor set (empty as loaded), then the drop.
+        let last = at(
+            "log prefix \"allowdns egress denied: \" level warn\n\t\tmeta mark != 0x616c6c77 log prefix \"allowdns egress denied: \" group 53\n\t\tmeta mark != 0x616c6c77 meta protocol @monitor_mode accept comment \"mode: monitor\"\n\t\tcounter goto denied",
+        );
+        assert!(at("ip daddr @allowed_v4 accept") < last);
+        assert!(
+            text.contains("set monitor_mode {\n\t\ttype ether_type\n\t}"),
+            "{text}"
+        );
         assert!(
             !text.contains("nd-router-solicit } accept"),
             "no unbounded ND accept"
@@ -399,7 +432,7 @@ mod tests {
             assert!(chain.contains("ip hdrlength != 5"), "{chain}");
         }
         assert!(
-            text.contains("level warn\n\t\tcounter goto denied\n"),
+            text.contains("comment \"mode: monitor\"\n\t\tcounter goto denied\n"),
             "{text}"
         );
         let policy = crate::policy::compile_source(
@@ -409,7 +442,10 @@ mod tests {
         )
         .unwrap();
         let text = render(&policy, policy.firewall.as_ref().unwrap(), &[]);
-        assert!(text.contains("level warn\n\t\tcounter drop\n"), "{text}");
+        assert!(
+            text.contains("comment \"mode: monitor\"\n\t\tcounter drop\n"),
+            "{text}"
+        );
         assert!(!text.contains("reject"), "{text}");
         let mut d = Diagnostics::default();
         let bad = crate::policy::compile_source(

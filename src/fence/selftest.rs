@@ -211,11 +211,24 @@ fn checks(fence: &Fence) -> Vec<Check> {
     out
 }
 
+/// A TCP connection marked [`SELFTEST_MARK`], so allowdns does not alert on
+/// it; unmarked where the mark cannot be set (no CAP_NET_ADMIN).
+fn marked_connect(to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    let _ = socket.set_mark(super::ruleset::SELFTEST_MARK);
+    socket.connect_timeout(&to.into(), WAIT)?;
+    Ok(socket.into())
+}
+
 /// A connection to `canary` must fail at the fence: its final rule's counter
 /// moves. With no route at all nothing leaves either, and that is said.
 fn canary_check(fence: &Fence, canary: SocketAddr, chain: &Result<String, String>) -> Check {
     let before = chain.as_ref().map(|t| counted(t)).unwrap_or(0);
-    let reached = TcpStream::connect_timeout(&canary, WAIT);
+    let reached = marked_connect(canary);
     let after = output_chain(fence).map(|t| counted(&t)).unwrap_or(0);
     let (passed, detail) = match reached {
         Ok(_) => (

@@ -38,6 +38,9 @@ pub(super) struct Target {
     /// which rules were withdrawn when. One lock, which withdrawals and
     /// feeds of withdrawable rules both hold through their netlink update.
     pub(super) by_rule: Mutex<ByRule>,
+    /// Whether a `mode: monitor` policy feeds this target: its monitor set
+    /// then holds an element per family, restored after a ruleset reload.
+    pub(super) monitor: Mutex<bool>,
 }
 
 /// (agent, pattern) → the (set, key)s fed under that expiring rule.
@@ -177,6 +180,7 @@ impl Target {
             expiries: Mutex::new(expiries),
             installed: Mutex::new(Vec::new()),
             by_rule: Mutex::new(ByRule::default()),
+            monitor: Mutex::new(false),
         })
     }
 
@@ -357,6 +361,90 @@ impl Target {
         metrics.nft_elements.fetch_add(added as u64, Relaxed);
         *installed = wanted;
         Ok(())
+    }
+
+    /// Fills the monitor set (`on`) or empties it: with it full, what the
+    /// sets do not pass is logged and accepted instead of dropped. A ruleset
+    /// without the set can only enforce.
+    pub(super) fn sync_monitor(&self, on: bool) -> Result<(), FenceError> {
+        let mut want = self.monitor.lock().unwrap_or_else(|p| p.into_inner());
+        *want = on;
+        let config = &self.config;
+        let set = crate::fence::ruleset::MONITOR_SET;
+        let decl = "type ether_type";
+        let mut netlink = self.netlink.lock().unwrap_or_else(|p| p.into_inner());
+        let info = match netlink.get_set(config.family, &config.table, set) {
+            Ok(info) => info,
+            Err(_) if !on => return Ok(()),
+            Err(source) => {
+                return Err(FenceError::Set {
+                    target: TargetId::of(config),
+                    set: set.into(),
+                    decl,
+                    source,
+                });
+            }
+        };
+        if info.key_len != 2 {
+            return Err(FenceError::WrongType {
+                target: TargetId::of(config),
+                set: set.into(),
+                decl,
+            });
+        }
+        let listed = netlink
+            .list_elements(config.family, &config.table, set)
+            .map_err(|source| FenceError::List {
+                target: TargetId::of(config),
+                set: set.into(),
+                source,
+            })?;
+        let mut wanted: Vec<Vec<u8>> = Vec::new();
+        if on {
+            // The packets' ethertypes (`meta protocol`, set on local output
+            // in every family), for the families the table passes.
+            if config.passes_v4() {
+                wanted.push(vec![0x08, 0x00]);
+            }
+            if config.passes_v6() {
+                wanted.push(vec![0x86, 0xdd]);
+            }
+        }
+        let element = |key: &Vec<u8>| Element {
+            key: key.clone(),
+            key_end: None,
+            timeout: None,
+        };
+        let have: Vec<Vec<u8>> = listed.into_iter().map(|l| l.key).collect();
+        let add: Vec<Element> = wanted
+            .iter()
+            .filter(|k| !have.contains(k))
+            .map(element)
+            .collect();
+        let delete: Vec<Element> = have
+            .iter()
+            .filter(|k| !wanted.contains(k))
+            .map(element)
+            .collect();
+        if add.is_empty() && delete.is_empty() {
+            return Ok(());
+        }
+        let op = SetOp {
+            family: config.family,
+            table: &config.table,
+            set,
+            add: &add,
+            delete: &delete,
+        };
+        let metrics = &crate::observe::metrics::METRICS;
+        metrics.nft_updates.fetch_add(1, Relaxed);
+        netlink.apply(&[op]).map_err(|source| {
+            metrics.nft_failures.fetch_add(1, Relaxed);
+            FenceError::Install {
+                target: TargetId::of(config),
+                source,
+            }
+        })
     }
 
     /// Deletes the elements fed under one expiring rule, withdrawn by the set

@@ -14,8 +14,9 @@
 //!
 //! The service owns one `NETLINK_NETFILTER` socket in its namespace and hands
 //! each message to its subscribers by nfnetlink subsystem. The ruleset watch
-//! is the first subscriber; a blocked-connection log (NFLOG, subsystem ULOG)
-//! can bind its group on the same socket and join the same loop.
+//! is the first subscriber; the blocked-connection log (NFLOG, subsystem
+//! ULOG, src/fence/nflog.rs) binds its group on the same socket and joins
+//! the same loop.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -31,9 +32,11 @@ use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 use super::Firewall;
 use super::keys::{SetId, TargetSets};
 use super::netlink::{Element, SetOp, attrs, messages};
+use super::nflog::{NFNL_SUBSYS_ULOG, Nflog, Report};
 use super::target::Target;
 
 const NFNLGRP_NFTABLES: u32 = 7;
+const NLMSG_ERROR: u16 = 2;
 const NFNL_SUBSYS_NFTABLES: u8 = 10;
 const NFT_MSG_NEWTABLE: u8 = 0;
 const NFT_MSG_DELTABLE: u8 = 2;
@@ -55,7 +58,7 @@ trait Subscriber: Send {
     /// The nfnetlink subsystem whose messages it gets.
     fn subsystem(&self) -> u8;
     /// Once, as soon as the socket is subscribed.
-    fn start(&mut self);
+    fn start(&mut self, socket: &Socket);
     fn on_message(&mut self, kind: u8, family: u8, payload: &[u8]);
     /// The socket overran: messages were lost, state may have changed unseen.
     fn on_overrun(&mut self);
@@ -65,8 +68,13 @@ trait Subscriber: Send {
 
 /// Starts one service thread per namespace that `firewall` feeds. `get`
 /// reaches the firewall inside `owner` (the handler, which lives as long as
-/// the process).
-pub fn spawn<O: Send + Sync + 'static>(owner: Arc<O>, get: fn(&O) -> Option<&Firewall>) {
+/// the process); `report` makes the receiver of each namespace's blocked
+/// connections.
+pub fn spawn<O: Send + Sync + 'static>(
+    owner: Arc<O>,
+    get: fn(&O) -> Option<&Firewall>,
+    report: &dyn Fn() -> Box<dyn Report>,
+) {
     let Some(firewall) = get(&owner) else {
         return;
     };
@@ -87,6 +95,7 @@ pub fn spawn<O: Send + Sync + 'static>(owner: Arc<O>, get: fn(&O) -> Option<&Fir
             since: None,
             handles: HashMap::new(),
         };
+        let nflog = Nflog::new(netns.clone(), report());
         let place = netns.as_ref().map_or_else(
             || "allowdns's own namespace".to_string(),
             |p| format!("netns {}", p.display()),
@@ -94,7 +103,8 @@ pub fn spawn<O: Send + Sync + 'static>(owner: Arc<O>, get: fn(&O) -> Option<&Fir
         let spawned = std::thread::Builder::new()
             .name("netlink-events".into())
             .spawn(move || {
-                if let Err(e) = serve(netns.as_deref(), vec![Box::new(watch)]) {
+                let subscribers: Vec<Box<dyn Subscriber>> = vec![Box::new(watch), Box::new(nflog)];
+                if let Err(e) = serve(netns.as_deref(), subscribers) {
                     tracing::warn!(
                         "nftables events in {place}: {e}; after a ruleset reload there, restart allowdns"
                     );
@@ -130,7 +140,7 @@ fn serve(netns: Option<&Path>, mut subscribers: Vec<Box<dyn Subscriber>>) -> io:
         let _ = socket.set_rx_buf_sz(size);
     }
     for s in &mut subscribers {
-        s.start();
+        s.start(&socket);
     }
     let mut buf = Vec::with_capacity(1 << 16);
     let mut wait: Option<Duration> = None;
@@ -156,6 +166,19 @@ fn serve(netns: Option<&Path>, mut subscribers: Vec<Box<dyn Subscriber>>) -> io:
         match socket.recv(&mut buf, 0) {
             Ok(_) => {
                 for (header, payload) in messages(&buf) {
+                    // A refused request of ours (binding the NFLOG group).
+                    if header.kind == NLMSG_ERROR {
+                        let errno = payload
+                            .get(..4)
+                            .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                        if errno != 0 {
+                            let e = io::Error::from_raw_os_error(-errno);
+                            tracing::warn!(
+                                "netlink in this namespace refused a request: {e}; blocked connections may not be alerted"
+                            );
+                        }
+                        continue;
+                    }
                     let (subsystem, kind) = ((header.kind >> 8) as u8, header.kind as u8);
                     let family = payload.first().copied().unwrap_or_default();
                     for s in subscribers
@@ -246,6 +269,10 @@ impl<O: Send + Sync + 'static> RulesetWatch<O> {
                     "nftables: {what} changed under allowdns and re-feeding failed: {e} (retried when its table or sets are created again)"
                 ),
             }
+            let monitor = *target.monitor.lock().unwrap_or_else(|p| p.into_inner());
+            if monitor && let Err(e) = target.sync_monitor(true) {
+                tracing::warn!("nftables: {what}: monitor mode not restored: {e}");
+            }
             self.handles.insert(i, target.set_handles());
         }
         self.since = None;
@@ -266,7 +293,7 @@ impl<O: Send + Sync + 'static> Subscriber for RulesetWatch<O> {
 
     /// A reload between startup's checks and the subscription would go
     /// unseen: re-feed once now (idempotent: same elements, same expiries).
-    fn start(&mut self) {
+    fn start(&mut self, _: &Socket) {
         for i in self.targets.clone() {
             self.mark(i);
         }
@@ -319,6 +346,35 @@ impl<O: Send + Sync + 'static> Subscriber for RulesetWatch<O> {
             return None;
         }
         Some(left)
+    }
+}
+
+impl Subscriber for Nflog {
+    fn subsystem(&self) -> u8 {
+        NFNL_SUBSYS_ULOG
+    }
+
+    fn start(&mut self, socket: &Socket) {
+        if let Err(e) = Nflog::bind(socket) {
+            tracing::warn!(
+                "cannot read NFLOG group {}: {e}; blocked connections are dropped but not alerted",
+                super::ruleset::NFLOG_GROUP
+            );
+        }
+    }
+
+    fn on_message(&mut self, kind: u8, _family: u8, payload: &[u8]) {
+        if kind == Nflog::kind() {
+            self.on_packet(payload, Instant::now());
+        }
+    }
+
+    fn on_overrun(&mut self) {
+        Nflog::on_overrun(self);
+    }
+
+    fn tick(&mut self) -> Option<Duration> {
+        None
     }
 }
 

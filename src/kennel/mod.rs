@@ -77,6 +77,10 @@ pub struct RunArgs {
     /// `allowdns suggest` policy for what CMD looked up.
     #[arg(long)]
     pub learn: bool,
+    /// Monitor mode: let CMD resolve and reach anything, but alert on every
+    /// lookup and connection the policy does not cover.
+    #[arg(long, conflicts_with = "learn")]
+    pub monitor: bool,
     /// With --learn: write the suggested policy here instead of stdout.
     #[arg(long, value_name = "FILE", requires = "learn")]
     pub suggest_out: Option<PathBuf>,

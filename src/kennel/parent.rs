@@ -258,19 +258,21 @@ pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     // The policy as the kennel runs it: fed sets in the kennel's netns, the kennel as its only client.
     // Our own descriptor, not /proc/C: it outlives C when CMD ends at once.
     let netns_path = PathBuf::from(format!("/proc/self/fd/{}", netns.as_raw_fd()));
-    let derived = derive_policy(&source, &netns_path, args.learn)?;
+    let mode = if args.learn {
+        Some("learn")
+    } else if args.monitor {
+        Some("monitor")
+    } else {
+        None
+    };
+    let derived = derive_policy(&source, &netns_path, mode)?;
     let policy_path = dir.join("policy.yaml");
     std::fs::write(&policy_path, derived).map_err(file(&policy_path))?;
     // SIGHUP re-reads the operator's file, not the copy.
     let rederive: crate::ops::startup::ReloadHook = {
-        let (source, netns, copy, learn) = (
-            source.clone(),
-            netns_path.clone(),
-            policy_path.clone(),
-            args.learn,
-        );
+        let (source, netns, copy) = (source.clone(), netns_path.clone(), policy_path.clone());
         std::sync::Arc::new(move || {
-            let text = derive_policy(&source, &netns, learn).map_err(|e| e.to_string())?;
+            let text = derive_policy(&source, &netns, mode).map_err(|e| e.to_string())?;
             std::fs::write(&copy, text).map_err(|e| format!("{}: {e}", copy.display()))
         })
     };
@@ -563,8 +565,8 @@ fn wait_for_dad(c: u32) {
 }
 
 /// The user's policy as the kennel runs it: its sets in the kennel's netns,
-/// no `clients` (the kennel is the only client), learn mode with --learn.
-fn derive_policy(source: &Path, netns: &Path, learn: bool) -> Result<String, KennelError> {
+/// no `clients` (the kennel is the only client), `mode` from --learn or --monitor.
+fn derive_policy(source: &Path, netns: &Path, mode: Option<&str>) -> Result<String, KennelError> {
     use serde_yaml::{Mapping, Value};
     let policy = |why: String| KennelError::Policy {
         path: source.into(),
@@ -593,8 +595,8 @@ fn derive_policy(source: &Path, netns: &Path, learn: bool) -> Result<String, Ken
             Value::from(netns.to_string_lossy().into_owned()),
         );
     }
-    if learn {
-        map.insert(Value::from("mode"), Value::from("learn"));
+    if let Some(mode) = mode {
+        map.insert(Value::from("mode"), Value::from(mode));
     }
     serde_yaml::to_string(&doc).map_err(KennelError::Derived)
 }
@@ -706,7 +708,7 @@ mod tests {
             "agent_name: a\nclients: [\"10.0.0.0/8\"]\nexpected_outbound:\n  - destination: x.example\nfirewall:\n  netns: /run/netns/elsewhere\n  family: ip\n",
         )
         .unwrap();
-        let text = derive_policy(&src, Path::new("/proc/42/ns/net"), true).unwrap();
+        let text = derive_policy(&src, Path::new("/proc/42/ns/net"), Some("learn")).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
         assert!(doc.get("clients").is_none(), "{text}");
@@ -724,7 +726,8 @@ mod tests {
         let file =
             std::env::temp_dir().join(format!("allowdns-kennel-unit2-{}.yaml", std::process::id()));
         std::fs::write(&file, text).unwrap();
-        let out = derive_policy(&file, Path::new("/proc/42/ns/net"), learn).unwrap();
+        let mode = learn.then_some("learn");
+        let out = derive_policy(&file, Path::new("/proc/42/ns/net"), mode).unwrap();
         let _ = std::fs::remove_file(&file);
         out
     }

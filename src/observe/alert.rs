@@ -1,4 +1,5 @@
-//! Human alerts for denied lookups, on stderr (the journal under systemd).
+//! Human alerts for denied lookups and unexpected outbound connections, on
+//! stderr (the journal under systemd).
 //!
 //! Each new denied name from a client prints the full alert, up to
 //! [`ALERTS_PER_WINDOW`] per window, so a person trying a second name sees it
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hickory_proto::rr::{Name, RecordType};
 
+use crate::observe::attribution::Attribution;
 use crate::observe::audit::display_name;
 use crate::observe::delivery::threshold::{Kind, Lookup, Raised, Threshold, Thresholds, What};
 use crate::observe::delivery::{Delivery, DeliveryStats, NotifySettings};
@@ -43,6 +45,28 @@ const MAX_PENDING: usize = 1024;
 /// How long close waits for notifications still queued: shutdown must not hang.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
 
+/// What allowdns did about a lookup or connection outside the allowlist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Enforced: NXDOMAIN for a lookup, a drop for a connection.
+    Blocked,
+    /// `mode: monitor`: let through, alerted.
+    Logged,
+}
+
+impl Action {
+    /// As the audit log spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Blocked => "blocked",
+            Action::Logged => "logged",
+        }
+    }
+}
+
+/// What a monitor-mode alert says it did.
+const LOGGED: &str = "LOGGED (Block policy not enabled)";
+
 /// One denied lookup, as the handler reports it.
 #[derive(Debug)]
 pub struct Denied {
@@ -51,6 +75,30 @@ pub struct Denied {
     pub client: SocketAddr,
     pub qname: Name,
     pub qtype: RecordType,
+    pub action: Action,
+    /// The process that asked, when attribution is on.
+    pub owner: Option<Attribution>,
+}
+
+/// One connection attempt the allowlist does not cover.
+#[derive(Debug)]
+pub struct Egress {
+    pub ts: SystemTime,
+    pub agent: Arc<str>,
+    pub client: SocketAddr,
+    /// `addr:port/proto`, or `addr/proto`.
+    pub destination: String,
+    /// For the notification: address, port (0: none), IP protocol.
+    pub dst: (IpAddr, u16, u8),
+    /// `resolved: NAME, …` or `never handed out`: the parenthesis after the destination.
+    pub resolved: String,
+    /// The name, for the notification.
+    pub resolved_name: Option<Name>,
+    /// An entry covering the address on other ports, and what it allows.
+    pub rule: Option<String>,
+    pub action: Action,
+    /// The process that connected, when attribution is on.
+    pub owner: Option<Attribution>,
 }
 
 /// Special-purpose addresses stripped from an allowed answer.
@@ -106,10 +154,22 @@ struct State {
     /// Per-agent notification thresholds, when `alerts.notify` is set.
     thresholds: Option<Thresholds>,
     strips: Strips,
+    flows: Flows,
     /// Notification trackers for stripped answers and exfiltration marks,
     /// when `alerts.notify` is set.
     stripped_notify: Option<Thresholds>,
     exfil_notify: Option<Thresholds>,
+    /// Connections outside the allowlist: the denial threshold, own tracker.
+    egress_notify: Option<Thresholds>,
+}
+
+/// Connection attempts, aggregated per client like denials, in windows of their own.
+#[derive(Default)]
+struct Flows {
+    clients: HashMap<IpAddr, Window>,
+    pending: Vec<Egress>,
+    other: u64,
+    other_since: Option<Instant>,
 }
 
 struct Shared {
@@ -167,6 +227,9 @@ impl Alerts {
                 thresholds: notify.as_ref().map(|n| Thresholds::new(n.threshold)),
                 stripped_notify: security(Kind::Stripped),
                 exfil_notify: security(Kind::Exfil),
+                egress_notify: notify
+                    .as_ref()
+                    .map(|n| Thresholds::of(Kind::Egress, n.threshold)),
                 ..State::default()
             }),
             window,
@@ -334,6 +397,53 @@ impl Alerts {
         }
     }
 
+    /// One alert per connection attempt outside the allowlist; further
+    /// attempts from the client within the window fold into one summary
+    /// (a port scan is two lines). Counted towards notifications like denials.
+    pub fn egress(&self, event: Egress) {
+        let now = Instant::now();
+        let ip = event.client.ip();
+        let mut guard = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let notified = guard.egress_notify.as_mut().is_some_and(|t| {
+            let (addr, port, proto) = event.dst;
+            let lookup = Lookup {
+                ts: event.ts,
+                client: ip,
+                qname: event.resolved_name.clone().unwrap_or_else(Name::root),
+                qtype: if addr.is_ipv4() {
+                    RecordType::A
+                } else {
+                    RecordType::AAAA
+                },
+                what: vec![What::Destination(addr, port, proto)],
+            };
+            t.record(now, &event.agent, lookup)
+        });
+        let f = &mut guard.flows;
+        let print = if let Some(w) = f.clients.get_mut(&ip) {
+            w.suppressed += 1;
+            false
+        } else if f.clients.len() >= MAX_CLIENTS || f.pending.len() >= MAX_PENDING {
+            f.other += 1;
+            f.other_since.get_or_insert(now);
+            false
+        } else {
+            let window = Window {
+                opened: now,
+                agent: event.agent.clone(),
+                suppressed: 0,
+                alerted: Vec::new(),
+            };
+            f.clients.insert(ip, window);
+            f.pending.push(event);
+            true
+        };
+        drop(guard);
+        if print || notified {
+            self.printer.poke();
+        }
+    }
+
     /// Alerts raised so far.
     pub fn stats(&self) -> &Arc<AlertStats> {
         &self.stats
@@ -370,6 +480,7 @@ fn collect(shared: &Shared, stats: &AlertStats, all: bool) -> (String, Vec<Raise
         &mut state.thresholds,
         &mut state.stripped_notify,
         &mut state.exfil_notify,
+        &mut state.egress_notify,
     ]
     .into_iter()
     .flatten()
@@ -384,13 +495,22 @@ fn collect(shared: &Shared, stats: &AlertStats, all: bool) -> (String, Vec<Raise
         .fetch_add(state.pending.len() as u64, Ordering::Relaxed);
     let mut text = String::new();
     for e in state.pending.drain(..) {
+        let owner = e
+            .owner
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         text.push_str(&format!(
-            "[!] UNEXPECTED DNS LOOKUP\nTimestamp: {}\nAgent: {}\nClient: {}\nQuery: {} {}\nAction: NXDOMAIN\nRule Matched: NONE - name not in allow-list\n",
+            "[!] UNEXPECTED DNS LOOKUP\nTimestamp: {}\nAgent: {}\nClient: {}\n{owner}Query: {} {}\nAction: {}\nRule Matched: NONE - name not in allow-list\n",
             humantime::format_rfc3339_seconds(e.ts),
             e.agent,
             e.client,
             display_name(&e.qname),
             e.qtype,
+            match e.action {
+                Action::Blocked => "NXDOMAIN",
+                Action::Logged => LOGGED,
+            },
         ));
     }
     state.clients.retain(|ip, w| {
@@ -406,6 +526,7 @@ fn collect(shared: &Shared, stats: &AlertStats, all: bool) -> (String, Vec<Raise
         !done
     });
     collect_strips(&mut state.strips, stats, now, window, all, &mut text);
+    collect_flows(&mut state.flows, stats, now, window, all, &mut text);
     if let Some(since) = state.other_since
         && (all || now.duration_since(since) >= window)
     {
@@ -476,6 +597,64 @@ fn collect_strips(
     }
 }
 
+fn collect_flows(
+    f: &mut Flows,
+    stats: &AlertStats,
+    now: Instant,
+    window: Duration,
+    all: bool,
+    text: &mut String,
+) {
+    stats
+        .stderr_alerts
+        .fetch_add(f.pending.len() as u64, Ordering::Relaxed);
+    for e in f.pending.drain(..) {
+        let owner = e
+            .owner
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "[!] UNEXPECTED OUTBOUND CONNECTION\nTimestamp: {}\nAgent: {}\nClient: {}\n{owner}Destination: {} ({})\nAction: {}\nRule Matched: {}\n",
+            humantime::format_rfc3339_seconds(e.ts),
+            e.agent,
+            e.client.ip(),
+            e.destination,
+            e.resolved,
+            match e.action {
+                Action::Blocked => "BLOCKED",
+                Action::Logged => LOGGED,
+            },
+            e.rule
+                .as_deref()
+                .unwrap_or("NONE - Connection not in allow-list."),
+        ));
+    }
+    f.clients.retain(|ip, w| {
+        let done = all || now.duration_since(w.opened) >= window;
+        if done && w.suppressed > 0 {
+            text.push_str(&format!(
+                "[!] ... and {} more connection attempts from {ip} (agent {}) outside the allowlist in the last {} s\n",
+                thousands(w.suppressed),
+                w.agent,
+                now.duration_since(w.opened).as_secs().max(1),
+            ));
+        }
+        !done
+    });
+    if let Some(since) = f.other_since
+        && (all || now.duration_since(since) >= window)
+    {
+        text.push_str(&format!(
+            "[!] ... and {} more connection attempts from other clients outside the allowlist in the last {} s (the audit log has each one)\n",
+            thousands(f.other),
+            now.duration_since(since).as_secs().max(1),
+        ));
+        f.other = 0;
+        f.other_since = None;
+    }
+}
+
 /// 4812 -> "4,812".
 fn thousands(n: u64) -> String {
     let digits = n.to_string();
@@ -519,6 +698,8 @@ mod tests {
             client: client.parse().unwrap(),
             qname: Name::from_ascii(format!("x{i}.tunnel.example.")).unwrap(),
             qtype: RecordType::A,
+            action: Action::Blocked,
+            owner: None,
         }
     }
 
@@ -660,6 +841,83 @@ mod tests {
         );
         assert!(
             text.contains("... and 499 more answers to 10.200.1.2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_port_scan_prints_one_connection_alert_and_one_summary() {
+        let buf = Buf::default();
+        let alerts = Alerts::start(Duration::from_secs(60), Box::new(buf.clone()));
+        for port in 1..=1000u16 {
+            alerts.egress(Egress {
+                ts: SystemTime::UNIX_EPOCH,
+                agent: "a".into(),
+                client: "10.200.2.2:40000".parse().unwrap(),
+                destination: format!("104.28.14.6:{port}/tcp"),
+                dst: ("104.28.14.6".parse().unwrap(), port, 6),
+                resolved:
+                    "resolved: sketchy-mirror.example.com, handed to agent a outside the allowlist"
+                        .into(),
+                resolved_name: None,
+                rule: None,
+                action: Action::Logged,
+                owner: None,
+            });
+        }
+        alerts.close();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text.matches("UNEXPECTED OUTBOUND CONNECTION").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains("Destination: 104.28.14.6:1/tcp (resolved: sketchy-mirror.example.com, handed to agent a outside the allowlist)\nAction: LOGGED (Block policy not enabled)\nRule Matched: NONE - Connection not in allow-list.\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("[!] ... and 999 more connection attempts from 10.200.2.2 (agent a) outside the allowlist"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn connection_attempts_past_the_threshold_go_to_the_sinks() {
+        let (collector, notify) = syslog_collector(2);
+        let alerts = Alerts::start_with(
+            Duration::from_secs(60),
+            Some(notify),
+            Box::new(Buf::default()),
+        );
+        for port in [22, 23, 25] {
+            alerts.egress(Egress {
+                ts: SystemTime::UNIX_EPOCH,
+                agent: "a".into(),
+                client: "10.200.2.2:40000".parse().unwrap(),
+                destination: format!("203.0.113.9:{port}/tcp"),
+                dst: ("203.0.113.9".parse().unwrap(), port, 6),
+                resolved: "never handed out".into(),
+                resolved_name: None,
+                rule: None,
+                action: Action::Blocked,
+                owner: None,
+            });
+        }
+        let mut datagram = [0u8; 8192];
+        let n = collector.recv(&mut datagram).unwrap();
+        let text = String::from_utf8_lossy(&datagram[..n]);
+        alerts.close();
+        assert!(
+            text.contains(
+                " unexpected_connections - {\"event\":\"allowdns.unexpected_connections\""
+            ),
+            "{text}"
+        );
+        assert!(text.contains("\"count\":3"), "{text}");
+        assert!(text.contains("\"names\":[]"), "{text}");
+        assert!(
+            text.contains("agent a made 3 connection attempt(s) outside the allowlist within 300 s (threshold: more than 2) from 10.200.2.2: 203.0.113.9:22/tcp, 203.0.113.9:23/tcp, 203.0.113.9:25/tcp."),
             "{text}"
         );
     }

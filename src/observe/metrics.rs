@@ -52,6 +52,8 @@ const QTYPES: [RecordType; 13] = [
 const OTHER_QTYPE: usize = QTYPES.len();
 /// The exfiltration marks, as the audit log spells them (docs/exfiltration.md).
 pub const EXFIL_MARKS: [&str; 4] = ["soft", "budget", "qtype", "tunnel"];
+/// What happened to a connection outside the allowlist, as the audit log spells it.
+pub const EGRESS_ACTIONS: [&str; 2] = ["blocked", "logged"];
 /// Upper bounds of the latency buckets, in µs (the last bucket is +Inf).
 const BUCKETS_US: [u64; 15] = [
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
@@ -164,6 +166,12 @@ pub struct Metrics {
     stripped: [AtomicU64; MAX_AGENTS],
     /// Exfiltration marks per agent slot, by [`EXFIL_MARKS`].
     exfil: [[AtomicU64; EXFIL_MARKS.len()]; MAX_AGENTS],
+    /// Connection attempts outside the allowlist per agent slot, by
+    /// [`EGRESS_ACTIONS`].
+    egress: [[AtomicU64; EGRESS_ACTIONS.len()]; MAX_AGENTS],
+    /// Blocked-connection reports lost (NFLOG sequence gaps), and overruns.
+    pub egress_lost: AtomicU64,
+    pub egress_overruns: AtomicU64,
     /// The transports' own counters (see [`Transports`]).
     pub transports: Transports,
     /// Agent names by slot; written at policy load, read when rendering.
@@ -192,6 +200,9 @@ impl Metrics {
             reload_failures: AtomicU64::new(0),
             stripped: [const { AtomicU64::new(0) }; MAX_AGENTS],
             exfil: [const { [const { AtomicU64::new(0) }; EXFIL_MARKS.len()] }; MAX_AGENTS],
+            egress: [const { [const { AtomicU64::new(0) }; EGRESS_ACTIONS.len()] }; MAX_AGENTS],
+            egress_lost: AtomicU64::new(0),
+            egress_overruns: AtomicU64::new(0),
             transports: Transports::new(),
             agents: Mutex::new(Vec::new()),
             alerts: Mutex::new(None),
@@ -223,6 +234,14 @@ impl Metrics {
     pub fn stripped(&self, slot: u16) {
         let slot = usize::from(slot).min(MAX_AGENTS - 1);
         self.stripped[slot].fetch_add(1, Relaxed);
+    }
+
+    /// A connection attempt outside the allowlist (`blocked` or `logged`).
+    pub fn egress(&self, slot: u16, action: &str) {
+        let slot = usize::from(slot).min(MAX_AGENTS - 1);
+        if let Some(a) = EGRESS_ACTIONS.iter().position(|&x| x == action) {
+            self.egress[slot][a].fetch_add(1, Relaxed);
+        }
     }
 
     /// An audit record marked by the exfiltration budget (`soft`, `budget`
@@ -450,6 +469,39 @@ impl Metrics {
                     );
                 }
             }
+        }
+        head(
+            &mut out,
+            "allowdns_egress_total",
+            "counter",
+            "Connection attempts outside the allowlist, by agent and action (blocked, logged).",
+        );
+        for slot in 0..agent_slots {
+            for (a, action) in EGRESS_ACTIONS.iter().enumerate() {
+                let n = self.egress[slot][a].load(Relaxed);
+                if slot > 0 || n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "allowdns_egress_total{{agent=\"{}\",action=\"{action}\"}} {n}",
+                        label(slot)
+                    );
+                }
+            }
+        }
+        for (name, help, value) in [
+            (
+                "allowdns_egress_records_lost_total",
+                "Blocked-connection reports the kernel could not hand over (NFLOG).",
+                &self.egress_lost,
+            ),
+            (
+                "allowdns_egress_overruns_total",
+                "Overruns of the NFLOG socket (ENOBUFS).",
+                &self.egress_overruns,
+            ),
+        ] {
+            head(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", value.load(Relaxed));
         }
         if let Some((stats, sinks)) = &*self.alerts.lock().unwrap_or_else(|p| p.into_inner()) {
             head(

@@ -6,6 +6,7 @@
 //! drain on threads of their own.
 
 pub mod alert;
+pub mod attribution;
 pub mod audit;
 pub mod delivery;
 pub mod idle;

@@ -135,6 +135,7 @@ fn restart_only(new: &Settings, running: &Settings) -> Vec<&'static str> {
         negative_ttl,
         cache,
         alert_window,
+        attribution,
         control_socket,
         metrics,
         notify,
@@ -158,6 +159,10 @@ fn restart_only(new: &Settings, running: &Settings) -> Vec<&'static str> {
             differs(alert_window, &running.alert_window),
         ),
         ("alerts.notify", differs(notify, &running.notify)),
+        (
+            "alerts.attribution",
+            differs(attribution, &running.attribution),
+        ),
         (
             "control_socket",
             differs(control_socket, &running.control_socket),

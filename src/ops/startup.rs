@@ -229,9 +229,30 @@ pub async fn serve_on(
         firewall,
         settings.negative_ttl,
     );
+    let mut handler = handler;
+    if let Some(per_lookup) = settings.attribution {
+        // Where a client's socket points: the addresses actually bound.
+        let servers = listeners
+            .udp
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect();
+        let attributor = crate::observe::attribution::Attributor::new(
+            crate::observe::attribution::Limits::with_budget(per_lookup),
+            servers,
+        );
+        for policy in &handler.state.snapshot().policies.policies {
+            attributor.prepare(policy.firewall.as_ref().and_then(|f| f.netns.as_deref()));
+        }
+        handler.attribution = Some(attributor);
+    }
     let handler = std::sync::Arc::new(handler);
-    // Re-feeds the sets when the ruleset is reloaded under us.
-    crate::fence::watch::spawn(handler.clone(), |h| h.firewall.as_deref());
+    // Re-feeds the sets when the ruleset is reloaded under us, and reads
+    // the connections it blocks.
+    let reporting = handler.clone();
+    crate::fence::watch::spawn(handler.clone(), |h| h.firewall.as_deref(), &|| {
+        Box::new(crate::serve::egress::EgressReport(reporting.clone()))
+    });
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(RuntimeError::Signals)?;
     let reloading = handler.clone();

@@ -168,7 +168,20 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
             "must not be empty",
         );
     }
-    let learn = match mode.unwrap_or_default() {
+    let mode = mode.unwrap_or_default();
+    let catch_all = |pattern: &str| Rule {
+        pattern: pattern.into(),
+        dynamic: false,
+        ports: Ports {
+            any: true,
+            listed: Vec::new(),
+        },
+        expires: None,
+        grant: None,
+        qtypes: None,
+        facts: PatternFacts::of(pattern),
+    };
+    let learn = match mode {
         Mode::Enforce => None,
         Mode::Learn => {
             diags.warning(
@@ -178,18 +191,17 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
                 "learn: names outside the allowlist are resolved and fed to the firewall \
                  (audited as would_deny); this policy observes the agent, it does not fence it",
             );
-            Some(Rule {
-                pattern: "(learn mode)".into(),
-                dynamic: false,
-                ports: Ports {
-                    any: true,
-                    listed: Vec::new(),
-                },
-                expires: None,
-                grant: None,
-                qtypes: None,
-                facts: PatternFacts::of("(learn mode)"),
-            })
+            Some(catch_all("(learn mode)"))
+        }
+        Mode::Monitor => {
+            diags.warning(
+                file,
+                locate(source, "monitor", 0),
+                Some("mode".into()),
+                "monitor: every name resolves and every connection passes; lookups and \
+                 connections outside the allowlist are alerted, not blocked",
+            );
+            Some(catch_all("(monitor mode)"))
         }
     };
     let now = SystemTime::now();
@@ -359,6 +371,7 @@ fn compile(file: &Path, source: &str, raw: PolicyFileV1, diags: &mut Diagnostics
         addresses: builder.addresses,
         firewall,
         learn,
+        monitor: mode == Mode::Monitor,
         matcher: builder.matcher,
         entries: builder.entries.into(),
         address_entries: builder.address_entries.into(),

@@ -26,7 +26,8 @@ pub struct PolicyFileV1 {
     #[serde(default)]
     pub clients: Vec<String>,
     /// `enforce` (default) denies unlisted names; `learn` resolves them
-    /// anyway and audits them as `would_deny` (the observation period).
+    /// anyway and audits them as `would_deny` (the observation period);
+    /// `monitor` lets everything through and alerts on what is not listed.
     #[serde(default)]
     pub mode: Option<Mode>,
     /// Destinations the agent is expected to reach: names, patterns, IPs, CIDRs.
@@ -55,6 +56,9 @@ pub enum Mode {
     Enforce,
     /// Resolve them anyway and audit them as `would_deny`.
     Learn,
+    /// Resolve them and pass every connection, but alert on each lookup and
+    /// connection the allowlist does not cover.
+    Monitor,
 }
 
 impl std::fmt::Display for Mode {
@@ -62,6 +66,7 @@ impl std::fmt::Display for Mode {
         f.write_str(match self {
             Mode::Enforce => "enforce",
             Mode::Learn => "learn",
+            Mode::Monitor => "monitor",
         })
     }
 }
@@ -70,8 +75,8 @@ impl<'de> Deserialize<'de> for Mode {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         crate::input::choice(
             deserializer,
-            &["enforce", "learn"],
-            &[Mode::Enforce, Mode::Learn],
+            &["enforce", "learn", "monitor"],
+            &[Mode::Enforce, Mode::Learn, Mode::Monitor],
         )
     }
 }

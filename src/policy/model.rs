@@ -134,6 +134,10 @@ pub struct Policy {
     pub firewall: Option<FirewallConfig>,
     /// `mode: learn`: the catch-all rule unlisted names resolve under.
     pub learn: Option<Rule>,
+    /// `mode: monitor`: `learn` is set too, but what it resolves is not fed
+    /// (the ruleset's monitor set passes it), and everything outside the
+    /// allowlist is alerted.
+    pub monitor: bool,
     /// What the query path keys this agent's cache, merged questions and
     /// upstream share by (see [`crate::policy::name::PolicyId`]).
     pub id: crate::policy::name::PolicyId,
@@ -216,6 +220,7 @@ impl Policy {
             addresses: builder.addresses,
             firewall: self.firewall.clone(),
             learn: self.learn.clone(),
+            monitor: self.monitor,
             id: self.id,
             metrics_slot: self.metrics_slot,
             exfil: self.exfil,

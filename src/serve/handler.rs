@@ -17,7 +17,8 @@ use hickory_server::proto::rr::{Name, RData, Record};
 use hickory_server::server::Request;
 
 use crate::fence::{FeedError, Firewall};
-use crate::observe::alert::{Alerts, Denied, Exfil, Stripped};
+use crate::observe::alert::{Action, Alerts, Denied, Exfil, Stripped};
+use crate::observe::attribution::{Attribution, Attributor, Proto};
 use crate::observe::audit::{AuditLog, AuditRecord, Decision as Logged};
 use crate::observe::metrics::{self, METRICS};
 use crate::policy::name::QueryKey;
@@ -45,6 +46,8 @@ pub struct Handler {
     deny_soa: Record,
     /// Exfiltration budgets under wildcard rules, per agent.
     pub exfil: crate::serve::exfil::Budgets,
+    /// Finds the process behind a denied lookup; `None`: attribution is off.
+    pub attribution: Option<Attributor>,
 }
 
 /// The reply to send, and what the audit record says about it.
@@ -65,6 +68,8 @@ pub struct Outcome {
     pub exfil: Option<crate::serve::exfil::Mark>,
     /// Special-purpose addresses the fence took out (src/policy/special.rs).
     pub stripped: Vec<IpAddr>,
+    /// The process that asked: denials only.
+    pub owner: Option<Attribution>,
 }
 
 impl Outcome {
@@ -82,6 +87,7 @@ impl Outcome {
             upstream_ms: None,
             stripped: Vec::new(),
             exfil: None,
+            owner: None,
         }
     }
 
@@ -159,6 +165,7 @@ impl Handler {
             firewall_alerts: Mutex::new((None, 0)),
             deny_soa: Record::from_rdata(Name::root(), negative_ttl, RData::SOA(soa)),
             exfil: Default::default(),
+            attribution: None,
         }
     }
 
@@ -179,17 +186,23 @@ impl Handler {
         let (name, qtype) = (query.name(), query.query_type());
         // The one spelling every step below compares the name in.
         let matched = QueryKey::of(name);
+        // Monitor mode's lookups outside the allowlist are attributed too.
+        let mut logged_owner = None;
         let (policy, rule, decision) = match decide_for(governing, matched.as_ref()) {
             Decision::Refused => {
                 return Progress::Answered(Outcome::refused(ResponseCode::Refused, None));
             }
             Decision::Deny { policy } => {
+                // Before the reply leaves: the asker may exit on NXDOMAIN.
+                let owner = self.asker(request, policy, src);
                 self.alerts.denied(Denied {
                     ts: SystemTime::now(),
                     agent: policy.agent.clone(),
                     client: src,
                     qname: name.clone(),
                     qtype,
+                    action: Action::Blocked,
+                    owner: owner.clone(),
                 });
                 return Progress::Answered(Outcome {
                     rcode: ResponseCode::NXDomain,
@@ -204,10 +217,26 @@ impl Handler {
                     upstream_ms: None,
                     exfil: None,
                     stripped: Vec::new(),
+                    owner,
                 });
             }
             Decision::Allow { policy, rule } => (policy, rule, Logged::Allow),
-            Decision::WouldDeny { policy, rule } => (policy, rule, Logged::WouldDeny),
+            Decision::WouldDeny { policy, rule } => {
+                // Monitor mode alerts what learn mode only records.
+                if policy.monitor {
+                    logged_owner = self.asker(request, policy, src);
+                    self.alerts.denied(Denied {
+                        ts: SystemTime::now(),
+                        agent: policy.agent.clone(),
+                        client: src,
+                        qname: name.clone(),
+                        qtype,
+                        action: Action::Logged,
+                        owner: logged_owner.clone(),
+                    });
+                }
+                (policy, rule, Logged::WouldDeny)
+            }
         };
         // Wildcards answer address types unless their entry lists more.
         if decision == Logged::Allow && !crate::serve::exfil::qtype_allowed(rule, qtype) {
@@ -229,6 +258,7 @@ impl Handler {
             upstream_ms: None,
             exfil: None,
             stripped: Vec::new(),
+            owner: logged_owner,
         };
         let matchable = matched.is_some();
         // Learn mode resolves names no policy can spell: looked up by their escaped form.
@@ -271,6 +301,18 @@ impl Handler {
                 Progress::NeedsUpstream(outcome, loaded, chosen)
             }
         }
+    }
+
+    /// The process behind a lookup, when attribution is on.
+    fn asker(&self, request: &Request, policy: &Policy, src: SocketAddr) -> Option<Attribution> {
+        self.attribution.as_ref().map(|a| {
+            let netns = policy.firewall.as_ref().and_then(|f| f.netns.as_deref());
+            let proto = match Transport::of(request) {
+                Transport::Tcp => Proto::Tcp,
+                Transport::Udp => Proto::Udp,
+            };
+            a.lookup_client(netns, proto, src)
+        })
     }
 
     /// Feeds the answer's addresses to the policy's firewall sets before the
@@ -440,6 +482,7 @@ impl Handler {
             stripped: outcome.stripped,
             upstream_ms: outcome.upstream_ms,
             exfil: outcome.exfil.map(crate::serve::exfil::Mark::as_str),
+            owner: outcome.owner,
         });
     }
 
@@ -505,6 +548,7 @@ impl Handler {
             stripped: Vec::new(),
             upstream_ms: None,
             exfil: None,
+            owner: None,
         });
         header_only_reply(raw, rcode)
     }

@@ -9,6 +9,7 @@ pub mod answer;
 pub mod cache;
 pub mod dad;
 pub mod decide;
+pub mod egress;
 pub mod exfil;
 pub mod handler;
 pub mod resolve;

@@ -11,6 +11,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use super::schema::{Answer, Decision, Millis, QueryRecord};
+use crate::observe::attribution::Attribution;
 
 /// One audit record, as the handler fills it in: cheap to build on the
 /// query path (shared strings, hickory's own types). Formatting is the
@@ -34,6 +35,8 @@ pub struct AuditRecord {
     pub upstream_ms: Option<f64>,
     /// Exfiltration mark (`soft`, `budget`, `qtype`); written only when set.
     pub exfil: Option<&'static str>,
+    /// Who asked: denials only.
+    pub owner: Option<Attribution>,
 }
 
 impl From<&AuditRecord> for QueryRecord {
@@ -67,6 +70,11 @@ impl From<&AuditRecord> for QueryRecord {
             stripped: r.stripped.clone(),
             upstream_ms: r.upstream_ms.map(Millis),
             exfil: r.exfil.map(str::to_string),
+            owner: r
+                .owner
+                .as_ref()
+                .map(Attribution::fields)
+                .unwrap_or_default(),
         }
     }
 }
@@ -153,6 +161,14 @@ pub fn format_record(r: &AuditRecord, out: &mut Vec<u8>) {
     }
     if let Some(mark) = r.exfil {
         let _ = write!(out, r#","exfil":"{mark}""#);
+    }
+    // Denials only: through serde, the object's members spliced in.
+    if let Some(owner) = &r.owner
+        && let Ok(json) = serde_json::to_vec(&owner.fields())
+        && json.len() > 2
+    {
+        out.push(b',');
+        out.extend_from_slice(&json[1..json.len() - 1]);
     }
     out.extend_from_slice(b"}\n");
 }
@@ -244,6 +260,7 @@ fn name_text(name: &Name) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::attribution::{Owner, Parent, Why};
     use hickory_proto::rr::rdata::{A, CNAME, TXT};
 
     #[test]
@@ -267,6 +284,7 @@ mod tests {
             stripped: vec!["10.9.9.9".parse().unwrap(), "fe80::1".parse().unwrap()],
             upstream_ms: Some(1.5),
             exfil: None,
+            owner: None,
         };
         let mut out = Vec::new();
         format_record(&r, &mut out);
@@ -320,6 +338,18 @@ mod tests {
             stripped: vec!["10.9.9.9".parse().unwrap(), "fe80::1".parse().unwrap()],
             upstream_ms: Some(12.3456),
             exfil: Some("budget"),
+            owner: Some(Attribution::Found(std::sync::Arc::new(Owner {
+                pid: 7,
+                host_pid: 412233,
+                comm: "getent".into(),
+                exe: "/usr/bin/getent".into(),
+                cmdline: "getent hosts \"odd\\name\" \\n".into(),
+                parents: vec![Parent {
+                    pid: 1,
+                    host_pid: 412230,
+                    cmdline: "python3 /opt/agent/main.py".into(),
+                }],
+            }))),
         };
         let bare = AuditRecord {
             agent: None,
@@ -331,6 +361,7 @@ mod tests {
             stripped: Vec::new(),
             upstream_ms: None,
             exfil: None,
+            owner: None,
             rcode: ResponseCode::FormErr,
             decision: Decision::Refused,
             ..full()
@@ -340,7 +371,11 @@ mod tests {
             upstream_ms: Some(0.0),
             ..full()
         };
-        for r in [&full(), &bare, &root] {
+        let unknown = AuditRecord {
+            owner: Some(Attribution::Unknown(Why::Exited)),
+            ..full()
+        };
+        for r in [&full(), &bare, &root, &unknown] {
             let mut hand = Vec::new();
             format_record(r, &mut hand);
             let mut typed = serde_json::to_vec(&QueryRecord::from(r)).unwrap();

@@ -76,6 +76,47 @@ pub struct QueryRecord {
     /// Exfiltration mark (`soft`, `budget`, `qtype`); written only when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exfil: Option<String>,
+    /// The process that asked: denials only (and lookups monitor mode logs).
+    #[serde(flatten)]
+    pub owner: OwnerFields,
+}
+
+/// The process behind a socket (docs/attribution.md); every field is
+/// written only when known, so records that are not attributed stay as
+/// they were. Found: `pid` … `parents`; not found: `owner_unknown` alone.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OwnerFields {
+    /// PID as the client sees it (in its own PID namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// PID as allowdns sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_pid: Option<u32>,
+    /// The kernel's short process name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    /// The executable's path; empty when it cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// The command line, arguments joined by spaces, control characters escaped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    /// Parent processes, nearest first, up to the PID namespace's init or
+    /// the first process of the client's network namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parents: Option<Vec<ParentRecord>>,
+    /// Why the owner is not known: `exited`, `no permission`, `other host`,
+    /// `over budget`, `lookup failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_unknown: Option<String>,
+}
+
+/// One parent process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParentRecord {
+    pub pid: u32,
+    pub host_pid: u32,
+    pub cmdline: String,
 }
 
 /// One answer record.
@@ -162,6 +203,11 @@ pub enum Event {
     GrantDropped(GrantLife),
     /// A policy file entry's `expires` passed.
     EntryExpired(EntryExpired),
+    /// A connection outside the allowlist: dropped, or in monitor mode
+    /// passed and logged. One per new flow.
+    EgressDenied(Box<EgressDenied>),
+    /// Blocked-connection reports the kernel could not hand to allowdns.
+    EgressRecordsLost(RecordsLost),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -217,6 +263,45 @@ pub struct EntryExpired {
     pub expires: String,
 }
 
+/// One connection attempt the allowlist does not cover, with what allowdns
+/// knows of its destination and of the process that made it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EgressDenied {
+    /// The governing policy's agent; `None` when none governs the source.
+    pub agent: Option<String>,
+    /// `blocked`, or `logged` in monitor mode.
+    pub action: String,
+    /// `ip:port` the attempt came from (port 0 without ports).
+    pub client: String,
+    /// The destination address.
+    pub addr: String,
+    /// The destination port; absent for protocols without ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, `sctp`, … or `proto-N`.
+    pub proto: String,
+    /// The name allowdns handed this address out for, if it did.
+    pub resolved: Option<String>,
+    /// The agent it was handed out to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_agent: Option<String>,
+    /// The ports that name's rule allows (`any`, `443/tcp`, …); absent for
+    /// learn and monitor mode's catch-all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_ports: Option<String>,
+    /// The allowlist entry covering the address on other ports, if any.
+    pub rule: Option<String>,
+    /// The ports that entry allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_ports: Option<String>,
+    /// The namespace the attempt was logged in; absent for allowdns's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// The process that connected (TCP and UDP), when attribution is on.
+    #[serde(flatten)]
+    pub owner: OwnerFields,
+}
+
 impl Event {
     /// One fully populated instance of every event, for the tests that
     /// check the docs against the schema. A new event goes here too (the
@@ -254,6 +339,37 @@ impl Event {
                 file: "/etc/allowdns/p.yaml".into(),
                 expires: "2026-01-01T00:00:00Z".into(),
             }),
+            Event::EgressDenied(Box::new(EgressDenied {
+                agent: Some("agent".into()),
+                action: "blocked".into(),
+                client: "10.0.0.2:40000".into(),
+                addr: "192.0.2.1".into(),
+                port: Some(22),
+                proto: "tcp".into(),
+                resolved: Some("api.example.com".into()),
+                resolved_agent: Some("agent".into()),
+                resolved_ports: Some("443/tcp".into()),
+                rule: Some("api.example.com".into()),
+                rule_ports: Some("443/tcp".into()),
+                netns: Some("/run/netns/agent".into()),
+                owner: OwnerFields {
+                    pid: Some(7),
+                    host_pid: Some(412233),
+                    comm: Some("python3".into()),
+                    exe: Some("/usr/bin/python3.12".into()),
+                    cmdline: Some("python3 /opt/agent/main.py".into()),
+                    parents: Some(vec![ParentRecord {
+                        pid: 1,
+                        host_pid: 412230,
+                        cmdline: "sh -c python3 /opt/agent/main.py".into(),
+                    }]),
+                    owner_unknown: Some("exited".into()),
+                },
+            })),
+            Event::EgressRecordsLost(RecordsLost {
+                count: 3,
+                cause: Some("NFLOG receive buffer overrun".into()),
+            }),
         ]
     }
 }
@@ -281,6 +397,19 @@ impl QueryRecord {
             stripped: vec![IpAddr::from([10, 9, 9, 9])],
             upstream_ms: Some(Millis(1.5)),
             exfil: Some("soft".into()),
+            owner: OwnerFields {
+                pid: Some(7),
+                host_pid: Some(412233),
+                comm: Some("getent".into()),
+                exe: Some("/usr/bin/getent".into()),
+                cmdline: Some("getent hosts denied.example".into()),
+                parents: Some(vec![ParentRecord {
+                    pid: 1,
+                    host_pid: 412230,
+                    cmdline: "python3 /opt/agent/main.py".into(),
+                }]),
+                owner_unknown: Some("exited".into()),
+            },
         }
     }
 }

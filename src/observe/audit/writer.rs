@@ -591,6 +591,7 @@ mod tests {
             stripped: Vec::new(),
             upstream_ms: None,
             exfil: None,
+            owner: None,
         }
     }
 

@@ -100,6 +100,8 @@ impl Notification {
             names: batch
                 .names
                 .iter()
+                // A connection to an address never handed out has no name.
+                .filter(|(name, _, _)| !name.is_root())
                 .map(|(name, qtype, count)| NameCount {
                     qname: display_name(name),
                     qtype: qtype.to_string(),
@@ -116,7 +118,7 @@ impl Notification {
                             Some(why) => format!("{ip} ({why})"),
                             None => ip.to_string(),
                         },
-                        What::Mark(_) => what.to_string(),
+                        What::Mark(_) | What::Destination(..) => what.to_string(),
                     },
                     count: *count,
                 })
@@ -145,6 +147,10 @@ impl Notification {
             Kind::Exfil => format!(
                 "[!] allowdns{on}: agent {agent} had {count} lookup(s) marked by the exfiltration budget within {secs} s{going}"
             ),
+            Kind::Egress => format!(
+                "[!] allowdns{on}: agent {agent} made {count} connection attempt(s) outside the allowlist within {secs} s (threshold: more than {}){going}",
+                self.threshold,
+            ),
         };
         if !self.clients.is_empty() {
             text.push_str(&format!(" from {}", self.clients.join(", ")));
@@ -158,13 +164,30 @@ impl Notification {
                 c => format!("{} {} x{c}", n.qname, n.qtype),
             })
             .collect();
+        let (shown, shown_count): (Vec<String>, u64) = match self.kind {
+            // Connections list their destinations; the names they were resolved for follow.
+            Kind::Egress => (
+                self.what
+                    .iter()
+                    .take(TEXT_NAMES)
+                    .map(|w| match w.count {
+                        1 => w.what.clone(),
+                        c => format!("{} x{c}", w.what),
+                    })
+                    .collect(),
+                self.what.iter().take(TEXT_NAMES).map(|w| w.count).sum(),
+            ),
+            _ => (
+                shown,
+                self.names.iter().take(TEXT_NAMES).map(|n| n.count).sum(),
+            ),
+        };
         text.push_str(&format!(": {}", shown.join(", ")));
-        let shown_count: u64 = self.names.iter().take(TEXT_NAMES).map(|n| n.count).sum();
         let more = self.count.saturating_sub(shown_count);
         if more > 0 {
             text.push_str(&format!(" and {more} more"));
         }
-        if !self.what.is_empty() {
+        if self.kind != Kind::Egress && !self.what.is_empty() {
             let what: Vec<String> = self
                 .what
                 .iter()

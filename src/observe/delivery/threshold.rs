@@ -41,6 +41,8 @@ pub enum Kind {
     Stripped,
     /// Exfiltration budget marks and refusals (docs/exfiltration.md).
     Exfil,
+    /// Connections outside the allowlist, blocked or (monitor mode) logged.
+    Egress,
 }
 
 impl Kind {
@@ -50,6 +52,7 @@ impl Kind {
             Kind::Denied => "allowdns.denied_lookups",
             Kind::Stripped => "allowdns.stripped_addresses",
             Kind::Exfil => "allowdns.exfiltration",
+            Kind::Egress => "allowdns.unexpected_connections",
         }
     }
 
@@ -67,6 +70,8 @@ pub enum What {
     Mark(&'static str),
     /// A special-purpose address stripped from the answer.
     Address(IpAddr),
+    /// A connection's destination: address, port (0: none), IP protocol.
+    Destination(IpAddr, u16, u8),
 }
 
 impl std::fmt::Display for What {
@@ -74,6 +79,20 @@ impl std::fmt::Display for What {
         match self {
             What::Mark(m) => f.write_str(m),
             What::Address(ip) => ip.fmt(f),
+            What::Destination(ip, port, proto) => {
+                let proto = match proto {
+                    1 => "icmp".to_string(),
+                    6 => "tcp".into(),
+                    17 => "udp".into(),
+                    58 => "icmpv6".into(),
+                    n => format!("proto-{n}"),
+                };
+                match (port, ip) {
+                    (0, _) => write!(f, "{ip}/{proto}"),
+                    (_, IpAddr::V6(_)) => write!(f, "[{ip}]:{port}/{proto}"),
+                    _ => write!(f, "{ip}:{port}/{proto}"),
+                }
+            }
         }
     }
 }

@@ -78,7 +78,9 @@ fn status(handler: &Handler) -> Status {
             PolicyView {
                 agent: file.agent.to_string(),
                 file: file.source.display().to_string(),
-                mode: if file.learn.is_some() {
+                mode: if file.monitor {
+                    Mode::Monitor
+                } else if file.learn.is_some() {
                     Mode::Learn
                 } else {
                     Mode::Enforce

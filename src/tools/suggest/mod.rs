@@ -597,6 +597,36 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_without_a_lookup_is_offered_commented_out() {
+        let egress = |addr: &str, port: u16, resolved: &str| {
+            format!(
+                r#"{{"ts":"2026-11-22T01:02:03.000000Z","event":"egress_denied","agent":"a","action":"blocked","client":"10.0.0.2:4000","addr":"{addr}","port":{port},"proto":"tcp","resolved":{resolved},"rule":null}}"#
+            ) + "\n"
+        };
+        let log = format!(
+            "{}{}{}{}",
+            line(0, "a", "ok.example", "allow", "NOERROR"),
+            egress("104.28.14.6", 443, "null"),
+            egress("104.28.14.6", 443, "null"),
+            egress("192.0.2.1", 22, "\"ok.example\""),
+        );
+        let text = run_on(&log, None).unwrap().policy;
+        assert!(
+            text.contains(
+                "  # this agent connected to 104.28.14.6:443 without a lookup (2 times)\n  # - destination: \"104.28.14.6\"\n  #   port: 443\n  #   protocol: TCP\n"
+            ),
+            "{text}"
+        );
+        // Resolved addresses are the lookups' business.
+        assert!(!text.contains("192.0.2.1"), "{text}");
+        let mut d = crate::diagnostics::Diagnostics::default();
+        assert!(
+            crate::policy::compile_source(std::path::Path::new("s.yaml"), &text, &mut d).is_some(),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn unusable_names_are_left_out_with_a_warning() {
         let log = lookups(&[
             "ok.example",

@@ -84,7 +84,15 @@ pub(super) struct Observed {
     pub(super) left_out: BTreeMap<String, LeftOut>,
     pub(super) clients: BTreeSet<IpAddr>,
     pub(super) span: Option<(SystemTime, SystemTime)>,
+    /// Connections to addresses allowdns never handed out: (address,
+    /// port, protocol) → how often, at most [`MAX_CONNECTIONS`].
+    pub(super) connections: BTreeMap<(IpAddr, Option<u16>, String), u64>,
+    /// Such connections that did not fit.
+    pub(super) more_connections: u64,
 }
+
+/// Distinct unresolved destinations kept per agent.
+pub(super) const MAX_CONNECTIONS: usize = 1000;
 
 /// What was read from the log: names for one agent only, counts for all.
 #[derive(Debug, Default)]
@@ -257,6 +265,10 @@ pub(super) fn read_log(
                         }
                         Parsed::Event => log.records += 1,
                         Parsed::Lost(n) => log.lost += n,
+                        Parsed::Egress(e) => {
+                            log.records += 1;
+                            connected(&mut log, &e, options.agent);
+                        }
                     }
                     Ok(())
                 }),
@@ -306,6 +318,8 @@ enum Parsed {
     Event,
     /// `audit_records_lost`, with its count.
     Lost(u64),
+    /// `egress_denied`: a connection outside the allowlist.
+    Egress(Box<crate::observe::audit::schema::EgressDenied>),
 }
 
 /// Why a line is not an audit line `suggest` can read; each carries the
@@ -370,9 +384,10 @@ fn parse_line(text: &str) -> Result<Parsed, LineError> {
     // Unknown fields and events are ignored so newer logs load; known ones must have their types.
     match object.get("event") {
         None | Some(Value::Null) => typed(&value).map(|r| Parsed::Record(Box::new(r))),
-        Some(Value::String(event)) if event == "audit_records_lost" => {
+        Some(Value::String(event)) if event == "audit_records_lost" || event == "egress_denied" => {
             match typed::<EventLine>(&value)?.event {
                 Event::AuditRecordsLost(lost) => Ok(Parsed::Lost(lost.count)),
+                Event::EgressDenied(e) => Ok(Parsed::Egress(e)),
                 _ => Ok(Parsed::Event),
             }
         }
@@ -472,6 +487,28 @@ fn kind(value: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+/// A connection to an address never handed out, by the wanted (or first) agent.
+fn connected(log: &mut Log, e: &crate::observe::audit::schema::EgressDenied, wanted: Option<&str>) {
+    let (Some(agent), None) = (e.agent.as_deref(), &e.resolved) else {
+        return;
+    };
+    let ours = match wanted {
+        Some(wanted) => wanted == agent,
+        None => log.first_agent.as_deref().is_none_or(|a| a == agent),
+    };
+    let (Some(observed), true, Ok(addr)) = (log.observed.as_mut(), ours, e.addr.parse()) else {
+        return;
+    };
+    let key = (addr, e.port, e.proto.clone());
+    if let Some(n) = observed.connections.get_mut(&key) {
+        *n += 1;
+    } else if observed.connections.len() < MAX_CONNECTIONS {
+        observed.connections.insert(key, 1);
+    } else {
+        observed.more_connections += 1;
     }
 }
 

@@ -166,6 +166,35 @@ pub(super) fn render(
             let _ = writeln!(out, "  # ... and {more} more");
         }
     }
+    if !observed.connections.is_empty() {
+        out.push_str(
+            "  # Connections to addresses no lookup handed out (hard-coded, or from\n  # another resolver): review before enabling.\n",
+        );
+        for ((addr, port, proto), times) in &observed.connections {
+            let at = match (port, addr) {
+                (Some(p), std::net::IpAddr::V6(_)) => format!("[{addr}]:{p}"),
+                (Some(p), _) => format!("{addr}:{p}"),
+                (None, _) => format!("{addr} ({proto})"),
+            };
+            let _ = writeln!(
+                out,
+                "  # this agent connected to {at} without a lookup ({})",
+                plural(*times, "time")
+            );
+            let _ = writeln!(out, "  # - destination: {}", quote(&addr.to_string()));
+            if let (Some(p), "tcp" | "udp") = (port, proto.as_str()) {
+                let _ = writeln!(out, "  #   port: {p}");
+                let _ = writeln!(out, "  #   protocol: {}", proto.to_uppercase());
+            }
+        }
+        if observed.more_connections > 0 {
+            let _ = writeln!(
+                out,
+                "  # ... and {} more connections",
+                observed.more_connections
+            );
+        }
+    }
     out
 }
 
