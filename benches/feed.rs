@@ -84,7 +84,12 @@ fn bench(ns: &str) {
     // WATCH=1: with the ruleset-reload watcher listening, as `serve` runs it
     // (every feed then also makes the kernel send an nftables event).
     if std::env::var("WATCH").is_ok_and(|v| v == "1") {
-        allowdns::fence::watch::spawn(firewall.clone(), |f| Some(f), &|| Box::new(Discard));
+        let _events = allowdns::fence::watch::spawn(
+            firewall.clone(),
+            |f| Some(f),
+            &|| Box::new(Discard),
+            std::time::Duration::ZERO,
+        );
         std::thread::sleep(std::time::Duration::from_millis(200));
         println!("(with the ruleset-reload watcher)");
     }

@@ -893,7 +893,11 @@ fn podman_pod_runs_the_sidecar_pattern_for_real() {
     assert_eq!(seen["allowed"], ALLOWED, "{seen}");
     assert_eq!(seen["allowed_connect"], "connected", "{seen}");
     assert_eq!(seen["denied"], "error: gaierror", "{seen}");
-    assert_eq!(seen["hardcoded_connect"], "error: TimeoutError", "{seen}");
+    // Rejected by default (`firewall.deny_action: reject`): it fails at once.
+    assert_eq!(
+        seen["hardcoded_connect"], "error: ConnectionRefusedError",
+        "{seen}"
+    );
     // The ruleset drops it at output: sendto fails with EPERM.
     assert!(
         ["error: PermissionError", "error: TimeoutError"]

@@ -1169,8 +1169,10 @@ fn a_blocked_connection_is_alerted_and_audited_with_what_allowdns_knows() {
     );
     let zone = lab.dir.write("cw.test.zone", CANARY_ZONE);
     let upstream = Upstream::start("127.0.0.16", 0, &[zone]);
+    // `drop`: a rejected SYN's reset closes the socket before allowdns can
+    // name its process (docs/threat-model.md); a dropped one waits in SYN_SENT.
     let policy = lab.fence(
-        "agent_name: travel_agent_v1\nexpected_outbound:\n  - destination: api.cw.test\n    port: 443\n    protocol: TCP\nfirewall:\n  netns: NETNS\n",
+        "agent_name: travel_agent_v1\nexpected_outbound:\n  - destination: api.cw.test\n    port: 443\n    protocol: TCP\nfirewall:\n  netns: NETNS\n  deny_action: drop\n",
     );
     let (dns, audit) = serve_audited(&lab, &policy, &upstream);
     let m = query(dns.udp, "api.cw.test", RecordType::A);
@@ -1274,6 +1276,15 @@ fn a_blocked_connection_is_alerted_and_audited_with_what_allowdns_knows() {
         .sum();
     assert!((1..=5).contains(&full), "a scan floods the alerts: {err}");
     assert_eq!(full + summed, 1000, "{err}");
+
+    // Denied before the sets (cloud metadata), reported too, and why.
+    assert!(!python_connect(&lab, "169.254.169.254", 80));
+    let records = egress_records(&audit, 1003);
+    let special = records
+        .iter()
+        .find(|r| r["addr"] == "169.254.169.254")
+        .unwrap_or_else(|| panic!("no record for the metadata address: {records:?}"));
+    assert_eq!(special["reason"], "special-purpose", "{special}");
 
     // allowdns stopped: the ruleset still drops.
     let _ = dns.terminate();

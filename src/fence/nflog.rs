@@ -82,6 +82,43 @@ pub struct Attempt {
     pub dst: SocketAddr,
     /// ICMP type, for ICMP and ICMPv6.
     pub icmp_type: Option<u8>,
+    /// Which rule denied it.
+    pub reason: Reason,
+}
+
+/// The rule that denied an attempt, from its log prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// The final rule: no set element passes it (monitor mode may let it through).
+    Unlisted,
+    /// DNS to a server other than allowdns: denied in every mode.
+    Dns,
+    /// A special-purpose range the policy does not open: denied in every mode.
+    Special,
+}
+
+impl Reason {
+    fn from_prefix(prefix: &[u8]) -> Reason {
+        let rest = prefix
+            .strip_prefix(super::ruleset::LOG_PREFIX.as_bytes())
+            .unwrap_or_default();
+        if rest.starts_with(b"dns ") {
+            Reason::Dns
+        } else if rest.starts_with(b"special ") {
+            Reason::Special
+        } else {
+            Reason::Unlisted
+        }
+    }
+
+    /// For the audit record; `None` for the final rule.
+    pub fn as_str(self) -> Option<&'static str> {
+        match self {
+            Reason::Unlisted => None,
+            Reason::Dns => Some("dns elsewhere"),
+            Reason::Special => Some("special-purpose"),
+        }
+    }
 }
 
 impl Attempt {
@@ -187,6 +224,7 @@ impl Nflog {
             src: packet.src,
             dst: packet.dst,
             icmp_type: packet.icmp_type,
+            reason: get(NFULA_PREFIX).map_or(Reason::Unlisted, Reason::from_prefix),
         });
     }
 

@@ -189,6 +189,15 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
             );
         }
     }
+    // Each early deny is also reported to allowdns (NFLOG), in a rule of its
+    // own so the self-test's marked probes raise no alert.
+    let nflog = |out: &mut String, what: &str, prefix: &str| {
+        let _ = writeln!(
+            out,
+            "\t\tmeta mark != {SELFTEST_MARK:#x} {what} log prefix \"{LOG_PREFIX}{prefix} \" group {NFLOG_GROUP}"
+        );
+    };
+    nflog(&mut out, "meta l4proto { udp, tcp } th dport 53", "dns");
     let _ = writeln!(
         out,
         "\t\tmeta l4proto {{ udp, tcp }} th dport 53 log prefix \"{LOG_PREFIX}dns \" {deny} comment \"DNS only to allowdns\""
@@ -200,6 +209,8 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
         let ranges = crate::policy::special::drop_list(is_v6, &opened);
         if ok && !ranges.is_empty() {
             let list: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+            let daddr = format!("{fam} daddr {{ {} }}", list.join(", "));
+            nflog(&mut out, &daddr, "special");
             let _ = writeln!(
                 out,
                 "\t\t{fam} daddr {{ {} }} log prefix \"{LOG_PREFIX}special \" {deny} comment \"special-purpose\"",

@@ -24,6 +24,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -52,6 +53,34 @@ const NFTA_TABLE: u16 = 1;
 const SETTLE: Duration = Duration::from_millis(20);
 /// Elements per transaction when re-feeding.
 const REFEED_CHUNK: usize = 1024;
+/// The longest the loop blocks: how soon it sees a request to drain.
+const IDLE: Duration = Duration::from_millis(250);
+
+/// The namespaces' service threads, to drain at shutdown: blocked-connection
+/// reports still queued in a socket are read and audited before the audit
+/// log closes, not lost with the process.
+#[derive(Default)]
+pub struct Events {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Events {
+    /// Reads what is queued, for at most `within`; a queue not empty by then
+    /// is reported lost (`egress_records_lost`).
+    pub fn drain(self, within: Duration) {
+        self.stop.store(true, Relaxed);
+        let deadline = Instant::now() + within + IDLE;
+        for thread in self.threads {
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
 
 /// One user of a namespace's netlink service.
 trait Subscriber: Send {
@@ -64,6 +93,8 @@ trait Subscriber: Send {
     fn on_overrun(&mut self);
     /// After every receive or timeout; how soon it wants to be called again.
     fn tick(&mut self) -> Option<Duration>;
+    /// Shutdown came before the queue was read to its end.
+    fn cut_short(&mut self) {}
 }
 
 /// Starts one service thread per namespace that `firewall` feeds. `get`
@@ -74,9 +105,11 @@ pub fn spawn<O: Send + Sync + 'static>(
     owner: Arc<O>,
     get: fn(&O) -> Option<&Firewall>,
     report: &dyn Fn() -> Box<dyn Report>,
-) {
+    drain_within: Duration,
+) -> Events {
+    let mut events = Events::default();
     let Some(firewall) = get(&owner) else {
-        return;
+        return events;
     };
     let mut by_netns: Vec<(Option<PathBuf>, Vec<usize>)> = Vec::new();
     for (i, target) in firewall.targets.iter().enumerate() {
@@ -100,25 +133,43 @@ pub fn spawn<O: Send + Sync + 'static>(
             || "allowdns's own namespace".to_string(),
             |p| format!("netns {}", p.display()),
         );
+        let stop = events.stop.clone();
         let spawned = std::thread::Builder::new()
             .name("netlink-events".into())
             .spawn(move || {
                 let subscribers: Vec<Box<dyn Subscriber>> = vec![Box::new(watch), Box::new(nflog)];
-                if let Err(e) = serve(netns.as_deref(), subscribers) {
+                let stopping = Stopping {
+                    flag: stop,
+                    within: drain_within,
+                };
+                if let Err(e) = serve(netns.as_deref(), subscribers, &stopping) {
                     tracing::warn!(
                         "nftables events in {place}: {e}; after a ruleset reload there, restart allowdns"
                     );
                 }
             });
-        if let Err(e) = spawned {
-            tracing::warn!("cannot start the nftables event thread: {e}");
+        match spawned {
+            Ok(thread) => events.threads.push(thread),
+            Err(e) => tracing::warn!("cannot start the nftables event thread: {e}"),
         }
     }
+    events
+}
+
+/// When the loop should end: once asked, as soon as the queue is empty, or
+/// `within` after the ask with what is left reported lost.
+struct Stopping {
+    flag: Arc<AtomicBool>,
+    within: Duration,
 }
 
 /// The service loop: enters `netns` (this thread, for good), subscribes, and
 /// dispatches until the socket fails.
-fn serve(netns: Option<&Path>, mut subscribers: Vec<Box<dyn Subscriber>>) -> io::Result<()> {
+fn serve(
+    netns: Option<&Path>,
+    mut subscribers: Vec<Box<dyn Subscriber>>,
+    stopping: &Stopping,
+) -> io::Result<()> {
     if let Some(path) = netns {
         let file = File::open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
@@ -145,14 +196,25 @@ fn serve(netns: Option<&Path>, mut subscribers: Vec<Box<dyn Subscriber>>) -> io:
     let mut buf = Vec::with_capacity(1 << 16);
     let mut wait: Option<Duration> = None;
     let mut wait_set: Option<Duration> = None;
+    let mut asked: Option<Instant> = None;
     loop {
-        if wait != wait_set {
-            // Zero blocks for good.
-            let t = wait.unwrap_or_default().max(if wait.is_some() {
-                Duration::from_millis(1)
-            } else {
-                Duration::ZERO
-            });
+        if asked.is_none() && stopping.flag.load(Relaxed) {
+            asked = Some(Instant::now());
+        }
+        if let Some(at) = asked
+            && at.elapsed() >= stopping.within
+        {
+            for s in &mut subscribers {
+                s.cut_short();
+            }
+            return Ok(());
+        }
+        // Never block for good: a request to drain must be seen.
+        let block = wait
+            .map_or(IDLE, |w| w.min(IDLE))
+            .max(Duration::from_millis(1));
+        if Some(block) != wait_set {
+            let t = block;
             let tv = nix::sys::time::TimeVal::new(t.as_secs() as _, t.subsec_micros() as _);
             nix::sys::socket::setsockopt(
                 &socket.as_fd(),
@@ -160,7 +222,7 @@ fn serve(netns: Option<&Path>, mut subscribers: Vec<Box<dyn Subscriber>>) -> io:
                 &tv,
             )
             .map_err(io::Error::from)?;
-            wait_set = wait;
+            wait_set = Some(block);
         }
         buf.clear();
         match socket.recv(&mut buf, 0) {
@@ -200,7 +262,12 @@ fn serve(netns: Option<&Path>, mut subscribers: Vec<Box<dyn Subscriber>>) -> io:
                     io::ErrorKind::WouldBlock
                         | io::ErrorKind::TimedOut
                         | io::ErrorKind::Interrupted
-                ) => {}
+                ) =>
+            {
+                if asked.is_some() {
+                    return Ok(());
+                }
+            }
             Err(e) => return Err(e),
         }
         wait = subscribers.iter_mut().filter_map(|s| s.tick()).min();
@@ -370,6 +437,13 @@ impl Subscriber for Nflog {
     }
 
     fn on_overrun(&mut self) {
+        Nflog::on_overrun(self);
+    }
+
+    fn cut_short(&mut self) {
+        tracing::warn!(
+            "shutting down with blocked-connection reports still queued: they are counted as lost"
+        );
         Nflog::on_overrun(self);
     }
 

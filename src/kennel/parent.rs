@@ -630,6 +630,22 @@ fn announce(
     for warning in view.warnings(cwd, &args.command, &path_inside) {
         eprintln!("allowdns run: warning: {warning}");
     }
+    let records = [
+        ("audit log", settings.audit_log.as_deref()),
+        ("alerts file", args.alerts.as_deref()),
+    ];
+    for (what, path) in records {
+        let Some(path) = path.filter(|p| *p != Path::new("-")) else {
+            continue;
+        };
+        if let Some(why) = writable_by_cmd(path, view) {
+            eprintln!(
+                "allowdns run: warning: CMD can delete or replace the {what} {} ({why}); \
+                 keep it where CMD cannot reach it",
+                path.display()
+            );
+        }
+    }
     if let Some(why) = writable_by_cmd(policy, view) {
         eprintln!(
             "allowdns run: warning: CMD can rewrite the policy file {} ({why}), and SIGHUP loads \
@@ -666,7 +682,11 @@ fn shared(ro: &[PathBuf], rw: &[PathBuf]) -> Result<Vec<(&'static str, PathBuf)>
 /// it it may write), when CMD can see it.
 fn writable_by_cmd(policy: &Path, view: &View) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let policy = std::fs::canonicalize(policy).ok()?;
+    // A file not written yet: its directory decides.
+    let policy = std::fs::canonicalize(policy).ok().or_else(|| {
+        let dir = std::fs::canonicalize(policy.parent()?).ok()?;
+        Some(dir.join(policy.file_name()?))
+    })?;
     if view.hidden(&policy).is_some() || view.uid == 0 {
         return None;
     }

@@ -133,6 +133,9 @@ pub fn load_policies_and_zones(settings: &Settings, diags: &mut Diagnostics) -> 
 
 /// The longest the expiry task sleeps without re-reading the clock.
 const EXPIRY_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+/// At shutdown, how long blocked-connection reports still queued are read
+/// before the rest is counted lost.
+const EGRESS_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Binds, serves until `shutdown`, then drains the audit log and alerts.
 pub async fn serve(
@@ -250,9 +253,12 @@ pub async fn serve_on(
     // Re-feeds the sets when the ruleset is reloaded under us, and reads
     // the connections it blocks.
     let reporting = handler.clone();
-    crate::fence::watch::spawn(handler.clone(), |h| h.firewall.as_deref(), &|| {
-        Box::new(crate::serve::egress::EgressReport(reporting.clone()))
-    });
+    let events = crate::fence::watch::spawn(
+        handler.clone(),
+        |h| h.firewall.as_deref(),
+        &|| Box::new(crate::serve::egress::EgressReport(reporting.clone())),
+        EGRESS_DRAIN,
+    );
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(RuntimeError::Signals)?;
     let reloading = handler.clone();
@@ -356,6 +362,7 @@ pub async fn serve_on(
     }
     tracing::info!("shutting down: flushing audit log");
     tokio::task::spawn_blocking(move || {
+        events.drain(EGRESS_DRAIN);
         alerts.close();
         audit.close();
     })

@@ -10,12 +10,13 @@ use std::time::Instant;
 use hickory_server::proto::rr::Name;
 
 use crate::fence::handed::Handed;
-use crate::fence::nflog::{Attempt, Proto, Report};
+use crate::fence::nflog::{Attempt, Proto, Reason, Report};
 use crate::observe::alert::{Action, Egress};
-use crate::observe::attribution::Proto as AttributionProto;
+use crate::observe::attribution::{Attribution, Proto as AttributionProto, Why};
 use crate::observe::audit::schema::{EgressDenied, RecordsLost};
 use crate::observe::audit::{Event, EventLine};
 use crate::observe::metrics::{self, METRICS};
+use crate::policy::firewall::DenyAction;
 use crate::policy::{Policy, Ports};
 use crate::serve::handler::Handler;
 
@@ -68,7 +69,7 @@ impl Handler {
             .filter(here)
             .or_else(|| loaded.policies.policies.iter().find(here))
             .map(|p| &**p);
-        let action = if policy.is_some_and(|p| p.monitor) {
+        let action = if attempt.reason == Reason::Unlisted && policy.is_some_and(|p| p.monitor) {
             Action::Logged
         } else {
             Action::Blocked
@@ -106,10 +107,19 @@ impl Handler {
             ),
             None => "never handed out".into(),
         };
-        let rule = covering.as_ref().map(|(entry, ports)| match &**ports {
-            "any port" => format!("{entry} - allows any port (its firewall element had expired)"),
-            ports => format!("{entry} - allows {ports} only"),
-        });
+        let rule = match attempt.reason {
+            Reason::Dns => Some("NONE - DNS goes to allowdns only.".to_string()),
+            Reason::Special => Some(
+                "NONE - special-purpose range the policy does not open (docs/special-addresses.md)."
+                    .to_string(),
+            ),
+            Reason::Unlisted => covering.as_ref().map(|(entry, ports)| match &**ports {
+                "any port" => {
+                    format!("{entry} - allows any port (its firewall element had expired)")
+                }
+                ports => format!("{entry} - allows {ports} only"),
+            }),
+        };
         // TCP and UDP sockets only; the SYN's or datagram's 5-tuple is the socket's.
         let owner = self.attribution.as_ref().and_then(|a| {
             let proto = match attempt.proto {
@@ -118,6 +128,17 @@ impl Handler {
                 _ => return None,
             };
             Some(a.lookup(netns, proto, attempt.src, attempt.dst))
+        });
+        // A rejected SYN's reset closes the socket, often before it is looked
+        // up: say so rather than that its process exited.
+        let reset = attempt.proto == Proto::TCP
+            && action == Action::Blocked
+            && policy
+                .and_then(|p| p.firewall.as_ref())
+                .is_none_or(|f| f.deny_action == DenyAction::Reject);
+        let owner = owner.map(|o| match o {
+            Attribution::Unknown(Why::Exited) if reset => Attribution::Unknown(Why::Reset),
+            o => o,
         });
         let agent: Arc<str> = policy.map_or_else(|| "(no policy)".into(), |p| p.agent.clone());
         let port = attempt.proto.has_ports().then_some(attempt.dst.port());
@@ -136,6 +157,7 @@ impl Handler {
                 .map(|h| ports_text(&h.ports)),
             rule: covering.as_ref().map(|(e, _)| e.clone()),
             rule_ports: covering.as_ref().map(|(_, p)| p.clone()),
+            reason: attempt.reason.as_str().map(Into::into),
             netns: netns.map(|p| p.display().to_string()),
             owner: owner.as_ref().map(|o| o.fields()).unwrap_or_default(),
         };

@@ -43,7 +43,11 @@ impl RequestHandler for Recording {
         for q in request.queries.queries() {
             let as_sent = q.original().name().to_ascii();
             let as_sent = as_sent.trim_end_matches('.').to_string();
-            self.sent.lock().unwrap().push((as_sent, q.query_type()));
+            // allowdns's start-up probe (the root's NS) comes at a time of its
+            // own: it is no client's question, and not the attacker's data.
+            if !as_sent.is_empty() {
+                self.sent.lock().unwrap().push((as_sent, q.query_type()));
+            }
             let name = q.original().name().to_ascii().to_lowercase();
             let name = name.trim_end_matches('.').to_string();
             let delay = self.delays.lock().unwrap().get(&name).copied();
@@ -105,11 +109,20 @@ impl Upstream {
             delays: delays.clone(),
         };
         let bind: SocketAddr = format!("{ip}:{port}").parse().unwrap();
-        let udp =
-            std::net::UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind upstream {bind}: {e}"));
-        let addr = udp.local_addr().unwrap();
-        let tcp = std::net::TcpListener::bind(addr)
-            .unwrap_or_else(|e| panic!("bind upstream tcp {addr}: {e}"));
+        // Port 0: the UDP port the kernel picks may be taken for TCP; pick again.
+        let tries = if port == 0 { 20 } else { 1 };
+        let (udp, tcp, addr) = (1..=tries)
+            .find_map(|attempt| {
+                let udp = std::net::UdpSocket::bind(bind)
+                    .unwrap_or_else(|e| panic!("bind upstream {bind}: {e}"));
+                let addr = udp.local_addr().unwrap();
+                match std::net::TcpListener::bind(addr) {
+                    Ok(tcp) => Some((udp, tcp, addr)),
+                    Err(e) if attempt == tries => panic!("bind upstream tcp {addr}: {e}"),
+                    Err(_) => None,
+                }
+            })
+            .expect("bounded retries end in a bind or a panic");
         udp.set_nonblocking(true).unwrap();
         tcp.set_nonblocking(true).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -94,6 +94,9 @@ pub enum Why {
     OverBudget,
     /// sock_diag failed (the error is logged).
     Failed,
+    /// A TCP attempt the fence rejected: its reset closed the socket, mostly
+    /// before the lookup (`deny_action: drop` keeps it open to be named).
+    Reset,
 }
 
 impl Why {
@@ -104,6 +107,7 @@ impl Why {
             Why::OtherHost => "other host",
             Why::OverBudget => "over budget",
             Why::Failed => "lookup failed",
+            Why::Reset => "socket closed by the fence's reset",
         }
     }
 }
@@ -194,20 +198,32 @@ fn short(s: &str) -> String {
     }
 }
 
-/// Control characters escaped, so a command line cannot forge alert lines.
+/// Control characters escaped, so a command line cannot forge alert lines;
+/// bidi and invisible format characters too, so it cannot reorder or hide
+/// text where the alert is shown (Trojan Source).
 pub(crate) fn clean(s: &str) -> String {
-    if !s.chars().any(char::is_control) {
+    let unsafe_char = |c: char| c.is_control() || is_format(c);
+    if !s.chars().any(unsafe_char) {
         return s.to_string();
     }
     s.chars()
         .map(|c| {
-            if c.is_control() {
+            if unsafe_char(c) {
                 c.escape_default().to_string()
             } else {
                 c.to_string()
             }
         })
         .collect()
+}
+
+/// Unicode format characters (category Cf) that change how text displays:
+/// bidi embeddings, overrides and isolates, zero-width characters.
+fn is_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
+        | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
 }
 
 /// (namespace inode, protocol, socket address, peer if asked by it).
@@ -527,6 +543,18 @@ impl Attributor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bidi_and_invisible_characters_are_escaped() {
+        // Positive control: plain text, even non-ASCII, is kept.
+        assert_eq!(clean("python3 café.py"), "python3 café.py");
+        let shown = clean("sleep 3 \u{202E}yp.doog\u{200B}\nPID: 1");
+        assert!(!shown.contains('\u{202E}') && !shown.contains('\u{200B}'));
+        assert!(
+            shown.contains("\\u{202e}") && shown.contains("\\n"),
+            "{shown}"
+        );
+    }
 
     fn owner(pid: u32, host_pid: u32, cmdline: &str) -> Attribution {
         Attribution::Found(Arc::new(Owner {

@@ -294,6 +294,10 @@ pub struct EgressDenied {
     /// The ports that entry allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule_ports: Option<String>,
+    /// Denied before the sets, in every mode: `dns elsewhere` or
+    /// `special-purpose`; absent for the final rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The namespace the attempt was logged in; absent for allowdns's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
@@ -351,6 +355,7 @@ impl Event {
                 resolved_ports: Some("443/tcp".into()),
                 rule: Some("api.example.com".into()),
                 rule_ports: Some("443/tcp".into()),
+                reason: Some("special-purpose".into()),
                 netns: Some("/run/netns/agent".into()),
                 owner: OwnerFields {
                     pid: Some(7),
