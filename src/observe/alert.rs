@@ -126,14 +126,55 @@ pub struct Exfil<'a> {
     pub mark: &'static str,
 }
 
-/// Stripped answers, aggregated per client like denials, in windows of their own.
-#[derive(Default)]
-struct Strips {
+/// Events aggregated per client like denials, in windows of their own: the
+/// first in a window is alerted in full, the rest counted.
+struct Windows<T> {
     clients: HashMap<IpAddr, Window>,
-    pending: Vec<Stripped>,
+    pending: Vec<T>,
     other: u64,
     other_since: Option<Instant>,
 }
+
+impl<T> Default for Windows<T> {
+    fn default() -> Self {
+        Windows {
+            clients: HashMap::new(),
+            pending: Vec::new(),
+            other: 0,
+            other_since: None,
+        }
+    }
+}
+
+impl<T> Windows<T> {
+    /// Opens a window for `ip` and queues `event` in full (true), or counts
+    /// it in the client's open window, or with the others when full (false).
+    fn admit(&mut self, ip: IpAddr, agent: &Arc<str>, now: Instant, event: T) -> bool {
+        if let Some(w) = self.clients.get_mut(&ip) {
+            w.suppressed += 1;
+            false
+        } else if self.clients.len() >= MAX_CLIENTS || self.pending.len() >= MAX_PENDING {
+            self.other += 1;
+            self.other_since.get_or_insert(now);
+            false
+        } else {
+            let window = Window {
+                opened: now,
+                agent: agent.clone(),
+                suppressed: 0,
+                alerted: Vec::new(),
+            };
+            self.clients.insert(ip, window);
+            self.pending.push(event);
+            true
+        }
+    }
+}
+
+/// Stripped answers.
+type Strips = Windows<Stripped>;
+/// Connection attempts.
+type Flows = Windows<Egress>;
 
 struct Window {
     opened: Instant,
@@ -161,15 +202,6 @@ struct State {
     exfil_notify: Option<Thresholds>,
     /// Connections outside the allowlist: the denial threshold, own tracker.
     egress_notify: Option<Thresholds>,
-}
-
-/// Connection attempts, aggregated per client like denials, in windows of their own.
-#[derive(Default)]
-struct Flows {
-    clients: HashMap<IpAddr, Window>,
-    pending: Vec<Egress>,
-    other: u64,
-    other_since: Option<Instant>,
 }
 
 struct Shared {
@@ -347,24 +379,8 @@ impl Alerts {
             t.record(now, &event.agent, lookup)
         });
         let s = &mut guard.strips;
-        let print = if let Some(w) = s.clients.get_mut(&ip) {
-            w.suppressed += 1;
-            false
-        } else if s.clients.len() >= MAX_CLIENTS || s.pending.len() >= MAX_PENDING {
-            s.other += 1;
-            s.other_since.get_or_insert(now);
-            false
-        } else {
-            let window = Window {
-                opened: now,
-                agent: event.agent.clone(),
-                suppressed: 0,
-                alerted: Vec::new(),
-            };
-            s.clients.insert(ip, window);
-            s.pending.push(event);
-            true
-        };
+        let agent = event.agent.clone();
+        let print = s.admit(ip, &agent, now, event);
         drop(guard);
         if print || notified {
             self.printer.poke();
@@ -420,24 +436,8 @@ impl Alerts {
             t.record(now, &event.agent, lookup)
         });
         let f = &mut guard.flows;
-        let print = if let Some(w) = f.clients.get_mut(&ip) {
-            w.suppressed += 1;
-            false
-        } else if f.clients.len() >= MAX_CLIENTS || f.pending.len() >= MAX_PENDING {
-            f.other += 1;
-            f.other_since.get_or_insert(now);
-            false
-        } else {
-            let window = Window {
-                opened: now,
-                agent: event.agent.clone(),
-                suppressed: 0,
-                alerted: Vec::new(),
-            };
-            f.clients.insert(ip, window);
-            f.pending.push(event);
-            true
-        };
+        let agent = event.agent.clone();
+        let print = f.admit(ip, &agent, now, event);
         drop(guard);
         if print || notified {
             self.printer.poke();
