@@ -2,7 +2,7 @@
 //! 127.0.0.1 (written here on std's TcpListener), and a real Unix datagram
 //! socket standing in for /dev/log.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

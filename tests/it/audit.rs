@@ -1,6 +1,6 @@
 //! Audit records and alerts, read from the real binary's outputs.
 
-mod common;
+use crate::common;
 
 use common::*;
 use hickory_proto::op::ResponseCode;

@@ -1,7 +1,7 @@
 //! Addresses in an upstream's AUTHORITY section never reach a client: only
 //! SOA and NS records are kept there, and what was removed is audited.
 
-mod common;
+use crate::common;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};

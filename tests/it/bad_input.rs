@@ -3,7 +3,7 @@
 //! huge values are each answered promptly with a clear error, and a bad
 //! reload never wedges later ones.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::path::Path;

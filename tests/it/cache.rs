@@ -2,7 +2,7 @@
 //! upstream: one agent's flood, of unique names or of a few repeated ones,
 //! never costs another agent its cached entries.
 
-mod common;
+use crate::common;
 
 use common::*;
 use hickory_proto::op::ResponseCode;

@@ -1,6 +1,6 @@
 //! `allowdns check`: loads what `serve` would, reports every error with file:line.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

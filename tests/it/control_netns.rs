@@ -2,7 +2,7 @@
 //! network namespace: a root agent in a fenced namespace that can reach the
 //! socket's path is refused (issue 9, section 3).
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

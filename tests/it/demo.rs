@@ -2,7 +2,7 @@
 //! and its marked blocks (`<!-- readme-test: … -->`) run and compared with
 //! what allowdns prints. The `run` blocks need root: tests/kennel.rs.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -4,7 +4,7 @@
 //! only named exception), and the init container's ruleset arguments agree
 //! with the sidecar they fence for.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

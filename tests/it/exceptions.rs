@@ -1,6 +1,6 @@
 //! Learning mode, `expires:` entries, and run-time grants over the control socket.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;

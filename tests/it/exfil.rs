@@ -8,7 +8,7 @@
 //! - a flood of unique names does not grow the resolver's memory;
 //! - `check` validates `qtypes` with file:line and warns about DoH endpoints.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

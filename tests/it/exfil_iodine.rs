@@ -16,7 +16,7 @@
 //! Needs root, `ip`, `iodine`, `iodined` (Debian `iodine`) and python3:
 //! fails under CI=true without them, skips loudly elsewhere.
 
-mod common;
+use crate::common;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

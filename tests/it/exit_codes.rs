@@ -3,7 +3,7 @@
 //! offending address or path in the message. Each case has its positive
 //! control: the same command with the fault removed gets further.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};

@@ -13,7 +13,7 @@
 //! network would be. Needs root, `ip`, `nft` and `python3`: fails under
 //! CI=true without them, skips loudly elsewhere.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, SocketAddrV6, TcpListener, TcpStream};

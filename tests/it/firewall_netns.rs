@@ -15,7 +15,7 @@
 //! Needs root, `ip`, `nft`, `getent`, `dig`, `unshare` and `mount`: fails
 //! under CI=true without them, skips loudly elsewhere.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};

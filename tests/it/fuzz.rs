@@ -14,7 +14,7 @@
 //! CI); `benches/fuzz.sh` runs millions. The server runs with `--upstream
 //! none`, so no fuzzed question leaves the host.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};

@@ -6,7 +6,7 @@
 //! getent, dig and python sockets (tests/data/kennel/probe.py). Every probe
 //! that must fail in the kennel is first shown to succeed unfenced.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::fs::File;

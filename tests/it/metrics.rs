@@ -1,6 +1,6 @@
 //! The Prometheus endpoint: scraped over real HTTP after real queries.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

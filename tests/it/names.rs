@@ -3,7 +3,7 @@
 //! and over-long names reach it exactly as an attacker would send them.
 //! Every row's decision is checked; all mismatches are reported at once.
 
-mod common;
+use crate::common;
 
 use common::*;
 use hickory_proto::op::{Message, ResponseCode};

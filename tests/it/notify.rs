@@ -1,7 +1,7 @@
 //! Type=notify: READY=1 once serving, WATCHDOG=1 pings, STOPPING=1 on SIGTERM,
 //! read from a real notify socket as systemd would.
 
-mod common;
+use crate::common;
 
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;

@@ -5,7 +5,7 @@
 //! Regenerate the checked-in pages and completions after a CLI change with:
 //! `ALLOWDNS_REGENERATE=1 cargo test --test packaging generated`
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! Recursive mode against a private root → TLD → zone hierarchy on loopback.
 //! The recursor talks to port 53, so this needs root (it runs as root in CI).
 
-mod common;
+use crate::common;
 
 use common::*;
 use hickory_proto::op::ResponseCode;

@@ -1,6 +1,6 @@
 //! SIGHUP reloads policies and zones atomically; a bad file keeps the old set.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

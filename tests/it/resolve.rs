@@ -1,6 +1,6 @@
 //! The resolver against a real hickory upstream on loopback, queried by real clients.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

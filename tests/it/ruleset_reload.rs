@@ -8,7 +8,7 @@
 //! allowdns runs in the test's own namespace and feeds A's sets; queries go
 //! to it over loopback.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

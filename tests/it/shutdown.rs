@@ -1,7 +1,7 @@
 //! SIGTERM ends `serve` even when nobody reads its stderr any more (a
 //! parent that went away, a journal that closed the pipe).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -2,7 +2,7 @@
 //! from local zones (which are not exempt), with dig as the client, and
 //! `check` on opt-ins. The netns half is tests/fence_netns.rs.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,7 +1,7 @@
 //! `allowdns suggest`: from an audit log to a policy that `check` accepts,
 //! run through the real binary.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

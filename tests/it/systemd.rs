@@ -4,7 +4,7 @@
 //! Needs `systemd-analyze` (Debian package `systemd`): fails under CI=true
 //! without it, skips loudly elsewhere.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! allowdns's own TCP server (RFC 7766) and the wire layer both transports
 //! share, against the real binary, a real upstream and raw sockets.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};

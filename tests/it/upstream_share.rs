@@ -2,7 +2,7 @@
 //! other agents' lookups: each agent has its own share of the upstream slots
 //! (`upstream.max_pending_per_agent`), under the global ceiling.
 
-mod common;
+use crate::common;
 
 use std::net::UdpSocket;
 use std::time::Duration;
