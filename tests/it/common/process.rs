@@ -1,0 +1,198 @@
+//! The allowdns process: the real binary, read up to its "listening on"
+//! line, killed on drop; and what it writes (the audit log).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The real allowdns binary, serving until dropped.
+pub struct Allowdns {
+    child: Child,
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_allowdns")
+}
+
+impl Allowdns {
+    /// `serve` with these arguments plus `--listen 127.0.0.1:0` unless one is given.
+    pub fn serve(args: &[&str]) -> Allowdns {
+        Self::serve_via(&[], args)
+    }
+
+    /// Offline: answers only from the local `zones` directory under `policy`.
+    pub fn serve_offline(policy: &Path, zones: &Path) -> Allowdns {
+        Self::serve(&[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--zones",
+            zones.to_str().unwrap(),
+            "--upstream",
+            "none",
+        ])
+    }
+
+    /// Like [`Allowdns::serve`], with extra environment variables.
+    pub fn serve_env(env: &[(&str, &str)], args: &[&str]) -> Allowdns {
+        Self::start(&[], env, args)
+    }
+
+    /// Like [`Allowdns::serve`], run through a prefix such as `ip netns exec NS`.
+    pub fn serve_via(prefix: &[&str], args: &[&str]) -> Allowdns {
+        Self::start(prefix, &[], args)
+    }
+
+    fn start(prefix: &[&str], env: &[(&str, &str)], args: &[&str]) -> Allowdns {
+        let mut cmd = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        cmd.arg("serve");
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.envs(env.iter().copied());
+        cmd.args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn allowdns");
+        let stderr = child.stderr.take().unwrap();
+        let text = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = text.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            let mut tx = Some(tx);
+            while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                if line.contains("listening on ")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(line.clone());
+                }
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("allowdns did not start:\n{}", text.lock().unwrap());
+            }
+        };
+        let pick = |scheme: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(scheme))
+                .unwrap_or_else(|| panic!("no {scheme} in {line}"))
+                .parse()
+                .unwrap()
+        };
+        let udp = pick("udp://");
+        let tcp = pick("tcp://");
+        Allowdns {
+            child,
+            udp,
+            tcp,
+            stderr: text,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends SIGHUP (reload).
+    pub fn hup(&self) {
+        let sent = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
+    /// Waits up to 10 s until stderr holds `text` at least `count` times.
+    pub fn wait_for(&self, text: &str, count: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.stderr().matches(text).count() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {text:?} in:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns everything on stderr.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "allowdns did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        (status, self.stderr())
+    }
+}
+
+impl Drop for Allowdns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The audit log's lines, each checked against the schema
+/// (`observe::audit::schema`): it must read as a query record or an event
+/// and write back to the same JSON, so no test passes on a field the schema
+/// does not know.
+pub fn read_audit(path: &Path) -> Vec<serde_json::Value> {
+    use allowdns::observe::audit::schema::{EventLine, QueryRecord};
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"));
+            let typed = if v.get("event").is_some() {
+                serde_json::from_str::<EventLine>(l).map(|t| serde_json::to_value(t).unwrap())
+            } else {
+                serde_json::from_str::<QueryRecord>(l).map(|t| serde_json::to_value(t).unwrap())
+            };
+            let typed = typed.unwrap_or_else(|e| panic!("audit line off the schema ({e}): {l}"));
+            assert_eq!(
+                typed, v,
+                "audit line does not round-trip through the schema: {l}"
+            );
+            v
+        })
+        .collect()
+}
+
