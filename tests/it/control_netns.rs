@@ -10,30 +10,6 @@ use common::*;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
-/// A network namespace this test owns, removed on drop.
-struct Netns(String);
-
-impl Netns {
-    fn add(tag: &str) -> Option<Netns> {
-        let name = format!("adns-{tag}-{}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(std::process::Stdio::null())
-            .status();
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(Netns(name))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 fn run(prefix: &[&str], args: &[&str]) -> (bool, String, String) {
     let mut all: Vec<&str> = prefix.to_vec();
     all.push(bin());
@@ -69,12 +45,10 @@ fn an_unprivileged_allowdns_still_tells_namespaces_apart() {
 }
 
 fn refused_from_another_namespace(daemon_prefix: &[&str], tag: &str) {
-    if !is_root() {
-        return require_or_skip("creating a network namespace needs root");
+    if !require_root_and(&["ip"]) {
+        return;
     }
-    let Some(ns) = Netns::add(tag) else {
-        return require_or_skip("`ip netns add` failed (no iproute2 or no CAP_SYS_ADMIN)");
-    };
+    let ns = netns::Lab::new(&format!("adns-{tag}"), &["fenced"]);
     let dir = TempDir::new(tag);
     // An unprivileged daemon writes its audit log and socket here.
     std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
@@ -125,7 +99,7 @@ fn refused_from_another_namespace(daemon_prefix: &[&str], tag: &str) {
             ],
         )
     };
-    let fenced = ["ip", "netns", "exec", ns.0.as_str()];
+    let fenced = ["ip", "netns", "exec", ns.name("fenced")];
 
     // Positive control: root in allowdns's own namespace may grant.
     let (ok, stdout, stderr) = grant(&[], "b.x.test");

@@ -33,99 +33,34 @@ struct Lab {
     a: String,
     i: String,
     dir: TempDir,
+    _ns: netns::Lab,
 }
 
 impl Lab {
     fn create() -> Lab {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = format!("{}-{n}", std::process::id() % 100_000);
-        let lab = Lab {
-            r: format!("fence-r-{id}"),
-            a: format!("fence-a-{id}"),
-            i: format!("fence-i-{id}"),
+        let ns = netns::Lab::new("fence", &["r", "a", "i"])
+            .veth(("r", "r-a", "10.200.1.1/30"), ("a", "a-r", "10.200.1.2/30"))
+            .sysctl("a", "net.ipv6.conf.default.accept_dad=0")
+            .sysctl("i", "net.ipv6.conf.default.accept_dad=0")
+            .veth(("a", "a-i", "10.200.2.2/24"), ("i", "i-a", "10.200.2.1/24"))
+            .ip("a", "addr add 2001:db8:2::2/64 dev a-i nodad")
+            .ip("i", "addr add fe80::1/64 dev i-a nodad")
+            .ip("i", "addr add 2001:db8:2::1/64 dev i-a nodad")
+            .ip("a", "route add default via 10.200.2.1")
+            .ip("a", "-6 route add default via fe80::1 dev a-i")
+            // The internet, the metadata service and an internal host, all in I.
+            .ip("i", "addr add 203.0.113.0/24 dev lo")
+            .ip("i", "addr add 169.254.169.254/32 dev lo")
+            .ip("i", "addr add 10.9.9.9/32 dev lo")
+            .ip("i", "addr add 2001:db8:3::10/128 dev lo")
+            .ip("i", "addr add 2001:db8:3::99/128 dev lo");
+        Lab {
+            r: ns.name("r").to_string(),
+            a: ns.name("a").to_string(),
+            i: ns.name("i").to_string(),
             dir: TempDir::new("fence"),
-        };
-        let (r, a, i) = (&lab.r, &lab.a, &lab.i);
-        for ns in [r, a, i] {
-            sh(&["ip", "netns", "add", ns]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            _ns: ns,
         }
-        sh(&[
-            "ip", "-n", r, "link", "add", "r-a", "type", "veth", "peer", "name", "a-r", "netns", a,
-        ]);
-        sh(&["ip", "-n", r, "addr", "add", "10.200.1.1/30", "dev", "r-a"]);
-        sh(&["ip", "-n", r, "link", "set", "r-a", "up"]);
-        sh(&["ip", "-n", a, "addr", "add", "10.200.1.2/30", "dev", "a-r"]);
-        sh(&["ip", "-n", a, "link", "set", "a-r", "up"]);
-        sh(&[
-            "ip", "-n", a, "link", "add", "a-i", "type", "veth", "peer", "name", "i-a", "netns", i,
-        ]);
-        for (ns, dev) in [(a, "a-i"), (i, "i-a")] {
-            let conf = format!("net.ipv6.conf.{dev}.accept_dad=0");
-            sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", &conf]);
-        }
-        sh(&["ip", "-n", a, "addr", "add", "10.200.2.2/24", "dev", "a-i"]);
-        sh(&[
-            "ip",
-            "-n",
-            a,
-            "addr",
-            "add",
-            "2001:db8:2::2/64",
-            "dev",
-            "a-i",
-            "nodad",
-        ]);
-        sh(&["ip", "-n", a, "link", "set", "a-i", "up"]);
-        sh(&["ip", "-n", i, "addr", "add", "10.200.2.1/24", "dev", "i-a"]);
-        sh(&[
-            "ip",
-            "-n",
-            i,
-            "addr",
-            "add",
-            "fe80::1/64",
-            "dev",
-            "i-a",
-            "nodad",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            i,
-            "addr",
-            "add",
-            "2001:db8:2::1/64",
-            "dev",
-            "i-a",
-            "nodad",
-        ]);
-        sh(&["ip", "-n", i, "link", "set", "i-a", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            a,
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.200.2.1",
-        ]);
-        sh(&[
-            "ip", "-n", a, "-6", "route", "add", "default", "via", "fe80::1", "dev", "a-i",
-        ]);
-        // The internet, the metadata service and an internal host, all in I.
-        for net in [
-            "203.0.113.0/24",
-            "169.254.169.254/32",
-            "10.9.9.9/32",
-            "2001:db8:3::10/128",
-            "2001:db8:3::99/128",
-        ] {
-            sh(&["ip", "-n", i, "addr", "add", net, "dev", "lo"]);
-        }
-        lab
     }
 
     fn netns(&self, ns: &str) -> PathBuf {
@@ -192,14 +127,6 @@ impl Lab {
     }
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for ns in [&self.r, &self.a, &self.i] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
 /// An echo server in `ns` (`[::]` takes IPv4 too).
 fn listen(ns: PathBuf, addr: &'static str) {
     let listener = in_ns(ns, move || TcpListener::bind(addr).unwrap());
@@ -229,22 +156,7 @@ fn connect_from(ns: PathBuf, addr: SocketAddr) -> bool {
 }
 
 fn prerequisites() -> bool {
-    if !is_root() {
-        require_or_skip("the fence netns test needs root");
-        return false;
-    }
-    for tool in ["ip", "nft", "python3", "sysctl"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
-            require_or_skip(&format!("the fence netns test needs `{tool}`"));
-            return false;
-        }
-    }
-    true
+    require_root_and(&["ip", "nft", "python3", "sysctl"])
 }
 
 const ZONE: &str = "$ORIGIN cdn.test.\n$TTL 300\n@ IN SOA ns.cdn.test. h.cdn.test. 1 3600 600 86400 5\n@ IN NS ns.cdn.test.\nns IN A 127.0.0.1\n\
@@ -898,89 +810,27 @@ fn an_on_link_global_neighbour_is_reached_directly() {
 /// neighbour discovery for the gateway it copies from W.
 struct PastaLab {
     w: String,
-    p: String,
     a: String,
     pasta: std::process::Child,
+    _ns: netns::Lab,
 }
 
 impl PastaLab {
     fn create() -> PastaLab {
-        let id = std::process::id() % 100_000;
-        let lab = PastaLab {
-            w: format!("fence-w-{id}"),
-            p: format!("fence-p-{id}"),
-            a: format!("fence-pa-{id}"),
+        let ns = netns::Lab::new("fence", &["w", "p", "pa"])
+            .veth(("w", "w0", "198.51.100.1/28"), ("p", "w1", "198.51.100.14/28"))
+            .ip("w", "addr add 2001:db8:1::1/64 dev w0 nodad")
+            .ip("p", "addr add 2001:db8:1::fe/64 dev w1 nodad")
+            .ip("w", "route add default via 198.51.100.14")
+            .ip("w", "-6 route add default via 2001:db8:1::fe")
+            .ip("w", "addr add 2001:db8:3::10/128 dev lo")
+            .ip("w", "addr add 2001:db8:3::99/128 dev lo");
+        PastaLab {
+            w: ns.name("w").to_string(),
+            a: ns.name("pa").to_string(),
             pasta: Command::new("true").spawn().unwrap(),
-        };
-        let (w, p) = (&lab.w, &lab.p);
-        for ns in [w, p, &lab.a] {
-            sh(&["ip", "netns", "add", ns]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            _ns: ns,
         }
-        sh(&[
-            "ip", "-n", w, "link", "add", "w0", "type", "veth", "peer", "name", "w1", "netns", p,
-        ]);
-        sh(&["ip", "-n", w, "addr", "add", "198.51.100.1/28", "dev", "w0"]);
-        sh(&[
-            "ip",
-            "-n",
-            p,
-            "addr",
-            "add",
-            "198.51.100.14/28",
-            "dev",
-            "w1",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            w,
-            "addr",
-            "add",
-            "2001:db8:1::1/64",
-            "dev",
-            "w0",
-            "nodad",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            p,
-            "addr",
-            "add",
-            "2001:db8:1::fe/64",
-            "dev",
-            "w1",
-            "nodad",
-        ]);
-        for (ns, dev) in [(w, "w0"), (p, "w1")] {
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
-        sh(&[
-            "ip",
-            "-n",
-            w,
-            "route",
-            "add",
-            "default",
-            "via",
-            "198.51.100.14",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            w,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "2001:db8:1::fe",
-        ]);
-        for net in ["2001:db8:3::10/128", "2001:db8:3::99/128"] {
-            sh(&["ip", "-n", w, "addr", "add", net, "dev", "lo"]);
-        }
-        lab
     }
 
     /// Attaches pasta to A from W, as `pasta --config-net --netns` does it by hand.
@@ -1013,23 +863,12 @@ impl Drop for PastaLab {
     fn drop(&mut self) {
         let _ = self.pasta.kill();
         let _ = self.pasta.wait();
-        for ns in [&self.w, &self.p, &self.a] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
     }
 }
 
 #[test]
 fn ipv6_works_through_pasta() {
-    if !prerequisites() {
-        return;
-    }
-    if !Command::new("sh")
-        .args(["-c", "command -v pasta"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        require_or_skip("the pasta gateway test needs `pasta` (apt: passt)");
+    if !prerequisites() || !require_tools(&["pasta"]) {
         return;
     }
     let mut lab = PastaLab::create();

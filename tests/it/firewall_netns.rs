@@ -36,6 +36,7 @@ struct Lab {
     dir: TempDir,
     /// The agent's resolv.conf, naming allowdns only; see [`in_agent`].
     resolv: PathBuf,
+    _ns: netns::Lab,
 }
 
 impl Lab {
@@ -69,77 +70,33 @@ impl Lab {
     }
 
     fn netns(&self, ns: &str) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{ns}"))
+        netns::path(ns)
     }
 
     fn create() -> Lab {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = format!("{}-{n}", std::process::id() % 100_000);
-        let mut lab = Lab {
-            r: format!("adns-r-{id}"),
-            a: format!("adns-a-{id}"),
-            i: format!("adns-i-{id}"),
-            dir: TempDir::new("netns"),
-            resolv: PathBuf::new(),
-        };
-        let (r, a, i) = (&lab.r, &lab.a, &lab.i);
-        for ns in [r, a, i] {
-            sh(&["ip", "netns", "add", ns]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        // R <-> A: DNS.
-        sh(&[
-            "ip", "-n", r, "link", "add", "r-a", "type", "veth", "peer", "name", "a-r", "netns", a,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            r,
-            "addr",
-            "add",
-            &format!("{DNS}/30"),
-            "dev",
-            "r-a",
-        ]);
-        sh(&["ip", "-n", r, "link", "set", "r-a", "up"]);
-        sh(&["ip", "-n", a, "addr", "add", "10.200.1.2/30", "dev", "a-r"]);
-        sh(&["ip", "-n", a, "link", "set", "a-r", "up"]);
-        // A <-> I: everything else.
-        sh(&[
-            "ip", "-n", a, "link", "add", "a-i", "type", "veth", "peer", "name", "i-a", "netns", i,
-        ]);
-        sh(&["ip", "-n", a, "addr", "add", "10.200.2.2/24", "dev", "a-i"]);
-        sh(&["ip", "-n", a, "link", "set", "a-i", "up"]);
-        sh(&["ip", "-n", i, "addr", "add", "10.200.2.1/24", "dev", "i-a"]);
-        sh(&["ip", "-n", i, "link", "set", "i-a", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            a,
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.200.2.1",
-        ]);
-        // I answers for whole prefixes on its loopback.
-        sh(&["ip", "-n", i, "addr", "add", "203.0.113.0/24", "dev", "lo"]);
-        sh(&["ip", "-n", i, "addr", "add", "10.200.4.0/22", "dev", "lo"]);
-        sh(&["ip", "-n", i, "addr", "add", "192.0.2.0/24", "dev", "lo"]);
+        let ns = netns::Lab::new("adns", &["r", "a", "i"])
+            // R <-> A: DNS.
+            .veth(("r", "r-a", &format!("{DNS}/30")), ("a", "a-r", "10.200.1.2/30"))
+            // A <-> I: everything else.
+            .veth(("a", "a-i", "10.200.2.2/24"), ("i", "i-a", "10.200.2.1/24"))
+            .ip("a", "route add default via 10.200.2.1")
+            // I answers for whole prefixes on its loopback.
+            .ip("i", "addr add 203.0.113.0/24 dev lo")
+            .ip("i", "addr add 10.200.4.0/22 dev lo")
+            .ip("i", "addr add 192.0.2.0/24 dev lo");
+        let dir = TempDir::new("netns");
         // The agent's resolv.conf: allowdns only.
-        lab.resolv = lab.dir.write(
+        let resolv = dir.write(
             "resolv.conf",
             &format!("nameserver {DNS}\noptions timeout:2 attempts:1\n"),
         );
-        lab
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for ns in [&self.r, &self.a, &self.i] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        Lab {
+            r: ns.name("r").to_string(),
+            a: ns.name("a").to_string(),
+            i: ns.name("i").to_string(),
+            dir,
+            resolv,
+            _ns: ns,
         }
     }
 }
@@ -256,22 +213,7 @@ fn zone(dir: &TempDir) -> PathBuf {
 }
 
 fn prerequisites() -> bool {
-    if !is_root() {
-        require_or_skip("the netns firewall test needs root");
-        return false;
-    }
-    for tool in ["ip", "nft", "getent", "dig", "unshare", "mount"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
-            require_or_skip(&format!("the netns firewall test needs `{tool}`"));
-            return false;
-        }
-    }
-    true
+    require_root_and(&["ip", "nft", "getent", "dig", "unshare", "mount"])
 }
 
 #[test]

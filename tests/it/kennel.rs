@@ -9,7 +9,6 @@
 use crate::common;
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -18,8 +17,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{
-    Upstream, bin, console_commands, data, is_root, missing_lines, readme_blocks, repo,
-    require_or_skip, sh,
+    Upstream, bin, console_commands, data, in_ns, missing_lines, netns, readme_blocks, repo,
+    require_root_and, sh,
 };
 
 const DNS: &str = "198.51.100.53";
@@ -27,26 +26,9 @@ const ROGUE: &str = "198.51.100.66";
 
 /// Everything the tests need, or skip (fail under CI=true) naming what is missing.
 fn ready() -> bool {
-    if !is_root() {
-        require_or_skip("the kennel tests need root (network namespaces)");
-        return false;
-    }
-    for tool in [
+    require_root_and(&[
         "ip", "pasta", "nft", "python3", "dig", "getent", "setpriv", "unshare",
-    ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            require_or_skip(&format!(
-                "{tool} is not installed (apt: passt, nftables, iproute2, dnsutils, python3)"
-            ));
-            return false;
-        }
-    }
-    true
+    ])
 }
 
 /// Under one of the kennel's private mounts.
@@ -54,19 +36,6 @@ fn hidden_in_kennel(path: &Path) -> bool {
     ["/tmp", "/run", "/var/tmp", "/dev/shm"]
         .iter()
         .any(|m| path.starts_with(m))
-}
-
-/// Runs `f` on a thread inside network namespace `ns` (sockets stay there).
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = File::open(format!("/run/netns/{ns}")).unwrap();
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            f()
-        })
-        .join()
-        .unwrap()
-    })
 }
 
 /// The world: `w0` (198.51.100.1/28, 2001:db8:1::1/64) routes to a stub peer
@@ -81,6 +50,7 @@ struct World {
     host_files: Vec<PathBuf>,
     server: Child,
     _dns: Vec<Upstream>,
+    _lab: netns::Lab,
 }
 
 impl World {
@@ -88,7 +58,6 @@ impl World {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = format!("{}-{n}", std::process::id());
-        let (ns, peer) = (format!("akw-{id}"), format!("akp-{id}"));
         // A scratch directory writable by the kennel's (unprivileged) root.
         // The kennel hides /tmp, /run, /var/tmp and /dev/shm: when the
         // checkout is under one of them, /var/tmp, shared with `--bind`.
@@ -118,48 +87,23 @@ impl World {
             std::fs::write(f, "host file\n").unwrap();
             std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
         }
-        sh(&["ip", "netns", "add", &ns]);
-        sh(&["ip", "netns", "add", &peer]);
-        let w = |args: &str| {
-            let mut v = vec!["ip", "-n", &ns];
-            v.extend(args.split_whitespace());
-            sh(&v);
-        };
-        let p = |args: &str| {
-            let mut v = vec!["ip", "-n", &peer];
-            v.extend(args.split_whitespace());
-            sh(&v);
-        };
-        w("link set lo up");
-        sh(&[
-            "ip", "-n", &ns, "link", "add", "w0", "type", "veth", "peer", "name", "w1", "netns",
-            &peer,
-        ]);
-        w("link set w0 up");
-        p("link set w1 up");
-        w("addr add 198.51.100.1/28 dev w0");
-        p("addr add 198.51.100.14/28 dev w1");
-        w("-6 addr add 2001:db8:1::1/64 dev w0 nodad");
-        p("-6 addr add 2001:db8:1::fe/64 dev w1 nodad");
+        let mut lab = netns::Lab::new("ak", &["w", "p"])
+            .veth(("w", "w0", "198.51.100.1/28"), ("p", "w1", "198.51.100.14/28"))
+            .ip("w", "-6 addr add 2001:db8:1::1/64 dev w0 nodad")
+            .ip("p", "-6 addr add 2001:db8:1::fe/64 dev w1 nodad");
         for a in ["53", "66", "200", "201", "202"] {
-            w(&format!("addr add 198.51.100.{a}/32 dev lo"));
+            lab = lab.ip("w", &format!("addr add 198.51.100.{a}/32 dev lo"));
         }
         for a in ["200", "201", "202"] {
-            w(&format!("-6 addr add 2001:db8:2::{a}/128 dev lo"));
+            lab = lab.ip("w", &format!("-6 addr add 2001:db8:2::{a}/128 dev lo"));
         }
-        w("route add default via 198.51.100.14");
-        w("-6 route add default via 2001:db8:1::fe");
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ping_group_range=0 2147483647",
-        ]);
+        let lab = lab
+            .ip("w", "route add default via 198.51.100.14")
+            .ip("w", "-6 route add default via 2001:db8:1::fe")
+            .sysctl("w", "net.ipv4.ping_group_range=0 2147483647");
+        let (ns, peer) = (lab.name("w").to_string(), lab.name("p").to_string());
         let zone = data("kennel/kennel.test.zone");
-        let dns = in_netns(&ns, || {
+        let dns = in_ns(lab.path("w"), || {
             vec![
                 Upstream::start(DNS, 53, std::slice::from_ref(&zone)),
                 Upstream::start(ROGUE, 53, std::slice::from_ref(&zone)),
@@ -186,6 +130,7 @@ impl World {
             host_files,
             server,
             _dns: dns,
+            _lab: lab,
         }
     }
 
@@ -291,10 +236,6 @@ impl Drop for World {
     fn drop(&mut self) {
         let _ = self.server.kill();
         let _ = self.server.wait();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.peer])
-            .status();
         for p in self.unix.iter().chain(&self.host_files) {
             let _ = std::fs::remove_file(p);
         }

@@ -13,7 +13,6 @@ use crate::common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -24,63 +23,25 @@ struct Lab {
     a: String,
     i: String,
     dir: TempDir,
+    _ns: netns::Lab,
 }
 
 impl Lab {
     fn create() -> Lab {
-        let id = std::process::id() % 100_000;
-        let lab = Lab {
-            a: format!("adns-rla-{id}"),
-            i: format!("adns-rli-{id}"),
+        let ns = netns::Lab::new("adns-rl", &["a", "i"])
+            .veth(("a", "a-i", "198.51.100.2/24"), ("i", "i-a", "198.51.100.1/24"))
+            .ip("a", "route add default via 198.51.100.1")
+            .ip("i", "addr add 192.0.2.0/24 dev lo");
+        Lab {
+            a: ns.name("a").to_string(),
+            i: ns.name("i").to_string(),
             dir: TempDir::new("ruleset-reload"),
-        };
-        let (a, i) = (&lab.a, &lab.i);
-        for ns in [a, i] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-            sh(&["ip", "netns", "add", ns]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            _ns: ns,
         }
-        sh(&[
-            "ip", "-n", a, "link", "add", "a-i", "type", "veth", "peer", "name", "i-a", "netns", i,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            a,
-            "addr",
-            "add",
-            "198.51.100.2/24",
-            "dev",
-            "a-i",
-        ]);
-        sh(&["ip", "-n", a, "link", "set", "a-i", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            i,
-            "addr",
-            "add",
-            "198.51.100.1/24",
-            "dev",
-            "i-a",
-        ]);
-        sh(&["ip", "-n", i, "link", "set", "i-a", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            a,
-            "route",
-            "add",
-            "default",
-            "via",
-            "198.51.100.1",
-        ]);
-        sh(&["ip", "-n", i, "addr", "add", "192.0.2.0/24", "dev", "lo"]);
-        lab
     }
 
     fn netns(&self, ns: &str) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{ns}"))
+        netns::path(ns)
     }
 
     /// `nft -f` inside A, as an operator reloads the fence.
@@ -110,14 +71,6 @@ impl Lab {
             TcpStream::connect_timeout(&addr, Duration::from_millis(500))
                 .is_ok_and(|mut s| echo(&mut s))
         })
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for ns in [&self.a, &self.i] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
     }
 }
 
@@ -167,14 +120,11 @@ fn signal(pid: u32, sig: &str) {
 
 #[test]
 fn a_ruleset_reload_is_noticed_and_the_live_elements_are_fed_again() {
-    if !is_root() {
-        return require_or_skip("the ruleset reload test needs root");
+    if !require_root_and(&["ip", "nft"]) {
+        return;
     }
-    for tool in ["ip", "nft"] {
-        if Command::new(tool).arg("-V").output().is_err() {
-            return require_or_skip(&format!("the ruleset reload test needs `{tool}`"));
-        }
-    }
+    // The re-feed is timed: no lab is built or torn down meanwhile.
+    let _alone = alone();
     let lab = Lab::create();
     start_echo(&lab, 443);
     start_echo(&lab, 8443);

@@ -58,14 +58,6 @@ impl Lab {
         self
     }
 
-    /// The same `ip` command in each of `roles`.
-    pub fn ip_each(mut self, roles: &[&str], args: &str) -> Lab {
-        for role in roles {
-            self = self.ip(role, args);
-        }
-        self
-    }
-
     /// `sysctl -qw KEY=VALUE` inside the namespace.
     pub fn sysctl(self, role: &str, setting: &str) -> Lab {
         sh(&["ip", "netns", "exec", self.name(role), "sysctl", "-qw", setting]);
