@@ -818,7 +818,10 @@ struct PastaLab {
 impl PastaLab {
     fn create() -> PastaLab {
         let ns = netns::Lab::new("fence", &["w", "p", "pa"])
-            .veth(("w", "w0", "198.51.100.1/28"), ("p", "w1", "198.51.100.14/28"))
+            .veth(
+                ("w", "w0", "198.51.100.1/28"),
+                ("p", "w1", "198.51.100.14/28"),
+            )
             .ip("w", "addr add 2001:db8:1::1/64 dev w0 nodad")
             .ip("p", "addr add 2001:db8:1::fe/64 dev w1 nodad")
             .ip("w", "route add default via 198.51.100.14")

@@ -76,7 +76,10 @@ impl Lab {
     fn create() -> Lab {
         let ns = netns::Lab::new("adns", &["r", "a", "i"])
             // R <-> A: DNS.
-            .veth(("r", "r-a", &format!("{DNS}/30")), ("a", "a-r", "10.200.1.2/30"))
+            .veth(
+                ("r", "r-a", &format!("{DNS}/30")),
+                ("a", "a-r", "10.200.1.2/30"),
+            )
             // A <-> I: everything else.
             .veth(("a", "a-i", "10.200.2.2/24"), ("i", "i-a", "10.200.2.1/24"))
             .ip("a", "route add default via 10.200.2.1")

@@ -29,7 +29,10 @@ struct Lab {
 impl Lab {
     fn create() -> Lab {
         let ns = netns::Lab::new("adns-rl", &["a", "i"])
-            .veth(("a", "a-i", "198.51.100.2/24"), ("i", "i-a", "198.51.100.1/24"))
+            .veth(
+                ("a", "a-i", "198.51.100.2/24"),
+                ("i", "i-a", "198.51.100.1/24"),
+            )
             .ip("a", "route add default via 198.51.100.1")
             .ip("i", "addr add 192.0.2.0/24 dev lo");
         Lab {

@@ -142,4 +142,3 @@ pub fn answers(m: &Message) -> Vec<(String, String, String)> {
         })
         .collect()
 }
-

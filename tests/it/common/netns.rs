@@ -60,7 +60,15 @@ impl Lab {
 
     /// `sysctl -qw KEY=VALUE` inside the namespace.
     pub fn sysctl(self, role: &str, setting: &str) -> Lab {
-        sh(&["ip", "netns", "exec", self.name(role), "sysctl", "-qw", setting]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            self.name(role),
+            "sysctl",
+            "-qw",
+            setting,
+        ]);
         self
     }
 
@@ -104,8 +112,7 @@ pub fn in_ns<T: Send>(ns: impl AsRef<Path>, f: impl FnOnce() -> T + Send) -> T {
     let ns = ns.as_ref();
     std::thread::scope(|s| {
         s.spawn(|| {
-            let file =
-                std::fs::File::open(ns).unwrap_or_else(|e| panic!("{}: {e}", ns.display()));
+            let file = std::fs::File::open(ns).unwrap_or_else(|e| panic!("{}: {e}", ns.display()));
             nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
             f()
         })

@@ -195,4 +195,3 @@ pub fn read_audit(path: &Path) -> Vec<serde_json::Value> {
         })
         .collect()
 }
-
