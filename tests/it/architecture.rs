@@ -3,7 +3,7 @@
 //! may import only units below it in [`LAYERS`]. A total order means no
 //! import circles between concerns; a violation names file:line.
 //!
-//! Run it alone with `cargo test --test architecture`.
+//! Run it alone with `cargo test --test it architecture::`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

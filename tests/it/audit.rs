@@ -21,26 +21,14 @@ fn one_audit_record_per_query_and_the_alert_users_expect() {
     let log = dir.0.join("audit.jsonl");
     let upstream = up.addr.to_string();
     let policy = data("policy.yaml");
-    let dns = Allowdns::serve(&[
-        "--upstream",
-        &upstream,
-        "--policy",
-        policy.to_str().unwrap(),
-        "--audit-log",
-        log.to_str().unwrap(),
-    ]);
+    let dns = Allowdns::upstream_audit(&upstream, &policy, &log, &[]);
 
-    assert_eq!(
-        rcode(dns.udp, "www.allowed.test", RecordType::A),
-        ResponseCode::NoError
-    );
-    assert_eq!(
-        rcode(dns.udp, "hop.other.test", RecordType::A),
-        ResponseCode::NoError
-    );
-    assert_eq!(
-        rcode(dns.udp, "sketchy-mirror.example.com", RecordType::A),
-        ResponseCode::NXDomain
+    assert_rcode(dns.udp, "www.allowed.test A", ResponseCode::NoError);
+    assert_rcode(dns.udp, "hop.other.test A", ResponseCode::NoError);
+    assert_rcode(
+        dns.udp,
+        "sketchy-mirror.example.com A",
+        ResponseCode::NXDomain,
     );
     let refused = query_from(dns.udp, "www.allowed.test", RecordType::A, "127.0.0.2");
     assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
@@ -205,20 +193,12 @@ fn a_denied_lookup_names_its_process_or_says_it_exited() {
     // naming, not speed (docs/attribution.md has the release numbers).
     let config = dir.write("allowdns.yaml", "alerts:\n  attribution_budget_ms: 1000\n");
     let serve = |listen: &str, log: &std::path::Path| {
-        Allowdns::serve(&[
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            listen,
-            "--policy",
-            policy.to_str().unwrap(),
-            "--zones",
-            zones.to_str().unwrap(),
-            "--upstream",
-            "none",
-            "--audit-log",
-            log.to_str().unwrap(),
-        ])
+        Allowdns::offline_audit(
+            &policy,
+            &zones,
+            &log,
+            &["--config", config.to_str().unwrap(), "--listen", listen],
+        )
     };
     let dns = serve("127.0.0.1:0", &log4);
     let dns6 = serve("[::1]:0", &log6);

@@ -105,16 +105,12 @@ fn addresses_in_the_upstreams_authority_section_are_removed_and_audited() {
         "allowdns.yaml",
         "upstream:\n  allow_private_servers: true\n",
     );
-    let dns = Allowdns::serve(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--upstream",
+    let dns = Allowdns::upstream_audit(
         &upstream,
-        "--policy",
-        policy.to_str().unwrap(),
-        "--audit-log",
-        log.to_str().unwrap(),
-    ]);
+        &policy,
+        &log,
+        &["--config", config.to_str().unwrap()],
+    );
     // Twice each: from the upstream, then from the cache.
     for _ in 0..2 {
         let a = query(dns.udp, "auth.cdn.test", RecordType::A);

@@ -56,13 +56,10 @@ allowed_dynamic_resolution:
         "typo.yaml",
         "agent_name: t\nclients: [10.9.0.0/16]\nexpected_outbund: []\n",
     );
-    let zones = dir.0.join("zones");
-    std::fs::create_dir(&zones).unwrap();
-    std::fs::write(
-        zones.join("nosoa.test.zone"),
+    let zones = dir.zones(&[(
+        "nosoa.test.zone",
         "$ORIGIN nosoa.test.\nwww 300 IN A 192.0.2.1\n",
-    )
-    .unwrap();
+    )]);
 
     let (code, _, stderr) = check(&[
         "--policy",
@@ -231,7 +228,7 @@ fn choices_name_file_line_field_and_the_valid_values() {
 #[test]
 fn a_yaml_tag_is_not_a_choice() {
     // serde's derived enums read a tag as the variant: `mode: !learn` (no
-    // value) used to load as learn mode, the fence off.
+    // value) would load as learn mode, the fence off.
     let dir = TempDir::new("check-tags");
     let (code, _, stderr) = {
         // Positive control: the same word as a value is learn mode.

@@ -1,6 +1,6 @@
 //! The README's offline demo, run as written (on port 0), queried with dig;
 //! and its marked blocks (`<!-- readme-test: … -->`) run and compared with
-//! what allowdns prints. The `run` blocks need root: tests/kennel.rs.
+//! what allowdns prints. The `run` blocks need root: tests/it/kennel.rs.
 
 use crate::common;
 

@@ -14,9 +14,7 @@ const ZONE: &str = "$ORIGIN x.test.\n$TTL 300\n@ IN SOA ns. h. 1 3600 600 86400 
 
 fn setup(tag: &str, policy: &str) -> (TempDir, std::path::PathBuf, std::path::PathBuf) {
     let dir = TempDir::new(tag);
-    let zones = dir.0.join("zones");
-    std::fs::create_dir(&zones).unwrap();
-    std::fs::write(zones.join("x.test.zone"), ZONE).unwrap();
+    let zones = dir.zones(&[("x.test.zone", ZONE)]);
     let policy = dir.write("p.yaml", policy);
     (dir, policy, zones)
 }
@@ -58,16 +56,7 @@ fn learn_mode_resolves_unlisted_names_and_audits_would_deny() {
         "agent_name: learner\nmode: learn\nexpected_outbound:\n  - destination: a.x.test\n",
     );
     let audit = dir.0.join("audit.jsonl");
-    let dns = Allowdns::serve(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--zones",
-        zones.to_str().unwrap(),
-        "--upstream",
-        "none",
-        "--audit-log",
-        audit.to_str().unwrap(),
-    ]);
+    let dns = Allowdns::offline_audit(&policy, &zones, &audit, &[]);
     let listed = query(dns.udp, "a.x.test", RecordType::A);
     let unlisted = query(dns.udp, "b.x.test", RecordType::A);
     assert_eq!(answers(&unlisted)[0].2, "192.0.2.2");
@@ -120,16 +109,7 @@ fn expiring_entries_stop_allowing_and_shadowed_wildcards_take_over() {
         "{stderr}"
     );
     let audit = policy.with_file_name("audit.jsonl");
-    let dns = Allowdns::serve(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--zones",
-        zones.to_str().unwrap(),
-        "--upstream",
-        "none",
-        "--audit-log",
-        audit.to_str().unwrap(),
-    ]);
+    let dns = Allowdns::offline_audit(&policy, &zones, &audit, &[]);
     let first = query(dns.udp, "a.x.test", RecordType::A);
     assert_eq!(first.metadata.response_code, ResponseCode::NoError);
     assert!(
@@ -150,7 +130,7 @@ fn expiring_entries_stop_allowing_and_shadowed_wildcards_take_over() {
         ResponseCode::NoError,
         Duration::from_secs(2),
     );
-    // Once the entries ended, the expiry task sleeps: it used to wake in a loop.
+    // Once the entries ended, the expiry task sleeps instead of waking in a loop.
     let before = cpu_ticks(dns.pid());
     std::thread::sleep(Duration::from_secs(1));
     let used = cpu_ticks(dns.pid()) - before;
@@ -158,14 +138,8 @@ fn expiring_entries_stop_allowing_and_shadowed_wildcards_take_over() {
         used < 20,
         "idle allowdns used {used} CPU ticks in 1 s after an expiry"
     );
-    assert_eq!(
-        rcode(dns.udp, "b.x.test", RecordType::A),
-        ResponseCode::NXDomain
-    );
-    assert_eq!(
-        rcode(dns.udp, "c.x.test", RecordType::A),
-        ResponseCode::NoError
-    );
+    assert_rcode(dns.udp, "b.x.test A", ResponseCode::NXDomain);
+    assert_rcode(dns.udp, "c.x.test A", ResponseCode::NoError);
     let (status, stderr) = dns.terminate();
     assert!(status.success());
     assert!(stderr.contains("policy entry expired"), "{stderr}");
@@ -218,24 +192,10 @@ fn grants_allow_for_a_while_are_audited_and_expire() {
     let audit = dir.0.join("audit.jsonl");
     let socket = dir.0.join("control.sock");
     let sock = socket.to_str().unwrap();
-    let dns = Allowdns::serve(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--zones",
-        zones.to_str().unwrap(),
-        "--upstream",
-        "none",
-        "--audit-log",
-        audit.to_str().unwrap(),
-        "--control",
-        sock,
-    ]);
+    let dns = Allowdns::offline_audit(&policy, &zones, &audit, &["--control", sock]);
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "control socket must be owner-only");
-    assert_eq!(
-        rcode(dns.udp, "b.x.test", RecordType::A),
-        ResponseCode::NXDomain
-    );
+    assert_rcode(dns.udp, "b.x.test A", ResponseCode::NXDomain);
 
     // Refusals: no reason, unknown agent, an over-broad pattern, too long.
     for (agent, name, time, reason, why) in [
@@ -318,10 +278,7 @@ fn grants_allow_for_a_while_are_audited_and_expire() {
         "r2",
     ]);
     assert!(ok, "{stderr}");
-    assert_eq!(
-        rcode(dns.udp, "c.x.test", RecordType::A),
-        ResponseCode::NoError
-    );
+    assert_rcode(dns.udp, "c.x.test A", ResponseCode::NoError);
     let (ok, _, stderr) = allowdns(&[
         "revoke",
         "--control",
@@ -332,10 +289,7 @@ fn grants_allow_for_a_while_are_audited_and_expire() {
         "c.x.test",
     ]);
     assert!(ok, "{stderr}");
-    assert_eq!(
-        rcode(dns.udp, "c.x.test", RecordType::A),
-        ResponseCode::NXDomain
-    );
+    assert_rcode(dns.udp, "c.x.test A", ResponseCode::NXDomain);
 
     let (status, _) = dns.terminate();
     assert!(status.success());
@@ -467,18 +421,7 @@ fn grants_with_control_characters_or_from_strangers_are_refused() {
     let audit = dir.0.join("audit.jsonl");
     let socket = dir.0.join("control.sock");
     let sock = socket.to_str().unwrap();
-    let dns = Allowdns::serve(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--zones",
-        zones.to_str().unwrap(),
-        "--upstream",
-        "none",
-        "--audit-log",
-        audit.to_str().unwrap(),
-        "--control",
-        sock,
-    ]);
+    let dns = Allowdns::offline_audit(&policy, &zones, &audit, &["--control", sock]);
     let grant = |reason: &str| {
         allowdns(&[
             "grant",
@@ -503,10 +446,7 @@ fn grants_with_control_characters_or_from_strangers_are_refused() {
     }
     let (ok, _, stderr) = grant(&"x".repeat(513));
     assert!(!ok && stderr.contains("more than 512"), "{stderr}");
-    assert_eq!(
-        rcode(dns.udp, "b.x.test", RecordType::A),
-        ResponseCode::NXDomain
-    );
+    assert_rcode(dns.udp, "b.x.test A", ResponseCode::NXDomain);
 
     // Someone else reaching the socket (its mode loosened by hand) is still refused.
     if is_root() {
@@ -546,16 +486,7 @@ fn a_grant_over_a_port_bound_rule_keeps_its_ttl_cap_and_then_ends() {
     );
     let socket = dir.0.join("control.sock");
     let sock = socket.to_str().unwrap();
-    let dns = Allowdns::serve(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--zones",
-        zones.to_str().unwrap(),
-        "--upstream",
-        "none",
-        "--control",
-        sock,
-    ]);
+    let dns = Allowdns::offline(&policy, &zones, &["--control", sock]);
     let before = query(dns.udp, "a.x.test", RecordType::A);
     assert_eq!(before.answers[0].ttl, 300);
     let (ok, _, stderr) = allowdns(&[

@@ -54,14 +54,7 @@ impl Lab {
         let policy = self.dir.write(&format!("{tag}.yaml"), policy);
         let audit = self.dir.0.join(format!("{tag}.audit.jsonl"));
         let upstream = self.up.addr.to_string();
-        let dns = Allowdns::serve(&[
-            "--upstream",
-            &upstream,
-            "--policy",
-            policy.to_str().unwrap(),
-            "--audit-log",
-            audit.to_str().unwrap(),
-        ]);
+        let dns = Allowdns::upstream_audit(&upstream, &policy, &audit, &[]);
         (dns, audit)
     }
 
@@ -108,17 +101,15 @@ fn a_wildcard_answers_address_types_only_unless_its_entry_lists_more() {
     assert_eq!(answers(&m)[0].1, "TXT");
     assert_eq!(lab.asked("tunnel.cdn.test"), 1);
     // Listing replaces the default: AAAA is not in this list.
-    assert_eq!(
-        rcode(dns.udp, "v6.cdn.test", RecordType::AAAA),
-        ResponseCode::Refused
-    );
+    assert_rcode(dns.udp, "v6.cdn.test AAAA", ResponseCode::Refused);
     drop(dns);
 
     let (dns, audit) = lab.serve(
         "default",
         "agent_name: a\nexpected_outbound:\n  - destination: \"*.cdn.test\"\n  - destination: plain.test\nallowed_dynamic_resolution:\n  - pattern: \"*.txtok.test\"\n    qtypes: [TXT]\n",
     );
-    // The finding: this query went upstream. Now it does not.
+    // A data label under an allowed wildcard, of a qtype the entry does not
+    // allow: refused here, never sent upstream.
     let before = lab.up.names_but_probe().len();
     let m = query(
         dns.udp,
@@ -149,15 +140,9 @@ fn a_wildcard_answers_address_types_only_unless_its_entry_lists_more() {
     for t in [RecordType::A, RecordType::AAAA] {
         assert_eq!(rcode(dns.udp, "www.cdn.test", t), ResponseCode::NoError);
     }
-    assert_eq!(
-        rcode(dns.udp, "plain.test", RecordType::MX),
-        ResponseCode::NoError
-    );
+    assert_rcode(dns.udp, "plain.test MX", ResponseCode::NoError);
     // A listed type under a dynamic entry.
-    assert_eq!(
-        rcode(dns.udp, "k.txtok.test", RecordType::TXT),
-        ResponseCode::NoError
-    );
+    assert_rcode(dns.udp, "k.txtok.test TXT", ResponseCode::NoError);
     let lines = audit_lines(&audit, 11);
     let refused: Vec<_> = lines.iter().filter(|l| l["exfil"] == "qtype").collect();
     assert_eq!(refused.len(), 6, "{lines:?}");
@@ -222,17 +207,11 @@ fn new_names_are_cut_at_the_hard_limit_while_seen_names_keep_working() {
     // Cooldown: even a short new name is refused; a seen one still
     // resolves, from the cache (its TTL 0 answer is held min_ttl_secs), so
     // nothing leaves; other domains are untouched.
-    assert_eq!(
-        rcode(dns.udp, "x.cdn.test", RecordType::A),
-        ResponseCode::Refused
-    );
+    assert_rcode(dns.udp, "x.cdn.test A", ResponseCode::Refused);
     let asked_seen = lab.up.count(seen);
     assert_eq!(rcode(dns.udp, seen, RecordType::A), ResponseCode::NoError);
     assert_eq!(lab.up.count(seen), asked_seen, "held, not asked again");
-    assert_eq!(
-        rcode(dns.udp, "fresh.other.test", RecordType::A),
-        ResponseCode::NoError
-    );
+    assert_rcode(dns.udp, "fresh.other.test A", ResponseCode::NoError);
 
     dns.wait_for("EXFILTRATION BUDGET EXCEEDED", 1);
     let stderr = dns.stderr();
@@ -256,9 +235,9 @@ fn new_names_are_cut_at_the_hard_limit_while_seen_names_keep_working() {
     }
 }
 
-/// The red team's two leaks through the binary: case-only variants of one
-/// name (casex.py), and one fresh data label per name right under a public
-/// suffix allowed by a wildcard (psl.py). Both went past the budget whole.
+/// Two cheap leaks through the binary: case-only variants of one name, and
+/// one fresh data label per name right under a public suffix allowed by a
+/// wildcard. Each is charged to the budget.
 #[test]
 fn case_variants_and_names_under_a_public_suffix_are_charged() {
     let lab = Lab::new("127.0.0.35", &["cdn.test", "github.io"]);
@@ -315,9 +294,9 @@ fn case_variants_and_names_under_a_public_suffix_are_charged() {
     let case_passed = send(&dns, &case);
     let psl_passed = send(&dns, &psl);
     eprintln!("of {NAMES}: {case_passed} case variants and {psl_passed} github.io names passed");
-    // 2 KiB: case variants cost 63 x log2(53) bits each (~45 fit; before
-    // the fix a recased label was "seen" and ~1600 fit); each data label
-    // under github.io ~40 x log2(37) bits (~75 fit; before, all of them).
+    // 2 KiB: case variants cost 63 x log2(53) bits each (~45 fit; were a
+    // recased label "seen", ~1600 would); each data label under github.io
+    // ~40 x log2(37) bits (~75 fit; uncharged, all of them would).
     assert!((20..=60).contains(&case_passed), "{case_passed}");
     assert!((40..=100).contains(&psl_passed), "{psl_passed}");
     assert_eq!(lab.asked(".c.cdn.test"), NAMES + case_passed);
@@ -598,7 +577,7 @@ fn secret(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// The red team's channel: pay once for 256 names `00`..`ff`, then send
+/// A covert channel: pay once for 256 names `00`..`ff`, then send
 /// one byte a question by which of them is asked, the attacker's name
 /// server answering with TTL 0. The attacker's view is the upstream's log.
 #[test]

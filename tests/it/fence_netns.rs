@@ -1,5 +1,5 @@
-//! The fence's holes from issue 9, each reproduced first with the fence off
-//! (positive control), then closed:
+//! Holes in the fence, each reproduced first with the fence off (positive
+//! control), then closed:
 //! - special-purpose addresses under an allowed wildcard (cloud metadata,
 //!   RFC 1918, IPv6 link-local) are stripped, never fed, answered NODATA,
 //!   audited, alerted, and unreachable even through a hand-added element;

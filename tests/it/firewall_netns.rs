@@ -521,13 +521,7 @@ fn a_failed_set_update_fails_closed_with_servfail_and_an_alert() {
         return;
     }
     let lab = Lab::create();
-    let zones = lab.dir.0.join("zones");
-    std::fs::create_dir(&zones).unwrap();
-    std::fs::write(
-        zones.join("fw.test.zone"),
-        "$ORIGIN fw.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\nweb IN A 203.0.113.10\nother IN A 203.0.113.11\n",
-    )
-    .unwrap();
+    let zones = lab.dir.zones(&[("fw.test.zone", "$ORIGIN fw.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\nweb IN A 203.0.113.10\nother IN A 203.0.113.11\n")]);
     // The ruleset, as a person would load it.
     let policy = lab.fence("agent_name: closed\nexpected_outbound:\n  - destination: web.fw.test\n  - destination: other.fw.test\nfirewall:\n  netns: NETNS\n");
     let dns = Allowdns::serve_offline(&policy, &zones);
@@ -639,14 +633,7 @@ fn grants_and_expiring_ranges_age_out_of_the_fence() {
     ));
     let socket = lab.dir.0.join("control.sock");
     let up = upstream.addr.to_string();
-    let dns = Allowdns::serve(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--upstream",
-        &up,
-        "--control",
-        socket.to_str().unwrap(),
-    ]);
+    let dns = Allowdns::forward(&up, &policy, &["--control", socket.to_str().unwrap()]);
     let granted = Command::new(bin())
         .args([
             "grant",
@@ -686,10 +673,7 @@ fn grants_and_expiring_ranges_age_out_of_the_fence() {
         connect(&lab, "192.0.2.9:443").is_none(),
         "the expired range is still in the set"
     );
-    assert_eq!(
-        rcode(dns.udp, "vendor.fw.test", RecordType::A),
-        ResponseCode::NXDomain
-    );
+    assert_rcode(dns.udp, "vendor.fw.test A", ResponseCode::NXDomain);
     // The range timed out in the kernel at the same moment; leaving it is no failure.
     let stderr = dns.stderr();
     assert!(!stderr.contains("FIREWALL UPDATE FAILED"), "{stderr}");
@@ -763,10 +747,7 @@ fn a_revoke_withdraws_fed_addresses_and_expiring_ranges_time_out_in_the_kernel()
         connect(&lab, "203.0.113.61:443").is_none(),
         "a revoked grant's address still passes (record TTL 3600 s)"
     );
-    assert_eq!(
-        rcode(dns.udp, "vendor.rv.test", RecordType::A),
-        ResponseCode::NXDomain
-    );
+    assert_rcode(dns.udp, "vendor.rv.test A", ResponseCode::NXDomain);
     assert!(
         connect(&lab, "192.0.2.9:443").is_some(),
         "the range is still in force"
@@ -856,15 +837,9 @@ fn leaving_learn_mode_withdraws_what_it_let_through() {
         connect(&lab, "203.0.113.62:443").is_none(),
         "an address learn mode let through still passes after the switch to enforce"
     );
-    assert_eq!(
-        rcode(dns.udp, "seen.lm.test", RecordType::NS),
-        ResponseCode::NXDomain
-    );
+    assert_rcode(dns.udp, "seen.lm.test NS", ResponseCode::NXDomain);
     // A listed name is fed again on its next answer.
-    assert_eq!(
-        rcode(dns.udp, "kept.lm.test", RecordType::A),
-        ResponseCode::NoError
-    );
+    assert_rcode(dns.udp, "kept.lm.test A", ResponseCode::NoError);
     assert!(
         connect(&lab, "203.0.113.63:443").is_some(),
         "a listed name lost its address"
@@ -912,10 +887,7 @@ fn a_reload_dropping_an_expiring_entry_withdraws_its_addresses() {
         connect(&lab, "203.0.113.64:443").is_none(),
         "an address fed under a dropped entry still passes"
     );
-    assert_eq!(
-        rcode(dns.udp, "vendor.dr.test", RecordType::A),
-        ResponseCode::NXDomain
-    );
+    assert_rcode(dns.udp, "vendor.dr.test A", ResponseCode::NXDomain);
 }
 
 /// A grant revoked while its answer is on its way (a slow upstream) feeds
@@ -999,14 +971,7 @@ fn serve_with_control(
 ) -> (Allowdns, impl Fn(&[&str])) {
     let socket = lab.dir.0.join("control.sock");
     let up = upstream.addr.to_string();
-    let dns = Allowdns::serve(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--upstream",
-        &up,
-        "--control",
-        socket.to_str().unwrap(),
-    ]);
+    let dns = Allowdns::forward(&up, &policy, &["--control", socket.to_str().unwrap()]);
     let control = move |args: &[&str]| {
         let out = Command::new(bin())
             .args([args[0], "--control", socket.to_str().unwrap()])
@@ -1060,18 +1025,17 @@ fn serve_audited(lab: &Lab, policy: &std::path::Path, upstream: &Upstream) -> (A
     let audit = lab.dir.0.join("audit.jsonl");
     let config = lab.dir.write("config.yaml", "alerts:\n  window_secs: 1\n");
     let up = upstream.addr.to_string();
-    let dns = Allowdns::serve(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--policy",
-        policy.to_str().unwrap(),
-        "--upstream",
+    let dns = Allowdns::upstream_audit(
         &up,
-        "--audit-log",
-        audit.to_str().unwrap(),
-        "--metrics",
-        "127.0.0.1:0",
-    ]);
+        &policy,
+        &audit,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
     (dns, audit)
 }
 

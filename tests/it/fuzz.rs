@@ -527,16 +527,7 @@ fn target() -> Target {
          allowed_dynamic_resolution: [\"*.fuzz.test\", \"fuzz.test\", \"*.allowed.test\"]\n",
     );
     let zones = dir.0.join("zones");
-    let dns = Allowdns::serve(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--zones",
-        zones.to_str().unwrap(),
-        "--upstream",
-        "none",
-        "--audit-log",
-        "/dev/null",
-    ]);
+    let dns = Allowdns::offline(&policy, &zones, &["--audit-log", "/dev/null"]);
     Target { dns, _dir: dir }
 }
 

@@ -68,28 +68,16 @@ fn metrics_count_queries_by_agent_decision_qtype_and_more() {
     );
     let up = upstream.addr.to_string();
     let policy = repo("policies/travel_agent_v1.yaml");
-    let dns = Allowdns::serve(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--upstream",
-        &up,
-        "--metrics",
-        "127.0.0.1:0",
-    ]);
+    let dns = Allowdns::forward(&up, &policy, &["--metrics", "127.0.0.1:0"]);
     for _ in 0..3 {
-        assert_eq!(
-            rcode(dns.udp, "weather.service.com", RecordType::A),
-            ResponseCode::NoError
-        );
+        assert_rcode(dns.udp, "weather.service.com A", ResponseCode::NoError);
     }
-    assert_eq!(
-        rcode(dns.udp, "sketchy-mirror.example.com", RecordType::A),
-        ResponseCode::NXDomain
+    assert_rcode(
+        dns.udp,
+        "sketchy-mirror.example.com A",
+        ResponseCode::NXDomain,
     );
-    assert_eq!(
-        rcode(dns.udp, "weather.service.com", RecordType::AAAA),
-        ResponseCode::NoError
-    );
+    assert_rcode(dns.udp, "weather.service.com AAAA", ResponseCode::NoError);
     // Audit and counting happen after the reply is sent; give them a moment.
     let deadline = Instant::now() + Duration::from_secs(5);
     let text = loop {
@@ -148,17 +136,11 @@ fn metrics_count_queries_by_agent_decision_qtype_and_more() {
 #[test]
 fn extended_rcodes_get_their_own_series() {
     let policy = repo("policies/travel_agent_v1.yaml");
-    let dns = Allowdns::serve(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--upstream",
-        "none",
-        "--metrics",
-        "127.0.0.1:0",
-    ]);
-    assert_eq!(
-        rcode(dns.udp, "sketchy-mirror.example.com", RecordType::A),
-        ResponseCode::NXDomain
+    let dns = Allowdns::forward("none", &policy, &["--metrics", "127.0.0.1:0"]);
+    assert_rcode(
+        dns.udp,
+        "sketchy-mirror.example.com A",
+        ResponseCode::NXDomain,
     );
     // EDNS version 1: the reply is BADVERS (16), whose header nibble is 0.
     let mut msg = Message::query();
@@ -199,14 +181,7 @@ fn extended_rcodes_get_their_own_series() {
 #[test]
 fn idle_scrapers_cannot_exhaust_the_endpoint() {
     let policy = repo("policies/travel_agent_v1.yaml");
-    let dns = Allowdns::serve(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--upstream",
-        "none",
-        "--metrics",
-        "127.0.0.1:0",
-    ]);
+    let dns = Allowdns::forward("none", &policy, &["--metrics", "127.0.0.1:0"]);
     let addr = metrics_addr(&dns);
     // Connections that never send a byte: more than may wait at once (64).
     let idle: Vec<TcpStream> = (0..100)
@@ -233,9 +208,10 @@ fn idle_scrapers_cannot_exhaust_the_endpoint() {
     assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply:?}");
     assert!(scraped.elapsed() < Duration::from_secs(1));
     // DNS is unaffected.
-    assert_eq!(
-        rcode(dns.udp, "sketchy-mirror.example.com", RecordType::A),
-        ResponseCode::NXDomain
+    assert_rcode(
+        dns.udp,
+        "sketchy-mirror.example.com A",
+        ResponseCode::NXDomain,
     );
     // The rest are closed by the exchange deadline (5 s), not held forever.
     wait_closed(&idle, &mut open, start + Duration::from_secs(9), idle.len());
@@ -498,9 +474,10 @@ fn every_grafana_expression_names_series_and_labels_that_metrics_exports() {
         "127.0.0.1:0",
     ]);
     // One denial, so the per-decision series (written once non-zero) exist.
-    assert_eq!(
-        rcode(dns.udp, "sketchy-mirror.example.com", RecordType::A),
-        ResponseCode::NXDomain
+    assert_rcode(
+        dns.udp,
+        "sketchy-mirror.example.com A",
+        ResponseCode::NXDomain,
     );
     let deadline = Instant::now() + Duration::from_secs(5);
     let text = loop {
@@ -557,7 +534,7 @@ fn every_grafana_expression_names_series_and_labels_that_metrics_exports() {
         path.display(),
         problems.join("\n")
     );
-    // The list, each on a panel of its own.
+    // The metrics an operator watches, each on a panel of its own.
     let all = exprs.join("\n");
     for needed in [
         "allowdns_queries_total",

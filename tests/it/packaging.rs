@@ -3,7 +3,7 @@
 //! and the Debian package built from them.
 //!
 //! Regenerate the checked-in pages and completions after a CLI change with:
-//! `ALLOWDNS_REGENERATE=1 cargo test --test packaging generated`
+//! `ALLOWDNS_REGENERATE=1 cargo test --test it packaging::generated`
 
 use crate::common;
 
@@ -12,7 +12,7 @@ use std::process::Command;
 
 use common::*;
 
-const REGENERATE: &str = "ALLOWDNS_REGENERATE=1 cargo test --test packaging generated";
+const REGENERATE: &str = "ALLOWDNS_REGENERATE=1 cargo test --test it packaging::generated";
 
 /// Completion files as packaged: (shell, file under deploy/completions/).
 const COMPLETIONS: &[(&str, &str)] = &[

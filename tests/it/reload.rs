@@ -12,23 +12,11 @@ use hickory_proto::rr::RecordType;
 #[test]
 fn sighup_swaps_policies_and_keeps_the_old_set_on_errors() {
     let dir = TempDir::new("reload");
-    let zones = dir.0.join("zones");
-    std::fs::create_dir(&zones).unwrap();
-    std::fs::write(
-        zones.join("r.test.zone"),
-        "$ORIGIN r.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\na IN A 192.0.2.1\nb IN A 192.0.2.2\nkeep IN A 192.0.2.3\n",
-    )
-    .unwrap();
+    let zones = dir.zones(&[("r.test.zone", "$ORIGIN r.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\na IN A 192.0.2.1\nb IN A 192.0.2.2\nkeep IN A 192.0.2.3\n")]);
     let policy = dir.write("p.yaml", "agent_name: r\nexpected_outbound:\n  - destination: a.r.test\n  - destination: keep.r.test\n");
     let dns = Allowdns::serve_offline(&policy, &zones);
-    assert_eq!(
-        rcode(dns.udp, "a.r.test", RecordType::A),
-        ResponseCode::NoError
-    );
-    assert_eq!(
-        rcode(dns.udp, "b.r.test", RecordType::A),
-        ResponseCode::NXDomain
-    );
+    assert_rcode(dns.udp, "a.r.test A", ResponseCode::NoError);
+    assert_rcode(dns.udp, "b.r.test A", ResponseCode::NXDomain);
 
     // Queries never stop while the policy is reloaded, and none goes unanswered.
     let stop = Arc::new(AtomicBool::new(false));
@@ -52,14 +40,8 @@ fn sighup_swaps_policies_and_keeps_the_old_set_on_errors() {
         dns.hup();
         dns.wait_for("reloaded", round);
     }
-    assert_eq!(
-        rcode(dns.udp, "b.r.test", RecordType::A),
-        ResponseCode::NoError
-    );
-    assert_eq!(
-        rcode(dns.udp, "a.r.test", RecordType::A),
-        ResponseCode::NXDomain
-    );
+    assert_rcode(dns.udp, "b.r.test A", ResponseCode::NoError);
+    assert_rcode(dns.udp, "a.r.test A", ResponseCode::NXDomain);
     let stderr = dns.stderr();
     assert!(
         stderr.contains("reload: agent r: added b.r.test"),
@@ -86,10 +68,7 @@ fn sighup_swaps_policies_and_keeps_the_old_set_on_errors() {
         "{}",
         dns.stderr()
     );
-    assert_eq!(
-        rcode(dns.udp, "b.r.test", RecordType::A),
-        ResponseCode::NoError
-    );
+    assert_rcode(dns.udp, "b.r.test A", ResponseCode::NoError);
 
     stop.store(true, Ordering::Relaxed);
     load.join().unwrap();
@@ -104,13 +83,7 @@ fn sighup_swaps_policies_and_keeps_the_old_set_on_errors() {
 #[test]
 fn reloads_under_load_drop_nothing_and_never_show_a_partial_policy() {
     let dir = TempDir::new("reload-load");
-    let zones = dir.0.join("zones");
-    std::fs::create_dir(&zones).unwrap();
-    std::fs::write(
-        zones.join("r.test.zone"),
-        "$ORIGIN r.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\nkeep IN A 192.0.2.3\nnever IN A 192.0.2.4\n",
-    )
-    .unwrap();
+    let zones = dir.zones(&[("r.test.zone", "$ORIGIN r.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\nkeep IN A 192.0.2.3\nnever IN A 192.0.2.4\n")]);
     // Two large versions; the one name that must always resolve comes last,
     // so a partly compiled policy would be caught denying it.
     let version = |tag: &str| {
@@ -198,29 +171,14 @@ fn zone_reloads_take_effect_and_a_bad_zone_is_refused_with_file_line_and_audited
         "agent_name: z\nallowed_dynamic_resolution:\n  - \"*.z.test\"\n",
     );
     let audit = dir.0.join("audit.jsonl");
-    let dns = Allowdns::serve(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--zones",
-        zones.to_str().unwrap(),
-        "--upstream",
-        "none",
-        "--audit-log",
-        audit.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        rcode(dns.udp, "b.z.test", RecordType::A),
-        ResponseCode::NXDomain
-    );
+    let dns = Allowdns::offline_audit(&policy, &zones, &audit, &[]);
+    assert_rcode(dns.udp, "b.z.test A", ResponseCode::NXDomain);
 
     // A zone-only change: the new record answers after SIGHUP.
     std::fs::write(&zone, format!("{head}b IN A 192.0.2.2\n")).unwrap();
     dns.hup();
     dns.wait_for("reloaded", 1);
-    assert_eq!(
-        rcode(dns.udp, "b.z.test", RecordType::A),
-        ResponseCode::NoError
-    );
+    assert_rcode(dns.udp, "b.z.test A", ResponseCode::NoError);
 
     // logrotate moves the log, then reloads: the log is reopened by its path.
     let rotated = dir.0.join("audit.jsonl.1");
@@ -242,10 +200,7 @@ fn zone_reloads_take_effect_and_a_bad_zone_is_refused_with_file_line_and_audited
         headline.contains(&format!("{}:6", zone.display())),
         "the headline names the zone file and line: {headline}"
     );
-    assert_eq!(
-        rcode(dns.udp, "b.z.test", RecordType::A),
-        ResponseCode::NoError
-    );
+    assert_rcode(dns.udp, "b.z.test A", ResponseCode::NoError);
 
     let (_, _) = dns.terminate();
     let (old, new) = (read_audit(&rotated), read_audit(&audit));
@@ -320,9 +275,7 @@ const WATCH_V2: &str = "agent_name: w\nexpected_outbound:\n  - destination: keep
 /// A ConfigMap of policies and a zones directory, and allowdns serving them.
 fn watched(tag: &str, extra: &[&str]) -> (TempDir, ConfigMap, Allowdns) {
     let dir = TempDir::new(tag);
-    let zones = dir.0.join("zones");
-    std::fs::create_dir(&zones).unwrap();
-    std::fs::write(zones.join("w.test.zone"), WATCH_ZONE).unwrap();
+    let zones = dir.zones(&[("w.test.zone", WATCH_ZONE)]);
     let map = ConfigMap::new(dir.0.join("policy"), &[("agent.yaml", WATCH_V1)]);
     let audit = dir.0.join("audit.jsonl");
     let mut args = vec![
@@ -347,14 +300,8 @@ fn watch_follows_a_configmap_symlink_swap_within_2s_and_drops_no_query() {
     let (_control_dir, mut control_map, control) = watched("watch-control", &["--watch=false"]);
     let (_dir, mut map, dns) = watched("watch", &[]);
     for server in [control.udp, dns.udp] {
-        assert_eq!(
-            rcode(server, "keep.w.test", RecordType::A),
-            ResponseCode::NoError
-        );
-        assert_eq!(
-            rcode(server, "new.w.test", RecordType::A),
-            ResponseCode::NXDomain
-        );
+        assert_rcode(server, "keep.w.test A", ResponseCode::NoError);
+        assert_rcode(server, "new.w.test A", ResponseCode::NXDomain);
     }
     assert!(
         dns.stderr().contains("watching for policy changes"),
@@ -420,10 +367,7 @@ fn watch_follows_a_configmap_symlink_swap_within_2s_and_drops_no_query() {
         "{stderr}"
     );
     // The control, well past the 2 s, still has the old policy.
-    assert_eq!(
-        rcode(control.udp, "new.w.test", RecordType::A),
-        ResponseCode::NXDomain
-    );
+    assert_rcode(control.udp, "new.w.test A", ResponseCode::NXDomain);
     assert!(
         !control.stderr().contains("reloading"),
         "{}",
@@ -437,10 +381,7 @@ fn watch_keeps_the_old_policy_when_a_broken_one_is_swapped_in() {
     // Positive control: a good swap is picked up by the watch.
     map.update(&[("agent.yaml", WATCH_V2)]);
     dns.wait_for("reloaded", 1);
-    assert_eq!(
-        rcode(dns.udp, "new.w.test", RecordType::A),
-        ResponseCode::NoError
-    );
+    assert_rcode(dns.udp, "new.w.test A", ResponseCode::NoError);
 
     map.update(&[(
         "agent.yaml",
@@ -448,14 +389,8 @@ fn watch_keeps_the_old_policy_when_a_broken_one_is_swapped_in() {
     )]);
     dns.wait_for("RELOAD FAILED", 1);
     // The previous policy stays in force.
-    assert_eq!(
-        rcode(dns.udp, "new.w.test", RecordType::A),
-        ResponseCode::NoError
-    );
-    assert_eq!(
-        rcode(dns.udp, "keep.w.test", RecordType::A),
-        ResponseCode::NoError
-    );
+    assert_rcode(dns.udp, "new.w.test A", ResponseCode::NoError);
+    assert_rcode(dns.udp, "keep.w.test A", ResponseCode::NoError);
     let stderr = dns.stderr();
     assert!(
         stderr.contains("agent.yaml:3: expected_outbound[0].destination"),

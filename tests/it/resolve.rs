@@ -238,14 +238,7 @@ fn ipv6_listener_answers() {
     let up = upstream();
     let upstream = up.addr.to_string();
     let policy = data("policy.yaml");
-    let dns = Allowdns::serve(&[
-        "--listen",
-        "[::1]:0",
-        "--upstream",
-        &upstream,
-        "--policy",
-        policy.to_str().unwrap(),
-    ]);
+    let dns = Allowdns::forward(&upstream, &policy, &["--listen", "[::1]:0"]);
     assert!(dns.udp.is_ipv6());
     let m = query(dns.udp, "www.allowed.test", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
@@ -299,14 +292,7 @@ fn silent_upstream_times_out_to_servfail() {
     let cfg = TempDir::new("silent");
     let config = cfg.write("allowdns.yaml", "upstream:\n  timeout_ms: 300\n");
     let policy = data("policy.yaml");
-    let dns = Allowdns::serve(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--upstream",
-        &addr,
-        "--policy",
-        policy.to_str().unwrap(),
-    ]);
+    let dns = Allowdns::forward(&addr, &policy, &["--config", config.to_str().unwrap()]);
     let m = query(dns.udp, "www.allowed.test", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
     drop(silent);

@@ -1,4 +1,4 @@
-//! Surviving a ruleset reload (issue 10): `nft -f` of the printed ruleset
+//! Surviving a ruleset reload: `nft -f` of the printed ruleset
 //! recreates allowdns's sets empty; allowdns notices (nftables netlink
 //! events) and re-feeds the live elements, so connections to names whose
 //! answers are still cached work again within a bounded time.
@@ -134,13 +134,7 @@ fn a_ruleset_reload_is_noticed_and_the_live_elements_are_fed_again() {
     // Lab wiring, before any fence.
     assert!(lab.connects("192.0.2.10:443"), "lab wiring: I is reachable");
 
-    let zones = lab.dir.0.join("zones");
-    std::fs::create_dir(&zones).unwrap();
-    std::fs::write(
-        zones.join("fw.test.zone"),
-        "$ORIGIN fw.test.\n$TTL 300\n@ IN SOA ns. h. 1 3600 600 86400 5\nweb IN A 192.0.2.10\nports IN A 192.0.2.30\n",
-    )
-    .unwrap();
+    let zones = lab.dir.zones(&[("fw.test.zone", "$ORIGIN fw.test.\n$TTL 300\n@ IN SOA ns. h. 1 3600 600 86400 5\nweb IN A 192.0.2.10\nports IN A 192.0.2.30\n")]);
     let policy = lab.dir.write(
         "policy.yaml",
         &format!(
@@ -164,14 +158,7 @@ fn a_ruleset_reload_is_noticed_and_the_live_elements_are_fed_again() {
         "the fence holds before any lookup"
     );
 
-    let dns = Allowdns::serve(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--zones",
-        zones.to_str().unwrap(),
-        "--upstream",
-        "none",
-    ]);
+    let dns = Allowdns::offline(&policy, &zones, &[]);
     // Positive control: resolve, then connect.
     for name in ["web.fw.test", "ports.fw.test"] {
         assert_eq!(rcode(dns.udp, name, RecordType::A), ResponseCode::NoError);
@@ -187,7 +174,7 @@ fn a_ruleset_reload_is_noticed_and_the_live_elements_are_fed_again() {
     assert!(lab.connects("192.0.2.77:443"), "a policy address");
 
     // Without allowdns watching (stopped), the reload empties the sets and
-    // the cached names stop working: the failure this fixes.
+    // the cached names stop working: what the re-feed is for.
     signal(dns.pid(), "STOP");
     lab.load(&ruleset);
     let emptied = !lab.set_holds("allowed_v4", "192.0.2.10");

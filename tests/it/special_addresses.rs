@@ -1,6 +1,6 @@
 //! Special-purpose addresses without a namespace: the real binary answering
 //! from local zones (which are not exempt), with dig as the client, and
-//! `check` on opt-ins. The netns half is tests/fence_netns.rs.
+//! `check` on opt-ins. The netns half is tests/it/fence_netns.rs.
 
 use crate::common;
 
@@ -18,20 +18,9 @@ const ZONE: &str = "$ORIGIN corp.test.\n$TTL 300\n@ IN SOA ns.corp.test. h.corp.
 fn serve(policy: &str) -> (Allowdns, TempDir) {
     let dir = TempDir::new("special");
     let policy = dir.write("p.yaml", policy);
-    let zones = dir.0.join("zones");
-    std::fs::create_dir(&zones).unwrap();
-    std::fs::write(zones.join("corp.test.zone"), ZONE).unwrap();
+    let zones = dir.zones(&[("corp.test.zone", ZONE)]);
     let audit = dir.0.join("audit.jsonl");
-    let dns = Allowdns::serve(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--zones",
-        zones.to_str().unwrap(),
-        "--upstream",
-        "none",
-        "--audit-log",
-        audit.to_str().unwrap(),
-    ]);
+    let dns = Allowdns::offline_audit(&policy, &zones, &audit, &[]);
     (dns, dir)
 }
 
@@ -160,9 +149,7 @@ fn denials_say_why_with_an_extended_dns_error() {
         "p.yaml",
         "agent_name: corp\nexpected_outbound:\n  - destination: \"*.corp.test\"\n  - destination: \"*.up.test\"\nexfil:\n  soft_bytes: 8\n  hard_bytes: 8\n",
     );
-    let zones = dir.0.join("zones");
-    std::fs::create_dir(&zones).unwrap();
-    std::fs::write(zones.join("corp.test.zone"), ZONE).unwrap();
+    let zones = dir.zones(&[("corp.test.zone", ZONE)]);
     let dns = Allowdns::serve(&[
         "--policy",
         policy.to_str().unwrap(),

@@ -98,18 +98,17 @@ fn serve(up: &Upstream, dir: &TempDir, config: &str) -> Allowdns {
     let log = dir.0.join("audit.jsonl");
     let upstream = up.addr.to_string();
     let policy = data("policy.yaml");
-    Allowdns::serve(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--upstream",
+    Allowdns::upstream_audit(
         &upstream,
-        "--policy",
-        policy.to_str().unwrap(),
-        "--audit-log",
-        log.to_str().unwrap(),
-        "--metrics",
-        "127.0.0.1:0",
-    ])
+        &policy,
+        &log,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    )
 }
 
 fn test_upstream(ip: &str) -> Upstream {
@@ -148,14 +147,7 @@ fn pipelined_queries_are_answered_concurrently_and_in_completion_order() {
     );
     let log = dir.0.join("audit.jsonl");
     let upstream = up.addr.to_string();
-    let dns = Allowdns::serve(&[
-        "--upstream",
-        &upstream,
-        "--policy",
-        policy.to_str().unwrap(),
-        "--audit-log",
-        log.to_str().unwrap(),
-    ]);
+    let dns = Allowdns::upstream_audit(&upstream, &policy, &log, &[]);
 
     // All 100 questions in one write, on one connection.
     let mut s = connect(dns.tcp);
@@ -467,16 +459,16 @@ fn a_slow_sender_is_closed_by_the_message_deadline_and_cannot_lock_others_out() 
     let upstream = up.addr.to_string();
     let start = |config: &str| {
         let config = dir.write("allowdns.yaml", config);
-        Allowdns::serve(&[
-            "--config",
-            config.to_str().unwrap(),
-            "--upstream",
+        Allowdns::forward(
             &upstream,
-            "--policy",
-            policy.to_str().unwrap(),
-            "--metrics",
-            "127.0.0.1:0",
-        ])
+            &policy,
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--metrics",
+                "127.0.0.1:0",
+            ],
+        )
     };
     // Positive control: with a long message deadline, one byte every 100 ms
     // keeps a connection open well past the 1 s idle timeout.

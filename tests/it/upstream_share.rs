@@ -28,14 +28,11 @@ fn serve(up: &Upstream, dir: &TempDir, upstream_limits: &str) -> Allowdns {
     .unwrap();
     let config = dir.write("allowdns.yaml", &format!("upstream:\n{upstream_limits}"));
     let upstream = up.addr.to_string();
-    Allowdns::serve(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--upstream",
+    Allowdns::forward(
         &upstream,
-        "--policy",
-        policies.to_str().unwrap(),
-    ])
+        &policies,
+        &["--config", config.to_str().unwrap()],
+    )
 }
 
 /// Agent B sends `n` questions for its slow name and does not wait; returns
@@ -145,10 +142,10 @@ fn identical_questions_in_flight_are_merged_per_agent() {
     assert_eq!(per_agent[1], per_agent[0], "{:?}", up.names());
 }
 
-/// Agents past the 254 the metrics table names used to share its last slot,
-/// and with it one upstream share (and one cache partition, and merging):
-/// agent #300's flood starved agent #299. Each policy now has an id of its
-/// own, so 300 agents have 300 shares.
+/// Agents past the 254 the metrics table names get a share each: each
+/// policy has an id of its own (not the table's last slot, which would
+/// share one upstream share, cache partition and merging), so agent #300's
+/// flood cannot starve agent #299.
 #[test]
 fn agents_past_the_metrics_table_have_shares_of_their_own() {
     let up = Upstream::start("127.0.0.27", 0, &[data("upstream/allowed.test.zone")]);
@@ -176,14 +173,11 @@ fn agents_past_the_metrics_table_have_shares_of_their_own() {
         "upstream:\n  max_pending: 64\n  max_pending_per_agent: 4\n",
     );
     let upstream = up.addr.to_string();
-    let dns = Allowdns::serve(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--upstream",
+    let dns = Allowdns::forward(
         &upstream,
-        "--policy",
-        policies.to_str().unwrap(),
-    ]);
+        &policies,
+        &["--config", config.to_str().unwrap()],
+    );
     let (a299, a300) = (client(298), client(299));
     // Agent #300 floods its slow name: 20 questions, 4 may wait upstream.
     let _flood = flood_from(&dns, 20, &a300);

@@ -34,6 +34,15 @@ pub fn rcode(server: SocketAddr, name: &str, rtype: RecordType) -> ResponseCode 
     query(server, name, rtype).metadata.response_code
 }
 
+/// Asserts the response code for one UDP question, written "NAME TYPE".
+pub fn assert_rcode(server: SocketAddr, question: &str, want: ResponseCode) {
+    let (name, rtype) = question
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("{question:?} is not \"NAME TYPE\""));
+    let rtype: RecordType = rtype.parse().unwrap();
+    assert_eq!(rcode(server, name, rtype), want, "{question}");
+}
+
 /// One UDP question from another loopback address (another client).
 pub fn query_from(server: SocketAddr, name: &str, rtype: RecordType, from: &str) -> Message {
     let from: IpAddr = from.parse().unwrap();

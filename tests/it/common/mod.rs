@@ -49,6 +49,16 @@ impl TempDir {
         TempDir(dir)
     }
 
+    /// A `zones` directory holding `(file name, text)` zone files.
+    pub fn zones(&self, files: &[(&str, &str)]) -> PathBuf {
+        let zones = self.0.join("zones");
+        std::fs::create_dir_all(&zones).unwrap();
+        for (name, text) in files {
+            std::fs::write(zones.join(name), text).unwrap();
+        }
+        zones
+    }
+
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
         let p = self.0.join(name);
         std::fs::write(&p, text).unwrap();

@@ -28,14 +28,35 @@ impl Allowdns {
 
     /// Offline: answers only from the local `zones` directory under `policy`.
     pub fn serve_offline(policy: &Path, zones: &Path) -> Allowdns {
-        Self::serve(&[
-            "--policy",
-            policy.to_str().unwrap(),
-            "--zones",
-            zones.to_str().unwrap(),
-            "--upstream",
-            "none",
-        ])
+        Self::offline(policy, zones, &[])
+    }
+
+    /// Offline on local `zones`; `extra` follows.
+    pub fn offline(policy: &Path, zones: &Path, extra: &[&str]) -> Allowdns {
+        let mut args = vec!["--zones", zones.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Self::forward("none", policy, &args)
+    }
+
+    /// Forwarding to `upstream` (an address, or "none"); `extra` follows.
+    pub fn forward(upstream: &str, policy: &Path, extra: &[&str]) -> Allowdns {
+        let mut args = vec!["--policy", policy.to_str().unwrap(), "--upstream", upstream];
+        args.extend_from_slice(extra);
+        Self::serve(&args)
+    }
+
+    /// Offline on local `zones`, auditing to `audit`; `extra` follows.
+    pub fn offline_audit(policy: &Path, zones: &Path, audit: &Path, extra: &[&str]) -> Allowdns {
+        let mut args = vec!["--audit-log", audit.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Self::offline(policy, zones, &args)
+    }
+
+    /// Forwarding to `upstream` (an address), auditing to `audit`; `extra` follows.
+    pub fn upstream_audit(upstream: &str, policy: &Path, audit: &Path, extra: &[&str]) -> Allowdns {
+        let mut args = vec!["--audit-log", audit.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Self::forward(upstream, policy, &args)
     }
 
     /// Like [`Allowdns::serve`], with extra environment variables.
