@@ -81,15 +81,7 @@ impl Lab {
         ]);
         assert!(ok, "{ruleset}");
         let file = self.dir.write(&format!("{name}.nft"), &ruleset);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.a,
-            "nft",
-            "-f",
-            file.to_str().unwrap(),
-        ]);
+        netns::nft_file(&self.a, &file);
         policy
     }
 
@@ -891,15 +883,7 @@ fn ipv6_works_through_pasta() {
     ]);
     assert!(ok, "{ruleset}");
     let file = dir.write("gw.nft", &ruleset);
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.a,
-        "nft",
-        "-f",
-        file.to_str().unwrap(),
-    ]);
+    netns::nft_file(&lab.a, &file);
     gateway_case(a, &[], &lab.a, true, "pasta");
 }
 

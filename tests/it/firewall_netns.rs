@@ -57,15 +57,7 @@ impl Lab {
         ]);
         assert!(ok, "{ruleset}");
         let file = self.dir.write("agent.nft", &ruleset);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.a,
-            "nft",
-            "-f",
-            file.to_str().unwrap(),
-        ]);
+        netns::nft_file(&self.a, &file);
         policy
     }
 

@@ -49,15 +49,7 @@ impl Lab {
 
     /// `nft -f` inside A, as an operator reloads the fence.
     fn load(&self, file: &std::path::Path) {
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.a,
-            "nft",
-            "-f",
-            file.to_str().unwrap(),
-        ]);
+        netns::nft_file(&self.a, &file);
     }
 
     fn set_holds(&self, set: &str, needle: &str) -> bool {

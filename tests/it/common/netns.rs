@@ -101,6 +101,19 @@ impl Drop for Lab {
     }
 }
 
+/// `nft -f FILE` inside namespace `ns`, as an operator loads a ruleset.
+pub fn nft_file(ns: &str, file: &Path) {
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "nft",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+}
+
 /// `/run/netns/NAME`.
 pub fn path(name: &str) -> PathBuf {
     Path::new("/run/netns").join(name)
