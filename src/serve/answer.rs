@@ -5,7 +5,7 @@
 //! Most questions (denials, refusals, local zones, cache hits) are answered
 //! inline by [`Answerer::answer`]. A question that needs the upstream comes
 //! back as an [`Upstream`] for the caller to run on the runtime; those are
-//! bounded in number, each bounded in time (`RESOLVE_DEADLINE`), and a
+//! bounded in number, each bounded in time (`ANSWER_DEADLINE`), and a
 //! panic in either part costs one SERVFAIL, never a serving thread or task.
 
 use std::net::SocketAddr;
@@ -89,8 +89,8 @@ pub enum Answer {
     /// Send nothing: a message too short to answer, or a response (counted).
     Nothing,
     Reply(Vec<u8>),
-    /// Allowed, and the upstream must be asked: run [`Upstream::finish`].
-    Upstream(Box<Upstream>),
+    /// Allowed, and the upstream must be asked: run [`Outbound::finish`].
+    Upstream(Box<Outbound>),
 }
 
 /// Answers messages for every transport.
@@ -164,11 +164,11 @@ impl Answerer {
                     .map_or(Answer::Nothing, Answer::Reply);
             }
         };
-        let (outcome, loaded, chosen) = match self.handler.begin(&request) {
+        let (outcome, in_force, chosen) = match self.handler.begin(&request) {
             Progress::Answered(outcome) => {
                 return Answer::Reply(reply(&self.handler, &request, outcome, started));
             }
-            Progress::NeedsUpstream(outcome, loaded, chosen) => (outcome, loaded, chosen),
+            Progress::NeedsUpstream(outcome, in_force, chosen) => (outcome, in_force, chosen),
         };
         // The agent's own share first, so a flooding agent hits its share
         // and never reaches the ceiling the others need.
@@ -180,11 +180,11 @@ impl Answerer {
             tracing::warn!(%client, "too many upstream queries in flight; answering SERVFAIL");
             return Answer::Reply(reply(&self.handler, &request, outcome, started));
         };
-        Answer::Upstream(Box::new(Upstream {
+        Answer::Upstream(Box::new(Outbound {
             handler: self.handler.clone(),
             request,
             outcome,
-            loaded,
+            in_force,
             chosen,
             started,
             _permit: (permit, share),
@@ -200,31 +200,31 @@ impl Answerer {
 }
 
 /// An allowed question on its way to the upstream, with its decision.
-pub struct Upstream {
+pub struct Outbound {
     handler: Arc<Handler>,
     request: Request,
     /// Filled in so far; SERVFAIL until the upstream answers.
     outcome: Outcome,
-    loaded: Arc<InForce>,
+    in_force: Arc<InForce>,
     chosen: Chosen,
     started: Instant,
     _permit: (OwnedSemaphorePermit, Share),
 }
 
-impl Upstream {
-    /// Asks the upstream (within `RESOLVE_DEADLINE`) and returns the reply.
+impl Outbound {
+    /// Asks the upstream (within `ANSWER_DEADLINE`) and returns the reply.
     pub async fn finish(self: Box<Self>) -> Vec<u8> {
-        let Upstream {
+        let Outbound {
             handler,
             request,
             outcome,
-            loaded,
+            in_force,
             chosen,
             started,
             _permit,
         } = *self;
         let fallback = outcome.clone();
-        let finishing = handler.finish(&request, outcome, &loaded, &chosen);
+        let finishing = handler.finish(&request, outcome, &in_force, &chosen);
         let outcome = match AssertUnwindSafe(finishing).catch_unwind().await {
             Ok(outcome) => outcome,
             Err(_) => {

@@ -14,6 +14,7 @@ pub mod exfil;
 pub mod handler;
 pub mod resolve;
 pub mod server;
+pub mod service;
 pub mod tcp;
 pub mod upstream;
 pub mod wire;

@@ -8,7 +8,7 @@
 //! calls [`State::snapshot`], and a query keeps the set it started with.
 //!
 //! The fence is reached through the small [`Fence`] trait, so the state is
-//! tested without nftables (see the tests below).
+//! tested without nftables (see the tests).
 
 pub mod grants;
 
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use crate::fence::Firewall;
+use crate::fence::{Fence, FenceError};
 use crate::observe::audit::AuditLog;
 use crate::observe::audit::schema::{EntryExpired, Event, EventLine, GrantLife};
 use crate::policy::zones::Zones;
@@ -26,10 +26,9 @@ use crate::state::grants::{Grant, Grants};
 
 /// How long a grant waits for its audit line to be written before it is refused.
 const AUDIT_CONFIRM: Duration = Duration::from_secs(2);
-/// How long a query may hold a set it took: the handler's `RESOLVE_DEADLINE`
-/// (not imported, so the state does not depend on the query path; a test
-/// keeps the two in step).
-pub const HELD_AT_MOST: Duration = Duration::from_secs(6);
+/// The longest an upstream-bound answer may take, CNAME chase included (then
+/// SERVFAIL); so also the longest a query holds the set it took.
+pub const ANSWER_DEADLINE: Duration = Duration::from_secs(6);
 
 /// What a reload replaces as one unit, so no query sees half of a change.
 pub struct Loaded {
@@ -47,10 +46,6 @@ pub struct InForce {
     /// while it was on its way.
     pub generation: u64,
 }
-
-/// What the fence reports when it cannot follow a change: its own error,
-/// boxed so this trait does not depend on the fence's error type.
-pub type FenceError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a change of the policy in force was refused; each names what it was
 /// asked. The messages reach the control socket's clients verbatim.
@@ -74,39 +69,11 @@ pub enum StateError {
     Fence(FenceError),
 }
 
-/// What a change of the policy in force asks of the fence. Implemented by
-/// the nftables [`Firewall`]; the tests record the calls instead.
-pub trait Fence: Send + Sync {
-    /// Whether the fence can follow `policies` at all; changes nothing.
-    fn check(&self, policies: &PolicySet) -> Result<(), FenceError>;
-    /// Makes the policy-address elements match `policies`.
-    fn sync_static(&self, policies: &PolicySet) -> Result<(), FenceError>;
-    /// Takes out every element fed under `agent`'s rule `pattern`; how many.
-    /// `generation` is the set that ended the rule: from now on an answer
-    /// decided against an older set feeds nothing under it.
-    fn withdraw(&self, agent: &str, pattern: &str, generation: u64) -> Result<usize, FenceError>;
-    /// Stops tracking rules that ended by themselves.
-    fn forget_ended(&self, policies: &PolicySet);
-}
-
-impl Fence for Firewall {
-    fn check(&self, policies: &PolicySet) -> Result<(), FenceError> {
-        Ok(Firewall::check(self, policies)?)
-    }
-    fn sync_static(&self, policies: &PolicySet) -> Result<(), FenceError> {
-        Ok(Firewall::sync_static(self, policies)?)
-    }
-    fn withdraw(&self, agent: &str, pattern: &str, generation: u64) -> Result<usize, FenceError> {
-        // Remembered as long as an answer may hold the set it was decided
-        // against, with the margin `retire` gives.
-        let remember = HELD_AT_MOST + Duration::from_secs(1);
-        Ok(Firewall::withdraw(
-            self, agent, pattern, generation, remember,
-        )?)
-    }
-    fn forget_ended(&self, policies: &PolicySet) {
-        Firewall::forget_ended(self, policies)
-    }
+/// What keeps something per agent (cache partitions, exfiltration
+/// budgets): told once a reload installed new files, to drop what it keeps
+/// for agents they no longer name.
+pub trait PerAgent: Send + Sync {
+    fn agents_changed(&self, files: &PolicySet);
 }
 
 pub struct State {
@@ -121,11 +88,18 @@ pub struct State {
     audit: AuditLog,
     /// The firewall, when any policy feeds one.
     fence: Option<Arc<dyn Fence>>,
+    /// Told when a reload changed the agents.
+    per_agent: Vec<Arc<dyn PerAgent>>,
 }
 
 impl State {
     /// The policy in force at start-up: the files less what already expired.
-    pub fn new(loaded: Loaded, audit: AuditLog, fence: Option<Arc<dyn Fence>>) -> Self {
+    pub fn new(
+        loaded: Loaded,
+        audit: AuditLog,
+        fence: Option<Arc<dyn Fence>>,
+        per_agent: Vec<Arc<dyn PerAgent>>,
+    ) -> Self {
         let now = SystemTime::now();
         let policies = loaded.policies.effective(&Default::default(), now);
         State {
@@ -138,6 +112,7 @@ impl State {
             expiry_changed: tokio::sync::Notify::new(),
             audit,
             fence,
+            per_agent,
         }
     }
 
@@ -172,6 +147,9 @@ impl State {
                 self.audit
                     .event(&grant_event(Event::GrantDropped, &dropped));
                 tracing::warn!(agent = %dropped.agent, pattern = %dropped.pattern, "grant dropped: its agent's policy was removed");
+            }
+            for keeper in &self.per_agent {
+                keeper.agents_changed(&files.policies);
             }
             return Ok(());
         };
@@ -266,7 +244,10 @@ impl State {
         let Some(fence) = &self.fence else {
             return;
         };
-        match fence.withdraw(agent, pattern, self.snapshot().generation) {
+        // Remembered as long as an answer may hold the set it was decided
+        // against, with the margin `retire` gives.
+        let remember = ANSWER_DEADLINE + Duration::from_secs(1);
+        match fence.withdraw(agent, pattern, self.snapshot().generation, remember) {
             Ok(0) => {}
             Ok(n) => tracing::info!(agent, pattern, elements = n, "firewall elements withdrawn"),
             Err(e) => {
@@ -406,7 +387,7 @@ fn retire(old: Arc<InForce>) {
     let spawned = std::thread::Builder::new()
         .name("retire".into())
         .spawn(move || {
-            let until = Instant::now() + HELD_AT_MOST + Duration::from_secs(1);
+            let until = Instant::now() + ANSWER_DEADLINE + Duration::from_secs(1);
             while Arc::strong_count(&old) > 1 && Instant::now() < until {
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -464,7 +445,14 @@ mod tests {
         fn sync_static(&self, _: &PolicySet) -> Result<(), FenceError> {
             *self.syncs.lock().unwrap() += 1;
             if self.fail_sync.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err("netlink says no".into());
+                return Err(FenceError::Install {
+                    target: crate::fence::TargetId {
+                        family: crate::policy::firewall::Family::Inet,
+                        table: "allowdns".into(),
+                        netns: None,
+                    },
+                    source: std::io::Error::other("netlink says no"),
+                });
             }
             Ok(())
         }
@@ -473,6 +461,7 @@ mod tests {
             agent: &str,
             pattern: &str,
             generation: u64,
+            _: Duration,
         ) -> Result<usize, FenceError> {
             let mut withdrawn = self.withdrawn.lock().unwrap();
             withdrawn.push((agent.into(), pattern.into()));
@@ -584,6 +573,7 @@ mod tests {
             ]),
             audit.clone(),
             Some(fence.clone() as Arc<dyn Fence>),
+            Vec::new(),
         );
         assert_eq!(state.snapshot().generation, 0);
         assert!(allows(&state, "a", "temp.test"));
@@ -624,7 +614,8 @@ mod tests {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let syncs = *fence.syncs.lock().unwrap();
         let refused = state.replace(dir.load(&[("a.yaml", policy_a("2098-01-01T00:00:00Z"))]));
-        assert_eq!(refused.unwrap_err().to_string(), "netlink says no");
+        let refused = refused.unwrap_err().to_string();
+        assert!(refused.ends_with(": netlink says no"), "{refused}");
         // Tried, then rolled back to the set in force.
         assert_eq!(*fence.syncs.lock().unwrap(), syncs + 2);
         assert_eq!(state.snapshot().generation, before);
@@ -742,6 +733,7 @@ mod tests {
             dir.load(&[("a.yaml", policy("2099-01-01T00:00:00Z"))]),
             audit.clone(),
             Some(fence.clone() as Arc<dyn Fence>),
+            Vec::new(),
         );
         let told = || std::mem::take(&mut *fence.generations.lock().unwrap());
         state.grant(grant("a", "g.test", HOUR)).unwrap(); // 1
@@ -777,7 +769,12 @@ mod tests {
         let dir = Dir::new("unfenced");
         let audit = AuditLog::start(Sink::open(Some(&dir.0.join("audit.log"))).unwrap());
         let policy = "agent_name: a\nexpected_outbound:\n  - destination: keep.test\n";
-        let state = State::new(dir.load(&[("a.yaml", policy.into())]), audit.clone(), None);
+        let state = State::new(
+            dir.load(&[("a.yaml", policy.into())]),
+            audit.clone(),
+            None,
+            Vec::new(),
+        );
         state.grant(grant("a", "g.test", HOUR)).unwrap();
         assert!(allows(&state, "a", "g.test"));
         state.revoke("a", "g.test", None).unwrap();

@@ -241,14 +241,14 @@ pub enum Trust {
 }
 
 /// Resolves a host and port to addresses; blocking, may take long.
-pub type Resolver = Arc<dyn Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>> + Send + Sync>;
+pub type HostLookup = Arc<dyn Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>> + Send + Sync>;
 
 type Resolved = std::io::Result<Vec<SocketAddr>>;
 
 /// ureq's resolver for the webhook: bounded by the attempt's deadline, and
 /// at most one lookup thread at a time however long the resolver hangs.
 struct Lookup {
-    resolver: Resolver,
+    resolver: HostLookup,
     /// A lookup that outlived its attempt; the next attempt waits on it
     /// rather than start another, so a hung resolver costs one thread.
     pending: Mutex<Option<mpsc::Receiver<Resolved>>>,
@@ -372,7 +372,7 @@ impl Webhook {
         timeout: Duration,
         shape: Shape,
         trust: &Trust,
-        resolver: Resolver,
+        resolver: HostLookup,
     ) -> Webhook {
         let roots: Vec<ureq::tls::Certificate<'static>> = match trust {
             // Read only for https: a plain-http sink needs no store.
