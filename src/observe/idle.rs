@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::sync::lock;
+
 /// Connections waiting for their request, oldest first.
 pub struct Waiting {
     queue: Mutex<VecDeque<(u64, CancellationToken)>>,
@@ -44,7 +46,7 @@ impl Waiting {
     pub fn enter(self: &Arc<Self>) -> Ticket {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let evicted = CancellationToken::new();
-        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queue = lock(&self.queue);
         queue.push_back((id, evicted.clone()));
         while queue.len() > self.max {
             if let Some((_, oldest)) = queue.pop_front() {
@@ -73,7 +75,7 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut queue = self.waiting.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queue = lock(&self.waiting.queue);
         if let Some(at) = queue.iter().position(|(id, _)| *id == self.id) {
             queue.remove(at);
         }

@@ -23,6 +23,7 @@ use crate::policy::name::{PolicyId, PolicyIdMap};
 use crate::serve::handler::{Chosen, Handler, Outcome, Progress};
 use crate::serve::wire::{self, Transport};
 use crate::state::InForce;
+use crate::sync::lock;
 
 /// Upstream-bound questions in flight at once, both transports together;
 /// beyond this, SERVFAIL.
@@ -59,7 +60,7 @@ struct Share {
 
 impl Share {
     fn take(shares: &Shares, slot: PolicyId, limit: usize) -> Option<Share> {
-        let mut held = shares.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = lock(&shares);
         let n = held.entry(slot).or_insert(0);
         if *n >= limit {
             return None;
@@ -74,7 +75,7 @@ impl Share {
 
 impl Drop for Share {
     fn drop(&mut self) {
-        let mut held = self.shares.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = lock(&self.shares);
         if let Some(n) = held.get_mut(&self.slot) {
             *n -= 1;
             if *n == 0 {

@@ -37,6 +37,7 @@ use hickory_proto::rr::{RData, RecordType};
 
 use crate::policy::name::{PolicyId, PolicyIdMap, QueryKey};
 use crate::policy::zones::Step;
+use crate::sync::lock;
 
 /// How often a full partition may be swept for expired entries.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
@@ -135,7 +136,7 @@ impl Cache {
         if let Some(part) = self.partition(agent) {
             return part;
         }
-        let _made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        let _made = lock(&self.made);
         let parts = self.parts.load_full();
         if let Some(part) = parts.get(&agent) {
             return part.clone();
@@ -158,7 +159,7 @@ impl Cache {
     /// gives their room to the others: ids have no cap, so partitions of
     /// agents that went must not pile up and shrink everyone's share.
     pub fn retain(&self, keep: impl Fn(PolicyId) -> bool) {
-        let _made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        let _made = lock(&self.made);
         let parts = self.parts.load_full();
         let kept: Partitions = parts
             .iter()

@@ -46,6 +46,7 @@ use crate::policy::name::QueryKey;
 pub use crate::policy::qtypes::{is_wildcard, qtype_allowed};
 use crate::policy::{PatternFacts, PolicySet};
 use crate::state::PerAgent;
+use crate::sync::lock;
 
 /// What the budget says about one question.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,12 +176,12 @@ impl Default for Budgets {
 impl Budgets {
     /// Number of agents tracked (each costs [`AGENT_BYTES`]).
     pub fn agents(&self) -> usize {
-        self.agents.lock().unwrap_or_else(|p| p.into_inner()).len()
+        lock(&self.agents).len()
     }
 
     /// Drops the state of agents `keep` does not name.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        let mut agents = lock(&self.agents);
         agents.retain(|agent, _| keep(agent));
     }
 
@@ -252,7 +253,7 @@ impl Budgets {
         // distinct-label sketch.
         let names_h = self.hash(&[b"names", domain.as_bytes()]);
         let shape_h = self.hash(&[b"shape", domain.as_bytes()]);
-        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        let mut agents = lock(&self.agents);
         let budget = agents.entry(agent.clone()).or_insert_with(AgentBudget::new);
         budget.rotate(now);
         let seen = budget.seen(name_h);
@@ -405,7 +406,7 @@ impl Budgets {
         qtype: RecordType,
         rule: &str,
     ) {
-        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        let mut agents = lock(&self.agents);
         let budget = agents.entry(agent.clone()).or_insert_with(AgentBudget::new);
         if let Some(suppressed) = budget.alerted.admit() {
             tracing::warn!(

@@ -32,6 +32,7 @@ use crate::serve::service::Service;
 use crate::serve::upstream::UpstreamError;
 use crate::serve::wire::{Transport, header_only_reply};
 use crate::state::{ANSWER_DEADLINE, InForce, State};
+use crate::sync::lock;
 
 pub struct Handler {
     state: Arc<State>,
@@ -365,11 +366,7 @@ impl Handler {
     }
 
     fn firewall_alert(&self, agent: &str, error: &FeedError) {
-        let admitted = self
-            .firewall_alerts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .admit();
+        let admitted = lock(&self.firewall_alerts).admit();
         if let Some(suppressed) = admitted {
             tracing::error!(agent, %error, suppressed, "[!] FIREWALL UPDATE FAILED: answered SERVFAIL instead of handing out addresses");
         }

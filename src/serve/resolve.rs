@@ -29,6 +29,7 @@ use crate::policy::zones::Zones;
 use crate::serve::cache::Cache;
 use crate::serve::upstream::{Upstream, UpstreamError};
 use crate::state::{ANSWER_DEADLINE, PerAgent};
+use crate::sync::lock;
 
 /// Longest CNAME chain followed (RFC 1034 gives no bound; peers use 8 to 16).
 const MAX_CHAIN: usize = 12;
@@ -92,7 +93,7 @@ impl Resolver {
     ) -> Result<Step, UpstreamError> {
         let key = (agent, target_key.clone(), qtype);
         let flight = {
-            let mut flights = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut flights = lock(&self.in_flight);
             flights
                 .entry(key.clone())
                 .or_insert_with(|| {
@@ -115,10 +116,7 @@ impl Resolver {
                         if result.is_err() {
                             METRICS.upstream_errors.fetch_add(1, Relaxed);
                         }
-                        flights
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&key);
+                        lock(&flights).remove(&key);
                         result
                     });
                     let name = target.clone();

@@ -18,6 +18,7 @@ use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
 
 use crate::observe::throttle::Throttle;
 use crate::policy::zones::Step;
+use crate::sync::lock;
 
 /// Why an allowed name could not be resolved. The client gets SERVFAIL.
 /// Each carries the question asked. `Clone`: one merged upstream question
@@ -327,7 +328,7 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 static FAILURES: std::sync::Mutex<Throttle> = std::sync::Mutex::new(Throttle::new(WARN_EVERY));
 
 pub fn warn_failure(upstream: &Upstream, error: &UpstreamError, qname: &Name, qtype: RecordType) {
-    let admitted = FAILURES.lock().unwrap_or_else(|p| p.into_inner()).admit();
+    let admitted = lock(&FAILURES).admit();
     if let Some(suppressed) = admitted {
         tracing::warn!(%error, %qname, %qtype, suppressed, "upstream {upstream} failed; answering SERVFAIL (at most one such line per {} s)", WARN_EVERY.as_secs());
     }

@@ -23,6 +23,7 @@ use crate::observe::audit::schema::{EntryExpired, Event, EventLine, GrantLife};
 use crate::policy::zones::Zones;
 use crate::policy::{PolicySet, Rule};
 use crate::state::grants::{Grant, Grants};
+use crate::sync::lock;
 
 /// How long a grant waits for its audit line to be written before it is refused.
 const AUDIT_CONFIRM: Duration = Duration::from_secs(2);
@@ -124,7 +125,7 @@ impl State {
     /// Swaps in a reloaded set atomically; queries already running keep the
     /// old one. If the firewall cannot follow, nothing changes.
     pub fn replace(&self, loaded: Loaded) -> Result<(), StateError> {
-        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let mut grants = lock(&self.grants);
         if let Some(fence) = &self.fence {
             fence.check(&loaded.policies).map_err(StateError::Fence)?;
         }
@@ -159,7 +160,7 @@ impl State {
 
     /// Rebuilds what is in force now: drops expired entries and grants.
     pub fn refresh(&self) {
-        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let mut grants = lock(&self.grants);
         let _ = self.install(self.snapshot().files.clone(), &mut grants, false);
         self.forget_ended();
     }
@@ -175,7 +176,7 @@ impl State {
 
     /// Adds (or renews) a grant and puts it in force at once.
     pub fn grant(&self, grant: Grant) -> Result<(), StateError> {
-        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let mut grants = lock(&self.grants);
         let files = self.snapshot().files.clone();
         if files.policies.by_agent(&grant.agent).is_none() {
             return Err(StateError::NoPolicy(grant.agent.to_string()));
@@ -221,7 +222,7 @@ impl State {
         pattern: &str,
         uid: Option<u32>,
     ) -> Result<Grant, StateError> {
-        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let mut grants = lock(&self.grants);
         let grant = grants
             .0
             .revoke_by(agent, pattern, uid)
@@ -258,7 +259,7 @@ impl State {
 
     /// The grants in force.
     pub fn grants(&self) -> Vec<Grant> {
-        let grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let grants = lock(&self.grants);
         grants.0.active().to_vec()
     }
 
@@ -266,7 +267,7 @@ impl State {
     /// holds: only file entries expiring after the last rebuild count, so an
     /// entry that already ended cannot wake the expiry task again and again.
     pub fn next_expiry(&self) -> Option<SystemTime> {
-        let grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let grants = lock(&self.grants);
         let files = self.snapshot().files.policies.next_expiry_after(grants.1);
         files.into_iter().chain(grants.0.next_expiry()).min()
     }
