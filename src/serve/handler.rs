@@ -64,7 +64,7 @@ pub struct Outcome {
     pub upstream_ms: Option<f64>,
     /// Exfiltration mark for the audit record.
     pub exfil: Option<Mark>,
-    /// Special-purpose addresses the fence took out (src/policy/special.rs).
+    /// Special-purpose addresses the fence took out (serve/strip.rs).
     pub stripped: Vec<IpAddr>,
     /// The process that asked: denials only.
     pub owner: Option<Attribution>,
@@ -337,10 +337,10 @@ impl Handler {
         // Special-purpose addresses never leave, unless the entry opts in;
         // nothing left to hand out is NODATA, not a failure.
         let (mut stripped, emptied) =
-            crate::policy::special::strip(&mut outcome.answers, &|ip| policy.opens(rule, ip));
+            crate::serve::strip::strip(&mut outcome.answers, &|ip| policy.opens(rule, ip));
         // The authority section carries only what a client needs (SOA, NS):
         // addresses there would reach the client unfed and unstripped.
-        crate::policy::special::keep_authority(&mut outcome.authority, &mut stripped);
+        crate::serve::strip::keep_authority(&mut outcome.authority, &mut stripped);
         if emptied {
             outcome.rcode = ResponseCode::NoError;
             outcome.answers.clear();
