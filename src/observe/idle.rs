@@ -1,9 +1,9 @@
-//! Idle clients must not starve the operator. The control socket and the
-//! metrics endpoint used to hold one of a few slots per connection from
-//! accept on, so 16 (or 8) clients that connect and say nothing locked out
+//! Idle clients must not starve the operator. Were the control socket and
+//! the metrics endpoint to hold one of a few slots per connection from
+//! accept on, 16 (or 8) clients that connect and say nothing would lock out
 //! `allowdns status` and Prometheus for as long as they liked to reconnect.
 //!
-//! Now a connection holds no slot while it waits for its request. Waiting
+//! So a connection holds no slot while it waits for its request. Waiting
 //! connections are bounded by count, not by slots: when one more arrives
 //! than [`Waiting`] allows, the one that has waited longest is dropped. A
 //! real client sends its request right after connecting, so it would have to

@@ -387,8 +387,9 @@ fn unusable_names_are_left_out_with_a_warning() {
     let w = messages(&s.warnings);
     assert_eq!(w.len(), 5, "{w:?}");
     assert!(
-        w.iter().any(|w| w
-            .starts_with("warning: a.jsonl:4: qname: left out \"*.evil.example\": a wildcard")),
+        w.iter()
+            .any(|w| w
+                .starts_with("warning: a.jsonl:4: qname: left out \"*.evil.example\": a wildcard")),
         "{w:?}"
     );
     assert!(
@@ -465,9 +466,8 @@ fn addresses_and_numeric_names_are_left_out() {
         "{w:?}"
     );
     assert!(
-        w.iter().any(|w| w.starts_with(
-            "warning: a.jsonl:4: qname: left out \"a.2.3.4\": a numeric last label"
-        )),
+        w.iter().any(|w| w
+            .starts_with("warning: a.jsonl:4: qname: left out \"a.2.3.4\": a numeric last label")),
         "{w:?}"
     );
     assert!(
@@ -595,12 +595,13 @@ fn only_denied_names_are_commented_out_and_never_group() {
     log += &line(9, "agent", "evil.y.example", "deny", "NXDOMAIN");
     let text = run_on(&log, None).unwrap().policy;
     assert!(
-        text.contains("never allowed: review before enabling; already allowed by \"*.y.example\"; 1 lookup"),
+        text.contains(
+            "never allowed: review before enabling; already allowed by \"*.y.example\"; 1 lookup"
+        ),
         "{text}"
     );
 
-    let e =
-        messages(&run_on(&line(0, "a", "d.x.example", "deny", "NXDOMAIN"), None).unwrap_err());
+    let e = messages(&run_on(&line(0, "a", "d.x.example", "deny", "NXDOMAIN"), None).unwrap_err());
     assert_eq!(
         e,
         [
@@ -664,9 +665,7 @@ fn random_labels_or_many_siblings_look_like_a_tunnel() {
         "{}",
         s.policy
     );
-    assert!(
-        messages(&s.warnings)[0].contains("(4 distinct names, 4 with random-looking labels)")
-    );
+    assert!(messages(&s.warnings)[0].contains("(4 distinct names, 4 with random-looking labels)"));
 
     let many: Vec<String> = (0..=MAX_GROUP)
         .map(|i| format!("n{i}.big.example"))
@@ -716,8 +715,8 @@ fn skip_malformed_turns_bad_lines_into_warnings() {
     );
 
     // Past the first few, skipped lines are only counted.
-    let log = "x\n".repeat(MAX_SKIPPED_REPORTED + 3)
-        + &line(0, "a", "ok.example", "allow", "NOERROR");
+    let log =
+        "x\n".repeat(MAX_SKIPPED_REPORTED + 3) + &line(0, "a", "ok.example", "allow", "NOERROR");
     let s = run_with(
         &log,
         Options {
