@@ -1,9 +1,9 @@
 //! Reading operator input files (config, policies, zones, root hints) so
 //! that no file can wedge or flood the process.
 //!
-//! A FIFO in the policy directory used to block the reload thread forever on
-//! `open`, and a `*.yaml` symlink to `/dev/zero` grew the process by hundreds
-//! of MB per second. So: only regular files are read; they are opened
+//! A FIFO in the policy directory would block the reload thread forever on
+//! `open`, and a `*.yaml` symlink to `/dev/zero` would grow the process by
+//! hundreds of MB per second. So: only regular files are read; they are opened
 //! `O_NONBLOCK` (a FIFO swapped in after the `stat` cannot block the open)
 //! and checked again with `fstat` on the open descriptor; at most
 //! [`MAX_INPUT_BYTES`] are read. A UTF-8 byte order mark is dropped, and

@@ -1,28 +1,32 @@
 //! allowdns: an allowlist-only DNS resolver that fences AI agents in.
 //!
-//! One question's path, top to bottom, and the folder that owns each step:
+//! The layers, top to bottom, in the order `tests/architecture.rs` enforces:
+//! a module imports only modules below it.
 //!
 //! ```text
-//! serve/    server (UDP threads) + tcp (RFC 7766) → wire (decode, RFC checks, encode)
-//!           → answer (one entry for both transports) → handler → decide
-//!           → resolve: local zone | cache | upstream → exfil budget
-//! policy/   what an agent may resolve: file (on-disk) → compiled Policy, matcher,
-//!           special-purpose addresses, local zones. Pure data.
-//! state/    the policy in force and every change to it (reload, grants, expiry,
-//!           withdrawals), published to serve/ as one atomic snapshot
-//! fence/    answer addresses → nftables sets (netlink), before the reply leaves
-//! observe/  audit log, alerts and their delivery, metrics
-//! ops/      startup, control socket, reload, signals, sd_notify
-//! kennel/   `allowdns run`: a command fenced in namespaces of its own
-//! tools/    suggest: an audit log → a policy to review
+//! cli          the command line
+//! kennel/      `allowdns run`: a command fenced in namespaces of its own
+//! tools/       suggest: an audit log → a policy to review
+//! ops/         startup (builds the service's parts once), control socket,
+//!              reload, signals, sd_notify
+//! config       the settings file
+//! serve/       one question's path: server (UDP) + tcp → wire → answer
+//!              → handler → decide → resolve: local zone | cache | upstream
+//!              → exfil budget → special addresses out → fence → audit
+//! state/       the policy in force and every change to it (reload, grants,
+//!              expiry, withdrawals), published to serve/ as one snapshot
+//! fence/       answer addresses → nftables sets (netlink), before the reply leaves
+//! observe/     audit log, alerts and their delivery, metrics
+//! policy/      what an agent may resolve: file → compiled Policy, matcher,
+//!              special-purpose ranges, local zones. Pure data.
+//! error        what the binary maps to exit codes
+//! input        reading operator files safely
+//! diagnostics  errors with file:line
+//! sync         the poison-tolerant lock
 //! ```
 //!
-//! At the top: `cli` (arguments), `config` (settings file), `error` (what the
-//! binary maps to exit codes), `diagnostics` (errors with file:line) and
-//! `input` (reading operator files safely).
-//!
-//! Imports point down the list above (serve → state → policy; observe and
-//! fence never call back into serve); `tests/architecture.rs` checks it.
+//! Observe and fence never call back into serve: the query path pushes,
+//! observers drain on threads of their own.
 
 pub mod cli;
 pub mod config;
@@ -36,4 +40,5 @@ pub mod ops;
 pub mod policy;
 pub mod serve;
 pub mod state;
+pub mod sync;
 pub mod tools;

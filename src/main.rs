@@ -15,6 +15,30 @@ use allowdns::ops::{control, shutdown};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `print!` that ends quietly on a closed pipe (`allowdns nft-ruleset | head -1`).
+macro_rules! out {
+    ($($arg:tt)*) => { write_out(format!($($arg)*).as_bytes()) };
+}
+
+/// `println!` that ends quietly on a closed pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => { write_out(format!("{}\n", format_args!($($arg)*)).as_bytes()) };
+}
+
+/// Writes to stdout. A reader that stopped reading is a normal end, as in
+/// ripgrep: exit 0, no message; any other write error exits 1.
+fn write_out(bytes: &[u8]) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("allowdns: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // What bad input means for the command at hand, after the error count.
@@ -52,7 +76,9 @@ fn main() -> ExitCode {
         }
         Command::Kennel(args) => return allowdns::kennel::stage(args),
         Command::Completions(args) => {
-            allowdns::cli::write_completions(args.shell, &mut std::io::stdout());
+            let mut script = Vec::new();
+            allowdns::cli::write_completions(args.shell, &mut script);
+            write_out(&script);
             return ExitCode::SUCCESS;
         }
         _ => init_logging("info"),
@@ -78,9 +104,12 @@ fn main() -> ExitCode {
                 .block_on(ask(&args.control.control, &request))
                 .map(|reply| {
                     if let Some(g) = reply.granted {
-                        println!(
+                        outln!(
                             "granted: agent '{}' may resolve {} until {} ({})",
-                            g.agent, g.pattern, g.expires, g.reason
+                            g.agent,
+                            g.pattern,
+                            g.expires,
+                            g.reason
                         );
                     }
                 })
@@ -94,9 +123,10 @@ fn main() -> ExitCode {
                 .block_on(ask(&args.control.control, &request))
                 .map(|reply| {
                     if let Some(g) = reply.granted {
-                        println!(
+                        outln!(
                             "revoked: agent '{}' no longer resolves {}",
-                            g.agent, g.pattern
+                            g.agent,
+                            g.pattern
                         );
                     }
                 })
@@ -104,11 +134,11 @@ fn main() -> ExitCode {
         Command::Status(args) => runtime
             .block_on(ask(&args.control.control, &control::Request::Status))
             .map(|reply| match (args.json, reply.status) {
-                (true, status) => println!(
+                (true, status) => outln!(
                     "{}",
                     serde_json::to_string_pretty(&status).unwrap_or_default()
                 ),
-                (false, Some(status)) => print!("{}", control::render(&status)),
+                (false, Some(status)) => out!("{}", control::render(&status)),
                 (false, None) => {}
             }),
         Command::Run(_) | Command::Kennel(_) | Command::Completions(_) => {
@@ -132,7 +162,7 @@ fn check(sources: &Sources) -> Result<(), Failure> {
         eprintln!("{warning}");
     }
     for p in &prepared.loaded.policies.policies {
-        println!(
+        outln!(
             "ok: {}: agent '{}', {} name rule(s), {} address rule(s)",
             p.source.display(),
             p.agent,
@@ -140,7 +170,7 @@ fn check(sources: &Sources) -> Result<(), Failure> {
             p.addresses.len()
         );
     }
-    println!("ok: {} zone(s)", prepared.loaded.zones.len());
+    outln!("ok: {} zone(s)", prepared.loaded.zones.len());
     Ok(())
 }
 
@@ -159,7 +189,7 @@ fn nft_ruleset(args: &RulesetArgs) -> Result<(), Failure> {
         allowdns::fence::sidecar::load(&text).map_err(RuntimeError::subsystem)?;
         eprintln!("allowdns: ruleset loaded");
     } else {
-        print!("{text}");
+        out!("{text}");
     }
     Ok(())
 }
@@ -204,7 +234,7 @@ fn selftest(args: &allowdns::cli::SelftestArgs) -> Result<(), Failure> {
         table: args.table.clone(),
         dns: args.dns.clone(),
     });
-    println!("{report}");
+    outln!("{report}");
     if report.passed() {
         Ok(())
     } else {

@@ -12,6 +12,7 @@ use super::handed::{Handed, HandedOut};
 use super::keys::{PRUNE_AT, SetId, Static, addresses, dynamic_keys, static_elements};
 use super::target::Target;
 use crate::policy::{Policy, PolicySet, Rule};
+use crate::sync::lock;
 
 /// The targets opened at startup. Which one a policy feeds follows from its
 /// own `firewall:` config, so the policy in force and its target never disagree.
@@ -136,7 +137,7 @@ impl Firewall {
     /// elements age out by their own timeouts.
     pub fn forget_ended(&self, policies: &PolicySet) {
         for target in &self.targets {
-            let mut by_rule = target.by_rule.lock().unwrap_or_else(|p| p.into_inner());
+            let mut by_rule = lock(&target.by_rule);
             by_rule.fed.retain(|(agent, pattern), _| {
                 policies.by_agent(agent).is_some_and(|p| {
                     p.rules
@@ -241,7 +242,7 @@ impl Firewall {
         }
         // Held through the update, so a withdraw cannot slip between the
         // check that the rule still stands and the add.
-        let mut by_rule = target.by_rule.lock().unwrap_or_else(|p| p.into_inner());
+        let mut by_rule = lock(&target.by_rule);
         let key = (policy.agent.clone(), rule.pattern.clone());
         let ended = rule.expires.is_some_and(|end| end <= SystemTime::now());
         if ended || !by_rule.may_feed(&key, generation) {
@@ -254,7 +255,7 @@ impl Firewall {
         keys.extend(wanted.iter().map(|(set, key, _)| (*set, key.clone())));
         if keys.len() > PRUNE_AT {
             // Keys whose elements already timed out need no withdrawal.
-            let expiries = target.expiries.lock().unwrap_or_else(|p| p.into_inner());
+            let expiries = lock(&target.expiries);
             let now = Instant::now();
             keys.retain(|(set, key)| expiries.known(*set, key, now).is_some_and(|e| e > now));
         }

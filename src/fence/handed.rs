@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::policy::Ports;
+use crate::sync::lock;
 
 /// Addresses remembered; past this, expired entries go, then the oldest half.
 pub const MAX_ADDRESSES: usize = 65_536;
@@ -45,7 +46,7 @@ impl HandedOut {
     /// Records that `ip` was handed out for `handed` with `ttl` seconds to live.
     pub fn record(&self, ip: IpAddr, handed: &Handed, ttl: u32, now: Instant) {
         let until = now + Duration::from_secs(u64::from(ttl)) + LINGER;
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = lock(&self.map);
         if map.len() >= MAX_ADDRESSES && !map.contains_key(&ip) {
             map.retain(|_, v| {
                 v.retain(|e| e.until > now);
@@ -88,7 +89,7 @@ impl HandedOut {
     /// What `ip` was handed out for, to `agent` first, else to any agent;
     /// the newest handing out wins.
     pub fn lookup(&self, ip: IpAddr, agent: Option<&str>, now: Instant) -> Option<Handed> {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let map = lock(&self.map);
         let live: Vec<&Entry> = map.get(&ip)?.iter().filter(|e| e.until > now).collect();
         live.iter()
             .rev()
@@ -98,7 +99,7 @@ impl HandedOut {
     }
 
     pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+        lock(&self.map).len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -20,6 +20,7 @@
 //!
 //! ```text
 //! firewall.rs  the targets opened at startup; which one a policy feeds; feed, withdraw
+//! follow.rs    the Fence trait: what a change of the policy in force asks of it
 //! target.rs    one target: open and verify its sets, feed, install ranges, withdraw
 //! handed.rs    which name each address was handed out for (for alerts)
 //! nflog.rs     blocked connections, read from the ruleset's NFLOG group
@@ -34,6 +35,7 @@
 
 mod error;
 mod firewall;
+mod follow;
 pub mod handed;
 mod keys;
 pub mod netlink;
@@ -46,3 +48,4 @@ pub mod watch;
 
 pub use error::{FeedError, FenceError, TargetId};
 pub use firewall::{Firewall, withdrawable};
+pub use follow::Fence;

@@ -15,6 +15,7 @@ use super::error::{FenceError, TargetId};
 use super::keys::{Expiries, SetId, Static, TargetSets, covers};
 use super::netlink::{Element, Netlink, SetOp};
 use crate::policy::firewall::FirewallConfig;
+use crate::sync::lock;
 
 /// Entering a namespace, and nftables there.
 const CAPS_NETNS: &str = "CAP_SYS_ADMIN (to enter the namespace) and CAP_NET_ADMIN";
@@ -188,7 +189,7 @@ impl Target {
         // Keys inside a permanent range are already passed; adding them would
         // overlap the range, which interval sets refuse.
         let wanted: Vec<_> = {
-            let installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
+            let installed = lock(&self.installed);
             wanted
                 .into_iter()
                 .filter(|(set, key, _)| !installed.iter().any(|e| e.set == *set && covers(e, key)))
@@ -199,7 +200,7 @@ impl Target {
         }
         // Updates are serialized and recomputed under the netlink lock, so two
         // feeds of one key cannot race each other into a shorter expiry.
-        let mut netlink = self.netlink.lock().unwrap_or_else(|p| p.into_inner());
+        let mut netlink = lock(&self.netlink);
         let now = Instant::now();
         let updates = self.updates(&wanted, now);
         if updates.is_empty() {
@@ -231,7 +232,7 @@ impl Target {
         let applied = netlink.apply(&ops);
         let metrics = &crate::observe::metrics::METRICS;
         metrics.nft_updates.fetch_add(1, Relaxed);
-        let mut expiries = self.expiries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut expiries = lock(&self.expiries);
         match &applied {
             Ok(()) => {
                 metrics
@@ -265,7 +266,7 @@ impl Target {
     ) -> Vec<(SetId, Vec<u8>, Instant)> {
         let config = &self.config;
         let grace = Duration::from_secs(u64::from(config.grace));
-        let expiries = self.expiries.lock().unwrap_or_else(|p| p.into_inner());
+        let expiries = lock(&self.expiries);
         let mut updates: Vec<(SetId, Vec<u8>, Instant)> = Vec::new();
         for (set, key, ttl) in wanted {
             let ttl = Duration::from_secs(u64::from(*ttl));
@@ -289,8 +290,8 @@ impl Target {
         now: SystemTime,
     ) -> Result<(), FenceError> {
         let config = &self.config;
-        let mut installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
-        let mut netlink = self.netlink.lock().unwrap_or_else(|p| p.into_inner());
+        let mut installed = lock(&self.installed);
+        let mut netlink = lock(&self.netlink);
         // On first sync, what is installed is whatever permanent elements the sets hold.
         if installed.is_empty() {
             for set in [SetId::V4Ports, SetId::V6Ports] {
@@ -367,12 +368,12 @@ impl Target {
     /// sets do not pass is logged and accepted instead of dropped. A ruleset
     /// without the set can only enforce.
     pub(super) fn sync_monitor(&self, on: bool) -> Result<(), FenceError> {
-        let mut want = self.monitor.lock().unwrap_or_else(|p| p.into_inner());
+        let mut want = lock(&self.monitor);
         *want = on;
         let config = &self.config;
         let set = crate::fence::ruleset::MONITOR_SET;
         let decl = "type ether_type";
-        let mut netlink = self.netlink.lock().unwrap_or_else(|p| p.into_inner());
+        let mut netlink = lock(&self.netlink);
         let info = match netlink.get_set(config.family, &config.table, set) {
             Ok(info) => info,
             Err(_) if !on => return Ok(()),
@@ -457,14 +458,14 @@ impl Target {
         remember: Duration,
     ) -> io::Result<usize> {
         // Held until the kernel has the deletes: see `feed_decided_at`.
-        let mut by_rule = self.by_rule.lock().unwrap_or_else(|p| p.into_inner());
+        let mut by_rule = lock(&self.by_rule);
         // Recorded first, so a late answer feeds nothing even if the deletes fail.
         by_rule.withdrawn(agent, pattern, generation, remember, Instant::now());
         let Some(keys) = by_rule.fed.remove(&(Arc::from(agent), Arc::from(pattern))) else {
             return Ok(0);
         };
-        let mut netlink = self.netlink.lock().unwrap_or_else(|p| p.into_inner());
-        let mut expiries = self.expiries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut netlink = lock(&self.netlink);
+        let mut expiries = lock(&self.expiries);
         let now = Instant::now();
         // Only elements surely still in the kernel: deleting a missing one
         // fails the batch. One about to time out is left to do so.

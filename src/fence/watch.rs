@@ -36,6 +36,8 @@ use super::netlink::{Element, SetOp, attrs, messages};
 use super::nflog::{NFNL_SUBSYS_ULOG, Nflog, Report};
 use super::target::Target;
 
+use crate::sync::lock;
+
 const NFNLGRP_NFTABLES: u32 = 7;
 const NLMSG_ERROR: u16 = 2;
 const NFNL_SUBSYS_NFTABLES: u8 = 10;
@@ -336,7 +338,7 @@ impl<O: Send + Sync + 'static> RulesetWatch<O> {
                     "nftables: {what} changed under allowdns and re-feeding failed: {e} (retried when its table or sets are created again)"
                 ),
             }
-            let monitor = *target.monitor.lock().unwrap_or_else(|p| p.into_inner());
+            let monitor = *lock(&target.monitor);
             if monitor && let Err(e) = target.sync_monitor(true) {
                 tracing::warn!("nftables: {what}: monitor mode not restored: {e}");
             }
@@ -456,7 +458,7 @@ impl Target {
     /// The handle of each set, `None` where it is missing.
     fn set_handles(&self) -> Vec<Option<u64>> {
         let config = &self.config;
-        let mut netlink = self.netlink.lock().unwrap_or_else(|p| p.into_inner());
+        let mut netlink = lock(&self.netlink);
         config
             .sets()
             .into_iter()
@@ -472,14 +474,14 @@ impl Target {
     /// Adds back every element allowdns knows to be live: policy ranges and
     /// fed addresses, each with the time it has left. Returns how many.
     fn refeed(&self) -> io::Result<usize> {
-        let installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
-        let mut netlink = self.netlink.lock().unwrap_or_else(|p| p.into_inner());
+        let installed = lock(&self.installed);
+        let mut netlink = lock(&self.netlink);
         let now = Instant::now();
         let wall = SystemTime::now();
         let soon = Duration::from_secs(1);
         let mut fed: HashMap<SetId, Vec<Element>> = HashMap::new();
         {
-            let mut expiries = self.expiries.lock().unwrap_or_else(|p| p.into_inner());
+            let mut expiries = lock(&self.expiries);
             // The sets are new: nothing in them can be shortened, so keys
             // forgotten to bound memory no longer hold feeds back.
             expiries.floor = None;
@@ -529,8 +531,7 @@ impl Target {
                             metrics.nft_failures.fetch_add(1, Relaxed);
                             // Not in the kernel: forget them, so the next answer feeds again.
                             if is_fed {
-                                let mut expiries =
-                                    self.expiries.lock().unwrap_or_else(|p| p.into_inner());
+                                let mut expiries = lock(&self.expiries);
                                 for e in chunk {
                                     expiries.map.remove(&(*set, e.key.clone()));
                                 }

@@ -36,6 +36,7 @@ use crate::observe::audit::display_name;
 use crate::observe::delivery::threshold::{Kind, Lookup, Raised, Threshold, Thresholds, What};
 use crate::observe::delivery::{Delivery, DeliveryStats, NotifySettings};
 use crate::observe::worker::Worker;
+use crate::sync::lock;
 
 const MAX_CLIENTS: usize = 4096;
 /// Full alerts per client and window, one per distinct denied name.
@@ -294,7 +295,7 @@ impl Alerts {
     pub fn denied(&self, event: Denied) {
         let now = Instant::now();
         let ip = event.client.ip();
-        let mut guard = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = lock(&self.shared.state);
         let state = &mut *guard;
         let room = state.pending.len() < MAX_PENDING;
         let print = if let Some(w) = state.clients.get_mut(&ip) {
@@ -367,7 +368,7 @@ impl Alerts {
     pub fn stripped(&self, event: Stripped) {
         let now = Instant::now();
         let ip = event.client.ip();
-        let mut guard = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = lock(&self.shared.state);
         let notified = guard.stripped_notify.as_mut().is_some_and(|t| {
             let lookup = Lookup {
                 ts: event.ts,
@@ -395,7 +396,7 @@ impl Alerts {
             return;
         }
         let now = Instant::now();
-        let mut guard = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = lock(&self.shared.state);
         let Some(thresholds) = guard.exfil_notify.as_mut() else {
             return;
         };
@@ -419,7 +420,7 @@ impl Alerts {
     pub fn egress(&self, event: Egress) {
         let now = Instant::now();
         let ip = event.client.ip();
-        let mut guard = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = lock(&self.shared.state);
         let notified = guard.egress_notify.as_mut().is_some_and(|t| {
             let (addr, port, proto) = event.dst;
             let lookup = Lookup {
@@ -473,7 +474,7 @@ impl Alerts {
 fn collect(shared: &Shared, stats: &AlertStats, all: bool) -> (String, Vec<Raised>) {
     let now = Instant::now();
     let window = shared.window;
-    let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    let mut state = lock(&shared.state);
     let mut raised = Vec::new();
     let state = &mut *state;
     for t in [

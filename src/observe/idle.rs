@@ -1,9 +1,9 @@
-//! Idle clients must not starve the operator. The control socket and the
-//! metrics endpoint used to hold one of a few slots per connection from
-//! accept on, so 16 (or 8) clients that connect and say nothing locked out
+//! Idle clients must not starve the operator. Were the control socket and
+//! the metrics endpoint to hold one of a few slots per connection from
+//! accept on, 16 (or 8) clients that connect and say nothing would lock out
 //! `allowdns status` and Prometheus for as long as they liked to reconnect.
 //!
-//! Now a connection holds no slot while it waits for its request. Waiting
+//! So a connection holds no slot while it waits for its request. Waiting
 //! connections are bounded by count, not by slots: when one more arrives
 //! than [`Waiting`] allows, the one that has waited longest is dropped. A
 //! real client sends its request right after connecting, so it would have to
@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
+
+use crate::sync::lock;
 
 /// Connections waiting for their request, oldest first.
 pub struct Waiting {
@@ -44,7 +46,7 @@ impl Waiting {
     pub fn enter(self: &Arc<Self>) -> Ticket {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let evicted = CancellationToken::new();
-        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queue = lock(&self.queue);
         queue.push_back((id, evicted.clone()));
         while queue.len() > self.max {
             if let Some((_, oldest)) = queue.pop_front() {
@@ -73,7 +75,7 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut queue = self.waiting.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queue = lock(&self.waiting.queue);
         if let Some(at) = queue.iter().position(|(id, _)| *id == self.id) {
             queue.remove(at);
         }

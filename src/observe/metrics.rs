@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::observe::alert::AlertStats;
 use crate::observe::audit::Decision;
 use crate::observe::delivery::DeliveryStats;
+use crate::sync::lock;
 
 /// Agents with their own series; further agents share the last slot.
 pub const MAX_AGENTS: usize = 256;
@@ -277,12 +278,12 @@ impl Metrics {
         stats: Arc<AlertStats>,
         sinks: Vec<(&'static str, Arc<DeliveryStats>)>,
     ) {
-        *self.alerts.lock().unwrap_or_else(|p| p.into_inner()) = Some((stats, sinks));
+        *lock(&self.alerts) = Some((stats, sinks));
     }
 
     /// The slot for an agent's series; the same name always gets the same slot.
     pub fn slot_for(&self, agent: &str) -> u16 {
-        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        let mut agents = lock(&self.agents);
         if let Some(i) = agents.iter().position(|a| &**a == agent) {
             return (i + 1) as u16;
         }
@@ -313,11 +314,7 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
-        let agents = self
-            .agents
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let agents = lock(&self.agents).clone();
         let label = |slot: usize| -> String {
             match slot {
                 0 => "(none)".into(),
@@ -503,7 +500,7 @@ impl Metrics {
             head(&mut out, name, "counter", help);
             let _ = writeln!(out, "{name} {}", value.load(Relaxed));
         }
-        if let Some((stats, sinks)) = &*self.alerts.lock().unwrap_or_else(|p| p.into_inner()) {
+        if let Some((stats, sinks)) = &*lock(&self.alerts) {
             head(
                 &mut out,
                 "allowdns_alerts_total",

@@ -11,4 +11,5 @@ pub mod audit;
 pub mod delivery;
 pub mod idle;
 pub mod metrics;
+pub mod throttle;
 pub mod worker;

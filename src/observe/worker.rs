@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
+use crate::sync::lock;
+
 pub struct Worker {
     /// Set by [`Worker::close`]; the next pass is the last.
     closing: Arc<AtomicBool>,
@@ -59,7 +61,7 @@ impl Worker {
     /// Runs the last pass and waits for it.
     pub fn close(&self) {
         self.closing.store(true, Ordering::Release);
-        let handle = self.handle.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = lock(&self.handle).take();
         if let Some(handle) = handle {
             self.thread.unpark();
             let _ = handle.join();

@@ -12,21 +12,21 @@ use crate::diagnostics::Diagnostics;
 use crate::observe::audit::{Event, EventLine, schema};
 use crate::ops::startup;
 use crate::policy::PolicySet;
-use crate::serve::handler::Handler;
+use crate::serve::service::Service;
 
 /// Reloads once; never fails the server. Loading, compiling, the firewall
 /// sync and the swap all run on a blocking thread, off the query path.
-pub async fn reload(sources: &Sources, running: &Settings, handler: &Arc<Handler>) {
+pub async fn reload(sources: &Sources, running: &Settings, service: &Arc<Service>) {
     crate::ops::notify::notify(&format!(
         "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading",
         monotonic_usec()
     ));
     // logrotate's postrotate reloads; the log moves on whatever the policies say.
-    handler.audit.reopen();
-    let (sources, running, handler) = (sources.clone(), running.clone(), handler.clone());
+    service.audit.reopen();
+    let (sources, running, service) = (sources.clone(), running.clone(), service.clone());
     let done = tokio::task::spawn_blocking(move || {
-        reload_now(&sources, &running, &handler).map_err(|(diags, why)| {
-            failed(&handler, &diags, why.as_ref());
+        reload_now(&sources, &running, &service).map_err(|(diags, why)| {
+            failed(&service, &diags, why.as_ref());
         })
     })
     .await;
@@ -57,7 +57,7 @@ pub enum ReloadError {
     State(#[from] crate::state::StateError),
 }
 
-fn reload_now(sources: &Sources, running: &Settings, handler: &Handler) -> Result<usize, Refused> {
+fn reload_now(sources: &Sources, running: &Settings, service: &Service) -> Result<usize, Refused> {
     let mut diags = Diagnostics::default();
     let settings = config::load(sources, &mut diags);
     let loaded = settings
@@ -80,7 +80,7 @@ fn reload_now(sources: &Sources, running: &Settings, handler: &Handler) -> Resul
             restart_only.join(", ")
         );
     }
-    if handler.firewall.is_none()
+    if service.firewall.is_none()
         && let Some(feeding) = loaded
             .policies
             .policies
@@ -92,23 +92,15 @@ fn reload_now(sources: &Sources, running: &Settings, handler: &Handler) -> Resul
         };
         return Err((diags, Some(why)));
     }
-    let changes = changes(&handler.state.snapshot().files.policies, &loaded.policies);
+    let changes = changes(&service.state.snapshot().files.policies, &loaded.policies);
     let zones = loaded.zones.len();
-    if let Err(e) = handler.state.replace(loaded) {
+    if let Err(e) = service.state.replace(loaded) {
         return Err((diags, Some(e.into())));
     }
-    // Exfiltration budgets of agents the reload removed go with them.
-    let files = handler.state.snapshot().files.clone();
-    handler
-        .exfil
-        .retain(|agent| files.policies.by_agent(agent).is_some());
-    // And their cache partitions.
-    let ids: std::collections::HashSet<_> = files.policies.policies.iter().map(|p| p.id).collect();
-    handler.resolver.retain_agents(|id| ids.contains(&id));
     for change in &changes {
         tracing::info!("reload: {change}");
     }
-    handler
+    service
         .audit
         .event(&EventLine::now(Event::Reload(schema::Reload {
             changes: changes.clone(),
@@ -177,7 +169,7 @@ fn restart_only(new: &Settings, running: &Settings) -> Vec<&'static str> {
 
 /// The alert for a failed reload: a headline naming the first problem's
 /// file:line, every error below it, and an audit event with all of them.
-fn failed(handler: &Handler, diags: &Diagnostics, why: Option<&ReloadError>) {
+fn failed(service: &Service, diags: &Diagnostics, why: Option<&ReloadError>) {
     crate::observe::metrics::METRICS
         .reload_failures
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -195,7 +187,7 @@ fn failed(handler: &Handler, diags: &Diagnostics, why: Option<&ReloadError>) {
     for error in errors.iter().skip(1) {
         tracing::error!("[!] RELOAD FAILED: {error}");
     }
-    handler
+    service
         .audit
         .event(&EventLine::now(Event::ReloadFailed(schema::ReloadFailed {
             errors,

@@ -3,6 +3,8 @@
 
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
 use crate::config::Sources;
 use crate::config::{self, Settings, UpstreamMode};
 use crate::diagnostics::Diagnostics;
@@ -16,6 +18,7 @@ use crate::serve::cache::Cache;
 use crate::serve::handler::Handler;
 use crate::serve::resolve::Resolver;
 use crate::serve::server::{self, Listeners};
+use crate::serve::service::Service;
 use crate::serve::upstream::{SetupError, Upstream};
 use crate::state::Loaded;
 
@@ -224,16 +227,7 @@ pub async fn serve_on(
     let resolver = Resolver::new(upstream, Cache::new(settings.cache));
     // Once, in the background: a dead upstream is named now, not at the agent's first SERVFAIL.
     tokio::spawn(resolver.upstream().clone().probe());
-    let handler = Handler::new(
-        loaded,
-        resolver,
-        audit.clone(),
-        alerts.clone(),
-        firewall,
-        settings.negative_ttl,
-    );
-    let mut handler = handler;
-    if let Some(per_lookup) = settings.attribution {
+    let attribution = settings.attribution.map(|per_lookup| {
         // Where a client's socket points: the addresses actually bound.
         let servers = listeners
             .udp
@@ -244,24 +238,35 @@ pub async fn serve_on(
             crate::observe::attribution::Limits::with_budget(per_lookup),
             servers,
         );
-        for policy in &handler.state.snapshot().policies.policies {
+        for policy in &loaded.policies.policies {
             attributor.prepare(policy.firewall.as_ref().and_then(|f| f.netns.as_deref()));
         }
-        handler.attribution = Some(attributor);
-    }
-    let handler = std::sync::Arc::new(handler);
+        attributor
+    });
+    // The service's parts, built once; each user below takes the ones it needs.
+    let service = Arc::new(Service::new(
+        loaded,
+        resolver,
+        audit.clone(),
+        alerts.clone(),
+        firewall,
+        attribution,
+    ));
+    let handler = Arc::new(Handler::new(&service, settings.negative_ttl));
     // Re-feeds the sets when the ruleset is reloaded under us, and reads
     // the connections it blocks.
-    let reporting = handler.clone();
-    let events = crate::fence::watch::spawn(
-        handler.clone(),
-        |h| h.firewall.as_deref(),
-        &|| Box::new(crate::serve::egress::EgressReport(reporting.clone())),
-        EGRESS_DRAIN,
-    );
+    let events = match &service.firewall {
+        Some(firewall) => crate::fence::watch::spawn(
+            firewall.clone(),
+            |f| Some(f),
+            &|| Box::new(crate::serve::egress::EgressReport(service.clone())),
+            EGRESS_DRAIN,
+        ),
+        None => Default::default(),
+    };
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(RuntimeError::Signals)?;
-    let reloading = handler.clone();
+    let reloading = service.clone();
     let tcp_limits = settings.tcp.clone();
     let pending = settings.pending.clone();
     let watch = match watch {
@@ -300,7 +305,7 @@ pub async fn serve_on(
         tokio::spawn(crate::ops::control::serve(
             listener,
             path,
-            handler.clone(),
+            service.state.clone(),
             shutdown.clone(),
         ))
     });
@@ -310,7 +315,7 @@ pub async fn serve_on(
         }
         tokio::spawn(crate::observe::metrics::serve(listener, shutdown.clone()));
     }
-    let expiring = handler.state.clone();
+    let expiring = service.state.clone();
     let expiry = tokio::spawn(async move {
         loop {
             let wait = expiring.next_expiry().map(|at| {

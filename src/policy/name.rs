@@ -79,8 +79,8 @@ impl std::fmt::Display for QueryKey {
 /// no registry (a policy compiled anywhere, in a test or a tool, has its
 /// id), it is the same for the same agent across reloads (so its cache and
 /// in-flight questions carry over, as the agent's entries should), and it
-/// has no cap (the metrics table has 256 slots; agents past it used to share
-/// one cache partition and one upstream share). Agent names are unique in a
+/// has no cap (the metrics table has 256 slots; agents past it still get a
+/// cache partition and an upstream share of their own). Agent names are unique in a
 /// set and written by the operator; 64 bits make a collision among even a
 /// million agents a one in 10^7 event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

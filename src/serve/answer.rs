@@ -5,7 +5,7 @@
 //! Most questions (denials, refusals, local zones, cache hits) are answered
 //! inline by [`Answerer::answer`]. A question that needs the upstream comes
 //! back as an [`Upstream`] for the caller to run on the runtime; those are
-//! bounded in number, each bounded in time (`RESOLVE_DEADLINE`), and a
+//! bounded in number, each bounded in time (`ANSWER_DEADLINE`), and a
 //! panic in either part costs one SERVFAIL, never a serving thread or task.
 
 use std::net::SocketAddr;
@@ -23,6 +23,7 @@ use crate::policy::name::{PolicyId, PolicyIdMap};
 use crate::serve::handler::{Chosen, Handler, Outcome, Progress};
 use crate::serve::wire::{self, Transport};
 use crate::state::InForce;
+use crate::sync::lock;
 
 /// Upstream-bound questions in flight at once, both transports together;
 /// beyond this, SERVFAIL.
@@ -59,7 +60,7 @@ struct Share {
 
 impl Share {
     fn take(shares: &Shares, slot: PolicyId, limit: usize) -> Option<Share> {
-        let mut held = shares.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = lock(&shares);
         let n = held.entry(slot).or_insert(0);
         if *n >= limit {
             return None;
@@ -74,7 +75,7 @@ impl Share {
 
 impl Drop for Share {
     fn drop(&mut self) {
-        let mut held = self.shares.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = lock(&self.shares);
         if let Some(n) = held.get_mut(&self.slot) {
             *n -= 1;
             if *n == 0 {
@@ -89,8 +90,8 @@ pub enum Answer {
     /// Send nothing: a message too short to answer, or a response (counted).
     Nothing,
     Reply(Vec<u8>),
-    /// Allowed, and the upstream must be asked: run [`Upstream::finish`].
-    Upstream(Box<Upstream>),
+    /// Allowed, and the upstream must be asked: run [`Outbound::finish`].
+    Upstream(Box<Outbound>),
 }
 
 /// Answers messages for every transport.
@@ -164,11 +165,11 @@ impl Answerer {
                     .map_or(Answer::Nothing, Answer::Reply);
             }
         };
-        let (outcome, loaded, chosen) = match self.handler.begin(&request) {
+        let (outcome, in_force, chosen) = match self.handler.begin(&request) {
             Progress::Answered(outcome) => {
                 return Answer::Reply(reply(&self.handler, &request, outcome, started));
             }
-            Progress::NeedsUpstream(outcome, loaded, chosen) => (outcome, loaded, chosen),
+            Progress::NeedsUpstream(outcome, in_force, chosen) => (outcome, in_force, chosen),
         };
         // The agent's own share first, so a flooding agent hits its share
         // and never reaches the ceiling the others need.
@@ -180,11 +181,11 @@ impl Answerer {
             tracing::warn!(%client, "too many upstream queries in flight; answering SERVFAIL");
             return Answer::Reply(reply(&self.handler, &request, outcome, started));
         };
-        Answer::Upstream(Box::new(Upstream {
+        Answer::Upstream(Box::new(Outbound {
             handler: self.handler.clone(),
             request,
             outcome,
-            loaded,
+            in_force,
             chosen,
             started,
             _permit: (permit, share),
@@ -200,31 +201,31 @@ impl Answerer {
 }
 
 /// An allowed question on its way to the upstream, with its decision.
-pub struct Upstream {
+pub struct Outbound {
     handler: Arc<Handler>,
     request: Request,
     /// Filled in so far; SERVFAIL until the upstream answers.
     outcome: Outcome,
-    loaded: Arc<InForce>,
+    in_force: Arc<InForce>,
     chosen: Chosen,
     started: Instant,
     _permit: (OwnedSemaphorePermit, Share),
 }
 
-impl Upstream {
-    /// Asks the upstream (within `RESOLVE_DEADLINE`) and returns the reply.
+impl Outbound {
+    /// Asks the upstream (within `ANSWER_DEADLINE`) and returns the reply.
     pub async fn finish(self: Box<Self>) -> Vec<u8> {
-        let Upstream {
+        let Outbound {
             handler,
             request,
             outcome,
-            loaded,
+            in_force,
             chosen,
             started,
             _permit,
         } = *self;
         let fallback = outcome.clone();
-        let finishing = handler.finish(&request, outcome, &loaded, &chosen);
+        let finishing = handler.finish(&request, outcome, &in_force, &chosen);
         let outcome = match AssertUnwindSafe(finishing).catch_unwind().await {
             Ok(outcome) => outcome,
             Err(_) => {

@@ -4,8 +4,8 @@
 //! and an entry is gone once its shortest TTL has run out. Negative answers are
 //! kept for the SOA's negative TTL (RFC 2308).
 //!
-//! Floods. When full, the cache used to evict an arbitrary key, so one agent's
-//! flood of one-off names evicted every agent's hot entries. Now:
+//! Floods. A cache that evicts an arbitrary key when full lets one agent's
+//! flood of one-off names evict every agent's hot entries. So:
 //! - **Each agent has a partition of its own** (keyed by its policy's
 //!   [`PolicyId`], stable for a name while the process runs, with no cap on
 //!   the number of agents), so whatever an agent floods with, unique names
@@ -37,6 +37,7 @@ use hickory_proto::rr::{RData, RecordType};
 
 use crate::policy::name::{PolicyId, PolicyIdMap, QueryKey};
 use crate::policy::zones::Step;
+use crate::sync::lock;
 
 /// How often a full partition may be swept for expired entries.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
@@ -135,7 +136,7 @@ impl Cache {
         if let Some(part) = self.partition(agent) {
             return part;
         }
-        let _made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        let _made = lock(&self.made);
         let parts = self.parts.load_full();
         if let Some(part) = parts.get(&agent) {
             return part.clone();
@@ -158,7 +159,7 @@ impl Cache {
     /// gives their room to the others: ids have no cap, so partitions of
     /// agents that went must not pile up and shrink everyone's share.
     pub fn retain(&self, keep: impl Fn(PolicyId) -> bool) {
-        let _made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        let _made = lock(&self.made);
         let parts = self.parts.load_full();
         let kept: Partitions = parts
             .iter()
@@ -374,8 +375,8 @@ mod tests {
 
     #[test]
     fn agents_past_the_metrics_table_still_have_partitions_of_their_own() {
-        // 300 agents, as a loader would see them; #299 and #300 used to share
-        // the metrics table's last slot, and with it one partition.
+        // 300 agents, as a loader would see them; #299 and #300 share the
+        // metrics table's last slot, but not a partition.
         let cache = cache(30_000);
         let ids: Vec<PolicyId> = (1..=300)
             .map(|i| PolicyId::of(&format!("agent-{i}")))

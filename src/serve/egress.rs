@@ -18,10 +18,10 @@ use crate::observe::audit::{Event, EventLine};
 use crate::observe::metrics::{self, METRICS};
 use crate::policy::firewall::DenyAction;
 use crate::policy::{Policy, Ports};
-use crate::serve::handler::Handler;
+use crate::serve::service::Service;
 
 /// The receiver of one namespace's attempts.
-pub struct EgressReport(pub Arc<Handler>);
+pub struct EgressReport(pub Arc<Service>);
 
 impl Report for EgressReport {
     fn attempt(&mut self, attempt: Attempt) {
@@ -52,10 +52,10 @@ fn outside_allowlist(handed: &Handed) -> bool {
     handed.rule.starts_with('(')
 }
 
-impl Handler {
+impl Service {
     /// Judges, alerts, audits and counts one attempt.
     pub fn egress(&self, attempt: &Attempt) {
-        let loaded = self.state.snapshot();
+        let in_force = self.state.snapshot();
         let netns = attempt.netns.as_deref().map(|p| p.as_path());
         let here = |p: &&Arc<Policy>| {
             p.firewall
@@ -63,11 +63,11 @@ impl Handler {
                 .is_some_and(|f| f.netns.as_deref() == netns)
         };
         let ip = attempt.dst.ip();
-        let policy = loaded
+        let policy = in_force
             .policies
             .for_client(attempt.src.ip())
             .filter(here)
-            .or_else(|| loaded.policies.policies.iter().find(here))
+            .or_else(|| in_force.policies.policies.iter().find(here))
             .map(|p| &**p);
         let action = if attempt.reason == Reason::Unlisted && policy.is_some_and(|p| p.monitor) {
             Action::Logged

@@ -33,17 +33,20 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hickory_proto::rr::{Name, RecordType};
 
-use crate::policy::PatternFacts;
+use crate::observe::throttle::Throttle;
 pub use crate::policy::exfil_limits::{
     DEFAULT_COOLDOWN_SECS, DEFAULT_DRAIN_BYTES_PER_MIN, DEFAULT_HARD_BYTES, DEFAULT_SOFT_BYTES,
     Limits,
 };
 use crate::policy::name::QueryKey;
 pub use crate::policy::qtypes::{is_wildcard, qtype_allowed};
+use crate::policy::{PatternFacts, PolicySet};
+use crate::state::PerAgent;
+use crate::sync::lock;
 
 /// What the budget says about one question.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,8 +117,8 @@ const SEEN_LABEL_BITS: f32 = 2.0;
 /// Count-min sketch (conservative update) of distinct labels first seen per
 /// domain, one per Bloom generation: 2 x 4 x 256 u16 = 4 KiB.
 const LABEL_WIDTH: usize = 256;
-/// At most one qtype/cooldown denial alert per agent in this many deciseconds.
-const ALERT_EVERY_DS: u32 = 50;
+/// At most one qtype/cooldown denial alert per agent this often.
+const ALERT_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Default)]
 struct Cell {
@@ -136,8 +139,8 @@ pub struct AgentBudget {
     distinct: [[[u16; LABEL_WIDTH]; DEPTH]; 2],
     /// (domain hash, cooldown end in deciseconds); 0 is a free slot.
     blocked: [(u64, u32); BLOCKED],
-    /// Rate limit for denial alerts: (last printed, suppressed since).
-    alerted: (u32, u64),
+    /// Rate limit for denial alerts.
+    alerted: Throttle,
     /// The name of the agent's last question charged: asking it again
     /// (AAAA after A) chooses no name.
     last: u64,
@@ -149,7 +152,7 @@ pub const AGENT_BYTES: usize = std::mem::size_of::<AgentBudget>();
 // 8-byte cells, 4 KiB of distinct-label counts, a small table. Checked when compiling.
 const _: () = assert!(AGENT_BYTES <= 70 * 1024);
 
-/// Every agent's budget; owned by the handler.
+/// Every agent's budget.
 pub struct Budgets {
     agents: Mutex<HashMap<Arc<str>, Box<AgentBudget>>>,
     /// Random keys: an attacker cannot aim names at one sketch cell.
@@ -173,12 +176,12 @@ impl Default for Budgets {
 impl Budgets {
     /// Number of agents tracked (each costs [`AGENT_BYTES`]).
     pub fn agents(&self) -> usize {
-        self.agents.lock().unwrap_or_else(|p| p.into_inner()).len()
+        lock(&self.agents).len()
     }
 
-    /// Drops the state of agents no policy names any more (after a reload).
+    /// Drops the state of agents `keep` does not name.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        let mut agents = lock(&self.agents);
         agents.retain(|agent, _| keep(agent));
     }
 
@@ -250,7 +253,7 @@ impl Budgets {
         // distinct-label sketch.
         let names_h = self.hash(&[b"names", domain.as_bytes()]);
         let shape_h = self.hash(&[b"shape", domain.as_bytes()]);
-        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        let mut agents = lock(&self.agents);
         let budget = agents.entry(agent.clone()).or_insert_with(AgentBudget::new);
         budget.rotate(now);
         let seen = budget.seen(name_h);
@@ -259,13 +262,12 @@ impl Budgets {
         }
         let blocked = budget.blocked_until(domain_h, now);
         if let (Some(until), false) = (blocked, seen) {
-            if budget.may_alert(now) {
+            if let Some(suppressed) = budget.alerted.admit() {
                 tracing::warn!(
-                    agent = %agent, domain, qname = %sent(), suppressed = budget.alerted.1,
+                    agent = %agent, domain, qname = %sent(), suppressed,
                     cooldown_left_s = (until - now) / 10,
                     "[!] EXFILTRATION BUDGET: new name refused, domain in cooldown"
                 );
-                budget.alerted.1 = 0;
             }
             return Verdict::Deny;
         }
@@ -330,13 +332,12 @@ impl Budgets {
         if before + cost > limits.hard_bits {
             match blocked {
                 Some(until) => {
-                    if budget.may_alert(now) {
+                    if let Some(suppressed) = budget.alerted.admit() {
                         tracing::warn!(
-                            agent = %agent, domain, qname = %sent(), suppressed = budget.alerted.1,
+                            agent = %agent, domain, qname = %sent(), suppressed,
                             cooldown_left_s = (until - now) / 10,
                             "[!] EXFILTRATION BUDGET: re-asked name refused, domain in cooldown"
                         );
-                        budget.alerted.1 = 0;
                     }
                 }
                 None => {
@@ -405,16 +406,14 @@ impl Budgets {
         qtype: RecordType,
         rule: &str,
     ) {
-        let now = self.now_ds();
-        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        let mut agents = lock(&self.agents);
         let budget = agents.entry(agent.clone()).or_insert_with(AgentBudget::new);
-        if budget.may_alert(now) {
+        if let Some(suppressed) = budget.alerted.admit() {
             tracing::warn!(
                 agent = %agent, %client, qname = %name, %qtype, rule,
-                suppressed = budget.alerted.1,
+                suppressed,
                 "[!] QUERY TYPE REFUSED under a wildcard (list it in the entry's qtypes to allow it)"
             );
-            budget.alerted.1 = 0;
         }
     }
 }
@@ -559,7 +558,7 @@ impl AgentBudget {
             cells: [[Cell::default(); WIDTH]; DEPTH],
             distinct: [[[0; LABEL_WIDTH]; DEPTH]; 2],
             blocked: [(0, 0); BLOCKED],
-            alerted: (0, 0),
+            alerted: Throttle::new(ALERT_EVERY),
             last: 0,
         })
     }
@@ -679,14 +678,12 @@ impl AgentBudget {
             .expect("non-empty table");
         *slot = (h, until);
     }
+}
 
-    fn may_alert(&mut self, now: u32) -> bool {
-        if self.alerted.0 != 0 && now.saturating_sub(self.alerted.0) < ALERT_EVERY_DS {
-            self.alerted.1 += 1;
-            return false;
-        }
-        self.alerted.0 = now;
-        true
+/// The budgets of agents a reload removed go with them.
+impl PerAgent for Budgets {
+    fn agents_changed(&self, files: &PolicySet) {
+        self.retain(|agent| files.by_agent(agent).is_some());
     }
 }
 

@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use hickory_server::proto::op::Query;
 use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::rdata::SOA;
 use hickory_server::proto::rr::{Name, RData, Record};
@@ -19,35 +20,32 @@ use hickory_server::server::Request;
 use crate::fence::{FeedError, Firewall};
 use crate::observe::alert::{Action, Alerts, Denied, Exfil, Stripped};
 use crate::observe::attribution::{Attribution, Attributor, Proto};
-use crate::observe::audit::{AuditLog, AuditRecord, Decision as Logged};
+use crate::observe::audit::{AuditLog, AuditRecord, Decision};
 use crate::observe::metrics::{self, METRICS};
+use crate::observe::throttle::Throttle;
 use crate::policy::name::QueryKey;
 use crate::policy::{Policy, Rule};
-use crate::serve::decide::{Decision, decide_for};
+use crate::serve::decide::{self, Ruling};
+use crate::serve::exfil::{self, Budgets, Mark, Verdict};
 use crate::serve::resolve::{Resolution, Resolver};
+use crate::serve::service::Service;
 use crate::serve::upstream::UpstreamError;
 use crate::serve::wire::{Transport, header_only_reply};
-use crate::state::{Fence, InForce, Loaded, State};
-
-/// The longest an allowed answer may take, CNAME chase included; then SERVFAIL.
-pub const RESOLVE_DEADLINE: Duration = Duration::from_secs(6);
+use crate::state::{ANSWER_DEADLINE, InForce, State};
+use crate::sync::lock;
 
 pub struct Handler {
-    /// The policy in force, and every change to it.
-    pub state: Arc<State>,
-    pub resolver: Resolver,
-    pub audit: AuditLog,
-    pub alerts: Alerts,
-    /// nftables feeding, when any policy asks for it.
-    pub firewall: Option<Arc<Firewall>>,
-    /// Rate limit for firewall failure alerts: (last printed, suppressed since).
-    firewall_alerts: Mutex<(Option<Instant>, u64)>,
+    state: Arc<State>,
+    resolver: Arc<Resolver>,
+    audit: AuditLog,
+    alerts: Alerts,
+    firewall: Option<Arc<Firewall>>,
+    /// Rate limit for firewall failure alerts.
+    firewall_alerts: Mutex<Throttle>,
     /// The SOA put in the authority section of denials (its minimum is the negative TTL).
     deny_soa: Record,
-    /// Exfiltration budgets under wildcard rules, per agent.
-    pub exfil: crate::serve::exfil::Budgets,
-    /// Finds the process behind a denied lookup; `None`: attribution is off.
-    pub attribution: Option<Attributor>,
+    exfil: Arc<Budgets>,
+    attribution: Option<Arc<Attributor>>,
 }
 
 /// The reply to send, and what the audit record says about it.
@@ -57,7 +55,7 @@ pub struct Outcome {
     pub answers: Vec<Record>,
     pub authority: Vec<Record>,
     pub authoritative: bool,
-    pub decision: Logged,
+    pub decision: Decision,
     pub agent: Option<Arc<str>>,
     /// The agent's metrics slot ([`metrics::NO_AGENT`] without a policy).
     pub slot: u16,
@@ -65,21 +63,22 @@ pub struct Outcome {
     pub dynamic: bool,
     pub upstream_ms: Option<f64>,
     /// Exfiltration mark for the audit record.
-    pub exfil: Option<crate::serve::exfil::Mark>,
-    /// Special-purpose addresses the fence took out (src/policy/special.rs).
+    pub exfil: Option<Mark>,
+    /// Special-purpose addresses the fence took out (serve/strip.rs).
     pub stripped: Vec<IpAddr>,
     /// The process that asked: denials only.
     pub owner: Option<Attribution>,
 }
 
 impl Outcome {
-    pub fn refused(rcode: ResponseCode, policy: Option<&Policy>) -> Self {
+    /// Nothing answered yet: `rcode` with empty sections, under `policy`'s agent.
+    fn new(rcode: ResponseCode, decision: Decision, policy: Option<&Policy>) -> Self {
         Outcome {
             rcode,
             answers: Vec::new(),
             authority: Vec::new(),
             authoritative: false,
-            decision: Logged::Refused,
+            decision,
             agent: policy.map(|p| p.agent.clone()),
             slot: policy.map_or(metrics::NO_AGENT, |p| p.metrics_slot),
             rule: None,
@@ -91,11 +90,42 @@ impl Outcome {
         }
     }
 
+    pub fn refused(rcode: ResponseCode, policy: Option<&Policy>) -> Self {
+        Outcome::new(rcode, Decision::Refused, policy)
+    }
+
+    /// The audit record of this outcome, for `query` (if the request had
+    /// one) from `client`.
+    fn into_record(
+        self,
+        client: SocketAddr,
+        transport: Transport,
+        query: Option<&Query>,
+    ) -> AuditRecord {
+        AuditRecord {
+            ts: SystemTime::now(),
+            client,
+            transport: transport.as_str(),
+            agent: self.agent,
+            qname: query.map(|q| q.name().clone()),
+            qtype: query.map(|q| q.query_type()),
+            decision: self.decision,
+            rule: self.rule,
+            dynamic: self.dynamic,
+            rcode: self.rcode,
+            answers: self.answers,
+            stripped: self.stripped,
+            upstream_ms: self.upstream_ms,
+            exfil: self.exfil.map(Mark::as_str),
+            owner: self.owner,
+        }
+    }
+
     /// A new name or query type a wildcard does not carry (docs/exfiltration.md):
     /// REFUSED, which no cache keeps and which says nothing about the name.
-    fn exfil_refused(policy: &Policy, rule: &Rule, mark: crate::serve::exfil::Mark) -> Self {
+    fn exfil_refused(policy: &Policy, rule: &Rule, mark: Mark) -> Self {
         Outcome {
-            decision: Logged::Deny,
+            decision: Decision::Deny,
             rule: Some(rule.pattern.clone()),
             dynamic: rule.dynamic,
             exfil: Some(mark),
@@ -134,14 +164,8 @@ pub struct Chosen {
 }
 
 impl Handler {
-    pub fn new(
-        loaded: Loaded,
-        resolver: Resolver,
-        audit: AuditLog,
-        alerts: Alerts,
-        firewall: Option<Firewall>,
-        negative_ttl: u32,
-    ) -> Self {
+    /// The query path over the service's parts.
+    pub fn new(service: &Service, negative_ttl: u32) -> Self {
         let soa = SOA::new(
             Name::from_ascii("allowdns.invalid.").expect("static name"),
             Name::from_ascii("hostmaster.allowdns.invalid.").expect("static name"),
@@ -151,30 +175,25 @@ impl Handler {
             86400,
             negative_ttl,
         );
-        let firewall = firewall.map(Arc::new);
         Self {
-            state: Arc::new(State::new(
-                loaded,
-                audit.clone(),
-                firewall.clone().map(|f| f as Arc<dyn Fence>),
-            )),
-            resolver,
-            audit,
-            alerts,
-            firewall,
-            firewall_alerts: Mutex::new((None, 0)),
+            state: service.state.clone(),
+            resolver: service.resolver.clone(),
+            audit: service.audit.clone(),
+            alerts: service.alerts.clone(),
+            firewall: service.firewall.clone(),
+            firewall_alerts: Mutex::new(Throttle::new(Duration::from_secs(1))),
             deny_soa: Record::from_rdata(Name::root(), negative_ttl, RData::SOA(soa)),
-            exfil: Default::default(),
-            attribution: None,
+            exfil: service.exfil.clone(),
+            attribution: service.attribution.clone(),
         }
     }
 
     /// Everything that needs no waiting; the whole answer unless an upstream is needed.
     pub fn begin(&self, request: &Request) -> Progress {
         let src = request.src();
-        let loaded = self.state.snapshot();
+        let in_force = self.state.snapshot();
         // The client first: hosts no policy governs learn nothing, not even FORMERR.
-        let Some(governing) = loaded.policies.for_client(src.ip()) else {
+        let Some(governing) = in_force.policies.for_client(src.ip()) else {
             return Progress::Answered(Outcome::refused(ResponseCode::Refused, None));
         };
         let agent = Some(&**governing);
@@ -188,11 +207,8 @@ impl Handler {
         let matched = QueryKey::of(name);
         // Monitor mode's lookups outside the allowlist are attributed too.
         let mut logged_owner = None;
-        let (policy, rule, decision) = match decide_for(governing, matched.as_ref()) {
-            Decision::Refused => {
-                return Progress::Answered(Outcome::refused(ResponseCode::Refused, None));
-            }
-            Decision::Deny { policy } => {
+        let (policy, rule, decision) = match decide::rule(governing, matched.as_ref()) {
+            Ruling::Deny { policy } => {
                 // Before the reply leaves: the asker may exit on NXDOMAIN.
                 let owner = self.asker(request, policy, src);
                 self.alerts.denied(Denied {
@@ -205,23 +221,13 @@ impl Handler {
                     owner: owner.clone(),
                 });
                 return Progress::Answered(Outcome {
-                    rcode: ResponseCode::NXDomain,
-                    answers: Vec::new(),
                     authority: vec![self.deny_soa.clone()],
-                    authoritative: false,
-                    decision: Logged::Deny,
-                    agent: Some(policy.agent.clone()),
-                    slot: policy.metrics_slot,
-                    rule: None,
-                    dynamic: false,
-                    upstream_ms: None,
-                    exfil: None,
-                    stripped: Vec::new(),
                     owner,
+                    ..Outcome::new(ResponseCode::NXDomain, Decision::Deny, Some(policy))
                 });
             }
-            Decision::Allow { policy, rule } => (policy, rule, Logged::Allow),
-            Decision::WouldDeny { policy, rule } => {
+            Ruling::Allow { policy, rule } => (policy, rule, Decision::Allow),
+            Ruling::WouldDeny { policy, rule } => {
                 // Monitor mode alerts what learn mode only records.
                 if policy.monitor {
                     logged_owner = self.asker(request, policy, src);
@@ -235,47 +241,40 @@ impl Handler {
                         owner: logged_owner.clone(),
                     });
                 }
-                (policy, rule, Logged::WouldDeny)
+                (policy, rule, Decision::WouldDeny)
             }
         };
         // Wildcards answer address types unless their entry lists more.
-        if decision == Logged::Allow && !crate::serve::exfil::qtype_allowed(rule, qtype) {
+        if decision == Decision::Allow && !exfil::qtype_allowed(rule, qtype) {
             self.exfil
                 .qtype_denied(&policy.agent, src, name, qtype, &rule.pattern);
-            let refused = Outcome::exfil_refused(policy, rule, crate::serve::exfil::Mark::Qtype);
+            let refused = Outcome::exfil_refused(policy, rule, Mark::Qtype);
             return Progress::Answered(refused);
         }
         let mut outcome = Outcome {
-            rcode: ResponseCode::ServFail,
-            answers: Vec::new(),
-            authority: Vec::new(),
-            authoritative: false,
-            decision,
-            agent: Some(policy.agent.clone()),
-            slot: policy.metrics_slot,
-            rule: (decision == Logged::Allow).then(|| rule.pattern.clone()),
+            rule: (decision == Decision::Allow).then(|| rule.pattern.clone()),
             dynamic: rule.dynamic,
-            upstream_ms: None,
-            exfil: None,
-            stripped: Vec::new(),
             owner: logged_owner,
+            ..Outcome::new(ResponseCode::ServFail, decision, Some(policy))
         };
         let matchable = matched.is_some();
         // Learn mode resolves names no policy can spell: looked up by their escaped form.
         let key = matched.unwrap_or_else(|| QueryKey::of_any(name));
         match self
             .resolver
-            .resolve_now(&loaded.files.zones, &key, name, qtype, policy.id)
+            .resolve_now(&in_force.files.zones, &key, name, qtype, policy.id)
         {
-            Some(resolution) => {
-                Progress::Answered(self.fence(&loaded, policy, rule, outcome.resolved(resolution)))
-            }
+            Some(resolution) => Progress::Answered(self.fence(
+                &in_force,
+                policy,
+                rule,
+                outcome.resolved(resolution),
+            )),
             None => {
                 // The question is about to leave: under a wildcard, it is
                 // charged to the agent's exfiltration budget. Allowed means
                 // matched, so `key` is the matcher's.
-                if decision == Logged::Allow && rule.facts.wildcard {
-                    use crate::serve::exfil::{Mark, Verdict};
+                if decision == Decision::Allow && rule.facts.wildcard {
                     let types = crate::policy::qtypes::answered_types(rule);
                     match self.exfil.charge(
                         &policy.agent,
@@ -298,7 +297,7 @@ impl Handler {
                     key,
                     matchable,
                 };
-                Progress::NeedsUpstream(outcome, loaded, chosen)
+                Progress::NeedsUpstream(outcome, in_force, chosen)
             }
         }
     }
@@ -320,7 +319,7 @@ impl Handler {
     /// firewall will not pass is never handed out.
     fn fence(
         &self,
-        loaded: &InForce,
+        in_force: &InForce,
         policy: &Policy,
         rule: &Rule,
         mut outcome: Outcome,
@@ -338,10 +337,10 @@ impl Handler {
         // Special-purpose addresses never leave, unless the entry opts in;
         // nothing left to hand out is NODATA, not a failure.
         let (mut stripped, emptied) =
-            crate::policy::special::strip(&mut outcome.answers, &|ip| policy.opens(rule, ip));
+            crate::serve::strip::strip(&mut outcome.answers, &|ip| policy.opens(rule, ip));
         // The authority section carries only what a client needs (SOA, NS):
         // addresses there would reach the client unfed and unstripped.
-        crate::policy::special::keep_authority(&mut outcome.authority, &mut stripped);
+        crate::serve::strip::keep_authority(&mut outcome.authority, &mut stripped);
         if emptied {
             outcome.rcode = ResponseCode::NoError;
             outcome.answers.clear();
@@ -354,9 +353,9 @@ impl Handler {
         // A netlink round trip takes a few µs and is bounded by a 2 s receive
         // timeout. Moving it off runtime workers (block_in_place) spawned
         // replacement threads under bursts and cost far more than it saved.
-        // A revoke or reload since `loaded` was taken may have withdrawn
+        // A revoke or reload since `in_force` was taken may have withdrawn
         // `rule`: the fence tells, under its withdraw lock, from the generation.
-        let fed = firewall.feed_decided_at(policy, rule, loaded.generation, &mut outcome.answers);
+        let fed = firewall.feed_decided_at(policy, rule, in_force.generation, &mut outcome.answers);
         if let Err(error) = fed {
             self.firewall_alert(&policy.agent, &error);
             outcome.rcode = ResponseCode::ServFail;
@@ -367,21 +366,10 @@ impl Handler {
     }
 
     fn firewall_alert(&self, agent: &str, error: &FeedError) {
-        let mut state = self
-            .firewall_alerts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if state
-            .0
-            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
-        {
-            state.1 += 1;
-            return;
+        let admitted = lock(&self.firewall_alerts).admit();
+        if let Some(suppressed) = admitted {
+            tracing::error!(agent, %error, suppressed, "[!] FIREWALL UPDATE FAILED: answered SERVFAIL instead of handing out addresses");
         }
-        let suppressed = std::mem::take(&mut state.1);
-        state.0 = Some(now);
-        tracing::error!(agent, %error, suppressed, "[!] FIREWALL UPDATE FAILED: answered SERVFAIL instead of handing out addresses");
     }
 
     /// Completes an allowed answer that needs the upstream; failure is SERVFAIL.
@@ -389,7 +377,7 @@ impl Handler {
         &self,
         request: &Request,
         outcome: Outcome,
-        loaded: &InForce,
+        in_force: &InForce,
         chosen: &Chosen,
     ) -> Outcome {
         let query = request.queries.queries()[0].original();
@@ -397,29 +385,29 @@ impl Handler {
         // Under a budgeted wildcard an answer is held at least the policy's
         // floor, so re-asking it carries nothing to the zone's operator.
         let floor =
-            if outcome.decision == Logged::Allow && rule.facts.wildcard && policy.exfil.enabled {
+            if outcome.decision == Decision::Allow && rule.facts.wildcard && policy.exfil.enabled {
                 policy.exfil.min_ttl
             } else {
                 0
             };
         let resolving = self.resolver.resolve(
-            &loaded.files.zones,
+            &in_force.files.zones,
             &chosen.key,
             query.name(),
             query.query_type(),
             policy.id,
             floor,
         );
-        let result = match tokio::time::timeout(RESOLVE_DEADLINE, resolving).await {
+        let result = match tokio::time::timeout(ANSWER_DEADLINE, resolving).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout {
                 name: query.name().clone(),
                 qtype: query.query_type(),
-                after: RESOLVE_DEADLINE,
+                after: ANSWER_DEADLINE,
             }),
         };
         match result {
-            Ok(resolution) => self.fence(loaded, policy, rule, outcome.resolved(resolution)),
+            Ok(resolution) => self.fence(in_force, policy, rule, outcome.resolved(resolution)),
             Err(error) => {
                 crate::serve::upstream::warn_failure(
                     self.resolver.upstream(),
@@ -467,23 +455,8 @@ impl Handler {
                 addresses: outcome.stripped.clone(),
             });
         }
-        self.audit.record(AuditRecord {
-            ts: SystemTime::now(),
-            client: request.src(),
-            transport: Transport::of(request).as_str(),
-            agent: outcome.agent,
-            qname: query.map(|q| q.name().clone()),
-            qtype: query.map(|q| q.query_type()),
-            decision: outcome.decision,
-            rule: outcome.rule,
-            dynamic: outcome.dynamic,
-            rcode: outcome.rcode,
-            answers: outcome.answers,
-            stripped: outcome.stripped,
-            upstream_ms: outcome.upstream_ms,
-            exfil: outcome.exfil.map(crate::serve::exfil::Mark::as_str),
-            owner: outcome.owner,
-        });
+        let record = outcome.into_record(request.src(), Transport::of(request), query);
+        self.audit.record(record);
     }
 
     /// A request that could not be parsed: FORMERR from its header, audited.
@@ -520,44 +493,21 @@ impl Handler {
         started: Instant,
         governed: ResponseCode,
     ) -> Option<Vec<u8>> {
-        let loaded = self.state.snapshot();
-        let policy = loaded.policies.for_client(src.ip());
+        let in_force = self.state.snapshot();
+        let policy = in_force.policies.for_client(src.ip());
         let rcode = match policy {
             Some(_) => governed,
             None => ResponseCode::Refused,
         };
+        let outcome = Outcome::refused(rcode, policy.map(|p| &**p));
         METRICS.query(
-            policy.map_or(metrics::NO_AGENT, |p| p.metrics_slot),
-            Logged::Refused,
+            outcome.slot,
+            outcome.decision,
             None,
             rcode,
             started.elapsed(),
         );
-        self.audit.record(AuditRecord {
-            ts: SystemTime::now(),
-            client: src,
-            transport: transport.as_str(),
-            agent: policy.map(|p| p.agent.clone()),
-            qname: None,
-            qtype: None,
-            decision: Logged::Refused,
-            rule: None,
-            dynamic: false,
-            rcode,
-            answers: Vec::new(),
-            stripped: Vec::new(),
-            upstream_ms: None,
-            exfil: None,
-            owner: None,
-        });
+        self.audit.record(outcome.into_record(src, transport, None));
         header_only_reply(raw, rcode)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_replaced_policy_set_is_held_no_longer_than_a_query_may_take() {
-        assert!(crate::state::HELD_AT_MOST >= super::RESOLVE_DEADLINE);
     }
 }

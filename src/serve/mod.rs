@@ -14,6 +14,8 @@ pub mod exfil;
 pub mod handler;
 pub mod resolve;
 pub mod server;
+pub mod service;
+pub mod strip;
 pub mod tcp;
 pub mod upstream;
 pub mod wire;

@@ -10,7 +10,7 @@
 //! most queries are served; [`Resolver::resolve`] may ask the upstream.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,11 +22,14 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use crate::observe::metrics::METRICS;
+use crate::policy::PolicySet;
 use crate::policy::name::{PolicyId, QueryKey};
 use crate::policy::zones::Step;
 use crate::policy::zones::Zones;
 use crate::serve::cache::Cache;
 use crate::serve::upstream::{Upstream, UpstreamError};
+use crate::state::{ANSWER_DEADLINE, PerAgent};
+use crate::sync::lock;
 
 /// Longest CNAME chain followed (RFC 1034 gives no bound; peers use 8 to 16).
 const MAX_CHAIN: usize = 12;
@@ -64,11 +67,6 @@ pub struct Resolver {
 type FlightKey = (PolicyId, QueryKey, RecordType);
 type Flight = Shared<BoxFuture<'static, Result<Step, UpstreamError>>>;
 
-/// Bounds one merged upstream question, whoever waits for it: no longer than
-/// a waiter holds its agent's upstream share (`handler::RESOLVE_DEADLINE`,
-/// not imported to keep resolve below handler), so the share counts it.
-const FLIGHT_DEADLINE: Duration = Duration::from_secs(6);
-
 impl Resolver {
     pub fn new(upstream: Upstream, cache: Cache) -> Self {
         Self {
@@ -78,14 +76,9 @@ impl Resolver {
         }
     }
 
-    /// Keeps the cache partitions of the policies `keep` names (after a reload).
     /// Where allowed names that no local zone holds are resolved.
     pub fn upstream(&self) -> &Arc<Upstream> {
         &self.upstream
-    }
-
-    pub fn retain_agents(&self, keep: impl Fn(PolicyId) -> bool) {
-        self.cache.retain(keep);
     }
 
     /// Asks the upstream, or joins the identical question already asked.
@@ -100,7 +93,7 @@ impl Resolver {
     ) -> Result<Step, UpstreamError> {
         let key = (agent, target_key.clone(), qtype);
         let flight = {
-            let mut flights = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut flights = lock(&self.in_flight);
             flights
                 .entry(key.clone())
                 .or_insert_with(|| {
@@ -109,13 +102,13 @@ impl Resolver {
                     let task = tokio::spawn(async move {
                         let started = Instant::now();
                         let asked =
-                            tokio::time::timeout(FLIGHT_DEADLINE, upstream.query(&name, qtype));
+                            tokio::time::timeout(ANSWER_DEADLINE, upstream.query(&name, qtype));
                         let result = match asked.await {
                             Ok(result) => result,
                             Err(_) => Err(UpstreamError::Timeout {
                                 name,
                                 qtype,
-                                after: FLIGHT_DEADLINE,
+                                after: ANSWER_DEADLINE,
                             }),
                         };
                         METRICS.upstream_queries.fetch_add(1, Relaxed);
@@ -123,10 +116,7 @@ impl Resolver {
                         if result.is_err() {
                             METRICS.upstream_errors.fetch_add(1, Relaxed);
                         }
-                        flights
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&key);
+                        lock(&flights).remove(&key);
                         result
                     });
                     let name = target.clone();
@@ -338,6 +328,14 @@ fn chain_end(answers: &[Record], start: &Name) -> Name {
         }
     }
     at
+}
+
+/// The cache partitions of agents a reload removed go with them.
+impl PerAgent for Resolver {
+    fn agents_changed(&self, files: &PolicySet) {
+        let ids: HashSet<PolicyId> = files.policies.iter().map(|p| p.id).collect();
+        self.cache.retain(|id| ids.contains(&id));
+    }
 }
 
 #[cfg(test)]

@@ -235,7 +235,7 @@ pub async fn run(
     .map_err(io::Error::other)?;
     // Let upstream-bound answers still in flight finish (and be audited).
     answerer
-        .drain(crate::serve::handler::RESOLVE_DEADLINE + Duration::from_secs(1))
+        .drain(crate::state::ANSWER_DEADLINE + Duration::from_secs(1))
         .await;
     joined.map(drop)
 }

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::observe::metrics::METRICS;
 use crate::serve::answer::{Answer, Answerer};
 use crate::serve::wire::Transport;
+use crate::sync::lock;
 
 /// The TCP limits (the `tcp:` section of the config).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,7 +120,7 @@ impl Slots {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.held)
     }
 
     fn now_ms(&self) -> u64 {

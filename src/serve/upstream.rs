@@ -16,7 +16,9 @@ use hickory_resolver::proto::rr::{Name, Record, RecordType};
 use hickory_resolver::recursor::{Recursor, RecursorError, RecursorOptions};
 use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
 
+use crate::observe::throttle::Throttle;
 use crate::policy::zones::Step;
+use crate::sync::lock;
 
 /// Why an allowed name could not be resolved. The client gets SERVFAIL.
 /// Each carries the question asked. `Clone`: one merged upstream question
@@ -323,22 +325,13 @@ impl std::fmt::Display for Upstream {
 /// first goes out at once, then at most one per interval, with how many were
 /// suppressed since the last (`allowdns_upstream_errors_total` counts each).
 const WARN_EVERY: Duration = Duration::from_secs(10);
-static FAILURES: std::sync::Mutex<(Option<Instant>, u64)> = std::sync::Mutex::new((None, 0));
+static FAILURES: std::sync::Mutex<Throttle> = std::sync::Mutex::new(Throttle::new(WARN_EVERY));
 
 pub fn warn_failure(upstream: &Upstream, error: &UpstreamError, qname: &Name, qtype: RecordType) {
-    let mut state = FAILURES.lock().unwrap_or_else(|p| p.into_inner());
-    let now = Instant::now();
-    if state
-        .0
-        .is_some_and(|last| now.duration_since(last) < WARN_EVERY)
-    {
-        state.1 += 1;
-        return;
+    let admitted = lock(&FAILURES).admit();
+    if let Some(suppressed) = admitted {
+        tracing::warn!(%error, %qname, %qtype, suppressed, "upstream {upstream} failed; answering SERVFAIL (at most one such line per {} s)", WARN_EVERY.as_secs());
     }
-    let suppressed = std::mem::take(&mut state.1);
-    state.0 = Some(now);
-    drop(state);
-    tracing::warn!(%error, %qname, %qtype, suppressed, "upstream {upstream} failed; answering SERVFAIL (at most one such line per {} s)", WARN_EVERY.as_secs());
 }
 
 /// The SOA first, then other authority records, without repeating the SOA.

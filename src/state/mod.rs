@@ -8,7 +8,7 @@
 //! calls [`State::snapshot`], and a query keeps the set it started with.
 //!
 //! The fence is reached through the small [`Fence`] trait, so the state is
-//! tested without nftables (see the tests below).
+//! tested without nftables (see the tests).
 
 pub mod grants;
 
@@ -17,19 +17,19 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use crate::fence::Firewall;
+use crate::fence::{Fence, FenceError};
 use crate::observe::audit::AuditLog;
 use crate::observe::audit::schema::{EntryExpired, Event, EventLine, GrantLife};
 use crate::policy::zones::Zones;
 use crate::policy::{PolicySet, Rule};
 use crate::state::grants::{Grant, Grants};
+use crate::sync::lock;
 
 /// How long a grant waits for its audit line to be written before it is refused.
 const AUDIT_CONFIRM: Duration = Duration::from_secs(2);
-/// How long a query may hold a set it took: the handler's `RESOLVE_DEADLINE`
-/// (not imported, so the state does not depend on the query path; a test
-/// keeps the two in step).
-pub const HELD_AT_MOST: Duration = Duration::from_secs(6);
+/// The longest an upstream-bound answer may take, CNAME chase included (then
+/// SERVFAIL); so also the longest a query holds the set it took.
+pub const ANSWER_DEADLINE: Duration = Duration::from_secs(6);
 
 /// What a reload replaces as one unit, so no query sees half of a change.
 pub struct Loaded {
@@ -47,10 +47,6 @@ pub struct InForce {
     /// while it was on its way.
     pub generation: u64,
 }
-
-/// What the fence reports when it cannot follow a change: its own error,
-/// boxed so this trait does not depend on the fence's error type.
-pub type FenceError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a change of the policy in force was refused; each names what it was
 /// asked. The messages reach the control socket's clients verbatim.
@@ -74,39 +70,11 @@ pub enum StateError {
     Fence(FenceError),
 }
 
-/// What a change of the policy in force asks of the fence. Implemented by
-/// the nftables [`Firewall`]; the tests record the calls instead.
-pub trait Fence: Send + Sync {
-    /// Whether the fence can follow `policies` at all; changes nothing.
-    fn check(&self, policies: &PolicySet) -> Result<(), FenceError>;
-    /// Makes the policy-address elements match `policies`.
-    fn sync_static(&self, policies: &PolicySet) -> Result<(), FenceError>;
-    /// Takes out every element fed under `agent`'s rule `pattern`; how many.
-    /// `generation` is the set that ended the rule: from now on an answer
-    /// decided against an older set feeds nothing under it.
-    fn withdraw(&self, agent: &str, pattern: &str, generation: u64) -> Result<usize, FenceError>;
-    /// Stops tracking rules that ended by themselves.
-    fn forget_ended(&self, policies: &PolicySet);
-}
-
-impl Fence for Firewall {
-    fn check(&self, policies: &PolicySet) -> Result<(), FenceError> {
-        Ok(Firewall::check(self, policies)?)
-    }
-    fn sync_static(&self, policies: &PolicySet) -> Result<(), FenceError> {
-        Ok(Firewall::sync_static(self, policies)?)
-    }
-    fn withdraw(&self, agent: &str, pattern: &str, generation: u64) -> Result<usize, FenceError> {
-        // Remembered as long as an answer may hold the set it was decided
-        // against, with the margin `retire` gives.
-        let remember = HELD_AT_MOST + Duration::from_secs(1);
-        Ok(Firewall::withdraw(
-            self, agent, pattern, generation, remember,
-        )?)
-    }
-    fn forget_ended(&self, policies: &PolicySet) {
-        Firewall::forget_ended(self, policies)
-    }
+/// What keeps something per agent (cache partitions, exfiltration
+/// budgets): told once a reload installed new files, to drop what it keeps
+/// for agents they no longer name.
+pub trait PerAgent: Send + Sync {
+    fn agents_changed(&self, files: &PolicySet);
 }
 
 pub struct State {
@@ -121,11 +89,18 @@ pub struct State {
     audit: AuditLog,
     /// The firewall, when any policy feeds one.
     fence: Option<Arc<dyn Fence>>,
+    /// Told when a reload changed the agents.
+    per_agent: Vec<Arc<dyn PerAgent>>,
 }
 
 impl State {
     /// The policy in force at start-up: the files less what already expired.
-    pub fn new(loaded: Loaded, audit: AuditLog, fence: Option<Arc<dyn Fence>>) -> Self {
+    pub fn new(
+        loaded: Loaded,
+        audit: AuditLog,
+        fence: Option<Arc<dyn Fence>>,
+        per_agent: Vec<Arc<dyn PerAgent>>,
+    ) -> Self {
         let now = SystemTime::now();
         let policies = loaded.policies.effective(&Default::default(), now);
         State {
@@ -138,6 +113,7 @@ impl State {
             expiry_changed: tokio::sync::Notify::new(),
             audit,
             fence,
+            per_agent,
         }
     }
 
@@ -149,7 +125,7 @@ impl State {
     /// Swaps in a reloaded set atomically; queries already running keep the
     /// old one. If the firewall cannot follow, nothing changes.
     pub fn replace(&self, loaded: Loaded) -> Result<(), StateError> {
-        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let mut grants = lock(&self.grants);
         if let Some(fence) = &self.fence {
             fence.check(&loaded.policies).map_err(StateError::Fence)?;
         }
@@ -173,6 +149,9 @@ impl State {
                     .event(&grant_event(Event::GrantDropped, &dropped));
                 tracing::warn!(agent = %dropped.agent, pattern = %dropped.pattern, "grant dropped: its agent's policy was removed");
             }
+            for keeper in &self.per_agent {
+                keeper.agents_changed(&files.policies);
+            }
             return Ok(());
         };
         grants.1 = last;
@@ -181,7 +160,7 @@ impl State {
 
     /// Rebuilds what is in force now: drops expired entries and grants.
     pub fn refresh(&self) {
-        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let mut grants = lock(&self.grants);
         let _ = self.install(self.snapshot().files.clone(), &mut grants, false);
         self.forget_ended();
     }
@@ -197,7 +176,7 @@ impl State {
 
     /// Adds (or renews) a grant and puts it in force at once.
     pub fn grant(&self, grant: Grant) -> Result<(), StateError> {
-        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let mut grants = lock(&self.grants);
         let files = self.snapshot().files.clone();
         if files.policies.by_agent(&grant.agent).is_none() {
             return Err(StateError::NoPolicy(grant.agent.to_string()));
@@ -243,7 +222,7 @@ impl State {
         pattern: &str,
         uid: Option<u32>,
     ) -> Result<Grant, StateError> {
-        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let mut grants = lock(&self.grants);
         let grant = grants
             .0
             .revoke_by(agent, pattern, uid)
@@ -266,7 +245,10 @@ impl State {
         let Some(fence) = &self.fence else {
             return;
         };
-        match fence.withdraw(agent, pattern, self.snapshot().generation) {
+        // Remembered as long as an answer may hold the set it was decided
+        // against, with the margin `retire` gives.
+        let remember = ANSWER_DEADLINE + Duration::from_secs(1);
+        match fence.withdraw(agent, pattern, self.snapshot().generation, remember) {
             Ok(0) => {}
             Ok(n) => tracing::info!(agent, pattern, elements = n, "firewall elements withdrawn"),
             Err(e) => {
@@ -277,7 +259,7 @@ impl State {
 
     /// The grants in force.
     pub fn grants(&self) -> Vec<Grant> {
-        let grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let grants = lock(&self.grants);
         grants.0.active().to_vec()
     }
 
@@ -285,7 +267,7 @@ impl State {
     /// holds: only file entries expiring after the last rebuild count, so an
     /// entry that already ended cannot wake the expiry task again and again.
     pub fn next_expiry(&self) -> Option<SystemTime> {
-        let grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let grants = lock(&self.grants);
         let files = self.snapshot().files.policies.next_expiry_after(grants.1);
         files.into_iter().chain(grants.0.next_expiry()).min()
     }
@@ -406,7 +388,7 @@ fn retire(old: Arc<InForce>) {
     let spawned = std::thread::Builder::new()
         .name("retire".into())
         .spawn(move || {
-            let until = Instant::now() + HELD_AT_MOST + Duration::from_secs(1);
+            let until = Instant::now() + ANSWER_DEADLINE + Duration::from_secs(1);
             while Arc::strong_count(&old) > 1 && Instant::now() < until {
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -430,362 +412,4 @@ fn grant_event(event: fn(GrantLife) -> Event, g: &Grant) -> EventLine {
 }
 
 #[cfg(test)]
-mod tests {
-    //! Reload, grant, revoke and expiry interleaved, against a fence that
-    //! records what it is asked: no sockets, no nftables.
-
-    use super::*;
-    use crate::diagnostics::Diagnostics;
-    use crate::observe::audit::Sink;
-    use std::path::PathBuf;
-
-    /// Records the calls a change makes; `fail_sync` makes the firewall refuse.
-    #[derive(Default)]
-    struct Recorder {
-        withdrawn: Mutex<Vec<(String, String)>>,
-        /// The generation each withdrawal was told, in order.
-        generations: Mutex<Vec<u64>>,
-        syncs: Mutex<usize>,
-        forgets: Mutex<usize>,
-        fail_sync: std::sync::atomic::AtomicBool,
-    }
-
-    impl Recorder {
-        /// What was withdrawn since the last call.
-        fn take(&self) -> Vec<(String, String)> {
-            std::mem::take(&mut *self.withdrawn.lock().unwrap())
-        }
-    }
-
-    impl Fence for Recorder {
-        fn check(&self, _: &PolicySet) -> Result<(), FenceError> {
-            Ok(())
-        }
-        fn sync_static(&self, _: &PolicySet) -> Result<(), FenceError> {
-            *self.syncs.lock().unwrap() += 1;
-            if self.fail_sync.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err("netlink says no".into());
-            }
-            Ok(())
-        }
-        fn withdraw(
-            &self,
-            agent: &str,
-            pattern: &str,
-            generation: u64,
-        ) -> Result<usize, FenceError> {
-            let mut withdrawn = self.withdrawn.lock().unwrap();
-            withdrawn.push((agent.into(), pattern.into()));
-            self.generations.lock().unwrap().push(generation);
-            Ok(1)
-        }
-        fn forget_ended(&self, _: &PolicySet) {
-            *self.forgets.lock().unwrap() += 1;
-        }
-    }
-
-    /// A temporary directory, removed on drop.
-    struct Dir(PathBuf);
-
-    impl Dir {
-        fn new(tag: &str) -> Dir {
-            let dir = std::env::temp_dir().join(format!(
-                "allowdns-state-{tag}-{}-{:?}",
-                std::process::id(),
-                std::thread::current().id()
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            Dir(dir)
-        }
-
-        /// Writes the policy files and loads them as a reload would.
-        fn load(&self, files: &[(&str, String)]) -> Loaded {
-            for entry in std::fs::read_dir(&self.0).unwrap() {
-                let path = entry.unwrap().path();
-                if path.extension().is_some_and(|e| e == "yaml") {
-                    std::fs::remove_file(path).unwrap();
-                }
-            }
-            let mut paths = Vec::new();
-            for (name, text) in files {
-                let path = self.0.join(name);
-                std::fs::write(&path, text).unwrap();
-                paths.push(path);
-            }
-            let mut diags = Diagnostics::default();
-            let policies = crate::policy::load(&paths, &mut diags)
-                .unwrap_or_else(|| panic!("policies do not load: {diags:?}"));
-            assert!(!diags.has_errors(), "{diags:?}");
-            Loaded {
-                policies,
-                zones: Zones::default(),
-            }
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn grant(agent: &str, pattern: &str, lasts: Duration) -> Grant {
-        let now = SystemTime::now();
-        Grant {
-            agent: agent.into(),
-            pattern: pattern.into(),
-            reason: "test".into(),
-            granted_at: now,
-            expires: now + lasts,
-            uid: Some(0),
-            revoked_by: None,
-        }
-    }
-
-    /// Whether the set in force has `agent` allowing `pattern`.
-    fn allows(state: &State, agent: &str, pattern: &str) -> bool {
-        state
-            .snapshot()
-            .policies
-            .by_agent(agent)
-            .is_some_and(|p| p.rules.iter().any(|r| &*r.pattern == pattern && r.live()))
-    }
-
-    fn pair(agent: &str, pattern: &str) -> (String, String) {
-        (agent.into(), pattern.into())
-    }
-
-    const HOUR: Duration = Duration::from_secs(3600);
-
-    #[test]
-    fn reload_grant_revoke_and_expiry_withdraw_what_ended() {
-        let dir = Dir::new("interleaved");
-        let log = dir.0.join("audit.log");
-        let audit = AuditLog::start(Sink::open(Some(&log)).unwrap());
-        let fence = Arc::new(Recorder::default());
-        let policy_a = |temp_end: &str| {
-            format!(
-                "agent_name: a\nclients: [10.1.0.0/16]\nexpected_outbound:\n  - destination: keep.test\n  - destination: temp.test\n    expires: \"{temp_end}\"\n"
-            )
-        };
-        let policy_b =
-            "agent_name: b\nclients: [10.2.0.0/16]\nexpected_outbound:\n  - destination: b.test\n"
-                .to_string();
-        let policy_l = |mode: &str| {
-            format!(
-                "agent_name: l\nclients: [10.3.0.0/16]\nmode: {mode}\nexpected_outbound:\n  - destination: l.test\n"
-            )
-        };
-        let state = State::new(
-            dir.load(&[
-                ("a.yaml", policy_a("2099-01-01T00:00:00Z")),
-                ("b.yaml", policy_b.clone()),
-                ("l.yaml", policy_l("learn")),
-            ]),
-            audit.clone(),
-            Some(fence.clone() as Arc<dyn Fence>),
-        );
-        assert_eq!(state.snapshot().generation, 0);
-        assert!(allows(&state, "a", "temp.test"));
-
-        // A grant puts the name in force at once and withdraws nothing.
-        state
-            .grant(grant("a", "g1.test", Duration::from_millis(400)))
-            .unwrap();
-        state.grant(grant("a", "g2.test", HOUR)).unwrap();
-        state.grant(grant("b", "gb.test", HOUR)).unwrap();
-        assert!(allows(&state, "a", "g1.test") && allows(&state, "b", "gb.test"));
-        assert_eq!(fence.take(), vec![]);
-        assert_eq!(state.snapshot().generation, 3);
-        // No policy, no grant: nothing changes.
-        let refused = state.grant(grant("nobody", "x.test", HOUR)).unwrap_err();
-        assert_eq!(refused.to_string(), "no policy for agent 'nobody'");
-        assert_eq!(state.snapshot().generation, 3);
-
-        // A renewal that ends later keeps what was fed; one that ends sooner withdraws.
-        state.grant(grant("a", "g2.test", 2 * HOUR)).unwrap();
-        assert_eq!(fence.take(), vec![]);
-        state.grant(grant("a", "g2.test", HOUR / 2)).unwrap();
-        assert_eq!(fence.take(), vec![pair("a", "g2.test")]);
-
-        // A revoke takes the rule out of force and withdraws its elements.
-        let revoked = state.revoke("a", "g2.test", Some(1000)).unwrap();
-        assert_eq!(revoked.revoked_by, Some(1000));
-        assert!(!allows(&state, "a", "g2.test"));
-        assert_eq!(fence.take(), vec![pair("a", "g2.test")]);
-        let refused = state.revoke("a", "g2.test", Some(1000)).unwrap_err();
-        assert_eq!(refused.to_string(), "agent 'a' has no grant for 'g2.test'");
-        assert_eq!(fence.take(), vec![]);
-
-        // A reload the firewall cannot follow changes nothing.
-        let before = state.snapshot().generation;
-        fence
-            .fail_sync
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        let syncs = *fence.syncs.lock().unwrap();
-        let refused = state.replace(dir.load(&[("a.yaml", policy_a("2098-01-01T00:00:00Z"))]));
-        assert_eq!(refused.unwrap_err().to_string(), "netlink says no");
-        // Tried, then rolled back to the set in force.
-        assert_eq!(*fence.syncs.lock().unwrap(), syncs + 2);
-        assert_eq!(state.snapshot().generation, before);
-        assert!(allows(&state, "b", "gb.test"));
-        assert_eq!(fence.take(), vec![]);
-        assert_eq!(state.grants().len(), 2);
-        fence
-            .fail_sync
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-
-        // A reload that ends an entry sooner, removes agent b (and its
-        // grant) and switches l to enforce withdraws exactly those rules.
-        let learn = state
-            .snapshot()
-            .policies
-            .by_agent("l")
-            .unwrap()
-            .learn
-            .clone()
-            .unwrap();
-        state
-            .replace(dir.load(&[
-                ("a.yaml", policy_a("2098-01-01T00:00:00Z")),
-                ("l.yaml", policy_l("enforce")),
-            ]))
-            .unwrap();
-        let mut withdrawn = fence.take();
-        withdrawn.sort();
-        assert_eq!(
-            withdrawn,
-            vec![
-                pair("a", "temp.test"),
-                pair("b", "gb.test"),
-                pair("l", &learn.pattern),
-            ]
-        );
-        assert!(state.snapshot().policies.by_agent("b").is_none());
-        let left: Vec<_> = state
-            .grants()
-            .iter()
-            .map(|g| g.pattern.to_string())
-            .collect();
-        assert_eq!(left, ["g1.test"]);
-        // The same files again: nothing ended sooner, nothing withdrawn.
-        state
-            .replace(dir.load(&[
-                ("a.yaml", policy_a("2098-01-01T00:00:00Z")),
-                ("l.yaml", policy_l("enforce")),
-            ]))
-            .unwrap();
-        assert_eq!(fence.take(), vec![]);
-
-        // Expiry: the grant ends by itself. Its elements age out on their
-        // kernel timeouts, so nothing is withdrawn; the fence forgets the rule.
-        let next = state.next_expiry().expect("g1 expires");
-        std::thread::sleep(next.duration_since(SystemTime::now()).unwrap_or_default());
-        assert!(
-            state
-                .next_expiry()
-                .is_some_and(|at| at <= SystemTime::now())
-        );
-        let forgets = *fence.forgets.lock().unwrap();
-        state.refresh();
-        assert!(!allows(&state, "a", "g1.test"));
-        assert!(state.grants().is_empty());
-        assert_eq!(fence.take(), vec![]);
-        assert_eq!(*fence.forgets.lock().unwrap(), forgets + 1);
-        // Only the file entry is left to expire.
-        let temp_end = crate::policy::parse_rfc3339("2098-01-01T00:00:00Z").unwrap();
-        assert_eq!(state.next_expiry(), Some(temp_end));
-
-        // Every change left its audit line, in order.
-        audit.close();
-        let events: Vec<String> = std::fs::read_to_string(&log)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                format!(
-                    "{} {}",
-                    v["event"].as_str().unwrap(),
-                    v["pattern"].as_str().unwrap()
-                )
-            })
-            .collect();
-        assert_eq!(
-            events,
-            [
-                "grant g1.test",
-                "grant g2.test",
-                "grant gb.test",
-                "grant g2.test",
-                "grant g2.test",
-                "grant_revoked g2.test",
-                "grant_dropped gb.test",
-                "grant_expired g1.test",
-            ]
-        );
-    }
-
-    /// A withdrawal tells the fence the generation of the set that ended
-    /// the rule: answers decided against an older set feed nothing under it,
-    /// answers from that set on do (see fence::target's tests).
-    #[test]
-    fn withdrawals_carry_the_generation_that_ended_the_rule() {
-        let dir = Dir::new("generations");
-        let audit = AuditLog::start(Sink::open(Some(&dir.0.join("audit.log"))).unwrap());
-        let fence = Arc::new(Recorder::default());
-        let policy = |end: &str| {
-            format!(
-                "agent_name: a\nexpected_outbound:\n  - destination: keep.test\n  - destination: temp.test\n    expires: \"{end}\"\n"
-            )
-        };
-        let state = State::new(
-            dir.load(&[("a.yaml", policy("2099-01-01T00:00:00Z"))]),
-            audit.clone(),
-            Some(fence.clone() as Arc<dyn Fence>),
-        );
-        let told = || std::mem::take(&mut *fence.generations.lock().unwrap());
-        state.grant(grant("a", "g.test", HOUR)).unwrap(); // 1
-        state.grant(grant("a", "g.test", HOUR / 2)).unwrap(); // 2, shortened
-        assert_eq!(told(), [2]);
-        state.revoke("a", "g.test", None).unwrap(); // 3
-        assert_eq!(told(), [3]);
-        state.grant(grant("a", "g.test", HOUR)).unwrap(); // 4, granted again
-        assert_eq!(told(), [] as [u64; 0]);
-        // A reload that keeps every rule withdraws nothing.
-        state
-            .replace(dir.load(&[("a.yaml", policy("2099-01-01T00:00:00Z"))]))
-            .unwrap(); // 5
-        assert_eq!(told(), [] as [u64; 0]);
-        state
-            .replace(dir.load(&[("a.yaml", policy("2098-01-01T00:00:00Z"))]))
-            .unwrap(); // 6, temp.test ends sooner
-        assert_eq!(
-            fence.take(),
-            [
-                pair("a", "g.test"),
-                pair("a", "g.test"),
-                pair("a", "temp.test")
-            ]
-        );
-        assert_eq!(told(), [6]);
-        assert_eq!(state.snapshot().generation, 6);
-        audit.close();
-    }
-
-    #[test]
-    fn without_a_fence_changes_still_take_effect() {
-        let dir = Dir::new("unfenced");
-        let audit = AuditLog::start(Sink::open(Some(&dir.0.join("audit.log"))).unwrap());
-        let policy = "agent_name: a\nexpected_outbound:\n  - destination: keep.test\n";
-        let state = State::new(dir.load(&[("a.yaml", policy.into())]), audit.clone(), None);
-        state.grant(grant("a", "g.test", HOUR)).unwrap();
-        assert!(allows(&state, "a", "g.test"));
-        state.revoke("a", "g.test", None).unwrap();
-        assert!(!allows(&state, "a", "g.test"));
-        state
-            .replace(dir.load(&[("a.yaml", policy.into())]))
-            .unwrap();
-        assert_eq!(state.snapshot().generation, 3);
-        audit.close();
-    }
-}
+mod tests;

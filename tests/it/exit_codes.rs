@@ -129,3 +129,34 @@ fn bad_input_exits_1_and_an_unopenable_audit_log_exits_3() {
         "{stderr}"
     );
 }
+
+/// `allowdns nft-ruleset … | head -1`: a reader that stops reading is a
+/// normal end (exit 0, nothing on stderr), as in ripgrep, not a panic.
+#[test]
+fn a_closed_stdout_ends_quietly_with_0() {
+    let dir = TempDir::new("exit-pipe");
+    let policy = policy(&dir);
+    let args = ["nft-ruleset", "--policy", &policy, "--dns", "127.0.0.1"];
+
+    // Positive control: read to its end, the same command prints the ruleset.
+    let out = Command::new(bin()).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("table"));
+
+    // The reading end closed before the ruleset is written: every write fails with EPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::observe::audit::schema::{OwnerFields, ParentRecord};
+use crate::sync::lock;
 
 /// Sockets whose holder is remembered (inode → pid, fd; id → inode), and
 /// processes whose description is: bounded, and emptied when full.
@@ -303,7 +304,7 @@ impl Attributor {
             return known;
         }
         let found = {
-            let mut diag = ns.diag.lock().unwrap_or_else(|p| p.into_inner());
+            let mut diag = lock(&ns.diag);
             let mut found = Ok(None);
             for &server in self.servers.iter().filter(|s| !s.ip().is_unspecified()) {
                 found = diag.find(proto, client, server);
@@ -348,7 +349,7 @@ impl Attributor {
             return known;
         }
         let found = {
-            let mut diag = ns.diag.lock().unwrap_or_else(|p| p.into_inner());
+            let mut diag = lock(&ns.diag);
             match diag.find(proto, local, remote) {
                 Ok(None) if !diag.is_local(local.ip()) => {
                     return Attribution::Unknown(Why::OtherHost);
@@ -363,11 +364,7 @@ impl Attributor {
     /// the process remembered still holds the socket remembered, the socket
     /// is alive, and a live socket keeps its addresses.
     fn remembered(&self, ns: &Ns, key: &Tuple) -> Option<Attribution> {
-        let inode = *self
-            .tuples
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)?;
+        let inode = *lock(&self.tuples).get(key)?;
         let (pid, fd) = *self.lock_holders().get(&inode)?;
         if !procfs::holds(pid, fd, inode) {
             return None;
@@ -401,7 +398,7 @@ impl Attributor {
             return Attribution::Unknown(Why::Exited);
         }
         {
-            let mut tuples = self.tuples.lock().unwrap_or_else(|p| p.into_inner());
+            let mut tuples = lock(&self.tuples);
             if tuples.len() >= MAX_HOLDERS {
                 tuples.clear();
             }
@@ -430,7 +427,7 @@ impl Attributor {
     fn search(&self, inode: u64, netns: u64, started: Instant) -> Result<u32, Why> {
         let now = Instant::now();
         let allowed = {
-            let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+            let mut spent = lock(&self.spent);
             if now.duration_since(spent.0) >= Duration::from_secs(1) {
                 *spent = (now, Duration::ZERO);
             }
@@ -452,7 +449,7 @@ impl Attributor {
         let took = now.elapsed();
         tracing::debug!(inode, ?took, since_start = ?started.elapsed(), "searched /proc for a socket's holder");
         {
-            let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+            let mut spent = lock(&self.spent);
             spent.1 += took;
         }
         match scan {
@@ -473,7 +470,7 @@ impl Attributor {
     fn describe(&self, host_pid: u32, netns: u64) -> Option<Arc<Owner>> {
         let now = Instant::now();
         {
-            let owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+            let owners = lock(&self.owners);
             if let Some((at, owner)) = owners.get(&host_pid)
                 && now.duration_since(*at) < OWNER_TTL
             {
@@ -490,7 +487,7 @@ impl Attributor {
             cmdline: me.cmdline,
             parents,
         });
-        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        let mut owners = lock(&self.owners);
         if owners.len() >= MAX_OWNERS {
             owners.clear();
         }
@@ -499,7 +496,7 @@ impl Attributor {
     }
 
     fn lock_holders(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (u32, u32)>> {
-        self.holders.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.holders)
     }
 
     /// The namespace's socket, opened on first use and again when the path
@@ -516,7 +513,7 @@ impl Attributor {
             Err(_) => return Err(Why::Exited),
         };
         let key = netns.map(Path::to_path_buf);
-        let mut namespaces = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
+        let mut namespaces = lock(&self.namespaces);
         if let Some(ns) = namespaces.get(&key)
             && ns.inode == inode
         {

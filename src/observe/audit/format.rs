@@ -30,7 +30,7 @@ pub struct AuditRecord {
     pub dynamic: bool,
     pub rcode: ResponseCode,
     pub answers: Vec<Record>,
-    /// Special-purpose addresses taken out of the answer (src/policy/special.rs).
+    /// Special-purpose addresses taken out of the answer (serve/strip.rs).
     pub stripped: Vec<IpAddr>,
     pub upstream_ms: Option<f64>,
     /// Exfiltration mark (`soft`, `budget`, `qtype`); written only when set.

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use super::format::{AuditRecord, format_record};
 use super::schema::{Event, EventLine, RecordsLost};
 use crate::observe::worker::Worker;
+use crate::sync::lock;
 
 /// Records buffered before the writer falls behind and records are counted lost.
 const CAPACITY: usize = 262_144;
@@ -122,7 +123,7 @@ impl AuditLog {
 
     /// Queues a record; never blocks on I/O.
     pub fn record(&self, record: AuditRecord) {
-        let mut buffer = self.shared.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buffer = lock(&self.shared.buffer);
         if buffer.len() < self.shared.capacity && !self.writer.is_closing() {
             buffer.push(record);
         } else {
@@ -146,7 +147,7 @@ impl AuditLog {
 
     fn queue_event(&self, line: String) -> u64 {
         let seq = {
-            let mut events = self.shared.events.lock().unwrap_or_else(|p| p.into_inner());
+            let mut events = lock(&self.shared.events);
             let seq = self.shared.queued.fetch_add(1, Ordering::Relaxed) + 1;
             events.push((seq, line));
             seq
@@ -163,7 +164,7 @@ impl AuditLog {
         }
         let seq = self.queue_event(line.to_json());
         let (written, flushed) = &self.shared.durable;
-        let written = written.lock().unwrap_or_else(|p| p.into_inner());
+        let written = lock(&written);
         let (state, _) = flushed
             .wait_timeout_while(written, within, |(w, f)| *w < seq && *f < seq)
             .unwrap_or_else(|p| p.into_inner());
@@ -279,11 +280,8 @@ impl Writer {
 
     /// One pass: takes what is buffered, writes it whole or counts it lost.
     fn pass(&mut self, shared: &Shared) {
-        std::mem::swap(
-            &mut self.batch,
-            &mut *shared.buffer.lock().unwrap_or_else(|p| p.into_inner()),
-        );
-        let events = std::mem::take(&mut *shared.events.lock().unwrap_or_else(|p| p.into_inner()));
+        std::mem::swap(&mut self.batch, &mut *lock(&shared.buffer));
+        let events = std::mem::take(&mut *lock(&shared.events));
         let last_event = events.last().map(|(seq, _)| *seq);
         // Loss goes first: once writing works again, the first line says
         // how much is missing.
@@ -333,7 +331,7 @@ impl Writer {
         if let Some(last) = last_event {
             // Events are confirmed only when the whole pass, and the flush, succeeded.
             let (state, flushed) = &shared.durable;
-            let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut state = lock(&state);
             if ok {
                 state.0 = last;
             } else {

@@ -12,6 +12,8 @@ use super::syslog::{self, Syslog};
 use super::threshold::Raised;
 use super::webhook::Webhook;
 
+use crate::sync::lock;
+
 /// Notifications a sink holds while it cannot deliver; more are dropped and counted.
 pub const QUEUE_CAPACITY: usize = 256;
 /// A syslog send's budget: a full /dev/log queue blocks the sender.
@@ -115,7 +117,7 @@ struct SinkShared {
 
 impl SinkShared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.queue)
     }
 }
 
@@ -220,7 +222,7 @@ impl Delivery {
             sink.shared.wake.notify_all();
         }
         for sink in &self.sinks {
-            let done = sink.done.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let done = lock(&sink.done).take();
             if let Some(done) = done {
                 // A small margin past the deadline for the thread's last log line.
                 let wait =

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use super::SendError;
 use super::notification::Notification;
 
+use crate::sync::lock;
+
 /// Why a webhook URL is refused; each carries the URL as written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
@@ -241,14 +243,14 @@ pub enum Trust {
 }
 
 /// Resolves a host and port to addresses; blocking, may take long.
-pub type Resolver = Arc<dyn Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>> + Send + Sync>;
+pub type HostLookup = Arc<dyn Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>> + Send + Sync>;
 
 type Resolved = std::io::Result<Vec<SocketAddr>>;
 
 /// ureq's resolver for the webhook: bounded by the attempt's deadline, and
 /// at most one lookup thread at a time however long the resolver hangs.
 struct Lookup {
-    resolver: Resolver,
+    resolver: HostLookup,
     /// A lookup that outlived its attempt; the next attempt waits on it
     /// rather than start another, so a hung resolver costs one thread.
     pending: Mutex<Option<mpsc::Receiver<Resolved>>>,
@@ -304,8 +306,8 @@ impl Lookup {
     /// that is left behind (and reused by the next attempt) when it takes
     /// too long.
     fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
-        let (deadline, timeout) = *self.attempt.lock().unwrap_or_else(|p| p.into_inner());
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let (deadline, timeout) = *lock(&self.attempt);
+        let mut pending = lock(&self.pending);
         let rx = match pending.take() {
             Some(rx) => rx,
             None => {
@@ -372,7 +374,7 @@ impl Webhook {
         timeout: Duration,
         shape: Shape,
         trust: &Trust,
-        resolver: Resolver,
+        resolver: HostLookup,
     ) -> Webhook {
         let roots: Vec<ureq::tls::Certificate<'static>> = match trust {
             // Read only for https: a plain-http sink needs no store.
@@ -430,11 +432,7 @@ impl Webhook {
     pub fn post(&mut self, body: &str, deadline: Instant) -> Result<(), SendError> {
         let deadline = deadline.min(Instant::now() + self.timeout);
         let budget = left(deadline)?;
-        *self
-            .lookup
-            .attempt
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = (deadline, self.timeout);
+        *lock(&self.lookup.attempt) = (deadline, self.timeout);
         let sent = self
             .agent
             .post(self.url.to_string())

@@ -5,9 +5,9 @@ use std::time::SystemTime;
 
 use super::validate::{valid_name, validate_agent, validate_grant};
 use super::{GrantView, Mode, PolicyView, Reply, Request, Status};
-use crate::serve::handler::Handler;
+use crate::state::State;
 
-pub(super) fn execute(request: Request, uid: Option<u32>, handler: &Handler) -> Reply {
+pub(super) fn execute(request: Request, uid: Option<u32>, state: &State) -> Reply {
     match request {
         Request::Grant {
             agent,
@@ -20,7 +20,7 @@ pub(super) fn execute(request: Request, uid: Option<u32>, handler: &Handler) -> 
                 Err(e) => return Reply::error(e),
             };
             let view = GrantView::from(&grant);
-            match handler.state.grant(grant) {
+            match state.grant(grant) {
                 Ok(()) => Reply {
                     granted: Some(view),
                     ..Reply::ok()
@@ -36,7 +36,7 @@ pub(super) fn execute(request: Request, uid: Option<u32>, handler: &Handler) -> 
                 Ok(p) => p,
                 Err(e) => return Reply::error(e),
             };
-            match handler.state.revoke(&agent, &pattern, uid) {
+            match state.revoke(&agent, &pattern, uid) {
                 Ok(grant) => Reply {
                     granted: Some(GrantView::from(&grant)),
                     ..Reply::ok()
@@ -45,14 +45,14 @@ pub(super) fn execute(request: Request, uid: Option<u32>, handler: &Handler) -> 
             }
         }
         Request::Status => Reply {
-            status: Some(status(handler)),
+            status: Some(status(state)),
             ..Reply::ok()
         },
     }
 }
 
-fn status(handler: &Handler) -> Status {
-    let in_force = handler.state.snapshot();
+fn status(state: &State) -> Status {
+    let in_force = state.snapshot();
     let policies = in_force
         .files
         .policies
@@ -93,6 +93,6 @@ fn status(handler: &Handler) -> Status {
             }
         })
         .collect();
-    let grants = handler.state.grants().iter().map(GrantView::from).collect();
+    let grants = state.grants().iter().map(GrantView::from).collect();
     Status { policies, grants }
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::handle::execute;
 use super::{Refusal, Reply, Request, SocketError};
 use crate::ops::peer_netns::{self, NetnsError};
-use crate::serve::handler::Handler;
+use crate::state::State;
 
 /// Requests are one short line; anything longer is not ours.
 const MAX_REQUEST: u64 = 64 * 1024;
@@ -110,12 +110,7 @@ fn still_ours(path: &Path, file: (u64, u64)) -> bool {
 
 /// Answers control requests until `shutdown`, then removes the socket if
 /// it is still ours.
-pub async fn serve(
-    bound: Bound,
-    path: PathBuf,
-    handler: Arc<Handler>,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(bound: Bound, path: PathBuf, state: Arc<State>, shutdown: CancellationToken) {
     let Bound {
         listener,
         file,
@@ -140,12 +135,12 @@ pub async fn serve(
         // No slot is held while the request is awaited: idle peers only
         // wait in line, and the longest-waiting one makes room.
         let ticket = waiting.enter();
-        let (handler, slots, netns) = (handler.clone(), slots.clone(), netns.clone());
+        let (state, slots, netns) = (state.clone(), slots.clone(), netns.clone());
         tokio::spawn(async move {
             let start = Instant::now();
             let exchange = answer(
                 stream,
-                &handler,
+                &state,
                 owner,
                 &netns,
                 start + READ_DEADLINE,
@@ -178,7 +173,7 @@ fn peer_allowed(peer: Option<u32>, owner: u32) -> Result<u32, Refusal> {
 
 async fn answer(
     stream: UnixStream,
-    handler: &Arc<Handler>,
+    state: &Arc<State>,
     owner: u32,
     netns: &Result<peer_netns::Own, Arc<NetnsError>>,
     read_by: Instant,
@@ -232,8 +227,8 @@ async fn answer(
             }
             // Grants wait for their audit line and the firewall: off the runtime.
             Ok(request) => {
-                let handler = handler.clone();
-                tokio::task::spawn_blocking(move || execute(request, Some(uid), &handler))
+                let state = state.clone();
+                tokio::task::spawn_blocking(move || execute(request, Some(uid), &state))
                     .await
                     .unwrap_or_else(|e| Reply::error(Refusal::Internal(e)))
             }
