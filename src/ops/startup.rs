@@ -137,17 +137,19 @@ const EXPIRY_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
 /// before the rest is counted lost.
 const EGRESS_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Binds, serves until `shutdown`, then drains the audit log and alerts.
+/// Binds (or takes the sockets the service manager `passed`), serves until
+/// `shutdown`, then drains the audit log and alerts.
 pub async fn serve(
     sources: Sources,
     prepared: Prepared,
     shutdown: CancellationToken,
+    passed: server::Passed,
 ) -> Result<(), Failure> {
     for warning in prepared.diagnostics.warnings() {
         tracing::warn!("{warning}");
     }
     // Sockets first: a port conflict should fail before anything else starts.
-    let listeners = Listeners::bind(&prepared.settings.listen)?;
+    let listeners = Listeners::open(&prepared.settings.listen, passed)?;
     serve_on(
         sources,
         prepared,
