@@ -41,9 +41,11 @@ fn units(dropins: &[&str]) -> Option<TempDir> {
         ("allowdns.service", "allowdns.service"),
         ("allowdns@.service", "allowdns@agent1.service"),
         ("allowdns-fence@.service", "allowdns-fence@agent1.service"),
+        ("allowdns.socket", "allowdns.socket"),
+        ("allowdns@.socket", "allowdns@agent1.socket"),
     ] {
         let text = std::fs::read_to_string(repo(&format!("systemd/{unit}"))).unwrap();
-        assert!(text.contains("/usr/local/bin/allowdns"));
+        assert!(unit.ends_with(".socket") || text.contains("/usr/local/bin/allowdns"));
         dir.write(as_name, &text.replace("/usr/local/bin/allowdns", bin()));
     }
     if !dropins.is_empty() {
@@ -70,6 +72,8 @@ fn verify(dir: &TempDir) {
             "./allowdns.service",
             "./allowdns@agent1.service",
             "./allowdns-fence@agent1.service",
+            "./allowdns.socket",
+            "./allowdns@agent1.socket",
         ],
     );
     assert!(
@@ -86,6 +90,50 @@ fn units_verify_cleanly() {
         let text = std::fs::read_to_string(dir.0.join(unit)).unwrap();
         assert!(text.contains("\nLimitNOFILE=65536\n"), "{unit}");
     }
+}
+
+/// Each service pulls in its socket unit, and the main socket unit listens
+/// where the shipped config's `listen:` says, over UDP and TCP (allowdns
+/// refuses a passed socket `listen:` does not name).
+#[test]
+fn socket_units_hold_the_listen_addresses() {
+    for (service, socket) in [
+        ("allowdns.service", "allowdns.socket"),
+        ("allowdns@.service", "allowdns@%i.socket"),
+    ] {
+        let text = std::fs::read_to_string(repo(&format!("systemd/{service}"))).unwrap();
+        assert!(
+            text.contains(&format!("\nWants={socket}\nAfter={socket}\n")),
+            "{service}"
+        );
+    }
+    let socket = std::fs::read_to_string(repo("systemd/allowdns.socket")).unwrap();
+    let config = std::fs::read_to_string(repo("systemd/allowdns.yaml")).unwrap();
+    let listen = config
+        .lines()
+        .find_map(|l| l.strip_prefix("listen: "))
+        .expect("listen: in systemd/allowdns.yaml");
+    let listen: Vec<String> = serde_yaml::from_str(listen).unwrap();
+    let mut held: Vec<(String, String)> = socket
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| k.starts_with("Listen"))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    held.sort();
+    let mut wanted: Vec<(String, String)> = listen
+        .iter()
+        .flat_map(|a| {
+            [
+                ("ListenDatagram".to_string(), a.clone()),
+                ("ListenStream".to_string(), a.clone()),
+            ]
+        })
+        .collect();
+    wanted.sort();
+    assert_eq!(held, wanted);
+    let template = std::fs::read_to_string(repo("systemd/allowdns@.socket")).unwrap();
+    assert!(template.contains("\nNetworkNamespacePath=/run/netns/%i\n"));
 }
 
 #[test]
@@ -452,7 +500,11 @@ fn a_restart_with_held_sockets_loses_no_query() {
     }
     let (_dir, args) = offline_setup();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    const LOOP: f64 = 4.0;
+    const LOOP: f64 = 5.0;
+    // Between one allowdns and the next (a slow restart: a large policy, a
+    // loaded machine), on top of ExecStartPre's check and the start itself;
+    // shorter than the stub's 3 s timeout.
+    const GAP: f64 = 1.0;
 
     // Positive control: allowdns binds its own sockets; stop, then start as
     // the unit does (ExecStartPre's check, then serve).
@@ -467,6 +519,7 @@ fn a_restart_with_held_sockets_loses_no_query() {
     assert!(status.success());
     let mut check = vec!["check"];
     check.extend(&plain);
+    std::thread::sleep(std::time::Duration::from_secs_f64(GAP));
     let (ok, out) = sh_out(&[&[bin()], &check[..]].concat());
     assert!(ok, "{out}");
     let second = Allowdns::serve(&plain);
@@ -483,6 +536,7 @@ fn a_restart_with_held_sockets_loses_no_query() {
     let mut cmd = Command::new("python3");
     cmd.arg(repo("tests/data/holder.py"))
         .arg(port.to_string())
+        .arg(GAP.to_string())
         .arg(bin())
         .args(&args)
         .args(["--listen", &at]);

@@ -1,7 +1,9 @@
 # A socket holder, as systemd's socket units are: binds UDP and TCP on
 # 127.0.0.1:PORT once, and starts allowdns with them passed (LISTEN_FDS=2,
 # fd 3 UDP, fd 4 TCP) as many times as asked.
-#   holder.py PORT ALLOWDNS ARGS...
+#   holder.py PORT GAP ALLOWDNS ARGS...
+# GAP: seconds between stopping one child and starting the next (a slow
+# restart: a large policy, a loaded machine).
 # Each start runs `ALLOWDNS check ARGS...` first, as the unit's ExecStartPre.
 # stdin: "restart" stops the running child (SIGTERM, waits) and starts
 # another; end of input stops the child and exits. stdout: "started PID".
@@ -11,7 +13,9 @@ import socket
 import subprocess
 import sys
 
-port, argv = int(sys.argv[1]), sys.argv[2:]
+import time
+
+port, gap, argv = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
 udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 udp.bind(("127.0.0.1", port))
 tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -48,5 +52,6 @@ child = start()
 while (line := sys.stdin.readline()):
     if line.strip() == "restart":
         stop(child)
+        time.sleep(gap)
         child = start()
 stop(child)
