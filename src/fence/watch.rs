@@ -492,6 +492,9 @@ impl Target {
                     key: key.clone(),
                     key_end,
                     timeout: Some(*expiry - now),
+                    // Not remembered per element: a restart withdraws it
+                    // unless an answer re-labels it first.
+                    label: None,
                 });
             }
         }
