@@ -167,7 +167,7 @@ fn parse(label: &str) -> Option<(&str, &str)> {
 }
 
 /// The address an element's key starts with.
-fn address_of(set: SetId, key: &[u8]) -> Option<IpAddr> {
+pub(super) fn address_of(set: SetId, key: &[u8]) -> Option<IpAddr> {
     match set {
         SetId::V4 | SetId::V4Ports => {
             let b: [u8; 4] = key.get(..4)?.try_into().ok()?;
