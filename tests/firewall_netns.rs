@@ -1672,3 +1672,46 @@ fn a_restart_keeps_what_the_policy_still_allows_and_withdraws_the_rest() {
     assert_eq!(dropped["agent"], "restart");
     assert_eq!(dropped["name"], "dropped.fw.test");
 }
+
+/// An element taken over at restart under an expiring entry is withdrawn
+/// when a reload drops the entry, as one fed since would be: the take-over
+/// tracks it under its rule. Reachable after the restart first (kept).
+#[test]
+fn an_element_taken_over_is_withdrawn_when_its_expiring_entry_goes() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    start_services(&lab, &[443]);
+    let zone = lab.dir.write(
+        "tk.test.zone",
+        "$ORIGIN tk.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\nvendor IN A 203.0.113.65\n",
+    );
+    let upstream = Upstream::start("127.0.0.17", 0, &[zone]);
+    let later =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3600));
+    let entry = format!("  - destination: vendor.tk.test\n    expires: \"{later}\"\n");
+    let policy = lab.fence(&format!(
+        "agent_name: taker\nexpected_outbound:\n{entry}  - destination: 192.0.2.0/24\nfirewall:\n  netns: NETNS\n"
+    ));
+    let up = upstream.addr.to_string();
+    let serve = || Allowdns::serve(&["--policy", policy.to_str().unwrap(), "--upstream", &up]);
+    let dns = serve();
+    let m = query(dns.udp, "vendor.tk.test", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    drop(dns.terminate());
+    let dns = serve();
+    dns.wait_for("taken over", 1);
+    assert!(
+        connect(&lab, "203.0.113.65:443").is_some(),
+        "the element was not kept at restart"
+    );
+    let text = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(&policy, text.replace(&entry, "")).unwrap();
+    dns.hup();
+    dns.wait_for("reloaded", 1);
+    assert!(
+        connect(&lab, "203.0.113.65:443").is_none(),
+        "an element taken over under a dropped entry still passes"
+    );
+}

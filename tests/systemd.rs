@@ -300,7 +300,7 @@ impl Drop for Spawned {
     fn drop(&mut self) {
         // End of input stops the holder's child; then the process itself, by PID.
         drop(self.child.stdin.take());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
         while std::time::Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
@@ -567,4 +567,53 @@ fn a_restart_with_held_sockets_loses_no_query() {
         "too few questions to tell"
     );
     assert_eq!((udp_lost, tcp_lost), (0, 0), "{}", holder.stderr());
+}
+
+/// A `listen:` address the service manager passes only over UDP is served
+/// over TCP from a socket allowdns binds itself, and the log says it is not
+/// held across restarts.
+#[test]
+fn a_listen_address_passed_only_over_udp_is_bound_here_for_tcp() {
+    if !have("systemd-socket-activate") {
+        return;
+    }
+    let (_dir, args) = offline_setup();
+    let port = free_port();
+    let at = format!("127.0.0.1:{port}");
+    let server: std::net::SocketAddr = at.parse().unwrap();
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.args(["--datagram", "-l", &at])
+        .arg(bin())
+        .args(&args)
+        .args(["--listen", &at]);
+    let run = Spawned::start(&mut cmd);
+    run.wait_for(&format!("Listening on {at} as 3"), 1);
+    assert_eq!(
+        ask_udp(server, std::time::Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        run.stderr()
+    );
+    run.wait_for("listening on", 1);
+    let tcp = common::query_with(
+        server,
+        "keep.r.test",
+        hickory_proto::rr::RecordType::A,
+        Ask {
+            tcp: true,
+            ..Ask::default()
+        },
+    );
+    assert_eq!(answers(&tcp).len(), 1);
+    let err = run.stderr();
+    assert!(
+        err.contains(&format!("listen address {at}: the service manager passed no TCP socket for it; bound here instead, so it is not held while allowdns restarts")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "(passed by the service manager: udp://{at}; bound here: tcp://{at})"
+        )),
+        "{err}"
+    );
 }
