@@ -124,7 +124,7 @@ impl Listeners {
             tcp.push(t);
         }
         let health = Health::new(udp.len() * udp_threads());
-        let origin = (passed.count > 0).then(|| Origin { held, bound });
+        let origin = (passed.count > 0).then_some(Origin { held, bound });
         Ok(Listeners {
             udp,
             tcp,
