@@ -216,17 +216,7 @@ impl Passed {
     }
 
     /// The passed sockets, ready to serve, each checked against `listen`.
-    #[allow(clippy::type_complexity)]
-    fn take(
-        &mut self,
-        listen: &[SocketAddr],
-    ) -> Result<
-        (
-            Vec<(SocketAddr, std::net::UdpSocket)>,
-            Vec<(SocketAddr, TcpListener)>,
-        ),
-        crate::error::RuntimeError,
-    > {
+    fn take(&mut self, listen: &[SocketAddr]) -> Result<Taken, crate::error::RuntimeError> {
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
         let listed = |proto, addr: SocketAddr| {
@@ -279,6 +269,12 @@ impl Passed {
         Ok((udp, tcp))
     }
 }
+
+/// Passed UDP and TCP sockets, by the address each is bound to.
+type Taken = (
+    Vec<(SocketAddr, std::net::UdpSocket)>,
+    Vec<(SocketAddr, TcpListener)>,
+);
 
 /// Whether a socket on `addr` serves the listen address `listen` (port 0
 /// there: any port).
