@@ -9,6 +9,7 @@ use allowdns::error::{Failure, RuntimeError};
 use allowdns::fence::sidecar::Sidecar;
 use allowdns::ops::startup;
 use allowdns::ops::{control, shutdown};
+use allowdns::serve::server::Passed;
 
 // The hot path allocates small buffers on worker threads that the audit
 // writer frees; mimalloc handles that cross-thread pattern far better than glibc.
@@ -84,13 +85,19 @@ fn main() -> ExitCode {
         _ => init_logging("info"),
     }
     allowdns::ops::privileges::raise_permitted();
+    // Socket activation: taken while this is the only thread, since taking
+    // the sockets unsets LISTEN_FDS and LISTEN_PID.
+    let passed = match &cli.command {
+        Command::Serve(_) => Passed::from_env(),
+        _ => Passed::none(),
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return report(RuntimeError::Runtime(e).into()),
     };
     let result = match cli.command {
         Command::Check(sources) => check(&sources),
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(args, passed)),
         Command::Selftest(args) => selftest(&args),
         Command::NftRuleset(args) => nft_ruleset(&args),
         Command::Grant(args) => {
@@ -204,13 +211,13 @@ async fn ask(
         .map_err(RuntimeError::subsystem)?)
 }
 
-async fn serve(args: ServeArgs) -> Result<(), Failure> {
+async fn serve(args: ServeArgs, passed: Passed) -> Result<(), Failure> {
     let ServeArgs { sources, watch } = args;
     let mut prepared = startup::prepare(&sources)?;
     prepared.watch = allowdns::ops::watch::wanted(watch, &prepared.settings);
     let token = CancellationToken::new();
     shutdown::on_signals(token.clone()).map_err(RuntimeError::Signals)?;
-    startup::serve(sources, prepared, token).await
+    startup::serve(sources, prepared, token, passed).await
 }
 
 /// Errors become text here; [`Failure::exit_code`] picks the status.

@@ -10,6 +10,7 @@ use hickory_proto::rr::{RData, Record};
 use super::error::{FeedError, FenceError, TargetId};
 use super::handed::{Handed, HandedOut};
 use super::keys::{PRUNE_AT, SetId, Static, addresses, dynamic_keys, static_elements};
+use super::takeover::label;
 use super::target::Target;
 use crate::policy::{Policy, PolicySet, Rule};
 use crate::sync::lock;
@@ -237,8 +238,11 @@ impl Firewall {
             target: TargetId::of(config),
             source,
         };
+        // Read back by the next run's take-over: who it was handed to, for what.
+        let label = handed.as_ref().map(|h| label(&h.agent, &h.name));
+        let label = label.as_deref();
         if !withdrawable(policy, rule) {
-            return remember(target.feed(wanted).map_err(failed));
+            return remember(target.feed(wanted, label).map_err(failed));
         }
         // Held through the update, so a withdraw cannot slip between the
         // check that the rule still stands and the add.
@@ -259,7 +263,7 @@ impl Firewall {
             let now = Instant::now();
             keys.retain(|(set, key)| expiries.known(*set, key, now).is_some_and(|e| e > now));
         }
-        remember(target.feed(wanted).map_err(failed))
+        remember(target.feed(wanted, label).map_err(failed))
     }
 }
 

@@ -95,6 +95,7 @@ impl Static {
                     .unwrap_or_default()
                     .max(Duration::from_secs(1))
             }),
+            label: None,
         }
     }
 }

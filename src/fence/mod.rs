@@ -30,6 +30,7 @@
 //! ruleset.rs   the default-deny ruleset `allowdns nft-ruleset` prints
 //! selftest.rs  the fence checked from inside the namespace (`run`, `selftest`)
 //! sidecar.rs   its additions when allowdns shares the agent's namespace (a pod)
+//! takeover.rs  on start: elements a previous run left, kept or withdrawn
 //! error.rs     FenceError and FeedError (a refused permission told apart)
 //! ```
 
@@ -43,6 +44,7 @@ pub mod nflog;
 pub mod ruleset;
 pub mod selftest;
 pub mod sidecar;
+pub mod takeover;
 mod target;
 pub mod watch;
 

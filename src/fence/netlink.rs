@@ -41,6 +41,7 @@ const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
 const NFTA_SET_ELEM_EXPIRATION: u16 = 5;
+const NFTA_SET_ELEM_USERDATA: u16 = 6;
 const NFTA_SET_ELEM_KEY_END: u16 = 10; // after PAD (8) and OBJREF (9)
 const NFTA_DATA_VALUE: u16 = 1;
 
@@ -56,13 +57,42 @@ pub(super) fn nfproto(family: Family) -> u8 {
     }
 }
 
-/// One set element: a key, an optional range end (interval sets), and a
-/// timeout (none means permanent).
+/// One set element: a key, an optional range end (interval sets), a
+/// timeout (none means permanent), and a label.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Element {
     pub key: Vec<u8>,
     pub key_end: Option<Vec<u8>>,
     pub timeout: Option<Duration>,
+    /// Kept with the element in the kernel as nft's `comment` (at most
+    /// [`LABEL_MAX`] bytes), so a later allowdns can tell why it is there.
+    pub label: Option<String>,
+}
+
+/// The longest comment `nft` reads back.
+pub const LABEL_MAX: usize = 127;
+
+/// nft's user data for an element comment: a (type 0, length) TLV holding
+/// the NUL-terminated text.
+fn comment_udata(label: &str) -> Vec<u8> {
+    let text = &label.as_bytes()[..label.len().min(LABEL_MAX)];
+    let mut out = vec![0, (text.len() + 1) as u8];
+    out.extend_from_slice(text);
+    out.push(0);
+    out
+}
+
+fn comment_of(udata: &[u8]) -> Option<String> {
+    let mut at = udata;
+    while let [kind, len, rest @ ..] = at {
+        let value = rest.get(..usize::from(*len))?;
+        if *kind == 0 {
+            let text = value.strip_suffix(&[0]).unwrap_or(value);
+            return String::from_utf8(text.to_vec()).ok();
+        }
+        at = &rest[usize::from(*len)..];
+    }
+    None
 }
 
 /// What the kernel says about an element when listing a set.
@@ -72,6 +102,8 @@ pub struct Listed {
     pub key_end: Option<Vec<u8>>,
     /// Time left before the element expires; `None` for permanent elements.
     pub expires_in: Option<Duration>,
+    /// Its comment, as [`Element::label`] wrote it.
+    pub label: Option<String>,
 }
 
 /// What the kernel says about a set.
@@ -161,6 +193,11 @@ impl Netlink {
                             // Re-adding with an unchanged timeout keeps the old expiry;
                             // an explicit expiration resets it (the refresh).
                             put(&mut buf, NFTA_SET_ELEM_EXPIRATION, &ms);
+                        }
+                        if kind == NFT_MSG_NEWSETELEM
+                            && let Some(label) = &e.label
+                        {
+                            put(&mut buf, NFTA_SET_ELEM_USERDATA, &comment_udata(label));
                         }
                         nest_end(&mut buf, item);
                     }
@@ -331,6 +368,7 @@ fn parse_elements(payload: &[u8], out: &mut Vec<Listed>) {
                 key: Vec::new(),
                 key_end: None,
                 expires_in: None,
+                label: None,
             };
             for (k, v) in attrs(elem) {
                 let value = || {
@@ -346,6 +384,7 @@ fn parse_elements(payload: &[u8], out: &mut Vec<Listed>) {
                         let ms = u64::from_be_bytes(v[..8].try_into().unwrap_or_default());
                         listed.expires_in = Some(Duration::from_millis(ms));
                     }
+                    NFTA_SET_ELEM_USERDATA => listed.label = comment_of(v),
                     _ => {}
                 }
             }
@@ -468,6 +507,18 @@ fn nest_end(buf: &mut [u8], at: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_read_back_as_written_and_are_cut_to_what_nft_reads() {
+        assert_eq!(
+            comment_of(&comment_udata("a x.test")).as_deref(),
+            Some("a x.test")
+        );
+        let long = "x".repeat(300);
+        assert_eq!(comment_of(&comment_udata(&long)).unwrap().len(), LABEL_MAX);
+        assert_eq!(comment_of(&[1, 2, 9, 9]), None);
+        assert_eq!(comment_of(&[0, 9, 1]), None);
+    }
 
     #[test]
     fn attributes_round_trip() {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::error::{FenceError, TargetId};
 use super::keys::{Expiries, SetId, Static, TargetSets, covers};
-use super::netlink::{Element, Netlink, SetOp};
+use super::netlink::{Element, Listed, Netlink, SetOp};
 use crate::policy::firewall::FirewallConfig;
 use crate::sync::lock;
 
@@ -42,6 +42,9 @@ pub(super) struct Target {
     /// Whether a `mode: monitor` policy feeds this target: its monitor set
     /// then holds an element per family, restored after a ruleset reload.
     pub(super) monitor: Mutex<bool>,
+    /// Elements with a timeout found at open (a previous run's), until
+    /// [`super::Firewall::take_over`] keeps or withdraws them.
+    pub(super) inherited: Mutex<Vec<(SetId, Listed)>>,
 }
 
 /// (agent, pattern) → the (set, key)s fed under that expiring rule.
@@ -126,6 +129,7 @@ impl Target {
             )
         })?;
         let mut expiries = Expiries::default();
+        let mut inherited = Vec::new();
         let now = Instant::now();
         for set in config.sets() {
             let name = config.set_name(set);
@@ -171,7 +175,8 @@ impl Target {
                 })?;
             for l in listed {
                 if let Some(left) = l.expires_in {
-                    expiries.map.insert((set, l.key), now + left);
+                    expiries.map.insert((set, l.key.clone()), now + left);
+                    inherited.push((set, l));
                 }
             }
         }
@@ -182,10 +187,16 @@ impl Target {
             installed: Mutex::new(Vec::new()),
             by_rule: Mutex::new(ByRule::default()),
             monitor: Mutex::new(false),
+            inherited: Mutex::new(inherited),
         })
     }
 
-    pub(super) fn feed(&self, wanted: Vec<(SetId, Vec<u8>, u32)>) -> io::Result<()> {
+    /// Adds `wanted` (set, key, lifetime), each labelled `label` in the kernel.
+    pub(super) fn feed(
+        &self,
+        wanted: Vec<(SetId, Vec<u8>, u32)>,
+        label: Option<&str>,
+    ) -> io::Result<()> {
         // Keys inside a permanent range are already passed; adding them would
         // overlap the range, which interval sets refuse.
         let wanted: Vec<_> = {
@@ -216,6 +227,7 @@ impl Target {
                 key: key.clone(),
                 key_end,
                 timeout: Some(timeout),
+                label: label.map(str::to_string),
             });
         }
         let config = &self.config;
@@ -415,6 +427,7 @@ impl Target {
             key: key.clone(),
             key_end: None,
             timeout: None,
+            label: None,
         };
         let have: Vec<Vec<u8>> = listed.into_iter().map(|l| l.key).collect();
         let add: Vec<Element> = wanted
@@ -481,6 +494,7 @@ impl Target {
                     key,
                     key_end,
                     timeout: None,
+                    label: None,
                 });
             }
         }

@@ -329,7 +329,7 @@ impl<O: Send + Sync + 'static> RulesetWatch<O> {
             let target = &firewall.targets[i];
             let what = target.config.describe();
             let started = Instant::now();
-            match target.refeed() {
+            match target.refeed(&firewall.handed) {
                 Ok(count) => tracing::info!(
                     "nftables: {what} changed under allowdns; re-fed {count} live element(s) in {} ms",
                     started.elapsed().as_millis()
@@ -473,7 +473,7 @@ impl Target {
 
     /// Adds back every element allowdns knows to be live: policy ranges and
     /// fed addresses, each with the time it has left. Returns how many.
-    fn refeed(&self) -> io::Result<usize> {
+    fn refeed(&self, handed: &super::handed::HandedOut) -> io::Result<usize> {
         let installed = lock(&self.installed);
         let mut netlink = lock(&self.netlink);
         let now = Instant::now();
@@ -494,6 +494,10 @@ impl Target {
                     key: key.clone(),
                     key_end,
                     timeout: Some(*expiry - now),
+                    // Labelled again from what the address was handed out for.
+                    label: super::takeover::address_of(*set, key)
+                        .and_then(|ip| handed.lookup(ip, None, now))
+                        .map(|h| super::takeover::label(&h.agent, &h.name)),
                 });
             }
         }

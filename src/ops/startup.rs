@@ -140,17 +140,19 @@ const EXPIRY_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
 /// before the rest is counted lost.
 const EGRESS_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Binds, serves until `shutdown`, then drains the audit log and alerts.
+/// Binds (or takes the sockets the service manager `passed`), serves until
+/// `shutdown`, then drains the audit log and alerts.
 pub async fn serve(
     sources: Sources,
     prepared: Prepared,
     shutdown: CancellationToken,
+    passed: server::Passed,
 ) -> Result<(), Failure> {
     for warning in prepared.diagnostics.warnings() {
         tracing::warn!("{warning}");
     }
     // Sockets first: a port conflict should fail before anything else starts.
-    let listeners = Listeners::bind(&prepared.settings.listen)?;
+    let listeners = Listeners::open(&prepared.settings.listen, passed)?;
     serve_on(
         sources,
         prepared,
@@ -222,6 +224,7 @@ pub async fn serve_on(
         firewall
             .sync_static(&loaded.policies)
             .map_err(RuntimeError::subsystem)?;
+        take_over(firewall, &loaded.policies, &audit)?;
     }
     let policies = loaded.policies.policies.len();
     let resolver = Resolver::new(upstream, Cache::new(settings.cache));
@@ -374,6 +377,48 @@ pub async fn serve_on(
     .await
     .map_err(|e| RuntimeError::Flush(e.into()))?;
     Ok(result.map_err(RuntimeError::Serve)?)
+}
+
+/// Keeps the elements a previous run left that the policies allow, and
+/// withdraws the rest, each alerted and audited. A failed withdrawal stops
+/// startup: the fence would pass what the policy no longer allows.
+fn take_over(
+    firewall: &Firewall,
+    policies: &crate::policy::PolicySet,
+    audit: &AuditLog,
+) -> Result<(), Failure> {
+    use crate::observe::audit::schema::{Event, EventLine, FenceWithdrawn};
+    let done = firewall
+        .take_over(policies)
+        .map_err(RuntimeError::subsystem)?;
+    if done.kept > 0 {
+        tracing::info!(
+            elements = done.kept,
+            "firewall elements of the previous run taken over"
+        );
+    }
+    let now = std::time::SystemTime::now();
+    for w in done.withdrawn {
+        tracing::warn!(
+            agent = w.agent.as_deref().unwrap_or("-"),
+            name = w.name.as_deref().unwrap_or("-"),
+            target = %w.target,
+            "[!] FENCE: {} withdrawn: left by the previous run, but {}",
+            w.address,
+            w.reason
+        );
+        audit.event(&EventLine::at(
+            now,
+            Event::FenceWithdrawn(FenceWithdrawn {
+                agent: w.agent,
+                name: w.name,
+                addr: w.address.to_string(),
+                target: w.target.to_string(),
+                reason: w.reason,
+            }),
+        ));
+    }
+    Ok(())
 }
 
 /// `allowdns nft-ruleset`: the ruleset for one agent's namespace. Needs only

@@ -24,6 +24,8 @@ pub struct Listeners {
     pub tcp: Vec<TcpListener>,
     /// Heartbeats of the UDP threads [`run`] will start.
     health: Health,
+    /// Which sockets the service manager passed, when it passed any.
+    origin: Option<Origin>,
 }
 
 /// Heartbeats of the UDP serving threads, for the systemd watchdog: each
@@ -61,16 +63,74 @@ impl Health {
 impl Listeners {
     /// Binds UDP and TCP on every address. Port 0 picks one free port for both.
     pub fn bind(addrs: &[SocketAddr]) -> Result<Listeners, crate::error::RuntimeError> {
+        Self::open(addrs, Passed::none())
+    }
+
+    /// The sockets for `addrs`: those the service manager passed, and the
+    /// rest bound here. A passed socket must be at a listen address (what
+    /// `nft-ruleset` lets the agent reach); one missing is bound here, with a
+    /// warning that it is not held across restarts.
+    pub fn open(
+        addrs: &[SocketAddr],
+        mut passed: Passed,
+    ) -> Result<Listeners, crate::error::RuntimeError> {
+        let (mut passed_udp, mut passed_tcp) = passed.take(addrs)?;
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
+        let mut held = Vec::new();
+        let mut bound = Vec::new();
+        let bind_err = |addr| move |source| crate::error::RuntimeError::Bind { addr, source };
         for &addr in addrs {
-            let (u, t) = crate::serve::dad::bind_when_ready(addr, || bind_pair(addr))
-                .map_err(|source| crate::error::RuntimeError::Bind { addr, source })?;
+            let u = take_for(&mut passed_udp, addr);
+            let t = take_for(&mut passed_tcp, addr);
+            let (u_held, t_held) = (u.is_some(), t.is_some());
+            if passed.count > 0 && (u.is_none() || t.is_none()) {
+                let missing = match (&u, &t) {
+                    (None, None) => "UDP and TCP",
+                    (None, Some(_)) => "UDP",
+                    _ => "TCP",
+                };
+                tracing::warn!(
+                    "listen address {addr}: the service manager passed no {missing} socket for it; \
+                     bound here instead, so it is not held while allowdns restarts"
+                );
+            }
+            let (u, t) = match (u, t) {
+                (Some(u), Some(t)) => (u, t),
+                (None, None) => crate::serve::dad::bind_when_ready(addr, || bind_pair(addr))
+                    .map_err(bind_err(addr))?,
+                (Some(u), None) => {
+                    let at = u.local_addr().map_err(bind_err(addr))?;
+                    let t = bind_tcp(at).map_err(bind_err(at))?;
+                    (u, t)
+                }
+                (None, Some(t)) => {
+                    let at = t.local_addr().map_err(bind_err(addr))?;
+                    let u = bind_udp(at).map_err(bind_err(at))?;
+                    (u, t)
+                }
+            };
+            for (proto, at, from_manager) in [
+                ("udp", u.local_addr(), u_held),
+                ("tcp", t.local_addr(), t_held),
+            ] {
+                let Ok(at) = at else { continue };
+                match from_manager {
+                    true => held.push(format!("{proto}://{at}")),
+                    false => bound.push(format!("{proto}://{at}")),
+                }
+            }
             udp.push(u);
             tcp.push(t);
         }
         let health = Health::new(udp.len() * udp_threads());
-        Ok(Listeners { udp, tcp, health })
+        let origin = (passed.count > 0).then_some(Origin { held, bound });
+        Ok(Listeners {
+            udp,
+            tcp,
+            health,
+            origin,
+        })
     }
 
     /// The UDP threads' heartbeats (shared with the threads once [`run`] starts).
@@ -78,7 +138,8 @@ impl Listeners {
         self.health.clone()
     }
 
-    /// The bound addresses, as `proto://addr`.
+    /// The bound addresses, as `proto://addr`, then which came from the
+    /// service manager when any did.
     pub fn describe(&self) -> Vec<String> {
         let udp = self
             .udp
@@ -90,8 +151,141 @@ impl Listeners {
             .iter()
             .filter_map(|s| s.local_addr().ok())
             .map(|a| format!("tcp://{a}"));
-        udp.chain(tcp).collect()
+        let mut words: Vec<String> = udp.chain(tcp).collect();
+        if let Some(origin) = &self.origin {
+            let list = |v: &[String]| match v {
+                [] => "none".to_string(),
+                v => v.join(" "),
+            };
+            words.push(format!(
+                "(passed by the service manager: {}; bound here: {})",
+                list(&origin.held),
+                list(&origin.bound)
+            ));
+        }
+        words
     }
+}
+
+/// Which listeners the service manager passed, for the "listening on" line.
+struct Origin {
+    held: Vec<String>,
+    bound: Vec<String>,
+}
+
+/// Sockets passed by the service manager (systemd socket activation,
+/// `LISTEN_FDS`), which it keeps open while allowdns restarts, so the
+/// kernel queues queries meanwhile.
+pub struct Passed {
+    fds: listenfd::ListenFd,
+    count: usize,
+}
+
+/// A passed socket allowdns cannot serve, or that `listen:` does not name.
+#[derive(Debug, thiserror::Error)]
+pub enum PassedError {
+    #[error(
+        "the service manager passed fd {fd}, which is neither a UDP socket nor a listening TCP socket"
+    )]
+    NotDns { fd: usize },
+    #[error(
+        "the service manager passed a socket on {proto}://{addr}, which is not a `listen:` address \
+         ({listen}); make the socket unit's Listen lines and `listen:` agree"
+    )]
+    NotListed {
+        proto: &'static str,
+        addr: SocketAddr,
+        listen: String,
+    },
+}
+
+impl Passed {
+    /// Takes the passed sockets from the environment, unsetting
+    /// `LISTEN_FDS` and `LISTEN_PID`: call it before other threads exist.
+    pub fn from_env() -> Passed {
+        let fds = listenfd::ListenFd::from_env();
+        let count = fds.len();
+        Passed { fds, count }
+    }
+
+    pub fn none() -> Passed {
+        Passed {
+            fds: listenfd::ListenFd::empty(),
+            count: 0,
+        }
+    }
+
+    /// The passed sockets, ready to serve, each checked against `listen`.
+    fn take(&mut self, listen: &[SocketAddr]) -> Result<Taken, crate::error::RuntimeError> {
+        let mut udp = Vec::new();
+        let mut tcp = Vec::new();
+        let listed = |proto, addr: SocketAddr| {
+            if listen.iter().any(|l| matches(*l, addr)) {
+                return Ok(());
+            }
+            let listen = listen.iter().map(ToString::to_string).collect::<Vec<_>>();
+            Err(crate::error::RuntimeError::subsystem(
+                PassedError::NotListed {
+                    proto,
+                    addr,
+                    listen: listen.join(", "),
+                },
+            ))
+        };
+        let local = |r: io::Result<SocketAddr>, fd| {
+            r.map_err(|_| crate::error::RuntimeError::subsystem(PassedError::NotDns { fd }))
+        };
+        for i in 0..self.count {
+            let fd = i + 3;
+            if let Ok(Some(socket)) = self.fds.take_udp_socket(i) {
+                let addr = local(socket.local_addr(), fd)?;
+                listed("udp", addr)?;
+                let socket = Socket::from(socket);
+                grow_receive_buffer(&socket);
+                let socket: std::net::UdpSocket = socket.into();
+                socket
+                    .set_nonblocking(false)
+                    .and_then(|()| socket.set_read_timeout(Some(IDLE_CHECK)))
+                    .map_err(|source| crate::error::RuntimeError::Bind { addr, source })?;
+                udp.push((addr, socket));
+                continue;
+            }
+            let listener = match self.fds.take_tcp_listener(i) {
+                Ok(Some(l)) if socket2::SockRef::from(&l).is_listener().unwrap_or(false) => l,
+                _ => {
+                    return Err(crate::error::RuntimeError::subsystem(PassedError::NotDns {
+                        fd,
+                    }));
+                }
+            };
+            let addr = local(listener.local_addr(), fd)?;
+            listed("tcp", addr)?;
+            let listener = listener
+                .set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(listener))
+                .map_err(|source| crate::error::RuntimeError::Bind { addr, source })?;
+            tcp.push((addr, listener));
+        }
+        Ok((udp, tcp))
+    }
+}
+
+/// Passed UDP and TCP sockets, by the address each is bound to.
+type Taken = (
+    Vec<(SocketAddr, std::net::UdpSocket)>,
+    Vec<(SocketAddr, TcpListener)>,
+);
+
+/// Whether a socket on `addr` serves the listen address `listen` (port 0
+/// there: any port).
+fn matches(listen: SocketAddr, addr: SocketAddr) -> bool {
+    listen.ip() == addr.ip() && (listen.port() == 0 || listen.port() == addr.port())
+}
+
+/// Takes the passed socket for `listen`, if any.
+fn take_for<T>(passed: &mut Vec<(SocketAddr, T)>, listen: SocketAddr) -> Option<T> {
+    let at = passed.iter().position(|(a, _)| matches(listen, *a))?;
+    Some(passed.remove(at).1)
 }
 
 fn bind_pair(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, TcpListener)> {
@@ -99,24 +293,32 @@ fn bind_pair(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, TcpListener)>
     let attempts = if addr.port() == 0 { 20 } else { 1 };
     let mut last = None;
     for _ in 0..attempts {
-        let udp = socket(addr, Type::DGRAM, Protocol::UDP)?;
-        grow_receive_buffer(&udp);
-        udp.bind(&addr.into())?;
-        let bound = udp.local_addr()?.as_socket().expect("inet socket");
-        let tcp = socket(bound, Type::STREAM, Protocol::TCP)?;
-        tcp.set_reuse_address(true)?;
-        match tcp.bind(&bound.into()) {
-            Ok(()) => {
-                tcp.listen(1024)?;
-                udp.set_nonblocking(false)?;
-                // Lets UDP threads notice shutdown while idle.
-                udp.set_read_timeout(Some(IDLE_CHECK))?;
-                return Ok((udp.into(), TcpListener::from_std(tcp.into())?));
-            }
+        let udp = bind_udp(addr)?;
+        let bound = udp.local_addr()?;
+        match bind_tcp(bound) {
+            Ok(tcp) => return Ok((udp, tcp)),
             Err(e) => last = Some(e),
         }
     }
     Err(last.expect("at least one attempt"))
+}
+
+fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let udp = socket(addr, Type::DGRAM, Protocol::UDP)?;
+    grow_receive_buffer(&udp);
+    udp.bind(&addr.into())?;
+    udp.set_nonblocking(false)?;
+    // Lets UDP threads notice shutdown while idle.
+    udp.set_read_timeout(Some(IDLE_CHECK))?;
+    Ok(udp.into())
+}
+
+fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let tcp = socket(addr, Type::STREAM, Protocol::TCP)?;
+    tcp.set_reuse_address(true)?;
+    tcp.bind(&addr.into())?;
+    tcp.listen(1024)?;
+    TcpListener::from_std(tcp.into())
 }
 
 fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {

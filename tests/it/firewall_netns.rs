@@ -1449,3 +1449,170 @@ fn attempts_queued_at_shutdown_are_audited_or_counted_lost() {
         "the last attempt is neither audited nor counted lost ({blocked} audited)"
     );
 }
+
+/// A restart keeps what the policy in force still allows, and withdraws the
+/// rest. Positive control first: the elements outlive the process that fed
+/// them (reachable while allowdns is down), so without the take-over a name
+/// dropped from the policy meanwhile, or an element nobody handed out,
+/// would stay open after the restart.
+#[test]
+fn a_restart_keeps_what_the_policy_still_allows_and_withdraws_the_rest() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    start_services(&lab, &[443]);
+    let zone = lab.dir.write(
+        "fw.test.zone",
+        "$ORIGIN fw.test.\n$TTL 600\n@ IN SOA ns. h. 1 3600 600 86400 5\nkeep IN A 203.0.113.10\ndropped IN A 203.0.113.66\n",
+    );
+    let upstream = Upstream::start("127.0.0.16", 0, &[zone]);
+    let up = upstream.addr.to_string();
+    let policy = lab.fence(
+        "agent_name: restart\nexpected_outbound:\n  - destination: keep.fw.test\n  - destination: dropped.fw.test\nfirewall:\n  netns: NETNS\n",
+    );
+    let audit = lab.dir.0.join("audit.jsonl");
+    let serve = || {
+        Allowdns::serve(&[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--upstream",
+            &up,
+            "--audit-log",
+            audit.to_str().unwrap(),
+        ])
+    };
+    let dns = serve();
+    for name in ["keep.fw.test", "dropped.fw.test"] {
+        assert_eq!(
+            query(dns.udp, name, RecordType::A).metadata.response_code,
+            ResponseCode::NoError
+        );
+    }
+    // An element nobody handed out (a hand-added one, another tool's).
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.a,
+        "nft",
+        "add",
+        "element",
+        "inet",
+        "allowdns",
+        "allowed_v4",
+        "{ 203.0.113.99 timeout 1h }",
+    ]);
+    let (_, listed) = sh_out(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.a,
+        "nft",
+        "list",
+        "set",
+        "inet",
+        "allowdns",
+        "allowed_v4",
+    ]);
+    assert!(
+        listed.contains("comment \"restart keep.fw.test\""),
+        "fed elements carry their agent and name:\n{listed}"
+    );
+    let (status, _) = dns.terminate();
+    assert!(status.success());
+
+    // Control: with allowdns down, all three still pass.
+    for addr in ["203.0.113.10:443", "203.0.113.66:443", "203.0.113.99:443"] {
+        assert!(connect(&lab, addr).is_some(), "{addr} closed while down");
+    }
+
+    // While it was down, the policy dropped a name.
+    std::fs::write(
+        &policy,
+        format!(
+            "agent_name: restart\nexpected_outbound:\n  - destination: keep.fw.test\nfirewall:\n  netns: {}\n",
+            lab.a
+        ),
+    )
+    .unwrap();
+    let dns = serve();
+    assert!(
+        connect(&lab, "203.0.113.10:443").is_some(),
+        "an address the policy still allows was dropped at restart"
+    );
+    assert!(
+        connect(&lab, "203.0.113.66:443").is_none(),
+        "an address of a name the policy no longer allows still passes after the restart"
+    );
+    assert!(
+        connect(&lab, "203.0.113.99:443").is_none(),
+        "an element allowdns never handed out still passes after the restart"
+    );
+    assert_eq!(
+        upstream.count("keep.fw.test"),
+        1,
+        "kept without asking again"
+    );
+    let (_, stderr) = dns.terminate();
+    assert!(
+        stderr.contains("[!] FENCE: 203.0.113.66 withdrawn: left by the previous run, but the policy no longer allows dropped.fw.test"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("[!] FENCE: 203.0.113.99 withdrawn: left by the previous run, but not labelled as handed out by allowdns"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("taken over elements=1"), "{stderr}");
+    let events: Vec<_> = read_audit(&audit)
+        .into_iter()
+        .filter(|r| r["event"] == "fence_withdrawn")
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    let dropped = events.iter().find(|e| e["addr"] == "203.0.113.66").unwrap();
+    assert_eq!(dropped["agent"], "restart");
+    assert_eq!(dropped["name"], "dropped.fw.test");
+}
+
+/// An element taken over at restart under an expiring entry is withdrawn
+/// when a reload drops the entry, as one fed since would be: the take-over
+/// tracks it under its rule. Reachable after the restart first (kept).
+#[test]
+fn an_element_taken_over_is_withdrawn_when_its_expiring_entry_goes() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::create();
+    start_services(&lab, &[443]);
+    let zone = lab.dir.write(
+        "tk.test.zone",
+        "$ORIGIN tk.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\nvendor IN A 203.0.113.65\n",
+    );
+    let upstream = Upstream::start("127.0.0.17", 0, &[zone]);
+    let later =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3600));
+    let entry = format!("  - destination: vendor.tk.test\n    expires: \"{later}\"\n");
+    let policy = lab.fence(&format!(
+        "agent_name: taker\nexpected_outbound:\n{entry}  - destination: 192.0.2.0/24\nfirewall:\n  netns: NETNS\n"
+    ));
+    let up = upstream.addr.to_string();
+    let serve = || Allowdns::serve(&["--policy", policy.to_str().unwrap(), "--upstream", &up]);
+    let dns = serve();
+    let m = query(dns.udp, "vendor.tk.test", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    drop(dns.terminate());
+    let dns = serve();
+    dns.wait_for("taken over", 1);
+    assert!(
+        connect(&lab, "203.0.113.65:443").is_some(),
+        "the element was not kept at restart"
+    );
+    let text = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(&policy, text.replace(&entry, "")).unwrap();
+    dns.hup();
+    dns.wait_for("reloaded", 1);
+    assert!(
+        connect(&lab, "203.0.113.65:443").is_none(),
+        "an element taken over under a dropped entry still passes"
+    );
+}

@@ -388,3 +388,196 @@ fn a_silent_upstream_is_named_at_start_and_a_live_one_is_not_warned_about() {
         .unwrap();
     assert!(servfail.contains(&dead), "{servfail}");
 }
+
+/// An upstream that records each question's source port and ID and races
+/// forged answers against its own (tests/data/spoof_upstream.py), killed on drop.
+struct SpoofingUpstream {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    log: std::path::PathBuf,
+}
+
+impl SpoofingUpstream {
+    fn start(dir: &TempDir) -> Option<SpoofingUpstream> {
+        use std::io::BufRead;
+        let log = dir.0.join("questions.log");
+        let child = std::process::Command::new("python3")
+            .arg(repo("tests/data/spoof_upstream.py"))
+            .arg("127.0.0.11")
+            .arg(&log)
+            .stdout(std::process::Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                require_or_skip(&format!("python3 is not installed ({e})"));
+                return None;
+            }
+        };
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line
+            .strip_prefix("port ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("spoof_upstream.py said {line:?}"));
+        Some(SpoofingUpstream {
+            child,
+            addr: std::net::SocketAddr::from(([127, 0, 0, 11], port)),
+            log,
+        })
+    }
+
+    /// (source port, ID) of every question for a name starting with `prefix`.
+    fn questions(&self, prefix: &str) -> Vec<(u16, u16)> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let (port, id, name) = (w.next()?, w.next()?, w.next()?);
+                name.starts_with(prefix)
+                    .then(|| Some((port.parse().ok()?, id.parse().ok()?)))?
+            })
+            .collect()
+    }
+}
+
+impl Drop for SpoofingUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A/IN question for `name` with `id`, recursion desired.
+fn a_question(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend([1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend(label.as_bytes());
+    }
+    q.extend([0, 0, 1, 0, 1]);
+    q
+}
+
+/// Forgery resistance of the forwarder, seen from outside: over 10,000
+/// forwarded questions the source ports and IDs are spread, and an answer
+/// with the wrong ID, or from the wrong port or address, never reaches the
+/// client, however it races the true one. Positive control first: an
+/// attacker who guesses both port and ID wins the race, so the forged
+/// packets do arrive and would be taken if they matched.
+#[test]
+fn forwarded_questions_spread_ports_and_ids_and_forged_answers_lose() {
+    let dir = TempDir::new("forgery");
+    let Some(up) = SpoofingUpstream::start(&dir) else {
+        return;
+    };
+    let policy = dir.write(
+        "f.yaml",
+        // Many fresh names under one domain: the exfiltration budget would
+        // refuse them (tests/exfil.rs tests it).
+        "agent_name: f\nexpected_outbound:\n  - destination: \"*.f.test\"\nexfil:\n  budget: off\n",
+    );
+    let upstream = up.addr.to_string();
+    let dns = Allowdns::serve(&[
+        "--upstream",
+        &upstream,
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    let addresses = |name: &str| -> Vec<String> {
+        answers(&query(dns.udp, name, RecordType::A))
+            .into_iter()
+            .map(|(_, _, data)| data)
+            .collect()
+    };
+
+    assert_eq!(addresses("guessed-1.f.test"), ["198.51.100.66"], "control");
+    for i in 0..20 {
+        for kind in ["wrongid", "wrongport"] {
+            assert_eq!(
+                addresses(&format!("{kind}-{i}.f.test")),
+                ["192.0.2.1"],
+                "a forged answer ({kind}) was accepted"
+            );
+        }
+    }
+    assert!(up.questions("wrongid-").len() >= 20);
+
+    // 10,000 fresh names, 20 in flight at a time.
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut answered = 0;
+    let mut rcodes = std::collections::BTreeMap::<u8, usize>::new();
+    for batch in 0..500u16 {
+        let mut waiting = std::collections::HashSet::new();
+        for i in 0..20u16 {
+            let id = batch * 20 + i;
+            client
+                .send_to(&a_question(id, &format!("q{id}.f.test")), dns.udp)
+                .unwrap();
+            waiting.insert(id);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 512];
+        while !waiting.is_empty() && std::time::Instant::now() < deadline {
+            if let Ok(n) = client.recv(&mut buf)
+                && n >= 12
+                && waiting.remove(&u16::from_be_bytes([buf[0], buf[1]]))
+            {
+                *rcodes.entry(buf[3] & 15).or_default() += 1;
+                answered += usize::from(buf[3] & 15 == 0);
+            }
+        }
+    }
+    assert!(
+        answered >= 9_900,
+        "only {answered} of 10,000 answered (rcodes {rcodes:?})"
+    );
+    let seen = up.questions("q");
+    assert!(seen.len() >= 9_900, "{} questions upstream", seen.len());
+    let n = seen.len() as f64;
+
+    // IDs: chi-square over 256 buckets (the high byte); 255 degrees of
+    // freedom, mean 255, sd 22.6: 400 is over six sd out.
+    let mut buckets = [0f64; 256];
+    for (_, id) in &seen {
+        buckets[usize::from(id >> 8)] += 1.0;
+    }
+    let expected = n / 256.0;
+    let chi2: f64 = buckets
+        .iter()
+        .map(|o| (o - expected).powi(2) / expected)
+        .sum();
+    // No counter: consecutive questions rarely carry neighbouring IDs.
+    let neighbours = seen
+        .windows(2)
+        .filter(|w| w[0].1.abs_diff(w[1].1) <= 16)
+        .count();
+    // Ports: at least 8 bits' worth in use, none carrying over 2% of the
+    // questions, spread over a wide range.
+    let mut ports = std::collections::HashMap::<u16, usize>::new();
+    for (port, _) in &seen {
+        *ports.entry(*port).or_default() += 1;
+    }
+    let busiest = ports.values().max().copied().unwrap_or(0);
+    let span = ports.keys().max().unwrap() - ports.keys().min().unwrap();
+    eprintln!(
+        "{} questions: ID chi2 {chi2:.0} (256 buckets), {neighbours} neighbouring IDs; {} distinct ports, busiest {busiest}, span {span}",
+        seen.len(),
+        ports.len()
+    );
+    assert!(chi2 < 400.0, "IDs not spread: chi2 {chi2}");
+    assert!(
+        neighbours < seen.len() / 100,
+        "IDs follow each other: {neighbours}"
+    );
+    assert!(ports.len() >= 256, "{} distinct source ports", ports.len());
+    assert!(busiest * 50 <= seen.len(), "one port carried {busiest}");
+    assert!(span >= 10_000, "source ports span only {span}");
+}

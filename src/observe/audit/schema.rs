@@ -203,6 +203,9 @@ pub enum Event {
     GrantDropped(GrantLife),
     /// A policy file entry's `expires` passed.
     EntryExpired(EntryExpired),
+    /// On start, an element a previous run left in a set that the policy
+    /// in force does not allow was deleted.
+    FenceWithdrawn(FenceWithdrawn),
     /// A connection outside the allowlist: dropped, or in monitor mode
     /// passed and logged. One per new flow.
     EgressDenied(Box<EgressDenied>),
@@ -261,6 +264,17 @@ pub struct EntryExpired {
     pub file: String,
     /// RFC 3339 UTC, seconds.
     pub expires: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FenceWithdrawn {
+    /// The agent and name the element's label gives; `None` without one.
+    pub agent: Option<String>,
+    pub name: Option<String>,
+    pub addr: String,
+    /// The table and namespace it was in.
+    pub target: String,
+    pub reason: String,
 }
 
 /// One connection attempt the allowlist does not cover, with what allowdns
@@ -342,6 +356,13 @@ impl Event {
                 entry: "example.com".into(),
                 file: "/etc/allowdns/p.yaml".into(),
                 expires: "2026-01-01T00:00:00Z".into(),
+            }),
+            Event::FenceWithdrawn(FenceWithdrawn {
+                agent: Some("agent".into()),
+                name: Some("old.example.com".into()),
+                addr: "192.0.2.1".into(),
+                target: "table inet allowdns in netns /run/netns/agent".into(),
+                reason: "the policy no longer allows old.example.com".into(),
             }),
             Event::EgressDenied(Box::new(EgressDenied {
                 agent: Some("agent".into()),

@@ -1,0 +1,72 @@
+# An upstream on loopback that records each question's source port and ID,
+# and plays an off-path attacker racing its own answers:
+#   spoof_upstream.py IP LOG
+# prints "port N" once listening; appends "SRCPORT ID QNAME" to LOG per question.
+# By the question's first label:
+#   wrongid-*    first 64 forged answers (198.51.100.66) from the right port
+#                with every other ID near the real one and random ones;
+#   wrongport-*  first forged answers with the right ID from another port of
+#                this address, and from the same port on 127.0.0.99;
+#   guessed-*    first a forged answer with the right ID from the right port
+#                (an attacker who guessed both: the positive control);
+# then, 50 ms later, the true answer (192.0.2.1). Others: the true answer at once.
+import random
+import socket
+import struct
+import sys
+import time
+
+ip, log = sys.argv[1], open(sys.argv[2], "a", buffering=1)
+TRUE, FORGED = socket.inet_aton("192.0.2.1"), socket.inet_aton("198.51.100.66")
+server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+server.bind((ip, 0))
+port = server.getsockname()[1]
+other_port = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+other_port.bind((ip, 0))
+other_ip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+other_ip.bind(("127.0.0.99", port))
+print("port", port, flush=True)
+rng = random.Random(7)
+
+
+def qname_end(msg):
+    at = 12
+    while msg[at]:
+        at += 1 + msg[at]
+    return at + 1
+
+
+def answer(query, qid, address):
+    end = qname_end(query) + 4
+    header = struct.pack(">HHHHHH", qid, 0x8180, 1, 1, 0, 0)
+    record = struct.pack(">HHHIH", 0xC00C, 1, 1, 60, 4) + address
+    return header + query[12:end] + record
+
+
+while True:
+    query, client = server.recvfrom(4096)
+    if len(query) < 17:
+        continue
+    qid = struct.unpack(">H", query[:2])[0]
+    labels, at = [], 12
+    while query[at]:
+        labels.append(query[at + 1 : at + 1 + query[at]].decode("ascii", "replace").lower())
+        at += 1 + query[at]
+    name = ".".join(labels)
+    log.write(f"{client[1]} {qid} {name or '.'}\n")
+    first = labels[0] if labels else ""
+    if first.startswith("wrongid-"):
+        ids = {(qid + d) & 0xFFFF for d in range(-16, 17) if d} | {qid ^ 0x8000, qid ^ 1}
+        while len(ids) < 64:
+            ids.add(rng.randrange(65536))
+        ids.discard(qid)
+        for other in ids:
+            server.sendto(answer(query, other, FORGED), client)
+    elif first.startswith("wrongport-"):
+        other_port.sendto(answer(query, qid, FORGED), client)
+        other_ip.sendto(answer(query, qid, FORGED), client)
+    elif first.startswith("guessed-"):
+        server.sendto(answer(query, qid, FORGED), client)
+    if first.split("-")[0] in ("wrongid", "wrongport", "guessed"):
+        time.sleep(0.05)
+    server.sendto(answer(query, qid, TRUE), client)
