@@ -233,17 +233,14 @@ pub async fn serve_on(
         settings.negative_ttl,
     );
     let mut handler = handler;
-    if let Some(per_lookup) = settings.attribution {
+    if let Some(limits) = settings.attribution {
         // Where a client's socket points: the addresses actually bound.
         let servers = listeners
             .udp
             .iter()
             .filter_map(|s| s.local_addr().ok())
             .collect();
-        let attributor = crate::observe::attribution::Attributor::new(
-            crate::observe::attribution::Limits::with_budget(per_lookup),
-            servers,
-        );
+        let attributor = crate::observe::attribution::Attributor::new(limits, servers);
         for policy in &handler.state.snapshot().policies.policies {
             attributor.prepare(policy.firewall.as_ref().and_then(|f| f.netns.as_deref()));
         }
