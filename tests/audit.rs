@@ -360,7 +360,13 @@ fn a_denied_flood_past_the_attribution_rate_is_rate_limited_not_guessed() {
     let took = started.elapsed().as_secs() as usize;
     let records = flood_records(&log);
     assert_eq!(records.len(), NAMES, "every denial is audited");
-    assert_eq!(records[0]["pid"], pid, "the first, alerted: {}", records[0]);
+    // The first 5 distinct names of the window are alerted in full: named,
+    // whatever the rate (it holds 2).
+    assert!(
+        records[..5].iter().all(|r| r["pid"] == pid),
+        "the alerted ones: {:?}",
+        &records[..5]
+    );
     let named = records.iter().filter(|r| r["pid"] == pid).count();
     let limited = records
         .iter()
