@@ -17,8 +17,9 @@
 # ("allowdns-base"), to measure what a change costs on the hot path.
 #
 # ATTRIB=1 instead compares allowdns naming the process behind each denial
-# (the default) with allowdns under `alerts.attribution: false`, on hits and
-# the denied flood (docs/attribution.md).
+# (the default) with allowdns under `alerts.attribution: false`, and with
+# `alerts.attribution_rate: 100000` (every denial looked up), on hits and the
+# denied flood (docs/attribution.md).
 #
 # Usage: benches/dnsperf.sh            (needs dnsperf, dnsmasq, unbound: see .ci/run)
 # Env:   REPS=3 DURATION=8 LAT_QPS=20000 LAT_SECS=3 FEED=0 TCP=1 BASELINE= ATTRIB=0
@@ -57,7 +58,7 @@ if [ "$FEED" = 1 ]; then
   RUN=(ip netns exec "$NS")
 fi
 
-UP=5300; ALLOWDNS=5301; DNSMASQ=5302; UNBOUND=5303; BASE=5304; NOATTR=5305
+UP=5300; ALLOWDNS=5301; DNSMASQ=5302; UNBOUND=5303; BASE=5304; NOATTR=5305; ALLRATE=5306
 ATTRIB=${ATTRIB:-0}
 BASELINE=${BASELINE:-}
 
@@ -125,7 +126,11 @@ elif [ "$ATTRIB" = 1 ]; then
   "$BIN" serve --config "$WORK/noattr.yaml" --listen 127.0.0.1:$NOATTR --policy "$WORK/policy.yaml" \
     --upstream 127.0.0.1:$UP --audit-log "$WORK/audit-noattr.jsonl" 2>"$WORK/allowdns-noattr.log" & PIDS+=($!)
   NOATTR_PID=$!
-  servers=(allowdns allowdns-noattr)
+  printf 'alerts:\n  attribution_rate: 100000\n' > "$WORK/allrate.yaml"
+  "$BIN" serve --config "$WORK/allrate.yaml" --listen 127.0.0.1:$ALLRATE --policy "$WORK/policy.yaml" \
+    --upstream 127.0.0.1:$UP --audit-log "$WORK/audit-allrate.jsonl" 2>"$WORK/allowdns-allrate.log" & PIDS+=($!)
+  ALLRATE_PID=$!
+  servers=(allowdns allowdns-noattr allowdns-allrate)
   loads=(hits flood)
 else
 "$BIN" serve --listen 127.0.0.1:$ALLOWDNS --policy "$WORK/policy.yaml" --upstream 127.0.0.1:$UP \
@@ -170,7 +175,7 @@ unbound -c "$WORK/unbound.conf" & PIDS+=($!); UNBOUND_PID=$!
   if [ -n "$BASELINE" ]; then servers+=(allowdns-base); fi
 fi
 PORTS="$ALLOWDNS $DNSMASQ $UNBOUND"
-if [ "$ATTRIB" = 1 ]; then PORTS="$ALLOWDNS $NOATTR"; fi
+if [ "$ATTRIB" = 1 ]; then PORTS="$ALLOWDNS $NOATTR $ALLRATE"; fi
 if [ -n "$BASELINE" ] && [ "$FEED" != 1 ]; then PORTS="$PORTS $BASE"; fi
 for p in $PORTS; do wait_port $p; done
 for p in $PORTS; do
@@ -180,7 +185,7 @@ done
 # --- runs -------------------------------------------------------------------
 RESULTS="$WORK/results.tsv"
 : > "$RESULTS"
-port_of() { case $1 in allowdns|allowdns-feed) echo $ALLOWDNS;; dnsmasq|dnsmasq-nftset) echo $DNSMASQ;; unbound|allowdns-nofeed) echo $UNBOUND;; allowdns-base) echo $BASE;; allowdns-noattr) echo $NOATTR;; esac; }
+port_of() { case $1 in allowdns|allowdns-feed) echo $ALLOWDNS;; dnsmasq|dnsmasq-nftset) echo $DNSMASQ;; unbound|allowdns-nofeed) echo $UNBOUND;; allowdns-base) echo $BASE;; allowdns-noattr) echo $NOATTR;; allowdns-allrate) echo $ALLRATE;; esac; }
 
 for rep in $(seq 1 "$REPS"); do
   for load in "${loads[@]}"; do
@@ -221,10 +226,12 @@ for load in ["hits", "flood", "mix", "tcp1"]:
 PY
 echo "audit records written by allowdns: $(wc -l < "$WORK/audit.jsonl")" >&2
 if [ "$ATTRIB" = 1 ]; then
-  echo "denials attributed: $(grep -c '"pid":' "$WORK/audit.jsonl"); not: $(grep -o '"owner_unknown":"[^"]*"' "$WORK/audit.jsonl" | sort | uniq -c | tr '\n' ' ')" >&2
+  for a in audit audit-allrate; do
+    echo "$a: denials attributed: $(grep -c '"pid":' "$WORK/$a.jsonl"); not: $(grep -o '"owner_unknown":"[^"]*"' "$WORK/$a.jsonl" | sort | uniq -c | tr '\n' ' ')" >&2
+  done
 fi
 for s in "${servers[@]}"; do
-  case $(port_of "$s") in $ALLOWDNS) pid=$ALLOWDNS_PID;; $DNSMASQ) pid=$DNSMASQ_PID;; $BASE) pid=$BASE_PID;; $NOATTR) pid=$NOATTR_PID;; *) pid=$UNBOUND_PID;; esac
+  case $(port_of "$s") in $ALLOWDNS) pid=$ALLOWDNS_PID;; $DNSMASQ) pid=$DNSMASQ_PID;; $BASE) pid=$BASE_PID;; $NOATTR) pid=$NOATTR_PID;; $ALLRATE) pid=$ALLRATE_PID;; *) pid=$UNBOUND_PID;; esac
   echo "$s memory after all runs: $(awk '/VmHWM|VmRSS/ {printf "%s %s kB  ", $1, $2}' "/proc/$pid/status")" >&2
 done
 if [ "$FEED" = 1 ]; then

@@ -167,6 +167,11 @@ pub struct AlertsFile {
     /// The most one denial's attribution may delay its reply, in ms (1 to 1000; default 5).
     #[serde(default)]
     pub attribution_budget_ms: Option<u64>,
+    /// Denials attributed per second and client namespace beyond those
+    /// alerted in full (0 to 100000; default 100); the rest are
+    /// `unknown (rate limited)`.
+    #[serde(default)]
+    pub attribution_rate: Option<u64>,
 }
 
 /// How allowed names are resolved.
@@ -222,9 +227,10 @@ pub struct Settings {
     pub negative_ttl: u32,
     pub cache: CacheLimits,
     pub alert_window: Duration,
-    /// How long a denial's attribution may take (`alerts.attribution_budget_ms`);
-    /// `None`: denials do not name their process (`alerts.attribution: false`).
-    pub attribution: Option<Duration>,
+    /// How long a denial's attribution may take (`alerts.attribution_budget_ms`)
+    /// and how many per second (`alerts.attribution_rate`); `None`: denials
+    /// do not name their process (`alerts.attribution: false`).
+    pub attribution: Option<crate::observe::attribution::Limits>,
     /// Where `allowdns grant` and `status` reach the running resolver.
     pub control_socket: Option<PathBuf>,
     /// Where Prometheus scrapes `/metrics`.
@@ -516,6 +522,7 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
         notify,
         attribution,
         attribution_budget_ms,
+        attribution_rate,
     } = alerts;
     let attribution_budget = match attribution_budget_ms {
         None => crate::observe::attribution::Limits::default().per_lookup,
@@ -530,6 +537,18 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
             Duration::ZERO
         }
     };
+    let mut attribution_limits =
+        crate::observe::attribution::Limits::with_budget(attribution_budget);
+    match attribution_rate {
+        None => {}
+        Some(rate @ 0..=100_000) => attribution_limits.rate = rate as u32,
+        Some(rate) => diags.error(
+            &input.path,
+            locate(&input.text, "attribution_rate", 0),
+            Some("alerts.attribution_rate".into()),
+            format!("{rate} is not from 0 to 100000 denials per second"),
+        ),
+    }
 
     let listen = input.listen(&listen, diags);
     let upstream = input.upstream(
@@ -570,7 +589,7 @@ pub fn load(sources: &Sources, diags: &mut Diagnostics) -> Option<Settings> {
         negative_ttl: negative_ttl.unwrap_or(5),
         cache,
         alert_window: Duration::from_secs(window_secs.unwrap_or(60).max(1)),
-        attribution: attribution.unwrap_or(true).then_some(attribution_budget),
+        attribution: attribution.unwrap_or(true).then_some(attribution_limits),
         control_socket: sources
             .control
             .clone()
@@ -689,10 +708,14 @@ mod tests {
             "attribution-default",
             "policies: [p.yaml]\nupstream: { mode: none }\n",
         );
-        assert_eq!(
-            settings.unwrap().attribution,
-            Some(Duration::from_millis(5))
+        let limits = settings.unwrap().attribution.unwrap();
+        assert_eq!(limits.per_lookup, Duration::from_millis(5));
+        assert_eq!(limits.rate, 100);
+        let (settings, _) = load_text(
+            "attribution-rate",
+            "policies: [p.yaml]\nupstream: { mode: none }\nalerts:\n  attribution_rate: 0\n",
         );
+        assert_eq!(settings.unwrap().attribution.unwrap().rate, 0);
         let (settings, _) = load_text(
             "attribution-off",
             "policies: [p.yaml]\nupstream: { mode: none }\nalerts:\n  attribution: false\n",
@@ -700,7 +723,7 @@ mod tests {
         assert_eq!(settings.unwrap().attribution, None);
         let (settings, diags) = load_text(
             "attribution-bad",
-            "policies: [p.yaml]\nupstream: { mode: none }\nalerts:\n  attribution_budget_ms: 0\n",
+            "policies: [p.yaml]\nupstream: { mode: none }\nalerts:\n  attribution_budget_ms: 0\n  attribution_rate: 200000\n",
         );
         assert!(settings.is_none());
         let errors: Vec<String> = diags
@@ -709,7 +732,10 @@ mod tests {
             .collect();
         assert_eq!(
             errors,
-            ["Some(4):Some(\"alerts.attribution_budget_ms\"): 0 is not from 1 to 1000 ms"]
+            [
+                "Some(4):Some(\"alerts.attribution_budget_ms\"): 0 is not from 1 to 1000 ms",
+                "Some(5):Some(\"alerts.attribution_rate\"): 200000 is not from 0 to 100000 denials per second"
+            ]
         );
     }
 

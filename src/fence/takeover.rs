@@ -67,9 +67,7 @@ impl Firewall {
     ) -> Result<(), FenceError> {
         let inherited =
             std::mem::take(&mut *lock(&target.inherited));
-        let installed = target
-            .lock(&installed)
-            .clone();
+        let installed = lock(&target.installed).clone();
         let now = Instant::now();
         let mut delete: HashMap<SetId, Vec<Element>> = HashMap::new();
         let mut withdrawn = Vec::new();

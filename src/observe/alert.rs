@@ -292,6 +292,29 @@ impl Alerts {
         }
     }
 
+    /// Whether a denial of `qname` from `client` would be alerted in full
+    /// now: the process is looked up for those first. A peek; `denied`
+    /// decides.
+    pub fn would_alert(&self, client: IpAddr, qname: &Name) -> bool {
+        let state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.pending.len() >= MAX_PENDING {
+            return false;
+        }
+        match state.clients.get(&client) {
+            Some(w) => w.alerted.len() < ALERTS_PER_WINDOW && !w.alerted.contains(qname),
+            None => state.clients.len() < MAX_CLIENTS,
+        }
+    }
+
+    /// Whether a connection attempt from `client` would be alerted in full now.
+    pub fn would_alert_egress(&self, client: IpAddr) -> bool {
+        let state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let f = &state.flows;
+        !f.clients.contains_key(&client)
+            && f.clients.len() < MAX_CLIENTS
+            && f.pending.len() < MAX_PENDING
+    }
+
     pub fn denied(&self, event: Denied) {
         let now = Instant::now();
         let ip = event.client.ip();

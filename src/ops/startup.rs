@@ -230,17 +230,14 @@ pub async fn serve_on(
     let resolver = Resolver::new(upstream, Cache::new(settings.cache));
     // Once, in the background: a dead upstream is named now, not at the agent's first SERVFAIL.
     tokio::spawn(resolver.upstream().clone().probe());
-    let attribution = settings.attribution.map(|per_lookup| {
+    let attribution = settings.attribution.map(|limits| {
         // Where a client's socket points: the addresses actually bound.
         let servers = listeners
             .udp
             .iter()
             .filter_map(|s| s.local_addr().ok())
             .collect();
-        let attributor = crate::observe::attribution::Attributor::new(
-            crate::observe::attribution::Limits::with_budget(per_lookup),
-            servers,
-        );
+        let attributor = crate::observe::attribution::Attributor::new(limits, servers);
         for policy in &loaded.policies.policies {
             attributor.prepare(policy.firewall.as_ref().and_then(|f| f.netns.as_deref()));
         }

@@ -12,7 +12,7 @@ use hickory_server::proto::rr::Name;
 use crate::fence::handed::Handed;
 use crate::fence::nflog::{Attempt, Proto, Reason, Report};
 use crate::observe::alert::{Action, Egress};
-use crate::observe::attribution::{Attribution, Proto as AttributionProto, Why};
+use crate::observe::attribution::{Attribution, Need, Proto as AttributionProto, Why};
 use crate::observe::audit::schema::{EgressDenied, RecordsLost};
 use crate::observe::audit::{Event, EventLine};
 use crate::observe::metrics::{self, METRICS};
@@ -127,7 +127,12 @@ impl Service {
                 Proto::UDP => AttributionProto::Udp,
                 _ => return None,
             };
-            Some(a.lookup(netns, proto, attempt.src, attempt.dst))
+            let need = if self.alerts.would_alert_egress(attempt.src.ip()) {
+                Need::Alert
+            } else {
+                Need::Record
+            };
+            Some(a.lookup(netns, proto, attempt.src, attempt.dst, need))
         });
         // A rejected SYN's reset closes the socket, often before it is looked
         // up: say so rather than that its process exited.

@@ -19,7 +19,7 @@ use hickory_server::server::Request;
 
 use crate::fence::{FeedError, Firewall};
 use crate::observe::alert::{Action, Alerts, Denied, Exfil, Stripped};
-use crate::observe::attribution::{Attribution, Attributor, Proto};
+use crate::observe::attribution::{Attribution, Attributor, Need, Proto};
 use crate::observe::audit::{AuditLog, AuditRecord, Decision};
 use crate::observe::metrics::{self, METRICS};
 use crate::observe::throttle::Throttle;
@@ -210,7 +210,7 @@ impl Handler {
         let (policy, rule, decision) = match decide::rule(governing, matched.as_ref()) {
             Ruling::Deny { policy } => {
                 // Before the reply leaves: the asker may exit on NXDOMAIN.
-                let owner = self.asker(request, policy, src);
+                let owner = self.asker(request, policy, src, name);
                 self.alerts.denied(Denied {
                     ts: SystemTime::now(),
                     agent: policy.agent.clone(),
@@ -230,7 +230,7 @@ impl Handler {
             Ruling::WouldDeny { policy, rule } => {
                 // Monitor mode alerts what learn mode only records.
                 if policy.monitor {
-                    logged_owner = self.asker(request, policy, src);
+                    logged_owner = self.asker(request, policy, src, name);
                     self.alerts.denied(Denied {
                         ts: SystemTime::now(),
                         agent: policy.agent.clone(),
@@ -302,15 +302,27 @@ impl Handler {
         }
     }
 
-    /// The process behind a lookup, when attribution is on.
-    fn asker(&self, request: &Request, policy: &Policy, src: SocketAddr) -> Option<Attribution> {
+    /// The process behind a lookup, when attribution is on: always for one
+    /// alerted in full, within the rate for the others.
+    fn asker(
+        &self,
+        request: &Request,
+        policy: &Policy,
+        src: SocketAddr,
+        name: &Name,
+    ) -> Option<Attribution> {
         self.attribution.as_ref().map(|a| {
+            let need = if self.alerts.would_alert(src.ip(), name) {
+                Need::Alert
+            } else {
+                Need::Record
+            };
             let netns = policy.firewall.as_ref().and_then(|f| f.netns.as_deref());
             let proto = match Transport::of(request) {
                 Transport::Tcp => Proto::Tcp,
                 Transport::Udp => Proto::Udp,
             };
-            a.lookup_client(netns, proto, src)
+            a.lookup_client(netns, proto, src, need)
         })
     }
 

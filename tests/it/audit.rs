@@ -260,3 +260,109 @@ fn a_denied_lookup_names_its_process_or_says_it_exited() {
     assert_eq!(r["owner_unknown"], "exited", "{r}");
     assert!(r.get("pid").is_none(), "never a guess: {r}");
 }
+
+/// A flood of unique denied names past `alerts.attribution_rate`: the
+/// denials alerted in full still name their process, the others within the
+/// rate too, and the rest say `unknown (rate limited)`, never a guess.
+#[test]
+fn a_denied_flood_past_the_attribution_rate_is_rate_limited_not_guessed() {
+    let dir = TempDir::new("attribution-rate");
+    let zones = dir.0.join("zones");
+    std::fs::create_dir_all(&zones).unwrap();
+    let policy = data("policy.yaml");
+    let serve = |config: &str, log: &std::path::Path| {
+        let config = dir.write(&format!("{config}.yaml"), config);
+        Allowdns::serve(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--zones",
+            zones.to_str().unwrap(),
+            "--upstream",
+            "none",
+            "--audit-log",
+            log.to_str().unwrap(),
+        ])
+    };
+    // One socket, 40 unique denied names, each answered before the next.
+    const NAMES: usize = 40;
+    let flood = |port: u16| -> u32 {
+        let script = format!(
+            "import socket, struct\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(5)\nfor i in range({NAMES}):\n    q = struct.pack('>HHHHHH', i, 0x0100, 1, 0, 0, 0)\n    q += b''.join(bytes([len(l)]) + l.encode() for l in f'n{{i}}.flood.denied.example'.split('.')) + b'\\0' + struct.pack('>HH', 1, 1)\n    s.sendto(q, ('127.0.0.1', {port}))\n    assert s.recv(512)[3] & 15 == 3\n"
+        );
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .spawn()
+            .expect("python3");
+        let pid = child.id();
+        assert!(child.wait().unwrap().success(), "the flood script failed");
+        pid
+    };
+    let flood_records = |log: &std::path::Path| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let all = if log.exists() {
+                read_audit(log)
+            } else {
+                Vec::new()
+            };
+            let found: Vec<_> = all
+                .into_iter()
+                .filter(|r| r["qname"].as_str().is_some_and(|q| q.contains(".flood.")))
+                .collect();
+            if found.len() >= NAMES || std::time::Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+
+    // Positive control: within the default rate, every denial is named.
+    let log = dir.0.join("default.jsonl");
+    let dns = serve("alerts:\n  attribution_budget_ms: 1000\n", &log);
+    let pid = flood(dns.udp.port());
+    let records = flood_records(&log);
+    assert_eq!(records.len(), NAMES);
+    assert!(records.iter().all(|r| r["pid"] == pid), "{records:?}");
+    drop(dns);
+
+    // A rate of 2 a second: the 5 alerted in full and about 2 more named.
+    let log = dir.0.join("limited.jsonl");
+    let dns = serve(
+        "alerts:\n  attribution_budget_ms: 1000\n  attribution_rate: 2\n",
+        &log,
+    );
+    let started = std::time::Instant::now();
+    let pid = flood(dns.udp.port());
+    let took = started.elapsed().as_secs() as usize;
+    let records = flood_records(&log);
+    assert_eq!(records.len(), NAMES, "every denial is audited");
+    // The first 5 distinct names of the window are alerted in full: named,
+    // whatever the rate (it holds 2).
+    assert!(
+        records[..5].iter().all(|r| r["pid"] == pid),
+        "the alerted ones: {:?}",
+        &records[..5]
+    );
+    let named = records.iter().filter(|r| r["pid"] == pid).count();
+    let limited = records
+        .iter()
+        .filter(|r| r["owner_unknown"] == "rate limited" && r.get("pid").is_none())
+        .count();
+    assert_eq!(named + limited, NAMES, "named or rate limited: {records:?}");
+    assert!(
+        (5..=5 + 2 + 2 * (took + 1)).contains(&named),
+        "{named} named in {took} s: {records:?}"
+    );
+    // The alert shows the first ones named.
+    dns.wait_for("Query: n0.flood.denied.example", 1);
+    let stderr = dns.stderr();
+    assert!(
+        stderr.contains(&format!("\nPID: {pid}\nCommand: "))
+            && stderr.contains("python3 -c import socket"),
+        "{stderr}"
+    );
+}

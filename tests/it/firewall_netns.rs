@@ -1157,6 +1157,18 @@ fn a_blocked_connection_is_alerted_and_audited_with_what_allowdns_knows() {
         .map(|r| r["port"].as_u64().unwrap())
         .collect();
     assert_eq!(ports.len(), 1000);
+    // Past alerts.attribution_rate, said so: never a silent or guessed owner.
+    let limited = records[2..]
+        .iter()
+        .filter(|r| r["owner_unknown"] == "rate limited")
+        .count();
+    assert!(limited > 0, "a scan is rate limited: {:?}", &records[2..5]);
+    assert!(
+        records[2..]
+            .iter()
+            .all(|r| r["pid"].is_u64() != r["owner_unknown"].is_string()),
+        "each record names its process or says why not"
+    );
     assert_eq!(
         metric(
             &dns,

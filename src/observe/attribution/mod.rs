@@ -7,13 +7,18 @@
 //!
 //! Only denials are attributed, before their reply leaves (a client like
 //! `getent` exits on NXDOMAIN, and its socket with it), within
-//! [`Limits::per_lookup`]. A flood is bounded by [`Limits::per_second`]:
+//! [`Limits::per_lookup`]. A denial that will be alerted in full is always
+//! attributed ([`Need::Alert`]); the others ([`Need::Record`]) at most
+//! [`Limits::rate`] per second and client namespace, the rest say
+//! `unknown (rate limited)`: a flood costs a lock per denial, not a socket
+//! lookup. The /proc search is bounded by [`Limits::per_second`]:
 //! the time /proc may be scanned per second. A socket seen before is
 //! checked with one readlink, not looked up or searched again. Where the owner cannot be
 //! seen the answer says why ([`Why`]); it never guesses.
 
 mod diag;
 mod procfs;
+mod rate;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -51,6 +56,17 @@ pub struct Limits {
     /// The most time spent searching /proc in any one second; beyond it,
     /// `unknown (over budget)` until the next second.
     pub per_second: Duration,
+    /// Denials attributed per second and client namespace beyond those
+    /// alerted in full; beyond it, `unknown (rate limited)`.
+    pub rate: u32,
+}
+
+/// Why a denial is attributed: its alert is printed in full, or only its
+/// audit record will carry the answer (rate-limited).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    Alert,
+    Record,
 }
 
 impl Limits {
@@ -60,6 +76,7 @@ impl Limits {
         Limits {
             per_lookup,
             per_second: Limits::default().per_second.max(per_lookup),
+            ..Limits::default()
         }
     }
 }
@@ -69,6 +86,7 @@ impl Default for Limits {
         Limits {
             per_lookup: Duration::from_millis(5),
             per_second: Duration::from_millis(100),
+            rate: 100,
         }
     }
 }
@@ -98,6 +116,9 @@ pub enum Why {
     /// A TCP attempt the fence rejected: its reset closed the socket, mostly
     /// before the lookup (`deny_action: drop` keeps it open to be named).
     Reset,
+    /// Not alerted in full, and the namespace's [`Limits::rate`] was spent:
+    /// not looked up at all.
+    RateLimited,
 }
 
 impl Why {
@@ -109,6 +130,7 @@ impl Why {
             Why::OverBudget => "over budget",
             Why::Failed => "lookup failed",
             Why::Reset => "socket closed by the fence's reset",
+            Why::RateLimited => "rate limited",
         }
     }
 }
@@ -253,6 +275,7 @@ pub struct Attributor {
     owners: Mutex<HashMap<u32, (Instant, Arc<Owner>)>>,
     /// (start of the current second, /proc search time spent in it).
     spent: Mutex<(Instant, Duration)>,
+    rate: rate::Rate,
 }
 
 impl Attributor {
@@ -277,6 +300,7 @@ impl Attributor {
             tuples: Mutex::default(),
             owners: Mutex::default(),
             spent: Mutex::new((Instant::now(), Duration::ZERO)),
+            rate: rate::Rate::new(limits.rate),
         }
     }
 
@@ -293,8 +317,12 @@ impl Attributor {
         netns: Option<&Path>,
         proto: Proto,
         client: SocketAddr,
+        need: Need,
     ) -> Attribution {
         let started = Instant::now();
+        if !self.may(netns, need, started) {
+            return Attribution::Unknown(Why::RateLimited);
+        }
         let ns = match self.namespace(netns) {
             Ok(ns) => ns,
             Err(why) => return Attribution::Unknown(why),
@@ -338,8 +366,12 @@ impl Attributor {
         proto: Proto,
         local: SocketAddr,
         remote: SocketAddr,
+        need: Need,
     ) -> Attribution {
         let started = Instant::now();
+        if !self.may(netns, need, started) {
+            return Attribution::Unknown(Why::RateLimited);
+        }
         let ns = match self.namespace(netns) {
             Ok(ns) => ns,
             Err(why) => return Attribution::Unknown(why),
@@ -358,6 +390,12 @@ impl Attributor {
             }
         };
         self.owner_of(&ns, key, found, started)
+    }
+
+    /// Whether this denial may be looked up: an alerted one always, the
+    /// others while the namespace's rate allows.
+    fn may(&self, netns: Option<&Path>, need: Need, now: Instant) -> bool {
+        need == Need::Alert || self.rate.take(netns, now)
     }
 
     /// The owner of a socket asked about before, without sock_diag: while
@@ -630,7 +668,7 @@ mod tests {
         let socket = UdpSocketPair::new();
         let me = std::process::id();
         for _ in 0..2 {
-            match attributor.lookup(None, Proto::Udp, socket.local, socket.remote) {
+            match attributor.lookup(None, Proto::Udp, socket.local, socket.remote, Need::Alert) {
                 Attribution::Found(o) => assert_eq!(o.host_pid, me),
                 Attribution::Unknown(why) => panic!("{why:?}"),
             }
@@ -639,14 +677,41 @@ mod tests {
         // Closed: gone, not guessed from the cache.
         let (local, remote) = (socket.local, socket.remote);
         drop(socket);
-        let got = attributor.lookup(None, Proto::Udp, local, remote);
+        let got = attributor.lookup(None, Proto::Udp, local, remote, Need::Alert);
         assert!(matches!(got, Attribution::Unknown(Why::Exited)), "{got:?}");
         // An address that is not ours: another host's socket.
-        let got = attributor.lookup(None, Proto::Udp, "192.0.2.77:5353".parse().unwrap(), remote);
+        let got = attributor.lookup(
+            None,
+            Proto::Udp,
+            "192.0.2.77:5353".parse().unwrap(),
+            remote,
+            Need::Alert,
+        );
         assert!(
             matches!(got, Attribution::Unknown(Why::OtherHost)),
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn past_the_rate_a_record_is_rate_limited_and_an_alert_still_named() {
+        let limits = Limits {
+            rate: 1,
+            ..Limits::with_budget(Duration::from_secs(1))
+        };
+        let attributor = Attributor::new(limits, vec![]);
+        let socket = UdpSocketPair::new();
+        let me = std::process::id();
+        let ask = |need| attributor.lookup(None, Proto::Udp, socket.local, socket.remote, need);
+        // Positive control: within the rate, named.
+        assert!(matches!(ask(Need::Record), Attribution::Found(o) if o.host_pid == me));
+        let got = ask(Need::Record);
+        assert!(
+            matches!(got, Attribution::Unknown(Why::RateLimited)),
+            "{got:?}"
+        );
+        assert_eq!(got.to_string(), "PID: unknown (rate limited)\n");
+        assert!(matches!(ask(Need::Alert), Attribution::Found(o) if o.host_pid == me));
     }
 
     #[test]
@@ -657,13 +722,13 @@ mod tests {
             let server = listener.local_addr().unwrap();
             let client = std::net::TcpStream::connect(server).unwrap();
             let local = client.local_addr().unwrap();
-            match attributor.lookup(None, Proto::Tcp, local, server) {
+            match attributor.lookup(None, Proto::Tcp, local, server, Need::Alert) {
                 Attribution::Found(o) => assert_eq!(o.host_pid, std::process::id()),
                 Attribution::Unknown(why) => panic!("{at}: {why:?}"),
             }
             // The same ports, the other way round, is another socket (the server's).
             let wrong_peer = SocketAddr::new(server.ip(), server.port().wrapping_add(1));
-            let got = attributor.lookup(None, Proto::Tcp, local, wrong_peer);
+            let got = attributor.lookup(None, Proto::Tcp, local, wrong_peer, Need::Alert);
             assert!(matches!(got, Attribution::Unknown(Why::Exited)), "{got:?}");
         }
     }
