@@ -47,15 +47,7 @@ impl Lab {
         let policy = self
             .dir
             .write("policy.yaml", &policy.replace("NETNS", &self.a));
-        let (ok, ruleset) = sh_out(&[
-            bin(),
-            "nft-ruleset",
-            "--policy",
-            policy.to_str().unwrap(),
-            "--dns",
-            DNS,
-        ]);
-        assert!(ok, "{ruleset}");
+        let ruleset = nft_ruleset(&policy, DNS);
         let file = self.dir.write("agent.nft", &ruleset);
         netns::nft_file(&self.a, &file);
         policy

@@ -134,15 +134,7 @@ fn a_ruleset_reload_is_noticed_and_the_live_elements_are_fed_again() {
             lab.netns(&lab.a).display()
         ),
     );
-    let (ok, ruleset) = sh_out(&[
-        bin(),
-        "nft-ruleset",
-        "--policy",
-        policy.to_str().unwrap(),
-        "--dns",
-        "127.0.0.1",
-    ]);
-    assert!(ok, "{ruleset}");
+    let ruleset = nft_ruleset(&policy, "127.0.0.1");
     let ruleset = lab.dir.write("agent.nft", &ruleset);
     lab.load(&ruleset);
     assert!(
