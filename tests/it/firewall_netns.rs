@@ -955,7 +955,7 @@ fn serve_with_control(
 ) -> (Allowdns, impl Fn(&[&str])) {
     let socket = lab.dir.0.join("control.sock");
     let up = upstream.addr.to_string();
-    let dns = Allowdns::forward(&up, &policy, &["--control", socket.to_str().unwrap()]);
+    let dns = Allowdns::forward(&up, policy, &["--control", socket.to_str().unwrap()]);
     let control = move |args: &[&str]| {
         let out = Command::new(bin())
             .args([args[0], "--control", socket.to_str().unwrap()])
@@ -1011,7 +1011,7 @@ fn serve_audited(lab: &Lab, policy: &std::path::Path, upstream: &Upstream) -> (A
     let up = upstream.addr.to_string();
     let dns = Allowdns::upstream_audit(
         &up,
-        &policy,
+        policy,
         &audit,
         &[
             "--config",

@@ -49,7 +49,7 @@ impl Lab {
 
     /// `nft -f` inside A, as an operator reloads the fence.
     fn load(&self, file: &std::path::Path) {
-        netns::nft_file(&self.a, &file);
+        netns::nft_file(&self.a, file);
     }
 
     fn set_holds(&self, set: &str, needle: &str) -> bool {
