@@ -196,7 +196,7 @@ fn a_denied_lookup_names_its_process_or_says_it_exited() {
         Allowdns::offline_audit(
             &policy,
             &zones,
-            &log,
+            log,
             &["--config", config.to_str().unwrap(), "--listen", listen],
         )
     };

@@ -300,16 +300,7 @@ fn a_full_disk_loses_whole_records_counted_and_reports_once() {
             "mount -t tmpfs -o size=256k allowdns-full \"$0\" && exec \"$@\"",
             mnt.to_str().unwrap(),
         ],
-        &[
-            "--policy",
-            policy.to_str().unwrap(),
-            "--zones",
-            zones.to_str().unwrap(),
-            "--upstream",
-            "none",
-            "--audit-log",
-            log.to_str().unwrap(),
-        ],
+        &offline_args(&policy, &zones, &["--audit-log", log.to_str().unwrap()]),
     );
     let inside = |p: &Path| {
         Path::new(&format!("/proc/{}/root", dns.pid())).join(p.strip_prefix("/").unwrap())

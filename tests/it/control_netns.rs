@@ -61,18 +61,11 @@ fn refused_from_another_namespace(daemon_prefix: &[&str], tag: &str) {
     let sock = socket.to_str().unwrap();
     let dns = Allowdns::serve_via(
         daemon_prefix,
-        &[
-            "--policy",
-            policy.to_str().unwrap(),
-            "--zones",
-            zones.to_str().unwrap(),
-            "--upstream",
-            "none",
-            "--audit-log",
-            audit.to_str().unwrap(),
-            "--control",
-            sock,
-        ],
+        &offline_args(
+            &policy,
+            &zones,
+            &["--audit-log", audit.to_str().unwrap(), "--control", sock],
+        ),
     );
     let grant = |prefix: &[&str], name: &str| {
         run(

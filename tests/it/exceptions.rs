@@ -357,16 +357,11 @@ fn a_regular_file_at_the_control_socket_path_is_kept_and_startup_fails() {
         "agent_name: t\nexpected_outbound:\n  - destination: a.x.test\n",
     );
     let socket = dir.write("control.sock", "not a socket: keep me\n");
-    let (status, stderr) = serve_fails(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--zones",
-        zones.to_str().unwrap(),
-        "--upstream",
-        "none",
-        "--control",
-        socket.to_str().unwrap(),
-    ]);
+    let (status, stderr) = serve_fails(&offline_args(
+        &policy,
+        &zones,
+        &["--control", socket.to_str().unwrap()],
+    ));
     assert!(!status.success());
     assert!(
         stderr.contains(&socket.display().to_string()) && stderr.contains("is not a socket"),
@@ -386,16 +381,7 @@ fn a_second_instance_does_not_steal_the_control_socket() {
     );
     let socket = dir.0.join("control.sock");
     let sock = socket.to_str().unwrap();
-    let args = [
-        "--policy",
-        policy.to_str().unwrap(),
-        "--zones",
-        zones.to_str().unwrap(),
-        "--upstream",
-        "none",
-        "--control",
-        sock,
-    ];
+    let args = offline_args(&policy, &zones, &["--control", sock]);
     let first = Allowdns::serve(&args);
     let before = inode(&socket);
     let (status, stderr) = serve_fails(&args);

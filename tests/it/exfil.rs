@@ -426,6 +426,8 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn a_flood_of_unique_names_does_not_grow_memory() {
+    // Timed: no lab is built, run or torn down meanwhile.
+    let _alone = common::alone();
     let lab = Lab::new("127.0.0.34", &["cdn.test"]);
     let (dns, _) = lab.serve(
         "flood",

@@ -47,15 +47,7 @@ impl Lab {
         let policy = self
             .dir
             .write("policy.yaml", &policy.replace("NETNS", &self.a));
-        let (ok, ruleset) = sh_out(&[
-            bin(),
-            "nft-ruleset",
-            "--policy",
-            policy.to_str().unwrap(),
-            "--dns",
-            DNS,
-        ]);
-        assert!(ok, "{ruleset}");
+        let ruleset = nft_ruleset(&policy, DNS);
         let file = self.dir.write("agent.nft", &ruleset);
         netns::nft_file(&self.a, &file);
         policy
@@ -963,7 +955,7 @@ fn serve_with_control(
 ) -> (Allowdns, impl Fn(&[&str])) {
     let socket = lab.dir.0.join("control.sock");
     let up = upstream.addr.to_string();
-    let dns = Allowdns::forward(&up, &policy, &["--control", socket.to_str().unwrap()]);
+    let dns = Allowdns::forward(&up, policy, &["--control", socket.to_str().unwrap()]);
     let control = move |args: &[&str]| {
         let out = Command::new(bin())
             .args([args[0], "--control", socket.to_str().unwrap()])
@@ -1019,7 +1011,7 @@ fn serve_audited(lab: &Lab, policy: &std::path::Path, upstream: &Upstream) -> (A
     let up = upstream.addr.to_string();
     let dns = Allowdns::upstream_audit(
         &up,
-        &policy,
+        policy,
         &audit,
         &[
             "--config",

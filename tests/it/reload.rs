@@ -82,6 +82,8 @@ fn sighup_swaps_policies_and_keeps_the_old_set_on_errors() {
 
 #[test]
 fn reloads_under_load_drop_nothing_and_never_show_a_partial_policy() {
+    // Timed: no lab is built, run or torn down meanwhile.
+    let _alone = common::alone();
     let dir = TempDir::new("reload-load");
     let zones = dir.zones(&[("r.test.zone", "$ORIGIN r.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\nkeep IN A 192.0.2.3\nnever IN A 192.0.2.4\n")]);
     // Two large versions; the one name that must always resolve comes last,
@@ -295,6 +297,8 @@ fn watched(tag: &str, extra: &[&str]) -> (TempDir, ConfigMap, Allowdns) {
 
 #[test]
 fn watch_follows_a_configmap_symlink_swap_within_2s_and_drops_no_query() {
+    // Timed: no lab is built, run or torn down meanwhile.
+    let _alone = common::alone();
     // Positive control: an allowdns without the watch, on the same kind of
     // volume, never sees the swap, so the checks below can tell.
     let (_control_dir, mut control_map, control) = watched("watch-control", &["--watch=false"]);

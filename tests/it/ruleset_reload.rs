@@ -49,7 +49,7 @@ impl Lab {
 
     /// `nft -f` inside A, as an operator reloads the fence.
     fn load(&self, file: &std::path::Path) {
-        netns::nft_file(&self.a, &file);
+        netns::nft_file(&self.a, file);
     }
 
     fn set_holds(&self, set: &str, needle: &str) -> bool {
@@ -134,15 +134,7 @@ fn a_ruleset_reload_is_noticed_and_the_live_elements_are_fed_again() {
             lab.netns(&lab.a).display()
         ),
     );
-    let (ok, ruleset) = sh_out(&[
-        bin(),
-        "nft-ruleset",
-        "--policy",
-        policy.to_str().unwrap(),
-        "--dns",
-        "127.0.0.1",
-    ]);
-    assert!(ok, "{ruleset}");
+    let ruleset = nft_ruleset(&policy, "127.0.0.1");
     let ruleset = lab.dir.write("agent.nft", &ruleset);
     lab.load(&ruleset);
     assert!(

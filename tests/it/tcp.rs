@@ -125,6 +125,8 @@ fn test_upstream(ip: &str) -> Upstream {
 
 #[test]
 fn pipelined_queries_are_answered_concurrently_and_in_completion_order() {
+    // Timed: no lab is built, run or torn down meanwhile.
+    let _alone = common::alone();
     let dir = TempDir::new("tcp-pipeline");
     let mut zone = String::from(
         "$ORIGIN pipe.test.\n$TTL 300\n@ IN SOA ns.pipe.test. h.pipe.test. 1 3600 600 86400 30\n@ IN NS ns.pipe.test.\nns IN A 127.0.0.9\n",

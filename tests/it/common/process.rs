@@ -8,6 +8,34 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// `--policy POLICY --zones ZONES --upstream none`, then `extra`: offline,
+/// answers only from local zones.
+pub fn offline_args<'a>(policy: &'a Path, zones: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--policy",
+        policy.to_str().unwrap(),
+        "--zones",
+        zones.to_str().unwrap(),
+        "--upstream",
+        "none",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// `allowdns nft-ruleset --policy POLICY --dns DNS`: the ruleset it prints.
+pub fn nft_ruleset(policy: &Path, dns: &str) -> String {
+    let out = Command::new(bin())
+        .args(["nft-ruleset", "--policy"])
+        .arg(policy)
+        .args(["--dns", dns])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "nft-ruleset: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// The real allowdns binary, serving until dropped.
 pub struct Allowdns {
     child: Child,
@@ -33,9 +61,7 @@ impl Allowdns {
 
     /// Offline on local `zones`; `extra` follows.
     pub fn offline(policy: &Path, zones: &Path, extra: &[&str]) -> Allowdns {
-        let mut args = vec!["--zones", zones.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        Self::forward("none", policy, &args)
+        Self::serve(&offline_args(policy, zones, extra))
     }
 
     /// Forwarding to `upstream` (an address, or "none"); `extra` follows.
