@@ -115,8 +115,52 @@ pub struct Budgets {
     /// Random keys: an attacker cannot aim names at one sketch cell.
     hasher: std::collections::hash_map::RandomState,
     epoch: Instant,
-    /// Tests only: charge as before the red-team fixes (positive controls).
-    legacy: bool,
+    /// How a question is charged: [`Current`], unless a test swaps in a double.
+    charging: Box<dyn Charging>,
+}
+
+/// The choices that set what a question costs. Production charges with
+/// [`Current`]; the tests keep a weaker charging as a double, to show that
+/// the attacks they replay get through without these choices.
+pub trait Charging: Send + Sync {
+    /// The domain whose budget a name is charged to.
+    fn domain<'k>(&self, key: &'k str, facts: PatternFacts) -> &'k str;
+    /// Whether a name already sent goes free.
+    fn repeats_free(&self) -> bool;
+    /// What the choice of the question's type among `types` carries.
+    fn type_bits(&self, types: usize) -> f32;
+    /// A label as it is hashed to tell seen from new.
+    fn label_key<'l>(&self, label: &'l [u8]) -> std::borrow::Cow<'l, [u8]>;
+    /// What a label already seen under the domain costs: `choice` is how
+    /// many distinct labels the domain has shown, `full` its cost as new.
+    fn seen_label_bits(&self, choice: f32, full: f32) -> f32;
+    /// Whether tunnel-shaped names are counted and marked.
+    fn tracks_shapes(&self) -> bool;
+}
+
+/// The charging in force (docs/exfiltration.md).
+pub struct Current;
+
+impl Charging for Current {
+    fn domain<'k>(&self, key: &'k str, facts: PatternFacts) -> &'k str {
+        budget_domain(key, facts)
+    }
+    fn repeats_free(&self) -> bool {
+        false
+    }
+    fn type_bits(&self, types: usize) -> f32 {
+        (types.max(1) as f32).log2()
+    }
+    // As sent: a recased label is a new label.
+    fn label_key<'l>(&self, label: &'l [u8]) -> std::borrow::Cow<'l, [u8]> {
+        std::borrow::Cow::Borrowed(label)
+    }
+    fn seen_label_bits(&self, choice: f32, full: f32) -> f32 {
+        choice.log2().max(SEEN_LABEL_BITS).min(full)
+    }
+    fn tracks_shapes(&self) -> bool {
+        true
+    }
 }
 
 impl Default for Budgets {
@@ -125,12 +169,20 @@ impl Default for Budgets {
             agents: Mutex::default(),
             hasher: std::collections::hash_map::RandomState::new(),
             epoch: Instant::now(),
-            legacy: false,
+            charging: Box::new(Current),
         }
     }
 }
 
 impl Budgets {
+    #[cfg(test)]
+    fn with_charging(charging: Box<dyn Charging>) -> Self {
+        Budgets {
+            charging,
+            ..Budgets::default()
+        }
+    }
+
     /// Number of agents tracked (each costs [`AGENT_BYTES`]).
     pub fn agents(&self) -> usize {
         lock(&self.agents).len()
@@ -178,11 +230,7 @@ impl Budgets {
             return Verdict::Pass(None);
         }
         let key = key.as_str();
-        let domain = if self.legacy {
-            registrable(key)
-        } else {
-            budget_domain(key, facts)
-        };
+        let domain = self.charging.domain(key, facts);
         // Labels as sent, below the budget's domain: the key has one label
         // for each of the name's, so counting the domain's is enough.
         let domain_labels = if domain.is_empty() {
@@ -214,7 +262,7 @@ impl Budgets {
         let budget = agents.entry(agent.clone()).or_insert_with(AgentBudget::new);
         budget.rotate(now);
         let seen = budget.seen(name_h);
-        if seen && self.legacy {
+        if seen && self.charging.repeats_free() {
             return Verdict::Pass(None);
         }
         let blocked = budget.blocked_until(domain_h, now);
@@ -230,10 +278,7 @@ impl Budgets {
         }
         // Every question that leaves tells the zone's operator that it was
         // asked, when, and which of the rule's types it asks for.
-        let mut cost = PER_QUERY_BITS;
-        if !self.legacy {
-            cost += (types.max(1) as f32).log2();
-        }
+        let mut cost = PER_QUERY_BITS + self.charging.type_bits(types);
         let mut label_hashes = [0u64; 128];
         let mut labels = 0;
         let mut fresh = 0u16;
@@ -249,21 +294,13 @@ impl Budgets {
             if seen {
                 continue;
             }
-            let lowered;
-            let hashed = if self.legacy {
-                lowered = label.to_ascii_lowercase();
-                lowered.as_slice()
-            } else {
-                label
-            };
-            let h = self.hash(&[b"l", domain.as_bytes(), hashed]);
+            let hashed = self.charging.label_key(label);
+            let h = self.hash(&[b"l", domain.as_bytes(), &hashed]);
             new_cost += if !budget.seen(h) {
                 fresh = fresh.saturating_add(1);
                 full
-            } else if self.legacy {
-                SEEN_LABEL_BITS
             } else {
-                choice.log2().max(SEEN_LABEL_BITS).min(full)
+                self.charging.seen_label_bits(choice, full)
             };
             if labels < label_hashes.len() {
                 label_hashes[labels] = h;
@@ -333,7 +370,7 @@ impl Budgets {
             );
         }
         let mut tunnel = false;
-        if shaped && !self.legacy {
+        if shaped && self.charging.tracks_shapes() {
             let shapes = budget.distinct(shape_h);
             if !seen {
                 budget.count_distinct(shape_h, 1);

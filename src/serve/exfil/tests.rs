@@ -1,5 +1,38 @@
 use super::*;
 
+/// The charging before its fixes, kept as a double: the positive control
+/// that the attacks replayed here got through without them.
+struct Legacy;
+
+impl Charging for Legacy {
+    fn domain<'k>(&self, key: &'k str, _: PatternFacts) -> &'k str {
+        registrable(key)
+    }
+    fn repeats_free(&self) -> bool {
+        true
+    }
+    fn type_bits(&self, _: usize) -> f32 {
+        0.0
+    }
+    fn label_key<'l>(&self, label: &'l [u8]) -> std::borrow::Cow<'l, [u8]> {
+        std::borrow::Cow::Owned(label.to_ascii_lowercase())
+    }
+    fn seen_label_bits(&self, _: f32, _: f32) -> f32 {
+        SEEN_LABEL_BITS
+    }
+    fn tracks_shapes(&self) -> bool {
+        false
+    }
+}
+
+/// The budgets under the double (`legacy`) or the charging in force.
+fn budgets(legacy: bool) -> Budgets {
+    match legacy {
+        true => Budgets::with_charging(Box::new(Legacy)),
+        false => Budgets::default(),
+    }
+}
+
 fn name(s: &str) -> Name {
     Name::from_ascii(s).unwrap()
 }
@@ -120,10 +153,7 @@ fn the_legit_corpus_stays_under_the_soft_limit_without_any_drain() {
         ..Limits::default()
     };
     for legacy in [true, false] {
-        let b = Budgets {
-            legacy,
-            ..Budgets::default()
-        };
+        let b = budgets(legacy);
         for n in corpus.lines() {
             // As tests/exfil.rs allows them: `*.` and the zone's two labels.
             let zone = n.rsplitn(3, '.').take(2).collect::<Vec<_>>();
@@ -152,7 +182,7 @@ fn the_legit_corpus_stays_under_the_soft_limit_without_any_drain() {
 }
 
 /// Bytes of payload that got through: names passed times the bits each
-/// carries, under the current charge and the pre-fix one.
+/// carries, under the double and under the charging in force.
 fn leaked(names: &[String], pattern: &str, payload_bits: f32) -> (f32, f32) {
     let facts = PatternFacts::of(pattern);
     let limits = Limits {
@@ -160,10 +190,7 @@ fn leaked(names: &[String], pattern: &str, payload_bits: f32) -> (f32, f32) {
         ..Limits::default()
     };
     let run = |legacy: bool| {
-        let b = Budgets {
-            legacy,
-            ..Budgets::default()
-        };
+        let b = budgets(legacy);
         let passed = names
             .iter()
             .filter(|n| {
@@ -179,7 +206,7 @@ const HARD: f32 = DEFAULT_HARD_BYTES as f32;
 
 #[test]
 fn letter_case_carries_no_free_information() {
-    // The red team's casex.py: 3 x 63 'a's, each letter's case a bit.
+    // casex.py: 3 x 63 'a's, each letter's case a bit.
     let mut rng = 7u64;
     let mut bit = || {
         rng = rng
@@ -376,7 +403,7 @@ fn reused_labels_are_charged_for_the_choice_they_carry() {
     assert!(after < HARD, "{after}");
 }
 
-/// The red team's re-ask channel: 256 names paid once, then one byte of
+/// A re-ask channel: 256 names paid once, then one byte of
 /// the secret per question, each the choice of an already-seen name
 /// (TTL 0 answers send every one upstream).
 #[test]
@@ -424,10 +451,7 @@ fn tunnel_shaped_names_are_flagged_early_and_the_corpus_never() {
         })
         .collect();
     let first_mark = |legacy: bool| {
-        let b = Budgets {
-            legacy,
-            ..Budgets::default()
-        };
+        let b = budgets(legacy);
         names.iter().position(|n| {
             b.charge(&"a".into(), &Limits::default(), &name(n), &key(n), facts, 5)
                 != Verdict::Pass(None)

@@ -1,0 +1,345 @@
+//! The Prometheus text exposition of the counters.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use super::*;
+use crate::sync::lock;
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        let agents = lock(&self.agents).clone();
+        let label = |slot: usize| -> String {
+            match slot {
+                0 => "(none)".into(),
+                s if s == MAX_AGENTS - 1 && agents.len() + 1 >= MAX_AGENTS => "(other)".into(),
+                s => agents.get(s - 1).map_or("(unknown)".into(), |a| escape(a)),
+            }
+        };
+        head(
+            &mut out,
+            "allowdns_queries_total",
+            "counter",
+            "Questions answered, by agent, policy decision and query type.",
+        );
+        let sum = |f: &dyn Fn(&Shard) -> &AtomicU64| -> u64 {
+            self.shards.iter().map(|s| f(s).load(Relaxed)).sum()
+        };
+        for slot in 0..(agents.len() + 1).min(MAX_AGENTS) {
+            for (d, decision) in DECISIONS.iter().enumerate() {
+                for q in 0..=QTYPES.len() {
+                    let n = sum(&|s| &s.queries[slot][d][q]);
+                    if n == 0 {
+                        continue;
+                    }
+                    let qtype = QTYPES.get(q).map_or("OTHER".to_string(), |t| t.to_string());
+                    let _ = writeln!(
+                        out,
+                        "allowdns_queries_total{{agent=\"{}\",decision=\"{}\",qtype=\"{qtype}\"}} {n}",
+                        label(slot),
+                        decision.as_str(),
+                    );
+                }
+            }
+        }
+        head(
+            &mut out,
+            "allowdns_responses_total",
+            "counter",
+            "Replies sent, by response code.",
+        );
+        for r in 0..RCODES {
+            let n = sum(&|s| &s.rcodes[r]);
+            if n > 0 {
+                let name = rcode_label(r);
+                let _ = writeln!(out, "allowdns_responses_total{{rcode=\"{name}\"}} {n}");
+            }
+        }
+        head(
+            &mut out,
+            "allowdns_query_duration_seconds",
+            "histogram",
+            "Time from a question's arrival to its reply.",
+        );
+        Histogram::render(
+            &mut out,
+            "allowdns_query_duration_seconds",
+            self.shards.iter().map(|s| &s.latency),
+        );
+        head(
+            &mut out,
+            "allowdns_cache_hits_total",
+            "counter",
+            "Allowed questions answered from the cache (each CNAME hop counts).",
+        );
+        let _ = writeln!(out, "allowdns_cache_hits_total {}", sum(&|s| &s.cache_hits));
+        let counters: [(&str, &str, &AtomicU64); 9] = [
+            (
+                "allowdns_cache_misses_total",
+                "Allowed questions the cache could not answer.",
+                &self.cache_misses,
+            ),
+            (
+                "allowdns_upstream_queries_total",
+                "Questions sent upstream (each CNAME hop counts).",
+                &self.upstream_queries,
+            ),
+            (
+                "allowdns_upstream_errors_total",
+                "Upstream exchanges that failed or timed out.",
+                &self.upstream_errors,
+            ),
+            (
+                "allowdns_nft_updates_total",
+                "Netlink batches sent to nftables sets.",
+                &self.nft_updates,
+            ),
+            (
+                "allowdns_nft_elements_total",
+                "Set elements added or refreshed.",
+                &self.nft_elements,
+            ),
+            (
+                "allowdns_nft_failures_total",
+                "nftables updates that failed (each answered SERVFAIL).",
+                &self.nft_failures,
+            ),
+            (
+                "allowdns_audit_records_lost_total",
+                "Audit records that could not be written.",
+                &self.audit_lost,
+            ),
+            (
+                "allowdns_reloads_total",
+                "Successful reloads.",
+                &self.reloads,
+            ),
+            (
+                "allowdns_reload_failures_total",
+                "Reloads rejected (the old set stayed in force).",
+                &self.reload_failures,
+            ),
+        ];
+        for (name, help, value) in counters {
+            head(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", value.load(Relaxed));
+        }
+        // Every known agent gets its series, zeros included: a rate over a
+        // security counter must not wait for the first event to exist.
+        let agent_slots = (agents.len() + 1).min(MAX_AGENTS);
+        head(
+            &mut out,
+            "allowdns_stripped_addresses_total",
+            "counter",
+            "Answers stripped of special-purpose addresses, by agent.",
+        );
+        for slot in 0..agent_slots {
+            let n = self.stripped[slot].load(Relaxed);
+            if slot > 0 || n > 0 {
+                let _ = writeln!(
+                    out,
+                    "allowdns_stripped_addresses_total{{agent=\"{}\"}} {n}",
+                    label(slot)
+                );
+            }
+        }
+        head(
+            &mut out,
+            "allowdns_exfil_total",
+            "counter",
+            "Questions marked by the exfiltration budget, by agent and mark (soft, budget, qtype).",
+        );
+        for slot in 0..agent_slots {
+            for (m, mark) in EXFIL_MARKS.iter().enumerate() {
+                let n = self.exfil[slot][m].load(Relaxed);
+                if slot > 0 || n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "allowdns_exfil_total{{agent=\"{}\",mark=\"{mark}\"}} {n}",
+                        label(slot)
+                    );
+                }
+            }
+        }
+        head(
+            &mut out,
+            "allowdns_egress_total",
+            "counter",
+            "Connection attempts outside the allowlist, by agent and action (blocked, logged).",
+        );
+        for slot in 0..agent_slots {
+            for (a, action) in EGRESS_ACTIONS.iter().enumerate() {
+                let n = self.egress[slot][a].load(Relaxed);
+                if slot > 0 || n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "allowdns_egress_total{{agent=\"{}\",action=\"{action}\"}} {n}",
+                        label(slot)
+                    );
+                }
+            }
+        }
+        for (name, help, value) in [
+            (
+                "allowdns_egress_records_lost_total",
+                "Blocked-connection reports the kernel could not hand over (NFLOG).",
+                &self.egress_lost,
+            ),
+            (
+                "allowdns_egress_overruns_total",
+                "Overruns of the NFLOG socket (ENOBUFS).",
+                &self.egress_overruns,
+            ),
+        ] {
+            head(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", value.load(Relaxed));
+        }
+        if let Some((stats, sinks)) = &*lock(&self.alerts) {
+            head(
+                &mut out,
+                "allowdns_alerts_total",
+                "counter",
+                "Alerts raised: stderr alert blocks, and threshold notifications.",
+            );
+            let _ = writeln!(
+                out,
+                "allowdns_alerts_total{{kind=\"stderr\"}} {}",
+                stats.stderr_alerts.load(Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "allowdns_alerts_total{{kind=\"notification\"}} {}",
+                stats.notifications.load(Relaxed)
+            );
+            head(
+                &mut out,
+                "allowdns_alert_deliveries_total",
+                "counter",
+                "Notification delivery outcomes per sink.",
+            );
+            for (sink, s) in sinks {
+                for (outcome, n) in [
+                    ("sent", &s.sent),
+                    ("failed_attempt", &s.failed_attempts),
+                    ("given_up", &s.given_up),
+                    ("dropped", &s.dropped),
+                ] {
+                    let _ = writeln!(
+                        out,
+                        "allowdns_alert_deliveries_total{{sink=\"{sink}\",outcome=\"{outcome}\"}} {}",
+                        n.load(Relaxed)
+                    );
+                }
+            }
+        }
+        head(
+            &mut out,
+            "allowdns_upstream_duration_seconds",
+            "histogram",
+            "Upstream exchange time.",
+        );
+        Histogram::render(
+            &mut out,
+            "allowdns_upstream_duration_seconds",
+            std::iter::once(&self.upstream_latency),
+        );
+        self.transports.render(&mut out);
+        out
+    }
+}
+
+impl Histogram {
+    /// Writes the sum of `parts` (one histogram split across shards).
+    pub(super) fn render<'h>(
+        out: &mut String,
+        name: &str,
+        parts: impl Iterator<Item = &'h Histogram> + Clone,
+    ) {
+        let mut total = 0;
+        for i in 0..=BUCKETS_US.len() {
+            total += parts
+                .clone()
+                .map(|h| h.buckets[i].load(Relaxed))
+                .sum::<u64>();
+            let le = BUCKETS_US
+                .get(i)
+                .map_or("+Inf".to_string(), |us| format!("{}", *us as f64 / 1e6));
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {total}");
+        }
+        let sum_ns: u64 = parts.map(|h| h.sum_ns.load(Relaxed)).sum();
+        let _ = writeln!(out, "{name}_sum {}", sum_ns as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count {total}");
+    }
+}
+
+impl Transports {
+    fn render(&self, out: &mut String) {
+        head(
+            out,
+            "allowdns_dropped_messages_total",
+            "counter",
+            "Messages dropped without a reply: shorter than a header, or responses (QR=1).",
+        );
+        for (reason, n) in [
+            ("short", &self.dropped_short),
+            ("response", &self.dropped_responses),
+        ] {
+            let n = n.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "allowdns_dropped_messages_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        head(
+            out,
+            "allowdns_tcp_connections_total",
+            "counter",
+            "TCP connections accepted, and those closed at once over the connection bound.",
+        );
+        for (outcome, n) in [
+            ("accepted", &self.tcp_accepted),
+            ("rejected", &self.tcp_rejected),
+        ] {
+            let n = n.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "allowdns_tcp_connections_total{{outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        head(
+            out,
+            "allowdns_tcp_connections_open",
+            "gauge",
+            "TCP connections open now.",
+        );
+        let _ = writeln!(
+            out,
+            "allowdns_tcp_connections_open {}",
+            self.tcp_open.load(Relaxed)
+        );
+    }
+}
+
+/// The label for an rcode slot: the full 12-bit code, not just the header's
+/// low 4 bits (else BADVERS would read as NOERROR).
+pub(super) fn rcode_label(slot: usize) -> String {
+    match slot {
+        // 16 is BADSIG only in TSIG replies, which allowdns never sends.
+        16 => "BADVERS".into(),
+        s if s >= RCODES - 1 => "OTHER".into(),
+        s => crate::observe::audit::rcode_name(<ResponseCode as From<u16>>::from(s as u16)),
+    }
+}
+
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
