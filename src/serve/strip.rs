@@ -116,7 +116,7 @@ mod tests {
         assert!(strip(&mut answers, &|_| false).1, "nothing left: NODATA");
         let mut answers = vec![a("10.9.9.9")];
         let (gone, _) = strip(&mut answers, &|ip| {
-            "10.0.0.0/8".parse::<IpNet>().unwrap().contains(&ip)
+            "10.0.0.0/8".parse::<ipnet::IpNet>().unwrap().contains(&ip)
         });
         assert!(gone.is_empty() && answers.len() == 1, "opted in");
         let https = SVCB::new(
