@@ -314,7 +314,7 @@ impl Transports {
 
 #[cfg(test)]
 mod tests {
-    use super::render::rcode_label;
+    use super::render::{Metric, rcode_label};
     use super::*;
 
     #[test]
@@ -324,7 +324,7 @@ mod tests {
         h.observe(Duration::from_micros(700));
         h.observe(Duration::from_secs(10));
         let mut out = String::new();
-        Histogram::render(&mut out, "x", std::iter::once(&h));
+        Metric::new(&mut out, "x", "histogram", "help").histogram(std::iter::once(&h));
         assert!(out.contains("x_bucket{le=\"0.00005\"} 1\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"0.001\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");

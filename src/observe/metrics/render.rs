@@ -18,15 +18,14 @@ impl Metrics {
                 s => agents.get(s - 1).map_or("(unknown)".into(), |a| escape(a)),
             }
         };
-        head(
-            &mut out,
-            "allowdns_queries_total",
-            "counter",
-            "Questions answered, by agent, policy decision and query type.",
-        );
         let sum = |f: &dyn Fn(&Shard) -> &AtomicU64| -> u64 {
             self.shards.iter().map(|s| f(s).load(Relaxed)).sum()
         };
+        let mut m = Metric::counter(
+            &mut out,
+            "allowdns_queries_total",
+            "Questions answered, by agent, policy decision and query type.",
+        );
         for slot in 0..(agents.len() + 1).min(MAX_AGENTS) {
             for (d, decision) in DECISIONS.iter().enumerate() {
                 for q in 0..=QTYPES.len() {
@@ -35,46 +34,39 @@ impl Metrics {
                         continue;
                     }
                     let qtype = QTYPES.get(q).map_or("OTHER".to_string(), |t| t.to_string());
-                    let _ = writeln!(
-                        out,
-                        "allowdns_queries_total{{agent=\"{}\",decision=\"{}\",qtype=\"{qtype}\"}} {n}",
+                    let labels = format!(
+                        "agent=\"{}\",decision=\"{}\",qtype=\"{qtype}\"",
                         label(slot),
-                        decision.as_str(),
+                        decision.as_str()
                     );
+                    m.sample(&labels, n);
                 }
             }
         }
-        head(
+        let mut m = Metric::counter(
             &mut out,
             "allowdns_responses_total",
-            "counter",
             "Replies sent, by response code.",
         );
         for r in 0..RCODES {
             let n = sum(&|s| &s.rcodes[r]);
             if n > 0 {
-                let name = rcode_label(r);
-                let _ = writeln!(out, "allowdns_responses_total{{rcode=\"{name}\"}} {n}");
+                m.sample(&format!("rcode=\"{}\"", rcode_label(r)), n);
             }
         }
-        head(
+        Metric::new(
             &mut out,
             "allowdns_query_duration_seconds",
             "histogram",
             "Time from a question's arrival to its reply.",
-        );
-        Histogram::render(
-            &mut out,
-            "allowdns_query_duration_seconds",
-            self.shards.iter().map(|s| &s.latency),
-        );
-        head(
+        )
+        .histogram(self.shards.iter().map(|s| &s.latency));
+        Metric::counter(
             &mut out,
             "allowdns_cache_hits_total",
-            "counter",
             "Allowed questions answered from the cache (each CNAME hop counts).",
-        );
-        let _ = writeln!(out, "allowdns_cache_hits_total {}", sum(&|s| &s.cache_hits));
+        )
+        .sample("", sum(&|s| &s.cache_hits));
         let counters: [(&str, &str, &AtomicU64); 9] = [
             (
                 "allowdns_cache_misses_total",
@@ -123,61 +115,45 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in counters {
-            head(&mut out, name, "counter", help);
-            let _ = writeln!(out, "{name} {}", value.load(Relaxed));
+            Metric::counter(&mut out, name, help).sample("", value.load(Relaxed));
         }
         // Every known agent gets its series, zeros included: a rate over a
         // security counter must not wait for the first event to exist.
         let agent_slots = (agents.len() + 1).min(MAX_AGENTS);
-        head(
+        let mut m = Metric::counter(
             &mut out,
             "allowdns_stripped_addresses_total",
-            "counter",
             "Answers stripped of special-purpose addresses, by agent.",
         );
         for slot in 0..agent_slots {
             let n = self.stripped[slot].load(Relaxed);
             if slot > 0 || n > 0 {
-                let _ = writeln!(
-                    out,
-                    "allowdns_stripped_addresses_total{{agent=\"{}\"}} {n}",
-                    label(slot)
-                );
+                m.sample(&format!("agent=\"{}\"", label(slot)), n);
             }
         }
-        head(
+        let mut m = Metric::counter(
             &mut out,
             "allowdns_exfil_total",
-            "counter",
             "Questions marked by the exfiltration budget, by agent and mark (soft, budget, qtype).",
         );
         for slot in 0..agent_slots {
-            for (m, mark) in EXFIL_MARKS.iter().enumerate() {
-                let n = self.exfil[slot][m].load(Relaxed);
+            for (i, mark) in EXFIL_MARKS.iter().enumerate() {
+                let n = self.exfil[slot][i].load(Relaxed);
                 if slot > 0 || n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "allowdns_exfil_total{{agent=\"{}\",mark=\"{mark}\"}} {n}",
-                        label(slot)
-                    );
+                    m.sample(&format!("agent=\"{}\",mark=\"{mark}\"", label(slot)), n);
                 }
             }
         }
-        head(
+        let mut m = Metric::counter(
             &mut out,
             "allowdns_egress_total",
-            "counter",
             "Connection attempts outside the allowlist, by agent and action (blocked, logged).",
         );
         for slot in 0..agent_slots {
-            for (a, action) in EGRESS_ACTIONS.iter().enumerate() {
-                let n = self.egress[slot][a].load(Relaxed);
+            for (i, action) in EGRESS_ACTIONS.iter().enumerate() {
+                let n = self.egress[slot][i].load(Relaxed);
                 if slot > 0 || n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "allowdns_egress_total{{agent=\"{}\",action=\"{action}\"}} {n}",
-                        label(slot)
-                    );
+                    m.sample(&format!("agent=\"{}\",action=\"{action}\"", label(slot)), n);
                 }
             }
         }
@@ -193,30 +169,19 @@ impl Metrics {
                 &self.egress_overruns,
             ),
         ] {
-            head(&mut out, name, "counter", help);
-            let _ = writeln!(out, "{name} {}", value.load(Relaxed));
+            Metric::counter(&mut out, name, help).sample("", value.load(Relaxed));
         }
         if let Some((stats, sinks)) = &*lock(&self.alerts) {
-            head(
+            let mut m = Metric::counter(
                 &mut out,
                 "allowdns_alerts_total",
-                "counter",
                 "Alerts raised: stderr alert blocks, and threshold notifications.",
             );
-            let _ = writeln!(
-                out,
-                "allowdns_alerts_total{{kind=\"stderr\"}} {}",
-                stats.stderr_alerts.load(Relaxed)
-            );
-            let _ = writeln!(
-                out,
-                "allowdns_alerts_total{{kind=\"notification\"}} {}",
-                stats.notifications.load(Relaxed)
-            );
-            head(
+            m.sample("kind=\"stderr\"", stats.stderr_alerts.load(Relaxed));
+            m.sample("kind=\"notification\"", stats.notifications.load(Relaxed));
+            let mut m = Metric::counter(
                 &mut out,
                 "allowdns_alert_deliveries_total",
-                "counter",
                 "Notification delivery outcomes per sink.",
             );
             for (sink, s) in sinks {
@@ -226,37 +191,76 @@ impl Metrics {
                     ("given_up", &s.given_up),
                     ("dropped", &s.dropped),
                 ] {
-                    let _ = writeln!(
-                        out,
-                        "allowdns_alert_deliveries_total{{sink=\"{sink}\",outcome=\"{outcome}\"}} {}",
-                        n.load(Relaxed)
-                    );
+                    let labels = format!("sink=\"{sink}\",outcome=\"{outcome}\"");
+                    m.sample(&labels, n.load(Relaxed));
                 }
             }
         }
-        head(
+        Metric::new(
             &mut out,
             "allowdns_upstream_duration_seconds",
             "histogram",
             "Upstream exchange time.",
-        );
-        Histogram::render(
-            &mut out,
-            "allowdns_upstream_duration_seconds",
-            std::iter::once(&self.upstream_latency),
-        );
+        )
+        .histogram(std::iter::once(&self.upstream_latency));
         self.transports.render(&mut out);
         out
     }
 }
 
-impl Histogram {
-    /// Writes the sum of `parts` (one histogram split across shards).
-    pub(super) fn render<'h>(
-        out: &mut String,
-        name: &str,
-        parts: impl Iterator<Item = &'h Histogram> + Clone,
-    ) {
+impl Transports {
+    fn render(&self, out: &mut String) {
+        let mut m = Metric::counter(
+            out,
+            "allowdns_dropped_messages_total",
+            "Messages dropped without a reply: shorter than a header, or responses (QR=1).",
+        );
+        m.sample("reason=\"short\"", self.dropped_short.load(Relaxed));
+        m.sample("reason=\"response\"", self.dropped_responses.load(Relaxed));
+        let mut m = Metric::counter(
+            out,
+            "allowdns_tcp_connections_total",
+            "TCP connections accepted, and those closed at once over the connection bound.",
+        );
+        m.sample("outcome=\"accepted\"", self.tcp_accepted.load(Relaxed));
+        m.sample("outcome=\"rejected\"", self.tcp_rejected.load(Relaxed));
+        Metric::new(
+            out,
+            "allowdns_tcp_connections_open",
+            "gauge",
+            "TCP connections open now.",
+        )
+        .sample("", self.tcp_open.load(Relaxed));
+    }
+}
+
+/// One metric family: its HELP and TYPE lines once, then its samples.
+pub(super) struct Metric<'o> {
+    out: &'o mut String,
+    name: &'o str,
+}
+
+impl<'o> Metric<'o> {
+    pub(super) fn new(out: &'o mut String, name: &'o str, kind: &str, help: &str) -> Self {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        Metric { out, name }
+    }
+
+    fn counter(out: &'o mut String, name: &'o str, help: &str) -> Self {
+        Metric::new(out, name, "counter", help)
+    }
+
+    /// One sample; `labels` without braces, empty for none.
+    fn sample(&mut self, labels: &str, value: impl std::fmt::Display) {
+        let name = self.name;
+        let _ = match labels {
+            "" => writeln!(self.out, "{name} {value}"),
+            labels => writeln!(self.out, "{name}{{{labels}}} {value}"),
+        };
+    }
+
+    /// The sum of `parts` (one histogram split across shards).
+    pub(super) fn histogram<'h>(self, parts: impl Iterator<Item = &'h Histogram> + Clone) {
         let mut total = 0;
         for i in 0..=BUCKETS_US.len() {
             total += parts
@@ -266,59 +270,13 @@ impl Histogram {
             let le = BUCKETS_US
                 .get(i)
                 .map_or("+Inf".to_string(), |us| format!("{}", *us as f64 / 1e6));
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {total}");
+            let name = self.name;
+            let _ = writeln!(self.out, "{name}_bucket{{le=\"{le}\"}} {total}");
         }
         let sum_ns: u64 = parts.map(|h| h.sum_ns.load(Relaxed)).sum();
-        let _ = writeln!(out, "{name}_sum {}", sum_ns as f64 / 1e9);
-        let _ = writeln!(out, "{name}_count {total}");
-    }
-}
-
-impl Transports {
-    fn render(&self, out: &mut String) {
-        head(
-            out,
-            "allowdns_dropped_messages_total",
-            "counter",
-            "Messages dropped without a reply: shorter than a header, or responses (QR=1).",
-        );
-        for (reason, n) in [
-            ("short", &self.dropped_short),
-            ("response", &self.dropped_responses),
-        ] {
-            let n = n.load(Relaxed);
-            let _ = writeln!(
-                out,
-                "allowdns_dropped_messages_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
-        head(
-            out,
-            "allowdns_tcp_connections_total",
-            "counter",
-            "TCP connections accepted, and those closed at once over the connection bound.",
-        );
-        for (outcome, n) in [
-            ("accepted", &self.tcp_accepted),
-            ("rejected", &self.tcp_rejected),
-        ] {
-            let n = n.load(Relaxed);
-            let _ = writeln!(
-                out,
-                "allowdns_tcp_connections_total{{outcome=\"{outcome}\"}} {n}"
-            );
-        }
-        head(
-            out,
-            "allowdns_tcp_connections_open",
-            "gauge",
-            "TCP connections open now.",
-        );
-        let _ = writeln!(
-            out,
-            "allowdns_tcp_connections_open {}",
-            self.tcp_open.load(Relaxed)
-        );
+        let name = self.name;
+        let _ = writeln!(self.out, "{name}_sum {}", sum_ns as f64 / 1e9);
+        let _ = writeln!(self.out, "{name}_count {total}");
     }
 }
 
@@ -331,10 +289,6 @@ pub(super) fn rcode_label(slot: usize) -> String {
         s if s >= RCODES - 1 => "OTHER".into(),
         s => crate::observe::audit::rcode_name(<ResponseCode as From<u16>>::from(s as u16)),
     }
-}
-
-fn head(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 fn escape(value: &str) -> String {
