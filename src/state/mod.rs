@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use crate::fence::{Fence, FenceError};
+use crate::fence::{Ended, Fence, FenceError};
 use crate::observe::audit::AuditLog;
 use crate::observe::audit::schema::{EntryExpired, Event, EventLine, GrantLife};
 use crate::policy::zones::Zones;
@@ -248,7 +248,13 @@ impl State {
         // Remembered as long as an answer may hold the set it was decided
         // against, with the margin `retire` gives.
         let remember = ANSWER_DEADLINE + Duration::from_secs(1);
-        match fence.withdraw(agent, pattern, self.snapshot().generation, remember) {
+        let ended = Ended {
+            agent,
+            pattern,
+            generation: self.snapshot().generation,
+            remember,
+        };
+        match fence.withdraw(ended) {
             Ok(0) => {}
             Ok(n) => tracing::info!(agent, pattern, elements = n, "firewall elements withdrawn"),
             Err(e) => {

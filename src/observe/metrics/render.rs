@@ -131,29 +131,32 @@ impl Metrics {
                 m.sample(&format!("agent=\"{}\"", label(slot)), n);
             }
         }
-        let mut m = Metric::counter(
-            &mut out,
-            "allowdns_exfil_total",
-            "Questions marked by the exfiltration budget, by agent and mark (soft, budget, qtype).",
-        );
-        for slot in 0..agent_slots {
-            for (i, mark) in EXFIL_MARKS.iter().enumerate() {
-                let n = self.exfil[slot][i].load(Relaxed);
-                if slot > 0 || n > 0 {
-                    m.sample(&format!("agent=\"{}\",mark=\"{mark}\"", label(slot)), n);
-                }
-            }
-        }
-        let mut m = Metric::counter(
-            &mut out,
-            "allowdns_egress_total",
-            "Connection attempts outside the allowlist, by agent and action (blocked, logged).",
-        );
-        for slot in 0..agent_slots {
-            for (i, action) in EGRESS_ACTIONS.iter().enumerate() {
-                let n = self.egress[slot][i].load(Relaxed);
-                if slot > 0 || n > 0 {
-                    m.sample(&format!("agent=\"{}\",action=\"{action}\"", label(slot)), n);
+        // Per agent and one more label: (name, help, label, its values, count).
+        type Count<'c> = &'c dyn Fn(usize, usize) -> u64;
+        let by_agent: [(&str, &str, &str, &[&str], Count); 2] = [
+            (
+                "allowdns_exfil_total",
+                "Questions marked by the exfiltration budget, by agent and mark (soft, budget, qtype).",
+                "mark",
+                &EXFIL_MARKS,
+                &|slot, i| self.exfil[slot][i].load(Relaxed),
+            ),
+            (
+                "allowdns_egress_total",
+                "Connection attempts outside the allowlist, by agent and action (blocked, logged).",
+                "action",
+                &EGRESS_ACTIONS,
+                &|slot, i| self.egress[slot][i].load(Relaxed),
+            ),
+        ];
+        for (name, help, key, values, count) in by_agent {
+            let mut m = Metric::counter(&mut out, name, help);
+            for slot in 0..agent_slots {
+                for (i, value) in values.iter().enumerate() {
+                    let n = count(slot, i);
+                    if slot > 0 || n > 0 {
+                        m.sample(&format!("agent=\"{}\",{key}=\"{value}\"", label(slot)), n);
+                    }
                 }
             }
         }

@@ -6,42 +6,9 @@
 /// short random label's empirical entropy understates it); words repeat,
 /// and repeated labels are charged `SEEN_LABEL_BITS`.
 pub fn label_bits(label: &[u8]) -> f32 {
-    let (mut lower, mut upper, mut digit, mut other, mut hex_only) =
-        (false, false, false, false, true);
-    for &b in label {
-        match b {
-            b'a'..=b'f' => lower = true,
-            b'g'..=b'z' => {
-                lower = true;
-                hex_only = false;
-            }
-            b'A'..=b'Z' => {
-                upper = true;
-                hex_only = false;
-            }
-            b'0'..=b'9' => digit = true,
-            b'-' => {}
-            _ => other = true,
-        }
-    }
-    let alphabet: f32 = if other {
-        256.0
-    } else if hex_only && !upper {
-        if lower { 17.0 } else { 11.0 }
-    } else {
-        let mut n = 1.0; // '-'
-        if lower {
-            n += 26.0;
-        }
-        if upper {
-            n += 26.0;
-        }
-        if digit {
-            n += 10.0;
-        }
-        n
-    };
-    label.len() as f32 * alphabet.log2()
+    // Its alphabet, and the hyphen.
+    let alphabet = alphabet(label).map_or(256.0, |n| n + 1.0);
+    label.len() as f32 * f32::log2(alphabet)
 }
 
 /// The most any hyphen-separated run of a label can carry, each run judged
@@ -52,33 +19,35 @@ pub fn label_bits(label: &[u8]) -> f32 {
 pub fn run_bits(label: &[u8]) -> f32 {
     label
         .split(|&b| b == b'-')
-        .map(|run| {
-            let (mut lower, mut upper, mut digit, mut other, mut hex) =
-                (false, false, false, false, true);
-            for &b in run {
-                match b {
-                    b'a'..=b'f' => lower = true,
-                    b'g'..=b'z' => {
-                        lower = true;
-                        hex = false;
-                    }
-                    b'A'..=b'Z' => {
-                        upper = true;
-                        hex = false;
-                    }
-                    b'0'..=b'9' => digit = true,
-                    _ => other = true,
-                }
-            }
-            let alphabet: f32 = if other {
-                256.0
-            } else if hex && !upper {
-                if lower { 16.0 } else { 10.0 }
-            } else {
-                26.0 * (f32::from(u8::from(lower)) + f32::from(u8::from(upper)))
-                    + if digit { 10.0 } else { 0.0 }
-            };
-            run.len() as f32 * alphabet.log2()
-        })
+        .map(|run| run.len() as f32 * alphabet(run).unwrap_or(256.0).log2())
         .fold(0.0, f32::max)
+}
+
+/// The size of the smallest common alphabet holding `bytes`, hyphens aside:
+/// digits (10), hex (16), letters of one or both cases, with digits or
+/// not; `None` when a byte is outside all of them.
+fn alphabet(bytes: &[u8]) -> Option<f32> {
+    let (mut lower, mut upper, mut digit, mut hex) = (false, false, false, true);
+    for &b in bytes {
+        match b {
+            b'a'..=b'f' => lower = true,
+            b'g'..=b'z' => {
+                lower = true;
+                hex = false;
+            }
+            b'A'..=b'Z' => {
+                upper = true;
+                hex = false;
+            }
+            b'0'..=b'9' => digit = true,
+            b'-' => {}
+            _ => return None,
+        }
+    }
+    Some(if hex && !upper {
+        if lower { 16.0 } else { 10.0 }
+    } else {
+        26.0 * (f32::from(u8::from(lower)) + f32::from(u8::from(upper)))
+            + if digit { 10.0 } else { 0.0 }
+    })
 }
