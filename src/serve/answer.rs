@@ -59,7 +59,7 @@ struct Share {
 
 impl Share {
     fn take(shares: &Shares, slot: PolicyId, limit: usize) -> Option<Share> {
-        let mut held = lock(&shares);
+        let mut held = lock(shares);
         let n = held.entry(slot).or_insert(0);
         if *n >= limit {
             return None;

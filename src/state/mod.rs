@@ -67,7 +67,7 @@ pub enum StateError {
     NoGrant { agent: String, pattern: String },
     /// The firewall cannot follow the new set (reload); the old one stays.
     #[error("{0}")]
-    Fence(FenceError),
+    Fence(Box<FenceError>),
 }
 
 /// What keeps something per agent (cache partitions, exfiltration
@@ -127,7 +127,9 @@ impl State {
     pub fn replace(&self, loaded: Loaded) -> Result<(), StateError> {
         let mut grants = lock(&self.grants);
         if let Some(fence) = &self.fence {
-            fence.check(&loaded.policies).map_err(StateError::Fence)?;
+            fence
+                .check(&loaded.policies)
+                .map_err(|e| StateError::Fence(Box::new(e)))?;
         }
         let old = self.snapshot();
         // A new file set reports its own expiries (`check` shows those already past).
@@ -302,7 +304,7 @@ impl State {
                 if let Err(e) = fence.sync_static(&self.snapshot().policies) {
                     tracing::error!(error = %e, "[!] FIREWALL UPDATE FAILED: cannot restore the previous policy addresses");
                 }
-                return Err(StateError::Fence(e));
+                return Err(StateError::Fence(Box::new(e)));
             }
         }
         for expired in grants.prune(now) {
