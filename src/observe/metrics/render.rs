@@ -213,20 +213,29 @@ impl Metrics {
 
 impl Transports {
     fn render(&self, out: &mut String) {
-        let mut m = Metric::counter(
-            out,
-            "allowdns_dropped_messages_total",
-            "Messages dropped without a reply: shorter than a header, or responses (QR=1).",
-        );
-        m.sample("reason=\"short\"", self.dropped_short.load(Relaxed));
-        m.sample("reason=\"response\"", self.dropped_responses.load(Relaxed));
-        let mut m = Metric::counter(
-            out,
-            "allowdns_tcp_connections_total",
-            "TCP connections accepted, and those closed at once over the connection bound.",
-        );
-        m.sample("outcome=\"accepted\"", self.tcp_accepted.load(Relaxed));
-        m.sample("outcome=\"rejected\"", self.tcp_rejected.load(Relaxed));
+        for (name, help, samples) in [
+            (
+                "allowdns_dropped_messages_total",
+                "Messages dropped without a reply: shorter than a header, or responses (QR=1).",
+                [
+                    ("reason=\"short\"", &self.dropped_short),
+                    ("reason=\"response\"", &self.dropped_responses),
+                ],
+            ),
+            (
+                "allowdns_tcp_connections_total",
+                "TCP connections accepted, and those closed at once over the connection bound.",
+                [
+                    ("outcome=\"accepted\"", &self.tcp_accepted),
+                    ("outcome=\"rejected\"", &self.tcp_rejected),
+                ],
+            ),
+        ] {
+            let mut m = Metric::counter(out, name, help);
+            for (labels, value) in samples {
+                m.sample(labels, value.load(Relaxed));
+            }
+        }
         Metric::new(
             out,
             "allowdns_tcp_connections_open",
