@@ -7,21 +7,23 @@ use std::time::Duration;
 use crate::fence::{FenceError, Firewall};
 use crate::policy::PolicySet;
 
+/// A rule that ended, whose elements are to go.
+pub struct Ended<'a> {
+    pub agent: &'a str,
+    pub pattern: &'a str,
+    /// The set that ended the rule: for `remember`, an answer decided
+    /// against an older set feeds nothing under it.
+    pub generation: u64,
+    pub remember: Duration,
+}
+
 pub trait Fence: Send + Sync {
     /// Whether the fence can follow `policies` at all; changes nothing.
     fn check(&self, policies: &PolicySet) -> Result<(), FenceError>;
     /// Makes the policy-address elements match `policies`.
     fn sync_static(&self, policies: &PolicySet) -> Result<(), FenceError>;
-    /// Takes out every element fed under `agent`'s rule `pattern`; how many.
-    /// `generation` is the set that ended the rule: for `remember`, an
-    /// answer decided against an older set feeds nothing under it.
-    fn withdraw(
-        &self,
-        agent: &str,
-        pattern: &str,
-        generation: u64,
-        remember: Duration,
-    ) -> Result<usize, FenceError>;
+    /// Takes out every element fed under the ended rule; how many.
+    fn withdraw(&self, ended: Ended<'_>) -> Result<usize, FenceError>;
     /// Stops tracking rules that ended by themselves.
     fn forget_ended(&self, policies: &PolicySet);
 }
@@ -33,14 +35,8 @@ impl Fence for Firewall {
     fn sync_static(&self, policies: &PolicySet) -> Result<(), FenceError> {
         Firewall::sync_static(self, policies)
     }
-    fn withdraw(
-        &self,
-        agent: &str,
-        pattern: &str,
-        generation: u64,
-        remember: Duration,
-    ) -> Result<usize, FenceError> {
-        Firewall::withdraw(self, agent, pattern, generation, remember)
+    fn withdraw(&self, e: Ended<'_>) -> Result<usize, FenceError> {
+        Firewall::withdraw(self, e.agent, e.pattern, e.generation, e.remember)
     }
     fn forget_ended(&self, policies: &PolicySet) {
         Firewall::forget_ended(self, policies)

@@ -50,4 +50,4 @@ pub mod watch;
 
 pub use error::{FeedError, FenceError, TargetId};
 pub use firewall::{Firewall, withdrawable};
-pub use follow::Fence;
+pub use follow::{Ended, Fence};

@@ -249,9 +249,6 @@ fn cidrs(mut start: u128, end: u128, bits: u32) -> Vec<(u128, u8)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_proto::rr::Name;
-    use hickory_proto::rr::rdata::svcb::{IpHint, SVCB};
-    use hickory_proto::rr::rdata::{A, AAAA, HTTPS};
 
     fn is_special(s: &str) -> bool {
         special(s.parse().unwrap()).is_some()

@@ -18,7 +18,6 @@ use hickory_server::proto::op::ResponseCode;
 use hickory_server::server::Request;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::observe::metrics::METRICS;
 use crate::policy::name::{PolicyId, PolicyIdMap};
 use crate::serve::handler::{Chosen, Handler, Outcome, Progress};
 use crate::serve::wire::{self, Transport};
@@ -60,7 +59,7 @@ struct Share {
 
 impl Share {
     fn take(shares: &Shares, slot: PolicyId, limit: usize) -> Option<Share> {
-        let mut held = lock(&shares);
+        let mut held = lock(shares);
         let n = held.entry(slot).or_insert(0);
         if *n >= limit {
             return None;
@@ -153,7 +152,7 @@ impl Answerer {
         started: Instant,
     ) -> Answer {
         if let Err(why) = wire::screen(raw) {
-            METRICS.dropped(why);
+            why.count();
             return Answer::Nothing;
         }
         let request = match wire::decode(raw, client, transport) {

@@ -67,32 +67,24 @@ fn strip_hints(
     closed: &dyn Fn(IpAddr) -> bool,
     stripped: &mut Vec<IpAddr>,
 ) {
-    params.retain_mut(|(_, value)| {
-        let left = match value {
-            SvcParamValue::Ipv4Hint(hint) => {
-                hint.0.retain(|a| {
-                    let keep = !closed(IpAddr::V4(a.0));
-                    if !keep {
-                        stripped.push(IpAddr::V4(a.0));
-                    }
-                    keep
-                });
-                hint.0.len()
-            }
-            SvcParamValue::Ipv6Hint(hint) => {
-                hint.0.retain(|a| {
-                    let keep = !closed(IpAddr::V6(a.0));
-                    if !keep {
-                        stripped.push(IpAddr::V6(a.0));
-                    }
-                    keep
-                });
-                hint.0.len()
-            }
-            _ => 1,
-        };
+    let mut out = |ip: IpAddr| {
+        let drop = closed(ip);
+        if drop {
+            stripped.push(ip);
+        }
+        !drop
+    };
+    params.retain_mut(|(_, value)| match value {
         // An empty hint is malformed on the wire: the key goes with its last address.
-        left > 0
+        SvcParamValue::Ipv4Hint(hint) => {
+            hint.0.retain(|a| out(IpAddr::V4(a.0)));
+            !hint.0.is_empty()
+        }
+        SvcParamValue::Ipv6Hint(hint) => {
+            hint.0.retain(|a| out(IpAddr::V6(a.0)));
+            !hint.0.is_empty()
+        }
+        _ => true,
     });
 }
 
@@ -116,7 +108,7 @@ mod tests {
         assert!(strip(&mut answers, &|_| false).1, "nothing left: NODATA");
         let mut answers = vec![a("10.9.9.9")];
         let (gone, _) = strip(&mut answers, &|ip| {
-            "10.0.0.0/8".parse::<IpNet>().unwrap().contains(&ip)
+            "10.0.0.0/8".parse::<ipnet::IpNet>().unwrap().contains(&ip)
         });
         assert!(gone.is_empty() && answers.len() == 1, "opted in");
         let https = SVCB::new(

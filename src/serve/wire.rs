@@ -15,6 +15,7 @@ use hickory_server::server::Request;
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 
 use crate::observe::audit::Decision;
+use crate::observe::metrics::METRICS;
 use crate::serve::exfil::Mark;
 use crate::serve::handler::Outcome;
 
@@ -54,7 +55,24 @@ impl Transport {
     }
 }
 
-pub use crate::observe::metrics::Dropped;
+/// Why a message gets no reply at all (it is counted instead).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    /// Shorter than a header: there is no ID to answer to.
+    Short,
+    /// QR=1, a response: answering those would make allowdns a reflector.
+    Response,
+}
+
+impl Dropped {
+    /// Counts it (`allowdns_dropped_messages_total`).
+    pub fn count(self) {
+        match self {
+            Dropped::Short => METRICS.dropped_short(),
+            Dropped::Response => METRICS.dropped_response(),
+        }
+    }
+}
 
 /// Drops what must never be answered; everything else gets a reply.
 pub fn screen(raw: &[u8]) -> Result<(), Dropped> {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use crate::fence::{Fence, FenceError};
+use crate::fence::{Ended, Fence, FenceError};
 use crate::observe::audit::AuditLog;
 use crate::observe::audit::schema::{EntryExpired, Event, EventLine, GrantLife};
 use crate::policy::zones::Zones;
@@ -67,7 +67,7 @@ pub enum StateError {
     NoGrant { agent: String, pattern: String },
     /// The firewall cannot follow the new set (reload); the old one stays.
     #[error("{0}")]
-    Fence(FenceError),
+    Fence(Box<FenceError>),
 }
 
 /// What keeps something per agent (cache partitions, exfiltration
@@ -127,7 +127,9 @@ impl State {
     pub fn replace(&self, loaded: Loaded) -> Result<(), StateError> {
         let mut grants = lock(&self.grants);
         if let Some(fence) = &self.fence {
-            fence.check(&loaded.policies).map_err(StateError::Fence)?;
+            fence
+                .check(&loaded.policies)
+                .map_err(|e| StateError::Fence(Box::new(e)))?;
         }
         let old = self.snapshot();
         // A new file set reports its own expiries (`check` shows those already past).
@@ -248,7 +250,13 @@ impl State {
         // Remembered as long as an answer may hold the set it was decided
         // against, with the margin `retire` gives.
         let remember = ANSWER_DEADLINE + Duration::from_secs(1);
-        match fence.withdraw(agent, pattern, self.snapshot().generation, remember) {
+        let ended = Ended {
+            agent,
+            pattern,
+            generation: self.snapshot().generation,
+            remember,
+        };
+        match fence.withdraw(ended) {
             Ok(0) => {}
             Ok(n) => tracing::info!(agent, pattern, elements = n, "firewall elements withdrawn"),
             Err(e) => {
@@ -296,7 +304,7 @@ impl State {
                 if let Err(e) = fence.sync_static(&self.snapshot().policies) {
                     tracing::error!(error = %e, "[!] FIREWALL UPDATE FAILED: cannot restore the previous policy addresses");
                 }
-                return Err(StateError::Fence(e));
+                return Err(StateError::Fence(Box::new(e)));
             }
         }
         for expired in grants.prune(now) {

@@ -42,16 +42,10 @@ impl Fence for Recorder {
         }
         Ok(())
     }
-    fn withdraw(
-        &self,
-        agent: &str,
-        pattern: &str,
-        generation: u64,
-        _: Duration,
-    ) -> Result<usize, FenceError> {
+    fn withdraw(&self, ended: Ended<'_>) -> Result<usize, FenceError> {
         let mut withdrawn = self.withdrawn.lock().unwrap();
-        withdrawn.push((agent.into(), pattern.into()));
-        self.generations.lock().unwrap().push(generation);
+        withdrawn.push((ended.agent.into(), ended.pattern.into()));
+        self.generations.lock().unwrap().push(ended.generation);
         Ok(1)
     }
     fn forget_ended(&self, _: &PolicySet) {

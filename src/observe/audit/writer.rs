@@ -164,7 +164,7 @@ impl AuditLog {
         }
         let seq = self.queue_event(line.to_json());
         let (written, flushed) = &self.shared.durable;
-        let written = lock(&written);
+        let written = lock(written);
         let (state, _) = flushed
             .wait_timeout_while(written, within, |(w, f)| *w < seq && *f < seq)
             .unwrap_or_else(|p| p.into_inner());
@@ -331,7 +331,7 @@ impl Writer {
         if let Some(last) = last_event {
             // Events are confirmed only when the whole pass, and the flush, succeeded.
             let (state, flushed) = &shared.durable;
-            let mut state = lock(&state);
+            let mut state = lock(state);
             if ok {
                 state.0 = last;
             } else {

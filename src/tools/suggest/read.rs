@@ -663,3 +663,59 @@ pub(super) fn choose_agent(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_read_whole_and_an_overlong_one_is_cut_and_skipped() {
+        let mut text = b"first\n".to_vec();
+        text.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
+        text.extend(b"\nlast");
+        let mut input = std::io::BufReader::with_capacity(1024, &text[..]);
+        let mut buf = Vec::new();
+        assert!(read_line(&mut input, &mut buf).unwrap());
+        assert_eq!(buf, b"first\n");
+        // Cut at the limit plus one byte, no newline: the caller calls it too long.
+        assert!(read_line(&mut input, &mut buf).unwrap());
+        assert_eq!(buf.len(), MAX_LINE + 1);
+        assert!(!buf.ends_with(b"\n"));
+        // The rest of the long line is consumed; the next line reads whole.
+        assert!(read_line(&mut input, &mut buf).unwrap());
+        assert_eq!(buf, b"last");
+        assert!(!read_line(&mut input, &mut buf).unwrap());
+    }
+
+    #[test]
+    fn record_event_and_loss_lines_are_told_apart() {
+        assert!(matches!(
+            parse_line(r#"{"event":"reload","changes":[],"zones":0}"#),
+            Ok(Parsed::Event)
+        ));
+        assert!(matches!(
+            parse_line(r#"{"ts":"2026-01-01T00:00:00Z","event":"audit_records_lost","count":7}"#),
+            Ok(Parsed::Lost(7))
+        ));
+        assert!(matches!(parse_line("[1]"), Err(LineError::NotObject)));
+        assert!(matches!(parse_line("{"), Err(LineError::NotJson(_))));
+        assert!(matches!(
+            parse_line(r#"{"event":3}"#),
+            Err(LineError::WrongType { field, .. }) if field == "event"
+        ));
+    }
+
+    #[test]
+    fn only_names_a_policy_can_hold_become_keys() {
+        assert_eq!(policy_name("API.Example.com.").unwrap(), "api.example.com");
+        assert!(matches!(
+            policy_name("a*.example.com"),
+            Err(Unusable::Wildcard)
+        ));
+        assert!(matches!(policy_name("192.0.2.1"), Err(Unusable::Address)));
+        assert!(matches!(policy_name("10.1"), Err(Unusable::NumericLabel)));
+        assert!(matches!(policy_name("co.uk"), Err(Unusable::PublicSuffix)));
+        assert!(reads_as_address("a.0x7f") && reads_as_address("1.2.3.4"));
+        assert!(!reads_as_address("example.com") && !reads_as_address("a.0xg"));
+    }
+}
