@@ -886,6 +886,28 @@ fn report_bad_input_names_file_and_line_and_skips_only_when_asked() {
         "{stderr}"
     );
 
+    // Another agent's lines, an event from a newer writer, and a last line
+    // cut short (a log still being written): left out, and said so.
+    let mut more = good.clone();
+    more += &record(
+        "2026-11-22T01:00:05.000000Z",
+        "10.200.1.3:40000",
+        "b",
+        "c.example.com",
+        "allow",
+        "NOERROR",
+    );
+    more += "{\"ts\":\"2026-11-22T01:00:06.000000Z\",\"event\":\"from_the_future\",\"x\":1}\n";
+    more += "{\"ts\":\"2026-11-22T01:00:07.0";
+    let partial = dir.write("partial.jsonl", &more);
+    let (code, _, stderr) = report(&partial, &page, &["--agent", "a"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("incomplete last line skipped"), "{stderr}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("1 lines of other agents left out"), "{html}");
+    assert!(html.contains("1 events of a kind this version does not know left out"));
+    assert!(!html.contains("c.example.com"), "agent b's name shown");
+
     // --since: a time after the log leaves every line out; a bad one is refused.
     let (code, _, stderr) = report(&clean, &page, &["--since", "2030-01-01T00:00:00Z"]);
     assert_eq!(code, 0, "{stderr}");
@@ -900,6 +922,17 @@ fn report_bad_input_names_file_and_line_and_skips_only_when_asked() {
 fn report_memory_is_capped_under_a_flood_of_unique_names() {
     let dir = TempDir::new("report-flood");
     let mut log = String::new();
+    // A tunnel: 25 names under one domain, past the 20 listed per domain.
+    for i in 0..25 {
+        log += &record(
+            &format!("2026-11-22T01:59:{i:02}.000000Z"),
+            "10.200.1.2:40000",
+            "a",
+            &format!("chunk{i}.t.tunnel.example"),
+            "deny",
+            "NXDOMAIN",
+        );
+    }
     // 3,000 registrable domains, two names each: past the 1,000-domain cap.
     for i in 0..6000 {
         log += &record(
@@ -918,8 +951,11 @@ fn report_memory_is_capped_under_a_flood_of_unique_names() {
     let html = std::fs::read_to_string(&page).unwrap();
     assert_eq!(html.matches("<tr class=\"domain\">").count(), 1000);
     assert!(
-        html.contains("and 4000 more denied lookups under domains past the first 1000"),
+        html.contains("and 4002 more denied lookups under domains past the first 1000"),
         "the rest is counted"
     );
+    assert!(html.contains(
+        "and 5 more lookups of further names under this domain (the first 20 are listed)"
+    ));
     assert_eq!(html.matches("<tr class=\"name\">").count(), 50, "top 50 shown");
 }

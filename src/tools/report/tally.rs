@@ -523,3 +523,42 @@ pub(super) fn event_agent(event: &Event) -> Option<&str> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_timeline_widens_to_at_most_max_buckets() {
+        let start = UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        let mut timeline = Timeline::default();
+        // A second apart for a minute: one-second bars.
+        for s in 0..60 {
+            timeline.add(start + Duration::from_secs(s), ALLOW);
+        }
+        assert_eq!((timeline.width(), timeline.spanned()), (1, 60));
+        // Then a year: the bars widen, nothing is lost.
+        for day in 0..365 {
+            timeline.add(start + Duration::from_secs(day * 86_400), DENY);
+        }
+        assert!(timeline.spanned() <= MAX_BUCKETS as u64, "{}", timeline.spanned());
+        let counted: u64 = timeline.buckets.values().map(|c| c[ALLOW] + c[DENY]).sum();
+        assert_eq!(counted, 60 + 365);
+        // A stray record centuries away still leaves a bounded chart.
+        timeline.add(start + Duration::from_secs(200 * 365 * 86_400), DENY);
+        assert!(timeline.spanned() <= MAX_BUCKETS as u64);
+    }
+
+    #[test]
+    fn a_full_map_counts_what_does_not_fit() {
+        let mut map: Capped<String, u64> = Capped::new(2);
+        for name in ["a", "b", "c", "a", "d"] {
+            if let Some(n) = map.slot(name, || 0) {
+                *n += 1;
+            }
+        }
+        assert_eq!(map.map.len(), 2);
+        assert_eq!((map.map["a"], map.map["b"], map.more), (2, 1, 2));
+    }
+}
