@@ -560,7 +560,6 @@ fn a_file_that_is_no_audit_log_gets_a_few_errors_and_a_count() {
 
 // ---- `allowdns report`: the page a person reads, rendered as they see it ----
 
-
 /// Headless Chromium in a network namespace of its own (only `lo`, down):
 /// nothing a page asks for can leave the machine. Its profile and HOME are
 /// a temporary directory. `None` (skipped loudly, or failed in CI) without
@@ -614,7 +613,13 @@ fn dom_and_requests(scratch: &TempDir, page: &Path) -> Option<(String, BTreeSet<
     let requests = log
         .lines()
         .filter_map(|l| l.split("NotifyBeforeURLRequest: ").nth(1))
-        .map(|url| url.split(['?', '#']).next().unwrap_or(url).trim().to_string())
+        .map(|url| {
+            url.split(['?', '#'])
+                .next()
+                .unwrap_or(url)
+                .trim()
+                .to_string()
+        })
         .collect();
     Some((dom, requests))
 }
@@ -707,7 +712,10 @@ fn report_of_a_real_log_renders_offline_with_the_log_escaped() {
         let Some(answer) = dig(dns.udp, &[name, "A", "+tries=1", "+time=2"]) else {
             return;
         };
-        assert!(answer.contains(&format!("status: {want}")), "{name}: {answer}");
+        assert!(
+            answer.contains(&format!("status: {want}")),
+            "{name}: {answer}"
+        );
     }
     let (status, stderr) = dns.terminate();
     assert!(status.success(), "{stderr}");
@@ -721,7 +729,9 @@ fn report_of_a_real_log_renders_offline_with_the_log_escaped() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     let html = std::fs::read_to_string(&page).unwrap();
     // Self-contained: no reference to anything outside the file.
-    for outside in ["http://", "https://", "src=", "href=", "url(", "@import", "<script"] {
+    for outside in [
+        "http://", "https://", "src=", "href=", "url(", "@import", "<script",
+    ] {
         assert!(!html.contains(outside), "the page holds {outside:?}");
     }
 
@@ -746,7 +756,10 @@ fn report_of_a_real_log_renders_offline_with_the_log_escaped() {
     let (dom, requests) = dom_and_requests(&dir, &page).unwrap();
     let own: Vec<&String> = requests.difference(&baseline).collect();
     assert!(own.is_empty(), "the report requested {own:?}");
-    assert!(!dom.contains("data-pwned") && !dom.contains("<script"), "{dom}");
+    assert!(
+        !dom.contains("data-pwned") && !dom.contains("<script"),
+        "{dom}"
+    );
     assert!(dom.contains("&lt;script&gt;alert(1)&lt;/script&gt;.evil.test"));
     assert!(dom.contains("sh -c '&lt;script&gt;alert(2)&lt;/script&gt;'"));
     for id in [
@@ -766,22 +779,37 @@ fn report_of_a_real_log_renders_offline_with_the_log_escaped() {
     assert!(svg.contains("class=\"bar allow\"") && svg.contains("class=\"bar deny\""));
     let denied = &dom[dom.find("id=\"denied-table\"").unwrap()..];
     let denied = &denied[..denied.find("</table>").unwrap()];
-    assert!(denied.contains("<code>example.com</code> (2 names)"), "{denied}");
+    assert!(
+        denied.contains("<code>example.com</code> (2 names)"),
+        "{denied}"
+    );
     assert!(denied.contains("<code>sketchy-mirror.example.com</code></td><td class=\"n\">2</td>"));
     assert!(!denied.contains("weather.service.com"), "{denied}");
     let names = &dom[dom.find("id=\"names-table\"").unwrap()..];
     assert!(names.contains(
         "<code>flights.company-internal.com</code></td><td class=\"n\">1</td><td class=\"n\">1</td>"
     ));
-    assert!(names.contains("<code>*.company-internal.com</code>"), "the dynamic rule");
-    assert!(dom.contains("nothing to learn a policy from"), "not a learn-mode log");
+    assert!(
+        names.contains("<code>*.company-internal.com</code>"),
+        "the dynamic rule"
+    );
+    assert!(
+        dom.contains("nothing to learn a policy from"),
+        "not a learn-mode log"
+    );
 
     // Not blank: a blank page is one colour (the check works), the report is not.
     let (_, colours, top) = screenshot_stats(&dir, &blank, "blank.png").unwrap();
-    assert!(colours <= 2 && top > 0.99, "blank: {colours} colours, top {top}");
+    assert!(
+        colours <= 2 && top > 0.99,
+        "blank: {colours} colours, top {top}"
+    );
     let (pixels, colours, top) = screenshot_stats(&dir, &page, "report.png").unwrap();
     assert!(pixels > 100_000, "{pixels}");
-    assert!(colours >= 6 && top < 0.95, "report: {colours} colours, top {top}");
+    assert!(
+        colours >= 6 && top < 0.95,
+        "report: {colours} colours, top {top}"
+    );
 }
 
 #[test]
@@ -817,9 +845,7 @@ fn report_of_a_learn_mode_log_shows_the_suggested_policy_beside_its_evidence() {
     let Some((dom, _)) = dom_and_requests(&dir, &page) else {
         return;
     };
-    let entries = &dom[dom
-        .find("id=\"suggest-entries\"")
-        .expect("a suggest block")..];
+    let entries = &dom[dom.find("id=\"suggest-entries\"").expect("a suggest block")..];
     let entries = &entries[..entries.find("</table>").unwrap()];
     let row = |dest: &str| -> &str {
         let at = entries
@@ -830,9 +856,14 @@ fn report_of_a_learn_mode_log_shows_the_suggested_policy_beside_its_evidence() {
         &row[..row.find("</tr>").unwrap()]
     };
     let wildcard = row("*.company-internal.com");
-    assert!(wildcard.contains("4 names, 4 lookups"), "suggest's note: {wildcard}");
     assert!(
-        wildcard.contains("<code>hotels.company-internal.com</code>: 1 lookups (0 allowed, 1 would deny"),
+        wildcard.contains("4 names, 4 lookups"),
+        "suggest's note: {wildcard}"
+    );
+    assert!(
+        wildcard.contains(
+            "<code>hotels.company-internal.com</code>: 1 lookups (0 allowed, 1 would deny"
+        ),
         "the evidence: {wildcard}"
     );
     assert!(row("weather.service.com").contains("would deny"));
@@ -867,16 +898,28 @@ fn report_bad_input_names_file_and_line_and_skips_only_when_asked() {
 
     let (code, _, stderr) = report(&log, &page, &[]);
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains(&format!("{}:2:", log.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:2:", log.display())),
+        "{stderr}"
+    );
     assert!(stderr.contains("no report was written"), "{stderr}");
     assert!(!page.exists(), "nothing written on bad input");
 
     let (code, _, stderr) = report(&log, &page, &["--skip-malformed"]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains(&format!("{}:2:", log.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:2:", log.display())),
+        "{stderr}"
+    );
     let html = std::fs::read_to_string(&page).unwrap();
-    assert!(html.contains("id=\"skipped\">1 malformed lines skipped"), "{html}");
-    assert!(html.contains("<td class=\"n\">2</td>"), "both good lines counted");
+    assert!(
+        html.contains("id=\"skipped\">1 malformed lines skipped"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<td class=\"n\">2</td>"),
+        "both good lines counted"
+    );
 
     let missing = dir.0.join("missing.jsonl");
     let (code, _, stderr) = report(&missing, &page, &[]);
@@ -957,5 +1000,9 @@ fn report_memory_is_capped_under_a_flood_of_unique_names() {
     assert!(html.contains(
         "and 5 more lookups of further names under this domain (the first 20 are listed)"
     ));
-    assert_eq!(html.matches("<tr class=\"name\">").count(), 50, "top 50 shown");
+    assert_eq!(
+        html.matches("<tr class=\"name\">").count(),
+        50,
+        "top 50 shown"
+    );
 }

@@ -29,7 +29,13 @@ pub(super) fn bars(id: &str, timeline: &Timeline, series: &[Series], markers: &[
     };
     let width = timeline.width();
     let total = |counts: &[u64; SERIES]| series.iter().map(|s| counts[s.index]).sum::<u64>();
-    let max = timeline.buckets.values().map(total).max().unwrap_or(0).max(1);
+    let max = timeline
+        .buckets
+        .values()
+        .map(total)
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let plot_w = WIDTH - LEFT - 8.0;
     let plot_h = HEIGHT - BOTTOM - TOP;
     let bar = plot_w / n as f64;
@@ -68,11 +74,10 @@ pub(super) fn bars(id: &str, timeline: &Timeline, series: &[Series], markers: &[
         }
     }
     for m in markers {
-        let offset = m
-            .ts
-            .duration_since(start)
-            .map_or(0.0, |d| d.as_secs_f64())
-            .min(span);
+        let offset =
+            m.ts.duration_since(start)
+                .map_or(0.0, |d| d.as_secs_f64())
+                .min(span);
         let x = LEFT + offset / span * plot_w;
         let _ = write!(
             svg,
@@ -86,7 +91,10 @@ pub(super) fn bars(id: &str, timeline: &Timeline, series: &[Series], markers: &[
     // Axes: the count at the top and the middle, the time at both ends and the middle.
     let mut ticks = vec![(max, TOP), (0, TOP + plot_h)];
     if max >= 4 {
-        ticks.push((max / 2, TOP + plot_h * (1.0 - (max / 2) as f64 / max as f64)));
+        ticks.push((
+            max / 2,
+            TOP + plot_h * (1.0 - (max / 2) as f64 / max as f64),
+        ));
     }
     for (value, y) in ticks {
         let _ = write!(
@@ -118,11 +126,7 @@ pub(super) fn bars(id: &str, timeline: &Timeline, series: &[Series], markers: &[
 pub(super) fn legend(series: &[Series], markers: bool) -> String {
     let mut out = String::from(r#"<p class="legend">"#);
     for s in series {
-        let _ = write!(
-            out,
-            r#"<span class="key {}"></span>{} "#,
-            s.class, s.label
-        );
+        let _ = write!(out, r#"<span class="key {}"></span>{} "#, s.class, s.label);
     }
     if markers {
         for (class, label) in [

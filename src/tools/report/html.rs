@@ -9,9 +9,7 @@ use std::time::SystemTime;
 
 use super::chart::{Series, bars, bucket_words, legend};
 use super::read::Skipped;
-use super::tally::{
-    ALLOW, BLOCKED, DENY, LOGGED, REFUSED, Seen, Tally, WOULD_DENY,
-};
+use super::tally::{ALLOW, BLOCKED, DENY, LOGGED, REFUSED, Seen, Tally, WOULD_DENY};
 use super::{
     Learned, MAX_DENIED_DOMAINS, MAX_DESTINATIONS, MAX_NAMES, MAX_NAMES_PER_DOMAIN, SHOWN,
 };
@@ -157,13 +155,7 @@ fn summary(out: &mut String, page: &Page) {
         let agents = t.agents.sorted_by(|c| c.iter().sum());
         let list: Vec<String> = agents
             .iter()
-            .map(|(a, c)| {
-                format!(
-                    "<code>{}</code> ({})",
-                    esc(a),
-                    c.iter().sum::<u64>()
-                )
-            })
+            .map(|(a, c)| format!("<code>{}</code> ({})", esc(a), c.iter().sum::<u64>()))
             .collect();
         out.push_str(&list.join(", "));
         more(out, t.agents.more, "lookups by further agents");
@@ -263,7 +255,9 @@ fn timeline(out: &mut String, t: &Tally) {
     if t.markers.is_empty() {
         out.push_str("<p>None in this log.</p>");
     } else {
-        out.push_str("<table id=\"events-table\"><tr><th>time</th><th>event</th><th>what</th></tr>");
+        out.push_str(
+            "<table id=\"events-table\"><tr><th>time</th><th>event</th><th>what</th></tr>",
+        );
         let mut markers: Vec<_> = t.markers.iter().collect();
         markers.sort_by_key(|m| m.ts);
         for m in markers {
@@ -412,12 +406,20 @@ fn connections(out: &mut String, t: &Tally) {
         let why = stat
             .reason
             .clone()
-            .or_else(|| stat.rule.as_ref().map(|r| format!("{r} allows other ports")))
+            .or_else(|| {
+                stat.rule
+                    .as_ref()
+                    .map(|r| format!("{r} allows other ports"))
+            })
             .unwrap_or_else(|| "not handed out".into());
         let _ = write!(
             out,
             "<tr class=\"egress {}\"><td>{}</td><td><code>{}</code></td><td><code>{}</code></td><td class=\"n\">{}</td>{}<td><code>{}</code></td><td>{}</td><td><code>{}</code></td></tr>",
-            if key.action == "logged" { "logged" } else { "blocked" },
+            if key.action == "logged" {
+                "logged"
+            } else {
+                "blocked"
+            },
             esc(&key.action),
             esc(key.agent.as_deref().unwrap_or("")),
             esc(&dest),
@@ -510,7 +512,9 @@ fn diagnostics(out: &mut String, diags: &Diagnostics) {
 }
 
 fn suggestion(out: &mut String, page: &Page) {
-    out.push_str("<section id=\"suggest\"><h2>The policy <code>allowdns suggest</code> would write</h2>");
+    out.push_str(
+        "<section id=\"suggest\"><h2>The policy <code>allowdns suggest</code> would write</h2>",
+    );
     match page.learned {
         Learned::NotLearning => out.push_str(
             "<p>No lookup in this log was resolved in learn or monitor mode (<code>would_deny</code>): \

@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{
-    MAX_BUCKETS, MAX_DENIED_DOMAINS, MAX_DESTINATIONS, MAX_EVENTS, MAX_NAMES,
-    MAX_NAMES_PER_DOMAIN, MAX_TEXT,
+    MAX_BUCKETS, MAX_DENIED_DOMAINS, MAX_DESTINATIONS, MAX_EVENTS, MAX_NAMES, MAX_NAMES_PER_DOMAIN,
+    MAX_TEXT,
 };
 use crate::observe::audit::schema::{Decision, EgressDenied, Event, OwnerFields, QueryRecord};
 use crate::policy;
@@ -115,8 +115,24 @@ pub(super) struct Timeline {
 
 /// Bucket widths in seconds, each a multiple of the one before.
 const WIDTHS: [u64; 18] = [
-    1, 5, 10, 30, 60, 300, 600, 1800, 3600, 10_800, 21_600, 43_200, 86_400, 604_800, 2_419_200,
-    29_030_400, 290_304_000, 2_903_040_000,
+    1,
+    5,
+    10,
+    30,
+    60,
+    300,
+    600,
+    1800,
+    3600,
+    10_800,
+    21_600,
+    43_200,
+    86_400,
+    604_800,
+    2_419_200,
+    29_030_400,
+    290_304_000,
+    2_903_040_000,
 ];
 
 impl Timeline {
@@ -142,7 +158,10 @@ impl Timeline {
 
     /// Buckets from the first to the last, empty ones included.
     pub(super) fn spanned(&self) -> u64 {
-        match (self.buckets.first_key_value(), self.buckets.last_key_value()) {
+        match (
+            self.buckets.first_key_value(),
+            self.buckets.last_key_value(),
+        ) {
             (Some((first, _)), Some((last, _))) => last - first + 1,
             _ => 0,
         }
@@ -403,7 +422,11 @@ impl Tally {
     }
 
     pub(super) fn egress(&mut self, e: &EgressDenied, ts: SystemTime) {
-        let series = if e.action == "logged" { LOGGED } else { BLOCKED };
+        let series = if e.action == "logged" {
+            LOGGED
+        } else {
+            BLOCKED
+        };
         self.egress_total[series - BLOCKED] += 1;
         self.widen(ts);
         self.timeline.add(ts, series);
@@ -542,7 +565,11 @@ mod tests {
         for day in 0..365 {
             timeline.add(start + Duration::from_secs(day * 86_400), DENY);
         }
-        assert!(timeline.spanned() <= MAX_BUCKETS as u64, "{}", timeline.spanned());
+        assert!(
+            timeline.spanned() <= MAX_BUCKETS as u64,
+            "{}",
+            timeline.spanned()
+        );
         let counted: u64 = timeline.buckets.values().map(|c| c[ALLOW] + c[DENY]).sum();
         assert_eq!(counted, 60 + 365);
         // A stray record centuries away still leaves a bounded chart.
