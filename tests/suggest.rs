@@ -728,7 +728,8 @@ fn report_of_a_real_log_renders_offline_with_the_log_escaped() {
     let (code, stdout, stderr) = report(&log, &page, &[]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     let html = std::fs::read_to_string(&page).unwrap();
-    // Self-contained: no reference to anything outside the file.
+    // Self-contained: no reference to anything outside the file, and loading any is forbidden.
+    assert!(html.contains("content=\"default-src 'none'; style-src 'unsafe-inline'\""));
     for outside in [
         "http://", "https://", "src=", "href=", "url(", "@import", "<script",
     ] {

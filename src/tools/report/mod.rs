@@ -163,7 +163,7 @@ fn learn(file: &Path, args: &ReportArgs, tally: &tally::Tally) -> Result<Learned
     };
     // suggest keeps every name of the agent; only run it where the names
     // fit in the report's own bound.
-    if tally.names.more > 0 {
+    if tally.names.more > 0 || tally.all_names.more > 0 {
         return Ok(Learned::TooManyNames);
     }
     let input = std::fs::File::open(file).map_err(|e| cannot_read(file, e))?;

@@ -178,6 +178,9 @@ fn count(line: Line, filter: &Filter, tally: &mut Tally) -> Result<(), LineError
     match line {
         Line::Record(record) => {
             let ts = time(&record.ts)?;
+            if let (Some(_), Some(qname)) = (filter.since, &record.qname) {
+                tally.all_names.slot(qname.as_str(), || ());
+            }
             if filter.since.is_some_and(|since| ts < since) {
                 tally.before_since += 1;
             } else if filter

@@ -270,6 +270,8 @@ pub(super) struct Tally {
     pub(super) other_agents: u64,
     /// Events this version does not know, from a newer writer.
     pub(super) unknown_events: u64,
+    /// Under `--since`, names before it too: `suggest` reads the whole log.
+    pub(super) all_names: Capped<String, ()>,
 }
 
 impl Default for Tally {
@@ -296,6 +298,7 @@ impl Default for Tally {
             before_since: 0,
             other_agents: 0,
             unknown_events: 0,
+            all_names: Capped::new(MAX_NAMES),
         }
     }
 }
