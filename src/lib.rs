@@ -14,7 +14,7 @@
 //! observe/  audit log, alerts and their delivery, metrics
 //! ops/      startup, control socket, reload, signals, sd_notify
 //! kennel/   `allowdns run`: a command fenced in namespaces of its own
-//! tools/    suggest: an audit log → a policy to review
+//! tools/    suggest: an audit log → a policy to review; report: → a page to read
 //! ```
 //!
 //! At the top: `cli` (arguments), `config` (settings file), `error` (what the
