@@ -145,7 +145,9 @@ fn known_events() -> Vec<String> {
 fn parse(text: &str, known: &[String]) -> Result<Line, LineError> {
     // Query records are nearly every line: read them straight into the
     // type, and only take the slow path (for the error, or an event) when that fails.
-    if let Ok(record) = serde_json::from_str::<QueryRecord>(text) {
+    if !text.contains("\"event\"")
+        && let Ok(record) = serde_json::from_str::<QueryRecord>(text)
+    {
         return Ok(Line::Record(Box::new(record)));
     }
     let value: Value = serde_json::from_str(text).map_err(LineError::NotJson)?;
