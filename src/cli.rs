@@ -42,6 +42,11 @@ pub enum Command {
     /// Suggest a policy from an audit log: every name the agent looked up,
     /// siblings grouped into wildcards, for a human to review.
     Suggest(crate::tools::suggest::SuggestArgs),
+    /// Write one self-contained HTML page from an audit log: lookups over
+    /// time, top names and rules, denied names by domain, blocked
+    /// connections, grants and reloads, and (for a learn-mode log) the
+    /// policy `suggest` would write beside its evidence.
+    Report(crate::tools::report::ReportArgs),
     /// Run a command fenced in a kennel: its own network namespace whose only
     /// way out is the firewall this allowdns feeds, and whose only DNS is it.
     Run(crate::kennel::RunArgs),

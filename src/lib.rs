@@ -6,7 +6,7 @@
 //! ```text
 //! cli          the command line
 //! kennel/      `allowdns run`: a command fenced in namespaces of its own
-//! tools/       suggest: an audit log → a policy to review
+//! tools/       suggest: an audit log → a policy to review; report: → a page to read
 //! ops/         startup (builds the service's parts once), control socket,
 //!              reload, signals, sd_notify
 //! config       the settings file

@@ -48,6 +48,7 @@ fn main() -> ExitCode {
         Command::Serve(_) => "; nothing was started",
         Command::Run(_) => "; CMD was not started",
         Command::Suggest(_) => "; no policy was written",
+        Command::Report(_) => "; no report was written",
         _ => "",
     };
     let report = |failure: Failure| report(failure, outcome);
@@ -152,6 +153,11 @@ fn main() -> ExitCode {
             unreachable!("dispatched above")
         }
         Command::Suggest(args) => allowdns::tools::suggest::run(&args).map(|warnings| {
+            for warning in warnings.warnings() {
+                eprintln!("{warning}");
+            }
+        }),
+        Command::Report(args) => allowdns::tools::report::run(&args).map(|warnings| {
             for warning in warnings.warnings() {
                 eprintln!("{warning}");
             }

@@ -31,6 +31,9 @@ _allowdns() {
             allowdns,nft-ruleset)
                 cmd="allowdns__subcmd__nft__subcmd__ruleset"
                 ;;
+            allowdns,report)
+                cmd="allowdns__subcmd__report"
+                ;;
             allowdns,revoke)
                 cmd="allowdns__subcmd__revoke"
                 ;;
@@ -64,6 +67,9 @@ _allowdns() {
             allowdns__subcmd__help,nft-ruleset)
                 cmd="allowdns__subcmd__help__subcmd__nft__subcmd__ruleset"
                 ;;
+            allowdns__subcmd__help,report)
+                cmd="allowdns__subcmd__help__subcmd__report"
+                ;;
             allowdns__subcmd__help,revoke)
                 cmd="allowdns__subcmd__help__subcmd__revoke"
                 ;;
@@ -89,7 +95,7 @@ _allowdns() {
 
     case "${cmd}" in
         allowdns)
-            opts="-h -V --help --version serve check nft-ruleset selftest grant revoke status suggest run completions help"
+            opts="-h -V --help --version serve check nft-ruleset selftest grant revoke status suggest report run completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -205,7 +211,7 @@ _allowdns() {
             return 0
             ;;
         allowdns__subcmd__help)
-            opts="serve check nft-ruleset selftest grant revoke status suggest run completions help"
+            opts="serve check nft-ruleset selftest grant revoke status suggest report run completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -275,6 +281,20 @@ _allowdns() {
             return 0
             ;;
         allowdns__subcmd__help__subcmd__nft__subcmd__ruleset)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        allowdns__subcmd__help__subcmd__report)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -432,6 +452,40 @@ _allowdns() {
                     return 0
                     ;;
                 --open-tcp)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        allowdns__subcmd__report)
+            opts="-o -h --audit-log --agent --since --output --skip-malformed --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --audit-log)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --agent)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -3,6 +3,7 @@
 //! `WatchdogSec=` is set, only while the serving threads are alive.
 //! Without `$NOTIFY_SOCKET` (not under systemd) every call does nothing.
 
+// Hand-written, not the `sd-notify` crate: its 0.5 connects to $NOTIFY_SOCKET as a path, so an abstract socket (`@name`) fails, which this supports.
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 

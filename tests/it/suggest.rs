@@ -3,6 +3,7 @@
 
 use crate::common;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
@@ -552,4 +553,454 @@ fn a_file_that_is_no_audit_log_gets_a_few_errors_and_a_count() {
         "{stderr}"
     );
     assert!(stderr.contains("is this an allowdns audit log"), "{stderr}");
+}
+
+// ---- `allowdns report`: the page a person reads, rendered as they see it ----
+
+/// Headless Chromium in a network namespace of its own (only `lo`, down):
+/// nothing a page asks for can leave the machine. Its profile and HOME are
+/// a temporary directory. `None` (skipped loudly, or failed in CI) without
+/// chromium or without the right to make a namespace.
+fn chromium(scratch: &TempDir, args: &[&str], page: &Path) -> Option<(String, String)> {
+    let browser = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(browser) = browser else {
+        require_or_skip("chromium is not installed (apt-get install chromium)");
+        return None;
+    };
+    if !is_root() {
+        require_or_skip("rendering offline needs root for `unshare -n`");
+        return None;
+    }
+    let profile = scratch.0.join("chromium-profile");
+    let out = Command::new("unshare")
+        .args(["-n", browser])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--enable-logging=stderr",
+            "--v=1",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(format!("file://{}", page.display()))
+        .env("HOME", &scratch.0)
+        .output()
+        .expect("run chromium");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// The DOM after the page ran, as Chromium serializes it, and the URLs it
+/// requested (scheme, host and path; Chromium's own update checks included).
+fn dom_and_requests(scratch: &TempDir, page: &Path) -> Option<(String, BTreeSet<String>)> {
+    let (dom, log) = chromium(scratch, &["--dump-dom"], page)?;
+    let requests = log
+        .lines()
+        .filter_map(|l| l.split("NotifyBeforeURLRequest: ").nth(1))
+        .map(|url| {
+            url.split(['?', '#'])
+                .next()
+                .unwrap_or(url)
+                .trim()
+                .to_string()
+        })
+        .collect();
+    Some((dom, requests))
+}
+
+/// (sampled pixels, distinct colours, share of the most common colour).
+fn screenshot_stats(scratch: &TempDir, page: &Path, name: &str) -> Option<(u64, u64, f64)> {
+    let png = scratch.0.join(name);
+    chromium(
+        scratch,
+        &[
+            &format!("--screenshot={}", png.display()),
+            "--window-size=1280,2000",
+        ],
+        page,
+    )?;
+    Some(colour_stats(&png))
+}
+
+/// Every 4th pixel of a PNG: (pixels sampled, distinct colours, share of
+/// the most common colour).
+fn colour_stats(path: &Path) -> (u64, u64, f64) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let bpp = match info.color_type {
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        other => panic!("unexpected PNG colour type {other:?}"),
+    };
+    let mut counts: std::collections::HashMap<&[u8], u64> = std::collections::HashMap::new();
+    for pixel in buf[..info.buffer_size()].chunks_exact(bpp).step_by(4) {
+        *counts.entry(&pixel[..3]).or_default() += 1;
+    }
+    let total: u64 = counts.values().sum();
+    let top = counts.values().max().copied().unwrap_or(0);
+    (total, counts.len() as u64, top as f64 / total.max(1) as f64)
+}
+
+/// `allowdns report` on `log`; (exit code, stdout, stderr).
+fn report(log: &Path, out: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec![
+        "report",
+        "--audit-log",
+        log.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    all.extend(args);
+    allowdns(&all)
+}
+
+/// A denied lookup by a hostile agent: its name and command line carry markup.
+fn hostile_record() -> String {
+    let mut record = QueryRecord::example();
+    record.ts = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+    record.agent = Some("travel_agent_v1".into());
+    record.qname = Some("<script>alert(1)</script>.evil.test".into());
+    record.decision = allowdns::observe::audit::schema::Decision::Deny;
+    record.rule = None;
+    record.exfil = None;
+    record.owner.cmdline = Some("sh -c '<script>alert(2)</script>'".into());
+    record.owner.owner_unknown = None;
+    serde_json::to_string(&record).unwrap() + "\n"
+}
+
+#[test]
+fn report_of_a_real_log_renders_offline_with_the_log_escaped() {
+    let dir = TempDir::new("report-e2e");
+    let log = dir.0.join("audit.jsonl");
+    let dns = Allowdns::serve(&[
+        "--policy",
+        repo("policies/travel_agent_v1.yaml").to_str().unwrap(),
+        "--zones",
+        repo("zones").to_str().unwrap(),
+        "--upstream",
+        "none",
+        "--audit-log",
+        log.to_str().unwrap(),
+    ]);
+    let asks = [
+        ("api.company-internal.com", "NOERROR"),
+        ("flights.company-internal.com", "NOERROR"),
+        ("weather.service.com", "NOERROR"),
+        ("sketchy-mirror.example.com", "NXDOMAIN"),
+        ("sketchy-mirror.example.com", "NXDOMAIN"),
+        ("ns1.example.com", "NXDOMAIN"),
+    ];
+    for (name, want) in asks {
+        let Some(answer) = dig(dns.udp, &[name, "A", "+tries=1", "+time=2"]) else {
+            return;
+        };
+        assert!(
+            answer.contains(&format!("status: {want}")),
+            "{name}: {answer}"
+        );
+    }
+    let (status, stderr) = dns.terminate();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(read_audit(&log).len(), asks.len(), "one record per lookup");
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    text += &hostile_record();
+    std::fs::write(&log, text).unwrap();
+
+    let page = dir.0.join("report.html");
+    let (code, stdout, stderr) = report(&log, &page, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    // Self-contained: no reference to anything outside the file, and loading any is forbidden.
+    assert!(html.contains("content=\"default-src 'none'; style-src 'unsafe-inline'\""));
+    for outside in [
+        "http://", "https://", "src=", "href=", "url(", "@import", "<script",
+    ] {
+        assert!(!html.contains(outside), "the page holds {outside:?}");
+    }
+
+    // Positive controls: markup from the log, pasted raw, runs in this
+    // browser; a page that refers outside makes a request it logs.
+    let control = dir.write(
+        "control.html",
+        "<html><body><table><tr><td><script>document.body.setAttribute('data-pwned','yes')</script>\
+         </td></tr></table><img src=\"http://192.0.2.1/probe.png\"></body></html>",
+    );
+    let Some((control_dom, control_requests)) = dom_and_requests(&dir, &control) else {
+        return;
+    };
+    assert!(control_dom.contains("data-pwned=\"yes\""), "{control_dom}");
+    assert!(
+        control_requests.contains("http://192.0.2.1/probe.png"),
+        "{control_requests:?}"
+    );
+    let blank = dir.write("blank.html", "<html><body></body></html>");
+    let (_, baseline) = dom_and_requests(&dir, &blank).unwrap();
+
+    let (dom, requests) = dom_and_requests(&dir, &page).unwrap();
+    let own: Vec<&String> = requests.difference(&baseline).collect();
+    assert!(own.is_empty(), "the report requested {own:?}");
+    assert!(
+        !dom.contains("data-pwned") && !dom.contains("<script"),
+        "{dom}"
+    );
+    assert!(dom.contains("&lt;script&gt;alert(1)&lt;/script&gt;.evil.test"));
+    assert!(dom.contains("sh -c '&lt;script&gt;alert(2)&lt;/script&gt;'"));
+    for id in [
+        "summary",
+        "timeline-chart",
+        "events",
+        "names-table",
+        "rules-table",
+        "denied-table",
+        "connections",
+        "exfil",
+        "suggest",
+    ] {
+        assert!(dom.contains(&format!("id=\"{id}\"")), "no #{id}");
+    }
+    let svg = &dom[dom.find("id=\"timeline-chart\"").unwrap()..];
+    assert!(svg.contains("class=\"bar allow\"") && svg.contains("class=\"bar deny\""));
+    let denied = &dom[dom.find("id=\"denied-table\"").unwrap()..];
+    let denied = &denied[..denied.find("</table>").unwrap()];
+    assert!(
+        denied.contains("<code>example.com</code> (2 names)"),
+        "{denied}"
+    );
+    assert!(denied.contains("<code>sketchy-mirror.example.com</code></td><td class=\"n\">2</td>"));
+    assert!(!denied.contains("weather.service.com"), "{denied}");
+    let names = &dom[dom.find("id=\"names-table\"").unwrap()..];
+    assert!(names.contains(
+        "<code>flights.company-internal.com</code></td><td class=\"n\">1</td><td class=\"n\">1</td>"
+    ));
+    assert!(
+        names.contains("<code>*.company-internal.com</code>"),
+        "the dynamic rule"
+    );
+    assert!(
+        dom.contains("nothing to learn a policy from"),
+        "not a learn-mode log"
+    );
+
+    // Not blank: a blank page is one colour (the check works), the report is not.
+    let (_, colours, top) = screenshot_stats(&dir, &blank, "blank.png").unwrap();
+    assert!(
+        colours <= 2 && top > 0.99,
+        "blank: {colours} colours, top {top}"
+    );
+    let (pixels, colours, top) = screenshot_stats(&dir, &page, "report.png").unwrap();
+    assert!(pixels > 100_000, "{pixels}");
+    assert!(
+        colours >= 6 && top < 0.95,
+        "report: {colours} colours, top {top}"
+    );
+}
+
+#[test]
+fn report_of_a_learn_mode_log_shows_the_suggested_policy_beside_its_evidence() {
+    let dir = TempDir::new("report-learn");
+    let log = dir.0.join("audit.jsonl");
+    let learning = dir.write("learn.yaml", "agent_name: observer\nmode: learn\n");
+    let dns = Allowdns::serve(&[
+        "--policy",
+        learning.to_str().unwrap(),
+        "--zones",
+        repo("zones").to_str().unwrap(),
+        "--upstream",
+        "none",
+        "--audit-log",
+        log.to_str().unwrap(),
+    ]);
+    for name in [
+        "api.company-internal.com",
+        "flights.company-internal.com",
+        "hotels.company-internal.com",
+        "ns1.company-internal.com",
+        "weather.service.com",
+    ] {
+        assert_eq!(rcode(dns.udp, name, RecordType::A), ResponseCode::NoError);
+    }
+    let (status, stderr) = dns.terminate();
+    assert!(status.success(), "{stderr}");
+
+    let page = dir.0.join("report.html");
+    let (code, stdout, stderr) = report(&log, &page, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let Some((dom, _)) = dom_and_requests(&dir, &page) else {
+        return;
+    };
+    let entries = &dom[dom.find("id=\"suggest-entries\"").expect("a suggest block")..];
+    let entries = &entries[..entries.find("</table>").unwrap()];
+    let row = |dest: &str| -> &str {
+        let at = entries
+            .find(&format!("<code>\"{dest}\"</code>").replace('"', "&quot;"))
+            .or_else(|| entries.find(&format!("<code>\"{dest}\"</code>")))
+            .unwrap_or_else(|| panic!("no entry {dest}: {entries}"));
+        let row = &entries[at..];
+        &row[..row.find("</tr>").unwrap()]
+    };
+    let wildcard = row("*.company-internal.com");
+    assert!(
+        wildcard.contains("4 names, 4 lookups"),
+        "suggest's note: {wildcard}"
+    );
+    assert!(
+        wildcard.contains(
+            "<code>hotels.company-internal.com</code>: 1 lookups (0 allowed, 1 would deny"
+        ),
+        "the evidence: {wildcard}"
+    );
+    assert!(row("weather.service.com").contains("would deny"));
+    assert!(dom.contains("id=\"suggest-policy\""));
+    // The same policy `suggest` writes.
+    let (code, suggested, stderr) = allowdns(&["suggest", "--audit-log", log.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    let first_entry = suggested
+        .lines()
+        .find(|l| l.contains("- destination:"))
+        .unwrap();
+    assert!(
+        html.contains(&first_entry.replace('"', "&quot;")),
+        "{first_entry}"
+    );
+}
+
+#[test]
+fn report_bad_input_names_file_and_line_and_skips_only_when_asked() {
+    let dir = TempDir::new("report-bad");
+    let page = dir.0.join("report.html");
+    let good = log_of(&[("a.example.com", "allow"), ("b.example.com", "deny")]);
+    let mut lines: Vec<&str> = good.lines().collect();
+    lines.insert(1, "{\"ts\":\"2026-11-22T01:00:00.5Z\",\"client\":");
+    let log = dir.write("audit.jsonl", &(lines.join("\n") + "\n"));
+    // Positive control: the same log without the bad line is reported.
+    let clean = dir.write("clean.jsonl", &good);
+    let (code, _, stderr) = report(&clean, &page, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    std::fs::remove_file(&page).unwrap();
+
+    let (code, _, stderr) = report(&log, &page, &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:2:", log.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("no report was written"), "{stderr}");
+    assert!(!page.exists(), "nothing written on bad input");
+
+    let (code, _, stderr) = report(&log, &page, &["--skip-malformed"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:2:", log.display())),
+        "{stderr}"
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        html.contains("id=\"skipped\">1 malformed lines skipped"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<td class=\"n\">2</td>"),
+        "both good lines counted"
+    );
+
+    let missing = dir.0.join("missing.jsonl");
+    let (code, _, stderr) = report(&missing, &page, &[]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains(&format!("{}: ", missing.display())) && stderr.contains("cannot read"),
+        "{stderr}"
+    );
+
+    // Another agent's lines, an event from a newer writer, and a last line
+    // cut short (a log still being written): left out, and said so.
+    let mut more = good.clone();
+    more += &record(
+        "2026-11-22T01:00:05.000000Z",
+        "10.200.1.3:40000",
+        "b",
+        "c.example.com",
+        "allow",
+        "NOERROR",
+    );
+    more += "{\"ts\":\"2026-11-22T01:00:06.000000Z\",\"event\":\"from_the_future\",\"x\":1}\n";
+    more += "{\"ts\":\"2026-11-22T01:00:07.0";
+    let partial = dir.write("partial.jsonl", &more);
+    let (code, _, stderr) = report(&partial, &page, &["--agent", "a"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("incomplete last line skipped"), "{stderr}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("1 lines of other agents left out"), "{html}");
+    assert!(html.contains("1 events of a kind this version does not know left out"));
+    assert!(!html.contains("c.example.com"), "agent b's name shown");
+
+    // --since: a time after the log leaves every line out; a bad one is refused.
+    let (code, _, stderr) = report(&clean, &page, &["--since", "2030-01-01T00:00:00Z"]);
+    assert_eq!(code, 0, "{stderr}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("2 lines before --since left out"), "{html}");
+    let (code, _, stderr) = report(&clean, &page, &["--since", "yesterday-ish"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("yesterday-ish"), "{stderr}");
+}
+
+#[test]
+fn report_memory_is_capped_under_a_flood_of_unique_names() {
+    let dir = TempDir::new("report-flood");
+    let mut log = String::new();
+    // A tunnel: 25 names under one domain, past the 20 listed per domain.
+    for i in 0..25 {
+        log += &record(
+            &format!("2026-11-22T01:59:{i:02}.000000Z"),
+            "10.200.1.2:40000",
+            "a",
+            &format!("chunk{i}.t.tunnel.example"),
+            "deny",
+            "NXDOMAIN",
+        );
+    }
+    // 3,000 registrable domains, two names each: past the 1,000-domain cap.
+    for i in 0..6000 {
+        log += &record(
+            &format!("2026-11-22T02:{:02}:{:02}.000000Z", i / 100 % 60, i % 60),
+            "10.200.1.2:40000",
+            "a",
+            &format!("n{}.d{}.example", i % 2, i / 2),
+            "deny",
+            "NXDOMAIN",
+        );
+    }
+    let log = dir.write("audit.jsonl", &log);
+    let page = dir.0.join("report.html");
+    let (code, _, stderr) = report(&log, &page, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert_eq!(html.matches("<tr class=\"domain\">").count(), 1000);
+    assert!(
+        html.contains("and 4002 more denied lookups under domains past the first 1000"),
+        "the rest is counted"
+    );
+    assert!(html.contains(
+        "and 5 more lookups of further names under this domain (the first 20 are listed)"
+    ));
+    assert_eq!(
+        html.matches("<tr class=\"name\">").count(),
+        50,
+        "top 50 shown"
+    );
 }

@@ -10,6 +10,7 @@
 //! webhook receives, on one line, so a SIEM (Wazuh's JSON decoder, rsyslog's
 //! mmjsonparse) reads every field.
 
+// Hand-written framing, not the `syslog` crate: its RFC 5424 formatter takes a numeric MSGID (ours are names such as `denied_lookups`) and its RFC 3164 one stamps local time (ours UTC).
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;

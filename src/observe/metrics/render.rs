@@ -1,5 +1,7 @@
 //! The Prometheus text exposition of the counters.
 
+// Hand-written, not a Prometheus crate: the counters are fixed arrays
+// indexed by agent slot (no label map or lock per query); not benchmarked.
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 

@@ -25,6 +25,8 @@ mod render;
 
 use group::Entry;
 use read::{choose_agent, read_log};
+// `report` reads the same lines the same way.
+pub(crate) use read::{LineError, read_line, typed};
 use render::{render, warn_commented, warn_left_out, were};
 
 /// A parent with at least this many distinct child labels among the names
