@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::rdata::SOA;
-use hickory_server::proto::rr::{Name, RData, Record};
+use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::Request;
 
 use crate::fence::{FeedError, Firewall};
@@ -70,6 +70,17 @@ pub struct Outcome {
     pub stripped: Vec<IpAddr>,
     /// The process that asked: denials only.
     pub owner: Option<Attribution>,
+    /// Set when the reply may be kept ready in the cache for the fast path.
+    pub keep: Option<Keep>,
+}
+
+/// Where a reply built wholly from the cache may be kept ready to send.
+#[derive(Clone, Debug)]
+pub struct Keep {
+    agent: crate::policy::name::PolicyId,
+    key: QueryKey,
+    qtype: RecordType,
+    generation: u64,
 }
 
 impl Outcome {
@@ -88,6 +99,7 @@ impl Outcome {
             stripped: Vec::new(),
             exfil: None,
             owner: None,
+            keep: None,
         }
     }
 
@@ -218,6 +230,7 @@ impl Handler {
                     exfil: None,
                     stripped: Vec::new(),
                     owner,
+                    keep: None,
                 });
             }
             Decision::Allow { policy, rule } => (policy, rule, Logged::Allow),
@@ -259,6 +272,7 @@ impl Handler {
             exfil: None,
             stripped: Vec::new(),
             owner: logged_owner,
+            keep: None,
         };
         let matchable = matched.is_some();
         // Learn mode resolves names no policy can spell: looked up by their escaped form.
@@ -268,7 +282,27 @@ impl Handler {
             .resolve_now(&loaded.files.zones, &key, name, qtype, policy.id)
         {
             Some(resolution) => {
-                Progress::Answered(self.fence(&loaded, policy, rule, outcome.resolved(resolution)))
+                let cached = resolution.cached;
+                let mut outcome = self.fence(&loaded, policy, rule, outcome.resolved(resolution));
+                // What the fast path can repeat as it is: an allowed answer
+                // from the cache alone, nothing stripped, no expiry to clamp to.
+                if cached
+                    && decision == Logged::Allow
+                    && rule.expires.is_none()
+                    && outcome.stripped.is_empty()
+                    && matches!(
+                        outcome.rcode,
+                        ResponseCode::NoError | ResponseCode::NXDomain
+                    )
+                {
+                    outcome.keep = Some(Keep {
+                        agent: policy.id,
+                        key,
+                        qtype,
+                        generation: loaded.generation,
+                    });
+                }
+                Progress::Answered(outcome)
             }
             None => {
                 // The question is about to leave: under a wildcard, it is
@@ -300,6 +334,77 @@ impl Handler {
                 };
                 Progress::NeedsUpstream(outcome, loaded, chosen)
             }
+        }
+    }
+
+    /// The cache-hit fast path: the answer the full path kept ready for this
+    /// exact query, if the same policy set still allows it, with the same
+    /// decision, fence feeding and audit record as the full path. `None`:
+    /// take the full path.
+    pub fn hit(
+        &self,
+        raw: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+        started: Instant,
+    ) -> Option<Vec<u8>> {
+        let question = crate::serve::fast::Question::read(raw)?;
+        let key = QueryKey::of(&question.name)?;
+        let loaded = self.state.snapshot();
+        let governing = loaded.policies.for_client(src.ip())?;
+        let Decision::Allow { policy, rule } = decide_for(governing, Some(&key)) else {
+            return None;
+        };
+        if rule.expires.is_some() || !crate::serve::exfil::qtype_allowed(rule, question.qtype) {
+            return None;
+        }
+        let ready = self
+            .resolver
+            .cache()
+            .ready(policy.id, &key, question.qtype)?;
+        if ready.generation != loaded.generation || !ready.answers(raw, transport == Transport::Tcp)
+        {
+            return None;
+        }
+        let (reply, mut answers) = ready.reply(raw, Instant::now())?;
+        if let Some(firewall) = &self.firewall {
+            // A failure is the full path's to answer (SERVFAIL) and alert.
+            let fed = firewall.feed_decided_at(policy, rule, loaded.generation, &mut answers);
+            if fed.is_err() {
+                return None;
+            }
+        }
+        METRICS.cache_hit();
+        let outcome = Outcome {
+            rcode: ready.rcode,
+            answers,
+            rule: Some(rule.pattern.clone()),
+            dynamic: rule.dynamic,
+            decision: Logged::Allow,
+            ..Outcome::refused(ResponseCode::NoError, Some(policy))
+        };
+        let query = Some((&question.name, question.qtype));
+        self.log(src, transport, query, outcome, started);
+        Some(reply)
+    }
+
+    /// Keeps `reply`, sent for `raw`, ready for the fast path (see [`Keep`]).
+    pub fn keep_ready(
+        &self,
+        keep: Keep,
+        raw: &[u8],
+        transport: Transport,
+        reply: &[u8],
+        answers: Vec<Record>,
+        rcode: ResponseCode,
+    ) {
+        let tcp = transport == Transport::Tcp;
+        if let Some(ready) =
+            crate::serve::fast::Ready::new(raw, tcp, reply, answers, rcode, keep.generation)
+        {
+            self.resolver
+                .cache()
+                .keep_ready(keep.agent, &keep.key, keep.qtype, ready);
         }
     }
 
@@ -435,45 +540,70 @@ impl Handler {
     /// Counts and writes the audit record for an answered request, after its
     /// reply is encoded; `started` is when the question arrived.
     pub fn audit(&self, request: &Request, outcome: Outcome, started: Instant) {
-        let query = request.queries.queries().first().map(|q| q.original());
+        let query = request
+            .queries
+            .queries()
+            .first()
+            .map(|q| (q.original().name(), q.original().query_type()));
+        self.log(
+            request.src(),
+            Transport::of(request),
+            query,
+            outcome,
+            started,
+        );
+    }
+
+    /// [`Handler::audit`] from the parts of a request it needs.
+    fn log(
+        &self,
+        client: SocketAddr,
+        transport: Transport,
+        query: Option<(&Name, RecordType)>,
+        outcome: Outcome,
+        started: Instant,
+    ) {
         METRICS.query(
             outcome.slot,
             outcome.decision,
-            query.map(|q| q.query_type()),
+            query.map(|q| q.1),
             outcome.rcode,
             started.elapsed(),
         );
-        if let (Some(mark), Some(agent), Some(q)) = (outcome.exfil, &outcome.agent, query) {
+        if let (Some(mark), Some(agent), Some((qname, qtype))) =
+            (outcome.exfil, &outcome.agent, query)
+        {
             METRICS.exfil(outcome.slot, mark.as_str());
             self.alerts.exfil(Exfil {
                 ts: SystemTime::now(),
                 agent,
-                client: request.src(),
-                qname: q.name(),
-                qtype: q.query_type(),
+                client,
+                qname,
+                qtype,
                 mark: mark.as_str(),
             });
         }
-        if let (false, Some(agent), Some(q)) = (outcome.stripped.is_empty(), &outcome.agent, query)
+        if let (false, Some(agent), Some((qname, qtype))) =
+            (outcome.stripped.is_empty(), &outcome.agent, query)
         {
             METRICS.stripped(outcome.slot);
             self.alerts.stripped(Stripped {
                 ts: SystemTime::now(),
                 agent: agent.clone(),
-                client: request.src(),
-                qname: q.name().clone(),
-                qtype: q.query_type(),
+                client,
+                qname: qname.clone(),
+                qtype,
                 rule: outcome.rule.clone(),
                 addresses: outcome.stripped.clone(),
             });
         }
         self.audit.record(AuditRecord {
             ts: SystemTime::now(),
-            client: request.src(),
-            transport: Transport::of(request).as_str(),
+            client,
+            transport: transport.as_str(),
             agent: outcome.agent,
-            qname: query.map(|q| q.name().clone()),
-            qtype: query.map(|q| q.query_type()),
+            qname: query.map(|q| q.0.clone()),
+            qtype: query.map(|q| q.1),
             decision: outcome.decision,
             rule: outcome.rule,
             dynamic: outcome.dynamic,

@@ -48,6 +48,8 @@ pub struct Resolution {
     pub authority: Vec<Record>,
     /// Every hop was from a local zone.
     pub authoritative: bool,
+    /// Every hop was from the cache.
+    pub cached: bool,
     /// Time spent waiting on upstream exchanges; `None` if none was made.
     pub upstream_time: Option<Duration>,
 }
@@ -82,6 +84,11 @@ impl Resolver {
     /// Where allowed names that no local zone holds are resolved.
     pub fn upstream(&self) -> &Arc<Upstream> {
         &self.upstream
+    }
+
+    /// The answer cache, which also keeps answers ready to send.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
     }
 
     pub fn retain_agents(&self, keep: impl Fn(PolicyId) -> bool) {
@@ -243,6 +250,7 @@ impl<'k> Chase<'k> {
                 answers: Vec::new(),
                 authority: Vec::new(),
                 authoritative: true,
+                cached: true,
                 upstream_time: None,
             },
         }
@@ -253,6 +261,7 @@ impl<'k> Chase<'k> {
     fn add(&mut self, step: Step, source: Source) -> bool {
         self.hops += 1;
         self.out.authoritative &= source == Source::Local;
+        self.out.cached &= source == Source::Cache;
         self.out.rcode = step.rcode;
         self.out.authority = step.authority;
         for r in step.answers {
