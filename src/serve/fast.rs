@@ -2,6 +2,9 @@
 //! needs (its name and type, not the whole message), and answers kept
 //! ready to send, whose ID and TTLs are patched per hit.
 //!
+//! A denial (NXDOMAIN with allowdns's SOA) is built here straight from the
+//! query's bytes, as the full path would encode it.
+//!
 //! A kept answer is the bytes the full path encoded for one exact query
 //! (every byte after the ID, and the transport): the same bytes in give
 //! the same bytes out, apart from the ID and the TTLs, without decoding
@@ -16,11 +19,15 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
 const HEADER_LEN: usize = 12;
 
-/// The question of a plain query: opcode QUERY, one question, no answer
-/// or authority records. Anything else takes the full path.
+/// The question of a plain query: opcode QUERY, one question spelled out
+/// (no compression pointer), no answer or authority records. Anything else
+/// takes the full path.
 pub struct Question {
     pub name: Name,
     pub qtype: RecordType,
+    class: u16,
+    /// Where the question ends in the query.
+    end: usize,
 }
 
 impl Question {
@@ -29,12 +36,108 @@ impl Question {
         if header[2] & 0xf8 != 0 || header[4..6] != [0, 1] || header[6..10] != [0; 4] {
             return None;
         }
+        let mut at = HEADER_LEN;
+        loop {
+            match *raw.get(at)? {
+                0 => break,
+                len if len < 64 => at += 1 + usize::from(len),
+                _ => return None,
+            }
+        }
+        let end = at + 5;
+        let class = u16::from_be_bytes([*raw.get(end - 2)?, *raw.get(end - 1)?]);
         let mut decoder = BinDecoder::new(raw);
         decoder.read_slice(HEADER_LEN).ok()?;
         let name = Name::read(&mut decoder).ok()?;
         let qtype = RecordType::read(&mut decoder).ok()?;
-        Some(Question { name, qtype })
+        Some(Question {
+            name,
+            qtype,
+            class,
+            end,
+        })
     }
+
+    /// The reply size limit, if the rest of the query is an EDNS version 0
+    /// OPT record without options, or nothing; `None`: take the full path.
+    fn limit(&self, raw: &[u8], tcp: bool) -> Option<(usize, Option<u16>)> {
+        let payload = match raw.get(10..12)? {
+            [0, 0] if raw.len() == self.end => None,
+            [0, 1] => {
+                let opt = raw.get(self.end..)?;
+                // Root name, type OPT, payload, extended rcode, version 0,
+                // flags, no options; the DO bit is not echoed.
+                if opt.len() != 11 || opt[..3] != [0, 0, 41] || opt[6] != 0 || opt[9..] != [0, 0] {
+                    return None;
+                }
+                let asked = u16::from_be_bytes([opt[3], opt[4]]);
+                Some(asked.clamp(512, crate::serve::wire::MAX_UDP_PAYLOAD))
+            }
+            _ => return None,
+        };
+        let limit = match (tcp, payload) {
+            (true, _) => usize::from(u16::MAX),
+            (false, Some(p)) => usize::from(p),
+            (false, None) => 512,
+        };
+        Some((limit, payload))
+    }
+}
+
+/// The denial of `raw`: NXDOMAIN with allowdns's SOA (`negative_ttl`), and
+/// with EDNS an Extended DNS Error naming `agent`'s policy, byte for byte as
+/// `wire::encode` writes it. `None` where that would take more than copying
+/// (a name under `invalid.`, which the SOA's names would point into; a
+/// reply to truncate; EDNS options): the full path answers.
+pub fn denial(
+    raw: &[u8],
+    q: &Question,
+    tcp: bool,
+    negative_ttl: u32,
+    agent: &str,
+) -> Option<Vec<u8>> {
+    if q.class != 1 || matches!(q.qtype, RecordType::AXFR | RecordType::IXFR) {
+        return None;
+    }
+    if q.name
+        .iter()
+        .last()
+        .is_some_and(|l| l.eq_ignore_ascii_case(b"invalid"))
+    {
+        return None;
+    }
+    let (limit, payload) = q.limit(raw, tcp)?;
+    let mut out = Vec::with_capacity(q.end + 128);
+    out.extend_from_slice(&raw[..2]);
+    // QR, the opcode (QUERY) and RD from the query; RA, CD and NXDOMAIN.
+    out.push(0x80 | (raw[2] & 0x01));
+    out.push(0x80 | (raw[3] & 0x10) | 3);
+    out.extend_from_slice(&[0, 1, 0, 0, 0, 1, 0, u8::from(payload.is_some())]);
+    out.extend_from_slice(&raw[HEADER_LEN..q.end]);
+    // The SOA, owned by the root; its rname points at its mname.
+    out.extend_from_slice(&[0, 0, 6, 0, 1]);
+    out.extend_from_slice(&negative_ttl.to_be_bytes());
+    let mname = out.len() + 2;
+    let rdata: &[u8] = b"\x08allowdns\x07invalid\x00\x0ahostmaster";
+    out.extend_from_slice(&(rdata.len() as u16 + 2 + 20).to_be_bytes());
+    out.extend_from_slice(rdata);
+    out.extend_from_slice(&(0xc000 | mname as u16).to_be_bytes());
+    for n in [1u32, 3600, 600, 86400, negative_ttl] {
+        out.extend_from_slice(&n.to_be_bytes());
+    }
+    if let Some(payload) = payload {
+        let text = format!("allowdns: name not on the allowlist of policy '{agent}'");
+        let option = 2 + text.len();
+        out.extend_from_slice(&[0, 0, 41]);
+        out.extend_from_slice(&payload.to_be_bytes());
+        out.extend_from_slice(&[0, 0, 0, 0]);
+        out.extend_from_slice(&(4 + option as u16).to_be_bytes());
+        out.extend_from_slice(&crate::serve::wire::EDE_OPTION.to_be_bytes());
+        out.extend_from_slice(&(option as u16).to_be_bytes());
+        out.extend_from_slice(&crate::serve::wire::EDE_BLOCKED.to_be_bytes());
+        out.extend_from_slice(text.as_bytes());
+    }
+    (out.len() <= limit).then_some(out)
 }
 
 /// An answer ready to send for one exact query.
@@ -167,6 +270,99 @@ mod tests {
         \x05host1\x07allowed\x05bench\x00\x00\x01\x00\x01\
         \xc0\x0c\x00\x01\x00\x01\x00\x00\x01\x2c\x00\x04\x0a\x00\x01\x01\
         \x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00";
+
+    /// The full path's denial of `raw`, as `Handler::begin` and `wire::encode` make it.
+    fn full_path_denial(raw: &[u8], tcp: bool, agent: &str, negative_ttl: u32) -> Vec<u8> {
+        use crate::serve::handler::{Outcome, deny_soa};
+        use crate::serve::wire::{Transport, decode, encode};
+        let transport = if tcp { Transport::Tcp } else { Transport::Udp };
+        let request = decode(raw, "127.0.0.1:53000".parse().unwrap(), transport).unwrap();
+        let outcome = Outcome {
+            authority: vec![deny_soa(negative_ttl)],
+            decision: crate::observe::audit::Decision::Deny,
+            agent: Some(agent.into()),
+            ..Outcome::refused(ResponseCode::NXDomain, None)
+        };
+        encode(&request, &outcome)
+    }
+
+    fn query(flags: [u8; 2], labels: &[&[u8]], qtype: u16, opt: Option<&[u8]>) -> Vec<u8> {
+        let mut raw = vec![
+            0x9a,
+            0xbc,
+            flags[0],
+            flags[1],
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            u8::from(opt.is_some()),
+        ];
+        for label in labels {
+            raw.push(label.len() as u8);
+            raw.extend_from_slice(label);
+        }
+        raw.push(0);
+        raw.extend_from_slice(&qtype.to_be_bytes());
+        raw.extend_from_slice(&[0, 1]);
+        raw.extend_from_slice(opt.unwrap_or_default());
+        raw
+    }
+
+    #[test]
+    fn a_prebuilt_denial_is_the_full_paths_byte_for_byte() {
+        let long = [b'x'; 63];
+        let names: Vec<Vec<&[u8]>> = vec![
+            vec![b"c0ffee", b"t1", b"tunnel", b"evil", b"example"],
+            vec![b"MiXeD", b"CaSe", b"example"],
+            vec![],
+            vec![b"with space", b"a\x00b", b"test"],
+            vec![&long, &long, &long, b"example"],
+            vec![b"allowdns", b"invalid"],
+            vec![b"x", b"INVALID"],
+            vec![b"invalidx", b"test"],
+        ];
+        let opts: [Option<&[u8]>; 6] = [
+            None,
+            Some(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0]),
+            Some(&[0, 0, 41, 0x00, 100, 0, 0, 0x80, 0, 0, 0]),
+            Some(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]),
+            Some(&[0, 0, 41, 0x10, 0, 0, 1, 0, 0, 0, 0]),
+            Some(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 4, 0, 10, 0, 0]),
+        ];
+        let (mut built, mut tried) = (0, 0);
+        for name in &names {
+            for opt in opts {
+                for flags in [[0x01, 0x00], [0x00, 0x10], [0x01, 0x20]] {
+                    for tcp in [false, true] {
+                        for agent in ["bench_agent", &"a".repeat(200)] {
+                            for qtype in [1u16, 28, 16, 252] {
+                                let raw = query(flags, name, qtype, opt);
+                                let q = Question::read(&raw).unwrap();
+                                tried += 1;
+                                let Some(fast) = denial(&raw, &q, tcp, 5, agent) else {
+                                    continue;
+                                };
+                                built += 1;
+                                assert_eq!(
+                                    fast,
+                                    full_path_denial(&raw, tcp, agent, 5),
+                                    "{name:?} {opt:?} {flags:?} tcp {tcp} {agent} {qtype}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Most are built here (not AXFR, not under invalid., no options, version 0).
+        assert!(built * 3 > tried, "{built} of {tried} built");
+        let plain = query([1, 0], &names[0], 1, None);
+        assert!(denial(&plain, &Question::read(&plain).unwrap(), false, 5, "a").is_some());
+    }
 
     #[test]
     fn ttls_are_found_in_answers_and_authority_only() {

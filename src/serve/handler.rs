@@ -44,6 +44,7 @@ pub struct Handler {
     firewall_alerts: Mutex<(Option<Instant>, u64)>,
     /// The SOA put in the authority section of denials (its minimum is the negative TTL).
     deny_soa: Record,
+    negative_ttl: u32,
     /// Exfiltration budgets under wildcard rules, per agent.
     pub exfil: crate::serve::exfil::Budgets,
     /// Finds the process behind a denied lookup; `None`: attribution is off.
@@ -145,6 +146,21 @@ pub struct Chosen {
     pub matchable: bool,
 }
 
+/// The SOA of a denial's authority section: its minimum (and TTL) is the
+/// negative TTL. `fast::denial` writes the same bytes.
+pub fn deny_soa(negative_ttl: u32) -> Record {
+    let soa = SOA::new(
+        Name::from_ascii("allowdns.invalid.").expect("static name"),
+        Name::from_ascii("hostmaster.allowdns.invalid.").expect("static name"),
+        1,
+        3600,
+        600,
+        86400,
+        negative_ttl,
+    );
+    Record::from_rdata(Name::root(), negative_ttl, RData::SOA(soa))
+}
+
 impl Handler {
     pub fn new(
         loaded: Loaded,
@@ -154,15 +170,6 @@ impl Handler {
         firewall: Option<Firewall>,
         negative_ttl: u32,
     ) -> Self {
-        let soa = SOA::new(
-            Name::from_ascii("allowdns.invalid.").expect("static name"),
-            Name::from_ascii("hostmaster.allowdns.invalid.").expect("static name"),
-            1,
-            3600,
-            600,
-            86400,
-            negative_ttl,
-        );
         let firewall = firewall.map(Arc::new);
         Self {
             state: Arc::new(State::new(
@@ -175,7 +182,8 @@ impl Handler {
             alerts,
             firewall,
             firewall_alerts: Mutex::new((None, 0)),
-            deny_soa: Record::from_rdata(Name::root(), negative_ttl, RData::SOA(soa)),
+            deny_soa: deny_soa(negative_ttl),
+            negative_ttl,
             exfil: Default::default(),
             attribution: None,
         }
@@ -205,39 +213,14 @@ impl Handler {
                 return Progress::Answered(Outcome::refused(ResponseCode::Refused, None));
             }
             Decision::Deny { policy } => {
-                // Before the reply leaves: the asker may exit on NXDOMAIN.
-                let owner = self.asker(request, policy, src);
-                self.alerts.denied(Denied {
-                    ts: SystemTime::now(),
-                    agent: policy.agent.clone(),
-                    client: src,
-                    qname: name.clone(),
-                    qtype,
-                    action: Action::Blocked,
-                    owner: owner.clone(),
-                });
-                return Progress::Answered(Outcome {
-                    rcode: ResponseCode::NXDomain,
-                    answers: Vec::new(),
-                    authority: vec![self.deny_soa.clone()],
-                    authoritative: false,
-                    decision: Logged::Deny,
-                    agent: Some(policy.agent.clone()),
-                    slot: policy.metrics_slot,
-                    rule: None,
-                    dynamic: false,
-                    upstream_ms: None,
-                    exfil: None,
-                    stripped: Vec::new(),
-                    owner,
-                    keep: None,
-                });
+                let transport = Transport::of(request);
+                return Progress::Answered(self.deny(policy, src, transport, name, qtype));
             }
             Decision::Allow { policy, rule } => (policy, rule, Logged::Allow),
             Decision::WouldDeny { policy, rule } => {
                 // Monitor mode alerts what learn mode only records.
                 if policy.monitor {
-                    logged_owner = self.asker(request, policy, src);
+                    logged_owner = self.asker(Transport::of(request), policy, src);
                     self.alerts.denied(Denied {
                         ts: SystemTime::now(),
                         agent: policy.agent.clone(),
@@ -337,10 +320,11 @@ impl Handler {
         }
     }
 
-    /// The cache-hit fast path: the answer the full path kept ready for this
-    /// exact query, if the same policy set still allows it, with the same
-    /// decision, fence feeding and audit record as the full path. `None`:
-    /// take the full path.
+    /// The fast path, for cache hits and denials: the answer the full path
+    /// kept ready for this exact query, if the same policy set still allows
+    /// it, or the denial built from the query's bytes; with the same
+    /// decision, alert, fence feeding and audit record as the full path.
+    /// `None`: take the full path.
     pub fn hit(
         &self,
         raw: &[u8],
@@ -352,8 +336,21 @@ impl Handler {
         let key = QueryKey::of(&question.name)?;
         let loaded = self.state.snapshot();
         let governing = loaded.policies.for_client(src.ip())?;
-        let Decision::Allow { policy, rule } = decide_for(governing, Some(&key)) else {
-            return None;
+        let tcp = transport == Transport::Tcp;
+        let (policy, rule) = match decide_for(governing, Some(&key)) {
+            Decision::Allow { policy, rule } => (policy, rule),
+            Decision::Deny { policy } => {
+                let agent = &policy.agent;
+                let reply =
+                    crate::serve::fast::denial(raw, &question, tcp, self.negative_ttl, agent)?;
+                let mut outcome = self.deny(policy, src, transport, &question.name, question.qtype);
+                // The audit record does not hold the authority section.
+                outcome.authority.clear();
+                let query = Some((&question.name, question.qtype));
+                self.log(src, transport, query, outcome, started);
+                return Some(reply);
+            }
+            _ => return None,
         };
         if rule.expires.is_some() || !crate::serve::exfil::qtype_allowed(rule, question.qtype) {
             return None;
@@ -362,8 +359,7 @@ impl Handler {
             .resolver
             .cache()
             .ready(policy.id, &key, question.qtype)?;
-        if ready.generation != loaded.generation || !ready.answers(raw, transport == Transport::Tcp)
-        {
+        if ready.generation != loaded.generation || !ready.answers(raw, tcp) {
             return None;
         }
         let (reply, mut answers) = ready.reply(raw, Instant::now())?;
@@ -408,11 +404,40 @@ impl Handler {
         }
     }
 
+    /// A name not on the allowlist: the alert (with the asker, found
+    /// before the reply leaves, as it may exit on NXDOMAIN), and NXDOMAIN.
+    fn deny(
+        &self,
+        policy: &Policy,
+        src: SocketAddr,
+        transport: Transport,
+        name: &Name,
+        qtype: RecordType,
+    ) -> Outcome {
+        let owner = self.asker(transport, policy, src);
+        self.alerts.denied(Denied {
+            ts: SystemTime::now(),
+            agent: policy.agent.clone(),
+            client: src,
+            qname: name.clone(),
+            qtype,
+            action: Action::Blocked,
+            owner: owner.clone(),
+        });
+        Outcome {
+            rcode: ResponseCode::NXDomain,
+            authority: vec![self.deny_soa.clone()],
+            decision: Logged::Deny,
+            owner,
+            ..Outcome::refused(ResponseCode::NXDomain, Some(policy))
+        }
+    }
+
     /// The process behind a lookup, when attribution is on.
-    fn asker(&self, request: &Request, policy: &Policy, src: SocketAddr) -> Option<Attribution> {
+    fn asker(&self, transport: Transport, policy: &Policy, src: SocketAddr) -> Option<Attribution> {
         self.attribution.as_ref().map(|a| {
             let netns = policy.firewall.as_ref().and_then(|f| f.netns.as_deref());
-            let proto = match Transport::of(request) {
+            let proto = match transport {
                 Transport::Tcp => Proto::Tcp,
                 Transport::Udp => Proto::Udp,
             };
