@@ -66,7 +66,7 @@ if [ "$FEED" = 1 ]; then
   RUN=(ip netns exec "$NS")
 fi
 
-UP=5300; ALLOWDNS=5301; DNSMASQ=5302; UNBOUND=5303; BASE=5304; NOATTR=5305; NULLAUDIT_PORT=5306
+UP=5300; ALLOWDNS=5301; DNSMASQ=5302; UNBOUND=5303; BASE=5304; NOATTR=5305; NULLAUDIT_PORT=5306; BASE_NULL=5307
 MISS=${MISS:-1}
 NULLAUDIT=${NULLAUDIT:-1}
 if [ -z "${KNOT:-}" ]; then KNOT=0; command -v knotd >/dev/null && KNOT=1; fi
@@ -84,8 +84,10 @@ mkdir -p "$WORK/zones" "$WORK/up"
   echo '@ IN SOA ns.allowed.bench. h.allowed.bench. 1 3600 600 86400 300'
   echo '@ IN NS ns.allowed.bench.'
   echo 'ns IN A 127.0.0.1'
-  for i in $(seq 1 "$HOSTS"); do echo "host$i IN A 10.$((i / 250 % 250)).$((i % 250)).1"; done
-  echo '*.miss IN A 10.250.0.1'
+  # Documentation ranges: addresses the fence hands out (private ones it strips).
+  nets=(192.0.2 198.51.100 203.0.113)
+  for i in $(seq 1 "$HOSTS"); do echo "host$i IN A ${nets[i % 3]}.$((i / 3 % 256))"; done
+  echo "*.miss IN A 192.0.2.250"
 } > "$WORK/zones/allowed.bench.zone"
 printf 'agent_name: upstream\nallowed_dynamic_resolution: ["*"]\n' > "$WORK/up/policy.yaml"
 # The peers have no exfiltration budget; unique names under a wildcard would spend it.
@@ -173,6 +175,10 @@ fi
 if [ -n "$BASELINE" ]; then
   "${SRV[@]}" "$BASELINE" serve --listen 127.0.0.1:$BASE --policy "$WORK/policy.yaml" --upstream 127.0.0.1:$UP \
     --audit-log "$WORK/audit-base.jsonl" 2>"$WORK/allowdns-base.log" & PIDS+=($!); BASE_PID=$!
+  if [ "$NULLAUDIT" = 1 ]; then
+    "${SRV[@]}" "$BASELINE" serve --listen 127.0.0.1:$BASE_NULL --policy "$WORK/policy.yaml" --upstream 127.0.0.1:$UP \
+      --audit-log /dev/null 2>"$WORK/allowdns-base-null.log" & PIDS+=($!); BASE_NULL_PID=$!
+  fi
 fi
 
 "${SRV[@]}" dnsmasq --keep-in-foreground --no-resolv --no-hosts --no-poll --bind-interfaces \
@@ -210,12 +216,14 @@ CONF
   if [ "${TCP:-1}" = 1 ]; then loads+=(tcp1); fi
   if [ -n "$BASELINE" ]; then servers+=(allowdns-base); fi
   if [ "$NULLAUDIT" = 1 ]; then servers+=(allowdns-null); fi
+  if [ "$NULLAUDIT" = 1 ] && [ -n "$BASELINE" ]; then servers+=(allowdns-base-null); fi
   if [ "$KNOT" = 1 ]; then servers+=(knotd); fi
 fi
 PORTS="$ALLOWDNS $DNSMASQ $UNBOUND"
 if [ "$NULLAUDIT" = 1 ] && [ "$FEED" != 1 ] && [ "$ATTRIB" != 1 ]; then PORTS="$PORTS $NULLAUDIT_PORT"; fi
 if [ "$ATTRIB" = 1 ]; then PORTS="$ALLOWDNS $NOATTR"; fi
 if [ -n "$BASELINE" ] && [ "$FEED" != 1 ]; then PORTS="$PORTS $BASE"; fi
+if [ -n "$BASELINE" ] && [ "$NULLAUDIT" = 1 ] && [ "$FEED" != 1 ] && [ "$ATTRIB" != 1 ]; then PORTS="$PORTS $BASE_NULL"; fi
 for p in $PORTS; do wait_port $p; done
 for p in $PORTS; do
   "${RUN[@]}" dnsperf -s 127.0.0.1 -p $p -d "$WORK/hits.txt" -n 2 -q 50 >/dev/null 2>&1
@@ -224,7 +232,7 @@ done
 # --- runs -------------------------------------------------------------------
 RESULTS="$WORK/results.tsv"
 : > "$RESULTS"
-port_of() { case $1 in allowdns|allowdns-feed) echo $ALLOWDNS;; dnsmasq|dnsmasq-nftset) echo $DNSMASQ;; unbound|allowdns-nofeed) echo $UNBOUND;; allowdns-base) echo $BASE;; allowdns-noattr) echo $NOATTR;; allowdns-null) echo $NULLAUDIT_PORT;; knotd) echo $UP;; esac; }
+port_of() { case $1 in allowdns|allowdns-feed) echo $ALLOWDNS;; dnsmasq|dnsmasq-nftset) echo $DNSMASQ;; unbound|allowdns-nofeed) echo $UNBOUND;; allowdns-base) echo $BASE;; allowdns-noattr) echo $NOATTR;; allowdns-null) echo $NULLAUDIT_PORT;; allowdns-base-null) echo $BASE_NULL;; knotd) echo $UP;; esac; }
 # Unique allowed names, never asked before: every one is forwarded.
 miss_names() { python3 -c 'import sys; p, n = sys.argv[1], int(sys.argv[2]); sys.stdout.write("".join(f"{p}{i:x}.miss.allowed.bench A\n" for i in range(n)))' "$1" "$2"; }
 
@@ -277,7 +285,7 @@ if [ "$ATTRIB" = 1 ]; then
   echo "denials attributed: $(grep -c '"pid":' "$WORK/audit.jsonl"); not: $(grep -o '"owner_unknown":"[^"]*"' "$WORK/audit.jsonl" | sort | uniq -c | tr '\n' ' ')" >&2
 fi
 for s in "${servers[@]}"; do
-  case $(port_of "$s") in $ALLOWDNS) pid=$ALLOWDNS_PID;; $DNSMASQ) pid=$DNSMASQ_PID;; $BASE) pid=$BASE_PID;; $NOATTR) pid=$NOATTR_PID;; $NULLAUDIT_PORT) pid=$NULL_PID;; $UP) pid=$KNOT_PID;; *) pid=$UNBOUND_PID;; esac
+  case $(port_of "$s") in $ALLOWDNS) pid=$ALLOWDNS_PID;; $DNSMASQ) pid=$DNSMASQ_PID;; $BASE) pid=$BASE_PID;; $NOATTR) pid=$NOATTR_PID;; $NULLAUDIT_PORT) pid=$NULL_PID;; $BASE_NULL) pid=$BASE_NULL_PID;; $UP) pid=$KNOT_PID;; *) pid=$UNBOUND_PID;; esac
   echo "$s memory after all runs: $(awk '/VmHWM|VmRSS/ {printf "%s %s kB  ", $1, $2}' "/proc/$pid/status")" >&2
 done
 if [ "$FEED" = 1 ]; then
