@@ -101,7 +101,7 @@ pub fn denial(
     }
     if q.name
         .iter()
-        .last()
+        .next_back()
         .is_some_and(|l| l.eq_ignore_ascii_case(b"invalid"))
     {
         return None;
