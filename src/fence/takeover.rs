@@ -65,8 +65,7 @@ impl Firewall {
         policies: &PolicySet,
         done: &mut TakeOver,
     ) -> Result<(), FenceError> {
-        let inherited =
-            std::mem::take(&mut *lock(&target.inherited));
+        let inherited = std::mem::take(&mut *lock(&target.inherited));
         let installed = lock(&target.installed).clone();
         let now = Instant::now();
         let mut delete: HashMap<SetId, Vec<Element>> = HashMap::new();

@@ -296,7 +296,7 @@ impl Alerts {
     /// now: the process is looked up for those first. A peek; `denied`
     /// decides.
     pub fn would_alert(&self, client: IpAddr, qname: &Name) -> bool {
-        let state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = lock(&self.shared.state);
         if state.pending.len() >= MAX_PENDING {
             return false;
         }
@@ -308,7 +308,7 @@ impl Alerts {
 
     /// Whether a connection attempt from `client` would be alerted in full now.
     pub fn would_alert_egress(&self, client: IpAddr) -> bool {
-        let state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = lock(&self.shared.state);
         let f = &state.flows;
         !f.clients.contains_key(&client)
             && f.clients.len() < MAX_CLIENTS

@@ -155,6 +155,9 @@ impl Answerer {
             why.count();
             return Answer::Nothing;
         }
+        if let Some(reply) = self.handler.hit(raw, client, transport, started) {
+            return Answer::Reply(reply);
+        }
         let request = match wire::decode(raw, client, transport) {
             Ok(request) => request,
             Err(_) => {
@@ -165,8 +168,15 @@ impl Answerer {
             }
         };
         let (outcome, in_force, chosen) = match self.handler.begin(&request) {
-            Progress::Answered(outcome) => {
-                return Answer::Reply(reply(&self.handler, &request, outcome, started));
+            Progress::Answered(mut outcome) => {
+                let Some(keep) = outcome.keep.take() else {
+                    return Answer::Reply(reply(&self.handler, &request, outcome, started));
+                };
+                let (answers, rcode) = (outcome.answers.clone(), outcome.rcode);
+                let bytes = reply(&self.handler, &request, outcome, started);
+                self.handler
+                    .keep_ready(keep, raw, transport, &bytes, answers, rcode);
+                return Answer::Reply(bytes);
             }
             Progress::NeedsUpstream(outcome, in_force, chosen) => (outcome, in_force, chosen),
         };

@@ -25,18 +25,22 @@
 //!   [`SWEEP_EVERY`]) before the S3-FIFO has to pick a live victim.
 //!
 //! A side effect: agents cannot learn from hit timing what another asked.
+//!
+//! An entry also holds the answer the full path last sent from it, ready to
+//! send again ([`crate::serve::fast`]): it lives and goes with the entry.
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, RecordType};
 
 use crate::policy::name::{PolicyId, PolicyIdMap, QueryKey};
 use crate::policy::zones::Step;
+use crate::serve::fast::Ready;
 use crate::sync::lock;
 
 /// How often a full partition may be swept for expired entries.
@@ -109,6 +113,8 @@ struct Entry {
     stored: Instant,
     /// Seconds the entry lives, already clamped.
     lifetime: u32,
+    /// The reply last sent from it, kept ready to send.
+    ready: ArcSwapOption<Ready>,
 }
 
 impl Entry {
@@ -198,6 +204,32 @@ impl Cache {
         Some(step)
     }
 
+    /// The answer kept ready for this question, while its entry lives.
+    pub fn ready(&self, agent: PolicyId, name: &QueryKey, qtype: RecordType) -> Option<Arc<Ready>> {
+        let parts = self.parts.load();
+        let key = Asked {
+            name: name.as_str(),
+            qtype,
+        };
+        let entry = parts.get(&agent)?.entries.get(&key)?;
+        if !entry.live_at(Instant::now()) {
+            return None;
+        }
+        entry.ready.load_full()
+    }
+
+    /// Keeps `ready` with the live entry for this question, if there is one.
+    pub fn keep_ready(&self, agent: PolicyId, name: &QueryKey, qtype: RecordType, ready: Ready) {
+        let parts = self.parts.load();
+        let key = Asked {
+            name: name.as_str(),
+            qtype,
+        };
+        if let Some(entry) = parts.get(&agent).and_then(|p| p.entries.peek(&key)) {
+            entry.ready.store(Some(Arc::new(ready)));
+        }
+    }
+
     /// Stores a step in the agent's partition for at least `floor` seconds
     /// (within the configured ceiling); SERVFAIL and friends are never cached.
     pub fn insert(
@@ -223,6 +255,7 @@ impl Cache {
                 step: step.clone(),
                 stored: now,
                 lifetime,
+                ready: ArcSwapOption::empty(),
             }),
         );
     }
@@ -440,6 +473,7 @@ mod tests {
                     step: step(5),
                     stored: old,
                     lifetime: 5,
+                    ready: ArcSwapOption::empty(),
                 }),
             );
             // Once hot, so only their expiry marks them as victims.
@@ -497,6 +531,7 @@ mod tests {
                 step: step(60),
                 stored: Instant::now() - Duration::from_secs(20),
                 lifetime: 60,
+                ready: ArcSwapOption::empty(),
             }),
         );
         let hit = cache.get(agent(1), &name("aged"), RecordType::A).unwrap();
@@ -511,6 +546,7 @@ mod tests {
                 step: step(60),
                 stored: Instant::now() - Duration::from_secs(61),
                 lifetime: 60,
+                ready: ArcSwapOption::empty(),
             }),
         );
         assert!(cache.get(agent(1), &name("gone"), RecordType::A).is_none());

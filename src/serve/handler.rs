@@ -11,10 +11,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use hickory_server::proto::op::Query;
 use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::rdata::SOA;
-use hickory_server::proto::rr::{Name, RData, Record};
+use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::Request;
 
 use crate::fence::{FeedError, Firewall};
@@ -46,6 +45,7 @@ pub struct Handler {
     deny_soa: Record,
     exfil: Arc<Budgets>,
     attribution: Option<Arc<Attributor>>,
+    negative_ttl: u32,
 }
 
 /// The reply to send, and what the audit record says about it.
@@ -68,6 +68,17 @@ pub struct Outcome {
     pub stripped: Vec<IpAddr>,
     /// The process that asked: denials only.
     pub owner: Option<Attribution>,
+    /// Set when the reply may be kept ready in the cache for the fast path.
+    pub keep: Option<Keep>,
+}
+
+/// Where a reply built wholly from the cache may be kept ready to send.
+#[derive(Clone, Debug)]
+pub struct Keep {
+    agent: crate::policy::name::PolicyId,
+    key: QueryKey,
+    qtype: RecordType,
+    generation: u64,
 }
 
 impl Outcome {
@@ -87,6 +98,7 @@ impl Outcome {
             stripped: Vec::new(),
             exfil: None,
             owner: None,
+            keep: None,
         }
     }
 
@@ -100,15 +112,15 @@ impl Outcome {
         self,
         client: SocketAddr,
         transport: Transport,
-        query: Option<&Query>,
+        query: Option<(&Name, RecordType)>,
     ) -> AuditRecord {
         AuditRecord {
             ts: SystemTime::now(),
             client,
             transport: transport.as_str(),
             agent: self.agent,
-            qname: query.map(|q| q.name().clone()),
-            qtype: query.map(|q| q.query_type()),
+            qname: query.map(|q| q.0.clone()),
+            qtype: query.map(|q| q.1),
             decision: self.decision,
             rule: self.rule,
             dynamic: self.dynamic,
@@ -163,18 +175,24 @@ pub struct Chosen {
     pub matchable: bool,
 }
 
+/// The SOA of a denial's authority section: its minimum (and TTL) is the
+/// negative TTL. `fast::denial` writes the same bytes.
+pub fn deny_soa(negative_ttl: u32) -> Record {
+    let soa = SOA::new(
+        Name::from_ascii("allowdns.invalid.").expect("static name"),
+        Name::from_ascii("hostmaster.allowdns.invalid.").expect("static name"),
+        1,
+        3600,
+        600,
+        86400,
+        negative_ttl,
+    );
+    Record::from_rdata(Name::root(), negative_ttl, RData::SOA(soa))
+}
+
 impl Handler {
     /// The query path over the service's parts.
     pub fn new(service: &Service, negative_ttl: u32) -> Self {
-        let soa = SOA::new(
-            Name::from_ascii("allowdns.invalid.").expect("static name"),
-            Name::from_ascii("hostmaster.allowdns.invalid.").expect("static name"),
-            1,
-            3600,
-            600,
-            86400,
-            negative_ttl,
-        );
         Self {
             state: service.state.clone(),
             resolver: service.resolver.clone(),
@@ -182,7 +200,8 @@ impl Handler {
             alerts: service.alerts.clone(),
             firewall: service.firewall.clone(),
             firewall_alerts: Mutex::new(Throttle::new(Duration::from_secs(1))),
-            deny_soa: Record::from_rdata(Name::root(), negative_ttl, RData::SOA(soa)),
+            deny_soa: deny_soa(negative_ttl),
+            negative_ttl,
             exfil: service.exfil.clone(),
             attribution: service.attribution.clone(),
         }
@@ -209,28 +228,14 @@ impl Handler {
         let mut logged_owner = None;
         let (policy, rule, decision) = match decide::rule(governing, matched.as_ref()) {
             Ruling::Deny { policy } => {
-                // Before the reply leaves: the asker may exit on NXDOMAIN.
-                let owner = self.asker(request, policy, src, name);
-                self.alerts.denied(Denied {
-                    ts: SystemTime::now(),
-                    agent: policy.agent.clone(),
-                    client: src,
-                    qname: name.clone(),
-                    qtype,
-                    action: Action::Blocked,
-                    owner: owner.clone(),
-                });
-                return Progress::Answered(Outcome {
-                    authority: vec![self.deny_soa.clone()],
-                    owner,
-                    ..Outcome::new(ResponseCode::NXDomain, Decision::Deny, Some(policy))
-                });
+                let transport = Transport::of(request);
+                return Progress::Answered(self.deny(policy, src, transport, name, qtype));
             }
             Ruling::Allow { policy, rule } => (policy, rule, Decision::Allow),
             Ruling::WouldDeny { policy, rule } => {
                 // Monitor mode alerts what learn mode only records.
                 if policy.monitor {
-                    logged_owner = self.asker(request, policy, src, name);
+                    logged_owner = self.asker(Transport::of(request), policy, src, name);
                     self.alerts.denied(Denied {
                         ts: SystemTime::now(),
                         agent: policy.agent.clone(),
@@ -264,12 +269,29 @@ impl Handler {
             .resolver
             .resolve_now(&in_force.files.zones, &key, name, qtype, policy.id)
         {
-            Some(resolution) => Progress::Answered(self.fence(
-                &in_force,
-                policy,
-                rule,
-                outcome.resolved(resolution),
-            )),
+            Some(resolution) => {
+                let cached = resolution.cached;
+                let mut outcome = self.fence(&in_force, policy, rule, outcome.resolved(resolution));
+                // What the fast path can repeat as it is: an allowed answer
+                // from the cache alone, nothing stripped, no expiry to clamp to.
+                if cached
+                    && decision == Decision::Allow
+                    && rule.expires.is_none()
+                    && outcome.stripped.is_empty()
+                    && matches!(
+                        outcome.rcode,
+                        ResponseCode::NoError | ResponseCode::NXDomain
+                    )
+                {
+                    outcome.keep = Some(Keep {
+                        agent: policy.id,
+                        key,
+                        qtype,
+                        generation: in_force.generation,
+                    });
+                }
+                Progress::Answered(outcome)
+            }
             None => {
                 // The question is about to leave: under a wildcard, it is
                 // charged to the agent's exfiltration budget. Allowed means
@@ -302,11 +324,121 @@ impl Handler {
         }
     }
 
+    /// The fast path, for cache hits and denials: the answer the full path
+    /// kept ready for this exact query, if the same policy set still allows
+    /// it, or the denial built from the query's bytes; with the same
+    /// decision, alert, fence feeding and audit record as the full path.
+    /// `None`: take the full path.
+    pub fn hit(
+        &self,
+        raw: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+        started: Instant,
+    ) -> Option<Vec<u8>> {
+        let question = crate::serve::fast::Question::read(raw)?;
+        let key = QueryKey::of(&question.name)?;
+        let loaded = self.state.snapshot();
+        let governing = loaded.policies.for_client(src.ip())?;
+        let tcp = transport == Transport::Tcp;
+        let (policy, rule) = match decide::rule(governing, Some(&key)) {
+            Ruling::Allow { policy, rule } => (policy, rule),
+            Ruling::Deny { policy } => {
+                let agent = &policy.agent;
+                let reply =
+                    crate::serve::fast::denial(raw, &question, tcp, self.negative_ttl, agent)?;
+                let mut outcome = self.deny(policy, src, transport, &question.name, question.qtype);
+                // The audit record does not hold the authority section.
+                outcome.authority.clear();
+                let query = Some((&question.name, question.qtype));
+                self.log(src, transport, query, outcome, started);
+                return Some(reply);
+            }
+            _ => return None,
+        };
+        if rule.expires.is_some() || !crate::serve::exfil::qtype_allowed(rule, question.qtype) {
+            return None;
+        }
+        let ready = self
+            .resolver
+            .cache()
+            .ready(policy.id, &key, question.qtype)?;
+        if ready.generation != loaded.generation || !ready.answers(raw, tcp) {
+            return None;
+        }
+        let (reply, mut answers) = ready.reply(raw, Instant::now())?;
+        if let Some(firewall) = &self.firewall {
+            // A failure is the full path's to answer (SERVFAIL) and alert.
+            let fed = firewall.feed_decided_at(policy, rule, loaded.generation, &mut answers);
+            if fed.is_err() {
+                return None;
+            }
+        }
+        METRICS.cache_hit();
+        let outcome = Outcome {
+            rcode: ready.rcode,
+            answers,
+            rule: Some(rule.pattern.clone()),
+            dynamic: rule.dynamic,
+            ..Outcome::new(ResponseCode::NoError, Decision::Allow, Some(policy))
+        };
+        let query = Some((&question.name, question.qtype));
+        self.log(src, transport, query, outcome, started);
+        Some(reply)
+    }
+
+    /// Keeps `reply`, sent for `raw`, ready for the fast path (see [`Keep`]).
+    pub fn keep_ready(
+        &self,
+        keep: Keep,
+        raw: &[u8],
+        transport: Transport,
+        reply: &[u8],
+        answers: Vec<Record>,
+        rcode: ResponseCode,
+    ) {
+        let tcp = transport == Transport::Tcp;
+        if let Some(ready) =
+            crate::serve::fast::Ready::new(raw, tcp, reply, answers, rcode, keep.generation)
+        {
+            self.resolver
+                .cache()
+                .keep_ready(keep.agent, &keep.key, keep.qtype, ready);
+        }
+    }
+
+    /// A name not on the allowlist: the alert (with the asker, found
+    /// before the reply leaves, as it may exit on NXDOMAIN), and NXDOMAIN.
+    fn deny(
+        &self,
+        policy: &Policy,
+        src: SocketAddr,
+        transport: Transport,
+        name: &Name,
+        qtype: RecordType,
+    ) -> Outcome {
+        let owner = self.asker(transport, policy, src, name);
+        self.alerts.denied(Denied {
+            ts: SystemTime::now(),
+            agent: policy.agent.clone(),
+            client: src,
+            qname: name.clone(),
+            qtype,
+            action: Action::Blocked,
+            owner: owner.clone(),
+        });
+        Outcome {
+            authority: vec![self.deny_soa.clone()],
+            owner,
+            ..Outcome::new(ResponseCode::NXDomain, Decision::Deny, Some(policy))
+        }
+    }
+
     /// The process behind a lookup, when attribution is on: always for one
     /// alerted in full, within the rate for the others.
     fn asker(
         &self,
-        request: &Request,
+        transport: Transport,
         policy: &Policy,
         src: SocketAddr,
         name: &Name,
@@ -318,7 +450,7 @@ impl Handler {
                 Need::Record
             };
             let netns = policy.firewall.as_ref().and_then(|f| f.netns.as_deref());
-            let proto = match Transport::of(request) {
+            let proto = match transport {
                 Transport::Tcp => Proto::Tcp,
                 Transport::Udp => Proto::Udp,
             };
@@ -435,40 +567,65 @@ impl Handler {
     /// Counts and writes the audit record for an answered request, after its
     /// reply is encoded; `started` is when the question arrived.
     pub fn audit(&self, request: &Request, outcome: Outcome, started: Instant) {
-        let query = request.queries.queries().first().map(|q| q.original());
+        let query = request
+            .queries
+            .queries()
+            .first()
+            .map(|q| (q.original().name(), q.original().query_type()));
+        self.log(
+            request.src(),
+            Transport::of(request),
+            query,
+            outcome,
+            started,
+        );
+    }
+
+    /// [`Handler::audit`] from the parts of a request it needs.
+    fn log(
+        &self,
+        client: SocketAddr,
+        transport: Transport,
+        query: Option<(&Name, RecordType)>,
+        outcome: Outcome,
+        started: Instant,
+    ) {
         METRICS.query(
             outcome.slot,
             outcome.decision,
-            query.map(|q| q.query_type()),
+            query.map(|q| q.1),
             outcome.rcode,
             started.elapsed(),
         );
-        if let (Some(mark), Some(agent), Some(q)) = (outcome.exfil, &outcome.agent, query) {
+        if let (Some(mark), Some(agent), Some((qname, qtype))) =
+            (outcome.exfil, &outcome.agent, query)
+        {
             METRICS.exfil(outcome.slot, mark.as_str());
             self.alerts.exfil(Exfil {
                 ts: SystemTime::now(),
                 agent,
-                client: request.src(),
-                qname: q.name(),
-                qtype: q.query_type(),
+                client,
+                qname,
+                qtype,
                 mark: mark.as_str(),
             });
         }
-        if let (false, Some(agent), Some(q)) = (outcome.stripped.is_empty(), &outcome.agent, query)
+        if let (false, Some(agent), Some((qname, qtype))) =
+            (outcome.stripped.is_empty(), &outcome.agent, query)
         {
             METRICS.stripped(outcome.slot);
             self.alerts.stripped(Stripped {
                 ts: SystemTime::now(),
                 agent: agent.clone(),
-                client: request.src(),
-                qname: q.name().clone(),
-                qtype: q.query_type(),
+                client,
+                qname: qname.clone(),
+                qtype,
                 rule: outcome.rule.clone(),
                 addresses: outcome.stripped.clone(),
             });
         }
-        let record = outcome.into_record(request.src(), Transport::of(request), query);
-        self.audit.record(record);
+        self.audit
+            .record(outcome.into_record(client, transport, query));
     }
 
     /// A request that could not be parsed: FORMERR from its header, audited.

@@ -11,6 +11,7 @@ pub mod dad;
 pub mod decide;
 pub mod egress;
 pub mod exfil;
+pub mod fast;
 pub mod handler;
 pub mod resolve;
 pub mod server;

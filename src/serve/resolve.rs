@@ -51,6 +51,8 @@ pub struct Resolution {
     pub authority: Vec<Record>,
     /// Every hop was from a local zone.
     pub authoritative: bool,
+    /// Every hop was from the cache.
+    pub cached: bool,
     /// Time spent waiting on upstream exchanges; `None` if none was made.
     pub upstream_time: Option<Duration>,
 }
@@ -79,6 +81,11 @@ impl Resolver {
     /// Where allowed names that no local zone holds are resolved.
     pub fn upstream(&self) -> &Arc<Upstream> {
         &self.upstream
+    }
+
+    /// The answer cache, which also keeps answers ready to send.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
     }
 
     /// Asks the upstream, or joins the identical question already asked.
@@ -233,6 +240,7 @@ impl<'k> Chase<'k> {
                 answers: Vec::new(),
                 authority: Vec::new(),
                 authoritative: true,
+                cached: true,
                 upstream_time: None,
             },
         }
@@ -243,6 +251,7 @@ impl<'k> Chase<'k> {
     fn add(&mut self, step: Step, source: Source) -> bool {
         self.hops += 1;
         self.out.authoritative &= source == Source::Local;
+        self.out.cached &= source == Source::Cache;
         self.out.rcode = step.rcode;
         self.out.authority = step.authority;
         for r in step.answers {

@@ -3,6 +3,7 @@
 //! denials then costs a clock read and a lock per denial, not a socket
 //! lookup; what the bucket refuses is recorded as `unknown (rate limited)`.
 
+use crate::sync::lock;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -38,7 +39,7 @@ impl Rate {
             return false;
         }
         let full = f64::from(self.per_second);
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buckets = lock(&self.buckets);
         // A linear search: one entry per namespace the policies name.
         let i = match buckets.iter().position(|b| b.netns.as_deref() == netns) {
             Some(i) => i,

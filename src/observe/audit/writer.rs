@@ -1,18 +1,22 @@
 //! The audit log's writer: the buffer, the writer thread, and what happens
 //! when the disk is full.
 //!
-//! Handlers append records to a shared buffer and never wait on I/O; a
-//! dedicated thread swaps the buffer out every few milliseconds, formats and
-//! writes it. Waking a thread per record would cost more than answering the
-//! query, so the writer polls instead. If the buffer is full the record is
-//! counted as lost, and the count is written to the log itself (and stderr)
-//! on the next pass, so loss is never silent. Closing drains and flushes.
+//! Each thread that answers queries appends records to a buffer of its own
+//! (a lock only the writer ever contends, once per pass) and never waits on
+//! I/O; a dedicated thread swaps every buffer out every few milliseconds,
+//! puts the batch in time order, formats and writes it. One buffer shared by
+//! all serving threads was their one common lock on the query path. Waking a
+//! thread per record would cost more than answering the query, so the
+//! writer polls instead. If a buffer is full the record is counted as lost,
+//! and the count is written to the log itself (and stderr) on the next pass,
+//! so loss is never silent. Closing drains and flushes.
 
+use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::format::{AuditRecord, format_record};
@@ -20,13 +24,19 @@ use super::schema::{Event, EventLine, RecordsLost};
 use crate::observe::worker::Worker;
 use crate::sync::lock;
 
-/// Records buffered before the writer falls behind and records are counted lost.
-const CAPACITY: usize = 262_144;
+/// Records one thread's buffer holds before the writer has fallen behind
+/// and that thread's records are counted lost.
+const CAPACITY: usize = 65_536;
 /// How often the writer wakes to drain the buffer.
 const TICK: Duration = Duration::from_millis(5);
 
+/// One thread's buffered records.
+type Buffer = Mutex<Vec<AuditRecord>>;
+
 struct Shared {
-    buffer: Mutex<Vec<AuditRecord>>,
+    /// Every recording thread's buffer; a thread adds its own on its first
+    /// record, and the writer drops it once the thread is gone and it is empty.
+    buffers: Mutex<Vec<Arc<Buffer>>>,
     /// Rare non-query events (grants), as JSON lines with a sequence
     /// number; never dropped.
     events: Mutex<Vec<(u64, String)>>,
@@ -36,7 +46,7 @@ struct Shared {
     /// and flushed, and up to which some event of a failed pass was lost;
     /// waited on by [`AuditLog::event_durable`].
     durable: (Mutex<(u64, u64)>, Condvar),
-    /// Records the buffer may hold before new ones are counted as lost.
+    /// Records one buffer may hold before new ones are counted as lost.
     capacity: usize,
     lost: AtomicU64,
     /// Set by SIGHUP: reopen the file by its path (after logrotate moved it).
@@ -86,7 +96,7 @@ impl AuditLog {
 
     fn start_with(out: Out, path: Option<PathBuf>, capacity: usize) -> AuditLog {
         let shared = Arc::new(Shared {
-            buffer: Mutex::new(Vec::with_capacity(4096)),
+            buffers: Mutex::new(Vec::new()),
             events: Mutex::new(Vec::new()),
             capacity,
             lost: AtomicU64::new(0),
@@ -121,9 +131,10 @@ impl AuditLog {
         }
     }
 
-    /// Queues a record; never blocks on I/O.
+    /// Queues a record in this thread's buffer; never blocks on I/O.
     pub fn record(&self, record: AuditRecord) {
-        let mut buffer = lock(&self.shared.buffer);
+        let buffer = self.own_buffer();
+        let mut buffer = lock(&buffer);
         if buffer.len() < self.shared.capacity && !self.writer.is_closing() {
             buffer.push(record);
         } else {
@@ -132,6 +143,27 @@ impl AuditLog {
                 .audit_lost
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// This thread's buffer for this log, made and registered on first use.
+    fn own_buffer(&self) -> Arc<Buffer> {
+        thread_local! {
+            /// (log, this thread's buffer for it); a test process has several logs.
+            static OWN: RefCell<Vec<(Weak<Shared>, Arc<Buffer>)>> = const { RefCell::new(Vec::new()) };
+        }
+        OWN.with_borrow_mut(|own| {
+            if let Some((_, buffer)) = own
+                .iter()
+                .find(|(log, _)| std::ptr::eq(log.as_ptr(), Arc::as_ptr(&self.shared)))
+            {
+                return buffer.clone();
+            }
+            own.retain(|(log, _)| log.strong_count() > 0);
+            let buffer = Arc::new(Mutex::new(Vec::with_capacity(1024)));
+            lock(&self.shared.buffers).push(buffer.clone());
+            own.push((Arc::downgrade(&self.shared), buffer.clone()));
+            buffer
+        })
     }
 
     /// Asks the writer to reopen the file by its path (logrotate, SIGHUP).
@@ -262,6 +294,8 @@ struct Writer {
     /// Buffer overflows not yet on stderr, and when they last were.
     overflow: (u64, Option<Instant>),
     batch: Vec<AuditRecord>,
+    /// A spare buffer to swap into a thread's place.
+    spare: Vec<AuditRecord>,
 }
 
 impl Writer {
@@ -275,12 +309,13 @@ impl Writer {
             trouble: None,
             overflow: (0, None),
             batch: Vec::with_capacity(4096),
+            spare: Vec::new(),
         }
     }
 
     /// One pass: takes what is buffered, writes it whole or counts it lost.
     fn pass(&mut self, shared: &Shared) {
-        std::mem::swap(&mut self.batch, &mut *lock(&shared.buffer));
+        self.collect(shared);
         let events = std::mem::take(&mut *lock(&shared.events));
         let last_event = events.last().map(|(seq, _)| *seq);
         // Loss goes first: once writing works again, the first line says
@@ -340,6 +375,31 @@ impl Writer {
             flushed.notify_all();
         }
         self.after_pass(ok);
+    }
+
+    /// Moves every thread's records into `batch`, in time order (each
+    /// thread's are already), and forgets the buffers of threads that ended.
+    fn collect(&mut self, shared: &Shared) {
+        let mut buffers = lock(&shared.buffers);
+        let mut from = 0;
+        buffers.retain(|buffer| {
+            {
+                let mut records = lock(buffer);
+                if !records.is_empty() {
+                    std::mem::swap(&mut self.spare, &mut records);
+                    from += 1;
+                }
+            }
+            if !self.spare.is_empty() {
+                self.batch.append(&mut self.spare);
+            }
+            // Held only here: the thread has ended and left nothing.
+            Arc::strong_count(buffer) > 1
+        });
+        drop(buffers);
+        if from > 1 {
+            self.batch.sort_by_key(|r| r.ts);
+        }
     }
 
     /// A stream left inside a line gets a newline before the next one.

@@ -512,6 +512,21 @@ impl Tally {
                     ),
                 )
             }
+            Event::FenceWithdrawn(w) => (
+                "expiry",
+                "fence_withdrawn",
+                format!(
+                    "fence: {} withdrawn from {} ({}{}): {}",
+                    w.addr,
+                    w.target,
+                    w.agent.as_deref().unwrap_or("no agent"),
+                    w.name
+                        .as_deref()
+                        .map(|n| format!(", {n}"))
+                        .unwrap_or_default(),
+                    w.reason
+                ),
+            ),
             Event::EntryExpired(e) => (
                 "expiry",
                 "entry_expired",
