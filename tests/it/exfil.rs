@@ -558,7 +558,7 @@ impl Asker {
         self.sock.send_to(&q, self.server).unwrap();
         let mut buf = [0u8; 1500];
         loop {
-            let (n, _) = self.sock.recv_from(&mut buf).expect("a reply");
+            let (n, _) = common::recv_from(&self.sock, &mut buf).expect("a reply");
             if n >= 12 && buf[..2] == self.id.to_be_bytes() {
                 return buf[3] & 0x0f;
             }

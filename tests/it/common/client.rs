@@ -97,9 +97,21 @@ pub fn exchange_udp(server: SocketAddr, bytes: &[u8], from: Option<IpAddr>) -> V
         .unwrap();
     sock.send_to(bytes, server).unwrap();
     let mut buf = vec![0u8; 65535];
-    let (n, _) = sock.recv_from(&mut buf).expect("UDP reply within 10 s");
+    let (n, _) = recv_from(&sock, &mut buf).expect("UDP reply within 10 s");
     buf.truncate(n);
     buf
+}
+
+/// `recv_from` that waits on through signals: the tests share one process,
+/// and a socket with a read timeout is not restarted after one (signal(7)).
+pub fn recv_from(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    for _ in 0..8 {
+        match sock.recv_from(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+    sock.recv_from(buf)
 }
 
 pub fn exchange_tcp(server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
