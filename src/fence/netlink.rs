@@ -74,13 +74,18 @@ pub struct Element {
 pub const LABEL_MAX: usize = 127;
 
 /// nft's user data for an element comment: a (type 0, length) TLV holding
-/// the NUL-terminated text.
-fn comment_udata(label: &str) -> Vec<u8> {
-    let text = &label.as_bytes()[..label.len().min(LABEL_MAX)];
+/// the NUL-terminated text. A label too long is not written at all: cut,
+/// it could read back as another name (the take-over withdraws unlabelled
+/// elements).
+fn comment_udata(label: &str) -> Option<Vec<u8>> {
+    let text = label.as_bytes();
+    if text.len() > LABEL_MAX {
+        return None;
+    }
     let mut out = vec![0, (text.len() + 1) as u8];
     out.extend_from_slice(text);
     out.push(0);
-    out
+    Some(out)
 }
 
 fn comment_of(udata: &[u8]) -> Option<String> {
@@ -196,9 +201,9 @@ impl Netlink {
                             put(&mut buf, NFTA_SET_ELEM_EXPIRATION, &ms);
                         }
                         if kind == NFT_MSG_NEWSETELEM
-                            && let Some(label) = &e.label
+                            && let Some(udata) = e.label.as_deref().and_then(comment_udata)
                         {
-                            put(&mut buf, NFTA_SET_ELEM_USERDATA, &comment_udata(label));
+                            put(&mut buf, NFTA_SET_ELEM_USERDATA, &udata);
                         }
                         nest_end(&mut buf, item);
                     }
@@ -510,13 +515,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn labels_read_back_as_written_and_are_cut_to_what_nft_reads() {
+    fn labels_read_back_as_written_and_a_long_one_is_never_cut() {
         assert_eq!(
-            comment_of(&comment_udata("a x.test")).as_deref(),
+            comment_of(&comment_udata("a x.test").unwrap()).as_deref(),
             Some("a x.test")
         );
-        let long = "x".repeat(300);
-        assert_eq!(comment_of(&comment_udata(&long)).unwrap().len(), LABEL_MAX);
+        let fits = format!("a {}", "x".repeat(LABEL_MAX - 2));
+        assert_eq!(comment_of(&comment_udata(&fits).unwrap()), Some(fits));
+        // Cut, "a <pad>.github.com.t.evil.example" would read back as a
+        // name under another rule.
+        let long = format!("a {}.github.com.t.evil.example", "p".repeat(LABEL_MAX - 13));
+        assert_eq!(comment_udata(&long), None);
         assert_eq!(comment_of(&[1, 2, 9, 9]), None);
         assert_eq!(comment_of(&[0, 9, 1]), None);
     }

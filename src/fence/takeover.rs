@@ -82,7 +82,7 @@ impl Firewall {
                 continue;
             };
             let left = listed.expires_in.unwrap_or_default();
-            match verdict(target, policies, set, &listed, address) {
+            match verdict(target, policies, set, &listed, address, left) {
                 Ok((policy, rule, name)) => {
                     done.kept += 1;
                     let handed = Handed {
@@ -184,7 +184,17 @@ fn verdict<'a>(
     set: SetId,
     listed: &'a Listed,
     address: IpAddr,
+    left: Duration,
 ) -> Result<(&'a Arc<Policy>, &'a Rule, &'a str), String> {
+    // No element allowdns feeds outlives max_ttl plus grace: a longer one
+    // was written by someone else.
+    let longest = u64::from(target.config.max_ttl) + u64::from(target.config.grace) + 1;
+    if left > Duration::from_secs(longest) {
+        return Err(format!(
+            "{}s left, longer than this table's max_ttl plus grace ({longest}s)",
+            left.as_secs()
+        ));
+    }
     let Some((agent, name)) = listed.label.as_deref().and_then(parse) else {
         return Err("not labelled as handed out by allowdns".into());
     };

@@ -1507,6 +1507,21 @@ fn a_restart_keeps_what_the_policy_still_allows_and_withdraws_the_rest() {
         "allowed_v4",
         "{ 203.0.113.99 timeout 1h }",
     ]);
+    // One forged with an allowed name's label, but a timeout allowdns never
+    // gives (past max_ttl plus grace): someone else wrote it.
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.a,
+        "nft",
+        "add",
+        "element",
+        "inet",
+        "allowdns",
+        "allowed_v4",
+        "{ 203.0.113.98 timeout 2d comment \"restart keep.fw.test\" }",
+    ]);
     let (_, listed) = sh_out(&[
         "ip",
         "netns",
@@ -1527,7 +1542,12 @@ fn a_restart_keeps_what_the_policy_still_allows_and_withdraws_the_rest() {
     assert!(status.success());
 
     // Control: with allowdns down, all three still pass.
-    for addr in ["203.0.113.10:443", "203.0.113.66:443", "203.0.113.99:443"] {
+    for addr in [
+        "203.0.113.10:443",
+        "203.0.113.66:443",
+        "203.0.113.99:443",
+        "203.0.113.98:443",
+    ] {
         assert!(connect(&lab, addr).is_some(), "{addr} closed while down");
     }
 
@@ -1553,6 +1573,10 @@ fn a_restart_keeps_what_the_policy_still_allows_and_withdraws_the_rest() {
         connect(&lab, "203.0.113.99:443").is_none(),
         "an element allowdns never handed out still passes after the restart"
     );
+    assert!(
+        connect(&lab, "203.0.113.98:443").is_none(),
+        "a forged label with a timeout allowdns never gives still passes after the restart"
+    );
     assert_eq!(
         upstream.count("keep.fw.test"),
         1,
@@ -1572,7 +1596,11 @@ fn a_restart_keeps_what_the_policy_still_allows_and_withdraws_the_rest() {
         .into_iter()
         .filter(|r| r["event"] == "fence_withdrawn")
         .collect();
-    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(
+        stderr.contains("[!] FENCE: 203.0.113.98 withdrawn: left by the previous run, but 17"),
+        "{stderr}"
+    );
+    assert_eq!(events.len(), 3, "{events:?}");
     let dropped = events.iter().find(|e| e["addr"] == "203.0.113.66").unwrap();
     assert_eq!(dropped["agent"], "restart");
     assert_eq!(dropped["name"], "dropped.fw.test");
