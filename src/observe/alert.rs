@@ -170,6 +170,42 @@ impl<T> Windows<T> {
             true
         }
     }
+
+    /// Closes the windows that have run their course (all of them with
+    /// `all`), writing what each counted: "[!] ... and N more {what} CLIENT
+    /// (agent A) {why} in the last S s".
+    fn close(
+        &mut self,
+        now: Instant,
+        window: Duration,
+        all: bool,
+        (what, why): (&str, &str),
+        text: &mut String,
+    ) {
+        self.clients.retain(|ip, w| {
+            let done = all || now.duration_since(w.opened) >= window;
+            if done && w.suppressed > 0 {
+                text.push_str(&format!(
+                    "[!] ... and {} more {what} {ip} (agent {}) {why} in the last {} s\n",
+                    thousands(w.suppressed),
+                    w.agent,
+                    now.duration_since(w.opened).as_secs().max(1),
+                ));
+            }
+            !done
+        });
+        if let Some(since) = self.other_since
+            && (all || now.duration_since(since) >= window)
+        {
+            text.push_str(&format!(
+                "[!] ... and {} more {what} other clients {why} in the last {} s (the audit log has each one)\n",
+                thousands(self.other),
+                now.duration_since(since).as_secs().max(1),
+            ));
+            self.other = 0;
+            self.other_since = None;
+        }
+    }
 }
 
 /// Stripped answers.
@@ -596,29 +632,13 @@ fn collect_strips(
             addresses.join(", "),
         ));
     }
-    s.clients.retain(|ip, w| {
-        let done = all || now.duration_since(w.opened) >= window;
-        if done && w.suppressed > 0 {
-            text.push_str(&format!(
-                "[!] ... and {} more answers to {ip} (agent {}) stripped of special-purpose addresses in the last {} s\n",
-                thousands(w.suppressed),
-                w.agent,
-                now.duration_since(w.opened).as_secs().max(1),
-            ));
-        }
-        !done
-    });
-    if let Some(since) = s.other_since
-        && (all || now.duration_since(since) >= window)
-    {
-        text.push_str(&format!(
-            "[!] ... and {} more answers to other clients stripped of special-purpose addresses in the last {} s (the audit log has each one)\n",
-            thousands(s.other),
-            now.duration_since(since).as_secs().max(1),
-        ));
-        s.other = 0;
-        s.other_since = None;
-    }
+    s.close(
+        now,
+        window,
+        all,
+        ("answers to", "stripped of special-purpose addresses"),
+        text,
+    );
 }
 
 fn collect_flows(
@@ -654,29 +674,13 @@ fn collect_flows(
                 .unwrap_or("NONE - Connection not in allow-list."),
         ));
     }
-    f.clients.retain(|ip, w| {
-        let done = all || now.duration_since(w.opened) >= window;
-        if done && w.suppressed > 0 {
-            text.push_str(&format!(
-                "[!] ... and {} more connection attempts from {ip} (agent {}) outside the allowlist in the last {} s\n",
-                thousands(w.suppressed),
-                w.agent,
-                now.duration_since(w.opened).as_secs().max(1),
-            ));
-        }
-        !done
-    });
-    if let Some(since) = f.other_since
-        && (all || now.duration_since(since) >= window)
-    {
-        text.push_str(&format!(
-            "[!] ... and {} more connection attempts from other clients outside the allowlist in the last {} s (the audit log has each one)\n",
-            thousands(f.other),
-            now.duration_since(since).as_secs().max(1),
-        ));
-        f.other = 0;
-        f.other_since = None;
-    }
+    f.close(
+        now,
+        window,
+        all,
+        ("connection attempts from", "outside the allowlist"),
+        text,
+    );
 }
 
 /// 4812 -> "4,812".

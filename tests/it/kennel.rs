@@ -359,7 +359,7 @@ const PROBES: &[Probe] = &[
     refused("nft_flush_new_userns", "unshare -Ur nft flush ruleset"),
     refused(
         "write_resolv",
-        r#"sh -c 'grep -qx "nameserver 127.0.0.1" /etc/resolv.conf || exit 0; echo nameserver 198.51.100.66 > /etc/resolv.conf'"#,
+        r#"sh -c 'grep -q __kennel /proc/1/cmdline && grep -q " /etc/resolv.conf " /proc/self/mountinfo && grep -qx "nameserver 127.0.0.1" /etc/resolv.conf || exit 0; echo nameserver 198.51.100.66 > /etc/resolv.conf'"#,
     ),
     refused("umount_resolv", "umount /etc/resolv.conf"),
     refused("loopback_gw", "python3 $P tcp 198.51.100.14 7070"),
