@@ -314,13 +314,21 @@ impl Drop for Spawned {
 
 /// A loopback port free for both UDP and TCP just now.
 fn free_port() -> u16 {
-    loop {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+    // Below the kernel's ephemeral range (32768 up): a port from that range,
+    // left free while allowdns restarts, can be taken by another test's
+    // client socket, or by the stub's own TCP connect to itself.
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() % 4000) as u16;
+    for _ in 0..4000 {
+        let port = 24000 + seed.wrapping_add(NEXT.fetch_add(7, Ordering::Relaxed)) % 8000;
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
             return port;
         }
     }
+    panic!("no free port between 24000 and 32000");
 }
 
 /// An offline allowdns setup: one allowed name in a local zone.
