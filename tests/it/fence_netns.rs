@@ -15,132 +15,49 @@
 
 use crate::common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, SocketAddrV6, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::net::{SocketAddr, SocketAddrV6, TcpStream};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::netns::{AGENT_V4, Agent as Lab, DNS};
 use common::*;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, RecordType};
 
-const DNS: &str = "10.200.1.1";
-const AGENT_V4: &str = "10.200.2.2";
-
-struct Lab {
-    r: String,
-    a: String,
-    i: String,
-    dir: TempDir,
-    _ns: netns::Lab,
-}
-
-impl Lab {
-    fn create() -> Lab {
-        let ns = netns::Lab::new("fence", &["r", "a", "i"])
-            .veth(("r", "r-a", "10.200.1.1/30"), ("a", "a-r", "10.200.1.2/30"))
-            .sysctl("a", "net.ipv6.conf.default.accept_dad=0")
-            .sysctl("i", "net.ipv6.conf.default.accept_dad=0")
-            .veth(("a", "a-i", "10.200.2.2/24"), ("i", "i-a", "10.200.2.1/24"))
-            .ip("a", "addr add 2001:db8:2::2/64 dev a-i nodad")
+/// The lab, when root and the tools are there (else skipped or failed, see
+/// the module's head).
+fn lab() -> Option<Lab> {
+    if !netns::agent_prerequisites(&["python3"]) {
+        return None;
+    }
+    Some(Lab::new("fence", |ns| {
+        ns.ip("a", "addr add 2001:db8:2::2/64 dev a-i nodad")
             .ip("i", "addr add fe80::1/64 dev i-a nodad")
             .ip("i", "addr add 2001:db8:2::1/64 dev i-a nodad")
-            .ip("a", "route add default via 10.200.2.1")
             .ip("a", "-6 route add default via fe80::1 dev a-i")
             // The internet, the metadata service and an internal host, all in I.
             .ip("i", "addr add 203.0.113.0/24 dev lo")
             .ip("i", "addr add 169.254.169.254/32 dev lo")
             .ip("i", "addr add 10.9.9.9/32 dev lo")
             .ip("i", "addr add 2001:db8:3::10/128 dev lo")
-            .ip("i", "addr add 2001:db8:3::99/128 dev lo");
-        Lab {
-            r: ns.name("r").to_string(),
-            a: ns.name("a").to_string(),
-            i: ns.name("i").to_string(),
-            dir: TempDir::new("fence"),
-            _ns: ns,
-        }
-    }
-
-    fn netns(&self, ns: &str) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{ns}"))
-    }
-
-    /// Prints the ruleset for `policy` with `allowdns nft-ruleset` and loads
-    /// it into A, as a person would. Returns the policy's path.
-    fn fence(&self, name: &str, policy: &str) -> PathBuf {
-        let policy = self.dir.write(name, &policy.replace("NETNS", &self.a));
-        let ruleset = nft_ruleset(&policy, DNS);
-        let file = self.dir.write(&format!("{name}.nft"), &ruleset);
-        netns::nft_file(&self.a, &file);
-        policy
-    }
-
-    fn unfence(&self) {
-        sh(&["ip", "netns", "exec", &self.a, "nft", "flush", "ruleset"]);
-    }
-
-    fn nft(&self, args: &str) -> String {
-        let (ok, out) = sh_out(&["sh", "-c", &format!("ip netns exec {} nft {args}", self.a)]);
-        assert!(ok, "nft {args}: {out}");
-        out
-    }
-
-    /// The index of A's link to I, for link-local addresses.
-    fn agent_ifindex(&self) -> u32 {
-        let (ok, out) = sh_out(&["ip", "-n", &self.a, "-o", "link", "show", "a-i"]);
-        assert!(ok, "{out}");
-        out.split(':').next().unwrap().trim().parse().unwrap()
-    }
-
-    fn serve(&self, policy: &Path, upstream: &str, audit: &Path) -> Allowdns {
-        Allowdns::serve_via(
-            &["ip", "netns", "exec", &self.r],
-            &[
-                "--listen",
-                &format!("{DNS}:53"),
-                "--policy",
-                policy.to_str().unwrap(),
-                "--upstream",
-                upstream,
-                "--audit-log",
-                audit.to_str().unwrap(),
-            ],
-        )
-    }
+            .ip("i", "addr add 2001:db8:3::99/128 dev lo")
+    }))
 }
 
-/// An echo server in `ns` (`[::]` takes IPv4 too).
-fn listen(ns: PathBuf, addr: &'static str) {
-    let listener = in_ns(ns, move || TcpListener::bind(addr).unwrap());
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+/// The index of A's link to I, for link-local addresses.
+fn agent_ifindex(lab: &Lab) -> u32 {
+    let (ok, out) = sh_out(&["ip", "-n", &lab.a, "-o", "link", "show", "a-i"]);
+    assert!(ok, "{out}");
+    out.split(':').next().unwrap().trim().parse().unwrap()
 }
 
 fn connect_from(ns: PathBuf, addr: SocketAddr) -> bool {
     in_ns(ns, move || {
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(800)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut buf = [0u8; 4];
-        s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"ping"
+        TcpStream::connect_timeout(&addr, Duration::from_millis(800))
+            .is_ok_and(|mut s| netns::echo(&mut s))
     })
-}
-
-fn prerequisites() -> bool {
-    require_root_and(&["ip", "nft", "python3", "sysctl"])
 }
 
 const ZONE: &str = "$ORIGIN cdn.test.\n$TTL 300\n@ IN SOA ns.cdn.test. h.cdn.test. 1 3600 600 86400 5\n@ IN NS ns.cdn.test.\nns IN A 127.0.0.1\n\
@@ -151,18 +68,12 @@ const ZONE: &str = "$ORIGIN cdn.test.\n$TTL 300\n@ IN SOA ns.cdn.test. h.cdn.tes
 /// metadata, the internal network and IPv6 link-local.
 #[test]
 fn special_purpose_addresses_are_never_handed_out_or_reached() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
-    listen(lab.netns(&lab.i), "[::]:80");
-    let zone = lab.dir.write("cdn.test.zone", ZONE);
-    let upstream = in_ns(lab.netns(&lab.r), move || {
-        Upstream::start("127.0.0.1", 0, &[zone])
-    });
+    let Some(lab) = lab() else { return };
+    netns::echo_server(lab.netns(&lab.i), "[::]:80");
+    let upstream = lab.upstream_in_r("cdn.test.zone", ZONE);
     let up = upstream.addr.to_string();
     let server: SocketAddr = format!("{DNS}:53").parse().unwrap();
-    let scope = lab.agent_ifindex();
+    let scope = agent_ifindex(&lab);
     let ll6 = SocketAddr::V6(SocketAddrV6::new("fe80::1".parse().unwrap(), 80, 0, scope));
     let a = || lab.netns(&lab.a);
     let lookup = |name: &'static str, t: RecordType| in_ns(a(), move || query(server, name, t));
@@ -174,7 +85,7 @@ fn special_purpose_addresses_are_never_handed_out_or_reached() {
         "agent_name: cdn\nallowed_dynamic_resolution:\n  - pattern: \"*.cdn.test\"\n    private: [169.254.0.0/16, 10.0.0.0/8, fe80::/10]\nfirewall:\n  netns: NETNS\n",
     );
     let audit_open = lab.dir.0.join("open.jsonl");
-    let dns = lab.serve(&open, &up, &audit_open);
+    let dns = lab.serve_in_r(&open, &up, &["--audit-log", audit_open.to_str().unwrap()]);
     for (name, t, ip) in [
         ("meta.cdn.test", RecordType::A, "169.254.169.254"),
         ("int.cdn.test", RecordType::A, "10.9.9.9"),
@@ -184,18 +95,9 @@ fn special_purpose_addresses_are_never_handed_out_or_reached() {
         let got: Vec<String> = m.answers.iter().map(|r| r.data.to_string()).collect();
         assert_eq!(got, vec![ip.to_string()], "control: {name} handed out");
     }
-    assert!(
-        lab.nft("list set inet allowdns allowed_v4")
-            .contains("169.254.169.254")
-    );
-    assert!(
-        lab.nft("list set inet allowdns allowed_v4")
-            .contains("10.9.9.9")
-    );
-    assert!(
-        lab.nft("list set inet allowdns allowed_v6")
-            .contains("fe80::1")
-    );
+    assert!(lab.set("allowed_v4").contains("169.254.169.254"));
+    assert!(lab.set("allowed_v4").contains("10.9.9.9"));
+    assert!(lab.set("allowed_v6").contains("fe80::1"));
     assert!(
         connect_from(a(), "169.254.169.254:80".parse().unwrap()),
         "control: metadata reached"
@@ -214,7 +116,7 @@ fn special_purpose_addresses_are_never_handed_out_or_reached() {
         "agent_name: cdn\nallowed_dynamic_resolution:\n  - \"*.cdn.test\"\nfirewall:\n  netns: NETNS\n",
     );
     let audit = lab.dir.0.join("closed.jsonl");
-    let dns = lab.serve(&closed, &up, &audit);
+    let dns = lab.serve_in_r(&closed, &up, &["--audit-log", audit.to_str().unwrap()]);
     for (name, t) in [
         ("meta.cdn.test", RecordType::A),
         ("int.cdn.test", RecordType::A),
@@ -240,16 +142,13 @@ fn special_purpose_addresses_are_never_handed_out_or_reached() {
     assert_eq!(got, vec!["203.0.113.11".to_string()]);
     assert_eq!(lookup("pub.cdn.test", RecordType::A).answers.len(), 1);
     // Not fed...
-    let v4 = lab.nft("list set inet allowdns allowed_v4");
+    let v4 = lab.set("allowed_v4");
     assert!(
         !v4.contains("169.254.169.254") && !v4.contains("10.9.9.9"),
         "{v4}"
     );
     assert!(v4.contains("203.0.113.11"), "{v4}");
-    assert!(
-        !lab.nft("list set inet allowdns allowed_v6")
-            .contains("fe80::1")
-    );
+    assert!(!lab.set("allowed_v6").contains("fe80::1"));
     // ...unreachable, even through elements added by hand (or left stale).
     lab.nft("add element inet allowdns allowed_v4 '{ 169.254.169.254 timeout 1h, 10.9.9.9 timeout 1h }'");
     lab.nft("add element inet allowdns allowed_v6 '{ fe80::1 timeout 1h }'");
@@ -311,12 +210,9 @@ fn special_purpose_addresses_are_never_handed_out_or_reached() {
 /// closed with it, open again on a port the policy lists.
 #[test]
 fn inbound_connections_reach_only_listed_ports() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
-    listen(lab.netns(&lab.a), "0.0.0.0:9090");
-    listen(lab.netns(&lab.a), "0.0.0.0:8080");
+    let Some(lab) = lab() else { return };
+    netns::echo_server(lab.netns(&lab.a), "0.0.0.0:9090");
+    netns::echo_server(lab.netns(&lab.a), "0.0.0.0:8080");
     let i = || lab.netns(&lab.i);
     let port = |p: u16| SocketAddr::new(AGENT_V4.parse().unwrap(), p);
     assert!(
@@ -332,9 +228,7 @@ fn inbound_connections_reach_only_listed_ports() {
         "an unlisted port is reachable from outside"
     );
     assert!(connect_from(i(), port(8080)), "the listed port is closed");
-    let (_, counters) = sh_out(&[
-        "ip", "netns", "exec", &lab.a, "nft", "list", "chain", "inet", "allowdns", "input",
-    ]);
+    let counters = lab.nft("list chain inet allowdns input");
     assert!(counters.contains("ingress denied"), "{counters}");
     lab.unfence();
     assert!(
@@ -406,10 +300,7 @@ fn nd_between(from: &str, at: &str, to: &str, marker: &str) -> bool {
 
 #[test]
 fn neighbour_discovery_carries_nothing_off_the_link() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
+    let Some(lab) = lab() else { return };
     assert!(
         nd_leaves(&lab, "EXFIL-control"),
         "control: the raw solicitation arrives"
@@ -422,9 +313,7 @@ fn neighbour_discovery_carries_nothing_off_the_link() {
         !nd_leaves(&lab, "EXFIL-fenced"),
         "a solicitation to a global address left"
     );
-    let (_, chain) = sh_out(&[
-        "ip", "netns", "exec", &lab.a, "nft", "list", "chain", "inet", "allowdns", "output",
-    ]);
+    let chain = lab.nft("list chain inet allowdns output");
     assert!(chain.contains("ip6 hoplimit 255"), "{chain}");
     // To a neighbour on the link: a short solicitation passes, one with data
     // stuffed into its options does not (unfenced, it does).
@@ -460,10 +349,7 @@ fn neighbour_discovery_carries_nothing_off_the_link() {
 /// Every variant of the printed ruleset loads into nft as shipped (1.0.6 on Debian 12).
 #[test]
 fn every_ruleset_variant_loads() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
+    let Some(lab) = lab() else { return };
     for family in ["inet", "ip", "ip6"] {
         lab.fence(
             &format!("{family}.yaml"),
@@ -526,10 +412,7 @@ fn srh_arrives(lab: &Lab, marker: &'static str) -> bool {
 /// allowed first segment, unless the fence drops routing headers.
 #[test]
 fn a_routing_header_reaches_no_address_past_the_allowed_one() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
+    let Some(lab) = lab() else { return };
     for conf in ["all", "i-a"] {
         let key = format!("net.ipv6.conf.{conf}.seg6_enabled=1");
         sh(&["ip", "netns", "exec", &lab.i, "sysctl", "-qw", &key]);
@@ -608,10 +491,7 @@ fn lsrr_arrives(lab: &Lab, marker: &'static str) -> bool {
 
 #[test]
 fn ipv4_source_routing_reaches_no_address_past_the_allowed_one() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
+    let Some(lab) = lab() else { return };
     for conf in ["all", "default", "i-a", "lo"] {
         let key = format!("net.ipv4.conf.{conf}.accept_source_route=1");
         sh(&["ip", "netns", "exec", &lab.i, "sysctl", "-qw", &key]);
@@ -671,34 +551,10 @@ fn gateway_case(a: PathBuf, others: &[&str], agent: &str, fenced: bool, what: &s
 /// bridges, static set-ups): its advertisements come from that address.
 #[test]
 fn ipv6_works_through_a_global_gateway() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
-    sh(&[
-        "ip",
-        "-n",
-        &lab.i,
-        "addr",
-        "del",
-        "fe80::1/64",
-        "dev",
-        "i-a",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &lab.a,
-        "-6",
-        "route",
-        "replace",
-        "default",
-        "via",
-        "2001:db8:2::1",
-        "dev",
-        "a-i",
-    ]);
-    listen(lab.netns(&lab.i), "[::]:7030");
+    let Some(lab) = lab() else { return };
+    lab.ip(&lab.i, "addr del fe80::1/64 dev i-a");
+    lab.ip(&lab.a, "-6 route replace default via 2001:db8:2::1 dev a-i");
+    netns::echo_server(lab.netns(&lab.i), "[::]:7030");
     let others = [lab.i.as_str()];
     gateway_case(lab.netns(&lab.a), &others, &lab.a, false, "global gateway");
     lab.fence("gw.yaml", ONE_V6);
@@ -715,18 +571,15 @@ fn ipv6_works_through_a_global_gateway() {
         seen.contains("lladdr"),
         "the gateway did not resolve the agent: {seen}"
     );
-    let hops = lab.nft("list set inet allowdns nd_next_hops");
+    let hops = lab.set("nd_next_hops");
     assert!(hops.contains("2001:db8:2::1"), "{hops}");
 }
 
 /// IPv6 through a link-local gateway, as SLAAC and most routers give it.
 #[test]
 fn ipv6_works_through_a_link_local_gateway() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
-    listen(lab.netns(&lab.i), "[::]:7030");
+    let Some(lab) = lab() else { return };
+    netns::echo_server(lab.netns(&lab.i), "[::]:7030");
     let others = [lab.i.as_str()];
     gateway_case(
         lab.netns(&lab.a),
@@ -748,30 +601,15 @@ fn ipv6_works_through_a_link_local_gateway() {
 /// A neighbour on an on-link global prefix, reached with no router at all.
 #[test]
 fn an_on_link_global_neighbour_is_reached_directly() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
+    let Some(lab) = lab() else { return };
     for net in ["2001:db8:3::10/128", "2001:db8:3::99/128"] {
-        sh(&["ip", "-n", &lab.i, "addr", "del", net, "dev", "lo"]);
+        lab.ip(&lab.i, &format!("addr del {net} dev lo"));
         let on_link = net.replace("/128", "/64");
-        sh(&[
-            "ip", "-n", &lab.i, "addr", "add", &on_link, "dev", "i-a", "nodad",
-        ]);
+        lab.ip(&lab.i, &format!("addr add {on_link} dev i-a nodad"));
     }
-    sh(&["ip", "-n", &lab.a, "-6", "route", "del", "default"]);
-    sh(&[
-        "ip",
-        "-n",
-        &lab.a,
-        "-6",
-        "route",
-        "add",
-        "2001:db8:3::/64",
-        "dev",
-        "a-i",
-    ]);
-    listen(lab.netns(&lab.i), "[::]:7030");
+    lab.ip(&lab.a, "-6 route del default");
+    lab.ip(&lab.a, "-6 route add 2001:db8:3::/64 dev a-i");
+    netns::echo_server(lab.netns(&lab.i), "[::]:7030");
     let others = [lab.i.as_str()];
     gateway_case(
         lab.netns(&lab.a),
@@ -855,7 +693,7 @@ impl Drop for PastaLab {
 
 #[test]
 fn ipv6_works_through_pasta() {
-    if !prerequisites() || !require_tools(&["pasta"]) {
+    if !netns::agent_prerequisites(&["python3", "pasta"]) {
         return;
     }
     // pasta forwards in user space: connections are timed out at 800 ms.
@@ -863,7 +701,7 @@ fn ipv6_works_through_pasta() {
     let mut lab = PastaLab::create();
     lab.attach();
     let a = PathBuf::from(format!("/run/netns/{}", lab.a));
-    listen(PathBuf::from(format!("/run/netns/{}", lab.w)), "[::]:7030");
+    netns::echo_server(PathBuf::from(format!("/run/netns/{}", lab.w)), "[::]:7030");
     gateway_case(a.clone(), &[], &lab.a, false, "pasta");
     let dir = TempDir::new("fence-pasta");
     let policy = dir.write("gw.yaml", &ONE_V6.replace("NETNS", &lab.a));
@@ -899,11 +737,8 @@ fn curl_from(lab: &Lab, url: &str) -> (i32, Duration) {
 /// closed port on an allowed address is refused at once as well.
 #[test]
 fn denied_destinations_fail_fast_unless_the_policy_drops() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
-    listen(lab.netns(&lab.i), "[::]:7040");
+    let Some(lab) = lab() else { return };
+    netns::echo_server(lab.netns(&lab.i), "[::]:7040");
     let urls = ["http://203.0.113.20:7040/", "http://[2001:db8:3::99]:7040/"];
     for url in urls {
         let addr: SocketAddr = url
@@ -956,22 +791,10 @@ fn selftest(lab: &Lab, extra: &[&str]) -> (bool, String) {
 /// hand-added element opens to the canary; it passes on the fence as printed.
 #[test]
 fn selftest_tells_a_holding_fence_from_a_broken_one() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
+    let Some(lab) = lab() else { return };
     // The canary's address, reachable from A once nothing stops it.
-    sh(&[
-        "ip",
-        "-n",
-        &lab.i,
-        "addr",
-        "add",
-        "192.0.2.1/32",
-        "dev",
-        "lo",
-    ]);
-    listen(lab.netns(&lab.i), "0.0.0.0:9");
+    lab.ip(&lab.i, "addr add 192.0.2.1/32 dev lo");
+    netns::echo_server(lab.netns(&lab.i), "0.0.0.0:9");
     let (ok, out) = selftest(&lab, &["--dns", DNS]);
     assert!(!ok, "unfenced, the self-test fails:\n{out}");
     assert!(
@@ -983,7 +806,7 @@ fn selftest_tells_a_holding_fence_from_a_broken_one() {
         "agent_name: self\nexpected_outbound:\n  - destination: x.test\nfirewall:\n  netns: NETNS\n",
     );
     let audit = lab.dir.0.join("self.jsonl");
-    let dns = lab.serve(&policy, "none", &audit);
+    let dns = lab.serve_in_r(&policy, "none", &["--audit-log", audit.to_str().unwrap()]);
     let (ok, out) = selftest(&lab, &["--dns", DNS]);
     assert!(ok, "{out}\n{}", dns.stderr());
     for check in [

@@ -18,97 +18,36 @@
 use crate::common;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::netns::{Agent as Lab, DNS, echo};
 use common::*;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, RecordType};
 
-const DNS: &str = "10.200.1.1";
-
-struct Lab {
-    r: String,
-    a: String,
-    i: String,
-    dir: TempDir,
-    /// The agent's resolv.conf, naming allowdns only; see [`in_agent`].
-    resolv: PathBuf,
-    _ns: netns::Lab,
-}
-
-impl Lab {
-    /// Writes a policy (`NETNS` stands for the agent namespace), prints its
-    /// ruleset with `allowdns nft-ruleset` and loads it into the agent
-    /// namespace, as a person would. Returns the policy's path.
-    fn fence(&self, policy: &str) -> PathBuf {
-        let policy = self
-            .dir
-            .write("policy.yaml", &policy.replace("NETNS", &self.a));
-        let ruleset = nft_ruleset(&policy, DNS);
-        let file = self.dir.write("agent.nft", &ruleset);
-        netns::nft_file(&self.a, &file);
-        policy
+/// The lab, when root and the tools are there (else skipped or failed, see
+/// the module's head).
+fn lab() -> Option<Lab> {
+    if !netns::agent_prerequisites(&["getent", "dig", "unshare", "mount"]) {
+        return None;
     }
-
-    fn netns(&self, ns: &str) -> PathBuf {
-        netns::path(ns)
-    }
-
-    fn create() -> Lab {
-        let ns = netns::Lab::new("adns", &["r", "a", "i"])
-            // R <-> A: DNS.
-            .veth(
-                ("r", "r-a", &format!("{DNS}/30")),
-                ("a", "a-r", "10.200.1.2/30"),
-            )
-            // A <-> I: everything else.
-            .veth(("a", "a-i", "10.200.2.2/24"), ("i", "i-a", "10.200.2.1/24"))
-            .ip("a", "route add default via 10.200.2.1")
-            // I answers for whole prefixes on its loopback.
-            .ip("i", "addr add 203.0.113.0/24 dev lo")
+    Some(Lab::new("adns", |ns| {
+        // I answers for whole prefixes on its loopback.
+        ns.ip("i", "addr add 203.0.113.0/24 dev lo")
             .ip("i", "addr add 10.200.4.0/22 dev lo")
-            .ip("i", "addr add 192.0.2.0/24 dev lo");
-        let dir = TempDir::new("netns");
-        // The agent's resolv.conf: allowdns only.
-        let resolv = dir.write(
-            "resolv.conf",
-            &format!("nameserver {DNS}\noptions timeout:2 attempts:1\n"),
-        );
-        Lab {
-            r: ns.name("r").to_string(),
-            a: ns.name("a").to_string(),
-            i: ns.name("i").to_string(),
-            dir,
-            resolv,
-            _ns: ns,
-        }
-    }
+            .ip("i", "addr add 192.0.2.0/24 dev lo")
+    }))
 }
 
-/// Echo servers on every address of I, on the given ports.
+/// Echo servers on every address of I, on the given ports, and a rogue
+/// resolver on 203.0.113.53 that answers anything (it echoes the query back).
 fn start_services(lab: &Lab, ports: &[u16]) {
     for &port in ports {
-        let listener = in_ns(lab.netns(&lab.i), move || {
-            TcpListener::bind(("0.0.0.0", port)).unwrap()
-        });
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                std::thread::spawn(move || {
-                    let mut stream = stream;
-                    let mut buf = [0u8; 64];
-                    while let Ok(n) = stream.read(&mut buf) {
-                        if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
+        lab.echo_server(&lab.i, &format!("0.0.0.0:{port}"));
     }
-    // A rogue resolver that answers anything (it echoes the query back).
     let rogue = in_ns(lab.netns(&lab.i), || {
         UdpSocket::bind("203.0.113.53:53").unwrap()
     });
@@ -121,46 +60,23 @@ fn start_services(lab: &Lab, ports: &[u16]) {
     });
 }
 
-fn connect(lab: &Lab, addr: &str) -> Option<TcpStream> {
-    let addr: SocketAddr = addr.parse().unwrap();
-    in_ns(lab.netns(&lab.a), move || {
-        TcpStream::connect_timeout(&addr, Duration::from_millis(800)).ok()
-    })
-}
-
-fn echo(stream: &mut TcpStream) -> bool {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
-    let mut buf = [0u8; 4];
-    stream.write_all(b"ping").is_ok() && stream.read_exact(&mut buf).is_ok() && &buf == b"ping"
-}
-
 /// Raw DNS from the agent straight to the rogue resolver in I.
 fn rogue_dig(lab: &Lab) -> (bool, String) {
-    sh_out(&[
-        "ip",
-        "netns",
-        "exec",
+    lab.exec(
         &lab.a,
-        "dig",
-        "+time=1",
-        "+tries=1",
-        "@203.0.113.53",
-        "example.com",
-    ])
+        &["dig", "+time=1", "+tries=1", "@203.0.113.53", "example.com"],
+    )
 }
 
-/// Runs `cmd` in the agent's namespace, with the lab's resolv.conf
-/// bind-mounted over /etc/resolv.conf in a private mount namespace that ends
-/// with the command: the host's /etc is never written.
+/// Runs `cmd` in the agent's namespace, with a resolv.conf naming allowdns
+/// only bind-mounted over /etc/resolv.conf in a private mount namespace that
+/// ends with the command: the host's /etc is never written.
 fn in_agent(lab: &Lab, cmd: &[&str]) -> (bool, String) {
-    let resolv = lab.resolv.to_str().unwrap();
+    let resolv = lab.dir.write(
+        "resolv.conf",
+        &format!("nameserver {DNS}\noptions timeout:2 attempts:1\n"),
+    );
     let mut args = vec![
-        "ip",
-        "netns",
-        "exec",
-        &lab.a,
         "unshare",
         "--mount",
         "--propagation",
@@ -168,10 +84,26 @@ fn in_agent(lab: &Lab, cmd: &[&str]) -> (bool, String) {
         "sh",
         "-c",
         r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#,
-        resolv,
+        resolv.to_str().unwrap(),
     ];
     args.extend_from_slice(cmd);
-    sh_out(&args)
+    lab.exec(&lab.a, &args)
+}
+
+/// allowdns forwarding to `upstream` on `policy`; `extra` follows.
+fn serve(policy: &Path, upstream: &Upstream, extra: &[&str]) -> Allowdns {
+    Allowdns::forward(&upstream.addr.to_string(), policy, extra)
+}
+
+/// Rewrites `from` to `to` in `policy` and waits for allowdns's reload
+/// number `nth`.
+fn reload(dns: &Allowdns, policy: &Path, from: &str, to: &str, nth: usize) {
+    let text = std::fs::read_to_string(policy).unwrap();
+    let edited = text.replace(from, to);
+    assert_ne!(text, edited, "{from:?} is not in the policy");
+    std::fs::write(policy, edited).unwrap();
+    dns.hup();
+    dns.wait_for("reloaded", nth);
 }
 
 fn getent(lab: &Lab, name: &str) -> Option<String> {
@@ -184,7 +116,8 @@ fn getent(lab: &Lab, name: &str) -> Option<String> {
     })
 }
 
-fn zone(dir: &TempDir) -> PathBuf {
+/// The fw.test zone: named hosts, and 1,000 race names on 10.200.4.0/22.
+fn zone() -> String {
     let mut z = String::from(
         "$ORIGIN fw.test.\n$TTL 60\n@ IN SOA ns.fw.test. h.fw.test. 1 3600 600 86400 5\n@ IN NS ns.fw.test.\nns IN A 127.0.0.1\n\
          web IN A 203.0.113.10\nports IN A 203.0.113.30\nshort 1 IN A 203.0.113.40\nevil IN A 203.0.113.66\ninrange IN A 192.0.2.5\n",
@@ -196,24 +129,17 @@ fn zone(dir: &TempDir) -> PathBuf {
             i % 250 + 1
         ));
     }
-    dir.write("fw.test.zone", &z)
-}
-
-fn prerequisites() -> bool {
-    require_root_and(&["ip", "nft", "getent", "dig", "unshare", "mount"])
+    z
 }
 
 #[test]
 fn the_agent_reaches_exactly_what_its_policy_allows() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
+    let Some(lab) = lab() else { return };
     start_services(&lab, &[443, 8443, 9443]);
 
     // Before the fence: everything in I is reachable, including the rogue resolver.
     assert!(
-        connect(&lab, "203.0.113.99:443").is_some(),
+        lab.connect("203.0.113.99:443").is_some(),
         "lab wiring: I is reachable"
     );
     let (ok, out) = rogue_dig(&lab);
@@ -222,39 +148,23 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
         "lab wiring: the rogue resolver answers: {out}"
     );
 
-    let zone = zone(&lab.dir);
-    let upstream = in_ns(lab.netns(&lab.r), move || {
-        Upstream::start("127.0.0.1", 0, &[zone])
-    });
+    let upstream = lab.upstream_in_r("fw.test.zone", &zone());
     // The ruleset, as a person would load it.
-    let policy = lab.fence("agent_name: fenced_agent\nclients: [\"10.200.1.0/30\"]\nexpected_outbound:\n  - destination: web.fw.test\n  - destination: ports.fw.test\n    port: 8443\n    protocol: TCP\n  - destination: short.fw.test\n  - destination: 203.0.113.77\n    port: 443\n    protocol: TCP\n  - destination: 192.0.2.0/24\n  - destination: inrange.fw.test\n    port: 443\n    protocol: TCP\nallowed_dynamic_resolution:\n  - pattern: \"*.race.fw.test\"\n    private: [10.200.4.0/22]\nfirewall:\n  netns: NETNS\n  min_ttl: 1\n  grace: 1\n");
-    let policy = policy.to_str().unwrap().to_string();
+    let policy = lab.fence("policy.yaml", "agent_name: fenced_agent\nclients: [\"10.200.1.0/30\"]\nexpected_outbound:\n  - destination: web.fw.test\n  - destination: ports.fw.test\n    port: 8443\n    protocol: TCP\n  - destination: short.fw.test\n  - destination: 203.0.113.77\n    port: 443\n    protocol: TCP\n  - destination: 192.0.2.0/24\n  - destination: inrange.fw.test\n    port: 443\n    protocol: TCP\nallowed_dynamic_resolution:\n  - pattern: \"*.race.fw.test\"\n    private: [10.200.4.0/22]\nfirewall:\n  netns: NETNS\n  min_ttl: 1\n  grace: 1\n");
 
     let audit = lab.dir.0.join("audit.jsonl");
     let up = upstream.addr.to_string();
-    let dns = Allowdns::serve_via(
-        &["ip", "netns", "exec", &lab.r],
-        &[
-            "--listen",
-            &format!("{DNS}:53"),
-            "--policy",
-            &policy,
-            "--upstream",
-            &up,
-            "--audit-log",
-            audit.to_str().unwrap(),
-        ],
-    );
+    let dns = lab.serve_in_r(&policy, &up, &["--audit-log", audit.to_str().unwrap()]);
 
     // 2. The address before any lookup: dropped.
     assert!(
-        connect(&lab, "203.0.113.10:443").is_none(),
+        lab.connect("203.0.113.10:443").is_none(),
         "reachable before any lookup"
     );
     // 1. Resolve with a real client, then connect.
     assert_eq!(getent(&lab, "web.fw.test").as_deref(), Some("203.0.113.10"));
-    let Some(mut web) = connect(&lab, "203.0.113.10:443") else {
-        let (_, sets) = sh_out(&["ip", "netns", "exec", &lab.a, "nft", "list", "ruleset"]);
+    let Some(mut web) = lab.connect("203.0.113.10:443") else {
+        let sets = lab.nft("list ruleset");
         panic!(
             "allowed name did not connect after lookup; ruleset:\n{sets}\nallowdns:\n{}",
             dns.stderr()
@@ -263,7 +173,7 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
     assert!(echo(&mut web));
     // 3. A hard-coded address never handed out.
     assert!(
-        connect(&lab, "203.0.113.99:443").is_none(),
+        lab.connect("203.0.113.99:443").is_none(),
         "hard-coded address reachable"
     );
     // 4. Raw DNS to another server.
@@ -277,15 +187,15 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
     assert_eq!(upstream.count("evil.fw.test"), 0);
     // Addresses written in the policy need no DNS; their ports are enforced too.
     assert!(
-        connect(&lab, "203.0.113.77:443").is_some(),
+        lab.connect("203.0.113.77:443").is_some(),
         "policy address blocked"
     );
     assert!(
-        connect(&lab, "203.0.113.77:8443").is_none(),
+        lab.connect("203.0.113.77:8443").is_none(),
         "policy address passed on another port"
     );
     assert!(
-        connect(&lab, "192.0.2.200:9443").is_some(),
+        lab.connect("192.0.2.200:9443").is_some(),
         "policy CIDR blocked"
     );
     // A port-restricted name inside a policy range: already passed, not an overlap error.
@@ -294,18 +204,18 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
         Some("192.0.2.5")
     );
     assert!(
-        connect(&lab, "192.0.2.5:443").is_some(),
+        lab.connect("192.0.2.5:443").is_some(),
         "name inside a policy range blocked"
     );
     // 8. Port-restricted: its port passes, another does not.
     let (ok, out) = in_agent(&lab, &["dig", "+short", "ports.fw.test"]);
     assert!(ok && out.trim() == "203.0.113.30", "{out}");
     assert!(
-        connect(&lab, "203.0.113.30:8443").is_some(),
+        lab.connect("203.0.113.30:8443").is_some(),
         "allowed port blocked"
     );
     assert!(
-        connect(&lab, "203.0.113.30:9443").is_none(),
+        lab.connect("203.0.113.30:9443").is_none(),
         "other port passed"
     );
 
@@ -343,11 +253,13 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
         getent(&lab, "short.fw.test").as_deref(),
         Some("203.0.113.40")
     );
-    let mut kept = connect(&lab, "203.0.113.40:443").expect("short-lived name connects");
+    let mut kept = lab
+        .connect("203.0.113.40:443")
+        .expect("short-lived name connects");
     let started = Instant::now();
     std::thread::sleep(Duration::from_millis(3500));
     assert!(
-        connect(&lab, "203.0.113.40:443").is_none(),
+        lab.connect("203.0.113.40:443").is_none(),
         "element did not expire after {:?}",
         started.elapsed()
     );
@@ -379,10 +291,7 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
 
 #[test]
 fn a_missing_set_is_a_clear_startup_error() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
+    let Some(lab) = lab() else { return };
     let policy = lab.dir.write(
         "p.yaml",
         &format!("agent_name: x\nexpected_outbound:\n  - destination: web.fw.test\nfirewall:\n  netns: {}\n  table: nosuchtable\n", lab.a),
@@ -436,12 +345,9 @@ const NO_CAPS: &[&str] = &[
 
 #[test]
 fn a_missing_capability_is_a_runtime_failure_naming_it() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
+    let Some(lab) = lab() else { return };
     // The sets exist (the printed ruleset, loaded): only permission can fail.
-    let in_netns = lab.fence(
+    let in_netns = lab.fence("policy.yaml", 
         "agent_name: x\nexpected_outbound:\n  - destination: web.fw.test\nfirewall:\n  netns: /run/netns/NETNS\n",
     );
     let own_ns = lab.dir.write(
@@ -501,21 +407,16 @@ fn a_missing_capability_is_a_runtime_failure_naming_it() {
 
 #[test]
 fn a_failed_set_update_fails_closed_with_servfail_and_an_alert() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
+    let Some(lab) = lab() else { return };
     let zones = lab.dir.zones(&[("fw.test.zone", "$ORIGIN fw.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\nweb IN A 203.0.113.10\nother IN A 203.0.113.11\n")]);
     // The ruleset, as a person would load it.
-    let policy = lab.fence("agent_name: closed\nexpected_outbound:\n  - destination: web.fw.test\n  - destination: other.fw.test\nfirewall:\n  netns: NETNS\n");
+    let policy = lab.fence("policy.yaml", "agent_name: closed\nexpected_outbound:\n  - destination: web.fw.test\n  - destination: other.fw.test\nfirewall:\n  netns: NETNS\n");
     let dns = Allowdns::serve_offline(&policy, &zones);
 
     let m = query(dns.udp, "web.fw.test", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     // Someone removes the fence under allowdns's feet.
-    sh(&[
-        "ip", "netns", "exec", &lab.a, "nft", "delete", "table", "inet", "allowdns",
-    ]);
+    lab.nft("delete table inet allowdns");
     let m = query(dns.udp, "other.fw.test", RecordType::A);
     assert_eq!(
         m.metadata.response_code,
@@ -529,21 +430,17 @@ fn a_failed_set_update_fails_closed_with_servfail_and_an_alert() {
 
 #[test]
 fn cache_hits_refresh_set_elements() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
+    let Some(lab) = lab() else { return };
     start_services(&lab, &[443]);
-    let zone = lab.dir.write(
+    let upstream = lab.upstream(
         "fw.test.zone",
         "$ORIGIN fw.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\nlong IN A 203.0.113.50\n",
+        "127.0.0.14",
     );
-    let upstream = Upstream::start("127.0.0.14", 0, &[zone]);
     // Elements live max_ttl + grace = 3 s; the cache keeps the answer 60 s.
     // The ruleset, as a person would load it.
-    let policy = lab.fence("agent_name: refresh\nexpected_outbound:\n  - destination: long.fw.test\nfirewall:\n  netns: NETNS\n  min_ttl: 1\n  max_ttl: 2\n  grace: 1\n");
-    let up = upstream.addr.to_string();
-    let dns = Allowdns::serve(&["--policy", policy.to_str().unwrap(), "--upstream", &up]);
+    let policy = lab.fence("policy.yaml", "agent_name: refresh\nexpected_outbound:\n  - destination: long.fw.test\nfirewall:\n  netns: NETNS\n  min_ttl: 1\n  max_ttl: 2\n  grace: 1\n");
+    let dns = serve(&policy, &upstream, &[]);
 
     let m = query(dns.udp, "long.fw.test", RecordType::A);
     assert_eq!(
@@ -560,24 +457,21 @@ fn cache_hits_refresh_set_elements() {
     );
     std::thread::sleep(Duration::from_millis(2500));
     assert!(
-        connect(&lab, "203.0.113.50:443").is_some(),
+        lab.connect("203.0.113.50:443").is_some(),
         "the cache hit at 2.5 s did not refresh the element (it would have expired at 3 s)"
     );
 }
 
 #[test]
 fn policy_addresses_leave_the_set_when_the_policy_stops_listing_them() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
+    let Some(lab) = lab() else { return };
     start_services(&lab, &[443]);
     // The fence as printed from a policy that lists 192.0.2.0/24.
-    let before = lab.fence(
+    let before = lab.fence("policy.yaml", 
         "agent_name: moving\nexpected_outbound:\n  - destination: 192.0.2.0/24\n  - destination: 203.0.113.77\nfirewall:\n  netns: NETNS\n",
     );
     assert!(
-        connect(&lab, "192.0.2.9:443").is_some(),
+        lab.connect("192.0.2.9:443").is_some(),
         "the printed ruleset carries policy addresses"
     );
     let _ = before;
@@ -588,11 +482,11 @@ fn policy_addresses_leave_the_set_when_the_policy_stops_listing_them() {
     );
     let dns = Allowdns::serve(&["--policy", after.to_str().unwrap(), "--upstream", "none"]);
     assert!(
-        connect(&lab, "192.0.2.9:443").is_none(),
+        lab.connect("192.0.2.9:443").is_none(),
         "a range the policy no longer lists still passes"
     );
     assert!(
-        connect(&lab, "203.0.113.77:443").is_some(),
+        lab.connect("203.0.113.77:443").is_some(),
         "a listed address was removed"
     );
     drop(dns);
@@ -600,24 +494,20 @@ fn policy_addresses_leave_the_set_when_the_policy_stops_listing_them() {
 
 #[test]
 fn grants_and_expiring_ranges_age_out_of_the_fence() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
+    let Some(lab) = lab() else { return };
     start_services(&lab, &[443]);
-    let zone = lab.dir.write(
+    let upstream = lab.upstream(
         "fw.test.zone",
         "$ORIGIN fw.test.\n$TTL 60\n@ IN SOA ns. h. 1 3600 600 86400 5\nvendor IN A 203.0.113.60\n",
+        "127.0.0.15",
     );
-    let upstream = Upstream::start("127.0.0.15", 0, &[zone]);
     let soon =
         humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3));
-    let policy = lab.fence(&format!(
+    let policy = lab.fence("policy.yaml", &format!(
         "agent_name: excepted\nexpected_outbound:\n  - destination: 192.0.2.0/24\n    expires: \"{soon}\"\nfirewall:\n  netns: NETNS\n  grace: 1\n"
     ));
     let socket = lab.dir.0.join("control.sock");
-    let up = upstream.addr.to_string();
-    let dns = Allowdns::forward(&up, &policy, &["--control", socket.to_str().unwrap()]);
+    let dns = serve(&policy, &upstream, &["--control", socket.to_str().unwrap()]);
     let granted = Command::new(bin())
         .args([
             "grant",
@@ -640,21 +530,21 @@ fn grants_and_expiring_ranges_age_out_of_the_fence() {
     let m = query(dns.udp, "vendor.fw.test", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert!(
-        connect(&lab, "203.0.113.60:443").is_some(),
+        lab.connect("203.0.113.60:443").is_some(),
         "granted name blocked"
     );
     assert!(
-        connect(&lab, "192.0.2.9:443").is_some(),
+        lab.connect("192.0.2.9:443").is_some(),
         "range blocked before expiry"
     );
     // Both end at 3 s; the element has 1 s of grace even though the record's TTL is 60 s.
     std::thread::sleep(Duration::from_millis(5000));
     assert!(
-        connect(&lab, "203.0.113.60:443").is_none(),
+        lab.connect("203.0.113.60:443").is_none(),
         "the granted address outlived its grant"
     );
     assert!(
-        connect(&lab, "192.0.2.9:443").is_none(),
+        lab.connect("192.0.2.9:443").is_none(),
         "the expired range is still in the set"
     );
     assert_rcode(dns.udp, "vendor.fw.test A", ResponseCode::NXDomain);
@@ -669,19 +559,12 @@ fn grants_and_expiring_ranges_age_out_of_the_fence() {
 /// ends even if allowdns is not running then.
 #[test]
 fn a_revoke_withdraws_fed_addresses_and_expiring_ranges_time_out_in_the_kernel() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
+    let Some(lab) = lab() else { return };
     start_services(&lab, &[443]);
-    let zone = lab.dir.write(
-        "rv.test.zone",
-        "$ORIGIN rv.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\nvendor IN A 203.0.113.61\n",
-    );
-    let upstream = Upstream::start("127.0.0.15", 0, &[zone]);
+    let upstream = lab.upstream("rv.test.zone", "$ORIGIN rv.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\nvendor IN A 203.0.113.61\n", "127.0.0.15");
     let later =
         humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(600));
-    let policy = lab.fence(&format!(
+    let policy = lab.fence("policy.yaml", &format!(
         "agent_name: revoked\nexpected_outbound:\n  - destination: 192.0.2.0/24\n    expires: \"{later}\"\nfirewall:\n  netns: NETNS\n"
     ));
     let (dns, control) = serve_with_control(&lab, &policy, &upstream);
@@ -699,24 +582,12 @@ fn a_revoke_withdraws_fed_addresses_and_expiring_ranges_time_out_in_the_kernel()
     let m = query(dns.udp, "vendor.rv.test", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert!(
-        connect(&lab, "203.0.113.61:443").is_some(),
+        lab.connect("203.0.113.61:443").is_some(),
         "granted name blocked"
     );
 
     // The range element expires in the kernel in about 600 s.
-    let (ok, listed) = sh_out(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.a,
-        "nft",
-        "list",
-        "set",
-        "inet",
-        "allowdns",
-        "allowed_v4_ports",
-    ]);
-    assert!(ok, "{listed}");
+    let listed = lab.set("allowed_v4_ports");
     let range = listed
         .split(',')
         .find(|e| e.contains("192.0.2.0/24 ."))
@@ -728,12 +599,12 @@ fn a_revoke_withdraws_fed_addresses_and_expiring_ranges_time_out_in_the_kernel()
 
     control(&["revoke", "--agent", "revoked", "--name", "vendor.rv.test"]);
     assert!(
-        connect(&lab, "203.0.113.61:443").is_none(),
+        lab.connect("203.0.113.61:443").is_none(),
         "a revoked grant's address still passes (record TTL 3600 s)"
     );
     assert_rcode(dns.udp, "vendor.rv.test A", ResponseCode::NXDomain);
     assert!(
-        connect(&lab, "192.0.2.9:443").is_some(),
+        lab.connect("192.0.2.9:443").is_some(),
         "the range is still in force"
     );
     assert!(
@@ -745,26 +616,14 @@ fn a_revoke_withdraws_fed_addresses_and_expiring_ranges_time_out_in_the_kernel()
     // A reload that moves the range's end replaces its element's timeout.
     let much_later =
         humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3000));
-    let text = std::fs::read_to_string(&policy).unwrap();
-    std::fs::write(
+    reload(
+        &dns,
         &policy,
-        text.replace(&later.to_string(), &much_later.to_string()),
-    )
-    .unwrap();
-    dns.hup();
-    dns.wait_for("reloaded", 1);
-    let (_, listed) = sh_out(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.a,
-        "nft",
-        "list",
-        "set",
-        "inet",
-        "allowdns",
-        "allowed_v4_ports",
-    ]);
+        &later.to_string(),
+        &much_later.to_string(),
+        1,
+    );
+    let listed = lab.set("allowed_v4_ports");
     assert!(
         listed.contains("timeout 49m") || listed.contains("timeout 50m"),
         "{listed}"
@@ -775,7 +634,7 @@ fn a_revoke_withdraws_fed_addresses_and_expiring_ranges_time_out_in_the_kernel()
         dns.stderr()
     );
     assert!(
-        connect(&lab, "192.0.2.9:443").is_some(),
+        lab.connect("192.0.2.9:443").is_some(),
         "the range closed on reload"
     );
 }
@@ -784,48 +643,32 @@ fn a_revoke_withdraws_fed_addresses_and_expiring_ranges_time_out_in_the_kernel()
 /// takes those addresses out at once, not at their timeout.
 #[test]
 fn leaving_learn_mode_withdraws_what_it_let_through() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
+    let Some(lab) = lab() else { return };
     start_services(&lab, &[443]);
-    let zone = lab.dir.write(
-        "lm.test.zone",
-        "$ORIGIN lm.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\nseen IN A 203.0.113.62\nkept IN A 203.0.113.63\n",
-    );
-    let upstream = Upstream::start("127.0.0.15", 0, &[zone]);
-    let policy = lab.fence(
+    let upstream = lab.upstream("lm.test.zone", "$ORIGIN lm.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\nseen IN A 203.0.113.62\nkept IN A 203.0.113.63\n", "127.0.0.15");
+    let policy = lab.fence("policy.yaml", 
         "agent_name: learner\nmode: learn\nexpected_outbound:\n  - destination: kept.lm.test\nfirewall:\n  netns: NETNS\n",
     );
-    let up = upstream.addr.to_string();
-    let dns = Allowdns::serve(&["--policy", policy.to_str().unwrap(), "--upstream", &up]);
+    let dns = serve(&policy, &upstream, &[]);
     for name in ["seen.lm.test", "kept.lm.test"] {
         let m = query(dns.udp, name, RecordType::A);
         assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
     }
     assert!(
-        connect(&lab, "203.0.113.62:443").is_some(),
+        lab.connect("203.0.113.62:443").is_some(),
         "learn mode blocked"
     );
 
-    std::fs::write(
-        &policy,
-        std::fs::read_to_string(&policy)
-            .unwrap()
-            .replace("mode: learn\n", ""),
-    )
-    .unwrap();
-    dns.hup();
-    dns.wait_for("reloaded", 1);
+    reload(&dns, &policy, "mode: learn\n", "", 1);
     assert!(
-        connect(&lab, "203.0.113.62:443").is_none(),
+        lab.connect("203.0.113.62:443").is_none(),
         "an address learn mode let through still passes after the switch to enforce"
     );
     assert_rcode(dns.udp, "seen.lm.test NS", ResponseCode::NXDomain);
     // A listed name is fed again on its next answer.
     assert_rcode(dns.udp, "kept.lm.test A", ResponseCode::NoError);
     assert!(
-        connect(&lab, "203.0.113.63:443").is_some(),
+        lab.connect("203.0.113.63:443").is_some(),
         "a listed name lost its address"
     );
 }
@@ -834,41 +677,26 @@ fn leaving_learn_mode_withdraws_what_it_let_through() {
 /// instead of leaving it until the old end.
 #[test]
 fn a_reload_dropping_an_expiring_entry_withdraws_its_addresses() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
+    let Some(lab) = lab() else { return };
     start_services(&lab, &[443]);
-    let zone = lab.dir.write(
-        "dr.test.zone",
-        "$ORIGIN dr.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\nvendor IN A 203.0.113.64\n",
-    );
-    let upstream = Upstream::start("127.0.0.15", 0, &[zone]);
+    let upstream = lab.upstream("dr.test.zone", "$ORIGIN dr.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\nvendor IN A 203.0.113.64\n", "127.0.0.15");
     let later =
         humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3600));
-    let policy = lab.fence(&format!(
+    let policy = lab.fence("policy.yaml", &format!(
         "agent_name: dropper\nexpected_outbound:\n  - destination: vendor.dr.test\n    expires: \"{later}\"\n  - destination: 192.0.2.0/24\nfirewall:\n  netns: NETNS\n"
     ));
-    let up = upstream.addr.to_string();
-    let dns = Allowdns::serve(&["--policy", policy.to_str().unwrap(), "--upstream", &up]);
+    let dns = serve(&policy, &upstream, &[]);
     let m = query(dns.udp, "vendor.dr.test", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert!(
-        connect(&lab, "203.0.113.64:443").is_some(),
+        lab.connect("203.0.113.64:443").is_some(),
         "listed name blocked"
     );
 
-    let text = std::fs::read_to_string(&policy).unwrap();
-    let dropped = text.replace(
-        &format!("  - destination: vendor.dr.test\n    expires: \"{later}\"\n"),
-        "",
-    );
-    assert_ne!(text, dropped);
-    std::fs::write(&policy, dropped).unwrap();
-    dns.hup();
-    dns.wait_for("reloaded", 1);
+    let entry = format!("  - destination: vendor.dr.test\n    expires: \"{later}\"\n");
+    reload(&dns, &policy, &entry, "", 1);
     assert!(
-        connect(&lab, "203.0.113.64:443").is_none(),
+        lab.connect("203.0.113.64:443").is_none(),
         "an address fed under a dropped entry still passes"
     );
     assert_rcode(dns.udp, "vendor.dr.test A", ResponseCode::NXDomain);
@@ -880,16 +708,9 @@ fn a_reload_dropping_an_expiring_entry_withdraws_its_addresses() {
 /// answer carries the generation it was decided against.
 #[test]
 fn a_grant_revoked_while_its_answer_is_on_its_way_feeds_nothing() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
+    let Some(lab) = lab() else { return };
     start_services(&lab, &[443]);
-    let zone = lab.dir.write(
-        "lt.test.zone",
-        "$ORIGIN lt.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\nok IN A 203.0.113.66\nlate IN A 203.0.113.67\n",
-    );
-    let upstream = Upstream::start("127.0.0.15", 0, &[zone]);
+    let upstream = lab.upstream("lt.test.zone", "$ORIGIN lt.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\nok IN A 203.0.113.66\nlate IN A 203.0.113.67\n", "127.0.0.15");
     for name in ["ok.lt.test", "late.lt.test"] {
         upstream
             .delays
@@ -897,7 +718,7 @@ fn a_grant_revoked_while_its_answer_is_on_its_way_feeds_nothing() {
             .unwrap()
             .insert(name.into(), Duration::from_millis(1500));
     }
-    let policy = lab.fence(
+    let policy = lab.fence("policy.yaml", 
         "agent_name: late\nexpected_outbound:\n  - destination: 192.0.2.0/24\nfirewall:\n  netns: NETNS\n",
     );
     let (dns, control) = serve_with_control(&lab, &policy, &upstream);
@@ -912,7 +733,7 @@ fn a_grant_revoked_while_its_answer_is_on_its_way_feeds_nothing() {
     let m = query(dns.udp, "ok.lt.test", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert!(
-        connect(&lab, "203.0.113.66:443").is_some(),
+        lab.connect("203.0.113.66:443").is_some(),
         "granted name blocked"
     );
 
@@ -929,7 +750,7 @@ fn a_grant_revoked_while_its_answer_is_on_its_way_feeds_nothing() {
         "a late answer under a revoked grant was handed out"
     );
     assert!(
-        connect(&lab, "203.0.113.67:443").is_none(),
+        lab.connect("203.0.113.67:443").is_none(),
         "a late answer re-fed a revoked grant"
     );
     assert!(
@@ -940,7 +761,7 @@ fn a_grant_revoked_while_its_answer_is_on_its_way_feeds_nothing() {
     );
     // Only that rule: the other grant still passes.
     assert!(
-        connect(&lab, "203.0.113.66:443").is_some(),
+        lab.connect("203.0.113.66:443").is_some(),
         "the standing grant closed"
     );
 }
@@ -954,8 +775,7 @@ fn serve_with_control(
     upstream: &Upstream,
 ) -> (Allowdns, impl Fn(&[&str])) {
     let socket = lab.dir.0.join("control.sock");
-    let up = upstream.addr.to_string();
-    let dns = Allowdns::forward(&up, policy, &["--control", socket.to_str().unwrap()]);
+    let dns = serve(policy, &upstream, &["--control", socket.to_str().unwrap()]);
     let control = move |args: &[&str]| {
         let out = Command::new(bin())
             .args([args[0], "--control", socket.to_str().unwrap()])
@@ -975,16 +795,7 @@ fn python_connect(lab: &Lab, addr: &str, port: u16) -> bool {
         "import socket,sys\ns=socket.socket()\ns.settimeout(1)\ntry:\n    s.connect((sys.argv[1],int(sys.argv[2])))\nexcept OSError:\n    sys.exit(1)\n",
     );
     let port = port.to_string();
-    let (ok, _) = sh_out(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.a,
-        "python3",
-        script.to_str().unwrap(),
-        addr,
-        &port,
-    ]);
+    let (ok, _) = lab.exec(&lab.a, &["python3", script.to_str().unwrap(), addr, &port]);
     ok
 }
 
@@ -1008,12 +819,12 @@ fn egress_records(audit: &std::path::Path, want: usize) -> Vec<serde_json::Value
 fn serve_audited(lab: &Lab, policy: &std::path::Path, upstream: &Upstream) -> (Allowdns, PathBuf) {
     let audit = lab.dir.0.join("audit.jsonl");
     let config = lab.dir.write("config.yaml", "alerts:\n  window_secs: 1\n");
-    let up = upstream.addr.to_string();
-    let dns = Allowdns::upstream_audit(
-        &up,
+    let dns = serve(
         policy,
-        &audit,
+        upstream,
         &[
+            "--audit-log",
+            audit.to_str().unwrap(),
             "--config",
             config.to_str().unwrap(),
             "--metrics",
@@ -1050,21 +861,17 @@ const CANARY_ZONE: &str = "$ORIGIN cw.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 6
 /// record per port, and with allowdns stopped the ruleset still drops.
 #[test]
 fn a_blocked_connection_is_alerted_and_audited_with_what_allowdns_knows() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
+    let Some(lab) = lab() else { return };
     start_services(&lab, &[443, 22]);
     // Without the fence, the hard-coded connection works.
     assert!(
         python_connect(&lab, "203.0.113.99", 443),
         "lab wiring: the hard-coded address is reachable before the fence"
     );
-    let zone = lab.dir.write("cw.test.zone", CANARY_ZONE);
-    let upstream = Upstream::start("127.0.0.16", 0, &[zone]);
+    let upstream = lab.upstream("cw.test.zone", CANARY_ZONE, "127.0.0.16");
     // `drop`: a rejected SYN's reset closes the socket before allowdns can
     // name its process (docs/threat-model.md); a dropped one waits in SYN_SENT.
-    let policy = lab.fence(
+    let policy = lab.fence("policy.yaml", 
         "agent_name: travel_agent_v1\nexpected_outbound:\n  - destination: api.cw.test\n    port: 443\n    protocol: TCP\nfirewall:\n  netns: NETNS\n  deny_action: drop\n",
     );
     let (dns, audit) = serve_audited(&lab, &policy, &upstream);
@@ -1138,7 +945,7 @@ fn a_blocked_connection_is_alerted_and_audited_with_what_allowdns_knows() {
     // A 1,000-port scan: every attempt audited once, two alert lines.
     std::thread::sleep(Duration::from_millis(1100));
     let scan = "import socket\nfor p in range(2000,3000):\n    s=socket.socket()\n    s.setblocking(False)\n    s.connect_ex(('203.0.113.98',p))\n    s.close()\n";
-    let _ = sh_out(&["ip", "netns", "exec", &lab.a, "python3", "-c", scan]);
+    let _ = lab.exec(&lab.a, &["python3", "-c", scan]);
     let records = egress_records(&audit, 1002);
     std::thread::sleep(Duration::from_millis(1500));
     let records_after = egress_records(&audit, 1002);
@@ -1204,18 +1011,14 @@ fn a_blocked_connection_is_alerted_and_audited_with_what_allowdns_knows() {
 /// resolved for; a reload to enforce closes it at once.
 #[test]
 fn monitor_mode_lets_through_and_alerts_and_enforce_closes_at_once() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
+    let Some(lab) = lab() else { return };
     start_services(&lab, &[443]);
-    let zone = lab.dir.write("cw.test.zone", CANARY_ZONE);
-    let upstream = Upstream::start("127.0.0.17", 0, &[zone]);
+    let upstream = lab.upstream("cw.test.zone", CANARY_ZONE, "127.0.0.17");
     // Positive controls: unfenced, a special-purpose address and another
     // resolver are reachable.
     assert!(python_connect(&lab, "10.200.4.5", 443), "lab wiring");
     assert!(rogue_dig(&lab).0, "lab wiring: the rogue resolver answers");
-    let policy = lab.fence(
+    let policy = lab.fence("policy.yaml", 
         "agent_name: travel_agent_v1\nmode: monitor\nexpected_outbound:\n  - destination: ok.cw.test\nfirewall:\n  netns: NETNS\n",
     );
     let (dns, audit) = serve_audited(&lab, &policy, &upstream);
@@ -1260,15 +1063,7 @@ fn monitor_mode_lets_through_and_alerts_and_enforce_closes_at_once() {
     assert!(!rogue_dig(&lab).0, "monitor mode let DNS past allowdns");
 
     // Monitor to enforce: what monitor let through is closed at once.
-    std::fs::write(
-        &policy,
-        std::fs::read_to_string(&policy)
-            .unwrap()
-            .replace("mode: monitor\n", ""),
-    )
-    .unwrap();
-    dns.hup();
-    dns.wait_for("reloaded", 1);
+    reload(&dns, &policy, "mode: monitor\n", "", 1);
     assert!(
         !python_connect(&lab, "203.0.113.72", 443),
         "a connection monitor mode let through still passes after the switch to enforce"
@@ -1282,23 +1077,20 @@ fn monitor_mode_lets_through_and_alerts_and_enforce_closes_at_once() {
 
     // Back to monitor: open again; the monitor set stays filled with
     // allowdns stopped, until the ruleset is loaded again.
-    std::fs::write(
+    reload(
+        &dns,
         &policy,
-        std::fs::read_to_string(&policy).unwrap().replace(
-            "agent_name: travel_agent_v1\n",
-            "agent_name: travel_agent_v1\nmode: monitor\n",
-        ),
-    )
-    .unwrap();
-    dns.hup();
-    dns.wait_for("reloaded", 2);
+        "agent_name: travel_agent_v1\n",
+        "agent_name: travel_agent_v1\nmode: monitor\n",
+        2,
+    );
     assert!(
         python_connect(&lab, "203.0.113.72", 443),
         "monitor not restored"
     );
     let _ = dns.terminate();
     assert!(python_connect(&lab, "203.0.113.72", 443));
-    lab.fence(&std::fs::read_to_string(&policy).unwrap());
+    lab.fence("policy.yaml", &std::fs::read_to_string(&policy).unwrap());
     assert!(
         !python_connect(&lab, "203.0.113.72", 443),
         "a reloaded ruleset must start closed"
@@ -1329,15 +1121,9 @@ fn records_for(audit: &std::path::Path, qname: &str, count: usize) -> Vec<serde_
 /// the process, its PID and its parents, never a guess.
 #[test]
 fn a_denied_lookup_names_the_process_that_asked_from_another_namespace() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
-    let zone = zone(&lab.dir);
-    let upstream = in_ns(lab.netns(&lab.r), move || {
-        Upstream::start("127.0.0.1", 0, &[zone])
-    });
-    let policy = lab.fence("agent_name: named_agent\nclients: [\"10.200.1.0/30\"]\nexpected_outbound:\n  - destination: web.fw.test\nfirewall:\n  netns: NETNS\n");
+    let Some(lab) = lab() else { return };
+    let upstream = lab.upstream_in_r("fw.test.zone", &zone());
+    let policy = lab.fence("policy.yaml", "agent_name: named_agent\nclients: [\"10.200.1.0/30\"]\nexpected_outbound:\n  - destination: web.fw.test\nfirewall:\n  netns: NETNS\n");
     // Alerts per 1 s window, so each denial below gets its own full alert.
     // A generous attribution budget: a debug build on a machine shared with
     // builds (the test is about naming; docs/attribution.md about speed).
@@ -1347,17 +1133,12 @@ fn a_denied_lookup_names_the_process_that_asked_from_another_namespace() {
     );
     let audit = lab.dir.0.join("audit.jsonl");
     let up = upstream.addr.to_string();
-    let dns = Allowdns::serve_via(
-        &["ip", "netns", "exec", &lab.r],
+    let dns = lab.serve_in_r(
+        &policy,
+        &up,
         &[
             "--config",
             config.to_str().unwrap(),
-            "--listen",
-            &format!("{DNS}:53"),
-            "--policy",
-            policy.to_str().unwrap(),
-            "--upstream",
-            &up,
             "--audit-log",
             audit.to_str().unwrap(),
         ],
@@ -1423,18 +1204,14 @@ fn a_denied_lookup_names_the_process_that_asked_from_another_namespace() {
 /// closes, or counted lost; the last attempt never vanishes unsaid.
 #[test]
 fn attempts_queued_at_shutdown_are_audited_or_counted_lost() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
-    let zone = lab.dir.write("cw.test.zone", CANARY_ZONE);
-    let upstream = Upstream::start("127.0.0.41", 0, &[zone]);
-    let policy = lab.fence(
+    let Some(lab) = lab() else { return };
+    let upstream = lab.upstream("cw.test.zone", CANARY_ZONE, "127.0.0.41");
+    let policy = lab.fence("policy.yaml", 
         "agent_name: travel_agent_v1\nexpected_outbound:\n  - destination: api.cw.test\nfirewall:\n  netns: NETNS\n",
     );
     let (dns, audit) = serve_audited(&lab, &policy, &upstream);
     let flood = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range(3000):\n    try: s.sendto(b'x',('203.0.113.%d'%(i%200+1),1000+i))\n    except OSError: pass\ntry: s.sendto(b'x',('198.51.100.78',4444))\nexcept OSError: pass\n";
-    let _ = sh_out(&["ip", "netns", "exec", &lab.a, "python3", "-c", flood]);
+    let _ = lab.exec(&lab.a, &["python3", "-c", flood]);
     let (status, stderr) = dns.terminate();
     assert!(status.success(), "{stderr}");
     let records = read_audit(&audit);
@@ -1461,30 +1238,19 @@ fn attempts_queued_at_shutdown_are_audited_or_counted_lost() {
 /// would stay open after the restart.
 #[test]
 fn a_restart_keeps_what_the_policy_still_allows_and_withdraws_the_rest() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
+    let Some(lab) = lab() else { return };
     start_services(&lab, &[443]);
-    let zone = lab.dir.write(
-        "fw.test.zone",
-        "$ORIGIN fw.test.\n$TTL 600\n@ IN SOA ns. h. 1 3600 600 86400 5\nkeep IN A 203.0.113.10\ndropped IN A 203.0.113.66\n",
-    );
-    let upstream = Upstream::start("127.0.0.16", 0, &[zone]);
-    let up = upstream.addr.to_string();
-    let policy = lab.fence(
+    let upstream = lab.upstream("fw.test.zone", "$ORIGIN fw.test.\n$TTL 600\n@ IN SOA ns. h. 1 3600 600 86400 5\nkeep IN A 203.0.113.10\ndropped IN A 203.0.113.66\n", "127.0.0.16");
+    let policy = lab.fence("policy.yaml", 
         "agent_name: restart\nexpected_outbound:\n  - destination: keep.fw.test\n  - destination: dropped.fw.test\nfirewall:\n  netns: NETNS\n",
     );
     let audit = lab.dir.0.join("audit.jsonl");
     let serve = || {
-        Allowdns::serve(&[
-            "--policy",
-            policy.to_str().unwrap(),
-            "--upstream",
-            &up,
-            "--audit-log",
-            audit.to_str().unwrap(),
-        ])
+        serve(
+            &policy,
+            &upstream,
+            &["--audit-log", audit.to_str().unwrap()],
+        )
     };
     let dns = serve();
     for name in ["keep.fw.test", "dropped.fw.test"] {
@@ -1494,46 +1260,13 @@ fn a_restart_keeps_what_the_policy_still_allows_and_withdraws_the_rest() {
         );
     }
     // An element nobody handed out (a hand-added one, another tool's).
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.a,
-        "nft",
-        "add",
-        "element",
-        "inet",
-        "allowdns",
-        "allowed_v4",
-        "{ 203.0.113.99 timeout 1h }",
-    ]);
+    lab.nft("add element inet allowdns allowed_v4 '{ 203.0.113.99 timeout 1h }'");
     // One forged with an allowed name's label, but a timeout allowdns never
     // gives (past max_ttl plus grace): someone else wrote it.
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.a,
-        "nft",
-        "add",
-        "element",
-        "inet",
-        "allowdns",
-        "allowed_v4",
-        "{ 203.0.113.98 timeout 2d comment \"restart keep.fw.test\" }",
-    ]);
-    let (_, listed) = sh_out(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.a,
-        "nft",
-        "list",
-        "set",
-        "inet",
-        "allowdns",
-        "allowed_v4",
-    ]);
+    lab.nft(
+        "add element inet allowdns allowed_v4 '{ 203.0.113.98 timeout 2d comment \"restart keep.fw.test\" }'",
+    );
+    let listed = lab.set("allowed_v4");
     assert!(
         listed.contains("comment \"restart keep.fw.test\""),
         "fed elements carry their agent and name:\n{listed}"
@@ -1548,7 +1281,7 @@ fn a_restart_keeps_what_the_policy_still_allows_and_withdraws_the_rest() {
         "203.0.113.99:443",
         "203.0.113.98:443",
     ] {
-        assert!(connect(&lab, addr).is_some(), "{addr} closed while down");
+        assert!(lab.connect(addr).is_some(), "{addr} closed while down");
     }
 
     // While it was down, the policy dropped a name.
@@ -1562,19 +1295,19 @@ fn a_restart_keeps_what_the_policy_still_allows_and_withdraws_the_rest() {
     .unwrap();
     let dns = serve();
     assert!(
-        connect(&lab, "203.0.113.10:443").is_some(),
+        lab.connect("203.0.113.10:443").is_some(),
         "an address the policy still allows was dropped at restart"
     );
     assert!(
-        connect(&lab, "203.0.113.66:443").is_none(),
+        lab.connect("203.0.113.66:443").is_none(),
         "an address of a name the policy no longer allows still passes after the restart"
     );
     assert!(
-        connect(&lab, "203.0.113.99:443").is_none(),
+        lab.connect("203.0.113.99:443").is_none(),
         "an element allowdns never handed out still passes after the restart"
     );
     assert!(
-        connect(&lab, "203.0.113.98:443").is_none(),
+        lab.connect("203.0.113.98:443").is_none(),
         "a forged label with a timeout allowdns never gives still passes after the restart"
     );
     assert_eq!(
@@ -1611,24 +1344,16 @@ fn a_restart_keeps_what_the_policy_still_allows_and_withdraws_the_rest() {
 /// tracks it under its rule. Reachable after the restart first (kept).
 #[test]
 fn an_element_taken_over_is_withdrawn_when_its_expiring_entry_goes() {
-    if !prerequisites() {
-        return;
-    }
-    let lab = Lab::create();
+    let Some(lab) = lab() else { return };
     start_services(&lab, &[443]);
-    let zone = lab.dir.write(
-        "tk.test.zone",
-        "$ORIGIN tk.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\nvendor IN A 203.0.113.65\n",
-    );
-    let upstream = Upstream::start("127.0.0.17", 0, &[zone]);
+    let upstream = lab.upstream("tk.test.zone", "$ORIGIN tk.test.\n$TTL 3600\n@ IN SOA ns. h. 1 3600 600 86400 5\nvendor IN A 203.0.113.65\n", "127.0.0.17");
     let later =
         humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3600));
     let entry = format!("  - destination: vendor.tk.test\n    expires: \"{later}\"\n");
-    let policy = lab.fence(&format!(
+    let policy = lab.fence("policy.yaml", &format!(
         "agent_name: taker\nexpected_outbound:\n{entry}  - destination: 192.0.2.0/24\nfirewall:\n  netns: NETNS\n"
     ));
-    let up = upstream.addr.to_string();
-    let serve = || Allowdns::serve(&["--policy", policy.to_str().unwrap(), "--upstream", &up]);
+    let serve = || serve(&policy, &upstream, &[]);
     let dns = serve();
     let m = query(dns.udp, "vendor.tk.test", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
@@ -1636,15 +1361,12 @@ fn an_element_taken_over_is_withdrawn_when_its_expiring_entry_goes() {
     let dns = serve();
     dns.wait_for("taken over", 1);
     assert!(
-        connect(&lab, "203.0.113.65:443").is_some(),
+        lab.connect("203.0.113.65:443").is_some(),
         "the element was not kept at restart"
     );
-    let text = std::fs::read_to_string(&policy).unwrap();
-    std::fs::write(&policy, text.replace(&entry, "")).unwrap();
-    dns.hup();
-    dns.wait_for("reloaded", 1);
+    reload(&dns, &policy, &entry, "", 1);
     assert!(
-        connect(&lab, "203.0.113.65:443").is_none(),
+        lab.connect("203.0.113.65:443").is_none(),
         "an element taken over under a dropped entry still passes"
     );
 }

@@ -3,96 +3,27 @@
 //! events) and re-feeds the live elements, so connections to names whose
 //! answers are still cached work again within a bounded time.
 //!
-//! Namespaces (created here, removed on drop): A, the agent, fenced by the
-//! printed ruleset; I, "the internet", with echo services on 192.0.2.0/24.
-//! allowdns runs in the test's own namespace and feeds A's sets; queries go
+//! The agent lab ([`netns::Agent`]): A, the agent, fenced by the printed
+//! ruleset; I, "the internet", with echo services on 192.0.2.0/24. allowdns
+//! runs in the test's own namespace (not R) and feeds A's sets; queries go
 //! to it over loopback.
 
 use crate::common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::netns::Agent as Lab;
 use common::*;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
-struct Lab {
-    a: String,
-    i: String,
-    dir: TempDir,
-    _ns: netns::Lab,
+fn lab() -> Lab {
+    Lab::new("adns-rl", |ns| ns.ip("i", "addr add 192.0.2.0/24 dev lo"))
 }
 
-impl Lab {
-    fn create() -> Lab {
-        let ns = netns::Lab::new("adns-rl", &["a", "i"])
-            .veth(
-                ("a", "a-i", "198.51.100.2/24"),
-                ("i", "i-a", "198.51.100.1/24"),
-            )
-            .ip("a", "route add default via 198.51.100.1")
-            .ip("i", "addr add 192.0.2.0/24 dev lo");
-        Lab {
-            a: ns.name("a").to_string(),
-            i: ns.name("i").to_string(),
-            dir: TempDir::new("ruleset-reload"),
-            _ns: ns,
-        }
-    }
-
-    fn netns(&self, ns: &str) -> PathBuf {
-        netns::path(ns)
-    }
-
-    /// `nft -f` inside A, as an operator reloads the fence.
-    fn load(&self, file: &std::path::Path) {
-        netns::nft_file(&self.a, file);
-    }
-
-    fn set_holds(&self, set: &str, needle: &str) -> bool {
-        let (ok, out) = sh_out(&[
-            "ip", "netns", "exec", &self.a, "nft", "list", "set", "inet", "allowdns", set,
-        ]);
-        assert!(ok, "{out}");
-        out.contains(needle)
-    }
-
-    fn connects(&self, addr: &str) -> bool {
-        let addr: SocketAddr = addr.parse().unwrap();
-        in_ns(self.netns(&self.a), move || {
-            TcpStream::connect_timeout(&addr, Duration::from_millis(500))
-                .is_ok_and(|mut s| echo(&mut s))
-        })
-    }
-}
-
-fn echo(stream: &mut TcpStream) -> bool {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
-    let mut buf = [0u8; 4];
-    stream.write_all(b"ping").is_ok() && stream.read_exact(&mut buf).is_ok() && &buf == b"ping"
-}
-
-fn start_echo(lab: &Lab, port: u16) {
-    let listener = in_ns(lab.netns(&lab.i), move || {
-        TcpListener::bind(("0.0.0.0", port)).unwrap()
-    });
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+/// `nft -f` inside A, as an operator reloads the fence.
+fn load(lab: &Lab, file: &std::path::Path) {
+    netns::nft_file(&lab.a, file);
 }
 
 /// Polls `f` every 10 ms for up to `within`; returns how long it took.
@@ -115,14 +46,14 @@ fn signal(pid: u32, sig: &str) {
 
 #[test]
 fn a_ruleset_reload_is_noticed_and_the_live_elements_are_fed_again() {
-    if !require_root_and(&["ip", "nft"]) {
+    if !netns::agent_prerequisites(&[]) {
         return;
     }
     // The re-feed is timed: no lab is built or torn down meanwhile.
     let _alone = alone();
-    let lab = Lab::create();
-    start_echo(&lab, 443);
-    start_echo(&lab, 8443);
+    let lab = lab();
+    lab.echo_server(&lab.i, "0.0.0.0:443");
+    lab.echo_server(&lab.i, "0.0.0.0:8443");
     // Lab wiring, before any fence.
     assert!(lab.connects("192.0.2.10:443"), "lab wiring: I is reachable");
 
@@ -136,7 +67,7 @@ fn a_ruleset_reload_is_noticed_and_the_live_elements_are_fed_again() {
     );
     let ruleset = nft_ruleset(&policy, "127.0.0.1");
     let ruleset = lab.dir.write("agent.nft", &ruleset);
-    lab.load(&ruleset);
+    load(&lab, &ruleset);
     assert!(
         !lab.connects("192.0.2.10:443"),
         "the fence holds before any lookup"
@@ -160,15 +91,16 @@ fn a_ruleset_reload_is_noticed_and_the_live_elements_are_fed_again() {
     // Without allowdns watching (stopped), the reload empties the sets and
     // the cached names stop working: what the re-feed is for.
     signal(dns.pid(), "STOP");
-    lab.load(&ruleset);
-    let emptied = !lab.set_holds("allowed_v4", "192.0.2.10");
+    load(&lab, &ruleset);
+    let emptied = !lab.set("allowed_v4").contains("192.0.2.10");
     let cut = !lab.connects("192.0.2.10:443");
     signal(dns.pid(), "CONT");
     assert!(emptied, "the reload empties the set");
     assert!(cut, "after the reload, a fed address is cut off");
     // Once allowdns runs, it has seen the reload and re-feeds.
     let took = within(Duration::from_secs(1), || {
-        lab.set_holds("allowed_v4", "192.0.2.10") && lab.set_holds("allowed_v4_ports", "192.0.2.30")
+        lab.set("allowed_v4").contains("192.0.2.10")
+            && lab.set("allowed_v4_ports").contains("192.0.2.30")
     });
     assert!(took.is_some(), "not re-fed within 1 s:\n{}", dns.stderr());
     assert!(
@@ -183,9 +115,9 @@ fn a_ruleset_reload_is_noticed_and_the_live_elements_are_fed_again() {
 
     // A reload while it runs: back within the bound, without any new lookup.
     let before = dns.stderr().matches("re-fed").count();
-    lab.load(&ruleset);
+    load(&lab, &ruleset);
     let took = within(Duration::from_secs(1), || {
-        lab.set_holds("allowed_v4", "192.0.2.10")
+        lab.set("allowed_v4").contains("192.0.2.10")
     })
     .unwrap_or_else(|| panic!("not re-fed within 1 s:\n{}", dns.stderr()));
     eprintln!("re-fed {took:?} after `nft -f` returned");
@@ -202,5 +134,5 @@ fn a_ruleset_reload_is_noticed_and_the_live_elements_are_fed_again() {
         dns.stderr()
     );
     // A name never looked up is not fed by the re-feed.
-    assert!(!lab.set_holds("allowed_v4", "192.0.2.11"));
+    assert!(!lab.set("allowed_v4").contains("192.0.2.11"));
 }
