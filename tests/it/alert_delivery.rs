@@ -290,20 +290,17 @@ fn a_third_denial_in_the_window_posts_exactly_one_notification() {
         assert!(t.ends_with('Z') && t.contains('T'), "{ts}: {t}");
     }
     let text = b["text"].as_str().unwrap();
-    assert!(
-        text.contains("agent test_agent made 3 denied DNS lookups within 300 s"),
-        "{text}"
+    assert_has(
+        &text,
+        "agent test_agent made 3 denied DNS lookups within 300 s",
     );
-    assert!(
-        text.contains("sketchy-mirror.example.com A x2, c2.exfil.example TXT"),
-        "{text}"
+    assert_has(
+        &text,
+        "sketchy-mirror.example.com A x2, c2.exfil.example TXT",
     );
     // The stderr alerts are unchanged, and the delivery reports its counts.
-    assert!(stderr.contains("UNEXPECTED DNS LOOKUP"), "{stderr}");
-    assert!(
-        stderr.contains("1 sent, 0 failed attempts, 0 given up, 0 dropped"),
-        "{stderr}"
-    );
+    assert_has(&stderr, "UNEXPECTED DNS LOOKUP");
+    assert_has(&stderr, "1 sent, 0 failed attempts, 0 given up, 0 dropped");
     assert_eq!(audit(&dir).len(), 4);
 }
 
@@ -437,7 +434,7 @@ fn a_hung_webhook_with_a_long_timeout_delays_no_query() {
     );
     let (status, stderr) = dns.terminate();
     assert!(status.success(), "{stderr}");
-    assert!(stderr.contains("still busy at shutdown"), "{stderr}");
+    assert_has(&stderr, "still busy at shutdown");
     let records = audit(&dir);
     assert_eq!(records.len(), 51, "{stderr}");
     assert_eq!(records[0]["qname"], "trigger.example");
@@ -481,18 +478,9 @@ fn a_receiver_dying_mid_request_gets_the_same_notification_again() {
     assert_eq!(posts[0].body["names"][0]["qname"], "half-sent.example");
     let (status, stderr) = dns.terminate();
     assert!(status.success(), "{stderr}");
-    assert!(
-        stderr.contains("closed the connection without a response"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("delivered again after 2 failed attempt(s)"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("1 sent, 2 failed attempts, 0 given up, 0 dropped"),
-        "{stderr}"
-    );
+    assert_has(&stderr, "closed the connection without a response");
+    assert_has(&stderr, "delivered again after 2 failed attempt(s)");
+    assert_has(&stderr, "1 sent, 2 failed attempts, 0 given up, 0 dropped");
     assert_eq!(rx.posts().len(), 1);
     assert_eq!(audit(&dir).len(), 1);
 }
@@ -528,9 +516,9 @@ fn syslog_gets_an_rfc3164_line_with_the_json_while_the_webhook_hangs() {
     let (status, stderr) = dns.terminate();
     assert!(status.success(), "{stderr}");
     // Shutdown does not wait out the stuck webhook.
-    assert!(
-        stderr.contains("still busy at shutdown; abandoned with 1 notification(s) undelivered"),
-        "{stderr}"
+    assert_has(
+        &stderr,
+        "still busy at shutdown; abandoned with 1 notification(s) undelivered",
     );
     drop(stuck);
 
@@ -619,12 +607,12 @@ fn check_rejects_bad_alert_settings_with_file_line_and_field() {
     );
     let (code, stderr) = check(&shapes);
     assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains(&format!(
+    assert_has(
+        &stderr,
+        &format!(
             "{}:4: alerts.notify.webhook.chat_id: is required with format: telegram",
             shapes.display()
-        )),
-        "{stderr}"
+        ),
     );
     let teams = dir.write(
         "teams.yaml",
@@ -657,7 +645,7 @@ fn check_rejects_bad_alert_settings_with_file_line_and_field() {
     );
     let (code, stderr) = check(&bad_ca);
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("no PEM certificate"), "{stderr}");
+    assert_has(&stderr, "no PEM certificate");
 
     let nowhere = dir.write(
         "nowhere.yaml",
@@ -665,12 +653,9 @@ fn check_rejects_bad_alert_settings_with_file_line_and_field() {
     );
     let (code, stderr) = check(&nowhere);
     assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "{}:3: alerts.notify: names no sink",
-            nowhere.display()
-        )),
-        "{stderr}"
+    assert_has(
+        &stderr,
+        &format!("{}:3: alerts.notify: names no sink", nowhere.display()),
     );
 
     let both = dir.write(
@@ -681,13 +666,13 @@ fn check_rejects_bad_alert_settings_with_file_line_and_field() {
     );
     let (code, stderr) = check(&both);
     assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains("alerts.notify.syslog: give `socket` or `address`, not both"),
-        "{stderr}"
+    assert_has(
+        &stderr,
+        "alerts.notify.syslog: give `socket` or `address`, not both",
     );
-    assert!(
-        stderr.contains("alerts.notify.webhook.url: 'http://127.0.0.1:0/': port '0'"),
-        "{stderr}"
+    assert_has(
+        &stderr,
+        "alerts.notify.webhook.url: 'http://127.0.0.1:0/': port '0'",
     );
 
     // A good one loads; a webhook off this machine is worth a warning.
@@ -832,15 +817,12 @@ fn a_stripped_special_purpose_address_is_notified_and_counted() {
         serde_json::json!([{"what": "169.254.169.254 (link-local (cloud metadata))", "count": 1}])
     );
     let text = b["text"].as_str().unwrap();
-    assert!(
-        text.contains("agent corp got 1 answer(s) stripped of special-purpose addresses"),
-        "{text}"
+    assert_has(
+        &text,
+        "agent corp got 1 answer(s) stripped of special-purpose addresses",
     );
     // The stderr alert is still there.
-    assert!(
-        stderr.contains("SPECIAL-PURPOSE ADDRESS STRIPPED"),
-        "{stderr}"
-    );
+    assert_has(&stderr, "SPECIAL-PURPOSE ADDRESS STRIPPED");
 }
 
 #[test]
@@ -944,7 +926,7 @@ fn exfiltration_marks_are_notified_per_window_and_counted() {
         "{follow}"
     );
     // The stderr lines are unchanged.
-    assert!(stderr.contains("EXFILTRATION BUDGET EXCEEDED"), "{stderr}");
+    assert_has(&stderr, "EXFILTRATION BUDGET EXCEEDED");
 }
 
 // --- https: a local TLS receiver whose CA and certificate the test makes.
@@ -1126,7 +1108,7 @@ fn https_webhook_trusts_its_ca_file_refuses_any_other_and_survives_a_hang() {
     );
     let (code, stderr) = check(Path::new(&cfg));
     assert_eq!(code, 0, "check refuses an https webhook: {stderr}");
-    assert!(!stderr.contains("unencrypted"), "{stderr}");
+    assert_lacks(&stderr, "unencrypted");
     let dns = serve(&cfg);
     deny(&dns, "over-tls.example", RecordType::A);
     wait_until("a POST over TLS", || !rx.posts().is_empty());

@@ -82,12 +82,12 @@ fn check_refuses_a_fifo_a_device_symlink_and_deep_nesting_promptly() {
 
     let (code, out, took) = check(&["--policy", dir.0.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains(&format!(
+    assert_has(
+        &out,
+        &format!(
             "{}: cannot read policy: a FIFO, not a regular file",
             fifo.display()
-        )),
-        "{out}"
+        ),
     );
     assert!(took < Duration::from_secs(5), "{took:?}");
     std::fs::remove_file(&fifo).unwrap();
@@ -96,12 +96,12 @@ fn check_refuses_a_fifo_a_device_symlink_and_deep_nesting_promptly() {
     std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
     let (code, out, took) = check(&["--policy", dir.0.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains(&format!(
+    assert_has(
+        &out,
+        &format!(
             "{}: cannot read policy: a character device, not a regular file",
             zero.display()
-        )),
-        "{out}"
+        ),
     );
     assert!(took < Duration::from_secs(5), "{took:?}");
     std::fs::remove_file(&zero).unwrap();
@@ -114,18 +114,15 @@ fn check_refuses_a_fifo_a_device_symlink_and_deep_nesting_promptly() {
         .unwrap();
     let (code, out, _) = check(&["--policy", big.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("larger than the 16777216-byte limit"), "{out}");
+    assert_has(&out, "larger than the 16777216-byte limit");
 
     // 100k levels: refused with file:line, fast.
     let nested = dir.write("deep.yaml", &deep(100_000));
     let (code, out, took) = check(&["--policy", nested.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains(&format!(
-            "{}:2: nested deeper than 64 levels",
-            nested.display()
-        )),
-        "{out}"
+    assert_has(
+        &out,
+        &format!("{}:2: nested deeper than 64 levels", nested.display()),
     );
     assert!(took < Duration::from_secs(5), "{took:?}");
     // The same in the config file.
@@ -144,7 +141,7 @@ fn check_refuses_a_fifo_a_device_symlink_and_deep_nesting_promptly() {
         zones.to_str().unwrap(),
     ]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("a FIFO, not a regular file"), "{out}");
+    assert_has(&out, "a FIFO, not a regular file");
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
@@ -162,7 +159,7 @@ fn a_byte_order_mark_is_accepted() {
     let policy = dir.write("bom.yaml", &text);
     let (code, out, _) = check(&["--policy", policy.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("agent 'b', 1 name rule(s)"), "{out}");
+    assert_has(&out, "agent 'b', 1 name rule(s)");
 }
 
 #[test]
@@ -176,14 +173,8 @@ fn a_huge_value_is_clipped_in_error_messages() {
     let (code, out, _) = check(&["--policy", policy.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.len() < 4096, "{} bytes of output", out.len());
-    assert!(
-        out.contains("long.yaml:3: expected_outbound[0].destination"),
-        "{out}"
-    );
-    assert!(
-        out.contains(&format!("… ({} bytes)", label.len() + 2)),
-        "{out}"
-    );
+    assert_has(&out, "long.yaml:3: expected_outbound[0].destination");
+    assert_has(&out, &format!("… ({} bytes)", label.len() + 2));
 }
 
 #[test]
@@ -195,15 +186,13 @@ fn check_warns_about_destinations_that_open_everything() {
     );
     let (code, out, _) = check(&["--policy", policy.to_str().unwrap()]);
     assert_eq!(code, 0, "warnings do not fail check: {out}");
-    assert!(
-        out.contains("broad.yaml:3: expected_outbound[0].destination: over-broad: 0.0.0.0/0 is every IPv4 address"),
-        "{out}"
+    assert_has(
+        &out,
+        "broad.yaml:3: expected_outbound[0].destination: over-broad: 0.0.0.0/0 is every IPv4 address",
     );
-    assert!(
-        out.contains(
-            "broad.yaml:6: expected_outbound[1].destination: over-broad: ::/0 is every IPv6 address"
-        ),
-        "{out}"
+    assert_has(
+        &out,
+        "broad.yaml:6: expected_outbound[1].destination: over-broad: ::/0 is every IPv6 address",
     );
 }
 
@@ -363,7 +352,7 @@ fn a_full_disk_loses_whole_records_counted_and_reports_once() {
         audit_lines[0].contains("audit log write failed: No space left on device"),
         "{audit_lines:#?}"
     );
-    assert!(stderr.contains("audit log writable again"), "{stderr}");
+    assert_has(&stderr, "audit log writable again");
 }
 
 #[test]
@@ -441,7 +430,7 @@ fn idle_control_clients_do_not_lock_out_status() {
             "{stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(stdout.contains("p.yaml"), "{stdout}");
+        assert_has(&stdout, "p.yaml");
         assert!(
             start.elapsed() < Duration::from_secs(2),
             "{:?}",
@@ -489,7 +478,7 @@ fn after_the_first_shape_error_every_other_error_is_reported_with_its_line() {
     let (code, out, _) = check(&["--policy", broken.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert_eq!(out.matches("error:").count(), 1, "{out}");
-    assert!(out.contains("broken.yaml:"), "{out}");
+    assert_has(&out, "broken.yaml:");
     // Errors across files carry lines too.
     let twin = dir.write(
         "twin.yaml",
@@ -502,8 +491,8 @@ fn after_the_first_shape_error_every_other_error_is_reported_with_its_line() {
         twin.to_str().unwrap(),
     ]);
     assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains("twin.yaml:2: agent_name: agent 'a' is also defined in"),
-        "{out}"
+    assert_has(
+        &out,
+        "twin.yaml:2: agent_name: agent 'a' is also defined in",
     );
 }

@@ -30,11 +30,8 @@ fn the_shipped_demo_policy_and_zones_load() {
         "127.0.0.1:53",
     ]);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(
-        stdout.contains("agent 'travel_agent_v1', 3 name rule(s)"),
-        "{stdout}"
-    );
-    assert!(stdout.contains("ok: 3 zone(s)"), "{stdout}");
+    assert_has(&stdout, "agent 'travel_agent_v1', 3 name rule(s)");
+    assert_has(&stdout, "ok: 3 zone(s)");
 }
 
 #[test]
@@ -86,7 +83,7 @@ allowed_dynamic_resolution:
         assert!(stderr.contains(&want), "missing {want:?} in:\n{stderr}");
     }
     // check starts nothing, so it does not say that nothing was started.
-    assert!(!stderr.contains("nothing was started"), "{stderr}");
+    assert_lacks(&stderr, "nothing was started");
 }
 
 #[test]
@@ -99,20 +96,20 @@ fn config_file_errors_name_the_line() {
     );
     let (code, _, stderr) = check(&["--config", config.to_str().unwrap()]);
     assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains(&format!(
+    assert_has(
+        &stderr,
+        &format!(
             "{}:3: listen[1]: 'not-an-address' is not an address",
             config.display()
-        )),
-        "{stderr}"
+        ),
     );
 
     let config = dir.write("unknown.yaml", "policies: [p.yaml]\nlisen: []\n");
     let (code, _, stderr) = check(&["--config", config.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(
-        stderr.contains(&format!("{}:2: unknown field `lisen`", config.display())),
-        "{stderr}"
+    assert_has(
+        &stderr,
+        &format!("{}:2: unknown field `lisen`", config.display()),
     );
 
     // A good config, with paths relative to the config file.
@@ -122,7 +119,7 @@ fn config_file_errors_name_the_line() {
     );
     let (code, stdout, stderr) = check(&["--config", config.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("agent 'a'"), "{stdout}");
+    assert_has(&stdout, "agent 'a'");
     let _ = policy;
 }
 
@@ -147,12 +144,9 @@ fn serve_refuses_to_start_on_bad_input() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&format!(
-            "{}:3: expected_outbound[0].destination",
-            bad.display()
-        )),
-        "{stderr}"
+    assert_has(
+        &stderr,
+        &format!("{}:3: expected_outbound[0].destination", bad.display()),
     );
 }
 
@@ -222,7 +216,7 @@ fn choices_name_file_line_field_and_the_valid_values() {
     );
     let (code, stdout, stderr) = check(&["--policy", good.to_str().unwrap(), "--upstream", "none"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stderr.contains("mode: learn:"), "{stderr}");
+    assert_has(&stderr, "mode: learn:");
 }
 
 #[test]
@@ -248,7 +242,7 @@ fn a_yaml_tag_is_not_a_choice() {
         let (code, stdout, stderr) =
             check(&["--policy", policy.to_str().unwrap(), "--upstream", "none"]);
         assert_eq!(code, 1, "{name} must not load:\n{stdout}{stderr}");
-        assert!(stderr.contains(name), "{stderr}");
+        assert_has(&stderr, name);
     }
 }
 
@@ -264,12 +258,12 @@ fn a_misindented_policy_says_where_entries_go() {
     let policy = dir.write("p.yaml", &bad);
     let (code, _, stderr) = check(&["--upstream", "none", "--policy", policy.to_str().unwrap()]);
     assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains(&format!(
+    assert_has(
+        &stderr,
+        &format!(
             "{}:4: did not find expected '-' indicator: in the list of `expected_outbound` (line 2), \
              an entry starts with `- ` at column 3 and its fields line up at column 5; line 4 starts at column 4",
             policy.display()
-        )),
-        "{stderr}"
+        ),
     );
 }

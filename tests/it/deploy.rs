@@ -464,15 +464,13 @@ fn overlay_policies_load_and_their_sidecar_ruleset_lets_only_allowdns_out() {
             String::from_utf8_lossy(&out.stderr),
         );
         assert!(out.status.success(), "{overlay}: {stderr}");
-        assert!(
-            stdout.contains(
-                "output meta skuid 65532 ip daddr 10.96.0.10 meta l4proto { udp, tcp } th dport 53 accept"
-            ),
-            "{stdout}"
+        assert_has(
+            &stdout,
+            "output meta skuid 65532 ip daddr 10.96.0.10 meta l4proto { udp, tcp } th dport 53 accept",
         );
-        assert!(stdout.contains("input tcp dport 9153 accept"), "{stdout}");
+        assert_has(&stdout, "input tcp dport 9153 accept");
         // DNS from anyone else still goes only to allowdns.
-        assert!(stdout.contains("\"DNS only to allowdns\""), "{stdout}");
+        assert_has(&stdout, "\"DNS only to allowdns\"");
     }
 }
 

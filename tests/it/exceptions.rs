@@ -142,7 +142,7 @@ fn expiring_entries_stop_allowing_and_shadowed_wildcards_take_over() {
     assert_rcode(dns.udp, "c.x.test A", ResponseCode::NoError);
     let (status, stderr) = dns.terminate();
     assert!(status.success());
-    assert!(stderr.contains("policy entry expired"), "{stderr}");
+    assert_has(&stderr, "policy entry expired");
     let mut expired: Vec<_> = read_audit(&audit)
         .into_iter()
         .filter(|r| r["event"] == "entry_expired")
@@ -261,7 +261,7 @@ fn grants_allow_for_a_while_are_audited_and_expire() {
         Duration::from_secs(10),
     );
     let (_, stdout, _) = allowdns(&["status", "--control", sock]);
-    assert!(stdout.contains("no active grants"), "{stdout}");
+    assert_has(&stdout, "no active grants");
 
     // Revoking ends a grant at once.
     let (ok, _, stderr) = allowdns(&[
@@ -445,7 +445,7 @@ fn grants_with_control_characters_or_from_strangers_are_refused() {
             Ok(out) => {
                 let stderr = String::from_utf8_lossy(&out.stderr);
                 assert!(!out.status.success(), "{stderr}");
-                assert!(stderr.contains("permission denied: uid 65534"), "{stderr}");
+                assert_has(&stderr, "permission denied: uid 65534");
             }
             Err(e) => require_or_skip(&format!("setpriv is not available ({e})")),
         }

@@ -78,11 +78,8 @@ fn a_listen_port_in_use_exits_3_naming_the_address() {
     let status =
         status.unwrap_or_else(|| panic!("allowdns kept running on a port in use: {stderr}"));
     assert_eq!(status.code(), Some(3), "{stderr}");
-    assert!(
-        stderr.contains(&format!("cannot listen on {addr}")),
-        "{stderr}"
-    );
-    assert!(!stderr.contains("listening on"), "{stderr}");
+    assert_has(&stderr, &format!("cannot listen on {addr}"));
+    assert_lacks(&stderr, "listening on");
     drop(held);
 }
 
@@ -104,7 +101,7 @@ fn bad_input_exits_1_and_an_unopenable_audit_log_exits_3() {
         Duration::from_secs(20),
     );
     assert_eq!(status.and_then(|s| s.code()), Some(1), "{stderr}");
-    assert!(stderr.contains("bad.yaml"), "{stderr}");
+    assert_has(&stderr, "bad.yaml");
 
     // A directory where the audit log should be: the inputs are fine, the place is not.
     let log = dir.0.join("audit-is-a-directory");
@@ -124,10 +121,7 @@ fn bad_input_exits_1_and_an_unopenable_audit_log_exits_3() {
         Duration::from_secs(20),
     );
     assert_eq!(status.and_then(|s| s.code()), Some(3), "{stderr}");
-    assert!(
-        stderr.contains(&format!("cannot open audit log {}", log.display())),
-        "{stderr}"
-    );
+    assert_has(&stderr, &format!("cannot open audit log {}", log.display()));
 }
 
 /// `allowdns nft-ruleset … | head -1`: a reader that stops reading is a

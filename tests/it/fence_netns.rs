@@ -147,7 +147,7 @@ fn special_purpose_addresses_are_never_handed_out_or_reached() {
         !v4.contains("169.254.169.254") && !v4.contains("10.9.9.9"),
         "{v4}"
     );
-    assert!(v4.contains("203.0.113.11"), "{v4}");
+    assert_has(&v4, "203.0.113.11");
     assert!(!lab.set("allowed_v6").contains("fe80::1"));
     // ...unreachable, even through elements added by hand (or left stale).
     lab.nft("add element inet allowdns allowed_v4 '{ 169.254.169.254 timeout 1h, 10.9.9.9 timeout 1h }'");
@@ -172,13 +172,10 @@ fn special_purpose_addresses_are_never_handed_out_or_reached() {
 
     let (status, stderr) = dns.terminate();
     assert!(status.success(), "{stderr}");
-    assert!(
-        stderr.contains("SPECIAL-PURPOSE ADDRESS STRIPPED"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("Stripped: 169.254.169.254 (link-local (cloud metadata))"),
-        "{stderr}"
+    assert_has(&stderr, "SPECIAL-PURPOSE ADDRESS STRIPPED");
+    assert_has(
+        &stderr,
+        "Stripped: 169.254.169.254 (link-local (cloud metadata))",
     );
     assert!(
         stderr.contains("more answers to 10.200.1.2"),
@@ -229,7 +226,7 @@ fn inbound_connections_reach_only_listed_ports() {
     );
     assert!(connect_from(i(), port(8080)), "the listed port is closed");
     let counters = lab.nft("list chain inet allowdns input");
-    assert!(counters.contains("ingress denied"), "{counters}");
+    assert_has(&counters, "ingress denied");
     lab.unfence();
     assert!(
         connect_from(i(), port(9090)),
@@ -314,7 +311,7 @@ fn neighbour_discovery_carries_nothing_off_the_link() {
         "a solicitation to a global address left"
     );
     let chain = lab.nft("list chain inet allowdns output");
-    assert!(chain.contains("ip6 hoplimit 255"), "{chain}");
+    assert_has(&chain, "ip6 hoplimit 255");
     // To a neighbour on the link: a short solicitation passes, one with data
     // stuffed into its options does not (unfenced, it does).
     let stuffed = format!("EXFIL-{}", "x".repeat(80));
@@ -445,7 +442,7 @@ fn a_routing_header_reaches_no_address_past_the_allowed_one() {
         "a routing header carried a datagram past the allowed address"
     );
     let denied = lab.nft("list chain inet allowdns output");
-    assert!(denied.contains("exthdr rt exists"), "{denied}");
+    assert_has(&denied, "exthdr rt exists");
 }
 
 /// The IPv4 form of the same trick: loose source routing (`IP_OPTIONS`;
@@ -572,7 +569,7 @@ fn ipv6_works_through_a_global_gateway() {
         "the gateway did not resolve the agent: {seen}"
     );
     let hops = lab.set("nd_next_hops");
-    assert!(hops.contains("2001:db8:2::1"), "{hops}");
+    assert_has(&hops, "2001:db8:2::1");
 }
 
 /// IPv6 through a link-local gateway, as SLAAC and most routers give it.
@@ -817,7 +814,7 @@ fn selftest_tells_a_holding_fence_from_a_broken_one() {
     ] {
         assert!(out.contains(check), "{check}: {out}");
     }
-    assert!(out.contains("the fence holds"), "{out}");
+    assert_has(&out, "the fence holds");
     // A hand-added element opens the canary: the fence no longer holds.
     lab.nft("add element inet allowdns allowed_v4 { 192.0.2.1 }");
     let (ok, out) = selftest(&lab, &["--dns", DNS]);

@@ -308,11 +308,11 @@ fn a_missing_set_is_a_clear_startup_error() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("set 'allowed_v4' in table inet nosuchtable in netns /run/netns/adns-a-"),
-        "{stderr}"
+    assert_has(
+        &stderr,
+        "set 'allowed_v4' in table inet nosuchtable in netns /run/netns/adns-a-",
     );
-    assert!(stderr.contains("does it exist?"), "{stderr}");
+    assert_has(&stderr, "does it exist?");
 }
 
 /// `cmd` (an allowdns command line) with a deadline, optionally behind
@@ -368,10 +368,10 @@ fn a_missing_capability_is_a_runtime_failure_naming_it() {
     // A target in another namespace: entering it is refused.
     let (code, out) = run_bounded(NO_CAPS, &check_args(&in_netns));
     assert_eq!(code, 3, "a runtime failure, not invalid input: {out}");
-    assert!(out.contains("no permission"), "{out}");
-    assert!(out.contains(&netns_target), "{out}");
-    assert!(out.contains("CAP_NET_ADMIN"), "{out}");
-    assert!(!out.contains("error(s) in configuration"), "{out}");
+    assert_has(&out, "no permission");
+    assert_has(&out, &netns_target);
+    assert_has(&out, "CAP_NET_ADMIN");
+    assert_lacks(&out, "error(s) in configuration");
 
     // A target in allowdns's own namespace: nftables refuses to read the set.
     let mut prefix = in_a.to_vec();
@@ -402,7 +402,7 @@ fn a_missing_capability_is_a_runtime_failure_naming_it() {
         out.contains(&netns_target) && out.contains("CAP_NET_ADMIN"),
         "{out}"
     );
-    assert!(!out.contains("listening on"), "{out}");
+    assert_lacks(&out, "listening on");
 }
 
 #[test]
@@ -425,7 +425,7 @@ fn a_failed_set_update_fails_closed_with_servfail_and_an_alert() {
     );
     assert!(m.answers.is_empty());
     let (_, stderr) = dns.terminate();
-    assert!(stderr.contains("FIREWALL UPDATE FAILED"), "{stderr}");
+    assert_has(&stderr, "FIREWALL UPDATE FAILED");
 }
 
 #[test]
@@ -550,8 +550,8 @@ fn grants_and_expiring_ranges_age_out_of_the_fence() {
     assert_rcode(dns.udp, "vendor.fw.test A", ResponseCode::NXDomain);
     // The range timed out in the kernel at the same moment; leaving it is no failure.
     let stderr = dns.stderr();
-    assert!(!stderr.contains("FIREWALL UPDATE FAILED"), "{stderr}");
-    assert!(stderr.contains("policy entry expired"), "{stderr}");
+    assert_lacks(&stderr, "FIREWALL UPDATE FAILED");
+    assert_has(&stderr, "policy entry expired");
 }
 
 /// A revoked grant takes its addresses out of the fence at once, not at the
@@ -889,14 +889,11 @@ fn a_blocked_connection_is_alerted_and_audited_with_what_allowdns_knows() {
     );
     dns.wait_for("UNEXPECTED OUTBOUND CONNECTION", 1);
     let err = dns.stderr();
-    assert!(
-        err.contains("Destination: 203.0.113.99:443/tcp (never handed out)\nAction: BLOCKED\nRule Matched: NONE - Connection not in allow-list.\n"),
-        "{err}"
+    assert_has(
+        &err,
+        "Destination: 203.0.113.99:443/tcp (never handed out)\nAction: BLOCKED\nRule Matched: NONE - Connection not in allow-list.\n",
     );
-    assert!(
-        err.contains("Agent: travel_agent_v1\nClient: 10.200.2.2\nPID: "),
-        "{err}"
-    );
+    assert_has(&err, "Agent: travel_agent_v1\nClient: 10.200.2.2\nPID: ");
     // The process that connected, by its command line.
     let script = lab.dir.0.join("agent.py");
     let command = format!("python3 {} 203.0.113.99 443\n", script.display());
@@ -932,9 +929,9 @@ fn a_blocked_connection_is_alerted_and_audited_with_what_allowdns_knows() {
     assert!(!python_connect(&lab, "203.0.113.70", 22));
     dns.wait_for("UNEXPECTED OUTBOUND CONNECTION", 2);
     let err = dns.stderr();
-    assert!(
-        err.contains("Destination: 203.0.113.70:22/tcp (resolved: api.cw.test, handed to agent travel_agent_v1 for 443/tcp)\nAction: BLOCKED\nRule Matched: api.cw.test - allows 443/tcp only\n"),
-        "{err}"
+    assert_has(
+        &err,
+        "Destination: 203.0.113.70:22/tcp (resolved: api.cw.test, handed to agent travel_agent_v1 for 443/tcp)\nAction: BLOCKED\nRule Matched: api.cw.test - allows 443/tcp only\n",
     );
     let records = egress_records(&audit, 2);
     let r = &records[1];
@@ -1040,15 +1037,13 @@ fn monitor_mode_lets_through_and_alerts_and_enforce_closes_at_once() {
     );
     dns.wait_for("UNEXPECTED OUTBOUND CONNECTION", 1);
     let err = dns.stderr();
-    assert!(
-        err.contains(
-            "Query: sketchy-mirror.cw.test A\nAction: LOGGED (Block policy not enabled)\n"
-        ),
-        "{err}"
+    assert_has(
+        &err,
+        "Query: sketchy-mirror.cw.test A\nAction: LOGGED (Block policy not enabled)\n",
     );
-    assert!(
-        err.contains("Destination: 203.0.113.72:443/tcp (resolved: sketchy-mirror.cw.test, handed to agent travel_agent_v1 outside the allowlist)\nAction: LOGGED (Block policy not enabled)\nRule Matched: NONE - Connection not in allow-list.\n"),
-        "{err}"
+    assert_has(
+        &err,
+        "Destination: 203.0.113.72:443/tcp (resolved: sketchy-mirror.cw.test, handed to agent travel_agent_v1 outside the allowlist)\nAction: LOGGED (Block policy not enabled)\nRule Matched: NONE - Connection not in allow-list.\n",
     );
     assert_eq!(
         err.matches("UNEXPECTED OUTBOUND CONNECTION").count(),
@@ -1167,11 +1162,8 @@ fn a_denied_lookup_names_the_process_that_asked_from_another_namespace() {
     assert_eq!(r["cmdline"], "getent ahostsv4 denied.fw.test", "{r}");
     dns.wait_for("Query: denied.fw.test", 1);
     let stderr = dns.stderr();
-    assert!(stderr.contains(&format!("PID: {pid}\n")), "{stderr}");
-    assert!(
-        stderr.contains("Command: getent ahostsv4 denied.fw.test\n"),
-        "{stderr}"
-    );
+    assert_has(&stderr, &format!("PID: {pid}\n"));
+    assert_has(&stderr, "Command: getent ahostsv4 denied.fw.test\n");
 
     // An agent's child, started through subprocess: its parents lead back to the script.
     let script = lab.dir.write(
@@ -1316,22 +1308,22 @@ fn a_restart_keeps_what_the_policy_still_allows_and_withdraws_the_rest() {
         "kept without asking again"
     );
     let (_, stderr) = dns.terminate();
-    assert!(
-        stderr.contains("[!] FENCE: 203.0.113.66 withdrawn: left by the previous run, but the policy no longer allows dropped.fw.test"),
-        "{stderr}"
+    assert_has(
+        &stderr,
+        "[!] FENCE: 203.0.113.66 withdrawn: left by the previous run, but the policy no longer allows dropped.fw.test",
     );
-    assert!(
-        stderr.contains("[!] FENCE: 203.0.113.99 withdrawn: left by the previous run, but not labelled as handed out by allowdns"),
-        "{stderr}"
+    assert_has(
+        &stderr,
+        "[!] FENCE: 203.0.113.99 withdrawn: left by the previous run, but not labelled as handed out by allowdns",
     );
-    assert!(stderr.contains("taken over elements=1"), "{stderr}");
+    assert_has(&stderr, "taken over elements=1");
     let events: Vec<_> = read_audit(&audit)
         .into_iter()
         .filter(|r| r["event"] == "fence_withdrawn")
         .collect();
-    assert!(
-        stderr.contains("[!] FENCE: 203.0.113.98 withdrawn: left by the previous run, but 17"),
-        "{stderr}"
+    assert_has(
+        &stderr,
+        "[!] FENCE: 203.0.113.98 withdrawn: left by the previous run, but 17",
     );
     assert_eq!(events.len(), 3, "{events:?}");
     let dropped = events.iter().find(|e| e["addr"] == "203.0.113.66").unwrap();

@@ -17,8 +17,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{
-    Upstream, bin, console_commands, data, in_ns, missing_lines, netns, readme_blocks, repo,
-    require_root_and, sh,
+    Upstream, assert_has, assert_lacks, bin, console_commands, data, in_ns, missing_lines, netns,
+    readme_blocks, repo, require_root_and, sh,
 };
 
 const DNS: &str = "198.51.100.53";
@@ -657,19 +657,11 @@ fn blocked_connections_are_alerted_and_audited() {
     assert_eq!(web["rule"], "web.kennel.test", "{web}");
     // The alerts: the seeds' block, blocked, with the process; the parallel
     // probes fold into one summary.
-    assert!(
-        r.alerts.contains("[!] UNEXPECTED OUTBOUND CONNECTION\n"),
-        "{}",
-        r.alerts
-    );
-    assert!(r.alerts.contains("\nAction: BLOCKED\n"), "{}", r.alerts);
+    assert_has(&r.alerts, "[!] UNEXPECTED OUTBOUND CONNECTION\n");
+    assert_has(&r.alerts, "\nAction: BLOCKED\n");
     // The process, or why not (a loaded machine may run out of the budget).
-    assert!(r.alerts.contains("\nPID: "), "{}", r.alerts);
-    assert!(
-        r.alerts.contains("more connection attempts from"),
-        "{}",
-        r.alerts
-    );
+    assert_has(&r.alerts, "\nPID: ");
+    assert_has(&r.alerts, "more connection attempts from");
 }
 
 /// `run --monitor`: the unlisted name resolves and the connection to it
@@ -696,13 +688,13 @@ fn monitor_lets_through_and_alerts() {
         ran.stderr
     );
     let alerts = std::fs::read_to_string(world.dir.join("alerts.log")).unwrap_or_default();
-    assert!(
-        alerts.contains("Query: other.kennel.test A\nAction: LOGGED (Block policy not enabled)\n"),
-        "{alerts}"
+    assert_has(
+        &alerts,
+        "Query: other.kennel.test A\nAction: LOGGED (Block policy not enabled)\n",
     );
-    assert!(
-        alerts.contains("Destination: 198.51.100.201:8080/tcp (resolved: other.kennel.test, handed to agent kennel_agent outside the allowlist)\nAction: LOGGED (Block policy not enabled)\n"),
-        "{alerts}"
+    assert_has(
+        &alerts,
+        "Destination: 198.51.100.201:8080/tcp (resolved: other.kennel.test, handed to agent kennel_agent outside the allowlist)\nAction: LOGGED (Block policy not enabled)\n",
     );
 }
 
@@ -853,8 +845,8 @@ fn double_forked_daemon_is_fenced_then_everything_is_torn_down() {
     let run_pid = child.id();
     let log = wait_for_file(&world.dir.join("bg.log"), "bg_hard");
     // Positive control, then the fence, both seen from the daemon while CMD still runs.
-    assert!(log.contains("PROBE bg_web ok"), "{log}");
-    assert!(log.contains("PROBE bg_hard fail"), "{log}");
+    assert_has(&log, "PROBE bg_web ok");
+    assert_has(&log, "PROBE bg_hard fail");
     // Find the kennel's namespace and processes before they end.
     // `ip netns exec` execs run: the child's pid is run's.
     let run = run_pid;
@@ -1065,11 +1057,7 @@ fn without_user_namespaces_run_refuses_and_never_runs_cmd() {
     std::fs::remove_file(&marker).unwrap();
     let ran = inside("0");
     assert_ne!(ran.code, Some(0));
-    assert!(
-        ran.stderr.contains("user namespaces are disabled"),
-        "{}",
-        ran.stderr
-    );
+    assert_has(&ran.stderr, "user namespaces are disabled");
     assert!(!marker.exists(), "CMD ran without the fence");
 }
 
@@ -1158,9 +1146,9 @@ fn run_help_lists_only_what_run_takes_and_usage_errors_exit_2() {
         help.contains("--policy <FILE>") && help.contains("--learn"),
         "{help}"
     );
-    assert!(!help.contains("--listen"), "{help}");
-    assert!(!help.contains("repeatable;"), "{help}");
-    assert!(help.contains("`-` is stdout"), "{help}");
+    assert_lacks(&help, "--listen");
+    assert_lacks(&help, "repeatable;");
+    assert_has(&help, "`-` is stdout");
     let usage = |args: &[&str]| {
         let out = Command::new(bin()).args(args).output().unwrap();
         (
@@ -1170,10 +1158,10 @@ fn run_help_lists_only_what_run_takes_and_usage_errors_exit_2() {
     };
     let (code, err) = usage(&["run", "--listen", "127.0.0.1:5300", "--", "true"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("--listen does not apply to run"), "{err}");
+    assert_has(&err, "--listen does not apply to run");
     let (code, err) = usage(&["run", "--", "true"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("run needs --policy FILE, or --learn"), "{err}");
+    assert_has(&err, "run needs --policy FILE, or --learn");
     let (code, err) = usage(&[
         "run", "--policy", "a.yaml", "--policy", "b.yaml", "--", "true",
     ]);
@@ -1181,11 +1169,11 @@ fn run_help_lists_only_what_run_takes_and_usage_errors_exit_2() {
     // The usage line after an error does not make the flags given look required.
     let (code, err) = usage(&["run", "--zones", "zones", "--bogus", "--", "true"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("Usage: allowdns run [OPTIONS]"), "{err}");
-    assert!(!err.contains("--zones <"), "{err}");
+    assert_has(&err, "Usage: allowdns run [OPTIONS]");
+    assert_lacks(&err, "--zones <");
     let (code, err) = usage(&["serve", "--zones", "zones", "--bogus"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("Usage: allowdns serve [OPTIONS]\n"), "{err}");
+    assert_has(&err, "Usage: allowdns serve [OPTIONS]\n");
 }
 
 #[test]
@@ -1247,11 +1235,7 @@ fn learn_from_nothing_names_the_agent_and_keeps_the_evidence_when_asked() {
         "learn mode opens: {}",
         ran.stderr
     );
-    assert!(
-        ran.stderr.contains("an empty policy for agent 'scout'"),
-        "{}",
-        ran.stderr
-    );
+    assert_has(&ran.stderr, "an empty policy for agent 'scout'");
     assert!(
         !ran.stderr.contains("allowdns-run-"),
         "a temp file is named: {}",
@@ -1263,12 +1247,9 @@ fn learn_from_nothing_names_the_agent_and_keeps_the_evidence_when_asked() {
         "{text}\n{}",
         ran.stderr
     );
-    assert!(text.contains("web.kennel.test"), "{text}");
-    assert!(!text.contains("\nclients:"), "{text}");
-    assert!(
-        text.contains("not kept: run with --audit-log FILE"),
-        "{text}"
-    );
+    assert_has(&text, "web.kennel.test");
+    assert_lacks(&text, "\nclients:");
+    assert_has(&text, "not kept: run with --audit-log FILE");
     // The agent's name defaults to CMD's file name; a kept log is cited.
     let kept = world.dir.join("kept.jsonl");
     let ran = world.run_bare(
@@ -1285,8 +1266,8 @@ fn learn_from_nothing_names_the_agent_and_keeps_the_evidence_when_asked() {
     );
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
     let text = std::fs::read_to_string(&suggested).unwrap_or_default();
-    assert!(text.contains("agent_name: \"sh\""), "{text}");
-    assert!(text.contains(&kept.display().to_string()), "{text}");
+    assert_has(&text, "agent_name: \"sh\"");
+    assert_has(&text, &kept.display().to_string());
     assert!(
         std::fs::read_to_string(&kept)
             .unwrap_or_default()
@@ -1298,7 +1279,7 @@ fn learn_from_nothing_names_the_agent_and_keeps_the_evidence_when_asked() {
         workload,
     );
     assert!(ran.probe("tcp_web_8080"), "{}\n{}", ran.stdout, ran.stderr);
-    assert!(!ran.stderr.contains("clients ignored"), "{}", ran.stderr);
+    assert_lacks(&ran.stderr, "clients ignored");
     // With a policy, the learn warning names the user's file.
     let learn = data("kennel/learn.yaml");
     let ran = world.run_bare(
@@ -1342,7 +1323,7 @@ fn run_audit_log_dash_writes_stdout() {
         script,
     );
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
-    assert!(ran.stdout.contains("CMD-DONE"), "{}", ran.stdout);
+    assert_has(&ran.stdout, "CMD-DONE");
     assert!(
         ran.stdout
             .lines()
@@ -1363,7 +1344,7 @@ fn run_audit_log_dash_writes_stdout() {
         script,
     );
     assert_eq!(ran.code, Some(1), "{}", ran.stderr);
-    assert!(ran.stderr.contains("--audit-log"), "{}", ran.stderr);
+    assert_has(&ran.stderr, "--audit-log");
     assert!(!ran.stdout.contains("CMD-DONE"), "CMD ran: {}", ran.stdout);
 }
 
@@ -1512,14 +1493,13 @@ fn escape_working_directory_under_a_hidden_tmp() {
     ] {
         assert!(!ran.probe(name), "{name} reached the host:\n{}", ran.stdout);
     }
-    assert!(ran.stdout.contains("PWD_IS /\n"), "{}", ran.stdout);
-    assert!(
-        ran.stderr.contains(&format!(
+    assert_has(&ran.stdout, "PWD_IS /\n");
+    assert_has(
+        &ran.stderr,
+        &format!(
             "the working directory {} is not visible in the kennel",
             host.0.display()
-        )),
-        "{}",
-        ran.stderr
+        ),
     );
     // Root's home, which the kennel's uid cannot enter: CMD starts in / too.
     let root_private =
@@ -1532,11 +1512,10 @@ fn escape_working_directory_under_a_hidden_tmp() {
             "echo \"PWD_IS $(pwd)\"\n",
         );
         let ran = finish(cmd.current_dir("/root").spawn().unwrap());
-        assert!(ran.stdout.contains("PWD_IS /\n"), "{}", ran.stdout);
-        assert!(
-            ran.stderr.contains("the working directory /root is not visible in the kennel (host uid 65534 cannot reach it)"),
-            "{}",
-            ran.stderr
+        assert_has(&ran.stdout, "PWD_IS /\n");
+        assert_has(
+            &ran.stderr,
+            "the working directory /root is not visible in the kennel (host uid 65534 cannot reach it)",
         );
     }
 }
@@ -1695,13 +1674,9 @@ probe after getent hosts other.kennel.test
         ran.stderr
     );
     // The scratch directory is everyone's: CMD could rewrite the file, and run says so.
-    assert!(
-        ran.stderr.contains(&format!(
-            "CMD can rewrite the policy file {}",
-            policy.display()
-        )),
-        "{}",
-        ran.stderr
+    assert_has(
+        &ran.stderr,
+        &format!("CMD can rewrite the policy file {}", policy.display()),
     );
 }
 
@@ -1748,13 +1723,12 @@ fn missing_command_exits_127_not_found() {
     let mut cmd = world.run_argv(&[], &policy, &[], &["allowdns-test-shim"]);
     let ran = finish(cmd.env("PATH", &shim_path).spawn().unwrap());
     assert_eq!(ran.code, Some(127), "{}", ran.stderr);
-    assert!(
-        ran.stderr.contains(&format!(
+    assert_has(
+        &ran.stderr,
+        &format!(
             "CMD 'allowdns-test-shim' is {} on the host, which the kennel cannot reach (/tmp is private in the kennel)",
             shim.display()
-        )),
-        "{}",
-        ran.stderr
+        ),
     );
 }
 
@@ -1786,7 +1760,7 @@ fn private_tmp_is_announced_and_ro_bind_shares_read_only() {
     assert!(out.contains("AGENT RAN") && out.contains("WROTE"), "{out}");
     // Hidden by default, and said so before CMD starts.
     let ran = finish(world.run_argv(&[], &policy, &[], &argv).spawn().unwrap());
-    assert!(!ran.stdout.contains("AGENT RAN"), "{}", ran.stdout);
+    assert_lacks(&ran.stdout, "AGENT RAN");
     let warning = format!(
         "argument '{agent_s}' names the host path {agent_s}, which is not visible in the kennel (/tmp is private in the kennel); share it with --ro-bind {agent_s}"
     );
@@ -1797,7 +1771,7 @@ fn private_tmp_is_announced_and_ro_bind_shares_read_only() {
         "{}",
         ran.stderr
     );
-    assert!(ran.stderr.contains("private /tmp, /run"), "{}", ran.stderr);
+    assert_has(&ran.stderr, "private /tmp, /run");
     // Shared read-only: it runs, and CMD cannot write there.
     let dir = host.0.to_str().unwrap();
     let ran = finish(
@@ -1812,7 +1786,7 @@ fn private_tmp_is_announced_and_ro_bind_shares_read_only() {
         ran.stdout,
         ran.stderr
     );
-    assert!(!ran.stdout.contains("WROTE"), "{}", ran.stdout);
+    assert_lacks(&ran.stdout, "WROTE");
     assert!(
         !ran.stderr
             .contains(&format!("names the host path {agent_s}")),
@@ -1847,7 +1821,7 @@ fn private_tmp_is_announced_and_ro_bind_shares_read_only() {
         "{}",
         ran.stderr
     );
-    assert!(!ran.stdout.contains("AGENT RAN"), "{}", ran.stdout);
+    assert_lacks(&ran.stdout, "AGENT RAN");
 }
 
 #[test]
@@ -1876,7 +1850,7 @@ fn serve_binds_an_ipv6_address_still_in_duplicate_address_detection() {
     ]);
     // Positive control: the address is tentative right now.
     let (_, shown) = common::sh_out(&["ip", "-n", ns, "-6", "addr", "show", "dev", "d0"]);
-    assert!(shown.contains("tentative"), "{shown}");
+    assert_has(&shown, "tentative");
     let server = common::Allowdns::serve_via(
         &["ip", "netns", "exec", ns],
         &[
@@ -1911,7 +1885,7 @@ fn the_fence_checks_itself_before_cmd_and_denials_fail_fast() {
     let script = "echo CMD-RAN\nstart=$(date +%s%N)\ncurl -s -m 5 http://198.51.100.201:8080/ >/dev/null; echo \"denied $? $(( ($(date +%s%N) - start) / 1000000 ))\"\n";
     let ran = world.run(&data("kennel/policy.yaml"), &[], script);
     assert_eq!(ran.code, Some(0), "{}\n{}", ran.stdout, ran.stderr);
-    assert!(ran.stdout.contains("CMD-RAN"), "{}", ran.stdout);
+    assert_has(&ran.stdout, "CMD-RAN");
     let denied = ran
         .stdout
         .lines()

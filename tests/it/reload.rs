@@ -43,14 +43,8 @@ fn sighup_swaps_policies_and_keeps_the_old_set_on_errors() {
     assert_rcode(dns.udp, "b.r.test A", ResponseCode::NoError);
     assert_rcode(dns.udp, "a.r.test A", ResponseCode::NXDomain);
     let stderr = dns.stderr();
-    assert!(
-        stderr.contains("reload: agent r: added b.r.test"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("reload: agent r: removed a.r.test"),
-        "{stderr}"
-    );
+    assert_has(&stderr, "reload: agent r: added b.r.test");
+    assert_has(&stderr, "reload: agent r: removed a.r.test");
 
     // A broken file: the old set stays, and the alert names file:line.
     std::fs::write(
@@ -366,10 +360,7 @@ fn watch_follows_a_configmap_symlink_swap_within_2s_and_drops_no_query() {
         1,
         "{stderr}"
     );
-    assert!(
-        stderr.contains("reload: agent w: added new.w.test"),
-        "{stderr}"
-    );
+    assert_has(&stderr, "reload: agent w: added new.w.test");
     // The control, well past the 2 s, still has the old policy.
     assert_rcode(control.udp, "new.w.test A", ResponseCode::NXDomain);
     assert!(
@@ -396,10 +387,7 @@ fn watch_keeps_the_old_policy_when_a_broken_one_is_swapped_in() {
     assert_rcode(dns.udp, "new.w.test A", ResponseCode::NoError);
     assert_rcode(dns.udp, "keep.w.test A", ResponseCode::NoError);
     let stderr = dns.stderr();
-    assert!(
-        stderr.contains("agent.yaml:3: expected_outbound[0].destination"),
-        "{stderr}"
-    );
+    assert_has(&stderr, "agent.yaml:3: expected_outbound[0].destination");
 
     let audit = dir.0.join("audit.jsonl");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -422,10 +410,7 @@ fn watch_keeps_the_old_policy_when_a_broken_one_is_swapped_in() {
         "{failed}"
     );
     let metrics = scrape_metrics(&dns);
-    assert!(
-        metrics.contains("allowdns_reload_failures_total 1"),
-        "{metrics}"
-    );
+    assert_has(&metrics, "allowdns_reload_failures_total 1");
 }
 
 fn scrape_metrics(dns: &Allowdns) -> String {

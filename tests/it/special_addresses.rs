@@ -69,10 +69,7 @@ fn local_zones_are_not_exempt_and_the_opt_in_is_per_entry() {
     );
     let (status, stderr) = dns.terminate();
     assert!(status.success(), "{stderr}");
-    assert!(
-        stderr.contains("SPECIAL-PURPOSE ADDRESS STRIPPED"),
-        "{stderr}"
-    );
+    assert_has(&stderr, "SPECIAL-PURPOSE ADDRESS STRIPPED");
     let records = read_audit(&dir.0.join("audit.jsonl"));
     let svc = records
         .iter()
@@ -109,22 +106,18 @@ fn check_warns_when_a_wildcard_opts_in_and_names_bad_ranges() {
         "agent_name: w\nallowed_dynamic_resolution:\n  - pattern: \"*.cdn.test\"\n    private: [10.0.0.0/8]\n",
     );
     assert_eq!(code, Some(0), "{out}");
-    assert!(
-        out.contains(&format!("warning: {file}:3: allowed_dynamic_resolution[0].private: the wildcard '*.cdn.test' opts in")),
-        "{out}"
+    assert_has(
+        &out,
+        &format!(
+            "warning: {file}:3: allowed_dynamic_resolution[0].private: the wildcard '*.cdn.test' opts in"
+        ),
     );
     let (code, out, file) = run(
         "agent_name: w\nexpected_outbound:\n  - destination: api.test\n    private: [10.0.0.0/33]\ninbound:\n  - port: 8080\n    protocol: icmp\n",
     );
     assert_eq!(code, Some(1), "{out}");
-    assert!(
-        out.contains(&format!("{file}:4: expected_outbound[0].private[0]")),
-        "{out}"
-    );
-    assert!(
-        out.contains(&format!("{file}:7: inbound[0].protocol")),
-        "{out}"
-    );
+    assert_has(&out, &format!("{file}:4: expected_outbound[0].private[0]"));
+    assert_has(&out, &format!("{file}:7: inbound[0].protocol"));
 }
 
 /// The Extended DNS Error (RFC 8914) of one dig answer: "15 (Blocked): (text)".
@@ -161,10 +154,10 @@ fn denials_say_why_with_an_extended_dns_error() {
     let Some(allowed) = dig(dns.udp, &["pub.corp.test", "A"]) else {
         return;
     };
-    assert!(allowed.contains("203.0.113.10"), "{allowed}");
+    assert_has(&allowed, "203.0.113.10");
     assert_eq!(ede(&allowed), None, "an allowed answer carries no EDE");
     let blocked = dig(dns.udp, &["evil.example", "A"]).unwrap();
-    assert!(blocked.contains("NXDOMAIN"), "{blocked}");
+    assert_has(&blocked, "NXDOMAIN");
     let why = ede(&blocked).unwrap_or_else(|| panic!("{blocked}"));
     assert!(
         why.starts_with("15 (Blocked)") && why.contains("allowdns") && why.contains("'corp'"),
@@ -177,7 +170,7 @@ fn denials_say_why_with_an_extended_dns_error() {
         "{plain}"
     );
     let filtered = dig(dns.udp, &["meta.corp.test", "A"]).unwrap();
-    assert!(!filtered.contains("169.254.169.254\n"), "{filtered}");
+    assert_lacks(&filtered, "169.254.169.254\n");
     let why = ede(&filtered).unwrap_or_else(|| panic!("{filtered}"));
     assert!(
         why.starts_with("17 (Filtered)") && why.contains("allowdns"),

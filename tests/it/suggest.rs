@@ -32,8 +32,8 @@ fn assert_checks_clean(policy: &Path, agent: &str) {
         "none",
     ]);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(!stderr.contains("warning"), "{stderr}");
-    assert!(stdout.contains(&format!("agent '{agent}'")), "{stdout}");
+    assert_lacks(&stderr, "warning");
+    assert_has(&stdout, &format!("agent '{agent}'"));
 }
 
 /// One query record as the writer would write it, built from the audit schema.
@@ -190,7 +190,7 @@ fn a_suggested_policy_passes_check_without_warnings() {
             "missing {want:?} in\n{policy}"
         );
     }
-    assert!(!policy.contains("*.github.io"), "{policy}");
+    assert_lacks(&policy, "*.github.io");
     assert!(
         stderr.contains("warning: ") && stderr.contains(": 1 name was only denied, never allowed: commented out; review them, or pass --include-denied"),
         "{stderr}"
@@ -207,7 +207,7 @@ fn a_suggested_policy_passes_check_without_warnings() {
         out.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(!stderr.contains("only denied"), "{stderr}");
+    assert_lacks(&stderr, "only denied");
     let policy = std::fs::read_to_string(&out).unwrap();
     assert!(
         destinations(&policy).contains(&"sketchy-mirror.example.com".to_string()),
@@ -281,7 +281,7 @@ fn learned_from_the_real_resolver_and_locked_down() {
         ],
         "{policy}"
     );
-    assert!(policy.contains("  - \"127.0.0.1/32\"\n"), "{policy}");
+    assert_has(&policy, "  - \"127.0.0.1/32\"\n");
     assert_checks_clean(&out, "observer");
 
     // Locked down: what was observed still resolves, nothing else does.
@@ -320,9 +320,9 @@ fn several_agents_need_agent_and_the_policy_goes_to_stdout() {
 
     let (code, stdout, stderr) = allowdns(&["suggest", "--audit-log", log]);
     assert_eq!(code, 1, "{stdout}{stderr}");
-    assert!(
-        stderr.contains("the log holds lookups by 2 agents: 'mail_agent' (1 lookups), 'travel_agent_v1' (23 lookups); choose one with --agent"),
-        "{stderr}"
+    assert_has(
+        &stderr,
+        "the log holds lookups by 2 agents: 'mail_agent' (1 lookups), 'travel_agent_v1' (23 lookups); choose one with --agent",
     );
 
     let (code, stdout, stderr) =
@@ -339,7 +339,7 @@ fn several_agents_need_agent_and_the_policy_goes_to_stdout() {
 
     let (code, _, stderr) = allowdns(&["suggest", "--audit-log", log, "--agent", "nobody"]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("no lookups by agent 'nobody'"), "{stderr}");
+    assert_has(&stderr, "no lookups by agent 'nobody'");
 }
 
 #[test]
@@ -360,30 +360,25 @@ fn bad_input_is_reported_with_file_and_line() {
     ]);
     assert_eq!(code, 1, "{stderr}");
     let file = log.display();
-    assert!(
-        stderr.contains(&format!(
-            "error: {file}:{}: not a JSON audit record",
-            lines - 1
-        )),
-        "{stderr}"
+    assert_has(
+        &stderr,
+        &format!("error: {file}:{}: not a JSON audit record", lines - 1),
     );
-    assert!(
-        stderr.contains(&format!(
-            "error: {file}:{lines}: ts: 'x' is not an RFC 3339 time"
-        )),
-        "{stderr}"
+    assert_has(
+        &stderr,
+        &format!("error: {file}:{lines}: ts: 'x' is not an RFC 3339 time"),
     );
     assert!(!out.exists(), "nothing is written on errors");
 
     let missing = dir.0.join("missing.jsonl");
     let (code, _, stderr) = allowdns(&["suggest", "--audit-log", missing.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(
-        stderr.contains(&format!(
+    assert_has(
+        &stderr,
+        &format!(
             "error: {}: cannot read audit log: No such file",
             missing.display()
-        )),
-        "{stderr}"
+        ),
     );
 }
 
@@ -402,17 +397,17 @@ fn addresses_are_left_out_and_never_become_address_rules() {
     let (code, policy, stderr) = suggest_from(&dir, &log, &[]);
     assert_eq!(code, 0, "{policy}{stderr}");
     assert_eq!(destinations(&policy), ["api.example.com"], "{policy}");
-    assert!(
-        stderr.contains(":1: qname: left out \"9.9.9.9\": an IP address, not a name"),
-        "{stderr}"
+    assert_has(
+        &stderr,
+        ":1: qname: left out \"9.9.9.9\": an IP address, not a name",
     );
-    assert!(
-        stderr.contains(":3: qname: left out \"a.2.3.4\": a numeric last label"),
-        "{stderr}"
+    assert_has(
+        &stderr,
+        ":3: qname: left out \"a.2.3.4\": a numeric last label",
     );
-    assert!(
-        policy.contains("  # \"9.9.9.9\": an IP address, not a name; 1 lookup"),
-        "{policy}"
+    assert_has(
+        &policy,
+        "  # \"9.9.9.9\": an IP address, not a name; 1 lookup",
     );
     let out = dir.write("suggested.yaml", &policy);
     assert_checks_clean(&out, "a");
@@ -435,8 +430,8 @@ fn no_wildcard_over_other_owners_names() {
     let got = destinations(&policy);
     assert_eq!(got.len(), names.len(), "{policy}");
     assert!(got.iter().all(|d| !d.starts_with('*')), "{policy}");
-    assert!(!policy.contains("\"*.core.windows.net\""), "{policy}");
-    assert!(!policy.contains("\"*.r2.dev\""), "{policy}");
+    assert_lacks(&policy, "\"*.core.windows.net\"");
+    assert_lacks(&policy, "\"*.r2.dev\"");
     let out = dir.write("suggested.yaml", &policy);
     assert_checks_clean(&out, "a");
 }
@@ -458,17 +453,13 @@ fn a_denied_dns_tunnel_is_commented_out_and_warned_about() {
         let (code, policy, stderr) = suggest_from(&dir, &log, extra);
         assert_eq!(code, 0, "{policy}{stderr}");
         assert_eq!(destinations(&policy), ["api.example.com"], "{policy}");
-        assert!(
-            policy.contains(
-                "  # - destination: \"*.t.evil.example\"   # looks like a DNS tunnel (300 distinct names): review; "
-            ),
-            "{policy}"
+        assert_has(
+            &policy,
+            "  # - destination: \"*.t.evil.example\"   # looks like a DNS tunnel (300 distinct names): review; ",
         );
-        assert!(
-            stderr.contains(
-                "qname: \"*.t.evil.example\" looks like a DNS tunnel (300 distinct names, 300 with random-looking labels"
-            ),
-            "{stderr}"
+        assert_has(
+            &stderr,
+            "qname: \"*.t.evil.example\" looks like a DNS tunnel (300 distinct names, 300 with random-looking labels",
         );
         assert!(!policy.contains(&tunnel[0]), "children are summarized");
         let out = dir.write("suggested.yaml", &policy);
@@ -489,14 +480,8 @@ fn skip_malformed_proceeds() {
     );
     let (code, _, stderr) = suggest_from(&dir, &log, &[]);
     assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains("audit.jsonl:2: not a JSON audit record"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("audit.jsonl:3: line longer than 65536 bytes"),
-        "{stderr}"
-    );
+    assert_has(&stderr, "audit.jsonl:2: not a JSON audit record");
+    assert_has(&stderr, "audit.jsonl:3: line longer than 65536 bytes");
 
     let (code, policy, stderr) = suggest_from(&dir, &log, &["--skip-malformed"]);
     assert_eq!(code, 0, "{stderr}");
@@ -509,9 +494,9 @@ fn skip_malformed_proceeds() {
             && stderr.contains("audit.jsonl:2: skipped: not a JSON audit record"),
         "{stderr}"
     );
-    assert!(
-        stderr.contains("audit.jsonl: 2 malformed lines skipped (--skip-malformed)"),
-        "{stderr}"
+    assert_has(
+        &stderr,
+        "audit.jsonl: 2 malformed lines skipped (--skip-malformed)",
     );
     let out = dir.write("suggested.yaml", &policy);
     assert_checks_clean(&out, "a");
@@ -534,25 +519,16 @@ fn a_file_that_is_no_audit_log_gets_a_few_errors_and_a_count() {
     let mixed = dir.write("mixed.jsonl", &format!("{good}\n{head}"));
     let (code, _, stderr) = allowdns(&["suggest", "--audit-log", mixed.to_str().unwrap()]);
     assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains("mixed.jsonl:5: not a JSON audit record"),
-        "{stderr}"
-    );
+    assert_has(&stderr, "mixed.jsonl:5: not a JSON audit record");
     let log = dir.write("agent.py", &script);
     let (code, _, stderr) = allowdns(&["suggest", "--audit-log", log.to_str().unwrap()]);
     assert_eq!(code, 1, "{stderr}");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert!(errors.len() <= 5, "{stderr}");
-    assert!(
-        stderr.contains("agent.py:3: not a JSON audit record"),
-        "{stderr}"
-    );
-    assert!(!stderr.contains("agent.py:4:"), "{stderr}");
-    assert!(
-        stderr.contains("... and 17 more malformed lines"),
-        "{stderr}"
-    );
-    assert!(stderr.contains("is this an allowdns audit log"), "{stderr}");
+    assert_has(&stderr, "agent.py:3: not a JSON audit record");
+    assert_lacks(&stderr, "agent.py:4:");
+    assert_has(&stderr, "... and 17 more malformed lines");
+    assert_has(&stderr, "is this an allowdns audit log");
 }
 
 // ---- `allowdns report`: the page a person reads, rendered as they see it ----
@@ -743,7 +719,7 @@ fn report_of_a_real_log_renders_offline_with_the_log_escaped() {
     let Some((control_dom, control_requests)) = dom_and_requests(&dir, &control) else {
         return;
     };
-    assert!(control_dom.contains("data-pwned=\"yes\""), "{control_dom}");
+    assert_has(&control_dom, "data-pwned=\"yes\"");
     assert!(
         control_requests.contains("http://192.0.2.1/probe.png"),
         "{control_requests:?}"
@@ -777,12 +753,9 @@ fn report_of_a_real_log_renders_offline_with_the_log_escaped() {
     assert!(svg.contains("class=\"bar allow\"") && svg.contains("class=\"bar deny\""));
     let denied = &dom[dom.find("id=\"denied-table\"").unwrap()..];
     let denied = &denied[..denied.find("</table>").unwrap()];
-    assert!(
-        denied.contains("<code>example.com</code> (2 names)"),
-        "{denied}"
-    );
+    assert_has(&denied, "<code>example.com</code> (2 names)");
     assert!(denied.contains("<code>sketchy-mirror.example.com</code></td><td class=\"n\">2</td>"));
-    assert!(!denied.contains("weather.service.com"), "{denied}");
+    assert_lacks(&denied, "weather.service.com");
     let names = &dom[dom.find("id=\"names-table\"").unwrap()..];
     assert!(names.contains(
         "<code>flights.company-internal.com</code></td><td class=\"n\">1</td><td class=\"n\">1</td>"
@@ -896,24 +869,15 @@ fn report_bad_input_names_file_and_line_and_skips_only_when_asked() {
 
     let (code, _, stderr) = report(&log, &page, &[]);
     assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains(&format!("{}:2:", log.display())),
-        "{stderr}"
-    );
-    assert!(stderr.contains("no report was written"), "{stderr}");
+    assert_has(&stderr, &format!("{}:2:", log.display()));
+    assert_has(&stderr, "no report was written");
     assert!(!page.exists(), "nothing written on bad input");
 
     let (code, _, stderr) = report(&log, &page, &["--skip-malformed"]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(
-        stderr.contains(&format!("{}:2:", log.display())),
-        "{stderr}"
-    );
+    assert_has(&stderr, &format!("{}:2:", log.display()));
     let html = std::fs::read_to_string(&page).unwrap();
-    assert!(
-        html.contains("id=\"skipped\">1 malformed lines skipped"),
-        "{html}"
-    );
+    assert_has(&html, "id=\"skipped\">1 malformed lines skipped");
     assert!(
         html.contains("<td class=\"n\">2</td>"),
         "both good lines counted"
@@ -943,9 +907,9 @@ fn report_bad_input_names_file_and_line_and_skips_only_when_asked() {
     let partial = dir.write("partial.jsonl", &more);
     let (code, _, stderr) = report(&partial, &page, &["--agent", "a"]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains("incomplete last line skipped"), "{stderr}");
+    assert_has(&stderr, "incomplete last line skipped");
     let html = std::fs::read_to_string(&page).unwrap();
-    assert!(html.contains("1 lines of other agents left out"), "{html}");
+    assert_has(&html, "1 lines of other agents left out");
     assert!(html.contains("1 events of a kind this version does not know left out"));
     assert!(!html.contains("c.example.com"), "agent b's name shown");
 
@@ -953,10 +917,10 @@ fn report_bad_input_names_file_and_line_and_skips_only_when_asked() {
     let (code, _, stderr) = report(&clean, &page, &["--since", "2030-01-01T00:00:00Z"]);
     assert_eq!(code, 0, "{stderr}");
     let html = std::fs::read_to_string(&page).unwrap();
-    assert!(html.contains("2 lines before --since left out"), "{html}");
+    assert_has(&html, "2 lines before --since left out");
     let (code, _, stderr) = report(&clean, &page, &["--since", "yesterday-ish"]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("yesterday-ish"), "{stderr}");
+    assert_has(&stderr, "yesterday-ish");
 }
 
 #[test]

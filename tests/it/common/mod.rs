@@ -209,3 +209,15 @@ impl Drop for Share {
         SHARES.set(SHARES.get().saturating_sub(1));
     }
 }
+
+/// Asserts that `text` holds `needle`, showing all of `text` when it does not.
+#[track_caller]
+pub fn assert_has(text: &str, needle: &str) {
+    assert!(text.contains(needle), "no {needle:?} in:\n{text}");
+}
+
+/// Asserts that `text` does not hold `needle`, showing all of `text` when it does.
+#[track_caller]
+pub fn assert_lacks(text: &str, needle: &str) {
+    assert!(!text.contains(needle), "{needle:?} in:\n{text}");
+}
