@@ -270,20 +270,12 @@ fn a_denied_flood_past_the_attribution_rate_is_rate_limited_not_guessed() {
     let policy = data("policy.yaml");
     let serve = |config: &str, log: &std::path::Path| {
         let config = dir.write(&format!("{config}.yaml"), config);
-        Allowdns::serve(&[
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--policy",
-            policy.to_str().unwrap(),
-            "--zones",
-            zones.to_str().unwrap(),
-            "--upstream",
-            "none",
-            "--audit-log",
-            log.to_str().unwrap(),
-        ])
+        Allowdns::offline_audit(
+            &policy,
+            &zones,
+            log,
+            &["--config", config.to_str().unwrap()],
+        )
     };
     // One socket, 40 unique denied names, each answered before the next.
     const NAMES: usize = 40;

@@ -819,18 +819,10 @@ fn egress_records(audit: &std::path::Path, want: usize) -> Vec<serde_json::Value
 fn serve_audited(lab: &Lab, policy: &std::path::Path, upstream: &Upstream) -> (Allowdns, PathBuf) {
     let audit = lab.dir.0.join("audit.jsonl");
     let config = lab.dir.write("config.yaml", "alerts:\n  window_secs: 1\n");
-    let dns = serve(
-        policy,
-        upstream,
-        &[
-            "--audit-log",
-            audit.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-            "--metrics",
-            "127.0.0.1:0",
-        ],
-    );
+    let up = upstream.addr.to_string();
+    let config = config.to_str().unwrap();
+    let extra = ["--config", config, "--metrics", "127.0.0.1:0"];
+    let dns = Allowdns::upstream_audit(&up, policy, &audit, &extra);
     (dns, audit)
 }
 

@@ -274,18 +274,7 @@ fn watched(tag: &str, extra: &[&str]) -> (TempDir, ConfigMap, Allowdns) {
     let zones = dir.zones(&[("w.test.zone", WATCH_ZONE)]);
     let map = ConfigMap::new(dir.0.join("policy"), &[("agent.yaml", WATCH_V1)]);
     let audit = dir.0.join("audit.jsonl");
-    let mut args = vec![
-        "--policy",
-        map.root.to_str().unwrap(),
-        "--zones",
-        zones.to_str().unwrap(),
-        "--upstream",
-        "none",
-        "--audit-log",
-        audit.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let dns = Allowdns::serve(&args);
+    let dns = Allowdns::offline_audit(&map.root, &zones, &audit, extra);
     (dir, map, dns)
 }
 

@@ -143,14 +143,8 @@ fn denials_say_why_with_an_extended_dns_error() {
         "agent_name: corp\nexpected_outbound:\n  - destination: \"*.corp.test\"\n  - destination: \"*.up.test\"\nexfil:\n  soft_bytes: 8\n  hard_bytes: 8\n",
     );
     let zones = dir.zones(&[("corp.test.zone", ZONE)]);
-    let dns = Allowdns::serve(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--zones",
-        zones.to_str().unwrap(),
-        "--upstream",
-        &upstream.addr.to_string(),
-    ]);
+    let up = upstream.addr.to_string();
+    let dns = Allowdns::forward(&up, &policy, &["--zones", zones.to_str().unwrap()]);
     let Some(allowed) = dig(dns.udp, &["pub.corp.test", "A"]) else {
         return;
     };

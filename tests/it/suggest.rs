@@ -223,16 +223,7 @@ fn learned_from_the_real_resolver_and_locked_down() {
     let dir = TempDir::new("suggest-e2e");
     let log = dir.0.join("audit.jsonl");
     let learning = dir.write("learn.yaml", "agent_name: observer\nmode: learn\n");
-    let dns = Allowdns::serve(&[
-        "--policy",
-        learning.to_str().unwrap(),
-        "--zones",
-        repo("zones").to_str().unwrap(),
-        "--upstream",
-        "none",
-        "--audit-log",
-        log.to_str().unwrap(),
-    ]);
+    let dns = Allowdns::offline_audit(&learning, &repo("zones"), &log, &[]);
     let observed = [
         "API.Company-Internal.COM",
         "flights.company-internal.com",
@@ -285,14 +276,7 @@ fn learned_from_the_real_resolver_and_locked_down() {
     assert_checks_clean(&out, "observer");
 
     // Locked down: what was observed still resolves, nothing else does.
-    let dns = Allowdns::serve(&[
-        "--policy",
-        out.to_str().unwrap(),
-        "--zones",
-        repo("zones").to_str().unwrap(),
-        "--upstream",
-        "none",
-    ]);
+    let dns = Allowdns::serve_offline(&out, &repo("zones"));
     for name in observed {
         assert_eq!(
             rcode(dns.udp, name, RecordType::A),
@@ -663,16 +647,8 @@ fn hostile_record() -> String {
 fn report_of_a_real_log_renders_offline_with_the_log_escaped() {
     let dir = TempDir::new("report-e2e");
     let log = dir.0.join("audit.jsonl");
-    let dns = Allowdns::serve(&[
-        "--policy",
-        repo("policies/travel_agent_v1.yaml").to_str().unwrap(),
-        "--zones",
-        repo("zones").to_str().unwrap(),
-        "--upstream",
-        "none",
-        "--audit-log",
-        log.to_str().unwrap(),
-    ]);
+    let policy = repo("policies/travel_agent_v1.yaml");
+    let dns = Allowdns::offline_audit(&policy, &repo("zones"), &log, &[]);
     let asks = [
         ("api.company-internal.com", "NOERROR"),
         ("flights.company-internal.com", "NOERROR"),
@@ -788,16 +764,7 @@ fn report_of_a_learn_mode_log_shows_the_suggested_policy_beside_its_evidence() {
     let dir = TempDir::new("report-learn");
     let log = dir.0.join("audit.jsonl");
     let learning = dir.write("learn.yaml", "agent_name: observer\nmode: learn\n");
-    let dns = Allowdns::serve(&[
-        "--policy",
-        learning.to_str().unwrap(),
-        "--zones",
-        repo("zones").to_str().unwrap(),
-        "--upstream",
-        "none",
-        "--audit-log",
-        log.to_str().unwrap(),
-    ]);
+    let dns = Allowdns::offline_audit(&learning, &repo("zones"), &log, &[]);
     for name in [
         "api.company-internal.com",
         "flights.company-internal.com",

@@ -345,18 +345,9 @@ fn offline_setup() -> (TempDir, Vec<String>) {
         "p.yaml",
         "agent_name: r\nexpected_outbound:\n  - destination: keep.r.test\n",
     );
-    let args = [
-        "serve",
-        "--policy",
-        policy.to_str().unwrap(),
-        "--zones",
-        zones.to_str().unwrap(),
-        "--upstream",
-        "none",
-        "--audit-log",
-        "/dev/null",
-    ];
-    (dir, args.iter().map(|s| s.to_string()).collect())
+    let args = offline_args(&policy, &zones, &["--audit-log", "/dev/null"]);
+    let args = std::iter::once("serve").chain(args);
+    (dir, args.map(|s| s.to_string()).collect())
 }
 
 fn have(tool: &str) -> bool {
