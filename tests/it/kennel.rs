@@ -31,6 +31,11 @@ fn ready() -> bool {
     ])
 }
 
+/// A world named `tag`, when everything is there ([`ready`]).
+fn world(tag: &str) -> Option<World> {
+    ready().then(|| World::new(tag))
+}
+
 /// Under one of the kennel's private mounts.
 fn hidden_in_kennel(path: &Path) -> bool {
     ["/tmp", "/run", "/var/tmp", "/dev/shm"]
@@ -215,6 +220,16 @@ impl World {
             .spawn()
             .unwrap();
         finish(child)
+    }
+
+    /// `allowdns run` on the kennel's own policy, CMD = `sh -c SCRIPT`.
+    fn fenced_cmd(&self, script: &str) -> Command {
+        self.run_cmd(&[], &data("kennel/policy.yaml"), &[], script)
+    }
+
+    /// [`World::fenced_cmd`], run to its end.
+    fn fenced(&self, script: &str) -> Ran {
+        self.run(&data("kennel/policy.yaml"), &[], script)
     }
 
     fn run(&self, policy: &Path, extra: &[&str], script: &str) -> Ran {
@@ -668,13 +683,12 @@ fn blocked_connections_are_alerted_and_audited() {
 /// passes, both alerted as logged, the connection with its name.
 #[test]
 fn monitor_lets_through_and_alerts() {
-    if !ready() {
+    let Some(world) = world("monitor") else {
         return;
-    }
-    let world = World::new("monitor");
+    };
     let workload = "probe resolve_other getent ahostsv4 other.kennel.test\nprobe tcp_other python3 $P tcp 198.51.100.201 8080\n";
     // Positive control: enforced, both fail.
-    let ran = world.run(&data("kennel/policy.yaml"), &[], workload);
+    let ran = world.fenced(workload);
     assert!(
         !ran.probe("resolve_other") && !ran.probe("tcp_other"),
         "{}",
@@ -829,17 +843,13 @@ fn children(pid: u32) -> Vec<u32> {
 
 #[test]
 fn double_forked_daemon_is_fenced_then_everything_is_torn_down() {
-    if !ready() {
+    let Some(world) = world("daemon") else {
         return;
-    }
-    let world = World::new("daemon");
+    };
     let child = world
-        .run_cmd(
-            &[],
-            &data("kennel/policy.yaml"),
-            &[],
-            &format!("getent ahosts web.kennel.test >/dev/null\n{DAEMON}"),
-        )
+        .fenced_cmd(&format!(
+            "getent ahosts web.kennel.test >/dev/null\n{DAEMON}"
+        ))
         .spawn()
         .unwrap();
     let run_pid = child.id();
@@ -907,10 +917,9 @@ fn double_forked_daemon_is_fenced_then_everything_is_torn_down() {
 
 #[test]
 fn exit_status_passes_through_and_sigint_ends_cmd() {
-    if !ready() {
+    let Some(world) = world("status") else {
         return;
-    }
-    let world = World::new("status");
+    };
     let policy = data("kennel/policy.yaml");
     let ran = world.run(&policy, &[], "exit 42");
     assert_eq!(ran.code, Some(42), "{}", ran.stderr);
@@ -950,10 +959,9 @@ fn exit_status_passes_through_and_sigint_ends_cmd() {
 
 #[test]
 fn learn_then_run_with_the_suggested_policy() {
-    if !ready() {
+    let Some(world) = world("learn") else {
         return;
-    }
-    let world = World::new("learn");
+    };
     let workload = "probe resolve_web getent ahosts web.kennel.test\nprobe tcp_web_8080 python3 $P tcp web.kennel.test 8080\nprobe tcp_hard python3 $P tcp 198.51.100.201 8080\n";
     // Positive control: the starting policy does not allow the workload.
     let ran = world.run(&data("kennel/learn.yaml"), &[], workload);
@@ -998,10 +1006,9 @@ fn learn_then_run_with_the_suggested_policy() {
 
 #[test]
 fn rootless_run_works() {
-    if !ready() {
+    let Some(world) = world("rootless") else {
         return;
-    }
-    let world = World::new("rootless");
+    };
     let script = "probe uid sh -c 'test $(id -u) = 0'\nprobe tcp_web_8080 python3 $P tcp web.kennel.test 8080\nprobe tcp4_hard python3 $P tcp 198.51.100.201 8080\n";
     let child = world
         .run_cmd(
@@ -1031,10 +1038,9 @@ fn rootless_run_works() {
 
 #[test]
 fn without_user_namespaces_run_refuses_and_never_runs_cmd() {
-    if !ready() {
+    let Some(world) = world("nouserns") else {
         return;
-    }
-    let world = World::new("nouserns");
+    };
     let marker = world.dir.join("ran");
     let script = format!("touch '{}'", marker.display());
     let inside = |limit: &str| {
@@ -1063,18 +1069,14 @@ fn without_user_namespaces_run_refuses_and_never_runs_cmd() {
 
 #[test]
 fn escape_killing_allowdns_leaves_no_egress() {
-    if !ready() {
+    let Some(world) = world("kill") else {
         return;
-    }
-    let world = World::new("kill");
+    };
     // No pipes: a survivor holding them must fail the test, not hang it.
     let child = world
-        .run_cmd(
-            &[],
-            &data("kennel/policy.yaml"),
-            &[],
-            &format!("getent ahosts web.kennel.test >/dev/null\n{DAEMON}"),
-        )
+        .fenced_cmd(&format!(
+            "getent ahosts web.kennel.test >/dev/null\n{DAEMON}"
+        ))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -1178,10 +1180,9 @@ fn run_help_lists_only_what_run_takes_and_usage_errors_exit_2() {
 
 #[test]
 fn short_commands_end_without_a_netns_warning() {
-    if !ready() {
+    let Some(world) = world("short") else {
         return;
-    }
-    let world = World::new("short");
+    };
     let policy = data("kennel/policy.yaml");
     let args = ["--policy", policy.to_str().unwrap(), "--upstream", DNS];
     // Positive control: run starts and ends cleanly in this world.
@@ -1211,10 +1212,9 @@ fn short_commands_end_without_a_netns_warning() {
 
 #[test]
 fn learn_from_nothing_names_the_agent_and_keeps_the_evidence_when_asked() {
-    if !ready() {
+    let Some(world) = world("nothing") else {
         return;
-    }
-    let world = World::new("nothing");
+    };
     let workload = "probe resolve_web getent ahosts web.kennel.test\nprobe tcp_web_8080 python3 $P tcp web.kennel.test 8080\n";
     let suggested = world.dir.join("from-nothing.yaml");
     let ran = world.run_bare(
@@ -1304,10 +1304,9 @@ fn learn_from_nothing_names_the_agent_and_keeps_the_evidence_when_asked() {
 
 #[test]
 fn run_audit_log_dash_writes_stdout() {
-    if !ready() {
+    let Some(world) = world("auditdash") else {
         return;
-    }
-    let world = World::new("auditdash");
+    };
     let policy = data("kennel/policy.yaml");
     let script = "getent ahosts web.kennel.test >/dev/null; echo CMD-DONE";
     // Positive control: CMD's own output arrives on the same stdout.
@@ -1350,10 +1349,9 @@ fn run_audit_log_dash_writes_stdout() {
 
 #[test]
 fn readme_run_examples_print_what_the_readme_shows() {
-    if !ready() {
+    let Some(world) = world("readme") else {
         return;
-    }
-    let world = World::new("readme");
+    };
     // The README runs from the checkout's root; here, from a copy of what it
     // names, so that its output files land in the world's scratch directory.
     for dir in ["policies", "zones"] {
@@ -1452,10 +1450,9 @@ probe init_cwd_file cat /proc/1/cwd/secret.txt
 
 #[test]
 fn escape_working_directory_under_a_hidden_tmp() {
-    if !ready() {
+    let Some(world) = world("cwd") else {
         return;
-    }
-    let world = World::new("cwd");
+    };
     let host = HostTmp::new("cwd");
     host.file("secret.txt", "host secret\n", 0o644);
     let sock = host.0.join("host.sock");
@@ -1476,12 +1473,7 @@ fn escape_working_directory_under_a_hidden_tmp() {
     for name in ["cwd_file", "cwd_proc_file", "cwd_socket", "cwd_proc_socket"] {
         assert!(control.probe(name), "{name} unfenced: {}", control.stderr);
     }
-    let mut cmd = world.run_cmd(
-        &[],
-        &data("kennel/policy.yaml"),
-        &[],
-        &format!("{CWD_ATTACKS}echo \"PWD_IS $(pwd)\"\n"),
-    );
+    let mut cmd = world.fenced_cmd(&format!("{CWD_ATTACKS}echo \"PWD_IS $(pwd)\"\n"));
     let ran = finish(cmd.current_dir(&host.0).spawn().unwrap());
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
     for name in [
@@ -1505,12 +1497,7 @@ fn escape_working_directory_under_a_hidden_tmp() {
     let root_private =
         std::fs::metadata("/root").is_ok_and(|m| m.permissions().mode() & 0o001 == 0);
     if root_private {
-        let mut cmd = world.run_cmd(
-            &[],
-            &data("kennel/policy.yaml"),
-            &[],
-            "echo \"PWD_IS $(pwd)\"\n",
-        );
+        let mut cmd = world.fenced_cmd("echo \"PWD_IS $(pwd)\"\n");
         let ran = finish(cmd.current_dir("/root").spawn().unwrap());
         assert_has(&ran.stdout, "PWD_IS /\n");
         assert_has(
@@ -1522,10 +1509,9 @@ fn escape_working_directory_under_a_hidden_tmp() {
 
 #[test]
 fn escape_inherited_file_descriptor() {
-    if !ready() {
+    let Some(world) = world("fd") else {
         return;
-    }
-    let world = World::new("fd");
+    };
     let host = HostTmp::new("fd");
     // Root's alone: only an inherited descriptor reaches it from the kennel.
     let secret = host.file("secret.txt", "FDSECRET\n", 0o600);
@@ -1638,10 +1624,9 @@ fn policy_copy_is_out_of_cmds_reach_rootless_and_as_root() {
 
 #[test]
 fn sighup_in_run_reloads_the_operators_policy_file() {
-    if !ready() {
+    let Some(world) = world("hup") else {
         return;
-    }
-    let world = World::new("hup");
+    };
     let policy = world.dir.join("operator.yaml");
     std::fs::copy(data("kennel/policy.yaml"), &policy).unwrap();
     let script = r#"
@@ -1682,10 +1667,9 @@ probe after getent hosts other.kennel.test
 
 #[test]
 fn missing_command_exits_127_not_found() {
-    if !ready() {
+    let Some(world) = world("missing") else {
         return;
-    }
-    let world = World::new("missing");
+    };
     let policy = data("kennel/policy.yaml");
     // Root's home first in PATH, as with pyenv or cargo: the kennel's uid cannot search it.
     let path = "/root:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -1734,10 +1718,9 @@ fn missing_command_exits_127_not_found() {
 
 #[test]
 fn private_tmp_is_announced_and_ro_bind_shares_read_only() {
-    if !ready() {
+    let Some(world) = world("robind") else {
         return;
-    }
-    let world = World::new("robind");
+    };
     let host = HostTmp::new("robind");
     let agent = host.file("agent.py", "print('AGENT RAN')\n", 0o644);
     let scratch = host.file("scratch", "", 0o666);
@@ -1826,10 +1809,9 @@ fn private_tmp_is_announced_and_ro_bind_shares_read_only() {
 
 #[test]
 fn serve_binds_an_ipv6_address_still_in_duplicate_address_detection() {
-    if !ready() {
+    let Some(world) = world("dad") else {
         return;
-    }
-    let world = World::new("dad");
+    };
     let (ns, peer) = (&world.ns, &world.peer);
     // A fresh link with its carrier up: its new address goes through DAD.
     sh(&[
@@ -1877,13 +1859,12 @@ fn serve_binds_an_ipv6_address_still_in_duplicate_address_detection() {
 /// on); a denied one is rejected at once.
 #[test]
 fn the_fence_checks_itself_before_cmd_and_denials_fail_fast() {
-    if !ready() {
+    let Some(world) = world("selftest") else {
         return;
-    }
-    let world = World::new("selftest");
+    };
     // Positive control: the shipped policy passes the check and CMD runs.
     let script = "echo CMD-RAN\nstart=$(date +%s%N)\ncurl -s -m 5 http://198.51.100.201:8080/ >/dev/null; echo \"denied $? $(( ($(date +%s%N) - start) / 1000000 ))\"\n";
-    let ran = world.run(&data("kennel/policy.yaml"), &[], script);
+    let ran = world.fenced(script);
     assert_eq!(ran.code, Some(0), "{}\n{}", ran.stdout, ran.stderr);
     assert_has(&ran.stdout, "CMD-RAN");
     let denied = ran
