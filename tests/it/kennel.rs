@@ -541,18 +541,35 @@ fn assert_probes(r: &FenceResults, names: &[&str]) {
     }
 }
 
-#[test]
-fn allowed_name_connects_on_its_port_only() {
-    let Some(r) = fence() else { return };
-    assert_probes(
-        r,
-        &[
-            "resolve_web",
-            "tcp_web_8080",
-            "tcp4_web_8080",
-            "tcp4_web_9090",
-        ],
-    );
+/// One test per row, each asserting a group of [`PROBES`] on the shared
+/// fenced run ([`fence`]), the unfenced control first.
+macro_rules! probe_tests {
+    ($($(#[$doc:meta])* $name:ident: [$($probe:literal),* $(,)?];)*) => {
+        $(
+            $(#[$doc])*
+            #[test]
+            fn $name() {
+                if let Some(r) = fence() {
+                    assert_probes(r, &[$($probe),*]);
+                }
+            }
+        )*
+    };
+}
+
+probe_tests! {
+    allowed_name_connects_on_its_port_only: ["resolve_web", "tcp_web_8080", "tcp4_web_8080", "tcp4_web_9090"];
+    hard_coded_addresses_fail_over_tcp_udp_icmp: ["resolve_any", "icmp4_any", "udp4_any", "tcp4_hard", "udp4_hard", "icmp4_hard"];
+    raw_dns_to_a_rogue_resolver_fails: ["resolve_web", "rogue_udp", "rogue_tcp", "rogue_853"];
+    ipv6_is_fenced_like_ipv4: ["no_tentative_v6", "tcp6_web_8080", "icmp6_any", "udp6_any", "tcp6_web_9090", "tcp6_hard", "udp6_hard", "icmp6_hard"];
+    root_in_the_kennel_cannot_loosen_the_fence: ["root_inside", "resolv_names_allowdns", "nft_flush", "nft_flush_new_userns", "write_resolv", "umount_resolv", "upstream_udp", "upstream_tcp"];
+    /// Control: kill -0 on run's pid works from the world (it did: the run was started there).
+    escape_signal_or_see_allowdns_and_pasta: ["own_proc", "signal_run"];
+    escape_write_root_owned_files: ["root_inside", "write_root_file", "read_shadow"];
+    escape_host_loopback_through_pasta: ["loopback_service", "loopback_gw", "loopback_self"];
+    escape_packet_and_raw_sockets: ["packet_socket", "raw_socket"];
+    escape_host_shm_var_tmp_and_ipc_uts_cgroup_namespaces: ["dev_shm_file", "var_tmp_file", "host_ipc_ns", "host_uts_ns", "host_cgroup_ns"];
+    escape_unix_sockets_of_host_daemons: ["unix_run", "unix_tmp"];
 }
 
 #[test]
@@ -616,22 +633,6 @@ fn denied_name_is_nxdomain_with_alert_and_audit() {
     assert!(
         pid.parse::<u32>().unwrap() != host.parse::<u32>().unwrap(),
         "{line}"
-    );
-}
-
-#[test]
-fn hard_coded_addresses_fail_over_tcp_udp_icmp() {
-    let Some(r) = fence() else { return };
-    assert_probes(
-        r,
-        &[
-            "resolve_any",
-            "icmp4_any",
-            "udp4_any",
-            "tcp4_hard",
-            "udp4_hard",
-            "icmp4_hard",
-        ],
     );
 }
 
@@ -712,94 +713,6 @@ fn monitor_lets_through_and_alerts() {
     );
 }
 
-#[test]
-fn raw_dns_to_a_rogue_resolver_fails() {
-    let Some(r) = fence() else { return };
-    assert_probes(r, &["resolve_web", "rogue_udp", "rogue_tcp", "rogue_853"]);
-}
-
-#[test]
-fn ipv6_is_fenced_like_ipv4() {
-    let Some(r) = fence() else { return };
-    assert_probes(
-        r,
-        &[
-            "no_tentative_v6",
-            "tcp6_web_8080",
-            "icmp6_any",
-            "udp6_any",
-            "tcp6_web_9090",
-            "tcp6_hard",
-            "udp6_hard",
-            "icmp6_hard",
-        ],
-    );
-}
-
-#[test]
-fn root_in_the_kennel_cannot_loosen_the_fence() {
-    let Some(r) = fence() else { return };
-    assert_probes(
-        r,
-        &[
-            "root_inside",
-            "resolv_names_allowdns",
-            "nft_flush",
-            "nft_flush_new_userns",
-            "write_resolv",
-            "umount_resolv",
-            "upstream_udp",
-            "upstream_tcp",
-        ],
-    );
-}
-
-#[test]
-fn escape_signal_or_see_allowdns_and_pasta() {
-    let Some(r) = fence() else { return };
-    // Control: kill -0 on run's pid works from the world (it did: the run was started there).
-    assert_probes(r, &["own_proc", "signal_run"]);
-}
-
-#[test]
-fn escape_write_root_owned_files() {
-    let Some(r) = fence() else { return };
-    assert_probes(r, &["root_inside", "write_root_file", "read_shadow"]);
-}
-
-#[test]
-fn escape_host_loopback_through_pasta() {
-    let Some(r) = fence() else { return };
-    assert_probes(r, &["loopback_service", "loopback_gw", "loopback_self"]);
-}
-
-#[test]
-fn escape_packet_and_raw_sockets() {
-    let Some(r) = fence() else { return };
-    assert_probes(r, &["packet_socket", "raw_socket"]);
-}
-
-#[test]
-fn escape_host_shm_var_tmp_and_ipc_uts_cgroup_namespaces() {
-    let Some(r) = fence() else { return };
-    assert_probes(
-        r,
-        &[
-            "dev_shm_file",
-            "var_tmp_file",
-            "host_ipc_ns",
-            "host_uts_ns",
-            "host_cgroup_ns",
-        ],
-    );
-}
-
-#[test]
-fn escape_unix_sockets_of_host_daemons() {
-    let Some(r) = fence() else { return };
-    assert_probes(r, &["unix_run", "unix_tmp"]);
-}
-
 /// A probe loop that double-forks away from CMD and reports to `$D/bg.log`.
 const DAEMON: &str = r#"
 ( ( while :; do
@@ -841,6 +754,23 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The kennel's network namespace, read from its holder among `started`
+/// (run's children).
+fn kennel_netns(started: &[u32]) -> String {
+    let holder = started
+        .iter()
+        .copied()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.contains("holder"))
+        })
+        .expect("holder");
+    std::fs::read_link(format!("/proc/{holder}/ns/net"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
 #[test]
 fn double_forked_daemon_is_fenced_then_everything_is_torn_down() {
     let Some(world) = world("daemon") else {
@@ -862,18 +792,7 @@ fn double_forked_daemon_is_fenced_then_everything_is_torn_down() {
     let run = run_pid;
     let started = children(run);
     assert_eq!(started.len(), 2, "holder and pasta: {started:?}");
-    let holder = started
-        .iter()
-        .copied()
-        .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                .is_ok_and(|c| c.contains("holder"))
-        })
-        .expect("holder");
-    let netns = std::fs::read_link(format!("/proc/{holder}/ns/net"))
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
+    let netns = kennel_netns(&started);
     assert!(in_namespace(&netns).len() >= 3, "holder, init, CMD, daemon");
     std::fs::write(world.dir.join("stop"), "").unwrap();
     let ran = finish(child);
@@ -1088,18 +1007,7 @@ fn escape_killing_allowdns_leaves_no_egress() {
     );
     let run = child.id();
     let started = children(run);
-    let holder = started
-        .iter()
-        .copied()
-        .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                .is_ok_and(|c| c.contains("holder"))
-        })
-        .expect("holder");
-    let netns = std::fs::read_link(format!("/proc/{holder}/ns/net"))
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
+    let netns = kennel_netns(&started);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(run as i32),
         nix::sys::signal::Signal::SIGKILL,
