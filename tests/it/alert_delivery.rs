@@ -692,30 +692,12 @@ fn check_rejects_bad_alert_settings_with_file_line_and_field() {
 
 // --- Security events: stripped special-purpose addresses, exfiltration marks.
 
-/// The Prometheus scrape of a server started with `--metrics 127.0.0.1:0`.
-fn scrape_metrics(dns: &Allowdns) -> String {
-    let stderr = dns.stderr();
-    let addr = stderr
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http://")?.strip_suffix("/metrics"))
-        .unwrap_or_else(|| panic!("no metrics address in:\n{stderr}"))
-        .to_string();
-    let mut stream = TcpStream::connect(&addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    reply
-}
-
 /// The value of one series, waiting up to 5 s for it to reach `at_least`
 /// (counting happens after the reply is sent).
 fn series(dns: &Allowdns, series: &str, at_least: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let text = scrape_metrics(dns);
+        let text = dns.scrape("/metrics");
         let n = text
             .lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))

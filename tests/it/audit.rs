@@ -136,25 +136,6 @@ fn one_audit_record_per_query_and_the_alert_users_expect() {
     );
 }
 
-/// The audit records for `qname`, polled until there are `count` (10 s at most).
-fn records_for(log: &std::path::Path, qname: &str, count: usize) -> Vec<serde_json::Value> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let found: Vec<_> = if log.exists() {
-            read_audit(log)
-                .into_iter()
-                .filter(|r| r["qname"] == qname)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        if found.len() >= count || std::time::Instant::now() > deadline {
-            return found;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 /// Runs tests/data/ask.py; returns its PID.
 fn ask(host: &str, port: u16, name: &str, mode: &str) -> u32 {
     let mut child = std::process::Command::new("python3")
@@ -213,7 +194,7 @@ fn a_denied_lookup_names_its_process_or_says_it_exited() {
         .expect("dig");
     let dig_pid = dig.id();
     dig.wait().unwrap();
-    let r = &records_for(&log4, "dig.denied.example", 1)[0];
+    let r = &audit_for(&log4, "dig.denied.example", 1)[0];
     assert_eq!(r["pid"], dig_pid, "{r}");
     assert_eq!(r["host_pid"], dig_pid, "{r}");
     assert_eq!(r["comm"], "dig", "{r}");
@@ -236,7 +217,7 @@ fn a_denied_lookup_names_its_process_or_says_it_exited() {
 
     // IPv6: the same, by a python client that waits for its answer.
     let pid = ask("::1", dns6.udp.port(), "v6.denied.example", "wait");
-    let r = &records_for(&log6, "v6.denied.example", 1)[0];
+    let r = &audit_for(&log6, "v6.denied.example", 1)[0];
     assert_eq!(r["pid"], pid, "{r}");
     assert!(
         r["cmdline"].as_str().unwrap().contains("ask.py ::1 "),
@@ -246,7 +227,7 @@ fn a_denied_lookup_names_its_process_or_says_it_exited() {
     // Positive control for what follows: the sender that leaves at once is
     // named when allowdns reads its question at once.
     let pid = ask("127.0.0.1", dns.udp.port(), "quick.denied.example", "wait");
-    let r = &records_for(&log4, "quick.denied.example", 1)[0];
+    let r = &audit_for(&log4, "quick.denied.example", 1)[0];
     assert_eq!(r["pid"], pid, "{r}");
 
     // Gone before allowdns looks: allowdns is stopped while the question
@@ -254,7 +235,7 @@ fn a_denied_lookup_names_its_process_or_says_it_exited() {
     signal(dns.pid(), "-STOP");
     ask("127.0.0.1", dns.udp.port(), "gone.denied.example", "leave");
     signal(dns.pid(), "-CONT");
-    let r = &records_for(&log4, "gone.denied.example", 1)[0];
+    let r = &audit_for(&log4, "gone.denied.example", 1)[0];
     assert_eq!(r["owner_unknown"], "exited", "{r}");
     assert!(r.get("pid").is_none(), "never a guess: {r}");
 }

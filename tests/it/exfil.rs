@@ -67,18 +67,6 @@ impl Lab {
     }
 }
 
-/// Waits until the audit log holds `n` records (it is written off the query path).
-fn audit_lines(path: &Path, n: usize) -> Vec<serde_json::Value> {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let lines = read_audit(path);
-        if lines.len() >= n || Instant::now() > until {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A 60-character label as a tunnel would send: hex of `i` padded with data.
 fn tunnel_label(i: usize) -> String {
     format!("{:x}{}", i, "q0r9s8t7u6v5w4x3y2z1".repeat(3))[..60].to_string()
@@ -143,7 +131,7 @@ fn a_wildcard_answers_address_types_only_unless_its_entry_lists_more() {
     assert_rcode(dns.udp, "plain.test MX", ResponseCode::NoError);
     // A listed type under a dynamic entry.
     assert_rcode(dns.udp, "k.txtok.test TXT", ResponseCode::NoError);
-    let lines = audit_lines(&audit, 11);
+    let lines = audit_at_least(&audit, 11);
     let refused: Vec<_> = lines.iter().filter(|l| l["exfil"] == "qtype").collect();
     assert_eq!(refused.len(), 6, "{lines:?}");
     for l in refused {
@@ -218,7 +206,7 @@ fn new_names_are_cut_at_the_hard_limit_while_seen_names_keep_working() {
         1,
         "one alert per cooldown, not one per name:\n{stderr}"
     );
-    let lines = audit_lines(&audit, NAMES + 4);
+    let lines = audit_at_least(&audit, NAMES + 4);
     let marked = |mark: &str| lines.iter().filter(|l| l["exfil"] == mark).count();
     assert_eq!(
         marked("budget"),
@@ -396,7 +384,7 @@ fn the_legit_corpus_replays_without_an_alert_or_a_denial() {
     let again = lab.up.names_but_probe().len() - upstream;
     eprintln!("corpus: {upstream} questions upstream, then {again} re-asked after the floor");
     assert!(again > 0, "positive control: the floor ran out for some");
-    let lines = audit_lines(&audit, 3 * names.len() + repeats);
+    let lines = audit_at_least(&audit, 3 * names.len() + repeats);
     assert_eq!(lines.len(), 3 * names.len() + repeats);
     assert!(
         lines
@@ -810,7 +798,7 @@ fn tunnel_shaped_names_raise_an_alert_early() {
         for n in &names {
             assert_eq!(asker.ask(n, RecordType::A), 0, "{n}");
         }
-        let lines = audit_lines(&audit, names.len());
+        let lines = audit_at_least(&audit, names.len());
         let first = lines.iter().position(|l| !l["exfil"].is_null());
         (first, dns)
     };

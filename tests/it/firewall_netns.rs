@@ -17,7 +17,6 @@
 
 use crate::common;
 
-use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -799,21 +798,6 @@ fn python_connect(lab: &Lab, addr: &str, port: u16) -> bool {
     ok
 }
 
-/// Waits up to 10 s for `want` egress_denied records in the audit log.
-fn egress_records(audit: &std::path::Path, want: usize) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got: Vec<_> = read_audit(audit)
-            .into_iter()
-            .filter(|v| v["event"] == "egress_denied")
-            .collect();
-        if got.len() >= want || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Serves `policy` with an audit log and a 1 s alert window (so each
 /// scenario below gets its own full alert).
 fn serve_audited(lab: &Lab, policy: &std::path::Path, upstream: &Upstream) -> (Allowdns, PathBuf) {
@@ -828,20 +812,8 @@ fn serve_audited(lab: &Lab, policy: &std::path::Path, upstream: &Upstream) -> (A
 
 /// One series' value from allowdns's `/metrics`.
 fn metric(dns: &Allowdns, series: &str) -> Option<u64> {
-    let stderr = dns.stderr();
-    let addr = stderr
-        .split("metrics on http://")
-        .nth(1)?
-        .split('/')
-        .next()?
-        .to_string();
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).ok()?;
-    body.lines()
+    dns.scrape("/metrics")
+        .lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
@@ -897,7 +869,7 @@ fn a_blocked_connection_is_alerted_and_audited_with_what_allowdns_knows() {
         format!("{line}\n").ends_with(&command),
         "{command} in {err}"
     );
-    let records = egress_records(&audit, 1);
+    let records = audit_where(&audit, 1, |r| r["event"] == "egress_denied");
     assert_eq!(records.len(), 1, "{records:?}");
     let r = &records[0];
     assert_eq!(r["action"], "blocked");
@@ -925,7 +897,7 @@ fn a_blocked_connection_is_alerted_and_audited_with_what_allowdns_knows() {
         &err,
         "Destination: 203.0.113.70:22/tcp (resolved: api.cw.test, handed to agent travel_agent_v1 for 443/tcp)\nAction: BLOCKED\nRule Matched: api.cw.test - allows 443/tcp only\n",
     );
-    let records = egress_records(&audit, 2);
+    let records = audit_where(&audit, 2, |r| r["event"] == "egress_denied");
     let r = &records[1];
     assert_eq!(r["resolved"], "api.cw.test");
     assert_eq!(r["resolved_ports"], "443/tcp");
@@ -935,9 +907,9 @@ fn a_blocked_connection_is_alerted_and_audited_with_what_allowdns_knows() {
     std::thread::sleep(Duration::from_millis(1100));
     let scan = "import socket\nfor p in range(2000,3000):\n    s=socket.socket()\n    s.setblocking(False)\n    s.connect_ex(('203.0.113.98',p))\n    s.close()\n";
     let _ = lab.exec(&lab.a, &["python3", "-c", scan]);
-    let records = egress_records(&audit, 1002);
+    let records = audit_where(&audit, 1002, |r| r["event"] == "egress_denied");
     std::thread::sleep(Duration::from_millis(1500));
-    let records_after = egress_records(&audit, 1002);
+    let records_after = audit_where(&audit, 1002, |r| r["event"] == "egress_denied");
     assert_eq!(records.len(), 1002, "one record per port");
     assert_eq!(records_after.len(), 1002, "no record twice");
     let ports: std::collections::BTreeSet<u64> = records[2..]
@@ -980,7 +952,7 @@ fn a_blocked_connection_is_alerted_and_audited_with_what_allowdns_knows() {
 
     // Denied before the sets (cloud metadata), reported too, and why.
     assert!(!python_connect(&lab, "169.254.169.254", 80));
-    let records = egress_records(&audit, 1003);
+    let records = audit_where(&audit, 1003, |r| r["event"] == "egress_denied");
     let special = records
         .iter()
         .find(|r| r["addr"] == "169.254.169.254")
@@ -1042,7 +1014,7 @@ fn monitor_mode_lets_through_and_alerts_and_enforce_closes_at_once() {
         1,
         "the listed connection was alerted: {err}"
     );
-    let records = egress_records(&audit, 1);
+    let records = audit_where(&audit, 1, |r| r["event"] == "egress_denied");
     assert_eq!(records[0]["action"], "logged");
     assert_eq!(records[0]["resolved"], "sketchy-mirror.cw.test");
     // Monitor mode opens neither special-purpose ranges nor other resolvers.
@@ -1059,7 +1031,7 @@ fn monitor_mode_lets_through_and_alerts_and_enforce_closes_at_once() {
         python_connect(&lab, "203.0.113.73", 443),
         "a listed address lost"
     );
-    let records = egress_records(&audit, 2);
+    let records = audit_where(&audit, 2, |r| r["event"] == "egress_denied");
     assert_eq!(records[1]["action"], "blocked", "{records:?}");
 
     // Back to monitor: open again; the monitor set stays filled with
@@ -1082,25 +1054,6 @@ fn monitor_mode_lets_through_and_alerts_and_enforce_closes_at_once() {
         !python_connect(&lab, "203.0.113.72", 443),
         "a reloaded ruleset must start closed"
     );
-}
-
-/// The audit records for `qname`, polled until there are `count` (5 s at most).
-fn records_for(audit: &std::path::Path, qname: &str, count: usize) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let found: Vec<_> = if audit.exists() {
-            read_audit(audit)
-                .into_iter()
-                .filter(|r| r["qname"] == qname)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        if found.len() >= count || Instant::now() > deadline {
-            return found;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// allowdns in R, the asker in A: the socket is looked up in A's namespace
@@ -1133,7 +1086,7 @@ fn a_denied_lookup_names_the_process_that_asked_from_another_namespace() {
 
     // Positive control: the wiring works, and an allowed answer is not attributed.
     assert_eq!(getent(&lab, "web.fw.test").as_deref(), Some("203.0.113.10"));
-    let allowed = records_for(&audit, "web.fw.test", 1);
+    let allowed = audit_for(&audit, "web.fw.test", 1);
     assert_eq!(allowed.len(), 1, "{allowed:?}");
     assert!(allowed[0].get("pid").is_none(), "{}", allowed[0]);
 
@@ -1144,7 +1097,7 @@ fn a_denied_lookup_names_the_process_that_asked_from_another_namespace() {
     );
     assert!(!ok, "denied name resolved: {out}");
     let pid: u32 = out.trim().parse().unwrap_or_else(|_| panic!("{out}"));
-    let records = records_for(&audit, "denied.fw.test", 1);
+    let records = audit_for(&audit, "denied.fw.test", 1);
     let r = &records[0];
     assert_eq!(r["decision"], "deny", "{r}");
     assert_eq!(r["pid"], pid, "{r}");
@@ -1165,7 +1118,7 @@ fn a_denied_lookup_names_the_process_that_asked_from_another_namespace() {
     std::thread::sleep(Duration::from_millis(1100)); // a new alert window
     let (ok, out) = in_agent(&lab, &["python3", script.to_str().unwrap()]);
     assert!(ok, "{out}");
-    let records = records_for(&audit, "child.denied.fw.test", 1);
+    let records = audit_for(&audit, "child.denied.fw.test", 1);
     let r = &records[0];
     assert_eq!(r["comm"], "getent", "{r}");
     let agent_line = format!("python3 {}", script.display());

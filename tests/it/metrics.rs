@@ -2,34 +2,13 @@
 
 use crate::common;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
 use hickory_proto::op::{Edns, Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
-
-fn metrics_addr(dns: &Allowdns) -> String {
-    let stderr = dns.stderr();
-    let url = stderr
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http://")?.strip_suffix("/metrics"))
-        .unwrap_or_else(|| panic!("no metrics address in:\n{stderr}"));
-    url.to_string()
-}
-
-fn scrape(dns: &Allowdns, path: &str) -> String {
-    let addr = metrics_addr(dns);
-    let mut stream = TcpStream::connect(&addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    reply
-}
 
 /// Fails if one series (name and labels) appears twice in a scrape.
 fn assert_no_duplicate_series(text: &str) {
@@ -81,7 +60,7 @@ fn metrics_count_queries_by_agent_decision_qtype_and_more() {
     // Audit and counting happen after the reply is sent; give them a moment.
     let deadline = Instant::now() + Duration::from_secs(5);
     let text = loop {
-        let reply = scrape(&dns, "/metrics");
+        let reply = dns.scrape("/metrics");
         if reply.contains("qtype=\"AAAA\"") || Instant::now() > deadline {
             break reply;
         }
@@ -129,7 +108,7 @@ fn metrics_count_queries_by_agent_decision_qtype_and_more() {
         0.0
     );
 
-    assert!(scrape(&dns, "/").starts_with("HTTP/1.1 404"));
+    assert!(dns.scrape("/").starts_with("HTTP/1.1 404"));
     assert_no_duplicate_series(&text);
 }
 
@@ -157,7 +136,7 @@ fn extended_rcodes_get_their_own_series() {
 
     let deadline = Instant::now() + Duration::from_secs(5);
     let text = loop {
-        let reply = scrape(&dns, "/metrics");
+        let reply = dns.scrape("/metrics");
         if reply.contains("rcode=\"BADVERS\"") || Instant::now() > deadline {
             break reply;
         }
@@ -182,7 +161,7 @@ fn extended_rcodes_get_their_own_series() {
 fn idle_scrapers_cannot_exhaust_the_endpoint() {
     let policy = repo("policies/travel_agent_v1.yaml");
     let dns = Allowdns::forward("none", &policy, &["--metrics", "127.0.0.1:0"]);
-    let addr = metrics_addr(&dns);
+    let addr = dns.metrics_addr();
     // Connections that never send a byte: more than may wait at once (64).
     let idle: Vec<TcpStream> = (0..100)
         .map(|_| {
@@ -204,7 +183,7 @@ fn idle_scrapers_cannot_exhaust_the_endpoint() {
     // Positive control: 64 idle connections are open, more than the 8
     // scrape slots; a real scrape still gets its answer at once.
     let scraped = Instant::now();
-    let reply = scrape(&dns, "/metrics");
+    let reply = dns.scrape("/metrics");
     assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply:?}");
     assert!(scraped.elapsed() < Duration::from_secs(1));
     // DNS is unaffected.
@@ -222,7 +201,7 @@ fn idle_scrapers_cannot_exhaust_the_endpoint() {
     drop(idle);
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let reply = scrape(&dns, "/metrics");
+        let reply = dns.scrape("/metrics");
         if reply.starts_with("HTTP/1.1 200 OK") {
             break;
         }
@@ -481,7 +460,7 @@ fn every_grafana_expression_names_series_and_labels_that_metrics_exports() {
     );
     let deadline = Instant::now() + Duration::from_secs(5);
     let text = loop {
-        let reply = scrape(&dns, "/metrics");
+        let reply = dns.scrape("/metrics");
         if reply.contains("allowdns_queries_total{") || Instant::now() > deadline {
             break reply;
         }

@@ -398,25 +398,6 @@ fn watch_keeps_the_old_policy_when_a_broken_one_is_swapped_in() {
             .contains("agent.yaml:3"),
         "{failed}"
     );
-    let metrics = scrape_metrics(&dns);
+    let metrics = dns.scrape("/metrics");
     assert_has(&metrics, "allowdns_reload_failures_total 1");
-}
-
-fn scrape_metrics(dns: &Allowdns) -> String {
-    use std::io::{Read, Write};
-    let stderr = dns.stderr();
-    let addr = stderr
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http://"))
-        .and_then(|url| url.split('/').next())
-        .unwrap_or_else(|| panic!("no metrics address in:\n{stderr}"))
-        .to_string();
-    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    reply
 }

@@ -5,7 +5,6 @@ use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -53,34 +52,6 @@ fn tcp_ask(s: &mut TcpStream, message: &[u8]) -> Option<Message> {
 
 fn udp_ask(server: SocketAddr, message: &[u8]) -> Message {
     Message::from_vec(&exchange_udp(server, message, None)).expect("reply parses")
-}
-
-/// Waits until the audit log holds at least `n` records.
-fn audit_records(path: &Path, n: usize) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let records = read_audit(path);
-        if records.len() >= n || Instant::now() > deadline {
-            return records;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn scrape(dns: &Allowdns) -> String {
-    let stderr = dns.stderr();
-    let addr = stderr
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http://"))
-        .and_then(|u| u.split('/').next())
-        .unwrap_or_else(|| panic!("no metrics address in:\n{stderr}"))
-        .to_string();
-    let mut s = TcpStream::connect(&addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text
 }
 
 fn metric(text: &str, series: &str) -> u64 {
@@ -197,7 +168,7 @@ fn pipelined_queries_are_answered_concurrently_and_in_completion_order() {
     );
     assert!(order[0] >= 50, "{order:?}");
 
-    let records = audit_records(&log, 100);
+    let records = audit_at_least(&log, 100);
     assert_eq!(records.len(), 100);
     assert!(records.iter().all(|r| r["transport"] == "tcp"));
     assert!(records.iter().all(|r| r["rcode"] == "NOERROR"));
@@ -226,13 +197,13 @@ fn a_malformed_tcp_message_gets_formerr_an_audit_record_and_a_count() {
     let again = tcp_ask(&mut s, &raw_query(8, "www.allowed.test", 1, 1)).unwrap();
     assert_eq!(again.metadata.response_code, ResponseCode::NoError);
 
-    let records = audit_records(&log, 3);
+    let records = audit_at_least(&log, 3);
     let formerr: Vec<_> = records.iter().filter(|r| r["rcode"] == "FORMERR").collect();
     assert_eq!(formerr.len(), 1, "{records:?}");
     assert_eq!(formerr[0]["transport"], "tcp");
     assert_eq!(formerr[0]["agent"], "test_agent");
     assert!(formerr[0]["qname"].is_null());
-    let text = scrape(&dns);
+    let text = dns.scrape("/metrics");
     assert_eq!(
         metric(&text, "allowdns_responses_total{rcode=\"FORMERR\"}"),
         1
@@ -277,7 +248,7 @@ fn chaos_class_and_zone_transfers_are_refused_and_audited_on_both_transports() {
             );
         }
     }
-    let records = audit_records(&log, 2 + 2 * cases.len());
+    let records = audit_at_least(&log, 2 + 2 * cases.len());
     assert_eq!(records.len(), 2 + 2 * cases.len(), "{records:?}");
     let refused: Vec<_> = records.iter().filter(|r| r["rcode"] == "REFUSED").collect();
     assert_eq!(refused.len(), 2 * cases.len());
@@ -302,7 +273,7 @@ fn short_messages_and_responses_are_dropped_and_counted() {
     let up = test_upstream("127.0.0.20");
     let dir = TempDir::new("tcp-dropped");
     let dns = serve(&up, &dir, "{}\n");
-    let text = scrape(&dns);
+    let text = dns.scrape("/metrics");
     let short = "allowdns_dropped_messages_total{reason=\"short\"}";
     let response = "allowdns_dropped_messages_total{reason=\"response\"}";
     assert_eq!(metric(&text, short), 0);
@@ -326,7 +297,7 @@ fn short_messages_and_responses_are_dropped_and_counted() {
     let mut buf = [0u8; 512];
     assert!(sock.recv_from(&mut buf).is_err(), "no reply to either");
 
-    let text = scrape(&dns);
+    let text = dns.scrape("/metrics");
     assert_eq!(metric(&text, short), 2);
     assert_eq!(metric(&text, response), 2);
 }
@@ -403,7 +374,7 @@ fn the_connection_bound_holds() {
     for s in &mut busy {
         assert!(read_reply(s).is_some(), "busy connections answered");
     }
-    let text = scrape(&dns);
+    let text = dns.scrape("/metrics");
     assert!(
         metric(
             &text,
@@ -492,7 +463,7 @@ fn a_slow_sender_is_closed_by_the_message_deadline_and_cannot_lock_others_out() 
     let mut slow: Vec<TcpStream> = (0..3).map(|_| slow_sender(dns.tcp)).collect();
     // (Slots are taken on the server's tasks: wait until the three hold theirs.)
     let settle = Instant::now() + Duration::from_secs(10);
-    while metric(&scrape(&dns), "allowdns_tcp_connections_open") < 3 {
+    while metric(&dns.scrape("/metrics"), "allowdns_tcp_connections_open") < 3 {
         assert!(
             Instant::now() < settle,
             "three slow connections never opened"
@@ -560,7 +531,7 @@ fn stop_reading(s: &mut TcpStream) {
 
 /// All queries answered so far, over every agent, decision and type.
 fn answered(dns: &Allowdns) -> u64 {
-    scrape(dns)
+    dns.scrape("/metrics")
         .lines()
         .filter(|l| l.starts_with("allowdns_queries_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
@@ -587,7 +558,7 @@ fn wait_until_stuck(dns: &Allowdns) {
 fn open_connections_reach(dns: &Allowdns, want: u64, within: Duration) -> bool {
     let until = Instant::now() + within;
     loop {
-        if metric(&scrape(dns), "allowdns_tcp_connections_open") == want {
+        if metric(&dns.scrape("/metrics"), "allowdns_tcp_connections_open") == want {
             return true;
         }
         if Instant::now() >= until {
@@ -622,7 +593,7 @@ fn a_peer_that_stops_reading_loses_its_connection() {
     assert!(
         open_connections_reach(&dns, 0, Duration::from_secs(90)),
         "a peer that stops reading must not hold its slot:\n{}",
-        scrape(&dns)
+        dns.scrape("/metrics")
     );
     // And the server still answers everyone else.
     let mut fresh = connect(dns.tcp);

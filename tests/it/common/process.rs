@@ -1,7 +1,7 @@
 //! The allowdns process: the real binary, read up to its "listening on"
 //! line, killed on drop; and what it writes (the audit log).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -167,6 +167,29 @@ impl Allowdns {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// The address of the `/metrics` endpoint it announced (`--metrics`).
+    pub fn metrics_addr(&self) -> String {
+        let stderr = self.stderr();
+        stderr
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http://")?.strip_suffix("/metrics"))
+            .unwrap_or_else(|| panic!("no metrics address in:\n{stderr}"))
+            .to_string()
+    }
+
+    /// An HTTP GET of `path` from its metrics endpoint: the whole reply.
+    pub fn scrape(&self, path: &str) -> String {
+        let addr = self.metrics_addr();
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        reply
+    }
+
     /// Sends SIGHUP (reload).
     pub fn hup(&self) {
         let sent = Command::new("kill")
@@ -241,4 +264,31 @@ pub fn read_audit(path: &Path) -> Vec<serde_json::Value> {
             v
         })
         .collect()
+}
+
+/// The audit log's lines once there are at least `n`, or what there is
+/// after 10 s (records are written off the query path).
+pub fn audit_at_least(path: &Path, n: usize) -> Vec<serde_json::Value> {
+    audit_where(path, n, |_| true)
+}
+
+/// The audit records for `qname`, polled until there are `count` (10 s at most).
+pub fn audit_for(path: &Path, qname: &str, count: usize) -> Vec<serde_json::Value> {
+    audit_where(path, count, |r| r["qname"] == qname)
+}
+
+/// The audit records that `keep`, polled until there are `count` (10 s at most).
+pub fn audit_where(
+    path: &Path,
+    count: usize,
+    keep: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found: Vec<_> = read_audit(path).into_iter().filter(&keep).collect();
+        if found.len() >= count || Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
