@@ -140,34 +140,6 @@ fn a_repeated_name_flood_by_one_agent_keeps_the_other_agents_entries() {
     assert_a_still_cached(&s, "B's flood of repeated names");
 }
 
-/// Presentation form → wire labels (RFC 1035 5.1 escapes), as tests/names.rs reads names.tsv.
-fn wire_labels(name: &str) -> Vec<Vec<u8>> {
-    let (bytes, mut labels, mut i) = (name.as_bytes(), vec![Vec::new()], 0);
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' if i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit) => {
-                let n: u16 = name[i + 1..i + 4].parse().unwrap();
-                labels.last_mut().unwrap().push(n as u8);
-                i += 4;
-            }
-            b'\\' => {
-                labels.last_mut().unwrap().push(bytes[i + 1]);
-                i += 2;
-            }
-            b'.' => {
-                labels.push(Vec::new());
-                i += 1;
-            }
-            b => {
-                labels.last_mut().unwrap().push(b);
-                i += 1;
-            }
-        }
-    }
-    labels.retain(|l| !l.is_empty());
-    labels
-}
-
 /// A query for `name`, with an EDNS OPT record when `edns` is set.
 fn wire_query(id: u16, name: &str, qtype: RecordType, edns: bool) -> Vec<u8> {
     let mut out = id.to_be_bytes().to_vec();

@@ -4,22 +4,9 @@
 
 use crate::common;
 
-use std::process::Command;
 
 use common::*;
 use hickory_proto::op::ResponseCode;
-
-fn run(prefix: &[&str], args: &[&str]) -> (bool, String, String) {
-    let mut all: Vec<&str> = prefix.to_vec();
-    all.push(bin());
-    all.extend_from_slice(args);
-    let out = Command::new(all[0]).args(&all[1..]).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
 
 #[test]
 fn grant_from_another_network_namespace_is_refused() {
@@ -68,22 +55,7 @@ fn refused_from_another_namespace(daemon_prefix: &[&str], tag: &str) {
         ),
     );
     let grant = |prefix: &[&str], name: &str| {
-        run(
-            prefix,
-            &[
-                "grant",
-                "--control",
-                sock,
-                "--agent",
-                "t",
-                "--name",
-                name,
-                "--for",
-                "1h",
-                "--reason",
-                "netns test",
-            ],
-        )
+        allowdns_via(prefix, &grant_args(sock, "t", name, "1h", "netns test"))
     };
     let fenced = ["ip", "netns", "exec", ns.name("fenced")];
 
@@ -101,24 +73,13 @@ fn refused_from_another_namespace(daemon_prefix: &[&str], tag: &str) {
     );
     assert_rcode(dns.udp, "c.x.test A", ResponseCode::NXDomain);
     // Revoking from there is refused too; status stays readable.
-    let (ok, _, stderr) = run(
-        &fenced,
-        &[
-            "revoke",
-            "--control",
-            sock,
-            "--agent",
-            "t",
-            "--name",
-            "b.x.test",
-        ],
-    );
+    let (ok, _, stderr) = allowdns_via(&fenced, &revoke_args(sock, "t", "b.x.test"));
     assert!(
         !ok && stderr.contains("another network namespace"),
         "{stderr}"
     );
     assert_rcode(dns.udp, "b.x.test A", ResponseCode::NoError);
-    let (ok, stdout, stderr) = run(&fenced, &["status", "--control", sock]);
+    let (ok, stdout, stderr) = allowdns_via(&fenced, &["status", "--control", sock]);
     assert!(
         ok && stdout.contains("grant t -> b.x.test"),
         "{stdout}{stderr}"
@@ -130,17 +91,6 @@ fn refused_from_another_namespace(daemon_prefix: &[&str], tag: &str) {
     );
 
     // The refusal is about the namespace, not the command: from our own it works.
-    let (ok, _, stderr) = run(
-        &[],
-        &[
-            "revoke",
-            "--control",
-            sock,
-            "--agent",
-            "t",
-            "--name",
-            "b.x.test",
-        ],
-    );
+    let (ok, _, stderr) = allowdns_via(&[], &revoke_args(sock, "t", "b.x.test"));
     assert!(ok, "{stderr}");
 }

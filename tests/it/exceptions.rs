@@ -41,12 +41,7 @@ fn wait_rcode(dns: &Allowdns, name: &str, want: ResponseCode, within: Duration) 
 }
 
 fn allowdns(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin()).args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    allowdns_via(&[], args)
 }
 
 #[test]
@@ -210,35 +205,17 @@ fn grants_allow_for_a_while_are_audited_and_expire() {
         ("granted", "*.com", "5s", "r", "over-broad"),
         ("granted", "b.x.test", "30d", "r", "--for must be between"),
     ] {
-        let (ok, _, stderr) = allowdns(&[
-            "grant",
-            "--control",
-            sock,
-            "--agent",
-            agent,
-            "--name",
-            name,
-            "--for",
-            time,
-            "--reason",
-            reason,
-        ]);
+        let (ok, _, stderr) = allowdns(&grant_args(sock, agent, name, time, reason));
         assert!(!ok && stderr.contains(why), "{why}: {stderr}");
     }
 
-    let (ok, stdout, stderr) = allowdns(&[
-        "grant",
-        "--control",
+    let (ok, stdout, stderr) = allowdns(&grant_args(
         sock,
-        "--agent",
         "granted",
-        "--name",
         "B.X.TEST",
-        "--for",
         "3s",
-        "--reason",
         "INC-42 vendor debugging",
-    ]);
+    ));
     assert!(ok, "{stderr}");
     assert!(stdout.contains("granted: agent 'granted' may resolve b.x.test until"));
     let allowed = query(dns.udp, "b.x.test", RecordType::A);
@@ -264,30 +241,10 @@ fn grants_allow_for_a_while_are_audited_and_expire() {
     assert_has(&stdout, "no active grants");
 
     // Revoking ends a grant at once.
-    let (ok, _, stderr) = allowdns(&[
-        "grant",
-        "--control",
-        sock,
-        "--agent",
-        "granted",
-        "--name",
-        "c.x.test",
-        "--for",
-        "1h",
-        "--reason",
-        "r2",
-    ]);
+    let (ok, _, stderr) = allowdns(&grant_args(sock, "granted", "c.x.test", "1h", "r2"));
     assert!(ok, "{stderr}");
     assert_rcode(dns.udp, "c.x.test A", ResponseCode::NoError);
-    let (ok, _, stderr) = allowdns(&[
-        "revoke",
-        "--control",
-        sock,
-        "--agent",
-        "granted",
-        "--name",
-        "c.x.test",
-    ]);
+    let (ok, _, stderr) = allowdns(&revoke_args(sock, "granted", "c.x.test"));
     assert!(ok, "{stderr}");
     assert_rcode(dns.udp, "c.x.test A", ResponseCode::NXDomain);
 
@@ -408,21 +365,7 @@ fn grants_with_control_characters_or_from_strangers_are_refused() {
     let socket = dir.0.join("control.sock");
     let sock = socket.to_str().unwrap();
     let dns = Allowdns::offline_audit(&policy, &zones, &audit, &["--control", sock]);
-    let grant = |reason: &str| {
-        allowdns(&[
-            "grant",
-            "--control",
-            sock,
-            "--agent",
-            "t",
-            "--name",
-            "b.x.test",
-            "--for",
-            "1h",
-            "--reason",
-            reason,
-        ])
-    };
+    let grant = |reason: &str| allowdns(&grant_args(sock, "t", "b.x.test", "1h", reason));
     for reason in ["INC-1\n{\"event\":\"forged\"}", "bell\u{7}", "esc\u{1b}[2J"] {
         let (ok, _, stderr) = grant(reason);
         assert!(
@@ -475,19 +418,13 @@ fn a_grant_over_a_port_bound_rule_keeps_its_ttl_cap_and_then_ends() {
     let dns = Allowdns::offline(&policy, &zones, &["--control", sock]);
     let before = query(dns.udp, "a.x.test", RecordType::A);
     assert_eq!(before.answers[0].ttl, 300);
-    let (ok, _, stderr) = allowdns(&[
-        "grant",
-        "--control",
+    let (ok, _, stderr) = allowdns(&grant_args(
         sock,
-        "--agent",
         "t",
-        "--name",
         "a.x.test",
-        "--for",
         "3s",
-        "--reason",
         "any port for a moment",
-    ]);
+    ));
     assert!(ok, "{stderr}");
     let during = query(dns.udp, "a.x.test", RecordType::A);
     assert_eq!(during.metadata.response_code, ResponseCode::NoError);

@@ -163,3 +163,39 @@ pub fn answers(m: &Message) -> Vec<(String, String, String)> {
         })
         .collect()
 }
+
+/// Presentation form → wire labels (RFC 1035 5.1 escapes), unchecked lengths;
+/// an empty label stays (a malformed name is the point of some tests).
+pub fn wire_labels(name: &str) -> Vec<Vec<u8>> {
+    if name == "." {
+        return Vec::new();
+    }
+    let bytes = name.as_bytes();
+    let mut labels = vec![Vec::new()];
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit) => {
+                let n: u16 = name[i + 1..i + 4].parse().unwrap();
+                labels.last_mut().unwrap().push(n as u8);
+                i += 4;
+            }
+            b'\\' => {
+                labels.last_mut().unwrap().push(bytes[i + 1]);
+                i += 2;
+            }
+            b'.' => {
+                labels.push(Vec::new());
+                i += 1;
+            }
+            b => {
+                labels.last_mut().unwrap().push(b);
+                i += 1;
+            }
+        }
+    }
+    if labels.last().is_some_and(Vec::is_empty) {
+        labels.pop(); // the trailing dot: the root label comes anyway
+    }
+    labels
+}

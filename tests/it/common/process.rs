@@ -23,6 +23,56 @@ pub fn offline_args<'a>(policy: &'a Path, zones: &'a Path, extra: &[&'a str]) ->
     args
 }
 
+/// `allowdns ARGS` behind `prefix` (`ip netns exec NS`, `setpriv ...`; may
+/// be empty), run to its end: whether it succeeded, its stdout, its stderr.
+pub fn allowdns_via(prefix: &[&str], args: &[&str]) -> (bool, String, String) {
+    let mut argv: Vec<&str> = prefix.to_vec();
+    argv.push(bin());
+    argv.extend_from_slice(args);
+    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// `allowdns grant` on the control socket `sock`.
+pub fn grant_args<'a>(
+    sock: &'a str,
+    agent: &'a str,
+    name: &'a str,
+    time: &'a str,
+    reason: &'a str,
+) -> [&'a str; 11] {
+    [
+        "grant",
+        "--control",
+        sock,
+        "--agent",
+        agent,
+        "--name",
+        name,
+        "--for",
+        time,
+        "--reason",
+        reason,
+    ]
+}
+
+/// `allowdns revoke` on the control socket `sock`.
+pub fn revoke_args<'a>(sock: &'a str, agent: &'a str, name: &'a str) -> [&'a str; 7] {
+    [
+        "revoke",
+        "--control",
+        sock,
+        "--agent",
+        agent,
+        "--name",
+        name,
+    ]
+}
+
 /// `allowdns nft-ruleset --policy POLICY --dns DNS`: the ruleset it prints.
 pub fn nft_ruleset(policy: &Path, dns: &str) -> String {
     let out = Command::new(bin())
