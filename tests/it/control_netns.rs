@@ -4,7 +4,6 @@
 
 use crate::common;
 
-
 use common::*;
 use hickory_proto::op::ResponseCode;
 

@@ -28,11 +28,7 @@ fn assert_no_duplicate_series(text: &str) {
 
 /// The value of one series, by its exact name and labels.
 fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
-        .parse()
-        .unwrap()
+    series_value(text, series)
 }
 
 #[test]

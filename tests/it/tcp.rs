@@ -55,11 +55,7 @@ fn udp_ask(server: SocketAddr, message: &[u8]) -> Message {
 }
 
 fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
-        .parse()
-        .unwrap()
+    series_value(text, series)
 }
 
 /// The usual upstream and policy, with an audit log and metrics, plus a

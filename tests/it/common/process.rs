@@ -37,40 +37,38 @@ pub fn allowdns_via(prefix: &[&str], args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// `allowdns grant` on the control socket `sock`.
+/// `allowdns grant` on the control socket `sock`, for `time` (`1h`).
 pub fn grant_args<'a>(
     sock: &'a str,
     agent: &'a str,
     name: &'a str,
     time: &'a str,
     reason: &'a str,
-) -> [&'a str; 11] {
-    [
-        "grant",
-        "--control",
-        sock,
-        "--agent",
-        agent,
-        "--name",
-        name,
-        "--for",
-        time,
-        "--reason",
-        reason,
-    ]
+) -> Vec<&'a str> {
+    let mut args = control_args("grant", sock, agent, name);
+    args.extend(["--for", time, "--reason", reason]);
+    args
 }
 
 /// `allowdns revoke` on the control socket `sock`.
-pub fn revoke_args<'a>(sock: &'a str, agent: &'a str, name: &'a str) -> [&'a str; 7] {
-    [
-        "revoke",
-        "--control",
-        sock,
-        "--agent",
-        agent,
-        "--name",
-        name,
-    ]
+pub fn revoke_args<'a>(sock: &'a str, agent: &'a str, name: &'a str) -> Vec<&'a str> {
+    control_args("revoke", sock, agent, name)
+}
+
+fn control_args<'a>(verb: &'a str, sock: &'a str, agent: &'a str, name: &'a str) -> Vec<&'a str> {
+    vec![verb, "--control", sock, "--agent", agent, "--name", name]
+}
+
+/// The value of one series in a Prometheus scrape, by its exact name and labels.
+pub fn series_value<T: std::str::FromStr>(text: &str, series: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+        .parse()
+        .unwrap()
 }
 
 /// `allowdns nft-ruleset --policy POLICY --dns DNS`: the ruleset it prints.
