@@ -522,8 +522,8 @@ impl PodLab {
         // This machine's engine may not raise rlimits (no CAP_SYS_RESOURCE):
         // containers get the test's own; cgroup v1 wants runc, not crun.
         let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
-        // (Where podman runs its runtime the process limit was lower than the
-        // test's own: 32768 against 96367; 16384 fits under both.)
+        // (Where podman runs its runtime the process limit can be lower than
+        // the test's own, 32768 against 96367; 16384 fits under both.)
         let limit = |what: &str, cap: u64| {
             let line = limits.lines().find(|l| l.starts_with(what)).unwrap();
             let hard = line[what.len()..].split_whitespace().nth(1).unwrap();

@@ -90,13 +90,7 @@ fn expiring_entries_stop_allowing_and_shadowed_wildcards_take_over() {
                 .collect::<String>()
         ),
     );
-    let (ok, _, stderr) = allowdns(&[
-        "check",
-        "--policy",
-        policy.to_str().unwrap(),
-        "--upstream",
-        "none",
-    ]);
+    let (ok, _, stderr) = check_policy(&policy);
     assert!(ok, "{stderr}");
     assert!(
         stderr.contains("allowed_dynamic_resolution[2].expires")
@@ -162,13 +156,7 @@ fn bad_expires_is_an_error_with_file_line_and_field() {
         "bad-expires",
         "agent_name: t\nexpected_outbound:\n  - destination: a.x.test\n    expires: next tuesday\n",
     );
-    let (ok, _, stderr) = allowdns(&[
-        "check",
-        "--policy",
-        policy.to_str().unwrap(),
-        "--upstream",
-        "none",
-    ]);
+    let (ok, _, stderr) = check_policy(&policy);
     assert!(!ok);
     assert!(
         stderr.contains("p.yaml:4")

@@ -155,12 +155,12 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
     let up = upstream.addr.to_string();
     let dns = lab.serve_in_r(&policy, &up, &["--audit-log", audit.to_str().unwrap()]);
 
-    // 2. The address before any lookup: dropped.
+    // The address before any lookup: dropped.
     assert!(
         lab.connect("203.0.113.10:443").is_none(),
         "reachable before any lookup"
     );
-    // 1. Resolve with a real client, then connect.
+    // Resolve with a real client, then connect.
     assert_eq!(getent(&lab, "web.fw.test").as_deref(), Some("203.0.113.10"));
     let Some(mut web) = lab.connect("203.0.113.10:443") else {
         let sets = lab.nft("list ruleset");
@@ -170,18 +170,18 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
         );
     };
     assert!(echo(&mut web));
-    // 3. A hard-coded address never handed out.
+    // A hard-coded address never handed out.
     assert!(
         lab.connect("203.0.113.99:443").is_none(),
         "hard-coded address reachable"
     );
-    // 4. Raw DNS to another server.
+    // Raw DNS to another server.
     let (_, out) = rogue_dig(&lab);
     assert!(
         out.contains("timed out") || out.contains("no servers could be reached"),
         "raw DNS went out: {out}"
     );
-    // 5. A denied name: no answer, an alert, an audit record; never upstream.
+    // A denied name: no answer, an alert, an audit record; never upstream.
     assert_eq!(getent(&lab, "evil.fw.test"), None);
     assert_eq!(upstream.count("evil.fw.test"), 0);
     // Addresses written in the policy need no DNS; their ports are enforced too.
@@ -206,7 +206,7 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
         lab.connect("192.0.2.5:443").is_some(),
         "name inside a policy range blocked"
     );
-    // 8. Port-restricted: its port passes, another does not.
+    // Port-restricted: its port passes, another does not.
     let (ok, out) = in_agent(&lab, &["dig", "+short", "ports.fw.test"]);
     assert!(ok && out.trim() == "203.0.113.30", "{out}");
     assert!(
@@ -218,7 +218,7 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
         "other port passed"
     );
 
-    // 6. 1,000 rounds of resolve-then-connect-at-once, each to an address never seen before.
+    // 1,000 rounds of resolve-then-connect-at-once, each to an address never seen before.
     let server: SocketAddr = format!("{DNS}:53").parse().unwrap();
     let failures = in_ns(lab.netns(&lab.a), move || {
         let mut failures = Vec::new();
@@ -247,7 +247,7 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
         &failures[..failures.len().min(5)]
     );
 
-    // 7. Expiry: TTL 1 + grace 1. An established connection survives; new ones fail.
+    // Expiry: TTL 1 + grace 1. An established connection survives; new ones fail.
     assert_eq!(
         getent(&lab, "short.fw.test").as_deref(),
         Some("203.0.113.40")

@@ -904,16 +904,8 @@ fn learn_then_run_with_the_suggested_policy() {
             && text.contains("  # - destination: \"198.51.100.201\"\n  #   port: 8080\n"),
         "{text}"
     );
-    let check = Command::new(bin())
-        .args(["check", "--upstream", "none", "--policy"])
-        .arg(&suggested)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    let (ok, _, stderr) = common::check_policy(&suggested);
+    assert!(ok, "{stderr}");
     let ran = world.run(&suggested, &[], workload);
     assert!(
         ran.probe("resolve_web") && ran.probe("tcp_web_8080"),
@@ -1046,11 +1038,7 @@ fn escape_killing_allowdns_leaves_no_egress() {
 
 #[test]
 fn run_help_lists_only_what_run_takes_and_usage_errors_exit_2() {
-    let help = Command::new(bin())
-        .args(["run", "--help"])
-        .output()
-        .unwrap();
-    let help = String::from_utf8_lossy(&help.stdout);
+    let (_, help, _) = common::allowdns_via(&[], &["run", "--help"]);
     // Positive control: the help is there and lists run's own flags.
     assert!(
         help.contains("--policy <FILE>") && help.contains("--learn"),

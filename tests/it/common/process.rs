@@ -37,6 +37,12 @@ pub fn allowdns_via(prefix: &[&str], args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `allowdns check --upstream none --policy POLICY`, run to its end.
+pub fn check_policy(policy: &Path) -> (bool, String, String) {
+    let policy = policy.to_str().unwrap();
+    allowdns_via(&[], &["check", "--upstream", "none", "--policy", policy])
+}
+
 /// `allowdns grant` on the control socket `sock`, for `time` (`1h`).
 pub fn grant_args<'a>(
     sock: &'a str,
