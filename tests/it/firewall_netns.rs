@@ -89,6 +89,18 @@ fn in_agent(lab: &Lab, cmd: &[&str]) -> (bool, String) {
     lab.exec(&lab.a, &args)
 }
 
+/// Asserts that A opens a TCP connection to `addr`; `why` says what failed if not.
+#[track_caller]
+fn reaches(lab: &Lab, addr: &str, why: &str) {
+    assert!(lab.connect(addr).is_some(), "{addr}: {why}");
+}
+
+/// Asserts that A cannot open a TCP connection to `addr`.
+#[track_caller]
+fn blocked(lab: &Lab, addr: &str, why: &str) {
+    assert!(lab.connect(addr).is_none(), "{addr}: {why}");
+}
+
 /// allowdns forwarding to `upstream` on `policy`; `extra` follows.
 fn serve(policy: &Path, upstream: &Upstream, extra: &[&str]) -> Allowdns {
     Allowdns::forward(&upstream.addr.to_string(), policy, extra)
@@ -137,10 +149,7 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
     start_services(&lab, &[443, 8443, 9443]);
 
     // Before the fence: everything in I is reachable, including the rogue resolver.
-    assert!(
-        lab.connect("203.0.113.99:443").is_some(),
-        "lab wiring: I is reachable"
-    );
+    reaches(&lab, "203.0.113.99:443", "lab wiring: I is reachable");
     let (ok, out) = rogue_dig(&lab);
     assert!(
         ok && out.contains("ANSWER") || out.contains("status:"),
@@ -156,10 +165,7 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
     let dns = lab.serve_in_r(&policy, &up, &["--audit-log", audit.to_str().unwrap()]);
 
     // The address before any lookup: dropped.
-    assert!(
-        lab.connect("203.0.113.10:443").is_none(),
-        "reachable before any lookup"
-    );
+    blocked(&lab, "203.0.113.10:443", "reachable before any lookup");
     // Resolve with a real client, then connect.
     assert_eq!(getent(&lab, "web.fw.test").as_deref(), Some("203.0.113.10"));
     let Some(mut web) = lab.connect("203.0.113.10:443") else {
@@ -171,10 +177,7 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
     };
     assert!(echo(&mut web));
     // A hard-coded address never handed out.
-    assert!(
-        lab.connect("203.0.113.99:443").is_none(),
-        "hard-coded address reachable"
-    );
+    blocked(&lab, "203.0.113.99:443", "hard-coded address reachable");
     // Raw DNS to another server.
     let (_, out) = rogue_dig(&lab);
     assert!(
@@ -185,38 +188,24 @@ fn the_agent_reaches_exactly_what_its_policy_allows() {
     assert_eq!(getent(&lab, "evil.fw.test"), None);
     assert_eq!(upstream.count("evil.fw.test"), 0);
     // Addresses written in the policy need no DNS; their ports are enforced too.
-    assert!(
-        lab.connect("203.0.113.77:443").is_some(),
-        "policy address blocked"
+    reaches(&lab, "203.0.113.77:443", "policy address blocked");
+    blocked(
+        &lab,
+        "203.0.113.77:8443",
+        "policy address passed on another port",
     );
-    assert!(
-        lab.connect("203.0.113.77:8443").is_none(),
-        "policy address passed on another port"
-    );
-    assert!(
-        lab.connect("192.0.2.200:9443").is_some(),
-        "policy CIDR blocked"
-    );
+    reaches(&lab, "192.0.2.200:9443", "policy CIDR blocked");
     // A port-restricted name inside a policy range: already passed, not an overlap error.
     assert_eq!(
         getent(&lab, "inrange.fw.test").as_deref(),
         Some("192.0.2.5")
     );
-    assert!(
-        lab.connect("192.0.2.5:443").is_some(),
-        "name inside a policy range blocked"
-    );
+    reaches(&lab, "192.0.2.5:443", "name inside a policy range blocked");
     // Port-restricted: its port passes, another does not.
     let (ok, out) = in_agent(&lab, &["dig", "+short", "ports.fw.test"]);
     assert!(ok && out.trim() == "203.0.113.30", "{out}");
-    assert!(
-        lab.connect("203.0.113.30:8443").is_some(),
-        "allowed port blocked"
-    );
-    assert!(
-        lab.connect("203.0.113.30:9443").is_none(),
-        "other port passed"
-    );
+    reaches(&lab, "203.0.113.30:8443", "allowed port blocked");
+    blocked(&lab, "203.0.113.30:9443", "other port passed");
 
     // 1,000 rounds of resolve-then-connect-at-once, each to an address never seen before.
     let server: SocketAddr = format!("{DNS}:53").parse().unwrap();
@@ -455,9 +444,10 @@ fn cache_hits_refresh_set_elements() {
         "the second answer came from cache"
     );
     std::thread::sleep(Duration::from_millis(2500));
-    assert!(
-        lab.connect("203.0.113.50:443").is_some(),
-        "the cache hit at 2.5 s did not refresh the element (it would have expired at 3 s)"
+    reaches(
+        &lab,
+        "203.0.113.50:443",
+        "the cache hit at 2.5 s did not refresh the element (it would have expired at 3 s)",
     );
 }
 
@@ -469,9 +459,10 @@ fn policy_addresses_leave_the_set_when_the_policy_stops_listing_them() {
     let before = lab.fence("policy.yaml", 
         "agent_name: moving\nexpected_outbound:\n  - destination: 192.0.2.0/24\n  - destination: 203.0.113.77\nfirewall:\n  netns: NETNS\n",
     );
-    assert!(
-        lab.connect("192.0.2.9:443").is_some(),
-        "the printed ruleset carries policy addresses"
+    reaches(
+        &lab,
+        "192.0.2.9:443",
+        "the printed ruleset carries policy addresses",
     );
     let _ = before;
     // allowdns starts with the policy no longer listing the range.
@@ -480,14 +471,12 @@ fn policy_addresses_leave_the_set_when_the_policy_stops_listing_them() {
         &format!("agent_name: moving\nexpected_outbound:\n  - destination: 203.0.113.77\nfirewall:\n  netns: {}\n", lab.a),
     );
     let dns = Allowdns::serve(&["--policy", after.to_str().unwrap(), "--upstream", "none"]);
-    assert!(
-        lab.connect("192.0.2.9:443").is_none(),
-        "a range the policy no longer lists still passes"
+    blocked(
+        &lab,
+        "192.0.2.9:443",
+        "a range the policy no longer lists still passes",
     );
-    assert!(
-        lab.connect("203.0.113.77:443").is_some(),
-        "a listed address was removed"
-    );
+    reaches(&lab, "203.0.113.77:443", "a listed address was removed");
     drop(dns);
 }
 
@@ -505,46 +494,33 @@ fn grants_and_expiring_ranges_age_out_of_the_fence() {
     let policy = lab.fence("policy.yaml", &format!(
         "agent_name: excepted\nexpected_outbound:\n  - destination: 192.0.2.0/24\n    expires: \"{soon}\"\nfirewall:\n  netns: NETNS\n  grace: 1\n"
     ));
-    let socket = lab.dir.0.join("control.sock");
-    let dns = serve(&policy, &upstream, &["--control", socket.to_str().unwrap()]);
-    let granted = Command::new(bin())
-        .args([
-            "grant",
-            "--control",
-            socket.to_str().unwrap(),
-            "--agent",
-            "excepted",
-        ])
-        .args([
-            "--name",
-            "vendor.fw.test",
-            "--for",
-            "3s",
-            "--reason",
-            "test",
-        ])
-        .output()
-        .unwrap();
-    assert!(granted.status.success(), "{granted:?}");
+    let (dns, control) = serve_with_control(&lab, &policy, &upstream);
+    control(&[
+        "grant",
+        "--agent",
+        "excepted",
+        "--name",
+        "vendor.fw.test",
+        "--for",
+        "3s",
+        "--reason",
+        "test",
+    ]);
     let m = query(dns.udp, "vendor.fw.test", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-    assert!(
-        lab.connect("203.0.113.60:443").is_some(),
-        "granted name blocked"
-    );
-    assert!(
-        lab.connect("192.0.2.9:443").is_some(),
-        "range blocked before expiry"
-    );
+    reaches(&lab, "203.0.113.60:443", "granted name blocked");
+    reaches(&lab, "192.0.2.9:443", "range blocked before expiry");
     // Both end at 3 s; the element has 1 s of grace even though the record's TTL is 60 s.
     std::thread::sleep(Duration::from_millis(5000));
-    assert!(
-        lab.connect("203.0.113.60:443").is_none(),
-        "the granted address outlived its grant"
+    blocked(
+        &lab,
+        "203.0.113.60:443",
+        "the granted address outlived its grant",
     );
-    assert!(
-        lab.connect("192.0.2.9:443").is_none(),
-        "the expired range is still in the set"
+    blocked(
+        &lab,
+        "192.0.2.9:443",
+        "the expired range is still in the set",
     );
     assert_rcode(dns.udp, "vendor.fw.test A", ResponseCode::NXDomain);
     // The range timed out in the kernel at the same moment; leaving it is no failure.
@@ -580,10 +556,7 @@ fn a_revoke_withdraws_fed_addresses_and_expiring_ranges_time_out_in_the_kernel()
     ]);
     let m = query(dns.udp, "vendor.rv.test", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-    assert!(
-        lab.connect("203.0.113.61:443").is_some(),
-        "granted name blocked"
-    );
+    reaches(&lab, "203.0.113.61:443", "granted name blocked");
 
     // The range element expires in the kernel in about 600 s.
     let listed = lab.set("allowed_v4_ports");
@@ -597,15 +570,13 @@ fn a_revoke_withdraws_fed_addresses_and_expiring_ranges_time_out_in_the_kernel()
     );
 
     control(&["revoke", "--agent", "revoked", "--name", "vendor.rv.test"]);
-    assert!(
-        lab.connect("203.0.113.61:443").is_none(),
-        "a revoked grant's address still passes (record TTL 3600 s)"
+    blocked(
+        &lab,
+        "203.0.113.61:443",
+        "a revoked grant's address still passes (record TTL 3600 s)",
     );
     assert_rcode(dns.udp, "vendor.rv.test A", ResponseCode::NXDomain);
-    assert!(
-        lab.connect("192.0.2.9:443").is_some(),
-        "the range is still in force"
-    );
+    reaches(&lab, "192.0.2.9:443", "the range is still in force");
     assert!(
         dns.stderr().contains("firewall elements withdrawn"),
         "{}",
@@ -632,10 +603,7 @@ fn a_revoke_withdraws_fed_addresses_and_expiring_ranges_time_out_in_the_kernel()
         "{}",
         dns.stderr()
     );
-    assert!(
-        lab.connect("192.0.2.9:443").is_some(),
-        "the range closed on reload"
-    );
+    reaches(&lab, "192.0.2.9:443", "the range closed on reload");
 }
 
 /// Learn mode feeds what it lets through; switching the policy to enforce
@@ -653,23 +621,18 @@ fn leaving_learn_mode_withdraws_what_it_let_through() {
         let m = query(dns.udp, name, RecordType::A);
         assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
     }
-    assert!(
-        lab.connect("203.0.113.62:443").is_some(),
-        "learn mode blocked"
-    );
+    reaches(&lab, "203.0.113.62:443", "learn mode blocked");
 
     reload(&dns, &policy, "mode: learn\n", "", 1);
-    assert!(
-        lab.connect("203.0.113.62:443").is_none(),
-        "an address learn mode let through still passes after the switch to enforce"
+    blocked(
+        &lab,
+        "203.0.113.62:443",
+        "an address learn mode let through still passes after the switch to enforce",
     );
     assert_rcode(dns.udp, "seen.lm.test NS", ResponseCode::NXDomain);
     // A listed name is fed again on its next answer.
     assert_rcode(dns.udp, "kept.lm.test A", ResponseCode::NoError);
-    assert!(
-        lab.connect("203.0.113.63:443").is_some(),
-        "a listed name lost its address"
-    );
+    reaches(&lab, "203.0.113.63:443", "a listed name lost its address");
 }
 
 /// A reload that drops an expiring entry takes out what it fed at once,
@@ -687,16 +650,14 @@ fn a_reload_dropping_an_expiring_entry_withdraws_its_addresses() {
     let dns = serve(&policy, &upstream, &[]);
     let m = query(dns.udp, "vendor.dr.test", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-    assert!(
-        lab.connect("203.0.113.64:443").is_some(),
-        "listed name blocked"
-    );
+    reaches(&lab, "203.0.113.64:443", "listed name blocked");
 
     let entry = format!("  - destination: vendor.dr.test\n    expires: \"{later}\"\n");
     reload(&dns, &policy, &entry, "", 1);
-    assert!(
-        lab.connect("203.0.113.64:443").is_none(),
-        "an address fed under a dropped entry still passes"
+    blocked(
+        &lab,
+        "203.0.113.64:443",
+        "an address fed under a dropped entry still passes",
     );
     assert_rcode(dns.udp, "vendor.dr.test A", ResponseCode::NXDomain);
 }
@@ -731,10 +692,7 @@ fn a_grant_revoked_while_its_answer_is_on_its_way_feeds_nothing() {
     grant("ok.lt.test");
     let m = query(dns.udp, "ok.lt.test", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-    assert!(
-        lab.connect("203.0.113.66:443").is_some(),
-        "granted name blocked"
-    );
+    reaches(&lab, "203.0.113.66:443", "granted name blocked");
 
     // Revoked while the upstream is still answering: nothing is fed.
     grant("late.lt.test");
@@ -748,9 +706,10 @@ fn a_grant_revoked_while_its_answer_is_on_its_way_feeds_nothing() {
         ResponseCode::ServFail,
         "a late answer under a revoked grant was handed out"
     );
-    assert!(
-        lab.connect("203.0.113.67:443").is_none(),
-        "a late answer re-fed a revoked grant"
+    blocked(
+        &lab,
+        "203.0.113.67:443",
+        "a late answer re-fed a revoked grant",
     );
     assert!(
         dns.stderr()
@@ -759,10 +718,7 @@ fn a_grant_revoked_while_its_answer_is_on_its_way_feeds_nothing() {
         dns.stderr()
     );
     // Only that rule: the other grant still passes.
-    assert!(
-        lab.connect("203.0.113.66:443").is_some(),
-        "the standing grant closed"
-    );
+    reaches(&lab, "203.0.113.66:443", "the standing grant closed");
 }
 
 /// allowdns on `policy` with a control socket in the lab's directory, and a
@@ -776,12 +732,10 @@ fn serve_with_control(
     let socket = lab.dir.0.join("control.sock");
     let dns = serve(policy, &upstream, &["--control", socket.to_str().unwrap()]);
     let control = move |args: &[&str]| {
-        let out = Command::new(bin())
-            .args([args[0], "--control", socket.to_str().unwrap()])
-            .args(&args[1..])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {out:?}");
+        let mut argv = vec![args[0], "--control", socket.to_str().unwrap()];
+        argv.extend_from_slice(&args[1..]);
+        let (ok, stdout, stderr) = allowdns_via(&[], &argv);
+        assert!(ok, "{args:?}: {stdout}{stderr}");
     };
     (dns, control)
 }
@@ -1231,21 +1185,25 @@ fn a_restart_keeps_what_the_policy_still_allows_and_withdraws_the_rest() {
     )
     .unwrap();
     let dns = serve();
-    assert!(
-        lab.connect("203.0.113.10:443").is_some(),
-        "an address the policy still allows was dropped at restart"
+    reaches(
+        &lab,
+        "203.0.113.10:443",
+        "an address the policy still allows was dropped at restart",
     );
-    assert!(
-        lab.connect("203.0.113.66:443").is_none(),
-        "an address of a name the policy no longer allows still passes after the restart"
+    blocked(
+        &lab,
+        "203.0.113.66:443",
+        "an address of a name the policy no longer allows still passes after the restart",
     );
-    assert!(
-        lab.connect("203.0.113.99:443").is_none(),
-        "an element allowdns never handed out still passes after the restart"
+    blocked(
+        &lab,
+        "203.0.113.99:443",
+        "an element allowdns never handed out still passes after the restart",
     );
-    assert!(
-        lab.connect("203.0.113.98:443").is_none(),
-        "a forged label with a timeout allowdns never gives still passes after the restart"
+    blocked(
+        &lab,
+        "203.0.113.98:443",
+        "a forged label with a timeout allowdns never gives still passes after the restart",
     );
     assert_eq!(
         upstream.count("keep.fw.test"),
@@ -1297,13 +1255,15 @@ fn an_element_taken_over_is_withdrawn_when_its_expiring_entry_goes() {
     drop(dns.terminate());
     let dns = serve();
     dns.wait_for("taken over", 1);
-    assert!(
-        lab.connect("203.0.113.65:443").is_some(),
-        "the element was not kept at restart"
+    reaches(
+        &lab,
+        "203.0.113.65:443",
+        "the element was not kept at restart",
     );
     reload(&dns, &policy, &entry, "", 1);
-    assert!(
-        lab.connect("203.0.113.65:443").is_none(),
-        "an element taken over under a dropped entry still passes"
+    blocked(
+        &lab,
+        "203.0.113.65:443",
+        "an element taken over under a dropped entry still passes",
     );
 }
