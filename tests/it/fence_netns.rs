@@ -357,52 +357,69 @@ fn every_ruleset_variant_loads() {
 }
 
 /// A UDP datagram to `first` (handed out) whose segment routing header
-/// (type 4) names `last` (never handed out), sent by an unprivileged user.
+/// (type 4) names `last` (never handed out), sent by an unprivileged user:
+/// the socket `s`, which [`routed_arrives`] sends from.
 const SRH: &str = r#"
-import socket, sys
-first, last, port, data = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
 seg = lambda a: socket.inet_pton(socket.AF_INET6, a)
 # next header (the kernel's), length in 8 octets, type 4, segments left 1,
 # last entry 1, flags, tag; segment 0 (the kernel writes the sendto address), segment 1.
 srh = bytes([0, 4, 4, 1, 1, 0, 0, 0]) + seg(last) + seg(first)
 s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RTHDR, srh)
-for _ in range(3):
-    try:
-        s.sendto(data, (last, port))
-    except OSError as e:
-        print(e, file=sys.stderr)
 "#;
 
 /// Whether a datagram routed through 2001:db8:3::10 reaches 2001:db8:3::99 (both in I).
-fn srh_arrives(lab: &Lab, marker: &'static str) -> bool {
-    let socket = in_ns(lab.netns(&lab.i), || {
-        let s = std::net::UdpSocket::bind("[2001:db8:3::99]:7020").unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(1500)))
-            .unwrap();
-        s
-    });
-    let (ok, out) = sh_out(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.a,
+fn srh_arrives(lab: &Lab, marker: &str) -> bool {
+    let nobody = [
         "setpriv",
         "--reuid=65534",
         "--regid=65534",
         "--clear-groups",
         // The system's interpreter: a user's shim under /root is not the unprivileged user's.
         "/usr/bin/python3",
-        "-c",
-        SRH,
-        "2001:db8:3::10",
-        "2001:db8:3::99",
-        "7020",
-        marker,
-    ]);
+    ];
+    let route = ("2001:db8:3::10", "2001:db8:3::99");
+    routed_arrives(lab, &nobody, SRH, route, 7020, marker)
+}
+
+/// What [`routed_arrives`] runs around a script that sets up socket `s`.
+const ROUTED_ARGS: &str = "import socket, sys\nfirst, last, port, data = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()\n";
+const ROUTED_SEND: &str = "for _ in range(3):\n    try:\n        s.sendto(data, (last, port))\n    except OSError as e:\n        print(e, file=sys.stderr)\n";
+
+/// Whether the datagram `script` sends from A (run by `python`) through
+/// `first` reaches `last` on `port`, in I.
+fn routed_arrives(
+    lab: &Lab,
+    python: &[&str],
+    script: &str,
+    (first, last): (&str, &str),
+    port: u16,
+    marker: &str,
+) -> bool {
+    let at = SocketAddr::new(last.parse().unwrap(), port);
+    let socket = in_ns(lab.netns(&lab.i), move || {
+        let s = std::net::UdpSocket::bind(at).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        s
+    });
+    let port = port.to_string();
+    let script = format!("{ROUTED_ARGS}{script}{ROUTED_SEND}");
+    let mut argv = python.to_vec();
+    argv.extend(["-c", &script, first, last, &port, marker]);
+    let (ok, out) = lab.exec(&lab.a, &argv);
     assert!(ok, "{out}");
     let mut buf = [0u8; 64];
     matches!(socket.recv(&mut buf), Ok(n) if &buf[..n] == marker.as_bytes())
+}
+
+/// Deletes the rules of A's output chain whose listing holds `needle`.
+fn delete_rules(lab: &Lab, needle: &str) {
+    let listing = lab.nft("-a list chain inet allowdns output");
+    for line in listing.lines().filter(|l| l.contains(needle)) {
+        let handle = line.rsplit("# handle ").next().unwrap().trim();
+        lab.nft(&format!("delete rule inet allowdns output handle {handle}"));
+    }
 }
 
 /// A segment routing header reaches an address never handed out through an
@@ -423,11 +440,7 @@ fn a_routing_header_reaches_no_address_past_the_allowed_one() {
         "agent_name: srh\nexpected_outbound:\n  - destination: 2001:db8:3::10\nfirewall:\n  netns: NETNS\n",
     );
     // The fence without its extension-header rules: the first segment is allowed, so it leaves.
-    let listing = lab.nft("-a list chain inet allowdns output");
-    for line in listing.lines().filter(|l| l.contains("exthdr")) {
-        let handle = line.rsplit("# handle ").next().unwrap().trim();
-        lab.nft(&format!("delete rule inet allowdns output handle {handle}"));
-    }
+    delete_rules(&lab, "exthdr");
     assert!(
         srh_arrives(&lab, "SRH-no-rule"),
         "control: a fence checking only the first segment lets it through"
@@ -446,44 +459,18 @@ fn a_routing_header_reaches_no_address_past_the_allowed_one() {
 }
 
 /// The IPv4 form of the same trick: loose source routing (`IP_OPTIONS`;
-/// Linux asks CAP_NET_RAW for it) through `first` to the sendto address.
+/// Linux asks CAP_NET_RAW for it) through `first` to the sendto address: the
+/// socket `s`, which [`routed_arrives`] sends from.
 const LSRR: &str = r#"
-import socket, sys
-first, last, port, data = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
 lsrr = bytes([0x83, 7, 4]) + socket.inet_aton(first) + bytes([1])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, lsrr)
-for _ in range(3):
-    try:
-        s.sendto(data, (last, port))
-    except OSError as e:
-        print(e, file=sys.stderr)
 "#;
 
 /// Whether a loose-source-routed datagram through 203.0.113.10 reaches 203.0.113.99.
-fn lsrr_arrives(lab: &Lab, marker: &'static str) -> bool {
-    let socket = in_ns(lab.netns(&lab.i), || {
-        let s = std::net::UdpSocket::bind("203.0.113.99:7022").unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(1500)))
-            .unwrap();
-        s
-    });
-    let (ok, out) = sh_out(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.a,
-        "python3",
-        "-c",
-        LSRR,
-        "203.0.113.10",
-        "203.0.113.99",
-        "7022",
-        marker,
-    ]);
-    assert!(ok, "{out}");
-    let mut buf = [0u8; 64];
-    matches!(socket.recv(&mut buf), Ok(n) if &buf[..n] == marker.as_bytes())
+fn lsrr_arrives(lab: &Lab, marker: &str) -> bool {
+    let route = ("203.0.113.10", "203.0.113.99");
+    routed_arrives(lab, &["python3"], LSRR, route, 7022, marker)
 }
 
 #[test]
@@ -499,11 +486,7 @@ fn ipv4_source_routing_reaches_no_address_past_the_allowed_one() {
     );
     let policy = "agent_name: lsrr\nexpected_outbound:\n  - destination: 203.0.113.10\nfirewall:\n  netns: NETNS\n";
     lab.fence("lsrr.yaml", policy);
-    let listing = lab.nft("-a list chain inet allowdns output");
-    for line in listing.lines().filter(|l| l.contains("hdrlength")) {
-        let handle = line.rsplit("# handle ").next().unwrap().trim();
-        lab.nft(&format!("delete rule inet allowdns output handle {handle}"));
-    }
+    delete_rules(&lab, "hdrlength");
     assert!(
         lsrr_arrives(&lab, "LSRR-no-rule"),
         "control: a fence checking only the destination lets it through"
@@ -544,6 +527,16 @@ fn gateway_case(a: PathBuf, others: &[&str], agent: &str, fenced: bool, what: &s
     );
 }
 
+/// On the agent lab: unfenced, both addresses connect (the positive
+/// control); fenced by [`ONE_V6`], only the allowed one.
+fn gateway_cases(lab: &Lab, what: &str) {
+    netns::echo_server(lab.netns(&lab.i), "[::]:7030");
+    let others = [lab.i.as_str()];
+    gateway_case(lab.netns(&lab.a), &others, &lab.a, false, what);
+    lab.fence("gw.yaml", ONE_V6);
+    gateway_case(lab.netns(&lab.a), &others, &lab.a, true, what);
+}
+
 /// IPv6 through a gateway with only a global address (Docker's IPv6
 /// bridges, static set-ups): its advertisements come from that address.
 #[test]
@@ -551,11 +544,7 @@ fn ipv6_works_through_a_global_gateway() {
     let Some(lab) = lab() else { return };
     lab.ip(&lab.i, "addr del fe80::1/64 dev i-a");
     lab.ip(&lab.a, "-6 route replace default via 2001:db8:2::1 dev a-i");
-    netns::echo_server(lab.netns(&lab.i), "[::]:7030");
-    let others = [lab.i.as_str()];
-    gateway_case(lab.netns(&lab.a), &others, &lab.a, false, "global gateway");
-    lab.fence("gw.yaml", ONE_V6);
-    gateway_case(lab.netns(&lab.a), &others, &lab.a, true, "global gateway");
+    gateway_cases(&lab, "global gateway");
     // The gateway resolves the agent: the agent's advertisement goes unicast to its global address.
     forget_neighbours(&[&lab.i]);
     in_ns(lab.netns(&lab.i), || {
@@ -576,23 +565,7 @@ fn ipv6_works_through_a_global_gateway() {
 #[test]
 fn ipv6_works_through_a_link_local_gateway() {
     let Some(lab) = lab() else { return };
-    netns::echo_server(lab.netns(&lab.i), "[::]:7030");
-    let others = [lab.i.as_str()];
-    gateway_case(
-        lab.netns(&lab.a),
-        &others,
-        &lab.a,
-        false,
-        "link-local gateway",
-    );
-    lab.fence("gw.yaml", ONE_V6);
-    gateway_case(
-        lab.netns(&lab.a),
-        &others,
-        &lab.a,
-        true,
-        "link-local gateway",
-    );
+    gateway_cases(&lab, "link-local gateway");
 }
 
 /// A neighbour on an on-link global prefix, reached with no router at all.
@@ -606,23 +579,7 @@ fn an_on_link_global_neighbour_is_reached_directly() {
     }
     lab.ip(&lab.a, "-6 route del default");
     lab.ip(&lab.a, "-6 route add 2001:db8:3::/64 dev a-i");
-    netns::echo_server(lab.netns(&lab.i), "[::]:7030");
-    let others = [lab.i.as_str()];
-    gateway_case(
-        lab.netns(&lab.a),
-        &others,
-        &lab.a,
-        false,
-        "on-link neighbour",
-    );
-    lab.fence("gw.yaml", ONE_V6);
-    gateway_case(
-        lab.netns(&lab.a),
-        &others,
-        &lab.a,
-        true,
-        "on-link neighbour",
-    );
+    gateway_cases(&lab, "on-link neighbour");
 }
 
 /// The agent behind pasta (the host's side is namespace W): pasta answers
