@@ -593,11 +593,8 @@ fn check_rejects_bad_alert_settings_with_file_line_and_field() {
     );
     let (code, stderr) = check(&typo);
     assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains(&format!("{}:4", typo.display()))
-            && stderr.contains("unknown field `timeout`"),
-        "{stderr}"
-    );
+    assert_has(&stderr, &format!("{}:4", typo.display()));
+    assert_has(&stderr, "unknown field `timeout`");
 
     let shapes = dir.write(
         "shapes.yaml",
@@ -684,10 +681,8 @@ fn check_rejects_bad_alert_settings_with_file_line_and_field() {
     );
     let (code, stderr) = check(&good);
     assert_eq!(code, 0, "{stderr}");
-    assert!(
-        stderr.contains("warning:") && stderr.contains("unencrypted"),
-        "{stderr}"
-    );
+    assert_has(&stderr, "warning:");
+    assert_has(&stderr, "unencrypted");
 }
 
 // --- Security events: stripped special-purpose addresses, exfiltration marks.

@@ -92,11 +92,8 @@ fn expiring_entries_stop_allowing_and_shadowed_wildcards_take_over() {
     );
     let (ok, _, stderr) = check_policy(&policy);
     assert!(ok, "{stderr}");
-    assert!(
-        stderr.contains("allowed_dynamic_resolution[2].expires")
-            && stderr.contains("expired at 2001-01-01T00:00:00Z; entry ignored"),
-        "{stderr}"
-    );
+    assert_has(&stderr, "allowed_dynamic_resolution[2].expires");
+    assert_has(&stderr, "expired at 2001-01-01T00:00:00Z; entry ignored");
     let audit = policy.with_file_name("audit.jsonl");
     let dns = Allowdns::offline_audit(&policy, &zones, &audit, &[]);
     let first = query(dns.udp, "a.x.test", RecordType::A);
@@ -158,12 +155,9 @@ fn bad_expires_is_an_error_with_file_line_and_field() {
     );
     let (ok, _, stderr) = check_policy(&policy);
     assert!(!ok);
-    assert!(
-        stderr.contains("p.yaml:4")
-            && stderr.contains("expected_outbound[0].expires")
-            && stderr.contains("'next tuesday' is not an RFC 3339 time"),
-        "{stderr}"
-    );
+    assert_has(&stderr, "p.yaml:4");
+    assert_has(&stderr, "expected_outbound[0].expires");
+    assert_has(&stderr, "'next tuesday' is not an RFC 3339 time");
 }
 
 #[test]
@@ -212,12 +206,9 @@ fn grants_allow_for_a_while_are_audited_and_expire() {
 
     let (ok, stdout, _) = allowdns(&["status", "--control", sock]);
     assert!(ok);
-    assert!(
-        stdout.contains("policy granted")
-            && stdout.contains("grant granted -> b.x.test until")
-            && stdout.contains("INC-42 vendor debugging"),
-        "{stdout}"
-    );
+    assert_has(&stdout, "policy granted");
+    assert_has(&stdout, "grant granted -> b.x.test until");
+    assert_has(&stdout, "INC-42 vendor debugging");
 
     wait_rcode(
         &dns,
@@ -308,10 +299,8 @@ fn a_regular_file_at_the_control_socket_path_is_kept_and_startup_fails() {
         &["--control", socket.to_str().unwrap()],
     ));
     assert!(!status.success());
-    assert!(
-        stderr.contains(&socket.display().to_string()) && stderr.contains("is not a socket"),
-        "{stderr}"
-    );
+    assert_has(&stderr, &socket.display().to_string());
+    assert_has(&stderr, "is not a socket");
     assert_eq!(
         std::fs::read_to_string(&socket).unwrap(),
         "not a socket: keep me\n"
@@ -331,10 +320,8 @@ fn a_second_instance_does_not_steal_the_control_socket() {
     let before = inode(&socket);
     let (status, stderr) = serve_fails(&args);
     assert!(!status.success());
-    assert!(
-        stderr.contains(sock) && stderr.contains("another allowdns is listening"),
-        "{stderr}"
-    );
+    assert_has(&stderr, sock);
+    assert_has(&stderr, "another allowdns is listening");
     assert_eq!(inode(&socket), before, "the first instance's socket stays");
     let (ok, stdout, stderr) = allowdns(&["status", "--control", sock]);
     assert!(ok && stdout.contains("policy t"), "{stdout}{stderr}");

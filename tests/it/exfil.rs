@@ -483,24 +483,15 @@ fn check_validates_qtypes_and_warns_about_doh_endpoints() {
     );
     let (code, out) = check(&bad);
     assert_ne!(code, 0, "{out}");
-    assert!(
-        out.contains("bad.yaml:4")
-            && out.contains("expected_outbound[0].qtypes")
-            && out.contains("BOGUS"),
-        "{out}"
-    );
-    assert!(
-        out.contains("bad.yaml:5") && out.contains("expected_outbound[1].qtypes"),
-        "{out}"
-    );
-    assert!(
-        out.contains("bad.yaml:9") && out.contains("exfil.hard_bytes"),
-        "{out}"
-    );
-    assert!(
-        out.contains("bad.yaml:10") && out.contains("exfil.min_ttl_secs"),
-        "{out}"
-    );
+    assert_has(&out, "bad.yaml:4");
+    assert_has(&out, "expected_outbound[0].qtypes");
+    assert_has(&out, "BOGUS");
+    assert_has(&out, "bad.yaml:5");
+    assert_has(&out, "expected_outbound[1].qtypes");
+    assert_has(&out, "bad.yaml:9");
+    assert_has(&out, "exfil.hard_bytes");
+    assert_has(&out, "bad.yaml:10");
+    assert_has(&out, "exfil.min_ttl_secs");
 
     let doh = dir.write(
         "doh.yaml",
@@ -508,10 +499,8 @@ fn check_validates_qtypes_and_warns_about_doh_endpoints() {
     );
     let (code, out) = check(&doh);
     assert_eq!(code, 0, "{out}");
-    assert!(
-        out.contains("doh.yaml:4") && out.contains("DNS-over-HTTPS"),
-        "{out}"
-    );
+    assert_has(&out, "doh.yaml:4");
+    assert_has(&out, "DNS-over-HTTPS");
     assert_has(&out, "doh.yaml:5");
     assert_lacks(&out, "doh.yaml:3");
 }

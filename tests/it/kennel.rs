@@ -899,10 +899,13 @@ fn learn_then_run_with_the_suggested_policy() {
     let text = std::fs::read_to_string(&suggested).unwrap_or_default();
     assert!(text.contains("web.kennel.test"), "{text}\n{}", ran.stderr);
     // The hard-coded connection learn mode saw (and blocked) is offered, commented out.
-    assert!(
-        text.contains("  # this agent connected to 198.51.100.201:8080 without a lookup (")
-            && text.contains("  # - destination: \"198.51.100.201\"\n  #   port: 8080\n"),
-        "{text}"
+    assert_has(
+        &text,
+        "  # this agent connected to 198.51.100.201:8080 without a lookup (",
+    );
+    assert_has(
+        &text,
+        "  # - destination: \"198.51.100.201\"\n  #   port: 8080\n",
     );
     let (ok, _, stderr) = common::check_policy(&suggested);
     assert!(ok, "{stderr}");
@@ -1040,10 +1043,8 @@ fn escape_killing_allowdns_leaves_no_egress() {
 fn run_help_lists_only_what_run_takes_and_usage_errors_exit_2() {
     let (_, help, _) = common::allowdns_via(&[], &["run", "--help"]);
     // Positive control: the help is there and lists run's own flags.
-    assert!(
-        help.contains("--policy <FILE>") && help.contains("--learn"),
-        "{help}"
-    );
+    assert_has(&help, "--policy <FILE>");
+    assert_has(&help, "--learn");
     assert_lacks(&help, "--listen");
     assert_lacks(&help, "repeatable;");
     assert_has(&help, "`-` is stdout");
@@ -1636,7 +1637,8 @@ fn private_tmp_is_announced_and_ro_bind_shares_read_only() {
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&control.stdout);
-    assert!(out.contains("AGENT RAN") && out.contains("WROTE"), "{out}");
+    assert_has(&out, "AGENT RAN");
+    assert_has(&out, "WROTE");
     // Hidden by default, and said so before CMD starts.
     let ran = finish(world.run_argv(&[], &policy, &[], &argv).spawn().unwrap());
     assert_lacks(&ran.stdout, "AGENT RAN");
@@ -1786,9 +1788,6 @@ fn the_fence_checks_itself_before_cmd_and_denials_fail_fast() {
         !ran.stdout.contains("CMD-RAN"),
         "CMD ran on an unproven fence"
     );
-    assert!(
-        ran.stderr.contains("self-test") && ran.stderr.contains("192.0.2.1"),
-        "{}",
-        ran.stderr
-    );
+    assert_has(&ran.stderr, "self-test");
+    assert_has(&ran.stderr, "192.0.2.1");
 }

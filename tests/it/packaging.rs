@@ -123,10 +123,8 @@ fn completions_for_an_unknown_shell_are_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("tcsh") && stderr.contains("bash"),
-        "{stderr}"
-    );
+    assert_has(&stderr, "tcsh");
+    assert_has(&stderr, "bash");
 }
 
 /// bash, given the shipped file, completes subcommands and their flags.
@@ -191,8 +189,6 @@ fn man_pages_render_without_warnings() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("allowdns-check(1)") && text.contains("allowdns-run(1)"),
-        "{text}"
-    );
+    assert_has(&text, "allowdns-check(1)");
+    assert_has(&text, "allowdns-run(1)");
 }

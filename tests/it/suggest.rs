@@ -185,9 +185,10 @@ fn a_suggested_policy_passes_check_without_warnings() {
         );
     }
     assert_lacks(&policy, "*.github.io");
-    assert!(
-        stderr.contains("warning: ") && stderr.contains(": 1 name was only denied, never allowed: commented out; review them, or pass --include-denied"),
-        "{stderr}"
+    assert_has(&stderr, "warning: ");
+    assert_has(
+        &stderr,
+        ": 1 name was only denied, never allowed: commented out; review them, or pass --include-denied",
     );
     assert_checks_clean(&out, "travel_agent_v1");
 
@@ -306,12 +307,9 @@ fn several_agents_need_agent_and_the_policy_goes_to_stdout() {
     let (code, stdout, stderr) =
         allowdns(&["suggest", "--audit-log", log, "--agent", "mail_agent"]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(
-        stdout.contains("agent_name: \"mail_agent\"")
-            && stdout.contains("\"smtp.example.org\"")
-            && !stdout.contains("images"),
-        "{stdout}"
-    );
+    assert_has(&stdout, "agent_name: \"mail_agent\"");
+    assert_has(&stdout, "\"smtp.example.org\"");
+    assert_lacks(&stdout, "images");
     let out = dir.write("mail.yaml", &stdout);
     assert_checks_clean(&out, "mail_agent");
 
@@ -467,11 +465,8 @@ fn skip_malformed_proceeds() {
         destinations(&policy),
         ["api.example.com", "cdn.example.com"]
     );
-    assert!(
-        stderr.contains("warning: ")
-            && stderr.contains("audit.jsonl:2: skipped: not a JSON audit record"),
-        "{stderr}"
-    );
+    assert_has(&stderr, "warning: ");
+    assert_has(&stderr, "audit.jsonl:2: skipped: not a JSON audit record");
     assert_has(
         &stderr,
         "audit.jsonl: 2 malformed lines skipped (--skip-malformed)",
@@ -700,10 +695,8 @@ fn report_of_a_real_log_renders_offline_with_the_log_escaped() {
     let (dom, requests) = dom_and_requests(&dir, &page).unwrap();
     let own: Vec<&String> = requests.difference(&baseline).collect();
     assert!(own.is_empty(), "the report requested {own:?}");
-    assert!(
-        !dom.contains("data-pwned") && !dom.contains("<script"),
-        "{dom}"
-    );
+    assert_lacks(&dom, "data-pwned");
+    assert_lacks(&dom, "<script");
     assert!(dom.contains("&lt;script&gt;alert(1)&lt;/script&gt;.evil.test"));
     assert!(dom.contains("sh -c '&lt;script&gt;alert(2)&lt;/script&gt;'"));
     for id in [
@@ -847,10 +840,8 @@ fn report_bad_input_names_file_and_line_and_skips_only_when_asked() {
     let missing = dir.0.join("missing.jsonl");
     let (code, _, stderr) = report(&missing, &page, &[]);
     assert_eq!(code, 1);
-    assert!(
-        stderr.contains(&format!("{}: ", missing.display())) && stderr.contains("cannot read"),
-        "{stderr}"
-    );
+    assert_has(&stderr, &format!("{}: ", missing.display()));
+    assert_has(&stderr, "cannot read");
 
     // Another agent's lines, an event from a newer writer, and a last line
     // cut short (a log still being written): left out, and said so.
