@@ -6,11 +6,12 @@
 //! - inbound connections to a listener the agent runs;
 //! - a neighbour solicitation sent with a raw socket to a global address.
 //!
-//! Namespaces (created here, removed on drop): R runs allowdns and its
+//! Namespaces (the agent lab, [`netns::Agent`]; created here, removed on
+//! drop): R runs allowdns and its
 //! upstream; A is the agent (veth to R for DNS, veth to I for the rest, IPv4
 //! and IPv6 with a link-local gateway); I is "the internet", which also holds
 //! 169.254.169.254 and 10.9.9.9, as a cloud host's metadata and internal
-//! network would be. Needs root, `ip`, `nft` and `python3`: fails under
+//! network would be. Needs root, `ip`, `nft`, `sysctl` and `python3`: fails under
 //! CI=true without them, skips loudly elsewhere.
 
 use crate::common;

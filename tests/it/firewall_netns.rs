@@ -1,7 +1,7 @@
 //! End to end: an agent namespace whose only nameserver is allowdns, fenced
 //! by the ruleset `allowdns nft-ruleset` prints, fed over netlink.
 //!
-//! Namespaces (all created here, removed on drop):
+//! Namespaces (the agent lab, [`netns::Agent`]; all created here, removed on drop):
 //! - R: allowdns and its upstream (a recording hickory server on R's loopback);
 //! - A: the agent; veth to R (DNS) and to I, default route via I;
 //! - I: "the internet": echo services on documentation ranges (203.0.113.0/24,
@@ -12,7 +12,7 @@
 //! is bind-mounted over /etc/resolv.conf in a mount namespace of its own for
 //! each resolver call ([`in_agent`]); nothing under /etc is written.
 //!
-//! Needs root, `ip`, `nft`, `getent`, `dig`, `unshare` and `mount`: fails
+//! Needs root, `ip`, `nft`, `sysctl`, `getent`, `dig`, `unshare` and `mount`: fails
 //! under CI=true without them, skips loudly elsewhere.
 
 use crate::common;
