@@ -291,11 +291,11 @@ fn a_third_denial_in_the_window_posts_exactly_one_notification() {
     }
     let text = b["text"].as_str().unwrap();
     assert_has(
-        &text,
+        text,
         "agent test_agent made 3 denied DNS lookups within 300 s",
     );
     assert_has(
-        &text,
+        text,
         "sketchy-mirror.example.com A x2, c2.exfil.example TXT",
     );
     // The stderr alerts are unchanged, and the delivery reports its counts.
@@ -795,7 +795,7 @@ fn a_stripped_special_purpose_address_is_notified_and_counted() {
     );
     let text = b["text"].as_str().unwrap();
     assert_has(
-        &text,
+        text,
         "agent corp got 1 answer(s) stripped of special-purpose addresses",
     );
     // The stderr alert is still there.

@@ -728,7 +728,7 @@ fn serve_with_control(
     upstream: &Upstream,
 ) -> (Allowdns, impl Fn(&[&str])) {
     let socket = lab.dir.0.join("control.sock");
-    let dns = serve(policy, &upstream, &["--control", socket.to_str().unwrap()]);
+    let dns = serve(policy, upstream, &["--control", socket.to_str().unwrap()]);
     let control = move |args: &[&str]| {
         let mut argv = vec![args[0], "--control", socket.to_str().unwrap()];
         argv.extend_from_slice(&args[1..]);

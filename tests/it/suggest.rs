@@ -716,9 +716,9 @@ fn report_of_a_real_log_renders_offline_with_the_log_escaped() {
     assert!(svg.contains("class=\"bar allow\"") && svg.contains("class=\"bar deny\""));
     let denied = &dom[dom.find("id=\"denied-table\"").unwrap()..];
     let denied = &denied[..denied.find("</table>").unwrap()];
-    assert_has(&denied, "<code>example.com</code> (2 names)");
+    assert_has(denied, "<code>example.com</code> (2 names)");
     assert!(denied.contains("<code>sketchy-mirror.example.com</code></td><td class=\"n\">2</td>"));
-    assert_lacks(&denied, "weather.service.com");
+    assert_lacks(denied, "weather.service.com");
     let names = &dom[dom.find("id=\"names-table\"").unwrap()..];
     assert!(names.contains(
         "<code>flights.company-internal.com</code></td><td class=\"n\">1</td><td class=\"n\">1</td>"
