@@ -650,16 +650,8 @@ fn podman_pod_runs_the_sidecar_pattern_for_real() {
     // The world: the upstream, the allowed service, and an address the agent
     // might hard-code. Connections complete in the listen backlog.
     for ip in [UPSTREAM, ALLOWED, HARDCODED] {
-        sh(&[
-            "ip",
-            "-n",
-            &lab.world,
-            "addr",
-            "add",
-            &format!("{ip}/32"),
-            "dev",
-            "lo",
-        ]);
+        let addr = format!("{ip}/32");
+        sh(&["ip", "-n", &lab.world, "addr", "add", &addr, "dev", "lo"]);
     }
     let zone = lab.dir.write(
         "pod.test.zone",
@@ -727,17 +719,14 @@ fn podman_pod_runs_the_sidecar_pattern_for_real() {
         "ip", "link", "add", &peer, "type", "veth", "peer", "name", "eth0", "netns", pid,
     ]);
     sh(&["ip", "link", "set", &peer, "netns", &lab.world]);
-    sh(&[
-        "ip",
-        "-n",
-        &lab.world,
-        "addr",
-        "add",
-        "192.0.2.1/24",
-        "dev",
-        &peer,
-    ]);
-    sh(&["ip", "-n", &lab.world, "link", "set", &peer, "up"]);
+    // `ip -n WORLD ARGS`.
+    let world_ip = |args: &str| {
+        let mut argv = vec!["ip", "-n", &lab.world];
+        argv.extend(args.split_whitespace());
+        sh(&argv);
+    };
+    world_ip(&format!("addr add 192.0.2.1/24 dev {peer}"));
+    world_ip(&format!("link set {peer} up"));
     for args in [
         vec!["addr", "add", "192.0.2.10/24", "dev", "eth0"],
         vec!["link", "set", "eth0", "up"],

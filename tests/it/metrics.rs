@@ -10,6 +10,19 @@ use common::*;
 use hickory_proto::op::{Edns, Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 
+/// A scrape of `/metrics` once it holds `needle`, or after 5 s (counting
+/// happens after the reply is sent).
+fn scrape_until(dns: &Allowdns, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = dns.scrape("/metrics");
+        if reply.contains(needle) || Instant::now() > deadline {
+            return reply;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Fails if one series (name and labels) appears twice in a scrape.
 fn assert_no_duplicate_series(text: &str) {
     let body = text.split_once("\r\n\r\n").map_or(text, |(_, b)| b);
@@ -54,14 +67,7 @@ fn metrics_count_queries_by_agent_decision_qtype_and_more() {
     );
     assert_rcode(dns.udp, "weather.service.com AAAA", ResponseCode::NoError);
     // Audit and counting happen after the reply is sent; give them a moment.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let text = loop {
-        let reply = dns.scrape("/metrics");
-        if reply.contains("qtype=\"AAAA\"") || Instant::now() > deadline {
-            break reply;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let text = scrape_until(&dns, "qtype=\"AAAA\"");
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.contains("Content-Type: text/plain; version=0.0.4"));
     let agent = "agent=\"travel_agent_v1\"";
@@ -130,14 +136,7 @@ fn extended_rcodes_get_their_own_series() {
     let reply = Message::from_vec(&exchange_udp(dns.udp, &msg.to_vec().unwrap(), None)).unwrap();
     assert_eq!(u16::from(reply.metadata.response_code), 16, "{reply:?}");
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let text = loop {
-        let reply = dns.scrape("/metrics");
-        if reply.contains("rcode=\"BADVERS\"") || Instant::now() > deadline {
-            break reply;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let text = scrape_until(&dns, "rcode=\"BADVERS\"");
     assert_eq!(
         value(&text, "allowdns_responses_total{rcode=\"BADVERS\"}"),
         1.0
@@ -454,14 +453,7 @@ fn every_grafana_expression_names_series_and_labels_that_metrics_exports() {
         "sketchy-mirror.example.com A",
         ResponseCode::NXDomain,
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let text = loop {
-        let reply = dns.scrape("/metrics");
-        if reply.contains("allowdns_queries_total{") || Instant::now() > deadline {
-            break reply;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let text = scrape_until(&dns, "allowdns_queries_total{");
     let series = exported(&text);
     for family in [
         "allowdns_queries_total",
