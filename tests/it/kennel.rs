@@ -200,6 +200,11 @@ impl World {
         cmd
     }
 
+    /// [`World::run_argv`] with no prefix, run to its end.
+    fn exec(&self, policy: &Path, extra: &[&str], argv: &[&str]) -> Ran {
+        finish(self.run_argv(&[], policy, extra, argv).spawn().unwrap())
+    }
+
     /// `allowdns run ARGS -- sh -c SCRIPT` inside the world, no flags added
     /// but `--bind` for the scratch directory when it lies under a private mount.
     fn run_bare(&self, args: &[&str], script: &str) -> Ran {
@@ -1640,7 +1645,7 @@ fn private_tmp_is_announced_and_ro_bind_shares_read_only() {
     assert_has(&out, "AGENT RAN");
     assert_has(&out, "WROTE");
     // Hidden by default, and said so before CMD starts.
-    let ran = finish(world.run_argv(&[], &policy, &[], &argv).spawn().unwrap());
+    let ran = world.exec(&policy, &[], &argv);
     assert_lacks(&ran.stdout, "AGENT RAN");
     let warning = format!(
         "argument '{agent_s}' names the host path {agent_s}, which is not visible in the kennel (/tmp is private in the kennel); share it with --ro-bind {agent_s}"
@@ -1655,12 +1660,7 @@ fn private_tmp_is_announced_and_ro_bind_shares_read_only() {
     assert_has(&ran.stderr, "private /tmp, /run");
     // Shared read-only: it runs, and CMD cannot write there.
     let dir = host.0.to_str().unwrap();
-    let ran = finish(
-        world
-            .run_argv(&[], &policy, &["--ro-bind", dir], &argv)
-            .spawn()
-            .unwrap(),
-    );
+    let ran = world.exec(&policy, &["--ro-bind", dir], &argv);
     assert!(
         ran.stdout.contains("AGENT RAN"),
         "{}\n{}",
@@ -1675,12 +1675,7 @@ fn private_tmp_is_announced_and_ro_bind_shares_read_only() {
         ran.stderr
     );
     // Shared read-write when asked.
-    let ran = finish(
-        world
-            .run_argv(&[], &policy, &["--bind", dir], &argv)
-            .spawn()
-            .unwrap(),
-    );
+    let ran = world.exec(&policy, &["--bind", dir], &argv);
     assert!(
         ran.stdout.contains("WROTE"),
         "{}\n{}",
@@ -1689,12 +1684,7 @@ fn private_tmp_is_announced_and_ro_bind_shares_read_only() {
     );
     // A path that is not there is bad input, and CMD never starts.
     let missing = format!("{dir}/missing");
-    let ran = finish(
-        world
-            .run_argv(&[], &policy, &["--ro-bind", &missing], &argv)
-            .spawn()
-            .unwrap(),
-    );
+    let ran = world.exec(&policy, &["--ro-bind", &missing], &argv);
     assert_eq!(ran.code, Some(1), "{}", ran.stderr);
     assert!(
         ran.stderr
