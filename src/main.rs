@@ -4,7 +4,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use allowdns::cli::{Cli, Command, RulesetArgs, ServeArgs, Sources};
+use allowdns::cli::{Cli, Command, RulesetArgs, ServeArgs};
+use allowdns::config::Sources;
 use allowdns::error::{Failure, RuntimeError};
 use allowdns::fence::sidecar::Sidecar;
 use allowdns::ops::startup;
@@ -97,7 +98,7 @@ fn main() -> ExitCode {
         Err(e) => return report(RuntimeError::Runtime(e).into()),
     };
     let result = match cli.command {
-        Command::Check(sources) => check(&sources),
+        Command::Check(sources) => check(&sources.into()),
         Command::Serve(args) => runtime.block_on(serve(args, passed)),
         Command::Selftest(args) => selftest(&args),
         Command::NftRuleset(args) => nft_ruleset(&args),
@@ -193,7 +194,7 @@ fn nft_ruleset(args: &RulesetArgs) -> Result<(), Failure> {
         open_tcp: args.open_tcp.clone(),
     });
     let text = startup::ruleset_with(
-        &args.sources,
+        &args.sources.clone().into(),
         args.agent.as_deref(),
         &args.dns,
         sidecar.as_ref(),
@@ -219,6 +220,7 @@ async fn ask(
 
 async fn serve(args: ServeArgs, passed: Passed) -> Result<(), Failure> {
     let ServeArgs { sources, watch } = args;
+    let sources = Sources::from(sources);
     let mut prepared = startup::prepare(&sources)?;
     prepared.watch = allowdns::ops::watch::wanted(watch, &prepared.settings);
     let token = CancellationToken::new();
