@@ -4,9 +4,7 @@
 //! and the elements of an ended rule withdrawn.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::io;
-use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -116,18 +114,19 @@ impl Target {
             Some(_) => ("enter the namespace", CAPS_NETNS),
             None => ("open netlink", CAPS_NFT),
         };
-        let mut netlink = open_in(config.netns.as_deref()).map_err(|source| {
-            FenceError::or_permission(
-                source,
-                &target,
-                || action.into(),
-                caps,
-                |source| FenceError::Open {
-                    target: target.clone(),
+        let mut netlink =
+            crate::netns::within(config.netns.as_deref(), Netlink::open).map_err(|source| {
+                FenceError::or_permission(
                     source,
-                },
-            )
-        })?;
+                    &target,
+                    || action.into(),
+                    caps,
+                    |source| FenceError::Open {
+                        target: target.clone(),
+                        source,
+                    },
+                )
+            })?;
         let mut expiries = Expiries::default();
         let mut inherited = Vec::new();
         let now = Instant::now();
@@ -520,25 +519,6 @@ impl Target {
         })?;
         Ok(count)
     }
-}
-
-/// Opens a netlink socket inside `netns` (the socket stays there).
-fn open_in(netns: Option<&Path>) -> io::Result<Netlink> {
-    let Some(path) = netns else {
-        return Netlink::open();
-    };
-    let file = File::open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-    // setns affects only the calling thread, so do it on a thread of its own.
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(io::Error::from)?;
-            Netlink::open()
-        })
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("netns thread panicked")))
-    })
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! network namespace. A netlink socket stays in the namespace it was made
 //! in, so each namespace gets one, opened once on a thread that entered it.
 
-use std::fs::File;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
@@ -43,21 +42,7 @@ pub(super) struct Found {
 impl Diag {
     /// Opens the sockets inside `netns` (`None`: ours).
     pub(super) fn open(netns: Option<&Path>) -> io::Result<Diag> {
-        let Some(path) = netns else {
-            return Diag::open_here();
-        };
-        let file = File::open(path)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        // setns affects only the calling thread: a thread of its own.
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(io::Error::from)?;
-                Diag::open_here()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("netns thread panicked")))
-        })
+        crate::netns::within(netns, Diag::open_here)
     }
 
     fn open_here() -> io::Result<Diag> {
