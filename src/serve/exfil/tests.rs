@@ -246,27 +246,11 @@ fn budget_domain_by_pattern<'a>(key: &'a str, pattern: &str) -> &'a str {
         Some(at) => pattern[at..].split_once('.').map_or("", |(_, rest)| rest),
         None => return domain,
     };
-    let labels = |s: &str| {
-        if s.is_empty() {
-            0
-        } else {
-            s.split('.').count()
-        }
-    };
-    if labels(fixed) >= labels(domain) {
+    if label_count(fixed) >= label_count(domain) {
         return domain;
     }
     let public = domain.split_once('.').map_or("", |(_, suffix)| suffix);
-    let n = labels(fixed).max(labels(public));
-    if n == 0 {
-        return "";
-    }
-    // The key's last n labels.
-    let cut = key
-        .rmatch_indices('.')
-        .nth(n - 1)
-        .map_or(0, |(at, _)| at + 1);
-    &key[cut..]
+    last_labels(key, label_count(fixed).max(label_count(public)))
 }
 
 #[test]
