@@ -26,7 +26,7 @@ mod render;
 use group::Entry;
 use read::{choose_agent, read_log};
 // `report` reads the same lines the same way.
-pub(crate) use read::{LineError, read_line, typed};
+pub(crate) use read::{CUT_SHORT, Line, LineError, line_text, parse, read_line};
 use render::{render, warn_commented, warn_left_out, were};
 
 /// A parent with at least this many distinct child labels among the names
