@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::error::{FenceError, TargetId};
-use super::keys::{Expiries, SetId, Static, TargetSets, covers};
+use super::keys::{Expiries, SetId, Static, TargetSets, covers, set_ops};
 use super::netlink::{Element, Listed, Netlink, SetOp};
 use crate::policy::firewall::FirewallConfig;
 use crate::sync::lock;
@@ -230,16 +230,7 @@ impl Target {
             });
         }
         let config = &self.config;
-        let ops: Vec<SetOp<'_>> = per_set
-            .iter()
-            .map(|(set, elements)| SetOp {
-                family: config.family,
-                table: &config.table,
-                set: config.set_name(*set),
-                add: elements,
-                delete: &[],
-            })
-            .collect();
+        let ops = set_ops(config, &per_set, false);
         let applied = netlink.apply(&ops);
         let metrics = &crate::observe::metrics::METRICS;
         metrics.nft_updates.fetch_add(1, Relaxed);
@@ -498,16 +489,7 @@ impl Target {
             }
         }
         drop(expiries);
-        let ops: Vec<SetOp<'_>> = per_set
-            .iter()
-            .map(|(set, delete)| SetOp {
-                family: self.config.family,
-                table: &self.config.table,
-                set: self.config.set_name(*set),
-                add: &[],
-                delete,
-            })
-            .collect();
+        let ops = set_ops(&self.config, &per_set, true);
         let count = per_set.values().map(Vec::len).sum();
         if count == 0 {
             return Ok(0);
