@@ -109,36 +109,28 @@ fn main() -> ExitCode {
                 for_secs: args.duration.as_secs(),
                 reason: args.reason,
             };
-            runtime
-                .block_on(ask(&args.control.control, &request))
-                .map(|reply| {
-                    if let Some(g) = reply.granted {
-                        outln!(
-                            "granted: agent '{}' may resolve {} until {} ({})",
-                            g.agent,
-                            g.pattern,
-                            g.expires,
-                            g.reason
-                        );
-                    }
-                })
+            change(&runtime, &args.control.control, &request, |g| {
+                outln!(
+                    "granted: agent '{}' may resolve {} until {} ({})",
+                    g.agent,
+                    g.pattern,
+                    g.expires,
+                    g.reason
+                )
+            })
         }
         Command::Revoke(args) => {
             let request = control::Request::Revoke {
                 agent: args.agent,
                 name: args.name,
             };
-            runtime
-                .block_on(ask(&args.control.control, &request))
-                .map(|reply| {
-                    if let Some(g) = reply.granted {
-                        outln!(
-                            "revoked: agent '{}' no longer resolves {}",
-                            g.agent,
-                            g.pattern
-                        );
-                    }
-                })
+            change(&runtime, &args.control.control, &request, |g| {
+                outln!(
+                    "revoked: agent '{}' no longer resolves {}",
+                    g.agent,
+                    g.pattern
+                )
+            })
         }
         Command::Status(args) => runtime
             .block_on(ask(&args.control.control, &control::Request::Status))
@@ -204,6 +196,20 @@ fn nft_ruleset(args: &RulesetArgs) -> Result<(), Failure> {
         eprintln!("allowdns: ruleset loaded");
     } else {
         out!("{text}");
+    }
+    Ok(())
+}
+
+/// A grant or revoke; `said` prints the grant the reply names.
+fn change(
+    runtime: &tokio::runtime::Runtime,
+    socket: &std::path::Path,
+    request: &control::Request,
+    said: impl FnOnce(&control::GrantView),
+) -> Result<(), Failure> {
+    let reply = runtime.block_on(ask(socket, request))?;
+    if let Some(g) = &reply.granted {
+        said(g);
     }
     Ok(())
 }
