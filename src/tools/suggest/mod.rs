@@ -19,10 +19,12 @@ use crate::diagnostics::Diagnostics;
 use crate::error::Failure;
 use crate::policy;
 
+mod args;
 mod group;
 mod read;
 mod render;
 
+pub use args::SuggestArgs;
 use group::Entry;
 use read::{choose_agent, read_log};
 // `report` reads the same lines the same way.
@@ -227,29 +229,6 @@ fn self_check(file: &Path, text: &str, live: &[&Entry], diags: &mut Diagnostics)
             "internal error: the policy's name rules differ from the suggested entries",
         );
     }
-}
-
-#[derive(Debug, clap::Args, Clone)]
-pub struct SuggestArgs {
-    /// Audit log (JSON Lines) to learn from.
-    #[arg(long)]
-    pub audit_log: PathBuf,
-    /// The agent to suggest for; needed when the log holds several.
-    #[arg(long)]
-    pub agent: Option<String>,
-    /// Where to write the policy; `-` or absent means stdout.
-    #[arg(long, short = 'o')]
-    pub output: Option<PathBuf>,
-    /// Make names that were only ever denied entries; by default they are
-    /// listed commented out.
-    #[arg(long)]
-    pub include_denied: bool,
-    /// Warn about malformed lines and skip them, instead of failing.
-    #[arg(long)]
-    pub skip_malformed: bool,
-    /// Set by `allowdns run --learn`, never on the command line.
-    #[arg(skip)]
-    pub kennel: Option<Kept>,
 }
 
 #[cfg(test)]

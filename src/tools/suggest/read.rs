@@ -360,7 +360,7 @@ pub(crate) enum LineError {
     Field { field: String, message: String },
 }
 
-/// What a half line at the end of a log is told apart as.
+/// The warning for a half line at the end of a log still being written.
 pub(crate) const CUT_SHORT: &str = "incomplete last line skipped (is the log still being written?)";
 
 impl LineError {
