@@ -8,8 +8,7 @@
 //! itself, when the names fit in the report's caps.
 
 use std::io::{BufReader, Write as _};
-use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::path::Path;
 
 use crate::diagnostics::Diagnostics;
 use crate::error::{Failure, RuntimeError};
