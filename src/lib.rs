@@ -22,6 +22,7 @@
 //! error        what the binary maps to exit codes
 //! input        reading operator files safely
 //! diagnostics  errors with file:line
+//! netns        entering a network namespace (fence, attribution)
 //! sync         the poison-tolerant lock
 //! ```
 //!
@@ -35,6 +36,7 @@ pub mod error;
 pub mod fence;
 pub mod input;
 pub mod kennel;
+pub mod netns;
 pub mod observe;
 pub mod ops;
 pub mod policy;

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use allowdns::cli::{Cli, Command, RulesetArgs, ServeArgs, Sources};
+use allowdns::cli::{Cli, Command, RulesetArgs, ServeArgs};
+use allowdns::config::Sources;
 use allowdns::error::{Failure, RuntimeError};
 use allowdns::fence::sidecar::Sidecar;
 use allowdns::ops::startup;
@@ -97,7 +98,7 @@ fn main() -> ExitCode {
         Err(e) => return report(RuntimeError::Runtime(e).into()),
     };
     let result = match cli.command {
-        Command::Check(sources) => check(&sources),
+        Command::Check(sources) => check(&sources.into()),
         Command::Serve(args) => runtime.block_on(serve(args, passed)),
         Command::Selftest(args) => selftest(&args),
         Command::NftRuleset(args) => nft_ruleset(&args),
@@ -108,36 +109,28 @@ fn main() -> ExitCode {
                 for_secs: args.duration.as_secs(),
                 reason: args.reason,
             };
-            runtime
-                .block_on(ask(&args.control.control, &request))
-                .map(|reply| {
-                    if let Some(g) = reply.granted {
-                        outln!(
-                            "granted: agent '{}' may resolve {} until {} ({})",
-                            g.agent,
-                            g.pattern,
-                            g.expires,
-                            g.reason
-                        );
-                    }
-                })
+            change(&runtime, &args.control.control, &request, |g| {
+                outln!(
+                    "granted: agent '{}' may resolve {} until {} ({})",
+                    g.agent,
+                    g.pattern,
+                    g.expires,
+                    g.reason
+                )
+            })
         }
         Command::Revoke(args) => {
             let request = control::Request::Revoke {
                 agent: args.agent,
                 name: args.name,
             };
-            runtime
-                .block_on(ask(&args.control.control, &request))
-                .map(|reply| {
-                    if let Some(g) = reply.granted {
-                        outln!(
-                            "revoked: agent '{}' no longer resolves {}",
-                            g.agent,
-                            g.pattern
-                        );
-                    }
-                })
+            change(&runtime, &args.control.control, &request, |g| {
+                outln!(
+                    "revoked: agent '{}' no longer resolves {}",
+                    g.agent,
+                    g.pattern
+                )
+            })
         }
         Command::Status(args) => runtime
             .block_on(ask(&args.control.control, &control::Request::Status))
@@ -193,7 +186,7 @@ fn nft_ruleset(args: &RulesetArgs) -> Result<(), Failure> {
         open_tcp: args.open_tcp.clone(),
     });
     let text = startup::ruleset_with(
-        &args.sources,
+        &args.sources.clone().into(),
         args.agent.as_deref(),
         &args.dns,
         sidecar.as_ref(),
@@ -203,6 +196,20 @@ fn nft_ruleset(args: &RulesetArgs) -> Result<(), Failure> {
         eprintln!("allowdns: ruleset loaded");
     } else {
         out!("{text}");
+    }
+    Ok(())
+}
+
+/// A grant or revoke; `said` prints the grant the reply names.
+fn change(
+    runtime: &tokio::runtime::Runtime,
+    socket: &std::path::Path,
+    request: &control::Request,
+    said: impl FnOnce(&control::GrantView),
+) -> Result<(), Failure> {
+    let reply = runtime.block_on(ask(socket, request))?;
+    if let Some(g) = &reply.granted {
+        said(g);
     }
     Ok(())
 }
@@ -219,6 +226,7 @@ async fn ask(
 
 async fn serve(args: ServeArgs, passed: Passed) -> Result<(), Failure> {
     let ServeArgs { sources, watch } = args;
+    let sources = Sources::from(sources);
     let mut prepared = startup::prepare(&sources)?;
     prepared.watch = allowdns::ops::watch::wanted(watch, &prepared.settings);
     let token = CancellationToken::new();

@@ -10,7 +10,7 @@ use hickory_proto::rr::rdata::svcb::SvcParamValue;
 use hickory_proto::rr::{RData, Record};
 use ipnet::IpNet;
 
-use super::netlink::{Element, NFT_SET_INTERVAL, NFT_SET_TIMEOUT};
+use super::netlink::{Element, NFT_SET_INTERVAL, NFT_SET_TIMEOUT, SetOp};
 use crate::policy::firewall::FirewallConfig;
 use crate::policy::{Ports, Protocol};
 
@@ -18,6 +18,25 @@ use crate::policy::{Ports, Protocol};
 pub(super) trait TargetSets {
     fn set_name(&self, set: SetId) -> &str;
     fn sets(&self) -> Vec<SetId>;
+}
+
+/// One netlink operation per set of `config`: its elements added, or with
+/// `delete` withdrawn.
+pub(super) fn set_ops<'a>(
+    config: &'a FirewallConfig,
+    per_set: &'a HashMap<SetId, Vec<Element>>,
+    delete: bool,
+) -> Vec<SetOp<'a>> {
+    per_set
+        .iter()
+        .map(|(set, elements)| SetOp {
+            family: config.family,
+            table: &config.table,
+            set: config.set_name(*set),
+            add: if delete { &[] } else { elements },
+            delete: if delete { elements } else { &[] },
+        })
+        .collect()
 }
 
 impl TargetSets for FirewallConfig {

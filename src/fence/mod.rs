@@ -29,6 +29,7 @@
 //! watch.rs     re-feeding when the ruleset is reloaded under allowdns
 //! ruleset.rs   the default-deny ruleset `allowdns nft-ruleset` prints
 //! selftest.rs  the fence checked from inside the namespace (`run`, `selftest`)
+//! nft.rs       `nft -f -`: loading a ruleset (kennel, sidecar)
 //! sidecar.rs   its additions when allowdns shares the agent's namespace (a pod)
 //! takeover.rs  on start: elements a previous run left, kept or withdrawn
 //! error.rs     FenceError and FeedError (a refused permission told apart)
@@ -41,6 +42,7 @@ pub mod handed;
 mod keys;
 pub mod netlink;
 pub mod nflog;
+pub mod nft;
 pub mod ruleset;
 pub mod selftest;
 pub mod sidecar;

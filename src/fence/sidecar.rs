@@ -6,10 +6,9 @@
 //! holds no capability to become this one.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 
+use super::nft::NftError;
 use crate::policy::firewall::FirewallConfig;
 
 /// Who allowdns is in the pod, and what may reach it from outside.
@@ -65,23 +64,8 @@ pub fn rules(config: &FirewallConfig, sidecar: &Sidecar, upstream: &[SocketAddr]
 
 /// `nft -f -` in the current network namespace (an init container's, which is the pod's).
 pub fn load(ruleset: &str) -> Result<(), SidecarError> {
-    let mut nft = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(SidecarError::Nft)?;
-    if let Some(mut stdin) = nft.stdin.take() {
-        stdin
-            .write_all(ruleset.as_bytes())
-            .map_err(SidecarError::Nft)?;
-    }
-    let out = nft.wait_with_output().map_err(SidecarError::Nft)?;
-    if !out.status.success() {
-        return Err(SidecarError::NftRefused(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    Ok(())
+    super::nft::load(ruleset.as_bytes()).map_err(|e| match e {
+        NftError::Spawn(e) | NftError::Io(e) => SidecarError::Nft(e),
+        NftError::Refused(stderr) => SidecarError::NftRefused(stderr),
+    })
 }

@@ -13,8 +13,8 @@ use hickory_proto::rr::Name;
 use super::error::{FenceError, TargetId};
 use super::firewall::{Firewall, withdrawable};
 use super::handed::Handed;
-use super::keys::{SetId, dynamic_keys};
-use super::netlink::{Element, Listed, SetOp};
+use super::keys::{SetId, dynamic_keys, set_ops};
+use super::netlink::{Element, Listed};
 use super::target::Target;
 use crate::policy::name::QueryKey;
 use crate::policy::{Policy, PolicySet, Rule};
@@ -130,16 +130,7 @@ impl Firewall {
         }
         if !delete.is_empty() {
             let config = &target.config;
-            let ops: Vec<SetOp<'_>> = delete
-                .iter()
-                .map(|(set, elements)| SetOp {
-                    family: config.family,
-                    table: &config.table,
-                    set: super::keys::TargetSets::set_name(config, *set),
-                    add: &[],
-                    delete: elements,
-                })
-                .collect();
+            let ops = set_ops(config, &delete, true);
             let mut netlink = lock(&target.netlink);
             netlink.apply(&ops).map_err(|source| FenceError::Install {
                 target: TargetId::of(config),

@@ -4,15 +4,13 @@
 //! and the elements of an ended rule withdrawn.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::io;
-use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::error::{FenceError, TargetId};
-use super::keys::{Expiries, SetId, Static, TargetSets, covers};
+use super::keys::{Expiries, SetId, Static, TargetSets, covers, set_ops};
 use super::netlink::{Element, Listed, Netlink, SetOp};
 use crate::policy::firewall::FirewallConfig;
 use crate::sync::lock;
@@ -116,18 +114,19 @@ impl Target {
             Some(_) => ("enter the namespace", CAPS_NETNS),
             None => ("open netlink", CAPS_NFT),
         };
-        let mut netlink = open_in(config.netns.as_deref()).map_err(|source| {
-            FenceError::or_permission(
-                source,
-                &target,
-                || action.into(),
-                caps,
-                |source| FenceError::Open {
-                    target: target.clone(),
+        let mut netlink =
+            crate::netns::within(config.netns.as_deref(), Netlink::open).map_err(|source| {
+                FenceError::or_permission(
                     source,
-                },
-            )
-        })?;
+                    &target,
+                    || action.into(),
+                    caps,
+                    |source| FenceError::Open {
+                        target: target.clone(),
+                        source,
+                    },
+                )
+            })?;
         let mut expiries = Expiries::default();
         let mut inherited = Vec::new();
         let now = Instant::now();
@@ -231,16 +230,7 @@ impl Target {
             });
         }
         let config = &self.config;
-        let ops: Vec<SetOp<'_>> = per_set
-            .iter()
-            .map(|(set, elements)| SetOp {
-                family: config.family,
-                table: &config.table,
-                set: config.set_name(*set),
-                add: elements,
-                delete: &[],
-            })
-            .collect();
+        let ops = set_ops(config, &per_set, false);
         let applied = netlink.apply(&ops);
         let metrics = &crate::observe::metrics::METRICS;
         metrics.nft_updates.fetch_add(1, Relaxed);
@@ -499,16 +489,7 @@ impl Target {
             }
         }
         drop(expiries);
-        let ops: Vec<SetOp<'_>> = per_set
-            .iter()
-            .map(|(set, delete)| SetOp {
-                family: self.config.family,
-                table: &self.config.table,
-                set: self.config.set_name(*set),
-                add: &[],
-                delete,
-            })
-            .collect();
+        let ops = set_ops(&self.config, &per_set, true);
         let count = per_set.values().map(Vec::len).sum();
         if count == 0 {
             return Ok(0);
@@ -520,25 +501,6 @@ impl Target {
         })?;
         Ok(count)
     }
-}
-
-/// Opens a netlink socket inside `netns` (the socket stays there).
-fn open_in(netns: Option<&Path>) -> io::Result<Netlink> {
-    let Some(path) = netns else {
-        return Netlink::open();
-    };
-    let file = File::open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-    // setns affects only the calling thread, so do it on a thread of its own.
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(io::Error::from)?;
-            Netlink::open()
-        })
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("netns thread panicked")))
-    })
 }
 
 #[cfg(test)]

@@ -19,7 +19,6 @@
 //! the same loop.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -173,9 +172,7 @@ fn serve(
     stopping: &Stopping,
 ) -> io::Result<()> {
     if let Some(path) = netns {
-        let file = File::open(path)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        crate::netns::enter(path)?;
     }
     let mut socket = Socket::new(NETLINK_NETFILTER)?;
     socket2::SockRef::from(&socket).attach_filter(&quiet_filter())?;

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -21,6 +21,7 @@ use nix::unistd::{Gid, Pid, Uid, getppid, setgroups, setresgid, setresuid};
 
 use super::error::{HolderError, StageError};
 use super::{STAGE_FAILED, StageArgs, signals};
+use crate::fence::nft::NftError;
 
 /// What `run` and the holder say to each other, one line each, in this
 /// order; a failing side sends `error WHY` instead (see [`fail`]).
@@ -215,23 +216,11 @@ fn set_up(args: &StageArgs, ctl: &mut Ctl) -> Result<(), StageError> {
 
 /// `nft -f -` inside the new network namespace, before anything can use it.
 fn load_ruleset(ruleset: &[u8]) -> Result<(), StageError> {
-    let mut nft = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(StageError::NftMissing)?;
-    if let Some(mut stdin) = nft.stdin.take() {
-        stdin.write_all(ruleset).map_err(StageError::Nft)?;
-    }
-    let out = nft.wait_with_output().map_err(StageError::Nft)?;
-    if !out.status.success() {
-        return Err(StageError::NftRefused(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    Ok(())
+    crate::fence::nft::load(ruleset).map_err(|e| match e {
+        NftError::Spawn(e) => StageError::NftMissing(e),
+        NftError::Io(e) => StageError::Nft(e),
+        NftError::Refused(stderr) => StageError::NftRefused(stderr),
+    })
 }
 
 const RESOLV_CONF: &str = "/etc/resolv.conf";

@@ -181,30 +181,28 @@ mod tests {
 
     #[test]
     fn bad_values_name_file_line_and_field() {
-        let (p, msgs) = compile(
-            "agent_name: a\nexpected_outbound:\n  - destination: api.corp.test\n    private: [10.20.0.1/16]\n",
-        );
-        assert!(p.is_none());
-        assert!(
-            msgs.contains("p.yaml:4") && msgs.contains("expected_outbound[0].private[0]"),
-            "{msgs}"
-        );
-        let (p, msgs) = compile(
-            "agent_name: a\nexpected_outbound:\n  - destination: 10.0.0.1\n    private: [10.0.0.0/8]\n",
-        );
-        assert!(p.is_none() && msgs.contains("names only"), "{msgs}");
-        let (p, msgs) = compile(
-            "agent_name: a\nexpected_outbound:\n  - destination: x.test\ninbound:\n  - port: 8080\n    protocol: sctp\n",
-        );
-        assert!(p.is_none(), "{msgs}");
-        assert!(
-            msgs.contains("p.yaml:6") && msgs.contains("inbound[0].protocol"),
-            "{msgs}"
-        );
-        let (p, msgs) = compile(
-            "agent_name: a\nexpected_outbound:\n  - destination: x.test\ninbound:\n  - port: 0\n    protocol: tcp\n",
-        );
-        assert!(p.is_none() && msgs.contains("p.yaml:5"), "{msgs}");
+        for (text, said) in [
+            (
+                "agent_name: a\nexpected_outbound:\n  - destination: api.corp.test\n    private: [10.20.0.1/16]\n",
+                &["p.yaml:4", "expected_outbound[0].private[0]"][..],
+            ),
+            (
+                "agent_name: a\nexpected_outbound:\n  - destination: 10.0.0.1\n    private: [10.0.0.0/8]\n",
+                &["names only"],
+            ),
+            (
+                "agent_name: a\nexpected_outbound:\n  - destination: x.test\ninbound:\n  - port: 8080\n    protocol: sctp\n",
+                &["p.yaml:6", "inbound[0].protocol"],
+            ),
+            (
+                "agent_name: a\nexpected_outbound:\n  - destination: x.test\ninbound:\n  - port: 0\n    protocol: tcp\n",
+                &["p.yaml:5"],
+            ),
+        ] {
+            let (p, msgs) = compile(text);
+            assert!(p.is_none(), "{msgs}");
+            assert!(said.iter().all(|s| msgs.contains(s)), "{msgs}");
+        }
     }
 
     #[test]

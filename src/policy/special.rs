@@ -255,6 +255,19 @@ mod tests {
     }
 
     /// Each range: the address before, its first, its last, the one after.
+    /// Each range's first and last address are special; the addresses just
+    /// outside it (`""`: none) pass.
+    fn assert_edges(cases: &[(&str, &str, &str, &str)]) {
+        for &(before, first, last, after) in cases {
+            for inside in [first, last] {
+                assert!(is_special(inside), "{inside} must be special");
+            }
+            for outside in [before, after].into_iter().filter(|s| !s.is_empty()) {
+                assert!(!is_special(outside), "{outside} must pass");
+            }
+        }
+    }
+
     #[test]
     fn every_ipv4_boundary() {
         let cases: &[(&str, &str, &str, &str)] = &[
@@ -300,14 +313,7 @@ mod tests {
             ),
             ("223.255.255.255", "224.0.0.0", "255.255.255.255", ""),
         ];
-        for (before, first, last, after) in cases {
-            for inside in [first, last] {
-                assert!(is_special(inside), "{inside} must be special");
-            }
-            for outside in [before, after].into_iter().filter(|s| !s.is_empty()) {
-                assert!(!is_special(outside), "{outside} must pass");
-            }
-        }
+        assert_edges(cases);
         assert_eq!(
             special("169.254.169.254".parse().unwrap()),
             Some("link-local (cloud metadata)")
@@ -394,14 +400,7 @@ mod tests {
             ),
             ("", "ff00::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", ""),
         ];
-        for (before, first, last, after) in cases {
-            for inside in [first, last] {
-                assert!(is_special(inside), "{inside} must be special");
-            }
-            for outside in [before, after].into_iter().filter(|s| !s.is_empty()) {
-                assert!(!is_special(outside), "{outside} must pass");
-            }
-        }
+        assert_edges(cases);
         // fe80::/10 and fec0::/10 meet at the seam: both special.
         assert!(is_special("febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff") && is_special("fec0::"));
         assert!(!is_special("fe00::"), "fe00::/9 is not special");

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::observe::audit::schema::GrantLife;
 use crate::policy::{PatternFacts, Ports, Rule};
 
 /// The longest a single grant may last; longer exceptions belong in a policy file.
@@ -27,6 +28,21 @@ pub struct Grant {
     pub uid: Option<u32>,
     /// Who revoked it, once revoked; `uid` stays the granter's.
     pub revoked_by: Option<u32>,
+}
+
+/// The grant as the audit log and control replies write it (times in RFC 3339).
+impl From<&Grant> for GrantLife {
+    fn from(g: &Grant) -> Self {
+        GrantLife {
+            agent: g.agent.to_string(),
+            pattern: g.pattern.to_string(),
+            reason: g.reason.to_string(),
+            granted_at: humantime::format_rfc3339_seconds(g.granted_at).to_string(),
+            expires: humantime::format_rfc3339_seconds(g.expires).to_string(),
+            uid: g.uid,
+            revoked_by: g.revoked_by,
+        }
+    }
 }
 
 #[derive(Debug, Default)]

@@ -408,15 +408,7 @@ fn retire(old: Arc<InForce>) {
 
 /// The audit line for a grant's life events.
 fn grant_event(event: fn(GrantLife) -> Event, g: &Grant) -> EventLine {
-    EventLine::now(event(GrantLife {
-        agent: g.agent.to_string(),
-        pattern: g.pattern.to_string(),
-        reason: g.reason.to_string(),
-        granted_at: humantime::format_rfc3339_seconds(g.granted_at).to_string(),
-        expires: humantime::format_rfc3339_seconds(g.expires).to_string(),
-        uid: g.uid,
-        revoked_by: g.revoked_by,
-    }))
+    EventLine::now(event(g.into()))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 /// Bottom to top. A unit imports only units listed before it.
 const LAYERS: &[&str] = &[
     "sync",        // the poison-tolerant lock
+    "netns",       // entering a network namespace
     "diagnostics", // errors with file:line
     "input",       // reading operator files safely
     "error",       // what the binary maps to exit codes

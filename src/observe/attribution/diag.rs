@@ -2,7 +2,6 @@
 //! network namespace. A netlink socket stays in the namespace it was made
 //! in, so each namespace gets one, opened once on a thread that entered it.
 
-use std::fs::File;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
@@ -43,21 +42,7 @@ pub(super) struct Found {
 impl Diag {
     /// Opens the sockets inside `netns` (`None`: ours).
     pub(super) fn open(netns: Option<&Path>) -> io::Result<Diag> {
-        let Some(path) = netns else {
-            return Diag::open_here();
-        };
-        let file = File::open(path)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        // setns affects only the calling thread: a thread of its own.
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(io::Error::from)?;
-                Diag::open_here()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("netns thread panicked")))
-        })
+        crate::netns::within(netns, Diag::open_here)
     }
 
     fn open_here() -> io::Result<Diag> {
@@ -106,54 +91,26 @@ impl Diag {
             interface_id: 0,
             cookie: [0xff; 8], // INET_DIAG_NOCOOKIE
         };
-        let request = SockDiagMessage::InetRequest(InetRequest {
-            family,
-            protocol: match proto {
-                Proto::Tcp => IPPROTO_TCP,
-                Proto::Udp => IPPROTO_UDP,
-            },
-            extensions: ExtensionFlags::empty(),
-            states: StateFlags::all(),
-            socket_id,
-        });
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST;
-        header.sequence_number = self.seq;
-        let mut packet = NetlinkMessage::new(header, request.into());
-        packet.finalize();
-        let mut buf = vec![0; packet.buffer_len()];
-        packet.serialize(&mut buf);
-        self.socket.send(&buf, 0)?;
+        self.ask(family, proto, socket_id, NLM_F_REQUEST)?;
         let mut rx = vec![0u8; 8192];
         // Bounded: a late answer to an earlier (timed out) question is skipped.
         for _ in 0..8 {
             let n = self.socket.recv(&mut &mut rx[..], 0)?;
-            let mut offset = 0;
-            while offset < n {
-                let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[offset..n])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let len = msg.header.length as usize;
-                if msg.header.sequence_number == self.seq {
-                    return match msg.payload {
-                        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                            Ok(Some(Found {
-                                inode: u64::from(r.header.inode),
-                                uid: r.header.uid,
-                            }))
-                        }
-                        NetlinkPayload::Error(e) => match e.code {
-                            Some(code) if -code.get() == nix::libc::ENOENT => Ok(None),
-                            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
-                            None => Ok(None),
-                        },
-                        _ => Ok(None),
-                    };
-                }
-                if len == 0 {
-                    break;
-                }
-                offset += len;
+            if let Some(payload) = answers(&rx[..n], self.seq)?.into_iter().next() {
+                return match payload {
+                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                        Ok(Some(Found {
+                            inode: u64::from(r.header.inode),
+                            uid: r.header.uid,
+                        }))
+                    }
+                    NetlinkPayload::Error(e) => match e.code {
+                        Some(code) if -code.get() == nix::libc::ENOENT => Ok(None),
+                        Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+                        None => Ok(None),
+                    },
+                    _ => Ok(None),
+                };
             }
         }
         Err(io::Error::other("sock_diag: no answer to this question"))
@@ -169,6 +126,47 @@ impl Diag {
     ) -> io::Result<Option<Found>> {
         let local = canonical(local);
         let family = if local.is_ipv4() { AF_INET } else { AF_INET6 };
+        let socket_id = if local.is_ipv4() {
+            SocketId::new_v4()
+        } else {
+            SocketId::new_v6()
+        };
+        self.ask(family, proto, socket_id, NLM_F_REQUEST | NLM_F_DUMP)?;
+        let mut rx = vec![0u8; 32 * 1024];
+        let mut found = None;
+        // Bounded: an agent's namespace holds few sockets; a huge one is cut short.
+        for _ in 0..256 {
+            let n = self.socket.recv(&mut &mut rx[..], 0)?;
+            for payload in answers(&rx[..n], self.seq)? {
+                match payload {
+                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                        let id = &r.header.socket_id;
+                        if found.is_none()
+                            && id.source_port == local.port()
+                            && bound_to(id.source_address, local.ip())
+                        {
+                            found = Some(Found {
+                                inode: u64::from(r.header.inode),
+                                uid: r.header.uid,
+                            });
+                        }
+                    }
+                    NetlinkPayload::Done(_) => return Ok(found),
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+                            None => Ok(found),
+                        };
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Sends the next question (a fresh sequence number) for `socket_id`.
+    fn ask(&mut self, family: u8, proto: Proto, socket_id: SocketId, flags: u16) -> io::Result<()> {
         let request = SockDiagMessage::InetRequest(InetRequest {
             family,
             protocol: match proto {
@@ -177,62 +175,18 @@ impl Diag {
             },
             extensions: ExtensionFlags::empty(),
             states: StateFlags::all(),
-            socket_id: if local.is_ipv4() {
-                SocketId::new_v4()
-            } else {
-                SocketId::new_v6()
-            },
+            socket_id,
         });
         self.seq = self.seq.wrapping_add(1);
         let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.flags = flags;
         header.sequence_number = self.seq;
         let mut packet = NetlinkMessage::new(header, request.into());
         packet.finalize();
         let mut buf = vec![0; packet.buffer_len()];
         packet.serialize(&mut buf);
         self.socket.send(&buf, 0)?;
-        let mut rx = vec![0u8; 32 * 1024];
-        let mut found = None;
-        // Bounded: an agent's namespace holds few sockets; a huge one is cut short.
-        for _ in 0..256 {
-            let n = self.socket.recv(&mut &mut rx[..], 0)?;
-            let mut offset = 0;
-            while offset < n {
-                let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[offset..n])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let len = msg.header.length as usize;
-                if msg.header.sequence_number == self.seq {
-                    match msg.payload {
-                        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                            let id = &r.header.socket_id;
-                            if found.is_none()
-                                && id.source_port == local.port()
-                                && bound_to(id.source_address, local.ip())
-                            {
-                                found = Some(Found {
-                                    inode: u64::from(r.header.inode),
-                                    uid: r.header.uid,
-                                });
-                            }
-                        }
-                        NetlinkPayload::Done(_) => return Ok(found),
-                        NetlinkPayload::Error(e) => {
-                            return match e.code {
-                                Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
-                                None => Ok(found),
-                            };
-                        }
-                        _ => {}
-                    }
-                }
-                if len == 0 {
-                    break;
-                }
-                offset += len;
-            }
-        }
-        Ok(found)
+        Ok(())
     }
 
     /// Whether `ip` is an address of this namespace (loopback included).
@@ -251,6 +205,25 @@ impl Diag {
             p.connect(SocketAddr::new(ip, 9)).is_ok() && p.local_addr().is_ok_and(|l| l.ip() == ip)
         })
     }
+}
+
+/// The messages of one datagram that answer question `seq`, in order.
+fn answers(rx: &[u8], seq: u32) -> io::Result<Vec<NetlinkPayload<SockDiagMessage>>> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset < rx.len() {
+        let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&rx[offset..])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let len = msg.header.length as usize;
+        if msg.header.sequence_number == seq {
+            out.push(msg.payload);
+        }
+        if len == 0 {
+            break;
+        }
+        offset += len;
+    }
+    Ok(out)
 }
 
 /// Whether a socket bound to `bound` receives for `ip` (a wildcard does).

@@ -319,20 +319,7 @@ impl Attributor {
         client: SocketAddr,
         need: Need,
     ) -> Attribution {
-        let started = Instant::now();
-        if !self.may(netns, need, started) {
-            return Attribution::Unknown(Why::RateLimited);
-        }
-        let ns = match self.namespace(netns) {
-            Ok(ns) => ns,
-            Err(why) => return Attribution::Unknown(why),
-        };
-        let key = (ns.inode, proto, client, None);
-        if let Some(known) = self.remembered(&ns, &key) {
-            return known;
-        }
-        let found = {
-            let mut diag = lock(&ns.diag);
+        self.attribute(netns, need, (proto, client, None), |diag| {
             let mut found = Ok(None);
             for &server in self.servers.iter().filter(|s| !s.ip().is_unspecified()) {
                 found = diag.find(proto, client, server);
@@ -351,11 +338,7 @@ impl Attributor {
                 }),
                 other => Ok(other),
             }
-        };
-        match found {
-            Ok(found) => self.owner_of(&ns, key, found, started),
-            Err(why) => Attribution::Unknown(why),
-        }
+        })
     }
 
     /// The owner of the socket with address `local` and peer `remote` in
@@ -368,6 +351,23 @@ impl Attributor {
         remote: SocketAddr,
         need: Need,
     ) -> Attribution {
+        self.attribute(netns, need, (proto, local, Some(remote)), |diag| match diag
+            .find(proto, local, remote)
+        {
+            Ok(None) if !diag.is_local(local.ip()) => Err(Why::OtherHost),
+            other => Ok(other),
+        })
+    }
+
+    /// The lookup both of the above make: rate, namespace, memory, then
+    /// `find` with the namespace's sock_diag socket (an `Err` ends it unknown).
+    fn attribute(
+        &self,
+        netns: Option<&Path>,
+        need: Need,
+        (proto, local, remote): (Proto, SocketAddr, Option<SocketAddr>),
+        find: impl FnOnce(&mut diag::Diag) -> Result<io::Result<Option<diag::Found>>, Why>,
+    ) -> Attribution {
         let started = Instant::now();
         if !self.may(netns, need, started) {
             return Attribution::Unknown(Why::RateLimited);
@@ -376,20 +376,15 @@ impl Attributor {
             Ok(ns) => ns,
             Err(why) => return Attribution::Unknown(why),
         };
-        let key = (ns.inode, proto, local, Some(remote));
+        let key = (ns.inode, proto, local, remote);
         if let Some(known) = self.remembered(&ns, &key) {
             return known;
         }
-        let found = {
-            let mut diag = lock(&ns.diag);
-            match diag.find(proto, local, remote) {
-                Ok(None) if !diag.is_local(local.ip()) => {
-                    return Attribution::Unknown(Why::OtherHost);
-                }
-                other => other,
-            }
-        };
-        self.owner_of(&ns, key, found, started)
+        let found = find(&mut lock(&ns.diag));
+        match found {
+            Ok(found) => self.owner_of(&ns, key, found, started),
+            Err(why) => Attribution::Unknown(why),
+        }
     }
 
     /// Whether this denial may be looked up: an alerted one always, the

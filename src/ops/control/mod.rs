@@ -22,6 +22,7 @@ mod validate;
 
 use serde::{Deserialize, Serialize};
 
+use crate::observe::audit::schema::GrantLife;
 use crate::state::grants::Grant;
 
 pub use client::{ask, request};
@@ -104,14 +105,15 @@ pub struct GrantView {
 
 impl From<&Grant> for GrantView {
     fn from(g: &Grant) -> Self {
+        let life = GrantLife::from(g);
         GrantView {
-            agent: g.agent.to_string(),
-            pattern: g.pattern.to_string(),
-            reason: g.reason.to_string(),
-            granted_at: humantime::format_rfc3339_seconds(g.granted_at).to_string(),
-            expires: humantime::format_rfc3339_seconds(g.expires).to_string(),
-            uid: g.uid,
-            revoked_by: g.revoked_by,
+            agent: life.agent,
+            pattern: life.pattern,
+            reason: life.reason,
+            granted_at: life.granted_at,
+            expires: life.expires,
+            uid: life.uid,
+            revoked_by: life.revoked_by,
         }
     }
 }

@@ -437,22 +437,27 @@ pub fn budget_domain(key: &str, facts: PatternFacts) -> &str {
         return domain;
     }
     let fixed = usize::from(facts.fixed_labels);
-    let labels = |s: &str| {
-        if s.is_empty() {
-            0
-        } else {
-            s.split('.').count()
-        }
-    };
-    if fixed >= labels(domain) {
+    if fixed >= label_count(domain) {
         return domain;
     }
     let public = domain.split_once('.').map_or("", |(_, suffix)| suffix);
-    let n = fixed.max(labels(public));
+    last_labels(key, fixed.max(label_count(public)))
+}
+
+/// How many labels `name` has; none for `""`.
+fn label_count(name: &str) -> usize {
+    if name.is_empty() {
+        0
+    } else {
+        name.split('.').count()
+    }
+}
+
+/// The last `n` labels of `key`; `""` for none.
+fn last_labels(key: &str, n: usize) -> &str {
     if n == 0 {
         return "";
     }
-    // The key's last n labels.
     let cut = key
         .rmatch_indices('.')
         .nth(n - 1)

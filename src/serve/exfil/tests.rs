@@ -204,16 +204,25 @@ fn leaked(names: &[String], pattern: &str, payload_bits: f32) -> (f32, f32) {
 
 const HARD: f32 = DEFAULT_HARD_BYTES as f32;
 
+/// The tests' reproducible random numbers (Knuth's MMIX LCG).
+struct Lcg(u64);
+
+impl Lcg {
+    /// The next state; its high bits are the random ones.
+    fn step(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0
+    }
+}
+
 #[test]
 fn letter_case_carries_no_free_information() {
     // casex.py: 3 x 63 'a's, each letter's case a bit.
-    let mut rng = 7u64;
-    let mut bit = || {
-        rng = rng
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        rng >> 63 == 1
-    };
+    let mut rng = Lcg(7);
+    let mut bit = || rng.step() >> 63 == 1;
     let names: Vec<String> = (0..3000)
         .map(|_| {
             let label = |bit: &mut dyn FnMut() -> bool| -> String {
@@ -246,27 +255,11 @@ fn budget_domain_by_pattern<'a>(key: &'a str, pattern: &str) -> &'a str {
         Some(at) => pattern[at..].split_once('.').map_or("", |(_, rest)| rest),
         None => return domain,
     };
-    let labels = |s: &str| {
-        if s.is_empty() {
-            0
-        } else {
-            s.split('.').count()
-        }
-    };
-    if labels(fixed) >= labels(domain) {
+    if label_count(fixed) >= label_count(domain) {
         return domain;
     }
     let public = domain.split_once('.').map_or("", |(_, suffix)| suffix);
-    let n = labels(fixed).max(labels(public));
-    if n == 0 {
-        return "";
-    }
-    // The key's last n labels.
-    let cut = key
-        .rmatch_indices('.')
-        .nth(n - 1)
-        .map_or(0, |(at, _)| at + 1);
-    &key[cut..]
+    last_labels(key, label_count(fixed).max(label_count(public)))
 }
 
 #[test]
@@ -339,36 +332,26 @@ fn pattern_facts_computed_at_load_agree_with_scanning_the_pattern() {
 
 #[test]
 fn a_wildcard_on_a_public_suffix_shares_one_budget() {
-    assert_eq!(under("x.github.io", "*.github.io"), "github.io");
-    assert_eq!(under("a.b.github.io", "*.github.io"), "github.io");
-    assert_eq!(
-        under("x.api.example.com", "*.api.example.com"),
-        "example.com"
-    );
-    assert_eq!(under("a.b.example.com", "*.example.com"), "example.com");
-    assert_eq!(
-        under("img-7.cdn.shop.co.uk", "img-*.cdn.shop.co.uk"),
-        "shop.co.uk"
-    );
-    assert_eq!(under("x.co.uk", "*.co.uk"), "co.uk");
-    assert_eq!(under("a.b.test", "*"), "test");
-    assert_eq!(
-        under("b1.s3.amazonaws.com", "*.amazonaws.com"),
-        "s3.amazonaws.com"
-    );
-    assert_eq!(under("a.b.test", "a.b.test"), "b.test");
+    for (key, pattern, budget) in [
+        ("x.github.io", "*.github.io", "github.io"),
+        ("a.b.github.io", "*.github.io", "github.io"),
+        ("x.api.example.com", "*.api.example.com", "example.com"),
+        ("a.b.example.com", "*.example.com", "example.com"),
+        ("img-7.cdn.shop.co.uk", "img-*.cdn.shop.co.uk", "shop.co.uk"),
+        ("x.co.uk", "*.co.uk", "co.uk"),
+        ("a.b.test", "*", "test"),
+        ("b1.s3.amazonaws.com", "*.amazonaws.com", "s3.amazonaws.com"),
+        ("a.b.test", "a.b.test", "b.test"),
+    ] {
+        assert_eq!(under(key, pattern), budget, "{key} under {pattern}");
+    }
     // psl.py: one 63-char [a-z0-9] label per name right under github.io.
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = 3u64;
+    let mut rng = Lcg(3);
     let names: Vec<String> = (0..2000)
         .map(|_| {
             let label: String = (0..63)
-                .map(|_| {
-                    rng = rng
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ALPHABET[((rng >> 33) % 36) as usize] as char
-                })
+                .map(|_| ALPHABET[((rng.step() >> 33) % 36) as usize] as char)
                 .collect();
             label + ".github.io"
         })
@@ -383,15 +366,12 @@ fn a_wildcard_on_a_public_suffix_shares_one_budget() {
 fn reused_labels_are_charged_for_the_choice_they_carry() {
     // 256 words, 8 a name: 64 bits of payload a name.
     let words: Vec<String> = (0..256).map(|i| format!("w{i:03}")).collect();
-    let mut rng = 3u64;
+    let mut rng = Lcg(3);
     let names: Vec<String> = (0..8000)
         .map(|_| {
             let mut n = String::new();
             for _ in 0..8 {
-                rng = rng
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                n.push_str(&words[(rng >> 56) as usize]);
+                n.push_str(&words[(rng.step() >> 56) as usize]);
                 n.push('.');
             }
             n + "cdn.test"
@@ -409,15 +389,8 @@ fn reused_labels_are_charged_for_the_choice_they_carry() {
 #[test]
 fn re_asked_names_are_charged_for_the_choice_they_carry() {
     let names: Vec<String> = (0..=255u8).map(|i| format!("{i:02x}.cdn.test")).collect();
-    let mut rng = 5u64;
-    let secret: Vec<u8> = (0..65_536)
-        .map(|_| {
-            rng = rng
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (rng >> 56) as u8
-        })
-        .collect();
+    let mut rng = Lcg(5);
+    let secret: Vec<u8> = (0..65_536).map(|_| (rng.step() >> 56) as u8).collect();
     let asked: Vec<String> = names
         .iter()
         .cloned()
@@ -436,16 +409,11 @@ fn re_asked_names_are_charged_for_the_choice_they_carry() {
 #[test]
 fn tunnel_shaped_names_are_flagged_early_and_the_corpus_never() {
     let facts = PatternFacts::of("*.cdn.test");
-    let mut rng = 9u64;
+    let mut rng = Lcg(9);
     let names: Vec<String> = (0..300)
         .map(|_| {
             let label: String = (0..40)
-                .map(|_| {
-                    rng = rng
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    b"0123456789abcdef"[(rng >> 60) as usize] as char
-                })
+                .map(|_| b"0123456789abcdef"[(rng.step() >> 60) as usize] as char)
                 .collect();
             format!("{label}.t.cdn.test")
         })

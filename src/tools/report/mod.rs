@@ -8,17 +8,19 @@
 //! itself, when the names fit in the report's caps.
 
 use std::io::{BufReader, Write as _};
-use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::path::Path;
 
 use crate::diagnostics::Diagnostics;
 use crate::error::{Failure, RuntimeError};
 use crate::tools::suggest;
 
+mod args;
 mod chart;
 mod html;
 mod read;
 mod tally;
+
+pub use args::{ReportArgs, parse_since};
 
 /// Distinct names counted one by one (the top names table, and the
 /// evidence beside suggested entries); further names' lookups are counted
@@ -45,38 +47,6 @@ pub const MAX_TEXT: usize = 240;
 const MAX_REPORTED: usize = 20;
 /// Skipped lines named on the page and on stderr under `--skip-malformed`.
 const MAX_SKIPPED_SHOWN: usize = 5;
-
-#[derive(Debug, clap::Args, Clone)]
-pub struct ReportArgs {
-    /// Audit log (JSON Lines) to report on.
-    #[arg(long)]
-    pub audit_log: PathBuf,
-    /// Only this agent's lookups, connections and grants.
-    #[arg(long)]
-    pub agent: Option<String>,
-    /// Only lines from this time on: RFC 3339 (`2026-11-22T08:00:00Z`) or
-    /// a duration back from now (`2h`, `30m`, `7days`).
-    #[arg(long, value_parser = parse_since)]
-    pub since: Option<SystemTime>,
-    /// Where to write the HTML page; `-` or absent means stdout.
-    #[arg(long, short = 'o')]
-    pub output: Option<PathBuf>,
-    /// Skip malformed lines (counted and named on the page) instead of failing.
-    #[arg(long)]
-    pub skip_malformed: bool,
-}
-
-/// `--since`: a duration back from now, or an RFC 3339 time.
-pub fn parse_since(text: &str) -> Result<SystemTime, String> {
-    if let Ok(back) = humantime::parse_duration(text) {
-        return SystemTime::now()
-            .checked_sub(back)
-            .ok_or_else(|| format!("'{text}' reaches back before 1970"));
-    }
-    crate::policy::parse_rfc3339(text).map_err(|e| {
-        format!("{e}; expected an RFC 3339 time (2026-11-22T08:00:00Z) or a duration (2h, 30m)")
-    })
-}
 
 /// What the suggest section shows.
 pub(crate) enum Learned {

@@ -11,8 +11,8 @@ use serde_json::Value;
 use super::tally::{Tally, event_agent};
 use super::{MAX_REPORTED, MAX_SKIPPED_SHOWN};
 use crate::diagnostics::Diagnostics;
-use crate::observe::audit::schema::{Event, EventLine, QueryRecord};
-use crate::tools::suggest::{LineError, read_line, typed};
+use crate::observe::audit::schema::{Event, EventLine};
+use crate::tools::suggest::{CUT_SHORT, Line, LineError, line_text, parse, read_line};
 
 /// Which records count.
 pub(super) struct Filter<'a> {
@@ -26,13 +26,6 @@ pub(super) struct Skipped {
     pub(super) count: u64,
     /// The first few: line number and what was wrong.
     pub(super) shown: Vec<(usize, String)>,
-}
-
-enum Line {
-    Record(Box<QueryRecord>),
-    Event(Box<Event>, String),
-    /// An event this version does not know.
-    Unknown,
 }
 
 /// Reads every line into `tally`. A malformed line is an error naming
@@ -66,24 +59,14 @@ pub(super) fn read(
             }
         }
         let complete = buf.ends_with(b"\n");
-        let parsed = if !complete && buf.len() > crate::tools::suggest::MAX_LINE {
-            Err(LineError::TooLong)
-        } else {
-            match std::str::from_utf8(&buf).map(str::trim) {
-                Err(_) => Err(LineError::NotUtf8),
-                Ok("") => continue,
-                Ok(text) => parse(text, &known),
-            }
+        let parsed = match line_text(&buf) {
+            Ok("") => continue,
+            text => text.and_then(|text| parse(text, |e| known.iter().any(|k| k == e))),
         };
         let outcome = parsed.and_then(|line| count(line, filter, tally));
         match outcome {
             Ok(()) => {}
-            Err(LineError::NotJson(e)) if !complete && e.is_eof() => diags.warning(
-                file,
-                Some(number),
-                None,
-                "incomplete last line skipped (is the log still being written?)",
-            ),
+            Err(e) if e.cut_short(complete) => diags.warning(file, Some(number), None, CUT_SHORT),
             Err(e) if skip => {
                 skipped.count += 1;
                 if skipped.shown.len() < MAX_SKIPPED_SHOWN {
@@ -142,33 +125,6 @@ fn known_events() -> Vec<String> {
         .collect()
 }
 
-fn parse(text: &str, known: &[String]) -> Result<Line, LineError> {
-    // Query records are nearly every line: read them straight into the
-    // type, and only take the slow path (for the error, or an event) when that fails.
-    if !text.contains("\"event\"")
-        && let Ok(record) = serde_json::from_str::<QueryRecord>(text)
-    {
-        return Ok(Line::Record(Box::new(record)));
-    }
-    let value: Value = serde_json::from_str(text).map_err(LineError::NotJson)?;
-    let Value::Object(object) = &value else {
-        return Err(LineError::NotObject);
-    };
-    match object.get("event") {
-        None | Some(Value::Null) => typed(&value).map(|r| Line::Record(Box::new(r))),
-        Some(Value::String(event)) if known.contains(event) => {
-            let line: EventLine = typed(&value)?;
-            Ok(Line::Event(Box::new(line.event), line.ts))
-        }
-        Some(Value::String(_)) => Ok(Line::Unknown),
-        Some(_) => Err(LineError::WrongType {
-            field: "event".into(),
-            expected: "a string".into(),
-            found: "another type",
-        }),
-    }
-}
-
 fn time(ts: &str) -> Result<SystemTime, LineError> {
     humantime::parse_rfc3339(ts).map_err(|source| LineError::Time {
         value: ts.to_string(),
@@ -194,7 +150,8 @@ fn count(line: Line, filter: &Filter, tally: &mut Tally) -> Result<(), LineError
                 tally.record(&record, ts);
             }
         }
-        Line::Event(event, ts) => {
+        Line::Event(line) => {
+            let EventLine { event, ts } = *line;
             let ts = time(&ts)?;
             if filter.since.is_some_and(|since| ts < since) {
                 tally.before_since += 1;
@@ -206,7 +163,7 @@ fn count(line: Line, filter: &Filter, tally: &mut Tally) -> Result<(), LineError
                 tally.event(&event, ts);
             }
         }
-        Line::Unknown => tally.unknown_events += 1,
+        Line::Other => tally.unknown_events += 1,
     }
     Ok(())
 }

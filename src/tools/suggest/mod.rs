@@ -13,20 +13,22 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::diagnostics::Diagnostics;
 use crate::error::Failure;
 use crate::policy;
 
+mod args;
 mod group;
 mod read;
 mod render;
 
+pub use args::SuggestArgs;
 use group::Entry;
 use read::{choose_agent, read_log};
 // `report` reads the same lines the same way.
-pub(crate) use read::{LineError, read_line, typed};
+pub(crate) use read::{CUT_SHORT, Line, LineError, line_text, parse, read_line};
 use render::{render, warn_commented, warn_left_out, were};
 
 /// A parent with at least this many distinct child labels among the names
@@ -227,29 +229,6 @@ fn self_check(file: &Path, text: &str, live: &[&Entry], diags: &mut Diagnostics)
             "internal error: the policy's name rules differ from the suggested entries",
         );
     }
-}
-
-#[derive(Debug, clap::Args, Clone)]
-pub struct SuggestArgs {
-    /// Audit log (JSON Lines) to learn from.
-    #[arg(long)]
-    pub audit_log: PathBuf,
-    /// The agent to suggest for; needed when the log holds several.
-    #[arg(long)]
-    pub agent: Option<String>,
-    /// Where to write the policy; `-` or absent means stdout.
-    #[arg(long, short = 'o')]
-    pub output: Option<PathBuf>,
-    /// Make names that were only ever denied entries; by default they are
-    /// listed commented out.
-    #[arg(long)]
-    pub include_denied: bool,
-    /// Warn about malformed lines and skip them, instead of failing.
-    #[arg(long)]
-    pub skip_malformed: bool,
-    /// Set by `allowdns run --learn`, never on the command line.
-    #[arg(skip)]
-    pub kennel: Option<Kept>,
 }
 
 #[cfg(test)]

@@ -217,6 +217,16 @@ pub(crate) fn read_line(input: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io:
     Ok(true)
 }
 
+/// `buf` as [`read_line`] left it, as trimmed text.
+pub(crate) fn line_text(buf: &[u8]) -> Result<&str, LineError> {
+    if !buf.ends_with(b"\n") && buf.len() > MAX_LINE {
+        return Err(LineError::TooLong);
+    }
+    std::str::from_utf8(buf)
+        .map(str::trim)
+        .map_err(|_| LineError::NotUtf8)
+}
+
 pub(super) fn read_log(
     file: &Path,
     mut input: impl BufRead,
@@ -248,41 +258,30 @@ pub(super) fn read_log(
             }
         }
         let complete = buf.ends_with(b"\n");
-        let outcome = if !complete && buf.len() > MAX_LINE {
-            Err(LineError::TooLong)
-        } else {
-            match std::str::from_utf8(&buf).map(str::trim) {
-                Err(_) => Err(LineError::NotUtf8),
-                Ok("") => continue,
-                Ok(text) => parse_line(text).and_then(|parsed| {
-                    match parsed {
-                        Parsed::Record(record) => {
-                            let lookup = lookup(&record)?;
-                            log.records += 1;
-                            if let Some(lookup) = lookup {
-                                observe(&mut log, &lookup, number, options.agent);
-                            }
-                        }
-                        Parsed::Event => log.records += 1,
-                        Parsed::Lost(n) => log.lost += n,
-                        Parsed::Egress(e) => {
-                            log.records += 1;
-                            connected(&mut log, &e, options.agent);
+        let outcome = match line_text(&buf) {
+            Ok("") => continue,
+            text => text.and_then(parse_line).and_then(|parsed| {
+                match parsed {
+                    Parsed::Record(record) => {
+                        let lookup = lookup(&record)?;
+                        log.records += 1;
+                        if let Some(lookup) = lookup {
+                            observe(&mut log, &lookup, number, options.agent);
                         }
                     }
-                    Ok(())
-                }),
-            }
+                    Parsed::Event => log.records += 1,
+                    Parsed::Lost(n) => log.lost += n,
+                    Parsed::Egress(e) => {
+                        log.records += 1;
+                        connected(&mut log, &e, options.agent);
+                    }
+                }
+                Ok(())
+            }),
         };
         match outcome {
             Ok(()) => {}
-            // A log still being written may end in half a line.
-            Err(LineError::NotJson(e)) if !complete && e.is_eof() => diags.warning(
-                file,
-                Some(number),
-                None,
-                "incomplete last line skipped (is the log still being written?)",
-            ),
+            Err(e) if e.cut_short(complete) => diags.warning(file, Some(number), None, CUT_SHORT),
             Err(e) => {
                 let text = matches!(
                     e,
@@ -361,7 +360,15 @@ pub(crate) enum LineError {
     Field { field: String, message: String },
 }
 
+/// The warning for a half line at the end of a log still being written.
+pub(crate) const CUT_SHORT: &str = "incomplete last line skipped (is the log still being written?)";
+
 impl LineError {
+    /// A log still being written may end in half a line: not malformed.
+    pub(crate) fn cut_short(&self, complete: bool) -> bool {
+        !complete && matches!(self, LineError::NotJson(e) if e.is_eof())
+    }
+
     /// The field at fault, if one is.
     pub(crate) fn field(&self) -> Option<&str> {
         match self {
@@ -377,29 +384,49 @@ impl LineError {
 }
 
 fn parse_line(text: &str) -> Result<Parsed, LineError> {
+    Ok(
+        match parse(text, |e| e == "audit_records_lost" || e == "egress_denied")? {
+            Line::Record(record) => Parsed::Record(record),
+            Line::Event(line) => match line.event {
+                Event::AuditRecordsLost(lost) => Parsed::Lost(lost.count),
+                Event::EgressDenied(e) => Parsed::Egress(e),
+                _ => Parsed::Event,
+            },
+            Line::Other => Parsed::Event,
+        },
+    )
+}
+
+/// One audit line in the schema's types (`suggest` and `report` read alike).
+pub(crate) enum Line {
+    Record(Box<QueryRecord>),
+    Event(Box<EventLine>),
+    /// An event not asked for, or one this version does not know.
+    Other,
+}
+
+/// One line: a query record, or an event typed when `wanted(its name)`.
+/// Unknown fields and events are ignored so newer logs load; known ones
+/// must have their types.
+pub(crate) fn parse(text: &str, wanted: impl Fn(&str) -> bool) -> Result<Line, LineError> {
     // Nearly every line is a query record: read it straight into the type
     // (one parse instead of the two below), and take those only
     // for an event or to say what is wrong.
     if !text.contains("\"event\"")
         && let Ok(record) = serde_json::from_str::<QueryRecord>(text)
     {
-        return Ok(Parsed::Record(Box::new(record)));
+        return Ok(Line::Record(Box::new(record)));
     }
     let value: Value = serde_json::from_str(text).map_err(LineError::NotJson)?;
     let Value::Object(object) = &value else {
         return Err(LineError::NotObject);
     };
-    // Unknown fields and events are ignored so newer logs load; known ones must have their types.
     match object.get("event") {
-        None | Some(Value::Null) => typed(&value).map(|r| Parsed::Record(Box::new(r))),
-        Some(Value::String(event)) if event == "audit_records_lost" || event == "egress_denied" => {
-            match typed::<EventLine>(&value)?.event {
-                Event::AuditRecordsLost(lost) => Ok(Parsed::Lost(lost.count)),
-                Event::EgressDenied(e) => Ok(Parsed::Egress(e)),
-                _ => Ok(Parsed::Event),
-            }
+        None | Some(Value::Null) => typed(&value).map(|r| Line::Record(Box::new(r))),
+        Some(Value::String(event)) if wanted(event) => {
+            typed(&value).map(|l| Line::Event(Box::new(l)))
         }
-        Some(Value::String(_)) => Ok(Parsed::Event),
+        Some(Value::String(_)) => Ok(Line::Other),
         Some(other) => Err(LineError::WrongType {
             field: "event".into(),
             expected: "a string".into(),
