@@ -12,8 +12,8 @@ use std::time::Duration;
 
 pub use crate::policy::firewall::Family;
 use netlink_packet_core::{
-    DecodeError, DefaultNla, NLA_TYPE_MASK, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST,
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla,
+    DecodeError, DefaultNla, Emitable as _, NLA_TYPE_MASK, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NlasIterator,
 };
 use netlink_packet_netfilter::nftables::{
     DataAttribute, ListAttribute, NfTablesMessage, SetAttribute, SetElementAttribute,
@@ -27,6 +27,8 @@ use netlink_packet_netfilter::{
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 const NFTA_DATA_VALUE: u16 = 1;
+/// `struct nlmsghdr`.
+const NETLINK_HEADER_LEN: usize = 16;
 
 /// Set flags (`enum nft_set_flags`).
 pub const NFT_SET_INTERVAL: u32 = SetFlags::Interval.bits();
@@ -128,6 +130,7 @@ pub struct Netlink {
 /// One data message of a batch, to name what the kernel refused.
 struct Sent<'a> {
     seq: u32,
+    table: &'a str,
     set: &'a str,
     adding: bool,
     elements: &'a [Element],
@@ -148,6 +151,8 @@ impl Netlink {
         )
         .map_err(io::Error::from)?;
         let _ = socket.set_rx_buf_sz(1 << 20);
+        // The kernel then says which element of a message it refused.
+        let _ = socket.set_ext_ack(true);
         Ok(Netlink { socket, seq: 1 })
     }
 
@@ -193,15 +198,15 @@ impl Netlink {
                 if data.is_none() && !markers.contains(&seq) {
                     continue;
                 }
-                let code = match decode(raw)?.payload {
-                    NetlinkPayload::Error(e) => e.raw_code(),
+                let error = match decode(raw)?.payload {
+                    NetlinkPayload::Error(e) => e,
                     _ => continue,
                 };
                 pending.retain(|&s| s != seq);
-                if code != 0 {
-                    let source = io::Error::from_raw_os_error(-code);
+                if error.code.is_some() {
+                    let source = io::Error::from_raw_os_error(-error.raw_code());
                     return Err(match data {
-                        Some(s) => refused(s, source),
+                        Some(s) => refused(s, bad_attribute(&error.header), source),
                         None => source,
                     });
                 }
@@ -378,6 +383,7 @@ fn encode_batch<'a>(ops: &[SetOp<'a>], seq: &mut u32) -> (Vec<u8>, Vec<Sent<'a>>
                 emit(&mut buf, NetfilterMessage::new(header, inner), flags, this);
                 sent.push(Sent {
                     seq: this,
+                    table: op.table,
                     set: op.set,
                     adding,
                     elements: chunk,
@@ -497,13 +503,41 @@ fn undecodable(e: DecodeError) -> io::Error {
     )
 }
 
-/// The kernel's error for one message of a batch, naming the set and, for
-/// a single element, its key.
-fn refused(sent: &Sent<'_>, source: io::Error) -> io::Error {
+// Hand-written: netlink-packet-core 0.9 keeps an error's echoed request and extended-ack attributes as raw bytes.
+/// The offset of the attribute the kernel refused (`NLMSGERR_ATTR_OFFS`),
+/// from the start of the request: `echoed` is the request, then the attributes.
+fn bad_attribute(echoed: &[u8]) -> Option<u32> {
+    const NLMSGERR_ATTR_OFFS: u16 = 2;
+    let len = u32::from_ne_bytes(echoed.get(..4)?.try_into().ok()?) as usize;
+    NlasIterator::new(echoed.get((len + 3) & !3..)?)
+        .filter_map(Result::ok)
+        .find(|nla| nla.kind() == NLMSGERR_ATTR_OFFS)
+        .and_then(|nla| Some(u32::from_ne_bytes(nla.value().get(..4)?.try_into().ok()?)))
+}
+
+/// The kernel's error for one message of a batch, naming the set and the
+/// element: the one refused (`offset`, where the kernel tells), or the
+/// message's only one.
+fn refused(sent: &Sent<'_>, offset: Option<u32>, source: io::Error) -> io::Error {
     let verb = if sent.adding { "adding" } else { "deleting" };
-    let what = match sent.elements {
-        [one] => format!("element {}", key_text(&one.key)),
-        many => format!("{} elements", many.len()),
+    // Where each element starts in the request: after the netlink and
+    // nfgenmsg headers, the table, the set and the list's own header.
+    let mut at = NETLINK_HEADER_LEN
+        + 4
+        + SetElementList::Table(sent.table.to_string()).buffer_len()
+        + SetElementList::Set(sent.set.to_string()).buffer_len()
+        + 4;
+    let mut refused = None;
+    for e in sent.elements {
+        if offset == Some(at as u32) {
+            refused = Some(e);
+        }
+        at += element(e, sent.adding).buffer_len();
+    }
+    let what = match (refused, sent.elements) {
+        (Some(e), [_]) | (None, [e]) => format!("element {}", key_text(&e.key)),
+        (Some(e), many) => format!("element {} (of {})", key_text(&e.key), many.len()),
+        (None, many) => format!("{} elements", many.len()),
     };
     io::Error::new(
         source.kind(),
@@ -647,11 +681,12 @@ mod tests {
         }];
         let sent = Sent {
             seq: 2,
+            table: "allowdns",
             set: "allowed_v4_ports",
             adding: false,
             elements: &one,
         };
-        let e = refused(&sent, io::Error::from_raw_os_error(2));
+        let e = refused(&sent, None, io::Error::from_raw_os_error(2));
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
         assert!(
             e.to_string()

@@ -1730,12 +1730,15 @@ fn set_elements_and_their_labels_round_trip_with_nft_and_refusals_name_what_they
         "{ 192.0.2.3 timeout 1h comment \"agent nft.test\" }",
     ]);
     let missing = [element(9, "")];
-    let (listed, no_set, no_element, no_get) = netns::in_ns(ns.path("a"), || {
+    // The kernel refuses the second of three: the present ones around it do not hide it.
+    let among = [element(1, ""), element(8, ""), element(3, "")];
+    let (listed, no_set, no_element, one_of_three, no_get) = netns::in_ns(ns.path("a"), || {
         let mut netlink = Netlink::open().unwrap();
         (
             netlink.list_elements(Family::Inet, "t", "s").unwrap(),
             netlink.apply(&[op("nope", &add, &[])]).unwrap_err(),
             netlink.apply(&[op("s", &[], &missing)]).unwrap_err(),
+            netlink.apply(&[op("s", &[], &among)]).unwrap_err(),
             netlink.get_set(Family::Inet, "t", "nope").unwrap_err(),
         )
     });
@@ -1758,5 +1761,13 @@ fn set_elements_and_their_labels_round_trip_with_nft_and_refusals_name_what_they
             .starts_with("set 's', deleting element 192.0.2.9: "),
         "{no_element}"
     );
+    assert!(
+        one_of_three
+            .to_string()
+            .starts_with("set 's', deleting element 192.0.2.8 (of 3): "),
+        "{one_of_three}"
+    );
+    // Nothing of a refused batch is applied.
+    assert!(list().contains("192.0.2.1 "), "{}", list());
     assert_eq!(no_get.raw_os_error(), Some(2), "{no_get}");
 }
