@@ -8,6 +8,10 @@
 //! The drop rule does not depend on this: while allowdns is not reading,
 //! the kernel drops the messages and the fence holds. Messages the socket
 //! could not take are counted from the gaps in the group's sequence numbers.
+//!
+//! The NFLOG messages are netlink-packet-netfilter's (one per blocked packet,
+//! off the query path: not measured); the IP and transport headers inside
+//! are read here (`parse`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
