@@ -596,15 +596,14 @@ mod tests {
         assert_eq!(comment_of(&[0, 9, 1]), None);
     }
 
-    /// The bytes the hand-written encoder sent for the same batch: a delete,
-    /// an add with timeout and label, a range element whose label (200
-    /// bytes) is too long to write.
+    /// A batch, byte for byte: a delete, an add with timeout and label, a
+    /// range element whose label (200 bytes) is too long to write.
     const BATCH: &str = "140000001000010001000000000000000000000a480000000e0a05000200000000000000010000000d000100616c6c6f77646e73000000000f000200616c6c6f7765645f7634000014000380100001800c000180080001000a000003980000000c0a05040300000000000000010000000d000100616c6c6f77646e73000000000f000200616c6c6f7765645f76340000640003803c0001800c000180080001000a0000010c00040000000000000493e00c00050000000000000493e013000600000d6167656e7420782e74657374000024000180100001800c0001000a000002000001bb10000a800c0001000a000002000001bb140000001100010004000000000000000000000a";
-    /// GETSET (ip6) then the GETSETELEM dump request (ip), as sent before.
+    /// GETSET (ip6) then the GETSETELEM dump request (ip), byte for byte.
     const GET: &str = "340000000a0a050007000000000000000a0000000d000100616c6c6f77646e73000000000f000200616c6c6f7765645f76360000340000000d0a01030800000000000000020000000d000100616c6c6f77646e73000000000f000200616c6c6f7765645f76340000";
 
     #[test]
-    fn the_wire_is_what_the_hand_written_encoder_sent() {
+    fn the_wire_bytes_are_pinned() {
         let add = [
             Element {
                 key: vec![10, 0, 0, 1],

@@ -445,11 +445,11 @@ mod tests {
         assert!(parse(&[]).is_none());
     }
 
-    /// The bytes the hand-written encoder sent to bind the group, in order.
+    /// The requests that bind the group, in order, byte for byte.
     const BIND: &str = "1c00000001040100000000000000000000000035050001000100000020000000010401000000000000000000000000350a00020000000080020000001c0000000104010000000000000000000000003508000400000000011c0000000104010000000000000000000000003506000600000100001c000000010401000000000000000000000000350800050000000040";
 
     #[test]
-    fn binding_sends_what_the_hand_written_encoder_sent() {
+    fn the_bind_requests_are_pinned() {
         let hex: String = config_requests()
             .concat()
             .iter()
