@@ -25,7 +25,7 @@
 //! handed.rs    which name each address was handed out for (for alerts)
 //! nflog.rs     blocked connections, read from the ruleset's NFLOG group
 //! keys.rs      set choice and element keys, policy ranges, known expiries
-//! netlink.rs   a minimal nfnetlink client for set elements
+//! netlink.rs   the nfnetlink client for set elements (netlink-packet-netfilter)
 //! watch.rs     re-feeding when the ruleset is reloaded under allowdns
 //! ruleset.rs   the default-deny ruleset `allowdns nft-ruleset` prints
 //! selftest.rs  the fence checked from inside the namespace (`run`, `selftest`)

@@ -8,33 +8,30 @@
 //! The drop rule does not depend on this: while allowdns is not reading,
 //! the kernel drops the messages and the fence holds. Messages the socket
 //! could not take are counted from the gaps in the group's sequence numbers.
+//!
+//! The NFLOG messages are netlink-packet-netfilter's (one per blocked packet,
+//! off the query path: not measured); the IP and transport headers inside
+//! are read here (`parse`).
 
-// Hand-written parsing: netlink-packet-netfilter 0.4 now has NFLOG config and packet messages (sequence numbers included); a switch is due, no measurement keeps this.
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use netlink_packet_core::{
+    NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, ParseableParametrized as _,
+};
+use netlink_packet_netfilter::nflog::{
+    ConfigCmd, ConfigFlags, ConfigMode, ConfigNla, PacketNla, Timeout, ULogMessage, ULogMessageType,
+};
+use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
 use netlink_sys::Socket;
 
-use super::netlink::attrs;
 use super::ruleset::NFLOG_GROUP;
 
+/// `NFNL_SUBSYS_ULOG`: the nfnetlink subsystem of NFLOG messages.
 pub(super) const NFNL_SUBSYS_ULOG: u8 = 4;
-const NFULNL_MSG_PACKET: u8 = 0;
-const NFULNL_MSG_CONFIG: u16 = 1;
-const NFULA_CFG_CMD: u16 = 1;
-const NFULA_CFG_MODE: u16 = 2;
-const NFULA_CFG_TIMEOUT: u16 = 4;
-const NFULA_CFG_QTHRESH: u16 = 5;
-const NFULA_CFG_FLAGS: u16 = 6;
-const NFULNL_CFG_CMD_BIND: u8 = 1;
-const NFULNL_COPY_PACKET: u8 = 2;
-const NFULNL_CFG_F_SEQ: u16 = 1;
-const NFULA_PAYLOAD: u16 = 9;
-const NFULA_PREFIX: u16 = 10;
-const NFULA_SEQ: u16 = 12;
 /// Enough for an IPv6 header, a few extension headers and the ports.
 const COPY_RANGE: u32 = 128;
 /// How long a 5-tuple already reported is not reported again: longer than
@@ -167,32 +164,40 @@ impl Nflog {
     /// Binds the group on `socket` and asks for headers only, delivered
     /// within 10 ms. Fails when another process holds the group.
     pub(super) fn bind(socket: &Socket) -> std::io::Result<()> {
-        let mut mode = COPY_RANGE.to_be_bytes().to_vec();
-        mode.extend([NFULNL_COPY_PACKET, 0]);
-        let steps: [(u16, Vec<u8>); 4] = [
-            (NFULA_CFG_CMD, vec![NFULNL_CFG_CMD_BIND]),
-            (NFULA_CFG_MODE, mode),
-            (NFULA_CFG_TIMEOUT, 1u32.to_be_bytes().to_vec()),
-            (NFULA_CFG_FLAGS, NFULNL_CFG_F_SEQ.to_be_bytes().to_vec()),
-        ];
-        for (attr, value) in steps
-            .into_iter()
-            .chain([(NFULA_CFG_QTHRESH, 64u32.to_be_bytes().to_vec())])
-        {
-            socket.send(&config_message(attr, &value), 0)?;
+        for step in config_requests() {
+            socket.send(&step, 0)?;
         }
         Ok(())
     }
 
     pub(super) fn on_packet(&mut self, payload: &[u8], now: Instant) {
-        let attrs = attrs(payload.get(4..).unwrap_or_default());
-        let get = |t: u16| attrs.iter().find(|(k, _)| *k == t).map(|(_, v)| *v);
+        let nlas = match ULogMessage::parse_with_param(
+            payload.get(4..).unwrap_or_default(),
+            Nflog::kind(),
+        ) {
+            Ok(ULogMessage::Packet(nlas)) => nlas,
+            Ok(_) => return,
+            // Logged, so denied, but not told: counted like a message the socket could not take.
+            Err(e) => {
+                tracing::debug!("undecodable NFLOG message: {e}");
+                self.report.lost(1);
+                return;
+            }
+        };
+        let (mut prefix, mut seq, mut packet) = (None, None, None);
+        for nla in &nlas {
+            match nla {
+                PacketNla::Prefix(p) => prefix = Some(p.as_bytes()),
+                PacketNla::Seq(s) => seq = Some(*s),
+                PacketNla::Payload(p) => packet = Some(p.as_slice()),
+                _ => {}
+            }
+        }
         // Only allowdns's own log rules (another rule may use the group too).
-        if get(NFULA_PREFIX).is_some_and(|p| !p.starts_with(b"allowdns ")) {
+        if prefix.is_some_and(|p| !p.starts_with(b"allowdns ")) {
             return;
         }
-        if let Some(seq) = get(NFULA_SEQ).and_then(|v| v.get(..4)) {
-            let seq = u32::from_be_bytes([seq[0], seq[1], seq[2], seq[3]]);
+        if let Some(seq) = seq {
             if let Some(expected) = self.next_seq
                 && seq > expected
             {
@@ -200,7 +205,7 @@ impl Nflog {
             }
             self.next_seq = Some(seq.wrapping_add(1));
         }
-        let Some(packet) = get(NFULA_PAYLOAD).and_then(parse) else {
+        let Some(packet) = packet.and_then(parse) else {
             return;
         };
         let key = (packet.proto.0, packet.src, packet.dst);
@@ -225,7 +230,7 @@ impl Nflog {
             src: packet.src,
             dst: packet.dst,
             icmp_type: packet.icmp_type,
-            reason: get(NFULA_PREFIX).map_or(Reason::Unlisted, Reason::from_prefix),
+            reason: prefix.map_or(Reason::Unlisted, Reason::from_prefix),
         });
     }
 
@@ -235,33 +240,37 @@ impl Nflog {
     }
 
     pub(super) fn kind() -> u8 {
-        NFULNL_MSG_PACKET
+        ULogMessageType::Packet.into()
     }
 }
 
-/// One NFULNL_MSG_CONFIG request for the group, one attribute.
-fn config_message(attr: u16, value: &[u8]) -> Vec<u8> {
-    const NLM_F_REQUEST: u16 = 1;
-    let mut buf = Vec::with_capacity(32);
-    let kind = (u16::from(NFNL_SUBSYS_ULOG) << 8) | NFULNL_MSG_CONFIG;
-    buf.extend(0u32.to_ne_bytes()); // length, below
-    buf.extend(kind.to_ne_bytes());
-    buf.extend(NLM_F_REQUEST.to_ne_bytes());
-    buf.extend(0u32.to_ne_bytes()); // seq
-    buf.extend(0u32.to_ne_bytes()); // port id
-    // nfgenmsg: AF_UNSPEC, version 0, the group as resource id.
-    buf.extend([0u8, 0]);
-    buf.extend(NFLOG_GROUP.to_be_bytes());
-    let len = 4 + value.len();
-    buf.extend((len as u16).to_ne_bytes());
-    buf.extend(attr.to_ne_bytes());
-    buf.extend(value);
-    while buf.len() % 4 != 0 {
-        buf.push(0);
-    }
-    let total = buf.len() as u32;
-    buf[..4].copy_from_slice(&total.to_ne_bytes());
-    buf
+/// The NFULNL_MSG_CONFIG requests for the group, one attribute each, in
+/// order: bind, copy the first [`COPY_RANGE`] bytes, flush within 10 ms,
+/// number the messages, and at most 64 packets per message.
+fn config_requests() -> Vec<Vec<u8>> {
+    [
+        ConfigNla::Cmd(ConfigCmd::Bind),
+        ConfigNla::Mode(ConfigMode::new_packet(COPY_RANGE)),
+        ConfigNla::Timeout(Timeout::new(1)),
+        ConfigNla::Flags(ConfigFlags::SEQ),
+        ConfigNla::QThresh(64),
+    ]
+    .into_iter()
+    .map(|nla| {
+        // No ack asked: a refusal still comes back as an error (watch.rs reports it).
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST;
+        let message = NetfilterMessage::new(
+            NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, NFLOG_GROUP),
+            ULogMessage::Config(vec![nla]),
+        );
+        let mut message = NetlinkMessage::new(header, message.into());
+        message.finalize();
+        let mut buf = vec![0; message.buffer_len()];
+        message.serialize(&mut buf);
+        buf
+    })
+    .collect()
 }
 
 #[derive(Debug, PartialEq)]
@@ -357,22 +366,26 @@ mod tests {
         }
     }
 
-    /// An NFULNL_MSG_PACKET payload: nfgenmsg, prefix, sequence, packet.
-    fn message(seq: u32, packet: &[u8]) -> Vec<u8> {
-        let mut out = vec![2, 0, 0, 53];
-        for (kind, value) in [
-            (NFULA_PREFIX, b"allowdns egress denied: \0".to_vec()),
-            (NFULA_SEQ, seq.to_be_bytes().to_vec()),
-            (NFULA_PAYLOAD, packet.to_vec()),
-        ] {
-            out.extend(((4 + value.len()) as u16).to_ne_bytes());
-            out.extend(kind.to_ne_bytes());
-            out.extend(&value);
-            while out.len() % 4 != 0 {
-                out.push(0);
-            }
-        }
+    /// An NFULNL_MSG_PACKET payload (nfgenmsg, then `nlas`) as the kernel
+    /// sends it.
+    fn packet_message(nlas: Vec<PacketNla>) -> Vec<u8> {
+        use netlink_packet_core::Emitable as _;
+        let message = NetfilterMessage::new(
+            NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, NFLOG_GROUP),
+            ULogMessage::Packet(nlas),
+        );
+        let mut out = vec![0; message.buffer_len()];
+        message.emit(&mut out);
         out
+    }
+
+    /// A packet as the ruleset's final rule logs it: prefix, sequence, packet.
+    fn message(seq: u32, packet: &[u8]) -> Vec<u8> {
+        packet_message(vec![
+            PacketNla::Prefix(c"allowdns egress denied: ".into()),
+            PacketNla::Seq(seq),
+            PacketNla::Payload(packet.to_vec()),
+        ])
     }
 
     fn syn(sport: u16, dport: u16) -> Vec<u8> {
@@ -430,5 +443,56 @@ mod tests {
         let p = parse(&v4[..20]).unwrap();
         assert_eq!(p.dst.port(), 0);
         assert!(parse(&[]).is_none());
+    }
+
+    /// The requests that bind the group, in order, byte for byte.
+    const BIND: &str = "1c00000001040100000000000000000000000035050001000100000020000000010401000000000000000000000000350a00020000000080020000001c0000000104010000000000000000000000003508000400000000011c0000000104010000000000000000000000003506000600000100001c000000010401000000000000000000000000350800050000000040";
+
+    #[test]
+    fn the_bind_requests_are_pinned() {
+        let hex: String = config_requests()
+            .concat()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, BIND);
+    }
+
+    #[test]
+    fn a_record_with_owner_and_a_truncated_packet_is_one_attempt() {
+        let seen = Seen::default();
+        let mut nflog = Nflog::new(None, Box::new(seen.clone()));
+        // A local socket's packet carries its owner; the copy stops after
+        // the addresses (the IPv4 header of a SYN cut at 20 bytes).
+        let record = packet_message(vec![
+            PacketNla::PacketHdr(
+                netlink_packet_netfilter::nflog::PacketHdr::parse(&[8, 0, 3, 0]).unwrap(),
+            ),
+            PacketNla::Prefix(c"allowdns egress denied: ".into()),
+            PacketNla::Uid(1000),
+            PacketNla::Gid(1000),
+            PacketNla::Seq(7),
+            PacketNla::Payload(syn(40000, 443)[..20].to_vec()),
+        ]);
+        nflog.on_packet(&record, Instant::now());
+        let (attempts, lost) = seen.0.lock().unwrap().clone();
+        assert_eq!(lost, [] as [u64; 0]);
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(attempts[0].dst, "192.0.2.9:0".parse().unwrap());
+        assert_eq!(attempts[0].destination(), "192.0.2.9:0/tcp");
+        // Another rule's record in the group: not an attempt of ours.
+        let foreign = packet_message(vec![
+            PacketNla::Prefix(c"other ".into()),
+            PacketNla::Payload(syn(40001, 443)),
+        ]);
+        nflog.on_packet(&foreign, Instant::now());
+        // A record that does not decode (a prefix without its NUL) is counted lost.
+        let mut broken = message(8, &syn(40002, 443));
+        let at = broken.windows(2).position(|w| w == b": ").unwrap() + 2;
+        broken[at] = b'x';
+        nflog.on_packet(&broken, Instant::now());
+        let (attempts, lost) = seen.0.lock().unwrap().clone();
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(lost, [1]);
     }
 }

@@ -27,18 +27,22 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
 
+use netlink_packet_core::{
+    NLMSG_ERROR, NetlinkMessage, NetlinkPayload, ParseableParametrized as _,
+};
+use netlink_packet_netfilter::NetfilterMessage;
+use netlink_packet_netfilter::nftables::{NfTablesMessage, SetAttribute, TableAttribute};
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 
 use super::Firewall;
 use super::keys::{SetId, TargetSets};
-use super::netlink::{Element, SetOp, attrs, messages};
+use super::netlink::{Element, SetOp, messages};
 use super::nflog::{NFNL_SUBSYS_ULOG, Nflog, Report};
 use super::target::Target;
 
 use crate::sync::lock;
 
 const NFNLGRP_NFTABLES: u32 = 7;
-const NLMSG_ERROR: u16 = 2;
 const NFNL_SUBSYS_NFTABLES: u8 = 10;
 const NFT_MSG_NEWTABLE: u8 = 0;
 const NFT_MSG_DELTABLE: u8 = 2;
@@ -47,8 +51,6 @@ const NFT_MSG_DELSET: u8 = 11;
 const NFT_MSG_NEWSETELEM: u8 = 12;
 const NFT_MSG_DELSETELEM: u8 = 14;
 const NFT_MSG_NEWGEN: u8 = 15;
-/// `NFTA_TABLE_NAME` and `NFTA_SET_TABLE` are both attribute 1.
-const NFTA_TABLE: u16 = 1;
 /// How long after a change's first event the re-feed runs: a transaction's
 /// events are all sent at its commit, so by then the rest have arrived.
 const SETTLE: Duration = Duration::from_millis(20);
@@ -226,21 +228,35 @@ fn serve(
         buf.clear();
         match socket.recv(&mut buf, 0) {
             Ok(_) => {
-                for (header, payload) in messages(&buf) {
+                for raw in messages(&buf) {
                     // A refused request of ours (binding the NFLOG group).
-                    if header.kind == NLMSG_ERROR {
-                        let errno = payload
-                            .get(..4)
-                            .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                        if errno != 0 {
-                            let e = io::Error::from_raw_os_error(-errno);
+                    if raw.message_type() == NLMSG_ERROR {
+                        let refused =
+                            NetlinkMessage::<NetfilterMessage>::deserialize(raw.into_inner())
+                                .map_or_else(
+                                    |e| {
+                                        Some(io::Error::new(
+                                            io::ErrorKind::InvalidData,
+                                            e.to_string(),
+                                        ))
+                                    },
+                                    |m| match m.payload {
+                                        NetlinkPayload::Error(e) if e.code.is_some() => {
+                                            Some(e.to_io())
+                                        }
+                                        _ => None,
+                                    },
+                                );
+                        if let Some(e) = refused {
                             tracing::warn!(
                                 "netlink in this namespace refused a request: {e}; blocked connections may not be alerted"
                             );
                         }
                         continue;
                     }
-                    let (subsystem, kind) = ((header.kind >> 8) as u8, header.kind as u8);
+                    let (subsystem, kind) =
+                        ((raw.message_type() >> 8) as u8, raw.message_type() as u8);
+                    let payload = raw.payload();
                     let family = payload.first().copied().unwrap_or_default();
                     for s in subscribers
                         .iter_mut()
@@ -377,14 +393,27 @@ impl<O: Send + Sync + 'static> Subscriber for RulesetWatch<O> {
         let Some(firewall) = (self.get)(&owner) else {
             return;
         };
-        let table = attrs(payload.get(4..).unwrap_or_default())
-            .into_iter()
-            .find(|(k, _)| *k == NFTA_TABLE)
-            .map(|(_, v)| v.strip_suffix(b"\0").unwrap_or(v));
+        // An event that does not decode may be about our table: re-feed (idempotent).
+        let table =
+            match NfTablesMessage::parse_with_param(payload.get(4..).unwrap_or_default(), kind) {
+                Ok(NfTablesMessage::NewTable(t) | NfTablesMessage::DeleteTable(t)) => {
+                    t.attributes.into_iter().find_map(|a| match a {
+                        TableAttribute::Name(name) => Some(name),
+                        _ => None,
+                    })
+                }
+                Ok(NfTablesMessage::NewSet(s) | NfTablesMessage::DeleteSet(s)) => {
+                    s.attributes.into_iter().find_map(|a| match a {
+                        SetAttribute::Table(name) => Some(name),
+                        _ => None,
+                    })
+                }
+                _ => None,
+            };
         for i in self.targets.clone() {
             let config = &firewall.targets[i].config;
             if super::netlink::nfproto(config.family) == family
-                && table == Some(config.table.as_bytes())
+                && table.as_ref().is_none_or(|t| *t == config.table)
             {
                 self.mark(i);
             }

@@ -1265,3 +1265,126 @@ fn an_element_taken_over_is_withdrawn_when_its_expiring_entry_goes() {
         "an element taken over under a dropped entry still passes",
     );
 }
+
+/// The netlink client against the kernel and `nft`, the other writer and
+/// reader of these sets: a label allowdns writes is the comment nft shows
+/// and reads back the same, one nft writes reads back too; a label too long
+/// for nft's comment is not written at all (cut, it could read back as
+/// another name); the kernel's refusals name the set and the element.
+#[test]
+fn set_elements_and_their_labels_round_trip_with_nft_and_refusals_name_what_they_concern() {
+    use allowdns::fence::netlink::{Element, Family, LABEL_MAX, Netlink, SetOp};
+    if !require_root_and(&["ip", "nft"]) {
+        return;
+    }
+    let ns = netns::Lab::new("adnl", &["a"]);
+    let name = ns.name("a").to_string();
+    let dir = TempDir::new("netlink");
+    let file = dir.write(
+        "t.nft",
+        "table inet t {\n\tset s {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t}\n}\n",
+    );
+    netns::nft_file(&name, &file);
+    let list = || {
+        sh_out(&[
+            "ip", "netns", "exec", &name, "nft", "list", "set", "inet", "t", "s",
+        ])
+        .1
+    };
+    let fits = format!("agent {}.test", "f".repeat(LABEL_MAX - 11));
+    let long = format!("agent {}.test", "l".repeat(LABEL_MAX - 10));
+    assert_eq!((fits.len(), long.len()), (LABEL_MAX, LABEL_MAX + 1));
+    let element = |last: u8, label: &str| Element {
+        key: vec![192, 0, 2, last],
+        key_end: None,
+        timeout: Some(Duration::from_secs(600)),
+        label: Some(label.to_string()),
+    };
+    fn op<'a>(set: &'a str, add: &'a [Element], delete: &'a [Element]) -> SetOp<'a> {
+        SetOp {
+            family: Family::Inet,
+            table: "t",
+            set,
+            add,
+            delete,
+        }
+    }
+    let add = [element(1, &fits), element(2, &long)];
+    let listed = netns::in_ns(ns.path("a"), || {
+        let mut netlink = Netlink::open().unwrap();
+        netlink.apply(&[op("s", &add, &[])]).unwrap();
+        netlink.list_elements(Family::Inet, "t", "s").unwrap()
+    });
+    // Positive control: the longest label nft keeps is written whole.
+    let shown = list();
+    assert!(shown.contains("192.0.2.1 timeout 10m expires "), "{shown}");
+    assert!(shown.contains(&format!("comment \"{fits}\"")), "{shown}");
+    // One byte longer: the element is there, unlabelled.
+    assert!(shown.contains("192.0.2.2 timeout 10m expires "), "{shown}");
+    assert!(
+        !shown.contains("lllll"),
+        "a long label was written cut:\n{shown}"
+    );
+    let label_of = |listed: &[allowdns::fence::netlink::Listed], last: u8| {
+        let l = listed.iter().find(|l| l.key == [192, 0, 2, last]).unwrap();
+        assert!(l.expires_in.is_some_and(|t| t <= Duration::from_secs(3600)));
+        l.label.clone()
+    };
+    assert_eq!(label_of(&listed, 1).as_deref(), Some(fits.as_str()));
+    assert_eq!(label_of(&listed, 2), None);
+    // A comment nft wrote reads back as a label.
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &name,
+        "nft",
+        "add",
+        "element",
+        "inet",
+        "t",
+        "s",
+        "{ 192.0.2.3 timeout 1h comment \"agent nft.test\" }",
+    ]);
+    let missing = [element(9, "")];
+    // The kernel refuses the second of three: the present ones around it do not hide it.
+    let among = [element(1, ""), element(8, ""), element(3, "")];
+    let (listed, no_set, no_element, one_of_three, no_get) = netns::in_ns(ns.path("a"), || {
+        let mut netlink = Netlink::open().unwrap();
+        (
+            netlink.list_elements(Family::Inet, "t", "s").unwrap(),
+            netlink.apply(&[op("nope", &add, &[])]).unwrap_err(),
+            netlink.apply(&[op("s", &[], &missing)]).unwrap_err(),
+            netlink.apply(&[op("s", &[], &among)]).unwrap_err(),
+            netlink.get_set(Family::Inet, "t", "nope").unwrap_err(),
+        )
+    });
+    assert_eq!(label_of(&listed, 3).as_deref(), Some("agent nft.test"));
+    assert_eq!(no_set.kind(), std::io::ErrorKind::NotFound, "{no_set}");
+    assert!(
+        no_set
+            .to_string()
+            .starts_with("set 'nope', adding 2 elements: "),
+        "{no_set}"
+    );
+    assert_eq!(
+        no_element.kind(),
+        std::io::ErrorKind::NotFound,
+        "{no_element}"
+    );
+    assert!(
+        no_element
+            .to_string()
+            .starts_with("set 's', deleting element 192.0.2.9: "),
+        "{no_element}"
+    );
+    assert!(
+        one_of_three
+            .to_string()
+            .starts_with("set 's', deleting element 192.0.2.8 (of 3): "),
+        "{one_of_three}"
+    );
+    // Nothing of a refused batch is applied.
+    assert!(list().contains("192.0.2.1 "), "{}", list());
+    assert_eq!(no_get.raw_os_error(), Some(2), "{no_get}");
+}
