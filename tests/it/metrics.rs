@@ -19,7 +19,7 @@ fn metrics_addr(dns: &Allowdns) -> String {
     url.to_string()
 }
 
-fn scrape(dns: &Allowdns, path: &str) -> String {
+pub(crate) fn scrape(dns: &Allowdns, path: &str) -> String {
     let addr = metrics_addr(dns);
     let mut stream = TcpStream::connect(&addr).unwrap();
     stream
@@ -48,7 +48,7 @@ fn assert_no_duplicate_series(text: &str) {
 }
 
 /// The value of one series, by its exact name and labels.
-fn value(text: &str, series: &str) -> f64 {
+pub(crate) fn value(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
