@@ -19,7 +19,10 @@
 #
 # FEED=1 instead compares nftables feeding: allowdns feeding a set, allowdns
 # without feeding, and dnsmasq with --nftset, all in a network namespace this
-# script creates (root needed), on allowed cache hits and the mix.
+# script creates (root needed), on allowed cache hits, the mix and (MISS=1)
+# misses, each answer's address fed.
+#
+# LOADS="miss" (any of the loads above, space-separated) runs only those.
 #
 # BASELINE=/path/to/older/allowdns adds that binary as a fourth server
 # ("allowdns-base"), to measure what a change costs on the hot path.
@@ -31,7 +34,7 @@
 #
 # Usage: benches/dnsperf.sh            (needs dnsperf, dnsmasq, unbound: see .ci/run)
 # Env:   REPS=3 DURATION=8 LAT_QPS=20000 LAT_SECS=3 FEED=0 TCP=1 BASELINE= ATTRIB=0
-#        MISS=1 KNOT=1 NULLAUDIT=1 PIN=1
+#        MISS=1 KNOT=1 NULLAUDIT=1 PIN=1 LOADS=
 # Traffic stays on 127.0.0.1 (inside the namespace with FEED=1).
 set -euo pipefail
 
@@ -94,7 +97,7 @@ printf 'agent_name: upstream\nallowed_dynamic_resolution: ["*"]\n' > "$WORK/up/p
 # The peers have no exfiltration budget; unique names under a wildcard would spend it.
 printf 'agent_name: bench_agent\nallowed_dynamic_resolution: ["*.allowed.bench"]\nexfil: {budget: off}\n' > "$WORK/policy.yaml"
 # The same policy, feeding the namespace's own sets.
-printf 'agent_name: bench_agent\nallowed_dynamic_resolution: ["*.allowed.bench"]\nfirewall: {}\n' > "$WORK/feed.yaml"
+printf 'agent_name: bench_agent\nallowed_dynamic_resolution: ["*.allowed.bench"]\nexfil: {budget: off}\nfirewall: {}\n' > "$WORK/feed.yaml"
 
 python3 - "$WORK" "$HOSTS" "$DENIED" <<'PY'
 import sys, random
@@ -157,6 +160,7 @@ if [ "$FEED" = 1 ]; then
     --cache-size=10000 --user=root --pid-file="$WORK/dnsmasq.pid" --log-facility="$WORK/dnsmasq.log" & PIDS+=($!); DNSMASQ_PID=$!
   servers=(allowdns-feed dnsmasq-nftset allowdns-nofeed)
   loads=(hits mix)
+  if [ "$MISS" = 1 ]; then loads+=(miss); fi
 elif [ "$ATTRIB" = 1 ]; then
   printf 'alerts:\n  attribution: false\n' > "$WORK/noattr.yaml"
   "$BIN" serve --listen 127.0.0.1:$ALLOWDNS --policy "$WORK/policy.yaml" --upstream 127.0.0.1:$UP \
@@ -224,6 +228,7 @@ CONF
   if [ "$NULLAUDIT" = 1 ] && [ -n "$BASELINE" ]; then servers+=(allowdns-base-null); fi
   if [ "$KNOT" = 1 ]; then servers+=(knotd); fi
 fi
+if [ -n "${LOADS:-}" ]; then read -ra loads <<< "$LOADS"; fi
 PORTS="$ALLOWDNS $DNSMASQ $UNBOUND"
 if [ "$NULLAUDIT" = 1 ] && [ "$FEED" != 1 ] && [ "$ATTRIB" != 1 ]; then PORTS="$PORTS $NULLAUDIT_PORT"; fi
 if [ "$ATTRIB" = 1 ]; then PORTS="$ALLOWDNS $NOATTR $ALLRATE"; fi

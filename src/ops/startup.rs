@@ -19,7 +19,7 @@ use crate::serve::handler::Handler;
 use crate::serve::resolve::Resolver;
 use crate::serve::server::{self, Listeners};
 use crate::serve::service::Service;
-use crate::serve::upstream::{SetupError, Upstream};
+use crate::serve::upstream::Upstream;
 use crate::state::Loaded;
 
 /// Why `nft-ruleset` cannot pick the policy or the DNS address, naming what it was given.
@@ -81,11 +81,6 @@ pub fn prepare(sources: &Sources) -> Result<Prepared, Failure> {
     };
     let upstream = match upstream {
         Ok(u) => Some(u),
-        // hickory could not build its client (TLS setup): the environment's
-        // fault, not the forwarders the input names.
-        Err(e @ SetupError::Tls { .. }) if !diags.has_errors() => {
-            return Err(Failure::Runtime(RuntimeError::subsystem(e)));
-        }
         Err(e) => {
             diags.error(std::path::Path::new("<upstream>"), None, None, e);
             None

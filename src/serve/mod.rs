@@ -12,6 +12,7 @@ pub mod decide;
 pub mod egress;
 pub mod exfil;
 pub mod fast;
+pub mod forward;
 pub mod handler;
 pub mod resolve;
 pub mod server;

@@ -7,17 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::net::xfer::{DnsHandle, FirstAnswer};
-use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::proto::op::{DnsRequestOptions, Query, ResponseCode};
+use hickory_resolver::proto::op::{Message, Query, ResponseCode};
 use hickory_resolver::proto::rr::{Name, Record, RecordType};
 use hickory_resolver::recursor::{Recursor, RecursorError, RecursorOptions};
-use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
 
 use crate::observe::throttle::Throttle;
 use crate::policy::zones::Step;
+use crate::serve::forward::Forwarder;
 use crate::sync::lock;
 
 /// Why an allowed name could not be resolved. The client gets SERVFAIL.
@@ -57,11 +54,6 @@ pub enum UpstreamError {
 /// Why the upstream could not be set up; each names what it was given.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("resolver setup (TLS) for forwarders {servers:?}: {source}")]
-    Tls {
-        servers: Vec<SocketAddr>,
-        source: NetError,
-    },
     #[error("{}: cannot read root hints: {reason}", path.display())]
     ReadHints { path: PathBuf, reason: String },
     #[error("{}: root hints do not parse: {source}", path.display())]
@@ -87,11 +79,7 @@ impl From<SetupError> for String {
 
 pub enum Upstream {
     /// Forward to configured servers (UDP, TCP on truncation).
-    Forward(
-        NameServerPool<TokioRuntimeProvider>,
-        Vec<SocketAddr>,
-        Duration,
-    ),
+    Forward(Forwarder, Vec<SocketAddr>),
     /// Iterate from root hints (the file).
     Recursive(Box<Recursor<TokioRuntimeProvider>>, PathBuf),
     /// Local zones only: anything else is SERVFAIL.
@@ -100,30 +88,9 @@ pub enum Upstream {
 
 impl Upstream {
     pub fn forward(servers: &[SocketAddr], timeout: Duration) -> Result<Self, SetupError> {
-        let configs = servers.iter().map(|addr| {
-            let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
-                .into_iter()
-                .map(|mut c| {
-                    c.port = addr.port();
-                    c
-                })
-                .collect();
-            NameServerConfig::new(addr.ip(), true, connections)
-        });
-        let mut options = ResolverOpts::default();
-        options.timeout = timeout;
-        options.attempts = 1;
-        options.edns0 = true;
-        options.recursion_desired = true;
-        let tls = TlsConfig::new().map_err(|source| SetupError::Tls {
-            servers: servers.to_vec(),
-            source,
-        })?;
-        let cx = Arc::new(PoolContext::new(options, tls));
         Ok(Upstream::Forward(
-            NameServerPool::from_config(configs, cx, TokioRuntimeProvider::default()),
+            Forwarder::new(servers, timeout),
             servers.to_vec(),
-            timeout,
         ))
     }
 
@@ -177,34 +144,14 @@ impl Upstream {
                 name: name(),
                 qtype,
             }),
-            Upstream::Forward(pool, ..) => {
-                let mut options = DnsRequestOptions::default();
-                options.use_edns = true;
-                options.recursion_desired = true;
-                match pool.lookup(query, options).first_answer().await {
-                    Ok(response) => {
-                        let message = response.into_message();
-                        Ok(Step {
-                            rcode: message.metadata.response_code,
-                            answers: message.answers,
-                            authority: message.authorities,
-                        })
-                    }
-                    Err(NetError::Dns(DnsError::NoRecordsFound(nr))) => Ok(Step {
-                        rcode: nr.response_code,
-                        answers: Vec::new(),
-                        authority: negative_authority(
-                            nr.soa.map(|s| s.into_record_of_rdata()),
-                            nr.authorities.as_deref(),
-                        ),
-                    }),
-                    Err(e) => Err(UpstreamError::Forwarder {
-                        name: name(),
-                        qtype,
-                        reason: e.to_string(),
-                    }),
-                }
-            }
+            Upstream::Forward(forwarder, _) => match forwarder.ask(&query).await {
+                Ok(message) => Ok(step_of(message)),
+                Err(reason) => Err(UpstreamError::Forwarder {
+                    name: name(),
+                    qtype,
+                    reason,
+                }),
+            },
             Upstream::Recursive(recursor, _) => {
                 match recursor.resolve(query, Instant::now(), false).await {
                     Ok(message) => Ok(Step {
@@ -246,11 +193,16 @@ impl Upstream {
     pub async fn probe(self: Arc<Self>) {
         match &*self {
             Upstream::None => {}
-            Upstream::Forward(_, servers, timeout) => {
+            Upstream::Forward(forwarder, servers) => {
                 let each = servers.iter().map(|&server| async move {
-                    let result = match Upstream::forward(&[server], *timeout) {
-                        Ok(one) => one.probe_once().await,
-                        Err(e) => Err(e.to_string()),
+                    let started = Instant::now();
+                    let question = Query::query(Name::root(), RecordType::NS);
+                    // Any answer counts, an error rcode too: the server is there.
+                    let asked = forwarder.ask_one(server, &question);
+                    let result = match tokio::time::timeout(PROBE_WITHIN, asked).await {
+                        Ok(Ok(_)) => Ok(started.elapsed()),
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(format!("no answer within {} s", PROBE_WITHIN.as_secs())),
                     };
                     report_probe(&format!("forwarder {server}"), result);
                 });
@@ -266,23 +218,10 @@ impl Upstream {
     async fn probe_once(&self) -> Result<Duration, String> {
         let started = Instant::now();
         let asked = async {
-            match self {
-                Upstream::Forward(pool, ..) => {
-                    let mut options = DnsRequestOptions::default();
-                    options.recursion_desired = true;
-                    let query = Query::query(Name::root(), RecordType::NS);
-                    match pool.lookup(query, options).first_answer().await {
-                        // An error rcode is an answer: the server is there.
-                        Ok(_) | Err(NetError::Dns(_)) => Ok(()),
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
-                _ => self
-                    .query(&Name::root(), RecordType::NS)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
-            }
+            self.query(&Name::root(), RecordType::NS)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
         };
         match tokio::time::timeout(PROBE_WITHIN, asked).await {
             Ok(Ok(())) => Ok(started.elapsed()),
@@ -310,7 +249,7 @@ impl std::fmt::Display for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Upstream::None => f.write_str("none"),
-            Upstream::Forward(_, servers, _) => {
+            Upstream::Forward(_, servers) => {
                 let list: Vec<String> = servers.iter().map(ToString::to_string).collect();
                 write!(f, "forwarder {}", list.join(", "))
             }
@@ -331,6 +270,30 @@ pub fn warn_failure(upstream: &Upstream, error: &UpstreamError, qname: &Name, qt
     let admitted = lock(&FAILURES).admit();
     if let Some(suppressed) = admitted {
         tracing::warn!(%error, %qname, %qtype, suppressed, "upstream {upstream} failed; answering SERVFAIL (at most one such line per {} s)", WARN_EVERY.as_secs());
+    }
+}
+
+/// A forwarder's answer as one hop. A negative one carries its SOA first.
+fn step_of(message: Message) -> Step {
+    let Message {
+        metadata,
+        answers,
+        authorities,
+        ..
+    } = message;
+    let authority = if answers.is_empty() {
+        let soa = authorities
+            .iter()
+            .find(|r| r.record_type() == RecordType::SOA)
+            .cloned();
+        negative_authority(soa, Some(&authorities))
+    } else {
+        authorities
+    };
+    Step {
+        rcode: metadata.response_code,
+        answers,
+        authority,
     }
 }
 

@@ -9,11 +9,18 @@
 #                this address, and from the same port on 127.0.0.99;
 #   guessed-*    first a forged answer with the right ID from the right port
 #                (an attacker who guessed both: the positive control);
-# then, 50 ms later, the true answer (192.0.2.1). Others: the true answer at once.
+#   wrongq-*     first a forged answer with the right ID from the right port,
+#                for another name (the question's first letter changed);
+# then, 50 ms later, the true answer (192.0.2.1).
+#   case-*       the true answer at once, its question in upper case;
+#   tc-*         over UDP an empty answer with TC set; over TCP (same port,
+#                logged with " tcp") the true answer.
+# Others: the true answer at once.
 import random
 import socket
 import struct
 import sys
+import threading
 import time
 
 ip, log = sys.argv[1], open(sys.argv[2], "a", buffering=1)
@@ -25,6 +32,10 @@ other_port = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 other_port.bind((ip, 0))
 other_ip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 other_ip.bind(("127.0.0.99", port))
+tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+tcp.bind((ip, port))
+tcp.listen(64)
 print("port", port, flush=True)
 rng = random.Random(7)
 
@@ -36,11 +47,43 @@ def qname_end(msg):
     return at + 1
 
 
-def answer(query, qid, address):
+def answer(query, qid, address, question=None):
     end = qname_end(query) + 4
     header = struct.pack(">HHHHHH", qid, 0x8180, 1, 1, 0, 0)
     record = struct.pack(">HHHIH", 0xC00C, 1, 1, 60, 4) + address
-    return header + query[12:end] + record
+    return header + (question or query[12:end]) + record
+
+
+def truncated(query, qid):
+    end = qname_end(query) + 4
+    return struct.pack(">HHHHHH", qid, 0x8380, 1, 0, 0, 0) + query[12:end]
+
+
+def serve_tcp():
+    while True:
+        conn, client = tcp.accept()
+        with conn:
+            conn.settimeout(5)
+            try:
+                size = struct.unpack(">H", conn.recv(2, socket.MSG_WAITALL))[0]
+                query = conn.recv(size, socket.MSG_WAITALL)
+                qid = struct.unpack(">H", query[:2])[0]
+                log.write(f"{client[1]} {qid} {name_of(query)} tcp\n")
+                reply = answer(query, qid, TRUE)
+                conn.sendall(struct.pack(">H", len(reply)) + reply)
+            except (OSError, struct.error):
+                pass
+
+
+def name_of(query):
+    labels, at = [], 12
+    while query[at]:
+        labels.append(query[at + 1 : at + 1 + query[at]].decode("ascii", "replace").lower())
+        at += 1 + query[at]
+    return ".".join(labels)
+
+
+threading.Thread(target=serve_tcp, daemon=True).start()
 
 
 while True:
@@ -67,6 +110,17 @@ while True:
         other_ip.sendto(answer(query, qid, FORGED), client)
     elif first.startswith("guessed-"):
         server.sendto(answer(query, qid, FORGED), client)
-    if first.split("-")[0] in ("wrongid", "wrongport", "guessed"):
+    elif first.startswith("wrongq-"):
+        end = qname_end(query) + 4
+        other = query[12:13] + b"x" + query[14:end]
+        server.sendto(answer(query, qid, FORGED, other), client)
+    elif first.startswith("case-"):
+        end = qname_end(query) + 4
+        server.sendto(answer(query, qid, TRUE, query[12:end].upper()), client)
+        continue
+    elif first.startswith("tc-"):
+        server.sendto(truncated(query, qid), client)
+        continue
+    if first.split("-")[0] in ("wrongid", "wrongport", "guessed", "wrongq"):
         time.sleep(0.05)
     server.sendto(answer(query, qid, TRUE), client)

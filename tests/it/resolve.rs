@@ -469,35 +469,52 @@ fn a_question(id: u16, name: &str) -> Vec<u8> {
 /// client, however it races the true one. Positive control first: an
 /// attacker who guesses both port and ID wins the race, so the forged
 /// packets do arrive and would be taken if they matched.
+/// The policy the spoofing upstream's tests serve: any name under f.test.
+fn spoof_policy(dir: &TempDir) -> std::path::PathBuf {
+    dir.write(
+        "f.yaml",
+        // Many fresh names under one domain: the exfiltration budget would
+        // refuse them (tests/exfil.rs tests it).
+        "agent_name: f\nexpected_outbound:\n  - destination: \"*.f.test\"\nexfil:\n  budget: off\n",
+    )
+}
+
+/// The addresses allowdns answers for `name` (A).
+fn addresses(dns: &Allowdns, name: &str) -> Vec<String> {
+    answers(&query(dns.udp, name, RecordType::A))
+        .into_iter()
+        .map(|(_, _, data)| data)
+        .collect()
+}
+
 #[test]
 fn forwarded_questions_spread_ports_and_ids_and_forged_answers_lose() {
     let dir = TempDir::new("forgery");
     let Some(up) = SpoofingUpstream::start(&dir) else {
         return;
     };
-    let policy = dir.write(
-        "f.yaml",
-        // Many fresh names under one domain: the exfiltration budget would
-        // refuse them (tests/exfil.rs tests it).
-        "agent_name: f\nexpected_outbound:\n  - destination: \"*.f.test\"\nexfil:\n  budget: off\n",
-    );
+    let policy = spoof_policy(&dir);
     let upstream = up.addr.to_string();
     let dns = Allowdns::serve(&[
         "--upstream",
         &upstream,
         "--policy",
         policy.to_str().unwrap(),
+        "--metrics",
+        "127.0.0.1:0",
     ]);
-    let addresses = |name: &str| -> Vec<String> {
-        answers(&query(dns.udp, name, RecordType::A))
-            .into_iter()
-            .map(|(_, _, data)| data)
-            .collect()
+    let addresses = |name: &str| addresses(&dns, name);
+    let dropped = || {
+        let text = dns.scrape("/metrics");
+        series_value(&text, "allowdns_upstream_dropped_total")
     };
 
     assert_eq!(addresses("guessed-1.f.test"), ["198.51.100.66"], "control");
+    assert_eq!(dropped(), 0.0);
+    // The question's name matches whatever its letter case.
+    assert_eq!(addresses("case-1.f.test"), ["192.0.2.1"]);
     for i in 0..20 {
-        for kind in ["wrongid", "wrongport"] {
+        for kind in ["wrongid", "wrongport", "wrongq"] {
             assert_eq!(
                 addresses(&format!("{kind}-{i}.f.test")),
                 ["192.0.2.1"],
@@ -506,6 +523,10 @@ fn forwarded_questions_spread_ports_and_ids_and_forged_answers_lose() {
         }
     }
     assert!(up.questions("wrongid-").len() >= 20);
+    // The forged answers did reach allowdns's sockets: each was dropped.
+    // (The copies from 127.0.0.99 may be filtered before; 64 wrong IDs, one
+    // wrong port and one wrong question per name are not.)
+    assert!(dropped() >= 20.0 * 66.0, "dropped {}", dropped());
 
     // 10,000 fresh names, 20 in flight at a time.
     let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -580,4 +601,111 @@ fn forwarded_questions_spread_ports_and_ids_and_forged_answers_lose() {
     assert!(ports.len() >= 256, "{} distinct source ports", ports.len());
     assert!(busiest * 50 <= seen.len(), "one port carried {busiest}");
     assert!(span >= 10_000, "source ports span only {span}");
+}
+
+/// TC over UDP: the same server is asked again over TCP, and its answer
+/// there is the one relayed.
+#[test]
+fn a_truncated_upstream_answer_is_asked_again_over_tcp() {
+    let dir = TempDir::new("tc");
+    let Some(up) = SpoofingUpstream::start(&dir) else {
+        return;
+    };
+    let policy = spoof_policy(&dir);
+    let upstream = up.addr.to_string();
+    let dns = Allowdns::forward(&upstream, &policy, &[]);
+    assert_eq!(addresses(&dns, "tc-1.f.test"), ["192.0.2.1"]);
+    let log = std::fs::read_to_string(&up.log).unwrap();
+    let asked: Vec<&str> = log.lines().filter(|l| l.contains(" tc-1.f.test")).collect();
+    assert_eq!(asked.len(), 2, "{log}");
+    assert!(!asked[0].ends_with(" tcp"), "UDP first: {log}");
+    assert!(asked[1].ends_with(" tcp"), "then TCP: {log}");
+}
+
+/// A UDP socket bound and never read: a forwarder that is down without
+/// saying so (no ICMP). Counts the questions (not the root probe) sent to it.
+struct Silent(std::net::UdpSocket);
+
+impl Silent {
+    fn bind(ip: &str) -> Silent {
+        let s = std::net::UdpSocket::bind(format!("{ip}:0")).unwrap();
+        s.set_nonblocking(true).unwrap();
+        Silent(s)
+    }
+
+    fn addr(&self) -> String {
+        self.0.local_addr().unwrap().to_string()
+    }
+
+    /// Questions received since the last call, the start-up probe's excluded.
+    fn questions(&self) -> usize {
+        let mut buf = [0u8; 512];
+        let mut n = 0;
+        while let Ok(len) = self.0.recv(&mut buf) {
+            // A root question has an empty name: byte 12 is 0.
+            n += usize::from(len > 12 && buf[12] != 0);
+        }
+        n
+    }
+}
+
+#[test]
+fn a_dead_first_forwarder_falls_over_to_the_second() {
+    let dir = TempDir::new("failover");
+    let Some(up) = SpoofingUpstream::start(&dir) else {
+        return;
+    };
+    let dead = Silent::bind("127.0.0.12");
+    let policy = spoof_policy(&dir);
+    let config = dir.write("allowdns.yaml", "upstream:\n  timeout_ms: 400\n");
+    let live = up.addr.to_string();
+    let dns = Allowdns::serve(&[
+        "--upstream",
+        &dead.addr(),
+        "--upstream",
+        &live,
+        "--policy",
+        policy.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(addresses(&dns, "one.f.test"), ["192.0.2.1"]);
+    assert_eq!(dead.questions(), 1, "the first server was asked first");
+    // The one that answered is asked first from now on.
+    for i in 0..5 {
+        assert_eq!(addresses(&dns, &format!("next-{i}.f.test")), ["192.0.2.1"]);
+    }
+    assert_eq!(dead.questions(), 0);
+    assert_eq!(up.questions("next-").len(), 5);
+}
+
+/// Every forwarder silent, each with more time than the deadline leaves:
+/// the second is still asked, and the client gets SERVFAIL at the deadline
+/// (`ANSWER_DEADLINE`, 6 s), not after both timeouts (10 s).
+#[test]
+fn silent_forwarders_give_servfail_at_the_answer_deadline() {
+    let dir = TempDir::new("deadline");
+    let (first, second) = (Silent::bind("127.0.0.12"), Silent::bind("127.0.0.13"));
+    let policy = spoof_policy(&dir);
+    let config = dir.write("allowdns.yaml", "upstream:\n  timeout_ms: 5000\n");
+    let dns = Allowdns::serve(&[
+        "--upstream",
+        &first.addr(),
+        "--upstream",
+        &second.addr(),
+        "--policy",
+        policy.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let started = std::time::Instant::now();
+    let m = query(dns.udp, "www.f.test", RecordType::A);
+    let took = started.elapsed();
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert!(m.answers.is_empty());
+    assert_eq!((first.questions(), second.questions()), (1, 1));
+    assert!(
+        took >= Duration::from_millis(5900) && took < Duration::from_secs(9),
+        "SERVFAIL after {took:?}"
+    );
 }

@@ -121,8 +121,8 @@ fn identical_questions_in_flight_are_merged_per_agent() {
         &dir,
         "  max_pending: 64\n  max_pending_per_agent: 32\n",
     );
-    // Baseline: what one question costs the upstream (hickory's pool may
-    // send more than one datagram per exchange), from agent A. Then five
+    // Baseline: what one question costs the upstream (a retry may send
+    // more than one datagram per exchange), from agent A. Then five
     // identical questions at once from agent B (whose cache is its own).
     let mut per_agent = Vec::new();
     for (from, n) in [("127.0.0.1", 1), ("127.0.0.2", 5)] {

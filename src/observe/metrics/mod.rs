@@ -131,6 +131,8 @@ pub struct Metrics {
     pub cache_misses: AtomicU64,
     pub upstream_queries: AtomicU64,
     pub upstream_errors: AtomicU64,
+    /// Datagrams on upstream sockets that answered nothing in flight there.
+    pub upstream_dropped: AtomicU64,
     pub upstream_latency: Histogram,
     /// Netlink batches sent to nftables, and the elements in them.
     pub nft_updates: AtomicU64,
@@ -169,6 +171,7 @@ impl Metrics {
             cache_misses: AtomicU64::new(0),
             upstream_queries: AtomicU64::new(0),
             upstream_errors: AtomicU64::new(0),
+            upstream_dropped: AtomicU64::new(0),
             upstream_latency: Histogram::new(),
             nft_updates: AtomicU64::new(0),
             nft_elements: AtomicU64::new(0),

@@ -69,7 +69,7 @@ impl Metrics {
             "Allowed questions answered from the cache (each CNAME hop counts).",
         )
         .sample("", sum(&|s| &s.cache_hits));
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 10] = [
             (
                 "allowdns_cache_misses_total",
                 "Allowed questions the cache could not answer.",
@@ -84,6 +84,11 @@ impl Metrics {
                 "allowdns_upstream_errors_total",
                 "Upstream exchanges that failed or timed out.",
                 &self.upstream_errors,
+            ),
+            (
+                "allowdns_upstream_dropped_total",
+                "Upstream datagrams dropped: from another address or port, an ID not in flight, or another question.",
+                &self.upstream_dropped,
             ),
             (
                 "allowdns_nft_updates_total",

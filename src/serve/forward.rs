@@ -1,0 +1,407 @@
+//! The forwarder: questions to the configured servers over a few long-lived
+//! UDP sockets, each with one receive loop, and over TCP when an answer comes
+//! back truncated. Hand-written rather than hickory's `NameServerPool`, which
+//! spends a task, a fresh socket and its epoll registration per exchange: a
+//! third or more of a forwarded miss's CPU (docs/performance.md).
+//!
+//! The floor on forgery resistance, per exchange:
+//! - a fresh random 16-bit ID, never one already in flight on its socket;
+//! - a source port drawn at random from the ephemeral range
+//!   (`net.ipv4.ip_local_port_range`: 28,232 ports, ~14.8 bits, by default),
+//!   not reused by the kernel's own choice;
+//! - a socket carries at most [`USES`] exchanges and lives at most
+//!   [`LIFETIME`], so a port an attacker learns is good for few answers.
+//!
+//! An off-path attacker must so guess about 30 bits for one answer. An answer
+//! is taken only from the server's address and port, with an ID in flight
+//! there, for the question asked (name case-insensitively, type, class);
+//! anything else is dropped and counted (`allowdns_upstream_dropped_total`).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use rand::RngExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::{Notify, oneshot};
+
+use crate::observe::metrics::METRICS;
+use crate::sync::lock;
+
+/// Exchanges one socket carries before it is replaced.
+pub const USES: u32 = 32;
+/// How long one socket is used before it is replaced, however idle.
+pub const LIFETIME: Duration = Duration::from_secs(10);
+/// Sockets taking new exchanges at once, per address family.
+const SLOTS: usize = 4;
+/// The EDNS payload asked for (the DNS flag day's size).
+const PAYLOAD: u16 = 1232;
+/// Larger than [`PAYLOAD`]: a server ignoring it still gets decoded.
+const RECEIVE_BUFFER: usize = 4096;
+/// Random ports tried before leaving the choice to the kernel.
+const BIND_TRIES: usize = 16;
+/// Used when `/proc` does not say.
+const EPHEMERAL: RangeInclusive<u16> = 32768..=60999;
+
+/// Forwards to `servers` in order, starting at the last one that answered.
+pub struct Forwarder {
+    servers: Vec<SocketAddr>,
+    /// Per attempt, per server.
+    timeout: Duration,
+    ports: RangeInclusive<u16>,
+    /// IPv4 sockets, then IPv6 ones.
+    slots: [[Mutex<Option<Arc<Socket>>>; SLOTS]; 2],
+    next: AtomicUsize,
+    preferred: AtomicUsize,
+}
+
+impl Forwarder {
+    pub fn new(servers: &[SocketAddr], timeout: Duration) -> Self {
+        Forwarder {
+            servers: servers.to_vec(),
+            timeout,
+            ports: ephemeral_range(),
+            slots: Default::default(),
+            next: AtomicUsize::new(0),
+            preferred: AtomicUsize::new(0),
+        }
+    }
+
+    /// The first usable answer (NOERROR or NXDOMAIN) from the servers, each
+    /// tried once; the error says what each server did.
+    pub async fn ask(&self, question: &Query) -> Result<Message, String> {
+        let mut wire = encode(question)?;
+        let count = self.servers.len();
+        let first = self.preferred.load(Relaxed);
+        let mut failures = Vec::new();
+        for k in 0..count {
+            let at = (first + k) % count;
+            let server = self.servers[at];
+            match self.exchange(server, question, &mut wire).await {
+                Ok(m)
+                    if matches!(
+                        m.metadata.response_code,
+                        ResponseCode::NoError | ResponseCode::NXDomain
+                    ) =>
+                {
+                    self.preferred.store(at, Relaxed);
+                    return Ok(m);
+                }
+                Ok(m) => failures.push(format!("{server} answered {}", m.metadata.response_code)),
+                Err(e) => failures.push(format!("{server}: {e}")),
+            }
+        }
+        Err(failures.join("; "))
+    }
+
+    /// One server's answer, whatever its rcode (the start-up probe's).
+    pub async fn ask_one(&self, server: SocketAddr, question: &Query) -> Result<Message, String> {
+        let mut wire = encode(question)?;
+        self.exchange(server, question, &mut wire).await
+    }
+
+    /// UDP, then TCP to the same server if the answer was truncated.
+    async fn exchange(
+        &self,
+        server: SocketAddr,
+        question: &Query,
+        wire: &mut [u8],
+    ) -> Result<Message, String> {
+        let answer = self.udp(server, question, wire).await?;
+        if answer.metadata.truncation {
+            return self.tcp(server, question, wire).await;
+        }
+        Ok(answer)
+    }
+
+    async fn udp(
+        &self,
+        server: SocketAddr,
+        question: &Query,
+        wire: &mut [u8],
+    ) -> Result<Message, String> {
+        let mut pending = self
+            .checkout(server, question)
+            .map_err(|e| format!("no UDP socket: {e}"))?;
+        wire[..2].copy_from_slice(&pending.id.to_be_bytes());
+        pending
+            .socket
+            .udp
+            .send_to(wire, server)
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        match tokio::time::timeout(self.timeout, &mut pending.answer).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err("receive loop ended".into()),
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+
+    /// A fresh random ID on a fresh connection: the kernel picks the port,
+    /// and an off-path attacker cannot inject into the stream blind.
+    async fn tcp(
+        &self,
+        server: SocketAddr,
+        question: &Query,
+        wire: &mut [u8],
+    ) -> Result<Message, String> {
+        let id: u16 = rand::random();
+        wire[..2].copy_from_slice(&id.to_be_bytes());
+        let exchange = async {
+            let mut stream = TcpStream::connect(server).await?;
+            let len = u16::try_from(wire.len()).map_err(io::Error::other)?;
+            let mut out = Vec::with_capacity(2 + wire.len());
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(wire);
+            stream.write_all(&out).await?;
+            let len = stream.read_u16().await?;
+            let mut answer = vec![0; usize::from(len)];
+            stream.read_exact(&mut answer).await?;
+            io::Result::Ok(answer)
+        };
+        let bytes = match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => return Err(format!("TCP after truncation: {e}")),
+            Err(_) => return Err(format!("no TCP answer within {:?}", self.timeout)),
+        };
+        let answer = Message::from_vec(&bytes).map_err(|e| format!("TCP answer: {e}"))?;
+        if answer.metadata.id != id || !answers(&answer, question) {
+            METRICS.upstream_dropped.fetch_add(1, Relaxed);
+            return Err("TCP answer was not for the question asked".into());
+        }
+        Ok(answer)
+    }
+
+    /// A socket of the right family with `question` registered under a
+    /// fresh ID, replacing the slot's socket when it has served its turn.
+    fn checkout(&self, server: SocketAddr, question: &Query) -> io::Result<Pending> {
+        let family = usize::from(server.is_ipv6());
+        let at = self.next.fetch_add(1, Relaxed) % SLOTS;
+        let mut slot = lock(&self.slots[family][at]);
+        if let Some(pending) = slot.as_ref().and_then(|s| s.admit(server, question)) {
+            return Ok(pending);
+        }
+        let socket = Socket::open(server, &self.ports)?;
+        let pending = socket
+            .admit(server, question)
+            .ok_or_else(|| io::Error::other("a fresh socket refused an exchange"))?;
+        *slot = Some(socket);
+        Ok(pending)
+    }
+}
+
+/// One long-lived UDP socket and the exchanges in flight on it.
+struct Socket {
+    udp: UdpSocket,
+    born: Instant,
+    flights: Mutex<Flights>,
+    /// Told when the socket is retired and its last exchange is over: its
+    /// receive loop ends and the port is closed.
+    done: Notify,
+}
+
+#[derive(Default)]
+struct Flights {
+    waiting: HashMap<u16, Waiter>,
+    issued: u32,
+    retired: bool,
+}
+
+struct Waiter {
+    server: SocketAddr,
+    question: Query,
+    serial: u32,
+    answer: oneshot::Sender<Message>,
+}
+
+/// An exchange in flight; leaves its socket's table when dropped (answered,
+/// timed out or abandoned).
+struct Pending {
+    socket: Arc<Socket>,
+    id: u16,
+    serial: u32,
+    answer: oneshot::Receiver<Message>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut flights = lock(&self.socket.flights);
+        if flights.waiting.get(&self.id).map(|w| w.serial) == Some(self.serial) {
+            flights.waiting.remove(&self.id);
+        }
+        if flights.retired && flights.waiting.is_empty() {
+            self.socket.done.notify_one();
+        }
+    }
+}
+
+impl Socket {
+    /// Bound to a random port of `ports` (the kernel's choice if
+    /// [`BIND_TRIES`] random ones are taken), with its receive loop running.
+    fn open(server: SocketAddr, ports: &RangeInclusive<u16>) -> io::Result<Arc<Socket>> {
+        let any = |port| match server {
+            SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+            SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+        };
+        let mut rng = rand::rng();
+        let mut bound = None;
+        for _ in 0..BIND_TRIES {
+            match std::net::UdpSocket::bind(any(rng.random_range(ports.clone()))) {
+                Ok(s) => {
+                    bound = Some(s);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let std = match bound {
+            Some(s) => s,
+            None => std::net::UdpSocket::bind(any(0))?,
+        };
+        std.set_nonblocking(true)?;
+        let socket = Arc::new(Socket {
+            udp: UdpSocket::from_std(std)?,
+            born: Instant::now(),
+            flights: Mutex::default(),
+            done: Notify::new(),
+        });
+        tokio::spawn(receive(socket.clone()));
+        Ok(socket)
+    }
+
+    /// Registers an exchange under a random ID not in flight here, unless
+    /// the socket has served its turn (then it is retired: `None`).
+    fn admit(self: &Arc<Self>, server: SocketAddr, question: &Query) -> Option<Pending> {
+        let mut flights = lock(&self.flights);
+        if flights.retired || self.born.elapsed() >= LIFETIME {
+            flights.retired = true;
+            if flights.waiting.is_empty() {
+                self.done.notify_one();
+            }
+            return None;
+        }
+        let mut rng = rand::rng();
+        let id = loop {
+            let id: u16 = rng.random();
+            if !flights.waiting.contains_key(&id) {
+                break id;
+            }
+        };
+        flights.issued += 1;
+        flights.retired = flights.issued >= USES;
+        let serial = flights.issued;
+        let (tx, rx) = oneshot::channel();
+        flights.waiting.insert(
+            id,
+            Waiter {
+                server,
+                question: question.clone(),
+                serial,
+                answer: tx,
+            },
+        );
+        Some(Pending {
+            socket: self.clone(),
+            id,
+            serial,
+            answer: rx,
+        })
+    }
+
+    /// Hands a datagram to the exchange it answers, or drops it.
+    fn deliver(&self, bytes: &[u8], from: SocketAddr) {
+        let dropped = || {
+            METRICS.upstream_dropped.fetch_add(1, Relaxed);
+        };
+        let Some(id) = bytes.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
+            return dropped();
+        };
+        // Decode only what could be an answer: the cheap checks first.
+        let expected = {
+            let flights = lock(&self.flights);
+            matches!(flights.waiting.get(&id), Some(w) if w.server == from)
+        };
+        if !expected {
+            return dropped();
+        }
+        let Ok(message) = Message::from_vec(bytes) else {
+            return dropped();
+        };
+        let mut flights = lock(&self.flights);
+        match flights.waiting.get(&id) {
+            Some(w) if w.server == from && answers(&message, &w.question) => {}
+            Some(_) => return dropped(),
+            // Given up on meanwhile.
+            None => return,
+        }
+        let waiter = flights.waiting.remove(&id);
+        drop(flights);
+        if let Some(waiter) = waiter {
+            let _ = waiter.answer.send(message);
+        }
+    }
+}
+
+/// Reads answers until the socket is retired and idle.
+async fn receive(socket: Arc<Socket>) {
+    let mut buf = vec![0u8; RECEIVE_BUFFER];
+    loop {
+        tokio::select! {
+            got = socket.udp.recv_from(&mut buf) => match got {
+                Ok((n, from)) => socket.deliver(&buf[..n], from),
+                // Nothing queued is lost by trying again; do not spin.
+                Err(_) => tokio::task::yield_now().await,
+            },
+            () = socket.done.notified() => return,
+        }
+    }
+}
+
+/// Whether `message` is a response to exactly `question`.
+fn answers(message: &Message, question: &Query) -> bool {
+    let m = &message.metadata;
+    m.message_type == MessageType::Response
+        && m.op_code == OpCode::Query
+        && message.queries.len() == 1
+        && message.queries[0].name == question.name
+        && message.queries[0].query_type == question.query_type
+        && message.queries[0].query_class == question.query_class
+}
+
+/// The question on the wire, recursion desired, with EDNS; its ID (the
+/// first two bytes) is written per attempt.
+fn encode(question: &Query) -> Result<Vec<u8>, String> {
+    let mut message = Message::new(0, MessageType::Query, OpCode::Query);
+    message.metadata.recursion_desired = true;
+    message.add_query(question.clone());
+    let mut edns = Edns::new();
+    edns.set_max_payload(PAYLOAD);
+    message.set_edns(edns);
+    message.to_vec().map_err(|e| {
+        format!(
+            "cannot encode {} {}: {e}",
+            question.name, question.query_type
+        )
+    })
+}
+
+/// The kernel's ephemeral port range (read once, at start).
+fn ephemeral_range() -> RangeInclusive<u16> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range");
+    let parsed = text.ok().and_then(|t| {
+        let mut w = t.split_whitespace().map(|p| p.parse::<u16>().ok());
+        Some((w.next()??, w.next()??))
+    });
+    match parsed {
+        Some((low, high)) if low >= 1024 && low < high => low..=high,
+        _ => EPHEMERAL,
+    }
+}
