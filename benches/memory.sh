@@ -14,7 +14,7 @@
 #
 # Usage: benches/memory.sh   (needs dnsperf, unbound, python3; knotd optional)
 # Env:   FLOOD=1000000 KIND=allowed SERVERS="allowdns unbound" PARALLEL=1
-#        BIN=target/release/allowdns ARGS= (extra `serve` arguments)
+#        BIN=target/release/allowdns ARGS= (extra `serve` arguments) PORT=5340
 # PARALLEL=1 floods every server at once (the same load, half the wall time).
 # Traffic stays on 127.0.0.1.
 set -euo pipefail
@@ -46,8 +46,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-UP=5340
-port_of() { case $1 in allowdns) echo 5341;; unbound) echo 5342;; esac; }
+PORT=${PORT:-5340}
+UP=$PORT
+port_of() { case $1 in allowdns) echo $((PORT + 1));; unbound) echo $((PORT + 2));; esac; }
 
 mkdir -p "$WORK/zones" "$WORK/up"
 cat > "$WORK/zones/flood.bench.zone" <<'ZONE'
