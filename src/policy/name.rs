@@ -28,8 +28,15 @@ impl QueryKey {
     pub fn of(name: &Name) -> Option<QueryKey> {
         // `Name::len` counts a dot per label, one more than the key has:
         // the exact size, so boxing the key does not reallocate it.
-        let mut key = String::with_capacity(name.len().saturating_sub(1));
-        for label in name.iter() {
+        QueryKey::of_labels(name.iter(), name.len().saturating_sub(1))
+    }
+
+    /// [`QueryKey::of`] from the name's labels as they are on the wire
+    /// (`len`: the key's length, for its allocation), without decoding a
+    /// [`Name`] first.
+    pub fn of_labels<'a>(labels: impl Iterator<Item = &'a [u8]>, len: usize) -> Option<QueryKey> {
+        let mut key = String::with_capacity(len);
+        for label in labels {
             if !key.is_empty() {
                 key.push('.');
             }

@@ -155,9 +155,10 @@ impl Answerer {
             why.count();
             return Answer::Nothing;
         }
-        if let Some(reply) = self.handler.hit(raw, client, transport, started) {
-            return Answer::Reply(reply);
-        }
+        let known = match self.handler.hit(raw, client, transport, started) {
+            Ok(reply) => return Answer::Reply(reply),
+            Err(known) => known,
+        };
         let request = match wire::decode(raw, client, transport) {
             Ok(request) => request,
             Err(_) => {
@@ -167,7 +168,7 @@ impl Answerer {
                     .map_or(Answer::Nothing, Answer::Reply);
             }
         };
-        let (outcome, in_force, chosen) = match self.handler.begin(&request) {
+        let (outcome, in_force, chosen) = match self.handler.begin(&request, known) {
             Progress::Answered(mut outcome) => {
                 let Some(keep) = outcome.keep.take() else {
                     return Answer::Reply(reply(&self.handler, &request, outcome, started));

@@ -17,13 +17,20 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{Name, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
+use crate::policy::name::QueryKey;
+
 const HEADER_LEN: usize = 12;
 
 /// The question of a plain query: opcode QUERY, one question spelled out
 /// (no compression pointer), no answer or authority records. Anything else
 /// takes the full path.
+///
+/// Read from the labels as they are: the name's key and type, no [`Name`]
+/// (decoded by [`Question::name`] only when the fast path answers), so a
+/// question the full path must answer is decoded once, there.
 pub struct Question {
-    pub name: Name,
+    /// `None`: a label holds a byte no policy can spell.
+    pub key: Option<QueryKey>,
     pub qtype: RecordType,
     class: u16,
     /// Where the question ends in the query.
@@ -44,18 +51,30 @@ impl Question {
                 _ => return None,
             }
         }
+        // The wire form's length, root label included, is at most 255.
+        if at + 1 - HEADER_LEN > 255 {
+            return None;
+        }
         let end = at + 5;
-        let class = u16::from_be_bytes([*raw.get(end - 2)?, *raw.get(end - 1)?]);
-        let mut decoder = BinDecoder::new(raw);
-        decoder.read_slice(HEADER_LEN).ok()?;
-        let name = Name::read(&mut decoder).ok()?;
-        let qtype = RecordType::read(&mut decoder).ok()?;
+        let field = |at: usize| Some(u16::from_be_bytes([*raw.get(at)?, *raw.get(at + 1)?]));
+        let (qtype, class) = (field(end - 4)?, field(end - 2)?);
+        let key = QueryKey::of_labels(
+            labels(&raw[HEADER_LEN..at]),
+            (at - HEADER_LEN).saturating_sub(1),
+        );
         Some(Question {
-            name,
-            qtype,
+            key,
+            qtype: RecordType::from(qtype),
             class,
             end,
         })
+    }
+
+    /// The question's name, as the client spelled it.
+    pub fn name(&self, raw: &[u8]) -> Option<Name> {
+        let mut decoder = BinDecoder::new(raw);
+        decoder.read_slice(HEADER_LEN).ok()?;
+        Name::read(&mut decoder).ok()
     }
 
     /// The reply size limit, if the rest of the query is an EDNS version 0
@@ -99,9 +118,8 @@ pub fn denial(
     if q.class != 1 || matches!(q.qtype, RecordType::AXFR | RecordType::IXFR) {
         return None;
     }
-    if q.name
-        .iter()
-        .next_back()
+    if labels(&raw[HEADER_LEN..q.end - 4])
+        .last()
         .is_some_and(|l| l.eq_ignore_ascii_case(b"invalid"))
     {
         return None;
@@ -140,10 +158,19 @@ pub fn denial(
     (out.len() <= limit).then_some(out)
 }
 
-/// An answer ready to send for one exact query.
+/// An answer ready to send for one query (any ID, the name in any case).
+///
+/// The full path echoes the question as the client sent it, and never
+/// compresses a record's name against it (hickory-server's encoder keeps
+/// the question section whole as its one pointer candidate), so the rest
+/// of the reply does not depend on how the question's name is cased: a
+/// query spelled in another case (DNS 0x20) gets these bytes with its own
+/// question copied in, as the full path would send them.
 pub struct Ready {
     /// The query it answers, from the byte after the ID on.
     query: Box<[u8]>,
+    /// Where the question's name ends (in the query and the reply alike).
+    name_end: usize,
     tcp: bool,
     reply: Box<[u8]>,
     /// Where the TTL of each answer and authority record sits in `reply`.
@@ -171,8 +198,14 @@ impl Ready {
     ) -> Option<Ready> {
         let ttls = ttl_offsets(reply)?;
         let lasts = ttls.iter().map(|&at| ttl_at(reply, at)).min()?;
+        let end = Question::read(query)?.end;
+        // The reply must echo the question as it came, for the copy above.
+        if reply.get(HEADER_LEN..end) != query.get(HEADER_LEN..end) {
+            return None;
+        }
         Some(Ready {
             query: query.get(2..)?.into(),
+            name_end: end - 4,
             tcp,
             reply: reply.into(),
             ttls,
@@ -184,9 +217,20 @@ impl Ready {
         })
     }
 
-    /// Whether this is the answer to `raw` (any ID) over this transport.
+    /// Whether this is the answer to `raw` (any ID, the name in any case)
+    /// over this transport: every other byte must be the same.
     pub fn answers(&self, raw: &[u8], tcp: bool) -> bool {
-        self.tcp == tcp && raw.get(2..) == Some(&self.query[..])
+        let Some(asked) = raw.get(2..) else {
+            return false;
+        };
+        // Offsets in `query`, which starts after the ID.
+        let (name, end) = (HEADER_LEN - 2, self.name_end - 2);
+        self.tcp == tcp
+            && asked.len() == self.query.len()
+            && asked[..name] == self.query[..name]
+            // Label lengths are below 64: only letters fold.
+            && asked[name..end].eq_ignore_ascii_case(&self.query[name..end])
+            && asked[end..] == self.query[end..]
     }
 
     /// The reply to `raw` at `now`, with its answer records as sent; `None`
@@ -200,6 +244,8 @@ impl Ready {
         let age = age as u32;
         let mut reply = self.reply.to_vec();
         reply[..2].copy_from_slice(raw.get(..2)?);
+        // The client's own spelling of the name.
+        reply[HEADER_LEN..self.name_end].copy_from_slice(raw.get(HEADER_LEN..self.name_end)?);
         let mut answers = self.answers.clone();
         if age > 0 {
             for &at in &self.ttls {
@@ -212,6 +258,16 @@ impl Ready {
         }
         Some((reply, answers))
     }
+}
+
+/// The labels of an uncompressed wire name (its root label left out).
+fn labels(mut wire: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let (&len, rest) = wire.split_first()?;
+        let (label, rest) = rest.split_at_checked(usize::from(len))?;
+        wire = rest;
+        (len > 0).then_some(label)
+    })
 }
 
 fn ttl_at(reply: &[u8], at: usize) -> u32 {
@@ -365,6 +421,30 @@ mod tests {
     }
 
     #[test]
+    fn the_key_read_from_the_wire_is_the_decoded_names() {
+        let long = [b'x'; 63];
+        let names: Vec<Vec<&[u8]>> = vec![
+            vec![b"c0ffee", b"t1", b"tunnel", b"evil", b"example"],
+            vec![b"MiXeD", b"CaSe", b"ExAmPlE"],
+            vec![],
+            vec![b"with space", b"a\x00b", b"test"],
+            vec![b"under_score", b"dash-ed", b"A1"],
+            vec![b"dot.inside", b"test"],
+            vec![&long, &long, &long, b"example"],
+        ];
+        for name in &names {
+            let raw = query([1, 0], name, 1, None);
+            let q = Question::read(&raw).unwrap();
+            let decoded = q.name(&raw).unwrap();
+            assert_eq!(q.key, QueryKey::of(&decoded), "{name:?}");
+        }
+        // Past 255 bytes on the wire: not a name; the full path answers FORMERR.
+        let four: Vec<&[u8]> = vec![&long; 4];
+        let raw = query([1, 0], &four, 1, None);
+        assert!(Question::read(&raw).is_none());
+    }
+
+    #[test]
     fn ttls_are_found_in_answers_and_authority_only() {
         assert_eq!(&*ttl_offsets(REPLY).unwrap(), &[43]);
         assert_eq!(ttl_at(REPLY, 43), 300);
@@ -389,10 +469,37 @@ mod tests {
                 .reply(&asked, ready.built + std::time::Duration::from_secs(300))
                 .is_none()
         );
+        // DNS 0x20: the same question in another case gets the kept answer
+        // with its own question; a type differing only in "case" does not.
+        let mut mixed = asked.clone();
+        mixed[13..18].copy_from_slice(b"HoSt1");
+        assert!(ready.answers(&mixed, false));
+        let (echoed, _) = ready.reply(&mixed, ready.built).unwrap();
+        assert_eq!(&echoed[12..32], &mixed[12..32]);
+        assert_eq!(&echoed[32..], &REPLY[32..]);
+        let mut https = asked.clone();
+        https[34] = 0x41;
+        let kept = Ready::new(&https, false, REPLY, Vec::new(), ResponseCode::NoError, 0);
+        assert!(kept.is_none(), "the reply's question is not this query's");
+        let mut reply = REPLY.to_vec();
+        reply[34] = 0x41;
+        let https_ready =
+            Ready::new(&https, false, &reply, Vec::new(), ResponseCode::NoError, 0).unwrap();
+        let mut other = https.clone();
+        other[34] = 0x61;
+        assert!(https_ready.answers(&https, false));
+        assert!(
+            !https_ready.answers(&other, false),
+            "type 97 is not type 65"
+        );
+        let mut longer = asked.clone();
+        longer.push(0);
+        assert!(!ready.answers(&longer, false));
         let q = Question::read(&asked).unwrap();
         assert_eq!(
-            (q.name.to_ascii().as_str(), q.qtype),
+            (q.name(&asked).unwrap().to_ascii().as_str(), q.qtype),
             ("host1.allowed.bench.", RecordType::A)
         );
+        assert_eq!(q.key.unwrap().as_str(), "host1.allowed.bench");
     }
 }

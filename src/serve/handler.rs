@@ -208,7 +208,8 @@ impl Handler {
     }
 
     /// Everything that needs no waiting; the whole answer unless an upstream is needed.
-    pub fn begin(&self, request: &Request) -> Progress {
+    /// `known`: the question's key when the fast path read it already.
+    pub fn begin(&self, request: &Request, known: Option<Option<QueryKey>>) -> Progress {
         let src = request.src();
         let in_force = self.state.snapshot();
         // The client first: hosts no policy governs learn nothing, not even FORMERR.
@@ -223,7 +224,7 @@ impl Handler {
         let query = request.queries.queries()[0].original();
         let (name, qtype) = (query.name(), query.query_type());
         // The one spelling every step below compares the name in.
-        let matched = QueryKey::of(name);
+        let matched = known.unwrap_or_else(|| QueryKey::of(name));
         // Monitor mode's lookups outside the allowlist are attributed too.
         let mut logged_owner = None;
         let (policy, rule, decision) = match decide::rule(governing, matched.as_ref()) {
@@ -328,29 +329,44 @@ impl Handler {
     /// kept ready for this exact query, if the same policy set still allows
     /// it, or the denial built from the query's bytes; with the same
     /// decision, alert, fence feeding and audit record as the full path.
-    /// `None`: take the full path.
+    /// `Err`: take the full path, with the question's key when it was read.
     pub fn hit(
         &self,
         raw: &[u8],
         src: SocketAddr,
         transport: Transport,
         started: Instant,
+    ) -> Result<Vec<u8>, Option<Option<QueryKey>>> {
+        let Some(question) = crate::serve::fast::Question::read(raw) else {
+            return Err(None);
+        };
+        self.answer_fast(raw, &question, src, transport, started)
+            .ok_or(Some(question.key))
+    }
+
+    fn answer_fast(
+        &self,
+        raw: &[u8],
+        question: &crate::serve::fast::Question,
+        src: SocketAddr,
+        transport: Transport,
+        started: Instant,
     ) -> Option<Vec<u8>> {
-        let question = crate::serve::fast::Question::read(raw)?;
-        let key = QueryKey::of(&question.name)?;
+        let key = question.key.as_ref()?;
         let loaded = self.state.snapshot();
         let governing = loaded.policies.for_client(src.ip())?;
         let tcp = transport == Transport::Tcp;
-        let (policy, rule) = match decide::rule(governing, Some(&key)) {
+        let (policy, rule) = match decide::rule(governing, Some(key)) {
             Ruling::Allow { policy, rule } => (policy, rule),
             Ruling::Deny { policy } => {
                 let agent = &policy.agent;
                 let reply =
-                    crate::serve::fast::denial(raw, &question, tcp, self.negative_ttl, agent)?;
-                let mut outcome = self.deny(policy, src, transport, &question.name, question.qtype);
+                    crate::serve::fast::denial(raw, question, tcp, self.negative_ttl, agent)?;
+                let name = question.name(raw)?;
+                let mut outcome = self.deny(policy, src, transport, &name, question.qtype);
                 // The audit record does not hold the authority section.
                 outcome.authority.clear();
-                let query = Some((&question.name, question.qtype));
+                let query = Some((&name, question.qtype));
                 self.log(src, transport, query, outcome, started);
                 return Some(reply);
             }
@@ -362,11 +378,12 @@ impl Handler {
         let ready = self
             .resolver
             .cache()
-            .ready(policy.id, &key, question.qtype)?;
+            .ready(policy.id, key, question.qtype)?;
         if ready.generation != loaded.generation || !ready.answers(raw, tcp) {
             return None;
         }
         let (reply, mut answers) = ready.reply(raw, Instant::now())?;
+        let name = question.name(raw)?;
         if let Some(firewall) = &self.firewall {
             // A failure is the full path's to answer (SERVFAIL) and alert.
             let fed = firewall.feed_decided_at(policy, rule, loaded.generation, &mut answers);
@@ -382,7 +399,7 @@ impl Handler {
             dynamic: rule.dynamic,
             ..Outcome::new(ResponseCode::NoError, Decision::Allow, Some(policy))
         };
-        let query = Some((&question.name, question.qtype));
+        let query = Some((&name, question.qtype));
         self.log(src, transport, query, outcome, started);
         Some(reply)
     }

@@ -157,6 +157,28 @@ fn wire_query(id: u16, name: &str, qtype: RecordType, edns: bool) -> Vec<u8> {
     out
 }
 
+/// `query` with the letters of its question's name in alternating case,
+/// starting upper (or lower, with `odd`): how a DNS 0x20 client asks.
+fn recased(query: &[u8], odd: bool) -> Vec<u8> {
+    let mut out = query.to_vec();
+    let (mut at, mut letter) = (12, usize::from(odd));
+    while out[at] != 0 {
+        let end = at + 1 + out[at] as usize;
+        for b in &mut out[at + 1..end] {
+            if b.is_ascii_alphabetic() {
+                *b = if letter % 2 == 0 {
+                    b.to_ascii_uppercase()
+                } else {
+                    b.to_ascii_lowercase()
+                };
+                letter += 1;
+            }
+        }
+        at = end;
+    }
+    out
+}
+
 /// A reply with its ID and the TTLs of its answer and authority records zeroed.
 fn without_id_and_ttls(reply: &[u8]) -> Vec<u8> {
     fn skip_name(m: &[u8], mut at: usize) -> usize {
@@ -246,11 +268,49 @@ fn a_cache_hit_answers_byte_for_byte_as_the_full_path_over_the_name_corpus() {
             }
         }
     }
+    // DNS 0x20: the same names spelled in two other cases. The UDP answer
+    // kept for the first spelling answers the second (the fast path matches
+    // the name in any case); TCP has no answer kept in either, so the full
+    // path answers it there. Both must be the same bytes, the client's own
+    // spelling echoed in the question.
+    let mut mixed = 0;
+    for (name, qtype) in &rows {
+        let ask = |id: u16, odd: bool, tcp: bool| {
+            let query = recased(&wire_query(id, name, *qtype, true), odd);
+            let reply = if tcp {
+                exchange_tcp(dns.tcp, &query)
+            } else {
+                exchange_udp(dns.udp, &query, None)
+            };
+            (query, reply)
+        };
+        id = id.wrapping_add(3);
+        let (first, _) = ask(id, false, false);
+        let (second, fast) = ask(id.wrapping_add(1), true, false);
+        let (_, full) = ask(id.wrapping_add(2), true, true);
+        // No letters, or truncated over UDP: nothing to compare.
+        if first[2..] == second[2..] || fast[2] & 0x02 != 0 {
+            continue;
+        }
+        mixed += 1;
+        let question = 12..second.len() - 11;
+        assert_eq!(
+            fast[question.clone()],
+            second[question],
+            "{name}: the client's spelling"
+        );
+        if without_id_and_ttls(&fast) != without_id_and_ttls(&full) {
+            wrong.push(format!(
+                "{name} {qtype} in mixed case, fast path (UDP) against full path (TCP):\n  {fast:02x?}\n  {full:02x?}"
+            ));
+        }
+    }
     // Positive control: most of the corpus is allowed, answered and cached.
     assert!(
         hits >= 90,
         "only {hits} answers with records: the comparison proves little"
     );
+    assert!(mixed >= 90, "only {mixed} names compared in mixed case");
     assert!(
         wrong.is_empty(),
         "{} replies differ:\n{}",

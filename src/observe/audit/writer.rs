@@ -29,6 +29,11 @@ use crate::sync::lock;
 const CAPACITY: usize = 65_536;
 /// How often the writer wakes to drain the buffer.
 const TICK: Duration = Duration::from_millis(5);
+/// Records a buffer keeps room for between passes: a few passes' worth at
+/// 100k queries a second. A burst grows a buffer past it; the room is given
+/// back after the pass that drains it, so one burst does not stay resident
+/// (a record is about 600 bytes with its answers).
+const KEEP: usize = 2048;
 
 /// One thread's buffered records.
 type Buffer = Mutex<Vec<AuditRecord>>;
@@ -159,7 +164,7 @@ impl AuditLog {
                 return buffer.clone();
             }
             own.retain(|(log, _)| log.strong_count() > 0);
-            let buffer = Arc::new(Mutex::new(Vec::with_capacity(1024)));
+            let buffer = Arc::new(Mutex::new(Vec::with_capacity(KEEP / 2)));
             lock(&self.shared.buffers).push(buffer.clone());
             own.push((Arc::downgrade(&self.shared), buffer.clone()));
             buffer
@@ -357,6 +362,7 @@ impl Writer {
                 ok = self.write_chunk();
             }
         }
+        batch.shrink_to(KEEP);
         self.batch = batch;
         ok = ok && self.write_chunk();
         if ok && let Err(e) = self.out.sink().flush() {
@@ -393,6 +399,8 @@ impl Writer {
             if !self.spare.is_empty() {
                 self.batch.append(&mut self.spare);
             }
+            // The next thread gets this one's room back, within KEEP.
+            self.spare.shrink_to(KEEP);
             // Held only here: the thread has ended and left nothing.
             Arc::strong_count(buffer) > 1
         });
