@@ -506,7 +506,7 @@ fn forwarded_questions_spread_ports_and_ids_and_forged_answers_lose() {
     let addresses = |name: &str| addresses(&dns, name);
     let dropped = || {
         let text = dns.scrape("/metrics");
-        series_value(&text, "allowdns_upstream_dropped_total")
+        series_value::<f64>(&text, "allowdns_upstream_dropped_total")
     };
 
     assert_eq!(addresses("guessed-1.f.test"), ["198.51.100.66"], "control");
