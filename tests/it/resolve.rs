@@ -463,12 +463,6 @@ fn a_question(id: u16, name: &str) -> Vec<u8> {
     q
 }
 
-/// Forgery resistance of the forwarder, seen from outside: over 10,000
-/// forwarded questions the source ports and IDs are spread, and an answer
-/// with the wrong ID, or from the wrong port or address, never reaches the
-/// client, however it races the true one. Positive control first: an
-/// attacker who guesses both port and ID wins the race, so the forged
-/// packets do arrive and would be taken if they matched.
 /// The policy the spoofing upstream's tests serve: any name under f.test.
 fn spoof_policy(dir: &TempDir) -> std::path::PathBuf {
     dir.write(
@@ -487,6 +481,12 @@ fn addresses(dns: &Allowdns, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// Forgery resistance of the forwarder, seen from outside: over 10,000
+/// forwarded questions the source ports and IDs are spread, and an answer
+/// with the wrong ID, or from the wrong port or address, never reaches the
+/// client, however it races the true one. Positive control first: an
+/// attacker who guesses both port and ID wins the race, so the forged
+/// packets do arrive and would be taken if they matched.
 #[test]
 fn forwarded_questions_spread_ports_and_ids_and_forged_answers_lose() {
     let dir = TempDir::new("forgery");
