@@ -13,7 +13,8 @@ use std::time::Duration;
 pub use crate::policy::firewall::Family;
 use netlink_packet_core::{
     DecodeError, DefaultNla, Emitable as _, NLA_TYPE_MASK, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NlasIterator,
+    NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    Nla, NlasIterator,
 };
 use netlink_packet_netfilter::nftables::{
     DataAttribute, ListAttribute, NfTablesMessage, SetAttribute, SetElementAttribute,
@@ -301,6 +302,13 @@ impl Netlink {
                 if raw.sequence_number() != seq {
                     continue;
                 }
+                // The set changed during the dump: the listing may miss elements.
+                if raw.flags() & NLM_F_DUMP_INTR != 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Interrupted,
+                        "the kernel interrupted the dump (the set changed meanwhile)",
+                    ));
+                }
                 match decode(raw)?.payload {
                     // A dump's end carries its status; an interrupted or failed dump is an error.
                     NetlinkPayload::Done(done) => {
@@ -356,7 +364,7 @@ fn encode_batch<'a>(ops: &[SetOp<'a>], seq: &mut u32) -> (Vec<u8>, Vec<Sent<'a>>
     let mut sent = Vec::new();
     for op in ops {
         for (adding, elements) in [(false, op.delete), (true, op.add)] {
-            // Large lists are split so each message stays well under a page.
+            // Large lists are split: 64 elements with the longest labels make about 12 KB.
             for chunk in elements.chunks(64) {
                 let this = next_seq(seq);
                 let body = SetElementMessage {

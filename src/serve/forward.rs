@@ -9,8 +9,9 @@
 //! - a source port drawn at random from the ephemeral range
 //!   (`net.ipv4.ip_local_port_range`: 28,232 ports, ~14.8 bits, by default),
 //!   not reused by the kernel's own choice;
-//! - a socket carries at most [`USES`] exchanges and lives at most
-//!   [`LIFETIME`], so a port an attacker learns is good for few answers.
+//! - a socket takes at most [`USES`] exchanges, and none once it is
+//!   [`LIFETIME`] old, so a port an attacker learns is good for few answers
+//!   (an idle socket's port stays open, but nothing is in flight on it).
 //!
 //! An off-path attacker must so guess about 30 bits for one answer. An answer
 //! is taken only from the server's address and port, with an ID in flight
@@ -43,8 +44,8 @@ pub const LIFETIME: Duration = Duration::from_secs(10);
 const SLOTS: usize = 4;
 /// The EDNS payload asked for (the DNS flag day's size).
 const PAYLOAD: u16 = 1232;
-/// Larger than [`PAYLOAD`]: a server ignoring it still gets decoded.
-const RECEIVE_BUFFER: usize = 4096;
+/// The largest datagram: a server ignoring [`PAYLOAD`] is not cut short.
+const RECEIVE_BUFFER: usize = 65_535;
 /// Random ports tried before leaving the choice to the kernel.
 const BIND_TRIES: usize = 16;
 /// Used when `/proc` does not say.
@@ -75,13 +76,14 @@ impl Forwarder {
     }
 
     /// The first usable answer (NOERROR or NXDOMAIN) from the servers, each
-    /// tried once; the error says what each server did.
+    /// tried in turn, and a lone server twice (one lost datagram is not a
+    /// SERVFAIL); the error says what each attempt met.
     pub async fn ask(&self, question: &Query) -> Result<Message, String> {
         let mut wire = encode(question)?;
         let count = self.servers.len();
         let first = self.preferred.load(Relaxed);
         let mut failures = Vec::new();
-        for k in 0..count {
+        for k in 0..count.max(2) {
             let at = (first + k) % count;
             let server = self.servers[at];
             match self.exchange(server, question, &mut wire).await {
@@ -337,7 +339,8 @@ impl Socket {
         };
         let mut flights = lock(&self.flights);
         match flights.waiting.get(&id) {
-            Some(w) if w.server == from && answers(&message, &w.question) => {}
+            Some(w)
+                if w.server == from && (answers(&message, &w.question) || refusal(&message)) => {}
             Some(_) => return dropped(),
             // Given up on meanwhile.
             None => return,
@@ -358,7 +361,7 @@ async fn receive(socket: Arc<Socket>) {
             got = socket.udp.recv_from(&mut buf) => match got {
                 Ok((n, from)) => socket.deliver(&buf[..n], from),
                 // Nothing queued is lost by trying again; do not spin.
-                Err(_) => tokio::task::yield_now().await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             },
             () = socket.done.notified() => return,
         }
@@ -374,6 +377,20 @@ fn answers(message: &Message, question: &Query) -> bool {
         && message.queries[0].name == question.name
         && message.queries[0].query_type == question.query_type
         && message.queries[0].query_class == question.query_class
+}
+
+/// An error response without a question section, as some servers send
+/// FORMERR, SERVFAIL or REFUSED: that server failed, so the next is asked
+/// at once, not after the timeout. Never an answer ([`Forwarder::ask`]
+/// takes only NOERROR and NXDOMAIN).
+fn refusal(message: &Message) -> bool {
+    let m = &message.metadata;
+    m.message_type == MessageType::Response
+        && message.queries.is_empty()
+        && !matches!(
+            m.response_code,
+            ResponseCode::NoError | ResponseCode::NXDomain
+        )
 }
 
 /// The question on the wire, recursion desired, with EDNS; its ID (the

@@ -709,3 +709,94 @@ fn silent_forwarders_give_servfail_at_the_answer_deadline() {
         "SERVFAIL after {took:?}"
     );
 }
+
+/// A forwarder that answers every question REFUSED with no question
+/// section, as some servers and middleboxes do; stops on drop.
+struct Refuser {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl Refuser {
+    fn start() -> Refuser {
+        use std::sync::atomic::Ordering::Relaxed;
+        let socket = std::net::UdpSocket::bind("127.0.0.14:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut buf, mut refused) = ([0u8; 512], 0);
+            while !stopped.load(Relaxed) {
+                if let Ok((n, from)) = socket.recv_from(&mut buf)
+                    && n >= 12
+                {
+                    // QR, opcode QUERY, RCODE 5 (REFUSED); every count 0.
+                    let reply = [buf[0], buf[1], 0x80, 0x05, 0, 0, 0, 0, 0, 0, 0, 0];
+                    socket.send_to(&reply, from).unwrap();
+                    // The start-up probe asks for the root (an empty name).
+                    refused += usize::from(n > 12 && buf[12] != 0);
+                }
+            }
+            refused
+        });
+        Refuser {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Questions refused, the start-up probe's excluded; stops it.
+    fn finish(mut self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Refuser {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A refusal without a question section fails that server at once: the
+/// next one is asked without waiting out the timeout (5 s here), and the
+/// refusal never reaches the client as an answer.
+#[test]
+fn a_forwarder_refusing_without_a_question_is_passed_over_at_once() {
+    let dir = TempDir::new("refused");
+    let Some(up) = SpoofingUpstream::start(&dir) else {
+        return;
+    };
+    let refuser = Refuser::start();
+    // Control: the refuser does answer, REFUSED and with no question.
+    let direct = exchange_udp(refuser.addr, &a_question(7, "x.f.test"), None);
+    assert_eq!((direct[3] & 0x0f, direct[5]), (5, 0), "{direct:02x?}");
+    let policy = spoof_policy(&dir);
+    let config = dir.write("allowdns.yaml", "upstream:\n  timeout_ms: 5000\n");
+    let (first, live) = (refuser.addr.to_string(), up.addr.to_string());
+    let dns = Allowdns::serve(&[
+        "--upstream",
+        &first,
+        "--upstream",
+        &live,
+        "--policy",
+        policy.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let started = std::time::Instant::now();
+    assert_eq!(addresses(&dns, "one.f.test"), ["192.0.2.1"]);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
+    // The control's question and this one: the refuser was asked first.
+    assert_eq!(refuser.finish(), 2);
+    assert_eq!(up.questions("one.").len(), 1);
+}
