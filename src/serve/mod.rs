@@ -6,6 +6,7 @@
 //! reads the snapshot [`crate::state`] publishes.
 
 pub mod answer;
+pub mod batch;
 pub mod cache;
 pub mod dad;
 pub mod decide;

@@ -366,7 +366,7 @@ fn udp_threads() -> usize {
 /// Serves until `shutdown` fires, then stops accepting and returns.
 ///
 /// UDP is served the way unbound does it: a few OS threads per socket, each
-/// blocking in `recv_from`, answering denials, refusals, local zones and cache
+/// blocking in `recvmmsg` ([`crate::serve::batch`]), answering denials, refusals, local zones and cache
 /// hits inline. No task spawn, channel hop or cross-thread wake-up per packet.
 /// Only questions that need the upstream become tasks on the runtime, and
 /// those are bounded. TCP is served on the runtime ([`crate::serve::tcp`]). Both
@@ -456,32 +456,36 @@ struct UdpContext {
 
 impl UdpContext {
     fn serve(self) -> io::Result<()> {
-        let mut buf = vec![0u8; 4096];
+        let mut batch = crate::serve::batch::Batch::new();
+        let mut replies = Vec::with_capacity(crate::serve::batch::BATCH);
         while !self.shutdown.is_cancelled() {
             self.health.beat(self.slot);
-            let (len, src) = match self.socket.recv_from(&mut buf) {
-                Ok(r) => r,
+            let count = match batch.receive(&self.socket) {
+                Ok(n) => n,
                 // Timeouts (idle), and ICMP errors from earlier sends.
                 Err(e) if is_transient(&e) => continue,
                 Err(e) => return Err(e),
             };
-            if src.port() == 0 {
-                continue;
-            }
+            // One clock read for a batch: its datagrams were all queued by now.
             let started = Instant::now();
-            match self
-                .answerer
-                .answer(&buf[..len], src, Transport::Udp, started)
-            {
-                Answer::Nothing => {}
-                Answer::Reply(reply) => send(&self.socket, &reply, src),
-                Answer::Upstream(upstream) => {
-                    let socket = self.socket.clone();
-                    self.runtime.spawn(async move {
-                        send(&socket, &upstream.finish().await, src);
-                    });
+            for i in 0..count {
+                let (query, src) = batch.get(i);
+                let Some(src) = src.filter(|s| s.port() != 0) else {
+                    continue;
+                };
+                match self.answerer.answer(query, src, Transport::Udp, started) {
+                    Answer::Nothing => {}
+                    Answer::Reply(reply) => replies.push((reply, src)),
+                    Answer::Upstream(upstream) => {
+                        let socket = self.socket.clone();
+                        self.runtime.spawn(async move {
+                            send(&socket, &upstream.finish().await, src);
+                        });
+                    }
                 }
             }
+            crate::serve::batch::send(&self.socket, &replies);
+            replies.clear();
         }
         Ok(())
     }
