@@ -35,7 +35,7 @@ use crate::observe::attribution::Attribution;
 use crate::observe::audit::display_name;
 use crate::observe::delivery::threshold::{Kind, Lookup, Raised, Threshold, Thresholds, What};
 use crate::observe::delivery::{Delivery, DeliveryStats, NotifySettings};
-use crate::observe::worker::Worker;
+use crate::observe::worker::{Ticks, Worker};
 use crate::sync::lock;
 
 const MAX_CLIENTS: usize = 4096;
@@ -308,7 +308,7 @@ impl Alerts {
         let (printer_shared, printer_delivery, printer_stats) =
             (shared.clone(), delivery.clone(), stats.clone());
         let tick = Duration::from_millis(500).min(window);
-        let printer = Worker::start("alerts", tick, move |closing| {
+        let printer = Worker::start("alerts", Ticks::every(tick), move |closing| {
             let (text, raised) = collect(&printer_shared, &printer_stats, closing);
             if !text.is_empty() {
                 let _ = out.write_all(text.as_bytes());
@@ -319,6 +319,7 @@ impl Alerts {
                     delivery.submit(r);
                 }
             }
+            false
         });
         Alerts {
             shared,

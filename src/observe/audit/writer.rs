@@ -21,14 +21,17 @@ use std::time::{Duration, Instant};
 
 use super::format::{AuditRecord, format_record};
 use super::schema::{Event, EventLine, RecordsLost};
-use crate::observe::worker::Worker;
+use crate::observe::worker::{Ticks, Worker};
 use crate::sync::lock;
 
 /// Records one thread's buffer holds before the writer has fallen behind
 /// and that thread's records are counted lost.
 const CAPACITY: usize = 65_536;
 /// How often the writer wakes to drain the buffer.
-const TICK: Duration = Duration::from_millis(5);
+const TICK: Ticks = Ticks {
+    busy: Duration::from_millis(1),
+    idle: Duration::from_millis(5),
+};
 /// Records a buffer keeps room for between passes: a few passes' worth at
 /// 100k queries a second. A burst grows a buffer past it; the room is given
 /// back after the pass that drains it, so one burst does not stay resident
@@ -128,7 +131,7 @@ impl AuditLog {
                     }
                 }
             }
-            w.pass(&writer_shared);
+            w.pass(&writer_shared)
         });
         AuditLog {
             shared,
@@ -319,7 +322,8 @@ impl Writer {
     }
 
     /// One pass: takes what is buffered, writes it whole or counts it lost.
-    fn pass(&mut self, shared: &Shared) {
+    /// Whether it wrote any query record.
+    fn pass(&mut self, shared: &Shared) -> bool {
         self.collect(shared);
         let events = std::mem::take(&mut *lock(&shared.events));
         let last_event = events.last().map(|(seq, _)| *seq);
@@ -348,6 +352,7 @@ impl Writer {
             }
         }
         let mut batch = std::mem::take(&mut self.batch);
+        let worked = !batch.is_empty();
         for record in batch.drain(..) {
             if !ok {
                 // The disk refused this pass already: count the rest, skip the work.
@@ -381,6 +386,7 @@ impl Writer {
             flushed.notify_all();
         }
         self.after_pass(ok);
+        worked
     }
 
     /// Moves every thread's records into `batch`, in time order (each
