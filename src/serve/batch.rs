@@ -32,6 +32,12 @@ pub struct Batch {
     count: usize,
 }
 
+impl Default for Batch {
+    fn default() -> Batch {
+        Batch::new()
+    }
+}
+
 impl Batch {
     pub fn new() -> Batch {
         // SAFETY: all-zero is a valid value of these plain C structs.
