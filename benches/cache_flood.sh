@@ -21,6 +21,7 @@ DURATION=${DURATION:-8}
 SERVERS=${SERVERS:-allowdns unbound dnsmasq}
 
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 for tool in dnsperf dnsmasq unbound python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install dnsperf dnsmasq-base unbound)"; exit 2; }
 done
@@ -75,29 +76,7 @@ for s in $SERVERS; do
         --server=/flood.bench/127.0.0.1#"$(up_of "$s")" --cache-size=10000 --user=root \
         --pid-file="$WORK/dnsmasq.pid" --log-facility="$WORK/dnsmasq.log" & PIDS+=($!) ;;
     unbound)
-      cat > "$WORK/unbound.conf" <<CONF
-server:
-  interface: 127.0.0.1
-  port: $(port_of unbound)
-  num-threads: 2
-  so-reuseport: yes
-  do-daemonize: no
-  use-syslog: no
-  logfile: "$WORK/unbound.log"
-  chroot: ""
-  username: ""
-  directory: "$WORK"
-  pidfile: "$WORK/unbound.pid"
-  access-control: 127.0.0.0/8 allow
-  do-not-query-localhost: no
-  module-config: "iterator"
-  qname-minimisation: no
-  local-zone: "." always_nxdomain
-  local-zone: "flood.bench." transparent
-forward-zone:
-  name: "flood.bench."
-  forward-addr: 127.0.0.1@$(up_of unbound)
-CONF
+      unbound_conf "$WORK" "$(port_of unbound)" flood.bench "$(up_of unbound)" > "$WORK/unbound.conf"
       unbound -c "$WORK/unbound.conf" & PIDS+=($!) ;;
   esac
   PID_OF[$s]=$!

@@ -46,6 +46,7 @@ HOSTS=${HOSTS:-1000}
 DENIED=${DENIED:-300000}
 
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 for tool in dnsperf dnsmasq unbound python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install dnsperf dnsmasq-base unbound)"; exit 2; }
 done
@@ -122,20 +123,7 @@ wait_port() { for _ in $(seq 100); do "${RUN[@]}" dig +time=1 +tries=1 @127.0.0.
 # The upstream: knotd (or allowdns) answering the bench zone, allowing everything.
 if [ "$KNOT" = 1 ]; then
   mkdir -p "$WORK/knot"
-  cat > "$WORK/knot.conf" <<CONF
-server:
-    listen: 127.0.0.1@$UP
-    rundir: "$WORK/knot"
-    background-workers: 1
-database:
-    storage: "$WORK/knot"
-log:
-  - target: "$WORK/knot.log"
-    any: warning
-zone:
-  - domain: allowed.bench
-    file: "$WORK/zones/allowed.bench.zone"
-CONF
+  knot_conf "$WORK" "$UP" allowed.bench > "$WORK/knot.conf"
   "${RUN[@]}" "${CLI[@]}" knotd -c "$WORK/knot.conf" 2>"$WORK/up.log" & PIDS+=($!); KNOT_PID=$!
 else
   "${RUN[@]}" "${CLI[@]}" "$BIN" serve --listen 127.0.0.1:$UP --policy "$WORK/up/policy.yaml" --zones "$WORK/zones" \
@@ -194,29 +182,7 @@ fi
   --listen-address=127.0.0.1 --port=$DNSMASQ --address=/#/ --server=/allowed.bench/127.0.0.1#$UP \
   --cache-size=10000 --user=root --pid-file="$WORK/dnsmasq.pid" --log-facility="$WORK/dnsmasq.log" & PIDS+=($!); DNSMASQ_PID=$!
 
-cat > "$WORK/unbound.conf" <<CONF
-server:
-  interface: 127.0.0.1
-  port: $UNBOUND
-  num-threads: 2
-  so-reuseport: yes
-  do-daemonize: no
-  use-syslog: no
-  logfile: "$WORK/unbound.log"
-  chroot: ""
-  username: ""
-  directory: "$WORK"
-  pidfile: "$WORK/unbound.pid"
-  access-control: 127.0.0.0/8 allow
-  do-not-query-localhost: no
-  module-config: "iterator"
-  qname-minimisation: no
-  local-zone: "." always_nxdomain
-  local-zone: "allowed.bench." transparent
-forward-zone:
-  name: "allowed.bench."
-  forward-addr: 127.0.0.1@$UP
-CONF
+unbound_conf "$WORK" "$UNBOUND" allowed.bench "$UP" > "$WORK/unbound.conf"
 "${SRV[@]}" unbound -c "$WORK/unbound.conf" & PIDS+=($!); UNBOUND_PID=$!
 
   servers=(allowdns dnsmasq unbound)

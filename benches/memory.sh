@@ -26,6 +26,7 @@ PARALLEL=${PARALLEL:-1}
 ARGS=${ARGS:-}
 
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 for tool in dnsperf unbound python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install dnsperf unbound)"; exit 2; }
 done
@@ -74,20 +75,7 @@ wait_port() { for _ in $(seq 100); do dig +time=1 +tries=1 @127.0.0.1 -p "$1" ns
 
 if command -v knotd >/dev/null; then
   mkdir -p "$WORK/knot"
-  cat > "$WORK/knot.conf" <<CONF
-server:
-    listen: 127.0.0.1@$UP
-    rundir: "$WORK/knot"
-    background-workers: 1
-database:
-    storage: "$WORK/knot"
-log:
-  - target: "$WORK/knot.log"
-    any: warning
-zone:
-  - domain: flood.bench
-    file: "$WORK/zones/flood.bench.zone"
-CONF
+  knot_conf "$WORK" "$UP" flood.bench > "$WORK/knot.conf"
   "${CLI[@]}" knotd -c "$WORK/knot.conf" 2>"$WORK/up.log" & PIDS+=($!)
 else
   "${CLI[@]}" "$BIN" serve --listen 127.0.0.1:$UP --policy "$WORK/up/policy.yaml" --zones "$WORK/zones" \
@@ -102,29 +90,7 @@ for s in $SERVERS; do
       "${SRV[@]}" "$BIN" serve --listen 127.0.0.1:"$(port_of allowdns)" --policy "$WORK/policy.yaml" \
         --upstream 127.0.0.1:$UP --audit-log "$WORK/audit.jsonl" $ARGS 2>"$WORK/allowdns.log" & PIDS+=($!) ;;
     unbound)
-      cat > "$WORK/unbound.conf" <<CONF
-server:
-  interface: 127.0.0.1
-  port: $(port_of unbound)
-  num-threads: 2
-  so-reuseport: yes
-  do-daemonize: no
-  use-syslog: no
-  logfile: "$WORK/unbound.log"
-  chroot: ""
-  username: ""
-  directory: "$WORK"
-  pidfile: "$WORK/unbound.pid"
-  access-control: 127.0.0.0/8 allow
-  do-not-query-localhost: no
-  module-config: "iterator"
-  qname-minimisation: no
-  local-zone: "." always_nxdomain
-  local-zone: "flood.bench." transparent
-forward-zone:
-  name: "flood.bench."
-  forward-addr: 127.0.0.1@$UP
-CONF
+      unbound_conf "$WORK" "$(port_of unbound)" flood.bench "$UP" > "$WORK/unbound.conf"
       "${SRV[@]}" unbound -c "$WORK/unbound.conf" & PIDS+=($!) ;;
   esac
   PID_OF[$s]=$!

@@ -27,6 +27,7 @@ RUNS=${RUNS:-1}
 HOSTS=1000
 
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 for tool in dnsperf python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install dnsperf)"; exit 2; }
 done
@@ -75,20 +76,7 @@ PY
 wait_port() { for _ in $(seq 100); do dig +time=1 +tries=1 @127.0.0.1 -p "$1" host1.allowed.bench >/dev/null 2>&1 && return; sleep 0.1; done; echo "port $1 did not answer"; exit 1; }
 if command -v knotd >/dev/null; then
   mkdir -p "$WORK/knot"
-  cat > "$WORK/knot.conf" <<CONF
-server:
-    listen: 127.0.0.1@$UP
-    rundir: "$WORK/knot"
-    background-workers: 1
-database:
-    storage: "$WORK/knot"
-log:
-  - target: "$WORK/knot.log"
-    any: warning
-zone:
-  - domain: allowed.bench
-    file: "$WORK/zones/allowed.bench.zone"
-CONF
+  knot_conf "$WORK" "$UP" allowed.bench > "$WORK/knot.conf"
   "${CLI[@]}" knotd -c "$WORK/knot.conf" 2>"$WORK/up.log" & PIDS+=($!)
 else
   "${CLI[@]}" "$BIN" serve --listen 127.0.0.1:$UP --policy "$WORK/up/policy.yaml" --zones "$WORK/zones" \

@@ -473,6 +473,17 @@ fn spoof_policy(dir: &TempDir) -> std::path::PathBuf {
     )
 }
 
+/// allowdns forwarding to `servers` in order, with `policy` and `config`.
+fn forwarding_to(servers: &[&str], policy: &std::path::Path, config: &std::path::Path) -> Allowdns {
+    let mut args = Vec::new();
+    for server in servers {
+        args.extend(["--upstream", server]);
+    }
+    args.extend(["--policy", policy.to_str().unwrap()]);
+    args.extend(["--config", config.to_str().unwrap()]);
+    Allowdns::serve(&args)
+}
+
 /// The addresses allowdns answers for `name` (A).
 fn addresses(dns: &Allowdns, name: &str) -> Vec<String> {
     answers(&query(dns.udp, name, RecordType::A))
@@ -659,16 +670,7 @@ fn a_dead_first_forwarder_falls_over_to_the_second() {
     let policy = spoof_policy(&dir);
     let config = dir.write("allowdns.yaml", "upstream:\n  timeout_ms: 400\n");
     let live = up.addr.to_string();
-    let dns = Allowdns::serve(&[
-        "--upstream",
-        &dead.addr(),
-        "--upstream",
-        &live,
-        "--policy",
-        policy.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let dns = forwarding_to(&[&dead.addr(), &live], &policy, &config);
     assert_eq!(addresses(&dns, "one.f.test"), ["192.0.2.1"]);
     assert_eq!(dead.questions(), 1, "the first server was asked first");
     // The one that answered is asked first from now on.
@@ -688,16 +690,7 @@ fn silent_forwarders_give_servfail_at_the_answer_deadline() {
     let (first, second) = (Silent::bind("127.0.0.12"), Silent::bind("127.0.0.13"));
     let policy = spoof_policy(&dir);
     let config = dir.write("allowdns.yaml", "upstream:\n  timeout_ms: 5000\n");
-    let dns = Allowdns::serve(&[
-        "--upstream",
-        &first.addr(),
-        "--upstream",
-        &second.addr(),
-        "--policy",
-        policy.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let dns = forwarding_to(&[&first.addr(), &second.addr()], &policy, &config);
     let started = std::time::Instant::now();
     let m = query(dns.udp, "www.f.test", RecordType::A);
     let took = started.elapsed();
@@ -782,16 +775,7 @@ fn a_forwarder_refusing_without_a_question_is_passed_over_at_once() {
     let policy = spoof_policy(&dir);
     let config = dir.write("allowdns.yaml", "upstream:\n  timeout_ms: 5000\n");
     let (first, live) = (refuser.addr.to_string(), up.addr.to_string());
-    let dns = Allowdns::serve(&[
-        "--upstream",
-        &first,
-        "--upstream",
-        &live,
-        "--policy",
-        policy.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let dns = forwarding_to(&[&first, &live], &policy, &config);
     let started = std::time::Instant::now();
     assert_eq!(addresses(&dns, "one.f.test"), ["192.0.2.1"]);
     let took = started.elapsed();

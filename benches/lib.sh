@@ -1,0 +1,49 @@
+# Pieces the bench scripts share; sourced (`. benches/lib.sh`), not run.
+
+# knot_conf WORK PORT ZONE: knotd serving $WORK/zones/ZONE.zone
+# authoritatively on 127.0.0.1@PORT, one background worker, warnings logged.
+knot_conf() {
+  cat <<CONF
+server:
+    listen: 127.0.0.1@$2
+    rundir: "$1/knot"
+    background-workers: 1
+database:
+    storage: "$1/knot"
+log:
+  - target: "$1/knot.log"
+    any: warning
+zone:
+  - domain: $3
+    file: "$1/zones/$3.zone"
+CONF
+}
+
+# unbound_conf WORK PORT ZONE UPSTREAM_PORT: unbound on 127.0.0.1@PORT, two
+# threads, forwarding ZONE to 127.0.0.1@UPSTREAM_PORT and answering NXDOMAIN
+# for every other name (the peer of an allowlist of ZONE).
+unbound_conf() {
+  cat <<CONF
+server:
+  interface: 127.0.0.1
+  port: $2
+  num-threads: 2
+  so-reuseport: yes
+  do-daemonize: no
+  use-syslog: no
+  logfile: "$1/unbound.log"
+  chroot: ""
+  username: ""
+  directory: "$1"
+  pidfile: "$1/unbound.pid"
+  access-control: 127.0.0.0/8 allow
+  do-not-query-localhost: no
+  module-config: "iterator"
+  qname-minimisation: no
+  local-zone: "." always_nxdomain
+  local-zone: "$3." transparent
+forward-zone:
+  name: "$3."
+  forward-addr: 127.0.0.1@$4
+CONF
+}
