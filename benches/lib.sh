@@ -47,3 +47,31 @@ forward-zone:
   forward-addr: 127.0.0.1@$4
 CONF
 }
+
+# bench_start NAME TOOL...: exits 2 unless every TOOL is installed; builds
+# the release binary unless BIN names one; pins servers (SRV) to CPU 0 and
+# clients (CLI) to CPU 1 when PIN (default: on 2 or more CPUs); makes WORK,
+# and on exit ends every process in PIDS and removes WORK.
+bench_start() {
+  local name=$1 tool
+  shift
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install dnsperf unbound knot python3)"; exit 2; }
+  done
+  if [ -z "${BIN:-}" ]; then
+    cargo build --release --quiet
+    BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/allowdns
+  fi
+  if [ -z "${PIN:-}" ]; then PIN=0; [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null && PIN=1; fi
+  SRV=(); CLI=()
+  if [ "$PIN" = 1 ]; then SRV=(taskset -c 0); CLI=(taskset -c 1); fi
+  WORK=$(mktemp -d "/tmp/allowdns-$name.XXXXXX")
+  PIDS=()
+  trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+  for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}

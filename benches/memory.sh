@@ -27,25 +27,8 @@ ARGS=${ARGS:-}
 
 cd "$(dirname "$0")/.."
 . benches/lib.sh
-for tool in dnsperf unbound python3; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install dnsperf unbound)"; exit 2; }
-done
-if [ -z "${BIN:-}" ]; then
-  cargo build --release --quiet
-  BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/allowdns
-fi
-if [ -z "${PIN:-}" ]; then PIN=0; [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null && PIN=1; fi
-SRV=(); CLI=()
-if [ "$PIN" = 1 ]; then SRV=(taskset -c 0); CLI=(taskset -c 1); fi
-
-WORK=$(mktemp -d /tmp/allowdns-memory.XXXXXX)
-PIDS=()
+bench_start memory dnsperf unbound python3
 declare -A PID_OF
-cleanup() {
-  for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 PORT=${PORT:-5340}
 UP=$PORT
