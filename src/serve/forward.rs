@@ -422,3 +422,58 @@ fn ephemeral_range() -> RangeInclusive<u16> {
         _ => EPHEMERAL,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::{Name, RecordType};
+
+    fn question() -> Query {
+        Query::query(Name::from_ascii("a.test.").unwrap(), RecordType::A)
+    }
+
+    #[tokio::test]
+    async fn a_socket_takes_uses_exchanges_with_distinct_ids_then_retires() {
+        let server: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let socket = Socket::open(server, &ephemeral_range()).unwrap();
+        let pending: Vec<Pending> = (0..USES)
+            .map(|_| socket.admit(server, &question()).expect("a turn left"))
+            .collect();
+        let ids: std::collections::HashSet<u16> = pending.iter().map(|p| p.id).collect();
+        assert_eq!(
+            ids.len(),
+            USES as usize,
+            "an ID given twice while in flight"
+        );
+        assert!(socket.admit(server, &question()).is_none(), "past USES");
+    }
+
+    #[tokio::test]
+    async fn a_socket_past_its_lifetime_takes_nothing() {
+        let server: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let std = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        std.set_nonblocking(true).unwrap();
+        let socket = Arc::new(Socket {
+            udp: UdpSocket::from_std(std).unwrap(),
+            born: Instant::now() - LIFETIME,
+            flights: Mutex::default(),
+            done: Notify::new(),
+        });
+        assert!(socket.admit(server, &question()).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_port_is_drawn_from_the_range_given() {
+        let server: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let ports = ephemeral_range();
+        for _ in 0..8 {
+            let port = Socket::open(server, &ports)
+                .unwrap()
+                .udp
+                .local_addr()
+                .unwrap()
+                .port();
+            assert!(ports.contains(&port), "{port} outside {ports:?}");
+        }
+    }
+}
