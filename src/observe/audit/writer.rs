@@ -114,7 +114,8 @@ impl AuditLog {
         });
         let writer_shared = shared.clone();
         let mut w = Writer::new(out);
-        let writer = Worker::start("audit-writer", TICK, move |_| {
+        let writer = Worker::start("audit-writer", TICK, move |closing| {
+            w.closing = closing;
             if writer_shared.reopen.swap(false, Ordering::Relaxed)
                 && let Some(path) = &path
             {
@@ -279,9 +280,16 @@ const CHUNK: usize = 1 << 20;
 /// While writes fail (or the buffer overflows), at most one diagnostic per interval.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
+/// How long writes must keep working before the trouble is declared over:
+/// a nearly full disk takes a short line now and then, and each of those
+/// would otherwise end one trouble and start the next (two lines a pass).
+const STEADY: Duration = Duration::from_secs(1);
+
 /// Writes failing since `since`; reported at most every [`REPORT_EVERY`].
 struct Trouble {
     since: Instant,
+    /// Writes have worked since then, not yet for [`STEADY`].
+    ok_since: Option<Instant>,
     cause: String,
     reported: Instant,
     lost_since_report: u64,
@@ -299,6 +307,8 @@ struct Writer {
     /// Lines this writer could not write, not yet reported in the log.
     failed: u64,
     trouble: Option<Trouble>,
+    /// This pass is the last: an ending trouble is reported now.
+    closing: bool,
     /// Buffer overflows not yet on stderr, and when they last were.
     overflow: (u64, Option<Instant>),
     batch: Vec<AuditRecord>,
@@ -315,6 +325,7 @@ impl Writer {
             dangling: false,
             failed: 0,
             trouble: None,
+            closing: false,
             overflow: (0, None),
             batch: Vec::with_capacity(4096),
             spare: Vec::new(),
@@ -509,6 +520,7 @@ impl Writer {
                 );
                 self.trouble = Some(Trouble {
                     since: now,
+                    ok_since: None,
                     cause: e.to_string(),
                     reported: now,
                     lost_since_report: lost,
@@ -520,26 +532,34 @@ impl Writer {
 
     fn after_pass(&mut self, ok: bool) {
         if ok {
-            if let Some(t) = self.trouble.take() {
+            let steady = self.trouble.as_mut().is_some_and(|t| {
+                let since = *t.ok_since.get_or_insert_with(Instant::now);
+                self.closing || since.elapsed() >= STEADY
+            });
+            if steady && let Some(t) = self.trouble.take() {
                 tracing::warn!(
                     "audit log writable again after {:.1} s of '{}': {} record(s) lost, \
                      logged as audit_records_lost",
-                    t.since.elapsed().as_secs_f64(),
+                    t.ok_since
+                        .unwrap_or_else(Instant::now)
+                        .duration_since(t.since)
+                        .as_secs_f64(),
                     t.cause,
                     t.lost
                 );
             }
-        } else if let Some(t) = &mut self.trouble
-            && t.reported.elapsed() >= REPORT_EVERY
-        {
-            tracing::error!(
-                "[!] audit log writes still failing: {}; {} record(s) lost in the last {} s",
-                t.cause,
-                t.lost_since_report,
-                t.reported.elapsed().as_secs()
-            );
-            t.reported = Instant::now();
-            t.lost_since_report = 0;
+        } else if let Some(t) = &mut self.trouble {
+            t.ok_since = None;
+            if t.reported.elapsed() >= REPORT_EVERY {
+                tracing::error!(
+                    "[!] audit log writes still failing: {}; {} record(s) lost in the last {} s",
+                    t.cause,
+                    t.lost_since_report,
+                    t.reported.elapsed().as_secs()
+                );
+                t.reported = Instant::now();
+                t.lost_since_report = 0;
+            }
         }
     }
 
