@@ -57,7 +57,6 @@ open(f"{work}/flood.txt", "w").write("".join(f"u{i:x}.f{i % 97}.flood.bench A\n"
 PY
 
 # --- servers ----------------------------------------------------------------
-wait_port() { for _ in $(seq 100); do dig +time=1 +tries=1 @127.0.0.1 -p "$1" ns.flood.bench >/dev/null 2>&1 && return; sleep 0.1; done; echo "port $1 did not answer"; exit 1; }
 port_of() { case $1 in allowdns) echo 5321;; unbound) echo 5322;; dnsmasq) echo 5323;; esac; }
 up_of() { echo $(( $(port_of "$1") + 10 )); }
 metrics_of() { echo $(( $(port_of "$1") + 20 )); }
@@ -65,7 +64,7 @@ metrics_of() { echo $(( $(port_of "$1") + 20 )); }
 for s in $SERVERS; do
   "$BIN" serve --listen 127.0.0.1:"$(up_of "$s")" --policy "$WORK/up/policy.yaml" --zones "$WORK/zones" \
     --upstream none --audit-log /dev/null --metrics 127.0.0.1:"$(metrics_of "$s")" 2>"$WORK/up-$s.log" & PIDS+=($!)
-  wait_port "$(up_of "$s")"
+  wait_port "$(up_of "$s")" ns.flood.bench
   case $s in
     allowdns)
       "$BIN" serve --listen 127.0.0.1:"$(port_of "$s")" --policy "$WORK/policy.yaml" \
@@ -80,7 +79,7 @@ for s in $SERVERS; do
       unbound -c "$WORK/unbound.conf" & PIDS+=($!) ;;
   esac
   PID_OF[$s]=$!
-  wait_port "$(port_of "$s")"
+  wait_port "$(port_of "$s")" ns.flood.bench
 done
 
 # Questions an upstream has answered so far.

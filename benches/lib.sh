@@ -75,3 +75,28 @@ bench_cleanup() {
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
+
+# wait_port PORT NAME: until a server on 127.0.0.1:PORT answers NAME (10 s).
+wait_port() {
+  for _ in $(seq 100); do
+    dig +time=1 +tries=1 @127.0.0.1 -p "$1" "$2" >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  echo "port $1 did not answer"
+  exit 1
+}
+
+# start_upstream ZONE NAME: the authoritative upstream for $WORK/zones/ZONE.zone
+# on 127.0.0.1:$UP (knotd when installed, else allowdns serving the zone
+# under $WORK/up/policy.yaml), on the clients' CPU; waits until NAME answers.
+start_upstream() {
+  if command -v knotd >/dev/null; then
+    mkdir -p "$WORK/knot"
+    knot_conf "$WORK" "$UP" "$1" > "$WORK/knot.conf"
+    "${CLI[@]}" knotd -c "$WORK/knot.conf" 2>"$WORK/up.log" & PIDS+=($!)
+  else
+    "${CLI[@]}" "$BIN" serve --listen 127.0.0.1:"$UP" --policy "$WORK/up/policy.yaml" --zones "$WORK/zones" \
+      --upstream none --audit-log /dev/null 2>"$WORK/up.log" & PIDS+=($!)
+  fi
+  wait_port "$UP" "$2"
+}

@@ -54,17 +54,7 @@ with open(f"{work}/flood.txt", "w") as f:
         f.write("".join(f"u{i:x}.f{i % 97}.{zone} A\n" for i in range(start, min(flood, start + 100_000))))
 PY
 
-wait_port() { for _ in $(seq 100); do dig +time=1 +tries=1 @127.0.0.1 -p "$1" ns.flood.bench >/dev/null 2>&1 && return; sleep 0.1; done; echo "port $1 did not answer"; exit 1; }
-
-if command -v knotd >/dev/null; then
-  mkdir -p "$WORK/knot"
-  knot_conf "$WORK" "$UP" flood.bench > "$WORK/knot.conf"
-  "${CLI[@]}" knotd -c "$WORK/knot.conf" 2>"$WORK/up.log" & PIDS+=($!)
-else
-  "${CLI[@]}" "$BIN" serve --listen 127.0.0.1:$UP --policy "$WORK/up/policy.yaml" --zones "$WORK/zones" \
-    --upstream none --audit-log /dev/null 2>"$WORK/up.log" & PIDS+=($!)
-fi
-wait_port $UP
+start_upstream flood.bench ns.flood.bench
 
 for s in $SERVERS; do
   case $s in
@@ -77,7 +67,7 @@ for s in $SERVERS; do
       "${SRV[@]}" unbound -c "$WORK/unbound.conf" & PIDS+=($!) ;;
   esac
   PID_OF[$s]=$!
-  wait_port "$(port_of "$s")"
+  wait_port "$(port_of "$s")" ns.flood.bench
 done
 sleep 3
 for s in $SERVERS; do

@@ -56,16 +56,7 @@ open(f"{work}/load.txt", "w").write("\n".join(lines) + "\n")
 open(f"{work}/warm.txt", "w").write("".join(f"host{i}.allowed.bench A\n" for i in range(1, hosts + 1)))
 PY
 
-wait_port() { for _ in $(seq 100); do dig +time=1 +tries=1 @127.0.0.1 -p "$1" host1.allowed.bench >/dev/null 2>&1 && return; sleep 0.1; done; echo "port $1 did not answer"; exit 1; }
-if command -v knotd >/dev/null; then
-  mkdir -p "$WORK/knot"
-  knot_conf "$WORK" "$UP" allowed.bench > "$WORK/knot.conf"
-  "${CLI[@]}" knotd -c "$WORK/knot.conf" 2>"$WORK/up.log" & PIDS+=($!)
-else
-  "${CLI[@]}" "$BIN" serve --listen 127.0.0.1:$UP --policy "$WORK/up/policy.yaml" --zones "$WORK/zones" \
-    --upstream none --audit-log /dev/null 2>"$WORK/up.log" & PIDS+=($!)
-fi
-wait_port $UP
+start_upstream allowed.bench host1.allowed.bench
 
 rcvbuf_errors() { awk '/^Udp:/ {n++; if (n == 1) for (i = 1; i <= NF; i++) col[$i] = i; else print $col["RcvbufErrors"]}' /proc/net/snmp; }
 # "listening on" lines in allowdns's log (one per start).
@@ -81,7 +72,7 @@ for pass in $(seq 1 $((RUNS * 2))); do
     < "$WORK/control" > /dev/null 2>"$WORK/holder.log" & PIDS+=($!)
   exec 7>"$WORK/control"
   for _ in $(seq 100); do [ "$(starts)" -ge 1 ] && break; sleep 0.1; done
-  wait_port $PORT
+  wait_port "$PORT" host1.allowed.bench
   dnsperf -s 127.0.0.1 -p $PORT -d "$WORK/warm.txt" -n 2 -q 50 >/dev/null 2>&1
   before=$(rcvbuf_errors)
   # Outstanding queries allowed: every query of a restart's gap (the kernel

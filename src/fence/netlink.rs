@@ -219,13 +219,7 @@ impl Netlink {
     /// The set's key length and flags, or the kernel's error (ENOENT, EPERM…).
     pub fn get_set(&mut self, family: Family, table: &str, set: &str) -> io::Result<SetInfo> {
         let seq = self.next_seq();
-        let request = NfTablesMessage::GetSet(SetMessage {
-            attributes: vec![
-                SetAttribute::Table(table.to_string()),
-                SetAttribute::Name(set.to_string()),
-            ],
-        });
-        self.request(family, request, NLM_F_REQUEST | NLM_F_ACK, seq)?;
+        self.socket.send(&get_set(family, table, set, seq), 0)?;
         let mut info = None;
         self.read_replies(seq, |reply| {
             let NfTablesMessage::NewSet(SetMessage { attributes }) = reply else {
@@ -257,13 +251,8 @@ impl Netlink {
         set: &str,
     ) -> io::Result<Vec<Listed>> {
         let seq = self.next_seq();
-        let request = NfTablesMessage::GetSetElement(SetElementMessage {
-            attributes: vec![
-                SetElementList::Table(table.to_string()),
-                SetElementList::Set(set.to_string()),
-            ],
-        });
-        self.request(family, request, NLM_F_REQUEST | NLM_F_DUMP, seq)?;
+        self.socket
+            .send(&list_elements(family, table, set, seq), 0)?;
         let mut out = Vec::new();
         self.read_replies(seq, |reply| {
             if let NfTablesMessage::NewSetElement(SetElementMessage { attributes }) = reply {
@@ -271,20 +260,6 @@ impl Netlink {
             }
         })?;
         Ok(out)
-    }
-
-    fn request(
-        &mut self,
-        family: Family,
-        request: NfTablesMessage,
-        flags: u16,
-        seq: u32,
-    ) -> io::Result<()> {
-        let mut buf = Vec::with_capacity(256);
-        let header = NetfilterHeader::new(proto_family(family), 0, 0);
-        emit(&mut buf, NetfilterMessage::new(header, request), flags, seq);
-        self.socket.send(&buf, 0)?;
-        Ok(())
     }
 
     /// Reads the replies to request `seq`, handing each nf_tables message
@@ -332,6 +307,35 @@ impl Netlink {
             }
         }
     }
+}
+
+/// The request for one set's description (GETSET, acked).
+fn get_set(family: Family, table: &str, set: &str, seq: u32) -> Vec<u8> {
+    let request = NfTablesMessage::GetSet(SetMessage {
+        attributes: vec![
+            SetAttribute::Table(table.to_string()),
+            SetAttribute::Name(set.to_string()),
+        ],
+    });
+    request_bytes(family, request, NLM_F_REQUEST | NLM_F_ACK, seq)
+}
+
+/// The request for a dump of one set's elements (GETSETELEM).
+fn list_elements(family: Family, table: &str, set: &str, seq: u32) -> Vec<u8> {
+    let request = NfTablesMessage::GetSetElement(SetElementMessage {
+        attributes: vec![
+            SetElementList::Table(table.to_string()),
+            SetElementList::Set(set.to_string()),
+        ],
+    });
+    request_bytes(family, request, NLM_F_REQUEST | NLM_F_DUMP, seq)
+}
+
+fn request_bytes(family: Family, request: NfTablesMessage, flags: u16, seq: u32) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(256);
+    let header = NetfilterHeader::new(proto_family(family), 0, 0);
+    emit(&mut buf, NetfilterMessage::new(header, request), flags, seq);
+    buf
 }
 
 fn next_seq(seq: &mut u32) -> u32 {
@@ -648,33 +652,8 @@ mod tests {
             sent.iter().map(|s| (s.seq, s.adding)).collect::<Vec<_>>(),
             [(2, false), (3, true)]
         );
-        let mut buf = Vec::new();
-        let get = NfTablesMessage::GetSet(SetMessage {
-            attributes: vec![
-                SetAttribute::Table("allowdns".into()),
-                SetAttribute::Name("allowed_v6".into()),
-            ],
-        });
-        let header = NetfilterHeader::new(proto_family(Family::Ip6), 0, 0);
-        emit(
-            &mut buf,
-            NetfilterMessage::new(header, get),
-            NLM_F_REQUEST | NLM_F_ACK,
-            7,
-        );
-        let dump = NfTablesMessage::GetSetElement(SetElementMessage {
-            attributes: vec![
-                SetElementList::Table("allowdns".into()),
-                SetElementList::Set("allowed_v4".into()),
-            ],
-        });
-        let header = NetfilterHeader::new(proto_family(Family::Ip), 0, 0);
-        emit(
-            &mut buf,
-            NetfilterMessage::new(header, dump),
-            NLM_F_REQUEST | NLM_F_DUMP,
-            8,
-        );
+        let mut buf = get_set(Family::Ip6, "allowdns", "allowed_v6", 7);
+        buf.extend(list_elements(Family::Ip, "allowdns", "allowed_v4", 8));
         assert_eq!(hex(&buf), GET);
     }
 

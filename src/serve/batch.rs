@@ -22,14 +22,16 @@ pub const BATCH: usize = 32;
 /// The largest query read whole; a longer one is cut, as `recv_from` cut it.
 const SIZE: usize = 4096;
 
-/// Receive buffers and headers, reused batch after batch by one thread.
+/// Receive buffers and headers, and the send side's headers, reused batch
+/// after batch by one thread: nothing is allocated per batch.
 pub struct Batch {
     data: Box<[u8]>,
     addrs: Box<[libc::sockaddr_storage]>,
     iovs: Box<[libc::iovec]>,
     heads: Box<[libc::mmsghdr]>,
-    /// Datagrams in the last batch received.
-    count: usize,
+    out_addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
+    out_iovs: Vec<libc::iovec>,
+    out_heads: Vec<libc::mmsghdr>,
 }
 
 impl Default for Batch {
@@ -43,34 +45,37 @@ impl Batch {
         // SAFETY: all-zero is a valid value of these plain C structs.
         let zero_addr: libc::sockaddr_storage = unsafe { zeroed() };
         let zero_head: libc::mmsghdr = unsafe { zeroed() };
-        let zero_iov = libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        };
-        Batch {
+        let mut batch = Batch {
             data: vec![0; BATCH * SIZE].into_boxed_slice(),
             addrs: vec![zero_addr; BATCH].into_boxed_slice(),
-            iovs: vec![zero_iov; BATCH].into_boxed_slice(),
+            iovs: (0..BATCH)
+                .map(|_| libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: SIZE,
+                })
+                .collect(),
             heads: vec![zero_head; BATCH].into_boxed_slice(),
-            count: 0,
+            out_addrs: Vec::with_capacity(BATCH),
+            out_iovs: Vec::with_capacity(BATCH),
+            out_heads: Vec::with_capacity(BATCH),
+        };
+        // The boxes' memory stays put when the batch moves: point once.
+        for i in 0..BATCH {
+            batch.iovs[i].iov_base = batch.data[i * SIZE..].as_mut_ptr().cast();
+            let head = &mut batch.heads[i].msg_hdr;
+            head.msg_name = (&raw mut batch.addrs[i]).cast();
+            head.msg_iov = &raw mut batch.iovs[i];
+            head.msg_iovlen = 1;
         }
+        batch
     }
 
     /// Waits for at least one datagram (as long as the socket's read timeout)
     /// and takes the others already queued; how many.
     pub fn receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        for i in 0..BATCH {
-            self.iovs[i] = libc::iovec {
-                iov_base: self.data[i * SIZE..].as_mut_ptr().cast(),
-                iov_len: SIZE,
-            };
-            let head = &mut self.heads[i];
-            head.msg_hdr.msg_name = (&raw mut self.addrs[i]).cast();
+        for head in &mut self.heads {
+            // The kernel wrote the last sender's length and the flags here.
             head.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            head.msg_hdr.msg_iov = &raw mut self.iovs[i];
-            head.msg_hdr.msg_iovlen = 1;
-            head.msg_hdr.msg_control = std::ptr::null_mut();
-            head.msg_hdr.msg_controllen = 0;
             head.msg_hdr.msg_flags = 0;
             head.msg_len = 0;
         }
@@ -85,8 +90,7 @@ impl Batch {
                 std::ptr::null_mut(),
             )
         };
-        self.count = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
-        Ok(self.count)
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
     }
 
     /// Datagram `i` of the last batch and its sender (`None`: not an IP
@@ -96,55 +100,56 @@ impl Batch {
         let bytes = &self.data[i * SIZE..i * SIZE + len];
         (bytes, from_storage(&self.addrs[i]))
     }
-}
 
-/// Sends each reply to its address, in as few system calls as the kernel
-/// allows; a datagram the kernel refuses is skipped, as `send_to`'s error
-/// was (logged at debug).
-pub fn send(socket: &UdpSocket, replies: &[(Vec<u8>, SocketAddr)]) {
-    for chunk in replies.chunks(BATCH) {
-        let mut addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)> =
-            chunk.iter().map(|(_, to)| to_storage(to)).collect();
-        let mut iovs: Vec<libc::iovec> = chunk
-            .iter()
-            .map(|(reply, _)| libc::iovec {
-                iov_base: reply.as_ptr() as *mut libc::c_void,
-                iov_len: reply.len(),
-            })
-            .collect();
-        let mut heads: Vec<libc::mmsghdr> = (0..chunk.len())
-            .map(|i| {
+    /// Sends each reply to its address, in as few system calls as the kernel
+    /// allows; a datagram the kernel refuses is skipped, as `send_to`'s error
+    /// was (logged at debug).
+    pub fn send(&mut self, socket: &UdpSocket, replies: &[(Vec<u8>, SocketAddr)]) {
+        for chunk in replies.chunks(BATCH) {
+            // Filled whole before any pointer into them is taken: within
+            // their capacity, so they do not move.
+            self.out_addrs.clear();
+            self.out_addrs
+                .extend(chunk.iter().map(|(_, to)| to_storage(to)));
+            self.out_iovs.clear();
+            self.out_iovs
+                .extend(chunk.iter().map(|(reply, _)| libc::iovec {
+                    iov_base: reply.as_ptr() as *mut libc::c_void,
+                    iov_len: reply.len(),
+                }));
+            self.out_heads.clear();
+            for i in 0..chunk.len() {
                 // SAFETY: all-zero is a valid mmsghdr.
                 let mut head: libc::mmsghdr = unsafe { zeroed() };
-                head.msg_hdr.msg_name = (&raw mut addrs[i].0).cast();
-                head.msg_hdr.msg_namelen = addrs[i].1;
-                head.msg_hdr.msg_iov = &raw mut iovs[i];
+                head.msg_hdr.msg_name = (&raw mut self.out_addrs[i].0).cast();
+                head.msg_hdr.msg_namelen = self.out_addrs[i].1;
+                head.msg_hdr.msg_iov = &raw mut self.out_iovs[i];
                 head.msg_hdr.msg_iovlen = 1;
-                head
-            })
-            .collect();
-        let mut at = 0;
-        while at < heads.len() {
-            // SAFETY: the headers point at `addrs`, `iovs` and the replies,
-            // all alive and unmoved until this loop ends; the kernel only
-            // reads the iovecs' bytes.
-            let n = unsafe {
-                libc::sendmmsg(
-                    socket.as_raw_fd(),
-                    heads[at..].as_mut_ptr(),
-                    (heads.len() - at) as libc::c_uint,
-                    0,
-                )
-            };
-            match usize::try_from(n) {
-                Ok(sent) if sent > 0 => at += sent,
-                _ => {
-                    let e = io::Error::last_os_error();
-                    if e.kind() == io::ErrorKind::Interrupted {
-                        continue;
+                self.out_heads.push(head);
+            }
+            let mut at = 0;
+            while at < self.out_heads.len() {
+                // SAFETY: the headers point at `out_addrs`, `out_iovs` and
+                // the replies, all alive and unmoved until this loop ends;
+                // the kernel only reads the iovecs' bytes.
+                let n = unsafe {
+                    libc::sendmmsg(
+                        socket.as_raw_fd(),
+                        self.out_heads[at..].as_mut_ptr(),
+                        (self.out_heads.len() - at) as libc::c_uint,
+                        0,
+                    )
+                };
+                match usize::try_from(n) {
+                    Ok(sent) if sent > 0 => at += sent,
+                    _ => {
+                        let e = io::Error::last_os_error();
+                        if e.kind() == io::ErrorKind::Interrupted {
+                            continue;
+                        }
+                        tracing::debug!(error = %e, to = %chunk[at].1, "UDP send failed");
+                        at += 1;
                     }
-                    tracing::debug!(error = %e, to = %chunk[at].1, "UDP send failed");
-                    at += 1;
                 }
             }
         }
@@ -241,7 +246,7 @@ mod tests {
             .iter()
             .map(|(bytes, from)| (bytes.iter().map(|b| b + 100).collect(), *from))
             .collect();
-        send(&server, &replies);
+        batch.send(&server, &replies);
         for (i, c) in clients.iter().enumerate() {
             c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
                 .unwrap();

@@ -368,19 +368,28 @@ mod tests {
         raw
     }
 
-    #[test]
-    fn a_prebuilt_denial_is_the_full_paths_byte_for_byte() {
-        let long = [b'x'; 63];
-        let names: Vec<Vec<&[u8]>> = vec![
+    const LONG: [u8; 63] = [b'x'; 63];
+
+    /// Names as labels: plain, mixed case, the root, bytes no policy can
+    /// spell, the longest, and `invalid.` near misses.
+    fn names() -> Vec<Vec<&'static [u8]>> {
+        vec![
             vec![b"c0ffee", b"t1", b"tunnel", b"evil", b"example"],
-            vec![b"MiXeD", b"CaSe", b"example"],
+            vec![b"MiXeD", b"CaSe", b"ExAmPlE"],
             vec![],
             vec![b"with space", b"a\x00b", b"test"],
-            vec![&long, &long, &long, b"example"],
+            vec![b"under_score", b"dash-ed", b"A1"],
+            vec![b"dot.inside", b"test"],
+            vec![&LONG, &LONG, &LONG, b"example"],
             vec![b"allowdns", b"invalid"],
             vec![b"x", b"INVALID"],
             vec![b"invalidx", b"test"],
-        ];
+        ]
+    }
+
+    #[test]
+    fn a_prebuilt_denial_is_the_full_paths_byte_for_byte() {
+        let names = names();
         let opts: [Option<&[u8]>; 6] = [
             None,
             Some(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0]),
@@ -422,24 +431,14 @@ mod tests {
 
     #[test]
     fn the_key_read_from_the_wire_is_the_decoded_names() {
-        let long = [b'x'; 63];
-        let names: Vec<Vec<&[u8]>> = vec![
-            vec![b"c0ffee", b"t1", b"tunnel", b"evil", b"example"],
-            vec![b"MiXeD", b"CaSe", b"ExAmPlE"],
-            vec![],
-            vec![b"with space", b"a\x00b", b"test"],
-            vec![b"under_score", b"dash-ed", b"A1"],
-            vec![b"dot.inside", b"test"],
-            vec![&long, &long, &long, b"example"],
-        ];
-        for name in &names {
+        for name in &names() {
             let raw = query([1, 0], name, 1, None);
             let q = Question::read(&raw).unwrap();
             let decoded = q.name(&raw).unwrap();
             assert_eq!(q.key, QueryKey::of(&decoded), "{name:?}");
         }
         // Past 255 bytes on the wire: not a name; the full path answers FORMERR.
-        let four: Vec<&[u8]> = vec![&long; 4];
+        let four: Vec<&[u8]> = vec![&LONG; 4];
         let raw = query([1, 0], &four, 1, None);
         assert!(Question::read(&raw).is_none());
     }

@@ -155,6 +155,10 @@ impl Outcome {
     }
 }
 
+/// The question's key as the fast path read it from the wire, so the full
+/// path does not compute it again; `None` inside: a label no policy can spell.
+pub struct ReadKey(pub Option<QueryKey>);
+
 /// The result of [`Handler::begin`].
 pub enum Progress {
     Answered(Outcome),
@@ -209,7 +213,7 @@ impl Handler {
 
     /// Everything that needs no waiting; the whole answer unless an upstream is needed.
     /// `known`: the question's key when the fast path read it already.
-    pub fn begin(&self, request: &Request, known: Option<Option<QueryKey>>) -> Progress {
+    pub fn begin(&self, request: &Request, known: Option<ReadKey>) -> Progress {
         let src = request.src();
         let in_force = self.state.snapshot();
         // The client first: hosts no policy governs learn nothing, not even FORMERR.
@@ -224,7 +228,7 @@ impl Handler {
         let query = request.queries.queries()[0].original();
         let (name, qtype) = (query.name(), query.query_type());
         // The one spelling every step below compares the name in.
-        let matched = known.unwrap_or_else(|| QueryKey::of(name));
+        let matched = known.map_or_else(|| QueryKey::of(name), |ReadKey(key)| key);
         // Monitor mode's lookups outside the allowlist are attributed too.
         let mut logged_owner = None;
         let (policy, rule, decision) = match decide::rule(governing, matched.as_ref()) {
@@ -336,12 +340,12 @@ impl Handler {
         src: SocketAddr,
         transport: Transport,
         started: Instant,
-    ) -> Result<Vec<u8>, Option<Option<QueryKey>>> {
+    ) -> Result<Vec<u8>, Option<ReadKey>> {
         let Some(question) = crate::serve::fast::Question::read(raw) else {
             return Err(None);
         };
         self.answer_fast(raw, &question, src, transport, started)
-            .ok_or(Some(question.key))
+            .ok_or(Some(ReadKey(question.key)))
     }
 
     fn answer_fast(
@@ -382,7 +386,7 @@ impl Handler {
         if ready.generation != loaded.generation || !ready.answers(raw, tcp) {
             return None;
         }
-        let (reply, mut answers) = ready.reply(raw, Instant::now())?;
+        let (reply, mut answers) = ready.reply(raw, started)?;
         let name = question.name(raw)?;
         if let Some(firewall) = &self.firewall {
             // A failure is the full path's to answer (SERVFAIL) and alert.

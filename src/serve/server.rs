@@ -484,7 +484,7 @@ impl UdpContext {
                     }
                 }
             }
-            crate::serve::batch::send(&self.socket, &replies);
+            batch.send(&self.socket, &replies);
             replies.clear();
         }
         Ok(())
