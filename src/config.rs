@@ -463,7 +463,7 @@ impl Input<'_> {
             max_ttl,
         } = cache;
         let cache = CacheLimits {
-            max_entries: max_entries.unwrap_or(100_000).max(16),
+            max_entries: max_entries.unwrap_or(50_000).max(16),
             min_ttl: min_ttl.unwrap_or(0),
             max_ttl: max_ttl.unwrap_or(86_400),
         };

@@ -314,7 +314,7 @@ fn load_zone(file: &Path, diags: &mut Diagnostics) -> Option<(String, Zone)> {
 
 /// One answer to one question: what a single upstream exchange (or local
 /// zone lookup) produced, before CNAME chasing.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Step {
     pub rcode: ResponseCode,
     pub answers: Vec<Record>,

@@ -36,7 +36,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::rr::{RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 
 use crate::policy::name::{PolicyId, PolicyIdMap, QueryKey};
 use crate::policy::zones::Step;
@@ -108,8 +109,16 @@ struct Partition {
     next_sweep: AtomicU64,
 }
 
+/// A step's records are kept as wire bytes, not hickory `Record`s: a
+/// one-address answer takes about 50 bytes so, against 272 for the `Record`
+/// alone, and the cache is most of allowdns's memory under a flood of
+/// allowed names (docs/performance.md). Decoded again only on a full-path
+/// hit; the fast path sends its own ready bytes.
 struct Entry {
-    step: Step,
+    rcode: ResponseCode,
+    /// How many of `records` are answers; the rest are authority.
+    answers: u16,
+    records: Box<[u8]>,
     stored: Instant,
     /// Seconds the entry lives, already clamped.
     lifetime: u32,
@@ -118,6 +127,45 @@ struct Entry {
 }
 
 impl Entry {
+    /// `None` if a record does not encode (it is then not cached).
+    fn new(step: &Step, stored: Instant, lifetime: u32) -> Option<Entry> {
+        let mut records = Vec::new();
+        let mut encoder = BinEncoder::new(&mut records);
+        for r in step.answers.iter().chain(&step.authority) {
+            r.emit(&mut encoder).ok()?;
+        }
+        Some(Entry {
+            rcode: step.rcode,
+            answers: u16::try_from(step.answers.len()).ok()?,
+            records: records.into_boxed_slice(),
+            stored,
+            lifetime,
+            ready: ArcSwapOption::empty(),
+        })
+    }
+
+    /// The step back, each TTL less `age` seconds (and at least 1).
+    fn step(&self, age: u32) -> Option<Step> {
+        let read = |decoder: &mut BinDecoder| -> Option<Record> {
+            let mut r = Record::read(decoder).ok()?;
+            r.ttl = r.ttl.saturating_sub(age).max(1);
+            Some(r)
+        };
+        let mut decoder = BinDecoder::new(&self.records);
+        let answers = (0..self.answers)
+            .map(|_| read(&mut decoder))
+            .collect::<Option<Vec<_>>>()?;
+        let mut authority = Vec::new();
+        while !decoder.is_empty() {
+            authority.push(read(&mut decoder)?);
+        }
+        Some(Step {
+            rcode: self.rcode,
+            answers,
+            authority,
+        })
+    }
+
     fn live_at(&self, now: Instant) -> bool {
         now.saturating_duration_since(self.stored).as_secs() < u64::from(self.lifetime)
     }
@@ -197,11 +245,7 @@ impl Cache {
             part.entries.remove_if(&key, |e| Arc::ptr_eq(e, &entry));
             return None;
         }
-        let mut step = entry.step.clone();
-        for r in step.answers.iter_mut().chain(step.authority.iter_mut()) {
-            r.ttl = r.ttl.saturating_sub(age as u32).max(1);
-        }
-        Some(step)
+        entry.step(age as u32)
     }
 
     /// The answer kept ready for this question, while its entry lives.
@@ -243,20 +287,18 @@ impl Cache {
         let Some(lifetime) = self.lifetime(step, floor) else {
             return;
         };
-        let part = self.partition_or_make(agent);
         let now = Instant::now();
+        let Some(entry) = Entry::new(step, now, lifetime) else {
+            return;
+        };
+        let part = self.partition_or_make(agent);
         part.sweep_if_full(self.epoch, now);
         part.entries.insert(
             Key {
                 name: name.clone(),
                 qtype,
             },
-            Arc::new(Entry {
-                step: step.clone(),
-                stored: now,
-                lifetime,
-                ready: ArcSwapOption::empty(),
-            }),
+            Arc::new(entry),
         );
     }
 
@@ -469,12 +511,7 @@ mod tests {
         for i in 0..90 {
             part.entries.insert(
                 key(name(format!("old{i}"))),
-                Arc::new(Entry {
-                    step: step(5),
-                    stored: old,
-                    lifetime: 5,
-                    ready: ArcSwapOption::empty(),
-                }),
+                Arc::new(Entry::new(&step(5), old, 5).unwrap()),
             );
             // Once hot, so only their expiry marks them as victims.
             let old = key(name(format!("old{i}")));
@@ -527,12 +564,7 @@ mod tests {
         let part = cache.partition_or_make(agent(1));
         part.entries.insert(
             key(name("aged")),
-            Arc::new(Entry {
-                step: step(60),
-                stored: Instant::now() - Duration::from_secs(20),
-                lifetime: 60,
-                ready: ArcSwapOption::empty(),
-            }),
+            Arc::new(Entry::new(&step(60), Instant::now() - Duration::from_secs(20), 60).unwrap()),
         );
         let hit = cache.get(agent(1), &name("aged"), RecordType::A).unwrap();
         assert!(
@@ -542,14 +574,60 @@ mod tests {
         );
         part.entries.insert(
             key(name("gone")),
-            Arc::new(Entry {
-                step: step(60),
-                stored: Instant::now() - Duration::from_secs(61),
-                lifetime: 60,
-                ready: ArcSwapOption::empty(),
-            }),
+            Arc::new(Entry::new(&step(60), Instant::now() - Duration::from_secs(61), 60).unwrap()),
         );
         assert!(cache.get(agent(1), &name("gone"), RecordType::A).is_none());
         assert_eq!(part.entries.len(), 1);
+    }
+
+    #[test]
+    fn entries_give_back_every_record_as_stored() {
+        use hickory_proto::rr::rdata::{AAAA, CNAME, SOA, TXT};
+        let n = |s: &str| Name::from_ascii(s).unwrap();
+        let rec = |owner: &str, ttl, data| Record::from_rdata(n(owner), ttl, data);
+        let soa = SOA::new(n("ns.test."), n("h.test."), 7, 3600, 600, 86400, 300);
+        let steps = [
+            Step {
+                rcode: ResponseCode::NoError,
+                answers: vec![
+                    rec("www.test.", 300, RData::CNAME(CNAME(n("edge.cdn.test.")))),
+                    rec("edge.cdn.test.", 60, RData::A(A::new(192, 0, 2, 1))),
+                    rec(
+                        "edge.cdn.test.",
+                        60,
+                        RData::AAAA(AAAA::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+                    ),
+                    rec(
+                        "edge.cdn.test.",
+                        60,
+                        RData::TXT(TXT::new(vec!["v=1".into(), "x".repeat(255)])),
+                    ),
+                ],
+                authority: Vec::new(),
+            },
+            Step {
+                rcode: ResponseCode::NXDomain,
+                answers: Vec::new(),
+                authority: vec![rec("test.", 300, RData::SOA(soa))],
+            },
+        ];
+        for step in steps {
+            let entry = Entry::new(&step, Instant::now(), 60).unwrap();
+            assert_eq!(entry.step(0).unwrap(), step);
+            let aged = entry.step(100).unwrap();
+            let ttls: Vec<u32> = aged
+                .answers
+                .iter()
+                .chain(&aged.authority)
+                .map(|r| r.ttl)
+                .collect();
+            let want: Vec<u32> = step
+                .answers
+                .iter()
+                .chain(&step.authority)
+                .map(|r| r.ttl.saturating_sub(100).max(1))
+                .collect();
+            assert_eq!(ttls, want);
+        }
     }
 }
