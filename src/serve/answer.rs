@@ -137,7 +137,8 @@ impl Answerer {
             tracing::error!(%client, transport = transport.as_str(), "internal error while answering; sent SERVFAIL");
             // Audited too; if that fails as well, the bare header still goes out.
             std::panic::catch_unwind(AssertUnwindSafe(|| {
-                self.handler.internal_error(raw, client, transport, started)
+                self.handler
+                    .unanswered(raw, client, transport, started, ResponseCode::ServFail)
             }))
             .unwrap_or_else(|_| wire::header_only_reply(raw, ResponseCode::ServFail))
             .map_or(Answer::Nothing, Answer::Reply)
@@ -164,7 +165,7 @@ impl Answerer {
             Err(_) => {
                 return self
                     .handler
-                    .malformed(raw, client, transport, started)
+                    .unanswered(raw, client, transport, started, ResponseCode::FormErr)
                     .map_or(Answer::Nothing, Answer::Reply);
             }
         };

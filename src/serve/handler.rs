@@ -649,33 +649,12 @@ impl Handler {
             .record(outcome.into_record(client, transport, query));
     }
 
-    /// A request that could not be parsed: FORMERR from its header, audited.
-    /// A client no policy governs learns nothing, not even that: REFUSED.
-    pub fn malformed(
-        &self,
-        raw: &[u8],
-        src: SocketAddr,
-        transport: Transport,
-        started: Instant,
-    ) -> Option<Vec<u8>> {
-        self.unanswered(raw, src, transport, started, ResponseCode::FormErr)
-    }
-
-    /// A request whose answer failed inside allowdns (a bug): SERVFAIL from
-    /// its header, audited like a malformed one, so no query goes unrecorded.
-    pub fn internal_error(
-        &self,
-        raw: &[u8],
-        src: SocketAddr,
-        transport: Transport,
-        started: Instant,
-    ) -> Option<Vec<u8>> {
-        self.unanswered(raw, src, transport, started, ResponseCode::ServFail)
-    }
-
-    /// `rcode` to a governed client (REFUSED to any other) from the header
-    /// alone, with its metric and audit record.
-    fn unanswered(
+    /// A request answered from its header alone, with its metric and audit
+    /// record: FORMERR to one that could not be parsed, SERVFAIL to one
+    /// whose answer failed inside allowdns (a bug), so no query goes
+    /// unrecorded. A client no policy governs learns nothing, not even
+    /// that: REFUSED.
+    pub fn unanswered(
         &self,
         raw: &[u8],
         src: SocketAddr,
