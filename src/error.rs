@@ -45,7 +45,7 @@ pub enum RuntimeError {
     Control { path: PathBuf, source: io::Error },
     /// The audit log cannot be opened. The message is `source`'s, which
     /// names the path already (`observe::audit::Sink::open` adds it, as its
-    /// reopen on SIGHUP needs it too); tests/exit_codes.rs checks it stays there.
+    /// reopen on SIGHUP needs it too); tests/it/exit_codes.rs checks it stays there.
     #[error("cannot open audit log {source}")]
     Audit { path: PathBuf, source: io::Error },
     /// An output file (or stdout) cannot be written.

@@ -1,6 +1,6 @@
 //! allowdns: an allowlist-only DNS resolver that fences AI agents in.
 //!
-//! The layers, top to bottom, in the order `tests/architecture.rs` enforces:
+//! The layers, top to bottom, in the order `tests/it/architecture.rs` enforces:
 //! a module imports only modules below it.
 //!
 //! ```text

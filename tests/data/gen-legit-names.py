@@ -7,7 +7,7 @@ diffed: `python3 tests/data/gen-legit-names.py > tests/data/legit-names.txt`.
 Each shape copies a real service's naming: random-looking labels that a
 naive tunnel detector flags, in the volumes one busy agent might ask for.
 The exfiltration budget must let all of them through without an alert
-(tests/exfil.rs replays the file through the real binary).
+(tests/it/exfil.rs replays the file through the real binary).
 """
 import random
 import uuid

@@ -1,7 +1,7 @@
 //! The audit log's schema: one type per line the log can hold, the query
 //! record and every event. Writers build these and readers (`suggest`, the
 //! tests) parse them; docs/manual.md "## Audit log" documents them, and
-//! tests/audit_schema.rs checks that table against these types.
+//! tests/it/audit_schema.rs checks that table against these types.
 //!
 //! The query record alone is written by a hand-written formatter
 //! (`format.rs`, once per query); a test there checks it agrees with

@@ -155,7 +155,7 @@ fn the_legit_corpus_stays_under_the_soft_limit_without_any_drain() {
     for legacy in [true, false] {
         let b = budgets(legacy);
         for n in corpus.lines() {
-            // As tests/exfil.rs allows them: `*.` and the zone's two labels.
+            // As tests/it/exfil.rs allows them: `*.` and the zone's two labels.
             let zone = n.rsplitn(3, '.').take(2).collect::<Vec<_>>();
             let pattern = format!("*.{}.{}", zone[1], zone[0]);
             // A browser's A, AAAA and HTTPS: three questions upstream.
