@@ -16,56 +16,38 @@ use crate::serve::tcp::TcpLimits;
 
 /// The config file as written.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ConfigFile {
     /// Addresses to answer on.
-    #[serde(default)]
     pub listen: Vec<String>,
-    #[serde(default)]
     pub upstream: UpstreamFile,
     /// Policy files or directories.
-    #[serde(default)]
     pub policies: Vec<PathBuf>,
     /// Zone directory.
-    #[serde(default)]
     pub zones: Option<PathBuf>,
     /// Audit log path; absent or `-` is stdout.
-    #[serde(default)]
     pub audit_log: Option<PathBuf>,
     /// TTL of the SOA in denials: how long clients cache a denial.
-    #[serde(default)]
     pub negative_ttl: Option<u32>,
-    #[serde(default)]
     pub cache: CacheFile,
-    #[serde(default)]
     pub alerts: AlertsFile,
     /// Unix socket for `allowdns grant`/`status`; absent means none.
-    #[serde(default)]
     pub control_socket: Option<PathBuf>,
     /// Address of the Prometheus endpoint; absent means none.
-    #[serde(default)]
     pub metrics: Option<String>,
     /// TCP connection limits.
-    #[serde(default)]
     pub tcp: TcpFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TcpFile {
-    #[serde(default)]
     pub idle_timeout_ms: Option<u64>,
-    #[serde(default)]
     pub max_connections: Option<usize>,
-    #[serde(default)]
     pub max_in_flight: Option<usize>,
-    #[serde(default)]
     pub max_queries: Option<u64>,
-    #[serde(default)]
     pub max_lifetime_secs: Option<u64>,
-    #[serde(default)]
     pub message_timeout_ms: Option<u64>,
-    #[serde(default)]
     pub max_connections_per_ip: Option<usize>,
 }
 
@@ -116,61 +98,46 @@ impl<'de> Deserialize<'de> for UpstreamChoice {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct UpstreamFile {
     /// `forward` (default), `recursive`, or `none` (local zones only).
-    #[serde(default)]
     pub mode: Option<UpstreamChoice>,
     /// Forwarders; default: the nameservers in /etc/resolv.conf.
-    #[serde(default)]
     pub servers: Vec<String>,
     /// Root hints for `recursive`.
-    #[serde(default)]
     pub root_hints: Option<PathBuf>,
     /// Let the recursor query loopback and private addresses.
-    #[serde(default)]
     pub allow_private_servers: bool,
     /// Per-exchange timeout.
-    #[serde(default)]
     pub timeout_ms: Option<u64>,
     /// Upstream-bound questions in flight, all agents together.
-    #[serde(default)]
     pub max_pending: Option<usize>,
     /// Upstream-bound questions in flight for one agent.
-    #[serde(default)]
     pub max_pending_per_agent: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct CacheFile {
-    #[serde(default)]
     pub max_entries: Option<usize>,
-    #[serde(default)]
     pub min_ttl: Option<u32>,
-    #[serde(default)]
     pub max_ttl: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AlertsFile {
     /// Seconds over which repeated denials from one client are summarized.
-    #[serde(default)]
     pub window_secs: Option<u64>,
     /// Threshold notifications to a webhook and/or syslog; absent: stderr only.
-    #[serde(default)]
     pub notify: Option<NotifyFile>,
     /// Name the process behind each denial (PID, command, parents); default true.
-    #[serde(default)]
     pub attribution: Option<bool>,
     /// The most one denial's attribution may delay its reply, in ms (1 to 1000; default 5).
-    #[serde(default)]
     pub attribution_budget_ms: Option<u64>,
     /// Denials attributed per second and client namespace beyond those
     /// alerted in full (0 to 100000; default 100); the rest are
     /// `unknown (rate limited)`.
-    #[serde(default)]
     pub attribution_rate: Option<u64>,
 }
 
