@@ -739,16 +739,36 @@ mod tests {
 }
 
 /// Where configuration comes from besides the file: the flags of `serve`,
-/// `check`, `nft-ruleset` and `run`, as the command line gave them.
-#[derive(Debug, Clone, Default)]
+/// `check` and `nft-ruleset` (`run` builds it from its own), as the command
+/// line gave them.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Sources {
+    /// YAML config file (see docs/manual.md, "Config reference").
+    #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
+    /// Address to answer on, `IP:PORT` or `IP` (port 53); repeatable.
+    #[arg(long)]
     pub listen: Vec<String>,
+    /// Forwarder, `IP:PORT` or `IP`; repeatable. Default: /etc/resolv.conf.
+    /// `none`: answer only from local zones.
+    #[arg(long)]
     pub upstream: Vec<String>,
+    /// Resolve recursively from this root hints file instead of forwarding.
+    #[arg(long, conflicts_with = "upstream")]
     pub root_hints: Option<PathBuf>,
+    /// Policy file or directory of *.yaml policies; repeatable.
+    #[arg(long)]
     pub policy: Vec<PathBuf>,
+    /// Directory of RFC 1035 zone files (*.zone) answered locally.
+    #[arg(long)]
     pub zones: Option<PathBuf>,
+    /// Audit log file (JSON Lines); `-` or absent means stdout.
+    #[arg(long)]
     pub audit_log: Option<PathBuf>,
+    /// Unix control socket for `grant`, `revoke` and `status` (mode 0600).
+    #[arg(long)]
     pub control: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
     pub metrics: Option<String>,
 }
