@@ -636,8 +636,10 @@ mod tests {
         assert!(parse_addr("localhost").is_err());
     }
 
+    /// Loads a config file of one policy, no upstream, and `text`.
     fn load_text(tag: &str, text: &str) -> (Option<Settings>, Diagnostics) {
         let path = std::env::temp_dir().join(format!("allowdns-cfg-{tag}-{}", std::process::id()));
+        let text = format!("policies: [p.yaml]\nupstream: {{ mode: none }}\n{text}");
         std::fs::write(&path, text).unwrap();
         let sources = Sources {
             config: Some(path.clone()),
@@ -649,19 +651,24 @@ mod tests {
         (settings, diags)
     }
 
-    #[test]
-    fn notify_errors_point_at_their_own_lines() {
-        let (settings, diags) = load_text(
-            "notify-bad",
-            "policies: [p.yaml]\nupstream: { mode: none }\nalerts:\n  window_secs: 60\n  notify:\n    threshold: { count: 2, window_secs: 0 }\n    syslog: { address: \"10.0.0.9\", format: rfc9999 }\n",
-        );
+    /// Loads like [`load_text`] a file that must be refused; each error as
+    /// `line:field: message`.
+    fn load_errors(tag: &str, text: &str) -> Vec<String> {
+        let (settings, diags) = load_text(tag, text);
         assert!(settings.is_none());
-        let errors: Vec<String> = diags
+        diags
             .errors()
             .map(|d| format!("{:?}:{:?}: {}", d.line, d.field, d.message))
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn notify_errors_point_at_their_own_lines() {
         assert_eq!(
-            errors,
+            load_errors(
+                "notify-bad",
+                "alerts:\n  window_secs: 60\n  notify:\n    threshold: { count: 2, window_secs: 0 }\n    syslog: { address: \"10.0.0.9\", format: rfc9999 }\n",
+            ),
             [
                 "Some(6):Some(\"alerts.notify.threshold.window_secs\"): 0 is not from 1 to 86400 seconds",
                 "Some(7):Some(\"alerts.notify.syslog.format\"): unknown format 'rfc9999' (expected rfc3164 or rfc5424)",
@@ -671,34 +678,19 @@ mod tests {
 
     #[test]
     fn attribution_is_on_by_default_and_its_budget_is_checked() {
-        let (settings, _) = load_text(
-            "attribution-default",
-            "policies: [p.yaml]\nupstream: { mode: none }\n",
-        );
+        let (settings, _) = load_text("attribution-default", "");
         let limits = settings.unwrap().attribution.unwrap();
         assert_eq!(limits.per_lookup, Duration::from_millis(5));
         assert_eq!(limits.rate, 100);
-        let (settings, _) = load_text(
-            "attribution-rate",
-            "policies: [p.yaml]\nupstream: { mode: none }\nalerts:\n  attribution_rate: 0\n",
-        );
+        let (settings, _) = load_text("attribution-rate", "alerts:\n  attribution_rate: 0\n");
         assert_eq!(settings.unwrap().attribution.unwrap().rate, 0);
-        let (settings, _) = load_text(
-            "attribution-off",
-            "policies: [p.yaml]\nupstream: { mode: none }\nalerts:\n  attribution: false\n",
-        );
+        let (settings, _) = load_text("attribution-off", "alerts:\n  attribution: false\n");
         assert_eq!(settings.unwrap().attribution, None);
-        let (settings, diags) = load_text(
-            "attribution-bad",
-            "policies: [p.yaml]\nupstream: { mode: none }\nalerts:\n  attribution_budget_ms: 0\n  attribution_rate: 200000\n",
-        );
-        assert!(settings.is_none());
-        let errors: Vec<String> = diags
-            .errors()
-            .map(|d| format!("{:?}:{:?}: {}", d.line, d.field, d.message))
-            .collect();
         assert_eq!(
-            errors,
+            load_errors(
+                "attribution-bad",
+                "alerts:\n  attribution_budget_ms: 0\n  attribution_rate: 200000\n",
+            ),
             [
                 "Some(4):Some(\"alerts.attribution_budget_ms\"): 0 is not from 1 to 1000 ms",
                 "Some(5):Some(\"alerts.attribution_rate\"): 200000 is not from 0 to 100000 denials per second"
@@ -710,7 +702,7 @@ mod tests {
     fn notify_defaults() {
         let (settings, diags) = load_text(
             "notify-ok",
-            "policies: [p.yaml]\nupstream: { mode: none }\nalerts:\n  notify:\n    syslog: { address: \"10.0.0.9\" }\n",
+            "alerts:\n  notify:\n    syslog: { address: \"10.0.0.9\" }\n",
         );
         assert!(!diags.has_errors(), "{diags:?}");
         let notify = settings.unwrap().notify.unwrap();
