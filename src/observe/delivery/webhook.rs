@@ -519,10 +519,29 @@ fn left(deadline: Instant) -> Result<Duration, SendError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
+
+    /// Accepts one connection and reads from it up to `end` (a request's
+    /// body ends with it), within 10 s.
+    pub(in super::super) fn accept_request(
+        listener: &TcpListener,
+        end: &[u8],
+    ) -> (TcpStream, Vec<u8>) {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(end) {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        (s, got)
+    }
 
     #[test]
     fn urls() {
@@ -660,16 +679,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            s.set_nodelay(true).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !got.ends_with(b"{}") {
-                let n = s.read(&mut buf).unwrap();
-                assert!(n > 0);
-                got.extend_from_slice(&buf[..n]);
-            }
+            let (mut s, _) = accept_request(&listener, b"{}");
             for (pause_ms, bytes) in pieces {
                 std::thread::sleep(Duration::from_millis(pause_ms));
                 if s.write_all(bytes).is_err() {
