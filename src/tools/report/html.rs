@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use super::chart::{Series, bars, bucket_words, legend};
 use super::read::Skipped;
-use super::tally::{ALLOW, BLOCKED, DENY, LOGGED, REFUSED, Seen, Tally, WOULD_DENY};
+use super::tally::{ALLOW, BLOCKED, Capped, DENY, LOGGED, REFUSED, Seen, Tally, WOULD_DENY};
 use super::{
     Learned, MAX_DENIED_DOMAINS, MAX_DESTINATIONS, MAX_NAMES, MAX_NAMES_PER_DOMAIN, SHOWN,
 };
@@ -449,25 +449,17 @@ fn exfil(out: &mut String, t: &Tally) {
             "<p>{} lookups marked (<code>soft</code>: past the soft budget; <code>budget</code>, <code>qtype</code>: refused under a wildcard).</p>",
             t.exfil_total
         );
-        out.push_str("<table id=\"exfil-table\"><tr><th>mark</th><th>name</th><th>lookups</th><th>first seen</th><th>last seen</th></tr>");
-        for ((mark, name), seen) in t.exfil.sorted_by(|s| s.count).iter().take(SHOWN) {
-            let _ = write!(
-                out,
-                "<tr class=\"exfil\"><td>{}</td><td><code>{}</code></td><td class=\"n\">{}</td>{}</tr>",
-                esc(mark),
-                esc(name),
-                seen.count,
-                seen_cells(seen)
-            );
-        }
-        more_row(
+        seen_table(
             out,
-            5,
-            (t.exfil.map.len().saturating_sub(SHOWN)) as u64,
-            "marked names with fewer lookups",
+            &t.exfil,
+            SeenTable {
+                id: "exfil",
+                heads: ["mark", "name", "lookups"],
+                fewer: "marked names with fewer lookups",
+                not_itemized: "marked lookups not itemized",
+            },
+            |(mark, name)| format!("<td>{}</td><td><code>{}</code></td>", esc(mark), esc(name)),
         );
-        more_row(out, 5, t.exfil.more, "marked lookups not itemized");
-        out.push_str("</table>");
     }
     if t.stripped.map.is_empty() {
         out.push_str("<p>No answer was stripped of a special-purpose address.</p>");
@@ -477,27 +469,65 @@ fn exfil(out: &mut String, t: &Tally) {
             "<p>{} special-purpose addresses taken out of answers.</p>",
             t.stripped_total
         );
-        out.push_str("<table id=\"stripped-table\"><tr><th>name</th><th>address stripped</th><th>times</th><th>first seen</th><th>last seen</th></tr>");
-        for ((name, addr), seen) in t.stripped.sorted_by(|s| s.count).iter().take(SHOWN) {
-            let _ = write!(
-                out,
-                "<tr class=\"stripped\"><td><code>{}</code></td><td><code>{}</code></td><td class=\"n\">{}</td>{}</tr>",
-                esc(name),
-                addr,
-                seen.count,
-                seen_cells(seen)
-            );
-        }
-        more_row(
+        seen_table(
             out,
-            5,
-            (t.stripped.map.len().saturating_sub(SHOWN)) as u64,
-            "stripped names with fewer answers",
+            &t.stripped,
+            SeenTable {
+                id: "stripped",
+                heads: ["name", "address stripped", "times"],
+                fewer: "stripped names with fewer answers",
+                not_itemized: "stripped addresses not itemized",
+            },
+            |(name, addr)| {
+                format!(
+                    "<td><code>{}</code></td><td><code>{addr}</code></td>",
+                    esc(name)
+                )
+            },
         );
-        more_row(out, 5, t.stripped.more, "stripped addresses not itemized");
-        out.push_str("</table>");
     }
     out.push_str("</section>");
+}
+
+/// The words of a [`seen_table`]: its id (also its rows' class), the heads
+/// of its two key columns and its count, and what its "more" rows count.
+struct SeenTable {
+    id: &'static str,
+    heads: [&'static str; 3],
+    fewer: &'static str,
+    not_itemized: &'static str,
+}
+
+/// A table of keys (two cells each, from `cells`) by how often they were
+/// seen, the first [`SHOWN`] of the most seen.
+fn seen_table<K: Ord + std::hash::Hash + Eq>(
+    out: &mut String,
+    rows: &Capped<K, Seen>,
+    words: SeenTable,
+    cells: impl Fn(&K) -> String,
+) {
+    let SeenTable {
+        id,
+        heads: [first, second, count],
+        fewer,
+        not_itemized,
+    } = words;
+    let _ = write!(
+        out,
+        "<table id=\"{id}-table\"><tr><th>{first}</th><th>{second}</th><th>{count}</th><th>first seen</th><th>last seen</th></tr>"
+    );
+    for (key, seen) in rows.sorted_by(|s| s.count).iter().take(SHOWN) {
+        let _ = write!(
+            out,
+            "<tr class=\"{id}\">{}<td class=\"n\">{}</td>{}</tr>",
+            cells(key),
+            seen.count,
+            seen_cells(seen)
+        );
+    }
+    more_row(out, 5, (rows.map.len().saturating_sub(SHOWN)) as u64, fewer);
+    more_row(out, 5, rows.more, not_itemized);
+    out.push_str("</table>");
 }
 
 fn diagnostics(out: &mut String, diags: &Diagnostics) {
