@@ -441,65 +441,60 @@ fn connections(out: &mut String, t: &Tally) {
 
 fn exfil(out: &mut String, t: &Tally) {
     out.push_str("<section id=\"exfil\"><h2>Exfiltration marks and stripped addresses</h2>");
-    if t.exfil.map.is_empty() {
-        out.push_str("<p>No lookup was marked by the exfiltration budget.</p>");
-    } else {
-        let _ = write!(
-            out,
-            "<p>{} lookups marked (<code>soft</code>: past the soft budget; <code>budget</code>, <code>qtype</code>: refused under a wildcard).</p>",
-            t.exfil_total
-        );
-        seen_table(
-            out,
-            &t.exfil,
-            SeenTable {
-                id: "exfil",
-                heads: ["mark", "name", "lookups"],
-                fewer: "marked names with fewer lookups",
-                not_itemized: "marked lookups not itemized",
-            },
-            |(mark, name)| format!("<td>{}</td><td><code>{}</code></td>", esc(mark), esc(name)),
-        );
-    }
-    if t.stripped.map.is_empty() {
-        out.push_str("<p>No answer was stripped of a special-purpose address.</p>");
-    } else {
-        let _ = write!(
-            out,
-            "<p>{} special-purpose addresses taken out of answers.</p>",
-            t.stripped_total
-        );
-        seen_table(
-            out,
-            &t.stripped,
-            SeenTable {
-                id: "stripped",
-                heads: ["name", "address stripped", "times"],
-                fewer: "stripped names with fewer answers",
-                not_itemized: "stripped addresses not itemized",
-            },
-            |(name, addr)| {
-                format!(
-                    "<td><code>{}</code></td><td><code>{addr}</code></td>",
-                    esc(name)
-                )
-            },
-        );
-    }
+    seen_table(
+        out,
+        &t.exfil,
+        SeenTable {
+            id: "exfil",
+            none: "No lookup was marked by the exfiltration budget.",
+            intro: format!(
+                "{} lookups marked (<code>soft</code>: past the soft budget; <code>budget</code>, <code>qtype</code>: refused under a wildcard).",
+                t.exfil_total
+            ),
+            heads: ["mark", "name", "lookups"],
+            fewer: "marked names with fewer lookups",
+            not_itemized: "marked lookups not itemized",
+        },
+        |(mark, name)| format!("<td>{}</td><td><code>{}</code></td>", esc(mark), esc(name)),
+    );
+    seen_table(
+        out,
+        &t.stripped,
+        SeenTable {
+            id: "stripped",
+            none: "No answer was stripped of a special-purpose address.",
+            intro: format!(
+                "{} special-purpose addresses taken out of answers.",
+                t.stripped_total
+            ),
+            heads: ["name", "address stripped", "times"],
+            fewer: "stripped names with fewer answers",
+            not_itemized: "stripped addresses not itemized",
+        },
+        |(name, addr)| {
+            format!(
+                "<td><code>{}</code></td><td><code>{addr}</code></td>",
+                esc(name)
+            )
+        },
+    );
     out.push_str("</section>");
 }
 
-/// The words of a [`seen_table`]: its id (also its rows' class), the heads
-/// of its two key columns and its count, and what its "more" rows count.
+/// The words of a [`seen_table`]: its id (also its rows' class), the
+/// paragraph without rows and the one before them, the heads of its two key
+/// columns and its count, and what its "more" rows count.
 struct SeenTable {
     id: &'static str,
+    none: &'static str,
+    intro: String,
     heads: [&'static str; 3],
     fewer: &'static str,
     not_itemized: &'static str,
 }
 
 /// A table of keys (two cells each, from `cells`) by how often they were
-/// seen, the first [`SHOWN`] of the most seen.
+/// seen, the first [`SHOWN`] of the most seen; a paragraph when there are none.
 fn seen_table<K: Ord + std::hash::Hash + Eq>(
     out: &mut String,
     rows: &Capped<K, Seen>,
@@ -508,13 +503,19 @@ fn seen_table<K: Ord + std::hash::Hash + Eq>(
 ) {
     let SeenTable {
         id,
+        none,
+        intro,
         heads: [first, second, count],
         fewer,
         not_itemized,
     } = words;
+    if rows.map.is_empty() {
+        let _ = write!(out, "<p>{none}</p>");
+        return;
+    }
     let _ = write!(
         out,
-        "<table id=\"{id}-table\"><tr><th>{first}</th><th>{second}</th><th>{count}</th><th>first seen</th><th>last seen</th></tr>"
+        "<p>{intro}</p><table id=\"{id}-table\"><tr><th>{first}</th><th>{second}</th><th>{count}</th><th>first seen</th><th>last seen</th></tr>"
     );
     for (key, seen) in rows.sorted_by(|s| s.count).iter().take(SHOWN) {
         let _ = write!(
