@@ -232,9 +232,8 @@ fn more_row(out: &mut String, columns: usize, n: u64, what: &str) {
 }
 
 fn timeline(out: &mut String, t: &Tally) {
-    out.push_str("<section id=\"timeline\"><h2>Lookups over time</h2>");
-    if t.timeline.buckets.is_empty() {
-        out.push_str("<p>No records.</p></section>");
+    let rows = !t.timeline.buckets.is_empty();
+    if !section(out, "timeline", "Lookups over time", rows, "No records.") {
         return;
     }
     let _ = write!(
@@ -311,17 +310,12 @@ fn names(out: &mut String, t: &Tally) {
     out.push_str("<table id=\"rules-table\"><tr><th>rule</th><th>lookups</th><th>names it matched (first few)</th><th>last seen</th></tr>");
     let rules = t.rules.sorted_by(|r| r.seen.count);
     for (rule, stat) in rules.iter().take(SHOWN) {
-        let examples: Vec<String> = stat
-            .names
-            .iter()
-            .map(|n| format!("<code>{}</code>", esc(n)))
-            .collect();
         let _ = write!(
             out,
             "<tr class=\"rule\"><td><code>{}</code></td><td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>",
             esc(rule),
             stat.seen.count,
-            examples.join(", "),
+            code_list(&stat.names),
             stamp(stat.seen.last)
         );
     }
@@ -335,6 +329,25 @@ fn names(out: &mut String, t: &Tally) {
     out.push_str("</table></section>");
 }
 
+/// Opens section `id` headed `title`; without `rows`, says `none` and
+/// closes it again (false).
+fn section(out: &mut String, id: &str, title: &str, rows: bool, none: &str) -> bool {
+    let _ = write!(out, "<section id=\"{id}\"><h2>{title}</h2>");
+    if !rows {
+        let _ = write!(out, "<p>{none}</p></section>");
+    }
+    rows
+}
+
+/// Each item escaped in `<code>`, comma-separated.
+fn code_list(items: &[String]) -> String {
+    let coded: Vec<String> = items
+        .iter()
+        .map(|n| format!("<code>{}</code>", esc(n)))
+        .collect();
+    coded.join(", ")
+}
+
 fn seen_cells(seen: &Seen) -> String {
     format!(
         "<td>{}</td><td>{}</td>",
@@ -344,9 +357,14 @@ fn seen_cells(seen: &Seen) -> String {
 }
 
 fn denied(out: &mut String, t: &Tally) {
-    out.push_str("<section id=\"denied\"><h2>Denied names, by registrable domain</h2>");
-    if t.denied.map.is_empty() {
-        out.push_str("<p>No lookup was denied.</p></section>");
+    let rows = !t.denied.map.is_empty();
+    if !section(
+        out,
+        "denied",
+        "Denied names, by registrable domain",
+        rows,
+        "No lookup was denied.",
+    ) {
         return;
     }
     out.push_str("<table id=\"denied-table\"><tr><th>domain / name</th><th>denied</th><th>would deny</th><th>first seen</th><th>last seen</th><th>who asked (first seen)</th></tr>");
@@ -390,9 +408,14 @@ fn denied(out: &mut String, t: &Tally) {
 }
 
 fn connections(out: &mut String, t: &Tally) {
-    out.push_str("<section id=\"connections\"><h2>Connections blocked or logged</h2>");
-    if t.egress.map.is_empty() {
-        out.push_str("<p>No <code>egress_denied</code> records in this log (the fence feeds them when the ruleset logs to NFLOG).</p></section>");
+    let rows = !t.egress.map.is_empty();
+    if !section(
+        out,
+        "connections",
+        "Connections blocked or logged",
+        rows,
+        "No <code>egress_denied</code> records in this log (the fence feeds them when the ruleset logs to NFLOG).",
+    ) {
         return;
     }
     out.push_str("<table id=\"egress-table\"><tr><th>action</th><th>agent</th><th>destination</th><th>times</th><th>first seen</th><th>last seen</th><th>resolved as</th><th>why</th><th>process (first seen)</th></tr>");
@@ -552,14 +575,10 @@ fn suggestion(out: &mut String, page: &Page) {
              there is nothing to learn a policy from.</p>",
         ),
         Learned::SeveralAgents(agents) => {
-            let list: Vec<String> = agents
-                .iter()
-                .map(|a| format!("<code>{}</code>", esc(a)))
-                .collect();
             let _ = write!(
                 out,
                 "<p>Several agents learned: {}. Choose one with <code>--agent</code> to see its policy.</p>",
-                list.join(", ")
+                code_list(agents)
             );
         }
         Learned::TooManyNames => {
