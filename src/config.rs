@@ -219,13 +219,7 @@ pub enum ConfigError {
 
 /// Parses `IP:PORT`, `[IPv6]:PORT` or a bare `IP` (port 53).
 pub fn parse_addr(raw: &str) -> Result<SocketAddr, ConfigError> {
-    let raw = raw.trim();
-    if let Ok(addr) = raw.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    raw.parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, 53))
-        .map_err(|_| ConfigError::Address(raw.to_string()))
+    crate::input::socket_addr(raw, 53).ok_or_else(|| ConfigError::Address(raw.trim().to_string()))
 }
 
 /// Where settings come from while they are read: the flags, and the config

@@ -2,7 +2,7 @@
 //! and warnings at file:line, called by `config::load`), and the validated
 //! [`NotifySettings`] the sinks start from.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -487,13 +487,7 @@ fn read_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
 
 /// `IP:PORT`, `[IPv6]:PORT`, or a bare IP (port 514).
 fn parse_syslog_addr(raw: &str) -> Result<SocketAddr, SettingError> {
-    let raw = raw.trim();
-    if let Ok(addr) = raw.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    raw.parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, 514))
-        .map_err(|_| SettingError::Address(raw.to_string()))
+    crate::input::socket_addr(raw, 514).ok_or_else(|| SettingError::Address(raw.trim().to_string()))
 }
 
 #[cfg(test)]
