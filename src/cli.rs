@@ -25,7 +25,7 @@ pub enum Command {
     /// Load config, policies and zones exactly as `serve` would, report every
     /// problem with file:line, and exit (non-zero on errors).
     #[command(override_usage = "allowdns check [OPTIONS]")]
-    Check(SourceArgs),
+    Check(Sources),
     /// Print the default-deny nftables ruleset for an agent's namespace.
     #[command(override_usage = "allowdns nft-ruleset [OPTIONS]")]
     NftRuleset(RulesetArgs),
@@ -57,59 +57,10 @@ pub enum Command {
     Kennel(crate::kennel::StageArgs),
 }
 
-/// Where configuration comes from; shared by `serve`, `check` and `nft-ruleset`.
-#[derive(Debug, Args, Clone)]
-pub struct SourceArgs {
-    /// YAML config file (see docs/manual.md, "Config reference").
-    #[arg(long, short = 'c')]
-    pub config: Option<PathBuf>,
-    /// Address to answer on, `IP:PORT` or `IP` (port 53); repeatable.
-    #[arg(long)]
-    pub listen: Vec<String>,
-    /// Forwarder, `IP:PORT` or `IP`; repeatable. Default: /etc/resolv.conf.
-    /// `none`: answer only from local zones.
-    #[arg(long)]
-    pub upstream: Vec<String>,
-    /// Resolve recursively from this root hints file instead of forwarding.
-    #[arg(long, conflicts_with = "upstream")]
-    pub root_hints: Option<PathBuf>,
-    /// Policy file or directory of *.yaml policies; repeatable.
-    #[arg(long)]
-    pub policy: Vec<PathBuf>,
-    /// Directory of RFC 1035 zone files (*.zone) answered locally.
-    #[arg(long)]
-    pub zones: Option<PathBuf>,
-    /// Audit log file (JSON Lines); `-` or absent means stdout.
-    #[arg(long)]
-    pub audit_log: Option<PathBuf>,
-    /// Unix control socket for `grant`, `revoke` and `status` (mode 0600).
-    #[arg(long)]
-    pub control: Option<PathBuf>,
-    /// Serve Prometheus metrics at http://ADDR/metrics.
-    #[arg(long)]
-    pub metrics: Option<String>,
-}
-
-impl From<SourceArgs> for Sources {
-    fn from(a: SourceArgs) -> Sources {
-        Sources {
-            config: a.config,
-            listen: a.listen,
-            upstream: a.upstream,
-            root_hints: a.root_hints,
-            policy: a.policy,
-            zones: a.zones,
-            audit_log: a.audit_log,
-            control: a.control,
-            metrics: a.metrics,
-        }
-    }
-}
-
 #[derive(Debug, Args, Clone)]
 pub struct ServeArgs {
     #[command(flatten)]
-    pub sources: SourceArgs,
+    pub sources: Sources,
     /// Reload when a policy, zone or config file changes (inotify; handles
     /// kubelet's ConfigMap `..data` swap). Default: on when a policy path is
     /// a directory. `--watch=false` turns it off.
@@ -188,7 +139,7 @@ pub struct SelftestArgs {
 #[derive(Debug, Args, Clone)]
 pub struct RulesetArgs {
     #[command(flatten)]
-    pub sources: SourceArgs,
+    pub sources: Sources,
     /// The agent (policy) to print for; needed when several are loaded.
     #[arg(long)]
     pub agent: Option<String>,

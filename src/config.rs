@@ -16,56 +16,38 @@ use crate::serve::tcp::TcpLimits;
 
 /// The config file as written.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ConfigFile {
     /// Addresses to answer on.
-    #[serde(default)]
     pub listen: Vec<String>,
-    #[serde(default)]
     pub upstream: UpstreamFile,
     /// Policy files or directories.
-    #[serde(default)]
     pub policies: Vec<PathBuf>,
     /// Zone directory.
-    #[serde(default)]
     pub zones: Option<PathBuf>,
     /// Audit log path; absent or `-` is stdout.
-    #[serde(default)]
     pub audit_log: Option<PathBuf>,
     /// TTL of the SOA in denials: how long clients cache a denial.
-    #[serde(default)]
     pub negative_ttl: Option<u32>,
-    #[serde(default)]
     pub cache: CacheFile,
-    #[serde(default)]
     pub alerts: AlertsFile,
     /// Unix socket for `allowdns grant`/`status`; absent means none.
-    #[serde(default)]
     pub control_socket: Option<PathBuf>,
     /// Address of the Prometheus endpoint; absent means none.
-    #[serde(default)]
     pub metrics: Option<String>,
     /// TCP connection limits.
-    #[serde(default)]
     pub tcp: TcpFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TcpFile {
-    #[serde(default)]
     pub idle_timeout_ms: Option<u64>,
-    #[serde(default)]
     pub max_connections: Option<usize>,
-    #[serde(default)]
     pub max_in_flight: Option<usize>,
-    #[serde(default)]
     pub max_queries: Option<u64>,
-    #[serde(default)]
     pub max_lifetime_secs: Option<u64>,
-    #[serde(default)]
     pub message_timeout_ms: Option<u64>,
-    #[serde(default)]
     pub max_connections_per_ip: Option<usize>,
 }
 
@@ -116,61 +98,46 @@ impl<'de> Deserialize<'de> for UpstreamChoice {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct UpstreamFile {
     /// `forward` (default), `recursive`, or `none` (local zones only).
-    #[serde(default)]
     pub mode: Option<UpstreamChoice>,
     /// Forwarders; default: the nameservers in /etc/resolv.conf.
-    #[serde(default)]
     pub servers: Vec<String>,
     /// Root hints for `recursive`.
-    #[serde(default)]
     pub root_hints: Option<PathBuf>,
     /// Let the recursor query loopback and private addresses.
-    #[serde(default)]
     pub allow_private_servers: bool,
     /// Per-exchange timeout.
-    #[serde(default)]
     pub timeout_ms: Option<u64>,
     /// Upstream-bound questions in flight, all agents together.
-    #[serde(default)]
     pub max_pending: Option<usize>,
     /// Upstream-bound questions in flight for one agent.
-    #[serde(default)]
     pub max_pending_per_agent: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct CacheFile {
-    #[serde(default)]
     pub max_entries: Option<usize>,
-    #[serde(default)]
     pub min_ttl: Option<u32>,
-    #[serde(default)]
     pub max_ttl: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AlertsFile {
     /// Seconds over which repeated denials from one client are summarized.
-    #[serde(default)]
     pub window_secs: Option<u64>,
     /// Threshold notifications to a webhook and/or syslog; absent: stderr only.
-    #[serde(default)]
     pub notify: Option<NotifyFile>,
     /// Name the process behind each denial (PID, command, parents); default true.
-    #[serde(default)]
     pub attribution: Option<bool>,
     /// The most one denial's attribution may delay its reply, in ms (1 to 1000; default 5).
-    #[serde(default)]
     pub attribution_budget_ms: Option<u64>,
     /// Denials attributed per second and client namespace beyond those
     /// alerted in full (0 to 100000; default 100); the rest are
     /// `unknown (rate limited)`.
-    #[serde(default)]
     pub attribution_rate: Option<u64>,
 }
 
@@ -252,13 +219,7 @@ pub enum ConfigError {
 
 /// Parses `IP:PORT`, `[IPv6]:PORT` or a bare `IP` (port 53).
 pub fn parse_addr(raw: &str) -> Result<SocketAddr, ConfigError> {
-    let raw = raw.trim();
-    if let Ok(addr) = raw.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    raw.parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, 53))
-        .map_err(|_| ConfigError::Address(raw.to_string()))
+    crate::input::socket_addr(raw, 53).ok_or_else(|| ConfigError::Address(raw.trim().to_string()))
 }
 
 /// Where settings come from while they are read: the flags, and the config
@@ -669,8 +630,10 @@ mod tests {
         assert!(parse_addr("localhost").is_err());
     }
 
+    /// Loads a config file of one policy, no upstream, and `text`.
     fn load_text(tag: &str, text: &str) -> (Option<Settings>, Diagnostics) {
         let path = std::env::temp_dir().join(format!("allowdns-cfg-{tag}-{}", std::process::id()));
+        let text = format!("policies: [p.yaml]\nupstream: {{ mode: none }}\n{text}");
         std::fs::write(&path, text).unwrap();
         let sources = Sources {
             config: Some(path.clone()),
@@ -682,19 +645,24 @@ mod tests {
         (settings, diags)
     }
 
-    #[test]
-    fn notify_errors_point_at_their_own_lines() {
-        let (settings, diags) = load_text(
-            "notify-bad",
-            "policies: [p.yaml]\nupstream: { mode: none }\nalerts:\n  window_secs: 60\n  notify:\n    threshold: { count: 2, window_secs: 0 }\n    syslog: { address: \"10.0.0.9\", format: rfc9999 }\n",
-        );
+    /// Loads like [`load_text`] a file that must be refused; each error as
+    /// `line:field: message`.
+    fn load_errors(tag: &str, text: &str) -> Vec<String> {
+        let (settings, diags) = load_text(tag, text);
         assert!(settings.is_none());
-        let errors: Vec<String> = diags
+        diags
             .errors()
             .map(|d| format!("{:?}:{:?}: {}", d.line, d.field, d.message))
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn notify_errors_point_at_their_own_lines() {
         assert_eq!(
-            errors,
+            load_errors(
+                "notify-bad",
+                "alerts:\n  window_secs: 60\n  notify:\n    threshold: { count: 2, window_secs: 0 }\n    syslog: { address: \"10.0.0.9\", format: rfc9999 }\n",
+            ),
             [
                 "Some(6):Some(\"alerts.notify.threshold.window_secs\"): 0 is not from 1 to 86400 seconds",
                 "Some(7):Some(\"alerts.notify.syslog.format\"): unknown format 'rfc9999' (expected rfc3164 or rfc5424)",
@@ -704,34 +672,19 @@ mod tests {
 
     #[test]
     fn attribution_is_on_by_default_and_its_budget_is_checked() {
-        let (settings, _) = load_text(
-            "attribution-default",
-            "policies: [p.yaml]\nupstream: { mode: none }\n",
-        );
+        let (settings, _) = load_text("attribution-default", "");
         let limits = settings.unwrap().attribution.unwrap();
         assert_eq!(limits.per_lookup, Duration::from_millis(5));
         assert_eq!(limits.rate, 100);
-        let (settings, _) = load_text(
-            "attribution-rate",
-            "policies: [p.yaml]\nupstream: { mode: none }\nalerts:\n  attribution_rate: 0\n",
-        );
+        let (settings, _) = load_text("attribution-rate", "alerts:\n  attribution_rate: 0\n");
         assert_eq!(settings.unwrap().attribution.unwrap().rate, 0);
-        let (settings, _) = load_text(
-            "attribution-off",
-            "policies: [p.yaml]\nupstream: { mode: none }\nalerts:\n  attribution: false\n",
-        );
+        let (settings, _) = load_text("attribution-off", "alerts:\n  attribution: false\n");
         assert_eq!(settings.unwrap().attribution, None);
-        let (settings, diags) = load_text(
-            "attribution-bad",
-            "policies: [p.yaml]\nupstream: { mode: none }\nalerts:\n  attribution_budget_ms: 0\n  attribution_rate: 200000\n",
-        );
-        assert!(settings.is_none());
-        let errors: Vec<String> = diags
-            .errors()
-            .map(|d| format!("{:?}:{:?}: {}", d.line, d.field, d.message))
-            .collect();
         assert_eq!(
-            errors,
+            load_errors(
+                "attribution-bad",
+                "alerts:\n  attribution_budget_ms: 0\n  attribution_rate: 200000\n",
+            ),
             [
                 "Some(4):Some(\"alerts.attribution_budget_ms\"): 0 is not from 1 to 1000 ms",
                 "Some(5):Some(\"alerts.attribution_rate\"): 200000 is not from 0 to 100000 denials per second"
@@ -743,7 +696,7 @@ mod tests {
     fn notify_defaults() {
         let (settings, diags) = load_text(
             "notify-ok",
-            "policies: [p.yaml]\nupstream: { mode: none }\nalerts:\n  notify:\n    syslog: { address: \"10.0.0.9\" }\n",
+            "alerts:\n  notify:\n    syslog: { address: \"10.0.0.9\" }\n",
         );
         assert!(!diags.has_errors(), "{diags:?}");
         let notify = settings.unwrap().notify.unwrap();
@@ -772,16 +725,36 @@ mod tests {
 }
 
 /// Where configuration comes from besides the file: the flags of `serve`,
-/// `check`, `nft-ruleset` and `run`, as the command line gave them.
-#[derive(Debug, Clone, Default)]
+/// `check` and `nft-ruleset` (`run` builds it from its own), as the command
+/// line gave them.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Sources {
+    /// YAML config file (see docs/manual.md, "Config reference").
+    #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
+    /// Address to answer on, `IP:PORT` or `IP` (port 53); repeatable.
+    #[arg(long)]
     pub listen: Vec<String>,
+    /// Forwarder, `IP:PORT` or `IP`; repeatable. Default: /etc/resolv.conf.
+    /// `none`: answer only from local zones.
+    #[arg(long)]
     pub upstream: Vec<String>,
+    /// Resolve recursively from this root hints file instead of forwarding.
+    #[arg(long, conflicts_with = "upstream")]
     pub root_hints: Option<PathBuf>,
+    /// Policy file or directory of *.yaml policies; repeatable.
+    #[arg(long)]
     pub policy: Vec<PathBuf>,
+    /// Directory of RFC 1035 zone files (*.zone) answered locally.
+    #[arg(long)]
     pub zones: Option<PathBuf>,
+    /// Audit log file (JSON Lines); `-` or absent means stdout.
+    #[arg(long)]
     pub audit_log: Option<PathBuf>,
+    /// Unix control socket for `grant`, `revoke` and `status` (mode 0600).
+    #[arg(long)]
     pub control: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
     pub metrics: Option<String>,
 }

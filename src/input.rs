@@ -258,6 +258,16 @@ pub fn read_yaml(
     Some(text)
 }
 
+/// An address as operators write one: `IP:PORT`, `[IPv6]:PORT`, or a bare
+/// IP (on `default_port`); blanks around it are ignored.
+pub fn socket_addr(raw: &str, default_port: u16) -> Option<std::net::SocketAddr> {
+    let raw = raw.trim();
+    raw.parse().ok().or_else(|| {
+        let ip: std::net::IpAddr = raw.parse().ok()?;
+        Some(std::net::SocketAddr::new(ip, default_port))
+    })
+}
+
 /// One of `names` (spelled exactly, from a plain scalar), as the value at
 /// the same index: a setting that is really a choice. Not serde's derived
 /// enum: that reads a YAML tag as the variant, so a policy's `mode: !learn`

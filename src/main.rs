@@ -98,7 +98,7 @@ fn main() -> ExitCode {
         Err(e) => return report(RuntimeError::Runtime(e).into()),
     };
     let result = match cli.command {
-        Command::Check(sources) => check(&sources.into()),
+        Command::Check(sources) => check(&sources),
         Command::Serve(args) => runtime.block_on(serve(args, passed)),
         Command::Selftest(args) => selftest(&args),
         Command::NftRuleset(args) => nft_ruleset(&args),
@@ -186,7 +186,7 @@ fn nft_ruleset(args: &RulesetArgs) -> Result<(), Failure> {
         open_tcp: args.open_tcp.clone(),
     });
     let text = startup::ruleset_with(
-        &args.sources.clone().into(),
+        &args.sources,
         args.agent.as_deref(),
         &args.dns,
         sidecar.as_ref(),
@@ -226,7 +226,6 @@ async fn ask(
 
 async fn serve(args: ServeArgs, passed: Passed) -> Result<(), Failure> {
     let ServeArgs { sources, watch } = args;
-    let sources = Sources::from(sources);
     let mut prepared = startup::prepare(&sources)?;
     prepared.watch = allowdns::ops::watch::wanted(watch, &prepared.settings);
     let token = CancellationToken::new();

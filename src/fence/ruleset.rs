@@ -129,25 +129,20 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
             })
             .collect()
     };
+    // Per address family the fence passes: its keyword, address type and sets.
+    let families = [
+        (v4, "ip", "ipv4_addr", &config.set_v4, &config.set_v4_ports),
+        (v6, "ip6", "ipv6_addr", &config.set_v6, &config.set_v6_ports),
+    ];
     let _ = writeln!(out, "\tset {MONITOR_SET} {{\n\t\ttype ether_type\n\t}}\n");
-    if v4 {
-        set(&mut out, &config.set_v4, "ipv4_addr", "timeout", &[]);
+    for (_, fam, addr, addrs, ports) in families.into_iter().filter(|f| f.0) {
+        set(&mut out, addrs, addr, "timeout", &[]);
         set(
             &mut out,
-            &config.set_v4_ports,
-            "ipv4_addr . inet_proto . inet_service",
+            ports,
+            &format!("{addr} . inet_proto . inet_service"),
             "interval,timeout",
-            &statics(true),
-        );
-    }
-    if v6 {
-        set(&mut out, &config.set_v6, "ipv6_addr", "timeout", &[]);
-        set(
-            &mut out,
-            &config.set_v6_ports,
-            "ipv6_addr . inet_proto . inet_service",
-            "interval,timeout",
-            &statics(false),
+            &statics(fam == "ip"),
         );
     }
     let deny = deny_verdict(config.deny_action);
@@ -158,11 +153,7 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
             "\tset {ND_NEXT_HOPS} {{\n\t\ttype ipv6_addr\n\t\tsize 256\n\t\tflags dynamic,timeout\n\t\ttimeout 30s\n\t}}\n"
         );
     }
-    out.push_str("\tchain output {\n\t\ttype filter hook output priority filter; policy drop;\n");
-    out.push_str("\t\toifname \"lo\" accept\n");
-    extension_headers(&mut out, config.family, LOG_PREFIX);
-    out.push_str("\t\tct state established,related accept\n");
-    out.push_str("\t\tct state invalid drop\n");
+    base_chain(&mut out, "output", "oifname", config.family, LOG_PREFIX);
     if v6 {
         let _ = writeln!(out, "\t\t{ND_SENT} {ND_LINK} {ND_DESTINATIONS} accept");
         // A global neighbour (a static gateway, an on-link prefix) is its own
@@ -205,8 +196,8 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
     // Special-purpose ranges go before the sets: a stale or hand-added
     // element cannot open them. What the policy lists or opts in to stays open.
     let opened = policy.opened_ranges();
-    for (fam, is_v6, ok) in [("ip", false, v4), ("ip6", true, v6)] {
-        let ranges = crate::policy::special::drop_list(is_v6, &opened);
+    for (ok, fam, ..) in families {
+        let ranges = crate::policy::special::drop_list(fam == "ip6", &opened);
         if ok && !ranges.is_empty() {
             let list: Vec<String> = ranges.iter().map(ToString::to_string).collect();
             let daddr = format!("{fam} daddr {{ {} }}", list.join(", "));
@@ -218,20 +209,11 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
             );
         }
     }
-    if v4 {
-        let _ = writeln!(out, "\t\tip daddr @{} accept", config.set_v4);
+    for (_, fam, _, addrs, ports) in families.into_iter().filter(|f| f.0) {
+        let _ = writeln!(out, "\t\t{fam} daddr @{addrs} accept");
         let _ = writeln!(
             out,
-            "\t\tip daddr . meta l4proto . th dport @{} accept",
-            config.set_v4_ports
-        );
-    }
-    if v6 {
-        let _ = writeln!(out, "\t\tip6 daddr @{} accept", config.set_v6);
-        let _ = writeln!(
-            out,
-            "\t\tip6 daddr . meta l4proto . th dport @{} accept",
-            config.set_v6_ports
+            "\t\t{fam} daddr . meta l4proto . th dport @{ports} accept"
         );
     }
     let _ = writeln!(out, "\t\tlog prefix \"{LOG_PREFIX}\" level warn");
@@ -244,12 +226,14 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
         "\t\tmeta mark != {SELFTEST_MARK:#x} meta protocol @{MONITOR_SET} accept comment \"mode: monitor\""
     );
     let _ = writeln!(out, "\t\tcounter {deny}\n\t}}\n");
-    out.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n");
-    out.push_str("\t\tiifname \"lo\" accept\n");
-    extension_headers(&mut out, config.family, INPUT_LOG_PREFIX);
     // Replies, allowdns's DNS answers among them, are established.
-    out.push_str("\t\tct state established,related accept\n");
-    out.push_str("\t\tct state invalid drop\n");
+    base_chain(
+        &mut out,
+        "input",
+        "iifname",
+        config.family,
+        INPUT_LOG_PREFIX,
+    );
     if v6 {
         // Hop limit 255 proves the sender is on the link, whatever its address
         // (a router with only a global address answers from it).
@@ -323,6 +307,20 @@ fn extension_headers(out: &mut String, family: Family, prefix: &str) {
     }
 }
 
+/// Opens the base chain of `hook` (default drop): loopback (`lo_match`
+/// "lo") passes, extension headers are screened (logged with
+/// `log_prefix`), then established flows pass and invalid ones drop.
+fn base_chain(out: &mut String, hook: &str, lo_match: &str, family: Family, log_prefix: &str) {
+    let _ = writeln!(
+        out,
+        "\tchain {hook} {{\n\t\ttype filter hook {hook} priority filter; policy drop;"
+    );
+    let _ = writeln!(out, "\t\t{lo_match} \"lo\" accept");
+    extension_headers(out, family, log_prefix);
+    out.push_str("\t\tct state established,related accept\n");
+    out.push_str("\t\tct state invalid drop\n");
+}
+
 fn set(out: &mut String, name: &str, ty: &str, flags: &str, elements: &[String]) {
     let _ = write!(out, "\tset {name} {{\n\t\ttype {ty}\n\t\tflags {flags}\n");
     if !elements.is_empty() {
@@ -337,15 +335,17 @@ mod tests {
     use crate::diagnostics::Diagnostics;
     use std::path::Path;
 
+    /// The policy `src`, which must compile.
+    fn compiled(src: &str) -> Policy {
+        let mut d = Diagnostics::default();
+        crate::policy::compile_source(Path::new("p.yaml"), src, &mut d).unwrap()
+    }
+
     #[test]
     fn a_single_family_fence_drops_the_other_family() {
-        let mut d = Diagnostics::default();
-        let policy = crate::policy::compile_source(
-            Path::new("p.yaml"),
+        let policy = compiled(
             "agent_name: a\nexpected_outbound:\n  - destination: x.example\nfirewall:\n  family: ip\n",
-            &mut d,
-        )
-        .unwrap();
+        );
         let config = policy.firewall.clone().unwrap();
         let text = render(
             &policy,
@@ -369,13 +369,9 @@ mod tests {
 
     #[test]
     fn special_ranges_drop_early_and_inbound_is_closed_but_for_listed_ports() {
-        let mut d = Diagnostics::default();
-        let policy = crate::policy::compile_source(
-            Path::new("p.yaml"),
+        let policy = compiled(
             "agent_name: a\nexpected_outbound:\n  - destination: api.corp.test\n    private: [10.20.0.0/16]\n  - destination: 172.16.5.0/24\ninbound:\n  - port: 8080\n    protocol: TCP\nfirewall: {}\n",
-            &mut d,
-        )
-        .unwrap();
+        );
         let config = policy.firewall.clone().unwrap();
         let text = render(&policy, &config, &["10.200.1.1".parse().unwrap()]);
         let at = |needle: &str| {
@@ -423,18 +419,12 @@ mod tests {
 
     #[test]
     fn routing_headers_go_before_established_and_denials_follow_deny_action() {
-        let mut d = Diagnostics::default();
         let source = |action: &str| {
             format!(
                 "agent_name: a\nexpected_outbound:\n  - destination: x.test\nfirewall:\n{action}"
             )
         };
-        let policy = crate::policy::compile_source(
-            Path::new("p.yaml"),
-            &source("  table: allowdns\n"),
-            &mut d,
-        )
-        .unwrap();
+        let policy = compiled(&source("  table: allowdns\n"));
         let text = render(&policy, policy.firewall.as_ref().unwrap(), &[]);
         for chain in text.split("chain ").filter(|c| c.contains("hook")) {
             let established = chain.find("ct state established").unwrap();
@@ -446,12 +436,7 @@ mod tests {
             text.contains("comment \"mode: monitor\"\n\t\tcounter goto denied\n"),
             "{text}"
         );
-        let policy = crate::policy::compile_source(
-            Path::new("p.yaml"),
-            &source("  deny_action: drop\n"),
-            &mut d,
-        )
-        .unwrap();
+        let policy = compiled(&source("  deny_action: drop\n"));
         let text = render(&policy, policy.firewall.as_ref().unwrap(), &[]);
         assert!(
             text.contains("comment \"mode: monitor\"\n\t\tcounter drop\n"),

@@ -174,16 +174,13 @@ fn checks(fence: &Fence) -> Vec<Check> {
     }
     .parse()
     .expect("a socket address");
-    out.push(match ask(rogue) {
-        Ok(()) => Check {
-            what: "dns elsewhere",
-            passed: false,
-            detail: format!("a resolver at {rogue} answered"),
-        },
-        Err(e) => Check {
-            what: "dns elsewhere",
-            passed: true,
-            detail: format!("a query to {rogue} got no answer ({e})"),
+    let answered = ask(rogue);
+    out.push(Check {
+        what: "dns elsewhere",
+        passed: answered.is_err(),
+        detail: match answered {
+            Ok(()) => format!("a resolver at {rogue} answered"),
+            Err(e) => format!("a query to {rogue} got no answer ({e})"),
         },
     });
     if fence.dns.is_empty() {
@@ -195,31 +192,34 @@ fn checks(fence: &Fence) -> Vec<Check> {
     }
     for ip in &fence.dns {
         let server = SocketAddr::new(*ip, 53);
-        out.push(match ask(server) {
-            Ok(()) => Check {
-                what: "dns to allowdns",
-                passed: true,
-                detail: format!("{server} answers"),
-            },
-            Err(e) => Check {
-                what: "dns to allowdns",
-                passed: false,
-                detail: format!("{server} does not answer ({e})"),
+        let answered = ask(server);
+        out.push(Check {
+            what: "dns to allowdns",
+            passed: answered.is_ok(),
+            detail: match answered {
+                Ok(()) => format!("{server} answers"),
+                Err(e) => format!("{server} does not answer ({e})"),
             },
         });
     }
     out
 }
 
-/// A TCP connection marked [`SELFTEST_MARK`], so allowdns does not alert on
-/// it; unmarked where the mark cannot be set (no CAP_NET_ADMIN).
-fn marked_connect(to: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(to),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
+/// A socket for talking to `to`, marked [`SELFTEST_MARK`] so allowdns does
+/// not alert on it; unmarked where the mark cannot be set (no CAP_NET_ADMIN).
+fn marked_socket(
+    to: SocketAddr,
+    kind: socket2::Type,
+    protocol: socket2::Protocol,
+) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(to), kind, Some(protocol))?;
     let _ = socket.set_mark(super::ruleset::SELFTEST_MARK);
+    Ok(socket)
+}
+
+/// A marked TCP connection: the canary.
+fn marked_connect(to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = marked_socket(to, socket2::Type::STREAM, socket2::Protocol::TCP)?;
     socket.connect_timeout(&to.into(), WAIT)?;
     Ok(socket.into())
 }
@@ -304,13 +304,8 @@ fn ask(server: SocketAddr) -> Result<(), std::io::Error> {
     }
     .parse()
     .expect("a socket address");
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(server),
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )?;
     // Marked, like the canary: the rogue-DNS probe raises no alert.
-    let _ = socket.set_mark(super::ruleset::SELFTEST_MARK);
+    let socket = marked_socket(server, socket2::Type::DGRAM, socket2::Protocol::UDP)?;
     socket.bind(&bind.into())?;
     let socket: UdpSocket = socket.into();
     socket.connect(server)?;

@@ -253,14 +253,7 @@ fn mounts(args: &StageArgs) -> Result<(), StageError> {
         }
     }
     if Path::new("/dev/mqueue").is_dir() {
-        mount(
-            Some("mqueue"),
-            "/dev/mqueue",
-            Some("mqueue"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            none,
-        )
-        .map_err(StageError::sys("cannot mount the kennel's /dev/mqueue"))?;
+        mount_own("mqueue", "/dev/mqueue")?;
     }
     // A symlinked resolv.conf (systemd-resolved) points into the /run just hidden.
     let mut target = std::path::PathBuf::from(RESOLV_CONF);
@@ -462,16 +455,23 @@ pub fn init(args: &StageArgs) -> i32 {
     signals::forward_until_exit(&mut signals, cmd, true)
 }
 
-fn confine() -> Result<(), StageError> {
-    let none: Option<&str> = None;
+/// Mounts the kennel's own instance of the kernel filesystem `fstype` at
+/// `target`: nothing on it runs, no device or set-uid file works.
+fn mount_own(fstype: &str, target: &str) -> Result<(), StageError> {
     mount(
-        Some("proc"),
-        "/proc",
-        Some("proc"),
+        Some(fstype),
+        target,
+        Some(fstype),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        none,
+        None::<&str>,
     )
-    .map_err(StageError::sys("cannot mount the kennel's /proc"))?;
+    .map_err(StageError::sys(format!(
+        "cannot mount the kennel's {target}"
+    )))
+}
+
+fn confine() -> Result<(), StageError> {
+    mount_own("proc", "/proc")?;
     use caps::CapSet;
     let clear = |set: CapSet, name: &'static str| {
         caps::clear(None, set).map_err(|source| StageError::Capabilities { set: name, source })

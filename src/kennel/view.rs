@@ -141,13 +141,17 @@ impl View {
             };
             full.symlink_metadata().is_ok().then_some(full)
         };
+        // A path CMD is given that the host has and the kennel hides, and why.
+        let unseen = |arg: &str| -> Option<(PathBuf, String)> {
+            let full = resolve(arg)?;
+            let why = self.hidden(&full)?;
+            Some((full, why))
+        };
         let Some((program, args)) = command.split_first() else {
             return out;
         };
         if program.contains('/') {
-            if let Some(full) = resolve(program)
-                && let Some(why) = self.hidden(&full)
-            {
+            if let Some((full, why)) = unseen(program) {
                 out.push(format!(
                     "CMD {} is not visible in the kennel ({why}); {}",
                     full.display(),
@@ -175,9 +179,7 @@ impl View {
             }
         }
         for arg in args.iter().filter(|a| !a.starts_with('-')) {
-            if let Some(full) = resolve(arg)
-                && let Some(why) = self.hidden(&full)
-            {
+            if let Some((full, why)) = unseen(arg) {
                 out.push(format!(
                     "argument '{arg}' names the host path {}, which is not visible in the kennel ({why}); {}",
                     full.display(),

@@ -171,24 +171,33 @@ impl<T> Windows<T> {
         }
     }
 
-    /// Closes the windows that have run their course (all of them with
-    /// `all`), writing what each counted: "[!] ... and N more {what} CLIENT
-    /// (agent A) {why} in the last S s".
-    fn close(
+    /// Writes the alerts waiting in full (`alert` formats one), then closes
+    /// the windows that have run their course (all of them with `all`).
+    fn flush(
         &mut self,
-        now: Instant,
-        window: Duration,
-        all: bool,
-        (what, why): (&str, &str),
+        tick: &Tick,
+        summary: &Summary,
+        alert: impl Fn(&T) -> String,
         text: &mut String,
     ) {
+        tick.stats
+            .stderr_alerts
+            .fetch_add(self.pending.len() as u64, Ordering::Relaxed);
+        for e in self.pending.drain(..) {
+            text.push_str(&alert(&e));
+        }
+        let Tick {
+            now, window, all, ..
+        } = *tick;
         self.clients.retain(|ip, w| {
             let done = all || now.duration_since(w.opened) >= window;
             if done && w.suppressed > 0 {
                 text.push_str(&format!(
-                    "[!] ... and {} more {what} {ip} (agent {}) {why} in the last {} s\n",
+                    "[!] ... and {} more {} {ip} (agent {}){} in the last {} s\n",
                     thousands(w.suppressed),
+                    summary.what,
                     w.agent,
+                    summary.why,
                     now.duration_since(w.opened).as_secs().max(1),
                 ));
             }
@@ -198,9 +207,12 @@ impl<T> Windows<T> {
             && (all || now.duration_since(since) >= window)
         {
             text.push_str(&format!(
-                "[!] ... and {} more {what} other clients {why} in the last {} s (the audit log has each one)\n",
+                "[!] ... and {} more {} other clients{} in the last {} s ({}the audit log has each one)\n",
                 thousands(self.other),
+                summary.what,
+                summary.why,
                 now.duration_since(since).as_secs().max(1),
+                summary.others,
             ));
             self.other = 0;
             self.other_since = None;
@@ -208,10 +220,40 @@ impl<T> Windows<T> {
     }
 }
 
-/// Stripped answers.
-type Strips = Windows<Stripped>;
-/// Connection attempts.
-type Flows = Windows<Egress>;
+/// How a closing window's summary reads: "[!] ... and N more {what} CLIENT
+/// (agent A){why} in the last S s", and for the clients past
+/// [`MAX_CLIENTS`] "... {what} other clients{why} ... ({others}the audit
+/// log has each one)".
+struct Summary {
+    what: &'static str,
+    why: &'static str,
+    others: &'static str,
+}
+
+const DENIALS: Summary = Summary {
+    what: "denied lookups from",
+    why: "",
+    others: "too many to itemize; ",
+};
+const STRIPS: Summary = Summary {
+    what: "answers to",
+    why: " stripped of special-purpose addresses",
+    others: "",
+};
+const FLOWS: Summary = Summary {
+    what: "connection attempts from",
+    why: " outside the allowlist",
+    others: "",
+};
+
+/// One pass of the printing thread.
+struct Tick<'a> {
+    stats: &'a AlertStats,
+    now: Instant,
+    window: Duration,
+    /// Close every window (shutdown).
+    all: bool,
+}
 
 struct Window {
     opened: Instant,
@@ -223,16 +265,14 @@ struct Window {
 
 #[derive(Default)]
 struct State {
-    clients: HashMap<IpAddr, Window>,
-    /// Full alerts not yet printed.
-    pending: Vec<Denied>,
-    /// Denials that found no window slot or pending slot, since `other_since`.
-    other: u64,
-    other_since: Option<Instant>,
+    /// Denied lookups; a window alerts up to [`ALERTS_PER_WINDOW`] names in full.
+    denials: Windows<Denied>,
     /// Per-agent notification thresholds, when `alerts.notify` is set.
     thresholds: Option<Thresholds>,
-    strips: Strips,
-    flows: Flows,
+    /// Stripped answers.
+    strips: Windows<Stripped>,
+    /// Connection attempts.
+    flows: Windows<Egress>,
     /// Notification trackers for stripped answers and exfiltration marks,
     /// when `alerts.notify` is set.
     stripped_notify: Option<Thresholds>,
@@ -333,13 +373,13 @@ impl Alerts {
     /// now: the process is looked up for those first. A peek; `denied`
     /// decides.
     pub fn would_alert(&self, client: IpAddr, qname: &Name) -> bool {
-        let state = lock(&self.shared.state);
-        if state.pending.len() >= MAX_PENDING {
+        let d = &lock(&self.shared.state).denials;
+        if d.pending.len() >= MAX_PENDING {
             return false;
         }
-        match state.clients.get(&client) {
+        match d.clients.get(&client) {
             Some(w) => w.alerted.len() < ALERTS_PER_WINDOW && !w.alerted.contains(qname),
-            None => state.clients.len() < MAX_CLIENTS,
+            None => d.clients.len() < MAX_CLIENTS,
         }
     }
 
@@ -357,8 +397,9 @@ impl Alerts {
         let ip = event.client.ip();
         let mut guard = lock(&self.shared.state);
         let state = &mut *guard;
-        let room = state.pending.len() < MAX_PENDING;
-        let print = if let Some(w) = state.clients.get_mut(&ip) {
+        let d = &mut state.denials;
+        let room = d.pending.len() < MAX_PENDING;
+        let print = if let Some(w) = d.clients.get_mut(&ip) {
             let new_name = w.alerted.len() < ALERTS_PER_WINDOW && !w.alerted.contains(&event.qname);
             if new_name && room {
                 w.alerted.push(event.qname.clone());
@@ -366,12 +407,12 @@ impl Alerts {
                 w.suppressed += 1;
             }
             new_name && room
-        } else if state.clients.len() >= MAX_CLIENTS || !room {
-            state.other += 1;
-            state.other_since.get_or_insert(now);
+        } else if d.clients.len() >= MAX_CLIENTS || !room {
+            d.other += 1;
+            d.other_since.get_or_insert(now);
             false
         } else {
-            state.clients.insert(
+            d.clients.insert(
                 ip,
                 Window {
                     opened: now,
@@ -412,9 +453,9 @@ impl Alerts {
                     what: Vec::new(),
                 };
                 wake |= thresholds.record(now, &event.agent, lookup);
-                state.pending.push(event);
+                d.pending.push(event);
             }
-            (None, true) => state.pending.push(event),
+            (None, true) => d.pending.push(event),
             (None, false) => {}
         }
         drop(guard);
@@ -426,26 +467,21 @@ impl Alerts {
     /// One alert per answer the fence stripped special-purpose addresses
     /// from; floods from a client fold into one summary per window.
     pub fn stripped(&self, event: Stripped) {
-        let now = Instant::now();
-        let ip = event.client.ip();
-        let mut guard = lock(&self.shared.state);
-        let notified = guard.stripped_notify.as_mut().is_some_and(|t| {
-            let lookup = Lookup {
-                ts: event.ts,
-                client: ip,
-                qname: event.qname.clone(),
-                qtype: event.qtype,
-                what: event.addresses.iter().map(|&a| What::Address(a)).collect(),
-            };
-            t.record(now, &event.agent, lookup)
-        });
-        let s = &mut guard.strips;
-        let agent = event.agent.clone();
-        let print = s.admit(ip, &agent, now, event);
-        drop(guard);
-        if print || notified {
-            self.printer.poke();
-        }
+        let (ip, agent) = (event.client.ip(), event.agent.clone());
+        let lookup = |e: &Stripped| Lookup {
+            ts: e.ts,
+            client: ip,
+            qname: e.qname.clone(),
+            qtype: e.qtype,
+            what: e.addresses.iter().map(|&a| What::Address(a)).collect(),
+        };
+        self.windowed(
+            ip,
+            &agent,
+            event,
+            |s| (&mut s.stripped_notify, &mut s.strips),
+            lookup,
+        );
     }
 
     /// A question the exfiltration budget marked or refused: counted
@@ -478,27 +514,49 @@ impl Alerts {
     /// attempts from the client within the window fold into one summary
     /// (a port scan is two lines). Counted towards notifications like denials.
     pub fn egress(&self, event: Egress) {
-        let now = Instant::now();
-        let ip = event.client.ip();
-        let mut guard = lock(&self.shared.state);
-        let notified = guard.egress_notify.as_mut().is_some_and(|t| {
-            let (addr, port, proto) = event.dst;
-            let lookup = Lookup {
-                ts: event.ts,
+        let (ip, agent) = (event.client.ip(), event.agent.clone());
+        let lookup = |e: &Egress| {
+            let (addr, port, proto) = e.dst;
+            Lookup {
+                ts: e.ts,
                 client: ip,
-                qname: event.resolved_name.clone().unwrap_or_else(Name::root),
+                qname: e.resolved_name.clone().unwrap_or_else(Name::root),
                 qtype: if addr.is_ipv4() {
                     RecordType::A
                 } else {
                     RecordType::AAAA
                 },
                 what: vec![What::Destination(addr, port, proto)],
-            };
-            t.record(now, &event.agent, lookup)
-        });
-        let f = &mut guard.flows;
-        let agent = event.agent.clone();
-        let print = f.admit(ip, &agent, now, event);
+            }
+        };
+        self.windowed(
+            ip,
+            &agent,
+            event,
+            |s| (&mut s.egress_notify, &mut s.flows),
+            lookup,
+        );
+    }
+
+    /// Counts `event` towards its notification tracker (as the lookup
+    /// `lookup` makes of it) and admits it to its windows; `parts` picks
+    /// the two from the state. Wakes the printer for a new window or a
+    /// notification.
+    fn windowed<T>(
+        &self,
+        ip: IpAddr,
+        agent: &Arc<str>,
+        event: T,
+        parts: fn(&mut State) -> (&mut Option<Thresholds>, &mut Windows<T>),
+        lookup: impl FnOnce(&T) -> Lookup,
+    ) {
+        let now = Instant::now();
+        let mut guard = lock(&self.shared.state);
+        let (tracker, windows) = parts(&mut guard);
+        let notified = tracker
+            .as_mut()
+            .is_some_and(|t| t.record(now, agent, lookup(&event)));
+        let print = windows.admit(ip, agent, now, event);
         drop(guard);
         if print || notified {
             self.printer.poke();
@@ -532,8 +590,12 @@ impl Alerts {
 /// Takes pending alerts and closes windows that are over (all when `all`);
 /// also takes the notifications that are due.
 fn collect(shared: &Shared, stats: &AlertStats, all: bool) -> (String, Vec<Raised>) {
-    let now = Instant::now();
-    let window = shared.window;
+    let tick = Tick {
+        stats,
+        now: Instant::now(),
+        window: shared.window,
+        all,
+    };
     let mut state = lock(&shared.state);
     let mut raised = Vec::new();
     let state = &mut *state;
@@ -546,142 +608,79 @@ fn collect(shared: &Shared, stats: &AlertStats, all: bool) -> (String, Vec<Raise
     .into_iter()
     .flatten()
     {
-        raised.extend(t.take_due(now));
+        raised.extend(t.take_due(tick.now));
     }
     stats
         .notifications
         .fetch_add(raised.len() as u64, Ordering::Relaxed);
-    stats
-        .stderr_alerts
-        .fetch_add(state.pending.len() as u64, Ordering::Relaxed);
     let mut text = String::new();
-    for e in state.pending.drain(..) {
-        let owner = e
-            .owner
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        text.push_str(&format!(
-            "[!] UNEXPECTED DNS LOOKUP\nTimestamp: {}\nAgent: {}\nClient: {}\n{owner}Query: {} {}\nAction: {}\nRule Matched: NONE - name not in allow-list\n",
-            humantime::format_rfc3339_seconds(e.ts),
-            e.agent,
-            e.client,
-            display_name(&e.qname),
-            e.qtype,
-            match e.action {
-                Action::Blocked => "NXDOMAIN",
-                Action::Logged => LOGGED,
-            },
-        ));
-    }
-    state.clients.retain(|ip, w| {
-        let done = all || now.duration_since(w.opened) >= window;
-        if done && w.suppressed > 0 {
-            text.push_str(&format!(
-                "[!] ... and {} more denied lookups from {ip} (agent {}) in the last {} s\n",
-                thousands(w.suppressed),
-                w.agent,
-                now.duration_since(w.opened).as_secs().max(1),
-            ));
-        }
-        !done
-    });
-    collect_strips(&mut state.strips, stats, now, window, all, &mut text);
-    collect_flows(&mut state.flows, stats, now, window, all, &mut text);
-    if let Some(since) = state.other_since
-        && (all || now.duration_since(since) >= window)
-    {
-        text.push_str(&format!(
-            "[!] ... and {} more denied lookups from other clients in the last {} s (too many to itemize; the audit log has each one)\n",
-            thousands(state.other),
-            now.duration_since(since).as_secs().max(1),
-        ));
-        state.other = 0;
-        state.other_since = None;
-    }
+    state
+        .denials
+        .flush(&tick, &DENIALS, denial_alert, &mut text);
+    state.strips.flush(&tick, &STRIPS, strip_alert, &mut text);
+    state.flows.flush(&tick, &FLOWS, flow_alert, &mut text);
     (text, raised)
 }
 
-fn collect_strips(
-    s: &mut Strips,
-    stats: &AlertStats,
-    now: Instant,
-    window: Duration,
-    all: bool,
-    text: &mut String,
-) {
-    stats
-        .stderr_alerts
-        .fetch_add(s.pending.len() as u64, Ordering::Relaxed);
-    for e in s.pending.drain(..) {
-        let addresses: Vec<String> = e
-            .addresses
-            .iter()
-            .map(|ip| match crate::policy::special::special(*ip) {
-                Some(why) => format!("{ip} ({why})"),
-                None => ip.to_string(),
-            })
-            .collect();
-        text.push_str(&format!(
-            "[!] SPECIAL-PURPOSE ADDRESS STRIPPED\nTimestamp: {}\nAgent: {}\nClient: {}\nQuery: {} {}\nRule Matched: {}\nStripped: {}\nAction: removed from the answer, not fed to the firewall\n",
-            humantime::format_rfc3339_seconds(e.ts),
-            e.agent,
-            e.client,
-            display_name(&e.qname),
-            e.qtype,
-            e.rule.as_deref().unwrap_or("(learn mode)"),
-            addresses.join(", "),
-        ));
-    }
-    s.close(
-        now,
-        window,
-        all,
-        ("answers to", "stripped of special-purpose addresses"),
-        text,
-    );
+/// The process behind an event, as its alert's lines, or nothing.
+fn owner_lines(owner: Option<&Attribution>) -> String {
+    owner.map(ToString::to_string).unwrap_or_default()
 }
 
-fn collect_flows(
-    f: &mut Flows,
-    stats: &AlertStats,
-    now: Instant,
-    window: Duration,
-    all: bool,
-    text: &mut String,
-) {
-    stats
-        .stderr_alerts
-        .fetch_add(f.pending.len() as u64, Ordering::Relaxed);
-    for e in f.pending.drain(..) {
-        let owner = e
-            .owner
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        text.push_str(&format!(
-            "[!] UNEXPECTED OUTBOUND CONNECTION\nTimestamp: {}\nAgent: {}\nClient: {}\n{owner}Destination: {} ({})\nAction: {}\nRule Matched: {}\n",
-            humantime::format_rfc3339_seconds(e.ts),
-            e.agent,
-            e.client.ip(),
-            e.destination,
-            e.resolved,
-            match e.action {
-                Action::Blocked => "BLOCKED",
-                Action::Logged => LOGGED,
-            },
-            e.rule
-                .as_deref()
-                .unwrap_or("NONE - Connection not in allow-list."),
-        ));
-    }
-    f.close(
-        now,
-        window,
-        all,
-        ("connection attempts from", "outside the allowlist"),
-        text,
-    );
+fn denial_alert(e: &Denied) -> String {
+    format!(
+        "[!] UNEXPECTED DNS LOOKUP\nTimestamp: {}\nAgent: {}\nClient: {}\n{}Query: {} {}\nAction: {}\nRule Matched: NONE - name not in allow-list\n",
+        humantime::format_rfc3339_seconds(e.ts),
+        e.agent,
+        e.client,
+        owner_lines(e.owner.as_ref()),
+        display_name(&e.qname),
+        e.qtype,
+        match e.action {
+            Action::Blocked => "NXDOMAIN",
+            Action::Logged => LOGGED,
+        },
+    )
+}
+
+fn strip_alert(e: &Stripped) -> String {
+    let addresses: Vec<String> = e
+        .addresses
+        .iter()
+        .map(|ip| match crate::policy::special::special(*ip) {
+            Some(why) => format!("{ip} ({why})"),
+            None => ip.to_string(),
+        })
+        .collect();
+    format!(
+        "[!] SPECIAL-PURPOSE ADDRESS STRIPPED\nTimestamp: {}\nAgent: {}\nClient: {}\nQuery: {} {}\nRule Matched: {}\nStripped: {}\nAction: removed from the answer, not fed to the firewall\n",
+        humantime::format_rfc3339_seconds(e.ts),
+        e.agent,
+        e.client,
+        display_name(&e.qname),
+        e.qtype,
+        e.rule.as_deref().unwrap_or("(learn mode)"),
+        addresses.join(", "),
+    )
+}
+
+fn flow_alert(e: &Egress) -> String {
+    format!(
+        "[!] UNEXPECTED OUTBOUND CONNECTION\nTimestamp: {}\nAgent: {}\nClient: {}\n{}Destination: {} ({})\nAction: {}\nRule Matched: {}\n",
+        humantime::format_rfc3339_seconds(e.ts),
+        e.agent,
+        e.client.ip(),
+        owner_lines(e.owner.as_ref()),
+        e.destination,
+        e.resolved,
+        match e.action {
+            Action::Blocked => "BLOCKED",
+            Action::Logged => LOGGED,
+        },
+        e.rule
+            .as_deref()
+            .unwrap_or("NONE - Connection not in allow-list."),
+    )
 }
 
 /// 4812 -> "4,812".
@@ -713,6 +712,15 @@ mod tests {
         }
     }
 
+    /// What alerts print while `feed` raises events, up to their close.
+    fn printed(feed: impl FnOnce(&Alerts)) -> String {
+        let buf = Buf::default();
+        let alerts = Alerts::start(Duration::from_secs(60), Box::new(buf.clone()));
+        feed(&alerts);
+        alerts.close();
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
     #[test]
     fn thousands_separators() {
         assert_eq!(thousands(7), "7");
@@ -734,13 +742,11 @@ mod tests {
 
     #[test]
     fn a_flood_prints_a_few_alerts_and_one_summary() {
-        let buf = Buf::default();
-        let alerts = Alerts::start(Duration::from_secs(60), Box::new(buf.clone()));
-        for i in 0..5000 {
-            alerts.denied(denied("10.200.1.2:53422", i));
-        }
-        alerts.close();
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let text = printed(|alerts| {
+            for i in 0..5000 {
+                alerts.denied(denied("10.200.1.2:53422", i));
+            }
+        });
         assert_eq!(
             text.matches("UNEXPECTED DNS LOOKUP").count(),
             ALERTS_PER_WINDOW,
@@ -787,14 +793,9 @@ mod tests {
         );
     }
 
-    /// A UDP syslog collector on loopback, and notify settings that send to
-    /// it once `count` events fall in a 300 s window.
-    fn syslog_collector(
-        count: u32,
-    ) -> (
-        std::net::UdpSocket,
-        crate::observe::delivery::NotifySettings,
-    ) {
+    /// A UDP syslog collector on loopback, and alerts that notify it once
+    /// more than `count` events fall in a 300 s window.
+    fn with_syslog(count: u32) -> (std::net::UdpSocket, Alerts) {
         use crate::observe::delivery::syslog::{Format, SyslogSettings, Target};
         use crate::observe::delivery::threshold::Threshold;
         use crate::observe::delivery::{NotifySettings, RetryPolicy};
@@ -815,21 +816,56 @@ mod tests {
             }),
             retry: RetryPolicy::default(),
         };
-        (collector, notify)
+        let alerts = Alerts::start_with(
+            Duration::from_secs(60),
+            Some(notify),
+            Box::new(Buf::default()),
+        );
+        (collector, alerts)
+    }
+
+    /// The next datagram the collector receives.
+    fn received(collector: &std::net::UdpSocket) -> String {
+        let mut datagram = [0u8; 8192];
+        let n = collector.recv(&mut datagram).unwrap();
+        String::from_utf8_lossy(&datagram[..n]).into_owned()
+    }
+
+    fn stripped(qname: &str) -> Stripped {
+        Stripped {
+            ts: SystemTime::UNIX_EPOCH,
+            agent: "a".into(),
+            client: "10.200.1.2:5300".parse().unwrap(),
+            qname: Name::from_ascii(qname).unwrap(),
+            qtype: RecordType::A,
+            rule: Some("*.cdn.test".into()),
+            addresses: vec!["169.254.169.254".parse().unwrap()],
+        }
+    }
+
+    /// A TCP connection attempt from 10.200.2.2 to `addr:port`.
+    fn egress(addr: &str, port: u16, resolved: &str, action: Action) -> Egress {
+        Egress {
+            ts: SystemTime::UNIX_EPOCH,
+            agent: "a".into(),
+            client: "10.200.2.2:40000".parse().unwrap(),
+            destination: format!("{addr}:{port}/tcp"),
+            dst: (addr.parse().unwrap(), port, 6),
+            resolved: resolved.into(),
+            resolved_name: None,
+            rule: None,
+            action,
+            owner: None,
+        }
     }
 
     #[test]
     fn a_crossing_goes_to_the_sinks_and_is_counted() {
-        let (collector, notify) = syslog_collector(2);
-        let buf = Buf::default();
-        let alerts =
-            Alerts::start_with(Duration::from_secs(60), Some(notify), Box::new(buf.clone()));
+        let (collector, alerts) = with_syslog(2);
         for i in 0..3 {
             alerts.denied(denied("10.200.1.2:53422", i));
         }
-        let mut datagram = [0u8; 8192];
-        let n = collector.recv(&mut datagram).unwrap();
-        let text = String::from_utf8_lossy(&datagram[..n]);
+        let text = received(&collector);
         assert!(text.contains("\"count\":3"), "{text}");
         assert!(text.contains("\"qname\":\"x2.tunnel.example\""), "{text}");
         alerts.close();
@@ -844,21 +880,11 @@ mod tests {
 
     #[test]
     fn a_flood_of_stripped_answers_prints_one_alert_and_one_summary() {
-        let buf = Buf::default();
-        let alerts = Alerts::start(Duration::from_secs(60), Box::new(buf.clone()));
-        for i in 0..500 {
-            alerts.stripped(Stripped {
-                ts: SystemTime::UNIX_EPOCH,
-                agent: "a".into(),
-                client: "10.200.1.2:5300".parse().unwrap(),
-                qname: Name::from_ascii(format!("m{i}.cdn.test.")).unwrap(),
-                qtype: RecordType::A,
-                rule: Some("*.cdn.test".into()),
-                addresses: vec!["169.254.169.254".parse().unwrap()],
-            });
-        }
-        alerts.close();
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let text = printed(|alerts| {
+            for i in 0..500 {
+                alerts.stripped(stripped(&format!("m{i}.cdn.test.")));
+            }
+        });
         assert_eq!(
             text.matches("SPECIAL-PURPOSE ADDRESS STRIPPED").count(),
             1,
@@ -876,26 +902,13 @@ mod tests {
 
     #[test]
     fn a_port_scan_prints_one_connection_alert_and_one_summary() {
-        let buf = Buf::default();
-        let alerts = Alerts::start(Duration::from_secs(60), Box::new(buf.clone()));
-        for port in 1..=1000u16 {
-            alerts.egress(Egress {
-                ts: SystemTime::UNIX_EPOCH,
-                agent: "a".into(),
-                client: "10.200.2.2:40000".parse().unwrap(),
-                destination: format!("104.28.14.6:{port}/tcp"),
-                dst: ("104.28.14.6".parse().unwrap(), port, 6),
-                resolved:
-                    "resolved: sketchy-mirror.example.com, handed to agent a outside the allowlist"
-                        .into(),
-                resolved_name: None,
-                rule: None,
-                action: Action::Logged,
-                owner: None,
-            });
-        }
-        alerts.close();
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let resolved =
+            "resolved: sketchy-mirror.example.com, handed to agent a outside the allowlist";
+        let text = printed(|alerts| {
+            for port in 1..=1000u16 {
+                alerts.egress(egress("104.28.14.6", port, resolved, Action::Logged));
+            }
+        });
         assert_eq!(
             text.matches("UNEXPECTED OUTBOUND CONNECTION").count(),
             1,
@@ -913,29 +926,16 @@ mod tests {
 
     #[test]
     fn connection_attempts_past_the_threshold_go_to_the_sinks() {
-        let (collector, notify) = syslog_collector(2);
-        let alerts = Alerts::start_with(
-            Duration::from_secs(60),
-            Some(notify),
-            Box::new(Buf::default()),
-        );
+        let (collector, alerts) = with_syslog(2);
         for port in [22, 23, 25] {
-            alerts.egress(Egress {
-                ts: SystemTime::UNIX_EPOCH,
-                agent: "a".into(),
-                client: "10.200.2.2:40000".parse().unwrap(),
-                destination: format!("203.0.113.9:{port}/tcp"),
-                dst: ("203.0.113.9".parse().unwrap(), port, 6),
-                resolved: "never handed out".into(),
-                resolved_name: None,
-                rule: None,
-                action: Action::Blocked,
-                owner: None,
-            });
+            alerts.egress(egress(
+                "203.0.113.9",
+                port,
+                "never handed out",
+                Action::Blocked,
+            ));
         }
-        let mut datagram = [0u8; 8192];
-        let n = collector.recv(&mut datagram).unwrap();
-        let text = String::from_utf8_lossy(&datagram[..n]);
+        let text = received(&collector);
         alerts.close();
         assert!(
             text.contains(
@@ -953,19 +953,15 @@ mod tests {
 
     #[test]
     fn memory_is_bounded_under_many_clients() {
-        let buf = Buf::default();
-        let alerts = Alerts::start(Duration::from_secs(60), Box::new(buf.clone()));
-        for i in 0..(MAX_CLIENTS * 3) {
-            let ip = format!("10.{}.{}.{}:1", i >> 16 & 255, i >> 8 & 255, i & 255);
-            alerts.denied(denied(&ip, i));
-        }
-        {
-            let state = alerts.shared.state.lock().unwrap();
-            assert!(state.clients.len() <= MAX_CLIENTS);
-            assert!(state.pending.len() <= MAX_PENDING);
-        }
-        alerts.close();
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let text = printed(|alerts| {
+            for i in 0..(MAX_CLIENTS * 3) {
+                let ip = format!("10.{}.{}.{}:1", i >> 16 & 255, i >> 8 & 255, i & 255);
+                alerts.denied(denied(&ip, i));
+            }
+            let denials = &alerts.shared.state.lock().unwrap().denials;
+            assert!(denials.clients.len() <= MAX_CLIENTS);
+            assert!(denials.pending.len() <= MAX_PENDING);
+        });
         assert!(
             text.contains("more denied lookups from other clients"),
             "{text}"
@@ -974,12 +970,7 @@ mod tests {
 
     #[test]
     fn security_events_go_to_the_sinks_once_per_window() {
-        let (collector, notify) = syslog_collector(100);
-        let alerts = Alerts::start_with(
-            Duration::from_secs(60),
-            Some(notify),
-            Box::new(Buf::default()),
-        );
+        let (collector, alerts) = with_syslog(100);
         let agent: Arc<str> = "a".into();
         let name = Name::from_ascii("x.cdn.test.").unwrap();
         for _ in 0..50 {
@@ -991,22 +982,9 @@ mod tests {
                 qtype: RecordType::TXT,
                 mark: "qtype",
             });
-            alerts.stripped(Stripped {
-                ts: SystemTime::UNIX_EPOCH,
-                agent: agent.clone(),
-                client: "10.200.1.2:5300".parse().unwrap(),
-                qname: Name::from_ascii("meta.cdn.test.").unwrap(),
-                qtype: RecordType::A,
-                rule: Some("*.cdn.test".into()),
-                addresses: vec!["169.254.169.254".parse().unwrap()],
-            });
+            alerts.stripped(stripped("meta.cdn.test."));
         }
-        let mut got = Vec::new();
-        let mut datagram = [0u8; 8192];
-        for _ in 0..2 {
-            let n = collector.recv(&mut datagram).unwrap();
-            got.push(String::from_utf8_lossy(&datagram[..n]).into_owned());
-        }
+        let mut got = vec![received(&collector), received(&collector)];
         alerts.close();
         // Raised in one tick; their order on the wire is not promised.
         got.sort_by_key(|d| !d.contains("allowdns.exfiltration"));

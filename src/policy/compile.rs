@@ -499,6 +499,20 @@ allowed_dynamic_resolution:
         (p, d)
     }
 
+    /// The errors of `src`, which must be refused, as printed.
+    fn refused(src: &str) -> Vec<String> {
+        let (p, d) = compile_str(src);
+        assert!(p.is_none());
+        d.errors().map(|e| e.to_string()).collect()
+    }
+
+    /// The warnings of `src`, which must compile, as printed.
+    fn warned(src: &str) -> Vec<String> {
+        let (p, d) = compile_str(src);
+        assert!(p.is_some());
+        d.warnings().map(|w| w.to_string()).collect()
+    }
+
     #[test]
     fn seed_format_loads_as_written() {
         let (p, d) = compile_str(SEED);
@@ -517,9 +531,7 @@ allowed_dynamic_resolution:
     #[test]
     fn errors_name_line_and_field() {
         let src = "agent_name: a\nexpected_outbound:\n  - destination: ok.example\n  - destination: \"bad..name\"\n    port: 443\n";
-        let (p, d) = compile_str(src);
-        assert!(p.is_none());
-        let errs: Vec<String> = d.errors().map(|e| e.to_string()).collect();
+        let errs = refused(src);
         assert!(
             errs.iter()
                 .any(|e| e
@@ -535,9 +547,7 @@ allowed_dynamic_resolution:
 
     #[test]
     fn unknown_keys_are_errors_with_lines() {
-        let (p, d) = compile_str("agent_name: a\nexpected_outbund: []\n");
-        assert!(p.is_none());
-        let e = d.errors().next().unwrap().to_string();
+        let e = refused("agent_name: a\nexpected_outbund: []\n").remove(0);
         assert!(e.starts_with("error: p.yaml:2"), "{e}");
         assert!(e.contains("unknown field `expected_outbund`"), "{e}");
     }
@@ -545,9 +555,7 @@ allowed_dynamic_resolution:
     #[test]
     fn over_broad_patterns_warn() {
         let src = "agent_name: a\nallowed_dynamic_resolution:\n  - \"*\"\n  - \"*.com\"\n  - \"*.co.uk\"\n  - \"*.example.com\"\n";
-        let (p, d) = compile_str(src);
-        assert!(p.is_some());
-        let w: Vec<String> = d.warnings().map(|w| w.to_string()).collect();
+        let w = warned(src);
         assert_eq!(w.len(), 3, "{w:?}");
         assert!(w[0].contains("p.yaml:3"), "{w:?}");
     }
@@ -556,9 +564,7 @@ allowed_dynamic_resolution:
     fn over_broad_address_destinations_warn() {
         // Distinct ports, so the ranges do not overlap.
         let src = "agent_name: a\nexpected_outbound:\n  - destination: 0.0.0.0/0\n    port: 1\n    protocol: TCP\n  - destination: \"::/0\"\n    port: 443\n    protocol: TCP\n  - destination: 64.0.0.0/2\n    port: 2\n    protocol: TCP\n  - destination: 2000::/3\n    port: 3\n    protocol: TCP\n  - destination: 10.0.0.0/8\n    port: 4\n    protocol: TCP\n  - destination: 2001:db8::/32\n    port: 5\n    protocol: TCP\n";
-        let (p, d) = compile_str(src);
-        assert!(p.is_some());
-        let w: Vec<String> = d.warnings().map(|w| w.to_string()).collect();
+        let w = warned(src);
         assert_eq!(w.len(), 4, "{w:?}");
         assert!(w[0].contains("p.yaml:3: expected_outbound[0].destination: over-broad: 0.0.0.0/0 is every IPv4 address"), "{w:?}");
         assert!(
@@ -571,9 +577,7 @@ allowed_dynamic_resolution:
     #[test]
     fn addresses_and_cidrs() {
         let src = "agent_name: a\nexpected_outbound:\n  - destination: 10.0.0.5\n  - destination: 10.1.0.0/16\n    port: 53\n    protocol: udp\n  - destination: 10.1.0.1/16\n";
-        let (p, d) = compile_str(src);
-        assert!(p.is_none());
-        let e = d.errors().next().unwrap().to_string();
+        let e = refused(src).remove(0);
         assert!(
             e.contains("p.yaml:7") && e.contains("did you mean 10.1.0.0/16"),
             "{e}"
@@ -583,9 +587,7 @@ allowed_dynamic_resolution:
     #[test]
     fn overlapping_address_ranges_are_errors() {
         let src = "agent_name: a\nexpected_outbound:\n  - destination: 10.0.0.0/8\n  - destination: 10.1.0.0/16\n    port: 443\n    protocol: TCP\n  - destination: 192.0.2.0/24\n    port: 80\n    protocol: TCP\n  - destination: 192.0.2.1\n    port: 443\n    protocol: TCP\n";
-        let (p, d) = compile_str(src);
-        assert!(p.is_none());
-        let errs: Vec<String> = d.errors().map(|e| e.to_string()).collect();
+        let errs = refused(src);
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(
             errs[0].contains("p.yaml:4") && errs[0].contains("10.1.0.0/16 overlaps 10.0.0.0/8"),

@@ -17,7 +17,6 @@ pub const SUPPORTED_VERSIONS: &[u32] = &[1];
 #[serde(deny_unknown_fields)]
 pub struct PolicyFileV1 {
     /// Format version; absent means 1, so the seed format loads as written.
-    #[serde(default)]
     pub version: Option<u32>,
     /// Names the agent in alerts and audit records.
     pub agent_name: String,
@@ -28,7 +27,6 @@ pub struct PolicyFileV1 {
     /// `enforce` (default) denies unlisted names; `learn` resolves them
     /// anyway and audits them as `would_deny` (the observation period);
     /// `monitor` lets everything through and alerts on what is not listed.
-    #[serde(default)]
     pub mode: Option<Mode>,
     /// Destinations the agent is expected to reach: names, patterns, IPs, CIDRs.
     #[serde(default)]
@@ -37,10 +35,8 @@ pub struct PolicyFileV1 {
     #[serde(default)]
     pub allowed_dynamic_resolution: Vec<DynamicV1>,
     /// Feed handed-out addresses into nftables sets; absent means no feeding.
-    #[serde(default)]
     pub firewall: Option<FirewallV1>,
     /// The exfiltration budget under wildcards; absent means the defaults.
-    #[serde(default)]
     pub exfil: Option<ExfilV1>,
     /// Ports the ruleset's input chain opens to the agent (a dev server).
     #[serde(default)]
@@ -115,52 +111,35 @@ pub struct InboundV1 {
 
 /// The `exfil:` section (docs/exfiltration.md); every key has a default.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ExfilV1 {
     /// `on` (default) or `off`.
-    #[serde(default)]
     pub budget: Option<String>,
-    #[serde(default)]
     pub soft_bytes: Option<u32>,
-    #[serde(default)]
     pub hard_bytes: Option<u32>,
-    #[serde(default)]
     pub drain_bytes_per_minute: Option<u32>,
-    #[serde(default)]
     pub cooldown_secs: Option<u32>,
-    #[serde(default)]
     pub min_ttl_secs: Option<u32>,
 }
 
 /// The `firewall:` section; every key has a default.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct FirewallV1 {
     /// Network namespace of the sets: a name under /run/netns, or a path.
-    #[serde(default)]
     pub netns: Option<String>,
     /// `inet` (default), `ip` or `ip6`.
-    #[serde(default)]
     pub family: Option<Family>,
-    #[serde(default)]
     pub table: Option<String>,
-    #[serde(default)]
     pub set_v4: Option<String>,
-    #[serde(default)]
     pub set_v6: Option<String>,
-    #[serde(default)]
     pub set_v4_ports: Option<String>,
-    #[serde(default)]
     pub set_v6_ports: Option<String>,
     /// Element timeouts are the record TTL clamped to [min_ttl, max_ttl] plus grace.
-    #[serde(default)]
     pub min_ttl: Option<u32>,
-    #[serde(default)]
     pub max_ttl: Option<u32>,
-    #[serde(default)]
     pub grace: Option<u32>,
     /// `reject` (default) or `drop`: what a denied packet gets.
-    #[serde(default)]
     pub deny_action: Option<DenyAction>,
 }
 
@@ -171,19 +150,14 @@ pub struct OutboundV1 {
     /// Exact name, wildcard pattern, IP address or CIDR.
     pub destination: String,
     /// Port the firewall may enforce alongside the address.
-    #[serde(default)]
     pub port: Option<u16>,
     /// `TCP` or `UDP`; goes with `port`.
-    #[serde(default)]
     pub protocol: Option<Protocol>,
     /// Free text for humans; carried into `check` output, never interpreted.
-    #[serde(default)]
     pub purpose: Option<String>,
     /// RFC 3339 time after which the entry no longer allows anything.
-    #[serde(default)]
     pub expires: Option<String>,
     /// Query types answered; wildcards default to address types only.
-    #[serde(default)]
     pub qtypes: Option<Vec<String>>,
     /// Special-purpose ranges (RFC 1918, link-local, ...) this name's answers
     /// may carry; stripped otherwise (docs/special-addresses.md).
@@ -205,9 +179,7 @@ pub enum DynamicV1 {
 pub struct DynamicEntryV1 {
     pub pattern: String,
     /// RFC 3339 time after which the entry no longer allows anything.
-    #[serde(default)]
     pub expires: Option<String>,
-    #[serde(default)]
     pub qtypes: Option<Vec<String>>,
     /// As in [`OutboundV1::private`].
     #[serde(default)]

@@ -196,6 +196,12 @@ mod tests {
         }
     }
 
+    /// `a.example`'s rule a second after `t`, without grants.
+    fn rule_after(p: &Policy, t: &str) -> Rule {
+        let later = p.effective(&[], time(t).unwrap() + Duration::from_secs(1));
+        later.rule_for("a.example").unwrap().clone()
+    }
+
     const PORT_443: &str = "agent_name: a\nexpected_outbound:\n  - destination: a.example\n    port: 443\n    protocol: TCP\n";
 
     #[test]
@@ -236,8 +242,7 @@ mod tests {
         let rule = p.rule_for("a.example").unwrap();
         assert!(rule.ports.any);
         assert_eq!(rule.expires, time(&t1));
-        let later = p.effective(&[], time(&t1).unwrap() + Duration::from_secs(1));
-        let rule = later.rule_for("a.example").unwrap();
+        let rule = rule_after(&p, &t1);
         assert_eq!((rule.ports.any, rule.expires), (false, None));
 
         // 443 until t2 plus any-port until t1 < t2: any-port until t1, then 443 until t2.
@@ -245,8 +250,7 @@ mod tests {
             "agent_name: a\nexpected_outbound:\n  - destination: a.example\n    port: 443\n    protocol: TCP\n    expires: \"{t2}\"\n  - destination: a.example\n    expires: \"{t1}\"\n"
         ));
         assert_eq!(p.rule_for("a.example").unwrap().expires, time(&t1));
-        let later = p.effective(&[], time(&t1).unwrap() + Duration::from_secs(1));
-        let rule = later.rule_for("a.example").unwrap();
+        let rule = rule_after(&p, &t1);
         assert_eq!((rule.ports.any, rule.expires), (false, time(&t2)));
 
         // Any-port until t1 and until t2: the later one covers the merge.
@@ -270,12 +274,10 @@ mod tests {
             "agent_name: a\nexpected_outbound:\n  - destination: a.example\n    expires: \"{t1}\"\n  - destination: a.example\n    port: 443\n    protocol: TCP\n    expires: \"{t2}\"\n  - destination: a.example\n    port: 80\n    protocol: TCP\n"
         ));
         assert_eq!(p.rule_for("a.example").unwrap().expires, time(&t1));
-        let mid = p.effective(&[], time(&t1).unwrap() + Duration::from_secs(1));
-        let rule = mid.rule_for("a.example").unwrap();
+        let rule = rule_after(&p, &t1);
         assert!(!rule.ports.any && rule.ports.listed.len() == 2);
         assert_eq!(rule.expires, time(&t2));
-        let end = p.effective(&[], time(&t2).unwrap() + Duration::from_secs(1));
-        let rule = end.rule_for("a.example").unwrap();
+        let rule = rule_after(&p, &t2);
         assert_eq!(rule.ports.listed, [(Protocol::Tcp, 80)]);
         assert_eq!(rule.expires, None);
     }
@@ -293,8 +295,7 @@ mod tests {
             time(&t1),
             "a permanent dynamic duplicate must not make it permanent"
         );
-        let later = p.effective(&[], time(&t1).unwrap() + Duration::from_secs(1));
-        let rule = later.rule_for("a.example").unwrap();
+        let rule = rule_after(&p, &t1);
         assert!(rule.dynamic && rule.expires.is_none());
     }
 

@@ -135,26 +135,24 @@ fn add(ranges: &mut Vec<Range>, start: u128, end: u128, label: &'static str) {
     ranges.extend(pieces);
 }
 
+/// One family's special ranges less its globally reachable exceptions, unsorted.
+fn family(special: &[(&str, &'static str)], global: &[&str]) -> Vec<Range> {
+    let mut ranges = Vec::new();
+    for (net, label) in special {
+        let (s, e) = net_range(net);
+        add(&mut ranges, s, e, label);
+    }
+    for net in global {
+        let (s, e) = net_range(net);
+        ranges = subtract(ranges, s, e);
+    }
+    ranges
+}
+
 fn build() -> Table {
-    let mut v4 = Vec::new();
-    for (net, label) in V4 {
-        let (s, e) = net_range(net);
-        add(&mut v4, s, e, label);
-    }
-    for net in V4_GLOBAL {
-        let (s, e) = net_range(net);
-        v4 = subtract(v4, s, e);
-    }
+    let mut v4 = family(V4, V4_GLOBAL);
     v4.sort_by_key(|r| r.start);
-    let mut v6 = Vec::new();
-    for (net, label) in V6 {
-        let (s, e) = net_range(net);
-        add(&mut v6, s, e, label);
-    }
-    for net in V6_GLOBAL {
-        let (s, e) = net_range(net);
-        v6 = subtract(v6, s, e);
-    }
+    let mut v6 = family(V6, V6_GLOBAL);
     // 64:ff9b:1::/96 is judged by the IPv4 it embeds, like the well-known prefix.
     v6 = subtract(v6, NAT64_LOCAL_96, NAT64_LOCAL_96 | 0xffff_ffff);
     for r in &v4 {
@@ -481,6 +479,12 @@ mod tests {
         }
     }
 
+    /// Whether a network of `list` holds `ip`.
+    fn covers(list: &[IpNet], ip: &str) -> bool {
+        let ip: IpAddr = ip.parse().unwrap();
+        list.iter().any(|n| n.contains(&ip))
+    }
+
     #[test]
     fn the_drop_list_covers_the_table_less_what_is_open() {
         let v4 = drop_list(false, &[]);
@@ -492,46 +496,28 @@ mod tests {
         assert!(text.contains(&"224.0.0.0/3".to_string()), "{text:?}");
         assert!(!text.iter().any(|t| t.starts_with("192.0.2.")), "{text:?}");
         let open = drop_list(false, &["10.200.4.0/22".parse().unwrap()]);
-        assert!(
-            open.iter()
-                .all(|n| !n.contains(&"10.200.5.1".parse::<IpAddr>().unwrap()))
-        );
-        assert!(
-            open.iter()
-                .any(|n| n.contains(&"10.200.8.1".parse::<IpAddr>().unwrap()))
-        );
+        assert!(!covers(&open, "10.200.5.1"));
+        assert!(covers(&open, "10.200.8.1"));
         // Every address the table marks is in the list, and nothing else.
-        for ip in [
-            "10.1.1.1",
-            "169.254.169.254",
-            "192.0.0.8",
-            "255.255.255.255",
-        ] {
-            let ip: IpAddr = ip.parse().unwrap();
-            assert!(v4.iter().any(|n| n.contains(&ip)), "{ip}");
-        }
-        for ip in ["192.0.0.9", "192.0.2.1", "8.8.8.8"] {
-            let ip: IpAddr = ip.parse().unwrap();
-            assert!(!v4.iter().any(|n| n.contains(&ip)), "{ip}");
-        }
         let v6 = drop_list(true, &[]);
-        for ip in [
-            "fe80::1",
-            "2002:a09:909::",
-            "64:ff9b::a9fe:a9fe",
-            "::ffff:1.2.3.4",
+        for (list, ip, marked) in [
+            (&v4, "10.1.1.1", true),
+            (&v4, "169.254.169.254", true),
+            (&v4, "192.0.0.8", true),
+            (&v4, "255.255.255.255", true),
+            (&v4, "192.0.0.9", false),
+            (&v4, "192.0.2.1", false),
+            (&v4, "8.8.8.8", false),
+            (&v6, "fe80::1", true),
+            (&v6, "2002:a09:909::", true),
+            (&v6, "64:ff9b::a9fe:a9fe", true),
+            (&v6, "::ffff:1.2.3.4", true),
+            (&v6, "2001:db8::1", false),
+            (&v6, "64:ff9b::808:808", false),
+            (&v6, "2002:808:808::", false),
+            (&v6, "2001:1::1", false),
         ] {
-            let ip: IpAddr = ip.parse().unwrap();
-            assert!(v6.iter().any(|n| n.contains(&ip)), "{ip}");
-        }
-        for ip in [
-            "2001:db8::1",
-            "64:ff9b::808:808",
-            "2002:808:808::",
-            "2001:1::1",
-        ] {
-            let ip: IpAddr = ip.parse().unwrap();
-            assert!(!v6.iter().any(|n| n.contains(&ip)), "{ip}");
+            assert_eq!(covers(list, ip), marked, "{ip}");
         }
     }
 }

@@ -272,31 +272,19 @@ mod tests {
     #[test]
     fn the_mandatory_checks_refuse_before_any_name_is_looked_at() {
         assert_eq!(checked(&query(1, 1, 0, 0)), Ok(()));
-        assert_eq!(
-            checked(&query(3, 16, 0, 0)),
-            Err(ResponseCode::Refused),
-            "CH"
-        );
-        assert_eq!(
-            checked(&query(255, 1, 0, 0)),
-            Err(ResponseCode::Refused),
-            "ANY class"
-        );
-        assert_eq!(
-            checked(&query(1, 252, 0, 0)),
-            Err(ResponseCode::Refused),
-            "AXFR"
-        );
-        assert_eq!(
-            checked(&query(1, 251, 0, 0)),
-            Err(ResponseCode::Refused),
-            "IXFR"
-        );
-        assert_eq!(
-            checked(&query(1, 1, 0, 2)),
-            Err(ResponseCode::NotImp),
-            "STATUS"
-        );
+        for (class, qtype, opcode, refused, what) in [
+            (3, 16, 0, ResponseCode::Refused, "CH"),
+            (255, 1, 0, ResponseCode::Refused, "ANY class"),
+            (1, 252, 0, ResponseCode::Refused, "AXFR"),
+            (1, 251, 0, ResponseCode::Refused, "IXFR"),
+            (1, 1, 2, ResponseCode::NotImp, "STATUS"),
+        ] {
+            assert_eq!(
+                checked(&query(class, qtype, 0, opcode)),
+                Err(refused),
+                "{what}"
+            );
+        }
         let mut none = query(1, 1, 0, 0);
         none[5] = 0;
         none.truncate(12);

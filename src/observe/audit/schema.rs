@@ -378,25 +378,38 @@ impl Event {
                 rule_ports: Some("443/tcp".into()),
                 reason: Some("special-purpose".into()),
                 netns: Some("/run/netns/agent".into()),
-                owner: OwnerFields {
-                    pid: Some(7),
-                    host_pid: Some(412233),
-                    comm: Some("python3".into()),
-                    exe: Some("/usr/bin/python3.12".into()),
-                    cmdline: Some("python3 /opt/agent/main.py".into()),
-                    parents: Some(vec![ParentRecord {
-                        pid: 1,
-                        host_pid: 412230,
-                        cmdline: "sh -c python3 /opt/agent/main.py".into(),
-                    }]),
-                    owner_unknown: Some("exited".into()),
-                },
+                owner: OwnerFields::example(
+                    "python3",
+                    "/usr/bin/python3.12",
+                    "python3 /opt/agent/main.py",
+                    "sh -c python3 /opt/agent/main.py",
+                ),
             })),
             Event::EgressRecordsLost(RecordsLost {
                 count: 3,
                 cause: Some("NFLOG receive buffer overrun".into()),
             }),
         ]
+    }
+}
+
+impl OwnerFields {
+    /// Every field set, for the examples: `comm` (`exe`) running `cmdline`
+    /// under a parent running `parent`.
+    fn example(comm: &str, exe: &str, cmdline: &str, parent: &str) -> OwnerFields {
+        OwnerFields {
+            pid: Some(7),
+            host_pid: Some(412233),
+            comm: Some(comm.into()),
+            exe: Some(exe.into()),
+            cmdline: Some(cmdline.into()),
+            parents: Some(vec![ParentRecord {
+                pid: 1,
+                host_pid: 412230,
+                cmdline: parent.into(),
+            }]),
+            owner_unknown: Some("exited".into()),
+        }
     }
 }
 
@@ -423,19 +436,12 @@ impl QueryRecord {
             stripped: vec![IpAddr::from([10, 9, 9, 9])],
             upstream_ms: Some(Millis(1.5)),
             exfil: Some("soft".into()),
-            owner: OwnerFields {
-                pid: Some(7),
-                host_pid: Some(412233),
-                comm: Some("getent".into()),
-                exe: Some("/usr/bin/getent".into()),
-                cmdline: Some("getent hosts denied.example".into()),
-                parents: Some(vec![ParentRecord {
-                    pid: 1,
-                    host_pid: 412230,
-                    cmdline: "python3 /opt/agent/main.py".into(),
-                }]),
-                owner_unknown: Some("exited".into()),
-            },
+            owner: OwnerFields::example(
+                "getent",
+                "/usr/bin/getent",
+                "getent hosts denied.example",
+                "python3 /opt/agent/main.py",
+            ),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! and warnings at file:line, called by `config::load`), and the validated
 //! [`NotifySettings`] the sinks start from.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -79,78 +79,61 @@ impl RetryPolicy {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct NotifyFile {
     /// When to notify; default: more than 2 denials from one agent in 300 s.
-    #[serde(default)]
     pub threshold: Option<ThresholdFile>,
     /// HTTP(S) POST of JSON: allowdns's own, or Slack's or Telegram's shape.
-    #[serde(default)]
     pub webhook: Option<WebhookFile>,
     /// The local syslog daemon or a UDP collector.
-    #[serde(default)]
     pub syslog: Option<SyslogFile>,
     /// How failed sends are retried; defaults suit most sinks.
-    #[serde(default)]
     pub retry: Option<RetryFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ThresholdFile {
     /// Notify when MORE than this many denials from one agent fall in the window.
-    #[serde(default)]
     pub count: Option<u32>,
     /// The sliding window, and the quiet time after a notification.
-    #[serde(default)]
     pub window_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct WebhookFile {
     /// `http[s]://HOST[:PORT]/PATH`; required.
-    #[serde(default)]
     pub url: Option<String>,
     /// Budget for one attempt: resolve, connect, TLS, send, response head.
-    #[serde(default)]
     pub timeout_ms: Option<u64>,
     /// `json` (default), `slack` or `telegram`.
-    #[serde(default)]
     pub format: Option<String>,
     /// Telegram's chat to post to; required with `format: telegram`.
-    #[serde(default)]
     pub chat_id: Option<String>,
     /// PEM file of the CAs to trust for https instead of the system store.
-    #[serde(default)]
     pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SyslogFile {
     /// Unix datagram socket of the local syslog daemon; default /dev/log.
-    #[serde(default)]
     pub socket: Option<PathBuf>,
     /// `IP:PORT` of a UDP collector (port 514 if left out), instead of `socket`.
-    #[serde(default)]
     pub address: Option<String>,
     /// syslog.conf facility name; default `auth`.
-    #[serde(default)]
     pub facility: Option<String>,
     /// `rfc3164` (default for `socket`) or `rfc5424` (default for `address`).
-    #[serde(default)]
     pub format: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetryFile {
     /// Failures in a row after which a sink gives up on what it holds.
-    #[serde(default)]
     pub max_attempts: Option<u32>,
     /// Cap on the doubling delay between attempts (1 s, 2 s, 4 s, ...).
-    #[serde(default)]
     pub max_backoff_secs: Option<u64>,
 }
 
@@ -504,13 +487,7 @@ fn read_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
 
 /// `IP:PORT`, `[IPv6]:PORT`, or a bare IP (port 514).
 fn parse_syslog_addr(raw: &str) -> Result<SocketAddr, SettingError> {
-    let raw = raw.trim();
-    if let Ok(addr) = raw.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    raw.parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, 514))
-        .map_err(|_| SettingError::Address(raw.to_string()))
+    crate::input::socket_addr(raw, 514).ok_or_else(|| SettingError::Address(raw.trim().to_string()))
 }
 
 #[cfg(test)]

@@ -405,9 +405,10 @@ fn pause(shared: &SinkShared, delay: Duration, was_closing: bool) {
 mod tests {
     use super::super::notification::tests::{THRESHOLD, raised};
     use super::super::settings::WebhookSettings;
+    use super::super::webhook::tests::accept_request;
     use super::super::webhook::{HttpUrl, Shape, Trust};
     use super::*;
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::net::TcpListener;
 
     fn settings(url: String, max_attempts: u32) -> NotifySettings {
@@ -444,17 +445,17 @@ mod tests {
         }
     }
 
+    /// `close(grace)` returns in less than `bound`.
+    fn assert_closes_within(delivery: &Delivery, grace: Duration, bound: Duration) {
+        let started = Instant::now();
+        delivery.close(grace);
+        let took = started.elapsed();
+        assert!(took < bound, "close({grace:?}) took {took:?}");
+    }
+
     /// Accepts one POST, answers 200, and returns its body.
     fn receive_one(listener: &TcpListener) -> serde_json::Value {
-        let (mut s, _) = listener.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !got.ends_with(b"}") {
-            let n = s.read(&mut buf).unwrap();
-            assert!(n > 0);
-            got.extend_from_slice(&buf[..n]);
-        }
+        let (mut s, got) = accept_request(listener, b"}");
         s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
         let text = String::from_utf8(got).unwrap();
         let (_, body) = text.split_once("\r\n\r\n").unwrap();
@@ -521,12 +522,7 @@ mod tests {
             first.elapsed()
         );
         assert_eq!(stats.failed_attempts.load(Ordering::Relaxed), 2);
-        let started = Instant::now();
-        delivery.close(Duration::from_secs(2));
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "close waits for nothing"
-        );
+        assert_closes_within(&delivery, Duration::from_secs(2), Duration::from_secs(1));
     }
 
     #[test]
@@ -541,11 +537,10 @@ mod tests {
         }
         // The head stays queued until it is delivered.
         assert_eq!(stats.dropped.load(Ordering::Relaxed), 10);
-        let started = Instant::now();
-        delivery.close(Duration::from_millis(300));
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "close is bounded"
+        assert_closes_within(
+            &delivery,
+            Duration::from_millis(300),
+            Duration::from_secs(5),
         );
         wait_for("the rest given up", || {
             stats.given_up.load(Ordering::Relaxed) == QUEUE_CAPACITY as u64

@@ -519,10 +519,29 @@ fn left(deadline: Instant) -> Result<Duration, SendError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
+
+    /// Accepts one connection and reads from it up to `end` (a request's
+    /// body ends with it), within 10 s.
+    pub(in super::super) fn accept_request(
+        listener: &TcpListener,
+        end: &[u8],
+    ) -> (TcpStream, Vec<u8>) {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(end) {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        (s, got)
+    }
 
     #[test]
     fn urls() {
@@ -562,19 +581,23 @@ mod tests {
             HttpUrl::parse("https://h:8443/").unwrap().to_string(),
             "https://h:8443/"
         );
-        assert!(err("ftp://h/").contains("scheme 'ftp'"));
-        assert!(err("127.0.0.1:9000").contains("not a URL"));
-        assert!(err("http://:80/").contains("no host"));
-        assert!(err("http:///x").contains("no host"));
-        assert!(err("http://h:0/").contains("port '0'"));
-        assert!(err("http://h:99999/").contains("port '99999'"));
-        assert!(err("http://h:x/").contains("port 'x'"));
-        assert!(err("http://u:p@h/").contains("user:password@"));
-        assert!(err("http://h/#top").contains("fragment"));
-        assert!(err("http://bad_host/").contains("'bad_host' is not a valid host"));
-        assert!(err("http://[::1/").contains("without ']'"));
-        assert!(err("http://[1.2.3.4]/").contains("not an IPv6"));
-        assert!(err("http://h/a b").contains("spaces"));
+        for (url, why) in [
+            ("ftp://h/", "scheme 'ftp'"),
+            ("127.0.0.1:9000", "not a URL"),
+            ("http://:80/", "no host"),
+            ("http:///x", "no host"),
+            ("http://h:0/", "port '0'"),
+            ("http://h:99999/", "port '99999'"),
+            ("http://h:x/", "port 'x'"),
+            ("http://u:p@h/", "user:password@"),
+            ("http://h/#top", "fragment"),
+            ("http://bad_host/", "'bad_host' is not a valid host"),
+            ("http://[::1/", "without ']'"),
+            ("http://[1.2.3.4]/", "not an IPv6"),
+            ("http://h/a b", "spaces"),
+        ] {
+            assert!(err(url).contains(why), "{url}: {}", err(url));
+        }
     }
 
     #[test]
@@ -656,16 +679,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            s.set_nodelay(true).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !got.ends_with(b"{}") {
-                let n = s.read(&mut buf).unwrap();
-                assert!(n > 0);
-                got.extend_from_slice(&buf[..n]);
-            }
+            let (mut s, _) = accept_request(&listener, b"{}");
             for (pause_ms, bytes) in pieces {
                 std::thread::sleep(Duration::from_millis(pause_ms));
                 if s.write_all(bytes).is_err() {

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use super::chart::{Series, bars, bucket_words, legend};
 use super::read::Skipped;
-use super::tally::{ALLOW, BLOCKED, DENY, LOGGED, REFUSED, Seen, Tally, WOULD_DENY};
+use super::tally::{ALLOW, BLOCKED, Capped, DENY, LOGGED, REFUSED, Seen, Tally, WOULD_DENY};
 use super::{
     Learned, MAX_DENIED_DOMAINS, MAX_DESTINATIONS, MAX_NAMES, MAX_NAMES_PER_DOMAIN, SHOWN,
 };
@@ -232,9 +232,8 @@ fn more_row(out: &mut String, columns: usize, n: u64, what: &str) {
 }
 
 fn timeline(out: &mut String, t: &Tally) {
-    out.push_str("<section id=\"timeline\"><h2>Lookups over time</h2>");
-    if t.timeline.buckets.is_empty() {
-        out.push_str("<p>No records.</p></section>");
+    let rows = !t.timeline.buckets.is_empty();
+    if !section(out, "timeline", "Lookups over time", rows, "No records.") {
         return;
     }
     let _ = write!(
@@ -311,17 +310,12 @@ fn names(out: &mut String, t: &Tally) {
     out.push_str("<table id=\"rules-table\"><tr><th>rule</th><th>lookups</th><th>names it matched (first few)</th><th>last seen</th></tr>");
     let rules = t.rules.sorted_by(|r| r.seen.count);
     for (rule, stat) in rules.iter().take(SHOWN) {
-        let examples: Vec<String> = stat
-            .names
-            .iter()
-            .map(|n| format!("<code>{}</code>", esc(n)))
-            .collect();
         let _ = write!(
             out,
             "<tr class=\"rule\"><td><code>{}</code></td><td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>",
             esc(rule),
             stat.seen.count,
-            examples.join(", "),
+            code_list(&stat.names),
             stamp(stat.seen.last)
         );
     }
@@ -335,6 +329,25 @@ fn names(out: &mut String, t: &Tally) {
     out.push_str("</table></section>");
 }
 
+/// Opens section `id` headed `title`; without `rows`, says `none` and
+/// closes it again (false).
+fn section(out: &mut String, id: &str, title: &str, rows: bool, none: &str) -> bool {
+    let _ = write!(out, "<section id=\"{id}\"><h2>{title}</h2>");
+    if !rows {
+        let _ = write!(out, "<p>{none}</p></section>");
+    }
+    rows
+}
+
+/// Each item escaped in `<code>`, comma-separated.
+fn code_list(items: &[String]) -> String {
+    let coded: Vec<String> = items
+        .iter()
+        .map(|n| format!("<code>{}</code>", esc(n)))
+        .collect();
+    coded.join(", ")
+}
+
 fn seen_cells(seen: &Seen) -> String {
     format!(
         "<td>{}</td><td>{}</td>",
@@ -344,9 +357,14 @@ fn seen_cells(seen: &Seen) -> String {
 }
 
 fn denied(out: &mut String, t: &Tally) {
-    out.push_str("<section id=\"denied\"><h2>Denied names, by registrable domain</h2>");
-    if t.denied.map.is_empty() {
-        out.push_str("<p>No lookup was denied.</p></section>");
+    let rows = !t.denied.map.is_empty();
+    if !section(
+        out,
+        "denied",
+        "Denied names, by registrable domain",
+        rows,
+        "No lookup was denied.",
+    ) {
         return;
     }
     out.push_str("<table id=\"denied-table\"><tr><th>domain / name</th><th>denied</th><th>would deny</th><th>first seen</th><th>last seen</th><th>who asked (first seen)</th></tr>");
@@ -390,9 +408,14 @@ fn denied(out: &mut String, t: &Tally) {
 }
 
 fn connections(out: &mut String, t: &Tally) {
-    out.push_str("<section id=\"connections\"><h2>Connections blocked or logged</h2>");
-    if t.egress.map.is_empty() {
-        out.push_str("<p>No <code>egress_denied</code> records in this log (the fence feeds them when the ruleset logs to NFLOG).</p></section>");
+    let rows = !t.egress.map.is_empty();
+    if !section(
+        out,
+        "connections",
+        "Connections blocked or logged",
+        rows,
+        "No <code>egress_denied</code> records in this log (the fence feeds them when the ruleset logs to NFLOG).",
+    ) {
         return;
     }
     out.push_str("<table id=\"egress-table\"><tr><th>action</th><th>agent</th><th>destination</th><th>times</th><th>first seen</th><th>last seen</th><th>resolved as</th><th>why</th><th>process (first seen)</th></tr>");
@@ -441,63 +464,94 @@ fn connections(out: &mut String, t: &Tally) {
 
 fn exfil(out: &mut String, t: &Tally) {
     out.push_str("<section id=\"exfil\"><h2>Exfiltration marks and stripped addresses</h2>");
-    if t.exfil.map.is_empty() {
-        out.push_str("<p>No lookup was marked by the exfiltration budget.</p>");
-    } else {
-        let _ = write!(
-            out,
-            "<p>{} lookups marked (<code>soft</code>: past the soft budget; <code>budget</code>, <code>qtype</code>: refused under a wildcard).</p>",
-            t.exfil_total
-        );
-        out.push_str("<table id=\"exfil-table\"><tr><th>mark</th><th>name</th><th>lookups</th><th>first seen</th><th>last seen</th></tr>");
-        for ((mark, name), seen) in t.exfil.sorted_by(|s| s.count).iter().take(SHOWN) {
-            let _ = write!(
-                out,
-                "<tr class=\"exfil\"><td>{}</td><td><code>{}</code></td><td class=\"n\">{}</td>{}</tr>",
-                esc(mark),
-                esc(name),
-                seen.count,
-                seen_cells(seen)
-            );
-        }
-        more_row(
-            out,
-            5,
-            (t.exfil.map.len().saturating_sub(SHOWN)) as u64,
-            "marked names with fewer lookups",
-        );
-        more_row(out, 5, t.exfil.more, "marked lookups not itemized");
-        out.push_str("</table>");
-    }
-    if t.stripped.map.is_empty() {
-        out.push_str("<p>No answer was stripped of a special-purpose address.</p>");
-    } else {
-        let _ = write!(
-            out,
-            "<p>{} special-purpose addresses taken out of answers.</p>",
-            t.stripped_total
-        );
-        out.push_str("<table id=\"stripped-table\"><tr><th>name</th><th>address stripped</th><th>times</th><th>first seen</th><th>last seen</th></tr>");
-        for ((name, addr), seen) in t.stripped.sorted_by(|s| s.count).iter().take(SHOWN) {
-            let _ = write!(
-                out,
-                "<tr class=\"stripped\"><td><code>{}</code></td><td><code>{}</code></td><td class=\"n\">{}</td>{}</tr>",
-                esc(name),
-                addr,
-                seen.count,
-                seen_cells(seen)
-            );
-        }
-        more_row(
-            out,
-            5,
-            (t.stripped.map.len().saturating_sub(SHOWN)) as u64,
-            "stripped names with fewer answers",
-        );
-        more_row(out, 5, t.stripped.more, "stripped addresses not itemized");
-        out.push_str("</table>");
-    }
+    seen_table(
+        out,
+        &t.exfil,
+        SeenTable {
+            id: "exfil",
+            none: "No lookup was marked by the exfiltration budget.",
+            intro: format!(
+                "{} lookups marked (<code>soft</code>: past the soft budget; <code>budget</code>, <code>qtype</code>: refused under a wildcard).",
+                t.exfil_total
+            ),
+            heads: ["mark", "name", "lookups"],
+            fewer: "marked names with fewer lookups",
+            not_itemized: "marked lookups not itemized",
+        },
+        |(mark, name)| format!("<td>{}</td><td><code>{}</code></td>", esc(mark), esc(name)),
+    );
+    seen_table(
+        out,
+        &t.stripped,
+        SeenTable {
+            id: "stripped",
+            none: "No answer was stripped of a special-purpose address.",
+            intro: format!(
+                "{} special-purpose addresses taken out of answers.",
+                t.stripped_total
+            ),
+            heads: ["name", "address stripped", "times"],
+            fewer: "stripped names with fewer answers",
+            not_itemized: "stripped addresses not itemized",
+        },
+        |(name, addr)| {
+            format!(
+                "<td><code>{}</code></td><td><code>{addr}</code></td>",
+                esc(name)
+            )
+        },
+    );
     out.push_str("</section>");
+}
+
+/// The words of a [`seen_table`]: its id (also its rows' class), the
+/// paragraph without rows and the one before them, the heads of its two key
+/// columns and its count, and what its "more" rows count.
+struct SeenTable {
+    id: &'static str,
+    none: &'static str,
+    intro: String,
+    heads: [&'static str; 3],
+    fewer: &'static str,
+    not_itemized: &'static str,
+}
+
+/// A table of keys (two cells each, from `cells`) by how often they were
+/// seen, the first [`SHOWN`] of the most seen; a paragraph when there are none.
+fn seen_table<K: Ord + std::hash::Hash + Eq>(
+    out: &mut String,
+    rows: &Capped<K, Seen>,
+    words: SeenTable,
+    cells: impl Fn(&K) -> String,
+) {
+    let SeenTable {
+        id,
+        none,
+        intro,
+        heads: [first, second, count],
+        fewer,
+        not_itemized,
+    } = words;
+    if rows.map.is_empty() {
+        let _ = write!(out, "<p>{none}</p>");
+        return;
+    }
+    let _ = write!(
+        out,
+        "<p>{intro}</p><table id=\"{id}-table\"><tr><th>{first}</th><th>{second}</th><th>{count}</th><th>first seen</th><th>last seen</th></tr>"
+    );
+    for (key, seen) in rows.sorted_by(|s| s.count).iter().take(SHOWN) {
+        let _ = write!(
+            out,
+            "<tr class=\"{id}\">{}<td class=\"n\">{}</td>{}</tr>",
+            cells(key),
+            seen.count,
+            seen_cells(seen)
+        );
+    }
+    more_row(out, 5, (rows.map.len().saturating_sub(SHOWN)) as u64, fewer);
+    more_row(out, 5, rows.more, not_itemized);
+    out.push_str("</table>");
 }
 
 fn diagnostics(out: &mut String, diags: &Diagnostics) {
@@ -521,14 +575,10 @@ fn suggestion(out: &mut String, page: &Page) {
              there is nothing to learn a policy from.</p>",
         ),
         Learned::SeveralAgents(agents) => {
-            let list: Vec<String> = agents
-                .iter()
-                .map(|a| format!("<code>{}</code>", esc(a)))
-                .collect();
             let _ = write!(
                 out,
                 "<p>Several agents learned: {}. Choose one with <code>--agent</code> to see its policy.</p>",
-                list.join(", ")
+                code_list(agents)
             );
         }
         Learned::TooManyNames => {

@@ -22,24 +22,21 @@ pub(super) fn render(
 ) -> String {
     let mut out = String::new();
     let (first, last) = observed.span.expect("an agent has lookups");
-    match options.kennel {
+    let command = match options.kennel {
+        None => Some("allowdns suggest"),
+        Some(Kept::Yes) => Some("allowdns run --learn"),
+        Some(Kept::No) => None,
+    };
+    match command {
+        Some(command) => {
+            let _ = writeln!(
+                out,
+                "# Suggested by `{command}` from {} ({} records).",
+                quote(&file.display().to_string()),
+                log.records
+            );
+        }
         None => {
-            let _ = writeln!(
-                out,
-                "# Suggested by `allowdns suggest` from {} ({} records).",
-                quote(&file.display().to_string()),
-                log.records
-            );
-        }
-        Some(Kept::Yes) => {
-            let _ = writeln!(
-                out,
-                "# Suggested by `allowdns run --learn` from {} ({} records).",
-                quote(&file.display().to_string()),
-                log.records
-            );
-        }
-        Some(Kept::No) => {
             let _ = writeln!(
                 out,
                 "# Suggested by `allowdns run --learn` from its audit log ({} records),\n\
