@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 use hickory_proto::rr::{Name, RecordType};
 
 use crate::observe::attribution::Attribution;
-use crate::observe::audit::display_name;
+use crate::observe::audit::{display_name, type_name};
 use crate::observe::delivery::threshold::{Kind, Lookup, Raised, Threshold, Thresholds, What};
 use crate::observe::delivery::{Delivery, DeliveryStats, NotifySettings};
 use crate::observe::worker::{Ticks, Worker};
@@ -635,7 +635,7 @@ fn denial_alert(e: &Denied) -> String {
         e.client,
         owner_lines(e.owner.as_ref()),
         display_name(&e.qname),
-        e.qtype,
+        type_name(e.qtype),
         match e.action {
             Action::Blocked => "NXDOMAIN",
             Action::Logged => LOGGED,
@@ -658,7 +658,7 @@ fn strip_alert(e: &Stripped) -> String {
         e.agent,
         e.client,
         display_name(&e.qname),
-        e.qtype,
+        type_name(e.qtype),
         e.rule.as_deref().unwrap_or("(learn mode)"),
         addresses.join(", "),
     )

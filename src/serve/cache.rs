@@ -582,7 +582,7 @@ mod tests {
 
     #[test]
     fn entries_give_back_every_record_as_stored() {
-        use hickory_proto::rr::rdata::{AAAA, CNAME, SOA, TXT};
+        use hickory_proto::rr::rdata::{AAAA, CNAME, MX, SOA, TXT};
         let n = |s: &str| Name::from_ascii(s).unwrap();
         let rec = |owner: &str, ttl, data| Record::from_rdata(n(owner), ttl, data);
         let soa = SOA::new(n("ns.test."), n("h.test."), 7, 3600, 600, 86400, 300);
@@ -590,7 +590,7 @@ mod tests {
             Step {
                 rcode: ResponseCode::NoError,
                 answers: vec![
-                    rec("www.test.", 300, RData::CNAME(CNAME(n("edge.cdn.test.")))),
+                    rec("WWW.Test.", 300, RData::CNAME(CNAME(n("Edge.CDN.test.")))),
                     rec("edge.cdn.test.", 60, RData::A(A::new(192, 0, 2, 1))),
                     rec(
                         "edge.cdn.test.",
@@ -613,7 +613,17 @@ mod tests {
         ];
         for step in steps {
             let entry = Entry::new(&step, Instant::now(), 60).unwrap();
-            assert_eq!(entry.step(0).unwrap(), step);
+            let back = entry.step(0).unwrap();
+            assert_eq!(back, step);
+            // Names compare without case; the spelling must come back too.
+            let spelled = |s: &Step| -> Vec<String> {
+                s.answers
+                    .iter()
+                    .chain(&s.authority)
+                    .map(|r| format!("{} {}", r.name, r.data))
+                    .collect()
+            };
+            assert_eq!(spelled(&back), spelled(&step));
             let aged = entry.step(100).unwrap();
             let ttls: Vec<u32> = aged
                 .answers

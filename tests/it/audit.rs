@@ -136,6 +136,26 @@ fn one_audit_record_per_query_and_the_alert_users_expect() {
     );
 }
 
+/// A type without a mnemonic keeps its number (RFC 3597), in the audit
+/// record and the alert: a tunnel through private-use types is told apart.
+#[test]
+fn a_private_use_type_keeps_its_number() {
+    let up = Upstream::start("127.0.0.13", 0, &[data("upstream/allowed.test.zone")]);
+    let dir = TempDir::new("audit-type");
+    let log = dir.0.join("audit.jsonl");
+    let dns = Allowdns::upstream_audit(&up.addr.to_string(), &data("policy.yaml"), &log, &[]);
+    let reply = query(dns.udp, "c2.private.example", RecordType::Unknown(65280));
+    assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+    let (_, stderr) = dns.terminate();
+    let records = read_audit(&log);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["qtype"], "TYPE65280");
+    assert!(
+        stderr.contains("Query: c2.private.example TYPE65280"),
+        "{stderr}"
+    );
+}
+
 /// Runs tests/data/ask.py; returns its PID.
 fn ask(host: &str, port: u16, name: &str, mode: &str) -> u32 {
     let mut child = std::process::Command::new("python3")

@@ -3,6 +3,7 @@
 //! the output chunk, with no allocation per field. [`QueryRecord`] (the
 //! schema) is what it writes; a test below checks they agree byte for byte.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -48,7 +49,7 @@ impl From<&AuditRecord> for QueryRecord {
             transport: r.transport.to_string(),
             agent: r.agent.as_deref().map(str::to_string),
             qname: r.qname.as_ref().map(name_text),
-            qtype: r.qtype.map(|t| t.to_string()),
+            qtype: r.qtype.map(|t| type_name(t).into_owned()),
             decision: r.decision,
             rule: r.rule.as_deref().map(str::to_string),
             dynamic: r.dynamic,
@@ -58,7 +59,7 @@ impl From<&AuditRecord> for QueryRecord {
                 .iter()
                 .map(|a| Answer {
                     name: name_text(&a.name),
-                    rtype: a.record_type().to_string(),
+                    rtype: type_name(a.record_type()).into_owned(),
                     ttl: a.ttl,
                     data: match &a.data {
                         RData::A(ip) => ip.to_string(),
@@ -105,7 +106,7 @@ pub fn format_record(r: &AuditRecord, out: &mut Vec<u8>) {
     match r.qtype {
         Some(t) => {
             out.push(b'"');
-            out.extend_from_slice(<&str>::from(t).as_bytes());
+            out.extend_from_slice(type_name(t).as_bytes());
             out.push(b'"');
         }
         None => out.extend_from_slice(b"null"),
@@ -134,7 +135,7 @@ pub fn format_record(r: &AuditRecord, out: &mut Vec<u8>) {
         out.extend_from_slice(br#"{"name":"#);
         json_name(out, &a.name);
         out.extend_from_slice(br#","type":""#);
-        out.extend_from_slice(<&str>::from(a.record_type()).as_bytes());
+        out.extend_from_slice(type_name(a.record_type()).as_bytes());
         out.extend_from_slice(br#"","ttl":"#);
         out.extend_from_slice(itoa::Buffer::new().format(a.ttl).as_bytes());
         out.extend_from_slice(br#","data":"#);
@@ -228,6 +229,15 @@ pub fn display_name(name: &Name) -> String {
         s.pop();
     }
     s
+}
+
+/// A type as dig and the RFCs spell it: its mnemonic, or `TYPE65280` (RFC
+/// 3597) for one without, so private-use types stay told apart.
+pub fn type_name(rtype: RecordType) -> Cow<'static, str> {
+    match rtype {
+        RecordType::Unknown(n) => Cow::Owned(format!("TYPE{n}")),
+        known => Cow::Borrowed(known.into()),
+    }
 }
 
 /// The mnemonic used by dig and the RFCs.

@@ -9,6 +9,6 @@ mod format;
 pub mod schema;
 mod writer;
 
-pub use format::{AuditRecord, display_name, format_record, rcode_name};
+pub use format::{AuditRecord, display_name, format_record, rcode_name, type_name};
 pub use schema::{Decision, Event, EventLine};
 pub use writer::{AuditLog, Sink, Unconfirmed};

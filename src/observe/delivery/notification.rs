@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::threshold::{Kind, Raised, What};
-use crate::observe::audit::display_name;
+use crate::observe::audit::{display_name, type_name};
 
 /// Names listed in the human `text` (the JSON lists up to 20).
 const TEXT_NAMES: usize = 5;
@@ -104,7 +104,7 @@ impl Notification {
                 .filter(|(name, _, _)| !name.is_root())
                 .map(|(name, qtype, count)| NameCount {
                     qname: display_name(name),
-                    qtype: qtype.to_string(),
+                    qtype: type_name(*qtype).into_owned(),
                     count: *count,
                 })
                 .collect(),
