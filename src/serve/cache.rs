@@ -602,6 +602,11 @@ mod tests {
                         60,
                         RData::TXT(TXT::new(vec!["v=1".into(), "x".repeat(255)])),
                     ),
+                    rec(
+                        "edge.cdn.test.",
+                        60,
+                        RData::MX(MX::new(10, n("MAIL.cdn.test."))),
+                    ),
                 ],
                 authority: Vec::new(),
             },
