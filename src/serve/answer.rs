@@ -18,8 +18,9 @@ use hickory_server::proto::op::ResponseCode;
 use hickory_server::server::Request;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::observe::attribution::Admitted;
 use crate::policy::name::{PolicyId, PolicyIdMap};
-use crate::serve::handler::{Chosen, Handler, Outcome, Progress};
+use crate::serve::handler::{Chosen, Handler, HeldDenial, Hit, Outcome, Progress};
 use crate::serve::wire::{self, Transport};
 use crate::state::InForce;
 use crate::sync::lock;
@@ -91,6 +92,23 @@ pub enum Answer {
     Reply(Vec<u8>),
     /// Allowed, and the upstream must be asked: run [`Outbound::finish`].
     Upstream(Box<Outbound>),
+    /// Denied, and the asker is to be looked up before the reply leaves:
+    /// run [`Held::finish`] where a wait holds up no other query.
+    Held(Box<Held>),
+}
+
+/// A denial waiting on the lookup of its asker.
+pub struct Held {
+    handler: Arc<Handler>,
+    denial: HeldDenial,
+    admitted: Admitted,
+}
+
+impl Held {
+    /// The lookup, the alert and the audit record; the reply to send.
+    pub fn finish(self) -> Vec<u8> {
+        self.handler.finish_denial(self.denial, self.admitted)
+    }
 }
 
 /// Answers messages for every transport.
@@ -157,8 +175,15 @@ impl Answerer {
             return Answer::Nothing;
         }
         let known = match self.handler.hit(raw, client, transport, started) {
-            Ok(reply) => return Answer::Reply(reply),
-            Err(known) => known,
+            Hit::Reply(reply) => return Answer::Reply(reply),
+            Hit::Held(denial, admitted) => {
+                return Answer::Held(Box::new(Held {
+                    handler: self.handler.clone(),
+                    denial,
+                    admitted,
+                }));
+            }
+            Hit::Miss(known) => known,
         };
         let request = match wire::decode(raw, client, transport) {
             Ok(request) => request,

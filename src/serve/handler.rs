@@ -18,7 +18,7 @@ use hickory_server::server::Request;
 
 use crate::fence::{FeedError, Firewall};
 use crate::observe::alert::{Action, Alerts, Denied, Exfil, Stripped};
-use crate::observe::attribution::{Attribution, Attributor, Need, Proto};
+use crate::observe::attribution::{Admitted, Attribution, Attributor, Need, Proto, Why};
 use crate::observe::audit::{AuditLog, AuditRecord, Decision};
 use crate::observe::metrics::{self, METRICS};
 use crate::observe::throttle::Throttle;
@@ -79,6 +79,27 @@ pub struct Keep {
     key: QueryKey,
     qtype: RecordType,
     generation: u64,
+}
+
+/// What the fast path made of a query.
+pub enum Hit {
+    Reply(Vec<u8>),
+    /// A denial whose asker is to be looked up before its reply leaves:
+    /// [`Handler::finish_denial`], off the serving thread.
+    Held(HeldDenial, Admitted),
+    /// The full path's to answer, with the question's key if it was read.
+    Miss(Option<ReadKey>),
+}
+
+/// A denial answered but not yet sent, alerted or audited.
+pub struct HeldDenial {
+    policy: Arc<Policy>,
+    src: SocketAddr,
+    transport: Transport,
+    name: Name,
+    qtype: RecordType,
+    started: Instant,
+    reply: Vec<u8>,
 }
 
 impl Outcome {
@@ -240,7 +261,10 @@ impl Handler {
             Ruling::WouldDeny { policy, rule } => {
                 // Monitor mode alerts what learn mode only records.
                 if policy.monitor {
-                    logged_owner = self.asker(Transport::of(request), policy, src, name);
+                    logged_owner = match self.admit(policy, src, name) {
+                        Ok(admitted) => self.look_up(admitted, Transport::of(request), policy, src),
+                        Err(owner) => owner,
+                    };
                     self.alerts.denied(Denied {
                         ts: SystemTime::now(),
                         agent: policy.agent.clone(),
@@ -334,18 +358,12 @@ impl Handler {
     /// it, or the denial built from the query's bytes; with the same
     /// decision, alert, fence feeding and audit record as the full path.
     /// `Err`: take the full path, with the question's key when it was read.
-    pub fn hit(
-        &self,
-        raw: &[u8],
-        src: SocketAddr,
-        transport: Transport,
-        started: Instant,
-    ) -> Result<Vec<u8>, Option<ReadKey>> {
+    pub fn hit(&self, raw: &[u8], src: SocketAddr, transport: Transport, started: Instant) -> Hit {
         let Some(question) = crate::serve::fast::Question::read(raw) else {
-            return Err(None);
+            return Hit::Miss(None);
         };
         self.answer_fast(raw, &question, src, transport, started)
-            .ok_or(Some(ReadKey(question.key)))
+            .unwrap_or(Hit::Miss(Some(ReadKey(question.key))))
     }
 
     fn answer_fast(
@@ -355,7 +373,7 @@ impl Handler {
         src: SocketAddr,
         transport: Transport,
         started: Instant,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<Hit> {
         let key = question.key.as_ref()?;
         let loaded = self.state.snapshot();
         let governing = loaded.policies.for_client(src.ip())?;
@@ -367,12 +385,19 @@ impl Handler {
                 let reply =
                     crate::serve::fast::denial(raw, question, tcp, self.negative_ttl, agent)?;
                 let name = question.name(raw)?;
-                let mut outcome = self.deny(policy, src, transport, &name, question.qtype);
-                // The audit record does not hold the authority section.
-                outcome.authority.clear();
-                let query = Some((&name, question.qtype));
-                self.log(src, transport, query, outcome, started);
-                return Some(reply);
+                let held = HeldDenial {
+                    policy: governing.clone(),
+                    src,
+                    transport,
+                    name,
+                    qtype: question.qtype,
+                    started,
+                    reply,
+                };
+                return Some(match self.admit(policy, src, &held.name) {
+                    Ok(admitted) => Hit::Held(held, admitted),
+                    Err(owner) => Hit::Reply(self.denied_now(held, owner)),
+                });
             }
             _ => return None,
         };
@@ -405,7 +430,7 @@ impl Handler {
         };
         let query = Some((&name, question.qtype));
         self.log(src, transport, query, outcome, started);
-        Some(reply)
+        Some(Hit::Reply(reply))
     }
 
     /// Keeps `reply`, sent for `raw`, ready for the fast path (see [`Keep`]).
@@ -438,7 +463,24 @@ impl Handler {
         name: &Name,
         qtype: RecordType,
     ) -> Outcome {
-        let owner = self.asker(transport, policy, src, name);
+        let owner = match self.admit(policy, src, name) {
+            Ok(admitted) => self.look_up(admitted, transport, policy, src),
+            Err(owner) => owner,
+        };
+        Outcome {
+            authority: vec![self.deny_soa.clone()],
+            ..self.alert_denied(policy, src, name, qtype, owner)
+        }
+    }
+
+    fn alert_denied(
+        &self,
+        policy: &Policy,
+        src: SocketAddr,
+        name: &Name,
+        qtype: RecordType,
+        owner: Option<Attribution>,
+    ) -> Outcome {
         self.alerts.denied(Denied {
             ts: SystemTime::now(),
             agent: policy.agent.clone(),
@@ -449,34 +491,76 @@ impl Handler {
             owner: owner.clone(),
         });
         Outcome {
-            authority: vec![self.deny_soa.clone()],
             owner,
             ..Outcome::new(ResponseCode::NXDomain, Decision::Deny, Some(policy))
         }
     }
 
-    /// The process behind a lookup, when attribution is on: always for one
-    /// alerted in full, within the rate for the others.
-    fn asker(
+    /// A held denial, finished: its asker looked up (the reply waits for
+    /// it), alerted, audited; the reply to send.
+    pub fn finish_denial(&self, held: HeldDenial, admitted: Admitted) -> Vec<u8> {
+        // A bug in the lookup costs its owner, not the reply or the record.
+        let owner = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.look_up(admitted, held.transport, &held.policy, held.src)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!(client = %held.src, "internal error while looking up a denial's asker");
+            None
+        });
+        self.denied_now(held, owner)
+    }
+
+    fn denied_now(&self, held: HeldDenial, owner: Option<Attribution>) -> Vec<u8> {
+        let HeldDenial {
+            policy,
+            src,
+            transport,
+            name,
+            qtype,
+            started,
+            reply,
+        } = held;
+        let outcome = self.alert_denied(&policy, src, &name, qtype, owner);
+        self.log(src, transport, Some((&name, qtype)), outcome, started);
+        reply
+    }
+
+    /// Whether the process behind a lookup is to be found, when attribution
+    /// is on: always for one alerted in full, within the rate for the
+    /// others. `Err`: the owner to record without a lookup.
+    fn admit(
         &self,
-        transport: Transport,
         policy: &Policy,
         src: SocketAddr,
         name: &Name,
+    ) -> Result<Admitted, Option<Attribution>> {
+        let Some(a) = &self.attribution else {
+            return Err(None);
+        };
+        let need = if self.alerts.would_alert(src.ip(), name) {
+            Need::Alert
+        } else {
+            Need::Record
+        };
+        let netns = policy.firewall.as_ref().and_then(|f| f.netns.as_deref());
+        a.admit(netns, need)
+            .ok_or(Some(Attribution::Unknown(Why::RateLimited)))
+    }
+
+    fn look_up(
+        &self,
+        admitted: Admitted,
+        transport: Transport,
+        policy: &Policy,
+        src: SocketAddr,
     ) -> Option<Attribution> {
-        self.attribution.as_ref().map(|a| {
-            let need = if self.alerts.would_alert(src.ip(), name) {
-                Need::Alert
-            } else {
-                Need::Record
-            };
-            let netns = policy.firewall.as_ref().and_then(|f| f.netns.as_deref());
-            let proto = match transport {
-                Transport::Tcp => Proto::Tcp,
-                Transport::Udp => Proto::Udp,
-            };
-            a.lookup_client(netns, proto, src, need)
-        })
+        let a = self.attribution.as_ref()?;
+        let netns = policy.firewall.as_ref().and_then(|f| f.netns.as_deref());
+        let proto = match transport {
+            Transport::Tcp => Proto::Tcp,
+            Transport::Udp => Proto::Udp,
+        };
+        Some(a.lookup_client(netns, proto, src, admitted))
     }
 
     /// Feeds the answer's addresses to the policy's firewall sets before the

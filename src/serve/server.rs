@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{SyncSender, TrySendError};
 
-use crate::serve::answer::{Answer, Answerer};
+use crate::serve::answer::{Answer, Answerer, Held};
 use crate::serve::handler::Handler;
 use crate::serve::tcp::TcpLimits;
 use crate::serve::wire::Transport;
@@ -380,6 +381,14 @@ pub async fn run(
 ) -> io::Result<()> {
     let answerer = Arc::new(Answerer::with_limits(handler, pending));
     let runtime = tokio::runtime::Handle::current();
+    let (held, to_finish) = std::sync::mpsc::sync_channel::<HeldJob>(HELD_QUEUE);
+    let lookups = std::thread::Builder::new()
+        .name("lookups".into())
+        .spawn(move || {
+            for (denial, socket, to) in to_finish {
+                send(&socket, &denial.finish(), to);
+            }
+        })?;
     let threads = listeners.health.beats.len() / listeners.udp.len().max(1);
     let mut udp_threads = Vec::new();
     for (s, socket) in listeners.udp.into_iter().enumerate() {
@@ -389,6 +398,7 @@ pub async fn run(
                 socket: Arc::new(socket),
                 answerer: answerer.clone(),
                 runtime: runtime.clone(),
+                held: held.clone(),
                 shutdown: shutdown.clone(),
                 health: listeners.health.clone(),
                 slot: s * threads + i,
@@ -405,6 +415,8 @@ pub async fn run(
             })?);
         }
     }
+    // The threads hold the only senders now: the lookups end with them.
+    drop(held);
     let connections = Arc::new(crate::serve::tcp::Slots::new(&tcp));
     let tcp = Arc::new(tcp);
     let accepting: Vec<_> = listeners
@@ -425,13 +437,16 @@ pub async fn run(
         let _ = accept.await;
     }
     let joined = tokio::task::spawn_blocking(move || {
-        udp_threads
+        let served = udp_threads
             .into_iter()
             .map(|t| {
                 t.join()
                     .unwrap_or_else(|_| Err(io::Error::other("UDP thread panicked")))
             })
-            .collect::<io::Result<Vec<()>>>()
+            .collect::<io::Result<Vec<()>>>();
+        // Held denials still queued are sent and audited before the end.
+        let _ = lookups.join();
+        served
     })
     .await
     .map_err(io::Error::other)?;
@@ -448,6 +463,8 @@ struct UdpContext {
     answerer: Arc<Answerer>,
     /// Where upstream-bound questions are continued.
     runtime: tokio::runtime::Handle,
+    /// Where held denials are finished.
+    held: SyncSender<HeldJob>,
     shutdown: CancellationToken,
     health: Health,
     /// This thread's heartbeat slot.
@@ -482,6 +499,17 @@ impl UdpContext {
                             send(&socket, &upstream.finish().await, src);
                         });
                     }
+                    // With the queue full, finished here, as it would
+                    // have been: delayed, never dropped.
+                    Answer::Held(denial) => {
+                        if let Err(
+                            TrySendError::Full((denial, socket, to))
+                            | TrySendError::Disconnected((denial, socket, to)),
+                        ) = self.held.try_send((denial, self.socket.clone(), src))
+                        {
+                            send(&socket, &denial.finish(), to);
+                        }
+                    }
                 }
             }
             batch.send(&self.socket, &replies);
@@ -490,6 +518,15 @@ impl UdpContext {
         Ok(())
     }
 }
+
+/// A held denial (a lookup of its asker, then its reply), from any UDP
+/// thread, finished in turn on a thread of its own: the /proc search holds
+/// up that one reply, not the queries behind it on the serving thread.
+type HeldJob = (Box<Held>, Arc<std::net::UdpSocket>, SocketAddr);
+
+/// Held denials waiting; lookups are rate-limited (attribution's own
+/// rate), so the queue fills only in a burst of alerted denials.
+const HELD_QUEUE: usize = 256;
 
 fn send(socket: &std::net::UdpSocket, reply: &[u8], to: SocketAddr) {
     if let Err(e) = socket.send_to(reply, to) {

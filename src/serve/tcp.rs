@@ -309,6 +309,12 @@ async fn connection(
                         break 'reading;
                     }
                 }
+                // Waits on the lookup, as this connection's next query would.
+                Answer::Held(held) => {
+                    if replies.send(held.finish()).await.is_err() {
+                        break 'reading;
+                    }
+                }
                 Answer::Upstream(upstream) => {
                     let replies = replies.clone();
                     tokio::spawn(async move {

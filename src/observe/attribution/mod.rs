@@ -69,6 +69,10 @@ pub enum Need {
     Record,
 }
 
+/// A client lookup the rate let through ([`Attributor::admit`]).
+#[derive(Debug)]
+pub struct Admitted(());
+
 impl Limits {
     /// `per_lookup` as given; per second, at least the default and never
     /// less than one lookup's worth.
@@ -310,6 +314,14 @@ impl Attributor {
         let _ = self.namespace(netns);
     }
 
+    /// A lookup for a denial, if the rate lets it run (an alerted one
+    /// always): decided where the query is answered, so one over the rate
+    /// costs nothing there, and the lookup itself can run elsewhere.
+    pub fn admit(&self, netns: Option<&Path>, need: Need) -> Option<Admitted> {
+        self.may(netns, need, Instant::now())
+            .then_some(Admitted(()))
+    }
+
     /// The owner of a DNS client's socket: `client` as allowdns saw it,
     /// connected to one of the server addresses.
     pub fn lookup_client(
@@ -317,9 +329,9 @@ impl Attributor {
         netns: Option<&Path>,
         proto: Proto,
         client: SocketAddr,
-        need: Need,
+        _: Admitted,
     ) -> Attribution {
-        self.attribute(netns, need, (proto, client, None), |diag| {
+        self.attribute(netns, None, (proto, client, None), |diag| {
             let mut found = Ok(None);
             for &server in self.servers.iter().filter(|s| !s.ip().is_unspecified()) {
                 found = diag.find(proto, client, server);
@@ -351,25 +363,29 @@ impl Attributor {
         remote: SocketAddr,
         need: Need,
     ) -> Attribution {
-        self.attribute(netns, need, (proto, local, Some(remote)), |diag| match diag
-            .find(proto, local, remote)
-        {
-            Ok(None) if !diag.is_local(local.ip()) => Err(Why::OtherHost),
-            other => Ok(other),
-        })
+        self.attribute(
+            netns,
+            Some(need),
+            (proto, local, Some(remote)),
+            |diag| match diag.find(proto, local, remote) {
+                Ok(None) if !diag.is_local(local.ip()) => Err(Why::OtherHost),
+                other => Ok(other),
+            },
+        )
     }
 
-    /// The lookup both of the above make: rate, namespace, memory, then
-    /// `find` with the namespace's sock_diag socket (an `Err` ends it unknown).
+    /// The lookup both of the above make: rate (`need`; `None`: admitted
+    /// already), namespace, memory, then `find` with the namespace's
+    /// sock_diag socket (an `Err` ends it unknown).
     fn attribute(
         &self,
         netns: Option<&Path>,
-        need: Need,
+        need: Option<Need>,
         (proto, local, remote): (Proto, SocketAddr, Option<SocketAddr>),
         find: impl FnOnce(&mut diag::Diag) -> Result<io::Result<Option<diag::Found>>, Why>,
     ) -> Attribution {
         let started = Instant::now();
-        if !self.may(netns, need, started) {
+        if need.is_some_and(|need| !self.may(netns, need, started)) {
             return Attribution::Unknown(Why::RateLimited);
         }
         let ns = match self.namespace(netns) {
