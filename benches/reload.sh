@@ -21,6 +21,7 @@ QPS=${QPS:-20000}
 RELOAD_EVERY=${RELOAD_EVERY:-0.5}
 
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 for tool in dnsperf unbound unbound-control python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install dnsperf unbound)"; exit 2; }
 done
@@ -65,31 +66,11 @@ wait_port $UP
 "$BIN" serve --listen 127.0.0.1:$ALLOWDNS --policy "$WORK/policy.yaml" --upstream 127.0.0.1:$UP \
   --audit-log "$WORK/audit.jsonl" 2>"$WORK/allowdns.log" & PIDS+=($!); ALLOWDNS_PID=$!
 
-cat > "$WORK/unbound.conf" <<CONF
-server:
-  interface: 127.0.0.1
-  port: $UNBOUND
-  num-threads: 2
-  do-daemonize: no
-  use-syslog: no
-  logfile: "$WORK/unbound.log"
-  chroot: ""
-  username: ""
-  directory: "$WORK"
-  pidfile: "$WORK/unbound.pid"
-  access-control: 127.0.0.0/8 allow
-  do-not-query-localhost: no
-  module-config: "iterator"
-  local-zone: "." always_nxdomain
-  local-zone: "allowed.bench." transparent
-remote-control:
-  control-enable: yes
-  control-interface: "$WORK/unbound.ctl"
-  control-use-cert: no
-forward-zone:
-  name: "allowed.bench."
-  forward-addr: 127.0.0.1@$UP
-CONF
+{
+  unbound_conf "$WORK" $UNBOUND allowed.bench $UP
+  # For `unbound-control reload`.
+  printf 'remote-control:\n  control-enable: yes\n  control-interface: "%s"\n  control-use-cert: no\n' "$WORK/unbound.ctl"
+} > "$WORK/unbound.conf"
 unbound -c "$WORK/unbound.conf" & PIDS+=($!)
 wait_port $ALLOWDNS; wait_port $UNBOUND
 

@@ -261,10 +261,7 @@ impl Handler {
             Ruling::WouldDeny { policy, rule } => {
                 // Monitor mode alerts what learn mode only records.
                 if policy.monitor {
-                    logged_owner = match self.admit(policy, src, name) {
-                        Ok(admitted) => self.look_up(admitted, Transport::of(request), policy, src),
-                        Err(owner) => owner,
-                    };
+                    logged_owner = self.asker(Transport::of(request), policy, src, name);
                     self.alerts.denied(Denied {
                         ts: SystemTime::now(),
                         agent: policy.agent.clone(),
@@ -463,10 +460,7 @@ impl Handler {
         name: &Name,
         qtype: RecordType,
     ) -> Outcome {
-        let owner = match self.admit(policy, src, name) {
-            Ok(admitted) => self.look_up(admitted, transport, policy, src),
-            Err(owner) => owner,
-        };
+        let owner = self.asker(transport, policy, src, name);
         Outcome {
             authority: vec![self.deny_soa.clone()],
             ..self.alert_denied(policy, src, name, qtype, owner)
@@ -545,6 +539,21 @@ impl Handler {
         let netns = policy.firewall.as_ref().and_then(|f| f.netns.as_deref());
         a.admit(netns, need)
             .ok_or(Some(Attribution::Unknown(Why::RateLimited)))
+    }
+
+    /// The process behind a lookup, found here and now (the full path's
+    /// denials and monitor mode's), within [`Self::admit`]'s limits.
+    fn asker(
+        &self,
+        transport: Transport,
+        policy: &Policy,
+        src: SocketAddr,
+        name: &Name,
+    ) -> Option<Attribution> {
+        match self.admit(policy, src, name) {
+            Ok(admitted) => self.look_up(admitted, transport, policy, src),
+            Err(owner) => owner,
+        }
     }
 
     fn look_up(
