@@ -53,7 +53,7 @@ impl From<&AuditRecord> for QueryRecord {
             decision: r.decision,
             rule: r.rule.as_deref().map(str::to_string),
             dynamic: r.dynamic,
-            rcode: rcode_name(r.rcode),
+            rcode: rcode_name(r.rcode).into_owned(),
             answers: r
                 .answers
                 .iter()
@@ -123,10 +123,7 @@ pub fn format_record(r: &AuditRecord, out: &mut Vec<u8>) {
     } else {
         br#","dynamic":false,"rcode":""#
     });
-    match rcode_mnemonic(r.rcode) {
-        Some(name) => out.extend_from_slice(name.as_bytes()),
-        None => out.extend_from_slice(rcode_name(r.rcode).as_bytes()),
-    }
+    out.extend_from_slice(rcode_name(r.rcode).as_bytes());
     out.extend_from_slice(br#"","answers":["#);
     for (i, a) in r.answers.iter().enumerate() {
         if i > 0 {
@@ -240,16 +237,9 @@ pub fn type_name(rtype: RecordType) -> Cow<'static, str> {
     }
 }
 
-/// The mnemonic used by dig and the RFCs.
-pub fn rcode_name(rcode: ResponseCode) -> String {
-    match rcode_mnemonic(rcode) {
-        Some(name) => name.into(),
-        None => format!("RCODE{}", u16::from(rcode)),
-    }
-}
-
-fn rcode_mnemonic(rcode: ResponseCode) -> Option<&'static str> {
-    Some(match rcode {
+/// The mnemonic used by dig and the RFCs, or `RCODE<n>`.
+pub fn rcode_name(rcode: ResponseCode) -> Cow<'static, str> {
+    Cow::Borrowed(match rcode {
         ResponseCode::NoError => "NOERROR",
         ResponseCode::FormErr => "FORMERR",
         ResponseCode::ServFail => "SERVFAIL",
@@ -257,7 +247,7 @@ fn rcode_mnemonic(rcode: ResponseCode) -> Option<&'static str> {
         ResponseCode::NotImp => "NOTIMP",
         ResponseCode::Refused => "REFUSED",
         ResponseCode::BADVERS => "BADVERS",
-        _ => return None,
+        other => return Cow::Owned(format!("RCODE{}", u16::from(other))),
     })
 }
 

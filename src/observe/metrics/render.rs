@@ -306,7 +306,8 @@ pub(super) fn rcode_label(slot: usize) -> String {
         // 16 is BADSIG only in TSIG replies, which allowdns never sends.
         16 => "BADVERS".into(),
         s if s >= RCODES - 1 => "OTHER".into(),
-        s => crate::observe::audit::rcode_name(<ResponseCode as From<u16>>::from(s as u16)),
+        s => crate::observe::audit::rcode_name(<ResponseCode as From<u16>>::from(s as u16))
+            .into_owned(),
     }
 }
 
