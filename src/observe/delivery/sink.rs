@@ -456,7 +456,8 @@ mod tests {
     /// Accepts one POST, answers 200, and returns its body.
     fn receive_one(listener: &TcpListener) -> serde_json::Value {
         let (mut s, got) = accept_request(listener, b"}");
-        s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+            .unwrap();
         let text = String::from_utf8(got).unwrap();
         let (_, body) = text.split_once("\r\n\r\n").unwrap();
         serde_json::from_str(body).unwrap()

@@ -605,8 +605,10 @@ pub(super) mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
+            // One connection a request: a kept-alive one could carry the
+            // second request before this server closes it, which resets it.
             let mut replies = [
-                "HTTP/1.1 204 No Content\r\n\r\n",
+                "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
                 "HTTP/1.0 404 Nope\r\n\r\n",
             ]
             .iter();
