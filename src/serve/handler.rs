@@ -493,15 +493,18 @@ impl Handler {
     /// A held denial, finished: its asker looked up (the reply waits for
     /// it), alerted, audited; the reply to send.
     pub fn finish_denial(&self, held: HeldDenial, admitted: Admitted) -> Vec<u8> {
-        // A bug in the lookup costs its owner, not the reply or the record.
-        let owner = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.look_up(admitted, held.transport, &held.policy, held.src)
+        // A bug costs this denial its owner and record, not its reply, and
+        // not the thread that finishes it (the lookups thread or, with its
+        // queue full, a serving thread).
+        let (reply, client) = (held.reply.clone(), held.src);
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let owner = self.look_up(admitted, held.transport, &held.policy, held.src);
+            self.denied_now(held, owner)
         }))
         .unwrap_or_else(|_| {
-            tracing::error!(client = %held.src, "internal error while looking up a denial's asker");
-            None
-        });
-        self.denied_now(held, owner)
+            tracing::error!(%client, "internal error while finishing a held denial; its NXDOMAIN went unaudited");
+            reply
+        })
     }
 
     fn denied_now(&self, held: HeldDenial, owner: Option<Attribution>) -> Vec<u8> {
