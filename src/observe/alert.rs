@@ -171,6 +171,35 @@ impl<T> Windows<T> {
         }
     }
 
+    /// Counts a denial of `qname` in `ip`'s window: at most
+    /// [`ALERTS_PER_WINDOW`] names in full, the rest suppressed.
+    fn reserve(&mut self, ip: IpAddr, agent: &Arc<str>, qname: &Name) -> Slot {
+        let room = self.pending.len() < MAX_PENDING;
+        let full = if let Some(w) = self.clients.get_mut(&ip) {
+            let new_name = w.alerted.len() < ALERTS_PER_WINDOW && !w.alerted.contains(qname);
+            if new_name && room {
+                w.alerted.push(qname.clone());
+            } else {
+                w.suppressed += 1;
+            }
+            new_name && room
+        } else if self.clients.len() >= MAX_CLIENTS || !room {
+            self.other += 1;
+            self.other_since.get_or_insert_with(Instant::now);
+            false
+        } else {
+            let window = Window {
+                opened: Instant::now(),
+                agent: agent.clone(),
+                suppressed: 0,
+                alerted: vec![qname.clone()],
+            };
+            self.clients.insert(ip, window);
+            true
+        };
+        Slot { full }
+    }
+
     /// Writes the alerts waiting in full (`alert` formats one), then closes
     /// the windows that have run their course (all of them with `all`).
     fn flush(
@@ -296,6 +325,20 @@ pub struct AlertStats {
     pub notifications: AtomicU64,
 }
 
+/// A denial's place in its client's window, from [`Alerts::reserve_denied`].
+#[derive(Clone, Copy, Debug)]
+#[must_use]
+pub struct Slot {
+    full: bool,
+}
+
+impl Slot {
+    /// Whether the denial is one alerted in full.
+    pub fn full(self) -> bool {
+        self.full
+    }
+}
+
 /// The handlers' side; cheap to clone, never blocks on I/O.
 #[derive(Clone)]
 pub struct Alerts {
@@ -369,18 +412,13 @@ impl Alerts {
         }
     }
 
-    /// Whether a denial of `qname` from `client` would be alerted in full
-    /// now: the process is looked up for those first. A peek; `denied`
-    /// decides.
-    pub fn would_alert(&self, client: IpAddr, qname: &Name) -> bool {
-        let d = &lock(&self.shared.state).denials;
-        if d.pending.len() >= MAX_PENDING {
-            return false;
-        }
-        match d.clients.get(&client) {
-            Some(w) => w.alerted.len() < ALERTS_PER_WINDOW && !w.alerted.contains(qname),
-            None => d.clients.len() < MAX_CLIENTS,
-        }
+    /// Counts a denial of `qname` from `client` in its window when it is
+    /// decided: [`Slot::full`] if it is one to alert in full (its process is
+    /// looked up first). Its alert follows with [`Self::denied_in`]; for a
+    /// held denial, after the lookup, so a burst of them cannot all pass
+    /// for the window's first.
+    pub fn reserve_denied(&self, client: IpAddr, agent: &Arc<str>, qname: &Name) -> Slot {
+        lock(&self.shared.state).denials.reserve(client, agent, qname)
     }
 
     /// Whether a connection attempt from `client` would be alerted in full now.
@@ -392,37 +430,24 @@ impl Alerts {
             && f.pending.len() < MAX_PENDING
     }
 
+    /// A denial, counted and raised at once.
     pub fn denied(&self, event: Denied) {
+        self.denied_in(None, event);
+    }
+
+    /// Raises a denial, counted by [`Self::reserve_denied`] if `slot` is set.
+    pub fn denied_in(&self, slot: Option<Slot>, event: Denied) {
         let now = Instant::now();
         let ip = event.client.ip();
         let mut guard = lock(&self.shared.state);
         let state = &mut *guard;
         let d = &mut state.denials;
-        let room = d.pending.len() < MAX_PENDING;
-        let print = if let Some(w) = d.clients.get_mut(&ip) {
-            let new_name = w.alerted.len() < ALERTS_PER_WINDOW && !w.alerted.contains(&event.qname);
-            if new_name && room {
-                w.alerted.push(event.qname.clone());
-            } else {
-                w.suppressed += 1;
-            }
-            new_name && room
-        } else if d.clients.len() >= MAX_CLIENTS || !room {
+        let slot = slot.unwrap_or_else(|| d.reserve(ip, &event.agent, &event.qname));
+        let print = slot.full && d.pending.len() < MAX_PENDING;
+        if slot.full && !print {
             d.other += 1;
             d.other_since.get_or_insert(now);
-            false
-        } else {
-            d.clients.insert(
-                ip,
-                Window {
-                    opened: now,
-                    agent: event.agent.clone(),
-                    suppressed: 0,
-                    alerted: vec![event.qname.clone()],
-                },
-            );
-            true
-        };
+        }
         let mut wake = print;
         // The name is moved into the tracker, and copied only when the
         // printer needs it too (the first denial of a client's window).
@@ -762,6 +787,26 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_window_is_counted_when_denials_are_decided_not_raised() {
+        let alerts = Alerts::start(Duration::from_secs(60), Box::new(Buf::default()));
+        let events: Vec<_> = (0..20).map(|i| denied("10.200.1.2:1", i)).collect();
+        // Held denials: all decided before the first is raised.
+        let slots: Vec<_> = events
+            .iter()
+            .map(|e| alerts.reserve_denied(e.client.ip(), &e.agent, &e.qname))
+            .collect();
+        let full = slots.iter().filter(|s| s.full()).count();
+        assert_eq!(full, ALERTS_PER_WINDOW);
+        assert!(slots[..ALERTS_PER_WINDOW].iter().all(|s| s.full()));
+        for (slot, event) in slots.into_iter().zip(events) {
+            alerts.denied_in(Some(slot), event);
+        }
+        let denials = &alerts.shared.state.lock().unwrap().denials;
+        let w = &denials.clients[&"10.200.1.2".parse().unwrap()];
+        assert_eq!((w.alerted.len(), w.suppressed), (ALERTS_PER_WINDOW, 15));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::Request;
 
 use crate::fence::{FeedError, Firewall};
-use crate::observe::alert::{Action, Alerts, Denied, Exfil, Stripped};
+use crate::observe::alert::{Action, Alerts, Denied, Exfil, Slot, Stripped};
 use crate::observe::attribution::{Admitted, Attribution, Attributor, Need, Proto, Why};
 use crate::observe::audit::{AuditLog, AuditRecord, Decision};
 use crate::observe::metrics::{self, METRICS};
@@ -91,6 +91,25 @@ pub enum Hit {
     Miss(Option<ReadKey>),
 }
 
+fn denied_event(
+    policy: &Policy,
+    src: SocketAddr,
+    name: &Name,
+    qtype: RecordType,
+    action: Action,
+    owner: Option<Attribution>,
+) -> Denied {
+    Denied {
+        ts: SystemTime::now(),
+        agent: policy.agent.clone(),
+        client: src,
+        qname: name.clone(),
+        qtype,
+        action,
+        owner,
+    }
+}
+
 /// A denial answered but not yet sent, alerted or audited.
 pub struct HeldDenial {
     policy: Arc<Policy>,
@@ -98,6 +117,8 @@ pub struct HeldDenial {
     transport: Transport,
     name: Name,
     qtype: RecordType,
+    /// Its place in the alert window, taken when it was decided.
+    slot: Option<Slot>,
     started: Instant,
     reply: Vec<u8>,
 }
@@ -261,16 +282,10 @@ impl Handler {
             Ruling::WouldDeny { policy, rule } => {
                 // Monitor mode alerts what learn mode only records.
                 if policy.monitor {
-                    logged_owner = self.asker(Transport::of(request), policy, src, name);
-                    self.alerts.denied(Denied {
-                        ts: SystemTime::now(),
-                        agent: policy.agent.clone(),
-                        client: src,
-                        qname: name.clone(),
-                        qtype,
-                        action: Action::Logged,
-                        owner: logged_owner.clone(),
-                    });
+                    let (slot, owner) = self.asker(Transport::of(request), policy, src, name);
+                    logged_owner = owner.clone();
+                    let event = denied_event(policy, src, name, qtype, Action::Logged, owner);
+                    self.alerts.denied_in(slot, event);
                 }
                 (policy, rule, Decision::WouldDeny)
             }
@@ -382,16 +397,18 @@ impl Handler {
                 let reply =
                     crate::serve::fast::denial(raw, question, tcp, self.negative_ttl, agent)?;
                 let name = question.name(raw)?;
+                let (slot, admitted) = self.admit(policy, src, &name);
                 let held = HeldDenial {
                     policy: governing.clone(),
                     src,
                     transport,
                     name,
                     qtype: question.qtype,
+                    slot,
                     started,
                     reply,
                 };
-                return Some(match self.admit(policy, src, &held.name) {
+                return Some(match admitted {
                     Ok(admitted) => Hit::Held(held, admitted),
                     Err(owner) => Hit::Reply(self.denied_now(held, owner)),
                 });
@@ -460,10 +477,10 @@ impl Handler {
         name: &Name,
         qtype: RecordType,
     ) -> Outcome {
-        let owner = self.asker(transport, policy, src, name);
+        let (slot, owner) = self.asker(transport, policy, src, name);
         Outcome {
             authority: vec![self.deny_soa.clone()],
-            ..self.alert_denied(policy, src, name, qtype, owner)
+            ..self.alert_denied(policy, src, name, qtype, slot, owner)
         }
     }
 
@@ -473,17 +490,11 @@ impl Handler {
         src: SocketAddr,
         name: &Name,
         qtype: RecordType,
+        slot: Option<Slot>,
         owner: Option<Attribution>,
     ) -> Outcome {
-        self.alerts.denied(Denied {
-            ts: SystemTime::now(),
-            agent: policy.agent.clone(),
-            client: src,
-            qname: name.clone(),
-            qtype,
-            action: Action::Blocked,
-            owner: owner.clone(),
-        });
+        let event = denied_event(policy, src, name, qtype, Action::Blocked, owner.clone());
+        self.alerts.denied_in(slot, event);
         Outcome {
             owner,
             ..Outcome::new(ResponseCode::NXDomain, Decision::Deny, Some(policy))
@@ -514,34 +525,39 @@ impl Handler {
             transport,
             name,
             qtype,
+            slot,
             started,
             reply,
         } = held;
-        let outcome = self.alert_denied(&policy, src, &name, qtype, owner);
+        let outcome = self.alert_denied(&policy, src, &name, qtype, slot, owner);
         self.log(src, transport, Some((&name, qtype)), outcome, started);
         reply
     }
 
-    /// Whether the process behind a lookup is to be found, when attribution
-    /// is on: always for one alerted in full, within the rate for the
-    /// others. `Err`: the owner to record without a lookup.
+    /// Counts a denial in its alert window when it is decided, and whether
+    /// the process behind it is to be found, when attribution is on: always
+    /// for one alerted in full, within the rate for the others. `Err`: the
+    /// owner to record without a lookup.
     fn admit(
         &self,
         policy: &Policy,
         src: SocketAddr,
         name: &Name,
-    ) -> Result<Admitted, Option<Attribution>> {
+    ) -> (Option<Slot>, Result<Admitted, Option<Attribution>>) {
         let Some(a) = &self.attribution else {
-            return Err(None);
+            return (None, Err(None));
         };
-        let need = if self.alerts.would_alert(src.ip(), name) {
+        let slot = self.alerts.reserve_denied(src.ip(), &policy.agent, name);
+        let need = if slot.full() {
             Need::Alert
         } else {
             Need::Record
         };
         let netns = policy.firewall.as_ref().and_then(|f| f.netns.as_deref());
-        a.admit(netns, need)
-            .ok_or(Some(Attribution::Unknown(Why::RateLimited)))
+        let admitted = a
+            .admit(netns, need)
+            .ok_or(Some(Attribution::Unknown(Why::RateLimited)));
+        (Some(slot), admitted)
     }
 
     /// The process behind a lookup, found here and now (the full path's
@@ -552,11 +568,13 @@ impl Handler {
         policy: &Policy,
         src: SocketAddr,
         name: &Name,
-    ) -> Option<Attribution> {
-        match self.admit(policy, src, name) {
+    ) -> (Option<Slot>, Option<Attribution>) {
+        let (slot, admitted) = self.admit(policy, src, name);
+        let owner = match admitted {
             Ok(admitted) => self.look_up(admitted, transport, policy, src),
             Err(owner) => owner,
-        }
+        };
+        (slot, owner)
     }
 
     fn look_up(

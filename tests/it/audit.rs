@@ -278,11 +278,13 @@ fn a_denied_flood_past_the_attribution_rate_is_rate_limited_not_guessed() {
             &["--config", config.to_str().unwrap()],
         )
     };
-    // One socket, 40 unique denied names, each answered before the next.
+    // One socket, 40 unique denied names, each answered before the next;
+    // or, as a burst, all sent before the first answer is read.
     const NAMES: usize = 40;
-    let flood = |port: u16| -> u32 {
+    let flood = |port: u16, burst: bool| -> u32 {
+        let answers = if burst { "for i in range(N):\n" } else { "" };
         let script = format!(
-            "import socket, struct\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(5)\nfor i in range({NAMES}):\n    q = struct.pack('>HHHHHH', i, 0x0100, 1, 0, 0, 0)\n    q += b''.join(bytes([len(l)]) + l.encode() for l in f'n{{i}}.flood.denied.example'.split('.')) + b'\\0' + struct.pack('>HH', 1, 1)\n    s.sendto(q, ('127.0.0.1', {port}))\n    assert s.recv(512)[3] & 15 == 3\n"
+            "import socket, struct\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(5)\nN = {NAMES}\nfor i in range(N):\n    q = struct.pack('>HHHHHH', i, 0x0100, 1, 0, 0, 0)\n    q += b''.join(bytes([len(l)]) + l.encode() for l in f'n{{i}}.flood.denied.example'.split('.')) + b'\\0' + struct.pack('>HH', 1, 1)\n    s.sendto(q, ('127.0.0.1', {port}))\n{answers}    assert s.recv(512)[3] & 15 == 3\n"
         );
         let mut child = std::process::Command::new("python3")
             .args(["-c", &script])
@@ -314,43 +316,48 @@ fn a_denied_flood_past_the_attribution_rate_is_rate_limited_not_guessed() {
     // Positive control: within the default rate, every denial is named.
     let log = dir.0.join("default.jsonl");
     let dns = serve("alerts:\n  attribution_budget_ms: 1000\n", &log);
-    let pid = flood(dns.udp.port());
+    let pid = flood(dns.udp.port(), false);
     let records = flood_records(&log);
     assert_eq!(records.len(), NAMES);
     assert!(records.iter().all(|r| r["pid"] == pid), "{records:?}");
     drop(dns);
 
-    // A rate of 2 a second: the 5 alerted in full and about 2 more named.
-    let log = dir.0.join("limited.jsonl");
-    let dns = serve(
-        "alerts:\n  attribution_budget_ms: 1000\n  attribution_rate: 2\n",
-        &log,
-    );
-    let started = std::time::Instant::now();
-    let pid = flood(dns.udp.port());
-    let took = started.elapsed().as_secs() as usize;
-    let records = flood_records(&log);
-    assert_eq!(records.len(), NAMES, "every denial is audited");
-    // The first 5 distinct names of the window are alerted in full: named,
-    // whatever the rate (it holds 2).
-    assert!(
-        records[..5].iter().all(|r| r["pid"] == pid),
-        "the alerted ones: {:?}",
-        &records[..5]
-    );
-    let named = records.iter().filter(|r| r["pid"] == pid).count();
-    let limited = records
-        .iter()
-        .filter(|r| r["owner_unknown"] == "rate limited" && r.get("pid").is_none())
-        .count();
-    assert_eq!(named + limited, NAMES, "named or rate limited: {records:?}");
-    assert!(
-        (5..=5 + 2 + 2 * (took + 1)).contains(&named),
-        "{named} named in {took} s: {records:?}"
-    );
-    // The alert shows the first ones named.
-    dns.wait_for("Query: n0.flood.denied.example", 1);
-    let stderr = dns.stderr();
-    assert_has(&stderr, &format!("\nPID: {pid}\nCommand: "));
-    assert_has(&stderr, "python3 -c import socket");
+    // A rate of 2 a second: the 5 alerted in full and about 2 more named;
+    // as many when the names come in one burst, all held at once.
+    for burst in [false, true] {
+        let log = dir.0.join(format!("limited-{burst}.jsonl"));
+        let dns = serve(
+            "alerts:\n  attribution_budget_ms: 1000\n  attribution_rate: 2\n",
+            &log,
+        );
+        let started = std::time::Instant::now();
+        let pid = flood(dns.udp.port(), burst);
+        let took = started.elapsed().as_secs() as usize;
+        let records = flood_records(&log);
+        assert_eq!(records.len(), NAMES, "every denial is audited");
+        // The first 5 distinct names of the window are alerted in full:
+        // named, whatever the rate (it holds 2).
+        let alerted: Vec<_> = (0..5).map(|i| format!("n{i}.flood.denied.example")).collect();
+        let first = records.iter().filter(|r| alerted.iter().any(|n| r["qname"] == **n));
+        assert!(
+            first.clone().count() == 5 && first.clone().all(|r| r["pid"] == pid),
+            "burst {burst}, the alerted ones: {:?}",
+            first.collect::<Vec<_>>()
+        );
+        let named = records.iter().filter(|r| r["pid"] == pid).count();
+        let limited = records
+            .iter()
+            .filter(|r| r["owner_unknown"] == "rate limited" && r.get("pid").is_none())
+            .count();
+        assert_eq!(named + limited, NAMES, "named or rate limited: {records:?}");
+        assert!(
+            (5..=5 + 2 + 2 * (took + 1)).contains(&named),
+            "burst {burst}: {named} named in {took} s: {records:?}"
+        );
+        // The alert shows the first ones named.
+        dns.wait_for("Query: n0.flood.denied.example", 1);
+        let stderr = dns.stderr();
+        assert_has(&stderr, &format!("\nPID: {pid}\nCommand: "));
+        assert_has(&stderr, "python3 -c import socket");
+    }
 }
