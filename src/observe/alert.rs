@@ -418,7 +418,9 @@ impl Alerts {
     /// held denial, after the lookup, so a burst of them cannot all pass
     /// for the window's first.
     pub fn reserve_denied(&self, client: IpAddr, agent: &Arc<str>, qname: &Name) -> Slot {
-        lock(&self.shared.state).denials.reserve(client, agent, qname)
+        lock(&self.shared.state)
+            .denials
+            .reserve(client, agent, qname)
     }
 
     /// Whether a connection attempt from `client` would be alerted in full now.

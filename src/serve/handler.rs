@@ -410,7 +410,10 @@ impl Handler {
                 };
                 return Some(match admitted {
                     Ok(admitted) => Hit::Held(held, admitted),
-                    Err(owner) => Hit::Reply(self.denied_now(held, owner)),
+                    Err(owner) => {
+                        self.denied_now(&held, owner);
+                        Hit::Reply(held.reply)
+                    }
                 });
             }
             _ => return None,
@@ -504,21 +507,30 @@ impl Handler {
     /// A held denial, finished: its asker looked up (the reply waits for
     /// it), alerted, audited; the reply to send.
     pub fn finish_denial(&self, held: HeldDenial, admitted: Admitted) -> Vec<u8> {
-        // A bug costs this denial its owner and record, not its reply, and
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+        // A bug costs this denial its owner, not its record or reply, and
         // not the thread that finishes it (the lookups thread or, with its
         // queue full, a serving thread).
-        let (reply, client) = (held.reply.clone(), held.src);
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let done = catch_unwind(AssertUnwindSafe(|| {
             let owner = self.look_up(admitted, held.transport, &held.policy, held.src);
-            self.denied_now(held, owner)
-        }))
-        .unwrap_or_else(|_| {
-            tracing::error!(%client, "internal error while finishing a held denial; its NXDOMAIN went unaudited");
-            reply
-        })
+            self.denied_now(&held, owner);
+        }));
+        if done.is_err() {
+            let client = held.src;
+            let failed = Some(Attribution::Unknown(Why::Failed));
+            match catch_unwind(AssertUnwindSafe(|| self.denied_now(&held, failed))) {
+                Ok(()) => {
+                    tracing::error!(%client, "internal error while finishing a held denial; audited with its owner unknown")
+                }
+                Err(_) => {
+                    tracing::error!(%client, "internal error while finishing a held denial; its NXDOMAIN went unaudited")
+                }
+            }
+        }
+        held.reply
     }
 
-    fn denied_now(&self, held: HeldDenial, owner: Option<Attribution>) -> Vec<u8> {
+    fn denied_now(&self, held: &HeldDenial, owner: Option<Attribution>) {
         let HeldDenial {
             policy,
             src,
@@ -527,11 +539,10 @@ impl Handler {
             qtype,
             slot,
             started,
-            reply,
+            reply: _,
         } = held;
-        let outcome = self.alert_denied(&policy, src, &name, qtype, slot, owner);
-        self.log(src, transport, Some((&name, qtype)), outcome, started);
-        reply
+        let outcome = self.alert_denied(policy, *src, name, *qtype, *slot, owner);
+        self.log(*src, *transport, Some((name, *qtype)), outcome, *started);
     }
 
     /// Counts a denial in its alert window when it is decided, and whether

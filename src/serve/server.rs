@@ -507,6 +507,9 @@ impl UdpContext {
                             | TrySendError::Disconnected((denial, socket, to)),
                         ) = self.held.try_send((denial, self.socket.clone(), src))
                         {
+                            crate::observe::metrics::METRICS
+                                .held_in_place
+                                .fetch_add(1, Relaxed);
                             send(&socket, &denial.finish(), to);
                         }
                     }

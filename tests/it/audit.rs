@@ -337,8 +337,12 @@ fn a_denied_flood_past_the_attribution_rate_is_rate_limited_not_guessed() {
         assert_eq!(records.len(), NAMES, "every denial is audited");
         // The first 5 distinct names of the window are alerted in full:
         // named, whatever the rate (it holds 2).
-        let alerted: Vec<_> = (0..5).map(|i| format!("n{i}.flood.denied.example")).collect();
-        let first = records.iter().filter(|r| alerted.iter().any(|n| r["qname"] == **n));
+        let alerted: Vec<_> = (0..5)
+            .map(|i| format!("n{i}.flood.denied.example"))
+            .collect();
+        let first = records
+            .iter()
+            .filter(|r| alerted.iter().any(|n| r["qname"] == **n));
         assert!(
             first.clone().count() == 5 && first.clone().all(|r| r["pid"] == pid),
             "burst {burst}, the alerted ones: {:?}",
@@ -360,4 +364,90 @@ fn a_denied_flood_past_the_attribution_rate_is_rate_limited_not_guessed() {
         assert_has(&stderr, &format!("\nPID: {pid}\nCommand: "));
         assert_has(&stderr, "python3 -c import socket");
     }
+}
+
+/// More held denials at once than the lookups queue takes (256): the
+/// serving thread finishes the rest itself. Every one answered is audited
+/// and named; none is dropped or answered unaudited.
+#[test]
+fn a_burst_past_the_lookups_queue_is_finished_in_place() {
+    let dir = TempDir::new("held-burst");
+    let zones = dir.0.join("zones");
+    std::fs::create_dir_all(&zones).unwrap();
+    let log = dir.0.join("audit.jsonl");
+    let config = dir.write(
+        "config.yaml",
+        "alerts:\n  attribution_budget_ms: 1000\n  attribution_rate: 100000\n",
+    );
+    let dns = Allowdns::offline_audit(
+        &data("policy.yaml"),
+        &zones,
+        &log,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    // All sent at once; the replies drained as they come, into a buffer
+    // large enough to lose none. Prints how many came back.
+    const NAMES: usize = 3000;
+    let script = format!(
+        "import socket, struct, threading, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)
+s.settimeout(3)
+got = []
+def drain():
+    try:
+        while True:
+            got.append(s.recv(512))
+    except socket.timeout:
+        pass
+t = threading.Thread(target=drain)
+for i in range({NAMES}):
+    q = struct.pack('>HHHHHH', i, 0x0100, 1, 0, 0, 0)
+    q += b''.join(bytes([len(l)]) + l.encode() for l in f'n{{i}}.burst.denied.example'.split('.')) + b'\\0' + struct.pack('>HH', 1, 1)
+    s.sendto(q, ('127.0.0.1', {port}))
+    if i == 0:
+        t.start()
+t.join()
+assert all(r[3] & 15 == 3 for r in got), 'all NXDOMAIN'
+print(len(got))
+",
+        port = dns.udp.port()
+    );
+    let child = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the burst script failed");
+    let answered: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let metrics = dns.scrape("/metrics");
+    let in_place: u64 = series_value(&metrics, "allowdns_held_denials_in_place_total");
+    assert!(in_place > 0, "the queue never filled: {metrics}");
+    assert!(answered > 256, "{answered} answered");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let records = loop {
+        let records: Vec<_> = read_audit(&log)
+            .into_iter()
+            .filter(|r| r["qname"].as_str().is_some_and(|q| q.contains(".burst.")))
+            .collect();
+        if records.len() >= answered || std::time::Instant::now() > deadline {
+            break records;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(records.len(), answered, "one record per answer");
+    let unnamed: Vec<_> = records.iter().filter(|r| r["pid"] != pid).collect();
+    assert!(
+        unnamed.is_empty(),
+        "{} of {answered} unnamed: {:?}",
+        unnamed.len(),
+        &unnamed[..unnamed.len().min(3)]
+    );
 }

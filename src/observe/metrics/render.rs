@@ -69,7 +69,7 @@ impl Metrics {
             "Allowed questions answered from the cache (each CNAME hop counts).",
         )
         .sample("", sum(&|s| &s.cache_hits));
-        let counters: [(&str, &str, &AtomicU64); 10] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
             (
                 "allowdns_cache_misses_total",
                 "Allowed questions the cache could not answer.",
@@ -109,6 +109,11 @@ impl Metrics {
                 "allowdns_audit_records_lost_total",
                 "Audit records that could not be written.",
                 &self.audit_lost,
+            ),
+            (
+                "allowdns_held_denials_in_place_total",
+                "Denials whose asker a UDP serving thread looked up itself, the lookups queue being full (the queries behind them waited).",
+                &self.held_in_place,
             ),
             (
                 "allowdns_reloads_total",
