@@ -22,7 +22,7 @@
 //! and then once per window while they go on. Exfiltration marks print
 //! nothing here: the budget logs them itself (rate-limited) when it decides.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -139,7 +139,7 @@ struct Windows<T> {
 impl<T> Default for Windows<T> {
     fn default() -> Self {
         Windows {
-            clients: HashMap::new(),
+            clients: HashMap::default(),
             pending: Vec::new(),
             other: 0,
             other_since: None,
@@ -439,7 +439,6 @@ impl Alerts {
 
     /// Raises a denial, counted by [`Self::reserve_denied`] if `slot` is set.
     pub fn denied_in(&self, slot: Option<Slot>, event: Denied) {
-        let now = Instant::now();
         let ip = event.client.ip();
         let mut guard = lock(&self.shared.state);
         let state = &mut *guard;
@@ -448,7 +447,7 @@ impl Alerts {
         let print = slot.full && d.pending.len() < MAX_PENDING;
         if slot.full && !print {
             d.other += 1;
-            d.other_since.get_or_insert(now);
+            d.other_since.get_or_insert_with(Instant::now);
         }
         let mut wake = print;
         // The name is moved into the tracker, and copied only when the
@@ -469,7 +468,7 @@ impl Alerts {
                     qtype,
                     what: Vec::new(),
                 };
-                wake |= thresholds.record(now, &agent, lookup);
+                wake |= thresholds.record(Instant::now(), &agent, lookup);
             }
             (Some(thresholds), true) => {
                 let lookup = Lookup {
@@ -479,7 +478,7 @@ impl Alerts {
                     qtype: event.qtype,
                     what: Vec::new(),
                 };
-                wake |= thresholds.record(now, &event.agent, lookup);
+                wake |= thresholds.record(Instant::now(), &event.agent, lookup);
                 d.pending.push(event);
             }
             (None, true) => d.pending.push(event),

@@ -169,13 +169,22 @@ pub fn format_record(r: &AuditRecord, out: &mut Vec<u8>) {
     if let Some(mark) = r.exfil {
         let _ = write!(out, r#","exfil":"{mark}""#);
     }
-    // Denials only: through serde, the object's members spliced in.
-    if let Some(owner) = &r.owner
-        && let Ok(json) = serde_json::to_vec(&owner.fields())
-        && json.len() > 2
-    {
-        out.push(b',');
-        out.extend_from_slice(&json[1..json.len() - 1]);
+    // Denials only. A process found goes through serde, the object's
+    // members spliced in; the flood's common case, unknown, is one field.
+    match &r.owner {
+        Some(Attribution::Unknown(why)) => {
+            out.extend_from_slice(br#","owner_unknown":"#);
+            json_str(out, why.as_str());
+        }
+        Some(owner) => {
+            if let Ok(json) = serde_json::to_vec(&owner.fields())
+                && json.len() > 2
+            {
+                out.push(b',');
+                out.extend_from_slice(&json[1..json.len() - 1]);
+            }
+        }
+        None => {}
     }
     out.extend_from_slice(b"}\n");
 }
@@ -438,10 +447,19 @@ mod tests {
             upstream_ms: Some(0.0),
             ..full()
         };
-        let unknown = AuditRecord {
-            owner: Some(Attribution::Unknown(Why::Exited)),
+        let unknown = [
+            Why::Exited,
+            Why::NoPermission,
+            Why::OtherHost,
+            Why::OverBudget,
+            Why::Failed,
+            Why::Reset,
+            Why::RateLimited,
+        ]
+        .map(|why| AuditRecord {
+            owner: Some(Attribution::Unknown(why)),
             ..full()
-        };
+        });
         // The spelled-out fields: each second's stamp anew, micros
         // padded, IPv6 clients (scoped too), unnamed codes and types.
         let at = |secs, micros: u32| SystemTime::UNIX_EPOCH + Duration::new(secs, micros * 1000);
@@ -475,8 +493,9 @@ mod tests {
             )],
             ..full()
         });
-        for r in [&full(), &bare, &root, &unknown]
+        for r in [&full(), &bare, &root]
             .into_iter()
+            .chain(&unknown)
             .chain(&spelled)
         {
             let mut hand = Vec::new();
