@@ -23,6 +23,8 @@ mod validate;
 use serde::{Deserialize, Serialize};
 
 use crate::observe::audit::schema::GrantLife;
+/// A grant's terms, as replies and the audit log both write them.
+pub use crate::observe::audit::schema::GrantTerms;
 use crate::state::grants::Grant;
 
 pub use client::{ask, request};
@@ -92,12 +94,8 @@ pub use crate::policy::file::Mode;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrantView {
-    pub agent: String,
-    pub pattern: String,
-    pub reason: String,
-    pub granted_at: String,
-    pub expires: String,
-    pub uid: Option<u32>,
+    #[serde(flatten)]
+    pub terms: GrantTerms,
     /// Set on a revoke reply: who revoked it (`uid` is the granter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_by: Option<u32>,
@@ -107,12 +105,7 @@ impl From<&Grant> for GrantView {
     fn from(g: &Grant) -> Self {
         let life = GrantLife::from(g);
         GrantView {
-            agent: life.agent,
-            pattern: life.pattern,
-            reason: life.reason,
-            granted_at: life.granted_at,
-            expires: life.expires,
-            uid: life.uid,
+            terms: life.terms,
             revoked_by: life.revoked_by,
         }
     }
