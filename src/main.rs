@@ -104,12 +104,12 @@ fn main() -> ExitCode {
         Command::NftRuleset(args) => nft_ruleset(&args),
         Command::Grant(args) => {
             let request = control::Request::Grant {
-                agent: args.exception.agent,
-                name: args.exception.name,
+                agent: args.agent,
+                name: args.name,
                 for_secs: args.duration.as_secs(),
                 reason: args.reason,
             };
-            change(&runtime, &args.exception.control.control, &request, |g| {
+            change(&runtime, &args.control.control, &request, |g| {
                 outln!(
                     "granted: agent '{}' may resolve {} until {} ({})",
                     g.agent,
