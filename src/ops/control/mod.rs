@@ -143,4 +143,32 @@ mod tests {
         );
         assert_eq!(Mode::Learn.to_string(), "learn");
     }
+
+    /// Replies and audit lines share the grant's terms, flattened: the
+    /// bytes stay as they were, and a reply still refuses unknown fields.
+    #[test]
+    fn grants_are_written_as_before_and_replies_refuse_unknown_fields() {
+        let terms = r#""agent":"a","pattern":"*.x.example","reason":"r","granted_at":"2026-01-01T00:00:00Z","expires":"2026-01-01T01:00:00Z","uid":1000"#;
+        let view: GrantView = serde_json::from_str(&format!("{{{terms}}}")).unwrap();
+        assert_eq!((view.terms.uid, view.revoked_by), (Some(1000), None));
+        assert_eq!(
+            serde_json::to_string(&view).unwrap(),
+            format!("{{{terms}}}")
+        );
+        let revoked: GrantView =
+            serde_json::from_str(&format!("{{{terms},\"revoked_by\":0}}")).unwrap();
+        assert_eq!(revoked.revoked_by, Some(0));
+        let life = GrantLife {
+            terms: view.terms,
+            revoked_by: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&life).unwrap(),
+            format!("{{{terms},\"revoked_by\":null}}")
+        );
+        let e = serde_json::from_str::<GrantView>(&format!("{{{terms},\"extra\":1}}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `extra`"), "{e}");
+    }
 }
