@@ -83,19 +83,11 @@ pub enum UpstreamChoice {
     None,
 }
 
-impl<'de> Deserialize<'de> for UpstreamChoice {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        crate::input::choice(
-            deserializer,
-            &["forward", "recursive", "none"],
-            &[
-                UpstreamChoice::Forward,
-                UpstreamChoice::Recursive,
-                UpstreamChoice::None,
-            ],
-        )
-    }
-}
+crate::input::deserialize_choice!(UpstreamChoice {
+    "forward" => Forward,
+    "recursive" => Recursive,
+    "none" => None,
+});
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]

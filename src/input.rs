@@ -293,6 +293,19 @@ pub fn choice<'de, D: serde::Deserializer<'de>, T: Copy + 'static>(
     deserializer.deserialize_str(Choice(names, values))
 }
 
+/// `Deserialize` for a unit enum through [`choice`], from its names:
+/// `deserialize_choice!(Mode { "enforce" => Enforce, "learn" => Learn });`
+macro_rules! deserialize_choice {
+    ($ty:ident { $($name:literal => $variant:ident),+ $(,)? }) => {
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                $crate::input::choice(deserializer, &[$($name),+], &[$($ty::$variant),+])
+            }
+        }
+    };
+}
+pub(crate) use deserialize_choice;
+
 #[cfg(test)]
 mod tests {
     use super::*;

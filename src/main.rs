@@ -205,11 +205,11 @@ fn change(
     runtime: &tokio::runtime::Runtime,
     socket: &std::path::Path,
     request: &control::Request,
-    said: impl FnOnce(&control::GrantView),
+    said: impl FnOnce(&control::GrantTerms),
 ) -> Result<(), Failure> {
     let reply = runtime.block_on(ask(socket, request))?;
     if let Some(g) = &reply.granted {
-        said(g);
+        said(&g.terms);
     }
     Ok(())
 }

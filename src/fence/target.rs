@@ -135,20 +135,7 @@ impl Target {
             let (key_len, flags, decl) = set.expected();
             let info = netlink
                 .get_set(config.family, &config.table, name)
-                .map_err(|source| {
-                    FenceError::or_permission(
-                        source,
-                        &target,
-                        || format!("read set '{name}'"),
-                        CAPS_NFT,
-                        |source| FenceError::Set {
-                            target: target.clone(),
-                            set: name.to_string(),
-                            decl,
-                            source,
-                        },
-                    )
-                })?;
+                .map_err(|source| SetCall::Read { decl }.failed(source, &target, name))?;
             if info.key_len != key_len || info.flags & flags != flags {
                 return Err(FenceError::WrongType {
                     target,
@@ -159,19 +146,7 @@ impl Target {
             // Elements from before a restart: remember their expiry so none is shortened.
             let listed = netlink
                 .list_elements(config.family, &config.table, name)
-                .map_err(|source| {
-                    FenceError::or_permission(
-                        source,
-                        &target,
-                        || format!("list set '{name}'"),
-                        CAPS_NFT,
-                        |source| FenceError::List {
-                            target: target.clone(),
-                            set: name.to_string(),
-                            source,
-                        },
-                    )
-                })?;
+                .map_err(|source| SetCall::List.failed(source, &target, name))?;
             for l in listed {
                 if let Some(left) = l.expires_in {
                     expiries.map.insert((set, l.key.clone()), now + left);
@@ -500,6 +475,47 @@ impl Target {
             metrics.nft_failures.fetch_add(1, Relaxed);
         })?;
         Ok(count)
+    }
+}
+
+/// The netlink calls on one set that opening a target makes.
+#[derive(Clone, Copy)]
+enum SetCall {
+    /// Reading its type, which should be `decl`.
+    Read { decl: &'static str },
+    /// Listing its elements.
+    List,
+}
+
+impl SetCall {
+    /// The call failed on set `name`: a permission problem, or its own error.
+    fn failed(self, source: io::Error, target: &TargetId, name: &str) -> FenceError {
+        let verb = match self {
+            SetCall::Read { .. } => "read",
+            SetCall::List => "list",
+        };
+        FenceError::or_permission(
+            source,
+            target,
+            || format!("{verb} set '{name}'"),
+            CAPS_NFT,
+            |source| {
+                let (target, set) = (target.clone(), name.to_string());
+                match self {
+                    SetCall::Read { decl } => FenceError::Set {
+                        target,
+                        set,
+                        decl,
+                        source,
+                    },
+                    SetCall::List => FenceError::List {
+                        target,
+                        set,
+                        source,
+                    },
+                }
+            },
+        )
     }
 }
 

@@ -67,15 +67,11 @@ impl std::fmt::Display for Mode {
     }
 }
 
-impl<'de> Deserialize<'de> for Mode {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        crate::input::choice(
-            deserializer,
-            &["enforce", "learn", "monitor"],
-            &[Mode::Enforce, Mode::Learn, Mode::Monitor],
-        )
-    }
-}
+crate::input::deserialize_choice!(Mode {
+    "enforce" => Enforce,
+    "learn" => Learn,
+    "monitor" => Monitor,
+});
 
 /// `TCP` or `UDP`, in any case: the seed format writes them upper case.
 /// Decided inside the scalar's visit, so the parser's error names its line

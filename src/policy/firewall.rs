@@ -14,15 +14,11 @@ pub enum Family {
     Ip6,
 }
 
-impl<'de> serde::Deserialize<'de> for Family {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        crate::input::choice(
-            deserializer,
-            &["inet", "ip", "ip6"],
-            &[Family::Inet, Family::Ip, Family::Ip6],
-        )
-    }
-}
+crate::input::deserialize_choice!(Family {
+    "inet" => Inet,
+    "ip" => Ip,
+    "ip6" => Ip6,
+});
 
 /// What the output chain does with a denied packet; `deny_action:` in the policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -34,15 +30,10 @@ pub enum DenyAction {
     Drop,
 }
 
-impl<'de> serde::Deserialize<'de> for DenyAction {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        crate::input::choice(
-            deserializer,
-            &["reject", "drop"],
-            &[DenyAction::Reject, DenyAction::Drop],
-        )
-    }
-}
+crate::input::deserialize_choice!(DenyAction {
+    "reject" => Reject,
+    "drop" => Drop,
+});
 
 impl Family {
     pub fn as_str(self) -> &'static str {

@@ -387,44 +387,33 @@ mod tests {
         })
     }
 
+    /// Caches `{prefix}0` .. `{prefix}{n-1}` for agent 1, TTL 300.
+    fn fill(cache: &Cache, prefix: &str, n: usize) {
+        for i in 0..n {
+            let key = name(format!("{prefix}{i}"));
+            cache.insert(agent(1), &key, RecordType::A, &step(300), 0);
+        }
+    }
+
+    /// How many of what `fill(prefix, n)` cached agent 1 still gets.
+    fn held(cache: &Cache, prefix: &str, n: usize) -> usize {
+        (0..n)
+            .filter(|i| {
+                let key = name(format!("{prefix}{i}"));
+                cache.get(agent(1), &key, RecordType::A).is_some()
+            })
+            .count()
+    }
+
     #[test]
     fn a_unique_name_flood_keeps_hot_entries() {
         let cache = cache(1000);
-        for i in 0..50 {
-            cache.insert(
-                agent(1),
-                &name(format!("hot{i}")),
-                RecordType::A,
-                &step(300),
-                0,
-            );
-        }
+        fill(&cache, "hot", 50);
         for _ in 0..3 {
-            for i in 0..50 {
-                assert!(
-                    cache
-                        .get(agent(1), &name(format!("hot{i}")), RecordType::A)
-                        .is_some()
-                );
-            }
+            assert_eq!(held(&cache, "hot", 50), 50);
         }
-        for i in 0..100_000 {
-            cache.insert(
-                agent(1),
-                &name(format!("flood{i}")),
-                RecordType::A,
-                &step(300),
-                0,
-            );
-        }
-        let kept = (0..50)
-            .filter(|i| {
-                cache
-                    .get(agent(1), &name(format!("hot{i}")), RecordType::A)
-                    .is_some()
-            })
-            .count();
-        assert_eq!(kept, 50, "hot entries evicted by a scan");
+        fill(&cache, "flood", 100_000);
+        assert_eq!(held(&cache, "hot", 50), 50, "hot entries evicted by a scan");
     }
 
     #[test]
@@ -518,33 +507,11 @@ mod tests {
             part.entries.get(&old);
             part.entries.get(&old);
         }
-        for i in 0..10 {
-            cache.insert(
-                agent(1),
-                &name(format!("live{i}")),
-                RecordType::A,
-                &step(300),
-                0,
-            );
-        }
-        for i in 0..50 {
-            cache.insert(
-                agent(1),
-                &name(format!("new{i}")),
-                RecordType::A,
-                &step(300),
-                0,
-            );
-        }
-        let live = (0..10)
-            .filter(|i| {
-                cache
-                    .get(agent(1), &name(format!("live{i}")), RecordType::A)
-                    .is_some()
-            })
-            .count();
+        fill(&cache, "live", 10);
+        fill(&cache, "new", 50);
         assert_eq!(
-            live, 10,
+            held(&cache, "live", 10),
+            10,
             "a live entry was evicted while expired ones were kept"
         );
     }

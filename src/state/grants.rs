@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::observe::audit::schema::GrantLife;
+use crate::observe::audit::schema::{GrantLife, GrantTerms};
 use crate::policy::{PatternFacts, Ports, Rule};
 
 /// The longest a single grant may last; longer exceptions belong in a policy file.
@@ -34,12 +34,14 @@ pub struct Grant {
 impl From<&Grant> for GrantLife {
     fn from(g: &Grant) -> Self {
         GrantLife {
-            agent: g.agent.to_string(),
-            pattern: g.pattern.to_string(),
-            reason: g.reason.to_string(),
-            granted_at: humantime::format_rfc3339_seconds(g.granted_at).to_string(),
-            expires: humantime::format_rfc3339_seconds(g.expires).to_string(),
-            uid: g.uid,
+            terms: GrantTerms {
+                agent: g.agent.to_string(),
+                pattern: g.pattern.to_string(),
+                reason: g.reason.to_string(),
+                granted_at: humantime::format_rfc3339_seconds(g.granted_at).to_string(),
+                expires: humantime::format_rfc3339_seconds(g.expires).to_string(),
+                uid: g.uid,
+            },
             revoked_by: g.revoked_by,
         }
     }

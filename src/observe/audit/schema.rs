@@ -236,10 +236,10 @@ pub struct ReloadFailed {
     pub errors: Vec<String>,
 }
 
-/// A grant at one point of its life; every grant event carries all of it,
-/// so one line tells the whole story.
+/// What a grant allows, why, when and by whom: the part of it that the
+/// audit log and control replies write alike.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GrantLife {
+pub struct GrantTerms {
     pub agent: String,
     /// The pattern granted, canonical, as a policy rule holds it.
     pub pattern: String,
@@ -251,6 +251,14 @@ pub struct GrantLife {
     pub expires: String,
     /// Who granted it (the control socket peer's uid).
     pub uid: Option<u32>,
+}
+
+/// A grant at one point of its life; every grant event carries all of it,
+/// so one line tells the whole story.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GrantLife {
+    #[serde(flatten)]
+    pub terms: GrantTerms,
     /// Who revoked it, once revoked.
     pub revoked_by: Option<u32>,
 }
@@ -326,12 +334,14 @@ impl Event {
     /// test compares this list with the variants serde knows).
     pub fn examples() -> Vec<Event> {
         let grant = GrantLife {
-            agent: "agent".into(),
-            pattern: "*.example.com".into(),
-            reason: "why".into(),
-            granted_at: "2026-01-01T00:00:00Z".into(),
-            expires: "2026-01-01T01:00:00Z".into(),
-            uid: Some(1000),
+            terms: GrantTerms {
+                agent: "agent".into(),
+                pattern: "*.example.com".into(),
+                reason: "why".into(),
+                granted_at: "2026-01-01T00:00:00Z".into(),
+                expires: "2026-01-01T01:00:00Z".into(),
+                uid: Some(1000),
+            },
             revoked_by: Some(0),
         };
         vec![

@@ -23,6 +23,8 @@ mod validate;
 use serde::{Deserialize, Serialize};
 
 use crate::observe::audit::schema::GrantLife;
+/// A grant's terms, as replies and the audit log both write them.
+pub use crate::observe::audit::schema::GrantTerms;
 use crate::state::grants::Grant;
 
 pub use client::{ask, request};
@@ -92,12 +94,8 @@ pub use crate::policy::file::Mode;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrantView {
-    pub agent: String,
-    pub pattern: String,
-    pub reason: String,
-    pub granted_at: String,
-    pub expires: String,
-    pub uid: Option<u32>,
+    #[serde(flatten)]
+    pub terms: GrantTerms,
     /// Set on a revoke reply: who revoked it (`uid` is the granter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_by: Option<u32>,
@@ -107,12 +105,7 @@ impl From<&Grant> for GrantView {
     fn from(g: &Grant) -> Self {
         let life = GrantLife::from(g);
         GrantView {
-            agent: life.agent,
-            pattern: life.pattern,
-            reason: life.reason,
-            granted_at: life.granted_at,
-            expires: life.expires,
-            uid: life.uid,
+            terms: life.terms,
             revoked_by: life.revoked_by,
         }
     }
@@ -149,5 +142,33 @@ mod tests {
             r#""enforce""#
         );
         assert_eq!(Mode::Learn.to_string(), "learn");
+    }
+
+    /// Replies and audit lines share the grant's terms, flattened: the
+    /// bytes stay as they were, and a reply still refuses unknown fields.
+    #[test]
+    fn grants_are_written_as_before_and_replies_refuse_unknown_fields() {
+        let terms = r#""agent":"a","pattern":"*.x.example","reason":"r","granted_at":"2026-01-01T00:00:00Z","expires":"2026-01-01T01:00:00Z","uid":1000"#;
+        let view: GrantView = serde_json::from_str(&format!("{{{terms}}}")).unwrap();
+        assert_eq!((view.terms.uid, view.revoked_by), (Some(1000), None));
+        assert_eq!(
+            serde_json::to_string(&view).unwrap(),
+            format!("{{{terms}}}")
+        );
+        let revoked: GrantView =
+            serde_json::from_str(&format!("{{{terms},\"revoked_by\":0}}")).unwrap();
+        assert_eq!(revoked.revoked_by, Some(0));
+        let life = GrantLife {
+            terms: view.terms,
+            revoked_by: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&life).unwrap(),
+            format!("{{{terms},\"revoked_by\":null}}")
+        );
+        let e = serde_json::from_str::<GrantView>(&format!("{{{terms},\"extra\":1}}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `extra`"), "{e}");
     }
 }

@@ -28,7 +28,7 @@ pub fn render(status: &Status) -> String {
     if status.grants.is_empty() {
         out.push_str("no active grants\n");
     }
-    for g in &status.grants {
+    for g in status.grants.iter().map(|g| &g.terms) {
         let _ = writeln!(
             out,
             "grant {} -> {} until {} (granted {}{}): {}",

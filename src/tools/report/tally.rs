@@ -502,6 +502,7 @@ impl Tally {
                     Event::GrantRefused(_) => ("expiry", "grant_refused", "grant refused"),
                     _ => ("expiry", "grant_dropped", "grant dropped"),
                 };
+                let g = &g.terms;
                 let uid = g.uid.map(|u| format!(", uid {u}")).unwrap_or_default();
                 (
                     kind,
@@ -558,7 +559,7 @@ pub(super) fn event_agent(event: &Event) -> Option<&str> {
         | Event::GrantExpired(g)
         | Event::GrantRevoked(g)
         | Event::GrantRefused(g)
-        | Event::GrantDropped(g) => Some(&g.agent),
+        | Event::GrantDropped(g) => Some(&g.terms.agent),
         Event::EntryExpired(e) => Some(&e.agent),
         Event::EgressDenied(e) => Some(e.agent.as_deref().unwrap_or("")),
         _ => None,

@@ -67,6 +67,30 @@ fn messages(d: &Diagnostics) -> Vec<String> {
     d.items.iter().map(|d| d.to_string()).collect()
 }
 
+#[track_caller]
+fn assert_has(text: &str, part: &str) {
+    assert!(text.contains(part), "{part:?} not in:\n{text}");
+}
+
+/// Message `i` of `all` starts with `prefix`.
+#[track_caller]
+fn assert_starts(all: &[String], i: usize, prefix: &str) {
+    assert!(all[i].starts_with(prefix), "{i}: {prefix:?} in {all:?}");
+}
+
+#[track_caller]
+fn assert_any_starts(all: &[String], prefix: &str) {
+    assert!(
+        all.iter().any(|m| m.starts_with(prefix)),
+        "{prefix:?} in {all:?}"
+    );
+}
+
+#[track_caller]
+fn assert_any_has(all: &[String], part: &str) {
+    assert!(all.iter().any(|m| m.contains(part)), "{part:?} in {all:?}");
+}
+
 /// The suggestion's destinations, in order.
 fn destinations(log: &str) -> Vec<String> {
     let text = run_on(log, None).expect("suggests").policy;
@@ -113,10 +137,10 @@ fn siblings_group_into_a_wildcard_from_the_threshold_on() {
         ]
     );
     let text = run_on(&log, None).unwrap().policy;
-    assert!(text.contains("  # cdn-1, cdn-2, cdn-3, cdn-4\n"), "{text}");
-    assert!(
-        text.contains("\"*.images.example.net\"   # 4 names, 5 lookups, first 2026-"),
-        "{text}"
+    assert_has(&text, "  # cdn-1, cdn-2, cdn-3, cdn-4\n");
+    assert_has(
+        &text,
+        "\"*.images.example.net\"   # 4 names, 5 lookups, first 2026-",
     );
 }
 
@@ -178,7 +202,7 @@ fn the_widest_parent_wins_and_covers_deeper_names() {
     ]);
     assert_eq!(destinations(&log), ["*.example.com"]);
     let text = run_on(&log, None).unwrap().policy;
-    assert!(text.contains("# 7 names, 7 lookups"), "{text}");
+    assert_has(&text, "# 7 names, 7 lookups");
 }
 
 #[test]
@@ -193,10 +217,7 @@ fn names_are_normalized_to_lower_case_a_labels() {
         ["xn--bcher-kva.example", "www.example.net"]
     );
     let text = run_on(&log, None).unwrap().policy;
-    assert!(
-        text.contains("\"xn--bcher-kva.example\"   # 2 lookups"),
-        "{text}"
-    );
+    assert_has(&text, "\"xn--bcher-kva.example\"   # 2 lookups");
 }
 
 #[test]
@@ -212,7 +233,7 @@ fn names_and_agents_are_quoted_safely() {
         .map(|i| line(i, agent, &format!("n{i}.x.example"), "allow", "NOERROR"))
         .collect();
     let text = run_on(&log, None).unwrap().policy;
-    assert!(text.contains("  - destination: \"*.x.example\""), "{text}");
+    assert_has(&text, "  - destination: \"*.x.example\"");
     assert!(!text.contains("\n# injected"), "{text}");
     assert_eq!(&*compiled(&text).agent, agent.trim());
 }
@@ -253,23 +274,18 @@ fn malformed_lines_are_all_reported_with_their_line() {
     );
     let errors = messages(&run_on(&log, None).unwrap_err());
     assert_eq!(errors.len(), 5, "{errors:?}");
-    assert!(
-        errors[0].starts_with("error: a.jsonl:2: not a JSON audit record"),
-        "{errors:?}"
-    );
-    assert!(
-        errors[1].starts_with("error: a.jsonl:3: decision: unknown decision 'maybe'"),
-        "{errors:?}"
+    assert_starts(&errors, 0, "error: a.jsonl:2: not a JSON audit record");
+    assert_starts(
+        &errors,
+        1,
+        "error: a.jsonl:3: decision: unknown decision 'maybe'",
     );
     assert_eq!(errors[2], "error: a.jsonl:4: not a JSON object");
     assert_eq!(
         errors[3],
         "error: a.jsonl:5: client: expected a string, found a number"
     );
-    assert!(
-        errors[4].starts_with("error: a.jsonl:6: ts: 'yesterday-"),
-        "{errors:?}"
-    );
+    assert_starts(&errors, 4, "error: a.jsonl:6: ts: 'yesterday-");
 }
 
 /// Records are read into the audit schema's types: a mistake deep in a
@@ -347,9 +363,9 @@ fn refused_and_event_lines_are_skipped_and_loss_is_noted() {
         r#"{"ts":"2026-11-22T01:02:03.000000Z","event":"audit_records_lost","count":7}"#,
     );
     let text = run_on(&log, None).unwrap().policy;
-    assert!(text.contains("(2 records)"), "{text}");
-    assert!(text.contains("Agent \"a\": 1 lookup,"), "{text}");
-    assert!(text.contains("# The log reports 7 records lost"), "{text}");
+    assert_has(&text, "(2 records)");
+    assert_has(&text, "Agent \"a\": 1 lookup,");
+    assert_has(&text, "# The log reports 7 records lost");
 }
 
 #[test]
@@ -367,11 +383,9 @@ fn a_connection_without_a_lookup_is_offered_commented_out() {
         egress("192.0.2.1", 22, "\"ok.example\""),
     );
     let text = run_on(&log, None).unwrap().policy;
-    assert!(
-        text.contains(
-            "  # this agent connected to 104.28.14.6:443 without a lookup (2 times)\n  # - destination: \"104.28.14.6\"\n  #   port: 443\n  #   protocol: TCP\n"
-        ),
-        "{text}"
+    assert_has(
+        &text,
+        "  # this agent connected to 104.28.14.6:443 without a lookup (2 times)\n  # - destination: \"104.28.14.6\"\n  #   port: 443\n  #   protocol: TCP\n",
     );
     // Resolved addresses are the lookups' business.
     assert!(!text.contains("192.0.2.1"), "{text}");
@@ -396,24 +410,16 @@ fn unusable_names_are_left_out_with_a_warning() {
     assert_eq!(destinations(&log), ["ok.example"]);
     let w = messages(&s.warnings);
     assert_eq!(w.len(), 5, "{w:?}");
-    assert!(
-        w.iter()
-            .any(|w| w
-                .starts_with("warning: a.jsonl:4: qname: left out \"*.evil.example\": a wildcard")),
-        "{w:?}"
+    assert_any_starts(
+        &w,
+        "warning: a.jsonl:4: qname: left out \"*.evil.example\": a wildcard",
     );
-    assert!(
-        s.policy
-            .contains("  # \"localhost\": a TLD or public suffix, not a host; 1 lookup"),
-        "{}",
-        s.policy
+    assert_has(
+        &s.policy,
+        "  # \"localhost\": a TLD or public suffix, not a host; 1 lookup",
     );
     let e = messages(&run_on(&lookups(&["localhost"]), None).unwrap_err());
-    assert!(
-        e.iter()
-            .any(|e| e.contains("none of the 1 lookups by agent 'agent' can be allowed")),
-        "{e:?}"
-    );
+    assert_any_has(&e, "none of the 1 lookups by agent 'agent' can be allowed");
 }
 
 #[test]
@@ -424,7 +430,10 @@ fn denials_are_counted_apart_from_failed_lookups() {
         ("a", "gone.example", "allow", "SERVFAIL"),
     ]);
     let text = run_on(&log, None).unwrap().policy;
-    assert!(text.contains("# 3 lookups, first 2026-11-18T11:06:40Z, last 2026-11-18T11:06:42Z; denied 1; NXDOMAIN 1; SERVFAIL 1"), "{text}");
+    assert_has(
+        &text,
+        "# 3 lookups, first 2026-11-18T11:06:40Z, last 2026-11-18T11:06:42Z; denied 1; NXDOMAIN 1; SERVFAIL 1",
+    );
 }
 
 /// `n` names `<random 30 base32 chars>.<parent>`, the same for every run.
@@ -474,16 +483,13 @@ fn addresses_and_numeric_names_are_left_out() {
         ),
         "{w:?}"
     );
-    assert!(
-        w.iter().any(|w| w
-            .starts_with("warning: a.jsonl:4: qname: left out \"a.2.3.4\": a numeric last label")),
-        "{w:?}"
+    assert_any_starts(
+        &w,
+        "warning: a.jsonl:4: qname: left out \"a.2.3.4\": a numeric last label",
     );
-    assert!(
-        s.policy
-            .contains("  # \"0x7f.1\": a numeric last label, which reads as an IP address;"),
-        "{}",
-        s.policy
+    assert_has(
+        &s.policy,
+        "  # \"0x7f.1\": a numeric last label, which reads as an IP address;",
     );
     assert!(!may_wildcard("2.3.4") && !may_wildcard("1.0x7f"));
 }
@@ -500,11 +506,7 @@ fn self_check_rejects_address_rules() {
     let mut d = Diagnostics::default();
     self_check(Path::new("a.jsonl"), text, &[&entry], &mut d);
     let e = messages(&d);
-    assert!(
-        e.iter()
-            .any(|e| e.contains("1 entries became address rules")),
-        "{e:?}"
-    );
+    assert_any_has(&e, "1 entries became address rules");
     // A commented-out entry that loads anyway is caught too.
     let text = "version: 1\nagent_name: a\nexpected_outbound:\n  - destination: ok.example\n  - destination: evil.example\n";
     let ok = Entry {
@@ -565,12 +567,11 @@ fn only_denied_names_are_commented_out_and_never_group() {
         active(&s.policy),
         ["a.x.example", "b.x.example", "c.x.example"]
     );
-    assert!(
-        s.policy.contains("  # - destination: \"d.x.example\"   # denied 2 times, never allowed: review before enabling; 2 lookups, first 2026-11-18T11:06:44Z, last 2026-11-18T11:06:45Z\n"),
-        "{}",
-        s.policy
+    assert_has(
+        &s.policy,
+        "  # - destination: \"d.x.example\"   # denied 2 times, never allowed: review before enabling; 2 lookups, first 2026-11-18T11:06:44Z, last 2026-11-18T11:06:45Z\n",
     );
-    assert!(s.policy.contains("; denied 1\n"), "{}", s.policy);
+    assert_has(&s.policy, "; denied 1\n");
     assert!(compiled(&s.policy).rule_for("d.x.example").is_none());
     assert_eq!(
         messages(&s.warnings),
@@ -587,11 +588,9 @@ fn only_denied_names_are_commented_out_and_never_group() {
     let mut log = lookups(&["a.y.example", "b.y.example", "c.y.example", "d.y.example"]);
     log += &line(9, "agent", "evil.y.example", "deny", "NXDOMAIN");
     let text = run_on(&log, None).unwrap().policy;
-    assert!(
-        text.contains(
-            "never allowed: review before enabling; already allowed by \"*.y.example\"; 1 lookup"
-        ),
-        "{text}"
+    assert_has(
+        &text,
+        "never allowed: review before enabling; already allowed by \"*.y.example\"; 1 lookup",
     );
 
     let e = messages(&run_on(&line(0, "a", "d.x.example", "deny", "NXDOMAIN"), None).unwrap_err());
@@ -616,18 +615,15 @@ fn a_denied_tunnel_stays_commented_out_even_when_denied_names_are_included() {
     for include_denied in [false, true] {
         let s = run_with(&log, |o| o.include_denied = include_denied).unwrap();
         assert_eq!(active(&s.policy), ["ok.example"], "{}", s.policy);
-        assert!(
-            s.policy.contains("  # - destination: \"*.t.evil.example\"   # looks like a DNS tunnel (150 distinct names): review; "),
-            "{}",
-            s.policy
+        assert_has(
+            &s.policy,
+            "  # - destination: \"*.t.evil.example\"   # looks like a DNS tunnel (150 distinct names): review; ",
         );
-        assert!(s.policy.contains(" and 142 more\n"), "{}", s.policy);
+        assert_has(&s.policy, " and 142 more\n");
         let w = messages(&s.warnings);
-        assert!(
-            w.iter().any(|w| w.starts_with(
-                "warning: a.jsonl: qname: \"*.t.evil.example\" looks like a DNS tunnel (150 distinct names"
-            )),
-            "{w:?}"
+        assert_any_starts(
+            &w,
+            "warning: a.jsonl: qname: \"*.t.evil.example\" looks like a DNS tunnel (150 distinct names",
         );
         assert!(compiled(&s.policy).rule_for(&tunnel[0]).is_none());
     }
@@ -646,10 +642,9 @@ fn random_labels_or_many_siblings_look_like_a_tunnel() {
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let s = run_on(&lookups(&names), None).unwrap();
     assert_eq!(active(&s.policy), ["*.images.example"], "{}", s.policy);
-    assert!(
-        s.policy.contains("# - destination: \"*.x.cdn.example\"   # looks like a DNS tunnel (4 distinct names): review; 4 names, "),
-        "{}",
-        s.policy
+    assert_has(
+        &s.policy,
+        "# - destination: \"*.x.cdn.example\"   # looks like a DNS tunnel (4 distinct names): review; 4 names, ",
     );
     assert!(messages(&s.warnings)[0].contains("(4 distinct names, 4 with random-looking labels)"));
 
@@ -660,11 +655,9 @@ fn random_labels_or_many_siblings_look_like_a_tunnel() {
     names.push("ok.example");
     let s = run_on(&lookups(&names), None).unwrap();
     assert_eq!(active(&s.policy), ["ok.example"]);
-    assert!(
-        s.policy
-            .contains("# looks like a DNS tunnel (101 distinct names): review; 101 names,"),
-        "{}",
-        s.policy
+    assert_has(
+        &s.policy,
+        "# looks like a DNS tunnel (101 distinct names): review; 101 names,",
     );
 }
 
@@ -680,13 +673,15 @@ fn skip_malformed_turns_bad_lines_into_warnings() {
     assert_eq!(active(&s.policy), ["c.example", "ok.example"]);
     let w = messages(&s.warnings);
     assert_eq!(w.len(), 4, "{w:?}");
-    assert!(
-        w[0].starts_with("warning: a.jsonl:2: skipped: not a JSON audit record"),
-        "{w:?}"
+    assert_starts(
+        &w,
+        0,
+        "warning: a.jsonl:2: skipped: not a JSON audit record",
     );
-    assert!(
-        w[1].starts_with("warning: a.jsonl:3: decision: skipped: unknown decision"),
-        "{w:?}"
+    assert_starts(
+        &w,
+        1,
+        "warning: a.jsonl:3: decision: skipped: unknown decision",
     );
     assert_eq!(
         w[3],
