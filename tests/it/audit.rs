@@ -451,3 +451,63 @@ print(len(got))
         &unnamed[..unnamed.len().min(3)]
     );
 }
+
+/// A process holding a great many fds cannot make one lookup outlast
+/// `alerts.attribution_budget_ms`: the search stops at the budget, inside
+/// the process's fd list too, and the record says `over budget`. (Without
+/// the check per fd, its socket, listed last, was found after the whole
+/// list: a lookup as slow as the attacker liked, on the serving path.)
+#[test]
+fn a_process_holding_many_fds_cannot_stretch_a_lookup_past_its_budget() {
+    let dir = TempDir::new("fd-budget");
+    let zones = dir.0.join("zones");
+    std::fs::create_dir_all(&zones).unwrap();
+    let log = dir.0.join("audit.jsonl");
+    let config = dir.write("config.yaml", "alerts:\n  attribution_budget_ms: 5\n");
+    let dns = Allowdns::offline_audit(
+        &data("policy.yaml"),
+        &zones,
+        &log,
+        &["--config", config.to_str().unwrap()],
+    );
+    // Holds up to `fds` duplicates of a directory 400 levels deep (each
+    // readlink spells the whole path: slow), within the fd limit it may
+    // raise to; then asks from a socket opened after them, the last in its
+    // fd list.
+    let deep = dir.0.join("deep");
+    let ask_holding = |fds: u32, name: &str| -> u32 {
+        let script = format!(
+            "import os, resource, socket, struct
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+path = '{deep}' + '/d' * 400
+os.makedirs(path, exist_ok=True)
+d = os.open(path, os.O_RDONLY)
+held = [os.dup(d) for _ in range(min({fds}, hard - 64))]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(10)
+q = struct.pack('>HHHHHH', 7, 0x0100, 1, 0, 0, 0)
+q += b''.join(bytes([len(l)]) + l.encode() for l in '{name}'.split('.')) + b'\\0' + struct.pack('>HH', 1, 1)
+s.sendto(q, ('127.0.0.1', {port}))
+assert s.recv(512)[3] & 15 == 3
+",
+            deep = deep.display(),
+            port = dns.udp.port()
+        );
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .spawn()
+            .expect("python3");
+        let pid = child.id();
+        assert!(child.wait().unwrap().success(), "the asking script failed");
+        pid
+    };
+    // Positive control: the same asker with few fds is named.
+    let pid = ask_holding(0, "few.fds.denied.example");
+    let r = &audit_for(&log, "few.fds.denied.example", 1)[0];
+    assert_eq!(r["pid"], pid, "{r}");
+    ask_holding(1_000_000, "many.fds.denied.example");
+    let r = &audit_for(&log, "many.fds.denied.example", 1)[0];
+    assert_eq!(r["owner_unknown"], "over budget", "{r}");
+    assert!(r.get("pid").is_none(), "{r}");
+}

@@ -475,17 +475,30 @@ impl Attributor {
     /// Searches /proc within both budgets.
     fn search(&self, inode: u64, netns: u64, started: Instant) -> Result<u32, Why> {
         let now = Instant::now();
-        let allowed = {
+        // The grant is charged before the search, so searches on several
+        // threads at once cannot each take the whole second's budget; what
+        // a search took past it is owed by the seconds that follow.
+        let grant = {
             let mut spent = lock(&self.spent);
-            if now.duration_since(spent.0) >= Duration::from_secs(1) {
-                *spent = (now, Duration::ZERO);
+            let elapsed = now.duration_since(spent.0);
+            if elapsed >= Duration::from_secs(1) {
+                let paid = self
+                    .limits
+                    .per_second
+                    .saturating_mul(elapsed.as_secs() as u32);
+                *spent = (now, spent.1.saturating_sub(paid));
             }
-            self.limits.per_second.saturating_sub(spent.1)
+            let grant = self
+                .limits
+                .per_lookup
+                .min(self.limits.per_second.saturating_sub(spent.1));
+            spent.1 += grant;
+            grant
         };
-        if allowed.is_zero() {
+        if grant.is_zero() {
             return Err(Why::OverBudget);
         }
-        let deadline = started + self.limits.per_lookup.min(allowed);
+        let deadline = started + grant;
         // In the namespace first; a process may have moved since it made the
         // socket. Our own holds nearly every process: no filter there.
         let filter = (self.own_netns != Some(netns)).then_some(netns);
@@ -499,7 +512,7 @@ impl Attributor {
         tracing::debug!(inode, ?took, since_start = ?started.elapsed(), "searched /proc for a socket's holder");
         {
             let mut spent = lock(&self.spent);
-            spent.1 += took;
+            spent.1 = (spent.1 + took).saturating_sub(grant);
         }
         match scan {
             procfs::Scan::Found { pid, fd } => {

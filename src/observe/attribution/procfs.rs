@@ -83,7 +83,12 @@ pub(super) fn scan(inode: u64, netns: Option<u64>, deadline: Instant) -> Scan {
                 continue;
             }
         };
+        // Checked per fd too: one process may hold a million of them, and
+        // a deep path makes each readlink slow.
         for entry in fds.flatten() {
+            if Instant::now() > deadline {
+                return Scan::OutOfTime;
+            }
             let Ok(link) = std::fs::read_link(entry.path()) else {
                 continue;
             };
