@@ -107,7 +107,13 @@ pub struct Held {
 impl Held {
     /// The lookup, the alert and the audit record; the reply to send.
     pub fn finish(self) -> Vec<u8> {
-        self.handler.finish_denial(self.denial, self.admitted)
+        self.handler.finish_denial(self.denial, Some(self.admitted))
+    }
+
+    /// The alert and the audit record without the lookup, its owner
+    /// `unknown (over budget)`: for when there is no room to wait for it.
+    pub fn finish_unlooked(self) -> Vec<u8> {
+        self.handler.finish_denial(self.denial, None)
     }
 }
 

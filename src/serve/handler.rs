@@ -505,14 +505,18 @@ impl Handler {
     }
 
     /// A held denial, finished: its asker looked up (the reply waits for
-    /// it), alerted, audited; the reply to send.
-    pub fn finish_denial(&self, held: HeldDenial, admitted: Admitted) -> Vec<u8> {
+    /// it), alerted, audited; the reply to send. Without `admitted` (no
+    /// room to wait for a lookup), its owner is `unknown (over budget)`.
+    pub fn finish_denial(&self, held: HeldDenial, admitted: Option<Admitted>) -> Vec<u8> {
         use std::panic::{AssertUnwindSafe, catch_unwind};
         // A bug costs this denial its owner, not its record or reply, and
         // not the thread that finishes it (the lookups thread or, with its
         // queue full, a serving thread).
         let done = catch_unwind(AssertUnwindSafe(|| {
-            let owner = self.look_up(admitted, held.transport, &held.policy, held.src);
+            let owner = match admitted {
+                Some(admitted) => self.look_up(admitted, held.transport, &held.policy, held.src),
+                None => Some(Attribution::Unknown(Why::OverBudget)),
+            };
             self.denied_now(&held, owner);
         }));
         if done.is_err() {

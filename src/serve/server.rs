@@ -499,8 +499,9 @@ impl UdpContext {
                             send(&socket, &upstream.finish().await, src);
                         });
                     }
-                    // With the queue full, finished here, as it would
-                    // have been: delayed, never dropped.
+                    // With the queue full, finished here without the
+                    // lookup: a serving thread never waits on /proc, and
+                    // the denial is still answered, alerted and audited.
                     Answer::Held(denial) => {
                         if let Err(
                             TrySendError::Full((denial, socket, to))
@@ -508,9 +509,9 @@ impl UdpContext {
                         ) = self.held.try_send((denial, self.socket.clone(), src))
                         {
                             crate::observe::metrics::METRICS
-                                .held_in_place
+                                .held_unlooked
                                 .fetch_add(1, Relaxed);
-                            send(&socket, &denial.finish(), to);
+                            send(&socket, &denial.finish_unlooked(), to);
                         }
                     }
                 }

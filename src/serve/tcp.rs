@@ -67,12 +67,12 @@ impl Default for TcpLimits {
 pub struct Slots {
     permits: Arc<Semaphore>,
     max_per_ip: usize,
-    held: Mutex<Held>,
+    held: Mutex<Taken>,
     epoch: Instant,
 }
 
 #[derive(Default)]
-struct Held {
+struct Taken {
     next_id: u64,
     per_ip: HashMap<IpAddr, usize>,
     open: HashMap<u64, Open>,
@@ -119,7 +119,7 @@ impl Slots {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Taken> {
         lock(&self.held)
     }
 
@@ -309,9 +309,13 @@ async fn connection(
                         break 'reading;
                     }
                 }
-                // Waits on the lookup, as this connection's next query would.
+                // Waits on the lookup, as this connection's next query
+                // would; off the runtime's workers, which serve the rest.
                 Answer::Held(held) => {
-                    if replies.send(held.finish()).await.is_err() {
+                    let Ok(reply) = tokio::task::spawn_blocking(move || held.finish()).await else {
+                        break 'reading;
+                    };
+                    if replies.send(reply).await.is_err() {
                         break 'reading;
                     }
                 }

@@ -111,9 +111,9 @@ impl Metrics {
                 &self.audit_lost,
             ),
             (
-                "allowdns_held_denials_in_place_total",
-                "Denials whose asker a UDP serving thread looked up itself, the lookups queue being full (the queries behind them waited).",
-                &self.held_in_place,
+                "allowdns_attribution_queue_full_total",
+                "UDP denials audited as over budget without looking up their asker: the lookups queue was full.",
+                &self.held_unlooked,
             ),
             (
                 "allowdns_reloads_total",
