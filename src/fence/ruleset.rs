@@ -168,6 +168,12 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
         );
         let _ = writeln!(out, "\t\t{ND_SENT} log prefix \"{LOG_PREFIX}nd \" drop");
     }
+    // A source that is not the namespace's own (IP_FREEBIND needs no
+    // privilege) would be decided and alerted as whichever agent owns it.
+    let _ = writeln!(
+        out,
+        "\t\tmeta l4proto {{ udp, tcp }} th dport 53 fib saddr type != local log prefix \"{LOG_PREFIX}forged \" drop comment \"forged source\""
+    );
     for ip in dns {
         let (fam, ok) = match ip {
             IpAddr::V4(_) => ("ip", v4),

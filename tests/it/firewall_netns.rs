@@ -1388,3 +1388,111 @@ fn set_elements_and_their_labels_round_trip_with_nft_and_refusals_name_what_they
     assert!(list().contains("192.0.2.1 "), "{}", list());
     assert_eq!(no_get.raw_os_error(), Some(2), "{no_get}");
 }
+
+/// A process in the agent's namespace that sends DNS from an address that
+/// is not its own (IPV6_FREEBIND: no privilege needed) would be decided,
+/// audited and alerted as whichever agent owns that address: the fence
+/// drops it before it leaves; the agent's own questions still pass.
+#[test]
+fn dns_from_a_forged_source_address_never_reaches_allowdns() {
+    if !netns::agent_prerequisites(&["getent", "dig", "unshare", "mount"]) {
+        return;
+    }
+    // The lab, with IPv6 on the link to allowdns as well.
+    let lab = Lab::new("adnsf", |ns| {
+        ns.ip("i", "addr add 203.0.113.0/24 dev lo")
+            .ip("r", "addr add fd00:53::1/64 dev r-a nodad")
+            .ip("a", "addr add fd00:53::2/64 dev a-r nodad")
+    });
+    let upstream = lab.upstream_in_r("fw.test.zone", &zone());
+    let policy = lab.dir.write(
+        "policy.yaml",
+        &format!(
+            "agent_name: forged_agent\nexpected_outbound:\n  - destination: web.fw.test\nfirewall:\n  netns: {}\n",
+            lab.a
+        ),
+    );
+    // The ruleset as a person prints it, allowdns reachable on both families.
+    let out = Command::new(bin())
+        .args(["nft-ruleset", "--policy"])
+        .arg(&policy)
+        .args(["--dns", DNS, "--dns", "fd00:53::1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nft = lab
+        .dir
+        .write("policy.nft", &String::from_utf8_lossy(&out.stdout));
+    netns::nft_file(&lab.a, &nft);
+    let audit = lab.dir.0.join("audit.jsonl");
+    let up = upstream.addr.to_string();
+    let _dns = lab.serve_in_r(
+        &policy,
+        &up,
+        &[
+            "--listen",
+            "[fd00:53::1]:53",
+            "--audit-log",
+            audit.to_str().unwrap(),
+        ],
+    );
+    let forge = |name: &str| {
+        let script = format!(
+            "import socket, struct
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(41, 78, 1)  # IPV6_FREEBIND
+s.bind(('fd00:53::99', 0))
+q = struct.pack('>HHHHHH', 7, 0x0100, 1, 0, 0, 0)
+q += b''.join(bytes([len(l)]) + l.encode() for l in '{name}'.split('.')) + b'\\0' + struct.pack('>HH', 1, 1)
+try:
+    s.sendto(q, ('fd00:53::1', 53))
+except PermissionError:
+    print('dropped by the fence')
+"
+        );
+        let (ok, out) = lab.exec(&lab.a, &["python3", "-c", &script]);
+        assert!(ok, "{out}");
+    };
+    let forged = |name: &str| {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let found: Vec<_> = if audit.exists() {
+                read_audit(&audit)
+                    .into_iter()
+                    .filter(|r| r["qname"] == name)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if !found.is_empty() || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // Positive control: without the fence, the forged question arrives as
+    // fd00:53::99's.
+    lab.unfence();
+    forge("before.forged.fw.test");
+    let before = forged("before.forged.fw.test");
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert!(
+        before[0]["client"]
+            .as_str()
+            .unwrap()
+            .starts_with("[fd00:53::99]:"),
+        "{}",
+        before[0]
+    );
+
+    netns::nft_file(&lab.a, &nft);
+    forge("after.forged.fw.test");
+    assert_eq!(getent(&lab, "web.fw.test").as_deref(), Some("203.0.113.10"));
+    let after = forged("after.forged.fw.test");
+    assert!(after.is_empty(), "a forged question got through: {after:?}");
+}
