@@ -127,7 +127,7 @@ pub struct AlertsFile {
     pub attribution: Option<bool>,
     /// The most one denial's attribution may delay its reply, in ms (1 to 1000; default 5).
     pub attribution_budget_ms: Option<u64>,
-    /// Denials attributed per second and client namespace beyond those
+    /// Denials attributed per second and agent beyond those
     /// alerted in full (0 to 100000; default 100); the rest are
     /// `unknown (rate limited)`.
     pub attribution_rate: Option<u64>,

@@ -132,7 +132,8 @@ impl Service {
             } else {
                 Need::Record
             };
-            Some(a.lookup(netns, proto, attempt.src, attempt.dst, need))
+            let agent = policy.map_or("", |p| &*p.agent);
+            Some(a.lookup((netns, agent), proto, attempt.src, attempt.dst, need))
         });
         // A rejected SYN's reset closes the socket, often before it is looked
         // up: say so rather than that its process exited.

@@ -568,9 +568,8 @@ impl Handler {
         } else {
             Need::Record
         };
-        let netns = policy.firewall.as_ref().and_then(|f| f.netns.as_deref());
         let admitted = a
-            .admit(netns, need)
+            .admit(&policy.agent, need)
             .ok_or(Some(Attribution::Unknown(Why::RateLimited)));
         (Some(slot), admitted)
     }

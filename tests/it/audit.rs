@@ -336,18 +336,21 @@ fn a_denied_flood_past_the_attribution_rate_is_rate_limited_not_guessed() {
         let records = flood_records(&log);
         assert_eq!(records.len(), NAMES, "every denial is audited");
         // The first 5 distinct names of the window are alerted in full:
-        // named, whatever the rate (it holds 2).
-        let alerted: Vec<_> = (0..5)
-            .map(|i| format!("n{i}.flood.denied.example"))
-            .collect();
-        let first = records
-            .iter()
-            .filter(|r| alerted.iter().any(|n| r["qname"] == **n));
-        assert!(
-            first.clone().count() == 5 && first.clone().all(|r| r["pid"] == pid),
-            "burst {burst}, the alerted ones: {:?}",
-            first.collect::<Vec<_>>()
-        );
+        // named, whatever the rate (it holds 2). In a burst, the serving
+        // threads may take them in another order: any 5.
+        if !burst {
+            let alerted: Vec<_> = (0..5)
+                .map(|i| format!("n{i}.flood.denied.example"))
+                .collect();
+            let first = records
+                .iter()
+                .filter(|r| alerted.iter().any(|n| r["qname"] == **n));
+            assert!(
+                first.clone().count() == 5 && first.clone().all(|r| r["pid"] == pid),
+                "the alerted ones: {:?}",
+                first.collect::<Vec<_>>()
+            );
+        }
         let named = records.iter().filter(|r| r["pid"] == pid).count();
         let limited = records
             .iter()
@@ -358,11 +361,9 @@ fn a_denied_flood_past_the_attribution_rate_is_rate_limited_not_guessed() {
             (5..=5 + 2 + 2 * (took + 1)).contains(&named),
             "burst {burst}: {named} named in {took} s: {records:?}"
         );
-        // The alert shows the first ones named.
-        dns.wait_for("Query: n0.flood.denied.example", 1);
-        let stderr = dns.stderr();
-        assert_has(&stderr, &format!("\nPID: {pid}\nCommand: "));
-        assert_has(&stderr, "python3 -c import socket");
+        // The 5 alerts name it.
+        dns.wait_for(&format!("\nPID: {pid}\nCommand: "), 5);
+        assert_has(&dns.stderr(), "python3 -c import socket");
     }
 }
 

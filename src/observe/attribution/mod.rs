@@ -9,7 +9,7 @@
 //! `getent` exits on NXDOMAIN, and its socket with it), within
 //! [`Limits::per_lookup`]. A denial that will be alerted in full is always
 //! attributed ([`Need::Alert`]); the others ([`Need::Record`]) at most
-//! [`Limits::rate`] per second and client namespace, the rest say
+//! [`Limits::rate`] per second and agent, the rest say
 //! `unknown (rate limited)`: a flood costs a lock per denial, not a socket
 //! lookup. The /proc search is bounded by [`Limits::per_second`]:
 //! the time /proc may be scanned per second. A socket seen before is
@@ -56,7 +56,7 @@ pub struct Limits {
     /// The most time spent searching /proc in any one second; beyond it,
     /// `unknown (over budget)` until the next second.
     pub per_second: Duration,
-    /// Denials attributed per second and client namespace beyond those
+    /// Denials attributed per second and agent beyond those
     /// alerted in full; beyond it, `unknown (rate limited)`.
     pub rate: u32,
 }
@@ -317,8 +317,8 @@ impl Attributor {
     /// A lookup for a denial, if the rate lets it run (an alerted one
     /// always): decided where the query is answered, so one over the rate
     /// costs nothing there, and the lookup itself can run elsewhere.
-    pub fn admit(&self, netns: Option<&Path>, need: Need) -> Option<Admitted> {
-        self.may(netns, need, Instant::now())
+    pub fn admit(&self, agent: &str, need: Need) -> Option<Admitted> {
+        self.may(agent, need, Instant::now())
             .then_some(Admitted(()))
     }
 
@@ -354,10 +354,11 @@ impl Attributor {
     }
 
     /// The owner of the socket with address `local` and peer `remote` in
-    /// network namespace `netns` (`None`: allowdns's own).
+    /// network namespace `netns` (`None`: allowdns's own), within
+    /// `agent`'s rate.
     pub fn lookup(
         &self,
-        netns: Option<&Path>,
+        (netns, agent): (Option<&Path>, &str),
         proto: Proto,
         local: SocketAddr,
         remote: SocketAddr,
@@ -365,7 +366,7 @@ impl Attributor {
     ) -> Attribution {
         self.attribute(
             netns,
-            Some(need),
+            Some((agent, need)),
             (proto, local, Some(remote)),
             |diag| match diag.find(proto, local, remote) {
                 Ok(None) if !diag.is_local(local.ip()) => Err(Why::OtherHost),
@@ -380,12 +381,12 @@ impl Attributor {
     fn attribute(
         &self,
         netns: Option<&Path>,
-        need: Option<Need>,
+        need: Option<(&str, Need)>,
         (proto, local, remote): (Proto, SocketAddr, Option<SocketAddr>),
         find: impl FnOnce(&mut diag::Diag) -> Result<io::Result<Option<diag::Found>>, Why>,
     ) -> Attribution {
         let started = Instant::now();
-        if need.is_some_and(|need| !self.may(netns, need, started)) {
+        if need.is_some_and(|(agent, need)| !self.may(agent, need, started)) {
             return Attribution::Unknown(Why::RateLimited);
         }
         let ns = match self.namespace(netns) {
@@ -404,9 +405,9 @@ impl Attributor {
     }
 
     /// Whether this denial may be looked up: an alerted one always, the
-    /// others while the namespace's rate allows.
-    fn may(&self, netns: Option<&Path>, need: Need, now: Instant) -> bool {
-        need == Need::Alert || self.rate.take(netns, now)
+    /// others while the agent's rate allows.
+    fn may(&self, agent: &str, need: Need, now: Instant) -> bool {
+        need == Need::Alert || self.rate.take(agent, now)
     }
 
     /// The owner of a socket asked about before, without sock_diag: while
@@ -699,7 +700,13 @@ mod tests {
         let socket = UdpSocketPair::new();
         let me = std::process::id();
         for _ in 0..2 {
-            match attributor.lookup(None, Proto::Udp, socket.local, socket.remote, Need::Alert) {
+            match attributor.lookup(
+                (None, "a"),
+                Proto::Udp,
+                socket.local,
+                socket.remote,
+                Need::Alert,
+            ) {
                 Attribution::Found(o) => assert_eq!(o.host_pid, me),
                 Attribution::Unknown(why) => panic!("{why:?}"),
             }
@@ -708,11 +715,11 @@ mod tests {
         // Closed: gone, not guessed from the cache.
         let (local, remote) = (socket.local, socket.remote);
         drop(socket);
-        let got = attributor.lookup(None, Proto::Udp, local, remote, Need::Alert);
+        let got = attributor.lookup((None, "a"), Proto::Udp, local, remote, Need::Alert);
         assert!(matches!(got, Attribution::Unknown(Why::Exited)), "{got:?}");
         // An address that is not ours: another host's socket.
         let got = attributor.lookup(
-            None,
+            (None, "a"),
             Proto::Udp,
             "192.0.2.77:5353".parse().unwrap(),
             remote,
@@ -733,7 +740,8 @@ mod tests {
         let attributor = Attributor::new(limits, vec![]);
         let socket = UdpSocketPair::new();
         let me = std::process::id();
-        let ask = |need| attributor.lookup(None, Proto::Udp, socket.local, socket.remote, need);
+        let ask =
+            |need| attributor.lookup((None, "a"), Proto::Udp, socket.local, socket.remote, need);
         // Positive control: within the rate, named.
         assert!(matches!(ask(Need::Record), Attribution::Found(o) if o.host_pid == me));
         let got = ask(Need::Record);
@@ -753,13 +761,13 @@ mod tests {
             let server = listener.local_addr().unwrap();
             let client = std::net::TcpStream::connect(server).unwrap();
             let local = client.local_addr().unwrap();
-            match attributor.lookup(None, Proto::Tcp, local, server, Need::Alert) {
+            match attributor.lookup((None, "a"), Proto::Tcp, local, server, Need::Alert) {
                 Attribution::Found(o) => assert_eq!(o.host_pid, std::process::id()),
                 Attribution::Unknown(why) => panic!("{at}: {why:?}"),
             }
             // The same ports, the other way round, is another socket (the server's).
             let wrong_peer = SocketAddr::new(server.ip(), server.port().wrapping_add(1));
-            let got = attributor.lookup(None, Proto::Tcp, local, wrong_peer, Need::Alert);
+            let got = attributor.lookup((None, "a"), Proto::Tcp, local, wrong_peer, Need::Alert);
             assert!(matches!(got, Attribution::Unknown(Why::Exited)), "{got:?}");
         }
     }

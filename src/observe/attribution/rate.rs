@@ -1,24 +1,25 @@
-//! How many denials a client namespace may have attributed per second,
-//! beyond those alerted in full: a token bucket per namespace. A flood of
+//! How many denials an agent may have attributed per second, beyond those
+//! alerted in full: a token bucket per agent, so one agent's flood cannot
+//! spend another's (agents without a namespace of their own share the
+//! host's, and shared one bucket). A flood of
 //! denials then costs a clock read and a lock per denial, not a socket
 //! lookup; what the bucket refuses is recorded as `unknown (rate limited)`.
 
 use crate::sync::lock;
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// Namespaces tracked; past this (namespaces come from the policies, so
-/// only a misuse gets here) every bucket starts again full.
-const MAX_NAMESPACES: usize = 256;
+/// Agents tracked; past this (agents come from the policies, so only a
+/// misuse gets here) every bucket starts again full.
+const MAX_AGENTS: usize = 256;
 
 struct Bucket {
-    netns: Option<PathBuf>,
+    agent: Box<str>,
     tokens: f64,
     at: Instant,
 }
 
-/// One token bucket per client namespace: `per_second` tokens a second,
+/// One token bucket per agent: `per_second` tokens a second,
 /// holding at most one second's worth.
 pub(super) struct Rate {
     per_second: u32,
@@ -33,22 +34,22 @@ impl Rate {
         }
     }
 
-    /// Takes a token from `netns`'s bucket; false when it is empty.
-    pub(super) fn take(&self, netns: Option<&Path>, now: Instant) -> bool {
+    /// Takes a token from `agent`'s bucket; false when it is empty.
+    pub(super) fn take(&self, agent: &str, now: Instant) -> bool {
         if self.per_second == 0 {
             return false;
         }
         let full = f64::from(self.per_second);
         let mut buckets = lock(&self.buckets);
-        // A linear search: one entry per namespace the policies name.
-        let i = match buckets.iter().position(|b| b.netns.as_deref() == netns) {
+        // A linear search: one entry per agent.
+        let i = match buckets.iter().position(|b| &*b.agent == agent) {
             Some(i) => i,
             None => {
-                if buckets.len() >= MAX_NAMESPACES {
+                if buckets.len() >= MAX_AGENTS {
                     buckets.clear();
                 }
                 buckets.push(Bucket {
-                    netns: netns.map(Path::to_path_buf),
+                    agent: agent.into(),
                     tokens: full,
                     at: now,
                 });
@@ -77,12 +78,11 @@ mod tests {
     fn a_second_holds_its_rate_and_namespaces_do_not_share() {
         let rate = Rate::new(3);
         let t0 = Instant::now();
-        let a = Some(Path::new("/run/netns/a"));
+        let a = "a";
         let taken = (0..10).filter(|_| rate.take(a, t0)).count();
         assert_eq!(taken, 3);
-        // Another namespace has its own bucket.
-        assert!(rate.take(Some(Path::new("/run/netns/b")), t0));
-        assert!(rate.take(None, t0));
+        // Another agent has its own bucket.
+        assert!(rate.take("b", t0));
         // A third of a second later: one more token, not a full bucket.
         let later = t0 + Duration::from_millis(340);
         assert!(rate.take(a, later));
@@ -95,6 +95,6 @@ mod tests {
     #[test]
     fn a_rate_of_zero_attributes_nothing_beyond_the_alerts() {
         let rate = Rate::new(0);
-        assert!(!rate.take(None, Instant::now()));
+        assert!(!rate.take("a", Instant::now()));
     }
 }
