@@ -87,7 +87,11 @@ fn the_readme_blocks_show_what_allowdns_prints() {
     }
     let dir = TempDir::new("readme");
     let log = dir.0.join("audit.jsonl");
+    // A generous attribution budget: the blocks show the process named, and
+    // a debug build on a loaded machine may take past the default 5 ms.
+    let config = dir.write("allowdns.yaml", "alerts:\n  attribution_budget_ms: 1000\n");
     args.extend(["--audit-log", log.to_str().unwrap()]);
+    args.extend(["--config", config.to_str().unwrap()]);
     // The README's relative paths name files of this checkout.
     let args: Vec<String> = args
         .iter()
