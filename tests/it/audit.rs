@@ -295,22 +295,9 @@ fn a_denied_flood_past_the_attribution_rate_is_rate_limited_not_guessed() {
         pid
     };
     let flood_records = |log: &std::path::Path| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let all = if log.exists() {
-                read_audit(log)
-            } else {
-                Vec::new()
-            };
-            let found: Vec<_> = all
-                .into_iter()
-                .filter(|r| r["qname"].as_str().is_some_and(|q| q.contains(".flood.")))
-                .collect();
-            if found.len() >= NAMES || std::time::Instant::now() > deadline {
-                return found;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        audit_where(log, NAMES, |r| {
+            r["qname"].as_str().is_some_and(|q| q.contains(".flood."))
+        })
     };
 
     // Positive control: within the default rate, every denial is named.
@@ -432,17 +419,9 @@ print(len(got))
     let full: u64 = series_value(&metrics, "allowdns_attribution_queue_full_total");
     assert!(full > 0, "the queue never filled: {metrics}");
     assert_eq!(answered, NAMES, "every question answered");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let records = loop {
-        let records: Vec<_> = read_audit(&log)
-            .into_iter()
-            .filter(|r| r["qname"].as_str().is_some_and(|q| q.contains(".burst.")))
-            .collect();
-        if records.len() >= answered || std::time::Instant::now() > deadline {
-            break records;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let records = audit_where(&log, answered, |r| {
+        r["qname"].as_str().is_some_and(|q| q.contains(".burst."))
+    });
     assert_eq!(records.len(), answered, "one record per answer");
     let names: std::collections::HashSet<_> = records.iter().map(|r| r["qname"].clone()).collect();
     assert_eq!(names.len(), NAMES, "each question audited once");

@@ -1413,20 +1413,8 @@ fn dns_from_a_forged_source_address_never_reaches_allowdns() {
         ),
     );
     // The ruleset as a person prints it, allowdns reachable on both families.
-    let out = Command::new(bin())
-        .args(["nft-ruleset", "--policy"])
-        .arg(&policy)
-        .args(["--dns", DNS, "--dns", "fd00:53::1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let nft = lab
-        .dir
-        .write("policy.nft", &String::from_utf8_lossy(&out.stdout));
+    let ruleset = nft_ruleset_for(&policy, &[DNS, "fd00:53::1"]);
+    let nft = lab.dir.write("policy.nft", &ruleset);
     netns::nft_file(&lab.a, &nft);
     let audit = lab.dir.0.join("audit.jsonl");
     let up = upstream.addr.to_string();
@@ -1457,23 +1445,7 @@ except PermissionError:
         let (ok, out) = lab.exec(&lab.a, &["python3", "-c", &script]);
         assert!(ok, "{out}");
     };
-    let forged = |name: &str| {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            let found: Vec<_> = if audit.exists() {
-                read_audit(&audit)
-                    .into_iter()
-                    .filter(|r| r["qname"] == name)
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            if !found.is_empty() || Instant::now() > deadline {
-                return found;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let forged = |name: &str| audit_where(&audit, 1, |r| r["qname"] == name);
 
     // Positive control: without the fence, the forged question arrives as
     // fd00:53::99's.

@@ -79,12 +79,17 @@ where
 
 /// `allowdns nft-ruleset --policy POLICY --dns DNS`: the ruleset it prints.
 pub fn nft_ruleset(policy: &Path, dns: &str) -> String {
-    let out = Command::new(bin())
-        .args(["nft-ruleset", "--policy"])
-        .arg(policy)
-        .args(["--dns", dns])
-        .output()
-        .unwrap();
+    nft_ruleset_for(policy, &[dns])
+}
+
+/// `allowdns nft-ruleset` for `policy`, allowdns reachable at each of `dns`.
+pub fn nft_ruleset_for(policy: &Path, dns: &[&str]) -> String {
+    let mut cmd = Command::new(bin());
+    cmd.args(["nft-ruleset", "--policy"]).arg(policy);
+    for ip in dns {
+        cmd.args(["--dns", ip]);
+    }
+    let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "nft-ruleset: {stderr}");
     String::from_utf8(out.stdout).unwrap()
