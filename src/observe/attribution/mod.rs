@@ -264,7 +264,6 @@ struct Ns {
 
 /// Finds owners; shared by every serving thread.
 pub struct Attributor {
-    limits: Limits,
     /// Where allowdns answers: a DNS client's socket is connected to one.
     servers: Vec<SocketAddr>,
     /// Our effective uid, and whether we may read every process's fds.
@@ -277,8 +276,7 @@ pub struct Attributor {
     /// Sockets by their id, as asked about: their inode.
     tuples: Mutex<HashMap<Tuple, u64>>,
     owners: Mutex<HashMap<u32, (Instant, Arc<Owner>)>>,
-    /// (start of the current second, /proc search time spent in it).
-    spent: Mutex<(Instant, Duration)>,
+    budget: rate::Budget,
     rate: rate::Rate,
 }
 
@@ -286,7 +284,6 @@ impl Attributor {
     /// `servers`: the addresses allowdns answers DNS on.
     pub fn new(limits: Limits, servers: Vec<SocketAddr>) -> Attributor {
         Attributor {
-            limits,
             servers,
             euid: nix::unistd::geteuid().as_raw(),
             ptrace: caps::has_cap(
@@ -303,7 +300,7 @@ impl Attributor {
             holders: Mutex::default(),
             tuples: Mutex::default(),
             owners: Mutex::default(),
-            spent: Mutex::new((Instant::now(), Duration::ZERO)),
+            budget: rate::Budget::new(limits.per_lookup, limits.per_second, Instant::now()),
             rate: rate::Rate::new(limits.rate),
         }
     }
@@ -476,26 +473,7 @@ impl Attributor {
     /// Searches /proc within both budgets.
     fn search(&self, inode: u64, netns: u64, started: Instant) -> Result<u32, Why> {
         let now = Instant::now();
-        // The grant is charged before the search, so searches on several
-        // threads at once cannot each take the whole second's budget; what
-        // a search took past it is owed by the seconds that follow.
-        let grant = {
-            let mut spent = lock(&self.spent);
-            let elapsed = now.duration_since(spent.0);
-            if elapsed >= Duration::from_secs(1) {
-                let paid = self
-                    .limits
-                    .per_second
-                    .saturating_mul(elapsed.as_secs() as u32);
-                *spent = (now, spent.1.saturating_sub(paid));
-            }
-            let grant = self
-                .limits
-                .per_lookup
-                .min(self.limits.per_second.saturating_sub(spent.1));
-            spent.1 += grant;
-            grant
-        };
+        let grant = self.budget.grant(now);
         if grant.is_zero() {
             return Err(Why::OverBudget);
         }
@@ -511,10 +489,7 @@ impl Attributor {
         }
         let took = now.elapsed();
         tracing::debug!(inode, ?took, since_start = ?started.elapsed(), "searched /proc for a socket's holder");
-        {
-            let mut spent = lock(&self.spent);
-            spent.1 = (spent.1 + took).saturating_sub(grant);
-        }
+        self.budget.settle(grant, took);
         match scan {
             procfs::Scan::Found { pid, fd } => {
                 let mut holders = self.lock_holders();
