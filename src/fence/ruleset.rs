@@ -168,12 +168,7 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
         );
         let _ = writeln!(out, "\t\t{ND_SENT} log prefix \"{LOG_PREFIX}nd \" drop");
     }
-    // A source that is not the namespace's own (IP_FREEBIND needs no
-    // privilege) would be decided and alerted as whichever agent owns it.
-    let _ = writeln!(
-        out,
-        "\t\tmeta l4proto {{ udp, tcp }} th dport 53 fib saddr type != local log prefix \"{LOG_PREFIX}forged \" drop comment \"forged source\""
-    );
+    forged_dns(&mut out);
     for ip in dns {
         let (fam, ok) = match ip {
             IpAddr::V4(_) => ("ip", v4),
@@ -280,7 +275,9 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
             Family::Ip
         };
         extension_headers(&mut out, other, LOG_PREFIX);
-        // allowdns itself may be reached over the family the fence does not serve.
+        // allowdns itself may be reached over the family the fence does
+        // not serve: from the namespace's own addresses only, there too.
+        forged_dns(&mut out);
         for ip in dns.iter().filter(|ip| ip.is_ipv4() == (name == "ip")) {
             let _ = writeln!(
                 out,
@@ -297,6 +294,16 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
         );
     }
     out
+}
+
+/// Drops DNS from a source that is not the namespace's own, before any
+/// rule accepts DNS to allowdns: such a question (IPV6_FREEBIND needs no
+/// privilege) would be decided and alerted as whichever agent owns it.
+fn forged_dns(out: &mut String) {
+    let _ = writeln!(
+        out,
+        "\t\tmeta l4proto {{ udp, tcp }} th dport 53 fib saddr type != local log prefix \"{LOG_PREFIX}forged \" drop comment \"forged source\""
+    );
 }
 
 /// Drops packets whose headers route or carry past what the rules check.
@@ -365,6 +372,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("meta nfproto ipv6 log prefix"), "{text}");
+        // In each table, the forged-source drop comes before DNS is accepted.
+        for table in text.split("\ntable ").skip(1) {
+            if let Some(accept) = table.find("th dport 53 accept") {
+                let forged = table.find("fib saddr type != local");
+                assert!(forged.is_some_and(|f| f < accept), "{table}");
+            }
+        }
+        assert_eq!(text.matches("fib saddr type != local").count(), 2, "{text}");
         let inet = render(
             &policy,
             &FirewallConfig::with_defaults(),
