@@ -509,7 +509,7 @@ impl UdpContext {
                         ) = self.held.try_send((denial, self.socket.clone(), src))
                         {
                             crate::observe::metrics::METRICS
-                                .held_unlooked
+                                .attribution_queue_full
                                 .fetch_add(1, Relaxed);
                             send(&socket, &denial.finish_unlooked(), to);
                         }

@@ -67,7 +67,7 @@ impl Default for TcpLimits {
 pub struct Slots {
     permits: Arc<Semaphore>,
     max_per_ip: usize,
-    held: Mutex<Taken>,
+    taken: Mutex<Taken>,
     epoch: Instant,
 }
 
@@ -114,13 +114,13 @@ impl Slots {
         Slots {
             permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             max_per_ip: limits.max_connections_per_ip.max(1),
-            held: Mutex::default(),
+            taken: Mutex::default(),
             epoch: Instant::now(),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Taken> {
-        lock(&self.held)
+        lock(&self.taken)
     }
 
     fn now_ms(&self) -> u64 {

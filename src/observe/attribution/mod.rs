@@ -53,8 +53,9 @@ pub enum Proto {
 pub struct Limits {
     /// The most one lookup may take (it delays that denial's reply).
     pub per_lookup: Duration,
-    /// The most time spent searching /proc in any one second; beyond it,
-    /// `unknown (over budget)` until the next second.
+    /// The most time spent searching /proc in any one second, over all
+    /// threads; beyond it, `unknown (over budget)`, and an overrun is owed
+    /// by the seconds after.
     pub per_second: Duration,
     /// Denials attributed per second and agent beyond those
     /// alerted in full; beyond it, `unknown (rate limited)`.

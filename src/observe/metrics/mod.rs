@@ -140,7 +140,7 @@ pub struct Metrics {
     pub nft_failures: AtomicU64,
     pub audit_lost: AtomicU64,
     /// Held denials finished without their lookup: the lookups queue was full.
-    pub held_unlooked: AtomicU64,
+    pub attribution_queue_full: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
     /// Answers stripped of special-purpose addresses, per agent slot:
@@ -179,7 +179,7 @@ impl Metrics {
             nft_elements: AtomicU64::new(0),
             nft_failures: AtomicU64::new(0),
             audit_lost: AtomicU64::new(0),
-            held_unlooked: AtomicU64::new(0),
+            attribution_queue_full: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             stripped: [const { AtomicU64::new(0) }; MAX_AGENTS],

@@ -113,7 +113,7 @@ impl Metrics {
             (
                 "allowdns_attribution_queue_full_total",
                 "UDP denials audited as over budget without looking up their asker: the lookups queue was full.",
-                &self.held_unlooked,
+                &self.attribution_queue_full,
             ),
             (
                 "allowdns_reloads_total",
