@@ -13,10 +13,18 @@
 //!   [`LIFETIME`] old, so a port an attacker learns is good for few answers
 //!   (an idle socket's port stays open, but nothing is in flight on it).
 //!
-//! An off-path attacker must so guess about 30 bits for one answer. An answer
-//! is taken only from the server's address and port, with an ID in flight
-//! there, for the question asked (name case-insensitively, type, class);
-//! anything else is dropped and counted (`allowdns_upstream_dropped_total`).
+//! - each letter of the name asked in random case (DNS 0x20), which the
+//!   answer must echo: one more bit per letter.
+//!
+//! An off-path attacker must so guess about 30 bits, plus the letters, for
+//! one answer. An answer is taken only from the server's address and port,
+//! with an ID in flight there, for the question asked (name
+//! case-insensitively, type, class); anything else is dropped and counted
+//! (`allowdns_upstream_dropped_total`). An answer whose name is not in the
+//! case asked is not taken either: that server is asked once more in lower
+//! case (counted in `allowdns_upstream_case_changed_total`), so a server that
+//! does not keep case still answers, with the ID and port floor. The case a
+//! client spelled never goes up.
 
 use std::collections::HashMap;
 use std::io;
@@ -79,14 +87,14 @@ impl Forwarder {
     /// tried in turn, and a lone server twice (one lost datagram is not a
     /// SERVFAIL); the error says what each attempt met.
     pub async fn ask(&self, question: &Query) -> Result<Message, String> {
-        let mut wire = encode(question)?;
+        let wire = encode(question)?;
         let count = self.servers.len();
         let first = self.preferred.load(Relaxed);
         let mut failures = Vec::new();
         for k in 0..count.max(2) {
             let at = (first + k) % count;
             let server = self.servers[at];
-            match self.exchange(server, question, &mut wire).await {
+            match self.exchange(server, question, &wire).await {
                 Ok(m)
                     if matches!(
                         m.metadata.response_code,
@@ -105,32 +113,55 @@ impl Forwarder {
 
     /// One server's answer, whatever its rcode (the start-up probe's).
     pub async fn ask_one(&self, server: SocketAddr, question: &Query) -> Result<Message, String> {
-        let mut wire = encode(question)?;
-        self.exchange(server, question, &mut wire).await
+        let wire = encode(question)?;
+        self.exchange(server, question, &wire).await
     }
 
-    /// UDP, then TCP to the same server if the answer was truncated.
+    /// UDP with the name's case mixed, then in lower case if the server
+    /// changed it; then TCP to the same server if the answer was truncated.
+    /// The case the client asked in never goes up: an agent could spell
+    /// bits in it for a server that does not echo case.
     async fn exchange(
         &self,
         server: SocketAddr,
         question: &Query,
-        wire: &mut [u8],
+        wire: &[u8],
     ) -> Result<Message, String> {
-        let answer = self.udp(server, question, wire).await?;
+        let mut lower = wire.to_vec();
+        recase(&mut lower, |b| b.to_ascii_lowercase());
+        let mut sent = lower.clone();
+        recase(&mut sent, |b| if rand::random() { b ^ 0x20 } else { b });
+        let mut answer = match self.udp(server, question, &mut sent).await? {
+            (answer, true) => answer,
+            (_, false) => {
+                METRICS.upstream_case_changed.fetch_add(1, Relaxed);
+                self.udp(server, question, &mut lower).await?.0
+            }
+        };
         if answer.metadata.truncation {
-            return self.tcp(server, question, wire).await;
+            answer = self.tcp(server, question, &mut lower).await?;
+        }
+        // The client, the cache and the audit see the name as it was asked.
+        for record in answer.answers.iter_mut().chain(&mut answer.authorities) {
+            if record.name == question.name {
+                record.name = question.name.clone();
+            }
+        }
+        if let Some(asked) = answer.queries.first_mut() {
+            asked.name = question.name.clone();
         }
         Ok(answer)
     }
 
+    /// The answer, and whether its name is in the case `wire` asked it in.
     async fn udp(
         &self,
         server: SocketAddr,
         question: &Query,
         wire: &mut [u8],
-    ) -> Result<Message, String> {
+    ) -> Result<(Message, bool), String> {
         let mut pending = self
-            .checkout(server, question)
+            .checkout(server, question, question_section(wire))
             .map_err(|e| format!("no UDP socket: {e}"))?;
         wire[..2].copy_from_slice(&pending.id.to_be_bytes());
         pending
@@ -183,16 +214,17 @@ impl Forwarder {
 
     /// A socket of the right family with `question` registered under a
     /// fresh ID, replacing the slot's socket when it has served its turn.
-    fn checkout(&self, server: SocketAddr, question: &Query) -> io::Result<Pending> {
+    /// `asked` is the question section as sent.
+    fn checkout(&self, server: SocketAddr, question: &Query, asked: &[u8]) -> io::Result<Pending> {
         let family = usize::from(server.is_ipv6());
         let at = self.next.fetch_add(1, Relaxed) % SLOTS;
         let mut slot = lock(&self.slots[family][at]);
-        if let Some(pending) = slot.as_ref().and_then(|s| s.admit(server, question)) {
+        if let Some(pending) = slot.as_ref().and_then(|s| s.admit(server, question, asked)) {
             return Ok(pending);
         }
         let socket = Socket::open(server, &self.ports)?;
         let pending = socket
-            .admit(server, question)
+            .admit(server, question, asked)
             .ok_or_else(|| io::Error::other("a fresh socket refused an exchange"))?;
         *slot = Some(socket);
         Ok(pending)
@@ -219,8 +251,11 @@ struct Flights {
 struct Waiter {
     server: SocketAddr,
     question: Query,
+    /// The question section as sent: its name's case is checked byte for byte.
+    asked: Box<[u8]>,
     serial: u32,
-    answer: oneshot::Sender<Message>,
+    /// The answer, and whether it kept the case asked.
+    answer: oneshot::Sender<(Message, bool)>,
 }
 
 /// An exchange in flight; leaves its socket's table when dropped (answered,
@@ -229,7 +264,7 @@ struct Pending {
     socket: Arc<Socket>,
     id: u16,
     serial: u32,
-    answer: oneshot::Receiver<Message>,
+    answer: oneshot::Receiver<(Message, bool)>,
 }
 
 impl Drop for Pending {
@@ -281,7 +316,12 @@ impl Socket {
 
     /// Registers an exchange under a random ID not in flight here, unless
     /// the socket has served its turn (then it is retired: `None`).
-    fn admit(self: &Arc<Self>, server: SocketAddr, question: &Query) -> Option<Pending> {
+    fn admit(
+        self: &Arc<Self>,
+        server: SocketAddr,
+        question: &Query,
+        asked: &[u8],
+    ) -> Option<Pending> {
         let mut flights = lock(&self.flights);
         if flights.retired || self.born.elapsed() >= LIFETIME {
             flights.retired = true;
@@ -306,6 +346,7 @@ impl Socket {
             Waiter {
                 server,
                 question: question.clone(),
+                asked: asked.into(),
                 serial,
                 answer: tx,
             },
@@ -338,17 +379,21 @@ impl Socket {
             return dropped();
         };
         let mut flights = lock(&self.flights);
-        match flights.waiting.get(&id) {
+        let kept = match flights.waiting.get(&id) {
             Some(w)
-                if w.server == from && (answers(&message, &w.question) || refusal(&message)) => {}
+                if w.server == from && (answers(&message, &w.question) || refusal(&message)) =>
+            {
+                // A question section is never compressed: it is the first name.
+                refusal(&message) || bytes.get(HEADER..HEADER + w.asked.len()) == Some(&w.asked)
+            }
             Some(_) => return dropped(),
             // Given up on meanwhile.
             None => return,
-        }
+        };
         let waiter = flights.waiting.remove(&id);
         drop(flights);
         if let Some(waiter) = waiter {
-            let _ = waiter.answer.send(message);
+            let _ = waiter.answer.send((message, kept));
         }
     }
 }
@@ -391,6 +436,37 @@ fn refusal(message: &Message) -> bool {
             m.response_code,
             ResponseCode::NoError | ResponseCode::NXDomain
         )
+}
+
+/// A DNS message's header; the question section follows.
+const HEADER: usize = 12;
+
+/// The question section of `wire`, a message with one question.
+fn question_section(wire: &[u8]) -> &[u8] {
+    let mut at = HEADER;
+    while let Some(&len) = wire.get(at)
+        && len != 0
+    {
+        at += 1 + usize::from(len);
+    }
+    &wire[HEADER.min(wire.len())..(at + 5).min(wire.len())]
+}
+
+/// Gives each letter of the question's name the case `letter` chooses;
+/// `wire` is a message with one question.
+fn recase(wire: &mut [u8], mut letter: impl FnMut(u8) -> u8) {
+    let mut at = HEADER;
+    while let Some(&len) = wire.get(at)
+        && len != 0
+    {
+        let end = (at + 1 + usize::from(len)).min(wire.len());
+        for b in &mut wire[at + 1..end] {
+            if b.is_ascii_alphabetic() {
+                *b = letter(*b);
+            }
+        }
+        at = end;
+    }
 }
 
 /// The question on the wire, recursion desired, with EDNS; its ID (the
@@ -437,7 +513,7 @@ mod tests {
         let server: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let socket = Socket::open(server, &ephemeral_range()).unwrap();
         let pending: Vec<Pending> = (0..USES)
-            .map(|_| socket.admit(server, &question()).expect("a turn left"))
+            .map(|_| socket.admit(server, &question(), &[]).expect("a turn left"))
             .collect();
         let ids: std::collections::HashSet<u16> = pending.iter().map(|p| p.id).collect();
         assert_eq!(
@@ -445,7 +521,29 @@ mod tests {
             USES as usize,
             "an ID given twice while in flight"
         );
-        assert!(socket.admit(server, &question()).is_none(), "past USES");
+        assert!(
+            socket.admit(server, &question(), &[]).is_none(),
+            "past USES"
+        );
+    }
+
+    #[test]
+    fn only_the_names_letters_change_case_and_the_question_ends_at_its_class() {
+        // HTTPS is type 65, an `A` on the wire: it must not be recased.
+        let q = Query::query(Name::from_ascii("Ab-1.Test.").unwrap(), RecordType::HTTPS);
+        let mut wire = encode(&q).unwrap();
+        let before = wire.clone();
+        assert_eq!(
+            question_section(&wire),
+            b"\x04Ab-1\x04Test\x00\x00\x41\x00\x01"
+        );
+        recase(&mut wire, |b| b.to_ascii_lowercase());
+        assert_eq!(
+            question_section(&wire),
+            b"\x04ab-1\x04test\x00\x00\x41\x00\x01"
+        );
+        let end = HEADER + question_section(&wire).len();
+        assert_eq!(wire[end..], before[end..], "EDNS untouched");
     }
 
     #[tokio::test]
@@ -459,7 +557,7 @@ mod tests {
             flights: Mutex::default(),
             done: Notify::new(),
         });
-        assert!(socket.admit(server, &question()).is_none());
+        assert!(socket.admit(server, &question(), &[]).is_none());
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 # An upstream on loopback that records each question's source port and ID,
 # and plays an off-path attacker racing its own answers:
 #   spoof_upstream.py IP LOG
-# prints "port N" once listening; appends "SRCPORT ID QNAME" to LOG per question.
+# prints "port N" once listening; appends "SRCPORT ID QNAME ASKED" to LOG per
+# question over UDP (QNAME in lower case, ASKED as it came: DNS 0x20).
 # By the question's first label:
 #   wrongid-*    first 64 forged answers (198.51.100.66) from the right port
 #                with every other ID near the real one and random ones;
@@ -13,6 +14,10 @@
 #                for another name (the question's first letter changed);
 # then, 50 ms later, the true answer (192.0.2.1).
 #   case-*       the true answer at once, its question in upper case;
+#   caseforged-* when the name came with an upper-case letter (mixed by DNS
+#                0x20; allowdns's retry is in lower case), first a forged answer with the right ID from
+#                the right port for the name with every letter's case swapped
+#                (an attacker who guessed ID and port, not the case);
 #   tc-*         over UDP an empty answer with TC set; over TCP (same port,
 #                logged with " tcp") the true answer.
 # Others: the true answer at once.
@@ -93,10 +98,12 @@ while True:
     qid = struct.unpack(">H", query[:2])[0]
     labels, at = [], 12
     while query[at]:
-        labels.append(query[at + 1 : at + 1 + query[at]].decode("ascii", "replace").lower())
+        labels.append(query[at + 1 : at + 1 + query[at]].decode("ascii", "replace"))
         at += 1 + query[at]
+    asked = ".".join(labels)
+    labels = [label.lower() for label in labels]
     name = ".".join(labels)
-    log.write(f"{client[1]} {qid} {name or '.'}\n")
+    log.write(f"{client[1]} {qid} {name or '.'} {asked or '.'}\n")
     first = labels[0] if labels else ""
     if first.startswith("wrongid-"):
         ids = {(qid + d) & 0xFFFF for d in range(-16, 17) if d} | {qid ^ 0x8000, qid ^ 1}
@@ -114,6 +121,9 @@ while True:
         end = qname_end(query) + 4
         other = query[12:13] + b"x" + query[14:end]
         server.sendto(answer(query, qid, FORGED, other), client)
+    elif first.startswith("caseforged-") and asked != name:
+        end = qname_end(query) + 4
+        server.sendto(answer(query, qid, FORGED, query[12:end].swapcase()), client)
     elif first.startswith("case-"):
         end = qname_end(query) + 4
         server.sendto(answer(query, qid, TRUE, query[12:end].upper()), client)
@@ -121,6 +131,6 @@ while True:
     elif first.startswith("tc-"):
         server.sendto(truncated(query, qid), client)
         continue
-    if first.split("-")[0] in ("wrongid", "wrongport", "guessed", "wrongq"):
+    if first.split("-")[0] in ("wrongid", "wrongport", "guessed", "wrongq", "caseforged"):
         time.sleep(0.05)
     server.sendto(answer(query, qid, TRUE), client)

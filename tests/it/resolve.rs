@@ -429,6 +429,19 @@ impl SpoofingUpstream {
         })
     }
 
+    /// Every question over UDP for a name starting with `prefix`, as it was
+    /// asked (the letters' case kept).
+    fn asked(&self, prefix: &str) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                (w.len() == 4 && w[2].starts_with(prefix)).then(|| w[3].to_string())
+            })
+            .collect()
+    }
+
     /// (source port, ID) of every question for a name starting with `prefix`.
     fn questions(&self, prefix: &str) -> Vec<(u16, u16)> {
         std::fs::read_to_string(&self.log)
@@ -493,9 +506,10 @@ fn addresses(dns: &Allowdns, name: &str) -> Vec<String> {
 }
 
 /// Forgery resistance of the forwarder, seen from outside: over 10,000
-/// forwarded questions the source ports and IDs are spread, and an answer
-/// with the wrong ID, or from the wrong port or address, never reaches the
-/// client, however it races the true one. Positive control first: an
+/// forwarded questions the source ports, IDs and the names' letter case are
+/// spread, and an answer with the wrong ID, from the wrong port or address,
+/// or in the wrong case, never reaches the client, however it races the
+/// true one. Positive control first: an
 /// attacker who guesses both port and ID wins the race, so the forged
 /// packets do arrive and would be taken if they matched.
 #[test]
@@ -520,10 +534,36 @@ fn forwarded_questions_spread_ports_and_ids_and_forged_answers_lose() {
         series_value::<f64>(&text, "allowdns_upstream_dropped_total")
     };
 
+    let case_changed = || {
+        let text = dns.scrape("/metrics");
+        series_value::<f64>(&text, "allowdns_upstream_case_changed_total")
+    };
+
     assert_eq!(addresses("guessed-1.f.test"), ["198.51.100.66"], "control");
     assert_eq!(dropped(), 0.0);
-    // The question's name matches whatever its letter case.
-    assert_eq!(addresses("case-1.f.test"), ["192.0.2.1"]);
+    // DNS 0x20: the name goes up in random case. An answer that guessed ID
+    // and port but not the case is not taken: the name is asked again in
+    // lower case, and the true answer to that is.
+    let name = "caseforged-abcdefghijklmnopqrstuvwxyz.f.test";
+    assert_eq!(addresses(name), ["192.0.2.1"], "a forged case was accepted");
+    let asked = up.asked("caseforged-");
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert_ne!(asked[0], name, "mixed case first");
+    assert_eq!(asked[1], name, "then lower case");
+    assert_eq!(case_changed(), 1.0);
+    // A server that does not keep the case still answers: the name is
+    // asked again, and the answer in another case is taken. The case the
+    // client spelled never goes up, though such a server forces the retry.
+    let spelled = "case-ABCdefGHIjklMNOpqrSTUvwxYZ.f.test";
+    assert_eq!(addresses(spelled), ["192.0.2.1"]);
+    let asked = up.asked("case-");
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert_eq!(asked[1], spelled.to_ascii_lowercase());
+    assert_eq!(case_changed(), 2.0);
+    // The client sees the name as it asked it.
+    let m = query(dns.udp, "case-Mixed.f.test", RecordType::A);
+    let owners: Vec<String> = m.answers.iter().map(|r| r.name.to_string()).collect();
+    assert_eq!(owners, ["case-Mixed.f.test."]);
     for i in 0..20 {
         for kind in ["wrongid", "wrongport", "wrongq"] {
             assert_eq!(
@@ -612,6 +652,25 @@ fn forwarded_questions_spread_ports_and_ids_and_forged_answers_lose() {
     assert!(ports.len() >= 256, "{} distinct source ports", ports.len());
     assert!(busiest * 50 <= seen.len(), "one port carried {busiest}");
     assert!(span >= 10_000, "source ports span only {span}");
+    // Case: each letter of `qN.f.test` upper in about half the questions,
+    // and nearly every one of the 64 patterns of its 6 letters in use.
+    let asked = up.asked("q");
+    let letters = |name: &str| -> Vec<bool> {
+        name.bytes()
+            .filter(u8::is_ascii_alphabetic)
+            .map(|b| b.is_ascii_uppercase())
+            .collect()
+    };
+    let patterns: std::collections::HashSet<Vec<bool>> = asked.iter().map(|n| letters(n)).collect();
+    for at in 0..6 {
+        let upper = asked.iter().filter(|n| letters(n)[at]).count();
+        assert!(
+            (0.45..0.55).contains(&(upper as f64 / asked.len() as f64)),
+            "letter {at} upper in {upper} of {}",
+            asked.len()
+        );
+    }
+    assert!(patterns.len() >= 60, "{} case patterns", patterns.len());
 }
 
 /// TC over UDP: the same server is asked again over TCP, and its answer

@@ -133,6 +133,8 @@ pub struct Metrics {
     pub upstream_errors: AtomicU64,
     /// Datagrams on upstream sockets that answered nothing in flight there.
     pub upstream_dropped: AtomicU64,
+    /// Upstream answers whose name was not in the case asked (DNS 0x20).
+    pub upstream_case_changed: AtomicU64,
     pub upstream_latency: Histogram,
     /// Netlink batches sent to nftables, and the elements in them.
     pub nft_updates: AtomicU64,
@@ -174,6 +176,7 @@ impl Metrics {
             upstream_queries: AtomicU64::new(0),
             upstream_errors: AtomicU64::new(0),
             upstream_dropped: AtomicU64::new(0),
+            upstream_case_changed: AtomicU64::new(0),
             upstream_latency: Histogram::new(),
             nft_updates: AtomicU64::new(0),
             nft_elements: AtomicU64::new(0),

@@ -69,7 +69,7 @@ impl Metrics {
             "Allowed questions answered from the cache (each CNAME hop counts).",
         )
         .sample("", sum(&|s| &s.cache_hits));
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 12] = [
             (
                 "allowdns_cache_misses_total",
                 "Allowed questions the cache could not answer.",
@@ -89,6 +89,11 @@ impl Metrics {
                 "allowdns_upstream_dropped_total",
                 "Upstream datagrams dropped: from another address or port, an ID not in flight, or another question.",
                 &self.upstream_dropped,
+            ),
+            (
+                "allowdns_upstream_case_changed_total",
+                "Upstream answers whose name was not in the random case asked (DNS 0x20); each question was asked again in its own case.",
+                &self.upstream_case_changed,
             ),
             (
                 "allowdns_nft_updates_total",
