@@ -36,7 +36,7 @@ pub enum Command {
     /// Allow a name for one agent for a limited time, with a reason (audited).
     Grant(GrantArgs),
     /// End a grant before its time.
-    Revoke(RevokeArgs),
+    Revoke(GrantTarget),
     /// List the policies in force, active grants and their expiry.
     Status(StatusArgs),
     /// Suggest a policy from an audit log: every name the agent looked up,
@@ -82,32 +82,29 @@ pub struct ControlArgs {
     pub control: PathBuf,
 }
 
+/// An exception: the agent, the name, and the allowdns that holds it.
 #[derive(Debug, Args, Clone)]
-pub struct GrantArgs {
+pub struct GrantTarget {
     #[command(flatten)]
     pub control: ControlArgs,
     /// The agent (policy) the exception is for.
     #[arg(long)]
     pub agent: String,
-    /// Name or pattern to allow, as in a policy (`api.example.com`, `*.example.com`).
+    /// Name or pattern, as in a policy (`api.example.com`, `*.example.com`).
     #[arg(long)]
     pub name: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GrantArgs {
+    #[command(flatten)]
+    pub target: GrantTarget,
     /// How long, e.g. `30m`, `2h` (at most 7 days).
     #[arg(long = "for", value_parser = humantime::parse_duration)]
     pub duration: std::time::Duration,
     /// Why; required, and written to the audit log.
     #[arg(long)]
     pub reason: String,
-}
-
-#[derive(Debug, Args, Clone)]
-pub struct RevokeArgs {
-    #[command(flatten)]
-    pub control: ControlArgs,
-    #[arg(long)]
-    pub agent: String,
-    #[arg(long)]
-    pub name: String,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -104,12 +104,12 @@ fn main() -> ExitCode {
         Command::NftRuleset(args) => nft_ruleset(&args),
         Command::Grant(args) => {
             let request = control::Request::Grant {
-                agent: args.agent,
-                name: args.name,
+                agent: args.target.agent,
+                name: args.target.name,
                 for_secs: args.duration.as_secs(),
                 reason: args.reason,
             };
-            change(&runtime, &args.control.control, &request, |g| {
+            change(&runtime, &args.target.control.control, &request, |g| {
                 outln!(
                     "granted: agent '{}' may resolve {} until {} ({})",
                     g.agent,

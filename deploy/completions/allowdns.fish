@@ -84,13 +84,13 @@ ip6\t''"
 complete -c allowdns -n "__fish_allowdns_using_subcommand selftest" -s h -l help -d 'Print help'
 complete -c allowdns -n "__fish_allowdns_using_subcommand grant" -l control -d 'The running allowdns\'s control socket (`control_socket` in its config)' -r -F
 complete -c allowdns -n "__fish_allowdns_using_subcommand grant" -l agent -d 'The agent (policy) the exception is for' -r
-complete -c allowdns -n "__fish_allowdns_using_subcommand grant" -l name -d 'Name or pattern to allow, as in a policy (`api.example.com`, `*.example.com`)' -r
+complete -c allowdns -n "__fish_allowdns_using_subcommand grant" -l name -d 'Name or pattern, as in a policy (`api.example.com`, `*.example.com`)' -r
 complete -c allowdns -n "__fish_allowdns_using_subcommand grant" -l for -d 'How long, e.g. `30m`, `2h` (at most 7 days)' -r
 complete -c allowdns -n "__fish_allowdns_using_subcommand grant" -l reason -d 'Why; required, and written to the audit log' -r
 complete -c allowdns -n "__fish_allowdns_using_subcommand grant" -s h -l help -d 'Print help'
 complete -c allowdns -n "__fish_allowdns_using_subcommand revoke" -l control -d 'The running allowdns\'s control socket (`control_socket` in its config)' -r -F
-complete -c allowdns -n "__fish_allowdns_using_subcommand revoke" -l agent -r
-complete -c allowdns -n "__fish_allowdns_using_subcommand revoke" -l name -r
+complete -c allowdns -n "__fish_allowdns_using_subcommand revoke" -l agent -d 'The agent (policy) the exception is for' -r
+complete -c allowdns -n "__fish_allowdns_using_subcommand revoke" -l name -d 'Name or pattern, as in a policy (`api.example.com`, `*.example.com`)' -r
 complete -c allowdns -n "__fish_allowdns_using_subcommand revoke" -s h -l help -d 'Print help'
 complete -c allowdns -n "__fish_allowdns_using_subcommand status" -l control -d 'The running allowdns\'s control socket (`control_socket` in its config)' -r -F
 complete -c allowdns -n "__fish_allowdns_using_subcommand status" -l json -d 'Print the raw JSON reply'

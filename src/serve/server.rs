@@ -13,10 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{SyncSender, TrySendError};
 
+use crate::observe::metrics::METRICS;
 use crate::serve::answer::{Answer, Answerer, Held};
 use crate::serve::handler::Handler;
 use crate::serve::tcp::TcpLimits;
 use crate::serve::wire::Transport;
+use crate::sync::lock;
 
 /// Bound sockets, one UDP and one TCP per listen address.
 pub struct Listeners {
@@ -389,6 +391,11 @@ pub async fn run(
                 send(&socket, &denial.finish(), to);
             }
         })?;
+    *lock(&METRICS.transports.udp_listeners) = listeners
+        .udp
+        .iter()
+        .filter_map(|s| nix::sys::stat::fstat(s).ok().map(|st| st.st_ino))
+        .collect();
     let threads = listeners.health.beats.len() / listeners.udp.len().max(1);
     let mut udp_threads = Vec::new();
     for (s, socket) in listeners.udp.into_iter().enumerate() {
@@ -508,9 +515,7 @@ impl UdpContext {
                             | TrySendError::Disconnected((denial, socket, to)),
                         ) = self.held.try_send((denial, self.socket.clone(), src))
                         {
-                            crate::observe::metrics::METRICS
-                                .attribution_queue_full
-                                .fetch_add(1, Relaxed);
+                            METRICS.attribution_queue_full.fetch_add(1, Relaxed);
                             send(&socket, &denial.finish_unlooked(), to);
                         }
                     }

@@ -516,3 +516,58 @@ fn every_grafana_expression_names_series_and_labels_that_metrics_exports() {
         assert!(all.contains(needed), "no panel uses {needed}");
     }
 }
+
+/// Questions the kernel drops on a full UDP receive queue are counted, so
+/// none is lost unseen: every question sent is either answered (in
+/// `allowdns_queries_total`) or dropped (`allowdns_udp_receive_drops_total`).
+/// Positive control: allowdns stopped (SIGSTOP) while 40,000 questions
+/// arrive overflows the queue.
+#[test]
+fn questions_the_kernel_drops_on_a_full_receive_queue_are_counted() {
+    const SENT: u64 = 40_000;
+    let upstream = Upstream::start("127.0.0.17", 0, &[repo("zones/example.com.zone")]);
+    let up = upstream.addr.to_string();
+    let policy = repo("policies/travel_agent_v1.yaml");
+    let dns = Allowdns::forward(&up, &policy, &["--metrics", "127.0.0.1:0"]);
+    let answered = |text: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with("allowdns_queries_total{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+            .sum()
+    };
+    let drops = |text: &str| value(text, "allowdns_udp_receive_drops_total") as u64;
+    assert_rcode(dns.udp, "denied.example.com A", ResponseCode::NXDomain);
+    let before = scrape_until(&dns, "allowdns_queries_total{");
+    assert_eq!((answered(&before), drops(&before)), (1, 0));
+
+    let pid = nix::unistd::Pid::from_raw(dns.pid() as i32);
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let question = |id: u64| {
+        let mut q = Message::query();
+        q.metadata.id = id as u16;
+        q.add_query(Query::query(
+            Name::from_ascii("denied.example.com.").unwrap(),
+            RecordType::A,
+        ));
+        q.to_vec().unwrap()
+    };
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    for id in 0..SENT {
+        client.send_to(&question(id), dns.udp).unwrap();
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut got, mut dropped) = (0, 0);
+    while Instant::now() < deadline {
+        let text = dns.scrape("/metrics");
+        (got, dropped) = (answered(&text) - 1, drops(&text));
+        if got + dropped >= SENT {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("{SENT} sent: {got} answered, {dropped} dropped by the kernel");
+    assert!(dropped > 0, "the queue never overflowed");
+    assert_eq!(got + dropped, SENT, "questions lost unseen");
+}

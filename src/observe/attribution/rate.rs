@@ -6,6 +6,7 @@
 //! /proc search time all lookups together may take a second ([`Budget`]).
 
 use crate::sync::lock;
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,6 @@ use std::time::{Duration, Instant};
 const MAX_AGENTS: usize = 256;
 
 struct Bucket {
-    agent: Box<str>,
     tokens: f64,
     at: Instant,
 }
@@ -23,14 +23,14 @@ struct Bucket {
 /// holding at most one second's worth.
 pub(super) struct Rate {
     per_second: u32,
-    buckets: Mutex<Vec<Bucket>>,
+    buckets: Mutex<HashMap<Box<str>, Bucket, foldhash::fast::RandomState>>,
 }
 
 impl Rate {
     pub(super) fn new(per_second: u32) -> Rate {
         Rate {
             per_second,
-            buckets: Mutex::new(Vec::new()),
+            buckets: Mutex::default(),
         }
     }
 
@@ -41,22 +41,19 @@ impl Rate {
         }
         let full = f64::from(self.per_second);
         let mut buckets = lock(&self.buckets);
-        // A linear search: one entry per agent.
-        let i = match buckets.iter().position(|b| &*b.agent == agent) {
-            Some(i) => i,
-            None => {
-                if buckets.len() >= MAX_AGENTS {
-                    buckets.clear();
-                }
-                buckets.push(Bucket {
-                    agent: agent.into(),
-                    tokens: full,
-                    at: now,
-                });
-                buckets.len() - 1
+        if !buckets.contains_key(agent) {
+            if buckets.len() >= MAX_AGENTS {
+                buckets.clear();
             }
+            let fresh = Bucket {
+                tokens: full,
+                at: now,
+            };
+            buckets.insert(agent.into(), fresh);
+        }
+        let Some(b) = buckets.get_mut(agent) else {
+            return false;
         };
-        let b = &mut buckets[i];
         let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
         b.tokens = (b.tokens + elapsed * full).min(full);
         b.at = now;

@@ -307,6 +307,9 @@ pub struct Transports {
     /// Connections closed at once because the connection bound was reached.
     pub tcp_rejected: AtomicU64,
     pub tcp_open: AtomicU64,
+    /// The UDP listeners' socket inodes: the questions the kernel dropped
+    /// on their full receive queues are read at each scrape.
+    pub udp_listeners: Mutex<Vec<u64>>,
 }
 
 impl Transports {
@@ -317,6 +320,7 @@ impl Transports {
             tcp_accepted: AtomicU64::new(0),
             tcp_rejected: AtomicU64::new(0),
             tcp_open: AtomicU64::new(0),
+            udp_listeners: Mutex::new(Vec::new()),
         }
     }
 }

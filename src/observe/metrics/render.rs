@@ -260,7 +260,36 @@ impl Transports {
             "TCP connections open now.",
         )
         .sample("", self.tcp_open.load(Relaxed));
+        let listeners = lock(&self.udp_listeners).clone();
+        if !listeners.is_empty() {
+            Metric::counter(
+                out,
+                "allowdns_udp_receive_drops_total",
+                "Questions the kernel dropped because a UDP listener's receive queue was full (never read, never audited).",
+            )
+            .sample("", udp_drops(&listeners));
+        }
     }
+}
+
+/// The drops counted on the sockets with `inodes`, from /proc/net/udp and
+/// udp6 (in the namespace allowdns runs in, where its listeners are).
+fn udp_drops(inodes: &[u64]) -> u64 {
+    let mut drops = 0;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+            let (Some(inode), Some(dropped)) = (fields.get(9), fields.get(12)) else {
+                continue;
+            };
+            if inode.parse().is_ok_and(|i: u64| inodes.contains(&i)) {
+                drops += dropped.parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    drops
 }
 
 /// One metric family: its HELP and TYPE lines once, then its samples.
