@@ -151,13 +151,13 @@ if [ "$FEED" = 1 ]; then
   if [ "$MISS" = 1 ]; then loads+=(miss); fi
 elif [ "$ATTRIB" = 1 ]; then
   printf 'alerts:\n  attribution: false\n' > "$WORK/noattr.yaml"
-  "$BIN" serve --listen 127.0.0.1:$ALLOWDNS --policy "$WORK/policy.yaml" --upstream 127.0.0.1:$UP \
+  "${SRV[@]}" "$BIN" serve --listen 127.0.0.1:$ALLOWDNS --policy "$WORK/policy.yaml" --upstream 127.0.0.1:$UP \
     --audit-log "$WORK/audit.jsonl" 2>"$WORK/allowdns.log" & PIDS+=($!); ALLOWDNS_PID=$!
-  "$BIN" serve --config "$WORK/noattr.yaml" --listen 127.0.0.1:$NOATTR --policy "$WORK/policy.yaml" \
+  "${SRV[@]}" "$BIN" serve --config "$WORK/noattr.yaml" --listen 127.0.0.1:$NOATTR --policy "$WORK/policy.yaml" \
     --upstream 127.0.0.1:$UP --audit-log "$WORK/audit-noattr.jsonl" 2>"$WORK/allowdns-noattr.log" & PIDS+=($!)
   NOATTR_PID=$!
   printf 'alerts:\n  attribution_rate: 100000\n' > "$WORK/allrate.yaml"
-  "$BIN" serve --config "$WORK/allrate.yaml" --listen 127.0.0.1:$ALLRATE --policy "$WORK/policy.yaml" \
+  "${SRV[@]}" "$BIN" serve --config "$WORK/allrate.yaml" --listen 127.0.0.1:$ALLRATE --policy "$WORK/policy.yaml" \
     --upstream 127.0.0.1:$UP --audit-log "$WORK/audit-allrate.jsonl" 2>"$WORK/allowdns-allrate.log" & PIDS+=($!)
   ALLRATE_PID=$!
   servers=(allowdns allowdns-noattr allowdns-allrate)

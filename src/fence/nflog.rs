@@ -93,6 +93,8 @@ pub enum Reason {
     Dns,
     /// A special-purpose range the policy does not open: denied in every mode.
     Special,
+    /// DNS from an address that is not the namespace's own: denied in every mode.
+    Forged,
 }
 
 impl Reason {
@@ -104,6 +106,8 @@ impl Reason {
             Reason::Dns
         } else if rest.starts_with(b"special ") {
             Reason::Special
+        } else if rest.starts_with(b"forged ") {
+            Reason::Forged
         } else {
             Reason::Unlisted
         }
@@ -115,6 +119,7 @@ impl Reason {
             Reason::Unlisted => None,
             Reason::Dns => Some("dns elsewhere"),
             Reason::Special => Some("special-purpose"),
+            Reason::Forged => Some("forged source"),
         }
     }
 }

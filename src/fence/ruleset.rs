@@ -168,7 +168,6 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
         );
         let _ = writeln!(out, "\t\t{ND_SENT} log prefix \"{LOG_PREFIX}nd \" drop");
     }
-    forged_dns(&mut out);
     for ip in dns {
         let (fam, ok) = match ip {
             IpAddr::V4(_) => ("ip", v4),
@@ -268,17 +267,33 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
         let _ = writeln!(out, "table inet {guard} {{");
         denied_chain(&mut out, config.deny_action, Family::Inet);
         out.push_str("\tchain output {\n");
-        out.push_str("\t\ttype filter hook output priority filter; policy accept;\n\t\toifname \"lo\" accept\n");
+        out.push_str("\t\ttype filter hook output priority filter; policy accept;\n");
+        // allowdns itself may be reached over the family the fence does
+        // not serve: from the namespace's own addresses only, there too.
+        forged_dns(&mut out);
+        out.push_str("\t\toifname \"lo\" accept\n");
         let other = if name == "ip6" {
             Family::Ip6
         } else {
             Family::Ip
         };
         extension_headers(&mut out, other, LOG_PREFIX);
-        // allowdns itself may be reached over the family the fence does
-        // not serve: from the namespace's own addresses only, there too.
-        forged_dns(&mut out);
-        for ip in dns.iter().filter(|ip| ip.is_ipv4() == (name == "ip")) {
+        let served: Vec<String> = dns
+            .iter()
+            .filter(|ip| ip.is_ipv4() == (name == "ip"))
+            .map(ToString::to_string)
+            .collect();
+        // Reaching allowdns over IPv6 needs neighbour discovery: on the
+        // link, and unicast only to allowdns.
+        if name == "ip6" && !served.is_empty() {
+            let _ = writeln!(out, "\t\t{ND_SENT} {ND_LINK} {ND_DESTINATIONS} accept");
+            let _ = writeln!(
+                out,
+                "\t\t{ND_SENT_UNICAST} {ND_LINK} ip6 daddr {{ {} }} accept",
+                served.join(", ")
+            );
+        }
+        for ip in &served {
             let _ = writeln!(
                 out,
                 "\t\t{name} daddr {ip} meta l4proto {{ udp, tcp }} th dport 53 accept comment \"allowdns\""
@@ -288,9 +303,16 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
             out,
             "\t\tmeta nfproto {nfproto} log prefix \"{LOG_PREFIX}{name} \" {deny}\n\t}}"
         );
+        let neighbours = if name == "ip6" && !served.is_empty() {
+            format!(
+                "\t\ticmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} {ND_LINK} accept\n"
+            )
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "\tchain input {{\n\t\ttype filter hook input priority filter; policy accept;\n\t\tiifname \"lo\" accept\n\t\tct state established,related accept\n\t\tmeta nfproto {nfproto} log prefix \"{INPUT_LOG_PREFIX}{name} \" drop\n\t}}\n}}"
+            "\tchain input {{\n\t\ttype filter hook input priority filter; policy accept;\n\t\tiifname \"lo\" accept\n\t\tct state established,related accept\n{neighbours}\t\tmeta nfproto {nfproto} log prefix \"{INPUT_LOG_PREFIX}{name} \" drop\n\t}}\n}}"
         );
     }
     out
@@ -299,10 +321,18 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
 /// Drops DNS from a source that is not the namespace's own, before any
 /// rule accepts DNS to allowdns: such a question (IPV6_FREEBIND needs no
 /// privilege) would be decided and alerted as whichever agent owns it.
+/// Over loopback too: where allowdns listens on one of the namespace's own
+/// addresses, a forged source would reach it through `lo`. Reported to
+/// allowdns (NFLOG) like the other early denies.
 fn forged_dns(out: &mut String) {
+    const FORGED: &str = "meta l4proto { udp, tcp } th dport 53 fib saddr type != local";
     let _ = writeln!(
         out,
-        "\t\tmeta l4proto {{ udp, tcp }} th dport 53 fib saddr type != local log prefix \"{LOG_PREFIX}forged \" drop comment \"forged source\""
+        "\t\tmeta mark != {SELFTEST_MARK:#x} {FORGED} log prefix \"{LOG_PREFIX}forged \" group {NFLOG_GROUP}"
+    );
+    let _ = writeln!(
+        out,
+        "\t\t{FORGED} log prefix \"{LOG_PREFIX}forged \" drop comment \"forged source\""
     );
 }
 
@@ -320,14 +350,18 @@ fn extension_headers(out: &mut String, family: Family, prefix: &str) {
     }
 }
 
-/// Opens the base chain of `hook` (default drop): loopback (`lo_match`
-/// "lo") passes, extension headers are screened (logged with
-/// `log_prefix`), then established flows pass and invalid ones drop.
+/// Opens the base chain of `hook` (default drop): on output, DNS from a
+/// forged source drops; loopback (`lo_match` "lo") passes, extension
+/// headers are screened (logged with `log_prefix`), then established flows
+/// pass and invalid ones drop.
 fn base_chain(out: &mut String, hook: &str, lo_match: &str, family: Family, log_prefix: &str) {
     let _ = writeln!(
         out,
         "\tchain {hook} {{\n\t\ttype filter hook {hook} priority filter; policy drop;"
     );
+    if hook == "output" {
+        forged_dns(out);
+    }
     let _ = writeln!(out, "\t\t{lo_match} \"lo\" accept");
     extension_headers(out, family, log_prefix);
     out.push_str("\t\tct state established,related accept\n");
@@ -372,14 +406,27 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("meta nfproto ipv6 log prefix"), "{text}");
-        // In each table, the forged-source drop comes before DNS is accepted.
+        // In each table, the forged-source drop comes before DNS is
+        // accepted, and before loopback is.
         for table in text.split("\ntable ").skip(1) {
             if let Some(accept) = table.find("th dport 53 accept") {
                 let forged = table.find("fib saddr type != local");
-                assert!(forged.is_some_and(|f| f < accept), "{table}");
+                let lo = table.find("oifname \"lo\" accept").unwrap();
+                assert!(forged.is_some_and(|f| f < accept && f < lo), "{table}");
             }
         }
-        assert_eq!(text.matches("fib saddr type != local").count(), 2, "{text}");
+        assert_eq!(
+            text.matches(
+                "fib saddr type != local log prefix \"allowdns egress denied: forged \" group 53"
+            )
+            .count(),
+            2,
+            "{text}"
+        );
+        assert_eq!(text.matches("fib saddr type != local").count(), 4, "{text}");
+        // IPv6 to allowdns needs its neighbours in the guard table.
+        let guard = text.split("table inet allowdns_no_ip6 {").nth(1).unwrap();
+        assert!(guard.contains("nd-neighbor-solicit"), "{guard}");
         let inet = render(
             &policy,
             &FirewallConfig::with_defaults(),

@@ -109,6 +109,10 @@ impl Service {
         };
         let rule = match attempt.reason {
             Reason::Dns => Some("NONE - DNS goes to allowdns only.".to_string()),
+            Reason::Forged => Some(
+                "NONE - DNS from an address that is not the namespace's own (a forged source)."
+                    .to_string(),
+            ),
             Reason::Special => Some(
                 "NONE - special-purpose range the policy does not open (docs/special-addresses.md)."
                     .to_string(),

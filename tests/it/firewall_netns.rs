@@ -1392,14 +1392,27 @@ fn set_elements_and_their_labels_round_trip_with_nft_and_refusals_name_what_they
 /// A process in the agent's namespace that sends DNS from an address that
 /// is not its own (IPV6_FREEBIND: no privilege needed) would be decided,
 /// audited and alerted as whichever agent owns that address: the fence
-/// drops it before it leaves; the agent's own questions still pass.
+/// drops it before it leaves, and reports it; the agent's own questions
+/// still pass.
 #[test]
 fn dns_from_a_forged_source_address_never_reaches_allowdns() {
+    forged_dns_lab("inet");
+}
+
+/// The same with an IPv4-only fence (`family: ip`): its guard table lets
+/// DNS reach allowdns over IPv6, from the namespace's own addresses only,
+/// and lets the neighbour discovery that needs through.
+#[test]
+fn an_ipv4_only_fence_reaches_allowdns_over_ipv6_and_drops_forged_dns_there() {
+    forged_dns_lab("ip");
+}
+
+fn forged_dns_lab(family: &str) {
     if !netns::agent_prerequisites(&["getent", "dig", "unshare", "mount"]) {
         return;
     }
     // The lab, with IPv6 on the link to allowdns as well.
-    let lab = Lab::new("adnsf", |ns| {
+    let lab = Lab::new(&format!("adnsf{family}"), |ns| {
         ns.ip("i", "addr add 203.0.113.0/24 dev lo")
             .ip("r", "addr add fd00:53::1/64 dev r-a nodad")
             .ip("a", "addr add fd00:53::2/64 dev a-r nodad")
@@ -1408,7 +1421,7 @@ fn dns_from_a_forged_source_address_never_reaches_allowdns() {
     let policy = lab.dir.write(
         "policy.yaml",
         &format!(
-            "agent_name: forged_agent\nexpected_outbound:\n  - destination: web.fw.test\nfirewall:\n  netns: {}\n",
+            "agent_name: forged_agent\nexpected_outbound:\n  - destination: web.fw.test\nfirewall:\n  netns: {}\n  family: {family}\n",
             lab.a
         ),
     );
@@ -1418,7 +1431,7 @@ fn dns_from_a_forged_source_address_never_reaches_allowdns() {
     netns::nft_file(&lab.a, &nft);
     let audit = lab.dir.0.join("audit.jsonl");
     let up = upstream.addr.to_string();
-    let _dns = lab.serve_in_r(
+    let dns = lab.serve_in_r(
         &policy,
         &up,
         &[
@@ -1463,8 +1476,37 @@ except PermissionError:
     );
 
     netns::nft_file(&lab.a, &nft);
-    forge("after.forged.fw.test");
+    // The agent's own questions, over both families, from a cold
+    // neighbour cache.
+    lab.ip(&lab.a, "-6 neigh flush all");
     assert_eq!(getent(&lab, "web.fw.test").as_deref(), Some("203.0.113.10"));
+    let (ok, out) = lab.exec(
+        &lab.a,
+        &[
+            "dig",
+            "+short",
+            "+tries=1",
+            "+time=3",
+            "@fd00:53::1",
+            "web.fw.test",
+            "A",
+        ],
+    );
+    assert!(
+        ok && out.trim() == "203.0.113.10",
+        "IPv6 to allowdns: {out}"
+    );
+    forge("after.forged.fw.test");
+    dns.wait_for("forged source", 1);
     let after = forged("after.forged.fw.test");
     assert!(after.is_empty(), "a forged question got through: {after:?}");
+    // Reported as what it was.
+    let records = audit_where(&audit, 1, |r| r["event"] == "egress_denied");
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["reason"], "forged source", "{}", records[0]);
+    assert_eq!(records[0]["port"], 53);
+    assert_has(
+        &dns.stderr(),
+        "Rule Matched: NONE - DNS from an address that is not the namespace's own (a forged source).",
+    );
 }

@@ -316,8 +316,8 @@ pub struct EgressDenied {
     /// The ports that entry allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule_ports: Option<String>,
-    /// Denied before the sets, in every mode: `dns elsewhere` or
-    /// `special-purpose`; absent for the final rule.
+    /// Denied before the sets, in every mode: `dns elsewhere`,
+    /// `special-purpose` or `forged source`; absent for the final rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The namespace the attempt was logged in; absent for allowdns's own.
