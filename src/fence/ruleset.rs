@@ -283,13 +283,14 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
             .filter(|ip| ip.is_ipv4() == (name == "ip"))
             .map(ToString::to_string)
             .collect();
-        // Reaching allowdns over IPv6 needs neighbour discovery: on the
-        // link, and unicast only to allowdns.
+        // Reaching allowdns over IPv6 needs neighbour discovery with it or
+        // the router towards it: solicitations and advertisements on the
+        // link (no router solicitation), to link-local, solicited-node or
+        // allowdns's own addresses.
         if name == "ip6" && !served.is_empty() {
-            let _ = writeln!(out, "\t\t{ND_SENT} {ND_LINK} {ND_DESTINATIONS} accept");
             let _ = writeln!(
                 out,
-                "\t\t{ND_SENT_UNICAST} {ND_LINK} ip6 daddr {{ {} }} accept",
+                "\t\t{ND_SENT_UNICAST} {ND_LINK} ip6 daddr {{ fe80::/10, ff02::1:ff00:0/104, {} }} accept",
                 served.join(", ")
             );
         }

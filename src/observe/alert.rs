@@ -87,6 +87,10 @@ pub struct Egress {
     pub ts: SystemTime,
     pub agent: Arc<str>,
     pub client: SocketAddr,
+    /// The client whose alert window it counts in: its own address, or
+    /// for a forged source one shared by all forgeries (an address chosen
+    /// per packet must not open windows of its own).
+    pub window: IpAddr,
     /// `addr:port/proto`, or `addr/proto`.
     pub destination: String,
     /// For the notification: address, port (0: none), IP protocol.
@@ -540,12 +544,12 @@ impl Alerts {
     /// attempts from the client within the window fold into one summary
     /// (a port scan is two lines). Counted towards notifications like denials.
     pub fn egress(&self, event: Egress) {
-        let (ip, agent) = (event.client.ip(), event.agent.clone());
+        let (ip, agent) = (event.window, event.agent.clone());
         let lookup = |e: &Egress| {
             let (addr, port, proto) = e.dst;
             Lookup {
                 ts: e.ts,
-                client: ip,
+                client: e.client.ip(),
                 qname: e.resolved_name.clone().unwrap_or_else(Name::root),
                 qtype: if addr.is_ipv4() {
                     RecordType::A
@@ -895,6 +899,7 @@ mod tests {
             ts: SystemTime::UNIX_EPOCH,
             agent: "a".into(),
             client: "10.200.2.2:40000".parse().unwrap(),
+            window: "10.200.2.2".parse().unwrap(),
             destination: format!("{addr}:{port}/tcp"),
             dst: (addr.parse().unwrap(), port, 6),
             resolved: resolved.into(),

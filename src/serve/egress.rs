@@ -4,6 +4,7 @@
 //! port; then the alert, the audit record and the counter, as for a denied
 //! lookup.
 
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -63,9 +64,17 @@ impl Service {
                 .is_some_and(|f| f.netns.as_deref() == netns)
         };
         let ip = attempt.dst.ip();
-        let policy = in_force
-            .policies
-            .for_client(attempt.src.ip())
+        // A forged source is the agent's own invention: it names no policy,
+        // and all forgeries share one alert window.
+        let forged = attempt.reason == Reason::Forged;
+        let window = if forged {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            attempt.src.ip()
+        };
+        let policy = (!forged)
+            .then(|| in_force.policies.for_client(attempt.src.ip()))
+            .flatten()
             .filter(here)
             .or_else(|| in_force.policies.policies.iter().find(here))
             .map(|p| &**p);
@@ -109,10 +118,10 @@ impl Service {
         };
         let rule = match attempt.reason {
             Reason::Dns => Some("NONE - DNS goes to allowdns only.".to_string()),
-            Reason::Forged => Some(
-                "NONE - DNS from an address that is not the namespace's own (a forged source)."
-                    .to_string(),
-            ),
+            Reason::Forged => Some(format!(
+                "NONE - DNS from {}, not an address of the namespace (a forged source).",
+                attempt.src.ip()
+            )),
             Reason::Special => Some(
                 "NONE - special-purpose range the policy does not open (docs/special-addresses.md)."
                     .to_string(),
@@ -131,7 +140,7 @@ impl Service {
                 Proto::UDP => AttributionProto::Udp,
                 _ => return None,
             };
-            let need = if self.alerts.would_alert_egress(attempt.src.ip()) {
+            let need = if self.alerts.would_alert_egress(window) {
                 Need::Alert
             } else {
                 Need::Record
@@ -183,6 +192,7 @@ impl Service {
             ts: attempt.ts,
             agent,
             client: attempt.src,
+            window,
             destination: attempt.destination(),
             dst: (ip, port.unwrap_or(0), attempt.proto.0),
             resolved,

@@ -13,11 +13,10 @@
 //!   [`LIFETIME`] old, so a port an attacker learns is good for few answers
 //!   (an idle socket's port stays open, but nothing is in flight on it).
 //!
-//! - each letter of the name asked in random case (DNS 0x20), which the
-//!   answer must echo: one more bit per letter.
 //!
-//! An off-path attacker must so guess about 30 bits, plus the letters, for
-//! one answer. An answer is taken only from the server's address and port,
+//! Above the floor, each letter of the name goes up in random case (DNS
+//! 0x20), which the answer must echo: one more bit per letter. An off-path
+//! attacker must so guess about 30 bits, plus the letters, for one answer. An answer is taken only from the server's address and port,
 //! with an ID in flight there, for the question asked (name
 //! case-insensitively, type, class); anything else is dropped and counted
 //! (`allowdns_upstream_dropped_total`). An answer whose name is not in the
@@ -127,28 +126,22 @@ impl Forwarder {
         question: &Query,
         wire: &[u8],
     ) -> Result<Message, String> {
+        // The client, the cache and the audit see names in the question's
+        // own spelling: each answer's question section is respelled so.
+        let spelled = question_section(wire);
         let mut lower = wire.to_vec();
         recase(&mut lower, |b| b.to_ascii_lowercase());
         let mut sent = lower.clone();
         recase(&mut sent, |b| if rand::random() { b ^ 0x20 } else { b });
-        let mut answer = match self.udp(server, question, &mut sent).await? {
+        let mut answer = match self.udp(server, question, &mut sent, spelled).await? {
             (answer, true) => answer,
             (_, false) => {
                 METRICS.upstream_case_changed.fetch_add(1, Relaxed);
-                self.udp(server, question, &mut lower).await?.0
+                self.udp(server, question, &mut lower, spelled).await?.0
             }
         };
         if answer.metadata.truncation {
-            answer = self.tcp(server, question, &mut lower).await?;
-        }
-        // The client, the cache and the audit see the name as it was asked.
-        for record in answer.answers.iter_mut().chain(&mut answer.authorities) {
-            if record.name == question.name {
-                record.name = question.name.clone();
-            }
-        }
-        if let Some(asked) = answer.queries.first_mut() {
-            asked.name = question.name.clone();
+            answer = self.tcp(server, question, &mut lower, spelled).await?;
         }
         Ok(answer)
     }
@@ -159,9 +152,10 @@ impl Forwarder {
         server: SocketAddr,
         question: &Query,
         wire: &mut [u8],
+        spelled: &[u8],
     ) -> Result<(Message, bool), String> {
         let mut pending = self
-            .checkout(server, question, question_section(wire))
+            .checkout(server, question, question_section(wire), spelled)
             .map_err(|e| format!("no UDP socket: {e}"))?;
         wire[..2].copy_from_slice(&pending.id.to_be_bytes());
         pending
@@ -184,6 +178,7 @@ impl Forwarder {
         server: SocketAddr,
         question: &Query,
         wire: &mut [u8],
+        spelled: &[u8],
     ) -> Result<Message, String> {
         let id: u16 = rand::random();
         wire[..2].copy_from_slice(&id.to_be_bytes());
@@ -199,11 +194,12 @@ impl Forwarder {
             stream.read_exact(&mut answer).await?;
             io::Result::Ok(answer)
         };
-        let bytes = match tokio::time::timeout(self.timeout, exchange).await {
+        let mut bytes = match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok(bytes)) => bytes,
             Ok(Err(e)) => return Err(format!("TCP after truncation: {e}")),
             Err(_) => return Err(format!("no TCP answer within {:?}", self.timeout)),
         };
+        respell(&mut bytes, question_section(wire), spelled);
         let answer = Message::from_vec(&bytes).map_err(|e| format!("TCP answer: {e}"))?;
         if answer.metadata.id != id || !answers(&answer, question) {
             METRICS.upstream_dropped.fetch_add(1, Relaxed);
@@ -214,18 +210,25 @@ impl Forwarder {
 
     /// A socket of the right family with `question` registered under a
     /// fresh ID, replacing the slot's socket when it has served its turn.
-    /// `asked` is the question section as sent.
-    fn checkout(&self, server: SocketAddr, question: &Query, asked: &[u8]) -> io::Result<Pending> {
+    /// `asked` is the question section as sent, `spelled` as the question
+    /// spells it.
+    fn checkout(
+        &self,
+        server: SocketAddr,
+        question: &Query,
+        asked: &[u8],
+        spelled: &[u8],
+    ) -> io::Result<Pending> {
         let family = usize::from(server.is_ipv6());
         let at = self.next.fetch_add(1, Relaxed) % SLOTS;
         let mut slot = lock(&self.slots[family][at]);
-        if let Some(pending) = slot.as_ref().and_then(|s| s.admit(server, question, asked)) {
+        let admit = |s: &Arc<Socket>| s.admit(server, question, [asked, spelled]);
+        if let Some(pending) = slot.as_ref().and_then(admit) {
             return Ok(pending);
         }
         let socket = Socket::open(server, &self.ports)?;
-        let pending = socket
-            .admit(server, question, asked)
-            .ok_or_else(|| io::Error::other("a fresh socket refused an exchange"))?;
+        let pending =
+            admit(&socket).ok_or_else(|| io::Error::other("a fresh socket refused an exchange"))?;
         *slot = Some(socket);
         Ok(pending)
     }
@@ -251,8 +254,9 @@ struct Flights {
 struct Waiter {
     server: SocketAddr,
     question: Query,
-    /// The question section as sent: its name's case is checked byte for byte.
-    asked: Box<[u8]>,
+    /// The question section as sent: its name's case is checked byte for
+    /// byte. Then as the question spells it, written over the answer's.
+    asked: [Box<[u8]>; 2],
     serial: u32,
     /// The answer, and whether it kept the case asked.
     answer: oneshot::Sender<(Message, bool)>,
@@ -320,7 +324,7 @@ impl Socket {
         self: &Arc<Self>,
         server: SocketAddr,
         question: &Query,
-        asked: &[u8],
+        [asked, spelled]: [&[u8]; 2],
     ) -> Option<Pending> {
         let mut flights = lock(&self.flights);
         if flights.retired || self.born.elapsed() >= LIFETIME {
@@ -346,7 +350,7 @@ impl Socket {
             Waiter {
                 server,
                 question: question.clone(),
-                asked: asked.into(),
+                asked: [asked.into(), spelled.into()],
                 serial,
                 answer: tx,
             },
@@ -360,7 +364,7 @@ impl Socket {
     }
 
     /// Hands a datagram to the exchange it answers, or drops it.
-    fn deliver(&self, bytes: &[u8], from: SocketAddr) {
+    fn deliver(&self, bytes: &mut [u8], from: SocketAddr) {
         let dropped = || {
             METRICS.upstream_dropped.fetch_add(1, Relaxed);
         };
@@ -368,28 +372,28 @@ impl Socket {
             return dropped();
         };
         // Decode only what could be an answer: the cheap checks first.
-        let expected = {
+        let (serial, kept) = {
             let flights = lock(&self.flights);
-            matches!(flights.waiting.get(&id), Some(w) if w.server == from)
+            match flights.waiting.get(&id) {
+                Some(w) if w.server == from => {
+                    let [asked, spelled] = &w.asked;
+                    (w.serial, respell(bytes, asked, spelled))
+                }
+                _ => return dropped(),
+            }
         };
-        if !expected {
-            return dropped();
-        }
         let Ok(message) = Message::from_vec(bytes) else {
             return dropped();
         };
         let mut flights = lock(&self.flights);
-        let kept = match flights.waiting.get(&id) {
+        match flights.waiting.get(&id) {
             Some(w)
-                if w.server == from && (answers(&message, &w.question) || refusal(&message)) =>
-            {
-                // A question section is never compressed: it is the first name.
-                refusal(&message) || bytes.get(HEADER..HEADER + w.asked.len()) == Some(&w.asked)
-            }
+                if w.serial == serial && (answers(&message, &w.question) || refusal(&message)) => {}
             Some(_) => return dropped(),
             // Given up on meanwhile.
             None => return,
-        };
+        }
+        let kept = kept || refusal(&message);
         let waiter = flights.waiting.remove(&id);
         drop(flights);
         if let Some(waiter) = waiter {
@@ -404,7 +408,7 @@ async fn receive(socket: Arc<Socket>) {
     loop {
         tokio::select! {
             got = socket.udp.recv_from(&mut buf) => match got {
-                Ok((n, from)) => socket.deliver(&buf[..n], from),
+                Ok((n, from)) => socket.deliver(&mut buf[..n], from),
                 // Nothing queued is lost by trying again; do not spin.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             },
@@ -440,6 +444,28 @@ fn refusal(message: &Message) -> bool {
 
 /// A DNS message's header; the question section follows.
 const HEADER: usize = 12;
+
+/// Whether the answer `bytes` asks `asked`, its letters' case kept. If it
+/// asks `asked` in any case, its question is overwritten with `spelled`
+/// (the same question as the client spelled it), so every name compressed
+/// against it reads in that spelling too. A question section is never
+/// compressed: it holds the message's first name.
+fn respell(bytes: &mut [u8], asked: &[u8], spelled: &[u8]) -> bool {
+    let Some(section) = bytes.get_mut(HEADER..HEADER + asked.len()) else {
+        return false;
+    };
+    let kept = section == asked;
+    // Only the name's letters may differ: type and class bytes can be
+    // letters too (HTTPS is 65, `A`).
+    let name = asked.len().saturating_sub(4);
+    if spelled.len() == asked.len()
+        && section[..name].eq_ignore_ascii_case(&asked[..name])
+        && section[name..] == asked[name..]
+    {
+        section.copy_from_slice(spelled);
+    }
+    kept
+}
 
 /// The question section of `wire`, a message with one question.
 fn question_section(wire: &[u8]) -> &[u8] {
@@ -513,7 +539,11 @@ mod tests {
         let server: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let socket = Socket::open(server, &ephemeral_range()).unwrap();
         let pending: Vec<Pending> = (0..USES)
-            .map(|_| socket.admit(server, &question(), &[]).expect("a turn left"))
+            .map(|_| {
+                socket
+                    .admit(server, &question(), [&[], &[]])
+                    .expect("a turn left")
+            })
             .collect();
         let ids: std::collections::HashSet<u16> = pending.iter().map(|p| p.id).collect();
         assert_eq!(
@@ -522,7 +552,7 @@ mod tests {
             "an ID given twice while in flight"
         );
         assert!(
-            socket.admit(server, &question(), &[]).is_none(),
+            socket.admit(server, &question(), [&[], &[]]).is_none(),
             "past USES"
         );
     }
@@ -557,7 +587,7 @@ mod tests {
             flights: Mutex::default(),
             done: Notify::new(),
         });
-        assert!(socket.admit(server, &question(), &[]).is_none());
+        assert!(socket.admit(server, &question(), [&[], &[]]).is_none());
     }
 
     #[tokio::test]

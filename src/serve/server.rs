@@ -394,7 +394,7 @@ pub async fn run(
     *lock(&METRICS.transports.udp_listeners) = listeners
         .udp
         .iter()
-        .filter_map(|s| nix::sys::stat::fstat(s).ok().map(|st| st.st_ino))
+        .filter_map(|s| s.try_clone().ok().map(std::os::fd::OwnedFd::from))
         .collect();
     let threads = listeners.health.beats.len() / listeners.udp.len().max(1);
     let mut udp_threads = Vec::new();
@@ -457,6 +457,7 @@ pub async fn run(
     })
     .await
     .map_err(io::Error::other)?;
+    lock(&METRICS.transports.udp_listeners).clear();
     // Let upstream-bound answers still in flight finish (and be audited).
     answerer
         .drain(crate::state::ANSWER_DEADLINE + Duration::from_secs(1))

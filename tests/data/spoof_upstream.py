@@ -18,6 +18,9 @@
 #                0x20; allowdns's retry is in lower case), first a forged answer with the right ID from
 #                the right port for the name with every letter's case swapped
 #                (an attacker who guessed ID and port, not the case);
+#   cname-*      at once a CNAME to www. under the name's parent, then that
+#                name's A record, both names compressed against the question
+#                (as BIND compresses: whatever the case);
 #   tc-*         over UDP an empty answer with TC set; over TCP (same port,
 #                logged with " tcp") the true answer.
 # Others: the true answer at once.
@@ -130,6 +133,15 @@ while True:
         continue
     elif first.startswith("tc-"):
         server.sendto(truncated(query, qid), client)
+        continue
+    elif first.startswith("cname-"):
+        end = qname_end(query) + 4
+        parent = 12 + 1 + query[12]
+        target = b"\x03www" + struct.pack(">H", 0xC000 | parent)
+        header = struct.pack(">HHHHHH", qid, 0x8180, 1, 2, 0, 0)
+        cname = struct.pack(">HHHIH", 0xC00C, 5, 1, 60, len(target)) + target
+        a = target + struct.pack(">HHIH", 1, 1, 60, 4) + TRUE
+        server.sendto(header + query[12:end] + cname + a, client)
         continue
     if first.split("-")[0] in ("wrongid", "wrongport", "guessed", "wrongq", "caseforged"):
         time.sleep(0.05)

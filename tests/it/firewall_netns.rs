@@ -1441,12 +1441,12 @@ fn forged_dns_lab(family: &str) {
             audit.to_str().unwrap(),
         ],
     );
-    let forge = |name: &str| {
+    let forge_from = |source: &str, name: &str| {
         let script = format!(
             "import socket, struct
 s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 s.setsockopt(41, 78, 1)  # IPV6_FREEBIND
-s.bind(('fd00:53::99', 0))
+s.bind(('{source}', 0))
 q = struct.pack('>HHHHHH', 7, 0x0100, 1, 0, 0, 0)
 q += b''.join(bytes([len(l)]) + l.encode() for l in '{name}'.split('.')) + b'\\0' + struct.pack('>HH', 1, 1)
 try:
@@ -1458,6 +1458,7 @@ except PermissionError:
         let (ok, out) = lab.exec(&lab.a, &["python3", "-c", &script]);
         assert!(ok, "{out}");
     };
+    let forge = |name: &str| forge_from("fd00:53::99", name);
     let forged = |name: &str| audit_where(&audit, 1, |r| r["qname"] == name);
 
     // Positive control: without the fence, the forged question arrives as
@@ -1505,8 +1506,20 @@ except PermissionError:
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0]["reason"], "forged source", "{}", records[0]);
     assert_eq!(records[0]["port"], 53);
-    assert_has(
-        &dns.stderr(),
-        "Rule Matched: NONE - DNS from an address that is not the namespace's own (a forged source).",
-    );
+    assert_eq!(records[0]["agent"], "forged_agent");
+    let alert = "Rule Matched: NONE - DNS from fd00:53::99, not an address of the namespace (a forged source).";
+    assert_has(&dns.stderr(), alert);
+    // An address chosen per packet opens no alert window of its own: 20
+    // more forgeries, each from another source, are each audited but fold
+    // into the one window all forgeries share.
+    for i in 0..20 {
+        forge_from(
+            &format!("fd00:53::1{i:02}"),
+            &format!("more{i}.forged.fw.test"),
+        );
+    }
+    let records = audit_where(&audit, 21, |r| r["reason"] == "forged source");
+    assert_eq!(records.len(), 21, "{records:?}");
+    let err = dns.stderr();
+    assert_eq!(err.matches("(a forged source)").count(), 1, "{err}");
 }

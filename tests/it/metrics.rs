@@ -517,9 +517,11 @@ fn every_grafana_expression_names_series_and_labels_that_metrics_exports() {
     }
 }
 
-/// Questions the kernel drops on a full UDP receive queue are counted, so
-/// none is lost unseen: every question sent is either answered (in
-/// `allowdns_queries_total`) or dropped (`allowdns_udp_receive_drops_total`).
+/// Questions the kernel drops at a UDP listener's socket, its receive queue
+/// full, are counted, so none is lost unseen: every question sent is either
+/// answered (in `allowdns_queries_total`) or dropped there
+/// (`allowdns_udp_receive_drops_total`), but for any the kernel dropped
+/// before the socket (its per-CPU backlog, `/proc/net/softnet_stat`).
 /// Positive control: allowdns stopped (SIGSTOP) while 40,000 questions
 /// arrive overflows the queue.
 #[test]
@@ -551,9 +553,14 @@ fn questions_the_kernel_drops_on_a_full_receive_queue_are_counted() {
         ));
         q.to_vec().unwrap()
     };
+    let backlog_before = backlog_drops();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     for id in 0..SENT {
         client.send_to(&question(id), dns.udp).unwrap();
+        // Paced, so the per-CPU backlog before the socket rarely overflows.
+        if id % 200 == 199 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
 
@@ -567,7 +574,23 @@ fn questions_the_kernel_drops_on_a_full_receive_queue_are_counted() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    eprintln!("{SENT} sent: {got} answered, {dropped} dropped by the kernel");
+    // Machine-wide: other tests' packets may be among them.
+    let backlog = backlog_drops() - backlog_before;
+    eprintln!("{SENT} sent: {got} answered, {dropped} dropped at the socket, {backlog} before it");
     assert!(dropped > 0, "the queue never overflowed");
-    assert_eq!(got + dropped, SENT, "questions lost unseen");
+    assert!(got + dropped <= SENT, "{got} + {dropped}");
+    assert!(
+        got + dropped + backlog >= SENT,
+        "questions lost unseen: {got} + {dropped} + {backlog}"
+    );
+}
+
+/// Packets the kernel dropped before any socket, all CPUs (the second
+/// column of `/proc/net/softnet_stat`, in hex).
+fn backlog_drops() -> u64 {
+    std::fs::read_to_string("/proc/net/softnet_stat")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok())
+        .sum()
 }

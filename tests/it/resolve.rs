@@ -560,10 +560,26 @@ fn forwarded_questions_spread_ports_and_ids_and_forged_answers_lose() {
     assert_eq!(asked.len(), 2, "{asked:?}");
     assert_eq!(asked[1], spelled.to_ascii_lowercase());
     assert_eq!(case_changed(), 2.0);
-    // The client sees the name as it asked it.
+    // The client sees the name as it asked it, and names compressed
+    // against it (a CNAME's target) spelled so too.
     let m = query(dns.udp, "case-Mixed.f.test", RecordType::A);
     let owners: Vec<String> = m.answers.iter().map(|r| r.name.to_string()).collect();
     assert_eq!(owners, ["case-Mixed.f.test."]);
+    let m = query(dns.udp, "cname-abcdefgh.f.test", RecordType::A);
+    let records: Vec<String> = m
+        .answers
+        .iter()
+        .map(|r| format!("{} {}", r.name, r.data))
+        .collect();
+    assert_eq!(
+        records,
+        [
+            "cname-abcdefgh.f.test. www.f.test.",
+            "www.f.test. 192.0.2.1"
+        ],
+        "asked as {:?}",
+        up.asked("cname-")
+    );
     for i in 0..20 {
         for kind in ["wrongid", "wrongport", "wrongq"] {
             assert_eq!(

@@ -307,9 +307,10 @@ pub struct Transports {
     /// Connections closed at once because the connection bound was reached.
     pub tcp_rejected: AtomicU64,
     pub tcp_open: AtomicU64,
-    /// The UDP listeners' socket inodes: the questions the kernel dropped
-    /// on their full receive queues are read at each scrape.
-    pub udp_listeners: Mutex<Vec<u64>>,
+    /// The UDP listeners (duplicates of their descriptors): the questions
+    /// the kernel dropped on their full receive queues are read from them
+    /// at each scrape, whichever namespace they were bound in.
+    pub udp_listeners: Mutex<Vec<std::os::fd::OwnedFd>>,
 }
 
 impl Transports {

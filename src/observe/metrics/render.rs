@@ -7,6 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::*;
 use crate::sync::lock;
+use nix::libc;
+use nix::sys::socket::getsockopt;
+use nix::{getsockopt_impl, sockopt_impl};
 
 impl Metrics {
     /// The Prometheus text exposition.
@@ -92,7 +95,7 @@ impl Metrics {
             ),
             (
                 "allowdns_upstream_case_changed_total",
-                "Upstream answers whose name was not in the random case asked (DNS 0x20); each question was asked again in its own case.",
+                "Upstream answers whose name was not in the random case asked (DNS 0x20); each question was asked again in lower case.",
                 &self.upstream_case_changed,
             ),
             (
@@ -260,37 +263,29 @@ impl Transports {
             "TCP connections open now.",
         )
         .sample("", self.tcp_open.load(Relaxed));
-        let listeners = lock(&self.udp_listeners).clone();
+        let listeners = lock(&self.udp_listeners);
         if !listeners.is_empty() {
+            let drops: u64 = listeners
+                .iter()
+                .filter_map(|s| getsockopt(s, MemInfo).ok())
+                .map(|m| u64::from(m[SK_MEMINFO_DROPS]))
+                .sum();
             Metric::counter(
                 out,
                 "allowdns_udp_receive_drops_total",
-                "Questions the kernel dropped because a UDP listener's receive queue was full (never read, never audited).",
+                "Questions the kernel dropped at a UDP listener's socket, its receive queue full (never read, never audited).",
             )
-            .sample("", udp_drops(&listeners));
+            .sample("", drops);
         }
     }
 }
 
-/// The drops counted on the sockets with `inodes`, from /proc/net/udp and
-/// udp6 (in the namespace allowdns runs in, where its listeners are).
-fn udp_drops(inodes: &[u64]) -> u64 {
-    let mut drops = 0;
-    for table in ["/proc/net/udp", "/proc/net/udp6"] {
-        let text = std::fs::read_to_string(table).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
-            let (Some(inode), Some(dropped)) = (fields.get(9), fields.get(12)) else {
-                continue;
-            };
-            if inode.parse().is_ok_and(|i: u64| inodes.contains(&i)) {
-                drops += dropped.parse::<u64>().unwrap_or(0);
-            }
-        }
-    }
-    drops
-}
+// A socket's memory counters (`SO_MEMINFO`): per socket, so they are right
+// for a listener bound in another namespace (the kennel's), where
+// /proc/net/udp would not show it.
+sockopt_impl!(MemInfo, GetOnly, libc::SOL_SOCKET, SO_MEMINFO, [u32; 9]);
+const SO_MEMINFO: libc::c_int = 55;
+const SK_MEMINFO_DROPS: usize = 8;
 
 /// One metric family: its HELP and TYPE lines once, then its samples.
 pub(super) struct Metric<'o> {
