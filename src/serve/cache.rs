@@ -508,7 +508,9 @@ mod tests {
             part.entries.get(&old);
         }
         fill(&cache, "live", 10);
-        fill(&cache, "new", 50);
+        // Past capacity unless the expired go, but well within each of
+        // quick_cache's shards once they have: 50 sometimes overfilled one.
+        fill(&cache, "new", 20);
         assert_eq!(
             held(&cache, "live", 10),
             10,
