@@ -287,7 +287,8 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
         // the router towards it: solicitations and advertisements on the
         // link (no router solicitation), to link-local, solicited-node or
         // allowdns's own addresses.
-        if name == "ip6" && !served.is_empty() {
+        let neighbours = name == "ip6" && !served.is_empty();
+        if neighbours {
             let _ = writeln!(
                 out,
                 "\t\t{ND_SENT_UNICAST} {ND_LINK} ip6 daddr {{ fe80::/10, ff02::1:ff00:0/104, {} }} accept",
@@ -304,10 +305,8 @@ pub fn render(policy: &Policy, config: &FirewallConfig, dns: &[IpAddr]) -> Strin
             out,
             "\t\tmeta nfproto {nfproto} log prefix \"{LOG_PREFIX}{name} \" {deny}\n\t}}"
         );
-        let neighbours = if name == "ip6" && !served.is_empty() {
-            format!(
-                "\t\ticmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} {ND_LINK} accept\n"
-            )
+        let neighbours = if neighbours {
+            format!("\t\t{ND_SENT_UNICAST} {ND_LINK} accept\n")
         } else {
             String::new()
         };

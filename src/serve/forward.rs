@@ -13,17 +13,17 @@
 //!   [`LIFETIME`] old, so a port an attacker learns is good for few answers
 //!   (an idle socket's port stays open, but nothing is in flight on it).
 //!
-//!
 //! Above the floor, each letter of the name goes up in random case (DNS
 //! 0x20), which the answer must echo: one more bit per letter. An off-path
-//! attacker must so guess about 30 bits, plus the letters, for one answer. An answer is taken only from the server's address and port,
-//! with an ID in flight there, for the question asked (name
-//! case-insensitively, type, class); anything else is dropped and counted
+//! attacker must so guess about 30 bits, plus the letters, for one answer.
+//! An answer is taken only from the server's address and port, with an ID
+//! in flight there, for the question asked (name case-insensitively, type,
+//! class); anything else is dropped and counted
 //! (`allowdns_upstream_dropped_total`). An answer whose name is not in the
 //! case asked is not taken either: that server is asked once more in lower
-//! case (counted in `allowdns_upstream_case_changed_total`), so a server that
-//! does not keep case still answers, with the ID and port floor. The case a
-//! client spelled never goes up.
+//! case (counted in `allowdns_upstream_case_changed_total`), so a server
+//! that does not keep case still answers, with the ID and port floor. The
+//! case a client spelled never goes up.
 
 use std::collections::HashMap;
 use std::io;
@@ -254,9 +254,10 @@ struct Flights {
 struct Waiter {
     server: SocketAddr,
     question: Query,
-    /// The question section as sent: its name's case is checked byte for
-    /// byte. Then as the question spells it, written over the answer's.
-    asked: [Box<[u8]>; 2],
+    /// The question section as sent: its name's case is checked byte for byte.
+    asked: Box<[u8]>,
+    /// The same as the question spells it, written over the answer's.
+    spelled: Box<[u8]>,
     serial: u32,
     /// The answer, and whether it kept the case asked.
     answer: oneshot::Sender<(Message, bool)>,
@@ -350,7 +351,8 @@ impl Socket {
             Waiter {
                 server,
                 question: question.clone(),
-                asked: [asked.into(), spelled.into()],
+                asked: asked.into(),
+                spelled: spelled.into(),
                 serial,
                 answer: tx,
             },
@@ -375,10 +377,7 @@ impl Socket {
         let (serial, kept) = {
             let flights = lock(&self.flights);
             match flights.waiting.get(&id) {
-                Some(w) if w.server == from => {
-                    let [asked, spelled] = &w.asked;
-                    (w.serial, respell(bytes, asked, spelled))
-                }
+                Some(w) if w.server == from => (w.serial, respell(bytes, &w.asked, &w.spelled)),
                 _ => return dropped(),
             }
         };

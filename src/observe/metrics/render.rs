@@ -284,6 +284,8 @@ impl Transports {
 // for a listener bound in another namespace (the kennel's), where
 // /proc/net/udp would not show it.
 sockopt_impl!(MemInfo, GetOnly, libc::SOL_SOCKET, SO_MEMINFO, [u32; 9]);
+/// libc does not export it; 55 in the generic and x86 `asm/socket.h`
+/// (mips, sparc and parisc number it otherwise).
 const SO_MEMINFO: libc::c_int = 55;
 const SK_MEMINFO_DROPS: usize = 8;
 
