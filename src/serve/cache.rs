@@ -23,6 +23,8 @@
 //! - **Expired entries go first**: a lookup that meets one removes it, and a
 //!   nearly full partition drops all its expired entries (at most once per
 //!   [`SWEEP_EVERY`]) before the S3-FIFO has to pick a live victim.
+//!   quick_cache evicts per shard, so in a small partition one shard can
+//!   fill, and pick a live victim, before the whole is nearly full.
 //!
 //! A side effect: agents cannot learn from hit timing what another asked.
 //!
@@ -494,10 +496,14 @@ mod tests {
 
     #[test]
     fn expired_entries_are_dropped_before_live_ones() {
-        let cache = cache(100);
+        // quick_cache evicts per shard; at this size no shard fills before
+        // the partition as a whole is nearly full (at 100, one now and then
+        // did, and evicted live entries before the sweep began).
+        const CAPACITY: usize = 10_000;
+        let cache = cache(CAPACITY);
         let part = cache.partition_or_make(agent(1));
         let old = Instant::now() - Duration::from_secs(10);
-        for i in 0..90 {
+        for i in 0..CAPACITY * 9 / 10 {
             part.entries.insert(
                 key(name(format!("old{i}"))),
                 Arc::new(Entry::new(&step(5), old, 5).unwrap()),
@@ -507,13 +513,13 @@ mod tests {
             part.entries.get(&old);
             part.entries.get(&old);
         }
-        fill(&cache, "live", 10);
-        // Past capacity unless the expired go, but well within each of
-        // quick_cache's shards once they have: 50 sometimes overfilled one.
-        fill(&cache, "new", 20);
+        let live = CAPACITY / 10;
+        fill(&cache, "live", live);
+        // Past capacity unless the expired go.
+        fill(&cache, "new", CAPACITY / 20);
         assert_eq!(
-            held(&cache, "live", 10),
-            10,
+            held(&cache, "live", live),
+            live,
             "a live entry was evicted while expired ones were kept"
         );
     }
